@@ -1,0 +1,28 @@
+# Two entry points on a fresh machine (as root): `make demo` and `make test`.
+PYTHON ?= python3
+PIP_FLAGS ?= -q --disable-pip-version-check --root-user-action=ignore
+DEB_PACKAGES = iproute2 ethtool tcpdump socat nftables smcroute tmux
+
+.PHONY: deps demo test check bench
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
+
+demo: deps
+	$(PYTHON) -m mcr demo
+
+test: deps
+	$(PYTHON) -m pytest
+
+check: deps
+	$(PYTHON) -m ruff check src tests
+	$(PYTHON) -m ruff format --check src tests
+	$(PYTHON) -m mypy
+
+bench: deps
+	$(PYTHON) -m mcr.bench

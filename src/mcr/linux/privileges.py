@@ -1,0 +1,81 @@
+"""Dropping every privilege a data-plane worker could hold."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option: int, arg2: int = 0) -> int:
+    result = int(_libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    uid: int
+    gid: int
+    cap_eff: int
+    cap_prm: int
+    cap_bnd: int
+    no_new_privs: bool
+
+
+def read_credentials(pid: int | str = "self") -> Credentials:
+    fields: dict[str, str] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return Credentials(
+        uid=int(fields["Uid"].split()[1]),
+        gid=int(fields["Gid"].split()[1]),
+        cap_eff=int(fields["CapEff"], 16),
+        cap_prm=int(fields["CapPrm"], 16),
+        cap_bnd=int(fields["CapBnd"], 16),
+        no_new_privs=fields.get("NoNewPrivs", "0") == "1",
+    )
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 40
+
+
+def drop_privileges(uid: int, gid: int) -> Credentials:
+    """Become uid/gid with no supplementary groups, no capabilities (bounding set included) and no_new_privs.
+
+    Raises PermissionError if anything is left afterwards: a worker never runs with privileges.
+    """
+    if os.geteuid() == 0:
+        for cap in range(_last_cap() + 1):
+            try:
+                prctl(PR_CAPBSET_DROP, cap)
+            except OSError:
+                break
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    creds = read_credentials()
+    if creds.cap_eff or creds.cap_prm or (uid != 0 and creds.uid == 0):
+        raise PermissionError(f"privileges remain after the drop: uid={creds.uid} CapEff={creds.cap_eff:x}")
+    return creds
+
+
+def set_parent_death_signal(signum: int) -> None:
+    prctl(PR_SET_PDEATHSIG, signum)

@@ -1,0 +1,15 @@
+"""An interface as the relay sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    name: str
+    ifindex: int
+    up: bool
+    mtu: int
+    ipv4: tuple[IPv4Address, ...] = ()

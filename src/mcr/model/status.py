@@ -1,0 +1,77 @@
+"""What the supervisor reports: rule views, per-flow and per-output counters, workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from mcr.model.rules import Engine, ForwardingRule
+
+
+class RuleState(Enum):
+    ACTIVE = "active"
+    WAITING = "waiting"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleView:
+    """A rule as `ListRules` shows it: the rule plus how it is being served."""
+
+    rule: ForwardingRule
+    engine: Engine
+    state: RuleState
+    state_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputStats:
+    group: str
+    port: int
+    interface: str
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    send_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStats:
+    """One entry of `GetStats`; the first six fields are the original's."""
+
+    input_group: str
+    input_port: int
+    packets_relayed: int
+    bytes_relayed: int
+    packets_per_second: float
+    bits_per_second: float
+    rule_id: str = ""
+    input_interface: str = ""
+    outputs: tuple[OutputStats, ...] = ()
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    pid: int
+    worker_type: str
+    core_id: int | None
+    worker_id: int = 0
+    status: str = "Running"
+    uid: int | None = None
+    restarts: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+    kernel_packets: int = 0
+    kernel_drops: int = 0
+    stats_pipe_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LogLevels:
+    global_level: str
+    facility_overrides: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    version: str
+    protocol_version: int
+    implementation: str = "mcr-python"

@@ -1,0 +1,89 @@
+"""Interfaces and their IPv4 addresses, from rtnetlink. The only module that imports pyroute2."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from ipaddress import IPv4Address
+
+from pyroute2 import AsyncIPRoute
+
+from mcr.model.links import Link
+
+log = logging.getLogger("mcr.netlink")
+
+IFF_UP = 0x1
+
+
+async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
+    addresses: dict[int, list[IPv4Address]] = {}
+    async for msg in await ipr.get_addr(family=2):
+        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if addr:
+            addresses.setdefault(int(msg["index"]), []).append(IPv4Address(addr))
+    links: dict[str, Link] = {}
+    async for msg in await ipr.get_links():
+        index = int(msg["index"])
+        name = str(msg.get_attr("IFLA_IFNAME"))
+        links[name] = Link(
+            name=name,
+            ifindex=index,
+            up=bool(int(msg["flags"]) & IFF_UP),
+            mtu=int(msg.get_attr("IFLA_MTU") or 0),
+            ipv4=tuple(addresses.get(index, ())),
+        )
+    return links
+
+
+class LinkWatcher:
+    """Keeps a current view of the links; calls `on_change(links)` whenever it differs."""
+
+    def __init__(self, on_change: Callable[[dict[str, Link]], None], resync_s: float = 5.0) -> None:
+        self.on_change = on_change
+        self.resync_s = resync_s
+        self.links: dict[str, Link] = {}
+        self._kick = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ipr: AsyncIPRoute | None = None
+        self._mon: AsyncIPRoute | None = None
+
+    async def start(self) -> None:
+        self._ipr = AsyncIPRoute()
+        self._mon = AsyncIPRoute()
+        await self._mon.bind()
+        await self.refresh()
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._refresher())]
+
+    async def refresh(self) -> None:
+        assert self._ipr is not None
+        links = await dump_links(self._ipr)
+        if links != self.links:
+            self.links = links
+            self.on_change(links)
+
+    async def _listen(self) -> None:
+        assert self._mon is not None
+        while True:
+            async for _msg in self._mon.get():
+                self._kick.set()
+
+    async def _refresher(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), self.resync_s)
+            except TimeoutError:
+                pass
+            self._kick.clear()
+            await asyncio.sleep(0.02)  # let a burst of events settle
+            try:
+                await self.refresh()
+            except Exception as e:  # noqa: BLE001 - netlink hiccups must not kill the supervisor
+                log.warning("netlink refresh failed: %s", e)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for ipr in (self._ipr, self._mon):
+            if ipr is not None:
+                ipr.close()

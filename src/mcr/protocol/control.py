@@ -1,0 +1,549 @@
+"""The control-socket protocol: JSON <-> typed requests and responses (DESIGN §5).
+
+Shapes follow the original MCR's serde encoding (externally tagged enums: unit variants are bare
+strings, struct variants `{"Variant": {...}}`), so its clients keep working. Everything here is pure:
+bytes in, typed values out, with a precise `ProtocolError` for anything malformed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Address
+from typing import Any, assert_never
+
+from mcr.model.errors import ProtocolError, ValidationError
+from mcr.model.levels import Facility, Severity
+from mcr.model.rules import DEFAULT_TTL, Engine, ForwardingRule, OutputDestination, RuleSource
+from mcr.model.status import (
+    FlowStats,
+    LogLevels,
+    OutputStats,
+    RuleState,
+    RuleView,
+    VersionInfo,
+    WorkerInfo,
+)
+
+MAX_REQUEST_BYTES = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+class Query(Enum):
+    """Requests without arguments; encoded as bare JSON strings."""
+
+    LIST_RULES = "ListRules"
+    GET_STATS = "GetStats"
+    LIST_WORKERS = "ListWorkers"
+    PING = "Ping"
+    GET_VERSION = "GetVersion"
+    GET_LOG_LEVELS = "GetLogLevels"
+
+
+@dataclass(frozen=True, slots=True)
+class AddRule:
+    rule_id: str | None
+    input_interface: str
+    input_group: IPv4Address
+    input_port: int
+    outputs: tuple[OutputDestination, ...]
+    input_source: IPv4Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveRule:
+    rule_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetGlobalLogLevel:
+    level: Severity
+
+
+@dataclass(frozen=True, slots=True)
+class SetFacilityLogLevel:
+    facility: Facility
+    level: Severity
+
+
+Request = Query | AddRule | RemoveRule | SetGlobalLogLevel | SetFacilityLogLevel
+
+READ_ONLY_QUERIES = frozenset(Query)
+
+_STRUCT_COMMANDS = ("AddRule", "RemoveRule", "SetGlobalLogLevel", "SetFacilityLogLevel")
+_ALL_COMMANDS = ", ".join([q.value for q in Query] + list(_STRUCT_COMMANDS))
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class _Fields:
+    """Typed access to one JSON object with precise errors naming the command and field."""
+
+    def __init__(self, where: str, obj: object, allowed: frozenset[str]) -> None:
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{where} must be a JSON object, got {_type_name(obj)}")
+        unknown = sorted(set(obj) - allowed)
+        if unknown:
+            raise ProtocolError(f"unknown field '{unknown[0]}' in {where}; expected {', '.join(sorted(allowed))}")
+        self.where = where
+        self.obj: dict[str, object] = obj
+
+    def _get(self, name: str, required: bool) -> object:
+        if name not in self.obj:
+            if required:
+                raise ProtocolError(f"missing field '{name}' in {self.where}")
+            return None
+        return self.obj[name]
+
+    def string(self, name: str, required: bool = True) -> str | None:
+        value = self._get(name, required)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str):
+            raise ProtocolError(f"field '{name}' in {self.where} must be a string, got {_type_name(value)}")
+        return value
+
+    def req_string(self, name: str) -> str:
+        value = self.string(name)
+        assert value is not None
+        return value
+
+    def integer(self, name: str, required: bool = True, default: int = 0) -> int:
+        value = self._get(name, required)
+        if value is None and not required:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"field '{name}' in {self.where} must be an integer, got {_type_name(value)}")
+        return value
+
+    def ipv4(self, name: str, required: bool = True) -> IPv4Address | None:
+        text = self.string(name, required)
+        if text is None:
+            return None
+        try:
+            return IPv4Address(text)
+        except ValueError:
+            raise ProtocolError(f"field '{name}' in {self.where}: '{text}' is not a valid IPv4 address") from None
+
+    def array(self, name: str) -> list[object]:
+        value = self._get(name, True)
+        if not isinstance(value, list):
+            raise ProtocolError(f"field '{name}' in {self.where} must be an array, got {_type_name(value)}")
+        return value
+
+
+_ADD_FIELDS = frozenset({"rule_id", "input_interface", "input_group", "input_port", "outputs", "input_source"})
+_OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl"})
+
+
+def _decode_output(i: int, obj: object) -> OutputDestination:
+    f = _Fields(f"AddRule.outputs[{i}]", obj, _OUTPUT_FIELDS)
+    group = f.ipv4("group")
+    assert group is not None
+    return OutputDestination(
+        group=group,
+        port=f.integer("port"),
+        interface=f.req_string("interface"),
+        ttl=f.integer("ttl", required=False, default=DEFAULT_TTL),
+    )
+
+
+def _decode_add(body: object) -> AddRule:
+    f = _Fields("AddRule", body, _ADD_FIELDS)
+    rule_id = f.string("rule_id", required=False)
+    group = f.ipv4("input_group")
+    assert group is not None
+    outputs = tuple(_decode_output(i, o) for i, o in enumerate(f.array("outputs")))
+    return AddRule(
+        rule_id=rule_id or None,
+        input_interface=f.req_string("input_interface"),
+        input_group=group,
+        input_port=f.integer("input_port"),
+        outputs=outputs,
+        input_source=f.ipv4("input_source", required=False),
+    )
+
+
+def _severity(where: str, text: str) -> Severity:
+    try:
+        return Severity.parse(text)
+    except ValidationError as e:
+        raise ProtocolError(f"{where}: {e}") from None
+
+
+def _decode_struct(name: str, body: object) -> Request:
+    if name == "AddRule":
+        return _decode_add(body)
+    if name == "RemoveRule":
+        return RemoveRule(_Fields("RemoveRule", body, frozenset({"rule_id"})).req_string("rule_id"))
+    if name == "SetGlobalLogLevel":
+        f = _Fields("SetGlobalLogLevel", body, frozenset({"level"}))
+        return SetGlobalLogLevel(_severity("SetGlobalLogLevel", f.req_string("level")))
+    if name == "SetFacilityLogLevel":
+        f = _Fields("SetFacilityLogLevel", body, frozenset({"facility", "level"}))
+        try:
+            facility = Facility.parse(f.req_string("facility"))
+        except ValidationError as e:
+            raise ProtocolError(f"SetFacilityLogLevel: {e}") from None
+        return SetFacilityLogLevel(facility, _severity("SetFacilityLogLevel", f.req_string("level")))
+    raise ProtocolError(f"unknown command '{name}'; expected one of {_ALL_COMMANDS}")
+
+
+def decode_request(data: bytes) -> Request:
+    """Decode one request document (framing already removed)."""
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ProtocolError(f"request of {len(data)} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"request is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    if not text.strip():
+        raise ProtocolError("empty request; expected one JSON document")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if isinstance(doc, str):
+        try:
+            return Query(doc)
+        except ValueError:
+            if doc in _STRUCT_COMMANDS:
+                raise ProtocolError(f"command '{doc}' needs arguments: {{\"{doc}\": {{...}}}}") from None
+            raise ProtocolError(f"unknown command '{doc}'; expected one of {_ALL_COMMANDS}") from None
+    if isinstance(doc, dict):
+        if len(doc) != 1:
+            raise ProtocolError(f"a request object must have exactly one key (the command), got {len(doc)}")
+        ((name, body),) = doc.items()
+        if name in {q.value for q in Query}:
+            return Query(name)
+        return _decode_struct(name, body)
+    raise ProtocolError(f"a request must be a JSON string or object, got {_type_name(doc)}")
+
+
+def _output_json(out: OutputDestination) -> dict[str, object]:
+    return {"group": str(out.group), "port": out.port, "interface": out.interface, "ttl": out.ttl}
+
+
+def encode_request(req: Request) -> bytes:
+    doc: object
+    match req:
+        case Query():
+            doc = req.value
+        case AddRule():
+            body: dict[str, object] = {
+                "input_interface": req.input_interface,
+                "input_group": str(req.input_group),
+                "input_port": req.input_port,
+                "outputs": [_output_json(o) for o in req.outputs],
+            }
+            if req.rule_id:
+                body["rule_id"] = req.rule_id
+            if req.input_source is not None:
+                body["input_source"] = str(req.input_source)
+            doc = {"AddRule": body}
+        case RemoveRule():
+            doc = {"RemoveRule": {"rule_id": req.rule_id}}
+        case SetGlobalLogLevel():
+            doc = {"SetGlobalLogLevel": {"level": req.level.name}}
+        case SetFacilityLogLevel():
+            doc = {"SetFacilityLogLevel": {"facility": req.facility.name, "level": req.level.name}}
+        case _:
+            assert_never(req)
+    return json.dumps(doc).encode() + b"\n"
+
+
+# --------------------------------------------------------------------------------------------- responses
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    rules: tuple[RuleView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    flows: tuple[FlowStats, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Workers:
+    workers: tuple[WorkerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LogLevelsResponse:
+    levels: LogLevels
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    info: VersionInfo
+
+
+Response = Success | Error | Rules | Stats | Workers | LogLevelsResponse | Version
+
+
+def rule_json(view: RuleView) -> dict[str, object]:
+    r = view.rule
+    return {
+        "rule_id": r.rule_id,
+        "input_interface": r.input_interface,
+        "input_group": str(r.input_group),
+        "input_port": r.input_port,
+        "input_source": None if r.input_source is None else str(r.input_source),
+        "outputs": [_output_json(o) for o in r.outputs],
+        "source": r.source.value,
+        "engine": view.engine.value,
+        "state": view.state.value,
+        "state_reason": view.state_reason,
+    }
+
+
+def _flow_json(f: FlowStats) -> dict[str, object]:
+    return {
+        "rule_id": f.rule_id,
+        "input_interface": f.input_interface,
+        "input_group": f.input_group,
+        "input_port": f.input_port,
+        "packets_relayed": f.packets_relayed,
+        "bytes_relayed": f.bytes_relayed,
+        "packets_per_second": f.packets_per_second,
+        "bits_per_second": f.bits_per_second,
+        "outputs": [
+            {
+                "group": o.group,
+                "port": o.port,
+                "interface": o.interface,
+                "packets_sent": o.packets_sent,
+                "bytes_sent": o.bytes_sent,
+                "send_errors": o.send_errors,
+            }
+            for o in f.outputs
+        ],
+        "drops": dict(f.drops),
+    }
+
+
+def _worker_json(w: WorkerInfo) -> dict[str, object]:
+    return {
+        "pid": w.pid,
+        "worker_type": w.worker_type,
+        "core_id": w.core_id,
+        "worker_id": w.worker_id,
+        "status": w.status,
+        "uid": w.uid,
+        "restarts": w.restarts,
+        "drops": dict(w.drops),
+        "kernel_packets": w.kernel_packets,
+        "kernel_drops": w.kernel_drops,
+        "stats_pipe_errors": w.stats_pipe_errors,
+    }
+
+
+def response_json(resp: Response) -> object:
+    match resp:
+        case Success():
+            return {"Success": resp.text}
+        case Error():
+            return {"Error": resp.text}
+        case Rules():
+            return {"Rules": [rule_json(v) for v in resp.rules]}
+        case Stats():
+            return {"Stats": [_flow_json(f) for f in resp.flows]}
+        case Workers():
+            return {"Workers": [_worker_json(w) for w in resp.workers]}
+        case LogLevelsResponse():
+            return {
+                "LogLevels": {
+                    "global": resp.levels.global_level,
+                    "facility_overrides": dict(resp.levels.facility_overrides),
+                }
+            }
+        case Version():
+            return {
+                "Version": {
+                    "version": resp.info.version,
+                    "protocol_version": resp.info.protocol_version,
+                    "implementation": resp.info.implementation,
+                }
+            }
+        case _:
+            assert_never(resp)
+
+
+def encode_response(resp: Response) -> bytes:
+    return json.dumps(response_json(resp)).encode() + b"\n"
+
+
+# ----------------------------------------------------------------------------- response decoding (client)
+
+
+def _obj(where: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} must be a JSON object, got {_type_name(value)}")
+    return value
+
+
+def _decode_rule(o: object) -> RuleView:
+    d = _obj("rule", o)
+    try:
+        outputs = tuple(
+            OutputDestination(IPv4Address(x["group"]), int(x["port"]), str(x["interface"]), int(x.get("ttl", 1)))
+            for x in d.get("outputs", [])
+        )
+        rule = ForwardingRule(
+            rule_id=str(d["rule_id"]),
+            input_interface=str(d["input_interface"]),
+            input_group=IPv4Address(d["input_group"]),
+            input_port=int(d["input_port"]),
+            outputs=outputs,
+            input_source=IPv4Address(d["input_source"]) if d.get("input_source") else None,
+            source=RuleSource(d.get("source", "runtime")),
+        )
+        return RuleView(
+            rule=rule,
+            engine=Engine(d.get("engine", "userspace")),
+            state=RuleState(d.get("state", "active")),
+            state_reason=str(d.get("state_reason", "")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"malformed rule in response: {e!r}") from None
+
+
+def _decode_flow(o: object) -> FlowStats:
+    d = _obj("stats entry", o)
+    try:
+        return FlowStats(
+            input_group=str(d["input_group"]),
+            input_port=int(d["input_port"]),
+            packets_relayed=int(d["packets_relayed"]),
+            bytes_relayed=int(d["bytes_relayed"]),
+            packets_per_second=float(d["packets_per_second"]),
+            bits_per_second=float(d["bits_per_second"]),
+            rule_id=str(d.get("rule_id", "")),
+            input_interface=str(d.get("input_interface", "")),
+            outputs=tuple(
+                OutputStats(
+                    str(x["group"]),
+                    int(x["port"]),
+                    str(x["interface"]),
+                    int(x.get("packets_sent", 0)),
+                    int(x.get("bytes_sent", 0)),
+                    int(x.get("send_errors", 0)),
+                )
+                for x in d.get("outputs", [])
+            ),
+            drops={str(k): int(v) for k, v in d.get("drops", {}).items()},
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"malformed stats entry in response: {e!r}") from None
+
+
+def _decode_worker(o: object) -> WorkerInfo:
+    d = _obj("worker entry", o)
+    try:
+        return WorkerInfo(
+            pid=int(d["pid"]),
+            worker_type=str(d["worker_type"]),
+            core_id=None if d.get("core_id") is None else int(d["core_id"]),
+            worker_id=int(d.get("worker_id", 0)),
+            status=str(d.get("status", "Running")),
+            uid=None if d.get("uid") is None else int(d["uid"]),
+            restarts=int(d.get("restarts", 0)),
+            drops={str(k): int(v) for k, v in d.get("drops", {}).items()},
+            kernel_packets=int(d.get("kernel_packets", 0)),
+            kernel_drops=int(d.get("kernel_drops", 0)),
+            stats_pipe_errors=int(d.get("stats_pipe_errors", 0)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"malformed worker entry in response: {e!r}") from None
+
+
+def decode_response(data: bytes) -> Response:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"the supervisor's response is not valid JSON: {e}") from None
+    d = _obj("response", doc)
+    if len(d) != 1:
+        raise ProtocolError(f"a response must have exactly one key, got {sorted(d)}")
+    ((name, body),) = d.items()
+    if name in ("Success", "Error"):
+        if not isinstance(body, str):
+            raise ProtocolError(f"{name} response must carry a string")
+        return Success(body) if name == "Success" else Error(body)
+    if name in ("Rules", "Stats", "Workers"):
+        if not isinstance(body, list):
+            raise ProtocolError(f"{name} response must carry an array")
+        if name == "Rules":
+            return Rules(tuple(_decode_rule(x) for x in body))
+        if name == "Stats":
+            return Stats(tuple(_decode_flow(x) for x in body))
+        return Workers(tuple(_decode_worker(x) for x in body))
+    if name == "LogLevels":
+        b = _obj("LogLevels", body)
+        overrides = _obj("facility_overrides", b.get("facility_overrides", {}))
+        return LogLevelsResponse(LogLevels(str(b.get("global")), {str(k): str(v) for k, v in overrides.items()}))
+    if name == "Version":
+        b = _obj("Version", body)
+        return Version(
+            VersionInfo(
+                str(b.get("version")), int(b.get("protocol_version", 0)), str(b.get("implementation", "unknown"))
+            )
+        )
+    raise ProtocolError(f"unknown response type '{name}'")
+
+
+# ---------------------------------------------------------------------------------------------- framing
+
+
+class RequestFramer:
+    """Collects one request from a byte stream: ended by a newline or by the peer's half-close."""
+
+    def __init__(self, limit: int = MAX_REQUEST_BYTES) -> None:
+        self._buf = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Add bytes; return the request when a newline completes it. Raises ProtocolError when too big."""
+        self._buf += data
+        nl = self._buf.find(b"\n")
+        if nl >= 0:
+            if nl > self._limit:
+                raise self._too_big(nl)
+            return bytes(self._buf[:nl])
+        if len(self._buf) > self._limit:
+            raise self._too_big(len(self._buf))
+        return None
+
+    def eof(self) -> bytes:
+        """The peer half-closed: what was sent is the request."""
+        return bytes(self._buf)
+
+    def _too_big(self, size: int) -> ProtocolError:
+        return ProtocolError(f"request exceeds the limit of {self._limit} bytes (got more than {size - 1} bytes)")

@@ -1,0 +1,271 @@
+"""Messages between the supervisor and its data-plane workers.
+
+Commands and acknowledgements travel over a SOCK_SEQPACKET socketpair (one JSON document per
+datagram, capture sockets attached with SCM_RIGHTS). Counters travel the other way over a pipe as
+newline-delimited JSON, so a slow supervisor never blocks a worker (the worker counts failed pushes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, assert_never
+
+from mcr.model.errors import ProtocolError
+
+MAX_CHANNEL_MESSAGE = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOutput:
+    """One output of a rule, resolved by the supervisor to what a socket needs."""
+
+    index: int
+    group: IPv4Address
+    port: int
+    ifindex: int
+    source: IPv4Address
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRule:
+    rule_id: str
+    ifindex: int
+    group: IPv4Address
+    port: int
+    outputs: tuple[WorkerOutput, ...]
+
+
+# supervisor -> worker
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """The full rule set; replaces whatever the worker had."""
+
+    generation: int
+    rules: tuple[WorkerRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSockets:
+    """Capture sockets for these input interfaces follow as SCM_RIGHTS, in this order."""
+
+    ifindexes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSockets:
+    ifindexes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetLogLevels:
+    global_level: int
+    overrides: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    pass
+
+
+Command = Sync | OpenSockets | CloseSockets | SetLogLevels | Shutdown
+
+
+# worker -> supervisor
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    pid: int
+    uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAck:
+    generation: int
+
+
+Reply = Ready | SyncAck
+
+
+def _rule_json(r: WorkerRule) -> dict[str, object]:
+    return {
+        "rule_id": r.rule_id,
+        "ifindex": r.ifindex,
+        "group": str(r.group),
+        "port": r.port,
+        "outputs": [
+            {
+                "index": o.index,
+                "group": str(o.group),
+                "port": o.port,
+                "ifindex": o.ifindex,
+                "source": str(o.source),
+                "ttl": o.ttl,
+            }
+            for o in r.outputs
+        ],
+    }
+
+
+def encode_command(cmd: Command) -> bytes:
+    doc: object
+    match cmd:
+        case Sync():
+            doc = {"Sync": {"generation": cmd.generation, "rules": [_rule_json(r) for r in cmd.rules]}}
+        case OpenSockets():
+            doc = {"OpenSockets": {"ifindexes": list(cmd.ifindexes)}}
+        case CloseSockets():
+            doc = {"CloseSockets": {"ifindexes": list(cmd.ifindexes)}}
+        case SetLogLevels():
+            doc = {"SetLogLevels": {"global": cmd.global_level, "overrides": dict(cmd.overrides)}}
+        case Shutdown():
+            doc = "Shutdown"
+        case _:
+            assert_never(cmd)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _load(data: bytes) -> tuple[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"malformed channel message: {e}") from None
+    if isinstance(doc, str):
+        return doc, None
+    if isinstance(doc, dict) and len(doc) == 1:
+        ((name, body),) = doc.items()
+        return str(name), body
+    raise ProtocolError("malformed channel message: expected a string or a one-key object")
+
+
+def decode_command(data: bytes) -> Command:
+    name, body = _load(data)
+    try:
+        if name == "Sync":
+            rules = tuple(
+                WorkerRule(
+                    rule_id=str(r["rule_id"]),
+                    ifindex=int(r["ifindex"]),
+                    group=IPv4Address(r["group"]),
+                    port=int(r["port"]),
+                    outputs=tuple(
+                        WorkerOutput(
+                            index=int(o["index"]),
+                            group=IPv4Address(o["group"]),
+                            port=int(o["port"]),
+                            ifindex=int(o["ifindex"]),
+                            source=IPv4Address(o["source"]),
+                            ttl=int(o["ttl"]),
+                        )
+                        for o in r["outputs"]
+                    ),
+                )
+                for r in body["rules"]
+            )
+            return Sync(generation=int(body["generation"]), rules=rules)
+        if name == "OpenSockets":
+            return OpenSockets(tuple(int(i) for i in body["ifindexes"]))
+        if name == "CloseSockets":
+            return CloseSockets(tuple(int(i) for i in body["ifindexes"]))
+        if name == "SetLogLevels":
+            overrides = tuple((str(k), int(v)) for k, v in body["overrides"].items())
+            return SetLogLevels(global_level=int(body["global"]), overrides=overrides)
+        if name == "Shutdown":
+            return Shutdown()
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ProtocolError(f"malformed {name} command: {e!r}") from None
+    raise ProtocolError(f"unknown worker command '{name}'")
+
+
+def encode_reply(reply: Reply) -> bytes:
+    doc: object
+    match reply:
+        case Ready():
+            doc = {"Ready": {"pid": reply.pid, "uid": reply.uid}}
+        case SyncAck():
+            doc = {"SyncAck": {"generation": reply.generation}}
+        case _:
+            assert_never(reply)
+    return json.dumps(doc).encode()
+
+
+def decode_reply(data: bytes) -> Reply:
+    name, body = _load(data)
+    try:
+        if name == "Ready":
+            return Ready(pid=int(body["pid"]), uid=int(body["uid"]))
+        if name == "SyncAck":
+            return SyncAck(generation=int(body["generation"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"malformed {name} reply: {e!r}") from None
+    raise ProtocolError(f"unknown worker reply '{name}'")
+
+
+# ------------------------------------------------------------------------------------------ stats report
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCounters:
+    packets: int
+    bytes: int
+    outputs: tuple[tuple[int, int, int, int], ...]  # (output index, packets, bytes, errors)
+    drops: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReport:
+    """Cumulative counters of one worker incarnation since it started."""
+
+    worker_id: int
+    pid: int
+    rules: tuple[tuple[str, RuleCounters], ...]
+    drops: tuple[tuple[str, int], ...]
+    kernel_packets: int
+    kernel_drops: int
+    pipe_errors: int
+
+
+def encode_stats(report: StatsReport) -> bytes:
+    doc = {
+        "w": report.worker_id,
+        "pid": report.pid,
+        "rules": {rid: [c.packets, c.bytes, [list(o) for o in c.outputs], dict(c.drops)] for rid, c in report.rules},
+        "drops": dict(report.drops),
+        "kp": report.kernel_packets,
+        "kd": report.kernel_drops,
+        "pe": report.pipe_errors,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_stats(line: bytes) -> StatsReport:
+    try:
+        d = json.loads(line)
+        rules = tuple(
+            (
+                str(rid),
+                RuleCounters(
+                    packets=int(v[0]),
+                    bytes=int(v[1]),
+                    outputs=tuple((int(o[0]), int(o[1]), int(o[2]), int(o[3])) for o in v[2]),
+                    drops=tuple((str(k), int(n)) for k, n in v[3].items()),
+                ),
+            )
+            for rid, v in d["rules"].items()
+        )
+        return StatsReport(
+            worker_id=int(d["w"]),
+            pid=int(d["pid"]),
+            rules=rules,
+            drops=tuple((str(k), int(n)) for k, n in d["drops"].items()),
+            kernel_packets=int(d["kp"]),
+            kernel_drops=int(d["kd"]),
+            pipe_errors=int(d["pe"]),
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise ProtocolError(f"malformed stats report: {e!r}") from None

@@ -1,0 +1,88 @@
+"""`multicast_relay` (alias `mcrd`): the supervisor's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from mcr import __version__
+from mcr.logs import configure_logging
+from mcr.model.errors import ConfigError, ValidationError
+from mcr.model.levels import Severity
+from mcr.supervisor.main import SupervisorConfig, run_supervisor
+
+DEFAULT_SOCKET = "/run/mcr/control.sock"
+log = logging.getLogger("mcr.supervisor")
+
+
+def default_socket_path() -> str:
+    return os.environ.get("MCR_CONTROL_SOCKET", DEFAULT_SOCKET)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="multicast_relay", description="MCR multicast relay daemon")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sup = sub.add_parser("supervisor", help="run the privileged supervisor (as root)")
+    sup.add_argument("--control-socket-path", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
+    sup.add_argument("--control-group", default=None, help="group allowed to use the control socket")
+    sup.add_argument("--user", default="nobody", help="user the workers run as (default nobody)")
+    sup.add_argument("--group", default=None, help="group the workers run as (default nogroup)")
+    sup.add_argument("--num-workers", type=_positive, default=None, help="data-plane workers (default: CPU count)")
+    sup.add_argument("--log-level", default="info", help="global log level (default info)")
+    sup.add_argument("--log-json", action="store_true", help="structured JSON log lines")
+    # Accepted for compatibility with the original MCR's scripts; they have no effect here.
+    sup.add_argument("--interface", default=None, help=argparse.SUPPRESS)
+    sup.add_argument("--relay-command-socket-path", default=None, help=argparse.SUPPRESS)
+    sub.add_parser("worker", help="internal: a data-plane worker started by the supervisor", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        from mcr.worker.main import main as worker_main
+
+        return worker_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        level = Severity.parse(args.log_level)
+    except ValidationError as e:
+        print(f"multicast_relay: {e}", file=sys.stderr)
+        return 2
+    configure_logging(level.python_level, args.log_json, prefix="supervisor")
+    if args.interface or args.relay_command_socket_path:
+        log.warning("--interface and --relay-command-socket-path are ignored: each rule names its input interface")
+    config = SupervisorConfig(
+        control_socket_path=Path(args.control_socket_path or default_socket_path()),
+        control_group=args.control_group,
+        user=args.user,
+        group=args.group,
+        num_workers=args.num_workers or os.cpu_count() or 1,
+        log_level=args.log_level,
+        log_json=args.log_json,
+    )
+    try:
+        asyncio.run(run_supervisor(config))
+    except ConfigError as e:
+        print(f"multicast_relay: {e}", file=sys.stderr)
+        return 1
+    except PermissionError as e:
+        print(f"multicast_relay: {e} (the supervisor needs root or CAP_NET_RAW/CAP_NET_ADMIN/CAP_SETUID)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

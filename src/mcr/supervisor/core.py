@@ -1,0 +1,236 @@
+"""The supervisor's pure core: the rule table, resolution against the host's links, restart backoff
+and statistics aggregation. No sockets, no processes, no clock of its own: time is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from mcr.model.errors import ValidationError
+from mcr.model.rules import (
+    Engine,
+    ForwardingRule,
+    Limits,
+    RuleSource,
+    check_rule_fits,
+    check_rule_shape,
+    generated_rule_id,
+)
+from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView
+from mcr.model.links import Link
+from mcr.protocol.control import AddRule
+from mcr.protocol.worker import RuleCounters, StatsReport, WorkerOutput, WorkerRule
+
+
+class RuleTable:
+    """The authoritative rules, in the order they were added."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.rules: dict[str, ForwardingRule] = {}
+
+    def build(self, req: AddRule, source: RuleSource = RuleSource.RUNTIME) -> ForwardingRule:
+        rule_id = req.rule_id or generated_rule_id(
+            req.input_interface, req.input_group, req.input_port, req.input_source
+        )
+        return ForwardingRule(
+            rule_id=rule_id,
+            input_interface=req.input_interface,
+            input_group=req.input_group,
+            input_port=req.input_port,
+            outputs=req.outputs,
+            input_source=req.input_source,
+            source=source,
+        )
+
+    def add(self, req: AddRule, source: RuleSource = RuleSource.RUNTIME) -> ForwardingRule:
+        """Validate and insert; raises ValidationError and changes nothing when the rule is refused."""
+        rule = self.build(req, source)
+        check_rule_shape(rule, self.limits)
+        check_rule_fits(rule, self.rules, self.limits)
+        self.rules[rule.rule_id] = rule
+        return rule
+
+    def remove(self, rule_id: str) -> ForwardingRule:
+        try:
+            return self.rules.pop(rule_id)
+        except KeyError:
+            raise ValidationError(f"Rule {rule_id} not found") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What the data plane should be doing, given the rules and the links that exist now."""
+
+    views: tuple[RuleView, ...]
+    worker_rules: tuple[WorkerRule, ...]
+    captures: Mapping[int, str]  # ifindex -> name of every input interface with an active rule
+    memberships: Mapping[int, frozenset[IPv4Address]]  # ifindex -> input groups to join there
+
+
+def _usable(link: Link | None) -> str:
+    if link is None:
+        return "does not exist"
+    if not link.up:
+        return "is down"
+    return ""
+
+
+def resolve(rules: Iterable[ForwardingRule], links: Mapping[str, Link]) -> Resolution:
+    views: list[RuleView] = []
+    worker_rules: list[WorkerRule] = []
+    captures: dict[int, str] = {}
+    memberships: dict[int, set[IPv4Address]] = {}
+    for rule in rules:
+        link = links.get(rule.input_interface)
+        problem = _usable(link)
+        if problem or link is None:
+            reason = f"input interface {rule.input_interface} {problem}"
+            views.append(RuleView(rule, Engine.USERSPACE, RuleState.WAITING, reason))
+            continue
+        outputs: list[WorkerOutput] = []
+        notes: list[str] = []
+        for i, out in enumerate(rule.outputs):
+            olink = links.get(out.interface)
+            oproblem = _usable(olink)
+            if not oproblem and olink is not None and not olink.ipv4:
+                oproblem = "has no IPv4 address"
+            if oproblem or olink is None:
+                notes.append(f"output[{i}] {out.interface} {oproblem}")
+                continue
+            outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, olink.ipv4[0], out.ttl))
+        worker_rules.append(WorkerRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs)))
+        captures[link.ifindex] = link.name
+        memberships.setdefault(link.ifindex, set()).add(rule.input_group)
+        views.append(RuleView(rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes)))
+    return Resolution(
+        views=tuple(views),
+        worker_rules=tuple(worker_rules),
+        captures=captures,
+        memberships={k: frozenset(v) for k, v in memberships.items()},
+    )
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential restart delay: 250 ms doubling to 16 s, back to 250 ms after a stable minute."""
+
+    initial: float = 0.25
+    cap: float = 16.0
+    stable: float = 60.0
+    current: float = 0.25
+    started_at: float = 0.0
+
+    def on_start(self, now: float) -> None:
+        self.started_at = now
+
+    def on_exit(self, now: float) -> float:
+        """The delay before the next start, given that the process exited at `now`."""
+        if now - self.started_at >= self.stable:
+            self.current = self.initial
+        delay = self.current
+        self.current = min(self.cap, self.current * 2)
+        return delay
+
+
+@dataclass(slots=True)
+class _Totals:
+    packets: int = 0
+    bytes: int = 0
+    outputs: dict[int, list[int]] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)
+
+    def add(self, c: RuleCounters) -> None:
+        self.packets += c.packets
+        self.bytes += c.bytes
+        for index, p, b, e in c.outputs:
+            acc = self.outputs.setdefault(index, [0, 0, 0])
+            acc[0] += p
+            acc[1] += b
+            acc[2] += e
+        for reason, n in c.drops:
+            self.drops[reason] = self.drops.get(reason, 0) + n
+
+
+class StatsBook:
+    """Sums the cumulative reports of every worker incarnation per rule, and derives rates."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, StatsReport] = {}  # worker slot -> latest report of the live incarnation
+        self.retired: dict[str, _Totals] = {}  # rule id -> counters of workers that exited
+        self.retired_drops: dict[str, int] = {}
+        self._rate_base: dict[str, tuple[float, int, int]] = {}
+        self.rates: dict[str, tuple[float, float]] = {}
+
+    def on_report(self, report: StatsReport) -> None:
+        self.latest[report.worker_id] = report
+
+    def on_worker_exit(self, worker_id: int) -> None:
+        report = self.latest.pop(worker_id, None)
+        if report is None:
+            return
+        for rule_id, counters in report.rules:
+            self.retired.setdefault(rule_id, _Totals()).add(counters)
+        for reason, n in report.drops:
+            self.retired_drops[reason] = self.retired_drops.get(reason, 0) + n
+
+    def forget_rule(self, rule_id: str) -> None:
+        """A removed rule's counters go with it (a rule added again later starts from zero)."""
+        self.retired.pop(rule_id, None)
+        self._rate_base.pop(rule_id, None)
+        self.rates.pop(rule_id, None)
+
+    def totals(self, rule_id: str) -> _Totals:
+        acc = _Totals()
+        retired = self.retired.get(rule_id)
+        if retired is not None:
+            acc.add(
+                RuleCounters(
+                    retired.packets,
+                    retired.bytes,
+                    tuple((i, v[0], v[1], v[2]) for i, v in retired.outputs.items()),
+                    tuple(retired.drops.items()),
+                )
+            )
+        for report in self.latest.values():
+            for rid, counters in report.rules:
+                if rid == rule_id:
+                    acc.add(counters)
+        return acc
+
+    def tick(self, rule_ids: Iterable[str], now: float) -> None:
+        """Refresh the per-rule rates from the change since the previous tick."""
+        for rule_id in rule_ids:
+            t = self.totals(rule_id)
+            base = self._rate_base.get(rule_id)
+            if base is not None and now > base[0]:
+                dt = now - base[0]
+                self.rates[rule_id] = (max(0, t.packets - base[1]) / dt, max(0, t.bytes - base[2]) * 8 / dt)
+            self._rate_base[rule_id] = (now, t.packets, t.bytes)
+
+    def flow_stats(self, rules: Iterable[ForwardingRule]) -> tuple[FlowStats, ...]:
+        flows = []
+        for rule in rules:
+            t = self.totals(rule.rule_id)
+            pps, bps = self.rates.get(rule.rule_id, (0.0, 0.0))
+            outputs = tuple(
+                OutputStats(str(o.group), o.port, o.interface, *t.outputs.get(i, [0, 0, 0]))
+                for i, o in enumerate(rule.outputs)
+            )
+            flows.append(
+                FlowStats(
+                    input_group=str(rule.input_group),
+                    input_port=rule.input_port,
+                    packets_relayed=t.packets,
+                    bytes_relayed=t.bytes,
+                    packets_per_second=round(pps, 1),
+                    bits_per_second=round(bps, 1),
+                    rule_id=rule.rule_id,
+                    input_interface=rule.input_interface,
+                    outputs=outputs,
+                    drops=dict(t.drops),
+                )
+            )
+        return tuple(flows)

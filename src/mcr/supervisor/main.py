@@ -1,0 +1,386 @@
+"""The supervisor process: owns the rules, the control socket and the workers; forwards nothing itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import grp
+import pwd
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import assert_never
+
+from mcr import PROTOCOL_VERSION, __version__
+from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
+from mcr.model.errors import ConfigError, ValidationError, WorkerError
+from mcr.model.levels import Facility, Severity
+from mcr.model.links import Link
+from mcr.model.rules import Limits
+from mcr.model.status import LogLevels, VersionInfo, WorkerInfo
+from mcr.netlink.links import LinkWatcher
+from mcr.protocol.control import (
+    AddRule,
+    Error,
+    LogLevelsResponse,
+    Query,
+    RemoveRule,
+    Request,
+    Response,
+    Rules,
+    SetFacilityLogLevel,
+    SetGlobalLogLevel,
+    Stats,
+    Success,
+    Version,
+    Workers,
+)
+from mcr.protocol.worker import CloseSockets, OpenSockets, Ready, SetLogLevels, Shutdown, Sync, SyncAck
+from mcr.supervisor.control import Access, ControlServer, resolve_group
+from mcr.supervisor.core import RuleTable, StatsBook, resolve
+from mcr.supervisor.memberships import Memberships
+from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
+
+log = logging.getLogger("mcr.supervisor")
+
+SYNC_WAIT_S = 2.0
+SHUTDOWN_GRACE_S = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    control_socket_path: Path
+    control_group: str | None
+    user: str
+    group: str | None
+    num_workers: int
+    log_level: str
+    log_json: bool
+    limits: Limits = Limits()
+
+
+def resolve_user(user: str, group: str | None) -> tuple[int, int]:
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"User '{user}' not found") from None
+    if group is None:
+        for candidate in ("nogroup", "nobody"):
+            try:
+                return pw.pw_uid, grp.getgrnam(candidate).gr_gid
+            except KeyError:
+                continue
+        return pw.pw_uid, pw.pw_gid
+    try:
+        return pw.pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"Group '{group}' not found") from None
+
+
+class Supervisor:
+    def __init__(self, config: SupervisorConfig) -> None:
+        self.config = config
+        self.uid, self.gid = resolve_user(config.user, config.group)
+        self.control_gid = resolve_group(config.control_group)
+        self.table = RuleTable(config.limits)
+        self.stats = StatsBook()
+        self.links: dict[str, Link] = {}
+        self.resolution = resolve((), {})
+        self.generation = 0
+        self.workers = [WorkerHandle(i) for i in range(config.num_workers)]
+        self.memberships = Memberships()
+        self.fanout_ids: dict[int, int] = {}
+        self.global_level = Severity.parse(config.log_level)
+        self.overrides: dict[Facility, Severity] = {}
+        self.stopping = asyncio.Event()
+        self.synced = asyncio.Condition()
+        self.loop = asyncio.get_running_loop()
+        self.control = ControlServer(
+            config.control_socket_path,
+            self.handle,
+            Access(os.geteuid(), self.control_gid),
+            max_request=config.limits.max_request_bytes,
+        )
+        self.watcher = LinkWatcher(self.on_links)
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.stopping.set)
+        await self.watcher.start()
+        await self.control.start(self.control_gid)
+        now = time.monotonic()
+        for handle in self.workers:
+            self.start_worker(handle, now)
+        if len(self.workers) > 1:
+            log.info("PACKET_FANOUT enabled (%d workers)", len(self.workers))
+        else:
+            log.info("PACKET_FANOUT disabled (single worker)")
+        ticker = asyncio.create_task(self.tick())
+        await self.stopping.wait()
+        log.info("received shutdown signal, stopping")
+        ticker.cancel()
+        await self.shutdown()
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for handle in self.workers:
+                if handle.status is WorkerStatus.RESTARTING and now >= handle.restart_at:
+                    self.start_worker(handle, now)
+            self.stats.tick(self.table.rules, now)
+
+    async def shutdown(self) -> None:
+        await self.control.stop()
+        for handle in self.workers:
+            if handle.channel is not None:
+                try:
+                    handle.send(Shutdown())
+                except WorkerError:
+                    pass
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while any(h.proc is not None and h.proc.poll() is None for h in self.workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for handle in self.workers:
+            if handle.proc is not None and handle.proc.poll() is None:
+                log.warning("worker %d (pid %d) did not stop in time; killing it", handle.worker_id, handle.pid)
+                handle.proc.kill()
+                handle.proc.wait()
+            self.collect(handle)
+            handle.status = WorkerStatus.STOPPED
+            self.stats.on_worker_exit(handle.worker_id)
+            if handle.pidfd >= 0:
+                self.loop.remove_reader(handle.pidfd)
+            handle.close_io()
+        self.memberships.close()
+        await self.watcher.stop()
+        for flow in self.stats.flow_stats(self.table.rules.values()):
+            log.info(
+                "final counters: rule %s %s:%d packets=%d bytes=%d",
+                flow.rule_id, flow.input_group, flow.input_port, flow.packets_relayed, flow.bytes_relayed,
+            )
+        log.info("shutdown complete")
+
+    # -------------------------------------------------------------------------------- workers
+
+    def start_worker(self, handle: WorkerHandle, now: float) -> None:
+        try:
+            spawn_worker(handle, self.uid, self.gid, logging.getLevelName(self.global_level.python_level), self.config.log_json)
+        except OSError as e:
+            log.error("cannot start worker %d: %s", handle.worker_id, e)
+            handle.status = WorkerStatus.RESTARTING
+            handle.restart_at = now + handle.backoff.on_exit(now)
+            return
+        handle.backoff.on_start(now)
+        assert handle.channel is not None
+        self.loop.add_reader(handle.channel.fileno(), self.on_channel, handle)
+        self.loop.add_reader(handle.stats_fd, self.on_stats, handle)
+        self.loop.add_reader(handle.pidfd, self.on_exit, handle)
+
+    def collect(self, handle: WorkerHandle) -> None:
+        for report in handle.read_stats():
+            self.stats.on_report(report)
+
+    def on_stats(self, handle: WorkerHandle) -> None:
+        self.collect(handle)
+
+    def on_channel(self, handle: WorkerHandle) -> None:
+        channel = handle.channel
+        for reply in handle.read_replies():
+            match reply:
+                case Ready():
+                    handle.uid = reply.uid
+                    handle.status = WorkerStatus.RUNNING
+                    log.info("worker %d (pid %d) ready as uid %d", handle.worker_id, reply.pid, reply.uid)
+                    self.push(handle)
+                case SyncAck():
+                    handle.acked_generation = reply.generation
+                    self.loop.create_task(self._notify_synced())
+                case _:
+                    assert_never(reply)
+        if handle.channel is None and channel is not None:
+            self.loop.remove_reader(channel.fileno())
+
+    async def _notify_synced(self) -> None:
+        async with self.synced:
+            self.synced.notify_all()
+
+    def on_exit(self, handle: WorkerHandle) -> None:
+        assert handle.proc is not None
+        self.loop.remove_reader(handle.pidfd)
+        if handle.channel is not None:
+            self.loop.remove_reader(handle.channel.fileno())
+        self.loop.remove_reader(handle.stats_fd)
+        status = handle.proc.wait()
+        self.collect(handle)
+        self.stats.on_worker_exit(handle.worker_id)
+        handle.close_io()
+        if self.stopping.is_set():
+            handle.status = WorkerStatus.STOPPED
+            return
+        now = time.monotonic()
+        delay = handle.backoff.on_exit(now)
+        handle.status = WorkerStatus.RESTARTING
+        handle.restart_at = now + delay
+        handle.restarts += 1
+        log.warning(
+            "worker %d (pid %d) exited with status %d; restarting in %.2f s",
+            handle.worker_id, handle.pid, status, delay,
+        )
+
+    def push(self, handle: WorkerHandle) -> None:
+        """Bring one ready worker in line with the current resolution (sockets, then rules)."""
+        res = self.resolution
+        try:
+            gone = sorted(handle.captures - set(res.captures))
+            if gone:
+                handle.send(CloseSockets(tuple(gone)))
+                handle.captures -= set(gone)
+            new = sorted(set(res.captures) - handle.captures)
+            if new:
+                socks = [self.capture_socket(ifindex, res.captures[ifindex]) for ifindex in new]
+                try:
+                    handle.send(OpenSockets(tuple(new)), [s.fileno() for s in socks])
+                finally:
+                    for s in socks:
+                        s.close()
+                handle.captures |= set(new)
+            handle.send(Sync(self.generation, res.worker_rules))
+            handle.send(self.log_levels_command())
+        except (WorkerError, OSError) as e:
+            log.error("%s; killing the worker so that it restarts clean", e)
+            if handle.proc is not None and handle.proc.poll() is None:
+                handle.proc.kill()
+
+    def capture_socket(self, ifindex: int, name: str) -> socket.socket:
+        sock = open_capture_socket(name)
+        if len(self.workers) > 1:
+            try:
+                self.fanout_ids[ifindex] = join_fanout(sock, self.fanout_ids.get(ifindex), Fanout.HASH)
+            except OSError:
+                self.fanout_ids[ifindex] = join_fanout(sock, None, Fanout.HASH)
+        return sock
+
+    def apply(self) -> int:
+        """Recompute what the data plane should do and push it to every ready worker."""
+        self.resolution = resolve(self.table.rules.values(), self.links)
+        self.generation += 1
+        self.memberships.reconcile(self.resolution.memberships)
+        for handle in self.workers:
+            if handle.ready:
+                self.push(handle)
+        return self.generation
+
+    async def wait_synced(self, generation: int) -> None:
+        def done() -> bool:
+            return all(h.acked_generation >= generation for h in self.workers if h.ready)
+
+        async with self.synced:
+            try:
+                await asyncio.wait_for(self.synced.wait_for(done), SYNC_WAIT_S)
+            except TimeoutError:
+                log.warning("not every worker confirmed rule generation %d within %.1f s", generation, SYNC_WAIT_S)
+
+    def on_links(self, links: dict[str, Link]) -> None:
+        self.links = links
+        before = self.resolution
+        after = resolve(self.table.rules.values(), links)
+        if after != before:
+            self.apply()
+
+    # ------------------------------------------------------------------------------- control
+
+    def log_levels_command(self) -> SetLogLevels:
+        return SetLogLevels(
+            self.global_level.python_level,
+            tuple((f.logger_name, s.python_level) for f, s in self.overrides.items()),
+        )
+
+    def set_levels(self) -> None:
+        logging.getLogger().setLevel(self.global_level.python_level)
+        for facility in Facility:
+            sev = self.overrides.get(facility)
+            logging.getLogger(facility.logger_name).setLevel(sev.python_level if sev else logging.NOTSET)
+        for handle in self.workers:
+            if handle.ready:
+                try:
+                    handle.send(self.log_levels_command())
+                except WorkerError as e:
+                    log.warning("%s", e)
+
+    async def handle(self, req: Request) -> Response:
+        try:
+            return await self._handle(req)
+        except ValidationError as e:
+            return Error(str(e))
+
+    async def _handle(self, req: Request) -> Response:
+        match req:
+            case AddRule():
+                rule = self.table.add(req)
+                log.info("rule %s added: %s %s:%d -> %d outputs", rule.rule_id, rule.input_interface,
+                         rule.input_group, rule.input_port, len(rule.outputs))
+                await self.wait_synced(self.apply())
+                return Success(f"Rule {rule.rule_id} added")
+            case RemoveRule():
+                rule = self.table.remove(req.rule_id)
+                self.stats.forget_rule(rule.rule_id)
+                log.info("rule %s removed", rule.rule_id)
+                await self.wait_synced(self.apply())
+                return Success(f"Rule {rule.rule_id} removed")
+            case SetGlobalLogLevel():
+                self.global_level = req.level
+                self.set_levels()
+                return Success(f"Global log level set to {req.level.name.upper()}")
+            case SetFacilityLogLevel():
+                self.overrides[req.facility] = req.level
+                self.set_levels()
+                return Success(f"Log level for {req.facility.name} set to {req.level.name.upper()}")
+            case Query.LIST_RULES:
+                return Rules(self.resolution.views)
+            case Query.GET_STATS:
+                for handle in self.workers:
+                    self.collect(handle)
+                return Stats(self.stats.flow_stats(self.table.rules.values()))
+            case Query.LIST_WORKERS:
+                return Workers(tuple(self.worker_info(h) for h in self.workers if h.proc is not None))
+            case Query.PING:
+                ready = sum(1 for h in self.workers if h.ready)
+                if ready < len(self.workers):
+                    return Error(f"Only {ready}/{len(self.workers)} workers ready")
+                return Success(f"pong: {ready}/{len(self.workers)} workers ready")
+            case Query.GET_VERSION:
+                return Version(VersionInfo(__version__, PROTOCOL_VERSION))
+            case Query.GET_LOG_LEVELS:
+                return LogLevelsResponse(
+                    LogLevels(self.global_level.name, {f.name: s.name for f, s in self.overrides.items()})
+                )
+            case _:
+                assert_never(req)
+
+    def worker_info(self, h: WorkerHandle) -> WorkerInfo:
+        report = self.stats.latest.get(h.worker_id)
+        return WorkerInfo(
+            pid=h.pid,
+            worker_type="DataPlane",
+            core_id=None,
+            worker_id=h.worker_id,
+            status=h.status.value,
+            uid=h.uid,
+            restarts=h.restarts,
+            drops=dict(report.drops) if report else {},
+            kernel_packets=report.kernel_packets if report else 0,
+            kernel_drops=report.kernel_drops if report else 0,
+            stats_pipe_errors=report.pipe_errors if report else 0,
+        )
+
+
+async def run_supervisor(config: SupervisorConfig) -> None:
+    supervisor = Supervisor(config)
+    await supervisor.run()
+

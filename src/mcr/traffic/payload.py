@@ -1,0 +1,286 @@
+"""The self-checking test payload that `traffic_generator` sends and `traffic_sink` verifies (pure, no I/O).
+
+Wire format, big-endian, `HEADER_SIZE` = 32 bytes followed by the body::
+
+    offset size field
+         0    4 magic      b"MCR\\x01" ("MCR" + format version 1)
+         4    4 run_id     u32, chosen per generator run
+         8    4 size       u32, the whole UDP payload length (header + body)
+        12    8 seq        u64, 0, 1, 2, ... within a run
+        20    8 sent_ns    u64, CLOCK_MONOTONIC at send time (shared by all network namespaces of a host)
+        28    4 digest     u32, zlib.crc32(header[0:28], zlib.crc32(body)), i.e. CRC-32 of body + header[0:28]
+        32    -  body       body_bytes(run_id, seq, size - 32)
+
+The digest covers every byte of the datagram except itself, so any single corrupted byte (and any burst of up to
+32 bits) is detected; a wrong `size` also catches truncation and padding. The body is deterministic: a stream of
+BLAKE2b blocks keyed by the run id, starting at offset `seq % BODY_PHASES`. Because the body depends on the
+sequence number only through `seq % BODY_PHASES`, a generator can keep a ring of preformatted payloads whose
+length is a multiple of `BODY_PHASES` and patch only seq, sent_ns and digest per packet (`PayloadRing`).
+
+Payloads shorter than the header (down to 0 bytes) are *unnumbered*: a fixed filler that a sink can only count.
+So are raw payloads (the original tool's `--payload STR`) and anything else without the magic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import lru_cache
+from typing import Final, TypeAlias
+
+__all__ = [
+    "BODY_PHASES",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "Checked",
+    "Corrupt",
+    "Numbered",
+    "PayloadRing",
+    "Unnumbered",
+    "Verdict",
+    "body_bytes",
+    "build_payload",
+    "check_payload",
+    "filler",
+    "inspect_payload",
+    "raw_payload",
+]
+
+MAGIC: Final = b"MCR\x01"
+HEADER_SIZE: Final = 32
+MAX_PAYLOAD: Final = 65507  # the largest UDP payload over IPv4
+BODY_PHASES: Final = 16
+MAX_RUN_ID: Final = 0xFFFF_FFFF
+_U64: Final = 0xFFFF_FFFF_FFFF_FFFF
+
+_HEADER: Final = struct.Struct("!4sIIQQI")  # magic, run_id, size, seq, sent_ns, digest
+_SIGNED: Final = struct.Struct("!4sII")  # the constant part: magic, run_id, size
+_STAMP: Final = struct.Struct("!QQ")  # seq, sent_ns
+_STAMP_DIGEST: Final = struct.Struct("!QQI")  # seq, sent_ns, digest
+_STAMP_OFFSET: Final = 12
+_DIGESTED: Final = 28  # header bytes covered by the digest
+_BODY_KEY: Final = struct.Struct("!IQ")  # run_id, block counter
+_MAGIC_WORD: Final = int.from_bytes(MAGIC, "big")
+_FILLER: Final = (b"MCR unnumbered filler " * 2)[:HEADER_SIZE]
+
+assert _HEADER.size == HEADER_SIZE
+
+
+class Verdict(IntEnum):
+    """What a received payload turned out to be."""
+
+    NUMBERED = 0  # intact: run id, sequence number and send time are valid
+    CORRUPT = 1  # one of ours, but the digest or the size field does not match
+    UNNUMBERED = 2  # not one of ours, or too short to carry a header: can only be counted
+
+
+@dataclass(frozen=True, slots=True)
+class Numbered:
+    run_id: int
+    seq: int
+    sent_ns: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Corrupt:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unnumbered:
+    size: int
+
+
+Checked: TypeAlias = Numbered | Corrupt | Unnumbered
+Bytes: TypeAlias = bytes | bytearray | memoryview
+
+
+def _check_ranges(run_id: int, size: int) -> None:
+    if not 0 <= run_id <= MAX_RUN_ID:
+        raise ValueError(f"run id must be between 0 and {MAX_RUN_ID}, not {run_id}")
+    if not 0 <= size <= MAX_PAYLOAD:
+        raise ValueError(f"payload size must be between 0 and {MAX_PAYLOAD} bytes, not {size}")
+
+
+@lru_cache(maxsize=16)
+def _body_stream(run_id: int, length: int) -> bytes:
+    blocks = []
+    total = 0
+    counter = 0
+    while total < length:
+        block = hashlib.blake2b(_BODY_KEY.pack(run_id, counter), digest_size=64).digest()
+        blocks.append(block)
+        total += len(block)
+        counter += 1
+    return b"".join(blocks)[:length]
+
+
+def body_bytes(run_id: int, seq: int, length: int) -> bytes:
+    """The deterministic body of `length` bytes for packet `seq` of run `run_id`."""
+    if length <= 0:
+        return b""
+    phase = seq % BODY_PHASES
+    # Round the stream length up so that nearby sizes share one cache entry.
+    stream = _body_stream(run_id, -(-(length + BODY_PHASES) // 1024) * 1024)
+    return stream[phase : phase + length]
+
+
+def filler(size: int) -> bytes:
+    """The unnumbered payload of `size` < HEADER_SIZE bytes."""
+    if not 0 <= size < HEADER_SIZE:
+        raise ValueError(f"filler is for sizes 0..{HEADER_SIZE - 1}, not {size}")
+    return _FILLER[:size]
+
+
+def raw_payload(text: bytes, size: int) -> bytes:
+    """The original tool's raw mode: `text` zero-padded or truncated to `size` bytes (unnumbered)."""
+    _check_ranges(0, size)
+    return text[:size].ljust(size, b"\0")
+
+
+def build_payload(run_id: int, seq: int, size: int, now_ns: int) -> bytes:
+    """Payload `seq` of run `run_id`, `size` bytes long, stamped with the send time `now_ns`.
+
+    Sizes below HEADER_SIZE give the unnumbered filler.
+    """
+    _check_ranges(run_id, size)
+    if not (0 <= seq <= _U64 and 0 <= now_ns <= _U64):
+        raise ValueError("seq and now_ns must fit in 64 unsigned bits")
+    if size < HEADER_SIZE:
+        return filler(size)
+    body = body_bytes(run_id, seq, size - HEADER_SIZE)
+    signed = _SIGNED.pack(MAGIC, run_id, size) + _STAMP.pack(seq, now_ns)
+    digest = zlib.crc32(signed, zlib.crc32(body))
+    return signed + digest.to_bytes(4, "big") + body
+
+
+def inspect_payload(data: Bytes) -> tuple[Verdict, int, int, int]:
+    """The hot-path form of `check_payload`: (verdict, run_id, seq, sent_ns), zeros unless NUMBERED."""
+    n = len(data)
+    if n < HEADER_SIZE:
+        return Verdict.UNNUMBERED, 0, 0, 0
+    magic, run_id, size, seq, sent_ns, digest = _HEADER.unpack_from(data)
+    mv = data if isinstance(data, memoryview) else memoryview(data)
+    if magic != MAGIC:
+        # A damaged magic is still ours if the digest matches with the magic repaired; anything else is foreign.
+        body_crc = zlib.crc32(mv[HEADER_SIZE:])
+        repaired = zlib.crc32(mv[4:_DIGESTED], zlib.crc32(MAGIC, body_crc))
+        if repaired == digest and size == n:
+            return Verdict.CORRUPT, 0, 0, 0
+        return Verdict.UNNUMBERED, 0, 0, 0
+    if size != n or zlib.crc32(mv[:_DIGESTED], zlib.crc32(mv[HEADER_SIZE:])) != digest:
+        return Verdict.CORRUPT, 0, 0, 0
+    return Verdict.NUMBERED, run_id, seq, sent_ns
+
+
+def check_payload(data: Bytes) -> Checked:
+    """Classify a received payload: Numbered (intact), Corrupt (with the reason) or Unnumbered."""
+    n = len(data)
+    if n < HEADER_SIZE:
+        return Unnumbered(n)
+    magic, run_id, size, seq, sent_ns, digest = _HEADER.unpack_from(data)
+    verdict = inspect_payload(data)[0]
+    if verdict is Verdict.NUMBERED:
+        return Numbered(run_id=run_id, seq=seq, sent_ns=sent_ns, size=n)
+    if verdict is Verdict.UNNUMBERED:
+        return Unnumbered(n)
+    if magic != MAGIC:
+        return Corrupt(f"magic {magic.hex()} damaged")
+    if size != n:
+        return Corrupt(f"size field {size} but {n} bytes")
+    return Corrupt(f"digest {digest:08x} does not match")
+
+
+class PayloadRing:
+    """`slots` payloads of one size back to back in one bytearray, patched in place before each send.
+
+    Slot k always carries the packets with `seq % slots == k`. In numbered mode `slots` must be a multiple of
+    BODY_PHASES, so each slot's body (and the CRC of its body) is written once; `stamp()` then writes only the
+    sequence number, the send time and the digest. Raw and short payloads are written once and never patched.
+    """
+
+    __slots__ = ("_bases", "_buffer", "_numbered", "_offsets", "_run_id", "_size", "_slots", "_stride")
+
+    def __init__(self, *, run_id: int, size: int, slots: int, raw: bytes | None = None) -> None:
+        _check_ranges(run_id, size)
+        if slots < 1:
+            raise ValueError(f"slots must be positive, not {slots}")
+        self._run_id = run_id
+        self._size = size
+        self._slots = slots
+        self._numbered = raw is None and size >= HEADER_SIZE
+        if self._numbered and slots % BODY_PHASES:
+            raise ValueError(f"slots must be a multiple of {BODY_PHASES} for numbered payloads, not {slots}")
+        self._stride = max(size, 1)
+        self._buffer = bytearray(self._stride * slots)
+        self._offsets = [k * self._stride for k in range(slots)]
+        self._bases: list[int] = []
+        for k, off in enumerate(self._offsets):
+            if raw is not None:
+                payload = raw_payload(raw, size)
+            else:
+                payload = build_payload(run_id, k, size, 0)
+            self._buffer[off : off + size] = payload
+            if self._numbered:
+                signed = _SIGNED.pack(MAGIC, run_id, size)
+                self._bases.append(zlib.crc32(signed, zlib.crc32(payload[HEADER_SIZE:])))
+
+    @property
+    def buffer(self) -> bytearray:
+        """The backing buffer; it is never resized, so its address can be handed to the kernel."""
+        return self._buffer
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
+    def numbered(self) -> bool:
+        return self._numbered
+
+    def offset(self, slot: int) -> int:
+        """Where slot `slot` starts in `buffer`."""
+        return self._offsets[slot]
+
+    def payload(self, slot: int) -> bytes:
+        """A copy of the current contents of slot `slot`."""
+        off = self._offsets[slot]
+        return bytes(self._buffer[off : off + self._size])
+
+    def stamp(self, first_seq: int, count: int, now_ns: int) -> None:
+        """Stamp sequence numbers first_seq .. first_seq+count-1 and send time now_ns into their slots.
+
+        `count` must not exceed `slots` (a later packet would overwrite an earlier one's slot).
+        """
+        if not self._numbered:
+            return
+        if count > self._slots:
+            raise ValueError(f"cannot stamp {count} packets into {self._slots} slots")
+        pack_stamp = _STAMP.pack
+        pack_into = _STAMP_DIGEST.pack_into
+        crc32 = zlib.crc32
+        buffer = self._buffer
+        offsets = self._offsets
+        bases = self._bases
+        slots = self._slots
+        slot = first_seq % slots
+        for seq in range(first_seq, first_seq + count):
+            pack_into(
+                buffer,
+                offsets[slot] + _STAMP_OFFSET,
+                seq,
+                now_ns,
+                crc32(pack_stamp(seq, now_ns), bases[slot]),
+            )
+            slot += 1
+            if slot == slots:
+                slot = 0

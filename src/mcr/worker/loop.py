@@ -1,0 +1,327 @@
+"""The data-plane loop: capture rings in, batched UDP sends out, counters pushed on a timer.
+
+Per packet the loop does only what it must: read the frame header, parse, look the flow up, and
+point the rule's send batch at the payload inside the ring (no copy). Each batch is then sent with
+one sendmmsg per output socket, before the ring block goes back to the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+
+from mcr.linux.mmsg import SendBatch
+from mcr.linux.packet_socket import attach_filter, read_statistics
+from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
+from mcr.model.errors import ProtocolError
+from mcr.packet.cbpf import build_capture_filter, pack_program
+from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame
+from mcr.protocol.worker import (
+    CloseSockets,
+    Command,
+    OpenSockets,
+    Ready,
+    SetLogLevels,
+    Shutdown,
+    StatsReport,
+    Sync,
+    SyncAck,
+    decode_command,
+    encode_reply,
+    encode_stats,
+)
+from mcr.worker.egress import open_output_socket
+from mcr.worker.table import OutputSlot, RuleSlot, filter_groups, index_rules
+
+log = logging.getLogger("mcr.worker")
+
+BATCH = 1024
+STATS_INTERVAL_S = 0.5
+MAX_FDS_PER_MESSAGE = 64
+NO_RULE = int(DropReason.NO_RULE)
+_OUTPUT_KEY = tuple[str, int, int, int, int, int, int]
+
+
+@dataclass(slots=True)
+class Capture:
+    ifindex: int
+    ring: RxRing
+    table: dict[int, RuleSlot] = field(default_factory=dict)
+
+
+class DataPlane:
+    def __init__(self, worker_id: int, channel: socket.socket, stats_fd: int) -> None:
+        self.worker_id = worker_id
+        self.channel = channel
+        self.stats_fd = stats_fd
+        self.captures: dict[int, Capture] = {}
+        self.slots: dict[str, RuleSlot] = {}
+        self.sockets: dict[_OUTPUT_KEY, socket.socket] = {}
+        self.rules_by_if: dict[int, dict[int, RuleSlot]] = {}
+        self.batches: dict[str, SendBatch] = {}
+        self.drops = [0] * len(DROP_KEYS)
+        self.kernel_packets = 0
+        self.kernel_drops = 0
+        self.pipe_errors = 0
+        self.pending_stats = b""
+        self.running = True
+        self.poller = select.poll()
+        self.poller.register(channel.fileno(), select.POLLIN)
+        self.pid = os.getpid()
+
+    # ------------------------------------------------------------------------------------ channel
+
+    def send_reply(self, reply: Ready | SyncAck) -> None:
+        self.channel.send(encode_reply(reply))
+
+    def handle_channel(self) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.channel, 16 << 20, MAX_FDS_PER_MESSAGE)
+        except BlockingIOError:
+            return
+        if not data:
+            log.info("supervisor closed the channel; worker %d exiting", self.worker_id)
+            self.running = False
+            for fd in fds:
+                os.close(fd)
+            return
+        try:
+            cmd = decode_command(data)
+        except ProtocolError as e:
+            log.error("ignoring malformed command from the supervisor: %s", e)
+            for fd in fds:
+                os.close(fd)
+            return
+        self.apply(cmd, fds)
+
+    def apply(self, cmd: Command, fds: list[int]) -> None:
+        match cmd:
+            case OpenSockets():
+                for ifindex, fd in zip(cmd.ifindexes, fds, strict=False):
+                    self.add_capture(ifindex, socket.socket(fileno=fd))
+                for fd in fds[len(cmd.ifindexes) :]:
+                    os.close(fd)
+            case CloseSockets():
+                for ifindex in cmd.ifindexes:
+                    self.remove_capture(ifindex)
+            case Sync():
+                self.sync(cmd)
+                self.send_reply(SyncAck(cmd.generation))
+            case SetLogLevels():
+                logging.getLogger().setLevel(cmd.global_level)
+                for name, level in cmd.overrides:
+                    logging.getLogger(name).setLevel(level)
+            case Shutdown():
+                self.running = False
+
+    def add_capture(self, ifindex: int, sock: socket.socket) -> None:
+        self.remove_capture(ifindex)
+        ring = RxRing(sock)
+        cap = Capture(ifindex, ring, self.rules_by_if.get(ifindex, {}))
+        self.captures[ifindex] = cap
+        self.poller.register(sock.fileno(), select.POLLIN)
+        self.refilter(cap)
+        log.debug("capturing on ifindex %d", ifindex)
+
+    def remove_capture(self, ifindex: int) -> None:
+        cap = self.captures.pop(ifindex, None)
+        if cap is None:
+            return
+        self.poller.unregister(cap.ring.sock.fileno())
+        self.account_kernel(cap)
+        cap.ring.close()
+
+    def refilter(self, cap: Capture) -> None:
+        rules = [s.rule for s in self.slots.values()]
+        attach_filter(cap.ring.sock, pack_program(build_capture_filter(filter_groups(rules, cap.ifindex))))
+
+    # --------------------------------------------------------------------------------------- rules
+
+    def sync(self, cmd: Sync) -> None:
+        """Replace the rule set; rules and output sockets that did not change keep their state."""
+        old = self.slots
+        slots: dict[str, RuleSlot] = {}
+        wanted: set[_OUTPUT_KEY] = set()
+        for rule in cmd.rules:
+            prev = old.get(rule.rule_id)
+            keep = prev is not None and prev.rule.ifindex == rule.ifindex and prev.rule.group == rule.group
+            keep = keep and prev is not None and prev.rule.port == rule.port
+            outputs: list[OutputSlot] = []
+            prev_outputs = {o.spec: o for o in prev.outputs} if keep and prev is not None else {}
+            for spec in rule.outputs:
+                key = (rule.rule_id, spec.index, int(spec.group), spec.port, spec.ifindex, int(spec.source), spec.ttl)
+                wanted.add(key)
+                out = prev_outputs.get(spec) or OutputSlot(spec)
+                sock = self.sockets.get(key)
+                if sock is None:
+                    try:
+                        sock = open_output_socket(spec)
+                    except OSError as e:
+                        log.warning("rule %s output %d: cannot open socket: %s", rule.rule_id, spec.index, e)
+                        out.fd = -1
+                        outputs.append(out)
+                        continue
+                    self.sockets[key] = sock
+                out.fd = sock.fileno()
+                outputs.append(out)
+            slot = RuleSlot(rule, outputs)
+            if keep and prev is not None:
+                slot.packets, slot.bytes, slot.drops = prev.packets, prev.bytes, prev.drops
+            slots[rule.rule_id] = slot
+            if rule.rule_id not in self.batches:
+                self.batches[rule.rule_id] = SendBatch(BATCH)
+        for key in list(self.sockets):
+            if key not in wanted:
+                self.sockets.pop(key).close()
+        for rule_id in list(self.batches):
+            if rule_id not in slots:
+                del self.batches[rule_id]
+        self.slots = slots
+        self.rules_by_if = index_rules(slots.values())
+        for cap in self.captures.values():
+            cap.table = self.rules_by_if.get(cap.ifindex, {})
+            self.refilter(cap)
+        log.debug("synced generation %d: %d rules", cmd.generation, len(slots))
+
+    # ------------------------------------------------------------------------------------ hot path
+
+    def drain(self, cap: Capture, max_blocks: int = 16) -> int:
+        ring = cap.ring
+        mm = ring.mm
+        base = ring.address
+        table = cap.table
+        drops = self.drops
+        batches = self.batches
+        unpack_block = BLOCK_HEADER.unpack_from
+        unpack_frame = FRAME_HEADER.unpack_from
+        parse = parse_frame
+        handled = 0
+        for _ in range(max_blocks):
+            boff = ring.ready_block()
+            if boff < 0:
+                break
+            _status, num_pkts, first = unpack_block(mm, boff + 8)
+            off = boff + first
+            pending: dict[RuleSlot, list[int]] = {}
+            for _i in range(num_pkts):
+                next_off, _s, _ns, snaplen, _len, _st, mac = unpack_frame(mm, off)
+                reason, key, poff, plen = parse(mm, off + mac, snaplen)
+                if reason == 0:
+                    slot = table.get(key)
+                    if slot is None:
+                        drops[NO_RULE] += 1
+                    else:
+                        lengths = pending.get(slot)
+                        if lengths is None:
+                            lengths = pending[slot] = []
+                        batch = batches[slot.rule.rule_id]
+                        batch.set(len(lengths), base + poff, plen)
+                        lengths.append(plen)
+                        if len(lengths) == BATCH:
+                            self.flush(slot, batch, lengths)
+                            lengths.clear()
+                else:
+                    drops[reason] += 1
+                    slot = table.get(key)
+                    if slot is not None:
+                        slot.drops[reason] += 1
+                off += next_off
+            for slot, lengths in pending.items():
+                if lengths:
+                    self.flush(slot, batches[slot.rule.rule_id], lengths)
+            ring.release(boff)
+            handled += num_pkts
+        return handled
+
+    @staticmethod
+    def flush(slot: RuleSlot, batch: SendBatch, lengths: list[int]) -> None:
+        count = len(lengths)
+        total = sum(lengths)
+        slot.packets += count
+        slot.bytes += total
+        for out in slot.outputs:
+            fd = out.fd
+            if fd < 0:
+                out.errors += count
+                continue
+            start = 0
+            while start < count:
+                sent = batch.send(fd, count - start, start)
+                if sent <= 0:
+                    if sent == -errno.EINTR:
+                        continue
+                    out.errors += count - start
+                    break
+                out.packets += sent
+                out.bytes += total if sent == count else sum(lengths[start : start + sent])
+                start += sent
+
+    # ---------------------------------------------------------------------------------------- stats
+
+    def account_kernel(self, cap: Capture) -> None:
+        try:
+            packets, dropped = read_statistics(cap.ring.sock)
+        except OSError:
+            return
+        self.kernel_packets += packets
+        self.kernel_drops += dropped
+
+    def report(self) -> StatsReport:
+        for cap in self.captures.values():
+            self.account_kernel(cap)
+        return StatsReport(
+            worker_id=self.worker_id,
+            pid=self.pid,
+            rules=tuple((rid, slot.counters()) for rid, slot in self.slots.items()),
+            drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops) if n),
+            kernel_packets=self.kernel_packets,
+            kernel_drops=self.kernel_drops,
+            pipe_errors=self.pipe_errors,
+        )
+
+    def push_stats(self) -> None:
+        """Write the report without ever blocking; a report that does not fit is counted and skipped."""
+        if self.pending_stats:
+            self.pending_stats = self._write(self.pending_stats)
+            if self.pending_stats:
+                self.pipe_errors += 1
+                return
+        self.pending_stats = self._write(encode_stats(self.report()))
+
+    def _write(self, data: bytes) -> bytes:
+        try:
+            written = os.write(self.stats_fd, data)
+        except BlockingIOError:
+            return data
+        except BrokenPipeError:
+            self.running = False
+            return b""
+        return data[written:]
+
+    # ----------------------------------------------------------------------------------------- loop
+
+    def run(self) -> None:
+        self.send_reply(Ready(pid=self.pid, uid=os.getuid()))
+        chan_fd = self.channel.fileno()
+        next_stats = time.monotonic() + STATS_INTERVAL_S
+        while self.running:
+            timeout_ms = max(0, int((next_stats - time.monotonic()) * 1000)) + 1
+            for fd, _ev in self.poller.poll(timeout_ms):
+                if fd == chan_fd:
+                    self.handle_channel()
+            for cap in list(self.captures.values()):
+                self.drain(cap)
+            now = time.monotonic()
+            if now >= next_stats:
+                self.push_stats()
+                next_stats = now + STATS_INTERVAL_S
+        for cap in list(self.captures.values()):
+            self.drain(cap)
+        self.push_stats()
+        if self.pending_stats:
+            self.pending_stats = self._write(self.pending_stats)

@@ -1,0 +1,61 @@
+"""The worker's forwarding state: one slot per rule, indexed per input interface by (group, port).
+
+Counters live in the slots as plain ints, updated per batch on the hot path and read on a timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mcr.packet.parse import DROP_KEYS
+from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
+
+
+def flow_key(group: int, port: int) -> int:
+    """The lookup key the parser produces: (IPv4 destination << 16) | UDP destination port."""
+    return (group << 16) | port
+
+
+@dataclass(slots=True)
+class OutputSlot:
+    spec: WorkerOutput
+    fd: int = -1
+    packets: int = 0
+    bytes: int = 0
+    errors: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class RuleSlot:
+    rule: WorkerRule
+    outputs: list[OutputSlot]
+    packets: int = 0
+    bytes: int = 0
+    drops: list[int] = field(default_factory=lambda: [0] * len(DROP_KEYS))
+
+    def counters(self) -> RuleCounters:
+        return RuleCounters(
+            packets=self.packets,
+            bytes=self.bytes,
+            outputs=tuple((o.spec.index, o.packets, o.bytes, o.errors) for o in self.outputs),
+            drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops) if n),
+        )
+
+
+def index_rules(slots: Iterable[RuleSlot]) -> dict[int, dict[int, RuleSlot]]:
+    """{ifindex: {flow key: slot}} for the hot path."""
+    table: dict[int, dict[int, RuleSlot]] = {}
+    for slot in slots:
+        r = slot.rule
+        table.setdefault(r.ifindex, {})[flow_key(int(r.group), r.port)] = slot
+    return table
+
+
+def filter_groups(rules: Iterable[WorkerRule], ifindex: int) -> dict[int, set[int]]:
+    """{group: ports} of the rules on one input interface, for its kernel socket filter."""
+    groups: dict[int, set[int]] = {}
+    for r in rules:
+        if r.ifindex == ifindex:
+            groups.setdefault(int(r.group), set()).add(r.port)
+    return groups
