@@ -535,15 +535,15 @@ class RequestFramer:
         nl = self._buf.find(b"\n")
         if nl >= 0:
             if nl > self._limit:
-                raise self._too_big(nl)
+                raise self._too_big()
             return bytes(self._buf[:nl])
         if len(self._buf) > self._limit:
-            raise self._too_big(len(self._buf))
+            raise self._too_big()
         return None
 
     def eof(self) -> bytes:
         """The peer half-closed: what was sent is the request."""
         return bytes(self._buf)
 
-    def _too_big(self, size: int) -> ProtocolError:
-        return ProtocolError(f"request exceeds the limit of {self._limit} bytes (got more than {size - 1} bytes)")
+    def _too_big(self) -> ProtocolError:
+        return ProtocolError(f"request exceeds the limit of {self._limit} bytes")

@@ -4,8 +4,8 @@ and statistics aggregation. No sockets, no processes, no clock of its own: time 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
 from mcr.model.errors import ValidationError
@@ -167,18 +167,23 @@ class StatsBook:
     def on_report(self, report: StatsReport) -> None:
         self.latest[report.worker_id] = report
 
-    def on_worker_exit(self, worker_id: int) -> None:
+    def on_worker_exit(self, worker_id: int, live_rules: Container[str]) -> None:
+        """Keep what an exited worker counted for the rules that still exist."""
         report = self.latest.pop(worker_id, None)
         if report is None:
             return
         for rule_id, counters in report.rules:
-            self.retired.setdefault(rule_id, _Totals()).add(counters)
+            if rule_id in live_rules:
+                self.retired.setdefault(rule_id, _Totals()).add(counters)
         for reason, n in report.drops:
             self.retired_drops[reason] = self.retired_drops.get(reason, 0) + n
 
     def forget_rule(self, rule_id: str) -> None:
         """A removed rule's counters go with it (a rule added again later starts from zero)."""
         self.retired.pop(rule_id, None)
+        for worker_id, report in list(self.latest.items()):
+            rules = tuple((rid, c) for rid, c in report.rules if rid != rule_id)
+            self.latest[worker_id] = replace(report, rules=rules)
         self._rate_base.pop(rule_id, None)
         self.rates.pop(rule_id, None)
 

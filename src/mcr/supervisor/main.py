@@ -153,7 +153,7 @@ class Supervisor:
                 handle.proc.wait()
             self.collect(handle)
             handle.status = WorkerStatus.STOPPED
-            self.stats.on_worker_exit(handle.worker_id)
+            self.stats.on_worker_exit(handle.worker_id, self.table.rules)
             if handle.pidfd >= 0:
                 self.loop.remove_reader(handle.pidfd)
             handle.close_io()
@@ -218,7 +218,7 @@ class Supervisor:
         self.loop.remove_reader(handle.stats_fd)
         status = handle.proc.wait()
         self.collect(handle)
-        self.stats.on_worker_exit(handle.worker_id)
+        self.stats.on_worker_exit(handle.worker_id, self.table.rules)
         handle.close_io()
         if self.stopping.is_set():
             handle.status = WorkerStatus.STOPPED

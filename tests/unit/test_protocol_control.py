@@ -1,0 +1,195 @@
+import json
+from ipaddress import IPv4Address
+
+import pytest
+
+from mcr.model.errors import ProtocolError
+from mcr.model.levels import Facility, Severity
+from mcr.model.rules import Engine, ForwardingRule, OutputDestination
+from mcr.model.status import FlowStats, LogLevels, OutputStats, RuleState, RuleView, VersionInfo, WorkerInfo
+from mcr.protocol.control import (
+    AddRule,
+    Error,
+    LogLevelsResponse,
+    Query,
+    RemoveRule,
+    RequestFramer,
+    Rules,
+    SetFacilityLogLevel,
+    SetGlobalLogLevel,
+    Stats,
+    Success,
+    Version,
+    Workers,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
+
+ORIGINAL_ADD = (
+    b'{"AddRule":{"rule_id":"r1","input_interface":"eth0","input_group":"239.1.1.1","input_port":5000,'
+    b'"outputs":[{"group":"239.2.2.2","port":6000,"interface":"eth1"}]}}'
+)
+
+
+def test_original_add_rule_shape() -> None:
+    req = decode_request(ORIGINAL_ADD)
+    assert req == AddRule(
+        rule_id="r1",
+        input_interface="eth0",
+        input_group=IPv4Address("239.1.1.1"),
+        input_port=5000,
+        outputs=(OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", 1),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'"ListRules"', Query.LIST_RULES),
+        (b'"GetStats"', Query.GET_STATS),
+        (b'"ListWorkers"', Query.LIST_WORKERS),
+        (b'"Ping"', Query.PING),
+        (b'"GetVersion"', Query.GET_VERSION),
+        (b'"GetLogLevels"', Query.GET_LOG_LEVELS),
+        (b'{"RemoveRule":{"rule_id":"r1"}}', RemoveRule("r1")),
+        (b'{"SetGlobalLogLevel":{"level":"Warning"}}', SetGlobalLogLevel(Severity.Warning)),
+        (
+            b'{"SetFacilityLogLevel":{"facility":"Ingress","level":"debug"}}',
+            SetFacilityLogLevel(Facility.Ingress, Severity.Debug),
+        ),
+    ],
+)
+def test_decode_simple(raw: bytes, expected: object) -> None:
+    assert decode_request(raw) == expected
+
+
+def test_empty_rule_id_means_generate() -> None:
+    body = json.loads(ORIGINAL_ADD)
+    body["AddRule"]["rule_id"] = ""
+    req = decode_request(json.dumps(body).encode())
+    assert isinstance(req, AddRule) and req.rule_id is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "empty request"),
+        (b"{not json", "invalid JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+        (b'"\xff"', "not valid UTF-8 (byte 0xff at offset 1)"),
+        (b'"Reboot"', "unknown command 'Reboot'"),
+        (b'{"Reboot":{}}', "unknown command 'Reboot'"),
+        (b'"AddRule"', "command 'AddRule' needs arguments"),
+        (b"42", "must be a JSON string or object, got number"),
+        (b'{"Ping":1,"ListRules":2}', "exactly one key"),
+        (b'{"RemoveRule":{"rule_id":5}}', "field 'rule_id' in RemoveRule must be a string, got number"),
+        (b'{"RemoveRule":{}}', "missing field 'rule_id' in RemoveRule"),
+        (b'{"RemoveRule":[]}', "RemoveRule must be a JSON object, got array"),
+        (
+            ORIGINAL_ADD.replace(b'"input_port":5000', b'"input_port":"5000"'),
+            "field 'input_port' in AddRule must be an integer, got string",
+        ),
+        (
+            ORIGINAL_ADD.replace(b'"input_port":5000', b'"input_port":true'),
+            "field 'input_port' in AddRule must be an integer, got boolean",
+        ),
+        (
+            ORIGINAL_ADD.replace(b'"239.1.1.1"', b'"239.1.1"'),
+            "field 'input_group' in AddRule: '239.1.1' is not a valid IPv4 address",
+        ),
+        (ORIGINAL_ADD.replace(b'"port":6000', b'"port":null'), "field 'port' in AddRule.outputs[0] must be an integer"),
+        (ORIGINAL_ADD.replace(b'"rule_id"', b'"rule_idx"'), "unknown field 'rule_idx' in AddRule"),
+        (b'{"SetGlobalLogLevel":{"level":"loud"}}', "invalid log level 'loud'"),
+        (b'{"SetFacilityLogLevel":{"facility":"ingress","level":"info"}}', "invalid facility 'ingress'"),
+    ],
+)
+def test_decode_errors_are_precise(raw: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_request(raw)
+    assert message in str(info.value)
+
+
+def test_oversize_request() -> None:
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        decode_request(b" " * ((1 << 20) + 1))
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        Query.PING,
+        RemoveRule("x"),
+        SetGlobalLogLevel(Severity.Error),
+        SetFacilityLogLevel(Facility.Egress, Severity.Trace),
+        AddRule(None, "eth0", IPv4Address("239.1.1.1"), 1, ()),
+        AddRule(
+            "id",
+            "eth0",
+            IPv4Address("239.1.1.1"),
+            65535,
+            (OutputDestination(IPv4Address("10.0.0.1"), 9, "eth1", 64),),
+            IPv4Address("10.1.1.1"),
+        ),
+    ],
+)
+def test_request_round_trip(req: object) -> None:
+    assert decode_request(encode_request(req).rstrip(b"\n")) == req  # type: ignore[arg-type]
+
+
+RULE = ForwardingRule("r1", "eth0", IPv4Address("239.1.1.1"), 5000, (OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),))
+
+
+@pytest.mark.parametrize(
+    "resp",
+    [
+        Success("Rule r1 added"),
+        Error("Rule r9 not found"),
+        Rules((RuleView(RULE, Engine.USERSPACE, RuleState.WAITING, "input interface eth0 does not exist"),)),
+        Stats(
+            (
+                FlowStats(
+                    "239.1.1.1", 5000, 10, 14000, 1.5, 16800.0, "r1", "eth0",
+                    (OutputStats("239.2.2.2", 6000, "eth1", 10, 14000, 0),), {"fragment": 2},
+                ),
+            )
+        ),
+        Workers((WorkerInfo(42, "DataPlane", None, 0, "Running", 65534, 1, {"no_rule": 3}, 100, 2, 0),)),
+        LogLevelsResponse(LogLevels("Info", {"Ingress": "Debug"})),
+        Version(VersionInfo("0.1.0", 1)),
+    ],
+)
+def test_response_round_trip(resp: object) -> None:
+    data = encode_response(resp)  # type: ignore[arg-type]
+    assert data.endswith(b"\n")
+    assert decode_response(data) == resp
+
+
+def test_original_response_shapes() -> None:
+    assert json.loads(encode_response(Success("Rule r1 added"))) == {"Success": "Rule r1 added"}
+    assert json.loads(encode_response(Rules(()))) == {"Rules": []}
+    doc = json.loads(encode_response(LogLevelsResponse(LogLevels("Info", {}))))
+    assert doc == {"LogLevels": {"global": "Info", "facility_overrides": {}}}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([b'"Ping"\n'], b'"Ping"'),
+        ([b'"Pi', b'ng"', b"\n", b"trailing"], b'"Ping"'),
+    ],
+)
+def test_framer_newline(chunks: list[bytes], expected: bytes) -> None:
+    framer = RequestFramer()
+    result = None
+    for chunk in chunks:
+        result = result or framer.feed(chunk)
+    assert result == expected
+
+
+def test_framer_half_close_and_limit() -> None:
+    framer = RequestFramer(limit=10)
+    assert framer.feed(b'"Ping"') is None
+    assert framer.eof() == b'"Ping"'
+    with pytest.raises(ProtocolError, match="exceeds the limit of 10 bytes"):
+        RequestFramer(limit=10).feed(b"x" * 11)

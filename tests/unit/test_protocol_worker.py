@@ -1,0 +1,60 @@
+from ipaddress import IPv4Address
+
+import pytest
+
+from mcr.model.errors import ProtocolError
+from mcr.protocol.worker import (
+    CloseSockets,
+    OpenSockets,
+    Ready,
+    RuleCounters,
+    SetLogLevels,
+    Shutdown,
+    StatsReport,
+    Sync,
+    SyncAck,
+    WorkerOutput,
+    WorkerRule,
+    decode_command,
+    decode_reply,
+    decode_stats,
+    encode_command,
+    encode_reply,
+    encode_stats,
+)
+
+RULE = WorkerRule(
+    "r1", 2, IPv4Address("239.1.1.1"), 5000, (WorkerOutput(0, IPv4Address("239.2.2.2"), 6000, 3, IPv4Address("10.0.0.1"), 1),)
+)
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [Sync(7, (RULE,)), Sync(0, ()), OpenSockets((2, 5)), CloseSockets((2,)), SetLogLevels(20, (("mcr.worker", 10),)), Shutdown()],
+)
+def test_command_round_trip(cmd: object) -> None:
+    assert decode_command(encode_command(cmd)) == cmd  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reply", [Ready(12, 65534), SyncAck(3)])
+def test_reply_round_trip(reply: object) -> None:
+    assert decode_reply(encode_reply(reply)) == reply  # type: ignore[arg-type]
+
+
+def test_stats_round_trip() -> None:
+    report = StatsReport(1, 99, (("r1", RuleCounters(5, 500, ((0, 5, 500, 0),), (("fragment", 2),))),), (("no_rule", 1),), 10, 1, 0)
+    line = encode_stats(report)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode_stats(line) == report
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b'"Reboot"', b'{"Sync":{"generation":"x"}}', b'{"OpenSockets":{}}', b"[]"])
+def test_malformed_commands(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_command(raw)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{}", b'{"w":1}', b"null"])
+def test_malformed_stats(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_stats(raw)

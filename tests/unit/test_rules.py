@@ -1,0 +1,146 @@
+from ipaddress import IPv4Address
+
+import pytest
+
+from mcr.model.errors import ValidationError
+from mcr.model.rules import (
+    ForwardingRule,
+    Limits,
+    OutputDestination,
+    check_rule_fits,
+    check_rule_shape,
+    interface_name_problem,
+    parse_output_spec,
+)
+
+
+def rule(**kw: object) -> ForwardingRule:
+    base: dict[str, object] = {
+        "rule_id": "r1",
+        "input_interface": "eth0",
+        "input_group": IPv4Address("239.1.1.1"),
+        "input_port": 5000,
+        "outputs": (OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),),
+    }
+    base.update(kw)
+    return ForwardingRule(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["eth0", "eth0.100", "br-lan", "a" * 15, "_x", "veth_1"])
+def test_valid_interface_names(name: str) -> None:
+    assert interface_name_problem(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("", "cannot be empty"),
+        ("a" * 16, "exceeds maximum length of 15"),
+        ("eth 0", "invalid character ' ' at position 3"),
+        ("eth0/1", "invalid character '/' at position 4"),
+        ("-eth", "cannot start with '-'"),
+        (".eth", "cannot start with '.'"),
+        ("ethé", "invalid character 'é'"),
+    ],
+)
+def test_invalid_interface_names(name: str, fragment: str) -> None:
+    problem = interface_name_problem(name)
+    assert problem is not None and fragment in problem
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"input_interface": "bad/if"}, "Invalid input_interface: interface name 'bad/if' contains invalid character"),
+        ({"input_port": 0}, "input_port cannot be 0; valid port range is 1-65535"),
+        ({"input_port": 70000}, "input_port 70000 is out of range"),
+        ({"input_group": IPv4Address("10.1.1.1")}, "input_group 10.1.1.1 is not an IPv4 multicast address"),
+        (
+            {"outputs": (OutputDestination(IPv4Address("239.2.2.2"), 0, "eth1"),)},
+            "output[0].port cannot be 0; valid port range is 1-65535",
+        ),
+        (
+            {"outputs": (OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth0"),)},
+            "cannot be the same. This creates packet loops",
+        ),
+        (
+            {"outputs": (OutputDestination(IPv4Address("0.0.0.0"), 6000, "eth1"),)},
+            "output[0].group 0.0.0.0 is not a valid destination",
+        ),
+        (
+            {"outputs": (OutputDestination(IPv4Address("255.255.255.255"), 6000, "eth1"),)},
+            "is not a valid destination",
+        ),
+        (
+            {"outputs": (OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", ttl=0),)},
+            "output[0].ttl 0 is out of range",
+        ),
+        (
+            {"outputs": (OutputDestination(IPv4Address("239.2.2.2"), 6000, "x" * 16),)},
+            "Invalid output_interface in output[0]: interface name",
+        ),
+        (
+            {
+                "outputs": (
+                    OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),
+                    OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),
+                )
+            },
+            "output[1] duplicates output[0]",
+        ),
+        ({"rule_id": "has space"}, "Invalid rule_id 'has space'"),
+    ],
+)
+def test_shape_errors(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        check_rule_shape(rule(**changes), Limits())
+    assert message in str(info.value)
+
+
+def test_unicast_output_and_no_outputs_are_allowed() -> None:
+    check_rule_shape(rule(outputs=(OutputDestination(IPv4Address("10.9.9.9"), 7000, "eth1"),)), Limits())
+    check_rule_shape(rule(outputs=()), Limits())
+
+
+def test_outputs_per_rule_limit_names_the_limit() -> None:
+    outs = tuple(OutputDestination(IPv4Address("239.2.2.2"), 6000 + i, "eth1") for i in range(3))
+    with pytest.raises(ValidationError, match="max_outputs_per_rule"):
+        check_rule_shape(rule(outputs=outs), Limits(max_outputs_per_rule=2))
+
+
+def test_duplicates_and_table_limits() -> None:
+    existing = {"r1": rule()}
+    with pytest.raises(ValidationError, match="rule_id 'r1' already exists"):
+        check_rule_fits(rule(), existing, Limits())
+    with pytest.raises(ValidationError, match="already relayed by rule 'r1'"):
+        check_rule_fits(rule(rule_id="r2"), existing, Limits())
+    with pytest.raises(ValidationError, match="max_rules"):
+        check_rule_fits(rule(rule_id="r2", input_port=5001), existing, Limits(max_rules=1))
+    with pytest.raises(ValidationError, match="max_total_outputs"):
+        check_rule_fits(rule(rule_id="r2", input_port=5001), existing, Limits(max_total_outputs=1))
+    check_rule_fits(rule(rule_id="r2", input_port=5001), existing, Limits())
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("239.2.2.2:6000:eth1", OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1")),
+        (" 10.0.0.5:53:lo ", OutputDestination(IPv4Address("10.0.0.5"), 53, "lo")),
+    ],
+)
+def test_output_spec(spec: str, expected: OutputDestination) -> None:
+    assert parse_output_spec(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("239.2.2.2:6000", "Invalid format. Expected group:port:interface"),
+        ("239.2.2.2:6000:eth1:x", "Invalid format. Expected group:port:interface"),
+        ("239.2.2:6000:eth1", "Invalid group IP: '239.2.2'"),
+        ("239.2.2.2:http:eth1", "Invalid port: 'http'"),
+    ],
+)
+def test_output_spec_errors(spec: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace(".", r"\.")):
+        parse_output_spec(spec)

@@ -1,0 +1,129 @@
+from ipaddress import IPv4Address
+
+import pytest
+
+from mcr.model.errors import ValidationError
+from mcr.model.links import Link
+from mcr.model.rules import Limits, OutputDestination
+from mcr.model.status import RuleState
+from mcr.protocol.control import AddRule
+from mcr.protocol.worker import RuleCounters, StatsReport, WorkerOutput
+from mcr.supervisor.core import Backoff, RuleTable, StatsBook, resolve
+
+G1 = IPv4Address("239.1.1.1")
+OUT = OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", 3)
+
+
+def add(table: RuleTable, rule_id: str | None = "r1", port: int = 5000, outputs: tuple = (OUT,)) -> None:  # type: ignore[type-arg]
+    table.add(AddRule(rule_id, "eth0", G1, port, outputs))
+
+
+def test_add_generates_stable_ids_and_rejects_duplicates_without_change() -> None:
+    table = RuleTable(Limits())
+    add(table, None)
+    (generated,) = table.rules
+    assert len(generated) == 16
+    with pytest.raises(ValidationError, match="already relayed"):
+        add(table, "other")
+    with pytest.raises(ValidationError, match="already exists"):
+        add(table, generated, port=5001)
+    assert list(table.rules) == [generated]
+
+
+def test_remove_unknown_rule() -> None:
+    table = RuleTable(Limits())
+    with pytest.raises(ValidationError, match="Rule nope not found"):
+        table.remove("nope")
+
+
+LINKS = {
+    "eth0": Link("eth0", 2, True, 1500, (IPv4Address("10.0.0.1"),)),
+    "eth1": Link("eth1", 3, True, 1500, (IPv4Address("10.0.1.1"),)),
+}
+
+
+@pytest.mark.parametrize(
+    ("links", "state", "reason", "outputs"),
+    [
+        (LINKS, RuleState.ACTIVE, "", 1),
+        ({"eth1": LINKS["eth1"]}, RuleState.WAITING, "input interface eth0 does not exist", None),
+        ({**LINKS, "eth0": Link("eth0", 2, False, 1500)}, RuleState.WAITING, "input interface eth0 is down", None),
+        ({"eth0": LINKS["eth0"]}, RuleState.ACTIVE, "output[0] eth1 does not exist", 0),
+        ({**LINKS, "eth1": Link("eth1", 3, True, 1500)}, RuleState.ACTIVE, "output[0] eth1 has no IPv4 address", 0),
+    ],
+)
+def test_resolve(links: dict[str, Link], state: RuleState, reason: str, outputs: int | None) -> None:
+    table = RuleTable(Limits())
+    add(table)
+    res = resolve(table.rules.values(), links)
+    (view,) = res.views
+    assert (view.state, view.state_reason) == (state, reason)
+    if outputs is None:
+        assert res.worker_rules == () and dict(res.captures) == {} and dict(res.memberships) == {}
+    else:
+        (wr,) = res.worker_rules
+        assert len(wr.outputs) == outputs
+        assert dict(res.captures) == {2: "eth0"}
+        assert dict(res.memberships) == {2: frozenset({G1})}
+        if outputs:
+            assert wr.outputs[0] == WorkerOutput(0, OUT.group, 6000, 3, IPv4Address("10.0.1.1"), 3)
+
+
+@pytest.mark.parametrize(
+    ("events", "delays"),
+    [
+        # (start time, exit time) pairs -> delay chosen at each exit
+        ([(0, 1), (1.25, 2), (2.5, 3), (3.9, 4)], [0.25, 0.5, 1.0, 2.0]),
+        ([(0, 0.1)] * 9, [0.25, 0.5, 1, 2, 4, 8, 16, 16, 16]),
+        ([(0, 1), (2, 3), (10, 100)], [0.25, 0.5, 0.25]),  # a stable minute resets the delay
+    ],
+)
+def test_backoff(events: list[tuple[float, float]], delays: list[float]) -> None:
+    b = Backoff()
+    got = []
+    for start, end in events:
+        b.on_start(start)
+        got.append(b.on_exit(end))
+    assert got == delays
+
+
+def report(worker: int, packets: int, out_packets: int, errors: int = 0) -> StatsReport:
+    counters = RuleCounters(packets, packets * 100, ((0, out_packets, out_packets * 100, errors),), (("fragment", 1),))
+    return StatsReport(worker, 1000 + worker, (("r1", counters),), (("no_rule", 2),), 0, 0, 0)
+
+
+def test_stats_sum_workers_and_keep_counters_of_exited_workers() -> None:
+    table = RuleTable(Limits())
+    add(table)
+    book = StatsBook()
+    book.on_report(report(0, 10, 10))
+    book.on_report(report(1, 5, 4, errors=1))
+    (flow,) = book.flow_stats(table.rules.values())
+    assert (flow.packets_relayed, flow.bytes_relayed) == (15, 1500)
+    assert flow.outputs[0].packets_sent == 14 and flow.outputs[0].send_errors == 1
+    assert flow.drops == {"fragment": 2}
+    book.on_worker_exit(1, table.rules)
+    book.on_report(report(1, 3, 3))  # the restarted worker counts from zero
+    (flow,) = book.flow_stats(table.rules.values())
+    assert flow.packets_relayed == 18
+    table.remove("r1")
+    book.forget_rule("r1")
+    book.on_worker_exit(0, table.rules)
+    book.on_worker_exit(1, table.rules)
+    add(table)
+    book.on_report(report(0, 0, 0))
+    (flow,) = book.flow_stats(table.rules.values())
+    assert flow.packets_relayed == 0
+
+
+def test_rates_from_deltas() -> None:
+    table = RuleTable(Limits())
+    add(table)
+    book = StatsBook()
+    book.on_report(report(0, 100, 100))
+    book.tick(table.rules, 10.0)
+    book.on_report(report(0, 300, 300))
+    book.tick(table.rules, 12.0)
+    (flow,) = book.flow_stats(table.rules.values())
+    assert flow.packets_per_second == 100.0
+    assert flow.bits_per_second == 100.0 * 100 * 8
