@@ -22,6 +22,8 @@ from rich.live import Live
 from rich.table import Table
 
 from mcr.lab import SRC_IP, Lab
+from mcr.model.status import FlowStats
+from mcr.protocol.control import Stats, decode_response
 
 IN_GROUP, IN_PORT = "239.1.1.1", 5001
 OUT_GROUP, OUT_PORT = "239.2.2.2", 6001
@@ -31,22 +33,19 @@ def _mcr(*args: str) -> list[str]:
     return [sys.executable, "-m", "mcr", *args]
 
 
-def _stats_table(stats: list[dict[str, object]], sent_target: int, elapsed: float) -> Table:
+def _stats_table(flows: tuple[FlowStats, ...], sent_target: int, elapsed: float) -> Table:
     table = Table(title=f"MCR relay — live counters ({elapsed:4.1f} s)")
     for col in ("rule", "input", "packets", "bytes", "pps", "Mbit/s", "outputs (sent/errors)"):
-        table.add_column(col, justify="right" if col not in ("rule", "input", "outputs (sent/errors)") else "left")
-    for flow in stats:
-        outs = ", ".join(
-            f"{o['group']}:{o['port']}@{o['interface']} {o['packets_sent']}/{o['send_errors']}"  # type: ignore[index]
-            for o in flow["outputs"]  # type: ignore[attr-defined]
-        )
+        table.add_column(col, justify="left" if col in ("rule", "input", "outputs (sent/errors)") else "right")
+    for flow in flows:
+        outs = ", ".join(f"{o.group}:{o.port}@{o.interface} {o.packets_sent}/{o.send_errors}" for o in flow.outputs)
         table.add_row(
-            str(flow["rule_id"]),
-            f"{flow['input_interface']} {flow['input_group']}:{flow['input_port']}",
-            f"{flow['packets_relayed']}/{sent_target}",
-            str(flow["bytes_relayed"]),
-            f"{float(flow['packets_per_second']):,.0f}",  # type: ignore[arg-type]
-            f"{float(flow['bits_per_second']) / 1e6:,.1f}",  # type: ignore[arg-type]
+            flow.rule_id,
+            f"{flow.input_interface} {flow.input_group}:{flow.input_port}",
+            f"{flow.packets_relayed}/{sent_target}",
+            str(flow.bytes_relayed),
+            f"{flow.packets_per_second:,.0f}",
+            f"{flow.bits_per_second / 1e6:,.1f}",
             outs,
         )
     return table
@@ -66,8 +65,11 @@ def run_demo(rate: int, count: int, size: int, workers: int) -> int:
         lab.up()
         log = open(workdir / "supervisor.log", "wb")  # noqa: SIM115 - closed with the process below
         sup = subprocess.Popen(
-            lab.exec_argv(lab.relay, _mcr("supervisor", "--control-socket-path", sock, "--num-workers", str(workers))),
-            stdout=log, stderr=subprocess.STDOUT,
+            lab.exec_argv(
+                lab.relay, _mcr("supervisor", "--control-socket-path", sock, "--num-workers", str(workers))
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         procs.append(sup)
         ctl = _mcr("control", "--socket-path", sock)
@@ -77,31 +79,76 @@ def run_demo(rate: int, count: int, size: int, workers: int) -> int:
                 console.print((workdir / "supervisor.log").read_text())
                 return 1
             time.sleep(0.1)
-        add = [*ctl, "add", "--rule-id", "demo", "--input-interface", "rin", "--input-group", IN_GROUP,
-               "--input-port", str(IN_PORT), "--outputs", f"{OUT_GROUP}:{OUT_PORT}:rout"]
+        add = [
+            *ctl,
+            "add",
+            "--rule-id",
+            "demo",
+            "--input-interface",
+            "rin",
+            "--input-group",
+            IN_GROUP,
+            "--input-port",
+            str(IN_PORT),
+            "--outputs",
+            f"{OUT_GROUP}:{OUT_PORT}:rout",
+        ]
         console.print(subprocess.run(add, capture_output=True, text=True, check=True).stdout.strip())
         ready = workdir / "sink.ready"
         sink = subprocess.Popen(
-            lab.exec_argv(lab.sink, _mcr("sink", "--group", OUT_GROUP, "--port", str(OUT_PORT), "--interface", "snk0",
-                                         "--expect", str(count), "--idle-timeout", "3", "--ready-file", str(ready),
-                                         "--json")),
+            lab.exec_argv(
+                lab.sink,
+                _mcr(
+                    "sink",
+                    "--group",
+                    OUT_GROUP,
+                    "--port",
+                    str(OUT_PORT),
+                    "--interface",
+                    "snk0",
+                    "--expect",
+                    str(count),
+                    "--idle-timeout",
+                    "3",
+                    "--ready-file",
+                    str(ready),
+                    "--json",
+                ),
+            ),
             stdout=subprocess.PIPE,
         )
         procs.append(sink)
         while not ready.exists() and sink.poll() is None:
             time.sleep(0.05)
         gen = subprocess.Popen(
-            lab.exec_argv(lab.src, _mcr("generate", "--group", IN_GROUP, "--port", str(IN_PORT), "--interface", SRC_IP,
-                                        "--rate", str(rate), "--size", str(size), "--count", str(count), "--quiet")),
+            lab.exec_argv(
+                lab.src,
+                _mcr(
+                    "generate",
+                    "--group",
+                    IN_GROUP,
+                    "--port",
+                    str(IN_PORT),
+                    "--interface",
+                    SRC_IP,
+                    "--rate",
+                    str(rate),
+                    "--size",
+                    str(size),
+                    "--count",
+                    str(count),
+                    "--quiet",
+                ),
+            ),
         )
         procs.append(gen)
         start = time.monotonic()
         with Live(console=console, refresh_per_second=4) as live:
             while sink.poll() is None and time.monotonic() - start < count / max(rate, 1) + 20:
                 out = subprocess.run([*ctl, "--json", "stats"], capture_output=True, text=True)
-                if out.returncode == 0:
-                    stats = json.loads(out.stdout)["Stats"]
-                    live.update(_stats_table(stats, count, time.monotonic() - start))
+                response = decode_response(out.stdout.encode()) if out.returncode == 0 else None
+                if isinstance(response, Stats):
+                    live.update(_stats_table(response.flows, count, time.monotonic() - start))
                 time.sleep(0.5)
         gen.wait(timeout=10)
         report_text = sink.communicate(timeout=10)[0].decode()
@@ -127,7 +174,9 @@ def run_demo(rate: int, count: int, size: int, workers: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mcr demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mcr demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rate", type=int, default=20_000, help="packets per second (default 20000)")
     parser.add_argument("--count", type=int, default=100_000, help="packets to send (default 100000)")
     parser.add_argument("--size", type=int, default=1400, help="UDP payload bytes (default 1400)")

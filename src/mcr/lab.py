@@ -66,7 +66,10 @@ class Lab:
 
     def _pair(self, ns_a: str, if_a: str, ip_a: str, ns_b: str, if_b: str, ip_b: str) -> None:
         sh("ip", "link", "add", f"{self.prefix}a", "type", "veth", "peer", "name", f"{self.prefix}b")
-        for tmp, ns, name, ip in ((f"{self.prefix}a", ns_a, if_a, ip_a), (f"{self.prefix}b", ns_b, if_b, ip_b)):
+        for tmp, ns, name, ip in (
+            (f"{self.prefix}a", ns_a, if_a, ip_a),
+            (f"{self.prefix}b", ns_b, if_b, ip_b),
+        ):
             sh("ip", "link", "set", tmp, "netns", ns)
             self.netns(ns, "ip", "link", "set", tmp, "name", name)
             self.netns(ns, "ip", "link", "set", name, "mtu", str(self.mtu))

@@ -6,10 +6,28 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mcr"
-PURE = ("model", "protocol", "packet", "supervisor/core.py", "traffic/payload.py", "traffic/pacing.py", "traffic/tally.py")
+PURE = (
+    "model",
+    "protocol",
+    "packet",
+    "supervisor/core.py",
+    "traffic/payload.py",
+    "traffic/pacing.py",
+    "traffic/tally.py",
+)
 IO_MODULES = {"socket", "subprocess", "asyncio", "pyroute2", "select", "mmap", "ctypes", "fcntl", "signal"}
-IO_PACKAGES = ("mcr.linux", "mcr.netlink", "mcr.supervisor.main", "mcr.supervisor.control", "mcr.supervisor.workers",
-               "mcr.worker.loop", "mcr.worker.egress", "mcr.cli", "mcr.lab", "mcr.demo")
+IO_PACKAGES = (
+    "mcr.linux",
+    "mcr.netlink",
+    "mcr.supervisor.main",
+    "mcr.supervisor.control",
+    "mcr.supervisor.workers",
+    "mcr.worker.loop",
+    "mcr.worker.egress",
+    "mcr.cli",
+    "mcr.lab",
+    "mcr.demo",
+)
 
 
 def imports(path: Path) -> set[str]:

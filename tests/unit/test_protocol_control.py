@@ -98,7 +98,10 @@ def test_empty_rule_id_means_generate() -> None:
             ORIGINAL_ADD.replace(b'"239.1.1.1"', b'"239.1.1"'),
             "field 'input_group' in AddRule: '239.1.1' is not a valid IPv4 address",
         ),
-        (ORIGINAL_ADD.replace(b'"port":6000', b'"port":null'), "field 'port' in AddRule.outputs[0] must be an integer"),
+        (
+            ORIGINAL_ADD.replace(b'"port":6000', b'"port":null'),
+            "field 'port' in AddRule.outputs[0] must be an integer",
+        ),
         (ORIGINAL_ADD.replace(b'"rule_id"', b'"rule_idx"'), "unknown field 'rule_idx' in AddRule"),
         (b'{"SetGlobalLogLevel":{"level":"loud"}}', "invalid log level 'loud'"),
         (b'{"SetFacilityLogLevel":{"facility":"ingress","level":"info"}}', "invalid facility 'ingress'"),
@@ -137,7 +140,9 @@ def test_request_round_trip(req: object) -> None:
     assert decode_request(encode_request(req).rstrip(b"\n")) == req  # type: ignore[arg-type]
 
 
-RULE = ForwardingRule("r1", "eth0", IPv4Address("239.1.1.1"), 5000, (OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),))
+RULE = ForwardingRule(
+    "r1", "eth0", IPv4Address("239.1.1.1"), 5000, (OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),)
+)
 
 
 @pytest.mark.parametrize(
@@ -149,8 +154,16 @@ RULE = ForwardingRule("r1", "eth0", IPv4Address("239.1.1.1"), 5000, (OutputDesti
         Stats(
             (
                 FlowStats(
-                    "239.1.1.1", 5000, 10, 14000, 1.5, 16800.0, "r1", "eth0",
-                    (OutputStats("239.2.2.2", 6000, "eth1", 10, 14000, 0),), {"fragment": 2},
+                    "239.1.1.1",
+                    5000,
+                    10,
+                    14000,
+                    1.5,
+                    16800.0,
+                    "r1",
+                    "eth0",
+                    (OutputStats("239.2.2.2", 6000, "eth1", 10, 14000, 0),),
+                    {"fragment": 2},
                 ),
             )
         ),

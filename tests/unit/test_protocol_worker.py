@@ -24,13 +24,24 @@ from mcr.protocol.worker import (
 )
 
 RULE = WorkerRule(
-    "r1", 2, IPv4Address("239.1.1.1"), 5000, (WorkerOutput(0, IPv4Address("239.2.2.2"), 6000, 3, IPv4Address("10.0.0.1"), 1),)
+    "r1",
+    2,
+    IPv4Address("239.1.1.1"),
+    5000,
+    (WorkerOutput(0, IPv4Address("239.2.2.2"), 6000, 3, IPv4Address("10.0.0.1"), 1),),
 )
 
 
 @pytest.mark.parametrize(
     "cmd",
-    [Sync(7, (RULE,)), Sync(0, ()), OpenSockets((2, 5)), CloseSockets((2,)), SetLogLevels(20, (("mcr.worker", 10),)), Shutdown()],
+    [
+        Sync(7, (RULE,)),
+        Sync(0, ()),
+        OpenSockets((2, 5)),
+        CloseSockets((2,)),
+        SetLogLevels(20, (("mcr.worker", 10),)),
+        Shutdown(),
+    ],
 )
 def test_command_round_trip(cmd: object) -> None:
     assert decode_command(encode_command(cmd)) == cmd  # type: ignore[arg-type]
@@ -42,13 +53,23 @@ def test_reply_round_trip(reply: object) -> None:
 
 
 def test_stats_round_trip() -> None:
-    report = StatsReport(1, 99, (("r1", RuleCounters(5, 500, ((0, 5, 500, 0),), (("fragment", 2),))),), (("no_rule", 1),), 10, 1, 0)
+    report = StatsReport(
+        1,
+        99,
+        (("r1", RuleCounters(5, 500, ((0, 5, 500, 0),), (("fragment", 2),))),),
+        (("no_rule", 1),),
+        10,
+        1,
+        0,
+    )
     line = encode_stats(report)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert decode_stats(line) == report
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b'"Reboot"', b'{"Sync":{"generation":"x"}}', b'{"OpenSockets":{}}', b"[]"])
+@pytest.mark.parametrize(
+    "raw", [b"", b"{", b'"Reboot"', b'{"Sync":{"generation":"x"}}', b'{"OpenSockets":{}}', b"[]"]
+)
 def test_malformed_commands(raw: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_command(raw)

@@ -51,7 +51,10 @@ def test_invalid_interface_names(name: str, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"input_interface": "bad/if"}, "Invalid input_interface: interface name 'bad/if' contains invalid character"),
+        (
+            {"input_interface": "bad/if"},
+            "Invalid input_interface: interface name 'bad/if' contains invalid character",
+        ),
         ({"input_port": 0}, "input_port cannot be 0; valid port range is 1-65535"),
         ({"input_port": 70000}, "input_port 70000 is out of range"),
         ({"input_group": IPv4Address("10.1.1.1")}, "input_group 10.1.1.1 is not an IPv4 multicast address"),

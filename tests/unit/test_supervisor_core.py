@@ -47,9 +47,19 @@ LINKS = {
     [
         (LINKS, RuleState.ACTIVE, "", 1),
         ({"eth1": LINKS["eth1"]}, RuleState.WAITING, "input interface eth0 does not exist", None),
-        ({**LINKS, "eth0": Link("eth0", 2, False, 1500)}, RuleState.WAITING, "input interface eth0 is down", None),
+        (
+            {**LINKS, "eth0": Link("eth0", 2, False, 1500)},
+            RuleState.WAITING,
+            "input interface eth0 is down",
+            None,
+        ),
         ({"eth0": LINKS["eth0"]}, RuleState.ACTIVE, "output[0] eth1 does not exist", 0),
-        ({**LINKS, "eth1": Link("eth1", 3, True, 1500)}, RuleState.ACTIVE, "output[0] eth1 has no IPv4 address", 0),
+        (
+            {**LINKS, "eth1": Link("eth1", 3, True, 1500)},
+            RuleState.ACTIVE,
+            "output[0] eth1 has no IPv4 address",
+            0,
+        ),
     ],
 )
 def test_resolve(links: dict[str, Link], state: RuleState, reason: str, outputs: int | None) -> None:
@@ -88,7 +98,9 @@ def test_backoff(events: list[tuple[float, float]], delays: list[float]) -> None
 
 
 def report(worker: int, packets: int, out_packets: int, errors: int = 0) -> StatsReport:
-    counters = RuleCounters(packets, packets * 100, ((0, out_packets, out_packets * 100, errors),), (("fragment", 1),))
+    counters = RuleCounters(
+        packets, packets * 100, ((0, out_packets, out_packets * 100, errors),), (("fragment", 1),)
+    )
     return StatsReport(worker, 1000 + worker, (("r1", counters),), (("no_rule", 2),), 0, 0, 0)
 
 

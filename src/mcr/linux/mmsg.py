@@ -3,14 +3,15 @@
 This module is on the relay's hot path, so nothing here allocates per message:
 
 - `SendBatch` holds one `struct mmsghdr` and one `struct iovec` per message. `set()` points message i at raw
-  memory (an address from `buffer_address()` plus an offset); `send()` is one sendmmsg(2) call over a contiguous
-  run of messages and returns the number sent, or `-errno`. Errors are return values, not exceptions.
+  memory (an address from `buffer_address()` plus an offset); `send()` is one sendmmsg(2) call over a
+  contiguous run of messages and returns the number sent, or `-errno`. Errors are return values, not
+  exceptions.
 - `RecvBatch` owns one buffer per message; `recv()` is one recvmmsg(2) call, after which `length(i)`,
   `view(i)`, `truncated(i)` and `source(i)` describe message i until the next `recv()`.
 
-The structures are declared as ctypes Structures, so ctypes computes the layout of the running ABI (glibc on x86_64
-and aarch64: iovec 16 bytes, msghdr 56, mmsghdr 64). Each ctypes array is built with `from_buffer` over a
-bytearray, so the hot path can write iovecs with a precompiled `struct.Struct.pack_into` and read `msg_len`/
+The structures are declared as ctypes Structures, so ctypes computes the layout of the running ABI (glibc on
+x86_64 and aarch64: iovec 16 bytes, msghdr 56, mmsghdr 64). Each ctypes array is built with `from_buffer` over
+a bytearray, so the hot path can write iovecs with a precompiled `struct.Struct.pack_into` and read `msg_len`/
 `msg_flags` through a `memoryview` instead of creating a ctypes proxy object per field access.
 """
 
@@ -74,12 +75,13 @@ class _SockAddrIn(ctypes.Structure):
 _MMSG_SIZE: Final = ctypes.sizeof(_MMsgHdr)
 _IOV_SIZE: Final = ctypes.sizeof(_IoVec)
 _SOCKADDR_SIZE: Final = ctypes.sizeof(_SockAddrIn)
-# Offsets of the two fields the kernel writes back, in units of 32-bit words, for a memoryview cast to "I"/"i".
+# Offsets of the two fields the kernel writes back, in 32-bit words, for a memoryview cast to "I".
 _MSG_LEN_WORD: Final = _MMsgHdr.msg_len.offset // 4
 _MSG_FLAGS_WORD: Final = _MsgHdr.msg_flags.offset // 4
 _MMSG_WORDS: Final = _MMSG_SIZE // 4
 _IOV: Final = struct.Struct("@PN")  # struct iovec: void *iov_base; size_t iov_len
-_SOCKADDR_IN: Final = struct.Struct("=H2s4s8x")  # family in host order, then port and address in network order
+# struct sockaddr_in: the family in host byte order, then port and address in network byte order.
+_SOCKADDR_IN: Final = struct.Struct("=H2s4s8x")
 
 assert _IOV.size == _IOV_SIZE
 assert _SOCKADDR_IN.size == _SOCKADDR_SIZE
@@ -98,8 +100,8 @@ _get_errno = ctypes.get_errno
 def buffer_address(buf: bytearray | memoryview | object) -> int:
     """Return the address of the first byte of a writable buffer (a bytearray, a writable mmap or memoryview).
 
-    The address stays valid only while the caller keeps `buf` alive and does not resize it (a bytearray must not
-    grow or shrink, an mmap must not be closed); nothing here holds a reference to it.
+    The address stays valid only while the caller keeps `buf` alive and does not resize it (a bytearray must
+    not grow or shrink, an mmap must not be closed); nothing here holds a reference to it.
     """
     try:
         anchor = ctypes.c_char.from_buffer(buf)  # type: ignore[arg-type]
@@ -121,8 +123,8 @@ def _check_capacity(capacity: int) -> None:
 class SendBatch:
     """A preallocated array of `capacity` outgoing messages, each with one iovec and no control data.
 
-    By default messages carry no destination (msg_name NULL), for connected sockets; `set_destination()` gives a
-    message its own sockaddr_in for unconnected sockets.
+    By default messages carry no destination (msg_name NULL), for connected sockets; `set_destination()` gives
+    a message its own sockaddr_in for unconnected sockets.
     """
 
     __slots__ = ("_base", "_capacity", "_iov_buf", "_iovs", "_mmsg_buf", "_msgs", "_names")
@@ -164,7 +166,11 @@ class SendBatch:
         if self._names is None:
             self._names = (_SockAddrIn * self._capacity)()
         _SOCKADDR_IN.pack_into(
-            self._names, i * _SOCKADDR_SIZE, socket.AF_INET, port.to_bytes(2, "big"), IPv4Address(address).packed
+            self._names,
+            i * _SOCKADDR_SIZE,
+            socket.AF_INET,
+            port.to_bytes(2, "big"),
+            IPv4Address(address).packed,
         )
         hdr.msg_name = ctypes.addressof(self._names) + i * _SOCKADDR_SIZE
         hdr.msg_namelen = _SOCKADDR_SIZE
@@ -195,6 +201,7 @@ class RecvBatch:
         "_buf",
         "_capacity",
         "_iovs",
+        "_lengths",
         "_mmsg_buf",
         "_msgs",
         "_names",
@@ -227,6 +234,7 @@ class RecvBatch:
             hdr.msg_namelen = _SOCKADDR_SIZE
         self._base = ctypes.addressof(self._msgs)
         self._words = memoryview(self._mmsg_buf).cast("I")
+        self._lengths = self._words[_MSG_LEN_WORD::_MMSG_WORDS]  # msg_len of every message, strided view
 
     @property
     def capacity(self) -> int:
@@ -236,12 +244,24 @@ class RecvBatch:
     def size(self) -> int:
         return self._size
 
+    @property
+    def buffer(self) -> memoryview:
+        """The whole receive buffer: message i starts at offset i * size (see `lengths`)."""
+        return self._view
+
     def recv(self, fd: int, flags: int = MSG_DONTWAIT) -> int:
-        """recvmmsg(fd, msgs, capacity, flags, NULL): the number of messages received, or -errno."""
+        """recvmmsg(fd, msgs, capacity, flags, NULL): the number of messages received, or -errno.
+
+        Do not pass MSG_TRUNC in `flags`: `lengths()` would then report datagram lengths, not bytes stored.
+        """
         got: int = _recvmmsg(fd, self._base, self._capacity, flags, None)
         if got < 0:
             return -_get_errno()
         return got
+
+    def lengths(self, count: int) -> list[int]:
+        """The stored lengths of messages 0..count-1, in one call (message i lives at `buffer[i * size:]`)."""
+        return self._lengths[:count].tolist()
 
     def length(self, i: int) -> int:
         """Bytes stored for message i (at most `size`; see `truncated`)."""

@@ -32,7 +32,7 @@ _U32 = struct.Struct("=I")
 class RxRing:
     """The mapped ring of one capture socket. Blocks are visited in order, `current` first."""
 
-    __slots__ = ("_anchor", "address", "block_count", "block_size", "current", "mm", "sock")
+    __slots__ = ("_anchor", "address", "block_count", "block_size", "current", "mm", "sock", "view")
 
     def __init__(
         self, sock: socket.socket, block_size: int = 1 << 18, block_count: int = 64, retire_ms: int = 2
@@ -48,7 +48,10 @@ class RxRing:
         self.sock = sock
         self.block_size = block_size
         self.block_count = block_count
-        self.mm = mmap.mmap(sock.fileno(), block_size * block_count, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.mm = mmap.mmap(
+            sock.fileno(), block_size * block_count, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        self.view = memoryview(self.mm)
         self._anchor = ctypes.c_char.from_buffer(self.mm)
         self.address = ctypes.addressof(self._anchor)
         self.current = 0
@@ -66,5 +69,6 @@ class RxRing:
 
     def close(self) -> None:
         del self._anchor
+        self.view.release()
         self.mm.close()
         self.sock.close()

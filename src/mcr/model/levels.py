@@ -98,4 +98,3 @@ class Facility(Enum):
         except KeyError:
             names = ", ".join(m.name for m in cls)
             raise ValidationError(f"invalid facility '{text}'; expected one of {names}") from None
-

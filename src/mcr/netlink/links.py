@@ -78,7 +78,7 @@ class LinkWatcher:
             await asyncio.sleep(0.02)  # let a burst of events settle
             try:
                 await self.refresh()
-            except Exception as e:  # noqa: BLE001 - netlink hiccups must not kill the supervisor
+            except Exception as e:
                 log.warning("netlink refresh failed: %s", e)
 
     async def stop(self) -> None:

@@ -234,7 +234,9 @@ def encode_stats(report: StatsReport) -> bytes:
     doc = {
         "w": report.worker_id,
         "pid": report.pid,
-        "rules": {rid: [c.packets, c.bytes, [list(o) for o in c.outputs], dict(c.drops)] for rid, c in report.rules},
+        "rules": {
+            rid: [c.packets, c.bytes, [list(o) for o in c.outputs], dict(c.drops)] for rid, c in report.rules
+        },
         "drops": dict(report.drops),
         "kp": report.kernel_packets,
         "kd": report.kernel_drops,
@@ -267,5 +269,13 @@ def decode_stats(line: bytes) -> StatsReport:
             kernel_drops=int(d["kd"]),
             pipe_errors=int(d["pe"]),
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+    except (
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        IndexError,
+        AttributeError,
+    ) as e:
         raise ProtocolError(f"malformed stats report: {e!r}") from None

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--control-group", default=None, help="group allowed to use the control socket")
     sup.add_argument("--user", default="nobody", help="user the workers run as (default nobody)")
     sup.add_argument("--group", default=None, help="group the workers run as (default nogroup)")
-    sup.add_argument("--num-workers", type=_positive, default=None, help="data-plane workers (default: CPU count)")
+    sup.add_argument(
+        "--num-workers", type=_positive, default=None, help="data-plane workers (default: CPU count)"
+    )
     sup.add_argument("--log-level", default="info", help="global log level (default info)")
     sup.add_argument("--log-json", action="store_true", help="structured JSON log lines")
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(level.python_level, args.log_json, prefix="supervisor")
     if args.interface or args.relay_command_socket_path:
-        log.warning("--interface and --relay-command-socket-path are ignored: each rule names its input interface")
+        log.warning(
+            "--interface and --relay-command-socket-path are ignored: each rule names its input interface"
+        )
     config = SupervisorConfig(
         control_socket_path=Path(args.control_socket_path or default_socket_path()),
         control_group=args.control_group,
@@ -79,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"multicast_relay: {e}", file=sys.stderr)
         return 1
     except PermissionError as e:
-        print(f"multicast_relay: {e} (the supervisor needs root or CAP_NET_RAW/CAP_NET_ADMIN/CAP_SETUID)", file=sys.stderr)
+        print(
+            f"multicast_relay: {e} (the supervisor needs root or CAP_NET_RAW/CAP_NET_ADMIN/CAP_SETUID)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

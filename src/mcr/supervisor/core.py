@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
 from mcr.model.errors import ValidationError
+from mcr.model.links import Link
 from mcr.model.rules import (
     Engine,
     ForwardingRule,
@@ -19,7 +20,6 @@ from mcr.model.rules import (
     generated_rule_id,
 )
 from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView
-from mcr.model.links import Link
 from mcr.protocol.control import AddRule
 from mcr.protocol.worker import RuleCounters, StatsReport, WorkerOutput, WorkerRule
 
@@ -101,7 +101,9 @@ def resolve(rules: Iterable[ForwardingRule], links: Mapping[str, Link]) -> Resol
                 notes.append(f"output[{i}] {out.interface} {oproblem}")
                 continue
             outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, olink.ipv4[0], out.ttl))
-        worker_rules.append(WorkerRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs)))
+        worker_rules.append(
+            WorkerRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs))
+        )
         captures[link.ifindex] = link.name
         memberships.setdefault(link.ifindex, set()).add(rule.input_group)
         views.append(RuleView(rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes)))

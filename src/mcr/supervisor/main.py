@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
-import grp
 import pwd
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import assert_never
 
@@ -59,7 +59,7 @@ class SupervisorConfig:
     num_workers: int
     log_level: str
     log_json: bool
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -144,11 +144,16 @@ class Supervisor:
                 except WorkerError:
                     pass
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        while any(h.proc is not None and h.proc.poll() is None for h in self.workers) and time.monotonic() < deadline:
+        while (
+            any(h.proc is not None and h.proc.poll() is None for h in self.workers)
+            and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.05)
         for handle in self.workers:
             if handle.proc is not None and handle.proc.poll() is None:
-                log.warning("worker %d (pid %d) did not stop in time; killing it", handle.worker_id, handle.pid)
+                log.warning(
+                    "worker %d (pid %d) did not stop in time; killing it", handle.worker_id, handle.pid
+                )
                 handle.proc.kill()
                 handle.proc.wait()
             self.collect(handle)
@@ -162,7 +167,11 @@ class Supervisor:
         for flow in self.stats.flow_stats(self.table.rules.values()):
             log.info(
                 "final counters: rule %s %s:%d packets=%d bytes=%d",
-                flow.rule_id, flow.input_group, flow.input_port, flow.packets_relayed, flow.bytes_relayed,
+                flow.rule_id,
+                flow.input_group,
+                flow.input_port,
+                flow.packets_relayed,
+                flow.bytes_relayed,
             )
         log.info("shutdown complete")
 
@@ -170,7 +179,13 @@ class Supervisor:
 
     def start_worker(self, handle: WorkerHandle, now: float) -> None:
         try:
-            spawn_worker(handle, self.uid, self.gid, logging.getLevelName(self.global_level.python_level), self.config.log_json)
+            spawn_worker(
+                handle,
+                self.uid,
+                self.gid,
+                logging.getLevelName(self.global_level.python_level),
+                self.config.log_json,
+            )
         except OSError as e:
             log.error("cannot start worker %d: %s", handle.worker_id, e)
             handle.status = WorkerStatus.RESTARTING
@@ -190,8 +205,12 @@ class Supervisor:
         self.collect(handle)
 
     def on_channel(self, handle: WorkerHandle) -> None:
-        channel = handle.channel
-        for reply in handle.read_replies():
+        replies, closed = handle.read_replies()
+        if closed and handle.channel is not None:
+            self.loop.remove_reader(handle.channel.fileno())
+            handle.channel.close()
+            handle.channel = None
+        for reply in replies:
             match reply:
                 case Ready():
                     handle.uid = reply.uid
@@ -203,8 +222,6 @@ class Supervisor:
                     self.loop.create_task(self._notify_synced())
                 case _:
                     assert_never(reply)
-        if handle.channel is None and channel is not None:
-            self.loop.remove_reader(channel.fileno())
 
     async def _notify_synced(self) -> None:
         async with self.synced:
@@ -230,7 +247,10 @@ class Supervisor:
         handle.restarts += 1
         log.warning(
             "worker %d (pid %d) exited with status %d; restarting in %.2f s",
-            handle.worker_id, handle.pid, status, delay,
+            handle.worker_id,
+            handle.pid,
+            status,
+            delay,
         )
 
     def push(self, handle: WorkerHandle) -> None:
@@ -284,7 +304,9 @@ class Supervisor:
             try:
                 await asyncio.wait_for(self.synced.wait_for(done), SYNC_WAIT_S)
             except TimeoutError:
-                log.warning("not every worker confirmed rule generation %d within %.1f s", generation, SYNC_WAIT_S)
+                log.warning(
+                    "not every worker confirmed rule generation %d within %.1f s", generation, SYNC_WAIT_S
+                )
 
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links
@@ -323,8 +345,14 @@ class Supervisor:
         match req:
             case AddRule():
                 rule = self.table.add(req)
-                log.info("rule %s added: %s %s:%d -> %d outputs", rule.rule_id, rule.input_interface,
-                         rule.input_group, rule.input_port, len(rule.outputs))
+                log.info(
+                    "rule %s added: %s %s:%d -> %d outputs",
+                    rule.rule_id,
+                    rule.input_interface,
+                    rule.input_group,
+                    rule.input_port,
+                    len(rule.outputs),
+                )
                 await self.wait_synced(self.apply())
                 return Success(f"Rule {rule.rule_id} added")
             case RemoveRule():
@@ -383,4 +411,3 @@ class Supervisor:
 async def run_supervisor(config: SupervisorConfig) -> None:
     supervisor = Supervisor(config)
     await supervisor.run()
-

@@ -44,7 +44,11 @@ class Memberships:
         for key in [k for k in self.joined if k not in want]:
             sock = self.joined.pop(key)
             try:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, _MREQN.pack(key[1].packed, b"\0" * 4, key[0]))
+                sock.setsockopt(
+                    socket.IPPROTO_IP,
+                    socket.IP_DROP_MEMBERSHIP,
+                    _MREQN.pack(key[1].packed, b"\0" * 4, key[0]),
+                )
             except OSError:
                 pass  # the interface may be gone, and the membership with it
             self.members[sock] -= 1
@@ -57,7 +61,9 @@ class Memberships:
             ifindex, group = key
             sock = self._socket_for(ifindex, limit)
             try:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _MREQN.pack(group.packed, b"\0" * 4, ifindex))
+                sock.setsockopt(
+                    socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _MREQN.pack(group.packed, b"\0" * 4, ifindex)
+                )
             except OSError as e:
                 if self.members.get(sock) == 0:
                     del self.members[sock]

@@ -73,23 +73,24 @@ class WorkerHandle:
             else:
                 self.channel.send(data)
         except OSError as e:
-            raise WorkerError(f"worker {self.worker_id} (pid {self.pid}): cannot send {type(cmd).__name__}: {e}") from e
+            raise WorkerError(
+                f"worker {self.worker_id} (pid {self.pid}): cannot send {type(cmd).__name__}: {e}"
+            ) from e
 
-    def read_replies(self) -> list[Reply]:
+    def read_replies(self) -> tuple[list[Reply], bool]:
+        """Replies waiting on the channel, and whether the worker closed it."""
         replies: list[Reply] = []
         if self.channel is None:
-            return replies
+            return replies, True
         while True:
             try:
                 data = self.channel.recv(65536)
             except BlockingIOError:
-                return replies
+                return replies, False
             except OSError:
                 data = b""
             if not data:
-                self.channel.close()
-                self.channel = None
-                return replies
+                return replies, True
             try:
                 replies.append(decode_reply(data))
             except ProtocolError as e:
@@ -148,7 +149,11 @@ def spawn_worker(handle: WorkerHandle, uid: int, gid: int, log_level: str, log_j
         argv.append("--log-json")
     try:
         proc = subprocess.Popen(
-            argv, pass_fds=(worker_end.fileno(), write_fd), env=env, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            pass_fds=(worker_end.fileno(), write_fd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     finally:
         worker_end.close()
@@ -161,4 +166,3 @@ def spawn_worker(handle: WorkerHandle, uid: int, gid: int, log_level: str, log_j
     handle.pidfd = os.pidfd_open(proc.pid)
     handle.status = WorkerStatus.STARTING
     log.info("started worker %d (pid %d)", handle.worker_id, proc.pid)
-

@@ -1,10 +1,11 @@
 """Send pacing: a token bucket driven by the caller's clock (pure, no I/O).
 
-Credit is kept in exact integer units (one packet = 1e9 units, the bucket gains `rate_pps` units per nanosecond), so
-the long-run rate has no rounding drift whatever the rate. The bucket holds at most `burst` packets: after a stall
-(a descheduled process, a blocked send) at most `burst` packets go out back to back and the rest of the backlog is
-dropped rather than caught up, so the average rate then falls below the target instead of producing a storm.
-A rate of 0 means unlimited: every call may send as many packets as the caller allows.
+Credit is kept in exact integer units (one packet = 1e9 units, the bucket gains `rate_pps` units per
+nanosecond), so the long-run rate has no rounding drift whatever the rate. The bucket holds at most `burst`
+packets: after a stall (a descheduled process, a blocked send) at most `burst` packets go out back to back and
+the rest of the backlog is dropped rather than caught up, so the average rate then falls below the target
+instead of producing a storm. A rate of 0 means unlimited: every call may send as many packets as the caller
+allows.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ NS_PER_S: Final = 1_000_000_000
 
 
 def default_burst(rate_pps: int, batch: int, window_ns: int = 2_000_000) -> int:
-    """A burst bound of one batch, or `window_ns` worth of packets at high rates (sleep overshoot absorber)."""
+    """One batch, or `window_ns` worth of packets at high rates (absorbs sleep overshoot)."""
     return max(1, batch, rate_pps * window_ns // NS_PER_S)
 
 
 class Pacer:
-    """Token bucket: `due(now_ns, limit)` grants packets, `wait_ns(now_ns)` says how long until the next one."""
+    """Token bucket: `due(now_ns, limit)` grants packets, `wait_ns(now_ns)` says when the next is due."""
 
     __slots__ = ("_cap", "_credit", "_last_ns", "_rate", "burst")
 

@@ -1,6 +1,6 @@
 """The self-checking test payload that `traffic_generator` sends and `traffic_sink` verifies (pure, no I/O).
 
-Wire format, big-endian, `HEADER_SIZE` = 32 bytes followed by the body::
+Wire format, little-endian, `HEADER_SIZE` = 32 bytes followed by the body::
 
     offset size field
          0    4 magic      b"MCR\\x01" ("MCR" + format version 1)
@@ -8,17 +8,22 @@ Wire format, big-endian, `HEADER_SIZE` = 32 bytes followed by the body::
          8    4 size       u32, the whole UDP payload length (header + body)
         12    8 seq        u64, 0, 1, 2, ... within a run
         20    8 sent_ns    u64, CLOCK_MONOTONIC at send time (shared by all network namespaces of a host)
-        28    4 digest     u32, zlib.crc32(header[0:28], zlib.crc32(body)), i.e. CRC-32 of body + header[0:28]
+        28    4 digest     u32, chosen so that zlib.crc32(whole payload) == RESIDUE (0)
         32    -  body       body_bytes(run_id, seq, size - 32)
 
-The digest covers every byte of the datagram except itself, so any single corrupted byte (and any burst of up to
-32 bits) is detected; a wrong `size` also catches truncation and padding. The body is deterministic: a stream of
-BLAKE2b blocks keyed by the run id, starting at offset `seq % BODY_PHASES`. Because the body depends on the
-sequence number only through `seq % BODY_PHASES`, a generator can keep a ring of preformatted payloads whose
-length is a multiple of `BODY_PHASES` and patch only seq, sent_ns and digest per packet (`PayloadRing`).
+The digest makes the CRC-32 of the *entire* datagram, digest included, a constant: a receiver verifies every
+byte with one `zlib.crc32(data) == RESIDUE`, and any single corrupted byte (any burst of up to 32 bits) is
+detected; the size field also catches truncation and padding. CRC-32 is affine, so the digest is
+`crc32(header[0:28]) ^ mask`, where the mask depends only on the body and its length (`_digest_mask`): a
+sender patches a preformatted payload with one CRC over 16 bytes per packet, whatever the size.
 
-Payloads shorter than the header (down to 0 bytes) are *unnumbered*: a fixed filler that a sink can only count.
-So are raw payloads (the original tool's `--payload STR`) and anything else without the magic.
+The body is deterministic: a stream of BLAKE2b blocks keyed by the run id, starting at offset
+`seq % BODY_PHASES`. Because it depends on the sequence number only through `seq % BODY_PHASES`, a generator
+keeps a ring of preformatted payloads whose length is a multiple of BODY_PHASES and patches only seq, sent_ns
+and digest per packet (`PayloadRing`).
+
+Payloads shorter than the header (down to 0 bytes) are *unnumbered*: a fixed filler that a sink can only
+count. So are raw payloads (the original tool's `--payload STR`) and anything else without the magic.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ from typing import Final, TypeAlias
 
 __all__ = [
     "BODY_PHASES",
+    "DIGEST_OFFSET",
     "HEADER_SIZE",
+    "HEADER_STRUCT",
     "MAGIC",
     "MAX_PAYLOAD",
+    "RESIDUE",
     "Checked",
     "Corrupt",
     "Numbered",
@@ -57,17 +65,18 @@ BODY_PHASES: Final = 16
 MAX_RUN_ID: Final = 0xFFFF_FFFF
 _U64: Final = 0xFFFF_FFFF_FFFF_FFFF
 
-_HEADER: Final = struct.Struct("!4sIIQQI")  # magic, run_id, size, seq, sent_ns, digest
-_SIGNED: Final = struct.Struct("!4sII")  # the constant part: magic, run_id, size
-_STAMP: Final = struct.Struct("!QQ")  # seq, sent_ns
-_STAMP_DIGEST: Final = struct.Struct("!QQI")  # seq, sent_ns, digest
+RESIDUE: Final = 0  # zlib.crc32 of every intact numbered payload
+HEADER_STRUCT: Final = struct.Struct("<4sIIQQI")  # magic, run_id, size, seq, sent_ns, digest (unpack_from)
+_SIGNED: Final = struct.Struct("<4sII")  # the constant part: magic, run_id, size
+_STAMP: Final = struct.Struct("<QQ")  # seq, sent_ns
+_STAMP_DIGEST: Final = struct.Struct("<QQI")  # seq, sent_ns, digest
 _STAMP_OFFSET: Final = 12
-_DIGESTED: Final = 28  # header bytes covered by the digest
-_BODY_KEY: Final = struct.Struct("!IQ")  # run_id, block counter
-_MAGIC_WORD: Final = int.from_bytes(MAGIC, "big")
+DIGEST_OFFSET: Final = 28
+_BODY_KEY: Final = struct.Struct("<IQ")  # run_id, block counter
+_M32: Final = 0xFFFF_FFFF
 _FILLER: Final = (b"MCR unnumbered filler " * 2)[:HEADER_SIZE]
 
-assert _HEADER.size == HEADER_SIZE
+assert HEADER_STRUCT.size == HEADER_SIZE
 
 
 class Verdict(IntEnum):
@@ -130,6 +139,50 @@ def body_bytes(run_id: int, seq: int, length: int) -> bytes:
     return stream[phase : phase + length]
 
 
+@lru_cache(maxsize=16)
+def _advance_basis(nbytes: int) -> tuple[tuple[int, int, int], ...]:
+    """Invert "advance the CRC-32 register over `nbytes` zero bytes", a linear map of 32-bit states.
+
+    Returns an XOR basis of (pivot bit, image, preimage) rows, highest pivot first, for `_solve`.
+    """
+    basis: dict[int, tuple[int, int]] = {}
+    zeros = bytes(nbytes)
+    for bit in range(32):
+        # zlib.crc32(data, v) starts from register ~v and returns ~register.
+        image = zlib.crc32(zeros, (1 << bit) ^ _M32) ^ _M32
+        preimage = 1 << bit
+        while image:
+            top = image.bit_length() - 1
+            if top not in basis:
+                basis[top] = (image, preimage)
+                break
+            image ^= basis[top][0]
+            preimage ^= basis[top][1]
+    assert len(basis) == 32, "advancing a CRC register is invertible"
+    return tuple((top, *basis[top]) for top in sorted(basis, reverse=True))
+
+
+def _solve(basis: tuple[tuple[int, int, int], ...], target: int) -> int:
+    state = 0
+    for top, image, preimage in basis:
+        if target >> top & 1:
+            target ^= image
+            state ^= preimage
+    return state
+
+
+def _digest_mask(body: Bytes) -> int:
+    """The mask such that digest = crc32(header[0:28]) ^ mask gives crc32(header + digest + body) == RESIDUE.
+
+    With r the register after header[0:28] (r = ~crc32(header[0:28])), the register after the rest is
+    A(r ^ digest) ^ b, where A advances over 4 + len(body) zero bytes and b is the body's own contribution
+    (the register after the body from zero). Solving A(r ^ digest) ^ b == ~RESIDUE for the digest gives
+    digest = r ^ A^-1(~RESIDUE ^ b) = crc32(header[0:28]) ^ ~A^-1(~RESIDUE ^ b).
+    """
+    body_register = zlib.crc32(body, _M32) ^ _M32
+    return _solve(_advance_basis(4 + len(body)), RESIDUE ^ _M32 ^ body_register) ^ _M32
+
+
 def filler(size: int) -> bytes:
     """The unnumbered payload of `size` < HEADER_SIZE bytes."""
     if not 0 <= size < HEADER_SIZE:
@@ -155,8 +208,8 @@ def build_payload(run_id: int, seq: int, size: int, now_ns: int) -> bytes:
         return filler(size)
     body = body_bytes(run_id, seq, size - HEADER_SIZE)
     signed = _SIGNED.pack(MAGIC, run_id, size) + _STAMP.pack(seq, now_ns)
-    digest = zlib.crc32(signed, zlib.crc32(body))
-    return signed + digest.to_bytes(4, "big") + body
+    digest = zlib.crc32(signed) ^ _digest_mask(body)
+    return signed + digest.to_bytes(4, "little") + body
 
 
 _UNNUMBERED_RESULT: Final = (Verdict.UNNUMBERED, 0, 0, 0)
@@ -172,14 +225,13 @@ def inspect_payload(data: Bytes) -> tuple[Verdict, int, int, int]:
     n = len(data)
     if n < HEADER_SIZE:
         return _UNNUMBERED_RESULT
-    magic, run_id, size, seq, sent_ns, digest = _HEADER.unpack_from(data)
+    magic, run_id, size, seq, sent_ns, _digest = HEADER_STRUCT.unpack_from(data)
     if magic == MAGIC:
-        if size == n and zlib.crc32(data[:_DIGESTED], zlib.crc32(data[HEADER_SIZE:])) == digest:
+        if size == n and zlib.crc32(data) == RESIDUE:
             return _NUMBERED, run_id, seq, sent_ns
         return _CORRUPT_RESULT
-    # A damaged magic is still ours if the digest matches with the magic repaired; anything else is foreign.
-    repaired = zlib.crc32(data[4:_DIGESTED], zlib.crc32(MAGIC, zlib.crc32(data[HEADER_SIZE:])))
-    if repaired == digest and size == n:
+    # A damaged magic is still ours if the CRC checks out with the magic repaired; anything else is foreign.
+    if size == n and zlib.crc32(data[4:], zlib.crc32(MAGIC)) == RESIDUE:
         return _CORRUPT_RESULT
     return _UNNUMBERED_RESULT
 
@@ -189,7 +241,7 @@ def check_payload(data: Bytes) -> Checked:
     n = len(data)
     if n < HEADER_SIZE:
         return Unnumbered(n)
-    magic, run_id, size, seq, sent_ns, digest = _HEADER.unpack_from(data)
+    magic, run_id, size, seq, sent_ns, digest = HEADER_STRUCT.unpack_from(data)
     verdict = inspect_payload(data)[0]
     if verdict is Verdict.NUMBERED:
         return Numbered(run_id=run_id, seq=seq, sent_ns=sent_ns, size=n)
@@ -199,18 +251,28 @@ def check_payload(data: Bytes) -> Checked:
         return Corrupt(f"magic {magic.hex()} damaged")
     if size != n:
         return Corrupt(f"size field {size} but {n} bytes")
-    return Corrupt(f"digest {digest:08x} does not match")
+    return Corrupt(f"digest {digest:08x} does not match: CRC-32 {zlib.crc32(data):08x} != {RESIDUE:08x}")
 
 
 class PayloadRing:
     """`slots` payloads of one size back to back in one bytearray, patched in place before each send.
 
     Slot k always carries the packets with `seq % slots == k`. In numbered mode `slots` must be a multiple of
-    BODY_PHASES, so each slot's body (and the CRC of its body) is written once; `stamp()` then writes only the
+    BODY_PHASES, so each slot's body (and its digest mask) is computed once; `stamp()` then writes only the
     sequence number, the send time and the digest. Raw and short payloads are written once and never patched.
     """
 
-    __slots__ = ("_bases", "_buffer", "_numbered", "_offsets", "_run_id", "_size", "_slots", "_stride")
+    __slots__ = (
+        "_base",
+        "_buffer",
+        "_masks",
+        "_numbered",
+        "_offsets",
+        "_run_id",
+        "_size",
+        "_slots",
+        "_stride",
+    )
 
     def __init__(self, *, run_id: int, size: int, slots: int, raw: bytes | None = None) -> None:
         _check_ranges(run_id, size)
@@ -225,16 +287,13 @@ class PayloadRing:
         self._stride = max(size, 1)
         self._buffer = bytearray(self._stride * slots)
         self._offsets = [k * self._stride for k in range(slots)]
-        self._bases: list[int] = []
+        self._base = zlib.crc32(_SIGNED.pack(MAGIC, run_id, size))  # CRC of the constant header fields
+        self._masks: list[int] = []
         for k, off in enumerate(self._offsets):
-            if raw is not None:
-                payload = raw_payload(raw, size)
-            else:
-                payload = build_payload(run_id, k, size, 0)
+            payload = build_payload(run_id, k, size, 0) if raw is None else raw_payload(raw, size)
             self._buffer[off : off + size] = payload
             if self._numbered:
-                signed = _SIGNED.pack(MAGIC, run_id, size)
-                self._bases.append(zlib.crc32(signed, zlib.crc32(payload[HEADER_SIZE:])))
+                self._masks.append(_digest_mask(payload[HEADER_SIZE:]))
 
     @property
     def buffer(self) -> bytearray:
@@ -276,17 +335,13 @@ class PayloadRing:
         crc32 = zlib.crc32
         buffer = self._buffer
         offsets = self._offsets
-        bases = self._bases
+        masks = self._masks
+        base = self._base
         slots = self._slots
         slot = first_seq % slots
         for seq in range(first_seq, first_seq + count):
-            pack_into(
-                buffer,
-                offsets[slot] + _STAMP_OFFSET,
-                seq,
-                now_ns,
-                crc32(pack_stamp(seq, now_ns), bases[slot]),
-            )
+            digest = crc32(pack_stamp(seq, now_ns), base) ^ masks[slot]
+            pack_into(buffer, offsets[slot] + _STAMP_OFFSET, seq, now_ns, digest)
             slot += 1
             if slot == slots:
                 slot = 0

@@ -154,7 +154,15 @@ class DataPlane:
             outputs: list[OutputSlot] = []
             prev_outputs = {o.spec: o for o in prev.outputs} if keep and prev is not None else {}
             for spec in rule.outputs:
-                key = (rule.rule_id, spec.index, int(spec.group), spec.port, spec.ifindex, int(spec.source), spec.ttl)
+                key = (
+                    rule.rule_id,
+                    spec.index,
+                    int(spec.group),
+                    spec.port,
+                    spec.ifindex,
+                    int(spec.source),
+                    spec.ttl,
+                )
                 wanted.add(key)
                 out = prev_outputs.get(spec) or OutputSlot(spec)
                 sock = self.sockets.get(key)
@@ -192,7 +200,7 @@ class DataPlane:
 
     def drain(self, cap: Capture, max_blocks: int = 16) -> int:
         ring = cap.ring
-        mm = ring.mm
+        mm = ring.view
         base = ring.address
         table = cap.table
         drops = self.drops

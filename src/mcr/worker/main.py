@@ -10,6 +10,8 @@ the unprivileged user.
 from __future__ import annotations
 
 import argparse
+import array  # noqa: F401 - socket.recv_fds imports it lazily, after the privilege drop
+import encodings.idna  # noqa: F401 - same reason: host names in connect()
 import logging
 import os
 import signal
@@ -25,7 +27,9 @@ log = logging.getLogger("mcr.worker")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multicast_relay worker", description="MCR data-plane worker (internal)")
+    parser = argparse.ArgumentParser(
+        prog="multicast_relay worker", description="MCR data-plane worker (internal)"
+    )
     parser.add_argument("--worker-id", type=int, required=True)
     parser.add_argument("--uid", type=int, required=True)
     parser.add_argument("--gid", type=int, required=True)
@@ -37,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         channel_fd = int(os.environ["MCR_CHANNEL_FD"])
         stats_fd = int(os.environ["MCR_STATS_PIPE_FD"])
     except (KeyError, ValueError):
-        print("multicast_relay worker: started without MCR_CHANNEL_FD/MCR_STATS_PIPE_FD; it is internal", file=sys.stderr)
+        print(
+            "multicast_relay worker: started without MCR_CHANNEL_FD/MCR_STATS_PIPE_FD; it is internal",
+            file=sys.stderr,
+        )
         return 2
     parent = os.getppid()
     creds = drop_privileges(args.uid, args.gid)

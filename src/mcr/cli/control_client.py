@@ -1,0 +1,313 @@
+"""`control_client` (alias `mcrctl`): send one command to the supervisor and show its answer (DESIGN §4).
+
+Flags and error texts follow the original MCR's client; unlike it, we exit non-zero on an `Error`
+response and never send an empty rule_id. Global flags may come before or after the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import IntEnum
+from ipaddress import IPv4Address
+from typing import NoReturn, TextIO
+
+from rich.console import Console
+
+from mcr import __version__
+from mcr.cli.render import render_error, render_response
+from mcr.cli.transport import DEFAULT_TIMEOUT_S, UnreachableError, exchange
+from mcr.model.errors import ProtocolError, ValidationError
+from mcr.model.levels import Facility, Severity
+from mcr.model.rules import OutputDestination, parse_output_spec
+from mcr.protocol.control import (
+    AddRule,
+    Error,
+    Query,
+    RemoveRule,
+    Request,
+    SetFacilityLogLevel,
+    SetGlobalLogLevel,
+    decode_response,
+    encode_request,
+)
+
+PROG = "control_client"
+DEFAULT_SOCKET = "/run/mcr/control.sock"
+SOCKET_ENV = "MCR_CONTROL_SOCKET"
+_PORT_MAX = 65535
+_WIDE = 200  # columns when stdout is not a terminal: grep-able rows rather than wrapped cells
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR_RESPONSE = 1  # the supervisor answered {"Error": ...}
+    USAGE = 2  # rejected before connecting
+    UNREACHABLE = 3  # no answer, or an answer we cannot read
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    request: Request
+    socket_path: str
+    json_output: bool
+    timeout_s: float
+
+
+# ------------------------------------------------------------------------------------- argument types
+
+
+def _ipv4(text: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid IPv4 address '{text}'") from None
+
+
+def _port(text: str) -> int:
+    # Syntax only, as the original's u16: port 0 reaches the supervisor, which explains the valid range.
+    if not text.isascii() or not text.isdigit() or int(text) > _PORT_MAX:
+        raise argparse.ArgumentTypeError(f"invalid port '{text}'; expected a number 0-{_PORT_MAX}")
+    return int(text)
+
+
+def _ttl(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 255:
+        raise argparse.ArgumentTypeError(f"invalid TTL '{text}'; valid TTL range is 1-255")
+    return int(text)
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid timeout '{text}'; expected a positive number of seconds")
+    return value
+
+
+def _rule_id(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("rule id must not be empty")
+    return text
+
+
+def _outputs(text: str) -> tuple[OutputDestination, ...]:
+    """One `--outputs` value: comma-separated `group:port:interface` specs; an empty value is no outputs."""
+    if not text:
+        return ()
+    found: list[OutputDestination] = []
+    for spec in text.split(","):
+        try:
+            out = parse_output_spec(spec)
+        except ValidationError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if not 0 <= out.port <= _PORT_MAX:  # the original parsed a u16 here
+            raise argparse.ArgumentTypeError(f"Invalid port: '{spec.strip().split(':')[1]}' in '{spec}'")
+        found.append(out)
+    return tuple(found)
+
+
+def _severity(text: str) -> Severity:
+    try:
+        return Severity.parse(text)
+    except ValidationError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _facility(text: str) -> Facility:
+    try:
+        return Facility.parse(text)
+    except ValidationError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# -------------------------------------------------------------------------------------------- parser
+
+
+def _global_flags() -> argparse.ArgumentParser:
+    """Flags accepted before the command (the original's place) and after it.
+
+    Every default is SUPPRESS so that a subcommand that does not see the flag leaves the value the
+    main parser found alone; `parse_invocation` fills in the real defaults.
+    """
+    flags = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    flags.add_argument(
+        "--socket-path",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})",
+    )
+    flags.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the raw JSON response"
+    )
+    flags.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=argparse.SUPPRESS,
+        metavar="S",
+        help=f"seconds to wait for the supervisor (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_flags()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Send one command to the MCR supervisor over its control socket.",
+        parents=[common],
+        allow_abbrev=False,
+        epilog="exit status: 0 success, 1 the supervisor answered an error, 2 usage error, "
+        "3 supervisor unreachable or malformed answer",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, aliases=list(aliases), parents=[common], allow_abbrev=False
+        )
+        sub.set_defaults(command=name, usage_error=sub.error)
+        return sub
+
+    add = command("add", "add a forwarding rule")
+    add.add_argument("--rule-id", type=_rule_id, help="rule id (default: the supervisor generates one)")
+    add.add_argument("--input-interface", required=True, metavar="IF", help="interface to capture on")
+    add.add_argument("--input-group", required=True, type=_ipv4, metavar="G", help="input multicast group")
+    add.add_argument("--input-port", required=True, type=_port, metavar="P", help="input UDP port")
+    add.add_argument("--input-source", type=_ipv4, metavar="S", help="only relay datagrams from this source")
+    add.add_argument(
+        "--outputs",
+        type=_outputs,
+        action="append",
+        default=[],
+        metavar="G:P:IF[,G:P:IF...]",
+        help="output destinations; repeatable (default: none)",
+    )
+    add.add_argument("--ttl", type=_ttl, metavar="N", help="multicast TTL of every output (default 1)")
+
+    remove = command("remove", "remove a forwarding rule")
+    remove.add_argument("--rule-id", required=True, type=_rule_id, help="id of the rule to remove")
+
+    command("list", "list the forwarding rules", aliases=["list-rules"])
+    command("stats", "show per-rule and per-output counters")
+    command("list-workers", "list the worker processes")
+    command("ping", "check that the supervisor and its workers answer")
+    command("version", "show the supervisor's version and protocol version")
+
+    log_level = command("log-level", "get or set log levels")
+    levels = log_level.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    get = levels.add_parser("get", help="show the global level and facility overrides", parents=[common])
+    get.set_defaults(usage_error=get.error)
+    set_ = levels.add_parser("set", help="set the global or one facility's level", parents=[common])
+    set_.set_defaults(usage_error=set_.error)
+    which = set_.add_mutually_exclusive_group()
+    which.add_argument("--global", dest="global_level", type=_severity, metavar="LEVEL", help="global level")
+    which.add_argument("--facility", type=_facility, metavar="FACILITY", help="facility (exact name)")
+    set_.add_argument("--level", type=_severity, metavar="LEVEL", help="level for --facility")
+    return parser
+
+
+def _request(args: argparse.Namespace) -> Request:
+    fail: Callable[[str], NoReturn] = args.usage_error  # the command's parser: prints usage, exits 2
+    command: str = args.command
+    if command == "add":
+        outputs = tuple(out for group in args.outputs for out in group)
+        if args.ttl is not None:
+            outputs = tuple(replace(out, ttl=args.ttl) for out in outputs)
+        return AddRule(
+            rule_id=args.rule_id,
+            input_interface=args.input_interface,
+            input_group=args.input_group,
+            input_port=args.input_port,
+            outputs=outputs,
+            input_source=args.input_source,
+        )
+    if command == "remove":
+        return RemoveRule(args.rule_id)
+    if command == "log-level":
+        if args.log_command == "get":
+            return Query.GET_LOG_LEVELS
+        if args.facility is not None:
+            if args.level is None:
+                fail("argument --facility: requires --level LEVEL")
+            return SetFacilityLogLevel(args.facility, args.level)
+        if args.global_level is not None:
+            if args.level is not None:
+                fail("argument --level: not allowed with argument --global")
+            return SetGlobalLogLevel(args.global_level)
+        fail("Must specify either --global <LEVEL> or --facility <FACILITY> --level <LEVEL>")
+    return _QUERIES[command]
+
+
+_QUERIES = {
+    "list": Query.LIST_RULES,
+    "stats": Query.GET_STATS,
+    "list-workers": Query.LIST_WORKERS,
+    "ping": Query.PING,
+    "version": Query.GET_VERSION,
+}
+
+
+def parse_invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
+    """Parse the command line into what to send and where; usage errors exit 2 through argparse."""
+    args = build_parser().parse_args(list(argv))
+    socket_path = getattr(args, "socket_path", None) or env.get(SOCKET_ENV) or DEFAULT_SOCKET
+    return Invocation(
+        request=_request(args),
+        socket_path=socket_path,
+        json_output=getattr(args, "json", False),
+        timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def _console(out: TextIO) -> Console:
+    terminal = out.isatty()
+    return Console(
+        file=out,
+        highlight=False,
+        width=None if terminal or "COLUMNS" in os.environ else _WIDE,
+        color_system="auto" if terminal else None,
+    )
+
+
+def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
+    """Send the request, print the answer, and say how it went."""
+    try:
+        raw = exchange(invocation.socket_path, encode_request(invocation.request), invocation.timeout_s)
+        response = decode_response(raw)
+    except UnreachableError as e:
+        print(f"{PROG}: {e}", file=err)
+        return ExitCode.UNREACHABLE
+    except ProtocolError as e:
+        print(f"{PROG}: malformed answer from the supervisor at {invocation.socket_path}: {e}", file=err)
+        return ExitCode.UNREACHABLE
+    if invocation.json_output:
+        print(json.dumps(json.loads(raw), indent=2, ensure_ascii=False), file=out)
+    if isinstance(response, Error):
+        print(render_error(response.text), file=err)
+        return ExitCode.ERROR_RESPONSE
+    if not invocation.json_output:
+        _console(out).print(render_response(response), markup=False)
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        invocation = parse_invocation(sys.argv[1:] if argv is None else argv, os.environ)
+    except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else ExitCode.USAGE
+    return run(invocation, sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Human-readable views of control responses: typed values in, `rich` renderables or strings out.
+
+Pure functions, so every view is testable without a socket or a terminal. `--json` output does not
+come through here: it prints the supervisor's own document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import assert_never
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from mcr.model.status import FlowStats, LogLevels, RuleState, RuleView, VersionInfo, WorkerInfo
+from mcr.protocol.control import (
+    Error,
+    LogLevelsResponse,
+    Response,
+    Rules,
+    Stats,
+    Success,
+    Version,
+    Workers,
+)
+
+_BIT_UNITS = (("Tbit/s", 1e12), ("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3))
+_BYTE_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+_NONE = "-"
+
+
+def format_bit_rate(bits_per_second: float) -> str:
+    """`1234567.0` -> `1.2 Mbit/s` (SI units, as link speeds are quoted)."""
+    for unit, scale in _BIT_UNITS:
+        if bits_per_second >= scale:
+            return f"{bits_per_second / scale:.1f} {unit}"
+    return f"{bits_per_second:.0f} bit/s"
+
+
+def format_bytes(count: int) -> str:
+    """`1536` -> `1.5 KiB` (IEC units); small counts stay exact."""
+    for unit, scale in _BYTE_UNITS:
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def format_pps(packets_per_second: float) -> str:
+    return f"{packets_per_second:.0f}" if packets_per_second >= 100 else f"{packets_per_second:.1f}"
+
+
+def format_counters(counters: Mapping[str, int]) -> str:
+    """Non-zero counters as `name=N, ...` sorted by name, or `-` when there are none."""
+    shown = [f"{name}={value}" for name, value in sorted(counters.items()) if value]
+    return ", ".join(shown) if shown else _NONE
+
+
+def _table(*columns: str, numeric: Sequence[str] = ()) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for name in columns:
+        table.add_column(name, justify="right" if name in numeric else "left", overflow="fold")
+    return table
+
+
+def _add_row(table: Table, *cells: str) -> None:
+    """Cells are plain text: a `[` in a reason or name must not be read as rich markup."""
+    table.add_row(*(Text(c) for c in cells))
+
+
+def render_success(text: str) -> str:
+    return text
+
+
+def render_error(text: str) -> str:
+    return f"error: {text}"
+
+
+def _rule_input(view: RuleView) -> str:
+    r = view.rule
+    text = f"{r.input_interface} {r.input_group}:{r.input_port}"
+    return text if r.input_source is None else f"{text} from {r.input_source}"
+
+
+def _rule_state(view: RuleView) -> str:
+    state = view.state.value
+    if view.state is RuleState.ACTIVE or not view.state_reason:
+        return state
+    return f"{state} ({view.state_reason})"
+
+
+def render_rules(rules: Sequence[RuleView]) -> RenderableType:
+    if not rules:
+        return Text("no rules")
+    table = _table("ID", "Input", "Outputs", "Engine", "State")
+    for view in sorted(rules, key=lambda v: v.rule.rule_id):
+        outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in view.rule.outputs) or "(none)"
+        _add_row(table, view.rule.rule_id, _rule_input(view), outputs, view.engine.value, _rule_state(view))
+    return table
+
+
+def render_stats(flows: Sequence[FlowStats]) -> RenderableType:
+    """One row per rule, then one row per output and a row of drop counters when there are any."""
+    if not flows:
+        return Text("no statistics yet")
+    table = _table(
+        "Rule",
+        "Flow",
+        "Packets",
+        "Bytes",
+        "Pkt/s",
+        "Bit rate",
+        "Errors",
+        numeric=("Packets", "Bytes", "Pkt/s", "Errors"),
+    )
+    for flow in sorted(flows, key=lambda f: (f.rule_id, f.input_group, f.input_port)):
+        source = f"{flow.input_interface} " if flow.input_interface else ""
+        _add_row(
+            table,
+            flow.rule_id or _NONE,
+            f"{source}{flow.input_group}:{flow.input_port}",
+            str(flow.packets_relayed),
+            format_bytes(flow.bytes_relayed),
+            format_pps(flow.packets_per_second),
+            format_bit_rate(flow.bits_per_second),
+            "",
+        )
+        for out in flow.outputs:
+            _add_row(
+                table,
+                "",
+                f"  -> {out.group}:{out.port}:{out.interface}",
+                str(out.packets_sent),
+                format_bytes(out.bytes_sent),
+                "",
+                "",
+                str(out.send_errors),
+            )
+        if any(flow.drops.values()):
+            _add_row(table, "", f"  drops: {format_counters(flow.drops)}", "", "", "", "", "")
+    return table
+
+
+def render_workers(workers: Sequence[WorkerInfo]) -> RenderableType:
+    if not workers:
+        return Text("no workers")
+    table = _table(
+        "PID",
+        "Type",
+        "ID",
+        "Core",
+        "Status",
+        "UID",
+        "Restarts",
+        "Kernel pkts",
+        "Kernel drops",
+        "Drops",
+        numeric=("PID", "ID", "Core", "UID", "Restarts", "Kernel pkts", "Kernel drops"),
+    )
+    for w in sorted(workers, key=lambda w: (w.worker_type, w.worker_id, w.pid)):
+        drops = dict(w.drops)
+        if w.stats_pipe_errors:
+            drops["stats_pipe_errors"] = w.stats_pipe_errors
+        _add_row(
+            table,
+            str(w.pid),
+            w.worker_type,
+            str(w.worker_id),
+            _NONE if w.core_id is None else str(w.core_id),
+            w.status,
+            _NONE if w.uid is None else str(w.uid),
+            str(w.restarts),
+            str(w.kernel_packets),
+            str(w.kernel_drops),
+            format_counters(drops),
+        )
+    return table
+
+
+def render_log_levels(levels: LogLevels) -> RenderableType:
+    head = Text(f"global: {levels.global_level}")
+    if not levels.facility_overrides:
+        return Group(head, Text("facility overrides: none"))
+    table = _table("Facility", "Level")
+    for facility, level in sorted(levels.facility_overrides.items()):
+        _add_row(table, facility, level)
+    return Group(head, Text("facility overrides:"), table)
+
+
+def render_version(info: VersionInfo) -> str:
+    return f"version {info.version}\nprotocol {info.protocol_version}\nimplementation {info.implementation}"
+
+
+def render_response(resp: Response) -> RenderableType:
+    """The human view of any response (an `Error` renders as its `error: ...` line)."""
+    match resp:
+        case Success():
+            return render_success(resp.text)
+        case Error():
+            return render_error(resp.text)
+        case Rules():
+            return render_rules(resp.rules)
+        case Stats():
+            return render_stats(resp.flows)
+        case Workers():
+            return render_workers(resp.workers)
+        case LogLevelsResponse():
+            return render_log_levels(resp.levels)
+        case Version():
+            return render_version(resp.info)
+        case _:
+            assert_never(resp)

@@ -1,0 +1,105 @@
+"""The client side of the control socket: one request out, one response back, bounded in time and size.
+
+Framing (DESIGN §5): the client writes one JSON document (newline-terminated) and half-closes; the
+supervisor answers one document and closes. Everything that keeps us from getting that answer is an
+`UnreachableError`; an answer we cannot use is a `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections.abc import Callable
+
+from mcr.model.errors import McrError, ProtocolError
+
+MAX_RESPONSE_BYTES = 64 << 20
+DEFAULT_TIMEOUT_S = 10.0
+_RECV_CHUNK = 1 << 16
+_KNOBS = "choose the socket with --socket-path or MCR_CONTROL_SOCKET"
+
+
+class UnreachableError(McrError):
+    """No answer from the supervisor: no socket, no permission, nobody listening, or no answer in time."""
+
+
+def connect_error(path: str, err: OSError) -> UnreachableError:
+    """Explain why connecting to `path` failed, naming the knobs that choose another socket."""
+    code = err.errno
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return UnreachableError(
+            f"cannot reach the supervisor: control socket {path} does not exist "
+            f"(is the supervisor running? {_KNOBS})"
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return UnreachableError(
+            f"cannot reach the supervisor: permission denied on {path} "
+            "(run as root, as the supervisor's user, or as a member of its --control-group)"
+        )
+    if code == errno.ECONNREFUSED:
+        return UnreachableError(
+            f"cannot reach the supervisor: nothing is listening on {path} "
+            f"(stale socket or not a socket; is the supervisor running? {_KNOBS})"
+        )
+    reason = err.strerror or str(err)
+    return UnreachableError(f"cannot reach the supervisor at {path}: {reason}")
+
+
+def _timed_out(path: str, timeout_s: float, doing: str) -> UnreachableError:
+    return UnreachableError(f"timed out after {timeout_s:g} s {doing} the supervisor at {path}")
+
+
+def exchange(
+    path: str,
+    request: bytes,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    limit: int = MAX_RESPONSE_BYTES,
+    clock: Callable[[], float] = time.monotonic,
+) -> bytes:
+    """Send `request` to the Unix stream socket at `path` and return the whole response.
+
+    `timeout_s` bounds the whole exchange, not each system call. Raises `UnreachableError` or
+    `ProtocolError` (empty or oversized response).
+    """
+    deadline = clock() + timeout_s
+
+    def remaining() -> float:
+        left = deadline - clock()
+        if left <= 0:
+            raise TimeoutError
+        return left
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.settimeout(remaining())
+            sock.connect(path)
+        except TimeoutError:
+            raise _timed_out(path, timeout_s, "connecting to") from None
+        except OSError as e:
+            raise connect_error(path, e) from None
+        try:
+            sock.settimeout(remaining())
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+        except TimeoutError:
+            raise _timed_out(path, timeout_s, "sending to") from None
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the supervisor stopped reading early (e.g. it refused us); its answer may still be there
+        response = bytearray()
+        while True:
+            try:
+                sock.settimeout(remaining())
+                chunk = sock.recv(_RECV_CHUNK)
+            except TimeoutError:
+                raise _timed_out(path, timeout_s, "waiting for an answer from") from None
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            response += chunk
+            if len(response) > limit:
+                raise ProtocolError(f"the supervisor's response exceeds the limit of {limit} bytes")
+    if not response.strip():
+        raise ProtocolError("the supervisor closed the connection without answering")
+    return bytes(response)

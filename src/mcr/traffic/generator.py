@@ -1,0 +1,451 @@
+"""traffic_generator: send numbered, checksummed UDP payloads at a paced rate with sendmmsg.
+
+One UDP socket bound to (--interface, 0) and connected to (--group, --port); IP_MULTICAST_IF, TTL and loop are
+set when the group is multicast. Payloads live in a `PayloadRing` (one slot per in-flight sequence number,
+patched in place: seq, send time, digest) and go out in batches of up to --batch messages per sendmmsg(2)
+call, as many as the token-bucket `Pacer` allows.
+
+Send errors: a message the kernel refuses (EAGAIN/ENOBUFS when a queue is full, ECONNREFUSED after an ICMP
+port unreachable, ENETUNREACH, EPERM from a firewall, ...) is counted in `errors` and not retried: its pacing
+token is spent, but its sequence number is not, so the next packet takes the number. Sequence numbers are
+therefore exactly 0..sent-1 and a sink's loss count measures the path, not the sender. With --rate 0 the
+generator waits up to 1 ms for the socket to become writable after EAGAIN/ENOBUFS, so "unlimited" means "as
+fast as the kernel accepts". Errors that can never succeed (EBADF, EINVAL, EMSGSIZE, ...) end the run with
+exit status 1.
+
+Sequence numbers are sent once each, so `--count N` means N packets accepted by the kernel.
+
+--gso (off by default) sets UDP_SEGMENT: one sendmmsg message then carries up to 64 adjacent payloads and the
+kernel cuts it into datagrams, which removes most of the per-packet cost of the send path. The datagrams are
+identical on the wire of a real NIC, and a UDP socket receives them one by one, but on veth and loopback the
+kernel passes the unsegmented "super-packet" along, so an AF_PACKET capture there (such as the relay's) sees
+one large frame. Use it to load UDP receivers, not to feed a relay through veth pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from types import FrameType
+from typing import Final
+
+from mcr.linux.mmsg import SendBatch, buffer_address
+from mcr.traffic.pacing import NS_PER_S, Pacer, default_burst
+from mcr.traffic.payload import BODY_PHASES, HEADER_SIZE, MAX_PAYLOAD, MAX_RUN_ID, PayloadRing
+
+__all__ = ["GeneratorConfig", "GeneratorSummary", "encode_summary", "main", "parse_args", "run"]
+
+log = logging.getLogger(__name__)
+
+_SNDBUF: Final = 4 * 1024 * 1024
+_SO_SNDBUFFORCE: Final = 32  # Linux: SO_SNDBUF beyond wmem_max, needs CAP_NET_ADMIN (not in typeshed)
+_MAX_BATCH: Final = 1024  # UIO_MAXIOV: the kernel takes at most 1024 messages per sendmmsg
+_UDP_SEGMENT: Final = 103  # SOL_UDP option: the kernel cuts each send into datagrams of this size (UDP GSO)
+_GSO_MAX_SEGMENTS: Final = 64  # UDP_MAX_SEGMENTS on kernels before 6.x raised it
+_FATAL_ERRNOS: Final = frozenset(
+    {errno.EBADF, errno.ENOTSOCK, errno.EFAULT, errno.EINVAL, errno.EMSGSIZE, errno.EDESTADDRREQ}
+)
+_BACKPRESSURE_ERRNOS: Final = frozenset({errno.EAGAIN, errno.ENOBUFS})
+_REPORTED_ERRORS: Final = 10
+_MAX_SLEEP_NS: Final = 50_000_000  # keeps SIGINT/SIGTERM, progress and --duration responsive
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorConfig:
+    group: IPv4Address
+    port: int
+    interface: IPv4Address
+    rate: int = 1000
+    size: int = 1024
+    count: int = 0
+    payload: bytes | None = None
+    duration: float | None = None
+    ttl: int | None = None  # None: 1 for multicast, the kernel default for unicast
+    loop: bool = False
+    run_id: int = 0
+    batch: int = 64
+    gso: bool = False
+    json: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorSummary:
+    sent: int
+    errors: int
+    elapsed_s: float
+    target_pps: int
+    size: int
+    run_id: int
+    numbered: bool
+    first_error: str | None
+
+    @property
+    def pps(self) -> float:
+        return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def gbps(self) -> float:
+        """UDP payload bits per second, in Gbit/s."""
+        return self.pps * self.size * 8 / 1e9
+
+
+def encode_summary(summary: GeneratorSummary) -> dict[str, object]:
+    return {
+        "sent": summary.sent,
+        "errors": summary.errors,
+        "elapsed_s": round(summary.elapsed_s, 6),
+        "pps": round(summary.pps, 1),
+        "target_pps": summary.target_pps,
+        "gbps": round(summary.gbps, 6),
+        "size": summary.size,
+        "run_id": summary.run_id,
+        "numbered": summary.numbered,
+        "first_error": summary.first_error,
+    }
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _ipv4(text: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}") from exc
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="traffic_generator",
+        description="Send numbered, checksummed UDP payloads (multicast or unicast) at a paced rate.",
+    )
+    p.add_argument("--group", required=True, type=_ipv4, help="destination group (or unicast address)")
+    p.add_argument("--port", required=True, type=int, help="destination UDP port")
+    p.add_argument(
+        "--interface", required=True, type=_ipv4, help="source IPv4 address (and multicast interface)"
+    )
+    p.add_argument("--rate", type=_non_negative_int, default=1000, help="packets per second, 0 = unlimited")
+    p.add_argument("--size", type=_non_negative_int, default=1024, help="UDP payload bytes (default 1024)")
+    p.add_argument("--count", type=_non_negative_int, default=0, help="packets to send, 0 = until stopped")
+    p.add_argument(
+        "--payload", help="raw mode: this string's bytes, zero-padded or truncated to --size (unnumbered)"
+    )
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--ttl", type=int, help="IP TTL (default 1 for multicast, kernel default for unicast)")
+    p.add_argument("--loop", action="store_true", help="enable IP_MULTICAST_LOOP (default off)")
+    p.add_argument(
+        "--run-id", type=_non_negative_int, help="run id stamped in every payload (default random)"
+    )
+    p.add_argument("--batch", type=_positive_int, default=64, help=f"messages per sendmmsg (1..{_MAX_BATCH})")
+    p.add_argument(
+        "--gso",
+        action="store_true",
+        help="UDP GSO: the kernel cuts each send into datagrams (much faster; for UDP receivers, see docs)",
+    )
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> GeneratorConfig:
+    parser = _build_parser()
+    ns = parser.parse_args(argv)
+    if not 0 <= ns.port <= 65535:
+        parser.error(f"--port must be 0..65535, not {ns.port}")
+    if ns.size > MAX_PAYLOAD:
+        parser.error(f"--size must be at most {MAX_PAYLOAD} bytes, not {ns.size}")
+    if ns.batch > _MAX_BATCH:
+        parser.error(f"--batch must be at most {_MAX_BATCH}, not {ns.batch}")
+    if ns.duration is not None and not ns.duration > 0:
+        parser.error(f"--duration must be positive, not {ns.duration}")
+    if ns.ttl is not None and not 0 <= ns.ttl <= 255:
+        parser.error(f"--ttl must be 0..255, not {ns.ttl}")
+    if ns.run_id is not None and ns.run_id > MAX_RUN_ID:
+        parser.error(f"--run-id must be at most {MAX_RUN_ID}, not {ns.run_id}")
+    if ns.gso and gso_segments(ns.size) < 2:
+        parser.error(f"--gso needs --size between 1 and {MAX_PAYLOAD // 2} bytes, not {ns.size}")
+    return GeneratorConfig(
+        group=ns.group,
+        port=ns.port,
+        interface=ns.interface,
+        rate=ns.rate,
+        size=ns.size,
+        count=ns.count,
+        payload=None if ns.payload is None else os.fsencode(ns.payload),
+        duration=ns.duration,
+        ttl=ns.ttl,
+        loop=ns.loop,
+        run_id=random.randrange(MAX_RUN_ID + 1) if ns.run_id is None else ns.run_id,
+        batch=ns.batch,
+        gso=ns.gso,
+        json=ns.json,
+        quiet=ns.quiet,
+    )
+
+
+def open_socket(config: GeneratorConfig) -> socket.socket:
+    """The sending socket: bound to (interface, 0), connected to (group, port), non-blocking."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, _SNDBUF)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+        if config.group.is_multicast:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, config.interface.packed)
+            sock.setsockopt(
+                socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1 if config.ttl is None else config.ttl
+            )
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1 if config.loop else 0)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            if config.ttl is not None:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, config.ttl)
+        sock.bind((str(config.interface), 0))
+        sock.connect((str(config.group), config.port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM; the loop polls it (the handler does nothing else)."""
+
+    __slots__ = ("signum",)
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+
+
+def _describe(err: int) -> str:
+    return f"{errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
+
+
+class _PlainSender:
+    """One datagram per sendmmsg message: message k points at ring slot k."""
+
+    __slots__ = ("_batch", "_fd", "_stamp")
+
+    def __init__(self, fd: int, ring: PayloadRing) -> None:
+        self._fd = fd
+        self._stamp = ring.stamp
+        self._batch = SendBatch(ring.slots)
+        base = buffer_address(ring.buffer)
+        for k in range(ring.slots):
+            self._batch.set(k, base + ring.offset(k), ring.size)
+
+    def send(self, seq: int, slot: int, n: int, now_ns: int) -> int:
+        """Stamp and send packets seq..seq+n-1 from slots slot..slot+n-1: packets sent, or -errno."""
+        self._stamp(seq, n, now_ns)
+        return self._batch.send(self._fd, n, slot)
+
+
+class _GsoSender:
+    """UDP GSO: each sendmmsg message covers up to `per_message` adjacent slots (cut by UDP_SEGMENT)."""
+
+    __slots__ = ("_base", "_batch", "_fd", "_per_message", "_size", "_stamp")
+
+    def __init__(self, fd: int, ring: PayloadRing, per_message: int) -> None:
+        self._fd = fd
+        self._stamp = ring.stamp
+        self._size = ring.size
+        self._per_message = per_message
+        self._base = buffer_address(ring.buffer)
+        self._batch = SendBatch(-(-ring.slots // per_message))
+
+    def send(self, seq: int, slot: int, n: int, now_ns: int) -> int:
+        self._stamp(seq, n, now_ns)
+        per_message = self._per_message
+        size = self._size
+        address = self._base + slot * size  # slots are back to back (stride == size)
+        messages = 0
+        left = n
+        while left > 0:
+            k = per_message if left > per_message else left
+            self._batch.set(messages, address, k * size)
+            address += k * size
+            left -= k
+            messages += 1
+        sent = self._batch.send(self._fd, messages)
+        if sent == messages:
+            return n
+        return sent * per_message if sent >= 0 else sent  # every message but the last is full
+
+
+def gso_segments(size: int) -> int:
+    """Datagrams per UDP GSO send for this payload size (kernel limits: 64 segments, 65507 bytes)."""
+    return min(_GSO_MAX_SEGMENTS, MAX_PAYLOAD // size) if size > 0 else 0
+
+
+def run(config: GeneratorConfig, sock: socket.socket, stop: _Stop | None = None) -> GeneratorSummary:
+    """Send until --count, --duration or a stop signal and return the summary.
+
+    Fatal send errors raise OSError. Batches never wrap around the end of the payload ring, so each one is a
+    contiguous run of slots (a batch cut at the end continues from slot 0 on the next call).
+    """
+    stop = stop or _Stop()
+    clock = time.monotonic_ns
+    slots = -(-config.batch // BODY_PHASES) * BODY_PHASES
+    ring = PayloadRing(run_id=config.run_id, size=config.size, slots=slots, raw=config.payload)
+    fd = sock.fileno()
+    sender: _PlainSender | _GsoSender
+    if config.gso:
+        sock.setsockopt(socket.IPPROTO_UDP, _UDP_SEGMENT, config.size)
+        sender = _GsoSender(fd, ring, gso_segments(config.size))
+    else:
+        sender = _PlainSender(fd, ring)
+    send = sender.send
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+
+    start = clock()
+    pacer = Pacer(config.rate, start, default_burst(config.rate, config.batch))
+    deadline = start + int(config.duration * NS_PER_S) if config.duration else None
+    progress_every = NS_PER_S
+    next_progress = start + progress_every
+    last_progress_sent = 0
+    last_progress_ns = start
+    count = config.count
+    max_batch = config.batch
+    seq = 0
+    errors = 0
+    reported = 0
+    first_error: str | None = None
+    unlimited = config.rate == 0
+
+    while not stop.signum:
+        now = clock()
+        if deadline is not None and now >= deadline:
+            break
+        if now >= next_progress:
+            if not config.quiet:
+                _progress(seq, errors, now - last_progress_ns, seq - last_progress_sent, config.size)
+            last_progress_ns = now
+            last_progress_sent = seq
+            next_progress = now + progress_every
+        slot = seq % slots
+        want = max_batch if max_batch < slots - slot else slots - slot
+        if count:
+            if seq >= count:
+                break
+            want = min(want, count - seq)
+        n = pacer.due(now, want)
+        if n == 0:
+            wait = min(pacer.wait_ns(now), next_progress - now, _MAX_SLEEP_NS)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            if wait > 0:
+                time.sleep(wait / NS_PER_S)
+            continue
+        result = send(seq, slot, n, now)
+        if result == n:
+            seq += n
+            continue
+        if result >= 0:
+            seq += result
+            errors += n - result
+            continue  # the kernel stopped at a message it refused; the next call reports why, if it persists
+        err = -result
+        errors += n
+        if first_error is None:
+            first_error = _describe(err)
+        if err in _FATAL_ERRNOS:
+            raise OSError(err, f"sendmmsg: {os.strerror(err)}")
+        if reported < _REPORTED_ERRORS and not config.quiet:
+            reported += 1
+            print(f"send error: {_describe(err)}", file=sys.stderr)
+        if unlimited and err in _BACKPRESSURE_ERRNOS:
+            poller.poll(1)
+    elapsed = (clock() - start) / NS_PER_S
+    return GeneratorSummary(
+        sent=seq,
+        errors=errors,
+        elapsed_s=elapsed,
+        target_pps=config.rate,
+        size=config.size,
+        run_id=config.run_id,
+        numbered=ring.numbered,
+        first_error=first_error,
+    )
+
+
+def _progress(sent: int, errors: int, interval_ns: int, interval_sent: int, size: int) -> None:
+    pps = interval_sent * NS_PER_S / interval_ns if interval_ns > 0 else 0.0
+    gbps = pps * size * 8 / 1e9
+    print(
+        f"Progress: {sent} packets sent, current rate: {pps:.0f} pps ({gbps:.3f} Gbps), errors: {errors}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _render(summary: GeneratorSummary) -> str:
+    kind = "numbered" if summary.numbered else f"unnumbered (numbered needs >= {HEADER_SIZE} bytes)"
+    target = "unlimited" if summary.target_pps == 0 else f"{summary.target_pps} pps"
+    lines = [
+        f"Total packets sent: {summary.sent}",
+        f"Errors: {summary.errors}" + (f" (first: {summary.first_error})" if summary.first_error else ""),
+        f"Elapsed: {summary.elapsed_s:.3f} s",
+        f"Actual rate: {summary.pps:.0f} pps (target {target})",
+        f"Throughput: {summary.gbps:.3f} Gbps",
+        f"Packet size: {summary.size} bytes, {kind}, run id {summary.run_id}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        sock = open_socket(config)
+    except OSError as exc:
+        print(f"traffic_generator: cannot open the socket: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    stop = _Stop()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = run(config, sock, stop)
+    except OSError as exc:
+        print(f"traffic_generator: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    if config.json:
+        print(json.dumps(encode_summary(summary)), flush=True)
+    else:
+        print(_render(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
