@@ -288,9 +288,7 @@ def test_sink_setup_failure_exits_1() -> None:
     ],
 )
 def test_generator_flags(argv: Sequence[str], field: str, value: object) -> None:
-    config = generator.parse_args(
-        ["--group", "239.1.1.1", "--port", "5001", "--interface", "10.0.0.1", *argv]
-    )
+    config = generator.parse_args(["--group", "239.1.1.1", "--port", "5001", "--interface", "10.0.0.1", *argv])
     assert getattr(config, field) == value
 
 

@@ -34,9 +34,7 @@ SIZES = [HEADER_SIZE, HEADER_SIZE + 1, 64, 100, 1400, 9000, MAX_PAYLOAD]
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize(
-    ("run_id", "seq", "now_ns"), [(0, 0, 0), (7, 1, 123), (2**32 - 1, 2**64 - 1, 2**64 - 1)]
-)
+@pytest.mark.parametrize(("run_id", "seq", "now_ns"), [(0, 0, 0), (7, 1, 123), (2**32 - 1, 2**64 - 1, 2**64 - 1)])
 def test_build_then_check_round_trips(size: int, run_id: int, seq: int, now_ns: int) -> None:
     data = build_payload(run_id, seq, size, now_ns)
     assert len(data) == size

@@ -32,9 +32,7 @@ def feed_seqs(tally: SinkTally, seqs: list[int], run_id: int = RUN, stream: int 
         ([0, 2**40], None, (2, 2**40 - 1, 0, 0)),
     ],
 )
-def test_sequence_accounting(
-    seqs: list[int], expected: int | None, counts: tuple[int, int, int, int]
-) -> None:
+def test_sequence_accounting(seqs: list[int], expected: int | None, counts: tuple[int, int, int, int]) -> None:
     tally = SinkTally(["s"], expected=expected)
     feed_seqs(tally, seqs)
     total = tally.report().total
@@ -174,9 +172,7 @@ def test_batch_and_packed_feeding_match_single_feeding() -> None:
     for i, p in enumerate(payloads):
         buffer[i * stride : i * stride + len(p)] = p
     packed = SinkTally(["s"])
-    packed.stream(0).feed_packed(
-        memoryview(buffer), range(0, len(buffer), stride), [len(p) for p in payloads], 777
-    )
+    packed.stream(0).feed_packed(memoryview(buffer), range(0, len(buffer), stride), [len(p) for p in payloads], 777)
     reports = [t.report() for t in (one, batch, packed)]
     assert reports[0] == reports[1] == reports[2]
     total = reports[0].total
@@ -245,9 +241,7 @@ def test_encoded_report_keys() -> None:
     assert (doc["received"], doc["expected"], doc["expect_met"]) == (2, 2, True)
 
 
-@pytest.mark.parametrize(
-    ("streams", "expected", "window"), [((), None, 1024), (("s",), -1, 1024), (("s",), 1, 12)]
-)
+@pytest.mark.parametrize(("streams", "expected", "window"), [((), None, 1024), (("s",), -1, 1024), (("s",), 1, 12)])
 def test_invalid_tallies_are_rejected(streams: tuple[str, ...], expected: int | None, window: int) -> None:
     with pytest.raises(ValueError):
         SinkTally(streams, expected=expected, window=window)

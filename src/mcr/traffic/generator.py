@@ -145,21 +145,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--group", required=True, type=_ipv4, help="destination group (or unicast address)")
     p.add_argument("--port", required=True, type=int, help="destination UDP port")
-    p.add_argument(
-        "--interface", required=True, type=_ipv4, help="source IPv4 address (and multicast interface)"
-    )
+    p.add_argument("--interface", required=True, type=_ipv4, help="source IPv4 address (and multicast interface)")
     p.add_argument("--rate", type=_non_negative_int, default=1000, help="packets per second, 0 = unlimited")
     p.add_argument("--size", type=_non_negative_int, default=1024, help="UDP payload bytes (default 1024)")
     p.add_argument("--count", type=_non_negative_int, default=0, help="packets to send, 0 = until stopped")
-    p.add_argument(
-        "--payload", help="raw mode: this string's bytes, zero-padded or truncated to --size (unnumbered)"
-    )
+    p.add_argument("--payload", help="raw mode: this string's bytes, zero-padded or truncated to --size (unnumbered)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--ttl", type=int, help="IP TTL (default 1 for multicast, kernel default for unicast)")
     p.add_argument("--loop", action="store_true", help="enable IP_MULTICAST_LOOP (default off)")
-    p.add_argument(
-        "--run-id", type=_non_negative_int, help="run id stamped in every payload (default random)"
-    )
+    p.add_argument("--run-id", type=_non_negative_int, help="run id stamped in every payload (default random)")
     p.add_argument("--batch", type=_positive_int, default=64, help=f"messages per sendmmsg (1..{_MAX_BATCH})")
     p.add_argument(
         "--gso",
@@ -217,9 +211,7 @@ def open_socket(config: GeneratorConfig) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
         if config.group.is_multicast:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, config.interface.packed)
-            sock.setsockopt(
-                socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1 if config.ttl is None else config.ttl
-            )
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1 if config.ttl is None else config.ttl)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1 if config.loop else 0)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)

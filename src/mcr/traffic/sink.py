@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import FrameType
@@ -36,7 +37,19 @@ from mcr.linux.mmsg import RecvBatch
 from mcr.traffic.pacing import NS_PER_S
 from mcr.traffic.tally import SinkTally, TallyReport, encode_report
 
-__all__ = ["SinkConfig", "StreamSpec", "main", "open_stream", "parse_args", "run", "streams_from"]
+__all__ = [
+    "EXIT_EXPECT_NOT_MET",
+    "SinkConfig",
+    "SinkResult",
+    "StopReason",
+    "StreamSpec",
+    "encode_result",
+    "main",
+    "open_stream",
+    "parse_args",
+    "run",
+    "streams_from",
+]
 
 EXIT_EXPECT_NOT_MET: Final = 3
 _RCVBUF: Final = 32 * 1024 * 1024
@@ -209,10 +222,17 @@ def _write_ready_file(path: Path, streams: Sequence[StreamSpec], sockets: Sequen
     tmp.replace(path)  # atomic: a reader sees nothing or the whole file
 
 
+class StopReason(StrEnum):
+    EXPECT = "expect"
+    DURATION = "duration"
+    IDLE = "idle"
+    SIGNAL = "signal"
+
+
 @dataclass(frozen=True, slots=True)
 class SinkResult:
     report: TallyReport
-    stop_reason: str  # "expect", "duration", "idle", "signal"
+    stop_reason: StopReason
     elapsed_s: float
 
 
@@ -220,9 +240,7 @@ def run(config: SinkConfig, sockets: Sequence[socket.socket], stop: _Stop | None
     """Receive until a stop condition; the sockets must be open (see `open_stream`)."""
     stop = stop or _Stop()
     clock = time.monotonic_ns
-    names = [
-        f"{spec.group}:{sock.getsockname()[1]}" for spec, sock in zip(config.streams, sockets, strict=True)
-    ]
+    names = [f"{spec.group}:{sock.getsockname()[1]}" for spec, sock in zip(config.streams, sockets, strict=True)]
     tally = SinkTally(names, expected=config.expect)
     batch = RecvBatch(config.batch)
     recv = batch.recv
@@ -241,20 +259,19 @@ def run(config: SinkConfig, sockets: Sequence[socket.socket], stop: _Stop | None
     expect = config.expect
     last_arrival = 0
     next_progress = start + NS_PER_S
-    reason = "signal"
     while True:
         now = clock()
         if stop.signum:
-            reason = "signal"
+            reason = StopReason.SIGNAL
             break
         if expect is not None and tally.delivered >= expect:
-            reason = "expect"
+            reason = StopReason.EXPECT
             break
         if deadline is not None and now >= deadline:
-            reason = "duration"
+            reason = StopReason.DURATION
             break
         if last_arrival and now - last_arrival >= idle_ns:
-            reason = "idle"
+            reason = StopReason.IDLE
             break
         if now >= next_progress:
             if not config.quiet:
@@ -296,8 +313,7 @@ def _render(result: SinkResult) -> str:
         )
         if lat.count:
             lines.append(
-                f"  latency us: min {lat.min_us} p50 {lat.p50_us} p99 {lat.p99_us} max {lat.max_us} "
-                f"mean {lat.mean_us}"
+                f"  latency us: min {lat.min_us} p50 {lat.p50_us} p99 {lat.p99_us} max {lat.max_us} mean {lat.mean_us}"
             )
     if report.expected is not None:
         lines.append(
@@ -310,7 +326,7 @@ def _render(result: SinkResult) -> str:
 
 def encode_result(result: SinkResult) -> dict[str, object]:
     out = encode_report(result.report)
-    out["stop_reason"] = result.stop_reason
+    out["stop_reason"] = result.stop_reason.value
     out["elapsed_s"] = round(result.elapsed_s, 6)
     return out
 

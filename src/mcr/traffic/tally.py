@@ -336,9 +336,7 @@ class StreamTally:
         offsets = list(itertools.accumulate((len(p) for p in items), initial=0))
         self.feed_packed(memoryview(b"".join(items)), offsets, [len(p) for p in items], arrival_ns)
 
-    def feed_packed(
-        self, buffer: memoryview, offsets: Iterable[int], lengths: Iterable[int], arrival_ns: int
-    ) -> None:
+    def feed_packed(self, buffer: memoryview, offsets: Iterable[int], lengths: Iterable[int], arrival_ns: int) -> None:
         """Count payloads stored in `buffer` at `offsets` with `lengths`, all arrived at `arrival_ns`.
 
         This is the sink's hot path, laid out like a recvmmsg batch (fixed-stride slots in one buffer) so that

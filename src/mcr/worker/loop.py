@@ -198,7 +198,7 @@ class DataPlane:
 
     # ------------------------------------------------------------------------------------ hot path
 
-    def drain(self, cap: Capture, max_blocks: int = 16) -> int:
+    def drain(self, cap: Capture, max_blocks: int = 64) -> int:
         ring = cap.ring
         mm = ring.view
         base = ring.address
@@ -317,13 +317,15 @@ class DataPlane:
         self.send_reply(Ready(pid=self.pid, uid=os.getuid()))
         chan_fd = self.channel.fileno()
         next_stats = time.monotonic() + STATS_INTERVAL_S
+        busy = False
         while self.running:
-            timeout_ms = max(0, int((next_stats - time.monotonic()) * 1000)) + 1
+            timeout_ms = 0 if busy else max(0, int((next_stats - time.monotonic()) * 1000)) + 1
             for fd, _ev in self.poller.poll(timeout_ms):
                 if fd == chan_fd:
                     self.handle_channel()
+            busy = False
             for cap in list(self.captures.values()):
-                self.drain(cap)
+                busy = self.drain(cap) > 0 or busy
             now = time.monotonic()
             if now >= next_stats:
                 self.push_stats()
