@@ -65,9 +65,7 @@ def run_demo(rate: int, count: int, size: int, workers: int) -> int:
         lab.up()
         log = open(workdir / "supervisor.log", "wb")  # noqa: SIM115 - closed with the process below
         sup = subprocess.Popen(
-            lab.exec_argv(
-                lab.relay, _mcr("supervisor", "--control-socket-path", sock, "--num-workers", str(workers))
-            ),
+            lab.exec_argv(lab.relay, _mcr("supervisor", "--control-socket-path", sock, "--num-workers", str(workers))),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -143,9 +143,7 @@ def test_socket_path_flag_beats_environment(argv: list[str], env: dict[str, str]
         ("239.2.2.2:6000:eth1,239.3.3.3:x:eth2", "Invalid port: 'x' in '239.3.3.3:x:eth2'"),
     ],
 )
-def test_bad_output_spec_uses_the_original_texts(
-    spec: str, message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_output_spec_uses_the_original_texts(spec: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*ADD, "--outputs", spec]) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert f"argument --outputs: {message}" in err

@@ -67,9 +67,7 @@ def test_stats_round_trip() -> None:
     assert decode_stats(line) == report
 
 
-@pytest.mark.parametrize(
-    "raw", [b"", b"{", b'"Reboot"', b'{"Sync":{"generation":"x"}}', b'{"OpenSockets":{}}', b"[]"]
-)
+@pytest.mark.parametrize("raw", [b"", b"{", b'"Reboot"', b'{"Sync":{"generation":"x"}}', b'{"OpenSockets":{}}', b"[]"])
 def test_malformed_commands(raw: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_command(raw)

@@ -98,9 +98,7 @@ def test_backoff(events: list[tuple[float, float]], delays: list[float]) -> None
 
 
 def report(worker: int, packets: int, out_packets: int, errors: int = 0) -> StatsReport:
-    counters = RuleCounters(
-        packets, packets * 100, ((0, out_packets, out_packets * 100, errors),), (("fragment", 1),)
-    )
+    counters = RuleCounters(packets, packets * 100, ((0, out_packets, out_packets * 100, errors),), (("fragment", 1),))
     return StatsReport(worker, 1000 + worker, (("r1", counters),), (("no_rule", 2),), 0, 0, 0)
 
 

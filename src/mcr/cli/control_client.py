@@ -25,6 +25,8 @@ from mcr.model.errors import ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
 from mcr.model.rules import OutputDestination, parse_output_spec
 from mcr.protocol.control import (
+    DEFAULT_SOCKET,
+    SOCKET_ENV,
     AddRule,
     Error,
     Query,
@@ -37,8 +39,6 @@ from mcr.protocol.control import (
 )
 
 PROG = "control_client"
-DEFAULT_SOCKET = "/run/mcr/control.sock"
-SOCKET_ENV = "MCR_CONTROL_SOCKET"
 _PORT_MAX = 65535
 _WIDE = 200  # columns when stdout is not a terminal: grep-able rows rather than wrapped cells
 
@@ -143,9 +143,7 @@ def _global_flags() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})",
     )
-    flags.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print the raw JSON response"
-    )
+    flags.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the raw JSON response")
     flags.add_argument(
         "--timeout",
         type=_timeout,
@@ -170,9 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name, help=help_text, aliases=list(aliases), parents=[common], allow_abbrev=False
-        )
+        sub = commands.add_parser(name, help=help_text, aliases=list(aliases), parents=[common], allow_abbrev=False)
         sub.set_defaults(command=name, usage_error=sub.error)
         return sub
 
@@ -214,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_QUERIES = {
+    "list": Query.LIST_RULES,
+    "stats": Query.GET_STATS,
+    "list-workers": Query.LIST_WORKERS,
+    "ping": Query.PING,
+    "version": Query.GET_VERSION,
+}
+
+
 def _request(args: argparse.Namespace) -> Request:
     fail: Callable[[str], NoReturn] = args.usage_error  # the command's parser: prints usage, exits 2
     command: str = args.command
@@ -244,15 +249,6 @@ def _request(args: argparse.Namespace) -> Request:
             return SetGlobalLogLevel(args.global_level)
         fail("Must specify either --global <LEVEL> or --facility <FACILITY> --level <LEVEL>")
     return _QUERIES[command]
-
-
-_QUERIES = {
-    "list": Query.LIST_RULES,
-    "stats": Query.GET_STATS,
-    "list-workers": Query.LIST_WORKERS,
-    "ping": Query.PING,
-    "version": Query.GET_VERSION,
-}
 
 
 def parse_invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:

@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcr.model.status import FlowStats, LogLevels, RuleState, RuleView, VersionInfo, WorkerInfo
+from mcr.model.status import FlowStats, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
     Error,
     LogLevelsResponse,
@@ -85,9 +85,7 @@ def _rule_input(view: RuleView) -> str:
 
 def _rule_state(view: RuleView) -> str:
     state = view.state.value
-    if view.state is RuleState.ACTIVE or not view.state_reason:
-        return state
-    return f"{state} ({view.state_reason})"
+    return f"{state} ({view.state_reason})" if view.state_reason else state
 
 
 def render_rules(rules: Sequence[RuleView]) -> RenderableType:

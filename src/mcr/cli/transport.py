@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from collections.abc import Callable
 
 from mcr.model.errors import McrError, ProtocolError
 
@@ -29,8 +28,7 @@ def connect_error(path: str, err: OSError) -> UnreachableError:
     code = err.errno
     if code in (errno.ENOENT, errno.ENOTDIR):
         return UnreachableError(
-            f"cannot reach the supervisor: control socket {path} does not exist "
-            f"(is the supervisor running? {_KNOBS})"
+            f"cannot reach the supervisor: control socket {path} does not exist (is the supervisor running? {_KNOBS})"
         )
     if code in (errno.EACCES, errno.EPERM):
         return UnreachableError(
@@ -50,22 +48,25 @@ def _timed_out(path: str, timeout_s: float, doing: str) -> UnreachableError:
     return UnreachableError(f"timed out after {timeout_s:g} s {doing} the supervisor at {path}")
 
 
+def _lost(path: str, err: OSError) -> UnreachableError:
+    return UnreachableError(f"lost the connection to the supervisor at {path}: {err.strerror or err}")
+
+
 def exchange(
     path: str,
     request: bytes,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     limit: int = MAX_RESPONSE_BYTES,
-    clock: Callable[[], float] = time.monotonic,
 ) -> bytes:
     """Send `request` to the Unix stream socket at `path` and return the whole response.
 
     `timeout_s` bounds the whole exchange, not each system call. Raises `UnreachableError` or
     `ProtocolError` (empty or oversized response).
     """
-    deadline = clock() + timeout_s
+    deadline = time.monotonic() + timeout_s
 
     def remaining() -> float:
-        left = deadline - clock()
+        left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError
         return left
@@ -86,6 +87,8 @@ def exchange(
             raise _timed_out(path, timeout_s, "sending to") from None
         except (BrokenPipeError, ConnectionResetError):
             pass  # the supervisor stopped reading early (e.g. it refused us); its answer may still be there
+        except OSError as e:
+            raise _lost(path, e) from None
         response = bytearray()
         while True:
             try:
@@ -94,7 +97,9 @@ def exchange(
             except TimeoutError:
                 raise _timed_out(path, timeout_s, "waiting for an answer from") from None
             except ConnectionResetError:
-                break
+                break  # what arrived before the reset is judged by the decoder
+            except OSError as e:
+                raise _lost(path, e) from None
             if not chunk:
                 break
             response += chunk

@@ -15,9 +15,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def prctl(option: int, arg2: int = 0) -> int:
-    result = int(
-        _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
-    )
+    result = int(_libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)))
     if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")

@@ -41,16 +41,12 @@ class RxRing:
             raise ValueError("block_size must be a power-of-two multiple of the page size")
         frame_size = 2048
         sock.setsockopt(SOL_PACKET, PacketOpt.VERSION, TPACKET_V3)
-        req = _REQ3.pack(
-            block_size, block_count, frame_size, (block_size // frame_size) * block_count, retire_ms, 0, 0
-        )
+        req = _REQ3.pack(block_size, block_count, frame_size, (block_size // frame_size) * block_count, retire_ms, 0, 0)
         sock.setsockopt(SOL_PACKET, PacketOpt.RX_RING, req)
         self.sock = sock
         self.block_size = block_size
         self.block_count = block_count
-        self.mm = mmap.mmap(
-            sock.fileno(), block_size * block_count, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
-        )
+        self.mm = mmap.mmap(sock.fileno(), block_size * block_count, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.mm)
         self._anchor = ctypes.c_char.from_buffer(self.mm)
         self.address = ctypes.addressof(self._anchor)

@@ -148,9 +148,7 @@ def check_rule_shape(rule: ForwardingRule, limits: Limits) -> None:
         if problem:
             raise ValidationError(problem)
     if rule.input_group not in MULTICAST_V4:
-        raise ValidationError(
-            f"input_group {rule.input_group} is not an IPv4 multicast address (224.0.0.0/4)"
-        )
+        raise ValidationError(f"input_group {rule.input_group} is not an IPv4 multicast address (224.0.0.0/4)")
     if rule.input_source is not None and (
         rule.input_source in MULTICAST_V4 or rule.input_source in (UNSPECIFIED, LIMITED_BROADCAST)
     ):

@@ -27,6 +27,8 @@ from mcr.model.status import (
 )
 
 MAX_REQUEST_BYTES = 1 << 20
+DEFAULT_SOCKET = "/run/mcr/control.sock"
+SOCKET_ENV = "MCR_CONTROL_SOCKET"  # overrides the default on both sides
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -99,9 +101,7 @@ class _Fields:
             raise ProtocolError(f"{where} must be a JSON object, got {_type_name(obj)}")
         unknown = sorted(set(obj) - allowed)
         if unknown:
-            raise ProtocolError(
-                f"unknown field '{unknown[0]}' in {where}; expected {', '.join(sorted(allowed))}"
-            )
+            raise ProtocolError(f"unknown field '{unknown[0]}' in {where}; expected {', '.join(sorted(allowed))}")
         self.where = where
         self.obj: dict[str, object] = obj
 
@@ -140,9 +140,7 @@ class _Fields:
         try:
             return IPv4Address(text)
         except ValueError:
-            raise ProtocolError(
-                f"field '{name}' in {self.where}: '{text}' is not a valid IPv4 address"
-            ) from None
+            raise ProtocolError(f"field '{name}' in {self.where}: '{text}' is not a valid IPv4 address") from None
 
     def array(self, name: str) -> list[object]:
         value = self._get(name, True)
@@ -151,9 +149,7 @@ class _Fields:
         return value
 
 
-_ADD_FIELDS = frozenset(
-    {"rule_id", "input_interface", "input_group", "input_port", "outputs", "input_source"}
-)
+_ADD_FIELDS = frozenset({"rule_id", "input_interface", "input_group", "input_port", "outputs", "input_source"})
 _OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl"})
 
 
@@ -217,9 +213,7 @@ def decode_request(data: bytes) -> Request:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ProtocolError(
-            f"request is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
-        ) from None
+        raise ProtocolError(f"request is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
     if not text.strip():
         raise ProtocolError("empty request; expected one JSON document")
     try:
@@ -421,9 +415,7 @@ def _decode_rule(o: object) -> RuleView:
     d = _obj("rule", o)
     try:
         outputs = tuple(
-            OutputDestination(
-                IPv4Address(x["group"]), int(x["port"]), str(x["interface"]), int(x.get("ttl", 1))
-            )
+            OutputDestination(IPv4Address(x["group"]), int(x["port"]), str(x["interface"]), int(x.get("ttl", 1)))
             for x in d.get("outputs", [])
         )
         rule = ForwardingRule(
@@ -518,9 +510,7 @@ def decode_response(data: bytes) -> Response:
     if name == "LogLevels":
         b = _obj("LogLevels", body)
         overrides = _obj("facility_overrides", b.get("facility_overrides", {}))
-        return LogLevelsResponse(
-            LogLevels(str(b.get("global")), {str(k): str(v) for k, v in overrides.items()})
-        )
+        return LogLevelsResponse(LogLevels(str(b.get("global")), {str(k): str(v) for k, v in overrides.items()}))
     if name == "Version":
         b = _obj("Version", body)
         return Version(

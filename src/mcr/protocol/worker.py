@@ -234,9 +234,7 @@ def encode_stats(report: StatsReport) -> bytes:
     doc = {
         "w": report.worker_id,
         "pid": report.pid,
-        "rules": {
-            rid: [c.packets, c.bytes, [list(o) for o in c.outputs], dict(c.drops)] for rid, c in report.rules
-        },
+        "rules": {rid: [c.packets, c.bytes, [list(o) for o in c.outputs], dict(c.drops)] for rid, c in report.rules},
         "drops": dict(report.drops),
         "kp": report.kernel_packets,
         "kd": report.kernel_drops,

@@ -13,14 +13,14 @@ from mcr import __version__
 from mcr.logs import configure_logging
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.levels import Severity
+from mcr.protocol.control import DEFAULT_SOCKET, SOCKET_ENV
 from mcr.supervisor.main import SupervisorConfig, run_supervisor
 
-DEFAULT_SOCKET = "/run/mcr/control.sock"
 log = logging.getLogger("mcr.supervisor")
 
 
 def default_socket_path() -> str:
-    return os.environ.get("MCR_CONTROL_SOCKET", DEFAULT_SOCKET)
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
 def _positive(text: str) -> int:
@@ -39,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--control-group", default=None, help="group allowed to use the control socket")
     sup.add_argument("--user", default="nobody", help="user the workers run as (default nobody)")
     sup.add_argument("--group", default=None, help="group the workers run as (default nogroup)")
-    sup.add_argument(
-        "--num-workers", type=_positive, default=None, help="data-plane workers (default: CPU count)"
-    )
+    sup.add_argument("--num-workers", type=_positive, default=None, help="data-plane workers (default: CPU count)")
     sup.add_argument("--log-level", default="info", help="global log level (default info)")
     sup.add_argument("--log-json", action="store_true", help="structured JSON log lines")
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
@@ -65,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(level.python_level, args.log_json, prefix="supervisor")
     if args.interface or args.relay_command_socket_path:
-        log.warning(
-            "--interface and --relay-command-socket-path are ignored: each rule names its input interface"
-        )
+        log.warning("--interface and --relay-command-socket-path are ignored: each rule names its input interface")
     config = SupervisorConfig(
         control_socket_path=Path(args.control_socket_path or default_socket_path()),
         control_group=args.control_group,

@@ -70,9 +70,7 @@ def prepare_socket_path(path: Path, gid: int | None) -> None:
         raise ConfigError(f"control socket path {path} is a symbolic link; refusing to use it")
     if path.exists():
         if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise ConfigError(
-                f"control socket path {path} exists and is not a socket; refusing to replace it"
-            )
+            raise ConfigError(f"control socket path {path} exists and is not a socket; refusing to replace it")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(path))
@@ -145,9 +143,7 @@ class ControlServer:
         pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if not self.access.allows(pid, uid, gid):
             log.warning("refused control client pid %d uid %d gid %d", pid, uid, gid)
-            return Error(
-                f"permission denied: uid {uid} is not root, the supervisor's user or in the control group"
-            )
+            return Error(f"permission denied: uid {uid} is not root, the supervisor's user or in the control group")
         if self.active > self.max_connections:
             return Error(f"too many concurrent control connections (limit {self.max_connections})")
         try:

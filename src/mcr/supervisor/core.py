@@ -101,9 +101,7 @@ def resolve(rules: Iterable[ForwardingRule], links: Mapping[str, Link]) -> Resol
                 notes.append(f"output[{i}] {out.interface} {oproblem}")
                 continue
             outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, olink.ipv4[0], out.ttl))
-        worker_rules.append(
-            WorkerRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs))
-        )
+        worker_rules.append(WorkerRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs)))
         captures[link.ifindex] = link.name
         memberships.setdefault(link.ifindex, set()).add(rule.input_group)
         views.append(RuleView(rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes)))

@@ -144,16 +144,11 @@ class Supervisor:
                 except WorkerError:
                     pass
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        while (
-            any(h.proc is not None and h.proc.poll() is None for h in self.workers)
-            and time.monotonic() < deadline
-        ):
+        while any(h.proc is not None and h.proc.poll() is None for h in self.workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for handle in self.workers:
             if handle.proc is not None and handle.proc.poll() is None:
-                log.warning(
-                    "worker %d (pid %d) did not stop in time; killing it", handle.worker_id, handle.pid
-                )
+                log.warning("worker %d (pid %d) did not stop in time; killing it", handle.worker_id, handle.pid)
                 handle.proc.kill()
                 handle.proc.wait()
             self.collect(handle)
@@ -304,9 +299,7 @@ class Supervisor:
             try:
                 await asyncio.wait_for(self.synced.wait_for(done), SYNC_WAIT_S)
             except TimeoutError:
-                log.warning(
-                    "not every worker confirmed rule generation %d within %.1f s", generation, SYNC_WAIT_S
-                )
+                log.warning("not every worker confirmed rule generation %d within %.1f s", generation, SYNC_WAIT_S)
 
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links

@@ -73,9 +73,7 @@ class WorkerHandle:
             else:
                 self.channel.send(data)
         except OSError as e:
-            raise WorkerError(
-                f"worker {self.worker_id} (pid {self.pid}): cannot send {type(cmd).__name__}: {e}"
-            ) from e
+            raise WorkerError(f"worker {self.worker_id} (pid {self.pid}): cannot send {type(cmd).__name__}: {e}") from e
 
     def read_replies(self) -> tuple[list[Reply], bool]:
         """Replies waiting on the channel, and whether the worker closed it."""

@@ -23,9 +23,7 @@ def open_output_socket(out: WorkerOutput) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, out.ttl)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         else:
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_BINDTODEVICE, socket.if_indextoname(out.ifindex).encode()
-            )
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, socket.if_indextoname(out.ifindex).encode())
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, out.ttl)
         sock.bind((str(out.source), 0))
         sock.connect((str(out.group), out.port))

@@ -27,9 +27,7 @@ log = logging.getLogger("mcr.worker")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="multicast_relay worker", description="MCR data-plane worker (internal)"
-    )
+    parser = argparse.ArgumentParser(prog="multicast_relay worker", description="MCR data-plane worker (internal)")
     parser.add_argument("--worker-id", type=int, required=True)
     parser.add_argument("--uid", type=int, required=True)
     parser.add_argument("--gid", type=int, required=True)
