@@ -45,7 +45,16 @@ from mcr.linux.mmsg import SendBatch, buffer_address
 from mcr.traffic.pacing import NS_PER_S, Pacer, default_burst
 from mcr.traffic.payload import BODY_PHASES, HEADER_SIZE, MAX_PAYLOAD, MAX_RUN_ID, PayloadRing
 
-__all__ = ["GeneratorConfig", "GeneratorSummary", "encode_summary", "main", "parse_args", "run"]
+__all__ = [
+    "GeneratorConfig",
+    "GeneratorSummary",
+    "encode_summary",
+    "gso_segments",
+    "main",
+    "open_socket",
+    "parse_args",
+    "run",
+]
 
 log = logging.getLogger(__name__)
 
