@@ -19,7 +19,7 @@ def ipv4_checksum(data: bytes) -> int:
     """The ones' complement sum used by the IPv4 header and (over a pseudo-header) UDP."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
