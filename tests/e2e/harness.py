@@ -1,0 +1,247 @@
+"""End-to-end harness: the real supervisor, control client, generator and sink in a namespace lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mcr.lab import SRC_IP, Lab
+
+T = TypeVar("T")
+PY = sys.executable
+
+
+def mcr(*args: str) -> list[str]:
+    return [PY, "-m", "mcr", *args]
+
+
+def wait_for(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value: {value!r})")
+        time.sleep(interval)
+
+
+def raw_exchange(path: str, payload: bytes, half_close: bool = True, timeout: float = 10.0) -> bytes:
+    """One request on the control socket, framed as given; returns the raw response bytes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(payload)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class Relay:
+    """A supervisor running in the lab's relay namespace, driven through control_client."""
+
+    lab: Lab
+    workdir: Path
+    num_workers: int = 1
+    extra: Sequence[str] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.socket_path = str(self.workdir / "run" / "control.sock")
+        self.log_path = self.workdir / "supervisor.log"
+
+    def start(self) -> Relay:
+        argv = mcr("supervisor", "--control-socket-path", self.socket_path, "--num-workers", str(self.num_workers))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.lab.exec_argv(self.lab.relay, [*argv, *self.extra]), stdout=log, stderr=log
+            )
+        wait_for(lambda: self.ctl("ping", check=False).returncode == 0, 20, what="the supervisor to answer ping")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            mcr("control", "--socket-path", self.socket_path, *args), capture_output=True, text=True, timeout=30
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"control_client {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ctl("--json", *args).stdout)
+
+    def add(
+        self,
+        rule_id: str,
+        outputs: str,
+        *,
+        group: str = "239.1.1.1",
+        port: int = 5001,
+        iface: str = "rin",
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.ctl(
+            "add",
+            "--rule-id",
+            rule_id,
+            "--input-interface",
+            iface,
+            "--input-group",
+            group,
+            "--input-port",
+            str(port),
+            "--outputs",
+            outputs,
+            *extra,
+        )
+
+    def rules(self) -> list[dict[str, Any]]:
+        return list(self.json("list")["Rules"])
+
+    def flow(self, rule_id: str) -> dict[str, Any]:
+        for entry in self.json("stats")["Stats"]:
+            if entry["rule_id"] == rule_id:
+                return dict(entry)
+        raise AssertionError(f"no stats for rule {rule_id}")
+
+    def workers(self) -> list[dict[str, Any]]:
+        return list(self.json("list-workers")["Workers"])
+
+    def wait_relayed(self, rule_id: str, packets: int, timeout: float = 10.0) -> dict[str, Any]:
+        return wait_for(
+            lambda: (f := self.flow(rule_id))["packets_relayed"] >= packets and f,
+            timeout,
+            what=f"rule {rule_id} to count {packets} packets",
+        )
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+
+@dataclass
+class Sink:
+    proc: subprocess.Popen[bytes]
+
+    def result(self, timeout: float = 60.0) -> dict[str, Any]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        return dict(json.loads(out))
+
+
+def start_sink(
+    lab: Lab,
+    workdir: Path,
+    groups: str,
+    ports: str,
+    *,
+    expect: int | None = None,
+    idle: float = 2.0,
+    duration: float = 60.0,
+    ns: str | None = None,
+    iface: str = "snk0",
+) -> Sink:
+    ready = workdir / f"sink-{time.monotonic_ns()}.ready"
+    argv = mcr(
+        "sink",
+        "--group",
+        groups,
+        "--port",
+        ports,
+        "--interface",
+        iface,
+        "--idle-timeout",
+        str(idle),
+        "--duration",
+        str(duration),
+        "--ready-file",
+        str(ready),
+        "--quiet",
+        "--json",
+    )
+    if expect is not None:
+        argv += ["--expect", str(expect)]
+    proc = subprocess.Popen(lab.exec_argv(ns or lab.sink, argv), stdout=subprocess.PIPE)
+    wait_for(lambda: ready.exists() or proc.poll() is not None, 10, what="the sink to be ready")
+    assert proc.poll() is None, "the sink exited early"
+    return Sink(proc)
+
+
+def send(
+    lab: Lab,
+    *,
+    count: int,
+    rate: int,
+    size: int = 1400,
+    group: str = "239.1.1.1",
+    port: int = 5001,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    argv = mcr(
+        "generate",
+        "--group",
+        group,
+        "--port",
+        str(port),
+        "--interface",
+        SRC_IP,
+        "--rate",
+        str(rate),
+        "--count",
+        str(count),
+        "--size",
+        str(size),
+        "--quiet",
+        "--json",
+        *extra,
+    )
+    result = subprocess.run(lab.exec_argv(lab.src, argv), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = dict(json.loads(result.stdout))
+    assert report["sent"] == count and report["errors"] == 0, report
+    return report
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

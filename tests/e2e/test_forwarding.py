@@ -1,0 +1,136 @@
+"""Real packets through the real relay: integrity, fan-out, sizes, dynamic rules, workers, wire format."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mcr.lab import RELAY_OUT_IP, Lab
+from tests.e2e.harness import Relay, send, start_sink, wait_for
+
+
+def assert_intact(report: dict[str, object], count: int) -> None:
+    assert report["received"] == count, report
+    assert (report["lost"], report["duplicated"], report["corrupted"]) == (0, 0, 0), report
+
+
+def test_kernel_alone_drops_the_source(lab: Lab, workdir: Path) -> None:
+    """Without MCR, the relay host itself never receives the source's multicast: strict rp_filter."""
+    assert lab.netns(lab.relay, "sysctl", "-n", "net.ipv4.conf.rin.rp_filter").stdout.strip() == "1"
+    assert "10.200.1.0" not in lab.netns(lab.relay, "ip", "route").stdout
+    sink = start_sink(lab, workdir, "239.1.1.1", "5001", ns=lab.relay, iface="rin", idle=1, duration=3)
+    send(lab, count=200, rate=2000)
+    assert sink.result()["received"] == 0
+
+
+@pytest.mark.slow
+def test_relay_is_lossless_and_counters_match(lab: Lab, workdir: Path, relay: Relay) -> None:
+    relay.add("r1", "239.2.2.2:6001:rout")
+    count = 100_000  # 20k pps x 1400 B for 5 s
+    sink = start_sink(lab, workdir, "239.2.2.2", "6001", expect=count)
+    send(lab, count=count, rate=20_000, size=1400)
+    assert_intact(sink.result(), count)
+    flow = relay.wait_relayed("r1", count)
+    assert flow["packets_relayed"] == count
+    assert flow["bytes_relayed"] == count * 1400
+    (out,) = flow["outputs"]
+    assert (out["packets_sent"], out["bytes_sent"], out["send_errors"]) == (count, count * 1400, 0)
+    (rule,) = relay.rules()
+    assert (rule["state"], rule["engine"]) == ("active", "userspace")
+
+
+@pytest.mark.parametrize("fanout", [3, 50])
+def test_fan_out(lab: Lab, workdir: Path, relay: Relay, fanout: int) -> None:
+    groups = [f"239.10.0.{i}" for i in range(1, fanout + 1)]
+    ports = [str(6000 + i) for i in range(1, fanout + 1)]
+    relay.add("fan", ",".join(f"{g}:{p}:rout" for g, p in zip(groups, ports, strict=True)))
+    count = 2000
+    sink = start_sink(lab, workdir, ",".join(groups), ",".join(ports), expect=count * fanout)
+    send(lab, count=count, rate=1000 if fanout > 3 else 5000, size=512)
+    report = sink.result()
+    assert len(report["streams"]) == fanout
+    for stream in report["streams"]:
+        assert (stream["received"], stream["lost"], stream["corrupted"]) == (count, 0, 0), stream
+    flow = relay.wait_relayed("fan", count)
+    assert [o["packets_sent"] for o in flow["outputs"]] == [count] * fanout
+
+
+@pytest.mark.parametrize("size", [1, 46, 64, 1472])
+def test_payload_sizes(lab: Lab, workdir: Path, relay: Relay, size: int) -> None:
+    relay.add("sz", "239.2.2.2:6001:rout")
+    sink = start_sink(lab, workdir, "239.2.2.2", "6001", expect=500)
+    send(lab, count=500, rate=5000, size=size)
+    report = sink.result()
+    assert report["received"] == 500 and report["bytes"] == 500 * size
+    assert report["corrupted"] == 0 and report["duplicated"] == 0
+    assert relay.wait_relayed("sz", 500)["bytes_relayed"] == 500 * size
+
+
+def test_jumbo_payload(jumbo_lab: Lab, workdir: Path) -> None:
+    relay = Relay(jumbo_lab, workdir).start()
+    try:
+        relay.add("jumbo", "239.2.2.2:6001:rout")
+        sink = start_sink(jumbo_lab, workdir, "239.2.2.2", "6001", expect=300)
+        send(jumbo_lab, count=300, rate=2000, size=8972)
+        report = sink.result()
+        assert_intact(report, 300)
+        assert report["bytes"] == 300 * 8972
+    finally:
+        relay.stop()
+
+
+def test_rules_added_and_removed_while_traffic_flows(lab: Lab, workdir: Path, relay: Relay) -> None:
+    sink = start_sink(lab, workdir, "239.2.2.2", "6001", idle=30, duration=60)
+    send(lab, count=1000, rate=5000)  # no rule yet: nothing may come out
+    relay.add("dyn", "239.2.2.2:6001:rout")
+    send(lab, count=2000, rate=5000)
+    relay.wait_relayed("dyn", 2000)
+    assert relay.ctl("remove", "--rule-id", "dyn").stdout.strip() == "Rule dyn removed"
+    send(lab, count=1000, rate=5000)  # removed: nothing more may come out
+    relay.add("dyn", "239.2.2.2:6001:rout")
+    flow = relay.flow("dyn")
+    assert flow["packets_relayed"] == 0, "a re-added rule starts from zero"
+    sink.proc.terminate()
+    report = sink.result()
+    assert report["received"] == 2000 and report["duplicated"] == 0 and report["corrupted"] == 0
+
+
+@pytest.mark.workers(2)
+def test_two_workers_share_without_duplicates(lab: Lab, workdir: Path, relay: Relay) -> None:
+    workers = relay.workers()
+    assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
+    assert all(w["worker_type"] == "DataPlane" and w["status"] == "Running" for w in workers)
+    # several flows, so the fan-out hash spreads them over both workers
+    for i in range(4):
+        relay.add(f"w{i}", f"239.2.2.{i + 1}:{6001 + i}:rout", port=5001 + i)
+    sink = start_sink(lab, workdir, "239.2.2.1,239.2.2.2,239.2.2.3,239.2.2.4", "6001,6002,6003,6004", expect=8000)
+    for i in range(4):
+        send(lab, count=2000, rate=10_000, port=5001 + i)
+    report = sink.result()
+    assert_intact(report, 8000)
+    for i in range(4):
+        relay.wait_relayed(f"w{i}", 2000)
+    assert sum(w["kernel_packets"] for w in relay.workers()) >= 8000
+
+
+def _capture(lab: Lab, port: int, count: int) -> subprocess.Popen[str]:
+    argv = ["timeout", "15", "tcpdump", "-l", "-i", "snk0", "-c", str(count), "-nn", "-v", "udp", "port", str(port)]
+    return subprocess.Popen(lab.exec_argv(lab.sink, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("ttl", [None, 5])
+def test_ttl_and_source_on_the_wire(lab: Lab, workdir: Path, relay: Relay, ttl: int | None) -> None:
+    extra = ["--ttl", str(ttl)] if ttl else []
+    relay.add("wire", "239.2.2.2:6001:rout", extra=extra)
+    capture = _capture(lab, 6001, 5)
+    wait_for(lambda: "listening" in (capture.stderr.readline() if capture.stderr else ""), 10, what="tcpdump")
+    send(lab, count=5, rate=100, size=100)
+    out, _ = capture.communicate(timeout=20)
+    headers = re.findall(r"ttl (\d+),.*?\n\s+(\d+\.\d+\.\d+\.\d+)\.\d+ > (\d+\.\d+\.\d+\.\d+)\.(\d+)", out)
+    assert len(headers) == 5, out
+    for got_ttl, src, dst, port in headers:
+        assert int(got_ttl) == (ttl or 1)
+        assert (src, dst, port) == (RELAY_OUT_IP, "239.2.2.2", "6001")
