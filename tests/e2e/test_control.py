@@ -1,0 +1,312 @@
+"""The control socket and the CLI against the real supervisor: framing, bad input, access, validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mcr.lab import Lab
+from tests.e2e.harness import Relay, mcr, raw_exchange, wait_for
+
+
+def test_original_framing_and_shapes(relay: Relay) -> None:
+    """One JSON document, then half-close, no newline: exactly what the original's clients send."""
+    assert json.loads(raw_exchange(relay.socket_path, b'"ListRules"')) == {"Rules": []}
+    add = {
+        "AddRule": {
+            "rule_id": "r1",
+            "input_interface": "rin",
+            "input_group": "239.1.1.1",
+            "input_port": 5000,
+            "outputs": [{"group": "239.2.2.2", "port": 6000, "interface": "rout"}],
+        }
+    }
+    reply = raw_exchange(relay.socket_path, json.dumps(add).encode())
+    assert reply.endswith(b"\n")
+    assert json.loads(reply) == {"Success": "Rule r1 added"}
+    (rule,) = json.loads(raw_exchange(relay.socket_path, b'"ListRules"'))["Rules"]
+    assert {k: rule[k] for k in ("rule_id", "input_interface", "input_group", "input_port")} == {
+        "rule_id": "r1",
+        "input_interface": "rin",
+        "input_group": "239.1.1.1",
+        "input_port": 5000,
+    }
+    assert rule["outputs"] == [{"group": "239.2.2.2", "port": 6000, "interface": "rout", "ttl": 1}]
+    # newline framing without half-close works too
+    assert json.loads(raw_exchange(relay.socket_path, b'"GetLogLevels"\n', half_close=False)) == {
+        "LogLevels": {"global": "Info", "facility_overrides": {}}
+    }
+    assert json.loads(raw_exchange(relay.socket_path, b'{"RemoveRule": {"rule_id": "r1"}}')) == {
+        "Success": "Rule r1 removed"
+    }
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "message"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b'"\xff\xfe"', "not valid UTF-8"),
+        (b'"Reboot"', "unknown command 'Reboot'"),
+        (b'{"RemoveRule": {"rule_id": 7}}', "field 'rule_id' in RemoveRule must be a string, got number"),
+        (
+            b'{"AddRule": {"input_interface": "rin", "input_group": "239.1.1.1", "input_port": "5000", "outputs": []}}',
+            "field 'input_port' in AddRule must be an integer, got string",
+        ),
+        (b" " * (1 << 20) + b'"Ping"', "exceeds the limit of 1048576 bytes"),
+    ],
+    ids=["json", "utf8", "unknown", "type", "port-type", "oversize"],
+)
+def test_bad_requests_get_precise_errors(relay: Relay, request_bytes: bytes, message: str) -> None:
+    reply = json.loads(raw_exchange(relay.socket_path, request_bytes))
+    assert message in reply["Error"]
+    assert json.loads(raw_exchange(relay.socket_path, b'"Ping"'))["Success"].startswith("pong")
+
+
+def test_silent_client_times_out_while_others_are_served(relay: Relay) -> None:
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(relay.socket_path)
+    try:
+        started = time.monotonic()
+        for _ in range(5):
+            assert json.loads(raw_exchange(relay.socket_path, b'"Ping"', timeout=2))["Success"]
+        assert time.monotonic() - started < 2.0
+        silent.settimeout(10)
+        reply = json.loads(silent.recv(65536))
+        assert "timed out" in reply["Error"]
+    finally:
+        silent.close()
+
+
+def test_many_concurrent_clients(relay: Relay) -> None:
+    results: list[bytes] = []
+
+    def ask() -> None:
+        results.append(raw_exchange(relay.socket_path, b'"ListWorkers"'))
+
+    threads = [threading.Thread(target=ask) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 20 and all(b"Workers" in r for r in results)
+
+
+_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print("connect:", e.strerror)
+    sys.exit(3)
+s.sendall(b'"ListRules"')
+s.shutdown(socket.SHUT_WR)
+print(s.recv(65536).decode())
+"""
+
+
+def _as_nobody(socket_path: str) -> str:
+    """A stdlib-only client run as nobody (the test's own package is not readable by that user)."""
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
+    argv += [sys.executable, "-I", "-c", _CLIENT, socket_path]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
+    assert not result.stderr, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def public_workdir() -> Iterator[Path]:
+    """A work directory every user can traverse (pytest's own tmp root is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="mcr-e2e-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_unauthorized_user_is_refused(lab: Lab, public_workdir: Path) -> None:
+    relay = Relay(lab, public_workdir).start()
+    try:
+        _check_refusal(relay)
+    finally:
+        relay.stop()
+
+
+def _check_refusal(relay: Relay) -> None:
+    run_dir = Path(relay.socket_path).parent
+    assert oct(run_dir.stat().st_mode & 0o777) == "0o750"
+    assert oct(Path(relay.socket_path).stat().st_mode & 0o777) == "0o660"
+    # default permissions: the file system refuses
+    assert _as_nobody(relay.socket_path).strip() == "connect: Permission denied"
+    # with the file system opened up, the supervisor's SO_PEERCRED check still refuses
+    run_dir.chmod(0o755)
+    Path(relay.socket_path).chmod(0o666)
+    reply = json.loads(_as_nobody(relay.socket_path))
+    assert reply["Error"].startswith("permission denied: uid 65534")
+    assert relay.rules() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [
+                "--input-interface",
+                "rin",
+                "--input-group",
+                "10.1.1.1",
+                "--input-port",
+                "5000",
+                "--outputs",
+                "239.2.2.2:6000:rout",
+            ],
+            "input_group 10.1.1.1 is not an IPv4 multicast address",
+        ),
+        (
+            [
+                "--input-interface",
+                "rin",
+                "--input-group",
+                "239.1.1.1",
+                "--input-port",
+                "0",
+                "--outputs",
+                "239.2.2.2:6000:rout",
+            ],
+            "input_port cannot be 0",
+        ),
+        (
+            [
+                "--input-interface",
+                "rin",
+                "--input-group",
+                "239.1.1.1",
+                "--input-port",
+                "5000",
+                "--outputs",
+                "239.2.2.2:6000:rin",
+            ],
+            "cannot be the same. This creates packet loops",
+        ),
+        (
+            [
+                "--input-interface",
+                "bad/name",
+                "--input-group",
+                "239.1.1.1",
+                "--input-port",
+                "5000",
+                "--outputs",
+                "239.2.2.2:6000:rout",
+            ],
+            "Invalid input_interface: interface name 'bad/name' contains invalid character '/'",
+        ),
+        (
+            [
+                "--input-interface",
+                "rin",
+                "--input-group",
+                "239.1.1.1",
+                "--input-port",
+                "5000",
+                "--outputs",
+                "0.0.0.0:6000:rout",
+            ],
+            "output[0].group 0.0.0.0 is not a valid destination",
+        ),
+        (
+            [
+                "--input-interface",
+                "rin",
+                "--input-group",
+                "239.1.1.1",
+                "--input-port",
+                "5000",
+                "--rule-id",
+                "keep",
+                "--outputs",
+                "239.2.2.2:6000:rout",
+            ],
+            "rule_id 'keep' already exists",
+        ),
+        (
+            [
+                "--input-interface",
+                "rin",
+                "--input-group",
+                "239.9.9.9",
+                "--input-port",
+                "9",
+                "--outputs",
+                "239.2.2.2:6000:rout",
+            ],
+            "input rin 239.9.9.9:9 is already relayed by rule 'keep'",
+        ),
+    ],
+)
+def test_rejected_rules_change_nothing(relay: Relay, args: list[str], message: str) -> None:
+    relay.add("keep", "239.3.3.3:7000:rout", group="239.9.9.9", port=9)
+    before = relay.rules()
+    result = relay.ctl("add", *args, check=False)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert relay.rules() == before
+
+
+def test_generated_ids_remove_unknown_and_version(relay: Relay) -> None:
+    out = relay.ctl(
+        "add",
+        "--input-interface",
+        "rin",
+        "--input-group",
+        "239.1.1.1",
+        "--input-port",
+        "5000",
+        "--outputs",
+        "239.2.2.2:6000:rout",
+    ).stdout
+    (rule,) = relay.rules()
+    assert out.strip() == f"Rule {rule['rule_id']} added" and len(rule["rule_id"]) == 16
+    missing = relay.ctl("remove", "--rule-id", "nope", check=False)
+    assert missing.returncode == 1 and "Rule nope not found" in missing.stderr
+    assert relay.json("version")["Version"]["protocol_version"] == 1
+
+
+def test_log_levels_apply_at_run_time(relay: Relay) -> None:
+    assert relay.ctl("log-level", "set", "--global", "warning").stdout.strip() == "Global log level set to WARNING"
+    assert relay.ctl("log-level", "set", "--facility", "Ingress", "--level", "debug").stdout.strip() == (
+        "Log level for Ingress set to DEBUG"
+    )
+    assert relay.json("log-level", "get") == {
+        "LogLevels": {"global": "Warning", "facility_overrides": {"Ingress": "Debug"}}
+    }
+
+
+def test_rule_waits_for_its_interface(lab: Lab, relay: Relay) -> None:
+    relay.add("later", "239.2.2.2:6001:rout", iface="rlate")
+    (rule,) = relay.rules()
+    assert (rule["state"], rule["state_reason"]) == ("waiting", "input interface rlate does not exist")
+    lab.netns(lab.relay, "ip", "link", "add", "rlate", "type", "veth", "peer", "name", "rlatep")
+    lab.netns(lab.relay, "ip", "link", "set", "rlate", "up")
+    lab.netns(lab.relay, "ip", "link", "set", "rlatep", "up")
+    wait_for(lambda: relay.rules()[0]["state"] == "active", 10, what="the rule to become active")
+    lab.netns(lab.relay, "ip", "link", "del", "rlate")
+    wait_for(lambda: relay.rules()[0]["state"] == "waiting", 10, what="the rule to wait again")
+    assert json.loads(raw_exchange(relay.socket_path, b'"Ping"'))["Success"]
+
+
+def test_client_reports_unreachable_supervisor(workdir: Path) -> None:
+    missing = str(workdir / "nothing.sock")
+    result = subprocess.run(mcr("control", "--socket-path", missing, "ping"), capture_output=True, text=True)
+    assert result.returncode == 3 and missing in result.stderr
+    assert os.path.exists(missing) is False
