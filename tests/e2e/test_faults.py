@@ -150,7 +150,14 @@ def test_workers_run_without_privileges(relay: Relay) -> None:
 def test_worker_cannot_open_a_raw_socket(relay: Relay) -> None:
     """What a compromised worker could try: the same credentials cannot open a packet socket."""
     (worker,) = relay.workers()
-    probe = "import socket\ntry:\n    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\n    print('opened')\nexcept PermissionError:\n    print('refused')\n"
+    probe = (
+        "import socket\n"
+        "try:\n"
+        "    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\n"
+        "    print('opened')\n"
+        "except PermissionError:\n"
+        "    print('refused')\n"
+    )
     argv = [
         "setpriv",
         "--reuid=65534",
