@@ -31,7 +31,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -355,8 +355,14 @@ def _wait_up(lab: NetLab, ns: str, ifname: str) -> None:
     wait_for(up, 10.0, f"{ifname} in {ns} to come up")
 
 
-def build_chain(lab: NetLab, *, mtu: int = 1500, extra_outputs: int = 0, separate_sinks: bool = False) -> Chain:
-    """Build SRC -> RELAY -> SINK in `lab` (removed by `lab.close()`), plus `extra_outputs` more output pairs."""
+def build_chain(
+    lab: NetLab, *, mtu: int = 1500, extra_outputs: int = 0, separate_sinks: bool | Collection[int] = False
+) -> Chain:
+    """Build SRC -> RELAY -> SINK in `lab` (removed by `lab.close()`), plus `extra_outputs` more output pairs.
+
+    Extra output k (1-based) is `rout<k+1>` 10.200.<10+k>.1 <-> `snk<k>` 10.200.<10+k>.2, in SINK, or in a
+    namespace `snk<k>` of its own when `separate_sinks` is True or contains k.
+    """
     src = lab.add_netns("src")
     relay = lab.add_netns("rly")
     sink = lab.add_netns("snk")
@@ -370,7 +376,8 @@ def build_chain(lab: NetLab, *, mtu: int = 1500, extra_outputs: int = 0, separat
     _veth(lab, relay, RELAY_OUT_IF, RELAY_OUT_IP, sink, SINK_IF, SINK_IP, mtu)
     chain.outputs.append(OutputLink(RELAY_OUT_IF, RELAY_OUT_IP, sink, SINK_IF, SINK_IP))
     for k in range(1, extra_outputs + 1):
-        sink_ns = lab.add_netns(f"snk{k}") if separate_sinks else sink
+        own = separate_sinks if isinstance(separate_sinks, bool) else k in separate_sinks
+        sink_ns = lab.add_netns(f"snk{k}") if own else sink
         link = OutputLink(f"rout{k + 1}", f"10.200.{10 + k}.1", sink_ns, f"snk{k}", f"10.200.{10 + k}.2")
         _veth(lab, relay, link.relay_if, link.relay_ip, sink_ns, link.sink_if, link.sink_ip, mtu)
         chain.outputs.append(link)

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 from .netns import Chain, CommandFailed, NetLab, Proc, pid_alive, tool, wait_for
 
 _socket_counter = itertools.count()
+PROBES = Path(__file__).with_name("probes.py")
 READY_TIMEOUT_S = 10.0
 CLIENT_TIMEOUT_S = 15.0
 
@@ -221,6 +223,13 @@ class Supervisor:
         time.sleep(1.2)  # counters are pushed at least once a second: one more push shows any extra packet
         return self.flow(rule_id) or entry
 
+    def snapshot(self) -> dict[str, Any]:
+        """Stats and workers, for failure messages."""
+        try:
+            return {"stats": self.stats(), "workers": self.workers()}
+        except (OSError, AssertionError, KeyError) as e:
+            return {"error": repr(e)}
+
     def worker_pids(self) -> list[int]:
         return sorted(int(w["pid"]) for w in self.workers())
 
@@ -338,3 +347,27 @@ def generate(chain: Chain, group: str, port: int, *, rate: int, size: int = 1400
     report = proc.json(timeout=count / rate + 30)
     assert report["sent"] == count and report["errors"] == 0, report
     return dict(report)
+
+
+# -------------------------------------------------------------------------------------------- probes
+
+
+def probe(lab: NetLab, ns: str | None, *args: str, timeout: float = 30.0) -> Any:
+    """Run `probes.py ARGS` inside `ns` to the end; its JSON output."""
+    return json.loads(lab.run(ns, sys.executable, str(PROBES), *args, timeout=timeout).stdout)
+
+
+def start_probe(lab: NetLab, ns: str | None, *args: str, name: str) -> Proc:
+    """Start `probes.py ARGS` inside `ns` in the background (collect with `Proc.json`)."""
+    return lab.popen(ns, sys.executable, str(PROBES), *args, name=name)
+
+
+def wait_file(path: Path, proc: Proc, timeout: float = 10.0) -> None:
+    """Wait for a ready file written by `proc`; fail at once if `proc` died first."""
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.name} exited ({proc.poll()}) before it was ready: {proc.err()[-2000:]}")
+        return path.exists()
+
+    wait_for(ready, timeout, f"{proc.name} to be ready")

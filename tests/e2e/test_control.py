@@ -110,8 +110,11 @@ try:
 except OSError as e:
     print("connect:", e.strerror)
     sys.exit(3)
-s.sendall(b'"ListRules"')
-s.shutdown(socket.SHUT_WR)
+try:
+    s.sendall(b'"ListRules"')
+    s.shutdown(socket.SHUT_WR)
+except BrokenPipeError:
+    pass
 print(s.recv(65536).decode())
 """
 

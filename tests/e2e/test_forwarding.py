@@ -42,6 +42,17 @@ def test_relay_is_lossless_and_counters_match(lab: Lab, workdir: Path, relay: Re
     assert (rule["state"], rule["engine"]) == ("active", "userspace")
 
 
+def test_input_groups_are_joined_on_the_input_interface(lab: Lab, relay: Relay) -> None:
+    """IGMP membership, so that real NICs and snooping switches deliver the input groups."""
+    relay.add("j1", "239.2.2.2:6001:rout", group="239.1.1.7")
+    relay.add("j2", "239.2.2.3:6001:rout", group="239.1.1.8", port=5002)
+    joined = wait_for(lambda: lab.netns(lab.relay, "ip", "maddr", "show", "dev", "rin").stdout, 5)
+    assert "239.1.1.7" in joined and "239.1.1.8" in joined
+    relay.ctl("remove", "--rule-id", "j1")
+    left = lab.netns(lab.relay, "ip", "maddr", "show", "dev", "rin").stdout
+    assert "239.1.1.7" not in left and "239.1.1.8" in left
+
+
 @pytest.mark.parametrize("fanout", [3, 50])
 def test_fan_out(lab: Lab, workdir: Path, relay: Relay, fanout: int) -> None:
     groups = [f"239.10.0.{i}" for i in range(1, fanout + 1)]

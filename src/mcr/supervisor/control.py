@@ -141,9 +141,6 @@ class ControlServer:
     async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response:
         sock = writer.get_extra_info("socket")
         pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-        if not self.access.allows(pid, uid, gid):
-            log.warning("refused control client pid %d uid %d gid %d", pid, uid, gid)
-            return Error(f"permission denied: uid {uid} is not root, the supervisor's user or in the control group")
         if self.active > self.max_connections:
             return Error(f"too many concurrent control connections (limit {self.max_connections})")
         try:
@@ -152,6 +149,11 @@ class ControlServer:
             return Error(f"timed out after {self.timeout_s:g} s waiting for a complete request")
         except ProtocolError as e:
             return Error(str(e))
+        # The request is read before an unauthorized peer is refused, so that closing the
+        # connection never discards unread data (which would reset it and lose the answer).
+        if not self.access.allows(pid, uid, gid):
+            log.warning("refused control client pid %d uid %d gid %d", pid, uid, gid)
+            return Error(f"permission denied: uid {uid} is not root, the supervisor's user or in the control group")
         try:
             request = decode_request(data)
         except ProtocolError as e:
