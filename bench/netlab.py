@@ -1,7 +1,7 @@
 """The benchmark's own namespaces: source -> relay -> sink over veth pairs, plus a direct source -> sink pair.
 
-    <p>src  src0 10.200.1.2/24 ──veth── rin  10.200.9.1/24  <p>rly  rout 10.200.3.1/24 ──veth── snk0 10.200.3.2/24  <p>snk
-    <p>src  src1 10.200.4.2/24 ──────────────────────veth──────────────────────── snk1 10.200.4.3/24  <p>snk
+    <p>src src0 10.200.1.2 ─veth─ rin 10.200.9.1  <p>rly  rout 10.200.3.1 ─veth─ snk0 10.200.3.2  <p>snk
+    <p>src src1 10.200.4.2 ────────────────────veth──────────────────── snk1 10.200.4.3  <p>snk     (all /24)
 
 - The relay has no route back to 10.200.1.0/24 and runs strict rp_filter, so the kernel drops the source's
   multicast unless a path adds what it needs (and removes it again afterwards).

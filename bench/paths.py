@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import DIRECT_SRC_IP, RELAY_CPU, RELAY_OUT_IP, SRC_IP, NetLab, sh
+from netlab import DIRECT_SRC_IP, RELAY_CPU, RELAY_IN_IP, RELAY_OUT_IP, SRC_IP, NetLab, sh
 from probe import descendants, parse_snmp_udp
 
 IN_GROUP, IN_PORT = "239.1.1.1", 5001
@@ -28,7 +28,7 @@ NFT_TABLE = "mcrbench"
 
 
 def multicast_mac(group: str) -> str:
-    a, b, c, d = (int(x) for x in group.split("."))
+    _a, b, c, d = (int(x) for x in group.split("."))
     return f"01:00:5e:{b & 0x7F:02x}:{c:02x}:{d:02x}"
 
 
@@ -38,13 +38,25 @@ class Procs:
 
     live: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self, argv: list[str], log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, argv: list[str], log: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed by the child's exit
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         if log is not None and not isinstance(out, int):
             out.close()
         self.live.append(proc)
         return proc
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A short-lived process whose stdout and stderr the caller reads (communicate)."""
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+        self.live.append(proc)
+        return proc
+
+    def forget(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc in self.live:
+            self.live.remove(proc)
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 6.0) -> None:
         """SIGTERM, wait `grace`, then SIGKILL the process and whatever it left behind (by pid)."""
@@ -246,7 +258,7 @@ class Socat(BenchPath):
             "-u",
             "-b",
             "65536",
-            f"UDP4-RECV:{IN_PORT},reuseaddr,ip-add-membership={IN_GROUP}:{self.lab_rin_ip()},rcvbuf=4194304",
+            f"UDP4-RECV:{IN_PORT},reuseaddr,ip-add-membership={IN_GROUP}:{RELAY_IN_IP},rcvbuf=4194304",
             f"UDP4-SENDTO:{OUT_GROUP}:{OUT_PORT},bind={RELAY_OUT_IP},ip-multicast-if={RELAY_OUT_IP},"
             "ip-multicast-ttl=1,ip-multicast-loop=0",
         ]
@@ -255,12 +267,6 @@ class Socat(BenchPath):
         time.sleep(0.5)
         if self.proc.poll() is not None:
             raise RuntimeError(f"socat exited: {log.read_text()[-2000:]}")
-
-    @staticmethod
-    def lab_rin_ip() -> str:
-        from netlab import RELAY_IN_IP
-
-        return RELAY_IN_IP
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -352,7 +358,9 @@ class Smcroute(BenchPath):
             "-l",
             "notice",
         ]
-        self.proc = self.ctx.procs.start(self.lab.argv(self.lab.relay, argv, cpu=RELAY_CPU), self.ctx.workdir / "smcroute.log")
+        self.proc = self.ctx.procs.start(
+            self.lab.argv(self.lab.relay, argv, cpu=RELAY_CPU), self.ctx.workdir / "smcroute.log"
+        )
         deadline = time.monotonic() + 10
         while IN_GROUP not in self.lab.run(self.lab.relay, "ip", "mroute", "show", check=False).stdout:
             if self.proc.poll() is not None or time.monotonic() > deadline:

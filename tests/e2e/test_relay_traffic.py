@@ -116,7 +116,10 @@ def test_fan_out_one_to_fifty(chain: Chain) -> None:
     report: SinkReport = sink.report(timeout=60)
     assert len(report.streams) == 50
     bad = {s["stream"]: report.summary(s) for s in report.streams if s["unique"] != count or s["received"] != count}
-    assert not bad, f"streams that did not get exactly {count} intact packets: {bad}"
+    assert not bad, (
+        f"{len(bad)} of 50 streams did not get exactly {count} intact packets, e.g. {list(bad.items())[:3]}; "
+        f"relay: {sup.snapshot()}"
+    )
     assert report["duplicated"] == 0 and report["corrupted"] == 0
     assert_counters(sup.wait_relayed("fan50", count), count, size, outputs=50)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mcr.packet.parse import DROP_KEYS
 from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
@@ -15,6 +16,27 @@ from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
 def flow_key(group: int, port: int) -> int:
     """The lookup key the parser produces: (IPv4 destination << 16) | UDP destination port."""
     return (group << 16) | port
+
+
+def wire_key(group: int, port: int) -> int:
+    """The key the ring's fast path produces: the destination address and port as they lie on the
+    wire, read as little-endian integers, so that one little-endian unpack serves both the ring's
+    frame header and the packet headers."""
+    g = int.from_bytes(group.to_bytes(4, "big"), "little")
+    p = int.from_bytes(port.to_bytes(2, "big"), "little")
+    return (g << 16) | p
+
+
+def wire_key_from_flow_key(key: int) -> int:
+    return wire_key(key >> 16, key & 0xFFFF)
+
+
+class Batch(Protocol):
+    """Where the hot path puts the payloads of one rule (a preallocated sendmmsg array)."""
+
+    def set(self, i: int, address: int, length: int) -> None: ...
+
+    def send(self, fd: int, count: int, start: int = 0) -> int: ...
 
 
 @dataclass(slots=True)
@@ -30,6 +52,7 @@ class OutputSlot:
 class RuleSlot:
     rule: WorkerRule
     outputs: list[OutputSlot]
+    batch: Batch
     packets: int = 0
     bytes: int = 0
     drops: list[int] = field(default_factory=lambda: [0] * len(DROP_KEYS))
@@ -44,11 +67,11 @@ class RuleSlot:
 
 
 def index_rules(slots: Iterable[RuleSlot]) -> dict[int, dict[int, RuleSlot]]:
-    """{ifindex: {flow key: slot}} for the hot path."""
+    """{ifindex: {wire key: slot}} for the hot path."""
     table: dict[int, dict[int, RuleSlot]] = {}
     for slot in slots:
         r = slot.rule
-        table.setdefault(r.ifindex, {})[flow_key(int(r.group), r.port)] = slot
+        table.setdefault(r.ifindex, {})[wire_key(int(r.group), r.port)] = slot
     return table
 
 
