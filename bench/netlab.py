@@ -48,6 +48,7 @@ def cpu_mask(cpu: int) -> str:
 class NetLab:
     prefix: str = field(default_factory=lambda: f"mcrb{os.getpid() % 100000}")
     mtu: int = 1500
+    nice: int = 0  # niceness of every benchmark process (negative: keep a shared machine's other load away)
     created_ns: list[str] = field(default_factory=list)
     created_links: list[str] = field(default_factory=list)
 
@@ -68,9 +69,13 @@ class NetLab:
         return (self.src, self.relay, self.sink)
 
     def argv(self, ns: str, argv: Sequence[str], cpu: int | None = None) -> list[str]:
-        """`ip netns exec NS [taskset -c CPU] ARGV...`: every exec keeps the pid, so Popen.pid is the program."""
+        """`ip netns exec NS [nice -n N] [taskset -c CPU] ARGV...`.
+
+        Each of these execs the next, so the pid of the Popen is the program's own pid.
+        """
+        nice = ["nice", "-n", str(self.nice)] if self.nice else []
         pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
-        return ["ip", "netns", "exec", ns, *pin, *argv]
+        return ["ip", "netns", "exec", ns, *nice, *pin, *argv]
 
     def run(self, ns: str, *argv: str, check: bool = True, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)

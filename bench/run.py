@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="result file names: <name>.json/.md/-SIZE.png (default latest, quick: quick)")
     p.add_argument("--results-dir", type=Path, default=HERE / "results")
     p.add_argument("--no-docs", action="store_true", help="do not refresh the table in docs/benchmarks.md")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=-20,
+        help="niceness of sender, sink and relays (default -20, so that other load on a shared machine yields)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and sockets (temporary directory)")
     a = p.parse_args(argv)
     a.paths = [x.strip() for x in a.paths.split(",") if x.strip()]
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO / "src"), env.get("PYTHONPATH", "")) if x)
     workdir = Path(tempfile.mkdtemp(prefix="mcr-bench-"))
     os.chmod(workdir, 0o755)
-    lab = NetLab()
+    lab = NetLab(nice=args.nice)
     procs = Procs()
     ctx = Context(lab=lab, procs=procs, workdir=workdir, env=env)
     start = time.monotonic()
@@ -169,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_minutes": args.max_minutes,
             "sender_cpu": SENDER_CPU,
             "relay_cpu": RELAY_CPU,
+            "nice": args.nice,
         },
         "machine": probe.machine(REPO),
         "topology": {},

@@ -36,7 +36,9 @@ def assert_intact(
         got["reordered"], want["reordered"] = entry["reordered"], 0
     if got != want:
         context = relay.snapshot() if relay is not None else {}
-        raise AssertionError(f"sink got {got}, expected {want}; relay: {context}")
+        ring = sum(int(w.get("kernel_drops", 0)) for w in context.get("workers", []))
+        where = f"the relay's capture ring dropped {ring} frames (kernel_drops); " if ring else ""
+        raise AssertionError(f"{where}sink got {got}, expected {want}; relay: {context}")
 
 
 def assert_counters(flow: dict[str, Any], count: int, size: int, outputs: int = 1) -> None:

@@ -310,8 +310,8 @@ class Version:
 Response = Success | Error | Rules | Stats | Workers | LogLevelsResponse | Version
 
 
-def rule_json(view: RuleView) -> dict[str, object]:
-    r = view.rule
+def encode_rule(r: ForwardingRule) -> dict[str, object]:
+    """A rule as JSON: the original's fields, plus input_source and source."""
     return {
         "rule_id": r.rule_id,
         "input_interface": r.input_interface,
@@ -320,6 +320,12 @@ def rule_json(view: RuleView) -> dict[str, object]:
         "input_source": None if r.input_source is None else str(r.input_source),
         "outputs": [_output_json(o) for o in r.outputs],
         "source": r.source.value,
+    }
+
+
+def rule_json(view: RuleView) -> dict[str, object]:
+    return {
+        **encode_rule(view.rule),
         "engine": view.engine.value,
         "state": view.state.value,
         "state_reason": view.state_reason,
@@ -411,14 +417,15 @@ def _obj(where: str, value: object) -> dict[str, Any]:
     return value
 
 
-def _decode_rule(o: object) -> RuleView:
+def decode_rule(o: object) -> ForwardingRule:
+    """The inverse of encode_rule; raises ProtocolError on anything malformed."""
     d = _obj("rule", o)
     try:
         outputs = tuple(
             OutputDestination(IPv4Address(x["group"]), int(x["port"]), str(x["interface"]), int(x.get("ttl", 1)))
             for x in d.get("outputs", [])
         )
-        rule = ForwardingRule(
+        return ForwardingRule(
             rule_id=str(d["rule_id"]),
             input_interface=str(d["input_interface"]),
             input_group=IPv4Address(d["input_group"]),
@@ -427,8 +434,15 @@ def _decode_rule(o: object) -> RuleView:
             input_source=IPv4Address(d["input_source"]) if d.get("input_source") else None,
             source=RuleSource(d.get("source", "runtime")),
         )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"malformed rule: {e!r}") from None
+
+
+def _decode_rule(o: object) -> RuleView:
+    d = _obj("rule", o)
+    try:
         return RuleView(
-            rule=rule,
+            rule=decode_rule(d),
             engine=Engine(d.get("engine", "userspace")),
             state=RuleState(d.get("state", "active")),
             state_reason=str(d.get("state_reason", "")),

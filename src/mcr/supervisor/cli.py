@@ -8,11 +8,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mcr import __version__
 from mcr.logs import configure_logging
+from mcr.model.config import Config, Settings, parse_config
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.levels import Severity
+from mcr.model.rules import Limits
 from mcr.protocol.control import DEFAULT_SOCKET, SOCKET_ENV
 from mcr.supervisor.main import SupervisorConfig, run_supervisor
 
@@ -35,18 +38,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sup = sub.add_parser("supervisor", help="run the privileged supervisor (as root)")
+    sup.add_argument("--config", default=None, help="TOML file with settings and static rules (SIGHUP reloads it)")
+    sup.add_argument("--state-file", default=None, help="where runtime rules are saved; restored at start")
     sup.add_argument("--control-socket-path", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
     sup.add_argument("--control-group", default=None, help="group allowed to use the control socket")
-    sup.add_argument("--user", default="nobody", help="user the workers run as (default nobody)")
+    sup.add_argument("--user", default=None, help="user the workers run as (default nobody)")
     sup.add_argument("--group", default=None, help="group the workers run as (default nogroup)")
     sup.add_argument("--num-workers", type=_positive, default=None, help="data-plane workers (default: CPU count)")
-    sup.add_argument("--log-level", default="info", help="global log level (default info)")
-    sup.add_argument("--log-json", action="store_true", help="structured JSON log lines")
+    sup.add_argument("--log-level", default=None, help="global log level (default info)")
+    sup.add_argument("--log-json", action="store_true", default=None, help="structured JSON log lines")
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
     sup.add_argument("--interface", default=None, help=argparse.SUPPRESS)
     sup.add_argument("--relay-command-socket-path", default=None, help=argparse.SUPPRESS)
     sub.add_parser("worker", help="internal: a data-plane worker started by the supervisor", add_help=False)
     return parser
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    return parse_config(text, path)
+
+
+def merge_settings(args: argparse.Namespace, static: Config | None) -> SupervisorConfig:
+    """Command-line flags win over the config file, which wins over the defaults."""
+    file = static.settings if static else Settings()
+
+    def pick(flag: object, setting: object, default: object) -> Any:
+        return flag if flag is not None else setting if setting is not None else default
+
+    level = pick(args.log_level, file.log_level, "info")
+    Severity.parse(level)  # fail early on a bad level
+    state = pick(args.state_file, file.state_file, None)
+    return SupervisorConfig(
+        control_socket_path=Path(pick(args.control_socket_path, file.control_socket_path, default_socket_path())),
+        control_group=pick(args.control_group, file.control_group, None),
+        user=pick(args.user, file.user, "nobody"),
+        group=pick(args.group, file.group, None),
+        num_workers=pick(args.num_workers, file.num_workers, os.cpu_count() or 1),
+        log_level=level,
+        log_json=bool(pick(args.log_json, file.log_json, False)),
+        limits=static.limits if static else Limits(),
+        state_file=Path(state) if state else None,
+        config=static,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,22 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        level = Severity.parse(args.log_level)
-    except ValidationError as e:
+        static = load_config(args.config) if args.config else None
+        config = merge_settings(args, static)
+    except (ConfigError, ValidationError) as e:
         print(f"multicast_relay: {e}", file=sys.stderr)
         return 2
-    configure_logging(level.python_level, args.log_json, prefix="supervisor")
+    configure_logging(Severity.parse(config.log_level).python_level, config.log_json, prefix="supervisor")
     if args.interface or args.relay_command_socket_path:
         log.warning("--interface and --relay-command-socket-path are ignored: each rule names its input interface")
-    config = SupervisorConfig(
-        control_socket_path=Path(args.control_socket_path or default_socket_path()),
-        control_group=args.control_group,
-        user=args.user,
-        group=args.group,
-        num_workers=args.num_workers or os.cpu_count() or 1,
-        log_level=args.log_level,
-        log_json=args.log_json,
-    )
     try:
         asyncio.run(run_supervisor(config))
     except ConfigError as e:

@@ -47,11 +47,34 @@ class RuleTable:
 
     def add(self, req: AddRule, source: RuleSource = RuleSource.RUNTIME) -> ForwardingRule:
         """Validate and insert; raises ValidationError and changes nothing when the rule is refused."""
-        rule = self.build(req, source)
+        return self.insert(self.build(req, source))
+
+    def insert(self, rule: ForwardingRule) -> ForwardingRule:
         check_rule_shape(rule, self.limits)
         check_rule_fits(rule, self.rules, self.limits)
         self.rules[rule.rule_id] = rule
         return rule
+
+    def runtime_rules(self) -> list[ForwardingRule]:
+        return [r for r in self.rules.values() if r.source is RuleSource.RUNTIME]
+
+    def replace_config_rules(self, new: Iterable[ForwardingRule]) -> tuple[list[str], list[str], list[str]]:
+        """Swap the config file's rules for `new`, all or nothing; returns (added, changed, removed) ids.
+
+        Rules that did not change are not touched, so they keep forwarding and keep their counters.
+        """
+        wanted = {r.rule_id: r for r in new}
+        old = {rid: r for rid, r in self.rules.items() if r.source is RuleSource.CONFIG}
+        removed = [rid for rid in old if rid not in wanted]
+        changed = [rid for rid, r in wanted.items() if rid in old and old[rid] != r]
+        added = [rid for rid in wanted if rid not in old]
+        trial = RuleTable(self.limits)
+        trial.rules = {rid: r for rid, r in self.rules.items() if rid not in removed and rid not in changed}
+        for rid in changed + added:
+            trial.insert(wanted[rid])
+        self.rules = {rid: r for rid, r in self.rules.items() if rid in trial.rules}
+        self.rules.update({rid: trial.rules[rid] for rid in changed + added})
+        return added, changed, removed
 
     def remove(self, rule_id: str) -> ForwardingRule:
         try:

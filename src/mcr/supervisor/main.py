@@ -10,16 +10,17 @@ import pwd
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import assert_never
 
 from mcr import PROTOCOL_VERSION, __version__
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
+from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
-from mcr.model.rules import Limits
+from mcr.model.rules import Limits, RuleSource
 from mcr.model.status import LogLevels, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
 from mcr.protocol.control import (
@@ -42,6 +43,7 @@ from mcr.protocol.worker import CloseSockets, OpenSockets, Ready, SetLogLevels, 
 from mcr.supervisor.control import Access, ControlServer, resolve_group
 from mcr.supervisor.core import RuleTable, StatsBook, resolve
 from mcr.supervisor.memberships import Memberships
+from mcr.supervisor.state import StateError, load_state, save_state
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
 log = logging.getLogger("mcr.supervisor")
@@ -60,6 +62,8 @@ class SupervisorConfig:
     log_level: str
     log_json: bool
     limits: Limits = field(default_factory=Limits)
+    state_file: Path | None = None
+    config: Config | None = None
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -86,6 +90,8 @@ class Supervisor:
         self.uid, self.gid = resolve_user(config.user, config.group)
         self.control_gid = resolve_group(config.control_group)
         self.table = RuleTable(config.limits)
+        self.config_file = config.config
+        self.load_rules()
         self.stats = StatsBook()
         self.links: dict[str, Link] = {}
         self.resolution = resolve((), {})
@@ -106,11 +112,57 @@ class Supervisor:
         )
         self.watcher = LinkWatcher(self.on_links)
 
+    # ---------------------------------------------------------------------------- persistence
+
+    def load_rules(self) -> None:
+        """Static rules from the config file, then the runtime rules saved in the state file."""
+        if self.config_file is not None:
+            for rule in self.config_file.rules:
+                self.table.insert(rule)
+        if self.config.state_file is None:
+            return
+        try:
+            saved = load_state(self.config.state_file)
+        except StateError as e:
+            log.error("%s; starting without its rules", e)
+            return
+        for rule in saved:
+            try:
+                self.table.insert(replace(rule, source=RuleSource.RUNTIME))
+            except ValidationError as e:
+                log.error("saved rule %s not restored: %s", rule.rule_id, e)
+        log.info("restored %d rules from %s", len(saved), self.config.state_file)
+
+    def save(self) -> None:
+        if self.config.state_file is not None:
+            save_state(self.config.state_file, self.table.runtime_rules())
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file and apply only the difference in its rules."""
+        if self.config_file is None:
+            log.warning("SIGHUP ignored: the supervisor was started without --config")
+            return
+        path = self.config_file.path
+        try:
+            with open(path, encoding="utf-8") as f:
+                new = parse_config(f.read(), path)
+            added, changed, removed = self.table.replace_config_rules(new.rules)
+        except (OSError, ConfigError, ValidationError) as e:
+            log.error("reload of %s refused, nothing changed: %s", path, e)
+            return
+        self.config_file = new
+        for rule_id in changed + removed:
+            self.stats.forget_rule(rule_id)
+        log.info("reloaded %s: %d added, %d changed, %d removed", path, len(added), len(changed), len(removed))
+        if added or changed or removed:
+            self.apply()
+
     # ------------------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stopping.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.watcher.start()
         await self.control.start(self.control_gid)
         now = time.monotonic()
@@ -338,6 +390,11 @@ class Supervisor:
         match req:
             case AddRule():
                 rule = self.table.add(req)
+                try:
+                    self.save()
+                except StateError as e:
+                    self.table.remove(rule.rule_id)
+                    return Error(f"Rule {rule.rule_id} not added: {e}")
                 log.info(
                     "rule %s added: %s %s:%d -> %d outputs",
                     rule.rule_id,
@@ -349,7 +406,16 @@ class Supervisor:
                 await self.wait_synced(self.apply())
                 return Success(f"Rule {rule.rule_id} added")
             case RemoveRule():
+                existing = self.table.rules.get(req.rule_id)
+                if existing is not None and existing.source is RuleSource.CONFIG:
+                    where = self.config_file.path if self.config_file else "the config file"
+                    return Error(f"Rule {req.rule_id} comes from {where}; remove it there and reload (SIGHUP)")
                 rule = self.table.remove(req.rule_id)
+                try:
+                    self.save()
+                except StateError as e:
+                    self.table.insert(rule)
+                    return Error(f"Rule {rule.rule_id} not removed: {e}")
                 self.stats.forget_rule(rule.rule_id)
                 log.info("rule %s removed", rule.rule_id)
                 await self.wait_synced(self.apply())

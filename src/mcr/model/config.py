@@ -1,0 +1,205 @@
+"""The TOML configuration file: supervisor settings and static rules (pure: text in, values out).
+
+    [supervisor]                      # every key optional; command-line flags win
+    num_workers = 2
+    control_socket_path = "/run/mcr/control.sock"
+    control_group = "mcr"
+    user = "nobody"
+    group = "nogroup"
+    log_level = "info"
+    log_json = false
+    state_file = "/var/lib/mcr/rules.json"
+
+    [limits]
+    max_rules = 1000
+    max_outputs_per_rule = 256
+    max_total_outputs = 10000
+    max_request_bytes = 1048576
+
+    [[rule]]
+    id = "feed-a"
+    input_interface = "eth0"
+    input_group = "239.1.1.1"
+    input_port = 5000
+    ttl = 4                            # default TTL of this rule's outputs (1 when absent)
+    outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
+
+Every error names the file, the rule and the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Address
+from typing import Any
+
+from mcr.model.errors import ConfigError, ValidationError
+from mcr.model.rules import (
+    DEFAULT_TTL,
+    ForwardingRule,
+    Limits,
+    OutputDestination,
+    RuleSource,
+    check_rule_fits,
+    check_rule_shape,
+    generated_rule_id,
+    parse_output_spec,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Supervisor settings a config file may set; None means "not set here"."""
+
+    num_workers: int | None = None
+    control_socket_path: str | None = None
+    control_group: str | None = None
+    user: str | None = None
+    group: str | None = None
+    log_level: str | None = None
+    log_json: bool | None = None
+    state_file: str | None = None
+    metrics_addr: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    settings: Settings = Settings()
+    limits: Limits = field(default_factory=Limits)
+    rules: tuple[ForwardingRule, ...] = ()
+
+
+_SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool}
+_RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl"}
+_OUTPUT_KEYS = {"group", "port", "interface", "ttl"}
+
+
+def _type_ok(value: object, expected: type) -> bool:
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _table(path: str, doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    return value
+
+
+def _settings(path: str, table: dict[str, Any]) -> Settings:
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(
+                f"{path}: [supervisor]: unknown setting '{key}'; expected one of {', '.join(sorted(known))}"
+            )
+        expected = _SETTING_TYPES.get(key, str)
+        if not _type_ok(value, expected):
+            raise ConfigError(
+                f"{path}: [supervisor]: '{key}' must be {'an integer' if expected is int else 'a ' + expected.__name__}"
+            )
+        values[key] = value
+    if values.get("num_workers") is not None and values["num_workers"] < 1:
+        raise ConfigError(f"{path}: [supervisor]: 'num_workers' must be at least 1")
+    return Settings(**values)
+
+
+def _limits(path: str, table: dict[str, Any]) -> Limits:
+    known = {f.name for f in fields(Limits)}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{path}: [limits]: unknown limit '{key}'; expected one of {', '.join(sorted(known))}")
+        if not _type_ok(value, int) or value < 1:
+            raise ConfigError(f"{path}: [limits]: '{key}' must be a positive integer")
+    return Limits(**table)
+
+
+def _output(where: str, i: int, item: object, ttl: int) -> OutputDestination:
+    if isinstance(item, str):
+        try:
+            return parse_output_spec(item, ttl)
+        except ValidationError as e:
+            raise ConfigError(f"{where}: outputs[{i}]: {e}") from None
+    if not isinstance(item, dict):
+        raise ConfigError(f'{where}: outputs[{i}] must be "group:port:interface" or a table')
+    unknown = set(item) - _OUTPUT_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: outputs[{i}]: unknown key '{sorted(unknown)[0]}'")
+    for key, kind in (("group", str), ("port", int), ("interface", str)):
+        if key not in item:
+            raise ConfigError(f"{where}: outputs[{i}]: missing '{key}'")
+        if not _type_ok(item[key], kind):
+            raise ConfigError(f"{where}: outputs[{i}].{key} must be {'an integer' if kind is int else 'a string'}")
+    out_ttl = item.get("ttl", ttl)
+    if not _type_ok(out_ttl, int):
+        raise ConfigError(f"{where}: outputs[{i}].ttl must be an integer")
+    try:
+        group = IPv4Address(item["group"])
+    except ValueError:
+        raise ConfigError(f"{where}: outputs[{i}].group: '{item['group']}' is not a valid IPv4 address") from None
+    return OutputDestination(group, item["port"], item["interface"], out_ttl)
+
+
+def _rule(path: str, index: int, item: object) -> ForwardingRule:
+    where = f"{path}: rule[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where} must be a table ([[rule]])")
+    if isinstance(item.get("id"), str):
+        where += f" '{item['id']}'"
+    unknown = set(item) - _RULE_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{sorted(unknown)[0]}'; expected one of {', '.join(sorted(_RULE_KEYS))}"
+        )
+    for key, kind in (("input_interface", str), ("input_group", str), ("input_port", int)):
+        if key not in item:
+            raise ConfigError(f"{where}: missing '{key}'")
+        if not _type_ok(item[key], kind):
+            raise ConfigError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a string'}")
+    for key, kind in (("id", str), ("input_source", str), ("ttl", int)):
+        if key in item and not _type_ok(item[key], kind):
+            raise ConfigError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a string'}")
+    outputs_raw = item.get("outputs", [])
+    if not isinstance(outputs_raw, list):
+        raise ConfigError(f"{where}: 'outputs' must be an array")
+    ttl = item.get("ttl", DEFAULT_TTL)
+    outputs = tuple(_output(where, i, o, ttl) for i, o in enumerate(outputs_raw))
+    try:
+        group = IPv4Address(item["input_group"])
+        source = IPv4Address(item["input_source"]) if "input_source" in item else None
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    rule_id = item.get("id") or generated_rule_id(item["input_interface"], group, item["input_port"], source)
+    return ForwardingRule(
+        rule_id, item["input_interface"], group, item["input_port"], outputs, source, RuleSource.CONFIG
+    )
+
+
+def parse_config(text: str, path: str) -> Config:
+    """Parse and validate a whole file; raises ConfigError naming the file, rule and field."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    unknown = set(doc) - {"supervisor", "limits", "rule"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]]")
+    settings = _settings(path, _table(path, doc, "supervisor"))
+    limits = _limits(path, _table(path, doc, "limits"))
+    raw_rules = doc.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise ConfigError(f"{path}: 'rule' must be an array of tables ([[rule]])")
+    rules: dict[str, ForwardingRule] = {}
+    for index, item in enumerate(raw_rules):
+        rule = _rule(path, index, item)
+        try:
+            check_rule_shape(rule, limits)
+            check_rule_fits(rule, rules, limits)
+        except ValidationError as e:
+            raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
+        rules[rule.rule_id] = rule
+    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()))

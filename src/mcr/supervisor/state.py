@@ -1,0 +1,85 @@
+"""The state file: runtime rules written atomically after every accepted change, read back at start."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from mcr.model.errors import McrError, ProtocolError
+from mcr.model.rules import ForwardingRule
+from mcr.protocol.control import decode_rule, encode_rule
+
+log = logging.getLogger("mcr.supervisor")
+
+STATE_VERSION = 1
+
+
+class StateError(McrError):
+    """The state file could not be read or written."""
+
+
+def encode_state(rules: Iterable[ForwardingRule]) -> bytes:
+    return json.dumps({"version": STATE_VERSION, "rules": [encode_rule(r) for r in rules]}, indent=1).encode() + b"\n"
+
+
+def decode_state(data: bytes) -> list[ForwardingRule]:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StateError(f"not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION or not isinstance(doc.get("rules"), list):
+        raise StateError(f"not an MCR state file of version {STATE_VERSION}")
+    try:
+        return [decode_rule(r) for r in doc["rules"]]
+    except ProtocolError as e:
+        raise StateError(str(e)) from None
+
+
+def save_state(path: Path, rules: Iterable[ForwardingRule]) -> None:
+    """Write to a temporary file in the same directory, fsync it, rename it over the old one, fsync the
+    directory: after a crash the file holds either the old or the new rule set, never a mix."""
+    data = encode_state(rules)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise StateError(f"cannot save state to {path}: {e.strerror}") from None
+
+
+def load_state(path: Path) -> list[ForwardingRule]:
+    """The saved rules; a missing file is an empty set. A corrupt file is moved aside (never
+    overwritten) and reported with StateError naming where it went."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise StateError(f"cannot read state file {path}: {e.strerror}") from None
+    try:
+        return decode_state(data)
+    except StateError as e:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        raise StateError(f"state file {path} is unusable ({e}); kept aside as {aside}") from None

@@ -1,0 +1,164 @@
+"""Day two: rules that survive restarts, a state file that is never lost, hitless config reload."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+from mcr.lab import SRC_IP, Lab
+from tests.e2e.harness import Relay, mcr, send, start_sink, wait_for
+
+CONFIG = """
+[supervisor]
+log_level = "info"
+
+[[rule]]
+id = "steady"
+input_interface = "rin"
+input_group = "239.1.1.1"
+input_port = 5001
+outputs = ["239.2.2.2:6001:rout"]
+
+[[rule]]
+id = "moving"
+input_interface = "rin"
+input_group = "239.1.1.2"
+input_port = 5002
+outputs = ["239.2.2.3:{port}:rout"]
+"""
+
+
+def test_rules_survive_restarts_with_their_ids(lab: Lab, workdir: Path) -> None:
+    state = workdir / "state" / "rules.json"
+    relay = Relay(lab, workdir, extra=["--state-file", str(state)]).start()
+    try:
+        relay.add("keep-me", "239.2.2.2:6001:rout")
+        relay.ctl(
+            "add",
+            "--input-interface",
+            "rin",
+            "--input-group",
+            "239.1.1.9",
+            "--input-port",
+            "7000",
+            "--outputs",
+            "239.2.2.9:7001:rout",
+        )
+        before = relay.rules()
+        assert json.loads(state.read_text())["version"] == 1
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGKILL)
+        relay.proc.wait(10)
+        relay.start()
+        assert relay.rules() == before
+        sink = start_sink(lab, workdir, "239.2.2.2", "6001", expect=1000)
+        send(lab, count=1000, rate=5000)
+        assert sink.result()["received"] == 1000
+        relay.ctl("remove", "--rule-id", "keep-me")
+        relay.stop()
+        relay.start()
+        assert [r["rule_id"] for r in relay.rules()] == [before[1]["rule_id"]]
+    finally:
+        relay.stop()
+
+
+def test_corrupt_state_file_is_kept_aside(lab: Lab, workdir: Path) -> None:
+    state = workdir / "rules.json"
+    state.write_text("{ not json")
+    relay = Relay(lab, workdir, extra=["--state-file", str(state)]).start()
+    try:
+        aside = list(workdir.glob("rules.json.corrupt-*"))
+        assert len(aside) == 1 and aside[0].read_text() == "{ not json"
+        assert "is unusable" in relay.log() and str(aside[0]) in relay.log()
+        relay.add("fresh", "239.2.2.2:6001:rout")
+        assert [r["rule_id"] for r in json.loads(state.read_text())["rules"]] == ["fresh"]
+    finally:
+        relay.stop()
+
+
+def test_unwritable_state_refuses_the_change(lab: Lab, workdir: Path) -> None:
+    blocker = workdir / "not-a-dir"
+    blocker.write_text("")
+    relay = Relay(lab, workdir, extra=["--state-file", str(blocker / "rules.json")]).start()
+    try:
+        result = relay.ctl(
+            "add",
+            "--rule-id",
+            "x",
+            "--input-interface",
+            "rin",
+            "--input-group",
+            "239.1.1.1",
+            "--input-port",
+            "5001",
+            "--outputs",
+            "239.2.2.2:6001:rout",
+            check=False,
+        )
+        assert result.returncode == 1 and "Rule x not added: cannot save state" in result.stderr
+        assert relay.rules() == []
+    finally:
+        relay.stop()
+
+
+def test_sighup_applies_only_the_difference(lab: Lab, workdir: Path) -> None:
+    config = workdir / "mcr.toml"
+    config.write_text(CONFIG.format(port=6002))
+    relay = Relay(lab, workdir, extra=["--config", str(config)]).start()
+    try:
+        assert [(r["rule_id"], r["source"]) for r in relay.rules()] == [("steady", "config"), ("moving", "config")]
+        refused = relay.ctl("remove", "--rule-id", "steady", check=False)
+        assert refused.returncode == 1 and "comes from" in refused.stderr
+        count = 15_000
+        sink = start_sink(lab, workdir, "239.2.2.2", "6001", expect=count)
+        generator = subprocess.Popen(
+            lab.exec_argv(
+                lab.src,
+                mcr(
+                    "generate",
+                    "--group",
+                    "239.1.1.1",
+                    "--port",
+                    "5001",
+                    "--interface",
+                    SRC_IP,
+                    "--rate",
+                    "5000",
+                    "--count",
+                    str(count),
+                    "--quiet",
+                ),
+            ),
+        )
+        wait_for(lambda: relay.flow("steady")["packets_relayed"] > 2000, 10, what="traffic on the steady rule")
+        config.write_text(
+            CONFIG.format(port=6099) + '\n[[rule]]\nid = "new"\ninput_interface = "rin"\n'
+            'input_group = "239.1.1.3"\ninput_port = 5003\noutputs = ["239.2.2.4:6004:rout"]\n'
+        )
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(relay.rules()) == 3, 10, what="the reload")
+        moving = next(r for r in relay.rules() if r["rule_id"] == "moving")
+        assert moving["outputs"][0]["port"] == 6099
+        config.write_text("[[rule]]\nid = 'broken'\ninput_port = 'x'\n")
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload of" in relay.log() and "refused" in relay.log(), 10, what="the refusal")
+        assert len(relay.rules()) == 3
+        assert generator.wait(30) == 0
+        report = sink.result()
+        assert (report["received"], report["lost"], report["duplicated"]) == (count, 0, 0)
+        assert relay.wait_relayed("steady", count)["packets_relayed"] == count
+    finally:
+        relay.stop()
+
+
+def test_bad_config_file_is_named(lab: Lab, workdir: Path) -> None:
+    config = workdir / "bad.toml"
+    config.write_text('[[rule]]\nid = "r"\ninput_interface = "rin"\ninput_group = "239.1.1.1"\ninput_port = 70000\n')
+    result = subprocess.run(
+        lab.exec_argv(lab.relay, mcr("supervisor", "--config", str(config))), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert f"{config}: rule[0] 'r': input_port 70000 is out of range" in result.stderr

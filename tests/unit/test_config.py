@@ -1,0 +1,134 @@
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from mcr.model.config import parse_config
+from mcr.model.errors import ConfigError, ValidationError
+from mcr.model.rules import Limits, OutputDestination, RuleSource
+from mcr.protocol.control import AddRule
+from mcr.supervisor.core import RuleTable
+from mcr.supervisor.state import StateError, decode_state, encode_state, load_state, save_state
+
+GOOD = """
+[supervisor]
+num_workers = 2
+control_group = "mcr"
+log_json = true
+
+[limits]
+max_rules = 10
+
+[[rule]]
+id = "a"
+input_interface = "eth0"
+input_group = "239.1.1.1"
+input_port = 5000
+ttl = 4
+outputs = ["239.2.2.2:6000:eth1", { group = "239.2.2.3", port = 6001, interface = "eth2", ttl = 9 }]
+
+[[rule]]
+input_interface = "eth0"
+input_group = "239.1.1.2"
+input_port = 5000
+"""
+
+
+def test_good_config() -> None:
+    cfg = parse_config(GOOD, "mcr.toml")
+    assert cfg.settings.num_workers == 2 and cfg.settings.log_json is True and cfg.settings.user is None
+    assert cfg.limits == Limits(max_rules=10)
+    a, b = cfg.rules
+    assert a.outputs == (
+        OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", 4),
+        OutputDestination(IPv4Address("239.2.2.3"), 6001, "eth2", 9),
+    )
+    assert a.source is RuleSource.CONFIG and len(b.rule_id) == 16 and b.outputs == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[supervisor\n", "mcr.toml: not valid TOML"),
+        ("[extra]\n", "mcr.toml: unknown section 'extra'"),
+        ("[supervisor]\nnum_workers = '2'\n", "mcr.toml: [supervisor]: 'num_workers' must be an integer"),
+        ("[supervisor]\nworkers = 2\n", "mcr.toml: [supervisor]: unknown setting 'workers'"),
+        ("[supervisor]\nnum_workers = 0\n", "'num_workers' must be at least 1"),
+        ("[limits]\nmax_rules = -1\n", "mcr.toml: [limits]: 'max_rules' must be a positive integer"),
+        (
+            "[[rule]]\nid = 'r'\ninput_group = '239.1.1.1'\ninput_port = 1\n",
+            "mcr.toml: rule[0] 'r': missing 'input_interface'",
+        ),
+        (
+            "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '239.1.1.1'\ninput_port = '1'\n",
+            "mcr.toml: rule[0] 'r': 'input_port' must be an integer",
+        ),
+        (
+            "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '239.1.1.1'\ninput_port = 1\nouputs = []\n",
+            "mcr.toml: rule[0] 'r': unknown key 'ouputs'",
+        ),
+        (
+            "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '239.1.1.1'\ninput_port = 1\noutputs = ['x:1']\n",
+            "mcr.toml: rule[0] 'r': outputs[0]: Invalid format. Expected group:port:interface",
+        ),
+        (
+            "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '10.1.1.1'\ninput_port = 1\n",
+            "mcr.toml: rule[0] 'r': input_group 10.1.1.1 is not an IPv4 multicast address",
+        ),
+        (
+            "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '239.1.1.1'\ninput_port = 1\n"
+            "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '239.1.1.2'\ninput_port = 1\n",
+            "mcr.toml: rule[1] 'r': Rule rejected: rule_id 'r' already exists",
+        ),
+    ],
+)
+def test_config_errors_name_file_rule_and_field(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "mcr.toml")
+    assert message in str(info.value)
+
+
+def test_replace_config_rules_is_all_or_nothing_and_keeps_unchanged_rules() -> None:
+    table = RuleTable(Limits())
+    first = parse_config(GOOD, "f").rules
+    for rule in first:
+        table.insert(rule)
+    unchanged = table.rules["a"]
+    second = parse_config(GOOD.replace("239.1.1.2", "239.1.1.3"), "f").rules
+    added, changed, removed = table.replace_config_rules(second)
+    assert table.rules["a"] is unchanged and changed == [] and len(added) == 1 and len(removed) == 1
+    runtime = AddRule("rt", "eth0", IPv4Address("239.1.1.9"), 5000, ())
+    table.add(runtime)
+    before = dict(table.rules)
+    clash = parse_config(GOOD.replace("239.1.1.2", "239.1.1.9"), "f").rules
+    with pytest.raises(ValidationError, match="already relayed by rule 'rt'"):
+        table.replace_config_rules(clash)
+    assert table.rules == before
+
+
+def test_state_round_trip_and_atomic_save(tmp_path: Path) -> None:
+    rules = parse_config(GOOD, "f").rules
+    assert decode_state(encode_state(rules)) == list(rules)
+    path = tmp_path / "sub" / "rules.json"
+    save_state(path, rules)
+    assert load_state(path) == list(rules)
+    assert [p.name for p in path.parent.iterdir()] == ["rules.json"]
+    assert load_state(tmp_path / "missing.json") == []
+
+
+@pytest.mark.parametrize("content", ["{", '{"version": 2, "rules": []}', '{"version": 1, "rules": [{"rule_id": 1}]}'])
+def test_corrupt_state_is_moved_aside(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "rules.json"
+    path.write_text(content)
+    with pytest.raises(StateError, match="kept aside as"):
+        load_state(path)
+    assert not path.exists()
+    (aside,) = tmp_path.glob("rules.json.corrupt-*")
+    assert aside.read_text() == content
+
+
+def test_save_failure_is_reported(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateError, match="cannot save state"):
+        save_state(blocker / "rules.json", [])
