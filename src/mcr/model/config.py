@@ -76,6 +76,10 @@ _RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_sourc
 _OUTPUT_KEYS = {"group", "port", "interface", "ttl"}
 
 
+def _kind(expected: type) -> str:
+    return {int: "an integer", bool: "a boolean", str: "a string"}.get(expected, expected.__name__)
+
+
 def _type_ok(value: object, expected: type) -> bool:
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -133,7 +137,7 @@ def _output(where: str, i: int, item: object, ttl: int) -> OutputDestination:
         if key not in item:
             raise ConfigError(f"{where}: outputs[{i}]: missing '{key}'")
         if not _type_ok(item[key], kind):
-            raise ConfigError(f"{where}: outputs[{i}].{key} must be {'an integer' if kind is int else 'a string'}")
+            raise ConfigError(f"{where}: outputs[{i}].{key} must be {_kind(kind)}")
     out_ttl = item.get("ttl", ttl)
     if not _type_ok(out_ttl, int):
         raise ConfigError(f"{where}: outputs[{i}].ttl must be an integer")
@@ -159,10 +163,10 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
         if key not in item:
             raise ConfigError(f"{where}: missing '{key}'")
         if not _type_ok(item[key], kind):
-            raise ConfigError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a string'}")
+            raise ConfigError(f"{where}: '{key}' must be {_kind(kind)}")
     for key, kind in (("id", str), ("input_source", str), ("ttl", int)):
         if key in item and not _type_ok(item[key], kind):
-            raise ConfigError(f"{where}: '{key}' must be {'an integer' if kind is int else 'a string'}")
+            raise ConfigError(f"{where}: '{key}' must be {_kind(kind)}")
     outputs_raw = item.get("outputs", [])
     if not isinstance(outputs_raw, list):
         raise ConfigError(f"{where}: 'outputs' must be an array")
