@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from mcr.lab import SRC_IP, Lab
@@ -162,3 +163,37 @@ def test_bad_config_file_is_named(lab: Lab, workdir: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{config}: rule[0] 'r': input_port 70000 is out of range" in result.stderr
+
+
+def _scrape(lab: Lab, port: int) -> str:
+    url = f"http://127.0.0.1:{port}/metrics"
+    fetch = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode())"
+    return subprocess.run(
+        lab.exec_argv(lab.relay, [sys.executable, "-c", fetch]), capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+
+
+def test_metrics_match_stats(lab: Lab, workdir: Path) -> None:
+    relay = Relay(lab, workdir, extra=["--metrics-addr", "127.0.0.1:9431"]).start()
+    try:
+        relay.add("m", "239.2.2.2:6001:rout,239.2.2.3:6002:rout")
+        send(lab, count=1200, rate=5000, size=700)
+        relay.wait_relayed("m", 1200)
+
+        def scraped() -> str:
+            text = _scrape(lab, 9431)
+            return text if 'mcr_rule_packets_total{input_group="239.1.1.1"' in text and " 1200.0" in text else ""
+
+        text = wait_for(scraped, 10, interval=0.5, what="the metrics to show the traffic")
+        labels = 'input_group="239.1.1.1",input_interface="rin",input_port="5001",rule_id="m"'
+        assert f"mcr_rule_packets_total{{{labels}}} 1200.0" in text
+        assert f"mcr_rule_bytes_total{{{labels}}} 840000.0" in text
+        out = 'group="239.2.2.3",interface="rout",output="1",port="6002",rule_id="m"'
+        assert f"mcr_output_packets_total{{{out}}} 1200.0" in text
+        assert f"mcr_output_errors_total{{{out}}} 0.0" in text
+        assert 'mcr_rules{engine="userspace",state="active"} 1.0' in text
+        assert 'mcr_worker_up{worker="0"} 1.0' in text
+        flow = relay.flow("m")
+        assert flow["packets_relayed"] == 1200 and flow["bytes_relayed"] == 840000
+    finally:
+        relay.stop()

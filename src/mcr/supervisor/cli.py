@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--num-workers", type=_positive, default=None, help="data-plane workers (default: CPU count)")
     sup.add_argument("--log-level", default=None, help="global log level (default info)")
     sup.add_argument("--log-json", action="store_true", default=None, help="structured JSON log lines")
+    sup.add_argument("--metrics-addr", default=None, help="serve Prometheus metrics on HOST:PORT")
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
     sup.add_argument("--interface", default=None, help=argparse.SUPPRESS)
     sup.add_argument("--relay-command-socket-path", default=None, help=argparse.SUPPRESS)
@@ -84,6 +85,7 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         limits=static.limits if static else Limits(),
         state_file=Path(state) if state else None,
         config=static,
+        metrics_addr=pick(args.metrics_addr, file.metrics_addr, None),
     )
 
 

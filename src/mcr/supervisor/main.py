@@ -43,6 +43,7 @@ from mcr.protocol.worker import CloseSockets, OpenSockets, Ready, SetLogLevels, 
 from mcr.supervisor.control import Access, ControlServer, resolve_group
 from mcr.supervisor.core import RuleTable, StatsBook, resolve
 from mcr.supervisor.memberships import Memberships
+from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.state import StateError, load_state, save_state
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
@@ -64,6 +65,7 @@ class SupervisorConfig:
     limits: Limits = field(default_factory=Limits)
     state_file: Path | None = None
     config: Config | None = None
+    metrics_addr: str | None = None
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -111,6 +113,7 @@ class Supervisor:
             max_request=config.limits.max_request_bytes,
         )
         self.watcher = LinkWatcher(self.on_links)
+        self.metrics = MetricsExporter(config.metrics_addr) if config.metrics_addr else None
 
     # ---------------------------------------------------------------------------- persistence
 
@@ -165,6 +168,8 @@ class Supervisor:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.watcher.start()
         await self.control.start(self.control_gid)
+        if self.metrics is not None:
+            self.metrics.start()
         now = time.monotonic()
         for handle in self.workers:
             self.start_worker(handle, now)
@@ -179,16 +184,30 @@ class Supervisor:
         await self.shutdown()
 
     async def tick(self) -> None:
+        last_rates = 0.0
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
             for handle in self.workers:
                 if handle.status is WorkerStatus.RESTARTING and now >= handle.restart_at:
                     self.start_worker(handle, now)
-            self.stats.tick(self.table.rules, now)
+            if now - last_rates >= 1.0:
+                last_rates = now
+                self.stats.tick(self.table.rules, now)
+                if self.metrics is not None:
+                    self.metrics.publish(self.snapshot())
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            flows=self.stats.flow_stats(self.table.rules.values()),
+            rules=self.resolution.views,
+            workers=tuple(self.worker_info(h) for h in self.workers if h.proc is not None),
+        )
 
     async def shutdown(self) -> None:
         await self.control.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         for handle in self.workers:
             if handle.channel is not None:
                 try:

@@ -1,0 +1,129 @@
+"""Prometheus metrics (`--metrics-addr HOST:PORT`), served from an immutable snapshot.
+
+The asyncio loop publishes a fresh snapshot once a second; the exporter's HTTP thread only ever reads
+the latest one, so a scrape never touches live state and never slows the supervisor or the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from mcr import __version__
+from mcr.model.errors import ConfigError
+from mcr.model.status import FlowStats, RuleView, WorkerInfo
+
+log = logging.getLogger("mcr.stats")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    flows: tuple[FlowStats, ...] = ()
+    rules: tuple[RuleView, ...] = ()
+    workers: tuple[WorkerInfo, ...] = ()
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--metrics-addr must be HOST:PORT (e.g. 127.0.0.1:9431), got '{text}'")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def metric_families(snap: Snapshot) -> Iterator[Metric]:
+    """The metric families for one snapshot (pure: tested without a server)."""
+    info = InfoMetricFamily("mcr_build", "MCR build information")
+    info.add_metric([], {"version": __version__, "implementation": "mcr-python"})
+    yield info
+
+    flow_labels = ["rule_id", "input_interface", "input_group", "input_port"]
+    packets = CounterMetricFamily("mcr_rule_packets", "Input packets relayed by a rule", labels=flow_labels)
+    payload = CounterMetricFamily("mcr_rule_bytes", "UDP payload bytes relayed by a rule", labels=flow_labels)
+    drops = CounterMetricFamily(
+        "mcr_rule_drops", "Frames of a rule's flow dropped, by reason", labels=["rule_id", "reason"]
+    )
+    out_labels = ["rule_id", "output", "group", "port", "interface"]
+    out_packets = CounterMetricFamily("mcr_output_packets", "Packets sent to an output", labels=out_labels)
+    out_bytes = CounterMetricFamily("mcr_output_bytes", "Payload bytes sent to an output", labels=out_labels)
+    out_errors = CounterMetricFamily("mcr_output_errors", "Packets an output failed to send", labels=out_labels)
+    for f in snap.flows:
+        key = [f.rule_id, f.input_interface, f.input_group, str(f.input_port)]
+        packets.add_metric(key, f.packets_relayed)
+        payload.add_metric(key, f.bytes_relayed)
+        for reason, n in sorted(f.drops.items()):
+            drops.add_metric([f.rule_id, reason], n)
+        for i, o in enumerate(f.outputs):
+            okey = [f.rule_id, str(i), o.group, str(o.port), o.interface]
+            out_packets.add_metric(okey, o.packets_sent)
+            out_bytes.add_metric(okey, o.bytes_sent)
+            out_errors.add_metric(okey, o.send_errors)
+    yield from (packets, payload, drops, out_packets, out_bytes, out_errors)
+
+    rules = GaugeMetricFamily("mcr_rules", "Rules by state and engine", labels=["state", "engine"])
+    counts: dict[tuple[str, str], int] = {}
+    for v in snap.rules:
+        key2 = (v.state.value, v.engine.value)
+        counts[key2] = counts.get(key2, 0) + 1
+    for (state, engine), n in sorted(counts.items()):
+        rules.add_metric([state, engine], n)
+    yield rules
+
+    worker = ["worker"]
+    restarts = CounterMetricFamily("mcr_worker_restarts", "Restarts of a worker slot", labels=worker)
+    up = GaugeMetricFamily("mcr_worker_up", "1 when the worker is running", labels=worker)
+    kernel_packets = CounterMetricFamily("mcr_kernel_packets", "Frames the kernel queued to a worker", labels=worker)
+    kernel_drops = CounterMetricFamily(
+        "mcr_kernel_drops", "Frames the kernel could not queue to a worker (ring full)", labels=worker
+    )
+    worker_drops = CounterMetricFamily(
+        "mcr_worker_drops", "Frames a worker rejected, by reason", labels=["worker", "reason"]
+    )
+    pipe_errors = CounterMetricFamily("mcr_stats_pipe_errors", "Stats reports a worker could not push", labels=worker)
+    for w in snap.workers:
+        wid = [str(w.worker_id)]
+        restarts.add_metric(wid, w.restarts)
+        up.add_metric(wid, 1 if w.status == "Running" else 0)
+        kernel_packets.add_metric(wid, w.kernel_packets)
+        kernel_drops.add_metric(wid, w.kernel_drops)
+        pipe_errors.add_metric(wid, w.stats_pipe_errors)
+        for reason, n in sorted(w.drops.items()):
+            worker_drops.add_metric([str(w.worker_id), reason], n)
+    yield from (restarts, up, kernel_packets, kernel_drops, worker_drops, pipe_errors)
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+
+    def collect(self) -> Iterator[Metric]:
+        return metric_families(self.snapshot)
+
+
+class MetricsExporter:
+    def __init__(self, address: str) -> None:
+        self.host, self.port = parse_listen_address(address)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = _SnapshotCollector()
+        self.registry.register(self.collector)
+        self.server: WSGIServer | None = None
+
+    def start(self) -> None:
+        try:
+            self.server, _thread = start_http_server(self.port, self.host, registry=self.registry)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {self.host}:{self.port}: {e.strerror}") from None
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self.collector.snapshot = snapshot  # one reference swap: atomic for the reader thread
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
