@@ -1,0 +1,70 @@
+from ipaddress import IPv4Address
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
+
+from mcr.model.errors import ConfigError
+from mcr.model.rules import Engine, ForwardingRule
+from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView, WorkerInfo
+from mcr.supervisor.metrics import Snapshot, metric_families, parse_listen_address
+
+SNAP = Snapshot(
+    flows=(
+        FlowStats(
+            "239.1.1.1",
+            5000,
+            10,
+            1000,
+            0.0,
+            0.0,
+            "r1",
+            "eth0",
+            (OutputStats("239.2.2.2", 6000, "eth1", 9, 900, 1),),
+            {"fragment": 2},
+        ),
+    ),
+    rules=(
+        RuleView(ForwardingRule("r1", "eth0", IPv4Address("239.1.1.1"), 5000, ()), Engine.USERSPACE, RuleState.ACTIVE),
+        RuleView(ForwardingRule("r2", "eth9", IPv4Address("239.1.1.2"), 5000, ()), Engine.USERSPACE, RuleState.WAITING),
+    ),
+    workers=(WorkerInfo(10, "DataPlane", None, 0, "Running", 65534, 2, {"no_rule": 5}, 100, 3, 0),),
+)
+
+
+class _Fixed(Collector):
+    def collect(self):  # type: ignore[no-untyped-def]
+        return metric_families(SNAP)
+
+
+def test_exposition() -> None:
+    registry = CollectorRegistry()
+    registry.register(_Fixed())
+    text = generate_latest(registry).decode()
+    expected = [
+        'mcr_rule_packets_total{input_group="239.1.1.1",input_interface="eth0",input_port="5000",rule_id="r1"} 10.0',
+        'mcr_rule_drops_total{reason="fragment",rule_id="r1"} 2.0',
+        'mcr_output_errors_total{group="239.2.2.2",interface="eth1",output="0",port="6000",rule_id="r1"} 1.0',
+        'mcr_rules{engine="userspace",state="active"} 1.0',
+        'mcr_rules{engine="userspace",state="waiting"} 1.0',
+        'mcr_worker_restarts_total{worker="0"} 2.0',
+        'mcr_kernel_drops_total{worker="0"} 3.0',
+        'mcr_worker_drops_total{reason="no_rule",worker="0"} 5.0',
+        'mcr_build_info{implementation="mcr-python",version="0.1.0"} 1.0',
+    ]
+    for line in expected:
+        assert line in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:9431", ("127.0.0.1", 9431)), (":9000", ("0.0.0.0", 9000)), ("[::1]:80", ("::1", 80))],
+)
+def test_listen_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9431", "host:", "host:0", "host:70000", "host:http"])
+def test_bad_listen_address(text: str) -> None:
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        parse_listen_address(text)
