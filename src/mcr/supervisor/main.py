@@ -44,6 +44,7 @@ from mcr.supervisor.control import Access, ControlServer, resolve_group
 from mcr.supervisor.core import RuleTable, StatsBook, resolve
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
+from mcr.supervisor.notify import Notifier
 from mcr.supervisor.state import StateError, load_state, save_state
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
@@ -114,6 +115,7 @@ class Supervisor:
         )
         self.watcher = LinkWatcher(self.on_links)
         self.metrics = MetricsExporter(config.metrics_addr) if config.metrics_addr else None
+        self.notifier = Notifier()
 
     # ---------------------------------------------------------------------------- persistence
 
@@ -146,12 +148,14 @@ class Supervisor:
             log.warning("SIGHUP ignored: the supervisor was started without --config")
             return
         path = self.config_file.path
+        self.notifier.reloading()
         try:
             with open(path, encoding="utf-8") as f:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
         except (OSError, ConfigError, ValidationError) as e:
             log.error("reload of %s refused, nothing changed: %s", path, e)
+            self.notifier.ready(f"reload refused: {e}")
             return
         self.config_file = new
         for rule_id in changed + removed:
@@ -159,6 +163,7 @@ class Supervisor:
         log.info("reloaded %s: %d added, %d changed, %d removed", path, len(added), len(changed), len(removed))
         if added or changed or removed:
             self.apply()
+        self.notifier.ready(f"{len(self.workers)} workers, {len(self.table.rules)} rules")
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -178,16 +183,22 @@ class Supervisor:
         else:
             log.info("PACKET_FANOUT disabled (single worker)")
         ticker = asyncio.create_task(self.tick())
+        self.notifier.ready(f"{len(self.workers)} workers, {len(self.table.rules)} rules")
         await self.stopping.wait()
+        self.notifier.stopping()
         log.info("received shutdown signal, stopping")
         ticker.cancel()
         await self.shutdown()
 
     async def tick(self) -> None:
-        last_rates = 0.0
+        last_rates = last_watchdog = 0.0
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            interval = self.notifier.watchdog_interval
+            if interval is not None and now - last_watchdog >= interval:
+                last_watchdog = now
+                self.notifier.watchdog()
             for handle in self.workers:
                 if handle.status is WorkerStatus.RESTARTING and now >= handle.restart_at:
                     self.start_worker(handle, now)
