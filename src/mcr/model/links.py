@@ -13,3 +13,4 @@ class Link:
     up: bool
     mtu: int
     ipv4: tuple[IPv4Address, ...] = ()
+    mac: bytes = b""  # empty for links without an Ethernet address (lo, tun)

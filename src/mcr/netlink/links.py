@@ -32,8 +32,19 @@ async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
             up=bool(int(msg["flags"]) & IFF_UP),
             mtu=int(msg.get_attr("IFLA_MTU") or 0),
             ipv4=tuple(addresses.get(index, ())),
+            mac=_mac(msg.get_attr("IFLA_ADDRESS")),
         )
     return links
+
+
+def _mac(text: object) -> bytes:
+    if not isinstance(text, str):
+        return b""
+    try:
+        mac = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        return b""
+    return mac if len(mac) == 6 and any(mac) else b""
 
 
 class LinkWatcher:
