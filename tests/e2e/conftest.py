@@ -51,10 +51,17 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(params=["userspace", "kernel"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """For tests that must hold for both engines: the relay fixture then runs with each in turn."""
+    return str(request.param)
+
+
 @pytest.fixture
 def relay(lab: Lab, workdir: Path, request: pytest.FixtureRequest) -> Iterator[Relay]:
     marker = request.node.get_closest_marker("workers")
-    r = Relay(lab, workdir, num_workers=marker.args[0] if marker else 1).start()
+    engine = request.getfixturevalue("engine") if "engine" in request.fixturenames else "userspace"
+    r = Relay(lab, workdir, num_workers=marker.args[0] if marker else 1, extra=["--engine", engine]).start()
     yield r
     r.stop()
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:

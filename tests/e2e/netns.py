@@ -1,11 +1,11 @@
 """Network namespaces, veth pairs and processes for the end-to-end tests (a pytest plugin).
 
 `NetLab` owns everything one test creates: namespaces named `<prefix><role>` (the prefix holds the pytest
-process id and a counter, so parallel runs and leftovers of a crashed run never collide), the processes it
-started, and scratch directories. `NetLab.close()` stops those processes by pid, kills whatever is still
-running inside its namespaces (`ip netns pids NAME`: only processes the test started can be in there), and
-deletes exactly its namespaces, which takes their veth pairs with them. Nothing is ever created in, or sent
-to, the host's own network namespace: veth pairs are created inside the namespaces.
+process id, a random token and a counter, so parallel runs and leftovers of a killed run never collide),
+the processes it started, and scratch directories. `NetLab.close()` stops those processes by pid, kills
+whatever is still running inside its namespaces (`ip netns pids NAME`: only processes the test started can
+be in there), and deletes exactly its namespaces, which takes their veth pairs with them. Nothing is ever
+created in, or sent to, the host's own network namespace: veth pairs are created inside the namespaces.
 
 `build_chain()` makes the standard topology of the end-to-end tests:
 
@@ -25,13 +25,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,7 @@ IFNAMSIZ_MAX = 15
 
 T = TypeVar("T")
 _counter = itertools.count()
+_RUN_TOKEN = secrets.token_hex(2)  # with the pid: no clash with what a killed earlier run may have left
 _CHILD_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -76,7 +78,7 @@ def netns_skip_reason() -> str | None:
     return None
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll `check` until it returns something truthy; fail naming `what` and the last value after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -178,7 +180,7 @@ class NetLab:
 
     def __init__(self, workdir: Path, prefix: str | None = None) -> None:
         self.workdir = workdir
-        self.prefix = prefix or f"mcre{os.getpid()}n{next(_counter)}"
+        self.prefix = prefix or f"mcre{os.getpid()}{_RUN_TOKEN}n{next(_counter)}"
         self.namespaces: list[str] = []
         self.procs: list[Proc] = []
         self.dirs: list[Path] = []
@@ -236,11 +238,12 @@ class NetLab:
             )
         return result
 
-    def popen(self, ns: str | None, *argv: str, name: str) -> Proc:
+    def popen(self, ns: str | None, *argv: str, name: str | None = None) -> Proc:
         """Start a command in the background inside `ns`; its output goes to `<workdir>/<name>.{out,err}`.
 
         `ip netns exec` execs the command in place, so the pid is the command's own.
         """
+        name = name or Path(argv[0]).name
         stem = f"{name}-{len(self.procs)}"
         out_path = self.workdir / f"{stem}.out"
         err_path = self.workdir / f"{stem}.err"
@@ -350,7 +353,7 @@ def _veth(lab: NetLab, ns_a: str, if_a: str, ip_a: str, ns_b: str, if_b: str, ip
 def _wait_up(lab: NetLab, ns: str, ifname: str) -> None:
     def up() -> bool:
         (info,) = json.loads(lab.run(ns, "ip", "-j", "link", "show", "dev", ifname).stdout)
-        return info.get("operstate") == "UP"
+        return bool(info.get("operstate") == "UP")
 
     wait_for(up, 10.0, f"{ifname} in {ns} to come up")
 
@@ -417,9 +420,11 @@ def chain(netlab: NetLab) -> Chain:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On failure, append the tail of every output file of the test's processes to the report."""
-    report: pytest.TestReport = yield  # type: ignore[misc]
+    report = yield
     if report.failed:
         for lab in item.stash.get(_LAB_KEY, []):
             for title, path in lab.logs():
@@ -429,4 +434,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                     continue
                 if text.strip():
                     report.sections.append((f"{title} ({path.name})", text[-_LOG_TAIL:]))
-    return report  # type: ignore[return-value]
+    return report

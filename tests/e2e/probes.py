@@ -1,6 +1,7 @@
 """Small, bounded network probes the end-to-end tests run inside their namespaces (stdlib only).
 
     python3 probes.py recv    --group G --port P --ifname IF [--wire] [--times] --duration S [--stop-after N]
+                              (--times: the kernel's arrival timestamps, comparable with the tests' time.time())
     python3 probes.py send    --group G --port P --source IP --count N --rate PPS [--size B]
     python3 probes.py capture --ifname IF --group G --port P --count N --timeout S
     python3 probes.py inject  --ifname IF --frames FILE
@@ -26,6 +27,8 @@ from pathlib import Path
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
+SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD: struct timespec of 64-bit longs, as SCM_TIMESTAMPNS
+_TIMESPEC = struct.Struct("=qq")
 _MREQN = struct.Struct("=4s4si")
 MAX_PACKETS = 1_000_000
 
@@ -77,6 +80,15 @@ def _udp_header(frame: bytes) -> dict[str, object] | None:
     }
 
 
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive timestamp (CLOCK_REALTIME, the same in every namespace), else now."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return float(sec) + float(nsec) / 1e9
+    return time.time()
+
+
 def cmd_recv(a: argparse.Namespace) -> dict[str, object]:
     """A UDP socket bound to (group, port) and joined on `ifname`; optionally a wire counter on the same link."""
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -85,6 +97,8 @@ def cmd_recv(a: argparse.Namespace) -> dict[str, object]:
     udp.bind((a.group, a.port))
     mreq = _MREQN.pack(socket.inet_aton(a.group), bytes(4), socket.if_nametoindex(a.ifname))
     udp.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    if a.times:
+        udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     udp.setblocking(False)
     wire = _packet_socket(a.ifname) if a.wire else None
     if wire is not None:
@@ -103,13 +117,13 @@ def cmd_recv(a: argparse.Namespace) -> dict[str, object]:
         for s in readable:
             while True:
                 try:
-                    data, addr = s.recvfrom(65535)
+                    data, ancillary, _flags, addr = s.recvmsg(65535, 64)
                 except BlockingIOError:
                     break
                 if s is udp:
                     udp_count += 1
                     if a.times:
-                        times.append(time.monotonic())
+                        times.append(_arrival(ancillary))
                 else:
                     h = _udp_header(data)
                     if h and addr[2] != PACKET_OUTGOING and h["dst"] == a.group and h["dport"] == a.port:
@@ -208,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--port", type=int, required=True)
     r.add_argument("--ifname", required=True)
     r.add_argument("--wire", action="store_true", help="also count matching frames on the link (AF_PACKET)")
-    r.add_argument("--times", action="store_true", help="report the CLOCK_MONOTONIC arrival time of each datagram")
+    r.add_argument("--times", action="store_true", help="report each datagram's kernel arrival time (time.time())")
     r.add_argument("--duration", type=float, required=True)
     r.add_argument("--stop-after", type=int, default=0, help="stop `--grace` s after this many packets")
     r.add_argument("--grace", type=float, default=0.5)

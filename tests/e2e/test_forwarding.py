@@ -27,7 +27,7 @@ def test_kernel_alone_drops_the_source(lab: Lab, workdir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_relay_is_lossless_and_counters_match(lab: Lab, workdir: Path, relay: Relay) -> None:
+def test_relay_is_lossless_and_counters_match(lab: Lab, workdir: Path, relay: Relay, engine: str) -> None:
     relay.add("r1", "239.2.2.2:6001:rout")
     count = 100_000  # 20k pps x 1400 B for 5 s
     sink = start_sink(lab, workdir, "239.2.2.2", "6001", expect=count)
@@ -39,7 +39,7 @@ def test_relay_is_lossless_and_counters_match(lab: Lab, workdir: Path, relay: Re
     (out,) = flow["outputs"]
     assert (out["packets_sent"], out["bytes_sent"], out["send_errors"]) == (count, count * 1400, 0)
     (rule,) = relay.rules()
-    assert (rule["state"], rule["engine"]) == ("active", "userspace")
+    assert (rule["state"], rule["engine"]) == ("active", engine)
 
 
 def test_input_groups_are_joined_on_the_input_interface(lab: Lab, relay: Relay) -> None:
@@ -54,7 +54,7 @@ def test_input_groups_are_joined_on_the_input_interface(lab: Lab, relay: Relay) 
 
 
 @pytest.mark.parametrize("fanout", [3, 50])
-def test_fan_out(lab: Lab, workdir: Path, relay: Relay, fanout: int) -> None:
+def test_fan_out(lab: Lab, workdir: Path, relay: Relay, fanout: int, engine: str) -> None:
     groups = [f"239.10.0.{i}" for i in range(1, fanout + 1)]
     ports = [str(6000 + i) for i in range(1, fanout + 1)]
     relay.add("fan", ",".join(f"{g}:{p}:rout" for g, p in zip(groups, ports, strict=True)))
@@ -70,7 +70,7 @@ def test_fan_out(lab: Lab, workdir: Path, relay: Relay, fanout: int) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 46, 64, 1472])
-def test_payload_sizes(lab: Lab, workdir: Path, relay: Relay, size: int) -> None:
+def test_payload_sizes(lab: Lab, workdir: Path, relay: Relay, size: int, engine: str) -> None:
     relay.add("sz", "239.2.2.2:6001:rout")
     sink = start_sink(lab, workdir, "239.2.2.2", "6001", expect=500)
     send(lab, count=500, rate=5000, size=size)
@@ -80,8 +80,8 @@ def test_payload_sizes(lab: Lab, workdir: Path, relay: Relay, size: int) -> None
     assert relay.wait_relayed("sz", 500)["bytes_relayed"] == 500 * size
 
 
-def test_jumbo_payload(jumbo_lab: Lab, workdir: Path) -> None:
-    relay = Relay(jumbo_lab, workdir).start()
+def test_jumbo_payload(jumbo_lab: Lab, workdir: Path, engine: str) -> None:
+    relay = Relay(jumbo_lab, workdir, extra=["--engine", engine]).start()
     try:
         relay.add("jumbo", "239.2.2.2:6001:rout")
         sink = start_sink(jumbo_lab, workdir, "239.2.2.2", "6001", expect=300)
@@ -93,7 +93,7 @@ def test_jumbo_payload(jumbo_lab: Lab, workdir: Path) -> None:
         relay.stop()
 
 
-def test_rules_added_and_removed_while_traffic_flows(lab: Lab, workdir: Path, relay: Relay) -> None:
+def test_rules_added_and_removed_while_traffic_flows(lab: Lab, workdir: Path, relay: Relay, engine: str) -> None:
     sink = start_sink(lab, workdir, "239.2.2.2", "6001", idle=30, duration=60)
     send(lab, count=1000, rate=5000)  # no rule yet: nothing may come out
     relay.add("dyn", "239.2.2.2:6001:rout")
@@ -133,9 +133,10 @@ def _capture(lab: Lab, port: int, count: int) -> subprocess.Popen[str]:
 
 
 @pytest.mark.parametrize("ttl", [None, 5])
-def test_ttl_and_source_on_the_wire(lab: Lab, workdir: Path, relay: Relay, ttl: int | None) -> None:
+def test_ttl_and_source_on_the_wire(lab: Lab, workdir: Path, relay: Relay, ttl: int | None, engine: str) -> None:
     extra = ["--ttl", str(ttl)] if ttl else []
     relay.add("wire", "239.2.2.2:6001:rout", extra=extra)
+    assert relay.rules()[0]["engine"] == engine
     capture = _capture(lab, 6001, 5)
     wait_for(lambda: "listening" in (capture.stderr.readline() if capture.stderr else ""), 10, what="tcpdump")
     send(lab, count=5, rate=100, size=100)

@@ -216,6 +216,7 @@ def test_silent_client_is_timed_out_while_others_are_served(chain: Chain) -> Non
     assert sup.rules() == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_control_client_commands_and_exit_status(chain: Chain) -> None:
     sup = Supervisor.start(chain.lab, chain.relay)

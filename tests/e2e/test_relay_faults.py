@@ -83,10 +83,12 @@ def test_malformed_frames_are_dropped_counted_and_not_relayed(chain: Chain) -> N
         delta = {k: now.get(k, 0) - before.get(k, 0) for k in now}
         raise AssertionError(f"drops counted {delta}, expected {per_class} for each of {sorted(classes)}") from None
     assert delta == dict.fromkeys(classes, per_class), "each malformed frame is counted once, under its reason"
-    assert sup.flow("flow")["packets_relayed"] == count  # type: ignore[index]
+    flow = sup.wait_relayed("flow", count, timeout=5)
+    assert flow["packets_relayed"] == count, f"the sink got {count} but the relay counted: {sup.snapshot()}"
     assert sup.worker_pids() == [worker_pid], "no worker crashed"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_killed_worker_is_restarted_with_its_rules_and_forwards_again(chain: Chain) -> None:
     lab = chain.lab
@@ -103,10 +105,15 @@ def test_killed_worker_is_restarted_with_its_rules_and_forwards_again(chain: Cha
     wait_file(ready, receiver)
     gen = start_generator(chain, "239.1.1.1", 5000, rate=rate, size=200, count=rate * seconds)
     sup.wait_flow("k", lambda f: f["packets_relayed"] >= rate, "traffic flowing")
-    t_kill = time.monotonic()
+    t_kill = time.time()  # wall clock, as the receiver's kernel timestamps
     os.kill(old_pid, signal.SIGKILL)
-    new_pids = wait_for(lambda: (p := sup.worker_pids()) and p != [old_pid] and p, 5, "a new worker in list-workers")
-    t_new = time.monotonic()
+
+    def replaced() -> list[int] | None:
+        pids = sup.worker_pids()
+        return pids if pids and old_pid not in pids else None
+
+    new_pids = wait_for(replaced, 5, "a new worker in list-workers")
+    t_new = time.time()
     (new_pid,) = new_pids
     assert new_pid != old_pid and not pid_alive(old_pid)
     (worker,) = sup.workers()

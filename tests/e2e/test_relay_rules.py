@@ -32,19 +32,19 @@ def test_rule_added_and_removed_while_traffic_flows(chain: Chain) -> None:
     )  # fmt: skip
     wait_file(ready, receiver)
     gen = start_generator(chain, IN_GROUP, IN_PORT, rate=rate, size=200, count=rate * seconds)
-    t_gen = time.monotonic()
+    t_gen = time.time()  # wall clock, as the receiver's kernel timestamps
     # 1.5 s of traffic with no rule: the relay must not forward anything
     time.sleep(1.5)
     assert sup.stats() == [] and sup.rules() == []
-    t_add = time.monotonic()
+    t_add = time.time()
     sup.add_rule(rule_id="dyn", group=IN_GROUP, port=IN_PORT, outputs=[f"{OUT_GROUP}:{OUT_PORT}:rout"])
     sup.wait_flow("dyn", lambda f: f["packets_relayed"] >= rate, f"{rate} packets relayed", timeout=5)
     sup.remove_rule("dyn")
-    t_removed = time.monotonic()
+    t_removed = time.time()
     assert sup.rules() == []
     assert all(f.get("rule_id") != "dyn" for f in sup.stats()), "a removed rule has no stats entry"
     summary = gen.json(timeout=seconds + 10)
-    t_end = time.monotonic()
+    t_end = time.time()
     assert summary["sent"] == rate * seconds
     assert t_end - t_removed > 1.0, "the generator must still run after the remove for the check to mean much"
     arrivals = receiver.json(timeout=20)["times"]
@@ -74,6 +74,7 @@ REJECTED: list[tuple[str, list[str], list[str]]] = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_rejected_rules_say_why_and_change_nothing(chain: Chain) -> None:
     sup = Supervisor.start(chain.lab, chain.relay)

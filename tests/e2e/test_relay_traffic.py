@@ -82,6 +82,7 @@ def test_fan_out_one_to_three_groups_on_one_interface(chain: Chain) -> None:
     assert_counters(sup.wait_relayed("fan3", count), count, size, outputs=3)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_fan_out_across_interfaces_and_namespaces(netlab: NetLab) -> None:
     """One input to three interfaces: `rout` and `rout2` into SINK, `rout3` into a namespace of its own."""
@@ -159,6 +160,7 @@ def test_jumbo_payload_on_9000_mtu_links(netlab: NetLab) -> None:
     assert_counters(sup.wait_relayed("jumbo", count), count, size)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_two_workers_share_the_load_without_duplicates(chain: Chain) -> None:
     lab = chain.lab

@@ -61,6 +61,7 @@ class Settings:
     log_json: bool | None = None
     state_file: str | None = None
     metrics_addr: str | None = None
+    engine: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,8 @@ def _settings(path: str, table: dict[str, Any]) -> Settings:
                 f"{path}: [supervisor]: '{key}' must be {'an integer' if expected is int else 'a ' + expected.__name__}"
             )
         values[key] = value
+    if values.get("engine") not in (None, "auto", "userspace", "kernel"):
+        raise ConfigError(f"{path}: [supervisor]: 'engine' must be auto, userspace or kernel")
     if values.get("num_workers") is not None and values["num_workers"] < 1:
         raise ConfigError(f"{path}: [supervisor]: 'num_workers' must be at least 1")
     return Settings(**values)

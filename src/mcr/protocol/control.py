@@ -441,8 +441,12 @@ def decode_rule(o: object) -> ForwardingRule:
 def _decode_rule(o: object) -> RuleView:
     d = _obj("rule", o)
     try:
+        rule = decode_rule(d)
+    except ProtocolError as e:
+        raise ProtocolError(str(e).replace("malformed rule:", "malformed rule in response:", 1)) from None
+    try:
         return RuleView(
-            rule=decode_rule(d),
+            rule=rule,
             engine=Engine(d.get("engine", "userspace")),
             state=RuleState(d.get("state", "active")),
             state_reason=str(d.get("state_reason", "")),

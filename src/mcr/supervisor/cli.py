@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--log-level", default=None, help="global log level (default info)")
     sup.add_argument("--log-json", action="store_true", default=None, help="structured JSON log lines")
     sup.add_argument("--metrics-addr", default=None, help="serve Prometheus metrics on HOST:PORT")
+    sup.add_argument(
+        "--engine",
+        choices=("auto", "userspace", "kernel"),
+        default=None,
+        help="auto (default): the eBPF kernel engine where it loads and can serve the rule, userspace otherwise",
+    )
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
     sup.add_argument("--interface", default=None, help=argparse.SUPPRESS)
     sup.add_argument("--relay-command-socket-path", default=None, help=argparse.SUPPRESS)
@@ -86,6 +92,7 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         state_file=Path(state) if state else None,
         config=static,
         metrics_addr=pick(args.metrics_addr, file.metrics_addr, None),
+        engine=pick(args.engine, file.engine, "auto"),
     )
 
 

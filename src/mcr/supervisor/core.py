@@ -11,6 +11,7 @@ from ipaddress import IPv4Address
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.rules import (
+    MULTICAST_V4,
     Engine,
     ForwardingRule,
     Limits,
@@ -84,13 +85,52 @@ class RuleTable:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelOutput:
+    index: int  # position in the rule's outputs
+    ifindex: int
+    group: IPv4Address
+    port: int
+    source: IPv4Address
+    src_mac: bytes
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class KernelRule:
+    rule_id: str
+    ifindex: int
+    group: IPv4Address
+    port: int
+    outputs: tuple[KernelOutput, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Resolution:
     """What the data plane should be doing, given the rules and the links that exist now."""
 
     views: tuple[RuleView, ...]
     worker_rules: tuple[WorkerRule, ...]
-    captures: Mapping[int, str]  # ifindex -> name of every input interface with an active rule
+    captures: Mapping[int, str]  # ifindex -> name of every input interface with a userspace rule
     memberships: Mapping[int, frozenset[IPv4Address]]  # ifindex -> input groups to join there
+    kernel_rules: tuple[KernelRule, ...] = ()
+
+
+def kernel_problem(
+    rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link], max_outputs: int
+) -> str:
+    """Why the kernel engine cannot serve this rule (empty when it can)."""
+    if not link.mac:
+        return f"input {link.name} is not an Ethernet interface"
+    if rule.input_source is not None:
+        return "source-specific rules are served in userspace"
+    if len(outputs) > max_outputs:
+        return f"more than {max_outputs} outputs"
+    for out in outputs:
+        if out.group not in MULTICAST_V4:
+            return f"output[{out.index}] is unicast (needs neighbour resolution)"
+        if not links[rule.outputs[out.index].interface].mac:
+            return f"output[{out.index}] {rule.outputs[out.index].interface} is not an Ethernet interface"
+    return ""
 
 
 def _usable(link: Link | None) -> str:
@@ -101,9 +141,14 @@ def _usable(link: Link | None) -> str:
     return ""
 
 
-def resolve(rules: Iterable[ForwardingRule], links: Mapping[str, Link]) -> Resolution:
+def resolve(
+    rules: Iterable[ForwardingRule], links: Mapping[str, Link], kernel_max_outputs: int | None = None
+) -> Resolution:
+    """Resolve every rule against the links; with `kernel_max_outputs` set, the kernel engine is
+    available and serves every rule it can (the others stay in userspace, with the reason)."""
     views: list[RuleView] = []
     worker_rules: list[WorkerRule] = []
+    kernel_rules: list[KernelRule] = []
     captures: dict[int, str] = {}
     memberships: dict[int, set[IPv4Address]] = {}
     for rule in rules:
@@ -124,15 +169,33 @@ def resolve(rules: Iterable[ForwardingRule], links: Mapping[str, Link]) -> Resol
                 notes.append(f"output[{i}] {out.interface} {oproblem}")
                 continue
             outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, olink.ipv4[0], out.ttl))
-        worker_rules.append(WorkerRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs)))
-        captures[link.ifindex] = link.name
         memberships.setdefault(link.ifindex, set()).add(rule.input_group)
-        views.append(RuleView(rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes)))
+        engine = Engine.USERSPACE
+        if kernel_max_outputs is not None:
+            why = kernel_problem(rule, link, outputs, links, kernel_max_outputs)
+            if why:
+                notes.append(f"userspace: {why}")
+            else:
+                engine = Engine.KERNEL
+                kouts = tuple(
+                    KernelOutput(
+                        o.index, o.ifindex, o.group, o.port, o.source, links[rule.outputs[o.index].interface].mac, o.ttl
+                    )
+                    for o in outputs
+                )
+                kernel_rules.append(KernelRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, kouts))
+        if engine is Engine.USERSPACE:
+            worker_rules.append(
+                WorkerRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs))
+            )
+            captures[link.ifindex] = link.name
+        views.append(RuleView(rule, engine, RuleState.ACTIVE, "; ".join(notes)))
     return Resolution(
         views=tuple(views),
         worker_rules=tuple(worker_rules),
         captures=captures,
         memberships={k: frozenset(v) for k, v in memberships.items()},
+        kernel_rules=tuple(kernel_rules),
     )
 
 
@@ -200,6 +263,10 @@ class StatsBook:
                 self.retired.setdefault(rule_id, _Totals()).add(counters)
         for reason, n in report.drops:
             self.retired_drops[reason] = self.retired_drops.get(reason, 0) + n
+
+    def retire(self, rule_id: str, counters: RuleCounters) -> None:
+        """Keep counters whose source is going away (a kernel slot that is freed)."""
+        self.retired.setdefault(rule_id, _Totals()).add(counters)
 
     def forget_rule(self, rule_id: str) -> None:
         """A removed rule's counters go with it (a rule added again later starts from zero)."""

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import assert_never
 
 from mcr import PROTOCOL_VERSION, __version__
+from mcr.kernel.bpf import BpfError
+from mcr.kernel.engine import KernelRelay, OutputEntry
+from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
@@ -39,9 +42,19 @@ from mcr.protocol.control import (
     Version,
     Workers,
 )
-from mcr.protocol.worker import CloseSockets, OpenSockets, Ready, SetLogLevels, Shutdown, Sync, SyncAck
+from mcr.protocol.worker import (
+    CloseSockets,
+    OpenSockets,
+    Ready,
+    RuleCounters,
+    SetLogLevels,
+    Shutdown,
+    StatsReport,
+    Sync,
+    SyncAck,
+)
 from mcr.supervisor.control import Access, ControlServer, resolve_group
-from mcr.supervisor.core import RuleTable, StatsBook, resolve
+from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, resolve
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.notify import Notifier
@@ -51,6 +64,7 @@ from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 log = logging.getLogger("mcr.supervisor")
 
 SYNC_WAIT_S = 2.0
+KERNEL_REPORT = -1  # the kernel engine's counters are booked like a worker's, under this id
 SHUTDOWN_GRACE_S = 3.0
 
 
@@ -67,6 +81,7 @@ class SupervisorConfig:
     state_file: Path | None = None
     config: Config | None = None
     metrics_addr: str | None = None
+    engine: str = "auto"
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -116,6 +131,81 @@ class Supervisor:
         self.watcher = LinkWatcher(self.on_links)
         self.metrics = MetricsExporter(config.metrics_addr) if config.metrics_addr else None
         self.notifier = Notifier()
+        self.kernel: KernelRelay | None = None
+        self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
+
+    # --------------------------------------------------------------------------- kernel engine
+
+    def start_kernel(self) -> None:
+        if self.config.engine == "userspace":
+            return
+        try:
+            self.kernel = KernelRelay(max_rules=max(256, self.config.limits.max_rules), max_outputs=64)
+        except (BpfError, OSError) as e:
+            if self.config.engine == "kernel":
+                raise ConfigError(f"the kernel engine cannot be loaded: {e}") from None
+            log.warning("kernel engine unavailable, every rule is served in userspace: %s", e)
+            return
+        log.info("kernel engine loaded (%d instructions, tcx ingress)", len(self.kernel.insns))
+
+    def kernel_outputs(self) -> int | None:
+        return self.kernel.max_outputs if self.kernel is not None else None
+
+    def sync_kernel(self, res: Resolution) -> None:
+        """Install the kernel-served rules in the maps; only what changed is touched."""
+        kernel = self.kernel
+        if kernel is None:
+            return
+        wanted = {kr.rule_id: kr for kr in res.kernel_rules}
+        current = kernel.counters().rules
+        for rule_id, (slot, old) in list(self.kernel_slots.items()):
+            new = wanted.get(rule_id)
+            if new is None or (new.ifindex, new.group, new.port) != (old.ifindex, old.group, old.port):
+                counted = current.get(slot)
+                if counted is not None and rule_id in self.table.rules:
+                    self.stats.retire(rule_id, self._kernel_counters(old, counted))
+                kernel.remove_rule(slot)
+                del self.kernel_slots[rule_id]
+        used = {slot for slot, _ in self.kernel_slots.values()}
+        for rule_id, kr in wanted.items():
+            held = self.kernel_slots.get(rule_id)
+            if held is not None and held[1] == kr:
+                continue
+            slot = held[0] if held is not None else min(set(range(kernel.max_rules)) - used)
+            used.add(slot)
+            outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in kr.outputs]
+            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs)
+            self.kernel_slots[rule_id] = (slot, kr)
+        needed = {kr.ifindex for kr in wanted.values()}
+        for ifindex in kernel.attached - needed:
+            kernel.detach(ifindex)
+        for ifindex in needed - kernel.attached:
+            try:
+                kernel.attach(ifindex)
+            except BpfError as e:
+                log.error("cannot attach the kernel engine to ifindex %d: %s", ifindex, e)
+        self.collect_kernel()
+
+    @staticmethod
+    def _kernel_counters(kr: KernelRule, counted: KernelRuleCounters) -> RuleCounters:
+        outputs = tuple(
+            (kr.outputs[i].index, o.packets, o.bytes, o.errors)
+            for i, o in enumerate(counted.outputs)
+            if i < len(kr.outputs)
+        )
+        return RuleCounters(counted.packets, counted.bytes, outputs)
+
+    def collect_kernel(self) -> None:
+        if self.kernel is None:
+            return
+        counted = self.kernel.counters()
+        rules = tuple(
+            (rule_id, self._kernel_counters(kr, counted.rules[slot]))
+            for rule_id, (slot, kr) in self.kernel_slots.items()
+            if slot in counted.rules
+        )
+        drops = tuple((k, v) for k, v in counted.drops.items() if v)
+        self.stats.on_report(StatsReport(KERNEL_REPORT, os.getpid(), rules, drops, 0, 0, 0))
 
     # ---------------------------------------------------------------------------- persistence
 
@@ -171,6 +261,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.start_kernel()
         await self.watcher.start()
         await self.control.start(self.control_gid)
         if self.metrics is not None:
@@ -204,6 +295,7 @@ class Supervisor:
                     self.start_worker(handle, now)
             if now - last_rates >= 1.0:
                 last_rates = now
+                self.collect_kernel()
                 self.stats.tick(self.table.rules, now)
                 if self.metrics is not None:
                     self.metrics.publish(self.snapshot())
@@ -240,6 +332,9 @@ class Supervisor:
                 self.loop.remove_reader(handle.pidfd)
             handle.close_io()
         self.memberships.close()
+        if self.kernel is not None:
+            self.collect_kernel()
+            self.kernel.close()
         await self.watcher.stop()
         for flow in self.stats.flow_stats(self.table.rules.values()):
             log.info(
@@ -364,10 +459,11 @@ class Supervisor:
         return sock
 
     def apply(self) -> int:
-        """Recompute what the data plane should do and push it to every ready worker."""
-        self.resolution = resolve(self.table.rules.values(), self.links)
+        """Recompute what the data plane should do and push it to the kernel and every ready worker."""
+        self.resolution = resolve(self.table.rules.values(), self.links, self.kernel_outputs())
         self.generation += 1
         self.memberships.reconcile(self.resolution.memberships)
+        self.sync_kernel(self.resolution)
         for handle in self.workers:
             if handle.ready:
                 self.push(handle)
@@ -386,7 +482,7 @@ class Supervisor:
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links
         before = self.resolution
-        after = resolve(self.table.rules.values(), links)
+        after = resolve(self.table.rules.values(), links, self.kernel_outputs())
         if after != before:
             self.apply()
 
@@ -463,6 +559,7 @@ class Supervisor:
             case Query.GET_STATS:
                 for handle in self.workers:
                     self.collect(handle)
+                self.collect_kernel()
                 return Stats(self.stats.flow_stats(self.table.rules.values()))
             case Query.LIST_WORKERS:
                 return Workers(tuple(self.worker_info(h) for h in self.workers if h.proc is not None))

@@ -317,7 +317,7 @@ class DataPlane:
             worker_id=self.worker_id,
             pid=self.pid,
             rules=tuple((rid, slot.counters()) for rid, slot in self.slots.items()),
-            drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops) if n),
+            drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops) if i),  # every reason, zeros too
             kernel_packets=self.kernel_packets,
             kernel_drops=self.kernel_drops,
             pipe_errors=self.pipe_errors,

@@ -1,0 +1,364 @@
+"""The bpf(2) system call through ctypes: maps, program loading, tcx links, queries and test runs.
+
+Every object is a file descriptor owned by the caller. A program stays attached through a tcx link only as
+long as the link's descriptor is open, so a process that dies (even by SIGKILL) leaves nothing attached.
+Errors raise `BpfError` with the errno, and for a rejected program the verifier's log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Final
+
+from mcr.kernel.abi import BPF_OBJ_NAME_LEN, AttachType, Cmd, LogLevel, MapType, ProgType, UpdateFlag
+from mcr.kernel.asm import Insn, encode
+from mcr.model.errors import McrError
+
+__all__ = [
+    "BpfError",
+    "LoadedProgram",
+    "ProgInfo",
+    "RunResult",
+    "attach_tcx_ingress",
+    "bpf",
+    "create_map",
+    "delete_elem",
+    "enable_stats",
+    "load_program",
+    "lookup_elem",
+    "lookup_percpu",
+    "possible_cpus",
+    "prog_info",
+    "prog_test_run",
+    "query_tcx",
+    "update_elem",
+    "update_percpu",
+]
+
+_SYSCALL_NR: Final = {"x86_64": 321, "aarch64": 280, "arm64": 280}
+_ATTR_SIZE: Final = 144  # larger than any command used here; the kernel checks the tail is zero
+_LOG_SIZE: Final = 16 << 20
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class BpfError(McrError):
+    """A bpf(2) command failed; `log` holds the verifier's output for a rejected program."""
+
+    def __init__(self, what: str, err: int, log: str = "") -> None:
+        detail = f"{what}: {os.strerror(err)} (errno {err})"
+        super().__init__(detail + (f"\n--- verifier log ---\n{log}" if log else ""))
+        self.errno = err
+        self.log = log
+
+
+@cache
+def _syscall_nr() -> int:
+    machine = platform.machine()
+    if machine not in _SYSCALL_NR:
+        raise BpfError(f"bpf(2) on {machine}", errno.ENOSYS)
+    return _SYSCALL_NR[machine]
+
+
+def bpf(cmd: Cmd, attr: ctypes.Array[ctypes.c_char], what: str) -> int:
+    """One bpf(2) call with `attr` (a zeroed buffer the caller filled); returns the non-negative result."""
+    ret = int(
+        _libc.syscall(
+            ctypes.c_long(_syscall_nr()),
+            ctypes.c_long(int(cmd)),
+            ctypes.c_void_p(ctypes.addressof(attr)),
+            ctypes.c_ulong(len(attr)),
+        )
+    )
+    if ret < 0:
+        raise BpfError(what, ctypes.get_errno())
+    return ret
+
+
+def _attr() -> ctypes.Array[ctypes.c_char]:
+    return ctypes.create_string_buffer(_ATTR_SIZE)
+
+
+def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
+    return ctypes.addressof(buf)
+
+
+def _name(name: str) -> bytes:
+    raw = name.encode()
+    if len(raw) >= BPF_OBJ_NAME_LEN or not all(c.isalnum() or c in "_." for c in name):
+        raise ValueError(f"bad bpf object name {name!r}: up to 15 of [A-Za-z0-9_.]")
+    return raw
+
+
+# ------------------------------------------------------------------------------------------ maps
+
+
+def create_map(map_type: MapType, key_size: int, value_size: int, max_entries: int, name: str = "") -> int:
+    attr = _attr()
+    struct.pack_into("=IIIII", attr, 0, map_type, key_size, value_size, max_entries, 0)
+    struct.pack_into("16s", attr, 28, _name(name))
+    return bpf(Cmd.MAP_CREATE, attr, f"creating map {name or map_type.name}")
+
+
+def _elem(cmd: Cmd, map_fd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None, flags: int, what: str) -> int:
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    attr = _attr()
+    struct.pack_into("=IxxxxQQQ", attr, 0, map_fd, _addr(kbuf), _addr(value) if value is not None else 0, flags)
+    return bpf(cmd, attr, what)
+
+
+def update_elem(map_fd: int, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None:
+    _elem(Cmd.MAP_UPDATE_ELEM, map_fd, key, ctypes.create_string_buffer(value, len(value)), flags, "map update")
+
+
+def lookup_elem(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value stored under `key`, or None when there is none."""
+    vbuf = ctypes.create_string_buffer(value_size)
+    try:
+        _elem(Cmd.MAP_LOOKUP_ELEM, map_fd, key, vbuf, 0, "map lookup")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return vbuf.raw
+
+
+def delete_elem(map_fd: int, key: bytes) -> bool:
+    """Remove `key`; False when it was not there."""
+    try:
+        _elem(Cmd.MAP_DELETE_ELEM, map_fd, key, None, 0, "map delete")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """`0-3,5,7-8` -> [0, 1, 2, 3, 5, 7, 8] (the format of /sys/devices/system/cpu/possible)."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+@cache
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key: one per possible CPU."""
+    return len(parse_cpu_list(Path("/sys/devices/system/cpu/possible").read_text()))
+
+
+def _percpu_stride(value_size: int) -> int:
+    return (value_size + 7) & ~7
+
+
+def lookup_percpu(map_fd: int, key: bytes, value_size: int) -> list[bytes] | None:
+    """One value per possible CPU (each is `value_size` bytes, stored 8-byte aligned by the kernel)."""
+    stride = _percpu_stride(value_size)
+    ncpu = possible_cpus()
+    raw = lookup_elem(map_fd, key, stride * ncpu)
+    if raw is None:
+        return None
+    return [raw[i * stride : i * stride + value_size] for i in range(ncpu)]
+
+
+def update_percpu(map_fd: int, key: bytes, values: Sequence[bytes]) -> None:
+    """Set every CPU's value of `key` (one value for all of them when a single one is given)."""
+    ncpu = possible_cpus()
+    if len(values) == 1:
+        values = list(values) * ncpu
+    if len(values) != ncpu:
+        raise ValueError(f"{len(values)} values for {ncpu} possible CPUs")
+    stride = _percpu_stride(len(values[0]))
+    update_elem(map_fd, key, b"".join(v.ljust(stride, b"\0") for v in values))
+
+
+# ------------------------------------------------------------------------------------------ programs
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedProgram:
+    fd: int
+    log: str  # verifier statistics (or the full log at a verbose level)
+
+
+def load_program(
+    insns: Sequence[Insn],
+    prog_type: ProgType = ProgType.SCHED_CLS,
+    license: str = "GPL",
+    name: str = "",
+    log_level: int = 0,
+    expected_attach_type: int = 0,
+) -> int:
+    """Load `insns`; on rejection, load again with the verbose log and raise `BpfError` carrying it."""
+    try:
+        return load_program_logged(insns, prog_type, license, name, log_level, expected_attach_type).fd
+    except BpfError as first:
+        if log_level or first.errno in (errno.EPERM, errno.E2BIG):
+            raise
+        try:
+            fd = load_program_logged(insns, prog_type, license, name, LogLevel.VERBOSE, expected_attach_type).fd
+        except BpfError as verbose:
+            raise BpfError(f"loading program {name}", first.errno, verbose.log) from None
+        return fd  # accepted the second time (should not happen): use it anyway
+
+
+def load_program_logged(
+    insns: Sequence[Insn],
+    prog_type: ProgType = ProgType.SCHED_CLS,
+    license: str = "GPL",
+    name: str = "",
+    log_level: int = LogLevel.STATS,
+    expected_attach_type: int = 0,
+) -> LoadedProgram:
+    """Load `insns` with a verifier log at `log_level` (BPF_LOG_STATS by default) and return it too."""
+    code = ctypes.create_string_buffer(encode(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    log_size = _LOG_SIZE if log_level & (LogLevel.VERBOSE | LogLevel.INSNS) else (64 << 10 if log_level else 0)
+    log = ctypes.create_string_buffer(max(log_size, 1))
+    attr = _attr()
+    struct.pack_into(
+        "=IIQQIIQII",
+        attr,
+        0,
+        prog_type,
+        len(insns),
+        _addr(code),
+        _addr(lic),
+        log_level,
+        log_size,
+        _addr(log) if log_level else 0,
+        0,
+        0,
+    )
+    struct.pack_into("=16sII", attr, 48, _name(name), 0, expected_attach_type)
+    try:
+        fd = bpf(Cmd.PROG_LOAD, attr, f"loading program {name}")
+    except BpfError as e:
+        raise BpfError(f"loading program {name}", e.errno, log.value.decode(errors="replace")) from None
+    return LoadedProgram(fd, log.value.decode(errors="replace"))
+
+
+@dataclass(frozen=True, slots=True)
+class ProgInfo:
+    id: int
+    tag: bytes
+    jited_len: int
+    xlated_len: int  # bytes of the program after the verifier's rewrites (8 per instruction)
+    run_time_ns: int  # these two count only while statistics are enabled (see `enable_stats`)
+    run_cnt: int
+    verified_insns: int  # instructions the verifier processed (Linux 5.16+, else 0)
+
+
+def prog_info(prog_fd: int) -> ProgInfo:
+    info = ctypes.create_string_buffer(224)  # struct bpf_prog_info up to verified_insns
+    attr = _attr()
+    struct.pack_into("=IIQ", attr, 0, prog_fd, len(info), _addr(info))
+    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, "program info")
+    _type, prog_id, tag, jited, xlated = struct.unpack_from("=II8sII", info)
+    run_time, run_cnt, _misses, verified = struct.unpack_from("=QQQI", info, 192)
+    return ProgInfo(prog_id, tag, jited, xlated, run_time, run_cnt, verified)
+
+
+def enable_stats() -> int:
+    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): every program counts runs and run time while the returned fd
+    is open (system-wide; costs a little per run)."""
+    attr = _attr()
+    return bpf(Cmd.ENABLE_STATS, attr, "enabling run-time statistics")
+
+
+def attach_tcx_ingress(prog_fd: int, ifindex: int) -> int:
+    """Attach at tcx ingress of `ifindex` (appended after any programs already there); returns the link fd.
+
+    Closing the link fd (or the process exiting) detaches the program.
+    """
+    return _link_create(prog_fd, ifindex, AttachType.TCX_INGRESS)
+
+
+def _link_create(prog_fd: int, ifindex: int, attach_type: AttachType) -> int:
+    attr = _attr()
+    # prog_fd, target_ifindex, attach_type, flags, tcx.relative_fd, tcx.expected_revision
+    struct.pack_into("=IIIIIxxxxQ", attr, 0, prog_fd, ifindex, attach_type, 0, 0, 0)
+    return bpf(Cmd.LINK_CREATE, attr, f"attaching to tcx {attach_type.name.lower()} of ifindex {ifindex}")
+
+
+def query_tcx(ifindex: int, attach_type: AttachType = AttachType.TCX_INGRESS, max_progs: int = 64) -> list[int]:
+    """Ids of the programs attached at that tcx hook, in run order (empty when there are none)."""
+    ids = ctypes.create_string_buffer(4 * max_progs)
+    attr = _attr()
+    struct.pack_into("=IIIIQI", attr, 0, ifindex, attach_type, 0, 0, _addr(ids), max_progs)
+    try:
+        bpf(Cmd.PROG_QUERY, attr, f"querying tcx of ifindex {ifindex}")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return []
+        raise
+    (count,) = struct.unpack_from("=I", attr, 24)
+    return list(struct.unpack_from(f"={min(count, max_progs)}I", ids))
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    retval: int
+    data: bytes
+    duration_ns: int
+
+
+def prog_test_run(
+    prog_fd: int,
+    data: bytes,
+    *,
+    ingress_ifindex: int = 0,
+    ifindex: int = 0,
+    flags: int = 0,
+    repeat: int = 1,
+    linear: int = 0,
+) -> RunResult:
+    """BPF_PROG_TEST_RUN: run the program once (or `repeat` times) on a copy of `data`.
+
+    `ifindex` > 1 sets the skb's device (so helpers resolve interfaces in the caller's namespace),
+    `ingress_ifindex` what the program reads as ingress_ifindex; `linear` with RunFlag.SKB_NON_LINEAR sets
+    the length of the linear part. The output is the frame as the program left it.
+    """
+    ctx = bytearray(192)
+    struct.pack_into("=II", ctx, 36, ingress_ifindex, ifindex)
+    if linear:
+        struct.pack_into("=I", ctx, 80, linear)
+    ctx_in = ctypes.create_string_buffer(bytes(ctx), len(ctx))
+    ctx_out = ctypes.create_string_buffer(len(ctx))
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(len(data) + 256)
+    attr = _attr()
+    struct.pack_into(
+        "=IIIIQQIIIIQQI",
+        attr,
+        0,
+        prog_fd,
+        0,
+        len(data),
+        len(data_out),
+        _addr(data_in),
+        _addr(data_out),
+        repeat,
+        0,
+        len(ctx),
+        len(ctx),
+        _addr(ctx_in),
+        _addr(ctx_out),
+        flags,
+    )
+    bpf(Cmd.PROG_TEST_RUN, attr, "test run")
+    retval, _size_in, size_out = struct.unpack_from("=iII", attr, 4)
+    (duration,) = struct.unpack_from("=I", attr, 36)
+    return RunResult(retval, data_out.raw[:size_out], duration)

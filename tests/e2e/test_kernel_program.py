@@ -1,0 +1,646 @@
+"""The kernel engine on its own, in namespaces: the generated tc program loaded with bpf(2), attached with tcx.
+
+Two kinds of tests:
+
+- BPF_PROG_TEST_RUN in a namespace with one veth pair `ka`/`kb`: crafted frames (IP options, a zero UDP
+  checksum, CHECKSUM_COMPLETE skbs, fragments, non-UDP, malformed headers, 64 outputs, a bad output) go through
+  the program; its clones leave by `ka` and are read back raw on `kb`, where every checksum is recomputed.
+- Real traffic through SRC -> RELAY -> SINK: traffic_generator -> `rin` (program at tcx ingress) -> `rout`
+  -> traffic_sink. With transmit checksum offload off on the source, every frame carries a full UDP checksum
+  and the sink's kernel drops any frame whose checksum is wrong, so "received == sent, corrupted == 0" proves
+  the rewritten checksums.
+
+bpf objects belong to the process that made them, so the engine runs inside the relay namespace in a child
+process: this module, run with `runner` as its first argument (see `runner_main`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from mcr.packet.build import build_udp_frame, ipv4_checksum, multicast_mac
+from tests.e2e.netns import Chain, NetLab, Proc, wait_for
+from tests.e2e.relay import generate, probe, start_generator, start_sink
+
+ROOT = Path(__file__).resolve().parents[2]
+INGRESS = 99  # ingress_ifindex the test runs pretend the frames arrived on
+TC_ACT_UNSPEC = -1
+SOURCE = "10.9.9.9"
+
+
+# ------------------------------------------------------------------------------ the child process
+
+
+def _runner_argv(*args: str) -> list[str]:
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.e2e.test_kernel_program import runner_main; "
+    return [sys.executable, "-c", code + "sys.exit(runner_main(sys.argv[1:]))", *args]
+
+
+def _mac(ifname: str) -> bytes:
+    return bytes.fromhex(Path(f"/sys/class/net/{ifname}/address").read_text().strip().replace(":", ""))
+
+
+def _outputs(spec: Sequence[dict[str, Any]]) -> list[Any]:
+    from mcr.kernel.engine import OutputEntry
+
+    return [
+        OutputEntry(
+            ifindex=socket.if_nametoindex(o["ifname"]) if "ifname" in o else int(o["ifindex"]),
+            group=IPv4Address(o["group"]),
+            port=int(o["port"]),
+            source=IPv4Address(o["source"]),
+            src_mac=_mac(o["ifname"]) if "ifname" in o else b"\x02\0\0\0\0\x09",
+            ttl=int(o.get("ttl", 1)),
+        )
+        for o in spec
+    ]
+
+
+def _counters_doc(relay: Any) -> dict[str, Any]:
+    c = relay.counters()
+    return {
+        "rules": {
+            str(slot): {
+                "packets": r.packets,
+                "bytes": r.bytes,
+                "outputs": [{"packets": o.packets, "bytes": o.bytes, "errors": o.errors} for o in r.outputs],
+            }
+            for slot, r in c.rules.items()
+        },
+        "drops": c.drops,
+    }
+
+
+def _apply(relay: Any, ifindex: int, ops: Sequence[dict[str, Any]]) -> None:
+    for op in ops:
+        if op.get("op", "set") == "remove":
+            relay.remove_rule(op["slot"])
+        else:
+            relay.set_rule(op["slot"], ifindex, IPv4Address(op["group"]), op["port"], _outputs(op["outputs"]))
+
+
+def _run_relay(spec: dict[str, Any]) -> int:
+    """Load, attach at tcx ingress of spec["input"], install the rules. SIGUSR1 writes the counters to
+    spec["counters"]; SIGUSR2 applies the rule changes in the file spec["ops"] and writes `<ops>.done`;
+    SIGTERM prints the counters on stdout, closes everything and exits."""
+    from mcr.kernel import bpf
+    from mcr.kernel.engine import KernelRelay
+
+    names = {signal.SIGTERM: "stop", signal.SIGUSR1: "dump", signal.SIGUSR2: "ops"}
+    flags = dict.fromkeys(names.values(), False)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        flags[names[signal.Signals(signum)]] = True
+
+    for signum in names:
+        signal.signal(signum, on_signal)
+    relay = KernelRelay(max_rules=8, max_outputs=64)
+    ifindex = socket.if_nametoindex(spec["input"])
+    _apply(relay, ifindex, spec["rules"])
+    relay.attach(ifindex)
+    info = bpf.prog_info(relay.prog_fd)
+    ready: dict[str, object] = {"prog_id": info.id, "insns": len(relay.insns), "xlated": info.xlated_len // 8}
+    ready.update(jited=info.jited_len, verified=info.verified_insns, verifier=relay.verifier_stats)
+    tmp = Path(spec["ready"] + ".tmp")
+    tmp.write_text(json.dumps(ready))
+    tmp.replace(spec["ready"])
+    deadline = time.monotonic() + float(spec.get("lifetime", 120))
+    while not flags["stop"] and time.monotonic() < deadline:
+        if flags["ops"]:
+            flags["ops"] = False
+            _apply(relay, ifindex, json.loads(Path(spec["ops"]).read_text()))
+            Path(spec["ops"] + ".done").write_text("done")
+        if flags["dump"]:
+            flags["dump"] = False
+            out = Path(spec["counters"] + ".tmp")
+            out.write_text(json.dumps(_counters_doc(relay)))
+            out.replace(spec["counters"])
+        time.sleep(0.02)
+    print(json.dumps(_counters_doc(relay)), flush=True)
+    relay.close()
+    return 0
+
+
+def _run_cases(spec: dict[str, Any]) -> int:
+    """BPF_PROG_TEST_RUN of each case's frame; print the verdict, the frame after the program and the clones
+    read back on `kb` (IPv4/UDP frames only), then the counters."""
+    from mcr.kernel import bpf
+    from mcr.kernel.engine import KernelRelay
+
+    ka = socket.if_nametoindex("ka")
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    rx.bind(("kb", 0x0003))
+    relay = KernelRelay(max_rules=8, max_outputs=64)
+    for rule in spec["rules"]:
+        outputs = _outputs(rule["outputs"])
+        relay.set_rule(rule["slot"], INGRESS, IPv4Address(rule["group"]), rule["port"], outputs)
+    results: list[dict[str, Any]] = []
+    for case in spec["cases"]:
+        try:
+            run = bpf.prog_test_run(
+                relay.prog_fd, bytes.fromhex(case["frame"]), ingress_ifindex=INGRESS, ifindex=ka, flags=case["flags"]
+            )
+        except bpf.BpfError as e:
+            results.append({"error": str(e), "errno": e.errno})
+            continue
+        clones: list[str] = []
+        deadline = time.monotonic() + 1.0
+        rx.settimeout(0.05)
+        while time.monotonic() < deadline and (len(clones) < case["expect"] or time.monotonic() < deadline - 0.9):
+            try:
+                data, addr = rx.recvfrom(65535)
+            except TimeoutError:
+                continue
+            if addr[2] != 4 and data[12:14] == b"\x08\x00" and data[23] == 17:  # not outgoing; IPv4 UDP
+                clones.append(data.hex())
+        results.append({"retval": run.retval, "data": run.data.hex(), "clones": clones})
+    print(json.dumps({"results": results, "counters": _counters_doc(relay)}))
+    relay.close()
+    return 0
+
+
+def runner_main(argv: list[str]) -> int:
+    """`relay SPEC_JSON`, `cases SPEC_JSON`, or `query IFNAME` (program ids at tcx ingress of IFNAME)."""
+    from mcr.kernel import bpf
+
+    match argv:
+        case ["relay", spec]:
+            return _run_relay(json.loads(spec))
+        case ["cases", spec]:
+            return _run_cases(json.loads(spec))
+        case ["query", ifname]:
+            print(json.dumps(bpf.query_tcx(socket.if_nametoindex(ifname))))
+            return 0
+    print(f"usage: runner relay|cases SPEC_JSON | query IFNAME (got {argv})", file=sys.stderr)
+    return 2
+
+
+# ------------------------------------------------------------------------------------ test helpers
+
+
+def frame_headers(frame: bytes) -> dict[str, Any]:
+    """The fields a relay rewrites, and whether both checksums hold (recomputed here)."""
+    ihl = (frame[14] & 0x0F) * 4
+    total = struct.unpack_from("!H", frame, 16)[0]
+    udp = frame[14 + ihl : 14 + total]
+    src, dst = frame[26:30], frame[30:34]
+    csum = struct.unpack_from("!H", udp, 6)[0]
+    pseudo = src + dst + struct.pack("!BBH", 0, 17, len(udp))
+    return {
+        "dst_mac": frame[0:6],
+        "src_mac": frame[6:12],
+        "ttl": frame[22],
+        "src": str(IPv4Address(src)),
+        "dst": str(IPv4Address(dst)),
+        "dport": struct.unpack_from("!H", udp, 2)[0],
+        "sport": struct.unpack_from("!H", udp, 0)[0],
+        "ip_ok": ipv4_checksum(frame[14 : 14 + ihl]) == 0,
+        "udp_csum": csum,
+        "udp_ok": csum == 0 or ipv4_checksum(pseudo + udp) == 0,
+        "options": frame[34 : 14 + ihl],
+        "payload": udp[8:],
+    }
+
+
+def out(ifname: str, group: str, port: int, ttl: int = 1, source: str = SOURCE) -> dict[str, Any]:
+    return {"ifname": ifname, "group": group, "port": port, "ttl": ttl, "source": source}
+
+
+def frame(dst: str = "239.1.1.1", port: int = 5001, **kw: Any) -> bytes:
+    kw.setdefault("payload", bytes(range(256)) * 2)
+    return build_udp_frame(src_ip="10.200.1.2", dst_ip=dst, dst_port=port, ttl=5, **kw)
+
+
+def zero_udp_checksum(f: bytes) -> bytes:
+    ihl = (f[14] & 0x0F) * 4
+    return f[: 14 + ihl + 6] + b"\0\0" + f[14 + ihl + 8 :]
+
+
+def run_cases(lab: NetLab, rules: list[dict[str, Any]], cases: list[dict[str, Any]]) -> dict[str, Any]:
+    ns = lab.add_netns("k")
+    lab.run(ns, "ip", "link", "add", "ka", "type", "veth", "peer", "name", "kb")
+    for ifname in ("ka", "kb"):
+        lab.run(ns, "ip", "link", "set", "dev", ifname, "up")
+    for c in cases:
+        c["frame"] = c["frame"].hex()
+        c.setdefault("flags", 0)
+        c.setdefault("expect", 0)
+    spec = json.dumps({"rules": rules, "cases": cases})
+    result = lab.run(ns, *_runner_argv("cases", spec), timeout=120)
+    return dict(json.loads(result.stdout))
+
+
+RULES_3 = [
+    {
+        "slot": 0,
+        "group": "239.1.1.1",
+        "port": 5001,
+        "outputs": [out("ka", f"239.2.2.{i}", 6000 + i, 6 + i) for i in (1, 2, 3)],
+    }
+]
+
+
+# ------------------------------------------------------------------------- BPF_PROG_TEST_RUN cases
+
+
+@pytest.mark.parametrize("options", [b"", b"\x94\x04\x00\x00", b"\x01" * 40], ids=["ihl5", "router-alert", "ihl15"])
+@pytest.mark.parametrize("zero_csum", [False, True], ids=["csum", "no-csum"])
+def test_rewrite_fan_out_and_restore(netlab: NetLab, options: bytes, zero_csum: bool) -> None:
+    original = frame(ip_options=options)
+    if zero_csum:
+        original = zero_udp_checksum(original)
+    doc = run_cases(netlab, RULES_3, [{"frame": original, "expect": 3}])
+    (res,) = doc["results"]
+    assert res["retval"] == TC_ACT_UNSPEC
+    assert bytes.fromhex(res["data"]) == original  # the original goes on to the stack unchanged
+    assert len(res["clones"]) == 3
+    for i, clone in zip((1, 2, 3), sorted(res["clones"]), strict=True):
+        h = frame_headers(bytes.fromhex(clone))
+        assert (h["dst"], h["dport"], h["ttl"], h["src"]) == (f"239.2.2.{i}", 6000 + i, 6 + i, SOURCE)
+        assert h["dst_mac"] == multicast_mac(IPv4Address(h["dst"]))
+        assert h["ip_ok"] and h["udp_ok"], h
+        assert (h["udp_csum"] == 0) == zero_csum  # a zero checksum stays zero, a real one is never zeroed
+        assert h["options"] == options and h["sport"] == 40000
+        assert h["payload"] == bytes(range(256)) * 2
+    rule = doc["counters"]["rules"]["0"]
+    assert (rule["packets"], rule["bytes"]) == (1, 512)
+    assert rule["outputs"] == [{"packets": 1, "bytes": 512, "errors": 0}] * 3
+
+
+def test_checksum_complete_skb_stays_consistent(netlab: NetLab) -> None:
+    """With BPF_F_TEST_SKB_CHECKSUM_COMPLETE the kernel fails the run (EBADMSG) if skb->csum is stale after
+    the program: the restore and the zero-checksum port rewrite must keep it right."""
+    complete = 1 << 2
+    cases = [
+        {"frame": frame(), "flags": complete, "expect": 3},
+        {"frame": zero_udp_checksum(frame()), "flags": complete, "expect": 3},
+        {"frame": frame(ip_options=b"\x01" * 8), "flags": complete, "expect": 3},
+    ]
+    doc = run_cases(netlab, RULES_3, cases)
+    for res in doc["results"]:
+        if res.get("errno") == 22:
+            pytest.skip("this kernel has no BPF_F_TEST_SKB_CHECKSUM_COMPLETE (Linux 6.11+)")
+        assert "error" not in res, res
+        assert res["retval"] == TC_ACT_UNSPEC and len(res["clones"]) == 3
+        assert all(frame_headers(bytes.fromhex(c))["udp_ok"] for c in res["clones"])
+
+
+def test_not_relayed_frames_pass_untouched_and_are_counted(netlab: NetLab) -> None:
+    arp = bytes.fromhex("ffffffffffff0200000000010806") + bytes(28)
+    cases = {
+        "arp": arp,
+        "other_group": frame(dst="239.9.9.9"),  # no rule, group not configured: not counted
+        "no_rule": frame(port=5999),
+        "fragment": frame(more_fragments=True),
+        "later_fragment": frame(fragment_offset=100),
+        "not_udp": frame(protocol=6),
+        "bad_ihl": frame(ihl=4),
+        "bad_version": frame(version=6),
+        "truncated": frame(total_length=2000),
+        "bad_udp_length": frame(udp_length=4),
+        "udp_length_too_long": frame(udp_length=4000),
+    }
+    doc = run_cases(netlab, RULES_3, [{"frame": f} for f in cases.values()])
+    for (name, f), res in zip(cases.items(), doc["results"], strict=True):
+        assert res["retval"] == TC_ACT_UNSPEC, name
+        assert bytes.fromhex(res["data"]) == f, name
+        assert res["clones"] == [], name
+    assert doc["counters"]["drops"] == {
+        "truncated": 1,
+        "bad_ip_header": 2,
+        "fragment": 2,
+        "not_udp": 1,
+        "bad_udp_length": 2,
+        "no_rule": 1,
+    }
+    assert doc["counters"]["rules"]["0"]["packets"] == 0
+
+
+def test_64_outputs(netlab: NetLab) -> None:
+    rules = [
+        {
+            "slot": 1,
+            "group": "239.1.1.1",
+            "port": 5002,
+            "outputs": [out("ka", f"239.3.0.{i}", 7000 + i) for i in range(64)],
+        }
+    ]
+    doc = run_cases(netlab, rules, [{"frame": frame(port=5002), "expect": 64}])
+    (res,) = doc["results"]
+    heads = [frame_headers(bytes.fromhex(c)) for c in res["clones"]]
+    assert sorted((h["dst"], h["dport"]) for h in heads) == sorted((f"239.3.0.{i}", 7000 + i) for i in range(64))
+    assert all(h["ip_ok"] and h["udp_ok"] for h in heads)
+    assert [o["packets"] for o in doc["counters"]["rules"]["1"]["outputs"]] == [1] * 64
+
+
+def test_a_failing_output_is_counted_and_does_not_stop_the_others(netlab: NetLab) -> None:
+    bad = {"ifindex": 9999, "group": "239.2.9.1", "port": 6999, "source": SOURCE}
+    rules = [{"slot": 2, "group": "239.1.1.1", "port": 5001, "outputs": [bad, out("ka", "239.2.9.2", 6999)]}]
+    original = frame()
+    doc = run_cases(netlab, rules, [{"frame": original, "expect": 1}])
+    (res,) = doc["results"]
+    assert bytes.fromhex(res["data"]) == original
+    assert [frame_headers(bytes.fromhex(c))["dst"] for c in res["clones"]] == ["239.2.9.2"]
+    assert doc["counters"]["rules"]["2"]["outputs"] == [
+        {"packets": 0, "bytes": 0, "errors": 1},
+        {"packets": 1, "bytes": 512, "errors": 0},
+    ]
+
+
+# ------------------------------------------------------------------------ the engine's bookkeeping
+
+
+@pytest.fixture
+def engine() -> Iterator[Any]:
+    """A KernelRelay in this process: maps and a program, nothing attached, no network touched."""
+    if os.geteuid() != 0:
+        pytest.skip("bpf(2) maps and programs need root")
+    from mcr.kernel.engine import KernelRelay
+
+    with KernelRelay(max_rules=4, max_outputs=4) as relay:
+        yield relay
+
+
+def _outs(n: int) -> list[Any]:
+    from mcr.kernel.engine import OutputEntry
+
+    src = IPv4Address("10.0.0.1")
+    return [OutputEntry(1, IPv4Address(f"239.5.5.{i}"), 6000 + i, src, b"\x02" * 6) for i in range(n)]
+
+
+def _fake_traffic(engine: Any, slot: int, outputs: int) -> None:
+    """Per-CPU counter values as the program would leave them: CPU k counted k + 1 packets of 100 bytes."""
+    from mcr.kernel import bpf
+    from mcr.kernel.program import OUTPUT_STATS, RULE_STATS, MapName
+
+    n = bpf.possible_cpus()
+    key = slot.to_bytes(4, sys.byteorder)
+    bpf.update_percpu(engine.map_fd(MapName.RULE_STATS), key, [RULE_STATS.pack(k + 1, 100 * (k + 1)) for k in range(n)])
+    for i in range(outputs):
+        key = (slot * engine.max_outputs + i).to_bytes(4, sys.byteorder)
+        values = [OUTPUT_STATS.pack(k + 1, 100 * (k + 1), i) for k in range(n)]
+        bpf.update_percpu(engine.map_fd(MapName.OUTPUT_STATS), key, values)
+
+
+def test_engine_rules_and_counters(engine: Any) -> None:
+    from mcr.kernel import bpf
+    from mcr.kernel.program import RULE_VALUE, MapName, pack_group_key, pack_rule_key
+
+    g = IPv4Address("239.1.1.1")
+    with pytest.raises(ValueError, match="slot 4"):
+        engine.set_rule(4, 7, g, 5001, _outs(1))
+    with pytest.raises(ValueError, match="at most 4"):
+        engine.set_rule(0, 7, g, 5001, _outs(5))
+    engine.set_rule(0, 7, g, 5001, _outs(3))
+    engine.set_rule(1, 7, g, 5002, _outs(1))
+    with pytest.raises(ValueError, match="slot 0 already relays"):
+        engine.set_rule(2, 7, g, 5001, _outs(1))
+    rules, groups = engine.map_fd(MapName.RULES), engine.map_fd(MapName.GROUPS)
+    assert RULE_VALUE.unpack(bpf.lookup_elem(rules, pack_rule_key(7, g, 5001), 8) or b"") == (0, 3)
+    assert bpf.lookup_elem(groups, pack_group_key(7, g), 4) == (2).to_bytes(4, sys.byteorder)  # two rules
+
+    n = bpf.possible_cpus()
+    per_cpu_sum = n * (n + 1) // 2
+    _fake_traffic(engine, 0, 3)
+    c = engine.counters()
+    assert (c.rules[0].packets, c.rules[0].bytes) == (per_cpu_sum, 100 * per_cpu_sum)
+    assert [(o.packets, o.errors) for o in c.rules[0].outputs] == [(per_cpu_sum, i * n) for i in range(3)]
+    assert c.rules[1].packets == 0 and set(c.drops) >= {"fragment", "no_rule"}
+
+    engine.set_rule(0, 7, g, 5001, _outs(1))  # replaced in place: counters kept, dropped outputs zeroed
+    assert engine.counters().rules[0].packets == per_cpu_sum
+    engine.set_rule(0, 7, g, 5001, _outs(3))
+    assert [o.packets for o in engine.counters().rules[0].outputs] == [per_cpu_sum, 0, 0]
+
+    engine.remove_rule(0)
+    assert bpf.lookup_elem(rules, pack_rule_key(7, g, 5001), 8) is None
+    assert bpf.lookup_elem(groups, pack_group_key(7, g), 4) == (1).to_bytes(4, sys.byteorder)
+    engine.set_rule(0, 8, g, 5001, _outs(2))  # a new rule in the slot starts from zero
+    assert engine.counters().rules[0].packets == 0
+    engine.remove_rule(1)
+    assert bpf.lookup_elem(groups, pack_group_key(7, g), 4) is None
+
+
+def test_a_rejected_program_raises_with_the_verifier_log() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("bpf(2) needs root")
+    from mcr.kernel import bpf
+    from mcr.kernel.asm import Reg, Size, exit_insn, ldx, mov64_imm
+
+    bad = [ldx(Size.W, Reg.R0, Reg.R2, 0), mov64_imm(Reg.R0, 0), exit_insn()]  # r2 was never set
+    with pytest.raises(bpf.BpfError) as info:
+        bpf.load_program(bad, name="mcr_bad")
+    assert info.value.errno == 13  # EACCES: the verifier said no
+    assert "R2 !read_ok" in info.value.log and "verifier log" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------- real traffic
+
+
+class RelayProc:
+    """The engine running in the relay namespace (see `_run_relay`)."""
+
+    def __init__(self, chain: Chain, rules: list[dict[str, Any]], name: str = "kernel_relay") -> None:
+        self.chain = chain
+        self.ready_path = chain.lab.workdir / f"{name}.ready"
+        self.counters_path = chain.lab.workdir / f"{name}.counters"
+        self.ops_path = chain.lab.workdir / f"{name}.ops"
+        spec = {"input": "rin", "rules": rules, "ready": str(self.ready_path), "counters": str(self.counters_path)}
+        spec["ops"] = str(self.ops_path)
+        self.proc: Proc = chain.lab.popen(chain.relay, *_runner_argv("relay", json.dumps(spec)), name=name)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the kernel relay exited ({self.proc.poll()}): {self.proc.err()[-4000:]}")
+            return self.ready_path.exists()
+
+        wait_for(ready, 20.0, "the kernel relay to load and attach")
+        self.info: dict[str, Any] = json.loads(self.ready_path.read_text())
+
+    def counters(self) -> dict[str, Any]:
+        self.counters_path.unlink(missing_ok=True)
+        self.proc.signal(signal.SIGUSR1)
+        wait_for(self.counters_path.exists, 10.0, "the counters")
+        return dict(json.loads(self.counters_path.read_text()))
+
+    def apply(self, ops: list[dict[str, Any]]) -> None:
+        done = Path(str(self.ops_path) + ".done")
+        done.unlink(missing_ok=True)
+        self.ops_path.write_text(json.dumps(ops))
+        self.proc.signal(signal.SIGUSR2)
+        wait_for(done.exists, 10.0, "the rule changes")
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.signal(signal.SIGTERM)
+        assert self.proc.wait(10) == 0, self.proc.err()[-3000:]
+        return dict(json.loads(self.proc.out()))
+
+
+def attached(chain: Chain, ifname: str = "rin") -> list[int]:
+    return list(json.loads(chain.lab.run(chain.relay, *_runner_argv("query", ifname)).stdout))
+
+
+def rule(slot: int, outputs: list[tuple[str, int]], ttl: int = 1, port: int = 5001) -> dict[str, Any]:
+    return {
+        "slot": slot,
+        "group": "239.1.1.1",
+        "port": port,
+        "outputs": [out("rout", g, p, ttl, source="10.200.3.1") for g, p in outputs],
+    }
+
+
+@pytest.fixture(params=[False, True], ids=["src-csum-sw", "src-csum-offload"])
+def chain_csum(chain: Chain, request: pytest.FixtureRequest) -> Chain:
+    """The chain, with the source's transmit checksum offload off (full checksums on the wire, checked by the
+    sink's kernel) or on (CHECKSUM_PARTIAL skbs: the program must update the pseudo-header sum only)."""
+    if not request.param:
+        chain.lab.run(chain.src, "ethtool", "-K", chain.src_if, "tx", "off")
+    return chain
+
+
+def test_relays_1000_packets_intact_with_matching_counters(chain_csum: Chain) -> None:
+    chain = chain_csum
+    relay = RelayProc(chain, [rule(0, [("239.2.2.2", 6001)])])
+    assert attached(chain) == [relay.info["prog_id"]]
+    sink = start_sink(chain.lab, chain.sink, [("239.2.2.2", 6001)], expect=1000, idle_timeout=2)
+    generate(chain, "239.1.1.1", 5001, rate=2000, size=1400, count=1000)
+    report = sink.report()
+    assert (report["received"], report["lost"], report["corrupted"], report["duplicated"]) == (1000, 0, 0, 0)
+    counters = relay.stop()
+    r = counters["rules"]["0"]
+    assert (r["packets"], r["bytes"]) == (1000, 1000 * 1400)
+    assert r["outputs"] == [{"packets": 1000, "bytes": 1000 * 1400, "errors": 0}]
+    snmp = chain.lab.run(chain.sink, "cat", "/proc/net/snmp").stdout
+    udp = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")]
+    assert dict(zip(udp[0], udp[1], strict=True))["InCsumErrors"] == "0"
+    assert attached(chain) == []  # the link went with the process
+
+
+def test_fan_out_1_to_3(chain: Chain) -> None:
+    streams = [("239.2.2.2", 6001), ("239.2.2.3", 6001), ("239.2.2.4", 6001)]
+    relay = RelayProc(chain, [rule(0, streams)])
+    sink = start_sink(chain.lab, chain.sink, streams, expect=3000, idle_timeout=2)
+    generate(chain, "239.1.1.1", 5001, rate=2000, size=1000, count=1000)
+    report = sink.report()
+    for g, p in streams:
+        s = report.stream(g, p)
+        assert (s["received"], s["lost"], s["corrupted"]) == (1000, 0, 0), s
+    r = relay.stop()["rules"]["0"]
+    assert r["packets"] == 1000
+    assert [o["packets"] for o in r["outputs"]] == [1000, 1000, 1000]
+
+
+@pytest.mark.parametrize("size", [1, 64, 1472])
+def test_payload_sizes(chain: Chain, size: int) -> None:
+    chain.lab.run(chain.src, "ethtool", "-K", chain.src_if, "tx", "off")
+    relay = RelayProc(chain, [rule(0, [("239.2.2.2", 6001)])])
+    sink = start_sink(chain.lab, chain.sink, [("239.2.2.2", 6001)], expect=500, idle_timeout=2)
+    generate(chain, "239.1.1.1", 5001, rate=5000, size=size, count=500)
+    report = sink.report()
+    assert (report["received"], report["bytes"], report["corrupted"]) == (500, 500 * size, 0)
+    r = relay.stop()["rules"]["0"]
+    assert (r["packets"], r["bytes"], r["outputs"][0]["bytes"]) == (500, 500 * size, 500 * size)
+
+
+def test_wire_format(chain: Chain) -> None:
+    """On the sink's wire: the output group, port and MAC, the relay's source address and MAC, the rule's
+    TTL, and checksums tcpdump verifies."""
+    chain.lab.run(chain.src, "ethtool", "-K", chain.src_if, "tx", "off")
+    RelayProc(chain, [rule(0, [("239.2.2.2", 6001)], ttl=4)])
+    argv = ["tcpdump", "-l", "-t", "-nn", "-vv", "-e", "-c", "5", "-i", "snk0", "udp", "and", "dst", "239.2.2.2"]
+    dump = chain.lab.popen(chain.sink, *argv, name="tcpdump")
+    wait_for(lambda: "listening on" in dump.err(), 10.0, "tcpdump to listen")
+    generate(chain, "239.1.1.1", 5001, rate=100, size=200, count=5)
+    assert dump.wait(10) == 0, dump.err()
+    lines = dump.out().strip().splitlines()
+    relay_mac = chain.mac(chain.relay, "rout").hex(":")
+    headers = [line for line in lines if "ethertype IPv4" in line]
+    assert len(headers) == 5, dump.out()
+    for line in headers:
+        assert line.startswith(f"{relay_mac} > 01:00:5e:02:02:02"), line
+        assert "ttl 4," in line, line
+    bodies = [line for line in lines if "> 239.2.2.2.6001" in line]
+    assert len(bodies) == 5, dump.out()
+    for line in bodies:
+        assert re.search(r"10\.200\.3\.1\.\d+ > 239\.2\.2\.2\.6001: \[udp sum ok\] UDP, length 200", line), line
+
+
+def test_sigkill_leaves_nothing_attached(chain: Chain) -> None:
+    relay = RelayProc(chain, [rule(0, [("239.2.2.2", 6001)])])
+    assert attached(chain) == [relay.info["prog_id"]]
+    relay.proc.signal(signal.SIGKILL)
+    relay.proc.wait(10)
+    wait_for(lambda: attached(chain) == [], 5.0, "the tcx link to go away")
+    sink = start_sink(chain.lab, chain.sink, [("239.2.2.2", 6001)], duration=3, idle_timeout=1)
+    generate(chain, "239.1.1.1", 5001, rate=1000, size=100, count=200)
+    assert sink.stop()["received"] == 0  # nothing relays any more
+
+
+def test_rules_change_at_run_time_without_reloading(chain: Chain) -> None:
+    """Two rules on two ports relay side by side with their own counters; then one is removed and another
+    output takes its place, by map updates only: the attached program stays the same."""
+    relay = RelayProc(chain, [rule(0, [("239.2.2.2", 6001)]), rule(1, [("239.2.2.5", 6005)], port=5002)])
+    streams = [("239.2.2.2", 6001), ("239.2.2.5", 6005), ("239.2.2.6", 6006)]
+    sink = start_sink(chain.lab, chain.sink, streams, expect=900, idle_timeout=3)
+    gen = start_generator(chain, "239.1.1.2", 5001, rate=1000, size=100, count=100)  # no rule: ignored
+    generate(chain, "239.1.1.1", 5001, rate=2000, size=100, count=300)
+    generate(chain, "239.1.1.1", 5002, rate=2000, size=100, count=300)
+    gen.wait(30)
+    c = relay.counters()
+    assert (c["rules"]["0"]["packets"], c["rules"]["1"]["packets"]) == (300, 300)
+    relay.apply([{"op": "remove", "slot": 0}, rule(2, [("239.2.2.6", 6006)])])
+    generate(chain, "239.1.1.1", 5001, rate=2000, size=100, count=300)
+    report = sink.report()
+    assert report.stream("239.2.2.2", 6001)["received"] == 300  # nothing more after the removal
+    assert report.stream("239.2.2.5", 6005)["received"] == 300
+    assert report.stream("239.2.2.6", 6006)["received"] == 300
+    c = relay.counters()
+    assert set(c["rules"]) == {"1", "2"} and c["rules"]["2"]["packets"] == 300
+    assert attached(chain) == [relay.info["prog_id"]]
+    relay.stop()
+
+
+def test_vlan_tagged_frames_are_not_relayed(chain: Chain) -> None:
+    """A tagged frame reaches the tc hook of the interface it came in on with its tag moved into the skb (the
+    core does that, with or without 8021q): it belongs to a VLAN interface on top, so the rule on the parent
+    must not relay it, nor carry the tag to the output."""
+    relay = RelayProc(chain, [rule(0, [("239.2.2.2", 6001)])])
+    src_mac = chain.mac(chain.src, chain.src_if)
+    frames = chain.lab.workdir / "frames.hex"
+    tagged, untagged = (
+        build_udp_frame(
+            src_mac=src_mac, src_ip=chain.src_ip, dst_ip="239.1.1.1", dst_port=5001, payload=b"v" * 64, vlan=vlan
+        )
+        for vlan in (100, None)
+    )
+    frames.write_text((tagged.hex() + "\n") * 20 + (untagged.hex() + "\n") * 20)  # one veth queue: in order
+    probe(chain.lab, chain.src, "inject", "--ifname", chain.src_if, "--frames", str(frames))
+    wait_for(lambda: relay.counters()["rules"]["0"]["packets"] >= 20, 5.0, "the untagged frames to be relayed")
+    time.sleep(0.2)
+    assert relay.counters()["rules"]["0"]["packets"] == 20
+    relay.stop()
+
+
+def test_verifier_accepts_and_reports(chain: Chain) -> None:
+    relay = RelayProc(chain, [])
+    info = relay.info
+    print(f"program: {info['insns']} instructions, {info['xlated']} after the verifier, {info['jited']} bytes JITed")
+    print(info["verifier"])
+    m = re.search(r"processed (\d+) insns", info["verifier"])
+    assert m and int(m.group(1)) < 1_000_000
+    assert info["jited"] > 0  # CONFIG_BPF_JIT: the program runs as native code
+    relay.stop()

@@ -1,0 +1,236 @@
+"""The relay program's structure (no root needed): it assembles, every jump lands on an instruction, the
+stack and context accesses are the verifier's kind, every map is linked; and the map value layouts."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from mcr.kernel.abi import TC_ACT_OK, SkbOffset
+from mcr.kernel.asm import PSEUDO_MAP_FD, Cls, Helper, Insn, JmpOp, Program, Reg
+from mcr.kernel.program import (
+    MAP_NAMES,
+    OUTPUT_VALUE,
+    MapName,
+    OutputEntry,
+    build_relay_program,
+    map_specs,
+    pack_group_key,
+    pack_output,
+    pack_rule_key,
+    pack_rule_value,
+    relay_program,
+)
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "mcr" / "kernel"
+IO_MODULES = {"socket", "subprocess", "asyncio", "pyroute2", "select", "mmap", "ctypes", "fcntl", "signal", "os"}
+MODE_MEM = 0x60
+MAX_INSNS_UNPRIVILEGED = 4096
+
+
+@pytest.fixture(scope="module")
+def program() -> Program:
+    return relay_program()
+
+
+def jump_targets(insns: tuple[Insn, ...] | list[Insn]) -> list[tuple[int, int]]:
+    return [(pc, pc + 1 + i.off) for pc, i in enumerate(insns) if i.is_jump]
+
+
+def imm64_second_slots(insns: tuple[Insn, ...] | list[Insn]) -> set[int]:
+    return {pc + 1 for pc, i in enumerate(insns) if i.code == 0x18}
+
+
+@pytest.mark.parametrize("module", ["asm.py", "abi.py", "program.py"])
+def test_builders_are_pure(module: str) -> None:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse((SRC / module).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module.split(".")[0] if not node.module.startswith("mcr.") else node.module)
+    assert not found & IO_MODULES
+    assert not {m for m in found if m in ("mcr.kernel.bpf", "mcr.kernel.engine")}
+
+
+def test_instruction_count(program: Program, record_property: Callable[[str, object], None]) -> None:
+    record_property("instructions", len(program))
+    print(f"relay program: {len(program)} instructions")
+    assert 200 < len(program) < MAX_INSNS_UNPRIVILEGED  # no unrolling: the output loop is emitted once
+
+
+def test_jumps_land_inside_the_program_and_never_mid_ld_imm64(program: Program) -> None:
+    second = imm64_second_slots(program.insns)
+    targets = jump_targets(program.insns)
+    assert targets
+    for pc, target in targets:
+        assert 0 <= target < len(program), f"jump at {pc} to {target}"
+        assert target not in second, f"jump at {pc} into the middle of ld_imm64"
+
+
+def successors(insns: tuple[Insn, ...], pc: int) -> list[int]:
+    i = insns[pc]
+    if i.code == Cls.JMP | JmpOp.EXIT:
+        return []
+    if i.code == 0x18:
+        return [pc + 2]
+    if i.code == Cls.JMP | JmpOp.JA:
+        return [pc + 1 + i.off]
+    if i.is_jump:
+        return [pc + 1, pc + 1 + i.off]
+    return [pc + 1]
+
+
+def test_the_only_cycles_are_the_output_loop_and_the_reparse(program: Program) -> None:
+    """Without the edges back to `loop` and `parse` the control flow graph is acyclic (DFS colouring)."""
+    allowed = {program.labels["loop"], program.labels["parse"]}
+    state: dict[int, int] = {}  # 1: on the DFS stack, 2: done
+    stack = [(0, iter(successors(program.insns, 0)))]
+    state[0] = 1
+    back_edges: set[int] = set()
+    while stack:
+        pc, it = stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            state[pc] = 2
+            stack.pop()
+            continue
+        assert 0 <= nxt < len(program), f"insn {pc} falls or jumps out of the program"
+        if state.get(nxt) == 1:
+            back_edges.add(nxt)
+        elif nxt not in state:
+            state[nxt] = 1
+            stack.append((nxt, iter(successors(program.insns, nxt))))
+    assert back_edges == allowed
+    assert len(state) == len(program) - len(imm64_second_slots(program.insns))  # no dead code
+
+
+def test_every_exit_returns_a_constant_verdict(program: Program) -> None:
+    insns = program.insns
+    exits = [pc for pc, i in enumerate(insns) if i.code == Cls.JMP | JmpOp.EXIT]
+    assert len(exits) == 2
+    for pc in exits:
+        prev = insns[pc - 1]
+        assert (prev.code, prev.dst) == (0xB7, Reg.R0)  # r0 = imm
+    assert insns[-1].is_jump or insns[-1].code == Cls.JMP | JmpOp.EXIT  # nothing falls off the end
+
+
+def test_pass_verdict_is_configurable() -> None:
+    prog = relay_program(pass_verdict=TC_ACT_OK)
+    assert prog.insns[prog.labels["pass"]].imm == TC_ACT_OK
+    assert relay_program().insns[relay_program().labels["pass"]].imm == -1  # TCX_NEXT by default
+
+
+def test_stack_accesses_are_aligned_and_inside_the_frame(program: Program) -> None:
+    sizes = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}
+    seen = 0
+    for pc, i in enumerate(program.insns):
+        if i.cls in (Cls.LDX, Cls.STX, Cls.ST) and i.code & 0xE0 == MODE_MEM:
+            base = i.src if i.cls == Cls.LDX else i.dst
+            if base != Reg.FP:
+                continue
+            size = sizes[i.code & 0x18]
+            assert i.off >= -512 and i.off + size <= 0, f"insn {pc}: stack offset {i.off}"
+            assert i.off % size == 0, f"insn {pc}: misaligned {size}-byte stack access at {i.off}"
+            seen += 1
+    assert seen > 20
+
+
+def test_context_reads_only_known_fields(program: Program) -> None:
+    ctx_loads = {i.off for i in program.insns if i.cls == Cls.LDX and i.src == Reg.R6}
+    known = {SkbOffset.LEN, SkbOffset.VLAN_PRESENT, SkbOffset.INGRESS_IFINDEX, SkbOffset.DATA, SkbOffset.DATA_END}
+    assert ctx_loads <= known
+    assert {SkbOffset.DATA, SkbOffset.DATA_END} <= ctx_loads
+    assert not [i for i in program.insns if i.cls in (Cls.STX, Cls.ST) and i.dst == Reg.R6]  # ctx stays read-only
+
+
+def test_helpers_called(program: Program) -> None:
+    calls = {i.imm for i in program.insns if i.code == Cls.JMP | JmpOp.CALL}
+    assert calls == {
+        Helper.MAP_LOOKUP_ELEM,
+        Helper.SKB_STORE_BYTES,
+        Helper.L3_CSUM_REPLACE,
+        Helper.L4_CSUM_REPLACE,
+        Helper.CLONE_REDIRECT,
+        Helper.SKB_PULL_DATA,
+    }
+
+
+def test_every_map_is_referenced_and_linked() -> None:
+    prog = relay_program()
+    assert {name for _, name in prog.maps} == set(MAP_NAMES)
+    fds = {name: 100 + n for n, name in enumerate(MAP_NAMES)}
+    linked = build_relay_program(fds)
+    for slot, name in prog.maps:
+        assert (linked[slot].code, linked[slot].src, linked[slot].imm) == (0x18, PSEUDO_MAP_FD, fds[name])
+        assert linked[slot + 1] == Insn(0)
+    assert sum(1 for i in linked if i.src == PSEUDO_MAP_FD and i.code == 0x18) == len(prog.maps)
+
+
+@pytest.mark.parametrize("max_outputs", [1, 3, 64, 256])
+def test_any_output_limit_builds(max_outputs: int) -> None:
+    prog = relay_program(max_outputs)
+    loop = prog.insns[prog.labels["loop"]]
+    assert (loop.code & 0xF0, loop.imm) == (JmpOp.JGE, max_outputs)  # the verifier's bound on the loop
+
+
+@pytest.mark.parametrize(("rules", "outputs"), [(0, 64), (1, 0), (1, 513), (70000, 1)])
+def test_limits_are_checked(rules: int, outputs: int) -> None:
+    with pytest.raises(ValueError):
+        map_specs(rules, outputs)
+
+
+def test_map_specs() -> None:
+    specs = {s.name: s for s in map_specs(256, 64)}
+    assert set(specs) == set(MAP_NAMES)
+    assert (specs["rules"].key_size, specs["rules"].value_size) == (12, 8)
+    assert specs["outputs"].max_entries == specs[MapName.OUTPUT_STATS.value].max_entries == 256 * 64
+    assert all(len(f"mcr_{name}") < 16 for name in specs)  # BPF_OBJ_NAME_LEN
+
+
+def test_rule_key_layout() -> None:
+    key = pack_rule_key(3, IPv4Address("239.1.1.1"), 5001)
+    assert key.hex(" ") == "03 00 00 00 ef 01 01 01 13 89 00 00"
+    assert pack_group_key(3, IPv4Address("239.1.1.1")) == key[:8]  # the program looks up groups with it
+    assert pack_rule_value(5, 3).hex(" ") == "05 00 00 00 03 00 00 00"
+
+
+def test_output_value_layout() -> None:
+    out = OutputEntry(7, IPv4Address("239.2.2.2"), 6001, IPv4Address("10.200.3.1"), bytes.fromhex("020000000001"), 4)
+    raw = pack_output(out)
+    assert len(raw) == OUTPUT_VALUE.size == 32
+    assert raw.hex(" ") == (
+        "07 00 00 00 04 11 17 71 0a c8 03 01 ef 02 02 02 01 00 5e 02 02 02 02 00 00 00 00 01 00 00 00 00"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ifindex": 0},
+        {"port": 0},
+        {"ttl": 0},
+        {"ttl": 256},
+        {"src_mac": b"\0" * 5},
+        {"group": IPv4Address("10.1.1.1")},  # unicast needs a destination MAC
+    ],
+)
+def test_bad_outputs_are_rejected(kwargs: dict[str, object]) -> None:
+    base: dict[str, object] = {
+        "ifindex": 2,
+        "group": IPv4Address("239.2.2.2"),
+        "port": 6001,
+        "source": IPv4Address("10.0.0.1"),
+        "src_mac": b"\x02" * 6,
+    }
+    with pytest.raises(ValueError):
+        OutputEntry(**{**base, **kwargs})  # type: ignore[arg-type]
+
+
+def test_unicast_output_with_a_destination_mac() -> None:
+    out = OutputEntry(2, IPv4Address("10.1.1.1"), 9, IPv4Address("10.0.0.1"), b"\x02" * 6, dst_mac=b"\x04" * 6)
+    assert pack_output(out)[16:22] == b"\x04" * 6
