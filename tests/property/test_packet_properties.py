@@ -1,59 +1,197 @@
+"""Properties of the packet layer: the parser is total and its fast path agrees with the general one, frames
+round-trip through build and parse, and the capture filter decides exactly as a plain reference decision."""
+
+import random
+from dataclasses import dataclass
+from functools import cache
 from ipaddress import IPv4Address
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcr.packet.build import build_udp_frame
-from mcr.packet.cbpf import ACCEPT, PACKET_OUTGOING, build_capture_filter, run_program
-from mcr.packet.parse import DropReason, parse_frame
+from mcr.packet.cbpf import ACCEPT, Insn, PacketType, build_capture_filter, run_program
+from mcr.packet.parse import _parse_general, parse_frame, src_ipv4
 
+ipv4s = st.integers(min_value=0, max_value=0xFFFFFFFF)
 groups = st.integers(min_value=0xE0000000, max_value=0xEFFFFFFF)
-ports = st.integers(min_value=1, max_value=65535)
+ports = st.integers(min_value=0, max_value=0xFFFF)
+options = st.integers(min_value=0, max_value=10).map(lambda words: bytes(range(4 * words)))
 
 
-@given(st.binary(max_size=2000), st.integers(min_value=0, max_value=64))
-def test_parser_never_raises(data: bytes, offset: int) -> None:
-    offset = min(offset, len(data))
-    reason, _key, off, length = parse_frame(data, offset, len(data) - offset)
-    assert reason in set(DropReason)
+def assert_result_within(buf: bytes, offset: int, caplen: int, result: tuple[int, int, int, int]) -> None:
+    reason, key, payload_offset, length = result
+    assert 0 <= reason <= 6 and 0 <= key < 1 << 48
     if reason == 0:
-        assert offset <= off and off + length <= len(data)
+        assert offset + 42 <= payload_offset <= payload_offset + length <= min(offset + caplen, len(buf))
+    else:
+        assert (payload_offset, length) == (0, 0)
 
 
-@given(groups, ports, st.binary(max_size=1500), st.sampled_from([b"", b"\x01" * 4, b"\x00" * 40]))
-def test_build_parse_round_trip(group: int, port: int, payload: bytes, options: bytes) -> None:
-    f = build_udp_frame(
-        src_ip="10.1.1.1", dst_ip=IPv4Address(group), dst_port=port, payload=payload, ip_options=options
+# ---------------------------------------------------------------------------------------------- parser
+
+
+@given(st.binary(max_size=200), st.integers(min_value=-4, max_value=210), st.integers(min_value=-4, max_value=300))
+def test_parser_never_raises(buf: bytes, offset: int, caplen: int) -> None:
+    assert_result_within(buf, offset, caplen, parse_frame(buf, offset, caplen))
+
+
+@st.composite
+def mutated_frames(draw: st.DrawFn) -> tuple[bytes, int, int]:
+    """A valid frame behind a prefix, with a few bytes of its headers overwritten and maybe cut short."""
+    raw = bytearray(
+        build_udp_frame(
+            src_ip="10.0.0.1",
+            dst_ip=IPv4Address(draw(groups)),
+            dst_port=draw(ports),
+            payload=draw(st.binary(max_size=64)),
+            ip_options=draw(options),
+        )
     )
-    reason, key, off, length = parse_frame(f, 0, len(f))
-    assert (reason, key) == (0, (group << 16) | port)
-    assert f[off : off + length] == payload
+    for _ in range(draw(st.integers(min_value=0, max_value=4))):
+        raw[draw(st.integers(min_value=12, max_value=min(len(raw), 100) - 1))] = draw(st.integers(0, 255))
+    prefix = draw(st.integers(min_value=0, max_value=8))
+    edges = [33, 34, 41, 42, len(raw) - 1, len(raw), len(raw) + 1]
+    caplen = draw(st.one_of(st.sampled_from(edges), st.integers(min_value=0, max_value=len(raw) + 8)))
+    return b"\xee" * prefix + bytes(raw), prefix, caplen
 
 
-def expected(mapping: dict[int, set[int]], group: int, port: int, kind: str, pkttype: int) -> bool:
-    if pkttype == PACKET_OUTGOING or group not in mapping:
-        return False
-    return kind != "udp" or port in mapping[group]
+@given(mutated_frames())
+def test_fast_path_agrees_with_the_general_parser(case: tuple[bytes, int, int]) -> None:
+    buf, offset, caplen = case
+    result = parse_frame(buf, offset, caplen)
+    assert result == _parse_general(buf, offset, min(caplen, len(buf) - offset))
+    assert_result_within(buf, offset, caplen, result)
 
 
 @given(
-    st.dictionaries(groups, st.sets(ports, min_size=1, max_size=5), max_size=30),
-    st.data(),
-    st.sampled_from(["udp", "fragment", "tcp"]),
-    st.sampled_from([0, 1, 2, 3, PACKET_OUTGOING]),
+    src=ipv4s,
+    dst=ipv4s,
+    port=ports,
+    payload=st.binary(max_size=2000),
+    ip_options=options,
+    prefix=st.integers(min_value=0, max_value=16),
+    padding=st.integers(min_value=0, max_value=64),
 )
-def test_filter_matches_reference(mapping: dict[int, set[int]], data: st.DataObject, kind: str, pkttype: int) -> None:
-    group = data.draw(st.sampled_from(sorted(mapping)) if mapping and data.draw(st.booleans()) else groups)
-    port = data.draw(
-        st.sampled_from(sorted(mapping[group])) if group in mapping and data.draw(st.booleans()) else ports
+def test_build_parse_round_trip(
+    src: int, dst: int, port: int, payload: bytes, ip_options: bytes, prefix: int, padding: int
+) -> None:
+    raw = build_udp_frame(
+        src_ip=IPv4Address(src), dst_ip=IPv4Address(dst), dst_port=port, payload=payload, ip_options=ip_options
     )
-    f = build_udp_frame(
-        src_ip="10.1.1.1",
-        dst_ip=IPv4Address(group),
-        dst_port=port,
-        payload=b"p",
-        more_fragments=kind == "fragment",
-        protocol=6 if kind == "tcp" else 17,
+    buf = b"\xee" * prefix + raw + b"\0" * padding
+    reason, key, offset, length = parse_frame(buf, prefix, len(buf) - prefix)
+    assert (reason, key >> 16, key & 0xFFFF) == (0, dst, port)
+    assert buf[offset : offset + length] == payload
+    assert src_ipv4(buf, prefix) == src
+
+
+# ---------------------------------------------------------------------------------------------- filter
+
+KINDS = ("udp", "more_fragments", "fragment_offset", "tcp", "igmp", "ipv6", "vlan")
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    group: int
+    port: int
+    kind: str
+    words: int  # of IP options
+    pkttype: int
+
+    def frame(self) -> bytes:
+        return build_udp_frame(
+            src_ip="10.0.0.1",
+            dst_ip=IPv4Address(self.group),
+            dst_port=self.port,
+            payload=b"p" * 8,
+            ip_options=b"\x01" * 4 * self.words,
+            more_fragments=self.kind == "more_fragments",
+            fragment_offset=100 if self.kind == "fragment_offset" else 0,
+            protocol={"tcp": 6, "igmp": 2}.get(self.kind, 17),
+            ethertype=0x86DD if self.kind == "ipv6" else 0x0800,
+            vlan=3 if self.kind == "vlan" else None,
+        )
+
+
+def reference(mapping: dict[int, set[int]], sent: Sent) -> bool:
+    """What the capture filter must pass: frames from another host, IPv4, to a group with ports; UDP to one of
+    its ports, fragments and other protocols whatever their port."""
+    if sent.pkttype == PacketType.OUTGOING or sent.kind in ("ipv6", "vlan"):
+        return False
+    if not mapping.get(sent.group):
+        return False
+    if sent.kind != "udp":
+        return True
+    return sent.port in mapping[sent.group]
+
+
+@st.composite
+def sent_to(draw: st.DrawFn, mapping: dict[int, set[int]]) -> Sent:
+    """A frame to a configured group and port, a neighbour of one, or anywhere."""
+    known = sorted(mapping)
+    near_group, near_port = draw(st.integers(0, 3)) > 0, draw(st.integers(0, 2)) > 0
+    if known and near_group:
+        group = draw(st.sampled_from(known)) + draw(st.sampled_from([0, 0, 0, -1, 1]))
+    else:
+        group = draw(ipv4s)
+    group &= 0xFFFFFFFF
+    known_ports = sorted(mapping.get(group, ()))
+    if known_ports and near_port:
+        port = (draw(st.sampled_from(known_ports)) + draw(st.sampled_from([0, 0, 0, -1, 1]))) & 0xFFFF
+    else:
+        port = draw(ports)
+    return Sent(
+        group=group,
+        port=port,
+        kind=draw(st.sampled_from(KINDS)),
+        words=draw(st.integers(min_value=0, max_value=10)),
+        pkttype=draw(st.sampled_from(list(PacketType))),
     )
-    accepted = run_program(build_capture_filter(mapping), f, pkttype) == ACCEPT
-    assert accepted == expected(mapping, group, port, kind, pkttype)
+
+
+small_mappings = st.dictionaries(
+    st.one_of(groups, st.integers(0xEF010100, 0xEF010110)),
+    st.sets(st.one_of(ports, st.integers(5000, 5010)), max_size=12),
+    max_size=40,
+)
+
+
+@given(st.data(), small_mappings)
+def test_filter_decides_as_the_reference(data: st.DataObject, mapping: dict[int, set[int]]) -> None:
+    program = build_capture_filter(mapping)
+    for _ in range(5):
+        sent = data.draw(sent_to(mapping))
+        raw = sent.frame()
+        verdict = run_program(program, raw, sent.pkttype)
+        assert verdict in (0, ACCEPT)
+        assert (verdict == ACCEPT) is reference(mapping, sent), sent
+        # the parser and the filter agree on what a relayable datagram is
+        reason, key, _offset, _length = parse_frame(raw, 0, len(raw))
+        if reason == 0 and sent.pkttype != PacketType.OUTGOING:
+            assert (verdict == ACCEPT) is (key & 0xFFFF in mapping.get(key >> 16, ())), sent
+
+
+LARGE = ((300, 1), (1000, 1), (100, 10), (20, 150), (1, 2000), (200, -300))  # negative: one port set for all
+
+
+@cache
+def large(index: int) -> tuple[dict[int, set[int]], list[Insn]]:
+    """Seeded tables large enough for jump trampolines and repeated tails, and their exact programs."""
+    count, per_group = LARGE[index]
+    rng = random.Random(index)
+    shared = {rng.randrange(1, 65536) for _ in range(-per_group)}
+    mapping = {
+        0xE8000000 + rng.randrange(1 << 20) * 4: shared or {rng.randrange(1, 65536) for _ in range(per_group)}
+        for _ in range(count)
+    }
+    return mapping, build_capture_filter(mapping)
+
+
+@settings(deadline=None)
+@given(st.data(), st.integers(min_value=0, max_value=len(LARGE) - 1))
+def test_large_filters_decide_as_the_reference(data: st.DataObject, index: int) -> None:
+    mapping, program = large(index)
+    for _ in range(10):
+        sent = data.draw(sent_to(mapping))
+        assert (run_program(program, sent.frame(), sent.pkttype) == ACCEPT) is reference(mapping, sent), sent

@@ -2,6 +2,8 @@
 
 Flags and error texts follow the original MCR's client; unlike it, we exit non-zero on an `Error`
 response and never send an empty rule_id. Global flags may come before or after the command.
+Two commands are more than one request: `top` (a live view, `mcr.cli.top` and `mcr.cli.screen`) and
+`doctor` (host and rule checks, `mcr.cli.doctor` and `mcr.cli.host`).
 """
 
 from __future__ import annotations
@@ -12,18 +14,24 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import IntEnum
 from ipaddress import IPv4Address
-from typing import NoReturn, TextIO
+from typing import NoReturn, TextIO, assert_never
 
 from rich.console import Console
 
 from mcr import __version__
+from mcr.cli.doctor import diagnose, findings_json, has_problems, inputs_of, interfaces_of, render_findings
+from mcr.cli.host import collect_host_facts
 from mcr.cli.render import render_error, render_response
-from mcr.cli.transport import DEFAULT_TIMEOUT_S, UnreachableError, exchange
-from mcr.model.errors import ProtocolError, ValidationError
+from mcr.cli.screen import Keyboard, poll_supervisor, run_live
+from mcr.cli.top import Controls, TopView, on_poll, render_top
+from mcr.cli.transport import DEFAULT_TIMEOUT_S, ErrorAnswer, UnreachableError, ask, exchange
+from mcr.model.errors import McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
 from mcr.model.rules import OutputDestination, parse_output_spec
+from mcr.model.status import FlowStats, RuleView, WorkerInfo
 from mcr.protocol.control import (
     DEFAULT_SOCKET,
     SOCKET_ENV,
@@ -32,8 +40,10 @@ from mcr.protocol.control import (
     Query,
     RemoveRule,
     Request,
+    Rules,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    Workers,
     decode_response,
     encode_request,
 )
@@ -41,6 +51,8 @@ from mcr.protocol.control import (
 PROG = "control_client"
 _PORT_MAX = 65535
 _WIDE = 200  # columns when stdout is not a terminal: grep-able rows rather than wrapped cells
+TOP_INTERVAL_S = 1.0
+TOP_TIMEOUT_S = 2.0  # per request in `top` unless --timeout says otherwise: a hung supervisor must not freeze it
 
 
 class ExitCode(IntEnum):
@@ -52,10 +64,30 @@ class ExitCode(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Invocation:
+    """A command that is one request and its answer."""
+
     request: Request
     socket_path: str
     json_output: bool
     timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TopInvocation:
+    socket_path: str
+    timeout_s: float
+    interval_s: float
+    once: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorInvocation:
+    socket_path: str
+    json_output: bool
+    timeout_s: float
+
+
+Command = Invocation | TopInvocation | DoctorInvocation
 
 
 # ------------------------------------------------------------------------------------- argument types
@@ -88,6 +120,16 @@ def _timeout(text: str) -> float:
         value = -1.0
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"invalid timeout '{text}'; expected a positive number of seconds")
+    return value
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"invalid interval '{text}'; expected 0.1 to 3600 seconds")
     return value
 
 
@@ -197,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     command("ping", "check that the supervisor and its workers answer")
     command("version", "show the supervisor's version and protocol version")
 
+    top = command("top", "live per-flow view: rates, counters, errors (keys: p b n e sort, q quit)")
+    top.add_argument(
+        "--interval",
+        type=_interval,
+        default=TOP_INTERVAL_S,
+        metavar="S",
+        help=f"seconds between refreshes (default {TOP_INTERVAL_S:g})",
+    )
+    top.add_argument(
+        "--once", action="store_true", help="print one snapshot and exit (the default when stdout is not a terminal)"
+    )
+    command("doctor", "check the host and the rules for known pitfalls (exit 1 when something is wrong)")
+
     log_level = command("log-level", "get or set log levels")
     levels = log_level.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     get = levels.add_parser("get", help="show the global level and facility overrides", parents=[common])
@@ -251,16 +306,32 @@ def _request(args: argparse.Namespace) -> Request:
     return _QUERIES[command]
 
 
-def parse_invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
-    """Parse the command line into what to send and where; usage errors exit 2 through argparse."""
+def parse_command(argv: Sequence[str], env: Mapping[str, str]) -> Command:
+    """Parse the command line into what to do and where; usage errors exit 2 through argparse."""
     args = build_parser().parse_args(list(argv))
     socket_path = getattr(args, "socket_path", None) or env.get(SOCKET_ENV) or DEFAULT_SOCKET
-    return Invocation(
-        request=_request(args),
-        socket_path=socket_path,
-        json_output=getattr(args, "json", False),
-        timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
-    )
+    json_output: bool = getattr(args, "json", False)
+    timeout_s: float = getattr(args, "timeout", DEFAULT_TIMEOUT_S)
+    if args.command == "top":
+        if json_output:
+            args.usage_error("top has no JSON output; use `stats --json` and `list-workers --json`")
+        return TopInvocation(
+            socket_path=socket_path,
+            timeout_s=getattr(args, "timeout", TOP_TIMEOUT_S),
+            interval_s=args.interval,
+            once=args.once,
+        )
+    if args.command == "doctor":
+        return DoctorInvocation(socket_path=socket_path, json_output=json_output, timeout_s=timeout_s)
+    return Invocation(request=_request(args), socket_path=socket_path, json_output=json_output, timeout_s=timeout_s)
+
+
+def parse_invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
+    """Like `parse_command`, for the commands that are one request (all but `top` and `doctor`)."""
+    command = parse_command(argv, env)
+    if not isinstance(command, Invocation):
+        raise TypeError(f"{type(command).__name__} is not a single request; use parse_command")
+    return command
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -297,12 +368,68 @@ def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
     return ExitCode.OK
 
 
+def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -> ExitCode:
+    """The live view when stdout is a terminal; otherwise (or with --once) one snapshot."""
+
+    def poll() -> tuple[Sequence[FlowStats], Sequence[WorkerInfo]]:
+        return poll_supervisor(invocation.socket_path, invocation.timeout_s)
+
+    console = _console(out)
+    if invocation.once or not out.isatty():
+        try:
+            flows, workers = poll()
+        except ErrorAnswer as e:
+            print(render_error(e.text), file=err)
+            return ExitCode.ERROR_RESPONSE
+        except McrError as e:
+            print(f"{PROG}: {e}", file=err)
+            return ExitCode.UNREACHABLE
+        view = on_poll(TopView(), flows, workers, datetime.now())
+        console.print(render_top(view, Controls(), invocation.interval_s, live=False))
+        return ExitCode.OK
+    try:
+        run_live(poll, console, Keyboard(keys), invocation.interval_s)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is the other way out; the screen and the terminal are already restored
+    return ExitCode.OK
+
+
+def run_doctor(invocation: DoctorInvocation, out: TextIO) -> ExitCode:
+    """Ask for the rules and workers (if the supervisor answers), read the host, report; 1 if anything is wrong."""
+    rules: Sequence[RuleView] | None = None
+    workers: Sequence[WorkerInfo] | None = None
+    problem: str | None = None
+    try:
+        rules = ask(invocation.socket_path, Query.LIST_RULES, Rules, invocation.timeout_s).rules
+        workers = ask(invocation.socket_path, Query.LIST_WORKERS, Workers, invocation.timeout_s).workers
+    except ErrorAnswer as e:
+        problem = f"the supervisor answered: {e.text}"
+    except McrError as e:
+        problem = str(e)
+    known = rules or ()
+    facts = collect_host_facts(interfaces_of(known), offloads_of=inputs_of(known))
+    findings = diagnose(facts, rules, workers, supervisor_error=problem)
+    if invocation.json_output:
+        print(json.dumps(findings_json(findings), indent=2, ensure_ascii=False), file=out)
+    else:
+        _console(out).print(render_findings(findings))
+    return ExitCode.ERROR_RESPONSE if has_problems(findings) else ExitCode.OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        invocation = parse_invocation(sys.argv[1:] if argv is None else argv, os.environ)
+        command = parse_command(sys.argv[1:] if argv is None else argv, os.environ)
     except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2), already printed
         return e.code if isinstance(e.code, int) else ExitCode.USAGE
-    return run(invocation, sys.stdout, sys.stderr)
+    match command:
+        case Invocation():
+            return run(command, sys.stdout, sys.stderr)
+        case TopInvocation():
+            return run_top(command, sys.stdout, sys.stderr, sys.stdin)
+        case DoctorInvocation():
+            return run_doctor(command, sys.stdout)
+        case _:
+            assert_never(command)
 
 
 if __name__ == "__main__":

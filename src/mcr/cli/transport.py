@@ -10,8 +10,12 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from typing import TypeVar
 
 from mcr.model.errors import McrError, ProtocolError
+from mcr.protocol.control import Error, Request, decode_response, encode_request
+
+R = TypeVar("R")
 
 MAX_RESPONSE_BYTES = 64 << 20
 DEFAULT_TIMEOUT_S = 10.0
@@ -21,6 +25,14 @@ _KNOBS = "choose the socket with --socket-path or MCR_CONTROL_SOCKET"
 
 class UnreachableError(McrError):
     """No answer from the supervisor: no socket, no permission, nobody listening, or no answer in time."""
+
+
+class ErrorAnswer(McrError):
+    """The supervisor answered `{"Error": text}`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
 
 
 def connect_error(path: str, err: OSError) -> UnreachableError:
@@ -108,3 +120,16 @@ def exchange(
     if not response.strip():
         raise ProtocolError("the supervisor closed the connection without answering")
     return bytes(response)
+
+
+def ask(path: str, request: Request, expected: type[R], timeout_s: float = DEFAULT_TIMEOUT_S) -> R:
+    """One request, its answer decoded and of the `expected` response type.
+
+    Raises `UnreachableError`, `ProtocolError` (including an answer of another type) or `ErrorAnswer`.
+    """
+    response = decode_response(exchange(path, encode_request(request), timeout_s))
+    if isinstance(response, Error):
+        raise ErrorAnswer(response.text)
+    if not isinstance(response, expected):
+        raise ProtocolError(f"unexpected {type(response).__name__} answer from the supervisor at {path}")
+    return response

@@ -1,39 +1,68 @@
-"""Frame builders for tests, fuzzing and benchmarks: valid frames by default, malformed on request."""
+"""Frame builders for tests, fuzzing and the benchmark: valid Ethernet/IPv4/UDP frames by default, malformed on
+request through keyword overrides (lengths, header length, version, fragments, protocol, ethertype, VLAN tag).
+"""
 
 from __future__ import annotations
 
 import struct
 from ipaddress import IPv4Address
 
+__all__ = [
+    "ETH_P_8021Q",
+    "ETH_P_IP",
+    "build_udp_frame",
+    "ipv4_checksum",
+    "multicast_mac",
+    "udp_checksum",
+]
+
 ETH_P_IP = 0x0800
 ETH_P_8021Q = 0x8100
+IPPROTO_UDP = 17
+
+_IP_FLAG_DF = 0x4000
+_IP_FLAG_MF = 0x2000
+_IP_MAX_OPTIONS = 40
+_IP_HEADER = struct.Struct("!BBHHHBBH4s4s")  # checksum at bytes 10..11
+_UDP_HEADER = struct.Struct("!HHHH")  # source port, destination port, length, checksum
+_PSEUDO_HEADER = struct.Struct("!4s4sxBH")  # source, destination, zero, protocol, UDP length
+
+DEFAULT_SRC_MAC = bytes.fromhex("020000000001")  # locally administered
 
 
 def multicast_mac(group: IPv4Address) -> bytes:
-    """01:00:5e followed by the low 23 bits of the group (RFC 1112)."""
-    low = int(group) & 0x7FFFFF
-    return bytes((0x01, 0x00, 0x5E)) + low.to_bytes(3, "big")
+    """The Ethernet address of an IPv4 multicast group: 01:00:5e and the group's low 23 bits (RFC 1112)."""
+    return b"\x01\x00\x5e" + (int(group) & 0x7FFFFF).to_bytes(3, "big")
 
 
 def ipv4_checksum(data: bytes) -> int:
-    """The ones' complement sum used by the IPv4 header and (over a pseudo-header) UDP."""
+    """The Internet checksum (RFC 1071): ones' complement of the ones' complement sum of 16-bit words.
+
+    Over an IPv4 header whose checksum field is zero it gives the field's value; over a header with a correct
+    checksum it gives 0. An odd-length input is padded with a zero byte.
+    """
     if len(data) % 2:
         data += b"\0"
-    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
-    while total >> 16:
+    words: tuple[int, ...] = struct.unpack(f"!{len(data) // 2}H", data)
+    total = sum(words)
+    while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
 
 
-def udp_checksum(src: IPv4Address, dst: IPv4Address, udp: bytes) -> int:
-    pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, 17, len(udp))
-    value = ipv4_checksum(pseudo + udp)
-    return value or 0xFFFF
+def udp_checksum(src: IPv4Address, dst: IPv4Address, udp: bytes, length: int | None = None) -> int:
+    """The UDP checksum of segment `udp` (its checksum field zero) with the IPv4 pseudo-header.
+
+    `length` is the pseudo-header's UDP length, by default ``len(udp)``. A computed 0 is sent as 0xFFFF, because
+    0 means "no checksum".
+    """
+    pseudo = _PSEUDO_HEADER.pack(src.packed, dst.packed, IPPROTO_UDP, len(udp) if length is None else length)
+    return ipv4_checksum(pseudo + udp) or 0xFFFF
 
 
 def build_udp_frame(
     *,
-    src_mac: bytes = b"\x02\x00\x00\x00\x00\x01",
+    src_mac: bytes = DEFAULT_SRC_MAC,
     dst_mac: bytes | None = None,
     src_ip: IPv4Address | str,
     dst_ip: IPv4Address | str,
@@ -43,45 +72,48 @@ def build_udp_frame(
     ttl: int = 1,
     ip_options: bytes = b"",
     ident: int = 0,
+    dont_fragment: bool = False,
     more_fragments: bool = False,
     fragment_offset: int = 0,
-    protocol: int = 17,
-    ihl: int | None = None,
+    protocol: int = IPPROTO_UDP,
     version: int = 4,
+    ihl: int | None = None,
     total_length: int | None = None,
     udp_length: int | None = None,
     ethertype: int = ETH_P_IP,
     vlan: int | None = None,
 ) -> bytes:
-    """An Ethernet/IPv4/UDP frame with correct checksums; the keyword overrides make it malformed."""
+    """An Ethernet / IPv4 / UDP frame carrying `payload`, with correct IPv4 header and UDP checksums.
+
+    `dst_mac` defaults to the multicast MAC of `dst_ip`. `fragment_offset` is the header field, in units of
+    8 bytes. The overrides write a field as given instead of the computed value, to build malformed frames:
+    `version`, `ihl` (header length in 32-bit words; the bytes sent are still 20 + options), `total_length`,
+    `udp_length`, `protocol` (the UDP header and payload are still sent), `ethertype`. `vlan` inserts an
+    802.1Q tag with that VLAN id before the ethertype. Checksums are computed over the fields as written. No
+    Ethernet padding is added.
+    """
     src, dst = IPv4Address(src_ip), IPv4Address(dst_ip)
-    if len(ip_options) % 4:
-        raise ValueError("IP options must be a multiple of 4 bytes")
-    udp_len = 8 + len(payload) if udp_length is None else udp_length
-    udp = struct.pack("!HHHH", src_port, dst_port, udp_len & 0xFFFF, 0) + payload
-    if protocol == 17 and udp_length is None:
-        udp = udp[:6] + struct.pack("!H", udp_checksum(src, dst, udp)) + udp[8:]
-    header_words = (20 + len(ip_options)) // 4 if ihl is None else ihl
-    total = 20 + len(ip_options) + len(udp) if total_length is None else total_length
-    flags_frag = (0x2000 if more_fragments else 0) | (fragment_offset & 0x1FFF)
-    header = (
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            (version << 4) | (header_words & 0x0F),
-            0,
-            total & 0xFFFF,
-            ident,
-            flags_frag,
-            ttl,
-            protocol,
-            0,
-            src.packed,
-            dst.packed,
-        )
-        + ip_options
-    )
-    header = header[:10] + struct.pack("!H", ipv4_checksum(header)) + header[12:]
-    eth = (dst_mac if dst_mac is not None else multicast_mac(dst)) + src_mac
+    if len(ip_options) % 4 or len(ip_options) > _IP_MAX_OPTIONS:
+        raise ValueError(f"IP options must be a multiple of 4 bytes, at most {_IP_MAX_OPTIONS}: {len(ip_options)}")
+    if not 0 <= fragment_offset <= 0x1FFF:
+        raise ValueError(f"fragment offset is a 13-bit field: {fragment_offset}")
+    header_len = 20 + len(ip_options)
+    ihl_field = header_len // 4 if ihl is None else ihl
+    if not (0 <= version <= 15 and 0 <= ihl_field <= 15):
+        raise ValueError(f"version and IHL are 4-bit fields: {version}, {ihl_field}")
+
+    udp_len = _UDP_HEADER.size + len(payload) if udp_length is None else udp_length
+    segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, 0) + payload
+    checksum = udp_checksum(src, dst, segment, udp_len)
+    segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, checksum) + payload
+
+    flags = (_IP_FLAG_DF if dont_fragment else 0) | (_IP_FLAG_MF if more_fragments else 0)
+    total = header_len + len(segment) if total_length is None else total_length
+    fields = [(version << 4) | ihl_field, 0, total, ident, flags | fragment_offset, ttl, protocol]
+    header = _IP_HEADER.pack(*fields, 0, src.packed, dst.packed) + ip_options
+    header = _IP_HEADER.pack(*fields, ipv4_checksum(header), src.packed, dst.packed) + ip_options
+
+    ethernet = (multicast_mac(dst) if dst_mac is None else dst_mac) + src_mac
     if vlan is not None:
-        eth += struct.pack("!HH", ETH_P_8021Q, vlan & 0x0FFF)
-    return eth + struct.pack("!H", ethertype) + header + udp
+        ethernet += struct.pack("!HH", ETH_P_8021Q, vlan)
+    return ethernet + struct.pack("!H", ethertype) + header + segment

@@ -1,84 +1,167 @@
-"""The frame parser of the hot path: Ethernet / IPv4 / UDP, no allocation but the result tuple.
+"""Ethernet/IPv4/UDP frame parsing for the data-plane hot path.
 
-A bad frame is not an exception: `parse_frame` returns a drop reason and the caller counts it.
+`parse_frame` runs once per captured packet, so it works on plain ints: one precompiled `struct.Struct.unpack_from`
+call for the common frame (no IP options), two otherwise; no objects besides the returned tuple, and no exceptions
+for any input. A bad frame is a drop reason, which the caller counts.
+
+Checksums are not verified (the relay re-sends the payload and the kernel computes new ones); IP options
+are skipped; Ethernet padding after the IP packet is ignored because every bound comes from the IP total
+length. The drop reasons are the ones the kernel engine (`mcr.kernel.program`) counts, with the same
+meaning, so both engines report alike.
 """
 
 from __future__ import annotations
 
 import struct
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sized
+    from typing import Protocol
+
+    from typing_extensions import Buffer
+
+    class FrameBuffer(Buffer, Sized, Protocol):
+        """What `struct.unpack_from` reads and `len` measures in bytes: bytes, bytearray, a byte
+        memoryview, an mmap'd ring."""
+
+
+__all__ = [
+    "DROP_KEYS",
+    "ETH_HLEN",
+    "ETH_P_IP",
+    "IPPROTO_UDP",
+    "DropReason",
+    "ParseResult",
+    "parse_frame",
+    "src_ipv4",
+]
+
+ETH_HLEN = 14
+ETH_P_IP = 0x0800
+IPPROTO_UDP = 17
+UDP_HLEN = 8
 
 
 class DropReason(IntEnum):
+    """Why a frame was not relayed. The values index per-reason counter lists (see `DROP_KEYS`)."""
+
     OK = 0
-    NOT_IPV4 = 1
-    TRUNCATED = 2
-    BAD_IP_HEADER = 3
-    FRAGMENT = 4
+    NOT_IPV4 = 1  # ethertype is not IPv4 (802.1Q-tagged frames included)
+    TRUNCATED = 2  # shorter than Ethernet + IPv4 headers, than the IP total length, or than IP + UDP headers
+    BAD_IP_HEADER = 3  # version != 4, IHL < 5, or total length < IHL * 4
+    FRAGMENT = 4  # MF set or fragment offset != 0
     NOT_UDP = 5
-    BAD_UDP_LENGTH = 6
-    NO_RULE = 7
+    BAD_UDP_LENGTH = 6  # UDP length < 8, or beyond the IP total length
+    NO_RULE = 7  # never returned by the parser: the worker found no rule for the key
 
     @property
     def key(self) -> str:
-        return self.name.lower()
+        """The stable stats key, e.g. ``"fragment"``."""
+        return DROP_KEYS[self]
 
 
-DROP_KEYS: tuple[str, ...] = tuple(r.key for r in DropReason)
+#: Stats keys indexed by drop reason value: ``DROP_KEYS[DropReason.FRAGMENT] == "fragment"``.
+DROP_KEYS: tuple[str, ...] = tuple(reason.name.lower() for reason in DropReason)
 
-ETH_HLEN = 14
-ETHERTYPE_IPV4 = 0x0800
-IPPROTO_UDP = 17
+#: ``(reason, key, payload_offset, payload_length)``; see `parse_frame`.
+ParseResult = tuple[int, int, int, int]
 
-_ETH_IP = struct.Struct("!12xHBxHxxHxBxxII")  # ethertype, ver/ihl, total length, frag, proto, src, dst
-_U16 = struct.Struct("!H").unpack_from
-_UDP = struct.Struct("!xxHH").unpack_from  # destination port, length
+# The common frame, no IP options: Ethernet, IPv4 and UDP headers in one unpack, needed fields only.
+#   MACs 12x | ethertype H | version+IHL B | TOS x | total length H | ident 2x | flags+fragment offset H
+#   | TTL x | protocol B | header checksum 2x | source 4x | destination I | UDP source port 2x
+#   | UDP destination port H | UDP length H
+_PLAIN = struct.Struct("!12xHBxH2xHxB2x4xI2xHH")
+_PLAIN_LEN = ETH_HLEN + 20 + UDP_HLEN  # 42, where the payload starts; the unpack skips the UDP checksum
+_ETH_IP = struct.Struct("!12xHBxH2xHxB2x4xI")  # the same fields up to the IPv4 destination
+_ETH_IP_LEN = _ETH_IP.size  # 34
+_UDP = struct.Struct("!2xHH")  # destination port, length (read at the UDP header)
+_ETHERTYPE = struct.Struct("!H")
+_SRC = struct.Struct("!I")
+_SRC_OFFSET = ETH_HLEN + 12
 
-_OK = int(DropReason.OK)
-_NOT_IPV4 = int(DropReason.NOT_IPV4)
+_unpack_plain = _PLAIN.unpack_from
+_unpack_eth_ip = _ETH_IP.unpack_from
+_unpack_udp = _UDP.unpack_from
+
+# Preallocated results of the drops that carry no key, and the reasons as plain ints.
+_NOT_IPV4: ParseResult = (int(DropReason.NOT_IPV4), 0, 0, 0)
+_SHORT: ParseResult = (int(DropReason.TRUNCATED), 0, 0, 0)
+_BAD_IP_HEADER: ParseResult = (int(DropReason.BAD_IP_HEADER), 0, 0, 0)
 _TRUNCATED = int(DropReason.TRUNCATED)
-_BAD_IP = int(DropReason.BAD_IP_HEADER)
 _FRAGMENT = int(DropReason.FRAGMENT)
 _NOT_UDP = int(DropReason.NOT_UDP)
-_BAD_UDP = int(DropReason.BAD_UDP_LENGTH)
-_MIN_FRAME = ETH_HLEN + 20
+_BAD_UDP_LENGTH = int(DropReason.BAD_UDP_LENGTH)
 
 
-def parse_frame(buf: bytes | bytearray | memoryview, offset: int, caplen: int) -> tuple[int, int, int, int]:
-    """Parse one Ethernet frame at `offset` of `buf` (`caplen` bytes captured).
+def parse_frame(buf: FrameBuffer, offset: int, caplen: int) -> ParseResult:
+    """Classify one captured Ethernet frame and locate its UDP payload.
 
-    Returns `(reason, key, payload_offset, payload_length)`: reason 0 for a relayable UDP datagram,
-    else a DropReason value; key is `(IPv4 destination << 16) | UDP destination port` (port 0 when the
-    UDP header was not read, 0 altogether when the IP header was not readable). IP options are
-    skipped; bounds come from the IP total length, so Ethernet padding is ignored. Checksums are not
-    verified: the relay re-sends the payload and the kernel computes new ones.
+    `offset` is where the Ethernet header starts in `buf`, `caplen` how many bytes were captured from
+    there (clamped to what `buf` holds). Returns ``(reason, key, payload_offset, payload_length)``:
+
+    - `reason`: 0 (`DropReason.OK`) or another `DropReason` value, as a plain int;
+    - `key`: ``(ipv4_destination << 16) | udp_destination_port`` when OK or BAD_UDP_LENGTH;
+      ``ipv4_destination << 16`` (port 0) for the drops found after the IPv4 header was read and checked
+      (TRUNCATED by the total length, FRAGMENT, NOT_UDP), so they can be attributed to a group; 0 when the
+      IPv4 header was missing or bad (NOT_IPV4, BAD_IP_HEADER, a frame shorter than 34 bytes);
+    - `payload_offset`: absolute in `buf`; `payload_length` from the UDP length field (both 0 unless OK).
+
+    Never raises, whatever the buffer contents, offset or caplen.
     """
-    if caplen < _MIN_FRAME:
-        if caplen >= ETH_HLEN and _U16(buf, offset + 12)[0] != ETHERTYPE_IPV4:
-            return _NOT_IPV4, 0, 0, 0
-        return _TRUNCATED, 0, 0, 0
-    ethertype, ver_ihl, total, frag, proto, _src, dst = _ETH_IP.unpack_from(buf, offset)
-    if ethertype != ETHERTYPE_IPV4:
-        return _NOT_IPV4, 0, 0, 0
-    ihl = (ver_ihl & 0x0F) << 2
-    if ver_ihl >> 4 != 4 or ihl < 20 or total < ihl:
-        return _BAD_IP, 0, 0, 0
+    avail = len(buf) - offset
+    if caplen > avail:
+        caplen = avail
+    if caplen >= _PLAIN_LEN and offset >= 0:
+        # Fast path: a valid frame without IP options passes every check at once. Anything else (IP
+        # options included) is classified by `_parse_general`, which gives the same answer for these.
+        ethertype, ver_ihl, total, frag, proto, dst, port, udp_len = _unpack_plain(buf, offset)
+        if (
+            ver_ihl == 0x45
+            and ethertype == ETH_P_IP
+            and proto == IPPROTO_UDP
+            and not frag & 0x3FFF
+            and UDP_HLEN <= udp_len <= total - 20
+            and ETH_HLEN + total <= caplen
+        ):
+            return (0, (dst << 16) | port, offset + _PLAIN_LEN, udp_len - UDP_HLEN)
+    return _parse_general(buf, offset, caplen)
+
+
+def _parse_general(buf: FrameBuffer, offset: int, caplen: int) -> ParseResult:
+    """`parse_frame` for any frame, once `caplen` is clamped to the buffer: checks in order, first failure wins."""
+    if caplen < _ETH_IP_LEN or offset < 0:
+        if offset < 0 or caplen < ETH_HLEN:
+            return _SHORT
+        (ethertype,) = _ETHERTYPE.unpack_from(buf, offset + 12)
+        return _SHORT if ethertype == ETH_P_IP else _NOT_IPV4
+    ethertype, ver_ihl, total, frag, proto, dst = _unpack_eth_ip(buf, offset)
+    if ethertype != ETH_P_IP:
+        return _NOT_IPV4
+    if ver_ihl < 0x45 or ver_ihl > 0x4F:  # exactly "version != 4 or IHL < 5"
+        return _BAD_IP_HEADER
+    ip_hlen = (ver_ihl & 0x0F) << 2
+    if total < ip_hlen:
+        return _BAD_IP_HEADER
+    key = dst << 16
     if ETH_HLEN + total > caplen:
-        return _TRUNCATED, dst << 16, 0, 0
+        return (_TRUNCATED, key, 0, 0)
     if frag & 0x3FFF:
-        return _FRAGMENT, dst << 16, 0, 0
+        return (_FRAGMENT, key, 0, 0)
     if proto != IPPROTO_UDP:
-        return _NOT_UDP, dst << 16, 0, 0
-    if ihl + 8 > total:
-        return _TRUNCATED, dst << 16, 0, 0
-    udp = offset + ETH_HLEN + ihl
-    port, length = _UDP(buf, udp)
-    key = (dst << 16) | port
-    if length < 8 or ihl + length > total:
-        return _BAD_UDP, key, 0, 0
-    return _OK, key, udp + 8, length - 8
+        return (_NOT_UDP, key, 0, 0)
+    ip_payload = total - ip_hlen
+    if ip_payload < UDP_HLEN:
+        return (_TRUNCATED, key, 0, 0)
+    udp = offset + ETH_HLEN + ip_hlen
+    port, udp_len = _unpack_udp(buf, udp)
+    if udp_len < UDP_HLEN or udp_len > ip_payload:
+        return (_BAD_UDP_LENGTH, key | port, 0, 0)
+    return (0, key | port, udp + UDP_HLEN, udp_len - UDP_HLEN)
 
 
-def src_ipv4(buf: bytes | bytearray | memoryview, offset: int) -> int:
-    """The IPv4 source address of the frame at `offset` (caller has checked it parses)."""
-    return int.from_bytes(buf[offset + 26 : offset + 30], "big")
+def src_ipv4(buf: FrameBuffer, offset: int) -> int:
+    """The IPv4 source address of the frame at `offset`, as an int (for frames `parse_frame` accepted)."""
+    value: int = _SRC.unpack_from(buf, offset + _SRC_OFFSET)[0]
+    return value
