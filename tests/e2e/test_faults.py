@@ -26,6 +26,7 @@ variants = {
     "not_udp": dict(protocol=6),
     "bad_udp_length": dict(udp_length=4000),
     "truncated": dict(total_length=1400),
+    "vlan": dict(vlan=5),
 }
 frame = build_udp_frame(**common, **variants[kind])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -67,7 +68,7 @@ def test_malformed_frames_are_counted_and_the_valid_flow_is_intact(lab: Lab, wor
             ],
         ),
     )
-    kinds = ("fragment", "fragment_tail", "not_udp", "bad_udp_length", "truncated")
+    kinds = ("fragment", "fragment_tail", "not_udp", "bad_udp_length", "truncated", "vlan")
     for kind in kinds:
         inject(lab, kind, 200)
     assert generator.wait(30) == 0
@@ -87,6 +88,7 @@ def test_malformed_frames_are_counted_and_the_valid_flow_is_intact(lab: Lab, wor
     assert counted["not_udp"] == 200, counted
     assert counted["bad_udp_length"] == 200, counted
     assert counted["truncated"] == 200, counted
+    assert counted["not_ipv4"] == 200, "VLAN-tagged frames belong to the VLAN's interface, not to this rule"
     flow = relay.flow("ok")
     assert flow["packets_relayed"] == 3000
     assert flow["drops"] == {"bad_udp_length": 200}, "drops of the rule's own (group, port) are attributed to it"

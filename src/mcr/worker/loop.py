@@ -45,12 +45,14 @@ BATCH = 1024
 STATS_INTERVAL_S = 0.5
 MAX_FDS_PER_MESSAGE = 64
 NO_RULE = int(DropReason.NO_RULE)
+NOT_IPV4 = int(DropReason.NOT_IPV4)
 
 # The fast path: tpacket3_hdr fields, then at FAST_MAC (where the kernel puts an Ethernet frame in a
 # TPACKET_V3 block: 48-byte header + sockaddr_ll, aligned) the Ethernet type, IPv4 header and UDP
 # header, all read little-endian (network fields are compared in wire order, see wire_key).
 FAST_MAC = 82
-FAST_FRAME = struct.Struct("<I8xI8xH" + f"{FAST_MAC - 26}x" + "12xHBxH2xHxB2x4xI2xHH")
+FAST_FRAME = struct.Struct("<I8xI4xIH" + f"{FAST_MAC - 26}x" + "12xHBxH2xHxB2x4xI2xHH")
+TP_STATUS_VLAN_VALID = 0x10  # the kernel took an 802.1Q tag off: the frame belongs to a VLAN, not to us
 ETHERTYPE_IPV4_LE = 0x0008
 FRAG_MASK_LE = 0xFF3F
 _OUTPUT_KEY = tuple[str, int, int, int, int, int, int]
@@ -228,12 +230,13 @@ class DataPlane:
             pending: dict[RuleSlot, list[int]] = {}
             for _i in range(num_pkts):
                 if off <= fast_limit:
-                    nxt, snap, mac, ethertype, vihl, total, frag, proto, dst, port, ulen = fast(mm, off)
+                    nxt, snap, status, mac, ethertype, vihl, total, frag, proto, dst, port, ulen = fast(mm, off)
                     key = (dst << 16) | port
                     total = ((total & 0xFF) << 8) | (total >> 8)
                     plen = (((ulen & 0xFF) << 8) | (ulen >> 8)) - 8
                     fast_ok = (
                         mac == FAST_MAC
+                        and not status & TP_STATUS_VLAN_VALID
                         and ethertype == ETHERTYPE_IPV4_LE
                         and vihl == 0x45
                         and proto == 17
@@ -243,9 +246,13 @@ class DataPlane:
                     )
                     poff = off + FAST_MAC + 42
                 else:
-                    nxt, _s, _ns, snap, _len, _st, mac = FRAME_HEADER.unpack_from(mm, off)
+                    nxt, _s, _ns, snap, _len, status, mac = FRAME_HEADER.unpack_from(mm, off)
                     fast_ok = False
                 if not fast_ok:
+                    if status & TP_STATUS_VLAN_VALID:
+                        drops[NOT_IPV4] += 1
+                        off += nxt
+                        continue
                     reason, bkey, poff, plen = parse(mm, off + mac, snap)
                     key = wire_key_from_flow_key(bkey)
                     if reason:
