@@ -155,6 +155,29 @@ def test_sighup_applies_only_the_difference(lab: Lab, workdir: Path) -> None:
         relay.stop()
 
 
+def test_config_show_and_check(lab: Lab, workdir: Path) -> None:
+    config = workdir / "mcr.toml"
+    config.write_text(CONFIG.format(port=6002))
+    relay = Relay(lab, workdir, extra=["--config", str(config), "--num-workers", "1"]).start()
+    try:
+        relay.add("rt", "239.2.2.9:6009:rout", group="239.1.1.9", port=5009)
+        shown = relay.json("config", "show")["Config"]
+        assert shown["path"] == str(config) and shown["settings"]["num_workers"] == 1
+        assert [(r["rule_id"], r["source"]) for r in shown["rules"]] == [
+            ("steady", "config"),
+            ("moving", "config"),
+            ("rt", "runtime"),
+        ]
+        ok = relay.ctl("config", "check", str(config))
+        assert ok.stdout.strip() == f"{config}: OK, 2 rules"
+        bad = workdir / "bad.toml"
+        bad.write_text("[[rule]]\nid = 'x'\ninput_interface = 'rin'\ninput_group = '239.1.1.1'\ninput_port = 0\n")
+        refused = relay.ctl("config", "check", str(bad), check=False)
+        assert refused.returncode == 1 and "rule[0] 'x': input_port cannot be 0" in refused.stderr
+    finally:
+        relay.stop()
+
+
 def test_bad_config_file_is_named(lab: Lab, workdir: Path) -> None:
     config = workdir / "bad.toml"
     config.write_text('[[rule]]\nid = "r"\ninput_interface = "rin"\ninput_group = "239.1.1.1"\ninput_port = 70000\n')

@@ -5,10 +5,11 @@ import pytest
 
 from mcr.model.errors import ProtocolError
 from mcr.model.levels import Facility, Severity
-from mcr.model.rules import Engine, ForwardingRule, OutputDestination
-from mcr.model.status import FlowStats, LogLevels, OutputStats, RuleState, RuleView, VersionInfo, WorkerInfo
+from mcr.model.rules import Engine, ForwardingRule, Limits, OutputDestination
+from mcr.model.status import ConfigView, FlowStats, LogLevels, OutputStats, RuleState, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
     AddRule,
+    ConfigResponse,
     Error,
     LogLevelsResponse,
     Query,
@@ -53,6 +54,7 @@ def test_original_add_rule_shape() -> None:
         (b'"Ping"', Query.PING),
         (b'"GetVersion"', Query.GET_VERSION),
         (b'"GetLogLevels"', Query.GET_LOG_LEVELS),
+        (b'"GetConfig"', Query.GET_CONFIG),
         (b'{"RemoveRule":{"rule_id":"r1"}}', RemoveRule("r1")),
         (b'{"SetGlobalLogLevel":{"level":"Warning"}}', SetGlobalLogLevel(Severity.Warning)),
         (
@@ -170,6 +172,9 @@ RULE = ForwardingRule(
         Workers((WorkerInfo(42, "DataPlane", None, 0, "Running", 65534, 1, {"no_rule": 3}, 100, 2, 0),)),
         LogLevelsResponse(LogLevels("Info", {"Ingress": "Debug"})),
         Version(VersionInfo("0.1.0", 1)),
+        ConfigResponse(
+            ConfigView("/etc/mcr/mcr.toml", (("num_workers", 2), ("user", None)), Limits(max_rules=5), (RULE,))
+        ),
     ],
 )
 def test_response_round_trip(resp: object) -> None:

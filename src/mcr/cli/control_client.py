@@ -28,7 +28,8 @@ from mcr.cli.render import render_error, render_response
 from mcr.cli.screen import Keyboard, poll_supervisor, run_live
 from mcr.cli.top import Controls, TopView, on_poll, render_top
 from mcr.cli.transport import DEFAULT_TIMEOUT_S, ErrorAnswer, UnreachableError, ask, exchange
-from mcr.model.errors import McrError, ProtocolError, ValidationError
+from mcr.model.config import parse_config
+from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
 from mcr.model.rules import OutputDestination, parse_output_spec
 from mcr.model.status import FlowStats, RuleView, WorkerInfo
@@ -87,7 +88,12 @@ class DoctorInvocation:
     timeout_s: float
 
 
-Command = Invocation | TopInvocation | DoctorInvocation
+@dataclass(frozen=True, slots=True)
+class ConfigCheckInvocation:
+    path: str
+
+
+Command = Invocation | TopInvocation | DoctorInvocation | ConfigCheckInvocation
 
 
 # ------------------------------------------------------------------------------------- argument types
@@ -252,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command("doctor", "check the host and the rules for known pitfalls (exit 1 when something is wrong)")
 
+    config = command("config", "show the effective configuration, or check a config file without applying it")
+    config_actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_actions.add_parser("show", help="settings and rules the supervisor runs with", parents=[common])
+    show.set_defaults(usage_error=show.error)
+    check = config_actions.add_parser(
+        "check", help="validate a TOML config file (nothing is applied)", parents=[common]
+    )
+    check.set_defaults(usage_error=check.error)
+    check.add_argument("file", metavar="FILE", help="the config file to check")
+
     log_level = command("log-level", "get or set log levels")
     levels = log_level.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     get = levels.add_parser("get", help="show the global level and facility overrides", parents=[common])
@@ -323,6 +339,10 @@ def parse_command(argv: Sequence[str], env: Mapping[str, str]) -> Command:
         )
     if args.command == "doctor":
         return DoctorInvocation(socket_path=socket_path, json_output=json_output, timeout_s=timeout_s)
+    if args.command == "config" and args.config_command == "check":
+        return ConfigCheckInvocation(path=args.file)
+    if args.command == "config":
+        return Invocation(Query.GET_CONFIG, socket_path=socket_path, json_output=json_output, timeout_s=timeout_s)
     return Invocation(request=_request(args), socket_path=socket_path, json_output=json_output, timeout_s=timeout_s)
 
 
@@ -394,6 +414,21 @@ def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -
     return ExitCode.OK
 
 
+def run_config_check(invocation: ConfigCheckInvocation, out: TextIO, err: TextIO) -> ExitCode:
+    """Validate a config file the way the supervisor would, without applying anything."""
+    try:
+        with open(invocation.path, encoding="utf-8") as f:
+            config = parse_config(f.read(), invocation.path)
+    except OSError as e:
+        print(f"{PROG}: cannot read {invocation.path}: {e.strerror}", file=err)
+        return ExitCode.ERROR_RESPONSE
+    except ConfigError as e:
+        print(render_error(str(e)), file=err)
+        return ExitCode.ERROR_RESPONSE
+    print(f"{invocation.path}: OK, {len(config.rules)} rules", file=out)
+    return ExitCode.OK
+
+
 def run_doctor(invocation: DoctorInvocation, out: TextIO) -> ExitCode:
     """Ask for the rules and workers (if the supervisor answers), read the host, report; 1 if anything is wrong."""
     rules: Sequence[RuleView] | None = None
@@ -428,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_top(command, sys.stdout, sys.stderr, sys.stdin)
         case DoctorInvocation():
             return run_doctor(command, sys.stdout)
+        case ConfigCheckInvocation():
+            return run_config_check(command, sys.stdout, sys.stderr)
         case _:
             assert_never(command)
 

@@ -14,8 +14,10 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcr.model.status import FlowStats, LogLevels, RuleView, VersionInfo, WorkerInfo
+from mcr.model.rules import Limits
+from mcr.model.status import ConfigView, FlowStats, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
+    ConfigResponse,
     Error,
     LogLevelsResponse,
     Response,
@@ -190,6 +192,20 @@ def render_version(info: VersionInfo) -> str:
     return f"version {info.version}\nprotocol {info.protocol_version}\nimplementation {info.implementation}"
 
 
+def render_config(view: ConfigView) -> RenderableType:
+    settings = _table("Setting", "Value")
+    _add_row(settings, "config file", view.path or "(none)")
+    for key, value in view.settings:
+        _add_row(settings, key, "(unset)" if value is None else str(value))
+    for key in Limits.__dataclass_fields__:
+        _add_row(settings, f"limits.{key}", str(getattr(view.limits, key)))
+    rules = _table("ID", "Source", "Input", "Outputs")
+    for r in view.rules:
+        outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in r.outputs) or "(none)"
+        _add_row(rules, r.rule_id, r.source.value, f"{r.input_interface} {r.input_group}:{r.input_port}", outputs)
+    return Group(settings, rules if view.rules else Text("no rules"))
+
+
 def render_response(resp: Response) -> RenderableType:
     """The human view of any response (an `Error` renders as its `error: ...` line)."""
     match resp:
@@ -207,5 +223,7 @@ def render_response(resp: Response) -> RenderableType:
             return render_log_levels(resp.levels)
         case Version():
             return render_version(resp.info)
+        case ConfigResponse():
+            return render_config(resp.view)
         case _:
             assert_never(resp)

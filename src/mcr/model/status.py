@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from mcr.model.rules import Engine, ForwardingRule
+from mcr.model.rules import Engine, ForwardingRule, Limits
 
 
 class RuleState(Enum):
@@ -75,3 +75,13 @@ class VersionInfo:
     version: str
     protocol_version: int
     implementation: str = "mcr-python"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigView:
+    """The supervisor's effective configuration: settings after flags, file and defaults, and every rule."""
+
+    path: str | None
+    settings: tuple[tuple[str, str | int | bool | None], ...]
+    limits: Limits
+    rules: tuple[ForwardingRule, ...]

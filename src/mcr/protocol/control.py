@@ -15,8 +15,9 @@ from typing import Any, assert_never
 
 from mcr.model.errors import ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
-from mcr.model.rules import DEFAULT_TTL, Engine, ForwardingRule, OutputDestination, RuleSource
+from mcr.model.rules import DEFAULT_TTL, Engine, ForwardingRule, Limits, OutputDestination, RuleSource
 from mcr.model.status import (
+    ConfigView,
     FlowStats,
     LogLevels,
     OutputStats,
@@ -43,6 +44,7 @@ class Query(Enum):
     PING = "Ping"
     GET_VERSION = "GetVersion"
     GET_LOG_LEVELS = "GetLogLevels"
+    GET_CONFIG = "GetConfig"
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +309,12 @@ class Version:
     info: VersionInfo
 
 
-Response = Success | Error | Rules | Stats | Workers | LogLevelsResponse | Version
+@dataclass(frozen=True, slots=True)
+class ConfigResponse:
+    view: ConfigView
+
+
+Response = Success | Error | Rules | Stats | Workers | LogLevelsResponse | Version | ConfigResponse
 
 
 def encode_rule(r: ForwardingRule) -> dict[str, object]:
@@ -398,6 +405,16 @@ def response_json(resp: Response) -> object:
                     "version": resp.info.version,
                     "protocol_version": resp.info.protocol_version,
                     "implementation": resp.info.implementation,
+                }
+            }
+        case ConfigResponse():
+            v = resp.view
+            return {
+                "Config": {
+                    "path": v.path,
+                    "settings": dict(v.settings),
+                    "limits": {f: getattr(v.limits, f) for f in Limits.__dataclass_fields__},
+                    "rules": [encode_rule(r) for r in v.rules],
                 }
             }
         case _:
@@ -538,6 +555,16 @@ def decode_response(data: bytes) -> Response:
                 str(b.get("implementation", "unknown")),
             )
         )
+    if name == "Config":
+        b = _obj("Config", body)
+        try:
+            limits = Limits(**{str(k): int(v) for k, v in _obj("limits", b.get("limits", {})).items()})
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed limits in response: {e}") from None
+        settings = tuple((str(k), v) for k, v in _obj("settings", b.get("settings", {})).items())
+        path = b.get("path")
+        rules = tuple(decode_rule(r) for r in b.get("rules", []))
+        return ConfigResponse(ConfigView(None if path is None else str(path), settings, limits, rules))
     raise ProtocolError(f"unknown response type '{name}'")
 
 

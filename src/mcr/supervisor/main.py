@@ -24,10 +24,11 @@ from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
 from mcr.model.rules import Limits, RuleSource
-from mcr.model.status import LogLevels, VersionInfo, WorkerInfo
+from mcr.model.status import ConfigView, LogLevels, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
 from mcr.protocol.control import (
     AddRule,
+    ConfigResponse,
     Error,
     LogLevelsResponse,
     Query,
@@ -570,12 +571,34 @@ class Supervisor:
                 return Success(f"pong: {ready}/{len(self.workers)} workers ready")
             case Query.GET_VERSION:
                 return Version(VersionInfo(__version__, PROTOCOL_VERSION))
+            case Query.GET_CONFIG:
+                return ConfigResponse(self.config_view())
             case Query.GET_LOG_LEVELS:
                 return LogLevelsResponse(
                     LogLevels(self.global_level.name, {f.name: s.name for f, s in self.overrides.items()})
                 )
             case _:
                 assert_never(req)
+
+    def config_view(self) -> ConfigView:
+        c = self.config
+        settings: tuple[tuple[str, str | int | bool | None], ...] = (
+            ("control_socket_path", str(c.control_socket_path)),
+            ("control_group", c.control_group),
+            ("user", c.user),
+            ("group", c.group),
+            ("num_workers", c.num_workers),
+            (
+                "engine",
+                c.engine if self.kernel is not None or c.engine == "userspace" else f"{c.engine} (userspace only)",
+            ),
+            ("log_level", self.global_level.name),
+            ("log_json", c.log_json),
+            ("state_file", None if c.state_file is None else str(c.state_file)),
+            ("metrics_addr", c.metrics_addr),
+        )
+        path = self.config_file.path if self.config_file is not None else None
+        return ConfigView(path, settings, c.limits, tuple(self.table.rules.values()))
 
     def worker_info(self, h: WorkerHandle) -> WorkerInfo:
         report = self.stats.latest.get(h.worker_id)
