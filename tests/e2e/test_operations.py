@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mcr.lab import SRC_IP, Lab
@@ -220,3 +221,27 @@ def test_metrics_match_stats(lab: Lab, workdir: Path) -> None:
         assert flow["packets_relayed"] == 1200 and flow["bytes_relayed"] == 840000
     finally:
         relay.stop()
+
+
+def _recreate_input_link(lab: Lab) -> None:
+    lab.netns(lab.relay, "ip", "link", "del", "rin")  # takes its peer src0 with it
+    lab.netns(lab.relay, "ip", "link", "add", "rin", "type", "veth", "peer", "name", "src0", "netns", lab.src)
+    lab.netns(lab.relay, "ip", "addr", "add", "10.200.9.1/24", "dev", "rin")
+    lab.netns(lab.src, "ip", "addr", "add", f"{SRC_IP}/24", "dev", "src0")
+    lab.netns(lab.relay, "ip", "link", "set", "rin", "up")
+    lab.netns(lab.src, "ip", "link", "set", "src0", "up")
+
+
+def test_input_interface_deleted_and_recreated(lab: Lab, workdir: Path, relay: Relay, engine: str) -> None:
+    relay.add("hot", "239.2.2.2:6001:rout")
+    sink = start_sink(lab, workdir, "239.2.2.2", "6001", expect=2000, idle=30)
+    send(lab, count=1000, rate=5000)
+    relay.wait_relayed("hot", 1000)
+    _recreate_input_link(lab)
+    wait_for(lambda: relay.rules()[0]["state"] == "active" and relay.ctl("ping", check=False).returncode == 0, 10)
+    time.sleep(0.5)  # the new link's capture socket (or tcx link) is installed with the resolution
+    send(lab, count=1000, rate=5000)
+    report = sink.result()
+    assert (report["received"], report["duplicated"], report["corrupted"]) == (2000, 0, 0)
+    assert relay.wait_relayed("hot", 2000)["packets_relayed"] == 2000
+    assert relay.rules()[0]["engine"] == engine

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
@@ -137,3 +138,14 @@ def test_rates_from_deltas() -> None:
     (flow,) = book.flow_stats(table.rules.values())
     assert flow.packets_per_second == 100.0
     assert flow.bits_per_second == 100.0 * 100 * 8
+
+
+def test_counters_that_reset_at_the_source_are_kept() -> None:
+    table = RuleTable(Limits())
+    add(table)
+    book = StatsBook()
+    book.on_report(report(0, 100, 100))
+    book.on_report(replace(report(0, 0, 0), rules=()))  # the rule left the worker (interface gone)
+    book.on_report(report(0, 30, 30))  # and came back, counted from zero
+    (flow,) = book.flow_stats(table.rules.values())
+    assert flow.packets_relayed == 130 and flow.outputs[0].packets_sent == 130

@@ -251,6 +251,16 @@ class StatsBook:
         self.rates: dict[str, tuple[float, float]] = {}
 
     def on_report(self, report: StatsReport) -> None:
+        """Take a worker's (or the kernel engine's) cumulative report. A rule whose counters went
+        backwards or vanished was reset at the source (its interface came back with a new index, it
+        moved between engines): what had been counted is kept, so totals never go backwards."""
+        prev = self.latest.get(report.worker_id)
+        if prev is not None and prev.pid == report.pid:
+            now = dict(report.rules)
+            for rule_id, old in prev.rules:
+                cur = now.get(rule_id)
+                if cur is None or cur.packets < old.packets or cur.bytes < old.bytes:
+                    self.retire(rule_id, old)
         self.latest[report.worker_id] = report
 
     def on_worker_exit(self, worker_id: int, live_rules: Container[str]) -> None:

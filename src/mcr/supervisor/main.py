@@ -158,14 +158,11 @@ class Supervisor:
         if kernel is None:
             return
         wanted = {kr.rule_id: kr for kr in res.kernel_rules}
-        current = kernel.counters().rules
+        self.collect_kernel()  # the last counts of slots about to change
         for rule_id, (slot, old) in list(self.kernel_slots.items()):
             new = wanted.get(rule_id)
             if new is None or (new.ifindex, new.group, new.port) != (old.ifindex, old.group, old.port):
-                counted = current.get(slot)
-                if counted is not None and rule_id in self.table.rules:
-                    self.stats.retire(rule_id, self._kernel_counters(old, counted))
-                kernel.remove_rule(slot)
+                kernel.remove_rule(slot)  # the next kernel report no longer has it: StatsBook keeps its counts
                 del self.kernel_slots[rule_id]
         used = {slot for slot, _ in self.kernel_slots.values()}
         for rule_id, kr in wanted.items():
