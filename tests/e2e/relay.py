@@ -104,6 +104,8 @@ class Supervisor:
         socket_path = sock_dir / "control.sock"
         argv = [*tool("multicast_relay"), "supervisor", "--control-socket-path", str(socket_path)]
         argv += ["--num-workers", str(num_workers), "--log-level", log_level]
+        if not any(a == "--engine" for a in extra):
+            argv += ["--engine", "userspace"]  # this suite checks the userspace workers' own counters
         if user:
             argv += ["--user", user]
         if group:

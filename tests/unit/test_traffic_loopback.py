@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import shutil
 import signal
 import subprocess
@@ -206,12 +207,19 @@ def test_duration_and_signals_end_both_cleanly(start_sink: StartSink) -> None:
         text=True,
     )
     try:
-        time.sleep(0.5)
+        # signal it only once it is sending (its first progress line), not while a loaded machine is
+        # still importing it: an interrupt there is Python's, not the generator's, to handle
+        assert gen.stderr is not None
+        ready, _, _ = select.select([gen.stderr], [], [], 20)
+        assert ready, "the generator printed no progress within 20 s"
+        first = gen.stderr.readline()
         gen.send_signal(signal.SIGINT)
         out, err = gen.communicate(timeout=10)
+        err = first + err
     finally:
         if gen.poll() is None:
             gen.kill()
+            gen.communicate()
     assert gen.returncode == 0, err
     summary = json.loads(out)
     assert set(summary) == {
