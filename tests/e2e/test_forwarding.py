@@ -146,3 +146,17 @@ def test_ttl_and_source_on_the_wire(lab: Lab, workdir: Path, relay: Relay, ttl: 
     for got_ttl, src, dst, port in headers:
         assert int(got_ttl) == (ttl or 1)
         assert (src, dst, port) == (RELAY_OUT_IP, "239.2.2.2", "6001")
+
+
+def test_output_follows_an_address_change(lab: Lab, workdir: Path, relay: Relay, engine: str) -> None:
+    relay.add("addr", "239.2.2.2:6001:rout")
+    lab.netns(lab.relay, "ip", "addr", "del", f"{RELAY_OUT_IP}/24", "dev", "rout")
+    wait_for(lambda: "no IPv4 address" in relay.rules()[0]["state_reason"], 10, what="the output to wait")
+    lab.netns(lab.relay, "ip", "addr", "add", "10.200.3.9/24", "dev", "rout")
+    wait_for(lambda: relay.rules()[0]["state_reason"] == "", 10, what="the output to resume")
+    capture = _capture(lab, 6001, 3)
+    wait_for(lambda: "listening" in (capture.stderr.readline() if capture.stderr else ""), 10, what="tcpdump")
+    send(lab, count=3, rate=100, size=100)
+    out, _ = capture.communicate(timeout=20)
+    sources = re.findall(r"\n\s+(\d+\.\d+\.\d+\.\d+)\.\d+ > 239\.2\.2\.2\.6001", out)
+    assert sources == ["10.200.3.9"] * 3, out
