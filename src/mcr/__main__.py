@@ -8,6 +8,10 @@ import sys
 def main() -> int:
     argv = sys.argv[1:]
     command = argv[0] if argv else ""
+    if command == "worker":  # the supervisor's re-exec: import only what a worker needs, start fast
+        from mcr.worker.main import main as worker
+
+        return worker(argv[1:])
     if command in ("control", "control_client", "ctl"):
         from mcr.cli.control_client import main as ctl
 

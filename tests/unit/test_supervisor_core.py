@@ -107,6 +107,7 @@ def test_stats_sum_workers_and_keep_counters_of_exited_workers() -> None:
     table = RuleTable(Limits())
     add(table)
     book = StatsBook()
+    book.track("r1", 0)
     book.on_report(report(0, 10, 10))
     book.on_report(report(1, 5, 4, errors=1))
     (flow,) = book.flow_stats(table.rules.values())
@@ -122,6 +123,7 @@ def test_stats_sum_workers_and_keep_counters_of_exited_workers() -> None:
     book.on_worker_exit(0, table.rules)
     book.on_worker_exit(1, table.rules)
     add(table)
+    book.track("r1", 0)
     book.on_report(report(0, 0, 0))
     (flow,) = book.flow_stats(table.rules.values())
     assert flow.packets_relayed == 0
@@ -144,8 +146,28 @@ def test_counters_that_reset_at_the_source_are_kept() -> None:
     table = RuleTable(Limits())
     add(table)
     book = StatsBook()
+    book.track("r1", 0)
     book.on_report(report(0, 100, 100))
     book.on_report(replace(report(0, 0, 0), rules=()))  # the rule left the worker (interface gone)
     book.on_report(report(0, 30, 30))  # and came back, counted from zero
     (flow,) = book.flow_stats(table.rules.values())
     assert flow.packets_relayed == 130 and flow.outputs[0].packets_sent == 130
+
+
+def test_reports_older_than_a_re_added_rule_do_not_count_for_it() -> None:
+    table = RuleTable(Limits())
+    add(table)
+    book = StatsBook()
+    book.track("r1", 0)
+    book.on_report(replace(report(0, 100, 100), generation=1))
+    table.remove("r1")
+    book.forget_rule("r1")
+    add(table)
+    book.track("r1", 3)  # re-added in generation 3
+    book.on_report(replace(report(0, 100, 100), generation=2))  # taken before the worker saw it
+    (flow,) = book.flow_stats(table.rules.values())
+    assert flow.packets_relayed == 0
+    book.on_report(replace(report(0, 0, 0), generation=3, rules=()))
+    book.on_report(replace(report(0, 7, 7), generation=3))
+    (flow,) = book.flow_stats(table.rules.values())
+    assert flow.packets_relayed == 7

@@ -228,6 +228,7 @@ class StatsReport:
     kernel_packets: int
     kernel_drops: int
     pipe_errors: int
+    generation: int = 0  # the rule generation the counters were taken under
 
 
 def encode_stats(report: StatsReport) -> bytes:
@@ -239,6 +240,7 @@ def encode_stats(report: StatsReport) -> bytes:
         "kp": report.kernel_packets,
         "kd": report.kernel_drops,
         "pe": report.pipe_errors,
+        "g": report.generation,
     }
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
@@ -266,6 +268,7 @@ def decode_stats(line: bytes) -> StatsReport:
             kernel_packets=int(d["kp"]),
             kernel_drops=int(d["kd"]),
             pipe_errors=int(d["pe"]),
+            generation=int(d.get("g", 0)),
         )
     except (
         UnicodeDecodeError,

@@ -248,7 +248,15 @@ class StatsBook:
         self.retired: dict[str, _Totals] = {}  # rule id -> counters of workers that exited
         self.retired_drops: dict[str, int] = {}
         self._rate_base: dict[str, tuple[float, int, int]] = {}
+        self.since: dict[str, int] = {}  # rule id -> the generation it was (re)added in
         self.rates: dict[str, tuple[float, float]] = {}
+
+    def track(self, rule_id: str, generation: int) -> None:
+        """A rule (re)added in `generation`: counts from reports taken before it are not its own."""
+        self.since[rule_id] = generation
+
+    def _counts(self, report: StatsReport, rule_id: str) -> bool:
+        return report.generation >= self.since.get(rule_id, 0)
 
     def on_report(self, report: StatsReport) -> None:
         """Take a worker's (or the kernel engine's) cumulative report. A rule whose counters went
@@ -259,7 +267,8 @@ class StatsBook:
             now = dict(report.rules)
             for rule_id, old in prev.rules:
                 cur = now.get(rule_id)
-                if cur is None or cur.packets < old.packets or cur.bytes < old.bytes:
+                gone = cur is None or cur.packets < old.packets or cur.bytes < old.bytes
+                if gone and rule_id in self.since and self._counts(prev, rule_id):
                     self.retire(rule_id, old)
         self.latest[report.worker_id] = report
 
@@ -269,7 +278,7 @@ class StatsBook:
         if report is None:
             return
         for rule_id, counters in report.rules:
-            if rule_id in live_rules:
+            if rule_id in live_rules and self._counts(report, rule_id):
                 self.retired.setdefault(rule_id, _Totals()).add(counters)
         for reason, n in report.drops:
             self.retired_drops[reason] = self.retired_drops.get(reason, 0) + n
@@ -281,6 +290,7 @@ class StatsBook:
     def forget_rule(self, rule_id: str) -> None:
         """A removed rule's counters go with it (a rule added again later starts from zero)."""
         self.retired.pop(rule_id, None)
+        self.since.pop(rule_id, None)
         for worker_id, report in list(self.latest.items()):
             rules = tuple((rid, c) for rid, c in report.rules if rid != rule_id)
             self.latest[worker_id] = replace(report, rules=rules)
@@ -300,6 +310,8 @@ class StatsBook:
                 )
             )
         for report in self.latest.values():
+            if not self._counts(report, rule_id):
+                continue
             for rid, counters in report.rules:
                 if rid == rule_id:
                     acc.add(counters)

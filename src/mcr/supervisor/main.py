@@ -110,8 +110,8 @@ class Supervisor:
         self.control_gid = resolve_group(config.control_group)
         self.table = RuleTable(config.limits)
         self.config_file = config.config
-        self.load_rules()
         self.stats = StatsBook()
+        self.load_rules()
         self.links: dict[str, Link] = {}
         self.resolution = resolve((), {})
         self.generation = 0
@@ -203,7 +203,7 @@ class Supervisor:
             if slot in counted.rules
         )
         drops = tuple((k, v) for k, v in counted.drops.items() if v)
-        self.stats.on_report(StatsReport(KERNEL_REPORT, os.getpid(), rules, drops, 0, 0, 0))
+        self.stats.on_report(StatsReport(KERNEL_REPORT, os.getpid(), rules, drops, 0, 0, 0, self.generation))
 
     # ---------------------------------------------------------------------------- persistence
 
@@ -212,6 +212,7 @@ class Supervisor:
         if self.config_file is not None:
             for rule in self.config_file.rules:
                 self.table.insert(rule)
+                self.stats.track(rule.rule_id, 0)
         if self.config.state_file is None:
             return
         try:
@@ -225,6 +226,8 @@ class Supervisor:
             except ValidationError as e:
                 log.error("saved rule %s not restored: %s", rule.rule_id, e)
         log.info("restored %d rules from %s", len(saved), self.config.state_file)
+        for rule_id in self.table.rules:
+            self.stats.track(rule_id, 0)
 
     def save(self) -> None:
         if self.config.state_file is not None:
@@ -250,7 +253,9 @@ class Supervisor:
             self.stats.forget_rule(rule_id)
         log.info("reloaded %s: %d added, %d changed, %d removed", path, len(added), len(changed), len(removed))
         if added or changed or removed:
-            self.apply()
+            generation = self.apply()
+            for rule_id in added + changed:
+                self.stats.track(rule_id, generation)
         self.notifier.ready(f"{len(self.workers)} workers, {len(self.table.rules)} rules")
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -527,7 +532,9 @@ class Supervisor:
                     rule.input_port,
                     len(rule.outputs),
                 )
-                await self.wait_synced(self.apply())
+                generation = self.apply()
+                self.stats.track(rule.rule_id, generation)
+                await self.wait_synced(generation)
                 return Success(f"Rule {rule.rule_id} added")
             case RemoveRule():
                 existing = self.table.rules.get(req.rule_id)

@@ -79,6 +79,7 @@ class DataPlane:
         self.kernel_drops = 0
         self.pipe_errors = 0
         self.pending_stats = b""
+        self.generation = 0
         self.running = True
         self.poller = select.poll()
         self.poller.register(channel.fileno(), select.POLLIN)
@@ -121,6 +122,7 @@ class DataPlane:
                     self.remove_capture(ifindex)
             case Sync():
                 self.sync(cmd)
+                self.generation = cmd.generation
                 self.send_reply(SyncAck(cmd.generation))
             case SetLogLevels():
                 logging.getLogger().setLevel(cmd.global_level)
@@ -328,6 +330,7 @@ class DataPlane:
             kernel_packets=self.kernel_packets,
             kernel_drops=self.kernel_drops,
             pipe_errors=self.pipe_errors,
+            generation=self.generation,
         )
 
     def push_stats(self) -> None:
