@@ -25,4 +25,5 @@ check: deps
 	$(PYTHON) -m mypy
 
 bench: deps
-	$(PYTHON) -m mcr.bench
+	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test,bench]'
+	$(PYTHON) bench/run.py

@@ -57,6 +57,10 @@ def summarize(
     out["sender_max_pps"] = round(max(s["offered_pps"] for s in mine))
     out["lossless_pps"] = round(best["offered_pps"]) if best else 0
     out["lossless_output_pps"] = round(best["offered_pps"] * outputs) if best else 0
+    # no step above the best one lost anything: the sender (the rig), not the path, set the limit
+    out["lossless_is_lower_bound"] = best is not None and not any(
+        not _lossless(s) and s["offered_pps"] > best["offered_pps"] for s in mine
+    )
     out["max_delivered_pps"] = round(top["delivered_pps"])
     out["max_delivered_at_offered_pps"] = round(top["offered_pps"])
     out["max_delivered_loss_pct"] = top["loss_pct"]
@@ -68,17 +72,15 @@ def summarize(
     out["latency_ref_rate"] = _lat(lat_ref[0] if lat_ref else None)
     out["latency_lossless"] = _lat(best)
     if best is not None and outputs == 1:
-        over = [s for s in mine if s["label"] == "overload"]
-        if not over:
-            beyond = [s for s in mine if s["offered_pps"] > best["offered_pps"] * 1.05]
-            over = [max(beyond, key=lambda s: s["offered_pps"])] if beyond else []
-        if over:
-            o = over[-1]
+        beyond = [s for s in mine if s["offered_pps"] >= best["offered_pps"] * 1.05]
+        marked = [s for s in beyond if s["label"] == "overload"]
+        pick = marked[-1] if marked else (max(beyond, key=lambda s: s["offered_pps"]) if beyond else None)
+        if pick is not None:
             out["overload"] = {
-                "offered_pps": round(o["offered_pps"]),
-                "factor": round(o["offered_pps"] / best["offered_pps"], 2),
-                "delivered_pps": round(o["delivered_pps"]),
-                "delivered_pct": round(100 * o["delivered"] / o["expected"], 1) if o["expected"] else None,
+                "offered_pps": round(pick["offered_pps"]),
+                "factor": round(pick["offered_pps"] / best["offered_pps"], 2),
+                "delivered_pps": round(pick["delivered_pps"]),
+                "delivered_pct": round(100 * pick["delivered"] / pick["expected"], 1) if pick["expected"] else None,
             }
     out["corrupted"] = sum(int(s.get("corrupted", 0)) for s in mine)
     out["foreign_cpu_s_max"] = max(float(s["cpu"]["foreign_proc_s"]) for s in mine)
@@ -86,30 +88,49 @@ def summarize(
 
 
 def ratios(summary: Sequence[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any]:
-    def get(path: str, size: int, key: str) -> float | None:
-        for row in summary:
-            if row["path"] == path and row["size"] == size and row.get(key):
-                return float(row[key])
-        return None
+    """MCR-1's lossless rate and CPU per packet against the other paths; `bounds` marks ratios that are only
+    bounds because a lossless rate was the sender's limit (>= for MCR-1, <= for the other path)."""
+
+    def row(path: str, size: int) -> dict[str, Any]:
+        return next((r for r in summary if r["path"] == path and r["size"] == size), {})
 
     out: dict[str, Any] = {}
     for size in sizes:
-        r: dict[str, float | None] = {}
-        mcr1 = get("mcr1", size, "lossless_pps")
-        for other in ("socat", "nft", "smcroute", "ceiling"):
-            o = get(other, size, "lossless_pps")
-            r[f"mcr1_lossless_over_{other}"] = round(mcr1 / o, 2) if mcr1 and o else None
-        m2 = get("mcr2", size, "lossless_pps")
-        r["mcr2_lossless_over_mcr1"] = round(m2 / mcr1, 2) if m2 and mcr1 else None
-        cpu1 = get("mcr1", size, "cpu_us_per_pkt")
+        r: dict[str, Any] = {}
+        bounds: dict[str, str] = {}
+        m1 = row("mcr1", size)
+        for other in ("socat", "nft", "smcroute", "ceiling", "mcr2"):
+            o = row(other, size)
+            num, den = (o, m1) if other == "mcr2" else (m1, o)
+            name = "mcr2_lossless_over_mcr1" if other == "mcr2" else f"mcr1_lossless_over_{other}"
+            if num.get("lossless_pps") and den.get("lossless_pps"):
+                r[name] = round(num["lossless_pps"] / den["lossless_pps"], 2)
+                lower, upper = num.get("lossless_is_lower_bound"), den.get("lossless_is_lower_bound")
+                if lower and not upper:
+                    bounds[name] = "≥"
+                elif upper and not lower:
+                    bounds[name] = "≤"
+                elif lower and upper:
+                    bounds[name] = "~"
+            else:
+                r[name] = None
         for other in ("socat", "nft", "smcroute"):
-            o = get(other, size, "cpu_us_per_pkt")
-            r[f"mcr1_cpu_over_{other}"] = round(cpu1 / o, 2) if cpu1 and o else None
+            o = row(other, size)
+            a, b = m1.get("cpu_us_per_pkt"), o.get("cpu_us_per_pkt")
+            r[f"mcr1_cpu_over_{other}"] = round(a / b, 2) if a and b else None
+        mk, nft = row("mcrk", size), row("nft", size)
+        if mk.get("lossless_pps") and nft.get("lossless_pps"):
+            r["mcrk_lossless_over_nft"] = round(mk["lossless_pps"] / nft["lossless_pps"], 2)
+            lower, upper = mk.get("lossless_is_lower_bound"), nft.get("lossless_is_lower_bound")
+            if lower or upper:
+                bounds["mcrk_lossless_over_nft"] = "~" if lower and upper else ("≥" if lower else "≤")
+        else:
+            r["mcrk_lossless_over_nft"] = None
+        a, b = mk.get("cpu_us_per_pkt"), nft.get("cpu_us_per_pkt")
+        r["mcrk_cpu_over_nft"] = round(a / b, 2) if a and b else None
+        r["bounds"] = bounds
         out[str(size)] = r
     return out
-
-
-# --------------------------------------------------------------------------------------------- Markdown
 
 
 def _n(v: Any, digits: int = 0) -> str:
@@ -126,6 +147,13 @@ def _latcell(lat: dict[str, Any] | None) -> str:
     if not lat or lat.get("p50") is None:
         return "–"
     return f"{lat['p50']:,.0f} / {lat['p99']:,.0f}"
+
+
+def _added(row: dict[str, Any]) -> str:
+    added = row.get("latency_added_p50_us")
+    if added is None or row["path"] == "ceiling":
+        return ""
+    return f" (p50 {'+' if added >= 0 else '−'}{abs(added):,.0f})"
 
 
 def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> str:
@@ -147,9 +175,21 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
         "Sender and sink on CPU 0, relay on CPU 1; *lossless* = highest offered rate with < 0.1 % loss; "
         "CPU figures are taken at that step (µs per delivered packet: relay process + CPU 1 softirq; "
         "CPU 1 busy = everything CPU 1 did); latency is arrival − send time from the payload stamps, "
-        f"p50 / p99 in µs, at {opts['latency_rate']:,} pps offered and at the lossless rate.",
+        f"p50 / p99 in µs, at {opts['latency_rate']:,} pps offered (in brackets: p50 added over the rig ceiling's) "
+        "and at the lossless rate (where queueing dominates).",
         "",
     ]
+    d = results.get("disturbance")
+    if d and d.get("steps"):
+        lines += [
+            f"Other load on the machine: during the {d['steps']} steps other processes used "
+            f"{d['foreign_cpu_s_total']:,.0f} CPU-seconds in {d['wall_s_total']:,.0f} s "
+            f"({d['foreign_cpu_s_total'] / max(d['wall_s_total'], 1):.2f} CPUs on average); "
+            f"{d['foreign_over_quarter_cpu']} steps ran beside more than 0.25 CPU of it, "
+            f"{d['started_busy']} started while it was above 0.15 CPU after waiting up to "
+            f"{opts.get('quiet_wait_s', 0):.0f} s. The benchmark runs at nice {opts.get('nice', 0)}.",
+            "",
+        ]
     for size in opts["sizes"]:
         lines += [
             f"## {size}-byte payloads",
@@ -165,11 +205,12 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
             ov = row.get("overload")
             ovcell = f"{_n(ov['offered_pps'])} ({ov['factor']:.1f}×) → {ov['delivered_pct']:.0f} %" if ov else "–"
             lines.append(
-                f"| {labels.get(row['path'], row['path'])} | **{_n(row['lossless_pps'])}** | "
+                f"| {labels.get(row['path'], row['path'])} | "
+                f"**{'≥' if row.get('lossless_is_lower_bound') else ''}{_n(row['lossless_pps'])}** | "
                 f"{_n(row['max_delivered_pps'])} ({_n(row['max_delivered_loss_pct'], 2)} %) | {ovcell} | "
                 f"{_n(row['cpu_us_per_pkt'], 2)} | {_n(row['proc_cpu_s_per_mpkt'], 2)} | "
                 f"{_n(row['relay_cpu_busy_us_per_pkt'], 2)} | {_n(row['relay_cpu_util_pct'], 1)} % | "
-                f"{_latcell(row['latency_ref_rate'])} | {_latcell(row['latency_lossless'])} |"
+                f"{_latcell(row['latency_ref_rate'])}{_added(row)} | {_latcell(row['latency_lossless'])} |"
             )
         if plots and str(size) in plots:
             lines += ["", f"![delivered vs offered, {size}-byte payloads]({plots[str(size)]})"]
@@ -180,17 +221,28 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
             "## Ratios (lossless rate; CPU per packet)",
             "",
             "| size | MCR-1 ÷ socat | MCR-1 ÷ nft | MCR-1 ÷ smcroute | MCR-1 ÷ rig ceiling | MCR-2 ÷ MCR-1 | "
-            "CPU/pkt MCR-1 ÷ socat | CPU/pkt MCR-1 ÷ nft |",
-            "|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "MCR-kernel ÷ nft | CPU/pkt MCR-1 ÷ socat | CPU/pkt MCR-1 ÷ nft | CPU/pkt MCR-kernel ÷ nft |",
+            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for size, r in rat.items():
+            b = r.get("bounds", {})
+
+            def cell(key: str, r: dict[str, Any] = r, b: dict[str, str] = b) -> str:
+                return f"{b.get(key, '')}{_n(r.get(key), 2)}"
+
             lines.append(
-                f"| {size} | {_n(r['mcr1_lossless_over_socat'], 2)} | {_n(r['mcr1_lossless_over_nft'], 2)} | "
-                f"{_n(r['mcr1_lossless_over_smcroute'], 2)} | {_n(r['mcr1_lossless_over_ceiling'], 2)} | "
-                f"{_n(r['mcr2_lossless_over_mcr1'], 2)} | {_n(r['mcr1_cpu_over_socat'], 2)} | "
-                f"{_n(r['mcr1_cpu_over_nft'], 2)} |"
+                f"| {size} | {cell('mcr1_lossless_over_socat')} | {cell('mcr1_lossless_over_nft')} | "
+                f"{cell('mcr1_lossless_over_smcroute')} | {cell('mcr1_lossless_over_ceiling')} | "
+                f"{cell('mcr2_lossless_over_mcr1')} | {cell('mcrk_lossless_over_nft')} | "
+                f"{cell('mcr1_cpu_over_socat')} | {cell('mcr1_cpu_over_nft')} | {cell('mcrk_cpu_over_nft')} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "≥ / ≤: a lossless rate in the ratio was the sender's limit, not the path's (no loss up to the "
+            "highest rate the sender reached), so the ratio is only a bound; ~: both were. CPU/pkt below 1 means "
+            "MCR-1 needs less CPU per packet.",
+            "",
+        ]
     if results.get("fanout"):
         lines += [
             "## Fan-out (one input, N outputs on rout, one sink process receiving every stream)",
@@ -202,7 +254,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
         for row in results["fanout"]:
             lines.append(
                 f"| {labels.get(row['path'], row['path'])} | {row['size']} | 1:{row['outputs']} | "
-                f"**{_n(row.get('lossless_pps'))}** | {_n(row.get('lossless_output_pps'))} | "
+                f"**{'≥' if row.get('lossless_is_lower_bound') else ''}{_n(row.get('lossless_pps'))}** | "
+                f"{_n(row.get('lossless_output_pps'))} | "
                 f"{_n(row.get('cpu_us_per_pkt'), 2)} | {_n(row.get('relay_cpu_util_pct'), 1)} % | "
                 f"{_latcell(row.get('latency_lossless'))} |"
             )
@@ -273,30 +326,38 @@ def plot(results: dict[str, Any], size: int, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = {k: v["label"] for k, v in results["paths"].items()}
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    fig, (ax, lx) = plt.subplots(2, 1, figsize=(9, 8), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     top = 0.0
     for key in results["paths"]:
-        pts = sorted((s["offered_pps"], s["delivered_pps"]) for s in _measured(results["steps"], key, size, 1))
-        if not pts:
+        steps = sorted(_measured(results["steps"], key, size, 1), key=lambda s: s["offered_pps"])
+        if not steps:
             continue
-        xs = [p[0] / 1000 for p in pts]
-        ys = [p[1] / 1000 for p in pts]
+        xs = [s["offered_pps"] / 1000 for s in steps]
+        ys = [s["delivered_pps"] / 1000 for s in steps]
+        loss = [max(float(s["loss_pct"]), 0.0) for s in steps]
         top = max(top, *xs, *ys)
         style = "--" if key == "ceiling" else "-"
-        ax.plot(xs, ys, style, marker="o", markersize=4, label=labels.get(key, key))
+        (line,) = ax.plot(xs, ys, style, marker="o", markersize=4, label=labels.get(key, key))
+        lx.plot(xs, loss, style, marker="o", markersize=3, color=line.get_color())
     ax.plot([0, top * 1.05], [0, top * 1.05], ":", color="grey", linewidth=1, label="delivered = offered")
-    ax.set_xlabel("offered (kpps, the sender's achieved rate)")
     ax.set_ylabel("delivered (kpps, intact and unique at the sink)")
     m = results["machine"]
     ax.set_title(
         f"MCR benchmark, {size}-byte UDP payloads — {m['cpu_model']}, {m['cpus']} CPUs, "
-        f"kernel {m['kernel']}\n{results['started_utc'][:10]}",
+        f"kernel {m['kernel']}, {results['started_utc'][:10]}\n"
+        "sender + sink on CPU 0, relay on CPU 1; each point is one step",
         fontsize=9,
     )
     ax.set_xlim(0, top * 1.05 if top else 1)
     ax.set_ylim(0, top * 1.05 if top else 1)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    lx.axhline(LOSSLESS_PCT, color="grey", linestyle=":", linewidth=1)
+    lx.set_yscale("symlog", linthresh=0.1)
+    lx.set_ylim(0, 100)
+    lx.set_ylabel("loss %")
+    lx.set_xlabel("offered (kpps, the sender's achieved rate)")
+    lx.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -343,15 +404,21 @@ def update_docs(docs: Path, results: dict[str, Any], rel_results: str, name: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: report.py RESULTS.json", file=sys.stderr)
-        return 2
-    path = Path(args[0])
-    results = json.loads(path.read_text())
-    name = path.stem
-    for f, p in write_all(results, path.parent, name).items():
-        print(f"{f}: {p}")
+    import argparse
+
+    p = argparse.ArgumentParser(prog="bench/report.py", description="Re-render a results file.")
+    p.add_argument("results", type=Path, help="e.g. bench/results/latest.json")
+    p.add_argument("--docs", action="store_true", help="also refresh the results block in docs/benchmarks.md")
+    args = p.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    name = args.results.stem
+    for kind, path in write_all(results, args.results.parent, name).items():
+        print(f"{kind}: {path}")
+    if args.docs:
+        docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+        print(
+            f"docs: {docs} {'refreshed' if update_docs(docs, results, '../bench/results', name) else 'has no markers'}"
+        )
     return 0
 
 

@@ -47,6 +47,14 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()] if text else []
 
 
+def _numbers(a: argparse.Namespace) -> None:
+    a.sizes = _ints(a.sizes)
+    a.fanout = _ints(a.fanout if a.fanout is not None else "10,50")
+    a.ladder = _ints(a.ladder) if a.ladder else list(QUICK_LADDER if a.quick else FULL_LADDER)
+    default_fanout = QUICK_FANOUT_LADDER if a.quick else FULL_FANOUT_LADDER
+    a.fanout_ladder = _ints(a.fanout_ladder) if a.fanout_ladder else list(default_fanout)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -57,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-seconds", type=float, help="seconds per ladder step (default 5, quick 2)")
     p.add_argument("--soak-seconds", type=float, help="soak duration, 0 = no soak (default 60, quick 5)")
     p.add_argument("--fanout", help="fan-out output counts, '' = none (default 10,50)")
-    p.add_argument("--fanout-paths", default="mcr1", help="paths measured with fan-out (default mcr1)")
+    p.add_argument("--fanout-paths", default="mcr1,mcrk", help="paths measured with fan-out (default mcr1,mcrk)")
     p.add_argument("--ladder", help="offered rates in pps, comma list (the sender's maximum is always added)")
     p.add_argument("--fanout-ladder", help="fan-out output rates in pps (input = rate / outputs)")
     p.add_argument("--refine", type=int, help="bisection steps at the loss edge (default 2, quick 0)")
@@ -72,17 +80,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=-20,
         help="niceness of sender, sink and relays (default -20, so that other load on a shared machine yields)",
     )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=20.0,
+        help="before each step, wait up to this many seconds for other load to drop below 0.15 CPU (default 20)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and sockets (temporary directory)")
     a = p.parse_args(argv)
+    try:
+        _numbers(a)
+    except ValueError as exc:
+        p.error(f"not a comma list of numbers: {exc}")
     a.paths = [x.strip() for x in a.paths.split(",") if x.strip()]
-    a.sizes = _ints(a.sizes)
     a.fanout_paths = [x.strip() for x in a.fanout_paths.split(",") if x.strip()]
     a.step_seconds = a.step_seconds or (2.0 if a.quick else 5.0)
     a.soak_seconds = a.soak_seconds if a.soak_seconds is not None else (5.0 if a.quick else 60.0)
-    a.fanout = _ints(a.fanout if a.fanout is not None else "10,50")
-    a.ladder = _ints(a.ladder) if a.ladder else list(QUICK_LADDER if a.quick else FULL_LADDER)
-    default_fanout = QUICK_FANOUT_LADDER if a.quick else FULL_FANOUT_LADDER
-    a.fanout_ladder = _ints(a.fanout_ladder) if a.fanout_ladder else list(default_fanout)
     a.refine = a.refine if a.refine is not None else (0 if a.quick else 2)
     a.max_minutes = a.max_minutes or (20.0 if a.quick else 120.0)
     a.name = a.name or ("quick" if a.quick else "latest")
@@ -123,8 +136,17 @@ class Interrupted(BaseException):
     pass
 
 
+STOP: list[str] = []
+
+
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    STOP.append(signal.Signals(signum).name)  # also checked before every step, in case the raise is swallowed
     raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+
+def _check_stop() -> None:
+    if STOP:
+        raise Interrupted(f"signal {STOP[0]}")
 
 
 def now_utc() -> str:
@@ -150,11 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mcr-bench-"))
     os.chmod(workdir, 0o755)
     lab = NetLab(nice=args.nice)
-    procs = Procs()
+    procs = Procs(nice=args.nice)
     ctx = Context(lab=lab, procs=procs, workdir=workdir, env=env)
     start = time.monotonic()
     budget = Budget(start + args.max_minutes * 60)
     runner = StepRunner(ctx, budget, log)
+    runner.quiet_wait_s = args.quiet_wait
+    runner.before_step = _check_stop
     command = "python3 bench/run.py" + ("" if not (argv or sys.argv[1:]) else " " + shlex.join(argv or sys.argv[1:]))
     results: dict[str, Any] = {
         "schema": 1,
@@ -176,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "sender_cpu": SENDER_CPU,
             "relay_cpu": RELAY_CPU,
             "nice": args.nice,
+            "quiet_wait_s": args.quiet_wait,
         },
         "machine": probe.machine(REPO),
         "topology": {},
@@ -321,7 +346,24 @@ def finish(results: dict[str, Any], args: argparse.Namespace) -> None:
         for size in args.sizes
         if any(s["path"] == key and s["size"] == size and s["outputs"] == n for s in steps)
     ]
+    for rows in (results["summary"], results["fanout"]):
+        for row in rows:
+            base = next((r for r in results["summary"] if r["path"] == "ceiling" and r["size"] == row["size"]), None)
+            lat, ref = row.get("latency_ref_rate"), (base or {}).get("latency_ref_rate")
+            if lat and ref and lat.get("p50") is not None and ref.get("p50") is not None:
+                row["latency_added_p50_us"] = round(lat["p50"] - ref["p50"], 1)
     results["ratios"] = report.ratios(results["summary"], args.sizes)
+    measured = [s for s in steps if "error" not in s]
+    results["disturbance"] = {
+        "steps": len(measured),
+        "waited_for_quiet": sum(1 for s in measured if s["quiet"]["waited_s"] >= 1),
+        "started_busy": sum(1 for s in measured if s["quiet"]["busy_cpus"] > 0.15),
+        "foreign_over_quarter_cpu": sum(
+            1 for s in measured if s["cpu"]["foreign_proc_s"] > 0.25 * max(s["cpu"]["wall_s"], 0.001)
+        ),
+        "foreign_cpu_s_total": round(sum(s["cpu"]["foreign_proc_s"] for s in measured), 1),
+        "wall_s_total": round(sum(s["cpu"]["wall_s"] for s in measured), 1),
+    }
 
 
 if __name__ == "__main__":

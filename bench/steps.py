@@ -53,9 +53,41 @@ class StepRunner:
         self.log = log
         self.steps: list[Step] = []
         self._seq = 0
+        self.quiet_cpus = 0.15
+        self.quiet_wait_s = 20.0
+        self.before_step: Callable[[], None] = lambda: None
+
+    def settle(self, path: BenchPath, quiet_s: float = 0.4, bound_s: float = 30.0) -> tuple[float, int]:
+        """Wait until the sink's interface has received nothing for `quiet_s` (a relay may still be draining the
+        previous step's backlog); returns (seconds waited, packets that arrived meanwhile)."""
+        start = time.monotonic()
+        first = last = _rx_packets(self.ctx, path)
+        while time.monotonic() - start < bound_s:
+            time.sleep(quiet_s)
+            now = _rx_packets(self.ctx, path)
+            if now == last:
+                break
+            last = now
+        return round(time.monotonic() - start, 2), last - first
+
+    def wait_quiet(self) -> dict[str, float]:
+        """Between steps the benchmark itself is idle, so CPU use now is someone else's (a shared machine):
+        wait up to `quiet_wait_s` for it to drop below `quiet_cpus` CPUs' worth, so that steps start clean."""
+        start = time.monotonic()
+        busy = 0.0
+        while True:
+            a = probe.cpu_lines()["cpu"]
+            time.sleep(0.5)
+            b = probe.cpu_lines()["cpu"]
+            total = (b.total - a.total) or 1
+            busy = (b.busy - a.busy) / total * (os.cpu_count() or 1)
+            waited = time.monotonic() - start
+            if busy <= self.quiet_cpus or waited >= self.quiet_wait_s:
+                return {"waited_s": round(waited, 1), "busy_cpus": round(busy, 2)}
 
     def run(self, path: BenchPath, *, size: int, rate: int, seconds: float, label: str) -> Step:
         """Offer `rate` pps (0 = as fast as the sender can) of `size`-byte payloads for about `seconds`."""
+        self.before_step()
         self.budget.check()
         ctx, lab = self.ctx, self.ctx.lab
         self._seq += 1
@@ -113,6 +145,9 @@ class StepRunner:
             "target_pps": rate,
             "seconds": seconds,
         }
+        settle_s, settle_pkts = self.settle(path)
+        step["settle"] = {"seconds": settle_s, "packets": settle_pkts}
+        step["quiet"] = self.wait_quiet()
         sink = ctx.procs.spawn(lab.argv(lab.sink, sink_argv, cpu=SENDER_CPU), ctx.env)
         gen: subprocess.Popen[bytes] | None = None
         try:
@@ -157,8 +192,11 @@ class StepRunner:
         cpu = probe.cpu_delta(s0, s1, relay_cpu=1, mine=mine)
         sent = int(g["sent"])
         expected = sent * outputs
-        unique = int(k["unique"])
-        delivered = unique + int(k.get("unnumbered", 0))
+        # only this generator run counts: a relay may still deliver an earlier step's backlog
+        runs = [r for st in k.get("streams", []) for r in st.get("runs", [])]
+        unique = sum(int(r["unique"]) for r in runs if r["run_id"] == g["run_id"])
+        other_runs = sum(int(r["unique"]) for r in runs if r["run_id"] != g["run_id"])
+        delivered = unique
         lost = max(0, expected - unique)
         span_ns = (k["last_arrival_ns"] or 0) - (k["first_arrival_ns"] or 0)
         span = max(float(g["elapsed_s"]), span_ns / 1e9)
@@ -179,6 +217,7 @@ class StepRunner:
                 "reordered": k["reordered"],
                 "corrupted": k["corrupted"],
                 "unnumbered": k["unnumbered"],
+                "other_runs": other_runs,
                 "delivered_pps": round(unique / span, 1) if span > 0 else 0.0,
                 "sink_stop": k.get("stop_reason"),
                 "latency_us": k["latency_us"],
@@ -203,8 +242,15 @@ class StepRunner:
             f"delivered {step['delivered_pps']:>9.0f} pps loss {step['loss_pct']:7.3f}% "
             f"cpu {step['cpu_us_per_pkt'] if step['cpu_us_per_pkt'] is not None else '-':>7} us/pkt "
             f"lat p50/p99 {lat.get('p50')}/{lat.get('p99')} us  foreign {cpu['foreign_proc_s']:.2f}s"
+            + (f"  (drained {settle_pkts} late packets in {settle_s} s first)" if settle_pkts else "")
+            + (f"  (waited {step['quiet']['waited_s']} s for other load)" if step["quiet"]["waited_s"] >= 1 else "")
         )
         return step
+
+
+def _rx_packets(ctx: Context, path: BenchPath) -> int:
+    text = ctx.lab.read(ctx.lab.sink, f"/sys/class/net/{path.sink_interface}/statistics/rx_packets")
+    return int(text.strip() or 0)
 
 
 def ok(step: Step) -> bool:
@@ -233,16 +279,22 @@ def climb(
         raise RuntimeError(f"{path.key}: the warm-up step delivered nothing ({warm.get('error', 'no packets')})")
     bad = 0
     rates = [*ladder, 0] if sender_max else list(ladder)
+    previous = 0.0
+    plateau = False
     for rate in rates:
+        if plateau and rate:
+            continue  # the paced sender is at its plateau: only the unpaced step (rate 0) can offer more
         st = runner.run(path, size=size, rate=rate, seconds=seconds, label="ladder" if rate else "max")
         if not ok(st):
             continue
         steps.append(st)
         bad = bad + 1 if st["delivered"] < COLLAPSE * st["expected"] else 0
         if bad >= 2:
-            break
-        if rate and st["offered_pps"] < 0.9 * rate:
-            break  # the sender is at its maximum: higher targets only repeat this step
+            break  # collapsed twice in a row: higher rates only repeat it
+        offered = st["offered_pps"]
+        if rate and offered < 0.9 * rate and offered < 1.05 * previous:
+            plateau = True
+        previous = max(previous, offered)
     for _ in range(refine):
         good = [s for s in steps if lossless(s)]
         if not good:
@@ -258,13 +310,21 @@ def climb(
         st = runner.run(path, size=size, rate=mid, seconds=seconds, label="refine")
         if ok(st):
             steps.append(st)
-    good = [s for s in steps if lossless(s)]
-    if overload and good and path.outputs == 1:
+    # Overload: offer twice the lossless rate (if the sender can) to show that the relay does not collapse.
+    # If that step turns out lossless, the estimate was low: try twice the new one, once.
+    for _ in range(2 if overload and path.outputs == 1 else 0):
+        good = [s for s in steps if lossless(s)]
+        if not good:
+            break
         best = max(s["offered_pps"] for s in good)
         top = max(s["offered_pps"] for s in steps)
         target = int(round(2 * best, -2))
-        if target <= 1.05 * top:
-            st = runner.run(path, size=size, rate=target, seconds=seconds, label="overload")
-            if ok(st):
-                steps.append(st)
+        if target > 1.05 * top:
+            break  # beyond the sender: the summary reports the highest offered step instead
+        st = runner.run(path, size=size, rate=target, seconds=seconds, label="overload")
+        if not ok(st):
+            break
+        steps.append(st)
+        if not lossless(st):
+            break
     return steps
