@@ -38,12 +38,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from types import FrameType
 from typing import Final
 
 from mcr.linux.mmsg import SendBatch, buffer_address
 from mcr.traffic.pacing import NS_PER_S, Pacer, default_burst
 from mcr.traffic.payload import BODY_PHASES, HEADER_SIZE, MAX_PAYLOAD, MAX_RUN_ID, PayloadRing
+from mcr.traffic.stop import StopFlag
 
 __all__ = [
     "GeneratorConfig",
@@ -235,18 +235,6 @@ def open_socket(config: GeneratorConfig) -> socket.socket:
     return sock
 
 
-class _Stop:
-    """Set by SIGINT/SIGTERM; the loop polls it (the handler does nothing else)."""
-
-    __slots__ = ("signum",)
-
-    def __init__(self) -> None:
-        self.signum = 0
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.signum = signum
-
-
 def _describe(err: int) -> str:
     return f"{errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
 
@@ -307,13 +295,13 @@ def gso_segments(size: int) -> int:
     return min(_GSO_MAX_SEGMENTS, MAX_PAYLOAD // size) if size > 0 else 0
 
 
-def run(config: GeneratorConfig, sock: socket.socket, stop: _Stop | None = None) -> GeneratorSummary:
+def run(config: GeneratorConfig, sock: socket.socket, stop: StopFlag | None = None) -> GeneratorSummary:
     """Send until --count, --duration or a stop signal and return the summary.
 
     Fatal send errors raise OSError. Batches never wrap around the end of the payload ring, so each one is a
     contiguous run of slots (a batch cut at the end continues from slot 0 on the next call).
     """
-    stop = stop or _Stop()
+    stop = stop or StopFlag()
     clock = time.monotonic_ns
     slots = -(-config.batch // BODY_PHASES) * BODY_PHASES
     ring = PayloadRing(run_id=config.run_id, size=config.size, slots=slots, raw=config.payload)
@@ -430,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"traffic_generator: cannot open the socket: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    stop = _Stop()
+    stop = StopFlag()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = run(config, sock, stop)

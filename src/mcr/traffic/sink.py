@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
 from pathlib import Path
-from types import FrameType
 from typing import Final
 
 from mcr.linux.mmsg import RecvBatch
 from mcr.traffic.pacing import NS_PER_S
+from mcr.traffic.stop import StopFlag
 from mcr.traffic.tally import SinkTally, TallyReport, encode_report
 
 __all__ = [
@@ -197,18 +197,6 @@ def open_stream(spec: StreamSpec, interface: str) -> socket.socket:
     return sock
 
 
-class _Stop:
-    """Set by SIGINT/SIGTERM; the loop polls it (the handler does nothing else)."""
-
-    __slots__ = ("signum",)
-
-    def __init__(self) -> None:
-        self.signum = 0
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.signum = signum
-
-
 def _write_ready_file(path: Path, streams: Sequence[StreamSpec], sockets: Sequence[socket.socket]) -> None:
     doc = {
         "pid": os.getpid(),
@@ -236,9 +224,9 @@ class SinkResult:
     elapsed_s: float
 
 
-def run(config: SinkConfig, sockets: Sequence[socket.socket], stop: _Stop | None = None) -> SinkResult:
+def run(config: SinkConfig, sockets: Sequence[socket.socket], stop: StopFlag | None = None) -> SinkResult:
     """Receive until a stop condition; the sockets must be open (see `open_stream`)."""
-    stop = stop or _Stop()
+    stop = stop or StopFlag()
     clock = time.monotonic_ns
     names = [f"{spec.group}:{sock.getsockname()[1]}" for spec, sock in zip(config.streams, sockets, strict=True)]
     tally = SinkTally(names, expected=config.expect)
@@ -333,7 +321,7 @@ def encode_result(result: SinkResult) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    stop = _Stop()
+    stop = StopFlag()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     sockets: list[socket.socket] = []
     try:
