@@ -337,7 +337,7 @@ def test_raw_frame_header_is_what_the_udp_socket_would_send() -> None:
     (ver_ihl, total, flags, ttl, proto, src, dst, _sport, dport, udp_len) = struct.unpack(
         "!BxHxxHBBxx4s4sHHHxx", header[14:]
     )
-    assert bytes(header[:14]) == bytes.fromhex("01005e010203" "020000000042" "0800")
+    assert bytes(header[:14]) == bytes.fromhex("01005e0102030200000000420800")
     assert (ver_ihl, total, flags, ttl, proto, dport, udp_len) == (0x45, 128, 0x4000, 7, 17, 5001, 108)
     assert (IPv4Address(src), IPv4Address(dst)) == (IPv4Address("10.0.0.1"), IPv4Address("239.1.2.3"))
     assert ipv4_checksum(bytes(header[14:34])) == 0
