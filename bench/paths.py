@@ -100,6 +100,7 @@ class Context:
     workdir: Path
     env: dict[str, str]
     python: str = sys.executable
+    raw_sender: bool = True  # the generator's --raw: prebuilt frames on an AF_PACKET socket
 
     def mcr(self, *args: str) -> list[str]:
         return [self.python, "-m", "mcr", *args]
@@ -111,6 +112,7 @@ class BenchPath:
     notes = ""
     max_outputs = 1
     sender_ip = SRC_IP
+    sender_interface = "src0"
     sink_interface = "snk0"
     sink_group = OUT_GROUP
     sink_port = OUT_PORT
@@ -148,6 +150,7 @@ class Ceiling(BenchPath):
     label = "rig ceiling (sender -> sink, no relay)"
     notes = "the same sender and sink over a direct veth pair src1 -> snk1; measures what the rig itself can do"
     sender_ip = DIRECT_SRC_IP
+    sender_interface = "src1"
     sink_interface = "snk1"
     sink_group = IN_GROUP
     sink_port = IN_PORT
