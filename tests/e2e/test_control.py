@@ -63,7 +63,7 @@ def test_original_framing_and_shapes(relay: Relay) -> None:
             b'{"AddRule": {"input_interface": "rin", "input_group": "239.1.1.1", "input_port": "5000", "outputs": []}}',
             "field 'input_port' in AddRule must be an integer, got string",
         ),
-        (b" " * (1 << 20) + b'"Ping"', "exceeds the limit of 1048576 bytes"),
+        (b" " * (1 << 20) + b'"Ping"', "request exceeds the size limit (max_request_bytes = 1048576)"),
     ],
     ids=["json", "utf8", "unknown", "type", "port-type", "oversize"],
 )
