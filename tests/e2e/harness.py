@@ -58,19 +58,21 @@ try:
 except OSError as e:
     print("connect:", e.strerror)
     sys.exit(3)
-try:
-    s.sendall(sys.argv[2].encode())
-    s.shutdown(socket.SHUT_WR)
-except BrokenPipeError:
-    pass
+if sys.argv[2]:  # else a silent client: it only waits for an answer
+    try:
+        s.sendall(sys.argv[2].encode())
+        s.shutdown(socket.SHUT_WR)
+    except BrokenPipeError:
+        pass
+s.settimeout(60)
 print(s.recv(65536).decode())
 """
 
 
 def exchange_as(uid: int, gid: int, groups: Sequence[int], path: str, payload: bytes = b'"ListRules"') -> str:
     """One request sent by a stdlib-only client running as `uid`/`gid` with supplementary `groups`,
-    with no capabilities (the test's own package need not be readable by that user). Returns what
-    it printed: the response, or `connect: <reason>`."""
+    with no capabilities (the test's own package need not be readable by that user); an empty
+    payload sends nothing. Returns what it printed: the response, or `connect: <reason>`."""
     argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}"]
     argv += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
     argv += ["--inh-caps=-all", "--bounding-set=-all", PY, "-I", "-c", _RAW_CLIENT, path, payload.decode()]

@@ -159,6 +159,26 @@ def test_other_users_are_refused_even_on_an_open_socket(shared_relay: Relay) -> 
     assert "refused control client pid" in relay.log()
 
 
+def test_silent_strangers_take_no_slot(lab: Lab, public_workdir: Path) -> None:
+    """A stranger is answered as soon as it connects: with one slot and 30 s per connection, a
+    silent stranger would otherwise hold the only slot for 30 s and then get 'timed out'."""
+    relay = Relay(
+        lab,
+        public_workdir,
+        extra=[
+            "--engine", "userspace", "--read-only-group", str(READER),
+            "--max-connections", "1", "--max-connection-seconds", "30",
+        ],
+    ).start()  # fmt: skip
+    try:
+        for _ in range(3):
+            reply = json.loads(exchange_as(STRANGER, STRANGER, (), relay.socket_path, b""))
+            assert reply["Error"].startswith(f"permission denied: uid {STRANGER} is not root")
+        assert json.loads(raw_exchange(relay.socket_path, b'"Ping"'))["Success"].startswith("pong")
+    finally:
+        relay.stop()
+
+
 LIMITS = [
     "--max-rules",
     "2",

@@ -111,3 +111,16 @@ def test_directory_problem(chain: list[DirEntry], problem: str | None) -> None:
         assert found is None
     else:
         assert found is not None and problem in found
+
+
+def test_peer_credentials_carry_every_group() -> None:
+    import os
+    import socket
+
+    from mcr.supervisor.control import peer_credentials
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        pid, uid, gids = peer_credentials(a)
+    assert (pid, uid) == (os.getpid(), os.geteuid())
+    assert {os.getegid(), *os.getgroups()} <= gids

@@ -162,19 +162,24 @@ class ControlServer:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.active += 1
+        pid, uid, gids = peer_credentials(writer.get_extra_info("socket"))
+        # A peer with no access is answered at once, before it sends anything: it holds no
+        # connection slot and no time (the client reads an answer that arrives before its request).
+        stranger = self.policy.refusal(uid, gids, None)
+        if stranger is None:
+            self.active += 1
         try:
-            response = await self._respond(reader, writer)
+            response = _refused(pid, stranger) if stranger is not None else await self._respond(reader, pid, uid, gids)
             writer.write(encode_response(response))
             await asyncio.wait_for(writer.drain(), self.limits.max_connection_seconds)
         except (TimeoutError, ConnectionError, OSError) as e:
             log.debug("control client dropped: %s", e)
         finally:
-            self.active -= 1
+            if stranger is None:
+                self.active -= 1
             writer.close()
 
-    async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response:
-        pid, uid, gids = peer_credentials(writer.get_extra_info("socket"))
+    async def _respond(self, reader: asyncio.StreamReader, pid: int, uid: int, gids: frozenset[int]) -> Response:
         limits = self.limits
         if self.active > limits.max_connections:
             log.warning("refused a control connection from pid %d: %d are being served", pid, self.active - 1)
@@ -185,11 +190,6 @@ class ControlServer:
             return Error(f"timed out waiting for a complete request {limits.named('max_connection_seconds')}")
         except ProtocolError as e:
             return Error(str(e))
-        # The request is read before an unauthorized peer is refused, so that closing the
-        # connection never discards unread data (which would reset it and lose the answer).
-        refusal = self.policy.refusal(uid, gids, None)
-        if refusal is not None:
-            return _refused(pid, refusal)
         try:
             request = decode_request(data, limits.max_request_bytes)
         except ProtocolError as e:
