@@ -128,8 +128,9 @@ class Relay:
         port: int = 5001,
         iface: str = "rin",
         extra: Sequence[str] = (),
-    ) -> None:
-        self.ctl(
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        return self.ctl(
             "add",
             "--rule-id",
             rule_id,
@@ -142,6 +143,7 @@ class Relay:
             "--outputs",
             outputs,
             *extra,
+            check=check,
         )
 
     def rules(self) -> list[dict[str, Any]]:

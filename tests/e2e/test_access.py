@@ -179,6 +179,8 @@ def test_silent_strangers_take_no_slot(lab: Lab, public_workdir: Path) -> None:
         relay.stop()
 
 
+CONFIG_RULE = '[[rule]]\nid = "{id}"\ninput_interface = "rin"\ninput_group = "239.1.1.1"\ninput_port = {port}\n'
+
 LIMITS = [
     "--max-rules",
     "2",
@@ -211,16 +213,10 @@ def test_each_limit_names_itself(lab: Lab, workdir: Path) -> None:
                 "Rule rejected: 4 outputs in all would exceed the total output limit (max_total_outputs = 3)",
             ),
         ]:
-            refused = relay.ctl(
-                "add", "--rule-id", rule_id, "--input-interface", "rin", "--input-group", "239.1.1.1",
-                "--input-port", str(port), "--outputs", outputs, check=False,
-            )  # fmt: skip
+            refused = relay.add(rule_id, outputs, port=port, check=False)
             assert refused.returncode == 1 and message in refused.stderr, refused.stderr
         relay.add("r2", "239.2.2.2:6002:rout", port=5002)
-        refused = relay.ctl(
-            "add", "--rule-id", "r3", "--input-interface", "rin", "--input-group", "239.1.1.1", "--input-port",
-            "5003", "--outputs", "239.2.2.2:6003:rout", check=False,
-        )  # fmt: skip
+        refused = relay.add("r3", "239.2.2.2:6003:rout", port=5003, check=False)
         assert refused.returncode == 1 and "Rule rejected: rule limit reached (max_rules = 2)" in refused.stderr
         assert [r["rule_id"] for r in relay.rules()] == ["r1", "r2"]
         big = json.loads(raw_exchange(relay.socket_path, b" " * 601 + b'"Ping"'))
@@ -275,10 +271,7 @@ def test_state_over_a_lowered_limit_is_kept_and_new_rules_refused(lab: Lab, work
     try:
         assert [r["rule_id"] for r in relay.rules()] == ["r0", "r1", "r2"]
         assert "the restored rules are over the limits: 3 rules (max_rules = 2); all are kept" in relay.log()
-        refused = relay.ctl(
-            "add", "--rule-id", "r9", "--input-interface", "rin", "--input-group", "239.1.1.1", "--input-port",
-            "5009", "--outputs", "239.2.2.2:6009:rout", check=False,
-        )  # fmt: skip
+        refused = relay.add("r9", "239.2.2.2:6009:rout", port=5009, check=False)
         assert "Rule rejected: rule limit reached (max_rules = 2)" in refused.stderr
         assert [r["rule_id"] for r in json.loads(state.read_text())["rules"]] == ["r0", "r1", "r2"]
         relay.ctl("remove", "--rule-id", "r0")
@@ -290,13 +283,12 @@ def test_state_over_a_lowered_limit_is_kept_and_new_rules_refused(lab: Lab, work
 
 
 def test_reload_over_a_limit_changes_nothing_and_says_why(lab: Lab, workdir: Path) -> None:
-    rule = '[[rule]]\nid = "{id}"\ninput_interface = "rin"\ninput_group = "239.1.1.1"\ninput_port = {port}\n'
     config = workdir / "mcr.toml"
-    config.write_text(rule.format(id="c1", port=5001))
+    config.write_text(CONFIG_RULE.format(id="c1", port=5001))
     relay = Relay(lab, workdir, extra=["--engine", "userspace", "--config", str(config), "--max-rules", "2"]).start()
     try:
         relay.add("rt", "239.2.2.2:6000:rout", port=5009)
-        config.write_text(rule.format(id="c1", port=5001) + rule.format(id="c2", port=5002))
+        config.write_text(CONFIG_RULE.format(id="c1", port=5001) + CONFIG_RULE.format(id="c2", port=5002))
         assert relay.proc is not None
         relay.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "refused, nothing changed" in relay.log(), 10, what="the reload refusal")
@@ -307,8 +299,7 @@ def test_reload_over_a_limit_changes_nothing_and_says_why(lab: Lab, workdir: Pat
 
 
 def test_config_rules_over_a_limit_set_by_flag_stop_the_start(lab: Lab, workdir: Path) -> None:
-    rule = '[[rule]]\nid = "{id}"\ninput_interface = "rin"\ninput_group = "239.1.1.1"\ninput_port = {port}\n'
     config = workdir / "mcr.toml"
-    config.write_text(rule.format(id="c1", port=5001) + rule.format(id="c2", port=5002))
+    config.write_text(CONFIG_RULE.format(id="c1", port=5001) + CONFIG_RULE.format(id="c2", port=5002))
     stderr = start_refused(lab, workdir / "run" / "control.sock", "--config", str(config), "--max-rules", "1")
     assert f"{config}: rule 'c2': Rule rejected: rule limit reached (max_rules = 1)" in stderr
