@@ -213,3 +213,9 @@ def test_framer_half_close_and_limit() -> None:
     assert framer.eof() == b'"Ping"'
     with pytest.raises(ProtocolError, match=r"exceeds the size limit \(max_request_bytes = 10\)"):
         RequestFramer(limit=10).feed(b"x" * 11)
+
+
+def test_config_response_ignores_limits_it_does_not_know() -> None:
+    raw = b'{"Config": {"path": null, "settings": {}, "limits": {"max_rules": 5, "max_widgets": 3}, "rules": []}}'
+    response = decode_response(raw)
+    assert isinstance(response, ConfigResponse) and response.view.limits == Limits(max_rules=5)

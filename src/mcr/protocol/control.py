@@ -562,7 +562,9 @@ def decode_response(data: bytes) -> Response:
     if name == "Config":
         b = _obj("Config", body)
         try:
-            limits = Limits(**{str(k): int(v) for k, v in _obj("limits", b.get("limits", {})).items()})
+            known = Limits.__dataclass_fields__  # a newer supervisor's other limits are not shown
+            raw_limits = _obj("limits", b.get("limits", {}))
+            limits = Limits(**{str(k): int(v) for k, v in raw_limits.items() if k in known})
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"malformed limits in response: {e}") from None
         settings = tuple((str(k), v) for k, v in _obj("settings", b.get("settings", {})).items())

@@ -134,9 +134,9 @@ class ControlServer:
         old = os.umask(0o777 & ~sock_mode)  # the socket is born with its mode: no chmod on a path
         try:
             sock.bind(str(self.path))
-        except OSError:
+        except OSError as e:
             sock.close()
-            raise
+            raise ConfigError(f"cannot create the control socket {self.path}: {e.strerror}") from None
         finally:
             os.umask(old)
         if self.policy.control_gid is not None:
