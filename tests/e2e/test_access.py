@@ -101,6 +101,14 @@ def test_unsafe_socket_directory_is_refused(lab: Lab, run_dir: Path, owner: int,
     assert list(run_dir.iterdir()) == []
 
 
+def test_dangling_link_as_the_socket_directory_is_refused(lab: Lab, workdir: Path) -> None:
+    link = workdir / "run"
+    link.symlink_to(workdir / "nowhere")
+    stderr = start_refused(lab, link / "control.sock")
+    assert f"cannot create the control socket directory {link}: File exists" in stderr
+    assert not (workdir / "nowhere").exists()
+
+
 @pytest.fixture
 def shared_relay(lab: Lab, public_workdir: Path) -> Iterator[Relay]:
     relay = Relay(

@@ -25,7 +25,7 @@ from mcr.supervisor.access import AccessPolicy, DirEntry, directory_problem
 log = logging.getLogger("mcr.supervisor.control")
 
 _UCRED = struct.Struct("=iII")
-_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; Python names it from 3.x on some builds
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; not every Python build names it
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -77,9 +77,13 @@ def prepare_socket_path(path: Path, policy: AccessPolicy) -> Path:
     parent = Path(os.path.abspath(path)).parent
     if not parent.exists():
         dir_mode, _ = policy.modes
-        parent.mkdir(mode=dir_mode, parents=True)
-        os.chmod(parent, dir_mode)  # mkdir's mode went through the umask
-        os.chown(parent, 0 if os.geteuid() == 0 else -1, policy.control_gid if policy.control_gid is not None else -1)
+        try:
+            parent.mkdir(mode=dir_mode, parents=True)
+            os.chmod(parent, dir_mode)  # mkdir's mode went through the umask
+            gid = policy.control_gid if policy.control_gid is not None else -1
+            os.chown(parent, 0 if os.geteuid() == 0 else -1, gid)
+        except OSError as e:
+            raise ConfigError(f"cannot create the control socket directory {parent}: {e.strerror}") from None
     parent = Path(os.path.realpath(parent))
     path = parent / path.name
     problem = directory_problem(_directory_chain(parent), os.geteuid())
