@@ -82,7 +82,9 @@ def render_error(text: str) -> str:
 def _rule_input(view: RuleView) -> str:
     r = view.rule
     text = f"{r.input_interface} {r.input_group}:{r.input_port}"
-    return text if r.input_source is None else f"{text} from {r.input_source}"
+    if r.input_source is not None:
+        text += f" from {r.input_source}"
+    return text if r.rate_limit is None else f"{text}\nlimit {r.rate_limit.text}"
 
 
 def _rule_state(view: RuleView) -> str:
