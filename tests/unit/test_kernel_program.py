@@ -152,6 +152,7 @@ def test_helpers_called(program: Program) -> None:
     calls = {i.imm for i in program.insns if i.code == Cls.JMP | JmpOp.CALL}
     assert calls == {
         Helper.MAP_LOOKUP_ELEM,
+        Helper.KTIME_GET_NS,
         Helper.SKB_STORE_BYTES,
         Helper.L3_CSUM_REPLACE,
         Helper.L4_CSUM_REPLACE,
