@@ -258,3 +258,53 @@ def test_cli_rate_limit(flags: list[str], expected: dict[str, int]) -> None:
 def test_cli_rate_limit_errors(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*ADD, *flags]) == ExitCode.USAGE
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ where it is kept
+
+
+def test_worker_keeps_a_bucket_across_unrelated_syncs_and_resets_a_changed_one() -> None:
+    import os
+    import socket
+
+    from mcr.worker.loop import DataPlane
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    read_fd, write_fd = os.pipe()
+    try:
+        plane = DataPlane(0, ours, write_fd)
+        group = IPv4Address("239.1.1.1")
+        limited = WorkerRule("a", 2, group, 5000, (), RateLimit(10, RateUnit.PPS, 1))
+        other = WorkerRule("b", 2, group, 5001, ())
+        plane.sync(Sync(1, (limited,)))
+        bucket = plane.slots["a"].bucket
+        assert bucket is not None and bucket.admit(100, NS_PER_S) and not bucket.admit(100, NS_PER_S)
+        plane.sync(Sync(2, (limited, other)))  # another rule added: this bucket stays empty
+        assert plane.slots["a"].bucket is bucket and plane.slots["b"].bucket is None
+        plane.sync(Sync(3, (WorkerRule("a", 2, group, 5000, (), RateLimit(10, RateUnit.PPS, 5)), other)))
+        changed = plane.slots["a"].bucket
+        assert changed is not None and changed is not bucket and changed.admit(100, NS_PER_S)
+        plane.sync(Sync(4, (WorkerRule("a", 2, group, 5000, ()), other)))
+        assert plane.slots["a"].bucket is None
+    finally:
+        for s in (ours, theirs):
+            s.close()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_state_file_and_config_reload_carry_the_limit() -> None:
+    from mcr.model.rules import RuleSource
+    from mcr.supervisor.core import RuleTable
+    from mcr.supervisor.state import decode_state, encode_state
+
+    def rule(bps: int) -> ForwardingRule:
+        limit = RateLimit(bps, RateUnit.BPS, 1500)
+        return ForwardingRule("r", "eth0", IPv4Address("239.1.1.1"), 5000, (), None, RuleSource.CONFIG, limit)
+
+    assert decode_state(encode_state([rule(8000)])) == [rule(8000)]
+    table = RuleTable(Limits())
+    table.replace_config_rules([rule(8000)])
+    assert table.replace_config_rules([rule(8000)]) == ([], [], [])
+    assert table.replace_config_rules([rule(9000)]) == ([], ["r"], [])  # a changed limit is a changed rule
+    assert table.rules["r"].rate_limit == RateLimit(9000, RateUnit.BPS, 1500)
