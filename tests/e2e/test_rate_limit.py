@@ -4,6 +4,7 @@ is untouched; a limit changed or removed at run time (remove, add again) takes e
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,18 @@ def test_limit_changed_and_removed_at_run_time(lab: Lab, workdir: Path, relay: R
     send(lab, count=2000, rate=2500, size=500)
     flow = relay.wait_relayed("lim", 2000)
     assert flow["packets_relayed"] == 2000 and flow["drops"].get("rate_limited", 0) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["kernel"])
+def test_kernel_bucket_is_one_for_every_sender(lab: Lab, workdir: Path, relay: Relay, engine: str) -> None:
+    """Two senders at once (two flows, each sent from its own process, so their frames are usually
+    processed on different CPUs) share the rule's one bucket: together they get the limit, not twice it."""
+    relay.add("lim", "239.2.2.2:6001:rout", extra=["--rate-limit", "400pps", "--burst", "40"])
+    assert relay.rules()[0]["engine"] == "kernel"
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda _: send(lab, count=3000, rate=1500, size=300), range(2)))
+    flow = accounted(relay, "lim", 6000)
+    assert flow["packets_relayed"] + flow["drops"]["rate_limited"] == 6000
+    longest = max(reports, key=lambda r: float(r["elapsed_s"]))
+    assert_about(flow["packets_relayed"], expected_relayed(longest, 400, 40))
