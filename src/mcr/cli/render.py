@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcr.model.rules import Limits
+from mcr.model.rules import ForwardingRule, Limits
 from mcr.model.status import ConfigView, FlowStats, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
     ConfigResponse,
@@ -79,10 +79,11 @@ def render_error(text: str) -> str:
     return f"error: {text}"
 
 
-def _rule_input(view: RuleView) -> str:
-    r = view.rule
+def _rule_input(r: ForwardingRule) -> str:
     text = f"{r.input_interface} {r.input_group}:{r.input_port}"
-    return text if r.input_source is None else f"{text} from {r.input_source}"
+    if r.input_source is not None:
+        text += f" from {r.input_source}"
+    return text if r.rate_limit is None else f"{text}\nlimit {r.rate_limit.text}"
 
 
 def _rule_state(view: RuleView) -> str:
@@ -96,7 +97,7 @@ def render_rules(rules: Sequence[RuleView]) -> RenderableType:
     table = _table("ID", "Input", "Outputs", "Engine", "State")
     for view in sorted(rules, key=lambda v: v.rule.rule_id):
         outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in view.rule.outputs) or "(none)"
-        _add_row(table, view.rule.rule_id, _rule_input(view), outputs, view.engine.value, _rule_state(view))
+        _add_row(table, view.rule.rule_id, _rule_input(view.rule), outputs, view.engine.value, _rule_state(view))
     return table
 
 
@@ -202,7 +203,7 @@ def render_config(view: ConfigView) -> RenderableType:
     rules = _table("ID", "Source", "Input", "Outputs")
     for r in view.rules:
         outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in r.outputs) or "(none)"
-        _add_row(rules, r.rule_id, r.source.value, f"{r.input_interface} {r.input_group}:{r.input_port}", outputs)
+        _add_row(rules, r.rule_id, r.source.value, _rule_input(r), outputs)
     return Group(settings, rules if view.rules else Text("no rules"))
 
 

@@ -13,6 +13,7 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 
 from mcr.model.errors import ValidationError
+from mcr.model.ratelimit import RateLimit, rate_limit_problem
 
 MULTICAST_V4 = IPv4Network("224.0.0.0/4")
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
@@ -57,6 +58,7 @@ class ForwardingRule:
     outputs: tuple[OutputDestination, ...]
     input_source: IPv4Address | None = None
     source: RuleSource = field(default=RuleSource.RUNTIME, compare=False)
+    rate_limit: RateLimit | None = None  # None: unlimited
 
     @property
     def input_key(self) -> tuple[str, IPv4Address, int, IPv4Address | None]:
@@ -163,6 +165,10 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         rule.input_source in MULTICAST_V4 or rule.input_source in (UNSPECIFIED, LIMITED_BROADCAST)
     ):
         raise ValidationError(f"input_source {rule.input_source} must be a unicast address")
+    if rule.rate_limit is not None:
+        problem = rate_limit_problem(rule.rate_limit)
+        if problem:
+            raise ValidationError(problem)
     seen: dict[tuple[IPv4Address, int, str], int] = {}
     for i, out in enumerate(rule.outputs):
         if out.group in (UNSPECIFIED, LIMITED_BROADCAST):

@@ -55,6 +55,7 @@ class DropReason(IntEnum):
     NOT_UDP = 5
     BAD_UDP_LENGTH = 6  # UDP length < 8, or beyond the IP total length
     NO_RULE = 7  # never returned by the parser: the worker found no rule for the key
+    RATE_LIMITED = 8  # never returned by the parser: over the rule's rate limit (counted per rule too)
 
     @property
     def key(self) -> str:

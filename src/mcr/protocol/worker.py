@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, assert_never
 
-from mcr.model.errors import ProtocolError
+from mcr.model.errors import ProtocolError, ValidationError
+from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
 
 MAX_CHANNEL_MESSAGE = 16 << 20
 
@@ -36,6 +37,7 @@ class WorkerRule:
     group: IPv4Address
     port: int
     outputs: tuple[WorkerOutput, ...]
+    rate_limit: RateLimit | None = None
 
 
 # supervisor -> worker
@@ -109,6 +111,7 @@ def _rule_json(r: WorkerRule) -> dict[str, object]:
             }
             for o in r.outputs
         ],
+        "rate_limit": None if r.rate_limit is None else encode_rate_limit(r.rate_limit),
     }
 
 
@@ -164,6 +167,7 @@ def decode_command(data: bytes) -> Command:
                         )
                         for o in r["outputs"]
                     ),
+                    rate_limit=None if r.get("rate_limit") is None else decode_rate_limit(r["rate_limit"]),
                 )
                 for r in body["rules"]
             )
@@ -177,7 +181,7 @@ def decode_command(data: bytes) -> Command:
             return SetLogLevels(global_level=int(body["global"]), overrides=overrides)
         if name == "Shutdown":
             return Shutdown()
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as e:
         raise ProtocolError(f"malformed {name} command: {e!r}") from None
     raise ProtocolError(f"unknown worker command '{name}'")
 

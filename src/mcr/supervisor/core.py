@@ -10,6 +10,7 @@ from ipaddress import IPv4Address
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
+from mcr.model.ratelimit import RateLimit
 from mcr.model.rules import (
     MULTICAST_V4,
     Engine,
@@ -46,6 +47,7 @@ class RuleTable:
             outputs=req.outputs,
             input_source=req.input_source,
             source=source,
+            rate_limit=req.rate_limit,
         )
 
     def add(self, req: AddRule, source: RuleSource = RuleSource.RUNTIME) -> ForwardingRule:
@@ -124,6 +126,7 @@ class KernelRule:
     group: IPv4Address
     port: int
     outputs: tuple[KernelOutput, ...]
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,10 +208,14 @@ def resolve(
                     )
                     for o in outputs
                 )
-                kernel_rules.append(KernelRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, kouts))
+                kernel_rules.append(
+                    KernelRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, kouts, rule.rate_limit)
+                )
         if engine is Engine.USERSPACE:
             worker_rules.append(
-                WorkerRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs))
+                WorkerRule(
+                    rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs), rule.rate_limit
+                )
             )
             captures[link.ifindex] = link.name
         views.append(RuleView(rule, engine, RuleState.ACTIVE, "; ".join(notes)))

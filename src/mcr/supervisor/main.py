@@ -26,6 +26,7 @@ from mcr.model.links import Link
 from mcr.model.rules import Limits, RuleSource
 from mcr.model.status import ConfigView, LogLevels, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
+from mcr.packet.parse import DropReason
 from mcr.protocol.control import (
     AddRule,
     ConfigResponse,
@@ -176,7 +177,7 @@ class Supervisor:
             slot = held[0] if held is not None else min(set(range(kernel.max_rules)) - used)
             used.add(slot)
             outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in kr.outputs]
-            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs)
+            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs, kr.rate_limit)
             self.kernel_slots[rule_id] = (slot, kr)
         needed = {kr.ifindex for kr in wanted.values()}
         for ifindex in kernel.attached - needed:
@@ -195,7 +196,8 @@ class Supervisor:
             for i, o in enumerate(counted.outputs)
             if i < len(kr.outputs)
         )
-        return RuleCounters(counted.packets, counted.bytes, outputs)
+        drops = ((DropReason.RATE_LIMITED.key, counted.rate_limited),) if counted.rate_limited else ()
+        return RuleCounters(counted.packets, counted.bytes, outputs, drops)
 
     def collect_kernel(self) -> None:
         if self.kernel is None:
