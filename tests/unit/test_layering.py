@@ -10,6 +10,7 @@ PURE = (
     "model",
     "protocol",
     "packet",
+    "linux/seccomp.py",
     "supervisor/core.py",
     "traffic/payload.py",
     "traffic/pacing.py",
