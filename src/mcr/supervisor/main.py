@@ -83,6 +83,7 @@ class SupervisorConfig:
     config: Config | None = None
     metrics_addr: str | None = None
     engine: str = "auto"
+    seccomp: bool = True  # the workers' system call filter; --no-seccomp turns it off
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -270,6 +271,10 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.start()
         now = time.monotonic()
+        if self.config.seccomp:
+            log.info("workers contained: empty read-only root, no privileges, seccomp system call allow-list")
+        else:
+            log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
         for handle in self.workers:
             self.start_worker(handle, now)
         if len(self.workers) > 1:
@@ -360,6 +365,7 @@ class Supervisor:
                 self.gid,
                 logging.getLevelName(self.global_level.python_level),
                 self.config.log_json,
+                self.config.seccomp,
             )
         except OSError as e:
             log.error("cannot start worker %d: %s", handle.worker_id, e)
