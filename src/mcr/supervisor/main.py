@@ -86,6 +86,7 @@ class SupervisorConfig:
     metrics_addr: str | None = None
     engine: str = "auto"
     read_only_group: str | None = None
+    seccomp: bool = True  # the workers' system call filter; --no-seccomp turns it off
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -285,6 +286,10 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.start()
         now = time.monotonic()
+        if self.config.seccomp:
+            log.info("workers contained: empty read-only root, no privileges, seccomp system call allow-list")
+        else:
+            log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
         for handle in self.workers:
             self.start_worker(handle, now)
         if len(self.workers) > 1:
@@ -375,6 +380,7 @@ class Supervisor:
                 self.gid,
                 logging.getLevelName(self.global_level.python_level),
                 self.config.log_json,
+                self.config.seccomp,
             )
         except OSError as e:
             log.error("cannot start worker %d: %s", handle.worker_id, e)
