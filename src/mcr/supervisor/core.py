@@ -168,6 +168,9 @@ def resolve(
             if oproblem or olink is None:
                 notes.append(f"output[{i}] {out.interface} {oproblem}")
                 continue
+            if not olink.carrier:
+                # sends still succeed (the kernel drops them at the device), so nothing else would show it
+                notes.append(f"output[{i}] {out.interface} has no carrier")
             outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, olink.ipv4[0], out.ttl))
         memberships.setdefault(link.ifindex, set()).add(rule.input_group)
         engine = Engine.USERSPACE
