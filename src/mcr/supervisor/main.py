@@ -298,6 +298,8 @@ class Supervisor:
                     self.start_worker(handle, now)
             if now - last_rates >= 1.0:
                 last_rates = now
+                if self.memberships.failed:  # e.g. the operator has raised net.ipv4.igmp_max_memberships
+                    self.memberships.reconcile(self.resolution.memberships)
                 self.collect_kernel()
                 self.stats.tick(self.table.rules, now)
                 if self.metrics is not None:
