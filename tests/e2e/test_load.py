@@ -140,11 +140,17 @@ def test_1000_rules_through_the_control_socket(lab: Lab, workdir: Path, relay: R
 
 
 def test_1000_rules_from_a_config_file(lab: Lab, workdir: Path) -> None:
+    """Under a soft descriptor limit (512 here; systemd's default is 1024) below what 1000 outputs need: each
+    output is a socket in every worker, so the relay must raise its soft limit to the hard one."""
     config = workdir / "thousand.toml"
     config.write_text(config_text(1000))
-    relay = Relay(lab, workdir, extra=["--config", str(config)]).start()
+    extra = ["--config", str(config), "--engine", "userspace"]
+    relay = Relay(lab, workdir, wrap=["prlimit", "--nofile=512:"], extra=extra).start()
     try:
         _check_thousand(lab, relay)
+        assert "cannot open socket" not in relay.log()
+        assert "open-file limit raised from 512 to" in relay.log()
+        assert sum(o["send_errors"] for f in relay.json("stats")["Stats"] for o in f["outputs"]) == 0
     finally:
         relay.stop()
 

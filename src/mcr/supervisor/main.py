@@ -19,6 +19,7 @@ from mcr.kernel.bpf import BpfError
 from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
+from mcr.linux.privileges import raise_open_file_limit
 from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
@@ -264,6 +265,9 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        before, after = raise_open_file_limit()
+        if after != before:
+            log.info("open-file limit raised from %d to %d (rule outputs are sockets in every worker)", before, after)
         self.start_kernel()
         await self.watcher.start()
         await self.control.start(self.control_gid)
