@@ -64,6 +64,15 @@ class Lab:
             raise
         return self
 
+    def add_leg(self, suffix: str, relay_if: str, relay_ip: str, peer_if: str, peer_ip: str) -> str:
+        """One more namespace `<prefix><suffix>` joined to the relay by a veth pair (deleted with the lab)."""
+        ns = f"{self.prefix}{suffix}"
+        sh("ip", "netns", "add", ns)
+        self.created.append(ns)
+        self.netns(ns, "ip", "link", "set", "lo", "up")
+        self._pair(self.relay, relay_if, relay_ip, ns, peer_if, peer_ip)
+        return ns
+
     def _pair(self, ns_a: str, if_a: str, ip_a: str, ns_b: str, if_b: str, ip_b: str) -> None:
         sh("ip", "link", "add", f"{self.prefix}a", "type", "veth", "peer", "name", f"{self.prefix}b")
         for tmp, ns, name, ip in (

@@ -14,3 +14,4 @@ class Link:
     mtu: int
     ipv4: tuple[IPv4Address, ...] = ()
     mac: bytes = b""  # empty for links without an Ethernet address (lo, tun)
+    carrier: bool = True  # IFF_LOWER_UP: without it the kernel silently drops what is sent there

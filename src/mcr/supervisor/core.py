@@ -193,6 +193,9 @@ def resolve(
             if oproblem or olink is None:
                 notes.append(f"output[{i}] {out.interface} {oproblem}")
                 continue
+            if not olink.carrier:
+                # sends still succeed (the kernel drops them at the device), so nothing else would show it
+                notes.append(f"output[{i}] {out.interface} has no carrier")
             outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, olink.ipv4[0], out.ttl))
         memberships.setdefault(link.ifindex, set()).add(rule.input_group)
         engine = Engine.USERSPACE
@@ -274,6 +277,7 @@ class StatsBook:
 
     def __init__(self) -> None:
         self.latest: dict[int, StatsReport] = {}  # worker slot -> latest report of the live incarnation
+        self._by_rule: dict[int, dict[str, RuleCounters]] = {}  # the same reports indexed by rule id
         self.retired: dict[str, _Totals] = {}  # rule id -> counters of workers that exited
         self.retired_drops: dict[str, int] = {}
         self._rate_base: dict[str, tuple[float, int, int]] = {}
@@ -292,18 +296,20 @@ class StatsBook:
         backwards or vanished was reset at the source (its interface came back with a new index, it
         moved between engines): what had been counted is kept, so totals never go backwards."""
         prev = self.latest.get(report.worker_id)
+        now = dict(report.rules)
         if prev is not None and prev.pid == report.pid:
-            now = dict(report.rules)
             for rule_id, old in prev.rules:
                 cur = now.get(rule_id)
                 gone = cur is None or cur.packets < old.packets or cur.bytes < old.bytes
                 if gone and rule_id in self.since and self._counts(prev, rule_id):
                     self.retire(rule_id, old)
         self.latest[report.worker_id] = report
+        self._by_rule[report.worker_id] = now
 
     def on_worker_exit(self, worker_id: int, live_rules: Container[str]) -> None:
         """Keep what an exited worker counted for the rules that still exist."""
         report = self.latest.pop(worker_id, None)
+        self._by_rule.pop(worker_id, None)
         if report is None:
             return
         for rule_id, counters in report.rules:
@@ -323,6 +329,7 @@ class StatsBook:
         for worker_id, report in list(self.latest.items()):
             rules = tuple((rid, c) for rid, c in report.rules if rid != rule_id)
             self.latest[worker_id] = replace(report, rules=rules)
+            self._by_rule[worker_id].pop(rule_id, None)
         self._rate_base.pop(rule_id, None)
         self.rates.pop(rule_id, None)
 
@@ -338,12 +345,10 @@ class StatsBook:
                     tuple(retired.drops.items()),
                 )
             )
-        for report in self.latest.values():
-            if not self._counts(report, rule_id):
-                continue
-            for rid, counters in report.rules:
-                if rid == rule_id:
-                    acc.add(counters)
+        for worker_id, report in self.latest.items():
+            counters = self._by_rule[worker_id].get(rule_id)
+            if counters is not None and self._counts(report, rule_id):
+                acc.add(counters)
         return acc
 
     def tick(self, rule_ids: Iterable[str], now: float) -> None:

@@ -19,6 +19,7 @@ from mcr.kernel.bpf import BpfError
 from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
+from mcr.linux.privileges import raise_open_file_limit
 from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
@@ -280,6 +281,9 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        before, after = raise_open_file_limit()
+        if after != before:
+            log.info("open-file limit raised from %d to %d (rule outputs are sockets in every worker)", before, after)
         self.start_kernel()
         await self.watcher.start()
         await self.control.start()
@@ -318,6 +322,8 @@ class Supervisor:
                     self.start_worker(handle, now)
             if now - last_rates >= 1.0:
                 last_rates = now
+                if self.memberships.failed:  # e.g. the operator has raised net.ipv4.igmp_max_memberships
+                    self.memberships.reconcile(self.resolution.memberships)
                 self.collect_kernel()
                 self.stats.tick(self.table.rules, now)
                 if self.metrics is not None:
