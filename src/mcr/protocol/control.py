@@ -26,6 +26,7 @@ from mcr.model.status import (
     VersionInfo,
     WorkerInfo,
 )
+from mcr.protocol.jsondoc import load_json
 
 MAX_REQUEST_BYTES = 1 << 20
 DEFAULT_SOCKET = "/run/mcr/control.sock"
@@ -218,10 +219,7 @@ def decode_request(data: bytes) -> Request:
         raise ProtocolError(f"request is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
     if not text.strip():
         raise ProtocolError("empty request; expected one JSON document")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ProtocolError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    doc = load_json(text, "invalid JSON")
     if isinstance(doc, str):
         try:
             return Query(doc)
@@ -522,10 +520,7 @@ def _decode_worker(o: object) -> WorkerInfo:
 
 
 def decode_response(data: bytes) -> Response:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(f"the supervisor's response is not valid JSON: {e}") from None
+    doc = load_json(data, "the supervisor's response is not valid JSON")
     d = _obj("response", doc)
     if len(d) != 1:
         raise ProtocolError(f"a response must have exactly one key, got {sorted(d)}")
@@ -542,6 +537,14 @@ def decode_response(data: bytes) -> Response:
         if name == "Stats":
             return Stats(tuple(_decode_flow(x) for x in body))
         return Workers(tuple(_decode_worker(x) for x in body))
+    try:
+        return _decode_other(name, body)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ProtocolError(f"malformed {name} response: {e!r}") from None
+
+
+def _decode_other(name: str, body: object) -> Response:
+    """The responses that carry one object; KeyError, TypeError and ValueError mean malformed."""
     if name == "LogLevels":
         b = _obj("LogLevels", body)
         overrides = _obj("facility_overrides", b.get("facility_overrides", {}))
@@ -557,10 +560,7 @@ def decode_response(data: bytes) -> Response:
         )
     if name == "Config":
         b = _obj("Config", body)
-        try:
-            limits = Limits(**{str(k): int(v) for k, v in _obj("limits", b.get("limits", {})).items()})
-        except (TypeError, ValueError) as e:
-            raise ProtocolError(f"malformed limits in response: {e}") from None
+        limits = Limits(**{str(k): int(v) for k, v in _obj("limits", b.get("limits", {})).items()})
         settings = tuple((str(k), v) for k, v in _obj("settings", b.get("settings", {})).items())
         path = b.get("path")
         rules = tuple(decode_rule(r) for r in b.get("rules", []))
