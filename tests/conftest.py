@@ -10,7 +10,7 @@ pytest_plugins = ["tests.e2e.netns"]
 
 settings.register_profile(
     "fuzz",
-    max_examples=20_000,
+    max_examples=5_000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
