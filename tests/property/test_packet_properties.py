@@ -270,29 +270,44 @@ def reference_decision(m: Mutated, raw: bytes) -> tuple[int, int]:
     return 0, group | port
 
 
+MUTABLE = ("version", "ihl", "total", "flags", "offset", "protocol", "ethertype", "vlan", "udp_length", "cut")
+
+
 @st.composite
 def structured_frames(draw: st.DrawFn) -> Mutated:
-    """A valid frame, then zero or more of its fields set wrong."""
+    """A valid frame, then none, one or a few of its fields set wrong (one at a time most often, so that each
+    check is reached with every other field right), values near each boundary likely."""
     options = 4 * draw(st.integers(0, 10))
     payload = draw(st.integers(0, 200))
     good_total = 20 + options + 8 + payload
+    wrong = draw(
+        st.one_of(
+            st.just(frozenset()),
+            st.sampled_from(MUTABLE).map(lambda name: frozenset({name})),
+            st.frozensets(st.sampled_from(MUTABLE), max_size=3),
+        )
+    )
 
-    def maybe(valid: int, wrong: st.SearchStrategy[int]) -> int:
-        return draw(st.one_of(st.just(valid), wrong)) if draw(st.integers(0, 3)) == 0 else valid
+    def field(name: str, valid: int, bad: st.SearchStrategy[int]) -> int:
+        return draw(bad) if name in wrong else valid
 
     return Mutated(
-        version=maybe(4, st.integers(0, 15)),
-        ihl=maybe(5 + options // 4, st.integers(0, 15)),
+        version=field("version", 4, st.integers(0, 15)),
+        ihl=field("ihl", 5 + options // 4, st.integers(0, 15)),
         options=options,
-        total=maybe(good_total, st.one_of(st.integers(0, 0xFFFF), st.integers(good_total - 12, good_total + 12))),
-        flags=maybe(0, st.sampled_from([0x4000, 0x2000, 0x6000])),
-        offset=maybe(0, st.integers(0, 0x1FFF)),
-        protocol=maybe(17, st.integers(0, 255)),
-        ethertype=maybe(0x0800, st.sampled_from([0x86DD, 0x0806, 0x8100, 0x88A8, 0, 0xFFFF])),
-        vlan=draw(st.integers(0, 4095)) if draw(st.integers(0, 7)) == 0 else None,
-        udp_length=maybe(8 + payload, st.one_of(st.integers(0, 0xFFFF), st.integers(0, 8 + payload + 8))),
+        total=field(
+            "total", good_total, st.one_of(st.integers(0, 0xFFFF), st.integers(good_total - 12, good_total + 12))
+        ),
+        flags=field("flags", 0, st.sampled_from([0x4000, 0x2000, 0x6000])),
+        offset=field("offset", 0, st.integers(0, 0x1FFF)),
+        protocol=field("protocol", 17, st.integers(0, 255)),
+        ethertype=field("ethertype", 0x0800, st.sampled_from([0x86DD, 0x0806, 0x8100, 0x88A8, 0, 0xFFFF])),
+        vlan=field("vlan", -1, st.integers(0, 4095)) if "vlan" in wrong else None,
+        udp_length=field(
+            "udp_length", 8 + payload, st.one_of(st.integers(0, 0xFFFF), st.integers(payload, payload + 16))
+        ),
         payload=payload,
-        cut=maybe(0, st.integers(0, good_total + 14)),
+        cut=field("cut", 0, st.integers(0, good_total + 14)),
         pad=draw(st.sampled_from([0, 0, 0, 4, 60])),
     )
 
