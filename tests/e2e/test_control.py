@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mcr.lab import Lab
+from mcr.model.errors import ProtocolError
 from mcr.protocol.control import Error, decode_response
 from tests.control_corpus import load_corpus
 from tests.e2e.harness import Relay, mcr, raw_exchange, wait_for
@@ -83,7 +84,10 @@ def test_the_malformed_request_corpus_is_answered_precisely(relay: Relay) -> Non
     before = raw_exchange(relay.socket_path, b'"ListRules"')
     wrong = []
     for case in load_corpus():
-        answer = decode_response(raw_exchange(relay.socket_path, case.request, timeout=20))
+        try:
+            answer: object = decode_response(raw_exchange(relay.socket_path, case.request, timeout=20))
+        except (OSError, ProtocolError) as e:
+            answer = e
         if not (isinstance(answer, Error) and case.error in answer.text):
             wrong.append((case.name, answer))
     assert not wrong, wrong
