@@ -568,6 +568,7 @@ class Supervisor:
                 self.collect_kernel()
                 return Stats(self.stats.flow_stats(self.table.rules.values()))
             case Query.LIST_WORKERS:
+                self.collect_kernel()  # the kernel engine's drops as fresh as GetStats' counters
                 return Workers(self.workers_info())
             case Query.PING:
                 ready = sum(1 for h in self.workers if h.ready)
