@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP_FLAGS ?= -q --disable-pip-version-check --root-user-action=ignore
 DEB_PACKAGES = iproute2 ethtool tcpdump socat nftables smcroute tmux
 
-.PHONY: deps demo test check bench
+.PHONY: deps demo test check bench fuzz
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -27,3 +27,12 @@ check: deps
 bench: deps
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test,bench]'
 	$(PYTHON) bench/run.py
+
+# The long fuzz: hypothesis with the `fuzz` profile (5,000 examples a property), then each atheris harness for
+# FUZZ_SECONDS. Not part of `make test` or CI.
+FUZZ_SECONDS ?= 180
+fuzz: deps
+	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test,fuzz]'
+	$(PYTHON) -m pytest tests/property --hypothesis-profile=fuzz --timeout=0 -q
+	cd fuzz && $(PYTHON) fuzz_parse.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
+	cd fuzz && $(PYTHON) fuzz_control.py -max_total_time=$(FUZZ_SECONDS) -dict=json.dict -print_final_stats=1

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from mcr.lab import Lab
+from mcr.model.errors import ProtocolError
+from mcr.protocol.control import Error, decode_response
+from tests.control_corpus import load_corpus
 from tests.e2e.harness import Relay, exchange_as, mcr, raw_exchange, wait_for
 
 
@@ -67,6 +70,32 @@ def test_bad_requests_get_precise_errors(relay: Relay, request_bytes: bytes, mes
     reply = json.loads(raw_exchange(relay.socket_path, request_bytes))
     assert message in reply["Error"]
     assert json.loads(raw_exchange(relay.socket_path, b'"Ping"'))["Success"].startswith("pong")
+
+
+@pytest.mark.timeout(120)
+def test_the_malformed_request_corpus_is_answered_precisely(relay: Relay) -> None:
+    """Every request of tests/data/control_corpus.json, each on its own connection: each gets an Error with its
+    precise text, the supervisor keeps serving, and the rule table is what it was."""
+    relay.add("ok", "239.2.2.2:6001:rout")
+
+    def rules() -> list[dict[str, object]]:  # the rules themselves, not how they are being served right now
+        listed = json.loads(raw_exchange(relay.socket_path, b'"ListRules"'))["Rules"]
+        return [{k: v for k, v in r.items() if k not in ("engine", "state", "state_reason")} for r in listed]
+
+    before = rules()
+    assert [r["rule_id"] for r in before] == ["ok"]
+    wrong = []
+    for case in load_corpus():
+        try:
+            answer: object = decode_response(raw_exchange(relay.socket_path, case.request, timeout=20))
+        except (OSError, ProtocolError) as e:
+            answer = e
+        if not (isinstance(answer, Error) and case.error in answer.text):
+            wrong.append((case.name, answer))
+    assert not wrong, wrong
+    assert json.loads(raw_exchange(relay.socket_path, b'"Ping"'))["Success"].startswith("pong")
+    assert rules() == before
+    assert "Traceback" not in relay.log()
 
 
 def test_silent_client_times_out_while_others_are_served(relay: Relay) -> None:

@@ -195,3 +195,130 @@ def test_large_filters_decide_as_the_reference(data: st.DataObject, index: int) 
     for _ in range(10):
         sent = data.draw(sent_to(mapping))
         assert (run_program(program, sent.frame(), sent.pkttype) == ACCEPT) is reference(mapping, sent), sent
+
+
+# ------------------------------------------------------------------------------- structured mutations
+
+
+@dataclass(frozen=True, slots=True)
+class Mutated:
+    """A frame built from chosen header fields, some of them wrong, and how much of it was captured."""
+
+    version: int
+    ihl: int  # the IHL field; the header really has 20 + options bytes
+    options: int  # bytes of IP options
+    total: int  # the IP total length field
+    flags: int  # DF 0x4000, MF 0x2000
+    offset: int  # fragment offset
+    protocol: int
+    ethertype: int
+    vlan: int | None
+    udp_length: int
+    payload: int
+    cut: int  # bytes removed from the end of the frame
+    pad: int  # Ethernet padding after it
+
+    def frame(self) -> bytes:
+        raw = build_udp_frame(
+            src_ip="10.0.0.1",
+            dst_ip="239.1.2.3",
+            dst_port=5001,
+            payload=bytes(range(256))[: self.payload],
+            ip_options=b"\x01" * self.options,
+            version=self.version,
+            ihl=self.ihl,
+            total_length=self.total,
+            dont_fragment=bool(self.flags & 0x4000),
+            more_fragments=bool(self.flags & 0x2000),
+            fragment_offset=self.offset,
+            protocol=self.protocol,
+            ethertype=self.ethertype,
+            vlan=self.vlan,
+            udp_length=self.udp_length,
+        )
+        raw += b"\0" * self.pad
+        return raw[: max(0, len(raw) - self.cut)]
+
+
+def reference_decision(m: Mutated, raw: bytes) -> tuple[int, int]:
+    """(reason, key) from the fields as chosen, in the documented order: the first failing check wins."""
+    caplen = len(raw)
+    group = 0xEF010203 << 16
+    if caplen < 14:
+        return 2, 0
+    if m.vlan is not None or m.ethertype != 0x0800:
+        return 1, 0
+    if caplen < 34:
+        return 2, 0
+    if m.version != 4 or m.ihl < 5 or m.total < m.ihl * 4:
+        return 3, 0
+    if 14 + m.total > caplen:
+        return 2, group
+    if m.flags & 0x2000 or m.offset:
+        return 4, group
+    if m.protocol != 17:
+        return 5, group
+    if m.total - m.ihl * 4 < 8:
+        return 2, group
+    # the UDP header is where the IHL field says, whatever the header really holds
+    port, udp_length = (
+        int.from_bytes(raw[16 + m.ihl * 4 : 18 + m.ihl * 4]),
+        int.from_bytes(raw[18 + m.ihl * 4 : 20 + m.ihl * 4]),
+    )
+    if udp_length < 8 or udp_length > m.total - m.ihl * 4:
+        return 6, group | port
+    return 0, group | port
+
+
+MUTABLE = ("version", "ihl", "total", "flags", "offset", "protocol", "ethertype", "vlan", "udp_length", "cut")
+
+
+@st.composite
+def structured_frames(draw: st.DrawFn) -> Mutated:
+    """A valid frame, then none, one or a few of its fields set wrong (one at a time most often, so that each
+    check is reached with every other field right), values near each boundary likely."""
+    options = 4 * draw(st.integers(0, 10))
+    payload = draw(st.integers(0, 200))
+    good_total = 20 + options + 8 + payload
+    wrong = draw(
+        st.one_of(
+            st.just(frozenset()),
+            st.sampled_from(MUTABLE).map(lambda name: frozenset({name})),
+            st.frozensets(st.sampled_from(MUTABLE), max_size=3),
+        )
+    )
+
+    def field(name: str, valid: int, bad: st.SearchStrategy[int]) -> int:
+        return draw(bad) if name in wrong else valid
+
+    return Mutated(
+        version=field("version", 4, st.integers(0, 15)),
+        ihl=field("ihl", 5 + options // 4, st.integers(0, 15)),
+        options=options,
+        total=field(
+            "total", good_total, st.one_of(st.integers(0, 0xFFFF), st.integers(good_total - 12, good_total + 12))
+        ),
+        flags=field("flags", 0, st.sampled_from([0x4000, 0x2000, 0x6000])),
+        offset=field("offset", 0, st.integers(0, 0x1FFF)),
+        protocol=field("protocol", 17, st.integers(0, 255)),
+        ethertype=field("ethertype", 0x0800, st.sampled_from([0x86DD, 0x0806, 0x8100, 0x88A8, 0, 0xFFFF])),
+        vlan=field("vlan", -1, st.integers(0, 4095)) if "vlan" in wrong else None,
+        udp_length=field(
+            "udp_length", 8 + payload, st.one_of(st.integers(0, 0xFFFF), st.integers(payload, payload + 16))
+        ),
+        payload=payload,
+        cut=field("cut", 0, st.integers(0, good_total + 14)),
+        pad=draw(st.sampled_from([0, 0, 0, 4, 60])),
+    )
+
+
+@given(structured_frames(), st.integers(min_value=0, max_value=8))
+def test_parser_decides_as_the_reference_on_mutated_headers(m: Mutated, prefix: int) -> None:
+    raw = m.frame()
+    buf = b"\xee" * prefix + raw
+    reason, key, offset, length = parse_frame(buf, prefix, len(raw))
+    assert (reason, key) == reference_decision(m, raw), m
+    assert (reason, key, offset, length) == _parse_general(buf, prefix, len(raw)), "fast path disagrees"
+    if reason == 0:
+        start = 14 + m.ihl * 4 + 8
+        assert (offset - prefix, length) == (start, int.from_bytes(raw[start - 4 : start - 2]) - 8)

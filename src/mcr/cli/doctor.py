@@ -441,7 +441,8 @@ def check_workers(workers: Sequence[WorkerInfo]) -> list[Finding]:
             )
     if not findings:
         title = (
-            f"{_count(len(workers), 'worker')} running, no restarts, no kernel drops"
+            f"{_count(sum(w.worker_type == 'DataPlane' for w in workers), 'worker')} running, no restarts, "
+            "no kernel drops"
             if workers
             else "no workers reported"
         )

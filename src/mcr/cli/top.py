@@ -249,7 +249,7 @@ def _header(view: TopView, controls: Controls, live: bool) -> Text:
 
 
 def _footer(view: TopView, interval_s: float) -> Text:
-    workers = view.workers
+    workers = [w for w in view.workers if w.worker_type == "DataPlane"]  # not the kernel engine's entry
     running = sum(1 for w in workers if w.status == "Running")
     restarts = sum(w.restarts for w in workers)
     kernel_drops = sum(w.kernel_drops for w in workers)

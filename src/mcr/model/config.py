@@ -33,6 +33,7 @@ Every error names the file, the rule and the field.
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address
@@ -202,6 +203,12 @@ def parse_config(text: str, path: str) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError:  # tomllib's only other ValueError: an integer literal with too many digits
+        raise ConfigError(
+            f"{path}: not valid TOML: a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     unknown = set(doc) - {"supervisor", "limits", "rule"}
     if unknown:
         raise ConfigError(f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]]")

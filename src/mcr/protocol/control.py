@@ -27,6 +27,7 @@ from mcr.model.status import (
     VersionInfo,
     WorkerInfo,
 )
+from mcr.protocol.jsondoc import load_json
 
 MAX_REQUEST_BYTES = Limits().max_request_bytes  # the default; the supervisor passes its own
 DEFAULT_SOCKET = "/run/mcr/control.sock"
@@ -237,10 +238,7 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
         raise ProtocolError(f"request is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
     if not text.strip():
         raise ProtocolError("empty request; expected one JSON document")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ProtocolError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    doc = load_json(text, "invalid JSON")
     if isinstance(doc, str):
         try:
             return Query(doc)
@@ -545,10 +543,7 @@ def _decode_worker(o: object) -> WorkerInfo:
 
 
 def decode_response(data: bytes) -> Response:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(f"the supervisor's response is not valid JSON: {e}") from None
+    doc = load_json(data, "the supervisor's response is not valid JSON")
     d = _obj("response", doc)
     if len(d) != 1:
         raise ProtocolError(f"a response must have exactly one key, got {sorted(d)}")
@@ -565,6 +560,14 @@ def decode_response(data: bytes) -> Response:
         if name == "Stats":
             return Stats(tuple(_decode_flow(x) for x in body))
         return Workers(tuple(_decode_worker(x) for x in body))
+    try:
+        return _decode_other(name, body)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ProtocolError(f"malformed {name} response: {e!r}") from None
+
+
+def _decode_other(name: str, body: object) -> Response:
+    """The responses that carry one object; KeyError, TypeError and ValueError mean malformed."""
     if name == "LogLevels":
         b = _obj("LogLevels", body)
         overrides = _obj("facility_overrides", b.get("facility_overrides", {}))

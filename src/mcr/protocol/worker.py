@@ -14,6 +14,7 @@ from typing import Any, assert_never
 
 from mcr.model.errors import ProtocolError, ValidationError
 from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
+from mcr.protocol.jsondoc import load_json
 
 MAX_CHANNEL_MESSAGE = 16 << 20
 
@@ -134,10 +135,7 @@ def encode_command(cmd: Command) -> bytes:
 
 
 def _load(data: bytes) -> tuple[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(f"malformed channel message: {e}") from None
+    doc = load_json(data, "malformed channel message")
     if isinstance(doc, str):
         return doc, None
     if isinstance(doc, dict) and len(doc) == 1:
@@ -251,7 +249,7 @@ def encode_stats(report: StatsReport) -> bytes:
 
 def decode_stats(line: bytes) -> StatsReport:
     try:
-        d = json.loads(line)
+        d = load_json(line, "malformed stats report")
         rules = tuple(
             (
                 str(rid),
@@ -274,13 +272,5 @@ def decode_stats(line: bytes) -> StatsReport:
             pipe_errors=int(d["pe"]),
             generation=int(d.get("g", 0)),
         )
-    except (
-        UnicodeDecodeError,
-        json.JSONDecodeError,
-        KeyError,
-        TypeError,
-        ValueError,
-        IndexError,
-        AttributeError,
-    ) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise ProtocolError(f"malformed stats report: {e!r}") from None

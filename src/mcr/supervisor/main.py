@@ -69,6 +69,7 @@ log = logging.getLogger("mcr.supervisor")
 
 SYNC_WAIT_S = 2.0
 KERNEL_REPORT = -1  # the kernel engine's counters are booked like a worker's, under this id
+KERNEL_WORKER_TYPE = "KernelEngine"  # its entry in ListWorkers, which carries its drop counters
 SHUTDOWN_GRACE_S = 3.0
 
 
@@ -210,7 +211,7 @@ class Supervisor:
             for rule_id, (slot, kr) in self.kernel_slots.items()
             if slot in counted.rules
         )
-        drops = tuple((k, v) for k, v in counted.drops.items() if v)
+        drops = tuple(counted.drops.items())  # every reason it counts, zeros too
         self.stats.on_report(StatsReport(KERNEL_REPORT, os.getpid(), rules, drops, 0, 0, 0, self.generation))
 
     # ---------------------------------------------------------------------------- persistence
@@ -333,7 +334,7 @@ class Supervisor:
         return Snapshot(
             flows=self.stats.flow_stats(self.table.rules.values()),
             rules=self.resolution.views,
-            workers=tuple(self.worker_info(h) for h in self.workers if h.proc is not None),
+            workers=self.workers_info(),
         )
 
     async def shutdown(self) -> None:
@@ -594,7 +595,8 @@ class Supervisor:
                 self.collect_kernel()
                 return Stats(self.stats.flow_stats(self.table.rules.values()))
             case Query.LIST_WORKERS:
-                return Workers(tuple(self.worker_info(h) for h in self.workers if h.proc is not None))
+                self.collect_kernel()  # the kernel engine's drops as fresh as GetStats' counters
+                return Workers(self.workers_info())
             case Query.PING:
                 ready = sum(1 for h in self.workers if h.ready)
                 if ready < len(self.workers):
@@ -631,6 +633,22 @@ class Supervisor:
         )
         path = self.config_file.path if self.config_file is not None else None
         return ConfigView(path, settings, c.limits, tuple(self.table.rules.values()))
+
+    def workers_info(self) -> tuple[WorkerInfo, ...]:
+        """The running data-plane workers, then the kernel engine (when loaded) with the frames it dropped."""
+        workers = tuple(self.worker_info(h) for h in self.workers if h.proc is not None)
+        if self.kernel is None:
+            return workers
+        report = self.stats.latest.get(KERNEL_REPORT)
+        engine = WorkerInfo(
+            pid=os.getpid(),
+            worker_type=KERNEL_WORKER_TYPE,
+            core_id=None,
+            worker_id=KERNEL_REPORT,
+            uid=os.geteuid(),
+            drops=dict(report.drops) if report else {},
+        )
+        return (*workers, engine)
 
     def worker_info(self, h: WorkerHandle) -> WorkerInfo:
         report = self.stats.latest.get(h.worker_id)

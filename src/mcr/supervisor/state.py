@@ -12,6 +12,7 @@ from pathlib import Path
 from mcr.model.errors import McrError, ProtocolError
 from mcr.model.rules import ForwardingRule
 from mcr.protocol.control import decode_rule, encode_rule
+from mcr.protocol.jsondoc import load_json
 
 log = logging.getLogger("mcr.supervisor")
 
@@ -31,9 +32,9 @@ def encode_state(rules: Iterable[ForwardingRule]) -> bytes:
 
 def decode_state(data: bytes) -> list[ForwardingRule]:
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StateError(f"not valid JSON: {e}") from None
+        doc = load_json(data, "not valid JSON")
+    except ProtocolError as e:
+        raise StateError(str(e)) from None
     if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION or not isinstance(doc.get("rules"), list):
         raise StateError(f"not an MCR state file of version {STATE_VERSION}")
     try:
