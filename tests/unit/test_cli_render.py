@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from rich.console import Console, RenderableType
@@ -57,7 +57,7 @@ WAITING = RuleView(
         input_group=IPv4Address("239.9.9.9"),
         input_port=9000,
         outputs=(),
-        input_source=IPv4Address("10.0.0.5"),
+        input_source=IPv4Network("10.0.0.5/32"),
     ),
     engine=Engine.KERNEL,
     state=RuleState.WAITING,

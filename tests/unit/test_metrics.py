@@ -42,7 +42,8 @@ def test_exposition() -> None:
     registry.register(_Fixed())
     text = generate_latest(registry).decode()
     expected = [
-        'mcr_rule_packets_total{input_group="239.1.1.1",input_interface="eth0",input_port="5000",rule_id="r1"} 10.0',
+        'mcr_rule_packets_total{input_group="239.1.1.1",input_interface="eth0",input_port="5000",'
+        'input_source="",rule_id="r1"} 10.0',
         'mcr_rule_drops_total{reason="fragment",rule_id="r1"} 2.0',
         'mcr_output_errors_total{group="239.2.2.2",interface="eth1",output="0",port="6000",rule_id="r1"} 1.0',
         'mcr_rules{engine="userspace",state="active"} 1.0',

@@ -75,14 +75,17 @@ def render_success(text: str) -> str:
     return text
 
 
+def _endpoint(group: str, port: int) -> str:
+    """`group:port`, with an IPv6 group in brackets (stats carry groups as text)."""
+    return f"[{group}]:{port}" if ":" in group else f"{group}:{port}"
+
+
 def render_error(text: str) -> str:
     return f"error: {text}"
 
 
 def _rule_input(view: RuleView) -> str:
-    r = view.rule
-    text = f"{r.input_interface} {r.input_group}:{r.input_port}"
-    return text if r.input_source is None else f"{text} from {r.input_source}"
+    return view.rule.input_text
 
 
 def _rule_state(view: RuleView) -> str:
@@ -119,7 +122,8 @@ def render_stats(flows: Sequence[FlowStats]) -> RenderableType:
         _add_row(
             table,
             flow.rule_id or _NONE,
-            f"{source}{flow.input_group}:{flow.input_port}",
+            f"{source}{_endpoint(flow.input_group, flow.input_port)}"
+            + (f" from {flow.input_source}" if flow.input_source else ""),
             str(flow.packets_relayed),
             format_bytes(flow.bytes_relayed),
             format_pps(flow.packets_per_second),
@@ -130,7 +134,7 @@ def render_stats(flows: Sequence[FlowStats]) -> RenderableType:
             _add_row(
                 table,
                 "",
-                f"  -> {out.group}:{out.port}:{out.interface}",
+                f"  -> {_endpoint(out.group, out.port)}:{out.interface}",
                 str(out.packets_sent),
                 format_bytes(out.bytes_sent),
                 "",
@@ -202,7 +206,7 @@ def render_config(view: ConfigView) -> RenderableType:
     rules = _table("ID", "Source", "Input", "Outputs")
     for r in view.rules:
         outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in r.outputs) or "(none)"
-        _add_row(rules, r.rule_id, r.source.value, f"{r.input_interface} {r.input_group}:{r.input_port}", outputs)
+        _add_row(rules, r.rule_id, r.source.value, r.input_text, outputs)
     return Group(settings, rules if view.rules else Text("no rules"))
 
 

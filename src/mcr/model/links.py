@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,3 +14,4 @@ class Link:
     mtu: int
     ipv4: tuple[IPv4Address, ...] = ()
     mac: bytes = b""  # empty for links without an Ethernet address (lo, tun)
+    ipv6: tuple[IPv6Address, ...] = ()  # global and unique-local addresses first, then link-local ones
