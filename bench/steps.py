@@ -118,7 +118,7 @@ class StepRunner:
         gen_argv = ctx.mcr(
             "generate",
             "--group",
-            "239.1.1.1",
+            path.sender_group,
             "--port",
             "5001",
             "--interface",
