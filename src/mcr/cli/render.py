@@ -75,7 +75,7 @@ def render_success(text: str) -> str:
     return text
 
 
-def _endpoint(group: str, port: int) -> str:
+def endpoint(group: str, port: int) -> str:
     """`group:port`, with an IPv6 group in brackets (stats carry groups as text)."""
     return f"[{group}]:{port}" if ":" in group else f"{group}:{port}"
 
@@ -122,7 +122,7 @@ def render_stats(flows: Sequence[FlowStats]) -> RenderableType:
         _add_row(
             table,
             flow.rule_id or _NONE,
-            f"{source}{_endpoint(flow.input_group, flow.input_port)}"
+            f"{source}{endpoint(flow.input_group, flow.input_port)}"
             + (f" from {flow.input_source}" if flow.input_source else ""),
             str(flow.packets_relayed),
             format_bytes(flow.bytes_relayed),
@@ -134,7 +134,7 @@ def render_stats(flows: Sequence[FlowStats]) -> RenderableType:
             _add_row(
                 table,
                 "",
-                f"  -> {_endpoint(out.group, out.port)}:{out.interface}",
+                f"  -> {endpoint(out.group, out.port)}:{out.interface}",
                 str(out.packets_sent),
                 format_bytes(out.bytes_sent),
                 "",
