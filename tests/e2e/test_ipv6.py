@@ -1,4 +1,4 @@
-"""IPv6 and source-specific rules end to end, userspace engine: real generator, relay and sink in namespaces
+"""IPv6 and source-specific rules end to end (userspace engine; IPv4 source rules on both engines): real generator, relay and sink in namespaces
 with unique-local IPv6 addressing (mcr.lab); v6->v6, v4->v6, v6->v4, fan-out, extension headers and
 fragments counted, two sources on one group split into two rules, an unlisted source ignored, memberships."""
 
@@ -164,8 +164,9 @@ def test_two_sources_on_one_group_split_and_an_unlisted_source_is_ignored(
 
 
 def test_ipv4_source_specific_rule_joins_with_igmpv3_and_filters_by_prefix(
-    lab: Lab, workdir: Path, relay: Relay
+    lab: Lab, workdir: Path, relay: Relay, engine: str
 ) -> None:
+    """Both engines: the kernel engine serves an IPv4 rule with a source when it is alone on its flow."""
     # added first: /proc/net/mcfilter lists an interface's sources only when its newest group has some
     relay.add("elsewhere", "239.2.2.2:6002:rout", group="232.1.1.2", port=5002, extra=["--input-source", "10.9.0.0/16"])
     relay.add("ssm", "239.2.2.2:6001:rout", group="232.1.1.1", extra=["--input-source", SRC_IP])
@@ -183,5 +184,6 @@ def test_ipv4_source_specific_rule_joins_with_igmpv3_and_filters_by_prefix(
     assert_intact(sink.result(), 800)
     assert relay.wait_relayed("ssm", 800)["packets_relayed"] == 800
     assert relay.flow("elsewhere")["packets_relayed"] == 0
-    (view,) = [r for r in relay.rules() if r["rule_id"] == "elsewhere"]
-    assert view["input_source"] == "10.9.0.0/16"
+    views = {r["rule_id"]: r for r in relay.rules()}
+    assert views["elsewhere"]["input_source"] == "10.9.0.0/16"
+    assert {r["engine"] for r in views.values()} == {engine}, views

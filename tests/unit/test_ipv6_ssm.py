@@ -329,10 +329,24 @@ def test_resolve_mixes_families_and_keeps_ipv6_in_userspace() -> None:
         (OUT4.group, IPv4Address("10.0.1.1"), 3),
     ]
     views = {v.rule.rule_id: v for v in res.views}
-    assert views["v6"].state_reason == "userspace: source-specific rules are served in userspace"
+    assert views["v6"].state_reason == "userspace: IPv6 rules are served in userspace"
     assert views["no6"].state_reason == "output[0] eth2 has no IPv6 address"
     assert dict(res.memberships) == {2: frozenset({(G6, SRC6), (IPv4Address("239.1.1.1"), None)})}
     table.remove("v6")
     table.add(AddRule("v6", "eth0", G6, 5000, (OUT6,)))
     res = resolve(table.rules.values(), LINKS, kernel_max_outputs=16)
     assert {v.rule.rule_id: v.state_reason for v in res.views}["v6"] == "userspace: IPv6 rules are served in userspace"
+
+
+def test_kernel_serves_an_ipv4_source_rule_alone_on_its_flow() -> None:
+    table = RuleTable(Limits())
+    g4 = IPv4Address("232.1.1.1")
+    table.add(AddRule("a", "eth0", g4, 5000, (OUT4,), IPv4Network("10.0.0.0/24")))
+    res = resolve(table.rules.values(), LINKS, kernel_max_outputs=16)
+    (kr,) = res.kernel_rules
+    assert (kr.rule_id, kr.source) == ("a", IPv4Network("10.0.0.0/24"))
+    table.add(AddRule("b", "eth0", g4, 5000, (OUT4,), IPv4Network("10.0.1.0/24")))
+    res = resolve(table.rules.values(), LINKS, kernel_max_outputs=16)
+    assert res.kernel_rules == ()
+    reasons = {v.rule.rule_id: v.state_reason for v in res.views}
+    assert reasons == {r: "userspace: several sources on one group and port are served in userspace" for r in "ab"}

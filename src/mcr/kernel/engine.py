@@ -16,7 +16,7 @@ import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from types import TracebackType
 
 from mcr.kernel import bpf
@@ -125,8 +125,17 @@ class KernelRelay:
 
     # ---- rules
 
-    def set_rule(self, slot: int, ifindex: int, group: IPv4Address, port: int, outputs: Sequence[OutputEntry]) -> None:
-        """Install or replace the rule in `slot`: frames to (ifindex, group, port) go to `outputs`.
+    def set_rule(
+        self,
+        slot: int,
+        ifindex: int,
+        group: IPv4Address,
+        port: int,
+        outputs: Sequence[OutputEntry],
+        source: IPv4Network | None = None,
+    ) -> None:
+        """Install or replace the rule in `slot`: frames to (ifindex, group, port) (from `source`, a host or
+        prefix, when given) go to `outputs`.
 
         A slot that was free starts with zero counters; replacing a rule in place keeps them.
         """
@@ -152,7 +161,7 @@ class KernelRelay:
         for i, out in enumerate(outputs):
             bpf.update_elem(self.map_fd(MapName.OUTPUTS), _index(base + i), pack_output(out))
         bpf.update_elem(
-            self.map_fd(MapName.RULES), pack_rule_key(ifindex, group, port), pack_rule_value(slot, len(outputs))
+            self.map_fd(MapName.RULES), pack_rule_key(ifindex, group, port), pack_rule_value(slot, len(outputs), source)
         )
         if old is None:
             self._ref_group(ifindex, group, +1)
@@ -200,7 +209,7 @@ class KernelRelay:
         drops = {
             r.key: self._sum(MapName.DROPS, int(r), DROP_STATS)[0]
             for r in DropReason
-            if r not in (DropReason.OK, DropReason.NOT_IPV4)
+            if r not in (DropReason.OK, DropReason.NOT_IPV4, DropReason.EXT_HEADER)  # never counted in the kernel
         }
         return KernelCounters(rules, drops)
 

@@ -4,9 +4,10 @@ and statistics aggregation. No sockets, no processes, no clock of its own: time 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
@@ -104,6 +105,7 @@ class KernelRule:
     group: IPv4Address
     port: int
     outputs: tuple[KernelOutput, ...]
+    source: IPv4Network | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +155,21 @@ def output_address(link: Link, group: IPAddress) -> IPAddress | None:
 
 
 def kernel_problem(
-    rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link], max_outputs: int
+    rule: ForwardingRule,
+    link: Link,
+    outputs: list[WorkerOutput],
+    links: Mapping[str, Link],
+    max_outputs: int,
+    shared_flow: bool = False,
 ) -> str:
-    """Why the kernel engine cannot serve this rule (empty when it can)."""
+    """Why the kernel engine cannot serve this rule (empty when it can). `shared_flow`: other rules (with
+    other sources) take the same input interface, group and port."""
     if not link.mac:
         return f"input {link.name} is not an Ethernet interface"
-    if rule.input_source is not None:
-        return "source-specific rules are served in userspace"
     if rule.input_group.version == 6 or any(out.group.version == 6 for out in outputs):
         return "IPv6 rules are served in userspace"
+    if shared_flow:
+        return "several sources on one group and port are served in userspace"
     if len(outputs) > max_outputs:
         return f"more than {max_outputs} outputs"
     for out in outputs:
@@ -182,7 +190,9 @@ def _kernel_rule(
         mac = links[rule.outputs[o.index].interface].mac
         kouts.append(KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, mac, o.ttl))
     assert isinstance(rule.input_group, IPv4Address)
-    return KernelRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(kouts))
+    source = rule.input_source
+    assert source is None or isinstance(source, IPv4Network)
+    return KernelRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(kouts), source)
 
 
 def _usable(link: Link | None) -> str:
@@ -203,6 +213,8 @@ def resolve(
     kernel_rules: list[KernelRule] = []
     captures: dict[int, str] = {}
     on_input: dict[int, list[ForwardingRule]] = {}
+    rules = list(rules)
+    flows = Counter(rule.input_key[:3] for rule in rules)
     for rule in rules:
         link = links.get(rule.input_interface)
         problem = _usable(link)
@@ -225,7 +237,7 @@ def resolve(
         on_input.setdefault(link.ifindex, []).append(rule)
         engine = Engine.USERSPACE
         if kernel_max_outputs is not None:
-            why = kernel_problem(rule, link, outputs, links, kernel_max_outputs)
+            why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, flows[rule.input_key[:3]] > 1)
             if why:
                 notes.append(f"userspace: {why}")
             else:

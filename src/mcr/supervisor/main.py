@@ -173,7 +173,7 @@ class Supervisor:
             slot = held[0] if held is not None else min(set(range(kernel.max_rules)) - used)
             used.add(slot)
             outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in kr.outputs]
-            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs)
+            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs, kr.source)
             self.kernel_slots[rule_id] = (slot, kr)
         needed = {kr.ifindex for kr in wanted.values()}
         for ifindex in kernel.attached - needed:
