@@ -1,6 +1,7 @@
-"""IPv6 and source-specific rules end to end (userspace engine; IPv4 source rules on both engines): real generator, relay and sink in namespaces
-with unique-local IPv6 addressing (mcr.lab); v6->v6, v4->v6, v6->v4, fan-out, extension headers and
-fragments counted, two sources on one group split into two rules, an unlisted source ignored, memberships."""
+"""IPv6 and source-specific rules end to end (userspace engine; IPv4 source rules on both engines): real
+generator, relay and sink in namespaces with unique-local IPv6 addressing (mcr.lab); v6->v6, v4->v6, v6->v4,
+fan-out, extension headers and fragments counted, two sources on one group split into two rules, an unlisted
+source ignored, memberships."""
 
 from __future__ import annotations
 
