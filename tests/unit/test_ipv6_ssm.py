@@ -4,6 +4,7 @@ capture filter, worker table, memberships and resolution."""
 import hashlib
 import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,7 @@ from mcr.protocol.control import AddRule, decode_request, decode_rule, encode_re
 from mcr.protocol.worker import Sync, WorkerOutput, WorkerRule, decode_command, encode_command
 from mcr.supervisor.core import RuleTable, resolve, wanted_memberships
 from mcr.supervisor.memberships import MCAST_JOIN_SOURCE_GROUP, membership_option
+from mcr.supervisor.state import decode_state, encode_state, load_state, save_state
 from mcr.worker.table import RuleSlot, filter_groups, filter_groups6, flow_key, index_rules, index_sources, rule_key
 
 G6 = IPv6Address("ff3e::1:5")
@@ -350,3 +352,11 @@ def test_kernel_serves_an_ipv4_source_rule_alone_on_its_flow() -> None:
     assert res.kernel_rules == ()
     reasons = {v.rule.rule_id: v.state_reason for v in res.views}
     assert reasons == {r: "userspace: several sources on one group and port are served in userspace" for r in "ab"}
+
+
+def test_state_file_keeps_ipv6_rules_and_sources(tmp_path: Path) -> None:
+    rules = [rule(source="fd00:200:1::/48"), rule(group="232.1.1.1", source="10.0.0.7", rule_id="r2")]
+    assert decode_state(encode_state(rules)) == rules
+    path = tmp_path / "state.json"
+    save_state(path, rules)
+    assert load_state(path) == rules
