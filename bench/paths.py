@@ -101,6 +101,7 @@ class Context:
     workdir: Path
     env: dict[str, str]
     python: str = sys.executable
+    raw_sender: bool = True  # the generator's --raw: prebuilt frames on an AF_PACKET socket
 
     def mcr(self, *args: str) -> list[str]:
         return [self.python, "-m", "mcr", *args]
@@ -113,6 +114,8 @@ class BenchPath:
     max_outputs = 1
     sender_ip = SRC_IP
     sender_group = IN_GROUP
+    sender_interface = "src0"
+    udp_sender_only = False  # the raw sender builds IPv4 frames: IPv6 paths send through a UDP socket
     sink_interface = "snk0"
     sink_group = OUT_GROUP
     sink_port = OUT_PORT
@@ -150,6 +153,7 @@ class Ceiling(BenchPath):
     label = "rig ceiling (sender -> sink, no relay)"
     notes = "the same sender and sink over a direct veth pair src1 -> snk1; measures what the rig itself can do"
     sender_ip = DIRECT_SRC_IP
+    sender_interface = "src1"
     sink_interface = "snk1"
     sink_group = IN_GROUP
     sink_port = IN_PORT
@@ -162,6 +166,7 @@ class Ceiling6(Ceiling):
     sender_ip = DIRECT_SRC_IP6
     sender_group = IN_GROUP6
     sink_group = IN_GROUP6
+    udp_sender_only = True
 
 
 class Mcr(BenchPath):
@@ -192,6 +197,7 @@ class Mcr(BenchPath):
             self.label += ", IPv6 in and out"
             self.notes += f"; IPv6 groups {IN_GROUP6} -> {OUT_GROUP6} (extension-header walk, general parser)"
             self.sender_ip, self.sender_group, self.sink_group = SRC_IP6, IN_GROUP6, OUT_GROUP6
+            self.udp_sender_only = True
         self.sock = str(ctx.workdir / f"{self.key}.sock")
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -19,6 +19,12 @@ DOCS_BEGIN = "<!-- bench:results:begin -->"
 DOCS_END = "<!-- bench:results:end -->"
 
 
+_SENDERS = {
+    "raw": "prebuilt frames on an AF_PACKET socket, UDP checksum 0",
+    "udp": "sendmmsg on a UDP socket",
+}
+
+
 def _lossless(s: Step) -> bool:
     if "error" in s or not s.get("delivered") or s.get("loss_pct") is None:
         return False
@@ -172,7 +178,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
         f"took {results['duration_s'] / 60:.1f} min; load average at start {' '.join(m['loadavg_start'])}"
         f"{'; **incomplete: ' + results['incomplete'] + '**' if results.get('incomplete') else ''}.",
         "",
-        "Sender and sink on CPU 0, relay on CPU 1; *lossless* = highest offered rate with < 0.1 % loss; "
+        f"Sender ({_SENDERS[opts.get('sender', 'udp')]}) and sink on CPU 0, relay on CPU 1; "
+        "*lossless* = highest offered rate with < 0.1 % loss; "
         "CPU figures are taken at that step (µs per delivered packet: relay process + CPU 1 softirq; "
         "CPU 1 busy = everything CPU 1 did); latency is arrival − send time from the payload stamps, "
         f"p50 / p99 in µs, at {opts['latency_rate']:,} pps offered (in brackets: p50 added over the rig ceiling's) "

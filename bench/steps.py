@@ -132,6 +132,8 @@ class StepRunner:
             "--quiet",
             "--json",
         )
+        if ctx.raw_sender and not path.udp_sender_only:
+            gen_argv += ["--raw", path.sender_interface]
         if count:
             gen_argv += ["--count", str(count), "--duration", str(round(gen_bound, 1))]
         else:

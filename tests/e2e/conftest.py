@@ -4,6 +4,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def jumbo_lab(root_with_netns: None) -> Iterator[Lab]:
 def workdir(tmp_path: Path) -> Path:
     tmp_path.chmod(0o755)
     return tmp_path
+
+
+@pytest.fixture
+def public_workdir() -> Iterator[Path]:
+    """A work directory every user can traverse (pytest's own tmp root is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="mcr-e2e-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(params=["userspace", "kernel"])

@@ -50,6 +50,37 @@ def raw_exchange(path: str, payload: bytes, half_close: bool = True, timeout: fl
     return b"".join(chunks)
 
 
+_RAW_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print("connect:", e.strerror)
+    sys.exit(3)
+if sys.argv[2]:  # else a silent client: it only waits for an answer
+    try:
+        s.sendall(sys.argv[2].encode())
+        s.shutdown(socket.SHUT_WR)
+    except BrokenPipeError:
+        pass
+s.settimeout(60)
+print(s.recv(65536).decode())
+"""
+
+
+def exchange_as(uid: int, gid: int, groups: Sequence[int], path: str, payload: bytes = b'"ListRules"') -> str:
+    """One request sent by a stdlib-only client running as `uid`/`gid` with supplementary `groups`,
+    with no capabilities (the test's own package need not be readable by that user); an empty
+    payload sends nothing. Returns what it printed: the response, or `connect: <reason>`."""
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}"]
+    argv += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+    argv += ["--inh-caps=-all", "--bounding-set=-all", PY, "-I", "-c", _RAW_CLIENT, path, payload.decode()]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
+    assert not result.stderr, result.stderr
+    return result.stdout
+
+
 @dataclass
 class Relay:
     """A supervisor running in the lab's relay namespace, driven through control_client."""
@@ -97,8 +128,9 @@ class Relay:
         port: int = 5001,
         iface: str = "rin",
         extra: Sequence[str] = (),
-    ) -> None:
-        self.ctl(
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        return self.ctl(
             "add",
             "--rule-id",
             rule_id,
@@ -111,6 +143,7 @@ class Relay:
             "--outputs",
             outputs,
             *extra,
+            check=check,
         )
 
     def rules(self) -> list[dict[str, Any]]:

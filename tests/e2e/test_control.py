@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mcr.lab import Lab
-from tests.e2e.harness import Relay, mcr, raw_exchange, wait_for
+from tests.e2e.harness import Relay, exchange_as, mcr, raw_exchange, wait_for
 
 
 def test_original_framing_and_shapes(relay: Relay) -> None:
@@ -63,7 +59,7 @@ def test_original_framing_and_shapes(relay: Relay) -> None:
             b'{"AddRule": {"input_interface": "rin", "input_group": "239.1.1.1", "input_port": "5000", "outputs": []}}',
             "field 'input_port' in AddRule must be an integer, got string",
         ),
-        (b" " * (1 << 20) + b'"Ping"', "exceeds the limit of 1048576 bytes"),
+        (b" " * (1 << 20) + b'"Ping"', "request exceeds the size limit (max_request_bytes = 1048576)"),
     ],
     ids=["json", "utf8", "unknown", "type", "port-type", "oversize"],
 )
@@ -102,41 +98,6 @@ def test_many_concurrent_clients(relay: Relay) -> None:
     assert len(results) == 20 and all(b"Workers" in r for r in results)
 
 
-_CLIENT = """
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-try:
-    s.connect(sys.argv[1])
-except OSError as e:
-    print("connect:", e.strerror)
-    sys.exit(3)
-try:
-    s.sendall(b'"ListRules"')
-    s.shutdown(socket.SHUT_WR)
-except BrokenPipeError:
-    pass
-print(s.recv(65536).decode())
-"""
-
-
-def _as_nobody(socket_path: str) -> str:
-    """A stdlib-only client run as nobody (the test's own package is not readable by that user)."""
-    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
-    argv += [sys.executable, "-I", "-c", _CLIENT, socket_path]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
-    assert not result.stderr, result.stderr
-    return result.stdout
-
-
-@pytest.fixture
-def public_workdir() -> Iterator[Path]:
-    """A work directory every user can traverse (pytest's own tmp root is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="mcr-e2e-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def test_unauthorized_user_is_refused(lab: Lab, public_workdir: Path) -> None:
     relay = Relay(lab, public_workdir).start()
     try:
@@ -150,11 +111,11 @@ def _check_refusal(relay: Relay) -> None:
     assert oct(run_dir.stat().st_mode & 0o777) == "0o750"
     assert oct(Path(relay.socket_path).stat().st_mode & 0o777) == "0o660"
     # default permissions: the file system refuses
-    assert _as_nobody(relay.socket_path).strip() == "connect: Permission denied"
+    assert exchange_as(65534, 65534, (), relay.socket_path).strip() == "connect: Permission denied"
     # with the file system opened up, the supervisor's SO_PEERCRED check still refuses
     run_dir.chmod(0o755)
     Path(relay.socket_path).chmod(0o666)
-    reply = json.loads(_as_nobody(relay.socket_path))
+    reply = json.loads(exchange_as(65534, 65534, (), relay.socket_path))
     assert reply["Error"].startswith("permission denied: uid 65534")
     assert relay.rules() == []
 

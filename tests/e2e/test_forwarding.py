@@ -42,6 +42,16 @@ def test_relay_is_lossless_and_counters_match(lab: Lab, workdir: Path, relay: Re
     assert (rule["state"], rule["engine"]) == ("active", engine)
 
 
+def test_frames_sent_raw_without_udp_checksum(lab: Lab, workdir: Path, relay: Relay, engine: str) -> None:
+    """The benchmark's fast sender: prebuilt frames on an AF_PACKET socket, UDP checksum 0, relayed intact."""
+    relay.add("raw", "239.2.2.9:6009:rout")
+    count = 20_000
+    sink = start_sink(lab, workdir, "239.2.2.9", "6009", expect=count)
+    send(lab, count=count, rate=10_000, size=1000, extra=("--raw", "src0"))
+    assert_intact(sink.result(), count)
+    assert relay.wait_relayed("raw", count)["packets_relayed"] == count
+
+
 def test_input_groups_are_joined_on_the_input_interface(lab: Lab, relay: Relay) -> None:
     """IGMP membership, so that real NICs and snooping switches deliver the input groups."""
     relay.add("j1", "239.2.2.2:6001:rout", group="239.1.1.7")

@@ -132,3 +132,22 @@ def test_save_failure_is_reported(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StateError, match="cannot save state"):
         save_state(blocker / "rules.json", [])
+
+
+def test_access_and_limit_settings_from_file_and_flags() -> None:
+    from mcr.supervisor.cli import build_parser, merge_settings
+
+    text = GOOD.replace('control_group = "mcr"', 'control_group = "mcr"\nread_only_group = "mcr-ro"').replace(
+        "max_rules = 10", "max_rules = 10\nmax_connections = 8\nmax_connection_seconds = 2"
+    )
+    static = parse_config(text, "f")
+    assert static.settings.read_only_group == "mcr-ro"
+    assert static.limits == Limits(max_rules=10, max_connections=8, max_connection_seconds=2)
+    args = build_parser().parse_args(["supervisor", "--max-connections", "3", "--max-total-outputs", "50"])
+    config = merge_settings(args, static)
+    assert config.read_only_group == "mcr-ro"
+    assert config.limits == Limits(max_rules=10, max_connections=3, max_connection_seconds=2, max_total_outputs=50)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["supervisor", "--max-rules", "0"])
+    with pytest.raises(ConfigError, match="'max_connections' must be a positive integer"):
+        parse_config("[limits]\nmax_connections = 0\n", "f")

@@ -15,10 +15,11 @@ from mcr.model.rules import (
     ForwardingRule,
     Limits,
     OutputDestination,
+    check_rule_fits,
+    check_rule_shape,
     generated_rule_id,
     parse_output_spec,
     parse_source,
-    validate_rule,
 )
 from mcr.packet.build import build_udp6_frame, build_udp_frame, ipv6_extension
 from mcr.packet.cbpf import ACCEPT, MAX_IPV6_GROUPS, PacketType, build_capture_filter, check_program, run_program
@@ -34,6 +35,11 @@ G6 = IPv6Address("ff3e::1:5")
 SRC6 = IPv6Address("fd00:200:1::2")
 OUT6 = OutputDestination(IPv6Address("ff3e::10"), 6000, "eth1", 7)
 OUT4 = OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", 3)
+
+
+def validate_rule(rule: ForwardingRule, existing: dict[str, ForwardingRule], limits: Limits) -> None:
+    check_rule_shape(rule)
+    check_rule_fits(rule, existing, limits)
 
 
 def rule(group: str = "ff3e::1:5", source: str | None = None, rule_id: str = "r1", port: int = 5000) -> ForwardingRule:

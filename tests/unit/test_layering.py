@@ -11,6 +11,7 @@ PURE = (
     "protocol",
     "packet",
     "supervisor/core.py",
+    "supervisor/access.py",
     "traffic/payload.py",
     "traffic/pacing.py",
     "traffic/tally.py",

@@ -78,6 +78,22 @@ def test_partial_and_offset_batches(pair: tuple[socket.socket, socket.socket]) -
     assert recv_all(RecvBatch(4, 64), rx, 4) == [b"f", b"g", b"h", b"a"]
 
 
+def test_messages_gathered_from_several_parts(pair: tuple[socket.socket, socket.socket]) -> None:
+    rx, tx = pair
+    header = bytearray(b"HDR:")
+    bodies = bytearray(b"onetwo")
+    send = SendBatch(2, parts=2)
+    for i, (offset, length) in enumerate(((0, 3), (3, 3))):
+        send.set_part(i, 0, buffer_address(header), len(header))
+        send.set_part(i, 1, buffer_address(bodies) + offset, length)
+    assert send.send(tx.fileno(), 2) == 2
+    assert recv_all(RecvBatch(2, 64), rx, 2) == [b"HDR:one", b"HDR:two"]
+    with pytest.raises(IndexError):
+        send.set_part(0, 2, 0, 0)
+    with pytest.raises(ValueError):
+        SendBatch(1, parts=0)
+
+
 def test_buffer_changes_are_seen_without_set(pair: tuple[socket.socket, socket.socket]) -> None:
     rx, tx = pair
     buf = bytearray(b"old!")

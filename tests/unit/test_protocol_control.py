@@ -116,8 +116,10 @@ def test_decode_errors_are_precise(raw: bytes, message: str) -> None:
 
 
 def test_oversize_request() -> None:
-    with pytest.raises(ProtocolError, match="exceeds the limit"):
+    with pytest.raises(ProtocolError, match=r"request exceeds the size limit \(max_request_bytes = 1048576\)"):
         decode_request(b" " * ((1 << 20) + 1))
+    with pytest.raises(ProtocolError, match=r"\(max_request_bytes = 8\)"):
+        decode_request(b'"ListRules"', limit=8)
 
 
 @pytest.mark.parametrize(
@@ -209,5 +211,11 @@ def test_framer_half_close_and_limit() -> None:
     framer = RequestFramer(limit=10)
     assert framer.feed(b'"Ping"') is None
     assert framer.eof() == b'"Ping"'
-    with pytest.raises(ProtocolError, match="exceeds the limit of 10 bytes"):
+    with pytest.raises(ProtocolError, match=r"exceeds the size limit \(max_request_bytes = 10\)"):
         RequestFramer(limit=10).feed(b"x" * 11)
+
+
+def test_config_response_ignores_limits_it_does_not_know() -> None:
+    raw = b'{"Config": {"path": null, "settings": {}, "limits": {"max_rules": 5, "max_widgets": 3}, "rules": []}}'
+    response = decode_response(raw)
+    assert isinstance(response, ConfigResponse) and response.view.limits == Limits(max_rules=5)

@@ -96,19 +96,20 @@ def test_invalid_interface_names(name: str, fragment: str) -> None:
 )
 def test_shape_errors(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError) as info:
-        check_rule_shape(rule(**changes), Limits())
+        check_rule_shape(rule(**changes))
     assert message in str(info.value)
 
 
 def test_unicast_output_and_no_outputs_are_allowed() -> None:
-    check_rule_shape(rule(outputs=(OutputDestination(IPv4Address("10.9.9.9"), 7000, "eth1"),)), Limits())
-    check_rule_shape(rule(outputs=()), Limits())
+    check_rule_shape(rule(outputs=(OutputDestination(IPv4Address("10.9.9.9"), 7000, "eth1"),)))
+    check_rule_shape(rule(outputs=()))
 
 
 def test_outputs_per_rule_limit_names_the_limit() -> None:
     outs = tuple(OutputDestination(IPv4Address("239.2.2.2"), 6000 + i, "eth1") for i in range(3))
-    with pytest.raises(ValidationError, match="max_outputs_per_rule"):
-        check_rule_shape(rule(outputs=outs), Limits(max_outputs_per_rule=2))
+    with pytest.raises(ValidationError) as info:
+        check_rule_fits(rule(outputs=outs), {}, Limits(max_outputs_per_rule=2))
+    assert str(info.value) == ("Rule rejected: 3 outputs exceed the per-rule output limit (max_outputs_per_rule = 2)")
 
 
 def test_duplicates_and_table_limits() -> None:
@@ -117,9 +118,12 @@ def test_duplicates_and_table_limits() -> None:
         check_rule_fits(rule(), existing, Limits())
     with pytest.raises(ValidationError, match="already relayed by rule 'r1'"):
         check_rule_fits(rule(rule_id="r2"), existing, Limits())
-    with pytest.raises(ValidationError, match="max_rules"):
+    with pytest.raises(ValidationError, match=r"^Rule rejected: rule limit reached \(max_rules = 1\)$"):
         check_rule_fits(rule(rule_id="r2", input_port=5001), existing, Limits(max_rules=1))
-    with pytest.raises(ValidationError, match="max_total_outputs"):
+    with pytest.raises(
+        ValidationError,
+        match=r"^Rule rejected: 2 outputs in all would exceed the total output limit \(max_total_outputs = 1\)$",
+    ):
         check_rule_fits(rule(rule_id="r2", input_port=5001), existing, Limits(max_total_outputs=1))
     check_rule_fits(rule(rule_id="r2", input_port=5001), existing, Limits())
 

@@ -171,3 +171,61 @@ def test_reports_older_than_a_re_added_rule_do_not_count_for_it() -> None:
     book.on_report(replace(report(0, 7, 7), generation=3))
     (flow,) = book.flow_stats(table.rules.values())
     assert flow.packets_relayed == 7
+
+
+def test_limits_name_themselves_and_change_nothing() -> None:
+    table = RuleTable(Limits(max_rules=2, max_outputs_per_rule=2, max_total_outputs=3))
+    add(table, "r1", 5000, (OUT, replace(OUT, port=6001)))
+    before = dict(table.rules)
+    three = tuple(replace(OUT, port=6000 + i) for i in range(3))
+    cases = [
+        ("r2", three, "Rule rejected: 3 outputs exceed the per-rule output limit (max_outputs_per_rule = 2)"),
+        (
+            "r2",
+            three[:2],
+            "Rule rejected: 4 outputs in all would exceed the total output limit (max_total_outputs = 3)",
+        ),
+    ]
+    for rule_id, outputs, message in cases:
+        with pytest.raises(ValidationError) as info:
+            add(table, rule_id, 5001, outputs)
+        assert str(info.value) == message and table.rules == before
+    add(table, "r2", 5001, (OUT,))
+    with pytest.raises(ValidationError, match=r"^Rule rejected: rule limit reached \(max_rules = 2\)$"):
+        add(table, "r3", 5002, ())
+
+
+def test_restore_keeps_rules_over_lowered_limits_and_refuses_new_ones() -> None:
+    big = RuleTable(Limits())
+    for i in range(3):
+        add(big, f"r{i}", 5000 + i, (OUT, replace(OUT, port=6001)))
+    saved = list(big.rules.values())
+    invalid = replace(saved[0], rule_id="bad id")
+    duplicate = replace(saved[1], rule_id="dup")
+    table = RuleTable(Limits(max_rules=2, max_outputs_per_rule=1, max_total_outputs=4))
+    refusals, excesses = table.restore([*saved, invalid, duplicate])
+    assert list(table.rules) == ["r0", "r1", "r2"]  # nothing valid is dropped for a limit
+    assert [r.split(":")[0] for r in refusals] == ["saved rule bad id not restored", "saved rule dup not restored"]
+    assert excesses == [
+        "rule 'r0' has 2 outputs (max_outputs_per_rule = 1)",
+        "rule 'r1' has 2 outputs (max_outputs_per_rule = 1)",
+        "rule 'r2' has 2 outputs (max_outputs_per_rule = 1)",
+        "3 rules (max_rules = 2)",
+        "6 outputs in all (max_total_outputs = 4)",
+    ]
+    with pytest.raises(ValidationError, match=r"max_rules = 2"):
+        add(table, "r9", 5009, ())
+    table.remove("r0")
+    table.remove("r1")
+    add(table, "r9", 5009, ())  # back under the limit: accepted again
+    assert list(table.rules) == ["r2", "r9"]
+
+
+def test_config_reload_over_a_limit_names_the_rule_and_changes_nothing() -> None:
+    table = RuleTable(Limits(max_rules=2))
+    add(table, "runtime", 5000)
+    before = dict(table.rules)
+    config = [replace(table.rules["runtime"], rule_id=f"c{i}", input_port=6000 + i) for i in range(2)]
+    with pytest.raises(ValidationError, match=r"^rule 'c1': Rule rejected: rule limit reached \(max_rules = 2\)$"):
+        table.replace_config_rules(config)
+    assert table.rules == before

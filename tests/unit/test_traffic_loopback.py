@@ -6,6 +6,7 @@ import json
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from mcr.packet.build import ipv4_checksum
 from mcr.traffic import generator, sink
 
 HOST = "127.0.0.1"
@@ -293,6 +295,7 @@ def test_sink_setup_failure_exits_1() -> None:
         (["--payload", "abc"], "payload", b"abc"),
         (["--run-id", "5"], "run_id", 5),
         (["--rate", "0", "--gso"], "gso", True),
+        (["--raw", "eth1"], "raw", "eth1"),
     ],
 )
 def test_generator_flags(argv: Sequence[str], field: str, value: object) -> None:
@@ -312,12 +315,33 @@ def test_generator_flags(argv: Sequence[str], field: str, value: object) -> None
         ["--duration", "0"],
         ["--gso", "--size", "40000"],
         ["--gso", "--size", "0"],
+        ["--raw", "eth1", "--gso"],
     ],
 )
 def test_generator_rejects(argv: Sequence[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         generator.parse_args(["--group", "239.1.1.1", "--port", "5001", "--interface", "10.0.0.1", *argv])
     assert exc.value.code == 2
+
+
+def test_raw_mode_needs_a_multicast_group() -> None:
+    with pytest.raises(SystemExit):
+        generator.parse_args(["--group", "10.0.0.9", "--port", "5001", "--interface", "10.0.0.1", "--raw", "eth1"])
+
+
+def test_raw_frame_header_is_what_the_udp_socket_would_send() -> None:
+    config = generator.parse_args(
+        ["--group", "239.1.2.3", "--port", "5001", "--interface", "10.0.0.1", "--size", "100", "--ttl", "7"]
+    )
+    header = generator.frame_header(config, bytes.fromhex("020000000042"))
+    (ver_ihl, total, flags, ttl, proto, src, dst, _sport, dport, udp_len) = struct.unpack(
+        "!BxHxxHBBxx4s4sHHHxx", header[14:]
+    )
+    assert bytes(header[:14]) == bytes.fromhex("01005e0102030200000000420800")
+    assert (ver_ihl, total, flags, ttl, proto, dport, udp_len) == (0x45, 128, 0x4000, 7, 17, 5001, 108)
+    assert (IPv4Address(src), IPv4Address(dst)) == (IPv4Address("10.0.0.1"), IPv4Address("239.1.2.3"))
+    assert ipv4_checksum(bytes(header[14:34])) == 0
+    assert header[40:42] == b"\0\0"  # no UDP checksum: the payload varies, the header is shared
 
 
 @pytest.mark.parametrize(

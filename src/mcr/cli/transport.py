@@ -45,7 +45,7 @@ def connect_error(path: str, err: OSError) -> UnreachableError:
     if code in (errno.EACCES, errno.EPERM):
         return UnreachableError(
             f"cannot reach the supervisor: permission denied on {path} "
-            "(run as root, as the supervisor's user, or as a member of its --control-group)"
+            "(run as root, as the supervisor's user, or as a member of its --control-group or --read-only-group)"
         )
     if code == errno.ECONNREFUSED:
         return UnreachableError(

@@ -121,27 +121,31 @@ def _check_capacity(capacity: int) -> None:
 
 
 class SendBatch:
-    """A preallocated array of `capacity` outgoing messages, each with one iovec and no control data.
+    """A preallocated array of `capacity` outgoing messages, each with `parts` iovecs and no control data.
 
     By default messages carry no destination (msg_name NULL), for connected sockets; `set_destination()` gives
-    a message its own sockaddr_in for unconnected sockets.
+    a message its own sockaddr_in for unconnected sockets. With `parts` > 1 each message is gathered from that
+    many pieces of memory (for example a shared prebuilt header and a payload), set with `set_part()`.
     """
 
-    __slots__ = ("_base", "_capacity", "_iov_buf", "_iovs", "_mmsg_buf", "_msgs", "_names")
+    __slots__ = ("_base", "_capacity", "_iov_buf", "_iovs", "_mmsg_buf", "_msgs", "_names", "_parts")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, parts: int = 1) -> None:
         _check_capacity(capacity)
+        if not 1 <= parts <= 8:
+            raise ValueError(f"parts must be between 1 and 8, not {parts}")
         self._capacity = capacity
+        self._parts = parts
         self._mmsg_buf = bytearray(capacity * _MMSG_SIZE)
         self._msgs = (_MMsgHdr * capacity).from_buffer(self._mmsg_buf)
-        self._iov_buf = bytearray(capacity * _IOV_SIZE)
-        self._iovs = (_IoVec * capacity).from_buffer(self._iov_buf)
+        self._iov_buf = bytearray(capacity * parts * _IOV_SIZE)
+        self._iovs = (_IoVec * (capacity * parts)).from_buffer(self._iov_buf)
         self._names: ctypes.Array[_SockAddrIn] | None = None
         iov_base = ctypes.addressof(self._iovs)
         for i in range(capacity):
             hdr = self._msgs[i].msg_hdr
-            hdr.msg_iov = iov_base + i * _IOV_SIZE
-            hdr.msg_iovlen = 1
+            hdr.msg_iov = iov_base + i * parts * _IOV_SIZE
+            hdr.msg_iovlen = parts
         self._base = ctypes.addressof(self._msgs)
 
     @property
@@ -152,7 +156,13 @@ class SendBatch:
         """Point message i at `length` bytes of raw memory at `address` (see `buffer_address`)."""
         if not 0 <= i < self._capacity:
             raise IndexError(f"message index {i} out of range 0..{self._capacity - 1}")
-        _IOV.pack_into(self._iov_buf, i * _IOV_SIZE, address, length)
+        _IOV.pack_into(self._iov_buf, i * self._parts * _IOV_SIZE, address, length)
+
+    def set_part(self, i: int, part: int, address: int, length: int) -> None:
+        """Point piece `part` of message i at `length` bytes of raw memory at `address`."""
+        if not (0 <= i < self._capacity and 0 <= part < self._parts):
+            raise IndexError(f"message {i} part {part} outside 0..{self._capacity - 1} / 0..{self._parts - 1}")
+        _IOV.pack_into(self._iov_buf, (i * self._parts + part) * _IOV_SIZE, address, length)
 
     def set_destination(self, i: int, address: IPv4Address | str | None, port: int = 0) -> None:
         """Give message i its own IPv4 destination (for an unconnected socket); None removes it again."""

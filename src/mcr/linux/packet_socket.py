@@ -21,6 +21,7 @@ class PacketOpt(IntEnum):
     STATISTICS = 6
     VERSION = 10
     FANOUT = 18
+    QDISC_BYPASS = 20
     IGNORE_OUTGOING = 23
 
 

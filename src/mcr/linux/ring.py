@@ -35,7 +35,7 @@ class RxRing:
     __slots__ = ("_anchor", "address", "block_count", "block_size", "current", "mm", "sock", "view")
 
     def __init__(
-        self, sock: socket.socket, block_size: int = 1 << 18, block_count: int = 128, retire_ms: int = 2
+        self, sock: socket.socket, block_size: int = 1 << 18, block_count: int = 128, retire_ms: int = 1
     ) -> None:
         if block_size % mmap.PAGESIZE or block_size & (block_size - 1):
             raise ValueError("block_size must be a power-of-two multiple of the page size")

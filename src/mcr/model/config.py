@@ -4,6 +4,7 @@
     num_workers = 2
     control_socket_path = "/run/mcr/control.sock"
     control_group = "mcr"
+    read_only_group = "mcr-ro"           # may list, stats, ping; nothing that changes anything
     user = "nobody"
     group = "nogroup"
     log_level = "info"
@@ -15,6 +16,8 @@
     max_outputs_per_rule = 256
     max_total_outputs = 10000
     max_request_bytes = 1048576
+    max_connections = 64              # control connections served at once
+    max_connection_seconds = 5        # to send a complete request and take the answer
 
     [[rule]]
     id = "feed-a"
@@ -56,6 +59,7 @@ class Settings:
     num_workers: int | None = None
     control_socket_path: str | None = None
     control_group: str | None = None
+    read_only_group: str | None = None
     user: str | None = None
     group: str | None = None
     log_level: str | None = None
@@ -205,7 +209,7 @@ def parse_config(text: str, path: str) -> Config:
     for index, item in enumerate(raw_rules):
         rule = _rule(path, index, item)
         try:
-            check_rule_shape(rule, limits)
+            check_rule_shape(rule)
             check_rule_fits(rule, rules, limits)
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None

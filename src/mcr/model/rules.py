@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
@@ -117,12 +117,22 @@ class ForwardingRule:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Caps that protect a small host; every refusal names the limit."""
+    """Caps that protect a small host; every refusal names the limit as `(name = value)`.
+
+    This is the one place each limit and its default live: the supervisor's flags, the config
+    file's [limits] table, the rule table and the control server all read them from here.
+    """
 
     max_rules: int = 1000
     max_outputs_per_rule: int = 256
     max_total_outputs: int = 10_000
     max_request_bytes: int = 1 << 20
+    max_connections: int = 64  # control connections served at once
+    max_connection_seconds: int = 5  # to send a complete request and take the answer
+
+    def named(self, name: str) -> str:
+        """`(name = value)`: how every refusal names the limit it hit."""
+        return f"({name} = {getattr(self, name)})"
 
 
 def interface_name_problem(name: str) -> str | None:
@@ -195,8 +205,8 @@ def _ttl_problem(label: str, ttl: int) -> str | None:
     return None
 
 
-def check_rule_shape(rule: ForwardingRule, limits: Limits) -> None:
-    """Checks that need only the rule itself; raises ValidationError with the response text."""
+def check_rule_shape(rule: ForwardingRule) -> None:
+    """Checks that need only the rule itself (no limits); raises ValidationError with the response text."""
     if not _RULE_ID.fullmatch(rule.rule_id):
         raise ValidationError(
             f"Invalid rule_id '{rule.rule_id}': must be 1-64 characters of letters, digits, '_', '.', ':' or '-'"
@@ -216,11 +226,6 @@ def check_rule_shape(rule: ForwardingRule, limits: Limits) -> None:
         if problem:
             raise ValidationError(problem)
     _check_input_addresses(rule)
-    if len(rule.outputs) > limits.max_outputs_per_rule:
-        raise ValidationError(
-            f"Rule rejected: {len(rule.outputs)} outputs exceed the limit of "
-            f"{limits.max_outputs_per_rule} outputs per rule (max_outputs_per_rule)"
-        )
     seen: dict[tuple[IPAddress, int, str], int] = {}
     for i, out in enumerate(rule.outputs):
         problem = _destination_problem(out.group)
@@ -289,8 +294,9 @@ def _overlaps(a: SourcePrefix | None, b: SourcePrefix | None) -> bool:
     return a.version == b.version and a.overlaps(b)
 
 
-def check_rule_fits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule], limits: Limits) -> None:
-    """Checks against the current table: duplicates and table-wide limits."""
+def check_rule_unique(rule: ForwardingRule, existing: Mapping[str, ForwardingRule]) -> None:
+    """Checks against the current table: no duplicate id, no second rule on the same input (the same
+    interface, group and port with overlapping sources)."""
     if rule.rule_id in existing:
         raise ValidationError(f"Rule rejected: rule_id '{rule.rule_id}' already exists")
     for other in existing.values():
@@ -303,19 +309,44 @@ def check_rule_fits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule]
                 f"Rule rejected: input {rule.input_text} overlaps rule '{other.rule_id}' ({other.input_text}); "
                 "rules on one input group and port must have disjoint sources"
             )
+
+
+def check_rule_limits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule], limits: Limits) -> None:
+    """Would adding `rule` to `existing` cross a limit? The refusal names it."""
+    if len(rule.outputs) > limits.max_outputs_per_rule:
+        raise ValidationError(
+            f"Rule rejected: {len(rule.outputs)} outputs exceed the per-rule output limit "
+            f"{limits.named('max_outputs_per_rule')}"
+        )
     if len(existing) >= limits.max_rules:
-        raise ValidationError(f"Rule rejected: the limit of {limits.max_rules} rules is reached (max_rules)")
+        raise ValidationError(f"Rule rejected: rule limit reached {limits.named('max_rules')}")
     total = sum(len(r.outputs) for r in existing.values()) + len(rule.outputs)
     if total > limits.max_total_outputs:
         raise ValidationError(
-            f"Rule rejected: {total} outputs in all would exceed the limit of "
-            f"{limits.max_total_outputs} (max_total_outputs)"
+            f"Rule rejected: {total} outputs in all would exceed the total output limit "
+            f"{limits.named('max_total_outputs')}"
         )
 
 
-def validate_rule(rule: ForwardingRule, existing: Mapping[str, ForwardingRule], limits: Limits) -> None:
-    check_rule_shape(rule, limits)
-    check_rule_fits(rule, existing, limits)
+def check_rule_fits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule], limits: Limits) -> None:
+    """Checks against the current table: duplicates and every limit."""
+    check_rule_unique(rule, existing)
+    check_rule_limits(rule, existing, limits)
+
+
+def limits_exceeded(rules: Collection[ForwardingRule], limits: Limits) -> list[str]:
+    """Which limits a whole rule set is over (a state file saved under higher limits), one text each."""
+    found = [
+        f"rule '{r.rule_id}' has {len(r.outputs)} outputs {limits.named('max_outputs_per_rule')}"
+        for r in rules
+        if len(r.outputs) > limits.max_outputs_per_rule
+    ]
+    if len(rules) > limits.max_rules:
+        found.append(f"{len(rules)} rules {limits.named('max_rules')}")
+    total = sum(len(r.outputs) for r in rules)
+    if total > limits.max_total_outputs:
+        found.append(f"{total} outputs in all {limits.named('max_total_outputs')}")
+    return found
 
 
 def input_groups(rules: Iterable[ForwardingRule]) -> dict[str, set[IPAddress]]:

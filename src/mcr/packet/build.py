@@ -87,6 +87,7 @@ def build_udp_frame(
     udp_length: int | None = None,
     ethertype: int = ETH_P_IP,
     vlan: int | None = None,
+    with_udp_checksum: bool = True,
 ) -> bytes:
     """An Ethernet / IPv4 / UDP frame carrying `payload`, with correct IPv4 header and UDP checksums.
 
@@ -94,8 +95,9 @@ def build_udp_frame(
     8 bytes. The overrides write a field as given instead of the computed value, to build malformed frames:
     `version`, `ihl` (header length in 32-bit words; the bytes sent are still 20 + options), `total_length`,
     `udp_length`, `protocol` (the UDP header and payload are still sent), `ethertype`. `vlan` inserts an
-    802.1Q tag with that VLAN id before the ethertype. Checksums are computed over the fields as written. No
-    Ethernet padding is added.
+    802.1Q tag with that VLAN id before the ethertype. Checksums are computed over the fields as written; with
+    `with_udp_checksum=False` the UDP checksum field is 0 ("no checksum", allowed for IPv4). No Ethernet padding
+    is added.
     """
     src, dst = IPv4Address(src_ip), IPv4Address(dst_ip)
     if len(ip_options) % 4 or len(ip_options) > _IP_MAX_OPTIONS:
@@ -109,7 +111,7 @@ def build_udp_frame(
 
     udp_len = _UDP_HEADER.size + len(payload) if udp_length is None else udp_length
     segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, 0) + payload
-    checksum = udp_checksum(src, dst, segment, udp_len)
+    checksum = udp_checksum(src, dst, segment, udp_len) if with_udp_checksum else 0
     segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, checksum) + payload
 
     flags = (_IP_FLAG_DF if dont_fragment else 0) | (_IP_FLAG_MF if more_fragments else 0)

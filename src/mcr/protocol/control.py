@@ -38,7 +38,7 @@ from mcr.model.status import (
     WorkerInfo,
 )
 
-MAX_REQUEST_BYTES = 1 << 20
+MAX_REQUEST_BYTES = Limits().max_request_bytes  # the default; the supervisor passes its own
 DEFAULT_SOCKET = "/run/mcr/control.sock"
 SOCKET_ENV = "MCR_CONTROL_SOCKET"  # overrides the default on both sides
 
@@ -223,10 +223,14 @@ def _decode_struct(name: str, body: object) -> Request:
     raise ProtocolError(f"unknown command '{name}'; expected one of {_ALL_COMMANDS}")
 
 
-def decode_request(data: bytes) -> Request:
+def request_too_big(limit: int) -> ProtocolError:
+    return ProtocolError(f"request exceeds the size limit (max_request_bytes = {limit})")
+
+
+def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
     """Decode one request document (framing already removed)."""
-    if len(data) > MAX_REQUEST_BYTES:
-        raise ProtocolError(f"request of {len(data)} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes")
+    if len(data) > limit:
+        raise request_too_big(limit)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -575,7 +579,9 @@ def decode_response(data: bytes) -> Response:
     if name == "Config":
         b = _obj("Config", body)
         try:
-            limits = Limits(**{str(k): int(v) for k, v in _obj("limits", b.get("limits", {})).items()})
+            known = Limits.__dataclass_fields__  # a newer supervisor's other limits are not shown
+            raw_limits = _obj("limits", b.get("limits", {}))
+            limits = Limits(**{str(k): int(v) for k, v in raw_limits.items() if k in known})
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"malformed limits in response: {e}") from None
         settings = tuple((str(k), v) for k, v in _obj("settings", b.get("settings", {})).items())
@@ -612,4 +618,4 @@ class RequestFramer:
         return bytes(self._buf)
 
     def _too_big(self) -> ProtocolError:
-        return ProtocolError(f"request exceeds the limit of {self._limit} bytes")
+        return request_too_big(self._limit)

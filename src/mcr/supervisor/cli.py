@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--state-file", default=None, help="where runtime rules are saved; restored at start")
     sup.add_argument("--control-socket-path", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
     sup.add_argument("--control-group", default=None, help="group allowed to use the control socket")
+    sup.add_argument(
+        "--read-only-group",
+        default=None,
+        help="group allowed only the read-only requests (list, stats, ping, version, list-workers, ...)",
+    )
     sup.add_argument("--user", default=None, help="user the workers run as (default nobody)")
     sup.add_argument("--group", default=None, help="group the workers run as (default nogroup)")
     sup.add_argument("--num-workers", type=_positive, default=None, help="data-plane workers (default: CPU count)")
@@ -54,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="auto (default): the eBPF kernel engine where it loads and can serve the rule, userspace otherwise",
     )
+    defaults = Limits()
+    for f in fields(Limits):
+        sup.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=_positive,
+            default=None,
+            metavar="N",
+            help=f"limit (default {getattr(defaults, f.name)}; [limits] {f.name} in the config file)",
+        )
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
     sup.add_argument("--interface", default=None, help=argparse.SUPPRESS)
     sup.add_argument("--relay-command-socket-path", default=None, help=argparse.SUPPRESS)
@@ -68,6 +83,12 @@ def load_config(path: str) -> Config:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     return parse_config(text, path)
+
+
+def merge_limits(args: argparse.Namespace, file: Limits) -> Limits:
+    """Each limit: the flag, else the config file's [limits], else the default."""
+    flags = {f.name: getattr(args, f.name) for f in fields(Limits) if getattr(args, f.name) is not None}
+    return replace(file, **flags)
 
 
 def merge_settings(args: argparse.Namespace, static: Config | None) -> SupervisorConfig:
@@ -88,7 +109,8 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         num_workers=pick(args.num_workers, file.num_workers, os.cpu_count() or 1),
         log_level=level,
         log_json=bool(pick(args.log_json, file.log_json, False)),
-        limits=static.limits if static else Limits(),
+        limits=merge_limits(args, static.limits if static else Limits()),
+        read_only_group=pick(args.read_only_group, file.read_only_group, None),
         state_file=Path(state) if state else None,
         config=static,
         metrics_addr=pick(args.metrics_addr, file.metrics_addr, None),

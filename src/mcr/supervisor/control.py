@@ -1,8 +1,13 @@
-"""The control socket: a Unix stream server with peer-credential checks and per-connection limits."""
+"""The control socket: a Unix stream server with peer-credential checks and per-connection limits.
+
+Who may do what is decided in `mcr.supervisor.access` (pure); this module only gathers the facts
+(lstat, SO_PEERCRED, SO_PEERGROUPS) and acts on the answers.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import grp
 import logging
 import os
@@ -10,46 +15,39 @@ import socket
 import stat
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from mcr.model.errors import ConfigError, ProtocolError
+from mcr.model.rules import Limits
 from mcr.protocol.control import Error, Request, RequestFramer, Response, decode_request, encode_response
+from mcr.supervisor.access import AccessPolicy, DirEntry, directory_problem
 
 log = logging.getLogger("mcr.supervisor.control")
 
 _UCRED = struct.Struct("=iII")
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; not every Python build names it
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-@dataclass(frozen=True, slots=True)
-class Access:
-    """Who may talk to the supervisor: root, its own user, and members of the control group."""
-
-    own_uid: int
-    group_gid: int | None
-
-    def allows(self, pid: int, uid: int, gid: int) -> bool:
-        if uid in (0, self.own_uid):
-            return True
-        if self.group_gid is None:
-            return False
-        return gid == self.group_gid or self.group_gid in _supplementary_groups(pid)
-
-
-def _supplementary_groups(pid: int) -> set[int]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
+def peer_credentials(sock: socket.socket) -> tuple[int, int, frozenset[int]]:
+    """(pid, uid, every gid) of the peer, as they were when it connected (not re-read from /proc)."""
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    gids = {gid}
+    for size in (4 * 64, 4 * 65536):  # NGROUPS_MAX is 65536
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, size)
+        except OSError as e:
+            if e.errno == errno.ERANGE:
+                continue
+            log.warning("SO_PEERGROUPS unavailable (%s): only the primary group of pid %d counts", e, pid)
+            break
+        gids.update(struct.unpack(f"={len(raw) // 4}I", raw))
+        break
+    return pid, uid, frozenset(gids)
 
 
-def resolve_group(name: str | None) -> int | None:
+def resolve_group(name: str | None, what: str = "control group") -> int | None:
     if name is None:
         return None
     try:
@@ -57,62 +55,101 @@ def resolve_group(name: str | None) -> int | None:
     except KeyError:
         if name.isdigit():
             return int(name)
-        raise ConfigError(f"control group '{name}' does not exist") from None
+        raise ConfigError(f"{what} '{name}' does not exist") from None
 
 
-def prepare_socket_path(path: Path, gid: int | None) -> None:
-    """Create the socket's directory (0750) and clear a stale socket; refuse anything suspicious."""
-    parent = path.parent
+def _directory_chain(directory: Path) -> list[DirEntry]:
+    chain = []
+    for d in (*reversed(directory.parents), directory):
+        st = os.lstat(d)
+        chain.append(DirEntry(str(d), st.st_uid, st.st_mode))
+    return chain
+
+
+def prepare_socket_path(path: Path, policy: AccessPolicy) -> Path:
+    """Check (and create) the socket's directory, clear our own stale socket, refuse anything else.
+
+    Returns the path to bind: the directory with its symbolic links resolved (they are checked
+    there), the socket's own name never followed. Refuses with a ConfigError naming the problem:
+    a symbolic link, a file that is not a socket, a socket owned by someone else or one a live
+    process listens on, a directory that someone other than root or us could write to.
+    """
+    parent = Path(os.path.abspath(path)).parent
     if not parent.exists():
-        parent.mkdir(mode=0o750, parents=True)
-        os.chown(parent, 0 if os.geteuid() == 0 else -1, gid if gid is not None else -1)
-    if path.is_symlink():
-        raise ConfigError(f"control socket path {path} is a symbolic link; refusing to use it")
-    if path.exists():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise ConfigError(f"control socket path {path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dir_mode, _ = policy.modes
         try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # stale: nobody is listening
-        else:
-            raise ConfigError(f"another supervisor is already listening on {path}")
-        finally:
-            probe.close()
+            parent.mkdir(mode=dir_mode, parents=True)
+            os.chmod(parent, dir_mode)  # mkdir's mode went through the umask
+            gid = policy.control_gid if policy.control_gid is not None else -1
+            os.chown(parent, 0 if os.geteuid() == 0 else -1, gid)
+        except OSError as e:
+            raise ConfigError(f"cannot create the control socket directory {parent}: {e.strerror}") from None
+    parent = Path(os.path.realpath(parent))
+    path = parent / path.name
+    problem = directory_problem(_directory_chain(parent), os.geteuid())
+    if problem:
+        raise ConfigError(problem)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"control socket path {path} is a symbolic link; refusing to follow or replace it")
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"control socket path {path} exists and is not a socket; refusing to replace it")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"control socket path {path} is a socket owned by uid {st.st_uid}, not by us; refusing to replace it"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        path.unlink()  # our own, and nobody listens: left by a crash
+        log.info("removed the stale control socket %s", path)
+    except OSError as e:
+        raise ConfigError(f"control socket path {path} cannot be probed ({e.strerror}); not replacing it") from None
+    else:
+        raise ConfigError(f"another process is already listening on {path}")
+    finally:
+        probe.close()
+    return path
+
+
+def _refused(pid: int, refusal: str) -> Error:
+    log.warning("refused control client pid %d: %s", pid, refusal)
+    return Error(refusal)
 
 
 class ControlServer:
-    def __init__(
-        self,
-        path: Path,
-        handler: Handler,
-        access: Access,
-        *,
-        max_request: int = 1 << 20,
-        timeout_s: float = 5.0,
-        max_connections: int = 64,
-    ) -> None:
+    def __init__(self, path: Path, handler: Handler, policy: AccessPolicy, limits: Limits) -> None:
         self.path = path
         self.handler = handler
-        self.access = access
-        self.max_request = max_request
-        self.timeout_s = timeout_s
-        self.max_connections = max_connections
+        self.policy = policy
+        self.limits = limits
         self.active = 0
         self.server: asyncio.Server | None = None
+        self._inode: tuple[int, int] | None = None
 
-    async def start(self, gid: int | None) -> None:
-        prepare_socket_path(self.path, gid)
-        old = os.umask(0o117)
+    async def start(self) -> None:
+        self.path = prepare_socket_path(self.path, self.policy)
+        _, sock_mode = self.policy.modes
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o777 & ~sock_mode)  # the socket is born with its mode: no chmod on a path
         try:
-            self.server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=1 << 16)
+            sock.bind(str(self.path))
+        except OSError as e:
+            sock.close()
+            raise ConfigError(f"cannot create the control socket {self.path}: {e.strerror}") from None
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o660)
-        if gid is not None:
-            os.chown(self.path, -1, gid)
-        log.info("control socket listening on %s", self.path)
+        if self.policy.control_gid is not None:
+            os.chown(self.path, -1, self.policy.control_gid, follow_symlinks=False)
+        st = os.lstat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
+        sock.listen(128)
+        self.server = await asyncio.start_unix_server(self._serve, sock=sock, limit=1 << 16)
+        log.info("control socket listening on %s (mode %04o)", self.path, sock_mode)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -122,46 +159,52 @@ class ControlServer:
             except TimeoutError:
                 pass
         try:
-            self.path.unlink()
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:  # only the socket we made
+                self.path.unlink()
         except FileNotFoundError:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.active += 1
+        pid, uid, gids = peer_credentials(writer.get_extra_info("socket"))
+        # A peer with no access is answered at once, before it sends anything: it holds no
+        # connection slot and no time (the client reads an answer that arrives before its request).
+        stranger = self.policy.refusal(uid, gids, None)
+        if stranger is None:
+            self.active += 1
         try:
-            response = await self._respond(reader, writer)
+            response = _refused(pid, stranger) if stranger is not None else await self._respond(reader, pid, uid, gids)
             writer.write(encode_response(response))
-            await asyncio.wait_for(writer.drain(), self.timeout_s)
+            await asyncio.wait_for(writer.drain(), self.limits.max_connection_seconds)
         except (TimeoutError, ConnectionError, OSError) as e:
             log.debug("control client dropped: %s", e)
         finally:
-            self.active -= 1
+            if stranger is None:
+                self.active -= 1
             writer.close()
 
-    async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response:
-        sock = writer.get_extra_info("socket")
-        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-        if self.active > self.max_connections:
-            return Error(f"too many concurrent control connections (limit {self.max_connections})")
+    async def _respond(self, reader: asyncio.StreamReader, pid: int, uid: int, gids: frozenset[int]) -> Response:
+        limits = self.limits
+        if self.active > limits.max_connections:
+            log.warning("refused a control connection from pid %d: %d are being served", pid, self.active - 1)
+            return Error(f"too many concurrent control connections {limits.named('max_connections')}")
         try:
-            data = await asyncio.wait_for(self._read_request(reader), self.timeout_s)
+            data = await asyncio.wait_for(self._read_request(reader), limits.max_connection_seconds)
         except TimeoutError:
-            return Error(f"timed out after {self.timeout_s:g} s waiting for a complete request")
+            return Error(f"timed out waiting for a complete request {limits.named('max_connection_seconds')}")
         except ProtocolError as e:
             return Error(str(e))
-        # The request is read before an unauthorized peer is refused, so that closing the
-        # connection never discards unread data (which would reset it and lose the answer).
-        if not self.access.allows(pid, uid, gid):
-            log.warning("refused control client pid %d uid %d gid %d", pid, uid, gid)
-            return Error(f"permission denied: uid {uid} is not root, the supervisor's user or in the control group")
         try:
-            request = decode_request(data)
+            request = decode_request(data, limits.max_request_bytes)
         except ProtocolError as e:
             return Error(str(e))
+        refusal = self.policy.refusal(uid, gids, request)
+        if refusal is not None:
+            return _refused(pid, refusal)
         return await self.handler(request)
 
     async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
-        framer = RequestFramer(self.max_request)
+        framer = RequestFramer(self.limits.max_request_bytes)
         while True:
             chunk = await reader.read(65536)
             if not chunk:

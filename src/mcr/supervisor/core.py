@@ -20,7 +20,9 @@ from mcr.model.rules import (
     RuleSource,
     check_rule_fits,
     check_rule_shape,
+    check_rule_unique,
     generated_rule_id,
+    limits_exceeded,
     source_text,
 )
 from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView
@@ -54,10 +56,27 @@ class RuleTable:
         return self.insert(self.build(req, source))
 
     def insert(self, rule: ForwardingRule) -> ForwardingRule:
-        check_rule_shape(rule, self.limits)
+        check_rule_shape(rule)
         check_rule_fits(rule, self.rules, self.limits)
         self.rules[rule.rule_id] = rule
         return rule
+
+    def restore(self, saved: Iterable[ForwardingRule]) -> tuple[list[str], list[str]]:
+        """Put back the rules of a state file, even past limits that were lowered since it was saved:
+        they were accepted once and are never dropped for a limit. Returns (refusals, excesses): a
+        text per rule that is invalid or a duplicate (not restored), and a text per limit the table
+        is now over. While over a limit, every new rule is refused by that limit.
+        """
+        refusals: list[str] = []
+        for rule in saved:
+            try:
+                check_rule_shape(rule)
+                check_rule_unique(rule, self.rules)
+            except ValidationError as e:
+                refusals.append(f"saved rule {rule.rule_id} not restored: {e}")
+                continue
+            self.rules[rule.rule_id] = rule
+        return refusals, limits_exceeded(list(self.rules.values()), self.limits)
 
     def runtime_rules(self) -> list[ForwardingRule]:
         return [r for r in self.rules.values() if r.source is RuleSource.RUNTIME]
@@ -75,7 +94,10 @@ class RuleTable:
         trial = RuleTable(self.limits)
         trial.rules = {rid: r for rid, r in self.rules.items() if rid not in removed and rid not in changed}
         for rid in changed + added:
-            trial.insert(wanted[rid])
+            try:
+                trial.insert(wanted[rid])
+            except ValidationError as e:
+                raise ValidationError(f"rule '{rid}': {e}") from None
         self.rules = {rid: r for rid, r in self.rules.items() if rid in trial.rules}
         self.rules.update({rid: trial.rules[rid] for rid in changed + added})
         return added, changed, removed

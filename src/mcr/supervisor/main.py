@@ -55,7 +55,8 @@ from mcr.protocol.worker import (
     Sync,
     SyncAck,
 )
-from mcr.supervisor.control import Access, ControlServer, resolve_group
+from mcr.supervisor.access import AccessPolicy
+from mcr.supervisor.control import ControlServer, resolve_group
 from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, resolve
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
@@ -84,6 +85,7 @@ class SupervisorConfig:
     config: Config | None = None
     metrics_addr: str | None = None
     engine: str = "auto"
+    read_only_group: str | None = None
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -108,7 +110,13 @@ class Supervisor:
     def __init__(self, config: SupervisorConfig) -> None:
         self.config = config
         self.uid, self.gid = resolve_user(config.user, config.group)
-        self.control_gid = resolve_group(config.control_group)
+        policy = AccessPolicy(
+            os.geteuid(),
+            resolve_group(config.control_group),
+            resolve_group(config.read_only_group, "read-only group"),
+            config.control_group,
+            config.read_only_group,
+        )
         self.table = RuleTable(config.limits)
         self.config_file = config.config
         self.stats = StatsBook()
@@ -124,12 +132,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.synced = asyncio.Condition()
         self.loop = asyncio.get_running_loop()
-        self.control = ControlServer(
-            config.control_socket_path,
-            self.handle,
-            Access(os.geteuid(), self.control_gid),
-            max_request=config.limits.max_request_bytes,
-        )
+        self.control = ControlServer(config.control_socket_path, self.handle, policy, config.limits)
         self.watcher = LinkWatcher(self.on_links)
         self.metrics = MetricsExporter(config.metrics_addr) if config.metrics_addr else None
         self.notifier = Notifier()
@@ -142,7 +145,8 @@ class Supervisor:
         if self.config.engine == "userspace":
             return
         try:
-            self.kernel = KernelRelay(max_rules=max(256, self.config.limits.max_rules), max_outputs=64)
+            slots = max(256, self.config.limits.max_rules, len(self.table.rules))  # a restored table may be over
+            self.kernel = KernelRelay(max_rules=slots, max_outputs=64)
         except (BpfError, OSError) as e:
             if self.config.engine == "kernel":
                 raise ConfigError(f"the kernel engine cannot be loaded: {e}") from None
@@ -212,7 +216,10 @@ class Supervisor:
         """Static rules from the config file, then the runtime rules saved in the state file."""
         if self.config_file is not None:
             for rule in self.config_file.rules:
-                self.table.insert(rule)
+                try:
+                    self.table.insert(rule)
+                except ValidationError as e:  # the file's rules fit its [limits], not lower ones from flags
+                    raise ConfigError(f"{self.config_file.path}: rule '{rule.rule_id}': {e}") from None
                 self.stats.track(rule.rule_id, 0)
         if self.config.state_file is None:
             return
@@ -221,12 +228,16 @@ class Supervisor:
         except StateError as e:
             log.error("%s; starting without its rules", e)
             return
-        for rule in saved:
-            try:
-                self.table.insert(replace(rule, source=RuleSource.RUNTIME))
-            except ValidationError as e:
-                log.error("saved rule %s not restored: %s", rule.rule_id, e)
-        log.info("restored %d rules from %s", len(saved), self.config.state_file)
+        refusals, excesses = self.table.restore(replace(rule, source=RuleSource.RUNTIME) for rule in saved)
+        for text in refusals:
+            log.error("%s", text)
+        log.info("restored %d rules from %s", len(saved) - len(refusals), self.config.state_file)
+        if excesses:
+            log.warning(
+                "the restored rules are over the limits: %s; all are kept, new rules are refused until "
+                "enough are removed",
+                "; ".join(excesses),
+            )
         for rule_id in self.table.rules:
             self.stats.track(rule_id, 0)
 
@@ -245,6 +256,8 @@ class Supervisor:
             with open(path, encoding="utf-8") as f:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
+            if (new.settings, new.limits) != (self.config_file.settings, self.config_file.limits):
+                log.warning("reload of %s: [supervisor] and [limits] changes take effect at the next start", path)
         except (OSError, ConfigError, ValidationError) as e:
             log.error("reload of %s refused, nothing changed: %s", path, e)
             self.notifier.ready(f"reload refused: {e}")
@@ -267,7 +280,7 @@ class Supervisor:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.start_kernel()
         await self.watcher.start()
-        await self.control.start(self.control_gid)
+        await self.control.start()
         if self.metrics is not None:
             self.metrics.start()
         now = time.monotonic()
@@ -582,6 +595,7 @@ class Supervisor:
         settings: tuple[tuple[str, str | int | bool | None], ...] = (
             ("control_socket_path", str(c.control_socket_path)),
             ("control_group", c.control_group),
+            ("read_only_group", c.read_only_group),
             ("user", c.user),
             ("group", c.group),
             ("num_workers", c.num_workers),
