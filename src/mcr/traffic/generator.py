@@ -1,9 +1,10 @@
 """traffic_generator: send numbered, checksummed UDP payloads at a paced rate with sendmmsg.
 
 One UDP socket bound to (--interface, 0) and connected to (--group, --port); IP_MULTICAST_IF, TTL and loop are
-set when the group is multicast. Payloads live in a `PayloadRing` (one slot per in-flight sequence number,
-patched in place: seq, send time, digest) and go out in batches of up to --batch messages per sendmmsg(2)
-call, as many as the token-bucket `Pacer` allows.
+set when the group is multicast. IPv6 works the same way (--interface an IPv6 address: IPV6_MULTICAST_IF is
+the index of the interface holding it, from /proc/net/if_inet6; --ttl is the hop limit). Payloads live in a
+`PayloadRing` (one slot per in-flight sequence number, patched in place: seq, send time, digest) and go out
+in batches of up to --batch messages per sendmmsg(2) call, as many as the token-bucket `Pacer` allows.
 
 Send errors: a message the kernel refuses (EAGAIN/ENOBUFS when a queue is full, ECONNREFUSED after an ICMP
 port unreachable, ENETUNREACH, EPERM from a firewall, ...) is counted in `errors` and not retried: its pacing

@@ -3,8 +3,9 @@
 --group and --port take comma-separated lists: several groups on one port, one port per group, or one group on
 several ports. Each stream gets its own socket bound to (group, port): a multicast group is joined on
 --interface with IP_ADD_MEMBERSHIP (struct ip_mreqn: the interface index when --interface is a name, its
-address when it is an IPv4 address); a unicast group is bound as is (or 0.0.0.0 when it is not a local
-address), and --interface is then not used. Port 0 binds an ephemeral port; --ready-file reports the ports
+address when it is an IPv4 address), an IPv6 group with IPV6_JOIN_GROUP on the interface named by
+--interface; a unicast group is bound as is (or 0.0.0.0 / :: when it is not a local address), and
+--interface is then not used. Port 0 binds an ephemeral port; --ready-file reports the ports
 actually bound.
 
 The run ends when --expect packets were delivered (intact numbered payloads counted once, plus unnumbered
