@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -64,6 +65,26 @@ def descendants(pid: int) -> list[int]:
         seen.append(p)
         todo.extend(children(p))
     return seen
+
+
+def footprint(roots: list[int]) -> dict[str, Any]:
+    """Resident memory (VmRSS, kB) and open descriptors of the roots and their descendants, per process and in
+    total; a process that exits while it is read is left out."""
+    procs: dict[str, dict[str, int]] = {}
+    for root in roots:
+        for pid in descendants(root):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                fds = len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                continue
+            rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+            procs[str(pid)] = {"rss_kb": rss, "fds": fds}
+    return {
+        "rss_kb": sum(p["rss_kb"] for p in procs.values()),
+        "fds": sum(p["fds"] for p in procs.values()),
+        "procs": procs,
+    }
 
 
 def tree_cpu(pids: list[int]) -> dict[int, int]:

@@ -149,6 +149,12 @@ def _n(v: Any, digits: int = 0) -> str:
     return str(v)
 
 
+def _footcell(soak: dict[str, Any], key: str) -> str:
+    """`start → end` of one footprint total (RSS or descriptors) of a soak row; results before it had none."""
+    foot = soak.get("footprint")
+    return f"{_n(foot['start'][key])} → {_n(foot['end'][key])}" if foot else "–"
+
+
 def _latcell(lat: dict[str, Any] | None) -> str:
     if not lat or lat.get("p50") is None:
         return "–"
@@ -272,17 +278,20 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
             "## Soak (MCR, 1 worker, half its lossless rate)",
             "",
             "| size | seconds | offered pps | sent | delivered | lost | corrupted | duplicated | CPU µs/pkt | "
-            "latency p50 / p99 | result |",
-            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+            "latency p50 / p99 | RSS kB start → end | fds start → end | result |",
+            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
         ]
         for s in results["soak"]:
             if "error" in s:
-                lines.append(f"| {s['size']} | {s['seconds']} | – | – | – | – | – | – | – | – | error: {s['error']} |")
+                lines.append(
+                    f"| {s['size']} | {s['seconds']} | – | – | – | – | – | – | – | – | – | – | error: {s['error']} |"
+                )
                 continue
             lines.append(
                 f"| {s['size']} | {s['seconds']} | {_n(s['offered_pps'])} | {_n(s['sent'])} | {_n(s['delivered'])} | "
                 f"{s['lost']} | {s['corrupted']} | {s['duplicated']} | {_n(s['cpu_us_per_pkt'], 2)} | "
-                f"{_latcell(s['latency_us'])} | {'**pass**' if s['pass'] else '**FAIL**'} |"
+                f"{_latcell(s['latency_us'])} | {_footcell(s, 'rss_kb')} | {_footcell(s, 'fds')} | "
+                f"{'**pass**' if s['pass'] else '**FAIL**'} |"
             )
         lines.append("")
     lines += ["## Paths", ""]

@@ -42,6 +42,7 @@ FULL_LADDER = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000, 9
 QUICK_LADDER = (10_000, 30_000, 60_000, 90_000)
 FULL_FANOUT_LADDER = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000, 100_000, 120_000, 150_000)
 QUICK_FANOUT_LADDER = (10_000, 40_000)
+SOAK_RSS_SLACK_KB = 8192  # a soak passes with its relay processes' RSS grown by at most this (allocator noise)
 
 
 def _ints(text: str) -> list[int]:
@@ -336,11 +337,20 @@ def soak(runner: StepRunner, path: BenchPath, size: int, seconds: float, log: An
         return {"size": size, "seconds": seconds, "error": "no lossless rate to soak at"}
     rate = max(100, int(round(lossless / 2, -2)))
     log(f"   soak: {path.key} {size} B at {rate} pps for {seconds:.0f} s")
+    start = probe.footprint(path.roots())
     step = runner.run(path, size=size, rate=rate, seconds=seconds, label="soak")
+    end = probe.footprint(path.roots())
     out = dict(step)
+    out["footprint"] = {
+        "start": start,
+        "end": end,
+        "rss_growth_kb": end["rss_kb"] - start["rss_kb"],
+        "fd_growth": end["fds"] - start["fds"],
+    }
     if "error" not in step:
         intact = step["corrupted"] == 0 and step["duplicated"] == 0
-        out["pass"] = intact and step["lost"] == 0 and step["delivered"] == step["expected"]
+        flat = out["footprint"]["fd_growth"] <= 0 and out["footprint"]["rss_growth_kb"] <= SOAK_RSS_SLACK_KB
+        out["pass"] = intact and flat and step["lost"] == 0 and step["delivered"] == step["expected"]
     return out
 
 

@@ -71,7 +71,18 @@ class Lab:
             raise
         return self
 
-    def _pair(self, ns_a: str, if_a: str, ip_a: tuple[str, str], ns_b: str, if_b: str, ip_b: tuple[str, str]) -> None:
+    def add_leg(self, suffix: str, relay_if: str, relay_ip: str, peer_if: str, peer_ip: str) -> str:
+        """One more namespace `<prefix><suffix>` joined to the relay by a veth pair (deleted with the lab)."""
+        ns = f"{self.prefix}{suffix}"
+        sh("ip", "netns", "add", ns)
+        self.created.append(ns)
+        self.netns(ns, "ip", "link", "set", "lo", "up")
+        self._pair(self.relay, relay_if, (relay_ip, None), ns, peer_if, (peer_ip, None))
+        return ns
+
+    def _pair(
+        self, ns_a: str, if_a: str, ip_a: tuple[str, str | None], ns_b: str, if_b: str, ip_b: tuple[str, str | None]
+    ) -> None:
         sh("ip", "link", "add", f"{self.prefix}a", "type", "veth", "peer", "name", f"{self.prefix}b")
         for tmp, ns, name, ip in (
             (f"{self.prefix}a", ns_a, if_a, ip_a),
@@ -81,7 +92,8 @@ class Lab:
             self.netns(ns, "ip", "link", "set", tmp, "name", name)
             self.netns(ns, "ip", "link", "set", name, "mtu", str(self.mtu))
             self.netns(ns, "ip", "addr", "add", f"{ip[0]}/24", "dev", name)
-            self.netns(ns, "ip", "-6", "addr", "add", f"{ip[1]}/64", "dev", name, "nodad")
+            if ip[1] is not None:
+                self.netns(ns, "ip", "-6", "addr", "add", f"{ip[1]}/64", "dev", name, "nodad")
             self.netns(ns, "ip", "link", "set", name, "up")
 
     def down(self) -> None:

@@ -78,6 +78,7 @@ def _counters_doc(relay: Any) -> dict[str, Any]:
                 "packets": r.packets,
                 "bytes": r.bytes,
                 "outputs": [{"packets": o.packets, "bytes": o.bytes, "errors": o.errors} for o in r.outputs],
+                "rate_limited": r.rate_limited,
             }
             for slot, r in c.rules.items()
         },
@@ -144,15 +145,23 @@ def _run_cases(spec: dict[str, Any]) -> int:
     ka = socket.if_nametoindex("ka")
     rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
     rx.bind(("kb", 0x0003))
+    from mcr.model.ratelimit import decode_rate_limit
+
     relay = KernelRelay(max_rules=8, max_outputs=64)
     for rule in spec["rules"]:
         outputs = _outputs(rule["outputs"])
-        relay.set_rule(rule["slot"], INGRESS, IPv4Address(rule["group"]), rule["port"], outputs)
+        limit = decode_rate_limit(rule["rate_limit"]) if "rate_limit" in rule else None
+        relay.set_rule(rule["slot"], INGRESS, IPv4Address(rule["group"]), rule["port"], outputs, limit)
     results: list[dict[str, Any]] = []
     for case in spec["cases"]:
         try:
             run = bpf.prog_test_run(
-                relay.prog_fd, bytes.fromhex(case["frame"]), ingress_ifindex=INGRESS, ifindex=ka, flags=case["flags"]
+                relay.prog_fd,
+                bytes.fromhex(case["frame"]),
+                ingress_ifindex=INGRESS,
+                ifindex=ka,
+                flags=case["flags"],
+                repeat=case.get("repeat", 1),
             )
         except bpf.BpfError as e:
             results.append({"error": str(e), "errno": e.errno})
@@ -326,6 +335,7 @@ def test_not_relayed_frames_pass_untouched_and_are_counted(netlab: NetLab) -> No
         "not_udp": 1,
         "bad_udp_length": 2,
         "no_rule": 1,
+        "rate_limited": 0,
     }
     assert doc["counters"]["rules"]["0"]["packets"] == 0
 
@@ -361,6 +371,39 @@ def test_a_failing_output_is_counted_and_does_not_stop_the_others(netlab: NetLab
     ]
 
 
+def test_rate_limits_are_shared_token_buckets(netlab: NetLab) -> None:
+    """1000 back-to-back runs (a few milliseconds) against a 10 pps limit with a burst of 5: the burst
+    passes and every other frame is counted as rate-limited; a bps limit charges payload bytes; an
+    unlimited rule next to them relays everything."""
+    rules = [
+        {"slot": 0, "group": "239.1.1.1", "port": 5001, "outputs": [out("ka", "239.2.2.1", 6001)]},
+        {**RULES_3[0], "slot": 1, "port": 5002, "rate_limit": {"pps": 10, "burst": 5}},
+        {
+            "slot": 2,
+            "group": "239.1.1.1",
+            "port": 5003,
+            "outputs": [],
+            "rate_limit": {"bps": 8000, "burst_bytes": 2048},
+        },
+    ]
+    cases = [
+        {"frame": frame(port=5001), "repeat": 300},
+        {"frame": frame(port=5002), "repeat": 1000, "expect": 15},
+        {"frame": frame(port=5003), "repeat": 50},  # 512 payload bytes: 4 fit in 2048
+    ]
+    result = run_cases(netlab, rules, cases)
+    assert [r["retval"] for r in result["results"]] == [TC_ACT_UNSPEC] * 3  # the original always goes on
+    counters = result["counters"]["rules"]
+    assert (counters["0"]["packets"], counters["0"]["rate_limited"]) == (300, 0)
+    limited = counters["1"]
+    assert limited["packets"] + limited["rate_limited"] == 1000
+    assert 5 <= limited["packets"] <= 6  # the burst, and one more only if the runs took over 100 ms
+    assert [o["packets"] for o in limited["outputs"]] == [limited["packets"]] * 3
+    assert limited["bytes"] == 512 * limited["packets"]
+    assert (counters["2"]["packets"], counters["2"]["rate_limited"]) == (4, 46)
+    assert result["counters"]["drops"]["rate_limited"] == limited["rate_limited"] + 46
+
+
 # ------------------------------------------------------------------------ the engine's bookkeeping
 
 
@@ -389,7 +432,8 @@ def _fake_traffic(engine: Any, slot: int, outputs: int) -> None:
 
     n = bpf.possible_cpus()
     key = slot.to_bytes(4, sys.byteorder)
-    bpf.update_percpu(engine.map_fd(MapName.RULE_STATS), key, [RULE_STATS.pack(k + 1, 100 * (k + 1)) for k in range(n)])
+    values = [RULE_STATS.pack(k + 1, 100 * (k + 1), 2 * (k + 1)) for k in range(n)]
+    bpf.update_percpu(engine.map_fd(MapName.RULE_STATS), key, values)
     for i in range(outputs):
         key = (slot * engine.max_outputs + i).to_bytes(4, sys.byteorder)
         values = [OUTPUT_STATS.pack(k + 1, 100 * (k + 1), i) for k in range(n)]
@@ -419,6 +463,7 @@ def test_engine_rules_and_counters(engine: Any) -> None:
     _fake_traffic(engine, 0, 3)
     c = engine.counters()
     assert (c.rules[0].packets, c.rules[0].bytes) == (per_cpu_sum, 100 * per_cpu_sum)
+    assert c.rules[0].rate_limited == 2 * per_cpu_sum
     assert [(o.packets, o.errors) for o in c.rules[0].outputs] == [(per_cpu_sum, i * n) for i in range(3)]
     assert c.rules[1].packets == 0 and set(c.drops) >= {"fragment", "no_rule"}
 

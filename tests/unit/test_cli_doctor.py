@@ -224,6 +224,12 @@ PITFALLS = {
         title="rule r1 skips outputs: output[0] eth1 has no IPv4 address",
         fix="give eth1 an address: ip addr add A.B.C.D/P dev eth1",
     ),
+    "output without carrier": Pitfall(
+        rules=(rule(reason="output[0] eth1 has no carrier"),),
+        check="rules",
+        title="rule r1 skips outputs: output[0] eth1 has no carrier",
+        fix="check eth1's cable, switch port or peer (ip -br link shows NO-CARRIER); packets resume by themselves",
+    ),
     "outputs with several problems": Pitfall(
         rules=(rule(reason="output[0] eth1 is down; output[1] eth2 does not exist; output[2] eth1 is down"),),
         check="rules",

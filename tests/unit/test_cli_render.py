@@ -100,6 +100,20 @@ def test_rules_table() -> None:
     assert lines(render_rules([])) == ["no rules"]
 
 
+def test_a_rate_limit_is_shown_under_the_input() -> None:
+    from dataclasses import replace
+
+    from mcr.cli.render import render_config
+    from mcr.model.ratelimit import RateLimit, RateUnit
+    from mcr.model.rules import Limits
+    from mcr.model.status import ConfigView
+
+    limited = replace(RULE.rule, rate_limit=RateLimit(50_000_000, RateUnit.BPS, 65_535))
+    shown = lines(render_rules([RuleView(limited, Engine.KERNEL, RuleState.ACTIVE)]))
+    assert shown[2].startswith("limit 50000000 bps, burst 65535 B")
+    assert "limit 50000000 bps, burst 65535 B" in text(render_config(ConfigView(None, (), Limits(), (limited,))))
+
+
 def test_an_active_rule_shows_its_reason_too() -> None:
     degraded = RuleView(RULE.rule, Engine.USERSPACE, RuleState.ACTIVE, "output[0] eth1 does not exist")
     assert lines(render_rules([degraded]))[1].endswith("active (output[0] eth1 does not exist)")

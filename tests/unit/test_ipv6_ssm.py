@@ -127,7 +127,7 @@ def test_control_round_trip_with_ipv6_and_prefix() -> None:
 
 def test_worker_sync_carries_sources_and_ipv6() -> None:
     out = WorkerOutput(0, IPv6Address("ff3e::10"), 6000, 3, IPv6Address("fd00::1"), 7)
-    sync = Sync(4, (WorkerRule("r", 2, G6, 5000, (out,), IPv6Network("fd00:200:1::/48")),))
+    sync = Sync(4, (WorkerRule("r", 2, G6, 5000, (out,), source=IPv6Network("fd00:200:1::/48")),))
     assert decode_command(encode_command(sync)) == sync
 
 
@@ -266,8 +266,8 @@ class _NoBatch:
 def test_rules_with_sources_split_by_prefix() -> None:
     rules = [
         WorkerRule("any4", 2, IPv4Address("239.1.1.1"), 5000, ()),
-        WorkerRule("a", 2, G6, 5000, (), IPv6Network("fd00:200:1::2/128")),
-        WorkerRule("b", 2, G6, 5000, (), IPv6Network("fd00:200:2::/64")),
+        WorkerRule("a", 2, G6, 5000, (), source=IPv6Network("fd00:200:1::2/128")),
+        WorkerRule("b", 2, G6, 5000, (), source=IPv6Network("fd00:200:2::/64")),
         WorkerRule("c", 3, G6, 5001, ()),
     ]
     slots = [RuleSlot(r, [], _NoBatch()) for r in rules]
@@ -311,7 +311,7 @@ def test_membership_socket_options() -> None:
 
 
 LINKS = {
-    "eth0": Link("eth0", 2, True, 1500, (IPv4Address("10.0.0.1"),), b"\x02" * 6, (IPv6Address("fd00::1"),)),
+    "eth0": Link("eth0", 2, True, 1500, (IPv4Address("10.0.0.1"),), b"\x02" * 6, ipv6=(IPv6Address("fd00::1"),)),
     "eth1": Link(
         "eth1",
         3,
@@ -319,7 +319,7 @@ LINKS = {
         1500,
         (IPv4Address("10.0.1.1"),),
         b"\x02" * 6,
-        (IPv6Address("fd00:1::1"), IPv6Address("fe80::1")),
+        ipv6=(IPv6Address("fd00:1::1"), IPv6Address("fe80::1")),
     ),
     "eth2": Link("eth2", 4, True, 1500, (IPv4Address("10.0.2.1"),), b"\x02" * 6),
 }

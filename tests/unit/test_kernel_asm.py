@@ -176,3 +176,11 @@ def test_link_without_a_map_fd_raises() -> None:
     a.exit()
     with pytest.raises(AsmError, match="rules"):
         a.assemble().link({})
+
+
+def test_atomic_cmpxchg_encoding() -> None:
+    """BPF_STX | BPF_ATOMIC | BPF_DW with imm BPF_CMPXCHG (0xf0 | BPF_FETCH), as in linux/filter.h."""
+    from mcr.kernel.asm import atomic_cmpxchg64
+
+    insn = atomic_cmpxchg64(Reg.R7, 8, Reg.R2)
+    assert encode([insn], "little").hex(" ") == "db 27 08 00 f1 00 00 00"

@@ -152,6 +152,7 @@ def test_helpers_called(program: Program) -> None:
     calls = {i.imm for i in program.insns if i.code == Cls.JMP | JmpOp.CALL}
     assert calls == {
         Helper.MAP_LOOKUP_ELEM,
+        Helper.KTIME_GET_NS,
         Helper.SKB_STORE_BYTES,
         Helper.L3_CSUM_REPLACE,
         Helper.L4_CSUM_REPLACE,
@@ -236,3 +237,31 @@ def test_bad_outputs_are_rejected(kwargs: dict[str, object]) -> None:
 def test_unicast_output_with_a_destination_mac() -> None:
     out = OutputEntry(2, IPv4Address("10.1.1.1"), 9, IPv4Address("10.0.0.1"), b"\x02" * 6, dst_mac=b"\x04" * 6)
     assert pack_output(out)[16:22] == b"\x04" * 6
+
+
+# ------------------------------------------------------------------------------------------ rate limits
+
+
+def test_limit_value_layout() -> None:
+    from mcr.kernel.program import LIMIT_VALUE, pack_limit
+    from mcr.model.ratelimit import BucketParams
+
+    assert pack_limit(None) == bytes(LIMIT_VALUE.size) == bytes(40)  # divisor 0: no limit
+    raw = pack_limit(BucketParams(per_packet=1_000_000_000, per_byte=0, divisor=500, burst_ns=100_000_000))
+    assert LIMIT_VALUE.unpack(raw) == (0, 100_000_000, 1_000_000_000, 0, 500)  # tat 0: the bucket starts full
+
+
+def test_the_bucket_is_updated_by_compare_and_exchange(program: Program) -> None:
+    """The bucket's tat is written by a 64-bit BPF_CMPXCHG (one word shared by every CPU), retried a
+    bounded number of times, unrolled; the clock is read once per frame."""
+    from mcr.kernel.asm import ATOMIC_CMPXCHG, MODE_ATOMIC, Size
+    from mcr.kernel.program import CMPXCHG_TRIES
+
+    insns = program.insns
+    atomics = [i for i in insns if i.code == Cls.STX | MODE_ATOMIC | Size.DW]
+    assert len(atomics) == CMPXCHG_TRIES
+    assert all(i.imm == ATOMIC_CMPXCHG and i.off == 0 and i.dst == Reg.R7 for i in atomics)
+    clock = [pc for pc, i in enumerate(insns) if i.code == Cls.JMP | JmpOp.CALL and i.imm == Helper.KTIME_GET_NS]
+    assert len(clock) == 1
+    lookups = {name for _, name in program.maps}
+    assert MapName.LIMITS.value in lookups

@@ -10,6 +10,7 @@ PURE = (
     "model",
     "protocol",
     "packet",
+    "linux/seccomp.py",
     "supervisor/core.py",
     "supervisor/access.py",
     "traffic/payload.py",

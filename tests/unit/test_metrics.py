@@ -5,10 +5,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from mcr.model.errors import ConfigError
+from mcr.model.ratelimit import RateLimit, RateUnit
 from mcr.model.rules import Engine, ForwardingRule
 from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView, WorkerInfo
 from mcr.supervisor.metrics import Snapshot, metric_families, parse_listen_address
 
+LIMIT = RateLimit(500, RateUnit.PPS, 50)
 SNAP = Snapshot(
     flows=(
         FlowStats(
@@ -21,11 +23,15 @@ SNAP = Snapshot(
             "r1",
             "eth0",
             (OutputStats("239.2.2.2", 6000, "eth1", 9, 900, 1),),
-            {"fragment": 2},
+            {"fragment": 2, "rate_limited": 7},
         ),
     ),
     rules=(
-        RuleView(ForwardingRule("r1", "eth0", IPv4Address("239.1.1.1"), 5000, ()), Engine.USERSPACE, RuleState.ACTIVE),
+        RuleView(
+            ForwardingRule("r1", "eth0", IPv4Address("239.1.1.1"), 5000, (), rate_limit=LIMIT),
+            Engine.USERSPACE,
+            RuleState.ACTIVE,
+        ),
         RuleView(ForwardingRule("r2", "eth9", IPv4Address("239.1.1.2"), 5000, ()), Engine.USERSPACE, RuleState.WAITING),
     ),
     workers=(WorkerInfo(10, "DataPlane", None, 0, "Running", 65534, 2, {"no_rule": 5}, 100, 3, 0),),
@@ -45,6 +51,8 @@ def test_exposition() -> None:
         'mcr_rule_packets_total{input_group="239.1.1.1",input_interface="eth0",input_port="5000",'
         'input_source="",rule_id="r1"} 10.0',
         'mcr_rule_drops_total{reason="fragment",rule_id="r1"} 2.0',
+        'mcr_rule_drops_total{reason="rate_limited",rule_id="r1"} 7.0',
+        'mcr_rule_rate_limit{rule_id="r1",unit="pps"} 500.0',
         'mcr_output_errors_total{group="239.2.2.2",interface="eth1",output="0",port="6000",rule_id="r1"} 1.0',
         'mcr_rules{engine="userspace",state="active"} 1.0',
         'mcr_rules{engine="userspace",state="waiting"} 1.0',

@@ -168,6 +168,7 @@ def test_drop_reasons_and_keys_are_stable() -> None:
         "not_udp",
         "bad_udp_length",
         "no_rule",
+        "rate_limited",
         "ext_header",
     )
     assert DropReason.FRAGMENT.key == "fragment"

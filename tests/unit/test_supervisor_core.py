@@ -61,6 +61,12 @@ LINKS = {
             "output[0] eth1 has no IPv4 address",
             0,
         ),
+        (
+            {**LINKS, "eth1": Link("eth1", 3, True, 1500, (IPv4Address("10.0.1.1"),), carrier=False)},
+            RuleState.ACTIVE,
+            "output[0] eth1 has no carrier",
+            1,  # still served: the relay follows the carrier back without a gap
+        ),
     ],
 )
 def test_resolve(links: dict[str, Link], state: RuleState, reason: str, outputs: int | None) -> None:

@@ -31,6 +31,7 @@ from mcr.cli.transport import DEFAULT_TIMEOUT_S, ErrorAnswer, UnreachableError, 
 from mcr.model.config import parse_config
 from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
+from mcr.model.ratelimit import RateUnit, make_rate_limit, parse_rate
 from mcr.model.rules import IPAddress, OutputDestination, SourcePrefix, parse_group, parse_output_spec, parse_source
 from mcr.model.status import FlowStats, RuleView, WorkerInfo
 from mcr.protocol.control import (
@@ -170,6 +171,19 @@ def _outputs(text: str) -> tuple[OutputDestination, ...]:
     return tuple(found)
 
 
+def _rate(text: str) -> tuple[int, RateUnit]:
+    try:
+        return parse_rate(text)
+    except ValidationError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _burst(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid burst '{text}'; expected a positive whole number")
+    return int(text)
+
+
 def _severity(text: str) -> Severity:
     try:
         return Severity.parse(text)
@@ -251,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="output destinations; repeatable (default: none)",
     )
     add.add_argument("--ttl", type=_ttl, metavar="N", help="multicast TTL of every output (default 1)")
+    add.add_argument(
+        "--rate-limit",
+        type=_rate,
+        metavar="RATE",
+        help="relay at most RATE: packets (10000pps, 10kpps) or payload bits (50mbps, 1gbps) per second",
+    )
+    add.add_argument(
+        "--burst",
+        type=_burst,
+        metavar="N",
+        help="burst of --rate-limit: packets for pps, bytes for bps (default: 0.1 s worth, at least 65535 bytes)",
+    )
 
     remove = command("remove", "remove a forwarding rule")
     remove.add_argument("--rule-id", required=True, type=_rule_id, help="id of the rule to remove")
@@ -313,6 +339,15 @@ def _request(args: argparse.Namespace) -> Request:
         outputs = tuple(out for group in args.outputs for out in group)
         if args.ttl is not None:
             outputs = tuple(replace(out, ttl=args.ttl) for out in outputs)
+        rate_limit = None
+        if args.rate_limit is not None:
+            try:
+                rate, unit = args.rate_limit
+                rate_limit = make_rate_limit(rate, unit, args.burst)
+            except ValidationError as e:
+                fail(f"argument --rate-limit: {e}")
+        elif args.burst is not None:
+            fail("argument --burst: requires --rate-limit RATE")
         return AddRule(
             rule_id=args.rule_id,
             input_interface=args.input_interface,
@@ -320,6 +355,7 @@ def _request(args: argparse.Namespace) -> Request:
             input_port=args.input_port,
             outputs=outputs,
             input_source=args.input_source,
+            rate_limit=rate_limit,
         )
     if command == "remove":
         return RemoveRule(args.rule_id)

@@ -347,7 +347,9 @@ def check_mtu(facts: HostFacts, rules: Sequence[RuleView]) -> list[Finding]:
     return findings
 
 
-_REASON = re.compile(r"(?:input interface|output\[\d+\]) (\S+) (does not exist|is down|has no IPv4 address)")
+_REASON = re.compile(
+    r"(?:input interface|output\[\d+\]) (\S+) (does not exist|is down|has no IPv4 address|has no carrier)"
+)
 
 
 def _reason_fix(reason: str) -> str:
@@ -358,6 +360,11 @@ def _reason_fix(reason: str) -> str:
             fix = f"check the name {name} (ip -br link); the rule starts by itself when it appears"
         elif problem == "is down":
             fix = f"ip link set {name} up"
+        elif problem == "has no carrier":
+            fix = (
+                f"check {name}'s cable, switch port or peer (ip -br link shows NO-CARRIER); "
+                "packets resume by themselves"
+            )
         else:
             fix = f"give {name} an address: ip addr add A.B.C.D/P dev {name}"
         if fix not in fixes:

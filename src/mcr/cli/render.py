@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcr.model.rules import Limits
+from mcr.model.rules import ForwardingRule, Limits
 from mcr.model.status import ConfigView, FlowStats, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
     ConfigResponse,
@@ -84,8 +84,8 @@ def render_error(text: str) -> str:
     return f"error: {text}"
 
 
-def _rule_input(view: RuleView) -> str:
-    return view.rule.input_text
+def _rule_input(r: ForwardingRule) -> str:
+    return r.input_text if r.rate_limit is None else f"{r.input_text}\nlimit {r.rate_limit.text}"
 
 
 def _rule_state(view: RuleView) -> str:
@@ -99,7 +99,7 @@ def render_rules(rules: Sequence[RuleView]) -> RenderableType:
     table = _table("ID", "Input", "Outputs", "Engine", "State")
     for view in sorted(rules, key=lambda v: v.rule.rule_id):
         outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in view.rule.outputs) or "(none)"
-        _add_row(table, view.rule.rule_id, _rule_input(view), outputs, view.engine.value, _rule_state(view))
+        _add_row(table, view.rule.rule_id, _rule_input(view.rule), outputs, view.engine.value, _rule_state(view))
     return table
 
 
@@ -206,7 +206,7 @@ def render_config(view: ConfigView) -> RenderableType:
     rules = _table("ID", "Source", "Input", "Outputs")
     for r in view.rules:
         outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in r.outputs) or "(none)"
-        _add_row(rules, r.rule_id, r.source.value, r.input_text, outputs)
+        _add_row(rules, r.rule_id, r.source.value, _rule_input(r), outputs)
     return Group(settings, rules if view.rules else Text("no rules"))
 
 

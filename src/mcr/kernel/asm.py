@@ -36,6 +36,7 @@ __all__ = [
     "alu32_imm",
     "alu64_imm",
     "alu64_reg",
+    "atomic_cmpxchg64",
     "call",
     "encode",
     "endian_be",
@@ -92,6 +93,8 @@ class Size(IntEnum):
 
 MODE_IMM: Final = 0x00
 MODE_MEM: Final = 0x60
+MODE_ATOMIC: Final = 0xC0  # with Cls.STX: the operation is in the immediate (Linux 5.12)
+ATOMIC_CMPXCHG: Final = 0xF0 | 0x01  # BPF_CMPXCHG, which always fetches (BPF_FETCH)
 SRC_K: Final = 0x00  # operand is the immediate
 SRC_X: Final = 0x08  # operand is the source register
 
@@ -136,6 +139,7 @@ class Helper(IntEnum):
     MAP_LOOKUP_ELEM = 1
     MAP_UPDATE_ELEM = 2
     MAP_DELETE_ELEM = 3
+    KTIME_GET_NS = 5
     SKB_STORE_BYTES = 9
     L3_CSUM_REPLACE = 10
     L4_CSUM_REPLACE = 11
@@ -245,6 +249,12 @@ def ldx(size: Size, dst: Reg, src: Reg, off: int) -> Insn:
 def stx(size: Size, dst: Reg, off: int, src: Reg) -> Insn:
     """*(size *)(dst + off) = src"""
     return Insn(Cls.STX | MODE_MEM | size, dst, src, off)
+
+
+def atomic_cmpxchg64(dst: Reg, off: int, src: Reg) -> Insn:
+    """r0 = atomic_cmpxchg((u64 *)(dst + off), r0, src): store src where the memory still holds r0;
+    r0 gets what the memory held either way."""
+    return Insn(Cls.STX | MODE_ATOMIC | Size.DW, dst, src, off, ATOMIC_CMPXCHG)
 
 
 def st_imm(size: Size, dst: Reg, off: int, imm: int) -> Insn:

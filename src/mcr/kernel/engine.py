@@ -33,10 +33,12 @@ from mcr.kernel.program import (
     build_relay_program,
     map_specs,
     pack_group_key,
+    pack_limit,
     pack_output,
     pack_rule_key,
     pack_rule_value,
 )
+from mcr.model.ratelimit import RateLimit, bucket_params
 from mcr.packet.parse import DropReason
 
 __all__ = ["KernelCounters", "KernelRelay", "OutputCounters", "OutputEntry", "RuleCounters"]
@@ -56,6 +58,7 @@ class RuleCounters:
     packets: int
     bytes: int  # UDP payload bytes
     outputs: tuple[OutputCounters, ...]
+    rate_limited: int = 0  # frames over the rule's rate limit (not relayed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class _Rule:
     group: IPv4Address
     port: int
     outputs: int
+    rate_limit: RateLimit | None = None
 
 
 def _index(i: int) -> bytes:
@@ -132,12 +136,14 @@ class KernelRelay:
         group: IPv4Address,
         port: int,
         outputs: Sequence[OutputEntry],
+        rate_limit: RateLimit | None = None,
         source: IPv4Network | None = None,
     ) -> None:
         """Install or replace the rule in `slot`: frames to (ifindex, group, port) (from `source`, a host or
-        prefix, when given) go to `outputs`.
+        prefix, when given) go to `outputs`, at most at `rate_limit` (None: no limit).
 
-        A slot that was free starts with zero counters; replacing a rule in place keeps them.
+        A slot that was free starts with zero counters; replacing a rule in place keeps them. A new or
+        changed limit starts with a full bucket; an unchanged one keeps its state.
         """
         if not 0 <= slot < self.max_rules:
             raise ValueError(f"slot {slot} is out of range 0..{self.max_rules - 1}")
@@ -145,7 +151,7 @@ class KernelRelay:
             raise ValueError(f"{len(outputs)} outputs: at most {self.max_outputs} per rule")
         if not 1 <= port <= 65535:
             raise ValueError(f"bad input port {port}")
-        rule = _Rule(ifindex, group, port, len(outputs))
+        rule = _Rule(ifindex, group, port, len(outputs), rate_limit)
         for other_slot, other in self._rules.items():
             if other_slot != slot and (other.ifindex, other.group, other.port) == (ifindex, group, port):
                 raise ValueError(f"slot {other_slot} already relays {group}:{port} on ifindex {ifindex}")
@@ -160,6 +166,9 @@ class KernelRelay:
         base = slot * self.max_outputs
         for i, out in enumerate(outputs):
             bpf.update_elem(self.map_fd(MapName.OUTPUTS), _index(base + i), pack_output(out))
+        if old is None or old.rate_limit != rate_limit:  # before the rule is visible, so it never runs unlimited
+            params = None if rate_limit is None else bucket_params(rate_limit)
+            bpf.update_elem(self.map_fd(MapName.LIMITS), _index(slot), pack_limit(params))
         bpf.update_elem(
             self.map_fd(MapName.RULES), pack_rule_key(ifindex, group, port), pack_rule_value(slot, len(outputs), source)
         )
@@ -200,12 +209,12 @@ class KernelRelay:
         """Per-rule and per-output totals, summed over CPUs, and the drop counters."""
         rules: dict[int, RuleCounters] = {}
         for slot, rule in self._rules.items():
-            packets, nbytes = self._sum(MapName.RULE_STATS, slot, RULE_STATS)
+            packets, nbytes, limited = self._sum(MapName.RULE_STATS, slot, RULE_STATS)
             base = slot * self.max_outputs
             outputs = tuple(
                 OutputCounters(*self._sum(MapName.OUTPUT_STATS, base + i, OUTPUT_STATS)) for i in range(rule.outputs)
             )
-            rules[slot] = RuleCounters(packets, nbytes, outputs)
+            rules[slot] = RuleCounters(packets, nbytes, outputs, limited)
         drops = {
             r.key: self._sum(MapName.DROPS, int(r), DROP_STATS)[0]
             for r in DropReason

@@ -11,7 +11,12 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
    pass untouched too, and are counted per reason in `drops`.
 3. Look up `rules` with (ingress ifindex, IPv4 destination, UDP destination port): (rule slot, output
    count, source network, netmask). No rule, or an IPv4 source outside the rule's network (a zero mask
-   takes every source): pass, counted as `no_rule`.
+   takes every source): pass, counted as `no_rule`. A rule with a rate limit has a token bucket in
+   `limits[slot]`, in the GCRA form of `mcr.model.ratelimit` (one u64 "theoretical arrival time" shared
+   by every CPU, `bpf_ktime_get_ns` for the clock): the program computes the new value and installs it
+   with one BPF_CMPXCHG, retried with the value another CPU left (at most `CMPXCHG_TRIES` times, then the
+   frame counts as over the limit). A frame over the limit is not relayed; it is counted in the rule's
+   `rate_limited` counter and in `drops`, and passes untouched like every frame that is not relayed.
 4. Save the original header bytes on the stack (MAC addresses; IP TTL..destination; the UDP header), then
    for each output i < count (at most `max_outputs`, a bounded loop the verifier walks once per
    iteration): read `outputs[slot * max_outputs + i]`, rewrite the frame in place with
@@ -24,9 +29,9 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
    CHECKSUM_COMPLETE skb stays right; the MAC header is not covered by it) and let the original frame go on
    to the local stack unchanged.
 
-Counters live in per-CPU arrays: per rule slot (packets, UDP payload bytes), per output (packets, bytes,
-errors: any non-zero return of bpf_clone_redirect, which is a negative errno or NET_XMIT_DROP, and any
-failed rewrite), and per drop reason. Nothing is retried and nothing blocks another output.
+Counters live in per-CPU arrays: per rule slot (packets, UDP payload bytes, frames over the rate limit), per
+output (packets, bytes, errors: any non-zero return of bpf_clone_redirect, which is a negative errno or
+NET_XMIT_DROP, and any failed rewrite), and per drop reason. Nothing is retried and nothing blocks another output.
 
 Byte order: values copied between the frame, the stack and the maps are raw memory images (a 16-bit load
 of the frame yields the same bits the checksum helpers expect), so only the length fields are converted.
@@ -53,6 +58,7 @@ from mcr.kernel.asm import (
     Program,
     Reg,
     Size,
+    atomic_cmpxchg64,
     endian_be,
     ldx,
     mov64_imm,
@@ -62,12 +68,14 @@ from mcr.kernel.asm import (
 )
 from mcr.kernel.asm import alu64_imm as alu
 from mcr.kernel.asm import alu64_reg as alu_reg
+from mcr.model.ratelimit import BucketParams
 from mcr.packet.build import multicast_mac
 from mcr.packet.parse import DropReason
 
 __all__ = [
     "DEFAULT_MAX_OUTPUTS",
     "DEFAULT_MAX_RULES",
+    "LIMIT_VALUE",
     "MAP_NAMES",
     "MAX_OUTPUTS_LIMIT",
     "OUTPUT_STATS",
@@ -80,6 +88,7 @@ __all__ = [
     "build_relay_program",
     "map_specs",
     "pack_group_key",
+    "pack_limit",
     "pack_output",
     "pack_rule_key",
     "pack_rule_value",
@@ -120,6 +129,14 @@ _COUNT = -104  # u64: number of outputs (clamped)
 _IDX = -112  # u32: array map key
 _PORT_FLAGS = -120  # u64: flags for storing the UDP port (see below)
 
+# rate limit value layout (40 bytes), see `pack_limit` and `mcr.model.ratelimit`
+_LIM_TAT = 0  # u64: theoretical arrival time (ns, bpf_ktime_get_ns clock); 0: the bucket is full
+_LIM_BURST = 8  # u64: how far ahead of now `tat` may run
+_LIM_PER_PACKET = 16  # u64: a frame costs (per_packet + payload * per_byte) / divisor ns
+_LIM_PER_BYTE = 24
+_LIM_DIVISOR = 32  # u64: 0 means no limit
+CMPXCHG_TRIES: Final = 4
+
 # output value layout (32 bytes), see `pack_output`
 _OUT_IFINDEX = 0
 _OUT_TTL = 4  # TTL, protocol, then the UDP destination port: the same 4 bytes as _CUR + 0
@@ -132,9 +149,10 @@ RULE_KEY: Final = struct.Struct("=I4s2sH")  # ingress ifindex, group (network or
 GROUP_KEY: Final = struct.Struct("=I4s")  # ingress ifindex, group
 RULE_VALUE: Final = struct.Struct("=II4s4s")  # slot, output count, source network and netmask (network order)
 OUTPUT_VALUE: Final = struct.Struct("=IBB2s4s4s6s6sI")
-RULE_STATS: Final = struct.Struct("=QQ")  # packets, payload bytes
+RULE_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, frames over the rate limit
 OUTPUT_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, errors
 DROP_STATS: Final = struct.Struct("=Q")
+LIMIT_VALUE: Final = struct.Struct("=QQQQQ")  # tat, burst_ns, per_packet, per_byte, divisor
 
 
 class MapName(StrEnum):
@@ -144,6 +162,7 @@ class MapName(StrEnum):
     RULE_STATS = "rule_stats"
     OUTPUT_STATS = "out_stats"
     DROPS = "drops"
+    LIMITS = "limits"
 
 
 MAP_NAMES: Final = tuple(m.value for m in MapName)
@@ -169,6 +188,7 @@ def map_specs(max_rules: int = DEFAULT_MAX_RULES, max_outputs: int = DEFAULT_MAX
         MapSpec(MapName.RULE_STATS.value, MapType.PERCPU_ARRAY, 4, RULE_STATS.size, max_rules),
         MapSpec(MapName.OUTPUT_STATS.value, MapType.PERCPU_ARRAY, 4, OUTPUT_STATS.size, n_out),
         MapSpec(MapName.DROPS.value, MapType.PERCPU_ARRAY, 4, DROP_STATS.size, len(DropReason)),
+        MapSpec(MapName.LIMITS.value, MapType.ARRAY, 4, LIMIT_VALUE.size, max_rules),
     )
 
 
@@ -196,6 +216,13 @@ def pack_rule_value(slot: int, count: int, source: IPv4Network | None = None) ->
     if source is None:
         return RULE_VALUE.pack(slot, count, bytes(4), bytes(4))
     return RULE_VALUE.pack(slot, count, source.network_address.packed, source.netmask.packed)
+
+
+def pack_limit(params: BucketParams | None) -> bytes:
+    """A slot's token bucket, full (tat 0); None: no limit."""
+    if params is None:
+        return bytes(LIMIT_VALUE.size)
+    return LIMIT_VALUE.pack(0, params.burst_ns, params.per_packet, params.per_byte, params.divisor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +416,31 @@ def relay_program(
     a.emit(mov64_imm(r2, max_outputs))
     a.label("count_ok")
     a.emit(stx(Size.DW, fp, _SLOT, r1), stx(Size.DW, fp, _COUNT, r2), stx(Size.W, fp, _IDX, r1))
+
+    # ---- rate limit: r7 the bucket, r8 now, r9 this frame's cost, r1 the tat last read
+    lookup(MapName.LIMITS, _IDX)
+    a.jump(JmpOp.JEQ, r0, 0, "admitted")
+    a.emit(mov64_reg(r7, r0), ldx(Size.DW, r3, r7, _LIM_DIVISOR))
+    a.jump(JmpOp.JEQ, r3, 0, "admitted")
+    a.emit(ldx(Size.DW, r1, r7, _LIM_PER_BYTE), ldx(Size.DW, r2, fp, _PAYLOAD), alu_reg(AluOp.MUL, r1, r2))
+    a.emit(ldx(Size.DW, r2, r7, _LIM_PER_PACKET), alu_reg(AluOp.ADD, r1, r2), alu_reg(AluOp.DIV, r1, r3))
+    a.emit(mov64_reg(r9, r1))
+    a.call(Helper.KTIME_GET_NS)
+    a.emit(mov64_reg(r8, r0), ldx(Size.DW, r1, r7, _LIM_TAT))
+    for attempt in range(CMPXCHG_TRIES):  # unrolled: no loop for the verifier to walk
+        a.emit(mov64_reg(r2, r1))
+        a.jump_reg(JmpOp.JGE, r2, r8, f"tat_ahead_{attempt}")
+        a.emit(mov64_reg(r2, r8))  # r2 = max(tat, now)
+        a.label(f"tat_ahead_{attempt}")
+        a.emit(alu_reg(AluOp.ADD, r2, r9), mov64_reg(r3, r2), alu_reg(AluOp.SUB, r3, r8))
+        a.emit(ldx(Size.DW, r4, r7, _LIM_BURST))
+        a.jump_reg(JmpOp.JGT, r3, r4, "rate_limited")
+        a.emit(mov64_reg(r0, r1), atomic_cmpxchg64(r7, _LIM_TAT, r2))
+        a.jump_reg(JmpOp.JEQ, r0, r1, "admitted")
+        a.emit(mov64_reg(r1, r0))  # another CPU moved it first: try again from its value
+    a.goto("rate_limited")
+
+    a.label("admitted")
     lookup(MapName.RULE_STATS, _IDX)
     a.jump(JmpOp.JEQ, r0, 0, "rule_counted")
     a.emit(mov64_reg(r7, r0), ldx(Size.DW, r2, fp, _PAYLOAD))
@@ -488,6 +540,12 @@ def relay_program(
         a.label(label)
         a.emit(mov64_imm(r8, int(reason)))
         a.goto("count_drop")
+    a.label("rate_limited")
+    lookup(MapName.RULE_STATS, _IDX)
+    a.jump(JmpOp.JEQ, r0, 0, "rate_limited_counted")
+    bump(r0, 16)
+    a.label("rate_limited_counted")
+    a.emit(mov64_imm(r8, int(DropReason.RATE_LIMITED)))
     a.label("count_drop")
     lookup(MapName.GROUPS, _KEY)
     a.jump(JmpOp.JEQ, r0, 0, "pass")

@@ -39,11 +39,15 @@ _FPROG = struct.Struct("@HP")
 _STATS = struct.Struct("III")
 
 
+def sock_fprog(program: bytes) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
+    """The `struct sock_fprog` of a packed classic BPF program, and the buffer it points to (keep it alive)."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    return _FPROG.pack(len(program) // 8, ctypes.addressof(buf)), buf
+
+
 def attach_filter(sock: socket.socket, program: bytes) -> None:
     """Attach a classic BPF program (packed `struct sock_filter` array) to `sock`."""
-    count = len(program) // 8
-    buf = ctypes.create_string_buffer(program, len(program))
-    fprog = _FPROG.pack(count, ctypes.addressof(buf))
+    fprog, _buf = sock_fprog(program)
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 

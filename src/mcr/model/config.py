@@ -25,6 +25,7 @@
     input_group = "239.1.1.1"
     input_port = 5000
     ttl = 4                            # default TTL of this rule's outputs (1 when absent)
+    rate_limit = { pps = 10000 }       # optional: { pps = N, burst = packets } or { bps = N, burst_bytes = B }
     outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
 
 Every error names the file, the rule and the field.
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mcr.model.errors import ConfigError, ValidationError
+from mcr.model.ratelimit import decode_rate_limit
 from mcr.model.rules import (
     DEFAULT_TTL,
     ForwardingRule,
@@ -78,7 +80,7 @@ class Config:
 
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool}
-_RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl"}
+_RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl", "rate_limit"}
 _OUTPUT_KEYS = {"group", "port", "interface", "ttl"}
 
 
@@ -185,9 +187,13 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
         source = parse_source(item["input_source"]) if "input_source" in item else None
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
+    try:
+        rate_limit = decode_rate_limit(item["rate_limit"]) if "rate_limit" in item else None
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {e}") from None
     rule_id = item.get("id") or generated_rule_id(item["input_interface"], group, item["input_port"], source)
     return ForwardingRule(
-        rule_id, item["input_interface"], group, item["input_port"], outputs, source, RuleSource.CONFIG
+        rule_id, item["input_interface"], group, item["input_port"], outputs, source, RuleSource.CONFIG, rate_limit
     )
 
 

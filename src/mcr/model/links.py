@@ -14,4 +14,5 @@ class Link:
     mtu: int
     ipv4: tuple[IPv4Address, ...] = ()
     mac: bytes = b""  # empty for links without an Ethernet address (lo, tun)
+    carrier: bool = True  # IFF_LOWER_UP: without it the kernel silently drops what is sent there
     ipv6: tuple[IPv6Address, ...] = ()  # global and unique-local addresses first, then link-local ones

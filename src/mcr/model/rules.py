@@ -13,6 +13,7 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from mcr.model.errors import ValidationError
+from mcr.model.ratelimit import RateLimit, rate_limit_problem
 
 #: A group or address of either family, and an input source: a host or a prefix.
 IPAddress = IPv4Address | IPv6Address
@@ -103,6 +104,7 @@ class ForwardingRule:
     outputs: tuple[OutputDestination, ...]
     input_source: SourcePrefix | None = None  # only packets from this host or prefix match
     source: RuleSource = field(default=RuleSource.RUNTIME, compare=False)
+    rate_limit: RateLimit | None = None  # None: unlimited
 
     @property
     def input_key(self) -> tuple[str, IPAddress, int, SourcePrefix | None]:
@@ -226,6 +228,10 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         if problem:
             raise ValidationError(problem)
     _check_input_addresses(rule)
+    if rule.rate_limit is not None:
+        problem = rate_limit_problem(rule.rate_limit)
+        if problem:
+            raise ValidationError(problem)
     seen: dict[tuple[IPAddress, int, str], int] = {}
     for i, out in enumerate(rule.outputs):
         problem = _destination_problem(out.group)

@@ -14,6 +14,7 @@ from mcr.model.links import Link
 log = logging.getLogger("mcr.netlink")
 
 IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
 
 
 async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
@@ -38,6 +39,7 @@ async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
             mtu=int(msg.get_attr("IFLA_MTU") or 0),
             ipv4=tuple(addresses.get(index, ())),
             mac=_mac(msg.get_attr("IFLA_ADDRESS")),
+            carrier=bool(int(msg["flags"]) & IFF_LOWER_UP),
             ipv6=tuple(sorted(addresses6.get(index, ()), key=lambda a: a.is_link_local)),
         )
     return links

@@ -15,7 +15,7 @@ Layout (see `exact_filter`): a fixed prologue that leaves the UDP destination po
 for fragments and non-UDP packets; a search of the groups on the IPv4 destination; per port set, a search of X.
 The searches are binary trees of ``jgt`` with runs of at most 8 ``jeq`` at the leaves, so a frame takes about
 12 + log2(groups / 8) + 8 + log2(ports / 8) + 8 instructions, whatever the table size. The program is laid out
-back to front (`_Emitter`), which settles the 8-bit conditional jump offsets: a return is copied wherever the
+back to front (`Emitter`), which settles the 8-bit conditional jump offsets: a return is copied wherever the
 previous copy is out of reach, and any other far target (a subtree, the check of a port set shared by many
 groups) is reached through a ``ja``, whose offset is 32 bits. A table too large for BPF_MAXINSNS gets a coarser
 filter (`build_capture_filter`).
@@ -49,6 +49,7 @@ __all__ = [
     "BpfRval",
     "BpfSize",
     "BpfSrc",
+    "Emitter",
     "Insn",
     "Op",
     "PacketType",
@@ -241,8 +242,11 @@ _Target = int | _Shared  # an int is the position of an emitted instruction
 _LEAF = 8  # the longest run of jeq at a search tree's leaf
 
 
-class _Emitter:
+class Emitter:
     """Lays a program out back to front, so that every jump target is placed before the jump to it.
+
+    Shared by the capture filters here and the worker's seccomp filter (`mcr.linux.seccomp`): a jump target
+    is either the position of an emitted instruction or one of this module's shared tails.
 
     Classic BPF jumps only forward: emitting the last instruction first means a jump's targets already have
     their final distance from it. Positions count from the end of the program (0 is the last instruction),
@@ -353,7 +357,7 @@ _OFF_DST6 = ETH_HLEN + 24
 MAX_IPV6_GROUPS = 64  # 8 instructions each; more groups get the ff00::/8 check
 
 
-def _ipv6_block(e: _Emitter, groups: Collection[int]) -> int:
+def _ipv6_block(e: Emitter, groups: Collection[int]) -> int:
     """Emit the IPv6 part, entered with the ethertype in A: accept IPv6 to one of `groups` (compared a
     word at a time), or to any group when there are more than MAX_IPV6_GROUPS. Returns its entry."""
     if len(groups) > MAX_IPV6_GROUPS:
@@ -371,7 +375,7 @@ def _ipv6_block(e: _Emitter, groups: Collection[int]) -> int:
     return e.jump(Op.JEQ_K, ETH_P_IPV6, e.head, _Tail.DROP)
 
 
-def _prologue(e: _Emitter, groups6: Collection[int] = ()) -> None:
+def _prologue(e: Emitter, groups6: Collection[int] = ()) -> None:
     """Drop the host's own frames and everything but IPv4 (and IPv6 to `groups6`); `e.head` must be the
     IPv4 part."""
     ipv4 = e.head
@@ -448,7 +452,7 @@ def exact_filter(groups: Mapping[int, Collection[int]], groups6: Collection[int]
         no_port:
             jgt  #0xffff -> accept, else drop
     """
-    e = _Emitter()
+    e = Emitter()
     e.tail(_Tail.DROP)  # the kernel wants a return last
     ports = {group: _PortCheck(tuple(sorted(set(p)))) for group, p in groups.items() if p}
     e.search(sorted(ports), ports.__getitem__, _Tail.DROP)
@@ -468,7 +472,7 @@ def exact_filter(groups: Mapping[int, Collection[int]], groups6: Collection[int]
 
 def group_filter(groups: Collection[int], groups6: Collection[int] = ()) -> list[Insn]:
     """Accept IPv4 to one of `groups` from another host: the prologue, ``ld [30]``, a search of the groups."""
-    e = _Emitter()
+    e = Emitter()
     e.tail(_Tail.DROP)
     e.search(sorted(groups), lambda _group: _Tail.ACCEPT, _Tail.DROP)
     e.stmt(Op.LD_W_ABS, _OFF_DST)
@@ -478,7 +482,7 @@ def group_filter(groups: Collection[int], groups6: Collection[int] = ()) -> list
 
 def coarse_filter(groups6: Collection[int] = ()) -> list[Insn]:
     """Accept IPv4 to 224.0.0.0/4 from another host (and IPv6 to `groups6`)."""
-    e = _Emitter()
+    e = Emitter()
     e.tail(_Tail.DROP)
     e.jump(Op.JEQ_K, 0xE0000000, _Tail.ACCEPT, _Tail.DROP)
     e.stmt(Op.ALU_AND_K, 0xF0000000)

@@ -71,7 +71,8 @@ class DropReason(IntEnum):
     NOT_UDP = 5
     BAD_UDP_LENGTH = 6  # UDP length < 8, or beyond the IP total length
     NO_RULE = 7  # never returned by the parser: the worker found no rule for the key (or for the source)
-    EXT_HEADER = 8  # IPv6: an extension header that is not walked, or more than MAX_EXT_HEADERS
+    RATE_LIMITED = 8  # never returned by the parser: over the rule's rate limit (counted per rule too)
+    EXT_HEADER = 9  # IPv6: an extension header that is not walked, or more than MAX_EXT_HEADERS
 
     @property
     def key(self) -> str:

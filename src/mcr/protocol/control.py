@@ -14,6 +14,7 @@ from typing import Any, assert_never
 
 from mcr.model.errors import ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
+from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
 from mcr.model.rules import (
     DEFAULT_TTL,
     Engine,
@@ -66,6 +67,7 @@ class AddRule:
     input_port: int
     outputs: tuple[OutputDestination, ...]
     input_source: SourcePrefix | None = None
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +171,9 @@ class _Fields:
         return value
 
 
-_ADD_FIELDS = frozenset({"rule_id", "input_interface", "input_group", "input_port", "outputs", "input_source"})
+_ADD_FIELDS = frozenset(
+    {"rule_id", "input_interface", "input_group", "input_port", "outputs", "input_source", "rate_limit"}
+)
 _OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl"})
 
 
@@ -195,7 +199,18 @@ def _decode_add(body: object) -> AddRule:
         input_port=f.integer("input_port"),
         outputs=outputs,
         input_source=f.source("input_source"),
+        rate_limit=_decode_rate_limit(f.obj.get("rate_limit")),
     )
+
+
+def _decode_rate_limit(obj: object) -> RateLimit | None:
+    """An absent or null `rate_limit` is no limit; a bad one is a ProtocolError naming the field."""
+    if obj is None:
+        return None
+    try:
+        return decode_rate_limit(obj)
+    except ValidationError as e:
+        raise ProtocolError(f"AddRule: {e}") from None
 
 
 def _severity(where: str, text: str) -> Severity:
@@ -278,6 +293,8 @@ def encode_request(req: Request) -> bytes:
                 body["rule_id"] = req.rule_id
             if req.input_source is not None:
                 body["input_source"] = source_text(req.input_source)
+            if req.rate_limit is not None:
+                body["rate_limit"] = encode_rate_limit(req.rate_limit)
             doc = {"AddRule": body}
         case RemoveRule():
             doc = {"RemoveRule": {"rule_id": req.rule_id}}
@@ -346,6 +363,7 @@ def encode_rule(r: ForwardingRule) -> dict[str, object]:
         "input_source": None if r.input_source is None else source_text(r.input_source),
         "outputs": [_output_json(o) for o in r.outputs],
         "source": r.source.value,
+        "rate_limit": None if r.rate_limit is None else encode_rate_limit(r.rate_limit),
     }
 
 
@@ -470,8 +488,9 @@ def decode_rule(o: object) -> ForwardingRule:
             outputs=outputs,
             input_source=parse_source(d["input_source"]) if d.get("input_source") else None,
             source=RuleSource(d.get("source", "runtime")),
+            rate_limit=None if d.get("rate_limit") is None else decode_rate_limit(d["rate_limit"]),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, ValidationError) as e:
         raise ProtocolError(f"malformed rule: {e!r}") from None
 
 

@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-from mcr.model.errors import ProtocolError
+from mcr.model.errors import ProtocolError, ValidationError
+from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
 from mcr.model.rules import IPAddress, SourcePrefix, parse_group, parse_source, source_text
 
 MAX_CHANNEL_MESSAGE = 16 << 20
@@ -36,6 +37,7 @@ class WorkerRule:
     group: IPAddress
     port: int
     outputs: tuple[WorkerOutput, ...]
+    rate_limit: RateLimit | None = None
     source: SourcePrefix | None = None  # only packets from this host or prefix match
 
 
@@ -111,6 +113,7 @@ def _rule_json(r: WorkerRule) -> dict[str, object]:
             }
             for o in r.outputs
         ],
+        "rate_limit": None if r.rate_limit is None else encode_rate_limit(r.rate_limit),
     }
 
 
@@ -167,6 +170,7 @@ def decode_command(data: bytes) -> Command:
                         )
                         for o in r["outputs"]
                     ),
+                    rate_limit=None if r.get("rate_limit") is None else decode_rate_limit(r["rate_limit"]),
                 )
                 for r in body["rules"]
             )
@@ -180,7 +184,7 @@ def decode_command(data: bytes) -> Command:
             return SetLogLevels(global_level=int(body["global"]), overrides=overrides)
         if name == "Shutdown":
             return Shutdown()
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as e:
         raise ProtocolError(f"malformed {name} command: {e!r}") from None
     raise ProtocolError(f"unknown worker command '{name}'")
 

@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"limit (default {getattr(defaults, f.name)}; [limits] {f.name} in the config file)",
         )
+    sup.add_argument(
+        "--no-seccomp",
+        dest="seccomp",
+        action="store_false",
+        help="run the workers without their seccomp system call filter (they stay unprivileged and chrooted)",
+    )
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
     sup.add_argument("--interface", default=None, help=argparse.SUPPRESS)
     sup.add_argument("--relay-command-socket-path", default=None, help=argparse.SUPPRESS)
@@ -115,6 +121,7 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         config=static,
         metrics_addr=pick(args.metrics_addr, file.metrics_addr, None),
         engine=pick(args.engine, file.engine, "auto"),
+        seccomp=args.seccomp,
     )
 
 

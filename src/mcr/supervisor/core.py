@@ -11,6 +11,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
+from mcr.model.ratelimit import RateLimit
 from mcr.model.rules import (
     MULTICAST_V4,
     Engine,
@@ -49,6 +50,7 @@ class RuleTable:
             outputs=req.outputs,
             input_source=req.input_source,
             source=source,
+            rate_limit=req.rate_limit,
         )
 
     def add(self, req: AddRule, source: RuleSource = RuleSource.RUNTIME) -> ForwardingRule:
@@ -127,6 +129,7 @@ class KernelRule:
     group: IPv4Address
     port: int
     outputs: tuple[KernelOutput, ...]
+    rate_limit: RateLimit | None = None
     source: IPv4Network | None = None
 
 
@@ -214,7 +217,9 @@ def _kernel_rule(
     assert isinstance(rule.input_group, IPv4Address)
     source = rule.input_source
     assert source is None or isinstance(source, IPv4Network)
-    return KernelRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(kouts), source)
+    return KernelRule(
+        rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(kouts), rule.rate_limit, source
+    )
 
 
 def _usable(link: Link | None) -> str:
@@ -255,6 +260,9 @@ def resolve(
             if oproblem or olink is None or address is None:
                 notes.append(f"output[{i}] {out.interface} {oproblem}")
                 continue
+            if not olink.carrier:
+                # sends still succeed (the kernel drops them at the device), so nothing else would show it
+                notes.append(f"output[{i}] {out.interface} has no carrier")
             outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, out.ttl))
         on_input.setdefault(link.ifindex, []).append(rule)
         engine = Engine.USERSPACE
@@ -268,7 +276,13 @@ def resolve(
         if engine is Engine.USERSPACE:
             worker_rules.append(
                 WorkerRule(
-                    rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs), rule.input_source
+                    rule.rule_id,
+                    link.ifindex,
+                    rule.input_group,
+                    rule.input_port,
+                    tuple(outputs),
+                    source=rule.input_source,
+                    rate_limit=rule.rate_limit,
                 )
             )
             captures[link.ifindex] = link.name
@@ -328,6 +342,7 @@ class StatsBook:
 
     def __init__(self) -> None:
         self.latest: dict[int, StatsReport] = {}  # worker slot -> latest report of the live incarnation
+        self._by_rule: dict[int, dict[str, RuleCounters]] = {}  # the same reports indexed by rule id
         self.retired: dict[str, _Totals] = {}  # rule id -> counters of workers that exited
         self.retired_drops: dict[str, int] = {}
         self._rate_base: dict[str, tuple[float, int, int]] = {}
@@ -346,18 +361,20 @@ class StatsBook:
         backwards or vanished was reset at the source (its interface came back with a new index, it
         moved between engines): what had been counted is kept, so totals never go backwards."""
         prev = self.latest.get(report.worker_id)
+        now = dict(report.rules)
         if prev is not None and prev.pid == report.pid:
-            now = dict(report.rules)
             for rule_id, old in prev.rules:
                 cur = now.get(rule_id)
                 gone = cur is None or cur.packets < old.packets or cur.bytes < old.bytes
                 if gone and rule_id in self.since and self._counts(prev, rule_id):
                     self.retire(rule_id, old)
         self.latest[report.worker_id] = report
+        self._by_rule[report.worker_id] = now
 
     def on_worker_exit(self, worker_id: int, live_rules: Container[str]) -> None:
         """Keep what an exited worker counted for the rules that still exist."""
         report = self.latest.pop(worker_id, None)
+        self._by_rule.pop(worker_id, None)
         if report is None:
             return
         for rule_id, counters in report.rules:
@@ -377,6 +394,7 @@ class StatsBook:
         for worker_id, report in list(self.latest.items()):
             rules = tuple((rid, c) for rid, c in report.rules if rid != rule_id)
             self.latest[worker_id] = replace(report, rules=rules)
+            self._by_rule[worker_id].pop(rule_id, None)
         self._rate_base.pop(rule_id, None)
         self.rates.pop(rule_id, None)
 
@@ -392,12 +410,10 @@ class StatsBook:
                     tuple(retired.drops.items()),
                 )
             )
-        for report in self.latest.values():
-            if not self._counts(report, rule_id):
-                continue
-            for rid, counters in report.rules:
-                if rid == rule_id:
-                    acc.add(counters)
+        for worker_id, report in self.latest.items():
+            counters = self._by_rule[worker_id].get(rule_id)
+            if counters is not None and self._counts(report, rule_id):
+                acc.add(counters)
         return acc
 
     def tick(self, rule_ids: Iterable[str], now: float) -> None:

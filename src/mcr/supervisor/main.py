@@ -20,6 +20,7 @@ from mcr.kernel.bpf import BpfError
 from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
+from mcr.linux.privileges import raise_open_file_limit
 from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
@@ -27,6 +28,7 @@ from mcr.model.links import Link
 from mcr.model.rules import Limits, RuleSource, endpoint_text
 from mcr.model.status import ConfigView, LogLevels, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
+from mcr.packet.parse import DropReason
 from mcr.protocol.control import (
     AddRule,
     ConfigResponse,
@@ -86,6 +88,7 @@ class SupervisorConfig:
     metrics_addr: str | None = None
     engine: str = "auto"
     read_only_group: str | None = None
+    seccomp: bool = True  # the workers' system call filter; --no-seccomp turns it off
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -177,7 +180,7 @@ class Supervisor:
             slot = held[0] if held is not None else min(set(range(kernel.max_rules)) - used)
             used.add(slot)
             outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in kr.outputs]
-            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs, kr.source)
+            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs, kr.rate_limit, kr.source)
             self.kernel_slots[rule_id] = (slot, kr)
         needed = {kr.ifindex for kr in wanted.values()}
         for ifindex in kernel.attached - needed:
@@ -196,7 +199,8 @@ class Supervisor:
             for i, o in enumerate(counted.outputs)
             if i < len(kr.outputs)
         )
-        return RuleCounters(counted.packets, counted.bytes, outputs)
+        drops = ((DropReason.RATE_LIMITED.key, counted.rate_limited),) if counted.rate_limited else ()
+        return RuleCounters(counted.packets, counted.bytes, outputs, drops)
 
     def collect_kernel(self) -> None:
         if self.kernel is None:
@@ -278,12 +282,19 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        before, after = raise_open_file_limit()
+        if after != before:
+            log.info("open-file limit raised from %d to %d (rule outputs are sockets in every worker)", before, after)
         self.start_kernel()
         await self.watcher.start()
         await self.control.start()
         if self.metrics is not None:
             self.metrics.start()
         now = time.monotonic()
+        if self.config.seccomp:
+            log.info("workers contained: empty read-only root, no privileges, seccomp system call allow-list")
+        else:
+            log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
         for handle in self.workers:
             self.start_worker(handle, now)
         if len(self.workers) > 1:
@@ -312,6 +323,8 @@ class Supervisor:
                     self.start_worker(handle, now)
             if now - last_rates >= 1.0:
                 last_rates = now
+                if self.memberships.failed:  # e.g. the operator has raised net.ipv4.igmp_max_memberships
+                    self.memberships.reconcile(self.resolution.memberships)
                 self.collect_kernel()
                 self.stats.tick(self.table.rules, now)
                 if self.metrics is not None:
@@ -373,6 +386,7 @@ class Supervisor:
                 self.gid,
                 logging.getLevelName(self.global_level.python_level),
                 self.config.log_json,
+                self.config.seccomp,
             )
         except OSError as e:
             log.error("cannot start worker %d: %s", handle.worker_id, e)

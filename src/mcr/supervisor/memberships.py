@@ -108,7 +108,8 @@ class Memberships:
                     log.warning("cannot join %s on ifindex %d: %s%s", what, ifindex, e.strerror, hint)
                 self.failed[key] = str(e.strerror)
                 continue
-            self.failed.pop(key, None)
+            if self.failed.pop(key, None) is not None:
+                log.info("joined %s on ifindex %d (it had failed before)", group, ifindex)
             self.joined[key] = sock
             self.members[sock] += 1
 

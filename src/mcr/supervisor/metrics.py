@@ -74,6 +74,16 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         rules.add_metric([state, engine], n)
     yield rules
 
+    limits = GaugeMetricFamily(
+        "mcr_rule_rate_limit",
+        "A rule's rate limit, in packets (pps) or payload bits (bps) per second",
+        labels=["rule_id", "unit"],
+    )
+    for v in snap.rules:
+        if v.rule.rate_limit is not None:
+            limits.add_metric([v.rule.rule_id, v.rule.rate_limit.unit.value], v.rule.rate_limit.rate)
+    yield limits
+
     worker = ["worker"]
     restarts = CounterMetricFamily("mcr_worker_restarts", "Restarts of a worker slot", labels=worker)
     up = GaugeMetricFamily("mcr_worker_up", "1 when the worker is running", labels=worker)

@@ -23,7 +23,10 @@ class StateError(McrError):
 
 
 def encode_state(rules: Iterable[ForwardingRule]) -> bytes:
-    return json.dumps({"version": STATE_VERSION, "rules": [encode_rule(r) for r in rules]}, indent=1).encode() + b"\n"
+    """One rule per line: readable, and written by the C encoder (`indent` would take Python's own, which
+    made saving 1000 rules, on every change, several times slower)."""
+    lines = ",\n".join(json.dumps(encode_rule(r)) for r in rules)
+    return f'{{"version": {STATE_VERSION}, "rules": [\n{lines}\n]}}\n'.encode()
 
 
 def decode_state(data: bytes) -> list[ForwardingRule]:

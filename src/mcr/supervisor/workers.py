@@ -129,7 +129,7 @@ class WorkerHandle:
         self.acked_generation = -1
 
 
-def spawn_worker(handle: WorkerHandle, uid: int, gid: int, log_level: str, log_json: bool) -> None:
+def spawn_worker(handle: WorkerHandle, uid: int, gid: int, log_level: str, log_json: bool, seccomp: bool) -> None:
     """Start the worker process of `handle` with its channel and stats pipe."""
     sup_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for end in (sup_end, worker_end):
@@ -145,6 +145,8 @@ def spawn_worker(handle: WorkerHandle, uid: int, gid: int, log_level: str, log_j
     argv += ["--uid", str(uid), "--gid", str(gid), "--log-level", log_level]
     if log_json:
         argv.append("--log-json")
+    if not seccomp:
+        argv.append("--no-seccomp")
     try:
         proc = subprocess.Popen(
             argv,

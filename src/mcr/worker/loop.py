@@ -1,7 +1,8 @@
 """The data-plane loop: capture rings in, batched UDP sends out, counters pushed on a timer.
 
-Per packet the loop does only what it must: read the frame header, parse, look the flow up, and
-point the rule's send batch at the payload inside the ring (no copy). Each batch is then sent with
+Per packet the loop does only what it must: read the frame header, parse, look the flow up, ask the
+rule's token bucket when it has a rate limit, and point the rule's send batch at the payload inside the
+ring (no copy). Each batch is then sent with
 one sendmmsg per output socket, before the ring block goes back to the kernel.
 """
 
@@ -20,6 +21,7 @@ from mcr.linux.mmsg import SendBatch
 from mcr.linux.packet_socket import attach_filter, read_statistics
 from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
 from mcr.model.errors import ProtocolError
+from mcr.model.ratelimit import TokenBucket
 from mcr.packet.cbpf import build_capture_filter, pack_program
 from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame, src_address
 from mcr.protocol.worker import (
@@ -55,6 +57,7 @@ STATS_INTERVAL_S = 0.5
 MAX_FDS_PER_MESSAGE = 64
 NO_RULE = int(DropReason.NO_RULE)
 NOT_IPV4 = int(DropReason.NOT_IPV4)
+RATE_LIMITED = int(DropReason.RATE_LIMITED)
 
 # The fast path: tpacket3_hdr fields, then at FAST_MAC (where the kernel puts an Ethernet frame in a
 # TPACKET_V3 block: 48-byte header + sockaddr_ll, aligned) the Ethernet type, IPv4 header and UDP
@@ -204,6 +207,10 @@ class DataPlane:
             slot = RuleSlot(rule, outputs, prev.batch if keep and prev is not None else SendBatch(BATCH))
             if keep and prev is not None:
                 slot.packets, slot.bytes, slot.drops = prev.packets, prev.bytes, prev.drops
+            if keep and prev is not None and prev.rule.rate_limit == rule.rate_limit:
+                slot.bucket = prev.bucket  # an unrelated change does not refill the bucket
+            elif rule.rate_limit is not None:
+                slot.bucket = TokenBucket(rule.rate_limit)
             slots[rule.rule_id] = slot
         for key in list(self.sockets):
             if key not in wanted:
@@ -238,6 +245,7 @@ class DataPlane:
         fast = FAST_FRAME.unpack_from
         fast_limit = len(mm) - FAST_FRAME.size
         parse = parse_frame
+        clock = time.monotonic_ns
         handled = 0
         for _ in range(max_blocks):
             boff = ring.ready_block()
@@ -245,6 +253,7 @@ class DataPlane:
                 break
             _status, num_pkts, first = unpack_block(mm, boff + 8)
             off = boff + first
+            now = clock()  # rate limits take their credit against one reading of the clock per block
             pending: dict[RuleSlot, list[int]] = {}
             for _i in range(num_pkts):
                 if off <= fast_limit:
@@ -289,6 +298,9 @@ class DataPlane:
                         slot = split.pick(src_address(mm, off + mac))
                 if slot is None:
                     drops[NO_RULE] += 1
+                elif slot.bucket is not None and not slot.bucket.admit(plen, now):
+                    drops[RATE_LIMITED] += 1
+                    slot.drops[RATE_LIMITED] += 1
                 else:
                     lengths = pending.get(slot)
                     if lengths is None:

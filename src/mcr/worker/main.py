@@ -1,10 +1,10 @@
 """Entry point of a data-plane worker process.
 
 The supervisor starts it as root with two inherited descriptors (the command channel and the stats
-pipe). Before it touches any packet it drops to --uid/--gid with no capabilities and no_new_privs;
-only then does it receive the capture sockets, over the channel, with SCM_RIGHTS. Every module the
-worker needs is imported before the drop, since the interpreter's files may not be readable by
-the unprivileged user.
+pipe). Before it touches any packet it contains itself (`mcr.linux.containment.contain`): an empty
+read-only root, --uid/--gid with no capabilities and no_new_privs, and a seccomp allow-list (unless
+--no-seccomp); only then does it receive the capture sockets, over the channel, with SCM_RIGHTS. Every
+module the worker needs is imported before, since none of the interpreter's files are visible after.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import socket
 import sys
 from types import FrameType
 
-from mcr.linux.privileges import drop_privileges, set_parent_death_signal
+from mcr.linux.containment import contain
 from mcr.logs import configure_logging
 from mcr.worker import loop as _loop
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gid", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-json", action="store_true")
+    parser.add_argument("--no-seccomp", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_json, prefix=f"worker-{args.worker_id}")
     try:
@@ -45,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     parent = os.getppid()
-    creds = drop_privileges(args.uid, args.gid)
-    set_parent_death_signal(signal.SIGTERM)
+    try:
+        contained = contain(args.uid, args.gid, seccomp=not args.no_seccomp, death_signal=signal.SIGTERM)
+    except OSError as e:
+        print(f"multicast_relay worker {args.worker_id}: cannot contain the worker: {e}", file=sys.stderr)
+        return 1
     if os.getppid() != parent:
         return 0  # the supervisor died while we were starting
     os.set_blocking(stats_fd, False)
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    log.info("worker %d running as uid %d with no capabilities", args.worker_id, creds.uid)
+    log.info("worker %d running: %s", args.worker_id, contained.describe())
     plane.run()
     return 0
 

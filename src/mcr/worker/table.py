@@ -4,7 +4,8 @@ Rules that name an input source are kept apart (`SourceSplit`), so that the look
 without a source costs nothing more; rules on one (group, port) have disjoint sources (validation), so
 the first prefix that holds a packet's source is the only one.
 
-Counters live in the slots as plain ints, updated per batch on the hot path and read on a timer.
+Counters live in the slots as plain ints, updated per batch on the hot path and read on a timer. A rule
+with a rate limit has a token bucket in its slot; the hot path asks it once per packet (see `DataPlane.drain`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mcr.model.ratelimit import TokenBucket
 from mcr.packet.parse import DROP_KEYS, IPV6_KEY_TAG
 from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
 
@@ -71,6 +73,7 @@ class RuleSlot:
     packets: int = 0
     bytes: int = 0
     drops: list[int] = field(default_factory=lambda: [0] * len(DROP_KEYS))
+    bucket: TokenBucket | None = None  # the rule's rate limit in this worker; None: unlimited
 
     def counters(self) -> RuleCounters:
         return RuleCounters(
