@@ -27,6 +27,13 @@ RELAY_OUT_IP = "10.200.3.1"
 SINK_IP = "10.200.3.2"
 DIRECT_SRC_IP = "10.200.4.2"
 DIRECT_SINK_IP = "10.200.4.3"
+# IPv6 (unique-local, no duplicate address detection) on the same links, for the IPv6 paths
+SRC_IP6 = "fd00:200:1::2"
+RELAY_IN_IP6 = "fd00:200:9::1"
+RELAY_OUT_IP6 = "fd00:200:3::1"
+SINK_IP6 = "fd00:200:3::2"
+DIRECT_SRC_IP6 = "fd00:200:4::2"
+DIRECT_SINK_IP6 = "fd00:200:4::3"
 
 SENDER_CPU = 0
 RELAY_CPU = 1
@@ -95,9 +102,13 @@ class NetLab:
                 sh("ip", "netns", "add", ns)
                 self.created_ns.append(ns)
                 self.run(ns, "ip", "link", "set", "lo", "up")
-            self._pair(self.src, "src0", SRC_IP, self.relay, "rin", RELAY_IN_IP)
-            self._pair(self.relay, "rout", RELAY_OUT_IP, self.sink, "snk0", SINK_IP)
-            self._pair(self.src, "src1", DIRECT_SRC_IP, self.sink, "snk1", DIRECT_SINK_IP)
+                for key in ("all", "default"):
+                    self.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+            self._pair(self.src, "src0", (SRC_IP, SRC_IP6), self.relay, "rin", (RELAY_IN_IP, RELAY_IN_IP6))
+            self._pair(self.relay, "rout", (RELAY_OUT_IP, RELAY_OUT_IP6), self.sink, "snk0", (SINK_IP, SINK_IP6))
+            self._pair(
+                self.src, "src1", (DIRECT_SRC_IP, DIRECT_SRC_IP6), self.sink, "snk1", (DIRECT_SINK_IP, DIRECT_SINK_IP6)
+            )
             self.strict_rp_filter()
             for ns, dev in ((self.relay, "rin"), (self.sink, "snk0"), (self.sink, "snk1")):
                 self.run(ns, "ethtool", "-K", dev, "gro", "off", check=False)
@@ -109,7 +120,7 @@ class NetLab:
             raise
         return self
 
-    def _pair(self, ns_a: str, if_a: str, ip_a: str, ns_b: str, if_b: str, ip_b: str) -> None:
+    def _pair(self, ns_a: str, if_a: str, ip_a: tuple[str, str], ns_b: str, if_b: str, ip_b: tuple[str, str]) -> None:
         tmp_a, tmp_b = f"{self.prefix}a", f"{self.prefix}b"
         sh("ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b)
         self.created_links.append(tmp_a)
@@ -117,7 +128,8 @@ class NetLab:
             sh("ip", "link", "set", tmp, "netns", ns)
             self.run(ns, "ip", "link", "set", tmp, "name", name)
             self.run(ns, "ip", "link", "set", name, "mtu", str(self.mtu))
-            self.run(ns, "ip", "addr", "add", f"{ip}/24", "dev", name)
+            self.run(ns, "ip", "addr", "add", f"{ip[0]}/24", "dev", name)
+            self.run(ns, "ip", "-6", "addr", "add", f"{ip[1]}/64", "dev", name, "nodad")
             self.run(ns, "ip", "link", "set", name, "up")
         self.created_links.remove(tmp_a)
 

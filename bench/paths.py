@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import DIRECT_SRC_IP, RELAY_CPU, RELAY_IN_IP, RELAY_OUT_IP, SRC_IP, NetLab, sh
+from netlab import DIRECT_SRC_IP, DIRECT_SRC_IP6, RELAY_CPU, RELAY_IN_IP, RELAY_OUT_IP, SRC_IP, SRC_IP6, NetLab, sh
 from probe import boost, descendants, parse_snmp_udp
 
 IN_GROUP, IN_PORT = "239.1.1.1", 5001
 OUT_GROUP, OUT_PORT = "239.2.2.2", 6001
+IN_GROUP6, OUT_GROUP6 = "ff3e::1:1", "ff3e::2:2"  # the IPv6 paths' groups (global scope), same ports
 NFT_TABLE = "mcrbench"
 
 
@@ -112,7 +113,9 @@ class BenchPath:
     notes = ""
     max_outputs = 1
     sender_ip = SRC_IP
+    sender_group = IN_GROUP
     sender_interface = "src0"
+    udp_sender_only = False  # the raw sender builds IPv4 frames: IPv6 paths send through a UDP socket
     sink_interface = "snk0"
     sink_group = OUT_GROUP
     sink_port = OUT_PORT
@@ -156,13 +159,24 @@ class Ceiling(BenchPath):
     sink_port = IN_PORT
 
 
+class Ceiling6(Ceiling):
+    key = "ceilv6"
+    label = "rig ceiling, IPv6 (sender -> sink, no relay)"
+    notes = "as `ceiling`, with IPv6 groups and addresses"
+    sender_ip = DIRECT_SRC_IP6
+    sender_group = IN_GROUP6
+    sink_group = IN_GROUP6
+    udp_sender_only = True
+
+
 class Mcr(BenchPath):
     max_outputs = 256
 
-    def __init__(self, ctx: Context, workers: int, engine: str = "userspace") -> None:
+    def __init__(self, ctx: Context, workers: int, engine: str = "userspace", ipv6: bool = False) -> None:
         super().__init__(ctx)
         self.workers = workers
         self.engine = engine
+        self.ipv6 = ipv6
         if engine == "kernel":
             self.key = "mcrk"
             self.label = "MCR kernel engine (eBPF tc)"
@@ -178,6 +192,12 @@ class Mcr(BenchPath):
                 "`--engine userspace`: AF_PACKET capture on rin (no route back, strict rp_filter), sendmmsg on "
                 "rout; supervisor and workers pinned to CPU 1"
             )
+        if ipv6:
+            self.key += "v6"
+            self.label += ", IPv6 in and out"
+            self.notes += f"; IPv6 groups {IN_GROUP6} -> {OUT_GROUP6} (extension-header walk, general parser)"
+            self.sender_ip, self.sender_group, self.sink_group = SRC_IP6, IN_GROUP6, OUT_GROUP6
+            self.udp_sender_only = True
         self.sock = str(ctx.workdir / f"{self.key}.sock")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -208,7 +228,8 @@ class Mcr(BenchPath):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.key}: supervisor did not come up:\n{log.read_text()[-2000:]}")
             time.sleep(0.2)
-        outs = ",".join(f"{OUT_GROUP}:{p}:rout" for p in self.sink_ports())
+        out_group = f"[{OUT_GROUP6}]" if self.ipv6 else OUT_GROUP
+        outs = ",".join(f"{out_group}:{p}:rout" for p in self.sink_ports())
         add = self.ctl(
             "add",
             "--rule-id",
@@ -216,7 +237,7 @@ class Mcr(BenchPath):
             "--input-interface",
             "rin",
             "--input-group",
-            IN_GROUP,
+            self.sender_group,
             "--input-port",
             str(IN_PORT),
             "--outputs",
@@ -417,6 +438,7 @@ class Smcroute(BenchPath):
 
 
 PATH_KEYS = ("ceiling", "mcr1", "mcr2", "mcrk", "socat", "nft", "smcroute")
+IPV6_PATH_KEYS = ("ceilv6", "mcr1v6")  # not in the default run: --paths ceilv6,mcr1v6 --sizes 1400
 
 
 def make_path(key: str, ctx: Context) -> BenchPath:
@@ -426,17 +448,18 @@ def make_path(key: str, ctx: Context) -> BenchPath:
         "nft": lambda: Nft(ctx),
         "smcroute": lambda: Smcroute(ctx),
         "mcrk": lambda: Mcr(ctx, 1, engine="kernel"),
+        "ceilv6": lambda: Ceiling6(ctx),
     }
     if key in factories:
         return factories[key]()
-    m = re.fullmatch(r"mcr(\d+)", key)
+    m = re.fullmatch(r"mcr(\d+)(v6)?", key)
     if m and 1 <= int(m.group(1)) <= 8:
-        return Mcr(ctx, int(m.group(1)))
-    raise ValueError(f"unknown path {key!r} (known: {', '.join(PATH_KEYS)}, or mcrN)")
+        return Mcr(ctx, int(m.group(1)), ipv6=bool(m.group(2)))
+    raise ValueError(f"unknown path {key!r} (known: {', '.join(PATH_KEYS + IPV6_PATH_KEYS)}, or mcrN, mcrNv6)")
 
 
 def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
-__all__ = ["PATH_KEYS", "BenchPath", "Context", "Procs", "counter_delta", "make_path", "sh"]
+__all__ = ["IPV6_PATH_KEYS", "PATH_KEYS", "BenchPath", "Context", "Procs", "counter_delta", "make_path", "sh"]

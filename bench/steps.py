@@ -118,7 +118,7 @@ class StepRunner:
         gen_argv = ctx.mcr(
             "generate",
             "--group",
-            "239.1.1.1",
+            path.sender_group,
             "--port",
             "5001",
             "--interface",
@@ -132,7 +132,7 @@ class StepRunner:
             "--quiet",
             "--json",
         )
-        if ctx.raw_sender:
+        if ctx.raw_sender and not path.udp_sender_only:
             gen_argv += ["--raw", path.sender_interface]
         if count:
             gen_argv += ["--count", str(count), "--duration", str(round(gen_bound, 1))]

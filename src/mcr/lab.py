@@ -2,7 +2,8 @@
 
 The source's subnet is deliberately unroutable from the relay and the relay runs strict rp_filter,
 so the kernel itself would drop the traffic; only a layer-2 relay gets it across. Everything it
-creates carries a unique prefix and is deleted by exact name.
+creates carries a unique prefix and is deleted by exact name. Every link also gets an IPv6 unique-local
+address (fd00::/8 test prefixes; duplicate address detection off, so the addresses are usable at once).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ SRC_IP = "10.200.1.2"
 RELAY_IN_IP = "10.200.9.1"
 RELAY_OUT_IP = "10.200.3.1"
 SINK_IP = "10.200.3.2"
+SRC_IP6 = "fd00:200:1::2"
+RELAY_IN_IP6 = "fd00:200:9::1"
+RELAY_OUT_IP6 = "fd00:200:3::1"
+SINK_IP6 = "fd00:200:3::2"
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
@@ -54,8 +59,10 @@ class Lab:
                 sh("ip", "netns", "add", ns)
                 self.created.append(ns)
                 self.netns(ns, "ip", "link", "set", "lo", "up")
-            self._pair(self.src, "src0", SRC_IP, self.relay, "rin", RELAY_IN_IP)
-            self._pair(self.relay, "rout", RELAY_OUT_IP, self.sink, "snk0", SINK_IP)
+                for key in ("all", "default"):
+                    self.netns(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+            self._pair(self.src, "src0", (SRC_IP, SRC_IP6), self.relay, "rin", (RELAY_IN_IP, RELAY_IN_IP6))
+            self._pair(self.relay, "rout", (RELAY_OUT_IP, RELAY_OUT_IP6), self.sink, "snk0", (SINK_IP, SINK_IP6))
             for key in ("all", "default", "rin"):
                 self.netns(self.relay, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=1")
             self.netns(self.relay, "ethtool", "-K", "rin", "gro", "off", check=False)
@@ -70,10 +77,12 @@ class Lab:
         sh("ip", "netns", "add", ns)
         self.created.append(ns)
         self.netns(ns, "ip", "link", "set", "lo", "up")
-        self._pair(self.relay, relay_if, relay_ip, ns, peer_if, peer_ip)
+        self._pair(self.relay, relay_if, (relay_ip, None), ns, peer_if, (peer_ip, None))
         return ns
 
-    def _pair(self, ns_a: str, if_a: str, ip_a: str, ns_b: str, if_b: str, ip_b: str) -> None:
+    def _pair(
+        self, ns_a: str, if_a: str, ip_a: tuple[str, str | None], ns_b: str, if_b: str, ip_b: tuple[str, str | None]
+    ) -> None:
         sh("ip", "link", "add", f"{self.prefix}a", "type", "veth", "peer", "name", f"{self.prefix}b")
         for tmp, ns, name, ip in (
             (f"{self.prefix}a", ns_a, if_a, ip_a),
@@ -82,7 +91,9 @@ class Lab:
             sh("ip", "link", "set", tmp, "netns", ns)
             self.netns(ns, "ip", "link", "set", tmp, "name", name)
             self.netns(ns, "ip", "link", "set", name, "mtu", str(self.mtu))
-            self.netns(ns, "ip", "addr", "add", f"{ip}/24", "dev", name)
+            self.netns(ns, "ip", "addr", "add", f"{ip[0]}/24", "dev", name)
+            if ip[1] is not None:
+                self.netns(ns, "ip", "-6", "addr", "add", f"{ip[1]}/64", "dev", name, "nodad")
             self.netns(ns, "ip", "link", "set", name, "up")
 
     def down(self) -> None:

@@ -238,6 +238,7 @@ def send(
     group: str = "239.1.1.1",
     port: int = 5001,
     extra: Sequence[str] = (),
+    source: str = SRC_IP,
 ) -> dict[str, Any]:
     argv = mcr(
         "generate",
@@ -246,7 +247,7 @@ def send(
         "--port",
         str(port),
         "--interface",
-        SRC_IP,
+        source,
         "--rate",
         str(rate),
         "--count",

@@ -454,7 +454,8 @@ def test_engine_rules_and_counters(engine: Any) -> None:
     with pytest.raises(ValueError, match="slot 0 already relays"):
         engine.set_rule(2, 7, g, 5001, _outs(1))
     rules, groups = engine.map_fd(MapName.RULES), engine.map_fd(MapName.GROUPS)
-    assert RULE_VALUE.unpack(bpf.lookup_elem(rules, pack_rule_key(7, g, 5001), 8) or b"") == (0, 3)
+    value = bpf.lookup_elem(rules, pack_rule_key(7, g, 5001), RULE_VALUE.size) or b""
+    assert RULE_VALUE.unpack(value) == (0, 3, bytes(4), bytes(4))
     assert bpf.lookup_elem(groups, pack_group_key(7, g), 4) == (2).to_bytes(4, sys.byteorder)  # two rules
 
     n = bpf.possible_cpus()

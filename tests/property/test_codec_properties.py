@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from hypothesis import example, given
@@ -21,6 +21,9 @@ from mcr.protocol import control, worker
 from mcr.supervisor.state import StateError, decode_state, encode_state
 
 ipv4s = st.integers(min_value=0, max_value=0xFFFFFFFF).map(IPv4Address)
+v4_sources = st.tuples(st.integers(min_value=0, max_value=0xFFFFFFFF), st.integers(min_value=0, max_value=32)).map(
+    lambda t: IPv4Network(t, strict=False)
+)
 ints = st.integers(min_value=-(2**63), max_value=2**64)
 counts = st.integers(min_value=0, max_value=2**64)
 texts = st.text(max_size=20)
@@ -157,7 +160,7 @@ requests = st.one_of(
         input_group=ipv4s,
         input_port=ints,
         outputs=st.lists(outputs, max_size=4).map(tuple),
-        input_source=st.one_of(st.none(), ipv4s),
+        input_source=st.one_of(st.none(), v4_sources),
     ),
     st.builds(control.RemoveRule, texts),
     st.builds(control.SetGlobalLogLevel, st.sampled_from(list(Severity))),
@@ -179,7 +182,7 @@ rules = st.builds(
     input_group=ipv4s,
     input_port=ints,
     outputs=st.lists(outputs, max_size=3).map(tuple),
-    input_source=st.one_of(st.none(), st.just(IPv4Address("10.0.0.1")), ipv4s.filter(lambda a: int(a) != 0)),
+    input_source=st.one_of(st.none(), st.just(IPv4Network("10.0.0.1/32")), v4_sources),
     source=st.sampled_from(list(RuleSource)),
 )
 floats = st.floats(allow_nan=False, allow_infinity=False)

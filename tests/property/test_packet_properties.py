@@ -4,14 +4,14 @@ round-trip through build and parse, and the capture filter decides exactly as a 
 import random
 from dataclasses import dataclass
 from functools import cache
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcr.packet.build import build_udp_frame
+from mcr.packet.build import build_udp6_frame, build_udp_frame, ipv6_extension
 from mcr.packet.cbpf import ACCEPT, Insn, PacketType, build_capture_filter, run_program
-from mcr.packet.parse import _parse_general, parse_frame, src_ipv4
+from mcr.packet.parse import IPV6_KEY_TAG, DropReason, _parse_general, parse_frame, src_ipv4
 
 ipv4s = st.integers(min_value=0, max_value=0xFFFFFFFF)
 groups = st.integers(min_value=0xE0000000, max_value=0xEFFFFFFF)
@@ -21,7 +21,8 @@ options = st.integers(min_value=0, max_value=10).map(lambda words: bytes(range(4
 
 def assert_result_within(buf: bytes, offset: int, caplen: int, result: tuple[int, int, int, int]) -> None:
     reason, key, payload_offset, length = result
-    assert 0 <= reason <= 6 and 0 <= key < 1 << 48
+    assert 0 <= reason <= max(DropReason) and reason != DropReason.NO_RULE
+    assert 0 <= key < 1 << 48 or IPV6_KEY_TAG <= key < IPV6_KEY_TAG << 1
     if reason == 0:
         assert offset + 42 <= payload_offset <= payload_offset + length <= min(offset + caplen, len(buf))
     else:
@@ -54,6 +55,37 @@ def mutated_frames(draw: st.DrawFn) -> tuple[bytes, int, int]:
     edges = [33, 34, 41, 42, len(raw) - 1, len(raw), len(raw) + 1]
     caplen = draw(st.one_of(st.sampled_from(edges), st.integers(min_value=0, max_value=len(raw) + 8)))
     return b"\xee" * prefix + bytes(raw), prefix, caplen
+
+
+@st.composite
+def mutated_ipv6_frames(draw: st.DrawFn) -> tuple[bytes, int, int]:
+    """A valid IPv6 frame with extension headers, a few header bytes overwritten, maybe cut short."""
+    kinds = draw(st.lists(st.sampled_from([0, 43, 60, 44, 51]), max_size=10))
+    exts = tuple(
+        (kind, ipv6_extension([*kinds, 17][i + 1], bytes(draw(st.integers(0, 30))))) for i, kind in enumerate(kinds)
+    )
+    raw = bytearray(
+        build_udp6_frame(
+            src_ip="fd00::1",
+            dst_ip=IPv6Address((0xFF << 120) | draw(st.integers(0, (1 << 120) - 1))),
+            dst_port=draw(ports),
+            payload=draw(st.binary(max_size=64)),
+            extensions=exts,
+        )
+    )
+    for _ in range(draw(st.integers(min_value=0, max_value=4))):
+        raw[draw(st.integers(min_value=12, max_value=len(raw) - 1))] = draw(st.integers(0, 255))
+    caplen = draw(st.integers(min_value=0, max_value=len(raw) + 8))
+    return bytes(raw), 0, caplen
+
+
+@given(mutated_ipv6_frames())
+def test_ipv6_parser_stays_within_the_frame(case: tuple[bytes, int, int]) -> None:
+    buf, offset, caplen = case
+    result = parse_frame(buf, offset, caplen)
+    assert_result_within(buf, offset, caplen, result)
+    if result[0] == 0:
+        assert result[1] >= IPV6_KEY_TAG or buf[12:14] != b"\x86\xdd"
 
 
 @given(mutated_frames())
@@ -301,7 +333,7 @@ def structured_frames(draw: st.DrawFn) -> Mutated:
         flags=field("flags", 0, st.sampled_from([0x4000, 0x2000, 0x6000])),
         offset=field("offset", 0, st.integers(0, 0x1FFF)),
         protocol=field("protocol", 17, st.integers(0, 255)),
-        ethertype=field("ethertype", 0x0800, st.sampled_from([0x86DD, 0x0806, 0x8100, 0x88A8, 0, 0xFFFF])),
+        ethertype=field("ethertype", 0x0800, st.sampled_from([0x0806, 0x8100, 0x88A8, 0, 0xFFFF])),
         vlan=field("vlan", -1, st.integers(0, 4095)) if "vlan" in wrong else None,
         udp_length=field(
             "udp_length", 8 + payload, st.one_of(st.integers(0, 0xFFFF), st.integers(payload, payload + 16))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from rich.console import Console, RenderableType
@@ -57,7 +57,7 @@ WAITING = RuleView(
         input_group=IPv4Address("239.9.9.9"),
         input_port=9000,
         outputs=(),
-        input_source=IPv4Address("10.0.0.5"),
+        input_source=IPv4Network("10.0.0.5/32"),
     ),
     engine=Engine.KERNEL,
     state=RuleState.WAITING,
@@ -198,3 +198,21 @@ def test_every_response_type_renders(response: object, first_line: str) -> None:
 
     assert isinstance(response, Response)
     assert lines(render_response(response))[0] == first_line
+
+
+def test_ipv6_flows_and_sources_are_shown_with_brackets() -> None:
+    flow = FlowStats(
+        "ff3e::1:5",
+        5000,
+        10,
+        1000,
+        0.0,
+        0.0,
+        rule_id="v6",
+        input_interface="eth0",
+        outputs=(OutputStats("ff3e::10", 6000, "eth1", 10, 1000, 0), OutputStats("239.1.1.1", 6000, "eth2")),
+        input_source="fd00:200::/32",
+    )
+    shown = "\n".join(lines(render_stats([flow])))
+    assert "eth0 [ff3e::1:5]:5000 from fd00:200::/32" in shown
+    assert "-> [ff3e::10]:6000:eth1" in shown and "-> 239.1.1.1:6000:eth2" in shown

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -188,7 +188,7 @@ def test_limits_are_checked(rules: int, outputs: int) -> None:
 def test_map_specs() -> None:
     specs = {s.name: s for s in map_specs(256, 64)}
     assert set(specs) == set(MAP_NAMES)
-    assert (specs["rules"].key_size, specs["rules"].value_size) == (12, 8)
+    assert (specs["rules"].key_size, specs["rules"].value_size) == (12, 16)
     assert specs["outputs"].max_entries == specs[MapName.OUTPUT_STATS.value].max_entries == 256 * 64
     assert all(len(f"mcr_{name}") < 16 for name in specs)  # BPF_OBJ_NAME_LEN
 
@@ -197,7 +197,9 @@ def test_rule_key_layout() -> None:
     key = pack_rule_key(3, IPv4Address("239.1.1.1"), 5001)
     assert key.hex(" ") == "03 00 00 00 ef 01 01 01 13 89 00 00"
     assert pack_group_key(3, IPv4Address("239.1.1.1")) == key[:8]  # the program looks up groups with it
-    assert pack_rule_value(5, 3).hex(" ") == "05 00 00 00 03 00 00 00"
+    assert pack_rule_value(5, 3).hex(" ") == "05 00 00 00 03 00 00 00 00 00 00 00 00 00 00 00"
+    source = IPv4Network("10.200.1.0/24")
+    assert pack_rule_value(5, 3, source).hex(" ") == "05 00 00 00 03 00 00 00 0a c8 01 00 ff ff ff 00"
 
 
 def test_output_value_layout() -> None:

@@ -48,7 +48,8 @@ def test_exposition() -> None:
     registry.register(_Fixed())
     text = generate_latest(registry).decode()
     expected = [
-        'mcr_rule_packets_total{input_group="239.1.1.1",input_interface="eth0",input_port="5000",rule_id="r1"} 10.0',
+        'mcr_rule_packets_total{input_group="239.1.1.1",input_interface="eth0",input_port="5000",'
+        'input_source="",rule_id="r1"} 10.0',
         'mcr_rule_drops_total{reason="fragment",rule_id="r1"} 2.0',
         'mcr_rule_drops_total{reason="rate_limited",rule_id="r1"} 7.0',
         'mcr_rule_rate_limit{rule_id="r1",unit="pps"} 500.0',

@@ -108,7 +108,7 @@ VALID = frame(b"x" * 20)
         pytest.param(VALID[:41], DropReason.TRUNCATED, GROUP_KEY, id="udp-header-cut"),
         pytest.param(VALID[:-1], DropReason.TRUNCATED, GROUP_KEY, id="payload-cut"),
         pytest.param(VALID[:12] + b"\x08\x06" + b"\0" * 6, DropReason.NOT_IPV4, 0, id="short-arp"),
-        pytest.param(frame(ethertype=0x86DD), DropReason.NOT_IPV4, 0, id="ipv6"),
+        pytest.param(frame(ethertype=0x86DD), DropReason.TRUNCATED, 0, id="ipv4-header-as-ipv6"),
         pytest.param(frame(ethertype=0x0806), DropReason.NOT_IPV4, 0, id="arp"),
         pytest.param(frame(vlan=5), DropReason.NOT_IPV4, 0, id="802.1q"),
         pytest.param(frame(ihl=4), DropReason.BAD_IP_HEADER, 0, id="ihl4"),
@@ -169,6 +169,7 @@ def test_drop_reasons_and_keys_are_stable() -> None:
         "bad_udp_length",
         "no_rule",
         "rate_limited",
+        "ext_header",
     )
     assert DropReason.FRAGMENT.key == "fragment"
 

@@ -1,5 +1,5 @@
 import json
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
@@ -136,7 +136,7 @@ def test_oversize_request() -> None:
             IPv4Address("239.1.1.1"),
             65535,
             (OutputDestination(IPv4Address("10.0.0.1"), 9, "eth1", 64),),
-            IPv4Address("10.1.1.1"),
+            IPv4Network("10.1.1.1/32"),
         ),
     ],
 )

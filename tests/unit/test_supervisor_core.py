@@ -81,7 +81,7 @@ def test_resolve(links: dict[str, Link], state: RuleState, reason: str, outputs:
         (wr,) = res.worker_rules
         assert len(wr.outputs) == outputs
         assert dict(res.captures) == {2: "eth0"}
-        assert dict(res.memberships) == {2: frozenset({G1})}
+        assert dict(res.memberships) == {2: frozenset({(G1, None)})}
         if outputs:
             assert wr.outputs[0] == WorkerOutput(0, OUT.group, 6000, 3, IPv4Address("10.0.1.1"), 3)
 

@@ -261,7 +261,7 @@ def test_bad_arguments_are_usage_errors() -> None:
         timeout=15,
     )
     assert done.returncode == 2
-    assert "not an IPv4 address" in done.stderr
+    assert "not an IPv4 or IPv6 address" in done.stderr
     done = subprocess.run(
         [*SINK, "--group", "239.1.1.1,239.1.1.2,239.1.1.3", "--port", "1,2", "--interface", "lo"],
         capture_output=True,

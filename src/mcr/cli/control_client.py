@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import IntEnum
-from ipaddress import IPv4Address
+from ipaddress import ip_network
 from typing import NoReturn, TextIO, assert_never
 
 from rich.console import Console
@@ -32,7 +32,7 @@ from mcr.model.config import parse_config
 from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
 from mcr.model.ratelimit import RateUnit, make_rate_limit, parse_rate
-from mcr.model.rules import OutputDestination, parse_output_spec
+from mcr.model.rules import IPAddress, OutputDestination, SourcePrefix, parse_group, parse_output_spec, parse_source
 from mcr.model.status import FlowStats, RuleView, WorkerInfo
 from mcr.protocol.control import (
     DEFAULT_SOCKET,
@@ -100,11 +100,20 @@ Command = Invocation | TopInvocation | DoctorInvocation | ConfigCheckInvocation
 # ------------------------------------------------------------------------------------- argument types
 
 
-def _ipv4(text: str) -> IPv4Address:
+def _group(text: str) -> IPAddress:
     try:
-        return IPv4Address(text)
+        return parse_group(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid IPv4 address '{text}'") from None
+        raise argparse.ArgumentTypeError(f"invalid {'IPv6' if ':' in text else 'IPv4'} address '{text}'") from None
+
+
+def _source(text: str) -> SourcePrefix:
+    if "/" not in text:
+        return ip_network(_group(text))
+    try:
+        return parse_source(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _port(text: str) -> int:
@@ -237,15 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     add = command("add", "add a forwarding rule")
     add.add_argument("--rule-id", type=_rule_id, help="rule id (default: the supervisor generates one)")
     add.add_argument("--input-interface", required=True, metavar="IF", help="interface to capture on")
-    add.add_argument("--input-group", required=True, type=_ipv4, metavar="G", help="input multicast group")
+    add.add_argument(
+        "--input-group", required=True, type=_group, metavar="G", help="input multicast group (IPv4 or IPv6)"
+    )
     add.add_argument("--input-port", required=True, type=_port, metavar="P", help="input UDP port")
-    add.add_argument("--input-source", type=_ipv4, metavar="S", help="only relay datagrams from this source")
+    add.add_argument(
+        "--input-source",
+        type=_source,
+        metavar="S[/LEN]",
+        help="only relay datagrams from this source host or prefix; joins source-specifically (IGMPv3/MLDv2)",
+    )
     add.add_argument(
         "--outputs",
         type=_outputs,
         action="append",
         default=[],
-        metavar="G:P:IF[,G:P:IF...]",
+        metavar="G:P:IF[,[G6]:P:IF...]",
         help="output destinations; repeatable (default: none)",
     )
     add.add_argument("--ttl", type=_ttl, metavar="N", help="multicast TTL of every output (default 1)")

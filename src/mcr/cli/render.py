@@ -75,15 +75,17 @@ def render_success(text: str) -> str:
     return text
 
 
+def endpoint(group: str, port: int) -> str:
+    """`group:port`, with an IPv6 group in brackets (stats carry groups as text)."""
+    return f"[{group}]:{port}" if ":" in group else f"{group}:{port}"
+
+
 def render_error(text: str) -> str:
     return f"error: {text}"
 
 
 def _rule_input(r: ForwardingRule) -> str:
-    text = f"{r.input_interface} {r.input_group}:{r.input_port}"
-    if r.input_source is not None:
-        text += f" from {r.input_source}"
-    return text if r.rate_limit is None else f"{text}\nlimit {r.rate_limit.text}"
+    return r.input_text if r.rate_limit is None else f"{r.input_text}\nlimit {r.rate_limit.text}"
 
 
 def _rule_state(view: RuleView) -> str:
@@ -120,7 +122,8 @@ def render_stats(flows: Sequence[FlowStats]) -> RenderableType:
         _add_row(
             table,
             flow.rule_id or _NONE,
-            f"{source}{flow.input_group}:{flow.input_port}",
+            f"{source}{endpoint(flow.input_group, flow.input_port)}"
+            + (f" from {flow.input_source}" if flow.input_source else ""),
             str(flow.packets_relayed),
             format_bytes(flow.bytes_relayed),
             format_pps(flow.packets_per_second),
@@ -131,7 +134,7 @@ def render_stats(flows: Sequence[FlowStats]) -> RenderableType:
             _add_row(
                 table,
                 "",
-                f"  -> {out.group}:{out.port}:{out.interface}",
+                f"  -> {endpoint(out.group, out.port)}:{out.interface}",
                 str(out.packets_sent),
                 format_bytes(out.bytes_sent),
                 "",

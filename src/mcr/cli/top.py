@@ -16,7 +16,7 @@ from rich.console import Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcr.cli.render import format_bit_rate, format_bytes
+from mcr.cli.render import endpoint, format_bit_rate, format_bytes
 from mcr.model.status import FlowStats, WorkerInfo
 
 _QUIT_KEYS = frozenset({"q", "Q", "\x03"})  # \x03: Ctrl-C should the terminal ever deliver it as a byte
@@ -213,7 +213,8 @@ def flow_table(flows: Sequence[FlowStats], controls: Controls) -> Table:
         errors = sum(out.send_errors for out in flow.outputs)
         source = f"{flow.input_interface} " if flow.input_interface else ""
         label = Text(flow.rule_id or "-", style="bold")
-        label.append(f"  {source}{flow.input_group}:{flow.input_port}", style="")
+        via = f" from {flow.input_source}" if flow.input_source else ""
+        label.append(f"  {source}{endpoint(flow.input_group, flow.input_port)}{via}", style="")
         table.add_row(
             label,
             Text(format_rate(flow.packets_per_second)),
@@ -225,7 +226,7 @@ def flow_table(flows: Sequence[FlowStats], controls: Controls) -> Table:
         )
         for out in flow.outputs:
             table.add_row(
-                Text(f"  -> {out.group}:{out.port} {out.interface}", style="dim"),
+                Text(f"  -> {endpoint(out.group, out.port)} {out.interface}", style="dim"),
                 Text(""),
                 Text(""),
                 Text(str(out.packets_sent), style="dim"),

@@ -16,7 +16,7 @@ import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from types import TracebackType
 
 from mcr.kernel import bpf
@@ -137,9 +137,10 @@ class KernelRelay:
         port: int,
         outputs: Sequence[OutputEntry],
         rate_limit: RateLimit | None = None,
+        source: IPv4Network | None = None,
     ) -> None:
-        """Install or replace the rule in `slot`: frames to (ifindex, group, port) go to `outputs`, at most
-        at `rate_limit` (None: no limit).
+        """Install or replace the rule in `slot`: frames to (ifindex, group, port) (from `source`, a host or
+        prefix, when given) go to `outputs`, at most at `rate_limit` (None: no limit).
 
         A slot that was free starts with zero counters; replacing a rule in place keeps them. A new or
         changed limit starts with a full bucket; an unchanged one keeps its state.
@@ -169,7 +170,7 @@ class KernelRelay:
             params = None if rate_limit is None else bucket_params(rate_limit)
             bpf.update_elem(self.map_fd(MapName.LIMITS), _index(slot), pack_limit(params))
         bpf.update_elem(
-            self.map_fd(MapName.RULES), pack_rule_key(ifindex, group, port), pack_rule_value(slot, len(outputs))
+            self.map_fd(MapName.RULES), pack_rule_key(ifindex, group, port), pack_rule_value(slot, len(outputs), source)
         )
         if old is None:
             self._ref_group(ifindex, group, +1)
@@ -217,7 +218,7 @@ class KernelRelay:
         drops = {
             r.key: self._sum(MapName.DROPS, int(r), DROP_STATS)[0]
             for r in DropReason
-            if r not in (DropReason.OK, DropReason.NOT_IPV4)
+            if r not in (DropReason.OK, DropReason.NOT_IPV4, DropReason.EXT_HEADER)  # never counted in the kernel
         }
         return KernelCounters(rules, drops)
 

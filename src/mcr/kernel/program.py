@@ -10,12 +10,13 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
    cannot be relayed (fragment, not UDP, bad IP header, truncated, bad UDP length, no rule for the port)
    pass untouched too, and are counted per reason in `drops`.
 3. Look up `rules` with (ingress ifindex, IPv4 destination, UDP destination port): (rule slot, output
-   count). No rule: pass. A rule with a rate limit has a token bucket in `limits[slot]`, in the GCRA form
-   of `mcr.model.ratelimit` (one u64 "theoretical arrival time" shared by every CPU, `bpf_ktime_get_ns`
-   for the clock): the program computes the new value and installs it with one BPF_CMPXCHG, retried with
-   the value another CPU left (at most `CMPXCHG_TRIES` times, then the frame counts as over the limit).
-   A frame over the limit is not relayed; it is counted in the rule's `rate_limited` counter and in
-   `drops`, and passes untouched like every frame that is not relayed.
+   count, source network, netmask). No rule, or an IPv4 source outside the rule's network (a zero mask
+   takes every source): pass, counted as `no_rule`. A rule with a rate limit has a token bucket in
+   `limits[slot]`, in the GCRA form of `mcr.model.ratelimit` (one u64 "theoretical arrival time" shared
+   by every CPU, `bpf_ktime_get_ns` for the clock): the program computes the new value and installs it
+   with one BPF_CMPXCHG, retried with the value another CPU left (at most `CMPXCHG_TRIES` times, then the
+   frame counts as over the limit). A frame over the limit is not relayed; it is counted in the rule's
+   `rate_limited` counter and in `drops`, and passes untouched like every frame that is not relayed.
 4. Save the original header bytes on the stack (MAC addresses; IP TTL..destination; the UDP header), then
    for each output i < count (at most `max_outputs`, a bounded loop the verifier walks once per
    iteration): read `outputs[slot * max_outputs + i]`, rewrite the frame in place with
@@ -44,7 +45,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Final, Literal
 
 from mcr.kernel.abi import TC_ACT_SHOT, TC_ACT_UNSPEC, CsumFlag, MapType, SkbOffset, StoreFlag
@@ -146,7 +147,7 @@ _OUT_MACS = 16  # destination MAC then source MAC, as in the Ethernet header
 
 RULE_KEY: Final = struct.Struct("=I4s2sH")  # ingress ifindex, group (network order), port (network order), 0
 GROUP_KEY: Final = struct.Struct("=I4s")  # ingress ifindex, group
-RULE_VALUE: Final = struct.Struct("=II")  # slot, output count
+RULE_VALUE: Final = struct.Struct("=II4s4s")  # slot, output count, source network and netmask (network order)
 OUTPUT_VALUE: Final = struct.Struct("=IBB2s4s4s6s6sI")
 RULE_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, frames over the rate limit
 OUTPUT_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, errors
@@ -209,8 +210,12 @@ def pack_group_key(ifindex: int, group: IPv4Address) -> bytes:
     return GROUP_KEY.pack(ifindex, group.packed)
 
 
-def pack_rule_value(slot: int, count: int) -> bytes:
-    return RULE_VALUE.pack(slot, count)
+def pack_rule_value(slot: int, count: int, source: IPv4Network | None = None) -> bytes:
+    """A rule's value; a source (host or prefix) limits it to packets whose IPv4 source lies in it (no
+    source: network and mask 0, which every source matches)."""
+    if source is None:
+        return RULE_VALUE.pack(slot, count, bytes(4), bytes(4))
+    return RULE_VALUE.pack(slot, count, source.network_address.packed, source.netmask.packed)
 
 
 def pack_limit(params: BucketParams | None) -> bytes:
@@ -403,6 +408,10 @@ def relay_program(
     lookup(MapName.RULES, _KEY)
     a.jump(JmpOp.JEQ, r0, 0, "drop_no_rule")
     a.emit(ldx(Size.W, r1, r0, 0), ldx(Size.W, r2, r0, 4))
+    # the rule's source filter: (source & netmask) == network, all raw network-order images
+    a.emit(ldx(Size.W, r3, r0, 12), ldx(Size.W, r4, fp, _CUR + 4), alu_reg(AluOp.AND, r4, r3))
+    a.emit(ldx(Size.W, r3, r0, 8))
+    a.jump_reg(JmpOp.JNE, r4, r3, "drop_no_rule")
     a.jump(JmpOp.JLE, r2, max_outputs, "count_ok")
     a.emit(mov64_imm(r2, max_outputs))
     a.label("count_ok")

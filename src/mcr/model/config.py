@@ -36,7 +36,6 @@ from __future__ import annotations
 import sys
 import tomllib
 from dataclasses import dataclass, field, fields
-from ipaddress import IPv4Address
 from typing import Any
 
 from mcr.model.errors import ConfigError, ValidationError
@@ -50,7 +49,9 @@ from mcr.model.rules import (
     check_rule_fits,
     check_rule_shape,
     generated_rule_id,
+    parse_group,
     parse_output_spec,
+    parse_source,
 )
 
 
@@ -152,9 +153,9 @@ def _output(where: str, i: int, item: object, ttl: int) -> OutputDestination:
     if not _type_ok(out_ttl, int):
         raise ConfigError(f"{where}: outputs[{i}].ttl must be an integer")
     try:
-        group = IPv4Address(item["group"])
-    except ValueError:
-        raise ConfigError(f"{where}: outputs[{i}].group: '{item['group']}' is not a valid IPv4 address") from None
+        group = parse_group(item["group"])
+    except ValueError as e:
+        raise ConfigError(f"{where}: outputs[{i}].group: {e}") from None
     return OutputDestination(group, item["port"], item["interface"], out_ttl)
 
 
@@ -183,8 +184,8 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
     ttl = item.get("ttl", DEFAULT_TTL)
     outputs = tuple(_output(where, i, o, ttl) for i, o in enumerate(outputs_raw))
     try:
-        group = IPv4Address(item["input_group"])
-        source = IPv4Address(item["input_source"]) if "input_source" in item else None
+        group = parse_group(item["input_group"])
+        source = parse_source(item["input_source"]) if "input_source" in item else None
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
     try:

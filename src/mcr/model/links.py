@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,3 +15,4 @@ class Link:
     ipv4: tuple[IPv4Address, ...] = ()
     mac: bytes = b""  # empty for links without an Ethernet address (lo, tun)
     carrier: bool = True  # IFF_LOWER_UP: without it the kernel silently drops what is sent there
+    ipv6: tuple[IPv6Address, ...] = ()  # global and unique-local addresses first, then link-local ones

@@ -10,14 +10,24 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from mcr.model.errors import ValidationError
 from mcr.model.ratelimit import RateLimit, rate_limit_problem
 
+#: A group or address of either family, and an input source: a host or a prefix.
+IPAddress = IPv4Address | IPv6Address
+SourcePrefix = IPv4Network | IPv6Network
+
 MULTICAST_V4 = IPv4Network("224.0.0.0/4")
+MULTICAST_V6 = IPv6Network("ff00::/8")
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 UNSPECIFIED = IPv4Address("0.0.0.0")
+UNSPECIFIED_V6 = IPv6Address("::")
+LINK_LOCAL_V6 = IPv6Network("fe80::/10")
+# IPv6 multicast scopes (RFC 4291 2.7): the low nibble of the second byte.
+SCOPE_INTERFACE_LOCAL = 1
+SCOPE_LINK_LOCAL = 2
 IFNAMSIZ_MAX = 15
 DEFAULT_TTL = 1
 
@@ -37,32 +47,74 @@ class Engine(Enum):
     KERNEL = "kernel"
 
 
+def is_multicast(address: IPAddress) -> bool:
+    return address in (MULTICAST_V4 if address.version == 4 else MULTICAST_V6)
+
+
+def endpoint_text(group: IPAddress, port: int) -> str:
+    """`239.1.1.1:5000` or `[ff3e::1]:5000`."""
+    return f"[{group}]:{port}" if group.version == 6 else f"{group}:{port}"
+
+
+def source_text(source: SourcePrefix) -> str:
+    """A one-host prefix as its address (`10.0.0.1`), any other as a prefix (`10.0.0.0/24`)."""
+    return str(source.network_address) if source.prefixlen == source.max_prefixlen else str(source)
+
+
+def _family(text: str) -> str:
+    return "IPv6" if ":" in text else "IPv4"
+
+
+def parse_source(text: str) -> SourcePrefix:
+    """An input source, `S` or `S/len`, of either family; ValueError with the reason otherwise."""
+    if "/" not in text:
+        return ip_network(parse_group(text))
+    try:
+        return ip_network(text.strip(), strict=True)
+    except ValueError as e:
+        raise ValueError(f"'{text}' is not a valid {_family(text)} prefix: {e}") from None
+
+
+def parse_group(text: str) -> IPAddress:
+    """An address of either family; ValueError naming the text otherwise."""
+    try:
+        return ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"'{text}' is not a valid {_family(text)} address") from None
+
+
 @dataclass(frozen=True, slots=True)
 class OutputDestination:
-    group: IPv4Address
+    group: IPAddress
     port: int
     interface: str
-    ttl: int = DEFAULT_TTL
+    ttl: int = DEFAULT_TTL  # the hop limit for an IPv6 group
 
     @property
     def spec(self) -> str:
-        return f"{self.group}:{self.port}:{self.interface}"
+        return f"{endpoint_text(self.group, self.port)}:{self.interface}"
 
 
 @dataclass(frozen=True, slots=True)
 class ForwardingRule:
     rule_id: str
     input_interface: str
-    input_group: IPv4Address
+    input_group: IPAddress
     input_port: int
     outputs: tuple[OutputDestination, ...]
-    input_source: IPv4Address | None = None
+    input_source: SourcePrefix | None = None  # only packets from this host or prefix match
     source: RuleSource = field(default=RuleSource.RUNTIME, compare=False)
     rate_limit: RateLimit | None = None  # None: unlimited
 
     @property
-    def input_key(self) -> tuple[str, IPv4Address, int, IPv4Address | None]:
+    def input_key(self) -> tuple[str, IPAddress, int, SourcePrefix | None]:
         return (self.input_interface, self.input_group, self.input_port, self.input_source)
+
+    @property
+    def input_text(self) -> str:
+        """`eth0 239.1.1.1:5000`, `eth0 [ff3e::1]:5000 from 2001:db8::1`."""
+        text = f"{self.input_interface} {endpoint_text(self.input_group, self.input_port)}"
+        return text if self.input_source is None else f"{text} from {source_text(self.input_source)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,22 +154,38 @@ def interface_name_problem(name: str) -> str | None:
     return None
 
 
-def generated_rule_id(interface: str, group: IPv4Address, port: int, source: IPv4Address | None) -> str:
+def generated_rule_id(interface: str, group: IPAddress, port: int, source: SourcePrefix | None) -> str:
     """A stable id derived from the input key, so re-adding the same flow yields the same id."""
-    text = f"{interface}|{group}|{port}|{source or ''}|udp"
+    text = f"{interface}|{group}|{port}|{'' if source is None else source_text(source)}|udp"
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+_V6_SPEC = re.compile(r"\[([^\]]*)\]:([^:]*):([^:]*)")
+
+
 def parse_output_spec(spec: str, ttl: int = DEFAULT_TTL) -> OutputDestination:
-    """Parse the CLI's `group:port:interface` form (original error texts)."""
-    parts = spec.strip().split(":")
-    if len(parts) != 3:
-        raise ValidationError(f"Invalid format. Expected group:port:interface, got '{spec}'")
-    group_text, port_text, interface = parts
-    try:
-        group = IPv4Address(group_text)
-    except ValueError:
-        raise ValidationError(f"Invalid group IP: '{group_text}' in '{spec}'") from None
+    """Parse the CLI's `group:port:interface` form (original error texts), or `[ipv6-group]:port:interface`."""
+    text = spec.strip()
+    group: IPAddress
+    if text.startswith("["):
+        m = _V6_SPEC.fullmatch(text)
+        if m is None:
+            raise ValidationError(f"Invalid format. Expected [ipv6-group]:port:interface, got '{spec}'")
+        group_text, port_text, interface = m.groups()
+        try:
+            group = IPv6Address(group_text)
+        except ValueError:
+            raise ValidationError(f"Invalid group IP: '{group_text}' in '{spec}'") from None
+    else:
+        parts = text.split(":")
+        if len(parts) != 3:
+            hint = " (write an IPv6 group in brackets: [ff3e::1]:6000:eth1)" if len(parts) > 3 else ""
+            raise ValidationError(f"Invalid format. Expected group:port:interface, got '{spec}'{hint}")
+        group_text, port_text, interface = parts
+        try:
+            group = IPv4Address(group_text)
+        except ValueError:
+            raise ValidationError(f"Invalid group IP: '{group_text}' in '{spec}'") from None
     try:
         port = int(port_text, 10)
     except ValueError:
@@ -159,20 +227,16 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         problem = _port_problem(f"output[{i}].port", out.port) or _ttl_problem(f"output[{i}].ttl", out.ttl)
         if problem:
             raise ValidationError(problem)
-    if rule.input_group not in MULTICAST_V4:
-        raise ValidationError(f"input_group {rule.input_group} is not an IPv4 multicast address (224.0.0.0/4)")
-    if rule.input_source is not None and (
-        rule.input_source in MULTICAST_V4 or rule.input_source in (UNSPECIFIED, LIMITED_BROADCAST)
-    ):
-        raise ValidationError(f"input_source {rule.input_source} must be a unicast address")
+    _check_input_addresses(rule)
     if rule.rate_limit is not None:
         problem = rate_limit_problem(rule.rate_limit)
         if problem:
             raise ValidationError(problem)
-    seen: dict[tuple[IPv4Address, int, str], int] = {}
+    seen: dict[tuple[IPAddress, int, str], int] = {}
     for i, out in enumerate(rule.outputs):
-        if out.group in (UNSPECIFIED, LIMITED_BROADCAST):
-            raise ValidationError(f"output[{i}].group {out.group} is not a valid destination")
+        problem = _destination_problem(out.group)
+        if problem:
+            raise ValidationError(f"output[{i}].group {out.group} {problem}")
         if out.interface == rule.input_interface:
             raise ValidationError(
                 f"Rule rejected: input_interface '{rule.input_interface}' and output_interface "
@@ -185,15 +249,71 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         seen[key] = i
 
 
+def _v6_scope(group: IPv6Address) -> int:
+    return group.packed[1] & 0x0F
+
+
+def _check_input_addresses(rule: ForwardingRule) -> None:
+    group = rule.input_group
+    if group.version == 4 and group not in MULTICAST_V4:
+        raise ValidationError(f"input_group {group} is not an IPv4 multicast address (224.0.0.0/4)")
+    if isinstance(group, IPv6Address):
+        if group not in MULTICAST_V6:
+            raise ValidationError(f"input_group {group} is not an IPv6 multicast address (ff00::/8)")
+        scope = _v6_scope(group)
+        if scope in (0, SCOPE_INTERFACE_LOCAL, 0xF):
+            raise ValidationError(f"input_group {group} has scope {scope:x}, which never leaves a host")
+        if scope == SCOPE_LINK_LOCAL:
+            raise ValidationError(
+                f"input_group {group} is link-local (ff02::/16): link-scoped traffic must not be relayed off "
+                "its link; use a wider scope (e.g. ff05:: site-local or ff0e:: global)"
+            )
+    src = rule.input_source
+    if src is None:
+        return
+    if src.version != group.version:
+        raise ValidationError(
+            f"input_source {source_text(src)} is IPv{src.version} but input_group {group} is IPv{group.version}"
+        )
+    if src.prefixlen == 0:
+        raise ValidationError(f"input_source {src} matches every source; leave input_source out instead")
+    net = src.network_address
+    if is_multicast(net) or net in (UNSPECIFIED, LIMITED_BROADCAST, UNSPECIFIED_V6):
+        raise ValidationError(f"input_source {source_text(src)} must be a unicast address or prefix")
+
+
+def _destination_problem(group: IPAddress) -> str:
+    if group in (UNSPECIFIED, LIMITED_BROADCAST, UNSPECIFIED_V6):
+        return "is not a valid destination"
+    if isinstance(group, IPv6Address):
+        if group in MULTICAST_V6 and _v6_scope(group) in (0, SCOPE_INTERFACE_LOCAL, 0xF):
+            return f"has scope {_v6_scope(group):x}, which never leaves a host"
+        if group in LINK_LOCAL_V6:
+            return "is a link-local unicast address (it needs a scope); use a multicast group or a global address"
+    return ""
+
+
+def _overlaps(a: SourcePrefix | None, b: SourcePrefix | None) -> bool:
+    """Whether some packet could match both sources (no source matches every one)."""
+    if a is None or b is None:
+        return True
+    return a.version == b.version and a.overlaps(b)
+
+
 def check_rule_unique(rule: ForwardingRule, existing: Mapping[str, ForwardingRule]) -> None:
-    """Checks against the current table: no duplicate id, no second rule on the same input."""
+    """Checks against the current table: no duplicate id, no second rule on the same input (the same
+    interface, group and port with overlapping sources)."""
     if rule.rule_id in existing:
         raise ValidationError(f"Rule rejected: rule_id '{rule.rule_id}' already exists")
     for other in existing.values():
         if other.input_key == rule.input_key:
             raise ValidationError(
-                f"Rule rejected: input {rule.input_interface} {rule.input_group}:{rule.input_port} "
-                f"is already relayed by rule '{other.rule_id}'"
+                f"Rule rejected: input {rule.input_text} is already relayed by rule '{other.rule_id}'"
+            )
+        if other.input_key[:3] == rule.input_key[:3] and _overlaps(other.input_source, rule.input_source):
+            raise ValidationError(
+                f"Rule rejected: input {rule.input_text} overlaps rule '{other.rule_id}' ({other.input_text}); "
+                "rules on one input group and port must have disjoint sources"
             )
 
 
@@ -235,9 +355,9 @@ def limits_exceeded(rules: Collection[ForwardingRule], limits: Limits) -> list[s
     return found
 
 
-def input_groups(rules: Iterable[ForwardingRule]) -> dict[str, set[IPv4Address]]:
-    """Input groups per input interface: what must be joined (IGMP) where."""
-    groups: dict[str, set[IPv4Address]] = {}
+def input_groups(rules: Iterable[ForwardingRule]) -> dict[str, set[IPAddress]]:
+    """Input groups per input interface: what must be joined (IGMP/MLD) where."""
+    groups: dict[str, set[IPAddress]] = {}
     for rule in rules:
         groups.setdefault(rule.input_interface, set()).add(rule.input_group)
     return groups

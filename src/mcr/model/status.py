@@ -47,6 +47,7 @@ class FlowStats:
     input_interface: str = ""
     outputs: tuple[OutputStats, ...] = ()
     drops: dict[str, int] = field(default_factory=dict)
+    input_source: str = ""  # the rule's source host or prefix, empty when any source matches
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,11 @@
-"""Interfaces and their IPv4 addresses, from rtnetlink. The only module that imports pyroute2."""
+"""Interfaces and their IPv4 and IPv6 addresses, from rtnetlink. The only module that imports pyroute2."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyroute2 import AsyncIPRoute
 
@@ -23,6 +23,11 @@ async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
         addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if addr:
             addresses.setdefault(int(msg["index"]), []).append(IPv4Address(addr))
+    addresses6: dict[int, list[IPv6Address]] = {}
+    async for msg in await ipr.get_addr(family=10):
+        addr = msg.get_attr("IFA_ADDRESS")
+        if addr:
+            addresses6.setdefault(int(msg["index"]), []).append(IPv6Address(addr))
     links: dict[str, Link] = {}
     async for msg in await ipr.get_links():
         index = int(msg["index"])
@@ -35,6 +40,7 @@ async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
             ipv4=tuple(addresses.get(index, ())),
             mac=_mac(msg.get_attr("IFLA_ADDRESS")),
             carrier=bool(int(msg["flags"]) & IFF_LOWER_UP),
+            ipv6=tuple(sorted(addresses6.get(index, ()), key=lambda a: a.is_link_local)),
         )
     return links
 

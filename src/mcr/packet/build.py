@@ -1,22 +1,27 @@
-"""Frame builders for tests, fuzzing and the benchmark: valid Ethernet/IPv4/UDP frames by default, malformed on
-request through keyword overrides (lengths, header length, version, fragments, protocol, ethertype, VLAN tag).
+"""Frame builders for tests, fuzzing and the benchmark: valid Ethernet/IPv4/UDP (and IPv6/UDP) frames by default,
+malformed on request through keyword overrides (lengths, header length, version, fragments, protocol, ethertype,
+VLAN tag, IPv6 extension headers).
 """
 
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 __all__ = [
     "ETH_P_8021Q",
     "ETH_P_IP",
+    "build_udp6_frame",
     "build_udp_frame",
     "ipv4_checksum",
+    "ipv6_extension",
     "multicast_mac",
+    "multicast_mac6",
     "udp_checksum",
 ]
 
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
 IPPROTO_UDP = 17
 
@@ -119,3 +124,52 @@ def build_udp_frame(
     if vlan is not None:
         ethernet += struct.pack("!HH", ETH_P_8021Q, vlan)
     return ethernet + struct.pack("!H", ethertype) + header + segment
+
+
+def multicast_mac6(group: IPv6Address) -> bytes:
+    """The Ethernet address of an IPv6 multicast group: 33:33 and the group's low 32 bits (RFC 2464)."""
+    return b"\x33\x33" + group.packed[12:]
+
+
+def ipv6_extension(next_header: int, body: bytes = b"") -> bytes:
+    """An extension header in the (length + 1) * 8 format (hop-by-hop, routing, destination options),
+    `body` padded with zeros to fill it; the fragment header (44) is always 8 bytes."""
+    size = max(8, -(-(2 + len(body)) // 8) * 8)
+    return struct.pack("!BB", next_header, size // 8 - 1) + body.ljust(size - 2, b"\0")
+
+
+def build_udp6_frame(
+    *,
+    src_mac: bytes = DEFAULT_SRC_MAC,
+    dst_mac: bytes | None = None,
+    src_ip: IPv6Address | str,
+    dst_ip: IPv6Address | str,
+    src_port: int = 40000,
+    dst_port: int,
+    payload: bytes,
+    hop_limit: int = 1,
+    extensions: tuple[tuple[int, bytes], ...] = (),
+    version: int = 6,
+    payload_length: int | None = None,
+    udp_length: int | None = None,
+    next_header: int = IPPROTO_UDP,
+) -> bytes:
+    """An Ethernet / IPv6 / [extension headers] / UDP frame with a correct UDP checksum.
+
+    `extensions` are (type, header bytes) in order, e.g. ``((0, ipv6_extension(17)),)`` for a hop-by-hop
+    header; each header's own first byte must name what follows it, and the IPv6 header's next header is
+    the first one's type (`next_header` when there are none). `version`, `payload_length` and `udp_length`
+    write those fields as given, to build malformed frames.
+    """
+    src, dst = IPv6Address(src_ip), IPv6Address(dst_ip)
+    udp_len = _UDP_HEADER.size + len(payload) if udp_length is None else udp_length
+    segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, 0) + payload
+    pseudo = src.packed + dst.packed + struct.pack("!I3xB", udp_len, IPPROTO_UDP)
+    checksum = ipv4_checksum(pseudo + segment) or 0xFFFF
+    segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, checksum) + payload
+    ext = b"".join(body for _t, body in extensions)
+    first = extensions[0][0] if extensions else next_header
+    length = len(ext) + len(segment) if payload_length is None else payload_length
+    header = struct.pack("!IHBB", version << 28, length, first, hop_limit) + src.packed + dst.packed
+    ethernet = (multicast_mac6(dst) if dst_mac is None else dst_mac) + src_mac + struct.pack("!H", ETH_P_IPV6)
+    return ethernet + header + ext + segment

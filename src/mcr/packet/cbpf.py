@@ -5,6 +5,8 @@ flows are copied to userspace. It accepts
 
 - IPv4 UDP to a configured (group, port), and
 - IPv4 fragments and non-UDP packets to a configured group, so that userspace counts them as drops;
+- IPv6 to a configured IPv6 group, any port and any next header (`_ipv6_block`): the worker walks the
+  extension headers, checks the port and counts the drops; beyond `MAX_IPV6_GROUPS` groups, IPv6 to ff00::/8;
 
 and drops everything else, including the frames the host sent itself. Accepting returns `ACCEPT` (the snap
 length), dropping returns 0. Like the kernel, the filter drops a frame too short for a field it loads.
@@ -29,12 +31,13 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
-from mcr.packet.parse import ETH_HLEN, ETH_P_IP, IPPROTO_UDP
+from mcr.packet.parse import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP
 
 __all__ = [
     "ACCEPT",
     "BPF_MAXINSNS",
     "DROP",
+    "MAX_IPV6_GROUPS",
     "PACKET_OUTGOING",
     "SKF_AD_OFF",
     "SKF_AD_PKTTYPE",
@@ -350,16 +353,43 @@ _OFF_UDP_DPORT_FROM_X = ETH_HLEN + 2  # X = IP header length: the UDP destinatio
 _FRAG_MASK = 0x3FFF  # MF flag and fragment offset
 
 
-def _prologue(e: Emitter) -> None:
-    """Drop the host's own frames and everything but IPv4; `e.head` must be what comes next."""
-    e.jump(Op.JEQ_K, ETH_P_IP, e.head, _Tail.DROP)
+_OFF_DST6 = ETH_HLEN + 24
+MAX_IPV6_GROUPS = 64  # 8 instructions each; more groups get the ff00::/8 check
+
+
+def _ipv6_block(e: Emitter, groups: Collection[int]) -> int:
+    """Emit the IPv6 part, entered with the ethertype in A: accept IPv6 to one of `groups` (compared a
+    word at a time), or to any group when there are more than MAX_IPV6_GROUPS. Returns its entry."""
+    if len(groups) > MAX_IPV6_GROUPS:
+        e.jump(Op.JEQ_K, 0xFF, _Tail.ACCEPT, _Tail.DROP)
+        e.stmt(Op.LD_B_ABS, _OFF_DST6)
+    else:
+        nxt: _Target = _Tail.DROP
+        for group in sorted(groups, reverse=True):
+            words = [(group >> shift) & 0xFFFFFFFF for shift in (96, 64, 32, 0)]
+            e.jump(Op.JEQ_K, words[3], _Tail.ACCEPT, nxt)
+            for i in (2, 1, 0):
+                e.stmt(Op.LD_W_ABS, _OFF_DST6 + 4 * (i + 1))
+                e.jump(Op.JEQ_K, words[i], e.head, nxt)
+            nxt = e.stmt(Op.LD_W_ABS, _OFF_DST6)
+    return e.jump(Op.JEQ_K, ETH_P_IPV6, e.head, _Tail.DROP)
+
+
+def _prologue(e: Emitter, groups6: Collection[int] = ()) -> None:
+    """Drop the host's own frames and everything but IPv4 (and IPv6 to `groups6`); `e.head` must be the
+    IPv4 part."""
+    ipv4 = e.head
+    e.jump(Op.JEQ_K, ETH_P_IP, ipv4, _ipv6_block(e, groups6) if groups6 else _Tail.DROP)
     e.stmt(Op.LD_H_ABS, _OFF_ETHERTYPE)
     e.jump(Op.JEQ_K, PACKET_OUTGOING, _Tail.DROP, e.head)
     e.stmt(Op.LD_B_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE)
 
 
-def build_capture_filter(groups: Mapping[int, Collection[int]], *, max_insns: int = BPF_MAXINSNS) -> list[Insn]:
-    """The capture filter of one input interface, given ``{IPv4 group as int: UDP ports}``.
+def build_capture_filter(
+    groups: Mapping[int, Collection[int]], groups6: Collection[int] = (), *, max_insns: int = BPF_MAXINSNS
+) -> list[Insn]:
+    """The capture filter of one input interface, given ``{IPv4 group as int: UDP ports}`` and the IPv6
+    groups as ints (which pass on the group alone, see `_ipv6_block`).
 
     The exact filter (`exact_filter`) when it fits in `max_insns` (the kernel's BPF_MAXINSNS by default); else
     the filter on groups alone (`group_filter`: any port of a configured group passes), else the coarse one
@@ -375,6 +405,9 @@ def build_capture_filter(groups: Mapping[int, Collection[int]], *, max_insns: in
 
     Raises ValueError for a group outside 0..2**32-1 or a port outside 0..65535.
     """
+    groups6 = frozenset(groups6)
+    if bad6 := [g for g in groups6 if not 0 <= g < 1 << 128]:
+        raise ValueError(f"IPv6 group out of range: {bad6[0]}")
     table: dict[int, tuple[int, ...]] = {}
     for group, ports in groups.items():
         if not 0 <= group <= 0xFFFFFFFF:
@@ -383,16 +416,16 @@ def build_capture_filter(groups: Mapping[int, Collection[int]], *, max_insns: in
             raise ValueError(f"UDP port out of range: {bad[0]}")
         if ports:
             table[group] = tuple(sorted(set(ports)))
-    if not table:
+    if not table and not groups6:
         return [Insn(Op.RET_K, 0, 0, DROP)]
     for build in (exact_filter, group_filter):
-        program = build(table)
+        program = build(table, groups6)
         if len(program) <= max_insns:
             return program
-    return coarse_filter()
+    return coarse_filter(groups6)
 
 
-def exact_filter(groups: Mapping[int, Collection[int]]) -> list[Insn]:
+def exact_filter(groups: Mapping[int, Collection[int]], groups6: Collection[int] = ()) -> list[Insn]:
     """Accept UDP to a (group, port) of `groups`, and fragments and non-UDP packets to a group with ports.
     Front to back::
 
@@ -433,28 +466,28 @@ def exact_filter(groups: Mapping[int, Collection[int]]) -> list[Insn]:
     e.stmt(Op.LD_B_ABS, _OFF_PROTO)
     e.jump(Op.JSET_K, _FRAG_MASK, other, e.head)
     e.stmt(Op.LD_H_ABS, _OFF_FRAG)
-    _prologue(e)
+    _prologue(e, groups6)
     return e.program()
 
 
-def group_filter(groups: Collection[int]) -> list[Insn]:
+def group_filter(groups: Collection[int], groups6: Collection[int] = ()) -> list[Insn]:
     """Accept IPv4 to one of `groups` from another host: the prologue, ``ld [30]``, a search of the groups."""
     e = Emitter()
     e.tail(_Tail.DROP)
     e.search(sorted(groups), lambda _group: _Tail.ACCEPT, _Tail.DROP)
     e.stmt(Op.LD_W_ABS, _OFF_DST)
-    _prologue(e)
+    _prologue(e, groups6)
     return e.program()
 
 
-def coarse_filter() -> list[Insn]:
-    """Accept IPv4 to 224.0.0.0/4 from another host."""
+def coarse_filter(groups6: Collection[int] = ()) -> list[Insn]:
+    """Accept IPv4 to 224.0.0.0/4 from another host (and IPv6 to `groups6`)."""
     e = Emitter()
     e.tail(_Tail.DROP)
     e.jump(Op.JEQ_K, 0xE0000000, _Tail.ACCEPT, _Tail.DROP)
     e.stmt(Op.ALU_AND_K, 0xF0000000)
     e.stmt(Op.LD_W_ABS, _OFF_DST)
-    _prologue(e)
+    _prologue(e, groups6)
     return e.program()
 
 

@@ -1,4 +1,4 @@
-"""Ethernet/IPv4/UDP frame parsing for the data-plane hot path.
+"""Ethernet/IPv4/UDP and Ethernet/IPv6/UDP frame parsing for the data-plane hot path.
 
 `parse_frame` runs once per captured packet, so it works on plain ints: one precompiled `struct.Struct.unpack_from`
 call for the common frame (no IP options), two otherwise; no objects besides the returned tuple, and no exceptions
@@ -8,6 +8,12 @@ Checksums are not verified (the relay re-sends the payload and the kernel comput
 are skipped; Ethernet padding after the IP packet is ignored because every bound comes from the IP total
 length. The drop reasons are the ones the kernel engine (`mcr.kernel.program`) counts, with the same
 meaning, so both engines report alike.
+
+IPv6 frames take the general path: the extension headers hop-by-hop (0), routing (43) and destination
+options (60) are walked, at most `MAX_EXT_HEADERS` of them and never past the payload length; a fragment
+header (44) is a FRAGMENT drop; an extension header that is not walked (ESP, AH, mobility, HIP, shim6,
+experimental) or too many of them is an EXT_HEADER drop; any other upper layer is NOT_UDP. Their keys are
+``IPV6_KEY_TAG | (ipv6_destination << 16) | port``, which no IPv4 key can equal.
 """
 
 from __future__ import annotations
@@ -31,15 +37,25 @@ __all__ = [
     "DROP_KEYS",
     "ETH_HLEN",
     "ETH_P_IP",
+    "ETH_P_IPV6",
     "IPPROTO_UDP",
+    "IPV6_KEY_TAG",
     "DropReason",
     "ParseResult",
     "parse_frame",
+    "src_address",
     "src_ipv4",
 ]
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+IPV6_HLEN = 40
+IPV6_KEY_TAG = 1 << 160  # above every IPv6 (group << 16 | port), so IPv4 and IPv6 keys never meet
+MAX_EXT_HEADERS = 8
+EXT_WALKED = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options: (length + 1) * 8 bytes
+EXT_FRAGMENT = 44
+EXT_NOT_WALKED = frozenset({50, 51, 135, 139, 140, 253, 254})  # ESP, AH, mobility, HIP, shim6, experiments
 IPPROTO_UDP = 17
 UDP_HLEN = 8
 
@@ -48,14 +64,15 @@ class DropReason(IntEnum):
     """Why a frame was not relayed. The values index per-reason counter lists (see `DROP_KEYS`)."""
 
     OK = 0
-    NOT_IPV4 = 1  # ethertype is not IPv4 (802.1Q-tagged frames included)
-    TRUNCATED = 2  # shorter than Ethernet + IPv4 headers, than the IP total length, or than IP + UDP headers
-    BAD_IP_HEADER = 3  # version != 4, IHL < 5, or total length < IHL * 4
-    FRAGMENT = 4  # MF set or fragment offset != 0
+    NOT_IPV4 = 1  # ethertype is neither IPv4 nor IPv6 (802.1Q-tagged frames included)
+    TRUNCATED = 2  # shorter than Ethernet + IP headers, than the IP length, or than IP (+ extensions) + UDP
+    BAD_IP_HEADER = 3  # version != 4, IHL < 5, or total length < IHL * 4; IPv6: version != 6
+    FRAGMENT = 4  # MF set or fragment offset != 0; IPv6: a fragment header
     NOT_UDP = 5
     BAD_UDP_LENGTH = 6  # UDP length < 8, or beyond the IP total length
-    NO_RULE = 7  # never returned by the parser: the worker found no rule for the key
+    NO_RULE = 7  # never returned by the parser: the worker found no rule for the key (or for the source)
     RATE_LIMITED = 8  # never returned by the parser: over the rule's rate limit (counted per rule too)
+    EXT_HEADER = 9  # IPv6: an extension header that is not walked, or more than MAX_EXT_HEADERS
 
     @property
     def key(self) -> str:
@@ -81,6 +98,12 @@ _UDP = struct.Struct("!2xHH")  # destination port, length (read at the UDP heade
 _ETHERTYPE = struct.Struct("!H")
 _SRC = struct.Struct("!I")
 _SRC_OFFSET = ETH_HLEN + 12
+_IPV6 = struct.Struct("!12xHIHB")  # ethertype, version + class + flow label, payload length, next header
+_IPV6_DST = struct.Struct("!QQ")
+_IPV6_DST_OFFSET = ETH_HLEN + 24
+_IPV6_SRC_OFFSET = ETH_HLEN + 8
+_EXT = struct.Struct("!BB")  # next header, length
+_EXT_HEADER = int(DropReason.EXT_HEADER)
 
 _unpack_plain = _PLAIN.unpack_from
 _unpack_eth_ip = _ETH_IP.unpack_from
@@ -136,10 +159,10 @@ def _parse_general(buf: FrameBuffer, offset: int, caplen: int) -> ParseResult:
         if offset < 0 or caplen < ETH_HLEN:
             return _SHORT
         (ethertype,) = _ETHERTYPE.unpack_from(buf, offset + 12)
-        return _SHORT if ethertype == ETH_P_IP else _NOT_IPV4
+        return _SHORT if ethertype in (ETH_P_IP, ETH_P_IPV6) else _NOT_IPV4
     ethertype, ver_ihl, total, frag, proto, dst = _unpack_eth_ip(buf, offset)
     if ethertype != ETH_P_IP:
-        return _NOT_IPV4
+        return _parse_ipv6(buf, offset, caplen) if ethertype == ETH_P_IPV6 else _NOT_IPV4
     if ver_ihl < 0x45 or ver_ihl > 0x4F:  # exactly "version != 4 or IHL < 5"
         return _BAD_IP_HEADER
     ip_hlen = (ver_ihl & 0x0F) << 2
@@ -160,6 +183,53 @@ def _parse_general(buf: FrameBuffer, offset: int, caplen: int) -> ParseResult:
     if udp_len < UDP_HLEN or udp_len > ip_payload:
         return (_BAD_UDP_LENGTH, key | port, 0, 0)
     return (0, key | port, udp + UDP_HLEN, udp_len - UDP_HLEN)
+
+
+def _parse_ipv6(buf: FrameBuffer, offset: int, caplen: int) -> ParseResult:
+    """`_parse_general` for an IPv6 frame (caplen >= 34 already)."""
+    if caplen < ETH_HLEN + IPV6_HLEN:
+        return _SHORT
+    _eth, vtcfl, payload_len, nxt = _IPV6.unpack_from(buf, offset)
+    if vtcfl >> 28 != 6:
+        return _BAD_IP_HEADER
+    hi, lo = _IPV6_DST.unpack_from(buf, offset + _IPV6_DST_OFFSET)
+    key = IPV6_KEY_TAG | (hi << 80) | (lo << 16)
+    end = offset + ETH_HLEN + IPV6_HLEN + payload_len
+    if end > offset + caplen:
+        return (_TRUNCATED, key, 0, 0)
+    pos = offset + ETH_HLEN + IPV6_HLEN
+    for _ in range(MAX_EXT_HEADERS + 1):
+        if nxt == IPPROTO_UDP:
+            break
+        if nxt in EXT_WALKED:
+            if pos + 8 > end:
+                return (_TRUNCATED, key, 0, 0)
+            nxt, length = _EXT.unpack_from(buf, pos)
+            pos += (length + 1) << 3
+            continue
+        if nxt == EXT_FRAGMENT:
+            return (_FRAGMENT, key, 0, 0)
+        if nxt in EXT_NOT_WALKED:
+            return (_EXT_HEADER, key, 0, 0)
+        return (_NOT_UDP, key, 0, 0)
+    else:
+        return (_EXT_HEADER, key, 0, 0)
+    if pos + UDP_HLEN > end:
+        return (_TRUNCATED, key, 0, 0)
+    port, udp_len = _unpack_udp(buf, pos)
+    if udp_len < UDP_HLEN or udp_len > end - pos:
+        return (_BAD_UDP_LENGTH, key | port, 0, 0)
+    return (0, key | port, pos + UDP_HLEN, udp_len - UDP_HLEN)
+
+
+def src_address(buf: FrameBuffer, offset: int) -> int:
+    """The IPv4 or IPv6 source address of the frame at `offset`, as an int (for frames `parse_frame`
+    accepted, whose ethertype tells the family)."""
+    if _ETHERTYPE.unpack_from(buf, offset + 12)[0] == ETH_P_IPV6:
+        hi, lo = _IPV6_DST.unpack_from(buf, offset + _IPV6_SRC_OFFSET)
+        value: int = (hi << 64) | lo
+        return value
+    return src_ipv4(buf, offset)
 
 
 def src_ipv4(buf: FrameBuffer, offset: int) -> int:

@@ -10,13 +10,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import Enum
-from ipaddress import IPv4Address
 from typing import Any, assert_never
 
 from mcr.model.errors import ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
 from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
-from mcr.model.rules import DEFAULT_TTL, Engine, ForwardingRule, Limits, OutputDestination, RuleSource
+from mcr.model.rules import (
+    DEFAULT_TTL,
+    Engine,
+    ForwardingRule,
+    IPAddress,
+    Limits,
+    OutputDestination,
+    RuleSource,
+    SourcePrefix,
+    parse_group,
+    parse_source,
+    source_text,
+)
 from mcr.model.status import (
     ConfigView,
     FlowStats,
@@ -53,10 +64,10 @@ class Query(Enum):
 class AddRule:
     rule_id: str | None
     input_interface: str
-    input_group: IPv4Address
+    input_group: IPAddress
     input_port: int
     outputs: tuple[OutputDestination, ...]
-    input_source: IPv4Address | None = None
+    input_source: SourcePrefix | None = None
     rate_limit: RateLimit | None = None
 
 
@@ -138,14 +149,21 @@ class _Fields:
             raise ProtocolError(f"field '{name}' in {self.where} must be an integer, got {_type_name(value)}")
         return value
 
-    def ipv4(self, name: str, required: bool = True) -> IPv4Address | None:
-        text = self.string(name, required)
+    def address(self, name: str) -> IPAddress:
+        text = self.req_string(name)
+        try:
+            return parse_group(text)
+        except ValueError as e:
+            raise ProtocolError(f"field '{name}' in {self.where}: {e}") from None
+
+    def source(self, name: str) -> SourcePrefix | None:
+        text = self.string(name, required=False)
         if text is None:
             return None
         try:
-            return IPv4Address(text)
-        except ValueError:
-            raise ProtocolError(f"field '{name}' in {self.where}: '{text}' is not a valid IPv4 address") from None
+            return parse_source(text)
+        except ValueError as e:
+            raise ProtocolError(f"field '{name}' in {self.where}: {e}") from None
 
     def array(self, name: str) -> list[object]:
         value = self._get(name, True)
@@ -162,10 +180,8 @@ _OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl"})
 
 def _decode_output(i: int, obj: object) -> OutputDestination:
     f = _Fields(f"AddRule.outputs[{i}]", obj, _OUTPUT_FIELDS)
-    group = f.ipv4("group")
-    assert group is not None
     return OutputDestination(
-        group=group,
+        group=f.address("group"),
         port=f.integer("port"),
         interface=f.req_string("interface"),
         ttl=f.integer("ttl", required=False, default=DEFAULT_TTL),
@@ -175,8 +191,7 @@ def _decode_output(i: int, obj: object) -> OutputDestination:
 def _decode_add(body: object) -> AddRule:
     f = _Fields("AddRule", body, _ADD_FIELDS)
     rule_id = f.string("rule_id", required=False)
-    group = f.ipv4("input_group")
-    assert group is not None
+    group = f.address("input_group")
     outputs = tuple(_decode_output(i, o) for i, o in enumerate(f.array("outputs")))
     return AddRule(
         rule_id=rule_id or None,
@@ -184,7 +199,7 @@ def _decode_add(body: object) -> AddRule:
         input_group=group,
         input_port=f.integer("input_port"),
         outputs=outputs,
-        input_source=f.ipv4("input_source", required=False),
+        input_source=f.source("input_source"),
         rate_limit=_decode_rate_limit(f.obj.get("rate_limit")),
     )
 
@@ -275,7 +290,7 @@ def encode_request(req: Request) -> bytes:
             if req.rule_id:
                 body["rule_id"] = req.rule_id
             if req.input_source is not None:
-                body["input_source"] = str(req.input_source)
+                body["input_source"] = source_text(req.input_source)
             if req.rate_limit is not None:
                 body["rate_limit"] = encode_rate_limit(req.rate_limit)
             doc = {"AddRule": body}
@@ -343,7 +358,7 @@ def encode_rule(r: ForwardingRule) -> dict[str, object]:
         "input_interface": r.input_interface,
         "input_group": str(r.input_group),
         "input_port": r.input_port,
-        "input_source": None if r.input_source is None else str(r.input_source),
+        "input_source": None if r.input_source is None else source_text(r.input_source),
         "outputs": [_output_json(o) for o in r.outputs],
         "source": r.source.value,
         "rate_limit": None if r.rate_limit is None else encode_rate_limit(r.rate_limit),
@@ -365,6 +380,7 @@ def _flow_json(f: FlowStats) -> dict[str, object]:
         "input_interface": f.input_interface,
         "input_group": f.input_group,
         "input_port": f.input_port,
+        "input_source": f.input_source or None,
         "packets_relayed": f.packets_relayed,
         "bytes_relayed": f.bytes_relayed,
         "packets_per_second": f.packets_per_second,
@@ -459,16 +475,16 @@ def decode_rule(o: object) -> ForwardingRule:
     d = _obj("rule", o)
     try:
         outputs = tuple(
-            OutputDestination(IPv4Address(x["group"]), int(x["port"]), str(x["interface"]), int(x.get("ttl", 1)))
+            OutputDestination(parse_group(x["group"]), int(x["port"]), str(x["interface"]), int(x.get("ttl", 1)))
             for x in d.get("outputs", [])
         )
         return ForwardingRule(
             rule_id=str(d["rule_id"]),
             input_interface=str(d["input_interface"]),
-            input_group=IPv4Address(d["input_group"]),
+            input_group=parse_group(d["input_group"]),
             input_port=int(d["input_port"]),
             outputs=outputs,
-            input_source=IPv4Address(d["input_source"]) if d.get("input_source") else None,
+            input_source=parse_source(d["input_source"]) if d.get("input_source") else None,
             source=RuleSource(d.get("source", "runtime")),
             rate_limit=None if d.get("rate_limit") is None else decode_rate_limit(d["rate_limit"]),
         )
@@ -517,6 +533,7 @@ def _decode_flow(o: object) -> FlowStats:
                 for x in d.get("outputs", [])
             ),
             drops={str(k): int(v) for k, v in d.get("drops", {}).items()},
+            input_source=str(d.get("input_source") or ""),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"malformed stats entry in response: {e!r}") from None

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from typing import Any, assert_never
 
 from mcr.model.errors import ProtocolError, ValidationError
 from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
+from mcr.model.rules import IPAddress, SourcePrefix, parse_group, parse_source, source_text
 from mcr.protocol.jsondoc import load_json
 
 MAX_CHANNEL_MESSAGE = 16 << 20
@@ -24,21 +24,22 @@ class WorkerOutput:
     """One output of a rule, resolved by the supervisor to what a socket needs."""
 
     index: int
-    group: IPv4Address
+    group: IPAddress
     port: int
     ifindex: int
-    source: IPv4Address
-    ttl: int
+    source: IPAddress  # the output interface's address of the group's family
+    ttl: int  # the hop limit for an IPv6 group
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerRule:
     rule_id: str
     ifindex: int
-    group: IPv4Address
+    group: IPAddress
     port: int
     outputs: tuple[WorkerOutput, ...]
     rate_limit: RateLimit | None = None
+    source: SourcePrefix | None = None  # only packets from this host or prefix match
 
 
 # supervisor -> worker
@@ -101,6 +102,7 @@ def _rule_json(r: WorkerRule) -> dict[str, object]:
         "ifindex": r.ifindex,
         "group": str(r.group),
         "port": r.port,
+        "source": None if r.source is None else source_text(r.source),
         "outputs": [
             {
                 "index": o.index,
@@ -152,15 +154,16 @@ def decode_command(data: bytes) -> Command:
                 WorkerRule(
                     rule_id=str(r["rule_id"]),
                     ifindex=int(r["ifindex"]),
-                    group=IPv4Address(r["group"]),
+                    group=parse_group(r["group"]),
                     port=int(r["port"]),
+                    source=parse_source(r["source"]) if r.get("source") else None,
                     outputs=tuple(
                         WorkerOutput(
                             index=int(o["index"]),
-                            group=IPv4Address(o["group"]),
+                            group=parse_group(o["group"]),
                             port=int(o["port"]),
                             ifindex=int(o["ifindex"]),
-                            source=IPv4Address(o["source"]),
+                            source=parse_group(o["source"]),
                             ttl=int(o["ttl"]),
                         )
                         for o in r["outputs"]

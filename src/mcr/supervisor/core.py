@@ -4,9 +4,10 @@ and statistics aggregation. No sockets, no processes, no clock of its own: time 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
@@ -15,6 +16,7 @@ from mcr.model.rules import (
     MULTICAST_V4,
     Engine,
     ForwardingRule,
+    IPAddress,
     Limits,
     RuleSource,
     check_rule_fits,
@@ -22,6 +24,7 @@ from mcr.model.rules import (
     check_rule_unique,
     generated_rule_id,
     limits_exceeded,
+    source_text,
 )
 from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView
 from mcr.protocol.control import AddRule
@@ -127,6 +130,7 @@ class KernelRule:
     port: int
     outputs: tuple[KernelOutput, ...]
     rate_limit: RateLimit | None = None
+    source: IPv4Network | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,18 +140,61 @@ class Resolution:
     views: tuple[RuleView, ...]
     worker_rules: tuple[WorkerRule, ...]
     captures: Mapping[int, str]  # ifindex -> name of every input interface with a userspace rule
-    memberships: Mapping[int, frozenset[IPv4Address]]  # ifindex -> input groups to join there
+    memberships: Mapping[int, frozenset[Membership]]  # ifindex -> input groups (and sources) to join there
     kernel_rules: tuple[KernelRule, ...] = ()
 
 
+#: A membership to hold on an input interface: (group, None) joins any source (IGMPv2/MLDv1 style
+#: exclude-nothing), (group, S) joins only source S (IGMPv3/MLDv2 source-specific, as SSM needs).
+Membership = tuple[IPAddress, IPAddress | None]
+
+
+def wanted_memberships(rules: Iterable[ForwardingRule]) -> frozenset[Membership]:
+    """The memberships for the rules of one input interface: a group is joined source-specifically
+    for each source when every rule on it names one source host, and for any source otherwise (a
+    rule without a source, or with a prefix, wants them all; the worker filters by prefix)."""
+    sources: dict[IPAddress, set[IPAddress] | None] = {}
+    for rule in rules:
+        src = rule.input_source
+        host = src.network_address if src is not None and src.prefixlen == src.max_prefixlen else None
+        if rule.input_group in sources and sources[rule.input_group] is None:
+            continue
+        if host is None:
+            sources[rule.input_group] = None
+        else:
+            sources.setdefault(rule.input_group, set()).add(host)  # type: ignore[union-attr]
+    wanted: set[Membership] = set()
+    for group, hosts in sources.items():
+        if hosts is None:
+            wanted.add((group, None))
+        else:
+            wanted.update((group, h) for h in hosts)
+    return frozenset(wanted)
+
+
+def output_address(link: Link, group: IPAddress) -> IPAddress | None:
+    """The address an output sends from: the link's first address of the group's family (for IPv6 a
+    global or unique-local one before a link-local one)."""
+    addresses: tuple[IPAddress, ...] = link.ipv4 if group.version == 4 else link.ipv6
+    return addresses[0] if addresses else None
+
+
 def kernel_problem(
-    rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link], max_outputs: int
+    rule: ForwardingRule,
+    link: Link,
+    outputs: list[WorkerOutput],
+    links: Mapping[str, Link],
+    max_outputs: int,
+    shared_flow: bool = False,
 ) -> str:
-    """Why the kernel engine cannot serve this rule (empty when it can)."""
+    """Why the kernel engine cannot serve this rule (empty when it can). `shared_flow`: other rules (with
+    other sources) take the same input interface, group and port."""
     if not link.mac:
         return f"input {link.name} is not an Ethernet interface"
-    if rule.input_source is not None:
-        return "source-specific rules are served in userspace"
+    if rule.input_group.version == 6 or any(out.group.version == 6 for out in outputs):
+        return "IPv6 rules are served in userspace"
+    if shared_flow:
+        return "several sources on one group and port are served in userspace"
     if len(outputs) > max_outputs:
         return f"more than {max_outputs} outputs"
     for out in outputs:
@@ -156,6 +203,23 @@ def kernel_problem(
         if not links[rule.outputs[out.index].interface].mac:
             return f"output[{out.index}] {rule.outputs[out.index].interface} is not an Ethernet interface"
     return ""
+
+
+def _kernel_rule(
+    rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link]
+) -> KernelRule:
+    """The kernel engine's form of a rule `kernel_problem` passed (IPv4 only)."""
+    kouts: list[KernelOutput] = []
+    for o in outputs:
+        assert isinstance(o.group, IPv4Address) and isinstance(o.source, IPv4Address)
+        mac = links[rule.outputs[o.index].interface].mac
+        kouts.append(KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, mac, o.ttl))
+    assert isinstance(rule.input_group, IPv4Address)
+    source = rule.input_source
+    assert source is None or isinstance(source, IPv4Network)
+    return KernelRule(
+        rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(kouts), rule.rate_limit, source
+    )
 
 
 def _usable(link: Link | None) -> str:
@@ -175,7 +239,9 @@ def resolve(
     worker_rules: list[WorkerRule] = []
     kernel_rules: list[KernelRule] = []
     captures: dict[int, str] = {}
-    memberships: dict[int, set[IPv4Address]] = {}
+    on_input: dict[int, list[ForwardingRule]] = {}
+    rules = list(rules)
+    flows = Counter(rule.input_key[:3] for rule in rules)
     for rule in rules:
         link = links.get(rule.input_interface)
         problem = _usable(link)
@@ -188,36 +254,35 @@ def resolve(
         for i, out in enumerate(rule.outputs):
             olink = links.get(out.interface)
             oproblem = _usable(olink)
-            if not oproblem and olink is not None and not olink.ipv4:
-                oproblem = "has no IPv4 address"
-            if oproblem or olink is None:
+            address = output_address(olink, out.group) if olink is not None else None
+            if not oproblem and address is None:
+                oproblem = f"has no IPv{out.group.version} address"
+            if oproblem or olink is None or address is None:
                 notes.append(f"output[{i}] {out.interface} {oproblem}")
                 continue
             if not olink.carrier:
                 # sends still succeed (the kernel drops them at the device), so nothing else would show it
                 notes.append(f"output[{i}] {out.interface} has no carrier")
-            outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, olink.ipv4[0], out.ttl))
-        memberships.setdefault(link.ifindex, set()).add(rule.input_group)
+            outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, out.ttl))
+        on_input.setdefault(link.ifindex, []).append(rule)
         engine = Engine.USERSPACE
         if kernel_max_outputs is not None:
-            why = kernel_problem(rule, link, outputs, links, kernel_max_outputs)
+            why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, flows[rule.input_key[:3]] > 1)
             if why:
                 notes.append(f"userspace: {why}")
             else:
                 engine = Engine.KERNEL
-                kouts = tuple(
-                    KernelOutput(
-                        o.index, o.ifindex, o.group, o.port, o.source, links[rule.outputs[o.index].interface].mac, o.ttl
-                    )
-                    for o in outputs
-                )
-                kernel_rules.append(
-                    KernelRule(rule.rule_id, link.ifindex, rule.input_group, rule.input_port, kouts, rule.rate_limit)
-                )
+                kernel_rules.append(_kernel_rule(rule, link, outputs, links))
         if engine is Engine.USERSPACE:
             worker_rules.append(
                 WorkerRule(
-                    rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(outputs), rule.rate_limit
+                    rule.rule_id,
+                    link.ifindex,
+                    rule.input_group,
+                    rule.input_port,
+                    tuple(outputs),
+                    source=rule.input_source,
+                    rate_limit=rule.rate_limit,
                 )
             )
             captures[link.ifindex] = link.name
@@ -226,7 +291,7 @@ def resolve(
         views=tuple(views),
         worker_rules=tuple(worker_rules),
         captures=captures,
-        memberships={k: frozenset(v) for k, v in memberships.items()},
+        memberships={k: wanted_memberships(v) for k, v in on_input.items()},
         kernel_rules=tuple(kernel_rules),
     )
 
@@ -382,6 +447,7 @@ class StatsBook:
                     input_interface=rule.input_interface,
                     outputs=outputs,
                     drops=dict(t.drops),
+                    input_source="" if rule.input_source is None else source_text(rule.input_source),
                 )
             )
         return tuple(flows)

@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
+from ipaddress import ip_address
 from pathlib import Path
 from typing import assert_never
 
@@ -24,7 +25,7 @@ from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
-from mcr.model.rules import Limits, RuleSource
+from mcr.model.rules import Limits, RuleSource, endpoint_text
 from mcr.model.status import ConfigView, LogLevels, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
 from mcr.packet.parse import DropReason
@@ -180,7 +181,7 @@ class Supervisor:
             slot = held[0] if held is not None else min(set(range(kernel.max_rules)) - used)
             used.add(slot)
             outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in kr.outputs]
-            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs, kr.rate_limit)
+            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs, kr.rate_limit, kr.source)
             self.kernel_slots[rule_id] = (slot, kr)
         needed = {kr.ifindex for kr in wanted.values()}
         for ifindex in kernel.attached - needed:
@@ -368,10 +369,9 @@ class Supervisor:
         await self.watcher.stop()
         for flow in self.stats.flow_stats(self.table.rules.values()):
             log.info(
-                "final counters: rule %s %s:%d packets=%d bytes=%d",
+                "final counters: rule %s %s packets=%d bytes=%d",
                 flow.rule_id,
-                flow.input_group,
-                flow.input_port,
+                endpoint_text(ip_address(flow.input_group), flow.input_port),
                 flow.packets_relayed,
                 flow.bytes_relayed,
             )
@@ -552,14 +552,7 @@ class Supervisor:
                 except StateError as e:
                     self.table.remove(rule.rule_id)
                     return Error(f"Rule {rule.rule_id} not added: {e}")
-                log.info(
-                    "rule %s added: %s %s:%d -> %d outputs",
-                    rule.rule_id,
-                    rule.input_interface,
-                    rule.input_group,
-                    rule.input_port,
-                    len(rule.outputs),
-                )
+                log.info("rule %s added: %s -> %d outputs", rule.rule_id, rule.input_text, len(rule.outputs))
                 generation = self.apply()
                 self.stats.track(rule.rule_id, generation)
                 await self.wait_synced(generation)

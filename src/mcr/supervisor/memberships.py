@@ -1,4 +1,6 @@
-"""IGMP memberships for the input groups, so that real NICs and snooping switches deliver them."""
+"""IGMP and MLD memberships for the input groups, so that real NICs, snooping switches and SSM
+networks deliver them: any-source joins (IP_ADD_MEMBERSHIP, IPV6_JOIN_GROUP) and source-specific
+ones (MCAST_JOIN_SOURCE_GROUP, which makes the kernel send IGMPv3 / MLDv2 reports)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,45 @@ import logging
 import socket
 import struct
 from collections.abc import Mapping
-from ipaddress import IPv4Address
+from collections.abc import Set as AbstractSet
+
+from mcr.model.rules import IPAddress
+from mcr.supervisor.core import Membership
 
 log = logging.getLogger("mcr.supervisor")
 
-_MREQN = struct.Struct("=4s4si")
+_MREQN = struct.Struct("=4s4si")  # struct ip_mreqn
+_MREQ6 = struct.Struct("=16sI")  # struct ipv6_mreq
+# struct group_source_req: interface, then two sockaddr_storage (128 bytes, 8-byte aligned)
+_GSR = struct.Struct("=I4x128s128s")
+MCAST_JOIN_SOURCE_GROUP = 46
+MCAST_LEAVE_SOURCE_GROUP = 47
+
+#: (ifindex, group, source or None)
+Key = tuple[int, IPAddress, IPAddress | None]
+
+
+def _sockaddr(address: IPAddress) -> bytes:
+    """A sockaddr_in / sockaddr_in6 with port 0, padded to sockaddr_storage."""
+    if address.version == 4:
+        raw = struct.pack("=H2x4s8x", socket.AF_INET, address.packed)
+    else:
+        raw = struct.pack("=H2xI16sI", socket.AF_INET6, 0, address.packed, 0)
+    return raw.ljust(128, b"\0")
+
+
+def membership_option(key: Key, join: bool) -> tuple[int, int, bytes]:
+    """(level, option, value) of the setsockopt that joins (or leaves) one membership."""
+    ifindex, group, source = key
+    level = socket.IPPROTO_IP if group.version == 4 else socket.IPPROTO_IPV6
+    if source is not None:
+        option = MCAST_JOIN_SOURCE_GROUP if join else MCAST_LEAVE_SOURCE_GROUP
+        return level, option, _GSR.pack(ifindex, _sockaddr(group), _sockaddr(source))
+    if group.version == 4:
+        option = socket.IP_ADD_MEMBERSHIP if join else socket.IP_DROP_MEMBERSHIP
+        return level, option, _MREQN.pack(group.packed, b"\0" * 4, ifindex)
+    option = socket.IPV6_JOIN_GROUP if join else socket.IPV6_LEAVE_GROUP
+    return level, option, _MREQ6.pack(group.packed, ifindex)
 
 
 def _max_per_socket() -> int:
@@ -23,32 +59,32 @@ def _max_per_socket() -> int:
 
 
 class Memberships:
-    """Keeps exactly the wanted (interface, group) memberships, spread over as many sockets as the
-    per-socket limit (net.ipv4.igmp_max_memberships) requires."""
+    """Keeps exactly the wanted (interface, group, source) memberships, spread over as many sockets
+    as the per-socket limit (net.ipv4.igmp_max_memberships) requires. A socket holds at most one
+    membership per (interface, group), so the sources of one group never meet the per-socket source
+    limit (igmp_max_msf) and an any-source join never conflicts with a source-specific one."""
 
     def __init__(self) -> None:
-        self.joined: dict[tuple[int, IPv4Address], socket.socket] = {}
+        self.joined: dict[Key, socket.socket] = {}
         self.members: dict[socket.socket, int] = {}
-        self.failed: dict[tuple[int, IPv4Address], str] = {}
+        self.failed: dict[Key, str] = {}
 
-    def _socket_for(self, ifindex: int, limit: int) -> socket.socket:
-        for (idx, _g), sock in self.joined.items():
-            if idx == ifindex and self.members[sock] < limit:
+    def _socket_for(self, key: Key, limit: int) -> socket.socket:
+        family = socket.AF_INET if key[1].version == 4 else socket.AF_INET6
+        busy = {sock for k, sock in self.joined.items() if k[:2] == key[:2]}
+        for sock, count in self.members.items():
+            if sock.family == family and count < limit and sock not in busy:
                 return sock
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         self.members[sock] = 0
         return sock
 
-    def reconcile(self, wanted: Mapping[int, frozenset[IPv4Address]]) -> None:
-        want = {(idx, g) for idx, groups in wanted.items() for g in groups}
+    def reconcile(self, wanted: Mapping[int, AbstractSet[Membership]]) -> None:
+        want: set[Key] = {(idx, g, s) for idx, members in wanted.items() for g, s in members}
         for key in [k for k in self.joined if k not in want]:
             sock = self.joined.pop(key)
             try:
-                sock.setsockopt(
-                    socket.IPPROTO_IP,
-                    socket.IP_DROP_MEMBERSHIP,
-                    _MREQN.pack(key[1].packed, b"\0" * 4, key[0]),
-                )
+                sock.setsockopt(*membership_option(key, join=False))
             except OSError:
                 pass  # the interface may be gone, and the membership with it
             self.members[sock] -= 1
@@ -57,20 +93,19 @@ class Memberships:
                 sock.close()
         self.failed = {k: v for k, v in self.failed.items() if k in want}
         limit = _max_per_socket()
-        for key in sorted(want - set(self.joined), key=lambda k: (k[0], int(k[1]))):
-            ifindex, group = key
-            sock = self._socket_for(ifindex, limit)
+        for key in sorted(want - set(self.joined), key=_order):
+            ifindex, group, source = key
+            sock = self._socket_for(key, limit)
             try:
-                sock.setsockopt(
-                    socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _MREQN.pack(group.packed, b"\0" * 4, ifindex)
-                )
+                sock.setsockopt(*membership_option(key, join=True))
             except OSError as e:
                 if self.members.get(sock) == 0:
                     del self.members[sock]
                     sock.close()
                 if key not in self.failed:
                     hint = " (raise net.ipv4.igmp_max_memberships)" if e.errno == errno.ENOBUFS else ""
-                    log.warning("cannot join %s on ifindex %d: %s%s", group, ifindex, e.strerror, hint)
+                    what = str(group) if source is None else f"{group} from {source}"
+                    log.warning("cannot join %s on ifindex %d: %s%s", what, ifindex, e.strerror, hint)
                 self.failed[key] = str(e.strerror)
                 continue
             if self.failed.pop(key, None) is not None:
@@ -80,3 +115,8 @@ class Memberships:
 
     def close(self) -> None:
         self.reconcile({})
+
+
+def _order(key: Key) -> tuple[int, int, int, int]:
+    ifindex, group, source = key
+    return (ifindex, group.version, int(group), -1 if source is None else int(source))

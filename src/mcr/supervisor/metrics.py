@@ -42,7 +42,7 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     info.add_metric([], {"version": __version__, "implementation": "mcr-python"})
     yield info
 
-    flow_labels = ["rule_id", "input_interface", "input_group", "input_port"]
+    flow_labels = ["rule_id", "input_interface", "input_group", "input_port", "input_source"]
     packets = CounterMetricFamily("mcr_rule_packets", "Input packets relayed by a rule", labels=flow_labels)
     payload = CounterMetricFamily("mcr_rule_bytes", "UDP payload bytes relayed by a rule", labels=flow_labels)
     drops = CounterMetricFamily(
@@ -53,7 +53,7 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     out_bytes = CounterMetricFamily("mcr_output_bytes", "Payload bytes sent to an output", labels=out_labels)
     out_errors = CounterMetricFamily("mcr_output_errors", "Packets an output failed to send", labels=out_labels)
     for f in snap.flows:
-        key = [f.rule_id, f.input_interface, f.input_group, str(f.input_port)]
+        key = [f.rule_id, f.input_interface, f.input_group, str(f.input_port), f.input_source]
         packets.add_metric(key, f.packets_relayed)
         payload.add_metric(key, f.bytes_relayed)
         for reason, n in sorted(f.drops.items()):

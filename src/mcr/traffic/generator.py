@@ -1,9 +1,10 @@
 """traffic_generator: send numbered, checksummed UDP payloads at a paced rate with sendmmsg.
 
 One UDP socket bound to (--interface, 0) and connected to (--group, --port); IP_MULTICAST_IF, TTL and loop are
-set when the group is multicast. Payloads live in a `PayloadRing` (one slot per in-flight sequence number,
-patched in place: seq, send time, digest) and go out in batches of up to --batch messages per sendmmsg(2)
-call, as many as the token-bucket `Pacer` allows.
+set when the group is multicast. IPv6 works the same way (--interface an IPv6 address: IPV6_MULTICAST_IF is
+the index of the interface holding it, from /proc/net/if_inet6; --ttl is the hop limit). Payloads live in a
+`PayloadRing` (one slot per in-flight sequence number, patched in place: seq, send time, digest) and go out
+in batches of up to --batch messages per sendmmsg(2) call, as many as the token-bucket `Pacer` allows.
 
 Send errors: a message the kernel refuses (EAGAIN/ENOBUFS when a queue is full, ECONNREFUSED after an ICMP
 port unreachable, ENETUNREACH, EPERM from a firewall, ...) is counted in `errors` and not retried: its pacing
@@ -44,7 +45,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Final
 
 from mcr.linux.mmsg import SendBatch, buffer_address
@@ -83,9 +84,9 @@ _MAX_SLEEP_NS: Final = 50_000_000  # keeps SIGINT/SIGTERM, progress and --durati
 
 @dataclass(frozen=True, slots=True)
 class GeneratorConfig:
-    group: IPv4Address
+    group: IPv4Address | IPv6Address
     port: int
-    interface: IPv4Address
+    interface: IPv4Address | IPv6Address
     rate: int = 1000
     size: int = 1024
     count: int = 0
@@ -151,11 +152,24 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _ipv4(text: str) -> IPv4Address:
+def _address(text: str) -> IPv4Address | IPv6Address:
     try:
-        return IPv4Address(text)
+        return ip_address(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"not an IPv4 or IPv6 address: {text!r}") from exc
+
+
+def ipv6_ifindex(address: IPv6Address) -> int:
+    """The index of the interface that holds `address` (from /proc/net/if_inet6); 0 when none does."""
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == address.packed.hex():
+                    return int(fields[1], 16)
+    except OSError:
+        pass
+    return 0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -163,9 +177,14 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="traffic_generator",
         description="Send numbered, checksummed UDP payloads (multicast or unicast) at a paced rate.",
     )
-    p.add_argument("--group", required=True, type=_ipv4, help="destination group (or unicast address)")
+    p.add_argument("--group", required=True, type=_address, help="destination group (or unicast address)")
     p.add_argument("--port", required=True, type=int, help="destination UDP port")
-    p.add_argument("--interface", required=True, type=_ipv4, help="source IPv4 address (and multicast interface)")
+    p.add_argument(
+        "--interface",
+        required=True,
+        type=_address,
+        help="source IPv4 or IPv6 address (its interface sends the multicast); same family as --group",
+    )
     p.add_argument("--rate", type=_non_negative_int, default=1000, help="packets per second, 0 = unlimited")
     p.add_argument("--size", type=_non_negative_int, default=1024, help="UDP payload bytes (default 1024)")
     p.add_argument("--count", type=_non_negative_int, default=0, help="packets to send, 0 = until stopped")
@@ -205,8 +224,12 @@ def parse_args(argv: Sequence[str] | None = None) -> GeneratorConfig:
         parser.error(f"--ttl must be 0..255, not {ns.ttl}")
     if ns.run_id is not None and ns.run_id > MAX_RUN_ID:
         parser.error(f"--run-id must be at most {MAX_RUN_ID}, not {ns.run_id}")
+    if ns.group.version != ns.interface.version:
+        parser.error(f"--group {ns.group} and --interface {ns.interface} must be of the same IP version")
     if ns.raw is not None and not ns.group.is_multicast:
         parser.error(f"--raw needs a multicast --group (its MAC follows from the group), not {ns.group}")
+    if ns.raw is not None and ns.group.version == 6:
+        parser.error("--raw builds IPv4 frames only; send an IPv6 group through a UDP socket")
     if ns.raw is not None and ns.gso:
         parser.error("--raw and --gso do not go together")
     if ns.gso and gso_segments(ns.size) < 2:
@@ -233,12 +256,27 @@ def parse_args(argv: Sequence[str] | None = None) -> GeneratorConfig:
 
 def open_socket(config: GeneratorConfig) -> socket.socket:
     """The sending socket: bound to (interface, 0), connected to (group, port), non-blocking."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    family = socket.AF_INET if config.group.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, _SNDBUF)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+        if isinstance(config.interface, IPv6Address):
+            ifindex = ipv6_ifindex(config.interface)
+            if config.group.is_multicast:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+                hops = 1 if config.ttl is None else config.ttl
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1 if config.loop else 0)
+            elif config.ttl is not None:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, config.ttl)
+            scope = ifindex if config.interface.is_link_local else 0
+            sock.bind((str(config.interface), 0, 0, scope))
+            sock.connect((str(config.group), config.port, 0, scope))
+            sock.setblocking(False)
+            return sock
         if config.group.is_multicast:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, config.interface.packed)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1 if config.ttl is None else config.ttl)
@@ -276,6 +314,7 @@ def open_raw_socket(config: GeneratorConfig) -> socket.socket:
 
 def frame_header(config: GeneratorConfig, src_mac: bytes) -> bytearray:
     """The Ethernet/IPv4/UDP header every --raw frame starts with (the payload size is fixed per run)."""
+    assert isinstance(config.interface, IPv4Address) and isinstance(config.group, IPv4Address)  # parse_args
     frame = build_udp_frame(
         src_mac=src_mac,
         src_ip=config.interface,

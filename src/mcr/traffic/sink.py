@@ -3,8 +3,9 @@
 --group and --port take comma-separated lists: several groups on one port, one port per group, or one group on
 several ports. Each stream gets its own socket bound to (group, port): a multicast group is joined on
 --interface with IP_ADD_MEMBERSHIP (struct ip_mreqn: the interface index when --interface is a name, its
-address when it is an IPv4 address); a unicast group is bound as is (or 0.0.0.0 when it is not a local
-address), and --interface is then not used. Port 0 binds an ephemeral port; --ready-file reports the ports
+address when it is an IPv4 address), an IPv6 group with IPV6_JOIN_GROUP on the interface named by
+--interface; a unicast group is bound as is (or 0.0.0.0 / :: when it is not a local address), and
+--interface is then not used. Port 0 binds an ephemeral port; --ready-file reports the ports
 actually bound.
 
 The run ends when --expect packets were delivered (intact numbered payloads counted once, plus unnumbered
@@ -28,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Final
 
@@ -55,6 +56,8 @@ EXIT_EXPECT_NOT_MET: Final = 3
 _RCVBUF: Final = 32 * 1024 * 1024
 _SO_RCVBUFFORCE: Final = 33  # Linux: SO_RCVBUF beyond rmem_max, needs CAP_NET_ADMIN (not in typeshed)
 _IP_MULTICAST_ALL: Final = 49
+_IPV6_MULTICAST_ALL: Final = 29
+_MREQ6: Final = struct.Struct("=16sI")  # struct ipv6_mreq: group, interface index
 _MREQN: Final = struct.Struct("=4s4si")  # struct ip_mreqn: imr_multiaddr, imr_address, imr_ifindex
 _MAX_POLL_MS: Final = 100
 _MAX_BATCHES_PER_WAKE: Final = 64
@@ -62,11 +65,11 @@ _MAX_BATCHES_PER_WAKE: Final = 64
 
 @dataclass(frozen=True, slots=True)
 class StreamSpec:
-    group: IPv4Address
+    group: IPv4Address | IPv6Address
     port: int
 
     def __str__(self) -> str:
-        return f"{self.group}:{self.port}"
+        return f"[{self.group}]:{self.port}" if self.group.version == 6 else f"{self.group}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,7 @@ class SinkConfig:
     quiet: bool = False
 
 
-def streams_from(groups: Sequence[IPv4Address], ports: Sequence[int]) -> tuple[StreamSpec, ...]:
+def streams_from(groups: Sequence[IPv4Address | IPv6Address], ports: Sequence[int]) -> tuple[StreamSpec, ...]:
     """Pair groups with ports: one port for all groups, one group for all ports, or one port per group."""
     if not groups or not ports:
         raise ValueError("at least one group and one port are needed")
@@ -108,7 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--group", required=True, help="group (or unicast address), or a comma-separated list")
     p.add_argument("--port", required=True, help="UDP port, or a comma-separated list")
-    p.add_argument("--interface", required=True, help="interface name or IPv4 address to join the groups on")
+    p.add_argument(
+        "--interface", required=True, help="interface name (or, for IPv4 groups, address) to join the groups on"
+    )
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--expect", type=int, help="stop once this many packets arrived; exit 3 if never reached")
     p.add_argument(
@@ -128,7 +133,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SinkConfig:
     parser = _build_parser()
     ns = parser.parse_args(argv)
     try:
-        groups = [IPv4Address(g.strip()) for g in ns.group.split(",")]
+        groups = [ip_address(g.strip()) for g in ns.group.split(",")]
     except ValueError as exc:
         parser.error(f"--group: {exc}")
     try:
@@ -162,7 +167,9 @@ def parse_args(argv: Sequence[str] | None = None) -> SinkConfig:
     )
 
 
-def _membership(group: IPv4Address, interface: str) -> bytes:
+def _membership(group: IPv4Address | IPv6Address, interface: str) -> bytes:
+    if group.version == 6:
+        return _MREQ6.pack(group.packed, socket.if_nametoindex(interface))
     try:
         address = IPv4Address(interface)
     except ValueError:
@@ -172,7 +179,8 @@ def _membership(group: IPv4Address, interface: str) -> bytes:
 
 def open_stream(spec: StreamSpec, interface: str) -> socket.socket:
     """A non-blocking socket bound to the stream and, for a multicast group, joined on `interface`."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v6 = spec.group.version == 6
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         try:
             sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
@@ -180,16 +188,21 @@ def open_stream(spec: StreamSpec, interface: str) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         if spec.group.is_multicast:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
-            sock.bind((str(spec.group), spec.port))
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _membership(spec.group, interface))
+            if v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL, 0)
+                sock.bind((str(spec.group), spec.port))
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, _membership(spec.group, interface))
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+                sock.bind((str(spec.group), spec.port))
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _membership(spec.group, interface))
         else:
             try:
                 sock.bind((str(spec.group), spec.port))
             except OSError as exc:
                 if exc.errno != errno.EADDRNOTAVAIL:
                     raise
-                sock.bind(("0.0.0.0", spec.port))
+                sock.bind(("::" if v6 else "0.0.0.0", spec.port))
         sock.setblocking(False)
     except BaseException:
         sock.close()

@@ -1,11 +1,11 @@
-"""Output sockets: one connected, non-blocking UDP socket per rule output."""
+"""Output sockets: one connected, non-blocking UDP socket per rule output, IPv4 or IPv6 by the output's group
+(only the UDP payload is relayed, so the input's family does not matter)."""
 
 from __future__ import annotations
 
 import socket
 import struct
 
-from mcr.model.rules import MULTICAST_V4
 from mcr.protocol.worker import WorkerOutput
 
 SNDBUF = 4 << 20
@@ -14,10 +14,14 @@ _MREQN = struct.Struct("=4s4si")
 
 def open_output_socket(out: WorkerOutput) -> socket.socket:
     """A socket that sends from the output interface's address, on that interface, to the destination."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    family = socket.AF_INET if out.group.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        if out.group in MULTICAST_V4:
+        if family == socket.AF_INET6:
+            _setup_ipv6(sock, out)
+            return sock
+        if out.group.is_multicast:
             mreqn = _MREQN.pack(b"\0\0\0\0", out.source.packed, out.ifindex)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, out.ttl)
@@ -31,3 +35,17 @@ def open_output_socket(out: WorkerOutput) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _setup_ipv6(sock: socket.socket, out: WorkerOutput) -> None:
+    """IPV6_MULTICAST_IF / _HOPS / _LOOP for a group (SO_BINDTODEVICE and IPV6_UNICAST_HOPS for a unicast
+    destination); bound to the interface's address, with the interface as scope when it is link-local."""
+    if out.group.is_multicast:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, out.ifindex)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, out.ttl)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, socket.if_indextoname(out.ifindex).encode())
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, out.ttl)
+    sock.bind((str(out.source), 0, 0, out.ifindex if out.source.is_link_local else 0))
+    sock.connect((str(out.group), out.port, 0, out.ifindex if out.group.is_link_local else 0))

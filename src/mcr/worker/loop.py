@@ -23,7 +23,7 @@ from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
 from mcr.model.errors import ProtocolError
 from mcr.model.ratelimit import TokenBucket
 from mcr.packet.cbpf import build_capture_filter, pack_program
-from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame
+from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame, src_address
 from mcr.protocol.worker import (
     CloseSockets,
     Command,
@@ -39,7 +39,16 @@ from mcr.protocol.worker import (
     encode_stats,
 )
 from mcr.worker.egress import open_output_socket
-from mcr.worker.table import OutputSlot, RuleSlot, filter_groups, index_rules, wire_key_from_flow_key
+from mcr.worker.table import (
+    OutputSlot,
+    RuleSlot,
+    SourceSplit,
+    filter_groups,
+    filter_groups6,
+    index_rules,
+    index_sources,
+    wire_key_from_flow_key,
+)
 
 log = logging.getLogger("mcr.worker")
 
@@ -66,6 +75,7 @@ class Capture:
     ifindex: int
     ring: RxRing
     table: dict[int, RuleSlot] = field(default_factory=dict)
+    sources: dict[int, SourceSplit] = field(default_factory=dict)  # rules that name a source
 
 
 class DataPlane:
@@ -77,6 +87,7 @@ class DataPlane:
         self.slots: dict[str, RuleSlot] = {}
         self.sockets: dict[_OUTPUT_KEY, socket.socket] = {}
         self.rules_by_if: dict[int, dict[int, RuleSlot]] = {}
+        self.sources_by_if: dict[int, dict[int, SourceSplit]] = {}
         self.drops = [0] * len(DROP_KEYS)
         self.kernel_packets = 0
         self.kernel_drops = 0
@@ -137,7 +148,7 @@ class DataPlane:
     def add_capture(self, ifindex: int, sock: socket.socket) -> None:
         self.remove_capture(ifindex)
         ring = RxRing(sock)
-        cap = Capture(ifindex, ring, self.rules_by_if.get(ifindex, {}))
+        cap = Capture(ifindex, ring, self.rules_by_if.get(ifindex, {}), self.sources_by_if.get(ifindex, {}))
         self.captures[ifindex] = cap
         self.poller.register(sock.fileno(), select.POLLIN)
         self.refilter(cap)
@@ -153,7 +164,8 @@ class DataPlane:
 
     def refilter(self, cap: Capture) -> None:
         rules = [s.rule for s in self.slots.values()]
-        attach_filter(cap.ring.sock, pack_program(build_capture_filter(filter_groups(rules, cap.ifindex))))
+        program = build_capture_filter(filter_groups(rules, cap.ifindex), filter_groups6(rules, cap.ifindex))
+        attach_filter(cap.ring.sock, pack_program(program))
 
     # --------------------------------------------------------------------------------------- rules
 
@@ -165,7 +177,7 @@ class DataPlane:
         for rule in cmd.rules:
             prev = old.get(rule.rule_id)
             keep = prev is not None and prev.rule.ifindex == rule.ifindex and prev.rule.group == rule.group
-            keep = keep and prev is not None and prev.rule.port == rule.port
+            keep = keep and prev is not None and (prev.rule.port, prev.rule.source) == (rule.port, rule.source)
             outputs: list[OutputSlot] = []
             prev_outputs = {o.spec: o for o in prev.outputs} if keep and prev is not None else {}
             for spec in rule.outputs:
@@ -205,8 +217,10 @@ class DataPlane:
                 self.sockets.pop(key).close()
         self.slots = slots
         self.rules_by_if = index_rules(slots.values())
+        self.sources_by_if = index_sources(slots.values())
         for cap in self.captures.values():
             cap.table = self.rules_by_if.get(cap.ifindex, {})
+            cap.sources = self.sources_by_if.get(cap.ifindex, {})
             self.refilter(cap)
         log.debug("synced generation %d: %d rules", cmd.generation, len(slots))
 
@@ -217,12 +231,14 @@ class DataPlane:
 
         The fast path reads the ring's frame header and the Ethernet/IPv4/UDP headers of a plain
         frame (no IP options, no fragment) with a single unpack; anything else takes the general
-        parser, which counts the drop reason.
+        parser, which counts the drop reason (IPv6 always takes it). A flow whose rules name sources
+        is looked up in `cap.sources` by the frame's source address, only when the plain table misses.
         """
         ring = cap.ring
         mm = ring.view
         base = ring.address
         table = cap.table
+        sources = cap.sources
         drops = self.drops
         flush = self.flush
         unpack_block = BLOCK_HEADER.unpack_from
@@ -269,11 +285,17 @@ class DataPlane:
                     if reason:
                         drops[reason] += 1
                         slot = table.get(key)
+                        if slot is None and key in sources:
+                            slot = sources[key].pick(src_address(mm, off + mac))
                         if slot is not None:
                             slot.drops[reason] += 1
                         off += nxt
                         continue
                 slot = table.get(key)
+                if slot is None and sources:
+                    split = sources.get(key)
+                    if split is not None:
+                        slot = split.pick(src_address(mm, off + mac))
                 if slot is None:
                     drops[NO_RULE] += 1
                 elif slot.bucket is not None and not slot.bucket.admit(plen, now):

@@ -1,5 +1,9 @@
 """The worker's forwarding state: one slot per rule, indexed per input interface by (group, port).
 
+Rules that name an input source are kept apart (`SourceSplit`), so that the lookup of the common rule
+without a source costs nothing more; rules on one (group, port) have disjoint sources (validation), so
+the first prefix that holds a packet's source is the only one.
+
 Counters live in the slots as plain ints, updated per batch on the hot path and read on a timer. A rule
 with a rate limit has a token bucket in its slot; the hot path asks it once per packet (see `DataPlane.drain`).
 """
@@ -11,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mcr.model.ratelimit import TokenBucket
-from mcr.packet.parse import DROP_KEYS
+from mcr.packet.parse import DROP_KEYS, IPV6_KEY_TAG
 from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
 
 
-def flow_key(group: int, port: int) -> int:
-    """The lookup key the parser produces: (IPv4 destination << 16) | UDP destination port."""
-    return (group << 16) | port
+def flow_key(group: int, port: int, version: int = 4) -> int:
+    """The lookup key the parser produces: (destination << 16) | UDP destination port, tagged for IPv6."""
+    return (IPV6_KEY_TAG if version == 6 else 0) | (group << 16) | port
 
 
 def wire_key(group: int, port: int) -> int:
@@ -30,7 +34,18 @@ def wire_key(group: int, port: int) -> int:
 
 
 def wire_key_from_flow_key(key: int) -> int:
+    """The table key of a parser key: IPv4 keys in wire order (the fast path's), IPv6 keys as they are
+    (IPv6 never takes the fast path)."""
+    if key >= IPV6_KEY_TAG:
+        return key
     return wire_key(key >> 16, key & 0xFFFF)
+
+
+def rule_key(rule: WorkerRule) -> int:
+    """The table key of a rule's (group, port)."""
+    if rule.group.version == 6:
+        return flow_key(int(rule.group), rule.port, 6)
+    return wire_key(int(rule.group), rule.port)
 
 
 class Batch(Protocol):
@@ -69,19 +84,56 @@ class RuleSlot:
         )
 
 
+class SourceSplit:
+    """The rules of one (interface, group, port) that name a source host or prefix."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, int, RuleSlot]] = []  # (network, netmask, slot)
+
+    def add(self, slot: RuleSlot) -> None:
+        prefix = slot.rule.source
+        assert prefix is not None
+        self.entries.append((int(prefix.network_address), int(prefix.netmask), slot))
+
+    def pick(self, source: int) -> RuleSlot | None:
+        """The rule whose prefix holds `source` (an address as an int), or None."""
+        for network, mask, slot in self.entries:
+            if source & mask == network:
+                return slot
+        return None
+
+
 def index_rules(slots: Iterable[RuleSlot]) -> dict[int, dict[int, RuleSlot]]:
-    """{ifindex: {wire key: slot}} for the hot path."""
+    """{ifindex: {key: slot}} of the rules without a source, for the hot path."""
     table: dict[int, dict[int, RuleSlot]] = {}
     for slot in slots:
         r = slot.rule
-        table.setdefault(r.ifindex, {})[wire_key(int(r.group), r.port)] = slot
+        if r.source is None:
+            table.setdefault(r.ifindex, {})[rule_key(r)] = slot
+    return table
+
+
+def index_sources(slots: Iterable[RuleSlot]) -> dict[int, dict[int, SourceSplit]]:
+    """{ifindex: {key: split}} of the rules with a source."""
+    table: dict[int, dict[int, SourceSplit]] = {}
+    for slot in slots:
+        r = slot.rule
+        if r.source is not None:
+            table.setdefault(r.ifindex, {}).setdefault(rule_key(r), SourceSplit()).add(slot)
     return table
 
 
 def filter_groups(rules: Iterable[WorkerRule], ifindex: int) -> dict[int, set[int]]:
-    """{group: ports} of the rules on one input interface, for its kernel socket filter."""
+    """{IPv4 group: ports} of the rules on one input interface, for its kernel socket filter."""
     groups: dict[int, set[int]] = {}
     for r in rules:
-        if r.ifindex == ifindex:
+        if r.ifindex == ifindex and r.group.version == 4:
             groups.setdefault(int(r.group), set()).add(r.port)
     return groups
+
+
+def filter_groups6(rules: Iterable[WorkerRule], ifindex: int) -> set[int]:
+    """The IPv6 groups of the rules on one input interface, for its kernel socket filter."""
+    return {int(r.group) for r in rules if r.ifindex == ifindex and r.group.version == 6}
