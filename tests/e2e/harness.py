@@ -160,8 +160,9 @@ class Relay:
                 return dict(entry)
         raise AssertionError(f"no stats for rule {rule_id}")
 
-    def workers(self) -> list[dict[str, Any]]:
-        return list(self.json("list-workers")["Workers"])
+    def workers(self, kind: str = "DataPlane") -> list[dict[str, Any]]:
+        """`list-workers` entries of one kind: the data-plane workers, or the `KernelEngine` entry."""
+        return [w for w in self.json("list-workers")["Workers"] if w["worker_type"] == kind]
 
     def wait_relayed(self, rule_id: str, packets: int, timeout: float = 10.0) -> dict[str, Any]:
         return wait_for(
