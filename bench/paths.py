@@ -254,7 +254,7 @@ class Mcr(BenchPath):
         while time.monotonic() < deadline:
             out = self.ctl("--json", "list-workers")
             if out.returncode == 0:
-                workers = json.loads(out.stdout).get("Workers", [])
+                workers = [w for w in json.loads(out.stdout).get("Workers", []) if w.get("worker_type") == "DataPlane"]
                 if len(workers) == self.workers and all(w.get("status") == "Running" for w in workers):
                     if self.ctx.procs.nice:  # the workers are sessions of their own
                         boost(descendants(self.proc.pid), self.ctx.procs.nice)
@@ -285,6 +285,8 @@ class Mcr(BenchPath):
         workers = self.ctl("--json", "list-workers")
         if workers.returncode == 0:
             for w in json.loads(workers.stdout).get("Workers", []):
+                if w.get("worker_type") != "DataPlane":
+                    continue  # the kernel engine's row has no ring
                 out["ring_packets"] = out.get("ring_packets", 0) + int(w.get("kernel_packets", 0))
                 out["ring_drops"] = out.get("ring_drops", 0) + int(w.get("kernel_drops", 0))
                 out["worker_restarts"] = out.get("worker_restarts", 0) + int(w.get("restarts", 0))
