@@ -89,6 +89,7 @@ class DataPlane:
         self.rules_by_if: dict[int, dict[int, RuleSlot]] = {}
         self.sources_by_if: dict[int, dict[int, SourceSplit]] = {}
         self.drops = [0] * len(DROP_KEYS)
+        self.ring_resyncs = 0  # times a capture ring had drifted out of order (see RxRing.resync)
         self.kernel_packets = 0
         self.kernel_drops = 0
         self.pipe_errors = 0
@@ -395,12 +396,21 @@ class DataPlane:
         busy = False
         while self.running:
             timeout_ms = 0 if busy else max(0, int((next_stats - time.monotonic()) * 1000)) + 1
+            readable = []
             for fd, _ev in self.poller.poll(timeout_ms):
                 if fd == chan_fd:
                     self.handle_channel()
+                else:
+                    readable.append(fd)
             busy = False
             for cap in list(self.captures.values()):
-                busy = self.drain(cap) > 0 or busy
+                seen = self.drain(cap)
+                if not seen and cap.ring.sock.fileno() in readable and cap.ring.resync():
+                    # readable, yet nothing where we read: the kernel's block order and ours drifted apart
+                    self.ring_resyncs += 1
+                    log.warning("capture ring on ifindex %d resynchronised (%d so far)", cap.ifindex, self.ring_resyncs)
+                    seen = self.drain(cap)
+                busy = seen > 0 or busy
             now = time.monotonic()
             if now >= next_stats:
                 self.push_stats()
