@@ -347,7 +347,8 @@ class Nft(BenchPath):
     key = "nft"
     label = "kernel: nftables netdev ingress, rewrite + fwd"
     notes = (
-        "nftables netdev ingress chain on rin rewrites ip daddr/saddr, udp dport, ether saddr/daddr and "
+        "nftables netdev ingress chain on rin rewrites ip daddr/saddr, udp dport, ether saddr/daddr, sets the UDP "
+        "checksum to 0 (nft's own update turns the raw sender's 0 into a wrong value) and "
         "`fwd to rout` (no process, no route back needed); the upper reference with the same rewrite as MCR"
     )
 
@@ -358,7 +359,8 @@ class Nft(BenchPath):
   chain ingress {{
     type filter hook ingress device "rin" priority 0; policy accept;
     ip daddr {IN_GROUP} udp dport {IN_PORT} counter ip daddr set {OUT_GROUP} ip saddr set {RELAY_OUT_IP} \
-udp dport set {OUT_PORT} ether saddr set {rout_mac} ether daddr set {multicast_mac(OUT_GROUP)} fwd to "rout"
+udp dport set {OUT_PORT} udp checksum set 0 ether saddr set {rout_mac} ether daddr set {multicast_mac(OUT_GROUP)} \
+fwd to "rout"
   }}
 }}
 """
