@@ -152,7 +152,11 @@ def _n(v: Any, digits: int = 0) -> str:
 def _footcell(soak: dict[str, Any], key: str) -> str:
     """`start → end` of one footprint total (RSS or descriptors) of a soak row; results before it had none."""
     foot = soak.get("footprint")
-    return f"{_n(foot['start'][key])} → {_n(foot['end'][key])}" if foot else "–"
+    if not foot:
+        return "–"
+    peak = max((x[key] for x in foot.get("samples", [])), default=None)
+    during = f" (max {_n(peak)} during)" if peak is not None else ""
+    return f"{_n(foot['start'][key])} → {_n(foot['end'][key])}{during}"
 
 
 def _latcell(lat: dict[str, Any] | None) -> str:
@@ -275,20 +279,19 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
         lines.append("")
     if results.get("soak"):
         lines += [
-            "## Soak (MCR, 1 worker, half its lossless rate)",
+            "## Soak (MCR, 1 worker, a fraction of its lossless rate)",
             "",
-            "| size | seconds | offered pps | sent | delivered | lost | corrupted | duplicated | CPU µs/pkt | "
+            "| size | seconds | load | offered pps | sent | delivered | lost | corrupted | duplicated | CPU µs/pkt | "
             "latency p50 / p99 | RSS kB start → end | fds start → end | result |",
-            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
         ]
         for s in results["soak"]:
             if "error" in s:
-                lines.append(
-                    f"| {s['size']} | {s['seconds']} | – | – | – | – | – | – | – | – | – | – | error: {s['error']} |"
-                )
+                lines.append(f"| {s['size']} | {s['seconds']} |" + " – |" * 11 + f" error: {s['error']} |")
                 continue
             lines.append(
-                f"| {s['size']} | {s['seconds']} | {_n(s['offered_pps'])} | {_n(s['sent'])} | {_n(s['delivered'])} | "
+                f"| {s['size']} | {s['seconds']} | {s.get('load', 0.5):.0%} | {_n(s['offered_pps'])} | "
+                f"{_n(s['sent'])} | {_n(s['delivered'])} | "
                 f"{s['lost']} | {s['corrupted']} | {s['duplicated']} | {_n(s['cpu_us_per_pkt'], 2)} | "
                 f"{_latcell(s['latency_us'])} | {_footcell(s, 'rss_kb')} | {_footcell(s, 'fds')} | "
                 f"{'**pass**' if s['pass'] else '**FAIL**'} |"

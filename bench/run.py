@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -42,6 +43,7 @@ FULL_LADDER = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000, 9
 QUICK_LADDER = (10_000, 30_000, 60_000, 90_000)
 FULL_FANOUT_LADDER = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000, 100_000, 120_000, 150_000)
 QUICK_FANOUT_LADDER = (10_000, 40_000)
+SOAK_SAMPLE_S = 30.0  # footprint sampling period during a soak
 SOAK_RSS_SLACK_KB = 8192  # a soak passes with its relay processes' RSS grown by at most this (allocator noise)
 
 
@@ -70,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", default="64,1400", help="UDP payload sizes in bytes (default 64,1400)")
     p.add_argument("--step-seconds", type=float, help="seconds per ladder step (default 5, quick 2)")
     p.add_argument("--soak-seconds", type=float, help="soak duration, 0 = no soak (default 60, quick 5)")
+    p.add_argument(
+        "--soak-load",
+        type=float,
+        default=0.5,
+        help="soak rate as a fraction of the lossless rate just measured (default 0.5; the hardening soak: 0.9)",
+    )
     p.add_argument("--fanout", help="fan-out output counts, '' = none (default 10,50)")
     p.add_argument("--fanout-paths", default="mcr1,mcrk", help="paths measured with fan-out (default mcr1,mcrk)")
     p.add_argument("--ladder", help="offered rates in pps, comma list (the sender's maximum is always added)")
@@ -249,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 for size in args.sizes:
                     climb(runner, path, size=size, ladder=args.ladder, seconds=args.step_seconds, refine=args.refine)
                     if key == "mcr1" and args.soak_seconds > 0:
-                        results["soak"].append(soak(runner, path, size, args.soak_seconds, log))
+                        results["soak"].append(soak(runner, path, size, args.soak_seconds, args.soak_load, log))
             except (BudgetExceeded, Interrupted, KeyboardInterrupt):
                 raise
             except Exception as exc:
@@ -329,23 +337,43 @@ def main(argv: list[str] | None = None) -> int:
     return 130 if interrupted else (1 if results["errors"] else 0)
 
 
-def soak(runner: StepRunner, path: BenchPath, size: int, seconds: float, log: Any) -> dict[str, Any]:
+def soak(runner: StepRunner, path: BenchPath, size: int, seconds: float, load: float, log: Any) -> dict[str, Any]:
+    """Offer `load` x the lossless rate just measured for `seconds`; sample the relay's RSS and descriptors before,
+    every SOAK_SAMPLE_S during, and after, so that growth shows as a trend and not only as two end points."""
     mine = [s for s in runner.steps if s["path"] == path.key and s["size"] == size and s["outputs"] == 1]
     summary = report.summarize(mine, path.key, size)
     lossless = summary.get("lossless_pps") or 0
     if not lossless:
         return {"size": size, "seconds": seconds, "error": "no lossless rate to soak at"}
-    rate = max(100, int(round(lossless / 2, -2)))
-    log(f"   soak: {path.key} {size} B at {rate} pps for {seconds:.0f} s")
+    rate = max(100, int(round(lossless * load, -2)))
+    log(f"   soak: {path.key} {size} B at {rate} pps ({load:.0%} of {lossless:,} lossless) for {seconds:.0f} s")
     start = probe.footprint(path.roots())
-    step = runner.run(path, size=size, rate=rate, seconds=seconds, label="soak")
+    samples: list[dict[str, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        t0 = time.monotonic()
+        while not done.wait(SOAK_SAMPLE_S):
+            f = probe.footprint(path.roots())
+            samples.append({"t_s": round(time.monotonic() - t0, 1), "rss_kb": f["rss_kb"], "fds": f["fds"]})
+
+    sampler = threading.Thread(target=sample, name="soak-footprint", daemon=True)
+    sampler.start()
+    try:
+        step = runner.run(path, size=size, rate=rate, seconds=seconds, label="soak")
+    finally:
+        done.set()
+        sampler.join()
     end = probe.footprint(path.roots())
     out = dict(step)
+    out["load"] = load
+    out["lossless_pps"] = lossless
     out["footprint"] = {
         "start": start,
         "end": end,
         "rss_growth_kb": end["rss_kb"] - start["rss_kb"],
         "fd_growth": end["fds"] - start["fds"],
+        "samples": samples,
     }
     if "error" not in step:
         intact = step["corrupted"] == 0 and step["duplicated"] == 0
