@@ -149,6 +149,34 @@ def _n(v: Any, digits: int = 0) -> str:
     return str(v)
 
 
+def _profile_lines(profiles: list[dict[str, Any]]) -> list[str]:
+    """Where the relay CPU's time went in each profile step: share of the CPU and microseconds per relayed packet
+    (share x 1 s / delivered packets per second), so that the non-idle rows add up to the CPU cost per packet."""
+    if not profiles:
+        return []
+    lines = ["## Where the relay's CPU goes (perf on the relay CPU)", ""]
+    for prof in profiles:
+        head = f"### {prof['path']}, {prof['size']} B"
+        if "error" in prof:
+            lines += [head, "", f"error: {prof['error']}", ""]
+            continue
+        step = prof["step"]
+        pps = step.get("delivered_pps") or 0
+        lines += [
+            f"{head} at {_n(prof['rate'])} pps offered (delivered {_n(pps)} pps, loss "
+            f"{_n(step.get('loss_pct'), 3)} %, CPU {_n(step.get('cpu_us_per_pkt'), 2)} µs/pkt)",
+            "",
+            "| part | share of the CPU | µs per packet |",
+            "|---|--:|--:|",
+        ]
+        for part, pct in prof["shares_pct"].items():
+            per = pct / 100 * 1e6 / pps if pps and part != "idle" else None
+            lines.append(f"| {part} | {pct:.1f} % | {_n(per, 2)} |")
+        top = ", ".join(f"{sym} {pct:.1f} %" for pct, _comm, sym in prof["top"][:8])
+        lines += ["", f"Top symbols: {top}", ""]
+    return lines
+
+
 def _footcell(soak: dict[str, Any], key: str) -> str:
     """`start → end` of one footprint total (RSS or descriptors) of a soak row; results before it had none."""
     foot = soak.get("footprint")
@@ -297,6 +325,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
                 f"{'**pass**' if s['pass'] else '**FAIL**'} |"
             )
         lines.append("")
+    lines += _profile_lines(results.get("profiles", []))
     lines += ["## Paths", ""]
     for key, p in results["paths"].items():
         lines.append(f"- **{p['label']}** (`{key}`): {p['notes']}")

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import perfsplit  # noqa: E402
 import probe  # noqa: E402
 import report  # noqa: E402
 from netlab import RELAY_CPU, SENDER_CPU, NetLab, sh  # noqa: E402
@@ -43,6 +45,7 @@ FULL_LADDER = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000, 9
 QUICK_LADDER = (10_000, 30_000, 60_000, 90_000)
 FULL_FANOUT_LADDER = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000, 100_000, 120_000, 150_000)
 QUICK_FANOUT_LADDER = (10_000, 40_000)
+PROFILE_SECONDS = 12.0  # a profile step's length (perf samples all but its first and last second)
 SOAK_SAMPLE_S = 30.0  # footprint sampling period during a soak
 SOAK_RSS_SLACK_KB = 8192  # a soak passes with its relay processes' RSS grown by at most this (allocator noise)
 
@@ -106,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="raw",
         help="raw: the generator sends prebuilt frames on an AF_PACKET socket (default, about 2x the rate); "
         "udp: through its UDP socket",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        metavar="PPS",
+        help="after each path's ladder, one more step with `perf record` on the relay's CPU, at PPS "
+        "(0 = the path's own lossless rate): where the relay's CPU time goes, per packet",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and sockets (temporary directory)")
     a = p.parse_args(argv)
@@ -229,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "paths": {},
         "steps": runner.steps,
         "soak": [],
+        "profiles": [],
         "errors": [],
     }
     current: BenchPath | None = None
@@ -256,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 path.start()
                 for size in args.sizes:
                     climb(runner, path, size=size, ladder=args.ladder, seconds=args.step_seconds, refine=args.refine)
+                    if args.profile is not None:
+                        results["profiles"].append(profile_step(runner, path, size, args.profile, workdir, log))
                     if key == "mcr1" and args.soak_seconds > 0:
                         results["soak"].append(soak(runner, path, size, args.soak_seconds, args.soak_load, log))
             except (BudgetExceeded, Interrupted, KeyboardInterrupt):
@@ -335,6 +348,48 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(Path(written["md"]).read_text().split("## Paths")[0])
     return 130 if interrupted else (1 if results["errors"] else 0)
+
+
+def profile_step(runner: StepRunner, path: BenchPath, size: int, rate: int, workdir: Path, log: Any) -> dict[str, Any]:
+    """One step at `rate` (0: the lossless rate just measured) with the relay's CPU sampled by perf."""
+    if not perfsplit.available():
+        return {"path": path.key, "size": size, "error": "perf is not installed"}
+    if not rate:
+        mine = [s for s in runner.steps if s["path"] == path.key and s["size"] == size and s["outputs"] == 1]
+        rate = report.summarize(mine, path.key, size).get("lossless_pps") or 0
+        rate = int(round(rate, -2))
+    if not rate:
+        return {"path": path.key, "size": size, "error": "no lossless rate to profile at"}
+    seconds = PROFILE_SECONDS
+    data = workdir / f"perf-{path.key}-{size}.data"
+    log(f"   profile: {path.key} {size} B at {rate} pps, perf on CPU {RELAY_CPU}")
+    recs: list[subprocess.Popen[bytes]] = []
+
+    def record() -> None:
+        time.sleep(1.0)  # past the generator's start
+        recs.append(perfsplit.start(RELAY_CPU, seconds - 2, data))
+
+    runner.traffic_started = record
+    try:
+        step = runner.run(path, size=size, rate=rate, seconds=seconds, label="profile")
+    finally:
+        runner.traffic_started = lambda: None
+    if not recs:
+        return {"path": path.key, "size": size, "error": step.get("error", "the step did not start")}
+    rec = recs[0]
+    _, err = rec.communicate(timeout=30)
+    if rec.returncode != 0:
+        return {"path": path.key, "size": size, "error": f"perf record: {err.decode(errors='replace')[-300:]}"}
+    text = perfsplit.report(data)
+    data.unlink(missing_ok=True)
+    return {
+        "path": path.key,
+        "size": size,
+        "rate": rate,
+        "step": {k: step.get(k) for k in ("offered_pps", "delivered_pps", "loss_pct", "cpu_us_per_pkt", "error")},
+        "shares_pct": perfsplit.categorize(text),
+        "top": perfsplit.top_symbols(text),
+    }
 
 
 def soak(runner: StepRunner, path: BenchPath, size: int, seconds: float, load: float, log: Any) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class StepRunner:
         self.quiet_cpus = 0.15
         self.quiet_wait_s = 20.0
         self.before_step: Callable[[], None] = lambda: None
+        self.traffic_started: Callable[[], None] = lambda: None  # called once the generator runs (e.g. perf)
 
     def settle(self, path: BenchPath, quiet_s: float = 0.4, bound_s: float = 30.0) -> tuple[float, int]:
         """Wait until the sink's interface has received nothing for `quiet_s` (a relay may still be draining the
@@ -164,6 +165,7 @@ class StepRunner:
             roots = path.roots()
             s0 = probe.sample(roots)
             gen = ctx.procs.spawn(lab.argv(lab.src, gen_argv, cpu=SENDER_CPU), ctx.env)
+            self.traffic_started()
             gen_out, gen_err = gen.communicate(timeout=gen_bound + 20)
             sink_out, _sink_err = sink.communicate(timeout=gen_bound + 30)
             s1 = probe.sample(roots)

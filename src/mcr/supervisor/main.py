@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import grp
 import logging
 import os
@@ -69,6 +70,7 @@ from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 log = logging.getLogger("mcr.supervisor")
 
 SYNC_WAIT_S = 2.0
+GC_PERIOD_S = 30.0  # a full garbage collection this often (see tick)
 KERNEL_REPORT = -1  # the kernel engine's counters are booked like a worker's, under this id
 KERNEL_WORKER_TYPE = "KernelEngine"  # its entry in ListWorkers, which carries its drop counters
 SHUTDOWN_GRACE_S = 3.0
@@ -312,9 +314,18 @@ class Supervisor:
 
     async def tick(self) -> None:
         last_rates = last_watchdog = 0.0
+        # Memory stays flat only with a full collection now and then: the netlink dumps leave reference cycles
+        # that outlive a young-generation pass (a dump spans several loop turns) and die in the old generation,
+        # which Python collects only when it has grown by a quarter (minutes to hours on a quiet supervisor; a
+        # 10-minute soak showed +2.7 kB/s). What start-up loaded is frozen, so the full pass walks little.
+        gc.freeze()
+        last_gc = time.monotonic()
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            if now - last_gc >= GC_PERIOD_S:
+                last_gc = now
+                gc.collect()
             interval = self.notifier.watchdog_interval
             if interval is not None and now - last_watchdog >= interval:
                 last_watchdog = now
