@@ -2,7 +2,9 @@
 relayed packet's life (the Python loop, the capture, the kernel's receive path, the send path, memory, ...).
 
 `perf` samples the CPU clock (no PMU needed), system-wide on that CPU, so softirq work done there on behalf of the
-relay is seen with the process's own time. `categorize` is pure: it reads `perf report --stdio` text.
+relay is seen with the process's own time. `categorize` is pure: it reads `perf report --stdio` text. User-space
+samples of processes that are not the relay's (a shared machine), and their own kernel time, are one part of their
+own; softirq network work counts whichever task it interrupted.
 """
 
 from __future__ import annotations
@@ -71,16 +73,21 @@ KERNEL_PARTS: tuple[tuple[str, str], ...] = (
 )
 _COMPILED = tuple((name, re.compile(pat)) for name, pat in KERNEL_PARTS)
 PYTHON = "Python (interpreter, user space)"
-OTHER_USER = "other user space (e.g. libc)"
+OTHER_USER = "relay, other user space (e.g. libc)"
 OTHER = "other kernel"
+FOREIGN = "other processes (not the relay's)"
+# kernel work that softirq does for the relay whichever task it interrupts; the rest of a foreign task's kernel
+# time (its own system calls, page faults, ...) is that task's
+NETWORK_PARTS = frozenset(name for name, _ in KERNEL_PARTS[1:6])
 
-# `perf report --stdio --sort comm,dso,sym`: "  12.34%  python3  [kernel.kallsyms]  [k] tpacket_rcv"
-_LINE = re.compile(r"^\s*(\d+\.\d+)%\s+(\S+)\s+(\S+)\s+\[([k.])\]\s+(\S+)")
+# `perf report --stdio --sort pid,dso,sym`: "  12.34%   4242:python3  [kernel.kallsyms]  [k] tpacket_rcv"
+_LINE = re.compile(r"^\s*(\d+\.\d+)%\s+(\d+):(\S*)\s+(\S+)\s+\[([k.])\]\s+(\S+)")
 
 
 @dataclass(frozen=True)
 class Sample:
     pct: float
+    pid: int
     comm: str
     dso: str
     kernel: bool
@@ -92,25 +99,30 @@ def parse_report(text: str) -> list[Sample]:
     for line in text.splitlines():
         m = _LINE.match(line)
         if m:
-            pct, comm, dso, mode, sym = m.groups()
-            out.append(Sample(float(pct), comm, dso, mode == "k", sym))
+            pct, pid, comm, dso, mode, sym = m.groups()
+            out.append(Sample(float(pct), int(pid), comm, dso, mode == "k", sym))
     return out
 
 
-def category(s: Sample) -> str:
+def category(s: Sample, relay: frozenset[int] | None = None) -> str:
+    """The part of a relayed packet's life a sample belongs to; `relay`: the relay's process ids (None: every
+    process counts as the relay's)."""
+    mine = relay is None or s.pid in relay
     if not s.kernel:
+        if not mine:
+            return FOREIGN
         return PYTHON if "python" in s.dso else OTHER_USER
-    for name, pat in _COMPILED:
-        if pat.match(s.symbol):
-            return name
-    return OTHER
+    part = next((name for name, pat in _COMPILED if pat.match(s.symbol)), OTHER)
+    if mine or s.pid == 0 or part in NETWORK_PARTS:
+        return part
+    return FOREIGN
 
 
-def categorize(text: str) -> dict[str, float]:
+def categorize(text: str, relay: frozenset[int] | None = None) -> dict[str, float]:
     """Share of the sampled CPU time (percent) per category, largest first."""
     shares: dict[str, float] = {}
     for s in parse_report(text):
-        key = category(s)
+        key = category(s, relay)
         shares[key] = shares.get(key, 0.0) + s.pct
     return dict(sorted(((k, round(v, 2)) for k, v in shares.items()), key=lambda kv: -kv[1]))
 

@@ -380,6 +380,7 @@ def profile_step(runner: StepRunner, path: BenchPath, size: int, rate: int, work
     _, err = rec.communicate(timeout=30)
     if rec.returncode != 0:
         return {"path": path.key, "size": size, "error": f"perf record: {err.decode(errors='replace')[-300:]}"}
+    relay = frozenset(p for root in path.roots() for p in probe.descendants(root))
     text = perfsplit.report(data)
     data.unlink(missing_ok=True)
     return {
@@ -387,7 +388,7 @@ def profile_step(runner: StepRunner, path: BenchPath, size: int, rate: int, work
         "size": size,
         "rate": rate,
         "step": {k: step.get(k) for k in ("offered_pps", "delivered_pps", "loss_pct", "cpu_us_per_pkt", "error")},
-        "shares_pct": perfsplit.categorize(text),
+        "shares_pct": perfsplit.categorize(text, relay),
         "top": perfsplit.top_symbols(text),
     }
 
