@@ -127,6 +127,18 @@ def categorize(text: str, relay: frozenset[int] | None = None) -> dict[str, floa
     return dict(sorted(((k, round(v, 2)) for k, v in shares.items()), key=lambda kv: -kv[1]))
 
 
+def top_by_part(text: str, relay: frozenset[int] | None = None, n: int = 4) -> dict[str, list[tuple[float, str]]]:
+    """The `n` heaviest symbols of each part (what "other kernel" is made of, for one)."""
+    parts: dict[str, dict[str, float]] = {}
+    for s in parse_report(text):
+        syms = parts.setdefault(category(s, relay), {})
+        syms[s.symbol] = syms.get(s.symbol, 0.0) + s.pct
+    return {
+        part: [(round(pct, 2), sym) for sym, pct in sorted(syms.items(), key=lambda kv: -kv[1])[:n]]
+        for part, syms in parts.items()
+    }
+
+
 def top_symbols(text: str, n: int = 15) -> list[tuple[float, str, str]]:
     return [(s.pct, s.comm, s.symbol) for s in sorted(parse_report(text), key=lambda s: -s.pct)[:n]]
 

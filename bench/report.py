@@ -166,12 +166,13 @@ def _profile_lines(profiles: list[dict[str, Any]]) -> list[str]:
             f"{head} at {_n(prof['rate'])} pps offered (delivered {_n(pps)} pps, loss "
             f"{_n(step.get('loss_pct'), 3)} %, CPU {_n(step.get('cpu_us_per_pkt'), 2)} µs/pkt)",
             "",
-            "| part | share of the CPU | µs per packet |",
-            "|---|--:|--:|",
+            "| part | share of the CPU | µs per packet | heaviest symbols |",
+            "|---|--:|--:|---|",
         ]
         for part, pct in prof["shares_pct"].items():
             per = pct / 100 * 1e6 / pps if pps and part != "idle" else None
-            lines.append(f"| {part} | {pct:.1f} % | {_n(per, 2)} |")
+            syms = ", ".join(f"{sym} {p:.1f}" for p, sym in prof.get("parts_top", {}).get(part, [])[:3])
+            lines.append(f"| {part} | {pct:.1f} % | {_n(per, 2)} | {syms} |")
         top = ", ".join(f"{sym} {pct:.1f} %" for pct, _comm, sym in prof["top"][:8])
         lines += ["", f"Top symbols: {top}", ""]
     return lines

@@ -389,6 +389,7 @@ def profile_step(runner: StepRunner, path: BenchPath, size: int, rate: int, work
         "rate": rate,
         "step": {k: step.get(k) for k in ("offered_pps", "delivered_pps", "loss_pct", "cpu_us_per_pkt", "error")},
         "shares_pct": perfsplit.categorize(text, relay),
+        "parts_top": perfsplit.top_by_part(text, relay),
         "top": perfsplit.top_symbols(text),
     }
 

@@ -97,3 +97,9 @@ def test_shares_add_up_per_part_largest_first() -> None:
         (20.0, "python3", "_PyEval_EvalFrameDefault"),
         (10.0, "swapper", "pv_native_safe_halt"),
     ]
+
+
+def test_heaviest_symbols_per_part() -> None:
+    tops = perfsplit.top_by_part(REPORT, n=1)
+    assert tops[perfsplit.PYTHON] == [(20.0, "_PyEval_EvalFrameDefault")]
+    assert tops["idle"] == [(10.0, "pv_native_safe_halt")]
