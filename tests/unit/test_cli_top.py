@@ -6,9 +6,7 @@ import ast
 import io
 import json
 import os
-import socket
 import termios
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +34,7 @@ from mcr.cli.top import (
 )
 from mcr.cli.transport import UnreachableError
 from mcr.model.status import FlowStats, OutputStats, WorkerInfo
+from tests.fake_supervisor import FakeSupervisor, Respond, by_command
 
 T0 = datetime(2024, 5, 1, 12, 34, 56)
 T1 = datetime(2024, 5, 1, 12, 35, 1)
@@ -352,42 +351,6 @@ def test_run_live_draws_then_quits_on_q_and_restores(pty_pair: tuple[int, int]) 
 # ------------------------------------------------------------------------------ command line and socket
 
 
-class Supervisor:
-    """Answers each request by its text, like the real one: one request per connection."""
-
-    def __init__(self, path: Path, answers: Mapping[str, object]) -> None:
-        self.path = path
-        self.answers = answers
-        self.requests: list[str] = []
-        self._stop = threading.Event()
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(str(path))
-        self._listener.listen(8)
-        self._listener.settimeout(0.05)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                data = bytearray()
-                while chunk := conn.recv(65536):
-                    data += chunk
-                request = json.loads(data)
-                self.requests.append(request)
-                conn.sendall(json.dumps(self.answers[request]).encode() + b"\n")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
-
 FLOW_DOC = {
     "rule_id": "feed-a", "input_interface": "eth0", "input_group": "239.1.1.1", "input_port": 5000,
     "packets_relayed": 123456, "bytes_relayed": 172838400, "packets_per_second": 20000.0,
@@ -400,26 +363,21 @@ WORKER_DOC = {"pid": 4242, "worker_type": "DataPlane", "core_id": None, "worker_
 
 
 @pytest.fixture
-def supervisor(tmp_path: Path) -> Iterator[Callable[[Mapping[str, object]], Supervisor]]:
-    started: list[Supervisor] = []
-
-    def start(answers: Mapping[str, object]) -> Supervisor:
-        started.append(Supervisor(tmp_path / f"s{len(started)}.sock", answers))
-        return started[-1]
-
-    yield start
-    for s in started:
-        s.close()
+def supervisor(
+    fake_supervisor: Callable[[Respond], FakeSupervisor],
+) -> Callable[[Mapping[str, object]], FakeSupervisor]:
+    """A fake supervisor answering each request by its text, like the real one."""
+    return lambda answers: fake_supervisor(by_command(answers))
 
 
 @pytest.mark.parametrize("argv", [["top", "--once"], ["top"]])  # stdout is not a terminal under pytest
 def test_snapshot_from_the_supervisor(
-    argv: list[str], supervisor: Callable[[Mapping[str, object]], Supervisor], capsys: pytest.CaptureFixture[str]
+    argv: list[str], supervisor: Callable[[Mapping[str, object]], FakeSupervisor], capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake = supervisor({"GetStats": {"Stats": [FLOW_DOC]}, "ListWorkers": {"Workers": [WORKER_DOC]}})
     assert main(["--socket-path", str(fake.path), *argv]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert fake.requests == ["GetStats", "ListWorkers"]
+    assert [json.loads(r) for r in fake.requests] == ["GetStats", "ListWorkers"]
     lines = [" ".join(line.split()) for line in out.splitlines()]
     assert "feed-a eth0 239.1.1.1:5000 20.0k 224M 123456 164.8 MiB 6 0" in lines
     assert "-> 239.10.1.1:6000 eth1 123450 164.8 MiB 6" in lines
@@ -435,7 +393,7 @@ def test_snapshot_when_unreachable_exits_3(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_snapshot_when_refused_exits_1(
-    supervisor: Callable[[Mapping[str, object]], Supervisor], capsys: pytest.CaptureFixture[str]
+    supervisor: Callable[[Mapping[str, object]], FakeSupervisor], capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake = supervisor({"GetStats": {"Error": "permission denied: uid 1000 is not allowed"}})
     assert main(["--socket-path", str(fake.path), "top", "--once"]) == ExitCode.ERROR_RESPONSE
