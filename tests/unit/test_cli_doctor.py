@@ -255,6 +255,13 @@ PITFALLS = {
         detail="Out of 1000 frames",
         fix="--num-workers",
     ),
+    "ring resynchronised": Pitfall(
+        workers=(worker(0), worker(1, ring_resyncs=1)),
+        check="workers",
+        title="worker 1 (pid 101): its capture ring was resynchronised 1 time",
+        detail="recovered by itself",
+        fix="--num-workers",
+    ),
     "worker not running": Pitfall(
         workers=(worker(0, status="Starting"),),
         severity=Severity.ERROR,
