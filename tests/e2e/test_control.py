@@ -19,38 +19,6 @@ from tests.control_corpus import load_corpus
 from tests.e2e.harness import Relay, exchange_as, mcr, raw_exchange, wait_for
 
 
-def test_original_framing_and_shapes(relay: Relay) -> None:
-    """One JSON document, then half-close, no newline: exactly what the original's clients send."""
-    assert json.loads(raw_exchange(relay.socket_path, b'"ListRules"')) == {"Rules": []}
-    add = {
-        "AddRule": {
-            "rule_id": "r1",
-            "input_interface": "rin",
-            "input_group": "239.1.1.1",
-            "input_port": 5000,
-            "outputs": [{"group": "239.2.2.2", "port": 6000, "interface": "rout"}],
-        }
-    }
-    reply = raw_exchange(relay.socket_path, json.dumps(add).encode())
-    assert reply.endswith(b"\n")
-    assert json.loads(reply) == {"Success": "Rule r1 added"}
-    (rule,) = json.loads(raw_exchange(relay.socket_path, b'"ListRules"'))["Rules"]
-    assert {k: rule[k] for k in ("rule_id", "input_interface", "input_group", "input_port")} == {
-        "rule_id": "r1",
-        "input_interface": "rin",
-        "input_group": "239.1.1.1",
-        "input_port": 5000,
-    }
-    assert rule["outputs"] == [{"group": "239.2.2.2", "port": 6000, "interface": "rout", "ttl": 1}]
-    # newline framing without half-close works too
-    assert json.loads(raw_exchange(relay.socket_path, b'"GetLogLevels"\n', half_close=False)) == {
-        "LogLevels": {"global": "Info", "facility_overrides": {}}
-    }
-    assert json.loads(raw_exchange(relay.socket_path, b'{"RemoveRule": {"rule_id": "r1"}}')) == {
-        "Success": "Rule r1 removed"
-    }
-
-
 @pytest.mark.parametrize(
     ("request_bytes", "message"),
     [
