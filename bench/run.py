@@ -32,6 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(REPO / "src"))  # this checkout's mcr (netlab builds on mcr.lab), as the children get it
 
 import perfsplit  # noqa: E402
 import probe  # noqa: E402

@@ -19,38 +19,6 @@ from tests.control_corpus import load_corpus
 from tests.e2e.harness import Relay, exchange_as, mcr, raw_exchange, wait_for
 
 
-def test_original_framing_and_shapes(relay: Relay) -> None:
-    """One JSON document, then half-close, no newline: exactly what the original's clients send."""
-    assert json.loads(raw_exchange(relay.socket_path, b'"ListRules"')) == {"Rules": []}
-    add = {
-        "AddRule": {
-            "rule_id": "r1",
-            "input_interface": "rin",
-            "input_group": "239.1.1.1",
-            "input_port": 5000,
-            "outputs": [{"group": "239.2.2.2", "port": 6000, "interface": "rout"}],
-        }
-    }
-    reply = raw_exchange(relay.socket_path, json.dumps(add).encode())
-    assert reply.endswith(b"\n")
-    assert json.loads(reply) == {"Success": "Rule r1 added"}
-    (rule,) = json.loads(raw_exchange(relay.socket_path, b'"ListRules"'))["Rules"]
-    assert {k: rule[k] for k in ("rule_id", "input_interface", "input_group", "input_port")} == {
-        "rule_id": "r1",
-        "input_interface": "rin",
-        "input_group": "239.1.1.1",
-        "input_port": 5000,
-    }
-    assert rule["outputs"] == [{"group": "239.2.2.2", "port": 6000, "interface": "rout", "ttl": 1}]
-    # newline framing without half-close works too
-    assert json.loads(raw_exchange(relay.socket_path, b'"GetLogLevels"\n', half_close=False)) == {
-        "LogLevels": {"global": "Info", "facility_overrides": {}}
-    }
-    assert json.loads(raw_exchange(relay.socket_path, b'{"RemoveRule": {"rule_id": "r1"}}')) == {
-        "Success": "Rule r1 removed"
-    }
-
-
 @pytest.mark.parametrize(
     ("request_bytes", "message"),
     [
@@ -149,102 +117,26 @@ def _check_refusal(relay: Relay) -> None:
     assert relay.rules() == []
 
 
+def _add_args(
+    *extra: str, group: str = "239.1.1.1", port: str = "5000", outputs: str = "239.2.2.2:6000:rout", iface: str = "rin"
+) -> list[str]:
+    """The arguments of `control_client add`, each replaceable."""
+    return ["--input-interface", iface, "--input-group", group, "--input-port", port, "--outputs", outputs, *extra]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (_add_args(group="10.1.1.1"), "input_group 10.1.1.1 is not an IPv4 multicast address"),
+        (_add_args(port="0"), "input_port cannot be 0"),
+        (_add_args(outputs="239.2.2.2:6000:rin"), "cannot be the same. This creates packet loops"),
         (
-            [
-                "--input-interface",
-                "rin",
-                "--input-group",
-                "10.1.1.1",
-                "--input-port",
-                "5000",
-                "--outputs",
-                "239.2.2.2:6000:rout",
-            ],
-            "input_group 10.1.1.1 is not an IPv4 multicast address",
-        ),
-        (
-            [
-                "--input-interface",
-                "rin",
-                "--input-group",
-                "239.1.1.1",
-                "--input-port",
-                "0",
-                "--outputs",
-                "239.2.2.2:6000:rout",
-            ],
-            "input_port cannot be 0",
-        ),
-        (
-            [
-                "--input-interface",
-                "rin",
-                "--input-group",
-                "239.1.1.1",
-                "--input-port",
-                "5000",
-                "--outputs",
-                "239.2.2.2:6000:rin",
-            ],
-            "cannot be the same. This creates packet loops",
-        ),
-        (
-            [
-                "--input-interface",
-                "bad/name",
-                "--input-group",
-                "239.1.1.1",
-                "--input-port",
-                "5000",
-                "--outputs",
-                "239.2.2.2:6000:rout",
-            ],
+            _add_args(iface="bad/name"),
             "Invalid input_interface: interface name 'bad/name' contains invalid character '/'",
         ),
-        (
-            [
-                "--input-interface",
-                "rin",
-                "--input-group",
-                "239.1.1.1",
-                "--input-port",
-                "5000",
-                "--outputs",
-                "0.0.0.0:6000:rout",
-            ],
-            "output[0].group 0.0.0.0 is not a valid destination",
-        ),
-        (
-            [
-                "--input-interface",
-                "rin",
-                "--input-group",
-                "239.1.1.1",
-                "--input-port",
-                "5000",
-                "--rule-id",
-                "keep",
-                "--outputs",
-                "239.2.2.2:6000:rout",
-            ],
-            "rule_id 'keep' already exists",
-        ),
-        (
-            [
-                "--input-interface",
-                "rin",
-                "--input-group",
-                "239.9.9.9",
-                "--input-port",
-                "9",
-                "--outputs",
-                "239.2.2.2:6000:rout",
-            ],
-            "input rin 239.9.9.9:9 is already relayed by rule 'keep'",
-        ),
+        (_add_args(outputs="0.0.0.0:6000:rout"), "output[0].group 0.0.0.0 is not a valid destination"),
+        (_add_args("--rule-id", "keep"), "rule_id 'keep' already exists"),
+        (_add_args(group="239.9.9.9", port="9"), "input rin 239.9.9.9:9 is already relayed by rule 'keep'"),
     ],
 )
 def test_rejected_rules_change_nothing(relay: Relay, args: list[str], message: str) -> None:
@@ -257,17 +149,7 @@ def test_rejected_rules_change_nothing(relay: Relay, args: list[str], message: s
 
 
 def test_generated_ids_remove_unknown_and_version(relay: Relay) -> None:
-    out = relay.ctl(
-        "add",
-        "--input-interface",
-        "rin",
-        "--input-group",
-        "239.1.1.1",
-        "--input-port",
-        "5000",
-        "--outputs",
-        "239.2.2.2:6000:rout",
-    ).stdout
+    out = relay.ctl("add", *_add_args()).stdout
     (rule,) = relay.rules()
     assert out.strip() == f"Rule {rule['rule_id']} added" and len(rule["rule_id"]) == 16
     missing = relay.ctl("remove", "--rule-id", "nope", check=False)

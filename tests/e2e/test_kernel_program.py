@@ -25,6 +25,7 @@ import struct
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import FrameType
@@ -479,6 +480,32 @@ def test_engine_rules_and_counters(engine: Any) -> None:
     assert engine.counters().rules[0].packets == 0
     engine.remove_rule(1)
     assert bpf.lookup_elem(groups, pack_group_key(7, g), 4) is None
+
+
+def test_an_output_position_sending_elsewhere_starts_the_slot_from_zero(engine: Any) -> None:
+    """Output counters are kept by position: when a position that stays sends to another output (one before it
+    was removed or skipped), the whole slot restarts from zero instead of booking one output's counts to another."""
+    from mcr.kernel import bpf
+
+    g, outs = IPv4Address("239.1.1.1"), _outs(3)
+    n = bpf.possible_cpus()
+    per_cpu_sum = n * (n + 1) // 2
+
+    def counted() -> tuple[int, list[int]]:
+        c = engine.counters().rules[0]
+        return c.packets, [o.packets for o in c.outputs]
+
+    engine.set_rule(0, 7, g, 5001, outs)
+    _fake_traffic(engine, 0, 3)
+    engine.set_rule(0, 7, g, 5001, [outs[0], outs[2]])  # the middle output goes: position 1 now sends to outs[2]
+    assert counted() == (0, [0, 0])
+    _fake_traffic(engine, 0, 2)
+    engine.set_rule(0, 7, g, 5001, [outs[0], outs[2], outs[1]])  # one more at the end: the others keep theirs
+    assert counted() == (per_cpu_sum, [per_cpu_sum, per_cpu_sum, 0])
+    engine.set_rule(0, 7, g, 5001, [outs[0], outs[2]])  # the last one goes: nothing moves
+    assert counted() == (per_cpu_sum, [per_cpu_sum, per_cpu_sum])
+    engine.set_rule(0, 7, g, 5001, [outs[0], replace(outs[2], ttl=9)])  # a position rewritten in place
+    assert counted() == (0, [0, 0])
 
 
 def test_a_rejected_program_raises_with_the_verifier_log() -> None:

@@ -38,7 +38,8 @@ def test_top_once_shows_the_rule_and_its_packets(lab: Lab, relay: Relay) -> None
     flow = [r for r in rows if r.startswith("flow-a ")]
     assert len(flow) == 1 and re.fullmatch(r"flow-a rin 239\.1\.1\.1:5001 \S+ \S+ 300 410\.2 KiB 0 0", flow[0]), rows
     assert "-> 239.2.2.2:6001 rout 300 410.2 KiB 0" in rows, rows
-    assert "workers 1 (1 running) restarts 0 kernel drops 0" in rows, rows
+    assert "workers 1 (1 running) restarts 0 kernel drops 0 ring resyncs 0" in rows, rows
+    assert [(w["kernel_drops"], w["ring_resyncs"]) for w in relay.workers()] == [(0, 0)]
     assert "q: quit" not in result.stdout and "\x1b" not in result.stdout  # a snapshot, not a screen
 
 

@@ -232,6 +232,7 @@ responses = st.one_of(
                 counts,
                 counts,
                 counts,
+                counts,
             ),
             max_size=3,
         ).map(tuple),

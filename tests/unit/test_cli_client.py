@@ -6,9 +6,8 @@ import errno
 import json
 import os
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,68 +15,15 @@ import pytest
 from mcr.cli.control_client import ExitCode, main
 from mcr.cli.transport import connect_error, exchange
 from mcr.model.errors import ProtocolError
-
-HOLD = object()  # answer: keep the connection open and never reply
-
-
-class FakeSupervisor:
-    """Accepts connections, reads each request to EOF, records it and sends a canned answer.
-
-    `answer` is bytes to send, None to close without answering, or HOLD to never answer.
-    """
-
-    def __init__(self, path: Path, answer: bytes | object | None) -> None:
-        self.path = path
-        self.answer = answer
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self._stop = threading.Event()
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(str(path))
-        self._listener.listen(4)
-        self._listener.settimeout(0.05)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                self.connections += 1
-                conn.settimeout(5)
-                data = bytearray()
-                while chunk := conn.recv(65536):
-                    data += chunk
-                self.requests.append(bytes(data))
-                if self.answer is HOLD:
-                    self._stop.wait(10)
-                elif isinstance(self.answer, bytes):
-                    conn.sendall(self.answer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
+from tests.fake_supervisor import HOLD, FakeSupervisor, Respond
 
 Serve = Callable[[bytes | object | None], FakeSupervisor]
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Serve]:
-    started: list[FakeSupervisor] = []
-
-    def start(answer: bytes | object | None) -> FakeSupervisor:
-        fake = FakeSupervisor(tmp_path / f"ctl{len(started)}.sock", answer)
-        started.append(fake)
-        return fake
-
-    yield start
-    for fake in started:
-        fake.close()
+def serve(fake_supervisor: Callable[[Respond], FakeSupervisor]) -> Serve:
+    """A fake supervisor giving every request the same answer: bytes, None (close without answering) or HOLD."""
+    return lambda answer: fake_supervisor(lambda _request: answer)
 
 
 def doc(value: object) -> bytes:

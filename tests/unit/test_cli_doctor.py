@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -33,6 +31,7 @@ from mcr.cli.doctor import (
 from mcr.cli.host import collect_host_facts
 from mcr.model.rules import Engine, ForwardingRule, OutputDestination
 from mcr.model.status import RuleState, RuleView, WorkerInfo
+from tests.fake_supervisor import FakeSupervisor, Respond, by_command
 
 ETHTOOL_K = """\
 Features for eth0:
@@ -256,6 +255,13 @@ PITFALLS = {
         detail="Out of 1000 frames",
         fix="--num-workers",
     ),
+    "ring resynchronised": Pitfall(
+        workers=(worker(0), worker(1, ring_resyncs=1)),
+        check="workers",
+        title="worker 1 (pid 101): its capture ring was resynchronised 1 time",
+        detail="recovered by itself",
+        fix="--num-workers",
+    ),
     "worker not running": Pitfall(
         workers=(worker(0, status="Starting"),),
         severity=Severity.ERROR,
@@ -435,39 +441,9 @@ WORKER_DOC = {"pid": 7, "worker_type": "DataPlane", "core_id": None, "worker_id"
 
 
 @pytest.fixture
-def answering(tmp_path: Path) -> Iterator[Callable[[Mapping[str, object]], Path]]:
-    """A supervisor on a real Unix socket that answers each request by its text."""
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def start(answers: Mapping[str, object]) -> Path:
-        path = tmp_path / f"s{len(threads)}.sock"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
-        listener.listen(4)
-        listener.settimeout(0.05)
-
-        def serve() -> None:
-            with listener:
-                while not stop.is_set():
-                    try:
-                        conn, _ = listener.accept()
-                    except TimeoutError:
-                        continue
-                    with conn:
-                        data = b""
-                        while chunk := conn.recv(65536):
-                            data += chunk
-                        conn.sendall(json.dumps(answers[json.loads(data)]).encode() + b"\n")
-
-        threads.append(threading.Thread(target=serve, daemon=True))
-        threads[-1].start()
-        return path
-
-    yield start
-    stop.set()
-    for t in threads:
-        t.join(5)
+def answering(fake_supervisor: Callable[[Respond], FakeSupervisor]) -> Callable[[Mapping[str, object]], Path]:
+    """A supervisor on a real Unix socket that answers each request by its text; gives its socket's path."""
+    return lambda answers: fake_supervisor(by_command(answers)).path
 
 
 @pytest.fixture

@@ -156,15 +156,17 @@ def test_stats_without_drops_has_no_drop_row() -> None:
 def test_workers_table() -> None:
     workers = [
         WorkerInfo(pid=4321, worker_type="DataPlane", core_id=1, worker_id=1, uid=65534, restarts=2,
-                   drops={"truncated": 4}, kernel_packets=10_000, kernel_drops=5, stats_pipe_errors=1),
+                   drops={"truncated": 4}, kernel_packets=10_000, kernel_drops=5, stats_pipe_errors=1,
+                   ring_resyncs=3),
         WorkerInfo(pid=4320, worker_type="DataPlane", core_id=0, worker_id=0, status="Restarting"),
     ]  # fmt: skip
     shown = lines(render_workers(workers))
     assert shown[0].split() == [
-        "PID", "Type", "ID", "Core", "Status", "UID", "Restarts", "Kernel", "pkts", "Kernel", "drops", "Drops",
+        "PID", "Type", "ID", "Core", "Status", "UID", "Restarts", "Kernel", "pkts", "Kernel", "drops", "Ring",
+        "resyncs", "Drops",
     ]  # fmt: skip
-    assert shown[1] == "4320 DataPlane 0 0 Restarting - 0 0 0 -"
-    assert shown[2] == "4321 DataPlane 1 1 Running 65534 2 10000 5 stats_pipe_errors=1, truncated=4"
+    assert shown[1] == "4320 DataPlane 0 0 Restarting - 0 0 0 0 -"
+    assert shown[2] == "4321 DataPlane 1 1 Running 65534 2 10000 5 3 stats_pipe_errors=1, truncated=4"
     assert lines(render_workers([])) == ["no workers"]
 
 

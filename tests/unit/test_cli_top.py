@@ -6,9 +6,7 @@ import ast
 import io
 import json
 import os
-import socket
 import termios
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +34,7 @@ from mcr.cli.top import (
 )
 from mcr.cli.transport import UnreachableError
 from mcr.model.status import FlowStats, OutputStats, WorkerInfo
+from tests.fake_supervisor import FakeSupervisor, Respond, by_command
 
 T0 = datetime(2024, 5, 1, 12, 34, 56)
 T1 = datetime(2024, 5, 1, 12, 35, 1)
@@ -76,7 +75,9 @@ FLOWS = (
 )
 WORKERS = (
     WorkerInfo(pid=101, worker_type="DataPlane", core_id=None, worker_id=0, restarts=2, kernel_drops=5),
-    WorkerInfo(pid=102, worker_type="DataPlane", core_id=None, worker_id=1, status="Starting", kernel_drops=1),
+    WorkerInfo(
+        pid=102, worker_type="DataPlane", core_id=None, worker_id=1, status="Starting", kernel_drops=1, ring_resyncs=1
+    ),
 )
 
 
@@ -196,7 +197,7 @@ def test_view_shows_flows_outputs_and_footer() -> None:
     assert "alpha eth0 239.1.1.1:5000 100 9.00M 1000 8.6 MiB 7 0" in lines
     assert "-> 239.2.2.2:6000 eth1 1000 0 B 7" in lines  # alpha's output: packets, bytes, send errors
     assert lines[-2:] == [
-        "workers 2 (1 running) restarts 2 kernel drops 6",
+        "workers 2 (1 running) restarts 2 kernel drops 6 ring resyncs 1",
         "total 1.10k pkt/s, 12.0 Mbit/s refreshed 12:34:56",
     ]
     rows = [line.split()[0] for line in lines if line.split()[0] in {"alpha", "beta", "gamma", "delta"}]
@@ -352,42 +353,6 @@ def test_run_live_draws_then_quits_on_q_and_restores(pty_pair: tuple[int, int]) 
 # ------------------------------------------------------------------------------ command line and socket
 
 
-class Supervisor:
-    """Answers each request by its text, like the real one: one request per connection."""
-
-    def __init__(self, path: Path, answers: Mapping[str, object]) -> None:
-        self.path = path
-        self.answers = answers
-        self.requests: list[str] = []
-        self._stop = threading.Event()
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(str(path))
-        self._listener.listen(8)
-        self._listener.settimeout(0.05)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                data = bytearray()
-                while chunk := conn.recv(65536):
-                    data += chunk
-                request = json.loads(data)
-                self.requests.append(request)
-                conn.sendall(json.dumps(self.answers[request]).encode() + b"\n")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
-
 FLOW_DOC = {
     "rule_id": "feed-a", "input_interface": "eth0", "input_group": "239.1.1.1", "input_port": 5000,
     "packets_relayed": 123456, "bytes_relayed": 172838400, "packets_per_second": 20000.0,
@@ -400,30 +365,25 @@ WORKER_DOC = {"pid": 4242, "worker_type": "DataPlane", "core_id": None, "worker_
 
 
 @pytest.fixture
-def supervisor(tmp_path: Path) -> Iterator[Callable[[Mapping[str, object]], Supervisor]]:
-    started: list[Supervisor] = []
-
-    def start(answers: Mapping[str, object]) -> Supervisor:
-        started.append(Supervisor(tmp_path / f"s{len(started)}.sock", answers))
-        return started[-1]
-
-    yield start
-    for s in started:
-        s.close()
+def supervisor(
+    fake_supervisor: Callable[[Respond], FakeSupervisor],
+) -> Callable[[Mapping[str, object]], FakeSupervisor]:
+    """A fake supervisor answering each request by its text, like the real one."""
+    return lambda answers: fake_supervisor(by_command(answers))
 
 
 @pytest.mark.parametrize("argv", [["top", "--once"], ["top"]])  # stdout is not a terminal under pytest
 def test_snapshot_from_the_supervisor(
-    argv: list[str], supervisor: Callable[[Mapping[str, object]], Supervisor], capsys: pytest.CaptureFixture[str]
+    argv: list[str], supervisor: Callable[[Mapping[str, object]], FakeSupervisor], capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake = supervisor({"GetStats": {"Stats": [FLOW_DOC]}, "ListWorkers": {"Workers": [WORKER_DOC]}})
     assert main(["--socket-path", str(fake.path), *argv]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert fake.requests == ["GetStats", "ListWorkers"]
+    assert [json.loads(r) for r in fake.requests] == ["GetStats", "ListWorkers"]
     lines = [" ".join(line.split()) for line in out.splitlines()]
     assert "feed-a eth0 239.1.1.1:5000 20.0k 224M 123456 164.8 MiB 6 0" in lines
     assert "-> 239.10.1.1:6000 eth1 123450 164.8 MiB 6" in lines
-    assert any(line.startswith("workers 1 (1 running) restarts 1 kernel drops 3") for line in lines)
+    assert "workers 1 (1 running) restarts 1 kernel drops 3 ring resyncs 0" in lines  # an older supervisor: 0
     assert "\x1b" not in out
 
 
@@ -435,7 +395,7 @@ def test_snapshot_when_unreachable_exits_3(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_snapshot_when_refused_exits_1(
-    supervisor: Callable[[Mapping[str, object]], Supervisor], capsys: pytest.CaptureFixture[str]
+    supervisor: Callable[[Mapping[str, object]], FakeSupervisor], capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake = supervisor({"GetStats": {"Error": "permission denied: uid 1000 is not allowed"}})
     assert main(["--socket-path", str(fake.path), "top", "--once"]) == ExitCode.ERROR_RESPONSE

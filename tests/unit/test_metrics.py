@@ -34,7 +34,7 @@ SNAP = Snapshot(
         ),
         RuleView(ForwardingRule("r2", "eth9", IPv4Address("239.1.1.2"), 5000, ()), Engine.USERSPACE, RuleState.WAITING),
     ),
-    workers=(WorkerInfo(10, "DataPlane", None, 0, "Running", 65534, 2, {"no_rule": 5}, 100, 3, 0),),
+    workers=(WorkerInfo(10, "DataPlane", None, 0, "Running", 65534, 2, {"no_rule": 5}, 100, 3, 0, 4),),
 )
 
 
@@ -58,6 +58,7 @@ def test_exposition() -> None:
         'mcr_rules{engine="userspace",state="waiting"} 1.0',
         'mcr_worker_restarts_total{worker="0"} 2.0',
         'mcr_kernel_drops_total{worker="0"} 3.0',
+        'mcr_ring_resyncs_total{worker="0"} 4.0',
         'mcr_worker_drops_total{reason="no_rule",worker="0"} 5.0',
         'mcr_build_info{implementation="mcr-python",version="0.1.0"} 1.0',
     ]

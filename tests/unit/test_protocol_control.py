@@ -171,7 +171,7 @@ RULE = ForwardingRule(
                 ),
             )
         ),
-        Workers((WorkerInfo(42, "DataPlane", None, 0, "Running", 65534, 1, {"no_rule": 3}, 100, 2, 0),)),
+        Workers((WorkerInfo(42, "DataPlane", None, 0, "Running", 65534, 1, {"no_rule": 3}, 100, 2, 0, 4),)),
         LogLevelsResponse(LogLevels("Info", {"Ingress": "Debug"})),
         Version(VersionInfo("0.1.0", 1)),
         ConfigResponse(

@@ -61,10 +61,18 @@ def test_stats_round_trip() -> None:
         10,
         1,
         0,
+        generation=4,
+        ring_resyncs=2,
     )
     line = encode_stats(report)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert decode_stats(line) == report
+
+
+def test_stats_from_a_worker_without_newer_counters() -> None:
+    """A report without the generation and resync counters (an older worker's) decodes them as 0."""
+    report = decode_stats(b'{"w":0,"pid":7,"rules":{},"drops":{},"kp":3,"kd":1,"pe":0}')
+    assert (report.kernel_packets, report.kernel_drops, report.generation, report.ring_resyncs) == (3, 1, 0, 0)
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b'"Reboot"', b'{"Sync":{"generation":"x"}}', b'{"OpenSockets":{}}', b"[]"])

@@ -160,6 +160,48 @@ def test_counters_that_reset_at_the_source_are_kept() -> None:
     assert flow.packets_relayed == 130 and flow.outputs[0].packets_sent == 130
 
 
+def fan_out(packets: int, *outputs: tuple[int, int]) -> StatsReport:
+    """A report of rule r1 (100-byte payloads) with (output index, packets) for the outputs it serves."""
+    counters = RuleCounters(packets, packets * 100, tuple((i, n, n * 100, 0) for i, n in outputs))
+    return StatsReport(-1, 1000, (("r1", counters),), (), 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("reports", "expected"),
+    [
+        pytest.param(
+            [
+                fan_out(10, (0, 10), (1, 10), (2, 10)),
+                fan_out(15, (0, 15), (2, 15)),
+                fan_out(20, (0, 20), (1, 5), (2, 20)),
+            ],
+            (20, [20, 15, 20]),
+            id="an output skipped and back from zero, the rule's counters kept (a worker, the kernel's last output)",
+        ),
+        pytest.param(
+            [fan_out(10, (0, 10), (2, 10)), fan_out(0, (0, 0), (1, 0), (2, 0)), fan_out(4, (0, 4), (1, 4), (2, 4))],
+            (14, [14, 4, 14]),
+            id="an output back in the middle: the kernel slot starts from zero so that positions do not shift",
+        ),
+        pytest.param(
+            [fan_out(10, (0, 10), (1, 10), (2, 10)), fan_out(0, (0, 0), (2, 0)), fan_out(6, (0, 6), (2, 6))],
+            (16, [16, 10, 16]),
+            id="a middle output skipped in the kernel: slot reset, the skipped output keeps its count",
+        ),
+    ],
+)
+def test_output_counters_stay_with_their_output(reports: list[StatsReport], expected: tuple[int, list[int]]) -> None:
+    table = RuleTable(Limits())
+    add(table, outputs=(OUT, replace(OUT, port=6001), replace(OUT, port=6002)))
+    book = StatsBook()
+    book.track("r1", 0)
+    for r in reports:
+        book.on_report(r)
+    (flow,) = book.flow_stats(table.rules.values())
+    assert (flow.packets_relayed, [o.packets_sent for o in flow.outputs]) == expected
+    assert [o.bytes_sent for o in flow.outputs] == [n * 100 for n in expected[1]]
+
+
 def test_reports_older_than_a_re_added_rule_do_not_count_for_it() -> None:
     table = RuleTable(Limits())
     add(table)

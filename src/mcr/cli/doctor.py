@@ -404,7 +404,7 @@ def check_rules(rules: Sequence[RuleView]) -> list[Finding]:
 
 
 def check_workers(workers: Sequence[WorkerInfo]) -> list[Finding]:
-    """Restarted workers, kernel drops and workers that are not running (from ListWorkers)."""
+    """Restarted workers, kernel drops, resynchronised rings and workers that are not running (from ListWorkers)."""
     findings = []
     for w in sorted(workers, key=lambda w: (w.worker_type, w.worker_id, w.pid)):
         who = f"worker {w.worker_id} (pid {w.pid})"
@@ -437,6 +437,18 @@ def check_workers(workers: Sequence[WorkerInfo]) -> list[Finding]:
                     f"Out of {w.kernel_packets} frames: the worker does not keep up with its share of the input.",
                     "run more workers (--num-workers; flows are spread by hash), spread outputs over more "
                     "workers, or give the workers CPU that is not busy with interrupts",
+                )
+            )
+        if w.ring_resyncs > 0:
+            findings.append(
+                Finding(
+                    Severity.WARNING,
+                    "workers",
+                    f"{who}: its capture ring was resynchronised {_count(w.ring_resyncs, 'time')}",
+                    "After an overload its reads had drifted from the order the kernel fills the ring in; it "
+                    "recovered by itself, but frames were late or dropped until then.",
+                    "nothing if the count stays put; if it grows, the worker is overloaded: run more workers "
+                    "(--num-workers), as for kernel drops",
                 )
             )
     if not findings:

@@ -159,8 +159,9 @@ def render_workers(workers: Sequence[WorkerInfo]) -> RenderableType:
         "Restarts",
         "Kernel pkts",
         "Kernel drops",
+        "Ring resyncs",
         "Drops",
-        numeric=("PID", "ID", "Core", "UID", "Restarts", "Kernel pkts", "Kernel drops"),
+        numeric=("PID", "ID", "Core", "UID", "Restarts", "Kernel pkts", "Kernel drops", "Ring resyncs"),
     )
     for w in sorted(workers, key=lambda w: (w.worker_type, w.worker_id, w.pid)):
         drops = dict(w.drops)
@@ -177,6 +178,7 @@ def render_workers(workers: Sequence[WorkerInfo]) -> RenderableType:
             str(w.restarts),
             str(w.kernel_packets),
             str(w.kernel_drops),
+            str(w.ring_resyncs),
             format_counters(drops),
         )
     return table

@@ -119,27 +119,26 @@ def update_elem(map_fd: int, key: bytes, value: bytes, flags: UpdateFlag = Updat
     _elem(Cmd.MAP_UPDATE_ELEM, map_fd, key, ctypes.create_string_buffer(value, len(value)), flags, "map update")
 
 
-def lookup_elem(map_fd: int, key: bytes, value_size: int) -> bytes | None:
-    """The value stored under `key`, or None when there is none."""
-    vbuf = ctypes.create_string_buffer(value_size)
+def _elem_present(cmd: Cmd, map_fd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None, what: str) -> bool:
+    """Run a map command on `key`; False when the map has no such key (ENOENT), any other error raised."""
     try:
-        _elem(Cmd.MAP_LOOKUP_ELEM, map_fd, key, vbuf, 0, "map lookup")
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        raise
-    return vbuf.raw
-
-
-def delete_elem(map_fd: int, key: bytes) -> bool:
-    """Remove `key`; False when it was not there."""
-    try:
-        _elem(Cmd.MAP_DELETE_ELEM, map_fd, key, None, 0, "map delete")
+        _elem(cmd, map_fd, key, value, 0, what)
     except BpfError as e:
         if e.errno == errno.ENOENT:
             return False
         raise
     return True
+
+
+def lookup_elem(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value stored under `key`, or None when there is none."""
+    vbuf = ctypes.create_string_buffer(value_size)
+    return vbuf.raw if _elem_present(Cmd.MAP_LOOKUP_ELEM, map_fd, key, vbuf, "map lookup") else None
+
+
+def delete_elem(map_fd: int, key: bytes) -> bool:
+    """Remove `key`; False when it was not there."""
+    return _elem_present(Cmd.MAP_DELETE_ELEM, map_fd, key, None, "map delete")
 
 
 def parse_cpu_list(text: str) -> list[int]:

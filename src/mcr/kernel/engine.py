@@ -72,7 +72,7 @@ class _Rule:
     ifindex: int
     group: IPv4Address
     port: int
-    outputs: int
+    outputs: tuple[OutputEntry, ...]  # position i of the slot's output counters counts what outputs[i] sends
     rate_limit: RateLimit | None = None
 
 
@@ -142,8 +142,12 @@ class KernelRelay:
         """Install or replace the rule in `slot`: frames to (ifindex, group, port) (from `source`, a host or
         prefix, when given) go to `outputs`, at most at `rate_limit` (None: no limit).
 
-        A slot that was free starts with zero counters; replacing a rule in place keeps them. A new or
-        changed limit starts with a full bucket; an unchanged one keeps its state.
+        A slot that was free starts with zero counters; replacing a rule in place keeps them, except that
+        outputs dropped off the end start from zero if they come back, and that the whole slot starts from
+        zero when a position that stays now sends somewhere else (an output removed or skipped before
+        it): output counters are kept by position, so they would otherwise be booked to the wrong output.
+        Read the counters first; a reader sees the slot's counts go back and keeps what they were. A new
+        or changed limit starts with a full bucket; an unchanged one keeps its state.
         """
         if not 0 <= slot < self.max_rules:
             raise ValueError(f"slot {slot} is out of range 0..{self.max_rules - 1}")
@@ -151,7 +155,7 @@ class KernelRelay:
             raise ValueError(f"{len(outputs)} outputs: at most {self.max_outputs} per rule")
         if not 1 <= port <= 65535:
             raise ValueError(f"bad input port {port}")
-        rule = _Rule(ifindex, group, port, len(outputs), rate_limit)
+        rule = _Rule(ifindex, group, port, tuple(outputs), rate_limit)
         for other_slot, other in self._rules.items():
             if other_slot != slot and (other.ifindex, other.group, other.port) == (ifindex, group, port):
                 raise ValueError(f"slot {other_slot} already relays {group}:{port} on ifindex {ifindex}")
@@ -159,10 +163,11 @@ class KernelRelay:
         if old is not None and (old.ifindex, old.group, old.port) != (ifindex, group, port):
             self.remove_rule(slot)
             old = None
-        if old is None:
+        kept = min(len(outputs), len(old.outputs)) if old is not None else 0
+        if old is None or rule.outputs[:kept] != old.outputs[:kept]:
             self._zero_counters(slot, 0, self.max_outputs)
-        elif len(outputs) < old.outputs:  # outputs dropped off the end start from zero if they come back
-            self._zero_counters(slot, len(outputs), old.outputs, rule=False)
+        elif len(outputs) < len(old.outputs):  # outputs dropped off the end start from zero if they come back
+            self._zero_counters(slot, len(outputs), len(old.outputs), rule=False)
         base = slot * self.max_outputs
         for i, out in enumerate(outputs):
             bpf.update_elem(self.map_fd(MapName.OUTPUTS), _index(base + i), pack_output(out))
@@ -212,7 +217,8 @@ class KernelRelay:
             packets, nbytes, limited = self._sum(MapName.RULE_STATS, slot, RULE_STATS)
             base = slot * self.max_outputs
             outputs = tuple(
-                OutputCounters(*self._sum(MapName.OUTPUT_STATS, base + i, OUTPUT_STATS)) for i in range(rule.outputs)
+                OutputCounters(*self._sum(MapName.OUTPUT_STATS, base + i, OUTPUT_STATS))
+                for i in range(len(rule.outputs))
             )
             rules[slot] = RuleCounters(packets, nbytes, outputs, limited)
         drops = {

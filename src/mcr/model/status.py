@@ -63,6 +63,7 @@ class WorkerInfo:
     kernel_packets: int = 0
     kernel_drops: int = 0
     stats_pipe_errors: int = 0
+    ring_resyncs: int = 0  # times a capture ring was found out of step with the kernel and resynchronised
 
 
 @dataclass(frozen=True, slots=True)

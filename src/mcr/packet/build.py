@@ -61,8 +61,25 @@ def udp_checksum(src: IPv4Address, dst: IPv4Address, udp: bytes, length: int | N
     `length` is the pseudo-header's UDP length, by default ``len(udp)``. A computed 0 is sent as 0xFFFF, because
     0 means "no checksum".
     """
-    pseudo = _PSEUDO_HEADER.pack(src.packed, dst.packed, IPPROTO_UDP, len(udp) if length is None else length)
-    return ipv4_checksum(pseudo + udp) or 0xFFFF
+    return _udp_sum(_pseudo_header(src, dst, len(udp) if length is None else length), udp)
+
+
+def _pseudo_header(src: IPv4Address, dst: IPv4Address, udp_len: int) -> bytes:
+    return _PSEUDO_HEADER.pack(src.packed, dst.packed, IPPROTO_UDP, udp_len)
+
+
+def _udp_sum(pseudo: bytes, segment: bytes) -> int:
+    """The UDP checksum over a pseudo-header (IPv4 or IPv6) and the segment; a computed 0 is sent as 0xFFFF."""
+    return ipv4_checksum(pseudo + segment) or 0xFFFF
+
+
+def _udp_segment(src_port: int, dst_port: int, udp_len: int, payload: bytes, pseudo: bytes | None) -> bytes:
+    """A UDP header with length field `udp_len`, then `payload`. The checksum covers the pseudo-header `pseudo`
+    and the segment (a computed 0 is sent as 0xFFFF); without a pseudo-header it is 0 ("no checksum")."""
+    segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, 0) + payload
+    if pseudo is None:
+        return segment
+    return _UDP_HEADER.pack(src_port, dst_port, udp_len, _udp_sum(pseudo, segment)) + payload
 
 
 def build_udp_frame(
@@ -110,9 +127,8 @@ def build_udp_frame(
         raise ValueError(f"version and IHL are 4-bit fields: {version}, {ihl_field}")
 
     udp_len = _UDP_HEADER.size + len(payload) if udp_length is None else udp_length
-    segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, 0) + payload
-    checksum = udp_checksum(src, dst, segment, udp_len) if with_udp_checksum else 0
-    segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, checksum) + payload
+    pseudo = _pseudo_header(src, dst, udp_len) if with_udp_checksum else None
+    segment = _udp_segment(src_port, dst_port, udp_len, payload, pseudo)
 
     flags = (_IP_FLAG_DF if dont_fragment else 0) | (_IP_FLAG_MF if more_fragments else 0)
     total = header_len + len(segment) if total_length is None else total_length
@@ -163,10 +179,8 @@ def build_udp6_frame(
     """
     src, dst = IPv6Address(src_ip), IPv6Address(dst_ip)
     udp_len = _UDP_HEADER.size + len(payload) if udp_length is None else udp_length
-    segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, 0) + payload
     pseudo = src.packed + dst.packed + struct.pack("!I3xB", udp_len, IPPROTO_UDP)
-    checksum = ipv4_checksum(pseudo + segment) or 0xFFFF
-    segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, checksum) + payload
+    segment = _udp_segment(src_port, dst_port, udp_len, payload, pseudo)
     ext = b"".join(body for _t, body in extensions)
     first = extensions[0][0] if extensions else next_header
     length = len(ext) + len(segment) if payload_length is None else payload_length

@@ -413,6 +413,7 @@ def _worker_json(w: WorkerInfo) -> dict[str, object]:
         "kernel_packets": w.kernel_packets,
         "kernel_drops": w.kernel_drops,
         "stats_pipe_errors": w.stats_pipe_errors,
+        "ring_resyncs": w.ring_resyncs,
     }
 
 
@@ -554,6 +555,7 @@ def _decode_worker(o: object) -> WorkerInfo:
             kernel_packets=int(d.get("kernel_packets", 0)),
             kernel_drops=int(d.get("kernel_drops", 0)),
             stats_pipe_errors=int(d.get("stats_pipe_errors", 0)),
+            ring_resyncs=int(d.get("ring_resyncs", 0)),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"malformed worker entry in response: {e!r}") from None

@@ -234,6 +234,7 @@ class StatsReport:
     kernel_drops: int
     pipe_errors: int
     generation: int = 0  # the rule generation the counters were taken under
+    ring_resyncs: int = 0  # times a capture ring was found out of step with the kernel and resynchronised
 
 
 def encode_stats(report: StatsReport) -> bytes:
@@ -246,6 +247,7 @@ def encode_stats(report: StatsReport) -> bytes:
         "kd": report.kernel_drops,
         "pe": report.pipe_errors,
         "g": report.generation,
+        "rr": report.ring_resyncs,
     }
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
@@ -274,6 +276,7 @@ def decode_stats(line: bytes) -> StatsReport:
             kernel_drops=int(d["kd"]),
             pipe_errors=int(d["pe"]),
             generation=int(d.get("g", 0)),
+            ring_resyncs=int(d.get("rr", 0)),
         )
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise ProtocolError(f"malformed stats report: {e!r}") from None

@@ -337,6 +337,11 @@ class _Totals:
             self.drops[reason] = self.drops.get(reason, 0) + n
 
 
+def _went_back(old: tuple[int, int, int, int], cur: tuple[int, int, int, int]) -> bool:
+    """Whether an output's (index, packets, bytes, errors) counters are lower than before."""
+    return cur[1] < old[1] or cur[2] < old[2] or cur[3] < old[3]
+
+
 class StatsBook:
     """Sums the cumulative reports of every worker incarnation per rule, and derives rates."""
 
@@ -359,15 +364,23 @@ class StatsBook:
     def on_report(self, report: StatsReport) -> None:
         """Take a worker's (or the kernel engine's) cumulative report. A rule whose counters went
         backwards or vanished was reset at the source (its interface came back with a new index, it
-        moved between engines): what had been counted is kept, so totals never go backwards."""
+        moved between engines, its kernel slot was reset): what had been counted is kept, so totals
+        never go backwards. The same holds for one output of a rule that stays (its interface went
+        away, so the output was skipped, and came back)."""
         prev = self.latest.get(report.worker_id)
         now = dict(report.rules)
         if prev is not None and prev.pid == report.pid:
             for rule_id, old in prev.rules:
+                if rule_id not in self.since or not self._counts(prev, rule_id):
+                    continue
                 cur = now.get(rule_id)
-                gone = cur is None or cur.packets < old.packets or cur.bytes < old.bytes
-                if gone and rule_id in self.since and self._counts(prev, rule_id):
+                if cur is None or cur.packets < old.packets or cur.bytes < old.bytes:
                     self.retire(rule_id, old)
+                    continue
+                outputs = {o[0]: o for o in cur.outputs}
+                gone = tuple(o for o in old.outputs if o[0] not in outputs or _went_back(o, outputs[o[0]]))
+                if gone:
+                    self.retire(rule_id, RuleCounters(0, 0, gone))
         self.latest[report.worker_id] = report
         self._by_rule[report.worker_id] = now
 

@@ -668,6 +668,7 @@ class Supervisor:
             kernel_packets=report.kernel_packets if report else 0,
             kernel_drops=report.kernel_drops if report else 0,
             stats_pipe_errors=report.pipe_errors if report else 0,
+            ring_resyncs=report.ring_resyncs if report else 0,
         )
 
 

@@ -94,6 +94,11 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     worker_drops = CounterMetricFamily(
         "mcr_worker_drops", "Frames a worker rejected, by reason", labels=["worker", "reason"]
     )
+    ring_resyncs = CounterMetricFamily(
+        "mcr_ring_resyncs",
+        "Times a worker found its capture ring out of step with the kernel's block order and resynchronised it",
+        labels=worker,
+    )
     pipe_errors = CounterMetricFamily("mcr_stats_pipe_errors", "Stats reports a worker could not push", labels=worker)
     for w in snap.workers:
         wid = [str(w.worker_id)]
@@ -101,10 +106,11 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         up.add_metric(wid, 1 if w.status == "Running" else 0)
         kernel_packets.add_metric(wid, w.kernel_packets)
         kernel_drops.add_metric(wid, w.kernel_drops)
+        ring_resyncs.add_metric(wid, w.ring_resyncs)
         pipe_errors.add_metric(wid, w.stats_pipe_errors)
         for reason, n in sorted(w.drops.items()):
             worker_drops.add_metric([str(w.worker_id), reason], n)
-    yield from (restarts, up, kernel_packets, kernel_drops, worker_drops, pipe_errors)
+    yield from (restarts, up, kernel_packets, kernel_drops, ring_resyncs, worker_drops, pipe_errors)
 
 
 class _SnapshotCollector(Collector):

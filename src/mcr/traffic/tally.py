@@ -228,6 +228,11 @@ class _RunTracker:
         self.reordered = 0
         self.late = 0
 
+    def state(self) -> tuple[int, bytearray, int, int, int, int]:
+        """(base, bits, unique, duplicated, reordered, max_seq): what a caller that inlines `add` keeps in locals
+        and hands back with `flush`."""
+        return self.base, self.bits, self.unique, self.duplicated, self.reordered, self.max_seq
+
     def add(self, seq: int) -> bool:
         """Record seq; True if this is its first intact copy."""
         rel = seq - self.base
@@ -360,11 +365,8 @@ class StreamTally:
         # The current run's counters live in locals too; flush() stores them on a run change and at the end.
         run_id_now = -1
         run = _NO_RUN
-        run_base = 0
-        run_bits = run.bits
-        run_len = 0
-        r_unique = r_duplicated = r_reordered = 0
-        r_max = -1
+        run_base, run_bits, r_unique, r_duplicated, r_reordered, r_max = run.state()
+        run_len = len(run_bits)
         if received == 0:
             self.first_ns = arrival_ns
         for off, n in zip(offsets, lengths, strict=False):  # offsets may be a longer range
@@ -387,15 +389,8 @@ class StreamTally:
                     found = runs[run_id] = _RunTracker(self._window)
                 run = found
                 run_id_now = run_id
-                run_base = run.base
-                run_bits = run.bits
+                run_base, run_bits, r_unique, r_duplicated, r_reordered, r_max = run.state()
                 run_len = len(run_bits)
-                r_unique, r_duplicated, r_reordered, r_max = (
-                    run.unique,
-                    run.duplicated,
-                    run.reordered,
-                    run.max_seq,
-                )
             rel = seq - run_base
             index = rel >> 3
             if rel >= 0 and index < run_len:  # inline _RunTracker.add
@@ -413,15 +408,8 @@ class StreamTally:
             else:
                 run.flush(r_unique, r_duplicated, r_reordered, r_max)
                 first = run.add(seq)
-                run_base = run.base
-                run_bits = run.bits
+                run_base, run_bits, r_unique, r_duplicated, r_reordered, r_max = run.state()
                 run_len = len(run_bits)
-                r_unique, r_duplicated, r_reordered, r_max = (
-                    run.unique,
-                    run.duplicated,
-                    run.reordered,
-                    run.max_seq,
-                )
                 if not first:
                     continue
             unique += 1

@@ -366,6 +366,7 @@ class DataPlane:
             kernel_drops=self.kernel_drops,
             pipe_errors=self.pipe_errors,
             generation=self.generation,
+            ring_resyncs=self.ring_resyncs,
         )
 
     def push_stats(self) -> None:
