@@ -150,8 +150,8 @@ def _n(v: Any, digits: int = 0) -> str:
 
 
 def _profile_lines(profiles: list[dict[str, Any]]) -> list[str]:
-    """Where the relay CPU's time went in each profile step: share of the CPU and microseconds per relayed packet
-    (share x 1 s / delivered packets per second), so that the non-idle rows add up to the CPU cost per packet."""
+    """Where the relay CPU's time went in each profile step: share of the sampled CPU time and microseconds per
+    relayed packet (the step's CPU cost per packet split by the relay's shares, so the relay's rows add up to it)."""
     if not profiles:
         return []
     lines = ["## Where the relay's CPU goes (perf on the relay CPU)", ""]
@@ -169,8 +169,13 @@ def _profile_lines(profiles: list[dict[str, Any]]) -> list[str]:
             "| part | share of the CPU | µs per packet | heaviest symbols |",
             "|---|--:|--:|---|",
         ]
+        # perf samples only busy time on this VM (no idle samples), so the relay's parts are scaled to the step's
+        # own CPU cost per packet (relay processes + the relay CPU's softirq) rather than to wall-clock time
+        others = ("idle", "other processes (not the relay's)")
+        relay_pct = sum(v for k, v in prof["shares_pct"].items() if k not in others)
+        cost = step.get("cpu_us_per_pkt")
         for part, pct in prof["shares_pct"].items():
-            per = pct / 100 * 1e6 / pps if pps and part != "idle" else None
+            per = cost * pct / relay_pct if cost and relay_pct and part not in others else None
             syms = ", ".join(f"{sym} {p:.1f}" for p, sym in prof.get("parts_top", {}).get(part, [])[:3])
             lines.append(f"| {part} | {pct:.1f} % | {_n(per, 2)} | {syms} |")
         top = ", ".join(f"{sym} {pct:.1f} %" for pct, _comm, sym in prof["top"][:8])
