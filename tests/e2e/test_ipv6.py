@@ -4,7 +4,8 @@ rule, two sources on one group split into two rules, an unlisted source ignored,
 
 Rules that keep the family (v6->v6 included) run on both engines (the `engine` fixture) and must be served by
 the one asked for; rules that change the family, and flows split by source, stay in userspace and say why.
-The sink's kernel drops any datagram whose UDP checksum is wrong, so intact payloads prove the checksums."""
+The source computes full UDP checksums (transmit checksum offload off) and the sink's kernel drops any
+datagram whose checksum is wrong (and counts it), so intact payloads and no checksum errors prove them."""
 
 from __future__ import annotations
 
@@ -25,9 +26,25 @@ G6_OUT = "ff3e::2:6"
 FAMILY_CHANGE = "userspace: rules that change the address family are served in userspace"
 
 
+@pytest.fixture(autouse=True)
+def full_checksums(lab: Lab) -> None:
+    """With offload on, the source's datagrams would carry only the pseudo-header sum (CHECKSUM_PARTIAL)
+    and reach the sink unchecked."""
+    lab.netns(lab.src, "ethtool", "-K", "src0", "tx", "off")
+
+
 def assert_intact(report: dict[str, Any], count: int) -> None:
     assert report["received"] == count, report
     assert (report["lost"], report["duplicated"], report["corrupted"]) == (0, 0, 0), report
+
+
+def checksum_errors(lab: Lab) -> int:
+    """UDP and UDP6 InCsumErrors at the sink."""
+    lines = lab.netns(lab.sink, "cat", "/proc/net/snmp", "/proc/net/snmp6").stdout.splitlines()
+    udp = [line.split() for line in lines if line.startswith("Udp:")]
+    v4 = int(dict(zip(udp[0], udp[1], strict=True))["InCsumErrors"])
+    v6 = next(int(line.split()[1]) for line in lines if line.startswith("Udp6InCsumErrors"))
+    return v4 + v6
 
 
 @pytest.mark.parametrize(
@@ -46,6 +63,7 @@ def test_relay_across_families_keeps_every_payload(
     sink = start_sink(lab, workdir, group_out, "6001", expect=count)
     send(lab, count=count, rate=3000, size=size, group=group_in, source=source)
     assert_intact(sink.result(), count)
+    assert checksum_errors(lab) == 0
     flow = relay.wait_relayed("x", count)
     assert (flow["packets_relayed"], flow["bytes_relayed"]) == (count, count * size)
     (out,) = flow["outputs"]
@@ -75,6 +93,7 @@ def test_ipv6_fan_out_with_hop_limits(lab: Lab, workdir: Path, relay: Relay, eng
     try:
         send(lab, count=count, rate=4000, size=1000, group=G6_IN, source=SRC_IP6)
         assert_intact(sink.result(), count * len(groups))
+        assert checksum_errors(lab) == 0
         header, _ = capture.communicate(timeout=10)
     finally:
         if capture.poll() is None:
@@ -150,6 +169,7 @@ def test_ipv6_source_rule_joins_with_mldv2_and_filters_by_prefix(
     send(lab, count=800, rate=2000, size=700, group=G6_IN, source=SRC_IP6)
     send(lab, count=300, rate=2000, group="ff3e::1:6", port=5002, source=SRC_IP6)  # outside fd00:9::/64
     assert_intact(sink.result(), 800)
+    assert checksum_errors(lab) == 0
     flow = relay.wait_relayed("ssm6", 800)
     assert (flow["packets_relayed"], flow["bytes_relayed"]) == (800, 800 * 700)
     assert flow["outputs"][0]["packets_sent"] == 800
