@@ -653,6 +653,31 @@ def test_engine_rules_and_counters(engine: Any) -> None:
     assert bpf.lookup_elem(groups, pack_group_key(7, g), 4) is None
 
 
+def test_engine_ipv6_rules_use_their_own_maps(engine: Any) -> None:
+    from mcr.kernel import bpf
+    from mcr.kernel.engine import OutputEntry
+    from mcr.kernel.program import RULE6_VALUE, MapName, pack_group_key, pack_rule_key
+
+    g6, g4 = IPv6Address(G6), IPv4Address("239.1.1.1")
+    out6 = OutputEntry(1, IPv6Address("ff3e::2:1"), 6001, IPv6Address(SOURCE6), b"\x02" * 6)
+    with pytest.raises(ValueError, match="not of the family"):
+        engine.set_rule(0, 7, g4, 5001, [out6])
+    with pytest.raises(ValueError, match="not of the family"):
+        engine.set_rule(0, 7, g6, 5001, _outs(1))
+    engine.set_rule(0, 7, g6, 5001, [out6, out6], source=ip_network("fd00:200:1::/64"))
+    engine.set_rule(1, 7, g4, 5001, _outs(1))  # the same port and ifindex in the other family: its own rule
+    rules6, groups6 = engine.map_fd(MapName.RULES6), engine.map_fd(MapName.GROUPS6)
+    value = bpf.lookup_elem(rules6, pack_rule_key(7, g6, 5001), RULE6_VALUE.size) or b""
+    slot, count, network, mask = RULE6_VALUE.unpack(value)
+    assert (slot, count, network, mask) == (0, 2, IPv6Address("fd00:200:1::").packed, b"\xff" * 8 + bytes(8))
+    assert bpf.lookup_elem(groups6, pack_group_key(7, g6), 4) == (1).to_bytes(4, sys.byteorder)
+    assert bpf.lookup_elem(engine.map_fd(MapName.RULES), pack_rule_key(7, g4, 5001), 16) is not None
+    assert set(engine.counters().rules) == {0, 1}
+    engine.remove_rule(0)
+    assert bpf.lookup_elem(rules6, pack_rule_key(7, g6, 5001), RULE6_VALUE.size) is None
+    assert bpf.lookup_elem(groups6, pack_group_key(7, g6), 4) is None
+
+
 def test_a_rejected_program_raises_with_the_verifier_log() -> None:
     if os.geteuid() != 0:
         pytest.skip("bpf(2) needs root")
