@@ -3,8 +3,9 @@
 Two kinds of tests:
 
 - BPF_PROG_TEST_RUN in a namespace with one veth pair `ka`/`kb`: crafted frames (IP options, a zero UDP
-  checksum, CHECKSUM_COMPLETE skbs, fragments, non-UDP, malformed headers, 64 outputs, a bad output) go through
-  the program; its clones leave by `ka` and are read back raw on `kb`, where every checksum is recomputed.
+  checksum, CHECKSUM_COMPLETE skbs, fragments, non-UDP, malformed headers, 64 outputs, a bad output; IPv6
+  with and without extension headers, its drops and a source prefix) go through the program; its clones
+  leave by `ka` and are read back raw on `kb`, where every checksum is recomputed.
 - Real traffic through SRC -> RELAY -> SINK: traffic_generator -> `rin` (program at tcx ingress) -> `rout`
   -> traffic_sink. With transmit checksum offload off on the source, every frame carries a full UDP checksum
   and the sink's kernel drops any frame whose checksum is wrong, so "received == sent, corrupted == 0" proves
@@ -26,14 +27,21 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytest
 
-from mcr.packet.build import build_udp_frame, ipv4_checksum, multicast_mac
+from mcr.packet.build import (
+    build_udp6_frame,
+    build_udp_frame,
+    ipv4_checksum,
+    ipv6_extension,
+    multicast_mac,
+    multicast_mac6,
+)
 from tests.e2e.netns import Chain, NetLab, Proc, wait_for
 from tests.e2e.relay import generate, probe, start_generator, start_sink
 
@@ -61,9 +69,9 @@ def _outputs(spec: Sequence[dict[str, Any]]) -> list[Any]:
     return [
         OutputEntry(
             ifindex=socket.if_nametoindex(o["ifname"]) if "ifname" in o else int(o["ifindex"]),
-            group=IPv4Address(o["group"]),
+            group=ip_address(o["group"]),
             port=int(o["port"]),
-            source=IPv4Address(o["source"]),
+            source=ip_address(o["source"]),
             src_mac=_mac(o["ifname"]) if "ifname" in o else b"\x02\0\0\0\0\x09",
             ttl=int(o.get("ttl", 1)),
         )
@@ -92,7 +100,7 @@ def _apply(relay: Any, ifindex: int, ops: Sequence[dict[str, Any]]) -> None:
         if op.get("op", "set") == "remove":
             relay.remove_rule(op["slot"])
         else:
-            relay.set_rule(op["slot"], ifindex, IPv4Address(op["group"]), op["port"], _outputs(op["outputs"]))
+            relay.set_rule(op["slot"], ifindex, ip_address(op["group"]), op["port"], _outputs(op["outputs"]))
 
 
 def _run_relay(spec: dict[str, Any]) -> int:
@@ -152,7 +160,8 @@ def _run_cases(spec: dict[str, Any]) -> int:
     for rule in spec["rules"]:
         outputs = _outputs(rule["outputs"])
         limit = decode_rate_limit(rule["rate_limit"]) if "rate_limit" in rule else None
-        relay.set_rule(rule["slot"], INGRESS, IPv4Address(rule["group"]), rule["port"], outputs, limit)
+        source = ip_network(rule["source"]) if "source" in rule else None
+        relay.set_rule(rule["slot"], INGRESS, ip_address(rule["group"]), rule["port"], outputs, limit, source)
     results: list[dict[str, Any]] = []
     for case in spec["cases"]:
         try:
@@ -175,12 +184,19 @@ def _run_cases(spec: dict[str, Any]) -> int:
                 data, addr = rx.recvfrom(65535)
             except TimeoutError:
                 continue
-            if addr[2] != 4 and data[12:14] == b"\x08\x00" and data[23] == 17:  # not outgoing; IPv4 UDP
+            if addr[2] != 4 and _relayed(data):  # not outgoing
                 clones.append(data.hex())
         results.append({"retval": run.retval, "data": run.data.hex(), "clones": clones})
     print(json.dumps({"results": results, "counters": _counters_doc(relay)}))
     relay.close()
     return 0
+
+
+def _relayed(data: bytes) -> bool:
+    """IPv4 UDP, or IPv6 from a routable source (not the veths' own neighbour discovery and MLD)."""
+    if data[12:14] == b"\x08\x00":
+        return data[23] == 17
+    return data[12:14] == b"\x86\xdd" and not IPv6Address(data[22:38]).is_link_local and any(data[22:38])
 
 
 def runner_main(argv: list[str]) -> int:
@@ -337,6 +353,8 @@ def test_not_relayed_frames_pass_untouched_and_are_counted(netlab: NetLab) -> No
         "bad_udp_length": 2,
         "no_rule": 1,
         "rate_limited": 0,
+        "ext_header": 0,
+        "zero_udp_checksum": 0,
     }
     assert doc["counters"]["rules"]["0"]["packets"] == 0
 
@@ -403,6 +421,160 @@ def test_rate_limits_are_shared_token_buckets(netlab: NetLab) -> None:
     assert limited["bytes"] == 512 * limited["packets"]
     assert (counters["2"]["packets"], counters["2"]["rate_limited"]) == (4, 46)
     assert result["counters"]["drops"]["rate_limited"] == limited["rate_limited"] + 46
+
+
+# ------------------------------------------------------------------------------------------ IPv6
+
+G6 = "ff3e::1:5"
+SOURCE6 = "fd00:9::9"
+SRC6 = "fd00:200:1::2"
+HOP_BY_HOP = (0, ipv6_extension(60, b"\x01\x04" + bytes(4)))  # a PadN option, then destination options
+DEST_OPTS = (60, ipv6_extension(17))
+
+
+def frame6(port: int = 5001, src: str = SRC6, **kw: Any) -> bytes:
+    kw.setdefault("payload", bytes(range(256)) * 2)
+    return build_udp6_frame(src_ip=src, dst_ip=G6, dst_port=port, hop_limit=5, **kw)
+
+
+def frame6_headers(frame: bytes) -> dict[str, Any]:
+    """The fields a relay rewrites (the extension headers walked), and whether the UDP checksum holds."""
+    nxt, pos = frame[20], 54
+    while nxt != 17:
+        nxt, pos = frame[pos], pos + (frame[pos + 1] + 1) * 8
+    udp = frame[pos : 54 + struct.unpack_from("!H", frame, 18)[0]]
+    src, dst = frame[22:38], frame[38:54]
+    pseudo = src + dst + struct.pack("!I3xB", len(udp), 17)
+    return {
+        "dst_mac": frame[0:6],
+        "hop": frame[21],
+        "src": str(IPv6Address(src)),
+        "dst": str(IPv6Address(dst)),
+        "extensions": frame[54:pos],
+        "dport": struct.unpack_from("!H", udp, 2)[0],
+        "sport": struct.unpack_from("!H", udp, 0)[0],
+        "udp_csum": struct.unpack_from("!H", udp, 6)[0],
+        "udp_ok": ipv4_checksum(pseudo + udp) == 0,
+        "payload": udp[8:],
+    }
+
+
+def zero_udp6_checksum(f: bytes) -> bytes:
+    return f[:60] + b"\0\0" + f[62:]
+
+
+RULES6_3 = [
+    {
+        "slot": 0,
+        "group": G6,
+        "port": 5001,
+        "outputs": [out("ka", f"ff3e::2:{i}", 6000 + i, 6 + i, source=SOURCE6) for i in (1, 2, 3)],
+    }
+]
+
+
+@pytest.mark.parametrize(
+    "extensions", [(), (HOP_BY_HOP, DEST_OPTS), ((60, ipv6_extension(60)),) * 7 + (DEST_OPTS,)], ids=["none", "2", "8"]
+)
+def test_ipv6_rewrite_fan_out_and_restore(netlab: NetLab, extensions: tuple[tuple[int, bytes], ...]) -> None:
+    original = frame6(extensions=extensions)
+    complete = 1 << 2
+    cases = [{"frame": original, "expect": 3}, {"frame": original, "flags": complete, "expect": 3}]
+    doc = run_cases(netlab, RULES6_3, cases)
+    plain, checked = doc["results"]
+    assert plain["retval"] == TC_ACT_UNSPEC
+    assert bytes.fromhex(plain["data"]) == original  # the original goes on to the stack unchanged
+    assert len(plain["clones"]) == 3
+    for i, clone in zip((1, 2, 3), sorted(plain["clones"]), strict=True):
+        h = frame6_headers(bytes.fromhex(clone))
+        assert (h["dst"], h["dport"], h["hop"], h["src"]) == (f"ff3e::2:{i}", 6000 + i, 6 + i, SOURCE6)
+        assert h["dst_mac"] == multicast_mac6(IPv6Address(h["dst"]))
+        assert h["udp_ok"] and h["udp_csum"] != 0, h  # computed in software over the output frame
+        assert h["extensions"] == b"".join(body for _t, body in extensions) and h["sport"] == 40000
+        assert h["payload"] == bytes(range(256)) * 2
+    if checked.get("errno") != 22:  # BPF_F_TEST_SKB_CHECKSUM_COMPLETE (6.11): skb->csum still right afterwards
+        assert "error" not in checked, checked
+        assert checked["retval"] == TC_ACT_UNSPEC and len(checked["clones"]) == 3
+        assert all(frame6_headers(bytes.fromhex(c))["udp_ok"] for c in checked["clones"])
+    rule = doc["counters"]["rules"]["0"]
+    runs = 2 if checked.get("errno") != 22 else 1
+    assert (rule["packets"], rule["bytes"]) == (runs, runs * 512)
+    assert rule["outputs"] == [{"packets": runs, "bytes": runs * 512, "errors": 0}] * 3
+
+
+def test_ipv6_frames_not_relayed_pass_untouched_and_are_counted(netlab: NetLab) -> None:
+    cases = {
+        "other_group": build_udp6_frame(src_ip=SRC6, dst_ip="ff3e::9:9", dst_port=5001, payload=b"x" * 64),
+        "no_rule": frame6(port=5999),
+        "fragment": frame6(extensions=((44, ipv6_extension(17)),)),
+        "fragment_after_hop_by_hop": frame6(extensions=((0, ipv6_extension(44)), (44, ipv6_extension(17)))),
+        "auth_header": frame6(extensions=((51, ipv6_extension(17)),)),
+        "esp": frame6(next_header=50),
+        "nine_headers": frame6(extensions=((60, ipv6_extension(60)),) * 8 + (DEST_OPTS,)),
+        "not_udp": frame6(next_header=6),
+        "bad_version": frame6(version=4),
+        "truncated": frame6(payload_length=4000),
+        "extension_cut": frame6(extensions=((0, ipv6_extension(17)),), payload_length=6),
+        "bad_udp_length": frame6(udp_length=7),
+        "udp_length_too_long": frame6(udp_length=4000),
+        "zero_checksum": zero_udp6_checksum(frame6()),
+    }  # (a frame too short for an IPv6 header cannot be test-run: the kernel refuses it with EINVAL)
+    doc = run_cases(netlab, RULES6_3, [{"frame": f} for f in cases.values()])
+    for (name, f), res in zip(cases.items(), doc["results"], strict=True):
+        assert res.get("retval") == TC_ACT_UNSPEC, (name, res)
+        assert bytes.fromhex(res["data"]) == f, name
+        assert res["clones"] == [], name
+    assert doc["counters"]["drops"] == {
+        "truncated": 2,
+        "bad_ip_header": 1,
+        "fragment": 2,
+        "not_udp": 1,
+        "bad_udp_length": 2,
+        "no_rule": 1,
+        "rate_limited": 0,
+        "ext_header": 3,
+        "zero_udp_checksum": 1,
+    }
+    assert doc["counters"]["rules"]["0"]["packets"] == 0
+
+
+def test_ipv6_source_prefix_and_rate_limit(netlab: NetLab) -> None:
+    """A rule with a source prefix relays its sources only (others count as no_rule); a pps limit holds."""
+    rules = [
+        {**RULES6_3[0], "source": "fd00:200:1::/64"},
+        {**RULES6_3[0], "slot": 1, "port": 5002, "rate_limit": {"pps": 10, "burst": 5}},
+    ]
+    cases = [
+        {"frame": frame6(), "expect": 3},
+        {"frame": frame6(src="fd00:200:2::2")},  # outside the prefix
+        {"frame": frame6(port=5002), "repeat": 100, "expect": 15},
+    ]
+    doc = run_cases(netlab, rules, cases)
+    inside, outside, limited = doc["results"]
+    assert len(inside["clones"]) == 3 and outside["clones"] == []
+    assert [r["retval"] for r in (inside, outside, limited)] == [TC_ACT_UNSPEC] * 3
+    counters = doc["counters"]
+    assert counters["rules"]["0"]["packets"] == 1
+    assert counters["drops"]["no_rule"] == 1
+    r = counters["rules"]["1"]
+    assert r["packets"] + r["rate_limited"] == 100 and 5 <= r["packets"] <= 6
+    assert counters["drops"]["rate_limited"] == r["rate_limited"]
+
+
+def test_ipv6_a_failing_output_is_counted_and_restored(netlab: NetLab) -> None:
+    bad = {"ifindex": 9999, "group": "ff3e::2:9", "port": 6999, "source": SOURCE6}
+    rules = [{"slot": 2, "group": G6, "port": 5001, "outputs": [bad, out("ka", "ff3e::2:8", 6998, source=SOURCE6)]}]
+    original = frame6(extensions=(HOP_BY_HOP, DEST_OPTS))
+    doc = run_cases(netlab, rules, [{"frame": original, "expect": 1}])
+    (res,) = doc["results"]
+    assert bytes.fromhex(res["data"]) == original
+    (clone,) = res["clones"]
+    h = frame6_headers(bytes.fromhex(clone))
+    assert (h["dst"], h["dport"], h["udp_ok"]) == ("ff3e::2:8", 6998, True)
+    assert doc["counters"]["rules"]["2"]["outputs"] == [
+        {"packets": 0, "bytes": 0, "errors": 1},
+        {"packets": 1, "bytes": 512, "errors": 0},
+    ]
 
 
 # ------------------------------------------------------------------------ the engine's bookkeeping
@@ -506,6 +678,31 @@ def test_an_output_position_sending_elsewhere_starts_the_slot_from_zero(engine: 
     assert counted() == (per_cpu_sum, [per_cpu_sum, per_cpu_sum])
     engine.set_rule(0, 7, g, 5001, [outs[0], replace(outs[2], ttl=9)])  # a position rewritten in place
     assert counted() == (0, [0, 0])
+
+
+def test_engine_ipv6_rules_use_their_own_maps(engine: Any) -> None:
+    from mcr.kernel import bpf
+    from mcr.kernel.engine import OutputEntry
+    from mcr.kernel.program import RULE6_VALUE, MapName, pack_group_key, pack_rule_key
+
+    g6, g4 = IPv6Address(G6), IPv4Address("239.1.1.1")
+    out6 = OutputEntry(1, IPv6Address("ff3e::2:1"), 6001, IPv6Address(SOURCE6), b"\x02" * 6)
+    with pytest.raises(ValueError, match="not of the family"):
+        engine.set_rule(0, 7, g4, 5001, [out6])
+    with pytest.raises(ValueError, match="not of the family"):
+        engine.set_rule(0, 7, g6, 5001, _outs(1))
+    engine.set_rule(0, 7, g6, 5001, [out6, out6], source=ip_network("fd00:200:1::/64"))
+    engine.set_rule(1, 7, g4, 5001, _outs(1))  # the same port and ifindex in the other family: its own rule
+    rules6, groups6 = engine.map_fd(MapName.RULES6), engine.map_fd(MapName.GROUPS6)
+    value = bpf.lookup_elem(rules6, pack_rule_key(7, g6, 5001), RULE6_VALUE.size) or b""
+    slot, count, network, mask = RULE6_VALUE.unpack(value)
+    assert (slot, count, network, mask) == (0, 2, IPv6Address("fd00:200:1::").packed, b"\xff" * 8 + bytes(8))
+    assert bpf.lookup_elem(groups6, pack_group_key(7, g6), 4) == (1).to_bytes(4, sys.byteorder)
+    assert bpf.lookup_elem(engine.map_fd(MapName.RULES), pack_rule_key(7, g4, 5001), 16) is not None
+    assert set(engine.counters().rules) == {0, 1}
+    engine.remove_rule(0)
+    assert bpf.lookup_elem(rules6, pack_rule_key(7, g6, 5001), RULE6_VALUE.size) is None
+    assert bpf.lookup_elem(groups6, pack_group_key(7, g6), 4) is None
 
 
 def test_a_rejected_program_raises_with_the_verifier_log() -> None:

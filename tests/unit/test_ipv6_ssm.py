@@ -12,6 +12,7 @@ from mcr.model.config import parse_config
 from mcr.model.errors import ConfigError, ProtocolError, ValidationError
 from mcr.model.links import Link
 from mcr.model.rules import (
+    Engine,
     ForwardingRule,
     Limits,
     OutputDestination,
@@ -216,6 +217,7 @@ def test_ipv6_payload_located_through_walked_extension_headers() -> None:
         ),
         pytest.param(frame6(udp_length=7), DropReason.BAD_UDP_LENGTH, KEY6, id="udp-length-7"),
         pytest.param(frame6(udp_length=9 + len(PAYLOAD)), DropReason.BAD_UDP_LENGTH, KEY6, id="udp-length-long"),
+        pytest.param(frame6()[:60] + b"\0\0" + frame6()[62:], DropReason.ZERO_UDP_CHECKSUM, KEY6, id="zero-checksum"),
     ],
 )
 def test_ipv6_drop_reasons(raw: bytes, reason: DropReason, key: int) -> None:
@@ -325,7 +327,7 @@ LINKS = {
 }
 
 
-def test_resolve_mixes_families_and_keeps_ipv6_in_userspace() -> None:
+def test_resolve_keeps_rules_that_change_the_family_in_userspace() -> None:
     table = RuleTable(Limits())
     table.add(AddRule("v6", "eth0", G6, 5000, (OUT6, OUT4), IPv6Network("fd00:200:1::2/128")))
     table.add(AddRule("no6", "eth0", IPv4Address("239.1.1.1"), 5000, (OutputDestination(G6, 1, "eth2"),)))
@@ -337,13 +339,38 @@ def test_resolve_mixes_families_and_keeps_ipv6_in_userspace() -> None:
         (OUT4.group, IPv4Address("10.0.1.1"), 3),
     ]
     views = {v.rule.rule_id: v for v in res.views}
-    assert views["v6"].state_reason == "userspace: IPv6 rules are served in userspace"
+    assert views["v6"].state_reason == "userspace: rules that change the address family are served in userspace"
     assert views["no6"].state_reason == "output[0] eth2 has no IPv6 address"
     assert dict(res.memberships) == {2: frozenset({(G6, SRC6), (IPv4Address("239.1.1.1"), None)})}
-    table.remove("v6")
-    table.add(AddRule("v6", "eth0", G6, 5000, (OUT6,)))
+    table.add(AddRule("v4to6", "eth0", IPv4Address("239.1.1.2"), 5000, (OUT6,)))
     res = resolve(table.rules.values(), LINKS, kernel_max_outputs=16)
-    assert {v.rule.rule_id: v.state_reason for v in res.views}["v6"] == "userspace: IPv6 rules are served in userspace"
+    reason = {v.rule.rule_id: v.state_reason for v in res.views}["v4to6"]
+    assert reason == "userspace: rules that change the address family are served in userspace"
+
+
+def test_kernel_serves_ipv6_rules_with_ipv6_outputs() -> None:
+    table = RuleTable(Limits())
+    table.add(AddRule("v6", "eth0", G6, 5000, (OUT6,), IPv6Network("fd00:200:1::/64")))
+    res = resolve(table.rules.values(), LINKS, kernel_max_outputs=16)
+    assert res.worker_rules == () and res.captures == {}
+    (kr,) = res.kernel_rules
+    assert (kr.rule_id, kr.ifindex, kr.group, kr.port, kr.source) == ("v6", 2, G6, 5000, IPv6Network("fd00:200:1::/64"))
+    (out,) = kr.outputs
+    assert (out.group, out.source, out.ifindex, out.ttl, out.src_mac) == (
+        OUT6.group,
+        IPv6Address("fd00:1::1"),
+        3,
+        7,
+        b"\x02" * 6,
+    )
+    (view,) = res.views
+    assert (view.engine, view.state_reason) == (Engine.KERNEL, "")
+    assert dict(res.memberships) == {2: frozenset({(G6, None)})}  # MLD membership for a kernel rule too
+    unicast = OutputDestination(IPv6Address("fd00:9::1"), 6000, "eth1")
+    table.add(AddRule("uni", "eth0", G6, 5001, (unicast,)))
+    res = resolve(table.rules.values(), LINKS, kernel_max_outputs=16)
+    reason = {v.rule.rule_id: v.state_reason for v in res.views}["uni"]
+    assert reason == "userspace: output[0] is unicast (needs neighbour resolution)"
 
 
 def test_kernel_serves_an_ipv4_source_rule_alone_on_its_flow() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from mcr.kernel.abi import TC_ACT_OK, SkbOffset
 from mcr.kernel.asm import PSEUDO_MAP_FD, Cls, Helper, Insn, JmpOp, Program, Reg
 from mcr.kernel.program import (
     MAP_NAMES,
+    OUTPUT6_VALUE,
     OUTPUT_VALUE,
     MapName,
     OutputEntry,
@@ -24,7 +25,9 @@ from mcr.kernel.program import (
     pack_rule_key,
     pack_rule_value,
     relay_program,
+    rule_maps,
 )
+from mcr.packet.parse import MAX_EXT_HEADERS
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mcr" / "kernel"
 IO_MODULES = {"socket", "subprocess", "asyncio", "pyroute2", "select", "mmap", "ctypes", "fcntl", "signal", "os"}
@@ -60,7 +63,7 @@ def test_builders_are_pure(module: str) -> None:
 def test_instruction_count(program: Program, record_property: Callable[[str, object], None]) -> None:
     record_property("instructions", len(program))
     print(f"relay program: {len(program)} instructions")
-    assert 200 < len(program) < MAX_INSNS_UNPRIVILEGED  # no unrolling: the output loop is emitted once
+    assert 200 < len(program) < MAX_INSNS_UNPRIVILEGED  # no unrolling: each family's output loop is emitted once
 
 
 def test_jumps_land_inside_the_program_and_never_mid_ld_imm64(program: Program) -> None:
@@ -85,9 +88,10 @@ def successors(insns: tuple[Insn, ...], pc: int) -> list[int]:
     return [pc + 1]
 
 
-def test_the_only_cycles_are_the_output_loop_and_the_reparse(program: Program) -> None:
-    """Without the edges back to `loop` and `parse` the control flow graph is acyclic (DFS colouring)."""
-    allowed = {program.labels["loop"], program.labels["parse"]}
+def test_the_only_cycles_are_the_output_loops_and_the_reparse(program: Program) -> None:
+    """Without the edges back to `loop4`, `loop6` and `parse` the control flow graph is acyclic (DFS colouring):
+    the IPv6 extension header walk is unrolled."""
+    allowed = {program.labels["loop4"], program.labels["loop6"], program.labels["parse"]}
     state: dict[int, int] = {}  # 1: on the DFS stack, 2: done
     stack = [(0, iter(successors(program.insns, 0)))]
     state[0] = 1
@@ -158,7 +162,37 @@ def test_helpers_called(program: Program) -> None:
         Helper.L4_CSUM_REPLACE,
         Helper.CLONE_REDIRECT,
         Helper.SKB_PULL_DATA,
+        Helper.SKB_LOAD_BYTES,
+        Helper.CSUM_DIFF,
     }
+
+
+def calls_between(program: Program, start: str, end: str) -> list[int]:
+    first, last = program.labels[start], program.labels[end]
+    return [i.imm for i in program.insns[first:last] if i.code == Cls.JMP | JmpOp.CALL]
+
+
+def test_ipv6_output_loop_rewrites_without_an_ip_checksum(program: Program) -> None:
+    """Per IPv6 output: 4 stores (MACs, hop limit, addresses, port), one csum_diff over the addresses and two
+    l4_csum_replace (pseudo-header difference, port); no IPv4 header checksum."""
+    calls = calls_between(program, "loop6", "rewrite_failed6")
+    assert calls.count(Helper.SKB_STORE_BYTES) == 4
+    assert calls.count(Helper.CSUM_DIFF) == 1
+    assert calls.count(Helper.L4_CSUM_REPLACE) == 2
+    assert Helper.L3_CSUM_REPLACE not in calls
+    assert calls.count(Helper.CLONE_REDIRECT) == 1
+    v4 = calls_between(program, "loop4", "rewrite_failed4")
+    assert (v4.count(Helper.L3_CSUM_REPLACE), v4.count(Helper.L4_CSUM_REPLACE), Helper.CSUM_DIFF in v4) == (3, 3, False)
+
+
+def test_ipv6_parse_walks_a_bounded_number_of_extension_headers(program: Program) -> None:
+    """The fixed header, each extension header (at most MAX_EXT_HEADERS + 1 reads, as the userspace parser)
+    and the UDP header are read with bpf_skb_load_bytes; the IPv4 path never calls it."""
+    parse6 = calls_between(program, "parse6", "loop6")
+    assert parse6.count(Helper.SKB_LOAD_BYTES) == 1 + (MAX_EXT_HEADERS + 1) + 1
+    assert Helper.SKB_LOAD_BYTES not in calls_between(program, "parse", "parse6")
+    labels = {name for name in program.labels if name.startswith("ext")}
+    assert labels == {f"ext{i}" for i in range(MAX_EXT_HEADERS + 1)}
 
 
 def test_every_map_is_referenced_and_linked() -> None:
@@ -175,8 +209,9 @@ def test_every_map_is_referenced_and_linked() -> None:
 @pytest.mark.parametrize("max_outputs", [1, 3, 64, 256])
 def test_any_output_limit_builds(max_outputs: int) -> None:
     prog = relay_program(max_outputs)
-    loop = prog.insns[prog.labels["loop"]]
-    assert (loop.code & 0xF0, loop.imm) == (JmpOp.JGE, max_outputs)  # the verifier's bound on the loop
+    for name in ("loop4", "loop6"):
+        loop = prog.insns[prog.labels[name]]
+        assert (loop.code & 0xF0, loop.imm) == (JmpOp.JGE, max_outputs)  # the verifier's bound on the loop
 
 
 @pytest.mark.parametrize(("rules", "outputs"), [(0, 64), (1, 0), (1, 513), (70000, 1)])
@@ -189,6 +224,9 @@ def test_map_specs() -> None:
     specs = {s.name: s for s in map_specs(256, 64)}
     assert set(specs) == set(MAP_NAMES)
     assert (specs["rules"].key_size, specs["rules"].value_size) == (12, 16)
+    assert (specs["rules6"].key_size, specs["rules6"].value_size) == (24, 40)
+    assert (specs["groups"].key_size, specs["groups6"].key_size) == (8, 20)
+    assert specs["outputs"].value_size == OUTPUT_VALUE.size == OUTPUT6_VALUE.size == 56  # either family
     assert specs["outputs"].max_entries == specs[MapName.OUTPUT_STATS.value].max_entries == 256 * 64
     assert all(len(f"mcr_{name}") < 16 for name in specs)  # BPF_OBJ_NAME_LEN
 
@@ -202,13 +240,38 @@ def test_rule_key_layout() -> None:
     assert pack_rule_value(5, 3, source).hex(" ") == "05 00 00 00 03 00 00 00 0a c8 01 00 ff ff ff 00"
 
 
+def test_rule_key_layout_ipv6() -> None:
+    group = IPv6Address("ff3e::1:5")
+    key = pack_rule_key(3, group, 5001)
+    assert key == bytes([3, 0, 0, 0]) + group.packed + bytes.fromhex("1389 0000")
+    assert pack_group_key(3, group) == key[:20]
+    assert rule_maps(6) == (MapName.RULES6, MapName.GROUPS6) and rule_maps(4) == (MapName.RULES, MapName.GROUPS)
+    assert pack_rule_value(5, 3, version=6) == bytes.fromhex("05000000 03000000") + bytes(32)
+    source = IPv6Network("fd00:200:1::/48")
+    value = pack_rule_value(5, 3, source, version=6)
+    assert value[8:24] == source.network_address.packed
+    assert value[24:40] == bytes.fromhex("ffffffffffff") + bytes(10)
+    with pytest.raises(ValueError, match="not IPv6"):
+        pack_rule_value(5, 3, IPv4Network("10.0.0.0/8"), version=6)
+
+
 def test_output_value_layout() -> None:
     out = OutputEntry(7, IPv4Address("239.2.2.2"), 6001, IPv4Address("10.200.3.1"), bytes.fromhex("020000000001"), 4)
     raw = pack_output(out)
-    assert len(raw) == OUTPUT_VALUE.size == 32
+    assert len(raw) == OUTPUT_VALUE.size == 56
     assert raw.hex(" ") == (
-        "07 00 00 00 04 11 17 71 0a c8 03 01 ef 02 02 02 01 00 5e 02 02 02 02 00 00 00 00 01 00 00 00 00"
+        "07 00 00 00 04 11 17 71 0a c8 03 01 ef 02 02 02 01 00 5e 02 02 02 02 00 00 00 00 01" + " 00" * 28
     )
+
+
+def test_output_value_layout_ipv6() -> None:
+    group, source = IPv6Address("ff3e::2:6"), IPv6Address("fd00:200:3::1")
+    raw = pack_output(OutputEntry(7, group, 6001, source, bytes.fromhex("020000000001"), 9))
+    assert len(raw) == OUTPUT6_VALUE.size == 56
+    assert raw[:8].hex(" ") == "07 00 00 00 09 00 17 71"  # ifindex, hop limit, 0, port
+    assert raw[8:40] == source.packed + group.packed
+    assert raw[40:52].hex(" ") == "33 33 00 02 00 06 02 00 00 00 00 01"  # 33:33 + the group's low 32 bits
+    assert raw[52:] == bytes(4)
 
 
 @pytest.mark.parametrize(
@@ -220,6 +283,7 @@ def test_output_value_layout() -> None:
         {"ttl": 256},
         {"src_mac": b"\0" * 5},
         {"group": IPv4Address("10.1.1.1")},  # unicast needs a destination MAC
+        {"group": IPv6Address("ff3e::1")},  # a source of the other family
     ],
 )
 def test_bad_outputs_are_rejected(kwargs: dict[str, object]) -> None:
@@ -259,9 +323,10 @@ def test_the_bucket_is_updated_by_compare_and_exchange(program: Program) -> None
 
     insns = program.insns
     atomics = [i for i in insns if i.code == Cls.STX | MODE_ATOMIC | Size.DW]
-    assert len(atomics) == CMPXCHG_TRIES
+    assert len(atomics) == 2 * CMPXCHG_TRIES  # one copy per family
     assert all(i.imm == ATOMIC_CMPXCHG and i.off == 0 and i.dst == Reg.R7 for i in atomics)
     clock = [pc for pc, i in enumerate(insns) if i.code == Cls.JMP | JmpOp.CALL and i.imm == Helper.KTIME_GET_NS]
-    assert len(clock) == 1
+    assert len(clock) == 2
+    assert program.labels["parse6"] < clock[1] < program.labels["loop6"]
     lookups = {name for _, name in program.maps}
     assert MapName.LIMITS.value in lookups

@@ -170,6 +170,7 @@ def test_drop_reasons_and_keys_are_stable() -> None:
         "no_rule",
         "rate_limited",
         "ext_header",
+        "zero_udp_checksum",
     )
     assert DropReason.FRAGMENT.key == "fragment"
 

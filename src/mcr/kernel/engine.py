@@ -5,7 +5,8 @@ process: `close()` (or the process's death, SIGKILL included) detaches the progr
 frees the maps, so a crashed supervisor leaves nothing behind in the kernel.
 
 The caller (the supervisor) resolves interfaces: it passes ifindexes, each output's source address and
-source MAC, and a destination MAC for unicast outputs (multicast ones get 01:00:5e + the group's low 23 bits).
+source MAC, and a destination MAC for unicast outputs (multicast ones get 01:00:5e + the group's low 23 bits,
+or 33:33 + the low 32 bits for IPv6). A rule is IPv4 or IPv6 throughout: its outputs are of its group's family.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import TracebackType
 
 from mcr.kernel import bpf
@@ -37,6 +38,7 @@ from mcr.kernel.program import (
     pack_output,
     pack_rule_key,
     pack_rule_value,
+    rule_maps,
 )
 from mcr.model.ratelimit import RateLimit, bucket_params
 from mcr.packet.parse import DropReason
@@ -70,7 +72,7 @@ class KernelCounters:
 @dataclass(frozen=True, slots=True)
 class _Rule:
     ifindex: int
-    group: IPv4Address
+    group: IPv4Address | IPv6Address
     port: int
     outputs: tuple[OutputEntry, ...]  # position i of the slot's output counters counts what outputs[i] sends
     rate_limit: RateLimit | None = None
@@ -95,7 +97,7 @@ class KernelRelay:
         self._maps: dict[str, int] = {}
         self._links: dict[int, int] = {}
         self._rules: dict[int, _Rule] = {}
-        self._groups: dict[tuple[int, IPv4Address], int] = {}
+        self._groups: dict[tuple[int, IPv4Address | IPv6Address], int] = {}
         self.prog_fd = -1
         try:
             for spec in map_specs(max_rules, max_outputs):
@@ -133,11 +135,11 @@ class KernelRelay:
         self,
         slot: int,
         ifindex: int,
-        group: IPv4Address,
+        group: IPv4Address | IPv6Address,
         port: int,
         outputs: Sequence[OutputEntry],
         rate_limit: RateLimit | None = None,
-        source: IPv4Network | None = None,
+        source: IPv4Network | IPv6Network | None = None,
     ) -> None:
         """Install or replace the rule in `slot`: frames to (ifindex, group, port) (from `source`, a host or
         prefix, when given) go to `outputs`, at most at `rate_limit` (None: no limit).
@@ -155,6 +157,10 @@ class KernelRelay:
             raise ValueError(f"{len(outputs)} outputs: at most {self.max_outputs} per rule")
         if not 1 <= port <= 65535:
             raise ValueError(f"bad input port {port}")
+        for out in outputs:
+            if out.group.version != group.version:
+                raise ValueError(f"output {out.group} is not of the family of {group}: the program cannot change it")
+        rules_map = self.map_fd(rule_maps(group.version)[0])
         rule = _Rule(ifindex, group, port, tuple(outputs), rate_limit)
         for other_slot, other in self._rules.items():
             if other_slot != slot and (other.ifindex, other.group, other.port) == (ifindex, group, port):
@@ -174,9 +180,8 @@ class KernelRelay:
         if old is None or old.rate_limit != rate_limit:  # before the rule is visible, so it never runs unlimited
             params = None if rate_limit is None else bucket_params(rate_limit)
             bpf.update_elem(self.map_fd(MapName.LIMITS), _index(slot), pack_limit(params))
-        bpf.update_elem(
-            self.map_fd(MapName.RULES), pack_rule_key(ifindex, group, port), pack_rule_value(slot, len(outputs), source)
-        )
+        value = pack_rule_value(slot, len(outputs), source, group.version)
+        bpf.update_elem(rules_map, pack_rule_key(ifindex, group, port), value)
         if old is None:
             self._ref_group(ifindex, group, +1)
         self._rules[slot] = rule
@@ -186,20 +191,20 @@ class KernelRelay:
         rule = self._rules.pop(slot, None)
         if rule is None:
             return
-        bpf.delete_elem(self.map_fd(MapName.RULES), pack_rule_key(rule.ifindex, rule.group, rule.port))
+        rules_map = self.map_fd(rule_maps(rule.group.version)[0])
+        bpf.delete_elem(rules_map, pack_rule_key(rule.ifindex, rule.group, rule.port))
         self._ref_group(rule.ifindex, rule.group, -1)
 
-    def _ref_group(self, ifindex: int, group: IPv4Address, delta: int) -> None:
+    def _ref_group(self, ifindex: int, group: IPv4Address | IPv6Address, delta: int) -> None:
         key = (ifindex, group)
         refs = self._groups.get(key, 0) + delta
+        groups_map = self.map_fd(rule_maps(group.version)[1])
         if refs > 0:
             self._groups[key] = refs
-            bpf.update_elem(
-                self.map_fd(MapName.GROUPS), pack_group_key(ifindex, group), refs.to_bytes(4, sys.byteorder)
-            )
+            bpf.update_elem(groups_map, pack_group_key(ifindex, group), refs.to_bytes(4, sys.byteorder))
         else:
             self._groups.pop(key, None)
-            bpf.delete_elem(self.map_fd(MapName.GROUPS), pack_group_key(ifindex, group))
+            bpf.delete_elem(groups_map, pack_group_key(ifindex, group))
 
     def _zero_counters(self, slot: int, first: int, end: int, *, rule: bool = True) -> None:
         if rule:
@@ -224,7 +229,7 @@ class KernelRelay:
         drops = {
             r.key: self._sum(MapName.DROPS, int(r), DROP_STATS)[0]
             for r in DropReason
-            if r not in (DropReason.OK, DropReason.NOT_IPV4, DropReason.EXT_HEADER)  # never counted in the kernel
+            if r not in (DropReason.OK, DropReason.NOT_IPV4)  # never counted in the kernel
         }
         return KernelCounters(rules, drops)
 

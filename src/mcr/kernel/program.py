@@ -5,8 +5,9 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
 1. Parse Ethernet / IPv4 / UDP with direct packet access and the verifier's bounds checks. IP options are
    fine (the UDP offset is 14 + IHL*4, IHL masked to 4 bits). When the headers are not all in the linear
    part of the skb, `bpf_skb_pull_data` pulls them in once and the parse starts again.
-2. Anything that is not IPv4/UDP passes untouched, and so does a frame with a VLAN tag (it belongs to the
-   VLAN interface on top of this one). Packets to a configured (ingress interface, group) that
+   Ethernet / IPv6 / UDP takes its own branch (see "IPv6" below).
+2. Anything that is neither IPv4/UDP nor IPv6/UDP passes untouched, and so does a frame with a VLAN tag (it
+   belongs to the VLAN interface on top of this one). Packets to a configured (ingress interface, group) that
    cannot be relayed (fragment, not UDP, bad IP header, truncated, bad UDP length, no rule for the port)
    pass untouched too, and are counted per reason in `drops`.
 3. Look up `rules` with (ingress ifindex, IPv4 destination, UDP destination port): (rule slot, output
@@ -29,6 +30,30 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
    CHECKSUM_COMPLETE skb stays right; the MAC header is not covered by it) and let the original frame go on
    to the local stack unchanged.
 
+IPv6 (an IPv6 rule has IPv6 outputs only: a rule that changes the family changes the header size, and
+stays in userspace). The same steps, generated from the same code with the family's own maps, stack slots
+and rewrite:
+
+- The fixed header (40 bytes) is copied to the stack with `bpf_skb_load_bytes`, so nothing needs pulling;
+  a frame too short for it passes uncounted. Its (ingress ifindex, destination) is looked up in `groups6`
+  first: a frame to a group no rule has passes at once (neighbour discovery and MLD carry extension
+  headers, and need no walk). Then exactly `mcr.packet.parse`'s checks, in its order: version 6, payload
+  within the frame, the extension header walk (hop-by-hop, routing and destination options, at most
+  `MAX_EXT_HEADERS`, each read with `bpf_skb_load_bytes` and never past the payload; a fragment header is
+  a `fragment` drop, a header that is not walked or a ninth one `ext_header`, any other upper layer
+  `not_udp`), the UDP header (also loaded to the stack) and its length. A zero UDP checksum ("none") is
+  not valid in IPv6 (RFC 8200 8.1): `zero_udp_checksum`, in both engines.
+- `rules6`: (ingress ifindex, 16-byte group, port) -> (slot, output count, 16-byte source network and
+  mask). Slots, `limits`, `rule_stats`, `outputs`, `out_stats` and `drops` are shared with IPv4: an
+  `outputs` entry holds either family's layout (see `pack_output`).
+- Per output: MACs; hop limit; source and destination; UDP port. IPv6 has no header checksum; the UDP
+  checksum follows the addresses through one `bpf_csum_diff` over the 32 address bytes (old on the stack,
+  new in the output entry) and one `bpf_l4_csum_replace` of that difference (size 0, BPF_F_PSEUDO_HDR),
+  and the port through a 2-byte `bpf_l4_csum_replace`. For a CHECKSUM_COMPLETE skb the pseudo-header
+  replace takes the difference off skb->csum as for IPv4 (where the IP header checksum absorbs the
+  address change); in IPv6 the address bytes themselves change the sum by as much, so the hop limit and
+  address stores use BPF_F_RECOMPUTE_CSUM, which puts it back (no need for BPF_F_IPV6, Linux 6.16).
+
 Counters live in per-CPU arrays: per rule slot (packets, UDP payload bytes, frames over the rate limit), per
 output (packets, bytes, errors: any non-zero return of bpf_clone_redirect, which is a negative errno or
 NET_XMIT_DROP, and any failed rewrite), and per drop reason. Nothing is retried and nothing blocks another output.
@@ -42,10 +67,10 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Final, Literal
 
 from mcr.kernel.abi import TC_ACT_SHOT, TC_ACT_UNSPEC, CsumFlag, MapType, SkbOffset, StoreFlag
@@ -69,8 +94,8 @@ from mcr.kernel.asm import (
 from mcr.kernel.asm import alu64_imm as alu
 from mcr.kernel.asm import alu64_reg as alu_reg
 from mcr.model.ratelimit import BucketParams
-from mcr.packet.build import multicast_mac
-from mcr.packet.parse import DropReason
+from mcr.packet.build import multicast_mac, multicast_mac6
+from mcr.packet.parse import EXT_FRAGMENT, EXT_NOT_WALKED, EXT_WALKED, MAX_EXT_HEADERS, DropReason
 
 __all__ = [
     "DEFAULT_MAX_OUTPUTS",
@@ -78,8 +103,10 @@ __all__ = [
     "LIMIT_VALUE",
     "MAP_NAMES",
     "MAX_OUTPUTS_LIMIT",
+    "OUTPUT6_VALUE",
     "OUTPUT_STATS",
     "OUTPUT_VALUE",
+    "RULE6_VALUE",
     "RULE_STATS",
     "RULE_VALUE",
     "MapName",
@@ -93,16 +120,20 @@ __all__ = [
     "pack_rule_key",
     "pack_rule_value",
     "relay_program",
+    "rule_maps",
 ]
 
 DEFAULT_MAX_OUTPUTS: Final = 64
 DEFAULT_MAX_RULES: Final = 256
-# The verifier walks the output loop once per possible iteration, about 600 instructions each (64 outputs:
-# 38,600 processed; 256: 161,500); 512 stays well inside its limit of 1,000,000.
+# The verifier walks each family's output loop once per possible iteration, about 700 instructions for both
+# families together (64 outputs: 89,744 processed on Linux 6.18; 256: 368,720; 512: 740,719), inside its
+# limit of 1,000,000.
 MAX_OUTPUTS_LIMIT: Final = 512
 ETH_HLEN: Final = 14
 ETH_P_IP: Final = 0x0800
+ETH_P_IPV6: Final = 0x86DD
 IPPROTO_UDP: Final = 17
+IPV6_HLEN: Final = 40
 _MAX_HEADERS: Final = ETH_HLEN + 60 + 8  # pulled into the linear area when the headers are not there
 
 # frame offsets (Ethernet header included: at tc, skb->data is the MAC header)
@@ -115,6 +146,8 @@ _IP_PROTO = _IP + 9
 _IP_CSUM = _IP + 10
 _IP_SRC = _IP + 12
 _IP_DST = _IP + 16
+_IP6_HOP = _IP + 7  # hop limit, then source and destination (33 bytes)
+_IP6_SRC = _IP + 8
 
 # stack slots (offsets from the frame pointer, aligned to their access size)
 _SAVE_MAC = -16  # 12 bytes: destination and source MAC of the original frame
@@ -128,6 +161,12 @@ _SLOT = -96  # u64: rule slot
 _COUNT = -104  # u64: number of outputs (clamped)
 _IDX = -112  # u32: array map key
 _PORT_FLAGS = -120  # u64: flags for storing the UDP port (see below)
+# IPv6 only
+_HDR6 = -160  # 40 bytes: the original IPv6 header
+_KEY6 = -188  # 24 bytes: rule key (ifindex, group, port, 0); its first 20 bytes are the group key
+_CUR6 = -228  # 36 bytes: the header values now in the frame, laid out like output6 value bytes 4..39
+_EXT = -240  # 2 bytes: next header and length of an extension header
+_END6 = -248  # u64: offset of the end of the IPv6 payload in the frame
 
 # rate limit value layout (40 bytes), see `pack_limit` and `mcr.model.ratelimit`
 _LIM_TAT = 0  # u64: theoretical arrival time (ns, bpf_ktime_get_ns clock); 0: the bucket is full
@@ -137,18 +176,26 @@ _LIM_PER_BYTE = 24
 _LIM_DIVISOR = 32  # u64: 0 means no limit
 CMPXCHG_TRIES: Final = 4
 
-# output value layout (32 bytes), see `pack_output`
+# output value layouts (56 bytes, either family), see `pack_output`
 _OUT_IFINDEX = 0
 _OUT_TTL = 4  # TTL, protocol, then the UDP destination port: the same 4 bytes as _CUR + 0
 _OUT_PORT = 6
 _OUT_SRC = 8
 _OUT_DST = 12
 _OUT_MACS = 16  # destination MAC then source MAC, as in the Ethernet header
+_OUT6_HOP = 4  # hop limit, 0, port, source, destination: the same 36 bytes as _CUR6 + 0
+_OUT6_PORT = 6
+_OUT6_SRC = 8  # source then destination, 32 bytes
+_OUT6_MACS = 40
 
 RULE_KEY: Final = struct.Struct("=I4s2sH")  # ingress ifindex, group (network order), port (network order), 0
 GROUP_KEY: Final = struct.Struct("=I4s")  # ingress ifindex, group
 RULE_VALUE: Final = struct.Struct("=II4s4s")  # slot, output count, source network and netmask (network order)
-OUTPUT_VALUE: Final = struct.Struct("=IBB2s4s4s6s6sI")
+RULE6_KEY: Final = struct.Struct("=I16s2sH")
+GROUP6_KEY: Final = struct.Struct("=I16s")
+RULE6_VALUE: Final = struct.Struct("=II16s16s")
+OUTPUT_VALUE: Final = struct.Struct("=IBB2s4s4s6s6s28x")
+OUTPUT6_VALUE: Final = struct.Struct("=IBx2s16s16s6s6s4x")
 RULE_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, frames over the rate limit
 OUTPUT_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, errors
 DROP_STATS: Final = struct.Struct("=Q")
@@ -158,6 +205,8 @@ LIMIT_VALUE: Final = struct.Struct("=QQQQQ")  # tat, burst_ns, per_packet, per_b
 class MapName(StrEnum):
     RULES = "rules"
     GROUPS = "groups"
+    RULES6 = "rules6"
+    GROUPS6 = "groups6"
     OUTPUTS = "outputs"
     RULE_STATS = "rule_stats"
     OUTPUT_STATS = "out_stats"
@@ -166,6 +215,11 @@ class MapName(StrEnum):
 
 
 MAP_NAMES: Final = tuple(m.value for m in MapName)
+
+
+def rule_maps(version: int) -> tuple[MapName, MapName]:
+    """The (rules, groups) maps of an address family."""
+    return (MapName.RULES, MapName.GROUPS) if version == 4 else (MapName.RULES6, MapName.GROUPS6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +238,8 @@ def map_specs(max_rules: int = DEFAULT_MAX_RULES, max_outputs: int = DEFAULT_MAX
     return (
         MapSpec(MapName.RULES.value, MapType.HASH, RULE_KEY.size, RULE_VALUE.size, max_rules),
         MapSpec(MapName.GROUPS.value, MapType.HASH, GROUP_KEY.size, 4, max_rules),
+        MapSpec(MapName.RULES6.value, MapType.HASH, RULE6_KEY.size, RULE6_VALUE.size, max_rules),
+        MapSpec(MapName.GROUPS6.value, MapType.HASH, GROUP6_KEY.size, 4, max_rules),
         MapSpec(MapName.OUTPUTS.value, MapType.ARRAY, 4, OUTPUT_VALUE.size, n_out),
         MapSpec(MapName.RULE_STATS.value, MapType.PERCPU_ARRAY, 4, RULE_STATS.size, max_rules),
         MapSpec(MapName.OUTPUT_STATS.value, MapType.PERCPU_ARRAY, 4, OUTPUT_STATS.size, n_out),
@@ -202,20 +258,26 @@ def _check_limits(max_rules: int, max_outputs: int) -> None:
 # ------------------------------------------------------------------------------------------ map values
 
 
-def pack_rule_key(ifindex: int, group: IPv4Address, port: int) -> bytes:
-    return RULE_KEY.pack(ifindex, group.packed, port.to_bytes(2, "big"), 0)
+def pack_rule_key(ifindex: int, group: IPv4Address | IPv6Address, port: int) -> bytes:
+    """The key of `rules` (IPv4) or `rules6` (IPv6)."""
+    layout = RULE_KEY if group.version == 4 else RULE6_KEY
+    return layout.pack(ifindex, group.packed, port.to_bytes(2, "big"), 0)
 
 
-def pack_group_key(ifindex: int, group: IPv4Address) -> bytes:
-    return GROUP_KEY.pack(ifindex, group.packed)
+def pack_group_key(ifindex: int, group: IPv4Address | IPv6Address) -> bytes:
+    """The key of `groups` (IPv4) or `groups6` (IPv6)."""
+    return (GROUP_KEY if group.version == 4 else GROUP6_KEY).pack(ifindex, group.packed)
 
 
-def pack_rule_value(slot: int, count: int, source: IPv4Network | None = None) -> bytes:
-    """A rule's value; a source (host or prefix) limits it to packets whose IPv4 source lies in it (no
-    source: network and mask 0, which every source matches)."""
+def pack_rule_value(slot: int, count: int, source: IPv4Network | IPv6Network | None = None, version: int = 4) -> bytes:
+    """A rule's value in `rules` (`version` 4) or `rules6` (6); a source (host or prefix) limits it to
+    packets whose source address lies in it (no source: network and mask 0, which every source matches)."""
+    if source is not None and source.version != version:
+        raise ValueError(f"source {source} is not IPv{version}")
+    layout, size = (RULE_VALUE, 4) if version == 4 else (RULE6_VALUE, 16)
     if source is None:
-        return RULE_VALUE.pack(slot, count, bytes(4), bytes(4))
-    return RULE_VALUE.pack(slot, count, source.network_address.packed, source.netmask.packed)
+        return layout.pack(slot, count, bytes(size), bytes(size))
+    return layout.pack(slot, count, source.network_address.packed, source.netmask.packed)
 
 
 def pack_limit(params: BucketParams | None) -> bytes:
@@ -227,15 +289,15 @@ def pack_limit(params: BucketParams | None) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class OutputEntry:
-    """What one output rewrites: the frame leaves `ifindex` with these addresses, port and TTL."""
+    """What one output rewrites: the frame leaves `ifindex` with these addresses, port and TTL (hop limit)."""
 
     ifindex: int
-    group: IPv4Address
+    group: IPv4Address | IPv6Address
     port: int
-    source: IPv4Address
+    source: IPv4Address | IPv6Address
     src_mac: bytes
     ttl: int = 1
-    dst_mac: bytes | None = None  # None: the group's multicast MAC (01:00:5e + low 23 bits)
+    dst_mac: bytes | None = None  # None: the group's multicast MAC (01:00:5e + low 23 bits, 33:33 + low 32)
 
     def __post_init__(self) -> None:
         if self.ifindex <= 0:
@@ -244,6 +306,8 @@ class OutputEntry:
             raise ValueError(f"bad output port {self.port}")
         if not 1 <= self.ttl <= 255:
             raise ValueError(f"bad TTL {self.ttl}")
+        if self.source.version != self.group.version:
+            raise ValueError(f"source {self.source} and group {self.group} are not of one family")
         if len(self.src_mac) != 6 or (self.dst_mac is not None and len(self.dst_mac) != 6):
             raise ValueError("MAC addresses are 6 bytes")
         if self.dst_mac is None and not self.group.is_multicast:
@@ -251,20 +315,28 @@ class OutputEntry:
 
     @property
     def destination_mac(self) -> bytes:
-        return self.dst_mac if self.dst_mac is not None else multicast_mac(self.group)
+        if self.dst_mac is not None:
+            return self.dst_mac
+        if isinstance(self.group, IPv6Address):
+            return multicast_mac6(self.group)
+        return multicast_mac(self.group)
 
 
 def pack_output(out: OutputEntry) -> bytes:
+    """An `outputs` entry: `OUTPUT_VALUE` for an IPv4 output, `OUTPUT6_VALUE` for an IPv6 one (same size)."""
+    port = out.port.to_bytes(2, "big")
+    if out.group.version == 6:
+        macs = (out.destination_mac, out.src_mac)
+        return OUTPUT6_VALUE.pack(out.ifindex, out.ttl, port, out.source.packed, out.group.packed, *macs)
     return OUTPUT_VALUE.pack(
         out.ifindex,
         out.ttl,
         IPPROTO_UDP,
-        out.port.to_bytes(2, "big"),
+        port,
         out.source.packed,
         out.group.packed,
         out.destination_mac,
         out.src_mac,
-        0,
     )
 
 
@@ -274,6 +346,468 @@ def pack_output(out: OutputEntry) -> bytes:
 def _raw16(value: int, byteorder: Literal["little", "big"]) -> int:
     """What a 16-bit load of the network-order bytes of `value` yields on a host of `byteorder`."""
     return int.from_bytes(value.to_bytes(2, "big"), byteorder)
+
+
+R0, R1, R2, R3, R4, R5 = Reg.R0, Reg.R1, Reg.R2, Reg.R3, Reg.R4, Reg.R5
+CTX, R7, R8, R9, FP = Reg.R6, Reg.R7, Reg.R8, Reg.R9, Reg.FP
+_L4_ADDR = CsumFlag.SIZE_4 | CsumFlag.PSEUDO_HDR | CsumFlag.MARK_MANGLED_0
+_L4_PORT = CsumFlag.SIZE_2 | CsumFlag.MARK_MANGLED_0
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """What the shared part of the program (rule, rate limit, output loop, drops) needs to know of a family."""
+
+    sfx: str  # label suffix
+    rules: MapName
+    groups: MapName
+    key: int  # stack slot of the rule key (the group key is its start)
+    source_filter: Callable[[], None]  # r0: the rule value; jumps to drop_no_rule<sfx> when the source is out
+    rewrite: Callable[[], None]  # r7: the output entry; r9 |= every helper result
+    cur_from_output: Callable[[], None]  # r7: the output entry now in the frame
+    cur_from_saved: Callable[[], None]
+    restore: Callable[[], None]  # r9 != 0 when a store failed
+    drops: tuple[tuple[str, DropReason], ...]
+
+
+class _Builder:
+    """The relay program's instructions, appended by one method per part."""
+
+    def __init__(self, max_outputs: int, pass_verdict: int, byteorder: Literal["little", "big"]) -> None:
+        self.a = Assembler()
+        self.max_outputs = max_outputs
+        self.pass_verdict = pass_verdict
+        self.byteorder = byteorder
+
+    # ---- small pieces
+
+    def lookup(self, map_name: MapName, key_slot: int) -> None:
+        a = self.a
+        a.ld_map(R1, map_name.value)
+        a.emit(mov64_reg(R2, FP), alu(AluOp.ADD, R2, key_slot))
+        a.call(Helper.MAP_LOOKUP_ELEM)
+
+    def bump(self, src: Reg, off: int, amount: Reg | None = None) -> None:
+        """*(u64 *)(src + off) += amount (or 1). Per-CPU values: no other writer."""
+        a = self.a
+        a.emit(ldx(Size.DW, R1, src, off))
+        a.emit(alu(AluOp.ADD, R1, 1) if amount is None else alu_reg(AluOp.ADD, R1, amount))
+        a.emit(stx(Size.DW, src, off, R1))
+
+    def store_bytes(
+        self, at: int, src: Reg, src_off: int, length: int, flags: int | None, *, udp: bool = False
+    ) -> None:
+        """bpf_skb_store_bytes(skb, at (+ UDP offset), src + src_off, length, flags); r9 |= result.
+
+        `flags` None: the port flags computed from the frame's UDP checksum.
+        """
+        a = self.a
+        a.emit(mov64_reg(R1, CTX))
+        self.frame_offset(R2, at, udp=udp)
+        a.emit(mov64_reg(R3, src), alu(AluOp.ADD, R3, src_off), mov64_imm(R4, length))
+        a.emit(ldx(Size.DW, R5, FP, _PORT_FLAGS) if flags is None else mov64_imm(R5, flags))
+        a.call(Helper.SKB_STORE_BYTES)
+        a.emit(alu_reg(AluOp.OR, R9, R0))
+
+    def frame_offset(self, dst: Reg, at: int, *, udp: bool) -> None:
+        if udp:
+            self.a.emit(ldx(Size.DW, dst, FP, _UDP_OFF), alu(AluOp.ADD, dst, at))
+        else:
+            self.a.emit(mov64_imm(dst, at))
+
+    def csum(self, helper: Helper, size: Size, cur: int, new_off: int, flags: int) -> None:
+        """helper(skb, checksum offset, current value (stack slot `cur`), new value (r7 + new_off), flags);
+        r9 |= result."""
+        a = self.a
+        a.emit(mov64_reg(R1, CTX))
+        if helper == Helper.L3_CSUM_REPLACE:
+            a.emit(mov64_imm(R2, _IP_CSUM))
+        else:
+            self.frame_offset(R2, 6, udp=True)
+        a.emit(ldx(size, R3, FP, cur), ldx(size, R4, R7, new_off), mov64_imm(R5, flags))
+        a.call(helper)
+        a.emit(alu_reg(AluOp.OR, R9, R0))
+
+    def load_bytes(self, offset: Reg | int, slot: int, length: int, fail: str) -> None:
+        """bpf_skb_load_bytes(skb, offset, fp + slot, length); to `fail` when it fails."""
+        a = self.a
+        a.emit(mov64_reg(R1, CTX))
+        a.emit(mov64_reg(R2, offset) if isinstance(offset, Reg) else mov64_imm(R2, offset))
+        a.emit(mov64_reg(R3, FP), alu(AluOp.ADD, R3, slot), mov64_imm(R4, length))
+        a.call(Helper.SKB_LOAD_BYTES)
+        a.jump(JmpOp.JNE, R0, 0, fail)
+
+    def copy(self, size: Size, dst: Reg, dst_off: int, src: Reg, src_off: int, length: int, tmp: Reg = R1) -> None:
+        """Copy `length` bytes in `size` words (through `tmp`)."""
+        for off in range(0, length, size.nbytes):
+            self.a.emit(ldx(size, tmp, src, src_off + off), stx(size, dst, dst_off + off, tmp))
+
+    # ---- the whole program
+
+    def build(self) -> Program:
+        a = self.a
+        ip4, ip6 = _raw16(ETH_P_IP, self.byteorder), _raw16(ETH_P_IPV6, self.byteorder)
+        a.emit(mov64_reg(CTX, R1), mov64_imm(R9, 0))  # r9: headers already pulled into the linear area
+        a.label("parse")
+        # A VLAN tag (always moved out of the frame into the skb before tc ingress) means the frame belongs to
+        # the VLAN interface, not to this one: relaying it would also carry the tag to the outputs.
+        a.emit(ldx(Size.W, R2, CTX, SkbOffset.VLAN_PRESENT))
+        a.jump(JmpOp.JNE, R2, 0, "pass")
+        a.emit(ldx(Size.W, R2, CTX, SkbOffset.DATA), ldx(Size.W, R3, CTX, SkbOffset.DATA_END))
+        a.emit(mov64_reg(R4, R2), alu(AluOp.ADD, R4, ETH_HLEN))
+        a.jump_reg(JmpOp.JGT, R4, R3, "pass")
+        a.emit(ldx(Size.H, R5, R2, _ETHERTYPE))
+        a.jump(JmpOp.JEQ, R5, ip6, "parse6")
+        a.jump(JmpOp.JNE, R5, ip4, "pass")
+        self.parse4()
+        v4 = _Family(
+            "4",
+            MapName.RULES,
+            MapName.GROUPS,
+            _KEY,
+            self.source_filter4,
+            self.rewrite4,
+            lambda: self.copy(Size.W, FP, _CUR, R7, _OUT_TTL, 12),
+            self.cur_from_saved4,
+            self.restore4,
+            (
+                ("bad_ip", DropReason.BAD_IP_HEADER),
+                ("truncated", DropReason.TRUNCATED),
+                ("fragment", DropReason.FRAGMENT),
+                ("not_udp", DropReason.NOT_UDP),
+                ("bad_udp", DropReason.BAD_UDP_LENGTH),
+                ("no_rule", DropReason.NO_RULE),
+            ),
+        )
+        self.relay(v4)
+        a.label("parse6")
+        self.parse6()
+        v6 = _Family(
+            "6",
+            MapName.RULES6,
+            MapName.GROUPS6,
+            _KEY6,
+            self.source_filter6,
+            self.rewrite6,
+            lambda: self.copy(Size.W, FP, _CUR6, R7, _OUT6_HOP, 36),
+            self.cur_from_saved6,
+            self.restore6,
+            (
+                ("bad_ip", DropReason.BAD_IP_HEADER),
+                ("truncated", DropReason.TRUNCATED),
+                ("fragment", DropReason.FRAGMENT),
+                ("ext_header", DropReason.EXT_HEADER),
+                ("not_udp", DropReason.NOT_UDP),
+                ("bad_udp", DropReason.BAD_UDP_LENGTH),
+                ("zero_csum", DropReason.ZERO_UDP_CHECKSUM),
+                ("no_rule", DropReason.NO_RULE),
+            ),
+        )
+        self.relay(v6)
+
+        a.label("pass")
+        a.emit(mov64_imm(R0, self.pass_verdict))
+        a.exit()
+        a.label("shot")  # the original frame could not be restored: never deliver a half-rewritten frame
+        a.emit(mov64_imm(R0, TC_ACT_SHOT))
+        a.exit()
+
+        # ---- IPv4 headers outside the linear area: pull them in once, then parse again
+        a.label("short_ip")
+        a.jump(JmpOp.JNE, R9, 0, "pass")
+        a.goto("pull")
+        a.label("short_udp")
+        a.jump(JmpOp.JNE, R9, 0, "drop_truncated4")
+        a.label("pull")
+        a.emit(mov64_imm(R9, 1), ldx(Size.W, R2, CTX, SkbOffset.LEN))
+        a.jump(JmpOp.JLE, R2, _MAX_HEADERS, "pull_len")
+        a.emit(mov64_imm(R2, _MAX_HEADERS))
+        a.label("pull_len")
+        a.emit(mov64_reg(R1, CTX))
+        a.call(Helper.SKB_PULL_DATA)
+        a.jump(JmpOp.JNE, R0, 0, "pass")
+        a.goto("parse")
+        return a.assemble()
+
+    # ---- IPv4
+
+    def parse4(self) -> None:
+        """r2: data, r3: data_end, Ethernet header there, ethertype IPv4."""
+        a = self.a
+        frag_mask = _raw16(0x3FFF, self.byteorder)
+        a.emit(mov64_reg(R4, R2), alu(AluOp.ADD, R4, _IP + 20))
+        a.jump_reg(JmpOp.JGT, R4, R3, "short_ip")
+        a.emit(ldx(Size.W, R5, CTX, SkbOffset.INGRESS_IFINDEX), stx(Size.W, FP, _KEY, R5))
+        a.emit(ldx(Size.W, R5, R2, _IP_DST), stx(Size.W, FP, _KEY + 4, R5))
+        a.emit(ldx(Size.B, R5, R2, _IP), mov64_reg(R4, R5), alu(AluOp.AND, R4, 0xF0))
+        a.jump(JmpOp.JNE, R4, 0x40, "drop_bad_ip4")
+        a.emit(alu(AluOp.AND, R5, 0x0F))
+        a.jump(JmpOp.JLT, R5, 5, "drop_bad_ip4")
+        a.emit(alu(AluOp.LSH, R5, 2))  # r5: IP header length, 20..60
+        a.emit(ldx(Size.H, R4, R2, _IP_TOTAL), endian_be(R4, 16))  # r4: IP total length
+        a.jump_reg(JmpOp.JLT, R4, R5, "drop_bad_ip4")
+        a.emit(ldx(Size.W, R0, CTX, SkbOffset.LEN), mov64_reg(R1, R4), alu(AluOp.ADD, R1, ETH_HLEN))
+        a.jump_reg(JmpOp.JGT, R1, R0, "drop_truncated4")
+        a.emit(ldx(Size.H, R0, R2, _IP_FRAG), alu(AluOp.AND, R0, frag_mask))
+        a.jump(JmpOp.JNE, R0, 0, "drop_fragment4")
+        a.emit(ldx(Size.B, R0, R2, _IP_PROTO))
+        a.jump(JmpOp.JNE, R0, IPPROTO_UDP, "drop_not_udp4")
+        a.emit(mov64_reg(R1, R5), alu(AluOp.ADD, R1, 8))
+        a.jump_reg(JmpOp.JGT, R1, R4, "drop_truncated4")
+        a.emit(mov64_reg(R7, R5), alu(AluOp.ADD, R7, ETH_HLEN))  # r7: UDP offset, 34..74
+        a.emit(mov64_reg(R1, R2), alu_reg(AluOp.ADD, R1, R7))  # r1: UDP header
+        a.emit(mov64_reg(R0, R1), alu(AluOp.ADD, R0, 8))
+        a.jump_reg(JmpOp.JGT, R0, R3, "short_udp")
+        a.emit(ldx(Size.H, R0, R1, 4), endian_be(R0, 16))  # UDP length
+        a.jump(JmpOp.JLT, R0, 8, "drop_bad_udp4")
+        a.emit(alu_reg(AluOp.SUB, R4, R5))
+        a.jump_reg(JmpOp.JGT, R0, R4, "drop_bad_udp4")
+        a.emit(alu(AluOp.ADD, R0, -8), stx(Size.DW, FP, _PAYLOAD, R0), stx(Size.DW, FP, _UDP_OFF, R7))
+        a.emit(ldx(Size.H, R0, R1, 2), stx(Size.H, FP, _KEY + 8, R0), st_imm(Size.H, FP, _KEY + 10, 0))
+        # With a UDP checksum, the checksum helpers balance the port change inside the UDP header, so skb->csum
+        # (CHECKSUM_COMPLETE) stays right. A zero checksum stays zero (MARK_MANGLED_0) and balances nothing:
+        # then the port store itself must update skb->csum.
+        a.emit(mov64_imm(R4, 0), ldx(Size.H, R0, R1, 6))
+        a.jump(JmpOp.JNE, R0, 0, "port_flags")
+        a.emit(mov64_imm(R4, StoreFlag.RECOMPUTE_CSUM))
+        a.label("port_flags")
+        a.emit(stx(Size.DW, FP, _PORT_FLAGS, R4))
+        # the original header bytes, and the values the rewrites start from
+        a.emit(ldx(Size.DW, R0, R2, 0), stx(Size.DW, FP, _SAVE_MAC, R0))
+        a.emit(ldx(Size.W, R0, R2, 8), stx(Size.W, FP, _SAVE_MAC + 8, R0))
+        self.copy(Size.W, FP, _SAVE_IP, R2, _IP_TTL, 12, R0)
+        a.emit(ldx(Size.DW, R0, R1, 0), stx(Size.DW, FP, _SAVE_UDP, R0))
+        a.emit(ldx(Size.H, R0, R2, _IP_TTL), stx(Size.H, FP, _CUR, R0))
+        a.emit(ldx(Size.H, R0, R1, 2), stx(Size.H, FP, _CUR + 2, R0))
+        self.copy(Size.W, FP, _CUR + 4, R2, _IP_SRC, 8, R0)
+
+    def source_filter4(self) -> None:
+        """(source & netmask) == network, all raw network-order images."""
+        a = self.a
+        a.emit(ldx(Size.W, R3, R0, 12), ldx(Size.W, R4, FP, _CUR + 4), alu_reg(AluOp.AND, R4, R3))
+        a.emit(ldx(Size.W, R3, R0, 8))
+        a.jump_reg(JmpOp.JNE, R4, R3, "drop_no_rule4")
+
+    def rewrite4(self) -> None:
+        self.store_bytes(0, R7, _OUT_MACS, 12, 0)
+        self.csum(Helper.L3_CSUM_REPLACE, Size.H, _CUR, _OUT_TTL, CsumFlag.SIZE_2)  # TTL with the protocol byte
+        for cur_off, new_off in ((4, _OUT_SRC), (8, _OUT_DST)):
+            self.csum(Helper.L3_CSUM_REPLACE, Size.W, _CUR + cur_off, new_off, CsumFlag.SIZE_4)
+            self.csum(Helper.L4_CSUM_REPLACE, Size.W, _CUR + cur_off, new_off, _L4_ADDR)
+        self.csum(Helper.L4_CSUM_REPLACE, Size.H, _CUR + 2, _OUT_PORT, _L4_PORT)
+        self.store_bytes(_IP_TTL, R7, _OUT_TTL, 1, 0)
+        self.store_bytes(_IP_SRC, R7, _OUT_SRC, 8, 0)  # source and destination
+        self.store_bytes(2, R7, _OUT_PORT, 2, None, udp=True)
+
+    def cur_from_saved4(self) -> None:
+        a = self.a
+        a.emit(ldx(Size.H, R1, FP, _SAVE_IP), stx(Size.H, FP, _CUR, R1))
+        a.emit(ldx(Size.H, R1, FP, _SAVE_UDP + 2), stx(Size.H, FP, _CUR + 2, R1))
+        self.copy(Size.W, FP, _CUR + 4, FP, _SAVE_IP + 4, 8)
+
+    def restore4(self) -> None:
+        self.a.emit(mov64_imm(R9, 0))
+        self.store_bytes(0, FP, _SAVE_MAC, 12, 0)
+        self.store_bytes(_IP_TTL, FP, _SAVE_IP, 12, StoreFlag.RECOMPUTE_CSUM)
+        self.store_bytes(0, FP, _SAVE_UDP, 8, StoreFlag.RECOMPUTE_CSUM, udp=True)
+
+    # ---- IPv6
+
+    def parse6(self) -> None:
+        """r2: data, r3: data_end, Ethernet header there, ethertype IPv6. The checks of
+        `mcr.packet.parse._parse_ipv6`, in its order."""
+        a = self.a
+        a.emit(ldx(Size.DW, R0, R2, 0), stx(Size.DW, FP, _SAVE_MAC, R0))
+        a.emit(ldx(Size.W, R0, R2, 8), stx(Size.W, FP, _SAVE_MAC + 8, R0))
+        self.load_bytes(ETH_HLEN, _HDR6, IPV6_HLEN, "pass")  # too short for an IPv6 header: not attributable
+        a.emit(ldx(Size.W, R5, CTX, SkbOffset.INGRESS_IFINDEX), stx(Size.W, FP, _KEY6, R5))
+        self.copy(Size.DW, FP, _KEY6 + 4, FP, _HDR6 + 24, 16)
+        self.lookup(MapName.GROUPS6, _KEY6)
+        a.jump(JmpOp.JEQ, R0, 0, "pass")  # no rule has this group: nothing to relay, nothing to count
+        a.emit(ldx(Size.B, R5, FP, _HDR6), alu(AluOp.AND, R5, 0xF0))
+        a.jump(JmpOp.JNE, R5, 0x60, "drop_bad_ip6")
+        a.emit(ldx(Size.H, R4, FP, _HDR6 + 4), endian_be(R4, 16), alu(AluOp.ADD, R4, ETH_HLEN + IPV6_HLEN))
+        a.emit(ldx(Size.W, R0, CTX, SkbOffset.LEN))
+        a.jump_reg(JmpOp.JGT, R4, R0, "drop_truncated6")
+        a.emit(stx(Size.DW, FP, _END6, R4))  # the end of the IPv6 payload
+        a.emit(mov64_imm(R7, ETH_HLEN + IPV6_HLEN), ldx(Size.B, R8, FP, _HDR6 + 6))  # r7: offset, r8: next header
+        for i in range(MAX_EXT_HEADERS + 1):
+            a.jump(JmpOp.JEQ, R8, IPPROTO_UDP, "udp6")
+            for kind in sorted(EXT_WALKED):
+                a.jump(JmpOp.JEQ, R8, kind, f"ext{i}")
+            a.jump(JmpOp.JEQ, R8, EXT_FRAGMENT, "drop_fragment6")
+            for kind in sorted(EXT_NOT_WALKED):
+                a.jump(JmpOp.JEQ, R8, kind, "drop_ext_header6")
+            a.goto("drop_not_udp6")
+            a.label(f"ext{i}")  # (length + 1) * 8 bytes, never past the payload
+            a.emit(mov64_reg(R1, R7), alu(AluOp.ADD, R1, 8), ldx(Size.DW, R2, FP, _END6))
+            a.jump_reg(JmpOp.JGT, R1, R2, "drop_truncated6")
+            self.load_bytes(R7, _EXT, 2, "drop_truncated6")
+            a.emit(ldx(Size.B, R8, FP, _EXT), ldx(Size.B, R1, FP, _EXT + 1))
+            a.emit(alu(AluOp.ADD, R1, 1), alu(AluOp.LSH, R1, 3), alu_reg(AluOp.ADD, R7, R1))
+        a.goto("drop_ext_header6")  # a ninth
+        a.label("udp6")
+        a.emit(mov64_reg(R1, R7), alu(AluOp.ADD, R1, 8), ldx(Size.DW, R2, FP, _END6))
+        a.jump_reg(JmpOp.JGT, R1, R2, "drop_truncated6")
+        self.load_bytes(R7, _SAVE_UDP, 8, "drop_truncated6")
+        a.emit(ldx(Size.H, R0, FP, _SAVE_UDP + 4), endian_be(R0, 16))  # UDP length
+        a.jump(JmpOp.JLT, R0, 8, "drop_bad_udp6")
+        a.emit(ldx(Size.DW, R2, FP, _END6), alu_reg(AluOp.SUB, R2, R7))
+        a.jump_reg(JmpOp.JGT, R0, R2, "drop_bad_udp6")
+        a.emit(ldx(Size.H, R1, FP, _SAVE_UDP + 6))
+        a.jump(JmpOp.JEQ, R1, 0, "drop_zero_csum6")
+        a.emit(alu(AluOp.ADD, R0, -8), stx(Size.DW, FP, _PAYLOAD, R0), stx(Size.DW, FP, _UDP_OFF, R7))
+        a.emit(ldx(Size.H, R0, FP, _SAVE_UDP + 2), stx(Size.H, FP, _KEY6 + 20, R0), st_imm(Size.H, FP, _KEY6 + 22, 0))
+        self.cur_from_saved6()
+
+    def source_filter6(self) -> None:
+        a = self.a
+        for half in (0, 8):
+            a.emit(ldx(Size.DW, R3, R0, 24 + half), ldx(Size.DW, R4, FP, _HDR6 + 8 + half))
+            a.emit(alu_reg(AluOp.AND, R4, R3), ldx(Size.DW, R3, R0, 8 + half))
+            a.jump_reg(JmpOp.JNE, R4, R3, "drop_no_rule6")
+
+    def rewrite6(self) -> None:
+        a = self.a
+        self.store_bytes(0, R7, _OUT6_MACS, 12, 0)
+        # the pseudo-header's addresses: their difference in one sum, taken off the UDP checksum
+        a.emit(mov64_reg(R1, FP), alu(AluOp.ADD, R1, _CUR6 + 4), mov64_imm(R2, 32))
+        a.emit(mov64_reg(R3, R7), alu(AluOp.ADD, R3, _OUT6_SRC), mov64_imm(R4, 32), mov64_imm(R5, 0))
+        a.call(Helper.CSUM_DIFF)
+        a.emit(mov64_reg(R4, R0), mov64_reg(R1, CTX), mov64_imm(R3, 0))
+        self.frame_offset(R2, 6, udp=True)
+        a.emit(mov64_imm(R5, CsumFlag.PSEUDO_HDR | CsumFlag.MARK_MANGLED_0))
+        a.call(Helper.L4_CSUM_REPLACE)
+        a.emit(alu_reg(AluOp.OR, R9, R0))
+        self.csum(Helper.L4_CSUM_REPLACE, Size.H, _CUR6 + 2, _OUT6_PORT, _L4_PORT)
+        self.store_bytes(_IP6_HOP, R7, _OUT6_HOP, 1, StoreFlag.RECOMPUTE_CSUM)
+        self.store_bytes(_IP6_SRC, R7, _OUT6_SRC, 32, StoreFlag.RECOMPUTE_CSUM)  # source and destination
+        self.store_bytes(2, R7, _OUT6_PORT, 2, 0, udp=True)
+
+    def cur_from_saved6(self) -> None:
+        a = self.a
+        a.emit(ldx(Size.B, R1, FP, _HDR6 + 7), stx(Size.B, FP, _CUR6, R1))
+        a.emit(ldx(Size.H, R1, FP, _SAVE_UDP + 2), stx(Size.H, FP, _CUR6 + 2, R1))
+        self.copy(Size.DW, FP, _CUR6 + 4, FP, _HDR6 + 8, 32)
+
+    def restore6(self) -> None:
+        self.a.emit(mov64_imm(R9, 0))
+        self.store_bytes(0, FP, _SAVE_MAC, 12, 0)
+        self.store_bytes(_IP6_HOP, FP, _HDR6 + 7, 33, StoreFlag.RECOMPUTE_CSUM)  # hop limit and addresses
+        self.store_bytes(0, FP, _SAVE_UDP, 8, StoreFlag.RECOMPUTE_CSUM, udp=True)
+
+    # ---- rule, rate limit, outputs and drops: one copy per family
+
+    def relay(self, fam: _Family) -> None:
+        a, s, max_outputs = self.a, fam.sfx, self.max_outputs
+        self.lookup(fam.rules, fam.key)
+        a.jump(JmpOp.JEQ, R0, 0, f"drop_no_rule{s}")
+        a.emit(ldx(Size.W, R1, R0, 0), ldx(Size.W, R2, R0, 4))
+        fam.source_filter()
+        a.jump(JmpOp.JLE, R2, max_outputs, f"count_ok{s}")
+        a.emit(mov64_imm(R2, max_outputs))
+        a.label(f"count_ok{s}")
+        a.emit(stx(Size.DW, FP, _SLOT, R1), stx(Size.DW, FP, _COUNT, R2), stx(Size.W, FP, _IDX, R1))
+        self.rate_limit(s)
+
+        a.label(f"admitted{s}")
+        self.lookup(MapName.RULE_STATS, _IDX)
+        a.jump(JmpOp.JEQ, R0, 0, f"rule_counted{s}")
+        a.emit(mov64_reg(R7, R0), ldx(Size.DW, R2, FP, _PAYLOAD))
+        self.bump(R7, 0)
+        self.bump(R7, 8, R2)
+        a.label(f"rule_counted{s}")
+        a.emit(ldx(Size.DW, R1, FP, _COUNT))
+        a.jump(JmpOp.JEQ, R1, 0, "pass")
+        a.emit(mov64_imm(R8, 0))  # r8: output index
+
+        a.label(f"loop{s}")
+        a.jump(JmpOp.JGE, R8, max_outputs, f"restore{s}")
+        a.emit(ldx(Size.DW, R1, FP, _COUNT))
+        a.jump_reg(JmpOp.JGE, R8, R1, f"restore{s}")
+        a.emit(ldx(Size.DW, R1, FP, _SLOT), alu(AluOp.MUL, R1, max_outputs), alu_reg(AluOp.ADD, R1, R8))
+        a.emit(stx(Size.W, FP, _IDX, R1))
+        self.lookup(MapName.OUTPUTS, _IDX)
+        a.jump(JmpOp.JEQ, R0, 0, f"next{s}")
+        a.emit(mov64_reg(R7, R0))  # r7: the output entry
+        a.emit(mov64_imm(R9, 0))  # r9: OR of every helper result
+        fam.rewrite()
+        fam.cur_from_output()  # the frame now holds this output's values
+        a.jump(JmpOp.JNE, R9, 0, f"rewrite_failed{s}")
+        a.emit(mov64_reg(R1, CTX), ldx(Size.W, R2, R7, _OUT_IFINDEX), mov64_imm(R3, 0))
+        a.call(Helper.CLONE_REDIRECT)
+        a.emit(mov64_reg(R9, R0))
+        a.label(f"count_output{s}")
+        self.lookup(MapName.OUTPUT_STATS, _IDX)
+        a.jump(JmpOp.JEQ, R0, 0, f"next{s}")
+        a.emit(mov64_reg(R7, R0))
+        a.jump(JmpOp.JNE, R9, 0, f"output_error{s}")
+        a.emit(ldx(Size.DW, R2, FP, _PAYLOAD))
+        self.bump(R7, 0)
+        self.bump(R7, 8, R2)
+        a.goto(f"next{s}")
+        a.label(f"output_error{s}")
+        self.bump(R7, 16)
+        a.label(f"next{s}")
+        a.emit(alu(AluOp.ADD, R8, 1))
+        a.goto(f"loop{s}")
+
+        a.label(f"rewrite_failed{s}")  # back to the original frame, count an error, go on with the next output
+        fam.restore()
+        a.jump(JmpOp.JNE, R9, 0, "shot")
+        fam.cur_from_saved()
+        a.emit(mov64_imm(R9, 1))
+        a.goto(f"count_output{s}")
+
+        a.label(f"restore{s}")
+        fam.restore()
+        a.jump(JmpOp.JNE, R9, 0, "shot")
+        a.goto("pass")
+
+        # ---- drops: counted only for frames to a configured (ingress interface, group)
+        for name, reason in fam.drops:
+            a.label(f"drop_{name}{s}")
+            a.emit(mov64_imm(R8, int(reason)))
+            a.goto(f"count_drop{s}")
+        a.label(f"rate_limited{s}")
+        self.lookup(MapName.RULE_STATS, _IDX)
+        a.jump(JmpOp.JEQ, R0, 0, f"rate_limited_counted{s}")
+        self.bump(R0, 16)
+        a.label(f"rate_limited_counted{s}")
+        a.emit(mov64_imm(R8, int(DropReason.RATE_LIMITED)))
+        a.label(f"count_drop{s}")
+        self.lookup(fam.groups, fam.key)
+        a.jump(JmpOp.JEQ, R0, 0, "pass")
+        a.emit(stx(Size.W, FP, _IDX, R8))
+        self.lookup(MapName.DROPS, _IDX)
+        a.jump(JmpOp.JEQ, R0, 0, "pass")
+        self.bump(R0, 0)
+        a.goto("pass")
+
+    def rate_limit(self, s: str) -> None:
+        """r7 the bucket, r8 now, r9 this frame's cost, r1 the tat last read; to admitted<s> or rate_limited<s>."""
+        a = self.a
+        self.lookup(MapName.LIMITS, _IDX)
+        a.jump(JmpOp.JEQ, R0, 0, f"admitted{s}")
+        a.emit(mov64_reg(R7, R0), ldx(Size.DW, R3, R7, _LIM_DIVISOR))
+        a.jump(JmpOp.JEQ, R3, 0, f"admitted{s}")
+        a.emit(ldx(Size.DW, R1, R7, _LIM_PER_BYTE), ldx(Size.DW, R2, FP, _PAYLOAD), alu_reg(AluOp.MUL, R1, R2))
+        a.emit(ldx(Size.DW, R2, R7, _LIM_PER_PACKET), alu_reg(AluOp.ADD, R1, R2), alu_reg(AluOp.DIV, R1, R3))
+        a.emit(mov64_reg(R9, R1))
+        a.call(Helper.KTIME_GET_NS)
+        a.emit(mov64_reg(R8, R0), ldx(Size.DW, R1, R7, _LIM_TAT))
+        for attempt in range(CMPXCHG_TRIES):  # unrolled: no loop for the verifier to walk
+            a.emit(mov64_reg(R2, R1))
+            a.jump_reg(JmpOp.JGE, R2, R8, f"tat_ahead{s}_{attempt}")
+            a.emit(mov64_reg(R2, R8))  # r2 = max(tat, now)
+            a.label(f"tat_ahead{s}_{attempt}")
+            a.emit(alu_reg(AluOp.ADD, R2, R9), mov64_reg(R3, R2), alu_reg(AluOp.SUB, R3, R8))
+            a.emit(ldx(Size.DW, R4, R7, _LIM_BURST))
+            a.jump_reg(JmpOp.JGT, R3, R4, f"rate_limited{s}")
+            a.emit(mov64_reg(R0, R1), atomic_cmpxchg64(R7, _LIM_TAT, R2))
+            a.jump_reg(JmpOp.JEQ, R0, R1, f"admitted{s}")
+            a.emit(mov64_reg(R1, R0))  # another CPU moved it first: try again from its value
+        a.goto(f"rate_limited{s}")
 
 
 def relay_program(
@@ -288,273 +822,7 @@ def relay_program(
     other tc programs on the interface see it too; TC_ACT_OK (TCX_PASS) would end the chain here.
     """
     _check_limits(1, max_outputs)
-    a = Assembler()
-    r0, r1, r2, r3, r4, r5 = Reg.R0, Reg.R1, Reg.R2, Reg.R3, Reg.R4, Reg.R5
-    ctx, r7, r8, r9, fp = Reg.R6, Reg.R7, Reg.R8, Reg.R9, Reg.FP
-
-    def lookup(map_name: MapName, key_slot: int) -> None:
-        a.ld_map(r1, map_name.value)
-        a.emit(mov64_reg(r2, fp), alu(AluOp.ADD, r2, key_slot))
-        a.call(Helper.MAP_LOOKUP_ELEM)
-
-    def bump(src: Reg, off: int, amount: Reg | None = None) -> None:
-        """*(u64 *)(src + off) += amount (or 1). Per-CPU values: no other writer."""
-        a.emit(ldx(Size.DW, r1, src, off))
-        if amount is None:
-            a.emit(alu(AluOp.ADD, r1, 1))
-        else:
-            a.emit(alu_reg(AluOp.ADD, r1, amount))
-        a.emit(stx(Size.DW, src, off, r1))
-
-    def store_bytes(at: int, src: Reg, src_off: int, length: int, flags: int | None, *, udp: bool = False) -> None:
-        """bpf_skb_store_bytes(skb, at (+ UDP offset), src + src_off, length, flags); r9 |= result.
-
-        `flags` None: the port flags computed from the frame's UDP checksum.
-        """
-        a.emit(mov64_reg(r1, ctx))
-        if udp:
-            a.emit(ldx(Size.DW, r2, fp, _UDP_OFF), alu(AluOp.ADD, r2, at))
-        else:
-            a.emit(mov64_imm(r2, at))
-        a.emit(mov64_reg(r3, src), alu(AluOp.ADD, r3, src_off), mov64_imm(r4, length))
-        a.emit(ldx(Size.DW, r5, fp, _PORT_FLAGS) if flags is None else mov64_imm(r5, flags))
-        a.call(Helper.SKB_STORE_BYTES)
-        a.emit(alu_reg(AluOp.OR, r9, r0))
-
-    def csum(helper: Helper, size: Size, cur_off: int, new_off: int, flags: int) -> None:
-        """helper(skb, checksum offset, current value, new value, flags); r9 |= result."""
-        a.emit(mov64_reg(r1, ctx))
-        if helper == Helper.L3_CSUM_REPLACE:
-            a.emit(mov64_imm(r2, _IP_CSUM))
-        else:
-            a.emit(ldx(Size.DW, r2, fp, _UDP_OFF), alu(AluOp.ADD, r2, 6))
-        a.emit(ldx(size, r3, fp, _CUR + cur_off), ldx(size, r4, r7, new_off), mov64_imm(r5, flags))
-        a.call(helper)
-        a.emit(alu_reg(AluOp.OR, r9, r0))
-
-    def restore() -> None:
-        """Store the saved header bytes back; r9 != 0 when any store failed."""
-        a.emit(mov64_imm(r9, 0))
-        store_bytes(0, fp, _SAVE_MAC, 12, 0)
-        store_bytes(_IP_TTL, fp, _SAVE_IP, 12, StoreFlag.RECOMPUTE_CSUM)
-        store_bytes(0, fp, _SAVE_UDP, 8, StoreFlag.RECOMPUTE_CSUM, udp=True)
-
-    ip4 = _raw16(ETH_P_IP, byteorder)
-    frag_mask = _raw16(0x3FFF, byteorder)
-    l4_addr = CsumFlag.SIZE_4 | CsumFlag.PSEUDO_HDR | CsumFlag.MARK_MANGLED_0
-    l4_port = CsumFlag.SIZE_2 | CsumFlag.MARK_MANGLED_0
-
-    # ---- parse
-    a.emit(mov64_reg(ctx, r1), mov64_imm(r9, 0))  # r9: headers already pulled into the linear area
-    a.label("parse")
-    # A VLAN tag (always moved out of the frame into the skb before tc ingress) means the frame belongs to
-    # the VLAN interface, not to this one: relaying it would also carry the tag to the outputs.
-    a.emit(ldx(Size.W, r2, ctx, SkbOffset.VLAN_PRESENT))
-    a.jump(JmpOp.JNE, r2, 0, "pass")
-    a.emit(ldx(Size.W, r2, ctx, SkbOffset.DATA), ldx(Size.W, r3, ctx, SkbOffset.DATA_END))
-    a.emit(mov64_reg(r4, r2), alu(AluOp.ADD, r4, ETH_HLEN))
-    a.jump_reg(JmpOp.JGT, r4, r3, "pass")
-    a.emit(ldx(Size.H, r5, r2, _ETHERTYPE))
-    a.jump(JmpOp.JNE, r5, ip4, "pass")
-    a.emit(mov64_reg(r4, r2), alu(AluOp.ADD, r4, _IP + 20))
-    a.jump_reg(JmpOp.JGT, r4, r3, "short_ip")
-    a.emit(ldx(Size.W, r5, ctx, SkbOffset.INGRESS_IFINDEX), stx(Size.W, fp, _KEY, r5))
-    a.emit(ldx(Size.W, r5, r2, _IP_DST), stx(Size.W, fp, _KEY + 4, r5))
-    a.emit(ldx(Size.B, r5, r2, _IP), mov64_reg(r4, r5), alu(AluOp.AND, r4, 0xF0))
-    a.jump(JmpOp.JNE, r4, 0x40, "drop_bad_ip")
-    a.emit(alu(AluOp.AND, r5, 0x0F))
-    a.jump(JmpOp.JLT, r5, 5, "drop_bad_ip")
-    a.emit(alu(AluOp.LSH, r5, 2))  # r5: IP header length, 20..60
-    a.emit(ldx(Size.H, r4, r2, _IP_TOTAL), endian_be(r4, 16))  # r4: IP total length
-    a.jump_reg(JmpOp.JLT, r4, r5, "drop_bad_ip")
-    a.emit(ldx(Size.W, r0, ctx, SkbOffset.LEN), mov64_reg(r1, r4), alu(AluOp.ADD, r1, ETH_HLEN))
-    a.jump_reg(JmpOp.JGT, r1, r0, "drop_truncated")
-    a.emit(ldx(Size.H, r0, r2, _IP_FRAG), alu(AluOp.AND, r0, frag_mask))
-    a.jump(JmpOp.JNE, r0, 0, "drop_fragment")
-    a.emit(ldx(Size.B, r0, r2, _IP_PROTO))
-    a.jump(JmpOp.JNE, r0, IPPROTO_UDP, "drop_not_udp")
-    a.emit(mov64_reg(r1, r5), alu(AluOp.ADD, r1, 8))
-    a.jump_reg(JmpOp.JGT, r1, r4, "drop_truncated")
-    a.emit(mov64_reg(r7, r5), alu(AluOp.ADD, r7, ETH_HLEN))  # r7: UDP offset, 34..74
-    a.emit(mov64_reg(r1, r2), alu_reg(AluOp.ADD, r1, r7))  # r1: UDP header
-    a.emit(mov64_reg(r0, r1), alu(AluOp.ADD, r0, 8))
-    a.jump_reg(JmpOp.JGT, r0, r3, "short_udp")
-    a.emit(ldx(Size.H, r0, r1, 4), endian_be(r0, 16))  # UDP length
-    a.jump(JmpOp.JLT, r0, 8, "drop_bad_udp")
-    a.emit(alu_reg(AluOp.SUB, r4, r5))
-    a.jump_reg(JmpOp.JGT, r0, r4, "drop_bad_udp")
-    a.emit(alu(AluOp.ADD, r0, -8), stx(Size.DW, fp, _PAYLOAD, r0), stx(Size.DW, fp, _UDP_OFF, r7))
-    a.emit(ldx(Size.H, r0, r1, 2), stx(Size.H, fp, _KEY + 8, r0), st_imm(Size.H, fp, _KEY + 10, 0))
-    # With a UDP checksum, the checksum helpers balance the port change inside the UDP header, so skb->csum
-    # (CHECKSUM_COMPLETE) stays right. A zero checksum stays zero (MARK_MANGLED_0) and balances nothing:
-    # then the port store itself must update skb->csum.
-    a.emit(mov64_imm(r4, 0), ldx(Size.H, r0, r1, 6))
-    a.jump(JmpOp.JNE, r0, 0, "port_flags")
-    a.emit(mov64_imm(r4, StoreFlag.RECOMPUTE_CSUM))
-    a.label("port_flags")
-    a.emit(stx(Size.DW, fp, _PORT_FLAGS, r4))
-    # the original header bytes, and the values the rewrites start from
-    a.emit(ldx(Size.DW, r0, r2, 0), stx(Size.DW, fp, _SAVE_MAC, r0))
-    a.emit(ldx(Size.W, r0, r2, 8), stx(Size.W, fp, _SAVE_MAC + 8, r0))
-    for i in range(3):
-        a.emit(ldx(Size.W, r0, r2, _IP_TTL + 4 * i), stx(Size.W, fp, _SAVE_IP + 4 * i, r0))
-    a.emit(ldx(Size.DW, r0, r1, 0), stx(Size.DW, fp, _SAVE_UDP, r0))
-    a.emit(ldx(Size.H, r0, r2, _IP_TTL), stx(Size.H, fp, _CUR, r0))
-    a.emit(ldx(Size.H, r0, r1, 2), stx(Size.H, fp, _CUR + 2, r0))
-    a.emit(ldx(Size.W, r0, r2, _IP_SRC), stx(Size.W, fp, _CUR + 4, r0))
-    a.emit(ldx(Size.W, r0, r2, _IP_DST), stx(Size.W, fp, _CUR + 8, r0))
-
-    # ---- rule
-    lookup(MapName.RULES, _KEY)
-    a.jump(JmpOp.JEQ, r0, 0, "drop_no_rule")
-    a.emit(ldx(Size.W, r1, r0, 0), ldx(Size.W, r2, r0, 4))
-    # the rule's source filter: (source & netmask) == network, all raw network-order images
-    a.emit(ldx(Size.W, r3, r0, 12), ldx(Size.W, r4, fp, _CUR + 4), alu_reg(AluOp.AND, r4, r3))
-    a.emit(ldx(Size.W, r3, r0, 8))
-    a.jump_reg(JmpOp.JNE, r4, r3, "drop_no_rule")
-    a.jump(JmpOp.JLE, r2, max_outputs, "count_ok")
-    a.emit(mov64_imm(r2, max_outputs))
-    a.label("count_ok")
-    a.emit(stx(Size.DW, fp, _SLOT, r1), stx(Size.DW, fp, _COUNT, r2), stx(Size.W, fp, _IDX, r1))
-
-    # ---- rate limit: r7 the bucket, r8 now, r9 this frame's cost, r1 the tat last read
-    lookup(MapName.LIMITS, _IDX)
-    a.jump(JmpOp.JEQ, r0, 0, "admitted")
-    a.emit(mov64_reg(r7, r0), ldx(Size.DW, r3, r7, _LIM_DIVISOR))
-    a.jump(JmpOp.JEQ, r3, 0, "admitted")
-    a.emit(ldx(Size.DW, r1, r7, _LIM_PER_BYTE), ldx(Size.DW, r2, fp, _PAYLOAD), alu_reg(AluOp.MUL, r1, r2))
-    a.emit(ldx(Size.DW, r2, r7, _LIM_PER_PACKET), alu_reg(AluOp.ADD, r1, r2), alu_reg(AluOp.DIV, r1, r3))
-    a.emit(mov64_reg(r9, r1))
-    a.call(Helper.KTIME_GET_NS)
-    a.emit(mov64_reg(r8, r0), ldx(Size.DW, r1, r7, _LIM_TAT))
-    for attempt in range(CMPXCHG_TRIES):  # unrolled: no loop for the verifier to walk
-        a.emit(mov64_reg(r2, r1))
-        a.jump_reg(JmpOp.JGE, r2, r8, f"tat_ahead_{attempt}")
-        a.emit(mov64_reg(r2, r8))  # r2 = max(tat, now)
-        a.label(f"tat_ahead_{attempt}")
-        a.emit(alu_reg(AluOp.ADD, r2, r9), mov64_reg(r3, r2), alu_reg(AluOp.SUB, r3, r8))
-        a.emit(ldx(Size.DW, r4, r7, _LIM_BURST))
-        a.jump_reg(JmpOp.JGT, r3, r4, "rate_limited")
-        a.emit(mov64_reg(r0, r1), atomic_cmpxchg64(r7, _LIM_TAT, r2))
-        a.jump_reg(JmpOp.JEQ, r0, r1, "admitted")
-        a.emit(mov64_reg(r1, r0))  # another CPU moved it first: try again from its value
-    a.goto("rate_limited")
-
-    a.label("admitted")
-    lookup(MapName.RULE_STATS, _IDX)
-    a.jump(JmpOp.JEQ, r0, 0, "rule_counted")
-    a.emit(mov64_reg(r7, r0), ldx(Size.DW, r2, fp, _PAYLOAD))
-    bump(r7, 0)
-    bump(r7, 8, r2)
-    a.label("rule_counted")
-    a.emit(ldx(Size.DW, r1, fp, _COUNT))
-    a.jump(JmpOp.JEQ, r1, 0, "pass")
-    a.emit(mov64_imm(r8, 0))  # r8: output index
-
-    # ---- outputs
-    a.label("loop")
-    a.jump(JmpOp.JGE, r8, max_outputs, "restore")
-    a.emit(ldx(Size.DW, r1, fp, _COUNT))
-    a.jump_reg(JmpOp.JGE, r8, r1, "restore")
-    a.emit(ldx(Size.DW, r1, fp, _SLOT), alu(AluOp.MUL, r1, max_outputs), alu_reg(AluOp.ADD, r1, r8))
-    a.emit(stx(Size.W, fp, _IDX, r1))
-    lookup(MapName.OUTPUTS, _IDX)
-    a.jump(JmpOp.JEQ, r0, 0, "next")
-    a.emit(mov64_reg(r7, r0))  # r7: the output entry
-    a.emit(mov64_imm(r9, 0))  # r9: OR of every helper result
-    store_bytes(0, r7, _OUT_MACS, 12, 0)
-    csum(Helper.L3_CSUM_REPLACE, Size.H, 0, _OUT_TTL, CsumFlag.SIZE_2)  # TTL with the protocol byte
-    for cur_off, new_off in ((4, _OUT_SRC), (8, _OUT_DST)):
-        csum(Helper.L3_CSUM_REPLACE, Size.W, cur_off, new_off, CsumFlag.SIZE_4)
-        csum(Helper.L4_CSUM_REPLACE, Size.W, cur_off, new_off, l4_addr)
-    csum(Helper.L4_CSUM_REPLACE, Size.H, 2, _OUT_PORT, l4_port)
-    store_bytes(_IP_TTL, r7, _OUT_TTL, 1, 0)
-    store_bytes(_IP_SRC, r7, _OUT_SRC, 8, 0)  # source and destination
-    store_bytes(2, r7, _OUT_PORT, 2, None, udp=True)
-    for off in (0, 4, 8):  # the frame now holds this output's values
-        a.emit(ldx(Size.W, r1, r7, _OUT_TTL + off), stx(Size.W, fp, _CUR + off, r1))
-    a.jump(JmpOp.JNE, r9, 0, "rewrite_failed")
-    a.emit(mov64_reg(r1, ctx), ldx(Size.W, r2, r7, _OUT_IFINDEX), mov64_imm(r3, 0))
-    a.call(Helper.CLONE_REDIRECT)
-    a.emit(mov64_reg(r9, r0))
-    a.label("count_output")
-    lookup(MapName.OUTPUT_STATS, _IDX)
-    a.jump(JmpOp.JEQ, r0, 0, "next")
-    a.emit(mov64_reg(r7, r0))
-    a.jump(JmpOp.JNE, r9, 0, "output_error")
-    a.emit(ldx(Size.DW, r2, fp, _PAYLOAD))
-    bump(r7, 0)
-    bump(r7, 8, r2)
-    a.goto("next")
-    a.label("output_error")
-    bump(r7, 16)
-    a.label("next")
-    a.emit(alu(AluOp.ADD, r8, 1))
-    a.goto("loop")
-
-    a.label("rewrite_failed")  # back to the original frame, count an error, go on with the next output
-    restore()
-    a.jump(JmpOp.JNE, r9, 0, "shot")
-    a.emit(ldx(Size.H, r1, fp, _SAVE_IP), stx(Size.H, fp, _CUR, r1))
-    a.emit(ldx(Size.H, r1, fp, _SAVE_UDP + 2), stx(Size.H, fp, _CUR + 2, r1))
-    a.emit(ldx(Size.W, r1, fp, _SAVE_IP + 4), stx(Size.W, fp, _CUR + 4, r1))
-    a.emit(ldx(Size.W, r1, fp, _SAVE_IP + 8), stx(Size.W, fp, _CUR + 8, r1))
-    a.emit(mov64_imm(r9, 1))
-    a.goto("count_output")
-
-    a.label("restore")
-    restore()
-    a.jump(JmpOp.JNE, r9, 0, "shot")
-    a.label("pass")
-    a.emit(mov64_imm(r0, pass_verdict))
-    a.exit()
-    a.label("shot")  # the original frame could not be restored: never deliver a half-rewritten frame
-    a.emit(mov64_imm(r0, TC_ACT_SHOT))
-    a.exit()
-
-    # ---- headers outside the linear area: pull them in once, then parse again
-    a.label("short_ip")
-    a.jump(JmpOp.JNE, r9, 0, "pass")
-    a.goto("pull")
-    a.label("short_udp")
-    a.jump(JmpOp.JNE, r9, 0, "drop_truncated")
-    a.label("pull")
-    a.emit(mov64_imm(r9, 1), ldx(Size.W, r2, ctx, SkbOffset.LEN))
-    a.jump(JmpOp.JLE, r2, _MAX_HEADERS, "pull_len")
-    a.emit(mov64_imm(r2, _MAX_HEADERS))
-    a.label("pull_len")
-    a.emit(mov64_reg(r1, ctx))
-    a.call(Helper.SKB_PULL_DATA)
-    a.jump(JmpOp.JNE, r0, 0, "pass")
-    a.goto("parse")
-
-    # ---- drops: counted only for frames to a configured (ingress interface, group)
-    for label, reason in (
-        ("drop_bad_ip", DropReason.BAD_IP_HEADER),
-        ("drop_truncated", DropReason.TRUNCATED),
-        ("drop_fragment", DropReason.FRAGMENT),
-        ("drop_not_udp", DropReason.NOT_UDP),
-        ("drop_bad_udp", DropReason.BAD_UDP_LENGTH),
-        ("drop_no_rule", DropReason.NO_RULE),
-    ):
-        a.label(label)
-        a.emit(mov64_imm(r8, int(reason)))
-        a.goto("count_drop")
-    a.label("rate_limited")
-    lookup(MapName.RULE_STATS, _IDX)
-    a.jump(JmpOp.JEQ, r0, 0, "rate_limited_counted")
-    bump(r0, 16)
-    a.label("rate_limited_counted")
-    a.emit(mov64_imm(r8, int(DropReason.RATE_LIMITED)))
-    a.label("count_drop")
-    lookup(MapName.GROUPS, _KEY)
-    a.jump(JmpOp.JEQ, r0, 0, "pass")
-    a.emit(stx(Size.W, fp, _IDX, r8))
-    lookup(MapName.DROPS, _IDX)
-    a.jump(JmpOp.JEQ, r0, 0, "pass")
-    bump(r0, 0)
-    a.goto("pass")
-    return a.assemble()
+    return _Builder(max_outputs, pass_verdict, byteorder).build()
 
 
 def build_relay_program(

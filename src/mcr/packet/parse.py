@@ -12,7 +12,8 @@ meaning, so both engines report alike.
 IPv6 frames take the general path: the extension headers hop-by-hop (0), routing (43) and destination
 options (60) are walked, at most `MAX_EXT_HEADERS` of them and never past the payload length; a fragment
 header (44) is a FRAGMENT drop; an extension header that is not walked (ESP, AH, mobility, HIP, shim6,
-experimental) or too many of them is an EXT_HEADER drop; any other upper layer is NOT_UDP. Their keys are
+experimental) or too many of them is an EXT_HEADER drop; any other upper layer is NOT_UDP; a UDP checksum
+of 0 ("none", which IPv6 does not allow: RFC 8200 8.1) is a ZERO_UDP_CHECKSUM drop. Their keys are
 ``IPV6_KEY_TAG | (ipv6_destination << 16) | port``, which no IPv4 key can equal.
 """
 
@@ -73,6 +74,7 @@ class DropReason(IntEnum):
     NO_RULE = 7  # never returned by the parser: the worker found no rule for the key (or for the source)
     RATE_LIMITED = 8  # never returned by the parser: over the rule's rate limit (counted per rule too)
     EXT_HEADER = 9  # IPv6: an extension header that is not walked, or more than MAX_EXT_HEADERS
+    ZERO_UDP_CHECKSUM = 10  # IPv6: UDP checksum 0, which IPv6 receivers must discard (RFC 8200 8.1)
 
     @property
     def key(self) -> str:
@@ -95,6 +97,7 @@ _PLAIN_LEN = ETH_HLEN + 20 + UDP_HLEN  # 42, where the payload starts; the unpac
 _ETH_IP = struct.Struct("!12xHBxH2xHxB2x4xI")  # the same fields up to the IPv4 destination
 _ETH_IP_LEN = _ETH_IP.size  # 34
 _UDP = struct.Struct("!2xHH")  # destination port, length (read at the UDP header)
+_UDP6 = struct.Struct("!2xHHH")  # destination port, length, checksum
 _ETHERTYPE = struct.Struct("!H")
 _SRC = struct.Struct("!I")
 _SRC_OFFSET = ETH_HLEN + 12
@@ -104,6 +107,7 @@ _IPV6_DST_OFFSET = ETH_HLEN + 24
 _IPV6_SRC_OFFSET = ETH_HLEN + 8
 _EXT = struct.Struct("!BB")  # next header, length
 _EXT_HEADER = int(DropReason.EXT_HEADER)
+_ZERO_UDP_CHECKSUM = int(DropReason.ZERO_UDP_CHECKSUM)
 
 _unpack_plain = _PLAIN.unpack_from
 _unpack_eth_ip = _ETH_IP.unpack_from
@@ -216,9 +220,11 @@ def _parse_ipv6(buf: FrameBuffer, offset: int, caplen: int) -> ParseResult:
         return (_EXT_HEADER, key, 0, 0)
     if pos + UDP_HLEN > end:
         return (_TRUNCATED, key, 0, 0)
-    port, udp_len = _unpack_udp(buf, pos)
+    port, udp_len, checksum = _UDP6.unpack_from(buf, pos)
     if udp_len < UDP_HLEN or udp_len > end - pos:
         return (_BAD_UDP_LENGTH, key | port, 0, 0)
+    if not checksum:
+        return (_ZERO_UDP_CHECKSUM, key | port, 0, 0)
     return (0, key | port, pos + UDP_HLEN, udp_len - UDP_HLEN)
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.ratelimit import RateLimit
 from mcr.model.rules import (
-    MULTICAST_V4,
     Engine,
     ForwardingRule,
     IPAddress,
@@ -23,6 +22,7 @@ from mcr.model.rules import (
     check_rule_shape,
     check_rule_unique,
     generated_rule_id,
+    is_multicast,
     limits_exceeded,
     source_text,
 )
@@ -115,9 +115,9 @@ class RuleTable:
 class KernelOutput:
     index: int  # position in the rule's outputs
     ifindex: int
-    group: IPv4Address
+    group: IPAddress  # of the rule's family
     port: int
-    source: IPv4Address
+    source: IPAddress
     src_mac: bytes
     ttl: int
 
@@ -126,11 +126,11 @@ class KernelOutput:
 class KernelRule:
     rule_id: str
     ifindex: int
-    group: IPv4Address
+    group: IPAddress
     port: int
     outputs: tuple[KernelOutput, ...]
     rate_limit: RateLimit | None = None
-    source: IPv4Network | None = None
+    source: IPv4Network | IPv6Network | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,14 +191,14 @@ def kernel_problem(
     other sources) take the same input interface, group and port."""
     if not link.mac:
         return f"input {link.name} is not an Ethernet interface"
-    if rule.input_group.version == 6 or any(out.group.version == 6 for out in outputs):
-        return "IPv6 rules are served in userspace"
+    if any(out.group.version != rule.input_group.version for out in outputs):
+        return "rules that change the address family are served in userspace"
     if shared_flow:
         return "several sources on one group and port are served in userspace"
     if len(outputs) > max_outputs:
         return f"more than {max_outputs} outputs"
     for out in outputs:
-        if out.group not in MULTICAST_V4:
+        if not is_multicast(out.group):
             return f"output[{out.index}] is unicast (needs neighbour resolution)"
         if not links[rule.outputs[out.index].interface].mac:
             return f"output[{out.index}] {rule.outputs[out.index].interface} is not an Ethernet interface"
@@ -208,17 +208,13 @@ def kernel_problem(
 def _kernel_rule(
     rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link]
 ) -> KernelRule:
-    """The kernel engine's form of a rule `kernel_problem` passed (IPv4 only)."""
-    kouts: list[KernelOutput] = []
-    for o in outputs:
-        assert isinstance(o.group, IPv4Address) and isinstance(o.source, IPv4Address)
-        mac = links[rule.outputs[o.index].interface].mac
-        kouts.append(KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, mac, o.ttl))
-    assert isinstance(rule.input_group, IPv4Address)
-    source = rule.input_source
-    assert source is None or isinstance(source, IPv4Network)
+    """The kernel engine's form of a rule `kernel_problem` passed (its outputs of its group's family)."""
+    kouts = tuple(
+        KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, links[rule.outputs[o.index].interface].mac, o.ttl)
+        for o in outputs
+    )
     return KernelRule(
-        rule.rule_id, link.ifindex, rule.input_group, rule.input_port, tuple(kouts), rule.rate_limit, source
+        rule.rule_id, link.ifindex, rule.input_group, rule.input_port, kouts, rule.rate_limit, rule.input_source
     )
 
 
