@@ -17,6 +17,7 @@ __all__ = [
     "ipv6_extension",
     "multicast_mac",
     "multicast_mac6",
+    "udp6_pseudo_header",
     "udp_checksum",
 ]
 
@@ -131,6 +132,11 @@ def multicast_mac6(group: IPv6Address) -> bytes:
     return b"\x33\x33" + group.packed[12:]
 
 
+def udp6_pseudo_header(src: IPv6Address, dst: IPv6Address, udp_length: int) -> bytes:
+    """The IPv6 pseudo-header the UDP checksum covers (RFC 8200 8.1): addresses, UDP length, next header 17."""
+    return src.packed + dst.packed + struct.pack("!I3xB", udp_length, IPPROTO_UDP)
+
+
 def ipv6_extension(next_header: int, body: bytes = b"") -> bytes:
     """An extension header in the (length + 1) * 8 format (hop-by-hop, routing, destination options),
     `body` padded with zeros to fill it; the fragment header (44) is always 8 bytes."""
@@ -164,8 +170,7 @@ def build_udp6_frame(
     src, dst = IPv6Address(src_ip), IPv6Address(dst_ip)
     udp_len = _UDP_HEADER.size + len(payload) if udp_length is None else udp_length
     segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, 0) + payload
-    pseudo = src.packed + dst.packed + struct.pack("!I3xB", udp_len, IPPROTO_UDP)
-    checksum = ipv4_checksum(pseudo + segment) or 0xFFFF
+    checksum = ipv4_checksum(udp6_pseudo_header(src, dst, udp_len) + segment) or 0xFFFF
     segment = _UDP_HEADER.pack(src_port, dst_port, udp_len, checksum) + payload
     ext = b"".join(body for _t, body in extensions)
     first = extensions[0][0] if extensions else next_header
