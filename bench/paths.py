@@ -101,7 +101,7 @@ class Context:
     workdir: Path
     env: dict[str, str]
     python: str = sys.executable
-    raw_sender: bool = True  # the generator's --raw: prebuilt frames on an AF_PACKET socket
+    sender: str = "raw"  # raw: the generator's --raw (sendmmsg of prebuilt frames), ring: --raw-mode ring, udp
 
     def mcr(self, *args: str) -> list[str]:
         return [self.python, "-m", "mcr", *args]
@@ -115,7 +115,6 @@ class BenchPath:
     sender_ip = SRC_IP
     sender_group = IN_GROUP
     sender_interface = "src0"
-    udp_sender_only = False  # the raw sender builds IPv4 frames: IPv6 paths send through a UDP socket
     sink_interface = "snk0"
     sink_group = OUT_GROUP
     sink_port = OUT_PORT
@@ -166,7 +165,6 @@ class Ceiling6(Ceiling):
     sender_ip = DIRECT_SRC_IP6
     sender_group = IN_GROUP6
     sink_group = IN_GROUP6
-    udp_sender_only = True
 
 
 class Mcr(BenchPath):
@@ -197,7 +195,6 @@ class Mcr(BenchPath):
             self.label += ", IPv6 in and out"
             self.notes += f"; IPv6 groups {IN_GROUP6} -> {OUT_GROUP6} (extension-header walk, general parser)"
             self.sender_ip, self.sender_group, self.sink_group = SRC_IP6, IN_GROUP6, OUT_GROUP6
-            self.udp_sender_only = True
         self.sock = str(ctx.workdir / f"{self.key}.sock")
         self.proc: subprocess.Popen[bytes] | None = None
 

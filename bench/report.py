@@ -20,7 +20,8 @@ DOCS_END = "<!-- bench:results:end -->"
 
 
 _SENDERS = {
-    "raw": "prebuilt frames on an AF_PACKET socket, UDP checksum 0",
+    "raw": "prebuilt frames on an AF_PACKET socket, UDP checksum 0 over IPv4",
+    "ring": "prebuilt frames in a PACKET_TX_RING, UDP checksum 0 over IPv4",
     "udp": "sendmmsg on a UDP socket",
 }
 

@@ -133,8 +133,8 @@ class StepRunner:
             "--quiet",
             "--json",
         )
-        if ctx.raw_sender and not path.udp_sender_only:
-            gen_argv += ["--raw", path.sender_interface]
+        if ctx.sender != "udp":
+            gen_argv += ["--raw", path.sender_interface, "--raw-mode", "ring" if ctx.sender == "ring" else "mmsg"]
         if count:
             gen_argv += ["--count", str(count), "--duration", str(round(gen_bound, 1))]
         else:

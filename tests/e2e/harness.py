@@ -240,6 +240,7 @@ def send(
     port: int = 5001,
     extra: Sequence[str] = (),
     source: str = SRC_IP,
+    ns: str | None = None,
 ) -> dict[str, Any]:
     argv = mcr(
         "generate",
@@ -259,7 +260,7 @@ def send(
         "--json",
         *extra,
     )
-    result = subprocess.run(lab.exec_argv(lab.src, argv), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(lab.exec_argv(ns or lab.src, argv), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = dict(json.loads(result.stdout))
     assert report["sent"] == count and report["errors"] == 0, report

@@ -197,3 +197,28 @@ def test_buffer_address_accepts_writable_buffers_only() -> None:
         buffer_address(b"read-only")
     with pytest.raises(ValueError):
         buffer_address(bytearray())
+
+
+def test_ipv6_sources_fit_their_slots() -> None:
+    """recvmmsg writes the source address's full length (28 for IPv6) back into msg_namelen, and the batch reuses
+    it as the buffer size of the next call: every slot must hold a sockaddr_in6, or the next call overruns it."""
+    rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        try:
+            rx.bind(("::1", 0))
+        except OSError as exc:
+            pytest.skip(f"no IPv6 loopback here: {exc}")
+        rx.setblocking(False)
+        tx.connect(rx.getsockname()[:2])
+        batch = RecvBatch(4, 64)
+        for _ in range(3):
+            for k in range(4):
+                tx.send(bytes([k]) * 10)
+            assert recv_all(batch, rx, 4) == [bytes([k]) * 10 for k in range(4)]
+        names = [batch._msgs[i].msg_hdr for i in range(4)]  # what the kernel left for the next call
+        assert all(hdr.msg_namelen == 28 for hdr in names)
+        assert [hdr.msg_name - names[0].msg_name for hdr in names] == [0, 28, 56, 84]  # slots 28 bytes apart
+    finally:
+        rx.close()
+        tx.close()

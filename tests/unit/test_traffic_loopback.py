@@ -235,8 +235,9 @@ def test_duration_and_signals_end_both_cleanly(start_sink: StartSink) -> None:
         "run_id",
         "numbered",
         "first_error",
+        "cpu_s",
     }
-    assert summary["sent"] > 0
+    assert summary["sent"] > 0 and summary["cpu_s"] > 0
     assert summary["target_pps"] == 2000
     time.sleep(0.1)
     s.proc.send_signal(signal.SIGTERM)
@@ -296,6 +297,8 @@ def test_sink_setup_failure_exits_1() -> None:
         (["--run-id", "5"], "run_id", 5),
         (["--rate", "0", "--gso"], "gso", True),
         (["--raw", "eth1"], "raw", "eth1"),
+        (["--raw", "eth1"], "raw_mode", "mmsg"),
+        (["--raw", "eth1", "--raw-mode", "ring"], "raw_mode", "ring"),
     ],
 )
 def test_generator_flags(argv: Sequence[str], field: str, value: object) -> None:
@@ -316,6 +319,8 @@ def test_generator_flags(argv: Sequence[str], field: str, value: object) -> None
         ["--gso", "--size", "40000"],
         ["--gso", "--size", "0"],
         ["--raw", "eth1", "--gso"],
+        ["--raw-mode", "ring"],
+        ["--raw", "eth1", "--raw-mode", "sendfile"],
     ],
 )
 def test_generator_rejects(argv: Sequence[str]) -> None:

@@ -169,6 +169,97 @@ def test_ring_rejects_bad_shapes() -> None:
         ring.stamp(0, 17, 0)
 
 
+def test_ring_in_a_caller_buffer_keeps_to_its_slots() -> None:
+    buf = bytearray(b"\xee" * (8 + 16 * 200))
+    ring = PayloadRing(run_id=5, size=100, slots=16, buffer=buf, stride=200, start=8)
+    assert ring.buffer is buf
+    assert [ring.offset(k) for k in (0, 1, 15)] == [8, 208, 3008]
+    ring.stamp(40, 16, 9)
+    for seq in range(40, 56):
+        off = ring.offset(seq % 16)
+        assert bytes(buf[off : off + 100]) == build_payload(5, seq, 100, 9)
+        assert buf[off - 8 : off] == b"\xee" * 8 and buf[off + 100 : off + 192] == b"\xee" * 92  # untouched
+    with pytest.raises(ValueError, match="buffer holds"):
+        PayloadRing(run_id=5, size=100, slots=16, buffer=bytearray(3000), stride=200)
+    with pytest.raises(ValueError, match="stride"):
+        PayloadRing(run_id=5, size=100, slots=16, stride=99)
+
+
+def ones_complement_checksum(data: bytes) -> int:
+    """RFC 768/1071, written out plainly: fold the 16-bit big-endian sum, complement, 0 sent as 0xFFFF."""
+    if len(data) % 2:
+        data += b"\0"
+    total = 0
+    for i in range(0, len(data), 2):
+        total += data[i] << 8 | data[i + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return (~total & 0xFFFF) or 0xFFFF
+
+
+def checksummed_ring(size: int, raw: bytes | None = None) -> tuple[bytearray, PayloadRing, bytes]:
+    """Slots of [8-byte UDP header | payload] behind a 40-byte pseudo-header stand-in, the checksum tracked."""
+    prefix = bytes(range(1, 41)) + struct.pack("!HHH", 40000, 5001, 8 + size)  # pseudo-header + ports, length
+    buf = bytearray(16 * (8 + size + 3))
+    ring = PayloadRing(run_id=11, size=size, slots=16, raw=raw, buffer=buf, stride=8 + size + 3, start=8)
+    for k in range(16):
+        off = ring.offset(k)
+        buf[off - 8 : off - 2] = prefix[40:]
+    ring.track_udp_checksum(prefix + b"\0\0")
+    return buf, ring, prefix
+
+
+def assert_checksums(buf: bytearray, ring: PayloadRing, prefix: bytes, slots: range) -> None:
+    for k in slots:
+        off = ring.offset(k)
+        segment = prefix[40:] + b"\0\0" + bytes(buf[off : off + ring.size])
+        sent = struct.unpack_from("!H", buf, off - 2)[0]
+        assert sent == ones_complement_checksum(prefix[:40] + segment), (k, ring.size)
+        assert sent != 0  # 0 would mean "no checksum", which IPv6 forbids
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 1, 64, 1400])
+def test_tracked_udp_checksums_are_correct_for_every_stamp(size: int) -> None:
+    buf, ring, prefix = checksummed_ring(size)
+    assert_checksums(buf, ring, prefix, range(16))  # as laid out, before any stamp
+    for first, count, now in [(0, 16, 0), (3, 16, 2**64 - 1), (2**64 - 20, 16, 12345), (99, 5, 1 << 63)]:
+        ring.stamp(first, count, now)
+        assert_checksums(buf, ring, prefix, range(16))
+        if size >= HEADER_SIZE:
+            off = ring.offset(first % 16)
+            assert bytes(buf[off : off + size]) == build_payload(11, first, size, now)
+
+
+def test_tracked_checksum_of_raw_payloads_is_set_once() -> None:
+    buf, ring, prefix = checksummed_ring(20, raw=b"hello")
+    assert_checksums(buf, ring, prefix, range(16))
+
+
+def test_tracked_checksum_needs_room_and_an_even_prefix() -> None:
+    ring = PayloadRing(run_id=1, size=64, slots=16)
+    with pytest.raises(ValueError, match="start"):
+        ring.track_udp_checksum(bytes(48))
+    ring = PayloadRing(run_id=1, size=64, slots=16, stride=70, start=6)
+    with pytest.raises(ValueError, match="even"):
+        ring.track_udp_checksum(bytes(47))
+
+
+@given(
+    st.integers(HEADER_SIZE, 600),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.binary(min_size=40, max_size=40),
+)
+def test_tracked_checksum_property(size: int, seq: int, now_ns: int, pseudo: bytes) -> None:
+    prefix = pseudo + struct.pack("!HHH", 1, 2, 8 + size)
+    buf = bytearray(16 * (8 + size))
+    ring = PayloadRing(run_id=seq % 2**32, size=size, slots=16, buffer=buf, stride=8 + size, start=8)
+    for k in range(16):
+        buf[ring.offset(k) - 8 : ring.offset(k) - 2] = prefix[40:]
+    ring.track_udp_checksum(prefix + b"\0\0")
+    ring.stamp(seq, 1, now_ns)
+    assert_checksums(buf, ring, prefix, range(seq % 16, seq % 16 + 1))
+
+
 @given(st.binary(max_size=2000))
 def test_check_never_raises_on_arbitrary_bytes(data: bytes) -> None:
     assert isinstance(check_payload(data), Numbered | Corrupt | Unnumbered)

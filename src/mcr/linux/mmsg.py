@@ -75,6 +75,9 @@ class _SockAddrIn(ctypes.Structure):
 _MMSG_SIZE: Final = ctypes.sizeof(_MMsgHdr)
 _IOV_SIZE: Final = ctypes.sizeof(_IoVec)
 _SOCKADDR_SIZE: Final = ctypes.sizeof(_SockAddrIn)
+# A received message's source slot holds a struct sockaddr_in6 (28 bytes): the kernel writes the address's full
+# length back into msg_namelen, so a 16-byte slot would be overrun by the next recvmmsg on an IPv6 socket.
+_SOURCE_SLOT: Final = 28
 # Offsets of the two fields the kernel writes back, in 32-bit words, for a memoryview cast to "I".
 _MSG_LEN_WORD: Final = _MMsgHdr.msg_len.offset // 4
 _MSG_FLAGS_WORD: Final = _MsgHdr.msg_flags.offset // 4
@@ -231,7 +234,7 @@ class RecvBatch:
         self._mmsg_buf = bytearray(capacity * _MMSG_SIZE)
         self._msgs = (_MMsgHdr * capacity).from_buffer(self._mmsg_buf)
         self._iovs = (_IoVec * capacity)()
-        self._names = (_SockAddrIn * capacity)()
+        self._names = (ctypes.c_uint8 * (capacity * _SOURCE_SLOT))()
         data_base = buffer_address(self._buf)
         for i in range(capacity):
             iov = self._iovs[i]
@@ -240,8 +243,8 @@ class RecvBatch:
             hdr = self._msgs[i].msg_hdr
             hdr.msg_iov = ctypes.addressof(iov)
             hdr.msg_iovlen = 1
-            hdr.msg_name = ctypes.addressof(self._names[i])
-            hdr.msg_namelen = _SOCKADDR_SIZE
+            hdr.msg_name = ctypes.addressof(self._names) + i * _SOURCE_SLOT
+            hdr.msg_namelen = _SOURCE_SLOT
         self._base = ctypes.addressof(self._msgs)
         self._words = memoryview(self._mmsg_buf).cast("I")
         self._lengths = self._words[_MSG_LEN_WORD::_MMSG_WORDS]  # msg_len of every message, strided view
@@ -293,5 +296,5 @@ class RecvBatch:
         """The IPv4 source address and port of message i."""
         if not 0 <= i < self._capacity:
             raise IndexError(f"message index {i} out of range 0..{self._capacity - 1}")
-        _family, port, addr = _SOCKADDR_IN.unpack_from(self._names, i * _SOCKADDR_SIZE)
+        _family, port, addr = _SOCKADDR_IN.unpack_from(self._names, i * _SOURCE_SLOT)
         return socket.inet_ntoa(addr), int.from_bytes(port, "big")

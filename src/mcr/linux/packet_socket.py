@@ -20,6 +20,7 @@ class PacketOpt(IntEnum):
     RX_RING = 5
     STATISTICS = 6
     VERSION = 10
+    TX_RING = 13
     FANOUT = 18
     QDISC_BYPASS = 20
     IGNORE_OUTGOING = 23

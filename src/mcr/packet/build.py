@@ -17,6 +17,7 @@ __all__ = [
     "ipv6_extension",
     "multicast_mac",
     "multicast_mac6",
+    "udp6_pseudo_header",
     "udp_checksum",
 ]
 
@@ -147,6 +148,11 @@ def multicast_mac6(group: IPv6Address) -> bytes:
     return b"\x33\x33" + group.packed[12:]
 
 
+def udp6_pseudo_header(src: IPv6Address, dst: IPv6Address, udp_length: int) -> bytes:
+    """The IPv6 pseudo-header the UDP checksum covers (RFC 8200 8.1): addresses, UDP length, next header 17."""
+    return src.packed + dst.packed + struct.pack("!I3xB", udp_length, IPPROTO_UDP)
+
+
 def ipv6_extension(next_header: int, body: bytes = b"") -> bytes:
     """An extension header in the (length + 1) * 8 format (hop-by-hop, routing, destination options),
     `body` padded with zeros to fill it; the fragment header (44) is always 8 bytes."""
@@ -179,8 +185,7 @@ def build_udp6_frame(
     """
     src, dst = IPv6Address(src_ip), IPv6Address(dst_ip)
     udp_len = _UDP_HEADER.size + len(payload) if udp_length is None else udp_length
-    pseudo = src.packed + dst.packed + struct.pack("!I3xB", udp_len, IPPROTO_UDP)
-    segment = _udp_segment(src_port, dst_port, udp_len, payload, pseudo)
+    segment = _udp_segment(src_port, dst_port, udp_len, payload, udp6_pseudo_header(src, dst, udp_len))
     ext = b"".join(body for _t, body in extensions)
     first = extensions[0][0] if extensions else next_header
     length = len(ext) + len(segment) if payload_length is None else payload_length

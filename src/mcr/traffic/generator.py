@@ -23,11 +23,23 @@ kernel passes the unsegmented "super-packet" along, so an AF_PACKET capture ther
 one large frame. Use it to load UDP receivers, not to feed a relay through veth pairs.
 
 --raw IFACE (off by default; needs CAP_NET_RAW, multicast groups only) sends prebuilt Ethernet frames through
-an AF_PACKET socket on IFACE instead of the UDP socket: each sendmmsg message gathers one shared 42-byte
-Ethernet/IPv4/UDP header (source MAC of IFACE, destination MAC of the group, source --interface, IP ID 0 with
-DF, UDP checksum 0, which IPv4 allows) and one payload slot. Skipping the sender's own UDP/IP stack roughly
-doubles the packets per second one core can offer, which the benchmark needs to overload a relay; the frames
-are what the UDP socket would send, except for the checksum and the IP ID.
+an AF_PACKET socket on IFACE (with PACKET_QDISC_BYPASS) instead of the UDP socket. Each frame is header and
+payload in one slot of a frame ring: source MAC of IFACE, destination MAC of the group (01:00:5e + 23 bits, or
+33:33 + 32 bits), source --interface; IPv4 with IP ID 0, DF and UDP checksum 0 (which IPv4 allows), IPv6 with
+a correct UDP checksum (mandatory there), kept up to date per frame from a per-slot sum plus the stamped
+fields (`PayloadRing.track_udp_checksum`). Skipping the sender's own UDP/IP stack roughly doubles the packets
+per second one core can offer, which the benchmark needs to overload a relay; the frames are what the UDP
+socket would send, except for the IPv4 checksum and IP ID. --raw-mode picks how the frames leave:
+
+- mmsg (default): one sendmmsg message per frame, refusals handled as for the UDP socket.
+- ring: the slots are the frames of a mapped PACKET_TX_RING (TPACKET_V2, linux/ring.py). A batch is stamped
+  in place, marked TP_STATUS_SEND_REQUEST, and one send(MSG_DONTWAIT) hands them all over; the kernel sends
+  straight from the ring's pages. Frames it does not take at once stay queued and go with the next flush, in
+  order, so a refusal (counted in `errors`) delays a packet instead of losing its number; frames still queued
+  at the end get up to 1 s to leave. A frame the kernel marks TP_STATUS_WRONG_FORMAT (longer than the MTU)
+  ends the run with exit status 1. On veth pairs it costs as much CPU per packet as mmsg (bench/sender.py;
+  the kernel's per-skb work dominates both, and sendmmsg already makes one system call per batch), which is
+  why it is not the default; it may pay off on a real NIC, where its frames are sent without a copy.
 """
 
 from __future__ import annotations
@@ -46,11 +58,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Final
+from typing import Final, TypeAlias
 
 from mcr.linux.mmsg import SendBatch, buffer_address
 from mcr.linux.packet_socket import SO_SNDBUFFORCE, SOL_PACKET, PacketOpt
-from mcr.packet.build import build_udp_frame
+from mcr.linux.ring import TP_STATUS_WRONG_FORMAT, TX_DATA_OFFSET, TxRing, tx_layout
+from mcr.packet.build import build_udp6_frame, build_udp_frame, udp6_pseudo_header
 from mcr.traffic.pacing import NS_PER_S, Pacer, default_burst
 from mcr.traffic.payload import BODY_PHASES, HEADER_SIZE, MAX_PAYLOAD, MAX_RUN_ID, PayloadRing
 from mcr.traffic.stop import StopFlag
@@ -71,6 +84,10 @@ log = logging.getLogger(__name__)
 _SNDBUF: Final = 4 * 1024 * 1024
 _MAX_BATCH: Final = 1024  # UIO_MAXIOV: the kernel takes at most 1024 messages per sendmmsg
 _FRAME_HEADER: Final = 42  # Ethernet 14 + IPv4 20 + UDP 8
+_FRAME_HEADER6: Final = 62  # Ethernet 14 + IPv6 40 + UDP 8
+RAW_MODES: Final = ("mmsg", "ring")  # the first is the default
+_RING_MIN_FRAMES: Final = 256
+_RING_FLUSH_NS: Final = 1_000_000_000  # at the end, how long frames still queued in the ring may take to leave
 _RAW_SOURCE_PORT: Final = 40000
 _UDP_SEGMENT: Final = 103  # SOL_UDP option: the kernel cuts each send into datagrams of this size (UDP GSO)
 _GSO_MAX_SEGMENTS: Final = 64  # UDP_MAX_SEGMENTS on kernels before 6.x raised it
@@ -98,6 +115,7 @@ class GeneratorConfig:
     batch: int = 64
     gso: bool = False
     raw: str | None = None  # send prebuilt frames through an AF_PACKET socket on this interface
+    raw_mode: str = "mmsg"  # how --raw sends: "mmsg" (sendmmsg) or "ring" (PACKET_TX_RING)
     json: bool = False
     quiet: bool = False
 
@@ -112,6 +130,8 @@ class GeneratorSummary:
     run_id: int
     numbered: bool
     first_error: str | None
+    cpu_s: float = 0.0  # CPU time of the sending process while it sent (its system time includes the softirq
+    # work done in its context, such as a veth peer's receive path)
 
     @property
     def pps(self) -> float:
@@ -135,6 +155,7 @@ def encode_summary(summary: GeneratorSummary) -> dict[str, object]:
         "run_id": summary.run_id,
         "numbered": summary.numbered,
         "first_error": summary.first_error,
+        "cpu_s": round(summary.cpu_s, 6),
     }
 
 
@@ -204,6 +225,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="IFACE",
         help="send prebuilt frames through an AF_PACKET socket on IFACE (root, multicast only; about 2x the rate)",
     )
+    p.add_argument(
+        "--raw-mode",
+        choices=RAW_MODES,
+        help="with --raw: mmsg = sendmmsg, one message per frame (default); "
+        "ring = write the frames into a PACKET_TX_RING, one send() per batch",
+    )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -228,8 +255,8 @@ def parse_args(argv: Sequence[str] | None = None) -> GeneratorConfig:
         parser.error(f"--group {ns.group} and --interface {ns.interface} must be of the same IP version")
     if ns.raw is not None and not ns.group.is_multicast:
         parser.error(f"--raw needs a multicast --group (its MAC follows from the group), not {ns.group}")
-    if ns.raw is not None and ns.group.version == 6:
-        parser.error("--raw builds IPv4 frames only; send an IPv6 group through a UDP socket")
+    if ns.raw_mode is not None and ns.raw is None:
+        parser.error("--raw-mode goes with --raw")
     if ns.raw is not None and ns.gso:
         parser.error("--raw and --gso do not go together")
     if ns.gso and gso_segments(ns.size) < 2:
@@ -249,6 +276,7 @@ def parse_args(argv: Sequence[str] | None = None) -> GeneratorConfig:
         batch=ns.batch,
         gso=ns.gso,
         raw=ns.raw,
+        raw_mode=ns.raw_mode or RAW_MODES[0],
         json=ns.json,
         quiet=ns.quiet,
     )
@@ -259,10 +287,7 @@ def open_socket(config: GeneratorConfig) -> socket.socket:
     family = socket.AF_INET if config.group.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, _SNDBUF)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+        _set_sndbuf(sock, _SNDBUF)
         if isinstance(config.interface, IPv6Address):
             ifindex = ipv6_ifindex(config.interface)
             if config.group.is_multicast:
@@ -294,15 +319,19 @@ def open_socket(config: GeneratorConfig) -> socket.socket:
     return sock
 
 
+def _set_sndbuf(sock: socket.socket, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
 def open_raw_socket(config: GeneratorConfig) -> socket.socket:
     """An AF_PACKET socket bound to --raw's interface that sends whole frames and receives nothing."""
     assert config.raw is not None
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: no packet is ever received
     try:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, _SNDBUF)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+        _set_sndbuf(sock, _SNDBUF)
         sock.setsockopt(SOL_PACKET, PacketOpt.QDISC_BYPASS, 1)
         sock.bind((config.raw, 0))
         sock.setblocking(False)
@@ -312,9 +341,27 @@ def open_raw_socket(config: GeneratorConfig) -> socket.socket:
     return sock
 
 
-def frame_header(config: GeneratorConfig, src_mac: bytes) -> bytearray:
-    """The Ethernet/IPv4/UDP header every --raw frame starts with (the payload size is fixed per run)."""
-    assert isinstance(config.interface, IPv4Address) and isinstance(config.group, IPv4Address)  # parse_args
+def frame_header(config: GeneratorConfig, src_mac: bytes) -> bytes:
+    """The Ethernet/IP/UDP header every --raw frame starts with (the payload size is fixed per run).
+
+    IPv4: 42 bytes, IP ID 0 with DF, UDP checksum 0 (allowed for IPv4; the payload varies, the header is
+    shared). IPv6: 62 bytes, its UDP checksum computed for an all-zero payload (each frame's is kept correct by
+    `PayloadRing.track_udp_checksum`, see `udp_checksum_prefix`).
+    """
+    hops = 1 if config.ttl is None else config.ttl
+    if isinstance(config.group, IPv6Address):
+        assert isinstance(config.interface, IPv6Address)  # parse_args: same family
+        frame = build_udp6_frame(
+            src_mac=src_mac,
+            src_ip=config.interface,
+            dst_ip=config.group,
+            src_port=_RAW_SOURCE_PORT,
+            dst_port=config.port,
+            payload=bytes(config.size),
+            hop_limit=hops,
+        )
+        return frame[:_FRAME_HEADER6]
+    assert isinstance(config.interface, IPv4Address)
     frame = build_udp_frame(
         src_mac=src_mac,
         src_ip=config.interface,
@@ -322,11 +369,50 @@ def frame_header(config: GeneratorConfig, src_mac: bytes) -> bytearray:
         src_port=_RAW_SOURCE_PORT,
         dst_port=config.port,
         payload=bytes(config.size),
-        ttl=1 if config.ttl is None else config.ttl,
+        ttl=hops,
         dont_fragment=True,
         with_udp_checksum=False,
     )
-    return bytearray(frame[:_FRAME_HEADER])
+    return frame[:_FRAME_HEADER]
+
+
+def udp_checksum_prefix(config: GeneratorConfig, header: bytes) -> bytes | None:
+    """What the UDP checksum covers besides the payload, for frames that need one (IPv6), else None."""
+    if not isinstance(config.group, IPv6Address):
+        return None
+    assert isinstance(config.interface, IPv6Address)
+    udp = header[-8:-2] + b"\0\0"  # ports and length; the checksum field counts as zero
+    return udp6_pseudo_header(config.interface, config.group, 8 + config.size) + udp
+
+
+def frame_ring(
+    config: GeneratorConfig,
+    header: bytes,
+    slots: int,
+    buffer: bytearray | memoryview | None = None,
+    stride: int | None = None,
+    first: int = 0,
+) -> PayloadRing:
+    """A PayloadRing whose slots are whole frames: `header` (then the payload) from `first` on, every `stride`
+    bytes (default: back to back), with a correct UDP checksum per frame where the family needs one."""
+    h = len(header)
+    ring = PayloadRing(
+        run_id=config.run_id,
+        size=config.size,
+        slots=slots,
+        raw=config.payload,
+        buffer=buffer,
+        stride=h + config.size if stride is None else stride,
+        start=first + h,
+    )
+    buf = ring.buffer
+    for k in range(slots):
+        off = ring.offset(k)
+        buf[off - h : off] = header
+    prefix = udp_checksum_prefix(config, header)
+    if prefix is not None:
+        ring.track_udp_checksum(prefix)
+    return ring
 
 
 def _describe(err: int) -> str:
@@ -334,32 +420,46 @@ def _describe(err: int) -> str:
 
 
 class _PlainSender:
-    """One datagram per sendmmsg message: message k points at ring slot k, behind `header` if one is given."""
+    """One datagram per sendmmsg message: message k is ring slot k, with the `prefix` bytes in front of it (the
+    frame header of a --raw ring)."""
 
-    __slots__ = ("_batch", "_fd", "_header", "_stamp")
+    __slots__ = ("_batch", "_fd", "_stamp")
 
-    def __init__(self, fd: int, ring: PayloadRing, header: bytearray | None = None) -> None:
+    what = "sendmmsg"
+
+    def __init__(self, fd: int, ring: PayloadRing, prefix: int = 0) -> None:
         self._fd = fd
         self._stamp = ring.stamp
-        self._header = header  # kept alive: the messages point into it
-        parts = 1 if header is None else 2
-        self._batch = SendBatch(ring.slots, parts)
+        self._batch = SendBatch(ring.slots)
         base = buffer_address(ring.buffer)
         for k in range(ring.slots):
-            if header is not None:
-                self._batch.set_part(k, 0, buffer_address(header), len(header))
-            self._batch.set_part(k, parts - 1, base + ring.offset(k), ring.size)
+            self._batch.set(k, base + ring.offset(k) - prefix, prefix + ring.size)
 
-    def send(self, seq: int, slot: int, n: int, now_ns: int) -> int:
-        """Stamp and send packets seq..seq+n-1 from slots slot..slot+n-1: packets sent, or -errno."""
+    def room(self, slot: int, want: int) -> int:
+        return want
+
+    def send(self, seq: int, slot: int, n: int, now_ns: int) -> tuple[int, int, int]:
+        """Stamp and send packets seq..seq+n-1 from slots slot..slot+n-1: (sent, refused, errno or 0).
+
+        Refused packets are dropped: their sequence numbers go to the next packets."""
         self._stamp(seq, n, now_ns)
-        return self._batch.send(self._fd, n, slot)
+        sent = self._batch.send(self._fd, n, slot)
+        if sent >= 0:
+            return sent, n - sent, 0
+        return 0, n, -sent
+
+    def push(self) -> tuple[int, int]:
+        return 0, 0
+
+    def finish(self, seq: int) -> tuple[int, int]:
+        """(packets sent, refusals) once the loop is done."""
+        return seq, 0
 
 
-class _GsoSender:
+class _GsoSender(_PlainSender):
     """UDP GSO: each sendmmsg message covers up to `per_message` adjacent slots (cut by UDP_SEGMENT)."""
 
-    __slots__ = ("_base", "_batch", "_fd", "_per_message", "_size", "_stamp")
+    __slots__ = ("_base", "_per_message", "_size")
 
     def __init__(self, fd: int, ring: PayloadRing, per_message: int) -> None:
         self._fd = fd
@@ -369,7 +469,7 @@ class _GsoSender:
         self._base = buffer_address(ring.buffer)
         self._batch = SendBatch(-(-ring.slots // per_message))
 
-    def send(self, seq: int, slot: int, n: int, now_ns: int) -> int:
+    def send(self, seq: int, slot: int, n: int, now_ns: int) -> tuple[int, int, int]:
         self._stamp(seq, n, now_ns)
         per_message = self._per_message
         size = self._size
@@ -384,13 +484,110 @@ class _GsoSender:
             messages += 1
         sent = self._batch.send(self._fd, messages)
         if sent == messages:
-            return n
-        return sent * per_message if sent >= 0 else sent  # every message but the last is full
+            return n, 0, 0
+        if sent < 0:
+            return 0, n, -sent
+        return sent * per_message, n - sent * per_message, 0  # every message but the last is full
+
+
+class _RingSender:
+    """PACKET_TX_RING: frame k of the ring is payload slot k. `send()` stamps the frames, hands them to the
+    kernel and flushes with one send(); the kernel takes them in ring order.
+
+    Frames the kernel does not take at once (a full send buffer, a device that dropped one and gave it back)
+    stay requested and leave with a later flush, in order, so sequence numbers stay gapless; a refusal is
+    counted as one error. `taken` counts the frames the kernel has taken: exactly the packets sent.
+    """
+
+    __slots__ = ("_flush", "_frame_len", "_frames", "_queued", "_stamp", "taken")
+
+    what = "send on the PACKET_TX_RING"
+
+    def __init__(self, tx: TxRing, ring: PayloadRing, frame_len: int) -> None:
+        self._frames = tx.frames
+        self._flush = tx.flush
+        self._stamp = ring.stamp
+        self._frame_len = frame_len
+        self._queued = 0
+        self.taken = 0
+
+    def room(self, slot: int, want: int) -> int:
+        """How many frames from `slot` on may be written now (the kernel is done with them)."""
+        return self._frames.free(slot, want)
+
+    def send(self, seq: int, slot: int, n: int, now_ns: int) -> tuple[int, int, int]:
+        self._stamp(seq, n, now_ns)
+        self._frames.request(slot, n)
+        self._queued = seq + n
+        err = self._push()
+        return n, 1 if err else 0, err
+
+    def _push(self) -> int:
+        result = self._flush()
+        if result >= 0:
+            self.taken += result // self._frame_len  # every frame has the same length
+            return 0
+        # An error return drops the count of frames taken before it: read their states instead.
+        frames = self._frames
+        self.taken += frames.taken(self.taken % frames.count, self._queued - self.taken)
+        return -result
+
+    def push(self) -> tuple[int, int]:
+        """Flush frames still waiting in the ring: (refusals, errno or 0)."""
+        err = self._push() if self.taken < self._queued else 0
+        return 1 if err else 0, err
+
+    def wrong_format(self) -> bool:
+        """Whether the kernel refused the next frame as malformed (TP_STATUS_WRONG_FORMAT)."""
+        frames = self._frames
+        return self.taken < self._queued and frames.status(self.taken % frames.count) == TP_STATUS_WRONG_FORMAT
+
+    def finish(self, seq: int) -> tuple[int, int]:
+        """Flush what is still queued, for at most `_RING_FLUSH_NS`: (packets sent, refusals meanwhile)."""
+        deadline = time.monotonic_ns() + _RING_FLUSH_NS
+        refused = 0
+        while self.taken < seq and time.monotonic_ns() < deadline:
+            before = self.taken
+            if self._push():
+                refused += 1
+            if self.taken == before:
+                time.sleep(0.001)
+        return self.taken, refused
 
 
 def gso_segments(size: int) -> int:
     """Datagrams per UDP GSO send for this payload size (kernel limits: 64 segments, 65507 bytes)."""
     return min(_GSO_MAX_SEGMENTS, MAX_PAYLOAD // size) if size > 0 else 0
+
+
+_Sender: TypeAlias = _PlainSender | _RingSender
+
+
+def _open_sender(config: GeneratorConfig, sock: socket.socket) -> tuple[_Sender, PayloadRing, TxRing | None]:
+    """The sender for the socket and the mode, its payload ring, and the TX ring to unmap afterwards (if any)."""
+    fd = sock.fileno()
+    slots = -(-config.batch // BODY_PHASES) * BODY_PHASES
+    if sock.family != socket.AF_PACKET:
+        ring = PayloadRing(run_id=config.run_id, size=config.size, slots=slots, raw=config.payload)
+        if config.gso:
+            sock.setsockopt(socket.IPPROTO_UDP, _UDP_SEGMENT, config.size)
+            return _GsoSender(fd, ring, gso_segments(config.size)), ring, None
+        return _PlainSender(fd, ring), ring, None
+    header = frame_header(config, sock.getsockname()[4])
+    frame_len = len(header) + config.size
+    if config.raw_mode == "mmsg":
+        ring = frame_ring(config, header, slots)
+        return _PlainSender(fd, ring, len(header)), ring, None
+    layout = tx_layout(frame_len, max(_RING_MIN_FRAMES, 2 * config.batch), BODY_PHASES)
+    _set_sndbuf(sock, max(_SNDBUF, 2 * layout.size))
+    tx = TxRing(sock, layout)
+    try:
+        ring = frame_ring(config, header, layout.frame_count, tx.view, layout.frame_size, TX_DATA_OFFSET)
+        tx.frames.set_length(frame_len)
+    except BaseException:
+        tx.unmap()
+        raise
+    return _RingSender(tx, ring, frame_len), ring, tx
 
 
 def run(config: GeneratorConfig, sock: socket.socket, stop: StopFlag | None = None) -> GeneratorSummary:
@@ -399,22 +596,24 @@ def run(config: GeneratorConfig, sock: socket.socket, stop: StopFlag | None = No
     Fatal send errors raise OSError. Batches never wrap around the end of the payload ring, so each one is a
     contiguous run of slots (a batch cut at the end continues from slot 0 on the next call).
     """
-    stop = stop or StopFlag()
+    sender, ring, tx = _open_sender(config, sock)
+    try:
+        return _run(config, sock, sender, ring, stop or StopFlag())
+    finally:
+        if tx is not None:
+            tx.unmap()
+
+
+def _run(
+    config: GeneratorConfig, sock: socket.socket, sender: _Sender, ring: PayloadRing, stop: StopFlag
+) -> GeneratorSummary:
     clock = time.monotonic_ns
-    slots = -(-config.batch // BODY_PHASES) * BODY_PHASES
-    ring = PayloadRing(run_id=config.run_id, size=config.size, slots=slots, raw=config.payload)
-    fd = sock.fileno()
-    sender: _PlainSender | _GsoSender
-    if config.gso:
-        sock.setsockopt(socket.IPPROTO_UDP, _UDP_SEGMENT, config.size)
-        sender = _GsoSender(fd, ring, gso_segments(config.size))
-    elif sock.family == socket.AF_PACKET:
-        sender = _PlainSender(fd, ring, frame_header(config, sock.getsockname()[4]))
-    else:
-        sender = _PlainSender(fd, ring)
+    cpu0 = time.process_time()
+    slots = ring.slots
     send = sender.send
+    room = sender.room
     poller = select.poll()
-    poller.register(fd, select.POLLOUT)
+    poller.register(sock.fileno(), select.POLLOUT)
 
     start = clock()
     pacer = Pacer(config.rate, start, default_burst(config.rate, config.batch))
@@ -447,36 +646,38 @@ def run(config: GeneratorConfig, sock: socket.socket, stop: StopFlag | None = No
             if seq >= count:
                 break
             want = min(want, count - seq)
-        n = pacer.due(now, want)
-        if n == 0:
-            wait = min(pacer.wait_ns(now), next_progress - now, _MAX_SLEEP_NS)
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            if wait > 0:
-                time.sleep(wait / NS_PER_S)
-            continue
-        result = send(seq, slot, n, now)
-        if result == n:
-            seq += n
-            continue
-        if result >= 0:
-            seq += result
-            errors += n - result
-            continue  # the kernel stopped at a message it refused; the next call reports why, if it persists
-        err = -result
-        errors += n
+        want = room(slot, want)
+        if want:
+            n = pacer.due(now, want)
+            if n == 0:
+                wait = min(pacer.wait_ns(now), next_progress - now, _MAX_SLEEP_NS)
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                if wait > 0:
+                    time.sleep(wait / NS_PER_S)
+                continue
+            queued, refused, err = send(seq, slot, n, now)
+            seq += queued
+        else:  # the TX ring's next frame is still the kernel's: flush what waits, and give it a moment
+            refused, err = sender.push()
+            poller.poll(1)
+        errors += refused
+        if not err:
+            continue  # (a short count: the kernel stopped at a message it refused; the next call reports why)
         if first_error is None:
             first_error = _describe(err)
         if err in _FATAL_ERRNOS:
-            raise OSError(err, f"sendmmsg: {os.strerror(err)}")
+            raise OSError(err, f"{sender.what}: {os.strerror(err)}{_wrong_format_note(sender)}")
         if reported < _REPORTED_ERRORS and not config.quiet:
             reported += 1
             print(f"send error: {_describe(err)}", file=sys.stderr)
         if unlimited and err in _BACKPRESSURE_ERRNOS:
             poller.poll(1)
+    sent, refused = sender.finish(seq)
+    errors += refused
     elapsed = (clock() - start) / NS_PER_S
     return GeneratorSummary(
-        sent=seq,
+        sent=sent,
         errors=errors,
         elapsed_s=elapsed,
         target_pps=config.rate,
@@ -484,7 +685,14 @@ def run(config: GeneratorConfig, sock: socket.socket, stop: StopFlag | None = No
         run_id=config.run_id,
         numbered=ring.numbered,
         first_error=first_error,
+        cpu_s=time.process_time() - cpu0,
     )
+
+
+def _wrong_format_note(sender: _Sender) -> str:
+    if isinstance(sender, _RingSender) and sender.wrong_format():
+        return " (the kernel marked the frame TP_STATUS_WRONG_FORMAT: too long for the interface's MTU?)"
+    return ""
 
 
 def _progress(sent: int, errors: int, interval_ns: int, interval_sent: int, size: int) -> None:
@@ -500,12 +708,14 @@ def _progress(sent: int, errors: int, interval_ns: int, interval_sent: int, size
 def _render(summary: GeneratorSummary) -> str:
     kind = "numbered" if summary.numbered else f"unnumbered (numbered needs >= {HEADER_SIZE} bytes)"
     target = "unlimited" if summary.target_pps == 0 else f"{summary.target_pps} pps"
+    per_packet_us = summary.cpu_s * 1e6 / summary.sent if summary.sent else 0.0
     lines = [
         f"Total packets sent: {summary.sent}",
         f"Errors: {summary.errors}" + (f" (first: {summary.first_error})" if summary.first_error else ""),
         f"Elapsed: {summary.elapsed_s:.3f} s",
         f"Actual rate: {summary.pps:.0f} pps (target {target})",
         f"Throughput: {summary.gbps:.3f} Gbps",
+        f"CPU: {summary.cpu_s:.3f} s" + (f", {per_packet_us:.2f} us per packet" if summary.sent else ""),
         f"Packet size: {summary.size} bytes, {kind}, run id {summary.run_id}",
     ]
     return "\n".join(lines)

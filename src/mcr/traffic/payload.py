@@ -50,6 +50,7 @@ __all__ = [
     "PayloadRing",
     "Unnumbered",
     "Verdict",
+    "WritableBuffer",
     "body_bytes",
     "build_payload",
     "check_payload",
@@ -71,6 +72,9 @@ _SIGNED: Final = struct.Struct("<4sII")  # the constant part: magic, run_id, siz
 _STAMP: Final = struct.Struct("<QQ")  # seq, sent_ns
 _STAMP_DIGEST: Final = struct.Struct("<QQI")  # seq, sent_ns, digest
 _STAMP_OFFSET: Final = 12
+_CSUM: Final = struct.Struct("<H")  # a UDP checksum computed in the byte-swapped domain (see track_udp_checksum)
+_CSUM_STAMP: Final = struct.Struct("<H4sIIQQI")  # UDP checksum, then the whole payload header from magic on
+_CSUM_MOD: Final = 0xFFFF
 DIGEST_OFFSET: Final = 28
 _BODY_KEY: Final = struct.Struct("<IQ")  # run_id, block counter
 _M32: Final = 0xFFFF_FFFF
@@ -107,6 +111,7 @@ class Unnumbered:
 
 Checked: TypeAlias = Numbered | Corrupt | Unnumbered
 Bytes: TypeAlias = bytes | bytearray | memoryview
+WritableBuffer: TypeAlias = bytearray | memoryview  # a memoryview of a mapped ring, for example
 
 
 def _check_ranges(run_id: int, size: int) -> None:
@@ -255,16 +260,23 @@ def check_payload(data: Bytes) -> Checked:
 
 
 class PayloadRing:
-    """`slots` payloads of one size back to back in one bytearray, patched in place before each send.
+    """`slots` payloads of one size, patched in place before each send.
+
+    By default the payloads lie back to back in the ring's own bytearray. A frame sender passes its own
+    writable `buffer` (for example a mapped PACKET_TX_RING), a `stride` between slots and the offset `start`
+    of slot 0's payload, so that each slot holds a whole frame: the headers in front of the payload are the
+    caller's and are never touched, except the UDP checksum when `track_udp_checksum()` asks for it.
 
     Slot k always carries the packets with `seq % slots == k`. In numbered mode `slots` must be a multiple of
     BODY_PHASES, so each slot's body (and its digest mask) is computed once; `stamp()` then writes only the
-    sequence number, the send time and the digest. Raw and short payloads are written once and never patched.
+    sequence number, the send time and the digest (and the UDP checksum). Raw and short payloads are written
+    once and never patched.
     """
 
     __slots__ = (
         "_base",
         "_buffer",
+        "_csum_bases",
         "_masks",
         "_numbered",
         "_offsets",
@@ -274,7 +286,17 @@ class PayloadRing:
         "_stride",
     )
 
-    def __init__(self, *, run_id: int, size: int, slots: int, raw: bytes | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        run_id: int,
+        size: int,
+        slots: int,
+        raw: bytes | None = None,
+        buffer: WritableBuffer | None = None,
+        stride: int | None = None,
+        start: int = 0,
+    ) -> None:
         _check_ranges(run_id, size)
         if slots < 1:
             raise ValueError(f"slots must be positive, not {slots}")
@@ -284,19 +306,29 @@ class PayloadRing:
         self._numbered = raw is None and size >= HEADER_SIZE
         if self._numbered and slots % BODY_PHASES:
             raise ValueError(f"slots must be a multiple of {BODY_PHASES} for numbered payloads, not {slots}")
-        self._stride = max(size, 1)
-        self._buffer = bytearray(self._stride * slots)
-        self._offsets = [k * self._stride for k in range(slots)]
+        self._stride = max(size, 1) if stride is None else stride
+        if self._stride < size or start < 0:
+            raise ValueError(f"stride {self._stride} must hold a {size}-byte payload and start {start} be >= 0")
+        end = start + self._stride * (slots - 1) + size
+        self._buffer: WritableBuffer = bytearray(start + self._stride * slots) if buffer is None else buffer
+        if len(self._buffer) < end:
+            raise ValueError(f"the buffer holds {len(self._buffer)} bytes, the slots need {end}")
+        self._offsets = [start + k * self._stride for k in range(slots)]
         self._base = zlib.crc32(_SIGNED.pack(MAGIC, run_id, size))  # CRC of the constant header fields
         self._masks: list[int] = []
+        self._csum_bases: list[int] | None = None
         for k, off in enumerate(self._offsets):
+            if k >= BODY_PHASES and self._numbered:  # same body as slot k % BODY_PHASES: copy it, mask and all
+                self._buffer[off : off + size] = self.payload(k % BODY_PHASES)
+                self._masks.append(self._masks[k % BODY_PHASES])
+                continue
             payload = build_payload(run_id, k, size, 0) if raw is None else raw_payload(raw, size)
             self._buffer[off : off + size] = payload
             if self._numbered:
                 self._masks.append(_digest_mask(payload[HEADER_SIZE:]))
 
     @property
-    def buffer(self) -> bytearray:
+    def buffer(self) -> WritableBuffer:
         """The backing buffer; it is never resized, so its address can be handed to the kernel."""
         return self._buffer
 
@@ -321,6 +353,30 @@ class PayloadRing:
         off = self._offsets[slot]
         return bytes(self._buffer[off : off + self._size])
 
+    def track_udp_checksum(self, prefix: bytes) -> None:
+        """Keep a correct UDP checksum in the 2 bytes in front of every payload, from now on.
+
+        `prefix` is what the checksum covers besides the payload: the pseudo-header and the UDP header with
+        its checksum field zero (even length). Each slot's sum of everything but the stamped fields is
+        computed here once; `stamp()` adds the stamped words. The sums are taken in the byte-swapped domain,
+        where the 16-bit words of a little-endian field add up to the field's value modulo 0xFFFF (because
+        2**16 == 1 mod 0xFFFF), so the per-packet cost is one addition and one modulo (RFC 1071: the
+        ones' complement sum is byte-order independent, and its congruence class mod 0xFFFF is the plain sum's).
+        """
+        if len(prefix) % 2:
+            raise ValueError(f"the checksum prefix must have an even length, not {len(prefix)}")
+        if self._offsets[0] < 2:
+            raise ValueError("the UDP checksum needs 2 bytes in front of each payload (start >= 2)")
+        bases = []
+        for off in self._offsets:
+            payload = bytearray(self._buffer[off : off + self._size])
+            # correct for the slot as it is now (so unnumbered payloads, never stamped, are sent right) ...
+            _CSUM.pack_into(self._buffer, off - 2, _CSUM_MOD - int.from_bytes(prefix + payload, "little") % _CSUM_MOD)
+            if self._numbered:  # ... and the sum without the stamped fields, which stamp() adds per packet
+                payload[_STAMP_OFFSET:HEADER_SIZE] = bytes(HEADER_SIZE - _STAMP_OFFSET)
+            bases.append(int.from_bytes(prefix + payload, "little") % _CSUM_MOD)
+        self._csum_bases = bases
+
     def stamp(self, first_seq: int, count: int, now_ns: int) -> None:
         """Stamp sequence numbers first_seq .. first_seq+count-1 and send time now_ns into their slots.
 
@@ -330,6 +386,9 @@ class PayloadRing:
             return
         if count > self._slots:
             raise ValueError(f"cannot stamp {count} packets into {self._slots} slots")
+        if self._csum_bases is not None:
+            self._stamp_checksummed(first_seq, count, now_ns)
+            return
         pack_stamp = _STAMP.pack
         pack_into = _STAMP_DIGEST.pack_into
         crc32 = zlib.crc32
@@ -342,6 +401,29 @@ class PayloadRing:
         for seq in range(first_seq, first_seq + count):
             digest = crc32(pack_stamp(seq, now_ns), base) ^ masks[slot]
             pack_into(buffer, offsets[slot] + _STAMP_OFFSET, seq, now_ns, digest)
+            slot += 1
+            if slot == slots:
+                slot = 0
+
+    def _stamp_checksummed(self, first_seq: int, count: int, now_ns: int) -> None:
+        """`stamp()` with the UDP checksum: one pack_into writes checksum, constant fields and stamp together."""
+        pack_stamp = _STAMP.pack
+        pack_into = _CSUM_STAMP.pack_into
+        crc32 = zlib.crc32
+        buffer = self._buffer
+        offsets = self._offsets
+        masks = self._masks
+        bases = self._csum_bases
+        assert bases is not None
+        base = self._base
+        run_id = self._run_id
+        size = self._size
+        slots = self._slots
+        slot = first_seq % slots
+        for seq in range(first_seq, first_seq + count):
+            digest = crc32(pack_stamp(seq, now_ns), base) ^ masks[slot]
+            csum = _CSUM_MOD - (bases[slot] + seq + now_ns + digest) % _CSUM_MOD
+            pack_into(buffer, offsets[slot] - 2, csum, MAGIC, run_id, size, seq, now_ns, digest)
             slot += 1
             if slot == slots:
                 slot = 0
