@@ -193,7 +193,9 @@ class Mcr(BenchPath):
         if ipv6:
             self.key += "v6"
             self.label += ", IPv6 in and out"
-            self.notes += f"; IPv6 groups {IN_GROUP6} -> {OUT_GROUP6} (extension-header walk, general parser)"
+            self.notes += f"; IPv6 groups {IN_GROUP6} -> {OUT_GROUP6} (extension-header walk" + (
+                ", UDP checksum updated for the new addresses)" if engine == "kernel" else ", general parser)"
+            )
             self.sender_ip, self.sender_group, self.sink_group = SRC_IP6, IN_GROUP6, OUT_GROUP6
         self.sock = str(ctx.workdir / f"{self.key}.sock")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -439,7 +441,7 @@ class Smcroute(BenchPath):
 
 
 PATH_KEYS = ("ceiling", "mcr1", "mcr2", "mcrk", "socat", "nft", "smcroute")
-IPV6_PATH_KEYS = ("ceilv6", "mcr1v6")  # not in the default run: --paths ceilv6,mcr1v6 --sizes 1400
+IPV6_PATH_KEYS = ("ceilv6", "mcr1v6", "mcrkv6")  # not in the default run: --paths ceilv6,mcr1v6,mcrkv6 --sizes 1400
 
 
 def make_path(key: str, ctx: Context) -> BenchPath:
@@ -449,6 +451,7 @@ def make_path(key: str, ctx: Context) -> BenchPath:
         "nft": lambda: Nft(ctx),
         "smcroute": lambda: Smcroute(ctx),
         "mcrk": lambda: Mcr(ctx, 1, engine="kernel"),
+        "mcrkv6": lambda: Mcr(ctx, 1, engine="kernel", ipv6=True),
         "ceilv6": lambda: Ceiling6(ctx),
     }
     if key in factories:
