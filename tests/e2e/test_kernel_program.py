@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -323,6 +324,80 @@ def test_checksum_complete_skb_stays_consistent(netlab: NetLab) -> None:
         assert "error" not in res, res
         assert res["retval"] == TC_ACT_UNSPEC and len(res["clones"]) == 3
         assert all(frame_headers(bytes.fromhex(c))["udp_ok"] for c in res["clones"])
+
+
+def _udp_checksum_ffff(f: bytes) -> bytes:
+    """`f` with its first payload word chosen so that the UDP checksum computes to zero, sent as 0xffff."""
+    udp = 14 + (f[14] & 0x0F) * 4
+    g = bytearray(f)
+    g[udp + 6 : udp + 10] = bytes(4)  # checksum and the word to choose
+    pseudo = bytes(g[26:34]) + struct.pack("!BBH", 0, 17, len(g) - udp)
+    g[udp + 8 : udp + 10] = struct.pack("!H", ipv4_checksum(pseudo + bytes(g[udp:])))  # = 0xffff - the rest
+    g[udp + 6 : udp + 8] = b"\xff\xff"
+    return bytes(g)
+
+
+def test_the_verifier_accepts_the_largest_output_loop() -> None:
+    """The loop is walked once per possible output: the largest limit the builder allows must still load."""
+    from mcr.kernel.engine import KernelRelay
+    from mcr.kernel.program import MAX_OUTPUTS_LIMIT
+
+    relay = KernelRelay(max_rules=4, max_outputs=MAX_OUTPUTS_LIMIT)
+    try:
+        assert relay.max_outputs == MAX_OUTPUTS_LIMIT
+        assert "processed" in relay.verifier_stats
+    finally:
+        relay.close()
+
+
+def test_rewrite_checksums_hold_for_any_header(netlab: NetLab) -> None:
+    """Random sources, TTLs, ports, payloads and options, checksums 0 ("none"), 0xffff and any other, with and
+    without CHECKSUM_COMPLETE: every clone carries valid IPv4 and UDP checksums and its output's fields, and the
+    original comes back byte for byte. The outputs also cover the shortcuts of the incremental update: one keeps
+    the input port, one keeps the whole address pair (its source and group are the frame's)."""
+    rng = random.Random(20261127)
+    rules = [
+        {
+            "slot": 0,
+            "group": "239.1.1.1",
+            "port": 5001,
+            "outputs": [
+                out("ka", "239.2.2.1", 5001, 9),  # same port
+                out("ka", "239.1.1.1", 6002, 1, source="10.200.1.2"),  # same addresses as the fixed-source frames
+                out("ka", "239.255.254.253", 65535, 255, source="192.168.255.254"),
+            ],
+        }
+    ]
+    cases: list[dict[str, Any]] = []
+    for n in range(150):  # (the cases travel on a command line)
+        src = "10.200.1.2" if n % 4 == 0 else str(IPv4Address(rng.getrandbits(32) & 0x0AFFFFFF | 0x0A000000))
+        f = build_udp_frame(
+            src_ip=src,
+            dst_ip="239.1.1.1",
+            dst_port=5001,
+            src_port=rng.randrange(1, 65536),
+            ttl=rng.randrange(1, 256),
+            ip_options=rng.choice([b"", b"\x94\x04\x00\x00", b"\x01" * 12]),
+            payload=rng.randbytes(rng.randrange(2, 300)),
+        )
+        f = (f, zero_udp_checksum(f), _udp_checksum_ffff(f))[n % 3]
+        cases.append({"frame": f, "flags": (1 << 2) if n % 2 else 0, "expect": 3})
+    originals = [c["frame"] for c in cases]
+    doc = run_cases(netlab, rules, cases)
+    expected = [(o["group"], o["port"], o["ttl"], o["source"]) for o in rules[0]["outputs"]]
+    for n, (original, res) in enumerate(zip(originals, doc["results"], strict=True)):
+        if res.get("errno") == 22:
+            pytest.skip("this kernel has no BPF_F_TEST_SKB_CHECKSUM_COMPLETE (Linux 6.11+)")
+        assert "error" not in res, res
+        assert (res["retval"], bytes.fromhex(res["data"])) == (TC_ACT_UNSPEC, original)
+        sent = frame_headers(original)
+        clones = [frame_headers(bytes.fromhex(c)) for c in res["clones"]]
+        assert sorted((h["dst"], h["dport"], h["ttl"], h["src"]) for h in clones) == sorted(expected)
+        for h in clones:
+            assert h["ip_ok"] and h["udp_ok"], (n, h, original.hex())
+            assert (h["udp_csum"] == 0) == (sent["udp_csum"] == 0)
+            assert (h["sport"], h["payload"], h["options"]) == (sent["sport"], sent["payload"], sent["options"])
+    assert doc["counters"]["rules"]["0"]["packets"] == len(cases)
 
 
 def test_not_relayed_frames_pass_untouched_and_are_counted(netlab: NetLab) -> None:

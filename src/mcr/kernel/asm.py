@@ -147,6 +147,7 @@ class Helper(IntEnum):
     SKB_LOAD_BYTES = 26
     CSUM_DIFF = 28
     SKB_PULL_DATA = 39
+    CSUM_UPDATE = 40
 
 
 PSEUDO_MAP_FD: Final = 1

@@ -18,17 +18,27 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
    with one BPF_CMPXCHG, retried with the value another CPU left (at most `CMPXCHG_TRIES` times, then the
    frame counts as over the limit). A frame over the limit is not relayed; it is counted in the rule's
    `rate_limited` counter and in `drops`, and passes untouched like every frame that is not relayed.
-4. Save the original header bytes on the stack (MAC addresses; IP TTL..destination; the UDP header), then
-   for each output i < count (at most `max_outputs`, a bounded loop the verifier walks once per
-   iteration): read `outputs[slot * max_outputs + i]`, rewrite the frame in place with
-   `bpf_skb_store_bytes` (MACs, TTL, source and destination address, UDP destination port), fix the IPv4
-   header checksum with `bpf_l3_csum_replace` and the UDP checksum with `bpf_l4_csum_replace`
-   (BPF_F_PSEUDO_HDR for the addresses, BPF_F_MARK_MANGLED_0 so a zero "no checksum" stays zero), each
-   computed from the values the previous output left in the frame, then `bpf_clone_redirect` the frame to
-   the output interface's egress.
-5. Store the saved bytes back (with BPF_F_RECOMPUTE_CSUM for the IP and UDP parts, so that skb->csum of a
-   CHECKSUM_COMPLETE skb stays right; the MAC header is not covered by it) and let the original frame go on
-   to the local stack unchanged.
+4. Save the original header bytes on the stack (MAC addresses; IP TTL..destination; the UDP header) and
+   the 16-bit sums the checksums start from, then for each output i < count (at most `max_outputs`, a
+   bounded loop the verifier walks once per iteration): read `outputs[slot * max_outputs + i]` and
+   - update the UDP checksum with two `bpf_l4_csum_replace` calls by difference (size 0): the address
+     pair's sum (BPF_F_PSEUDO_HDR) and the port, each skipped when it does not change, both with
+     BPF_F_MARK_MANGLED_0 so a zero "no checksum" stays zero. These stay helpers because only the kernel
+     knows the skb's checksum state: they update skb->csum of a CHECKSUM_COMPLETE skb and the pseudo-header
+     sum of a CHECKSUM_PARTIAL one correctly. A frame without a UDP checksum calls `bpf_csum_update` with
+     the port's difference instead (a no-op unless CHECKSUM_COMPLETE);
+   - compute the new IPv4 header checksum in the program, from the original header's (RFC 1624: the
+     original checksum, TTL/protocol word and addresses out, the output's in), in 16-bit one's complement
+     sums of raw loads, which give the right bits on either byte order;
+   - write MACs, TTL, header checksum, addresses and port through packet pointers (direct packet access:
+     the verifier's prologue unclones the skb at the start, and `bpf_clone_redirect` unclones it again
+     after each clone, so these writes never reach a clone's data);
+   then `bpf_clone_redirect` the frame to the output interface's egress. Per output that is three helper
+   calls (two with the UDP checksum unchanged in port or addresses) instead of the ten a rewrite by
+   `bpf_skb_store_bytes` and the `*_csum_replace` helpers takes.
+5. Write the saved bytes back the same way and give skb->csum (CHECKSUM_COMPLETE) back what the UDP
+   checksum updates took from it with one `bpf_csum_update`; the MAC header is not covered by skb->csum
+   and the IPv4 header's changes cancel in it. The original frame goes on to the local stack unchanged.
 
 IPv6 (an IPv6 rule has IPv6 outputs only: a rule that changes the family changes the header size, and
 stays in userspace). The same steps, generated from the same code with the family's own maps, stack slots
@@ -125,10 +135,10 @@ __all__ = [
 
 DEFAULT_MAX_OUTPUTS: Final = 64
 DEFAULT_MAX_RULES: Final = 256
-# The verifier walks each family's output loop once per possible iteration, about 700 instructions for both
-# families together (64 outputs: 89,744 processed on Linux 6.18; 256: 368,720; 512: 740,719), inside its
-# limit of 1,000,000.
-MAX_OUTPUTS_LIMIT: Final = 512
+# The verifier walks each family's output loop once per possible iteration, with the paths a rewrite can take
+# (with or without a UDP checksum, a failed helper), about 2,400 instructions for both families together
+# (64 outputs: 156,203 processed on Linux 6.18; 256: about 627,000), inside its limit of 1,000,000.
+MAX_OUTPUTS_LIMIT: Final = 256
 ETH_HLEN: Final = 14
 ETH_P_IP: Final = 0x0800
 ETH_P_IPV6: Final = 0x86DD
@@ -167,6 +177,12 @@ _KEY6 = -188  # 24 bytes: rule key (ifindex, group, port, 0); its first 20 bytes
 _CUR6 = -228  # 36 bytes: the header values now in the frame, laid out like output6 value bytes 4..39
 _EXT = -240  # 2 bytes: next header and length of an extension header
 _END6 = -248  # u64: offset of the end of the IPv6 payload in the frame
+# IPv4 only: 16-bit one's complement sums of raw 16-bit loads (the sum of byte-swapped words is the byte-swapped
+# sum, so raw images give the right bits on either host order)
+_ADDR_SUM = -256  # u64: the source + destination address sum the UDP checksum now stands for
+_ORIG_SUM = -264  # u64: the original frame's address sum
+_IP_BASE = -272  # u64: ~checksum + ~(TTL/protocol + addresses) of the original IPv4 header, unfolded
+_NEW_SUM = -280  # u64: this output's address sum
 
 # rate limit value layout (40 bytes), see `pack_limit` and `mcr.model.ratelimit`
 _LIM_TAT = 0  # u64: theoretical arrival time (ns, bpf_ktime_get_ns clock); 0: the bucket is full
@@ -378,6 +394,12 @@ class _Builder:
         self.max_outputs = max_outputs
         self.pass_verdict = pass_verdict
         self.byteorder = byteorder
+        self.labels = 0
+
+    def fresh(self) -> int:
+        """A number for the labels of a part that is emitted more than once."""
+        self.labels += 1
+        return self.labels
 
     # ---- small pieces
 
@@ -428,6 +450,39 @@ class _Builder:
         a.call(helper)
         a.emit(alu_reg(AluOp.OR, R9, R0))
 
+    def add_halves(self, dst: Reg, src: Reg, off: int, tmp: Reg) -> None:
+        """dst += the two 16-bit words at src + off (an IPv4 address)."""
+        for half in (0, 2):
+            self.a.emit(ldx(Size.H, tmp, src, off + half), alu_reg(AluOp.ADD, dst, tmp))
+
+    def fold(self, reg: Reg, tmp: Reg) -> None:
+        """reg: a sum below 2**32 of 16-bit words -> its 16-bit one's complement sum (end-around carry, twice)."""
+        for _ in range(2):
+            self.a.emit(mov64_reg(tmp, reg), alu(AluOp.RSH, tmp, 16), alu(AluOp.AND, reg, 0xFFFF))
+            self.a.emit(alu_reg(AluOp.ADD, reg, tmp))
+
+    def l4_by_diff(self, new: Reg, cur: Reg, flags: int, fail: str) -> None:
+        """bpf_l4_csum_replace(skb, UDP checksum offset, 0, new - cur, flags): a difference of two 16-bit sums
+        (size 0 in `flags`); r9 |= result, and on to `fail` when it failed."""
+        a = self.a
+        a.emit(alu(AluOp.XOR, cur, 0xFFFF), alu_reg(AluOp.ADD, new, cur), mov64_reg(R4, new))
+        a.emit(mov64_reg(R1, CTX), mov64_imm(R3, 0), mov64_imm(R5, flags))
+        self.frame_offset(R2, 6, udp=True)
+        a.call(Helper.L4_CSUM_REPLACE)
+        a.emit(alu_reg(AluOp.OR, R9, R0))
+        a.jump(JmpOp.JNE, R0, 0, fail)
+
+    def headers(self, data: Reg, udp: Reg, short: str) -> None:
+        """data: the frame (fresh pointers: helpers invalidate them), udp: its UDP header; to `short` unless all
+        the headers up to the end of the UDP header are in the linear area."""
+        a = self.a
+        a.emit(ldx(Size.W, data, CTX, SkbOffset.DATA), ldx(Size.W, R3, CTX, SkbOffset.DATA_END))
+        a.emit(mov64_reg(R4, data), alu(AluOp.ADD, R4, _IP + 20))
+        a.jump_reg(JmpOp.JGT, R4, R3, short)  # (the verifier needs both checks: the UDP offset is not constant)
+        a.emit(ldx(Size.DW, R4, FP, _UDP_OFF), alu(AluOp.AND, R4, 0x7F))
+        a.emit(mov64_reg(udp, data), alu_reg(AluOp.ADD, udp, R4), mov64_reg(R4, udp), alu(AluOp.ADD, R4, 8))
+        a.jump_reg(JmpOp.JGT, R4, R3, short)
+
     def load_bytes(self, offset: Reg | int, slot: int, length: int, fail: str) -> None:
         """bpf_skb_load_bytes(skb, offset, fp + slot, length); to `fail` when it fails."""
         a = self.a
@@ -467,7 +522,7 @@ class _Builder:
             _KEY,
             self.source_filter4,
             self.rewrite4,
-            lambda: self.copy(Size.W, FP, _CUR, R7, _OUT_TTL, 12),
+            lambda: None,  # rewrite4 keeps the sums as it goes
             self.cur_from_saved4,
             self.restore4,
             (
@@ -577,9 +632,18 @@ class _Builder:
         a.emit(ldx(Size.W, R0, R2, 8), stx(Size.W, FP, _SAVE_MAC + 8, R0))
         self.copy(Size.W, FP, _SAVE_IP, R2, _IP_TTL, 12, R0)
         a.emit(ldx(Size.DW, R0, R1, 0), stx(Size.DW, FP, _SAVE_UDP, R0))
-        a.emit(ldx(Size.H, R0, R2, _IP_TTL), stx(Size.H, FP, _CUR, R0))
         a.emit(ldx(Size.H, R0, R1, 2), stx(Size.H, FP, _CUR + 2, R0))
         self.copy(Size.W, FP, _CUR + 4, R2, _IP_SRC, 8, R0)
+        # the sums every output's checksums start from
+        a.emit(mov64_imm(R0, 0))
+        self.add_halves(R0, R2, _IP_SRC, R3)
+        self.add_halves(R0, R2, _IP_DST, R3)
+        self.fold(R0, R3)
+        a.emit(stx(Size.DW, FP, _ORIG_SUM, R0), stx(Size.DW, FP, _ADDR_SUM, R0))
+        a.emit(ldx(Size.H, R3, R2, _IP_TTL), alu_reg(AluOp.ADD, R0, R3))
+        self.fold(R0, R3)
+        a.emit(alu(AluOp.XOR, R0, 0xFFFF), ldx(Size.H, R3, R2, _IP_CSUM), alu(AluOp.XOR, R3, 0xFFFF))
+        a.emit(alu_reg(AluOp.ADD, R0, R3), stx(Size.DW, FP, _IP_BASE, R0))
 
     def source_filter4(self) -> None:
         """(source & netmask) == network, all raw network-order images."""
@@ -589,27 +653,75 @@ class _Builder:
         a.jump_reg(JmpOp.JNE, R4, R3, "drop_no_rule4")
 
     def rewrite4(self) -> None:
-        self.store_bytes(0, R7, _OUT_MACS, 12, 0)
-        self.csum(Helper.L3_CSUM_REPLACE, Size.H, _CUR, _OUT_TTL, CsumFlag.SIZE_2)  # TTL with the protocol byte
-        for cur_off, new_off in ((4, _OUT_SRC), (8, _OUT_DST)):
-            self.csum(Helper.L3_CSUM_REPLACE, Size.W, _CUR + cur_off, new_off, CsumFlag.SIZE_4)
-            self.csum(Helper.L4_CSUM_REPLACE, Size.W, _CUR + cur_off, new_off, _L4_ADDR)
-        self.csum(Helper.L4_CSUM_REPLACE, Size.H, _CUR + 2, _OUT_PORT, _L4_PORT)
-        self.store_bytes(_IP_TTL, R7, _OUT_TTL, 1, 0)
-        self.store_bytes(_IP_SRC, R7, _OUT_SRC, 8, 0)  # source and destination
-        self.store_bytes(2, R7, _OUT_PORT, 2, None, udp=True)
+        """Checksums first (the helpers know the skb's checksum state), then the header bytes by direct writes."""
+        a = self.a
+        a.emit(mov64_imm(R1, 0))
+        self.add_halves(R1, R7, _OUT_SRC, R2)
+        self.add_halves(R1, R7, _OUT_DST, R2)
+        self.fold(R1, R2)
+        a.emit(stx(Size.DW, FP, _NEW_SUM, R1), ldx(Size.DW, R2, FP, _PORT_FLAGS))
+        a.jump(JmpOp.JNE, R2, 0, "port_only4")
+        # UDP checksum: the addresses through the pseudo-header (which also keeps skb->csum of a
+        # CHECKSUM_COMPLETE skb right, and fixes the pseudo-header sum of a CHECKSUM_PARTIAL one) ...
+        a.emit(ldx(Size.DW, R2, FP, _ADDR_SUM))
+        self.l4_by_diff(R1, R2, CsumFlag.PSEUDO_HDR | CsumFlag.MARK_MANGLED_0, "rewrite_end4")
+        a.emit(ldx(Size.DW, R1, FP, _NEW_SUM), stx(Size.DW, FP, _ADDR_SUM, R1))
+        # ... and the port, inside the UDP header (balanced there, so skb->csum needs nothing)
+        a.emit(ldx(Size.H, R1, R7, _OUT_PORT), ldx(Size.H, R2, FP, _CUR + 2))
+        a.jump_reg(JmpOp.JEQ, R1, R2, "port_done4")
+        self.l4_by_diff(R1, R2, CsumFlag.MARK_MANGLED_0, "rewrite_end4")
+        a.goto("port_accounted4")
+        a.label("port_only4")  # no UDP checksum: it stays zero, and skb->csum takes the port change
+        a.emit(ldx(Size.H, R1, R7, _OUT_PORT), ldx(Size.H, R2, FP, _CUR + 2))
+        a.jump_reg(JmpOp.JEQ, R1, R2, "port_done4")
+        a.emit(alu(AluOp.XOR, R2, 0xFFFF), alu_reg(AluOp.ADD, R2, R1), mov64_reg(R1, CTX))
+        a.call(Helper.CSUM_UPDATE)  # a negative result only says the skb is not CHECKSUM_COMPLETE
+        a.label("port_accounted4")
+        a.emit(ldx(Size.H, R1, R7, _OUT_PORT), stx(Size.H, FP, _CUR + 2, R1))
+        a.label("port_done4")
+        # IPv4 header checksum, from the original header's (RFC 1624)
+        a.emit(ldx(Size.H, R0, R7, _OUT_TTL), ldx(Size.DW, R1, FP, _NEW_SUM), alu_reg(AluOp.ADD, R0, R1))
+        a.emit(ldx(Size.DW, R1, FP, _IP_BASE), alu_reg(AluOp.ADD, R0, R1))
+        self.fold(R0, R1)
+        a.emit(alu(AluOp.XOR, R0, 0xFFFF))
+        self.headers(R2, R5, "rewrite_short4")
+        self.copy(Size.H, R2, 0, R7, _OUT_MACS, 12)
+        a.emit(ldx(Size.B, R1, R7, _OUT_TTL), stx(Size.B, R2, _IP_TTL, R1), stx(Size.H, R2, _IP_CSUM, R0))
+        self.copy(Size.W, R2, _IP_SRC, R7, _OUT_SRC, 8)
+        a.emit(ldx(Size.H, R1, R7, _OUT_PORT), stx(Size.H, R5, 2, R1))
+        a.goto("rewrite_end4")
+        a.label("rewrite_short4")
+        a.emit(alu(AluOp.OR, R9, 1))
+        a.label("rewrite_end4")
 
     def cur_from_saved4(self) -> None:
         a = self.a
-        a.emit(ldx(Size.H, R1, FP, _SAVE_IP), stx(Size.H, FP, _CUR, R1))
+        a.emit(ldx(Size.DW, R1, FP, _ORIG_SUM), stx(Size.DW, FP, _ADDR_SUM, R1))
         a.emit(ldx(Size.H, R1, FP, _SAVE_UDP + 2), stx(Size.H, FP, _CUR + 2, R1))
-        self.copy(Size.W, FP, _CUR + 4, FP, _SAVE_IP + 4, 8)
 
     def restore4(self) -> None:
-        self.a.emit(mov64_imm(R9, 0))
-        self.store_bytes(0, FP, _SAVE_MAC, 12, 0)
-        self.store_bytes(_IP_TTL, FP, _SAVE_IP, 12, StoreFlag.RECOMPUTE_CSUM)
-        self.store_bytes(0, FP, _SAVE_UDP, 8, StoreFlag.RECOMPUTE_CSUM, udp=True)
+        """The saved header bytes back by direct writes; skb->csum of a CHECKSUM_COMPLETE skb gets back what
+        the checksum updates took from it (the UDP checksum bytes themselves are restored with the header)."""
+        a, n = self.a, self.fresh()
+        a.emit(mov64_imm(R9, 0), ldx(Size.DW, R1, FP, _PORT_FLAGS))
+        a.jump(JmpOp.JNE, R1, 0, f"restore_port4_{n}")
+        a.emit(ldx(Size.DW, R2, FP, _ADDR_SUM), ldx(Size.DW, R1, FP, _ORIG_SUM))
+        a.goto(f"restore_diff4_{n}")
+        a.label(f"restore_port4_{n}")
+        a.emit(ldx(Size.H, R1, FP, _CUR + 2), ldx(Size.H, R2, FP, _SAVE_UDP + 2))
+        a.label(f"restore_diff4_{n}")  # r2 - r1 back onto skb->csum
+        a.jump_reg(JmpOp.JEQ, R1, R2, f"restore_bytes4_{n}")
+        a.emit(alu(AluOp.XOR, R1, 0xFFFF), alu_reg(AluOp.ADD, R2, R1), mov64_reg(R1, CTX))
+        a.call(Helper.CSUM_UPDATE)
+        a.label(f"restore_bytes4_{n}")
+        self.headers(R2, R5, f"restore_short4_{n}")
+        self.copy(Size.H, R2, 0, FP, _SAVE_MAC, 12)
+        self.copy(Size.H, R2, _IP_TTL, FP, _SAVE_IP, 12)
+        self.copy(Size.H, R5, 0, FP, _SAVE_UDP, 8)
+        a.goto(f"restore_end4_{n}")
+        a.label(f"restore_short4_{n}")
+        a.emit(mov64_imm(R9, 1))
+        a.label(f"restore_end4_{n}")
 
     # ---- IPv6
 
