@@ -13,6 +13,7 @@ step is bounded in packets and in time, and the whole run in time (--max-minutes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import re
@@ -117,6 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PPS",
         help="after each path's ladder, one more step with `perf record` on the relay's CPU, at PPS "
         "(0 = the path's own lossless rate): where the relay's CPU time goes, per packet",
+    )
+    p.add_argument(
+        "--leave-kthreads",
+        action="store_true",
+        help="do not keep DAMON's kdamond kernel threads off the relay's CPU while measuring (by default they "
+        "move to the other CPUs and get their own affinity back at the end)",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and sockets (temporary directory)")
     a = p.parse_args(argv)
@@ -245,7 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     current: BenchPath | None = None
     interrupted: str | None = None
+    quiet = contextlib.ExitStack()
     try:
+        if not args.leave_kthreads:
+            results["moved_off_relay_cpu"] = quiet.enter_context(probe.kernel_threads_off(RELAY_CPU))
+            if results["moved_off_relay_cpu"]:
+                log(f"kept off CPU {RELAY_CPU} while measuring: {', '.join(results['moved_off_relay_cpu'])}")
         log(f"building namespaces {', '.join(lab.namespaces)} (workdir {workdir})")
         lab.up()
         results["topology"] = {
@@ -326,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: stopping {current.key}: {exc}", file=sys.stderr)
         procs.stop_all()
         lab.down()
+        quiet.close()
         left = [ns for ns in sh("ip", "netns", "list", check=False).stdout.split() if ns.startswith(lab.prefix)]
         log(f"namespaces removed{'' if not left else ' EXCEPT ' + ', '.join(left)}")
         if args.keep_workdir:
