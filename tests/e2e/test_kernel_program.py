@@ -327,11 +327,16 @@ def test_checksum_complete_skb_stays_consistent(netlab: NetLab) -> None:
 
 
 def _udp_checksum_ffff(f: bytes) -> bytes:
-    """`f` with its first payload word chosen so that the UDP checksum computes to zero, sent as 0xffff."""
-    udp = 14 + (f[14] & 0x0F) * 4
+    """`f` (IPv4 or IPv6) with its first payload word chosen so that the UDP checksum computes to zero, sent as
+    0xffff."""
+    if f[12:14] == b"\x86\xdd":
+        udp = _udp6_offset(f)
+        pseudo = f[22:54] + struct.pack("!I3xB", len(f) - udp, 17)
+    else:
+        udp = 14 + (f[14] & 0x0F) * 4
+        pseudo = f[26:34] + struct.pack("!BBH", 0, 17, len(f) - udp)
     g = bytearray(f)
     g[udp + 6 : udp + 10] = bytes(4)  # checksum and the word to choose
-    pseudo = bytes(g[26:34]) + struct.pack("!BBH", 0, 17, len(g) - udp)
     g[udp + 8 : udp + 10] = struct.pack("!H", ipv4_checksum(pseudo + bytes(g[udp:])))  # = 0xffff - the rest
     g[udp + 6 : udp + 8] = b"\xff\xff"
     return bytes(g)
@@ -512,11 +517,17 @@ def frame6(port: int = 5001, src: str = SRC6, **kw: Any) -> bytes:
     return build_udp6_frame(src_ip=src, dst_ip=G6, dst_port=port, hop_limit=5, **kw)
 
 
-def frame6_headers(frame: bytes) -> dict[str, Any]:
-    """The fields a relay rewrites (the extension headers walked), and whether the UDP checksum holds."""
+def _udp6_offset(frame: bytes) -> int:
+    """Where the UDP header of an IPv6 frame starts, after its extension headers."""
     nxt, pos = frame[20], 54
     while nxt != 17:
         nxt, pos = frame[pos], pos + (frame[pos + 1] + 1) * 8
+    return pos
+
+
+def frame6_headers(frame: bytes) -> dict[str, Any]:
+    """The fields a relay rewrites (the extension headers walked), and whether the UDP checksum holds."""
+    pos = _udp6_offset(frame)
     udp = frame[pos : 54 + struct.unpack_from("!H", frame, 18)[0]]
     src, dst = frame[22:38], frame[38:54]
     pseudo = src + dst + struct.pack("!I3xB", len(udp), 17)
@@ -575,6 +586,58 @@ def test_ipv6_rewrite_fan_out_and_restore(netlab: NetLab, extensions: tuple[tupl
     runs = 2 if checked.get("errno") != 22 else 1
     assert (rule["packets"], rule["bytes"]) == (runs, runs * 512)
     assert rule["outputs"] == [{"packets": runs, "bytes": runs * 512, "errors": 0}] * 3
+
+
+def test_ipv6_rewrite_checksums_hold_for_any_header(netlab: NetLab) -> None:
+    """Random sources, hop limits, ports, payloads and extension headers (up to eight, the UDP header up to
+    566 bytes in), checksums 0xffff and any other, with and without CHECKSUM_COMPLETE: every clone carries a
+    valid UDP checksum and its output's fields, and the original comes back byte for byte (with
+    CHECKSUM_COMPLETE the kernel also fails the run unless skb->csum is right for it). The outputs cover the
+    shortcuts: one keeps the input port, one the whole address pair (its source and group are the
+    fixed-source frames'), one the hop limit of some frames."""
+    rng = random.Random(20261128)
+    outputs = [
+        out("ka", "ff3e::2:1", 5001, 9, source=SOURCE6),  # same port
+        out("ka", G6, 6002, 1, source=SRC6),  # same addresses as the fixed-source frames
+        out("ka", "ff3e:ffff:ffff::fffe", 65535, 255, source="fdff:ffff:ffff::fffe"),
+        out("ka", "ff05::1:3", 1, 64, source="fd00:9::1"),  # a hop limit some frames already have
+    ]
+    rules = [{"slot": 0, "group": G6, "port": 5001, "outputs": outputs}]
+    far = ((0, ipv6_extension(60, bytes(500))), DEST_OPTS)  # the UDP header 566 bytes into the frame
+    headers = [(), (HOP_BY_HOP, DEST_OPTS), ((60, ipv6_extension(60)),) * 7 + (DEST_OPTS,), far]
+    cases: list[dict[str, Any]] = []
+    for n in range(120):  # (the cases travel on a command line)
+        src = SRC6 if n % 4 == 0 else str(IPv6Address(0xFD << 120 | rng.getrandbits(120)))
+        f = build_udp6_frame(
+            src_ip=src,
+            dst_ip=G6,
+            dst_port=5001,
+            src_port=rng.randrange(1, 65536),
+            hop_limit=rng.choice([64, rng.randrange(1, 256)]),
+            extensions=rng.choice(headers),
+            payload=rng.randbytes(rng.randrange(2, 200)),
+        )
+        f = _udp_checksum_ffff(f) if n % 3 == 0 else f
+        cases.append({"frame": f, "flags": (1 << 2) if n % 2 else 0, "expect": len(outputs)})
+    originals = [c["frame"] for c in cases]
+    doc = run_cases(netlab, rules, cases)
+    canonical = [(str(IPv6Address(o["group"])), str(IPv6Address(o["source"]))) for o in outputs]
+    expected = sorted((g, o["port"], o["ttl"], src) for (g, src), o in zip(canonical, outputs, strict=True))
+    for n, (original, res) in enumerate(zip(originals, doc["results"], strict=True)):
+        if res.get("errno") == 22:
+            pytest.skip("this kernel has no BPF_F_TEST_SKB_CHECKSUM_COMPLETE (Linux 6.11+)")
+        assert "error" not in res, (n, res, original.hex())
+        assert (res["retval"], bytes.fromhex(res["data"])) == (TC_ACT_UNSPEC, original), n
+        sent = frame6_headers(original)
+        clones = [frame6_headers(bytes.fromhex(c)) for c in res["clones"]]
+        assert sorted((h["dst"], h["dport"], h["hop"], h["src"]) for h in clones) == expected, n
+        for h in clones:
+            assert h["udp_ok"] and h["udp_csum"] != 0, (n, h, original.hex())
+            assert h["dst_mac"] == multicast_mac6(IPv6Address(h["dst"]))
+            assert (h["sport"], h["payload"], h["extensions"]) == (sent["sport"], sent["payload"], sent["extensions"])
+    rule = doc["counters"]["rules"]["0"]
+    assert rule["packets"] == len(cases)
+    assert rule["outputs"] == [{"packets": len(cases), "bytes": rule["bytes"], "errors": 0}] * len(outputs)
 
 
 def test_ipv6_frames_not_relayed_pass_untouched_and_are_counted(netlab: NetLab) -> None:
