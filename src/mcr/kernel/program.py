@@ -44,17 +44,17 @@ IPv6 (an IPv6 rule has IPv6 outputs only: a rule that changes the family changes
 stays in userspace). The same steps, generated from the same code with the family's own maps, stack slots
 and rewrite:
 
-- The fixed header (40 bytes) is copied to the stack with `bpf_skb_load_bytes`, so the parse needs no
-  pull; a frame too short for it passes uncounted. Its (ingress ifindex, destination) is looked up in
-  `groups6` first: a frame to a group no rule has passes at once (neighbour discovery and MLD carry
-  extension headers, and need no walk). Then exactly `mcr.packet.parse`'s checks, in its order: version 6, payload
+- The fixed header (40 bytes) is copied to the stack with `bpf_skb_load_bytes`, so the parse needs no pull;
+  a frame too short for it passes uncounted. Its (ingress ifindex, destination) is looked up in `groups6`
+  first: a frame to a group no rule has passes at once (neighbour discovery and MLD carry extension
+  headers, and need no walk). Then exactly `mcr.packet.parse`'s checks, in its order: version 6, payload
   within the frame, the extension header walk (hop-by-hop, routing and destination options, at most
-  `MAX_EXT_HEADERS`, each read with `bpf_skb_load_bytes` and never past the payload; a fragment header is
-  a `fragment` drop, a header that is not walked or a ninth one `ext_header`, any other upper layer
-  `not_udp`), the UDP header (also loaded to the stack) and its length. A zero UDP checksum ("none") is
-  not valid in IPv6 (RFC 8200 8.1): `zero_udp_checksum`, in both engines. A frame that passes the parse
-  and whose headers (up to the end of the UDP header) are not all in the linear area is pulled once, for
-  the direct writes below (one that cannot be pulled passes uncounted, as for IPv4).
+  `MAX_EXT_HEADERS`, each read with `bpf_skb_load_bytes` and never past the payload; a fragment header is a
+  `fragment` drop, a header that is not walked or a ninth one `ext_header`, any other upper layer
+  `not_udp`), the UDP header (also loaded to the stack) and its length. A zero UDP checksum ("none") is not
+  valid in IPv6 (RFC 8200 8.1): `zero_udp_checksum`, in both engines. A frame that passes the parse and
+  whose headers (up to the end of the UDP header) are not all in the linear area is pulled once, for the
+  direct writes below (one that cannot be pulled passes uncounted, as for IPv4).
 - `rules6`: (ingress ifindex, 16-byte group, port) -> (slot, output count, 16-byte source network and
   mask). Slots, `limits`, `rule_stats`, `outputs`, `out_stats` and `drops` are shared with IPv4: an
   `outputs` entry holds either family's layout (see `pack_output`).
@@ -145,7 +145,7 @@ __all__ = [
 DEFAULT_MAX_OUTPUTS: Final = 64
 DEFAULT_MAX_RULES: Final = 256
 # The verifier walks each family's output loop once per possible iteration, with the paths a rewrite can take
-# (with or without a UDP checksum, a failed helper), about 2,650 instructions for both families together
+# (with or without a UDP checksum, a failed helper), about 2,700 instructions for both families together
 # (64 outputs: 172,915 processed on Linux 6.18; 256: 678,451), inside its limit of 1,000,000.
 MAX_OUTPUTS_LIMIT: Final = 256
 ETH_HLEN: Final = 14
