@@ -158,6 +158,7 @@ def _run_cases(spec: dict[str, Any]) -> int:
     from mcr.model.ratelimit import decode_rate_limit
 
     relay = KernelRelay(max_rules=8, max_outputs=64)
+    probe = _CsumProbe(socket.if_nametoindex("kb")) if spec.get("csum_probe") else None
     for rule in spec["rules"]:
         outputs = _outputs(rule["outputs"])
         limit = decode_rate_limit(rule["rate_limit"]) if "rate_limit" in rule else None
@@ -187,10 +188,60 @@ def _run_cases(spec: dict[str, Any]) -> int:
                 continue
             if addr[2] != 4 and _relayed(data):  # not outgoing
                 clones.append(data.hex())
-        results.append({"retval": run.retval, "data": run.data.hex(), "clones": clones})
+        result = {"retval": run.retval, "data": run.data.hex(), "clones": clones}
+        if probe is not None:
+            result["skb_csums"] = [probe.take(bytes.fromhex(c)) for c in clones]
+        results.append(result)
     print(json.dumps({"results": results, "counters": _counters_doc(relay)}))
     relay.close()
+    if probe is not None:
+        probe.close()
     return 0
+
+
+class _CsumProbe:
+    """A tc program at tcx ingress of `kb` that records skb->csum of each IPv6 frame arriving there, keyed by
+    the last 4 bytes of its destination: `bpf_csum_update(skb, 0)` returns it for a CHECKSUM_COMPLETE skb (a
+    negative errno for any other). So a clone's skb->csum, which BPF_F_TEST_SKB_CHECKSUM_COMPLETE does not
+    check (it checks the original after the run), can be compared with its bytes."""
+
+    def __init__(self, ifindex: int) -> None:
+        from mcr.kernel import bpf
+        from mcr.kernel.abi import TC_ACT_UNSPEC, MapType, SkbOffset
+        from mcr.kernel.asm import AluOp, Assembler, Helper, JmpOp, Reg, Size, alu64_imm, ldx, mov64_imm, mov64_reg, stx
+
+        a, fp = Assembler(), Reg.FP
+        a.emit(mov64_reg(Reg.R6, Reg.R1), ldx(Size.W, Reg.R2, Reg.R6, SkbOffset.DATA))
+        a.emit(ldx(Size.W, Reg.R3, Reg.R6, SkbOffset.DATA_END), mov64_reg(Reg.R4, Reg.R2))
+        a.emit(alu64_imm(AluOp.ADD, Reg.R4, 54))
+        a.jump_reg(JmpOp.JGT, Reg.R4, Reg.R3, "out")
+        a.emit(ldx(Size.W, Reg.R2, Reg.R2, 50), stx(Size.W, fp, -4, Reg.R2))
+        a.emit(mov64_reg(Reg.R1, Reg.R6), mov64_imm(Reg.R2, 0))
+        a.call(Helper.CSUM_UPDATE)
+        a.emit(stx(Size.DW, fp, -16, Reg.R0))
+        a.ld_map(Reg.R1, "csums")
+        a.emit(mov64_reg(Reg.R2, fp), alu64_imm(AluOp.ADD, Reg.R2, -4), mov64_reg(Reg.R3, fp))
+        a.emit(alu64_imm(AluOp.ADD, Reg.R3, -16), mov64_imm(Reg.R4, 0))
+        a.call(Helper.MAP_UPDATE_ELEM)
+        a.label("out")
+        a.emit(mov64_imm(Reg.R0, TC_ACT_UNSPEC))
+        a.exit()
+        self.map_fd = bpf.create_map(MapType.HASH, 4, 8, 256, "mcr_csums")
+        self.prog_fd = bpf.load_program(a.assemble().link({"csums": self.map_fd}), name="mcr_csum_probe")
+        self.link_fd = bpf.attach_tcx_ingress(self.prog_fd, ifindex)
+
+    def take(self, frame: bytes) -> int | None:
+        """The skb->csum recorded for `frame` (None: not CHECKSUM_COMPLETE, or not seen), then forget it."""
+        from mcr.kernel import bpf
+
+        value = bpf.lookup_elem(self.map_fd, frame[50:54], 8)
+        bpf.delete_elem(self.map_fd, frame[50:54])
+        csum = None if value is None else int.from_bytes(value, sys.byteorder)
+        return csum if csum is not None and csum < 1 << 32 else None
+
+    def close(self) -> None:
+        for fd in (self.link_fd, self.prog_fd, self.map_fd):
+            os.close(fd)
 
 
 def _relayed(data: bytes) -> bool:
@@ -257,7 +308,9 @@ def zero_udp_checksum(f: bytes) -> bytes:
     return f[: 14 + ihl + 6] + b"\0\0" + f[14 + ihl + 8 :]
 
 
-def run_cases(lab: NetLab, rules: list[dict[str, Any]], cases: list[dict[str, Any]]) -> dict[str, Any]:
+def run_cases(
+    lab: NetLab, rules: list[dict[str, Any]], cases: list[dict[str, Any]], *, csum_probe: bool = False
+) -> dict[str, Any]:
     ns = lab.add_netns("k")
     lab.run(ns, "ip", "link", "add", "ka", "type", "veth", "peer", "name", "kb")
     for ifname in ("ka", "kb"):
@@ -266,7 +319,7 @@ def run_cases(lab: NetLab, rules: list[dict[str, Any]], cases: list[dict[str, An
         c["frame"] = c["frame"].hex()
         c.setdefault("flags", 0)
         c.setdefault("expect", 0)
-    spec = json.dumps({"rules": rules, "cases": cases})
+    spec = json.dumps({"rules": rules, "cases": cases, "csum_probe": csum_probe})
     result = lab.run(ns, *_runner_argv("cases", spec), timeout=120)
     return dict(json.loads(result.stdout))
 
@@ -327,11 +380,16 @@ def test_checksum_complete_skb_stays_consistent(netlab: NetLab) -> None:
 
 
 def _udp_checksum_ffff(f: bytes) -> bytes:
-    """`f` with its first payload word chosen so that the UDP checksum computes to zero, sent as 0xffff."""
-    udp = 14 + (f[14] & 0x0F) * 4
+    """`f` (IPv4 or IPv6) with its first payload word chosen so that the UDP checksum computes to zero, sent as
+    0xffff."""
+    if f[12:14] == b"\x86\xdd":
+        udp = _udp6_offset(f)
+        pseudo = f[22:54] + struct.pack("!I3xB", len(f) - udp, 17)
+    else:
+        udp = 14 + (f[14] & 0x0F) * 4
+        pseudo = f[26:34] + struct.pack("!BBH", 0, 17, len(f) - udp)
     g = bytearray(f)
     g[udp + 6 : udp + 10] = bytes(4)  # checksum and the word to choose
-    pseudo = bytes(g[26:34]) + struct.pack("!BBH", 0, 17, len(g) - udp)
     g[udp + 8 : udp + 10] = struct.pack("!H", ipv4_checksum(pseudo + bytes(g[udp:])))  # = 0xffff - the rest
     g[udp + 6 : udp + 8] = b"\xff\xff"
     return bytes(g)
@@ -512,11 +570,17 @@ def frame6(port: int = 5001, src: str = SRC6, **kw: Any) -> bytes:
     return build_udp6_frame(src_ip=src, dst_ip=G6, dst_port=port, hop_limit=5, **kw)
 
 
-def frame6_headers(frame: bytes) -> dict[str, Any]:
-    """The fields a relay rewrites (the extension headers walked), and whether the UDP checksum holds."""
+def _udp6_offset(frame: bytes) -> int:
+    """Where the UDP header of an IPv6 frame starts, after its extension headers."""
     nxt, pos = frame[20], 54
     while nxt != 17:
         nxt, pos = frame[pos], pos + (frame[pos + 1] + 1) * 8
+    return pos
+
+
+def frame6_headers(frame: bytes) -> dict[str, Any]:
+    """The fields a relay rewrites (the extension headers walked), and whether the UDP checksum holds."""
+    pos = _udp6_offset(frame)
     udp = frame[pos : 54 + struct.unpack_from("!H", frame, 18)[0]]
     src, dst = frame[22:38], frame[38:54]
     pseudo = src + dst + struct.pack("!I3xB", len(udp), 17)
@@ -575,6 +639,78 @@ def test_ipv6_rewrite_fan_out_and_restore(netlab: NetLab, extensions: tuple[tupl
     runs = 2 if checked.get("errno") != 22 else 1
     assert (rule["packets"], rule["bytes"]) == (runs, runs * 512)
     assert rule["outputs"] == [{"packets": runs, "bytes": runs * 512, "errors": 0}] * 3
+
+
+def test_ipv6_rewrite_checksums_hold_for_any_header(netlab: NetLab) -> None:
+    """Random sources, hop limits, ports, payloads and extension headers (up to eight, the UDP header up to
+    566 bytes in), checksums 0xffff and any other, with and without CHECKSUM_COMPLETE: every clone carries a
+    valid UDP checksum and its output's fields, and the original comes back byte for byte (with
+    CHECKSUM_COMPLETE the kernel also fails the run unless skb->csum is right for it, and a probe on `kb`
+    checks each clone's skb->csum against its bytes). The outputs cover the shortcuts: one keeps the input
+    port, one the whole address pair (its source and group are the fixed-source frames'), one the hop limit
+    of some frames."""
+    rng = random.Random(20261128)
+    outputs = [
+        out("ka", "ff3e::2:1", 5001, 9, source=SOURCE6),  # same port
+        out("ka", G6, 6002, 1, source=SRC6),  # same addresses as the fixed-source frames
+        out("ka", "ff3e:ffff:ffff::fffe", 65535, 255, source="fdff:ffff:ffff::fffe"),
+        out("ka", "ff05::1:3", 1, 64, source="fd00:9::1"),  # a hop limit some frames already have
+    ]
+    rules = [{"slot": 0, "group": G6, "port": 5001, "outputs": outputs}]
+    far = ((0, ipv6_extension(60, bytes(500))), DEST_OPTS)  # the UDP header 566 bytes into the frame
+    headers = [(), (HOP_BY_HOP, DEST_OPTS), ((60, ipv6_extension(60)),) * 7 + (DEST_OPTS,), far]
+    cases: list[dict[str, Any]] = []
+    for n in range(120):  # (the cases travel on a command line)
+        src = SRC6 if n % 4 == 0 else str(IPv6Address(0xFD << 120 | rng.getrandbits(120)))
+        f = build_udp6_frame(
+            src_ip=src,
+            dst_ip=G6,
+            dst_port=5001,
+            src_port=rng.randrange(1, 65536),
+            hop_limit=rng.choice([64, rng.randrange(1, 256)]),
+            extensions=rng.choice(headers),
+            payload=rng.randbytes(rng.randrange(2, 200)),
+        )
+        f = _udp_checksum_ffff(f) if n % 3 == 0 else f
+        cases.append({"frame": f, "flags": (1 << 2) if n % 2 else 0, "expect": len(outputs)})
+    originals = [c["frame"] for c in cases]
+    doc = run_cases(netlab, rules, cases, csum_probe=True)
+    canonical = [(str(IPv6Address(o["group"])), str(IPv6Address(o["source"]))) for o in outputs]
+    expected = sorted((g, o["port"], o["ttl"], src) for (g, src), o in zip(canonical, outputs, strict=True))
+    for n, (original, res) in enumerate(zip(originals, doc["results"], strict=True)):
+        if res.get("errno") == 22:
+            pytest.skip("this kernel has no BPF_F_TEST_SKB_CHECKSUM_COMPLETE (Linux 6.11+)")
+        assert "error" not in res, (n, res, original.hex())
+        assert (res["retval"], bytes.fromhex(res["data"])) == (TC_ACT_UNSPEC, original), n
+        sent = frame6_headers(original)
+        clones = [frame6_headers(bytes.fromhex(c)) for c in res["clones"]]
+        assert sorted((h["dst"], h["dport"], h["hop"], h["src"]) for h in clones) == expected, n
+        for clone, skb_csum in zip(res["clones"], res["skb_csums"], strict=True):
+            assert (skb_csum is not None) == bool(n % 2), (n, skb_csum)  # CHECKSUM_COMPLETE stays so
+            if skb_csum is not None:  # right for the clone's bytes (see `_skb_csum_ok`)
+                assert _skb_csum_ok(bytes.fromhex(clone), skb_csum), (n, clone, skb_csum)
+        for h in clones:
+            assert h["udp_ok"] and h["udp_csum"] != 0, (n, h, original.hex())
+            assert h["dst_mac"] == multicast_mac6(IPv6Address(h["dst"]))
+            assert (h["sport"], h["payload"], h["extensions"]) == (sent["sport"], sent["payload"], sent["extensions"])
+    rule = doc["counters"]["rules"]["0"]
+    assert rule["packets"] == len(cases)
+    assert rule["outputs"] == [{"packets": len(cases), "bytes": rule["bytes"], "errors": 0}] * len(outputs)
+
+
+def _ones_sum(data: bytes) -> int:
+    """The 16-bit one's complement sum of `data` (network-order words), 0..0xfffe (0xffff taken as 0)."""
+    return (~ipv4_checksum(data) & 0xFFFF) % 0xFFFF
+
+
+def _skb_csum_ok(frame: bytes, skb_csum: int) -> bool:
+    """Whether skb->csum (as the probe on `kb` read it) is the sum of the frame from its network header on.
+
+    The probe's value is a memory image like the checksum words themselves, so its bytes in host order sum
+    as network-order words. A test run's skb is not at tc ingress: `bpf_clone_redirect` adds no MAC header
+    to skb->csum, and `kb`'s veth takes the Ethernet header's sum off as it receives the clone."""
+    expected = (_ones_sum(frame[14:]) - _ones_sum(frame[:14])) % 0xFFFF
+    return _ones_sum(skb_csum.to_bytes(4, sys.byteorder)) == expected
 
 
 def test_ipv6_frames_not_relayed_pass_untouched_and_are_counted(netlab: NetLab) -> None:

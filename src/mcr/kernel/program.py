@@ -44,25 +44,34 @@ IPv6 (an IPv6 rule has IPv6 outputs only: a rule that changes the family changes
 stays in userspace). The same steps, generated from the same code with the family's own maps, stack slots
 and rewrite:
 
-- The fixed header (40 bytes) is copied to the stack with `bpf_skb_load_bytes`, so nothing needs pulling;
+- The fixed header (40 bytes) is copied to the stack with `bpf_skb_load_bytes`, so the parse needs no pull;
   a frame too short for it passes uncounted. Its (ingress ifindex, destination) is looked up in `groups6`
   first: a frame to a group no rule has passes at once (neighbour discovery and MLD carry extension
   headers, and need no walk). Then exactly `mcr.packet.parse`'s checks, in its order: version 6, payload
   within the frame, the extension header walk (hop-by-hop, routing and destination options, at most
-  `MAX_EXT_HEADERS`, each read with `bpf_skb_load_bytes` and never past the payload; a fragment header is
-  a `fragment` drop, a header that is not walked or a ninth one `ext_header`, any other upper layer
-  `not_udp`), the UDP header (also loaded to the stack) and its length. A zero UDP checksum ("none") is
-  not valid in IPv6 (RFC 8200 8.1): `zero_udp_checksum`, in both engines.
+  `MAX_EXT_HEADERS`, each read with `bpf_skb_load_bytes` and never past the payload; a fragment header is a
+  `fragment` drop, a header that is not walked or a ninth one `ext_header`, any other upper layer
+  `not_udp`), the UDP header (also loaded to the stack) and its length. A zero UDP checksum ("none") is not
+  valid in IPv6 (RFC 8200 8.1): `zero_udp_checksum`, in both engines. A frame that passes the parse and
+  whose headers (up to the end of the UDP header) are not all in the linear area is pulled once, for the
+  direct writes below (one that cannot be pulled passes uncounted, as for IPv4).
 - `rules6`: (ingress ifindex, 16-byte group, port) -> (slot, output count, 16-byte source network and
   mask). Slots, `limits`, `rule_stats`, `outputs`, `out_stats` and `drops` are shared with IPv4: an
   `outputs` entry holds either family's layout (see `pack_output`).
-- Per output: MACs; hop limit; source and destination; UDP port. IPv6 has no header checksum; the UDP
-  checksum follows the addresses through one `bpf_csum_diff` over the 32 address bytes (old on the stack,
-  new in the output entry) and one `bpf_l4_csum_replace` of that difference (size 0, BPF_F_PSEUDO_HDR),
-  and the port through a 2-byte `bpf_l4_csum_replace`. For a CHECKSUM_COMPLETE skb the pseudo-header
-  replace takes the difference off skb->csum as for IPv4 (where the IP header checksum absorbs the
-  address change); in IPv6 the address bytes themselves change the sum by as much, so the hop limit and
-  address stores use BPF_F_RECOMPUTE_CSUM, which puts it back (no need for BPF_F_IPV6, Linux 6.16).
+- Per output: MACs; hop limit; source and destination; UDP port, written as for IPv4 by direct packet
+  writes after the UDP checksum's helpers. IPv6 has no header checksum (and no UDP checksum of zero).
+  The UDP checksum follows the addresses by difference of two 16-bit sums: the address sum it now
+  stands for (the frame's, computed once per frame) and the output's (precomputed by `pack_output` in
+  the output entry), through one `bpf_l4_csum_replace` (size 0, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0),
+  and the port through another, skipped when the port does not change. For a CHECKSUM_COMPLETE skb the
+  pseudo-header call takes the address difference off skb->csum: right for IPv4 (the UDP checksum field
+  falls by that much, and the IPv4 header checksum balances the address bytes), not for IPv6, where the
+  address bytes themselves rise by as much. So one `bpf_csum_update` gives it back, with the hop limit
+  byte's difference (the port's is balanced inside the UDP header), and each clone leaves with
+  skb->csum right for it (BPF_F_IPV6, Linux 6.16, would spare the address part only).
+- The restore writes the saved bytes back (MACs, hop limit and addresses, the UDP header with its
+  checksum) and calls `bpf_csum_update` once with the hop limit's difference: the restored addresses,
+  port and UDP checksum balance each other in skb->csum.
 
 Counters live in per-CPU arrays: per rule slot (packets, UDP payload bytes, frames over the rate limit), per
 output (packets, bytes, errors: any non-zero return of bpf_clone_redirect, which is a negative errno or
@@ -136,8 +145,8 @@ __all__ = [
 DEFAULT_MAX_OUTPUTS: Final = 64
 DEFAULT_MAX_RULES: Final = 256
 # The verifier walks each family's output loop once per possible iteration, with the paths a rewrite can take
-# (with or without a UDP checksum, a failed helper), about 2,400 instructions for both families together
-# (64 outputs: 156,203 processed on Linux 6.18; 256: about 627,000), inside its limit of 1,000,000.
+# (with or without a UDP checksum, a failed helper), about 2,700 instructions for both families together
+# (64 outputs: 172,915 processed on Linux 6.18; 256: 678,451), inside its limit of 1,000,000.
 MAX_OUTPUTS_LIMIT: Final = 256
 ETH_HLEN: Final = 14
 ETH_P_IP: Final = 0x0800
@@ -164,7 +173,7 @@ _SAVE_MAC = -16  # 12 bytes: destination and source MAC of the original frame
 _SAVE_IP = -32  # 12 bytes: TTL, protocol, checksum, source, destination
 _SAVE_UDP = -40  # 8 bytes: the original UDP header
 _KEY = -56  # 12 bytes: rule key; its first 8 bytes are the group key
-_CUR = -72  # 12 bytes: the header values now in the frame, laid out like output value bytes 4..15
+_CUR = -72  # 12 bytes: the header values now in the frame, laid out like output value bytes 4..15 (IPv6: 4..7)
 _UDP_OFF = -80  # u64: offset of the UDP header in the frame
 _PAYLOAD = -88  # u64: UDP payload length
 _SLOT = -96  # u64: rule slot
@@ -174,15 +183,14 @@ _PORT_FLAGS = -120  # u64: flags for storing the UDP port (see below)
 # IPv6 only
 _HDR6 = -160  # 40 bytes: the original IPv6 header
 _KEY6 = -188  # 24 bytes: rule key (ifindex, group, port, 0); its first 20 bytes are the group key
-_CUR6 = -228  # 36 bytes: the header values now in the frame, laid out like output6 value bytes 4..39
 _EXT = -240  # 2 bytes: next header and length of an extension header
 _END6 = -248  # u64: offset of the end of the IPv6 payload in the frame
-# IPv4 only: 16-bit one's complement sums of raw 16-bit loads (the sum of byte-swapped words is the byte-swapped
-# sum, so raw images give the right bits on either host order)
-_ADDR_SUM = -256  # u64: the source + destination address sum the UDP checksum now stands for
-_ORIG_SUM = -264  # u64: the original frame's address sum
+# 16-bit one's complement sums of raw 16-bit loads (the sum of byte-swapped words is the byte-swapped sum, so raw
+# images give the right bits on either host order)
+_ADDR_SUM = -256  # u64: the source + destination address sum the UDP checksum now stands for (either family)
+_ORIG_SUM = -264  # u64: the original frame's address sum (either family)
 _IP_BASE = -272  # u64: ~checksum + ~(TTL/protocol + addresses) of the original IPv4 header, unfolded
-_NEW_SUM = -280  # u64: this output's address sum
+_NEW_SUM = -280  # u64: this output's address sum (IPv4)
 
 # rate limit value layout (40 bytes), see `pack_limit` and `mcr.model.ratelimit`
 _LIM_TAT = 0  # u64: theoretical arrival time (ns, bpf_ktime_get_ns clock); 0: the bucket is full
@@ -199,10 +207,11 @@ _OUT_PORT = 6
 _OUT_SRC = 8
 _OUT_DST = 12
 _OUT_MACS = 16  # destination MAC then source MAC, as in the Ethernet header
-_OUT6_HOP = 4  # hop limit, 0, port, source, destination: the same 36 bytes as _CUR6 + 0
+_OUT6_HOP = 4  # hop limit, 0, port: the same 4 bytes as _CUR + 0
 _OUT6_PORT = 6
 _OUT6_SRC = 8  # source then destination, 32 bytes
 _OUT6_MACS = 40
+_OUT6_SUM = 52  # u32: the 16-bit sum of the 32 address bytes as raw 16-bit loads (see `_raw_sum`)
 
 RULE_KEY: Final = struct.Struct("=I4s2sH")  # ingress ifindex, group (network order), port (network order), 0
 GROUP_KEY: Final = struct.Struct("=I4s")  # ingress ifindex, group
@@ -211,7 +220,7 @@ RULE6_KEY: Final = struct.Struct("=I16s2sH")
 GROUP6_KEY: Final = struct.Struct("=I16s")
 RULE6_VALUE: Final = struct.Struct("=II16s16s")
 OUTPUT_VALUE: Final = struct.Struct("=IBB2s4s4s6s6s28x")
-OUTPUT6_VALUE: Final = struct.Struct("=IBx2s16s16s6s6s4x")
+OUTPUT6_VALUE: Final = struct.Struct("=IBx2s16s16s6s6sI")
 RULE_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, frames over the rate limit
 OUTPUT_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, errors
 DROP_STATS: Final = struct.Struct("=Q")
@@ -342,8 +351,8 @@ def pack_output(out: OutputEntry) -> bytes:
     """An `outputs` entry: `OUTPUT_VALUE` for an IPv4 output, `OUTPUT6_VALUE` for an IPv6 one (same size)."""
     port = out.port.to_bytes(2, "big")
     if out.group.version == 6:
-        macs = (out.destination_mac, out.src_mac)
-        return OUTPUT6_VALUE.pack(out.ifindex, out.ttl, port, out.source.packed, out.group.packed, *macs)
+        src, dst, macs = out.source.packed, out.group.packed, (out.destination_mac, out.src_mac)
+        return OUTPUT6_VALUE.pack(out.ifindex, out.ttl, port, src, dst, *macs, _raw_sum(src + dst, sys.byteorder))
     return OUTPUT_VALUE.pack(
         out.ifindex,
         out.ttl,
@@ -364,10 +373,17 @@ def _raw16(value: int, byteorder: Literal["little", "big"]) -> int:
     return int.from_bytes(value.to_bytes(2, "big"), byteorder)
 
 
+def _raw_sum(data: bytes, byteorder: Literal["little", "big"]) -> int:
+    """The 16-bit one's complement sum (0..0xffff) of `data`'s raw 16-bit loads on a host of `byteorder`, as the
+    program's `add_halves` and `fold` compute it."""
+    total = sum(int.from_bytes(data[i : i + 2], byteorder) for i in range(0, len(data), 2))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
 R0, R1, R2, R3, R4, R5 = Reg.R0, Reg.R1, Reg.R2, Reg.R3, Reg.R4, Reg.R5
 CTX, R7, R8, R9, FP = Reg.R6, Reg.R7, Reg.R8, Reg.R9, Reg.FP
-_L4_ADDR = CsumFlag.SIZE_4 | CsumFlag.PSEUDO_HDR | CsumFlag.MARK_MANGLED_0
-_L4_PORT = CsumFlag.SIZE_2 | CsumFlag.MARK_MANGLED_0
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,8 +395,7 @@ class _Family:
     groups: MapName
     key: int  # stack slot of the rule key (the group key is its start)
     source_filter: Callable[[], None]  # r0: the rule value; jumps to drop_no_rule<sfx> when the source is out
-    rewrite: Callable[[], None]  # r7: the output entry; r9 |= every helper result
-    cur_from_output: Callable[[], None]  # r7: the output entry now in the frame
+    rewrite: Callable[[], None]  # r7: the output entry; r9 |= every helper result; keeps the sums as it goes
     cur_from_saved: Callable[[], None]
     restore: Callable[[], None]  # r9 != 0 when a store failed
     drops: tuple[tuple[str, DropReason], ...]
@@ -416,43 +431,15 @@ class _Builder:
         a.emit(alu(AluOp.ADD, R1, 1) if amount is None else alu_reg(AluOp.ADD, R1, amount))
         a.emit(stx(Size.DW, src, off, R1))
 
-    def store_bytes(
-        self, at: int, src: Reg, src_off: int, length: int, flags: int | None, *, udp: bool = False
-    ) -> None:
-        """bpf_skb_store_bytes(skb, at (+ UDP offset), src + src_off, length, flags); r9 |= result.
-
-        `flags` None: the port flags computed from the frame's UDP checksum.
-        """
-        a = self.a
-        a.emit(mov64_reg(R1, CTX))
-        self.frame_offset(R2, at, udp=udp)
-        a.emit(mov64_reg(R3, src), alu(AluOp.ADD, R3, src_off), mov64_imm(R4, length))
-        a.emit(ldx(Size.DW, R5, FP, _PORT_FLAGS) if flags is None else mov64_imm(R5, flags))
-        a.call(Helper.SKB_STORE_BYTES)
-        a.emit(alu_reg(AluOp.OR, R9, R0))
-
     def frame_offset(self, dst: Reg, at: int, *, udp: bool) -> None:
         if udp:
             self.a.emit(ldx(Size.DW, dst, FP, _UDP_OFF), alu(AluOp.ADD, dst, at))
         else:
             self.a.emit(mov64_imm(dst, at))
 
-    def csum(self, helper: Helper, size: Size, cur: int, new_off: int, flags: int) -> None:
-        """helper(skb, checksum offset, current value (stack slot `cur`), new value (r7 + new_off), flags);
-        r9 |= result."""
-        a = self.a
-        a.emit(mov64_reg(R1, CTX))
-        if helper == Helper.L3_CSUM_REPLACE:
-            a.emit(mov64_imm(R2, _IP_CSUM))
-        else:
-            self.frame_offset(R2, 6, udp=True)
-        a.emit(ldx(size, R3, FP, cur), ldx(size, R4, R7, new_off), mov64_imm(R5, flags))
-        a.call(helper)
-        a.emit(alu_reg(AluOp.OR, R9, R0))
-
-    def add_halves(self, dst: Reg, src: Reg, off: int, tmp: Reg) -> None:
-        """dst += the two 16-bit words at src + off (an IPv4 address)."""
-        for half in (0, 2):
+    def add_halves(self, dst: Reg, src: Reg, off: int, tmp: Reg, length: int = 4) -> None:
+        """dst += the 16-bit words of the `length` bytes at src + off (an IPv4 address by default)."""
+        for half in range(0, length, 2):
             self.a.emit(ldx(Size.H, tmp, src, off + half), alu_reg(AluOp.ADD, dst, tmp))
 
     def fold(self, reg: Reg, tmp: Reg) -> None:
@@ -472,14 +459,18 @@ class _Builder:
         a.emit(alu_reg(AluOp.OR, R9, R0))
         a.jump(JmpOp.JNE, R0, 0, fail)
 
-    def headers(self, data: Reg, udp: Reg, short: str) -> None:
+    def headers(self, data: Reg, udp: Reg, short: str, *, v6: bool = False) -> None:
         """data: the frame (fresh pointers: helpers invalidate them), udp: its UDP header; to `short` unless all
-        the headers up to the end of the UDP header are in the linear area."""
+        the headers up to the end of the UDP header are in the linear area (r3, r4 clobbered).
+
+        The verifier needs both checks: the fixed header's, for the writes at constant offsets, and the UDP
+        header's, whose offset is not constant; it is masked so that the verifier knows its bound (IPv4:
+        at most 74; IPv6: at most 54 + 8 extension headers of 2,048 bytes, below 0x7fff)."""
         a = self.a
         a.emit(ldx(Size.W, data, CTX, SkbOffset.DATA), ldx(Size.W, R3, CTX, SkbOffset.DATA_END))
-        a.emit(mov64_reg(R4, data), alu(AluOp.ADD, R4, _IP + 20))
-        a.jump_reg(JmpOp.JGT, R4, R3, short)  # (the verifier needs both checks: the UDP offset is not constant)
-        a.emit(ldx(Size.DW, R4, FP, _UDP_OFF), alu(AluOp.AND, R4, 0x7F))
+        a.emit(mov64_reg(R4, data), alu(AluOp.ADD, R4, _IP + (IPV6_HLEN if v6 else 20)))
+        a.jump_reg(JmpOp.JGT, R4, R3, short)
+        a.emit(ldx(Size.DW, R4, FP, _UDP_OFF), alu(AluOp.AND, R4, 0x7FFF if v6 else 0x7F))
         a.emit(mov64_reg(udp, data), alu_reg(AluOp.ADD, udp, R4), mov64_reg(R4, udp), alu(AluOp.ADD, R4, 8))
         a.jump_reg(JmpOp.JGT, R4, R3, short)
 
@@ -522,7 +513,6 @@ class _Builder:
             _KEY,
             self.source_filter4,
             self.rewrite4,
-            lambda: None,  # rewrite4 keeps the sums as it goes
             self.cur_from_saved4,
             self.restore4,
             (
@@ -544,7 +534,6 @@ class _Builder:
             _KEY6,
             self.source_filter6,
             self.rewrite6,
-            lambda: self.copy(Size.W, FP, _CUR6, R7, _OUT6_HOP, 36),
             self.cur_from_saved6,
             self.restore6,
             (
@@ -709,19 +698,29 @@ class _Builder:
         a.goto(f"restore_diff4_{n}")
         a.label(f"restore_port4_{n}")
         a.emit(ldx(Size.H, R1, FP, _CUR + 2), ldx(Size.H, R2, FP, _SAVE_UDP + 2))
-        a.label(f"restore_diff4_{n}")  # r2 - r1 back onto skb->csum
-        a.jump_reg(JmpOp.JEQ, R1, R2, f"restore_bytes4_{n}")
+        a.label(f"restore_diff4_{n}")
+        self.write_back(n, v6=False)
+
+    def write_back(self, n: int, *, v6: bool) -> None:
+        """r2 - r1 (16-bit sums) back onto skb->csum unless they are equal, then the saved header bytes back
+        into the frame by direct writes; r9: 1 when the headers are not in the linear area (nothing written)."""
+        a, s = self.a, "6" if v6 else "4"
+        a.jump_reg(JmpOp.JEQ, R1, R2, f"restore_bytes{s}_{n}")
         a.emit(alu(AluOp.XOR, R1, 0xFFFF), alu_reg(AluOp.ADD, R2, R1), mov64_reg(R1, CTX))
         a.call(Helper.CSUM_UPDATE)
-        a.label(f"restore_bytes4_{n}")
-        self.headers(R2, R5, f"restore_short4_{n}")
+        a.label(f"restore_bytes{s}_{n}")
+        self.headers(R2, R5, f"restore_short{s}_{n}", v6=v6)
         self.copy(Size.H, R2, 0, FP, _SAVE_MAC, 12)
-        self.copy(Size.H, R2, _IP_TTL, FP, _SAVE_IP, 12)
+        if v6:  # hop limit, source and destination
+            a.emit(ldx(Size.B, R1, FP, _HDR6 + 7), stx(Size.B, R2, _IP6_HOP, R1))
+            self.copy(Size.W, R2, _IP6_SRC, FP, _HDR6 + 8, 32)
+        else:  # TTL, protocol, checksum, source, destination
+            self.copy(Size.H, R2, _IP_TTL, FP, _SAVE_IP, 12)
         self.copy(Size.H, R5, 0, FP, _SAVE_UDP, 8)
-        a.goto(f"restore_end4_{n}")
-        a.label(f"restore_short4_{n}")
+        a.goto(f"restore_end{s}_{n}")
+        a.label(f"restore_short{s}_{n}")
         a.emit(mov64_imm(R9, 1))
-        a.label(f"restore_end4_{n}")
+        a.label(f"restore_end{s}_{n}")
 
     # ---- IPv6
 
@@ -768,8 +767,27 @@ class _Builder:
         a.jump_reg(JmpOp.JGT, R0, R2, "drop_bad_udp6")
         a.emit(ldx(Size.H, R1, FP, _SAVE_UDP + 6))
         a.jump(JmpOp.JEQ, R1, 0, "drop_zero_csum6")
-        a.emit(alu(AluOp.ADD, R0, -8), stx(Size.DW, FP, _PAYLOAD, R0), stx(Size.DW, FP, _UDP_OFF, R7))
+        # The UDP offset goes on the stack as two 32-bit halves, so that the verifier forgets its bounds: they
+        # differ along each path out of the extension header walk, and the packet pointer made from it in the
+        # output loop would keep them apart (precise), walking the whole loop once per path.
+        low, high = (0, 4) if self.byteorder == "little" else (4, 0)
+        a.emit(stx(Size.W, FP, _UDP_OFF + low, R7), st_imm(Size.W, FP, _UDP_OFF + high, 0))
+        a.emit(alu(AluOp.ADD, R0, -8), stx(Size.DW, FP, _PAYLOAD, R0))
         a.emit(ldx(Size.H, R0, FP, _SAVE_UDP + 2), stx(Size.H, FP, _KEY6 + 20, R0), st_imm(Size.H, FP, _KEY6 + 22, 0))
+        # The rewrite writes the headers through packet pointers: when they are not all in the linear area,
+        # pull them in (a frame that cannot be pulled passes, as for IPv4).
+        self.headers(R2, R5, "pull6", v6=True)
+        a.goto("linear6")
+        a.label("pull6")
+        a.emit(mov64_reg(R1, CTX), ldx(Size.DW, R2, FP, _UDP_OFF), alu(AluOp.ADD, R2, 8))
+        a.call(Helper.SKB_PULL_DATA)
+        a.jump(JmpOp.JNE, R0, 0, "pass")
+        self.headers(R2, R5, "pass", v6=True)
+        a.label("linear6")
+        a.emit(mov64_imm(R0, 0))  # the address sum the UDP checksum starts from
+        self.add_halves(R0, FP, _HDR6 + 8, R3, 32)
+        self.fold(R0, R3)
+        a.emit(stx(Size.DW, FP, _ORIG_SUM, R0))
         self.cur_from_saved6()
 
     def source_filter6(self) -> None:
@@ -779,34 +797,63 @@ class _Builder:
             a.emit(alu_reg(AluOp.AND, R4, R3), ldx(Size.DW, R3, R0, 8 + half))
             a.jump_reg(JmpOp.JNE, R4, R3, "drop_no_rule6")
 
+    def hop_word(self, reg: Reg, src: Reg, off: int) -> None:
+        """reg = the hop limit byte at src + off as the raw 16-bit load of (next header, hop limit) sees it, less
+        the next header: the hop limit is the second byte of its word."""
+        self.a.emit(ldx(Size.B, reg, src, off))
+        if self.byteorder == "little":
+            self.a.emit(alu(AluOp.LSH, reg, 8))
+
     def rewrite6(self) -> None:
+        """The UDP checksum through helpers, skb->csum set right with one csum_update, then the header bytes by
+        direct writes (IPv6 has no header checksum)."""
         a = self.a
-        self.store_bytes(0, R7, _OUT6_MACS, 12, 0)
-        # the pseudo-header's addresses: their difference in one sum, taken off the UDP checksum
-        a.emit(mov64_reg(R1, FP), alu(AluOp.ADD, R1, _CUR6 + 4), mov64_imm(R2, 32))
-        a.emit(mov64_reg(R3, R7), alu(AluOp.ADD, R3, _OUT6_SRC), mov64_imm(R4, 32), mov64_imm(R5, 0))
-        a.call(Helper.CSUM_DIFF)
-        a.emit(mov64_reg(R4, R0), mov64_reg(R1, CTX), mov64_imm(R3, 0))
-        self.frame_offset(R2, 6, udp=True)
-        a.emit(mov64_imm(R5, CsumFlag.PSEUDO_HDR | CsumFlag.MARK_MANGLED_0))
-        a.call(Helper.L4_CSUM_REPLACE)
-        a.emit(alu_reg(AluOp.OR, R9, R0))
-        self.csum(Helper.L4_CSUM_REPLACE, Size.H, _CUR6 + 2, _OUT6_PORT, _L4_PORT)
-        self.store_bytes(_IP6_HOP, R7, _OUT6_HOP, 1, StoreFlag.RECOMPUTE_CSUM)
-        self.store_bytes(_IP6_SRC, R7, _OUT6_SRC, 32, StoreFlag.RECOMPUTE_CSUM)  # source and destination
-        self.store_bytes(2, R7, _OUT6_PORT, 2, 0, udp=True)
+        # UDP checksum: the addresses through the pseudo-header, which also takes their difference off
+        # skb->csum (CHECKSUM_COMPLETE), as is right for IPv4 ...
+        a.emit(ldx(Size.W, R1, R7, _OUT6_SUM), ldx(Size.DW, R2, FP, _ADDR_SUM))
+        self.l4_by_diff(R1, R2, CsumFlag.PSEUDO_HDR | CsumFlag.MARK_MANGLED_0, "rewrite_end6")
+        # ... but in IPv6 no header checksum balances the address bytes, which are inside skb->csum's coverage
+        # and rise by as much: give it back, with the hop limit's change (the port's is balanced inside the
+        # UDP header). A negative result only says the skb is not CHECKSUM_COMPLETE.
+        a.emit(ldx(Size.W, R2, R7, _OUT6_SUM), ldx(Size.DW, R1, FP, _ADDR_SUM), stx(Size.DW, FP, _ADDR_SUM, R2))
+        a.emit(alu(AluOp.XOR, R1, 0xFFFF), alu_reg(AluOp.ADD, R2, R1))
+        self.hop_word(R1, R7, _OUT6_HOP)
+        a.emit(alu_reg(AluOp.ADD, R2, R1))
+        self.hop_word(R1, FP, _CUR)
+        a.emit(alu(AluOp.XOR, R1, 0xFFFF), alu_reg(AluOp.ADD, R2, R1))
+        a.emit(ldx(Size.B, R1, R7, _OUT6_HOP), stx(Size.B, FP, _CUR, R1), mov64_reg(R1, CTX))
+        a.call(Helper.CSUM_UPDATE)
+        # the port, inside the UDP header
+        a.emit(ldx(Size.H, R1, R7, _OUT6_PORT), ldx(Size.H, R2, FP, _CUR + 2))
+        a.jump_reg(JmpOp.JEQ, R1, R2, "port_done6")
+        self.l4_by_diff(R1, R2, CsumFlag.MARK_MANGLED_0, "rewrite_end6")
+        a.emit(ldx(Size.H, R1, R7, _OUT6_PORT), stx(Size.H, FP, _CUR + 2, R1))
+        a.label("port_done6")
+        self.headers(R2, R5, "rewrite_short6", v6=True)
+        self.copy(Size.H, R2, 0, R7, _OUT6_MACS, 12)
+        a.emit(ldx(Size.B, R1, R7, _OUT6_HOP), stx(Size.B, R2, _IP6_HOP, R1))
+        self.copy(Size.W, R2, _IP6_SRC, R7, _OUT6_SRC, 32)
+        a.emit(ldx(Size.H, R1, R7, _OUT6_PORT), stx(Size.H, R5, 2, R1))
+        a.goto("rewrite_end6")
+        a.label("rewrite_short6")
+        a.emit(alu(AluOp.OR, R9, 1))
+        a.label("rewrite_end6")
 
     def cur_from_saved6(self) -> None:
         a = self.a
-        a.emit(ldx(Size.B, R1, FP, _HDR6 + 7), stx(Size.B, FP, _CUR6, R1))
-        a.emit(ldx(Size.H, R1, FP, _SAVE_UDP + 2), stx(Size.H, FP, _CUR6 + 2, R1))
-        self.copy(Size.DW, FP, _CUR6 + 4, FP, _HDR6 + 8, 32)
+        a.emit(ldx(Size.DW, R1, FP, _ORIG_SUM), stx(Size.DW, FP, _ADDR_SUM, R1))
+        a.emit(ldx(Size.B, R1, FP, _HDR6 + 7), stx(Size.B, FP, _CUR, R1))
+        a.emit(ldx(Size.H, R1, FP, _SAVE_UDP + 2), stx(Size.H, FP, _CUR + 2, R1))
 
     def restore6(self) -> None:
-        self.a.emit(mov64_imm(R9, 0))
-        self.store_bytes(0, FP, _SAVE_MAC, 12, 0)
-        self.store_bytes(_IP6_HOP, FP, _HDR6 + 7, 33, StoreFlag.RECOMPUTE_CSUM)  # hop limit and addresses
-        self.store_bytes(0, FP, _SAVE_UDP, 8, StoreFlag.RECOMPUTE_CSUM, udp=True)
+        """The saved header bytes back by direct writes. The helper calls left skb->csum (CHECKSUM_COMPLETE)
+        right for the frame as rewritten; restored, it differs from it by the hop limit alone (the addresses
+        and port come back with the UDP checksum that balances them)."""
+        a, n = self.a, self.fresh()
+        a.emit(mov64_imm(R9, 0))
+        self.hop_word(R1, FP, _CUR)
+        self.hop_word(R2, FP, _HDR6 + 7)
+        self.write_back(n, v6=True)
 
     # ---- rule, rate limit, outputs and drops: one copy per family
 
@@ -844,7 +891,6 @@ class _Builder:
         a.emit(mov64_reg(R7, R0))  # r7: the output entry
         a.emit(mov64_imm(R9, 0))  # r9: OR of every helper result
         fam.rewrite()
-        fam.cur_from_output()  # the frame now holds this output's values
         a.jump(JmpOp.JNE, R9, 0, f"rewrite_failed{s}")
         a.emit(mov64_reg(R1, CTX), ldx(Size.W, R2, R7, _OUT_IFINDEX), mov64_imm(R3, 0))
         a.call(Helper.CLONE_REDIRECT)
