@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_modules import load
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("perfsplit", BENCH / "perfsplit.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("perfsplit", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-perfsplit = _load()
+perfsplit = load("perfsplit")
 
 REPORT = """\
 # Samples: 59K of event 'cpu-clock'

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_modules import load
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("probe", BENCH / "probe.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("probe", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-probe = _load()
+probe = load("probe")
 
 
 def test_kernel_threads_are_found_by_name_and_flag() -> None:

@@ -459,6 +459,16 @@ class _Builder:
         a.emit(alu_reg(AluOp.OR, R9, R0))
         a.jump(JmpOp.JNE, R0, 0, fail)
 
+    def write_port(self, udp: Reg, port_off: int, sfx: str) -> None:
+        """The output's UDP port (r7 + port_off) into the frame's UDP header, the last of a rewrite's writes;
+        then the rewrite's end, where a frame whose headers were not all linear (rewrite_short) sets r9."""
+        a = self.a
+        a.emit(ldx(Size.H, R1, R7, port_off), stx(Size.H, udp, 2, R1))
+        a.goto(f"rewrite_end{sfx}")
+        a.label(f"rewrite_short{sfx}")
+        a.emit(alu(AluOp.OR, R9, 1))
+        a.label(f"rewrite_end{sfx}")
+
     def headers(self, data: Reg, udp: Reg, short: str, *, v6: bool = False) -> None:
         """data: the frame (fresh pointers: helpers invalidate them), udp: its UDP header; to `short` unless all
         the headers up to the end of the UDP header are in the linear area (r3, r4 clobbered).
@@ -677,11 +687,7 @@ class _Builder:
         self.copy(Size.H, R2, 0, R7, _OUT_MACS, 12)
         a.emit(ldx(Size.B, R1, R7, _OUT_TTL), stx(Size.B, R2, _IP_TTL, R1), stx(Size.H, R2, _IP_CSUM, R0))
         self.copy(Size.W, R2, _IP_SRC, R7, _OUT_SRC, 8)
-        a.emit(ldx(Size.H, R1, R7, _OUT_PORT), stx(Size.H, R5, 2, R1))
-        a.goto("rewrite_end4")
-        a.label("rewrite_short4")
-        a.emit(alu(AluOp.OR, R9, 1))
-        a.label("rewrite_end4")
+        self.write_port(R5, _OUT_PORT, "4")
 
     def cur_from_saved4(self) -> None:
         a = self.a
@@ -833,11 +839,7 @@ class _Builder:
         self.copy(Size.H, R2, 0, R7, _OUT6_MACS, 12)
         a.emit(ldx(Size.B, R1, R7, _OUT6_HOP), stx(Size.B, R2, _IP6_HOP, R1))
         self.copy(Size.W, R2, _IP6_SRC, R7, _OUT6_SRC, 32)
-        a.emit(ldx(Size.H, R1, R7, _OUT6_PORT), stx(Size.H, R5, 2, R1))
-        a.goto("rewrite_end6")
-        a.label("rewrite_short6")
-        a.emit(alu(AluOp.OR, R9, 1))
-        a.label("rewrite_end6")
+        self.write_port(R5, _OUT6_PORT, "6")
 
     def cur_from_saved6(self) -> None:
         a = self.a
