@@ -3,13 +3,8 @@ makes a changed rule's counters restart, and how both reach the worker and the s
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address
-
-import pytest
 
 from mcr.model.links import Link
 from mcr.model.rules import Engine, Limits, OutputDestination
@@ -129,22 +124,6 @@ def test_the_epoch_reaches_both_engines_and_survives_the_channel() -> None:
     (kr,) = resolve(table.rules.values(), LINKS, 16, {"a": 7}).kernel_rules
     assert kr.epoch == 7
     assert resolve(table.rules.values(), LINKS).worker_rules[0].epoch == 0, "a rule never re-added"
-
-
-@pytest.fixture
-def data_plane() -> Iterator[DataPlane]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    read_fd, write_fd = os.pipe()
-    try:
-        plane = DataPlane(0, ours, write_fd)
-        yield plane
-    finally:
-        for sock in plane.sockets.values():
-            sock.close()
-        for s in (ours, theirs):
-            s.close()
-        os.close(read_fd)
-        os.close(write_fd)
 
 
 def test_worker_restarts_a_rules_counters_only_for_a_new_epoch(data_plane: DataPlane) -> None:
