@@ -109,9 +109,14 @@ class Relay:
                 stderr=log,
                 env={**os.environ, **self.env},
             )
-        wait_for(lambda: self.ctl("ping", check=False).returncode == 0, 20, what="the supervisor to answer ping")
-        if settle:
-            wait_for(lambda: "pending" not in self.states(), 40, what="every rule to leave 'pending'")
+        try:
+            wait_for(lambda: self.ctl("ping", check=False).returncode == 0, 20, what="the supervisor to answer ping")
+            if settle:
+                wait_for(lambda: "pending" not in self.states(), 40, what="every rule to leave 'pending'")
+        except BaseException:
+            self.stop()  # a supervisor that did not come up is not left running (no fixture will stop it)
+            print(self.log()[-3000:])
+            raise
         return self
 
     def states(self) -> list[str]:
