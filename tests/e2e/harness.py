@@ -90,6 +90,7 @@ class Relay:
     num_workers: int = 1
     extra: Sequence[str] = ()
     wrap: Sequence[str] = ()  # a command the supervisor runs under, inside the namespace (e.g. unshare)
+    env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment (NOTIFY_SOCKET)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -97,14 +98,30 @@ class Relay:
         self.socket_path = str(self.workdir / "run" / "control.sock")
         self.log_path = self.workdir / "supervisor.log"
 
-    def start(self) -> Relay:
+    def start(self, settle: bool = True) -> Relay:
+        """Start the supervisor and wait until it answers ping; with `settle`, also until no rule is
+        `pending` (every worker has the rule set it started with), as systemd's READY would."""
         argv = mcr("supervisor", "--control-socket-path", self.socket_path, "--num-workers", str(self.num_workers))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.lab.exec_argv(self.lab.relay, [*self.wrap, *argv, *self.extra]), stdout=log, stderr=log
+                self.lab.exec_argv(self.lab.relay, [*self.wrap, *argv, *self.extra]),
+                stdout=log,
+                stderr=log,
+                env={**os.environ, **self.env},
             )
-        wait_for(lambda: self.ctl("ping", check=False).returncode == 0, 20, what="the supervisor to answer ping")
+        try:
+            wait_for(lambda: self.ctl("ping", check=False).returncode == 0, 20, what="the supervisor to answer ping")
+            if settle:
+                wait_for(lambda: "pending" not in self.states(), 40, what="every rule to leave 'pending'")
+        except BaseException:
+            self.stop()  # a supervisor that did not come up is not left running (no fixture will stop it)
+            print(self.log()[-3000:])
+            raise
         return self
+
+    def states(self) -> list[str]:
+        """Each rule's `state`, from one raw ListRules (fast enough to poll)."""
+        return [r["state"] for r in self.request("ListRules")["Rules"]]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -181,6 +198,31 @@ class Relay:
             self.proc.kill()
             self.proc.wait()
             return None
+
+
+class NotifyListener:
+    """What systemd's $NOTIFY_SOCKET is for a supervisor started with `env=listener.env`: a datagram socket
+    that collects its state messages (READY=1, RELOADING=1 ...)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.path = str(workdir / f"notify-{time.monotonic_ns()}.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.env = {"NOTIFY_SOCKET": self.path}
+
+    def poll(self) -> list[str]:
+        """The messages that arrived since the last poll, without waiting."""
+        messages = []
+        while True:
+            try:
+                messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return messages
+
+    def close(self) -> None:
+        self.sock.close()
+        Path(self.path).unlink(missing_ok=True)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mcr.lab import SRC_IP, Lab
-from tests.e2e.harness import Relay, start_sink, wait_for
+from tests.e2e.harness import NotifyListener, Relay, start_sink, wait_for
 
 # Numbered payloads (the sink checks them) to many groups, round-robin, paced; bounded by its count.
 _SEND_MANY = """
@@ -122,19 +122,17 @@ def _check_thousand(lab: Lab, relay: Relay) -> None:
     assert wanted <= joined_groups(lab, "rin"), "every input group is joined (20 per socket by default)"
     refused = relay.request(add_rule(1000, 6000))
     assert refused == {"Error": "Rule rejected: rule limit reached (max_rules = 1000)"}, refused
-    # "active" is the supervisor's view; the worker may still be applying the 1000-rule set it was sent at
-    # start-up (a socket per output): wait until it relays the last rule before measuring
-    for _ in range(50):
-        send_many(lab, [input_group(999)], per_group=1, rate=1000)
-        if relay.flow("load-0999")["packets_relayed"] > 0:
-            break
-        time.sleep(0.2)
-    time.sleep(1.2)  # the worker reports every 0.5 s: let the warm-up's count settle
-    warm = relay.wait_relayed("load-0999", 1)["packets_relayed"]
+    # "active" means every worker has the rule: the very first packets of a flow are relayed, the last
+    # rule's and those of every 10th rule alike, with no warm-up
     sink = start_sink(lab, relay.workdir, "239.2.2.2", "7999", expect=300)
     send_many(lab, [input_group(999)], per_group=300, rate=3000)
     assert sink.result()["received"] == 300
-    assert relay.wait_relayed("load-0999", warm + 300)["packets_relayed"] == warm + 300
+    assert relay.wait_relayed("load-0999", 300)["packets_relayed"] == 300
+    sampled = range(0, 1000, 10)
+    sink = start_sink(lab, relay.workdir, "239.2.2.2", ",".join(str(7000 + i) for i in sampled), expect=300)
+    send_many(lab, [input_group(i) for i in sampled], per_group=3, rate=3000)
+    report = sink.result()
+    assert (report["received"], [s["received"] for s in report["streams"]]) == (300, [3] * 100), report
 
 
 @pytest.mark.slow
@@ -154,14 +152,28 @@ def test_1000_rules_from_a_config_file(lab: Lab, workdir: Path) -> None:
     config = workdir / "thousand.toml"
     config.write_text(config_text(1000))
     extra = ["--config", str(config), "--engine", "userspace"]
-    relay = Relay(lab, workdir, wrap=["prlimit", "--nofile=512:"], extra=extra).start()
+    notify = NotifyListener(workdir)  # as systemd: READY only once the worker has all 1000 rules
+    relay = Relay(lab, workdir, wrap=["prlimit", "--nofile=512:"], extra=extra, env=notify.env)
     try:
+        relay.start(settle=False)
+        seen: list[set[str]] = []
+        deadline = time.monotonic() + 60
+        while not any(m.startswith("READY=1") for m in notify.poll()):
+            assert time.monotonic() < deadline, f"no READY within 60 s; states seen: {seen}"
+            seen.append(set(relay.states()))
+        assert set(relay.states()) == {"active"}, "READY: every rule is active"
+        # one rule set, one worker: all 1000 rules are pending together, then all active together
+        first_active = next((i for i, states in enumerate(seen) if states == {"active"}), len(seen))
+        assert all(states == {"pending"} for states in seen[:first_active]), seen
+        assert all(states == {"active"} for states in seen[first_active:]), seen
+        assert "every worker confirmed rule generation" in relay.log()
         _check_thousand(lab, relay)
         assert "cannot open socket" not in relay.log()
         assert "open-file limit raised from 512 to" in relay.log()
         assert sum(o["send_errors"] for f in relay.json("stats")["Stats"] for o in f["outputs"]) == 0
     finally:
         relay.stop()
+        notify.close()
 
 
 def test_igmp_membership_limit_is_reported(lab: Lab, workdir: Path, relay: Relay) -> None:

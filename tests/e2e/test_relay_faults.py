@@ -118,7 +118,8 @@ def test_killed_worker_is_restarted_with_its_rules_and_forwards_again(chain: Cha
     assert new_pid != old_pid and not pid_alive(old_pid)
     (worker,) = sup.workers()
     assert worker["restarts"] >= 1, worker
-    assert sup.rules() == rules, "the restarted worker serves the same rules"
+    # the same rules, `pending` until the new worker has confirmed them, then `active` as before
+    wait_for(lambda: sup.rules() == rules, 5, "the restarted worker to serve the same rules")
     gen.json(timeout=seconds + 10)
     arrivals = receiver.json(timeout=20)["times"]
     after = [t for t in arrivals if t >= t_kill - 0.5]

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from mcr.worker.loop import DataPlane
 from tests.fake_supervisor import FakeSupervisor, Respond
 
 
@@ -20,3 +23,16 @@ def fake_supervisor(tmp_path: Path) -> Iterator[Callable[[Respond], FakeSupervis
     yield start
     for fake in started:
         fake.close()
+
+
+@pytest.fixture
+def data_plane() -> Iterator[DataPlane]:
+    """A worker's data plane with a real channel and stats pipe but no capture: for `sync` and its tables."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    read_fd, write_fd = os.pipe()
+    plane = DataPlane(0, ours, write_fd)
+    yield plane
+    for sock in (*plane.sockets.values(), ours, theirs):
+        sock.close()
+    os.close(read_fd)
+    os.close(write_fd)

@@ -235,6 +235,12 @@ PITFALLS = {
         title="rule r1 skips outputs: output[0] eth1 is down; output[1] eth2 does not exist; output[2] eth1 is down",
         fix="ip link set eth1 up; check the name eth2 (ip -br link); the rule starts by itself when it appears",
     ),
+    "rule that stays pending": Pitfall(
+        rules=(rule(state=RuleState.PENDING, reason="workers are applying the rule set (generation 7)"),),
+        check="rules",
+        title="rule r1 stays pending: workers are applying the rule set (generation 7)",
+        fix="control_client list-workers (a worker Starting, or restarting again and again?) and the supervisor's log",
+    ),
     "a reason doctor does not know": Pitfall(
         rules=(rule(state=RuleState.WAITING, reason="something new"),),
         severity=Severity.ERROR,
@@ -501,3 +507,34 @@ def test_doctor_command_without_the_supervisor_exits_1(
     first = doc["findings"][0]
     assert (first["severity"], first["check"]) == ("error", "supervisor") and detail in first["detail"]
     assert clean_host == [[]]  # the host was still checked
+
+
+def test_doctor_asks_again_while_a_rule_is_pending(
+    fake_supervisor: Callable[[Respond], FakeSupervisor],
+    clean_host: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rule set being applied is pending for a moment: doctor asks again and reports only what stays pending
+    (here the second answer is active: nothing wrong); one that stays past the grace is a warning."""
+    pending = {**RULE_DOC, "state": "pending", "state_reason": "workers are applying the rule set (generation 2)"}
+    answers = iter([pending, RULE_DOC])
+
+    def respond(request: bytes) -> bytes:
+        if json.loads(request) == "ListRules":
+            return json.dumps({"Rules": [next(answers, RULE_DOC)]}).encode() + b"\n"
+        return json.dumps({"Workers": [WORKER_DOC]}).encode() + b"\n"
+
+    fake = fake_supervisor(respond)
+    assert main(["--socket-path", str(fake.path), "doctor"]) == ExitCode.OK
+    assert [json.loads(r) for r in fake.requests] == ["ListRules", "ListRules", "ListWorkers"]
+    assert "nothing wrong found" in capsys.readouterr().out
+    monkeypatch.setattr(control_client, "PENDING_GRACE_S", 0.3)
+    stuck = fake_supervisor(by_command({"ListRules": {"Rules": [pending]}, "ListWorkers": {"Workers": [WORKER_DOC]}}))
+    assert main(["--socket-path", str(stuck.path), "--json", "doctor"]) == ExitCode.ERROR_RESPONSE
+    (finding,) = [f for f in json.loads(capsys.readouterr().out)["findings"] if f["check"] == "rules"]
+    assert (finding["severity"], finding["title"]) == (
+        "warning",
+        "rule r1 stays pending: workers are applying the rule set (generation 2)",
+    )
+    assert 2 <= [json.loads(r) for r in stuck.requests].count("ListRules") <= 4

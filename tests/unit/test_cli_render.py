@@ -119,6 +119,14 @@ def test_an_active_rule_shows_its_reason_too() -> None:
     assert lines(render_rules([degraded]))[1].endswith("active (output[0] eth1 does not exist)")
 
 
+def test_a_pending_rule_says_what_it_waits_for() -> None:
+    pending = RuleView(
+        RULE.rule, Engine.USERSPACE, RuleState.PENDING, "workers are applying the rule set (generation 4)"
+    )
+    shown = " ".join(" ".join(line.split()) for line in lines(render_rules([pending])))
+    assert "pending (workers are applying the rule set (generation 4))" in shown
+
+
 def test_stats_table() -> None:
     flow = FlowStats(
         input_group="239.1.1.1",

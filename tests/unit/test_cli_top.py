@@ -9,6 +9,7 @@ import os
 import termios
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ from mcr.cli.top import (
     split_keys,
 )
 from mcr.cli.transport import UnreachableError
-from mcr.model.status import FlowStats, OutputStats, WorkerInfo
+from mcr.model.rules import Engine, ForwardingRule
+from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView, WorkerInfo
 from tests.fake_supervisor import FakeSupervisor, Respond, by_command
 
 T0 = datetime(2024, 5, 1, 12, 34, 56)
@@ -268,18 +270,34 @@ def test_empty_views_say_why(view: TopView, shown: str) -> None:
     assert shown in text(render_top(view, Controls(), 1.0))
 
 
+def test_rules_that_are_not_active_say_so_in_their_row_and_the_header() -> None:
+    def view(rule_id: str, state: RuleState) -> RuleView:
+        rule = ForwardingRule(rule_id, "eth0", IPv4Address("239.1.1.1"), 5000, ())
+        return RuleView(rule, Engine.USERSPACE, state, "why")
+
+    rules = (view("alpha", RuleState.PENDING), view("beta", RuleState.ACTIVE), view("gamma", RuleState.WAITING))
+    lines = squeezed(render_top(on_poll(TopView(), FLOWS, WORKERS, T0, rules), Controls(), 1.0))
+    assert lines[0].startswith("MCR top 4 flows, sorted by packet rate (high to low) 1 pending 1 waiting")
+    assert {line.split()[0]: line.split()[1] for line in lines if line.split()[0] in {"alpha", "beta", "gamma"}} == {
+        "alpha": "pending",
+        "beta": "eth0",
+        "gamma": "waiting",
+    }
+    assert "pending" not in squeezed(render_top(on_poll(TopView(), FLOWS, WORKERS, T0), Controls(), 1.0))[0]
+
+
 def test_names_are_not_markup() -> None:
     odd = FlowStats("239.1.1.1", 5000, 1, 1, 1.0, 8.0, rule_id="[bold]x[/bold]", input_interface="eth0")
     assert "[bold]x[/bold]" in text(render_top(on_poll(TopView(), (odd,), (), T0), Controls(), 1.0))
 
 
 def test_refresh_turns_a_failed_poll_into_an_error_line() -> None:
-    def unreachable() -> tuple[tuple[FlowStats, ...], tuple[WorkerInfo, ...]]:
+    def unreachable() -> tuple[tuple[FlowStats, ...], tuple[WorkerInfo, ...], tuple[RuleView, ...]]:
         raise UnreachableError("cannot reach the supervisor: nothing is listening on /s")
 
     view = refresh(TopView(), unreachable, now=lambda: T1)
     assert view.error == "cannot reach the supervisor: nothing is listening on /s" and view.error_at == T1
-    view = refresh(view, lambda: (FLOWS, WORKERS), now=lambda: T0)
+    view = refresh(view, lambda: (FLOWS, WORKERS, ()), now=lambda: T0)
     assert view.error is None and view.flows == FLOWS
 
 
@@ -331,13 +349,13 @@ def test_run_live_draws_then_quits_on_q_and_restores(pty_pair: tuple[int, int]) 
     before = termios.tcgetattr(slave)
     polls: list[int] = []
 
-    def poll() -> tuple[tuple[FlowStats, ...], tuple[WorkerInfo, ...]]:
+    def poll() -> tuple[tuple[FlowStats, ...], tuple[WorkerInfo, ...], tuple[RuleView, ...]]:
         polls.append(1)
         if len(polls) == 2:
             os.write(master, b"n")  # sort by name: redrawn at once
         if len(polls) == 3:
             os.write(master, b"q")
-        return FLOWS, WORKERS
+        return FLOWS, WORKERS, ()
 
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=140, height=40, color_system=None)
@@ -362,6 +380,12 @@ FLOW_DOC = {
 }  # fmt: skip
 WORKER_DOC = {"pid": 4242, "worker_type": "DataPlane", "core_id": None, "worker_id": 0, "status": "Running",
               "uid": 65534, "restarts": 1, "drops": {}, "kernel_packets": 9, "kernel_drops": 3}  # fmt: skip
+RULE_DOC = {
+    "rule_id": "feed-a", "input_interface": "eth0", "input_group": "239.1.1.1", "input_port": 5000,
+    "input_source": None, "outputs": [{"group": "239.10.1.1", "port": 6000, "interface": "eth1", "ttl": 1}],
+    "source": "runtime", "engine": "userspace", "state": "pending",
+    "state_reason": "workers are applying the rule set (generation 3)",
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -376,12 +400,19 @@ def supervisor(
 def test_snapshot_from_the_supervisor(
     argv: list[str], supervisor: Callable[[Mapping[str, object]], FakeSupervisor], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake = supervisor({"GetStats": {"Stats": [FLOW_DOC]}, "ListWorkers": {"Workers": [WORKER_DOC]}})
+    fake = supervisor(
+        {
+            "GetStats": {"Stats": [FLOW_DOC]},
+            "ListWorkers": {"Workers": [WORKER_DOC]},
+            "ListRules": {"Rules": [RULE_DOC]},
+        }
+    )
     assert main(["--socket-path", str(fake.path), *argv]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert [json.loads(r) for r in fake.requests] == ["GetStats", "ListWorkers"]
+    assert [json.loads(r) for r in fake.requests] == ["GetStats", "ListWorkers", "ListRules"]
     lines = [" ".join(line.split()) for line in out.splitlines()]
-    assert "feed-a eth0 239.1.1.1:5000 20.0k 224M 123456 164.8 MiB 6 0" in lines
+    assert lines[0] == "MCR top 1 flow, sorted by packet rate (high to low) 1 pending"
+    assert "feed-a pending eth0 239.1.1.1:5000 20.0k 224M 123456 164.8 MiB 6 0" in lines
     assert "-> 239.10.1.1:6000 eth1 123450 164.8 MiB 6" in lines
     assert "workers 1 (1 running) restarts 1 kernel drops 3 ring resyncs 0" in lines  # an older supervisor: 0
     assert "\x1b" not in out

@@ -25,6 +25,7 @@ from mcr.model.ratelimit import (
 from mcr.model.rules import ForwardingRule, Limits, OutputDestination, check_rule_shape
 from mcr.protocol.control import AddRule, decode_request, decode_rule, encode_request, encode_rule
 from mcr.protocol.worker import Sync, WorkerRule, decode_command, encode_command
+from mcr.worker.loop import DataPlane
 
 MS = 1_000_000
 
@@ -263,34 +264,21 @@ def test_cli_rate_limit_errors(flags: list[str], message: str, capsys: pytest.Ca
 # ------------------------------------------------------------------------------------------ where it is kept
 
 
-def test_worker_keeps_a_bucket_across_unrelated_syncs_and_resets_a_changed_one() -> None:
-    import os
-    import socket
-
-    from mcr.worker.loop import DataPlane
-
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    read_fd, write_fd = os.pipe()
-    try:
-        plane = DataPlane(0, ours, write_fd)
-        group = IPv4Address("239.1.1.1")
-        limited = WorkerRule("a", 2, group, 5000, (), RateLimit(10, RateUnit.PPS, 1))
-        other = WorkerRule("b", 2, group, 5001, ())
-        plane.sync(Sync(1, (limited,)))
-        bucket = plane.slots["a"].bucket
-        assert bucket is not None and bucket.admit(100, NS_PER_S) and not bucket.admit(100, NS_PER_S)
-        plane.sync(Sync(2, (limited, other)))  # another rule added: this bucket stays empty
-        assert plane.slots["a"].bucket is bucket and plane.slots["b"].bucket is None
-        plane.sync(Sync(3, (WorkerRule("a", 2, group, 5000, (), RateLimit(10, RateUnit.PPS, 5)), other)))
-        changed = plane.slots["a"].bucket
-        assert changed is not None and changed is not bucket and changed.admit(100, NS_PER_S)
-        plane.sync(Sync(4, (WorkerRule("a", 2, group, 5000, ()), other)))
-        assert plane.slots["a"].bucket is None
-    finally:
-        for s in (ours, theirs):
-            s.close()
-        os.close(read_fd)
-        os.close(write_fd)
+def test_worker_keeps_a_bucket_across_unrelated_syncs_and_resets_a_changed_one(data_plane: DataPlane) -> None:
+    plane = data_plane
+    group = IPv4Address("239.1.1.1")
+    limited = WorkerRule("a", 2, group, 5000, (), RateLimit(10, RateUnit.PPS, 1))
+    other = WorkerRule("b", 2, group, 5001, ())
+    plane.sync(Sync(1, (limited,)))
+    bucket = plane.slots["a"].bucket
+    assert bucket is not None and bucket.admit(100, NS_PER_S) and not bucket.admit(100, NS_PER_S)
+    plane.sync(Sync(2, (limited, other)))  # another rule added: this bucket stays empty
+    assert plane.slots["a"].bucket is bucket and plane.slots["b"].bucket is None
+    plane.sync(Sync(3, (WorkerRule("a", 2, group, 5000, (), RateLimit(10, RateUnit.PPS, 5)), other)))
+    changed = plane.slots["a"].bucket
+    assert changed is not None and changed is not bucket and changed.admit(100, NS_PER_S)
+    plane.sync(Sync(4, (WorkerRule("a", 2, group, 5000, ()), other)))
+    assert plane.slots["a"].bucket is None
 
 
 def test_state_file_and_config_reload_carry_the_limit() -> None:

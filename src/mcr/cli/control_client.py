@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -33,7 +34,7 @@ from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationErr
 from mcr.model.levels import Facility, Severity
 from mcr.model.ratelimit import RateUnit, make_rate_limit, parse_rate
 from mcr.model.rules import IPAddress, OutputDestination, SourcePrefix, parse_group, parse_output_spec, parse_source
-from mcr.model.status import FlowStats, RuleView, WorkerInfo
+from mcr.model.status import FlowStats, RuleState, RuleView, WorkerInfo
 from mcr.protocol.control import (
     DEFAULT_SOCKET,
     SOCKET_ENV,
@@ -55,6 +56,7 @@ _PORT_MAX = 65535
 _WIDE = 200  # columns when stdout is not a terminal: grep-able rows rather than wrapped cells
 TOP_INTERVAL_S = 1.0
 TOP_TIMEOUT_S = 2.0  # per request in `top` unless --timeout says otherwise: a hung supervisor must not freeze it
+PENDING_GRACE_S = 5.0  # how long `doctor` asks again while a rule is pending before it reports it
 
 
 class ExitCode(IntEnum):
@@ -443,20 +445,20 @@ def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
 def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -> ExitCode:
     """The live view when stdout is a terminal; otherwise (or with --once) one snapshot."""
 
-    def poll() -> tuple[Sequence[FlowStats], Sequence[WorkerInfo]]:
+    def poll() -> tuple[Sequence[FlowStats], Sequence[WorkerInfo], Sequence[RuleView]]:
         return poll_supervisor(invocation.socket_path, invocation.timeout_s)
 
     console = _console(out)
     if invocation.once or not out.isatty():
         try:
-            flows, workers = poll()
+            flows, workers, rules = poll()
         except ErrorAnswer as e:
             print(render_error(e.text), file=err)
             return ExitCode.ERROR_RESPONSE
         except McrError as e:
             print(f"{PROG}: {e}", file=err)
             return ExitCode.UNREACHABLE
-        view = on_poll(TopView(), flows, workers, datetime.now())
+        view = on_poll(TopView(), flows, workers, datetime.now(), rules)
         console.print(render_top(view, Controls(), invocation.interval_s, live=False))
         return ExitCode.OK
     try:
@@ -481,13 +483,24 @@ def run_config_check(invocation: ConfigCheckInvocation, out: TextIO, err: TextIO
     return ExitCode.OK
 
 
+def settled_rules(socket_path: str, timeout_s: float, grace_s: float | None = None) -> Sequence[RuleView]:
+    """ListRules, asked again for up to `grace_s` (PENDING_GRACE_S) while a rule is pending: a rule set being
+    applied is normal for a moment; a rule that stays pending is what doctor reports."""
+    deadline = time.monotonic() + (PENDING_GRACE_S if grace_s is None else grace_s)
+    while True:
+        rules = ask(socket_path, Query.LIST_RULES, Rules, timeout_s).rules
+        if not any(v.state is RuleState.PENDING for v in rules) or time.monotonic() >= deadline:
+            return rules
+        time.sleep(0.25)
+
+
 def run_doctor(invocation: DoctorInvocation, out: TextIO) -> ExitCode:
     """Ask for the rules and workers (if the supervisor answers), read the host, report; 1 if anything is wrong."""
     rules: Sequence[RuleView] | None = None
     workers: Sequence[WorkerInfo] | None = None
     problem: str | None = None
     try:
-        rules = ask(invocation.socket_path, Query.LIST_RULES, Rules, invocation.timeout_s).rules
+        rules = settled_rules(invocation.socket_path, invocation.timeout_s)
         workers = ask(invocation.socket_path, Query.LIST_WORKERS, Workers, invocation.timeout_s).workers
     except ErrorAnswer as e:
         problem = f"the supervisor answered: {e.text}"

@@ -373,7 +373,8 @@ def _reason_fix(reason: str) -> str:
 
 
 def check_rules(rules: Sequence[RuleView]) -> list[Finding]:
-    """Rules waiting for their input interface, and outputs that cannot be served (from ListRules)."""
+    """Rules waiting for their input interface, rules still pending (the caller asked again for a few seconds
+    first), and outputs that cannot be served (from ListRules)."""
     findings = []
     for view in sorted(rules, key=lambda v: v.rule.rule_id):
         rid = view.rule.rule_id
@@ -385,6 +386,19 @@ def check_rules(rules: Sequence[RuleView]) -> list[Finding]:
                     f"rule {rid} is waiting: {view.state_reason or 'no reason given'}",
                     "Nothing is captured or relayed for this rule until its input interface exists and is up.",
                     _reason_fix(view.state_reason),
+                )
+            )
+        elif view.state is RuleState.PENDING:
+            findings.append(
+                Finding(
+                    Severity.WARNING,
+                    "rules",
+                    f"rule {rid} stays pending: {view.state_reason or 'no reason given'}",
+                    "Not every worker has confirmed the rule set that holds it, so flows hashed to such a worker "
+                    "are not relayed; applying a rule set normally takes well under a second (a few seconds for "
+                    "a thousand rules).",
+                    "control_client list-workers (a worker Starting, or restarting again and again?) and the "
+                    "supervisor's log (journalctl -u mcr)",
                 )
             )
         elif view.state_reason:

@@ -6,7 +6,7 @@ terminal side (cbreak keyboard, `rich.live.Live`, the poll loop) is `mcr.cli.scr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mcr.cli.render import endpoint, format_bit_rate, format_bytes
-from mcr.model.status import FlowStats, WorkerInfo
+from mcr.model.status import FlowStats, RuleState, RuleView, WorkerInfo
 
 _QUIT_KEYS = frozenset({"q", "Q", "\x03"})  # \x03: Ctrl-C should the terminal ever deliver it as a byte
 _PREFIXES = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))
@@ -117,13 +117,21 @@ class TopView:
 
     flows: tuple[FlowStats, ...] = ()
     workers: tuple[WorkerInfo, ...] = ()
+    states: tuple[tuple[str, RuleState], ...] = ()  # rule id -> state, for the rules that are not active
     refreshed_at: datetime | None = None  # the last successful poll
     error: str | None = None
     error_at: datetime | None = None
 
 
-def on_poll(view: TopView, flows: Sequence[FlowStats], workers: Sequence[WorkerInfo], now: datetime) -> TopView:
-    return TopView(flows=tuple(flows), workers=tuple(workers), refreshed_at=now)
+def on_poll(
+    view: TopView,
+    flows: Sequence[FlowStats],
+    workers: Sequence[WorkerInfo],
+    now: datetime,
+    rules: Sequence[RuleView] = (),
+) -> TopView:
+    states = tuple((v.rule.rule_id, v.state) for v in rules if v.state is not RuleState.ACTIVE)
+    return TopView(flows=tuple(flows), workers=tuple(workers), states=states, refreshed_at=now)
 
 
 def on_poll_error(view: TopView, message: str, now: datetime) -> TopView:
@@ -198,11 +206,16 @@ def fitting(flows: Sequence[FlowStats], lines: int | None) -> int:
     return shown
 
 
-def flow_table(flows: Sequence[FlowStats], controls: Controls) -> Table:
-    """One row per rule, then one indented row per output with its packets and send errors.
+_STATE_STYLES = {RuleState.PENDING: "yellow", RuleState.WAITING: "red"}
+
+
+def flow_table(flows: Sequence[FlowStats], controls: Controls, states: Mapping[str, RuleState] | None = None) -> Table:
+    """One row per rule, then one indented row per output with its packets and send errors. A rule that is
+    not active says so after its id (`pending`: the workers are applying it; `waiting`: its input is missing).
 
     `flows` are drawn in the order given; `sort_flows` chooses it.
     """
+    states = states or {}
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1), expand=False)
     for name, justify in _COLUMNS:
         # In a narrow terminal only the text column gives way: it wraps at its spaces (the input goes under
@@ -213,6 +226,9 @@ def flow_table(flows: Sequence[FlowStats], controls: Controls) -> Table:
         errors = sum(out.send_errors for out in flow.outputs)
         source = f"{flow.input_interface} " if flow.input_interface else ""
         label = Text(flow.rule_id or "-", style="bold")
+        state = states.get(flow.rule_id)
+        if state is not None:
+            label.append(f" {state.value}", style=_STATE_STYLES.get(state, ""))
         via = f" from {flow.input_source}" if flow.input_source else ""
         label.append(f"  {source}{endpoint(flow.input_group, flow.input_port)}{via}", style="")
         table.add_row(
@@ -244,6 +260,10 @@ def _header(view: TopView, controls: Controls, live: bool) -> Text:
     count = len(view.flows)
     head = Text("MCR top", style="bold")
     head.append(f"  {count} flow{'s' if count != 1 else ''}, sorted by {controls.sort.label} ({order})")
+    for state, style in _STATE_STYLES.items():
+        n = sum(1 for _, s in view.states if s is state)
+        if n:
+            head.append(f"  {n} {state.value}", style=style)
     if live:
         head.append("   p b n e: sort  q: quit", style="dim")
     return head
@@ -296,7 +316,7 @@ def render_top(
             room = height - _CHROME_LINES - (_ERROR_LINES if view.error is not None else 0) - 1
         shown = fitting(ordered, room)
         hidden = len(ordered) - shown
-        body = flow_table(ordered[:shown], controls)
+        body = flow_table(ordered[:shown], controls, dict(view.states))
     elif view.refreshed_at is None:
         body = Text("waiting for the supervisor..." if view.error is None else "no answer yet", style="dim")
     else:

@@ -9,8 +9,9 @@ from mcr.model.rules import Engine, ForwardingRule, Limits
 
 
 class RuleState(Enum):
-    ACTIVE = "active"
-    WAITING = "waiting"
+    ACTIVE = "active"  # the data plane has the rule: its kernel maps, or every worker confirmed it
+    PENDING = "pending"  # servable, but not every worker has confirmed the rule set that holds it yet
+    WAITING = "waiting"  # cannot be served: its input interface is missing or down
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ class WorkerRule:
     outputs: tuple[WorkerOutput, ...]
     rate_limit: RateLimit | None = None
     source: SourcePrefix | None = None  # only packets from this host or prefix match
+    epoch: int = 0  # the generation the rule was (re)added in: when it changes, the rule's counters restart
 
 
 # supervisor -> worker
@@ -115,6 +116,7 @@ def _rule_json(r: WorkerRule) -> dict[str, object]:
             for o in r.outputs
         ],
         "rate_limit": None if r.rate_limit is None else encode_rate_limit(r.rate_limit),
+        "epoch": r.epoch,
     }
 
 
@@ -169,6 +171,7 @@ def decode_command(data: bytes) -> Command:
                         for o in r["outputs"]
                     ),
                     rate_limit=None if r.get("rate_limit") is None else decode_rate_limit(r["rate_limit"]),
+                    epoch=int(r.get("epoch", 0)),
                 )
                 for r in body["rules"]
             )

@@ -131,6 +131,7 @@ class KernelRule:
     outputs: tuple[KernelOutput, ...]
     rate_limit: RateLimit | None = None
     source: IPv4Network | IPv6Network | None = None
+    epoch: int = 0  # as WorkerRule.epoch: a new one puts the rule in a fresh slot, counting from zero
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +207,7 @@ def kernel_problem(
 
 
 def _kernel_rule(
-    rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link]
+    rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link], epoch: int
 ) -> KernelRule:
     """The kernel engine's form of a rule `kernel_problem` passed (its outputs of its group's family)."""
     kouts = tuple(
@@ -214,7 +215,7 @@ def _kernel_rule(
         for o in outputs
     )
     return KernelRule(
-        rule.rule_id, link.ifindex, rule.input_group, rule.input_port, kouts, rule.rate_limit, rule.input_source
+        rule.rule_id, link.ifindex, rule.input_group, rule.input_port, kouts, rule.rate_limit, rule.input_source, epoch
     )
 
 
@@ -227,10 +228,15 @@ def _usable(link: Link | None) -> str:
 
 
 def resolve(
-    rules: Iterable[ForwardingRule], links: Mapping[str, Link], kernel_max_outputs: int | None = None
+    rules: Iterable[ForwardingRule],
+    links: Mapping[str, Link],
+    kernel_max_outputs: int | None = None,
+    epochs: Mapping[str, int] | None = None,
 ) -> Resolution:
     """Resolve every rule against the links; with `kernel_max_outputs` set, the kernel engine is
-    available and serves every rule it can (the others stay in userspace, with the reason)."""
+    available and serves every rule it can (the others stay in userspace, with the reason). `epochs`:
+    the generation each rule was (re)added in (StatsBook.since), carried to the data plane."""
+    epochs = epochs or {}
     views: list[RuleView] = []
     worker_rules: list[WorkerRule] = []
     kernel_rules: list[KernelRule] = []
@@ -268,7 +274,7 @@ def resolve(
                 notes.append(f"userspace: {why}")
             else:
                 engine = Engine.KERNEL
-                kernel_rules.append(_kernel_rule(rule, link, outputs, links))
+                kernel_rules.append(_kernel_rule(rule, link, outputs, links, epochs.get(rule.rule_id, 0)))
         if engine is Engine.USERSPACE:
             worker_rules.append(
                 WorkerRule(
@@ -279,6 +285,7 @@ def resolve(
                     tuple(outputs),
                     source=rule.input_source,
                     rate_limit=rule.rate_limit,
+                    epoch=epochs.get(rule.rule_id, 0),
                 )
             )
             captures[link.ifindex] = link.name
@@ -290,6 +297,46 @@ def resolve(
         memberships={k: wanted_memberships(v) for k, v in on_input.items()},
         kernel_rules=tuple(kernel_rules),
     )
+
+
+def dataplane_forms(res: Resolution) -> dict[str, WorkerRule | KernelRule]:
+    """Each servable rule's form in the data plane: what its engine is given."""
+    forms: dict[str, WorkerRule | KernelRule] = {r.rule_id: r for r in res.worker_rules}
+    forms.update((r.rule_id, r) for r in res.kernel_rules)
+    return forms
+
+
+@dataclass(slots=True)
+class SyncTracker:
+    """Whether the workers have each rule yet. A rule's data-plane form last changed in some generation
+    (it was added, changed by a reload, moved between engines or re-resolved after a link change); a rule
+    the workers serve is active once every worker has confirmed (SyncAck) a generation at least as new.
+    The kernel engine's rules are written to its maps synchronously, so they are active at once."""
+
+    changed_in: dict[str, int] = field(default_factory=dict)  # rule id -> generation its form last changed
+
+    def on_apply(self, before: Resolution, after: Resolution, generation: int) -> None:
+        old = dataplane_forms(before)
+        self.changed_in = {
+            rule_id: self.changed_in.get(rule_id, generation) if old.get(rule_id) == form else generation
+            for rule_id, form in dataplane_forms(after).items()
+        }
+
+    def views(self, res: Resolution, acked: Iterable[int]) -> tuple[RuleView, ...]:
+        """`res.views` with userspace rules the workers have not all confirmed shown as PENDING. `acked`:
+        the generation each worker has confirmed, -1 for a worker that is starting or restarting."""
+        applied = min(acked, default=None)
+        if applied is None:
+            return res.views
+        views = []
+        for view in res.views:
+            since = self.changed_in.get(view.rule.rule_id, 0)
+            if view.state is RuleState.ACTIVE and view.engine is Engine.USERSPACE and applied < since:
+                why = f"workers are applying the rule set (generation {since})"
+                reason = f"{why}; {view.state_reason}" if view.state_reason else why
+                view = replace(view, state=RuleState.PENDING, state_reason=reason)
+            views.append(view)
+        return tuple(views)
 
 
 @dataclass(slots=True)

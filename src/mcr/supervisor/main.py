@@ -11,10 +11,11 @@ import pwd
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from pathlib import Path
-from typing import assert_never
+from typing import Any, assert_never
 
 from mcr import PROTOCOL_VERSION, __version__
 from mcr.kernel.bpf import BpfError
@@ -27,7 +28,7 @@ from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
 from mcr.model.rules import Limits, RuleSource, endpoint_text
-from mcr.model.status import ConfigView, LogLevels, VersionInfo, WorkerInfo
+from mcr.model.status import ConfigView, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
 from mcr.packet.parse import DropReason
 from mcr.protocol.control import (
@@ -60,7 +61,7 @@ from mcr.protocol.worker import (
 )
 from mcr.supervisor.access import AccessPolicy
 from mcr.supervisor.control import ControlServer, resolve_group
-from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, resolve
+from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, SyncTracker, resolve
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.notify import Notifier
@@ -69,7 +70,8 @@ from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
 log = logging.getLogger("mcr.supervisor")
 
-SYNC_WAIT_S = 2.0
+SYNC_WAIT_S = 2.0  # how long AddRule/RemoveRule wait for the ready workers to confirm the change
+READY_WAIT_S = 30.0  # how long start-up and a reload wait for every worker before telling systemd READY anyway
 GC_PERIOD_S = 30.0  # a full garbage collection this often (see tick)
 KERNEL_REPORT = -1  # the kernel engine's counters are booked like a worker's, under this id
 KERNEL_WORKER_TYPE = "KernelEngine"  # its entry in ListWorkers, which carries its drop counters
@@ -112,6 +114,11 @@ def resolve_user(user: str, group: str | None) -> tuple[int, int]:
         raise ConfigError(f"Group '{group}' not found") from None
 
 
+def _slot_key(kr: KernelRule) -> tuple[object, ...]:
+    """What a kernel rule keeps its slot (and counters) by: its input, and the epoch it was added in."""
+    return (kr.ifindex, kr.group, kr.port, kr.epoch)
+
+
 class Supervisor:
     def __init__(self, config: SupervisorConfig) -> None:
         self.config = config
@@ -130,6 +137,8 @@ class Supervisor:
         self.links: dict[str, Link] = {}
         self.resolution = resolve((), {})
         self.generation = 0
+        self.sync_state = SyncTracker()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.workers = [WorkerHandle(i) for i in range(config.num_workers)]
         self.memberships = Memberships()
         self.fanout_ids: dict[int, int] = {}
@@ -169,11 +178,12 @@ class Supervisor:
         if kernel is None:
             return
         wanted = {kr.rule_id: kr for kr in res.kernel_rules}
-        self.collect_kernel()  # the last counts of slots about to change
         for rule_id, (slot, old) in list(self.kernel_slots.items()):
             new = wanted.get(rule_id)
-            if new is None or (new.ifindex, new.group, new.port) != (old.ifindex, old.group, old.port):
-                kernel.remove_rule(slot)  # the next kernel report no longer has it: StatsBook keeps its counts
+            if new is None or _slot_key(new) != _slot_key(old):
+                # the next kernel report no longer has it: StatsBook keeps its counts, unless it was re-added
+                # (a new epoch), when its counters restart in a freed slot
+                kernel.remove_rule(slot)
                 del self.kernel_slots[rule_id]
         used = {slot for slot, _ in self.kernel_slots.values()}
         for rule_id, kr in wanted.items():
@@ -273,11 +283,12 @@ class Supervisor:
         for rule_id in changed + removed:
             self.stats.forget_rule(rule_id)
         log.info("reloaded %s: %d added, %d changed, %d removed", path, len(added), len(changed), len(removed))
-        if added or changed or removed:
-            generation = self.apply()
-            for rule_id in added + changed:
-                self.stats.track(rule_id, generation)
-        self.notifier.ready(f"{len(self.workers)} workers, {len(self.table.rules)} rules")
+        if not (added or changed or removed):
+            self.notifier.ready(self.status_text())
+            return
+        for rule_id in added + changed:  # a changed rule's counters restart from zero
+            self.stats.track(rule_id, self.generation + 1)
+        self.background(self.ready_when_synced(self.apply()))
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -305,12 +316,31 @@ class Supervisor:
         else:
             log.info("PACKET_FANOUT disabled (single worker)")
         ticker = asyncio.create_task(self.tick())
-        self.notifier.ready(f"{len(self.workers)} workers, {len(self.table.rules)} rules")
+        self.background(self.ready_when_synced(self.generation))
         await self.stopping.wait()
+        for task in list(self.tasks):
+            task.cancel()
         self.notifier.stopping()
         log.info("received shutdown signal, stopping")
         ticker.cancel()
         await self.shutdown()
+
+    def status_text(self) -> str:
+        return f"{len(self.workers)} workers, {len(self.table.rules)} rules"
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task the supervisor holds until it ends (and cancels at shutdown)."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def ready_when_synced(self, generation: int) -> None:
+        """Tell systemd READY (at start-up, after a reload) once every worker runs the rule set of
+        `generation`, so that `systemctl start`/`reload` returning means the rules relay; after
+        READY_WAIT_S it is said anyway, and the log names the generation that was not confirmed."""
+        if await self.wait_synced(generation, every=True, timeout=READY_WAIT_S):
+            log.info("every worker confirmed rule generation %d (%d rules): ready", generation, len(self.table.rules))
+        self.notifier.ready(self.status_text())
 
     async def tick(self) -> None:
         last_rates = last_watchdog = 0.0
@@ -345,7 +375,7 @@ class Supervisor:
     def snapshot(self) -> Snapshot:
         return Snapshot(
             flows=self.stats.flow_stats(self.table.rules.values()),
-            rules=self.resolution.views,
+            rules=self.rule_views(),
             workers=self.workers_info(),
         )
 
@@ -500,10 +530,21 @@ class Supervisor:
                 self.fanout_ids[ifindex] = join_fanout(sock, None, Fanout.HASH)
         return sock
 
+    def resolve(self) -> Resolution:
+        return resolve(self.table.rules.values(), self.links, self.kernel_outputs(), self.stats.since)
+
+    def rule_views(self) -> tuple[RuleView, ...]:
+        """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
+        acked = (h.acked_generation for h in self.workers if h.status is not WorkerStatus.STOPPED)
+        return self.sync_state.views(self.resolution, acked)
+
     def apply(self) -> int:
         """Recompute what the data plane should do and push it to the kernel and every ready worker."""
-        self.resolution = resolve(self.table.rules.values(), self.links, self.kernel_outputs())
+        self.collect_kernel()  # the last counts under the rule set they were taken under
+        before = self.resolution
+        self.resolution = self.resolve()
         self.generation += 1
+        self.sync_state.on_apply(before, self.resolution, self.generation)
         self.memberships.reconcile(self.resolution.memberships)
         self.sync_kernel(self.resolution)
         for handle in self.workers:
@@ -511,21 +552,24 @@ class Supervisor:
                 self.push(handle)
         return self.generation
 
-    async def wait_synced(self, generation: int) -> None:
+    async def wait_synced(self, generation: int, every: bool = False, timeout: float = SYNC_WAIT_S) -> bool:
+        """Wait until the ready workers (`every`: all workers, also those still starting) have confirmed
+        `generation`; False, and a warning in the log, when they have not within `timeout`."""
+
         def done() -> bool:
-            return all(h.acked_generation >= generation for h in self.workers if h.ready)
+            return all(h.acked_generation >= generation for h in self.workers if every or h.ready)
 
         async with self.synced:
             try:
-                await asyncio.wait_for(self.synced.wait_for(done), SYNC_WAIT_S)
+                await asyncio.wait_for(self.synced.wait_for(done), timeout)
             except TimeoutError:
-                log.warning("not every worker confirmed rule generation %d within %.1f s", generation, SYNC_WAIT_S)
+                log.warning("not every worker confirmed rule generation %d within %.1f s", generation, timeout)
+                return False
+        return True
 
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links
-        before = self.resolution
-        after = resolve(self.table.rules.values(), links, self.kernel_outputs())
-        if after != before:
+        if self.resolve() != self.resolution:
             self.apply()
 
     # ------------------------------------------------------------------------------- control
@@ -564,9 +608,8 @@ class Supervisor:
                     self.table.remove(rule.rule_id)
                     return Error(f"Rule {rule.rule_id} not added: {e}")
                 log.info("rule %s added: %s -> %d outputs", rule.rule_id, rule.input_text, len(rule.outputs))
-                generation = self.apply()
-                self.stats.track(rule.rule_id, generation)
-                await self.wait_synced(generation)
+                self.stats.track(rule.rule_id, self.generation + 1)
+                await self.wait_synced(self.apply())
                 return Success(f"Rule {rule.rule_id} added")
             case RemoveRule():
                 existing = self.table.rules.get(req.rule_id)
@@ -592,7 +635,7 @@ class Supervisor:
                 self.set_levels()
                 return Success(f"Log level for {req.facility.name} set to {req.level.name.upper()}")
             case Query.LIST_RULES:
-                return Rules(self.resolution.views)
+                return Rules(self.rule_views())
             case Query.GET_STATS:
                 for handle in self.workers:
                     self.collect(handle)

@@ -171,7 +171,8 @@ class DataPlane:
     # --------------------------------------------------------------------------------------- rules
 
     def sync(self, cmd: Sync) -> None:
-        """Replace the rule set; rules and output sockets that did not change keep their state."""
+        """Replace the rule set; rules and output sockets that did not change keep their state. A rule whose
+        epoch changed (the supervisor re-added it, e.g. a reload changed it) starts again from zero counters."""
         old = self.slots
         slots: dict[str, RuleSlot] = {}
         wanted: set[_OUTPUT_KEY] = set()
@@ -179,6 +180,7 @@ class DataPlane:
             prev = old.get(rule.rule_id)
             keep = prev is not None and prev.rule.ifindex == rule.ifindex and prev.rule.group == rule.group
             keep = keep and prev is not None and (prev.rule.port, prev.rule.source) == (rule.port, rule.source)
+            keep = keep and prev is not None and prev.rule.epoch == rule.epoch  # a new epoch: counters from zero
             outputs: list[OutputSlot] = []
             prev_outputs = {o.spec: o for o in prev.outputs} if keep and prev is not None else {}
             for spec in rule.outputs:
