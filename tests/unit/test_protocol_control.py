@@ -219,3 +219,17 @@ def test_config_response_ignores_limits_it_does_not_know() -> None:
     raw = b'{"Config": {"path": null, "settings": {}, "limits": {"max_rules": 5, "max_widgets": 3}, "rules": []}}'
     response = decode_response(raw)
     assert isinstance(response, ConfigResponse) and response.view.limits == Limits(max_rules=5)
+
+
+def test_rule_state_unknown_to_this_client_is_shown_not_fatal() -> None:
+    """A newer supervisor may report a state this client does not know: the rule is listed, as not active,
+    with the state named; a state that is not a string is still malformed."""
+    view = RuleView(RULE, Engine.USERSPACE, RuleState.ACTIVE)
+    doc = json.loads(encode_response(Rules((view,))))
+    doc["Rules"][0].update(state="draining", state_reason="link flapped")
+    (got,) = decode_response(json.dumps(doc).encode()).rules  # type: ignore[union-attr]
+    assert (got.rule, got.state) == (RULE, RuleState.WAITING)
+    assert got.state_reason == "state 'draining' is unknown to this client; link flapped"
+    doc["Rules"][0]["state"] = 3
+    with pytest.raises(ProtocolError, match=r"malformed rule in response: .*state must be a string"):
+        decode_response(json.dumps(doc).encode())

@@ -500,14 +500,18 @@ def _decode_rule(o: object) -> RuleView:
     except ProtocolError as e:
         raise ProtocolError(str(e).replace("malformed rule:", "malformed rule in response:", 1)) from None
     try:
-        return RuleView(
-            rule=rule,
-            engine=Engine(d.get("engine", "userspace")),
-            state=RuleState(d.get("state", "active")),
-            state_reason=str(d.get("state_reason", "")),
-        )
+        engine = Engine(d.get("engine", "userspace"))
+        state_name, reason = d.get("state", "active"), str(d.get("state_reason", ""))
+        if not isinstance(state_name, str):
+            raise TypeError(f"state must be a string, got {_type_name(state_name)}")
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"malformed rule in response: {e!r}") from None
+    try:
+        state = RuleState(state_name)
+    except ValueError:  # a newer supervisor's state: shown, not fatal (like unknown limits in Config)
+        state = RuleState.WAITING
+        reason = f"state '{state_name}' is unknown to this client" + (f"; {reason}" if reason else "")
+    return RuleView(rule=rule, engine=engine, state=state, state_reason=reason)
 
 
 def _decode_flow(o: object) -> FlowStats:
