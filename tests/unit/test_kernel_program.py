@@ -281,9 +281,10 @@ def test_output_value_layout() -> None:
     out = OutputEntry(7, IPv4Address("239.2.2.2"), 6001, IPv4Address("10.200.3.1"), bytes.fromhex("020000000001"), 4)
     raw = pack_output(out)
     assert len(raw) == OUTPUT_VALUE.size == 56
-    assert raw.hex(" ") == (
-        "07 00 00 00 04 11 17 71 0a c8 03 01 ef 02 02 02 01 00 5e 02 02 02 02 00 00 00 00 01" + " 00" * 28
-    )
+    assert raw[:28].hex(" ") == "07 00 00 00 04 11 17 71 0a c8 03 01 ef 02 02 02 01 00 5e 02 02 02 02 00 00 00 00 01"
+    # the addresses' 16-bit one's complement sum, as the program's raw loads see it: 0x0ac8 + 0x0301 + 0xef02 + 0x0202
+    raw_sum = int.from_bytes((0x0AC8 + 0x0301 + 0xEF02 + 0x0202).to_bytes(2, "big"), sys.byteorder)
+    assert raw[28:32] == raw_sum.to_bytes(4, sys.byteorder) and raw[32:] == bytes(24)
 
 
 def test_output_value_layout_ipv6() -> None:

@@ -22,7 +22,8 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
    the 16-bit sums the checksums start from, then for each output i < count (at most `max_outputs`, a
    bounded loop the verifier walks once per iteration): read `outputs[slot * max_outputs + i]` and
    - update the UDP checksum with two `bpf_l4_csum_replace` calls by difference (size 0): the address
-     pair's sum (BPF_F_PSEUDO_HDR) and the port, each skipped when it does not change, both with
+     pair's sum (BPF_F_PSEUDO_HDR; the output's sum is precomputed by `pack_output` in its entry) and the
+     port (skipped when it does not change), both with
      BPF_F_MARK_MANGLED_0 so a zero "no checksum" stays zero. These stay helpers because only the kernel
      knows the skb's checksum state: they update skb->csum of a CHECKSUM_COMPLETE skb and the pseudo-header
      sum of a CHECKSUM_PARTIAL one correctly. A frame without a UDP checksum calls `bpf_csum_update` with
@@ -34,7 +35,7 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
      the verifier's prologue unclones the skb at the start, and `bpf_clone_redirect` unclones it again
      after each clone, so these writes never reach a clone's data);
    then `bpf_clone_redirect` the frame to the output interface's egress. Per output that is three helper
-   calls (two with the UDP checksum unchanged in port or addresses) instead of the ten a rewrite by
+   calls (two when the port stays the same) instead of the ten a rewrite by
    `bpf_skb_store_bytes` and the `*_csum_replace` helpers takes.
 5. Write the saved bytes back the same way and give skb->csum (CHECKSUM_COMPLETE) back what the UDP
    checksum updates took from it with one `bpf_csum_update`; the MAC header is not covered by skb->csum
@@ -190,7 +191,6 @@ _END6 = -248  # u64: offset of the end of the IPv6 payload in the frame
 _ADDR_SUM = -256  # u64: the source + destination address sum the UDP checksum now stands for (either family)
 _ORIG_SUM = -264  # u64: the original frame's address sum (either family)
 _IP_BASE = -272  # u64: ~checksum + ~(TTL/protocol + addresses) of the original IPv4 header, unfolded
-_NEW_SUM = -280  # u64: this output's address sum (IPv4)
 
 # rate limit value layout (40 bytes), see `pack_limit` and `mcr.model.ratelimit`
 _LIM_TAT = 0  # u64: theoretical arrival time (ns, bpf_ktime_get_ns clock); 0: the bucket is full
@@ -207,6 +207,7 @@ _OUT_PORT = 6
 _OUT_SRC = 8
 _OUT_DST = 12
 _OUT_MACS = 16  # destination MAC then source MAC, as in the Ethernet header
+_OUT_SUM = 28  # u32: the 16-bit sum of the 8 address bytes as raw 16-bit loads (see `_raw_sum`)
 _OUT6_HOP = 4  # hop limit, 0, port: the same 4 bytes as _CUR + 0
 _OUT6_PORT = 6
 _OUT6_SRC = 8  # source then destination, 32 bytes
@@ -219,7 +220,7 @@ RULE_VALUE: Final = struct.Struct("=II4s4s")  # slot, output count, source netwo
 RULE6_KEY: Final = struct.Struct("=I16s2sH")
 GROUP6_KEY: Final = struct.Struct("=I16s")
 RULE6_VALUE: Final = struct.Struct("=II16s16s")
-OUTPUT_VALUE: Final = struct.Struct("=IBB2s4s4s6s6s28x")
+OUTPUT_VALUE: Final = struct.Struct("=IBB2s4s4s6s6sI24x")
 OUTPUT6_VALUE: Final = struct.Struct("=IBx2s16s16s6s6sI")
 RULE_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, frames over the rate limit
 OUTPUT_STATS: Final = struct.Struct("=QQQ")  # packets, payload bytes, errors
@@ -350,19 +351,11 @@ class OutputEntry:
 def pack_output(out: OutputEntry) -> bytes:
     """An `outputs` entry: `OUTPUT_VALUE` for an IPv4 output, `OUTPUT6_VALUE` for an IPv6 one (same size)."""
     port = out.port.to_bytes(2, "big")
+    src, dst, macs = out.source.packed, out.group.packed, (out.destination_mac, out.src_mac)
+    addr_sum = _raw_sum(src + dst, sys.byteorder)
     if out.group.version == 6:
-        src, dst, macs = out.source.packed, out.group.packed, (out.destination_mac, out.src_mac)
-        return OUTPUT6_VALUE.pack(out.ifindex, out.ttl, port, src, dst, *macs, _raw_sum(src + dst, sys.byteorder))
-    return OUTPUT_VALUE.pack(
-        out.ifindex,
-        out.ttl,
-        IPPROTO_UDP,
-        port,
-        out.source.packed,
-        out.group.packed,
-        out.destination_mac,
-        out.src_mac,
-    )
+        return OUTPUT6_VALUE.pack(out.ifindex, out.ttl, port, src, dst, *macs, addr_sum)
+    return OUTPUT_VALUE.pack(out.ifindex, out.ttl, IPPROTO_UDP, port, src, dst, *macs, addr_sum)
 
 
 # ------------------------------------------------------------------------------------------ the program
@@ -437,8 +430,8 @@ class _Builder:
         else:
             self.a.emit(mov64_imm(dst, at))
 
-    def add_halves(self, dst: Reg, src: Reg, off: int, tmp: Reg, length: int = 4) -> None:
-        """dst += the 16-bit words of the `length` bytes at src + off (an IPv4 address by default)."""
+    def add_halves(self, dst: Reg, src: Reg, off: int, tmp: Reg, length: int) -> None:
+        """dst += the 16-bit words of the `length` bytes at src + off."""
         for half in range(0, length, 2):
             self.a.emit(ldx(Size.H, tmp, src, off + half), alu_reg(AluOp.ADD, dst, tmp))
 
@@ -635,8 +628,7 @@ class _Builder:
         self.copy(Size.W, FP, _CUR + 4, R2, _IP_SRC, 8, R0)
         # the sums every output's checksums start from
         a.emit(mov64_imm(R0, 0))
-        self.add_halves(R0, R2, _IP_SRC, R3)
-        self.add_halves(R0, R2, _IP_DST, R3)
+        self.add_halves(R0, R2, _IP_SRC, R3, 8)  # source and destination
         self.fold(R0, R3)
         a.emit(stx(Size.DW, FP, _ORIG_SUM, R0), stx(Size.DW, FP, _ADDR_SUM, R0))
         a.emit(ldx(Size.H, R3, R2, _IP_TTL), alu_reg(AluOp.ADD, R0, R3))
@@ -654,17 +646,13 @@ class _Builder:
     def rewrite4(self) -> None:
         """Checksums first (the helpers know the skb's checksum state), then the header bytes by direct writes."""
         a = self.a
-        a.emit(mov64_imm(R1, 0))
-        self.add_halves(R1, R7, _OUT_SRC, R2)
-        self.add_halves(R1, R7, _OUT_DST, R2)
-        self.fold(R1, R2)
-        a.emit(stx(Size.DW, FP, _NEW_SUM, R1), ldx(Size.DW, R2, FP, _PORT_FLAGS))
+        a.emit(ldx(Size.W, R1, R7, _OUT_SUM), ldx(Size.DW, R2, FP, _PORT_FLAGS))
         a.jump(JmpOp.JNE, R2, 0, "port_only4")
         # UDP checksum: the addresses through the pseudo-header (which also keeps skb->csum of a
         # CHECKSUM_COMPLETE skb right, and fixes the pseudo-header sum of a CHECKSUM_PARTIAL one) ...
         a.emit(ldx(Size.DW, R2, FP, _ADDR_SUM))
         self.l4_by_diff(R1, R2, CsumFlag.PSEUDO_HDR | CsumFlag.MARK_MANGLED_0, "rewrite_end4")
-        a.emit(ldx(Size.DW, R1, FP, _NEW_SUM), stx(Size.DW, FP, _ADDR_SUM, R1))
+        a.emit(ldx(Size.W, R1, R7, _OUT_SUM), stx(Size.DW, FP, _ADDR_SUM, R1))
         # ... and the port, inside the UDP header (balanced there, so skb->csum needs nothing)
         a.emit(ldx(Size.H, R1, R7, _OUT_PORT), ldx(Size.H, R2, FP, _CUR + 2))
         a.jump_reg(JmpOp.JEQ, R1, R2, "port_done4")
@@ -679,7 +667,7 @@ class _Builder:
         a.emit(ldx(Size.H, R1, R7, _OUT_PORT), stx(Size.H, FP, _CUR + 2, R1))
         a.label("port_done4")
         # IPv4 header checksum, from the original header's (RFC 1624)
-        a.emit(ldx(Size.H, R0, R7, _OUT_TTL), ldx(Size.DW, R1, FP, _NEW_SUM), alu_reg(AluOp.ADD, R0, R1))
+        a.emit(ldx(Size.H, R0, R7, _OUT_TTL), ldx(Size.W, R1, R7, _OUT_SUM), alu_reg(AluOp.ADD, R0, R1))
         a.emit(ldx(Size.DW, R1, FP, _IP_BASE), alu_reg(AluOp.ADD, R0, R1))
         self.fold(R0, R1)
         a.emit(alu(AluOp.XOR, R0, 0xFFFF))
