@@ -9,9 +9,9 @@ from ipaddress import IPv4Address, IPv6Address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcr.packet.build import build_udp6_frame, build_udp_frame, ipv6_extension
+from mcr.packet.build import build_esp_frame, build_udp6_frame, build_udp_frame, ipv6_extension
 from mcr.packet.cbpf import ACCEPT, Insn, PacketType, build_capture_filter, run_program
-from mcr.packet.parse import IPV6_KEY_TAG, DropReason, _parse_general, parse_frame, src_ipv4
+from mcr.packet.parse import ESP_KEY_TAG, IPV6_KEY_TAG, DropReason, _parse_general, parse_frame, src_ipv4
 
 ipv4s = st.integers(min_value=0, max_value=0xFFFFFFFF)
 groups = st.integers(min_value=0xE0000000, max_value=0xEFFFFFFF)
@@ -22,9 +22,10 @@ options = st.integers(min_value=0, max_value=10).map(lambda words: bytes(range(4
 def assert_result_within(buf: bytes, offset: int, caplen: int, result: tuple[int, int, int, int]) -> None:
     reason, key, payload_offset, length = result
     assert 0 <= reason <= max(DropReason) and reason != DropReason.NO_RULE
-    assert 0 <= key < 1 << 48 or IPV6_KEY_TAG <= key < IPV6_KEY_TAG << 1
+    assert 0 <= key < 1 << 48 or IPV6_KEY_TAG <= key < IPV6_KEY_TAG << 1 or (reason == 0 and key >> 48 == 1)
     if reason == 0:
-        assert offset + 42 <= payload_offset <= payload_offset + length <= min(offset + caplen, len(buf))
+        header = 34 if ESP_KEY_TAG <= key < IPV6_KEY_TAG else 42  # an ESP payload starts with its header
+        assert offset + header <= payload_offset <= payload_offset + length <= min(offset + caplen, len(buf))
     else:
         assert (payload_offset, length) == (0, 0)
 
@@ -118,9 +119,61 @@ def test_build_parse_round_trip(
     assert src_ipv4(buf, prefix) == src
 
 
+@given(
+    src=ipv4s,
+    dst=ipv4s,
+    spi=st.integers(0, 0xFFFFFFFF),
+    seq=st.integers(0, 0xFFFFFFFF),
+    payload=st.binary(max_size=2000),
+    ip_options=options,
+    prefix=st.integers(min_value=0, max_value=16),
+    padding=st.integers(min_value=0, max_value=64),
+)
+def test_esp_build_parse_round_trip(
+    src: int, dst: int, spi: int, seq: int, payload: bytes, ip_options: bytes, prefix: int, padding: int
+) -> None:
+    raw = build_esp_frame(
+        src_ip=IPv4Address(src), dst_ip=IPv4Address(dst), spi=spi, seq=seq, payload=payload, ip_options=ip_options
+    )
+    buf = b"\xee" * prefix + raw + b"\0" * padding
+    reason, key, offset, length = parse_frame(buf, prefix, len(buf) - prefix)
+    assert (reason, key) == (0, ESP_KEY_TAG | (dst << 16))
+    assert buf[offset : offset + length] == spi.to_bytes(4, "big") + seq.to_bytes(4, "big") + payload
+    assert src_ipv4(buf, prefix) == src
+
+
+@st.composite
+def mutated_esp_frames(draw: st.DrawFn) -> tuple[bytes, int, int]:
+    """A valid ESP frame behind a prefix, a few header bytes overwritten, maybe cut short."""
+    raw = bytearray(
+        build_esp_frame(
+            src_ip="10.0.0.1",
+            dst_ip=IPv4Address(draw(groups)),
+            payload=draw(st.binary(max_size=64)),
+            ip_options=draw(options),
+        )
+    )
+    for _ in range(draw(st.integers(min_value=0, max_value=4))):
+        raw[draw(st.integers(min_value=12, max_value=min(len(raw), 80) - 1))] = draw(st.integers(0, 255))
+    prefix = draw(st.integers(min_value=0, max_value=8))
+    caplen = draw(st.integers(min_value=0, max_value=len(raw) + 8))
+    return b"\xee" * prefix + bytes(raw), prefix, caplen
+
+
+@given(mutated_esp_frames())
+def test_esp_parser_stays_within_the_frame(case: tuple[bytes, int, int]) -> None:
+    buf, offset, caplen = case
+    result = parse_frame(buf, offset, caplen)
+    assert result == _parse_general(buf, offset, min(caplen, len(buf) - offset))
+    assert_result_within(buf, offset, caplen, result)
+    if result[1] >= ESP_KEY_TAG and result[1] < IPV6_KEY_TAG:  # relayed as ESP: an unfragmented IPv4 ESP packet
+        ihl = (buf[offset + 14] & 0x0F) * 4
+        assert buf[offset + 23] == 50 and result[2] == offset + 14 + ihl and result[3] >= 8
+
+
 # ---------------------------------------------------------------------------------------------- filter
 
-KINDS = ("udp", "more_fragments", "fragment_offset", "tcp", "igmp", "ipv6", "vlan")
+KINDS = ("udp", "more_fragments", "fragment_offset", "tcp", "igmp", "esp", "ipv6", "vlan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +193,7 @@ class Sent:
             ip_options=b"\x01" * 4 * self.words,
             more_fragments=self.kind == "more_fragments",
             fragment_offset=100 if self.kind == "fragment_offset" else 0,
-            protocol={"tcp": 6, "igmp": 2}.get(self.kind, 17),
+            protocol={"tcp": 6, "igmp": 2, "esp": 50}.get(self.kind, 17),
             ethertype=0x86DD if self.kind == "ipv6" else 0x0800,
             vlan=3 if self.kind == "vlan" else None,
         )
@@ -200,7 +253,9 @@ def test_filter_decides_as_the_reference(data: st.DataObject, mapping: dict[int,
         assert (verdict == ACCEPT) is reference(mapping, sent), sent
         # the parser and the filter agree on what a relayable datagram is
         reason, key, _offset, _length = parse_frame(raw, 0, len(raw))
-        if reason == 0 and sent.pkttype != PacketType.OUTGOING:
+        if reason == 0 and sent.pkttype != PacketType.OUTGOING and key >= ESP_KEY_TAG:  # ESP: the group decides
+            assert (verdict == ACCEPT) is bool(mapping.get((key >> 16) & 0xFFFFFFFF)), sent
+        elif reason == 0 and sent.pkttype != PacketType.OUTGOING:
             assert (verdict == ACCEPT) is (key & 0xFFFF in mapping.get(key >> 16, ())), sent
 
 
@@ -288,10 +343,12 @@ def reference_decision(m: Mutated, raw: bytes) -> tuple[int, int]:
         return 2, group
     if m.flags & 0x2000 or m.offset:
         return 4, group
-    if m.protocol != 17:
+    if m.protocol not in (17, 50):
         return 5, group
     if m.total - m.ihl * 4 < 8:
         return 2, group
+    if m.protocol == 50:  # ESP: whatever the IP header holds is relayed, keyed by the group alone
+        return 0, ESP_KEY_TAG | group
     # the UDP header is where the IHL field says, whatever the header really holds
     port, udp_length = (
         int.from_bytes(raw[16 + m.ihl * 4 : 18 + m.ihl * 4]),
@@ -351,6 +408,8 @@ def test_parser_decides_as_the_reference_on_mutated_headers(m: Mutated, prefix: 
     reason, key, offset, length = parse_frame(buf, prefix, len(raw))
     assert (reason, key) == reference_decision(m, raw), m
     assert (reason, key, offset, length) == _parse_general(buf, prefix, len(raw)), "fast path disagrees"
-    if reason == 0:
+    if reason == 0 and m.protocol == 50:
+        assert (offset - prefix, length) == (14 + m.ihl * 4, m.total - m.ihl * 4)
+    elif reason == 0:
         start = 14 + m.ihl * 4 + 8
         assert (offset - prefix, length) == (start, int.from_bytes(raw[start - 4 : start - 2]) - 8)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from mcr.packet.build import build_udp_frame, ipv4_checksum, multicast_mac, udp_checksum
-from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame, src_ipv4
+from mcr.packet.build import build_esp_frame, build_udp_frame, ipv4_checksum, multicast_mac, udp_checksum
+from mcr.packet.parse import DROP_KEYS, ESP_KEY_TAG, IPV6_KEY_TAG, DropReason, parse_frame, src_ipv4
 
 SRC = IPv4Address("10.0.0.1")
 GROUP = IPv4Address("239.1.2.3")
@@ -223,3 +223,51 @@ def test_built_frame_overrides() -> None:
 )
 def test_multicast_mac(group: str, mac: str) -> None:
     assert multicast_mac(IPv4Address(group)) == bytes.fromhex(mac)
+
+
+# -------------------------------------------------------------------------------------------------- ESP
+
+ESP_KEY = ESP_KEY_TAG | GROUP_KEY
+
+
+def esp(payload: bytes = b"sealed", **kw: Any) -> bytes:
+    return build_esp_frame(src_ip=SRC, dst_ip=GROUP, spi=0xABCD0001, seq=7, payload=payload, **kw)
+
+
+@pytest.mark.parametrize("options", [b"", b"\x94\x04\0\0", b"\x01" * 40], ids=["ihl5", "router-alert", "ihl15"])
+@pytest.mark.parametrize("size", [0, 1, 1400])
+def test_esp_payload_is_everything_after_the_ip_header(options: bytes, size: int) -> None:
+    body = bytes(range(256)) * 6
+    raw = esp(body[:size], ip_options=options) + b"\0" * 6  # Ethernet padding is not payload
+    reason, key, offset, length = parse(raw)
+    assert (reason, key) == (DropReason.OK, ESP_KEY)
+    assert raw[offset : offset + length] == struct.pack("!II", 0xABCD0001, 7) + body[:size]
+    assert offset == 14 + 20 + len(options)
+
+
+def test_esp_keys_meet_no_udp_key() -> None:
+    """A UDP datagram to port 0 of the group must never match an ESP rule on it (and no ESP key is IPv6's)."""
+    assert parse(frame(dst_port=0))[1] == GROUP_KEY
+    assert parse(esp())[1] != GROUP_KEY
+    assert ESP_KEY < IPV6_KEY_TAG
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "key"),
+    [
+        pytest.param(esp(b"")[:-1], DropReason.TRUNCATED, GROUP_KEY, id="frame-cut"),
+        pytest.param(esp(b"", total_length=27), DropReason.TRUNCATED, GROUP_KEY, id="no-room-for-spi-and-seq"),
+        pytest.param(esp(b"", total_length=20), DropReason.TRUNCATED, GROUP_KEY, id="no-esp-header"),
+        pytest.param(esp(more_fragments=True), DropReason.FRAGMENT, GROUP_KEY, id="first-fragment"),
+        pytest.param(esp(fragment_offset=3), DropReason.FRAGMENT, GROUP_KEY, id="later-fragment"),
+        pytest.param(esp(vlan=4), DropReason.NOT_IPV4, 0, id="802.1q"),
+        pytest.param(esp(total_length=9999), DropReason.TRUNCATED, GROUP_KEY, id="total-too-big"),
+    ],
+)
+def test_esp_drop_reasons(raw: bytes, reason: DropReason, key: int) -> None:
+    assert parse(raw) == (reason, key, 0, 0)
+
+
+def test_esp_with_the_shortest_header_is_relayed() -> None:
+    raw = esp(b"")
+    assert parse(raw) == (DropReason.OK, ESP_KEY, 34, 8)

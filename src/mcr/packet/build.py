@@ -1,4 +1,4 @@
-"""Frame builders for tests, fuzzing and the benchmark: valid Ethernet/IPv4/UDP (and IPv6/UDP) frames by default,
+"""Frame builders for tests, fuzzing and the benchmark: valid Ethernet/IPv4/UDP (IPv4/ESP, IPv6/UDP) frames by default,
 malformed on request through keyword overrides (lengths, header length, version, fragments, protocol, ethertype,
 VLAN tag, IPv6 extension headers).
 """
@@ -11,6 +11,8 @@ from ipaddress import IPv4Address, IPv6Address
 __all__ = [
     "ETH_P_8021Q",
     "ETH_P_IP",
+    "IPPROTO_ESP",
+    "build_esp_frame",
     "build_udp6_frame",
     "build_udp_frame",
     "ipv4_checksum",
@@ -25,6 +27,7 @@ ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
 IPPROTO_UDP = 17
+IPPROTO_ESP = 50
 
 _IP_FLAG_DF = 0x4000
 _IP_FLAG_MF = 0x2000
@@ -118,6 +121,50 @@ def build_udp_frame(
     is added.
     """
     src, dst = IPv4Address(src_ip), IPv4Address(dst_ip)
+    udp_len = _UDP_HEADER.size + len(payload) if udp_length is None else udp_length
+    pseudo = _pseudo_header(src, dst, udp_len) if with_udp_checksum else None
+    segment = _udp_segment(src_port, dst_port, udp_len, payload, pseudo)
+
+    return _ipv4_frame(
+        src_mac=src_mac,
+        dst_mac=dst_mac,
+        src=src,
+        dst=dst,
+        body=segment,
+        ttl=ttl,
+        ip_options=ip_options,
+        ident=ident,
+        flags=(_IP_FLAG_DF if dont_fragment else 0) | (_IP_FLAG_MF if more_fragments else 0),
+        fragment_offset=fragment_offset,
+        protocol=protocol,
+        version=version,
+        ihl=ihl,
+        total_length=total_length,
+        ethertype=ethertype,
+        vlan=vlan,
+    )
+
+
+def _ipv4_frame(
+    *,
+    src_mac: bytes,
+    dst_mac: bytes | None,
+    src: IPv4Address,
+    dst: IPv4Address,
+    body: bytes,
+    ttl: int,
+    ip_options: bytes,
+    ident: int,
+    flags: int,
+    fragment_offset: int,
+    protocol: int,
+    version: int,
+    ihl: int | None,
+    total_length: int | None,
+    ethertype: int,
+    vlan: int | None,
+) -> bytes:
+    """Ethernet and IPv4 headers (checksum over the fields as written) in front of `body`."""
     if len(ip_options) % 4 or len(ip_options) > _IP_MAX_OPTIONS:
         raise ValueError(f"IP options must be a multiple of 4 bytes, at most {_IP_MAX_OPTIONS}: {len(ip_options)}")
     if not 0 <= fragment_offset <= 0x1FFF:
@@ -126,13 +173,7 @@ def build_udp_frame(
     ihl_field = header_len // 4 if ihl is None else ihl
     if not (0 <= version <= 15 and 0 <= ihl_field <= 15):
         raise ValueError(f"version and IHL are 4-bit fields: {version}, {ihl_field}")
-
-    udp_len = _UDP_HEADER.size + len(payload) if udp_length is None else udp_length
-    pseudo = _pseudo_header(src, dst, udp_len) if with_udp_checksum else None
-    segment = _udp_segment(src_port, dst_port, udp_len, payload, pseudo)
-
-    flags = (_IP_FLAG_DF if dont_fragment else 0) | (_IP_FLAG_MF if more_fragments else 0)
-    total = header_len + len(segment) if total_length is None else total_length
+    total = header_len + len(body) if total_length is None else total_length
     fields = [(version << 4) | ihl_field, 0, total, ident, flags | fragment_offset, ttl, protocol]
     header = _IP_HEADER.pack(*fields, 0, src.packed, dst.packed) + ip_options
     header = _IP_HEADER.pack(*fields, ipv4_checksum(header), src.packed, dst.packed) + ip_options
@@ -140,7 +181,48 @@ def build_udp_frame(
     ethernet = (multicast_mac(dst) if dst_mac is None else dst_mac) + src_mac
     if vlan is not None:
         ethernet += struct.pack("!HH", ETH_P_8021Q, vlan)
-    return ethernet + struct.pack("!H", ethertype) + header + segment
+    return ethernet + struct.pack("!H", ethertype) + header + body
+
+
+def build_esp_frame(
+    *,
+    src_mac: bytes = DEFAULT_SRC_MAC,
+    dst_mac: bytes | None = None,
+    src_ip: IPv4Address | str,
+    dst_ip: IPv4Address | str,
+    spi: int = 0x1000,
+    seq: int = 1,
+    payload: bytes,
+    ttl: int = 1,
+    ip_options: bytes = b"",
+    ident: int = 0,
+    more_fragments: bool = False,
+    fragment_offset: int = 0,
+    total_length: int | None = None,
+    ethertype: int = ETH_P_IP,
+    vlan: int | None = None,
+) -> bytes:
+    """An Ethernet / IPv4 / ESP frame: the ESP header (`spi`, `seq`) then `payload`, which stands for the
+    encrypted data and ICV (the relay never looks inside). The IPv4 header checksum is correct; the overrides
+    (`total_length`, fragments, `ethertype`, `vlan`) build malformed frames as in `build_udp_frame`."""
+    return _ipv4_frame(
+        src_mac=src_mac,
+        dst_mac=dst_mac,
+        src=IPv4Address(src_ip),
+        dst=IPv4Address(dst_ip),
+        body=struct.pack("!II", spi, seq) + payload,
+        ttl=ttl,
+        ip_options=ip_options,
+        ident=ident,
+        flags=_IP_FLAG_MF if more_fragments else 0,
+        fragment_offset=fragment_offset,
+        protocol=IPPROTO_ESP,
+        version=4,
+        ihl=None,
+        total_length=total_length,
+        ethertype=ethertype,
+        vlan=vlan,
+    )
 
 
 def multicast_mac6(group: IPv6Address) -> bytes:

@@ -1,4 +1,4 @@
-"""Ethernet/IPv4/UDP and Ethernet/IPv6/UDP frame parsing for the data-plane hot path.
+"""Ethernet/IPv4/UDP, Ethernet/IPv4/ESP and Ethernet/IPv6/UDP frame parsing for the data-plane hot path.
 
 `parse_frame` runs once per captured packet, so it works on plain ints: one precompiled `struct.Struct.unpack_from`
 call for the common frame (no IP options), two otherwise; no objects besides the returned tuple, and no exceptions
@@ -8,6 +8,11 @@ Checksums are not verified (the relay re-sends the payload and the kernel comput
 are skipped; Ethernet padding after the IP packet is ignored because every bound comes from the IP total
 length. The drop reasons are the ones the kernel engine (`mcr.kernel.program`) counts, with the same
 meaning, so both engines report alike.
+
+IPv4 ESP (IP protocol 50) takes the general path: ESP has no ports, so its key is the group's alone, tagged
+``ESP_KEY_TAG | (ipv4_destination << 16)`` so that no UDP key (not even to port 0) can equal it, and its
+payload is everything after the IP header (SPI, sequence number, encrypted data, ICV), which is what an ESP
+output re-sends. An ESP packet shorter than its 8-byte header (SPI and sequence number) is TRUNCATED.
 
 IPv6 frames take the general path: the extension headers hop-by-hop (0), routing (43) and destination
 options (60) are walked, at most `MAX_EXT_HEADERS` of them and never past the payload length; a fragment
@@ -36,9 +41,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DROP_KEYS",
+    "ESP_HLEN",
+    "ESP_KEY_TAG",
     "ETH_HLEN",
     "ETH_P_IP",
     "ETH_P_IPV6",
+    "IPPROTO_ESP",
     "IPPROTO_UDP",
     "IPV6_KEY_TAG",
     "DropReason",
@@ -58,7 +66,10 @@ EXT_WALKED = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options:
 EXT_FRAGMENT = 44
 EXT_NOT_WALKED = frozenset({50, 51, 135, 139, 140, 253, 254})  # ESP, AH, mobility, HIP, shim6, experiments
 IPPROTO_UDP = 17
+IPPROTO_ESP = 50
 UDP_HLEN = 8
+ESP_HLEN = 8  # SPI and sequence number
+ESP_KEY_TAG = 1 << 48  # above every IPv4 (group << 16 | port), below IPV6_KEY_TAG: ESP keys meet neither
 
 
 class DropReason(IntEnum):
@@ -66,10 +77,10 @@ class DropReason(IntEnum):
 
     OK = 0
     NOT_IPV4 = 1  # ethertype is neither IPv4 nor IPv6 (802.1Q-tagged frames included)
-    TRUNCATED = 2  # shorter than Ethernet + IP headers, than the IP length, or than IP (+ extensions) + UDP
+    TRUNCATED = 2  # shorter than Ethernet + IP headers, than the IP length, or than IP (+ extensions) + UDP/ESP
     BAD_IP_HEADER = 3  # version != 4, IHL < 5, or total length < IHL * 4; IPv6: version != 6
     FRAGMENT = 4  # MF set or fragment offset != 0; IPv6: a fragment header
-    NOT_UDP = 5
+    NOT_UDP = 5  # neither UDP nor (IPv4) ESP
     BAD_UDP_LENGTH = 6  # UDP length < 8, or beyond the IP total length
     NO_RULE = 7  # never returned by the parser: the worker found no rule for the key (or for the source)
     RATE_LIMITED = 8  # never returned by the parser: over the rule's rate limit (counted per rule too)
@@ -131,10 +142,12 @@ def parse_frame(buf: FrameBuffer, offset: int, caplen: int) -> ParseResult:
 
     - `reason`: 0 (`DropReason.OK`) or another `DropReason` value, as a plain int;
     - `key`: ``(ipv4_destination << 16) | udp_destination_port`` when OK or BAD_UDP_LENGTH;
+      ``ESP_KEY_TAG | (ipv4_destination << 16)`` for ESP (OK only);
       ``ipv4_destination << 16`` (port 0) for the drops found after the IPv4 header was read and checked
       (TRUNCATED by the total length, FRAGMENT, NOT_UDP), so they can be attributed to a group; 0 when the
       IPv4 header was missing or bad (NOT_IPV4, BAD_IP_HEADER, a frame shorter than 34 bytes);
-    - `payload_offset`: absolute in `buf`; `payload_length` from the UDP length field (both 0 unless OK).
+    - `payload_offset`: absolute in `buf`; `payload_length` from the UDP length field, for ESP the IP
+      payload (both 0 unless OK).
 
     Never raises, whatever the buffer contents, offset or caplen.
     """
@@ -177,9 +190,13 @@ def _parse_general(buf: FrameBuffer, offset: int, caplen: int) -> ParseResult:
         return (_TRUNCATED, key, 0, 0)
     if frag & 0x3FFF:
         return (_FRAGMENT, key, 0, 0)
-    if proto != IPPROTO_UDP:
-        return (_NOT_UDP, key, 0, 0)
     ip_payload = total - ip_hlen
+    if proto != IPPROTO_UDP:
+        if proto != IPPROTO_ESP:
+            return (_NOT_UDP, key, 0, 0)
+        if ip_payload < ESP_HLEN:
+            return (_TRUNCATED, key, 0, 0)
+        return (0, ESP_KEY_TAG | key, offset + ETH_HLEN + ip_hlen, ip_payload)
     if ip_payload < UDP_HLEN:
         return (_TRUNCATED, key, 0, 0)
     udp = offset + ETH_HLEN + ip_hlen
