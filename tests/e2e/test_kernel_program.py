@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from mcr.packet.build import (
+    build_esp_frame,
     build_udp6_frame,
     build_udp_frame,
     ipv4_checksum,
@@ -75,6 +76,7 @@ def _outputs(spec: Sequence[dict[str, Any]]) -> list[Any]:
             source=ip_address(o["source"]),
             src_mac=_mac(o["ifname"]) if "ifname" in o else b"\x02\0\0\0\0\x09",
             ttl=int(o.get("ttl", 1)),
+            protocol=int(o.get("protocol", 17)),
         )
         for o in spec
     ]
@@ -163,7 +165,8 @@ def _run_cases(spec: dict[str, Any]) -> int:
         outputs = _outputs(rule["outputs"])
         limit = decode_rate_limit(rule["rate_limit"]) if "rate_limit" in rule else None
         source = ip_network(rule["source"]) if "source" in rule else None
-        relay.set_rule(rule["slot"], INGRESS, ip_address(rule["group"]), rule["port"], outputs, limit, source)
+        group, port, protocol = ip_address(rule["group"]), rule["port"], rule.get("protocol", 17)
+        relay.set_rule(rule["slot"], INGRESS, group, port, outputs, limit, source, protocol=protocol)
     results: list[dict[str, Any]] = []
     for case in spec["cases"]:
         try:
@@ -245,9 +248,9 @@ class _CsumProbe:
 
 
 def _relayed(data: bytes) -> bool:
-    """IPv4 UDP, or IPv6 from a routable source (not the veths' own neighbour discovery and MLD)."""
+    """IPv4 UDP or ESP, or IPv6 from a routable source (not the veths' own neighbour discovery and MLD)."""
     if data[12:14] == b"\x08\x00":
-        return data[23] == 17
+        return data[23] in (17, 50)
     return data[12:14] == b"\x86\xdd" and not IPv6Address(data[22:38]).is_link_local and any(data[22:38])
 
 
@@ -490,6 +493,117 @@ def test_not_relayed_frames_pass_untouched_and_are_counted(netlab: NetLab) -> No
         "zero_udp_checksum": 0,
     }
     assert doc["counters"]["rules"]["0"]["packets"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ ESP
+
+ESP_BODY = bytes(range(256)) * 3  # stands for the encrypted data and ICV: relayed byte for byte
+
+
+def esp_frame(dst: str = "239.1.1.1", **kw: Any) -> bytes:
+    kw.setdefault("payload", ESP_BODY)
+    kw.setdefault("src_ip", "10.200.1.2")
+    return build_esp_frame(dst_ip=dst, spi=0x01020304, seq=99, ttl=5, **kw)
+
+
+def esp_out(ifname: str, group: str, ttl: int = 1, source: str = SOURCE) -> dict[str, Any]:
+    return {"ifname": ifname, "group": group, "port": 0, "ttl": ttl, "source": source, "protocol": 50}
+
+
+def esp_headers(frame: bytes) -> dict[str, Any]:
+    ihl = (frame[14] & 0x0F) * 4
+    total = struct.unpack_from("!H", frame, 16)[0]
+    return {
+        "dst_mac": frame[0:6],
+        "ttl": frame[22],
+        "protocol": frame[23],
+        "src": str(IPv4Address(frame[26:30])),
+        "dst": str(IPv4Address(frame[30:34])),
+        "ip_ok": ipv4_checksum(frame[14 : 14 + ihl]) == 0,
+        "options": frame[34 : 14 + ihl],
+        "esp": frame[14 + ihl : 14 + total],
+    }
+
+
+ESP_RULES = [
+    {"slot": 0, "group": "239.1.1.1", "port": 5001, "outputs": [out("ka", "239.2.2.9", 6009)]},
+    {
+        "slot": 1,
+        "group": "239.1.1.1",
+        "port": 0,
+        "protocol": 50,
+        "outputs": [esp_out("ka", f"239.5.5.{i}", 6 + i) for i in (1, 2, 3)],
+    },
+]
+
+
+@pytest.mark.parametrize("options", [b"", b"\x94\x04\x00\x00", b"\x01" * 40], ids=["ihl5", "router-alert", "ihl15"])
+def test_esp_fan_out_and_restore(netlab: NetLab, options: bytes) -> None:
+    """An ESP packet goes to each ESP output with its IP payload (SPI, sequence number, data) untouched and a
+    new IPv4 header (addresses, TTL, checksum); the original goes on unchanged, also as CHECKSUM_COMPLETE."""
+    original = esp_frame(ip_options=options)
+    complete = 1 << 2
+    cases = [{"frame": original, "expect": 3}, {"frame": original, "expect": 3, "flags": complete}]
+    doc = run_cases(netlab, ESP_RULES, cases)
+    for n, res in enumerate(doc["results"]):
+        if n == 1 and res.get("errno") == 22:
+            break  # no BPF_F_TEST_SKB_CHECKSUM_COMPLETE before Linux 6.11
+        assert "error" not in res, res
+        assert res["retval"] == TC_ACT_UNSPEC
+        assert bytes.fromhex(res["data"]) == original
+        heads = sorted((esp_headers(bytes.fromhex(c)) for c in res["clones"]), key=lambda h: h["dst"])
+        assert [(h["dst"], h["ttl"], h["src"], h["protocol"]) for h in heads] == [
+            (f"239.5.5.{i}", 6 + i, SOURCE, 50) for i in (1, 2, 3)
+        ]
+        for h in heads:
+            assert h["ip_ok"] and h["options"] == options
+            assert h["dst_mac"] == multicast_mac(IPv4Address(h["dst"]))
+            assert h["esp"] == bytes.fromhex("01020304 00000063") + ESP_BODY
+    rule = doc["counters"]["rules"]["1"]
+    relayed = sum(1 for r in doc["results"] if "error" not in r)
+    assert (rule["packets"], rule["bytes"]) == (relayed, relayed * (8 + len(ESP_BODY)))
+    assert rule["outputs"] == [{"packets": relayed, "bytes": relayed * (8 + len(ESP_BODY)), "errors": 0}] * 3
+    assert doc["counters"]["rules"]["0"]["packets"] == 0  # the UDP rule on the same group saw none of it
+
+
+def test_esp_frames_not_relayed_pass_untouched_and_are_counted(netlab: NetLab) -> None:
+    """ESP fragments and ESP shorter than its header are the drops UDP's would be; ESP to a group with no ESP
+    rule and UDP to port 0 of the ESP rule's group are `no_rule` (port 0 never reaches the ESP rule)."""
+    rules = [ESP_RULES[1], {"slot": 2, "group": "239.1.1.2", "port": 5001, "outputs": [out("ka", "239.2.2.9", 6009)]}]
+    cases = {
+        "fragment": esp_frame(more_fragments=True),
+        "later_fragment": esp_frame(fragment_offset=3),
+        "no_esp_header": esp_frame(payload=b"", total_length=27),
+        "cut": esp_frame(total_length=2000),
+        "esp_to_udp_group": esp_frame(dst="239.1.1.2"),
+        "udp_port_0": frame(port=0),
+        "other_group": esp_frame(dst="239.9.9.9"),  # not configured: not counted
+    }
+    doc = run_cases(netlab, rules, [{"frame": f} for f in cases.values()])
+    for (name, f), res in zip(cases.items(), doc["results"], strict=True):
+        assert res["retval"] == TC_ACT_UNSPEC, name
+        assert bytes.fromhex(res["data"]) == f, name
+        assert res["clones"] == [], name
+    drops = doc["counters"]["drops"]
+    assert (drops["fragment"], drops["truncated"], drops["no_rule"], drops["not_udp"]) == (2, 2, 2, 0)
+    assert doc["counters"]["rules"]["1"]["packets"] == doc["counters"]["rules"]["2"]["packets"] == 0
+
+
+def test_esp_source_filter_and_a_failing_output(netlab: NetLab) -> None:
+    bad = {"ifindex": 9999, "group": "239.5.9.1", "port": 0, "source": SOURCE, "protocol": 50}
+    rules = [{**ESP_RULES[1], "source": "10.200.1.0/24", "outputs": [bad, esp_out("ka", "239.5.9.2")]}]
+    original = esp_frame()
+    doc = run_cases(netlab, rules, [{"frame": original, "expect": 1}, {"frame": esp_frame(src_ip="10.7.7.7")}])
+    ok, foreign = doc["results"]
+    assert bytes.fromhex(ok["data"]) == original
+    assert [esp_headers(bytes.fromhex(c))["dst"] for c in ok["clones"]] == ["239.5.9.2"]
+    assert foreign["clones"] == []
+    size = 8 + len(ESP_BODY)
+    assert doc["counters"]["rules"]["1"]["outputs"] == [
+        {"packets": 0, "bytes": 0, "errors": 1},
+        {"packets": 1, "bytes": size, "errors": 0},
+    ]
+    assert doc["counters"]["drops"]["no_rule"] == 1
 
 
 def test_64_outputs(netlab: NetLab) -> None:

@@ -14,6 +14,7 @@ import pytest
 from mcr.kernel.abi import TC_ACT_OK, SkbOffset
 from mcr.kernel.asm import PSEUDO_MAP_FD, Cls, Helper, Insn, JmpOp, Program, Reg, Size
 from mcr.kernel.program import (
+    IPPROTO_ESP,
     MAP_NAMES,
     OUTPUT6_VALUE,
     OUTPUT_VALUE,
@@ -90,9 +91,9 @@ def successors(insns: tuple[Insn, ...], pc: int) -> list[int]:
 
 
 def test_the_only_cycles_are_the_output_loops_and_the_reparse(program: Program) -> None:
-    """Without the edges back to `loop4`, `loop6` and `parse` the control flow graph is acyclic (DFS colouring):
-    the IPv6 extension header walk is unrolled."""
-    allowed = {program.labels["loop4"], program.labels["loop6"], program.labels["parse"]}
+    """Without the edges back to `loop4`, `loope` (ESP), `loop6` and `parse` the control flow graph is acyclic
+    (DFS colouring): the IPv6 extension header walk is unrolled."""
+    allowed = {program.labels[name] for name in ("loop4", "loope", "loop6", "parse")}
     state: dict[int, int] = {}  # 1: on the DFS stack, 2: done
     stack = [(0, iter(successors(program.insns, 0)))]
     state[0] = 1
@@ -207,6 +208,17 @@ def test_ipv4_output_loop_writes_the_headers_directly(program: Program) -> None:
     assert restore == [Helper.CSUM_UPDATE]  # the bytes go back by direct writes
 
 
+def test_esp_output_loop_rewrites_the_ip_header_alone(program: Program) -> None:
+    """Per ESP output: MACs, TTL, IPv4 header checksum and addresses by direct writes, no helper but the
+    clone; the restore writes the same bytes back and calls nothing (the header's changes cancel in
+    skb->csum)."""
+    calls = calls_between(program, "loope", "rewrite_failede")
+    assert sorted(calls) == sorted([Helper.MAP_LOOKUP_ELEM] * 2 + [Helper.CLONE_REDIRECT])
+    assert packet_bytes_written(program, "loope", "rewrite_failede") == 12 + 1 + 2 + 8
+    assert calls_between(program, "restoree", "drop_no_rulee") == []
+    assert packet_bytes_written(program, "restoree", "drop_no_rulee") == 12 + 12
+
+
 def test_ipv6_parse_walks_a_bounded_number_of_extension_headers(program: Program) -> None:
     """The fixed header, each extension header (at most MAX_EXT_HEADERS + 1 reads, as the userspace parser)
     and the UDP header are read with bpf_skb_load_bytes; the IPv4 path never calls it."""
@@ -231,7 +243,7 @@ def test_every_map_is_referenced_and_linked() -> None:
 @pytest.mark.parametrize("max_outputs", [1, 3, 64, 256])
 def test_any_output_limit_builds(max_outputs: int) -> None:
     prog = relay_program(max_outputs)
-    for name in ("loop4", "loop6"):
+    for name in ("loop4", "loope", "loop6"):
         loop = prog.insns[prog.labels[name]]
         assert (loop.code & 0xF0, loop.imm) == (JmpOp.JGE, max_outputs)  # the verifier's bound on the loop
 
@@ -260,6 +272,27 @@ def test_rule_key_layout() -> None:
     assert pack_rule_value(5, 3).hex(" ") == "05 00 00 00 03 00 00 00 00 00 00 00 00 00 00 00"
     source = IPv4Network("10.200.1.0/24")
     assert pack_rule_value(5, 3, source).hex(" ") == "05 00 00 00 03 00 00 00 0a c8 01 00 ff ff ff 00"
+
+
+def test_esp_rule_key_and_output_layout() -> None:
+    """An ESP rule's key has port 0 and ends in 50, so no UDP key (port 0 included) equals it; an ESP output
+    carries protocol 50 (its TTL/protocol word enters the header checksum) and port 0."""
+    key = pack_rule_key(3, IPv4Address("239.1.1.1"), 0, IPPROTO_ESP)
+    assert key == pack_rule_key(3, IPv4Address("239.1.1.1"), 0)[:10] + (50).to_bytes(2, sys.byteorder)
+    assert key != pack_rule_key(3, IPv4Address("239.1.1.1"), 0)
+    assert pack_group_key(3, IPv4Address("239.1.1.1")) == key[:8]
+    out = OutputEntry(7, IPv4Address("239.2.2.2"), 0, IPv4Address("10.200.3.1"), b"\x02" * 6, 4, protocol=IPPROTO_ESP)
+    assert pack_output(out)[4:8].hex(" ") == "04 32 00 00"
+    for bad in (
+        lambda: pack_rule_key(3, IPv4Address("239.1.1.1"), 5001, IPPROTO_ESP),
+        lambda: pack_rule_key(3, IPv6Address("ff3e::1"), 0, IPPROTO_ESP),
+        lambda: pack_rule_key(3, IPv4Address("239.1.1.1"), 5001, 6),
+        lambda: OutputEntry(7, IPv4Address("239.2.2.2"), 9, IPv4Address("10.0.0.1"), b"\x02" * 6, protocol=50),
+        lambda: OutputEntry(7, IPv6Address("ff3e::2"), 0, IPv6Address("fd00::1"), b"\x02" * 6, protocol=50),
+        lambda: OutputEntry(7, IPv4Address("239.2.2.2"), 9, IPv4Address("10.0.0.1"), b"\x02" * 6, protocol=6),
+    ):
+        with pytest.raises(ValueError):
+            bad()
 
 
 def test_rule_key_layout_ipv6() -> None:
@@ -351,10 +384,11 @@ def test_the_bucket_is_updated_by_compare_and_exchange(program: Program) -> None
 
     insns = program.insns
     atomics = [i for i in insns if i.code == Cls.STX | MODE_ATOMIC | Size.DW]
-    assert len(atomics) == 2 * CMPXCHG_TRIES  # one copy per family
+    assert len(atomics) == 3 * CMPXCHG_TRIES  # one copy per family (IPv4 UDP, ESP, IPv6)
     assert all(i.imm == ATOMIC_CMPXCHG and i.off == 0 and i.dst == Reg.R7 for i in atomics)
     clock = [pc for pc, i in enumerate(insns) if i.code == Cls.JMP | JmpOp.CALL and i.imm == Helper.KTIME_GET_NS]
-    assert len(clock) == 2
-    assert program.labels["parse6"] < clock[1] < program.labels["loop6"]
+    assert len(clock) == 3
+    assert program.labels["esp4"] < clock[1] < program.labels["loope"]
+    assert program.labels["parse6"] < clock[2] < program.labels["loop6"]
     lookups = {name for _, name in program.maps}
     assert MapName.LIMITS.value in lookups

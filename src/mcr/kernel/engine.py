@@ -7,6 +7,7 @@ frees the maps, so a crashed supervisor leaves nothing behind in the kernel.
 The caller (the supervisor) resolves interfaces: it passes ifindexes, each output's source address and
 source MAC, and a destination MAC for unicast outputs (multicast ones get 01:00:5e + the group's low 23 bits,
 or 33:33 + the low 32 bits for IPv6). A rule is IPv4 or IPv6 throughout: its outputs are of its group's family.
+An ESP rule (protocol 50, IPv4, port 0) has ESP outputs (port 0).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mcr.kernel.program import (
     DEFAULT_MAX_OUTPUTS,
     DEFAULT_MAX_RULES,
     DROP_STATS,
+    IPPROTO_UDP,
     OUTPUT_STATS,
     RULE_STATS,
     MapName,
@@ -58,7 +60,7 @@ class OutputCounters:
 @dataclass(frozen=True, slots=True)
 class RuleCounters:
     packets: int
-    bytes: int  # UDP payload bytes
+    bytes: int  # UDP payload bytes (ESP: the IP payload)
     outputs: tuple[OutputCounters, ...]
     rate_limited: int = 0  # frames over the rule's rate limit (not relayed)
 
@@ -76,6 +78,15 @@ class _Rule:
     port: int
     outputs: tuple[OutputEntry, ...]  # position i of the slot's output counters counts what outputs[i] sends
     rate_limit: RateLimit | None = None
+    protocol: int = IPPROTO_UDP
+
+    @property
+    def input(self) -> tuple[int, IPv4Address | IPv6Address, int, int]:
+        return (self.ifindex, self.group, self.port, self.protocol)
+
+    @property
+    def key(self) -> bytes:
+        return pack_rule_key(self.ifindex, self.group, self.port, self.protocol)
 
 
 def _index(i: int) -> bytes:
@@ -140,9 +151,12 @@ class KernelRelay:
         outputs: Sequence[OutputEntry],
         rate_limit: RateLimit | None = None,
         source: IPv4Network | IPv6Network | None = None,
+        *,
+        protocol: int = IPPROTO_UDP,
     ) -> None:
         """Install or replace the rule in `slot`: frames to (ifindex, group, port) (from `source`, a host or
-        prefix, when given) go to `outputs`, at most at `rate_limit` (None: no limit).
+        prefix, when given) go to `outputs`, at most at `rate_limit` (None: no limit). `protocol` 50: ESP
+        packets to (ifindex, group), port 0, to ESP outputs.
 
         A slot that was free starts with zero counters; replacing a rule in place keeps them, except that
         outputs dropped off the end start from zero if they come back, and that the whole slot starts from
@@ -155,18 +169,21 @@ class KernelRelay:
             raise ValueError(f"slot {slot} is out of range 0..{self.max_rules - 1}")
         if len(outputs) > self.max_outputs:
             raise ValueError(f"{len(outputs)} outputs: at most {self.max_outputs} per rule")
-        if not 1 <= port <= 65535:
+        if protocol == IPPROTO_UDP and not 1 <= port <= 65535:
             raise ValueError(f"bad input port {port}")
+        pack_rule_key(ifindex, group, port, protocol)  # raises for a protocol, port or family it cannot relay
         for out in outputs:
             if out.group.version != group.version:
                 raise ValueError(f"output {out.group} is not of the family of {group}: the program cannot change it")
+            if out.protocol != protocol:
+                raise ValueError(f"output {out.group} is not of the rule's protocol {protocol}")
         rules_map = self.map_fd(rule_maps(group.version)[0])
-        rule = _Rule(ifindex, group, port, tuple(outputs), rate_limit)
+        rule = _Rule(ifindex, group, port, tuple(outputs), rate_limit, protocol)
         for other_slot, other in self._rules.items():
-            if other_slot != slot and (other.ifindex, other.group, other.port) == (ifindex, group, port):
+            if other_slot != slot and other.input == rule.input:
                 raise ValueError(f"slot {other_slot} already relays {group}:{port} on ifindex {ifindex}")
         old = self._rules.get(slot)
-        if old is not None and (old.ifindex, old.group, old.port) != (ifindex, group, port):
+        if old is not None and old.input != rule.input:
             self.remove_rule(slot)
             old = None
         kept = min(len(outputs), len(old.outputs)) if old is not None else 0
@@ -181,7 +198,7 @@ class KernelRelay:
             params = None if rate_limit is None else bucket_params(rate_limit)
             bpf.update_elem(self.map_fd(MapName.LIMITS), _index(slot), pack_limit(params))
         value = pack_rule_value(slot, len(outputs), source, group.version)
-        bpf.update_elem(rules_map, pack_rule_key(ifindex, group, port), value)
+        bpf.update_elem(rules_map, rule.key, value)
         if old is None:
             self._ref_group(ifindex, group, +1)
         self._rules[slot] = rule
@@ -192,7 +209,7 @@ class KernelRelay:
         if rule is None:
             return
         rules_map = self.map_fd(rule_maps(rule.group.version)[0])
-        bpf.delete_elem(rules_map, pack_rule_key(rule.ifindex, rule.group, rule.port))
+        bpf.delete_elem(rules_map, rule.key)
         self._ref_group(rule.ifindex, rule.group, -1)
 
     def _ref_group(self, ifindex: int, group: IPv4Address | IPv6Address, delta: int) -> None:

@@ -6,7 +6,7 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
    fine (the UDP offset is 14 + IHL*4, IHL masked to 4 bits). When the headers are not all in the linear
    part of the skb, `bpf_skb_pull_data` pulls them in once and the parse starts again.
    Ethernet / IPv6 / UDP takes its own branch (see "IPv6" below).
-2. Anything that is neither IPv4/UDP nor IPv6/UDP passes untouched, and so does a frame with a VLAN tag (it
+2. Anything that is neither IPv4/UDP, IPv4/ESP nor IPv6/UDP passes untouched, and so does a frame with a VLAN tag (it
    belongs to the VLAN interface on top of this one). Packets to a configured (ingress interface, group) that
    cannot be relayed (fragment, not UDP, bad IP header, truncated, bad UDP length, no rule for the port)
    pass untouched too, and are counted per reason in `drops`.
@@ -40,6 +40,16 @@ The program runs at tc ingress (tcx or clsact) of an input interface, once for e
 5. Write the saved bytes back the same way and give skb->csum (CHECKSUM_COMPLETE) back what the UDP
    checksum updates took from it with one `bpf_csum_update`; the MAC header is not covered by skb->csum
    and the IPv4 header's changes cancel in it. The original frame goes on to the local stack unchanged.
+
+ESP (IP protocol 50, IPv4 only). An ESP rule's key is (ingress ifindex, group, port 0) with the key's last
+16 bits set to 50 (UDP rules have 0 there), so a UDP datagram to port 0 never matches it. The parse is the
+IPv4 one up to the protocol; then an IP payload shorter than the ESP header (SPI and sequence number, 8 bytes)
+is a `truncated` drop, and the bytes counted are the whole IP payload. The same rule lookup, source filter,
+rate limit and output loop follow (one more copy of them), with a rewrite that has no transport header to
+touch: MACs, TTL, addresses and the header checksum (from the original's, as for UDP; the output entry's
+protocol byte is 50) by direct writes, no helper call besides `bpf_clone_redirect`. The IPv4 header's
+changes cancel in skb->csum, so neither the rewrite nor the restore calls `bpf_csum_update`. An ESP
+output's port is 0.
 
 IPv6 (an IPv6 rule has IPv6 outputs only: a rule that changes the family changes the header size, and
 stays in userspace). The same steps, generated from the same code with the family's own maps, stack slots
@@ -120,6 +130,8 @@ from mcr.packet.parse import EXT_FRAGMENT, EXT_NOT_WALKED, EXT_WALKED, MAX_EXT_H
 __all__ = [
     "DEFAULT_MAX_OUTPUTS",
     "DEFAULT_MAX_RULES",
+    "IPPROTO_ESP",
+    "IPPROTO_UDP",
     "LIMIT_VALUE",
     "MAP_NAMES",
     "MAX_OUTPUTS_LIMIT",
@@ -145,14 +157,16 @@ __all__ = [
 
 DEFAULT_MAX_OUTPUTS: Final = 64
 DEFAULT_MAX_RULES: Final = 256
-# The verifier walks each family's output loop once per possible iteration, with the paths a rewrite can take
-# (with or without a UDP checksum, a failed helper), about 2,700 instructions for both families together
-# (64 outputs: 172,915 processed on Linux 6.18; 256: 678,451), inside its limit of 1,000,000.
+# The verifier walks each output loop (IPv4 UDP, ESP, IPv6) once per possible iteration, with the paths a
+# rewrite can take (with or without a UDP checksum, a failed helper), about 3,100 instructions for the three
+# together (64 outputs: 201,468 processed on Linux 6.18; 256: 793,384), inside its limit of 1,000,000.
 MAX_OUTPUTS_LIMIT: Final = 256
 ETH_HLEN: Final = 14
 ETH_P_IP: Final = 0x0800
 ETH_P_IPV6: Final = 0x86DD
 IPPROTO_UDP: Final = 17
+IPPROTO_ESP: Final = 50
+ESP_HLEN: Final = 8  # SPI and sequence number
 IPV6_HLEN: Final = 40
 _MAX_HEADERS: Final = ETH_HLEN + 60 + 8  # pulled into the linear area when the headers are not there
 
@@ -214,7 +228,7 @@ _OUT6_SRC = 8  # source then destination, 32 bytes
 _OUT6_MACS = 40
 _OUT6_SUM = 52  # u32: the 16-bit sum of the 32 address bytes as raw 16-bit loads (see `_raw_sum`)
 
-RULE_KEY: Final = struct.Struct("=I4s2sH")  # ingress ifindex, group (network order), port (network order), 0
+RULE_KEY: Final = struct.Struct("=I4s2sH")  # ingress ifindex, group, port (network order), 0 (UDP) or 50 (ESP)
 GROUP_KEY: Final = struct.Struct("=I4s")  # ingress ifindex, group
 RULE_VALUE: Final = struct.Struct("=II4s4s")  # slot, output count, source network and netmask (network order)
 RULE6_KEY: Final = struct.Struct("=I16s2sH")
@@ -284,10 +298,12 @@ def _check_limits(max_rules: int, max_outputs: int) -> None:
 # ------------------------------------------------------------------------------------------ map values
 
 
-def pack_rule_key(ifindex: int, group: IPv4Address | IPv6Address, port: int) -> bytes:
-    """The key of `rules` (IPv4) or `rules6` (IPv6)."""
+def pack_rule_key(ifindex: int, group: IPv4Address | IPv6Address, port: int, protocol: int = IPPROTO_UDP) -> bytes:
+    """The key of `rules` (IPv4) or `rules6` (IPv6); an ESP rule's (port 0) ends in 50 instead of 0."""
     layout = RULE_KEY if group.version == 4 else RULE6_KEY
-    return layout.pack(ifindex, group.packed, port.to_bytes(2, "big"), 0)
+    if protocol not in (IPPROTO_UDP, IPPROTO_ESP) or (protocol == IPPROTO_ESP and (port or group.version != 4)):
+        raise ValueError(f"no rule key for protocol {protocol}, port {port} to {group}")
+    return layout.pack(ifindex, group.packed, port.to_bytes(2, "big"), 0 if protocol == IPPROTO_UDP else protocol)
 
 
 def pack_group_key(ifindex: int, group: IPv4Address | IPv6Address) -> bytes:
@@ -315,7 +331,8 @@ def pack_limit(params: BucketParams | None) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class OutputEntry:
-    """What one output rewrites: the frame leaves `ifindex` with these addresses, port and TTL (hop limit)."""
+    """What one output rewrites: the frame leaves `ifindex` with these addresses, port and TTL (hop limit).
+    An ESP output (`protocol` 50, IPv4) has port 0: it rewrites the IP header alone."""
 
     ifindex: int
     group: IPv4Address | IPv6Address
@@ -324,11 +341,17 @@ class OutputEntry:
     src_mac: bytes
     ttl: int = 1
     dst_mac: bytes | None = None  # None: the group's multicast MAC (01:00:5e + low 23 bits, 33:33 + low 32)
+    protocol: int = IPPROTO_UDP
 
     def __post_init__(self) -> None:
         if self.ifindex <= 0:
             raise ValueError(f"bad output ifindex {self.ifindex}")
-        if not 1 <= self.port <= 65535:
+        if self.protocol == IPPROTO_ESP:
+            if self.port != 0 or self.group.version != 4:
+                raise ValueError(f"an ESP output is IPv4 with port 0, not {self.group} port {self.port}")
+        elif self.protocol != IPPROTO_UDP:
+            raise ValueError(f"bad output protocol {self.protocol}")
+        elif not 1 <= self.port <= 65535:
             raise ValueError(f"bad output port {self.port}")
         if not 1 <= self.ttl <= 255:
             raise ValueError(f"bad TTL {self.ttl}")
@@ -355,7 +378,7 @@ def pack_output(out: OutputEntry) -> bytes:
     addr_sum = _raw_sum(src + dst, sys.byteorder)
     if out.group.version == 6:
         return OUTPUT6_VALUE.pack(out.ifindex, out.ttl, port, src, dst, *macs, addr_sum)
-    return OUTPUT_VALUE.pack(out.ifindex, out.ttl, IPPROTO_UDP, port, src, dst, *macs, addr_sum)
+    return OUTPUT_VALUE.pack(out.ifindex, out.ttl, out.protocol, port, src, dst, *macs, addr_sum)
 
 
 # ------------------------------------------------------------------------------------------ the program
@@ -514,7 +537,7 @@ class _Builder:
             MapName.RULES,
             MapName.GROUPS,
             _KEY,
-            self.source_filter4,
+            lambda: self.source_filter4("4"),
             self.rewrite4,
             self.cur_from_saved4,
             self.restore4,
@@ -528,6 +551,20 @@ class _Builder:
             ),
         )
         self.relay(v4)
+        a.label("esp4")
+        self.parse_esp()
+        esp = _Family(
+            "e",
+            MapName.RULES,
+            MapName.GROUPS,
+            _KEY,
+            lambda: self.source_filter4("e"),
+            self.rewrite_esp,
+            lambda: None,  # the rewrite keeps no running sums
+            self.restore_esp,
+            (("no_rule", DropReason.NO_RULE),),
+        )
+        self.relay(esp)
         a.label("parse6")
         self.parse6()
         v6 = _Family(
@@ -598,6 +635,7 @@ class _Builder:
         a.emit(ldx(Size.H, R0, R2, _IP_FRAG), alu(AluOp.AND, R0, frag_mask))
         a.jump(JmpOp.JNE, R0, 0, "drop_fragment4")
         a.emit(ldx(Size.B, R0, R2, _IP_PROTO))
+        a.jump(JmpOp.JEQ, R0, IPPROTO_ESP, "esp4")
         a.jump(JmpOp.JNE, R0, IPPROTO_UDP, "drop_not_udp4")
         a.emit(mov64_reg(R1, R5), alu(AluOp.ADD, R1, 8))
         a.jump_reg(JmpOp.JGT, R1, R4, "drop_truncated4")
@@ -620,13 +658,18 @@ class _Builder:
         a.label("port_flags")
         a.emit(stx(Size.DW, FP, _PORT_FLAGS, R4))
         # the original header bytes, and the values the rewrites start from
+        a.emit(ldx(Size.DW, R0, R1, 0), stx(Size.DW, FP, _SAVE_UDP, R0))
+        a.emit(ldx(Size.H, R0, R1, 2), stx(Size.H, FP, _CUR + 2, R0))
+        self.save_ip4()
+
+    def save_ip4(self) -> None:
+        """r2: data, the IPv4 header there. The original addresses for the source filter, the original
+        header bytes (MACs; TTL..destination) for the restore, and the sums the checksums start from."""
+        a = self.a
         a.emit(ldx(Size.DW, R0, R2, 0), stx(Size.DW, FP, _SAVE_MAC, R0))
         a.emit(ldx(Size.W, R0, R2, 8), stx(Size.W, FP, _SAVE_MAC + 8, R0))
         self.copy(Size.W, FP, _SAVE_IP, R2, _IP_TTL, 12, R0)
-        a.emit(ldx(Size.DW, R0, R1, 0), stx(Size.DW, FP, _SAVE_UDP, R0))
-        a.emit(ldx(Size.H, R0, R1, 2), stx(Size.H, FP, _CUR + 2, R0))
         self.copy(Size.W, FP, _CUR + 4, R2, _IP_SRC, 8, R0)
-        # the sums every output's checksums start from
         a.emit(mov64_imm(R0, 0))
         self.add_halves(R0, R2, _IP_SRC, R3, 8)  # source and destination
         self.fold(R0, R3)
@@ -636,12 +679,12 @@ class _Builder:
         a.emit(alu(AluOp.XOR, R0, 0xFFFF), ldx(Size.H, R3, R2, _IP_CSUM), alu(AluOp.XOR, R3, 0xFFFF))
         a.emit(alu_reg(AluOp.ADD, R0, R3), stx(Size.DW, FP, _IP_BASE, R0))
 
-    def source_filter4(self) -> None:
-        """(source & netmask) == network, all raw network-order images."""
+    def source_filter4(self, sfx: str) -> None:
+        """(source & netmask) == network, all raw network-order images; else to drop_no_rule<sfx>."""
         a = self.a
         a.emit(ldx(Size.W, R3, R0, 12), ldx(Size.W, R4, FP, _CUR + 4), alu_reg(AluOp.AND, R4, R3))
         a.emit(ldx(Size.W, R3, R0, 8))
-        a.jump_reg(JmpOp.JNE, R4, R3, "drop_no_rule4")
+        a.jump_reg(JmpOp.JNE, R4, R3, f"drop_no_rule{sfx}")
 
     def rewrite4(self) -> None:
         """Checksums first (the helpers know the skb's checksum state), then the header bytes by direct writes."""
@@ -676,6 +719,56 @@ class _Builder:
         a.emit(ldx(Size.B, R1, R7, _OUT_TTL), stx(Size.B, R2, _IP_TTL, R1), stx(Size.H, R2, _IP_CSUM, R0))
         self.copy(Size.W, R2, _IP_SRC, R7, _OUT_SRC, 8)
         self.write_port(R5, _OUT_PORT, "4")
+
+    # ---- ESP
+
+    def parse_esp(self) -> None:
+        """r2: data (the IPv4 header checked and in the linear area), r4: IP total length, r5: IP header length;
+        an unfragmented IPv4 ESP packet within the frame. The IP payload (from the SPI on) is what is relayed."""
+        a = self.a
+        a.emit(alu_reg(AluOp.SUB, R4, R5))  # the IP payload
+        a.jump(JmpOp.JLT, R4, ESP_HLEN, "drop_truncated4")
+        a.emit(stx(Size.DW, FP, _PAYLOAD, R4))
+        a.emit(st_imm(Size.H, FP, _KEY + 8, 0), st_imm(Size.H, FP, _KEY + 10, IPPROTO_ESP))  # native, as packed
+        self.save_ip4()
+
+    def rewrite_esp(self) -> None:
+        """The IPv4 header checksum from the original's (RFC 1624), then MACs, TTL, checksum and addresses by
+        direct writes; nothing else changes, so no helper is needed."""
+        a = self.a
+        a.emit(ldx(Size.H, R0, R7, _OUT_TTL), ldx(Size.W, R1, R7, _OUT_SUM), alu_reg(AluOp.ADD, R0, R1))
+        a.emit(ldx(Size.DW, R1, FP, _IP_BASE), alu_reg(AluOp.ADD, R0, R1))
+        self.fold(R0, R1)
+        a.emit(alu(AluOp.XOR, R0, 0xFFFF))
+        self.ip_header(R2, "rewrite_shorte")
+        self.copy(Size.H, R2, 0, R7, _OUT_MACS, 12)
+        a.emit(ldx(Size.B, R1, R7, _OUT_TTL), stx(Size.B, R2, _IP_TTL, R1), stx(Size.H, R2, _IP_CSUM, R0))
+        self.copy(Size.W, R2, _IP_SRC, R7, _OUT_SRC, 8)
+        a.goto("rewrite_ende")
+        a.label("rewrite_shorte")
+        a.emit(alu(AluOp.OR, R9, 1))
+        a.label("rewrite_ende")
+
+    def restore_esp(self) -> None:
+        """The saved MACs and IPv4 header bytes back by direct writes; r9: 1 when the header is not in the
+        linear area (nothing written)."""
+        a, n = self.a, self.fresh()
+        a.emit(mov64_imm(R9, 0))
+        self.ip_header(R2, f"restore_shorte_{n}")
+        self.copy(Size.H, R2, 0, FP, _SAVE_MAC, 12)
+        self.copy(Size.H, R2, _IP_TTL, FP, _SAVE_IP, 12)
+        a.goto(f"restore_ende_{n}")
+        a.label(f"restore_shorte_{n}")
+        a.emit(mov64_imm(R9, 1))
+        a.label(f"restore_ende_{n}")
+
+    def ip_header(self, data: Reg, short: str) -> None:
+        """data: the frame (a fresh pointer: helpers invalidate them); to `short` unless the Ethernet and fixed
+        IPv4 headers are in the linear area (r3, r4 clobbered)."""
+        a = self.a
+        a.emit(ldx(Size.W, data, CTX, SkbOffset.DATA), ldx(Size.W, R3, CTX, SkbOffset.DATA_END))
+        a.emit(mov64_reg(R4, data), alu(AluOp.ADD, R4, _IP + 20))
+        a.jump_reg(JmpOp.JGT, R4, R3, short)
 
     def cur_from_saved4(self) -> None:
         a = self.a
