@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mcr.packet.build import build_udp_frame
+from mcr.packet.build import build_esp_frame, build_udp_frame
 from mcr.packet.cbpf import (
     ACCEPT,
     BPF_MAXINSNS,
@@ -260,6 +260,38 @@ def test_falls_back_to_the_coarse_filter_beyond_the_group_filter() -> None:
     assert not accepts(program, frame(int(IPv4Address("240.0.0.1")), 5000))
     assert not accepts(program, frame(min(mapping), 5000), PacketType.OUTGOING)
     assert not accepts(program, frame(min(mapping), 5000, vlan=3))
+
+
+def test_the_coarse_filter_keeps_unicast_inputs() -> None:
+    """Rules on the host's own unicast address survive the fall back: those addresses are checked first."""
+    host = int(IPv4Address("10.1.2.3"))
+    mapping = {**table(4000, 1, "shared"), host: {5000}}
+    program = build_capture_filter(mapping)
+    assert program == coarse_filter((), [host])
+    check_program(program)
+    assert accepts(program, frame(host, 5000), PacketType.HOST)
+    assert accepts(program, frame(min(mapping), 1))
+    assert not accepts(program, frame(host + 1, 5000), PacketType.HOST)
+    assert not accepts(program, frame(host, 5000), PacketType.OUTGOING)
+
+
+@pytest.mark.parametrize("builder", ["exact", "group"])
+def test_esp_and_unicast_inputs(builder: str) -> None:
+    """An ESP rule is port 0 of its group: ESP to it passes (as every non-UDP packet to a configured group),
+    so does UDP to port 0 (the worker counts it as no_rule); a unicast input address is matched like a group."""
+    group, host = int(IPv4Address("239.7.7.7")), int(IPv4Address("10.1.2.3"))
+    mapping = {group: {0}, host: {0, 5000}}
+    program = exact_filter(mapping) if builder == "exact" else group_filter(list(mapping))
+    check_program(program)
+    esp = build_esp_frame(src_ip="10.9.9.9", dst_ip=IPv4Address(group), payload=b"sealed")
+    esp_host = build_esp_frame(src_ip="10.9.9.9", dst_ip=IPv4Address(host), dst_mac=b"\x02" * 6, payload=b"x")
+    assert accepts(program, esp)
+    assert accepts(program, esp_host, PacketType.HOST)
+    assert accepts(program, frame(host, 5000), PacketType.HOST)
+    assert accepts(program, frame(group, 0))
+    assert not accepts(program, build_esp_frame(src_ip="10.9.9.9", dst_ip="239.7.7.8", payload=b"x"))
+    assert not accepts(program, esp, PacketType.OUTGOING)
+    assert accepts(program, frame(group, 5000)) is (builder == "group")
 
 
 def test_max_insns_picks_the_tier() -> None:

@@ -4,7 +4,8 @@ The capture filter runs in the kernel on every frame that reaches a capture sock
 flows are copied to userspace. It accepts
 
 - IPv4 UDP to a configured (group, port), and
-- IPv4 fragments and non-UDP packets to a configured group, so that userspace counts them as drops;
+- IPv4 fragments and non-UDP packets to a configured group: ESP (an ESP rule is configured as port 0 of its
+  group) for its rules, anything else so that userspace counts it as a drop;
 - IPv6 to a configured IPv6 group, any port and any next header (`_ipv6_block`): the worker walks the
   extension headers, checks the port and counts the drops; beyond `MAX_IPV6_GROUPS` groups, IPv6 to ff00::/8;
 
@@ -391,11 +392,14 @@ def build_capture_filter(
     """The capture filter of one input interface, given ``{IPv4 group as int: UDP ports}`` and the IPv6
     groups as ints (which pass on the group alone, see `_ipv6_block`).
 
+    The "groups" may also be unicast addresses of the host (a rule with unicast input), and port 0 stands for
+    an ESP rule (no UDP datagram to port 0 is relayed: the worker counts it as no_rule).
+
     The exact filter (`exact_filter`) when it fits in `max_insns` (the kernel's BPF_MAXINSNS by default); else
     the filter on groups alone (`group_filter`: any port of a configured group passes), else the coarse one
-    (`coarse_filter`: IPv4 multicast from another host). Userspace rejects what a coarser filter lets through
-    by rule lookup (counted as NO_RULE). A group with no ports is ignored; an empty mapping gives a program
-    that drops everything.
+    (`coarse_filter`: IPv4 multicast, and the configured unicast addresses, from another host). Userspace
+    rejects what a coarser filter lets through by rule lookup (counted as NO_RULE). A group with no ports is
+    ignored; an empty mapping gives a program that drops everything.
 
     The exact filter takes about ``2 * groups + ports + groups / 8 + 20`` instructions when every group has its
     own port set, and about ``groups * 9 / 8 + ports`` when all groups share one (groups with the same port set
@@ -422,7 +426,7 @@ def build_capture_filter(
         program = build(table, groups6)
         if len(program) <= max_insns:
             return program
-    return coarse_filter(groups6)
+    return coarse_filter(groups6, [g for g in table if g >> 28 != 0xE])
 
 
 def exact_filter(groups: Mapping[int, Collection[int]], groups6: Collection[int] = ()) -> list[Insn]:
@@ -480,12 +484,15 @@ def group_filter(groups: Collection[int], groups6: Collection[int] = ()) -> list
     return e.program()
 
 
-def coarse_filter(groups6: Collection[int] = ()) -> list[Insn]:
-    """Accept IPv4 to 224.0.0.0/4 from another host (and IPv6 to `groups6`)."""
+def coarse_filter(groups6: Collection[int] = (), unicast: Collection[int] = ()) -> list[Insn]:
+    """Accept IPv4 to 224.0.0.0/4 or to one of the `unicast` addresses (the inputs of unicast rules, which
+    are the host's own, so few) from another host (and IPv6 to `groups6`)."""
     e = Emitter()
     e.tail(_Tail.DROP)
     e.jump(Op.JEQ_K, 0xE0000000, _Tail.ACCEPT, _Tail.DROP)
     e.stmt(Op.ALU_AND_K, 0xF0000000)
+    if unicast:
+        e.search(sorted(set(unicast)), lambda _address: _Tail.ACCEPT, e.head)
     e.stmt(Op.LD_W_ABS, _OFF_DST)
     _prologue(e, groups6)
     return e.program()
