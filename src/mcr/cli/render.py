@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcr.model.rules import ForwardingRule, Limits
+from mcr.model.rules import ForwardingRule, Limits, OutputDestination
 from mcr.model.status import ConfigView, FlowStats, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
     ConfigResponse,
@@ -84,6 +84,12 @@ def render_error(text: str) -> str:
     return f"error: {text}"
 
 
+def ttl_text(out: OutputDestination) -> str:
+    """` ttl N` for an output that sets its TTL; nothing for one that takes the default (the supervisor's
+    multicast_ttl for a group, the kernel's for a unicast destination)."""
+    return "" if out.ttl is None else f" ttl {out.ttl}"
+
+
 def _rule_input(r: ForwardingRule) -> str:
     return r.input_text if r.rate_limit is None else f"{r.input_text}\nlimit {r.rate_limit.text}"
 
@@ -98,7 +104,7 @@ def render_rules(rules: Sequence[RuleView]) -> RenderableType:
         return Text("no rules")
     table = _table("ID", "Input", "Outputs", "Engine", "State")
     for view in sorted(rules, key=lambda v: v.rule.rule_id):
-        outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in view.rule.outputs) or "(none)"
+        outputs = "\n".join(f"{o.spec}{ttl_text(o)}" for o in view.rule.outputs) or "(none)"
         _add_row(table, view.rule.rule_id, _rule_input(view.rule), outputs, view.engine.value, _rule_state(view))
     return table
 
@@ -207,7 +213,7 @@ def render_config(view: ConfigView) -> RenderableType:
         _add_row(settings, f"limits.{key}", str(getattr(view.limits, key)))
     rules = _table("ID", "Source", "Input", "Outputs")
     for r in view.rules:
-        outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in r.outputs) or "(none)"
+        outputs = "\n".join(f"{o.spec}{ttl_text(o)}" for o in r.outputs) or "(none)"
         _add_row(rules, r.rule_id, r.source.value, _rule_input(r), outputs)
     return Group(settings, rules if view.rules else Text("no rules"))
 
