@@ -127,7 +127,7 @@ def _add_args(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (_add_args(group="10.1.1.1"), "input_group 10.1.1.1 is not an IPv4 multicast address"),
+        (_add_args(group="127.0.0.1"), "input_group 127.0.0.1 is a loopback address"),
         (_add_args(port="0"), "input_port cannot be 0"),
         (_add_args(outputs="239.2.2.2:6000:rin"), "cannot be the same. This creates packet loops"),
         (

@@ -74,8 +74,8 @@ def test_good_config() -> None:
             "mcr.toml: rule[0] 'r': outputs[0]: Invalid format. Expected group:port:interface",
         ),
         (
-            "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '10.1.1.1'\ninput_port = 1\n",
-            "mcr.toml: rule[0] 'r': input_group 10.1.1.1 is not an IPv4 multicast address",
+            "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '127.0.0.9'\ninput_port = 1\n",
+            "mcr.toml: rule[0] 'r': input_group 127.0.0.9 is a loopback address",
         ),
         (
             "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '239.1.1.1'\ninput_port = 1\n"

@@ -11,6 +11,8 @@ from mcr.model.rules import (
     check_rule_fits,
     check_rule_shape,
     effective_ttl,
+    generated_rule_id,
+    input_groups,
     interface_name_problem,
     parse_output_spec,
 )
@@ -59,7 +61,11 @@ def test_invalid_interface_names(name: str, fragment: str) -> None:
         ),
         ({"input_port": 0}, "input_port cannot be 0; valid port range is 1-65535"),
         ({"input_port": 70000}, "input_port 70000 is out of range"),
-        ({"input_group": IPv4Address("10.1.1.1")}, "input_group 10.1.1.1 is not an IPv4 multicast address"),
+        ({"input_group": IPv4Address("0.0.0.0")}, "input_group 0.0.0.0 is neither an IPv4 multicast address"),
+        ({"input_group": IPv4Address("255.255.255.255")}, "is neither an IPv4 multicast address (224.0.0.0/4) nor"),
+        ({"input_group": IPv4Address("240.0.0.1")}, "nor a usable unicast address"),
+        ({"input_group": IPv4Address("127.0.0.1")}, "input_group 127.0.0.1 is a loopback address"),
+        ({"input_group": IPv6Address("fd00::1")}, "not an IPv6 multicast address (ff00::/8); unicast input is IPv4"),
         (
             {"outputs": (OutputDestination(IPv4Address("239.2.2.2"), 0, "eth1"),)},
             "output[0].port cannot be 0; valid port range is 1-65535",
@@ -97,7 +103,32 @@ def test_invalid_interface_names(name: str, fragment: str) -> None:
         ({"name": " "}, "Invalid name: a rule name cannot be empty"),
         ({"name": "n" * 65}, "longer than 64 characters"),
         ({"name": "a\nb"}, "control characters are not allowed"),
-        ({"input_protocol": InputProtocol.ESP}, "input_protocol 50 (ESP) is not supported yet"),
+        ({"input_protocol": InputProtocol.ESP}, "input_port must be 0 for ESP (input_protocol 50), which has no"),
+        (
+            {
+                "input_protocol": InputProtocol.ESP,
+                "input_port": 0,
+                "input_group": IPv6Address("ff3e::1"),
+                "outputs": (OutputDestination(IPv6Address("ff3e::2"), 0, "eth1"),),
+            },
+            "ESP (input_protocol 50) is relayed over IPv4 only; input_group ff3e::1",
+        ),
+        (
+            {
+                "input_protocol": InputProtocol.ESP,
+                "input_port": 0,
+                "outputs": (OutputDestination(IPv6Address("ff3e::2"), 0, "eth1"),),
+            },
+            "ESP (input_protocol 50) is relayed over IPv4 only; output[0].group ff3e::2",
+        ),
+        (
+            {
+                "input_protocol": InputProtocol.ESP,
+                "input_port": 0,
+                "outputs": (OutputDestination(IPv4Address("239.2.2.2"), 70000, "eth1"),),
+            },
+            "output[0].port 70000 is out of range; valid port range is 0-65535",
+        ),
         (
             {
                 "outputs": (
@@ -120,6 +151,29 @@ def test_shape_errors(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError) as info:
         check_rule_shape(rule(**changes))
     assert message in str(info.value)
+
+
+def test_esp_rules_have_port_0_and_any_output_port() -> None:
+    """ESP has no ports: the input port is 0; outputs' ports are not used (the original's files carry one)."""
+    outs = (OutputDestination(IPv4Address("239.2.2.2"), 0, "eth1"), OutputDestination(IPv4Address("10.9.9.9"), 5, "e2"))
+    check_rule_shape(rule(input_protocol=InputProtocol.ESP, input_port=0, outputs=outs))
+    esp = rule(input_protocol=InputProtocol.ESP, input_port=0, rule_id="esp")
+    check_rule_fits(esp, {"r1": rule()}, Limits())  # beside a UDP rule on the same group
+    with pytest.raises(ValidationError, match="already relayed by rule 'esp'"):
+        check_rule_fits(rule(input_protocol=InputProtocol.ESP, input_port=0, rule_id="esp2"), {"esp": esp}, Limits())
+
+
+def test_generated_ids_tell_the_protocols_apart() -> None:
+    group = IPv4Address("239.1.1.1")
+    assert generated_rule_id("eth0", group, 0, None, InputProtocol.ESP) != generated_rule_id("eth0", group, 0, None)
+    assert generated_rule_id("eth0", group, 5000, None) == generated_rule_id("eth0", group, 5000, None)
+
+
+@pytest.mark.parametrize("address", ["10.1.1.1", "192.0.2.7", "100.64.0.1"])
+def test_unicast_input_is_allowed_and_joins_nothing(address: str) -> None:
+    unicast = rule(input_group=IPv4Address(address))
+    check_rule_shape(unicast)
+    assert input_groups([unicast, rule(rule_id="m", input_interface="eth2")]) == {"eth2": {IPv4Address("239.1.1.1")}}
 
 
 def test_unicast_output_and_no_outputs_are_allowed() -> None:

@@ -22,6 +22,8 @@ SourcePrefix = IPv4Network | IPv6Network
 MULTICAST_V4 = IPv4Network("224.0.0.0/4")
 MULTICAST_V6 = IPv6Network("ff00::/8")
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+RESERVED_V4 = IPv4Network("240.0.0.0/4")
+LOOPBACK_V4 = IPv4Network("127.0.0.0/8")
 UNSPECIFIED = IPv4Address("0.0.0.0")
 UNSPECIFIED_V6 = IPv6Address("::")
 LINK_LOCAL_V6 = IPv6Network("fe80::/10")
@@ -175,9 +177,15 @@ def effective_ttl(out: OutputDestination, multicast_ttl: int = DEFAULT_MULTICAST
     return multicast_ttl if is_multicast(out.group) else None
 
 
-def generated_rule_id(interface: str, group: IPAddress, port: int, source: SourcePrefix | None) -> str:
+def generated_rule_id(
+    interface: str,
+    group: IPAddress,
+    port: int,
+    source: SourcePrefix | None,
+    protocol: InputProtocol = InputProtocol.UDP,
+) -> str:
     """A stable id derived from the input key, so re-adding the same flow yields the same id."""
-    text = f"{interface}|{group}|{port}|{'' if source is None else source_text(source)}|udp"
+    text = f"{interface}|{group}|{port}|{'' if source is None else source_text(source)}|{protocol.name.lower()}"
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -245,16 +253,16 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         problem = name_problem(rule.name)
         if problem:
             raise ValidationError(problem)
-    if rule.input_protocol is not InputProtocol.UDP:
-        raise ValidationError(
-            f"input_protocol {int(rule.input_protocol)} ({rule.input_protocol.name}) is not supported yet; "
-            f"only {int(InputProtocol.UDP)} (UDP) is relayed"
-        )
-    problem = _port_problem("input_port", rule.input_port)
-    if problem:
-        raise ValidationError(problem)
+    if rule.input_protocol is InputProtocol.ESP:
+        _check_esp(rule)
+    else:
+        problem = _port_problem("input_port", rule.input_port)
+        if problem:
+            raise ValidationError(problem)
     for i, out in enumerate(rule.outputs):
-        problem = _port_problem(f"output[{i}].port", out.port) or ttl_problem(f"output[{i}].ttl", out.ttl)
+        problem = ttl_problem(f"output[{i}].ttl", out.ttl)
+        if rule.input_protocol is not InputProtocol.ESP:
+            problem = _port_problem(f"output[{i}].port", out.port) or problem
         if problem:
             raise ValidationError(problem)
     _check_input_addresses(rule)
@@ -304,17 +312,37 @@ def _source_ip_problem(out: OutputDestination) -> str:
     return ""
 
 
+def _check_esp(rule: ForwardingRule) -> None:
+    """ESP (IP protocol 50) has no ports: the input port is 0, and an output's port is not used (any value
+    0-65535 is accepted, as the original's files carry one); IPv4 only, like the original."""
+    if rule.input_port != 0:
+        raise ValidationError(
+            f"input_port must be 0 for ESP (input_protocol 50), which has no ports; got {rule.input_port}"
+        )
+    if rule.input_group.version != 4:
+        raise ValidationError(f"ESP (input_protocol 50) is relayed over IPv4 only; input_group {rule.input_group}")
+    for i, out in enumerate(rule.outputs):
+        if out.group.version != 4:
+            raise ValidationError(f"ESP (input_protocol 50) is relayed over IPv4 only; output[{i}].group {out.group}")
+        if not 0 <= out.port <= 65535:
+            raise ValidationError(f"output[{i}].port {out.port} is out of range; valid port range is 0-65535")
+
+
 def _v6_scope(group: IPv6Address) -> int:
     return group.packed[1] & 0x0F
 
 
 def _check_input_addresses(rule: ForwardingRule) -> None:
     group = rule.input_group
-    if group.version == 4 and group not in MULTICAST_V4:
-        raise ValidationError(f"input_group {group} is not an IPv4 multicast address (224.0.0.0/4)")
+    if isinstance(group, IPv4Address) and group not in MULTICAST_V4:
+        problem = _unicast_input_problem(group)
+        if problem:
+            raise ValidationError(f"input_group {group} {problem}")
     if isinstance(group, IPv6Address):
         if group not in MULTICAST_V6:
-            raise ValidationError(f"input_group {group} is not an IPv6 multicast address (ff00::/8)")
+            raise ValidationError(
+                f"input_group {group} is not an IPv6 multicast address (ff00::/8); unicast input is IPv4 only"
+            )
         scope = _v6_scope(group)
         if scope in (0, SCOPE_INTERFACE_LOCAL, 0xF):
             raise ValidationError(f"input_group {group} has scope {scope:x}, which never leaves a host")
@@ -335,6 +363,15 @@ def _check_input_addresses(rule: ForwardingRule) -> None:
     net = src.network_address
     if is_multicast(net) or net in (UNSPECIFIED, LIMITED_BROADCAST, UNSPECIFIED_V6):
         raise ValidationError(f"input_source {source_text(src)} must be a unicast address or prefix")
+
+
+def _unicast_input_problem(address: IPv4Address) -> str:
+    """Why a unicast input address (a rule on the host's own address, relayed like a group) cannot be one."""
+    if address in (UNSPECIFIED, LIMITED_BROADCAST) or address in RESERVED_V4:
+        return "is neither an IPv4 multicast address (224.0.0.0/4) nor a usable unicast address"
+    if address in LOOPBACK_V4:
+        return "is a loopback address: it never arrives on an interface"
+    return ""
 
 
 def _destination_problem(group: IPAddress) -> str:
@@ -413,8 +450,10 @@ def limits_exceeded(rules: Collection[ForwardingRule], limits: Limits) -> list[s
 
 
 def input_groups(rules: Iterable[ForwardingRule]) -> dict[str, set[IPAddress]]:
-    """Input groups per input interface: what must be joined (IGMP/MLD) where."""
+    """Input groups per input interface: what must be joined (IGMP/MLD) where (a unicast input is joined
+    nowhere: the host's own address needs no membership)."""
     groups: dict[str, set[IPAddress]] = {}
     for rule in rules:
-        groups.setdefault(rule.input_interface, set()).add(rule.input_group)
+        if is_multicast(rule.input_group):
+            groups.setdefault(rule.input_interface, set()).add(rule.input_group)
     return groups
