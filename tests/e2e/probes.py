@@ -4,6 +4,7 @@
                               (--times: the kernel's arrival timestamps, comparable with the tests' time.time())
     python3 probes.py send    --group G --port P --source IP --count N --rate PPS [--size B]
     python3 probes.py capture --ifname IF --group G --port P --count N --timeout S
+    python3 probes.py capture-ip --ifname IF --protocol N --dst A --count N --timeout S   (any IPv4 protocol, ESP)
     python3 probes.py inject  --ifname IF --frames FILE
     python3 probes.py client  --socket PATH --request-file FILE [--newline] --timeout S
 
@@ -176,6 +177,43 @@ def cmd_capture(a: argparse.Namespace) -> dict[str, object]:
     return {"frames": frames}
 
 
+def cmd_capture_ip(a: argparse.Namespace) -> dict[str, object]:
+    """The first `count` IPv4 packets of `protocol` to `dst` received on `ifname`: header fields and the IP
+    payload (hex), whatever the protocol (ESP has no ports)."""
+    s = _packet_socket(a.ifname)
+    s.settimeout(0.1)
+    _ready(a.ready_file)
+    packets: list[dict[str, object]] = []
+    deadline = time.monotonic() + a.timeout
+    while len(packets) < a.count and time.monotonic() < deadline:
+        try:
+            data, addr = s.recvfrom(65535)
+        except TimeoutError:
+            continue
+        if addr[2] == PACKET_OUTGOING or len(data) < 34 or struct.unpack_from("!H", data, 12)[0] != ETH_P_IP:
+            continue
+        ver_ihl, _tos, total, _ident, frag, ttl, proto = struct.unpack_from("!BBHHHBB", data, 14)
+        ihl = (ver_ihl & 0x0F) * 4
+        if proto != a.protocol or socket.inet_ntoa(data[30:34]) != a.dst or ihl < 20:
+            continue
+        words = struct.unpack(f"!{ihl // 2}H", data[14 : 14 + ihl])
+        total_sum = sum(words)
+        while total_sum >> 16:
+            total_sum = (total_sum & 0xFFFF) + (total_sum >> 16)
+        packets.append(
+            {
+                "src": socket.inet_ntoa(data[26:30]),
+                "dst_mac": data[0:6].hex(":"),
+                "ttl": ttl,
+                "frag": frag,
+                "ip_checksum_ok": total_sum == 0xFFFF,
+                "payload": data[14 + ihl : 14 + total].hex(),
+            }
+        )
+    s.close()
+    return {"packets": packets}
+
+
 def cmd_inject(a: argparse.Namespace) -> dict[str, object]:
     """Send the frames of `frames` (one hex string per line) as they are, out of `ifname`."""
     frames = [bytes.fromhex(line) for line in Path(a.frames).read_text().split()]
@@ -241,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--count", type=int, required=True)
     c.add_argument("--timeout", type=float, required=True)
     c.add_argument("--ready-file")
+    ci = sub.add_parser("capture-ip")
+    ci.add_argument("--ifname", required=True)
+    ci.add_argument("--protocol", type=int, required=True)
+    ci.add_argument("--dst", required=True)
+    ci.add_argument("--count", type=int, required=True)
+    ci.add_argument("--timeout", type=float, required=True)
+    ci.add_argument("--ready-file")
     i = sub.add_parser("inject")
     i.add_argument("--ifname", required=True)
     i.add_argument("--frames", required=True)
@@ -251,7 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--newline", action="store_true")
     k.add_argument("--timeout", type=float, default=10.0)
     a = p.parse_args(argv)
-    handler = {"recv": cmd_recv, "send": cmd_send, "capture": cmd_capture, "inject": cmd_inject, "client": cmd_client}
+    handler = {
+        "recv": cmd_recv,
+        "send": cmd_send,
+        "capture": cmd_capture,
+        "capture-ip": cmd_capture_ip,
+        "inject": cmd_inject,
+        "client": cmd_client,
+    }
     print(json.dumps(handler[a.cmd](a)), flush=True)
     return 0
 

@@ -5,7 +5,7 @@ import pytest
 
 from mcr.model.config import parse_config
 from mcr.model.errors import ConfigError, ValidationError
-from mcr.model.rules import Limits, OutputDestination, RuleSource
+from mcr.model.rules import InputProtocol, Limits, OutputDestination, RuleSource
 from mcr.protocol.control import AddRule
 from mcr.supervisor.core import RuleTable
 from mcr.supervisor.state import StateError, decode_state, encode_state, load_state, save_state
@@ -46,6 +46,17 @@ def test_good_config() -> None:
     assert a.source is RuleSource.CONFIG and len(b.rule_id) == 16 and b.outputs == ()
 
 
+def test_esp_and_unicast_input_rules() -> None:
+    text = (
+        "[[rule]]\nid = 'e'\nprotocol = 'esp'\ninput_interface = 'eth0'\ninput_group = '239.1.1.1'\n"
+        "outputs = ['239.2.2.2:0:eth1']\n"
+        "[[rule]]\nid = 'u'\ninput_interface = 'eth0'\ninput_group = '10.0.0.1'\ninput_port = 5000\n"
+    )
+    esp, unicast = parse_config(text, "mcr.toml").rules
+    assert (esp.input_protocol, esp.input_port, esp.outputs[0].port) == (InputProtocol.ESP, 0, 0)
+    assert (unicast.input_protocol, unicast.input_group) == (InputProtocol.UDP, IPv4Address("10.0.0.1"))
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -72,6 +83,14 @@ def test_good_config() -> None:
         (
             "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '239.1.1.1'\ninput_port = 1\noutputs = ['x:1']\n",
             "mcr.toml: rule[0] 'r': outputs[0]: Invalid format. Expected group:port:interface",
+        ),
+        (
+            "[[rule]]\nid = 'r'\nprotocol = 'tcp'\ninput_interface = 'e'\ninput_group = '239.1.1.1'\n",
+            "mcr.toml: rule[0] 'r': 'protocol' must be \"udp\" or \"esp\"",
+        ),
+        (
+            "[[rule]]\nid = 'r'\nprotocol = 'esp'\ninput_interface = 'e'\ninput_group = '239.1.1.1'\ninput_port = 9\n",
+            "mcr.toml: rule[0] 'r': input_port must be 0 for ESP (input_protocol 50)",
         ),
         (
             "[[rule]]\nid = 'r'\ninput_interface = 'e'\ninput_group = '127.0.0.9'\ninput_port = 1\n",

@@ -3,9 +3,13 @@ from ipaddress import IPv4Address
 import pytest
 
 from mcr.model.errors import ProtocolError
+from mcr.model.rules import InputProtocol
 from mcr.protocol.worker import (
+    CloseEgress,
     CloseSockets,
+    OpenEgress,
     OpenSockets,
+    RawEgress,
     Ready,
     RuleCounters,
     SetLogLevels,
@@ -30,6 +34,8 @@ RULE = WorkerRule(
     5000,
     (WorkerOutput(0, IPv4Address("239.2.2.2"), 6000, 3, IPv4Address("10.0.0.1"), 1),),
 )
+ESP_OUT = WorkerOutput(0, IPv4Address("10.9.9.9"), 0, 3, IPv4Address("10.0.0.1"), None, InputProtocol.ESP)
+ESP_RULE = WorkerRule("e1", 2, IPv4Address("239.1.1.1"), 0, (ESP_OUT,), protocol=InputProtocol.ESP)
 
 
 @pytest.mark.parametrize(
@@ -37,7 +43,10 @@ RULE = WorkerRule(
     [
         Sync(7, (RULE,)),
         Sync(0, ()),
+        Sync(8, (RULE, ESP_RULE)),
         OpenSockets((2, 5)),
+        OpenEgress((ESP_OUT.raw_egress, RawEgress(IPv4Address("239.5.5.5"), 4, IPv4Address("10.0.0.2"), 7))),
+        CloseEgress((ESP_OUT.raw_egress,)),
         CloseSockets((2,)),
         SetLogLevels(20, (("mcr.worker", 10),)),
         Shutdown(),
@@ -45,6 +54,12 @@ RULE = WorkerRule(
 )
 def test_command_round_trip(cmd: object) -> None:
     assert decode_command(encode_command(cmd)) == cmd  # type: ignore[arg-type]
+
+
+def test_a_sync_from_an_older_supervisor_is_udp() -> None:
+    raw = encode_command(Sync(7, (RULE,))).replace(b',"protocol":17', b"")
+    assert b"protocol" not in raw
+    assert decode_command(raw) == Sync(7, (RULE,))
 
 
 @pytest.mark.parametrize("reply", [Ready(12, 65534), SyncAck(3)])
@@ -75,7 +90,18 @@ def test_stats_from_a_worker_without_newer_counters() -> None:
     assert (report.kernel_packets, report.kernel_drops, report.generation, report.ring_resyncs) == (3, 1, 0, 0)
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b'"Reboot"', b'{"Sync":{"generation":"x"}}', b'{"OpenSockets":{}}', b"[]"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b'"Reboot"',
+        b'{"Sync":{"generation":"x"}}',
+        b'{"OpenSockets":{}}',
+        b'{"OpenEgress":{"keys":[[1]]}}',
+        b"[]",
+    ],
+)
 def test_malformed_commands(raw: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_command(raw)

@@ -3,7 +3,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from mcr.packet.build import build_udp_frame
+from mcr.model.rules import InputProtocol
+from mcr.packet.build import build_esp_frame, build_udp_frame
 from mcr.packet.parse import parse_frame
 from mcr.protocol.worker import WorkerOutput, WorkerRule
 from mcr.worker.table import RuleSlot, filter_groups, flow_key, index_rules, wire_key, wire_key_from_flow_key
@@ -40,3 +41,23 @@ def test_index_and_filter_groups_per_interface() -> None:
     assert table[2][wire_key(int(IPv4Address("239.1.1.1")), 2)].rule.rule_id == "b"
     assert filter_groups(rules, 2) == {int(IPv4Address("239.1.1.1")): {1, 2}}
     assert filter_groups(rules, 7) == {}
+
+
+def test_an_esp_rule_is_found_by_esp_frames_only() -> None:
+    """The parser's key of an ESP frame finds the ESP rule; UDP to port 0 of its group does not."""
+    esp_out = WorkerOutput(0, IPv4Address("239.9.9.9"), 0, 3, IPv4Address("10.0.0.1"), 1, InputProtocol.ESP)
+    esp = WorkerRule("e", 2, IPv4Address("239.1.1.1"), 0, (esp_out,), protocol=InputProtocol.ESP)
+    udp = rule("u", 2, "239.1.1.1", 5001)
+    table = index_rules([RuleSlot(r, [], _NoBatch()) for r in (esp, udp)])[2]
+    frames = {
+        "esp": build_esp_frame(src_ip="10.0.0.1", dst_ip="239.1.1.1", payload=b"sealed"),
+        "udp": build_udp_frame(src_ip="10.0.0.1", dst_ip="239.1.1.1", dst_port=5001, payload=b"x"),
+        "udp0": build_udp_frame(src_ip="10.0.0.1", dst_ip="239.1.1.1", dst_port=0, payload=b"x"),
+    }
+    found = {}
+    for name, f in frames.items():
+        reason, key, _off, _len = parse_frame(f, 0, len(f))
+        slot = table.get(wire_key_from_flow_key(key))
+        found[name] = (reason, None if slot is None else slot.rule.rule_id)
+    assert found == {"esp": (0, "e"), "udp": (0, "u"), "udp0": (0, None)}
+    assert filter_groups([esp, udp], 2) == {int(IPv4Address("239.1.1.1")): {0, 5001}}

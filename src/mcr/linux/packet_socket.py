@@ -35,7 +35,7 @@ class Fanout(IntEnum):
     FLAG_DEFRAG = 0x8000
 
 
-_DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET|BPF_K 0
+DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET|BPF_K 0
 _FPROG = struct.Struct("@HP")
 _STATS = struct.Struct("III")
 
@@ -60,7 +60,7 @@ def open_capture_socket(ifname: str, rcvbuf: int = 8 << 20) -> socket.socket:
     """
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.htons(ETH_P_ALL))
     try:
-        attach_filter(sock, _DROP_ALL)
+        attach_filter(sock, DROP_ALL)
         try:
             sock.setsockopt(SOL_PACKET, PacketOpt.IGNORE_OUTGOING, 1)
         except OSError:

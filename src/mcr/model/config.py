@@ -29,6 +29,13 @@
     rate_limit = { pps = 10000 }       # optional: { pps = N, burst = packets } or { bps = N, burst_bytes = B }
     outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
 
+    [[rule]]
+    id = "tunnel"
+    protocol = "esp"                   # IPsec ESP (IP protocol 50): no ports; "udp" when absent
+    input_interface = "eth0"
+    input_group = "239.1.1.2"          # or the host's own unicast address on input_interface
+    outputs = ["239.10.1.3:0:eth1"]
+
 Every error names the file, the rule and the field.
 """
 
@@ -43,6 +50,7 @@ from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.ratelimit import decode_rate_limit
 from mcr.model.rules import (
     ForwardingRule,
+    InputProtocol,
     Limits,
     OutputDestination,
     RuleSource,
@@ -83,7 +91,18 @@ class Config:
 
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int}
-_RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl", "rate_limit"}
+_RULE_KEYS = {
+    "id",
+    "protocol",
+    "input_interface",
+    "input_group",
+    "input_port",
+    "input_source",
+    "outputs",
+    "ttl",
+    "rate_limit",
+}
+_PROTOCOLS = {"udp": InputProtocol.UDP, "esp": InputProtocol.ESP}
 _OUTPUT_KEYS = {"group", "port", "interface", "ttl"}
 
 
@@ -175,6 +194,11 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
         raise ConfigError(
             f"{where}: unknown key '{sorted(unknown)[0]}'; expected one of {', '.join(sorted(_RULE_KEYS))}"
         )
+    protocol = _PROTOCOLS.get(item.get("protocol", "udp"))
+    if protocol is None:
+        raise ConfigError(f'{where}: \'protocol\' must be "udp" or "esp"')
+    if protocol is InputProtocol.ESP:
+        item = {"input_port": 0, **item}  # ESP has no ports
     for key, kind in (("input_interface", str), ("input_group", str), ("input_port", int)):
         if key not in item:
             raise ConfigError(f"{where}: missing '{key}'")
@@ -197,9 +221,17 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
         rate_limit = decode_rate_limit(item["rate_limit"]) if "rate_limit" in item else None
     except ValidationError as e:
         raise ConfigError(f"{where}: {e}") from None
-    rule_id = item.get("id") or generated_rule_id(item["input_interface"], group, item["input_port"], source)
+    rule_id = item.get("id") or generated_rule_id(item["input_interface"], group, item["input_port"], source, protocol)
     return ForwardingRule(
-        rule_id, item["input_interface"], group, item["input_port"], outputs, source, RuleSource.CONFIG, rate_limit
+        rule_id,
+        item["input_interface"],
+        group,
+        item["input_port"],
+        outputs,
+        source,
+        RuleSource.CONFIG,
+        rate_limit,
+        input_protocol=protocol,
     )
 
 

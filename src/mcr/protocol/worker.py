@@ -1,8 +1,8 @@
 """Messages between the supervisor and its data-plane workers.
 
 Commands and acknowledgements travel over a SOCK_SEQPACKET socketpair (one JSON document per
-datagram, capture sockets attached with SCM_RIGHTS). Counters travel the other way over a pipe as
-newline-delimited JSON, so a slow supervisor never blocks a worker (the worker counts failed pushes).
+datagram, capture sockets and raw ESP output sockets attached with SCM_RIGHTS). Counters travel the other
+way over a pipe as newline-delimited JSON, so a slow supervisor never blocks a worker (the worker counts failed pushes).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any, assert_never
 
 from mcr.model.errors import ProtocolError, ValidationError
 from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
-from mcr.model.rules import IPAddress, SourcePrefix, parse_group, parse_source, source_text
+from mcr.model.rules import InputProtocol, IPAddress, SourcePrefix, parse_group, parse_source, source_text
 from mcr.protocol.jsondoc import load_json
 
 MAX_CHANNEL_MESSAGE = 16 << 20
+MAX_FDS_PER_MESSAGE = 64  # file descriptors a worker takes with one command (SCM_RIGHTS allows 253)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,24 @@ class WorkerOutput:
     ifindex: int
     source: IPAddress  # the output interface's address of the group's family
     ttl: int | None  # the hop limit for an IPv6 group; None: the kernel's default (a unicast output)
+    protocol: InputProtocol = InputProtocol.UDP  # ESP: sent by a raw socket the supervisor opens (port 0)
+
+    @property
+    def raw_egress(self) -> RawEgress:
+        """What an ESP output's raw socket is opened for."""
+        return RawEgress(self.group, self.ifindex, self.source, self.ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class RawEgress:
+    """A raw IPPROTO_ESP socket sending to `group` out of `ifindex` from `source` with `ttl` (None: the
+    kernel's default). A worker has no CAP_NET_RAW: the supervisor opens these and passes them
+    (`OpenEgress`); outputs that agree on all four share one."""
+
+    group: IPAddress
+    ifindex: int
+    source: IPAddress
+    ttl: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +60,7 @@ class WorkerRule:
     rate_limit: RateLimit | None = None
     source: SourcePrefix | None = None  # only packets from this host or prefix match
     epoch: int = 0  # the generation the rule was (re)added in: when it changes, the rule's counters restart
+    protocol: InputProtocol = InputProtocol.UDP  # ESP: port 0, every output ESP
 
 
 # supervisor -> worker
@@ -67,6 +87,19 @@ class CloseSockets:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenEgress:
+    """Raw ESP output sockets for these keys follow as SCM_RIGHTS, in this order (sent before the Sync
+    that uses them)."""
+
+    keys: tuple[RawEgress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseEgress:
+    keys: tuple[RawEgress, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SetLogLevels:
     global_level: int
     overrides: tuple[tuple[str, int], ...]
@@ -77,7 +110,7 @@ class Shutdown:
     pass
 
 
-Command = Sync | OpenSockets | CloseSockets | SetLogLevels | Shutdown
+Command = Sync | OpenSockets | CloseSockets | OpenEgress | CloseEgress | SetLogLevels | Shutdown
 
 
 # worker -> supervisor
@@ -112,12 +145,23 @@ def _rule_json(r: WorkerRule) -> dict[str, object]:
                 "ifindex": o.ifindex,
                 "source": str(o.source),
                 "ttl": o.ttl,
+                "protocol": int(o.protocol),
             }
             for o in r.outputs
         ],
         "rate_limit": None if r.rate_limit is None else encode_rate_limit(r.rate_limit),
         "epoch": r.epoch,
+        "protocol": int(r.protocol),
     }
+
+
+def _egress_json(key: RawEgress) -> list[object]:
+    return [str(key.group), key.ifindex, str(key.source), key.ttl]
+
+
+def _egress(item: Any) -> RawEgress:
+    group, ifindex, source, ttl = item
+    return RawEgress(parse_group(group), int(ifindex), parse_group(source), None if ttl is None else int(ttl))
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -129,6 +173,10 @@ def encode_command(cmd: Command) -> bytes:
             doc = {"OpenSockets": {"ifindexes": list(cmd.ifindexes)}}
         case CloseSockets():
             doc = {"CloseSockets": {"ifindexes": list(cmd.ifindexes)}}
+        case OpenEgress():
+            doc = {"OpenEgress": {"keys": [_egress_json(k) for k in cmd.keys]}}
+        case CloseEgress():
+            doc = {"CloseEgress": {"keys": [_egress_json(k) for k in cmd.keys]}}
         case SetLogLevels():
             doc = {"SetLogLevels": {"global": cmd.global_level, "overrides": dict(cmd.overrides)}}
         case Shutdown():
@@ -167,11 +215,13 @@ def decode_command(data: bytes) -> Command:
                             ifindex=int(o["ifindex"]),
                             source=parse_group(o["source"]),
                             ttl=None if o.get("ttl") is None else int(o["ttl"]),
+                            protocol=InputProtocol(int(o.get("protocol", InputProtocol.UDP))),
                         )
                         for o in r["outputs"]
                     ),
                     rate_limit=None if r.get("rate_limit") is None else decode_rate_limit(r["rate_limit"]),
                     epoch=int(r.get("epoch", 0)),
+                    protocol=InputProtocol(int(r.get("protocol", InputProtocol.UDP))),
                 )
                 for r in body["rules"]
             )
@@ -180,6 +230,10 @@ def decode_command(data: bytes) -> Command:
             return OpenSockets(tuple(int(i) for i in body["ifindexes"]))
         if name == "CloseSockets":
             return CloseSockets(tuple(int(i) for i in body["ifindexes"]))
+        if name == "OpenEgress":
+            return OpenEgress(tuple(_egress(k) for k in body["keys"]))
+        if name == "CloseEgress":
+            return CloseEgress(tuple(_egress(k) for k in body["keys"]))
         if name == "SetLogLevels":
             overrides = tuple((str(k), int(v)) for k, v in body["overrides"].items())
             return SetLogLevels(global_level=int(body["global"]), overrides=overrides)

@@ -16,6 +16,7 @@ from mcr.model.rules import (
     DEFAULT_MULTICAST_TTL,
     Engine,
     ForwardingRule,
+    InputProtocol,
     IPAddress,
     Limits,
     RuleSource,
@@ -30,7 +31,7 @@ from mcr.model.rules import (
 )
 from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView
 from mcr.protocol.control import AddRule
-from mcr.protocol.worker import RuleCounters, StatsReport, WorkerOutput, WorkerRule
+from mcr.protocol.worker import RawEgress, RuleCounters, StatsReport, WorkerOutput, WorkerRule
 
 
 class RuleTable:
@@ -122,6 +123,7 @@ class KernelOutput:
     source: IPAddress
     src_mac: bytes
     ttl: int
+    protocol: InputProtocol = InputProtocol.UDP  # ESP: port 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ class KernelRule:
     rate_limit: RateLimit | None = None
     source: IPv4Network | IPv6Network | None = None
     epoch: int = 0  # as WorkerRule.epoch: a new one puts the rule in a fresh slot, counting from zero
+    protocol: InputProtocol = InputProtocol.UDP
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,7 @@ class Resolution:
     captures: Mapping[int, str]  # ifindex -> name of every input interface with a userspace rule
     memberships: Mapping[int, frozenset[Membership]]  # ifindex -> input groups (and sources) to join there
     kernel_rules: tuple[KernelRule, ...] = ()
+    raw_egress: frozenset[RawEgress] = frozenset()  # the raw ESP output sockets the workers need
 
 
 #: A membership to hold on an input interface: (group, None) joins any source (IGMPv2/MLDv1 style
@@ -158,6 +162,8 @@ def wanted_memberships(rules: Iterable[ForwardingRule]) -> frozenset[Membership]
     rule without a source, or with a prefix, wants them all; the worker filters by prefix)."""
     sources: dict[IPAddress, set[IPAddress] | None] = {}
     for rule in rules:
+        if not is_multicast(rule.input_group):
+            continue  # a unicast input: the host's own address, nothing to join
         src = rule.input_source
         host = src.network_address if src is not None and src.prefixlen == src.max_prefixlen else None
         if rule.input_group in sources and sources[rule.input_group] is None:
@@ -216,7 +222,7 @@ def _kernel_rule(
     for o in outputs:
         assert o.ttl is not None, "kernel outputs are multicast (kernel_problem): their TTL is always set"
         mac = links[rule.outputs[o.index].interface].mac
-        kouts.append(KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, mac, o.ttl))
+        kouts.append(KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, mac, o.ttl, o.protocol))
     return KernelRule(
         rule.rule_id,
         link.ifindex,
@@ -226,6 +232,7 @@ def _kernel_rule(
         rule.rate_limit,
         rule.input_source,
         epoch,
+        rule.input_protocol,
     )
 
 
@@ -253,6 +260,7 @@ def resolve(
     worker_rules: list[WorkerRule] = []
     kernel_rules: list[KernelRule] = []
     captures: dict[int, str] = {}
+    raw_egress: set[RawEgress] = set()
     on_input: dict[int, list[ForwardingRule]] = {}
     rules = list(rules)
     flows = Counter(rule.input_key[:3] for rule in rules)
@@ -265,6 +273,10 @@ def resolve(
             continue
         outputs: list[WorkerOutput] = []
         notes: list[str] = []
+        if not is_multicast(rule.input_group) and rule.input_group not in link.ipv4:
+            # still served: frames to it arrive only if the interface is promiscuous or the address is added
+            notes.append(f"input {rule.input_group} is not an address of {link.name}")
+        esp = rule.input_protocol is InputProtocol.ESP
         for i, out in enumerate(rule.outputs):
             olink = links.get(out.interface)
             oproblem = _usable(olink)
@@ -277,9 +289,11 @@ def resolve(
             if not olink.carrier:
                 # sends still succeed (the kernel drops them at the device), so nothing else would show it
                 notes.append(f"output[{i}] {out.interface} has no carrier")
-            outputs.append(
-                WorkerOutput(i, out.group, out.port, olink.ifindex, address, effective_ttl(out, multicast_ttl))
-            )
+            ttl = effective_ttl(out, multicast_ttl)
+            if esp:  # no ports: the output's is not used
+                outputs.append(WorkerOutput(i, out.group, 0, olink.ifindex, address, ttl, InputProtocol.ESP))
+            else:
+                outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, ttl))
         on_input.setdefault(link.ifindex, []).append(rule)
         engine = Engine.USERSPACE
         if kernel_max_outputs is not None:
@@ -300,9 +314,12 @@ def resolve(
                     source=rule.input_source,
                     rate_limit=rule.rate_limit,
                     epoch=epochs.get(rule.rule_id, 0),
+                    protocol=rule.input_protocol,
                 )
             )
             captures[link.ifindex] = link.name
+            if esp:
+                raw_egress.update(o.raw_egress for o in outputs)
         views.append(RuleView(rule, engine, RuleState.ACTIVE, "; ".join(notes)))
     return Resolution(
         views=tuple(views),
@@ -310,6 +327,7 @@ def resolve(
         captures=captures,
         memberships={k: wanted_memberships(v) for k, v in on_input.items()},
         kernel_rules=tuple(kernel_rules),
+        raw_egress=frozenset(raw_egress),
     )
 
 

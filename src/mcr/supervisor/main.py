@@ -23,6 +23,7 @@ from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
+from mcr.linux.raw_egress import open_esp_socket
 from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
@@ -49,8 +50,12 @@ from mcr.protocol.control import (
     Workers,
 )
 from mcr.protocol.worker import (
+    MAX_FDS_PER_MESSAGE,
+    CloseEgress,
     CloseSockets,
+    OpenEgress,
     OpenSockets,
+    RawEgress,
     Ready,
     RuleCounters,
     SetLogLevels,
@@ -117,7 +122,7 @@ def resolve_user(user: str, group: str | None) -> tuple[int, int]:
 
 def _slot_key(kr: KernelRule) -> tuple[object, ...]:
     """What a kernel rule keeps its slot (and counters) by: its input, and the epoch it was added in."""
-    return (kr.ifindex, kr.group, kr.port, kr.epoch)
+    return (kr.ifindex, kr.group, kr.port, kr.protocol, kr.epoch)
 
 
 class Supervisor:
@@ -193,8 +198,13 @@ class Supervisor:
                 continue
             slot = held[0] if held is not None else min(set(range(kernel.max_rules)) - used)
             used.add(slot)
-            outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in kr.outputs]
-            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs, kr.rate_limit, kr.source)
+            outputs = [
+                OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl, protocol=o.protocol)
+                for o in kr.outputs
+            ]
+            kernel.set_rule(
+                slot, kr.ifindex, kr.group, kr.port, outputs, kr.rate_limit, kr.source, protocol=kr.protocol
+            )
             self.kernel_slots[rule_id] = (slot, kr)
         needed = {kr.ifindex for kr in wanted.values()}
         for ifindex in kernel.attached - needed:
@@ -515,12 +525,38 @@ class Supervisor:
                     for s in socks:
                         s.close()
                 handle.captures |= set(new)
+            self.push_egress(handle)
             handle.send(Sync(self.generation, res.worker_rules))
             handle.send(self.log_levels_command())
         except (WorkerError, OSError) as e:
             log.error("%s; killing the worker so that it restarts clean", e)
             if handle.proc is not None and handle.proc.poll() is None:
                 handle.proc.kill()
+
+    def push_egress(self, handle: WorkerHandle) -> None:
+        """Give the worker the raw ESP output sockets the rules need (it cannot open them), at most
+        MAX_FDS_PER_MESSAGE per message, and take back the ones no rule needs any more. A socket that
+        cannot be opened is logged and left out: that output's sends count as errors until the next try."""
+        wanted = self.resolution.raw_egress
+        gone = tuple(k for k in handle.egress if k not in wanted)
+        if gone:
+            handle.send(CloseEgress(gone))
+            handle.egress -= set(gone)
+        new = [k for k in wanted if k not in handle.egress]
+        opened: list[tuple[RawEgress, socket.socket]] = []
+        try:
+            for key in new:
+                try:
+                    opened.append((key, open_esp_socket(key)))
+                except OSError as e:
+                    log.error("cannot open a raw ESP socket to %s on ifindex %d: %s", key.group, key.ifindex, e)
+            for start in range(0, len(opened), MAX_FDS_PER_MESSAGE):
+                chunk = opened[start : start + MAX_FDS_PER_MESSAGE]
+                handle.send(OpenEgress(tuple(k for k, _ in chunk)), [sock.fileno() for _, sock in chunk])
+                handle.egress |= {k for k, _ in chunk}
+        finally:
+            for _, sock in opened:
+                sock.close()
 
     def capture_socket(self, ifindex: int, name: str) -> socket.socket:
         sock = open_capture_socket(name)

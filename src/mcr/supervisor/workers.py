@@ -14,6 +14,7 @@ from enum import Enum
 from mcr.model.errors import ProtocolError, WorkerError
 from mcr.protocol.worker import (
     Command,
+    RawEgress,
     Reply,
     StatsReport,
     decode_reply,
@@ -52,6 +53,7 @@ class WorkerHandle:
     restarts: int = 0
     acked_generation: int = -1
     captures: set[int] = field(default_factory=set)
+    egress: set[RawEgress] = field(default_factory=set)  # raw ESP output sockets the worker holds
     restart_at: float = 0.0
 
     @property
@@ -126,6 +128,7 @@ class WorkerHandle:
         self.stats_fd = self.pidfd = -1
         self.stats_buf.clear()
         self.captures.clear()
+        self.egress.clear()
         self.acked_generation = -1
 
 

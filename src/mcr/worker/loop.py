@@ -22,12 +22,17 @@ from mcr.linux.packet_socket import attach_filter, read_statistics
 from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
 from mcr.model.errors import ProtocolError
 from mcr.model.ratelimit import TokenBucket
+from mcr.model.rules import InputProtocol
 from mcr.packet.cbpf import build_capture_filter, pack_program
 from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame, src_address
 from mcr.protocol.worker import (
+    MAX_FDS_PER_MESSAGE,
+    CloseEgress,
     CloseSockets,
     Command,
+    OpenEgress,
     OpenSockets,
+    RawEgress,
     Ready,
     SetLogLevels,
     Shutdown,
@@ -54,7 +59,6 @@ log = logging.getLogger("mcr.worker")
 
 BATCH = 1024
 STATS_INTERVAL_S = 0.5
-MAX_FDS_PER_MESSAGE = 64
 NO_RULE = int(DropReason.NO_RULE)
 NOT_IPV4 = int(DropReason.NOT_IPV4)
 RATE_LIMITED = int(DropReason.RATE_LIMITED)
@@ -86,6 +90,7 @@ class DataPlane:
         self.captures: dict[int, Capture] = {}
         self.slots: dict[str, RuleSlot] = {}
         self.sockets: dict[_OUTPUT_KEY, socket.socket] = {}
+        self.egress: dict[RawEgress, int] = {}  # raw ESP output sockets the supervisor opened
         self.rules_by_if: dict[int, dict[int, RuleSlot]] = {}
         self.sources_by_if: dict[int, dict[int, SourceSplit]] = {}
         self.drops = [0] * len(DROP_KEYS)
@@ -135,6 +140,14 @@ class DataPlane:
             case CloseSockets():
                 for ifindex in cmd.ifindexes:
                     self.remove_capture(ifindex)
+            case OpenEgress():
+                for key, fd in zip(cmd.keys, fds, strict=False):
+                    old = self.egress.pop(key, -1)
+                    if old >= 0:
+                        os.close(old)  # a Sync that still points at it comes next, and takes the new one
+                    self.egress[key] = fd
+                for fd in fds[len(cmd.keys) :]:
+                    os.close(fd)
             case Sync():
                 self.sync(cmd)
                 self.generation = cmd.generation
@@ -143,6 +156,11 @@ class DataPlane:
                 logging.getLogger().setLevel(cmd.global_level)
                 for name, level in cmd.overrides:
                     logging.getLogger(name).setLevel(level)
+            case CloseEgress():
+                for key in cmd.keys:
+                    fd = self.egress.pop(key, -1)
+                    if fd >= 0:
+                        os.close(fd)
             case Shutdown():
                 self.running = False
 
@@ -180,10 +198,16 @@ class DataPlane:
             prev = old.get(rule.rule_id)
             keep = prev is not None and prev.rule.ifindex == rule.ifindex and prev.rule.group == rule.group
             keep = keep and prev is not None and (prev.rule.port, prev.rule.source) == (rule.port, rule.source)
+            keep = keep and prev is not None and prev.rule.protocol == rule.protocol
             keep = keep and prev is not None and prev.rule.epoch == rule.epoch  # a new epoch: counters from zero
             outputs: list[OutputSlot] = []
             prev_outputs = {o.spec: o for o in prev.outputs} if keep and prev is not None else {}
             for spec in rule.outputs:
+                if spec.protocol is InputProtocol.ESP:
+                    out = prev_outputs.get(spec) or OutputSlot(spec)
+                    out.fd = self.egress.get(spec.raw_egress, -1)  # none yet: its sends count as errors
+                    outputs.append(out)
+                    continue
                 key = (
                     rule.rule_id,
                     spec.index,

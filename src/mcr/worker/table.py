@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mcr.model.ratelimit import TokenBucket
-from mcr.packet.parse import DROP_KEYS, IPV6_KEY_TAG
+from mcr.model.rules import InputProtocol
+from mcr.packet.parse import DROP_KEYS, ESP_KEY_TAG, IPV6_KEY_TAG
 from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
 
 
@@ -34,17 +35,21 @@ def wire_key(group: int, port: int) -> int:
 
 
 def wire_key_from_flow_key(key: int) -> int:
-    """The table key of a parser key: IPv4 keys in wire order (the fast path's), IPv6 keys as they are
-    (IPv6 never takes the fast path)."""
+    """The table key of a parser key: IPv4 keys in wire order (the fast path's), ESP keys too with their tag,
+    IPv6 keys as they are (IPv6 and ESP never take the fast path)."""
     if key >= IPV6_KEY_TAG:
         return key
+    if key >= ESP_KEY_TAG:
+        return ESP_KEY_TAG | wire_key((key >> 16) & 0xFFFFFFFF, 0)
     return wire_key(key >> 16, key & 0xFFFF)
 
 
 def rule_key(rule: WorkerRule) -> int:
-    """The table key of a rule's (group, port)."""
+    """The table key of a rule's (group, port), or of an ESP rule's group."""
     if rule.group.version == 6:
         return flow_key(int(rule.group), rule.port, 6)
+    if rule.protocol is InputProtocol.ESP:
+        return ESP_KEY_TAG | wire_key(int(rule.group), 0)
     return wire_key(int(rule.group), rule.port)
 
 
@@ -126,7 +131,8 @@ def index_sources(slots: Iterable[RuleSlot]) -> dict[int, dict[int, SourceSplit]
 
 
 def filter_groups(rules: Iterable[WorkerRule], ifindex: int) -> dict[int, set[int]]:
-    """{IPv4 group: ports} of the rules on one input interface, for its kernel socket filter."""
+    """{IPv4 group: ports} of the rules on one input interface, for its kernel socket filter (an ESP rule's
+    port is 0, which lets ESP to its group through; unicast inputs are in it like groups)."""
     groups: dict[int, set[int]] = {}
     for r in rules:
         if r.ifindex == ifindex and r.group.version == 4:
