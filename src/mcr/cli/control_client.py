@@ -420,7 +420,9 @@ def parse_invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def _console(out: TextIO) -> Console:
+def console_for(out: TextIO) -> Console:
+    """A console for `out`: the terminal's width and colours, or plain and wide (never cut at 80 columns) when
+    `out` is a pipe or a file."""
     terminal = out.isatty()
     return Console(
         file=out,
@@ -447,7 +449,7 @@ def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
         print(render_error(response.text), file=err)
         return ExitCode.ERROR_RESPONSE
     if not invocation.json_output:
-        console = _console(out)
+        console = console_for(out)
         console.print(render_response(response), markup=False)
         if isinstance(response, Stats):
             _print_kernel_drops(invocation, console)
@@ -470,7 +472,7 @@ def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -
     def poll() -> Snapshot:
         return poll_supervisor(invocation.socket_path, invocation.timeout_s)
 
-    console = _console(out)
+    console = console_for(out)
     if invocation.once or not out.isatty():
         try:
             flows, workers, rules, kernel = poll()
@@ -536,7 +538,7 @@ def run_doctor(invocation: DoctorInvocation, out: TextIO) -> ExitCode:
     if invocation.json_output:
         print(json.dumps(findings_json(findings), indent=2, ensure_ascii=False), file=out)
     else:
-        _console(out).print(render_findings(findings))
+        console_for(out).print(render_findings(findings))
     return ExitCode.ERROR_RESPONSE if has_problems(findings) else ExitCode.OK
 
 
