@@ -31,6 +31,7 @@ from mcr.model.rules import (
 from mcr.model.status import (
     ConfigView,
     FlowStats,
+    KernelStatus,
     LogLevels,
     OutputStats,
     RuleState,
@@ -58,6 +59,7 @@ class Query(Enum):
     GET_VERSION = "GetVersion"
     GET_LOG_LEVELS = "GetLogLevels"
     GET_CONFIG = "GetConfig"
+    GET_KERNEL_STATUS = "GetKernelStatus"  # ours: the eBPF engine's state and drops
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +363,14 @@ class ConfigResponse:
     view: ConfigView
 
 
-Response = Success | Error | Rules | Stats | Workers | LogLevelsResponse | Version | ConfigResponse
+@dataclass(frozen=True, slots=True)
+class KernelStatusResponse:
+    status: KernelStatus
+
+
+Response = (
+    Success | Error | Rules | Stats | Workers | LogLevelsResponse | Version | ConfigResponse | KernelStatusResponse
+)
 
 
 def encode_rule(r: ForwardingRule) -> dict[str, object]:
@@ -457,6 +466,21 @@ def response_json(resp: Response) -> object:
                     "version": resp.info.version,
                     "protocol_version": resp.info.protocol_version,
                     "implementation": resp.info.implementation,
+                }
+            }
+        case KernelStatusResponse():
+            k = resp.status
+            return {
+                "KernelStatus": {
+                    "loaded": k.loaded,
+                    "mode": k.mode,
+                    "reason": k.reason,
+                    "instructions": k.instructions,
+                    "interfaces": list(k.interfaces),
+                    "rules": k.rules,
+                    "max_rules": k.max_rules,
+                    "max_outputs": k.max_outputs,
+                    "drops": dict(k.drops),
                 }
             }
         case ConfigResponse():
@@ -642,6 +666,21 @@ def _decode_other(name: str, body: object) -> Response:
         path = b.get("path")
         rules = tuple(decode_rule(r) for r in b.get("rules", []))
         return ConfigResponse(ConfigView(None if path is None else str(path), settings, limits, rules))
+    if name == "KernelStatus":
+        b = _obj("KernelStatus", body)
+        return KernelStatusResponse(
+            KernelStatus(
+                loaded=bool(b["loaded"]),
+                mode=str(b.get("mode", "")),
+                reason=str(b.get("reason", "")),
+                instructions=int(b.get("instructions", 0)),
+                interfaces=tuple(str(i) for i in b.get("interfaces", [])),
+                rules=int(b.get("rules", 0)),
+                max_rules=int(b.get("max_rules", 0)),
+                max_outputs=int(b.get("max_outputs", 0)),
+                drops={str(k): int(v) for k, v in _obj("drops", b.get("drops", {})).items()},
+            )
+        )
     raise ProtocolError(f"unknown response type '{name}'")
 
 
