@@ -5,10 +5,10 @@ import pytest
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
-from mcr.model.rules import Limits, OutputDestination
+from mcr.model.rules import ForwardingRule, InputProtocol, Limits, OutputDestination
 from mcr.model.status import RuleState
 from mcr.protocol.control import AddRule
-from mcr.protocol.worker import RuleCounters, StatsReport, WorkerOutput
+from mcr.protocol.worker import RawEgress, RuleCounters, StatsReport, WorkerOutput
 from mcr.supervisor.core import Backoff, RuleTable, StatsBook, resolve
 
 G1 = IPv4Address("239.1.1.1")
@@ -101,6 +101,55 @@ def test_source_ip_serves_an_unnumbered_output_and_ttls_resolve() -> None:
     assert wr.outputs == (WorkerOutput(0, unnumbered.group, 6000, 3, IPv4Address("10.9.9.9"), 5),)
     res = resolve(table.rules.values(), LINKS, multicast_ttl=5)
     assert [o.ttl for o in res.worker_rules[0].outputs] == [5, None]
+
+
+MACS = {
+    name: replace(link, mac=bytes([2, 0, 0, 0, 0, link.ifindex]))
+    for name, link in {**LINKS, "eth2": Link("eth2", 4, True, 1500, (IPv4Address("10.0.2.1"),))}.items()
+}
+
+
+@pytest.mark.parametrize("kernel", [None, 64], ids=["userspace", "kernel"])
+def test_esp_rules_resolve_with_port_0_and_raw_egress(kernel: int | None) -> None:
+    """An ESP rule's outputs go out with port 0 whatever their own; in userspace each needs a raw socket
+    (one per group, interface, source and TTL, shared by the rules that agree); the kernel engine gets
+    the rule's protocol. A UDP rule on the same group stays UDP."""
+    table = RuleTable(Limits())
+    esp_out = (OutputDestination(IPv4Address("239.5.5.5"), 4500, "eth1"), OutputDestination(G1, 0, "eth2"))
+    table.insert(ForwardingRule("esp", "eth0", G1, 0, esp_out, input_protocol=InputProtocol.ESP))
+    table.insert(ForwardingRule("esp2", "eth2", G1, 0, esp_out[:1], input_protocol=InputProtocol.ESP))
+    add(table, "udp")
+    res = resolve(table.rules.values(), MACS, kernel, multicast_ttl=4)
+    assert all(v.state is RuleState.ACTIVE for v in res.views)
+    if kernel is None:
+        esp = {r.rule_id: r for r in res.worker_rules}
+        assert esp["esp"].protocol is InputProtocol.ESP and esp["udp"].protocol is InputProtocol.UDP
+        assert [(o.port, o.protocol, o.ttl) for o in esp["esp"].outputs] == [(0, InputProtocol.ESP, 4)] * 2
+        assert res.raw_egress == {
+            RawEgress(IPv4Address("239.5.5.5"), 3, IPv4Address("10.0.1.1"), 4),
+            RawEgress(G1, 4, IPv4Address("10.0.2.1"), 4),
+        }
+    else:
+        kr = {r.rule_id: r for r in res.kernel_rules}
+        assert (kr["esp"].protocol, kr["esp"].port, kr["udp"].protocol) == (InputProtocol.ESP, 0, InputProtocol.UDP)
+        assert [(o.port, o.protocol) for o in kr["esp"].outputs] == [(0, InputProtocol.ESP)] * 2
+        assert res.raw_egress == frozenset()
+
+
+def test_unicast_inputs_join_nothing_and_say_when_the_address_is_not_the_interfaces() -> None:
+    table = RuleTable(Limits())
+    table.insert(ForwardingRule("mine", "eth0", IPv4Address("10.0.0.1"), 5000, (OUT,)))
+    table.insert(ForwardingRule("other", "eth0", IPv4Address("10.0.0.99"), 5000, (OUT,)))
+    add(table, "group")
+    res = resolve(table.rules.values(), LINKS)
+    reasons = {v.rule.rule_id: (v.state, v.state_reason) for v in res.views}
+    assert reasons == {
+        "mine": (RuleState.ACTIVE, ""),
+        "other": (RuleState.ACTIVE, "input 10.0.0.99 is not an address of eth0"),
+        "group": (RuleState.ACTIVE, ""),
+    }
+    assert res.memberships == {2: frozenset({(G1, None)})}
+    assert len(res.worker_rules) == 3
 
 
 @pytest.mark.parametrize(
