@@ -29,6 +29,8 @@ rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 rx.bind(("127.0.0.1", 0))
 rx.settimeout(5)
 payload = bytearray(b"sent by a contained process")
+esp = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)  # as the supervisor hands one over for ESP outputs
+esp.connect(("127.0.0.1", 0))
 contained = contain(uid, gid, seccomp=seccomp, death_signal=signal.SIGKILL)
 results = {}
 
@@ -60,6 +62,8 @@ probe("udp_sendmmsg", udp_sendmmsg)
 probe("packet_socket", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0x0300).close())
 probe("raw_socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP).close())
 probe("unix_socket", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close())
+probe("esp_send", lambda: esp.send(bytes(16)))
+probe("esp_hdrincl", lambda: esp.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1))
 probe("read_shadow", lambda: open("/etc/shadow", "rb").close())
 probe("write_file", lambda: open("/mcr-probe", "wb").close())
 probe("execve", lambda: os.execv(sys.executable, [sys.executable, "-c", "pass"]))
@@ -75,6 +79,8 @@ EXPECTED = {
         "packet_socket": "EPERM",
         "raw_socket": "EPERM",
         "unix_socket": "EPERM",
+        "esp_send": "ok",  # what it is handed over for
+        "esp_hdrincl": "EPERM",  # but it cannot make it write IP headers of its own
         "read_shadow": "EACCES",  # openat is allowed read-only, but there is nothing to read
         "write_file": "EPERM",
         "execve": "EPERM",
@@ -88,6 +94,8 @@ EXPECTED = {
         "packet_socket": "EPERM",
         "raw_socket": "EPERM",
         "unix_socket": "ok",
+        "esp_send": "ok",
+        "esp_hdrincl": "ok",  # only the system call filter stops this
         "read_shadow": "EACCES",
         "write_file": "EACCES",
         "execve": "EACCES",

@@ -173,6 +173,26 @@ def test_ioctl_only_the_requests_python_makes(x86: list[Insn]) -> None:
         assert verdict(x86, X86_64, "ioctl", 0, request) == EPERM
 
 
+@pytest.mark.parametrize(
+    ("level", "name", "expected"),
+    [
+        (0, 33, ALLOW),  # IP_MULTICAST_TTL
+        (0, 2, ALLOW),  # IP_TTL
+        (1, 26, ALLOW),  # SO_ATTACH_FILTER (the capture filter)
+        (1, 25, ALLOW),  # SO_BINDTODEVICE
+        (41, 18, ALLOW),  # IPV6_MULTICAST_HOPS
+        (263, 5, ALLOW),  # PACKET_RX_RING
+        (0, 3, EPERM),  # IP_HDRINCL: a raw ESP socket would write its own IP headers
+        (0, 4, EPERM),  # IP_OPTIONS
+        (1, 27, EPERM),  # SO_DETACH_FILTER
+        (263, 13, EPERM),  # PACKET_TX_RING
+        (6, 2, EPERM),  # any TCP option
+    ],
+)
+def test_setsockopt_only_the_options_the_worker_sets(x86: list[Insn], level: int, name: int, expected: int) -> None:
+    assert verdict(x86, X86_64, "setsockopt", 5, level, name) == expected
+
+
 def test_tgkill_only_to_itself(x86: list[Insn]) -> None:
     assert verdict(x86, X86_64, "tgkill", PID, PID, 6) == ALLOW
     assert verdict(x86, X86_64, "tgkill", PID + 1, PID + 1, 9) == EPERM

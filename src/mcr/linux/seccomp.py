@@ -74,6 +74,25 @@ FIONCLEX = 0x5450
 FIOCLEX = 0x5451
 SIOCGIFNAME = 0x8910  # socket(fileno=) on an AF_PACKET socket names its interface
 SIOCGIFINDEX = 0x8933
+# setsockopt: the levels and option names the worker sets (egress, capture filter and ring). Leaving out
+# IP_HDRINCL (3) keeps the raw ESP sockets the supervisor hands over from writing IP headers of their own.
+SOL_IP, SOL_SOCKET, SOL_IPV6, SOL_PACKET = 0, 1, 41, 263
+IP_HDRINCL = 3
+SOCKOPT_NAMES = (
+    2,  # IP_TTL
+    5,  # PACKET_RX_RING
+    7,  # SO_SNDBUF
+    10,  # PACKET_VERSION
+    16,  # IPV6_UNICAST_HOPS
+    17,  # IPV6_MULTICAST_IF
+    18,  # IPV6_MULTICAST_HOPS
+    19,  # IPV6_MULTICAST_LOOP
+    25,  # SO_BINDTODEVICE
+    26,  # SO_ATTACH_FILTER
+    32,  # IP_MULTICAST_IF
+    33,  # IP_MULTICAST_TTL
+    34,  # IP_MULTICAST_LOOP
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +224,7 @@ def worker_policy(pid: int) -> Policy:
     allow["mmap"] = (ArgMasked(2, PROT_EXEC, 0),)
     allow["mprotect"] = (ArgMasked(2, PROT_EXEC, 0),)
     allow["ioctl"] = (ArgIn(1, (TCGETS, FIONBIO, FIONCLEX, FIOCLEX, SIOCGIFNAME, SIOCGIFINDEX)),)
+    allow["setsockopt"] = (ArgIn(1, (SOL_IP, SOL_SOCKET, SOL_IPV6, SOL_PACKET)), ArgIn(2, SOCKOPT_NAMES))
     allow["tgkill"] = (ArgIn(0, (pid,)),)
     return Policy(allow)
 
