@@ -8,6 +8,8 @@ relay's output address with the supervisor's --multicast-ttl.
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 
 from mcr.packet.build import build_esp_frame, build_udp_frame
 
-from .netns import RELAY_IN_IP, RELAY_OUT_IP, SINK_IP, SRC_IP, Chain
+from .netns import RELAY_IN_IP, RELAY_OUT_IP, SINK_IP, SRC_IP, Chain, wait_for
 from .relay import Proc, Supervisor, probe, start_probe, wait_file
 
 pytestmark = pytest.mark.netns
@@ -222,3 +224,48 @@ outputs = ["239.2.2.2:6001:rout"]
     assert flow["packets_relayed"] == len(frames)
     joined = chain.lab.run(chain.relay, "ip", "-4", "maddress", "show", "dev", "rin").stdout
     assert RELAY_IN_IP not in joined and "239." not in joined
+
+
+def raw_esp_sockets(chain: Chain) -> int:
+    """Raw IPPROTO_ESP sockets open in the relay's namespace (/proc/net/raw shows the protocol as the port)."""
+    lines = chain.lab.run(chain.relay, "cat", "/proc/net/raw").stdout.splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(":0032"))
+
+
+@pytest.mark.timeout(90)
+def test_a_restarted_worker_gets_its_esp_sockets_again_and_a_removed_rule_frees_them(chain: Chain) -> None:
+    """The raw sockets belong to the workers' rule set: a worker that was killed gets them again with its
+    rules and relays ESP at once; a reload that drops the rule closes them everywhere."""
+    rules = f"""
+[[rule]]
+id = "esp"
+protocol = "esp"
+input_interface = "rin"
+input_group = "{GROUP}"
+outputs = ["{OUT_GROUP}:0:rout", "239.5.5.6:0:rout"]
+"""
+    cfg = config(chain, rules)
+    sup = start(chain, "userspace", cfg)
+    assert raw_esp_sockets(chain) == 2  # the worker's, one per output; the supervisor keeps no copy
+    (old,) = sup.worker_pids()
+    src_mac = chain.mac(chain.src, "src0")
+
+    def esp(seq: int) -> bytes:
+        return build_esp_frame(src_mac=src_mac, src_ip=SRC_IP, dst_ip=GROUP, seq=seq, payload=b"x" * 100)
+
+    os.kill(old, signal.SIGKILL)
+
+    def restarted() -> bool:
+        pids = sup.worker_pids()
+        return bool(pids) and old not in pids and rule(sup, "esp")["state"] == "active"
+
+    wait_for(restarted, 15, "a new worker with the rule")
+    sink = capture(chain, 50, "239.5.5.6", 20, "after-restart")
+    inject(chain, [esp(i) for i in range(20)])
+    assert len(sink.json(timeout=30)["packets"]) == 20
+    assert raw_esp_sockets(chain) == 2
+
+    cfg.write_text("")
+    sup.proc.signal(signal.SIGHUP)
+    wait_for(lambda: not sup.rules(), 10, "the reload to remove the rule")
+    wait_for(lambda: raw_esp_sockets(chain) == 0, 10, "the raw ESP sockets to be closed")
