@@ -8,8 +8,10 @@ relay's output address with the supervisor's --multicast-ttl.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +271,62 @@ outputs = ["{OUT_GROUP}:0:rout", "239.5.5.6:0:rout"]
     sup.proc.signal(signal.SIGHUP)
     wait_for(lambda: not sup.rules(), 10, "the reload to remove the rule")
     wait_for(lambda: raw_esp_sockets(chain) == 0, 10, "the raw ESP sockets to be closed")
+
+
+ORIGINAL = Path(os.environ.get("MCR_ORIGINAL_BIN", "/tmp/rustmcr/bin")) / "mcrd"
+
+
+@pytest.mark.timeout(120)
+def test_the_original_puts_the_same_esp_on_the_wire(chain: Chain, engine: str) -> None:
+    """Today's original (its own JSON5 config with `protocol: "esp"`) and this relay, one after the other on
+    the same topology and the same frames: the sink sees the same packets (payload, source, TTL 1, MAC).
+    The original sends through a raw socket, so its packets carry DF, like our userspace engine's; the
+    kernel engine keeps the input's flags."""
+    if not ORIGINAL.exists():
+        pytest.skip(f"the original MCR is not built ({ORIGINAL}; build it with build-original-mcr.sh)")
+    src_mac = chain.mac(chain.src, "src0")
+    frames = [
+        build_esp_frame(src_mac=src_mac, src_ip=SRC_IP, dst_ip=GROUP, spi=0xE5, seq=i, payload=b)
+        for i, b in enumerate(esp_bodies(30))
+    ]
+
+    def relayed(name: str) -> list[tuple[object, ...]]:
+        sink = capture(chain, 50, OUT_GROUP, len(frames), name)
+        inject(chain, frames)
+        packets = sink.json(timeout=30)["packets"]
+        return sorted((p["payload"], p["src"], p["ttl"], p["dst_mac"], p["frag"]) for p in packets)
+
+    json5 = chain.lab.workdir / "original.json5"
+    rules = [
+        {
+            "name": "esp",
+            "input": {"interface": "rin", "group": GROUP, "port": 0, "protocol": "esp"},
+            "outputs": [{"group": OUT_GROUP, "port": 5000, "interface": "rout"}],
+        }
+    ]
+    json5.write_text(json.dumps({"rules": rules}))  # JSON is JSON5
+    sock = chain.lab.workdir / "original.sock"
+    original = chain.lab.popen(
+        chain.relay, str(ORIGINAL), "supervisor", "--config", str(json5), "--control-socket-path", str(sock),
+        "--num-workers", "1", "--interface", "rin", name="original_mcrd",
+    )  # fmt: skip
+    try:
+        wait_for(sock.exists, 10, "the original's control socket")
+        time.sleep(1.0)  # its workers start after the socket; they have no readiness signal of their own
+        theirs = relayed("original")
+    finally:
+        original.signal(signal.SIGTERM)
+        original.wait(10)
+    cfg = config(
+        chain,
+        f'[[rule]]\nid = "esp"\nprotocol = "esp"\ninput_interface = "rin"\ninput_group = "{GROUP}"\n'
+        f'outputs = ["{OUT_GROUP}:5000:rout"]\n',
+    )
+    sup = Supervisor.start(chain.lab, chain.relay, extra=["--engine", engine, "--config", str(cfg)])
+    ours = relayed("ours")
+    sup.terminate()
+    assert len(theirs) == len(frames)
+    if engine == "kernel":  # the frame's own flags: no DF on these
+        theirs = [(*t[:4], t[4] & ~0x4000) for t in theirs]
+    assert ours == theirs
+    assert {t[1:3] for t in ours} == {(RELAY_OUT_IP, 1)}
