@@ -122,7 +122,7 @@ def test_sends_the_encoded_request_and_half_closes(serve: Serve) -> None:
             "input_interface": "eth0",
             "input_group": "239.1.1.1",
             "input_port": 5000,
-            "outputs": [{"group": "239.2.2.2", "port": 6000, "interface": "eth1", "ttl": 1}],
+            "outputs": [{"group": "239.2.2.2", "port": 6000, "interface": "eth1"}],
         }
     }
 

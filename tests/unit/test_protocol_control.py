@@ -41,7 +41,7 @@ def test_original_add_rule_shape() -> None:
         input_interface="eth0",
         input_group=IPv4Address("239.1.1.1"),
         input_port=5000,
-        outputs=(OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", 1),),
+        outputs=(OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),),
     )
 
 

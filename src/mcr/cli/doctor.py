@@ -19,6 +19,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from mcr.model.rules import DEFAULT_MULTICAST_TTL, effective_ttl
 from mcr.model.status import RuleState, RuleView, WorkerInfo
 
 BUFFER_MIN = 8 << 20  # rmem_max/wmem_max below this are worth raising for a relay
@@ -288,11 +289,12 @@ def check_offloads(facts: HostFacts, rules: Sequence[RuleView]) -> list[Finding]
     return findings
 
 
-def check_ttl(rules: Sequence[RuleView]) -> list[Finding]:
-    """Outputs sent with TTL 1 never cross a router."""
+def check_ttl(rules: Sequence[RuleView], multicast_ttl: int = DEFAULT_MULTICAST_TTL) -> list[Finding]:
+    """Outputs sent with TTL 1 never cross a router. An output that sets no TTL sends with the supervisor's
+    `multicast_ttl` (a multicast group) or the kernel's default (unicast: never 1)."""
     findings = []
     for view in sorted(rules, key=lambda v: v.rule.rule_id):
-        low = [o for o in view.rule.outputs if o.ttl <= 1]
+        low = [o for o in view.rule.outputs if effective_ttl(o, multicast_ttl) == 1]
         if not low:
             continue
         findings.append(

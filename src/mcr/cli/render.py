@@ -87,6 +87,12 @@ def render_error(text: str) -> str:
     return f"error: {text}"
 
 
+def ttl_text(out: OutputDestination) -> str:
+    """` ttl N` for an output that sets its TTL; nothing for one that takes the default (the supervisor's
+    multicast_ttl for a group, the kernel's for a unicast destination)."""
+    return "" if out.ttl is None else f" ttl {out.ttl}"
+
+
 def _rule_input(r: ForwardingRule) -> str:
     text = r.input_text if r.input_protocol == UDP else f"{r.input_text} {_PROTOCOLS.get(r.input_protocol, 'proto')}"
     return text if r.rate_limit is None else f"{text}\nlimit {r.rate_limit.text}"
@@ -100,8 +106,7 @@ def _rule_id(r: ForwardingRule) -> str:
 
 
 def _output_text(o: OutputDestination) -> str:
-    ttl = "ttl default" if o.ttl is None else f"ttl {o.ttl}"
-    return f"{o.spec} {ttl}" + (f" from {o.source_ip}" if o.source_ip is not None else "")
+    return f"{o.spec}{ttl_text(o)}" + (f" from {o.source_ip}" if o.source_ip is not None else "")
 
 
 def _rule_state(view: RuleView) -> str:

@@ -36,6 +36,7 @@ from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.ratelimit import decode_rate_limit, encode_rate_limit
 from mcr.model.rules import (
     ForwardingRule,
+    InputProtocol,
     Limits,
     OutputDestination,
     RuleSource,
@@ -47,8 +48,8 @@ from mcr.model.rules import (
     source_text,
 )
 
-UDP = 17
-ESP = 50
+UDP = InputProtocol.UDP
+ESP = InputProtocol.ESP
 PROTOCOL_NAMES = {"udp": UDP, "esp": ESP}
 
 #: The sections the original serves with its control plane; we accept and check them and say they are not
@@ -171,7 +172,7 @@ class _Reader:
         value = self.optional(where, obj, key, int)
         if value is not None and not low <= value <= 255:
             raise self.fail(where, f"'{key}' {value} is out of range; expected {low}-255")
-        return value
+        return None if value is None else int(value)
 
     def port(self, where: str, obj: Mapping[str, object], key: str) -> int:
         value = self.field(where, obj, key, int)
@@ -191,7 +192,7 @@ def _output(r: _Reader, where: str, item: object) -> OutputDestination:
         port=r.port(where, o, "port"),
         interface=interface,
         ttl=r.byte(where, o, "ttl", 1),
-        source_ip=r.ipv4(where, o, "source_ip", required=False),
+        source_ip=r.ipv4(where, o, "source_ip", required=False),  # ours: the original's file has none
     )
 
 

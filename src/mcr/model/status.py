@@ -50,7 +50,7 @@ class FlowStats:
     outputs: tuple[OutputStats, ...] = ()
     drops: dict[str, int] = field(default_factory=dict)
     input_source: str = ""  # the rule's source host or prefix, empty when any source matches
-    input_protocol: int = 17  # 17 UDP, 50 ESP
+    input_protocol: int = 17  # 17 UDP, 50 ESP (the stats of the original are per group, port and protocol)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
 from mcr.model.rules import (
     Engine,
     ForwardingRule,
+    InputProtocol,
     IPAddress,
     Limits,
     OutputDestination,
@@ -82,7 +83,7 @@ class AddRule:
     input_source: SourcePrefix | None = None
     rate_limit: RateLimit | None = None
     name: str | None = None  # today's original: a second handle on the rule (RemoveRuleByName)
-    input_protocol: int = UDP  # today's original: 17 UDP, 50 ESP
+    input_protocol: InputProtocol = InputProtocol.UDP  # today's original: 17 UDP, 50 ESP
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +220,16 @@ class _Fields:
             return None
         return self.integer(name)
 
+    def protocol(self, name: str) -> InputProtocol:
+        value = self.integer(name, required=False, default=InputProtocol.UDP)
+        try:
+            return InputProtocol(value)
+        except ValueError:
+            known = ", ".join(f"{int(p)} ({p.name})" for p in InputProtocol)
+            raise ProtocolError(
+                f"field '{name}' in {self.where}: IP protocol {value} is not relayed; expected {known}"
+            ) from None
+
     def boolean(self, name: str) -> bool:
         value = self._get(name, True)
         if not isinstance(value, bool):
@@ -296,7 +307,7 @@ def _decode_add(body: object) -> AddRule:
         input_source=f.source("input_source"),
         rate_limit=_decode_rate_limit(f.obj.get("rate_limit")),
         name=f.string("name", required=False),
-        input_protocol=f.integer("input_protocol", required=False, default=UDP),
+        input_protocol=f.protocol("input_protocol"),
     )
 
 
@@ -427,8 +438,8 @@ def encode_request(req: Request) -> bytes:
                 body["rate_limit"] = encode_rate_limit(req.rate_limit)
             if req.name is not None:
                 body["name"] = req.name
-            if req.input_protocol != UDP:
-                body["input_protocol"] = req.input_protocol
+            if req.input_protocol is not InputProtocol.UDP:
+                body["input_protocol"] = int(req.input_protocol)
             doc = {"AddRule": body}
         case RemoveRule():
             doc = {"RemoveRule": {"rule_id": req.rule_id}}
@@ -551,7 +562,7 @@ def encode_rule(r: ForwardingRule) -> dict[str, object]:
             "input_interface": r.input_interface,
             "input_group": str(r.input_group),
             "input_port": r.input_port,
-            "input_protocol": r.input_protocol,
+            "input_protocol": int(r.input_protocol),
             **_source_fields(r.input_source),
             "outputs": [_output_json(o) for o in r.outputs],
             "source": _ORIGINAL_SOURCE[r.source],
@@ -730,18 +741,6 @@ def _rule_origin(d: Mapping[str, object]) -> tuple[RuleSource, str]:
     raise ValueError(f"source must be a string or a one-key object, got {_type_name(source)}")
 
 
-def _decode_rule_output(x: object) -> OutputDestination:
-    o = _obj("output", x)
-    ttl, source_ip = o.get("ttl"), o.get("source_ip")
-    return OutputDestination(
-        parse_group(o["group"]),
-        int(o["port"]),
-        str(o["interface"]),
-        None if ttl is None else int(ttl),
-        None if source_ip is None else IPv4Address(source_ip),
-    )
-
-
 def decode_rule(o: object) -> ForwardingRule:
     """The inverse of encode_rule, reading either original's shape too; ProtocolError on anything malformed."""
     d = _obj("rule", o)
@@ -753,15 +752,26 @@ def decode_rule(o: object) -> ForwardingRule:
             input_interface=str(d["input_interface"]),
             input_group=parse_group(d["input_group"]),
             input_port=int(d["input_port"]),
-            outputs=tuple(_decode_rule_output(x) for x in d.get("outputs", [])),
+            outputs=tuple(_decode_rule_output(_obj("output", x)) for x in d.get("outputs", [])),
             input_source=parse_source(source_text_) if source_text_ else None,
             source=_rule_origin(d)[0],
             rate_limit=None if d.get("rate_limit") is None else decode_rate_limit(d["rate_limit"]),
             name=None if name is None else str(name),
-            input_protocol=int(d.get("input_protocol", UDP)),
+            input_protocol=InputProtocol(int(d.get("input_protocol", UDP))),
         )
     except (KeyError, TypeError, ValueError, ValidationError, ProtocolError) as e:
         raise ProtocolError(f"malformed rule: {e!r}") from None
+
+
+def _decode_rule_output(x: dict[str, Any]) -> OutputDestination:
+    ttl, source_ip = x.get("ttl"), x.get("source_ip")
+    return OutputDestination(
+        parse_group(x["group"]),
+        int(x["port"]),
+        str(x["interface"]),
+        None if ttl is None else int(ttl),
+        None if source_ip is None else parse_group(source_ip),
+    )
 
 
 def _decode_rule(o: object) -> RuleView:

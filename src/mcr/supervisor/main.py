@@ -29,7 +29,7 @@ from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
 from mcr.model.original_config import OriginalSections, encode_original_config
-from mcr.model.rules import Limits, RuleSource, endpoint_text
+from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits, RuleSource, endpoint_text
 from mcr.model.status import ConfigView, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
 from mcr.packet.parse import DropReason
@@ -103,6 +103,7 @@ class SupervisorConfig:
     engine: str = "auto"
     read_only_group: str | None = None
     seccomp: bool = True  # the workers' system call filter; --no-seccomp turns it off
+    multicast_ttl: int = DEFAULT_MULTICAST_TTL  # of multicast outputs that name no TTL
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -542,7 +543,9 @@ class Supervisor:
         return sock
 
     def resolve(self) -> Resolution:
-        return resolve(self.table.rules.values(), self.links, self.kernel_outputs(), self.stats.since)
+        return resolve(
+            self.table.rules.values(), self.links, self.kernel_outputs(), self.stats.since, self.config.multicast_ttl
+        )
 
     def rule_views(self) -> tuple[RuleView, ...]:
         """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
