@@ -242,6 +242,7 @@ def parse_json5_config(text: str, path: str) -> Config:
     found = decode_original_config(load_json5(text, path), path)
     return Config(
         path=path,
+        settings=Settings(multicast_ttl=found.sections.multicast_ttl),
         rules=found.rules,
         dialect=ConfigDialect.JSON5,
         original=found.sections,

@@ -793,9 +793,11 @@ class Supervisor:
             ("metrics_addr", c.metrics_addr),
         )
         f = self.config_file
+        rules = tuple(self.table.rules.values())
         if f is None:
-            return ConfigView(None, settings, c.limits, tuple(self.table.rules.values()))
-        return ConfigView(f.path, settings, c.limits, tuple(self.table.rules.values()), f.original, f.dialect.value)
+            return ConfigView(None, settings, c.limits, rules, OriginalSections(multicast_ttl=c.multicast_ttl))
+        original = replace(f.original, multicast_ttl=c.multicast_ttl)  # in force: flag, file, environment or 1
+        return ConfigView(f.path, settings, c.limits, rules, original, f.dialect.value)
 
     def workers_info(self) -> tuple[WorkerInfo, ...]:
         """The running data-plane workers, then the kernel engine (when loaded) with the frames it dropped."""
