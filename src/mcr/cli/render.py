@@ -102,7 +102,8 @@ _PROTOCOLS = {UDP: "udp", ESP: "esp"}
 
 
 def _rule_id(r: ForwardingRule) -> str:
-    return r.rule_id if r.name is None else f"{r.rule_id}\n({r.name})"
+    rule_id = r.rule_id or _NONE  # the original's config schema has no ids
+    return rule_id if r.name is None else f"{rule_id}\n({r.name})"
 
 
 def _output_text(o: OutputDestination) -> str:
@@ -191,7 +192,7 @@ def render_workers(workers: Sequence[WorkerInfo]) -> RenderableType:
         _add_row(
             table,
             str(w.pid),
-            w.worker_type,
+            w.worker_type if w.interface is None else f"{w.worker_type} ({w.interface})",
             str(w.worker_id),
             _NONE if w.core_id is None else str(w.core_id),
             f"{w.status} (in {w.backoff_ms} ms)" if w.backoff_ms else w.status,

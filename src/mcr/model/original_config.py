@@ -196,7 +196,9 @@ def _output(r: _Reader, where: str, item: object) -> OutputDestination:
     )
 
 
-def _rule(r: _Reader, index: int, item: object) -> ForwardingRule:
+def _rule(r: _Reader, index: int, item: object, make_id: bool = True) -> ForwardingRule:
+    """One rule; without an id of its own it gets the one generated from its input (`make_id`), or none
+    (an original supervisor's answer: its ids are not in its config schema)."""
     where = f"rules[{index}]"
     d = r.obj(where, item)
     name = r.optional(where, d, "name", str)
@@ -224,7 +226,9 @@ def _rule(r: _Reader, index: int, item: object) -> ForwardingRule:
         rate_limit = decode_rate_limit(d["rate_limit"]) if d.get("rate_limit") is not None else None
     except ValidationError as e:
         raise r.fail(where, str(e)) from None
-    rule_id = r.optional(where, d, "rule_id", str) or generated_rule_id(interface, group, port, source)
+    rule_id = r.optional(where, d, "rule_id", str) or (
+        generated_rule_id(interface, group, port, source) if make_id else ""
+    )
     return ForwardingRule(
         rule_id=rule_id,
         input_interface=interface,
@@ -300,11 +304,11 @@ def decode_original_config(
     raw_rules = r.optional("", d, "rules", list) or []
     limits = limits or Limits()
     rules: dict[str, ForwardingRule] = {}
+    if not validate:
+        shown = tuple(_rule(r, index, item, make_id=False) for index, item in enumerate(raw_rules))
+        return OriginalConfig(shown, OriginalSections(ttl, pinning, sections, control_plane), tuple(r.warnings))
     for index, item in enumerate(raw_rules):
         rule = _rule(r, index, item)
-        if not validate:
-            rules[rule.rule_id] = rule
-            continue
         try:
             check_rule_shape(rule)
             check_rule_fits(rule, rules, limits)
