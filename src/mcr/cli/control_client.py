@@ -29,7 +29,7 @@ from mcr.cli.render import render_error, render_response
 from mcr.cli.screen import Keyboard, poll_supervisor, run_live
 from mcr.cli.top import Controls, TopView, on_poll, render_top
 from mcr.cli.transport import DEFAULT_TIMEOUT_S, ErrorAnswer, UnreachableError, ask, exchange
-from mcr.model.config import Config, parse_config, unserved_notes
+from mcr.model.config import Config, ConfigDialect, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
 from mcr.model.original_config import OriginalConfig
@@ -553,7 +553,8 @@ def run_config_check(invocation: ConfigCheckInvocation, out: TextIO, err: TextIO
     config = _read_config(invocation.path, err)
     if config is None:
         return ExitCode.ERROR_RESPONSE
-    print(f"{invocation.path}: OK, {len(config.rules)} rules ({config.dialect.value})", file=out)
+    dialect = " (JSON5, the original's format)" if config.dialect is ConfigDialect.JSON5 else ""
+    print(f"{invocation.path}: OK, {len(config.rules)} rules{dialect}", file=out)
     return ExitCode.OK
 
 
