@@ -304,3 +304,48 @@ def test_the_originals_json5_config_loads_and_reloads_hitlessly(lab: Lab, workdi
         assert relay.wait_relayed(steady, count)["packets_relayed"] == count
     finally:
         relay.stop()
+
+
+def test_config_save_makes_the_running_rules_the_files(lab: Lab, workdir: Path) -> None:
+    config = workdir / "mcr.json5"
+    config.write_text(ORIGINAL_CONFIG.format(port=6002))
+    state = workdir / "rules.json"
+    relay = Relay(lab, workdir, extra=["--config", str(config), "--state-file", str(state)]).start()
+    try:
+        relay.ctl("add", "--rule-id", "rt", "--name", "runtime-one", "--input-interface", "rin", "--input-group",
+                  "239.1.1.9", "--input-port", "5009", "--outputs", "239.2.2.9:6009:rout")  # fmt: skip
+        assert [r["rule_id"] for r in json.loads(state.read_text())["rules"]] == ["rt"]
+        saved = relay.json("config", "save")
+        assert saved == {"Success": f"Configuration saved to {config}"}
+        # the file now holds every rule (ids kept), the state file none: a restart or reload finds each once
+        on_disk = parse_json5(config.read_text())
+        assert [r.get("name") for r in on_disk["rules"]] == ["steady", "moving", "runtime-one"]
+        assert on_disk["msdp"]["peers"] == [{"address": "10.9.9.9"}] and on_disk["multicast_ttl"] == 2
+        assert json.loads(state.read_text())["rules"] == []
+        assert {r["rule_id"]: r["origin"] for r in relay.rules()}["rt"] == "config"
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in relay.log(), 10, what="the reload")
+        assert "0 added, 0 changed, 0 removed" in relay.log()
+        # a copy elsewhere: root may choose the path
+        copy = workdir / "copy.json5"
+        assert relay.json("config", "save", "--file", str(copy)) == {"Success": f"Configuration saved to {copy}"}
+        assert relay.ctl("config", "check", str(copy)).returncode == 0
+    finally:
+        relay.stop()
+    toml = workdir / "mcr.toml"
+    toml.write_text(CONFIG.format(port=6002))
+    relay = Relay(lab, workdir, extra=["--config", str(toml)]).start()
+    try:
+        refused = relay.ctl("config", "save", check=False)
+        assert refused.returncode == 1 and "is TOML" in refused.stderr and "--file" in refused.stderr
+    finally:
+        relay.stop()
+
+
+def parse_json5(text: str) -> dict[str, object]:
+    import json5
+
+    doc = json5.loads(text)
+    assert isinstance(doc, dict)
+    return doc

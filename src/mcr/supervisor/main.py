@@ -763,6 +763,9 @@ class Supervisor:
                 for rid, r in self.table.rules.items()
             }
             self.config_file = replace(saved, settings=started_with.settings, limits=started_with.limits)
+            # only where each rule comes from changed: the data plane is not touched, the views are
+            views = tuple(replace(v, rule=self.table.rules[v.rule.rule_id]) for v in self.resolution.views)
+            self.resolution = replace(self.resolution, views=views)
             try:
                 self.save()
             except StateError as e:
