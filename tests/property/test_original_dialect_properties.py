@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from ipaddress import IPv4Address
 
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mcr.model.config import Config, parse_config
@@ -15,7 +15,7 @@ from mcr.model.errors import ConfigError, ProtocolError
 from mcr.model.original_config import OriginalSections, decode_original_config, encode_original_config
 from mcr.model.rules import ForwardingRule, OutputDestination, RuleSource
 from mcr.protocol import control
-from mcr.protocol.controlplane import NOT_SERVED
+from mcr.protocol.controlplane import NOT_SERVED, ControlPlaneRequest
 
 KEYS = [
     "rules", "name", "input", "outputs", "interface", "group", "port", "protocol", "ttl", "multicast_ttl",
@@ -56,6 +56,7 @@ def json5_texts(draw: st.DrawFn) -> str:
 @example("{ multicast_ttl: NaN, rules: [ { input: Infinity } ] }")
 @example('{ rules: [ { input: { interface: "e", group: "239.1.1.1", port: 1e400 }, outputs: [] } ] }')
 @example('{ rules: [ { input: { interface: "e", group: "239.1.1.1", port: 1 }, outputs: [ 5 ] } ] }')
+@settings(deadline=None)  # the json5 parser is pure Python: a 5000-digit number takes a few hundred ms
 @given(st.one_of(json5_texts(), st.text(max_size=60)))
 def test_a_json5_file_parses_or_names_the_file(text: str) -> None:
     try:
@@ -153,3 +154,28 @@ def test_the_config_schema_round_trips(rules: list[ForwardingRule], ttl: int | N
     doc = encode_original_config(tuple(rules), sections)
     again = decode_original_config(json.loads(json.dumps(doc)), "round-trip")
     assert list(again.rules) == rules and again.sections.multicast_ttl == ttl and again.warnings == ()
+
+
+new_requests = st.one_of(
+    st.builds(control.RemoveRuleByName, st.text(min_size=1, max_size=10)),
+    st.builds(control.SaveConfig, st.one_of(st.none(), st.text(min_size=1, max_size=10))),
+    st.sampled_from(sorted(NOT_SERVED)).map(lambda c: ControlPlaneRequest(c, NOT_SERVED[c])),
+    st.just(control.Query.GET_CONTROL_PLANE_CONFIG),
+)
+
+
+@given(new_requests)
+def test_todays_requests_round_trip(req: control.Request) -> None:
+    assert control.decode_request(control.encode_request(req)) == req
+
+
+@given(
+    st.builds(
+        control.ConfigValidation,
+        st.booleans(),
+        st.lists(st.text(max_size=10), max_size=3).map(tuple),
+        st.lists(st.text(max_size=10), max_size=3).map(tuple),
+    )
+)
+def test_validation_answers_round_trip(resp: control.ConfigValidation) -> None:
+    assert control.decode_response(control.encode_response(resp)) == resp
