@@ -256,6 +256,12 @@ def _pinning(r: _Reader, value: object) -> tuple[tuple[str, tuple[int, ...]], ..
     return tuple(out)
 
 
+def _value(d: Mapping[str, Any], key: str, default: Any) -> Any:
+    """A section's value, its default when absent or null (serde reads null as absent for these)."""
+    value = d.get(key)
+    return default if value is None else value
+
+
 def _section(r: _Reader, name: str, value: object) -> str:
     """Check a protocol section's keys and types (and the original's rules for its values); its JSON text."""
     d = r.obj(name, value)
@@ -264,20 +270,20 @@ def _section(r: _Reader, name: str, value: object) -> str:
     for key, kind in kinds.items():
         r.optional(name, d, key, kind)
     if name == "igmp":
-        qi, qri = d.get("query_interval", 125), d.get("query_response_interval", 10)
-        if qi == 0 or d.get("robustness", 2) == 0:
+        qi, qri = _value(d, "query_interval", 125), _value(d, "query_response_interval", 10)
+        if qi == 0 or _value(d, "robustness", 2) == 0:
             raise r.fail(name, "query_interval and robustness must be greater than 0")
         if qri >= qi:
             raise r.fail(name, f"query_response_interval ({qri}) must be less than query_interval ({qi})")
     if name == "msdp":
-        keepalive, hold = d.get("keepalive_interval", 60), d.get("hold_time", 75)
+        keepalive, hold = _value(d, "keepalive_interval", 60), _value(d, "hold_time", 75)
         if keepalive == 0 or hold <= keepalive:
             raise r.fail(name, f"hold_time ({hold}) must be greater than keepalive_interval ({keepalive}) > 0")
     if name == "control_plane":
-        rpf = d.get("rpf_provider", "disabled")
+        rpf = _value(d, "rpf_provider", "disabled")
         if rpf not in ("disabled", "static") and not rpf.startswith("/"):
             raise r.fail(name, f"'rpf_provider' must be disabled, static or an absolute socket path, got '{rpf}'")
-        if not 1 <= d.get("event_buffer_size", 256) <= 65536:
+        if not 1 <= _value(d, "event_buffer_size", 256) <= 65536:
             raise r.fail(name, "'event_buffer_size' must be 1-65536")
     return json.dumps(d, sort_keys=True)
 
@@ -297,9 +303,9 @@ def decode_original_config(
     sections = tuple((name, _section(r, name, d[name])) for name in PROTOCOL_SECTIONS if d.get(name) is not None)
     cp = r.obj("control_plane", d.get("control_plane") or {})
     control_plane = ControlPlaneSettings(
-        rpf_provider=cp.get("rpf_provider", "disabled"),
-        external_neighbors_enabled=cp.get("external_neighbors_enabled", True),
-        event_buffer_size=cp.get("event_buffer_size", 256),
+        rpf_provider=_value(cp, "rpf_provider", "disabled"),
+        external_neighbors_enabled=_value(cp, "external_neighbors_enabled", True),
+        event_buffer_size=_value(cp, "event_buffer_size", 256),
     )
     raw_rules = r.optional("", d, "rules", list) or []
     limits = limits or Limits()
