@@ -120,6 +120,27 @@ def test_rules_added_and_removed_while_traffic_flows(lab: Lab, workdir: Path, re
 
 
 @pytest.mark.workers(2)
+def test_list_workers_lists_worker_processes_only(lab: Lab, workdir: Path, relay: Relay, engine: str) -> None:
+    """With the kernel engine on, list-workers still lists only the unprivileged worker processes (a script
+    that restarts the listed pids must never hit the supervisor); the engine has its own request."""
+    relay.add("k1", "239.2.2.2:6001:rout")
+    assert relay.proc is not None
+    workers = relay.workers()
+    assert len(workers) == 2
+    for w in workers:
+        assert w["worker_type"] == "DataPlane" and w["pid"] != relay.proc.pid and w["uid"] != 0
+    kernel = relay.kernel()
+    assert (kernel["loaded"], kernel["mode"]) == (engine == "kernel", engine)
+    if engine == "kernel":
+        assert (kernel["rules"], kernel["interfaces"]) == (1, ["rin"])
+        assert kernel["instructions"] > 0 and set(kernel["drops"]) >= {"fragment", "no_rule"}
+        assert "kernel engine drops:" in relay.ctl("stats").stdout
+    else:
+        assert kernel["reason"] == "--engine userspace"
+        assert "kernel engine" not in relay.ctl("stats").stdout
+
+
+@pytest.mark.workers(2)
 def test_two_workers_share_without_duplicates(lab: Lab, workdir: Path, relay: Relay) -> None:
     workers = relay.workers()
     assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2

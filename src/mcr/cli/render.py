@@ -16,12 +16,13 @@ from rich.text import Text
 
 from mcr.model.original_config import ESP, UDP
 from mcr.model.rules import ForwardingRule, Limits, OutputDestination
-from mcr.model.status import ConfigView, FlowStats, LogLevels, RuleView, VersionInfo, WorkerInfo
+from mcr.model.status import ConfigView, FlowStats, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
     ConfigResponse,
     ConfigValidation,
     ControlPlaneConfig,
     Error,
+    KernelStatusResponse,
     LogLevelsResponse,
     Response,
     Rules,
@@ -206,6 +207,28 @@ def render_workers(workers: Sequence[WorkerInfo]) -> RenderableType:
     return table
 
 
+def render_kernel(k: KernelStatus) -> RenderableType:
+    """`control_client kernel`: one key/value table."""
+    table = _table("Kernel engine", "")
+    if not k.loaded:
+        _add_row(table, "loaded", "no")
+        _add_row(table, "mode", k.mode)
+        _add_row(table, "why", k.reason or _NONE)
+        return table
+    _add_row(table, "loaded", f"yes ({k.instructions} instructions, tc ingress)")
+    _add_row(table, "mode", k.mode)
+    _add_row(table, "rules", f"{k.rules} of {k.max_rules} (up to {k.max_outputs} outputs each)")
+    _add_row(table, "interfaces", ", ".join(k.interfaces) or _NONE)
+    _add_row(table, "drops", format_counters(k.drops))
+    return table
+
+
+def render_kernel_drops(k: KernelStatus) -> str:
+    """The line `stats` prints under the flows when the kernel engine is loaded."""
+    drops = format_counters(k.drops)
+    return f"kernel engine drops: {'none' if drops == _NONE else drops}"
+
+
 def render_log_levels(levels: LogLevels) -> RenderableType:
     head = Text(f"global: {levels.global_level}")
     if not levels.facility_overrides:
@@ -278,5 +301,7 @@ def render_response(resp: Response) -> RenderableType:
             return render_validation(resp)
         case ControlPlaneConfig():
             return render_control_plane(resp)
+        case KernelStatusResponse():
+            return render_kernel(resp.status)
         case _:
             assert_never(resp)

@@ -42,6 +42,7 @@ from mcr.model.rules import (
 from mcr.model.status import (
     ConfigView,
     FlowStats,
+    KernelStatus,
     LogLevels,
     OutputStats,
     RuleState,
@@ -71,6 +72,7 @@ class Query(Enum):
     GET_LOG_LEVELS = "GetLogLevels"
     GET_CONFIG = "GetConfig"
     GET_CONTROL_PLANE_CONFIG = "GetControlPlaneConfig"
+    GET_KERNEL_STATUS = "GetKernelStatus"  # ours: the eBPF engine's state and drops
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +508,11 @@ class ConfigResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelStatusResponse:
+    status: KernelStatus
+
+
+@dataclass(frozen=True, slots=True)
 class ConfigValidation:
     """CheckConfig's answer, as today's original gives it (`warnings` is ours: keys it would ignore)."""
 
@@ -533,6 +540,7 @@ Response = (
     | ConfigResponse
     | ConfigValidation
     | ControlPlaneConfig
+    | KernelStatusResponse
 )
 
 
@@ -680,6 +688,21 @@ def response_json(resp: Response) -> object:
                     "version": resp.info.version,
                     "protocol_version": resp.info.protocol_version,
                     "implementation": resp.info.implementation,
+                }
+            }
+        case KernelStatusResponse():
+            k = resp.status
+            return {
+                "KernelStatus": {
+                    "loaded": k.loaded,
+                    "mode": k.mode,
+                    "reason": k.reason,
+                    "instructions": k.instructions,
+                    "interfaces": list(k.interfaces),
+                    "rules": k.rules,
+                    "max_rules": k.max_rules,
+                    "max_outputs": k.max_outputs,
+                    "drops": dict(k.drops),
                 }
             }
         case ConfigResponse():
@@ -926,6 +949,21 @@ def _decode_other(name: str, body: object) -> Response:
         return ControlPlaneConfig(
             ControlPlaneSettings(
                 str(b["rpf_provider"]), bool(b["external_neighbors_enabled"]), int(b["event_buffer_size"])
+            )
+        )
+    if name == "KernelStatus":
+        b = _obj("KernelStatus", body)
+        return KernelStatusResponse(
+            KernelStatus(
+                loaded=bool(b["loaded"]),
+                mode=str(b.get("mode", "")),
+                reason=str(b.get("reason", "")),
+                instructions=int(b.get("instructions", 0)),
+                interfaces=tuple(str(i) for i in b.get("interfaces", [])),
+                rules=int(b.get("rules", 0)),
+                max_rules=int(b.get("max_rules", 0)),
+                max_outputs=int(b.get("max_outputs", 0)),
+                drops={str(k): int(v) for k, v in _obj("drops", b.get("drops", {})).items()},
             )
         )
     raise ProtocolError(f"unknown response type '{name}'")

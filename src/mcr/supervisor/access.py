@@ -6,7 +6,7 @@ with SO_PEERCRED/SO_PEERGROUPS when the client connected:
 
 - root, the supervisor's own user and members of the control group may send anything;
 - members of the read-only group may send the read-only requests (every `Query`: ListRules,
-  GetStats, ListWorkers, Ping, GetVersion, GetLogLevels, GetConfig, GetControlPlaneConfig; CheckConfig;
+  GetStats, ListWorkers, Ping, GetVersion, GetLogLevels, GetConfig, GetControlPlaneConfig, GetKernelStatus; CheckConfig;
   and the control-plane requests that only look, Get*/List*/Query*) and nothing else;
 - SaveConfig to a path of the client's choosing writes a file as the supervisor (root): only root and
   the supervisor's own user may ask that; the control group may save to the file the supervisor was

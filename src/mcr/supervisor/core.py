@@ -312,7 +312,7 @@ def resolve(
         for i, out in enumerate(rule.outputs):
             olink = links.get(out.interface)
             oproblem = _usable(olink)
-            address = output_address(olink, out.group) if olink is not None else None
+            address = out.source_ip or (output_address(olink, out.group) if olink is not None else None)
             if not oproblem and address is None:
                 oproblem = f"has no IPv{out.group.version} address"
             if oproblem or olink is None or address is None:
