@@ -331,6 +331,8 @@ def test_config_save_makes_the_running_rules_the_files(lab: Lab, workdir: Path) 
         copy = workdir / "copy.json5"
         assert relay.json("config", "save", "--file", str(copy)) == {"Success": f"Configuration saved to {copy}"}
         assert relay.ctl("config", "check", str(copy)).returncode == 0
+        relative = relay.request({"SaveConfig": {"path": "copy.json5"}})
+        assert "is relative: give an absolute path" in relative["Error"], relative
     finally:
         relay.stop()
     toml = workdir / "mcr.toml"

@@ -179,6 +179,9 @@ def test_original_mcrctl_against_our_supervisor(chain: Chain, public_workdir: Pa
     for args, protocol in ((("pim", "neighbors"), "PIM"), (("igmp", "groups"), "IGMP"), (("mroute",), "mroute")):
         answer = ctl.run(*args)
         assert protocol in answer["Error"] and "not implemented" in answer["Error"], answer
+    # subscribe never ends its request: answered when the request time runs out, not left hanging
+    answer = ctl.run("subscribe")
+    assert "timed out waiting for a complete request" in answer["Error"], answer
     assert sup.proc.poll() is None, "the supervisor died"
 
 

@@ -754,6 +754,11 @@ class Supervisor:
                     "original's JSON5 schema; give a path to write to (config save --file FILE.json5)"
                 )
             path = started_with.path
+        elif not os.path.isabs(path):
+            return Error(
+                f"SaveConfig path '{path}' is relative: give an absolute path (the supervisor's working "
+                "directory is not the client's)"
+            )
         target = Path(os.path.abspath(path))
         sections = started_with.original if started_with is not None else OriginalSections()
         doc = encode_original_config(tuple(self.table.rules.values()), sections)
