@@ -28,7 +28,15 @@ from mcr.cli.host import collect_host_facts
 from mcr.cli.render import render_error, render_kernel_drops, render_response
 from mcr.cli.screen import Keyboard, Snapshot, poll_supervisor, run_live
 from mcr.cli.top import Controls, TopView, on_poll, render_top
-from mcr.cli.transport import DEFAULT_TIMEOUT_S, ErrorAnswer, UnreachableError, ask, ask_kernel_status, exchange
+from mcr.cli.transport import (
+    DEFAULT_TIMEOUT_S,
+    ErrorAnswer,
+    UnreachableError,
+    ask,
+    ask_config,
+    ask_kernel_status,
+    exchange,
+)
 from mcr.model.config import Config, ConfigDialect, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
@@ -43,7 +51,7 @@ from mcr.model.rules import (
     parse_output_spec,
     parse_source,
 )
-from mcr.model.status import KernelStatus, RuleState, RuleView, WorkerInfo
+from mcr.model.status import ConfigView, KernelStatus, RuleState, RuleView, WorkerInfo
 from mcr.protocol.control import (
     DEFAULT_SOCKET,
     SOCKET_ENV,
@@ -608,18 +616,20 @@ def run_doctor(invocation: DoctorInvocation, out: TextIO) -> ExitCode:
     rules: Sequence[RuleView] | None = None
     workers: Sequence[WorkerInfo] | None = None
     kernel: KernelStatus | None = None
+    config: ConfigView | None = None
     problem: str | None = None
     try:
         rules = settled_rules(invocation.socket_path, invocation.timeout_s)
         workers = ask(invocation.socket_path, Query.LIST_WORKERS, Workers, invocation.timeout_s).workers
         kernel = ask_kernel_status(invocation.socket_path, invocation.timeout_s)
+        config = ask_config(invocation.socket_path, invocation.timeout_s)
     except ErrorAnswer as e:
         problem = f"the supervisor answered: {e.text}"
     except McrError as e:
         problem = str(e)
     known = rules or ()
     facts = collect_host_facts(interfaces_of(known), offloads_of=inputs_of(known))
-    findings = diagnose(facts, rules, workers, supervisor_error=problem, kernel=kernel)
+    findings = diagnose(facts, rules, workers, supervisor_error=problem, kernel=kernel, config=config)
     if invocation.json_output:
         print(json.dumps(findings_json(findings), indent=2, ensure_ascii=False), file=out)
     else:

@@ -282,7 +282,7 @@ def parse_toml_config(text: str, path: str) -> Config:
     return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()))
 
 
-_SECTION_PROTOCOLS = {
+SECTION_PROTOCOLS = {
     "pim": "PIM-SM",
     "igmp": "the IGMP querier",
     "msdp": "MSDP",
@@ -293,7 +293,7 @@ _SECTION_PROTOCOLS = {
 def unserved_notes(path: str, sections: OriginalSections) -> tuple[str, ...]:
     """What a JSON5 file asks for that this relay accepts but does not do (yet), one line each."""
     notes = [
-        f"{path}: section '{name}' accepted but not served: {_SECTION_PROTOCOLS[name]} is not implemented "
+        f"{path}: section '{name}' accepted but not served: {SECTION_PROTOCOLS[name]} is not implemented "
         "in this relay yet"
         for name in sections.unserved
     ]
