@@ -37,11 +37,10 @@ from mcr.model.ratelimit import decode_rate_limit, encode_rate_limit
 from mcr.model.rules import (
     ForwardingRule,
     InputProtocol,
-    Limits,
     OutputDestination,
     RuleSource,
-    check_rule_fits,
     check_rule_shape,
+    check_rule_unique,
     generated_rule_id,
     interface_name_problem,
     parse_source,
@@ -288,11 +287,13 @@ def _section(r: _Reader, name: str, value: object) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def decode_original_config(
-    doc: object, path: str, limits: Limits | None = None, validate: bool = True
-) -> OriginalConfig:
+def decode_original_config(doc: object, path: str, validate: bool = True) -> OriginalConfig:
     """An already decoded document (a file's or a LoadConfig/CheckConfig request's) to rules and sections.
-    `validate=False` only decodes (a supervisor's answer is shown as it is, even what we would refuse)."""
+    `validate=False` only decodes (a supervisor's answer is shown as it is, even what we would refuse).
+
+    Limits are not checked here: a file or a request is checked against the supervisor's own when its rules
+    go into the table. Duplicates are, in time linear in the number of rules (a request may hold thousands).
+    """
     r = _Reader(path)
     d = r.obj("", doc) if isinstance(doc, dict) else None
     if d is None:
@@ -308,20 +309,30 @@ def decode_original_config(
         event_buffer_size=_value(cp, "event_buffer_size", 256),
     )
     raw_rules = r.optional("", d, "rules", list) or []
-    limits = limits or Limits()
-    rules: dict[str, ForwardingRule] = {}
     if not validate:
         shown = tuple(_rule(r, index, item, make_id=False) for index, item in enumerate(raw_rules))
         return OriginalConfig(shown, OriginalSections(ttl, pinning, sections, control_plane), tuple(r.warnings))
+    rules: dict[str, ForwardingRule] = {}
+    by_input: dict[tuple[object, ...], dict[str, ForwardingRule]] = {}
+    by_name: dict[str, ForwardingRule] = {}
     for index, item in enumerate(raw_rules):
         rule = _rule(r, index, item)
+        key = rule.input_key[:3]
+        # the rules this one could clash with: the same id, the same name, the same input
+        near = dict(by_input.get(key, {}))
+        for other in (rules.get(rule.rule_id), by_name.get(rule.name or "")):
+            if other is not None:
+                near[other.rule_id] = other
         try:
             check_rule_shape(rule)
-            check_rule_fits(rule, rules, limits)
+            check_rule_unique(rule, near)
         except ValidationError as e:
             label = f" '{rule.name}'" if rule.name else ""
             raise ConfigError(f"{path}: rules[{index}]{label} ({rule.rule_id}): {e}") from None
         rules[rule.rule_id] = rule
+        by_input.setdefault(key, {})[rule.rule_id] = rule
+        if rule.name is not None:
+            by_name[rule.name] = rule
     return OriginalConfig(
         rules=tuple(rules.values()),
         sections=OriginalSections(ttl, pinning, sections, control_plane),

@@ -29,7 +29,7 @@ from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
 from mcr.model.original_config import OriginalSections, encode_original_config
-from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits, RuleSource, endpoint_text
+from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits, RuleSource, endpoint_text, limits_exceeded
 from mcr.model.status import ConfigView, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
 from mcr.packet.parse import DropReason
@@ -738,6 +738,9 @@ class Supervisor:
         config = req.document.config
         if config is None:
             return ConfigValidation(False, (req.document.error,))
+        over = limits_exceeded(config.rules, self.config.limits)
+        if over:
+            return ConfigValidation(False, tuple(f"over a limit: {text}" for text in over), config.warnings)
         return ConfigValidation(True, (), config.warnings + unserved_notes("config", config.sections))
 
     def save_config(self, path: str | None) -> Response:
