@@ -169,3 +169,19 @@ def test_the_format_is_chosen_by_extension_then_content(path: str, text: str, di
 
 def test_an_extensionless_json5_file_loads() -> None:
     assert len(parse_config(FILE, "/etc/mcr/config").rules) == 2
+
+
+def test_the_originals_own_example_file_loads() -> None:
+    """examples/config.json5 of the original at fced3ed, read from its source when it is here
+    ($MCR_ORIGINAL_SRC: its git directory)."""
+    import os
+    import subprocess
+
+    src = os.environ.get("MCR_ORIGINAL_SRC", "/work/.mirror/acooks+mcr/repo")
+    shown = subprocess.run(
+        ["git", "-C", src, "show", "fced3ed:examples/config.json5"], capture_output=True, text=True, check=False
+    )
+    if shown.returncode != 0:
+        pytest.skip(f"the original's source is not at {src} (set MCR_ORIGINAL_SRC to its git directory)")
+    config = parse_config(shown.stdout, "examples/config.json5")
+    assert config.dialect is ConfigDialect.JSON5 and config.rules == () and config.warnings == ()
