@@ -177,7 +177,9 @@ def test_the_originals_own_example_file_loads() -> None:
     import os
     import subprocess
 
-    src = os.environ.get("MCR_ORIGINAL_SRC", "/work/.mirror/acooks+mcr/repo")
+    src = os.environ.get("MCR_ORIGINAL_SRC")
+    if not src:
+        pytest.skip("set MCR_ORIGINAL_SRC to the original's git directory (acooks/mcr) to load its example")
     shown = subprocess.run(
         ["git", "-C", src, "show", "fced3ed:examples/config.json5"], capture_output=True, text=True, check=False
     )
