@@ -32,10 +32,14 @@ install_mcr() {
     done
     [ -e "$UNITDIR/mcrd.service" ] && die "$UNITDIR/mcrd.service exists and is not ours: remove it or choose another UNITDIR"
     [ -e "$PREFIX" ] && die "$PREFIX exists: choose an empty PREFIX"
-    if ! "$here/venv.sh" "$PYTHON" "$PREFIX" "$here/.."; then
-        rm -rf "$PREFIX"
+    # built from a copy of the sources, so that the build leaves nothing in the checkout
+    tree=$(mktemp -d)
+    cp -r "$here/../pyproject.toml" "$here/../README.md" "$here/../src" "$tree/"
+    if ! "$here/venv.sh" "$PYTHON" "$PREFIX" "$tree"; then
+        rm -rf "$PREFIX" "$tree"
         exit 1
     fi
+    rm -rf "$tree"
     : >"$manifest"
     echo "venv $PREFIX" >>"$manifest"
     mkdir -p "$BINDIR"
