@@ -330,3 +330,28 @@ def test_the_original_puts_the_same_esp_on_the_wire(chain: Chain, engine: str) -
         theirs = [(*t[:4], t[4] & ~0x4000) for t in theirs]
     assert ours == theirs
     assert {t[1:3] for t in ours} == {(RELAY_OUT_IP, 1)}
+
+
+@pytest.mark.timeout(90)
+def test_esp_rules_added_at_run_time_in_todays_dialect(chain: Chain, engine: str) -> None:
+    """AddRule with input_protocol 50 (what today's original's clients send): listed and counted as ESP, and
+    relayed; an ESP rule with a port is refused with the reason and changes nothing."""
+    sup = Supervisor.start(chain.lab, chain.relay, extra=["--engine", engine])
+    outputs = [{"group": OUT_GROUP, "port": 0, "interface": "rout"}]
+    add = {"rule_id": "", "input_interface": "rin", "input_group": GROUP, "input_protocol": 50, "outputs": outputs}
+    refused = sup.request({"AddRule": {**add, "input_port": 4500}})
+    assert refused == {"Error": "input_port must be 0 for ESP (input_protocol 50), which has no ports; got 4500"}
+    assert sup.rules() == []
+    added = sup.request({"AddRule": {**add, "name": "tunnel", "input_port": 0}})
+    rule_id = added["Success"].removeprefix("Rule ").removesuffix(" added")
+    view = rule(sup, rule_id)
+    assert (view["input_protocol"], view["input_port"], view["name"], view["engine"]) == (50, 0, "tunnel", engine)
+    src_mac = chain.mac(chain.src, "src0")
+    frames = [
+        build_esp_frame(src_mac=src_mac, src_ip=SRC_IP, dst_ip=GROUP, seq=i, payload=b"z" * 64) for i in range(10)
+    ]
+    sink = capture(chain, 50, OUT_GROUP, len(frames), "runtime-esp")
+    inject(chain, frames)
+    assert len(sink.json(timeout=30)["packets"]) == len(frames)
+    flow = sup.wait_relayed(rule_id, len(frames))
+    assert (flow["input_protocol"], flow["bytes_relayed"]) == (50, 10 * 72)
