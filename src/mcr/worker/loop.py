@@ -24,7 +24,7 @@ from mcr.model.errors import ProtocolError
 from mcr.model.ratelimit import TokenBucket
 from mcr.model.rules import InputProtocol
 from mcr.packet.cbpf import build_capture_filter, pack_program
-from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame, src_address
+from mcr.packet.parse import DROP_KEYS, ESP_KEY_TAG, DropReason, parse_frame, src_address
 from mcr.protocol.worker import (
     MAX_FDS_PER_MESSAGE,
     CloseEgress,
@@ -257,7 +257,8 @@ class DataPlane:
         """Process every block the kernel has handed over; returns the number of frames seen.
 
         The fast path reads the ring's frame header and the Ethernet/IPv4/UDP headers of a plain
-        frame (no IP options, no fragment) with a single unpack; anything else takes the general
+        frame (no IP options, no fragment) with a single unpack, and takes plain IPv4 ESP from the
+        same unpack (its key and payload need only the IP header); anything else takes the general
         parser, which counts the drop reason (IPv6 always takes it). A flow whose rules name sources
         is looked up in `cap.sources` by the frame's source address, only when the plain table misses.
         """
@@ -299,6 +300,18 @@ class DataPlane:
                         and 0 <= plen <= total - 28
                     )
                     poff = off + FAST_MAC + 42
+                    if not fast_ok and proto == 50:  # ESP without IP options: the whole IP payload
+                        fast_ok = (
+                            mac == FAST_MAC
+                            and not status & TP_STATUS_VLAN_VALID
+                            and ethertype == ETHERTYPE_IPV4_LE
+                            and vihl == 0x45
+                            and not frag & FRAG_MASK_LE
+                            and 28 <= total <= snap - 14
+                        )
+                        key = ESP_KEY_TAG | (dst << 16)
+                        poff = off + FAST_MAC + 34
+                        plen = total - 20
                 else:
                     nxt, _s, _ns, snap, _len, status, mac = FRAME_HEADER.unpack_from(mm, off)
                     fast_ok = False
