@@ -1,6 +1,6 @@
 """The userspace worker's ring loop decides as the parser on every frame: its inline fast path (one unpack of
 the TPACKET_V3 frame header and a plain frame's headers) and its fall-back to `parse_frame` together relay
-exactly the frames `parse_frame` accepts, with the same payload, and count every other frame under the
+exactly the frames `parse_frame` accepts (UDP to the rule's port, ESP to its group), with the same payload, and count every other frame under the
 parser's reason. Runs the real `DataPlane.drain` over a TPACKET_V3 block laid out in memory (no socket)."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, TP_STATUS_USER
-from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame
+from mcr.model.rules import InputProtocol
+from mcr.packet.parse import DROP_KEYS, ESP_KEY_TAG, DropReason, parse_frame
 from mcr.protocol.worker import WorkerRule
 from mcr.worker.loop import FAST_MAC, TP_STATUS_VLAN_VALID, Capture, DataPlane
-from mcr.worker.table import RuleSlot, wire_key
+from mcr.worker.table import RuleSlot, rule_key, wire_key
 from tests.property.test_packet_properties import Mutated, structured_frames
 
 GROUP, PORT = IPv4Address("239.1.2.3"), 5001  # the flow structured_frames builds
@@ -112,6 +113,16 @@ BOUNDARIES = [
     _frame(protocol=16),
     _frame(version=5),
     _frame(ethertype=0x0801),
+    # ESP (protocol 50): the same unpack, keyed by the group alone, the whole IP payload relayed
+    _frame(protocol=50),
+    _frame(protocol=50, total=28),
+    _frame(protocol=50, total=27),
+    _frame(protocol=50, total=79),
+    _frame(protocol=50, cut=1),
+    _frame(protocol=50, flags=0x2000),
+    _frame(protocol=50, flags=0x4000),
+    _frame(protocol=50, ihl=6, options=4, total=82),
+    _frame(protocol=50, version=5),
 ]
 
 
@@ -120,9 +131,11 @@ BOUNDARIES = [
 @given(st.lists(st.tuples(frames, placements), min_size=1, max_size=12))
 def test_the_ring_loop_relays_and_counts_as_the_parser(cases: list[tuple[bytes, tuple[int, int]]]) -> None:
     ring = OneBlock([(raw, mac, TP_STATUS_USER | (TP_STATUS_VLAN_VALID if vlan else 0)) for raw, (mac, vlan) in cases])
-    batch = Recorded(ring.address)
+    batch, esp_batch = Recorded(ring.address), Recorded(ring.address)
     slot = RuleSlot(WorkerRule("r", 1, GROUP, PORT, ()), [], batch)
+    esp_slot = RuleSlot(WorkerRule("e", 1, GROUP, 0, (), protocol=InputProtocol.ESP), [], esp_batch)
     relayed: list[tuple[int, int]] = []
+    esp_relayed: list[tuple[int, int]] = []
     drops = [0] * len(DROP_KEYS)
     rule_drops = [0] * len(DROP_KEYS)  # the drops of frames whose (group, port) is the rule's
     for (raw, (_mac, vlan)), mac_at in zip(cases, ring.macs, strict=True):
@@ -134,17 +147,21 @@ def test_the_ring_loop_relays_and_counts_as_the_parser(cases: list[tuple[bytes, 
             drops[reason] += 1
             if key == (int(GROUP) << 16) | PORT:
                 rule_drops[reason] += 1
+        elif key == ESP_KEY_TAG | (int(GROUP) << 16):
+            esp_relayed.append((mac_at + offset, length))
         elif key != (int(GROUP) << 16) | PORT:
             drops[DropReason.NO_RULE] += 1
         else:
             relayed.append((mac_at + offset, length))
 
     with data_plane() as plane:
-        flushed: list[int] = []
-        plane.flush = lambda s, lengths: flushed.extend(lengths)  # type: ignore[method-assign]
-        capture = Capture(1, ring, {wire_key(int(GROUP), PORT): slot})  # type: ignore[arg-type]
+        flushed: dict[str, list[int]] = {"r": [], "e": []}
+        plane.flush = lambda s, lengths: flushed[s.rule.rule_id].extend(lengths)  # type: ignore[method-assign]
+        table = {wire_key(int(GROUP), PORT): slot, rule_key(esp_slot.rule): esp_slot}
+        capture = Capture(1, ring, table)  # type: ignore[arg-type]
         assert plane.drain(capture) == len(cases)
         assert batch.sent == relayed
-        assert flushed == [length for _offset, length in relayed]
+        assert esp_batch.sent == esp_relayed
+        assert flushed == {"r": [n for _o, n in relayed], "e": [n for _o, n in esp_relayed]}
         assert plane.drops == drops
         assert slot.drops == rule_drops
