@@ -6,7 +6,7 @@ from __future__ import annotations
 import atheris
 
 with atheris.instrument_imports():
-    from mcr.packet.parse import _parse_general, parse_frame
+    from mcr.packet.parse import ESP_KEY_TAG, IPV6_KEY_TAG, _parse_general, parse_frame
 
 from common import run
 
@@ -20,8 +20,9 @@ def target(data: bytes) -> None:
     result = parse_frame(buf, offset, caplen)
     if result != _parse_general(buf, offset, min(caplen, len(buf) - offset)):
         raise AssertionError(f"fast path disagrees: {result}")
-    reason, _key, start, length = result
-    if reason == 0 and not (offset + 42 <= start <= start + length <= offset + caplen):
+    reason, key, start, length = result
+    header = 34 if ESP_KEY_TAG <= key < IPV6_KEY_TAG else 42  # an ESP payload starts with its own header
+    if reason == 0 and not (offset + header <= start <= start + length <= offset + caplen):
         raise AssertionError(f"payload outside the frame: {result}")
 
 

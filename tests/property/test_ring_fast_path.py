@@ -1,7 +1,8 @@
 """The userspace worker's ring loop decides as the parser on every frame: its inline fast path (one unpack of
 the TPACKET_V3 frame header and a plain frame's headers) and its fall-back to `parse_frame` together relay
-exactly the frames `parse_frame` accepts (UDP to the rule's port, ESP to its group), with the same payload, and count every other frame under the
-parser's reason. Runs the real `DataPlane.drain` over a TPACKET_V3 block laid out in memory (no socket)."""
+exactly the frames `parse_frame` accepts (UDP to the rule's port, ESP to its group), with the same
+payload, and count every other frame under the parser's reason. Runs the real `DataPlane.drain` over a
+TPACKET_V3 block laid out in memory (no socket)."""
 
 from __future__ import annotations
 
