@@ -51,6 +51,13 @@ def wire(argv: list[str]) -> bytes:
         ),
         # No outputs at all: omitted, or given as an empty list.
         (ADD, ADD_HEAD + '"outputs": []}}'),
+        # ESP: no port needed (0), the protocol sent as the original's number
+        (
+            [*ADD[:5], "--input-protocol", "esp", "--outputs", "239.2.2.2:0:eth1"],
+            '{"AddRule": {"input_interface": "eth0", "input_group": "239.1.1.1", "input_port": 0, "outputs": '
+            '[{"group": "239.2.2.2", "port": 0, "interface": "eth1"}], "input_protocol": 50}}',
+        ),
+        ([*ADD, "--input-protocol", "17"], ADD_HEAD + '"outputs": []}}'),
         ([*ADD, "--outputs", ""], ADD_HEAD + '"outputs": []}}'),
         # --ttl applies to every output; --input-source is sent as a dotted string.
         (
@@ -156,7 +163,9 @@ def test_bad_output_spec_uses_the_original_texts(spec: str, message: str, capsys
         (["reboot"], "invalid choice: 'reboot'"),
         (["add", "--input-group", "239.1.1.1", "--input-port", "5000"], "required: --input-interface"),
         ([*ADD[:3], "--input-port", "5000"], "required: --input-group"),
-        ([*ADD[:5], "5000"], "required: --input-port"),
+        ([*ADD[:5], "5000"], "unrecognized arguments: 5000"),
+        ([*ADD[:5], "--input-protocol", "udp"], "the following arguments are required: --input-port"),
+        ([*ADD, "--input-protocol", "tcp"], "argument --input-protocol: invalid protocol 'tcp'; expected udp (17)"),
         ([*ADD[:4], "239.1.1", *ADD[5:]], "argument --input-group: invalid IPv4 address '239.1.1'"),
         ([*ADD[:6], "70000"], "argument --input-port: invalid port '70000'; expected a number 0-65535"),
         ([*ADD[:6], "-1"], "argument --input-port: invalid port '-1'"),

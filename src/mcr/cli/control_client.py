@@ -43,6 +43,7 @@ from mcr.model.levels import Facility, Severity
 from mcr.model.original_config import OriginalConfig
 from mcr.model.ratelimit import RateUnit, make_rate_limit, parse_rate
 from mcr.model.rules import (
+    InputProtocol,
     IPAddress,
     OutputDestination,
     SourcePrefix,
@@ -154,6 +155,14 @@ def _port(text: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) > _PORT_MAX:
         raise argparse.ArgumentTypeError(f"invalid port '{text}'; expected a number 0-{_PORT_MAX}")
     return int(text)
+
+
+def _protocol(text: str) -> InputProtocol:
+    found = {"udp": InputProtocol.UDP, "17": InputProtocol.UDP, "esp": InputProtocol.ESP, "50": InputProtocol.ESP}
+    protocol = found.get(text.strip().lower())
+    if protocol is None:
+        raise argparse.ArgumentTypeError(f"invalid protocol '{text}'; expected udp (17) or esp (50)")
+    return protocol
 
 
 def _ttl(text: str) -> int:
@@ -290,7 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--input-group", required=True, type=_group, metavar="G", help="input multicast group (IPv4 or IPv6)"
     )
-    add.add_argument("--input-port", required=True, type=_port, metavar="P", help="input UDP port")
+    add.add_argument("--input-port", type=_port, metavar="P", help="input UDP port (ESP: 0, the default)")
+    add.add_argument(
+        "--input-protocol",
+        type=_protocol,
+        default=InputProtocol.UDP,
+        metavar="udp|esp",
+        help="what the rule relays: UDP (17, the default) or IPsec ESP (50, no ports; outputs' ports unused)",
+    )
     add.add_argument(
         "--input-source",
         type=_source,
@@ -408,15 +424,21 @@ def _request(args: argparse.Namespace) -> Request:
                 fail(f"argument --rate-limit: {e}")
         elif args.burst is not None:
             fail("argument --burst: requires --rate-limit RATE")
+        port = args.input_port
+        if port is None:
+            if args.input_protocol is not InputProtocol.ESP:
+                fail("the following arguments are required: --input-port")
+            port = 0
         return AddRule(
             rule_id=args.rule_id,
             input_interface=args.input_interface,
             input_group=args.input_group,
-            input_port=args.input_port,
+            input_port=port,
             outputs=outputs,
             input_source=args.input_source,
             rate_limit=rate_limit,
             name=args.name,
+            input_protocol=args.input_protocol,
         )
     if command == "remove":
         if args.rule_id is None and args.name is None:
