@@ -540,24 +540,27 @@ class Supervisor:
                     for s in socks:
                         s.close()
                 handle.captures |= set(new)
-            self.push_egress(handle)
+            self.open_egress(handle)
             handle.send(Sync(self.generation, res.worker_rules))
+            self.close_egress(handle)  # after the Sync: no rule of the worker's uses them any more
             handle.send(self.log_levels_command())
         except (WorkerError, OSError) as e:
             log.error("%s; killing the worker so that it restarts clean", e)
             if handle.proc is not None and handle.proc.poll() is None:
                 handle.proc.kill()
 
-    def push_egress(self, handle: WorkerHandle) -> None:
-        """Give the worker the raw ESP output sockets the rules need (it cannot open them), at most
-        MAX_FDS_PER_MESSAGE per message, and take back the ones no rule needs any more. A socket that
-        cannot be opened is logged and left out: that output's sends count as errors until the next try."""
-        wanted = self.resolution.raw_egress
-        gone = tuple(k for k in handle.egress if k not in wanted)
+    def close_egress(self, handle: WorkerHandle) -> None:
+        """Take back the raw ESP output sockets no rule needs any more (once the Sync without them is sent)."""
+        gone = tuple(k for k in handle.egress if k not in self.resolution.raw_egress)
         if gone:
             handle.send(CloseEgress(gone))
             handle.egress -= set(gone)
-        new = [k for k in wanted if k not in handle.egress]
+
+    def open_egress(self, handle: WorkerHandle) -> None:
+        """Give the worker the raw ESP output sockets the rules need (it cannot open them), at most
+        MAX_FDS_PER_MESSAGE per message, before the Sync that uses them. A socket that cannot be opened is
+        logged and left out: that output's sends count as errors until the next rule change retries it."""
+        new = [k for k in self.resolution.raw_egress if k not in handle.egress]
         opened: list[tuple[RawEgress, socket.socket]] = []
         try:
             for key in new:

@@ -142,9 +142,7 @@ class DataPlane:
                     self.remove_capture(ifindex)
             case OpenEgress():
                 for key, fd in zip(cmd.keys, fds, strict=False):
-                    old = self.egress.pop(key, -1)
-                    if old >= 0:
-                        os.close(old)  # a Sync that still points at it comes next, and takes the new one
+                    self.close_egress(key)  # the supervisor sends a key once; a second one replaces it
                     self.egress[key] = fd
                 for fd in fds[len(cmd.keys) :]:
                     os.close(fd)
@@ -158,11 +156,21 @@ class DataPlane:
                     logging.getLogger(name).setLevel(level)
             case CloseEgress():
                 for key in cmd.keys:
-                    fd = self.egress.pop(key, -1)
-                    if fd >= 0:
-                        os.close(fd)
+                    self.close_egress(key)
             case Shutdown():
                 self.running = False
+
+    def close_egress(self, key: RawEgress) -> None:
+        """Close a raw ESP output socket; outputs still pointing at it send nowhere (counted as errors)
+        until the next Sync, rather than into whatever socket reuses the descriptor number."""
+        fd = self.egress.pop(key, -1)
+        if fd < 0:
+            return
+        for slot in self.slots.values():
+            for out in slot.outputs:
+                if out.fd == fd:
+                    out.fd = -1
+        os.close(fd)
 
     def add_capture(self, ifindex: int, sock: socket.socket) -> None:
         self.remove_capture(ifindex)
