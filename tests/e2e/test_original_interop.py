@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,18 @@ def test_original_mcrctl_against_our_supervisor(chain: Chain, public_workdir: Pa
     assert {(s["input_group"], s["input_port"]) for s in stats} >= {("239.1.1.1", 5000), ("239.1.1.2", 5002)}
     assert all(s["input_protocol"] == 17 for s in stats)
     workers = ctl.run("list-workers")["Workers"]
-    assert workers and all(w["status"] == "Running" for w in workers if w["worker_type"] == "DataPlane"), workers
+    assert workers and all(w["status"] == "Running" for w in workers), workers
+    # a worker that died is listed as restarting, in the shape today's mcrctl decodes
+    (pid,) = sup.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+
+    def restarting() -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = ctl.run("list-workers")["Workers"]
+        return [w for w in listed if isinstance(w["status"], dict)]
+
+    (dead,) = wait_for(restarting, 5, "mcrctl to list the killed worker as restarting", interval=0.02)
+    assert set(dead["status"]) == {"Restarting"} and dead["status"]["Restarting"]["backoff_ms"] >= 0, dead
+    wait_for(lambda: all(w["status"] == "Running" for w in ctl.run("list-workers")["Workers"]), 10, "the restart")
 
     assert ctl.success("log-level", "set", "--global", "warning") == "Global log level set to WARNING"
     assert ctl.success("log-level", "set", "--facility", "Ingress", "--level", "debug") == (
