@@ -174,6 +174,11 @@ def test_original_mcrctl_against_our_supervisor(chain: Chain, public_workdir: Pa
     # what we save, the original's own client reads as a valid configuration of every rule
     assert ctl.run("config", "check", "--file", str(saved)) == {"ConfigValidation": {"valid": True, "errors": []}}
     assert len(json.loads(saved.read_text())["rules"]) == 5
+    # and the original's own supervisor starts from it, with every rule and name
+    theirs, their_socket = start_original_supervisor(chain, "--config", str(saved))
+    their_rules = OriginalClient(chain, their_socket).run("list")["Rules"]
+    assert sorted(r.get("name") or "" for r in their_rules) == ["", "", "feed-a", "loaded-a", "static-feed"]
+    assert theirs.poll() is None
 
     # replace: the runtime rules give way to the file's; the config file's rule stays
     assert ctl.success("config", "load", "--file", str(loaded), "--replace") == (
@@ -197,18 +202,22 @@ def test_original_mcrctl_against_our_supervisor(chain: Chain, public_workdir: Pa
     assert sup.proc.poll() is None, "the supervisor died"
 
 
-@pytest.fixture
-def original_supervisor(chain: Chain) -> tuple[Proc, Path]:
-    """The original's mcrd in the relay namespace, on a private socket."""
+def start_original_supervisor(chain: Chain, *extra: str) -> tuple[Proc, Path]:
+    """The original's mcrd in the relay namespace, on a private socket (stopped with the lab)."""
     mcrd = original("mcrd")
     sock_dir = chain.lab.track_dir(socket_dir())
     sock_dir.mkdir(mode=0o700)
     path = sock_dir / "mcrd.sock"
     argv = [mcrd, "supervisor", "--control-socket-path", str(path), "--num-workers", "1", "--interface", "rin"]
-    proc = chain.lab.popen(chain.relay, *argv, name="mcrd")
+    proc = chain.lab.popen(chain.relay, *argv, *extra, name="mcrd")
     wait_for(lambda: path.exists() or proc.poll() is not None, 20, "the original's mcrd to make its socket")
     assert proc.poll() is None, "the original's mcrd exited at start"
     return proc, path
+
+
+@pytest.fixture
+def original_supervisor(chain: Chain) -> tuple[Proc, Path]:
+    return start_original_supervisor(chain)
 
 
 def test_our_control_client_against_the_original_supervisor(
