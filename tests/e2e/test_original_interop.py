@@ -238,6 +238,25 @@ def test_our_control_client_against_the_original_supervisor(
         "--outputs", "239.2.2.2:6000:rout")  # fmt: skip
     ctl("add", "--rule-id", "r2", "--input-interface", "rin", "--input-group", "239.1.1.2", "--input-port", "5002",
         "--outputs", "239.2.2.3:6000:rout")  # fmt: skip
+    # a rule the original would install unfiltered is not sent to it
+    argv = [
+        *tool("control_client"),
+        "--socket-path",
+        str(path),
+        "add",
+        "--input-interface",
+        "rin",
+        "--input-group",
+        "232.1.1.1",
+        "--input-port",
+        "5001",
+        "--outputs",
+        "239.2.2.4:6000:rout",
+        "--input-source",
+        "10.200.1.2",
+    ]
+    refused = chain.lab.run(None, *argv, check=False, timeout=20)
+    assert refused.returncode == 1 and "would ignore --input-source" in refused.stderr, refused.stderr
     listed = ctl("list")
     assert "ours" in listed and "r2" in listed and "239.2.2.3:6000:rout" in listed, listed
     loaded = public_workdir / "loaded.json5"
@@ -255,4 +274,5 @@ def test_our_control_client_against_the_original_supervisor(
     ctl("remove", "--rule-id", "r2")
     remaining = json.loads(ctl("list", json_out=True))["Rules"]
     assert {r.get("name") for r in remaining} == {"loaded-a", None}, remaining
+    assert "232.1.1.1" not in json.dumps(remaining)
     assert proc.poll() is None, "the original's mcrd died"
