@@ -297,7 +297,8 @@ class Supervisor:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
             if (new.settings, new.limits) != (self.config_file.settings, self.config_file.limits):
-                log.warning("reload of %s: [supervisor] and [limits] changes take effect at the next start", path)
+                what = "multicast_ttl" if new.dialect is ConfigDialect.JSON5 else "[supervisor] and [limits]"
+                log.warning("reload of %s: %s changes take effect at the next start", path, what)
             for text in new.warnings + unserved_notes(path, new.original):
                 log.warning("reload: %s", text)
         except (OSError, ConfigError, ValidationError) as e:
