@@ -606,6 +606,15 @@ def test_esp_source_filter_and_a_failing_output(netlab: NetLab) -> None:
     assert doc["counters"]["drops"]["no_rule"] == 1
 
 
+def test_esp_rate_limit_charges_the_ip_payload(netlab: NetLab) -> None:
+    """The ESP copy of the rate limit: a bps limit takes the whole IP payload (SPI onwards) as the bytes."""
+    rules = [{**ESP_RULES[1], "outputs": [], "rate_limit": {"bps": 8000, "burst_bytes": 4000}}]
+    doc = run_cases(netlab, rules, [{"frame": esp_frame(), "repeat": 50}])  # 776 bytes each: 5 fit in 4000
+    rule = doc["counters"]["rules"]["1"]
+    assert (rule["packets"], rule["bytes"], rule["rate_limited"]) == (5, 5 * (8 + len(ESP_BODY)), 45)
+    assert doc["counters"]["drops"]["rate_limited"] == 45
+
+
 def test_64_outputs(netlab: NetLab) -> None:
     rules = [
         {
