@@ -59,10 +59,10 @@ class Family(Enum):
         return "igmp" if self is Family.IPV4 else "mld"
 
 
-ALL_NODES = {Family.IPV4: IPv4Address("224.0.0.1"), Family.IPV6: IPv6Address("ff02::1")}
-ALL_ROUTERS = {Family.IPV4: IPv4Address("224.0.0.2"), Family.IPV6: IPv6Address("ff02::2")}
-MLDV2_REPORTS = {Family.IPV4: IPv4Address("224.0.0.22"), Family.IPV6: IPv6Address("ff02::16")}
-UNSPECIFIED = {Family.IPV4: IPv4Address(0), Family.IPV6: IPv6Address(0)}
+ALL_NODES: dict[Family, IPAddress] = {Family.IPV4: IPv4Address("224.0.0.1"), Family.IPV6: IPv6Address("ff02::1")}
+ALL_ROUTERS: dict[Family, IPAddress] = {Family.IPV4: IPv4Address("224.0.0.2"), Family.IPV6: IPv6Address("ff02::2")}
+MLDV2_REPORTS: dict[Family, IPAddress] = {Family.IPV4: IPv4Address("224.0.0.22"), Family.IPV6: IPv6Address("ff02::16")}
+UNSPECIFIED: dict[Family, IPAddress] = {Family.IPV4: IPv4Address(0), Family.IPV6: IPv6Address(0)}
 
 
 class Drop(Enum):
