@@ -28,6 +28,9 @@
     rate_limit = { pps = 10000 }       # optional: { pps = N, burst = packets } or { bps = N, burst_bytes = B }
     outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
 
+    [igmp]                             # and [mld]: the querier; keys in mcr.membership.settings
+    querier_interfaces = ["eth1"]
+
 Every error names the file, the rule and the field.
 """
 
@@ -38,6 +41,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from mcr.membership.settings import MembershipSettings, parse_membership_table
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.ratelimit import decode_rate_limit
 from mcr.model.rules import (
@@ -78,6 +82,8 @@ class Config:
     settings: Settings = Settings()
     limits: Limits = field(default_factory=Limits)
     rules: tuple[ForwardingRule, ...] = ()
+    igmp: MembershipSettings = field(default_factory=MembershipSettings)
+    mld: MembershipSettings = field(default_factory=MembershipSettings)
 
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool}
@@ -210,9 +216,13 @@ def parse_config(text: str, path: str) -> Config:
         raise ConfigError(
             f"{path}: not valid TOML: a number has more than {sys.get_int_max_str_digits()} digits"
         ) from None
-    unknown = set(doc) - {"supervisor", "limits", "rule"}
+    unknown = set(doc) - {"supervisor", "limits", "rule", "igmp", "mld"}
     if unknown:
-        raise ConfigError(f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]]")
+        raise ConfigError(
+            f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]], [igmp], [mld]"
+        )
+    igmp = parse_membership_table(path, "igmp", _table(path, doc, "igmp"))
+    mld = parse_membership_table(path, "mld", _table(path, doc, "mld"))
     settings = _settings(path, _table(path, doc, "supervisor"))
     limits = _limits(path, _table(path, doc, "limits"))
     raw_rules = doc.get("rule", [])
@@ -227,4 +237,4 @@ def parse_config(text: str, path: str) -> Config:
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
         rules[rule.rule_id] = rule
-    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()))
+    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()), igmp=igmp, mld=mld)
