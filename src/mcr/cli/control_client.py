@@ -29,6 +29,7 @@ from mcr.cli.render import render_error, render_response
 from mcr.cli.screen import Keyboard, poll_supervisor, run_live
 from mcr.cli.top import Controls, TopView, on_poll, render_top
 from mcr.cli.transport import DEFAULT_TIMEOUT_S, ErrorAnswer, UnreachableError, ask, exchange
+from mcr.membership.wire import Family
 from mcr.model.config import parse_config
 from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
@@ -46,6 +47,7 @@ from mcr.protocol.control import (
     Rules,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    SetQuerier,
     Workers,
     decode_response,
     encode_request,
@@ -312,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(usage_error=check.error)
     check.add_argument("file", metavar="FILE", help="the config file to check")
 
+    for proto, family_name in (("igmp", "IGMP"), ("mld", "MLD")):
+        membership = command(proto, f"{family_name} membership table and querier")
+        actions = membership.add_subparsers(dest="membership_command", required=True, metavar="ACTION")
+        for action, help_text in (
+            ("groups", f"the {family_name} membership table: groups, sources, filter mode, timers"),
+            ("queriers", "each interface's querier: role, elected querier, version, counters"),
+            ("enable-querier", f"send {family_name} queries on an interface (and take part in the election)"),
+            ("disable-querier", "stop querying on an interface (memberships are still tracked)"),
+        ):
+            sub = actions.add_parser(action, help=help_text, parents=[common])
+            sub.set_defaults(usage_error=sub.error)
+            if action.endswith("-querier"):
+                sub.add_argument("--interface", required=True, metavar="IF", help="the interface")
+
     log_level = command("log-level", "get or set log levels")
     levels = log_level.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     get = levels.add_parser("get", help="show the global level and facility overrides", parents=[common])
@@ -361,6 +377,14 @@ def _request(args: argparse.Namespace) -> Request:
         )
     if command == "remove":
         return RemoveRule(args.rule_id)
+    if command in ("igmp", "mld"):
+        family = Family.IPV4 if command == "igmp" else Family.IPV6
+        action: str = args.membership_command
+        if action == "groups":
+            return Query.GET_IGMP_GROUPS if family is Family.IPV4 else Query.GET_MLD_GROUPS
+        if action == "queriers":
+            return Query.GET_QUERIERS
+        return SetQuerier(family, args.interface, action == "enable-querier")
     if command == "log-level":
         if args.log_command == "get":
             return Query.GET_LOG_LEVELS

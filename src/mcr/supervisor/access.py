@@ -27,6 +27,7 @@ from mcr.protocol.control import (
     Request,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    SetQuerier,
 )
 
 # The socket and its directory: only the control group when that is all there is; open to every
@@ -47,6 +48,8 @@ def request_name(req: Request) -> str:
             return req.value
         case AddRule() | RemoveRule() | SetGlobalLogLevel() | SetFacilityLogLevel():
             return type(req).__name__
+        case SetQuerier():
+            return req.command
         case _:
             assert_never(req)
 
@@ -56,7 +59,7 @@ def is_read_only(req: Request) -> bool:
     match req:
         case Query():
             return True
-        case AddRule() | RemoveRule() | SetGlobalLogLevel() | SetFacilityLogLevel():
+        case AddRule() | RemoveRule() | SetGlobalLogLevel() | SetFacilityLogLevel() | SetQuerier():
             return False
         case _:
             assert_never(req)
