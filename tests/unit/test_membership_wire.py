@@ -152,3 +152,22 @@ def test_code8(value: int, code: int) -> None:
 def test_code16(value: int, code: int) -> None:
     assert encode_code16(value) == code
     assert decode_code16(code) == value
+
+
+@pytest.mark.parametrize(
+    ("family", "packet", "accepted"),
+    [
+        (Family.IPV4, ipv4(igmp("16000000ef010101")), True),
+        (Family.IPV4, ipv4(igmp("16000000ef010101"), protocol=17), False),
+        (Family.IPV6, mld_packet("fe80::1"), True),
+        (Family.IPV6, bytes.fromhex("6000000000083a01") + bytes(40), False),  # ICMPv6 without hop-by-hop
+        (Family.IPV6, bytes.fromhex("6000000000100001") + bytes(32) + bytes([17]) + bytes(15), False),
+    ],
+)
+def test_socket_filter(family: Family, packet: bytes, accepted: bool) -> None:
+    from mcr.membership.filter import membership_filter
+    from mcr.packet.cbpf import check_program, run_program
+
+    program = membership_filter(family)
+    check_program(program)
+    assert (run_program(program, packet) > 0) == accepted

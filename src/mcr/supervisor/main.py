@@ -23,6 +23,8 @@ from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
+from mcr.membership.settings import MembershipSettings
+from mcr.membership.wire import Family
 from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
@@ -36,6 +38,8 @@ from mcr.protocol.control import (
     ConfigResponse,
     Error,
     LogLevelsResponse,
+    MembershipGroups,
+    QuerierStates,
     Query,
     RemoveRule,
     Request,
@@ -43,6 +47,7 @@ from mcr.protocol.control import (
     Rules,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    SetQuerier,
     Stats,
     Success,
     Version,
@@ -65,6 +70,7 @@ from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, Sy
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.notify import Notifier
+from mcr.supervisor.queriers import Queriers
 from mcr.supervisor.state import StateError, load_state, save_state
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
@@ -153,6 +159,13 @@ class Supervisor:
         self.notifier = Notifier()
         self.kernel: KernelRelay | None = None
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
+        file = self.config_file
+        self.queriers = Queriers(
+            self.loop,
+            file.igmp if file is not None else MembershipSettings(),
+            file.mld if file is not None else MembershipSettings(),
+            self.on_membership,
+        )
 
     # --------------------------------------------------------------------------- kernel engine
 
@@ -273,6 +286,9 @@ class Supervisor:
             with open(path, encoding="utf-8") as f:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
+            if (new.igmp, new.mld) != (self.config_file.igmp, self.config_file.mld):
+                self.queriers.configure(new.igmp, new.mld)
+                log.info("reload of %s: querier settings applied", path)
             if (new.settings, new.limits) != (self.config_file.settings, self.config_file.limits):
                 log.warning("reload of %s: [supervisor] and [limits] changes take effect at the next start", path)
         except (OSError, ConfigError, ValidationError) as e:
@@ -380,6 +396,7 @@ class Supervisor:
         )
 
     async def shutdown(self) -> None:
+        self.queriers.close()
         await self.control.stop()
         if self.metrics is not None:
             self.metrics.stop()
@@ -567,8 +584,12 @@ class Supervisor:
                 return False
         return True
 
+    def on_membership(self) -> None:
+        """A group's receivers changed on some interface (the queriers' tables)."""
+
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links
+        self.queriers.on_links(links)
         if self.resolve() != self.resolution:
             self.apply()
 
@@ -653,6 +674,16 @@ class Supervisor:
                 return Version(VersionInfo(__version__, PROTOCOL_VERSION))
             case Query.GET_CONFIG:
                 return ConfigResponse(self.config_view())
+            case Query.GET_IGMP_GROUPS:
+                return MembershipGroups(Family.IPV4, tuple(self.queriers.groups(Family.IPV4)))
+            case Query.GET_MLD_GROUPS:
+                return MembershipGroups(Family.IPV6, tuple(self.queriers.groups(Family.IPV6)))
+            case Query.GET_QUERIERS:
+                return QuerierStates(tuple(self.queriers.views()))
+            case SetQuerier():
+                text = self.queriers.set_querier(req.family, req.interface, req.enabled)
+                log.info("%s", text)
+                return Success(text)
             case Query.GET_LOG_LEVELS:
                 return LogLevelsResponse(
                     LogLevels(self.global_level.name, {f.name: s.name for f, s in self.overrides.items()})
