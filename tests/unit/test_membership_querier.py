@@ -287,3 +287,25 @@ def test_counters() -> None:
         1,
         3,
     )  # general, then Q(G,S1) and Q(G) for the leave
+
+
+def test_passive_listener_shows_the_lowest_querier_it_hears() -> None:
+    q = querier(active=False)
+    q.receive(query(HIGHER), 1.0)
+    assert q.view(1.0).querier == HIGHER
+    q.receive(query(LOWER), 2.0)
+    q.receive(query(HIGHER), 3.0)
+    assert q.view(3.0).querier == LOWER and not q.is_querier
+
+
+def test_enabling_next_to_a_higher_querier_takes_over_at_once() -> None:
+    q = querier(active=False)
+    q.receive(query(HIGHER), 1.0)
+    assert len(sends(q.set_active(True, 2.0))) == 1 and q.is_querier
+
+
+def test_enabling_next_to_a_lower_querier_waits_for_it_to_go_quiet() -> None:
+    q = querier(active=False)
+    q.receive(query(LOWER), 1.0)
+    assert q.set_active(True, 2.0) == [] and not q.is_querier
+    assert next(t for t, a in run(q, 60.0, start=2.0) if isinstance(a, Send)) == 42.0

@@ -266,9 +266,13 @@ class Querier:
             for g in self.groups.values():
                 g.group_queries_left, g.source_queries_left, g.next_query = 0, {}, 0.0
             return []
-        if self.other_until > now:
-            return []  # another querier is present; we take over when it goes quiet
+        if self._outranked(now):
+            return []  # a lower-addressed querier is present; we take over when it goes quiet
         return self.start(now)
+
+    def _outranked(self, now: float) -> bool:
+        other, own = self.other_querier, self.address
+        return other is not None and self.other_until > now and (own is None or int(other) < int(own))
 
     def set_address(self, address: IPAddress | None, now: float) -> list[Action]:
         """The interface's address changed (or appeared, or went)."""
@@ -278,9 +282,7 @@ class Querier:
         if address is None:
             self.is_querier = False
             return []
-        if self.is_querier:
-            return []
-        if self.other_querier is not None and self.other_until > now and int(self.other_querier) < int(address):
+        if self.is_querier or self._outranked(now):
             return []
         return self.start(now)
 
@@ -411,7 +413,10 @@ class Querier:
             self.older_querier_until[level] = now + older
         if int(source) == 0:
             return []  # a snooping switch's proxy query takes no part in the election (RFC 4541 2.1.1)
-        if self.address is None or int(source) < int(self.address):
+        own = self.address if self.active else None
+        if own is None or int(source) < int(own):
+            if self.other_querier is not None and self.other_until > now and int(self.other_querier) < int(source):
+                return self._lower_timers(query, now)  # a passive listener hears two queriers: the lower counts
             self.is_querier = False
             self.startup_left = 0
             self.other_querier = source
@@ -420,6 +425,10 @@ class Querier:
             if query.query_interval:
                 self.query_interval = query.query_interval
             self.other_until = now + self.other_querier_interval
+        return self._lower_timers(query, now)
+
+    def _lower_timers(self, query: Query, now: float) -> list[Action]:
+        """A group or group-and-source query from the querier lowers our timers (RFC 3376 6.6.1)."""
         if query.general or query.suppress or self.is_querier:
             return []
         g = self.groups.get(query.group)

@@ -1,0 +1,182 @@
+"""The IGMP/MLD querier against the Linux kernel as hosts, in namespaces.
+
+RELAY's `rout` (10.200.3.1) is cabled to SINK's `snk0` (10.200.3.2). The supervisor queries on `rout` with short
+timers; SINK's kernel, forced to an IGMP or MLD version, is the host. A process in SINK joins a group (any-source
+or source-specific) and leaves it by exiting. The tests check what an operator would: the group appears in
+`control_client igmp groups` with the host as reporter, its version and source list; a host that joined before the
+supervisor started is learnt only through our queries; the host's own /proc files show our queries took effect;
+a leave removes the group within the Last Member Query Time; with a second querier on the link the lowest address
+wins and the other takes over when the winner stops querying.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .netns import Chain, NetLab, Proc, wait_for
+from .relay import Supervisor
+
+pytestmark = pytest.mark.netns
+
+# QI 4 s, QRI 1 s, R 2, LMQI 0.5 s: GMI 9 s, other querier present 8.5 s, LMQT 1 s
+TIMERS = "query_interval = 4\nquery_response_interval = 1\nrobustness = 2\nlast_member_query_interval = 0.5\n"
+GROUP4, GROUP6 = "239.5.5.5", "ff0e::5:5"
+SOURCE4, SOURCE6 = "10.200.1.2", "2001:db8:1::2"
+
+JOINER = """
+import socket, sys, time
+from ipaddress import ip_address
+from mcr.supervisor.memberships import membership_option
+group, ifname = ip_address(sys.argv[1]), sys.argv[2]
+source = ip_address(sys.argv[3]) if len(sys.argv) > 3 else None
+s = socket.socket(socket.AF_INET if group.version == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(*membership_option((socket.if_nametoindex(ifname), group, source), True))
+print("joined", flush=True)
+time.sleep(120)
+"""
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mcr.toml"
+    path.write_text(text)
+    return path
+
+
+def join(lab: NetLab, ns: str, group: str, ifname: str, source: str | None = None) -> Proc:
+    argv = [sys.executable, "-c", JOINER, group, ifname, *([source] if source else [])]
+    proc = lab.popen(ns, *argv, name="joiner")
+    wait_for(lambda: "joined" in proc.out() or None, 10.0, "the joiner to join")
+    return proc
+
+
+def groups(sup: Supervisor, proto: str = "igmp") -> list[dict[str, Any]]:
+    doc = sup.ctl(proto, "groups").doc
+    return list(doc["IgmpGroups" if proto == "igmp" else "MldGroups"])
+
+
+def entry(sup: Supervisor, group: str, proto: str = "igmp") -> dict[str, Any] | None:
+    return next((g for g in groups(sup, proto) if g["group"] == group and g["interface"] == "rout"), None)
+
+
+def querier(sup: Supervisor, family: str = "ipv4", ifname: str = "rout") -> dict[str, Any]:
+    views = sup.ctl("igmp", "queriers").doc["Queriers"]
+    return next(q for q in views if q["interface"] == ifname and q["family"] == family)
+
+
+def enable_ipv6(lab: NetLab, ns: str, ifname: str) -> None:
+    lab.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_dad=0")
+    lab.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{ifname}.disable_ipv6=0")
+    wait_for(
+        lambda: "fe80" in lab.run(ns, "ip", "-6", "addr", "show", "dev", ifname).stdout or None,
+        10.0,
+        f"a link-local address on {ifname}",
+    )
+
+
+def proc_igmp(lab: NetLab, ns: str, ifname: str) -> str:
+    """The host's /proc/net/igmp line of `ifname`: index, name, group count and the querier version it heard."""
+    lines = lab.run(ns, "cat", "/proc/net/igmp").stdout.splitlines()
+    return next(line for line in lines if f"{ifname}" in line.split(":")[0])
+
+
+@pytest.mark.parametrize(("host_version", "ssm"), [(2, False), (3, False), (3, True)])
+def test_igmp_host_learnt_through_our_queries_then_leaves(
+    chain: Chain, tmp_path: Path, host_version: int, ssm: bool
+) -> None:
+    lab, sink = chain.lab, chain.sink
+    lab.run(sink, "sysctl", "-qw", f"net.ipv4.conf.snk0.force_igmp_version={host_version}")
+    for v in (2, 3):
+        lab.run(sink, "sysctl", "-qw", f"net.ipv4.conf.snk0.igmpv{v}_unsolicited_report_interval=100")
+    joiner = join(lab, sink, GROUP4, "snk0", SOURCE4 if ssm else None)
+    time.sleep(1.0)  # its unsolicited reports are over before the supervisor listens
+    config = write_config(tmp_path, f'[igmp]\nquerier_interfaces = ["rout"]\n{TIMERS}')
+    sup = Supervisor.start(lab, chain.relay, extra=["--config", str(config)])
+
+    learnt = wait_for(lambda: entry(sup, GROUP4), 5.0, "the group in `igmp groups`")
+    assert learnt["last_reporter"] == chain.sink_ip and learnt["is_querier"]
+    assert learnt["version"] == host_version
+    if ssm:
+        assert learnt["filter_mode"] == "include"
+        assert [s["address"] for s in learnt["sources"]] == [SOURCE4]
+        # the host's own filter: INCLUDE {SOURCE4} on the group, what our table shows
+        mcfilter = lab.run(sink, "cat", "/proc/net/mcfilter").stdout.split()
+        at = mcfilter.index(f"0x{int(IPv4Address(GROUP4)):08x}")
+        assert mcfilter[at + 1 : at + 4] == [f"0x{int(IPv4Address(SOURCE4)):08x}", "1", "0"]
+    else:
+        assert learnt["filter_mode"] == "exclude" and learnt["sources"] == []
+    assert 0 < learnt["expires_in_secs"] <= 9
+    assert proc_igmp(lab, sink, "snk0").split()[-1] == f"V{host_version}"
+
+    joiner.stop()
+    left = time.monotonic()
+    wait_for(lambda: entry(sup, GROUP4) is None or None, 5.0, "the group to go after the leave")
+    assert time.monotonic() - left < 3.0  # LMQT 1 s, plus the host's report and our polling
+    counters = querier(sup)["counters"]
+    assert counters[f"reports_v{host_version}"] >= 1 and counters["general_queries_sent"] >= 1
+    assert counters["specific_queries_sent"] >= 1
+    if host_version == 2:
+        assert counters["leaves"] == 1
+    assert not any(k.startswith("dropped_") for k in counters), counters
+
+
+def test_a_v3_host_falls_back_to_our_v2_queries(chain: Chain, tmp_path: Path) -> None:
+    lab, sink = chain.lab, chain.sink
+    config = write_config(tmp_path, f'[igmp]\nquerier_interfaces = ["rout"]\nversion = 2\n{TIMERS}')
+    sup = Supervisor.start(lab, chain.relay, extra=["--config", str(config)])
+    join(lab, sink, GROUP4, "snk0")
+    wait_for(lambda: proc_igmp(lab, sink, "snk0").endswith("V2") or None, 5.0, "the host to hear a v2 querier")
+    wait_for(lambda: ((e := entry(sup, GROUP4)) is not None and e["version"] == 2) or None, 6.0, "v2 reports")
+    assert querier(sup)["version"] == 2
+
+
+@pytest.mark.parametrize("host_version", [1, 2])
+def test_mld_host_learnt_and_leaves(chain: Chain, tmp_path: Path, host_version: int) -> None:
+    lab, sink = chain.lab, chain.sink
+    enable_ipv6(lab, chain.relay, "rout")
+    enable_ipv6(lab, sink, "snk0")
+    lab.run(sink, "sysctl", "-qw", f"net.ipv6.conf.snk0.force_mld_version={host_version}")
+    config = write_config(tmp_path, f'[mld]\nquerier_interfaces = ["rout"]\n{TIMERS}')
+    sup = Supervisor.start(lab, chain.relay, extra=["--config", str(config)])
+    joiner = join(lab, sink, GROUP6, "snk0")
+    learnt = wait_for(lambda: entry(sup, GROUP6, "mld"), 6.0, "the group in `mld groups`")
+    assert learnt["last_reporter"].startswith("fe80::") and learnt["version"] == host_version
+    assert learnt["is_querier"]
+    assert "ff0e0000000000000000000000050005" in lab.run(sink, "cat", "/proc/net/igmp6").stdout
+    joiner.stop()
+    left = time.monotonic()
+    wait_for(lambda: entry(sup, GROUP6, "mld") is None or None, 5.0, "the group to go after the done")
+    assert time.monotonic() - left < 3.0
+    counters = querier(sup, "ipv6")["counters"]
+    assert counters[f"reports_v{host_version}"] >= 1
+    assert not any(k.startswith("dropped_") for k in counters), counters
+
+
+def test_election_lowest_address_wins_and_the_other_takes_over(chain: Chain, tmp_path: Path) -> None:
+    """Two supervisors on one link: RELAY (10.200.3.1) and SINK (10.200.3.2). RELAY wins; when its querier is
+    disabled at run time, SINK takes over after the other-querier-present interval (8.5 s here)."""
+    lab = chain.lab
+    relay_config = write_config(tmp_path, f'[igmp]\nquerier_interfaces = ["rout"]\n{TIMERS}')
+    sink_dir = tmp_path / "sink"
+    sink_dir.mkdir()
+    sink_config = sink_dir / "mcr.toml"
+    sink_config.write_text(f'[igmp]\nquerier_interfaces = ["snk0"]\n{TIMERS}')
+    relay = Supervisor.start(lab, chain.relay, extra=["--config", str(relay_config)])
+    other = Supervisor.start(lab, chain.sink, extra=["--config", str(sink_config)])
+
+    def settled() -> bool | None:
+        return (not querier(other, ifname="snk0")["is_querier"] and querier(relay)["is_querier"]) or None
+
+    wait_for(settled, 6.0, "the lower address to win")
+    assert querier(other, ifname="snk0")["querier"] == chain.relay_out_ip
+    relay.ctl("igmp", "disable-querier", "--interface", "rout")
+    quiet = time.monotonic()
+    wait_for(lambda: querier(other, ifname="snk0")["is_querier"] or None, 12.0, "the other to take over")
+    # OQPI 8.5 s after RELAY's last query, which was at most QI = 4 s before it was disabled
+    assert 4.0 < time.monotonic() - quiet < 9.5
+    wait_for(lambda: querier(relay)["querier"] == chain.sink_ip or None, 3.0, "RELAY to see the new querier")
