@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from .netns import Chain, NetLab, Proc, wait_for
-from .relay import Supervisor
+from .netns import Chain, NetLab, Proc, build_chain, wait_for
+from .relay import Supervisor, start_generator, start_sink
 
 pytestmark = pytest.mark.netns
 
@@ -180,3 +180,55 @@ def test_election_lowest_address_wins_and_the_other_takes_over(chain: Chain, tmp
     # OQPI 8.5 s after RELAY's last query, which was at most QI = 4 s before it was disabled
     assert 4.0 < time.monotonic() - quiet < 9.5
     wait_for(lambda: querier(relay)["querier"] == chain.sink_ip or None, 3.0, "RELAY to see the new querier")
+
+
+@pytest.mark.parametrize("engine", ["userspace", "kernel"])
+def test_an_output_follows_its_receivers_without_loss_on_the_others(
+    tmp_path: Path, netlab: NetLab, engine: str
+) -> None:
+    """Output 0 (239.5.5.5 on rout) follows receivers; output 1 (239.6.6.6 on rout2) always sends. Output 0 starts
+    when the host on snk0 joins (its unsolicited report) and stops within LMQT of its leave; output 1's sink gets
+    every packet throughout."""
+    chain = build_chain(netlab, extra_outputs=1)
+    lab = chain.lab
+    config = write_config(tmp_path, f'[igmp]\nquerier_interfaces = ["rout"]\n{TIMERS}')
+    sup = Supervisor.start(lab, chain.relay, extra=["--config", str(config), "--engine", engine])
+    outputs = [
+        {"group": GROUP4, "port": 6000, "interface": "rout", "follow_receivers": True},
+        {"group": "239.6.6.6", "port": 6000, "interface": "rout2"},
+    ]
+    add = {"rule_id": "f", "input_interface": "rin", "input_group": "239.1.1.1", "input_port": 5000, "outputs": outputs}
+    assert sup.request({"AddRule": add}) == {"Success": "Rule f added"}
+    (rule,) = sup.rules()
+    assert rule["engine"] == engine and "output[0] rout has no receivers for 239.5.5.5" in rule["state_reason"]
+    assert rule["outputs"][0]["follow_receivers"] is True and "follow_receivers" not in rule["outputs"][1]
+
+    count, rate = 2000, 200  # 10 s of traffic
+    other = start_sink(lab, chain.outputs[1].sink_ns, [("239.6.6.6", 6000)], interface="snk1", expect=count)
+    gen = start_generator(chain, "239.1.1.1", 5000, rate=rate, count=count)
+
+    def sent(i: int) -> int | None:
+        flow = sup.flow("f")
+        return None if flow is None else int(flow["outputs"][i]["packets_sent"])
+
+    wait_for(lambda: (sent(1) or 0) > 100 or None, 5.0, "output 1 to send")
+    assert sent(0) == 0
+    joiner = join(lab, chain.sink, GROUP4, "snk0")
+    joined = time.monotonic()
+    wait_for(lambda: (sent(0) or 0) > 0 or None, 3.0, "output 0 to start after the join")
+    assert time.monotonic() - joined < 1.5  # the report is unsolicited: well within one query response interval
+    time.sleep(1.0)
+    joiner.stop()
+    left = time.monotonic()
+
+    def stopped() -> int | None:
+        before = sent(0)
+        time.sleep(0.6)
+        return before if before == sent(0) else None
+
+    wait_for(stopped, 4.0, "output 0 to stop after the leave")
+    assert time.monotonic() - left < 3.5  # LMQT 1 s, then the counters' own freshness (0.5 s) and this poll
+    report = gen.json(timeout=30)
+    assert report["sent"] == count
+    got = other.stop().stream("239.6.6.6", 6000)
+    assert (got["received"], got["lost"]) == (count, 0), got

@@ -270,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--ttl", type=_ttl, metavar="N", help="multicast TTL of every output (default 1)")
     add.add_argument(
+        "--follow-receivers",
+        action="store_true",
+        help="every output sends only while its interface has IGMP/MLD receivers for its group",
+    )
+    add.add_argument(
         "--rate-limit",
         type=_rate,
         metavar="RATE",
@@ -357,6 +362,8 @@ def _request(args: argparse.Namespace) -> Request:
         outputs = tuple(out for group in args.outputs for out in group)
         if args.ttl is not None:
             outputs = tuple(replace(out, ttl=args.ttl) for out in outputs)
+        if args.follow_receivers:
+            outputs = tuple(replace(out, follow_receivers=True) for out in outputs)
         rate_limit = None
         if args.rate_limit is not None:
             try:

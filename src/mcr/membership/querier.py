@@ -19,6 +19,7 @@ a timer is above the Last Member Query Time.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
@@ -40,6 +41,7 @@ __all__ = [
     "Changed",
     "FilterMode",
     "GroupView",
+    "Listeners",
     "Querier",
     "QuerierView",
     "Send",
@@ -153,6 +155,22 @@ class GroupView:
         if source is None:
             return bool(listed)
         return source in listed
+
+
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    """Who listens where, for the outputs that follow receivers: every membership table row by (interface, group)."""
+
+    groups: Mapping[tuple[str, IPAddress], GroupView] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, views: Iterable[GroupView]) -> Listeners:
+        return cls({(v.interface, v.group): v for v in views})
+
+    def wants(self, interface: str, group: IPAddress, source: IPAddress | None) -> bool:
+        """Whether a receiver on `interface` wants `group` from `source` (None: from any source)."""
+        view = self.groups.get((interface, group))
+        return view is not None and view.wants(source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@
     ttl = 4                            # default TTL of this rule's outputs (1 when absent)
     rate_limit = { pps = 10000 }       # optional: { pps = N, burst = packets } or { bps = N, burst_bytes = B }
     outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
+    # an output table may say follow_receivers = true: it sends only while eth2 has receivers (IGMP/MLD)
 
     [igmp]                             # and [mld]: the querier; keys in mcr.membership.settings
     querier_interfaces = ["eth1"]
@@ -88,7 +89,7 @@ class Config:
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool}
 _RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl", "rate_limit"}
-_OUTPUT_KEYS = {"group", "port", "interface", "ttl"}
+_OUTPUT_KEYS = {"group", "port", "interface", "ttl", "follow_receivers"}
 
 
 def _kind(expected: type) -> str:
@@ -162,7 +163,10 @@ def _output(where: str, i: int, item: object, ttl: int) -> OutputDestination:
         group = parse_group(item["group"])
     except ValueError as e:
         raise ConfigError(f"{where}: outputs[{i}].group: {e}") from None
-    return OutputDestination(group, item["port"], item["interface"], out_ttl)
+    follow = item.get("follow_receivers", False)
+    if not isinstance(follow, bool):
+        raise ConfigError(f"{where}: outputs[{i}].follow_receivers must be a boolean")
+    return OutputDestination(group, item["port"], item["interface"], out_ttl, follow)
 
 
 def _rule(path: str, index: int, item: object) -> ForwardingRule:

@@ -89,6 +89,7 @@ class OutputDestination:
     port: int
     interface: str
     ttl: int = DEFAULT_TTL  # the hop limit for an IPv6 group
+    follow_receivers: bool = False  # send only while the interface has receivers for the group (IGMP/MLD)
 
     @property
     def spec(self) -> str:
@@ -237,6 +238,10 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         problem = _destination_problem(out.group)
         if problem:
             raise ValidationError(f"output[{i}].group {out.group} {problem}")
+        if out.follow_receivers and not out.group.is_multicast:
+            raise ValidationError(
+                f"output[{i}].group {out.group} is not multicast: only a multicast output can follow receivers"
+            )
         if out.interface == rule.input_interface:
             raise ValidationError(
                 f"Rule rejected: input_interface '{rule.input_interface}' and output_interface "

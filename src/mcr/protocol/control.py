@@ -170,6 +170,15 @@ class _Fields:
             raise ProtocolError(f"field '{name}' in {self.where} must be an integer, got {_type_name(value)}")
         return value
 
+    def boolean(self, name: str) -> bool:
+        """An optional boolean, false when absent."""
+        value = self._get(name, False)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise ProtocolError(f"field '{name}' in {self.where} must be a boolean, got {_type_name(value)}")
+        return value
+
     def address(self, name: str) -> IPAddress:
         text = self.req_string(name)
         try:
@@ -196,7 +205,7 @@ class _Fields:
 _ADD_FIELDS = frozenset(
     {"rule_id", "input_interface", "input_group", "input_port", "outputs", "input_source", "rate_limit"}
 )
-_OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl"})
+_OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl", "follow_receivers"})
 
 
 def _decode_output(i: int, obj: object) -> OutputDestination:
@@ -206,6 +215,7 @@ def _decode_output(i: int, obj: object) -> OutputDestination:
         port=f.integer("port"),
         interface=f.req_string("interface"),
         ttl=f.integer("ttl", required=False, default=DEFAULT_TTL),
+        follow_receivers=f.boolean("follow_receivers"),
     )
 
 
@@ -296,7 +306,10 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
 
 
 def _output_json(out: OutputDestination) -> dict[str, object]:
-    return {"group": str(out.group), "port": out.port, "interface": out.interface, "ttl": out.ttl}
+    doc: dict[str, object] = {"group": str(out.group), "port": out.port, "interface": out.interface, "ttl": out.ttl}
+    if out.follow_receivers:
+        doc["follow_receivers"] = True  # only when set: the original's shape otherwise
+    return doc
 
 
 def encode_request(req: Request) -> bytes:
@@ -570,7 +583,13 @@ def decode_rule(o: object) -> ForwardingRule:
     d = _obj("rule", o)
     try:
         outputs = tuple(
-            OutputDestination(parse_group(x["group"]), int(x["port"]), str(x["interface"]), int(x.get("ttl", 1)))
+            OutputDestination(
+                parse_group(x["group"]),
+                int(x["port"]),
+                str(x["interface"]),
+                int(x.get("ttl", 1)),
+                bool(x.get("follow_receivers", False)),
+            )
             for x in d.get("outputs", [])
         )
         return ForwardingRule(

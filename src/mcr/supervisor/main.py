@@ -23,6 +23,7 @@ from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
+from mcr.membership.querier import Listeners
 from mcr.membership.settings import MembershipSettings
 from mcr.membership.wire import Family
 from mcr.model.config import Config, parse_config
@@ -160,6 +161,7 @@ class Supervisor:
         self.kernel: KernelRelay | None = None
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
         file = self.config_file
+        self.listeners = Listeners()
         self.queriers = Queriers(
             self.loop,
             file.igmp if file is not None else MembershipSettings(),
@@ -548,7 +550,7 @@ class Supervisor:
         return sock
 
     def resolve(self) -> Resolution:
-        return resolve(self.table.rules.values(), self.links, self.kernel_outputs(), self.stats.since)
+        return resolve(self.table.rules.values(), self.links, self.kernel_outputs(), self.stats.since, self.listeners)
 
     def rule_views(self) -> tuple[RuleView, ...]:
         """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
@@ -562,6 +564,14 @@ class Supervisor:
         self.resolution = self.resolve()
         self.generation += 1
         self.sync_state.on_apply(before, self.resolution, self.generation)
+        self.queriers.follow(
+            {
+                (out.interface, Family.IPV4 if out.group.version == 4 else Family.IPV6)
+                for rule in self.table.rules.values()
+                for out in rule.outputs
+                if out.follow_receivers
+            }
+        )
         self.memberships.reconcile(self.resolution.memberships)
         self.sync_kernel(self.resolution)
         for handle in self.workers:
@@ -585,7 +595,10 @@ class Supervisor:
         return True
 
     def on_membership(self) -> None:
-        """A group's receivers changed on some interface (the queriers' tables)."""
+        """A group's receivers changed on some interface: outputs that follow receivers start or stop."""
+        self.listeners = Listeners.of(self.queriers.groups(Family.IPV4) + self.queriers.groups(Family.IPV6))
+        if self.resolve() != self.resolution:
+            self.apply()
 
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links

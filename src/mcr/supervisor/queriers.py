@@ -81,6 +81,7 @@ class Queriers:
         self.open_socket = open_socket
         self.settings = {Family.IPV4: igmp, Family.IPV6: mld}
         self.wanted: dict[Key, bool] = {}  # (interface, family) -> active (query) or passive
+        self.followed: set[Key] = set()  # outputs that follow receivers there: tracked passively at least
         self.cores: dict[Key, Querier] = {}
         self.sockets: dict[Key, socket.socket] = {}
         self.timers: dict[Key, asyncio.TimerHandle] = {}
@@ -110,6 +111,16 @@ class Queriers:
                     core.robustness, core.query_interval = s.timers.robustness, s.timers.query_interval
         self.on_links(self.links)
 
+    def follow(self, keys: set[Key]) -> None:
+        """Track memberships (passively, unless configured to query) where outputs follow receivers."""
+        if keys != self.followed:
+            self.followed = keys
+            self.on_links(self.links)
+
+    def tracked(self) -> dict[Key, bool]:
+        """Every (interface, family) to track, and whether to query there."""
+        return {**dict.fromkeys(self.followed, False), **self.wanted}
+
     def set_querier(self, family: Family, interface: str, enabled: bool) -> str:
         """EnableIgmpQuerier / DisableIgmpQuerier (and MLD's): the response text; ValidationError if refused."""
         problem = interface_name_problem(interface)
@@ -132,11 +143,12 @@ class Queriers:
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links
         now = self.loop.time()
+        tracked = self.tracked()
         for key in list(self.cores):
             link = links.get(key[0])
-            if key not in self.wanted or link is None or not link.up:
+            if key not in tracked or link is None or not link.up:
                 self._stop(key)
-        for key, active in self.wanted.items():
+        for key, active in tracked.items():
             name, family = key
             link = links.get(name)
             if link is None or not link.up:

@@ -1,0 +1,115 @@
+"""Outputs that follow receivers: the flag on the wire, in the config and on the command line, and the
+resolution that leaves such an output out while nobody listens (any source, or the output's own address for
+source-specific receivers)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from mcr.cli.control_client import parse_invocation
+from mcr.membership.querier import FilterMode, GroupView, Listeners, SourceView
+from mcr.membership.wire import Family
+from mcr.model.config import parse_config
+from mcr.model.errors import ConfigError, ProtocolError, ValidationError
+from mcr.model.links import Link
+from mcr.model.rules import ForwardingRule, OutputDestination, check_rule_shape
+from mcr.protocol.control import AddRule, decode_request, encode_request
+from mcr.supervisor.core import resolve
+
+G_OUT = IPv4Address("239.2.2.2")
+OWN = IPv4Address("10.0.1.1")  # eth1's address: what the output is sent from
+LINKS = {
+    "eth0": Link("eth0", 2, True, 1500, (IPv4Address("10.0.0.1"),), mac=bytes.fromhex("020000000002")),
+    "eth1": Link("eth1", 3, True, 1500, (OWN,), mac=bytes.fromhex("020000000003")),
+    "eth2": Link("eth2", 4, True, 1500, (IPv4Address("10.0.2.1"),), mac=bytes.fromhex("020000000004")),
+}
+RULE = ForwardingRule(
+    "r1",
+    "eth0",
+    IPv4Address("239.1.1.1"),
+    5000,
+    (OutputDestination(G_OUT, 6000, "eth1", follow_receivers=True), OutputDestination(G_OUT, 6000, "eth2")),
+)
+
+
+def listening(mode: FilterMode, *sources: tuple[IPv4Address, float]) -> Listeners:
+    view = GroupView(
+        "eth1",
+        Family.IPV4,
+        G_OUT,
+        mode,
+        10.0,
+        tuple(SourceView(s, t) for s, t in sources),
+        None,
+        3,
+        True,
+    )
+    return Listeners.of([view])
+
+
+@pytest.mark.parametrize(
+    ("listeners", "sent"),
+    [
+        (Listeners(), False),
+        (listening(FilterMode.EXCLUDE), True),
+        (listening(FilterMode.EXCLUDE, (OWN, 0.0)), False),  # the receiver blocks the relay's address
+        (listening(FilterMode.INCLUDE, (OWN, 5.0)), True),  # SSM receiver of the relay's address
+        (listening(FilterMode.INCLUDE, (IPv4Address("10.9.9.9"), 5.0)), False),  # wants another source
+    ],
+)
+def test_resolution_follows_the_listeners(listeners: Listeners, sent: bool) -> None:
+    res = resolve([RULE], LINKS, listeners=listeners)
+    (wr,) = res.worker_rules
+    assert [o.index for o in wr.outputs] == ([0, 1] if sent else [1])  # output 1 never moves
+    (view,) = res.views
+    assert ("output[0] eth1 has no receivers for 239.2.2.2" in view.state_reason) is not sent
+
+
+def test_the_kernel_form_follows_too() -> None:
+    res = resolve([RULE], LINKS, kernel_max_outputs=64, listeners=Listeners())
+    (kr,) = res.kernel_rules
+    assert [o.ifindex for o in kr.outputs] == [4]
+
+
+def test_wire_and_cli() -> None:
+    text = (
+        b'{"AddRule": {"input_interface": "eth0", "input_group": "239.1.1.1", "input_port": 5000, '
+        b'"outputs": [{"group": "239.2.2.2", "port": 6000, "interface": "eth1", "follow_receivers": true}]}}'
+    )
+    req = decode_request(text)
+    assert isinstance(req, AddRule) and req.outputs[0].follow_receivers
+    assert decode_request(encode_request(req)) == req
+    argv = ["add", "--input-interface", "eth0", "--input-group", "239.1.1.1", "--input-port", "5000"]
+    cli = parse_invocation([*argv, "--outputs", "239.2.2.2:6000:eth1", "--follow-receivers"], {})
+    assert cli.request == req  # type: ignore[union-attr]
+    with pytest.raises(ProtocolError, match=r"field 'follow_receivers' in AddRule.outputs\[0\] must be a boolean"):
+        decode_request(text.replace(b"true", b'"yes"'))
+
+
+def test_config() -> None:
+    config = parse_config(
+        '[[rule]]\ninput_interface = "eth0"\ninput_group = "239.1.1.1"\ninput_port = 5000\n'
+        'outputs = [{ group = "239.2.2.2", port = 6000, interface = "eth1", follow_receivers = true }]\n',
+        "mcr.toml",
+    )
+    assert config.rules[0].outputs[0].follow_receivers
+    with pytest.raises(ConfigError, match=r"outputs\[0\]\.follow_receivers must be a boolean"):
+        parse_config(
+            '[[rule]]\ninput_interface = "eth0"\ninput_group = "239.1.1.1"\ninput_port = 5000\n'
+            'outputs = [{ group = "239.2.2.2", port = 6000, interface = "eth1", follow_receivers = 1 }]\n',
+            "mcr.toml",
+        )
+
+
+def test_a_unicast_output_cannot_follow_receivers() -> None:
+    rule = ForwardingRule(
+        "r1",
+        "eth0",
+        IPv4Address("239.1.1.1"),
+        5000,
+        (OutputDestination(IPv4Address("10.0.1.9"), 6000, "eth1", follow_receivers=True),),
+    )
+    with pytest.raises(ValidationError, match="only a multicast output can follow receivers"):
+        check_rule_shape(rule)
