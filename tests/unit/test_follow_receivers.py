@@ -113,3 +113,29 @@ def test_a_unicast_output_cannot_follow_receivers() -> None:
     )
     with pytest.raises(ValidationError, match="only a multicast output can follow receivers"):
         check_rule_shape(rule)
+
+
+def test_membership_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.registry import Collector
+
+    from mcr.membership.querier import QuerierView
+    from mcr.supervisor.metrics import Snapshot, metric_families
+
+    view = QuerierView("eth1", Family.IPV4, True, True, OWN, OWN, 0.0, 3, {"reports_v3": 4, "dropped_bad_checksum": 1})
+    snap = Snapshot(queriers=(view,), groups=tuple(listening(FilterMode.EXCLUDE).groups.values()))
+
+    class Fixed(Collector):
+        def collect(self):  # type: ignore[no-untyped-def]
+            return metric_families(snap)
+
+    registry = CollectorRegistry()
+    registry.register(Fixed())
+    text = generate_latest(registry).decode()
+    for line in (
+        'mcr_querier_is_querier{interface="eth1",protocol="igmp"} 1.0',
+        'mcr_membership_groups{interface="eth1",protocol="igmp"} 1.0',
+        'mcr_membership_messages_total{interface="eth1",kind="reports_v3",protocol="igmp"} 4.0',
+        'mcr_membership_messages_total{interface="eth1",kind="dropped_bad_checksum",protocol="igmp"} 1.0',
+    ):
+        assert line in text

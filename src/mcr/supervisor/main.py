@@ -395,6 +395,8 @@ class Supervisor:
             flows=self.stats.flow_stats(self.table.rules.values()),
             rules=self.rule_views(),
             workers=self.workers_info(),
+            queriers=tuple(self.queriers.views()),
+            groups=tuple(self.queriers.groups(Family.IPV4) + self.queriers.groups(Family.IPV6)),
         )
 
     async def shutdown(self) -> None:
