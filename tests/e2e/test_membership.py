@@ -232,3 +232,28 @@ def test_an_output_follows_its_receivers_without_loss_on_the_others(
     assert report["sent"] == count
     got = other.stop().stream("239.6.6.6", 6000)
     assert (got["received"], got["lost"]) == (count, 0), got
+
+
+BAD_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(sys.argv[1]))
+s.sendto(bytes.fromhex("16000000ef050505"), ("239.5.5.5", 0))  # a v2 report whose checksum is 0
+s.sendto(bytes.fromhex("1100"), ("224.0.0.1", 0))  # a truncated query
+s.sendto(bytes.fromhex("2200ddfe00000001"), ("224.0.0.22", 0))  # a v3 report that promises a record it lacks
+"""
+
+
+def test_bad_packets_are_counted_and_change_nothing(chain: Chain, tmp_path: Path) -> None:
+    config = write_config(tmp_path, f'[igmp]\nquerier_interfaces = ["rout"]\n{TIMERS}')
+    sup = Supervisor.start(chain.lab, chain.relay, extra=["--config", str(config)])
+    chain.lab.run(chain.sink, sys.executable, "-c", BAD_SENDER, chain.sink_ip)
+
+    def counted() -> dict[str, int] | None:
+        c = querier(sup)["counters"]
+        return c if c.get("dropped_bad_checksum") and c.get("dropped_truncated") else None
+
+    counters = wait_for(counted, 5.0, "the drops to be counted")
+    assert counters["dropped_bad_checksum"] == 1 and counters["dropped_truncated"] == 2, counters
+    assert groups(sup) == [] and querier(sup)["is_querier"]
+    assert sup.proc.poll() is None
