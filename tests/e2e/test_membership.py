@@ -11,6 +11,7 @@ wins and the other takes over when the winner stops querying.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from ipaddress import IPv4Address
@@ -257,3 +258,27 @@ def test_bad_packets_are_counted_and_change_nothing(chain: Chain, tmp_path: Path
     assert counters["dropped_bad_checksum"] == 1 and counters["dropped_truncated"] == 2, counters
     assert groups(sup) == [] and querier(sup)["is_querier"]
     assert sup.proc.poll() is None
+
+
+ORIGINAL_BIN = Path(os.environ.get("MCR_ORIGINAL_BIN", "/tmp/rustmcr/bin"))
+
+
+@pytest.mark.skipif(not (ORIGINAL_BIN / "mcrctl").exists(), reason=f"the original's mcrctl is not in {ORIGINAL_BIN}")
+def test_the_originals_mcrctl_igmp_commands_work_against_us(chain: Chain, tmp_path: Path) -> None:
+    lab = chain.lab
+    config = write_config(tmp_path, f'[igmp]\npassive_interfaces = ["rout"]\n{TIMERS}')
+    sup = Supervisor.start(lab, chain.relay, extra=["--config", str(config)])
+
+    def mcrctl(*args: str) -> str:
+        argv = [str(ORIGINAL_BIN / "mcrctl"), "--socket-path", str(sup.socket_path), *args]
+        return lab.run(None, *argv).stdout
+
+    enabled = mcrctl("igmp", "enable-querier", "--interface", "rout")
+    assert "IGMP querier enabled on rout" in enabled
+    wait_for(lambda: querier(sup)["is_querier"] or None, 3.0, "the querier to start")
+    join(lab, chain.sink, GROUP4, "snk0")
+    wait_for(lambda: entry(sup, GROUP4), 5.0, "the group")
+    shown = mcrctl("igmp", "groups")
+    assert GROUP4 in shown and chain.sink_ip in shown, shown
+    assert "IGMP querier disabled" in mcrctl("igmp", "disable-querier", "--interface", "rout")
+    assert not querier(sup)["is_querier"]
