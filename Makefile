@@ -1,7 +1,7 @@
 # Two entry points on a fresh machine (as root): `make demo` and `make test`.
 PYTHON ?= python3
 PIP_FLAGS ?= -q --disable-pip-version-check --root-user-action=ignore
-DEB_PACKAGES = iproute2 ethtool tcpdump socat nftables smcroute tmux
+DEB_PACKAGES = iproute2 ethtool tcpdump socat nftables smcroute tmux frr
 
 .PHONY: deps demo test check bench fuzz
 

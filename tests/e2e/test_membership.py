@@ -282,3 +282,87 @@ def test_the_originals_mcrctl_igmp_commands_work_against_us(chain: Chain, tmp_pa
     assert GROUP4 in shown and chain.sink_ip in shown, shown
     assert "IGMP querier disabled" in mcrctl("igmp", "disable-querier", "--interface", "rout")
     assert not querier(sup)["is_querier"]
+
+
+FRR_DIR = Path("/usr/lib/frr")
+FRR_PIMD = """debug igmp events
+interface fq0
+ ip igmp
+ ip igmp query-max-response-time 10
+ ip igmp query-interval 4
+"""
+
+
+def start_frr(lab: NetLab, ns: str) -> tuple[Proc, Proc, Path]:
+    """zebra and pimd in `ns` as IGMP querier on fq0 (QI 4 s, max response 1 s); their sockets in a directory the
+    frr user can reach (pytest's own tmp root is private to root)."""
+    import shutil
+    import tempfile
+
+    run = lab.track_dir(Path(tempfile.mkdtemp(prefix="mcr-frr-")))
+    run.chmod(0o755)
+    (run / "zebra.conf").write_text("")
+    (run / "pimd.conf").write_text(FRR_PIMD)
+    shutil.chown(run, "frr", "frr")
+    for f in run.iterdir():
+        shutil.chown(f, "frr", "frr")
+
+    def daemon(name: str) -> Proc:
+        argv = [str(FRR_DIR / name), "-u", "frr", "-g", "frr", "-i", str(run / f"{name}.pid"), "-P", "0"]
+        argv += ["--log", "stdout", "--log-level", "debug"]
+        argv += ["--vty_socket", str(run), "-z", str(run / "zserv.api"), "-f", str(run / f"{name}.conf")]
+        return lab.popen(ns, *argv, name=name)
+
+    zebra = daemon("zebra")
+    wait_for(lambda: (run / "zserv.api").exists() or None, 10.0, "zebra's socket")
+    return zebra, daemon("pimd"), run
+
+
+def frr_interface(lab: NetLab, ns: str, run: Path) -> dict[str, Any] | None:
+    import json
+
+    out = lab.run(ns, "vtysh", "--vty_socket", str(run), "-c", "show ip igmp interface json", check=False).stdout
+    try:
+        return dict(json.loads(out)).get("fq0")
+    except ValueError:
+        return None
+
+
+@pytest.mark.skipif(not (FRR_DIR / "pimd").exists(), reason="FRR (Debian package frr) is not installed")
+@pytest.mark.parametrize("we_are_lower", [True, False])
+def test_election_against_frr_pimd(netlab: NetLab, tmp_path: Path, we_are_lower: bool) -> None:
+    """MCR and FRR's pimd query on one link: the lower address wins on both sides; when pimd (the winner) stops,
+    MCR takes over within the other-querier-present interval it derives from pimd's QQIC (2 * 4 + 1 / 2 s)."""
+    from .netns import _veth
+
+    lab = netlab
+    relay, frr = lab.add_netns("rly"), lab.add_netns("frr")
+    ours, theirs = ("10.200.20.1", "10.200.20.2") if we_are_lower else ("10.200.20.9", "10.200.20.2")
+    _veth(lab, relay, "rq0", ours, frr, "fq0", theirs, 1500)
+    config = write_config(tmp_path, f'[igmp]\nquerier_interfaces = ["rq0"]\n{TIMERS}')
+    sup = Supervisor.start(lab, relay, extra=["--config", str(config)])
+    _zebra, pimd, run = start_frr(lab, frr)
+
+    def heard() -> dict[str, Any] | None:
+        view = querier(sup, ifname="rq0")
+        return view if view["counters"].get("queries_received_v3", 0) >= 2 else None
+
+    view = wait_for(heard, 10.0, "pimd's queries")
+    assert view["is_querier"] is we_are_lower
+    if we_are_lower:
+        time.sleep(2.0)  # pimd queries again and changes nothing here
+        assert querier(sup, ifname="rq0")["is_querier"]
+        if not Path("/proc/net/ip_mr_vif").exists():
+            pytest.skip("pimd receives IGMP only through the multicast routing socket (no CONFIG_IP_MROUTE here)")
+        frr_says = wait_for(
+            lambda: ((v := frr_interface(lab, frr, run)) is not None and not v["querier"] and v) or None,
+            10.0,
+            "pimd to step down",
+        )
+        assert frr_says["querierIp"] == ours
+        return
+    assert querier(sup, ifname="rq0")["querier"] == theirs
+    pimd.stop()
+    quiet = time.monotonic()
+    wait_for(lambda: querier(sup, ifname="rq0")["is_querier"] or None, 12.0, "MCR to take over")
+    assert time.monotonic() - quiet < 9.5
