@@ -9,8 +9,8 @@ from mcr.cli.transport import DEFAULT_TIMEOUT_S
 from mcr.protocol.control import encode_request
 
 ADD = ["add", "--input-interface", "eth0", "--input-group", "239.1.1.1", "--input-port", "5000"]
-OUT1 = '{"group": "239.2.2.2", "port": 6000, "interface": "eth1", "ttl": 1}'
-OUT2 = '{"group": "239.3.3.3", "port": 7000, "interface": "eth2", "ttl": 1}'
+OUT1 = '{"group": "239.2.2.2", "port": 6000, "interface": "eth1"}'
+OUT2 = '{"group": "239.3.3.3", "port": 7000, "interface": "eth2"}'
 ADD_HEAD = '{"AddRule": {"input_interface": "eth0", "input_group": "239.1.1.1", "input_port": 5000, '
 
 
@@ -165,7 +165,7 @@ def test_bad_output_spec_uses_the_original_texts(spec: str, message: str, capsys
         ([*ADD, "--ttl", "0"], "argument --ttl: invalid TTL '0'; valid TTL range is 1-255"),
         ([*ADD, "--ttl", "256"], "argument --ttl: invalid TTL '256'; valid TTL range is 1-255"),
         ([*ADD, "--rule-id", ""], "argument --rule-id: rule id must not be empty"),
-        (["remove"], "required: --rule-id"),
+        (["remove"], "Must specify either --rule-id or --name"),
         (["remove", "--rule-id", ""], "argument --rule-id: rule id must not be empty"),
         (["--timeout", "0", "ping"], "argument --timeout: invalid timeout '0'; expected a positive number"),
         (["ping", "--timeout", "soon"], "argument --timeout: invalid timeout 'soon'"),

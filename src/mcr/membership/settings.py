@@ -80,3 +80,20 @@ def parse_membership_table(path: str, section: str, table: dict[str, Any]) -> Me
     settings = MembershipSettings(timers=Timers(**timers), **lists)
     check_membership(where, Family.IPV4 if section == "igmp" else Family.IPV6, settings)
     return settings
+
+
+def membership_from_original(path: str, section: object) -> MembershipSettings:
+    """The original's JSON5 `igmp {querier_interfaces, query_interval, robustness, query_response_interval}`
+    (already checked for keys and types by its reader); None or absent keys take the original's defaults."""
+    if not isinstance(section, dict):
+        return MembershipSettings()
+    timers: dict[str, Any] = {}
+    for key in ("query_interval", "query_response_interval"):
+        if section.get(key) is not None:
+            timers[key] = float(section[key])
+    if section.get("robustness") is not None:
+        timers["robustness"] = int(section["robustness"])
+    names = tuple(str(n) for n in section.get("querier_interfaces") or ())
+    settings = MembershipSettings(querier_interfaces=names, timers=Timers(**timers))
+    check_membership(f"{path}: igmp", Family.IPV4, settings)
+    return settings

@@ -9,6 +9,7 @@
     group = "nogroup"
     log_level = "info"
     log_json = false
+    multicast_ttl = 1                 # TTL of multicast outputs that name none (unicast ones: the kernel's)
     state_file = "/var/lib/mcr/rules.json"
 
     [limits]
@@ -24,7 +25,7 @@
     input_interface = "eth0"
     input_group = "239.1.1.1"
     input_port = 5000
-    ttl = 4                            # default TTL of this rule's outputs (1 when absent)
+    ttl = 4                            # TTL of this rule's outputs (absent: multicast_ttl, or the kernel's for unicast)
     rate_limit = { pps = 10000 }       # optional: { pps = N, burst = packets } or { bps = N, burst_bytes = B }
     outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
     # an output table may say follow_receivers = true: it sends only while eth2 has receivers (IGMP/MLD)
@@ -40,13 +41,14 @@ from __future__ import annotations
 import sys
 import tomllib
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any
 
-from mcr.membership.settings import MembershipSettings, parse_membership_table
+from mcr.membership.settings import MembershipSettings, membership_from_original, parse_membership_table
 from mcr.model.errors import ConfigError, ValidationError
+from mcr.model.original_config import OriginalSections, decode_original_config, load_json5
 from mcr.model.ratelimit import decode_rate_limit
 from mcr.model.rules import (
-    DEFAULT_TTL,
     ForwardingRule,
     Limits,
     OutputDestination,
@@ -57,6 +59,7 @@ from mcr.model.rules import (
     parse_group,
     parse_output_spec,
     parse_source,
+    ttl_problem,
 )
 
 
@@ -75,6 +78,12 @@ class Settings:
     state_file: str | None = None
     metrics_addr: str | None = None
     engine: str | None = None
+    multicast_ttl: int | None = None  # the TTL of multicast outputs that name none (default 1)
+
+
+class ConfigDialect(Enum):
+    TOML = "toml"  # ours: [supervisor], [limits], [[rule]]
+    JSON5 = "json5"  # the original's (mcr.model.original_config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +94,12 @@ class Config:
     rules: tuple[ForwardingRule, ...] = ()
     igmp: MembershipSettings = field(default_factory=MembershipSettings)
     mld: MembershipSettings = field(default_factory=MembershipSettings)
+    dialect: ConfigDialect = ConfigDialect.TOML
+    original: OriginalSections = field(default_factory=OriginalSections)  # a JSON5 file's other sections
+    warnings: tuple[str, ...] = ()  # keys accepted but ignored, each named (JSON5 only: TOML refuses them)
 
 
-_SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool}
+_SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int}
 _RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl", "rate_limit"}
 _OUTPUT_KEYS = {"group", "port", "interface", "ttl", "follow_receivers"}
 
@@ -123,6 +135,9 @@ def _settings(path: str, table: dict[str, Any]) -> Settings:
                 f"{path}: [supervisor]: '{key}' must be {'an integer' if expected is int else 'a ' + expected.__name__}"
             )
         values[key] = value
+    problem = ttl_problem("multicast_ttl", values.get("multicast_ttl"))
+    if problem:
+        raise ConfigError(f"{path}: [supervisor]: {problem}")
     if values.get("engine") not in (None, "auto", "userspace", "kernel"):
         raise ConfigError(f"{path}: [supervisor]: 'engine' must be auto, userspace or kernel")
     if values.get("num_workers") is not None and values["num_workers"] < 1:
@@ -140,7 +155,7 @@ def _limits(path: str, table: dict[str, Any]) -> Limits:
     return Limits(**table)
 
 
-def _output(where: str, i: int, item: object, ttl: int) -> OutputDestination:
+def _output(where: str, i: int, item: object, ttl: int | None) -> OutputDestination:
     if isinstance(item, str):
         try:
             return parse_output_spec(item, ttl)
@@ -157,7 +172,7 @@ def _output(where: str, i: int, item: object, ttl: int) -> OutputDestination:
         if not _type_ok(item[key], kind):
             raise ConfigError(f"{where}: outputs[{i}].{key} must be {_kind(kind)}")
     out_ttl = item.get("ttl", ttl)
-    if not _type_ok(out_ttl, int):
+    if out_ttl is not None and not _type_ok(out_ttl, int):
         raise ConfigError(f"{where}: outputs[{i}].ttl must be an integer")
     try:
         group = parse_group(item["group"])
@@ -166,7 +181,7 @@ def _output(where: str, i: int, item: object, ttl: int) -> OutputDestination:
     follow = item.get("follow_receivers", False)
     if not isinstance(follow, bool):
         raise ConfigError(f"{where}: outputs[{i}].follow_receivers must be a boolean")
-    return OutputDestination(group, item["port"], item["interface"], out_ttl, follow)
+    return OutputDestination(group, item["port"], item["interface"], out_ttl, follow_receivers=follow)
 
 
 def _rule(path: str, index: int, item: object) -> ForwardingRule:
@@ -191,7 +206,7 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
     outputs_raw = item.get("outputs", [])
     if not isinstance(outputs_raw, list):
         raise ConfigError(f"{where}: 'outputs' must be an array")
-    ttl = item.get("ttl", DEFAULT_TTL)
+    ttl = item.get("ttl")
     outputs = tuple(_output(where, i, o, ttl) for i, o in enumerate(outputs_raw))
     try:
         group = parse_group(item["input_group"])
@@ -208,8 +223,46 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
     )
 
 
+def config_dialect(text: str, path: str) -> ConfigDialect:
+    """Which of the two formats a file is in: by its extension, else by its first significant character
+    (a JSON5 document is an object, `{`; a TOML file starts with a table, a key or a comment)."""
+    lower = path.lower()
+    if lower.endswith((".json5", ".json")):
+        return ConfigDialect.JSON5
+    if lower.endswith(".toml"):
+        return ConfigDialect.TOML
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        return ConfigDialect.JSON5 if stripped.startswith(("{", "//", "/*")) else ConfigDialect.TOML
+    return ConfigDialect.TOML
+
+
 def parse_config(text: str, path: str) -> Config:
-    """Parse and validate a whole file; raises ConfigError naming the file, rule and field."""
+    """Parse and validate a whole file, TOML or the original's JSON5 (`config_dialect`); raises
+    ConfigError naming the file, rule and field."""
+    if config_dialect(text, path) is ConfigDialect.JSON5:
+        return parse_json5_config(text, path)
+    return parse_toml_config(text, path)
+
+
+def parse_json5_config(text: str, path: str) -> Config:
+    """The original's JSON5 file: its rules, and its other sections kept for GetConfig and `config save`."""
+    found = decode_original_config(load_json5(text, path), path)
+    return Config(
+        path=path,
+        settings=Settings(multicast_ttl=found.sections.multicast_ttl),
+        rules=found.rules,
+        igmp=membership_from_original(path, found.sections.section("igmp")),
+        dialect=ConfigDialect.JSON5,
+        original=found.sections,
+        warnings=found.warnings,
+    )
+
+
+def parse_toml_config(text: str, path: str) -> Config:
+    """Our TOML file; raises ConfigError naming the file, rule and field."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -242,3 +295,25 @@ def parse_config(text: str, path: str) -> Config:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
         rules[rule.rule_id] = rule
     return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()), igmp=igmp, mld=mld)
+
+
+SECTION_PROTOCOLS = {  # igmp is served: mcr.membership
+    "pim": "PIM-SM",
+    "msdp": "MSDP",
+    "control_plane": "the control-plane integration (RPF provider, external neighbours, events)",
+}
+
+
+def unserved_notes(path: str, sections: OriginalSections) -> tuple[str, ...]:
+    """What a JSON5 file asks for that this relay accepts but does not do (yet), one line each."""
+    notes = [
+        f"{path}: section '{name}' accepted but not served: {SECTION_PROTOCOLS[name]} is not implemented "
+        "in this relay yet"
+        for name in sections.unserved
+    ]
+    if sections.pinning:
+        notes.append(
+            f"{path}: 'pinning' accepted but not applied: workers are not pinned to cores (every worker "
+            "serves every input, spread by PACKET_FANOUT)"
+        )
+    return tuple(notes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from mcr.model.original_config import OriginalSections
 from mcr.model.rules import Engine, ForwardingRule, Limits
 
 
@@ -49,6 +50,7 @@ class FlowStats:
     outputs: tuple[OutputStats, ...] = ()
     drops: dict[str, int] = field(default_factory=dict)
     input_source: str = ""  # the rule's source host or prefix, empty when any source matches
+    input_protocol: int = 17  # 17 UDP, 50 ESP (the stats of the original are per group, port and protocol)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,24 @@ class WorkerInfo:
     kernel_drops: int = 0
     stats_pipe_errors: int = 0
     ring_resyncs: int = 0  # times a capture ring was found out of step with the kernel and resynchronised
+    interface: str | None = None  # today's original runs workers per input interface; ours serve them all
+    backoff_ms: int = 0  # while restarting: how long until the next start
+
+
+@dataclass(frozen=True, slots=True)
+class KernelStatus:
+    """The eBPF kernel engine as `GetKernelStatus` reports it. It runs inside the kernel on the supervisor's
+    behalf, so it is no worker process: `ListWorkers` does not list it."""
+
+    loaded: bool
+    mode: str  # the --engine setting: auto, kernel or userspace
+    reason: str = ""  # why it is not loaded (empty when it is)
+    instructions: int = 0  # of the loaded program
+    interfaces: tuple[str, ...] = ()  # where its program is attached (input interfaces of kernel rules)
+    rules: int = 0  # rules it serves
+    max_rules: int = 0
+    max_outputs: int = 0  # per rule
+    drops: dict[str, int] = field(default_factory=dict)  # frames to a configured (interface, group) not relayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +108,5 @@ class ConfigView:
     settings: tuple[tuple[str, str | int | bool | None], ...]
     limits: Limits
     rules: tuple[ForwardingRule, ...]
+    original: OriginalSections = field(default_factory=OriginalSections)  # a JSON5 file's other sections
+    dialect: str = "toml"  # the config file's format

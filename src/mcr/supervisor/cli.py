@@ -13,10 +13,10 @@ from typing import Any
 
 from mcr import __version__
 from mcr.logs import configure_logging
-from mcr.model.config import Config, Settings, parse_config
+from mcr.model.config import Config, Settings, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.levels import Severity
-from mcr.model.rules import Limits
+from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits
 from mcr.protocol.control import DEFAULT_SOCKET, SOCKET_ENV
 from mcr.supervisor.main import SupervisorConfig, run_supervisor
 
@@ -34,12 +34,41 @@ def _positive(text: str) -> int:
     return value
 
 
+MULTICAST_TTL_ENV = "MCR_MULTICAST_TTL"  # the original's variable for the same setting
+
+
+def _ttl(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not 1 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; valid TTL range is 1-255")
+    return value
+
+
+def env_multicast_ttl() -> int | None:
+    """MCR_MULTICAST_TTL, as the original reads it; a bad value is a ValidationError naming the variable."""
+    text = os.environ.get(MULTICAST_TTL_ENV)
+    if not text:
+        return None
+    try:
+        return _ttl(text)
+    except argparse.ArgumentTypeError as e:
+        raise ValidationError(f"{MULTICAST_TTL_ENV}: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multicast_relay", description="MCR multicast relay daemon")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sup = sub.add_parser("supervisor", help="run the privileged supervisor (as root)")
-    sup.add_argument("--config", default=None, help="TOML file with settings and static rules (SIGHUP reloads it)")
+    sup.add_argument(
+        "--config",
+        default=None,
+        help="config file: ours (TOML, settings and static rules) or the original's (JSON5, by its .json5 "
+        "extension or its content); SIGHUP reloads it",
+    )
     sup.add_argument("--state-file", default=None, help="where runtime rules are saved; restored at start")
     sup.add_argument("--control-socket-path", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
     sup.add_argument("--control-group", default=None, help="group allowed to use the control socket")
@@ -59,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "userspace", "kernel"),
         default=None,
         help="auto (default): the eBPF kernel engine where it loads and can serve the rule, userspace otherwise",
+    )
+    sup.add_argument(
+        "--multicast-ttl",
+        type=_ttl,
+        default=None,
+        metavar="N",
+        help=f"TTL of multicast outputs that set none (default {DEFAULT_MULTICAST_TTL}; ${MULTICAST_TTL_ENV}); "
+        "unicast outputs that set none keep the kernel's default",
     )
     defaults = Limits()
     for f in fields(Limits):
@@ -97,6 +134,14 @@ def merge_limits(args: argparse.Namespace, file: Limits) -> Limits:
     return replace(file, **flags)
 
 
+def report_config_notes(config: Config) -> None:
+    """Log what a config file has that is ignored (unknown keys) or not served (protocol sections)."""
+    for text in config.warnings:
+        log.warning("%s", text)
+    for text in unserved_notes(config.path, config.original):
+        log.warning("%s", text)
+
+
 def merge_settings(args: argparse.Namespace, static: Config | None) -> SupervisorConfig:
     """Command-line flags win over the config file, which wins over the defaults."""
     file = static.settings if static else Settings()
@@ -122,6 +167,9 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         metrics_addr=pick(args.metrics_addr, file.metrics_addr, None),
         engine=pick(args.engine, file.engine, "auto"),
         seccomp=args.seccomp,
+        multicast_ttl=pick(
+            args.multicast_ttl, file.multicast_ttl, pick(env_multicast_ttl(), None, DEFAULT_MULTICAST_TTL)
+        ),
     )
 
 
@@ -141,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(Severity.parse(config.log_level).python_level, config.log_json, prefix="supervisor")
     if args.interface or args.relay_command_socket_path:
         log.warning("--interface and --relay-command-socket-path are ignored: each rule names its input interface")
+    if static is not None:
+        report_config_notes(static)
     try:
         asyncio.run(run_supervisor(config))
     except ConfigError as e:
