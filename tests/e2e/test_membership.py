@@ -366,3 +366,16 @@ def test_election_against_frr_pimd(netlab: NetLab, tmp_path: Path, we_are_lower:
     quiet = time.monotonic()
     wait_for(lambda: querier(sup, ifname="rq0")["is_querier"] or None, 12.0, "MCR to take over")
     assert time.monotonic() - quiet < 9.5
+
+
+def test_the_originals_json5_igmp_section_starts_the_querier(chain: Chain, tmp_path: Path) -> None:
+    path = tmp_path / "mcr.json5"
+    path.write_text(
+        '{ rules: [], igmp: { querier_interfaces: ["rout"], query_interval: 4, robustness: 2, '
+        "query_response_interval: 1 } }\n"
+    )
+    sup = Supervisor.start(chain.lab, chain.relay, extra=["--config", str(path)])
+    join(chain.lab, chain.sink, GROUP4, "snk0")
+    learnt = wait_for(lambda: entry(sup, GROUP4), 5.0, "the group")
+    assert learnt["is_querier"] and learnt["expires_in_secs"] <= 9  # GMI = 2 * 4 + 1 from the file's timers
+    assert "not served" not in sup.proc.err()
