@@ -309,3 +309,16 @@ def test_enabling_next_to_a_lower_querier_waits_for_it_to_go_quiet() -> None:
     q.receive(query(LOWER), 1.0)
     assert q.set_active(True, 2.0) == [] and not q.is_querier
     assert next(t for t, a in run(q, 60.0, start=2.0) if isinstance(a, Send)) == 42.0
+
+
+def test_a_flood_of_groups_and_sources_is_bounded_and_counted() -> None:
+    q = Querier("eth0", Family.IPV4, T, address=ME, active=True, max_groups=2, max_sources=3)
+    q.start(0.0)
+    for i in range(4):
+        q.receive(v2_report(IPv4Address(f"239.9.9.{i}")), 1.0)
+    assert len(q.group_views(1.0)) == 2
+    many = tuple(IPv4Address(f"192.0.2.{i}") for i in range(1, 6))
+    q.receive(report(3, Record(RecordType.ALLOW_NEW_SOURCES, IPv4Address("239.9.9.0"), many)), 2.0)
+    (g,) = [r for r in q.group_views(2.0) if r.group == IPv4Address("239.9.9.0")]
+    assert [s.address for s in g.sources] == list(many[:3])
+    assert q.view(2.0).counters["dropped_table_full"] == 3  # two groups, one source list

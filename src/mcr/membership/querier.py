@@ -207,6 +207,8 @@ class _Group:
 
 
 _EXCLUDES = (RecordType.MODE_IS_EXCLUDE, RecordType.CHANGE_TO_EXCLUDE)
+MAX_GROUPS = 4096  # per interface and family
+MAX_SOURCES = 256  # per group (Linux hosts keep at most 10 by default: net.ipv4.igmp_max_msf)
 
 
 class Querier:
@@ -220,9 +222,13 @@ class Querier:
         *,
         address: IPAddress | None,
         active: bool,
+        max_groups: int = MAX_GROUPS,
+        max_sources: int = MAX_SOURCES,
     ) -> None:
         self.interface = interface
         self.family = family
+        self.max_groups = max_groups  # what a flood of reports can make us hold: the rest is counted, not kept
+        self.max_sources = max_sources
         self.timers = timers
         self.address = address
         self.active = active
@@ -489,7 +495,14 @@ class Querier:
         if not existed:
             if kind is RecordType.BLOCK_OLD_SOURCES or (kind not in _EXCLUDES and not sources):
                 return []  # nothing to include, nothing to block: no state (RFC 3376 6.4)
+            if len(self.groups) >= self.max_groups:
+                self.counters["dropped_table_full"] += 1
+                return []
             self.groups[group] = g
+        room = self.max_sources - len(g.sources.keys() - sources)
+        if len(sources) > room:
+            self.counters["dropped_table_full"] += 1
+            sources = frozenset(sorted(sources, key=int)[: max(0, room)])
         before = g.signature() if existed else None
         g.last_reporter = reporter if int(reporter) else g.last_reporter
         self._apply(g, kind, sources, now)
