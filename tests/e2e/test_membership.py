@@ -379,3 +379,21 @@ def test_the_originals_json5_igmp_section_starts_the_querier(chain: Chain, tmp_p
     learnt = wait_for(lambda: entry(sup, GROUP4), 5.0, "the group")
     assert learnt["is_querier"] and learnt["expires_in_secs"] <= 9  # GMI = 2 * 4 + 1 from the file's timers
     assert "not served" not in sup.proc.err()
+
+
+def test_sighup_applies_new_querier_settings(chain: Chain, tmp_path: Path) -> None:
+    import signal
+
+    config = write_config(tmp_path, f'[igmp]\npassive_interfaces = ["rout"]\n{TIMERS}')
+    sup = Supervisor.start(chain.lab, chain.relay, extra=["--config", str(config)])
+    assert not querier(sup)["active"] and not querier(sup)["is_querier"]
+    config.write_text(f'[igmp]\nquerier_interfaces = ["rout"]\n{TIMERS}')
+    sup.proc.signal(signal.SIGHUP)
+    wait_for(lambda: querier(sup)["is_querier"] or None, 5.0, "the querier to start after the reload")
+    config.write_text("")
+    sup.proc.signal(signal.SIGHUP)
+    wait_for(
+        lambda: not [q for q in sup.ctl("igmp", "queriers").doc["Queriers"] if q["interface"] == "rout"] or None,
+        5.0,
+        "tracking on rout to stop",
+    )

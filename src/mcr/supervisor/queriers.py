@@ -175,6 +175,8 @@ class Queriers:
                 )
                 self._execute(key, core.start(now))
             else:
+                if core.active != active:
+                    self._execute(key, core.set_active(active, now))
                 self._execute(key, core.set_address(address, now))
 
     def _stop(self, key: Key) -> None:
