@@ -139,3 +139,18 @@ def test_membership_metrics() -> None:
         'mcr_membership_messages_total{interface="eth1",kind="dropped_bad_checksum",protocol="igmp"} 1.0',
     ):
         assert line in text
+
+
+def test_an_ipv6_output_follows_mld_listeners() -> None:
+    from ipaddress import IPv6Address
+
+    own6 = IPv6Address("2001:db8:1::1")
+    links = {**LINKS, "eth1": Link("eth1", 3, True, 1500, (OWN,), mac=bytes.fromhex("020000000003"), ipv6=(own6,))}
+    g6 = IPv6Address("ff0e::5")
+    rule = ForwardingRule(
+        "r6", "eth0", IPv4Address("239.1.1.1"), 5000, (OutputDestination(g6, 6000, "eth1", follow_receivers=True),)
+    )
+    assert resolve([rule], links, listeners=Listeners()).worker_rules[0].outputs == ()
+    view = GroupView("eth1", Family.IPV6, g6, FilterMode.INCLUDE, 5.0, (SourceView(own6, 5.0),), None, 2, True)
+    (wr,) = resolve([rule], links, listeners=Listeners.of([view])).worker_rules
+    assert [o.index for o in wr.outputs] == [0]
