@@ -4,9 +4,11 @@ source-specific receivers)."""
 
 from __future__ import annotations
 
+import io
 from ipaddress import IPv4Address
 
 import pytest
+from rich.console import Console
 
 from mcr.cli.control_client import parse_invocation
 from mcr.membership.querier import FilterMode, GroupView, Listeners, SourceView
@@ -154,3 +156,22 @@ def test_an_ipv6_output_follows_mld_listeners() -> None:
     view = GroupView("eth1", Family.IPV6, g6, FilterMode.INCLUDE, 5.0, (SourceView(own6, 5.0),), None, 2, True)
     (wr,) = resolve([rule], links, listeners=Listeners.of([view])).worker_rules
     assert [o.index for o in wr.outputs] == [0]
+
+
+def test_top_shows_the_queriers() -> None:
+    from datetime import datetime
+
+    from mcr.cli.top import Controls, TopView, on_poll, render_top
+    from mcr.membership.querier import QuerierView
+
+    mine = QuerierView("eth1", Family.IPV4, True, True, OWN, OWN, 0.0, 3, {"reports_v3": 4, "leaves": 1})
+    other = QuerierView(
+        "eth2", Family.IPV6, False, False, None, None, 0.0, 2, {"reports_v1": 2, "dropped_bad_checksum": 1}
+    )
+    view = on_poll(TopView(), (), (), datetime(2026, 1, 1), queriers=(mine, other))
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(render_top(view, Controls(), 1.0, live=False))
+    assert (
+        "membership eth1 igmp querier, eth2 mld passive, non-querier (no querier)  reports 6  leaves 1  dropped 1"
+        in out.getvalue()
+    )

@@ -578,14 +578,14 @@ def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -
     console = console_for(out)
     if invocation.once or not out.isatty():
         try:
-            flows, workers, rules, kernel = poll()
+            flows, workers, rules, kernel, queriers = poll()
         except ErrorAnswer as e:
             print(render_error(e.text), file=err)
             return ExitCode.ERROR_RESPONSE
         except McrError as e:
             print(f"{PROG}: {e}", file=err)
             return ExitCode.UNREACHABLE
-        view = on_poll(TopView(), flows, workers, datetime.now(), rules, kernel)
+        view = on_poll(TopView(), flows, workers, datetime.now(), rules, kernel, queriers)
         console.print(render_top(view, Controls(), invocation.interval_s, live=False))
         return ExitCode.OK
     try:
