@@ -397,3 +397,19 @@ def test_sighup_applies_new_querier_settings(chain: Chain, tmp_path: Path) -> No
         5.0,
         "tracking on rout to stop",
     )
+
+
+def test_a_link_made_again_is_tracked_again(chain: Chain, tmp_path: Path) -> None:
+    """rout deleted and made again (a new ifindex): the querier follows it onto the new link."""
+    from .netns import _veth
+
+    lab = chain.lab
+    config = write_config(tmp_path, f'[igmp]\nquerier_interfaces = ["rout"]\n{TIMERS}')
+    sup = Supervisor.start(lab, chain.relay, extra=["--config", str(config)])
+    wait_for(lambda: querier(sup)["is_querier"] or None, 3.0, "the querier")
+    lab.run(chain.relay, "ip", "link", "del", "rout")
+    wait_for(lambda: not sup.ctl("igmp", "queriers").doc["Queriers"] or None, 10.0, "the querier to stop")
+    _veth(lab, chain.relay, "rout", chain.relay_out_ip, chain.sink, "snk0", chain.sink_ip, 1500)
+    wait_for(lambda: sup.ctl("igmp", "queriers").doc["Queriers"] or None, 10.0, "the querier on the new link")
+    join(lab, chain.sink, GROUP4, "snk0")
+    assert wait_for(lambda: entry(sup, GROUP4), 5.0, "the group on the new link")["is_querier"]

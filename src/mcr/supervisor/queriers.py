@@ -84,6 +84,7 @@ class Queriers:
         self.followed: set[Key] = set()  # outputs that follow receivers there: tracked passively at least
         self.cores: dict[Key, Querier] = {}
         self.sockets: dict[Key, socket.socket] = {}
+        self.bound: dict[Key, int] = {}  # the ifindex each socket is bound to
         self.timers: dict[Key, asyncio.TimerHandle] = {}
         self.drops: dict[Key, Counter[str]] = {}
         self.links: dict[str, Link] = {}
@@ -146,8 +147,8 @@ class Queriers:
         tracked = self.tracked()
         for key in list(self.cores):
             link = links.get(key[0])
-            if key not in tracked or link is None or not link.up:
-                self._stop(key)
+            if key not in tracked or link is None or not link.up or link.ifindex != self.bound[key]:
+                self._stop(key)  # a link deleted and made again has a new index: its socket is bound to the old
         for key, active in tracked.items():
             name, family = key
             link = links.get(name)
@@ -164,6 +165,7 @@ class Queriers:
                 core = Querier(name, family, self.settings[family].timers, address=address, active=active)
                 self.cores[key] = core
                 self.sockets[key] = sock
+                self.bound[key] = link.ifindex
                 self.drops.setdefault(key, Counter())
                 self.loop.add_reader(sock.fileno(), self._readable, key)
                 log.info(
@@ -182,6 +184,7 @@ class Queriers:
     def _stop(self, key: Key) -> None:
         core = self.cores.pop(key)
         sock = self.sockets.pop(key)
+        self.bound.pop(key, None)
         self.loop.remove_reader(sock.fileno())
         sock.close()
         handle = self.timers.pop(key, None)
