@@ -413,3 +413,27 @@ def test_a_link_made_again_is_tracked_again(chain: Chain, tmp_path: Path) -> Non
     wait_for(lambda: sup.ctl("igmp", "queriers").doc["Queriers"] or None, 10.0, "the querier on the new link")
     join(lab, chain.sink, GROUP4, "snk0")
     assert wait_for(lambda: entry(sup, GROUP4), 5.0, "the group on the new link")["is_querier"]
+
+
+def test_mld_election_between_two_supervisors(chain: Chain, tmp_path: Path) -> None:
+    """MLD elects the lowest link-local address (RFC 3810 7.6.2); both sides agree which that is."""
+    from ipaddress import IPv6Address
+
+    lab = chain.lab
+    enable_ipv6(lab, chain.relay, "rout")
+    enable_ipv6(lab, chain.sink, "snk0")
+    relay_config = write_config(tmp_path, f'[mld]\nquerier_interfaces = ["rout"]\n{TIMERS}')
+    sink_dir = tmp_path / "sink"
+    sink_dir.mkdir()
+    (sink_dir / "mcr.toml").write_text(f'[mld]\nquerier_interfaces = ["snk0"]\n{TIMERS}')
+    relay = Supervisor.start(lab, chain.relay, extra=["--config", str(relay_config)])
+    other = Supervisor.start(lab, chain.sink, extra=["--config", str(sink_dir / "mcr.toml")])
+
+    def settled() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        a, b = querier(relay, "ipv6"), querier(other, "ipv6", "snk0")
+        return (a, b) if a["querier"] and a["querier"] == b["querier"] and a["is_querier"] != b["is_querier"] else None
+
+    a, b = wait_for(settled, 8.0, "one MLD querier on the link")
+    lowest = min(IPv6Address(a["address"]), IPv6Address(b["address"]))
+    assert IPv6Address(a["querier"]) == lowest and lowest.is_link_local
+    assert (a if a["is_querier"] else b)["address"] == str(lowest)
