@@ -305,7 +305,8 @@ class Supervisor:
                 self.queriers.configure(new.igmp, new.mld)
                 log.info("reload of %s: querier settings applied", path)
             if (new.settings, new.limits) != (self.config_file.settings, self.config_file.limits):
-                log.warning("reload of %s: [supervisor] and [limits] changes take effect at the next start", path)
+                what = "multicast_ttl" if new.dialect is ConfigDialect.JSON5 else "[supervisor] and [limits]"
+                log.warning("reload of %s: %s changes take effect at the next start", path, what)
             for text in new.warnings + unserved_notes(path, new.original):
                 log.warning("reload: %s", text)
         except (OSError, ConfigError, ValidationError) as e:
