@@ -5,6 +5,8 @@ source-specific receivers)."""
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 import pytest
@@ -19,6 +21,7 @@ from mcr.model.links import Link
 from mcr.model.rules import ForwardingRule, OutputDestination, check_rule_shape
 from mcr.protocol.control import AddRule, decode_request, encode_request
 from mcr.supervisor.core import resolve
+from tests.fake_supervisor import FakeSupervisor
 
 G_OUT = IPv4Address("239.2.2.2")
 OWN = IPv4Address("10.0.1.1")  # eth1's address: what the output is sent from
@@ -175,3 +178,24 @@ def test_top_shows_the_queriers() -> None:
         "membership eth1 igmp querier, eth2 mld passive, non-querier (no querier)  reports 6  leaves 1  dropped 1"
         in out.getvalue()
     )
+
+
+def test_follow_receivers_is_not_sent_to_an_original_that_would_ignore_it(
+    fake_supervisor: Callable[[Callable[[bytes], bytes]], FakeSupervisor], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcr.cli.control_client import ExitCode, main
+
+    answers = {"GetVersion": {"Version": {"protocol_version": 1}}, "AddRule": {"Success": "Rule x added"}}
+
+    def respond(request: bytes) -> bytes:
+        doc = json.loads(request)
+        name = doc if isinstance(doc, str) else next(iter(doc))
+        return json.dumps(answers[name]).encode() + b"\n"
+
+    fake = fake_supervisor(respond)
+    argv = ["--socket-path", str(fake.path), "add", "--input-interface", "eth0", "--input-group", "239.1.1.1",
+            "--input-port", "5000", "--outputs", "239.2.2.2:6000:eth1", "--follow-receivers"]  # fmt: skip
+    assert main(argv) == ExitCode.ERROR_RESPONSE
+    err = capsys.readouterr().err
+    assert "would ignore --follow-receivers and send to every output whether anyone listens there or not" in err
+    assert [json.loads(r) for r in fake.requests] == ["GetVersion"]

@@ -537,10 +537,14 @@ def console_for(out: TextIO) -> Console:
 
 
 def unsupported_by_peer(invocation: Invocation) -> str | None:
-    """Why an AddRule must not be sent: it has `--input-source` or `--rate-limit` and the supervisor is one of
-    the originals, which would ignore both and relay every source without a limit. None: send it."""
+    """Why an AddRule must not be sent: it has `--input-source`, `--rate-limit` or `--follow-receivers` and the
+    supervisor is one of the originals, which would ignore them (relay every source without a limit, send to
+    every output). None: send it."""
     req = invocation.request
-    if not isinstance(req, AddRule) or (req.input_source is None and req.rate_limit is None):
+    if not isinstance(req, AddRule):
+        return None
+    follow = any(o.follow_receivers for o in req.outputs)
+    if req.input_source is None and req.rate_limit is None and not follow:
         return None
     try:
         info = ask(invocation.socket_path, Query.GET_VERSION, Version, invocation.timeout_s).info
@@ -551,10 +555,16 @@ def unsupported_by_peer(invocation: Invocation) -> str | None:
         who = f"it answers GetVersion with: {e.text}"
     except ProtocolError as e:
         who = f"its GetVersion answer is not ours: {e}"
-    flags = " and ".join(f for f, v in (("--input-source", req.input_source), ("--rate-limit", req.rate_limit)) if v)
+    named = (("--input-source", req.input_source), ("--rate-limit", req.rate_limit), ("--follow-receivers", follow))
+    flags = " and ".join(f for f, v in named if v)
+    effects = []
+    if req.input_source is not None or req.rate_limit is not None:
+        effects.append("relay the group from every source, without a limit")
+    if follow:
+        effects.append("send to every output whether anyone listens there or not")
     return (
         f"the supervisor at {invocation.socket_path} is not MCR in Python ({who}): it would ignore {flags} "
-        "and relay the group from every source, without a limit; the rule was not sent"
+        f"and {', and '.join(effects)}; the rule was not sent"
     )
 
 
