@@ -355,3 +355,7 @@ def test_esp_rules_added_at_run_time_in_todays_dialect(chain: Chain, engine: str
     assert len(sink.json(timeout=30)["packets"]) == len(frames)
     flow = sup.wait_relayed(rule_id, len(frames))
     assert (flow["input_protocol"], flow["bytes_relayed"]) == (50, 10 * 72)
+    # our client: --input-protocol esp, no --input-port
+    sup.ctl("add", "--input-interface", "rin", "--input-group", "239.1.1.7", "--input-protocol", "esp",
+            "--outputs", "239.5.5.7:0:rout", "--rule-id", "cli-esp")  # fmt: skip
+    assert (rule(sup, "cli-esp")["input_protocol"], rule(sup, "cli-esp")["input_port"]) == (50, 0)
