@@ -235,6 +235,12 @@ PITFALLS = {
         title="rule r1 skips outputs: output[0] eth1 is down; output[1] eth2 does not exist; output[2] eth1 is down",
         fix="ip link set eth1 up; check the name eth2 (ip -br link); the rule starts by itself when it appears",
     ),
+    "unicast input the interface does not hold": Pitfall(
+        rules=(rule(group="10.0.0.99", reason="input 10.0.0.99 is not an address of eth0"),),
+        check="rules",
+        title="rule r1: input 10.0.0.99 is not an address of eth0",
+        fix="ip addr add 10.0.0.99/P dev eth0",
+    ),
     "rule that stays pending": Pitfall(
         rules=(rule(state=RuleState.PENDING, reason="workers are applying the rule set (generation 7)"),),
         check="rules",
@@ -589,3 +595,14 @@ def test_config_sections_accepted_but_not_served_are_named() -> None:
     ]
     assert "PIM-SM is not implemented in this relay yet" in findings[0].detail
     assert check_config(ConfigView(None, (), Limits(), ())) == []
+
+
+def test_unicast_inputs_are_not_counted_as_groups_to_join() -> None:
+    from mcr.cli.doctor import check_igmp
+
+    facts = replace(CLEAN, igmp_max_memberships=1)
+    (finding,) = check_igmp(facts, (rule(group="10.0.0.1"), rule("r2", group="239.1.1.1")))
+    assert (finding.severity, finding.title) == (
+        Severity.OK,
+        "at most 1 input group per interface, within igmp_max_memberships (1)",
+    )

@@ -164,7 +164,8 @@ def check_igmp(facts: HostFacts, rules: Sequence[RuleView]) -> list[Finding]:
     limit = facts.igmp_max_memberships
     groups: dict[str, set[str]] = {}
     for view in rules:
-        groups.setdefault(view.rule.input_interface, set()).add(str(view.rule.input_group))
+        if view.rule.input_group.is_multicast:  # a unicast input is the host's own address: nothing to join
+            groups.setdefault(view.rule.input_interface, set()).add(str(view.rule.input_group))
     if limit is None:
         return [
             Finding(
@@ -355,6 +356,9 @@ _REASON = re.compile(
 )
 
 
+_FOREIGN_INPUT = re.compile(r"input (\S+) is not an address of (\S+)")  # a unicast input (supervisor.core)
+
+
 def _reason_fix(reason: str) -> str:
     """The fix for each part of a `state_reason` (`input interface eth3 is down; output[1] eth4 ...`)."""
     fixes: list[str] = []
@@ -405,13 +409,33 @@ def check_rules(rules: Sequence[RuleView]) -> list[Finding]:
                 )
             )
         elif view.state_reason:
+            skipped: list[str] = []
+            for note in view.state_reason.split("; "):
+                foreign = _FOREIGN_INPUT.fullmatch(note)
+                if foreign is None:
+                    skipped.append(note)
+                    continue
+                address, name = foreign.groups()
+                findings.append(
+                    Finding(
+                        Severity.WARNING,
+                        "rules",
+                        f"rule {rid}: {note}",
+                        f"A unicast input is relayed from frames sent to {address} on {name}; without that "
+                        "address there, only a promiscuous interface receives them.",
+                        f"ip addr add {address}/P dev {name}, or correct the rule's input address",
+                    )
+                )
+            rest = "; ".join(skipped)
+            if not rest:
+                continue
             findings.append(
                 Finding(
                     Severity.WARNING,
                     "rules",
-                    f"rule {rid} skips outputs: {view.state_reason}",
+                    f"rule {rid} skips outputs: {rest}",
                     "The rule relays to its other outputs; these get nothing until their interface is usable.",
-                    _reason_fix(view.state_reason),
+                    _reason_fix(rest),
                 )
             )
     if not findings:
