@@ -144,7 +144,8 @@ def test_stats_table() -> None:
         drops={"truncated": 3, "no_rule": 0, "fragment": 2},
     )
     original = FlowStats("239.5.5.5", 5555, 7, 700, 0.5, 4.0)  # the original's six fields only
-    shown = lines(render_stats([flow, original]))
+    esp = FlowStats("239.6.6.6", 0, 2, 100, 0.1, 1.0, rule_id="s", input_interface="eth0", input_protocol=50)
+    shown = lines(render_stats([flow, original, esp]))
     assert shown[0].split() == ["Rule", "Flow", "Packets", "Bytes", "Pkt/s", "Bit", "rate", "Errors"]
     assert shown[1:] == [
         "- 239.5.5.5:5555 7 700 B 0.5 4 bit/s",
@@ -152,6 +153,7 @@ def test_stats_table() -> None:
         "-> 239.2.2.2:6000:eth1 1000 1.3 MiB 0",
         "-> 239.3.3.3:7000:eth2 990 1.3 MiB 10",
         "drops: fragment=2, truncated=3",
+        "s eth0 239.6.6.6:0 esp 2 100 B 0.1 1 bit/s",
     ]
     assert lines(render_stats([])) == ["no statistics yet"]
 

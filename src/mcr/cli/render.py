@@ -83,9 +83,10 @@ def render_success(text: str) -> str:
     return text
 
 
-def endpoint(group: str, port: int) -> str:
-    """`group:port`, with an IPv6 group in brackets (stats carry groups as text)."""
-    return f"[{group}]:{port}" if ":" in group else f"{group}:{port}"
+def endpoint(group: str, port: int, protocol: int = UDP) -> str:
+    """`group:port`, with an IPv6 group in brackets (stats carry groups as text); ` esp` after an ESP flow's."""
+    text = f"[{group}]:{port}" if ":" in group else f"{group}:{port}"
+    return text if protocol == UDP else f"{text} {_PROTOCOL_NUMBERS.get(protocol, 'proto')}"
 
 
 def render_error(text: str) -> str:
@@ -104,6 +105,7 @@ def _rule_input(r: ForwardingRule) -> str:
 
 
 _PROTOCOLS = {UDP: "udp", ESP: "esp"}
+_PROTOCOL_NUMBERS: dict[int, str] = {int(p): name for p, name in _PROTOCOLS.items()}  # stats carry numbers
 
 
 def _rule_id(r: ForwardingRule) -> str:
@@ -149,7 +151,7 @@ def render_stats(flows: Sequence[FlowStats]) -> RenderableType:
         _add_row(
             table,
             flow.rule_id or _NONE,
-            f"{source}{endpoint(flow.input_group, flow.input_port)}"
+            f"{source}{endpoint(flow.input_group, flow.input_port, flow.input_protocol)}"
             + (f" from {flow.input_source}" if flow.input_source else ""),
             str(flow.packets_relayed),
             format_bytes(flow.bytes_relayed),

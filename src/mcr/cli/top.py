@@ -242,7 +242,7 @@ def flow_table(flows: Sequence[FlowStats], controls: Controls, states: Mapping[s
         if state is not None:
             label.append(f" {state.value}", style=_STATE_STYLES.get(state, ""))
         via = f" from {flow.input_source}" if flow.input_source else ""
-        label.append(f"  {source}{endpoint(flow.input_group, flow.input_port)}{via}", style="")
+        label.append(f"  {source}{endpoint(flow.input_group, flow.input_port, flow.input_protocol)}{via}", style="")
         table.add_row(
             label,
             Text(format_rate(flow.packets_per_second)),
