@@ -88,7 +88,7 @@ def test_a_changed_rule_is_pending_again() -> None:
     plane = Plane(table_with("a"))
     plane.apply()
     rule = plane.table.rules["a"]
-    plane.table.rules["a"] = replace(rule, outputs=(replace(OUT, port=6001),))
+    plane.table.index.add(replace(rule, outputs=(replace(OUT, port=6001),)))
     plane.apply()
     assert plane.states(1) == {"a": ("pending", PENDING.format(2))}
     assert plane.states(2) == {"a": ("active", "")}

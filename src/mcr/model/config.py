@@ -42,11 +42,11 @@ from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.ratelimit import decode_rate_limit
 from mcr.model.rules import (
     DEFAULT_TTL,
+    FlowIndex,
     ForwardingRule,
     Limits,
     OutputDestination,
     RuleSource,
-    check_rule_fits,
     check_rule_shape,
     generated_rule_id,
     parse_group,
@@ -218,13 +218,13 @@ def parse_config(text: str, path: str) -> Config:
     raw_rules = doc.get("rule", [])
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{path}: 'rule' must be an array of tables ([[rule]])")
-    rules: dict[str, ForwardingRule] = {}
+    rules = FlowIndex()
     for index, item in enumerate(raw_rules):
         rule = _rule(path, index, item)
         try:
             check_rule_shape(rule)
-            check_rule_fits(rule, rules, limits)
+            rules.check_fits(rule, limits)
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
-        rules[rule.rule_id] = rule
-    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()))
+        rules.add(rule)
+    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.by_id.values()))

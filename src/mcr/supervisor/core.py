@@ -14,13 +14,12 @@ from mcr.model.links import Link
 from mcr.model.ratelimit import RateLimit
 from mcr.model.rules import (
     Engine,
+    FlowIndex,
     ForwardingRule,
     IPAddress,
     Limits,
     RuleSource,
-    check_rule_fits,
     check_rule_shape,
-    check_rule_unique,
     generated_rule_id,
     is_multicast,
     limits_exceeded,
@@ -32,11 +31,16 @@ from mcr.protocol.worker import RuleCounters, StatsReport, WorkerOutput, WorkerR
 
 
 class RuleTable:
-    """The authoritative rules, in the order they were added."""
+    """The authoritative rules, in the order they were added. `index` keeps them by input group too, so
+    that checking a new rule costs the same whatever the size of the table."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.rules: dict[str, ForwardingRule] = {}
+        self.index = FlowIndex()
+
+    @property
+    def rules(self) -> Mapping[str, ForwardingRule]:
+        return self.index.by_id
 
     def build(self, req: AddRule, source: RuleSource = RuleSource.RUNTIME) -> ForwardingRule:
         rule_id = req.rule_id or generated_rule_id(
@@ -59,8 +63,8 @@ class RuleTable:
 
     def insert(self, rule: ForwardingRule) -> ForwardingRule:
         check_rule_shape(rule)
-        check_rule_fits(rule, self.rules, self.limits)
-        self.rules[rule.rule_id] = rule
+        self.index.check_fits(rule, self.limits)
+        self.index.add(rule)
         return rule
 
     def restore(self, saved: Iterable[ForwardingRule]) -> tuple[list[str], list[str]]:
@@ -73,11 +77,11 @@ class RuleTable:
         for rule in saved:
             try:
                 check_rule_shape(rule)
-                check_rule_unique(rule, self.rules)
+                self.index.check_unique(rule)
             except ValidationError as e:
                 refusals.append(f"saved rule {rule.rule_id} not restored: {e}")
                 continue
-            self.rules[rule.rule_id] = rule
+            self.index.add(rule)
         return refusals, limits_exceeded(list(self.rules.values()), self.limits)
 
     def runtime_rules(self) -> list[ForwardingRule]:
@@ -94,21 +98,24 @@ class RuleTable:
         changed = [rid for rid, r in wanted.items() if rid in old and old[rid] != r]
         added = [rid for rid in wanted if rid not in old]
         trial = RuleTable(self.limits)
-        trial.rules = {rid: r for rid, r in self.rules.items() if rid not in removed and rid not in changed}
+        trial.index = FlowIndex(r for rid, r in self.rules.items() if rid not in removed and rid not in changed)
         for rid in changed + added:
             try:
                 trial.insert(wanted[rid])
             except ValidationError as e:
                 raise ValidationError(f"rule '{rid}': {e}") from None
-        self.rules = {rid: r for rid, r in self.rules.items() if rid in trial.rules}
-        self.rules.update({rid: trial.rules[rid] for rid in changed + added})
+        kept = FlowIndex(trial.rules[rid] for rid in self.rules if rid in trial.rules)  # changed ones in place
+        for rid in added:
+            kept.add(trial.rules[rid])
+        self.index = kept
         return added, changed, removed
 
     def remove(self, rule_id: str) -> ForwardingRule:
-        try:
-            return self.rules.pop(rule_id)
-        except KeyError:
-            raise ValidationError(f"Rule {rule_id} not found") from None
+        rule = self.rules.get(rule_id)
+        if rule is None:
+            raise ValidationError(f"Rule {rule_id} not found")
+        self.index.discard(rule_id)
+        return rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +234,70 @@ def _usable(link: Link | None) -> str:
     return ""
 
 
+@dataclass(frozen=True, slots=True)
+class RuleResolution:
+    """One rule resolved against the links: how ListRules shows it, its data-plane form (userspace or
+    kernel, or neither while it waits) and the input it needs captured and joined."""
+
+    view: RuleView
+    worker: WorkerRule | None = None
+    kernel: KernelRule | None = None
+    input_link: tuple[int, str] | None = None  # (ifindex, name) of its input when it exists and is up
+
+    @property
+    def form(self) -> WorkerRule | KernelRule | None:
+        return self.worker if self.worker is not None else self.kernel
+
+
+def resolve_rule(
+    rule: ForwardingRule,
+    links: Mapping[str, Link],
+    kernel_max_outputs: int | None = None,
+    shared_flow: bool = False,
+    epoch: int = 0,
+) -> RuleResolution:
+    """Resolve one rule (see `resolve`); `shared_flow`: other rules take its input interface, group and port."""
+    link = links.get(rule.input_interface)
+    problem = _usable(link)
+    if problem or link is None:
+        reason = f"input interface {rule.input_interface} {problem}"
+        return RuleResolution(RuleView(rule, Engine.USERSPACE, RuleState.WAITING, reason))
+    outputs: list[WorkerOutput] = []
+    notes: list[str] = []
+    for i, out in enumerate(rule.outputs):
+        olink = links.get(out.interface)
+        oproblem = _usable(olink)
+        address = output_address(olink, out.group) if olink is not None else None
+        if not oproblem and address is None:
+            oproblem = f"has no IPv{out.group.version} address"
+        if oproblem or olink is None or address is None:
+            notes.append(f"output[{i}] {out.interface} {oproblem}")
+            continue
+        if not olink.carrier:
+            # sends still succeed (the kernel drops them at the device), so nothing else would show it
+            notes.append(f"output[{i}] {out.interface} has no carrier")
+        outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, out.ttl))
+    if kernel_max_outputs is not None:
+        why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, shared_flow)
+        if not why:
+            view = RuleView(rule, Engine.KERNEL, RuleState.ACTIVE, "; ".join(notes))
+            kernel = _kernel_rule(rule, link, outputs, links, epoch)
+            return RuleResolution(view, kernel=kernel, input_link=(link.ifindex, link.name))
+        notes.append(f"userspace: {why}")
+    worker = WorkerRule(
+        rule.rule_id,
+        link.ifindex,
+        rule.input_group,
+        rule.input_port,
+        tuple(outputs),
+        source=rule.input_source,
+        rate_limit=rule.rate_limit,
+        epoch=epoch,
+    )
+    view = RuleView(rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes))
+    return RuleResolution(view, worker=worker, input_link=(link.ifindex, link.name))
+
+
 def resolve(
     rules: Iterable[ForwardingRule],
     links: Mapping[str, Link],
@@ -237,59 +308,34 @@ def resolve(
     available and serves every rule it can (the others stay in userspace, with the reason). `epochs`:
     the generation each rule was (re)added in (StatsBook.since), carried to the data plane."""
     epochs = epochs or {}
+    rules = list(rules)
+    flows = Counter(rule.input_key[:3] for rule in rules)
+    parts = [
+        (
+            rule,
+            resolve_rule(rule, links, kernel_max_outputs, flows[rule.input_key[:3]] > 1, epochs.get(rule.rule_id, 0)),
+        )
+        for rule in rules
+    ]
+    return _assemble(parts)
+
+
+def _assemble(parts: Iterable[tuple[ForwardingRule, RuleResolution]]) -> Resolution:
     views: list[RuleView] = []
     worker_rules: list[WorkerRule] = []
     kernel_rules: list[KernelRule] = []
     captures: dict[int, str] = {}
     on_input: dict[int, list[ForwardingRule]] = {}
-    rules = list(rules)
-    flows = Counter(rule.input_key[:3] for rule in rules)
-    for rule in rules:
-        link = links.get(rule.input_interface)
-        problem = _usable(link)
-        if problem or link is None:
-            reason = f"input interface {rule.input_interface} {problem}"
-            views.append(RuleView(rule, Engine.USERSPACE, RuleState.WAITING, reason))
-            continue
-        outputs: list[WorkerOutput] = []
-        notes: list[str] = []
-        for i, out in enumerate(rule.outputs):
-            olink = links.get(out.interface)
-            oproblem = _usable(olink)
-            address = output_address(olink, out.group) if olink is not None else None
-            if not oproblem and address is None:
-                oproblem = f"has no IPv{out.group.version} address"
-            if oproblem or olink is None or address is None:
-                notes.append(f"output[{i}] {out.interface} {oproblem}")
-                continue
-            if not olink.carrier:
-                # sends still succeed (the kernel drops them at the device), so nothing else would show it
-                notes.append(f"output[{i}] {out.interface} has no carrier")
-            outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, out.ttl))
-        on_input.setdefault(link.ifindex, []).append(rule)
-        engine = Engine.USERSPACE
-        if kernel_max_outputs is not None:
-            why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, flows[rule.input_key[:3]] > 1)
-            if why:
-                notes.append(f"userspace: {why}")
-            else:
-                engine = Engine.KERNEL
-                kernel_rules.append(_kernel_rule(rule, link, outputs, links, epochs.get(rule.rule_id, 0)))
-        if engine is Engine.USERSPACE:
-            worker_rules.append(
-                WorkerRule(
-                    rule.rule_id,
-                    link.ifindex,
-                    rule.input_group,
-                    rule.input_port,
-                    tuple(outputs),
-                    source=rule.input_source,
-                    rate_limit=rule.rate_limit,
-                    epoch=epochs.get(rule.rule_id, 0),
-                )
-            )
-            captures[link.ifindex] = link.name
-        views.append(RuleView(rule, engine, RuleState.ACTIVE, "; ".join(notes)))
+    for rule, part in parts:
+        views.append(part.view)
+        if part.input_link is not None:
+            on_input.setdefault(part.input_link[0], []).append(rule)
+        if part.worker is not None:
+            worker_rules.append(part.worker)
+            assert part.input_link is not None
+            captures[part.input_link[0]] = part.input_link[1]
+        if part.kernel is not None:
+            kernel_rules.append(part.kernel)
     return Resolution(
         views=tuple(views),
         worker_rules=tuple(worker_rules),
@@ -297,6 +343,177 @@ def resolve(
         memberships={k: wanted_memberships(v) for k, v in on_input.items()},
         kernel_rules=tuple(kernel_rules),
     )
+
+
+#: A membership the supervisor holds: (input ifindex, group, source or None for any source).
+MembershipKey = tuple[int, IPAddress, IPAddress | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What one `Resolver.update` changed: per rule (id, before, after; None: not in the table), and the
+    memberships to join and to leave."""
+
+    rules: tuple[tuple[str, RuleResolution | None, RuleResolution | None], ...] = ()
+    join: frozenset[MembershipKey] = frozenset()
+    leave: frozenset[MembershipKey] = frozenset()
+
+    def worker_update(self) -> tuple[tuple[WorkerRule, ...], tuple[str, ...]]:
+        """The workers' part: rules to add or replace, ids to drop."""
+        upserts: list[WorkerRule] = []
+        removed: list[str] = []
+        for rule_id, before, after in self.rules:
+            old = before.worker if before is not None else None
+            new = after.worker if after is not None else None
+            if new is not None and new != old:
+                upserts.append(new)
+            elif new is None and old is not None:
+                removed.append(rule_id)
+        return tuple(upserts), tuple(removed)
+
+
+class Resolver:
+    """`resolve`, kept up to date one rule at a time: a change resolves the rules it names and the rules on
+    the same input group and port (whose engine may depend on it), and recomputes the memberships of that
+    group only, so its cost does not depend on the size of the table. A change of links re-resolves every
+    rule (`update` with every id). `resolution()` assembles the whole `Resolution` for a full Sync or a
+    listing, in the table's order."""
+
+    def __init__(self, kernel_max_outputs: int | None = None) -> None:
+        self.kernel_max_outputs = kernel_max_outputs
+        self.links: Mapping[str, Link] = {}
+        self.parts: dict[str, RuleResolution] = {}
+        self._flows: dict[tuple[object, ...], set[str]] = {}  # input (interface, group, port) -> rule ids
+        self._flow_of: dict[str, tuple[object, ...]] = {}
+        self._captures: Counter[int] = Counter()  # ifindex -> userspace rules on it
+        self._capture_names: dict[int, str] = {}
+        self._sources: dict[tuple[int, IPAddress], dict[str, IPAddress | None]] = {}  # membership inputs
+        self._wanted: dict[tuple[int, IPAddress], frozenset[Membership]] = {}
+        self._cache: tuple[Mapping[str, ForwardingRule], Resolution] | None = None
+
+    @property
+    def captures(self) -> Mapping[int, str]:
+        """ifindex -> name of every input interface with a userspace rule."""
+        return {i: self._capture_names[i] for i in self._captures}
+
+    def memberships(self) -> dict[int, frozenset[Membership]]:
+        wanted: dict[int, set[Membership]] = {}
+        for (ifindex, _group), members in self._wanted.items():
+            wanted.setdefault(ifindex, set()).update(members)
+        return {k: frozenset(v) for k, v in wanted.items()}
+
+    def update(
+        self,
+        rules: Mapping[str, ForwardingRule],
+        ids: Iterable[str],
+        links: Mapping[str, Link] | None = None,
+        epochs: Mapping[str, int] | None = None,
+    ) -> Changes:
+        """Re-resolve the rules `ids` (added, changed or removed from `rules`), against `links` when given
+        (then pass every id, old and new)."""
+        epochs = epochs or {}
+        if links is not None:
+            self.links = links
+        self._cache = None
+        touched: dict[str, None] = {}
+        for rule_id in ids:
+            touched[rule_id] = None
+            old_flow = self._flow_of.pop(rule_id, None)
+            if old_flow is not None:
+                flow = self._flows[old_flow]
+                flow.discard(rule_id)
+                touched.update(dict.fromkeys(flow))
+                if not flow:
+                    del self._flows[old_flow]
+            rule = rules.get(rule_id)
+            if rule is not None:
+                key = rule.input_key[:3]
+                self._flow_of[rule_id] = key
+                flow = self._flows.setdefault(key, set())
+                touched.update(dict.fromkeys(flow))
+                flow.add(rule_id)
+        changed: list[tuple[str, RuleResolution | None, RuleResolution | None]] = []
+        groups: set[tuple[int, IPAddress]] = set()
+        for rule_id in touched:
+            rule = rules.get(rule_id)
+            before = self.parts.get(rule_id)
+            after = None
+            if rule is not None:
+                shared = len(self._flows[rule.input_key[:3]]) > 1
+                after = resolve_rule(rule, self.links, self.kernel_max_outputs, shared, epochs.get(rule_id, 0))
+            if after == before:
+                continue
+            if before is not None:
+                self._unbook(rule_id, before, groups)
+            if after is not None and rule is not None:
+                self._book(rule_id, rule, after, groups)
+                self.parts[rule_id] = after
+            else:
+                self.parts.pop(rule_id, None)
+            changed.append((rule_id, before, after))
+        join: set[MembershipKey] = set()
+        leave: set[MembershipKey] = set()
+        for gkey in groups:
+            old = self._wanted.get(gkey, frozenset())
+            sources = self._sources.get(gkey)
+            new = _group_memberships(gkey[1], sources.values()) if sources else frozenset()
+            if new:
+                self._wanted[gkey] = new
+            else:
+                self._wanted.pop(gkey, None)
+            join.update((gkey[0], g, src) for g, src in new - old)
+            leave.update((gkey[0], g, src) for g, src in old - new)
+        return Changes(tuple(changed), frozenset(join), frozenset(leave))
+
+    def _book(
+        self, rule_id: str, rule: ForwardingRule, part: RuleResolution, groups: set[tuple[int, IPAddress]]
+    ) -> None:
+        if part.input_link is None:
+            return
+        ifindex, name = part.input_link
+        if part.worker is not None:
+            self._captures[ifindex] += 1
+            self._capture_names[ifindex] = name
+        key = (ifindex, rule.input_group)
+        src = rule.input_source
+        host = src.network_address if src is not None and src.prefixlen == src.max_prefixlen else None
+        self._sources.setdefault(key, {})[rule_id] = host
+        groups.add(key)
+
+    def _unbook(self, rule_id: str, part: RuleResolution, groups: set[tuple[int, IPAddress]]) -> None:
+        if part.input_link is None:
+            return
+        ifindex = part.input_link[0]
+        if part.worker is not None:
+            self._captures[ifindex] -= 1
+            if self._captures[ifindex] <= 0:
+                del self._captures[ifindex]
+                self._capture_names.pop(ifindex, None)
+        key = (ifindex, part.view.rule.input_group)
+        sources = self._sources.get(key)
+        if sources is not None:
+            sources.pop(rule_id, None)
+            if not sources:
+                del self._sources[key]
+        groups.add(key)
+
+    def resolution(self, rules: Mapping[str, ForwardingRule]) -> Resolution:
+        """The whole resolution, in the order of `rules` (kept until the next update)."""
+        if self._cache is not None and self._cache[0] is rules:
+            return self._cache[1]
+        res = _assemble((rule, self.parts[rule_id]) for rule_id, rule in rules.items() if rule_id in self.parts)
+        self._cache = (rules, res)
+        return res
+
+
+def _group_memberships(group: IPAddress, hosts: Iterable[IPAddress | None]) -> frozenset[Membership]:
+    """`wanted_memberships` for one group, given each rule's source host (None: any source or a prefix)."""
+    found: set[Membership] = set()
+    for host in hosts:
+        if host is None:
+            return frozenset({(group, None)})
+        found.add((group, host))
+    return frozenset(found)
 
 
 def dataplane_forms(res: Resolution) -> dict[str, WorkerRule | KernelRule]:
@@ -321,6 +538,15 @@ class SyncTracker:
             rule_id: self.changed_in.get(rule_id, generation) if old.get(rule_id) == form else generation
             for rule_id, form in dataplane_forms(after).items()
         }
+
+    def on_changes(self, changes: Changes, generation: int) -> None:
+        """`on_apply` for the rules one `Resolver.update` changed (the others keep their generation)."""
+        for rule_id, before, after in changes.rules:
+            form = after.form if after is not None else None
+            if form is None:
+                self.changed_in.pop(rule_id, None)
+            elif before is None or before.form != form:
+                self.changed_in[rule_id] = generation
 
     def views(self, res: Resolution, acked: Iterable[int]) -> tuple[RuleView, ...]:
         """`res.views` with userspace rules the workers have not all confirmed shown as PENDING. `acked`:
