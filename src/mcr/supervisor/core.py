@@ -672,11 +672,9 @@ class StatsBook:
     def forget_rule(self, rule_id: str) -> None:
         """A removed rule's counters go with it (a rule added again later starts from zero)."""
         self.retired.pop(rule_id, None)
-        self.since.pop(rule_id, None)
-        for worker_id, report in list(self.latest.items()):
-            rules = tuple((rid, c) for rid, c in report.rules if rid != rule_id)
-            self.latest[worker_id] = replace(report, rules=rules)
-            self._by_rule[worker_id].pop(rule_id, None)
+        self.since.pop(rule_id, None)  # so the latest reports' counts for it are not looked at any more
+        for by_rule in self._by_rule.values():
+            by_rule.pop(rule_id, None)
         self._rate_base.pop(rule_id, None)
         self.rates.pop(rule_id, None)
 

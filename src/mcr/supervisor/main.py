@@ -153,7 +153,7 @@ class Supervisor:
         self.loop = asyncio.get_running_loop()
         self.control = ControlServer(config.control_socket_path, self.handle, policy, config.limits)
         self.watcher = LinkWatcher(self.on_links)
-        self.metrics = MetricsExporter(config.metrics_addr) if config.metrics_addr else None
+        self.metrics = MetricsExporter(config.metrics_addr, self.snapshot_from_thread) if config.metrics_addr else None
         self.notifier = Notifier()
         self.kernel: KernelRelay | None = None
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
@@ -407,8 +407,14 @@ class Supervisor:
                     self.memberships.retry()
                 self.collect_kernel()
                 self.stats.tick(self.table.rules, now)
-                if self.metrics is not None:
-                    self.metrics.publish(self.snapshot())
+
+    def snapshot_from_thread(self) -> Snapshot:
+        """`snapshot`, taken in the loop, for the metrics exporter's HTTP thread."""
+
+        async def take() -> Snapshot:
+            return self.snapshot()
+
+        return asyncio.run_coroutine_threadsafe(take(), self.loop).result(timeout=10)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
