@@ -162,3 +162,21 @@ def test_a_reloaded_rule_counts_from_zero_in_the_stats_book() -> None:
     book.on_report(report(2, 3))
     (flow,) = book.flow_stats(table.rules.values())
     assert (flow.packets_relayed, flow.bytes_relayed, flow.outputs[0].packets_sent) == (3, 30, 3)
+
+
+def test_delta_reports_merge_with_what_the_book_holds() -> None:
+    book = StatsBook()
+    book.track("a", 0)
+    book.track("b", 0)
+    c = RuleCounters
+
+    def rep(rules: tuple[tuple[str, RuleCounters], ...], delta: bool, gone: tuple[str, ...] = ()) -> StatsReport:
+        return StatsReport(0, 100, rules, (), 0, 0, 0, 1, delta=delta, gone=gone)
+
+    book.on_report(rep((("a", c(5, 50, ())), ("b", c(7, 70, ()))), delta=False))
+    book.on_report(rep((("a", c(6, 60, ())),), delta=True))
+    assert (book.totals("a").packets, book.totals("b").packets) == (6, 7), "b is unchanged, so not in the delta"
+    book.on_report(rep((), delta=True, gone=("b",)))
+    assert book.totals("b").packets == 7, "a rule the worker dropped keeps what it had counted"
+    book.on_report(rep((("a", c(2, 20, ())),), delta=True))
+    assert book.totals("a").packets == 8, "counters that went back: the earlier ones are kept"

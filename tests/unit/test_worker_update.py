@@ -110,3 +110,32 @@ def test_the_rule_index_changes_in_place() -> None:
     index.discard(a)
     index.discard(s)
     assert plain == {} and sourced == {}
+
+
+def test_reports_carry_every_rule_now_and_then_and_otherwise_what_changed(
+    data_plane: DataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcr.worker import loop
+    from mcr.worker.loop import FULL_REPORT_EVERY
+
+    monkeypatch.setattr(loop, "FULL_REPORT_RULES", 1)  # as if the table were large
+
+    data_plane.sync(Sync(1, (rule("a", "239.1.1.1", out(0)), rule("b", "239.1.1.2", out(0, port=6001)))))
+    first = data_plane.report()
+    assert not first.delta and [rid for rid, _ in first.rules] == ["a", "b"]
+    assert data_plane.report().rules == (), "nothing counted, nothing replaced: nothing to say"
+    data_plane.slots["a"].packets += 3
+    data_plane.update(Update(2, (rule("c", "239.1.1.3", out(0, port=6002)),), ("b",)))
+    delta = data_plane.report()
+    assert delta.delta and [rid for rid, _ in delta.rules] == ["a", "c"] and delta.gone == ("b",)
+    for _ in range(FULL_REPORT_EVERY - 3):
+        assert data_plane.report().rules == ()
+    full = data_plane.report()
+    assert not full.delta and [rid for rid, _ in full.rules] == ["a", "c"] and full.gone == ()
+
+
+def test_a_small_table_is_reported_whole_every_time(data_plane: DataPlane) -> None:
+    data_plane.sync(Sync(1, (rule("a", "239.1.1.1", out(0)), rule("b", "239.1.1.2", out(0, port=6001)))))
+    data_plane.report()
+    again = data_plane.report()
+    assert not again.delta and [rid for rid, _ in again.rules] == ["a", "b"]

@@ -271,6 +271,8 @@ class StatsReport:
     pipe_errors: int
     generation: int = 0  # the rule generation the counters were taken under
     ring_resyncs: int = 0  # times a capture ring was found out of step with the kernel and resynchronised
+    delta: bool = False  # `rules` holds only the rules whose counters changed since the worker's last report
+    gone: tuple[str, ...] = ()  # with `delta`: rules the worker dropped since its last report
 
 
 def encode_stats(report: StatsReport) -> bytes:
@@ -285,6 +287,9 @@ def encode_stats(report: StatsReport) -> bytes:
         "g": report.generation,
         "rr": report.ring_resyncs,
     }
+    if report.delta:
+        doc["d"] = 1
+        doc["gone"] = list(report.gone)
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
@@ -313,6 +318,8 @@ def decode_stats(line: bytes) -> StatsReport:
             pipe_errors=int(d["pe"]),
             generation=int(d.get("g", 0)),
             ring_resyncs=int(d.get("rr", 0)),
+            delta=bool(d.get("d", 0)),
+            gone=tuple(str(rid) for rid in d.get("gone", ())),
         )
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise ProtocolError(f"malformed stats report: {e!r}") from None

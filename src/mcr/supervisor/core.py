@@ -612,11 +612,17 @@ def _went_back(old: tuple[int, int, int, int], cur: tuple[int, int, int, int]) -
 
 
 class StatsBook:
-    """Sums the cumulative reports of every worker incarnation per rule, and derives rates."""
+    """Sums the cumulative reports of every worker incarnation per rule, and derives rates.
+
+    A worker reports every rule in its first report and now and then after that (`delta` False), and in
+    between only the rules whose counters changed, with the ids it dropped (`gone`): the book keeps each
+    worker's latest counters per rule, with the generation they were taken under, so a report costs time in
+    proportion to what changed."""
 
     def __init__(self) -> None:
         self.latest: dict[int, StatsReport] = {}  # worker slot -> latest report of the live incarnation
-        self._by_rule: dict[int, dict[str, RuleCounters]] = {}  # the same reports indexed by rule id
+        # worker slot -> rule id -> (its latest counters, the generation of the report that carried them)
+        self._by_rule: dict[int, dict[str, tuple[RuleCounters, int]]] = {}
         self.retired: dict[str, _Totals] = {}  # rule id -> counters of workers that exited
         self.retired_drops: dict[str, int] = {}
         self._rate_base: dict[str, tuple[float, int, int]] = {}
@@ -627,8 +633,8 @@ class StatsBook:
         """A rule (re)added in `generation`: counts from reports taken before it are not its own."""
         self.since[rule_id] = generation
 
-    def _counts(self, report: StatsReport, rule_id: str) -> bool:
-        return report.generation >= self.since.get(rule_id, 0)
+    def _counts(self, generation: int, rule_id: str) -> bool:
+        return generation >= self.since.get(rule_id, 0)
 
     def on_report(self, report: StatsReport) -> None:
         """Take a worker's (or the kernel engine's) cumulative report. A rule whose counters went
@@ -637,30 +643,47 @@ class StatsBook:
         never go backwards. The same holds for one output of a rule that stays (its interface went
         away, so the output was skipped, and came back)."""
         prev = self.latest.get(report.worker_id)
-        now = dict(report.rules)
-        if prev is not None and prev.pid == report.pid:
-            for rule_id, old in prev.rules:
-                if rule_id not in self.since or not self._counts(prev, rule_id):
-                    continue
-                cur = now.get(rule_id)
-                if cur is None or cur.packets < old.packets or cur.bytes < old.bytes:
-                    self.retire(rule_id, old)
-                    continue
-                outputs = {o[0]: o for o in cur.outputs}
-                gone = tuple(o for o in old.outputs if o[0] not in outputs or _went_back(o, outputs[o[0]]))
-                if gone:
-                    self.retire(rule_id, RuleCounters(0, 0, gone))
+        known = self._by_rule.get(report.worker_id) if prev is not None and prev.pid == report.pid else None
+        if report.delta:
+            book = known if known is not None else {}
+            for rule_id, cur in report.rules:
+                held = book.get(rule_id)
+                if held is not None:
+                    self._check(rule_id, held, cur)
+                book[rule_id] = (cur, report.generation)
+            for rule_id in report.gone:
+                held = book.pop(rule_id, None)
+                if held is not None:
+                    self._check(rule_id, held, None)
+        else:
+            book = {rule_id: (cur, report.generation) for rule_id, cur in report.rules}
+            if known is not None:
+                for rule_id, held in known.items():
+                    self._check(rule_id, held, book.get(rule_id, (None, 0))[0])
         self.latest[report.worker_id] = report
-        self._by_rule[report.worker_id] = now
+        self._by_rule[report.worker_id] = book
+
+    def _check(self, rule_id: str, held: tuple[RuleCounters, int], cur: RuleCounters | None) -> None:
+        """Keep what `held` counted when `cur`, the same rule's next counters from the same source, went back."""
+        old, generation = held
+        if rule_id not in self.since or not self._counts(generation, rule_id):
+            return
+        if cur is None or cur.packets < old.packets or cur.bytes < old.bytes:
+            self.retire(rule_id, old)
+            return
+        outputs = {o[0]: o for o in cur.outputs}
+        gone = tuple(o for o in old.outputs if o[0] not in outputs or _went_back(o, outputs[o[0]]))
+        if gone:
+            self.retire(rule_id, RuleCounters(0, 0, gone))
 
     def on_worker_exit(self, worker_id: int, live_rules: Container[str]) -> None:
         """Keep what an exited worker counted for the rules that still exist."""
         report = self.latest.pop(worker_id, None)
-        self._by_rule.pop(worker_id, None)
+        book = self._by_rule.pop(worker_id, {})
         if report is None:
             return
-        for rule_id, counters in report.rules:
-            if rule_id in live_rules and self._counts(report, rule_id):
+        for rule_id, (counters, generation) in book.items():
+            if rule_id in live_rules and self._counts(generation, rule_id):
                 self.retired.setdefault(rule_id, _Totals()).add(counters)
         for reason, n in report.drops:
             self.retired_drops[reason] = self.retired_drops.get(reason, 0) + n
@@ -672,9 +695,9 @@ class StatsBook:
     def forget_rule(self, rule_id: str) -> None:
         """A removed rule's counters go with it (a rule added again later starts from zero)."""
         self.retired.pop(rule_id, None)
-        self.since.pop(rule_id, None)  # so the latest reports' counts for it are not looked at any more
-        for by_rule in self._by_rule.values():
-            by_rule.pop(rule_id, None)
+        self.since.pop(rule_id, None)
+        for book in self._by_rule.values():
+            book.pop(rule_id, None)
         self._rate_base.pop(rule_id, None)
         self.rates.pop(rule_id, None)
 
@@ -690,10 +713,10 @@ class StatsBook:
                     tuple(retired.drops.items()),
                 )
             )
-        for worker_id, report in self.latest.items():
-            counters = self._by_rule[worker_id].get(rule_id)
-            if counters is not None and self._counts(report, rule_id):
-                acc.add(counters)
+        for book in self._by_rule.values():
+            held = book.get(rule_id)
+            if held is not None and self._counts(held[1], rule_id):
+                acc.add(held[0])
         return acc
 
     def tick(self, rule_ids: Iterable[str], now: float) -> None:

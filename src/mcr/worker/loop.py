@@ -49,6 +49,10 @@ log = logging.getLogger("mcr.worker")
 BATCH = 1024
 FULL = 2 * BATCH  # a rule's pending entries (address and length per frame) when its batch is full
 STATS_INTERVAL_S = 0.5
+# A worker with up to FULL_REPORT_RULES rules reports every rule every time (at most about 90 kB, a few ms for
+# the supervisor to read); beyond, every FULL_REPORT_EVERY-th report (10 s) does, the others only what changed.
+FULL_REPORT_RULES = 1000
+FULL_REPORT_EVERY = 20
 MAX_FDS_PER_MESSAGE = 64
 NO_RULE = int(DropReason.NO_RULE)
 NOT_IPV4 = int(DropReason.NOT_IPV4)
@@ -103,6 +107,10 @@ class DataPlane:
         self.kernel_drops = 0
         self.pipe_errors = 0
         self.pending_stats = b""
+        self.reports = 0  # reports made so far
+        self.reported: dict[str, tuple[int, int, int]] = {}  # rule id -> (packets, bytes, drops) last reported
+        self.changed: set[str] = set()  # rules replaced since the last report: reported whatever their counts
+        self.gone: set[str] = set()  # rules dropped since the last report
         self.generation = 0
         self.running = True
         self.poller = select.poll()
@@ -202,6 +210,8 @@ class DataPlane:
             slot = self.slots.pop(rule_id, None)
             if slot is not None:
                 self.uninstall(slot)
+                self.gone.add(rule_id)
+                self.changed.discard(rule_id)
         for rule in rules:
             self.install(rule)
         for ifindex in self.filters.take_dirty():
@@ -235,6 +245,8 @@ class DataPlane:
         if prev is not None:
             self.uninstall(prev, keep=set(prev_outputs) & set(rule.outputs))
         self.slots[rule.rule_id] = slot
+        self.changed.add(rule.rule_id)
+        self.gone.discard(rule.rule_id)
         self.index.add(slot)
         self.filters.add(rule)
 
@@ -408,18 +420,40 @@ class DataPlane:
         self.kernel_drops += dropped
 
     def report(self) -> StatsReport:
+        """The worker's counters: every rule in the first report, every FULL_REPORT_EVERY-th and whenever it
+        has at most FULL_REPORT_RULES rules; otherwise only the rules whose counts changed (or that were
+        replaced) and the ids dropped since the last report."""
         for cap in self.captures.values():
             self.account_kernel(cap)
+        full = self.reports % FULL_REPORT_EVERY == 0 or len(self.slots) <= FULL_REPORT_RULES
+        self.reports += 1
+        reported = self.reported
+        changed = self.changed
+        rules = []
+        if full:
+            reported.clear()
+        for rid, slot in self.slots.items():
+            mark = (slot.packets, slot.bytes, sum(slot.drops))
+            if full or reported.get(rid) != mark or rid in changed:
+                reported[rid] = mark
+                rules.append((rid, slot.counters()))
+        for rid in self.gone:
+            reported.pop(rid, None)
+        gone = () if full else tuple(self.gone)
+        self.gone = set()
+        self.changed = set()
         return StatsReport(
             worker_id=self.worker_id,
             pid=self.pid,
-            rules=tuple((rid, slot.counters()) for rid, slot in self.slots.items()),
+            rules=tuple(rules),
             drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops) if i),  # every reason, zeros too
             kernel_packets=self.kernel_packets,
             kernel_drops=self.kernel_drops,
             pipe_errors=self.pipe_errors,
             generation=self.generation,
             ring_resyncs=self.ring_resyncs,
+            delta=not full,
+            gone=gone,
         )
 
     def push_stats(self) -> None:
