@@ -13,6 +13,7 @@ from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.ratelimit import RateLimit
 from mcr.model.rules import (
+    DEFAULT_MULTICAST_TTL,
     Engine,
     FlowIndex,
     ForwardingRule,
@@ -20,6 +21,7 @@ from mcr.model.rules import (
     Limits,
     RuleSource,
     check_rule_shape,
+    effective_ttl,
     generated_rule_id,
     is_multicast,
     limits_exceeded,
@@ -217,12 +219,20 @@ def _kernel_rule(
     rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link], epoch: int
 ) -> KernelRule:
     """The kernel engine's form of a rule `kernel_problem` passed (its outputs of its group's family)."""
-    kouts = tuple(
-        KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, links[rule.outputs[o.index].interface].mac, o.ttl)
-        for o in outputs
-    )
+    kouts: list[KernelOutput] = []
+    for o in outputs:
+        assert o.ttl is not None, "kernel outputs are multicast (kernel_problem): their TTL is always set"
+        mac = links[rule.outputs[o.index].interface].mac
+        kouts.append(KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, mac, o.ttl))
     return KernelRule(
-        rule.rule_id, link.ifindex, rule.input_group, rule.input_port, kouts, rule.rate_limit, rule.input_source, epoch
+        rule.rule_id,
+        link.ifindex,
+        rule.input_group,
+        rule.input_port,
+        tuple(kouts),
+        rule.rate_limit,
+        rule.input_source,
+        epoch,
     )
 
 
@@ -255,6 +265,7 @@ def resolve_rule(
     kernel_max_outputs: int | None = None,
     shared_flow: bool = False,
     epoch: int = 0,
+    multicast_ttl: int = DEFAULT_MULTICAST_TTL,
 ) -> RuleResolution:
     """Resolve one rule (see `resolve`); `shared_flow`: other rules take its input interface, group and port."""
     link = links.get(rule.input_interface)
@@ -267,7 +278,7 @@ def resolve_rule(
     for i, out in enumerate(rule.outputs):
         olink = links.get(out.interface)
         oproblem = _usable(olink)
-        address = output_address(olink, out.group) if olink is not None else None
+        address = out.source_ip or (output_address(olink, out.group) if olink is not None else None)
         if not oproblem and address is None:
             oproblem = f"has no IPv{out.group.version} address"
         if oproblem or olink is None or address is None:
@@ -276,7 +287,7 @@ def resolve_rule(
         if not olink.carrier:
             # sends still succeed (the kernel drops them at the device), so nothing else would show it
             notes.append(f"output[{i}] {out.interface} has no carrier")
-        outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, out.ttl))
+        outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, effective_ttl(out, multicast_ttl)))
     if kernel_max_outputs is not None:
         why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, shared_flow)
         if not why:
@@ -303,17 +314,26 @@ def resolve(
     links: Mapping[str, Link],
     kernel_max_outputs: int | None = None,
     epochs: Mapping[str, int] | None = None,
+    multicast_ttl: int = DEFAULT_MULTICAST_TTL,
 ) -> Resolution:
     """Resolve every rule against the links; with `kernel_max_outputs` set, the kernel engine is
     available and serves every rule it can (the others stay in userspace, with the reason). `epochs`:
-    the generation each rule was (re)added in (StatsBook.since), carried to the data plane."""
+    the generation each rule was (re)added in (StatsBook.since), carried to the data plane. `multicast_ttl`:
+    the TTL of a multicast output that names none (effective_ttl)."""
     epochs = epochs or {}
     rules = list(rules)
     flows = Counter(rule.input_key[:3] for rule in rules)
     parts = [
         (
             rule,
-            resolve_rule(rule, links, kernel_max_outputs, flows[rule.input_key[:3]] > 1, epochs.get(rule.rule_id, 0)),
+            resolve_rule(
+                rule,
+                links,
+                kernel_max_outputs,
+                flows[rule.input_key[:3]] > 1,
+                epochs.get(rule.rule_id, 0),
+                multicast_ttl,
+            ),
         )
         for rule in rules
     ]
@@ -379,8 +399,9 @@ class Resolver:
     rule (`update` with every id). `resolution()` assembles the whole `Resolution` for a full Sync or a
     listing, in the table's order."""
 
-    def __init__(self, kernel_max_outputs: int | None = None) -> None:
+    def __init__(self, kernel_max_outputs: int | None = None, multicast_ttl: int = DEFAULT_MULTICAST_TTL) -> None:
         self.kernel_max_outputs = kernel_max_outputs
+        self.multicast_ttl = multicast_ttl
         self.links: Mapping[str, Link] = {}
         self.parts: dict[str, RuleResolution] = {}
         self._flows: dict[tuple[object, ...], set[str]] = {}  # input (interface, group, port) -> rule ids
@@ -440,7 +461,9 @@ class Resolver:
             after = None
             if rule is not None:
                 shared = len(self._flows[rule.input_key[:3]]) > 1
-                after = resolve_rule(rule, self.links, self.kernel_max_outputs, shared, epochs.get(rule_id, 0))
+                after = resolve_rule(
+                    rule, self.links, self.kernel_max_outputs, shared, epochs.get(rule_id, 0), self.multicast_ttl
+                )
             if after == before:
                 continue
             if before is not None:

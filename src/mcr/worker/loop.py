@@ -68,7 +68,7 @@ ETHERTYPE_IPV4_LE = 0x0008
 FRAG_MASK_LE = 0xFF3F
 #: An output socket: (group, port, ifindex, source address, ttl). Outputs of different rules with the same
 #: key share one connected socket (counters stay per output).
-_OUTPUT_KEY = tuple[int, int, int, int, int]
+_OUTPUT_KEY = tuple[int, int, int, int, int | None]
 
 
 def _output_key(spec: WorkerOutput) -> _OUTPUT_KEY:
