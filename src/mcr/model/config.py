@@ -13,9 +13,9 @@
     state_file = "/var/lib/mcr/rules.json"
 
     [limits]
-    max_rules = 1000
+    max_rules = 10000
     max_outputs_per_rule = 256
-    max_total_outputs = 10000
+    max_total_outputs = 40000
     max_request_bytes = 1048576
     max_connections = 64              # control connections served at once
     max_connection_seconds = 5        # to send a complete request and take the answer

@@ -10,6 +10,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from mcr.model.errors import ValidationError
@@ -138,9 +139,9 @@ class Limits:
     file's [limits] table, the rule table and the control server all read them from here.
     """
 
-    max_rules: int = 1000
+    max_rules: int = 10_000  # what one supervisor was measured to carry (docs/benchmarks.md, scale)
     max_outputs_per_rule: int = 256
-    max_total_outputs: int = 10_000
+    max_total_outputs: int = 40_000
     max_request_bytes: int = 1 << 20
     max_connections: int = 64  # control connections served at once
     max_connection_seconds: int = 5  # to send a complete request and take the answer
@@ -400,6 +401,12 @@ def check_rule_fits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule]
     """Checks against the current table: duplicates and every limit."""
     check_rule_unique(rule, existing)
     check_rule_limits(rule, existing, limits)
+
+
+@lru_cache(maxsize=1 << 17)
+def address_text(address: IPAddress) -> str:
+    """`str(address)`, remembered: listing 10,000 rules spent half its time formatting IPv6 addresses."""
+    return str(address)
 
 
 class FlowIndex:

@@ -24,6 +24,7 @@ from mcr.model.rules import (
     OutputDestination,
     RuleSource,
     SourcePrefix,
+    address_text,
     parse_group,
     parse_source,
     source_text,
@@ -282,7 +283,7 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
 def _output_json(out: OutputDestination) -> dict[str, object]:
     """An output as the originals encode it: `ttl` only when the output sets one (it then overrides
     the supervisor's multicast_ttl)."""
-    doc: dict[str, object] = {"group": str(out.group), "port": out.port, "interface": out.interface}
+    doc: dict[str, object] = {"group": address_text(out.group), "port": out.port, "interface": out.interface}
     if out.ttl is not None:
         doc["ttl"] = out.ttl
     if out.source_ip is not None:
@@ -379,7 +380,7 @@ def encode_rule(r: ForwardingRule) -> dict[str, object]:
         "rule_id": r.rule_id,
         "name": r.name,
         "input_interface": r.input_interface,
-        "input_group": str(r.input_group),
+        "input_group": address_text(r.input_group),
         "input_port": r.input_port,
         "input_protocol": int(r.input_protocol),
         "input_source": None if r.input_source is None else source_text(r.input_source),

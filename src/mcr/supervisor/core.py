@@ -20,6 +20,7 @@ from mcr.model.rules import (
     IPAddress,
     Limits,
     RuleSource,
+    address_text,
     check_rule_shape,
     effective_ttl,
     generated_rule_id,
@@ -758,12 +759,12 @@ class StatsBook:
             t = self.totals(rule.rule_id)
             pps, bps = self.rates.get(rule.rule_id, (0.0, 0.0))
             outputs = tuple(
-                OutputStats(str(o.group), o.port, o.interface, *t.outputs.get(i, [0, 0, 0]))
+                OutputStats(address_text(o.group), o.port, o.interface, *t.outputs.get(i, [0, 0, 0]))
                 for i, o in enumerate(rule.outputs)
             )
             flows.append(
                 FlowStats(
-                    input_group=str(rule.input_group),
+                    input_group=address_text(rule.input_group),
                     input_port=rule.input_port,
                     packets_relayed=t.packets,
                     bytes_relayed=t.bytes,
