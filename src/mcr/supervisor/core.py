@@ -649,13 +649,16 @@ class StatsBook:
         self._by_rule: dict[int, dict[str, tuple[RuleCounters, int]]] = {}
         self.retired: dict[str, _Totals] = {}  # rule id -> counters of workers that exited
         self.retired_drops: dict[str, int] = {}
-        self._rate_base: dict[str, tuple[float, int, int]] = {}
+        self._rate_base: dict[str, tuple[int, int]] = {}  # rule id -> (packets, bytes) at the last tick
         self.since: dict[str, int] = {}  # rule id -> the generation it was (re)added in
         self.rates: dict[str, tuple[float, float]] = {}
+        self.moved: set[str] = set()  # rules whose totals may have changed since the last tick
+        self._last_tick: float | None = None
 
     def track(self, rule_id: str, generation: int) -> None:
         """A rule (re)added in `generation`: counts from reports taken before it are not its own."""
         self.since[rule_id] = generation
+        self.moved.add(rule_id)
 
     def _counts(self, generation: int, rule_id: str) -> bool:
         return generation >= self.since.get(rule_id, 0)
@@ -675,12 +678,17 @@ class StatsBook:
                 if held is not None:
                     self._check(rule_id, held, cur)
                 book[rule_id] = (cur, report.generation)
+                self.moved.add(rule_id)
             for rule_id in report.gone:
                 held = book.pop(rule_id, None)
                 if held is not None:
                     self._check(rule_id, held, None)
+                self.moved.add(rule_id)
         else:
             book = {rule_id: (cur, report.generation) for rule_id, cur in report.rules}
+            old = known if known is not None else {}
+            self.moved.update(rule_id for rule_id, held in book.items() if old.get(rule_id) != held)
+            self.moved.update(rule_id for rule_id in old if rule_id not in book)
             if known is not None:
                 for rule_id, held in known.items():
                     self._check(rule_id, held, book.get(rule_id, (None, 0))[0])
@@ -707,6 +715,7 @@ class StatsBook:
         if report is None:
             return
         for rule_id, (counters, generation) in book.items():
+            self.moved.add(rule_id)
             if rule_id in live_rules and self._counts(generation, rule_id):
                 self.retired.setdefault(rule_id, _Totals()).add(counters)
         for reason, n in report.drops:
@@ -715,6 +724,7 @@ class StatsBook:
     def retire(self, rule_id: str, counters: RuleCounters) -> None:
         """Keep counters whose source is going away (a kernel slot that is freed)."""
         self.retired.setdefault(rule_id, _Totals()).add(counters)
+        self.moved.add(rule_id)
 
     def forget_rule(self, rule_id: str) -> None:
         """A removed rule's counters go with it (a rule added again later starts from zero)."""
@@ -724,6 +734,7 @@ class StatsBook:
             book.pop(rule_id, None)
         self._rate_base.pop(rule_id, None)
         self.rates.pop(rule_id, None)
+        self.moved.discard(rule_id)
 
     def totals(self, rule_id: str) -> _Totals:
         acc = _Totals()
@@ -743,15 +754,22 @@ class StatsBook:
                 acc.add(held[0])
         return acc
 
-    def tick(self, rule_ids: Iterable[str], now: float) -> None:
-        """Refresh the per-rule rates from the change since the previous tick."""
-        for rule_id in rule_ids:
+    def tick(self, rule_ids: Container[str], now: float) -> None:
+        """Refresh the per-rule rates of `rule_ids` from the change since the previous tick. Only the rules
+        whose totals may have moved, or whose rate is not yet back to zero, are looked at: the others' counts
+        at the previous tick are still their counts, so a tick costs what changed, not the table."""
+        last, self._last_tick = self._last_tick, now
+        busy = {rule_id for rule_id, rate in self.rates.items() if rate != (0.0, 0.0)}
+        for rule_id in self.moved | busy:
+            if rule_id not in rule_ids:
+                continue
             t = self.totals(rule_id)
             base = self._rate_base.get(rule_id)
-            if base is not None and now > base[0]:
-                dt = now - base[0]
-                self.rates[rule_id] = (max(0, t.packets - base[1]) / dt, max(0, t.bytes - base[2]) * 8 / dt)
-            self._rate_base[rule_id] = (now, t.packets, t.bytes)
+            if base is not None and last is not None and now > last:
+                dt = now - last
+                self.rates[rule_id] = (max(0, t.packets - base[0]) / dt, max(0, t.bytes - base[1]) * 8 / dt)
+            self._rate_base[rule_id] = (t.packets, t.bytes)
+        self.moved = set()
 
     def flow_stats(self, rules: Iterable[ForwardingRule]) -> tuple[FlowStats, ...]:
         flows = []
