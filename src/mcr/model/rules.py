@@ -414,11 +414,12 @@ class FlowIndex:
     `check_rule_fits` at a cost that does not depend on the size of the table (a rule is compared only
     with the rules on its own input group and port)."""
 
-    __slots__ = ("by_id", "flows", "outputs")
+    __slots__ = ("by_id", "flows", "names", "outputs")
 
     def __init__(self, rules: Iterable[ForwardingRule] = ()) -> None:
         self.by_id: dict[str, ForwardingRule] = {}
         self.flows: dict[tuple[str, IPAddress, int], dict[str, ForwardingRule]] = {}
+        self.names: dict[str, str] = {}  # rule name -> rule id
         self.outputs = 0
         for rule in rules:
             self.add(rule)
@@ -427,6 +428,8 @@ class FlowIndex:
         self.discard(rule.rule_id)
         self.by_id[rule.rule_id] = rule
         self.flows.setdefault(_flow(rule), {})[rule.rule_id] = rule
+        if rule.name is not None:
+            self.names[rule.name] = rule.rule_id
         self.outputs += len(rule.outputs)
 
     def discard(self, rule_id: str) -> None:
@@ -437,6 +440,8 @@ class FlowIndex:
         del flow[rule_id]
         if not flow:
             del self.flows[_flow(rule)]
+        if rule.name is not None and self.names.get(rule.name) == rule_id:
+            del self.names[rule.name]
         self.outputs -= len(rule.outputs)
 
     def same_flow(self, rule: ForwardingRule) -> Mapping[str, ForwardingRule]:
@@ -446,6 +451,10 @@ class FlowIndex:
     def check_unique(self, rule: ForwardingRule) -> None:
         if rule.rule_id in self.by_id:
             raise ValidationError(f"Rule rejected: rule_id '{rule.rule_id}' already exists")
+        if rule.name is not None and rule.name in self.names:
+            raise ValidationError(
+                f"Rule rejected: name '{rule.name}' is already used by rule '{self.names[rule.name]}'"
+            )
         check_rule_unique(rule, self.same_flow(rule))
 
     def check_fits(self, rule: ForwardingRule, limits: Limits) -> None:
