@@ -104,3 +104,19 @@ def test_incremental_resolution_matches_the_full_one(
         full_tracker.on_apply(previous, full, generation)
         previous = full
         assert tracker.changed_in == full_tracker.changed_in
+
+
+def test_a_rule_that_changed_only_where_it_comes_from_is_listed_as_it_is_now() -> None:
+    from mcr.model.rules import RuleSource
+
+    table = RuleTable(Limits())
+    out = (OutputDestination(IPv4Address("239.5.5.5"), 6000, "eth1", 1),)
+    table.insert(ForwardingRule("a", "eth0", IPv4Address("239.1.1.1"), 5000, out))
+    resolver = Resolver()
+    resolver.update(table.rules, ["a"], ALL_LINKS)
+    table.remove("a")
+    table.insert(ForwardingRule("a", "eth0", IPv4Address("239.1.1.1"), 5000, out, source=RuleSource.CONFIG))
+    changes = resolver.update(table.rules, ["a"])
+    assert changes.rules == (), "the data plane has nothing to do"
+    (view,) = resolver.resolution(table.rules).views
+    assert view.rule.source is RuleSource.CONFIG

@@ -509,6 +509,8 @@ class Resolver:
                     rule, self.links, self.kernel_max_outputs, shared, epochs.get(rule_id, 0), self.multicast_ttl
                 )
             if after == before:
+                if after is not None and before is not None and before.view.rule is not rule:
+                    self.parts[rule_id] = after  # equal, but for what does not compare (where the rule comes from)
                 continue
             if before is not None:
                 self._unbook(rule_id, before, groups)
