@@ -53,13 +53,15 @@ def test_the_originals_file_loads_with_its_sections_kept() -> None:
     assert all(r.source is RuleSource.CONFIG for r in config.rules)
     assert config.settings.multicast_ttl == 4
     assert config.original.pinning == (("eth0", (0, 1)),)
-    assert config.original.unserved == ("pim", "igmp")
+    assert config.original.unserved == ("pim",)  # igmp is served: the querier's settings
     assert config.original.section("igmp") == {"querier_interfaces": ["eth1"], "query_interval": 60}
+    assert config.igmp.querier_interfaces == ("eth1",)
+    assert (config.igmp.timers.query_interval, config.igmp.timers.robustness) == (60.0, 2)
     notes = unserved_notes("/etc/mcr/mcr.json5", config.original)
     assert notes[0] == (
         "/etc/mcr/mcr.json5: section 'pim' accepted but not served: PIM-SM is not implemented in this relay yet"
     )
-    assert "'pinning' accepted but not applied" in notes[2]
+    assert len(notes) == 2 and "'pinning' accepted but not applied" in notes[1]
 
 
 def test_our_additions_round_trip_through_the_schema() -> None:
@@ -112,6 +114,8 @@ RULE = '{ input: { interface: "eth0", group: "239.1.1.1", port: 5000 }, outputs:
         ("[]", "f.json5: the configuration must be an object"),
         ("{ rules: {} }", "'rules' must be an array"),
         ("{ rules: [ { outputs: [] } ] }", "rules[0]: missing 'input'"),
+        ('{ rules: [ { input: { interface: null, group: "239.1.1.1", port: 1 }, outputs: [] } ] }',
+         "rules[0].input: 'interface' cannot be null"),
         ('{ rules: [ { input: { interface: "eth0", group: "ff3e::1", port: 1 }, outputs: [] } ] }',
          "rules[0].input: 'group' 'ff3e::1' is not a valid IPv4 address"),
         ('{ rules: [ { input: { interface: "eth0", group: "239.1.1.1", port: 70000 }, outputs: [] } ] }',

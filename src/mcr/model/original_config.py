@@ -12,7 +12,8 @@ The shape is the original's (HEAD fced3ed, src/config.rs), so that its files loa
           outputs: [ { group: "239.10.1.1", port: 6000, interface: "eth1", ttl: 8 } ],
         },
       ],
-      pim: { ... }, igmp: { ... }, msdp: { ... }, control_plane: { ... },   // accepted; not served yet
+      igmp: { ... },                                                  // the querier (mcr.membership.settings)
+      pim: { ... }, msdp: { ... }, control_plane: { ... },            // accepted; not served yet
     }
 
 Our own additions, which the original would ignore: `rule_id` and `rate_limit` in a rule, `source` (a host or
@@ -54,6 +55,7 @@ PROTOCOL_NAMES = {"udp": UDP, "esp": ESP}
 #: The sections the original serves with its control plane; we accept and check them and say they are not
 #: served yet (IGMP querier, PIM-SM, MSDP and the control-plane integration are later work).
 PROTOCOL_SECTIONS = ("pim", "igmp", "msdp", "control_plane")
+SERVED_SECTIONS = ("igmp",)  # the querier (mcr.membership); the others are accepted and kept, not served
 
 _TOP_KEYS = frozenset({"multicast_ttl", "pinning", "rules", *PROTOCOL_SECTIONS})
 _RULE_KEYS = frozenset({"name", "input", "outputs", "rule_id", "rate_limit"})
@@ -89,7 +91,7 @@ class OriginalSections:
     @property
     def unserved(self) -> tuple[str, ...]:
         """The protocol sections present in the file, which this supervisor does not serve yet."""
-        return tuple(name for name, _ in self.sections)
+        return tuple(name for name, _ in self.sections if name not in SERVED_SECTIONS)
 
     def section(self, name: str) -> object:
         for key, text in self.sections:
@@ -146,8 +148,8 @@ class _Reader:
                 )
 
     def field(self, where: str, obj: Mapping[str, object], key: str, kind: type | tuple[type, ...]) -> Any:
-        if key not in obj:
-            raise self.fail(where, f"missing '{key}'")
+        if obj.get(key) is None:
+            raise self.fail(where, f"missing '{key}'" if key not in obj else f"'{key}' cannot be null")
         return self.optional(where, obj, key, kind)
 
     def optional(self, where: str, obj: Mapping[str, object], key: str, kind: type | tuple[type, ...]) -> Any:

@@ -35,6 +35,7 @@ from mcr.protocol.control import (
     SaveConfig,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    SetQuerier,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest
 
@@ -67,6 +68,8 @@ def request_name(req: Request) -> str:
             | SaveConfig()
         ):
             return type(req).__name__
+        case SetQuerier():
+            return req.command
         case _:
             assert_never(req)
 
@@ -86,6 +89,7 @@ def is_read_only(req: Request) -> bool:
             | SetFacilityLogLevel()
             | LoadConfig()
             | SaveConfig()
+            | SetQuerier()
         ):
             return False
         case _:

@@ -9,6 +9,7 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 
+from mcr.membership.querier import Listeners
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.ratelimit import RateLimit
@@ -310,6 +311,7 @@ def resolve_rule(
     shared_flow: bool = False,
     epoch: int = 0,
     multicast_ttl: int = DEFAULT_MULTICAST_TTL,
+    listeners: Listeners | None = None,
 ) -> RuleResolution:
     """Resolve one rule (see `resolve`); `shared_flow`: other rules take its input interface, group and port."""
     link = links.get(rule.input_interface)
@@ -327,6 +329,9 @@ def resolve_rule(
             oproblem = f"has no IPv{out.group.version} address"
         if oproblem or olink is None or address is None:
             notes.append(f"output[{i}] {out.interface} {oproblem}")
+            continue
+        if out.follow_receivers and not (listeners or Listeners()).wants(out.interface, out.group, address):
+            notes.append(f"output[{i}] {out.interface} has no receivers for {out.group}")
             continue
         if not olink.carrier:
             # sends still succeed (the kernel drops them at the device), so nothing else would show it
@@ -359,12 +364,16 @@ def resolve(
     kernel_max_outputs: int | None = None,
     epochs: Mapping[str, int] | None = None,
     multicast_ttl: int = DEFAULT_MULTICAST_TTL,
+    listeners: Listeners | None = None,
 ) -> Resolution:
     """Resolve every rule against the links; with `kernel_max_outputs` set, the kernel engine is
     available and serves every rule it can (the others stay in userspace, with the reason). `epochs`:
     the generation each rule was (re)added in (StatsBook.since), carried to the data plane. `multicast_ttl`:
-    the TTL of a multicast output that names none (effective_ttl)."""
+    the TTL of a multicast output that names none (effective_ttl). `listeners`: the membership tables; an
+    output that follows receivers is left out while nobody on its interface wants its group from the address
+    it is sent from."""
     epochs = epochs or {}
+    listeners = listeners or Listeners()
     rules = list(rules)
     flows = Counter(rule.input_key[:3] for rule in rules)
     parts = [
@@ -377,6 +386,7 @@ def resolve(
                 flows[rule.input_key[:3]] > 1,
                 epochs.get(rule.rule_id, 0),
                 multicast_ttl,
+                listeners,
             ),
         )
         for rule in rules
@@ -446,6 +456,7 @@ class Resolver:
     def __init__(self, kernel_max_outputs: int | None = None, multicast_ttl: int = DEFAULT_MULTICAST_TTL) -> None:
         self.kernel_max_outputs = kernel_max_outputs
         self.multicast_ttl = multicast_ttl
+        self.listeners = Listeners()  # the membership tables (outputs that follow receivers); a change re-resolves all
         self.links: Mapping[str, Link] = {}
         self.parts: dict[str, RuleResolution] = {}
         self._flows: dict[tuple[object, ...], set[str]] = {}  # input (interface, group, port) -> rule ids
@@ -506,7 +517,13 @@ class Resolver:
             if rule is not None:
                 shared = len(self._flows[rule.input_key[:3]]) > 1
                 after = resolve_rule(
-                    rule, self.links, self.kernel_max_outputs, shared, epochs.get(rule_id, 0), self.multicast_ttl
+                    rule,
+                    self.links,
+                    self.kernel_max_outputs,
+                    shared,
+                    epochs.get(rule_id, 0),
+                    self.multicast_ttl,
+                    self.listeners,
                 )
             if after == before:
                 if after is not None and before is not None and before.view.rule is not rule:

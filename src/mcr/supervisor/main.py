@@ -26,6 +26,9 @@ from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
+from mcr.membership.querier import Listeners
+from mcr.membership.settings import MembershipSettings
+from mcr.membership.wire import Family
 from mcr.model.config import Config, ConfigDialect, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
@@ -53,6 +56,8 @@ from mcr.protocol.control import (
     KernelStatusResponse,
     LoadConfig,
     LogLevelsResponse,
+    MembershipGroups,
+    QuerierStates,
     Query,
     RemoveRule,
     RemoveRuleByName,
@@ -62,6 +67,7 @@ from mcr.protocol.control import (
     SaveConfig,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    SetQuerier,
     Stats,
     Success,
     Version,
@@ -86,6 +92,7 @@ from mcr.supervisor.core import Changes, KernelRule, Resolution, Resolver, RuleT
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.notify import Notifier
+from mcr.supervisor.queriers import Queriers
 from mcr.supervisor.state import StateError, StateStore, encode_record, write_atomically
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
@@ -178,6 +185,14 @@ class Supervisor:
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
         self.free_slots: list[int] = []  # a heap: the lowest free slot is taken first
         self.kernel_inputs: Counter[int] = Counter()  # ifindex -> kernel rules on it (tcx attached there)
+        file = self.config_file
+        self.listeners = Listeners()
+        self.queriers = Queriers(
+            self.loop,
+            file.igmp if file is not None else MembershipSettings(),
+            file.mld if file is not None else MembershipSettings(),
+            self.on_membership,
+        )
 
     # --------------------------------------------------------------------------- kernel engine
 
@@ -337,8 +352,12 @@ class Supervisor:
             with open(path, encoding="utf-8") as f:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
+            if (new.igmp, new.mld) != (self.config_file.igmp, self.config_file.mld):
+                self.queriers.configure(new.igmp, new.mld)
+                log.info("reload of %s: querier settings applied", path)
             if (new.settings, new.limits) != (self.config_file.settings, self.config_file.limits):
-                log.warning("reload of %s: [supervisor] and [limits] changes take effect at the next start", path)
+                what = "multicast_ttl" if new.dialect is ConfigDialect.JSON5 else "[supervisor] and [limits]"
+                log.warning("reload of %s: %s changes take effect at the next start", path, what)
             for text in new.warnings + unserved_notes(path, new.original):
                 log.warning("reload: %s", text)
         except (OSError, ConfigError, ValidationError) as e:
@@ -449,10 +468,13 @@ class Supervisor:
             flows=self.stats.flow_stats(self.table.rules.values()),
             rules=self.rule_views(),
             workers=self.workers_info(),
+            queriers=tuple(self.queriers.views()),
+            groups=tuple(self.queriers.groups(Family.IPV4) + self.queriers.groups(Family.IPV6)),
             kernel=self.kernel_status(),
         )
 
     async def shutdown(self) -> None:
+        self.queriers.close()
         await self.control.stop()
         if self.metrics is not None:
             self.metrics.stop()
@@ -628,6 +650,21 @@ class Supervisor:
             return self.generation
         self.generation += 1
         self.sync_state.on_changes(changes, self.generation)
+        if changed is None or any(
+            out.follow_receivers
+            for _rule_id, before, after in changes.rules
+            for part in (before, after)
+            if part is not None
+            for out in part.view.rule.outputs
+        ):
+            self.queriers.follow(
+                {
+                    (out.interface, Family.IPV4 if out.group.version == 4 else Family.IPV6)
+                    for rule in self.table.rules.values()
+                    for out in rule.outputs
+                    if out.follow_receivers
+                }
+            )
         self.memberships.change(changes.join, changes.leave)
         self.sync_kernel(changes)
         upserts, removed = changes.worker_update()
@@ -652,7 +689,16 @@ class Supervisor:
                 return False
         return True
 
+    def on_membership(self) -> None:
+        """A group's receivers changed on some interface: outputs that follow receivers start or stop (every
+        rule is re-resolved, as after a change of links)."""
+        self.listeners = Listeners.of(self.queriers.groups(Family.IPV4) + self.queriers.groups(Family.IPV6))
+        if self.listeners != self.resolver.listeners:
+            self.resolver.listeners = self.listeners
+            self.apply()
+
     def on_links(self, links: dict[str, Link]) -> None:
+        self.queriers.on_links(links)
         if links != self.links:
             self.links = links
             self.apply()
@@ -745,6 +791,16 @@ class Supervisor:
                 return Version(VersionInfo(__version__, PROTOCOL_VERSION))
             case Query.GET_CONFIG:
                 return ConfigResponse(self.config_view())
+            case Query.GET_IGMP_GROUPS:
+                return MembershipGroups(Family.IPV4, tuple(self.queriers.groups(Family.IPV4)))
+            case Query.GET_MLD_GROUPS:
+                return MembershipGroups(Family.IPV6, tuple(self.queriers.groups(Family.IPV6)))
+            case Query.GET_QUERIERS:
+                return QuerierStates(tuple(self.queriers.views()))
+            case SetQuerier():
+                text = self.queriers.set_querier(req.family, req.interface, req.enabled)
+                log.info("%s", text)
+                return Success(text)
             case Query.GET_LOG_LEVELS:
                 return LogLevelsResponse(
                     LogLevels(self.global_level.name, {f.name: s.name for f, s in self.overrides.items()})
