@@ -13,7 +13,6 @@ import pytest
 
 from mcr.model.rules import ForwardingRule, OutputDestination
 from mcr.supervisor.state import (
-    COMPACT_MIN,
     StateError,
     StateStore,
     encode_record,
@@ -43,14 +42,17 @@ def test_changes_are_appended_and_read_back(tmp_path: Path) -> None:
     assert StateStore(tmp_path / "rules.json").load() == [rule("b", 5001), rule("a", 5002)]
 
 
-def test_the_journal_is_compacted_once_it_outgrows_the_table(tmp_path: Path) -> None:
+def test_the_journal_is_compacted_once_it_outgrows_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcr.supervisor import state
+
+    monkeypatch.setattr(state, "COMPACT_MIN", 16)  # as 1024, with fewer fsyncs
     store = StateStore(tmp_path / "rules.json")
     store.compact([])
-    for i in range(COMPACT_MIN):
+    for i in range(state.COMPACT_MIN):
         store.append(encode_record(removed=f"x{i}"))
     assert not store.due(10)
     store.append(encode_record(removed="y"))
-    assert store.due(10) and not store.due(COMPACT_MIN + 1)
+    assert store.due(10) and not store.due(state.COMPACT_MIN + 1)
     store.compact([rule("a")])
     assert store.records == 0 and journal_path(store.path).read_bytes() == b""
     assert StateStore(store.path).load() == [rule("a")]
