@@ -98,6 +98,9 @@ class KernelRelay:
         self._links: dict[int, int] = {}
         self._rules: dict[int, _Rule] = {}
         self._slot_of: dict[tuple[int, IPv4Address | IPv6Address, int], int] = {}  # (ifindex, group, port) -> slot
+        # slot -> how many of its output counters may be non-zero (those past it are zero), so that a rule
+        # put in a slot zeroes what the slot's earlier rules counted, not all max_outputs entries
+        self._dirty: dict[int, int] = {}
         self._groups: dict[tuple[int, IPv4Address | IPv6Address], int] = {}
         self.prog_fd = -1
         try:
@@ -172,9 +175,10 @@ class KernelRelay:
             old = None
         kept = min(len(outputs), len(old.outputs)) if old is not None else 0
         if old is None or rule.outputs[:kept] != old.outputs[:kept]:
-            self._zero_counters(slot, 0, self.max_outputs)
+            self._zero_counters(slot, 0, self._dirty.get(slot, 0))
         elif len(outputs) < len(old.outputs):  # outputs dropped off the end start from zero if they come back
             self._zero_counters(slot, len(outputs), len(old.outputs), rule=False)
+        self._dirty[slot] = len(outputs)
         base = slot * self.max_outputs
         for i, out in enumerate(outputs):
             bpf.update_elem(self.map_fd(MapName.OUTPUTS), _index(base + i), pack_output(out))
