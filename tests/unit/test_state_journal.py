@@ -110,3 +110,15 @@ def test_a_failed_append_leaves_no_half_record_and_forces_a_snapshot(tmp_path: P
     os.close(real)
     assert store.due(2)
     assert StateStore(store.path).load() == [rule("a"), rule("b", 5001)]
+
+
+def test_the_journal_is_never_written_through_a_symbolic_link(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    journal_path(tmp_path / "rules.json").symlink_to(target)
+    store = StateStore(tmp_path / "rules.json")
+    with pytest.raises(StateError, match="Too many levels of symbolic links"):
+        store.compact([rule("a")])
+    with pytest.raises(StateError, match="Too many levels of symbolic links"):
+        store.append(encode_record(removed="a"))
+    assert target.read_bytes() == b""

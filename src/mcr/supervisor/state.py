@@ -208,7 +208,8 @@ class StateStore:
         if self._fd < 0:
             created = not self.journal.exists()
             self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-            self._fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            # never through a symbolic link (as write_atomically): a link planted there cannot redirect the appends
+            self._fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
             self._size = os.fstat(self._fd).st_size
             if created:
                 _fsync_dir(self.journal)
