@@ -27,17 +27,6 @@ GROUP, PORT = IPv4Address("239.1.2.3"), 5001  # the flow structured_frames build
 FIRST = 48  # where the block's first frame header starts
 
 
-class Recorded:
-    """A send batch that keeps (payload offset in the block, length) instead of sending."""
-
-    def __init__(self, base: int) -> None:
-        self.base = base
-        self.sent: list[tuple[int, int]] = []
-
-    def set(self, i: int, address: int, length: int) -> None:
-        self.sent.append((address - self.base, length))
-
-
 class OneBlock:
     """The ring interface `drain` uses, over one block that the "kernel" has handed over."""
 
@@ -132,9 +121,8 @@ BOUNDARIES = [
 @given(st.lists(st.tuples(frames, placements), min_size=1, max_size=12))
 def test_the_ring_loop_relays_and_counts_as_the_parser(cases: list[tuple[bytes, tuple[int, int]]]) -> None:
     ring = OneBlock([(raw, mac, TP_STATUS_USER | (TP_STATUS_VLAN_VALID if vlan else 0)) for raw, (mac, vlan) in cases])
-    batch, esp_batch = Recorded(ring.address), Recorded(ring.address)
-    slot = RuleSlot(WorkerRule("r", 1, GROUP, PORT, ()), [], batch)
-    esp_slot = RuleSlot(WorkerRule("e", 1, GROUP, 0, (), protocol=InputProtocol.ESP), [], esp_batch)
+    slot = RuleSlot(WorkerRule("r", 1, GROUP, PORT, ()), [])
+    esp_slot = RuleSlot(WorkerRule("e", 1, GROUP, 0, (), protocol=InputProtocol.ESP), [])
     relayed: list[tuple[int, int]] = []
     esp_relayed: list[tuple[int, int]] = []
     drops = [0] * len(DROP_KEYS)
@@ -156,13 +144,14 @@ def test_the_ring_loop_relays_and_counts_as_the_parser(cases: list[tuple[bytes, 
             relayed.append((mac_at + offset, length))
 
     with data_plane() as plane:
-        flushed: dict[str, list[int]] = {"r": [], "e": []}
-        plane.flush = lambda s, lengths: flushed[s.rule.rule_id].extend(lengths)  # type: ignore[method-assign]
+        flushed: dict[str, list[int]] = {"r": [], "e": []}  # per rule: payload address, length, ...
+        plane.flush = lambda s, entries: flushed[s.rule.rule_id].extend(entries)  # type: ignore[method-assign]
         table = {wire_key(int(GROUP), PORT): slot, rule_key(esp_slot.rule): esp_slot}
         capture = Capture(1, ring, table)  # type: ignore[arg-type]
         assert plane.drain(capture) == len(cases)
-        assert batch.sent == relayed
-        assert esp_batch.sent == esp_relayed
-        assert flushed == {"r": [n for _o, n in relayed], "e": [n for _o, n in esp_relayed]}
+        for rule_id, expected in (("r", relayed), ("e", esp_relayed)):
+            entries = flushed[rule_id]
+            sent = [(address - ring.address, n) for address, n in zip(entries[::2], entries[1::2], strict=True)]
+            assert sent == expected, rule_id
         assert plane.drops == drops
         assert slot.drops == rule_drops

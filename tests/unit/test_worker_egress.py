@@ -47,5 +47,5 @@ def test_an_esp_output_without_its_socket_counts_errors(data_plane: DataPlane) -
     slot = data_plane.slots["e"]
     (out,) = slot.outputs
     assert out.fd == -1
-    data_plane.flush(slot, [100, 200])
+    data_plane.flush(slot, [0, 100, 0, 200])  # (address, length) pairs; nothing is sent
     assert (slot.packets, out.packets, out.errors) == (2, 0, 2)

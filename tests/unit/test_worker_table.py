@@ -20,14 +20,6 @@ def test_wire_key_is_the_wire_bytes_read_little_endian(group: str, port: int) ->
     assert wire_key_from_flow_key(key) == (dst << 16) | dport
 
 
-class _NoBatch:
-    def set(self, i: int, address: int, length: int) -> None:
-        raise AssertionError
-
-    def send(self, fd: int, count: int, start: int = 0) -> int:
-        raise AssertionError
-
-
 def rule(rule_id: str, ifindex: int, group: str, port: int) -> WorkerRule:
     out = WorkerOutput(0, IPv4Address("239.9.9.9"), 9, 3, IPv4Address("10.0.0.1"), 1)
     return WorkerRule(rule_id, ifindex, IPv4Address(group), port, (out,))
@@ -35,7 +27,7 @@ def rule(rule_id: str, ifindex: int, group: str, port: int) -> WorkerRule:
 
 def test_index_and_filter_groups_per_interface() -> None:
     rules = [rule("a", 2, "239.1.1.1", 1), rule("b", 2, "239.1.1.1", 2), rule("c", 5, "239.1.1.2", 1)]
-    slots = [RuleSlot(r, [], _NoBatch()) for r in rules]
+    slots = [RuleSlot(r, []) for r in rules]
     table = index_rules(slots)
     assert set(table) == {2, 5}
     assert table[2][wire_key(int(IPv4Address("239.1.1.1")), 2)].rule.rule_id == "b"
@@ -48,7 +40,7 @@ def test_an_esp_rule_is_found_by_esp_frames_only() -> None:
     esp_out = WorkerOutput(0, IPv4Address("239.9.9.9"), 0, 3, IPv4Address("10.0.0.1"), 1, InputProtocol.ESP)
     esp = WorkerRule("e", 2, IPv4Address("239.1.1.1"), 0, (esp_out,), protocol=InputProtocol.ESP)
     udp = rule("u", 2, "239.1.1.1", 5001)
-    table = index_rules([RuleSlot(r, [], _NoBatch()) for r in (esp, udp)])[2]
+    table = index_rules([RuleSlot(r, []) for r in (esp, udp)])[2]
     frames = {
         "esp": build_esp_frame(src_ip="10.0.0.1", dst_ip="239.1.1.1", payload=b"sealed"),
         "udp": build_udp_frame(src_ip="10.0.0.1", dst_ip="239.1.1.1", dst_port=5001, payload=b"x"),
