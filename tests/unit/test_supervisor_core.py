@@ -357,3 +357,23 @@ def test_the_indexed_table_checks_names_across_groups_and_finds_rules_by_name() 
     assert table.named("feed") is None
     table.insert(replace(other, rule_id="c"))
     assert table.named("feed") is table.rules["c"] and table.index.outputs == 1
+
+
+def test_the_resolver_keeps_the_raw_egress_keys_by_rule() -> None:
+    """Incrementally, as `resolve` has them: a key stays while any ESP rule's output uses it."""
+    from mcr.supervisor.core import Resolver
+
+    table = RuleTable(Limits())
+    out = (OutputDestination(IPv4Address("239.5.5.5"), 0, "eth1"),)
+    table.insert(ForwardingRule("a", "eth0", G1, 0, out, input_protocol=InputProtocol.ESP))
+    table.insert(ForwardingRule("b", "eth2", G1, 0, out, input_protocol=InputProtocol.ESP))
+    resolver = Resolver(multicast_ttl=4)
+    resolver.update(table.rules, list(table.rules), MACS)
+    key = RawEgress(IPv4Address("239.5.5.5"), 3, IPv4Address("10.0.1.1"), 4)
+    assert set(resolver.raw_egress) == {key} == set(resolve(table.rules.values(), MACS, multicast_ttl=4).raw_egress)
+    table.remove("a")
+    resolver.update(table.rules, ["a"])
+    assert set(resolver.raw_egress) == {key}
+    table.remove("b")
+    resolver.update(table.rules, ["b"])
+    assert not resolver.raw_egress
