@@ -99,9 +99,11 @@ class Supervisor:
         log_level: str = "info",
         extra: Sequence[str] = (),
         wait: bool = True,
+        socket_path: Path | None = None,
     ) -> Supervisor:
-        sock_dir = lab.track_dir(socket_dir())
-        socket_path = sock_dir / "control.sock"
+        """Start a supervisor; `socket_path` reuses an earlier one's control socket (a restart)."""
+        if socket_path is None:
+            socket_path = lab.track_dir(socket_dir()) / "control.sock"
         argv = [*tool("multicast_relay"), "supervisor", "--control-socket-path", str(socket_path)]
         argv += ["--num-workers", str(num_workers), "--log-level", log_level]
         if not any(a == "--engine" for a in extra):

@@ -1,0 +1,105 @@
+"""Measure what a supervisor restart costs the traffic: a steady numbered flow through the relay while the
+supervisor is stopped or killed and started again with its --state-file; the sink counts lost and duplicated.
+
+`Service` is one relay instance across restarts (same control socket, state file and options, as systemd
+would start it again); `measure` runs the flow around an `event` on it and returns the sink's counts.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .netns import Chain
+from .relay import Supervisor, start_generator, start_sink
+
+IN_GROUP, IN_PORT = "239.1.1.1", 5001
+OUT_GROUP, OUT_PORT = "239.2.2.2", 6001
+
+
+@dataclass
+class Service:
+    """One relay instance: every start uses the same control socket, state file and options."""
+
+    chain: Chain
+    engine: str
+    num_workers: int = 2
+    extra: Sequence[str] = ()
+    sup: Supervisor | None = None
+    starts: int = 0
+    state_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.state_file = self.chain.lab.workdir / "rules.json"
+
+    def start(self) -> Supervisor:
+        previous = self.sup
+        argv = ["--engine", self.engine, "--state-file", str(self.state_file), *self.extra]
+        self.sup = Supervisor.start(
+            self.chain.lab,
+            self.chain.relay,
+            num_workers=self.num_workers,
+            extra=argv,
+            socket_path=previous.socket_path if previous is not None else None,
+        )
+        self.starts += 1
+        return self.sup
+
+    @property
+    def current(self) -> Supervisor:
+        assert self.sup is not None, "the service was never started"
+        return self.sup
+
+    def kill(self, signum: int = signal.SIGKILL, timeout: float = 10.0) -> int:
+        """Send `signum` to the supervisor and wait for it to exit; its exit status."""
+        proc = self.current.proc
+        proc.signal(signum)
+        return proc.wait(timeout)
+
+    def restart(self, signum: int = signal.SIGKILL) -> Supervisor:
+        self.kill(signum)
+        return self.start()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    sent: int
+    received: int
+    lost: int
+    duplicated: int
+    corrupted: int
+
+    @property
+    def clean(self) -> bool:
+        return (self.received, self.lost, self.duplicated, self.corrupted) == (self.sent, 0, 0, 0)
+
+
+def add_flow(service: Service, rule_id: str = "flow") -> str:
+    return service.current.add_rule(
+        rule_id=rule_id, group=IN_GROUP, port=IN_PORT, outputs=[f"{OUT_GROUP}:{OUT_PORT}:{service.chain.relay_out}"]
+    )
+
+
+def measure(
+    service: Service,
+    event: Callable[[Service], object],
+    *,
+    rate: int = 2000,
+    seconds: float = 6.0,
+    event_at: float = 2.0,
+    size: int = 200,
+) -> Outcome:
+    """Send `rate` pps for `seconds` through the running service, run `event` `event_at` s in; the sink's counts."""
+    chain = service.chain
+    count = int(rate * seconds)
+    sink = start_sink(chain.lab, chain.sink, [(OUT_GROUP, OUT_PORT)], expect=count, duration=seconds + 30)
+    gen = start_generator(chain, IN_GROUP, IN_PORT, rate=rate, size=size, count=count)
+    time.sleep(event_at)
+    event(service)
+    sent = gen.json(timeout=seconds + 30)
+    report = sink.report(timeout=seconds + 30)
+    assert sent["sent"] == count and sent["errors"] == 0, sent
+    return Outcome(count, report["received"], report["lost"], report["duplicated"], report["corrupted"])
