@@ -8,8 +8,10 @@ would start it again); `measure` runs the flow around an `event` on it and retur
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,18 @@ IN_GROUP, IN_PORT = "239.1.1.1", 5001
 OUT_GROUP, OUT_PORT = "239.2.2.2", 6001
 
 
+@contextmanager
+def bpffs(where: Path) -> Iterator[Path]:
+    """A bpf file system of our own at `where` (in the host's mount namespace, so pins outlive the
+    `ip netns exec` that runs a supervisor), unmounted afterwards with whatever is still pinned in it."""
+    where.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(where)], check=True, capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False, capture_output=True)
+
+
 @dataclass
 class Service:
     """One relay instance: every start uses the same control socket, state file and options."""
@@ -28,6 +42,8 @@ class Service:
     engine: str
     num_workers: int = 2
     extra: Sequence[str] = ()
+    pin_dir: Path | None = None  # --bpf-pin-dir
+    env: dict[str, str] = field(default_factory=dict)
     sup: Supervisor | None = None
     starts: int = 0
     state_file: Path = field(init=False)
@@ -38,12 +54,15 @@ class Service:
     def start(self) -> Supervisor:
         previous = self.sup
         argv = ["--engine", self.engine, "--state-file", str(self.state_file), *self.extra]
+        if self.pin_dir is not None:
+            argv += ["--bpf-pin-dir", str(self.pin_dir)]
         self.sup = Supervisor.start(
             self.chain.lab,
             self.chain.relay,
             num_workers=self.num_workers,
             extra=argv,
             socket_path=previous.socket_path if previous is not None else None,
+            env=self.env,
         )
         self.starts += 1
         return self.sup
@@ -62,6 +81,10 @@ class Service:
     def restart(self, signum: int = signal.SIGKILL) -> Supervisor:
         self.kill(signum)
         return self.start()
+
+    def log(self) -> str:
+        """The current supervisor's stderr (its log)."""
+        return self.current.proc.err()
 
 
 @dataclass(frozen=True)
@@ -91,11 +114,13 @@ def measure(
     seconds: float = 6.0,
     event_at: float = 2.0,
     size: int = 200,
+    sink_duration: float | None = None,
 ) -> Outcome:
     """Send `rate` pps for `seconds` through the running service, run `event` `event_at` s in; the sink's counts."""
     chain = service.chain
     count = int(rate * seconds)
-    sink = start_sink(chain.lab, chain.sink, [(OUT_GROUP, OUT_PORT)], expect=count, duration=seconds + 30)
+    duration = seconds + 30 if sink_duration is None else sink_duration
+    sink = start_sink(chain.lab, chain.sink, [(OUT_GROUP, OUT_PORT)], expect=count, duration=duration)
     gen = start_generator(chain, IN_GROUP, IN_PORT, rate=rate, size=size, count=count)
     time.sleep(event_at)
     event(service)

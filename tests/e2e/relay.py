@@ -100,8 +100,10 @@ class Supervisor:
         extra: Sequence[str] = (),
         wait: bool = True,
         socket_path: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> Supervisor:
-        """Start a supervisor; `socket_path` reuses an earlier one's control socket (a restart)."""
+        """Start a supervisor; `socket_path` reuses an earlier one's control socket (a restart), `env` adds
+        environment variables."""
         if socket_path is None:
             socket_path = lab.track_dir(socket_dir()) / "control.sock"
         argv = [*tool("multicast_relay"), "supervisor", "--control-socket-path", str(socket_path)]
@@ -114,6 +116,8 @@ class Supervisor:
             argv += ["--group", group]
         if control_group:
             argv += ["--control-group", control_group]
+        if env:
+            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]  # env execs in place: same pid
         proc = lab.popen(ns, *argv, *extra, name="supervisor")
         sup = cls(lab, ns, proc, socket_path)
         if wait:

@@ -70,6 +70,7 @@ class Settings:
     state_file: str | None = None
     metrics_addr: str | None = None
     engine: str | None = None
+    keep_data_plane: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class Config:
     rules: tuple[ForwardingRule, ...] = ()
 
 
-_SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool}
+_SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "keep_data_plane": bool}
 _RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl", "rate_limit"}
 _OUTPUT_KEYS = {"group", "port", "interface", "ttl"}
 

@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="run the workers without their seccomp system call filter (they stay unprivileged and chrooted)",
     )
+    sup.add_argument(
+        "--keep-data-plane",
+        action="store_true",
+        default=None,
+        help="on SIGTERM/SIGINT leave the data plane relaying for the next supervisor to take over (a restart)",
+    )
+    sup.add_argument(
+        "--bpf-pin-dir",
+        default=None,
+        help="where the kernel engine pins its program, maps and links (default /sys/fs/bpf/mcr/<instance>)",
+    )
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
     sup.add_argument("--interface", default=None, help=argparse.SUPPRESS)
     sup.add_argument("--relay-command-socket-path", default=None, help=argparse.SUPPRESS)
@@ -122,7 +133,19 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         metrics_addr=pick(args.metrics_addr, file.metrics_addr, None),
         engine=pick(args.engine, file.engine, "auto"),
         seccomp=args.seccomp,
+        keep_data_plane=bool(pick(args.keep_data_plane, file.keep_data_plane, False)),
+        bpf_pin_dir=Path(args.bpf_pin_dir) if args.bpf_pin_dir else None,
+        kernel_variant=_test_variant(),
     )
+
+
+def _test_variant() -> int:
+    """MCR_TEST_KERNEL_VARIANT: build a kernel program that differs from this version's by one dead
+    instruction, so that tests can start an "upgraded" supervisor."""
+    try:
+        return int(os.environ.get("MCR_TEST_KERNEL_VARIANT", "0"))
+    except ValueError:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import grp
+import hashlib
 import logging
 import os
 import pwd
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, assert_never
 
 from mcr import PROTOCOL_VERSION, __version__
+from mcr.kernel import bpf
 from mcr.kernel.bpf import BpfError
 from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
@@ -76,6 +78,20 @@ GC_PERIOD_S = 30.0  # a full garbage collection this often (see tick)
 KERNEL_REPORT = -1  # the kernel engine's counters are booked like a worker's, under this id
 KERNEL_WORKER_TYPE = "KernelEngine"  # its entry in ListWorkers, which carries its drop counters
 SHUTDOWN_GRACE_S = 3.0
+BPF_ROOT = Path("/sys/fs/bpf")
+DEFAULT_SOCKET_PATH = Path("/run/mcr/control.sock")
+
+
+def instance_name(control_socket_path: Path) -> str:
+    """Names what one supervisor leaves behind (pins, handover sockets): `default` for the default control
+    socket, else a hash of its path, so that two supervisors on one host never take each other's."""
+    if control_socket_path == DEFAULT_SOCKET_PATH:
+        return "default"
+    return hashlib.sha256(str(control_socket_path).encode()).hexdigest()[:12]
+
+
+def default_pin_dir(control_socket_path: Path) -> Path:
+    return BPF_ROOT / "mcr" / instance_name(control_socket_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +110,9 @@ class SupervisorConfig:
     engine: str = "auto"
     read_only_group: str | None = None
     seccomp: bool = True  # the workers' system call filter; --no-seccomp turns it off
+    keep_data_plane: bool = False  # SIGTERM leaves the data plane running for the next supervisor
+    bpf_pin_dir: Path | None = None  # where the kernel engine pins its objects (None: default_pin_dir)
+    kernel_variant: int = 0  # tests of an upgrade: a kernel program that differs by a dead instruction
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -161,13 +180,40 @@ class Supervisor:
             return
         try:
             slots = max(256, self.config.limits.max_rules, len(self.table.rules))  # a restored table may be over
-            self.kernel = KernelRelay(max_rules=slots, max_outputs=64)
+            pin_dir = self.pin_dir()
+            self.kernel = KernelRelay(
+                max_rules=slots, max_outputs=64, pin_dir=pin_dir, variant=self.config.kernel_variant
+            )
         except (BpfError, OSError) as e:
             if self.config.engine == "kernel":
                 raise ConfigError(f"the kernel engine cannot be loaded: {e}") from None
             log.warning("kernel engine unavailable, every rule is served in userspace: %s", e)
             return
         log.info("kernel engine loaded (%d instructions, tcx ingress)", len(self.kernel.insns))
+        if pin_dir is not None:
+            log.info("kernel engine pinned in %s: %s", pin_dir, self.kernel.adoption.describe())
+
+    def pin_dir(self) -> Path | None:
+        """Where the kernel engine pins its objects, on a bpf file system (mounted at /sys/fs/bpf when none
+        is); None, with a warning, when there is none: the engine then goes away with this process."""
+        wanted = self.config.bpf_pin_dir or default_pin_dir(self.config.control_socket_path)
+        if wanted.is_relative_to(BPF_ROOT) and not bpf.is_bpffs(BPF_ROOT):
+            try:
+                bpf.mount_bpffs(BPF_ROOT)
+                log.info("mounted a bpf file system at %s", BPF_ROOT)
+            except OSError as e:
+                log.warning("%s", e)
+        try:
+            wanted.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            log.warning("kernel engine not pinned (a restart will interrupt its flows): %s", e)
+            return None
+        if not bpf.is_bpffs(wanted):
+            log.warning(
+                "kernel engine not pinned (a restart will interrupt its flows): %s is not on a bpf file system", wanted
+            )
+            return None
+        return wanted
 
     def kernel_outputs(self) -> int | None:
         return self.kernel.max_outputs if self.kernel is not None else None
@@ -186,11 +232,22 @@ class Supervisor:
                 kernel.remove_rule(slot)
                 del self.kernel_slots[rule_id]
         used = {slot for slot, _ in self.kernel_slots.values()}
+        pinned: dict[str, int] = {}  # rules an earlier supervisor left pinned keep their slots (and counters)
+        for rule_id, kr in wanted.items():
+            found = kernel.adopted_slot(kr.ifindex, kr.group, kr.port)
+            if rule_id not in self.kernel_slots and found is not None and found not in used:
+                pinned[rule_id] = found
+                used.add(found)
         for rule_id, kr in wanted.items():
             held = self.kernel_slots.get(rule_id)
             if held is not None and held[1] == kr:
                 continue
-            slot = held[0] if held is not None else min(set(range(kernel.max_rules)) - used)
+            if held is not None:
+                slot = held[0]
+            elif rule_id in pinned:
+                slot = pinned[rule_id]
+            else:
+                slot = min(set(range(kernel.max_rules)) - used)
             used.add(slot)
             outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in kr.outputs]
             kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs, kr.rate_limit, kr.source)
@@ -300,7 +357,9 @@ class Supervisor:
         if after != before:
             log.info("open-file limit raised from %d to %d (rule outputs are sockets in every worker)", before, after)
         self.start_kernel()
-        await self.watcher.start()
+        await self.watcher.start()  # its first dump applies the rules: the kernel engine has them all now
+        if self.kernel is not None:
+            self.kernel.settle()
         await self.control.start()
         if self.metrics is not None:
             self.metrics.start()
@@ -406,6 +465,8 @@ class Supervisor:
         self.memberships.close()
         if self.kernel is not None:
             self.collect_kernel()
+            if not self.config.keep_data_plane:
+                self.kernel.unpin()
             self.kernel.close()
         await self.watcher.stop()
         for flow in self.stats.flow_stats(self.table.rules.values()):
