@@ -14,10 +14,11 @@ from .netns import Chain
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-ENGINES = [
-    pytest.param("userspace", marks=pytest.mark.xfail(reason="issue 17: workers are not taken over yet", strict=True)),
-    "kernel",
-]
+ENGINES = ["userspace", "kernel"]
+
+
+def data_plane_pids(service: Service) -> list[int]:
+    return sorted(w["pid"] for w in service.current.workers() if w["worker_type"] == "DataPlane")
 
 
 @pytest.fixture
@@ -32,9 +33,12 @@ def test_restart_loses_nothing(chain: Chain, pins: Path, engine: str, signum: in
     service = Service(chain, engine, pin_dir=pins, extra=["--keep-data-plane"])
     service.start()
     add_flow(service)
+    workers = data_plane_pids(service)
     outcome = measure(service, lambda s: s.restart(signum))
     print(f"{engine} {signal.Signals(signum).name}: {outcome}")
     assert outcome.clean, outcome
+    assert data_plane_pids(service) == workers, "the new supervisor took the running workers over"
+    assert service.current.rules()[0]["engine"] == engine
 
 
 def test_kernel_upgrade_replaces_the_program_without_a_gap(chain: Chain, pins: Path) -> None:

@@ -17,6 +17,10 @@ from mcr.model.rules import IPAddress, SourcePrefix, parse_group, parse_source, 
 from mcr.protocol.jsondoc import load_json
 
 MAX_CHANNEL_MESSAGE = 16 << 20
+# A new supervisor takes a running worker over by sending this datagram to the worker's handover socket with
+# two descriptors attached (SCM_RIGHTS): its end of a new command channel and the write end of a new stats
+# pipe. The worker answers `Ready` on the new channel, naming the capture sockets it holds.
+HANDOVER_MESSAGE = b'"Handover"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,9 @@ Command = Sync | OpenSockets | CloseSockets | SetLogLevels | Shutdown
 class Ready:
     pid: int
     uid: int
+    # A worker taken over by a new supervisor: the capture sockets it already holds, as (ifindex, fanout
+    # group id, -1 for none). A freshly started worker holds none.
+    captures: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +201,10 @@ def encode_reply(reply: Reply) -> bytes:
     doc: object
     match reply:
         case Ready():
-            doc = {"Ready": {"pid": reply.pid, "uid": reply.uid}}
+            body: dict[str, object] = {"pid": reply.pid, "uid": reply.uid}
+            if reply.captures:
+                body["captures"] = [list(c) for c in reply.captures]
+            doc = {"Ready": body}
         case SyncAck():
             doc = {"SyncAck": {"generation": reply.generation}}
         case _:
@@ -206,10 +216,11 @@ def decode_reply(data: bytes) -> Reply:
     name, body = _load(data)
     try:
         if name == "Ready":
-            return Ready(pid=int(body["pid"]), uid=int(body["uid"]))
+            captures = tuple((int(i), int(f)) for i, f in body.get("captures", []))
+            return Ready(pid=int(body["pid"]), uid=int(body["uid"]), captures=captures)
         if name == "SyncAck":
             return SyncAck(generation=int(body["generation"]))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ProtocolError(f"malformed {name} reply: {e!r}") from None
     raise ProtocolError(f"unknown worker reply '{name}'")
 

@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT leave the data plane relaying for the next supervisor to take over (a restart)",
     )
     sup.add_argument(
+        "--worker-orphan-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="how long workers relay on without a supervisor, waiting to be taken over (default 30; 0: they "
+        "exit with it)",
+    )
+    sup.add_argument(
         "--bpf-pin-dir",
         default=None,
         help="where the kernel engine pins its program, maps and links (default /sys/fs/bpf/mcr/<instance>)",
@@ -136,7 +144,14 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         keep_data_plane=bool(pick(args.keep_data_plane, file.keep_data_plane, False)),
         bpf_pin_dir=Path(args.bpf_pin_dir) if args.bpf_pin_dir else None,
         kernel_variant=_test_variant(),
+        worker_orphan_timeout=_non_negative(pick(args.worker_orphan_timeout, None, 30.0)),
     )
+
+
+def _non_negative(value: float) -> float:
+    if not value >= 0:
+        raise ConfigError(f"--worker-orphan-timeout must be 0 or more seconds, not {value}")
+    return float(value)
 
 
 def _test_variant() -> int:

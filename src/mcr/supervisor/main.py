@@ -68,7 +68,14 @@ from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.notify import Notifier
 from mcr.supervisor.state import StateError, load_state, save_state
-from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
+from mcr.supervisor.workers import (
+    AdoptedProcess,
+    WorkerHandle,
+    WorkerStatus,
+    handover_path,
+    spawn_worker,
+    take_over_worker,
+)
 
 log = logging.getLogger("mcr.supervisor")
 
@@ -113,6 +120,7 @@ class SupervisorConfig:
     keep_data_plane: bool = False  # SIGTERM leaves the data plane running for the next supervisor
     bpf_pin_dir: Path | None = None  # where the kernel engine pins its objects (None: default_pin_dir)
     kernel_variant: int = 0  # tests of an upgrade: a kernel program that differs by a dead instruction
+    worker_orphan_timeout: float = 30.0  # how long workers relay on without a supervisor (0: they exit with it)
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -369,7 +377,8 @@ class Supervisor:
         else:
             log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
         for handle in self.workers:
-            self.start_worker(handle, now)
+            if not self.take_over(handle, now):
+                self.start_worker(handle, now)
         if len(self.workers) > 1:
             log.info("PACKET_FANOUT enabled (%d workers)", len(self.workers))
         else:
@@ -422,6 +431,8 @@ class Supervisor:
             for handle in self.workers:
                 if handle.status is WorkerStatus.RESTARTING and now >= handle.restart_at:
                     self.start_worker(handle, now)
+                elif handle.status is WorkerStatus.STARTING and handle.proc is None and now >= handle.adopt_deadline:
+                    self.give_up_takeover(handle, now)
             if now - last_rates >= 1.0:
                 last_rates = now
                 if self.memberships.failed:  # e.g. the operator has raised net.ipv4.igmp_max_memberships
@@ -442,6 +453,29 @@ class Supervisor:
         await self.control.stop()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.config.keep_data_plane and self.config.worker_orphan_timeout > 0:
+            self.leave_workers()
+        else:
+            await self.stop_workers()
+        self.memberships.close()
+        if self.kernel is not None:
+            self.collect_kernel()
+            if not self.config.keep_data_plane:
+                self.kernel.unpin()
+            self.kernel.close()
+        await self.watcher.stop()
+        for flow in self.stats.flow_stats(self.table.rules.values()):
+            log.info(
+                "final counters: rule %s %s packets=%d bytes=%d",
+                flow.rule_id,
+                endpoint_text(ip_address(flow.input_group), flow.input_port),
+                flow.packets_relayed,
+                flow.bytes_relayed,
+            )
+        log.info("shutdown complete")
+
+    async def stop_workers(self) -> None:
+        """A full stop: every worker is told to end (killed after SHUTDOWN_GRACE_S); its last counts kept."""
         for handle in self.workers:
             if handle.channel is not None:
                 try:
@@ -462,24 +496,48 @@ class Supervisor:
             if handle.pidfd >= 0:
                 self.loop.remove_reader(handle.pidfd)
             handle.close_io()
-        self.memberships.close()
-        if self.kernel is not None:
-            self.collect_kernel()
-            if not self.config.keep_data_plane:
-                self.kernel.unpin()
-            self.kernel.close()
-        await self.watcher.stop()
-        for flow in self.stats.flow_stats(self.table.rules.values()):
-            log.info(
-                "final counters: rule %s %s packets=%d bytes=%d",
-                flow.rule_id,
-                endpoint_text(ip_address(flow.input_group), flow.input_port),
-                flow.packets_relayed,
-                flow.bytes_relayed,
-            )
-        log.info("shutdown complete")
+        for handle in self.workers:
+            path = self.handover_path(handle)
+            if path is not None:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+
+    def leave_workers(self) -> None:
+        """--keep-data-plane: close our ends only; the workers relay on (for at most the orphan timeout)
+        until the next supervisor takes them over through their handover sockets."""
+        for handle in self.workers:
+            self.collect(handle)
+            handle.status = WorkerStatus.STOPPED
+            if handle.pidfd >= 0:
+                self.loop.remove_reader(handle.pidfd)
+            if handle.channel is not None:
+                self.loop.remove_reader(handle.channel.fileno())
+            if handle.stats_fd >= 0:
+                self.loop.remove_reader(handle.stats_fd)
+            handle.close_io()
+        log.info(
+            "data plane left running for the next supervisor (workers wait %.0f s for it)",
+            self.config.worker_orphan_timeout,
+        )
 
     # -------------------------------------------------------------------------------- workers
+
+    def handover_path(self, handle: WorkerHandle) -> Path | None:
+        if self.config.worker_orphan_timeout <= 0:
+            return None
+        return handover_path(self.config.control_socket_path, handle.worker_id)
+
+    def take_over(self, handle: WorkerHandle, now: float) -> bool:
+        """Offer the worker an earlier supervisor left in this slot a new channel; False when there is none."""
+        path = self.handover_path(handle)
+        if path is None or not take_over_worker(handle, path, now):
+            return False
+        assert handle.channel is not None
+        self.loop.add_reader(handle.channel.fileno(), self.on_channel, handle)
+        self.loop.add_reader(handle.stats_fd, self.on_stats, handle)
+        return True
 
     def start_worker(self, handle: WorkerHandle, now: float) -> None:
         try:
@@ -490,6 +548,8 @@ class Supervisor:
                 logging.getLevelName(self.global_level.python_level),
                 self.config.log_json,
                 self.config.seccomp,
+                self.handover_path(handle),
+                self.config.worker_orphan_timeout,
             )
         except OSError as e:
             log.error("cannot start worker %d: %s", handle.worker_id, e)
@@ -518,6 +578,8 @@ class Supervisor:
         for reply in replies:
             match reply:
                 case Ready():
+                    if handle.proc is None and not self.adopted(handle, reply):
+                        continue
                     handle.uid = reply.uid
                     handle.status = WorkerStatus.RUNNING
                     log.info("worker %d (pid %d) ready as uid %d", handle.worker_id, reply.pid, reply.uid)
@@ -527,6 +589,37 @@ class Supervisor:
                     self.loop.create_task(self._notify_synced())
                 case _:
                     assert_never(reply)
+
+    def adopted(self, handle: WorkerHandle, reply: Ready) -> bool:
+        """A worker we offered a handover answered: watch its process; it keeps the capture sockets it has."""
+        try:
+            proc = AdoptedProcess(reply.pid)
+        except OSError as e:
+            log.warning("worker %d answered the handover but its pid %d is gone: %s", handle.worker_id, reply.pid, e)
+            return False
+        handle.proc = proc
+        handle.pidfd = proc.pidfd
+        self.loop.add_reader(handle.pidfd, self.on_exit, handle)
+        handle.captures = {ifindex for ifindex, _ in reply.captures}
+        for ifindex, group_id in reply.captures:
+            if group_id >= 0:
+                self.fanout_ids.setdefault(ifindex, group_id)
+        log.info(
+            "took over worker %d (pid %d) with its capture sockets on ifindex %s",
+            handle.worker_id,
+            reply.pid,
+            sorted(handle.captures),
+        )
+        return True
+
+    def give_up_takeover(self, handle: WorkerHandle, now: float) -> None:
+        log.warning("worker %d did not answer the handover; starting a new one", handle.worker_id)
+        if handle.channel is not None:
+            self.loop.remove_reader(handle.channel.fileno())
+        if handle.stats_fd >= 0:
+            self.loop.remove_reader(handle.stats_fd)
+        handle.close_io()
+        self.start_worker(handle, now)
 
     async def _notify_synced(self) -> None:
         async with self.synced:

@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass, field
 
 from mcr.linux.mmsg import SendBatch
-from mcr.linux.packet_socket import attach_filter, read_statistics
+from mcr.linux.packet_socket import attach_filter, fanout_id, read_statistics
 from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
 from mcr.model.errors import ProtocolError
 from mcr.model.ratelimit import TokenBucket
 from mcr.packet.cbpf import build_capture_filter, pack_program
 from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame, src_address
 from mcr.protocol.worker import (
+    HANDOVER_MESSAGE,
     CloseSockets,
     Command,
     OpenSockets,
@@ -99,6 +100,75 @@ class DataPlane:
         self.poller = select.poll()
         self.poller.register(channel.fileno(), select.POLLIN)
         self.pid = os.getpid()
+        self.handover: socket.socket | None = None  # where a new supervisor takes this worker over
+        self.orphan_timeout = 0.0  # how long to relay on without a supervisor (0: exit with it)
+        self.orphaned_at: float | None = None  # when the supervisor went away
+        self.supervisor_uid = 0
+        self.taken_over = False  # until the first Sync after a takeover: keep counters across epochs
+
+    # ----------------------------------------------------------------------------------- handover
+
+    def enable_handover(self, sock: socket.socket, orphan_timeout: float, supervisor_uid: int) -> None:
+        sock.setblocking(False)
+        self.handover = sock
+        self.orphan_timeout = orphan_timeout
+        self.supervisor_uid = supervisor_uid
+        self.poller.register(sock.fileno(), select.POLLIN)
+
+    def orphan(self, why: str) -> None:
+        """The supervisor is gone: relay on with the rules we have, for at most `orphan_timeout` seconds."""
+        if self.orphan_timeout <= 0 or self.handover is None:
+            log.info("%s; worker %d exiting", why, self.worker_id)
+            self.running = False
+            return
+        if self.orphaned_at is None:
+            self.orphaned_at = time.monotonic()
+            log.warning(
+                "%s; worker %d relays on for up to %.1f s until a new supervisor takes it over",
+                why,
+                self.worker_id,
+                self.orphan_timeout,
+            )
+        try:
+            self.poller.unregister(self.channel.fileno())
+        except (KeyError, ValueError):
+            pass
+
+    def take_over(self) -> None:
+        """A new supervisor sent its channel and stats pipe: answer Ready on them, with the captures we hold."""
+        assert self.handover is not None
+        try:
+            data, ancdata, _flags, _addr = self.handover.recvmsg(64, socket.CMSG_SPACE(8) + socket.CMSG_SPACE(12))
+        except BlockingIOError:
+            return
+        fds: list[int] = []
+        uid = -1
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4])
+            elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                _pid, uid, _gid = struct.unpack("3i", payload[:12])
+        if data != HANDOVER_MESSAGE or len(fds) != 2 or uid not in (0, self.supervisor_uid):
+            log.warning("ignoring a malformed handover message (from uid %d, %d descriptors)", uid, len(fds))
+            for fd in fds:
+                os.close(fd)
+            return
+        try:
+            self.poller.unregister(self.channel.fileno())
+        except (KeyError, ValueError):
+            pass
+        self.channel.close()
+        os.close(self.stats_fd)
+        self.channel = socket.socket(fileno=fds[0])
+        self.stats_fd = fds[1]
+        os.set_blocking(self.stats_fd, False)
+        self.pending_stats = b""
+        self.poller.register(self.channel.fileno(), select.POLLIN)
+        self.orphaned_at = None
+        self.taken_over = True
+        captures = tuple((ifindex, fanout_id(cap.ring.sock)) for ifindex, cap in self.captures.items())
+        self.send_reply(Ready(pid=self.pid, uid=os.getuid(), captures=captures))
+        log.info("worker %d taken over by a new supervisor (%d capture sockets kept)", self.worker_id, len(captures))
 
     # ------------------------------------------------------------------------------------ channel
 
@@ -111,10 +181,9 @@ class DataPlane:
         except BlockingIOError:
             return
         if not data:
-            log.info("supervisor closed the channel; worker %d exiting", self.worker_id)
-            self.running = False
             for fd in fds:
                 os.close(fd)
+            self.orphan("supervisor closed the channel")
             return
         try:
             cmd = decode_command(data)
@@ -180,7 +249,9 @@ class DataPlane:
             prev = old.get(rule.rule_id)
             keep = prev is not None and prev.rule.ifindex == rule.ifindex and prev.rule.group == rule.group
             keep = keep and prev is not None and (prev.rule.port, prev.rule.source) == (rule.port, rule.source)
-            keep = keep and prev is not None and prev.rule.epoch == rule.epoch  # a new epoch: counters from zero
+            # a new epoch: counters from zero (but a new supervisor numbers epochs anew: the first Sync after a
+            # takeover keeps the counters of every rule that did not change otherwise)
+            keep = keep and prev is not None and (prev.rule.epoch == rule.epoch or self.taken_over)
             outputs: list[OutputSlot] = []
             prev_outputs = {o.spec: o for o in prev.outputs} if keep and prev is not None else {}
             for spec in rule.outputs:
@@ -219,6 +290,7 @@ class DataPlane:
             if key not in wanted:
                 self.sockets.pop(key).close()
         self.slots = slots
+        self.taken_over = False
         self.rules_by_if = index_rules(slots.values())
         self.sources_by_if = index_sources(slots.values())
         for cap in self.captures.values():
@@ -386,7 +458,7 @@ class DataPlane:
         except BlockingIOError:
             return data
         except BrokenPipeError:
-            self.running = False
+            self.orphan("the supervisor's stats pipe is closed")
             return b""
         return data[written:]
 
@@ -400,9 +472,14 @@ class DataPlane:
         while self.running:
             timeout_ms = 0 if busy else max(0, int((next_stats - time.monotonic()) * 1000)) + 1
             readable = []
+            handover_fd = self.handover.fileno() if self.handover is not None else -1
             for fd, _ev in self.poller.poll(timeout_ms):
                 if fd == chan_fd:
                     self.handle_channel()
+                    chan_fd = self.channel.fileno()
+                elif fd == handover_fd:
+                    self.take_over()
+                    chan_fd = self.channel.fileno()
                 else:
                     readable.append(fd)
             busy = False
@@ -415,11 +492,19 @@ class DataPlane:
                     seen = self.drain(cap)
                 busy = seen > 0 or busy
             now = time.monotonic()
-            if now >= next_stats:
+            if self.orphaned_at is not None:
+                if now - self.orphaned_at > self.orphan_timeout:
+                    log.warning(
+                        "no supervisor took worker %d over within %.1f s; exiting", self.worker_id, self.orphan_timeout
+                    )
+                    self.running = False
+            elif now >= next_stats:
                 self.push_stats()
                 next_stats = now + STATS_INTERVAL_S
         for cap in list(self.captures.values()):
             self.drain(cap)
+        if self.orphaned_at is not None:
+            return
         self.push_stats()
         if self.pending_stats:
             self.pending_stats = self._write(self.pending_stats)
