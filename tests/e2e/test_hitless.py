@@ -4,6 +4,8 @@ started again with its state file; the sink must see every packet exactly once."
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,3 +90,47 @@ def test_kernel_stop_without_keep_removes_everything(chain: Chain, pins: Path) -
     assert not pins.exists()
     outcome = measure(service, lambda s: None, seconds=1.0, event_at=0.0, sink_duration=3.0)
     assert outcome.received == 0, outcome
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_restart_while_rules_change(chain: Chain, pins: Path, engine: str) -> None:
+    """Other rules are added and removed, through the control socket, all around a SIGKILL + restart: the
+    steady flow loses nothing, and every change the client saw succeed is there after the restart."""
+    service = Service(chain, engine, pin_dir=pins, extra=["--keep-data-plane"])
+    service.start()
+    add_flow(service)
+    acked: set[str] = set()  # rules the client saw added (and not removed)
+    unsure: set[str] = set()  # a change that failed (the supervisor was down): either outcome is right
+
+    def churn(stop: threading.Event) -> None:
+        i = 0
+        while not stop.is_set() and i < 200:
+            rule_id = f"churn{i}"
+            out = f"239.2.2.3:{7000 + i}:{chain.relay_out}"
+            args = ["add", "--rule-id", rule_id, "--input-interface", chain.relay_in, "--input-group"]
+            args += [f"239.1.2.{i % 250 + 1}", "--input-port", "5002", "--outputs", out]
+            (acked.add if service.current.ctl(*args, check=False).returncode == 0 else unsure.add)(rule_id)
+            if i and f"churn{i - 1}" in acked and i % 2:
+                gone = f"churn{i - 1}"
+                if service.current.ctl("remove", "--rule-id", gone, check=False).returncode == 0:
+                    acked.discard(gone)
+                else:
+                    unsure.add(gone)
+            i += 1
+
+    def restart_during_churn(s: Service) -> None:
+        stop = threading.Event()
+        worker = threading.Thread(target=churn, args=(stop,))
+        worker.start()
+        time.sleep(0.5)
+        s.restart(signal.SIGKILL)
+        time.sleep(0.5)
+        stop.set()
+        worker.join(30)
+
+    outcome = measure(service, restart_during_churn)
+    assert outcome.clean, outcome
+    present = {r["rule_id"] for r in service.current.rules()} - {"flow"}
+    assert acked - unsure <= present, "every change the client saw succeed survived the restart"
+    assert present <= acked | unsure, "no rule appeared that nobody added"
+    assert len(acked) > 2, acked
