@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .hitless import Service, add_flow, bpffs, measure
-from .netns import Chain
+from .netns import Chain, pid_alive, tool, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -134,3 +134,31 @@ def test_restart_while_rules_change(chain: Chain, pins: Path, engine: str) -> No
     assert acked - unsure <= present, "every change the client saw succeed survived the restart"
     assert present <= acked | unsure, "no rule appeared that nobody added"
     assert len(acked) > 2, acked
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_stop_with_keep_then_cleanup(chain: Chain, pins: Path, engine: str) -> None:
+    """SIGTERM with --keep-data-plane leaves the data plane relaying with no supervisor; `multicast_relay
+    cleanup` (refused while a supervisor runs) stops the workers and removes the pins: nothing relays."""
+    service = Service(chain, engine, pin_dir=pins, extra=["--keep-data-plane"])
+    service.start()
+    add_flow(service)
+    sup = service.current
+    argv = [*tool("multicast_relay"), "cleanup", "--control-socket-path", str(sup.socket_path)]
+    argv += ["--bpf-pin-dir", str(pins)]
+    refused = chain.lab.run(chain.relay, *argv, check=False)
+    assert refused.returncode == 1 and "a supervisor answers" in refused.stderr
+    workers = data_plane_pids(service)
+    assert service.kill(signal.SIGTERM) == 0
+    assert all(pid_alive(p) for p in workers)
+    relayed = measure(service, lambda s: None, seconds=1.0, event_at=0.0)
+    assert relayed.clean, f"relayed with no supervisor: {relayed}"
+    done = chain.lab.run(chain.relay, *argv)
+    assert sorted(f"worker pid {p} stopped" for p in workers) == sorted(
+        line for line in done.stdout.splitlines() if line.startswith("worker")
+    ), done.stdout
+    wait_for(lambda: not any(pid_alive(p) for p in workers), 2.0, "the stopped workers to be gone")
+    assert not pins.exists()
+    assert not list(sup.socket_path.parent.glob("*.worker*"))
+    after = measure(service, lambda s: None, seconds=1.0, event_at=0.0, sink_duration=3.0)
+    assert after.received == 0, after

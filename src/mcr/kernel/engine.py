@@ -55,7 +55,15 @@ from mcr.kernel.program import (
 from mcr.model.ratelimit import RateLimit, bucket_params
 from mcr.packet.parse import DropReason
 
-__all__ = ["Adoption", "KernelCounters", "KernelRelay", "OutputCounters", "OutputEntry", "RuleCounters"]
+__all__ = [
+    "Adoption",
+    "KernelCounters",
+    "KernelRelay",
+    "OutputCounters",
+    "OutputEntry",
+    "RuleCounters",
+    "remove_pins",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +124,21 @@ def _unlink(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+def remove_pins(pin_dir: Path) -> list[str]:
+    """Remove a kernel engine's pins and their directory; the names removed. Once no process holds them, the
+    program leaves its interfaces and the maps are freed."""
+    removed: list[str] = []
+    for path in sorted(pin_dir.iterdir()):
+        if path.name == "prog" or path.name.startswith(("map_", "link_")):
+            _unlink(path)
+            removed.append(path.name)
+    try:
+        pin_dir.rmdir()
+    except OSError as e:
+        log.warning("cannot remove %s: %s", pin_dir, e)
+    return removed
 
 
 def _layout_matches(fd: int, spec: MapSpec) -> bool:
@@ -272,15 +295,8 @@ class KernelRelay:
 
     def unpin(self) -> None:
         """Remove every pin (a full stop): the program leaves the interfaces once this process closes them."""
-        if self.pin_dir is None:
-            return
-        for path in self.pin_dir.iterdir():
-            if path.name == "prog" or path.name.startswith(("map_", "link_")):
-                _unlink(path)
-        try:
-            self.pin_dir.rmdir()
-        except OSError as e:
-            log.warning("cannot remove %s: %s", self.pin_dir, e)
+        if self.pin_dir is not None:
+            remove_pins(self.pin_dir)
 
     # ---- interfaces
 

@@ -18,7 +18,8 @@ from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.levels import Severity
 from mcr.model.rules import Limits
 from mcr.protocol.control import DEFAULT_SOCKET, SOCKET_ENV
-from mcr.supervisor.main import SupervisorConfig, run_supervisor
+from mcr.supervisor.cleanup import cleanup, supervisor_running
+from mcr.supervisor.main import SupervisorConfig, default_pin_dir, run_supervisor
 
 log = logging.getLogger("mcr.supervisor")
 
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
     sup.add_argument("--interface", default=None, help=argparse.SUPPRESS)
     sup.add_argument("--relay-command-socket-path", default=None, help=argparse.SUPPRESS)
+    clean = sub.add_parser(
+        "cleanup",
+        help="end a data plane left running without a supervisor (orphaned workers, pinned kernel engine)",
+    )
+    clean.add_argument("--control-socket-path", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
+    clean.add_argument("--bpf-pin-dir", default=None, help="the kernel engine's pins (default: the instance's)")
     sub.add_parser("worker", help="internal: a data-plane worker started by the supervisor", add_help=False)
     return parser
 
@@ -163,6 +170,19 @@ def _test_variant() -> int:
         return 0
 
 
+def run_cleanup(args: argparse.Namespace) -> int:
+    configure_logging(logging.INFO, False, prefix="cleanup")
+    sock = Path(args.control_socket_path or default_socket_path())
+    if supervisor_running(sock):
+        print(f"multicast_relay: a supervisor answers on {sock}: the data plane is its own", file=sys.stderr)
+        return 1
+    found = sorted(sock.parent.glob(f"{sock.name}.worker*"))
+    pin_dir = Path(args.bpf_pin_dir) if args.bpf_pin_dir else default_pin_dir(sock)
+    for line in cleanup(sock, found, pin_dir).lines():
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
@@ -170,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "cleanup":
+        return run_cleanup(args)
     try:
         static = load_config(args.config) if args.config else None
         config = merge_settings(args, static)
