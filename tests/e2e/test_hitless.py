@@ -41,6 +41,8 @@ def test_restart_loses_nothing(chain: Chain, pins: Path, engine: str, signum: in
     assert outcome.clean, outcome
     assert data_plane_pids(service) == workers, "the new supervisor took the running workers over"
     assert service.current.rules()[0]["engine"] == engine
+    flow = service.current.wait_relayed("flow", outcome.sent)
+    assert flow["packets_relayed"] == outcome.sent, "the counters continue across the restart"
 
 
 def test_kernel_upgrade_replaces_the_program_without_a_gap(chain: Chain, pins: Path) -> None:
