@@ -174,3 +174,32 @@ def test_stop_with_keep_then_cleanup(chain: Chain, pins: Path, engine: str) -> N
     assert not list(sup.socket_path.parent.glob("*.worker*"))
     after = measure(service, lambda s: None, seconds=1.0, event_at=0.0, sink_duration=3.0)
     assert after.received == 0, after
+
+
+def test_userspace_upgrade_replaces_the_workers_without_a_gap(chain: Chain, pins: Path) -> None:
+    """A supervisor whose worker code differs takes the running workers over, starts new ones beside them,
+    and lets each new worker read on from its predecessor's capture rings: nothing lost, nothing twice, new
+    worker processes, counters continued."""
+    service = Service(chain, "userspace", pin_dir=pins, extra=["--keep-data-plane"])
+    service.start()
+    add_flow(service)
+    old = data_plane_pids(service)
+
+    def upgrade(s: Service) -> None:
+        s.env = {"MCR_TEST_WORKER_VARIANT": "1"}
+        s.restart(signal.SIGTERM)
+
+    outcome = measure(service, upgrade)
+    assert outcome.clean, outcome
+    log = service.log()
+    assert log.count("it is replaced by a new worker without a gap") == 2, log[-3000:]
+    assert log.count("reads on from pid") == 2, log[-3000:]
+
+    def replaced() -> list[int] | None:
+        pids = data_plane_pids(service)
+        return pids if not set(pids) & set(old) else None
+
+    assert len(wait_for(replaced, 10, "new worker processes")) == 2
+    wait_for(lambda: not any(pid_alive(p) for p in old), 5, "the old workers to exit")
+    flow = service.current.wait_relayed("flow", outcome.sent)
+    assert flow["packets_relayed"] == outcome.sent, "the counters continue across the replacement"

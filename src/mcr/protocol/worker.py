@@ -8,6 +8,7 @@ newline-delimited JSON, so a slow supervisor never blocks a worker (the worker c
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -17,6 +18,16 @@ from mcr.model.rules import IPAddress, SourcePrefix, parse_group, parse_source, 
 from mcr.protocol.jsondoc import load_json
 
 MAX_CHANNEL_MESSAGE = 16 << 20
+TEST_WORKER_VARIANT_ENV = "MCR_TEST_WORKER_VARIANT"
+
+
+def worker_version(version: str, env: Mapping[str, str]) -> str:
+    """What identifies a worker's code: the package version, plus MCR_TEST_WORKER_VARIANT when set (tests
+    start a supervisor whose workers count as another version). Workers inherit it from their supervisor."""
+    variant = env.get(TEST_WORKER_VARIANT_ENV, "")
+    return f"{version}+{variant}" if variant else version
+
+
 # A new supervisor takes a running worker over by sending this datagram to the worker's handover socket with
 # two descriptors attached (SCM_RIGHTS): its end of a new command channel and the write end of a new stats
 # pipe. The worker answers `Ready` on the new channel, naming the capture sockets it holds.
@@ -60,9 +71,11 @@ class Sync:
 
 @dataclass(frozen=True, slots=True)
 class OpenSockets:
-    """Capture sockets for these input interfaces follow as SCM_RIGHTS, in this order."""
+    """Capture sockets for these input interfaces follow as SCM_RIGHTS, in this order. With `positions`, the
+    sockets come from another worker (`Released`) with their rings set up: read on from these blocks."""
 
     ifindexes: tuple[int, ...]
+    positions: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +94,13 @@ class Shutdown:
     pass
 
 
-Command = Sync | OpenSockets | CloseSockets | SetLogLevels | Shutdown
+@dataclass(frozen=True, slots=True)
+class ReleaseSockets:
+    """Stop reading the capture sockets, relay what they hold, send them back (`Released`) and exit: a
+    worker of another version is replaced by a new one that reads on from the same rings."""
+
+
+Command = Sync | OpenSockets | CloseSockets | SetLogLevels | Shutdown | ReleaseSockets
 
 
 # worker -> supervisor
@@ -94,6 +113,7 @@ class Ready:
     # A worker taken over by a new supervisor: the capture sockets it already holds, as (ifindex, fanout
     # group id, -1 for none). A freshly started worker holds none.
     captures: tuple[tuple[int, int], ...] = ()
+    version: str = ""  # the worker's code (a taken-over worker of another version is replaced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +121,16 @@ class SyncAck:
     generation: int
 
 
-Reply = Ready | SyncAck
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The capture sockets of these interfaces follow as SCM_RIGHTS; `positions`: the block each ring's
+    reader is to read next."""
+
+    ifindexes: tuple[int, ...]
+    positions: tuple[int, ...]
+
+
+Reply = Ready | SyncAck | Released
 
 
 def _rule_json(r: WorkerRule) -> dict[str, object]:
@@ -133,13 +162,18 @@ def encode_command(cmd: Command) -> bytes:
         case Sync():
             doc = {"Sync": {"generation": cmd.generation, "rules": [_rule_json(r) for r in cmd.rules]}}
         case OpenSockets():
-            doc = {"OpenSockets": {"ifindexes": list(cmd.ifindexes)}}
+            sockets: dict[str, object] = {"ifindexes": list(cmd.ifindexes)}
+            if cmd.positions:
+                sockets["positions"] = list(cmd.positions)
+            doc = {"OpenSockets": sockets}
         case CloseSockets():
             doc = {"CloseSockets": {"ifindexes": list(cmd.ifindexes)}}
         case SetLogLevels():
             doc = {"SetLogLevels": {"global": cmd.global_level, "overrides": dict(cmd.overrides)}}
         case Shutdown():
             doc = "Shutdown"
+        case ReleaseSockets():
+            doc = "ReleaseSockets"
         case _:
             assert_never(cmd)
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -184,7 +218,8 @@ def decode_command(data: bytes) -> Command:
             )
             return Sync(generation=int(body["generation"]), rules=rules)
         if name == "OpenSockets":
-            return OpenSockets(tuple(int(i) for i in body["ifindexes"]))
+            positions = tuple(int(i) for i in body.get("positions", []))
+            return OpenSockets(tuple(int(i) for i in body["ifindexes"]), positions)
         if name == "CloseSockets":
             return CloseSockets(tuple(int(i) for i in body["ifindexes"]))
         if name == "SetLogLevels":
@@ -192,6 +227,8 @@ def decode_command(data: bytes) -> Command:
             return SetLogLevels(global_level=int(body["global"]), overrides=overrides)
         if name == "Shutdown":
             return Shutdown()
+        if name == "ReleaseSockets":
+            return ReleaseSockets()
     except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as e:
         raise ProtocolError(f"malformed {name} command: {e!r}") from None
     raise ProtocolError(f"unknown worker command '{name}'")
@@ -204,7 +241,11 @@ def encode_reply(reply: Reply) -> bytes:
             body: dict[str, object] = {"pid": reply.pid, "uid": reply.uid}
             if reply.captures:
                 body["captures"] = [list(c) for c in reply.captures]
+            if reply.version:
+                body["version"] = reply.version
             doc = {"Ready": body}
+        case Released():
+            doc = {"Released": {"ifindexes": list(reply.ifindexes), "positions": list(reply.positions)}}
         case SyncAck():
             doc = {"SyncAck": {"generation": reply.generation}}
         case _:
@@ -217,7 +258,14 @@ def decode_reply(data: bytes) -> Reply:
     try:
         if name == "Ready":
             captures = tuple((int(i), int(f)) for i, f in body.get("captures", []))
-            return Ready(pid=int(body["pid"]), uid=int(body["uid"]), captures=captures)
+            version = str(body.get("version", ""))
+            return Ready(pid=int(body["pid"]), uid=int(body["uid"]), captures=captures, version=version)
+        if name == "Released":
+            ifindexes = tuple(int(i) for i in body["ifindexes"])
+            positions = tuple(int(i) for i in body["positions"])
+            if len(ifindexes) != len(positions):
+                raise ValueError("one position per interface")
+            return Released(ifindexes, positions)
         if name == "SyncAck":
             return SyncAck(generation=int(body["generation"]))
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -55,12 +55,15 @@ from mcr.protocol.worker import (
     CloseSockets,
     OpenSockets,
     Ready,
+    Released,
+    ReleaseSockets,
     RuleCounters,
     SetLogLevels,
     Shutdown,
     StatsReport,
     Sync,
     SyncAck,
+    worker_version,
 )
 from mcr.supervisor.access import AccessPolicy
 from mcr.supervisor.control import ControlServer, resolve_group
@@ -182,6 +185,7 @@ class Supervisor:
         self.kernel: KernelRelay | None = None
         self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
+        self.worker_version = worker_version(__version__, os.environ)
 
     # --------------------------------------------------------------------------- kernel engine
 
@@ -479,18 +483,25 @@ class Supervisor:
             )
         log.info("shutdown complete")
 
+    def all_workers(self) -> list[WorkerHandle]:
+        """Every worker process: the slots' and the successors waiting to replace one."""
+        return [*self.workers, *(h.successor for h in self.workers if h.successor is not None)]
+
     async def stop_workers(self) -> None:
         """A full stop: every worker is told to end (killed after SHUTDOWN_GRACE_S); its last counts kept."""
-        for handle in self.workers:
+        for handle in self.all_workers():
             if handle.channel is not None:
                 try:
                     handle.send(Shutdown())
                 except WorkerError:
                     pass
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        while any(h.proc is not None and h.proc.poll() is None for h in self.workers) and time.monotonic() < deadline:
+        while (
+            any(h.proc is not None and h.proc.poll() is None for h in self.all_workers())
+            and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.05)
-        for handle in self.workers:
+        for handle in self.all_workers():
             if handle.proc is not None and handle.proc.poll() is None:
                 log.warning("worker %d (pid %d) did not stop in time; killing it", handle.worker_id, handle.pid)
                 handle.proc.kill()
@@ -501,7 +512,7 @@ class Supervisor:
             if handle.pidfd >= 0:
                 self.loop.remove_reader(handle.pidfd)
             handle.close_io()
-        for handle in self.workers:
+        for handle in self.all_workers():
             path = self.handover_path(handle)
             if path is not None:
                 try:
@@ -512,7 +523,7 @@ class Supervisor:
     def leave_workers(self) -> None:
         """--keep-data-plane: close our ends only; the workers relay on (for at most the orphan timeout)
         until the next supervisor takes them over through their handover sockets."""
-        for handle in self.workers:
+        for handle in self.all_workers():
             self.collect(handle)
             handle.status = WorkerStatus.STOPPED
             if handle.pidfd >= 0:
@@ -544,7 +555,7 @@ class Supervisor:
         self.loop.add_reader(handle.stats_fd, self.on_stats, handle)
         return True
 
-    def start_worker(self, handle: WorkerHandle, now: float) -> None:
+    def start_worker(self, handle: WorkerHandle, now: float, stats: bool = True) -> None:
         try:
             spawn_worker(
                 handle,
@@ -564,7 +575,8 @@ class Supervisor:
         handle.backoff.on_start(now)
         assert handle.channel is not None
         self.loop.add_reader(handle.channel.fileno(), self.on_channel, handle)
-        self.loop.add_reader(handle.stats_fd, self.on_stats, handle)
+        if stats:  # a successor's counts are read once its predecessor's last ones are booked
+            self.loop.add_reader(handle.stats_fd, self.on_stats, handle)
         self.loop.add_reader(handle.pidfd, self.on_exit, handle)
 
     def collect(self, handle: WorkerHandle) -> None:
@@ -592,8 +604,78 @@ class Supervisor:
                 case SyncAck():
                     handle.acked_generation = reply.generation
                     self.loop.create_task(self._notify_synced())
+                    if handle.replacing and reply.generation >= self.generation:
+                        self.ask_release(handle)
+                case Released():
+                    self.hand_sockets_on(handle, reply)
                 case _:
                     assert_never(reply)
+
+    # ------------------------------------------------------------------- replacing an outdated worker
+    #
+    # A taken-over worker of another version (an upgrade) is replaced without a gap: a successor is started
+    # beside it and given the rules; once it has confirmed them the old worker relays what its rings hold and
+    # sends the capture sockets back (Released); the successor reads on from the same rings, and the old
+    # worker exits. Nothing is read twice (the old one stops before it lets go) and nothing is lost (frames
+    # wait in the rings meanwhile).
+
+    def start_successor(self, old: WorkerHandle) -> None:
+        succ = WorkerHandle(old.worker_id, replacing=True)
+        self.start_worker(succ, time.monotonic(), stats=False)
+        if succ.proc is None:
+            log.error("cannot start a successor for worker %d; it keeps running its version", old.worker_id)
+            return
+        old.successor = succ
+
+    def ask_release(self, succ: WorkerHandle) -> None:
+        old = self.workers[succ.worker_id]
+        if old.successor is not succ or old.release_asked:
+            return
+        try:
+            old.send(ReleaseSockets())
+        except WorkerError as e:
+            log.error("%s; the successor opens new capture sockets", e)
+            return
+        old.release_asked = True
+
+    def hand_sockets_on(self, old: WorkerHandle, reply: Released) -> None:
+        succ = old.successor
+        fds, old.released_fds = old.released_fds, []
+        try:
+            if succ is None or self.workers[old.worker_id] is not old:
+                log.warning("worker %d released capture sockets nobody waits for", old.worker_id)
+                return
+            try:
+                succ.send(OpenSockets(reply.ifindexes, reply.positions), fds)
+            except WorkerError as e:
+                log.error("%s; it opens new capture sockets", e)
+            else:
+                succ.captures = set(reply.ifindexes)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        succ.replacing = False
+        self.workers[old.worker_id] = succ
+        old.status = WorkerStatus.STOPPED
+        log.info(
+            "worker %d replaced: pid %d reads on from pid %d's capture rings (ifindex %s)",
+            succ.worker_id,
+            succ.pid,
+            old.pid,
+            list(reply.ifindexes),
+        )
+        self.push(succ)  # anything that changed meanwhile; the sockets it has are the ones it needs
+
+    def retired(self, old: WorkerHandle) -> None:
+        """The replaced worker exited: book its last counts, then start reading its successor's."""
+        self.collect(old)
+        self.stats.on_worker_exit(old.worker_id, self.table.rules)
+        old.close_io()
+        succ = old.successor
+        old.successor = None
+        if succ is not None and succ.stats_fd >= 0:
+            self.loop.add_reader(succ.stats_fd, self.on_stats, succ)
+            self.collect(succ)
 
     def adopted(self, handle: WorkerHandle, reply: Ready) -> bool:
         """A worker we offered a handover answered: watch its process; it keeps the capture sockets it has."""
@@ -609,6 +691,14 @@ class Supervisor:
         for ifindex, group_id in reply.captures:
             if group_id >= 0:
                 self.fanout_ids.setdefault(ifindex, group_id)
+        if reply.version != self.worker_version:
+            log.info(
+                "worker %d runs version %s, this supervisor %s: it is replaced by a new worker without a gap",
+                handle.worker_id,
+                reply.version or "(unknown)",
+                self.worker_version,
+            )
+            self.loop.call_soon(self.start_successor, handle)
         log.info(
             "took over worker %d (pid %d) with its capture sockets on ifindex %s",
             handle.worker_id,
@@ -637,6 +727,14 @@ class Supervisor:
             self.loop.remove_reader(handle.channel.fileno())
         self.loop.remove_reader(handle.stats_fd)
         status = handle.proc.wait()
+        if self.workers[handle.worker_id] is not handle:  # a replaced worker, or a successor that died early
+            if handle.replacing:
+                log.error("the successor of worker %d exited (status %d) before taking over", handle.worker_id, status)
+                self.workers[handle.worker_id].successor = None
+                handle.close_io()
+            else:
+                self.retired(handle)
+            return
         self.collect(handle)
         self.stats.on_worker_exit(handle.worker_id, self.table.rules)
         handle.close_io()
@@ -657,9 +755,14 @@ class Supervisor:
         )
 
     def push(self, handle: WorkerHandle) -> None:
-        """Bring one ready worker in line with the current resolution (sockets, then rules)."""
+        """Bring one ready worker in line with the current resolution (sockets, then rules). A successor still
+        waiting for its predecessor's capture sockets gets the rules only."""
         res = self.resolution
         try:
+            if handle.replacing:
+                handle.send(Sync(self.generation, res.worker_rules))
+                handle.send(self.log_levels_command())
+                return
             gone = sorted(handle.captures - set(res.captures))
             if gone:
                 handle.send(CloseSockets(tuple(gone)))
@@ -711,6 +814,8 @@ class Supervisor:
         for handle in self.workers:
             if handle.ready:
                 self.push(handle)
+            if handle.successor is not None and handle.successor.ready:
+                self.push(handle.successor)
         return self.generation
 
     async def wait_synced(self, generation: int, every: bool = False, timeout: float = SYNC_WAIT_S) -> bool:

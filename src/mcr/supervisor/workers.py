@@ -20,6 +20,7 @@ from mcr.model.errors import ProtocolError, WorkerError
 from mcr.protocol.worker import (
     HANDOVER_MESSAGE,
     Command,
+    Released,
     Reply,
     StatsReport,
     decode_reply,
@@ -104,6 +105,12 @@ class WorkerHandle:
     captures: set[int] = field(default_factory=set)
     restart_at: float = 0.0
     adopt_deadline: float = 0.0  # a worker being taken over must answer Ready by then, or a new one starts
+    # Replacing a taken-over worker of another version: the new worker (started beside it, given the rules but
+    # no capture socket until the old one released them), and the descriptors a Released reply brought.
+    successor: WorkerHandle | None = None
+    replacing: bool = False  # this is such a successor, still waiting for its capture sockets
+    release_asked: bool = False
+    released_fds: list[int] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -132,18 +139,29 @@ class WorkerHandle:
         if self.channel is None:
             return replies, True
         while True:
+            fds: list[int] = []
             try:
-                data = self.channel.recv(65536)
+                data, fds, _flags, _addr = socket.recv_fds(self.channel, 65536, 64)
             except BlockingIOError:
                 return replies, False
             except OSError:
                 data = b""
             if not data:
+                for fd in fds:
+                    os.close(fd)
                 return replies, True
             try:
-                replies.append(decode_reply(data))
+                reply = decode_reply(data)
             except ProtocolError as e:
                 log.warning("worker %d sent a malformed reply: %s", self.worker_id, e)
+                reply = None
+            if isinstance(reply, Released) and len(fds) == len(reply.ifindexes):
+                self.released_fds += fds
+            else:
+                for fd in fds:
+                    os.close(fd)
+            if reply is not None:
+                replies.append(reply)
 
     def read_stats(self) -> list[StatsReport]:
         reports: list[StatsReport] = []

@@ -30,6 +30,8 @@ from mcr.protocol.worker import (
     Command,
     OpenSockets,
     Ready,
+    Released,
+    ReleaseSockets,
     SetLogLevels,
     Shutdown,
     StatsReport,
@@ -105,11 +107,13 @@ class DataPlane:
         self.orphaned_at: float | None = None  # when the supervisor went away
         self.supervisor_uid = 0
         self.taken_over = False  # until the first Sync after a takeover: keep counters across epochs
+        self.version = ""  # this worker's code, told to a supervisor that takes it over
 
     # ----------------------------------------------------------------------------------- handover
 
-    def enable_handover(self, sock: socket.socket, orphan_timeout: float, supervisor_uid: int) -> None:
+    def enable_handover(self, sock: socket.socket, orphan_timeout: float, supervisor_uid: int, version: str) -> None:
         sock.setblocking(False)
+        self.version = version
         self.handover = sock
         self.orphan_timeout = orphan_timeout
         self.supervisor_uid = supervisor_uid
@@ -167,12 +171,12 @@ class DataPlane:
         self.orphaned_at = None
         self.taken_over = True
         captures = tuple((ifindex, fanout_id(cap.ring.sock)) for ifindex, cap in self.captures.items())
-        self.send_reply(Ready(pid=self.pid, uid=os.getuid(), captures=captures))
+        self.send_reply(Ready(pid=self.pid, uid=os.getuid(), captures=captures, version=self.version))
         log.info("worker %d taken over by a new supervisor (%d capture sockets kept)", self.worker_id, len(captures))
 
     # ------------------------------------------------------------------------------------ channel
 
-    def send_reply(self, reply: Ready | SyncAck) -> None:
+    def send_reply(self, reply: Ready | SyncAck | Released) -> None:
         self.channel.send(encode_reply(reply))
 
     def handle_channel(self) -> None:
@@ -197,8 +201,9 @@ class DataPlane:
     def apply(self, cmd: Command, fds: list[int]) -> None:
         match cmd:
             case OpenSockets():
-                for ifindex, fd in zip(cmd.ifindexes, fds, strict=False):
-                    self.add_capture(ifindex, socket.socket(fileno=fd))
+                positions: list[int | None] = [*cmd.positions] + [None] * (len(cmd.ifindexes) - len(cmd.positions))
+                for ifindex, fd, position in zip(cmd.ifindexes, fds, positions, strict=False):
+                    self.add_capture(ifindex, socket.socket(fileno=fd), position)
                 for fd in fds[len(cmd.ifindexes) :]:
                     os.close(fd)
             case CloseSockets():
@@ -214,10 +219,44 @@ class DataPlane:
                     logging.getLogger(name).setLevel(level)
             case Shutdown():
                 self.running = False
+            case ReleaseSockets():
+                self.release_sockets()
 
-    def add_capture(self, ifindex: int, sock: socket.socket) -> None:
+    def release_sockets(self) -> None:
+        """Relay what the rings hold, then send the capture sockets back and end: a successor reads on."""
+        ifindexes: list[int] = []
+        positions: list[int] = []
+        socks: list[socket.socket] = []
+        for ifindex, cap in list(self.captures.items()):
+            while self.drain(cap, cap.ring.block_count):
+                pass
+            self.poller.unregister(cap.ring.sock.fileno())
+            self.account_kernel(cap)
+            ifindexes.append(ifindex)
+            positions.append(cap.ring.current)
+            socks.append(cap.ring.sock)
+        reply = encode_reply(Released(tuple(ifindexes), tuple(positions)))
+        try:
+            socket.send_fds(self.channel, [reply], [s.fileno() for s in socks])
+        except OSError as e:
+            log.error("cannot send the capture sockets back: %s", e)
+        for cap in self.captures.values():
+            cap.ring.close()  # our mapping and descriptor: the sockets and their rings live on in the successor
+        self.captures.clear()
+        self.running = False
+        log.info("worker %d released its capture sockets (%s) to its successor", self.worker_id, ifindexes)
+
+    def add_capture(self, ifindex: int, sock: socket.socket, position: int | None = None) -> None:
+        """Read `sock`; `position`: its ring was set up by a predecessor, read on from that block."""
         self.remove_capture(ifindex)
-        ring = RxRing(sock)
+        try:
+            ring = RxRing(sock, existing=position is not None)
+        except OSError as e:
+            log.error("cannot map the capture ring on ifindex %d: %s", ifindex, e)
+            sock.close()
+            return
+        if position is not None:
+            ring.current = position % ring.block_count
         cap = Capture(ifindex, ring, self.rules_by_if.get(ifindex, {}), self.sources_by_if.get(ifindex, {}))
         self.captures[ifindex] = cap
         self.poller.register(sock.fileno(), select.POLLIN)

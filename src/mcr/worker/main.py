@@ -19,8 +19,10 @@ import socket
 import sys
 from types import FrameType
 
+from mcr import __version__
 from mcr.linux.containment import contain
 from mcr.logs import configure_logging
+from mcr.protocol.worker import worker_version
 from mcr.worker import loop as _loop
 
 log = logging.getLogger("mcr.worker")
@@ -63,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     channel = socket.socket(fileno=channel_fd)
     plane = _loop.DataPlane(args.worker_id, channel, stats_fd)
     if handover_fd >= 0:
-        plane.enable_handover(socket.socket(fileno=handover_fd), args.orphan_timeout, supervisor_uid)
+        plane.enable_handover(
+            socket.socket(fileno=handover_fd),
+            args.orphan_timeout,
+            supervisor_uid,
+            worker_version(__version__, os.environ),
+        )
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         plane.running = False
