@@ -252,8 +252,10 @@ class DataPlane:
         try:
             ring = RxRing(sock, existing=position is not None)
         except OSError as e:
-            log.error("cannot map the capture ring on ifindex %d: %s", ifindex, e)
+            log.error("cannot map the capture ring on ifindex %d: %s; exiting to be restarted", ifindex, e)
             sock.close()
+            if position is not None:  # a predecessor's ring (of another size?): a restart opens a new socket
+                self.running = False
             return
         if position is not None:
             ring.current = position % ring.block_count
