@@ -7,6 +7,7 @@ would start it again); `measure` runs the flow around an `event` on it and retur
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -19,6 +20,9 @@ from .netns import Chain
 from .relay import Supervisor, start_generator, start_sink
 
 IN_GROUP, IN_PORT = "239.1.1.1", 5001
+# The steady flow's rate: 2,000 pps by default; MCR_HITLESS_RATE=N runs the same events at N pps (a benchmark
+# at half the lossless rate: docs/benchmarks.md, "Restarts").
+RATE = int(os.environ.get("MCR_HITLESS_RATE", "2000"))
 OUT_GROUP, OUT_PORT = "239.2.2.2", 6001
 
 
@@ -110,7 +114,7 @@ def measure(
     service: Service,
     event: Callable[[Service], object],
     *,
-    rate: int = 2000,
+    rate: int = RATE,
     seconds: float = 6.0,
     event_at: float = 2.0,
     size: int = 200,

@@ -37,7 +37,7 @@ def test_restart_loses_nothing(chain: Chain, pins: Path, engine: str, signum: in
     add_flow(service)
     workers = data_plane_pids(service)
     outcome = measure(service, lambda s: s.restart(signum))
-    print(f"{engine} {signal.Signals(signum).name}: {outcome}")
+    print(f"\nHITLESS {engine} {signal.Signals(signum).name}+restart: {outcome}")
     assert outcome.clean, outcome
     assert data_plane_pids(service) == workers, "the new supervisor took the running workers over"
     assert service.current.rules()[0]["engine"] == engine
@@ -57,6 +57,7 @@ def test_kernel_upgrade_replaces_the_program_without_a_gap(chain: Chain, pins: P
         s.restart(signal.SIGTERM)
 
     outcome = measure(service, upgrade)
+    print(f"\nHITLESS kernel upgrade (program): {outcome}")
     assert outcome.clean, outcome
     assert "maps adopted (1 rules), program replaced" in service.log()
     flow = service.current.wait_flow("flow", lambda e: e["packets_relayed"] >= outcome.sent, "every packet counted")
@@ -75,6 +76,7 @@ def test_kernel_new_map_layout_fills_new_maps_before_switching(chain: Chain, pin
         s.restart(signal.SIGKILL)
 
     outcome = measure(service, grow)
+    print(f"\nHITLESS kernel new map layout: {outcome}")
     assert outcome.clean, outcome
     assert "maps of another layout replaced" in service.log()
     names = {p.name for p in pins.iterdir()}
@@ -135,6 +137,7 @@ def test_restart_while_rules_change(chain: Chain, pins: Path, engine: str) -> No
         worker.join(30)
 
     outcome = measure(service, restart_during_churn)
+    print(f"\nHITLESS {engine} restart while rules change: {outcome}")
     assert (outcome.duplicated, outcome.corrupted) == (0, 0), outcome
     # On this shared 2-CPU machine a worker busy with rule changes is sometimes not scheduled for 100+ ms, and
     # its capture ring (128 blocks, each closed 1 ms after its first frame: ~128 ms at 2,000 pps) overflows;
@@ -190,6 +193,7 @@ def test_userspace_upgrade_replaces_the_workers_without_a_gap(chain: Chain, pins
         s.restart(signal.SIGTERM)
 
     outcome = measure(service, upgrade)
+    print(f"\nHITLESS userspace upgrade (worker code): {outcome}")
     assert outcome.clean, outcome
     log = service.log()
     assert log.count("it is replaced by a new worker without a gap") == 2, log[-3000:]
