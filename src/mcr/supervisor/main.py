@@ -21,7 +21,7 @@ from typing import Any, assert_never
 from mcr import PROTOCOL_VERSION, __version__
 from mcr.kernel import bpf
 from mcr.kernel.bpf import BpfError
-from mcr.kernel.engine import KernelRelay, OutputEntry
+from mcr.kernel.engine import KernelRelay, OutputEntry, remove_pins
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
@@ -186,11 +186,13 @@ class Supervisor:
         self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
         self.worker_version = worker_version(__version__, os.environ)
+        self.stale_pins: Path | None = None  # see note_stale_pins
 
     # --------------------------------------------------------------------------- kernel engine
 
     def start_kernel(self) -> None:
         if self.config.engine == "userspace":
+            self.note_stale_pins()
             return
         try:
             slots = max(256, self.config.limits.max_rules, len(self.table.rules))  # a restored table may be over
@@ -203,11 +205,30 @@ class Supervisor:
                 raise ConfigError(f"the kernel engine cannot be loaded: {e}") from None
             log.warning("kernel engine unavailable, every rule is served in userspace: %s", e)
             self.kernel_unavailable = str(e)
+            self.note_stale_pins()
             return
         self.kernel_unavailable = ""
         log.info("kernel engine loaded (%d instructions, tcx ingress)", len(self.kernel.insns))
         if pin_dir is not None:
             log.info("kernel engine pinned in %s: %s", pin_dir, self.kernel.adoption.describe())
+
+    def note_stale_pins(self) -> None:
+        """A kernel engine an earlier supervisor pinned while this one serves every rule in userspace: it
+        relays until the workers have the rules (so that the switch loses nothing), then it is removed (it
+        would send every packet a second time)."""
+        pinned = self.config.bpf_pin_dir or default_pin_dir(self.config.control_socket_path)
+        try:
+            found = pinned.is_dir() and any(pinned.iterdir())
+        except OSError:
+            found = False
+        if found:
+            log.info("a kernel engine is pinned in %s: removed once the workers have the rules", pinned)
+            self.stale_pins = pinned
+
+    def remove_stale_pins(self) -> None:
+        if self.stale_pins is not None:
+            log.info("removed the earlier kernel engine's pins: %s", ", ".join(remove_pins(self.stale_pins)))
+            self.stale_pins = None
 
     def pin_dir(self) -> Path | None:
         """Where the kernel engine pins its objects, on a bpf file system (mounted at /sys/fs/bpf when none
@@ -416,6 +437,7 @@ class Supervisor:
         READY_WAIT_S it is said anyway, and the log names the generation that was not confirmed."""
         if await self.wait_synced(generation, every=True, timeout=READY_WAIT_S):
             log.info("every worker confirmed rule generation %d (%d rules): ready", generation, len(self.table.rules))
+        self.remove_stale_pins()
         self.notifier.ready(self.status_text())
 
     async def tick(self) -> None:
@@ -606,6 +628,8 @@ class Supervisor:
                     self.loop.create_task(self._notify_synced())
                     if handle.replacing and reply.generation >= self.generation:
                         self.ask_release(handle)
+                    if self.stale_pins is not None and all(h.acked_generation >= self.generation for h in self.workers):
+                        self.remove_stale_pins()  # the workers relay now: as soon as possible, or twice
                 case Released():
                     self.hand_sockets_on(handle, reply)
                 case _:

@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -240,6 +241,13 @@ def take_over_worker(handle: WorkerHandle, path: Path, now: float, answer_within
     """Offer a new channel and stats pipe to the worker an earlier supervisor left at `path`. True when the
     offer was delivered (the worker then answers Ready on the channel); False when nobody is there (the
     stale path is removed)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+        log.warning("%s is not a handover socket of this user; ignored", path)
+        return False
     sup_end, worker_end, read_fd, write_fd = _channel()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
