@@ -100,6 +100,14 @@ def instance_name(control_socket_path: Path) -> str:
     return hashlib.sha256(str(control_socket_path).encode()).hexdigest()[:12]
 
 
+def initial_mount_namespace() -> bool:
+    """Whether this process shares init's mount namespace (False when that cannot be told)."""
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino == os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
 def default_pin_dir(control_socket_path: Path) -> Path:
     return BPF_ROOT / "mcr" / instance_name(control_socket_path)
 
@@ -235,11 +243,22 @@ class Supervisor:
         is); None, with a warning, when there is none: the engine then goes away with this process."""
         wanted = self.config.bpf_pin_dir or default_pin_dir(self.config.control_socket_path)
         if wanted.is_relative_to(BPF_ROOT) and not bpf.is_bpffs(BPF_ROOT):
-            try:
-                bpf.mount_bpffs(BPF_ROOT)
-                log.info("mounted a bpf file system at %s", BPF_ROOT)
-            except OSError as e:
-                log.warning("%s", e)
+            # Only in the host's mount namespace: a bpf file system mounted in a private one (`ip netns exec`,
+            # a container) lives only as long as that namespace, so the next supervisor would not find the
+            # pins, attach a second program, and every packet would be relayed twice while the old one lasts.
+            if initial_mount_namespace():
+                try:
+                    bpf.mount_bpffs(BPF_ROOT)
+                    log.info("mounted a bpf file system at %s", BPF_ROOT)
+                except OSError as e:
+                    log.warning("%s", e)
+            else:
+                log.warning(
+                    "kernel engine not pinned (a restart interrupts its flows): no bpf file system at %s "
+                    "and this is a private mount namespace; mount one on the host or pass --bpf-pin-dir",
+                    BPF_ROOT,
+                )
+                return None
         try:
             wanted.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
