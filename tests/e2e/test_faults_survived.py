@@ -18,6 +18,7 @@ import pytest
 
 from mcr.lab import SRC_IP, Lab
 from tests.e2e.harness import Relay, alive, mcr, send, start_sink, wait_for
+from tests.e2e.hitless import bpffs
 
 
 def _start_generator(
@@ -87,12 +88,17 @@ def test_workers_killed_repeatedly_during_rule_changes(lab: Lab, workdir: Path, 
 
 
 def test_supervisor_killed_data_plane_relays_on_for_the_orphan_timeout(lab: Lab, workdir: Path, engine: str) -> None:
-    """SIGKILL the supervisor: its workers relay on without it, but only for --worker-orphan-timeout
-    seconds (the bound), then exit; a supervisor started afterwards restores the rules from the state file
-    and relays every packet once."""
+    """SIGKILL the supervisor: the data plane relays on without it (workers and pinned kernel engine), the
+    workers only for --worker-orphan-timeout seconds (the bound), then exit; a supervisor started afterwards
+    restores the rules from the state file and relays every packet once."""
+    with bpffs(workdir / "bpffs") as pins:  # the kernel engine's pins, in a bpf fs that outlives `ip netns exec`
+        _killed_supervisor(lab, workdir, engine, pins / "mcr")
+
+
+def _killed_supervisor(lab: Lab, workdir: Path, engine: str, pins: Path) -> None:
     state = workdir / "rules.json"
     extra = ["--state-file", str(state), "--engine", engine, "--worker-orphan-timeout", "2"]
-    relay = Relay(lab, workdir, num_workers=2, extra=extra).start()
+    relay = Relay(lab, workdir, num_workers=2, extra=[*extra, "--bpf-pin-dir", str(pins)]).start()
     try:
         relay.add("s", "239.2.2.2:6001:rout")
         before = relay.rules()
