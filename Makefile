@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 VPY = $(VENV)/bin/python
-DEB_PACKAGES = iproute2 ethtool tcpdump socat nftables smcroute tmux
+DEB_PACKAGES = iproute2 ethtool tcpdump socat nftables smcroute tmux frr
 
 # `make install`: MCR in its own virtual environment under PREFIX, its commands linked into BINDIR, the
 # systemd unit into UNITDIR, the sample config into CONFDIR (if none), the control group MCR_GROUP (empty:
@@ -57,6 +57,7 @@ fuzz: deps
 	$(VPY) -m pytest tests/property --hypothesis-profile=fuzz --timeout=0 -q
 	cd fuzz && $(abspath $(VPY)) fuzz_parse.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 	cd fuzz && $(abspath $(VPY)) fuzz_control.py -max_total_time=$(FUZZ_SECONDS) -dict=json.dict -print_final_stats=1
+	cd fuzz && $(abspath $(VPY)) fuzz_membership.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 
 install:
 	@$(INSTALL_ENV) packaging/install.sh install

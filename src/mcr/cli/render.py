@@ -14,13 +14,20 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from mcr.membership.querier import FilterMode, GroupView, QuerierView
+from mcr.membership.wire import Family
+from mcr.model.original_config import ESP, UDP
 from mcr.model.rules import ForwardingRule, Limits, OutputDestination
 from mcr.model.status import ConfigView, FlowStats, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
     ConfigResponse,
+    ConfigValidation,
+    ControlPlaneConfig,
     Error,
     KernelStatusResponse,
     LogLevelsResponse,
+    MembershipGroups,
+    QuerierStates,
     Response,
     Rules,
     Stats,
@@ -92,7 +99,20 @@ def ttl_text(out: OutputDestination) -> str:
 
 
 def _rule_input(r: ForwardingRule) -> str:
-    return r.input_text if r.rate_limit is None else f"{r.input_text}\nlimit {r.rate_limit.text}"
+    text = r.input_text if r.input_protocol == UDP else f"{r.input_text} {_PROTOCOLS.get(r.input_protocol, 'proto')}"
+    return text if r.rate_limit is None else f"{text}\nlimit {r.rate_limit.text}"
+
+
+_PROTOCOLS = {UDP: "udp", ESP: "esp"}
+
+
+def _rule_id(r: ForwardingRule) -> str:
+    rule_id = r.rule_id or _NONE  # the original's config schema has no ids
+    return rule_id if r.name is None else f"{rule_id}\n({r.name})"
+
+
+def _output_text(o: OutputDestination) -> str:
+    return f"{o.spec}{ttl_text(o)}" + (f" from {o.source_ip}" if o.source_ip is not None else "")
 
 
 def _rule_state(view: RuleView) -> str:
@@ -105,8 +125,8 @@ def render_rules(rules: Sequence[RuleView]) -> RenderableType:
         return Text("no rules")
     table = _table("ID", "Input", "Outputs", "Engine", "State")
     for view in sorted(rules, key=lambda v: v.rule.rule_id):
-        outputs = "\n".join(f"{o.spec}{ttl_text(o)}" for o in view.rule.outputs) or "(none)"
-        _add_row(table, view.rule.rule_id, _rule_input(view.rule), outputs, view.engine.value, _rule_state(view))
+        outputs = "\n".join(_output_text(o) for o in view.rule.outputs) or "(none)"
+        _add_row(table, _rule_id(view.rule), _rule_input(view.rule), outputs, view.engine.value, _rule_state(view))
     return table
 
 
@@ -177,10 +197,10 @@ def render_workers(workers: Sequence[WorkerInfo]) -> RenderableType:
         _add_row(
             table,
             str(w.pid),
-            w.worker_type,
+            w.worker_type if w.interface is None else f"{w.worker_type} ({w.interface})",
             str(w.worker_id),
             _NONE if w.core_id is None else str(w.core_id),
-            w.status,
+            f"{w.status} (in {w.backoff_ms} ms)" if w.backoff_ms else w.status,
             _NONE if w.uid is None else str(w.uid),
             str(w.restarts),
             str(w.kernel_packets),
@@ -234,11 +254,80 @@ def render_config(view: ConfigView) -> RenderableType:
         _add_row(settings, key, "(unset)" if value is None else str(value))
     for key in Limits.__dataclass_fields__:
         _add_row(settings, f"limits.{key}", str(getattr(view.limits, key)))
+    original = view.original
+    if original.multicast_ttl is not None:
+        _add_row(settings, "multicast_ttl", str(original.multicast_ttl))
+    for interface, cores in original.pinning:
+        _add_row(settings, f"pinning.{interface}", ", ".join(map(str, cores)) + " (not applied)")
+    for name in original.unserved:
+        _add_row(settings, name, "accepted, not served")
     rules = _table("ID", "Source", "Input", "Outputs")
     for r in view.rules:
-        outputs = "\n".join(f"{o.spec}{ttl_text(o)}" for o in r.outputs) or "(none)"
-        _add_row(rules, r.rule_id, r.source.value, _rule_input(r), outputs)
+        outputs = "\n".join(_output_text(o) for o in r.outputs) or "(none)"
+        _add_row(rules, _rule_id(r), r.source.value, _rule_input(r), outputs)
     return Group(settings, rules if view.rules else Text("no rules"))
+
+
+def _secs(value: float) -> str:
+    return f"{value:.0f}s"
+
+
+def render_groups(groups: Sequence[GroupView]) -> RenderableType:
+    if not groups:
+        return Text("no groups have receivers")
+    table = _table("Interface", "Group", "Mode", "Sources", "Expires", "Version", "Last reporter", "Querier")
+    for g in groups:
+        sources = "\n".join(
+            f"{s.address} {_secs(s.expires_in)}" if s.expires_in > 0 else f"{s.address} (blocked)" for s in g.sources
+        )
+        _add_row(
+            table,
+            g.interface,
+            str(g.group),
+            g.filter_mode.value,
+            sources or ("(any)" if g.filter_mode is FilterMode.EXCLUDE else ""),
+            _secs(g.expires_in),
+            f"{'IGMP' if g.family is Family.IPV4 else 'MLD'}v{g.version}",
+            str(g.last_reporter or "-"),
+            "yes" if g.is_querier else "no",
+        )
+    return table
+
+
+def render_queriers(queriers: Sequence[QuerierView]) -> RenderableType:
+    if not queriers:
+        return Text("no querier or membership tracking is configured on an interface that is up")
+    table = _table("Interface", "Protocol", "Mode", "Role", "Querier", "Counters")
+    for q in queriers:
+        role = "querier" if q.is_querier else "non-querier"
+        elected = str(q.querier or "-")
+        if q.querier is not None and not q.is_querier:
+            elected += f" ({_secs(q.other_querier_expires_in)})"
+        counters = " ".join(f"{k}={v}" for k, v in q.counters.items() if v)
+        _add_row(
+            table,
+            q.interface,
+            f"{q.family.protocol.upper()}v{q.version}",
+            "query" if q.active else "passive",
+            role,
+            elected,
+            counters or "-",
+        )
+    return table
+
+
+def render_validation(resp: ConfigValidation) -> RenderableType:
+    lines = ["configuration is valid" if resp.valid else "configuration is invalid"]
+    lines += [f"error: {e}" for e in resp.errors] + [f"warning: {w}" for w in resp.warnings]
+    return Text("\n".join(lines))
+
+
+def render_control_plane(resp: ControlPlaneConfig) -> RenderableType:
+    table = _table("Setting", "Value")
+    _add_row(table, "rpf_provider", resp.settings.rpf_provider)
+    _add_row(table, "external_neighbors_enabled", str(resp.settings.external_neighbors_enabled).lower())
+    _add_row(table, "event_buffer_size", str(resp.settings.event_buffer_size))
+    return table
 
 
 def render_response(resp: Response) -> RenderableType:
@@ -260,6 +349,14 @@ def render_response(resp: Response) -> RenderableType:
             return render_version(resp.info)
         case ConfigResponse():
             return render_config(resp.view)
+        case MembershipGroups():
+            return render_groups(resp.groups)
+        case QuerierStates():
+            return render_queriers(resp.queriers)
+        case ConfigValidation():
+            return render_validation(resp)
+        case ControlPlaneConfig():
+            return render_control_plane(resp)
         case KernelStatusResponse():
             return render_kernel(resp.status)
         case _:

@@ -12,9 +12,19 @@ import socket
 import time
 from typing import TypeVar
 
+from mcr.membership.querier import QuerierView
 from mcr.model.errors import McrError, ProtocolError
-from mcr.model.status import KernelStatus
-from mcr.protocol.control import Error, KernelStatusResponse, Query, Request, decode_response, encode_request
+from mcr.model.status import ConfigView, KernelStatus
+from mcr.protocol.control import (
+    ConfigResponse,
+    Error,
+    KernelStatusResponse,
+    QuerierStates,
+    Query,
+    Request,
+    decode_response,
+    encode_request,
+)
 
 R = TypeVar("R")
 
@@ -128,6 +138,24 @@ def ask_kernel_status(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Kernel
     answers an Error); unreachable and malformed answers raise as `ask` does."""
     try:
         return ask(path, Query.GET_KERNEL_STATUS, KernelStatusResponse, timeout_s).status
+    except ErrorAnswer:
+        return None
+
+
+def ask_queriers(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[QuerierView, ...]:
+    """The queriers and membership trackers, or none from a supervisor that does not have the request (the
+    originals answer an Error); unreachable and malformed answers raise as `ask` does."""
+    try:
+        return ask(path, Query.GET_QUERIERS, QuerierStates, timeout_s).queriers
+    except ErrorAnswer:
+        return ()
+
+
+def ask_config(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> ConfigView | None:
+    """The supervisor's configuration, or None from one that does not have the request (the December
+    original answers an Error); unreachable and malformed answers raise as `ask` does."""
+    try:
+        return ask(path, Query.GET_CONFIG, ConfigResponse, timeout_s).view
     except ErrorAnswer:
         return None
 

@@ -28,6 +28,10 @@
     ttl = 4                            # TTL of this rule's outputs (absent: multicast_ttl, or the kernel's for unicast)
     rate_limit = { pps = 10000 }       # optional: { pps = N, burst = packets } or { bps = N, burst_bytes = B }
     outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
+    # an output table may say follow_receivers = true: it sends only while eth2 has receivers (IGMP/MLD)
+
+    [igmp]                             # and [mld]: the querier; keys in mcr.membership.settings
+    querier_interfaces = ["eth1"]
 
 Every error names the file, the rule and the field.
 """
@@ -37,9 +41,12 @@ from __future__ import annotations
 import sys
 import tomllib
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any
 
+from mcr.membership.settings import MembershipSettings, membership_from_original, parse_membership_table
 from mcr.model.errors import ConfigError, ValidationError
+from mcr.model.original_config import OriginalSections, decode_original_config, load_json5
 from mcr.model.ratelimit import decode_rate_limit
 from mcr.model.rules import (
     ForwardingRule,
@@ -75,17 +82,27 @@ class Settings:
     keep_data_plane: bool | None = None
 
 
+class ConfigDialect(Enum):
+    TOML = "toml"  # ours: [supervisor], [limits], [[rule]]
+    JSON5 = "json5"  # the original's (mcr.model.original_config)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: str
     settings: Settings = Settings()
     limits: Limits = field(default_factory=Limits)
     rules: tuple[ForwardingRule, ...] = ()
+    igmp: MembershipSettings = field(default_factory=MembershipSettings)
+    mld: MembershipSettings = field(default_factory=MembershipSettings)
+    dialect: ConfigDialect = ConfigDialect.TOML
+    original: OriginalSections = field(default_factory=OriginalSections)  # a JSON5 file's other sections
+    warnings: tuple[str, ...] = ()  # keys accepted but ignored, each named (JSON5 only: TOML refuses them)
 
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int, "keep_data_plane": bool}
 _RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl", "rate_limit"}
-_OUTPUT_KEYS = {"group", "port", "interface", "ttl"}
+_OUTPUT_KEYS = {"group", "port", "interface", "ttl", "follow_receivers"}
 
 
 def _kind(expected: type) -> str:
@@ -162,7 +179,10 @@ def _output(where: str, i: int, item: object, ttl: int | None) -> OutputDestinat
         group = parse_group(item["group"])
     except ValueError as e:
         raise ConfigError(f"{where}: outputs[{i}].group: {e}") from None
-    return OutputDestination(group, item["port"], item["interface"], out_ttl)
+    follow = item.get("follow_receivers", False)
+    if not isinstance(follow, bool):
+        raise ConfigError(f"{where}: outputs[{i}].follow_receivers must be a boolean")
+    return OutputDestination(group, item["port"], item["interface"], out_ttl, follow_receivers=follow)
 
 
 def _rule(path: str, index: int, item: object) -> ForwardingRule:
@@ -204,8 +224,46 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
     )
 
 
+def config_dialect(text: str, path: str) -> ConfigDialect:
+    """Which of the two formats a file is in: by its extension, else by its first significant character
+    (a JSON5 document is an object, `{`; a TOML file starts with a table, a key or a comment)."""
+    lower = path.lower()
+    if lower.endswith((".json5", ".json")):
+        return ConfigDialect.JSON5
+    if lower.endswith(".toml"):
+        return ConfigDialect.TOML
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        return ConfigDialect.JSON5 if stripped.startswith(("{", "//", "/*")) else ConfigDialect.TOML
+    return ConfigDialect.TOML
+
+
 def parse_config(text: str, path: str) -> Config:
-    """Parse and validate a whole file; raises ConfigError naming the file, rule and field."""
+    """Parse and validate a whole file, TOML or the original's JSON5 (`config_dialect`); raises
+    ConfigError naming the file, rule and field."""
+    if config_dialect(text, path) is ConfigDialect.JSON5:
+        return parse_json5_config(text, path)
+    return parse_toml_config(text, path)
+
+
+def parse_json5_config(text: str, path: str) -> Config:
+    """The original's JSON5 file: its rules, and its other sections kept for GetConfig and `config save`."""
+    found = decode_original_config(load_json5(text, path), path)
+    return Config(
+        path=path,
+        settings=Settings(multicast_ttl=found.sections.multicast_ttl),
+        rules=found.rules,
+        igmp=membership_from_original(path, found.sections.section("igmp")),
+        dialect=ConfigDialect.JSON5,
+        original=found.sections,
+        warnings=found.warnings,
+    )
+
+
+def parse_toml_config(text: str, path: str) -> Config:
+    """Our TOML file; raises ConfigError naming the file, rule and field."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -216,9 +274,13 @@ def parse_config(text: str, path: str) -> Config:
         raise ConfigError(
             f"{path}: not valid TOML: a number has more than {sys.get_int_max_str_digits()} digits"
         ) from None
-    unknown = set(doc) - {"supervisor", "limits", "rule"}
+    unknown = set(doc) - {"supervisor", "limits", "rule", "igmp", "mld"}
     if unknown:
-        raise ConfigError(f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]]")
+        raise ConfigError(
+            f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]], [igmp], [mld]"
+        )
+    igmp = parse_membership_table(path, "igmp", _table(path, doc, "igmp"))
+    mld = parse_membership_table(path, "mld", _table(path, doc, "mld"))
     settings = _settings(path, _table(path, doc, "supervisor"))
     limits = _limits(path, _table(path, doc, "limits"))
     raw_rules = doc.get("rule", [])
@@ -233,4 +295,26 @@ def parse_config(text: str, path: str) -> Config:
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
         rules[rule.rule_id] = rule
-    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()))
+    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()), igmp=igmp, mld=mld)
+
+
+SECTION_PROTOCOLS = {  # igmp is served: mcr.membership
+    "pim": "PIM-SM",
+    "msdp": "MSDP",
+    "control_plane": "the control-plane integration (RPF provider, external neighbours, events)",
+}
+
+
+def unserved_notes(path: str, sections: OriginalSections) -> tuple[str, ...]:
+    """What a JSON5 file asks for that this relay accepts but does not do (yet), one line each."""
+    notes = [
+        f"{path}: section '{name}' accepted but not served: {SECTION_PROTOCOLS[name]} is not implemented "
+        "in this relay yet"
+        for name in sections.unserved
+    ]
+    if sections.pinning:
+        notes.append(
+            f"{path}: 'pinning' accepted but not applied: workers are not pinned to cores (every worker "
+            "serves every input, spread by PACKET_FANOUT)"
+        )
+    return tuple(notes)
