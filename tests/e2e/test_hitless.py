@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 
 from .hitless import Service, add_flow, bpffs, measure
 from .netns import Chain, pid_alive, tool, wait_for
+from .relay import Supervisor, socket_dir
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -240,3 +242,18 @@ def test_switch_from_kernel_to_userspace_engine(chain: Chain, pins: Path) -> Non
     assert service.current.rules()[0]["engine"] == "userspace"
     assert not pins.exists() or not any(pins.iterdir())
     assert "removed the earlier kernel engine's pins" in service.log()
+
+
+def test_a_handover_socket_nobody_answers_on_is_given_up(chain: Chain) -> None:
+    """Something bound at a worker's handover path that never answers (a hung worker): the supervisor starts
+    a new worker after 2 s instead, and relays."""
+    sock_dir = chain.lab.track_dir(socket_dir())
+    sock_dir.mkdir(mode=0o750)
+    socket_path = sock_dir / "control.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as mute:
+        mute.bind(f"{socket_path}.worker0")
+        sup = Supervisor.start(chain.lab, chain.relay, socket_path=socket_path)
+        assert "worker 0 did not answer the handover; starting a new one" in sup.proc.err()
+        sup.add_rule(rule_id="flow", group="239.1.1.1", port=5001, outputs=[f"239.2.2.2:6001:{chain.relay_out}"])
+        service = Service(chain, "userspace", num_workers=1, sup=sup)
+        assert measure(service, lambda s: None, seconds=1.0, event_at=0.0).clean
