@@ -257,3 +257,21 @@ def test_a_handover_socket_nobody_answers_on_is_given_up(chain: Chain) -> None:
         sup.add_rule(rule_id="flow", group="239.1.1.1", port=5001, outputs=[f"239.2.2.2:6001:{chain.relay_out}"])
         service = Service(chain, "userspace", num_workers=1, sup=sup)
         assert measure(service, lambda s: None, seconds=1.0, event_at=0.0).clean
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_the_host_stays_a_member_of_the_input_group_through_a_restart(chain: Chain, signum: int) -> None:
+    """Worker 0 holds copies of the supervisor's join sockets: while no supervisor runs the relay stays in
+    the input group (no IGMP leave that a snooping switch would act on); the next one joins again."""
+    service = Service(chain, "userspace", extra=["--keep-data-plane"])
+    service.start()
+    add_flow(service)
+    loop = (
+        "end=$(($(date +%s) + 4)); while [ $(date +%s) -lt $end ]; do grep -c 010101EF /proc/net/igmp; sleep 0.01; done"
+    )
+    watcher = chain.lab.popen(chain.relay, "sh", "-c", loop, name="igmp_watch")
+    time.sleep(1.0)
+    service.restart(signum)
+    assert watcher.wait(10) == 0
+    samples = [int(line) for line in watcher.out().split()]
+    assert len(samples) > 50 and all(samples), f"239.1.1.1 left the relay's memberships: {samples}"

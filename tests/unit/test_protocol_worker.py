@@ -5,6 +5,7 @@ import pytest
 from mcr.model.errors import ProtocolError
 from mcr.protocol.worker import (
     CloseSockets,
+    HoldSockets,
     OpenSockets,
     Ready,
     Released,
@@ -46,6 +47,7 @@ RULE = WorkerRule(
         SetLogLevels(20, (("mcr.worker", 10),)),
         Shutdown(),
         ReleaseSockets(),
+        HoldSockets(3),
     ],
 )
 def test_command_round_trip(cmd: object) -> None:

@@ -100,7 +100,16 @@ class ReleaseSockets:
     worker of another version is replaced by a new one that reads on from the same rings."""
 
 
-Command = Sync | OpenSockets | CloseSockets | SetLogLevels | Shutdown | ReleaseSockets
+@dataclass(frozen=True, slots=True)
+class HoldSockets:
+    """The supervisor's membership (IGMP/MLD join) sockets follow as SCM_RIGHTS, `count` of them: hold them,
+    in place of those held before, and never use them. They keep the memberships while no supervisor runs,
+    so that a restart never makes the host leave an input group."""
+
+    count: int
+
+
+Command = Sync | OpenSockets | CloseSockets | SetLogLevels | Shutdown | ReleaseSockets | HoldSockets
 
 
 # worker -> supervisor
@@ -174,6 +183,8 @@ def encode_command(cmd: Command) -> bytes:
             doc = "Shutdown"
         case ReleaseSockets():
             doc = "ReleaseSockets"
+        case HoldSockets():
+            doc = {"HoldSockets": {"count": cmd.count}}
         case _:
             assert_never(cmd)
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -229,6 +240,8 @@ def decode_command(data: bytes) -> Command:
             return Shutdown()
         if name == "ReleaseSockets":
             return ReleaseSockets()
+        if name == "HoldSockets":
+            return HoldSockets(int(body["count"]))
     except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as e:
         raise ProtocolError(f"malformed {name} command: {e!r}") from None
     raise ProtocolError(f"unknown worker command '{name}'")

@@ -68,6 +68,7 @@ from mcr.protocol.control import (
 from mcr.protocol.controlplane import ControlPlaneRequest
 from mcr.protocol.worker import (
     CloseSockets,
+    HoldSockets,
     OpenSockets,
     Ready,
     Released,
@@ -540,7 +541,10 @@ class Supervisor:
             self.leave_workers()
         else:
             await self.stop_workers()
-        self.memberships.close()
+        if self.config.keep_data_plane:
+            self.memberships.release()  # worker 0 holds copies: the host stays a member
+        else:
+            self.memberships.close()
         if self.kernel is not None:
             self.collect_kernel()
             if not self.config.keep_data_plane:
@@ -854,6 +858,9 @@ class Supervisor:
                 handle.captures |= set(new)
             handle.send(Sync(self.generation, res.worker_rules))
             handle.send(self.log_levels_command())
+            if handle.worker_id == 0 and self.config.worker_orphan_timeout > 0:
+                held = self.memberships.sockets()  # copies keep the memberships while no supervisor runs
+                handle.send(HoldSockets(len(held)), [s.fileno() for s in held])
         except (WorkerError, OSError) as e:
             log.error("%s; killing the worker so that it restarts clean", e)
             if handle.proc is not None and handle.proc.poll() is None:

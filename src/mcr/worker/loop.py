@@ -28,6 +28,7 @@ from mcr.protocol.worker import (
     HANDOVER_MESSAGE,
     CloseSockets,
     Command,
+    HoldSockets,
     OpenSockets,
     Ready,
     Released,
@@ -108,6 +109,7 @@ class DataPlane:
         self.supervisor_uid = 0
         self.taken_over = False  # until the first Sync after a takeover: keep counters across epochs
         self.version = ""  # this worker's code, told to a supervisor that takes it over
+        self.held: list[int] = []  # the supervisor's membership sockets (HoldSockets), never used here
 
     # ----------------------------------------------------------------------------------- handover
 
@@ -221,6 +223,12 @@ class DataPlane:
                 self.running = False
             case ReleaseSockets():
                 self.release_sockets()
+            case HoldSockets():
+                for fd in self.held:
+                    os.close(fd)
+                self.held = fds[: cmd.count]
+                for fd in fds[cmd.count :]:
+                    os.close(fd)
 
     def release_sockets(self) -> None:
         """Relay what the rings hold, then send the capture sockets back and end: a successor reads on."""
