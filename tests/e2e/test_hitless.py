@@ -275,3 +275,26 @@ def test_the_host_stays_a_member_of_the_input_group_through_a_restart(chain: Cha
     assert watcher.wait(10) == 0
     samples = [int(line) for line in watcher.out().split()]
     assert len(samples) > 50 and all(samples), f"239.1.1.1 left the relay's memberships: {samples}"
+
+
+def test_fewer_workers_after_a_restart(chain: Chain) -> None:
+    """A restart with fewer --num-workers: the surplus worker of the earlier supervisor is taken over and
+    stopped at once (its fanout share moves to the others) instead of relaying on with stale rules."""
+    service = Service(chain, "userspace", extra=["--keep-data-plane"])
+    service.start()
+    add_flow(service)
+    before = data_plane_pids(service)
+
+    def shrink(s: Service) -> None:
+        s.num_workers = 1
+        s.restart(signal.SIGTERM)
+
+    outcome = measure(service, shrink)
+    print(f"\nHITLESS userspace 2 -> 1 workers: {outcome}")
+    after = data_plane_pids(service)
+    assert len(after) == 1 and after[0] in before
+    assert "of the earlier supervisor: beyond --num-workers" in service.log()
+    wait_for(lambda: sum(pid_alive(p) for p in before) == 1, 5, "the surplus worker to exit")
+    assert (outcome.duplicated, outcome.corrupted) == (0, 0), outcome
+    # A worker that stops reading its capture socket loses what arrives between its last read and the close.
+    assert outcome.lost <= 10, outcome

@@ -82,6 +82,7 @@ from mcr.protocol.worker import (
     worker_version,
 )
 from mcr.supervisor.access import AccessPolicy
+from mcr.supervisor.cleanup import stop_orphan
 from mcr.supervisor.control import ControlServer, resolve_group
 from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, SyncTracker, resolve
 from mcr.supervisor.memberships import Memberships
@@ -458,6 +459,7 @@ class Supervisor:
         for handle in self.workers:
             if not self.take_over(handle, now):
                 self.start_worker(handle, now)
+        await self.stop_surplus_workers()
         if len(self.workers) > 1:
             log.info("PACKET_FANOUT enabled (%d workers)", len(self.workers))
         else:
@@ -617,6 +619,18 @@ class Supervisor:
         )
 
     # -------------------------------------------------------------------------------- workers
+
+    async def stop_surplus_workers(self) -> None:
+        """Workers an earlier supervisor left beyond this one's --num-workers: taken over and shut down (their
+        fanout share moves to the others), so that none relays stale rules until its orphan timeout."""
+        sock = self.config.control_socket_path
+        for path in sorted(sock.parent.glob(f"{sock.name}.worker*")):
+            suffix = path.name.removeprefix(f"{sock.name}.worker")
+            if not suffix.isdigit() or int(suffix) < len(self.workers):
+                continue
+            pid = await asyncio.to_thread(stop_orphan, path)
+            if pid is not None:
+                log.info("stopped worker %s (pid %d) of the earlier supervisor: beyond --num-workers", suffix, pid)
 
     def handover_path(self, handle: WorkerHandle) -> Path | None:
         if self.config.worker_orphan_timeout <= 0:
