@@ -311,10 +311,16 @@ class KernelRelay:
             return
         adopted = self._adopted_links.pop(ifindex, None)
         if adopted is not None:
-            if bpf.link_info(adopted).prog_id != bpf.prog_info(self.prog_fd).id:
-                bpf.link_update(adopted, self.prog_fd)
-            self._links[ifindex] = adopted
-            return
+            try:
+                if bpf.link_info(adopted).prog_id != bpf.prog_info(self.prog_fd).id:
+                    bpf.link_update(adopted, self.prog_fd)
+                self._links[ifindex] = adopted
+                return
+            except BpfError as e:  # never leave the old program running beside a new link: drop it first
+                log.warning("cannot take over the pinned link on ifindex %d (%s); attaching anew", ifindex, e)
+                os.close(adopted)
+                if self.pin_dir is not None:
+                    _unlink(self.pin_dir / f"link_{ifindex}")
         fd = bpf.attach_tcx_ingress(self.prog_fd, ifindex)
         self._links[ifindex] = fd
         if self.pin_dir is not None:

@@ -447,7 +447,10 @@ class Supervisor:
         self.start_kernel()
         await self.watcher.start()  # its first dump applies the rules: the kernel engine has them all now
         if self.kernel is not None:
-            self.kernel.settle()
+            try:
+                self.kernel.settle()
+            except (BpfError, OSError) as e:
+                log.error("cannot clean up what the earlier kernel engine left pinned: %s", e)
         await self.control.start()
         if self.metrics is not None:
             self.metrics.start()
