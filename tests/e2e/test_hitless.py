@@ -4,8 +4,11 @@ started again with its state file; the sink must see every packet exactly once."
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +39,9 @@ def data_plane_pids(service: Service) -> list[int]:
 
 @pytest.fixture
 def pins(tmp_path: Path) -> Iterator[Path]:
+    """A pin directory on a bpf file system of the test's own (needs root, like every test here)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a bpf file system needs root")
     with bpffs(tmp_path / "bpffs") as root:
         yield root / "mcr"
 
@@ -298,3 +304,35 @@ def test_fewer_workers_after_a_restart(chain: Chain) -> None:
     assert (outcome.duplicated, outcome.corrupted) == (0, 0), outcome
     # A worker that stops reading its capture socket loses what arrives between its last read and the close.
     assert outcome.lost <= 10, outcome
+
+
+def test_kernel_relay_adopts_its_pins(pins: Path) -> None:
+    """KernelRelay on its own (no traffic): a second relay on the same pins adopts the maps; a rule installed
+    again as it was keeps its slot and counters; one not installed again is removed by settle(); unpin()
+    leaves nothing. (Nothing is attached: no interface is touched.)"""
+    from ipaddress import IPv4Address
+
+    from mcr.kernel import bpf
+    from mcr.kernel.engine import KernelRelay, OutputEntry
+    from mcr.kernel.program import MapName, pack_rule_key
+
+    out = [OutputEntry(1, IPv4Address("239.5.5.1"), 6000, IPv4Address("10.0.0.1"), b"\x02" * 6)]
+    kept, gone = (7, IPv4Address("239.1.1.1"), 5001), (7, IPv4Address("239.1.1.2"), 5002)
+    with KernelRelay(max_rules=4, max_outputs=4, pin_dir=pins) as first:
+        first.set_rule(2, *kept, out)
+        first.set_rule(3, *gone, out)
+        key = (2).to_bytes(4, sys.byteorder)
+        bpf.update_percpu(first.map_fd(MapName.RULE_STATS), key, [struct.pack("=QQQ", 5, 500, 0)])
+        assert first.adoption.describe() == "nothing pinned was adopted"
+    with KernelRelay(max_rules=4, max_outputs=4, pin_dir=pins) as second:
+        assert (second.adoption.maps, second.adoption.program, second.adoption.rules) == (True, True, 2)
+        assert second.adopted_slot(*kept) == 2
+        second.set_rule(2, *kept, out)
+        second.settle()
+        assert second.counters().rules[2].packets == 5 * bpf.possible_cpus(), "counters continue"
+        assert bpf.lookup_elem(second.map_fd(MapName.RULES), pack_rule_key(*gone), 16) is None
+        assert bpf.lookup_elem(second.map_fd(MapName.RULES), pack_rule_key(*kept), 16) is not None
+    with KernelRelay(max_rules=8, max_outputs=4, pin_dir=pins) as third:  # another layout: new maps
+        assert not third.adoption.maps and third.adopted_slot(*kept) is None
+        third.unpin()
+    assert not pins.exists()
