@@ -359,3 +359,35 @@ def test_esp_rules_added_at_run_time_in_todays_dialect(chain: Chain, engine: str
     sup.ctl("add", "--input-interface", "rin", "--input-group", "239.1.1.7", "--input-protocol", "esp",
             "--outputs", "239.5.5.7:0:rout", "--rule-id", "cli-esp")  # fmt: skip
     assert (rule(sup, "cli-esp")["input_protocol"], rule(sup, "cli-esp")["input_port"]) == (50, 0)
+
+
+@pytest.mark.timeout(90)
+def test_workers_taken_over_by_a_new_supervisor_keep_relaying_esp(chain: Chain) -> None:
+    """--keep-data-plane, the supervisor killed and started again: the same worker relays ESP before and
+    after, on the raw socket the new supervisor hands it (the ones they held are closed, none leaks)."""
+    from .hitless import Service
+
+    cfg = config(
+        chain,
+        f'[[rule]]\nid = "esp"\nprotocol = "esp"\ninput_interface = "rin"\ninput_group = "{GROUP}"\n'
+        f'outputs = ["{OUT_GROUP}:0:rout"]\n',
+    )
+    service = Service(chain, "userspace", extra=["--keep-data-plane", "--config", str(cfg)])
+    service.start()
+    src_mac = chain.mac(chain.src, "src0")
+    frames = [
+        build_esp_frame(src_mac=src_mac, src_ip=SRC_IP, dst_ip=GROUP, seq=i, payload=bytes(40)) for i in range(20)
+    ]
+    try:
+        workers = service.current.worker_pids()
+        for name in ("before", "after"):
+            sink = capture(chain, 50, OUT_GROUP, len(frames), f"takeover-{name}")
+            inject(chain, frames)
+            assert len(sink.json(timeout=30)["packets"]) == len(frames), name
+            assert raw_esp_sockets(chain) == len(workers), name  # one per worker
+            if name == "before":
+                service.restart(signal.SIGKILL)
+                wait_for(lambda: rule(service.current, "esp")["state"] == "active", 15, "the rule active again")
+        assert service.current.worker_pids() == workers, "the new supervisor took the running worker over"
+    finally:
+        service.current.terminate()
