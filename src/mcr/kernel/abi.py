@@ -23,6 +23,7 @@ class Cmd(IntEnum):
     OBJ_GET_INFO_BY_FD = 15
     PROG_QUERY = 16
     LINK_CREATE = 28
+    MAP_LOOKUP_BATCH = 24
     ENABLE_STATS = 32
 
 

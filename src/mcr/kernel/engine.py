@@ -15,7 +15,7 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import TracebackType
@@ -67,6 +67,7 @@ class RuleCounters:
 class KernelCounters:
     rules: dict[int, RuleCounters]  # by slot
     drops: dict[str, int]  # by DropReason key, only frames to a configured (interface, group)
+    changed: frozenset[int] = frozenset()  # slots whose counters may differ from the previous read's
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,23 @@ class _Rule:
 
 def _index(i: int) -> bytes:
     return i.to_bytes(4, sys.byteorder)
+
+
+def _summer(layout: struct.Struct, ncpu: int) -> Callable[[bytes], tuple[int, ...]]:
+    """A function summing, field by field, the per-CPU values of one per-CPU array entry (as the kernel
+    lays them out: one value per possible CPU, each 8-byte aligned; an empty entry sums to zeros)."""
+    width = len(layout.unpack(bytes(layout.size)))
+    stride = (layout.size + 7) & ~7
+    pad = stride - layout.size
+    whole = struct.Struct("=" + (layout.format.lstrip("=<>!@") + (f"{pad}x" if pad else "")) * ncpu)
+
+    def total(raw: bytes) -> tuple[int, ...]:
+        if len(raw) != whole.size:
+            return (0,) * width
+        v = whole.unpack(raw)
+        return tuple(sum(v[k::width]) for k in range(width))
+
+    return total
 
 
 class KernelRelay:
@@ -102,6 +120,11 @@ class KernelRelay:
         # put in a slot zeroes what the slot's earlier rules counted, not all max_outputs entries
         self._dirty: dict[int, int] = {}
         self._groups: dict[tuple[int, IPv4Address | IPv6Address], int] = {}
+        # what the previous counters() read, by slot: the raw per-CPU rule counters and the totals, and the
+        # slots whose outputs are read again at the next one
+        self._raw: dict[int, bytes] = {}
+        self._counted: dict[int, RuleCounters] = {}
+        self._recheck: set[int] = set()
         self.prog_fd = -1
         try:
             for spec in map_specs(max_rules, max_outputs):
@@ -191,6 +214,7 @@ class KernelRelay:
             self._ref_group(ifindex, group, +1)
         self._rules[slot] = rule
         self._slot_of[(ifindex, group, port)] = slot
+        self._forget(slot)
 
     def remove_rule(self, slot: int) -> None:
         """Stop relaying the rule in `slot`. Its counters are no longer reported: read them first."""
@@ -198,6 +222,7 @@ class KernelRelay:
         if rule is None:
             return
         del self._slot_of[(rule.ifindex, rule.group, rule.port)]
+        self._forget(slot)
         rules_map = self.map_fd(rule_maps(rule.group.version)[0])
         bpf.delete_elem(rules_map, pack_rule_key(rule.ifindex, rule.group, rule.port))
         self._ref_group(rule.ifindex, rule.group, -1)
@@ -223,29 +248,60 @@ class KernelRelay:
     # ---- counters
 
     def counters(self) -> KernelCounters:
-        """Per-rule and per-output totals, summed over CPUs, and the drop counters."""
+        """Per-rule and per-output totals, summed over CPUs, and the drop counters.
+
+        A few system calls whatever the size of the table: the rule counters of every slot in one batch
+        lookup, the drop counters in another, and the output counters only of the slots whose rule
+        counters moved since the previous read or the one before (the program counts a frame for its rule
+        before its outputs, so the read after the rule goes quiet catches the last frame's outputs) and of
+        slots set since. Every other slot's outputs are as they were last read. `changed` names the slots
+        whose counts may differ from the previous read's."""
+        fd = self.map_fd(MapName.RULE_STATS)
+        ncpu = bpf.possible_cpus()
+        end = max(self._rules, default=-1) + 1
+        raw = bpf.lookup_percpu_range(fd, 0, end, RULE_STATS.size)
+        stride = len(raw) // end if end else 0
+        rule_sum = _summer(RULE_STATS, ncpu)
+        out_sum = _summer(OUTPUT_STATS, ncpu)
+        out_fd = self.map_fd(MapName.OUTPUT_STATS)
+        changed: set[int] = set()
+        recheck: set[int] = set()
         rules: dict[int, RuleCounters] = {}
         for slot, rule in self._rules.items():
-            packets, nbytes, limited = self._sum(MapName.RULE_STATS, slot, RULE_STATS)
-            base = slot * self.max_outputs
-            outputs = tuple(
-                OutputCounters(*self._sum(MapName.OUTPUT_STATS, base + i, OUTPUT_STATS))
-                for i in range(len(rule.outputs))
-            )
-            rules[slot] = RuleCounters(packets, nbytes, outputs, limited)
-        drops = {
-            r.key: self._sum(MapName.DROPS, int(r), DROP_STATS)[0]
-            for r in DropReason
-            if r not in (DropReason.OK, DropReason.NOT_IPV4)  # never counted in the kernel
-        }
-        return KernelCounters(rules, drops)
+            mine = raw[slot * stride : (slot + 1) * stride]
+            held = self._counted.get(slot)
+            fresh = mine != self._raw.get(slot)
+            if held is not None and not fresh and slot not in self._recheck:
+                rules[slot] = held
+                continue
+            if fresh:  # read once more next time, for the outputs of a frame counted between the two lookups
+                recheck.add(slot)
+                self._raw[slot] = mine
+            packets, nbytes, limited = rule_sum(mine)
+            n = len(rule.outputs)
+            outs = bpf.lookup_percpu_range(out_fd, slot * self.max_outputs, n, OUTPUT_STATS.size) if n else b""
+            width = len(outs) // n if n else 0
+            outputs = tuple(OutputCounters(*out_sum(outs[i * width : (i + 1) * width])) for i in range(n))
+            counted = RuleCounters(packets, nbytes, outputs, limited)
+            rules[slot] = counted
+            if counted != held:
+                self._counted[slot] = counted
+                changed.add(slot)
+        self._recheck = recheck
+        reasons = [
+            r for r in DropReason if r not in (DropReason.OK, DropReason.NOT_IPV4)
+        ]  # never counted in the kernel
+        drops_raw = bpf.lookup_percpu_range(self.map_fd(MapName.DROPS), 0, max(reasons) + 1, DROP_STATS.size)
+        dstride = len(drops_raw) // (max(reasons) + 1)
+        drop_sum = _summer(DROP_STATS, ncpu)
+        drops = {r.key: drop_sum(drops_raw[int(r) * dstride : (int(r) + 1) * dstride])[0] for r in reasons}
+        return KernelCounters(rules, drops, frozenset(changed))
 
-    def _sum(self, name: MapName, index: int, layout: struct.Struct) -> tuple[int, ...]:
-        """The value at `index` of a per-CPU array of u64 fields, summed field by field over CPUs."""
-        values = bpf.lookup_percpu(self.map_fd(name), _index(index), layout.size) or []
-        per_cpu = [layout.unpack(v) for v in values]
-        width = len(layout.unpack(bytes(layout.size)))
-        return tuple(sum(v[k] for v in per_cpu) for k in range(width))
+    def _forget(self, slot: int) -> None:
+        """The slot's counters are read in full (outputs too) at the next read, and reported as changed."""
+        self._counted.pop(slot, None)
+        self._raw.pop(slot, None)
+        self._recheck.add(slot)
 
     # ---- lifetime
 
@@ -265,6 +321,9 @@ class KernelRelay:
         self._rules.clear()
         self._slot_of.clear()
         self._groups.clear()
+        self._raw.clear()
+        self._counted.clear()
+        self._recheck.clear()
 
     def __enter__(self) -> KernelRelay:
         return self
