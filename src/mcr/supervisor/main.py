@@ -183,6 +183,8 @@ class Supervisor:
         self.kernel: KernelRelay | None = None
         self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
+        self.kernel_rule_at: dict[int, str] = {}  # slot -> the rule in it (kernel_slots the other way round)
+        self.kernel_gone: set[str] = set()  # rules that left their slot since the last kernel report
         self.free_slots: list[int] = []  # a heap: the lowest free slot is taken first
         self.kernel_inputs: Counter[int] = Counter()  # ifindex -> kernel rules on it (tcx attached there)
         file = self.config_file
@@ -244,6 +246,8 @@ class Supervisor:
                 kernel.remove_rule(held[0])
                 heapq.heappush(self.free_slots, held[0])
                 del self.kernel_slots[rule_id]
+                del self.kernel_rule_at[held[0]]
+                self.kernel_gone.add(rule_id)
                 self._count_input(held[1].ifindex, -1, touched)
                 held = None
             if new is None or (held is not None and held[1] == new):
@@ -252,6 +256,7 @@ class Supervisor:
             outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in new.outputs]
             kernel.set_rule(slot, new.ifindex, new.group, new.port, outputs, new.rate_limit, new.source)
             self.kernel_slots[rule_id] = (slot, new)
+            self.kernel_rule_at[slot] = rule_id
             if held is None:
                 self._count_input(new.ifindex, +1, touched)
         for ifindex in touched:
@@ -286,14 +291,16 @@ class Supervisor:
         if self.kernel is None:
             return
         counted = self.kernel.counters()
-        rules = tuple(
-            (rule_id, self._kernel_counters(kr, counted.rules[slot]))
-            for rule_id, (slot, kr) in self.kernel_slots.items()
-            if slot in counted.rules
-        )
+        rules = []
+        for slot in counted.changed:  # a delta: the rules whose counters moved, and those that left their slot
+            rule_id = self.kernel_rule_at[slot]
+            rules.append((rule_id, self._kernel_counters(self.kernel_slots[rule_id][1], counted.rules[slot])))
+        gone = tuple(self.kernel_gone.difference(self.kernel_slots))
+        self.kernel_gone.clear()
         drops = tuple(counted.drops.items())  # every reason it counts, zeros too
         taken = self.generation if generation is None else generation
-        self.stats.on_report(StatsReport(KERNEL_REPORT, os.getpid(), rules, drops, 0, 0, 0, taken))
+        report = StatsReport(KERNEL_REPORT, os.getpid(), tuple(rules), drops, 0, 0, 0, taken, delta=True, gone=gone)
+        self.stats.on_report(report)
 
     # ---------------------------------------------------------------------------- persistence
 
