@@ -162,3 +162,19 @@ def test_exposition_holds_every_family_in_the_format_asked(accept: str, content_
     assert sorted(body.decode().splitlines()) == sorted(library.decode().splitlines())
     if accept:
         assert body.endswith(b"# EOF\n")
+
+
+def test_flow_text_reuses_the_lines_of_the_same_flow_objects() -> None:
+    from dataclasses import replace
+
+    from mcr.supervisor.metrics import flow_text
+
+    flows = _flows(6)
+    cache: dict = {}  # type: ignore[type-arg]
+    assert flow_text(flows, cache=cache) == flow_text(flows)
+    kept = cache["rule-1"][1]
+    moved = replace(flows[1], packets_relayed=123)
+    text = flow_text((flows[0], moved, *flows[2:4]), cache=cache)
+    assert text == flow_text((flows[0], moved, *flows[2:4]))
+    assert 'rule_id="rule-1"} 123.0' in text and cache["rule-1"][1] is not kept
+    assert cache["rule-2"][0] is flows[2] and "rule-4" not in cache  # gone flows are let go

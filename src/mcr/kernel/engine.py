@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import TracebackType
+from typing import Final
 
 from mcr.kernel import bpf
 from mcr.kernel.abi import TC_ACT_UNSPEC
@@ -83,6 +84,9 @@ def _index(i: int) -> bytes:
     return i.to_bytes(4, sys.byteorder)
 
 
+_RUN: Final = 64  # slots whose raw rule counters are compared at once with the previous read's
+
+
 def _summer(layout: struct.Struct, ncpu: int) -> Callable[[bytes], tuple[int, ...]]:
     """A function summing, field by field, the per-CPU values of one per-CPU array entry (as the kernel
     lays them out: one value per possible CPU, each 8-byte aligned; an empty entry sums to zeros)."""
@@ -125,6 +129,7 @@ class KernelRelay:
         self._raw: dict[int, bytes] = {}
         self._counted: dict[int, RuleCounters] = {}
         self._recheck: set[int] = set()
+        self._prev_raw = b""  # every slot's raw rule counters at the previous read
         self.prog_fd = -1
         try:
             for spec in map_specs(max_rules, max_outputs):
@@ -264,15 +269,25 @@ class KernelRelay:
         rule_sum = _summer(RULE_STATS, ncpu)
         out_sum = _summer(OUTPUT_STATS, ncpu)
         out_fd = self.map_fd(MapName.OUTPUT_STATS)
+        # the slots to look at: those set or moving lately, and those of every run of _RUN slots whose raw
+        # counters differ from the previous read's (most runs are the same: a few comparisons of bytes)
+        todo = set(self._recheck)
+        prev = self._prev_raw
+        for first in range(0, end, _RUN):
+            last = min(end, first + _RUN)
+            if raw[first * stride : last * stride] != prev[first * stride : last * stride]:
+                todo.update(s for s in range(first, last) if s in self._rules)
+        self._prev_raw = raw
         changed: set[int] = set()
         recheck: set[int] = set()
-        rules: dict[int, RuleCounters] = {}
-        for slot, rule in self._rules.items():
+        for slot in todo:
+            rule = self._rules.get(slot)
+            if rule is None:
+                continue
             mine = raw[slot * stride : (slot + 1) * stride]
             held = self._counted.get(slot)
             fresh = mine != self._raw.get(slot)
             if held is not None and not fresh and slot not in self._recheck:
-                rules[slot] = held
                 continue
             if fresh:  # read once more next time, for the outputs of a frame counted between the two lookups
                 recheck.add(slot)
@@ -283,19 +298,16 @@ class KernelRelay:
             width = len(outs) // n if n else 0
             outputs = tuple(OutputCounters(*out_sum(outs[i * width : (i + 1) * width])) for i in range(n))
             counted = RuleCounters(packets, nbytes, outputs, limited)
-            rules[slot] = counted
             if counted != held:
                 self._counted[slot] = counted
                 changed.add(slot)
         self._recheck = recheck
-        reasons = [
-            r for r in DropReason if r not in (DropReason.OK, DropReason.NOT_IPV4)
-        ]  # never counted in the kernel
+        reasons = [r for r in DropReason if r not in (DropReason.OK, DropReason.NOT_IPV4)]  # the kernel counts these
         drops_raw = bpf.lookup_percpu_range(self.map_fd(MapName.DROPS), 0, max(reasons) + 1, DROP_STATS.size)
         dstride = len(drops_raw) // (max(reasons) + 1)
         drop_sum = _summer(DROP_STATS, ncpu)
         drops = {r.key: drop_sum(drops_raw[int(r) * dstride : (int(r) + 1) * dstride])[0] for r in reasons}
-        return KernelCounters(rules, drops, frozenset(changed))
+        return KernelCounters(dict(self._counted), drops, frozenset(changed))
 
     def _forget(self, slot: int) -> None:
         """The slot's counters are read in full (outputs too) at the next read, and reported as changed."""
@@ -324,6 +336,7 @@ class KernelRelay:
         self._raw.clear()
         self._counted.clear()
         self._recheck.clear()
+        self._prev_raw = b""
 
     def __enter__(self) -> KernelRelay:
         return self
