@@ -332,6 +332,13 @@ def test_kernel_relay_adopts_its_pins(pins: Path) -> None:
         assert second.counters().rules[2].packets == 5 * bpf.possible_cpus(), "counters continue"
         assert bpf.lookup_elem(second.map_fd(MapName.RULES), pack_rule_key(*gone), 16) is None
         assert bpf.lookup_elem(second.map_fd(MapName.RULES), pack_rule_key(*kept), 16) is not None
+        with pytest.raises(ValueError, match="slot 2 already relays"):  # the adopted rule holds its input
+            second.set_rule(1, *kept, out)
+        second.remove_rule(2)  # an adopted rule is removed like any other
+        assert bpf.lookup_elem(second.map_fd(MapName.RULES), pack_rule_key(*kept), 16) is None
+        assert 2 not in second.counters().rules
+        second.set_rule(2, *kept, out)  # installed afresh (nothing pinned left to adopt): from zero
+        assert second.counters().rules[2].packets == 0
     with KernelRelay(max_rules=8, max_outputs=4, pin_dir=pins) as third:  # another layout: new maps
         assert not third.adoption.maps and third.adopted_slot(*kept) is None
         third.unpin()

@@ -1267,3 +1267,53 @@ def test_verifier_accepts_and_reports(chain: Chain) -> None:
     assert m and int(m.group(1)) < 1_000_000
     assert info["jited"] > 0  # CONFIG_BPF_JIT: the program runs as native code
     relay.stop()
+
+
+def test_counters_of_a_large_table_take_a_few_system_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counters of 1,000 rules are read in batches: the rule and drop counters in one call each, and the
+    outputs only of the rules whose counts moved (and once more after they went quiet, for the last frame's
+    outputs). The totals are those of the per-CPU values, whatever was skipped."""
+    if os.geteuid() != 0:
+        pytest.skip("bpf(2) maps and programs need root")
+    from mcr.kernel import bpf
+    from mcr.kernel.engine import KernelRelay
+    from mcr.kernel.program import OUTPUT_STATS, MapName
+
+    calls: list[int] = []
+    real = bpf.bpf
+
+    def counting(cmd: Any, attr: Any, what: str) -> int:
+        calls.append(int(cmd))
+        return real(cmd, attr, what)
+
+    n = bpf.possible_cpus()
+    per_cpu_sum = n * (n + 1) // 2
+    with KernelRelay(max_rules=1000, max_outputs=4) as relay:
+        for slot in range(1000):
+            relay.set_rule(slot, 7, IPv4Address(f"239.9.{slot // 250}.{slot % 250 + 1}"), 5001, _outs(slot % 4 + 1))
+        first = relay.counters()
+        assert len(first.rules) == 1000 and first.changed == frozenset(range(1000))
+        assert all(c.packets == 0 and len(c.outputs) == slot % 4 + 1 for slot, c in first.rules.items())
+        assert relay.counters().changed == frozenset()  # the outputs of every new slot once more
+        monkeypatch.setattr(bpf, "bpf", counting)
+        quiet = relay.counters()
+        assert quiet.rules == first.rules and quiet.changed == frozenset()
+        assert len(calls) == 2  # rule counters, drops
+
+        _fake_traffic(relay, 500, 1)
+        _fake_traffic(relay, 999, 4)
+        calls.clear()
+        moved = relay.counters()
+        assert moved.changed == {500, 999} and len(calls) == 4
+        assert moved.rules[999].packets == per_cpu_sum
+        assert [o.packets for o in moved.rules[999].outputs] == [per_cpu_sum] * 4
+        assert [o.packets for o in moved.rules[500].outputs] == [per_cpu_sum]
+        assert moved.rules[499] is first.rules[499]  # untouched slots are not read again
+
+        # an output counted after the rule's counters were read is caught by the read after
+        key = (999 * relay.max_outputs + 3).to_bytes(4, sys.byteorder)
+        bpf.update_percpu(relay.map_fd(MapName.OUTPUT_STATS), key, [OUTPUT_STATS.pack(100, 0, 0)] * n)
+        after = relay.counters()
+        assert after.rules[999].outputs[3].packets == 100 * n and after.changed == {999}
+        calls.clear()
+        assert relay.counters().changed == frozenset() and len(calls) == 2

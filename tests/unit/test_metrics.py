@@ -104,3 +104,77 @@ def test_a_scrape_takes_a_fresh_snapshot_at_most_once_a_second() -> None:
     collector.taken -= metrics.FRESH_S
     assert list(collector.collect()), "a failed snapshot: the last one is served"
     assert len(taken) == 3
+
+
+def _flows(n: int) -> tuple[FlowStats, ...]:
+    """Flows with every shape the text has to carry: no outputs or several, drops, escaped label values,
+    counters past the point where the text format switches to an exponent."""
+    flows = []
+    for i in range(n):
+        outputs = tuple(
+            OutputStats(f"239.2.{i % 250}.{k}", 6000 + k, f"eth{k}", i * 7 * 10**k, i * 1400 * 10**k, k)
+            for k in range(i % 4)
+        )
+        drops = {"fragment": i, "rate_limited": 2} if i % 3 == 0 else {}
+        rule_id = 'odd "id" \\ with\nnewline' if i == 5 else f"rule-{i}"
+        flows.append(
+            FlowStats(f"239.1.{i % 250}.1", 5000 + i, i * 10**6, i * 10**9, 0.0, 0.0, rule_id, "eth0", outputs, drops)
+        )
+    return tuple(flows)
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_flow_text_is_what_prometheus_client_writes(openmetrics: bool) -> None:
+    """The per-flow families are written without prometheus_client's objects; the lines are the library's."""
+    from prometheus_client.openmetrics import exposition as om
+
+    from mcr.supervisor.metrics import flow_families, flow_text
+
+    snap = Snapshot(flows=_flows(40))
+
+    class Flows(Collector):
+        def collect(self):  # type: ignore[no-untyped-def]
+            return flow_families(snap)
+
+    library = (om.generate_latest(Flows()) if openmetrics else generate_latest(Flows())).decode()
+    ours = flow_text(snap.flows, openmetrics=openmetrics)
+    assert ours == library.removesuffix("# EOF\n")
+    assert "e+" in ours and r"odd \"id\" \\ with\nnewline" in ours  # both paths taken
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        ("", "text/plain; version=0.0.4; charset=utf-8"),
+        ("application/openmetrics-text; version=1.0.0", "application/openmetrics-text; version=1.0.0"),
+    ],
+)
+def test_exposition_holds_every_family_in_the_format_asked(accept: str, content_type: str) -> None:
+    from prometheus_client.openmetrics import exposition as om
+
+    from mcr.supervisor.metrics import exposition
+
+    body, ctype = exposition(SNAP, accept)
+    assert ctype.startswith(content_type)
+    registry = CollectorRegistry()
+    registry.register(_Fixed())
+    library = om.generate_latest(registry) if accept else generate_latest(registry)
+    assert sorted(body.decode().splitlines()) == sorted(library.decode().splitlines())
+    if accept:
+        assert body.endswith(b"# EOF\n")
+
+
+def test_flow_text_reuses_the_lines_of_the_same_flow_objects() -> None:
+    from dataclasses import replace
+
+    from mcr.supervisor.metrics import flow_text
+
+    flows = _flows(6)
+    cache: dict = {}  # type: ignore[type-arg]
+    assert flow_text(flows, cache=cache) == flow_text(flows)
+    kept = cache["rule-1"][1]
+    moved = replace(flows[1], packets_relayed=123)
+    text = flow_text((flows[0], moved, *flows[2:4]), cache=cache)
+    assert text == flow_text((flows[0], moved, *flows[2:4]))
+    assert 'rule_id="rule-1"} 123.0' in text and cache["rule-1"][1] is not kept
+    assert cache["rule-2"][0] is flows[2] and "rule-4" not in cache  # gone flows are let go

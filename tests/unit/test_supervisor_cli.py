@@ -45,3 +45,20 @@ def test_the_originals_command_line_is_accepted() -> None:
     assert (config.log_json, config.num_workers, str(config.control_socket_path)) == (True, 2, "/tmp/s")
     assert merge_settings(parser.parse_args(["supervisor", "--log-json"]), None).log_json is True
     assert merge_settings(parser.parse_args(["supervisor"]), None).log_json is False
+
+
+@pytest.mark.parametrize(
+    ("rules", "frozen_at", "expected"),
+    [
+        (0, 0, (False, 0)),
+        (999, 0, (False, 0)),
+        (1000, 0, (True, 1000)),  # grown by FREEZE_STEP: what survived the collection is frozen
+        (10_000, 9_500, (False, 9_500)),
+        (200, 5_000, (False, 200)),  # shrank: growth counts from the new size
+        (1_200, 200, (True, 1_200)),
+    ],
+)
+def test_freeze_after_the_table_grew(rules: int, frozen_at: int, expected: tuple[bool, int]) -> None:
+    from mcr.supervisor.main import freeze_due
+
+    assert freeze_due(rules, frozen_at) == expected

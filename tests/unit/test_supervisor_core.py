@@ -214,6 +214,41 @@ def test_rates_from_deltas() -> None:
     assert flow.bits_per_second == 100.0 * 100 * 8
 
 
+def test_flow_stats_are_rebuilt_only_for_rules_whose_counts_or_rates_moved() -> None:
+    """GetStats at 10,000 rules builds again only what changed: an unchanged rule's entry is the same object
+    (and its JSON is reused); a report, a rate that changes, a worker exit, a replaced rule or a rule
+    removed and added again each give the new numbers."""
+    table = RuleTable(Limits())
+    add(table)
+    book = StatsBook()
+    book.track("r1", 0)
+    book.on_report(report(0, 10, 10))
+    (first,) = book.flow_stats(table.rules.values())
+    (again,) = book.flow_stats(table.rules.values())
+    assert again is first
+    book.tick(table.rules, 1.0)
+    book.on_report(report(0, 30, 30))
+    (counted,) = book.flow_stats(table.rules.values())
+    assert counted.packets_relayed == 30 and counted.packets_per_second == 0.0
+    book.tick(table.rules, 2.0)  # 20 packets in one second
+    (rated,) = book.flow_stats(table.rules.values())
+    assert rated.packets_relayed == 30 and rated.packets_per_second == 20.0
+    book.tick(table.rules, 3.0)  # nothing since: the rate goes back to zero
+    (quiet,) = book.flow_stats(table.rules.values())
+    assert quiet.packets_per_second == 0.0
+    book.tick(table.rules, 4.0)
+    assert book.flow_stats(table.rules.values())[0] is quiet
+    book.on_worker_exit(0, table.rules)
+    book.on_report(report(0, 5, 5))  # its next incarnation counts from zero; what the first counted stays
+    assert book.flow_stats(table.rules.values())[0].packets_relayed == 35
+    rule = table.rules["r1"]
+    table.rules["r1"] = replace(rule, input_port=rule.input_port + 1)  # the same id, another rule
+    assert book.flow_stats(table.rules.values())[0].input_port == rule.input_port + 1
+    book.forget_rule("r1")
+    book.track("r1", 1)
+    assert book.flow_stats(table.rules.values())[0].packets_relayed == 0
+
+
 def test_counters_that_reset_at_the_source_are_kept() -> None:
     table = RuleTable(Limits())
     add(table)

@@ -24,6 +24,7 @@ class Cmd(IntEnum):
     PROG_GET_NEXT_ID = 11
     OBJ_GET_INFO_BY_FD = 15
     PROG_QUERY = 16
+    MAP_LOOKUP_BATCH = 24
     LINK_CREATE = 28
     LINK_UPDATE = 29
     ENABLE_STATS = 32

@@ -13,6 +13,7 @@ import errno
 import os
 import platform
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -42,6 +43,7 @@ __all__ = [
     "load_program",
     "lookup_elem",
     "lookup_percpu",
+    "lookup_percpu_range",
     "map_info",
     "map_keys",
     "mount_bpffs",
@@ -284,6 +286,39 @@ def lookup_percpu(map_fd: int, key: bytes, value_size: int) -> list[bytes] | Non
     if raw is None:
         return None
     return [raw[i * stride : i * stride + value_size] for i in range(ncpu)]
+
+
+def lookup_percpu_range(map_fd: int, first: int, count: int, value_size: int) -> bytes:
+    """Entries `first` .. `first + count - 1` of a per-CPU array in one BPF_MAP_LOOKUP_BATCH call (Linux 5.6):
+    for each entry, one value per possible CPU, each `value_size` bytes stored 8-byte aligned. An array
+    shorter than the range gives what it has (the kernel stops at its end)."""
+    if count <= 0:
+        return b""
+    stride = _percpu_stride(value_size) * possible_cpus()
+    values = ctypes.create_string_buffer(stride * count)
+    keys = ctypes.create_string_buffer(4 * count)
+    out_batch = ctypes.create_string_buffer(4)
+    # the batch continues after the key in `in_batch`; none (a null pointer) starts at the first entry
+    in_batch = ctypes.create_string_buffer(max(first - 1, 0).to_bytes(4, sys.byteorder), 4)
+    attr = _attr()
+    struct.pack_into(
+        "=QQQQII",
+        attr,
+        0,
+        _addr(in_batch) if first > 0 else 0,
+        _addr(out_batch),
+        _addr(keys),
+        _addr(values),
+        count,
+        map_fd,
+    )
+    try:
+        bpf(Cmd.MAP_LOOKUP_BATCH, attr, "map batch lookup")
+    except BpfError as e:
+        if e.errno != errno.ENOENT:  # ENOENT: the end of the array came first; `count` says how many were read
+            raise
+    got = struct.unpack_from("=I", attr, 32)[0]
+    return values.raw[: stride * got]
 
 
 def update_percpu(map_fd: int, key: bytes, values: Sequence[bytes]) -> None:

@@ -25,11 +25,12 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from types import TracebackType
+from typing import Final
 
 from mcr.kernel import bpf
 from mcr.kernel.abi import TC_ACT_UNSPEC
@@ -89,6 +90,7 @@ class RuleCounters:
 class KernelCounters:
     rules: dict[int, RuleCounters]  # by slot
     drops: dict[str, int]  # by DropReason key, only frames to a configured (interface, group)
+    changed: frozenset[int] = frozenset()  # slots whose counters may differ from the previous read's
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,26 @@ class Adoption:
 
 def _index(i: int) -> bytes:
     return i.to_bytes(4, sys.byteorder)
+
+
+_RUN: Final = 64  # slots whose raw rule counters are compared at once with the previous read's
+
+
+def _summer(layout: struct.Struct, ncpu: int) -> Callable[[bytes], tuple[int, ...]]:
+    """A function summing, field by field, the per-CPU values of one per-CPU array entry (as the kernel
+    lays them out: one value per possible CPU, each 8-byte aligned; an empty entry sums to zeros)."""
+    width = len(layout.unpack(bytes(layout.size)))
+    stride = (layout.size + 7) & ~7
+    pad = stride - layout.size
+    whole = struct.Struct("=" + (layout.format.lstrip("=<>!@") + (f"{pad}x" if pad else "")) * ncpu)
+
+    def total(raw: bytes) -> tuple[int, ...]:
+        if len(raw) != whole.size:
+            return (0,) * width
+        v = whole.unpack(raw)
+        return tuple(sum(v[k::width]) for k in range(width))
+
+    return total
 
 
 def _unlink(path: Path) -> None:
@@ -187,6 +209,12 @@ class KernelRelay:
         # put in a slot zeroes what the slot's earlier rules counted, not all max_outputs entries
         self._dirty: dict[int, int] = {}
         self._groups: dict[tuple[int, IPv4Address | IPv6Address], int] = {}
+        # what the previous counters() read, by slot: the raw per-CPU rule counters and the totals, and the
+        # slots whose outputs are read again at the next one
+        self._raw: dict[int, bytes] = {}
+        self._counted: dict[int, RuleCounters] = {}
+        self._recheck: set[int] = set()
+        self._prev_raw = b""  # every slot's raw rule counters at the previous read
         self._adopted_links: dict[int, int] = {}  # pinned links not yet claimed by attach()
         # pinned rule key -> (its map, value), not yet claimed by set_rule()
         self._adopted_rules: dict[bytes, tuple[MapName, bytes]] = {}
@@ -401,6 +429,8 @@ class KernelRelay:
             self._ref_group(ifindex, group, +1)  # adopted as it is: counters and bucket continue
             self._rules[slot] = rule
             self._slot_of[rule.input] = slot  # so that removing it later finds it
+            self._dirty[slot] = len(outputs)
+            self._forget(slot)  # its counters are read in full at the next read
             return
         kept = min(len(outputs), len(old.outputs)) if old is not None else 0
         if old is None or rule.outputs[:kept] != old.outputs[:kept]:
@@ -419,6 +449,7 @@ class KernelRelay:
             self._ref_group(ifindex, group, +1)
         self._rules[slot] = rule
         self._slot_of[rule.input] = slot
+        self._forget(slot)
 
     def adopted_slot(
         self, ifindex: int, group: IPv4Address | IPv6Address, port: int, protocol: int = IPPROTO_UDP
@@ -447,6 +478,7 @@ class KernelRelay:
         if rule is None:
             return
         del self._slot_of[rule.input]
+        self._forget(slot)
         rules_map = self.map_fd(rule_maps(rule.group.version)[0])
         bpf.delete_elem(rules_map, rule.key)
         self._ref_group(rule.ifindex, rule.group, -1)
@@ -472,29 +504,67 @@ class KernelRelay:
     # ---- counters
 
     def counters(self) -> KernelCounters:
-        """Per-rule and per-output totals, summed over CPUs, and the drop counters."""
-        rules: dict[int, RuleCounters] = {}
-        for slot, rule in self._rules.items():
-            packets, nbytes, limited = self._sum(MapName.RULE_STATS, slot, RULE_STATS)
-            base = slot * self.max_outputs
-            outputs = tuple(
-                OutputCounters(*self._sum(MapName.OUTPUT_STATS, base + i, OUTPUT_STATS))
-                for i in range(len(rule.outputs))
-            )
-            rules[slot] = RuleCounters(packets, nbytes, outputs, limited)
-        drops = {
-            r.key: self._sum(MapName.DROPS, int(r), DROP_STATS)[0]
-            for r in DropReason
-            if r not in (DropReason.OK, DropReason.NOT_IPV4)  # never counted in the kernel
-        }
-        return KernelCounters(rules, drops)
+        """Per-rule and per-output totals, summed over CPUs, and the drop counters.
 
-    def _sum(self, name: MapName, index: int, layout: struct.Struct) -> tuple[int, ...]:
-        """The value at `index` of a per-CPU array of u64 fields, summed field by field over CPUs."""
-        values = bpf.lookup_percpu(self.map_fd(name), _index(index), layout.size) or []
-        per_cpu = [layout.unpack(v) for v in values]
-        width = len(layout.unpack(bytes(layout.size)))
-        return tuple(sum(v[k] for v in per_cpu) for k in range(width))
+        A few system calls whatever the size of the table: the rule counters of every slot in one batch
+        lookup, the drop counters in another, and the output counters only of the slots whose rule
+        counters moved since the previous read or the one before (the program counts a frame for its rule
+        before its outputs, so the read after the rule goes quiet catches the last frame's outputs) and of
+        slots set since. Every other slot's outputs are as they were last read. `changed` names the slots
+        whose counts may differ from the previous read's."""
+        fd = self.map_fd(MapName.RULE_STATS)
+        ncpu = bpf.possible_cpus()
+        end = max(self._rules, default=-1) + 1
+        raw = bpf.lookup_percpu_range(fd, 0, end, RULE_STATS.size)
+        stride = len(raw) // end if end else 0
+        rule_sum = _summer(RULE_STATS, ncpu)
+        out_sum = _summer(OUTPUT_STATS, ncpu)
+        out_fd = self.map_fd(MapName.OUTPUT_STATS)
+        # the slots to look at: those set or moving lately, and those of every run of _RUN slots whose raw
+        # counters differ from the previous read's (most runs are the same: a few comparisons of bytes)
+        todo = set(self._recheck)
+        prev = self._prev_raw
+        for first in range(0, end, _RUN):
+            last = min(end, first + _RUN)
+            if raw[first * stride : last * stride] != prev[first * stride : last * stride]:
+                todo.update(s for s in range(first, last) if s in self._rules)
+        self._prev_raw = raw
+        changed: set[int] = set()
+        recheck: set[int] = set()
+        for slot in todo:
+            rule = self._rules.get(slot)
+            if rule is None:
+                continue
+            mine = raw[slot * stride : (slot + 1) * stride]
+            held = self._counted.get(slot)
+            fresh = mine != self._raw.get(slot)
+            if held is not None and not fresh and slot not in self._recheck:
+                continue
+            if fresh:  # read once more next time, for the outputs of a frame counted between the two lookups
+                recheck.add(slot)
+                self._raw[slot] = mine
+            packets, nbytes, limited = rule_sum(mine)
+            n = len(rule.outputs)
+            outs = bpf.lookup_percpu_range(out_fd, slot * self.max_outputs, n, OUTPUT_STATS.size) if n else b""
+            width = len(outs) // n if n else 0
+            outputs = tuple(OutputCounters(*out_sum(outs[i * width : (i + 1) * width])) for i in range(n))
+            counted = RuleCounters(packets, nbytes, outputs, limited)
+            if counted != held:
+                self._counted[slot] = counted
+                changed.add(slot)
+        self._recheck = recheck
+        reasons = [r for r in DropReason if r not in (DropReason.OK, DropReason.NOT_IPV4)]  # the kernel counts these
+        drops_raw = bpf.lookup_percpu_range(self.map_fd(MapName.DROPS), 0, max(reasons) + 1, DROP_STATS.size)
+        dstride = len(drops_raw) // (max(reasons) + 1)
+        drop_sum = _summer(DROP_STATS, ncpu)
+        drops = {r.key: drop_sum(drops_raw[int(r) * dstride : (int(r) + 1) * dstride])[0] for r in reasons}
+        return KernelCounters(dict(self._counted), drops, frozenset(changed))
+
+    def _forget(self, slot: int) -> None:
+        """The slot's counters are read in full (outputs too) at the next read, and reported as changed."""
+        self._counted.pop(slot, None)
+        self._raw.pop(slot, None)
+        self._recheck.add(slot)
 
     # ---- lifetime
 
@@ -518,6 +588,10 @@ class KernelRelay:
         self._rules.clear()
         self._slot_of.clear()
         self._groups.clear()
+        self._raw.clear()
+        self._counted.clear()
+        self._recheck.clear()
+        self._prev_raw = b""
 
     def __enter__(self) -> KernelRelay:
         return self

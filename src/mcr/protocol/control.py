@@ -8,11 +8,11 @@ bytes in, typed values out, with a precise `ProtocolError` for anything malforme
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 from mcr.membership.querier import FilterMode, GroupView, QuerierView, SourceView
 from mcr.membership.wire import Family
@@ -830,6 +830,49 @@ def response_json(resp: Response) -> object:
 
 def encode_response(resp: Response) -> bytes:
     return json.dumps(response_json(resp)).encode() + b"\n"
+
+
+_T = TypeVar("_T")
+
+
+class ResponseEncoder:
+    """`encode_response`, with the JSON of each rule (ListRules) and each flow (GetStats) kept while the
+    response carries the same object for it: at 10,000 rules only those that changed since the previous
+    answer are encoded again, and the answer is one join. The bytes are those of `encode_response`."""
+
+    def __init__(self) -> None:
+        self._rules: dict[str, tuple[RuleView, bytes]] = {}
+        self._flows: dict[str, tuple[FlowStats, bytes]] = {}
+
+    def encode(self, resp: Response) -> bytes:
+        match resp:
+            case Rules():
+                fresh_rules: dict[str, tuple[RuleView, bytes]] = {}
+                parts = [_fragment(self._rules, fresh_rules, v.rule.rule_id, v, rule_json) for v in resp.rules]
+                self._rules = fresh_rules  # rules no longer listed are let go
+                return b'{"Rules": [' + b", ".join(parts) + b"]}\n"
+            case Stats():
+                fresh_flows: dict[str, tuple[FlowStats, bytes]] = {}
+                parts = [_fragment(self._flows, fresh_flows, f.rule_id, f, _flow_json) for f in resp.flows]
+                self._flows = fresh_flows
+                return b'{"Stats": [' + b", ".join(parts) + b"]}\n"
+            case _:
+                return encode_response(resp)
+
+
+def _fragment(
+    held: dict[str, tuple[_T, bytes]],
+    fresh: dict[str, tuple[_T, bytes]],
+    key: str,
+    value: _T,
+    encode: Callable[[_T], object],
+) -> bytes:
+    """`value`'s JSON: the one in `held` when it was made from this very object, else encoded now."""
+    entry = held.get(key)
+    if entry is None or entry[0] is not value:
+        entry = (value, json.dumps(encode(value)).encode())
+    fresh[key] = entry
+    return entry[1]
 
 
 # ----------------------------------------------------------------------------- response decoding (client)

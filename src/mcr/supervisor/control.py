@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mcr.model.errors import ConfigError, ProtocolError
 from mcr.model.rules import Limits
-from mcr.protocol.control import Error, Request, RequestFramer, Response, decode_request, encode_response
+from mcr.protocol.control import Error, Request, RequestFramer, Response, ResponseEncoder, decode_request
 from mcr.supervisor.access import AccessPolicy, DirEntry, directory_problem
 
 log = logging.getLogger("mcr.supervisor.control")
@@ -128,6 +128,7 @@ class ControlServer:
         self.policy = policy
         self.limits = limits
         self.active = 0
+        self.encoder = ResponseEncoder()  # keeps each rule's and flow's JSON between ListRules/GetStats answers
         self.server: asyncio.Server | None = None
         self._inode: tuple[int, int] | None = None
 
@@ -174,7 +175,7 @@ class ControlServer:
             self.active += 1
         try:
             response = _refused(pid, stranger) if stranger is not None else await self._respond(reader, pid, uid, gids)
-            writer.write(encode_response(response))
+            writer.write(self.encoder.encode(response))
             await asyncio.wait_for(writer.drain(), self.limits.max_connection_seconds)
         except (TimeoutError, ConnectionError, OSError) as e:
             log.debug("control client dropped: %s", e)

@@ -754,12 +754,24 @@ class StatsBook:
         self.since: dict[str, int] = {}  # rule id -> the generation it was (re)added in
         self.rates: dict[str, tuple[float, float]] = {}
         self.moved: set[str] = set()  # rules whose totals may have changed since the last tick
+        # rule id -> (the rule, its FlowStats) as flow_stats last built them, and the rules whose totals or
+        # rates may have changed since: GetStats and a scrape rebuild only those
+        self._flows: dict[str, tuple[ForwardingRule, FlowStats]] = {}
+        self._stale: set[str] = set()
         self._last_tick: float | None = None
 
     def track(self, rule_id: str, generation: int) -> None:
         """A rule (re)added in `generation`: counts from reports taken before it are not its own."""
         self.since[rule_id] = generation
+        self._mark(rule_id)
+
+    def _mark(self, rule_id: str) -> None:
         self.moved.add(rule_id)
+        self._stale.add(rule_id)
+
+    def _mark_all(self, rule_ids: Iterable[str]) -> None:
+        for rule_id in rule_ids:
+            self._mark(rule_id)
 
     def _counts(self, generation: int, rule_id: str) -> bool:
         return generation >= self.since.get(rule_id, 0)
@@ -779,17 +791,17 @@ class StatsBook:
                 if held is not None:
                     self._check(rule_id, held, cur)
                 book[rule_id] = (cur, report.generation)
-                self.moved.add(rule_id)
+                self._mark(rule_id)
             for rule_id in report.gone:
                 held = book.pop(rule_id, None)
                 if held is not None:
                     self._check(rule_id, held, None)
-                self.moved.add(rule_id)
+                self._mark(rule_id)
         else:
             book = {rule_id: (cur, report.generation) for rule_id, cur in report.rules}
             old = known if known is not None else {}
-            self.moved.update(rule_id for rule_id, held in book.items() if old.get(rule_id) != held)
-            self.moved.update(rule_id for rule_id in old if rule_id not in book)
+            self._mark_all(rule_id for rule_id, held in book.items() if old.get(rule_id) != held)
+            self._mark_all(rule_id for rule_id in old if rule_id not in book)
             if known is not None:
                 for rule_id, held in known.items():
                     self._check(rule_id, held, book.get(rule_id, (None, 0))[0])
@@ -816,7 +828,7 @@ class StatsBook:
         if report is None:
             return
         for rule_id, (counters, generation) in book.items():
-            self.moved.add(rule_id)
+            self._mark(rule_id)
             if rule_id in live_rules and self._counts(generation, rule_id):
                 self.retired.setdefault(rule_id, _Totals()).add(counters)
         for reason, n in report.drops:
@@ -825,7 +837,7 @@ class StatsBook:
     def retire(self, rule_id: str, counters: RuleCounters) -> None:
         """Keep counters whose source is going away (a kernel slot that is freed)."""
         self.retired.setdefault(rule_id, _Totals()).add(counters)
-        self.moved.add(rule_id)
+        self._mark(rule_id)
 
     def forget_rule(self, rule_id: str) -> None:
         """A removed rule's counters go with it (a rule added again later starts from zero)."""
@@ -836,6 +848,8 @@ class StatsBook:
         self._rate_base.pop(rule_id, None)
         self.rates.pop(rule_id, None)
         self.moved.discard(rule_id)
+        self._flows.pop(rule_id, None)
+        self._stale.discard(rule_id)
 
     def totals(self, rule_id: str) -> _Totals:
         acc = _Totals()
@@ -868,13 +882,24 @@ class StatsBook:
             base = self._rate_base.get(rule_id)
             if base is not None and last is not None and now > last:
                 dt = now - last
-                self.rates[rule_id] = (max(0, t.packets - base[0]) / dt, max(0, t.bytes - base[1]) * 8 / dt)
+                rate = (max(0, t.packets - base[0]) / dt, max(0, t.bytes - base[1]) * 8 / dt)
+                if self.rates.get(rule_id) != rate:
+                    self.rates[rule_id] = rate
+                    self._stale.add(rule_id)
             self._rate_base[rule_id] = (t.packets, t.bytes)
         self.moved = set()
 
     def flow_stats(self, rules: Iterable[ForwardingRule]) -> tuple[FlowStats, ...]:
+        """The GetStats entries of `rules`. An entry whose rule, totals and rates are as when it was last
+        built is that same object (so its encoding can be reused too)."""
         flows = []
+        cache, stale = self._flows, self._stale
         for rule in rules:
+            held = cache.get(rule.rule_id)
+            if held is not None and held[0] is rule and rule.rule_id not in stale:
+                flows.append(held[1])
+                continue
+            stale.discard(rule.rule_id)
             t = self.totals(rule.rule_id)
             pps, bps = self.rates.get(rule.rule_id, (0.0, 0.0))
             outputs = tuple(
@@ -897,4 +922,5 @@ class StatsBook:
                     input_protocol=int(rule.input_protocol),
                 )
             )
+            cache[rule.rule_id] = (rule, flows[-1])
         return tuple(flows)

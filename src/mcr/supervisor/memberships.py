@@ -70,15 +70,29 @@ class Memberships:
         self.members: dict[socket.socket, int] = {}
         self.failed: dict[Key, str] = {}
         self._on_group: dict[tuple[int, IPAddress], set[socket.socket]] = {}  # sockets holding (ifindex, group)
+        # by IP version, the sockets that may have room (under the limit at the last look), oldest first, and
+        # the limit they were sorted by: finding a socket for a join looks at these, not at every socket
+        self._room: dict[int, dict[socket.socket, None]] = {4: {}, 6: {}}
+        self._limit = 0
 
     def _socket_for(self, key: Key, limit: int) -> socket.socket:
-        family = socket.AF_INET if key[1].version == 4 else socket.AF_INET6
+        version = key[1].version
+        if limit != self._limit:  # the operator changed igmp_max_memberships: every socket is looked at again
+            self._limit = limit
+            for room in self._room.values():
+                room.clear()
+            for sock in self.members:
+                self._room[4 if sock.family == socket.AF_INET else 6][sock] = None
+        room = self._room[version]
         busy = self._on_group.get((key[0], key[1]), set())
-        for sock, count in self.members.items():
-            if sock.family == family and count < limit and sock not in busy:
+        for sock in list(room):
+            if self.members[sock] >= limit:
+                del room[sock]  # full: it is put back when one of its memberships goes
+            elif sock not in busy:
                 return sock
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET if version == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
         self.members[sock] = 0
+        room[sock] = None
         return sock
 
     def reconcile(self, wanted: Mapping[int, AbstractSet[Membership]]) -> None:
@@ -109,11 +123,14 @@ class Memberships:
             self.members[sock] -= 1
             if self.members[sock] == 0:
                 del self.members[sock]
+                self._room[key[1].version].pop(sock, None)
                 sock.close()
+            else:
+                self._room[key[1].version][sock] = None
         if not join:
             return
         limit = _max_per_socket()
-        for key in sorted(set(join) - set(self.joined), key=_order):
+        for key in sorted((k for k in join if k not in self.joined), key=_order):
             ifindex, group, source = key
             sock = self._socket_for(key, limit)
             try:
@@ -121,6 +138,7 @@ class Memberships:
             except OSError as e:
                 if self.members.get(sock) == 0:
                     del self.members[sock]
+                    self._room[group.version].pop(sock, None)
                     sock.close()
                 if key not in self.failed:
                     hint = " (raise net.ipv4.igmp_max_memberships)" if e.errno == errno.ENOBUFS else ""
