@@ -10,6 +10,7 @@ PURE = (
     "model",
     "protocol",
     "packet",
+    "routing",
     "linux/seccomp.py",
     "supervisor/core.py",
     "supervisor/access.py",
