@@ -50,6 +50,14 @@ from mcr.protocol.control import (
     decode_response,
     encode_request,
 )
+from mcr.protocol.routing import (
+    MAX_DR_PRIORITY,
+    MAX_HELLO_PERIOD,
+    MIN_HELLO_PERIOD,
+    DisablePim,
+    EnablePim,
+    RoutingQuery,
+)
 
 PROG = "control_client"
 _PORT_MAX = 65535
@@ -227,6 +235,24 @@ def _global_flags() -> argparse.ArgumentParser:
     return flags
 
 
+def _bounded_int(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+    return value
+
+
+def _dr_priority(text: str) -> int:
+    return _bounded_int(text, 0, MAX_DR_PRIORITY)
+
+
+def _hello_period(text: str) -> int:
+    return _bounded_int(text, MIN_HELLO_PERIOD, MAX_HELLO_PERIOD)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _global_flags()
     parser = argparse.ArgumentParser(
@@ -312,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(usage_error=check.error)
     check.add_argument("file", metavar="FILE", help="the config file to check")
 
+    pim = command("pim", "PIM-SM: neighbours, and enabling it on interfaces")
+    pim_actions = pim.add_subparsers(dest="pim_command", required=True, metavar="ACTION")
+    neighbors = pim_actions.add_parser("neighbors", help="the PIM neighbours and DRs", parents=[common])
+    neighbors.set_defaults(usage_error=neighbors.error)
+    enable = pim_actions.add_parser("enable", help="run PIM on an interface", parents=[common])
+    enable.set_defaults(usage_error=enable.error)
+    enable.add_argument("--interface", required=True, metavar="IF", help="interface to run PIM on")
+    enable.add_argument("--dr-priority", type=_dr_priority, metavar="N", help="DR priority (default 1)")
+    enable.add_argument("--hello-period", type=_hello_period, metavar="S", help="seconds between Hellos (default 30)")
+    disable = pim_actions.add_parser("disable", help="stop PIM on an interface (sends a Goodbye)", parents=[common])
+    disable.set_defaults(usage_error=disable.error)
+    disable.add_argument("--interface", required=True, metavar="IF", help="interface to stop PIM on")
+
     log_level = command("log-level", "get or set log levels")
     levels = log_level.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     get = levels.add_parser("get", help="show the global level and facility overrides", parents=[common])
@@ -361,6 +400,12 @@ def _request(args: argparse.Namespace) -> Request:
         )
     if command == "remove":
         return RemoveRule(args.rule_id)
+    if command == "pim":
+        if args.pim_command == "enable":
+            return EnablePim(args.interface, args.dr_priority, args.hello_period)
+        if args.pim_command == "disable":
+            return DisablePim(args.interface)
+        return RoutingQuery.GET_PIM_NEIGHBORS
     if command == "log-level":
         if args.log_command == "get":
             return Query.GET_LOG_LEVELS

@@ -27,6 +27,7 @@ from mcr.protocol.control import (
     Version,
     Workers,
 )
+from mcr.protocol.routing import PimNeighborInfo, PimNeighbors
 
 _BIT_UNITS = (("Tbit/s", 1e12), ("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3))
 _BYTE_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
@@ -212,6 +213,35 @@ def render_config(view: ConfigView) -> RenderableType:
     return Group(settings, rules if view.rules else Text("no rules"))
 
 
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "never"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def render_pim_neighbors(neighbors: Sequence[PimNeighborInfo]) -> RenderableType:
+    if not neighbors:
+        return Text("no PIM neighbours")
+    table = _table(
+        "Interface", "Neighbour", "DR priority", "DR", "Uptime", "Expires", "GenID", numeric=("DR priority",)
+    )
+    for n in neighbors:
+        priority = str(n.dr_priority) if n.dr_priority_advertised else f"{n.dr_priority} (none sent)"
+        genid = _NONE if n.generation_id is None else f"0x{n.generation_id:08x}"
+        _add_row(
+            table,
+            n.interface,
+            str(n.address),
+            priority,
+            "yes" if n.is_dr else "",
+            _duration(n.uptime_secs),
+            _duration(n.expires_in_secs),
+            genid,
+        )
+    return table
+
+
 def render_response(resp: Response) -> RenderableType:
     """The human view of any response (an `Error` renders as its `error: ...` line)."""
     match resp:
@@ -231,5 +261,7 @@ def render_response(resp: Response) -> RenderableType:
             return render_version(resp.info)
         case ConfigResponse():
             return render_config(resp.view)
+        case PimNeighbors():
+            return render_pim_neighbors(resp.neighbors)
         case _:
             assert_never(resp)

@@ -39,6 +39,20 @@ from mcr.model.status import (
     WorkerInfo,
 )
 from mcr.protocol.jsondoc import load_json
+from mcr.protocol.routing import (
+    ROUTING_RESPONSES,
+    ROUTING_STRUCT_COMMANDS,
+    DisablePim,
+    EnablePim,
+    PimNeighbors,
+    RoutingQuery,
+    RoutingRequest,
+    RoutingResponse,
+    decode_routing_response,
+    decode_routing_struct,
+    encode_routing_request,
+    routing_response_json,
+)
 
 MAX_REQUEST_BYTES = Limits().max_request_bytes  # the default; the supervisor passes its own
 DEFAULT_SOCKET = "/run/mcr/control.sock"
@@ -87,12 +101,12 @@ class SetFacilityLogLevel:
     level: Severity
 
 
-Request = Query | AddRule | RemoveRule | SetGlobalLogLevel | SetFacilityLogLevel
+Request = Query | AddRule | RemoveRule | SetGlobalLogLevel | SetFacilityLogLevel | RoutingRequest
 
 READ_ONLY_QUERIES = frozenset(Query)
 
-_STRUCT_COMMANDS = ("AddRule", "RemoveRule", "SetGlobalLogLevel", "SetFacilityLogLevel")
-_ALL_COMMANDS = ", ".join([q.value for q in Query] + list(_STRUCT_COMMANDS))
+_STRUCT_COMMANDS = ("AddRule", "RemoveRule", "SetGlobalLogLevel", "SetFacilityLogLevel", *ROUTING_STRUCT_COMMANDS)
+_ALL_COMMANDS = ", ".join([q.value for q in Query] + [q.value for q in RoutingQuery] + list(_STRUCT_COMMANDS))
 
 
 def _type_name(value: object) -> str:
@@ -236,7 +250,12 @@ def _decode_struct(name: str, body: object) -> Request:
         except ValidationError as e:
             raise ProtocolError(f"SetFacilityLogLevel: {e}") from None
         return SetFacilityLogLevel(facility, _severity("SetFacilityLogLevel", f.req_string("level")))
+    if name in ROUTING_STRUCT_COMMANDS:
+        return decode_routing_struct(name, body)
     raise ProtocolError(f"unknown command '{name}'; expected one of {_ALL_COMMANDS}")
+
+
+_ROUTING_QUERIES = frozenset(q.value for q in RoutingQuery)
 
 
 def request_too_big(limit: int) -> ProtocolError:
@@ -255,6 +274,8 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
         raise ProtocolError("empty request; expected one JSON document")
     doc = load_json(text, "invalid JSON")
     if isinstance(doc, str):
+        if doc in _ROUTING_QUERIES:
+            return RoutingQuery(doc)
         try:
             return Query(doc)
         except ValueError:
@@ -267,6 +288,8 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
         ((name, body),) = doc.items()
         if name in {q.value for q in Query}:
             return Query(name)
+        if name in _ROUTING_QUERIES:
+            return RoutingQuery(name)
         return _decode_struct(name, body)
     raise ProtocolError(f"a request must be a JSON string or object, got {_type_name(doc)}")
 
@@ -300,6 +323,8 @@ def encode_request(req: Request) -> bytes:
             doc = {"SetGlobalLogLevel": {"level": req.level.name}}
         case SetFacilityLogLevel():
             doc = {"SetFacilityLogLevel": {"facility": req.facility.name, "level": req.level.name}}
+        case RoutingQuery() | EnablePim() | DisablePim():
+            doc = encode_routing_request(req)
         case _:
             assert_never(req)
     return json.dumps(doc).encode() + b"\n"
@@ -348,7 +373,7 @@ class ConfigResponse:
     view: ConfigView
 
 
-Response = Success | Error | Rules | Stats | Workers | LogLevelsResponse | Version | ConfigResponse
+Response = Success | Error | Rules | Stats | Workers | LogLevelsResponse | Version | ConfigResponse | RoutingResponse
 
 
 def encode_rule(r: ForwardingRule) -> dict[str, object]:
@@ -454,6 +479,8 @@ def response_json(resp: Response) -> object:
                     "rules": [encode_rule(r) for r in v.rules],
                 }
             }
+        case PimNeighbors():
+            return routing_response_json(resp)
         case _:
             assert_never(resp)
 
@@ -583,6 +610,8 @@ def decode_response(data: bytes) -> Response:
         if name == "Stats":
             return Stats(tuple(_decode_flow(x) for x in body))
         return Workers(tuple(_decode_worker(x) for x in body))
+    if name in ROUTING_RESPONSES:
+        return decode_routing_response(name, body)
     try:
         return _decode_other(name, body)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -28,6 +28,7 @@ from mcr.protocol.control import (
     SetFacilityLogLevel,
     SetGlobalLogLevel,
 )
+from mcr.protocol.routing import DisablePim, EnablePim, RoutingQuery
 
 # The socket and its directory: only the control group when that is all there is; open to every
 # local user (then SO_PEERCRED alone decides) when a read-only group must be able to connect too.
@@ -45,7 +46,9 @@ def request_name(req: Request) -> str:
     match req:
         case Query():
             return req.value
-        case AddRule() | RemoveRule() | SetGlobalLogLevel() | SetFacilityLogLevel():
+        case RoutingQuery():
+            return str(req.value)
+        case AddRule() | RemoveRule() | SetGlobalLogLevel() | SetFacilityLogLevel() | EnablePim() | DisablePim():
             return type(req).__name__
         case _:
             assert_never(req)
@@ -54,9 +57,9 @@ def request_name(req: Request) -> str:
 def is_read_only(req: Request) -> bool:
     """Whether a request only looks: a new request type must be classified here to type-check."""
     match req:
-        case Query():
+        case Query() | RoutingQuery():
             return True
-        case AddRule() | RemoveRule() | SetGlobalLogLevel() | SetFacilityLogLevel():
+        case AddRule() | RemoveRule() | SetGlobalLogLevel() | SetFacilityLogLevel() | EnablePim() | DisablePim():
             return False
         case _:
             assert_never(req)

@@ -48,6 +48,7 @@ from mcr.protocol.control import (
     Version,
     Workers,
 )
+from mcr.protocol.routing import DisablePim, EnablePim, PimNeighbors, RoutingQuery
 from mcr.protocol.worker import (
     CloseSockets,
     OpenSockets,
@@ -65,6 +66,7 @@ from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, Sy
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.notify import Notifier
+from mcr.supervisor.pim import PimService
 from mcr.supervisor.state import StateError, load_state, save_state
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
@@ -153,6 +155,7 @@ class Supervisor:
         self.notifier = Notifier()
         self.kernel: KernelRelay | None = None
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
+        self.pim = PimService(self.loop)
 
     # --------------------------------------------------------------------------- kernel engine
 
@@ -404,6 +407,7 @@ class Supervisor:
                 self.loop.remove_reader(handle.pidfd)
             handle.close_io()
         self.memberships.close()
+        self.pim.close()
         if self.kernel is not None:
             self.collect_kernel()
             self.kernel.close()
@@ -569,6 +573,7 @@ class Supervisor:
 
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links
+        self.pim.on_links(links)
         if self.resolve() != self.resolution:
             self.apply()
 
@@ -657,6 +662,12 @@ class Supervisor:
                 return LogLevelsResponse(
                     LogLevels(self.global_level.name, {f.name: s.name for f, s in self.overrides.items()})
                 )
+            case RoutingQuery.GET_PIM_NEIGHBORS:
+                return PimNeighbors(self.pim.neighbor_infos())
+            case EnablePim():
+                return Success(self.pim.enable(req))
+            case DisablePim():
+                return Success(self.pim.disable(req))
             case _:
                 assert_never(req)
 

@@ -1,0 +1,190 @@
+"""The control requests and responses of the routing protocols (PIM), in the original's shapes.
+
+`mcr.protocol.control` dispatches here for these commands, so that the PIM (and later MSDP) vocabulary
+stays in one module:
+
+- `"GetPimNeighbors"` -> `{"PimNeighbors": [{interface, address, dr_priority, is_dr, expires_in_secs,
+  generation_id, source}]}` (`source` is `"PimHello"`, as the original encodes it; ours adds `uptime_secs`
+  and `dr_priority_advertised`).
+- `{"EnablePim": {interface, dr_priority?}}` (ours also takes `hello_period`) and
+  `{"DisablePim": {interface}}` -> `Success`/`Error`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, assert_never
+
+from mcr.model.errors import ProtocolError
+
+MAX_DR_PRIORITY = 0xFFFFFFFF
+MIN_HELLO_PERIOD, MAX_HELLO_PERIOD = 1, 18724  # 3.5 x the period must fit the 16-bit holdtime
+
+
+class RoutingQuery(Enum):
+    GET_PIM_NEIGHBORS = "GetPimNeighbors"
+
+
+@dataclass(frozen=True, slots=True)
+class EnablePim:
+    interface: str
+    dr_priority: int | None = None
+    hello_period: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DisablePim:
+    interface: str
+
+
+RoutingRequest = RoutingQuery | EnablePim | DisablePim
+ROUTING_STRUCT_COMMANDS = ("EnablePim", "DisablePim")
+
+
+@dataclass(frozen=True, slots=True)
+class PimNeighborInfo:
+    interface: str
+    address: IPv4Address | IPv6Address
+    dr_priority: int  # as the original shows it: 1 when the neighbour advertises none
+    dr_priority_advertised: bool
+    is_dr: bool
+    expires_in_secs: int | None  # None: holdtime 0xFFFF
+    generation_id: int | None
+    uptime_secs: int
+
+
+@dataclass(frozen=True, slots=True)
+class PimNeighbors:
+    neighbors: tuple[PimNeighborInfo, ...]
+
+
+RoutingResponse = PimNeighbors
+ROUTING_RESPONSES = ("PimNeighbors",)
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+def _fields(where: str, body: object, allowed: frozenset[str], required: frozenset[str]) -> dict[str, object]:
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{where} must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ProtocolError(f"unknown field '{unknown[0]}' in {where}; expected {', '.join(sorted(allowed))}")
+    missing = sorted(required - set(body))
+    if missing:
+        raise ProtocolError(f"missing field '{missing[0]}' in {where}")
+    return body
+
+
+def _string(where: str, body: dict[str, object], name: str) -> str:
+    value = body[name]
+    if not isinstance(value, str):
+        raise ProtocolError(f"field '{name}' in {where} must be a string")
+    return value
+
+
+def _optional_int(where: str, body: dict[str, object], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"field '{name}' in {where} must be an integer")
+    if not low <= value <= high:
+        raise ProtocolError(f"field '{name}' in {where} must be between {low} and {high}, got {value}")
+    return value
+
+
+def decode_routing_struct(name: str, body: object) -> RoutingRequest:
+    if name == "EnablePim":
+        f = _fields(name, body, frozenset({"interface", "dr_priority", "hello_period"}), frozenset({"interface"}))
+        return EnablePim(
+            _string(name, f, "interface"),
+            _optional_int(name, f, "dr_priority", 0, MAX_DR_PRIORITY),
+            _optional_int(name, f, "hello_period", MIN_HELLO_PERIOD, MAX_HELLO_PERIOD),
+        )
+    if name == "DisablePim":
+        f = _fields(name, body, frozenset({"interface"}), frozenset({"interface"}))
+        return DisablePim(_string(name, f, "interface"))
+    raise ProtocolError(f"unknown command '{name}'")
+
+
+def encode_routing_request(req: RoutingRequest) -> object:
+    match req:
+        case RoutingQuery():
+            return req.value
+        case EnablePim():
+            body: dict[str, object] = {"interface": req.interface, "dr_priority": req.dr_priority}
+            if req.hello_period is not None:
+                body["hello_period"] = req.hello_period
+            return {"EnablePim": body}
+        case DisablePim():
+            return {"DisablePim": {"interface": req.interface}}
+        case _:
+            assert_never(req)
+
+
+def is_routing_read_only(req: RoutingRequest) -> bool:
+    return isinstance(req, RoutingQuery)
+
+
+def routing_request_name(req: RoutingRequest) -> str:
+    return req.value if isinstance(req, RoutingQuery) else type(req).__name__
+
+
+# --------------------------------------------------------------------------------------------- responses
+
+
+def _neighbor_json(n: PimNeighborInfo) -> dict[str, object]:
+    return {
+        "interface": n.interface,
+        "address": str(n.address),
+        "dr_priority": n.dr_priority,
+        "is_dr": n.is_dr,
+        "expires_in_secs": n.expires_in_secs,
+        "generation_id": n.generation_id,
+        "source": "PimHello",
+        "uptime_secs": n.uptime_secs,
+        "dr_priority_advertised": n.dr_priority_advertised,
+    }
+
+
+def routing_response_json(resp: RoutingResponse) -> object:
+    match resp:
+        case PimNeighbors():
+            return {"PimNeighbors": [_neighbor_json(n) for n in resp.neighbors]}
+        case _:
+            assert_never(resp)
+
+
+def _optional(d: dict[str, Any], key: str) -> int | None:
+    value = d.get(key)
+    return None if value is None else int(value)
+
+
+def decode_routing_response(name: str, body: object) -> RoutingResponse:
+    """The inverse of routing_response_json; a ProtocolError for anything malformed."""
+    if name == "PimNeighbors":
+        if not isinstance(body, list):
+            raise ProtocolError("PimNeighbors response must carry an array")
+        try:
+            return PimNeighbors(
+                tuple(
+                    PimNeighborInfo(
+                        interface=str(d["interface"]),
+                        address=ip_address(d["address"]),
+                        dr_priority=int(d["dr_priority"]),
+                        dr_priority_advertised=bool(d.get("dr_priority_advertised", True)),
+                        is_dr=bool(d["is_dr"]),
+                        expires_in_secs=_optional(d, "expires_in_secs"),
+                        generation_id=_optional(d, "generation_id"),
+                        uptime_secs=int(d.get("uptime_secs", 0)),
+                    )
+                    for d in body
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProtocolError(f"malformed PimNeighbors response: {e!r}") from None
+    raise ProtocolError(f"unknown response type '{name}'")

@@ -1,0 +1,272 @@
+"""The PIM shell: raw IP protocol 103 sockets on the PIM interfaces, around the pure neighbour core.
+
+The supervisor owns these sockets (they need CAP_NET_RAW); workers never see PIM. One socket per
+interface, bound to it (SO_BINDTODEVICE), joined to ALL-PIM-ROUTERS (224.0.0.13) there, sending with
+TTL 1, TOS 0xc0 and loop off. What arrives is parsed by `mcr.routing.pim_wire`; a bad message is
+counted by its drop reason. Timers run on the event loop's clock (monotonic), at the core's
+`next_deadline()`.
+
+An interface is enabled by name (EnablePim, or the config); it runs while it exists, is up and has an
+IPv4 address, and waits otherwise, like a rule whose interface is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import socket
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from mcr.model.errors import ValidationError
+from mcr.model.links import Link
+from mcr.model.rules import interface_name_problem
+from mcr.protocol.routing import DisablePim, EnablePim, PimNeighborInfo
+from mcr.routing.pim_neighbors import (
+    DEFAULT_DR_PRIORITY,
+    TRIGGERED_HELLO_DELAY,
+    Action,
+    DrChanged,
+    InterfaceSettings,
+    NeighborDown,
+    NeighborRestarted,
+    NeighborUp,
+    PimNeighbors,
+    SendHello,
+)
+from mcr.routing.pim_wire import (
+    ALL_PIM_ROUTERS_V4,
+    DEFAULT_HELLO_PERIOD,
+    IPPROTO_PIM,
+    Hello,
+    PimDrop,
+    build_pim,
+    parse_pim,
+)
+
+log = logging.getLogger("mcr.supervisor.pim")
+
+_MREQN = struct.Struct("=4s4si")
+TOS_INTERNETWORK_CONTROL = 0xC0
+RECV_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class PimInterfaceConfig:
+    """What the operator asked for on one interface (EnablePim or the config file)."""
+
+    name: str
+    dr_priority: int = DEFAULT_DR_PRIORITY
+    hello_period: int = DEFAULT_HELLO_PERIOD
+
+
+def open_pim_socket(link: Link) -> socket.socket:
+    """A raw PIM socket that hears and speaks on `link` only."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.name.encode())
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _MREQN.pack(b"\0" * 4, b"\0" * 4, link.ifindex))
+        sock.setsockopt(
+            socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _MREQN.pack(ALL_PIM_ROUTERS_V4.packed, b"\0" * 4, link.ifindex)
+        )
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_INTERNETWORK_CONTROL)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def split_ipv4(datagram: bytes) -> tuple[IPv4Address, bytes] | None:
+    """(source, payload) of an IPv4 datagram as a raw socket delivers it, or None when malformed."""
+    if len(datagram) < 20 or datagram[0] >> 4 != 4:
+        return None
+    ihl = (datagram[0] & 0x0F) * 4
+    total = int.from_bytes(datagram[2:4], "big")
+    if ihl < 20 or total < ihl or len(datagram) < total:
+        return None
+    return IPv4Address(datagram[12:16]), datagram[ihl:total]
+
+
+class PimService:
+    """PIM on the interfaces the operator enabled: sockets, timers, and the neighbour core."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.core = PimNeighbors()
+        self.wanted: dict[str, PimInterfaceConfig] = {}
+        self.links: dict[str, Link] = {}
+        self.sockets: dict[str, socket.socket] = {}
+        self.counters: Counter[str] = Counter()
+        self._timer: asyncio.TimerHandle | None = None
+        self._rng = random.SystemRandom()
+
+    # ------------------------------------------------------------------------------------- requests
+
+    def enable(self, req: EnablePim) -> str:
+        problem = interface_name_problem(req.interface)
+        if problem:
+            raise ValidationError(problem)
+        old = self.wanted.get(req.interface)
+        config = PimInterfaceConfig(
+            req.interface,
+            req.dr_priority if req.dr_priority is not None else (old.dr_priority if old else DEFAULT_DR_PRIORITY),
+            req.hello_period if req.hello_period is not None else (old.hello_period if old else DEFAULT_HELLO_PERIOD),
+        )
+        self.wanted[req.interface] = config
+        self.reconcile()
+        state = "" if req.interface in self.sockets else " (waiting: the interface is missing, down or has no IPv4)"
+        return f"PIM enabled on {req.interface} with DR priority {config.dr_priority}{state}"
+
+    def disable(self, req: DisablePim) -> str:
+        if self.wanted.pop(req.interface, None) is None:
+            raise ValidationError(f"PIM is not enabled on {req.interface}")
+        self.reconcile()
+        return f"PIM disabled on {req.interface}"
+
+    def neighbor_infos(self) -> tuple[PimNeighborInfo, ...]:
+        now = self.loop.time()
+        return tuple(
+            PimNeighborInfo(
+                interface=n.interface,
+                address=n.address,
+                dr_priority=DEFAULT_DR_PRIORITY if n.dr_priority is None else n.dr_priority,
+                dr_priority_advertised=n.dr_priority is not None,
+                is_dr=self.core.dr(n.interface) == n.address,
+                expires_in_secs=None if n.expires_at is None else max(0, math.ceil(n.expires_at - now)),
+                generation_id=n.generation_id,
+                uptime_secs=int(now - n.up_since),
+            )
+            for n in self.core.neighbors()
+        )
+
+    # ---------------------------------------------------------------------------------------- links
+
+    def on_links(self, links: dict[str, Link]) -> None:
+        self.links = links
+        self.reconcile()
+
+    def _usable(self, name: str) -> Link | None:
+        link = self.links.get(name)
+        return link if link is not None and link.up and link.ipv4 else None
+
+    def reconcile(self) -> None:
+        """Run PIM on every wanted interface that is usable, and on nothing else."""
+        now = self.loop.time()
+        actions: list[Action] = []
+        running = self.core.interfaces
+        for name in sorted(set(running) - set(self.wanted)):
+            actions += self.core.disable(name)
+        for name, config in sorted(self.wanted.items()):
+            link = self._usable(name)
+            if link is None:
+                if name in running:
+                    log.warning("PIM on %s waits: the interface is missing, down or has no IPv4 address", name)
+                    actions += self.core.disable(name)
+                continue
+            settings = InterfaceSettings(name, link.ipv4[0], config.dr_priority, config.hello_period)
+            if running.get(name) == settings:
+                continue
+            if name not in self.sockets:
+                try:
+                    self.sockets[name] = open_pim_socket(link)
+                except OSError as e:
+                    log.error("cannot open the PIM socket on %s: %s", name, e)
+                    continue
+                self.loop.add_reader(self.sockets[name].fileno(), self._on_readable, name)
+                log.info("PIM enabled on %s (%s, DR priority %d)", name, link.ipv4[0], config.dr_priority)
+            actions += self.core.enable(settings, self._rng.getrandbits(32), now, self._rng.uniform(0, 1.0))
+        self._execute(actions)
+        for name in sorted(set(self.sockets) - set(self.core.interfaces)):
+            sock = self.sockets.pop(name)
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._schedule()
+
+    def close(self) -> None:
+        """Goodbye on every interface, then the sockets closed."""
+        self.wanted.clear()
+        self.reconcile()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --------------------------------------------------------------------------------------- events
+
+    def _on_readable(self, name: str) -> None:
+        sock = self.sockets.get(name)
+        if sock is None:
+            return
+        for _ in range(RECV_BATCH):
+            try:
+                datagram = sock.recv(65535)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                log.warning("PIM receive on %s failed: %s", name, e)
+                break
+            self._on_datagram(name, datagram)
+        self._schedule()
+
+    def _on_datagram(self, name: str, datagram: bytes) -> None:
+        split = split_ipv4(datagram)
+        if split is None:
+            self.counters["drop_bad_ip_header"] += 1
+            return
+        source, payload = split
+        msg = parse_pim(payload)
+        if isinstance(msg, PimDrop):
+            self.counters[f"drop_{msg.value}"] += 1
+            return
+        self.counters[f"rx_{type(msg).__name__.lower()}"] += 1
+        if isinstance(msg, Hello):
+            delay = self._rng.uniform(0, TRIGGERED_HELLO_DELAY)
+            self._execute(self.core.on_hello(name, source, msg, self.loop.time(), delay))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._execute(self.core.on_timer(self.loop.time()))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        deadline = self.core.next_deadline()
+        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case SendHello():
+                    self._send(action.interface, build_pim(action.hello), "tx_hello")
+                case NeighborUp():
+                    n = action.neighbor
+                    log.info("PIM neighbour %s up on %s (holdtime %d s)", n.address, n.interface, n.holdtime)
+                case NeighborDown():
+                    n = action.neighbor
+                    log.info("PIM neighbour %s down on %s: %s", n.address, n.interface, action.reason.value)
+                case NeighborRestarted():
+                    n = action.neighbor
+                    log.info("PIM neighbour %s on %s restarted (new GenID)", n.address, n.interface)
+                case DrChanged():
+                    who = "we are" if action.we_are_dr else f"{action.dr} is"
+                    log.info("PIM DR on %s: %s the DR", action.interface, who)
+
+    def _send(self, name: str, data: bytes, counter: str) -> None:
+        sock = self.sockets.get(name)
+        if sock is None:
+            return
+        try:
+            sock.sendto(data, (str(ALL_PIM_ROUTERS_V4), 0))
+        except OSError as e:
+            self.counters["tx_errors"] += 1
+            log.warning("PIM send on %s failed: %s", name, e)
+            return
+        self.counters[counter] += 1

@@ -1,0 +1,85 @@
+"""The PIM control requests and responses: the original's shapes, precise errors, round trips."""
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from mcr.cli.control_client import parse_invocation
+from mcr.cli.render import render_pim_neighbors
+from mcr.model.errors import ProtocolError
+from mcr.protocol.control import decode_request, decode_response, encode_request, encode_response
+from mcr.protocol.routing import DisablePim, EnablePim, PimNeighborInfo, PimNeighbors, RoutingQuery
+from mcr.supervisor.access import is_read_only, request_name
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'"GetPimNeighbors"', RoutingQuery.GET_PIM_NEIGHBORS),
+        (b'{"GetPimNeighbors": null}', RoutingQuery.GET_PIM_NEIGHBORS),
+        (b'{"EnablePim": {"interface": "eth0", "dr_priority": null}}', EnablePim("eth0")),  # the original's mcrctl
+        (b'{"EnablePim": {"interface": "eth0", "dr_priority": 7}}', EnablePim("eth0", 7)),
+        (b'{"EnablePim": {"interface": "eth0", "hello_period": 5}}', EnablePim("eth0", None, 5)),
+        (b'{"DisablePim": {"interface": "eth0"}}', DisablePim("eth0")),
+    ],
+)
+def test_requests_decode_and_round_trip(raw: bytes, expected: object) -> None:
+    assert decode_request(raw) == expected
+    assert decode_request(encode_request(expected)) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"EnablePim": {}}', "missing field 'interface' in EnablePim"),
+        (b'{"EnablePim": {"interface": 3}}', "field 'interface' in EnablePim must be a string"),
+        (b'{"EnablePim": {"interface": "e", "dr_priority": -1}}', "between 0 and 4294967295, got -1"),
+        (b'{"EnablePim": {"interface": "e", "dr_priority": true}}', "'dr_priority' in EnablePim must be an integer"),
+        (b'{"EnablePim": {"interface": "e", "hello_period": 0}}', "between 1 and 18724, got 0"),
+        (b'{"EnablePim": {"interface": "e", "x": 1}}', "unknown field 'x' in EnablePim"),
+        (b'{"DisablePim": []}', "DisablePim must be a JSON object"),
+        (b'"EnablePim"', "command 'EnablePim' needs arguments"),
+    ],
+)
+def test_bad_requests_name_the_problem(raw: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message.replace("(", r"\(")):
+        decode_request(raw)
+
+
+def test_neighbours_response_round_trips_in_the_original_shape() -> None:
+    info = PimNeighborInfo("eth0", IPv4Address("10.0.0.2"), 1, False, True, 97, 0x1234, 8)
+    raw = encode_response(PimNeighbors((info,)))
+    assert b'"source": "PimHello"' in raw and b'"expires_in_secs": 97' in raw
+    assert decode_response(raw) == PimNeighbors((info,))
+    with pytest.raises(ProtocolError, match="malformed PimNeighbors"):
+        decode_response(b'{"PimNeighbors": [{"interface": "eth0"}]}')
+
+
+def test_read_only_and_names() -> None:
+    assert is_read_only(RoutingQuery.GET_PIM_NEIGHBORS)
+    assert not is_read_only(EnablePim("eth0")) and not is_read_only(DisablePim("eth0"))
+    assert request_name(EnablePim("eth0")) == "EnablePim"
+    assert request_name(RoutingQuery.GET_PIM_NEIGHBORS) == "GetPimNeighbors"
+
+
+def test_cli_commands() -> None:
+    env: dict[str, str] = {}
+    assert parse_invocation(["pim", "neighbors"], env).request == RoutingQuery.GET_PIM_NEIGHBORS
+    enable = ["pim", "enable", "--interface", "eth0", "--dr-priority", "9", "--hello-period", "10"]
+    assert parse_invocation(enable, env).request == EnablePim("eth0", 9, 10)
+    assert parse_invocation(["pim", "disable", "--interface", "eth0"], env).request == DisablePim("eth0")
+    with pytest.raises(SystemExit):
+        parse_invocation(["pim", "enable", "--interface", "eth0", "--dr-priority", "-1"], env)
+
+
+def test_neighbours_table() -> None:
+    from rich.console import Console
+
+    console = Console(width=120, record=True, color_system=None)
+    console.print(render_pim_neighbors([]))
+    console.print(
+        render_pim_neighbors([PimNeighborInfo("eth0", IPv4Address("10.0.0.2"), 1, False, True, None, None, 3725)])
+    )
+    text = console.export_text()
+    assert "no PIM neighbours" in text
+    assert "10.0.0.2" in text and "1 (none sent)" in text and "01:02:05" in text and "never" in text
