@@ -1,7 +1,9 @@
 # Two entry points on a fresh machine (as root): `make demo` and `make test`.
 PYTHON ?= python3
 PIP_FLAGS ?= -q --disable-pip-version-check --root-user-action=ignore
-DEB_PACKAGES = iproute2 ethtool tcpdump socat nftables smcroute tmux
+# frr: the peer router of the PIM interop tests (its daemons are started by the tests in their namespaces;
+# policy-rc.d keeps the install from starting a host-wide FRR service)
+DEB_PACKAGES = iproute2 ethtool tcpdump socat nftables smcroute tmux frr
 
 .PHONY: deps demo test check bench fuzz
 
@@ -9,7 +11,12 @@ deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && guard=1; \
+		fi; \
+		rc=0; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || rc=$$?; \
+		if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+		exit $$rc; \
 	fi
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
 
