@@ -8,17 +8,20 @@ Our side is the real supervisor driven by `control_client pim ...`; FRR's side i
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.frr import FrrRouter, frr_skip_reason
-from tests.e2e.netns import NetLab, wait_for
-from tests.e2e.relay import Supervisor
+from tests.e2e.netns import NetLab, Proc, wait_for
+from tests.e2e.relay import Supervisor, generator_argv, start_sink
 
 pytestmark = pytest.mark.slow
+PIM_PEER = Path(__file__).with_name("pim_peer.py")
 
 OURS, THEIRS = "10.210.0.1", "10.210.0.2"
 OUR_IF, FRR_IF = "pim0", "frr0"
@@ -107,3 +110,112 @@ def test_goodbye_and_neighbour_expiry(link: Link) -> None:
     wait_for(lambda: link.our_neighbor(THEIRS), 40.0, "FRR as our PIM neighbour again")
     frr.pimd.signal(signal.SIGKILL)
     wait_for(lambda: link.our_neighbor(THEIRS) is None, 8.0, "FRR's neighbour entry to expire")
+
+
+# ------------------------------------------------------------------------------------------ Join/Prune
+
+GROUP, PORT = "239.1.2.3", 5000
+
+
+@dataclass
+class Routed:
+    """SRC -> MCR (the RP) -> FRR -> receiver host:
+
+    SRC src0 10.200.1.2 <-> rin 10.200.9.1  MCR  pim0 10.210.0.1 <-> frr0 10.210.0.2  FRR  lan0 10.220.0.1
+        <-> rcv0 10.220.0.2  RCV
+    """
+
+    lab: NetLab
+    src: str
+    mcr: str
+    frr_ns: str
+    rcv: str
+    sup: Supervisor
+    frr: FrrRouter
+
+    def mroute(self) -> list[dict[str, Any]]:
+        return list(self.sup.ctl("mroute").doc["Mroute"])
+
+    def peer(self, action: str, duration: float) -> Proc:
+        """A PIM router on FRR's LAN (pim_peer.py) that joins or prunes GROUP toward FRR."""
+        argv = [sys.executable, str(PIM_PEER), "--ifname", "rcv0", "--local", "10.220.0.2"]
+        argv += ["--upstream", "10.220.0.1", "--group", GROUP, "--rp", OURS, "--action", action]
+        return self.lab.popen(self.rcv, *argv, "--duration", str(duration), name=f"pim-peer-{action}")
+
+    def star_g(self) -> dict[str, Any] | None:
+        return next((m for m in self.mroute() if m["entry_type"] == "StarG" and m["group"] == GROUP), None)
+
+
+def _pair(lab: NetLab, ns_a: str, if_a: str, ip_a: str, ns_b: str, if_b: str, ip_b: str) -> None:
+    lab.run(ns_a, "ip", "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b)
+    for ns, name, ip in ((ns_a, if_a, ip_a), (ns_b, if_b, ip_b)):
+        lab.run(ns, "ip", "addr", "add", f"{ip}/24", "dev", name)
+        lab.run(ns, "ip", "link", "set", "dev", name, "up")
+
+
+@pytest.fixture
+def routed(netlab: NetLab) -> Iterator[Routed]:
+    reason = frr_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    src, mcr, frr_ns, rcv = (netlab.add_netns(r) for r in ("src", "mcr", "frr", "rcv"))
+    _pair(netlab, src, "src0", "10.200.1.2", mcr, "rin", "10.200.9.1")
+    _pair(netlab, mcr, OUR_IF, OURS, frr_ns, FRR_IF, THEIRS)
+    _pair(netlab, frr_ns, "lan0", "10.220.0.1", rcv, "rcv0", "10.220.0.2")
+    netlab.run(rcv, "ip", "route", "add", "default", "via", "10.220.0.1")
+    frr = FrrRouter.start(
+        netlab,
+        frr_ns,
+        f"ip pim rp {OURS} 239.0.0.0/8\ninterface {FRR_IF}\n ip pim\n!\ninterface lan0\n ip pim\n ip igmp\n!\n",
+    )
+    sup = Supervisor.start(netlab, mcr)
+    yield Routed(netlab, src, mcr, frr_ns, rcv, sup, frr)
+
+
+def test_receiver_behind_frr_joins_through_frr_and_gets_the_stream_relayed_to_frr(routed: Routed) -> None:
+    r = routed
+    r.sup.ctl("pim", "enable", "--interface", OUR_IF)
+    assert r.sup.ctl("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", OURS).doc == {
+        "Success": f"Static RP {OURS} set for 239.0.0.0/8"
+    }
+    # the stream enters on rin; the rule has no outputs of its own: PIM gives it its downstream interfaces
+    r.sup.ctl("add", "--rule-id", "feed", "--input-interface", "rin", "--input-group", GROUP, "--input-port", str(PORT))
+    wait_for(lambda: r.frr.pim_neighbors(FRR_IF).get(OURS), 40.0, "FRR to see us as neighbour")
+
+    # a router behind FRR joins the shared tree; FRR propagates it as a (*,G) Join to us, its RPF neighbour
+    # toward the RP (a host's IGMP join cannot be used: FRR reads IGMP through the mroute socket, which
+    # this kernel, without CONFIG_IP_MROUTE, does not have)
+    joiner = r.peer("join", duration=120.0)
+    entry = wait_for(r.star_g, 30.0, "a (*,G) entry from FRR's Join")
+    assert entry["output_interfaces"] == [OUR_IF] and entry["input_interface"] == "rin" and entry["source"] is None
+    (rule,) = r.sup.rules()
+    assert [(o["group"], o["port"], o["interface"]) for o in rule["outputs"]] == [(GROUP, PORT, OUR_IF)]
+    assert GROUP in r.frr.json("show ip pim upstream json")
+
+    # the stream is relayed onto the link toward FRR (FRR itself cannot forward on this kernel: no
+    # CONFIG_IP_MROUTE, so the host behind it is not checked for data)
+    on_link = start_sink(r.lab, r.frr_ns, [(GROUP, PORT)], interface=FRR_IF, expect=200, duration=30.0)
+    argv = generator_argv(GROUP, PORT, source="10.200.1.2", rate=200, size=200, count=200)
+    r.lab.popen(r.src, *argv, name="traffic_generator").json(timeout=30)
+    got = on_link.report()
+    assert got.stream(GROUP, PORT)["unique"] == 200 and got.stream(GROUP, PORT)["corrupted"] == 0
+
+    # the router behind FRR prunes: FRR prunes (*,G) toward us and, after the override interval, the output goes
+    joiner.stop()
+    r.peer("prune", duration=3.0).wait(10)
+    wait_for(lambda: r.star_g() is None, 40.0, "the (*,G) entry to go on FRR's Prune")
+    (rule,) = r.sup.rules()
+    assert rule["outputs"] == []
+
+
+def test_join_for_another_upstream_neighbour_is_not_acted_on(routed: Routed) -> None:
+    r = routed
+    r.sup.ctl("pim", "enable", "--interface", OUR_IF)
+    wait_for(lambda: r.frr.pim_neighbors(FRR_IF).get(OURS), 40.0, "FRR to see us as neighbour")
+    # a Join/Prune on the link addressed to another upstream neighbour changes nothing; one to us does
+    for upstream, group in (("10.210.0.99", GROUP), (OURS, "239.7.7.7")):
+        argv = [sys.executable, str(PIM_PEER), "--ifname", FRR_IF, "--local", THEIRS, "--upstream", upstream]
+        argv += ["--group", group, "--rp", OURS, "--action", "join", "--no-hello", "--duration", "0.2"]
+        r.lab.run(r.frr_ns, *argv)
+    wait_for(lambda: any(m["group"] == "239.7.7.7" for m in r.mroute()), 10.0, "the Join addressed to us")
+    assert not any(m["group"] == GROUP and m["entry_type"] == "StarG" for m in r.mroute())

@@ -83,3 +83,33 @@ def test_neighbours_table() -> None:
     text = console.export_text()
     assert "no PIM neighbours" in text
     assert "10.0.0.2" in text and "1 (none sent)" in text and "01:02:05" in text and "never" in text
+
+
+def test_static_rp_and_mroute_shapes() -> None:
+    from ipaddress import ip_network
+
+    from mcr.protocol.routing import MrouteInfo, Mroutes, SetStaticRp
+
+    raw = b'{"SetStaticRp": {"group_prefix": "239.1.0.0/16", "rp_address": "10.0.0.9"}}'
+    req = SetStaticRp(ip_network("239.1.0.0/16"), IPv4Address("10.0.0.9"))
+    assert decode_request(raw) == req and decode_request(encode_request(req)) == req
+    for bad, message in (
+        (b'{"SetStaticRp": {"group_prefix": "10.0.0.0/8", "rp_address": "10.0.0.9"}}', "not within the multicast"),
+        (b'{"SetStaticRp": {"group_prefix": "239.0.0.0/8", "rp_address": "239.0.0.1"}}', "not a unicast address"),
+        (b'{"SetStaticRp": {"group_prefix": "ff3e::/16", "rp_address": "10.0.0.1"}}', "not of the family"),
+        (b'{"SetStaticRp": {"group_prefix": "239.0.0.0/8"}}', "missing field 'rp_address'"),
+    ):
+        with pytest.raises(ProtocolError, match=message):
+            decode_request(bad)
+    assert decode_request(b'"GetMroute"') == RoutingQuery.GET_MROUTE
+    entries = (
+        MrouteInfo(None, IPv4Address("239.1.1.1"), "eth0", ("eth1", "eth2"), "StarG", 5),
+        MrouteInfo(IPv4Address("10.1.1.1"), IPv4Address("239.1.1.1"), "", (), "SG", 0),
+    )
+    raw = encode_response(Mroutes(entries))
+    assert b'"entry_type": "StarG"' in raw and b'"source": null' in raw
+    assert decode_response(raw) == Mroutes(entries)
+    env: dict[str, str] = {}
+    assert parse_invocation(["mroute"], env).request == RoutingQuery.GET_MROUTE
+    set_rp = ["pim", "set-rp", "--group", "239.1.0.0/16", "--rp", "10.0.0.9"]
+    assert parse_invocation(set_rp, env).request == req

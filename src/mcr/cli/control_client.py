@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import IntEnum
-from ipaddress import ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import NoReturn, TextIO, assert_never
 
 from rich.console import Console
@@ -57,7 +57,9 @@ from mcr.protocol.routing import (
     DisablePim,
     EnablePim,
     RoutingQuery,
+    SetStaticRp,
 )
+from mcr.routing.pim_joins import parse_group_prefix
 
 PROG = "control_client"
 _PORT_MAX = 65535
@@ -245,6 +247,23 @@ def _bounded_int(text: str, low: int, high: int) -> int:
     return value
 
 
+def _group_prefix(text: str) -> IPv4Network | IPv6Network:
+    try:
+        return parse_group_prefix(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _unicast(text: str) -> IPv4Address | IPv6Address:
+    try:
+        address = ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an IP address") from None
+    if address.is_multicast or address.is_unspecified:
+        raise argparse.ArgumentTypeError(f"{address} is not a unicast address")
+    return address
+
+
 def _dr_priority(text: str) -> int:
     return _bounded_int(text, 0, MAX_DR_PRIORITY)
 
@@ -350,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     disable = pim_actions.add_parser("disable", help="stop PIM on an interface (sends a Goodbye)", parents=[common])
     disable.set_defaults(usage_error=disable.error)
     disable.add_argument("--interface", required=True, metavar="IF", help="interface to stop PIM on")
+    set_rp = pim_actions.add_parser("set-rp", help="map a group prefix to a static RP", parents=[common])
+    set_rp.set_defaults(usage_error=set_rp.error)
+    set_rp.add_argument("--group", required=True, type=_group_prefix, metavar="PREFIX", help="e.g. 239.1.0.0/16")
+    set_rp.add_argument("--rp", required=True, type=_unicast, metavar="ADDRESS", help="the RP's address")
+    command("mroute", "the multicast routing table: static rules and PIM (*,G) and (S,G) state")
 
     log_level = command("log-level", "get or set log levels")
     levels = log_level.add_subparsers(dest="log_command", required=True, metavar="ACTION")
@@ -364,12 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_QUERIES = {
+_QUERIES: dict[str, Query | RoutingQuery] = {
     "list": Query.LIST_RULES,
     "stats": Query.GET_STATS,
     "list-workers": Query.LIST_WORKERS,
     "ping": Query.PING,
     "version": Query.GET_VERSION,
+    "mroute": RoutingQuery.GET_MROUTE,
 }
 
 
@@ -405,6 +430,10 @@ def _request(args: argparse.Namespace) -> Request:
             return EnablePim(args.interface, args.dr_priority, args.hello_period)
         if args.pim_command == "disable":
             return DisablePim(args.interface)
+        if args.pim_command == "set-rp":
+            if args.rp.version != args.group.version:
+                fail(f"argument --rp: {args.rp} is not of the family of {args.group}")
+            return SetStaticRp(args.group, args.rp)
         return RoutingQuery.GET_PIM_NEIGHBORS
     if command == "log-level":
         if args.log_command == "get":

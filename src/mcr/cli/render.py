@@ -27,7 +27,7 @@ from mcr.protocol.control import (
     Version,
     Workers,
 )
-from mcr.protocol.routing import PimNeighborInfo, PimNeighbors
+from mcr.protocol.routing import MrouteInfo, Mroutes, PimNeighborInfo, PimNeighbors
 
 _BIT_UNITS = (("Tbit/s", 1e12), ("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3))
 _BYTE_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
@@ -242,6 +242,17 @@ def render_pim_neighbors(neighbors: Sequence[PimNeighborInfo]) -> RenderableType
     return table
 
 
+def render_mroutes(entries: Sequence[MrouteInfo]) -> RenderableType:
+    if not entries:
+        return Text("no multicast routes")
+    table = _table("Source", "Group", "Type", "Input", "Outputs", "Age")
+    for m in entries:
+        source = "*" if m.source is None else str(m.source)
+        outputs = ", ".join(m.output_interfaces) or _NONE
+        _add_row(table, source, str(m.group), m.entry_type, m.input_interface or _NONE, outputs, _duration(m.age_secs))
+    return table
+
+
 def render_response(resp: Response) -> RenderableType:
     """The human view of any response (an `Error` renders as its `error: ...` line)."""
     match resp:
@@ -263,5 +274,7 @@ def render_response(resp: Response) -> RenderableType:
             return render_config(resp.view)
         case PimNeighbors():
             return render_pim_neighbors(resp.neighbors)
+        case Mroutes():
+            return render_mroutes(resp.entries)
         case _:
             assert_never(resp)

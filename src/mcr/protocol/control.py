@@ -44,10 +44,12 @@ from mcr.protocol.routing import (
     ROUTING_STRUCT_COMMANDS,
     DisablePim,
     EnablePim,
+    Mroutes,
     PimNeighbors,
     RoutingQuery,
     RoutingRequest,
     RoutingResponse,
+    SetStaticRp,
     decode_routing_response,
     decode_routing_struct,
     encode_routing_request,
@@ -323,7 +325,7 @@ def encode_request(req: Request) -> bytes:
             doc = {"SetGlobalLogLevel": {"level": req.level.name}}
         case SetFacilityLogLevel():
             doc = {"SetFacilityLogLevel": {"facility": req.facility.name, "level": req.level.name}}
-        case RoutingQuery() | EnablePim() | DisablePim():
+        case RoutingQuery() | EnablePim() | DisablePim() | SetStaticRp():
             doc = encode_routing_request(req)
         case _:
             assert_never(req)
@@ -479,7 +481,7 @@ def response_json(resp: Response) -> object:
                     "rules": [encode_rule(r) for r in v.rules],
                 }
             }
-        case PimNeighbors():
+        case PimNeighbors() | Mroutes():
             return routing_response_json(resp)
         case _:
             assert_never(resp)

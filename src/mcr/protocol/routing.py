@@ -8,16 +8,20 @@ stays in one module:
   and `dr_priority_advertised`).
 - `{"EnablePim": {interface, dr_priority?}}` (ours also takes `hello_period`) and
   `{"DisablePim": {interface}}` -> `Success`/`Error`.
+- `{"SetStaticRp": {group_prefix, rp_address}}` -> `Success`/`Error`.
+- `"GetMroute"` -> `{"Mroute": [{source, group, input_interface, output_interfaces, entry_type, age_secs}]}`
+  with `entry_type` `Static`, `StarG` or `SG`, as the original.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, assert_never
 
 from mcr.model.errors import ProtocolError
+from mcr.routing.pim_joins import parse_group_prefix
 
 MAX_DR_PRIORITY = 0xFFFFFFFF
 MIN_HELLO_PERIOD, MAX_HELLO_PERIOD = 1, 18724  # 3.5 x the period must fit the 16-bit holdtime
@@ -25,6 +29,7 @@ MIN_HELLO_PERIOD, MAX_HELLO_PERIOD = 1, 18724  # 3.5 x the period must fit the 1
 
 class RoutingQuery(Enum):
     GET_PIM_NEIGHBORS = "GetPimNeighbors"
+    GET_MROUTE = "GetMroute"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +44,14 @@ class DisablePim:
     interface: str
 
 
-RoutingRequest = RoutingQuery | EnablePim | DisablePim
-ROUTING_STRUCT_COMMANDS = ("EnablePim", "DisablePim")
+@dataclass(frozen=True, slots=True)
+class SetStaticRp:
+    group_prefix: IPv4Network | IPv6Network
+    rp_address: IPv4Address | IPv6Address
+
+
+RoutingRequest = RoutingQuery | EnablePim | DisablePim | SetStaticRp
+ROUTING_STRUCT_COMMANDS = ("EnablePim", "DisablePim", "SetStaticRp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +71,24 @@ class PimNeighbors:
     neighbors: tuple[PimNeighborInfo, ...]
 
 
-RoutingResponse = PimNeighbors
-ROUTING_RESPONSES = ("PimNeighbors",)
+@dataclass(frozen=True, slots=True)
+class MrouteInfo:
+    source: IPv4Address | IPv6Address | None
+    group: IPv4Address | IPv6Address
+    input_interface: str
+    output_interfaces: tuple[str, ...]
+    entry_type: str  # Static, StarG, SG
+    age_secs: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mroutes:
+    entries: tuple[MrouteInfo, ...]
+
+
+RoutingResponse = PimNeighbors | Mroutes
+ROUTING_RESPONSES = ("PimNeighbors", "Mroute")
+MROUTE_TYPES = ("Static", "StarG", "SG", "Igmp")
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -108,6 +135,22 @@ def decode_routing_struct(name: str, body: object) -> RoutingRequest:
     if name == "DisablePim":
         f = _fields(name, body, frozenset({"interface"}), frozenset({"interface"}))
         return DisablePim(_string(name, f, "interface"))
+    if name == "SetStaticRp":
+        fields = frozenset({"group_prefix", "rp_address"})
+        f = _fields(name, body, fields, fields)
+        try:
+            prefix = parse_group_prefix(_string(name, f, "group_prefix"))
+        except ValueError as e:
+            raise ProtocolError(f"field 'group_prefix' in {name}: {e}") from None
+        try:
+            rp = ip_address(_string(name, f, "rp_address"))
+        except ValueError as e:
+            raise ProtocolError(f"field 'rp_address' in {name}: {e}") from None
+        if rp.is_multicast or rp.is_unspecified:
+            raise ProtocolError(f"field 'rp_address' in {name}: {rp} is not a unicast address")
+        if rp.version != prefix.version:
+            raise ProtocolError(f"{name}: RP {rp} is not of the family of {prefix}")
+        return SetStaticRp(prefix, rp)
     raise ProtocolError(f"unknown command '{name}'")
 
 
@@ -122,6 +165,8 @@ def encode_routing_request(req: RoutingRequest) -> object:
             return {"EnablePim": body}
         case DisablePim():
             return {"DisablePim": {"interface": req.interface}}
+        case SetStaticRp():
+            return {"SetStaticRp": {"group_prefix": str(req.group_prefix), "rp_address": str(req.rp_address)}}
         case _:
             assert_never(req)
 
@@ -155,6 +200,20 @@ def routing_response_json(resp: RoutingResponse) -> object:
     match resp:
         case PimNeighbors():
             return {"PimNeighbors": [_neighbor_json(n) for n in resp.neighbors]}
+        case Mroutes():
+            return {
+                "Mroute": [
+                    {
+                        "source": None if m.source is None else str(m.source),
+                        "group": str(m.group),
+                        "input_interface": m.input_interface,
+                        "output_interfaces": list(m.output_interfaces),
+                        "entry_type": m.entry_type,
+                        "age_secs": m.age_secs,
+                    }
+                    for m in resp.entries
+                ]
+            }
         case _:
             assert_never(resp)
 
@@ -187,4 +246,23 @@ def decode_routing_response(name: str, body: object) -> RoutingResponse:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ProtocolError(f"malformed PimNeighbors response: {e!r}") from None
+    if name == "Mroute":
+        if not isinstance(body, list):
+            raise ProtocolError("Mroute response must carry an array")
+        try:
+            return Mroutes(
+                tuple(
+                    MrouteInfo(
+                        source=None if d.get("source") is None else ip_address(d["source"]),
+                        group=ip_address(d["group"]),
+                        input_interface=str(d["input_interface"]),
+                        output_interfaces=tuple(str(i) for i in d["output_interfaces"]),
+                        entry_type=str(d["entry_type"]),
+                        age_secs=int(d["age_secs"]),
+                    )
+                    for d in body
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProtocolError(f"malformed Mroute response: {e!r}") from None
     raise ProtocolError(f"unknown response type '{name}'")

@@ -28,7 +28,7 @@ from mcr.protocol.control import (
     SetFacilityLogLevel,
     SetGlobalLogLevel,
 )
-from mcr.protocol.routing import DisablePim, EnablePim, RoutingQuery
+from mcr.protocol.routing import DisablePim, EnablePim, RoutingQuery, SetStaticRp
 
 # The socket and its directory: only the control group when that is all there is; open to every
 # local user (then SO_PEERCRED alone decides) when a read-only group must be able to connect too.
@@ -48,7 +48,15 @@ def request_name(req: Request) -> str:
             return req.value
         case RoutingQuery():
             return str(req.value)
-        case AddRule() | RemoveRule() | SetGlobalLogLevel() | SetFacilityLogLevel() | EnablePim() | DisablePim():
+        case (
+            AddRule()
+            | RemoveRule()
+            | SetGlobalLogLevel()
+            | SetFacilityLogLevel()
+            | EnablePim()
+            | DisablePim()
+            | SetStaticRp()
+        ):
             return type(req).__name__
         case _:
             assert_never(req)
@@ -59,7 +67,15 @@ def is_read_only(req: Request) -> bool:
     match req:
         case Query() | RoutingQuery():
             return True
-        case AddRule() | RemoveRule() | SetGlobalLogLevel() | SetFacilityLogLevel() | EnablePim() | DisablePim():
+        case (
+            AddRule()
+            | RemoveRule()
+            | SetGlobalLogLevel()
+            | SetFacilityLogLevel()
+            | EnablePim()
+            | DisablePim()
+            | SetStaticRp()
+        ):
             return False
         case _:
             assert_never(req)

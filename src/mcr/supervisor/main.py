@@ -48,7 +48,7 @@ from mcr.protocol.control import (
     Version,
     Workers,
 )
-from mcr.protocol.routing import DisablePim, EnablePim, PimNeighbors, RoutingQuery
+from mcr.protocol.routing import DisablePim, EnablePim, Mroutes, PimNeighbors, RoutingQuery, SetStaticRp
 from mcr.protocol.worker import (
     CloseSockets,
     OpenSockets,
@@ -66,7 +66,7 @@ from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, Sy
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.notify import Notifier
-from mcr.supervisor.pim import PimService
+from mcr.supervisor.pim import PimService, merge_pim_outputs
 from mcr.supervisor.state import StateError, load_state, save_state
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
@@ -155,7 +155,7 @@ class Supervisor:
         self.notifier = Notifier()
         self.kernel: KernelRelay | None = None
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
-        self.pim = PimService(self.loop)
+        self.pim = PimService(self.loop, self.on_pim_routes)
 
     # --------------------------------------------------------------------------- kernel engine
 
@@ -535,7 +535,13 @@ class Supervisor:
         return sock
 
     def resolve(self) -> Resolution:
-        return resolve(self.table.rules.values(), self.links, self.kernel_outputs(), self.stats.since)
+        rules = merge_pim_outputs(self.table.rules.values(), self.pim.joins)
+        return resolve(rules, self.links, self.kernel_outputs(), self.stats.since)
+
+    def on_pim_routes(self) -> None:
+        """PIM's outgoing interfaces changed: the rules for those groups get (or lose) outputs."""
+        if self.resolve() != self.resolution:
+            self.apply()
 
     def rule_views(self) -> tuple[RuleView, ...]:
         """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
@@ -668,6 +674,10 @@ class Supervisor:
                 return Success(self.pim.enable(req))
             case DisablePim():
                 return Success(self.pim.disable(req))
+            case SetStaticRp():
+                return Success(self.pim.set_static_rp(req))
+            case RoutingQuery.GET_MROUTE:
+                return Mroutes(self.pim.mroutes(self.table.rules.values()))
             case _:
                 assert_never(req)
 

@@ -8,6 +8,10 @@ counted by its drop reason. Timers run on the event loop's clock (monotonic), at
 
 An interface is enabled by name (EnablePim, or the config); it runs while it exists, is up and has an
 IPv4 address, and waits otherwise, like a rule whose interface is missing.
+
+Join/Prunes addressed to us build downstream state (`mcr.routing.pim_joins`); whenever the outgoing
+interface lists change, `on_routes` (the supervisor) recomputes the data plane, where they are merged
+into the rules for those groups (`merge_pim_outputs`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ import random
 import socket
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
-from mcr.model.rules import interface_name_problem
-from mcr.protocol.routing import DisablePim, EnablePim, PimNeighborInfo
+from mcr.model.rules import ForwardingRule, OutputDestination, interface_name_problem
+from mcr.protocol.routing import DisablePim, EnablePim, MrouteInfo, PimNeighborInfo, SetStaticRp
+from mcr.routing.pim_joins import JoinState, RpTable
 from mcr.routing.pim_neighbors import (
     DEFAULT_DR_PRIORITY,
     TRIGGERED_HELLO_DELAY,
@@ -43,6 +49,7 @@ from mcr.routing.pim_wire import (
     DEFAULT_HELLO_PERIOD,
     IPPROTO_PIM,
     Hello,
+    JoinPrune,
     PimDrop,
     build_pim,
     parse_pim,
@@ -53,6 +60,26 @@ log = logging.getLogger("mcr.supervisor.pim")
 _MREQN = struct.Struct("=4s4si")
 TOS_INTERNETWORK_CONTROL = 0xC0
 RECV_BATCH = 64
+PIM_OUTPUT_TTL = 16  # TTL of what we send down a PIM-joined interface: routers downstream decrement it
+
+
+def merge_pim_outputs(rules: Iterable[ForwardingRule], joins: JoinState) -> list[ForwardingRule]:
+    """The rules with PIM's outgoing interfaces for their group added as outputs (same group and port),
+    except the rule's input interface and interfaces it already sends that group and port to. A rule
+    with a single input source takes that source's (S,G) interfaces too."""
+    merged: list[ForwardingRule] = []
+    for rule in rules:
+        source = rule.input_source
+        host = source.network_address if source is not None and source.prefixlen == source.max_prefixlen else None
+        oifs = joins.outputs_for(rule.input_group, host)
+        have = {(o.group, o.port, o.interface) for o in rule.outputs}
+        extra = tuple(
+            OutputDestination(rule.input_group, rule.input_port, oif, PIM_OUTPUT_TTL)
+            for oif in oifs
+            if oif != rule.input_interface and (rule.input_group, rule.input_port, oif) not in have
+        )
+        merged.append(replace(rule, outputs=rule.outputs + extra) if extra else rule)
+    return merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +123,12 @@ def split_ipv4(datagram: bytes) -> tuple[IPv4Address, bytes] | None:
 class PimService:
     """PIM on the interfaces the operator enabled: sockets, timers, and the neighbour core."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_routes: Callable[[], None] = lambda: None) -> None:
         self.loop = loop
+        self.on_routes = on_routes
         self.core = PimNeighbors()
+        self.joins = JoinState()
+        self.rps = RpTable()
         self.wanted: dict[str, PimInterfaceConfig] = {}
         self.links: dict[str, Link] = {}
         self.sockets: dict[str, socket.socket] = {}
@@ -128,6 +158,39 @@ class PimService:
             raise ValidationError(f"PIM is not enabled on {req.interface}")
         self.reconcile()
         return f"PIM disabled on {req.interface}"
+
+    def set_static_rp(self, req: SetStaticRp) -> str:
+        self.rps.set(req.group_prefix, req.rp_address)
+        return f"Static RP {req.rp_address} set for {req.group_prefix}"
+
+    def mroutes(self, rules: Iterable[ForwardingRule]) -> tuple[MrouteInfo, ...]:
+        """The static rules, then PIM's (*,G) and (S,G) entries (input: a rule's for that group)."""
+        now = self.loop.time()
+        rules = list(rules)
+        entries = [
+            MrouteInfo(
+                None if r.input_source is None else r.input_source.network_address,
+                r.input_group,
+                r.input_interface,
+                tuple(sorted({o.interface for o in r.outputs})),
+                "Static",
+                0,
+            )
+            for r in rules
+        ]
+        inputs = {r.input_group: r.input_interface for r in rules}
+        entries += [
+            MrouteInfo(
+                m.source,
+                m.group,
+                inputs.get(m.group, ""),
+                m.output_interfaces,
+                m.entry_type.value,
+                int(now - m.created_at),
+            )
+            for m in self.joins.routes()
+        ]
+        return tuple(entries)
 
     def neighbor_infos(self) -> tuple[PimNeighborInfo, ...]:
         now = self.loop.time()
@@ -182,11 +245,15 @@ class PimService:
                 log.info("PIM enabled on %s (%s, DR priority %d)", name, link.ipv4[0], config.dr_priority)
             actions += self.core.enable(settings, self._rng.getrandbits(32), now, self._rng.uniform(0, 1.0))
         self._execute(actions)
+        routes_changed = False
         for name in sorted(set(self.sockets) - set(self.core.interfaces)):
             sock = self.sockets.pop(name)
             self.loop.remove_reader(sock.fileno())
             sock.close()
+            routes_changed |= self.joins.forget_interface(name)
         self._schedule()
+        if routes_changed:
+            self.on_routes()
 
     def close(self) -> None:
         """Goodbye on every interface, then the sockets closed."""
@@ -227,14 +294,23 @@ class PimService:
         if isinstance(msg, Hello):
             delay = self._rng.uniform(0, TRIGGERED_HELLO_DELAY)
             self._execute(self.core.on_hello(name, source, msg, self.loop.time(), delay))
+        elif isinstance(msg, JoinPrune):
+            link = self.links.get(name)
+            ours = frozenset(link.ipv4) if link is not None else frozenset()
+            if self.joins.on_join_prune(name, msg, ours, self.loop.time()):
+                self.on_routes()
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._execute(self.core.on_timer(self.loop.time()))
+        now = self.loop.time()
+        self._execute(self.core.on_timer(now))
+        if self.joins.on_timer(now):
+            self.on_routes()
         self._schedule()
 
     def _schedule(self) -> None:
-        deadline = self.core.next_deadline()
+        deadlines = [d for d in (self.core.next_deadline(), self.joins.next_deadline()) if d is not None]
+        deadline = min(deadlines, default=None)
         if self._timer is not None and (deadline is None or self._timer.when() != deadline):
             self._timer.cancel()
             self._timer = None

@@ -1,0 +1,41 @@
+"""PIM's outgoing interfaces merged into the rules for their group, as the data plane receives them."""
+
+from ipaddress import IPv4Address, ip_network
+
+from mcr.model.rules import ForwardingRule, OutputDestination
+from mcr.routing.pim_joins import JoinState
+from mcr.routing.pim_wire import EncodedGroup, EncodedSource, JoinPrune, JoinPruneGroup
+from mcr.supervisor.pim import PIM_OUTPUT_TTL, merge_pim_outputs
+
+US = IPv4Address("10.1.0.1")
+G = IPv4Address("239.1.1.1")
+S = IPv4Address("10.5.0.5")
+
+
+def joined(*items: tuple[str, EncodedSource]) -> JoinState:
+    state = JoinState()
+    for interface, src in items:
+        state.on_join_prune(
+            interface, JoinPrune(US, 210, (JoinPruneGroup(EncodedGroup(G, 32), (src,)),)), frozenset({US}), 0.0
+        )
+    return state
+
+
+STAR = EncodedSource(IPv4Address("10.9.9.9"), 32, wildcard=True, rpt=True)
+
+
+def test_star_g_interfaces_become_outputs_except_input_and_existing() -> None:
+    rule = ForwardingRule("r", "eth0", G, 5000, (OutputDestination(G, 5000, "eth1", 1),))
+    state = joined(("eth0", STAR), ("eth1", STAR), ("eth2", STAR))
+    (merged,) = merge_pim_outputs([rule], state)
+    assert merged.outputs == (OutputDestination(G, 5000, "eth1", 1), OutputDestination(G, 5000, "eth2", PIM_OUTPUT_TTL))
+
+
+def test_other_groups_untouched_and_sg_only_for_that_source() -> None:
+    other = ForwardingRule("o", "eth0", IPv4Address("239.9.9.9"), 5000, ())
+    any_source = ForwardingRule("a", "eth0", G, 5000, ())
+    from_s = ForwardingRule("s", "eth0", G, 5001, (), input_source=ip_network(f"{S}/32"))
+    state = joined(("eth3", EncodedSource(S, 32)))
+    merged = merge_pim_outputs([other, any_source, from_s], state)
+    assert merged[0] is other and merged[1] is any_source
+    assert merged[2].outputs == (OutputDestination(G, 5001, "eth3", PIM_OUTPUT_TTL),)
