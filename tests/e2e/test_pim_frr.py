@@ -83,13 +83,16 @@ def test_adjacency_from_both_sides_and_dr_by_address_then_priority(link: Link) -
     assert THEIRS in human and OUR_IF in human
 
 
-def test_frr_priority_wins_over_our_higher_priority_address_rule(link: Link) -> None:
+def test_frr_priority_wins_and_pim_comes_from_the_config_file(netlab: NetLab, link: Link) -> None:
     frr = link.frr(" ip pim drpriority 50\n")
-    link.sup.ctl("pim", "enable", "--interface", OUR_IF, "--dr-priority", "7")
+    config = netlab.workdir / "mcr.toml"
+    config.write_text(f'[pim]\ninterfaces = [{{ name = "{OUR_IF}", dr_priority = 7 }}]\n')
+    link.sup.terminate()
+    link.sup = Supervisor.start(netlab, link.mcr_ns, extra=["--config", str(config)])
     theirs = wait_for(lambda: link.our_neighbor(THEIRS), 40.0, "FRR as our PIM neighbour")
     assert theirs["dr_priority"] == 50 and theirs["is_dr"] is True
-    wait_for(lambda: frr.pim_neighbors(FRR_IF).get(OURS), 40.0, "us as FRR's neighbour")
-    assert frr.pim_dr(FRR_IF) == THEIRS
+    ours = wait_for(lambda: frr.pim_neighbors(FRR_IF).get(OURS), 40.0, "us as FRR's neighbour")
+    assert ours["drPriority"] == 7 and frr.pim_dr(FRR_IF) == THEIRS
 
 
 def test_goodbye_and_neighbour_expiry(link: Link) -> None:

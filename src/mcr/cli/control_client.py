@@ -51,14 +51,12 @@ from mcr.protocol.control import (
     encode_request,
 )
 from mcr.protocol.routing import (
-    MAX_DR_PRIORITY,
-    MAX_HELLO_PERIOD,
-    MIN_HELLO_PERIOD,
     DisablePim,
     EnablePim,
     RoutingQuery,
     SetStaticRp,
 )
+from mcr.routing.config import MAX_DR_PRIORITY, MAX_HELLO_PERIOD, MIN_HELLO_PERIOD
 from mcr.routing.pim_joins import parse_group_prefix
 
 PROG = "control_client"

@@ -28,6 +28,10 @@
     rate_limit = { pps = 10000 }       # optional: { pps = N, burst = packets } or { bps = N, burst_bytes = B }
     outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
 
+    [pim]                              # PIM-SM (mcr.routing.config)
+    interfaces = [{ name = "eth1", dr_priority = 10 }]
+    static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
+
 Every error names the file, the rule and the field.
 """
 
@@ -53,6 +57,7 @@ from mcr.model.rules import (
     parse_output_spec,
     parse_source,
 )
+from mcr.routing.config import PimConfig, parse_pim_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ class Config:
     settings: Settings = Settings()
     limits: Limits = field(default_factory=Limits)
     rules: tuple[ForwardingRule, ...] = ()
+    pim: PimConfig = field(default_factory=PimConfig)
 
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool}
@@ -210,9 +216,12 @@ def parse_config(text: str, path: str) -> Config:
         raise ConfigError(
             f"{path}: not valid TOML: a number has more than {sys.get_int_max_str_digits()} digits"
         ) from None
-    unknown = set(doc) - {"supervisor", "limits", "rule"}
+    unknown = set(doc) - {"supervisor", "limits", "rule", "pim"}
     if unknown:
-        raise ConfigError(f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]]")
+        raise ConfigError(
+            f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]], [pim]"
+        )
+    pim = parse_pim_section(path, _table(path, doc, "pim")) if "pim" in doc else PimConfig()
     settings = _settings(path, _table(path, doc, "supervisor"))
     limits = _limits(path, _table(path, doc, "limits"))
     raw_rules = doc.get("rule", [])
@@ -227,4 +236,4 @@ def parse_config(text: str, path: str) -> Config:
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
         rules[rule.rule_id] = rule
-    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()))
+    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()), pim=pim)

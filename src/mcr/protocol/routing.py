@@ -21,10 +21,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Any, assert_never
 
 from mcr.model.errors import ProtocolError
+from mcr.routing.config import MAX_DR_PRIORITY, MAX_HELLO_PERIOD, MIN_HELLO_PERIOD
 from mcr.routing.pim_joins import parse_group_prefix
-
-MAX_DR_PRIORITY = 0xFFFFFFFF
-MIN_HELLO_PERIOD, MAX_HELLO_PERIOD = 1, 18724  # 3.5 x the period must fit the 16-bit holdtime
 
 
 class RoutingQuery(Enum):

@@ -156,6 +156,8 @@ class Supervisor:
         self.kernel: KernelRelay | None = None
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
         self.pim = PimService(self.loop, self.on_pim_routes)
+        if self.config_file is not None:
+            self.pim.configure(self.config_file.pim)
 
     # --------------------------------------------------------------------------- kernel engine
 
@@ -276,8 +278,14 @@ class Supervisor:
             with open(path, encoding="utf-8") as f:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
-            if (new.settings, new.limits) != (self.config_file.settings, self.config_file.limits):
-                log.warning("reload of %s: [supervisor] and [limits] changes take effect at the next start", path)
+            if (new.settings, new.limits, new.pim) != (
+                self.config_file.settings,
+                self.config_file.limits,
+                self.config_file.pim,
+            ):
+                log.warning(
+                    "reload of %s: [supervisor], [limits] and [pim] changes take effect at the next start", path
+                )
         except (OSError, ConfigError, ValidationError) as e:
             log.error("reload of %s refused, nothing changed: %s", path, e)
             self.notifier.ready(f"reload refused: {e}")

@@ -24,13 +24,14 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.rules import ForwardingRule, OutputDestination, interface_name_problem
 from mcr.protocol.routing import DisablePim, EnablePim, MrouteInfo, PimNeighborInfo, SetStaticRp
+from mcr.routing.config import PimConfig, PimInterfaceConfig
 from mcr.routing.pim_joins import JoinState, RpTable
 from mcr.routing.pim_neighbors import (
     DEFAULT_DR_PRIORITY,
@@ -80,15 +81,6 @@ def merge_pim_outputs(rules: Iterable[ForwardingRule], joins: JoinState) -> list
         )
         merged.append(replace(rule, outputs=rule.outputs + extra) if extra else rule)
     return merged
-
-
-@dataclass(frozen=True, slots=True)
-class PimInterfaceConfig:
-    """What the operator asked for on one interface (EnablePim or the config file)."""
-
-    name: str
-    dr_priority: int = DEFAULT_DR_PRIORITY
-    hello_period: int = DEFAULT_HELLO_PERIOD
 
 
 def open_pim_socket(link: Link) -> socket.socket:
@@ -158,6 +150,16 @@ class PimService:
             raise ValidationError(f"PIM is not enabled on {req.interface}")
         self.reconcile()
         return f"PIM disabled on {req.interface}"
+
+    def configure(self, config: PimConfig) -> None:
+        """The config file's [pim]: its interfaces enabled, its static RPs set (at start-up)."""
+        if not config.enabled:
+            return
+        for rp in config.static_rps:
+            self.rps.set(rp.prefix, rp.rp)
+        for i in config.interfaces:
+            self.wanted[i.name] = i
+        self.reconcile()
 
     def set_static_rp(self, req: SetStaticRp) -> str:
         self.rps.set(req.group_prefix, req.rp_address)

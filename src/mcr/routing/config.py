@@ -1,0 +1,97 @@
+"""The routing protocols' configuration (pure): the `[pim]` section of the TOML file, as typed values.
+
+    [pim]
+    enabled = true                     # default true when the section is present
+    interfaces = [{ name = "eth1", dr_priority = 10, hello_period = 30 }, { name = "eth2" }]
+    static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
+
+The keys and defaults are the original's (its JSON5 `pim` section), so that its loader can fill the same
+`PimConfig`. Errors name the file, the section, the entry and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Any
+
+from mcr.model.errors import ConfigError
+from mcr.model.rules import interface_name_problem
+from mcr.routing.pim_joins import StaticRp, parse_group_prefix
+from mcr.routing.pim_neighbors import DEFAULT_DR_PRIORITY
+from mcr.routing.pim_wire import DEFAULT_HELLO_PERIOD
+
+MAX_DR_PRIORITY = 0xFFFFFFFF
+MIN_HELLO_PERIOD, MAX_HELLO_PERIOD = 1, 18724  # 3.5 x the period must fit the 16-bit holdtime
+
+
+@dataclass(frozen=True, slots=True)
+class PimInterfaceConfig:
+    """What the operator asked for on one interface (EnablePim or the config file)."""
+
+    name: str
+    dr_priority: int = DEFAULT_DR_PRIORITY
+    hello_period: int = DEFAULT_HELLO_PERIOD
+
+
+@dataclass(frozen=True, slots=True)
+class PimConfig:
+    enabled: bool = False
+    interfaces: tuple[PimInterfaceConfig, ...] = ()
+    static_rps: tuple[StaticRp, ...] = ()
+
+
+def _int(where: str, item: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = item.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}: '{key}' must be an integer from {low} to {high}")
+    return value
+
+
+def _entries(path: str, table: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{path}: [pim]: '{key}' must be an array of tables")
+    return value
+
+
+def parse_pim_section(path: str, table: dict[str, Any]) -> PimConfig:
+    unknown = sorted(set(table) - {"enabled", "interfaces", "static_rp"})
+    if unknown:
+        raise ConfigError(f"{path}: [pim]: unknown key '{unknown[0]}'; expected enabled, interfaces, static_rp")
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{path}: [pim]: 'enabled' must be a boolean")
+    interfaces: dict[str, PimInterfaceConfig] = {}
+    for i, item in enumerate(_entries(path, table, "interfaces")):
+        where = f"{path}: [pim] interfaces[{i}]"
+        extra = sorted(set(item) - {"name", "dr_priority", "hello_period"})
+        if extra:
+            raise ConfigError(f"{where}: unknown key '{extra[0]}'; expected name, dr_priority, hello_period")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: 'name' must be a string")
+        problem = interface_name_problem(name)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+        if name in interfaces:
+            raise ConfigError(f"{where}: interface '{name}' is listed twice")
+        interfaces[name] = PimInterfaceConfig(
+            name,
+            _int(where, item, "dr_priority", DEFAULT_DR_PRIORITY, 0, MAX_DR_PRIORITY),
+            _int(where, item, "hello_period", DEFAULT_HELLO_PERIOD, MIN_HELLO_PERIOD, MAX_HELLO_PERIOD),
+        )
+    rps: list[StaticRp] = []
+    for i, item in enumerate(_entries(path, table, "static_rp")):
+        where = f"{path}: [pim] static_rp[{i}]"
+        if set(item) != {"group", "rp"} or not all(isinstance(v, str) for v in item.values()):
+            raise ConfigError(f"{where}: needs exactly 'group' (a prefix) and 'rp' (an address), as strings")
+        try:
+            prefix = parse_group_prefix(item["group"])
+            rp = ip_address(item["rp"])
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if rp.is_multicast or rp.is_unspecified or rp.version != prefix.version:
+            raise ConfigError(f"{where}: RP {rp} must be a unicast address of the family of {prefix}")
+        rps.append(StaticRp(prefix, rp))
+    return PimConfig(enabled, tuple(interfaces.values()), tuple(rps))

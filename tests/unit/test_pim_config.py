@@ -1,0 +1,50 @@
+"""The [pim] section of the TOML config: the original's keys and defaults, precise errors."""
+
+from ipaddress import IPv4Address, ip_network
+
+import pytest
+
+from mcr.model.config import parse_config
+from mcr.model.errors import ConfigError
+from mcr.routing.config import PimConfig, PimInterfaceConfig
+from mcr.routing.pim_joins import StaticRp
+
+
+def test_section_with_defaults() -> None:
+    text = """
+[pim]
+interfaces = [{ name = "eth1", dr_priority = 10 }, { name = "eth2", hello_period = 5 }]
+static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
+"""
+    assert parse_config(text, "f.toml").pim == PimConfig(
+        True,
+        (PimInterfaceConfig("eth1", 10, 30), PimInterfaceConfig("eth2", 1, 5)),
+        (StaticRp(ip_network("239.0.0.0/8"), IPv4Address("10.0.0.1")),),
+    )
+
+
+def test_absent_section_is_disabled() -> None:
+    assert parse_config("", "f.toml").pim == PimConfig()
+    assert parse_config("[pim]\nenabled = false\n", "f.toml").pim.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("hello = 1", "f.toml: [pim]: unknown key 'hello'"),
+        ("enabled = 1", "'enabled' must be a boolean"),
+        ("interfaces = 3", "'interfaces' must be an array of tables"),
+        ('interfaces = [{ name = "-x" }]', "interfaces[0]: interface name '-x' cannot start with '-'"),
+        ('interfaces = [{ name = "a" }, { name = "a" }]', "interfaces[1]: interface 'a' is listed twice"),
+        ('interfaces = [{ name = "a", dr_priority = -1 }]', "'dr_priority' must be an integer from 0 to 4294967295"),
+        ('interfaces = [{ name = "a", hello_period = 0 }]', "'hello_period' must be an integer from 1 to 18724"),
+        ('interfaces = [{ name = "a", speed = 1 }]', "unknown key 'speed'"),
+        ('static_rp = [{ group = "10.0.0.0/8", rp = "10.0.0.1" }]', "static_rp[0]: group prefix '10.0.0.0/8'"),
+        ('static_rp = [{ group = "239.0.0.0/8", rp = "239.1.1.1" }]', "must be a unicast address"),
+        ('static_rp = [{ group = "239.0.0.0/8" }]', "needs exactly 'group'"),
+    ],
+)
+def test_errors_name_the_entry_and_key(body: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(f"[pim]\n{body}\n", "f.toml")
+    assert message in str(e.value)
