@@ -56,7 +56,7 @@ from mcr.routing.pim_wire import (
     parse_pim,
 )
 
-log = logging.getLogger("mcr.supervisor.pim")
+log = logging.getLogger("mcr.controlplane.pim")  # facility ControlPlane
 
 _MREQN = struct.Struct("=4s4si")
 TOS_INTERNETWORK_CONTROL = 0xC0
