@@ -222,3 +222,73 @@ def test_join_for_another_upstream_neighbour_is_not_acted_on(routed: Routed) -> 
         r.lab.run(r.frr_ns, *argv)
     wait_for(lambda: any(m["group"] == "239.7.7.7" for m in r.mroute()), 10.0, "the Join addressed to us")
     assert not any(m["group"] == GROUP and m["entry_type"] == "StarG" for m in r.mroute())
+
+
+# ----------------------------------------------------------------------------------------------- MSDP
+
+
+def msdp_peer(link: Link, address: str) -> dict[str, Any] | None:
+    return next((p for p in link.sup.ctl("msdp", "peers").doc["MsdpPeers"] if p["address"] == address), None)
+
+
+def test_msdp_session_with_frr_we_connect_from_the_lower_address_and_our_sa_reaches_frr(link: Link) -> None:
+    frr = link.frr(f"!\nip msdp peer {OURS} source {THEIRS}\n")
+    out = link.sup.ctl("msdp", "add-peer", "--address", THEIRS, "--description", "frr").doc
+    assert out == {"Success": f"MSDP peer {THEIRS} added (connecting from {OURS})"}
+    ours = wait_for(
+        lambda: (p := msdp_peer(link, THEIRS)) and p["state"] == "established" and p, 45.0, "the MSDP session"
+    )
+    assert ours["is_active"] is True and ours["description"] == "frr"
+    theirs = wait_for(
+        lambda: frr.json("show ip msdp peer json").get(OURS, {}).get("state") == "established", 10.0, "FRR's view"
+    )
+    assert theirs
+
+    # we are RP for 239/8 and a rule declares a source: it goes out as an SA, and FRR caches it
+    link.sup.ctl("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", OURS)
+    link.sup.ctl(
+        "add",
+        "--input-interface",
+        OUR_IF,
+        "--input-group",
+        "239.1.2.3",
+        "--input-port",
+        "5000",
+        "--input-source",
+        "10.200.1.2",
+    )
+
+    def frr_has_sa() -> bool:
+        doc = frr.json("show ip msdp sa json")
+        entry = doc.get("239.1.2.3", {}).get("10.200.1.2")
+        return bool(entry) and entry.get("rp") == OURS
+
+    wait_for(frr_has_sa, 70.0, "our SA in FRR's SA cache")
+    (local,) = link.sup.ctl("msdp", "sa-cache").doc["MsdpSaCache"]
+    assert local == {
+        "source": "10.200.1.2",
+        "group": "239.1.2.3",
+        "origin_rp": OURS,
+        "learned_from": None,
+        "age_secs": 0,
+        "expires_in_secs": 0,
+        "is_local": True,
+    }
+    assert msdp_peer(link, THEIRS)["sa_sent"] >= 1  # type: ignore[index]
+
+    # removing the peer ends the session on both sides
+    link.sup.ctl("msdp", "remove-peer", "--address", THEIRS)
+    wait_for(lambda: frr.json("show ip msdp peer json").get(OURS, {}).get("state") != "established", 10.0, "FRR down")
+    assert link.sup.ctl("msdp", "peers").doc == {"MsdpPeers": []}
+
+
+def test_msdp_frr_connects_when_its_address_is_lower(link: Link) -> None:
+    low, high = "10.211.0.3", "10.211.0.9"  # FRR is the lower address here: it connects, we listen
+    link.lab.run(link.mcr_ns, "ip", "addr", "add", f"{high}/24", "dev", OUR_IF)
+    link.lab.run(link.frr_ns, "ip", "addr", "add", f"{low}/24", "dev", FRR_IF)
+    frr = link.frr(f"!\nip msdp peer {high} source {low}\n")
+    out = link.sup.ctl("msdp", "add-peer", "--address", low).doc
+    assert out == {"Success": f"MSDP peer {low} added (listening from {high})"}
+    peer = wait_for(lambda: (p := msdp_peer(link, low)) and p["state"] == "established" and p, 45.0, "FRR to connect")
+    assert peer["is_active"] is False
+    assert frr.json("show ip msdp peer json")[high]["state"] == "established"

@@ -113,3 +113,56 @@ def test_static_rp_and_mroute_shapes() -> None:
     assert parse_invocation(["mroute"], env).request == RoutingQuery.GET_MROUTE
     set_rp = ["pim", "set-rp", "--group", "239.1.0.0/16", "--rp", "10.0.0.9"]
     assert parse_invocation(set_rp, env).request == req
+
+
+def test_msdp_requests_and_responses() -> None:
+    from mcr.protocol.routing import AddMsdpPeer, MsdpPeerInfo, MsdpPeers, MsdpSaCache, MsdpSaInfo, RemoveMsdpPeer
+
+    peer = IPv4Address("10.0.0.9")
+    raw = b'{"AddMsdpPeer": {"address": "10.0.0.9", "description": null, "mesh_group": "m", "default_peer": false}}'
+    assert decode_request(raw) == AddMsdpPeer(peer, None, "m", False)
+    for req in (AddMsdpPeer(peer, "d", None, True), RemoveMsdpPeer(peer)):
+        assert decode_request(encode_request(req)) == req
+    for bad, message in (
+        (b'{"AddMsdpPeer": {"address": "ff::1"}}', "is not an IPv4 address"),
+        (b'{"AddMsdpPeer": {"address": "239.1.1.1"}}', "not a unicast peer address"),
+        (b'{"AddMsdpPeer": {"address": "10.0.0.9", "default_peer": 1}}', "'default_peer' in AddMsdpPeer must be"),
+        (b'{"RemoveMsdpPeer": {}}', "missing field 'address'"),
+    ):
+        with pytest.raises(ProtocolError, match=message):
+            decode_request(bad)
+    assert not is_read_only(RoutingQuery.CLEAR_MSDP_SA_CACHE) and is_read_only(RoutingQuery.GET_MSDP_PEERS)
+    peers = MsdpPeers((MsdpPeerInfo(peer, "established", None, "m", False, 5, 1, 2, True, 0),))
+    cache = MsdpSaCache((MsdpSaInfo(IPv4Address("10.1.1.1"), IPv4Address("239.1.1.1"), peer, peer, 3, 87, False),))
+    for resp in (peers, cache):
+        assert decode_response(encode_response(resp)) == resp
+    env: dict[str, str] = {}
+    assert parse_invocation(["msdp", "peers"], env).request == RoutingQuery.GET_MSDP_PEERS
+    assert parse_invocation(["msdp", "sa-cache"], env).request == RoutingQuery.GET_MSDP_SA_CACHE
+    assert parse_invocation(["msdp", "clear-sa-cache"], env).request == RoutingQuery.CLEAR_MSDP_SA_CACHE
+    add = ["msdp", "add-peer", "--address", "10.0.0.9", "--mesh-group", "m", "--default-peer"]
+    assert parse_invocation(add, env).request == AddMsdpPeer(peer, None, "m", True)
+    assert parse_invocation(["msdp", "remove-peer", "--address", "10.0.0.9"], env).request == RemoveMsdpPeer(peer)
+
+
+def test_local_sources_are_single_sources_in_groups_we_are_rp_for() -> None:
+    from ipaddress import ip_network
+
+    from mcr.model.rules import ForwardingRule
+    from mcr.routing.msdp_wire import SaEntry
+    from mcr.routing.pim_joins import RpTable
+    from mcr.supervisor.msdp import local_sources
+
+    us, other = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
+    rps = RpTable()
+    rps.set(ip_network("239.1.0.0/16"), us)
+    rps.set(ip_network("239.2.0.0/16"), other)
+    g1, g2 = IPv4Address("239.1.0.1"), IPv4Address("239.2.0.1")
+    rules = [
+        ForwardingRule("a", "eth0", g1, 1, (), input_source=ip_network("10.5.0.5/32")),
+        ForwardingRule("b", "eth0", g1, 2, (), input_source=ip_network("10.5.0.0/24")),  # a prefix: no SA
+        ForwardingRule("c", "eth0", g1, 3, ()),  # any source: no SA
+        ForwardingRule("d", "eth0", g2, 4, (), input_source=ip_network("10.6.0.6/32")),  # not our RP
+    ]
+    assert local_sources(rules, rps, frozenset({us})) == (us, frozenset({SaEntry(IPv4Address("10.5.0.5"), g1)}))
+    assert local_sources(rules, rps, frozenset()) == (None, frozenset())

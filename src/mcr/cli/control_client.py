@@ -51,8 +51,10 @@ from mcr.protocol.control import (
     encode_request,
 )
 from mcr.protocol.routing import (
+    AddMsdpPeer,
     DisablePim,
     EnablePim,
+    RemoveMsdpPeer,
     RoutingQuery,
     SetStaticRp,
 )
@@ -262,6 +264,16 @@ def _unicast(text: str) -> IPv4Address | IPv6Address:
     return address
 
 
+def _peer_address(text: str) -> IPv4Address:
+    try:
+        address = IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an IPv4 address") from None
+    if address.is_multicast or address.is_unspecified or address.is_loopback:
+        raise argparse.ArgumentTypeError(f"{address} is not a unicast peer address")
+    return address
+
+
 def _dr_priority(text: str) -> int:
     return _bounded_int(text, 0, MAX_DR_PRIORITY)
 
@@ -373,6 +385,25 @@ def build_parser() -> argparse.ArgumentParser:
     set_rp.add_argument("--rp", required=True, type=_unicast, metavar="ADDRESS", help="the RP's address")
     command("mroute", "the multicast routing table: static rules and PIM (*,G) and (S,G) state")
 
+    msdp = command("msdp", "MSDP: peers and the SA cache")
+    msdp_actions = msdp.add_subparsers(dest="msdp_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("peers", "the MSDP peers and their sessions"),
+        ("sa-cache", "the Source-Active cache (our own sources first)"),
+        ("clear-sa-cache", "forget every learned SA"),
+    ):
+        sub = msdp_actions.add_parser(name, help=text, parents=[common])
+        sub.set_defaults(usage_error=sub.error)
+    add_peer = msdp_actions.add_parser("add-peer", help="peer with an MSDP speaker (TCP 639)", parents=[common])
+    add_peer.set_defaults(usage_error=add_peer.error)
+    add_peer.add_argument("--address", required=True, type=_peer_address, metavar="IP", help="the peer's IPv4 address")
+    add_peer.add_argument("--description", metavar="TEXT", help="free text shown in `msdp peers`")
+    add_peer.add_argument("--mesh-group", metavar="NAME", help="mesh group (SAs from it are not flooded back into it)")
+    add_peer.add_argument("--default-peer", action="store_true", help="accept every SA from it (peer-RPF)")
+    remove_peer = msdp_actions.add_parser("remove-peer", help="end and forget an MSDP peering", parents=[common])
+    remove_peer.set_defaults(usage_error=remove_peer.error)
+    remove_peer.add_argument("--address", required=True, type=_peer_address, metavar="IP", help="the peer's address")
+
     log_level = command("log-level", "get or set log levels")
     levels = log_level.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     get = levels.add_parser("get", help="show the global level and facility overrides", parents=[common])
@@ -433,6 +464,16 @@ def _request(args: argparse.Namespace) -> Request:
                 fail(f"argument --rp: {args.rp} is not of the family of {args.group}")
             return SetStaticRp(args.group, args.rp)
         return RoutingQuery.GET_PIM_NEIGHBORS
+    if command == "msdp":
+        if args.msdp_command == "add-peer":
+            return AddMsdpPeer(args.address, args.description, args.mesh_group, args.default_peer)
+        if args.msdp_command == "remove-peer":
+            return RemoveMsdpPeer(args.address)
+        return {
+            "peers": RoutingQuery.GET_MSDP_PEERS,
+            "sa-cache": RoutingQuery.GET_MSDP_SA_CACHE,
+            "clear-sa-cache": RoutingQuery.CLEAR_MSDP_SA_CACHE,
+        }[args.msdp_command]
     if command == "log-level":
         if args.log_command == "get":
             return Query.GET_LOG_LEVELS

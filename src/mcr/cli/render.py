@@ -27,7 +27,16 @@ from mcr.protocol.control import (
     Version,
     Workers,
 )
-from mcr.protocol.routing import MrouteInfo, Mroutes, PimNeighborInfo, PimNeighbors
+from mcr.protocol.routing import (
+    MrouteInfo,
+    Mroutes,
+    MsdpPeerInfo,
+    MsdpPeers,
+    MsdpSaCache,
+    MsdpSaInfo,
+    PimNeighborInfo,
+    PimNeighbors,
+)
 
 _BIT_UNITS = (("Tbit/s", 1e12), ("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3))
 _BYTE_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
@@ -253,6 +262,52 @@ def render_mroutes(entries: Sequence[MrouteInfo]) -> RenderableType:
     return table
 
 
+def render_msdp_peers(peers: Sequence[MsdpPeerInfo]) -> RenderableType:
+    if not peers:
+        return Text("no MSDP peers")
+    table = _table(
+        "Peer",
+        "State",
+        "Side",
+        "Uptime",
+        "SA in",
+        "SA out",
+        "RPF fail",
+        "Mesh group",
+        "Description",
+        numeric=("SA in", "SA out", "RPF fail"),
+    )
+    for p in peers:
+        side = "connect" if p.is_active else "listen"
+        mesh = p.mesh_group or _NONE
+        if p.default_peer:
+            mesh += " (default peer)"
+        _add_row(
+            table,
+            str(p.address),
+            p.state,
+            side,
+            _duration(p.uptime_secs) if p.uptime_secs is not None else _NONE,
+            str(p.sa_received),
+            str(p.sa_sent),
+            str(p.rpf_failures),
+            mesh,
+            p.description or "",
+        )
+    return table
+
+
+def render_sa_cache(entries: Sequence[MsdpSaInfo]) -> RenderableType:
+    if not entries:
+        return Text("MSDP SA cache is empty")
+    table = _table("Source", "Group", "Origin RP", "Learned from", "Age", "Expires")
+    for e in entries:
+        learned = "local" if e.is_local else str(e.learned_from)
+        expires = _NONE if e.is_local else _duration(e.expires_in_secs)
+        _add_row(table, str(e.source), str(e.group), str(e.origin_rp), learned, _duration(e.age_secs), expires)
+    return table
+
+
 def render_response(resp: Response) -> RenderableType:
     """The human view of any response (an `Error` renders as its `error: ...` line)."""
     match resp:
@@ -276,5 +331,9 @@ def render_response(resp: Response) -> RenderableType:
             return render_pim_neighbors(resp.neighbors)
         case Mroutes():
             return render_mroutes(resp.entries)
+        case MsdpPeers():
+            return render_msdp_peers(resp.peers)
+        case MsdpSaCache():
+            return render_sa_cache(resp.entries)
         case _:
             assert_never(resp)

@@ -42,10 +42,14 @@ from mcr.protocol.jsondoc import load_json
 from mcr.protocol.routing import (
     ROUTING_RESPONSES,
     ROUTING_STRUCT_COMMANDS,
+    AddMsdpPeer,
     DisablePim,
     EnablePim,
     Mroutes,
+    MsdpPeers,
+    MsdpSaCache,
     PimNeighbors,
+    RemoveMsdpPeer,
     RoutingQuery,
     RoutingRequest,
     RoutingResponse,
@@ -325,7 +329,7 @@ def encode_request(req: Request) -> bytes:
             doc = {"SetGlobalLogLevel": {"level": req.level.name}}
         case SetFacilityLogLevel():
             doc = {"SetFacilityLogLevel": {"facility": req.facility.name, "level": req.level.name}}
-        case RoutingQuery() | EnablePim() | DisablePim() | SetStaticRp():
+        case RoutingQuery() | EnablePim() | DisablePim() | SetStaticRp() | AddMsdpPeer() | RemoveMsdpPeer():
             doc = encode_routing_request(req)
         case _:
             assert_never(req)
@@ -481,7 +485,7 @@ def response_json(resp: Response) -> object:
                     "rules": [encode_rule(r) for r in v.rules],
                 }
             }
-        case PimNeighbors() | Mroutes():
+        case PimNeighbors() | Mroutes() | MsdpPeers() | MsdpSaCache():
             return routing_response_json(resp)
         case _:
             assert_never(resp)

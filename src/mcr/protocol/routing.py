@@ -11,6 +11,11 @@ stays in one module:
 - `{"SetStaticRp": {group_prefix, rp_address}}` -> `Success`/`Error`.
 - `"GetMroute"` -> `{"Mroute": [{source, group, input_interface, output_interfaces, entry_type, age_secs}]}`
   with `entry_type` `Static`, `StarG` or `SG`, as the original.
+- MSDP: `{"AddMsdpPeer": {address, description?, mesh_group?, default_peer}}`,
+  `{"RemoveMsdpPeer": {address}}`, `"ClearMsdpSaCache"` -> `Success`/`Error`; `"GetMsdpPeers"` ->
+  `{"MsdpPeers": [{address, state, description, mesh_group, default_peer, uptime_secs, sa_received, sa_sent,
+  is_active}]}` (ours adds `rpf_failures`); `"GetMsdpSaCache"` -> `{"MsdpSaCache": [{source, group,
+  origin_rp, learned_from, age_secs, expires_in_secs, is_local}]}`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from mcr.routing.pim_joins import parse_group_prefix
 class RoutingQuery(Enum):
     GET_PIM_NEIGHBORS = "GetPimNeighbors"
     GET_MROUTE = "GetMroute"
+    GET_MSDP_PEERS = "GetMsdpPeers"
+    GET_MSDP_SA_CACHE = "GetMsdpSaCache"
+    CLEAR_MSDP_SA_CACHE = "ClearMsdpSaCache"  # changes state: not a read-only request
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +56,21 @@ class SetStaticRp:
     rp_address: IPv4Address | IPv6Address
 
 
-RoutingRequest = RoutingQuery | EnablePim | DisablePim | SetStaticRp
-ROUTING_STRUCT_COMMANDS = ("EnablePim", "DisablePim", "SetStaticRp")
+@dataclass(frozen=True, slots=True)
+class AddMsdpPeer:
+    address: IPv4Address
+    description: str | None = None
+    mesh_group: str | None = None
+    default_peer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMsdpPeer:
+    address: IPv4Address
+
+
+RoutingRequest = RoutingQuery | EnablePim | DisablePim | SetStaticRp | AddMsdpPeer | RemoveMsdpPeer
+ROUTING_STRUCT_COMMANDS = ("EnablePim", "DisablePim", "SetStaticRp", "AddMsdpPeer", "RemoveMsdpPeer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +105,43 @@ class Mroutes:
     entries: tuple[MrouteInfo, ...]
 
 
-RoutingResponse = PimNeighbors | Mroutes
-ROUTING_RESPONSES = ("PimNeighbors", "Mroute")
+@dataclass(frozen=True, slots=True)
+class MsdpPeerInfo:
+    address: IPv4Address
+    state: str
+    description: str | None
+    mesh_group: str | None
+    default_peer: bool
+    uptime_secs: int | None
+    sa_received: int
+    sa_sent: int
+    is_active: bool
+    rpf_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MsdpPeers:
+    peers: tuple[MsdpPeerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MsdpSaInfo:
+    source: IPv4Address
+    group: IPv4Address
+    origin_rp: IPv4Address
+    learned_from: IPv4Address | None
+    age_secs: int
+    expires_in_secs: int
+    is_local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MsdpSaCache:
+    entries: tuple[MsdpSaInfo, ...]
+
+
+RoutingResponse = PimNeighbors | Mroutes | MsdpPeers | MsdpSaCache
+ROUTING_RESPONSES = ("PimNeighbors", "Mroute", "MsdpPeers", "MsdpSaCache")
 MROUTE_TYPES = ("Static", "StarG", "SG", "Igmp")
 
 
@@ -122,6 +178,26 @@ def _optional_int(where: str, body: dict[str, object], name: str, low: int, high
     return value
 
 
+def _optional_str(where: str, body: dict[str, object], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 255:
+        raise ProtocolError(f"field '{name}' in {where} must be a string of at most 255 characters")
+    return value
+
+
+def _ipv4(where: str, body: dict[str, object], name: str) -> IPv4Address:
+    text = _string(where, body, name)
+    try:
+        address = IPv4Address(text)
+    except ValueError:
+        raise ProtocolError(f"field '{name}' in {where}: '{text}' is not an IPv4 address") from None
+    if address.is_multicast or address.is_unspecified or address.is_loopback:
+        raise ProtocolError(f"field '{name}' in {where}: {address} is not a unicast peer address")
+    return address
+
+
 def decode_routing_struct(name: str, body: object) -> RoutingRequest:
     if name == "EnablePim":
         f = _fields(name, body, frozenset({"interface", "dr_priority", "hello_period"}), frozenset({"interface"}))
@@ -149,6 +225,22 @@ def decode_routing_struct(name: str, body: object) -> RoutingRequest:
         if rp.version != prefix.version:
             raise ProtocolError(f"{name}: RP {rp} is not of the family of {prefix}")
         return SetStaticRp(prefix, rp)
+    if name == "AddMsdpPeer":
+        f = _fields(
+            name, body, frozenset({"address", "description", "mesh_group", "default_peer"}), frozenset({"address"})
+        )
+        default_peer = f.get("default_peer", False)
+        if not isinstance(default_peer, bool):
+            raise ProtocolError(f"field 'default_peer' in {name} must be a boolean")
+        return AddMsdpPeer(
+            _ipv4(name, f, "address"),
+            _optional_str(name, f, "description"),
+            _optional_str(name, f, "mesh_group"),
+            default_peer,
+        )
+    if name == "RemoveMsdpPeer":
+        f = _fields(name, body, frozenset({"address"}), frozenset({"address"}))
+        return RemoveMsdpPeer(_ipv4(name, f, "address"))
     raise ProtocolError(f"unknown command '{name}'")
 
 
@@ -165,12 +257,23 @@ def encode_routing_request(req: RoutingRequest) -> object:
             return {"DisablePim": {"interface": req.interface}}
         case SetStaticRp():
             return {"SetStaticRp": {"group_prefix": str(req.group_prefix), "rp_address": str(req.rp_address)}}
+        case AddMsdpPeer():
+            return {
+                "AddMsdpPeer": {
+                    "address": str(req.address),
+                    "description": req.description,
+                    "mesh_group": req.mesh_group,
+                    "default_peer": req.default_peer,
+                }
+            }
+        case RemoveMsdpPeer():
+            return {"RemoveMsdpPeer": {"address": str(req.address)}}
         case _:
             assert_never(req)
 
 
 def is_routing_read_only(req: RoutingRequest) -> bool:
-    return isinstance(req, RoutingQuery)
+    return isinstance(req, RoutingQuery) and req is not RoutingQuery.CLEAR_MSDP_SA_CACHE
 
 
 def routing_request_name(req: RoutingRequest) -> str:
@@ -210,6 +313,39 @@ def routing_response_json(resp: RoutingResponse) -> object:
                         "age_secs": m.age_secs,
                     }
                     for m in resp.entries
+                ]
+            }
+        case MsdpPeers():
+            return {
+                "MsdpPeers": [
+                    {
+                        "address": str(p.address),
+                        "state": p.state,
+                        "description": p.description,
+                        "mesh_group": p.mesh_group,
+                        "default_peer": p.default_peer,
+                        "uptime_secs": p.uptime_secs,
+                        "sa_received": p.sa_received,
+                        "sa_sent": p.sa_sent,
+                        "is_active": p.is_active,
+                        "rpf_failures": p.rpf_failures,
+                    }
+                    for p in resp.peers
+                ]
+            }
+        case MsdpSaCache():
+            return {
+                "MsdpSaCache": [
+                    {
+                        "source": str(e.source),
+                        "group": str(e.group),
+                        "origin_rp": str(e.origin_rp),
+                        "learned_from": None if e.learned_from is None else str(e.learned_from),
+                        "age_secs": e.age_secs,
+                        "expires_in_secs": e.expires_in_secs,
+                        "is_local": e.is_local,
+                    }
+                    for e in resp.entries
                 ]
             }
         case _:
@@ -263,4 +399,46 @@ def decode_routing_response(name: str, body: object) -> RoutingResponse:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ProtocolError(f"malformed Mroute response: {e!r}") from None
+    if name in ("MsdpPeers", "MsdpSaCache"):
+        if not isinstance(body, list):
+            raise ProtocolError(f"{name} response must carry an array")
+        try:
+            if name == "MsdpPeers":
+                return MsdpPeers(tuple(_decode_msdp_peer(d) for d in body))
+            return MsdpSaCache(tuple(_decode_sa(d) for d in body))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProtocolError(f"malformed {name} response: {e!r}") from None
     raise ProtocolError(f"unknown response type '{name}'")
+
+
+def _opt_str(d: dict[str, Any], key: str) -> str | None:
+    value = d.get(key)
+    return None if value is None else str(value)
+
+
+def _decode_msdp_peer(d: dict[str, Any]) -> MsdpPeerInfo:
+    return MsdpPeerInfo(
+        address=IPv4Address(d["address"]),
+        state=str(d["state"]),
+        description=_opt_str(d, "description"),
+        mesh_group=_opt_str(d, "mesh_group"),
+        default_peer=bool(d["default_peer"]),
+        uptime_secs=_optional(d, "uptime_secs"),
+        sa_received=int(d["sa_received"]),
+        sa_sent=int(d["sa_sent"]),
+        is_active=bool(d["is_active"]),
+        rpf_failures=int(d.get("rpf_failures", 0)),
+    )
+
+
+def _decode_sa(d: dict[str, Any]) -> MsdpSaInfo:
+    learned = d.get("learned_from")
+    return MsdpSaInfo(
+        source=IPv4Address(d["source"]),
+        group=IPv4Address(d["group"]),
+        origin_rp=IPv4Address(d["origin_rp"]),
+        learned_from=None if learned is None else IPv4Address(learned),
+        age_secs=int(d["age_secs"]),
+        expires_in_secs=int(d["expires_in_secs"]),
+        is_local=bool(d["is_local"]),
+    )

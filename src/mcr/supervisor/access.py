@@ -28,7 +28,15 @@ from mcr.protocol.control import (
     SetFacilityLogLevel,
     SetGlobalLogLevel,
 )
-from mcr.protocol.routing import DisablePim, EnablePim, RoutingQuery, SetStaticRp
+from mcr.protocol.routing import (
+    AddMsdpPeer,
+    DisablePim,
+    EnablePim,
+    RemoveMsdpPeer,
+    RoutingQuery,
+    SetStaticRp,
+    is_routing_read_only,
+)
 
 # The socket and its directory: only the control group when that is all there is; open to every
 # local user (then SO_PEERCRED alone decides) when a read-only group must be able to connect too.
@@ -56,6 +64,8 @@ def request_name(req: Request) -> str:
             | EnablePim()
             | DisablePim()
             | SetStaticRp()
+            | AddMsdpPeer()
+            | RemoveMsdpPeer()
         ):
             return type(req).__name__
         case _:
@@ -65,8 +75,10 @@ def request_name(req: Request) -> str:
 def is_read_only(req: Request) -> bool:
     """Whether a request only looks: a new request type must be classified here to type-check."""
     match req:
-        case Query() | RoutingQuery():
+        case Query():
             return True
+        case RoutingQuery():
+            return is_routing_read_only(req)
         case (
             AddRule()
             | RemoveRule()
@@ -75,6 +87,8 @@ def is_read_only(req: Request) -> bool:
             | EnablePim()
             | DisablePim()
             | SetStaticRp()
+            | AddMsdpPeer()
+            | RemoveMsdpPeer()
         ):
             return False
         case _:

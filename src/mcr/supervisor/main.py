@@ -48,7 +48,18 @@ from mcr.protocol.control import (
     Version,
     Workers,
 )
-from mcr.protocol.routing import DisablePim, EnablePim, Mroutes, PimNeighbors, RoutingQuery, SetStaticRp
+from mcr.protocol.routing import (
+    AddMsdpPeer,
+    DisablePim,
+    EnablePim,
+    Mroutes,
+    MsdpPeers,
+    MsdpSaCache,
+    PimNeighbors,
+    RemoveMsdpPeer,
+    RoutingQuery,
+    SetStaticRp,
+)
 from mcr.protocol.worker import (
     CloseSockets,
     OpenSockets,
@@ -65,6 +76,7 @@ from mcr.supervisor.control import ControlServer, resolve_group
 from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, SyncTracker, resolve
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
+from mcr.supervisor.msdp import MsdpService, local_sources
 from mcr.supervisor.notify import Notifier
 from mcr.supervisor.pim import PimService, merge_pim_outputs
 from mcr.supervisor.state import StateError, load_state, save_state
@@ -156,6 +168,7 @@ class Supervisor:
         self.kernel: KernelRelay | None = None
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
         self.pim = PimService(self.loop, self.on_pim_routes)
+        self.msdp = MsdpService(self.loop)
         if self.config_file is not None:
             self.pim.configure(self.config_file.pim)
 
@@ -416,6 +429,7 @@ class Supervisor:
             handle.close_io()
         self.memberships.close()
         self.pim.close()
+        await self.msdp.close()
         if self.kernel is not None:
             self.collect_kernel()
             self.kernel.close()
@@ -546,6 +560,12 @@ class Supervisor:
         rules = merge_pim_outputs(self.table.rules.values(), self.pim.joins)
         return resolve(rules, self.links, self.kernel_outputs(), self.stats.since)
 
+    def advertise_local_sources(self) -> None:
+        """MSDP originates SAs for the rules' single sources in groups whose RP is one of our addresses."""
+        ours = frozenset(a for link in self.links.values() for a in link.ipv4)
+        rp, entries = local_sources(self.table.rules.values(), self.pim.rps, ours)
+        self.msdp.set_local_sources(rp, entries)
+
     def on_pim_routes(self) -> None:
         """PIM's outgoing interfaces changed: the rules for those groups get (or lose) outputs."""
         if self.resolve() != self.resolution:
@@ -563,6 +583,7 @@ class Supervisor:
         self.resolution = self.resolve()
         self.generation += 1
         self.sync_state.on_apply(before, self.resolution, self.generation)
+        self.advertise_local_sources()
         self.memberships.reconcile(self.resolution.memberships)
         self.sync_kernel(self.resolution)
         for handle in self.workers:
@@ -686,6 +707,19 @@ class Supervisor:
                 return Success(self.pim.set_static_rp(req))
             case RoutingQuery.GET_MROUTE:
                 return Mroutes(self.pim.mroutes(self.table.rules.values()))
+            case RoutingQuery.GET_MSDP_PEERS:
+                return MsdpPeers(self.msdp.peer_infos())
+            case RoutingQuery.GET_MSDP_SA_CACHE:
+                self.advertise_local_sources()
+                return MsdpSaCache(self.msdp.sa_infos())
+            case RoutingQuery.CLEAR_MSDP_SA_CACHE:
+                return Success(self.msdp.clear_cache())
+            case AddMsdpPeer():
+                text = await self.msdp.add_peer(req)
+                self.advertise_local_sources()
+                return Success(text)
+            case RemoveMsdpPeer():
+                return Success(self.msdp.remove_peer(req))
             case _:
                 assert_never(req)
 
