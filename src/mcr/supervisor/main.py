@@ -609,6 +609,7 @@ class Supervisor:
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links
         self.pim.on_links(links)
+        self.advertise_local_sources()  # an address of ours may be an RP's
         if self.resolve() != self.resolution:
             self.apply()
 
@@ -704,13 +705,14 @@ class Supervisor:
             case DisablePim():
                 return Success(self.pim.disable(req))
             case SetStaticRp():
-                return Success(self.pim.set_static_rp(req))
+                text = self.pim.set_static_rp(req)
+                self.advertise_local_sources()  # we may have become (or stopped being) the RP of a source's group
+                return Success(text)
             case RoutingQuery.GET_MROUTE:
                 return Mroutes(self.pim.mroutes(self.table.rules.values()))
             case RoutingQuery.GET_MSDP_PEERS:
                 return MsdpPeers(self.msdp.peer_infos())
             case RoutingQuery.GET_MSDP_SA_CACHE:
-                self.advertise_local_sources()
                 return MsdpSaCache(self.msdp.sa_infos())
             case RoutingQuery.CLEAR_MSDP_SA_CACHE:
                 return Success(self.msdp.clear_cache())
