@@ -16,8 +16,15 @@ Respond = Callable[[bytes], Answer]
 
 
 def by_command(answers: Mapping[str, object]) -> Respond:
-    """Answer each request (a bare command such as "GetStats") as the real supervisor would: its JSON, one line."""
-    return lambda request: json.dumps(answers[json.loads(request)]).encode() + b"\n"
+    """Answer each request (a bare command such as "GetStats") as the real supervisor would: its JSON, one line;
+    a command not in `answers` gets an Error, as from a supervisor that does not know it (the original)."""
+
+    def respond(request: bytes) -> bytes:
+        command = json.loads(request)
+        answer = answers.get(command, {"Error": f"unknown command '{command}'"})
+        return json.dumps(answer).encode() + b"\n"
+
+    return respond
 
 
 class FakeSupervisor:

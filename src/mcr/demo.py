@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from mcr.cli.control_client import console_for
 from mcr.lab import SRC_IP, Lab
 from mcr.model.status import FlowStats
 from mcr.protocol.control import Stats, decode_response
@@ -52,7 +52,7 @@ def _stats_table(flows: tuple[FlowStats, ...], sent_target: int, elapsed: float)
 
 
 def run_demo(rate: int, count: int, size: int, workers: int) -> int:
-    console = Console()
+    console = console_for(sys.stdout)
     if os.geteuid() != 0:
         console.print("[red]the demo builds network namespaces: run it as root[/red]")
         return 1
@@ -141,13 +141,20 @@ def run_demo(rate: int, count: int, size: int, workers: int) -> int:
         )
         procs.append(gen)
         start = time.monotonic()
+
+        def show(live: Live) -> None:
+            out = subprocess.run([*ctl, "--json", "stats"], capture_output=True, text=True)
+            response = decode_response(out.stdout.encode()) if out.returncode == 0 else None
+            if isinstance(response, Stats):
+                live.update(_stats_table(response.flows, count, time.monotonic() - start))
+
         with Live(console=console, refresh_per_second=4) as live:
             while sink.poll() is None and time.monotonic() - start < count / max(rate, 1) + 20:
-                out = subprocess.run([*ctl, "--json", "stats"], capture_output=True, text=True)
-                response = decode_response(out.stdout.encode()) if out.returncode == 0 else None
-                if isinstance(response, Stats):
-                    live.update(_stats_table(response.flows, count, time.monotonic() - start))
+                show(live)
                 time.sleep(0.5)
+            show(live)  # the final counters, once the sink is done
+        if not console.is_terminal:
+            console.line()  # off a terminal, Live leaves its last frame without a line end
         gen.wait(timeout=10)
         report_text = sink.communicate(timeout=10)[0].decode()
         report = json.loads(report_text)

@@ -177,9 +177,23 @@ class Relay:
                 return dict(entry)
         raise AssertionError(f"no stats for rule {rule_id}")
 
-    def workers(self, kind: str = "DataPlane") -> list[dict[str, Any]]:
-        """`list-workers` entries of one kind: the data-plane workers, or the `KernelEngine` entry."""
-        return [w for w in self.json("list-workers")["Workers"] if w["worker_type"] == kind]
+    def workers(self) -> list[dict[str, Any]]:
+        """`list-workers`: the data-plane worker processes."""
+        return list(self.json("list-workers")["Workers"])
+
+    def kernel(self) -> dict[str, Any]:
+        """`control_client kernel`: the eBPF engine's status and drops."""
+        return dict(self.json("kernel")["KernelStatus"])
+
+    def drops(self, engine: str) -> dict[str, int]:
+        """The frames one engine dropped, by reason: summed over the workers, or the kernel engine's."""
+        if engine == "kernel":
+            return dict(self.kernel()["drops"])
+        totals: dict[str, int] = {}
+        for w in self.workers():
+            for reason, n in w["drops"].items():
+                totals[reason] = totals.get(reason, 0) + n
+        return totals
 
     def wait_relayed(self, rule_id: str, packets: int, timeout: float = 10.0) -> dict[str, Any]:
         return wait_for(

@@ -107,12 +107,7 @@ def test_malformed_frames_are_counted_and_the_valid_flow_is_intact(
             expected[reasons[column]] = expected.get(reasons[column], 0) + per_kind
 
     def drops() -> dict[str, int]:
-        kind = "DataPlane" if engine == "userspace" else "KernelEngine"
-        totals: dict[str, int] = {}
-        for w in relay.workers(kind):
-            for reason, n in w["drops"].items():
-                totals[reason] = totals.get(reason, 0) + n
-        return totals
+        return relay.drops(engine)
 
     counted = wait_for(lambda: (d := drops()) and all(d.get(r, 0) >= n for r, n in expected.items()) and d, 5,
                        what=f"drop counters {expected}")  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mcr.lab import RELAY_OUT_IP, Lab
+from mcr.lab import RELAY_OUT_IP, SINK_IP, Lab
 from tests.e2e.harness import Relay, send, start_sink, wait_for
 
 
@@ -120,6 +120,27 @@ def test_rules_added_and_removed_while_traffic_flows(lab: Lab, workdir: Path, re
 
 
 @pytest.mark.workers(2)
+def test_list_workers_lists_worker_processes_only(lab: Lab, workdir: Path, relay: Relay, engine: str) -> None:
+    """With the kernel engine on, list-workers still lists only the unprivileged worker processes (a script
+    that restarts the listed pids must never hit the supervisor); the engine has its own request."""
+    relay.add("k1", "239.2.2.2:6001:rout")
+    assert relay.proc is not None
+    workers = relay.workers()
+    assert len(workers) == 2
+    for w in workers:
+        assert w["worker_type"] == "DataPlane" and w["pid"] != relay.proc.pid and w["uid"] != 0
+    kernel = relay.kernel()
+    assert (kernel["loaded"], kernel["mode"]) == (engine == "kernel", engine)
+    if engine == "kernel":
+        assert (kernel["rules"], kernel["interfaces"]) == (1, ["rin"])
+        assert kernel["instructions"] > 0 and set(kernel["drops"]) >= {"fragment", "no_rule"}
+        assert "kernel engine drops:" in relay.ctl("stats").stdout
+    else:
+        assert kernel["reason"] == "--engine userspace"
+        assert "kernel engine" not in relay.ctl("stats").stdout
+
+
+@pytest.mark.workers(2)
 def test_two_workers_share_without_duplicates(lab: Lab, workdir: Path, relay: Relay) -> None:
     workers = relay.workers()
     assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
@@ -156,6 +177,39 @@ def test_ttl_and_source_on_the_wire(lab: Lab, workdir: Path, relay: Relay, ttl: 
     for got_ttl, src, dst, port in headers:
         assert int(got_ttl) == (ttl or 1)
         assert (src, dst, port) == (RELAY_OUT_IP, "239.2.2.2", "6001")
+
+
+def test_default_ttls_multicast_from_the_supervisor_unicast_from_the_kernel(
+    lab: Lab, workdir: Path, engine: str
+) -> None:
+    """Outputs that set no TTL: a group gets --multicast-ttl, a unicast destination the kernel's default
+    (so a routed unicast output crosses routers), never 1."""
+    relay = Relay(lab, workdir, extra=["--engine", engine, "--multicast-ttl", "7"]).start()
+    try:
+        relay.add("mc", "239.2.2.2:6001:rout")
+        relay.add("uc", f"{SINK_IP}:6002:rout", port=5002)
+        # a listener, so that no ICMP port-unreachable makes the connected output socket refuse a send
+        listener = subprocess.Popen(
+            lab.exec_argv(lab.sink, ["timeout", "20", "socat", "-u", "UDP-RECV:6002", "/dev/null"])
+        )
+        capture = _capture_ports(lab, (6001, 6002), 6)
+        wait_for(lambda: "listening" in (capture.stderr.readline() if capture.stderr else ""), 10, what="tcpdump")
+        send(lab, count=3, rate=100, size=100)
+        send(lab, count=3, rate=100, size=100, port=5002)
+        out, _ = capture.communicate(timeout=20)
+        listener.terminate()
+        listener.wait(5)
+    finally:
+        relay.stop()
+    default = int(lab.netns(lab.relay, "sysctl", "-n", "net.ipv4.ip_default_ttl").stdout)
+    headers = re.findall(r"ttl (\d+),.*?\n\s+\S+ > (\d+\.\d+\.\d+\.\d+)\.(\d+)", out)
+    assert sorted(headers) == sorted([("7", "239.2.2.2", "6001")] * 3 + [(str(default), SINK_IP, "6002")] * 3), out
+
+
+def _capture_ports(lab: Lab, ports: tuple[int, ...], count: int) -> subprocess.Popen[str]:
+    expr = " or ".join(f"udp port {p}" for p in ports)
+    argv = ["timeout", "15", "tcpdump", "-l", "-i", "snk0", "-c", str(count), "-nn", "-v", expr]
+    return subprocess.Popen(lab.exec_argv(lab.sink, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_output_follows_an_address_change(lab: Lab, workdir: Path, relay: Relay, engine: str) -> None:

@@ -136,11 +136,10 @@ def test_extension_headers_are_walked_and_fragments_counted(lab: Lab, relay: Rel
     subprocess.run(lab.exec_argv(lab.src, argv), check=True, timeout=30)
     relay.wait_relayed("ext", n)
 
-    def drops() -> dict[str, int]:  # the workers', or the kernel engine's
-        totals: dict[str, int] = {}
-        for w in relay.workers() + relay.workers("KernelEngine"):
-            for reason, count in w["drops"].items():
-                totals[reason] = totals.get(reason, 0) + count
+    def drops() -> dict[str, int]:  # the workers', and the kernel engine's
+        totals = relay.drops("userspace")
+        for reason, count in relay.drops("kernel").items():
+            totals[reason] = totals.get(reason, 0) + count
         return totals
 
     counted = wait_for(lambda: (d := drops()).get("ext_header", 0) >= n and d, 10, what="ext_header drops")
@@ -173,10 +172,7 @@ def test_ipv6_source_rule_joins_with_mldv2_and_filters_by_prefix(
     flow = relay.wait_relayed("ssm6", 800)
     assert (flow["packets_relayed"], flow["bytes_relayed"]) == (800, 800 * 700)
     assert flow["outputs"][0]["packets_sent"] == 800
-    kind = "KernelEngine" if engine == "kernel" else "DataPlane"
-    no_rule = wait_for(
-        lambda: (n := sum(w["drops"].get("no_rule", 0) for w in relay.workers(kind))) >= 300 and n, 10, what="no_rule"
-    )
+    no_rule = wait_for(lambda: (n := relay.drops(engine).get("no_rule", 0)) >= 300 and n, 10, what="no_rule")
     assert no_rule == 300
     assert relay.flow("elsewhere6")["packets_relayed"] == 0
     views = {r["rule_id"]: r for r in relay.rules()}

@@ -9,8 +9,8 @@ from mcr.cli.transport import DEFAULT_TIMEOUT_S
 from mcr.protocol.control import encode_request
 
 ADD = ["add", "--input-interface", "eth0", "--input-group", "239.1.1.1", "--input-port", "5000"]
-OUT1 = '{"group": "239.2.2.2", "port": 6000, "interface": "eth1", "ttl": 1}'
-OUT2 = '{"group": "239.3.3.3", "port": 7000, "interface": "eth2", "ttl": 1}'
+OUT1 = '{"group": "239.2.2.2", "port": 6000, "interface": "eth1"}'
+OUT2 = '{"group": "239.3.3.3", "port": 7000, "interface": "eth2"}'
 ADD_HEAD = '{"AddRule": {"input_interface": "eth0", "input_group": "239.1.1.1", "input_port": 5000, '
 
 

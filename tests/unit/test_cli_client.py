@@ -15,7 +15,7 @@ import pytest
 from mcr.cli.control_client import ExitCode, main
 from mcr.cli.transport import connect_error, exchange
 from mcr.model.errors import ProtocolError
-from tests.fake_supervisor import HOLD, FakeSupervisor, Respond
+from tests.fake_supervisor import HOLD, FakeSupervisor, Respond, by_command
 
 Serve = Callable[[bytes | object | None], FakeSupervisor]
 
@@ -90,7 +90,8 @@ def test_human_output_exit_0(
         assert piece in captured.out
     assert "\x1b" not in captured.out  # not a terminal: no colour codes
     assert captured.err == ""
-    assert len(fake.requests) == 1 and fake.requests[0].endswith(b"\n")
+    # one request; `stats` then asks for the kernel engine's drops (this fake answers it with Stats: not shown)
+    assert len(fake.requests) == (2 if argv == ["stats"] else 1) and fake.requests[0].endswith(b"\n")
 
 
 @pytest.mark.parametrize(("argv", "answer", "shown"), ANSWERS, ids=[" ".join(a[0][:2]) for a in ANSWERS])
@@ -122,7 +123,7 @@ def test_sends_the_encoded_request_and_half_closes(serve: Serve) -> None:
             "input_interface": "eth0",
             "input_group": "239.1.1.1",
             "input_port": 5000,
-            "outputs": [{"group": "239.2.2.2", "port": 6000, "interface": "eth1", "ttl": 1}],
+            "outputs": [{"group": "239.2.2.2", "port": 6000, "interface": "eth1"}],
         }
     }
 
@@ -259,3 +260,51 @@ def test_exchange_returns_the_whole_answer(serve: Serve) -> None:
     fake = serve(big)
     assert exchange(str(fake.path), b'"Ping"\n', timeout_s=5) == big
     assert fake.requests == [b'"Ping"\n']
+
+
+KERNEL = {
+    "loaded": True,
+    "mode": "auto",
+    "reason": "",
+    "instructions": 1830,
+    "interfaces": ["eth0"],
+    "rules": 3,
+    "max_rules": 1000,
+    "max_outputs": 64,
+    "drops": {"fragment": 2, "no_rule": 0},
+}
+
+
+def test_stats_shows_the_kernel_engines_drops(
+    fake_supervisor: Callable[[Respond], FakeSupervisor], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = fake_supervisor(by_command({"GetStats": {"Stats": [FLOW]}, "GetKernelStatus": {"KernelStatus": KERNEL}}))
+    assert main(["--socket-path", str(fake.path), "stats"]) == ExitCode.OK
+    assert "kernel engine drops: fragment=2" in capsys.readouterr().out
+
+
+def test_stats_from_a_supervisor_without_kernel_status_shows_the_flows_only(
+    fake_supervisor: Callable[[Respond], FakeSupervisor], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The original answers GetKernelStatus with an Error: stats still succeeds, without the kernel line."""
+    unknown = {"Error": "unknown variant `GetKernelStatus`"}
+    fake = fake_supervisor(by_command({"GetStats": {"Stats": [FLOW]}, "GetKernelStatus": unknown}))
+    assert main(["--socket-path", str(fake.path), "stats"]) == ExitCode.OK
+    captured = capsys.readouterr()
+    assert "r1" in captured.out and "kernel engine" not in captured.out and captured.err == ""
+
+
+@pytest.mark.parametrize(
+    ("status", "shown"),
+    [
+        (KERNEL, ["yes (1830 instructions", "3 of 1000", "eth0", "fragment=2"]),
+        ({"loaded": False, "mode": "auto", "reason": "permission denied (need CAP_BPF)"}, ["no", "need CAP_BPF"]),
+    ],
+)
+def test_kernel_command(status: object, shown: list[str], serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = serve(doc({"KernelStatus": status}))
+    assert main(["--socket-path", str(fake.path), "kernel"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    for piece in shown:
+        assert piece in out
+    assert fake.requests == [b'"GetKernelStatus"\n']

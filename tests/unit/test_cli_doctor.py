@@ -30,7 +30,7 @@ from mcr.cli.doctor import (
 )
 from mcr.cli.host import collect_host_facts
 from mcr.model.rules import Engine, ForwardingRule, OutputDestination
-from mcr.model.status import RuleState, RuleView, WorkerInfo
+from mcr.model.status import KernelStatus, RuleState, RuleView, WorkerInfo
 from tests.fake_supervisor import FakeSupervisor, Respond, by_command
 
 ETHTOOL_K = """\
@@ -523,11 +523,13 @@ def test_doctor_asks_again_while_a_rule_is_pending(
     def respond(request: bytes) -> bytes:
         if json.loads(request) == "ListRules":
             return json.dumps({"Rules": [next(answers, RULE_DOC)]}).encode() + b"\n"
-        return json.dumps({"Workers": [WORKER_DOC]}).encode() + b"\n"
+        if json.loads(request) == "ListWorkers":
+            return json.dumps({"Workers": [WORKER_DOC]}).encode() + b"\n"
+        return json.dumps({"Error": "unknown command"}).encode() + b"\n"
 
     fake = fake_supervisor(respond)
     assert main(["--socket-path", str(fake.path), "doctor"]) == ExitCode.OK
-    assert [json.loads(r) for r in fake.requests] == ["ListRules", "ListRules", "ListWorkers"]
+    assert [json.loads(r) for r in fake.requests] == ["ListRules", "ListRules", "ListWorkers", "GetKernelStatus"]
     assert "nothing wrong found" in capsys.readouterr().out
     monkeypatch.setattr(control_client, "PENDING_GRACE_S", 0.3)
     stuck = fake_supervisor(by_command({"ListRules": {"Rules": [pending]}, "ListWorkers": {"Workers": [WORKER_DOC]}}))
@@ -538,3 +540,29 @@ def test_doctor_asks_again_while_a_rule_is_pending(
         "rule r1 stays pending: workers are applying the rule set (generation 2)",
     )
     assert 2 <= [json.loads(r) for r in stuck.requests].count("ListRules") <= 4
+
+
+@pytest.mark.parametrize(
+    ("kernel", "severity", "title"),
+    [
+        (
+            KernelStatus(True, "auto", rules=2, interfaces=("eth0",)),
+            Severity.OK,
+            "kernel engine loaded: 2 rules on eth0",
+        ),
+        (
+            KernelStatus(True, "auto", rules=2, drops={"fragment": 3, "no_rule": 9}),
+            Severity.WARNING,
+            "kernel engine dropped 3 frames of relayed groups",
+        ),
+        (
+            KernelStatus(False, "auto", "bpf(BPF_PROG_LOAD): Operation not permitted"),
+            Severity.WARNING,
+            "kernel engine not loaded: every rule is served in userspace",
+        ),
+        (KernelStatus(False, "userspace"), Severity.INFO, "kernel engine off (--engine userspace)"),
+    ],
+)
+def test_kernel_engine_finding(kernel: KernelStatus, severity: Severity, title: str) -> None:
+    (finding,) = [f for f in diagnose(CLEAN, RULES, WORKERS, kernel=kernel) if f.check == "kernel"]
+    assert finding.severity is severity and finding.title.startswith(title)

@@ -17,7 +17,7 @@ from rich.console import Console, RenderableType
 
 from mcr.cli import top as top_module
 from mcr.cli.control_client import ExitCode, TopInvocation, main, parse_command
-from mcr.cli.screen import Keyboard, refresh, run_live
+from mcr.cli.screen import Keyboard, Snapshot, refresh, run_live
 from mcr.cli.top import (
     Controls,
     SortKey,
@@ -35,7 +35,7 @@ from mcr.cli.top import (
 )
 from mcr.cli.transport import UnreachableError
 from mcr.model.rules import Engine, ForwardingRule
-from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView, WorkerInfo
+from mcr.model.status import FlowStats, KernelStatus, OutputStats, RuleState, RuleView, WorkerInfo
 from tests.fake_supervisor import FakeSupervisor, Respond, by_command
 
 T0 = datetime(2024, 5, 1, 12, 34, 56)
@@ -190,6 +190,15 @@ def test_format_rate(rate: float, shown: str) -> None:
 # -------------------------------------------------------------------------------------------- drawing
 
 
+def test_footer_shows_the_kernel_engine_when_it_is_loaded() -> None:
+    kernel = KernelStatus(True, "auto", rules=3, drops={"fragment": 4, "no_rule": 1})
+    lines = squeezed(render_top(on_poll(TopView(), FLOWS, WORKERS, T0, (), kernel), Controls(), 1.0))
+    assert "kernel engine 3 rules drops 5" in lines
+    unloaded = KernelStatus(False, "auto", "no CAP_BPF")
+    lines = squeezed(render_top(on_poll(TopView(), FLOWS, WORKERS, T0, (), unloaded), Controls(), 1.0))
+    assert not any("kernel engine" in line for line in lines)
+
+
 def test_view_shows_flows_outputs_and_footer() -> None:
     view = on_poll(TopView(), FLOWS, WORKERS, T0)
     lines = squeezed(render_top(view, Controls(), 1.0))
@@ -292,12 +301,12 @@ def test_names_are_not_markup() -> None:
 
 
 def test_refresh_turns_a_failed_poll_into_an_error_line() -> None:
-    def unreachable() -> tuple[tuple[FlowStats, ...], tuple[WorkerInfo, ...], tuple[RuleView, ...]]:
+    def unreachable() -> Snapshot:
         raise UnreachableError("cannot reach the supervisor: nothing is listening on /s")
 
     view = refresh(TopView(), unreachable, now=lambda: T1)
     assert view.error == "cannot reach the supervisor: nothing is listening on /s" and view.error_at == T1
-    view = refresh(view, lambda: (FLOWS, WORKERS, ()), now=lambda: T0)
+    view = refresh(view, lambda: (FLOWS, WORKERS, (), None), now=lambda: T0)
     assert view.error is None and view.flows == FLOWS
 
 
@@ -349,13 +358,13 @@ def test_run_live_draws_then_quits_on_q_and_restores(pty_pair: tuple[int, int]) 
     before = termios.tcgetattr(slave)
     polls: list[int] = []
 
-    def poll() -> tuple[tuple[FlowStats, ...], tuple[WorkerInfo, ...], tuple[RuleView, ...]]:
+    def poll() -> Snapshot:
         polls.append(1)
         if len(polls) == 2:
             os.write(master, b"n")  # sort by name: redrawn at once
         if len(polls) == 3:
             os.write(master, b"q")
-        return FLOWS, WORKERS, ()
+        return FLOWS, WORKERS, (), None
 
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=140, height=40, color_system=None)
@@ -409,7 +418,8 @@ def test_snapshot_from_the_supervisor(
     )
     assert main(["--socket-path", str(fake.path), *argv]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert [json.loads(r) for r in fake.requests] == ["GetStats", "ListWorkers", "ListRules"]
+    # GetKernelStatus last: this fake does not know it (an Error, as from the original), so no kernel line
+    assert [json.loads(r) for r in fake.requests] == ["GetStats", "ListWorkers", "ListRules", "GetKernelStatus"]
     lines = [" ".join(line.split()) for line in out.splitlines()]
     assert lines[0] == "MCR top 1 flow, sorted by packet rate (high to low) 1 pending"
     assert "feed-a pending eth0 239.1.1.1:5000 20.0k 224M 123456 164.8 MiB 6 0" in lines

@@ -54,6 +54,8 @@ def test_good_config() -> None:
         ("[supervisor]\nnum_workers = '2'\n", "mcr.toml: [supervisor]: 'num_workers' must be an integer"),
         ("[supervisor]\nworkers = 2\n", "mcr.toml: [supervisor]: unknown setting 'workers'"),
         ("[supervisor]\nnum_workers = 0\n", "'num_workers' must be at least 1"),
+        ("[supervisor]\nmulticast_ttl = 0\n", "mcr.toml: [supervisor]: multicast_ttl 0 is out of range; valid TTL"),
+        ("[supervisor]\nmulticast_ttl = '4'\n", "mcr.toml: [supervisor]: 'multicast_ttl' must be an integer"),
         ("[limits]\nmax_rules = -1\n", "mcr.toml: [limits]: 'max_rules' must be a positive integer"),
         (
             "[[rule]]\nid = 'r'\ninput_group = '239.1.1.1'\ninput_port = 1\n",

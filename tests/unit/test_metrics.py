@@ -7,7 +7,7 @@ from prometheus_client.registry import Collector
 from mcr.model.errors import ConfigError
 from mcr.model.ratelimit import RateLimit, RateUnit
 from mcr.model.rules import Engine, ForwardingRule
-from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView, WorkerInfo
+from mcr.model.status import FlowStats, KernelStatus, OutputStats, RuleState, RuleView, WorkerInfo
 from mcr.supervisor.metrics import Snapshot, metric_families, parse_listen_address
 
 LIMIT = RateLimit(500, RateUnit.PPS, 50)
@@ -35,6 +35,7 @@ SNAP = Snapshot(
         RuleView(ForwardingRule("r2", "eth9", IPv4Address("239.1.1.2"), 5000, ()), Engine.USERSPACE, RuleState.WAITING),
     ),
     workers=(WorkerInfo(10, "DataPlane", None, 0, "Running", 65534, 2, {"no_rule": 5}, 100, 3, 0, 4),),
+    kernel=KernelStatus(True, "auto", rules=6, drops={"fragment": 8}),
 )
 
 
@@ -61,6 +62,9 @@ def test_exposition() -> None:
         'mcr_ring_resyncs_total{worker="0"} 4.0',
         'mcr_worker_drops_total{reason="no_rule",worker="0"} 5.0',
         'mcr_build_info{implementation="mcr-python",version="0.1.0"} 1.0',
+        'mcr_kernel_engine_loaded{mode="auto"} 1.0',
+        "mcr_kernel_engine_rules 6.0",
+        'mcr_kernel_engine_drops_total{reason="fragment"} 8.0',
     ]
     for line in expected:
         assert line in text

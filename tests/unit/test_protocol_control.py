@@ -6,11 +6,22 @@ import pytest
 from mcr.model.errors import ProtocolError
 from mcr.model.levels import Facility, Severity
 from mcr.model.rules import Engine, ForwardingRule, Limits, OutputDestination
-from mcr.model.status import ConfigView, FlowStats, LogLevels, OutputStats, RuleState, RuleView, VersionInfo, WorkerInfo
+from mcr.model.status import (
+    ConfigView,
+    FlowStats,
+    KernelStatus,
+    LogLevels,
+    OutputStats,
+    RuleState,
+    RuleView,
+    VersionInfo,
+    WorkerInfo,
+)
 from mcr.protocol.control import (
     AddRule,
     ConfigResponse,
     Error,
+    KernelStatusResponse,
     LogLevelsResponse,
     Query,
     RemoveRule,
@@ -41,7 +52,7 @@ def test_original_add_rule_shape() -> None:
         input_interface="eth0",
         input_group=IPv4Address("239.1.1.1"),
         input_port=5000,
-        outputs=(OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", 1),),
+        outputs=(OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),),
     )
 
 
@@ -174,6 +185,8 @@ RULE = ForwardingRule(
         Workers((WorkerInfo(42, "DataPlane", None, 0, "Running", 65534, 1, {"no_rule": 3}, 100, 2, 0, 4),)),
         LogLevelsResponse(LogLevels("Info", {"Ingress": "Debug"})),
         Version(VersionInfo("0.1.0", 1)),
+        KernelStatusResponse(KernelStatus(True, "auto", "", 1830, ("eth0", "eth1"), 3, 1000, 64, {"fragment": 2})),
+        KernelStatusResponse(KernelStatus(False, "kernel", "bpf(BPF_PROG_LOAD): Operation not permitted")),
         ConfigResponse(
             ConfigView("/etc/mcr/mcr.toml", (("num_workers", 2), ("user", None)), Limits(max_rules=5), (RULE,))
         ),

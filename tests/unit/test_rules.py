@@ -1,14 +1,16 @@
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
 from mcr.model.errors import ValidationError
 from mcr.model.rules import (
     ForwardingRule,
+    InputProtocol,
     Limits,
     OutputDestination,
     check_rule_fits,
     check_rule_shape,
+    effective_ttl,
     interface_name_problem,
     parse_output_spec,
 )
@@ -92,6 +94,26 @@ def test_invalid_interface_names(name: str, fragment: str) -> None:
             "output[1] duplicates output[0]",
         ),
         ({"rule_id": "has space"}, "Invalid rule_id 'has space'"),
+        ({"name": " "}, "Invalid name: a rule name cannot be empty"),
+        ({"name": "n" * 65}, "longer than 64 characters"),
+        ({"name": "a\nb"}, "control characters are not allowed"),
+        ({"input_protocol": InputProtocol.ESP}, "input_protocol 50 (ESP) is not supported yet"),
+        (
+            {
+                "outputs": (
+                    OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", source_ip=IPv6Address("2001:db8::1")),
+                )
+            },
+            "output[0].source_ip 2001:db8::1 is IPv6 but the output group 239.2.2.2 is IPv4",
+        ),
+        (
+            {
+                "outputs": (
+                    OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", source_ip=IPv4Address("239.0.0.1")),
+                )
+            },
+            "output[0].source_ip 239.0.0.1 must be a unicast address",
+        ),
     ],
 )
 def test_shape_errors(changes: dict[str, object], message: str) -> None:
@@ -151,3 +173,27 @@ def test_output_spec(spec: str, expected: OutputDestination) -> None:
 def test_output_spec_errors(spec: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message.replace(".", r"\.")):
         parse_output_spec(spec)
+
+
+@pytest.mark.parametrize(
+    ("group", "ttl", "multicast_ttl", "expected"),
+    [
+        ("239.2.2.2", None, 1, 1),  # a group that sets none: the supervisor's multicast_ttl
+        ("239.2.2.2", None, 8, 8),
+        ("239.2.2.2", 3, 8, 3),  # its own wins
+        ("10.0.0.9", None, 8, None),  # unicast that sets none: the kernel's default (routed hops survive)
+        ("10.0.0.9", 5, 8, 5),
+        ("ff3e::10", None, 4, 4),
+        ("2001:db8::9", None, 4, None),
+    ],
+)
+def test_effective_ttl(group: str, ttl: int | None, multicast_ttl: int, expected: int | None) -> None:
+    out = parse_output_spec(f"[{group}]:6000:eth1" if ":" in group else f"{group}:6000:eth1", ttl)
+    assert effective_ttl(out, multicast_ttl) == expected
+
+
+def test_a_name_is_unique_like_an_id() -> None:
+    existing = {"r1": rule(name="feed-a")}
+    check_rule_fits(rule(rule_id="r2", input_port=5001, name="feed-b"), existing, Limits())
+    with pytest.raises(ValidationError, match="name 'feed-a' is already used by rule 'r1'"):
+        check_rule_fits(rule(rule_id="r2", input_port=5001, name="feed-a"), existing, Limits())

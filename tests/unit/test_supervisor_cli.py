@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
-from mcr.supervisor.cli import build_parser, merge_settings
+import pytest
+
+from mcr.model.config import parse_config
+from mcr.model.errors import ValidationError
+from mcr.supervisor.cli import MULTICAST_TTL_ENV, build_parser, merge_settings
 
 
 def test_seccomp_is_on_by_default_and_no_seccomp_turns_it_off() -> None:
     parser = build_parser()
     assert merge_settings(parser.parse_args(["supervisor"]), None).seccomp is True
     assert merge_settings(parser.parse_args(["supervisor", "--no-seccomp"]), None).seccomp is False
+
+
+def test_multicast_ttl_flag_then_file_then_environment_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    file = parse_config("[supervisor]\nmulticast_ttl = 6\n", "mcr.toml")
+    monkeypatch.delenv(MULTICAST_TTL_ENV, raising=False)
+    assert merge_settings(parser.parse_args(["supervisor"]), None).multicast_ttl == 1
+    monkeypatch.setenv(MULTICAST_TTL_ENV, "9")
+    assert merge_settings(parser.parse_args(["supervisor"]), None).multicast_ttl == 9
+    assert merge_settings(parser.parse_args(["supervisor"]), file).multicast_ttl == 6
+    assert merge_settings(parser.parse_args(["supervisor", "--multicast-ttl", "3"]), file).multicast_ttl == 3
+    monkeypatch.setenv(MULTICAST_TTL_ENV, "300")
+    with pytest.raises(ValidationError, match="MCR_MULTICAST_TTL: 300 is out of range; valid TTL range is 1-255"):
+        merge_settings(parser.parse_args(["supervisor"]), None)
+
+
+def test_bad_multicast_ttl_flag_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["supervisor", "--multicast-ttl", "0"])
+    assert "0 is out of range; valid TTL range is 1-255" in capsys.readouterr().err

@@ -86,6 +86,23 @@ def test_resolve(links: dict[str, Link], state: RuleState, reason: str, outputs:
             assert wr.outputs[0] == WorkerOutput(0, OUT.group, 6000, 3, IPv4Address("10.0.1.1"), 3)
 
 
+def test_source_ip_serves_an_unnumbered_output_and_ttls_resolve() -> None:
+    """An output with source_ip sends from it (an interface without an address of its own); outputs that
+    set no TTL take multicast_ttl (a group) or the kernel's default (None: unicast)."""
+    table = RuleTable(Limits())
+    unnumbered = OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", source_ip=IPv4Address("10.9.9.9"))
+    unicast = OutputDestination(IPv4Address("10.0.1.7"), 6001, "eth1")
+    add(table, outputs=(unnumbered, unicast))
+    links = {**LINKS, "eth1": Link("eth1", 3, True, 1500)}
+    res = resolve(table.rules.values(), links, multicast_ttl=5)
+    (view,) = res.views
+    assert (view.state, view.state_reason) == (RuleState.ACTIVE, "output[1] eth1 has no IPv4 address")
+    (wr,) = res.worker_rules
+    assert wr.outputs == (WorkerOutput(0, unnumbered.group, 6000, 3, IPv4Address("10.9.9.9"), 5),)
+    res = resolve(table.rules.values(), LINKS, multicast_ttl=5)
+    assert [o.ttl for o in res.worker_rules[0].outputs] == [5, None]
+
+
 @pytest.mark.parametrize(
     ("events", "delays"),
     [

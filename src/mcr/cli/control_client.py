@@ -25,16 +25,16 @@ from rich.console import Console
 from mcr import __version__
 from mcr.cli.doctor import diagnose, findings_json, has_problems, inputs_of, interfaces_of, render_findings
 from mcr.cli.host import collect_host_facts
-from mcr.cli.render import render_error, render_response
-from mcr.cli.screen import Keyboard, poll_supervisor, run_live
+from mcr.cli.render import render_error, render_kernel_drops, render_response
+from mcr.cli.screen import Keyboard, Snapshot, poll_supervisor, run_live
 from mcr.cli.top import Controls, TopView, on_poll, render_top
-from mcr.cli.transport import DEFAULT_TIMEOUT_S, ErrorAnswer, UnreachableError, ask, exchange
+from mcr.cli.transport import DEFAULT_TIMEOUT_S, ErrorAnswer, UnreachableError, ask, ask_kernel_status, exchange
 from mcr.model.config import parse_config
 from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
 from mcr.model.ratelimit import RateUnit, make_rate_limit, parse_rate
 from mcr.model.rules import IPAddress, OutputDestination, SourcePrefix, parse_group, parse_output_spec, parse_source
-from mcr.model.status import FlowStats, RuleState, RuleView, WorkerInfo
+from mcr.model.status import KernelStatus, RuleState, RuleView, WorkerInfo
 from mcr.protocol.control import (
     DEFAULT_SOCKET,
     SOCKET_ENV,
@@ -46,6 +46,7 @@ from mcr.protocol.control import (
     Rules,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    Stats,
     Workers,
     decode_response,
     encode_request,
@@ -321,7 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="G:P:IF[,[G6]:P:IF...]",
         help="output destinations; repeatable (default: none)",
     )
-    add.add_argument("--ttl", type=_ttl, metavar="N", help="multicast TTL of every output (default 1)")
+    add.add_argument(
+        "--ttl",
+        type=_ttl,
+        metavar="N",
+        help="TTL (hop limit) of every output (default: the supervisor's multicast_ttl for a group, "
+        "the kernel's default for a unicast destination)",
+    )
     add.add_argument(
         "--rate-limit",
         type=_rate,
@@ -341,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("list", "list the forwarding rules", aliases=["list-rules"])
     command("stats", "show per-rule and per-output counters")
     command("list-workers", "list the worker processes")
+    command("kernel", "show the eBPF kernel engine: loaded or why not, rules, interfaces, drops")
     command("ping", "check that the supervisor and its workers answer")
     command("version", "show the supervisor's version and protocol version")
 
@@ -424,6 +432,7 @@ _QUERIES: dict[str, Query | RoutingQuery] = {
     "ping": Query.PING,
     "version": Query.GET_VERSION,
     "mroute": RoutingQuery.GET_MROUTE,
+    "kernel": Query.GET_KERNEL_STATUS,
 }
 
 
@@ -524,7 +533,9 @@ def parse_invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def _console(out: TextIO) -> Console:
+def console_for(out: TextIO) -> Console:
+    """A console for `out`: the terminal's width and colours, or plain and wide (never cut at 80 columns) when
+    `out` is a pipe or a file."""
     terminal = out.isatty()
     return Console(
         file=out,
@@ -551,27 +562,40 @@ def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
         print(render_error(response.text), file=err)
         return ExitCode.ERROR_RESPONSE
     if not invocation.json_output:
-        _console(out).print(render_response(response), markup=False)
+        console = console_for(out)
+        console.print(render_response(response), markup=False)
+        if isinstance(response, Stats):
+            _print_kernel_drops(invocation, console)
     return ExitCode.OK
+
+
+def _print_kernel_drops(invocation: Invocation, console: Console) -> None:
+    """Under `stats`: the kernel engine's drops, from a supervisor that reports them (nothing otherwise)."""
+    try:
+        kernel = ask_kernel_status(invocation.socket_path, invocation.timeout_s)
+    except McrError:
+        return  # the flows are already printed; the kernel line is extra
+    if kernel is not None and kernel.loaded:
+        console.print(render_kernel_drops(kernel), markup=False)
 
 
 def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -> ExitCode:
     """The live view when stdout is a terminal; otherwise (or with --once) one snapshot."""
 
-    def poll() -> tuple[Sequence[FlowStats], Sequence[WorkerInfo], Sequence[RuleView]]:
+    def poll() -> Snapshot:
         return poll_supervisor(invocation.socket_path, invocation.timeout_s)
 
-    console = _console(out)
+    console = console_for(out)
     if invocation.once or not out.isatty():
         try:
-            flows, workers, rules = poll()
+            flows, workers, rules, kernel = poll()
         except ErrorAnswer as e:
             print(render_error(e.text), file=err)
             return ExitCode.ERROR_RESPONSE
         except McrError as e:
             print(f"{PROG}: {e}", file=err)
             return ExitCode.UNREACHABLE
-        view = on_poll(TopView(), flows, workers, datetime.now(), rules)
+        view = on_poll(TopView(), flows, workers, datetime.now(), rules, kernel)
         console.print(render_top(view, Controls(), invocation.interval_s, live=False))
         return ExitCode.OK
     try:
@@ -611,21 +635,23 @@ def run_doctor(invocation: DoctorInvocation, out: TextIO) -> ExitCode:
     """Ask for the rules and workers (if the supervisor answers), read the host, report; 1 if anything is wrong."""
     rules: Sequence[RuleView] | None = None
     workers: Sequence[WorkerInfo] | None = None
+    kernel: KernelStatus | None = None
     problem: str | None = None
     try:
         rules = settled_rules(invocation.socket_path, invocation.timeout_s)
         workers = ask(invocation.socket_path, Query.LIST_WORKERS, Workers, invocation.timeout_s).workers
+        kernel = ask_kernel_status(invocation.socket_path, invocation.timeout_s)
     except ErrorAnswer as e:
         problem = f"the supervisor answered: {e.text}"
     except McrError as e:
         problem = str(e)
     known = rules or ()
     facts = collect_host_facts(interfaces_of(known), offloads_of=inputs_of(known))
-    findings = diagnose(facts, rules, workers, supervisor_error=problem)
+    findings = diagnose(facts, rules, workers, supervisor_error=problem, kernel=kernel)
     if invocation.json_output:
         print(json.dumps(findings_json(findings), indent=2, ensure_ascii=False), file=out)
     else:
-        _console(out).print(render_findings(findings))
+        console_for(out).print(render_findings(findings))
     return ExitCode.ERROR_RESPONSE if has_problems(findings) else ExitCode.OK
 
 

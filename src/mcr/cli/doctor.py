@@ -19,7 +19,8 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcr.model.status import RuleState, RuleView, WorkerInfo
+from mcr.model.rules import DEFAULT_MULTICAST_TTL, effective_ttl
+from mcr.model.status import KernelStatus, RuleState, RuleView, WorkerInfo
 
 BUFFER_MIN = 8 << 20  # rmem_max/wmem_max below this are worth raising for a relay
 DEFAULT_IGMP_MAX_MEMBERSHIPS = 20  # the kernel's default, what MCR assumes when it cannot read the sysctl
@@ -288,11 +289,12 @@ def check_offloads(facts: HostFacts, rules: Sequence[RuleView]) -> list[Finding]
     return findings
 
 
-def check_ttl(rules: Sequence[RuleView]) -> list[Finding]:
-    """Outputs sent with TTL 1 never cross a router."""
+def check_ttl(rules: Sequence[RuleView], multicast_ttl: int = DEFAULT_MULTICAST_TTL) -> list[Finding]:
+    """Outputs sent with TTL 1 never cross a router. An output that sets no TTL sends with the supervisor's
+    `multicast_ttl` (a multicast group) or the kernel's default (unicast: never 1)."""
     findings = []
     for view in sorted(rules, key=lambda v: v.rule.rule_id):
-        low = [o for o in view.rule.outputs if o.ttl <= 1]
+        low = [o for o in view.rule.outputs if effective_ttl(o, multicast_ttl) == 1]
         if not low:
             continue
         findings.append(
@@ -481,6 +483,7 @@ def diagnose(
     rules: Sequence[RuleView] | None,
     workers: Sequence[WorkerInfo] | None,
     supervisor_error: str | None = None,
+    kernel: KernelStatus | None = None,
 ) -> list[Finding]:
     """Every check, in a fixed order. `rules`/`workers` are None when the supervisor could not be asked:
     the host checks still run, the rule and worker checks are replaced by one error saying why."""
@@ -507,6 +510,48 @@ def diagnose(
         findings += check_rules(rules)
     if workers is not None:
         findings += check_workers(workers)
+    if kernel is not None:
+        findings += check_kernel(kernel, rules or ())
+    return findings
+
+
+#: Kernel engine drops that say something is wrong upstream (the others, e.g. no_rule, are normal traffic).
+_KERNEL_DROP_PROBLEMS = ("fragment", "truncated", "bad_ip_header", "bad_udp_length", "zero_udp_checksum")
+
+
+def check_kernel(kernel: KernelStatus, rules: Sequence[RuleView]) -> list[Finding]:
+    """The eBPF engine (from GetKernelStatus): not loaded though asked for, and the drops that point at the input."""
+    if not kernel.loaded:
+        if kernel.mode == "userspace":
+            return [Finding(Severity.INFO, "kernel", "kernel engine off (--engine userspace): every rule in userspace")]
+        return [
+            Finding(
+                Severity.WARNING if rules else Severity.INFO,
+                "kernel",
+                "kernel engine not loaded: every rule is served in userspace",
+                kernel.reason or "no reason given",
+                "run the supervisor as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN on a kernel with "
+                "tc BPF (5.x or later); the userspace engine relays meanwhile",
+            )
+        ]
+    findings = []
+    bad = {k: n for k, n in kernel.drops.items() if k in _KERNEL_DROP_PROBLEMS and n}
+    if bad:
+        findings.append(
+            Finding(
+                Severity.WARNING,
+                "kernel",
+                f"kernel engine dropped {sum(bad.values())} frames of relayed groups",
+                ", ".join(f"{k}={n}" for k, n in sorted(bad.items()))
+                + ": fragments and malformed datagrams are never relayed.",
+                "check the sender's datagram size against the path MTU (fragments) and its stack (malformed)",
+            )
+        )
+    else:
+        where = ", ".join(kernel.interfaces) or "no interface yet"
+        findings.append(
+            Finding(Severity.OK, "kernel", f"kernel engine loaded: {_count(kernel.rules, 'rule')} on {where}")
+        )
     return findings
 
 

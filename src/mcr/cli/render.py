@@ -14,11 +14,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcr.model.rules import ForwardingRule, Limits
-from mcr.model.status import ConfigView, FlowStats, LogLevels, RuleView, VersionInfo, WorkerInfo
+from mcr.model.rules import ForwardingRule, Limits, OutputDestination
+from mcr.model.status import ConfigView, FlowStats, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
     ConfigResponse,
     Error,
+    KernelStatusResponse,
     LogLevelsResponse,
     Response,
     Rules,
@@ -94,6 +95,12 @@ def render_error(text: str) -> str:
     return f"error: {text}"
 
 
+def ttl_text(out: OutputDestination) -> str:
+    """` ttl N` for an output that sets its TTL; nothing for one that takes the default (the supervisor's
+    multicast_ttl for a group, the kernel's for a unicast destination)."""
+    return "" if out.ttl is None else f" ttl {out.ttl}"
+
+
 def _rule_input(r: ForwardingRule) -> str:
     return r.input_text if r.rate_limit is None else f"{r.input_text}\nlimit {r.rate_limit.text}"
 
@@ -108,7 +115,7 @@ def render_rules(rules: Sequence[RuleView]) -> RenderableType:
         return Text("no rules")
     table = _table("ID", "Input", "Outputs", "Engine", "State")
     for view in sorted(rules, key=lambda v: v.rule.rule_id):
-        outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in view.rule.outputs) or "(none)"
+        outputs = "\n".join(f"{o.spec}{ttl_text(o)}" for o in view.rule.outputs) or "(none)"
         _add_row(table, view.rule.rule_id, _rule_input(view.rule), outputs, view.engine.value, _rule_state(view))
     return table
 
@@ -194,6 +201,28 @@ def render_workers(workers: Sequence[WorkerInfo]) -> RenderableType:
     return table
 
 
+def render_kernel(k: KernelStatus) -> RenderableType:
+    """`control_client kernel`: one key/value table."""
+    table = _table("Kernel engine", "")
+    if not k.loaded:
+        _add_row(table, "loaded", "no")
+        _add_row(table, "mode", k.mode)
+        _add_row(table, "why", k.reason or _NONE)
+        return table
+    _add_row(table, "loaded", f"yes ({k.instructions} instructions, tc ingress)")
+    _add_row(table, "mode", k.mode)
+    _add_row(table, "rules", f"{k.rules} of {k.max_rules} (up to {k.max_outputs} outputs each)")
+    _add_row(table, "interfaces", ", ".join(k.interfaces) or _NONE)
+    _add_row(table, "drops", format_counters(k.drops))
+    return table
+
+
+def render_kernel_drops(k: KernelStatus) -> str:
+    """The line `stats` prints under the flows when the kernel engine is loaded."""
+    drops = format_counters(k.drops)
+    return f"kernel engine drops: {'none' if drops == _NONE else drops}"
+
+
 def render_log_levels(levels: LogLevels) -> RenderableType:
     head = Text(f"global: {levels.global_level}")
     if not levels.facility_overrides:
@@ -217,7 +246,7 @@ def render_config(view: ConfigView) -> RenderableType:
         _add_row(settings, f"limits.{key}", str(getattr(view.limits, key)))
     rules = _table("ID", "Source", "Input", "Outputs")
     for r in view.rules:
-        outputs = "\n".join(f"{o.spec} ttl {o.ttl}" for o in r.outputs) or "(none)"
+        outputs = "\n".join(f"{o.spec}{ttl_text(o)}" for o in r.outputs) or "(none)"
         _add_row(rules, r.rule_id, r.source.value, _rule_input(r), outputs)
     return Group(settings, rules if view.rules else Text("no rules"))
 
@@ -335,5 +364,7 @@ def render_response(resp: Response) -> RenderableType:
             return render_msdp_peers(resp.peers)
         case MsdpSaCache():
             return render_sa_cache(resp.entries)
+        case KernelStatusResponse():
+            return render_kernel(resp.status)
         case _:
             assert_never(resp)

@@ -23,35 +23,35 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 
 from mcr.cli.top import Controls, TopView, on_keys, on_poll, on_poll_error, render_top
-from mcr.cli.transport import ask
+from mcr.cli.transport import ask, ask_kernel_status
 from mcr.model.errors import McrError
-from mcr.model.status import FlowStats, RuleView, WorkerInfo
+from mcr.model.status import FlowStats, KernelStatus, RuleView, WorkerInfo
 from mcr.protocol.control import Query, Rules, Stats, Workers
 
 _READ_CHUNK = 64
 
-Snapshot = tuple[Sequence[FlowStats], Sequence[WorkerInfo], Sequence[RuleView]]
+Snapshot = tuple[Sequence[FlowStats], Sequence[WorkerInfo], Sequence[RuleView], KernelStatus | None]
 Poll = Callable[[], Snapshot]
 
 
 def poll_supervisor(socket_path: str, timeout_s: float) -> Snapshot:
-    """`GetStats`, `ListWorkers` and `ListRules` (for the rules' states), each on its own connection (one
-    request per connection).
+    """`GetStats`, `ListWorkers`, `ListRules` (for the rules' states) and `GetKernelStatus` (None from a
+    supervisor without it), each on its own connection (one request per connection).
 
     Raises what `ask` raises: `UnreachableError`, `ProtocolError` or `ErrorAnswer`, all `McrError`s.
     """
     stats = ask(socket_path, Query.GET_STATS, Stats, timeout_s)
     workers = ask(socket_path, Query.LIST_WORKERS, Workers, timeout_s)
     rules = ask(socket_path, Query.LIST_RULES, Rules, timeout_s)
-    return stats.flows, workers.workers, rules.rules
+    return stats.flows, workers.workers, rules.rules, ask_kernel_status(socket_path, timeout_s)
 
 
 def refresh(view: TopView, poll: Poll, now: Callable[[], datetime] = datetime.now) -> TopView:
     try:
-        flows, workers, rules = poll()
+        flows, workers, rules, kernel = poll()
     except McrError as e:
         return on_poll_error(view, str(e), now())
-    return on_poll(view, flows, workers, now(), rules)
+    return on_poll(view, flows, workers, now(), rules, kernel)
 
 
 class Keyboard:

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mcr.cli.render import endpoint, format_bit_rate, format_bytes
-from mcr.model.status import FlowStats, RuleState, RuleView, WorkerInfo
+from mcr.model.status import FlowStats, KernelStatus, RuleState, RuleView, WorkerInfo
 
 _QUIT_KEYS = frozenset({"q", "Q", "\x03"})  # \x03: Ctrl-C should the terminal ever deliver it as a byte
 _PREFIXES = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))
@@ -121,6 +121,7 @@ class TopView:
     refreshed_at: datetime | None = None  # the last successful poll
     error: str | None = None
     error_at: datetime | None = None
+    kernel: KernelStatus | None = None  # None: the supervisor does not report one
 
 
 def on_poll(
@@ -129,9 +130,10 @@ def on_poll(
     workers: Sequence[WorkerInfo],
     now: datetime,
     rules: Sequence[RuleView] = (),
+    kernel: KernelStatus | None = None,
 ) -> TopView:
     states = tuple((v.rule.rule_id, v.state) for v in rules if v.state is not RuleState.ACTIVE)
-    return TopView(flows=tuple(flows), workers=tuple(workers), states=states, refreshed_at=now)
+    return TopView(flows=tuple(flows), workers=tuple(workers), states=states, refreshed_at=now, kernel=kernel)
 
 
 def on_poll_error(view: TopView, message: str, now: datetime) -> TopView:
@@ -270,7 +272,7 @@ def _header(view: TopView, controls: Controls, live: bool) -> Text:
 
 
 def _footer(view: TopView, interval_s: float) -> Text:
-    workers = [w for w in view.workers if w.worker_type == "DataPlane"]  # not the kernel engine's entry
+    workers = view.workers
     running = sum(1 for w in workers if w.status == "Running")
     restarts = sum(w.restarts for w in workers)
     kernel_drops = sum(w.kernel_drops for w in workers)
@@ -283,6 +285,10 @@ def _footer(view: TopView, interval_s: float) -> Text:
     foot.append(str(kernel_drops), style="red" if kernel_drops else "")
     foot.append("  ring resyncs ")
     foot.append(str(resyncs), style="yellow" if resyncs else "")
+    if view.kernel is not None and view.kernel.loaded:
+        engine_drops = sum(view.kernel.drops.values())
+        foot.append(f"\nkernel engine {view.kernel.rules} rule{'s' if view.kernel.rules != 1 else ''}  drops ")
+        foot.append(str(engine_drops), style="yellow" if engine_drops else "")
     foot.append(f"\ntotal {format_rate(total_pps)} pkt/s, {format_bit_rate(total_bps)}")
     foot.append(f"  refreshed {format_clock(view.refreshed_at)}")
     if view.error is not None:

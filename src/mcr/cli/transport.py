@@ -13,7 +13,8 @@ import time
 from typing import TypeVar
 
 from mcr.model.errors import McrError, ProtocolError
-from mcr.protocol.control import Error, Request, decode_response, encode_request
+from mcr.model.status import KernelStatus
+from mcr.protocol.control import Error, KernelStatusResponse, Query, Request, decode_response, encode_request
 
 R = TypeVar("R")
 
@@ -120,6 +121,15 @@ def exchange(
     if not response.strip():
         raise ProtocolError("the supervisor closed the connection without answering")
     return bytes(response)
+
+
+def ask_kernel_status(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> KernelStatus | None:
+    """The kernel engine's status, or None from a supervisor that does not have the request (the original
+    answers an Error); unreachable and malformed answers raise as `ask` does."""
+    try:
+        return ask(path, Query.GET_KERNEL_STATUS, KernelStatusResponse, timeout_s).status
+    except ErrorAnswer:
+        return None
 
 
 def ask(path: str, request: Request, expected: type[R], timeout_s: float = DEFAULT_TIMEOUT_S) -> R:

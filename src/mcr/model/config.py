@@ -9,6 +9,7 @@
     group = "nogroup"
     log_level = "info"
     log_json = false
+    multicast_ttl = 1                 # TTL of multicast outputs that name none (unicast ones: the kernel's)
     state_file = "/var/lib/mcr/rules.json"
 
     [limits]
@@ -24,7 +25,7 @@
     input_interface = "eth0"
     input_group = "239.1.1.1"
     input_port = 5000
-    ttl = 4                            # default TTL of this rule's outputs (1 when absent)
+    ttl = 4                            # TTL of this rule's outputs (absent: multicast_ttl, or the kernel's for unicast)
     rate_limit = { pps = 10000 }       # optional: { pps = N, burst = packets } or { bps = N, burst_bytes = B }
     outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
 
@@ -45,7 +46,6 @@ from typing import Any
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.ratelimit import decode_rate_limit
 from mcr.model.rules import (
-    DEFAULT_TTL,
     ForwardingRule,
     Limits,
     OutputDestination,
@@ -56,6 +56,7 @@ from mcr.model.rules import (
     parse_group,
     parse_output_spec,
     parse_source,
+    ttl_problem,
 )
 from mcr.routing.config import PimConfig, parse_pim_section
 
@@ -75,6 +76,7 @@ class Settings:
     state_file: str | None = None
     metrics_addr: str | None = None
     engine: str | None = None
+    multicast_ttl: int | None = None  # the TTL of multicast outputs that name none (default 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ class Config:
     pim: PimConfig = field(default_factory=PimConfig)
 
 
-_SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool}
+_SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int}
 _RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl", "rate_limit"}
 _OUTPUT_KEYS = {"group", "port", "interface", "ttl"}
 
@@ -122,6 +124,9 @@ def _settings(path: str, table: dict[str, Any]) -> Settings:
                 f"{path}: [supervisor]: '{key}' must be {'an integer' if expected is int else 'a ' + expected.__name__}"
             )
         values[key] = value
+    problem = ttl_problem("multicast_ttl", values.get("multicast_ttl"))
+    if problem:
+        raise ConfigError(f"{path}: [supervisor]: {problem}")
     if values.get("engine") not in (None, "auto", "userspace", "kernel"):
         raise ConfigError(f"{path}: [supervisor]: 'engine' must be auto, userspace or kernel")
     if values.get("num_workers") is not None and values["num_workers"] < 1:
@@ -139,7 +144,7 @@ def _limits(path: str, table: dict[str, Any]) -> Limits:
     return Limits(**table)
 
 
-def _output(where: str, i: int, item: object, ttl: int) -> OutputDestination:
+def _output(where: str, i: int, item: object, ttl: int | None) -> OutputDestination:
     if isinstance(item, str):
         try:
             return parse_output_spec(item, ttl)
@@ -156,7 +161,7 @@ def _output(where: str, i: int, item: object, ttl: int) -> OutputDestination:
         if not _type_ok(item[key], kind):
             raise ConfigError(f"{where}: outputs[{i}].{key} must be {_kind(kind)}")
     out_ttl = item.get("ttl", ttl)
-    if not _type_ok(out_ttl, int):
+    if out_ttl is not None and not _type_ok(out_ttl, int):
         raise ConfigError(f"{where}: outputs[{i}].ttl must be an integer")
     try:
         group = parse_group(item["group"])
@@ -187,7 +192,7 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
     outputs_raw = item.get("outputs", [])
     if not isinstance(outputs_raw, list):
         raise ConfigError(f"{where}: 'outputs' must be an array")
-    ttl = item.get("ttl", DEFAULT_TTL)
+    ttl = item.get("ttl")
     outputs = tuple(_output(where, i, o, ttl) for i, o in enumerate(outputs_raw))
     try:
         group = parse_group(item["input_group"])

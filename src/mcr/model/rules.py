@@ -9,7 +9,7 @@ import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from mcr.model.errors import ValidationError
@@ -29,7 +29,10 @@ LINK_LOCAL_V6 = IPv6Network("fe80::/10")
 SCOPE_INTERFACE_LOCAL = 1
 SCOPE_LINK_LOCAL = 2
 IFNAMSIZ_MAX = 15
-DEFAULT_TTL = 1
+#: The TTL (hop limit) of a multicast output that names none, unless the supervisor's `multicast_ttl` says
+#: otherwise; a unicast output that names none keeps the kernel's default (net.ipv4.ip_default_ttl).
+DEFAULT_MULTICAST_TTL = 1
+MAX_NAME_LENGTH = 64
 
 _IFNAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]")
 _RULE_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
@@ -40,6 +43,13 @@ class RuleSource(Enum):
 
     RUNTIME = "runtime"
     CONFIG = "config"
+
+
+class InputProtocol(IntEnum):
+    """The IP protocol a rule relays (the original's `input_protocol`)."""
+
+    UDP = 17
+    ESP = 50
 
 
 class Engine(Enum):
@@ -88,7 +98,8 @@ class OutputDestination:
     group: IPAddress
     port: int
     interface: str
-    ttl: int = DEFAULT_TTL  # the hop limit for an IPv6 group
+    ttl: int | None = None  # the hop limit for an IPv6 group; None: see effective_ttl
+    source_ip: IPAddress | None = None  # send from this address instead of the interface's own
 
     @property
     def spec(self) -> str:
@@ -105,6 +116,8 @@ class ForwardingRule:
     input_source: SourcePrefix | None = None  # only packets from this host or prefix match
     source: RuleSource = field(default=RuleSource.RUNTIME, compare=False)
     rate_limit: RateLimit | None = None  # None: unlimited
+    name: str | None = None  # a human-friendly name, unique like the id (the original's `name`)
+    input_protocol: InputProtocol = InputProtocol.UDP
 
     @property
     def input_key(self) -> tuple[str, IPAddress, int, SourcePrefix | None]:
@@ -154,6 +167,14 @@ def interface_name_problem(name: str) -> str | None:
     return None
 
 
+def effective_ttl(out: OutputDestination, multicast_ttl: int = DEFAULT_MULTICAST_TTL) -> int | None:
+    """The TTL an output sends with: its own, else `multicast_ttl` for a multicast group; None for a unicast
+    output that names none (the kernel's default applies, so a routed unicast output crosses routers)."""
+    if out.ttl is not None:
+        return out.ttl
+    return multicast_ttl if is_multicast(out.group) else None
+
+
 def generated_rule_id(interface: str, group: IPAddress, port: int, source: SourcePrefix | None) -> str:
     """A stable id derived from the input key, so re-adding the same flow yields the same id."""
     text = f"{interface}|{group}|{port}|{'' if source is None else source_text(source)}|udp"
@@ -163,7 +184,7 @@ def generated_rule_id(interface: str, group: IPAddress, port: int, source: Sourc
 _V6_SPEC = re.compile(r"\[([^\]]*)\]:([^:]*):([^:]*)")
 
 
-def parse_output_spec(spec: str, ttl: int = DEFAULT_TTL) -> OutputDestination:
+def parse_output_spec(spec: str, ttl: int | None = None) -> OutputDestination:
     """Parse the CLI's `group:port:interface` form (original error texts), or `[ipv6-group]:port:interface`."""
     text = spec.strip()
     group: IPAddress
@@ -201,8 +222,8 @@ def _port_problem(label: str, port: int) -> str | None:
     return None
 
 
-def _ttl_problem(label: str, ttl: int) -> str | None:
-    if not 1 <= ttl <= 255:
+def ttl_problem(label: str, ttl: int | None) -> str | None:
+    if ttl is not None and not 1 <= ttl <= 255:
         return f"{label} {ttl} is out of range; valid TTL range is 1-255"
     return None
 
@@ -220,11 +241,20 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         problem = interface_name_problem(out.interface)
         if problem:
             raise ValidationError(f"Invalid output_interface in output[{i}]: {problem}")
+    if rule.name is not None:
+        problem = name_problem(rule.name)
+        if problem:
+            raise ValidationError(problem)
+    if rule.input_protocol is not InputProtocol.UDP:
+        raise ValidationError(
+            f"input_protocol {int(rule.input_protocol)} ({rule.input_protocol.name}) is not supported yet; "
+            f"only {int(InputProtocol.UDP)} (UDP) is relayed"
+        )
     problem = _port_problem("input_port", rule.input_port)
     if problem:
         raise ValidationError(problem)
     for i, out in enumerate(rule.outputs):
-        problem = _port_problem(f"output[{i}].port", out.port) or _ttl_problem(f"output[{i}].ttl", out.ttl)
+        problem = _port_problem(f"output[{i}].port", out.port) or ttl_problem(f"output[{i}].ttl", out.ttl)
         if problem:
             raise ValidationError(problem)
     _check_input_addresses(rule)
@@ -237,6 +267,10 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         problem = _destination_problem(out.group)
         if problem:
             raise ValidationError(f"output[{i}].group {out.group} {problem}")
+        if out.source_ip is not None:
+            problem = _source_ip_problem(out)
+            if problem:
+                raise ValidationError(f"output[{i}].source_ip {out.source_ip} {problem}")
         if out.interface == rule.input_interface:
             raise ValidationError(
                 f"Rule rejected: input_interface '{rule.input_interface}' and output_interface "
@@ -247,6 +281,27 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         if key in seen:
             raise ValidationError(f"output[{i}] duplicates output[{seen[key]}] ({out.spec})")
         seen[key] = i
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a rule, or None: 1-64 printable characters, not all blank."""
+    if not name.strip():
+        return "Invalid name: a rule name cannot be empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"Invalid name '{name[:MAX_NAME_LENGTH]}...': longer than {MAX_NAME_LENGTH} characters"
+    if not name.isprintable():
+        return f"Invalid name {name!r}: control characters are not allowed"
+    return None
+
+
+def _source_ip_problem(out: OutputDestination) -> str:
+    src = out.source_ip
+    assert src is not None
+    if src.version != out.group.version:
+        return f"is IPv{src.version} but the output group {out.group} is IPv{out.group.version}"
+    if is_multicast(src) or src in (UNSPECIFIED, LIMITED_BROADCAST, UNSPECIFIED_V6):
+        return "must be a unicast address"
+    return ""
 
 
 def _v6_scope(group: IPv6Address) -> int:
@@ -306,6 +361,8 @@ def check_rule_unique(rule: ForwardingRule, existing: Mapping[str, ForwardingRul
     if rule.rule_id in existing:
         raise ValidationError(f"Rule rejected: rule_id '{rule.rule_id}' already exists")
     for other in existing.values():
+        if rule.name is not None and other.name == rule.name:
+            raise ValidationError(f"Rule rejected: name '{rule.name}' is already used by rule '{other.rule_id}'")
         if other.input_key == rule.input_key:
             raise ValidationError(
                 f"Rule rejected: input {rule.input_text} is already relayed by rule '{other.rule_id}'"

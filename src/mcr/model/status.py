@@ -68,6 +68,22 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelStatus:
+    """The eBPF kernel engine as `GetKernelStatus` reports it. It runs inside the kernel on the supervisor's
+    behalf, so it is no worker process: `ListWorkers` does not list it."""
+
+    loaded: bool
+    mode: str  # the --engine setting: auto, kernel or userspace
+    reason: str = ""  # why it is not loaded (empty when it is)
+    instructions: int = 0  # of the loaded program
+    interfaces: tuple[str, ...] = ()  # where its program is attached (input interfaces of kernel rules)
+    rules: int = 0  # rules it serves
+    max_rules: int = 0
+    max_outputs: int = 0  # per rule
+    drops: dict[str, int] = field(default_factory=dict)  # frames to a configured (interface, group) not relayed
+
+
+@dataclass(frozen=True, slots=True)
 class LogLevels:
     global_level: str
     facility_overrides: dict[str, str]

@@ -16,9 +16,9 @@ from mcr.model.errors import ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
 from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
 from mcr.model.rules import (
-    DEFAULT_TTL,
     Engine,
     ForwardingRule,
+    InputProtocol,
     IPAddress,
     Limits,
     OutputDestination,
@@ -31,6 +31,7 @@ from mcr.model.rules import (
 from mcr.model.status import (
     ConfigView,
     FlowStats,
+    KernelStatus,
     LogLevels,
     OutputStats,
     RuleState,
@@ -78,6 +79,7 @@ class Query(Enum):
     GET_VERSION = "GetVersion"
     GET_LOG_LEVELS = "GetLogLevels"
     GET_CONFIG = "GetConfig"
+    GET_KERNEL_STATUS = "GetKernelStatus"  # ours: the eBPF engine's state and drops
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +171,12 @@ class _Fields:
             raise ProtocolError(f"field '{name}' in {self.where} must be an integer, got {_type_name(value)}")
         return value
 
+    def optional_integer(self, name: str) -> int | None:
+        """An integer field that may be absent or null (None then)."""
+        if self.obj.get(name) is None:
+            return None
+        return self.integer(name)
+
     def address(self, name: str) -> IPAddress:
         text = self.req_string(name)
         try:
@@ -204,7 +212,7 @@ def _decode_output(i: int, obj: object) -> OutputDestination:
         group=f.address("group"),
         port=f.integer("port"),
         interface=f.req_string("interface"),
-        ttl=f.integer("ttl", required=False, default=DEFAULT_TTL),
+        ttl=f.optional_integer("ttl"),
     )
 
 
@@ -301,7 +309,14 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
 
 
 def _output_json(out: OutputDestination) -> dict[str, object]:
-    return {"group": str(out.group), "port": out.port, "interface": out.interface, "ttl": out.ttl}
+    """An output as the originals encode it: `ttl` only when the output sets one (it then overrides
+    the supervisor's multicast_ttl)."""
+    doc: dict[str, object] = {"group": str(out.group), "port": out.port, "interface": out.interface}
+    if out.ttl is not None:
+        doc["ttl"] = out.ttl
+    if out.source_ip is not None:
+        doc["source_ip"] = str(out.source_ip)
+    return doc
 
 
 def encode_request(req: Request) -> bytes:
@@ -379,16 +394,34 @@ class ConfigResponse:
     view: ConfigView
 
 
-Response = Success | Error | Rules | Stats | Workers | LogLevelsResponse | Version | ConfigResponse | RoutingResponse
+@dataclass(frozen=True, slots=True)
+class KernelStatusResponse:
+    status: KernelStatus
+
+
+Response = (
+    Success
+    | Error
+    | Rules
+    | Stats
+    | Workers
+    | LogLevelsResponse
+    | Version
+    | ConfigResponse
+    | KernelStatusResponse
+    | RoutingResponse
+)
 
 
 def encode_rule(r: ForwardingRule) -> dict[str, object]:
     """A rule as JSON: the original's fields, plus input_source and source."""
     return {
         "rule_id": r.rule_id,
+        "name": r.name,
         "input_interface": r.input_interface,
         "input_group": str(r.input_group),
         "input_port": r.input_port,
+        "input_protocol": int(r.input_protocol),
         "input_source": None if r.input_source is None else source_text(r.input_source),
         "outputs": [_output_json(o) for o in r.outputs],
         "source": r.source.value,
@@ -475,6 +508,21 @@ def response_json(resp: Response) -> object:
                     "implementation": resp.info.implementation,
                 }
             }
+        case KernelStatusResponse():
+            k = resp.status
+            return {
+                "KernelStatus": {
+                    "loaded": k.loaded,
+                    "mode": k.mode,
+                    "reason": k.reason,
+                    "instructions": k.instructions,
+                    "interfaces": list(k.interfaces),
+                    "rules": k.rules,
+                    "max_rules": k.max_rules,
+                    "max_outputs": k.max_outputs,
+                    "drops": dict(k.drops),
+                }
+            }
         case ConfigResponse():
             v = resp.view
             return {
@@ -508,10 +556,8 @@ def decode_rule(o: object) -> ForwardingRule:
     """The inverse of encode_rule; raises ProtocolError on anything malformed."""
     d = _obj("rule", o)
     try:
-        outputs = tuple(
-            OutputDestination(parse_group(x["group"]), int(x["port"]), str(x["interface"]), int(x.get("ttl", 1)))
-            for x in d.get("outputs", [])
-        )
+        outputs = tuple(_decode_rule_output(x) for x in d.get("outputs", []))
+        name = d.get("name")
         return ForwardingRule(
             rule_id=str(d["rule_id"]),
             input_interface=str(d["input_interface"]),
@@ -521,9 +567,22 @@ def decode_rule(o: object) -> ForwardingRule:
             input_source=parse_source(d["input_source"]) if d.get("input_source") else None,
             source=RuleSource(d.get("source", "runtime")),
             rate_limit=None if d.get("rate_limit") is None else decode_rate_limit(d["rate_limit"]),
+            name=None if name is None else str(name),
+            input_protocol=InputProtocol(int(d.get("input_protocol", InputProtocol.UDP))),
         )
     except (KeyError, TypeError, ValueError, ValidationError) as e:
         raise ProtocolError(f"malformed rule: {e!r}") from None
+
+
+def _decode_rule_output(x: dict[str, Any]) -> OutputDestination:
+    ttl, source_ip = x.get("ttl"), x.get("source_ip")
+    return OutputDestination(
+        parse_group(x["group"]),
+        int(x["port"]),
+        str(x["interface"]),
+        None if ttl is None else int(ttl),
+        None if source_ip is None else parse_group(source_ip),
+    )
 
 
 def _decode_rule(o: object) -> RuleView:
@@ -651,6 +710,21 @@ def _decode_other(name: str, body: object) -> Response:
         path = b.get("path")
         rules = tuple(decode_rule(r) for r in b.get("rules", []))
         return ConfigResponse(ConfigView(None if path is None else str(path), settings, limits, rules))
+    if name == "KernelStatus":
+        b = _obj("KernelStatus", body)
+        return KernelStatusResponse(
+            KernelStatus(
+                loaded=bool(b["loaded"]),
+                mode=str(b.get("mode", "")),
+                reason=str(b.get("reason", "")),
+                instructions=int(b.get("instructions", 0)),
+                interfaces=tuple(str(i) for i in b.get("interfaces", [])),
+                rules=int(b.get("rules", 0)),
+                max_rules=int(b.get("max_rules", 0)),
+                max_outputs=int(b.get("max_outputs", 0)),
+                drops={str(k): int(v) for k, v in _obj("drops", b.get("drops", {})).items()},
+            )
+        )
     raise ProtocolError(f"unknown response type '{name}'")
 
 

@@ -28,7 +28,7 @@ class WorkerOutput:
     port: int
     ifindex: int
     source: IPAddress  # the output interface's address of the group's family
-    ttl: int  # the hop limit for an IPv6 group
+    ttl: int | None  # the hop limit for an IPv6 group; None: the kernel's default (a unicast output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +166,7 @@ def decode_command(data: bytes) -> Command:
                             port=int(o["port"]),
                             ifindex=int(o["ifindex"]),
                             source=parse_group(o["source"]),
-                            ttl=int(o["ttl"]),
+                            ttl=None if o.get("ttl") is None else int(o["ttl"]),
                         )
                         for o in r["outputs"]
                     ),

@@ -6,7 +6,7 @@ with SO_PEERCRED/SO_PEERGROUPS when the client connected:
 
 - root, the supervisor's own user and members of the control group may send anything;
 - members of the read-only group may send the read-only requests (every `Query`: ListRules,
-  GetStats, ListWorkers, Ping, GetVersion, GetLogLevels, GetConfig) and nothing else;
+  GetStats, ListWorkers, Ping, GetVersion, GetLogLevels, GetConfig, GetKernelStatus) and nothing else;
 - anyone else is refused before the request is decoded.
 
 Everything here is a function of numbers and requests, so it is tested without root.

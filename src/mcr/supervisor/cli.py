@@ -16,7 +16,7 @@ from mcr.logs import configure_logging
 from mcr.model.config import Config, Settings, parse_config
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.levels import Severity
-from mcr.model.rules import Limits
+from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits
 from mcr.protocol.control import DEFAULT_SOCKET, SOCKET_ENV
 from mcr.supervisor.main import SupervisorConfig, run_supervisor
 
@@ -32,6 +32,30 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+MULTICAST_TTL_ENV = "MCR_MULTICAST_TTL"  # the original's variable for the same setting
+
+
+def _ttl(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not 1 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; valid TTL range is 1-255")
+    return value
+
+
+def env_multicast_ttl() -> int | None:
+    """MCR_MULTICAST_TTL, as the original reads it; a bad value is a ValidationError naming the variable."""
+    text = os.environ.get(MULTICAST_TTL_ENV)
+    if not text:
+        return None
+    try:
+        return _ttl(text)
+    except argparse.ArgumentTypeError as e:
+        raise ValidationError(f"{MULTICAST_TTL_ENV}: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "userspace", "kernel"),
         default=None,
         help="auto (default): the eBPF kernel engine where it loads and can serve the rule, userspace otherwise",
+    )
+    sup.add_argument(
+        "--multicast-ttl",
+        type=_ttl,
+        default=None,
+        metavar="N",
+        help=f"TTL of multicast outputs that set none (default {DEFAULT_MULTICAST_TTL}; ${MULTICAST_TTL_ENV}); "
+        "unicast outputs that set none keep the kernel's default",
     )
     defaults = Limits()
     for f in fields(Limits):
@@ -122,6 +154,9 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         metrics_addr=pick(args.metrics_addr, file.metrics_addr, None),
         engine=pick(args.engine, file.engine, "auto"),
         seccomp=args.seccomp,
+        multicast_ttl=pick(
+            args.multicast_ttl, file.multicast_ttl, pick(env_multicast_ttl(), None, DEFAULT_MULTICAST_TTL)
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.ratelimit import RateLimit
 from mcr.model.rules import (
+    DEFAULT_MULTICAST_TTL,
     Engine,
     ForwardingRule,
     IPAddress,
@@ -21,6 +22,7 @@ from mcr.model.rules import (
     check_rule_fits,
     check_rule_shape,
     check_rule_unique,
+    effective_ttl,
     generated_rule_id,
     is_multicast,
     limits_exceeded,
@@ -210,12 +212,20 @@ def _kernel_rule(
     rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link], epoch: int
 ) -> KernelRule:
     """The kernel engine's form of a rule `kernel_problem` passed (its outputs of its group's family)."""
-    kouts = tuple(
-        KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, links[rule.outputs[o.index].interface].mac, o.ttl)
-        for o in outputs
-    )
+    kouts: list[KernelOutput] = []
+    for o in outputs:
+        assert o.ttl is not None, "kernel outputs are multicast (kernel_problem): their TTL is always set"
+        mac = links[rule.outputs[o.index].interface].mac
+        kouts.append(KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, mac, o.ttl))
     return KernelRule(
-        rule.rule_id, link.ifindex, rule.input_group, rule.input_port, kouts, rule.rate_limit, rule.input_source, epoch
+        rule.rule_id,
+        link.ifindex,
+        rule.input_group,
+        rule.input_port,
+        tuple(kouts),
+        rule.rate_limit,
+        rule.input_source,
+        epoch,
     )
 
 
@@ -232,10 +242,12 @@ def resolve(
     links: Mapping[str, Link],
     kernel_max_outputs: int | None = None,
     epochs: Mapping[str, int] | None = None,
+    multicast_ttl: int = DEFAULT_MULTICAST_TTL,
 ) -> Resolution:
     """Resolve every rule against the links; with `kernel_max_outputs` set, the kernel engine is
     available and serves every rule it can (the others stay in userspace, with the reason). `epochs`:
-    the generation each rule was (re)added in (StatsBook.since), carried to the data plane."""
+    the generation each rule was (re)added in (StatsBook.since), carried to the data plane. `multicast_ttl`:
+    the TTL of a multicast output that names none (effective_ttl)."""
     epochs = epochs or {}
     views: list[RuleView] = []
     worker_rules: list[WorkerRule] = []
@@ -256,7 +268,7 @@ def resolve(
         for i, out in enumerate(rule.outputs):
             olink = links.get(out.interface)
             oproblem = _usable(olink)
-            address = output_address(olink, out.group) if olink is not None else None
+            address = out.source_ip or (output_address(olink, out.group) if olink is not None else None)
             if not oproblem and address is None:
                 oproblem = f"has no IPv{out.group.version} address"
             if oproblem or olink is None or address is None:
@@ -265,7 +277,9 @@ def resolve(
             if not olink.carrier:
                 # sends still succeed (the kernel drops them at the device), so nothing else would show it
                 notes.append(f"output[{i}] {out.interface} has no carrier")
-            outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, out.ttl))
+            outputs.append(
+                WorkerOutput(i, out.group, out.port, olink.ifindex, address, effective_ttl(out, multicast_ttl))
+            )
         on_input.setdefault(link.ifindex, []).append(rule)
         engine = Engine.USERSPACE
         if kernel_max_outputs is not None:

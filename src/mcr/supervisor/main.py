@@ -27,14 +27,15 @@ from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
-from mcr.model.rules import Limits, RuleSource, endpoint_text
-from mcr.model.status import ConfigView, LogLevels, RuleView, VersionInfo, WorkerInfo
+from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits, RuleSource, endpoint_text
+from mcr.model.status import ConfigView, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
 from mcr.packet.parse import DropReason
 from mcr.protocol.control import (
     AddRule,
     ConfigResponse,
     Error,
+    KernelStatusResponse,
     LogLevelsResponse,
     Query,
     RemoveRule,
@@ -88,7 +89,6 @@ SYNC_WAIT_S = 2.0  # how long AddRule/RemoveRule wait for the ready workers to c
 READY_WAIT_S = 30.0  # how long start-up and a reload wait for every worker before telling systemd READY anyway
 GC_PERIOD_S = 30.0  # a full garbage collection this often (see tick)
 KERNEL_REPORT = -1  # the kernel engine's counters are booked like a worker's, under this id
-KERNEL_WORKER_TYPE = "KernelEngine"  # its entry in ListWorkers, which carries its drop counters
 SHUTDOWN_GRACE_S = 3.0
 
 
@@ -108,6 +108,7 @@ class SupervisorConfig:
     engine: str = "auto"
     read_only_group: str | None = None
     seccomp: bool = True  # the workers' system call filter; --no-seccomp turns it off
+    multicast_ttl: int = DEFAULT_MULTICAST_TTL  # of multicast outputs that name no TTL
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -166,6 +167,7 @@ class Supervisor:
         self.metrics = MetricsExporter(config.metrics_addr) if config.metrics_addr else None
         self.notifier = Notifier()
         self.kernel: KernelRelay | None = None
+        self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
         self.pim = PimService(self.loop, self.on_pim_routes)
         self.msdp = MsdpService(self.loop)
@@ -184,7 +186,9 @@ class Supervisor:
             if self.config.engine == "kernel":
                 raise ConfigError(f"the kernel engine cannot be loaded: {e}") from None
             log.warning("kernel engine unavailable, every rule is served in userspace: %s", e)
+            self.kernel_unavailable = str(e)
             return
+        self.kernel_unavailable = ""
         log.info("kernel engine loaded (%d instructions, tcx ingress)", len(self.kernel.insns))
 
     def kernel_outputs(self) -> int | None:
@@ -401,6 +405,7 @@ class Supervisor:
             flows=self.stats.flow_stats(self.table.rules.values()),
             rules=self.rule_views(),
             workers=self.workers_info(),
+            kernel=self.kernel_status(),
         )
 
     async def shutdown(self) -> None:
@@ -558,7 +563,7 @@ class Supervisor:
 
     def resolve(self) -> Resolution:
         rules = merge_pim_outputs(self.table.rules.values(), self.pim.joins)
-        return resolve(rules, self.links, self.kernel_outputs(), self.stats.since)
+        return resolve(rules, self.links, self.kernel_outputs(), self.stats.since, self.config.multicast_ttl)
 
     def advertise_local_sources(self) -> None:
         """MSDP originates SAs for the rules' single sources in groups whose RP is one of our addresses."""
@@ -683,8 +688,10 @@ class Supervisor:
                 self.collect_kernel()
                 return Stats(self.stats.flow_stats(self.table.rules.values()))
             case Query.LIST_WORKERS:
-                self.collect_kernel()  # the kernel engine's drops as fresh as GetStats' counters
                 return Workers(self.workers_info())
+            case Query.GET_KERNEL_STATUS:
+                self.collect_kernel()  # its drops as fresh as GetStats' counters
+                return KernelStatusResponse(self.kernel_status())
             case Query.PING:
                 ready = sum(1 for h in self.workers if h.ready)
                 if ready < len(self.workers):
@@ -747,20 +754,25 @@ class Supervisor:
         return ConfigView(path, settings, c.limits, tuple(self.table.rules.values()))
 
     def workers_info(self) -> tuple[WorkerInfo, ...]:
-        """The running data-plane workers, then the kernel engine (when loaded) with the frames it dropped."""
-        workers = tuple(self.worker_info(h) for h in self.workers if h.proc is not None)
-        if self.kernel is None:
-            return workers
+        """The data-plane worker processes (the kernel engine is none: see kernel_status)."""
+        return tuple(self.worker_info(h) for h in self.workers if h.proc is not None)
+
+    def kernel_status(self) -> KernelStatus:
+        kernel = self.kernel
+        if kernel is None:
+            return KernelStatus(False, self.config.engine, self.kernel_unavailable)
         report = self.stats.latest.get(KERNEL_REPORT)
-        engine = WorkerInfo(
-            pid=os.getpid(),
-            worker_type=KERNEL_WORKER_TYPE,
-            core_id=None,
-            worker_id=KERNEL_REPORT,
-            uid=os.geteuid(),
+        names = {link.ifindex: name for name, link in self.links.items()}
+        return KernelStatus(
+            loaded=True,
+            mode=self.config.engine,
+            instructions=len(kernel.insns),
+            interfaces=tuple(sorted(names.get(i, f"ifindex {i}") for i in kernel.attached)),
+            rules=len(self.kernel_slots),
+            max_rules=kernel.max_rules,
+            max_outputs=kernel.max_outputs,
             drops=dict(report.drops) if report else {},
         )
-        return (*workers, engine)
 
     def worker_info(self, h: WorkerHandle) -> WorkerInfo:
         report = self.stats.latest.get(h.worker_id)

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from mcr import __version__
 from mcr.model.errors import ConfigError
-from mcr.model.status import FlowStats, RuleView, WorkerInfo
+from mcr.model.status import FlowStats, KernelStatus, RuleView, WorkerInfo
 
 log = logging.getLogger("mcr.stats")
 
@@ -27,6 +27,7 @@ class Snapshot:
     flows: tuple[FlowStats, ...] = ()
     rules: tuple[RuleView, ...] = ()
     workers: tuple[WorkerInfo, ...] = ()
+    kernel: KernelStatus | None = None
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -111,6 +112,23 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         for reason, n in sorted(w.drops.items()):
             worker_drops.add_metric([str(w.worker_id), reason], n)
     yield from (restarts, up, kernel_packets, kernel_drops, ring_resyncs, worker_drops, pipe_errors)
+    if snap.kernel is not None:
+        yield from _kernel_families(snap.kernel)
+
+
+def _kernel_families(k: KernelStatus) -> Iterator[Metric]:
+    loaded = GaugeMetricFamily("mcr_kernel_engine_loaded", "1 when the eBPF kernel engine is loaded", labels=["mode"])
+    loaded.add_metric([k.mode], 1 if k.loaded else 0)
+    rules = GaugeMetricFamily("mcr_kernel_engine_rules", "Rules the kernel engine serves")
+    rules.add_metric([], k.rules)
+    drops = CounterMetricFamily(
+        "mcr_kernel_engine_drops",
+        "Frames to a configured interface and group the kernel engine did not relay, by reason",
+        labels=["reason"],
+    )
+    for reason, n in sorted(k.drops.items()):
+        drops.add_metric([reason], n)
+    yield from (loaded, rules, drops)
 
 
 class _SnapshotCollector(Collector):

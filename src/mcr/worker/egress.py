@@ -24,11 +24,13 @@ def open_output_socket(out: WorkerOutput) -> socket.socket:
         if out.group.is_multicast:
             mreqn = _MREQN.pack(b"\0\0\0\0", out.source.packed, out.ifindex)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, out.ttl)
+            if out.ttl is not None:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, out.ttl)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, socket.if_indextoname(out.ifindex).encode())
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, out.ttl)
+            if out.ttl is not None:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, out.ttl)
         sock.bind((str(out.source), 0))
         sock.connect((str(out.group), out.port))
     except BaseException:
@@ -42,10 +44,12 @@ def _setup_ipv6(sock: socket.socket, out: WorkerOutput) -> None:
     destination); bound to the interface's address, with the interface as scope when it is link-local."""
     if out.group.is_multicast:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, out.ifindex)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, out.ttl)
+        if out.ttl is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, out.ttl)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
     else:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, socket.if_indextoname(out.ifindex).encode())
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, out.ttl)
+        if out.ttl is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, out.ttl)
     sock.bind((str(out.source), 0, 0, out.ifindex if out.source.is_link_local else 0))
     sock.connect((str(out.group), out.port, 0, out.ifindex if out.group.is_link_local else 0))

@@ -67,7 +67,7 @@ FAST_FRAME = struct.Struct("<I8xI4xIH" + f"{FAST_MAC - 26}x" + "12xHBxH2xHxB2x4x
 TP_STATUS_VLAN_VALID = 0x10  # the kernel took an 802.1Q tag off: the frame belongs to a VLAN, not to us
 ETHERTYPE_IPV4_LE = 0x0008
 FRAG_MASK_LE = 0xFF3F
-_OUTPUT_KEY = tuple[str, int, int, int, int, int, int]
+_OUTPUT_KEY = tuple[str, int, int, int, int, int, int | None]
 
 
 @dataclass(slots=True)
