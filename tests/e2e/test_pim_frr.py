@@ -286,9 +286,10 @@ def test_msdp_frr_connects_when_its_address_is_lower(link: Link) -> None:
     low, high = "10.211.0.3", "10.211.0.9"  # FRR is the lower address here: it connects, we listen
     link.lab.run(link.mcr_ns, "ip", "addr", "add", f"{high}/24", "dev", OUR_IF)
     link.lab.run(link.frr_ns, "ip", "addr", "add", f"{low}/24", "dev", FRR_IF)
-    frr = link.frr(f"!\nip msdp peer {high} source {low}\n")
+    # we listen before FRR starts, so that its first attempt succeeds (its retry would come 30 s later)
     out = link.sup.ctl("msdp", "add-peer", "--address", low).doc
     assert out == {"Success": f"MSDP peer {low} added (listening from {high})"}
+    frr = link.frr(f"!\nip msdp timers 30 75 1\nip msdp peer {high} source {low}\n")  # retry every 1 s
     peer = wait_for(lambda: (p := msdp_peer(link, low)) and p["state"] == "established" and p, 45.0, "FRR to connect")
     assert peer["is_active"] is False
     assert frr.json("show ip msdp peer json")[high]["state"] == "established"
