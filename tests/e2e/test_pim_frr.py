@@ -224,6 +224,34 @@ def test_join_for_another_upstream_neighbour_is_not_acted_on(routed: Routed) -> 
     assert not any(m["group"] == GROUP and m["entry_type"] == "StarG" for m in r.mroute())
 
 
+def test_our_rule_joins_the_shared_tree_toward_frr_as_rp_and_prunes_when_removed(link: Link) -> None:
+    frr = link.frr(f"!\nip pim rp {THEIRS} 239.0.0.0/8\n")
+    link.sup.ctl("pim", "enable", "--interface", OUR_IF)
+    link.sup.ctl("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", THEIRS)
+    wait_for(lambda: link.our_neighbor(THEIRS), 40.0, "FRR as our PIM neighbour")
+    wait_for(lambda: frr.pim_neighbors(FRR_IF).get(OURS), 40.0, "us as FRR's neighbour")
+
+    # a rule capturing 239.5.5.5 on our PIM interface wants the stream there: a (*,G) Join to FRR, the RP
+    link.sup.ctl(
+        "add", "--rule-id", "pull", "--input-interface", OUR_IF, "--input-group", "239.5.5.5", "--input-port", "5000"
+    )
+
+    def frr_join() -> dict[str, Any] | None:
+        return frr.json("show ip pim join json").get(FRR_IF, {}).get("239.5.5.5", {}).get("*")
+
+    joined = wait_for(frr_join, 10.0, "FRR's (*,G) join state from our Join")
+    assert joined["channelJoinName"] == "JOIN", joined
+
+    # the rule goes: a Prune, and FRR's join state goes with it (FRR's prune-pending wait included)
+    link.sup.ctl("remove", "--rule-id", "pull")
+
+    def pruned() -> bool:
+        state = frr_join()
+        return state is None or state["channelJoinName"] == "NOINFO"  # FRR keeps the entry a while, with no state
+
+    wait_for(pruned, 10.0, "FRR to drop the (*,G) join on our Prune")
+
+
 # ----------------------------------------------------------------------------------------------- MSDP
 
 

@@ -589,6 +589,7 @@ class Supervisor:
         self.generation += 1
         self.sync_state.on_apply(before, self.resolution, self.generation)
         self.advertise_local_sources()
+        self.pim.set_rules(self.table.rules.values())
         self.memberships.reconcile(self.resolution.memberships)
         self.sync_kernel(self.resolution)
         for handle in self.workers:

@@ -45,6 +45,7 @@ from mcr.routing.pim_neighbors import (
     PimNeighbors,
     SendHello,
 )
+from mcr.routing.pim_upstream import SendJoinPrune, Upstream, Wanted, resolve_upstream
 from mcr.routing.pim_wire import (
     ALL_PIM_ROUTERS_V4,
     DEFAULT_HELLO_PERIOD,
@@ -121,6 +122,8 @@ class PimService:
         self.core = PimNeighbors()
         self.joins = JoinState()
         self.rps = RpTable()
+        self.upstream = Upstream()
+        self.wanted_trees: frozenset[Wanted] = frozenset()
         self.wanted: dict[str, PimInterfaceConfig] = {}
         self.links: dict[str, Link] = {}
         self.sockets: dict[str, socket.socket] = {}
@@ -161,8 +164,33 @@ class PimService:
             self.wanted[i.name] = i
         self.reconcile()
 
+    def set_rules(self, rules: Iterable[ForwardingRule]) -> None:
+        """The rules as they stand: each one capturing on a PIM interface wants its group's tree there."""
+        wanted = set()
+        for r in rules:
+            source = r.input_source
+            host = source.network_address if source is not None and source.prefixlen == source.max_prefixlen else None
+            wanted.add(Wanted(r.input_interface, r.input_group, host))
+        if frozenset(wanted) != self.wanted_trees:
+            self.wanted_trees = frozenset(wanted)
+            self._refresh_upstream()
+
+    def _refresh_upstream(self) -> None:
+        neighbors = {name: [n.address for n in self.core.neighbors(name)] for name in self.core.interfaces}
+        ours = frozenset(a for link in self.links.values() for a in link.ipv4)
+        entries, unresolved = resolve_upstream(self.wanted_trees, self.rps, neighbors, ours)
+        for text in set(unresolved) - set(self.upstream.unresolved):
+            log.warning("PIM cannot join %s", text)
+        self._send_join_prunes(self.upstream.update(entries, unresolved, self.loop.time()))
+        self._schedule()
+
+    def _send_join_prunes(self, messages: list[SendJoinPrune]) -> None:
+        for m in messages:
+            self._send(m.interface, build_pim(m.message), "tx_join_prune")
+
     def set_static_rp(self, req: SetStaticRp) -> str:
         self.rps.set(req.group_prefix, req.rp_address)
+        self._refresh_upstream()
         return f"Static RP {req.rp_address} set for {req.group_prefix}"
 
     def mroutes(self, rules: Iterable[ForwardingRule]) -> tuple[MrouteInfo, ...]:
@@ -247,6 +275,7 @@ class PimService:
                 log.info("PIM enabled on %s (%s, DR priority %d)", name, link.ipv4[0], config.dr_priority)
             actions += self.core.enable(settings, self._rng.getrandbits(32), now, self._rng.uniform(0, 1.0))
         self._execute(actions)
+        self._refresh_upstream()
         routes_changed = False
         for name in sorted(set(self.sockets) - set(self.core.interfaces)):
             sock = self.sockets.pop(name)
@@ -306,12 +335,14 @@ class PimService:
         self._timer = None
         now = self.loop.time()
         self._execute(self.core.on_timer(now))
+        self._send_join_prunes(self.upstream.on_timer(now))
         if self.joins.on_timer(now):
             self.on_routes()
         self._schedule()
 
     def _schedule(self) -> None:
-        deadlines = [d for d in (self.core.next_deadline(), self.joins.next_deadline()) if d is not None]
+        candidates = (self.core.next_deadline(), self.joins.next_deadline(), self.upstream.next_deadline())
+        deadlines = [d for d in candidates if d is not None]
         deadline = min(deadlines, default=None)
         if self._timer is not None and (deadline is None or self._timer.when() != deadline):
             self._timer.cancel()
@@ -327,12 +358,15 @@ class PimService:
                 case NeighborUp():
                     n = action.neighbor
                     log.info("PIM neighbour %s up on %s (holdtime %d s)", n.address, n.interface, n.holdtime)
+                    self._refresh_upstream()
                 case NeighborDown():
                     n = action.neighbor
                     log.info("PIM neighbour %s down on %s: %s", n.address, n.interface, action.reason.value)
+                    self._refresh_upstream()
                 case NeighborRestarted():
                     n = action.neighbor
                     log.info("PIM neighbour %s on %s restarted (new GenID)", n.address, n.interface)
+                    self._send_join_prunes(self.upstream.on_neighbor_restart(n.interface, n.address))
                 case DrChanged():
                     who = "we are" if action.we_are_dr else f"{action.dr} is"
                     log.info("PIM DR on %s: %s the DR", action.interface, who)
