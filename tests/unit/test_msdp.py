@@ -129,3 +129,14 @@ def test_remove_peer_closes_and_forgets_its_sas() -> None:
 def test_our_own_address_is_not_a_peer() -> None:
     with pytest.raises(ValueError, match="our own address"):
         Msdp().add_peer(peer(LOCAL), 0.0)
+
+
+def test_learned_pairs_and_cache_version_for_sa_triggered_joins() -> None:
+    m = established(peer(HIGH))
+    v0 = m.cache_version
+    m.on_message(HIGH, SourceActive(HIGH, (E,)), 1.0)
+    assert m.learned_pairs() == frozenset({E}) and m.cache_version == v0 + 1
+    m.on_message(HIGH, SourceActive(HIGH, (E,)), 2.0)  # a refresh is not a change
+    assert m.cache_version == v0 + 1
+    m.on_timer(2.0 + SG_STATE_PERIOD)
+    assert m.learned_pairs() == frozenset() and m.cache_version == v0 + 2

@@ -39,3 +39,22 @@ def test_other_groups_untouched_and_sg_only_for_that_source() -> None:
     merged = merge_pim_outputs([other, any_source, from_s], state)
     assert merged[0] is other and merged[1] is any_source
     assert merged[2].outputs == (OutputDestination(G, 5001, "eth3", PIM_OUTPUT_TTL),)
+
+
+def test_rules_for_any_source_want_the_trees_of_sources_msdp_learned() -> None:
+    import asyncio
+
+    from mcr.routing.msdp_wire import SaEntry
+    from mcr.routing.pim_upstream import Wanted
+    from mcr.supervisor.pim import PimService
+
+    loop = asyncio.new_event_loop()
+    try:
+        pim = PimService(loop)
+        any_source = ForwardingRule("a", "eth0", G, 5000, ())
+        one_source = ForwardingRule("s", "eth1", G, 5001, (), input_source=ip_network(f"{S}/32"))
+        other = IPv4Address("10.6.6.6")
+        pim.set_rules([any_source, one_source], [SaEntry(other, G), SaEntry(other, IPv4Address("239.9.9.9"))])
+        assert pim.wanted_trees == {Wanted("eth0", G, None), Wanted("eth0", G, other), Wanted("eth1", G, S)}
+    finally:
+        loop.close()

@@ -118,6 +118,7 @@ class Msdp:
         self._cache: dict[tuple[IPv4Address, IPv4Address, IPv4Address], SaCacheEntry] = {}
         self._local = _Local()
         self.counters = Counters()
+        self.cache_version = 0  # grows whenever the set of learned (S,G) pairs changes
 
     # ------------------------------------------------------------------------------------ configuration
 
@@ -138,8 +139,10 @@ class Msdp:
         peer = self.peers.pop(address, None)
         if peer is None:
             return []
-        for key in [k for k, e in self._cache.items() if e.learned_from == address]:
+        gone = [k for k, e in self._cache.items() if e.learned_from == address]
+        for key in gone:
             del self._cache[key]
+        self.cache_version += bool(gone)
         return [Close(address, "peer removed")]
 
     def set_local_sources(self, rp: IPv4Address | None, sources: frozenset[SaEntry], now: float) -> list[Action]:
@@ -158,6 +161,7 @@ class Msdp:
         """Forget every learned SA (our own sources stay); how many went."""
         count = len(self._cache)
         self._cache.clear()
+        self.cache_version += bool(count)
         return count
 
     # ------------------------------------------------------------------------------------------- events
@@ -216,6 +220,7 @@ class Msdp:
         for e in msg.entries:
             key = (e.source, e.group, msg.rp)
             old = self._cache.get(key)
+            self.cache_version += old is None
             created = old.created_at if old is not None else now
             self._cache[key] = SaCacheEntry(e.source, e.group, msg.rp, address, created, now + SG_STATE_PERIOD)
         actions: list[Action] = []
@@ -244,6 +249,7 @@ class Msdp:
             if entry.expires_at is not None and entry.expires_at <= now:
                 del self._cache[key]
                 self.counters.sa_cache_expired += 1
+                self.cache_version += 1
         local = self._local
         if local.next_advertisement is not None and local.next_advertisement <= now:
             local.next_advertisement = now + SA_ADVERTISEMENT_PERIOD
@@ -260,6 +266,10 @@ class Msdp:
         return min(times, default=None)
 
     # ------------------------------------------------------------------------------------------ queries
+
+    def learned_pairs(self) -> frozenset[SaEntry]:
+        """The (S,G) pairs learned from peers (for SA-triggered (S,G) Joins)."""
+        return frozenset(SaEntry(e.source, e.group) for e in self._cache.values())
 
     def cache(self) -> list[SaCacheEntry]:
         """Our own sources (learned_from None), then the learned entries."""

@@ -170,7 +170,7 @@ class Supervisor:
         self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
         self.pim = PimService(self.loop, self.on_pim_routes)
-        self.msdp = MsdpService(self.loop)
+        self.msdp = MsdpService(self.loop, self.on_msdp_sources)
         if self.config_file is not None:
             self.pim.configure(self.config_file.pim)
 
@@ -571,6 +571,10 @@ class Supervisor:
         rp, entries = local_sources(self.table.rules.values(), self.pim.rps, ours)
         self.msdp.set_local_sources(rp, entries)
 
+    def on_msdp_sources(self) -> None:
+        """Rules and learned SAs together decide which trees PIM joins (SA-triggered (S,G) Joins)."""
+        self.pim.set_rules(self.table.rules.values(), self.msdp.core.learned_pairs())
+
     def on_pim_routes(self) -> None:
         """PIM's outgoing interfaces changed: the rules for those groups get (or lose) outputs."""
         if self.resolve() != self.resolution:
@@ -589,7 +593,7 @@ class Supervisor:
         self.generation += 1
         self.sync_state.on_apply(before, self.resolution, self.generation)
         self.advertise_local_sources()
-        self.pim.set_rules(self.table.rules.values())
+        self.on_msdp_sources()
         self.memberships.reconcile(self.resolution.memberships)
         self.sync_kernel(self.resolution)
         for handle in self.workers:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, ip_address
 
@@ -65,8 +65,10 @@ def local_sources(
 
 
 class MsdpService:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_sources: Callable[[], None] = lambda: None) -> None:
         self.loop = loop
+        self.on_sources = on_sources  # the learned (S,G) pairs changed
+        self._seen_version = 0
         self.core = Msdp()
         self.servers: dict[IPv4Address, asyncio.Server] = {}
         self.sessions: dict[IPv4Address, _Session] = {}
@@ -102,7 +104,9 @@ class MsdpService:
         return f"MSDP peer {req.address} removed"
 
     def clear_cache(self) -> str:
-        return f"MSDP SA cache cleared ({self.core.clear_cache()} entries)"
+        text = f"MSDP SA cache cleared ({self.core.clear_cache()} entries)"
+        self._execute([])
+        return text
 
     def set_local_sources(self, rp: IPv4Address | None, entries: frozenset[SaEntry]) -> None:
         self._execute(self.core.set_local_sources(rp, entries, self.loop.time()))
@@ -247,6 +251,9 @@ class MsdpService:
                         log.info("MSDP session with %s closed: %s", action.peer, action.reason)
                         self._drop_session(action.peer)
         self._schedule()
+        if self.core.cache_version != self._seen_version:
+            self._seen_version = self.core.cache_version
+            self.on_sources()
 
     def _on_timer(self) -> None:
         self._timer = None

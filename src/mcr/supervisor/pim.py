@@ -32,6 +32,7 @@ from mcr.model.links import Link
 from mcr.model.rules import ForwardingRule, OutputDestination, interface_name_problem
 from mcr.protocol.routing import DisablePim, EnablePim, MrouteInfo, PimNeighborInfo, SetStaticRp
 from mcr.routing.config import PimConfig, PimInterfaceConfig
+from mcr.routing.msdp_wire import SaEntry
 from mcr.routing.pim_joins import JoinState, RpTable
 from mcr.routing.pim_neighbors import (
     DEFAULT_DR_PRIORITY,
@@ -51,6 +52,7 @@ from mcr.routing.pim_wire import (
     DEFAULT_HELLO_PERIOD,
     IPPROTO_PIM,
     Hello,
+    IPAddress,
     JoinPrune,
     PimDrop,
     build_pim,
@@ -164,13 +166,19 @@ class PimService:
             self.wanted[i.name] = i
         self.reconcile()
 
-    def set_rules(self, rules: Iterable[ForwardingRule]) -> None:
-        """The rules as they stand: each one capturing on a PIM interface wants its group's tree there."""
+    def set_rules(self, rules: Iterable[ForwardingRule], sa_sources: Iterable[SaEntry] = ()) -> None:
+        """The rules as they stand: each one capturing on a PIM interface wants its group's tree there; a rule
+        for any source also wants the (S,G) tree of every source that MSDP learned for its group."""
+        by_group: dict[IPAddress, list[IPAddress]] = {}
+        for sa in sa_sources:
+            by_group.setdefault(sa.group, []).append(sa.source)
         wanted = set()
         for r in rules:
             source = r.input_source
             host = source.network_address if source is not None and source.prefixlen == source.max_prefixlen else None
             wanted.add(Wanted(r.input_interface, r.input_group, host))
+            if source is None:
+                wanted.update(Wanted(r.input_interface, r.input_group, s) for s in by_group.get(r.input_group, ()))
         if frozenset(wanted) != self.wanted_trees:
             self.wanted_trees = frozenset(wanted)
             self._refresh_upstream()
