@@ -310,14 +310,15 @@ def test_msdp_session_with_frr_we_connect_from_the_lower_address_and_our_sa_reac
     assert link.sup.ctl("msdp", "peers").doc == {"MsdpPeers": []}
 
 
-def test_msdp_frr_connects_when_its_address_is_lower(link: Link) -> None:
+def test_msdp_frr_connects_when_its_address_is_lower_peer_from_the_config_file(netlab: NetLab, link: Link) -> None:
     low, high = "10.211.0.3", "10.211.0.9"  # FRR is the lower address here: it connects, we listen
     link.lab.run(link.mcr_ns, "ip", "addr", "add", f"{high}/24", "dev", OUR_IF)
     link.lab.run(link.frr_ns, "ip", "addr", "add", f"{low}/24", "dev", FRR_IF)
-    # we listen before FRR starts, so that its first attempt succeeds (its retry would come 30 s later)
-    out = link.sup.ctl("msdp", "add-peer", "--address", low).doc
-    assert out == {"Success": f"MSDP peer {low} added (listening from {high})"}
+    config = netlab.workdir / "mcr.toml"
+    config.write_text(f'[msdp]\npeers = [{{ address = "{low}", description = "frr" }}]\n')
+    link.sup.terminate()
+    link.sup = Supervisor.start(netlab, link.mcr_ns, extra=["--config", str(config)])
     frr = link.frr(f"!\nip msdp timers 30 75 1\nip msdp peer {high} source {low}\n")  # retry every 1 s
     peer = wait_for(lambda: (p := msdp_peer(link, low)) and p["state"] == "established" and p, 45.0, "FRR to connect")
-    assert peer["is_active"] is False
+    assert peer["is_active"] is False and peer["description"] == "frr"
     assert frr.json("show ip msdp peer json")[high]["state"] == "established"

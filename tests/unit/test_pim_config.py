@@ -48,3 +48,35 @@ def test_errors_name_the_entry_and_key(body: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(f"[pim]\n{body}\n", "f.toml")
     assert message in str(e.value)
+
+
+def test_msdp_section() -> None:
+    from mcr.routing.config import MsdpConfig, MsdpPeerEntry
+
+    peers = '[{ address = "10.0.0.9", mesh_group = "core" }, { address = "10.0.0.7" }]'
+    text = f"[msdp]\nkeepalive_interval = 30\npeers = {peers}\n"
+    assert parse_config(text, "f.toml").msdp == MsdpConfig(
+        True,
+        (MsdpPeerEntry(IPv4Address("10.0.0.9"), None, "core", False), MsdpPeerEntry(IPv4Address("10.0.0.7"))),
+        30,
+        75,
+    )
+    assert parse_config("", "f.toml").msdp == MsdpConfig()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("local_address = '10.0.0.1'", "[msdp]: unknown key 'local_address'"),
+        ("keepalive_interval = 80", "'keepalive_interval' (80) must be below 'hold_time' (75)"),
+        ("peers = [{ address = 'ff::1' }]", "peers[0]: 'address' must be an IPv4 address"),
+        ("peers = [{ address = '127.0.0.1' }]", "127.0.0.1 is not a unicast peer address"),
+        ("peers = [{ address = '10.0.0.9' }, { address = '10.0.0.9' }]", "peers[1]: peer 10.0.0.9 is listed twice"),
+        ("peers = [{ address = '10.0.0.9', default_peer = 'yes' }]", "'default_peer' must be a boolean"),
+        ("peers = [{ address = '10.0.0.9', md5 = 'x' }]", "unknown key 'md5'"),
+    ],
+)
+def test_msdp_errors(body: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(f"[msdp]\n{body}\n", "f.toml")
+    assert message in str(e.value)

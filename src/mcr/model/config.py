@@ -33,6 +33,9 @@
     interfaces = [{ name = "eth1", dr_priority = 10 }]
     static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
 
+    [msdp]                             # MSDP peers (mcr.routing.config)
+    peers = [{ address = "10.0.0.9", mesh_group = "core" }]
+
 Every error names the file, the rule and the field.
 """
 
@@ -58,7 +61,7 @@ from mcr.model.rules import (
     parse_source,
     ttl_problem,
 )
-from mcr.routing.config import PimConfig, parse_pim_section
+from mcr.routing.config import MsdpConfig, PimConfig, parse_msdp_section, parse_pim_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     rules: tuple[ForwardingRule, ...] = ()
     pim: PimConfig = field(default_factory=PimConfig)
+    msdp: MsdpConfig = field(default_factory=MsdpConfig)
 
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int}
@@ -221,12 +225,13 @@ def parse_config(text: str, path: str) -> Config:
         raise ConfigError(
             f"{path}: not valid TOML: a number has more than {sys.get_int_max_str_digits()} digits"
         ) from None
-    unknown = set(doc) - {"supervisor", "limits", "rule", "pim"}
+    unknown = set(doc) - {"supervisor", "limits", "rule", "pim", "msdp"}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]], [pim]"
+            f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]], [pim], [msdp]"
         )
     pim = parse_pim_section(path, _table(path, doc, "pim")) if "pim" in doc else PimConfig()
+    msdp = parse_msdp_section(path, _table(path, doc, "msdp")) if "msdp" in doc else MsdpConfig()
     settings = _settings(path, _table(path, doc, "supervisor"))
     limits = _limits(path, _table(path, doc, "limits"))
     raw_rules = doc.get("rule", [])
@@ -241,4 +246,4 @@ def parse_config(text: str, path: str) -> Config:
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
         rules[rule.rule_id] = rule
-    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()), pim=pim)
+    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()), pim=pim, msdp=msdp)

@@ -1,18 +1,25 @@
-"""The routing protocols' configuration (pure): the `[pim]` section of the TOML file, as typed values.
+"""The routing protocols' configuration (pure): the `[pim]` and `[msdp]` sections of the TOML file.
 
     [pim]
     enabled = true                     # default true when the section is present
     interfaces = [{ name = "eth1", dr_priority = 10, hello_period = 30 }, { name = "eth2" }]
     static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
 
-The keys and defaults are the original's (its JSON5 `pim` section), so that its loader can fill the same
-`PimConfig`. Errors name the file, the section, the entry and the key.
+    [msdp]
+    enabled = true                     # default true when the section is present
+    keepalive_interval = 60            # seconds; below hold_time
+    hold_time = 75
+    peers = [{ address = "10.0.0.9", description = "east", mesh_group = "core", default_peer = false }]
+
+The keys and defaults are the original's (its JSON5 `pim` and `msdp` sections, less `msdp.local_address`:
+each peering runs from the address the kernel uses toward the peer), so that its loader can fill the same
+`PimConfig` and `MsdpConfig`. Errors name the file, the section, the entry and the key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import ip_address
+from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 from mcr.model.errors import ConfigError
@@ -41,6 +48,67 @@ class PimConfig:
     static_rps: tuple[StaticRp, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class MsdpPeerEntry:
+    address: IPv4Address
+    description: str | None = None
+    mesh_group: str | None = None
+    default_peer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MsdpConfig:
+    enabled: bool = False
+    peers: tuple[MsdpPeerEntry, ...] = ()
+    keepalive_interval: int = 60
+    hold_time: int = 75
+
+
+def _optional_text(where: str, item: dict[str, Any], key: str) -> str | None:
+    value = item.get(key)
+    if value is not None and (not isinstance(value, str) or len(value) > 255):
+        raise ConfigError(f"{where}: '{key}' must be a string of at most 255 characters")
+    return value
+
+
+def parse_msdp_section(path: str, table: dict[str, Any]) -> MsdpConfig:
+    unknown = sorted(set(table) - {"enabled", "peers", "keepalive_interval", "hold_time"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: [msdp]: unknown key '{unknown[0]}'; expected enabled, peers, keepalive_interval, hold_time"
+        )
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{path}: [msdp]: 'enabled' must be a boolean")
+    keepalive = _int(f"{path}: [msdp]", table, "keepalive_interval", 60, 1, 65535)
+    hold = _int(f"{path}: [msdp]", table, "hold_time", 75, 3, 65535)
+    if keepalive >= hold:
+        raise ConfigError(f"{path}: [msdp]: 'keepalive_interval' ({keepalive}) must be below 'hold_time' ({hold})")
+    peers: dict[IPv4Address, MsdpPeerEntry] = {}
+    for i, item in enumerate(_entries(path, table, "peers", "msdp")):
+        where = f"{path}: [msdp] peers[{i}]"
+        extra = sorted(set(item) - {"address", "description", "mesh_group", "default_peer"})
+        if extra:
+            raise ConfigError(
+                f"{where}: unknown key '{extra[0]}'; expected address, description, mesh_group, default_peer"
+            )
+        try:
+            address = IPv4Address(item.get("address"))
+        except ValueError:
+            raise ConfigError(f"{where}: 'address' must be an IPv4 address") from None
+        if address.is_multicast or address.is_unspecified or address.is_loopback:
+            raise ConfigError(f"{where}: {address} is not a unicast peer address")
+        if address in peers:
+            raise ConfigError(f"{where}: peer {address} is listed twice")
+        default_peer = item.get("default_peer", False)
+        if not isinstance(default_peer, bool):
+            raise ConfigError(f"{where}: 'default_peer' must be a boolean")
+        peers[address] = MsdpPeerEntry(
+            address, _optional_text(where, item, "description"), _optional_text(where, item, "mesh_group"), default_peer
+        )
+    return MsdpConfig(enabled, tuple(peers.values()), keepalive, hold)
+
+
 def _int(where: str, item: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = item.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -48,10 +116,10 @@ def _int(where: str, item: dict[str, Any], key: str, default: int, low: int, hig
     return value
 
 
-def _entries(path: str, table: dict[str, Any], key: str) -> list[dict[str, Any]]:
+def _entries(path: str, table: dict[str, Any], key: str, section: str = "pim") -> list[dict[str, Any]]:
     value = table.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ConfigError(f"{path}: [pim]: '{key}' must be an array of tables")
+        raise ConfigError(f"{path}: [{section}]: '{key}' must be an array of tables")
     return value
 
 

@@ -113,7 +113,11 @@ class Counters:
 class Msdp:
     """Every MSDP peer, the SA cache, and our own SAs."""
 
-    def __init__(self) -> None:
+    def __init__(self, keepalive: float = KEEPALIVE_PERIOD, hold: float = HOLD_TIME) -> None:
+        if not 0 < keepalive < hold:
+            raise ValueError(f"the MSDP keepalive interval ({keepalive:g} s) must be below the hold time ({hold:g} s)")
+        self.keepalive = keepalive
+        self.hold = hold
         self.peers: dict[IPv4Address, Peer] = {}
         self._cache: dict[tuple[IPv4Address, IPv4Address, IPv4Address], SaCacheEntry] = {}
         self._local = _Local()
@@ -181,7 +185,7 @@ class Msdp:
         peer.state = PeerState.ESTABLISHED
         peer.established_at = now
         peer.retry_at = None
-        peer.hold_until = now + HOLD_TIME
+        peer.hold_until = now + self.hold
         actions: list[Action] = [self._send(peer, Keepalive(), now)]
         actions += self._sas_for(peer, self._local_entries(), now)
         return actions
@@ -210,7 +214,7 @@ class Msdp:
         peer = self.peers.get(address)
         if peer is None or peer.state is not PeerState.ESTABLISHED:
             return []
-        peer.hold_until = now + HOLD_TIME
+        peer.hold_until = now + self.hold
         if isinstance(msg, Keepalive):
             return []
         peer.sa_received += 1
@@ -307,10 +311,9 @@ class Msdp:
         chunks = [tuple(entries[i : i + step]) for i in range(0, len(entries), step)]
         return [self._send(peer, SourceActive(rp, chunk), now) for chunk in chunks]
 
-    @staticmethod
-    def _send(peer: Peer, msg: MsdpMessage, now: float) -> Send:
+    def _send(self, peer: Peer, msg: MsdpMessage, now: float) -> Send:
         """A message to an established peer: its KeepAlive timer restarts (any message keeps it alive)."""
-        peer.keepalive_at = now + KEEPALIVE_PERIOD
+        peer.keepalive_at = now + self.keepalive
         if isinstance(msg, SourceActive):
             peer.sa_sent += 1
         return Send(peer.config.address, msg)

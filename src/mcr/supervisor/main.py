@@ -170,7 +170,7 @@ class Supervisor:
         self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
         self.pim = PimService(self.loop, self.on_pim_routes)
-        self.msdp = MsdpService(self.loop, self.on_msdp_sources)
+        self.msdp = MsdpService(self.loop, self.on_msdp_sources, self.config_file.msdp if self.config_file else None)
         if self.config_file is not None:
             self.pim.configure(self.config_file.pim)
 
@@ -295,13 +295,11 @@ class Supervisor:
             with open(path, encoding="utf-8") as f:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
-            if (new.settings, new.limits, new.pim) != (
-                self.config_file.settings,
-                self.config_file.limits,
-                self.config_file.pim,
-            ):
+            old = self.config_file
+            if (new.settings, new.limits, new.pim, new.msdp) != (old.settings, old.limits, old.pim, old.msdp):
                 log.warning(
-                    "reload of %s: [supervisor], [limits] and [pim] changes take effect at the next start", path
+                    "reload of %s: [supervisor], [limits], [pim] and [msdp] changes take effect at the next start",
+                    path,
                 )
         except (OSError, ConfigError, ValidationError) as e:
             log.error("reload of %s refused, nothing changed: %s", path, e)
@@ -330,6 +328,7 @@ class Supervisor:
         self.start_kernel()
         await self.watcher.start()
         await self.control.start()
+        await self.msdp.start()
         if self.metrics is not None:
             self.metrics.start()
         now = time.monotonic()

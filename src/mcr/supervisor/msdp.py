@@ -20,6 +20,7 @@ from ipaddress import IPv4Address, ip_address
 from mcr.model.errors import ValidationError
 from mcr.model.rules import ForwardingRule
 from mcr.protocol.routing import AddMsdpPeer, MsdpPeerInfo, MsdpSaInfo, RemoveMsdpPeer
+from mcr.routing.config import MsdpConfig
 from mcr.routing.msdp import Action, Close, Connect, Msdp, PeerConfig, PeerState, Send
 from mcr.routing.msdp_wire import MSDP_PORT, FramingError, MsdpDrop, MsdpFramer, SaEntry, build_msdp
 from mcr.routing.pim_joins import RpTable
@@ -65,11 +66,17 @@ def local_sources(
 
 
 class MsdpService:
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_sources: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_sources: Callable[[], None] = lambda: None,
+        config: MsdpConfig | None = None,
+    ) -> None:
         self.loop = loop
         self.on_sources = on_sources  # the learned (S,G) pairs changed
         self._seen_version = 0
-        self.core = Msdp()
+        self.config = config if config is not None and config.enabled else MsdpConfig()
+        self.core = Msdp(self.config.keepalive_interval, self.config.hold_time)
         self.servers: dict[IPv4Address, asyncio.Server] = {}
         self.sessions: dict[IPv4Address, _Session] = {}
         self.counters: Counter[str] = Counter()
@@ -77,6 +84,14 @@ class MsdpService:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------------------------- requests
+
+    async def start(self) -> None:
+        """The config file's peers (a peer that cannot be set up is logged, the others go on)."""
+        for p in self.config.peers:
+            try:
+                log.info("%s", await self.add_peer(AddMsdpPeer(p.address, p.description, p.mesh_group, p.default_peer)))
+            except ValidationError as e:
+                log.error("MSDP peer %s from the config file: %s", p.address, e)
 
     async def add_peer(self, req: AddMsdpPeer) -> str:
         try:
