@@ -310,6 +310,30 @@ def test_msdp_session_with_frr_we_connect_from_the_lower_address_and_our_sa_reac
     assert link.sup.ctl("msdp", "peers").doc == {"MsdpPeers": []}
 
 
+def test_a_source_registered_with_us_as_rp_is_stopped_and_announced_to_frr_by_msdp(link: Link) -> None:
+    frr = link.frr(f"!\nip msdp peer {OURS} source {THEIRS}\n")
+    link.sup.ctl("pim", "enable", "--interface", OUR_IF)
+    link.sup.ctl("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", OURS)
+    link.sup.ctl("msdp", "add-peer", "--address", THEIRS)
+    wait_for(lambda: (p := msdp_peer(link, THEIRS)) and p["state"] == "established", 45.0, "the MSDP session")
+
+    # a DR on the link registers source 10.77.0.7 sending to 239.4.4.4 with us, the RP
+    argv = [sys.executable, str(PIM_PEER), "--ifname", FRR_IF, "--local", THEIRS, "--upstream", OURS]
+    argv += ["--group", "239.4.4.4", "--rp", OURS, "--action", "register", "--source", "10.77.0.7", "--duration", "10"]
+    reply = link.lab.popen(link.frr_ns, *argv, name="pim-dr").json(timeout=20)
+    assert reply == {"register_stop": {"group": "239.4.4.4", "source": "10.77.0.7"}}
+
+    # we announce the registered source by MSDP, as its RP
+    local = [e for e in link.sup.ctl("msdp", "sa-cache").doc["MsdpSaCache"] if e["is_local"]]
+    assert [(e["source"], e["group"], e["origin_rp"]) for e in local] == [("10.77.0.7", "239.4.4.4", OURS)]
+
+    def frr_has_sa() -> bool:
+        entry = frr.json("show ip msdp sa json").get("239.4.4.4", {}).get("10.77.0.7")
+        return bool(entry) and entry.get("rp") == OURS
+
+    wait_for(frr_has_sa, 10.0, "the registered source in FRR's SA cache")
+
+
 def test_msdp_frr_connects_when_its_address_is_lower_peer_from_the_config_file(netlab: NetLab, link: Link) -> None:
     low, high = "10.211.0.3", "10.211.0.9"  # FRR is the lower address here: it connects, we listen
     link.lab.run(link.mcr_ns, "ip", "addr", "add", f"{high}/24", "dev", OUR_IF)

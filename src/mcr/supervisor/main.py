@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
-from ipaddress import ip_address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -72,6 +72,7 @@ from mcr.protocol.worker import (
     Sync,
     SyncAck,
 )
+from mcr.routing.msdp_wire import SaEntry
 from mcr.supervisor.access import AccessPolicy
 from mcr.supervisor.control import ControlServer, resolve_group
 from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, SyncTracker, resolve
@@ -169,7 +170,7 @@ class Supervisor:
         self.kernel: KernelRelay | None = None
         self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
-        self.pim = PimService(self.loop, self.on_pim_routes)
+        self.pim = PimService(self.loop, self.on_pim_routes, self.on_registered_sources)
         self.msdp = MsdpService(self.loop, self.on_msdp_sources, self.config_file.msdp if self.config_file else None)
         if self.config_file is not None:
             self.pim.configure(self.config_file.pim)
@@ -565,14 +566,29 @@ class Supervisor:
         return resolve(rules, self.links, self.kernel_outputs(), self.stats.since, self.config.multicast_ttl)
 
     def advertise_local_sources(self) -> None:
-        """MSDP originates SAs for the rules' single sources in groups whose RP is one of our addresses."""
+        """MSDP originates SAs for the rules' single sources in groups whose RP is one of our addresses, and
+        for the sources DRs registered with us."""
         ours = frozenset(a for link in self.links.values() for a in link.ipv4)
         rp, entries = local_sources(self.table.rules.values(), self.pim.rps, ours)
+        registered = [s for s in self.pim.registers.sources() if isinstance(s.rp, IPv4Address)]
+        if registered:
+            rp = rp or IPv4Address(registered[0].rp)
+            entries |= {SaEntry(IPv4Address(s.source), IPv4Address(s.group)) for s in registered}
         self.msdp.set_local_sources(rp, entries)
+
+    def on_registered_sources(self) -> None:
+        """A DR registered a new source with us (or one expired): MSDP announces it, rules join its tree."""
+        self.advertise_local_sources()
+        self.on_msdp_sources()
 
     def on_msdp_sources(self) -> None:
         """Rules and learned SAs together decide which trees PIM joins (SA-triggered (S,G) Joins)."""
-        self.pim.set_rules(self.table.rules.values(), self.msdp.core.learned_pairs())
+        registered = {
+            SaEntry(IPv4Address(s.source), IPv4Address(s.group))
+            for s in self.pim.registers.sources()
+            if s.group.version == 4
+        }
+        self.pim.set_rules(self.table.rules.values(), self.msdp.core.learned_pairs() | registered)
 
     def on_pim_routes(self) -> None:
         """PIM's outgoing interfaces changed: the rules for those groups get (or lose) outputs."""

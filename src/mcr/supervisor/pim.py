@@ -46,6 +46,7 @@ from mcr.routing.pim_neighbors import (
     PimNeighbors,
     SendHello,
 )
+from mcr.routing.pim_register import RpRegisters, inner_addresses
 from mcr.routing.pim_upstream import SendJoinPrune, Upstream, Wanted, resolve_upstream
 from mcr.routing.pim_wire import (
     ALL_PIM_ROUTERS_V4,
@@ -55,6 +56,7 @@ from mcr.routing.pim_wire import (
     IPAddress,
     JoinPrune,
     PimDrop,
+    Register,
     build_pim,
     parse_pim,
 )
@@ -118,9 +120,16 @@ def split_ipv4(datagram: bytes) -> tuple[IPv4Address, bytes] | None:
 class PimService:
     """PIM on the interfaces the operator enabled: sockets, timers, and the neighbour core."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_routes: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_routes: Callable[[], None] = lambda: None,
+        on_sources: Callable[[], None] = lambda: None,
+    ) -> None:
         self.loop = loop
         self.on_routes = on_routes
+        self.on_sources = on_sources  # the sources registered with us (as RP) changed
+        self.registers = RpRegisters()
         self.core = PimNeighbors()
         self.joins = JoinState()
         self.rps = RpTable()
@@ -333,11 +342,32 @@ class PimService:
         if isinstance(msg, Hello):
             delay = self._rng.uniform(0, TRIGGERED_HELLO_DELAY)
             self._execute(self.core.on_hello(name, source, msg, self.loop.time(), delay))
+        elif isinstance(msg, Register):
+            self._on_register(name, source, msg)
         elif isinstance(msg, JoinPrune):
             link = self.links.get(name)
             ours = frozenset(link.ipv4) if link is not None else frozenset()
             if self.joins.on_join_prune(name, msg, ours, self.loop.time()):
                 self.on_routes()
+
+    def _on_register(self, name: str, dr: IPv4Address, reg: Register) -> None:
+        inner = inner_addresses(reg.data)
+        rp = self.rps.lookup(inner[1]) if inner is not None else None
+        ours = frozenset(a for link in self.links.values() for a in link.ipv4)
+        stop, changed = self.registers.on_register(dr, reg, rp, ours, self.loop.time())
+        if stop is not None:
+            sock = self.sockets.get(name)
+            try:
+                if sock is not None:
+                    sock.sendto(build_pim(stop), (str(dr), 0))
+                    self.counters["tx_register_stop"] += 1
+            except OSError as e:
+                self.counters["tx_errors"] += 1
+                log.warning("Register-Stop to %s on %s failed: %s", dr, name, e)
+        if changed:
+            log.info("PIM source %s for %s registered by DR %s", stop.source if stop else "?", rp, dr)
+            self._schedule()
+            self.on_sources()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -346,10 +376,17 @@ class PimService:
         self._send_join_prunes(self.upstream.on_timer(now))
         if self.joins.on_timer(now):
             self.on_routes()
+        if self.registers.on_timer(now):
+            self.on_sources()
         self._schedule()
 
     def _schedule(self) -> None:
-        candidates = (self.core.next_deadline(), self.joins.next_deadline(), self.upstream.next_deadline())
+        candidates = (
+            self.core.next_deadline(),
+            self.joins.next_deadline(),
+            self.upstream.next_deadline(),
+            self.registers.next_deadline(),
+        )
         deadlines = [d for d in candidates if d is not None]
         deadline = min(deadlines, default=None)
         if self._timer is not None and (deadline is None or self._timer.when() != deadline):
