@@ -115,6 +115,49 @@ def test_goodbye_and_neighbour_expiry(link: Link) -> None:
     wait_for(lambda: link.our_neighbor(THEIRS) is None, 8.0, "FRR's neighbour entry to expire")
 
 
+_GARBAGE = """
+import socket, struct, sys
+from mcr.routing.pim_wire import Hello, build_pim, ones_complement_sum
+def fix(raw):
+    b = bytearray(raw); b[2:4] = b"\\0\\0"
+    struct.pack_into("!H", b, 2, 0xFFFF - ones_complement_sum(bytes(b)))
+    return bytes(b)
+bad_sum = bytearray(build_pim(Hello(105, 1, 1))); bad_sum[-1] ^= 0xFF
+messages = [bytes(bad_sum), b"\\x20\\x00", fix(b"\\x10\\x00\\x00\\x00"), fix(b"\\x24\\x00\\x00\\x00"),
+            fix(b"\\x23\\x00\\x00\\x00\\x09\\x00\\x0a\\x00\\x00\\x01\\x00\\x00\\x00\\xd2")]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 103)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(sys.argv[1]))
+for m in messages:
+    s.sendto(m, ("224.0.0.13", 0))
+"""
+
+
+def test_malformed_pim_is_counted_by_reason_and_changes_nothing(link: Link) -> None:
+    frr = link.frr()
+    link.sup.ctl("pim", "enable", "--interface", OUR_IF)
+    wait_for(lambda: link.our_neighbor(THEIRS), 40.0, "FRR as our PIM neighbour")
+    link.lab.run(link.frr_ns, sys.executable, "-c", _GARBAGE, THEIRS)
+
+    def counters() -> dict[str, int]:
+        return dict(link.sup.ctl("pim", "counters").doc["RoutingCounters"])
+
+    expected = {
+        "pim.drop_bad_checksum": 1,
+        "pim.drop_truncated": 1,
+        "pim.drop_bad_version": 1,
+        "pim.drop_unsupported_type": 1,
+        "pim.drop_bad_address": 1,
+    }
+    got = wait_for(
+        lambda: (c := counters()) and all(c.get(k) == v for k, v in expected.items()) and c,
+        10.0,
+        "the drops counted by reason",
+    )
+    assert got["pim.rx_hello"] >= 1 and got["pim.neighbors"] == 1
+    assert link.our_neighbor(THEIRS) is not None and frr.pim_neighbors(FRR_IF).get(OURS) is not None
+    assert "pim.rx_hello" in link.sup.ctl("pim", "counters", json_out=False).stdout
+
+
 # ------------------------------------------------------------------------------------------ Join/Prune
 
 GROUP, PORT = "239.1.2.3", 5000

@@ -166,3 +166,18 @@ def test_local_sources_are_single_sources_in_groups_we_are_rp_for() -> None:
     ]
     assert local_sources(rules, rps, frozenset({us})) == (us, frozenset({SaEntry(IPv4Address("10.5.0.5"), g1)}))
     assert local_sources(rules, rps, frozenset()) == (None, frozenset())
+
+
+def test_routing_counters_request_response_cli_and_metrics() -> None:
+    from mcr.protocol.routing import RoutingCounters
+    from mcr.supervisor.metrics import Snapshot, metric_families
+
+    assert decode_request(b'"GetRoutingCounters"') == RoutingQuery.GET_ROUTING_COUNTERS
+    assert is_read_only(RoutingQuery.GET_ROUTING_COUNTERS)
+    resp = RoutingCounters((("msdp.sa_sent", 2), ("pim.rx_hello", 5)))
+    raw = encode_response(resp)
+    assert raw == b'{"RoutingCounters": {"msdp.sa_sent": 2, "pim.rx_hello": 5}}\n'
+    assert decode_response(raw) == resp
+    assert parse_invocation(["pim", "counters"], {}).request == RoutingQuery.GET_ROUTING_COUNTERS
+    (family,) = [m for m in metric_families(Snapshot(routing=resp.counters)) if m.name == "mcr_routing"]
+    assert [(s.labels["name"], s.value) for s in family.samples] == [("msdp.sa_sent", 2), ("pim.rx_hello", 5)]

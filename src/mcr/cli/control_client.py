@@ -379,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     pim_actions = pim.add_subparsers(dest="pim_command", required=True, metavar="ACTION")
     neighbors = pim_actions.add_parser("neighbors", help="the PIM neighbours and DRs", parents=[common])
     neighbors.set_defaults(usage_error=neighbors.error)
+    counters = pim_actions.add_parser(
+        "counters", help="PIM and MSDP messages sent, received, dropped", parents=[common]
+    )
+    counters.set_defaults(usage_error=counters.error)
     enable = pim_actions.add_parser("enable", help="run PIM on an interface", parents=[common])
     enable.set_defaults(usage_error=enable.error)
     enable.add_argument("--interface", required=True, metavar="IF", help="interface to run PIM on")
@@ -468,6 +472,8 @@ def _request(args: argparse.Namespace) -> Request:
             return EnablePim(args.interface, args.dr_priority, args.hello_period)
         if args.pim_command == "disable":
             return DisablePim(args.interface)
+        if args.pim_command == "counters":
+            return RoutingQuery.GET_ROUTING_COUNTERS
         if args.pim_command == "set-rp":
             if args.rp.version != args.group.version:
                 fail(f"argument --rp: {args.rp} is not of the family of {args.group}")

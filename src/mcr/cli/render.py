@@ -37,6 +37,7 @@ from mcr.protocol.routing import (
     MsdpSaInfo,
     PimNeighborInfo,
     PimNeighbors,
+    RoutingCounters,
 )
 
 _BIT_UNITS = (("Tbit/s", 1e12), ("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3))
@@ -337,6 +338,13 @@ def render_sa_cache(entries: Sequence[MsdpSaInfo]) -> RenderableType:
     return table
 
 
+def render_routing_counters(counters: Sequence[tuple[str, int]]) -> RenderableType:
+    table = _table("Counter", "Count", numeric=("Count",))
+    for name, count in counters:
+        _add_row(table, name, str(count))
+    return table
+
+
 def render_response(resp: Response) -> RenderableType:
     """The human view of any response (an `Error` renders as its `error: ...` line)."""
     match resp:
@@ -364,6 +372,8 @@ def render_response(resp: Response) -> RenderableType:
             return render_msdp_peers(resp.peers)
         case MsdpSaCache():
             return render_sa_cache(resp.entries)
+        case RoutingCounters():
+            return render_routing_counters(resp.counters)
         case KernelStatusResponse():
             return render_kernel(resp.status)
         case _:

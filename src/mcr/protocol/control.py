@@ -51,6 +51,7 @@ from mcr.protocol.routing import (
     MsdpSaCache,
     PimNeighbors,
     RemoveMsdpPeer,
+    RoutingCounters,
     RoutingQuery,
     RoutingRequest,
     RoutingResponse,
@@ -533,7 +534,7 @@ def response_json(resp: Response) -> object:
                     "rules": [encode_rule(r) for r in v.rules],
                 }
             }
-        case PimNeighbors() | Mroutes() | MsdpPeers() | MsdpSaCache():
+        case PimNeighbors() | Mroutes() | MsdpPeers() | MsdpSaCache() | RoutingCounters():
             return routing_response_json(resp)
         case _:
             assert_never(resp)

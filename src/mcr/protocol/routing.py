@@ -36,6 +36,7 @@ class RoutingQuery(Enum):
     GET_MSDP_PEERS = "GetMsdpPeers"
     GET_MSDP_SA_CACHE = "GetMsdpSaCache"
     CLEAR_MSDP_SA_CACHE = "ClearMsdpSaCache"  # changes state: not a read-only request
+    GET_ROUTING_COUNTERS = "GetRoutingCounters"  # ours: PIM and MSDP message and drop counters
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +141,15 @@ class MsdpSaCache:
     entries: tuple[MsdpSaInfo, ...]
 
 
-RoutingResponse = PimNeighbors | Mroutes | MsdpPeers | MsdpSaCache
-ROUTING_RESPONSES = ("PimNeighbors", "Mroute", "MsdpPeers", "MsdpSaCache")
+@dataclass(frozen=True, slots=True)
+class RoutingCounters:
+    """`pim.rx_hello`, `pim.drop_bad_checksum`, `msdp.rpf_failures`, ...: name -> count."""
+
+    counters: tuple[tuple[str, int], ...]
+
+
+RoutingResponse = PimNeighbors | Mroutes | MsdpPeers | MsdpSaCache | RoutingCounters
+ROUTING_RESPONSES = ("PimNeighbors", "Mroute", "MsdpPeers", "MsdpSaCache", "RoutingCounters")
 MROUTE_TYPES = ("Static", "StarG", "SG", "Igmp")
 
 
@@ -333,6 +341,8 @@ def routing_response_json(resp: RoutingResponse) -> object:
                     for p in resp.peers
                 ]
             }
+        case RoutingCounters():
+            return {"RoutingCounters": dict(resp.counters)}
         case MsdpSaCache():
             return {
                 "MsdpSaCache": [
@@ -399,6 +409,13 @@ def decode_routing_response(name: str, body: object) -> RoutingResponse:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ProtocolError(f"malformed Mroute response: {e!r}") from None
+    if name == "RoutingCounters":
+        if not isinstance(body, dict):
+            raise ProtocolError("RoutingCounters response must carry an object")
+        try:
+            return RoutingCounters(tuple((str(k), int(v)) for k, v in body.items()))
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed RoutingCounters response: {e!r}") from None
     if name in ("MsdpPeers", "MsdpSaCache"):
         if not isinstance(body, list):
             raise ProtocolError(f"{name} response must carry an array")

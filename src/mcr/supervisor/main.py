@@ -58,6 +58,7 @@ from mcr.protocol.routing import (
     MsdpSaCache,
     PimNeighbors,
     RemoveMsdpPeer,
+    RoutingCounters,
     RoutingQuery,
     SetStaticRp,
 )
@@ -406,6 +407,7 @@ class Supervisor:
             rules=self.rule_views(),
             workers=self.workers_info(),
             kernel=self.kernel_status(),
+            routing=self.routing_counters(),
         )
 
     async def shutdown(self) -> None:
@@ -576,6 +578,29 @@ class Supervisor:
             entries |= {SaEntry(IPv4Address(s.source), IPv4Address(s.group)) for s in registered}
         self.msdp.set_local_sources(rp, entries)
 
+    def routing_counters(self) -> tuple[tuple[str, int], ...]:
+        """PIM and MSDP counters, every one named `pim.` or `msdp.` (zeros for what the cores count too)."""
+        pim, msdp = self.pim, self.msdp
+        counters = {f"pim.{k}": v for k, v in pim.counters.items()}
+        counters |= {
+            "pim.join_prune_not_for_us": pim.joins.ignored,
+            "pim.register_not_rp": pim.registers.not_rp,
+            "pim.register_bad": pim.registers.bad,
+            "pim.neighbors": len(pim.core.neighbors()),
+        }
+        counters |= {f"msdp.{k}": v for k, v in msdp.counters.items()}
+        peers = msdp.core.peers.values()
+        counters |= {
+            "msdp.rejected_connections": msdp.core.counters.rejected_connections,
+            "msdp.sa_cache_expired": msdp.core.counters.sa_cache_expired,
+            "msdp.rpf_failures": sum(p.rpf_failures for p in peers),
+            "msdp.sa_received": sum(p.sa_received for p in peers),
+            "msdp.sa_sent": sum(p.sa_sent for p in peers),
+            "msdp.peers_established": len(msdp.established()),
+            "msdp.sa_cache_entries": len(msdp.core.cache()),
+        }
+        return tuple(sorted(counters.items()))
+
     def on_registered_sources(self) -> None:
         """A DR registered a new source with us (or one expired): MSDP announces it, rules join its tree."""
         self.advertise_local_sources()
@@ -741,6 +766,8 @@ class Supervisor:
                 return MsdpPeers(self.msdp.peer_infos())
             case RoutingQuery.GET_MSDP_SA_CACHE:
                 return MsdpSaCache(self.msdp.sa_infos())
+            case RoutingQuery.GET_ROUTING_COUNTERS:
+                return RoutingCounters(self.routing_counters())
             case RoutingQuery.CLEAR_MSDP_SA_CACHE:
                 return Success(self.msdp.clear_cache())
             case AddMsdpPeer():

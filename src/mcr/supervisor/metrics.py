@@ -28,6 +28,7 @@ class Snapshot:
     rules: tuple[RuleView, ...] = ()
     workers: tuple[WorkerInfo, ...] = ()
     kernel: KernelStatus | None = None
+    routing: tuple[tuple[str, int], ...] = ()  # `pim.rx_hello`, `msdp.sa_received`, ... (GetRoutingCounters)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -114,6 +115,13 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     yield from (restarts, up, kernel_packets, kernel_drops, ring_resyncs, worker_drops, pipe_errors)
     if snap.kernel is not None:
         yield from _kernel_families(snap.kernel)
+    if snap.routing:
+        routing = GaugeMetricFamily(
+            "mcr_routing", "PIM and MSDP counters and gauges (see control_client pim counters)", labels=["name"]
+        )
+        for name, value in snap.routing:
+            routing.add_metric([name], value)
+        yield routing
 
 
 def _kernel_families(k: KernelStatus) -> Iterator[Metric]:
