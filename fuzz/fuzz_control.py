@@ -1,5 +1,5 @@
 """atheris: every decoder of untrusted JSON/TOML returns a value or its own precise error, nothing else —
-control requests and responses, worker commands, replies and stats reports, the state file, the TOML config.
+control requests and responses, worker commands, replies and stats reports, the state file, the TOML config and the original's JSON5 config.
 Run: ``python3 fuzz/fuzz_control.py -max_total_time=180`` (add ``-dict=fuzz/json.dict`` to reach deeper)."""
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ def target(data: bytes) -> None:
         decode_state(data)
     except StateError:
         pass
-    try:
-        parse_config(data.decode("utf-8", "replace"), "fuzz.toml")
-    except ConfigError:
-        pass
+    text = data.decode("utf-8", "replace")
+    for path in ("fuzz.toml", "fuzz.json5"):  # ours, and the original's JSON5 file
+        try:
+            parse_config(text, path)
+        except ConfigError:
+            pass
 
 
 if __name__ == "__main__":

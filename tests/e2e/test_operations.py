@@ -111,7 +111,7 @@ def test_sighup_applies_only_the_difference(lab: Lab, workdir: Path) -> None:
     config.write_text(CONFIG.format(port=6002))
     relay = Relay(lab, workdir, extra=["--config", str(config)]).start()
     try:
-        assert [(r["rule_id"], r["source"]) for r in relay.rules()] == [("steady", "config"), ("moving", "config")]
+        assert [(r["rule_id"], r["origin"]) for r in relay.rules()] == [("steady", "config"), ("moving", "config")]
         refused = relay.ctl("remove", "--rule-id", "steady", check=False)
         assert refused.returncode == 1 and "comes from" in refused.stderr
         count = 15_000
@@ -165,7 +165,7 @@ def test_config_show_and_check(lab: Lab, workdir: Path) -> None:
         relay.add("rt", "239.2.2.9:6009:rout", group="239.1.1.9", port=5009)
         shown = relay.json("config", "show")["Config"]
         assert shown["path"] == str(config) and shown["settings"]["num_workers"] == 1
-        assert [(r["rule_id"], r["source"]) for r in shown["rules"]] == [
+        assert [(r["rule_id"], r["origin"]) for r in shown["rules"]] == [
             ("steady", "config"),
             ("moving", "config"),
             ("rt", "runtime"),
@@ -246,3 +246,108 @@ def test_input_interface_deleted_and_recreated(lab: Lab, workdir: Path, relay: R
     assert (report["received"], report["duplicated"], report["corrupted"]) == (2000, 0, 0)
     assert relay.wait_relayed("hot", 2000)["packets_relayed"] == 2000
     assert relay.rules()[0]["engine"] == engine
+
+
+ORIGINAL_CONFIG = """\
+// the original MCR's format: JSON5, rules without ids
+{{
+  multicast_ttl: 2,
+  rules: [
+    {{ name: "steady", input: {{ interface: "rin", group: "239.1.1.1", port: 5001 }},
+       outputs: [ {{ group: "239.2.2.2", port: 6001, interface: "rout" }} ] }},
+    {{ name: "moving", input: {{ interface: "rin", group: "239.1.1.2", port: 5002 }},
+       outputs: [ {{ group: "239.2.2.3", port: {port}, interface: "rout" }}, ] }},
+  ],
+  msdp: {{ enabled: true, peers: [ {{ address: "10.9.9.9" }} ] }},
+  flavour: "vanilla",
+}}
+"""
+
+
+def test_the_originals_json5_config_loads_and_reloads_hitlessly(lab: Lab, workdir: Path) -> None:
+    config = workdir / "mcr.json5"
+    config.write_text(ORIGINAL_CONFIG.format(port=6002))
+    relay = Relay(lab, workdir, extra=["--config", str(config)]).start()
+    try:
+        rules = relay.rules()
+        assert [(r["name"], r["origin"], r["source"]) for r in rules] == [
+            ("steady", "config", "Static"),
+            ("moving", "config", "Static"),
+        ]
+        log = relay.log()
+        assert "unknown key 'flavour' ignored" in log, log
+        assert "section 'msdp' accepted but not served: MSDP is not implemented" in log, log
+        checked = relay.ctl("config", "check", str(config))
+        assert checked.stdout.strip() == f"{config}: OK, 2 rules (JSON5, the original's format)"
+        assert "unknown key 'flavour'" in checked.stderr
+        assert relay.json("config", "show")["Config"]["multicast_ttl"] == 2
+        steady = rules[0]["rule_id"]
+        count = 10_000
+        sink = start_sink(lab, workdir, "239.2.2.2", "6001", expect=count)
+        generator = subprocess.Popen(
+            lab.exec_argv(
+                lab.src,
+                mcr("generate", "--group", "239.1.1.1", "--port", "5001", "--interface", SRC_IP,
+                    "--rate", "5000", "--count", str(count), "--quiet"),
+            ),
+        )  # fmt: skip
+        wait_for(lambda: relay.flow(steady)["packets_relayed"] > 2000, 10, what="traffic on the steady rule")
+        config.write_text(ORIGINAL_CONFIG.format(port=6099).replace("flavour", "colour"))
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload: " in relay.log() and "'colour'" in relay.log(), 10, what="the reload")
+        moving = next(r for r in relay.rules() if r["name"] == "moving")
+        assert moving["outputs"][0]["port"] == 6099
+        assert generator.wait(30) == 0
+        report = sink.result()
+        assert (report["received"], report["lost"], report["duplicated"]) == (count, 0, 0)
+        assert relay.wait_relayed(steady, count)["packets_relayed"] == count
+    finally:
+        relay.stop()
+
+
+def test_config_save_makes_the_running_rules_the_files(lab: Lab, workdir: Path) -> None:
+    config = workdir / "mcr.json5"
+    config.write_text(ORIGINAL_CONFIG.format(port=6002))
+    state = workdir / "rules.json"
+    relay = Relay(lab, workdir, extra=["--config", str(config), "--state-file", str(state)]).start()
+    try:
+        relay.ctl("add", "--rule-id", "rt", "--name", "runtime-one", "--input-interface", "rin", "--input-group",
+                  "239.1.1.9", "--input-port", "5009", "--outputs", "239.2.2.9:6009:rout")  # fmt: skip
+        assert [r["rule_id"] for r in json.loads(state.read_text())["rules"]] == ["rt"]
+        saved = relay.json("config", "save")
+        assert saved == {"Success": f"Configuration saved to {config}"}
+        # the file now holds every rule (ids kept), the state file none: a restart or reload finds each once
+        on_disk = parse_json5(config.read_text())
+        assert [r.get("name") for r in on_disk["rules"]] == ["steady", "moving", "runtime-one"]
+        assert on_disk["msdp"]["peers"] == [{"address": "10.9.9.9"}] and on_disk["multicast_ttl"] == 2
+        assert json.loads(state.read_text())["rules"] == []
+        assert {r["rule_id"]: r["origin"] for r in relay.rules()}["rt"] == "config"
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in relay.log(), 10, what="the reload")
+        assert "0 added, 0 changed, 0 removed" in relay.log()
+        # a copy elsewhere: root may choose the path
+        copy = workdir / "copy.json5"
+        assert relay.json("config", "save", "--file", str(copy)) == {"Success": f"Configuration saved to {copy}"}
+        assert relay.ctl("config", "check", str(copy)).returncode == 0
+        relative = relay.request({"SaveConfig": {"path": "copy.json5"}})
+        assert "is relative: give an absolute path" in relative["Error"], relative
+    finally:
+        relay.stop()
+    toml = workdir / "mcr.toml"
+    toml.write_text(CONFIG.format(port=6002))
+    relay = Relay(lab, workdir, extra=["--config", str(toml)]).start()
+    try:
+        refused = relay.ctl("config", "save", check=False)
+        assert refused.returncode == 1 and "is TOML" in refused.stderr and "--file" in refused.stderr
+    finally:
+        relay.stop()
+
+
+def parse_json5(text: str) -> dict[str, object]:
+    import json5
+
+    doc = json5.loads(text)
+    assert isinstance(doc, dict)
+    return doc

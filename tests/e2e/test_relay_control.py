@@ -94,12 +94,16 @@ def test_original_framing_and_response_shapes(chain: Chain) -> None:
         "input_group": "239.1.1.1",
         "input_port": 5000,
     }
-    assert rule["outputs"] == [{"group": "239.2.2.2", "port": 6000, "interface": "rout", "ttl": 1}]
+    # the output as both originals encode it: no ttl named, none sent (the supervisor's multicast_ttl applies)
+    assert rule["outputs"] == [{"group": "239.2.2.2", "port": 6000, "interface": "rout"}]
     assert {"engine", "state", "state_reason"} <= rule.keys()
+    # today's original's fields: its protocol, and `source` as one of its variants (ours is `origin`)
+    assert (rule["input_protocol"], rule["source"], rule["origin"]) == (17, "Dynamic", "runtime")
     (worker,) = original("ListWorkers")["Workers"]
     assert worker["worker_type"] == "DataPlane" and isinstance(worker["pid"], int)
     for key in ("worker_id", "status", "uid", "restarts", "drops", "kernel_packets", "kernel_drops"):
         assert key in worker, key
+    assert (worker["status"], worker["state"], worker["interface"]) == ("Running", "Running", None)
     stats = original("GetStats")["Stats"]
     for entry in stats:
         for key in ("rule_id", "input_group", "input_port", "packets_relayed", "bytes_relayed",

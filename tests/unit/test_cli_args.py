@@ -165,7 +165,7 @@ def test_bad_output_spec_uses_the_original_texts(spec: str, message: str, capsys
         ([*ADD, "--ttl", "0"], "argument --ttl: invalid TTL '0'; valid TTL range is 1-255"),
         ([*ADD, "--ttl", "256"], "argument --ttl: invalid TTL '256'; valid TTL range is 1-255"),
         ([*ADD, "--rule-id", ""], "argument --rule-id: rule id must not be empty"),
-        (["remove"], "required: --rule-id"),
+        (["remove"], "Must specify either --rule-id or --name"),
         (["remove", "--rule-id", ""], "argument --rule-id: rule id must not be empty"),
         (["--timeout", "0", "ping"], "argument --timeout: invalid timeout '0'; expected a positive number"),
         (["ping", "--timeout", "soon"], "argument --timeout: invalid timeout 'soon'"),

@@ -529,7 +529,13 @@ def test_doctor_asks_again_while_a_rule_is_pending(
 
     fake = fake_supervisor(respond)
     assert main(["--socket-path", str(fake.path), "doctor"]) == ExitCode.OK
-    assert [json.loads(r) for r in fake.requests] == ["ListRules", "ListRules", "ListWorkers", "GetKernelStatus"]
+    assert [json.loads(r) for r in fake.requests] == [
+        "ListRules",
+        "ListRules",
+        "ListWorkers",
+        "GetKernelStatus",
+        "GetConfig",
+    ]
     assert "nothing wrong found" in capsys.readouterr().out
     monkeypatch.setattr(control_client, "PENDING_GRACE_S", 0.3)
     stuck = fake_supervisor(by_command({"ListRules": {"Rules": [pending]}, "ListWorkers": {"Workers": [WORKER_DOC]}}))
@@ -566,3 +572,20 @@ def test_doctor_asks_again_while_a_rule_is_pending(
 def test_kernel_engine_finding(kernel: KernelStatus, severity: Severity, title: str) -> None:
     (finding,) = [f for f in diagnose(CLEAN, RULES, WORKERS, kernel=kernel) if f.check == "kernel"]
     assert finding.severity is severity and finding.title.startswith(title)
+
+
+def test_config_sections_accepted_but_not_served_are_named() -> None:
+    from mcr.cli.doctor import check_config
+    from mcr.model.original_config import OriginalSections
+    from mcr.model.rules import Limits
+    from mcr.model.status import ConfigView
+
+    sections = OriginalSections(pinning=(("eth0", (0,)),), sections=(("pim", "{}"), ("msdp", "{}")))
+    findings = check_config(ConfigView("/etc/mcr/mcr.json5", (), Limits(), (), sections, "json5"))
+    assert [(f.severity.value, f.title) for f in findings] == [
+        ("warning", "/etc/mcr/mcr.json5: section 'pim' is accepted but not served"),
+        ("warning", "/etc/mcr/mcr.json5: section 'msdp' is accepted but not served"),
+        ("info", "/etc/mcr/mcr.json5: 'pinning' is accepted but not applied"),
+    ]
+    assert "PIM-SM is not implemented in this relay yet" in findings[0].detail
+    assert check_config(ConfigView(None, (), Limits(), ())) == []

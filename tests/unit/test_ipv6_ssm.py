@@ -120,8 +120,12 @@ def test_control_round_trip_with_ipv6_and_prefix() -> None:
     assert decode_request(encode_request(req)) == req
     r = rule(group="239.1.1.1", source="10.0.0.0/24")
     doc = encode_rule(r)
-    assert doc["input_source"] == "10.0.0.0/24"
+    # today's original reads input_source as one IPv4 host: a prefix goes in a field of our own
+    assert doc["input_source"] is None and doc["input_source_prefix"] == "10.0.0.0/24"
     assert decode_rule(doc) == r
+    host = rule(group="239.1.1.1", source="10.0.0.7")
+    assert encode_rule(host)["input_source"] == "10.0.0.7" and "input_source_prefix" not in encode_rule(host)
+    assert decode_rule(encode_rule(host)) == host
     with pytest.raises(ProtocolError, match="'ff3e::zz' is not a valid IPv6 address"):
         decode_request(b'{"AddRule":{"input_interface":"e","input_group":"ff3e::zz","input_port":1,"outputs":[]}}')
 

@@ -28,22 +28,43 @@ from mcr.cli.host import collect_host_facts
 from mcr.cli.render import render_error, render_kernel_drops, render_response
 from mcr.cli.screen import Keyboard, Snapshot, poll_supervisor, run_live
 from mcr.cli.top import Controls, TopView, on_poll, render_top
-from mcr.cli.transport import DEFAULT_TIMEOUT_S, ErrorAnswer, UnreachableError, ask, ask_kernel_status, exchange
-from mcr.model.config import parse_config
+from mcr.cli.transport import (
+    DEFAULT_TIMEOUT_S,
+    ErrorAnswer,
+    UnreachableError,
+    ask,
+    ask_config,
+    ask_kernel_status,
+    exchange,
+)
+from mcr.model.config import Config, ConfigDialect, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
+from mcr.model.original_config import OriginalConfig
 from mcr.model.ratelimit import RateUnit, make_rate_limit, parse_rate
-from mcr.model.rules import IPAddress, OutputDestination, SourcePrefix, parse_group, parse_output_spec, parse_source
-from mcr.model.status import KernelStatus, RuleState, RuleView, WorkerInfo
+from mcr.model.rules import (
+    IPAddress,
+    OutputDestination,
+    SourcePrefix,
+    name_problem,
+    parse_group,
+    parse_output_spec,
+    parse_source,
+)
+from mcr.model.status import ConfigView, KernelStatus, RuleState, RuleView, WorkerInfo
 from mcr.protocol.control import (
     DEFAULT_SOCKET,
     SOCKET_ENV,
     AddRule,
+    ConfigDocument,
     Error,
+    LoadConfig,
     Query,
     RemoveRule,
+    RemoveRuleByName,
     Request,
     Rules,
+    SaveConfig,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
     Stats,
@@ -107,7 +128,16 @@ class ConfigCheckInvocation:
     path: str
 
 
-Command = Invocation | TopInvocation | DoctorInvocation | ConfigCheckInvocation
+@dataclass(frozen=True, slots=True)
+class ConfigLoadInvocation:
+    """`config load`: the file is read here (either format), its rules sent in a LoadConfig."""
+
+    path: str
+    replace: bool
+    target: Invocation  # where and how to send it (its request is replaced by the LoadConfig)
+
+
+Command = Invocation | TopInvocation | DoctorInvocation | ConfigCheckInvocation | ConfigLoadInvocation
 
 
 # ------------------------------------------------------------------------------------- argument types
@@ -140,6 +170,13 @@ def _ttl(text: str) -> int:
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 255:
         raise argparse.ArgumentTypeError(f"invalid TTL '{text}'; valid TTL range is 1-255")
     return int(text)
+
+
+def _name(text: str) -> str:
+    problem = name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _timeout(text: str) -> float:
@@ -303,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add = command("add", "add a forwarding rule")
     add.add_argument("--rule-id", type=_rule_id, help="rule id (default: the supervisor generates one)")
+    add.add_argument("--name", type=_name, help="a name for the rule, unique like its id (remove --name finds it)")
     add.add_argument("--input-interface", required=True, metavar="IF", help="interface to capture on")
     add.add_argument(
         "--input-group", required=True, type=_group, metavar="G", help="input multicast group (IPv4 or IPv6)"
@@ -343,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     remove = command("remove", "remove a forwarding rule")
-    remove.add_argument("--rule-id", required=True, type=_rule_id, help="id of the rule to remove")
+    which_rule = remove.add_mutually_exclusive_group()
+    which_rule.add_argument("--rule-id", type=_rule_id, help="id of the rule to remove")
+    which_rule.add_argument("--name", type=_name, help="name of the rule to remove")
 
     command("list", "list the forwarding rules", aliases=["list-rules"])
     command("stats", "show per-rule and per-output counters")
@@ -365,15 +405,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command("doctor", "check the host and the rules for known pitfalls (exit 1 when something is wrong)")
 
-    config = command("config", "show the effective configuration, or check a config file without applying it")
+    config = command("config", "show, check, load or save the configuration")
     config_actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    show = config_actions.add_parser("show", help="settings and rules the supervisor runs with", parents=[common])
-    show.set_defaults(usage_error=show.error)
-    check = config_actions.add_parser(
-        "check", help="validate a TOML config file (nothing is applied)", parents=[common]
-    )
-    check.set_defaults(usage_error=check.error)
-    check.add_argument("file", metavar="FILE", help="the config file to check")
+
+    def config_action(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = config_actions.add_parser(name, help=help_text, parents=[common], allow_abbrev=False)
+        sub.set_defaults(usage_error=sub.error)
+        return sub
+
+    config_action("show", "settings and rules the supervisor runs with")
+    check = config_action("check", "validate a config file, TOML or JSON5 (here; nothing is applied)")
+    check.add_argument("file", nargs="?", metavar="FILE", help="the config file to check")
+    check.add_argument("--file", dest="file_flag", metavar="FILE", help="the same, as the original's client has it")
+    load = config_action("load", "add the rules of a config file (TOML or JSON5) as runtime rules")
+    load.add_argument("--file", dest="file_flag", required=True, metavar="FILE", help="the config file")
+    load.add_argument("--replace", action="store_true", help="replace every runtime rule (default: merge)")
+    save = config_action("save", "write every rule in the original's JSON5 schema (default: the --config file)")
+    save.add_argument("--file", dest="file_flag", metavar="FILE", help="where to write (root only)")
+    config_action("control-plane", "the control-plane integration settings (not served yet)")
 
     pim = command("pim", "PIM-SM: neighbours, and enabling it on interfaces")
     pim_actions = pim.add_subparsers(dest="pim_command", required=True, metavar="ACTION")
@@ -464,9 +513,12 @@ def _request(args: argparse.Namespace) -> Request:
             outputs=outputs,
             input_source=args.input_source,
             rate_limit=rate_limit,
+            name=args.name,
         )
     if command == "remove":
-        return RemoveRule(args.rule_id)
+        if args.rule_id is None and args.name is None:
+            fail("Must specify either --rule-id or --name")
+        return RemoveRule(args.rule_id) if args.rule_id is not None else RemoveRuleByName(args.name)
     if command == "pim":
         if args.pim_command == "enable":
             return EnablePim(args.interface, args.dr_priority, args.hello_period)
@@ -521,11 +573,31 @@ def parse_command(argv: Sequence[str], env: Mapping[str, str]) -> Command:
         )
     if args.command == "doctor":
         return DoctorInvocation(socket_path=socket_path, json_output=json_output, timeout_s=timeout_s)
-    if args.command == "config" and args.config_command == "check":
-        return ConfigCheckInvocation(path=args.file)
     if args.command == "config":
-        return Invocation(Query.GET_CONFIG, socket_path=socket_path, json_output=json_output, timeout_s=timeout_s)
+        return _config_command(args, socket_path, json_output, timeout_s)
     return Invocation(request=_request(args), socket_path=socket_path, json_output=json_output, timeout_s=timeout_s)
+
+
+def _config_command(args: argparse.Namespace, socket_path: str, json_output: bool, timeout_s: float) -> Command:
+    fail: Callable[[str], NoReturn] = args.usage_error
+    action: str = args.config_command
+    file: str | None = getattr(args, "file_flag", None)
+    if action == "check":
+        path: str | None = args.file or file
+        if path is None or (args.file is not None and file is not None):
+            fail("give the file to check once: config check FILE (or --file FILE)")
+        return ConfigCheckInvocation(path=path)
+    request: Request
+    if action == "show":
+        request = Query.GET_CONFIG
+    elif action == "control-plane":
+        request = Query.GET_CONTROL_PLANE_CONFIG
+    elif action == "save":
+        request = SaveConfig(None if file is None else os.path.abspath(file))  # the supervisor's cwd is not ours
+    else:
+        assert file is not None
+        return ConfigLoadInvocation(file, args.replace, Invocation(Query.PING, socket_path, json_output, timeout_s))
+    return Invocation(request, socket_path=socket_path, json_output=json_output, timeout_s=timeout_s)
 
 
 def parse_invocation(argv: Sequence[str], env: Mapping[str, str]) -> Invocation:
@@ -611,19 +683,40 @@ def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -
     return ExitCode.OK
 
 
-def run_config_check(invocation: ConfigCheckInvocation, out: TextIO, err: TextIO) -> ExitCode:
-    """Validate a config file the way the supervisor would, without applying anything."""
+def _read_config(path: str, err: TextIO) -> Config | None:
+    """A config file of either format, its warnings and notes printed; None (and why) when it is invalid."""
     try:
-        with open(invocation.path, encoding="utf-8") as f:
-            config = parse_config(f.read(), invocation.path)
+        with open(path, encoding="utf-8") as f:
+            config = parse_config(f.read(), path)
     except OSError as e:
-        print(f"{PROG}: cannot read {invocation.path}: {e.strerror}", file=err)
-        return ExitCode.ERROR_RESPONSE
+        print(f"{PROG}: cannot read {path}: {e.strerror}", file=err)
+        return None
     except ConfigError as e:
         print(render_error(str(e)), file=err)
+        return None
+    for text in config.warnings + unserved_notes(path, config.original):
+        print(f"warning: {text}", file=err)
+    return config
+
+
+def run_config_check(invocation: ConfigCheckInvocation, out: TextIO, err: TextIO) -> ExitCode:
+    """Validate a config file the way the supervisor would, without applying anything."""
+    config = _read_config(invocation.path, err)
+    if config is None:
         return ExitCode.ERROR_RESPONSE
-    print(f"{invocation.path}: OK, {len(config.rules)} rules", file=out)
+    dialect = " (JSON5, the original's format)" if config.dialect is ConfigDialect.JSON5 else ""
+    print(f"{invocation.path}: OK, {len(config.rules)} rules{dialect}", file=out)
     return ExitCode.OK
+
+
+def run_config_load(invocation: ConfigLoadInvocation, out: TextIO, err: TextIO) -> ExitCode:
+    """Send the rules of a config file (read here, as the original's client does) in a LoadConfig."""
+    config = _read_config(invocation.path, err)
+    if config is None:
+        return ExitCode.ERROR_RESPONSE
+    found = OriginalConfig(config.rules, config.original, config.warnings)
+    request = LoadConfig(ConfigDocument(found), invocation.replace)
+    return run(replace(invocation.target, request=request), out, err)
 
 
 def settled_rules(socket_path: str, timeout_s: float, grace_s: float | None = None) -> Sequence[RuleView]:
@@ -642,18 +735,20 @@ def run_doctor(invocation: DoctorInvocation, out: TextIO) -> ExitCode:
     rules: Sequence[RuleView] | None = None
     workers: Sequence[WorkerInfo] | None = None
     kernel: KernelStatus | None = None
+    config: ConfigView | None = None
     problem: str | None = None
     try:
         rules = settled_rules(invocation.socket_path, invocation.timeout_s)
         workers = ask(invocation.socket_path, Query.LIST_WORKERS, Workers, invocation.timeout_s).workers
         kernel = ask_kernel_status(invocation.socket_path, invocation.timeout_s)
+        config = ask_config(invocation.socket_path, invocation.timeout_s)
     except ErrorAnswer as e:
         problem = f"the supervisor answered: {e.text}"
     except McrError as e:
         problem = str(e)
     known = rules or ()
     facts = collect_host_facts(interfaces_of(known), offloads_of=inputs_of(known))
-    findings = diagnose(facts, rules, workers, supervisor_error=problem, kernel=kernel)
+    findings = diagnose(facts, rules, workers, supervisor_error=problem, kernel=kernel, config=config)
     if invocation.json_output:
         print(json.dumps(findings_json(findings), indent=2, ensure_ascii=False), file=out)
     else:
@@ -675,6 +770,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_doctor(command, sys.stdout)
         case ConfigCheckInvocation():
             return run_config_check(command, sys.stdout, sys.stderr)
+        case ConfigLoadInvocation():
+            return run_config_load(command, sys.stdout, sys.stderr)
         case _:
             assert_never(command)
 

@@ -19,8 +19,9 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from mcr.model.config import SECTION_PROTOCOLS
 from mcr.model.rules import DEFAULT_MULTICAST_TTL, effective_ttl
-from mcr.model.status import KernelStatus, RuleState, RuleView, WorkerInfo
+from mcr.model.status import ConfigView, KernelStatus, RuleState, RuleView, WorkerInfo
 
 BUFFER_MIN = 8 << 20  # rmem_max/wmem_max below this are worth raising for a relay
 DEFAULT_IGMP_MAX_MEMBERSHIPS = 20  # the kernel's default, what MCR assumes when it cannot read the sysctl
@@ -478,12 +479,39 @@ def check_workers(workers: Sequence[WorkerInfo]) -> list[Finding]:
     return findings
 
 
+def check_config(view: ConfigView) -> list[Finding]:
+    """What the config file asks for that this relay accepts but does not do (the original's JSON5 file:
+    its protocol sections and pinning)."""
+    where = view.path or "the config file"
+    findings = [
+        Finding(
+            Severity.WARNING,
+            "config",
+            f"{where}: section '{name}' is accepted but not served",
+            f"{SECTION_PROTOCOLS[name]} is not implemented in this relay yet; it forwards by its rules only",
+            f"remove the '{name}' section, or configure the routes it would learn as rules",
+        )
+        for name in view.original.unserved
+    ]
+    if view.original.pinning:
+        findings.append(
+            Finding(
+                Severity.INFO,
+                "config",
+                f"{where}: 'pinning' is accepted but not applied",
+                "every worker serves every input, spread by PACKET_FANOUT; --num-workers sets how many",
+            )
+        )
+    return findings
+
+
 def diagnose(
     facts: HostFacts,
     rules: Sequence[RuleView] | None,
     workers: Sequence[WorkerInfo] | None,
     supervisor_error: str | None = None,
     kernel: KernelStatus | None = None,
+    config: ConfigView | None = None,
 ) -> list[Finding]:
     """Every check, in a fixed order. `rules`/`workers` are None when the supervisor could not be asked:
     the host checks still run, the rule and worker checks are replaced by one error saying why."""
@@ -512,6 +540,8 @@ def diagnose(
         findings += check_workers(workers)
     if kernel is not None:
         findings += check_kernel(kernel, rules or ())
+    if config is not None:
+        findings += check_config(config)
     return findings
 
 

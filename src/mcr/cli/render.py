@@ -14,10 +14,13 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from mcr.model.original_config import ESP, UDP
 from mcr.model.rules import ForwardingRule, Limits, OutputDestination
 from mcr.model.status import ConfigView, FlowStats, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol.control import (
     ConfigResponse,
+    ConfigValidation,
+    ControlPlaneConfig,
     Error,
     KernelStatusResponse,
     LogLevelsResponse,
@@ -103,7 +106,20 @@ def ttl_text(out: OutputDestination) -> str:
 
 
 def _rule_input(r: ForwardingRule) -> str:
-    return r.input_text if r.rate_limit is None else f"{r.input_text}\nlimit {r.rate_limit.text}"
+    text = r.input_text if r.input_protocol == UDP else f"{r.input_text} {_PROTOCOLS.get(r.input_protocol, 'proto')}"
+    return text if r.rate_limit is None else f"{text}\nlimit {r.rate_limit.text}"
+
+
+_PROTOCOLS = {UDP: "udp", ESP: "esp"}
+
+
+def _rule_id(r: ForwardingRule) -> str:
+    rule_id = r.rule_id or _NONE  # the original's config schema has no ids
+    return rule_id if r.name is None else f"{rule_id}\n({r.name})"
+
+
+def _output_text(o: OutputDestination) -> str:
+    return f"{o.spec}{ttl_text(o)}" + (f" from {o.source_ip}" if o.source_ip is not None else "")
 
 
 def _rule_state(view: RuleView) -> str:
@@ -116,8 +132,8 @@ def render_rules(rules: Sequence[RuleView]) -> RenderableType:
         return Text("no rules")
     table = _table("ID", "Input", "Outputs", "Engine", "State")
     for view in sorted(rules, key=lambda v: v.rule.rule_id):
-        outputs = "\n".join(f"{o.spec}{ttl_text(o)}" for o in view.rule.outputs) or "(none)"
-        _add_row(table, view.rule.rule_id, _rule_input(view.rule), outputs, view.engine.value, _rule_state(view))
+        outputs = "\n".join(_output_text(o) for o in view.rule.outputs) or "(none)"
+        _add_row(table, _rule_id(view.rule), _rule_input(view.rule), outputs, view.engine.value, _rule_state(view))
     return table
 
 
@@ -188,10 +204,10 @@ def render_workers(workers: Sequence[WorkerInfo]) -> RenderableType:
         _add_row(
             table,
             str(w.pid),
-            w.worker_type,
+            w.worker_type if w.interface is None else f"{w.worker_type} ({w.interface})",
             str(w.worker_id),
             _NONE if w.core_id is None else str(w.core_id),
-            w.status,
+            f"{w.status} (in {w.backoff_ms} ms)" if w.backoff_ms else w.status,
             _NONE if w.uid is None else str(w.uid),
             str(w.restarts),
             str(w.kernel_packets),
@@ -245,10 +261,17 @@ def render_config(view: ConfigView) -> RenderableType:
         _add_row(settings, key, "(unset)" if value is None else str(value))
     for key in Limits.__dataclass_fields__:
         _add_row(settings, f"limits.{key}", str(getattr(view.limits, key)))
+    original = view.original
+    if original.multicast_ttl is not None:
+        _add_row(settings, "multicast_ttl", str(original.multicast_ttl))
+    for interface, cores in original.pinning:
+        _add_row(settings, f"pinning.{interface}", ", ".join(map(str, cores)) + " (not applied)")
+    for name in original.unserved:
+        _add_row(settings, name, "accepted, not served")
     rules = _table("ID", "Source", "Input", "Outputs")
     for r in view.rules:
-        outputs = "\n".join(f"{o.spec}{ttl_text(o)}" for o in r.outputs) or "(none)"
-        _add_row(rules, r.rule_id, r.source.value, _rule_input(r), outputs)
+        outputs = "\n".join(_output_text(o) for o in r.outputs) or "(none)"
+        _add_row(rules, _rule_id(r), r.source.value, _rule_input(r), outputs)
     return Group(settings, rules if view.rules else Text("no rules"))
 
 
@@ -345,6 +368,20 @@ def render_routing_counters(counters: Sequence[tuple[str, int]]) -> RenderableTy
     return table
 
 
+def render_validation(resp: ConfigValidation) -> RenderableType:
+    lines = ["configuration is valid" if resp.valid else "configuration is invalid"]
+    lines += [f"error: {e}" for e in resp.errors] + [f"warning: {w}" for w in resp.warnings]
+    return Text("\n".join(lines))
+
+
+def render_control_plane(resp: ControlPlaneConfig) -> RenderableType:
+    table = _table("Setting", "Value")
+    _add_row(table, "rpf_provider", resp.settings.rpf_provider)
+    _add_row(table, "external_neighbors_enabled", str(resp.settings.external_neighbors_enabled).lower())
+    _add_row(table, "event_buffer_size", str(resp.settings.event_buffer_size))
+    return table
+
+
 def render_response(resp: Response) -> RenderableType:
     """The human view of any response (an `Error` renders as its `error: ...` line)."""
     match resp:
@@ -374,6 +411,10 @@ def render_response(resp: Response) -> RenderableType:
             return render_sa_cache(resp.entries)
         case RoutingCounters():
             return render_routing_counters(resp.counters)
+        case ConfigValidation():
+            return render_validation(resp)
+        case ControlPlaneConfig():
+            return render_control_plane(resp)
         case KernelStatusResponse():
             return render_kernel(resp.status)
         case _:

@@ -13,8 +13,16 @@ import time
 from typing import TypeVar
 
 from mcr.model.errors import McrError, ProtocolError
-from mcr.model.status import KernelStatus
-from mcr.protocol.control import Error, KernelStatusResponse, Query, Request, decode_response, encode_request
+from mcr.model.status import ConfigView, KernelStatus
+from mcr.protocol.control import (
+    ConfigResponse,
+    Error,
+    KernelStatusResponse,
+    Query,
+    Request,
+    decode_response,
+    encode_request,
+)
 
 R = TypeVar("R")
 
@@ -128,6 +136,15 @@ def ask_kernel_status(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Kernel
     answers an Error); unreachable and malformed answers raise as `ask` does."""
     try:
         return ask(path, Query.GET_KERNEL_STATUS, KernelStatusResponse, timeout_s).status
+    except ErrorAnswer:
+        return None
+
+
+def ask_config(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> ConfigView | None:
+    """The supervisor's configuration, or None from one that does not have the request (the December
+    original answers an Error); unreachable and malformed answers raise as `ask` does."""
+    try:
+        return ask(path, Query.GET_CONFIG, ConfigResponse, timeout_s).view
     except ErrorAnswer:
         return None
 

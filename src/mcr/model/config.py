@@ -44,9 +44,11 @@ from __future__ import annotations
 import sys
 import tomllib
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any
 
 from mcr.model.errors import ConfigError, ValidationError
+from mcr.model.original_config import OriginalSections, decode_original_config, load_json5
 from mcr.model.ratelimit import decode_rate_limit
 from mcr.model.rules import (
     ForwardingRule,
@@ -82,6 +84,11 @@ class Settings:
     multicast_ttl: int | None = None  # the TTL of multicast outputs that name none (default 1)
 
 
+class ConfigDialect(Enum):
+    TOML = "toml"  # ours: [supervisor], [limits], [[rule]]
+    JSON5 = "json5"  # the original's (mcr.model.original_config)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: str
@@ -90,6 +97,9 @@ class Config:
     rules: tuple[ForwardingRule, ...] = ()
     pim: PimConfig = field(default_factory=PimConfig)
     msdp: MsdpConfig = field(default_factory=MsdpConfig)
+    dialect: ConfigDialect = ConfigDialect.TOML
+    original: OriginalSections = field(default_factory=OriginalSections)  # a JSON5 file's other sections
+    warnings: tuple[str, ...] = ()  # keys accepted but ignored, each named (JSON5 only: TOML refuses them)
 
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int}
@@ -213,8 +223,45 @@ def _rule(path: str, index: int, item: object) -> ForwardingRule:
     )
 
 
+def config_dialect(text: str, path: str) -> ConfigDialect:
+    """Which of the two formats a file is in: by its extension, else by its first significant character
+    (a JSON5 document is an object, `{`; a TOML file starts with a table, a key or a comment)."""
+    lower = path.lower()
+    if lower.endswith((".json5", ".json")):
+        return ConfigDialect.JSON5
+    if lower.endswith(".toml"):
+        return ConfigDialect.TOML
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        return ConfigDialect.JSON5 if stripped.startswith(("{", "//", "/*")) else ConfigDialect.TOML
+    return ConfigDialect.TOML
+
+
 def parse_config(text: str, path: str) -> Config:
-    """Parse and validate a whole file; raises ConfigError naming the file, rule and field."""
+    """Parse and validate a whole file, TOML or the original's JSON5 (`config_dialect`); raises
+    ConfigError naming the file, rule and field."""
+    if config_dialect(text, path) is ConfigDialect.JSON5:
+        return parse_json5_config(text, path)
+    return parse_toml_config(text, path)
+
+
+def parse_json5_config(text: str, path: str) -> Config:
+    """The original's JSON5 file: its rules, and its other sections kept for GetConfig and `config save`."""
+    found = decode_original_config(load_json5(text, path), path)
+    return Config(
+        path=path,
+        settings=Settings(multicast_ttl=found.sections.multicast_ttl),
+        rules=found.rules,
+        dialect=ConfigDialect.JSON5,
+        original=found.sections,
+        warnings=found.warnings,
+    )
+
+
+def parse_toml_config(text: str, path: str) -> Config:
+    """Our TOML file; raises ConfigError naming the file, rule and field."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -247,3 +294,26 @@ def parse_config(text: str, path: str) -> Config:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
         rules[rule.rule_id] = rule
     return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()), pim=pim, msdp=msdp)
+
+
+SECTION_PROTOCOLS = {
+    "pim": "PIM-SM",
+    "igmp": "the IGMP querier",
+    "msdp": "MSDP",
+    "control_plane": "the control-plane integration (RPF provider, external neighbours, events)",
+}
+
+
+def unserved_notes(path: str, sections: OriginalSections) -> tuple[str, ...]:
+    """What a JSON5 file asks for that this relay accepts but does not do (yet), one line each."""
+    notes = [
+        f"{path}: section '{name}' accepted but not served: {SECTION_PROTOCOLS[name]} is not implemented "
+        "in this relay yet"
+        for name in sections.unserved
+    ]
+    if sections.pinning:
+        notes.append(
+            f"{path}: 'pinning' accepted but not applied: workers are not pinned to cores (every worker "
+            "serves every input, spread by PACKET_FANOUT)"
+        )
+    return tuple(notes)

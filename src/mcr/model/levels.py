@@ -98,3 +98,8 @@ class Facility(Enum):
         except KeyError:
             names = ", ".join(m.name for m in cls)
             raise ValidationError(f"invalid facility '{text}'; expected one of {names}") from None
+
+
+#: The facilities today's original knows (it dropped ControlPlane): a GetLogLevels answer naming another
+#: one would fail to decode in its client, so ours carries those apart (mcr.protocol.control).
+ORIGINAL_FACILITIES = frozenset(f.name for f in Facility) - {"ControlPlane"}

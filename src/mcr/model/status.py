@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from mcr.model.original_config import OriginalSections
 from mcr.model.rules import Engine, ForwardingRule, Limits
 
 
@@ -49,6 +50,7 @@ class FlowStats:
     outputs: tuple[OutputStats, ...] = ()
     drops: dict[str, int] = field(default_factory=dict)
     input_source: str = ""  # the rule's source host or prefix, empty when any source matches
+    input_protocol: int = 17  # 17 UDP, 50 ESP (the stats of the original are per group, port and protocol)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,8 @@ class WorkerInfo:
     kernel_drops: int = 0
     stats_pipe_errors: int = 0
     ring_resyncs: int = 0  # times a capture ring was found out of step with the kernel and resynchronised
+    interface: str | None = None  # today's original runs workers per input interface; ours serve them all
+    backoff_ms: int = 0  # while restarting: how long until the next start
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +108,5 @@ class ConfigView:
     settings: tuple[tuple[str, str | int | bool | None], ...]
     limits: Limits
     rules: tuple[ForwardingRule, ...]
+    original: OriginalSections = field(default_factory=OriginalSections)  # a JSON5 file's other sections
+    dialect: str = "toml"  # the config file's format

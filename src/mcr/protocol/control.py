@@ -8,12 +8,23 @@ bytes in, typed values out, with a precise `ProtocolError` for anything malforme
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from ipaddress import IPv4Address
 from typing import Any, assert_never
 
-from mcr.model.errors import ProtocolError, ValidationError
-from mcr.model.levels import Facility, Severity
+from mcr.model.errors import ConfigError, ProtocolError, ValidationError
+from mcr.model.levels import ORIGINAL_FACILITIES, Facility, Severity
+from mcr.model.original_config import (
+    UDP,
+    ControlPlaneSettings,
+    OriginalConfig,
+    OriginalSections,
+    decode_original_config,
+    encode_original_config,
+    encode_original_rule,
+)
 from mcr.model.ratelimit import RateLimit, decode_rate_limit, encode_rate_limit
 from mcr.model.rules import (
     Engine,
@@ -39,6 +50,7 @@ from mcr.model.status import (
     VersionInfo,
     WorkerInfo,
 )
+from mcr.protocol.controlplane import ControlPlaneRequest, decode_control_plane
 from mcr.protocol.jsondoc import load_json
 from mcr.protocol.routing import (
     ROUTING_RESPONSES,
@@ -80,6 +92,7 @@ class Query(Enum):
     GET_VERSION = "GetVersion"
     GET_LOG_LEVELS = "GetLogLevels"
     GET_CONFIG = "GetConfig"
+    GET_CONTROL_PLANE_CONFIG = "GetControlPlaneConfig"
     GET_KERNEL_STATUS = "GetKernelStatus"  # ours: the eBPF engine's state and drops
 
 
@@ -92,11 +105,43 @@ class AddRule:
     outputs: tuple[OutputDestination, ...]
     input_source: SourcePrefix | None = None
     rate_limit: RateLimit | None = None
+    name: str | None = None  # today's original: a second handle on the rule (RemoveRuleByName)
+    input_protocol: InputProtocol = InputProtocol.UDP  # today's original: 17 UDP, 50 ESP
 
 
 @dataclass(frozen=True, slots=True)
 class RemoveRule:
     rule_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveRuleByName:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDocument:
+    """A configuration in the original's schema, as LoadConfig and CheckConfig carry it: decoded and
+    checked, or the reason it is invalid (which is an answer, not a malformed request)."""
+
+    config: OriginalConfig | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    document: ConfigDocument
+    replace: bool  # True: the loaded rules replace the runtime rules; False: they are merged in
+
+
+@dataclass(frozen=True, slots=True)
+class CheckConfig:
+    document: ConfigDocument
+
+
+@dataclass(frozen=True, slots=True)
+class SaveConfig:
+    path: str | None  # None: the file the supervisor was started with
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +155,33 @@ class SetFacilityLogLevel:
     level: Severity
 
 
-Request = Query | AddRule | RemoveRule | SetGlobalLogLevel | SetFacilityLogLevel | RoutingRequest
+Request = (
+    Query
+    | AddRule
+    | RemoveRule
+    | RemoveRuleByName
+    | SetGlobalLogLevel
+    | SetFacilityLogLevel
+    | LoadConfig
+    | CheckConfig
+    | SaveConfig
+    | ControlPlaneRequest
+    | RoutingRequest
+)
 
 READ_ONLY_QUERIES = frozenset(Query)
 
-_STRUCT_COMMANDS = ("AddRule", "RemoveRule", "SetGlobalLogLevel", "SetFacilityLogLevel", *ROUTING_STRUCT_COMMANDS)
+_STRUCT_COMMANDS = (
+    "AddRule",
+    "RemoveRule",
+    "RemoveRuleByName",
+    "SetGlobalLogLevel",
+    "SetFacilityLogLevel",
+    "LoadConfig",
+    "SaveConfig",
+    "CheckConfig",
+    *ROUTING_STRUCT_COMMANDS,
+)
 _ALL_COMMANDS = ", ".join([q.value for q in Query] + [q.value for q in RoutingQuery] + list(_STRUCT_COMMANDS))
 
 
@@ -173,10 +240,26 @@ class _Fields:
         return value
 
     def optional_integer(self, name: str) -> int | None:
-        """An integer field that may be absent or null (None then)."""
+        """An integer that may be absent or null."""
         if self.obj.get(name) is None:
             return None
         return self.integer(name)
+
+    def protocol(self, name: str) -> InputProtocol:
+        value = self.integer(name, required=False, default=InputProtocol.UDP)
+        try:
+            return InputProtocol(value)
+        except ValueError:
+            known = ", ".join(f"{int(p)} ({p.name})" for p in InputProtocol)
+            raise ProtocolError(
+                f"field '{name}' in {self.where}: IP protocol {value} is not relayed; expected {known}"
+            ) from None
+
+    def boolean(self, name: str) -> bool:
+        value = self._get(name, True)
+        if not isinstance(value, bool):
+            raise ProtocolError(f"field '{name}' in {self.where} must be a boolean, got {_type_name(value)}")
+        return value
 
     def address(self, name: str) -> IPAddress:
         text = self.req_string(name)
@@ -202,18 +285,36 @@ class _Fields:
 
 
 _ADD_FIELDS = frozenset(
-    {"rule_id", "input_interface", "input_group", "input_port", "outputs", "input_source", "rate_limit"}
+    {
+        "rule_id",
+        "input_interface",
+        "input_group",
+        "input_port",
+        "outputs",
+        "input_source",
+        "rate_limit",
+        "name",
+        "input_protocol",
+    }
 )
-_OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl"})
+_OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl", "source_ip"})
 
 
 def _decode_output(i: int, obj: object) -> OutputDestination:
     f = _Fields(f"AddRule.outputs[{i}]", obj, _OUTPUT_FIELDS)
+    source_ip = f.string("source_ip", required=False)
+    try:
+        source = None if source_ip is None else IPv4Address(source_ip)
+    except ValueError:
+        raise ProtocolError(
+            f"field 'source_ip' in AddRule.outputs[{i}]: '{source_ip}' is not an IPv4 address"
+        ) from None
     return OutputDestination(
         group=f.address("group"),
         port=f.integer("port"),
         interface=f.req_string("interface"),
         ttl=f.optional_integer("ttl"),
+        source_ip=source,
     )
 
 
@@ -230,6 +331,8 @@ def _decode_add(body: object) -> AddRule:
         outputs=outputs,
         input_source=f.source("input_source"),
         rate_limit=_decode_rate_limit(f.obj.get("rate_limit")),
+        name=f.string("name", required=False),
+        input_protocol=f.protocol("input_protocol"),
     )
 
 
@@ -255,6 +358,15 @@ def _decode_struct(name: str, body: object) -> Request:
         return _decode_add(body)
     if name == "RemoveRule":
         return RemoveRule(_Fields("RemoveRule", body, frozenset({"rule_id"})).req_string("rule_id"))
+    if name == "RemoveRuleByName":
+        return RemoveRuleByName(_Fields("RemoveRuleByName", body, frozenset({"name"})).req_string("name"))
+    if name == "LoadConfig":
+        f = _Fields("LoadConfig", body, frozenset({"config", "replace"}))
+        return LoadConfig(_config_document(f), f.boolean("replace"))
+    if name == "CheckConfig":
+        return CheckConfig(_config_document(_Fields("CheckConfig", body, frozenset({"config"}))))
+    if name == "SaveConfig":
+        return SaveConfig(_Fields("SaveConfig", body, frozenset({"path"})).string("path", required=False))
     if name == "SetGlobalLogLevel":
         f = _Fields("SetGlobalLogLevel", body, frozenset({"level"}))
         return SetGlobalLogLevel(_severity("SetGlobalLogLevel", f.req_string("level")))
@@ -268,6 +380,14 @@ def _decode_struct(name: str, body: object) -> Request:
     if name in ROUTING_STRUCT_COMMANDS:
         return decode_routing_struct(name, body)
     raise ProtocolError(f"unknown command '{name}'; expected one of {_ALL_COMMANDS}")
+
+
+def _config_document(f: _Fields) -> ConfigDocument:
+    """The `config` of a LoadConfig or CheckConfig: an invalid configuration is kept as its reason."""
+    try:
+        return ConfigDocument(decode_original_config(f._get("config", True), "config"))
+    except ConfigError as e:
+        return ConfigDocument(None, str(e))
 
 
 _ROUTING_QUERIES = frozenset(q.value for q in RoutingQuery)
@@ -291,6 +411,9 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
     if isinstance(doc, str):
         if doc in _ROUTING_QUERIES:
             return RoutingQuery(doc)
+        plane = decode_control_plane(doc)
+        if plane is not None:
+            return plane
         try:
             return Query(doc)
         except ValueError:
@@ -305,19 +428,28 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
             return Query(name)
         if name in _ROUTING_QUERIES:
             return RoutingQuery(name)
+        plane = decode_control_plane(name)
+        if plane is not None:
+            return plane
         return _decode_struct(name, body)
     raise ProtocolError(f"a request must be a JSON string or object, got {_type_name(doc)}")
 
 
 def _output_json(out: OutputDestination) -> dict[str, object]:
-    """An output as the originals encode it: `ttl` only when the output sets one (it then overrides
-    the supervisor's multicast_ttl)."""
+    """An output as both originals read it: `ttl` and `source_ip` only when set (today's original
+    omits them then, and reads an absent `ttl` as "the global multicast_ttl")."""
     doc: dict[str, object] = {"group": str(out.group), "port": out.port, "interface": out.interface}
     if out.ttl is not None:
         doc["ttl"] = out.ttl
     if out.source_ip is not None:
         doc["source_ip"] = str(out.source_ip)
     return doc
+
+
+def _config_json(document: ConfigDocument) -> dict[str, object]:
+    if document.config is None:
+        raise ValueError(f"an invalid configuration is not sent: {document.error}")
+    return encode_original_config(document.config.rules, document.config.sections)
 
 
 def encode_request(req: Request) -> bytes:
@@ -338,9 +470,23 @@ def encode_request(req: Request) -> bytes:
                 body["input_source"] = source_text(req.input_source)
             if req.rate_limit is not None:
                 body["rate_limit"] = encode_rate_limit(req.rate_limit)
+            if req.name is not None:
+                body["name"] = req.name
+            if req.input_protocol is not InputProtocol.UDP:
+                body["input_protocol"] = int(req.input_protocol)
             doc = {"AddRule": body}
         case RemoveRule():
             doc = {"RemoveRule": {"rule_id": req.rule_id}}
+        case RemoveRuleByName():
+            doc = {"RemoveRuleByName": {"name": req.name}}
+        case LoadConfig():
+            doc = {"LoadConfig": {"config": _config_json(req.document), "replace": req.replace}}
+        case CheckConfig():
+            doc = {"CheckConfig": {"config": _config_json(req.document)}}
+        case SaveConfig():
+            doc = {"SaveConfig": {"path": req.path}}
+        case ControlPlaneRequest():
+            doc = req.command
         case SetGlobalLogLevel():
             doc = {"SetGlobalLogLevel": {"level": req.level.name}}
         case SetFacilityLogLevel():
@@ -400,6 +546,23 @@ class KernelStatusResponse:
     status: KernelStatus
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigValidation:
+    """CheckConfig's answer, as today's original gives it (`warnings` is ours: keys it would ignore)."""
+
+    valid: bool
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlaneConfig:
+    """GetControlPlaneConfig's answer: the `control_plane` section in force (not served yet, so `served`
+    is false; the field is ours)."""
+
+    settings: ControlPlaneSettings
+
+
 Response = (
     Success
     | Error
@@ -409,25 +572,48 @@ Response = (
     | LogLevelsResponse
     | Version
     | ConfigResponse
+    | ConfigValidation
+    | ControlPlaneConfig
     | KernelStatusResponse
     | RoutingResponse
 )
 
 
+#: `source` as today's original names it (its RuleSource: Static from the config file, Dynamic at run time);
+#: our own word for it is `origin`
+_ORIGINAL_SOURCE = {RuleSource.CONFIG: "Static", RuleSource.RUNTIME: "Dynamic"}
+_FROM_ORIGINAL_SOURCE = {"Static": RuleSource.CONFIG, "Dynamic": RuleSource.RUNTIME}
+
+
+def _source_fields(source: SourcePrefix | None) -> dict[str, object]:
+    """`input_source` as today's original reads it (one IPv4 host, or null); a prefix or an IPv6 source,
+    which it cannot read, goes in our own `input_source_prefix` instead."""
+    if source is None:
+        return {"input_source": None}
+    if source.version == 4 and source.prefixlen == 32:
+        return {"input_source": str(source.network_address)}
+    return {"input_source": None, "input_source_prefix": source_text(source)}
+
+
 def encode_rule(r: ForwardingRule) -> dict[str, object]:
-    """A rule as JSON: the original's fields, plus input_source and source."""
-    return {
-        "rule_id": r.rule_id,
-        "name": r.name,
-        "input_interface": r.input_interface,
-        "input_group": str(r.input_group),
-        "input_port": r.input_port,
-        "input_protocol": int(r.input_protocol),
-        "input_source": None if r.input_source is None else source_text(r.input_source),
-        "outputs": [_output_json(o) for o in r.outputs],
-        "source": r.source.value,
-        "rate_limit": None if r.rate_limit is None else encode_rate_limit(r.rate_limit),
-    }
+    """A rule as JSON (ListRules, the state file): the fields of both originals, then ours."""
+    doc: dict[str, object] = {"rule_id": r.rule_id}
+    if r.name is not None:
+        doc["name"] = r.name
+    doc.update(
+        {
+            "input_interface": r.input_interface,
+            "input_group": str(r.input_group),
+            "input_port": r.input_port,
+            "input_protocol": int(r.input_protocol),
+            **_source_fields(r.input_source),
+            "outputs": [_output_json(o) for o in r.outputs],
+            "source": _ORIGINAL_SOURCE[r.source],
+            "origin": r.source.value,
+            "rate_limit": None if r.rate_limit is None else encode_rate_limit(r.rate_limit),
+        }
+    )
+    return doc
 
 
 def rule_json(view: RuleView) -> dict[str, object]:
@@ -445,6 +631,7 @@ def _flow_json(f: FlowStats) -> dict[str, object]:
         "input_interface": f.input_interface,
         "input_group": f.input_group,
         "input_port": f.input_port,
+        "input_protocol": f.input_protocol,
         "input_source": f.input_source or None,
         "packets_relayed": f.packets_relayed,
         "bytes_relayed": f.bytes_relayed,
@@ -466,12 +653,18 @@ def _flow_json(f: FlowStats) -> dict[str, object]:
 
 
 def _worker_json(w: WorkerInfo) -> dict[str, object]:
+    """Today's original reads `status` as "Running" or {"Restarting": {"backoff_ms": N}} only: a worker that
+    is starting (or stopped, at shutdown) is not running, so it is shown restarting, in N ms (0: now).
+    Our own word for the state is `state`."""
+    status: object = "Running" if w.status == "Running" else {"Restarting": {"backoff_ms": w.backoff_ms}}
     return {
         "pid": w.pid,
         "worker_type": w.worker_type,
         "core_id": w.core_id,
+        "interface": w.interface,
+        "status": status,
+        "state": w.status,
         "worker_id": w.worker_id,
-        "status": w.status,
         "uid": w.uid,
         "restarts": w.restarts,
         "drops": dict(w.drops),
@@ -480,6 +673,34 @@ def _worker_json(w: WorkerInfo) -> dict[str, object]:
         "stats_pipe_errors": w.stats_pipe_errors,
         "ring_resyncs": w.ring_resyncs,
     }
+
+
+def _levels_json(levels: LogLevels) -> dict[str, object]:
+    """Today's original fails to read a facility it does not know (ControlPlane is gone from its list);
+    those overrides go in our own `extra_facility_overrides`."""
+    known = {k: v for k, v in levels.facility_overrides.items() if k in ORIGINAL_FACILITIES}
+    extra = {k: v for k, v in levels.facility_overrides.items() if k not in ORIGINAL_FACILITIES}
+    doc: dict[str, object] = {"global": levels.global_level, "facility_overrides": known}
+    if extra:
+        doc["extra_facility_overrides"] = extra
+    return doc
+
+
+def _config_view_json(v: ConfigView) -> dict[str, object]:
+    """The running configuration in today's original's schema (`pinning`, `rules` with `input`, the protocol
+    sections, `multicast_ttl`); each rule carries our fields too, and `path`, `format`, `settings` and
+    `limits` are ours."""
+    doc = encode_original_config(v.rules, v.original)
+    doc["rules"] = [{**encode_rule(r), **encode_original_rule(r)} for r in v.rules]
+    doc.update(
+        {
+            "path": v.path,
+            "format": v.dialect,
+            "settings": dict(v.settings),
+            "limits": {f: getattr(v.limits, f) for f in Limits.__dataclass_fields__},
+        }
+    )
+    return doc
 
 
 def response_json(resp: Response) -> object:
@@ -495,12 +716,7 @@ def response_json(resp: Response) -> object:
         case Workers():
             return {"Workers": [_worker_json(w) for w in resp.workers]}
         case LogLevelsResponse():
-            return {
-                "LogLevels": {
-                    "global": resp.levels.global_level,
-                    "facility_overrides": dict(resp.levels.facility_overrides),
-                }
-            }
+            return {"LogLevels": _levels_json(resp.levels)}
         case Version():
             return {
                 "Version": {
@@ -525,13 +741,22 @@ def response_json(resp: Response) -> object:
                 }
             }
         case ConfigResponse():
-            v = resp.view
+            return {"Config": _config_view_json(resp.view)}
+        case ConfigValidation():
             return {
-                "Config": {
-                    "path": v.path,
-                    "settings": dict(v.settings),
-                    "limits": {f: getattr(v.limits, f) for f in Limits.__dataclass_fields__},
-                    "rules": [encode_rule(r) for r in v.rules],
+                "ConfigValidation": {
+                    "valid": resp.valid,
+                    "errors": list(resp.errors),
+                    "warnings": list(resp.warnings),
+                }
+            }
+        case ControlPlaneConfig():
+            return {
+                "ControlPlaneConfig": {
+                    "rpf_provider": resp.settings.rpf_provider,
+                    "external_neighbors_enabled": resp.settings.external_neighbors_enabled,
+                    "event_buffer_size": resp.settings.event_buffer_size,
+                    "served": False,
                 }
             }
         case PimNeighbors() | Mroutes() | MsdpPeers() | MsdpSaCache() | RoutingCounters():
@@ -553,25 +778,48 @@ def _obj(where: str, value: object) -> dict[str, Any]:
     return value
 
 
+def _rule_origin(d: Mapping[str, object]) -> tuple[RuleSource, str]:
+    """Where a rule came from: our `origin`, else the original's `source` ("Static", "Dynamic", or a
+    protocol's {"Pim": {...}} / {"Igmp": {...}}, which we do not have: shown in a note, not fatal),
+    else our older state files' `source` ("runtime", "config")."""
+    origin = d.get("origin")
+    if isinstance(origin, str):
+        return RuleSource(origin), ""
+    source = d.get("source", "Dynamic")
+    if isinstance(source, str):
+        found = _FROM_ORIGINAL_SOURCE.get(source)
+        if found is not None:
+            return found, ""
+        try:
+            return RuleSource(source), ""
+        except ValueError:
+            return RuleSource.RUNTIME, f"source '{source}' is unknown to this client"
+    if isinstance(source, dict) and len(source) == 1:
+        ((kind, detail),) = source.items()
+        tree = detail.get("tree_type") if isinstance(detail, dict) else None
+        return RuleSource.RUNTIME, f"learned by {kind}" + (f" ({tree})" if tree else "")
+    raise ValueError(f"source must be a string or a one-key object, got {_type_name(source)}")
+
+
 def decode_rule(o: object) -> ForwardingRule:
-    """The inverse of encode_rule; raises ProtocolError on anything malformed."""
+    """The inverse of encode_rule, reading either original's shape too; ProtocolError on anything malformed."""
     d = _obj("rule", o)
     try:
-        outputs = tuple(_decode_rule_output(x) for x in d.get("outputs", []))
+        source_text_ = d.get("input_source_prefix") or d.get("input_source")
         name = d.get("name")
         return ForwardingRule(
             rule_id=str(d["rule_id"]),
             input_interface=str(d["input_interface"]),
             input_group=parse_group(d["input_group"]),
             input_port=int(d["input_port"]),
-            outputs=outputs,
-            input_source=parse_source(d["input_source"]) if d.get("input_source") else None,
-            source=RuleSource(d.get("source", "runtime")),
+            outputs=tuple(_decode_rule_output(_obj("output", x)) for x in d.get("outputs", [])),
+            input_source=parse_source(source_text_) if source_text_ else None,
+            source=_rule_origin(d)[0],
             rate_limit=None if d.get("rate_limit") is None else decode_rate_limit(d["rate_limit"]),
             name=None if name is None else str(name),
-            input_protocol=InputProtocol(int(d.get("input_protocol", InputProtocol.UDP))),
+            input_protocol=InputProtocol(int(d.get("input_protocol", UDP))),
         )
-    except (KeyError, TypeError, ValueError, ValidationError) as e:
+    except (KeyError, TypeError, ValueError, ValidationError, ProtocolError) as e:
         raise ProtocolError(f"malformed rule: {e!r}") from None
 
 
@@ -604,6 +852,9 @@ def _decode_rule(o: object) -> RuleView:
     except ValueError:  # a newer supervisor's state: shown, not fatal (like unknown limits in Config)
         state = RuleState.WAITING
         reason = f"state '{state_name}' is unknown to this client" + (f"; {reason}" if reason else "")
+    note = _rule_origin(d)[1]
+    if note:
+        reason = f"{note}; {reason}" if reason else note
     return RuleView(rule=rule, engine=engine, state=state, state_reason=reason)
 
 
@@ -632,20 +883,38 @@ def _decode_flow(o: object) -> FlowStats:
             ),
             drops={str(k): int(v) for k, v in d.get("drops", {}).items()},
             input_source=str(d.get("input_source") or ""),
+            input_protocol=int(d.get("input_protocol", UDP)),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"malformed stats entry in response: {e!r}") from None
 
 
+def _worker_status(d: Mapping[str, object]) -> tuple[str, int]:
+    """(state, backoff in ms): our `state`, else the original's `status` ("Running", {"Restarting":
+    {"backoff_ms": N}}, or a newer variant, shown by its name); a December supervisor sends neither."""
+    status = d.get("status", "Running")
+    backoff = 0
+    if isinstance(status, dict) and len(status) == 1:
+        ((status, detail),) = status.items()
+        if isinstance(detail, dict):
+            backoff = int(detail.get("backoff_ms", 0))
+    state = d.get("state", status)
+    if not isinstance(state, str):
+        raise TypeError(f"status must be a string or a one-key object, got {_type_name(state)}")
+    return state, backoff
+
+
 def _decode_worker(o: object) -> WorkerInfo:
     d = _obj("worker entry", o)
     try:
+        state, backoff_ms = _worker_status(d)
+        interface = d.get("interface")
         return WorkerInfo(
             pid=int(d["pid"]),
             worker_type=str(d["worker_type"]),
             core_id=None if d.get("core_id") is None else int(d["core_id"]),
             worker_id=int(d.get("worker_id", 0)),
-            status=str(d.get("status", "Running")),
+            status=state,
             uid=None if d.get("uid") is None else int(d["uid"]),
             restarts=int(d.get("restarts", 0)),
             drops={str(k): int(v) for k, v in d.get("drops", {}).items()},
@@ -653,6 +922,8 @@ def _decode_worker(o: object) -> WorkerInfo:
             kernel_drops=int(d.get("kernel_drops", 0)),
             stats_pipe_errors=int(d.get("stats_pipe_errors", 0)),
             ring_resyncs=int(d.get("ring_resyncs", 0)),
+            interface=None if interface is None else str(interface),
+            backoff_ms=backoff_ms,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"malformed worker entry in response: {e!r}") from None
@@ -688,7 +959,10 @@ def _decode_other(name: str, body: object) -> Response:
     """The responses that carry one object; KeyError, TypeError and ValueError mean malformed."""
     if name == "LogLevels":
         b = _obj("LogLevels", body)
-        overrides = _obj("facility_overrides", b.get("facility_overrides", {}))
+        overrides = {
+            **_obj("facility_overrides", b.get("facility_overrides", {})),
+            **_obj("extra_facility_overrides", b.get("extra_facility_overrides", {})),
+        }
         return LogLevelsResponse(LogLevels(str(b.get("global")), {str(k): str(v) for k, v in overrides.items()}))
     if name == "Version":
         b = _obj("Version", body)
@@ -700,17 +974,22 @@ def _decode_other(name: str, body: object) -> Response:
             )
         )
     if name == "Config":
-        b = _obj("Config", body)
-        try:
-            known = Limits.__dataclass_fields__  # a newer supervisor's other limits are not shown
-            raw_limits = _obj("limits", b.get("limits", {}))
-            limits = Limits(**{str(k): int(v) for k, v in raw_limits.items() if k in known})
-        except (TypeError, ValueError) as e:
-            raise ProtocolError(f"malformed limits in response: {e}") from None
-        settings = tuple((str(k), v) for k, v in _obj("settings", b.get("settings", {})).items())
-        path = b.get("path")
-        rules = tuple(decode_rule(r) for r in b.get("rules", []))
-        return ConfigResponse(ConfigView(None if path is None else str(path), settings, limits, rules))
+        return ConfigResponse(_decode_config_view(_obj("Config", body)))
+    if name == "ConfigValidation":
+        b = _obj("ConfigValidation", body)
+        valid = b["valid"]
+        if not isinstance(valid, bool):
+            raise TypeError(f"valid must be a boolean, got {_type_name(valid)}")
+        return ConfigValidation(
+            valid, tuple(str(e) for e in b.get("errors", [])), tuple(str(w) for w in b.get("warnings", []))
+        )
+    if name == "ControlPlaneConfig":
+        b = _obj("ControlPlaneConfig", body)
+        return ControlPlaneConfig(
+            ControlPlaneSettings(
+                str(b["rpf_provider"]), bool(b["external_neighbors_enabled"]), int(b["event_buffer_size"])
+            )
+        )
     if name == "KernelStatus":
         b = _obj("KernelStatus", body)
         return KernelStatusResponse(
@@ -727,6 +1006,43 @@ def _decode_other(name: str, body: object) -> Response:
             )
         )
     raise ProtocolError(f"unknown response type '{name}'")
+
+
+def _decode_config_view(b: dict[str, Any]) -> ConfigView:
+    """Ours (settings, limits, rules with both shapes) or today's original's (rules in its config schema)."""
+    try:
+        known = Limits.__dataclass_fields__  # a newer supervisor's other limits are not shown
+        raw_limits = _obj("limits", b.get("limits", {}))
+        limits = Limits(**{str(k): int(v) for k, v in raw_limits.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"malformed limits in response: {e}") from None
+    settings = tuple((str(k), v) for k, v in _obj("settings", b.get("settings", {})).items())
+    path = b.get("path")
+    raw_rules = b.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise ProtocolError("malformed Config response: rules must be an array")
+    if all(isinstance(r, dict) and "input_interface" in r for r in raw_rules):
+        rules = tuple(decode_rule(r) for r in raw_rules)
+        sections = OriginalSections()
+    else:  # the original's: rules in its config schema
+        try:
+            doc = {k: v for k, v in b.items() if k in _ORIGINAL_CONFIG_KEYS}
+            found = decode_original_config(doc, "Config", validate=False)
+        except ConfigError as e:
+            raise ProtocolError(f"malformed Config response: {e}") from None
+        rules, sections = found.rules, found.sections
+    if "limits" in b:  # ours: the sections come with the rules in the original's schema
+        try:
+            sections = decode_original_config(
+                {k: v for k, v in b.items() if k in _ORIGINAL_CONFIG_KEYS and k != "rules"}, "Config", validate=False
+            ).sections
+        except ConfigError as e:
+            raise ProtocolError(f"malformed Config response: {e}") from None
+    dialect = str(b.get("format", "json5" if "limits" not in b else "toml"))
+    return ConfigView(None if path is None else str(path), settings, limits, rules, sections, dialect)
+
+
+_ORIGINAL_CONFIG_KEYS = frozenset({"multicast_ttl", "pinning", "rules", "pim", "igmp", "msdp", "control_plane"})
 
 
 # ---------------------------------------------------------------------------------------------- framing

@@ -6,7 +6,11 @@ with SO_PEERCRED/SO_PEERGROUPS when the client connected:
 
 - root, the supervisor's own user and members of the control group may send anything;
 - members of the read-only group may send the read-only requests (every `Query`: ListRules,
-  GetStats, ListWorkers, Ping, GetVersion, GetLogLevels, GetConfig, GetKernelStatus) and nothing else;
+  GetStats, ListWorkers, Ping, GetVersion, GetLogLevels, GetConfig, GetControlPlaneConfig, GetKernelStatus; CheckConfig;
+  and the control-plane requests that only look, Get*/List*/Query*) and nothing else;
+- SaveConfig to a path of the client's choosing writes a file as the supervisor (root): only root and
+  the supervisor's own user may ask that; the control group may save to the file the supervisor was
+  started with;
 - anyone else is refused before the request is decoded.
 
 Everything here is a function of numbers and requests, so it is tested without root.
@@ -22,12 +26,17 @@ from typing import assert_never
 
 from mcr.protocol.control import (
     AddRule,
+    CheckConfig,
+    LoadConfig,
     Query,
     RemoveRule,
+    RemoveRuleByName,
     Request,
+    SaveConfig,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
 )
+from mcr.protocol.controlplane import ControlPlaneRequest
 from mcr.protocol.routing import (
     AddMsdpPeer,
     DisablePim,
@@ -56,11 +65,17 @@ def request_name(req: Request) -> str:
             return req.value
         case RoutingQuery():
             return str(req.value)
+        case ControlPlaneRequest():
+            return req.command
         case (
             AddRule()
             | RemoveRule()
+            | RemoveRuleByName()
             | SetGlobalLogLevel()
             | SetFacilityLogLevel()
+            | LoadConfig()
+            | CheckConfig()
+            | SaveConfig()
             | EnablePim()
             | DisablePim()
             | SetStaticRp()
@@ -75,15 +90,20 @@ def request_name(req: Request) -> str:
 def is_read_only(req: Request) -> bool:
     """Whether a request only looks: a new request type must be classified here to type-check."""
     match req:
-        case Query():
+        case Query() | CheckConfig():
             return True
         case RoutingQuery():
             return is_routing_read_only(req)
+        case ControlPlaneRequest():
+            return req.read_only
         case (
             AddRule()
             | RemoveRule()
+            | RemoveRuleByName()
             | SetGlobalLogLevel()
             | SetFacilityLogLevel()
+            | LoadConfig()
+            | SaveConfig()
             | EnablePim()
             | DisablePim()
             | SetStaticRp()
@@ -130,6 +150,11 @@ class AccessPolicy:
             return (
                 f"permission denied: uid {uid} has read-only access (group '{self.read_only_group}'); "
                 f"{request_name(req)} is reserved to {self.who_may_write()}"
+            )
+        if isinstance(req, SaveConfig) and req.path is not None and uid not in (0, self.own_uid):
+            return (
+                f"permission denied: uid {uid} may not choose where the supervisor writes; SaveConfig with a "
+                "path is reserved to root and the supervisor's user (without one it saves to its config file)"
             )
         return None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from mcr import __version__
 from mcr.logs import configure_logging
-from mcr.model.config import Config, Settings, parse_config
+from mcr.model.config import Config, Settings, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.levels import Severity
 from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits
@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sup = sub.add_parser("supervisor", help="run the privileged supervisor (as root)")
-    sup.add_argument("--config", default=None, help="TOML file with settings and static rules (SIGHUP reloads it)")
+    sup.add_argument(
+        "--config",
+        default=None,
+        help="config file: ours (TOML, settings and static rules) or the original's (JSON5, by its .json5 "
+        "extension or its content); SIGHUP reloads it",
+    )
     sup.add_argument("--state-file", default=None, help="where runtime rules are saved; restored at start")
     sup.add_argument("--control-socket-path", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
     sup.add_argument("--control-group", default=None, help="group allowed to use the control socket")
@@ -129,6 +134,14 @@ def merge_limits(args: argparse.Namespace, file: Limits) -> Limits:
     return replace(file, **flags)
 
 
+def report_config_notes(config: Config) -> None:
+    """Log what a config file has that is ignored (unknown keys) or not served (protocol sections)."""
+    for text in config.warnings:
+        log.warning("%s", text)
+    for text in unserved_notes(config.path, config.original):
+        log.warning("%s", text)
+
+
 def merge_settings(args: argparse.Namespace, static: Config | None) -> SupervisorConfig:
     """Command-line flags win over the config file, which wins over the defaults."""
     file = static.settings if static else Settings()
@@ -176,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(Severity.parse(config.log_level).python_level, config.log_json, prefix="supervisor")
     if args.interface or args.relay_command_socket_path:
         log.warning("--interface and --relay-command-socket-path are ignored: each rule names its input interface")
+    if static is not None:
+        report_config_notes(static)
     try:
         asyncio.run(run_supervisor(config))
     except ConfigError as e:

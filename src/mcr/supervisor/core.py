@@ -53,6 +53,8 @@ class RuleTable:
             input_source=req.input_source,
             source=source,
             rate_limit=req.rate_limit,
+            name=req.name,
+            input_protocol=req.input_protocol,
         )
 
     def add(self, req: AddRule, source: RuleSource = RuleSource.RUNTIME) -> ForwardingRule:
@@ -111,6 +113,48 @@ class RuleTable:
             return self.rules.pop(rule_id)
         except KeyError:
             raise ValidationError(f"Rule {rule_id} not found") from None
+
+    def named(self, name: str) -> ForwardingRule | None:
+        """The rule with this name (today's original's second handle on a rule), if any."""
+        return next((r for r in self.rules.values() if r.name == name), None)
+
+    def load(self, new: Iterable[ForwardingRule], replace_runtime: bool) -> tuple[list[str], list[str], list[str]]:
+        """LoadConfig: add `new` as runtime rules, all or nothing; returns (added, removed, skipped) ids.
+
+        `replace_runtime`: the runtime rules not in `new` go (a rule that is in `new` unchanged stays, counters
+        and all); the config file's rules are never touched (they belong to the file). Otherwise a rule whose
+        id or input (interface, group, port) is taken is skipped, as the original merges.
+        """
+        wanted = [replace(r, source=RuleSource.RUNTIME) for r in new]
+        wanted_ids = {r.rule_id for r in wanted}
+        trial = RuleTable(self.limits)
+        trial.rules = {
+            rid: r
+            for rid, r in self.rules.items()
+            if r.source is RuleSource.CONFIG or not replace_runtime or rid in wanted_ids
+        }
+        added: list[str] = []
+        skipped: list[str] = []
+        for rule in wanted:
+            held = trial.rules.get(rule.rule_id)
+            if replace_runtime and held is not None and held.source is RuleSource.RUNTIME:
+                if held == rule:
+                    continue  # unchanged: untouched
+                del trial.rules[rule.rule_id]
+            elif not replace_runtime and (
+                held is not None or any(r.input_key[:3] == rule.input_key[:3] for r in trial.rules.values())
+            ):
+                skipped.append(rule.rule_id)
+                continue
+            try:
+                trial.insert(rule)
+            except ValidationError as e:
+                label = f"'{rule.name}' ({rule.rule_id})" if rule.name else f"'{rule.rule_id}'"
+                raise ValidationError(f"rule {label}: {e}") from None
+            added.append(rule.rule_id)
+        removed = [rid for rid, r in self.rules.items() if trial.rules.get(rid) is not r]
+        self.rules = trial.rules
+        return added, [rid for rid in removed if rid not in added], skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,6 +562,7 @@ class StatsBook:
                     outputs=outputs,
                     drops=dict(t.drops),
                     input_source="" if rule.input_source is None else source_text(rule.input_source),
+                    input_protocol=int(rule.input_protocol),
                 )
             )
         return tuple(flows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import grp
+import json
 import logging
 import os
 import pwd
@@ -23,25 +24,32 @@ from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
-from mcr.model.config import Config, parse_config
+from mcr.model.config import Config, ConfigDialect, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
-from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits, RuleSource, endpoint_text
+from mcr.model.original_config import OriginalSections, encode_original_config
+from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits, RuleSource, endpoint_text, limits_exceeded
 from mcr.model.status import ConfigView, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
 from mcr.packet.parse import DropReason
 from mcr.protocol.control import (
     AddRule,
+    CheckConfig,
     ConfigResponse,
+    ConfigValidation,
+    ControlPlaneConfig,
     Error,
     KernelStatusResponse,
+    LoadConfig,
     LogLevelsResponse,
     Query,
     RemoveRule,
+    RemoveRuleByName,
     Request,
     Response,
     Rules,
+    SaveConfig,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
     Stats,
@@ -49,6 +57,7 @@ from mcr.protocol.control import (
     Version,
     Workers,
 )
+from mcr.protocol.controlplane import ControlPlaneRequest
 from mcr.protocol.routing import (
     AddMsdpPeer,
     DisablePim,
@@ -82,7 +91,7 @@ from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.msdp import MsdpService, local_sources
 from mcr.supervisor.notify import Notifier
 from mcr.supervisor.pim import PimService, merge_pim_outputs
-from mcr.supervisor.state import StateError, load_state, save_state
+from mcr.supervisor.state import StateError, load_state, save_state, write_atomically
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
 log = logging.getLogger("mcr.supervisor")
@@ -303,6 +312,8 @@ class Supervisor:
                     "reload of %s: [supervisor], [limits], [pim] and [msdp] changes take effect at the next start",
                     path,
                 )
+            for text in new.warnings + unserved_notes(path, new.original):
+                log.warning("reload: %s", text)
         except (OSError, ConfigError, ValidationError) as e:
             log.error("reload of %s refused, nothing changed: %s", path, e)
             self.notifier.ready(f"reload refused: {e}")
@@ -703,20 +714,25 @@ class Supervisor:
                 await self.wait_synced(self.apply())
                 return Success(f"Rule {rule.rule_id} added")
             case RemoveRule():
-                existing = self.table.rules.get(req.rule_id)
-                if existing is not None and existing.source is RuleSource.CONFIG:
-                    where = self.config_file.path if self.config_file else "the config file"
-                    return Error(f"Rule {req.rule_id} comes from {where}; remove it there and reload (SIGHUP)")
-                rule = self.table.remove(req.rule_id)
-                try:
-                    self.save()
-                except StateError as e:
-                    self.table.insert(rule)
-                    return Error(f"Rule {rule.rule_id} not removed: {e}")
-                self.stats.forget_rule(rule.rule_id)
-                log.info("rule %s removed", rule.rule_id)
-                await self.wait_synced(self.apply())
-                return Success(f"Rule {rule.rule_id} removed")
+                failed = await self.remove_rule(req.rule_id)
+                return failed or Success(f"Rule {req.rule_id} removed")
+            case RemoveRuleByName():
+                named = self.table.named(req.name)
+                if named is None:
+                    return Error(f"No rule found with name '{req.name}'. Use 'mcrctl list' to see available rules.")
+                failed = await self.remove_rule(named.rule_id)
+                return failed or Success(f"Removed rule '{req.name}' (id: {named.rule_id})")
+            case LoadConfig():
+                return await self.load_config(req)
+            case CheckConfig():
+                return self.check_config(req)
+            case SaveConfig():
+                return self.save_config(req.path)
+            case ControlPlaneRequest():
+                return self.control_plane(req)
+            case Query.GET_CONTROL_PLANE_CONFIG:
+                sections = self.config_file.original if self.config_file is not None else OriginalSections()
+                return ControlPlaneConfig(sections.control_plane)
             case SetGlobalLogLevel():
                 self.global_level = req.level
                 self.set_levels()
@@ -779,6 +795,112 @@ class Supervisor:
             case _:
                 assert_never(req)
 
+    async def remove_rule(self, rule_id: str) -> Error | None:
+        """Remove a runtime rule; the error when it cannot be (unknown, from the config file, not saved)."""
+        existing = self.table.rules.get(rule_id)
+        if existing is not None and existing.source is RuleSource.CONFIG:
+            where = self.config_file.path if self.config_file else "the config file"
+            return Error(f"Rule {rule_id} comes from {where}; remove it there and reload (SIGHUP)")
+        rule = self.table.remove(rule_id)
+        try:
+            self.save()
+        except StateError as e:
+            self.table.insert(rule)
+            return Error(f"Rule {rule.rule_id} not removed: {e}")
+        self.stats.forget_rule(rule.rule_id)
+        log.info("rule %s removed", rule.rule_id)
+        await self.wait_synced(self.apply())
+        return None
+
+    async def load_config(self, req: LoadConfig) -> Response:
+        """LoadConfig: the rules of a configuration in the original's schema become runtime rules (saved in
+        the state file, like added ones); its other sections are not taken (as in the original)."""
+        config = req.document.config
+        if config is None:
+            return Error(f"Invalid configuration: {req.document.error}")
+        before = dict(self.table.rules)
+        try:
+            added, removed, skipped = self.table.load(config.rules, req.replace)
+        except ValidationError as e:
+            return Error(f"Invalid configuration: {e}")
+        try:
+            self.save()
+        except StateError as e:
+            self.table.rules = before
+            return Error(f"Configuration not loaded: {e}")
+        for rule_id in removed + added:
+            self.stats.forget_rule(rule_id)
+        for rule_id in added:
+            self.stats.track(rule_id, self.generation + 1)
+        log.info(
+            "configuration loaded over the control socket: %d rules added, %d removed, %d skipped",
+            len(added),
+            len(removed),
+            len(skipped),
+        )
+        if added or removed:
+            await self.wait_synced(self.apply())
+        if req.replace:
+            return Success(f"Configuration loaded ({len(self.table.rules)} rules, replaced existing)")
+        return Success(f"Configuration merged ({len(added)} rules added, {len(skipped)} skipped as duplicates)")
+
+    def check_config(self, req: CheckConfig) -> ConfigValidation:
+        config = req.document.config
+        if config is None:
+            return ConfigValidation(False, (req.document.error,))
+        over = limits_exceeded(config.rules, self.config.limits)
+        if over:
+            return ConfigValidation(False, tuple(f"over a limit: {text}" for text in over), config.warnings)
+        return ConfigValidation(True, (), config.warnings + unserved_notes("config", config.sections))
+
+    def save_config(self, path: str | None) -> Response:
+        """SaveConfig: every rule, in the original's JSON5 schema (with our ids and extras), to `path` or to
+        the JSON5 file the supervisor was started with. Saved over that file, the runtime rules become the
+        file's rules (they leave the state file), so that a reload or a restart finds each rule once."""
+        started_with = self.config_file
+        if path is None:
+            if started_with is None:
+                return Error("No path specified and the supervisor was not started with --config")
+            if started_with.dialect is not ConfigDialect.JSON5:
+                return Error(
+                    f"the supervisor's config file {started_with.path} is TOML and `config save` writes the "
+                    "original's JSON5 schema; give a path to write to (config save --file FILE.json5)"
+                )
+            path = started_with.path
+        elif not os.path.isabs(path):
+            return Error(
+                f"SaveConfig path '{path}' is relative: give an absolute path (the supervisor's working "
+                "directory is not the client's)"
+            )
+        target = Path(os.path.abspath(path))
+        sections = started_with.original if started_with is not None else OriginalSections()
+        doc = encode_original_config(tuple(self.table.rules.values()), sections)
+        text = json.dumps(doc, indent=2) + "\n"
+        try:
+            write_atomically(target, text.encode())
+        except OSError as e:
+            return Error(f"Failed to save configuration: {target}: {e.strerror}")
+        if started_with is not None and target == Path(os.path.abspath(started_with.path)):
+            saved = parse_config(text, started_with.path)
+            self.table.rules = {
+                rid: replace(r, source=RuleSource.CONFIG) if r.source is RuleSource.RUNTIME else r
+                for rid, r in self.table.rules.items()
+            }
+            self.config_file = replace(saved, settings=started_with.settings, limits=started_with.limits)
+            # only where each rule comes from changed: the data plane is not touched, the views are
+            views = tuple(replace(v, rule=self.table.rules[v.rule.rule_id]) for v in self.resolution.views)
+            self.resolution = replace(self.resolution, views=views)
+            try:
+                self.save()
+            except StateError as e:
+                log.error("%s; the saved rules are also still in the state file", e)
+        log.info("configuration saved to %s (%d rules)", target, len(self.table.rules))
+        return Success(f"Configuration saved to {target}")
+
+    def control_plane(self, req: ControlPlaneRequest) -> Response:
+        """The one place the original's IGMP, PIM, MSDP, mroute and subscription requests are answered."""
+        return Error(req.refusal)
+
     def config_view(self) -> ConfigView:
         c = self.config
         settings: tuple[tuple[str, str | int | bool | None], ...] = (
@@ -797,8 +919,12 @@ class Supervisor:
             ("state_file", None if c.state_file is None else str(c.state_file)),
             ("metrics_addr", c.metrics_addr),
         )
-        path = self.config_file.path if self.config_file is not None else None
-        return ConfigView(path, settings, c.limits, tuple(self.table.rules.values()))
+        f = self.config_file
+        rules = tuple(self.table.rules.values())
+        if f is None:
+            return ConfigView(None, settings, c.limits, rules, OriginalSections(multicast_ttl=c.multicast_ttl))
+        original = replace(f.original, multicast_ttl=c.multicast_ttl)  # in force: flag, file, environment or 1
+        return ConfigView(f.path, settings, c.limits, rules, original, f.dialect.value)
 
     def workers_info(self) -> tuple[WorkerInfo, ...]:
         """The data-plane worker processes (the kernel engine is none: see kernel_status)."""
@@ -823,6 +949,7 @@ class Supervisor:
 
     def worker_info(self, h: WorkerHandle) -> WorkerInfo:
         report = self.stats.latest.get(h.worker_id)
+        backoff = h.restart_at - time.monotonic() if h.status is WorkerStatus.RESTARTING else 0.0
         return WorkerInfo(
             pid=h.pid,
             worker_type="DataPlane",
@@ -836,6 +963,7 @@ class Supervisor:
             kernel_drops=report.kernel_drops if report else 0,
             stats_pipe_errors=report.pipe_errors if report else 0,
             ring_resyncs=report.ring_resyncs if report else 0,
+            backoff_ms=max(0, round(backoff * 1000)),
         )
 
 

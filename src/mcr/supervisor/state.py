@@ -46,11 +46,24 @@ def decode_state(data: bytes) -> list[ForwardingRule]:
 def save_state(path: Path, rules: Iterable[ForwardingRule]) -> None:
     """Write to a temporary file in the same directory, fsync it, rename it over the old one, fsync the
     directory: after a crash the file holds either the old or the new rule set, never a mix."""
-    data = encode_state(rules)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        write_atomically(path, encode_state(rules))
+    except OSError as e:
+        raise StateError(f"cannot save state to {path}: {e.strerror}") from None
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
+    """Replace `path` with `data` in one rename (the file is new, created with `mode`). The temporary file is
+    created exclusively and never through a symbolic link, so a directory others can write to is no risk; a
+    symbolic link at `path` itself is replaced, not followed. Raises OSError."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        tmp.unlink()  # our own leftover from a crash (the pid is ours)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
         try:
             view = memoryview(data)
             while view:
@@ -64,12 +77,12 @@ def save_state(path: Path, rules: Iterable[ForwardingRule]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as e:
+    except OSError:
         try:
             tmp.unlink()
         except OSError:
             pass
-        raise StateError(f"cannot save state to {path}: {e.strerror}") from None
+        raise
 
 
 def load_state(path: Path) -> list[ForwardingRule]:
