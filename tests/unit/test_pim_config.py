@@ -80,3 +80,22 @@ def test_msdp_errors(body: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(f"[msdp]\n{body}\n", "f.toml")
     assert message in str(e.value)
+
+
+def test_the_originals_json5_pim_and_msdp_sections_fill_ours() -> None:
+    from mcr.routing.config import MsdpPeerEntry
+
+    text = """{
+  pim: { enabled: true, router_id: "10.0.0.1", interfaces: [ { name: "eth1" } ],
+         static_rp: [ { group: "239.0.0.0/8", rp: "10.0.0.1" } ], rp_address: null },
+  msdp: { enabled: true, local_address: "10.0.0.1", peers: [ { address: "10.0.0.9", default_peer: true } ],
+          keepalive_interval: null },
+  rules: [],
+}"""
+    config = parse_config(text, "mcr.json5")
+    assert config.pim.interfaces == (PimInterfaceConfig("eth1"),)
+    assert [str(r.prefix) for r in config.pim.static_rps] == ["239.0.0.0/8"]
+    assert config.msdp.peers == (MsdpPeerEntry(IPv4Address("10.0.0.9"), default_peer=True),)
+    assert config.msdp.keepalive_interval == 60  # null: the default
+    assert config.original.unserved == ()
+    assert [w.split(": ", 1)[1].split(" ")[0] for w in config.warnings] == ["pim.router_id", "msdp.local_address"]

@@ -250,14 +250,45 @@ def parse_config(text: str, path: str) -> Config:
 def parse_json5_config(text: str, path: str) -> Config:
     """The original's JSON5 file: its rules, and its other sections kept for GetConfig and `config save`."""
     found = decode_original_config(load_json5(text, path), path)
+    pim, msdp, notes = _original_routing(path, found.sections)
     return Config(
         path=path,
         settings=Settings(multicast_ttl=found.sections.multicast_ttl),
         rules=found.rules,
         dialect=ConfigDialect.JSON5,
         original=found.sections,
-        warnings=found.warnings,
+        warnings=found.warnings + notes,
+        pim=pim,
+        msdp=msdp,
     )
+
+
+def _original_routing(path: str, sections: OriginalSections) -> tuple[PimConfig, MsdpConfig, tuple[str, ...]]:
+    """The JSON5 file's `pim` and `msdp` sections as ours (a null value means its default), and a note for
+    each key we take but do not use."""
+    notes: list[str] = []
+    pim, msdp = PimConfig(), MsdpConfig()
+    raw = sections.section("pim")
+    if isinstance(raw, dict):
+        for key in ("router_id", "rp_address"):
+            if raw.get(key) is not None:
+                notes.append(
+                    f"{path}: pim.{key} accepted but not used (the router id is not sent in PIM-SM; "
+                    "an RP address of ours is set with static_rp)"
+                )
+        pim = parse_pim_section(
+            path, {k: raw[k] for k in ("enabled", "interfaces", "static_rp") if raw.get(k) is not None}
+        )
+    raw = sections.section("msdp")
+    if isinstance(raw, dict):
+        if raw.get("local_address") is not None:
+            notes.append(
+                f"{path}: msdp.local_address accepted but not used (each peering runs from the address "
+                "the kernel uses toward the peer)"
+            )
+        keys = ("enabled", "peers", "keepalive_interval", "hold_time")
+        msdp = parse_msdp_section(path, {k: raw[k] for k in keys if raw.get(k) is not None})
+    return pim, msdp, tuple(notes)
 
 
 def parse_toml_config(text: str, path: str) -> Config:

@@ -54,6 +54,7 @@ PROTOCOL_NAMES = {"udp": UDP, "esp": ESP}
 #: The sections the original serves with its control plane; we accept and check them and say they are not
 #: served yet (IGMP querier, PIM-SM, MSDP and the control-plane integration are later work).
 PROTOCOL_SECTIONS = ("pim", "igmp", "msdp", "control_plane")
+SERVED_SECTIONS = ("pim", "msdp")  # mcr.model.config turns them into PimConfig and MsdpConfig
 
 _TOP_KEYS = frozenset({"multicast_ttl", "pinning", "rules", *PROTOCOL_SECTIONS})
 _RULE_KEYS = frozenset({"name", "input", "outputs", "rule_id", "rate_limit"})
@@ -88,8 +89,9 @@ class OriginalSections:
 
     @property
     def unserved(self) -> tuple[str, ...]:
-        """The protocol sections present in the file, which this supervisor does not serve yet."""
-        return tuple(name for name, _ in self.sections)
+        """The protocol sections present in the file, which this supervisor does not serve yet (pim and
+        msdp are served: they fill the Config's PimConfig and MsdpConfig)."""
+        return tuple(name for name, _ in self.sections if name not in SERVED_SECTIONS)
 
     def section(self, name: str) -> object:
         for key, text in self.sections:
