@@ -170,6 +170,10 @@ class JoinState:
 
     # ------------------------------------------------------------------------------------------ queries
 
+    @property
+    def empty(self) -> bool:
+        return not self._joins
+
     def routes(self) -> list[Mroute]:
         """Outgoing interface lists; an interface in prune-pending still forwards until the prune is final."""
         found: list[Mroute] = []

@@ -73,6 +73,8 @@ def merge_pim_outputs(rules: Iterable[ForwardingRule], joins: JoinState) -> list
     """The rules with PIM's outgoing interfaces for their group added as outputs (same group and port),
     except the rule's input interface and interfaces it already sends that group and port to. A rule
     with a single input source takes that source's (S,G) interfaces too."""
+    if joins.empty:
+        return list(rules)  # no PIM downstream state: nothing to merge (the usual case, kept cheap)
     merged: list[ForwardingRule] = []
     for rule in rules:
         source = rule.input_source
