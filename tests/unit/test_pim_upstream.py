@@ -66,3 +66,36 @@ def test_a_new_upstream_gets_the_join_the_old_one_the_prune() -> None:
         (S, True),
         (N2, False),
     }
+
+
+def joined_star() -> Upstream:
+    up = Upstream()
+    up.update(resolve_upstream([Wanted("eth0", G, None)], rps(), {"eth0": [RP]})[0], [], now=0.0)
+    return up
+
+
+def test_another_routers_join_to_the_same_upstream_suppresses_our_periodic_join() -> None:
+    up = joined_star()
+    others = JoinPrune(RP, 210, (JoinPruneGroup(EncodedGroup(G, 32), (STAR,), ()),))
+    up.on_others_join_prune("eth0", others, now=30.0, suppressed=70.0, override=1.0)
+    assert up.next_deadline() == 100.0 and up.on_timer(60.0) == []
+    # a Join for another group, another upstream or another interface suppresses nothing
+    other_group = JoinPrune(RP, 210, (JoinPruneGroup(EncodedGroup(IPv4Address("239.9.9.9"), 32), (STAR,), ()),))
+    up2 = joined_star()
+    up2.on_others_join_prune("eth0", other_group, 30.0, 70.0, 1.0)
+    up2.on_others_join_prune("eth1", others, 30.0, 70.0, 1.0)
+    up2.on_others_join_prune("eth0", JoinPrune(N2, 210, others.groups), 30.0, 70.0, 1.0)
+    assert up2.next_deadline() == T_PERIODIC
+
+
+def test_another_routers_prune_is_overridden_by_our_join_soon() -> None:
+    up = joined_star()
+    prune = JoinPrune(RP, 210, (JoinPruneGroup(EncodedGroup(G, 32), (), (STAR,)),))
+    up.on_others_join_prune("eth0", prune, now=10.0, suppressed=70.0, override=1.5)
+    assert up.next_deadline() == 11.5
+    (join,) = up.on_timer(11.5)
+    assert join.message.groups[0].joins == (STAR,) and up.next_deadline() == 11.5 + T_PERIODIC
+    # an (S,G) Prune does not touch our (*,G) entry
+    sg_prune = JoinPrune(RP, 210, (JoinPruneGroup(EncodedGroup(G, 32), (), (EncodedSource(S, 32),)),))
+    up.on_others_join_prune("eth0", sg_prune, now=20.0, suppressed=70.0, override=1.0)
+    assert up.next_deadline() == 11.5 + T_PERIODIC

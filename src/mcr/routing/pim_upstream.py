@@ -8,8 +8,10 @@ find the RPF neighbour) and `unresolved` names the entry.
 
 Joins go out when an entry appears (or its upstream neighbour changes: a Prune to the old one), every
 t_periodic (60 s) with holdtime 210 s, and again when the upstream neighbour restarts (new GenID). An entry
-that goes away is pruned. Join suppression (skipping our periodic Join when another router on the LAN sent
-the same) is not done: an extra Join is harmless.
+that goes away is pruned. On a LAN (RFC 7761 §4.5.7): another router's Join for the same entry to the same
+upstream neighbour suppresses our next periodic Join (to t_suppressed, 66-84 s, after it), and another
+router's Prune for it makes us send a Join within t_override (0-2.5 s) so that the upstream keeps
+forwarding to us. The random values are drawn by the shell and passed in.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from mcr.routing.pim_wire import (
 )
 
 T_PERIODIC = 60.0
+T_SUPPRESSED = (1.1 * T_PERIODIC, 1.4 * T_PERIODIC)  # the shell draws a value in this range
+T_OVERRIDE = (0.0, 2.5)  # J/P_Override_Interval less propagation delay: the range of the override delay
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,31 +115,59 @@ def build_messages(joins: Iterable[UpstreamEntry], prunes: Iterable[UpstreamEntr
     return messages
 
 
+def _matches(entry: UpstreamEntry, src: EncodedSource) -> bool:
+    if entry.source is None:
+        return src.wildcard and src.rpt
+    return not src.rpt and not src.wildcard and src.address == entry.source
+
+
 class Upstream:
-    """The trees we have joined; `update` and `on_timer` say what to send."""
+    """The trees we have joined, each with the time of its next Join; `update`, `on_timer` and
+    `on_others_join_prune` say what to send."""
 
     def __init__(self) -> None:
-        self.entries: set[UpstreamEntry] = set()
+        self.join_at: dict[UpstreamEntry, float] = {}
         self.unresolved: list[str] = []
-        self._next_refresh: float | None = None
+
+    @property
+    def entries(self) -> set[UpstreamEntry]:
+        return set(self.join_at)
 
     def update(self, entries: set[UpstreamEntry], unresolved: list[str], now: float) -> list[SendJoinPrune]:
         self.unresolved = unresolved
-        joins = entries - self.entries
-        prunes = self.entries - entries
-        self.entries = entries
-        self._next_refresh = (self._next_refresh or now + T_PERIODIC) if entries else None
+        joins = entries - set(self.join_at)
+        prunes = set(self.join_at) - entries
+        for e in prunes:
+            del self.join_at[e]
+        for e in joins:
+            self.join_at[e] = now + T_PERIODIC
         return build_messages(joins, prunes)
 
     def on_timer(self, now: float) -> list[SendJoinPrune]:
-        if self._next_refresh is None or self._next_refresh > now:
-            return []
-        self._next_refresh = now + T_PERIODIC
-        return build_messages(self.entries, ())
+        due = [e for e, t in self.join_at.items() if t <= now]
+        for e in due:
+            self.join_at[e] = now + T_PERIODIC
+        return build_messages(due, ())
 
     def on_neighbor_restart(self, interface: str, address: IPAddress) -> list[SendJoinPrune]:
         """Our upstream neighbour lost its state (new GenID): join again at once."""
-        return build_messages((e for e in self.entries if (e.interface, e.upstream) == (interface, address)), ())
+        return build_messages((e for e in self.join_at if (e.interface, e.upstream) == (interface, address)), ())
+
+    def on_others_join_prune(
+        self, interface: str, msg: JoinPrune, now: float, suppressed: float, override: float
+    ) -> None:
+        """Another router's Join/Prune on `interface`: join suppression and prune override for our entries
+        toward the same upstream neighbour. `suppressed` is drawn in T_SUPPRESSED, `override` in T_OVERRIDE."""
+        for entry, at in list(self.join_at.items()):
+            if (entry.interface, entry.upstream) != (interface, msg.upstream_neighbor):
+                continue
+            for g in msg.groups:
+                if g.group.address != entry.group:
+                    continue
+                if any(_matches(entry, s) for s in g.joins):
+                    self.join_at[entry] = max(at, now + suppressed)
+                if any(_matches(entry, s) for s in g.prunes):
+                    self.join_at[entry] = min(self.join_at[entry], now + override)
 
     def next_deadline(self) -> float | None:
-        return self._next_refresh
+        return min(self.join_at.values(), default=None)

@@ -47,7 +47,14 @@ from mcr.routing.pim_neighbors import (
     SendHello,
 )
 from mcr.routing.pim_register import RpRegisters, inner_addresses
-from mcr.routing.pim_upstream import SendJoinPrune, Upstream, Wanted, resolve_upstream
+from mcr.routing.pim_upstream import (
+    T_OVERRIDE,
+    T_SUPPRESSED,
+    SendJoinPrune,
+    Upstream,
+    Wanted,
+    resolve_upstream,
+)
 from mcr.routing.pim_wire import (
     ALL_PIM_ROUTERS_V4,
     DEFAULT_HELLO_PERIOD,
@@ -349,8 +356,14 @@ class PimService:
         elif isinstance(msg, JoinPrune):
             link = self.links.get(name)
             ours = frozenset(link.ipv4) if link is not None else frozenset()
-            if self.joins.on_join_prune(name, msg, ours, self.loop.time()):
+            now = self.loop.time()
+            if self.joins.on_join_prune(name, msg, ours, now):
                 self.on_routes()
+            if msg.upstream_neighbor not in ours:  # another router's, to its upstream: suppress or override
+                self.upstream.on_others_join_prune(
+                    name, msg, now, self._rng.uniform(*T_SUPPRESSED), self._rng.uniform(*T_OVERRIDE)
+                )
+                self._schedule()
 
     def _on_register(self, name: str, dr: IPv4Address, reg: Register) -> None:
         inner = inner_addresses(reg.data)
