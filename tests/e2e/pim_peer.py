@@ -3,12 +3,15 @@
     python pim_peer.py --ifname IF --local IP --upstream IP --group G --rp RP --action join|prune
                        [--no-hello] [--duration S] [--ready-file PATH]
     python pim_peer.py --ifname IF --local IP --upstream RP --group G --rp RP --action register --source S
+    python pim_peer.py --ifname IF --local IP --upstream X --group G --rp RP --action assert --source S
+                       --preference P --metric M [--rpt]
 
 It says Hello on IF every second (holdtime 4 s) so that the routers on the link take it as a neighbour,
 then sends a (*,G) Join (repeated every 5 s while it runs) or one (*,G) Prune, addressed to `--upstream`.
 Everything goes to ALL-PIM-ROUTERS with TTL 1 out of IF; the loop is bounded by `--duration`.
 `register` acts as a source's DR instead: it sends the RP a Register carrying one UDP packet from S to G
-(unicast, once a second) until a Register-Stop comes back, and prints that as JSON.
+(unicast, once a second) until a Register-Stop comes back, and prints that as JSON. `assert` sends one
+Assert for (S,G) with the metric given, as a router forwarding the same traffic onto the LAN would.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from mcr.routing.pim_wire import (
+    Assert,
     EncodedGroup,
     EncodedSource,
     Hello,
@@ -44,7 +48,10 @@ def main() -> None:
     p.add_argument("--upstream", required=True)
     p.add_argument("--group", required=True)
     p.add_argument("--rp", required=True)
-    p.add_argument("--action", choices=("join", "prune", "register"), required=True)
+    p.add_argument("--action", choices=("join", "prune", "register", "assert"), required=True)
+    p.add_argument("--preference", type=int, default=0)
+    p.add_argument("--metric", type=int, default=0)
+    p.add_argument("--rpt", action="store_true")
     p.add_argument("--source", help="the source a Register announces")
     p.add_argument("--no-hello", action="store_true")
     p.add_argument("--duration", type=float, default=3.0)
@@ -59,6 +66,11 @@ def main() -> None:
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
     if a.action == "register":
         register(sock, a)
+        return
+    if a.action == "assert":
+        group_enc = EncodedGroup(IPv4Address(a.group), 32)
+        msg = Assert(group_enc, IPv4Address(a.source), a.rpt, a.preference, a.metric)
+        sock.sendto(build_pim(msg), ("224.0.0.13", 0))
         return
     star = EncodedSource(IPv4Address(a.rp), 32, sparse=True, wildcard=True, rpt=True)
     group = JoinPruneGroup(

@@ -246,6 +246,26 @@ def test_receiver_behind_frr_joins_through_frr_and_gets_the_stream_relayed_to_fr
     got = on_link.report()
     assert got.stream(GROUP, PORT)["unique"] == 200 and got.stream(GROUP, PORT)["corrupted"] == 0
 
+    # Asserts on FRR's link: a worse one gets our Assert back (we are the RP: RPT, preference 0, metric 0);
+    # a better one (SPT) makes us stop sending there
+    def counter(name: str) -> int:
+        return int(r.sup.ctl("pim", "counters").doc["RoutingCounters"].get(name, 0))
+
+    def assert_from_lan(*extra: str) -> None:
+        argv = [sys.executable, str(PIM_PEER), "--ifname", FRR_IF, "--local", THEIRS, "--upstream", OURS]
+        r.lab.run(
+            r.frr_ns, *argv, "--group", GROUP, "--rp", OURS, "--action", "assert", "--source", "10.200.1.2", *extra
+        )
+
+    assert_from_lan("--rpt", "--preference", "100", "--metric", "10")
+    wait_for(lambda: counter("pim.tx_assert") == 1, 10.0, "our Assert in reply to a worse one")
+    assert [o["interface"] for o in r.sup.rules()[0]["outputs"]] == [OUR_IF]
+    assert_from_lan("--preference", "100", "--metric", "10")
+    wait_for(lambda: r.sup.rules()[0]["outputs"] == [], 10.0, "the output to go when we lose the Assert")
+    assert counter("pim.asserts_lost") == 1
+    assert_from_lan("--rpt", "--preference", str(0x7FFFFFFF), "--metric", str(0xFFFFFFFF))  # AssertCancel
+    wait_for(lambda: len(r.sup.rules()[0]["outputs"]) == 1, 10.0, "the output back on the winner's AssertCancel")
+
     # the router behind FRR prunes: FRR prunes (*,G) toward us and, after the override interval, the output goes
     joiner.stop()
     r.peer("prune", duration=3.0).wait(10)

@@ -575,7 +575,7 @@ class Supervisor:
         return sock
 
     def resolve(self) -> Resolution:
-        rules = merge_pim_outputs(self.table.rules.values(), self.pim.joins)
+        rules = merge_pim_outputs(self.table.rules.values(), self.pim.joins, self.pim.asserts)
         return resolve(rules, self.links, self.kernel_outputs(), self.stats.since, self.config.multicast_ttl)
 
     def advertise_local_sources(self) -> None:
@@ -598,6 +598,7 @@ class Supervisor:
             "pim.register_not_rp": pim.registers.not_rp,
             "pim.register_bad": pim.registers.bad,
             "pim.neighbors": len(pim.core.neighbors()),
+            "pim.asserts_lost": len(pim.asserts.lost()),
         }
         counters |= {f"msdp.{k}": v for k, v in msdp.counters.items()}
         peers = msdp.core.peers.values()

@@ -33,6 +33,7 @@ from mcr.model.rules import ForwardingRule, OutputDestination, interface_name_pr
 from mcr.protocol.routing import DisablePim, EnablePim, MrouteInfo, PimNeighborInfo, SetStaticRp
 from mcr.routing.config import PimConfig, PimInterfaceConfig
 from mcr.routing.msdp_wire import SaEntry
+from mcr.routing.pim_assert import AssertState, our_metric
 from mcr.routing.pim_joins import JoinState, RpTable
 from mcr.routing.pim_neighbors import (
     DEFAULT_DR_PRIORITY,
@@ -59,6 +60,7 @@ from mcr.routing.pim_wire import (
     ALL_PIM_ROUTERS_V4,
     DEFAULT_HELLO_PERIOD,
     IPPROTO_PIM,
+    Assert,
     Hello,
     IPAddress,
     JoinPrune,
@@ -76,7 +78,9 @@ RECV_BATCH = 64
 PIM_OUTPUT_TTL = 16  # TTL of what we send down a PIM-joined interface: routers downstream decrement it
 
 
-def merge_pim_outputs(rules: Iterable[ForwardingRule], joins: JoinState) -> list[ForwardingRule]:
+def merge_pim_outputs(
+    rules: Iterable[ForwardingRule], joins: JoinState, asserts: AssertState | None = None
+) -> list[ForwardingRule]:
     """The rules with PIM's outgoing interfaces for their group added as outputs (same group and port),
     except the rule's input interface and interfaces it already sends that group and port to. A rule
     with a single input source takes that source's (S,G) interfaces too."""
@@ -87,6 +91,8 @@ def merge_pim_outputs(rules: Iterable[ForwardingRule], joins: JoinState) -> list
         source = rule.input_source
         host = source.network_address if source is not None and source.prefixlen == source.max_prefixlen else None
         oifs = joins.outputs_for(rule.input_group, host)
+        if asserts is not None:
+            oifs = tuple(o for o in oifs if not asserts.is_lost(o, rule.input_group))
         have = {(o.group, o.port, o.interface) for o in rule.outputs}
         extra = tuple(
             OutputDestination(rule.input_group, rule.input_port, oif, PIM_OUTPUT_TTL)
@@ -139,6 +145,7 @@ class PimService:
         self.on_routes = on_routes
         self.on_sources = on_sources  # the sources registered with us (as RP) changed
         self.registers = RpRegisters()
+        self.asserts = AssertState()
         self.core = PimNeighbors()
         self.joins = JoinState()
         self.rps = RpTable()
@@ -308,6 +315,7 @@ class PimService:
             self.loop.remove_reader(sock.fileno())
             sock.close()
             routes_changed |= self.joins.forget_interface(name)
+            routes_changed |= self.asserts.forget_interface(name)
         self._schedule()
         if routes_changed:
             self.on_routes()
@@ -353,6 +361,8 @@ class PimService:
             self._execute(self.core.on_hello(name, source, msg, self.loop.time(), delay))
         elif isinstance(msg, Register):
             self._on_register(name, source, msg)
+        elif isinstance(msg, Assert):
+            self._on_assert(name, source, msg)
         elif isinstance(msg, JoinPrune):
             link = self.links.get(name)
             ours = frozenset(link.ipv4) if link is not None else frozenset()
@@ -364,6 +374,23 @@ class PimService:
                     name, msg, now, self._rng.uniform(*T_SUPPRESSED), self._rng.uniform(*T_OVERRIDE)
                 )
                 self._schedule()
+
+    def _on_assert(self, name: str, sender: IPv4Address, msg: Assert) -> None:
+        link = self.links.get(name)
+        group = msg.group.address
+        forwarding = name in self.joins.outputs_for(group, msg.source)
+        ours = None
+        if link is not None and link.ipv4 and forwarding:
+            mine = frozenset(a for lk in self.links.values() for a in lk.ipv4)
+            ours = our_metric(group, self.rps.lookup(group), link.ipv4[0], mine)
+        reply, changed = self.asserts.on_assert(name, sender, msg, ours, self.loop.time())
+        if reply is not None:
+            self._send(name, build_pim(reply), "tx_assert")
+        if changed:
+            lost = self.asserts.is_lost(name, group)
+            log.info("PIM Assert for %s on %s %s (from %s)", group, name, "lost" if lost else "won back", sender)
+            self._schedule()
+            self.on_routes()
 
     def _on_register(self, name: str, dr: IPv4Address, reg: Register) -> None:
         inner = inner_addresses(reg.data)
@@ -393,6 +420,8 @@ class PimService:
             self.on_routes()
         if self.registers.on_timer(now):
             self.on_sources()
+        if self.asserts.on_timer(now):
+            self.on_routes()
         self._schedule()
 
     def _schedule(self) -> None:
@@ -401,6 +430,7 @@ class PimService:
             self.joins.next_deadline(),
             self.upstream.next_deadline(),
             self.registers.next_deadline(),
+            self.asserts.next_deadline(),
         )
         deadlines = [d for d in candidates if d is not None]
         deadline = min(deadlines, default=None)
