@@ -160,6 +160,7 @@ class MsdpService:
         )
 
     async def close(self) -> None:
+        self.on_sources = lambda: None
         for peer in list(self.sessions):
             self._drop_session(peer)
         for server in self.servers.values():

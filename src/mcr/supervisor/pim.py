@@ -321,7 +321,8 @@ class PimService:
             self.on_routes()
 
     def close(self) -> None:
-        """Goodbye on every interface, then the sockets closed."""
+        """Goodbye (and Prunes) on every interface, then the sockets closed; nothing calls back any more."""
+        self.on_routes = self.on_sources = lambda: None
         self.wanted.clear()
         self.reconcile()
         if self._timer is not None:
