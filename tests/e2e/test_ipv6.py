@@ -177,7 +177,7 @@ def test_ipv6_source_rule_joins_with_mldv2_and_filters_by_prefix(
     assert relay.flow("elsewhere6")["packets_relayed"] == 0
     views = {r["rule_id"]: r for r in relay.rules()}
     assert {r["engine"] for r in views.values()} == {engine}, views
-    assert views["elsewhere6"]["input_source"] == "fd00:9::/64"
+    assert views["elsewhere6"]["input_source_prefix"] == "fd00:9::/64"  # input_source: hosts only
 
 
 def test_two_sources_on_one_group_split_and_an_unlisted_source_is_ignored(
@@ -245,5 +245,5 @@ def test_ipv4_source_specific_rule_joins_with_igmpv3_and_filters_by_prefix(
     assert relay.wait_relayed("ssm", 800)["packets_relayed"] == 800
     assert relay.flow("elsewhere")["packets_relayed"] == 0
     views = {r["rule_id"]: r for r in relay.rules()}
-    assert views["elsewhere"]["input_source"] == "10.9.0.0/16"
+    assert views["elsewhere"]["input_source_prefix"] == "10.9.0.0/16"  # input_source: hosts only
     assert {r["engine"] for r in views.values()} == {engine}, views

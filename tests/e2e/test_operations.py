@@ -292,12 +292,17 @@ def test_the_originals_json5_config_loads_and_reloads_hitlessly(lab: Lab, workdi
             ),
         )  # fmt: skip
         wait_for(lambda: relay.flow(steady)["packets_relayed"] > 2000, 10, what="traffic on the steady rule")
-        config.write_text(ORIGINAL_CONFIG.format(port=6099).replace("flavour", "colour"))
+        config.write_text(
+            ORIGINAL_CONFIG.format(port=6099)
+            .replace("flavour", "colour")
+            .replace("multicast_ttl: 2", "multicast_ttl: 3")
+        )
         assert relay.proc is not None
         relay.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload: " in relay.log() and "'colour'" in relay.log(), 10, what="the reload")
         moving = next(r for r in relay.rules() if r["name"] == "moving")
         assert moving["outputs"][0]["port"] == 6099
+        assert "multicast_ttl changes take effect at the next start" in relay.log()
         assert generator.wait(30) == 0
         report = sink.result()
         assert (report["received"], report["lost"], report["duplicated"]) == (count, 0, 0)

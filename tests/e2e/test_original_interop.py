@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,18 @@ def test_original_mcrctl_against_our_supervisor(chain: Chain, public_workdir: Pa
     assert {(s["input_group"], s["input_port"]) for s in stats} >= {("239.1.1.1", 5000), ("239.1.1.2", 5002)}
     assert all(s["input_protocol"] == 17 for s in stats)
     workers = ctl.run("list-workers")["Workers"]
-    assert workers and all(w["status"] == "Running" for w in workers if w["worker_type"] == "DataPlane"), workers
+    assert workers and all(w["status"] == "Running" for w in workers), workers
+    # a worker that died is listed as restarting, in the shape today's mcrctl decodes
+    (pid,) = sup.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+
+    def restarting() -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = ctl.run("list-workers")["Workers"]
+        return [w for w in listed if isinstance(w["status"], dict)]
+
+    (dead,) = wait_for(restarting, 5, "mcrctl to list the killed worker as restarting", interval=0.02)
+    assert set(dead["status"]) == {"Restarting"} and dead["status"]["Restarting"]["backoff_ms"] >= 0, dead
+    wait_for(lambda: all(w["status"] == "Running" for w in ctl.run("list-workers")["Workers"]), 10, "the restart")
 
     assert ctl.success("log-level", "set", "--global", "warning") == "Global log level set to WARNING"
     assert ctl.success("log-level", "set", "--facility", "Ingress", "--level", "debug") == (
@@ -162,6 +174,11 @@ def test_original_mcrctl_against_our_supervisor(chain: Chain, public_workdir: Pa
     # what we save, the original's own client reads as a valid configuration of every rule
     assert ctl.run("config", "check", "--file", str(saved)) == {"ConfigValidation": {"valid": True, "errors": []}}
     assert len(json.loads(saved.read_text())["rules"]) == 5
+    # and the original's own supervisor starts from it, with every rule and name
+    theirs, their_socket = start_original_supervisor(chain, "--config", str(saved))
+    their_rules = OriginalClient(chain, their_socket).run("list")["Rules"]
+    assert sorted(r.get("name") or "" for r in their_rules) == ["", "", "feed-a", "loaded-a", "static-feed"]
+    assert theirs.poll() is None
 
     # replace: the runtime rules give way to the file's; the config file's rule stays
     assert ctl.success("config", "load", "--file", str(loaded), "--replace") == (
@@ -185,18 +202,22 @@ def test_original_mcrctl_against_our_supervisor(chain: Chain, public_workdir: Pa
     assert sup.proc.poll() is None, "the supervisor died"
 
 
-@pytest.fixture
-def original_supervisor(chain: Chain) -> tuple[Proc, Path]:
-    """The original's mcrd in the relay namespace, on a private socket."""
+def start_original_supervisor(chain: Chain, *extra: str) -> tuple[Proc, Path]:
+    """The original's mcrd in the relay namespace, on a private socket (stopped with the lab)."""
     mcrd = original("mcrd")
     sock_dir = chain.lab.track_dir(socket_dir())
     sock_dir.mkdir(mode=0o700)
     path = sock_dir / "mcrd.sock"
     argv = [mcrd, "supervisor", "--control-socket-path", str(path), "--num-workers", "1", "--interface", "rin"]
-    proc = chain.lab.popen(chain.relay, *argv, name="mcrd")
+    proc = chain.lab.popen(chain.relay, *argv, *extra, name="mcrd")
     wait_for(lambda: path.exists() or proc.poll() is not None, 20, "the original's mcrd to make its socket")
     assert proc.poll() is None, "the original's mcrd exited at start"
     return proc, path
+
+
+@pytest.fixture
+def original_supervisor(chain: Chain) -> tuple[Proc, Path]:
+    return start_original_supervisor(chain)
 
 
 def test_our_control_client_against_the_original_supervisor(
@@ -217,6 +238,25 @@ def test_our_control_client_against_the_original_supervisor(
         "--outputs", "239.2.2.2:6000:rout")  # fmt: skip
     ctl("add", "--rule-id", "r2", "--input-interface", "rin", "--input-group", "239.1.1.2", "--input-port", "5002",
         "--outputs", "239.2.2.3:6000:rout")  # fmt: skip
+    # a rule the original would install unfiltered is not sent to it
+    argv = [
+        *tool("control_client"),
+        "--socket-path",
+        str(path),
+        "add",
+        "--input-interface",
+        "rin",
+        "--input-group",
+        "232.1.1.1",
+        "--input-port",
+        "5001",
+        "--outputs",
+        "239.2.2.4:6000:rout",
+        "--input-source",
+        "10.200.1.2",
+    ]
+    refused = chain.lab.run(None, *argv, check=False, timeout=20)
+    assert refused.returncode == 1 and "would ignore --input-source" in refused.stderr, refused.stderr
     listed = ctl("list")
     assert "ours" in listed and "r2" in listed and "239.2.2.3:6000:rout" in listed, listed
     loaded = public_workdir / "loaded.json5"
@@ -234,4 +274,5 @@ def test_our_control_client_against_the_original_supervisor(
     ctl("remove", "--rule-id", "r2")
     remaining = json.loads(ctl("list", json_out=True))["Rules"]
     assert {r.get("name") for r in remaining} == {"loaded-a", None}, remaining
+    assert "232.1.1.1" not in json.dumps(remaining)
     assert proc.poll() is None, "the original's mcrd died"

@@ -211,3 +211,56 @@ def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in out
     assert main(["--version"]) == ExitCode.OK
     assert capsys.readouterr().out.startswith("control_client ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["remove", "--name", "feed-a"], '{"RemoveRuleByName": {"name": "feed-a"}}'),
+        ([*ADD, "--name", "feed a"], ADD_HEAD + '"outputs": [], "name": "feed a"}}'),
+        (["config", "show"], '"GetConfig"'),
+        (["config", "control-plane"], '"GetControlPlaneConfig"'),
+        (["config", "save"], '{"SaveConfig": {"path": null}}'),
+        (["config", "save", "--file", "/etc/mcr/x.json5"], '{"SaveConfig": {"path": "/etc/mcr/x.json5"}}'),
+    ],
+)
+def test_todays_commands_on_the_wire(argv: list[str], expected: str) -> None:
+    """The commands today's original's client has: the same requests."""
+    assert wire(argv) == expected.encode() + b"\n"
+
+
+def test_config_save_sends_an_absolute_path(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    assert wire(["config", "save", "--file", "saved.json5"]) == (
+        f'{{"SaveConfig": {{"path": "{tmp_path}/saved.json5"}}}}\n'.encode()
+    )
+
+
+def test_config_check_and_load_take_either_spelling_and_format(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from mcr.cli.control_client import ConfigCheckInvocation, ConfigLoadInvocation, parse_command
+
+    assert parse_command(["config", "check", "f.json5"], {}) == ConfigCheckInvocation("f.json5")
+    assert parse_command(["config", "check", "--file", "f.toml"], {}) == ConfigCheckInvocation("f.toml")
+    load = parse_command(["config", "load", "--file", "f.json5", "--replace"], {})
+    assert isinstance(load, ConfigLoadInvocation) and (load.path, load.replace) == ("f.json5", True)
+    path = Path(str(tmp_path)) / "c.json5"
+    path.write_text('{ rules: [ { input: { interface: "e0", group: "239.1.1.1", port: 1 }, outputs: [] } ] }')
+    assert main(["config", "check", str(path)]) == ExitCode.OK
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["remove", "--rule-id", "a", "--name", "b"], "not allowed with argument"),
+        (["add", "--name", "", "--input-interface", "e", "--input-group", "239.1.1.1", "--input-port", "1"],
+         "a rule name cannot be empty"),
+        (["config", "check"], "give the file to check once"),
+        (["config", "check", "a", "--file", "b"], "give the file to check once"),
+        (["config", "load"], "required: --file"),
+    ],
+)  # fmt: skip
+def test_todays_commands_refuse_bad_usage(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == ExitCode.USAGE
+    assert message in capsys.readouterr().err

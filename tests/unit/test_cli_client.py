@@ -308,3 +308,45 @@ def test_kernel_command(status: object, shown: list[str], serve: Serve, capsys: 
     for piece in shown:
         assert piece in out
     assert fake.requests == [b'"GetKernelStatus"\n']
+
+
+def _by_name(answers: dict[str, object]) -> Callable[[bytes], bytes]:
+    """Answer by command name, bare or struct ({"AddRule": {...}} -> "AddRule")."""
+
+    def respond(request: bytes) -> bytes:
+        doc = json.loads(request)
+        name = doc if isinstance(doc, str) else next(iter(doc))
+        return json.dumps(answers.get(name, {"Error": f"unknown command '{name}'"})).encode() + b"\n"
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("version", "why"),
+    [
+        ({"Version": {"protocol_version": 1}}, "it says implementation 'unknown'"),  # today's original
+        ({"Error": "unknown command"}, "it answers GetVersion with: unknown command"),
+    ],
+)
+def test_a_source_or_limit_is_not_sent_to_an_original_that_would_ignore_it(
+    version: object, why: str, fake_supervisor: Callable[[Respond], FakeSupervisor], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = fake_supervisor(_by_name({"GetVersion": version, "AddRule": {"Success": "Rule x added"}}))
+    argv = ["--socket-path", str(fake.path), "add", "--input-interface", "eth0", "--input-group", "232.1.1.1",
+            "--input-port", "5000", "--outputs", "239.2.2.2:6000:eth1", "--input-source", "10.0.0.1",
+            "--rate-limit", "10kpps"]  # fmt: skip
+    assert main(argv) == ExitCode.ERROR_RESPONSE
+    err = capsys.readouterr().err
+    assert why in err and "would ignore --input-source and --rate-limit" in err and "not sent" in err, err
+    assert [json.loads(r) for r in fake.requests] == ["GetVersion"]
+    info = {"version": "0.1.0", "protocol_version": 1, "implementation": "mcr-python"}
+    ours = fake_supervisor(_by_name({"GetVersion": {"Version": info}, "AddRule": {"Success": "Rule x added"}}))
+    argv[1] = str(ours.path)
+    assert main(argv) == ExitCode.OK
+    assert [next(iter(json.loads(r))) if r.startswith(b"{") else json.loads(r) for r in ours.requests] == [
+        "GetVersion",
+        "AddRule",
+    ]
+    plain = fake_supervisor(_by_name({"AddRule": {"Success": "Rule x added"}}))
+    assert main(["--socket-path", str(plain.path), *argv[2:-4]]) == ExitCode.OK  # no source, no limit: no question
+    assert len(plain.requests) == 1

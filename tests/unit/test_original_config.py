@@ -116,6 +116,8 @@ RULE = '{ input: { interface: "eth0", group: "239.1.1.1", port: 5000 }, outputs:
         ("[]", "f.json5: the configuration must be an object"),
         ("{ rules: {} }", "'rules' must be an array"),
         ("{ rules: [ { outputs: [] } ] }", "rules[0]: missing 'input'"),
+        ('{ rules: [ { input: { interface: null, group: "239.1.1.1", port: 1 }, outputs: [] } ] }',
+         "rules[0].input: 'interface' cannot be null"),
         ('{ rules: [ { input: { interface: "eth0", group: "ff3e::1", port: 1 }, outputs: [] } ] }',
          "rules[0].input: 'group' 'ff3e::1' is not a valid IPv4 address"),
         ('{ rules: [ { input: { interface: "eth0", group: "239.1.1.1", port: 70000 }, outputs: [] } ] }',

@@ -33,3 +33,15 @@ def test_bad_multicast_ttl_flag_is_refused(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         build_parser().parse_args(["supervisor", "--multicast-ttl", "0"])
     assert "0 is out of range; valid TTL range is 1-255" in capsys.readouterr().err
+
+
+def test_the_originals_command_line_is_accepted() -> None:
+    """`mcrd --log-json supervisor --config F.json5 --interface eth0 --num-workers 2` (the original's spelling)."""
+    parser = build_parser()
+    args = parser.parse_args(
+        ["--log-json", "supervisor", "--interface", "eth0", "--num-workers", "2", "--control-socket-path", "/tmp/s"]
+    )
+    config = merge_settings(args, None)
+    assert (config.log_json, config.num_workers, str(config.control_socket_path)) == (True, 2, "/tmp/s")
+    assert merge_settings(parser.parse_args(["supervisor", "--log-json"]), None).log_json is True
+    assert merge_settings(parser.parse_args(["supervisor"]), None).log_json is False

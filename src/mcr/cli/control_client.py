@@ -51,7 +51,7 @@ from mcr.model.rules import (
     parse_output_spec,
     parse_source,
 )
-from mcr.model.status import ConfigView, KernelStatus, RuleState, RuleView, WorkerInfo
+from mcr.model.status import IMPLEMENTATION, ConfigView, KernelStatus, RuleState, RuleView, WorkerInfo
 from mcr.protocol.control import (
     DEFAULT_SOCKET,
     SOCKET_ENV,
@@ -68,6 +68,7 @@ from mcr.protocol.control import (
     SetFacilityLogLevel,
     SetGlobalLogLevel,
     Stats,
+    Version,
     Workers,
     decode_response,
     encode_request,
@@ -623,8 +624,38 @@ def console_for(out: TextIO) -> Console:
     )
 
 
+def unsupported_by_peer(invocation: Invocation) -> str | None:
+    """Why an AddRule must not be sent: it has `--input-source` or `--rate-limit` and the supervisor is one of
+    the originals, which would ignore both and relay every source without a limit. None: send it."""
+    req = invocation.request
+    if not isinstance(req, AddRule) or (req.input_source is None and req.rate_limit is None):
+        return None
+    try:
+        info = ask(invocation.socket_path, Query.GET_VERSION, Version, invocation.timeout_s).info
+        if info.implementation == IMPLEMENTATION:
+            return None
+        who = f"it says implementation '{info.implementation}'"
+    except ErrorAnswer as e:
+        who = f"it answers GetVersion with: {e.text}"
+    except ProtocolError as e:
+        who = f"its GetVersion answer is not ours: {e}"
+    flags = " and ".join(f for f, v in (("--input-source", req.input_source), ("--rate-limit", req.rate_limit)) if v)
+    return (
+        f"the supervisor at {invocation.socket_path} is not MCR in Python ({who}): it would ignore {flags} "
+        "and relay the group from every source, without a limit; the rule was not sent"
+    )
+
+
 def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
     """Send the request, print the answer, and say how it went."""
+    try:
+        refusal = unsupported_by_peer(invocation)
+    except UnreachableError as e:
+        print(f"{PROG}: {e}", file=err)
+        return ExitCode.UNREACHABLE
+    if refusal is not None:
+        print(render_error(refusal), file=err)
+        return ExitCode.ERROR_RESPONSE
     try:
         raw = exchange(invocation.socket_path, encode_request(invocation.request), invocation.timeout_s)
         response = decode_response(raw)

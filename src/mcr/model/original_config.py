@@ -148,8 +148,8 @@ class _Reader:
                 )
 
     def field(self, where: str, obj: Mapping[str, object], key: str, kind: type | tuple[type, ...]) -> Any:
-        if key not in obj:
-            raise self.fail(where, f"missing '{key}'")
+        if obj.get(key) is None:
+            raise self.fail(where, f"missing '{key}'" if key not in obj else f"'{key}' cannot be null")
         return self.optional(where, obj, key, kind)
 
     def optional(self, where: str, obj: Mapping[str, object], key: str, kind: type | tuple[type, ...]) -> Any:

@@ -8,6 +8,8 @@ from enum import Enum
 from mcr.model.original_config import OriginalSections
 from mcr.model.rules import Engine, ForwardingRule, Limits
 
+IMPLEMENTATION = "mcr-python"  # GetVersion's `implementation`: the originals send none
+
 
 class RuleState(Enum):
     ACTIVE = "active"  # the data plane has the rule: its kernel maps, or every worker confirmed it
@@ -97,7 +99,7 @@ class LogLevels:
 class VersionInfo:
     version: str
     protocol_version: int
-    implementation: str = "mcr-python"
+    implementation: str = IMPLEMENTATION
 
 
 @dataclass(frozen=True, slots=True)

@@ -586,11 +586,11 @@ _FROM_ORIGINAL_SOURCE = {"Static": RuleSource.CONFIG, "Dynamic": RuleSource.RUNT
 
 
 def _source_fields(source: SourcePrefix | None) -> dict[str, object]:
-    """`input_source` as today's original reads it (one IPv4 host, or null); a prefix or an IPv6 source,
-    which it cannot read, goes in our own `input_source_prefix` instead."""
+    """`input_source` is a host address, as today's original reads it (an IPv4 one; it cannot read an IPv6
+    rule at all); a prefix, which it cannot read, goes in our own `input_source_prefix` instead."""
     if source is None:
         return {"input_source": None}
-    if source.version == 4 and source.prefixlen == 32:
+    if source.prefixlen == source.max_prefixlen:
         return {"input_source": str(source.network_address)}
     return {"input_source": None, "input_source_prefix": source_text(source)}
 

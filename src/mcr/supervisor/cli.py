@@ -61,6 +61,9 @@ def env_multicast_ttl() -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multicast_relay", description="MCR multicast relay daemon")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(  # the original's place for it: `mcrd --log-json supervisor`
+        "--log-json", dest="log_json_first", action="store_true", help="structured JSON log lines"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sup = sub.add_parser("supervisor", help="run the privileged supervisor (as root)")
     sup.add_argument(
@@ -159,7 +162,7 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         group=pick(args.group, file.group, None),
         num_workers=pick(args.num_workers, file.num_workers, os.cpu_count() or 1),
         log_level=level,
-        log_json=bool(pick(args.log_json, file.log_json, False)),
+        log_json=bool(pick(True if args.log_json_first else args.log_json, file.log_json, False)),
         limits=merge_limits(args, static.limits if static else Limits()),
         read_only_group=pick(args.read_only_group, file.read_only_group, None),
         state_file=Path(state) if state else None,

@@ -307,11 +307,12 @@ class Supervisor:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
             old = self.config_file
-            if (new.settings, new.limits, new.pim, new.msdp) != (old.settings, old.limits, old.pim, old.msdp):
-                log.warning(
-                    "reload of %s: [supervisor], [limits], [pim] and [msdp] changes take effect at the next start",
-                    path,
-                )
+            if (new.settings, new.limits) != (old.settings, old.limits):
+                what = "multicast_ttl" if new.dialect is ConfigDialect.JSON5 else "[supervisor] and [limits]"
+                log.warning("reload of %s: %s changes take effect at the next start", path, what)
+            if (new.pim, new.msdp) != (old.pim, old.msdp):
+                what = "pim and msdp" if new.dialect is ConfigDialect.JSON5 else "[pim] and [msdp]"
+                log.warning("reload of %s: %s changes take effect at the next start", path, what)
             for text in new.warnings + unserved_notes(path, new.original):
                 log.warning("reload: %s", text)
         except (OSError, ConfigError, ValidationError) as e:
