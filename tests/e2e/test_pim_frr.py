@@ -7,6 +7,8 @@ Our side is the real supervisor driven by `control_client pim ...`; FRR's side i
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -409,3 +411,63 @@ def test_msdp_frr_connects_when_its_address_is_lower_peer_from_the_config_file(n
     peer = wait_for(lambda: (p := msdp_peer(link, low)) and p["state"] == "established" and p, 45.0, "FRR to connect")
     assert peer["is_active"] is False and peer["description"] == "frr"
     assert frr.json("show ip msdp peer json")[high]["state"] == "established"
+
+
+# ------------------------------------------------------------------------------ the original's mcrctl
+
+ORIGINAL_BIN = Path(os.environ.get("MCR_ORIGINAL_BIN", "/tmp/rustmcr/bin"))
+
+
+def test_the_originals_mcrctl_drives_our_pim_and_msdp(link: Link) -> None:
+    mcrctl = ORIGINAL_BIN / "mcrctl"
+    if not os.access(mcrctl, os.X_OK):
+        pytest.skip(f"the original MCR's mcrctl is not built at {mcrctl} (set MCR_ORIGINAL_BIN)")
+
+    def run(*args: str) -> Any:
+        r = link.lab.run(None, str(mcrctl), "--socket-path", str(link.sup.socket_path), *args, check=False)
+        assert r.returncode == 0, f"mcrctl {' '.join(args)} exited {r.returncode}: {r.stderr} {r.stdout}"
+        return json.loads(r.stdout)
+
+    frr = link.frr(f"!\nip msdp peer {OURS} source {THEIRS}\n")
+    assert run("pim", "enable", "--interface", OUR_IF, "--dr-priority", "5") == {
+        "Success": f"PIM enabled on {OUR_IF} with DR priority 5"
+    }
+    wait_for(lambda: frr.pim_neighbors(FRR_IF).get(OURS), 40.0, "us as FRR's neighbour")
+    theirs = wait_for(lambda: run("pim", "neighbors")["PimNeighbors"], 40.0, "mcrctl pim neighbors")
+    assert [(n["address"], n["interface"], n["is_dr"], n["source"]) for n in theirs] == [
+        (THEIRS, OUR_IF, False, "PimHello")  # our priority 5 beats FRR's 1: we are DR
+    ]
+    assert run("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", OURS) == {
+        "Success": f"Static RP {OURS} set for 239.0.0.0/8"
+    }
+    link.sup.ctl(
+        "add",
+        "--rule-id",
+        "s",
+        "--input-interface",
+        OUR_IF,
+        "--input-group",
+        "239.6.6.6",
+        "--input-port",
+        "5000",
+        "--input-source",
+        "10.200.1.2",
+    )
+    (route,) = run("mroute")["Mroute"]
+    assert (route["group"], route["source"], route["entry_type"]) == ("239.6.6.6", "10.200.1.2", "Static")
+
+    assert run("msdp", "add-peer", "--address", THEIRS, "--description", "frr") == {
+        "Success": f"MSDP peer {THEIRS} added (connecting from {OURS})"
+    }
+    peer = wait_for(
+        lambda: next((p for p in run("msdp", "peers")["MsdpPeers"] if p["state"] == "established"), None),
+        45.0,
+        "mcrctl msdp peers: established",
+    )
+    assert (peer["address"], peer["description"], peer["is_active"]) == (THEIRS, "frr", True)
+    (sa,) = run("msdp", "sa-cache")["MsdpSaCache"]
+    assert (sa["source"], sa["group"], sa["origin_rp"], sa["is_local"]) == ("10.200.1.2", "239.6.6.6", OURS, True)
+    assert run("msdp", "clear-sa-cache") == {"Success": "MSDP SA cache cleared (0 entries)"}
+    assert run("msdp", "remove-peer", "--address", THEIRS) == {"Success": f"MSDP peer {THEIRS} removed"}
+    assert run("pim", "disable", "--interface", OUR_IF) == {"Success": f"PIM disabled on {OUR_IF}"}
+    wait_for(lambda: OURS not in frr.pim_neighbors(FRR_IF), 5.0, "FRR to drop us on our Goodbye")
