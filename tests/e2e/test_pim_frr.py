@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.frr import FrrRouter, frr_skip_reason
 from tests.e2e.netns import NetLab, Proc, wait_for
-from tests.e2e.relay import Supervisor, generator_argv, start_sink
+from tests.e2e.relay import Supervisor, generator_argv, socket_dir, start_sink
 
 pytestmark = pytest.mark.slow
 PIM_PEER = Path(__file__).with_name("pim_peer.py")
@@ -471,3 +471,29 @@ def test_the_originals_mcrctl_drives_our_pim_and_msdp(link: Link) -> None:
     assert run("msdp", "remove-peer", "--address", THEIRS) == {"Success": f"MSDP peer {THEIRS} removed"}
     assert run("pim", "disable", "--interface", OUR_IF) == {"Success": f"PIM disabled on {OUR_IF}"}
     wait_for(lambda: OURS not in frr.pim_neighbors(FRR_IF), 5.0, "FRR to drop us on our Goodbye")
+
+
+def test_the_originals_mcrd_as_pim_neighbour(link: Link) -> None:
+    mcrd = ORIGINAL_BIN / "mcrd"
+    if not os.access(mcrd, os.X_OK):
+        pytest.skip(f"the original MCR's mcrd is not built at {mcrd} (set MCR_ORIGINAL_BIN)")
+    directory = link.lab.track_dir(socket_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "original.json5"
+    interface = f'{{ name: "{FRR_IF}", dr_priority: 3, hello_period: 2 }}'
+    config.write_text(f"{{ rules: [], pim: {{ enabled: true, interfaces: [ {interface} ] }} }}")
+    sock = directory / "original.sock"
+    argv = [str(mcrd), "supervisor", "--config", str(config), "--control-socket-path", str(sock)]
+    link.lab.popen(link.frr_ns, *argv, "--interface", FRR_IF, "--num-workers", "1", name="original-mcrd")
+
+    def theirs() -> list[dict[str, Any]]:
+        r = link.lab.run(
+            None, str(ORIGINAL_BIN / "mcrctl"), "--socket-path", str(sock), "pim", "neighbors", check=False
+        )
+        return list(json.loads(r.stdout)["PimNeighbors"]) if r.returncode == 0 else []
+
+    link.sup.ctl("pim", "enable", "--interface", OUR_IF)
+    ours = wait_for(lambda: link.our_neighbor(THEIRS), 40.0, "the original as our PIM neighbour")
+    assert ours["dr_priority"] == 3 and ours["is_dr"] is True  # its priority 3 beats our 1
+    (seen,) = wait_for(theirs, 40.0, "us as the original's PIM neighbour")
+    assert (seen["address"], seen["dr_priority"], seen["is_dr"]) == (OURS, 1, False)
