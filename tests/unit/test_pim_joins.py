@@ -115,3 +115,12 @@ def test_group_prefix_must_be_multicast() -> None:
         parse_group_prefix("239.1.1.1/16")
     with pytest.raises(ValueError, match="not of the family"):
         RpTable().set(parse_group_prefix("ff3e::/16"), IPv4Address("10.0.0.1"))
+
+
+def test_star_g_join_naming_another_rp_than_ours_is_dropped() -> None:
+    state = JoinState()
+    ours_is_elsewhere = IPv4Address("10.9.9.1")
+    assert not state.on_join_prune("eth1", jp(joins=(STAR,)), OURS, 0.0, lambda g: ours_is_elsewhere)
+    assert state.routes() == [] and state.rp_mismatch == 1
+    assert state.on_join_prune("eth1", jp(joins=(STAR,)), OURS, 0.0, lambda g: RP)  # the same RP: taken
+    assert state.on_join_prune("eth2", jp(joins=(STAR, SG)), OURS, 0.0, lambda g: None)  # no RP known: taken

@@ -14,6 +14,7 @@ the first octet).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -61,26 +62,41 @@ class JoinState:
         self._joins: dict[Key, _Entry] = {}
         self._rpt_prunes: dict[Key, _Entry] = {}  # (S,G,rpt): interfaces where S is pruned off the shared tree
         self.ignored = 0  # Join/Prunes for another upstream neighbour
+        self.rp_mismatch = 0  # (*,G) entries naming another RP than ours
 
     # ------------------------------------------------------------------------------------------- events
 
-    def on_join_prune(self, interface: str, msg: JoinPrune, ours: frozenset[IPAddress], now: float) -> bool:
-        """Apply a Join/Prune heard on `interface`; `ours` are our addresses there. True when a route changed."""
+    def on_join_prune(
+        self,
+        interface: str,
+        msg: JoinPrune,
+        ours: frozenset[IPAddress],
+        now: float,
+        rp_of: Callable[[IPAddress], IPAddress | None] = lambda group: None,
+    ) -> bool:
+        """Apply a Join/Prune heard on `interface`; `ours` are our addresses there. True when a route changed.
+        A (*,G) Join or Prune naming another RP than ours for G (`rp_of`) is dropped (RFC 7761 §4.5.2), and
+        counted; with no RP known for G it is taken."""
         if msg.upstream_neighbor not in ours:
             self.ignored += 1
             return self._override_by_others(interface, msg)
         before = self.routes_key()
         for g in msg.groups:
             group = g.group.address
+            rp = rp_of(group)
             for src in g.joins:
-                if src.wildcard and src.rpt:
+                if src.wildcard and src.rpt and rp is not None and src.address != rp:
+                    self.rp_mismatch += 1
+                elif src.wildcard and src.rpt:
                     self._join(self._joins, (None, group), interface, msg.holdtime, now, rp=src.address)
                 elif src.rpt:
                     self._forget(self._rpt_prunes, (src.address, group), interface)  # (S,G,rpt) Join: unprune
                 else:
                     self._join(self._joins, (src.address, group), interface, msg.holdtime, now)
             for src in g.prunes:
-                if src.wildcard and src.rpt:
+                if src.wildcard and src.rpt and rp is not None and src.address != rp:
+                    self.rp_mismatch += 1
+                elif src.wildcard and src.rpt:
                     self._prune(self._joins, (None, group), interface, now)
                 elif src.rpt:
                     self._join(self._rpt_prunes, (src.address, group), interface, msg.holdtime, now)

@@ -596,6 +596,7 @@ class Supervisor:
         counters = {f"pim.{k}": v for k, v in pim.counters.items()}
         counters |= {
             "pim.join_prune_not_for_us": pim.joins.ignored,
+            "pim.join_prune_rp_mismatch": pim.joins.rp_mismatch,
             "pim.register_not_rp": pim.registers.not_rp,
             "pim.register_bad": pim.registers.bad,
             "pim.neighbors": len(pim.core.neighbors()),

@@ -368,7 +368,7 @@ class PimService:
             link = self.links.get(name)
             ours = frozenset(link.ipv4) if link is not None else frozenset()
             now = self.loop.time()
-            if self.joins.on_join_prune(name, msg, ours, now):
+            if self.joins.on_join_prune(name, msg, ours, now, self.rps.lookup):
                 self.on_routes()
             if msg.upstream_neighbor not in ours:  # another router's, to its upstream: suppress or override
                 self.upstream.on_others_join_prune(
