@@ -140,3 +140,25 @@ def test_learned_pairs_and_cache_version_for_sa_triggered_joins() -> None:
     assert m.cache_version == v0 + 1
     m.on_timer(2.0 + SG_STATE_PERIOD)
     assert m.learned_pairs() == frozenset() and m.cache_version == v0 + 2
+
+
+def test_sa_filters_drop_groups_in_and_out_and_count_them() -> None:
+    from ipaddress import ip_network
+
+    scoped = SaEntry(IPv4Address("10.7.0.8"), IPv4Address("239.255.1.1"))
+    no_scoped = (ip_network("239.255.0.0/16"),)
+    m = established(peer(HIGH), peer(HIGH2, default_peer=True, sa_filter=no_scoped), peer(LOW))
+    # in: from HIGH2 (filtered), the scoped group is dropped, the other kept and flooded
+    actions = m.on_message(HIGH2, SourceActive(RP_FAR, (E, scoped)), 1.0)
+    assert [(e.source, e.group) for e in m.cache()] == [(E.source, E.group)]
+    assert m.peers[HIGH2].sa_filtered == 1
+    assert {a.peer: a.message for a in actions if isinstance(a, Send)} == {
+        HIGH: SourceActive(RP_FAR, (E,)),
+        LOW: SourceActive(RP_FAR, (E,)),
+    }
+    # out: an SA from HIGH for the scoped group is not sent to HIGH2
+    actions = m.on_message(HIGH, SourceActive(HIGH, (scoped,)), 2.0)
+    assert [a.peer for a in actions if isinstance(a, Send)] == [LOW] and m.peers[HIGH2].sa_filtered == 2
+    # and neither are our own sources in it
+    actions = m.set_local_sources(LOCAL, frozenset({scoped}), 3.0)
+    assert sorted(a.peer for a in actions if isinstance(a, Send)) == [LOW, HIGH]

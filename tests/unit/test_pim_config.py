@@ -99,3 +99,12 @@ def test_the_originals_json5_pim_and_msdp_sections_fill_ours() -> None:
     assert config.msdp.keepalive_interval == 60  # null: the default
     assert config.original.unserved == ()
     assert [w.split(": ", 1)[1].split(" ")[0] for w in config.warnings] == ["pim.router_id", "msdp.local_address"]
+
+
+def test_msdp_sa_filter_in_the_config() -> None:
+    from ipaddress import ip_network
+
+    text = '[msdp]\npeers = [{ address = "10.0.0.9", sa_filter = ["239.255.0.0/16"] }]\n'
+    assert parse_config(text, "f.toml").msdp.peers[0].sa_filter == (ip_network("239.255.0.0/16"),)
+    with pytest.raises(ConfigError, match=r"peers\[0\]: sa_filter: group prefix '10.0.0.0/8'"):
+        parse_config('[msdp]\npeers = [{ address = "10.0.0.9", sa_filter = ["10.0.0.0/8"] }]\n', "f.toml")

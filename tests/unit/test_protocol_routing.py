@@ -181,3 +181,24 @@ def test_routing_counters_request_response_cli_and_metrics() -> None:
     assert parse_invocation(["pim", "counters"], {}).request == RoutingQuery.GET_ROUTING_COUNTERS
     (family,) = [m for m in metric_families(Snapshot(routing=resp.counters)) if m.name == "mcr_routing"]
     assert [(s.labels["name"], s.value) for s in family.samples] == [("msdp.sa_sent", 2), ("pim.rx_hello", 5)]
+
+
+def test_msdp_sa_filter_in_the_request_the_answer_and_the_cli() -> None:
+    from ipaddress import ip_network
+
+    from mcr.protocol.routing import AddMsdpPeer, MsdpPeerInfo, MsdpPeers
+
+    peer = IPv4Address("10.0.0.9")
+    req = AddMsdpPeer(peer, None, None, False, (ip_network("239.255.0.0/16"),))
+    assert decode_request(encode_request(req)) == req
+    for bad, message in (
+        (b'{"AddMsdpPeer": {"address": "10.0.0.9", "sa_filter": "239.0.0.0/8"}}', "must be an array of group"),
+        (b'{"AddMsdpPeer": {"address": "10.0.0.9", "sa_filter": ["10.0.0.0/8"]}}', "not within the multicast"),
+        (b'{"AddMsdpPeer": {"address": "10.0.0.9", "sa_filter": ["ff3e::/16"]}}', "IPv4 groups only"),
+    ):
+        with pytest.raises(ProtocolError, match=message):
+            decode_request(bad)
+    info = MsdpPeerInfo(peer, "listen", None, None, False, None, 0, 0, False, 0, (ip_network("239.255.0.0/16"),), 4)
+    assert decode_response(encode_response(MsdpPeers((info,)))) == MsdpPeers((info,))
+    argv = ["msdp", "add-peer", "--address", "10.0.0.9", "--sa-filter", "239.255.0.0/16"]
+    assert parse_invocation(argv, {}).request == req

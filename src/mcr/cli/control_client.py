@@ -462,6 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_peer.add_argument("--description", metavar="TEXT", help="free text shown in `msdp peers`")
     add_peer.add_argument("--mesh-group", metavar="NAME", help="mesh group (SAs from it are not flooded back into it)")
     add_peer.add_argument("--default-peer", action="store_true", help="accept every SA from it (peer-RPF)")
+    add_peer.add_argument(
+        "--sa-filter",
+        type=_group_prefix,
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="never take SAs for these groups from the peer nor send it any; repeatable",
+    )
     remove_peer = msdp_actions.add_parser("remove-peer", help="end and forget an MSDP peering", parents=[common])
     remove_peer.set_defaults(usage_error=remove_peer.error)
     remove_peer.add_argument("--address", required=True, type=_peer_address, metavar="IP", help="the peer's address")
@@ -534,7 +542,11 @@ def _request(args: argparse.Namespace) -> Request:
         return RoutingQuery.GET_PIM_NEIGHBORS
     if command == "msdp":
         if args.msdp_command == "add-peer":
-            return AddMsdpPeer(args.address, args.description, args.mesh_group, args.default_peer)
+            if any(p.version != 4 for p in args.sa_filter):
+                fail("argument --sa-filter: MSDP carries IPv4 groups only")
+            return AddMsdpPeer(
+                args.address, args.description, args.mesh_group, args.default_peer, tuple(args.sa_filter)
+            )
         if args.msdp_command == "remove-peer":
             return RemoveMsdpPeer(args.address)
         return {

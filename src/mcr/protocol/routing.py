@@ -63,6 +63,7 @@ class AddMsdpPeer:
     description: str | None = None
     mesh_group: str | None = None
     default_peer: bool = False
+    sa_filter: tuple[IPv4Network, ...] = ()  # ours: groups whose SAs are never taken from or sent to the peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,8 @@ class MsdpPeerInfo:
     sa_sent: int
     is_active: bool
     rpf_failures: int = 0
+    sa_filter: tuple[IPv4Network, ...] = ()
+    sa_filtered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,23 @@ def _optional_str(where: str, body: dict[str, object], name: str) -> str | None:
     return value
 
 
+def _sa_filter(where: str, value: object) -> tuple[IPv4Network, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"field 'sa_filter' in {where} must be an array of group prefixes")
+    prefixes: list[IPv4Network] = []
+    for text in value:
+        try:
+            prefix = parse_group_prefix(text)
+        except ValueError as e:
+            raise ProtocolError(f"field 'sa_filter' in {where}: {e}") from None
+        if not isinstance(prefix, IPv4Network):
+            raise ProtocolError(f"field 'sa_filter' in {where}: MSDP carries IPv4 groups only, not {prefix}")
+        prefixes.append(prefix)
+    return tuple(prefixes)
+
+
 def _ipv4(where: str, body: dict[str, object], name: str) -> IPv4Address:
     text = _string(where, body, name)
     try:
@@ -234,9 +254,8 @@ def decode_routing_struct(name: str, body: object) -> RoutingRequest:
             raise ProtocolError(f"{name}: RP {rp} is not of the family of {prefix}")
         return SetStaticRp(prefix, rp)
     if name == "AddMsdpPeer":
-        f = _fields(
-            name, body, frozenset({"address", "description", "mesh_group", "default_peer"}), frozenset({"address"})
-        )
+        allowed = frozenset({"address", "description", "mesh_group", "default_peer", "sa_filter"})
+        f = _fields(name, body, allowed, frozenset({"address"}))
         default_peer = f.get("default_peer", False)
         if not isinstance(default_peer, bool):
             raise ProtocolError(f"field 'default_peer' in {name} must be a boolean")
@@ -245,6 +264,7 @@ def decode_routing_struct(name: str, body: object) -> RoutingRequest:
             _optional_str(name, f, "description"),
             _optional_str(name, f, "mesh_group"),
             default_peer,
+            _sa_filter(name, f.get("sa_filter")),
         )
     if name == "RemoveMsdpPeer":
         f = _fields(name, body, frozenset({"address"}), frozenset({"address"}))
@@ -272,6 +292,7 @@ def encode_routing_request(req: RoutingRequest) -> object:
                     "description": req.description,
                     "mesh_group": req.mesh_group,
                     "default_peer": req.default_peer,
+                    **({"sa_filter": [str(p) for p in req.sa_filter]} if req.sa_filter else {}),
                 }
             }
         case RemoveMsdpPeer():
@@ -337,6 +358,8 @@ def routing_response_json(resp: RoutingResponse) -> object:
                         "sa_sent": p.sa_sent,
                         "is_active": p.is_active,
                         "rpf_failures": p.rpf_failures,
+                        "sa_filter": [str(f) for f in p.sa_filter],
+                        "sa_filtered": p.sa_filtered,
                     }
                     for p in resp.peers
                 ]
@@ -445,6 +468,8 @@ def _decode_msdp_peer(d: dict[str, Any]) -> MsdpPeerInfo:
         sa_sent=int(d["sa_sent"]),
         is_active=bool(d["is_active"]),
         rpf_failures=int(d.get("rpf_failures", 0)),
+        sa_filter=tuple(IPv4Network(f) for f in d.get("sa_filter", [])),
+        sa_filtered=int(d.get("sa_filtered", 0)),
     )
 
 

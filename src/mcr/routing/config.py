@@ -9,7 +9,8 @@
     enabled = true                     # default true when the section is present
     keepalive_interval = 60            # seconds; below hold_time
     hold_time = 75
-    peers = [{ address = "10.0.0.9", description = "east", mesh_group = "core", default_peer = false }]
+    peers = [{ address = "10.0.0.9", description = "east", mesh_group = "core", default_peer = false,
+               sa_filter = ["239.255.0.0/16"] }]   # sa_filter: ours (groups never taken from or sent to it)
 
 The keys and defaults are the original's (its JSON5 `pim` and `msdp` sections, less `msdp.local_address`:
 each peering runs from the address the kernel uses toward the peer), so that its loader can fill the same
@@ -19,7 +20,7 @@ each peering runs from the address the kernel uses toward the peer), so that its
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Any
 
 from mcr.model.errors import ConfigError
@@ -54,6 +55,7 @@ class MsdpPeerEntry:
     description: str | None = None
     mesh_group: str | None = None
     default_peer: bool = False
+    sa_filter: tuple[IPv4Network, ...] = ()  # ours: groups whose SAs are never taken from or sent to the peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +89,23 @@ def parse_msdp_section(path: str, table: dict[str, Any]) -> MsdpConfig:
     peers: dict[IPv4Address, MsdpPeerEntry] = {}
     for i, item in enumerate(_entries(path, table, "peers", "msdp")):
         where = f"{path}: [msdp] peers[{i}]"
-        extra = sorted(set(item) - {"address", "description", "mesh_group", "default_peer"})
+        extra = sorted(set(item) - {"address", "description", "mesh_group", "default_peer", "sa_filter"})
         if extra:
             raise ConfigError(
-                f"{where}: unknown key '{extra[0]}'; expected address, description, mesh_group, default_peer"
+                f"{where}: unknown key '{extra[0]}'; expected address, description, mesh_group, default_peer, sa_filter"
             )
+        filters = item.get("sa_filter", [])
+        if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+            raise ConfigError(f"{where}: 'sa_filter' must be an array of group prefixes")
+        sa_filter: list[IPv4Network] = []
+        for text in filters:
+            try:
+                prefix = parse_group_prefix(text)
+            except ValueError as e:
+                raise ConfigError(f"{where}: sa_filter: {e}") from None
+            if not isinstance(prefix, IPv4Network):
+                raise ConfigError(f"{where}: sa_filter: MSDP carries IPv4 groups only, not {prefix}")
+            sa_filter.append(prefix)
         try:
             address = IPv4Address(item.get("address"))
         except ValueError:
@@ -104,7 +118,11 @@ def parse_msdp_section(path: str, table: dict[str, Any]) -> MsdpConfig:
         if not isinstance(default_peer, bool):
             raise ConfigError(f"{where}: 'default_peer' must be a boolean")
         peers[address] = MsdpPeerEntry(
-            address, _optional_text(where, item, "description"), _optional_text(where, item, "mesh_group"), default_peer
+            address,
+            _optional_text(where, item, "description"),
+            _optional_text(where, item, "mesh_group"),
+            default_peer,
+            tuple(sa_filter),
         )
     return MsdpConfig(enabled, tuple(peers.values()), keepalive, hold)
 

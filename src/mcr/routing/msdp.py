@@ -15,13 +15,15 @@
 - **Flooding** (§10.2): an accepted SA goes to every other established peer, except the members of the
   sender's mesh group.
 - **Origination**: when we are RP, our local sources go out as SAs at once and every 60 s.
+- **SA filters**: a peer's `sa_filter` (group prefixes) keeps those groups' SAs from being taken from it or
+  sent to it; what a filter drops is counted per peer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from mcr.routing.msdp_wire import Keepalive, MsdpMessage, SaEntry, SourceActive, max_entries_per_sa
 
@@ -39,6 +41,10 @@ class PeerConfig:
     description: str | None = None
     mesh_group: str | None = None
     default_peer: bool = False
+    sa_filter: tuple[IPv4Network, ...] = ()  # groups never taken from nor sent to this peer
+
+    def filtered(self, group: IPv4Address) -> bool:
+        return any(group in prefix for prefix in self.sa_filter)
 
     @property
     def active(self) -> bool:
@@ -84,6 +90,7 @@ class Peer:
     sa_received: int = 0
     sa_sent: int = 0
     rpf_failures: int = 0
+    sa_filtered: int = 0  # (S,G) entries dropped by the peer's SA filter, in or out
     connects: int = 0
 
 
@@ -221,7 +228,9 @@ class Msdp:
         if not self._peer_rpf_ok(peer, msg.rp):
             peer.rpf_failures += 1
             return []
-        for e in msg.entries:
+        entries = tuple(e for e in msg.entries if not peer.config.filtered(e.group))
+        peer.sa_filtered += len(msg.entries) - len(entries)
+        for e in entries:
             key = (e.source, e.group, msg.rp)
             old = self._cache.get(key)
             self.cache_version += old is None
@@ -233,7 +242,10 @@ class Msdp:
                 continue
             if peer.config.mesh_group is not None and other.config.mesh_group == peer.config.mesh_group:
                 continue
-            actions.append(self._send(other, SourceActive(msg.rp, msg.entries), now))
+            out = tuple(e for e in entries if not other.config.filtered(e.group))
+            other.sa_filtered += len(entries) - len(out)
+            if out:
+                actions.append(self._send(other, SourceActive(msg.rp, out), now))
         return actions
 
     def on_timer(self, now: float) -> list[Action]:
@@ -305,6 +317,9 @@ class Msdp:
 
     def _sas_for(self, peer: Peer, entries: list[SaEntry], now: float) -> list[Action]:
         rp = self._local.rp
+        allowed = [e for e in entries if not peer.config.filtered(e.group)]
+        peer.sa_filtered += len(entries) - len(allowed)
+        entries = allowed
         if rp is None or not entries:
             return []
         step = max_entries_per_sa()

@@ -89,7 +89,8 @@ class MsdpService:
         """The config file's peers (a peer that cannot be set up is logged, the others go on)."""
         for p in self.config.peers:
             try:
-                log.info("%s", await self.add_peer(AddMsdpPeer(p.address, p.description, p.mesh_group, p.default_peer)))
+                request = AddMsdpPeer(p.address, p.description, p.mesh_group, p.default_peer, p.sa_filter)
+                log.info("%s", await self.add_peer(request))
             except ValidationError as e:
                 log.error("MSDP peer %s from the config file: %s", p.address, e)
 
@@ -107,7 +108,7 @@ class MsdpService:
                 )
             except OSError as e:
                 raise ValidationError(f"cannot listen for MSDP on {local}:{MSDP_PORT}: {e.strerror}") from None
-        config = PeerConfig(req.address, local, req.description, req.mesh_group, req.default_peer)
+        config = PeerConfig(req.address, local, req.description, req.mesh_group, req.default_peer, req.sa_filter)
         self._execute(self.core.add_peer(config, self.loop.time()))
         side = "connecting" if config.active else "listening"
         return f"MSDP peer {req.address} added ({side} from {local})"
@@ -140,6 +141,8 @@ class MsdpService:
                 sa_sent=p.sa_sent,
                 is_active=p.config.active,
                 rpf_failures=p.rpf_failures,
+                sa_filter=p.config.sa_filter,
+                sa_filtered=p.sa_filtered,
             )
             for p in sorted(self.core.peers.values(), key=lambda p: p.config.address)
         )
