@@ -84,6 +84,13 @@ def test_adjacency_from_both_sides_and_dr_by_address_then_priority(link: Link) -
     human = link.sup.ctl("pim", "neighbors", json_out=False).stdout
     assert THEIRS in human and OUR_IF in human
 
+    # our own interfaces: this one running and DR; one that does not exist waits
+    link.sup.ctl("pim", "enable", "--interface", "pimx0")
+    running, waiting = sorted(link.sup.ctl("pim", "interfaces").doc["PimInterfaces"], key=lambda i: i["name"])
+    assert (running["name"], running["state"], running["address"], running["dr"]) == (OUR_IF, "running", OURS, OURS)
+    assert running["is_dr"] is True and running["dr_priority"] == 10 and running["neighbors"] == 1
+    assert (waiting["name"], waiting["state"], waiting["address"]) == ("pimx0", "waiting", None)
+
 
 def test_frr_priority_wins_and_pim_comes_from_the_config_file(netlab: NetLab, link: Link) -> None:
     frr = link.frr(" ip pim drpriority 50\n")

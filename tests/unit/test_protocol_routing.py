@@ -202,3 +202,21 @@ def test_msdp_sa_filter_in_the_request_the_answer_and_the_cli() -> None:
     assert decode_response(encode_response(MsdpPeers((info,)))) == MsdpPeers((info,))
     argv = ["msdp", "add-peer", "--address", "10.0.0.9", "--sa-filter", "239.255.0.0/16"]
     assert parse_invocation(argv, {}).request == req
+
+
+def test_pim_interfaces_shape_cli_and_table() -> None:
+    from rich.console import Console
+
+    from mcr.cli.render import render_pim_interfaces
+    from mcr.protocol.routing import PimInterfaceInfo, PimInterfaces
+
+    running = PimInterfaceInfo("eth0", "running", IPv4Address("10.0.0.1"), 1, 30, IPv4Address("10.0.0.1"), True, 7, 2)
+    waiting = PimInterfaceInfo("eth9", "waiting", None, 5, 30, None, False, None, 0)
+    resp = PimInterfaces((running, waiting))
+    assert decode_response(encode_response(resp)) == resp
+    assert decode_request(b'"GetPimInterfaces"') == RoutingQuery.GET_PIM_INTERFACES
+    assert parse_invocation(["pim", "interfaces"], {}).request == RoutingQuery.GET_PIM_INTERFACES
+    console = Console(width=150, record=True, color_system=None)
+    console.print(render_pim_interfaces(resp.interfaces))
+    text = console.export_text()
+    assert "10.0.0.1 (us)" in text and "waiting" in text and "0x00000007" in text

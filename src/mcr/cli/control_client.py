@@ -433,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
         "counters", help="PIM and MSDP messages sent, received, dropped", parents=[common]
     )
     counters.set_defaults(usage_error=counters.error)
+    interfaces = pim_actions.add_parser(
+        "interfaces", help="the interfaces PIM runs (or waits) on, with their DR", parents=[common]
+    )
+    interfaces.set_defaults(usage_error=interfaces.error)
     enable = pim_actions.add_parser("enable", help="run PIM on an interface", parents=[common])
     enable.set_defaults(usage_error=enable.error)
     enable.add_argument("--interface", required=True, metavar="IF", help="interface to run PIM on")
@@ -535,6 +539,8 @@ def _request(args: argparse.Namespace) -> Request:
             return DisablePim(args.interface)
         if args.pim_command == "counters":
             return RoutingQuery.GET_ROUTING_COUNTERS
+        if args.pim_command == "interfaces":
+            return RoutingQuery.GET_PIM_INTERFACES
         if args.pim_command == "set-rp":
             if args.rp.version != args.group.version:
                 fail(f"argument --rp: {args.rp} is not of the family of {args.group}")

@@ -38,6 +38,8 @@ from mcr.protocol.routing import (
     MsdpPeers,
     MsdpSaCache,
     MsdpSaInfo,
+    PimInterfaceInfo,
+    PimInterfaces,
     PimNeighborInfo,
     PimNeighbors,
     RoutingCounters,
@@ -361,6 +363,30 @@ def render_sa_cache(entries: Sequence[MsdpSaInfo]) -> RenderableType:
     return table
 
 
+def render_pim_interfaces(interfaces: Sequence[PimInterfaceInfo]) -> RenderableType:
+    if not interfaces:
+        return Text("PIM is not enabled on any interface")
+    table = _table(
+        "Interface",
+        "State",
+        "Address",
+        "DR priority",
+        "Hello",
+        "DR",
+        "GenID",
+        "Neighbours",
+        numeric=("DR priority", "Neighbours"),
+    )
+    for i in interfaces:
+        dr = _NONE if i.dr is None else (f"{i.dr} (us)" if i.is_dr else str(i.dr))
+        genid = _NONE if i.generation_id is None else f"0x{i.generation_id:08x}"
+        address = _NONE if i.address is None else str(i.address)
+        _add_row(
+            table, i.name, i.state, address, str(i.dr_priority), f"{i.hello_period} s", dr, genid, str(i.neighbors)
+        )
+    return table
+
+
 def render_routing_counters(counters: Sequence[tuple[str, int]]) -> RenderableType:
     table = _table("Counter", "Count", numeric=("Count",))
     for name, count in counters:
@@ -411,6 +437,8 @@ def render_response(resp: Response) -> RenderableType:
             return render_sa_cache(resp.entries)
         case RoutingCounters():
             return render_routing_counters(resp.counters)
+        case PimInterfaces():
+            return render_pim_interfaces(resp.interfaces)
         case ConfigValidation():
             return render_validation(resp)
         case ControlPlaneConfig():

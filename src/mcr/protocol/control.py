@@ -61,6 +61,7 @@ from mcr.protocol.routing import (
     Mroutes,
     MsdpPeers,
     MsdpSaCache,
+    PimInterfaces,
     PimNeighbors,
     RemoveMsdpPeer,
     RoutingCounters,
@@ -759,7 +760,7 @@ def response_json(resp: Response) -> object:
                     "served": False,
                 }
             }
-        case PimNeighbors() | Mroutes() | MsdpPeers() | MsdpSaCache() | RoutingCounters():
+        case PimNeighbors() | Mroutes() | MsdpPeers() | MsdpSaCache() | RoutingCounters() | PimInterfaces():
             return routing_response_json(resp)
         case _:
             assert_never(resp)

@@ -37,6 +37,7 @@ class RoutingQuery(Enum):
     GET_MSDP_SA_CACHE = "GetMsdpSaCache"
     CLEAR_MSDP_SA_CACHE = "ClearMsdpSaCache"  # changes state: not a read-only request
     GET_ROUTING_COUNTERS = "GetRoutingCounters"  # ours: PIM and MSDP message and drop counters
+    GET_PIM_INTERFACES = "GetPimInterfaces"  # ours: the interfaces PIM was asked to run on, and their state
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,14 +146,32 @@ class MsdpSaCache:
 
 
 @dataclass(frozen=True, slots=True)
+class PimInterfaceInfo:
+    name: str
+    state: str  # running, or waiting (missing, down or without IPv4)
+    address: IPv4Address | IPv6Address | None
+    dr_priority: int
+    hello_period: int
+    dr: IPv4Address | IPv6Address | None
+    is_dr: bool
+    generation_id: int | None
+    neighbors: int
+
+
+@dataclass(frozen=True, slots=True)
+class PimInterfaces:
+    interfaces: tuple[PimInterfaceInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingCounters:
     """`pim.rx_hello`, `pim.drop_bad_checksum`, `msdp.rpf_failures`, ...: name -> count."""
 
     counters: tuple[tuple[str, int], ...]
 
 
-RoutingResponse = PimNeighbors | Mroutes | MsdpPeers | MsdpSaCache | RoutingCounters
-ROUTING_RESPONSES = ("PimNeighbors", "Mroute", "MsdpPeers", "MsdpSaCache", "RoutingCounters")
+RoutingResponse = PimNeighbors | Mroutes | MsdpPeers | MsdpSaCache | RoutingCounters | PimInterfaces
+ROUTING_RESPONSES = ("PimNeighbors", "Mroute", "MsdpPeers", "MsdpSaCache", "RoutingCounters", "PimInterfaces")
 MROUTE_TYPES = ("Static", "StarG", "SG", "Igmp")
 
 
@@ -366,6 +385,23 @@ def routing_response_json(resp: RoutingResponse) -> object:
             }
         case RoutingCounters():
             return {"RoutingCounters": dict(resp.counters)}
+        case PimInterfaces():
+            return {
+                "PimInterfaces": [
+                    {
+                        "name": i.name,
+                        "state": i.state,
+                        "address": None if i.address is None else str(i.address),
+                        "dr_priority": i.dr_priority,
+                        "hello_period": i.hello_period,
+                        "dr": None if i.dr is None else str(i.dr),
+                        "is_dr": i.is_dr,
+                        "generation_id": i.generation_id,
+                        "neighbors": i.neighbors,
+                    }
+                    for i in resp.interfaces
+                ]
+            }
         case MsdpSaCache():
             return {
                 "MsdpSaCache": [
@@ -432,6 +468,28 @@ def decode_routing_response(name: str, body: object) -> RoutingResponse:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ProtocolError(f"malformed Mroute response: {e!r}") from None
+    if name == "PimInterfaces":
+        if not isinstance(body, list):
+            raise ProtocolError("PimInterfaces response must carry an array")
+        try:
+            return PimInterfaces(
+                tuple(
+                    PimInterfaceInfo(
+                        name=str(d["name"]),
+                        state=str(d["state"]),
+                        address=None if d.get("address") is None else ip_address(d["address"]),
+                        dr_priority=int(d["dr_priority"]),
+                        hello_period=int(d["hello_period"]),
+                        dr=None if d.get("dr") is None else ip_address(d["dr"]),
+                        is_dr=bool(d["is_dr"]),
+                        generation_id=_optional(d, "generation_id"),
+                        neighbors=int(d["neighbors"]),
+                    )
+                    for d in body
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProtocolError(f"malformed PimInterfaces response: {e!r}") from None
     if name == "RoutingCounters":
         if not isinstance(body, dict):
             raise ProtocolError("RoutingCounters response must carry an object")

@@ -65,6 +65,7 @@ from mcr.protocol.routing import (
     Mroutes,
     MsdpPeers,
     MsdpSaCache,
+    PimInterfaces,
     PimNeighbors,
     RemoveMsdpPeer,
     RoutingCounters,
@@ -785,6 +786,8 @@ class Supervisor:
                 return MsdpPeers(self.msdp.peer_infos())
             case RoutingQuery.GET_MSDP_SA_CACHE:
                 return MsdpSaCache(self.msdp.sa_infos())
+            case RoutingQuery.GET_PIM_INTERFACES:
+                return PimInterfaces(self.pim.interface_infos())
             case RoutingQuery.GET_ROUTING_COUNTERS:
                 return RoutingCounters(self.routing_counters())
             case RoutingQuery.CLEAR_MSDP_SA_CACHE:

@@ -30,7 +30,7 @@ from ipaddress import IPv4Address
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.rules import ForwardingRule, OutputDestination, interface_name_problem
-from mcr.protocol.routing import DisablePim, EnablePim, MrouteInfo, PimNeighborInfo, SetStaticRp
+from mcr.protocol.routing import DisablePim, EnablePim, MrouteInfo, PimInterfaceInfo, PimNeighborInfo, SetStaticRp
 from mcr.routing.config import PimConfig, PimInterfaceConfig
 from mcr.routing.msdp_wire import SaEntry
 from mcr.routing.pim_assert import AssertState, our_metric
@@ -254,6 +254,27 @@ class PimService:
             for m in self.joins.routes()
         ]
         return tuple(entries)
+
+    def interface_infos(self) -> tuple[PimInterfaceInfo, ...]:
+        running = self.core.interfaces
+        infos = []
+        for name, config in sorted(self.wanted.items()):
+            settings = running.get(name)
+            dr = self.core.dr(name)
+            infos.append(
+                PimInterfaceInfo(
+                    name=name,
+                    state="running" if settings is not None else "waiting",
+                    address=settings.address if settings is not None else None,
+                    dr_priority=config.dr_priority,
+                    hello_period=config.hello_period,
+                    dr=dr,
+                    is_dr=settings is not None and dr == settings.address,
+                    generation_id=self.core.generation_id(name),
+                    neighbors=len(self.core.neighbors(name)),
+                )
+            )
+        return tuple(infos)
 
     def neighbor_infos(self) -> tuple[PimNeighborInfo, ...]:
         now = self.loop.time()
