@@ -504,3 +504,34 @@ def test_the_originals_mcrd_as_pim_neighbour(link: Link) -> None:
     assert ours["dr_priority"] == 3 and ours["is_dr"] is True  # its priority 3 beats our 1
     (seen,) = wait_for(theirs, 40.0, "us as the original's PIM neighbour")
     assert (seen["address"], seen["dr_priority"], seen["is_dr"]) == (OURS, 1, False)
+
+
+# ------------------------------------------------------------------------------------------------ IPv6
+
+
+def test_pim_over_ipv6_between_two_of_ours(netlab: NetLab) -> None:
+    """PIM over IPv6 (link-local Hellos to ff02::d, the kernel's checksums) with the same cores: two of our
+    supervisors (FRR 8.4 has no pim6d) see each other and elect the same DR."""
+    a_ns, b_ns = netlab.add_netns("p6a"), netlab.add_netns("p6b")
+    for ns in (a_ns, b_ns):
+        for key in ("all", "default"):
+            netlab.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=0")
+            netlab.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+    netlab.run(a_ns, "ip", "link", "add", "p6a0", "type", "veth", "peer", "name", "p6b0", "netns", b_ns)
+    for ns, name in ((a_ns, "p6a0"), (b_ns, "p6b0")):
+        netlab.run(ns, "ip", "link", "set", "dev", name, "up")
+    a, b = Supervisor.start(netlab, a_ns), Supervisor.start(netlab, b_ns)
+    a.ctl("pim", "enable", "--interface", "p6a0")
+    b.ctl("pim", "enable", "--interface", "p6b0", "--dr-priority", "5")
+
+    def v6_neighbour(sup: Supervisor) -> dict[str, Any] | None:
+        return next((n for n in sup.ctl("pim", "neighbors").doc["PimNeighbors"] if ":" in n["address"]), None)
+
+    seen_by_a = wait_for(lambda: v6_neighbour(a), 20.0, "b as a's IPv6 PIM neighbour")
+    seen_by_b = wait_for(lambda: v6_neighbour(b), 20.0, "a as b's IPv6 PIM neighbour")
+    assert seen_by_a["address"].startswith("fe80:") and seen_by_a["dr_priority"] == 5 and seen_by_a["is_dr"]
+    assert seen_by_b["dr_priority"] == 1 and seen_by_b["is_dr"] is False
+    rows = [i for i in b.ctl("pim", "interfaces").doc["PimInterfaces"] if i["state"] == "running"]
+    v6 = next(i for i in rows if i["address"] and ":" in i["address"])
+    assert v6["is_dr"] is True and v6["neighbors"] == 1
+    assert a.ctl("pim", "counters").doc["RoutingCounters"]["pim6.rx_hello"] >= 1

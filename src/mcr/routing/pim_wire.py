@@ -302,8 +302,9 @@ def _parse_assert(data: bytes) -> Assert:
     return Assert(group, source, bool(pref >> 31), pref & 0x7FFFFFFF, metric)
 
 
-def parse_pim(data: bytes, pseudo: int = 0) -> PimMessage | PimDrop:
-    """One PIM message, or why it was dropped. Never raises."""
+def parse_pim(data: bytes, pseudo: int = 0, verify: bool = True) -> PimMessage | PimDrop:
+    """One PIM message, or why it was dropped. Never raises. `verify=False` when the kernel has checked the
+    checksum already (an IPv6 raw socket with IPV6_CHECKSUM, which drops what does not add up)."""
     if len(data) < 4:
         return PimDrop.TRUNCATED
     if data[0] >> 4 != PIM_VERSION:
@@ -312,11 +313,11 @@ def parse_pim(data: bytes, pseudo: int = 0) -> PimMessage | PimDrop:
     if kind == MessageType.REGISTER:
         if len(data) < 8:
             return PimDrop.TRUNCATED
-        if not (_checksum_ok(data, 8, pseudo) or _checksum_ok(data, len(data), pseudo)):
+        if verify and not (_checksum_ok(data, 8, pseudo) or _checksum_ok(data, len(data), pseudo)):
             return PimDrop.BAD_CHECKSUM
         (flags,) = struct.unpack_from("!I", data, 4)
         return Register(bool(flags & 0x80000000), bool(flags & 0x40000000), bytes(data[8:]))
-    if not _checksum_ok(data, len(data), pseudo):
+    if verify and not _checksum_ok(data, len(data), pseudo):
         return PimDrop.BAD_CHECKSUM
     try:
         if kind == MessageType.HELLO:

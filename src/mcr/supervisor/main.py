@@ -182,9 +182,12 @@ class Supervisor:
         self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
         self.pim = PimService(self.loop, self.on_pim_routes, self.on_registered_sources)
+        self.pim6 = PimService(self.loop, self.on_pim_routes, family=6)  # the same interfaces, over IPv6
+        self.pim6.rps = self.pim.rps  # one RP table for both families
         self.msdp = MsdpService(self.loop, self.on_msdp_sources, self.config_file.msdp if self.config_file else None)
         if self.config_file is not None:
             self.pim.configure(self.config_file.pim)
+            self.pim6.configure(self.config_file.pim)
 
     # --------------------------------------------------------------------------- kernel engine
 
@@ -449,6 +452,7 @@ class Supervisor:
             handle.close_io()
         self.memberships.close()
         self.pim.close()
+        self.pim6.close()
         await self.msdp.close()
         if self.kernel is not None:
             self.collect_kernel()
@@ -578,6 +582,7 @@ class Supervisor:
 
     def resolve(self) -> Resolution:
         rules = merge_pim_outputs(self.table.rules.values(), self.pim.joins, self.pim.asserts)
+        rules = merge_pim_outputs(rules, self.pim6.joins, self.pim6.asserts)
         return resolve(rules, self.links, self.kernel_outputs(), self.stats.since, self.config.multicast_ttl)
 
     def advertise_local_sources(self) -> None:
@@ -595,6 +600,8 @@ class Supervisor:
         """PIM and MSDP counters, every one named `pim.` or `msdp.` (zeros for what the cores count too)."""
         pim, msdp = self.pim, self.msdp
         counters = {f"pim.{k}": v for k, v in pim.counters.items()}
+        counters |= {f"pim6.{k}": v for k, v in self.pim6.counters.items()}
+        counters["pim6.neighbors"] = len(self.pim6.core.neighbors())
         counters |= {
             "pim.join_prune_not_for_us": pim.joins.ignored,
             "pim.join_prune_rp_mismatch": pim.joins.rp_mismatch,
@@ -629,6 +636,7 @@ class Supervisor:
             if s.group.version == 4
         }
         self.pim.set_rules(self.table.rules.values(), self.msdp.core.learned_pairs() | registered)
+        self.pim6.set_rules(self.table.rules.values())
 
     def on_pim_routes(self) -> None:
         """PIM's outgoing interfaces changed: the rules for those groups get (or lose) outputs."""
@@ -674,6 +682,7 @@ class Supervisor:
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links
         self.pim.on_links(links)
+        self.pim6.on_links(links)
         self.advertise_local_sources()  # an address of ours may be an RP's
         if self.resolve() != self.resolution:
             self.apply()
@@ -771,23 +780,30 @@ class Supervisor:
                     LogLevels(self.global_level.name, {f.name: s.name for f, s in self.overrides.items()})
                 )
             case RoutingQuery.GET_PIM_NEIGHBORS:
-                return PimNeighbors(self.pim.neighbor_infos())
+                return PimNeighbors(self.pim.neighbor_infos() + self.pim6.neighbor_infos())
             case EnablePim():
-                return Success(self.pim.enable(req))
+                text = self.pim.enable(req)
+                self.pim6.enable(req)  # IPv6 too, where the interface has a link-local address
+                return Success(text)
             case DisablePim():
-                return Success(self.pim.disable(req))
+                text = self.pim.disable(req)
+                self.pim6.disable(req)
+                return Success(text)
             case SetStaticRp():
                 text = self.pim.set_static_rp(req)
+                self.pim6.set_static_rp(req)
                 self.advertise_local_sources()  # we may have become (or stopped being) the RP of a source's group
                 return Success(text)
             case RoutingQuery.GET_MROUTE:
-                return Mroutes(self.pim.mroutes(self.table.rules.values()))
+                rules = self.table.rules.values()
+                return Mroutes(self.pim.mroutes(rules) + self.pim6.mroutes(rules, static=False))
             case RoutingQuery.GET_MSDP_PEERS:
                 return MsdpPeers(self.msdp.peer_infos())
             case RoutingQuery.GET_MSDP_SA_CACHE:
                 return MsdpSaCache(self.msdp.sa_infos())
             case RoutingQuery.GET_PIM_INTERFACES:
-                return PimInterfaces(self.pim.interface_infos())
+                running6 = tuple(i for i in self.pim6.interface_infos() if i.state == "running")
+                return PimInterfaces(self.pim.interface_infos() + running6)
             case RoutingQuery.GET_ROUTING_COUNTERS:
                 return RoutingCounters(self.routing_counters())
             case RoutingQuery.CLEAR_MSDP_SA_CACHE:

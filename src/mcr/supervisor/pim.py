@@ -25,7 +25,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
@@ -58,6 +58,7 @@ from mcr.routing.pim_upstream import (
 )
 from mcr.routing.pim_wire import (
     ALL_PIM_ROUTERS_V4,
+    ALL_PIM_ROUTERS_V6,
     DEFAULT_HELLO_PERIOD,
     IPPROTO_PIM,
     Assert,
@@ -65,6 +66,7 @@ from mcr.routing.pim_wire import (
     IPAddress,
     JoinPrune,
     PimDrop,
+    PimMessage,
     Register,
     build_pim,
     parse_pim,
@@ -73,6 +75,7 @@ from mcr.routing.pim_wire import (
 log = logging.getLogger("mcr.controlplane.pim")  # facility ControlPlane
 
 _MREQN = struct.Struct("=4s4si")
+IPV6_CHECKSUM = 7  # <linux/in6.h>: the kernel fills in (and checks) the checksum at this offset
 TOS_INTERNETWORK_CONTROL = 0xC0
 RECV_BATCH = 64
 PIM_OUTPUT_TTL = 16  # TTL of what we send down a PIM-joined interface: routers downstream decrement it
@@ -121,6 +124,30 @@ def open_pim_socket(link: Link) -> socket.socket:
     return sock
 
 
+def open_pim6_socket(link: Link) -> socket.socket:
+    """A raw IPv6 PIM socket on `link` only; the kernel computes and checks the checksum (IPV6_CHECKSUM),
+    pseudo-header included."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.name.encode())
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 2)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, link.ifindex)
+        sock.setsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, struct.pack("=16sI", ALL_PIM_ROUTERS_V6.packed, link.ifindex)
+        )
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_INTERNETWORK_CONTROL)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def link_local(link: Link) -> IPv6Address | None:
+    return next((a for a in link.ipv6 if a.is_link_local), None)
+
+
 def split_ipv4(datagram: bytes) -> tuple[IPv4Address, bytes] | None:
     """(source, payload) of an IPv4 datagram as a raw socket delivers it, or None when malformed."""
     if len(datagram) < 20 or datagram[0] >> 4 != 4:
@@ -140,7 +167,9 @@ class PimService:
         loop: asyncio.AbstractEventLoop,
         on_routes: Callable[[], None] = lambda: None,
         on_sources: Callable[[], None] = lambda: None,
+        family: int = 4,
     ) -> None:
+        self.family = family  # 4, or 6: PIM over IPv6 (link-local Hellos to ff02::d), the same cores
         self.loop = loop
         self.on_routes = on_routes
         self.on_sources = on_sources  # the sources registered with us (as RP) changed
@@ -199,6 +228,8 @@ class PimService:
             by_group.setdefault(sa.group, []).append(sa.source)
         wanted = set()
         for r in rules:
+            if r.input_group.version != self.family:
+                continue
             source = r.input_source
             host = source.network_address if source is not None and source.prefixlen == source.max_prefixlen else None
             wanted.add(Wanted(r.input_interface, r.input_group, host))
@@ -210,7 +241,7 @@ class PimService:
 
     def _refresh_upstream(self) -> None:
         neighbors = {name: [n.address for n in self.core.neighbors(name)] for name in self.core.interfaces}
-        ours = frozenset(a for link in self.links.values() for a in link.ipv4)
+        ours = self._ours()
         entries, unresolved = resolve_upstream(self.wanted_trees, self.rps, neighbors, ours)
         for text in set(unresolved) - set(self.upstream.unresolved):
             log.warning("PIM cannot join %s", text)
@@ -226,21 +257,26 @@ class PimService:
         self._refresh_upstream()
         return f"Static RP {req.rp_address} set for {req.group_prefix}"
 
-    def mroutes(self, rules: Iterable[ForwardingRule]) -> tuple[MrouteInfo, ...]:
-        """The static rules, then PIM's (*,G) and (S,G) entries (input: a rule's for that group)."""
+    def mroutes(self, rules: Iterable[ForwardingRule], static: bool = True) -> tuple[MrouteInfo, ...]:
+        """The static rules (unless `static` is False), then PIM's (*,G) and (S,G) entries (input: a rule's for
+        that group)."""
         now = self.loop.time()
         rules = list(rules)
-        entries = [
-            MrouteInfo(
-                None if r.input_source is None else r.input_source.network_address,
-                r.input_group,
-                r.input_interface,
-                tuple(sorted({o.interface for o in r.outputs})),
-                "Static",
-                0,
-            )
-            for r in rules
-        ]
+        entries = (
+            []
+            if not static
+            else [
+                MrouteInfo(
+                    None if r.input_source is None else r.input_source.network_address,
+                    r.input_group,
+                    r.input_interface,
+                    tuple(sorted({o.interface for o in r.outputs})),
+                    "Static",
+                    0,
+                )
+                for r in rules
+            ]
+        )
         inputs = {r.input_group: r.input_interface for r in rules}
         entries += [
             MrouteInfo(
@@ -300,7 +336,27 @@ class PimService:
 
     def _usable(self, name: str) -> Link | None:
         link = self.links.get(name)
-        return link if link is not None and link.up and link.ipv4 else None
+        return link if link is not None and link.up and self._primary(link) is not None else None
+
+    # ---------------------------------------------------------------------------------------- family
+
+    def _primary(self, link: Link) -> IPAddress | None:
+        """Our address on the link for this family: the first IPv4 address, or the IPv6 link-local one."""
+        if self.family == 4:
+            return link.ipv4[0] if link.ipv4 else None
+        return link_local(link)
+
+    def _addresses(self, link: Link) -> frozenset[IPAddress]:
+        return frozenset(link.ipv4) if self.family == 4 else frozenset(link.ipv6)
+
+    def _ours(self) -> frozenset[IPAddress]:
+        return frozenset(a for link in self.links.values() for a in self._addresses(link))
+
+    def _destination(self, name: str, address: IPAddress) -> tuple[str, int] | tuple[str, int, int, int]:
+        if self.family == 4:
+            return (str(address), 0)
+        link = self.links.get(name)
+        return (str(address), 0, 0, link.ifindex if link is not None else 0)
 
     def reconcile(self) -> None:
         """Run PIM on every wanted interface that is usable, and on nothing else."""
@@ -316,17 +372,19 @@ class PimService:
                     log.warning("PIM on %s waits: the interface is missing, down or has no IPv4 address", name)
                     actions += self.core.disable(name)
                 continue
-            settings = InterfaceSettings(name, link.ipv4[0], config.dr_priority, config.hello_period)
+            address = self._primary(link)
+            assert address is not None
+            settings = InterfaceSettings(name, address, config.dr_priority, config.hello_period)
             if running.get(name) == settings:
                 continue
             if name not in self.sockets:
                 try:
-                    self.sockets[name] = open_pim_socket(link)
+                    self.sockets[name] = open_pim_socket(link) if self.family == 4 else open_pim6_socket(link)
                 except OSError as e:
                     log.error("cannot open the PIM socket on %s: %s", name, e)
                     continue
                 self.loop.add_reader(self.sockets[name].fileno(), self._on_readable, name)
-                log.info("PIM enabled on %s (%s, DR priority %d)", name, link.ipv4[0], config.dr_priority)
+                log.info("PIM enabled on %s (%s, DR priority %d)", name, address, config.dr_priority)
             actions += self.core.enable(settings, self._rng.getrandbits(32), now, self._rng.uniform(0, 1.0))
         self._execute(actions)
         self._refresh_upstream()
@@ -358,13 +416,16 @@ class PimService:
             return
         for _ in range(RECV_BATCH):
             try:
-                datagram = sock.recv(65535)
+                datagram, sender = sock.recvfrom(65535)
             except BlockingIOError:
                 break
             except OSError as e:
                 log.warning("PIM receive on %s failed: %s", name, e)
                 break
-            self._on_datagram(name, datagram)
+            if self.family == 4:
+                self._on_datagram(name, datagram)
+            else:  # an IPv6 raw socket delivers the payload alone, its checksum checked by the kernel
+                self._on_message(name, IPv6Address(sender[0].partition("%")[0]), parse_pim(datagram, verify=False))
         self._schedule()
 
     def _on_datagram(self, name: str, datagram: bytes) -> None:
@@ -373,7 +434,9 @@ class PimService:
             self.counters["drop_bad_ip_header"] += 1
             return
         source, payload = split
-        msg = parse_pim(payload)
+        self._on_message(name, source, parse_pim(payload))
+
+    def _on_message(self, name: str, source: IPAddress, msg: PimMessage | PimDrop) -> None:
         if isinstance(msg, PimDrop):
             self.counters[f"drop_{msg.value}"] += 1
             return
@@ -387,7 +450,7 @@ class PimService:
             self._on_assert(name, source, msg)
         elif isinstance(msg, JoinPrune):
             link = self.links.get(name)
-            ours = frozenset(link.ipv4) if link is not None else frozenset()
+            ours = self._addresses(link) if link is not None else frozenset()
             now = self.loop.time()
             if self.joins.on_join_prune(name, msg, ours, now, self.rps.lookup):
                 self.on_routes()
@@ -397,14 +460,14 @@ class PimService:
                 )
                 self._schedule()
 
-    def _on_assert(self, name: str, sender: IPv4Address, msg: Assert) -> None:
+    def _on_assert(self, name: str, sender: IPAddress, msg: Assert) -> None:
         link = self.links.get(name)
         group = msg.group.address
         forwarding = name in self.joins.outputs_for(group, msg.source)
         ours = None
-        if link is not None and link.ipv4 and forwarding:
-            mine = frozenset(a for lk in self.links.values() for a in lk.ipv4)
-            ours = our_metric(group, self.rps.lookup(group), link.ipv4[0], mine)
+        address = self._primary(link) if link is not None else None
+        if address is not None and forwarding:
+            ours = our_metric(group, self.rps.lookup(group), address, self._ours())
         reply, changed = self.asserts.on_assert(name, sender, msg, ours, self.loop.time())
         if reply is not None:
             self._send(name, build_pim(reply), "tx_assert")
@@ -414,16 +477,16 @@ class PimService:
             self._schedule()
             self.on_routes()
 
-    def _on_register(self, name: str, dr: IPv4Address, reg: Register) -> None:
+    def _on_register(self, name: str, dr: IPAddress, reg: Register) -> None:
         inner = inner_addresses(reg.data)
         rp = self.rps.lookup(inner[1]) if inner is not None else None
-        ours = frozenset(a for link in self.links.values() for a in link.ipv4)
+        ours = self._ours()
         stop, changed = self.registers.on_register(dr, reg, rp, ours, self.loop.time())
         if stop is not None:
             sock = self.sockets.get(name)
             try:
                 if sock is not None:
-                    sock.sendto(build_pim(stop), (str(dr), 0))
+                    sock.sendto(build_pim(stop), self._destination(name, dr))
                     self.counters["tx_register_stop"] += 1
             except OSError as e:
                 self.counters["tx_errors"] += 1
@@ -488,7 +551,8 @@ class PimService:
         if sock is None:
             return
         try:
-            sock.sendto(data, (str(ALL_PIM_ROUTERS_V4), 0))
+            group = ALL_PIM_ROUTERS_V4 if self.family == 4 else ALL_PIM_ROUTERS_V6
+            sock.sendto(data, self._destination(name, group))
         except OSError as e:
             self.counters["tx_errors"] += 1
             log.warning("PIM send on %s failed: %s", name, e)
