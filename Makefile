@@ -66,6 +66,7 @@ fuzz: deps
 	cd fuzz && $(abspath $(VPY)) fuzz_parse.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 	cd fuzz && $(abspath $(VPY)) fuzz_control.py -max_total_time=$(FUZZ_SECONDS) -dict=json.dict -print_final_stats=1
 	cd fuzz && $(abspath $(VPY)) fuzz_routing.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
+	cd fuzz && $(abspath $(VPY)) fuzz_membership.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 
 install:
 	@$(INSTALL_ENV) packaging/install.sh install

@@ -306,7 +306,7 @@ def test_refresh_turns_a_failed_poll_into_an_error_line() -> None:
 
     view = refresh(TopView(), unreachable, now=lambda: T1)
     assert view.error == "cannot reach the supervisor: nothing is listening on /s" and view.error_at == T1
-    view = refresh(view, lambda: (FLOWS, WORKERS, (), None), now=lambda: T0)
+    view = refresh(view, lambda: (FLOWS, WORKERS, (), None, ()), now=lambda: T0)
     assert view.error is None and view.flows == FLOWS
 
 
@@ -364,7 +364,7 @@ def test_run_live_draws_then_quits_on_q_and_restores(pty_pair: tuple[int, int]) 
             os.write(master, b"n")  # sort by name: redrawn at once
         if len(polls) == 3:
             os.write(master, b"q")
-        return FLOWS, WORKERS, (), None
+        return FLOWS, WORKERS, (), None, ()
 
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=140, height=40, color_system=None)
@@ -418,8 +418,16 @@ def test_snapshot_from_the_supervisor(
     )
     assert main(["--socket-path", str(fake.path), *argv]) == ExitCode.OK
     out = capsys.readouterr().out
-    # GetKernelStatus last: this fake does not know it (an Error, as from the original), so no kernel line
-    assert [json.loads(r) for r in fake.requests] == ["GetStats", "ListWorkers", "ListRules", "GetKernelStatus"]
+    # GetKernelStatus and GetQueriers last: this fake knows neither (an Error, as from the original), so no
+    # kernel line and no membership line
+    assert [json.loads(r) for r in fake.requests] == [
+        "GetStats",
+        "ListWorkers",
+        "ListRules",
+        "GetKernelStatus",
+        "GetQueriers",
+    ]
+    assert not any(line.startswith("membership") for line in out.splitlines())
     lines = [" ".join(line.split()) for line in out.splitlines()]
     assert lines[0] == "MCR top 1 flow, sorted by packet rate (high to low) 1 pending"
     assert "feed-a pending eth0 239.1.1.1:5000 20.0k 224M 123456 164.8 MiB 6 0" in lines

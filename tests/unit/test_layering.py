@@ -10,6 +10,7 @@ PURE = (
     "model",
     "protocol",
     "packet",
+    "membership",
     "routing",
     "linux/seccomp.py",
     "supervisor/core.py",

@@ -37,6 +37,7 @@ from mcr.cli.transport import (
     ask_kernel_status,
     exchange,
 )
+from mcr.membership.wire import Family
 from mcr.model.config import Config, ConfigDialect, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
 from mcr.model.levels import Facility, Severity
@@ -67,6 +68,7 @@ from mcr.protocol.control import (
     SaveConfig,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    SetQuerier,
     Stats,
     Version,
     Workers,
@@ -369,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
         "the kernel's default for a unicast destination)",
     )
     add.add_argument(
+        "--follow-receivers",
+        action="store_true",
+        help="every output sends only while its interface has IGMP/MLD receivers for its group",
+    )
+    add.add_argument(
         "--rate-limit",
         type=_rate,
         metavar="RATE",
@@ -425,6 +432,19 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--file", dest="file_flag", metavar="FILE", help="where to write (root only)")
     config_action("control-plane", "the control-plane integration settings (not served yet)")
 
+    for proto, family_name in (("igmp", "IGMP"), ("mld", "MLD")):
+        membership = command(proto, f"{family_name} membership table and querier")
+        actions = membership.add_subparsers(dest="membership_command", required=True, metavar="ACTION")
+        for action, help_text in (
+            ("groups", f"the {family_name} membership table: groups, sources, filter mode, timers"),
+            ("queriers", "each interface's querier: role, elected querier, version, counters"),
+            ("enable-querier", f"send {family_name} queries on an interface (and take part in the election)"),
+            ("disable-querier", "stop querying on an interface (memberships are still tracked)"),
+        ):
+            sub = actions.add_parser(action, help=help_text, parents=[common])
+            sub.set_defaults(usage_error=sub.error)
+            if action.endswith("-querier"):
+                sub.add_argument("--interface", required=True, metavar="IF", help="the interface")
     pim = command("pim", "PIM-SM: neighbours, and enabling it on interfaces")
     pim_actions = pim.add_subparsers(dest="pim_command", required=True, metavar="ACTION")
     neighbors = pim_actions.add_parser("neighbors", help="the PIM neighbours and DRs", parents=[common])
@@ -509,6 +529,8 @@ def _request(args: argparse.Namespace) -> Request:
         outputs = tuple(out for group in args.outputs for out in group)
         if args.ttl is not None:
             outputs = tuple(replace(out, ttl=args.ttl) for out in outputs)
+        if args.follow_receivers:
+            outputs = tuple(replace(out, follow_receivers=True) for out in outputs)
         rate_limit = None
         if args.rate_limit is not None:
             try:
@@ -532,6 +554,14 @@ def _request(args: argparse.Namespace) -> Request:
         if args.rule_id is None and args.name is None:
             fail("Must specify either --rule-id or --name")
         return RemoveRule(args.rule_id) if args.rule_id is not None else RemoveRuleByName(args.name)
+    if command in ("igmp", "mld"):
+        family = Family.IPV4 if command == "igmp" else Family.IPV6
+        action: str = args.membership_command
+        if action == "groups":
+            return Query.GET_IGMP_GROUPS if family is Family.IPV4 else Query.GET_MLD_GROUPS
+        if action == "queriers":
+            return Query.GET_QUERIERS
+        return SetQuerier(family, args.interface, action == "enable-querier")
     if command == "pim":
         if args.pim_command == "enable":
             return EnablePim(args.interface, args.dr_priority, args.hello_period)
@@ -643,10 +673,14 @@ def console_for(out: TextIO) -> Console:
 
 
 def unsupported_by_peer(invocation: Invocation) -> str | None:
-    """Why an AddRule must not be sent: it has `--input-source` or `--rate-limit` and the supervisor is one of
-    the originals, which would ignore both and relay every source without a limit. None: send it."""
+    """Why an AddRule must not be sent: it has `--input-source`, `--rate-limit` or `--follow-receivers` and the
+    supervisor is one of the originals, which would ignore them (relay every source without a limit, send to
+    every output). None: send it."""
     req = invocation.request
-    if not isinstance(req, AddRule) or (req.input_source is None and req.rate_limit is None):
+    if not isinstance(req, AddRule):
+        return None
+    follow = any(o.follow_receivers for o in req.outputs)
+    if req.input_source is None and req.rate_limit is None and not follow:
         return None
     try:
         info = ask(invocation.socket_path, Query.GET_VERSION, Version, invocation.timeout_s).info
@@ -657,10 +691,16 @@ def unsupported_by_peer(invocation: Invocation) -> str | None:
         who = f"it answers GetVersion with: {e.text}"
     except ProtocolError as e:
         who = f"its GetVersion answer is not ours: {e}"
-    flags = " and ".join(f for f, v in (("--input-source", req.input_source), ("--rate-limit", req.rate_limit)) if v)
+    named = (("--input-source", req.input_source), ("--rate-limit", req.rate_limit), ("--follow-receivers", follow))
+    flags = " and ".join(f for f, v in named if v)
+    effects = []
+    if req.input_source is not None or req.rate_limit is not None:
+        effects.append("relay the group from every source, without a limit")
+    if follow:
+        effects.append("send to every output whether anyone listens there or not")
     return (
         f"the supervisor at {invocation.socket_path} is not MCR in Python ({who}): it would ignore {flags} "
-        "and relay the group from every source, without a limit; the rule was not sent"
+        f"and {', and '.join(effects)}; the rule was not sent"
     )
 
 
@@ -715,14 +755,14 @@ def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -
     console = console_for(out)
     if invocation.once or not out.isatty():
         try:
-            flows, workers, rules, kernel = poll()
+            flows, workers, rules, kernel, queriers = poll()
         except ErrorAnswer as e:
             print(render_error(e.text), file=err)
             return ExitCode.ERROR_RESPONSE
         except McrError as e:
             print(f"{PROG}: {e}", file=err)
             return ExitCode.UNREACHABLE
-        view = on_poll(TopView(), flows, workers, datetime.now(), rules, kernel)
+        view = on_poll(TopView(), flows, workers, datetime.now(), rules, kernel, queriers)
         console.print(render_top(view, Controls(), invocation.interval_s, live=False))
         return ExitCode.OK
     try:

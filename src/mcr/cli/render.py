@@ -14,6 +14,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from mcr.membership.querier import FilterMode, GroupView, QuerierView
+from mcr.membership.wire import Family
 from mcr.model.original_config import ESP, UDP
 from mcr.model.rules import ForwardingRule, Limits, OutputDestination
 from mcr.model.status import ConfigView, FlowStats, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
@@ -24,6 +26,8 @@ from mcr.protocol.control import (
     Error,
     KernelStatusResponse,
     LogLevelsResponse,
+    MembershipGroups,
+    QuerierStates,
     Response,
     Rules,
     Stats,
@@ -306,6 +310,32 @@ def render_pim_neighbors(neighbors: Sequence[PimNeighborInfo]) -> RenderableType
     return table
 
 
+def _secs(value: float) -> str:
+    return f"{value:.0f}s"
+
+
+def render_groups(groups: Sequence[GroupView]) -> RenderableType:
+    if not groups:
+        return Text("no groups have receivers")
+    table = _table("Interface", "Group", "Mode", "Sources", "Expires", "Version", "Last reporter", "Querier")
+    for g in groups:
+        sources = "\n".join(
+            f"{s.address} {_secs(s.expires_in)}" if s.expires_in > 0 else f"{s.address} (blocked)" for s in g.sources
+        )
+        _add_row(
+            table,
+            g.interface,
+            str(g.group),
+            g.filter_mode.value,
+            sources or ("(any)" if g.filter_mode is FilterMode.EXCLUDE else ""),
+            _secs(g.expires_in),
+            f"{'IGMP' if g.family is Family.IPV4 else 'MLD'}v{g.version}",
+            str(g.last_reporter or "-"),
+            "yes" if g.is_querier else "no",
+        )
+    return table
+
+
 def render_mroutes(entries: Sequence[MrouteInfo]) -> RenderableType:
     if not entries:
         return Text("no multicast routes")
@@ -348,6 +378,28 @@ def render_msdp_peers(peers: Sequence[MsdpPeerInfo]) -> RenderableType:
             str(p.rpf_failures),
             mesh,
             p.description or "",
+        )
+    return table
+
+
+def render_queriers(queriers: Sequence[QuerierView]) -> RenderableType:
+    if not queriers:
+        return Text("no querier or membership tracking is configured on an interface that is up")
+    table = _table("Interface", "Protocol", "Mode", "Role", "Querier", "Counters")
+    for q in queriers:
+        role = "querier" if q.is_querier else "non-querier"
+        elected = str(q.querier or "-")
+        if q.querier is not None and not q.is_querier:
+            elected += f" ({_secs(q.other_querier_expires_in)})"
+        counters = " ".join(f"{k}={v}" for k, v in q.counters.items() if v)
+        _add_row(
+            table,
+            q.interface,
+            f"{q.family.protocol.upper()}v{q.version}",
+            "query" if q.active else "passive",
+            role,
+            elected,
+            counters or "-",
         )
     return table
 
@@ -439,6 +491,10 @@ def render_response(resp: Response) -> RenderableType:
             return render_routing_counters(resp.counters)
         case PimInterfaces():
             return render_pim_interfaces(resp.interfaces)
+        case MembershipGroups():
+            return render_groups(resp.groups)
+        case QuerierStates():
+            return render_queriers(resp.queriers)
         case ConfigValidation():
             return render_validation(resp)
         case ControlPlaneConfig():

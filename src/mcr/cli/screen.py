@@ -23,14 +23,17 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 
 from mcr.cli.top import Controls, TopView, on_keys, on_poll, on_poll_error, render_top
-from mcr.cli.transport import ask, ask_kernel_status
+from mcr.cli.transport import ask, ask_kernel_status, ask_queriers
+from mcr.membership.querier import QuerierView
 from mcr.model.errors import McrError
 from mcr.model.status import FlowStats, KernelStatus, RuleView, WorkerInfo
 from mcr.protocol.control import Query, Rules, Stats, Workers
 
 _READ_CHUNK = 64
 
-Snapshot = tuple[Sequence[FlowStats], Sequence[WorkerInfo], Sequence[RuleView], KernelStatus | None]
+Snapshot = tuple[
+    Sequence[FlowStats], Sequence[WorkerInfo], Sequence[RuleView], KernelStatus | None, Sequence[QuerierView]
+]
 Poll = Callable[[], Snapshot]
 
 
@@ -43,15 +46,16 @@ def poll_supervisor(socket_path: str, timeout_s: float) -> Snapshot:
     stats = ask(socket_path, Query.GET_STATS, Stats, timeout_s)
     workers = ask(socket_path, Query.LIST_WORKERS, Workers, timeout_s)
     rules = ask(socket_path, Query.LIST_RULES, Rules, timeout_s)
-    return stats.flows, workers.workers, rules.rules, ask_kernel_status(socket_path, timeout_s)
+    kernel = ask_kernel_status(socket_path, timeout_s)
+    return stats.flows, workers.workers, rules.rules, kernel, ask_queriers(socket_path, timeout_s)
 
 
 def refresh(view: TopView, poll: Poll, now: Callable[[], datetime] = datetime.now) -> TopView:
     try:
-        flows, workers, rules, kernel = poll()
+        flows, workers, rules, kernel, queriers = poll()
     except McrError as e:
         return on_poll_error(view, str(e), now())
-    return on_poll(view, flows, workers, now(), rules, kernel)
+    return on_poll(view, flows, workers, now(), rules, kernel, queriers)
 
 
 class Keyboard:

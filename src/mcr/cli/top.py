@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mcr.cli.render import endpoint, format_bit_rate, format_bytes
+from mcr.membership.querier import QuerierView
 from mcr.model.status import FlowStats, KernelStatus, RuleState, RuleView, WorkerInfo
 
 _QUIT_KEYS = frozenset({"q", "Q", "\x03"})  # \x03: Ctrl-C should the terminal ever deliver it as a byte
@@ -122,6 +123,7 @@ class TopView:
     error: str | None = None
     error_at: datetime | None = None
     kernel: KernelStatus | None = None  # None: the supervisor does not report one
+    queriers: tuple[QuerierView, ...] = ()  # IGMP/MLD queriers and trackers
 
 
 def on_poll(
@@ -131,9 +133,17 @@ def on_poll(
     now: datetime,
     rules: Sequence[RuleView] = (),
     kernel: KernelStatus | None = None,
+    queriers: Sequence[QuerierView] = (),
 ) -> TopView:
     states = tuple((v.rule.rule_id, v.state) for v in rules if v.state is not RuleState.ACTIVE)
-    return TopView(flows=tuple(flows), workers=tuple(workers), states=states, refreshed_at=now, kernel=kernel)
+    return TopView(
+        flows=tuple(flows),
+        workers=tuple(workers),
+        states=states,
+        refreshed_at=now,
+        kernel=kernel,
+        queriers=tuple(queriers),
+    )
 
 
 def on_poll_error(view: TopView, message: str, now: datetime) -> TopView:
@@ -271,6 +281,22 @@ def _header(view: TopView, controls: Controls, live: bool) -> Text:
     return head
 
 
+def membership_line(queriers: Sequence[QuerierView]) -> Text:
+    """One line for the IGMP/MLD queriers: each interface's role, then reports, leaves and drops in all."""
+    line = Text("membership ")
+    roles = []
+    for q in queriers:
+        role = "querier" if q.is_querier else f"non-querier ({q.querier or 'no querier'})"
+        roles.append(f"{q.interface} {q.family.protocol} {role if q.active else 'passive, ' + role}")
+    line.append(", ".join(roles))
+    reports = sum(n for q in queriers for k, n in q.counters.items() if k.startswith("reports_"))
+    leaves = sum(q.counters.get("leaves", 0) for q in queriers)
+    dropped = sum(n for q in queriers for k, n in q.counters.items() if k.startswith("dropped_"))
+    line.append(f"  reports {reports}  leaves {leaves}  dropped ")
+    line.append(str(dropped), style="yellow" if dropped else "")
+    return line
+
+
 def _footer(view: TopView, interval_s: float) -> Text:
     workers = view.workers
     running = sum(1 for w in workers if w.status == "Running")
@@ -289,6 +315,9 @@ def _footer(view: TopView, interval_s: float) -> Text:
         engine_drops = sum(view.kernel.drops.values())
         foot.append(f"\nkernel engine {view.kernel.rules} rule{'s' if view.kernel.rules != 1 else ''}  drops ")
         foot.append(str(engine_drops), style="yellow" if engine_drops else "")
+    if view.queriers:
+        foot.append("\n")
+        foot.append(membership_line(view.queriers))
     foot.append(f"\ntotal {format_rate(total_pps)} pkt/s, {format_bit_rate(total_bps)}")
     foot.append(f"  refreshed {format_clock(view.refreshed_at)}")
     if view.error is not None:
@@ -320,6 +349,7 @@ def render_top(
         room = None
         if height is not None:
             room = height - _CHROME_LINES - (_ERROR_LINES if view.error is not None else 0) - 1
+            room -= 1 if view.queriers else 0  # the membership line
         shown = fitting(ordered, room)
         hidden = len(ordered) - shown
         body = flow_table(ordered[:shown], controls, dict(view.states))

@@ -12,12 +12,14 @@ import socket
 import time
 from typing import TypeVar
 
+from mcr.membership.querier import QuerierView
 from mcr.model.errors import McrError, ProtocolError
 from mcr.model.status import ConfigView, KernelStatus
 from mcr.protocol.control import (
     ConfigResponse,
     Error,
     KernelStatusResponse,
+    QuerierStates,
     Query,
     Request,
     decode_response,
@@ -138,6 +140,15 @@ def ask_kernel_status(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Kernel
         return ask(path, Query.GET_KERNEL_STATUS, KernelStatusResponse, timeout_s).status
     except ErrorAnswer:
         return None
+
+
+def ask_queriers(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[QuerierView, ...]:
+    """The queriers and membership trackers, or none from a supervisor that does not have the request (the
+    originals answer an Error); unreachable and malformed answers raise as `ask` does."""
+    try:
+        return ask(path, Query.GET_QUERIERS, QuerierStates, timeout_s).queriers
+    except ErrorAnswer:
+        return ()
 
 
 def ask_config(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> ConfigView | None:

@@ -28,6 +28,10 @@
     ttl = 4                            # TTL of this rule's outputs (absent: multicast_ttl, or the kernel's for unicast)
     rate_limit = { pps = 10000 }       # optional: { pps = N, burst = packets } or { bps = N, burst_bytes = B }
     outputs = ["239.10.1.1:6000:eth1", { group = "239.10.1.2", port = 6000, interface = "eth2", ttl = 8 }]
+    # an output table may say follow_receivers = true: it sends only while eth2 has receivers (IGMP/MLD)
+
+    [igmp]                             # and [mld]: the querier; keys in mcr.membership.settings
+    querier_interfaces = ["eth1"]
 
     [pim]                              # PIM-SM (mcr.routing.config)
     interfaces = [{ name = "eth1", dr_priority = 10 }]
@@ -47,6 +51,7 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from mcr.membership.settings import MembershipSettings, membership_from_original, parse_membership_table
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.original_config import OriginalSections, decode_original_config, load_json5
 from mcr.model.ratelimit import decode_rate_limit
@@ -95,6 +100,8 @@ class Config:
     settings: Settings = Settings()
     limits: Limits = field(default_factory=Limits)
     rules: tuple[ForwardingRule, ...] = ()
+    igmp: MembershipSettings = field(default_factory=MembershipSettings)
+    mld: MembershipSettings = field(default_factory=MembershipSettings)
     pim: PimConfig = field(default_factory=PimConfig)
     msdp: MsdpConfig = field(default_factory=MsdpConfig)
     dialect: ConfigDialect = ConfigDialect.TOML
@@ -104,7 +111,7 @@ class Config:
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int}
 _RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl", "rate_limit"}
-_OUTPUT_KEYS = {"group", "port", "interface", "ttl"}
+_OUTPUT_KEYS = {"group", "port", "interface", "ttl", "follow_receivers"}
 
 
 def _kind(expected: type) -> str:
@@ -181,7 +188,10 @@ def _output(where: str, i: int, item: object, ttl: int | None) -> OutputDestinat
         group = parse_group(item["group"])
     except ValueError as e:
         raise ConfigError(f"{where}: outputs[{i}].group: {e}") from None
-    return OutputDestination(group, item["port"], item["interface"], out_ttl)
+    follow = item.get("follow_receivers", False)
+    if not isinstance(follow, bool):
+        raise ConfigError(f"{where}: outputs[{i}].follow_receivers must be a boolean")
+    return OutputDestination(group, item["port"], item["interface"], out_ttl, follow_receivers=follow)
 
 
 def _rule(path: str, index: int, item: object) -> ForwardingRule:
@@ -255,6 +265,7 @@ def parse_json5_config(text: str, path: str) -> Config:
         path=path,
         settings=Settings(multicast_ttl=found.sections.multicast_ttl),
         rules=found.rules,
+        igmp=membership_from_original(path, found.sections.section("igmp")),
         dialect=ConfigDialect.JSON5,
         original=found.sections,
         warnings=found.warnings + notes,
@@ -303,11 +314,14 @@ def parse_toml_config(text: str, path: str) -> Config:
         raise ConfigError(
             f"{path}: not valid TOML: a number has more than {sys.get_int_max_str_digits()} digits"
         ) from None
-    unknown = set(doc) - {"supervisor", "limits", "rule", "pim", "msdp"}
+    unknown = set(doc) - {"supervisor", "limits", "rule", "igmp", "mld", "pim", "msdp"}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]], [pim], [msdp]"
+            f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]], [igmp], "
+            "[mld], [pim], [msdp]"
         )
+    igmp = parse_membership_table(path, "igmp", _table(path, doc, "igmp"))
+    mld = parse_membership_table(path, "mld", _table(path, doc, "mld"))
     pim = parse_pim_section(path, _table(path, doc, "pim")) if "pim" in doc else PimConfig()
     msdp = parse_msdp_section(path, _table(path, doc, "msdp")) if "msdp" in doc else MsdpConfig()
     settings = _settings(path, _table(path, doc, "supervisor"))
@@ -324,12 +338,20 @@ def parse_toml_config(text: str, path: str) -> Config:
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
         rules[rule.rule_id] = rule
-    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.values()), pim=pim, msdp=msdp)
+    return Config(
+        path=path,
+        settings=settings,
+        limits=limits,
+        rules=tuple(rules.values()),
+        igmp=igmp,
+        mld=mld,
+        pim=pim,
+        msdp=msdp,
+    )
 
 
-SECTION_PROTOCOLS = {
+SECTION_PROTOCOLS = {  # igmp is served: mcr.membership
     "pim": "PIM-SM",
-    "igmp": "the IGMP querier",
     "msdp": "MSDP",
     "control_plane": "the control-plane integration (RPF provider, external neighbours, events)",
 }

@@ -12,7 +12,8 @@ The shape is the original's (HEAD fced3ed, src/config.rs), so that its files loa
           outputs: [ { group: "239.10.1.1", port: 6000, interface: "eth1", ttl: 8 } ],
         },
       ],
-      pim: { ... }, igmp: { ... }, msdp: { ... }, control_plane: { ... },   // accepted; not served yet
+      igmp: { ... },                                                  // the querier (mcr.membership.settings)
+      pim: { ... }, msdp: { ... }, control_plane: { ... },            // accepted; not served yet
     }
 
 Our own additions, which the original would ignore: `rule_id` and `rate_limit` in a rule, `source` (a host or
@@ -54,7 +55,7 @@ PROTOCOL_NAMES = {"udp": UDP, "esp": ESP}
 #: The sections the original serves with its control plane; we accept and check them and say they are not
 #: served yet (IGMP querier, PIM-SM, MSDP and the control-plane integration are later work).
 PROTOCOL_SECTIONS = ("pim", "igmp", "msdp", "control_plane")
-SERVED_SECTIONS = ("pim", "msdp")  # mcr.model.config turns them into PimConfig and MsdpConfig
+SERVED_SECTIONS = ("igmp", "pim", "msdp")  # igmp: the querier (mcr.membership); pim, msdp: PimConfig, MsdpConfig
 
 _TOP_KEYS = frozenset({"multicast_ttl", "pinning", "rules", *PROTOCOL_SECTIONS})
 _RULE_KEYS = frozenset({"name", "input", "outputs", "rule_id", "rate_limit"})
@@ -89,8 +90,8 @@ class OriginalSections:
 
     @property
     def unserved(self) -> tuple[str, ...]:
-        """The protocol sections present in the file, which this supervisor does not serve yet (pim and
-        msdp are served: they fill the Config's PimConfig and MsdpConfig)."""
+        """The protocol sections present in the file, which this supervisor does not serve yet (igmp, pim
+        and msdp are served)."""
         return tuple(name for name, _ in self.sections if name not in SERVED_SECTIONS)
 
     def section(self, name: str) -> object:

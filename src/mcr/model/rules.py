@@ -100,6 +100,7 @@ class OutputDestination:
     interface: str
     ttl: int | None = None  # the hop limit for an IPv6 group; None: see effective_ttl
     source_ip: IPAddress | None = None  # send from this address instead of the interface's own
+    follow_receivers: bool = False  # send only while the interface has receivers for the group (IGMP/MLD)
 
     @property
     def spec(self) -> str:
@@ -271,6 +272,10 @@ def check_rule_shape(rule: ForwardingRule) -> None:
             problem = _source_ip_problem(out)
             if problem:
                 raise ValidationError(f"output[{i}].source_ip {out.source_ip} {problem}")
+        if out.follow_receivers and not out.group.is_multicast:
+            raise ValidationError(
+                f"output[{i}].group {out.group} is not multicast: only a multicast output can follow receivers"
+            )
         if out.interface == rule.input_interface:
             raise ValidationError(
                 f"Rule rejected: input_interface '{rule.input_interface}' and output_interface "

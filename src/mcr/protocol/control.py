@@ -14,6 +14,8 @@ from enum import Enum
 from ipaddress import IPv4Address
 from typing import Any, assert_never
 
+from mcr.membership.querier import FilterMode, GroupView, QuerierView, SourceView
+from mcr.membership.wire import Family
 from mcr.model.errors import ConfigError, ProtocolError, ValidationError
 from mcr.model.levels import ORIGINAL_FACILITIES, Facility, Severity
 from mcr.model.original_config import (
@@ -93,6 +95,9 @@ class Query(Enum):
     GET_VERSION = "GetVersion"
     GET_LOG_LEVELS = "GetLogLevels"
     GET_CONFIG = "GetConfig"
+    GET_IGMP_GROUPS = "GetIgmpGroups"
+    GET_MLD_GROUPS = "GetMldGroups"
+    GET_QUERIERS = "GetQueriers"
     GET_CONTROL_PLANE_CONFIG = "GetControlPlaneConfig"
     GET_KERNEL_STATUS = "GetKernelStatus"  # ours: the eBPF engine's state and drops
 
@@ -156,6 +161,19 @@ class SetFacilityLogLevel:
     level: Severity
 
 
+@dataclass(frozen=True, slots=True)
+class SetQuerier:
+    """EnableIgmpQuerier / DisableIgmpQuerier (the original's) and EnableMldQuerier / DisableMldQuerier."""
+
+    family: Family
+    interface: str
+    enabled: bool
+
+    @property
+    def command(self) -> str:
+        return f"{'Enable' if self.enabled else 'Disable'}{'Igmp' if self.family is Family.IPV4 else 'Mld'}Querier"
+
+
 Request = (
     Query
     | AddRule
@@ -167,11 +185,15 @@ Request = (
     | CheckConfig
     | SaveConfig
     | ControlPlaneRequest
+    | SetQuerier
     | RoutingRequest
 )
 
 READ_ONLY_QUERIES = frozenset(Query)
 
+_QUERIER_COMMANDS = {
+    SetQuerier(family, "", enabled).command: (family, enabled) for family in Family for enabled in (True, False)
+}
 _STRUCT_COMMANDS = (
     "AddRule",
     "RemoveRule",
@@ -181,6 +203,7 @@ _STRUCT_COMMANDS = (
     "LoadConfig",
     "SaveConfig",
     "CheckConfig",
+    *_QUERIER_COMMANDS,
     *ROUTING_STRUCT_COMMANDS,
 )
 _ALL_COMMANDS = ", ".join([q.value for q in Query] + [q.value for q in RoutingQuery] + list(_STRUCT_COMMANDS))
@@ -256,6 +279,15 @@ class _Fields:
                 f"field '{name}' in {self.where}: IP protocol {value} is not relayed; expected {known}"
             ) from None
 
+    def optional_boolean(self, name: str) -> bool:
+        """A boolean that may be absent or null (false then)."""
+        value = self.obj.get(name)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise ProtocolError(f"field '{name}' in {self.where} must be a boolean, got {_type_name(value)}")
+        return value
+
     def boolean(self, name: str) -> bool:
         value = self._get(name, True)
         if not isinstance(value, bool):
@@ -298,7 +330,7 @@ _ADD_FIELDS = frozenset(
         "input_protocol",
     }
 )
-_OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl", "source_ip"})
+_OUTPUT_FIELDS = frozenset({"group", "port", "interface", "ttl", "source_ip", "follow_receivers"})
 
 
 def _decode_output(i: int, obj: object) -> OutputDestination:
@@ -316,6 +348,7 @@ def _decode_output(i: int, obj: object) -> OutputDestination:
         interface=f.req_string("interface"),
         ttl=f.optional_integer("ttl"),
         source_ip=source,
+        follow_receivers=f.optional_boolean("follow_receivers"),
     )
 
 
@@ -378,6 +411,9 @@ def _decode_struct(name: str, body: object) -> Request:
         except ValidationError as e:
             raise ProtocolError(f"SetFacilityLogLevel: {e}") from None
         return SetFacilityLogLevel(facility, _severity("SetFacilityLogLevel", f.req_string("level")))
+    if name in _QUERIER_COMMANDS:
+        family, enabled = _QUERIER_COMMANDS[name]
+        return SetQuerier(family, _Fields(name, body, frozenset({"interface"})).req_string("interface"), enabled)
     if name in ROUTING_STRUCT_COMMANDS:
         return decode_routing_struct(name, body)
     raise ProtocolError(f"unknown command '{name}'; expected one of {_ALL_COMMANDS}")
@@ -444,6 +480,8 @@ def _output_json(out: OutputDestination) -> dict[str, object]:
         doc["ttl"] = out.ttl
     if out.source_ip is not None:
         doc["source_ip"] = str(out.source_ip)
+    if out.follow_receivers:
+        doc["follow_receivers"] = True  # ours, only when set
     return doc
 
 
@@ -492,6 +530,8 @@ def encode_request(req: Request) -> bytes:
             doc = {"SetGlobalLogLevel": {"level": req.level.name}}
         case SetFacilityLogLevel():
             doc = {"SetFacilityLogLevel": {"facility": req.facility.name, "level": req.level.name}}
+        case SetQuerier():
+            doc = {req.command: {"interface": req.interface}}
         case RoutingQuery() | EnablePim() | DisablePim() | SetStaticRp() | AddMsdpPeer() | RemoveMsdpPeer():
             doc = encode_routing_request(req)
         case _:
@@ -543,6 +583,19 @@ class ConfigResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class MembershipGroups:
+    """`{"IgmpGroups": [...]}` (the original's shape, our fields added) or `{"MldGroups": [...]}`."""
+
+    family: Family
+    groups: tuple[GroupView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuerierStates:
+    queriers: tuple[QuerierView, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class KernelStatusResponse:
     status: KernelStatus
 
@@ -573,11 +626,53 @@ Response = (
     | LogLevelsResponse
     | Version
     | ConfigResponse
+    | MembershipGroups
+    | QuerierStates
     | ConfigValidation
     | ControlPlaneConfig
     | KernelStatusResponse
     | RoutingResponse
 )
+
+GROUPS_KEY = {Family.IPV4: "IgmpGroups", Family.IPV6: "MldGroups"}
+
+
+def _seconds(value: float) -> int:
+    """Whole seconds left, rounded up (the original's `expires_in_secs` is an integer)."""
+    return int(-(-value // 1))
+
+
+def group_json(g: GroupView) -> dict[str, object]:
+    return {
+        "interface": g.interface,
+        "group": str(g.group),
+        "expires_in_secs": _seconds(g.expires_in),
+        "last_reporter": None if g.last_reporter is None else str(g.last_reporter),
+        "is_querier": g.is_querier,
+        "family": g.family.value,
+        "version": g.version,
+        "filter_mode": g.filter_mode.value,
+        "sources": [
+            {"address": str(s.address), "expires_in_secs": _seconds(s.expires_in), "expires_in": round(s.expires_in, 3)}
+            for s in g.sources
+        ],
+        "expires_in": round(g.expires_in, 3),
+    }
+
+
+def querier_json(q: QuerierView) -> dict[str, object]:
+    return {
+        "interface": q.interface,
+        "family": q.family.value,
+        "protocol": q.family.protocol,
+        "active": q.active,
+        "is_querier": q.is_querier,
+        "address": None if q.address is None else str(q.address),
+        "querier": None if q.querier is None else str(q.querier),
+        "other_querier_expires_in_secs": _seconds(q.other_querier_expires_in),
+        "version": q.version,
+        "counters": dict(q.counters),
+    }
 
 
 #: `source` as today's original names it (its RuleSource: Static from the config file, Dynamic at run time);
@@ -760,6 +855,10 @@ def response_json(resp: Response) -> object:
                     "served": False,
                 }
             }
+        case MembershipGroups():
+            return {GROUPS_KEY[resp.family]: [group_json(g) for g in resp.groups]}
+        case QuerierStates():
+            return {"Queriers": [querier_json(q) for q in resp.queriers]}
         case PimNeighbors() | Mroutes() | MsdpPeers() | MsdpSaCache() | RoutingCounters() | PimInterfaces():
             return routing_response_json(resp)
         case _:
@@ -832,6 +931,7 @@ def _decode_rule_output(x: dict[str, Any]) -> OutputDestination:
         str(x["interface"]),
         None if ttl is None else int(ttl),
         None if source_ip is None else parse_group(source_ip),
+        bool(x.get("follow_receivers", False)),
     )
 
 
@@ -940,9 +1040,17 @@ def decode_response(data: bytes) -> Response:
         if not isinstance(body, str):
             raise ProtocolError(f"{name} response must carry a string")
         return Success(body) if name == "Success" else Error(body)
-    if name in ("Rules", "Stats", "Workers"):
+    if name in ("Rules", "Stats", "Workers", "IgmpGroups", "MldGroups", "Queriers"):
         if not isinstance(body, list):
             raise ProtocolError(f"{name} response must carry an array")
+        if name in ("IgmpGroups", "MldGroups", "Queriers"):
+            try:
+                if name == "Queriers":
+                    return QuerierStates(tuple(_decode_querier(x) for x in body))
+                family = Family.IPV4 if name == "IgmpGroups" else Family.IPV6
+                return MembershipGroups(family, tuple(_decode_group(family, x) for x in body))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ProtocolError(f"malformed {name} response: {e!r}") from None
         if name == "Rules":
             return Rules(tuple(_decode_rule(x) for x in body))
         if name == "Stats":
@@ -954,6 +1062,43 @@ def decode_response(data: bytes) -> Response:
         return _decode_other(name, body)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ProtocolError(f"malformed {name} response: {e!r}") from None
+
+
+def _decode_group(family: Family, o: object) -> GroupView:
+    """A group entry: the original's five fields, ours when present (the original sends no sources)."""
+    d = _obj("group entry", o)
+    reporter = d.get("last_reporter")
+    expires = float(d.get("expires_in", d["expires_in_secs"]))
+    return GroupView(
+        interface=str(d["interface"]),
+        family=family,
+        group=parse_group(str(d["group"])),
+        filter_mode=FilterMode(d.get("filter_mode", "exclude")),
+        expires_in=expires,
+        sources=tuple(
+            SourceView(parse_group(str(s["address"])), float(s.get("expires_in", s["expires_in_secs"])))
+            for s in (_obj("source", x) for x in d.get("sources", []))
+        ),
+        last_reporter=None if reporter is None else parse_group(str(reporter)),
+        version=int(d.get("version", 2)),
+        is_querier=bool(d["is_querier"]),
+    )
+
+
+def _decode_querier(o: object) -> QuerierView:
+    d = _obj("querier entry", o)
+    address, querier = d.get("address"), d.get("querier")
+    return QuerierView(
+        interface=str(d["interface"]),
+        family=Family(d["family"]),
+        active=bool(d["active"]),
+        is_querier=bool(d["is_querier"]),
+        address=None if address is None else parse_group(str(address)),
+        querier=None if querier is None else parse_group(str(querier)),
+        other_querier_expires_in=float(d.get("other_querier_expires_in_secs", 0)),
+        version=int(d["version"]),
+        counters={str(k): int(v) for k, v in _obj("counters", d.get("counters", {})).items()},
+    )
 
 
 def _decode_other(name: str, body: object) -> Response:

@@ -1,8 +1,9 @@
 """The original's control-plane requests (IGMP, PIM, MSDP, the multicast routing table, event subscriptions).
 
-Today's original (HEAD fced3ed) sends these from `mcrctl igmp|pim|msdp|mroute|subscribe`. This relay does not
-serve them yet: each is decoded to a `ControlPlaneRequest` that names the command and the protocol it belongs
-to, and the supervisor answers with an error that says so (one place: `Supervisor.control_plane`).
+Today's original (HEAD fced3ed) sends these from `mcrctl pim|msdp|mroute|subscribe`. This relay does not
+serve them yet (its IGMP requests are served: `mcr.protocol.control.SetQuerier`, `Query.GET_IGMP_GROUPS`):
+each is decoded to a `ControlPlaneRequest` that names the command and the protocol it belongs to, and the
+supervisor answers with an error that says so (one place: `Supervisor.control_plane`).
 
 When a protocol lands, its commands move out of `NOT_SERVED` into typed requests of their own in
 `mcr.protocol.control`, and their `case` in the supervisor replaces the error.
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 #: command -> the protocol (or facility) it belongs to, for every control-plane request not served yet (the
 #: PIM, MSDP and mroute requests that are served live in `mcr.protocol.routing`)
 NOT_SERVED: dict[str, str] = {
-    **dict.fromkeys(("GetIgmpGroups", "EnableIgmpQuerier", "DisableIgmpQuerier"), "IGMP"),
     **dict.fromkeys(
         (
             "SetRpAddress",

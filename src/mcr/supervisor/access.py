@@ -35,6 +35,7 @@ from mcr.protocol.control import (
     SaveConfig,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    SetQuerier,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest
 from mcr.protocol.routing import (
@@ -83,6 +84,8 @@ def request_name(req: Request) -> str:
             | RemoveMsdpPeer()
         ):
             return type(req).__name__
+        case SetQuerier():
+            return req.command
         case _:
             assert_never(req)
 
@@ -104,6 +107,7 @@ def is_read_only(req: Request) -> bool:
             | SetFacilityLogLevel()
             | LoadConfig()
             | SaveConfig()
+            | SetQuerier()
             | EnablePim()
             | DisablePim()
             | SetStaticRp()

@@ -9,6 +9,7 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 
+from mcr.membership.querier import Listeners
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.ratelimit import RateLimit
@@ -287,12 +288,16 @@ def resolve(
     kernel_max_outputs: int | None = None,
     epochs: Mapping[str, int] | None = None,
     multicast_ttl: int = DEFAULT_MULTICAST_TTL,
+    listeners: Listeners | None = None,
 ) -> Resolution:
     """Resolve every rule against the links; with `kernel_max_outputs` set, the kernel engine is
     available and serves every rule it can (the others stay in userspace, with the reason). `epochs`:
     the generation each rule was (re)added in (StatsBook.since), carried to the data plane. `multicast_ttl`:
-    the TTL of a multicast output that names none (effective_ttl)."""
+    the TTL of a multicast output that names none (effective_ttl). `listeners`: the membership tables; an
+    output that follows receivers is left out while nobody on its interface wants its group from the address
+    it is sent from."""
     epochs = epochs or {}
+    listeners = listeners or Listeners()
     views: list[RuleView] = []
     worker_rules: list[WorkerRule] = []
     kernel_rules: list[KernelRule] = []
@@ -317,6 +322,9 @@ def resolve(
                 oproblem = f"has no IPv{out.group.version} address"
             if oproblem or olink is None or address is None:
                 notes.append(f"output[{i}] {out.interface} {oproblem}")
+                continue
+            if out.follow_receivers and not listeners.wants(out.interface, out.group, address):
+                notes.append(f"output[{i}] {out.interface} has no receivers for {out.group}")
                 continue
             if not olink.carrier:
                 # sends still succeed (the kernel drops them at the device), so nothing else would show it

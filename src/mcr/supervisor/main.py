@@ -24,6 +24,9 @@ from mcr.kernel.engine import KernelRelay, OutputEntry
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
+from mcr.membership.querier import Listeners
+from mcr.membership.settings import MembershipSettings
+from mcr.membership.wire import Family
 from mcr.model.config import Config, ConfigDialect, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
@@ -43,6 +46,8 @@ from mcr.protocol.control import (
     KernelStatusResponse,
     LoadConfig,
     LogLevelsResponse,
+    MembershipGroups,
+    QuerierStates,
     Query,
     RemoveRule,
     RemoveRuleByName,
@@ -52,6 +57,7 @@ from mcr.protocol.control import (
     SaveConfig,
     SetFacilityLogLevel,
     SetGlobalLogLevel,
+    SetQuerier,
     Stats,
     Success,
     Version,
@@ -92,6 +98,7 @@ from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.msdp import MsdpService, local_sources
 from mcr.supervisor.notify import Notifier
 from mcr.supervisor.pim import PimService, merge_pim_outputs
+from mcr.supervisor.queriers import Queriers
 from mcr.supervisor.state import StateError, load_state, save_state, write_atomically
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
@@ -181,13 +188,21 @@ class Supervisor:
         self.kernel: KernelRelay | None = None
         self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
+        file = self.config_file
+        self.listeners = Listeners()
+        self.queriers = Queriers(
+            self.loop,
+            file.igmp if file is not None else MembershipSettings(),
+            file.mld if file is not None else MembershipSettings(),
+            self.on_membership,
+        )
         self.pim = PimService(self.loop, self.on_pim_routes, self.on_registered_sources)
         self.pim6 = PimService(self.loop, self.on_pim_routes, family=6)  # the same interfaces, over IPv6
         self.pim6.rps = self.pim.rps  # one RP table for both families
-        self.msdp = MsdpService(self.loop, self.on_msdp_sources, self.config_file.msdp if self.config_file else None)
-        if self.config_file is not None:
-            self.pim.configure(self.config_file.pim)
-            self.pim6.configure(self.config_file.pim)
+        self.msdp = MsdpService(self.loop, self.on_msdp_sources, file.msdp if file else None)
+        if file is not None:
+            self.pim.configure(file.pim)
+            self.pim6.configure(file.pim)
 
     # --------------------------------------------------------------------------- kernel engine
 
@@ -311,6 +326,9 @@ class Supervisor:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
             old = self.config_file
+            if (new.igmp, new.mld) != (old.igmp, old.mld):
+                self.queriers.configure(new.igmp, new.mld)
+                log.info("reload of %s: querier settings applied", path)
             if (new.settings, new.limits) != (old.settings, old.limits):
                 what = "multicast_ttl" if new.dialect is ConfigDialect.JSON5 else "[supervisor] and [limits]"
                 log.warning("reload of %s: %s changes take effect at the next start", path, what)
@@ -422,11 +440,14 @@ class Supervisor:
             flows=self.stats.flow_stats(self.table.rules.values()),
             rules=self.rule_views(),
             workers=self.workers_info(),
+            queriers=tuple(self.queriers.views()),
+            groups=tuple(self.queriers.groups(Family.IPV4) + self.queriers.groups(Family.IPV6)),
             kernel=self.kernel_status(),
             routing=self.routing_counters(),
         )
 
     async def shutdown(self) -> None:
+        self.queriers.close()
         await self.control.stop()
         if self.metrics is not None:
             self.metrics.stop()
@@ -583,7 +604,14 @@ class Supervisor:
     def resolve(self) -> Resolution:
         rules = merge_pim_outputs(self.table.rules.values(), self.pim.joins, self.pim.asserts)
         rules = merge_pim_outputs(rules, self.pim6.joins, self.pim6.asserts)
-        return resolve(rules, self.links, self.kernel_outputs(), self.stats.since, self.config.multicast_ttl)
+        return resolve(
+            rules,
+            self.links,
+            self.kernel_outputs(),
+            self.stats.since,
+            self.config.multicast_ttl,
+            self.listeners,
+        )
 
     def advertise_local_sources(self) -> None:
         """MSDP originates SAs for the rules' single sources in groups whose RP is one of our addresses, and
@@ -657,6 +685,14 @@ class Supervisor:
         self.sync_state.on_apply(before, self.resolution, self.generation)
         self.advertise_local_sources()
         self.on_msdp_sources()
+        self.queriers.follow(
+            {
+                (out.interface, Family.IPV4 if out.group.version == 4 else Family.IPV6)
+                for rule in self.table.rules.values()
+                for out in rule.outputs
+                if out.follow_receivers
+            }
+        )
         self.memberships.reconcile(self.resolution.memberships)
         self.sync_kernel(self.resolution)
         for handle in self.workers:
@@ -679,8 +715,15 @@ class Supervisor:
                 return False
         return True
 
+    def on_membership(self) -> None:
+        """A group's receivers changed on some interface: outputs that follow receivers start or stop."""
+        self.listeners = Listeners.of(self.queriers.groups(Family.IPV4) + self.queriers.groups(Family.IPV6))
+        if self.resolve() != self.resolution:
+            self.apply()
+
     def on_links(self, links: dict[str, Link]) -> None:
         self.links = links
+        self.queriers.on_links(links)
         self.pim.on_links(links)
         self.pim6.on_links(links)
         self.advertise_local_sources()  # an address of ours may be an RP's
@@ -775,6 +818,16 @@ class Supervisor:
                 return Version(VersionInfo(__version__, PROTOCOL_VERSION))
             case Query.GET_CONFIG:
                 return ConfigResponse(self.config_view())
+            case Query.GET_IGMP_GROUPS:
+                return MembershipGroups(Family.IPV4, tuple(self.queriers.groups(Family.IPV4)))
+            case Query.GET_MLD_GROUPS:
+                return MembershipGroups(Family.IPV6, tuple(self.queriers.groups(Family.IPV6)))
+            case Query.GET_QUERIERS:
+                return QuerierStates(tuple(self.queriers.views()))
+            case SetQuerier():
+                text = self.queriers.set_querier(req.family, req.interface, req.enabled)
+                log.info("%s", text)
+                return Success(text)
             case Query.GET_LOG_LEVELS:
                 return LogLevelsResponse(
                     LogLevels(self.global_level.name, {f.name: s.name for f, s in self.overrides.items()})

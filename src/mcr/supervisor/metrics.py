@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from mcr import __version__
+from mcr.membership.querier import GroupView, QuerierView
 from mcr.model.errors import ConfigError
 from mcr.model.status import FlowStats, KernelStatus, RuleView, WorkerInfo
 
@@ -27,6 +28,8 @@ class Snapshot:
     flows: tuple[FlowStats, ...] = ()
     rules: tuple[RuleView, ...] = ()
     workers: tuple[WorkerInfo, ...] = ()
+    queriers: tuple[QuerierView, ...] = ()
+    groups: tuple[GroupView, ...] = ()
     kernel: KernelStatus | None = None
     routing: tuple[tuple[str, int], ...] = ()  # `pim.rx_hello`, `msdp.sa_received`, ... (GetRoutingCounters)
 
@@ -36,6 +39,28 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--metrics-addr must be HOST:PORT (e.g. 127.0.0.1:9431), got '{text}'")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def membership_families(snap: Snapshot) -> Iterator[Metric]:
+    """The queriers: role, membership table size, and their counters (queries sent, reports by version, leaves,
+    packets dropped by reason)."""
+    labels = ["interface", "protocol"]
+    role = GaugeMetricFamily("mcr_querier_is_querier", "1 when this relay is the elected querier", labels=labels)
+    groups = GaugeMetricFamily("mcr_membership_groups", "Groups with receivers on an interface", labels=labels)
+    events = CounterMetricFamily(
+        "mcr_membership_messages", "Membership messages sent, received and dropped, by kind", labels=[*labels, "kind"]
+    )
+    sizes: dict[tuple[str, str], int] = {}
+    for g in snap.groups:
+        key = (g.interface, g.family.protocol)
+        sizes[key] = sizes.get(key, 0) + 1
+    for q in snap.queriers:
+        key = (q.interface, q.family.protocol)
+        role.add_metric(list(key), int(q.is_querier))
+        groups.add_metric(list(key), sizes.get(key, 0))
+        for kind, n in sorted(q.counters.items()):
+            events.add_metric([*key, kind], n)
+    yield from (role, groups, events)
 
 
 def metric_families(snap: Snapshot) -> Iterator[Metric]:
@@ -113,6 +138,7 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         for reason, n in sorted(w.drops.items()):
             worker_drops.add_metric([str(w.worker_id), reason], n)
     yield from (restarts, up, kernel_packets, kernel_drops, ring_resyncs, worker_drops, pipe_errors)
+    yield from membership_families(snap)
     if snap.kernel is not None:
         yield from _kernel_families(snap.kernel)
     if snap.routing:

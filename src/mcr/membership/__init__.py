@@ -1,0 +1,1 @@
+"""Group membership (IGMP and MLD): wire codecs and the querier/membership state machine, both pure."""
