@@ -258,7 +258,7 @@ ORIGINAL_CONFIG = """\
     {{ name: "moving", input: {{ interface: "rin", group: "239.1.1.2", port: 5002 }},
        outputs: [ {{ group: "239.2.2.3", port: {port}, interface: "rout" }}, ] }},
   ],
-  msdp: {{ enabled: true, peers: [ {{ address: "10.9.9.9" }} ] }},
+  control_plane: {{ rpf_provider: "static" }},
   flavour: "vanilla",
 }}
 """
@@ -276,7 +276,7 @@ def test_the_originals_json5_config_loads_and_reloads_hitlessly(lab: Lab, workdi
         ]
         log = relay.log()
         assert "unknown key 'flavour' ignored" in log, log
-        assert "section 'msdp' accepted but not served: MSDP is not implemented" in log, log
+        assert "section 'control_plane' accepted but not served: the control-plane integration" in log, log
         checked = relay.ctl("config", "check", str(config))
         assert checked.stdout.strip() == f"{config}: OK, 2 rules (JSON5, the original's format)"
         assert "unknown key 'flavour'" in checked.stderr
