@@ -32,6 +32,7 @@ KEEPALIVE_PERIOD = 60.0
 HOLD_TIME = 75.0
 SA_ADVERTISEMENT_PERIOD = 60.0
 SG_STATE_PERIOD = 90.0
+MAX_SA_CACHE = 50_000  # learned (S,G,RP) entries: what a peer announces beyond that is counted, not kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class _Local:
 class Counters:
     rejected_connections: int = 0
     sa_cache_expired: int = 0
+    sa_cache_full: int = 0
 
 
 class Msdp:
@@ -233,6 +235,9 @@ class Msdp:
         for e in entries:
             key = (e.source, e.group, msg.rp)
             old = self._cache.get(key)
+            if old is None and len(self._cache) >= MAX_SA_CACHE:
+                self.counters.sa_cache_full += 1
+                continue
             self.cache_version += old is None
             created = old.created_at if old is not None else now
             self._cache[key] = SaCacheEntry(e.source, e.group, msg.rp, address, created, now + SG_STATE_PERIOD)

@@ -22,6 +22,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from mcr.routing.pim_wire import IPAddress, JoinPrune
 
 JP_OVERRIDE_INTERVAL = 3.0  # seconds: Effective_Override_Interval with the default propagation delay
+MAX_ENTRIES = 8192  # (*,G), (S,G) and (S,G,rpt) entries together: more (a flood of Joins) are counted, not kept
 
 
 class EntryType(Enum):
@@ -63,6 +64,7 @@ class JoinState:
         self._rpt_prunes: dict[Key, _Entry] = {}  # (S,G,rpt): interfaces where S is pruned off the shared tree
         self.ignored = 0  # Join/Prunes for another upstream neighbour
         self.rp_mismatch = 0  # (*,G) entries naming another RP than ours
+        self.table_full = 0  # Joins for new entries beyond MAX_ENTRIES
 
     # ------------------------------------------------------------------------------------------- events
 
@@ -118,8 +120,8 @@ class JoinState:
                     state.prune_pending_until = None
         return False
 
-    @staticmethod
     def _join(
+        self,
         table: dict[Key, _Entry],
         key: Key,
         interface: str,
@@ -127,6 +129,9 @@ class JoinState:
         now: float,
         rp: IPAddress | None = None,
     ) -> None:
+        if key not in table and len(self._joins) + len(self._rpt_prunes) >= MAX_ENTRIES:
+            self.table_full += 1
+            return
         entry = table.setdefault(key, _Entry(now, {}, rp))
         if rp is not None:
             entry.rp = rp

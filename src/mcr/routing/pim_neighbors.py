@@ -16,6 +16,7 @@ from mcr.routing.pim_wire import DEFAULT_HELLO_PERIOD, Hello, IPAddress
 HOLDTIME_INFINITE = 0xFFFF  # a neighbour that never times out (RFC 7761 §4.9.2)
 TRIGGERED_HELLO_DELAY = 5.0  # seconds; the shell draws a delay in [0, this)
 DEFAULT_DR_PRIORITY = 1
+MAX_NEIGHBORS = 256  # per interface: Hellos from more sources (a flood) are counted, not kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class PimNeighbors:
 
     def __init__(self) -> None:
         self._interfaces: dict[str, _Interface] = {}
+        self.table_full = 0  # Hellos from a new neighbour on an interface that has MAX_NEIGHBORS already
 
     # ---------------------------------------------------------------------------------------- queries
 
@@ -184,6 +186,9 @@ class PimNeighbors:
                 return []
             del i.neighbors[source]
             return [NeighborDown(old, DownReason.GOODBYE), *self._elect(i)]
+        if old is None and len(i.neighbors) >= MAX_NEIGHBORS:
+            self.table_full += 1
+            return []
         expires = None if holdtime == HOLDTIME_INFINITE else now + holdtime
         actions: list[Action] = []
         up_since = now if old is None else old.up_since

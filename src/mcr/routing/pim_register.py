@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv6Address
 from mcr.routing.pim_wire import EncodedGroup, IPAddress, Register, RegisterStop
 
 KEEPALIVE_PERIOD = 210.0
+MAX_SOURCES = 4096  # registered sources kept at once; more are still stopped, and counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class RpRegisters:
         self._sources: dict[tuple[IPAddress, IPAddress], RegisteredSource] = {}
         self.bad = 0  # Registers whose inner packet is not IP to a group
         self.not_rp = 0  # Registers for groups we are not the RP of
+        self.table_full = 0  # new sources beyond MAX_SOURCES
 
     def on_register(
         self, dr: IPAddress, reg: Register, rp: IPAddress | None, ours: frozenset[IPAddress], now: float
@@ -62,6 +64,9 @@ class RpRegisters:
             return stop, False
         key = (source, group)
         new = key not in self._sources
+        if new and len(self._sources) >= MAX_SOURCES:
+            self.table_full += 1
+            return stop, False
         self._sources[key] = RegisteredSource(source, group, dr, rp, now + KEEPALIVE_PERIOD)
         return stop, new
 

@@ -637,12 +637,16 @@ class Supervisor:
             "pim.register_bad": pim.registers.bad,
             "pim.neighbors": len(pim.core.neighbors()),
             "pim.asserts_lost": len(pim.asserts.lost()),
+            "pim.neighbors_table_full": pim.core.table_full + self.pim6.core.table_full,
+            "pim.joins_table_full": pim.joins.table_full + self.pim6.joins.table_full,
+            "pim.registers_table_full": pim.registers.table_full,
         }
         counters |= {f"msdp.{k}": v for k, v in msdp.counters.items()}
         peers = msdp.core.peers.values()
         counters |= {
             "msdp.rejected_connections": msdp.core.counters.rejected_connections,
             "msdp.sa_cache_expired": msdp.core.counters.sa_cache_expired,
+            "msdp.sa_cache_full": msdp.core.counters.sa_cache_full,
             "msdp.rpf_failures": sum(p.rpf_failures for p in peers),
             "msdp.sa_received": sum(p.sa_received for p in peers),
             "msdp.sa_sent": sum(p.sa_sent for p in peers),
