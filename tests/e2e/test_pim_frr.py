@@ -444,8 +444,20 @@ def test_the_originals_mcrctl_drives_our_pim_and_msdp(link: Link) -> None:
     assert [(n["address"], n["interface"], n["is_dr"], n["source"]) for n in theirs] == [
         (THEIRS, OUR_IF, False, "PimHello")  # our priority 5 beats FRR's 1: we are DR
     ]
-    assert run("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", OURS) == {
-        "Success": f"Static RP {OURS} set for 239.0.0.0/8"
+    refused = link.lab.run(
+        None,
+        str(mcrctl),
+        "--socket-path",
+        str(link.sup.socket_path),
+        "pim",
+        "set-rp-address",
+        "--address",
+        "10.9.9.9",
+        check=False,
+    )
+    assert "10.9.9.9 is not an address of this router" in refused.stdout
+    assert run("pim", "set-rp-address", "--address", OURS) == {
+        "Success": f"This router is the RP at {OURS} for 224.0.0.0/4 (more specific static RPs win)"
     }
     link.sup.ctl(
         "add",

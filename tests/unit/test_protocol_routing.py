@@ -220,3 +220,14 @@ def test_pim_interfaces_shape_cli_and_table() -> None:
     console.print(render_pim_interfaces(resp.interfaces))
     text = console.export_text()
     assert "10.0.0.1 (us)" in text and "waiting" in text and "0x00000007" in text
+
+
+def test_set_rp_address() -> None:
+    from mcr.protocol.routing import SetRpAddress
+
+    req = SetRpAddress(IPv4Address("10.0.0.1"))
+    assert decode_request(b'{"SetRpAddress": {"address": "10.0.0.1"}}') == req
+    assert decode_request(encode_request(req)) == req and not is_read_only(req)
+    with pytest.raises(ProtocolError, match="not a unicast peer address"):
+        decode_request(b'{"SetRpAddress": {"address": "239.0.0.1"}}')
+    assert parse_invocation(["pim", "set-rp-address", "--address", "10.0.0.1"], {}).request == req

@@ -81,6 +81,7 @@ from mcr.protocol.routing import (
     EnablePim,
     RemoveMsdpPeer,
     RoutingQuery,
+    SetRpAddress,
     SetStaticRp,
 )
 from mcr.routing.config import MAX_DR_PRIORITY, MAX_HELLO_PERIOD, MIN_HELLO_PERIOD
@@ -469,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     set_rp.set_defaults(usage_error=set_rp.error)
     set_rp.add_argument("--group", required=True, type=_group_prefix, metavar="PREFIX", help="e.g. 239.1.0.0/16")
     set_rp.add_argument("--rp", required=True, type=_unicast, metavar="ADDRESS", help="the RP's address")
+    set_rp_address = pim_actions.add_parser(
+        "set-rp-address", help="make this router the RP for 224.0.0.0/4 at one of its addresses", parents=[common]
+    )
+    set_rp_address.set_defaults(usage_error=set_rp_address.error)
+    set_rp_address.add_argument("--address", required=True, type=_peer_address, metavar="IP", help="a local address")
     command("mroute", "the multicast routing table: static rules and PIM (*,G) and (S,G) state")
 
     msdp = command("msdp", "MSDP: peers and the SA cache")
@@ -571,6 +577,8 @@ def _request(args: argparse.Namespace) -> Request:
             return RoutingQuery.GET_ROUTING_COUNTERS
         if args.pim_command == "interfaces":
             return RoutingQuery.GET_PIM_INTERFACES
+        if args.pim_command == "set-rp-address":
+            return SetRpAddress(args.address)
         if args.pim_command == "set-rp":
             if args.rp.version != args.group.version:
                 fail(f"argument --rp: {args.rp} is not of the family of {args.group}")

@@ -70,6 +70,7 @@ from mcr.protocol.routing import (
     RoutingQuery,
     RoutingRequest,
     RoutingResponse,
+    SetRpAddress,
     SetStaticRp,
     decode_routing_response,
     decode_routing_struct,
@@ -532,7 +533,15 @@ def encode_request(req: Request) -> bytes:
             doc = {"SetFacilityLogLevel": {"facility": req.facility.name, "level": req.level.name}}
         case SetQuerier():
             doc = {req.command: {"interface": req.interface}}
-        case RoutingQuery() | EnablePim() | DisablePim() | SetStaticRp() | AddMsdpPeer() | RemoveMsdpPeer():
+        case (
+            RoutingQuery()
+            | EnablePim()
+            | DisablePim()
+            | SetStaticRp()
+            | SetRpAddress()
+            | AddMsdpPeer()
+            | RemoveMsdpPeer()
+        ):
             doc = encode_routing_request(req)
         case _:
             assert_never(req)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 NOT_SERVED: dict[str, str] = {
     **dict.fromkeys(
         (
-            "SetRpAddress",
             "AddExternalNeighbor",
             "RemoveExternalNeighbor",
             "ListExternalNeighbors",

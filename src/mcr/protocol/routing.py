@@ -72,8 +72,23 @@ class RemoveMsdpPeer:
     address: IPv4Address
 
 
-RoutingRequest = RoutingQuery | EnablePim | DisablePim | SetStaticRp | AddMsdpPeer | RemoveMsdpPeer
-ROUTING_STRUCT_COMMANDS = ("EnablePim", "DisablePim", "SetStaticRp", "AddMsdpPeer", "RemoveMsdpPeer")
+@dataclass(frozen=True, slots=True)
+class SetRpAddress:
+    """Make this router the RP (at one of its own addresses) for every group that no more specific static RP
+    maps elsewhere: a static RP for 224.0.0.0/4 at `address`."""
+
+    address: IPv4Address
+
+
+RoutingRequest = RoutingQuery | EnablePim | DisablePim | SetStaticRp | SetRpAddress | AddMsdpPeer | RemoveMsdpPeer
+ROUTING_STRUCT_COMMANDS = (
+    "EnablePim",
+    "DisablePim",
+    "SetStaticRp",
+    "SetRpAddress",
+    "AddMsdpPeer",
+    "RemoveMsdpPeer",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +303,9 @@ def decode_routing_struct(name: str, body: object) -> RoutingRequest:
     if name == "RemoveMsdpPeer":
         f = _fields(name, body, frozenset({"address"}), frozenset({"address"}))
         return RemoveMsdpPeer(_ipv4(name, f, "address"))
+    if name == "SetRpAddress":
+        f = _fields(name, body, frozenset({"address"}), frozenset({"address"}))
+        return SetRpAddress(_ipv4(name, f, "address"))
     raise ProtocolError(f"unknown command '{name}'")
 
 
@@ -316,6 +334,8 @@ def encode_routing_request(req: RoutingRequest) -> object:
             }
         case RemoveMsdpPeer():
             return {"RemoveMsdpPeer": {"address": str(req.address)}}
+        case SetRpAddress():
+            return {"SetRpAddress": {"address": str(req.address)}}
         case _:
             assert_never(req)
 

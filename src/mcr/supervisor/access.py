@@ -44,6 +44,7 @@ from mcr.protocol.routing import (
     EnablePim,
     RemoveMsdpPeer,
     RoutingQuery,
+    SetRpAddress,
     SetStaticRp,
     is_routing_read_only,
 )
@@ -80,6 +81,7 @@ def request_name(req: Request) -> str:
             | EnablePim()
             | DisablePim()
             | SetStaticRp()
+            | SetRpAddress()
             | AddMsdpPeer()
             | RemoveMsdpPeer()
         ):
@@ -111,6 +113,7 @@ def is_read_only(req: Request) -> bool:
             | EnablePim()
             | DisablePim()
             | SetStaticRp()
+            | SetRpAddress()
             | AddMsdpPeer()
             | RemoveMsdpPeer()
         ):

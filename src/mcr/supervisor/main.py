@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -76,6 +76,7 @@ from mcr.protocol.routing import (
     RemoveMsdpPeer,
     RoutingCounters,
     RoutingQuery,
+    SetRpAddress,
     SetStaticRp,
 )
 from mcr.protocol.worker import (
@@ -851,6 +852,15 @@ class Supervisor:
                 self.pim6.set_static_rp(req)
                 self.advertise_local_sources()  # we may have become (or stopped being) the RP of a source's group
                 return Success(text)
+            case SetRpAddress():
+                ours = {a for link in self.links.values() for a in link.ipv4}
+                if req.address not in ours:
+                    return Error(f"{req.address} is not an address of this router; an RP address must be local")
+                all_groups = SetStaticRp(ip_network("224.0.0.0/4"), req.address)
+                self.pim.set_static_rp(all_groups)
+                self.pim6.set_static_rp(all_groups)
+                self.advertise_local_sources()
+                return Success(f"This router is the RP at {req.address} for 224.0.0.0/4 (more specific static RPs win)")
             case RoutingQuery.GET_MROUTE:
                 rules = self.table.rules.values()
                 return Mroutes(self.pim.mroutes(rules) + self.pim6.mroutes(rules, static=False))
