@@ -342,3 +342,22 @@ def alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def saved_rule_ids(snapshot: str, journal: str = "") -> list[str]:
+    """The rule ids a state file holds, read as operations.md describes it: the snapshot's rules, then the
+    journal's records (`{"add": rule}`, `{"remove": id}`, one per line) in order."""
+    ids = [r["rule_id"] for r in json.loads(snapshot)["rules"]] if snapshot else []
+    for line in journal.splitlines():
+        record = json.loads(line)
+        if "add" in record:
+            ids = [i for i in ids if i != record["add"]["rule_id"]] + [record["add"]["rule_id"]]
+        else:
+            ids = [i for i in ids if i != record["remove"]]
+    return ids
+
+
+def read_state(path: Path) -> list[str]:
+    """`saved_rule_ids` of the state file at `path` and its journal (either may be missing)."""
+    journal = path.with_name(path.name + ".journal")
+    return saved_rule_ids(path.read_text() if path.exists() else "", journal.read_text() if journal.exists() else "")

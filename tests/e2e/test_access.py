@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mcr.lab import Lab
-from tests.e2e.harness import Relay, exchange_as, mcr, raw_exchange, wait_for
+from tests.e2e.harness import Relay, exchange_as, mcr, raw_exchange, read_state, wait_for
 
 STRANGER = 4242  # a user in no group the supervisor knows
 READER = 4343  # the read-only group
@@ -281,7 +281,7 @@ def test_state_over_a_lowered_limit_is_kept_and_new_rules_refused(lab: Lab, work
         assert "the restored rules are over the limits: 3 rules (max_rules = 2); all are kept" in relay.log()
         refused = relay.add("r9", "239.2.2.2:6009:rout", port=5009, check=False)
         assert "Rule rejected: rule limit reached (max_rules = 2)" in refused.stderr
-        assert [r["rule_id"] for r in json.loads(state.read_text())["rules"]] == ["r0", "r1", "r2"]
+        assert read_state(state) == ["r0", "r1", "r2"]
         relay.ctl("remove", "--rule-id", "r0")
         relay.ctl("remove", "--rule-id", "r1")
         relay.add("r9", "239.2.2.2:6009:rout", port=5009)  # under the limit again

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from mcr.lab import SRC_IP, Lab
-from tests.e2e.harness import Relay, alive, mcr, send, start_sink, wait_for
+from tests.e2e.harness import Relay, alive, mcr, saved_rule_ids, send, start_sink, wait_for
 
 
 def _start_generator(
@@ -300,13 +300,16 @@ def test_full_disk_refuses_the_change_and_keeps_the_state(lab: Lab, workdir: Pat
         assert removal.returncode == 1 and "Rule kept not removed: cannot save state" in removal.stderr
         assert [r["rule_id"] for r in relay.rules()] == ["kept"], "nothing lost, nothing half-added"
         assert inside("cat", str(state)).stdout == saved, "the previous state file is intact"
-        assert inside("ls", "-A", str(state_dir)).stdout.split() == ["filler", "rules.json"], "no temp file left"
+        listed = inside("ls", "-A", str(state_dir)).stdout.split()
+        assert listed == ["filler", "rules.json", "rules.json.journal"], "no temp file left"
+        assert inside("cat", f"{state}.journal").stdout == "", "no half record left in the journal"
         sink = start_sink(lab, workdir, "239.2.2.2", "6001", expect=500)
         send(lab, count=500, rate=5000)
         assert sink.result()["received"] == 500, "forwarding is untouched by the full disk"
 
         inside("rm", f"{state_dir}/filler")
         relay.add("new", "239.2.2.3:6002:rout", group="239.1.1.2", port=5002)
-        assert [r["rule_id"] for r in json.loads(inside("cat", str(state)).stdout)["rules"]] == ["kept", "new"]
+        journal = inside("cat", f"{state}.journal").stdout
+        assert saved_rule_ids(inside("cat", str(state)).stdout, journal) == ["kept", "new"]
     finally:
         relay.stop()

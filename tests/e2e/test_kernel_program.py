@@ -891,6 +891,25 @@ def test_an_output_position_sending_elsewhere_starts_the_slot_from_zero(engine: 
     assert counted() == (0, [0, 0])
 
 
+def test_a_reused_slot_shows_none_of_its_earlier_rules_counts(engine: Any) -> None:
+    """A rule put in a freed slot zeroes only the output counters the slot's earlier rules used: none of their
+    counts shows, not even on outputs the new rule gains later."""
+    from mcr.kernel import bpf
+
+    g, n = IPv4Address("239.1.1.1"), bpf.possible_cpus()
+    per_cpu_sum = n * (n + 1) // 2
+    engine.set_rule(0, 7, g, 5001, _outs(3))
+    _fake_traffic(engine, 0, 3)
+    engine.remove_rule(0)
+    engine.set_rule(0, 8, g, 5002, _outs(1))
+    assert [o.packets for o in engine.counters().rules[0].outputs] == [0]
+    engine.set_rule(0, 8, g, 5002, _outs(3))  # grown in place: the new positions were zeroed when reused
+    c = engine.counters().rules[0]
+    assert (c.packets, [o.packets for o in c.outputs]) == (0, [0, 0, 0])
+    _fake_traffic(engine, 0, 3)
+    assert [o.packets for o in engine.counters().rules[0].outputs] == [per_cpu_sum] * 3
+
+
 def test_engine_ipv6_rules_use_their_own_maps(engine: Any) -> None:
     from mcr.kernel import bpf
     from mcr.kernel.engine import OutputEntry

@@ -137,13 +137,17 @@ def _check_thousand(lab: Lab, relay: Relay) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_1000_rules_through_the_control_socket(lab: Lab, workdir: Path, relay: Relay) -> None:
-    """Every change resolves and pushes the whole rule set (and rewrites the state file), so adding the n-th rule
-    costs O(n): about 0.2 s of CPU at 1000 rules, 1-2 minutes for all of them on a quiet 2-core machine."""
-    for i in range(1000):
-        reply = relay.request(add_rule(i, 7000 + i))
-        assert reply == {"Success": f"Rule load-{i:04d} added"}, reply
-    _check_thousand(lab, relay)
+def test_1000_rules_through_the_control_socket(lab: Lab, workdir: Path) -> None:
+    """Each change touches only the rule it names (an Update to the worker, one journal line), so the 1000th add
+    costs what the first did (bench/scale.py measures it up to 10,000 rules). The limit is set to 1000 here."""
+    relay = Relay(lab, workdir, extra=["--engine", "userspace", "--max-rules", "1000"]).start()
+    try:
+        for i in range(1000):
+            reply = relay.request(add_rule(i, 7000 + i))
+            assert reply == {"Success": f"Rule load-{i:04d} added"}, reply
+        _check_thousand(lab, relay)
+    finally:
+        relay.stop()
 
 
 def test_1000_rules_from_a_config_file(lab: Lab, workdir: Path) -> None:
@@ -151,7 +155,7 @@ def test_1000_rules_from_a_config_file(lab: Lab, workdir: Path) -> None:
     output is a socket in every worker, so the relay must raise its soft limit to the hard one."""
     config = workdir / "thousand.toml"
     config.write_text(config_text(1000))
-    extra = ["--config", str(config), "--engine", "userspace"]
+    extra = ["--config", str(config), "--engine", "userspace", "--max-rules", "1000"]
     notify = NotifyListener(workdir)  # as systemd: READY only once the worker has all 1000 rules
     relay = Relay(lab, workdir, wrap=["prlimit", "--nofile=512:"], extra=extra, env=notify.env)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 from mcr.lab import SRC_IP, Lab
-from tests.e2e.harness import Relay, mcr, send, start_sink, wait_for
+from tests.e2e.harness import Relay, mcr, read_state, send, start_sink, wait_for
 
 CONFIG = """
 [supervisor]
@@ -50,7 +49,7 @@ def test_rules_survive_restarts_with_their_ids(lab: Lab, workdir: Path) -> None:
             "239.2.2.9:7001:rout",
         )
         before = relay.rules()
-        assert json.loads(state.read_text())["version"] == 1
+        assert read_state(state) == [r["rule_id"] for r in before]
         assert relay.proc is not None
         relay.proc.send_signal(signal.SIGKILL)
         relay.proc.wait(10)
@@ -76,7 +75,7 @@ def test_corrupt_state_file_is_kept_aside(lab: Lab, workdir: Path) -> None:
         assert len(aside) == 1 and aside[0].read_text() == "{ not json"
         assert "is unusable" in relay.log() and str(aside[0]) in relay.log()
         relay.add("fresh", "239.2.2.2:6001:rout")
-        assert [r["rule_id"] for r in json.loads(state.read_text())["rules"]] == ["fresh"]
+        assert read_state(state) == ["fresh"]
     finally:
         relay.stop()
 
@@ -319,14 +318,14 @@ def test_config_save_makes_the_running_rules_the_files(lab: Lab, workdir: Path) 
     try:
         relay.ctl("add", "--rule-id", "rt", "--name", "runtime-one", "--input-interface", "rin", "--input-group",
                   "239.1.1.9", "--input-port", "5009", "--outputs", "239.2.2.9:6009:rout")  # fmt: skip
-        assert [r["rule_id"] for r in json.loads(state.read_text())["rules"]] == ["rt"]
+        assert read_state(state) == ["rt"]
         saved = relay.json("config", "save")
         assert saved == {"Success": f"Configuration saved to {config}"}
         # the file now holds every rule (ids kept), the state file none: a restart or reload finds each once
         on_disk = parse_json5(config.read_text())
         assert [r.get("name") for r in on_disk["rules"]] == ["steady", "moving", "runtime-one"]
         assert on_disk["msdp"]["peers"] == [{"address": "10.9.9.9"}] and on_disk["multicast_ttl"] == 2
-        assert json.loads(state.read_text())["rules"] == []
+        assert read_state(state) == []
         assert {r["rule_id"]: r["origin"] for r in relay.rules()}["rt"] == "config"
         assert relay.proc is not None
         relay.proc.send_signal(signal.SIGHUP)

@@ -25,17 +25,6 @@ GROUP, PORT = IPv4Address("239.1.2.3"), 5001  # the flow structured_frames build
 FIRST = 48  # where the block's first frame header starts
 
 
-class Recorded:
-    """A send batch that keeps (payload offset in the block, length) instead of sending."""
-
-    def __init__(self, base: int) -> None:
-        self.base = base
-        self.sent: list[tuple[int, int]] = []
-
-    def set(self, i: int, address: int, length: int) -> None:
-        self.sent.append((address - self.base, length))
-
-
 class OneBlock:
     """The ring interface `drain` uses, over one block that the "kernel" has handed over."""
 
@@ -120,8 +109,7 @@ BOUNDARIES = [
 @given(st.lists(st.tuples(frames, placements), min_size=1, max_size=12))
 def test_the_ring_loop_relays_and_counts_as_the_parser(cases: list[tuple[bytes, tuple[int, int]]]) -> None:
     ring = OneBlock([(raw, mac, TP_STATUS_USER | (TP_STATUS_VLAN_VALID if vlan else 0)) for raw, (mac, vlan) in cases])
-    batch = Recorded(ring.address)
-    slot = RuleSlot(WorkerRule("r", 1, GROUP, PORT, ()), [], batch)
+    slot = RuleSlot(WorkerRule("r", 1, GROUP, PORT, ()), [])
     relayed: list[tuple[int, int]] = []
     drops = [0] * len(DROP_KEYS)
     rule_drops = [0] * len(DROP_KEYS)  # the drops of frames whose (group, port) is the rule's
@@ -140,11 +128,11 @@ def test_the_ring_loop_relays_and_counts_as_the_parser(cases: list[tuple[bytes, 
             relayed.append((mac_at + offset, length))
 
     with data_plane() as plane:
-        flushed: list[int] = []
-        plane.flush = lambda s, lengths: flushed.extend(lengths)  # type: ignore[method-assign]
+        flushed: list[int] = []  # what drain hands to flush: payload address, length, address, length, ...
+        plane.flush = lambda s, entries: flushed.extend(entries)  # type: ignore[method-assign]
         capture = Capture(1, ring, {wire_key(int(GROUP), PORT): slot})  # type: ignore[arg-type]
         assert plane.drain(capture) == len(cases)
-        assert batch.sent == relayed
-        assert flushed == [length for _offset, length in relayed]
+        sent = [(address - ring.address, length) for address, length in zip(flushed[::2], flushed[1::2], strict=True)]
+        assert sent == relayed
         assert plane.drops == drops
         assert slot.drops == rule_drops

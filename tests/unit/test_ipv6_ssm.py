@@ -262,13 +262,6 @@ def test_capture_filter_passes_ipv6_groups_on_any_port_and_keeps_ipv4_exact() ->
 # ----------------------------------------------------------------------------------- worker table, sources
 
 
-class _NoBatch:
-    def set(self, i: int, address: int, length: int) -> None: ...
-
-    def send(self, fd: int, count: int, start: int = 0) -> int:
-        return 0
-
-
 def test_rules_with_sources_split_by_prefix() -> None:
     rules = [
         WorkerRule("any4", 2, IPv4Address("239.1.1.1"), 5000, ()),
@@ -276,7 +269,7 @@ def test_rules_with_sources_split_by_prefix() -> None:
         WorkerRule("b", 2, G6, 5000, (), source=IPv6Network("fd00:200:2::/64")),
         WorkerRule("c", 3, G6, 5001, ()),
     ]
-    slots = [RuleSlot(r, [], _NoBatch()) for r in rules]
+    slots = [RuleSlot(r, []) for r in rules]
     plain, sources = index_rules(slots), index_sources(slots)
     assert set(plain) == {2, 3} and set(plain[2]) == {rule_key(rules[0])}
     split = sources[2][KEY6]

@@ -82,3 +82,25 @@ def test_listen_address(text: str, expected: tuple[str, int]) -> None:
 def test_bad_listen_address(text: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         parse_listen_address(text)
+
+
+def test_a_scrape_takes_a_fresh_snapshot_at_most_once_a_second() -> None:
+    from mcr.supervisor import metrics
+
+    taken: list[int] = []
+
+    def source() -> Snapshot:
+        taken.append(1)
+        if len(taken) == 3:
+            raise TimeoutError("the loop is busy")
+        return Snapshot()
+
+    collector = metrics._SnapshotCollector(source)
+    list(collector.collect())
+    list(collector.collect())
+    assert len(taken) == 1, "a second scrape within FRESH_S is served from the same snapshot"
+    collector.taken -= metrics.FRESH_S
+    list(collector.collect())
+    collector.taken -= metrics.FRESH_S
+    assert list(collector.collect()), "a failed snapshot: the last one is served"
+    assert len(taken) == 3

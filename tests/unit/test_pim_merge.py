@@ -58,3 +58,27 @@ def test_rules_for_any_source_want_the_trees_of_sources_msdp_learned() -> None:
         assert pim.wanted_trees == {Wanted("eth0", G, None), Wanted("eth0", G, other), Wanted("eth1", G, S)}
     finally:
         loop.close()
+
+
+def test_merged_rules_view_adds_pim_outputs_per_rule_and_follows_the_table() -> None:
+    import asyncio
+    from dataclasses import dataclass, field
+
+    from mcr.supervisor.pim import MergedRules, PimService
+
+    @dataclass
+    class Table:
+        rules: dict[str, ForwardingRule] = field(default_factory=dict)
+
+    loop = asyncio.new_event_loop()
+    try:
+        pim = PimService(loop)
+        table = Table({"r": ForwardingRule("r", "eth0", G, 5000, ())})
+        view = MergedRules(table, (pim,))
+        assert view["r"] is table.rules["r"] and list(view) == ["r"] and len(view) == 1  # no PIM state: as is
+        pim.joins = joined(("eth1", STAR))
+        assert [o.interface for o in view["r"].outputs] == ["eth1"]
+        table.rules["s"] = ForwardingRule("s", "eth0", IPv4Address("239.9.9.9"), 1, ())
+        assert view["s"].outputs == () and view.get("nope") is None
+    finally:
+        loop.close()

@@ -5,7 +5,7 @@ import pytest
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
-from mcr.model.rules import Limits, OutputDestination
+from mcr.model.rules import ForwardingRule, Limits, OutputDestination
 from mcr.model.status import RuleState
 from mcr.protocol.control import AddRule
 from mcr.protocol.worker import RuleCounters, StatsReport, WorkerOutput
@@ -294,3 +294,17 @@ def test_config_reload_over_a_limit_names_the_rule_and_changes_nothing() -> None
     with pytest.raises(ValidationError, match=r"^rule 'c1': Rule rejected: rule limit reached \(max_rules = 2\)$"):
         table.replace_config_rules(config)
     assert table.rules == before
+
+
+def test_the_indexed_table_checks_names_across_groups_and_finds_rules_by_name() -> None:
+    out = (OutputDestination(IPv4Address("239.9.9.9"), 6000, "eth1", 1),)
+    table = RuleTable(Limits())
+    table.insert(ForwardingRule("a", "eth0", IPv4Address("239.1.1.1"), 5000, out, name="feed"))
+    other = ForwardingRule("b", "eth0", IPv4Address("239.1.1.2"), 5000, out, name="feed")
+    with pytest.raises(ValidationError, match=r"^Rule rejected: name 'feed' is already used by rule 'a'$"):
+        table.insert(other)
+    assert table.named("feed") is table.rules["a"]
+    table.remove("a")
+    assert table.named("feed") is None
+    table.insert(replace(other, rule_id="c"))
+    assert table.named("feed") is table.rules["c"] and table.index.outputs == 1

@@ -88,7 +88,7 @@ def test_a_changed_rule_is_pending_again() -> None:
     plane = Plane(table_with("a"))
     plane.apply()
     rule = plane.table.rules["a"]
-    plane.table.rules["a"] = replace(rule, outputs=(replace(OUT, port=6001),))
+    plane.table.index.add(replace(rule, outputs=(replace(OUT, port=6001),)))
     plane.apply()
     assert plane.states(1) == {"a": ("pending", PENDING.format(2))}
     assert plane.states(2) == {"a": ("active", "")}
@@ -162,3 +162,44 @@ def test_a_reloaded_rule_counts_from_zero_in_the_stats_book() -> None:
     book.on_report(report(2, 3))
     (flow,) = book.flow_stats(table.rules.values())
     assert (flow.packets_relayed, flow.bytes_relayed, flow.outputs[0].packets_sent) == (3, 30, 3)
+
+
+def test_delta_reports_merge_with_what_the_book_holds() -> None:
+    book = StatsBook()
+    book.track("a", 0)
+    book.track("b", 0)
+    c = RuleCounters
+
+    def rep(rules: tuple[tuple[str, RuleCounters], ...], delta: bool, gone: tuple[str, ...] = ()) -> StatsReport:
+        return StatsReport(0, 100, rules, (), 0, 0, 0, 1, delta=delta, gone=gone)
+
+    book.on_report(rep((("a", c(5, 50, ())), ("b", c(7, 70, ()))), delta=False))
+    book.on_report(rep((("a", c(6, 60, ())),), delta=True))
+    assert (book.totals("a").packets, book.totals("b").packets) == (6, 7), "b is unchanged, so not in the delta"
+    book.on_report(rep((), delta=True, gone=("b",)))
+    assert book.totals("b").packets == 7, "a rule the worker dropped keeps what it had counted"
+    book.on_report(rep((("a", c(2, 20, ())),), delta=True))
+    assert book.totals("a").packets == 8, "counters that went back: the earlier ones are kept"
+
+
+def test_rates_follow_the_rules_that_moved_and_fall_back_to_zero() -> None:
+    book = StatsBook()
+    book.track("a", 0)
+    book.track("b", 0)
+    c = RuleCounters
+
+    def rep(a: int, b: int) -> StatsReport:
+        return StatsReport(0, 100, (("a", c(a, a * 10, ())), ("b", c(b, b * 10, ()))), (), 0, 0, 0, 1)
+
+    book.on_report(rep(0, 0))
+    book.tick({"a", "b"}, 10.0)
+    book.on_report(rep(100, 0))
+    assert book.moved == {"a"}, "b's counters did not change"
+    book.tick({"a", "b"}, 11.0)
+    assert book.rates == {"a": (100.0, 8000.0)}, "b was not looked at: no rate is a rate of zero"
+    book.on_report(rep(100, 0))
+    book.tick({"a", "b"}, 12.0)
+    assert book.rates["a"] == (0.0, 0.0), "a flow that stopped reads zero at the next tick"
+    book.on_report(rep(100, 50))
+    book.tick({"a", "b"}, 14.0)
+    assert book.rates["b"] == (25.0, 2000.0), "over the time since the last tick, when b was last looked at"

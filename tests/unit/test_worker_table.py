@@ -19,14 +19,6 @@ def test_wire_key_is_the_wire_bytes_read_little_endian(group: str, port: int) ->
     assert wire_key_from_flow_key(key) == (dst << 16) | dport
 
 
-class _NoBatch:
-    def set(self, i: int, address: int, length: int) -> None:
-        raise AssertionError
-
-    def send(self, fd: int, count: int, start: int = 0) -> int:
-        raise AssertionError
-
-
 def rule(rule_id: str, ifindex: int, group: str, port: int) -> WorkerRule:
     out = WorkerOutput(0, IPv4Address("239.9.9.9"), 9, 3, IPv4Address("10.0.0.1"), 1)
     return WorkerRule(rule_id, ifindex, IPv4Address(group), port, (out,))
@@ -34,7 +26,7 @@ def rule(rule_id: str, ifindex: int, group: str, port: int) -> WorkerRule:
 
 def test_index_and_filter_groups_per_interface() -> None:
     rules = [rule("a", 2, "239.1.1.1", 1), rule("b", 2, "239.1.1.1", 2), rule("c", 5, "239.1.1.2", 1)]
-    slots = [RuleSlot(r, [], _NoBatch()) for r in rules]
+    slots = [RuleSlot(r, []) for r in rules]
     table = index_rules(slots)
     assert set(table) == {2, 5}
     assert table[2][wire_key(int(IPv4Address("239.1.1.1")), 2)].rule.rule_id == "b"

@@ -159,7 +159,7 @@ def check_igmp(facts: HostFacts, rules: Sequence[RuleView]) -> list[Finding]:
     is not a failure: it is reported as information (how many sockets, and that a single-socket
     receiver on this host would fail). Only a limit of 0 breaks MCR: no join succeeds, so NICs and
     snooping switches never deliver the groups. There is deliberately no "limit x factor" warning: with
-    at most 1000 rules the extra sockets cost nothing, and a warning would fail a healthy host.
+    at most 10,000 rules the extra sockets cost nothing, and a warning would fail a healthy host.
     """
     limit = facts.igmp_max_memberships
     groups: dict[str, set[str]] = {}

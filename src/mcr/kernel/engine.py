@@ -97,6 +97,10 @@ class KernelRelay:
         self._maps: dict[str, int] = {}
         self._links: dict[int, int] = {}
         self._rules: dict[int, _Rule] = {}
+        self._slot_of: dict[tuple[int, IPv4Address | IPv6Address, int], int] = {}  # (ifindex, group, port) -> slot
+        # slot -> how many of its output counters may be non-zero (those past it are zero), so that a rule
+        # put in a slot zeroes what the slot's earlier rules counted, not all max_outputs entries
+        self._dirty: dict[int, int] = {}
         self._groups: dict[tuple[int, IPv4Address | IPv6Address], int] = {}
         self.prog_fd = -1
         try:
@@ -162,18 +166,19 @@ class KernelRelay:
                 raise ValueError(f"output {out.group} is not of the family of {group}: the program cannot change it")
         rules_map = self.map_fd(rule_maps(group.version)[0])
         rule = _Rule(ifindex, group, port, tuple(outputs), rate_limit)
-        for other_slot, other in self._rules.items():
-            if other_slot != slot and (other.ifindex, other.group, other.port) == (ifindex, group, port):
-                raise ValueError(f"slot {other_slot} already relays {group}:{port} on ifindex {ifindex}")
+        other_slot = self._slot_of.get((ifindex, group, port), slot)
+        if other_slot != slot:
+            raise ValueError(f"slot {other_slot} already relays {group}:{port} on ifindex {ifindex}")
         old = self._rules.get(slot)
         if old is not None and (old.ifindex, old.group, old.port) != (ifindex, group, port):
             self.remove_rule(slot)
             old = None
         kept = min(len(outputs), len(old.outputs)) if old is not None else 0
         if old is None or rule.outputs[:kept] != old.outputs[:kept]:
-            self._zero_counters(slot, 0, self.max_outputs)
+            self._zero_counters(slot, 0, self._dirty.get(slot, 0))
         elif len(outputs) < len(old.outputs):  # outputs dropped off the end start from zero if they come back
             self._zero_counters(slot, len(outputs), len(old.outputs), rule=False)
+        self._dirty[slot] = len(outputs)
         base = slot * self.max_outputs
         for i, out in enumerate(outputs):
             bpf.update_elem(self.map_fd(MapName.OUTPUTS), _index(base + i), pack_output(out))
@@ -185,12 +190,14 @@ class KernelRelay:
         if old is None:
             self._ref_group(ifindex, group, +1)
         self._rules[slot] = rule
+        self._slot_of[(ifindex, group, port)] = slot
 
     def remove_rule(self, slot: int) -> None:
         """Stop relaying the rule in `slot`. Its counters are no longer reported: read them first."""
         rule = self._rules.pop(slot, None)
         if rule is None:
             return
+        del self._slot_of[(rule.ifindex, rule.group, rule.port)]
         rules_map = self.map_fd(rule_maps(rule.group.version)[0])
         bpf.delete_elem(rules_map, pack_rule_key(rule.ifindex, rule.group, rule.port))
         self._ref_group(rule.ifindex, rule.group, -1)
@@ -256,6 +263,7 @@ class KernelRelay:
             os.close(fd)
         self._maps.clear()
         self._rules.clear()
+        self._slot_of.clear()
         self._groups.clear()
 
     def __enter__(self) -> KernelRelay:

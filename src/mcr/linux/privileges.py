@@ -94,7 +94,7 @@ def set_parent_death_signal(signum: int) -> None:
 
 def raise_open_file_limit() -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard limit (no privilege needed; children inherit it): every rule
-    output is a socket in every worker, and the usual soft limit of 1024 is below what 1000 rules can need.
+    output is a socket in every worker, and the usual soft limit of 1024 is far below what 10,000 rules can need.
     Returns (before, after)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard

@@ -13,9 +13,9 @@
     state_file = "/var/lib/mcr/rules.json"
 
     [limits]
-    max_rules = 1000
+    max_rules = 10000
     max_outputs_per_rule = 256
-    max_total_outputs = 10000
+    max_total_outputs = 40000
     max_request_bytes = 1048576
     max_connections = 64              # control connections served at once
     max_connection_seconds = 5        # to send a complete request and take the answer
@@ -56,11 +56,11 @@ from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.original_config import OriginalSections, decode_original_config, load_json5
 from mcr.model.ratelimit import decode_rate_limit
 from mcr.model.rules import (
+    FlowIndex,
     ForwardingRule,
     Limits,
     OutputDestination,
     RuleSource,
-    check_rule_fits,
     check_rule_shape,
     generated_rule_id,
     parse_group,
@@ -329,20 +329,20 @@ def parse_toml_config(text: str, path: str) -> Config:
     raw_rules = doc.get("rule", [])
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{path}: 'rule' must be an array of tables ([[rule]])")
-    rules: dict[str, ForwardingRule] = {}
+    rules = FlowIndex()
     for index, item in enumerate(raw_rules):
         rule = _rule(path, index, item)
         try:
             check_rule_shape(rule)
-            check_rule_fits(rule, rules, limits)
+            rules.check_fits(rule, limits)
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
-        rules[rule.rule_id] = rule
+        rules.add(rule)
     return Config(
         path=path,
         settings=settings,
         limits=limits,
-        rules=tuple(rules.values()),
+        rules=tuple(rules.by_id.values()),
         igmp=igmp,
         mld=mld,
         pim=pim,

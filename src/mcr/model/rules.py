@@ -10,6 +10,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from mcr.model.errors import ValidationError
@@ -139,9 +140,9 @@ class Limits:
     file's [limits] table, the rule table and the control server all read them from here.
     """
 
-    max_rules: int = 1000
+    max_rules: int = 10_000  # what one supervisor was measured to carry (docs/benchmarks.md, scale)
     max_outputs_per_rule: int = 256
-    max_total_outputs: int = 10_000
+    max_total_outputs: int = 40_000
     max_request_bytes: int = 1 << 20
     max_connections: int = 64  # control connections served at once
     max_connection_seconds: int = 5  # to send a complete request and take the answer
@@ -381,14 +382,19 @@ def check_rule_unique(rule: ForwardingRule, existing: Mapping[str, ForwardingRul
 
 def check_rule_limits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule], limits: Limits) -> None:
     """Would adding `rule` to `existing` cross a limit? The refusal names it."""
+    check_rule_counts(rule, len(existing), sum(len(r.outputs) for r in existing.values()), limits)
+
+
+def check_rule_counts(rule: ForwardingRule, rules: int, outputs: int, limits: Limits) -> None:
+    """Would adding `rule` to a table of `rules` rules with `outputs` outputs in all cross a limit?"""
     if len(rule.outputs) > limits.max_outputs_per_rule:
         raise ValidationError(
             f"Rule rejected: {len(rule.outputs)} outputs exceed the per-rule output limit "
             f"{limits.named('max_outputs_per_rule')}"
         )
-    if len(existing) >= limits.max_rules:
+    if rules >= limits.max_rules:
         raise ValidationError(f"Rule rejected: rule limit reached {limits.named('max_rules')}")
-    total = sum(len(r.outputs) for r in existing.values()) + len(rule.outputs)
+    total = outputs + len(rule.outputs)
     if total > limits.max_total_outputs:
         raise ValidationError(
             f"Rule rejected: {total} outputs in all would exceed the total output limit "
@@ -400,6 +406,70 @@ def check_rule_fits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule]
     """Checks against the current table: duplicates and every limit."""
     check_rule_unique(rule, existing)
     check_rule_limits(rule, existing, limits)
+
+
+@lru_cache(maxsize=1 << 17)
+def address_text(address: IPAddress) -> str:
+    """`str(address)`, remembered: listing 10,000 rules spent half its time formatting IPv6 addresses."""
+    return str(address)
+
+
+class FlowIndex:
+    """A table's rules by id and by input (interface, group, port), with its output count: the checks of
+    `check_rule_fits` at a cost that does not depend on the size of the table (a rule is compared only
+    with the rules on its own input group and port)."""
+
+    __slots__ = ("by_id", "flows", "names", "outputs")
+
+    def __init__(self, rules: Iterable[ForwardingRule] = ()) -> None:
+        self.by_id: dict[str, ForwardingRule] = {}
+        self.flows: dict[tuple[str, IPAddress, int], dict[str, ForwardingRule]] = {}
+        self.names: dict[str, str] = {}  # rule name -> rule id
+        self.outputs = 0
+        for rule in rules:
+            self.add(rule)
+
+    def add(self, rule: ForwardingRule) -> None:
+        self.discard(rule.rule_id)
+        self.by_id[rule.rule_id] = rule
+        self.flows.setdefault(_flow(rule), {})[rule.rule_id] = rule
+        if rule.name is not None:
+            self.names[rule.name] = rule.rule_id
+        self.outputs += len(rule.outputs)
+
+    def discard(self, rule_id: str) -> None:
+        rule = self.by_id.pop(rule_id, None)
+        if rule is None:
+            return
+        flow = self.flows[_flow(rule)]
+        del flow[rule_id]
+        if not flow:
+            del self.flows[_flow(rule)]
+        if rule.name is not None and self.names.get(rule.name) == rule_id:
+            del self.names[rule.name]
+        self.outputs -= len(rule.outputs)
+
+    def same_flow(self, rule: ForwardingRule) -> Mapping[str, ForwardingRule]:
+        """The rules on `rule`'s input interface, group and port (any source), `rule` itself included."""
+        return self.flows.get(_flow(rule), {})
+
+    def check_unique(self, rule: ForwardingRule) -> None:
+        if rule.rule_id in self.by_id:
+            raise ValidationError(f"Rule rejected: rule_id '{rule.rule_id}' already exists")
+        if rule.name is not None and rule.name in self.names:
+            raise ValidationError(
+                f"Rule rejected: name '{rule.name}' is already used by rule '{self.names[rule.name]}'"
+            )
+        check_rule_unique(rule, self.same_flow(rule))
+
+    def check_fits(self, rule: ForwardingRule, limits: Limits) -> None:
+        """`check_rule_fits` against the indexed rules."""
+        self.check_unique(rule)
+        check_rule_counts(rule, len(self.by_id), self.outputs, limits)
+
+
+def _flow(rule: ForwardingRule) -> tuple[str, IPAddress, int]:
+    return (rule.input_interface, rule.input_group, rule.input_port)
 
 
 def limits_exceeded(rules: Collection[ForwardingRule], limits: Limits) -> list[str]:

@@ -37,6 +37,7 @@ from mcr.model.rules import (
     OutputDestination,
     RuleSource,
     SourcePrefix,
+    address_text,
     parse_group,
     parse_source,
     source_text,
@@ -476,7 +477,7 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
 def _output_json(out: OutputDestination) -> dict[str, object]:
     """An output as both originals read it: `ttl` and `source_ip` only when set (today's original
     omits them then, and reads an absent `ttl` as "the global multicast_ttl")."""
-    doc: dict[str, object] = {"group": str(out.group), "port": out.port, "interface": out.interface}
+    doc: dict[str, object] = {"group": address_text(out.group), "port": out.port, "interface": out.interface}
     if out.ttl is not None:
         doc["ttl"] = out.ttl
     if out.source_ip is not None:
@@ -708,7 +709,7 @@ def encode_rule(r: ForwardingRule) -> dict[str, object]:
     doc.update(
         {
             "input_interface": r.input_interface,
-            "input_group": str(r.input_group),
+            "input_group": address_text(r.input_group),
             "input_port": r.input_port,
             "input_protocol": int(r.input_protocol),
             **_source_fields(r.input_source),

@@ -55,6 +55,19 @@ class Sync:
 
 
 @dataclass(frozen=True, slots=True)
+class Update:
+    """A change to the rule set the worker has: `rules` are added or replace the rule of the same id,
+    `removed` ids are dropped; everything else stays as it is. It takes the worker to `generation`, which
+    it acknowledges like a Sync. The supervisor sends it only to a worker that has every generation before
+    (a worker that starts or restarts gets a whole Sync first), so a change costs the same at 10 rules and
+    at 10,000."""
+
+    generation: int
+    rules: tuple[WorkerRule, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class OpenSockets:
     """Capture sockets for these input interfaces follow as SCM_RIGHTS, in this order."""
 
@@ -77,7 +90,7 @@ class Shutdown:
     pass
 
 
-Command = Sync | OpenSockets | CloseSockets | SetLogLevels | Shutdown
+Command = Sync | Update | OpenSockets | CloseSockets | SetLogLevels | Shutdown
 
 
 # worker -> supervisor
@@ -125,6 +138,14 @@ def encode_command(cmd: Command) -> bytes:
     match cmd:
         case Sync():
             doc = {"Sync": {"generation": cmd.generation, "rules": [_rule_json(r) for r in cmd.rules]}}
+        case Update():
+            doc = {
+                "Update": {
+                    "generation": cmd.generation,
+                    "rules": [_rule_json(r) for r in cmd.rules],
+                    "removed": list(cmd.removed),
+                }
+            }
         case OpenSockets():
             doc = {"OpenSockets": {"ifindexes": list(cmd.ifindexes)}}
         case CloseSockets():
@@ -148,34 +169,46 @@ def _load(data: bytes) -> tuple[str, Any]:
     raise ProtocolError("malformed channel message: expected a string or a one-key object")
 
 
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _decode_rule(r: Any) -> WorkerRule:
+    return WorkerRule(
+        rule_id=str(r["rule_id"]),
+        ifindex=int(r["ifindex"]),
+        group=parse_group(r["group"]),
+        port=int(r["port"]),
+        source=parse_source(r["source"]) if r.get("source") else None,
+        outputs=tuple(
+            WorkerOutput(
+                index=int(o["index"]),
+                group=parse_group(o["group"]),
+                port=int(o["port"]),
+                ifindex=int(o["ifindex"]),
+                source=parse_group(o["source"]),
+                ttl=None if o.get("ttl") is None else int(o["ttl"]),
+            )
+            for o in r["outputs"]
+        ),
+        rate_limit=None if r.get("rate_limit") is None else decode_rate_limit(r["rate_limit"]),
+        epoch=int(r.get("epoch", 0)),
+    )
+
+
 def decode_command(data: bytes) -> Command:
     name, body = _load(data)
     try:
         if name == "Sync":
-            rules = tuple(
-                WorkerRule(
-                    rule_id=str(r["rule_id"]),
-                    ifindex=int(r["ifindex"]),
-                    group=parse_group(r["group"]),
-                    port=int(r["port"]),
-                    source=parse_source(r["source"]) if r.get("source") else None,
-                    outputs=tuple(
-                        WorkerOutput(
-                            index=int(o["index"]),
-                            group=parse_group(o["group"]),
-                            port=int(o["port"]),
-                            ifindex=int(o["ifindex"]),
-                            source=parse_group(o["source"]),
-                            ttl=None if o.get("ttl") is None else int(o["ttl"]),
-                        )
-                        for o in r["outputs"]
-                    ),
-                    rate_limit=None if r.get("rate_limit") is None else decode_rate_limit(r["rate_limit"]),
-                    epoch=int(r.get("epoch", 0)),
-                )
-                for r in body["rules"]
+            return Sync(generation=int(body["generation"]), rules=tuple(_decode_rule(r) for r in body["rules"]))
+        if name == "Update":
+            return Update(
+                generation=int(body["generation"]),
+                rules=tuple(_decode_rule(r) for r in body["rules"]),
+                removed=tuple(_text(rid) for rid in body["removed"]),
             )
-            return Sync(generation=int(body["generation"]), rules=rules)
         if name == "OpenSockets":
             return OpenSockets(tuple(int(i) for i in body["ifindexes"]))
         if name == "CloseSockets":
@@ -238,6 +271,8 @@ class StatsReport:
     pipe_errors: int
     generation: int = 0  # the rule generation the counters were taken under
     ring_resyncs: int = 0  # times a capture ring was found out of step with the kernel and resynchronised
+    delta: bool = False  # `rules` holds only the rules whose counters changed since the worker's last report
+    gone: tuple[str, ...] = ()  # with `delta`: rules the worker dropped since its last report
 
 
 def encode_stats(report: StatsReport) -> bytes:
@@ -252,6 +287,9 @@ def encode_stats(report: StatsReport) -> bytes:
         "g": report.generation,
         "rr": report.ring_resyncs,
     }
+    if report.delta:
+        doc["d"] = 1
+        doc["gone"] = list(report.gone)
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
@@ -280,6 +318,8 @@ def decode_stats(line: bytes) -> StatsReport:
             pipe_errors=int(d["pe"]),
             generation=int(d.get("g", 0)),
             ring_resyncs=int(d.get("rr", 0)),
+            delta=bool(d.get("d", 0)),
+            gone=tuple(str(rid) for rid in d.get("gone", ())),
         )
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise ProtocolError(f"malformed stats report: {e!r}") from None

@@ -16,13 +16,13 @@ from mcr.model.ratelimit import RateLimit
 from mcr.model.rules import (
     DEFAULT_MULTICAST_TTL,
     Engine,
+    FlowIndex,
     ForwardingRule,
     IPAddress,
     Limits,
     RuleSource,
-    check_rule_fits,
+    address_text,
     check_rule_shape,
-    check_rule_unique,
     effective_ttl,
     generated_rule_id,
     is_multicast,
@@ -35,11 +35,16 @@ from mcr.protocol.worker import RuleCounters, StatsReport, WorkerOutput, WorkerR
 
 
 class RuleTable:
-    """The authoritative rules, in the order they were added."""
+    """The authoritative rules, in the order they were added. `index` keeps them by input group too, so
+    that checking a new rule costs the same whatever the size of the table."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.rules: dict[str, ForwardingRule] = {}
+        self.index = FlowIndex()
+
+    @property
+    def rules(self) -> Mapping[str, ForwardingRule]:
+        return self.index.by_id
 
     def build(self, req: AddRule, source: RuleSource = RuleSource.RUNTIME) -> ForwardingRule:
         rule_id = req.rule_id or generated_rule_id(
@@ -64,8 +69,8 @@ class RuleTable:
 
     def insert(self, rule: ForwardingRule) -> ForwardingRule:
         check_rule_shape(rule)
-        check_rule_fits(rule, self.rules, self.limits)
-        self.rules[rule.rule_id] = rule
+        self.index.check_fits(rule, self.limits)
+        self.index.add(rule)
         return rule
 
     def restore(self, saved: Iterable[ForwardingRule]) -> tuple[list[str], list[str]]:
@@ -78,11 +83,11 @@ class RuleTable:
         for rule in saved:
             try:
                 check_rule_shape(rule)
-                check_rule_unique(rule, self.rules)
+                self.index.check_unique(rule)
             except ValidationError as e:
                 refusals.append(f"saved rule {rule.rule_id} not restored: {e}")
                 continue
-            self.rules[rule.rule_id] = rule
+            self.index.add(rule)
         return refusals, limits_exceeded(list(self.rules.values()), self.limits)
 
     def runtime_rules(self) -> list[ForwardingRule]:
@@ -99,25 +104,29 @@ class RuleTable:
         changed = [rid for rid, r in wanted.items() if rid in old and old[rid] != r]
         added = [rid for rid in wanted if rid not in old]
         trial = RuleTable(self.limits)
-        trial.rules = {rid: r for rid, r in self.rules.items() if rid not in removed and rid not in changed}
+        trial.index = FlowIndex(r for rid, r in self.rules.items() if rid not in removed and rid not in changed)
         for rid in changed + added:
             try:
                 trial.insert(wanted[rid])
             except ValidationError as e:
                 raise ValidationError(f"rule '{rid}': {e}") from None
-        self.rules = {rid: r for rid, r in self.rules.items() if rid in trial.rules}
-        self.rules.update({rid: trial.rules[rid] for rid in changed + added})
+        kept = FlowIndex(trial.rules[rid] for rid in self.rules if rid in trial.rules)  # changed ones in place
+        for rid in added:
+            kept.add(trial.rules[rid])
+        self.index = kept
         return added, changed, removed
 
     def remove(self, rule_id: str) -> ForwardingRule:
-        try:
-            return self.rules.pop(rule_id)
-        except KeyError:
-            raise ValidationError(f"Rule {rule_id} not found") from None
+        rule = self.rules.get(rule_id)
+        if rule is None:
+            raise ValidationError(f"Rule {rule_id} not found")
+        self.index.discard(rule_id)
+        return rule
 
     def named(self, name: str) -> ForwardingRule | None:
         """The rule with this name (today's original's second handle on a rule), if any."""
-        return next((r for r in self.rules.values() if r.name == name), None)
+        rule_id = self.index.names.get(name)
+        return None if rule_id is None else self.rules[rule_id]
 
     def load(self, new: Iterable[ForwardingRule], replace_runtime: bool) -> tuple[list[str], list[str], list[str]]:
         """LoadConfig: add `new` as runtime rules, all or nothing; returns (added, removed, skipped) ids.
@@ -129,11 +138,11 @@ class RuleTable:
         wanted = [replace(r, source=RuleSource.RUNTIME) for r in new]
         wanted_ids = {r.rule_id for r in wanted}
         trial = RuleTable(self.limits)
-        trial.rules = {
-            rid: r
+        trial.index = FlowIndex(
+            r
             for rid, r in self.rules.items()
             if r.source is RuleSource.CONFIG or not replace_runtime or rid in wanted_ids
-        }
+        )
         added: list[str] = []
         skipped: list[str] = []
         for rule in wanted:
@@ -141,10 +150,8 @@ class RuleTable:
             if replace_runtime and held is not None and held.source is RuleSource.RUNTIME:
                 if held == rule:
                     continue  # unchanged: untouched
-                del trial.rules[rule.rule_id]
-            elif not replace_runtime and (
-                held is not None or any(r.input_key[:3] == rule.input_key[:3] for r in trial.rules.values())
-            ):
+                trial.index.discard(rule.rule_id)
+            elif not replace_runtime and (held is not None or trial.index.same_flow(rule)):
                 skipped.append(rule.rule_id)
                 continue
             try:
@@ -154,7 +161,7 @@ class RuleTable:
                 raise ValidationError(f"rule {label}: {e}") from None
             added.append(rule.rule_id)
         removed = [rid for rid, r in self.rules.items() if trial.rules.get(rid) is not r]
-        self.rules = trial.rules
+        self.index = trial.index
         return added, [rid for rid in removed if rid not in added], skipped
 
 
@@ -282,6 +289,75 @@ def _usable(link: Link | None) -> str:
     return ""
 
 
+@dataclass(frozen=True, slots=True)
+class RuleResolution:
+    """One rule resolved against the links: how ListRules shows it, its data-plane form (userspace or
+    kernel, or neither while it waits) and the input it needs captured and joined."""
+
+    view: RuleView
+    worker: WorkerRule | None = None
+    kernel: KernelRule | None = None
+    input_link: tuple[int, str] | None = None  # (ifindex, name) of its input when it exists and is up
+
+    @property
+    def form(self) -> WorkerRule | KernelRule | None:
+        return self.worker if self.worker is not None else self.kernel
+
+
+def resolve_rule(
+    rule: ForwardingRule,
+    links: Mapping[str, Link],
+    kernel_max_outputs: int | None = None,
+    shared_flow: bool = False,
+    epoch: int = 0,
+    multicast_ttl: int = DEFAULT_MULTICAST_TTL,
+    listeners: Listeners | None = None,
+) -> RuleResolution:
+    """Resolve one rule (see `resolve`); `shared_flow`: other rules take its input interface, group and port."""
+    link = links.get(rule.input_interface)
+    problem = _usable(link)
+    if problem or link is None:
+        reason = f"input interface {rule.input_interface} {problem}"
+        return RuleResolution(RuleView(rule, Engine.USERSPACE, RuleState.WAITING, reason))
+    outputs: list[WorkerOutput] = []
+    notes: list[str] = []
+    for i, out in enumerate(rule.outputs):
+        olink = links.get(out.interface)
+        oproblem = _usable(olink)
+        address = out.source_ip or (output_address(olink, out.group) if olink is not None else None)
+        if not oproblem and address is None:
+            oproblem = f"has no IPv{out.group.version} address"
+        if oproblem or olink is None or address is None:
+            notes.append(f"output[{i}] {out.interface} {oproblem}")
+            continue
+        if out.follow_receivers and not (listeners or Listeners()).wants(out.interface, out.group, address):
+            notes.append(f"output[{i}] {out.interface} has no receivers for {out.group}")
+            continue
+        if not olink.carrier:
+            # sends still succeed (the kernel drops them at the device), so nothing else would show it
+            notes.append(f"output[{i}] {out.interface} has no carrier")
+        outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, effective_ttl(out, multicast_ttl)))
+    if kernel_max_outputs is not None:
+        why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, shared_flow)
+        if not why:
+            view = RuleView(rule, Engine.KERNEL, RuleState.ACTIVE, "; ".join(notes))
+            kernel = _kernel_rule(rule, link, outputs, links, epoch)
+            return RuleResolution(view, kernel=kernel, input_link=(link.ifindex, link.name))
+        notes.append(f"userspace: {why}")
+    worker = WorkerRule(
+        rule.rule_id,
+        link.ifindex,
+        rule.input_group,
+        rule.input_port,
+        tuple(outputs),
+        source=rule.input_source,
+        rate_limit=rule.rate_limit,
+        epoch=epoch,
+    )
+    view = RuleView(rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes))
+    return RuleResolution(view, worker=worker, input_link=(link.ifindex, link.name))
+
+
 def resolve(
     rules: Iterable[ForwardingRule],
     links: Mapping[str, Link],
@@ -298,64 +374,42 @@ def resolve(
     it is sent from."""
     epochs = epochs or {}
     listeners = listeners or Listeners()
+    rules = list(rules)
+    flows = Counter(rule.input_key[:3] for rule in rules)
+    parts = [
+        (
+            rule,
+            resolve_rule(
+                rule,
+                links,
+                kernel_max_outputs,
+                flows[rule.input_key[:3]] > 1,
+                epochs.get(rule.rule_id, 0),
+                multicast_ttl,
+                listeners,
+            ),
+        )
+        for rule in rules
+    ]
+    return _assemble(parts)
+
+
+def _assemble(parts: Iterable[tuple[ForwardingRule, RuleResolution]]) -> Resolution:
     views: list[RuleView] = []
     worker_rules: list[WorkerRule] = []
     kernel_rules: list[KernelRule] = []
     captures: dict[int, str] = {}
     on_input: dict[int, list[ForwardingRule]] = {}
-    rules = list(rules)
-    flows = Counter(rule.input_key[:3] for rule in rules)
-    for rule in rules:
-        link = links.get(rule.input_interface)
-        problem = _usable(link)
-        if problem or link is None:
-            reason = f"input interface {rule.input_interface} {problem}"
-            views.append(RuleView(rule, Engine.USERSPACE, RuleState.WAITING, reason))
-            continue
-        outputs: list[WorkerOutput] = []
-        notes: list[str] = []
-        for i, out in enumerate(rule.outputs):
-            olink = links.get(out.interface)
-            oproblem = _usable(olink)
-            address = out.source_ip or (output_address(olink, out.group) if olink is not None else None)
-            if not oproblem and address is None:
-                oproblem = f"has no IPv{out.group.version} address"
-            if oproblem or olink is None or address is None:
-                notes.append(f"output[{i}] {out.interface} {oproblem}")
-                continue
-            if out.follow_receivers and not listeners.wants(out.interface, out.group, address):
-                notes.append(f"output[{i}] {out.interface} has no receivers for {out.group}")
-                continue
-            if not olink.carrier:
-                # sends still succeed (the kernel drops them at the device), so nothing else would show it
-                notes.append(f"output[{i}] {out.interface} has no carrier")
-            outputs.append(
-                WorkerOutput(i, out.group, out.port, olink.ifindex, address, effective_ttl(out, multicast_ttl))
-            )
-        on_input.setdefault(link.ifindex, []).append(rule)
-        engine = Engine.USERSPACE
-        if kernel_max_outputs is not None:
-            why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, flows[rule.input_key[:3]] > 1)
-            if why:
-                notes.append(f"userspace: {why}")
-            else:
-                engine = Engine.KERNEL
-                kernel_rules.append(_kernel_rule(rule, link, outputs, links, epochs.get(rule.rule_id, 0)))
-        if engine is Engine.USERSPACE:
-            worker_rules.append(
-                WorkerRule(
-                    rule.rule_id,
-                    link.ifindex,
-                    rule.input_group,
-                    rule.input_port,
-                    tuple(outputs),
-                    source=rule.input_source,
-                    rate_limit=rule.rate_limit,
-                    epoch=epochs.get(rule.rule_id, 0),
-                )
-            )
-            captures[link.ifindex] = link.name
-        views.append(RuleView(rule, engine, RuleState.ACTIVE, "; ".join(notes)))
+    for rule, part in parts:
+        views.append(part.view)
+        if part.input_link is not None:
+            on_input.setdefault(part.input_link[0], []).append(rule)
+        if part.worker is not None:
+            worker_rules.append(part.worker)
+            assert part.input_link is not None
+            captures[part.input_link[0]] = part.input_link[1]
+        if part.kernel is not None:
+            kernel_rules.append(part.kernel)
     return Resolution(
         views=tuple(views),
         worker_rules=tuple(worker_rules),
@@ -363,6 +417,189 @@ def resolve(
         memberships={k: wanted_memberships(v) for k, v in on_input.items()},
         kernel_rules=tuple(kernel_rules),
     )
+
+
+#: A membership the supervisor holds: (input ifindex, group, source or None for any source).
+MembershipKey = tuple[int, IPAddress, IPAddress | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What one `Resolver.update` changed: per rule (id, before, after; None: not in the table), and the
+    memberships to join and to leave."""
+
+    rules: tuple[tuple[str, RuleResolution | None, RuleResolution | None], ...] = ()
+    join: frozenset[MembershipKey] = frozenset()
+    leave: frozenset[MembershipKey] = frozenset()
+
+    def worker_update(self) -> tuple[tuple[WorkerRule, ...], tuple[str, ...]]:
+        """The workers' part: rules to add or replace, ids to drop."""
+        upserts: list[WorkerRule] = []
+        removed: list[str] = []
+        for rule_id, before, after in self.rules:
+            old = before.worker if before is not None else None
+            new = after.worker if after is not None else None
+            if new is not None and new != old:
+                upserts.append(new)
+            elif new is None and old is not None:
+                removed.append(rule_id)
+        return tuple(upserts), tuple(removed)
+
+
+class Resolver:
+    """`resolve`, kept up to date one rule at a time: a change resolves the rules it names and the rules on
+    the same input group and port (whose engine may depend on it), and recomputes the memberships of that
+    group only, so its cost does not depend on the size of the table. A change of links re-resolves every
+    rule (`update` with every id). `resolution()` assembles the whole `Resolution` for a full Sync or a
+    listing, in the table's order."""
+
+    def __init__(self, kernel_max_outputs: int | None = None, multicast_ttl: int = DEFAULT_MULTICAST_TTL) -> None:
+        self.kernel_max_outputs = kernel_max_outputs
+        self.multicast_ttl = multicast_ttl
+        self.listeners = Listeners()  # the membership tables (outputs that follow receivers); a change re-resolves all
+        self.links: Mapping[str, Link] = {}
+        self.parts: dict[str, RuleResolution] = {}
+        self._flows: dict[tuple[object, ...], set[str]] = {}  # input (interface, group, port) -> rule ids
+        self._flow_of: dict[str, tuple[object, ...]] = {}
+        self._captures: Counter[int] = Counter()  # ifindex -> userspace rules on it
+        self._capture_names: dict[int, str] = {}
+        self._sources: dict[tuple[int, IPAddress], dict[str, IPAddress | None]] = {}  # membership inputs
+        self._wanted: dict[tuple[int, IPAddress], frozenset[Membership]] = {}
+        self._cache: tuple[Mapping[str, ForwardingRule], Resolution] | None = None
+
+    @property
+    def captures(self) -> Mapping[int, str]:
+        """ifindex -> name of every input interface with a userspace rule."""
+        return {i: self._capture_names[i] for i in self._captures}
+
+    def memberships(self) -> dict[int, frozenset[Membership]]:
+        wanted: dict[int, set[Membership]] = {}
+        for (ifindex, _group), members in self._wanted.items():
+            wanted.setdefault(ifindex, set()).update(members)
+        return {k: frozenset(v) for k, v in wanted.items()}
+
+    def update(
+        self,
+        rules: Mapping[str, ForwardingRule],
+        ids: Iterable[str],
+        links: Mapping[str, Link] | None = None,
+        epochs: Mapping[str, int] | None = None,
+    ) -> Changes:
+        """Re-resolve the rules `ids` (added, changed or removed from `rules`), against `links` when given
+        (then pass every id, old and new)."""
+        epochs = epochs or {}
+        if links is not None:
+            self.links = links
+        self._cache = None
+        touched: dict[str, None] = {}
+        for rule_id in ids:
+            touched[rule_id] = None
+            old_flow = self._flow_of.pop(rule_id, None)
+            if old_flow is not None:
+                flow = self._flows[old_flow]
+                flow.discard(rule_id)
+                touched.update(dict.fromkeys(flow))
+                if not flow:
+                    del self._flows[old_flow]
+            rule = rules.get(rule_id)
+            if rule is not None:
+                key = rule.input_key[:3]
+                self._flow_of[rule_id] = key
+                flow = self._flows.setdefault(key, set())
+                touched.update(dict.fromkeys(flow))
+                flow.add(rule_id)
+        changed: list[tuple[str, RuleResolution | None, RuleResolution | None]] = []
+        groups: set[tuple[int, IPAddress]] = set()
+        for rule_id in touched:
+            rule = rules.get(rule_id)
+            before = self.parts.get(rule_id)
+            after = None
+            if rule is not None:
+                shared = len(self._flows[rule.input_key[:3]]) > 1
+                after = resolve_rule(
+                    rule,
+                    self.links,
+                    self.kernel_max_outputs,
+                    shared,
+                    epochs.get(rule_id, 0),
+                    self.multicast_ttl,
+                    self.listeners,
+                )
+            if after == before:
+                if after is not None and before is not None and before.view.rule is not rule:
+                    self.parts[rule_id] = after  # equal, but for what does not compare (where the rule comes from)
+                continue
+            if before is not None:
+                self._unbook(rule_id, before, groups)
+            if after is not None and rule is not None:
+                self._book(rule_id, rule, after, groups)
+                self.parts[rule_id] = after
+            else:
+                self.parts.pop(rule_id, None)
+            changed.append((rule_id, before, after))
+        join: set[MembershipKey] = set()
+        leave: set[MembershipKey] = set()
+        for gkey in groups:
+            old = self._wanted.get(gkey, frozenset())
+            sources = self._sources.get(gkey)
+            new = _group_memberships(gkey[1], sources.values()) if sources else frozenset()
+            if new:
+                self._wanted[gkey] = new
+            else:
+                self._wanted.pop(gkey, None)
+            join.update((gkey[0], g, src) for g, src in new - old)
+            leave.update((gkey[0], g, src) for g, src in old - new)
+        return Changes(tuple(changed), frozenset(join), frozenset(leave))
+
+    def _book(
+        self, rule_id: str, rule: ForwardingRule, part: RuleResolution, groups: set[tuple[int, IPAddress]]
+    ) -> None:
+        if part.input_link is None:
+            return
+        ifindex, name = part.input_link
+        if part.worker is not None:
+            self._captures[ifindex] += 1
+            self._capture_names[ifindex] = name
+        key = (ifindex, rule.input_group)
+        src = rule.input_source
+        host = src.network_address if src is not None and src.prefixlen == src.max_prefixlen else None
+        self._sources.setdefault(key, {})[rule_id] = host
+        groups.add(key)
+
+    def _unbook(self, rule_id: str, part: RuleResolution, groups: set[tuple[int, IPAddress]]) -> None:
+        if part.input_link is None:
+            return
+        ifindex = part.input_link[0]
+        if part.worker is not None:
+            self._captures[ifindex] -= 1
+            if self._captures[ifindex] <= 0:
+                del self._captures[ifindex]
+                self._capture_names.pop(ifindex, None)
+        key = (ifindex, part.view.rule.input_group)
+        sources = self._sources.get(key)
+        if sources is not None:
+            sources.pop(rule_id, None)
+            if not sources:
+                del self._sources[key]
+        groups.add(key)
+
+    def resolution(self, rules: Mapping[str, ForwardingRule]) -> Resolution:
+        """The whole resolution, in the order of `rules` (kept until the next update)."""
+        if self._cache is not None and self._cache[0] is rules:
+            return self._cache[1]
+        res = _assemble((rule, self.parts[rule_id]) for rule_id, rule in rules.items() if rule_id in self.parts)
+        self._cache = (rules, res)
+        return res
+
+
+def _group_memberships(group: IPAddress, hosts: Iterable[IPAddress | None]) -> frozenset[Membership]:
+    """`wanted_memberships` for one group, given each rule's source host (None: any source or a prefix)."""
+    found: set[Membership] = set()
+    for host in hosts:
+        if host is None:
+            return frozenset({(group, None)})
+        found.add((group, host))
+    return frozenset(found)
 
 
 def dataplane_forms(res: Resolution) -> dict[str, WorkerRule | KernelRule]:
@@ -387,6 +624,15 @@ class SyncTracker:
             rule_id: self.changed_in.get(rule_id, generation) if old.get(rule_id) == form else generation
             for rule_id, form in dataplane_forms(after).items()
         }
+
+    def on_changes(self, changes: Changes, generation: int) -> None:
+        """`on_apply` for the rules one `Resolver.update` changed (the others keep their generation)."""
+        for rule_id, before, after in changes.rules:
+            form = after.form if after is not None else None
+            if form is None:
+                self.changed_in.pop(rule_id, None)
+            elif before is None or before.form != form:
+                self.changed_in[rule_id] = generation
 
     def views(self, res: Resolution, acked: Iterable[int]) -> tuple[RuleView, ...]:
         """`res.views` with userspace rules the workers have not all confirmed shown as PENDING. `acked`:
@@ -452,23 +698,32 @@ def _went_back(old: tuple[int, int, int, int], cur: tuple[int, int, int, int]) -
 
 
 class StatsBook:
-    """Sums the cumulative reports of every worker incarnation per rule, and derives rates."""
+    """Sums the cumulative reports of every worker incarnation per rule, and derives rates.
+
+    A worker reports every rule in its first report and now and then after that (`delta` False), and in
+    between only the rules whose counters changed, with the ids it dropped (`gone`): the book keeps each
+    worker's latest counters per rule, with the generation they were taken under, so a report costs time in
+    proportion to what changed."""
 
     def __init__(self) -> None:
         self.latest: dict[int, StatsReport] = {}  # worker slot -> latest report of the live incarnation
-        self._by_rule: dict[int, dict[str, RuleCounters]] = {}  # the same reports indexed by rule id
+        # worker slot -> rule id -> (its latest counters, the generation of the report that carried them)
+        self._by_rule: dict[int, dict[str, tuple[RuleCounters, int]]] = {}
         self.retired: dict[str, _Totals] = {}  # rule id -> counters of workers that exited
         self.retired_drops: dict[str, int] = {}
-        self._rate_base: dict[str, tuple[float, int, int]] = {}
+        self._rate_base: dict[str, tuple[int, int]] = {}  # rule id -> (packets, bytes) at the last tick
         self.since: dict[str, int] = {}  # rule id -> the generation it was (re)added in
         self.rates: dict[str, tuple[float, float]] = {}
+        self.moved: set[str] = set()  # rules whose totals may have changed since the last tick
+        self._last_tick: float | None = None
 
     def track(self, rule_id: str, generation: int) -> None:
         """A rule (re)added in `generation`: counts from reports taken before it are not its own."""
         self.since[rule_id] = generation
+        self.moved.add(rule_id)
 
-    def _counts(self, report: StatsReport, rule_id: str) -> bool:
-        return report.generation >= self.since.get(rule_id, 0)
+    def _counts(self, generation: int, rule_id: str) -> bool:
+        return generation >= self.since.get(rule_id, 0)
 
     def on_report(self, report: StatsReport) -> None:
         """Take a worker's (or the kernel engine's) cumulative report. A rule whose counters went
@@ -477,30 +732,53 @@ class StatsBook:
         never go backwards. The same holds for one output of a rule that stays (its interface went
         away, so the output was skipped, and came back)."""
         prev = self.latest.get(report.worker_id)
-        now = dict(report.rules)
-        if prev is not None and prev.pid == report.pid:
-            for rule_id, old in prev.rules:
-                if rule_id not in self.since or not self._counts(prev, rule_id):
-                    continue
-                cur = now.get(rule_id)
-                if cur is None or cur.packets < old.packets or cur.bytes < old.bytes:
-                    self.retire(rule_id, old)
-                    continue
-                outputs = {o[0]: o for o in cur.outputs}
-                gone = tuple(o for o in old.outputs if o[0] not in outputs or _went_back(o, outputs[o[0]]))
-                if gone:
-                    self.retire(rule_id, RuleCounters(0, 0, gone))
+        known = self._by_rule.get(report.worker_id) if prev is not None and prev.pid == report.pid else None
+        if report.delta:
+            book = known if known is not None else {}
+            for rule_id, cur in report.rules:
+                held = book.get(rule_id)
+                if held is not None:
+                    self._check(rule_id, held, cur)
+                book[rule_id] = (cur, report.generation)
+                self.moved.add(rule_id)
+            for rule_id in report.gone:
+                held = book.pop(rule_id, None)
+                if held is not None:
+                    self._check(rule_id, held, None)
+                self.moved.add(rule_id)
+        else:
+            book = {rule_id: (cur, report.generation) for rule_id, cur in report.rules}
+            old = known if known is not None else {}
+            self.moved.update(rule_id for rule_id, held in book.items() if old.get(rule_id) != held)
+            self.moved.update(rule_id for rule_id in old if rule_id not in book)
+            if known is not None:
+                for rule_id, held in known.items():
+                    self._check(rule_id, held, book.get(rule_id, (None, 0))[0])
         self.latest[report.worker_id] = report
-        self._by_rule[report.worker_id] = now
+        self._by_rule[report.worker_id] = book
+
+    def _check(self, rule_id: str, held: tuple[RuleCounters, int], cur: RuleCounters | None) -> None:
+        """Keep what `held` counted when `cur`, the same rule's next counters from the same source, went back."""
+        old, generation = held
+        if rule_id not in self.since or not self._counts(generation, rule_id):
+            return
+        if cur is None or cur.packets < old.packets or cur.bytes < old.bytes:
+            self.retire(rule_id, old)
+            return
+        outputs = {o[0]: o for o in cur.outputs}
+        gone = tuple(o for o in old.outputs if o[0] not in outputs or _went_back(o, outputs[o[0]]))
+        if gone:
+            self.retire(rule_id, RuleCounters(0, 0, gone))
 
     def on_worker_exit(self, worker_id: int, live_rules: Container[str]) -> None:
         """Keep what an exited worker counted for the rules that still exist."""
         report = self.latest.pop(worker_id, None)
-        self._by_rule.pop(worker_id, None)
+        book = self._by_rule.pop(worker_id, {})
         if report is None:
             return
-        for rule_id, counters in report.rules:
-            if rule_id in live_rules and self._counts(report, rule_id):
+        for rule_id, (counters, generation) in book.items():
+            self.moved.add(rule_id)
+            if rule_id in live_rules and self._counts(generation, rule_id):
                 self.retired.setdefault(rule_id, _Totals()).add(counters)
         for reason, n in report.drops:
             self.retired_drops[reason] = self.retired_drops.get(reason, 0) + n
@@ -508,17 +786,17 @@ class StatsBook:
     def retire(self, rule_id: str, counters: RuleCounters) -> None:
         """Keep counters whose source is going away (a kernel slot that is freed)."""
         self.retired.setdefault(rule_id, _Totals()).add(counters)
+        self.moved.add(rule_id)
 
     def forget_rule(self, rule_id: str) -> None:
         """A removed rule's counters go with it (a rule added again later starts from zero)."""
         self.retired.pop(rule_id, None)
         self.since.pop(rule_id, None)
-        for worker_id, report in list(self.latest.items()):
-            rules = tuple((rid, c) for rid, c in report.rules if rid != rule_id)
-            self.latest[worker_id] = replace(report, rules=rules)
-            self._by_rule[worker_id].pop(rule_id, None)
+        for book in self._by_rule.values():
+            book.pop(rule_id, None)
         self._rate_base.pop(rule_id, None)
         self.rates.pop(rule_id, None)
+        self.moved.discard(rule_id)
 
     def totals(self, rule_id: str) -> _Totals:
         acc = _Totals()
@@ -532,21 +810,28 @@ class StatsBook:
                     tuple(retired.drops.items()),
                 )
             )
-        for worker_id, report in self.latest.items():
-            counters = self._by_rule[worker_id].get(rule_id)
-            if counters is not None and self._counts(report, rule_id):
-                acc.add(counters)
+        for book in self._by_rule.values():
+            held = book.get(rule_id)
+            if held is not None and self._counts(held[1], rule_id):
+                acc.add(held[0])
         return acc
 
-    def tick(self, rule_ids: Iterable[str], now: float) -> None:
-        """Refresh the per-rule rates from the change since the previous tick."""
-        for rule_id in rule_ids:
+    def tick(self, rule_ids: Container[str], now: float) -> None:
+        """Refresh the per-rule rates of `rule_ids` from the change since the previous tick. Only the rules
+        whose totals may have moved, or whose rate is not yet back to zero, are looked at: the others' counts
+        at the previous tick are still their counts, so a tick costs what changed, not the table."""
+        last, self._last_tick = self._last_tick, now
+        busy = {rule_id for rule_id, rate in self.rates.items() if rate != (0.0, 0.0)}
+        for rule_id in self.moved | busy:
+            if rule_id not in rule_ids:
+                continue
             t = self.totals(rule_id)
             base = self._rate_base.get(rule_id)
-            if base is not None and now > base[0]:
-                dt = now - base[0]
-                self.rates[rule_id] = (max(0, t.packets - base[1]) / dt, max(0, t.bytes - base[2]) * 8 / dt)
-            self._rate_base[rule_id] = (now, t.packets, t.bytes)
+            if base is not None and last is not None and now > last:
+                dt = now - last
+                self.rates[rule_id] = (max(0, t.packets - base[0]) / dt, max(0, t.bytes - base[1]) * 8 / dt)
+            self._rate_base[rule_id] = (t.packets, t.bytes)
+        self.moved = set()
 
     def flow_stats(self, rules: Iterable[ForwardingRule]) -> tuple[FlowStats, ...]:
         flows = []
@@ -554,12 +839,12 @@ class StatsBook:
             t = self.totals(rule.rule_id)
             pps, bps = self.rates.get(rule.rule_id, (0.0, 0.0))
             outputs = tuple(
-                OutputStats(str(o.group), o.port, o.interface, *t.outputs.get(i, [0, 0, 0]))
+                OutputStats(address_text(o.group), o.port, o.interface, *t.outputs.get(i, [0, 0, 0]))
                 for i, o in enumerate(rule.outputs)
             )
             flows.append(
                 FlowStats(
-                    input_group=str(rule.input_group),
+                    input_group=address_text(rule.input_group),
                     input_port=rule.input_port,
                     packets_relayed=t.packets,
                     bytes_relayed=t.bytes,

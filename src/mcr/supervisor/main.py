@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import grp
+import heapq
 import json
 import logging
 import os
@@ -12,7 +13,8 @@ import pwd
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections import Counter
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
@@ -32,7 +34,15 @@ from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
 from mcr.model.original_config import OriginalSections, encode_original_config
-from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits, RuleSource, endpoint_text, limits_exceeded
+from mcr.model.rules import (
+    DEFAULT_MULTICAST_TTL,
+    FlowIndex,
+    ForwardingRule,
+    Limits,
+    RuleSource,
+    endpoint_text,
+    limits_exceeded,
+)
 from mcr.model.status import ConfigView, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
 from mcr.netlink.links import LinkWatcher
 from mcr.packet.parse import DropReason
@@ -89,18 +99,19 @@ from mcr.protocol.worker import (
     StatsReport,
     Sync,
     SyncAck,
+    Update,
 )
 from mcr.routing.msdp_wire import SaEntry
 from mcr.supervisor.access import AccessPolicy
 from mcr.supervisor.control import ControlServer, resolve_group
-from mcr.supervisor.core import KernelRule, Resolution, RuleTable, StatsBook, SyncTracker, resolve
+from mcr.supervisor.core import Changes, KernelRule, Resolution, Resolver, RuleTable, StatsBook, SyncTracker
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.msdp import MsdpService, local_sources
 from mcr.supervisor.notify import Notifier
-from mcr.supervisor.pim import PimService, merge_pim_outputs
+from mcr.supervisor.pim import MergedRules, PimService
 from mcr.supervisor.queriers import Queriers
-from mcr.supervisor.state import StateError, load_state, save_state, write_atomically
+from mcr.supervisor.state import StateError, StateStore, encode_record, write_atomically
 from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
 
 log = logging.getLogger("mcr.supervisor")
@@ -166,11 +177,12 @@ class Supervisor:
             config.read_only_group,
         )
         self.table = RuleTable(config.limits)
+        self.store = StateStore(config.state_file) if config.state_file is not None else None
         self.config_file = config.config
         self.stats = StatsBook()
         self.load_rules()
         self.links: dict[str, Link] = {}
-        self.resolution = resolve((), {})
+        self.resolver = Resolver(multicast_ttl=config.multicast_ttl)
         self.generation = 0
         self.sync_state = SyncTracker()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -184,11 +196,13 @@ class Supervisor:
         self.loop = asyncio.get_running_loop()
         self.control = ControlServer(config.control_socket_path, self.handle, policy, config.limits)
         self.watcher = LinkWatcher(self.on_links)
-        self.metrics = MetricsExporter(config.metrics_addr) if config.metrics_addr else None
+        self.metrics = MetricsExporter(config.metrics_addr, self.snapshot_from_thread) if config.metrics_addr else None
         self.notifier = Notifier()
         self.kernel: KernelRelay | None = None
         self.kernel_unavailable = "--engine userspace" if config.engine == "userspace" else "not started yet"
         self.kernel_slots: dict[str, tuple[int, KernelRule]] = {}
+        self.free_slots: list[int] = []  # a heap: the lowest free slot is taken first
+        self.kernel_inputs: Counter[int] = Counter()  # ifindex -> kernel rules on it (tcx attached there)
         file = self.config_file
         self.listeners = Listeners()
         self.queriers = Queriers(
@@ -200,6 +214,7 @@ class Supervisor:
         self.pim = PimService(self.loop, self.on_pim_routes, self.on_registered_sources)
         self.pim6 = PimService(self.loop, self.on_pim_routes, family=6)  # the same interfaces, over IPv6
         self.pim6.rps = self.pim.rps  # one RP table for both families
+        self.data_rules = MergedRules(self.table, (self.pim, self.pim6))  # the rules with PIM's outputs added
         self.msdp = MsdpService(self.loop, self.on_msdp_sources, file.msdp if file else None)
         if file is not None:
             self.pim.configure(file.pim)
@@ -220,43 +235,67 @@ class Supervisor:
             self.kernel_unavailable = str(e)
             return
         self.kernel_unavailable = ""
+        self.free_slots = list(range(self.kernel.max_rules))
+        self.resolver.kernel_max_outputs = self.kernel.max_outputs
         log.info("kernel engine loaded (%d instructions, tcx ingress)", len(self.kernel.insns))
 
     def kernel_outputs(self) -> int | None:
         return self.kernel.max_outputs if self.kernel is not None else None
 
-    def sync_kernel(self, res: Resolution) -> None:
-        """Install the kernel-served rules in the maps; only what changed is touched."""
+    def sync_kernel(self, changes: Changes) -> None:
+        """Install the kernel-served rules that changed in the maps; nothing else is touched."""
         kernel = self.kernel
         if kernel is None:
             return
-        wanted = {kr.rule_id: kr for kr in res.kernel_rules}
-        for rule_id, (slot, old) in list(self.kernel_slots.items()):
-            new = wanted.get(rule_id)
-            if new is None or _slot_key(new) != _slot_key(old):
-                # the next kernel report no longer has it: StatsBook keeps its counts, unless it was re-added
-                # (a new epoch), when its counters restart in a freed slot
-                kernel.remove_rule(slot)
-                del self.kernel_slots[rule_id]
-        used = {slot for slot, _ in self.kernel_slots.values()}
-        for rule_id, kr in wanted.items():
+        moves: list[tuple[str, KernelRule | None]] = []
+        for rule_id, before, after in changes.rules:
+            new = after.kernel if after is not None else None
             held = self.kernel_slots.get(rule_id)
-            if held is not None and held[1] == kr:
+            if (before is not None and before.kernel is not None) or new is not None or held is not None:
+                moves.append((rule_id, new))
+        # A rule that stays but leaves its slot (re-resolved, moved to userspace): its counts so far are read
+        # first, and again once it has moved, so that StatsBook sees them go back and keeps them.
+        relocated = any(
+            rule_id in self.kernel_slots
+            and rule_id in self.table.rules
+            and (new is None or _slot_key(new) != _slot_key(self.kernel_slots[rule_id][1]))
+            for rule_id, new in moves
+        )
+        if relocated:
+            self.collect_kernel(self.generation - 1)  # the counts of the rule set before this change
+        touched: set[int] = set()
+        for rule_id, new in moves:
+            held = self.kernel_slots.get(rule_id)
+            if held is not None and (new is None or _slot_key(new) != _slot_key(held[1])):
+                kernel.remove_rule(held[0])
+                heapq.heappush(self.free_slots, held[0])
+                del self.kernel_slots[rule_id]
+                self._count_input(held[1].ifindex, -1, touched)
+                held = None
+            if new is None or (held is not None and held[1] == new):
                 continue
-            slot = held[0] if held is not None else min(set(range(kernel.max_rules)) - used)
-            used.add(slot)
-            outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in kr.outputs]
-            kernel.set_rule(slot, kr.ifindex, kr.group, kr.port, outputs, kr.rate_limit, kr.source)
-            self.kernel_slots[rule_id] = (slot, kr)
-        needed = {kr.ifindex for kr in wanted.values()}
-        for ifindex in kernel.attached - needed:
-            kernel.detach(ifindex)
-        for ifindex in needed - kernel.attached:
-            try:
-                kernel.attach(ifindex)
-            except BpfError as e:
-                log.error("cannot attach the kernel engine to ifindex %d: %s", ifindex, e)
-        self.collect_kernel()
+            slot = held[0] if held is not None else heapq.heappop(self.free_slots)
+            outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in new.outputs]
+            kernel.set_rule(slot, new.ifindex, new.group, new.port, outputs, new.rate_limit, new.source)
+            self.kernel_slots[rule_id] = (slot, new)
+            if held is None:
+                self._count_input(new.ifindex, +1, touched)
+        for ifindex in touched:
+            if ifindex not in self.kernel_inputs and ifindex in kernel.attached:
+                kernel.detach(ifindex)
+            elif ifindex in self.kernel_inputs and ifindex not in kernel.attached:
+                try:
+                    kernel.attach(ifindex)
+                except BpfError as e:
+                    log.error("cannot attach the kernel engine to ifindex %d: %s", ifindex, e)
+        if relocated:
+            self.collect_kernel()
+
+    def _count_input(self, ifindex: int, delta: int, touched: set[int]) -> None:
+        self.kernel_inputs[ifindex] += delta
+        if self.kernel_inputs[ifindex] <= 0:
+            del self.kernel_inputs[ifindex]
+        touched.add(ifindex)
 
     @staticmethod
     def _kernel_counters(kr: KernelRule, counted: KernelRuleCounters) -> RuleCounters:
@@ -268,7 +307,8 @@ class Supervisor:
         drops = ((DropReason.RATE_LIMITED.key, counted.rate_limited),) if counted.rate_limited else ()
         return RuleCounters(counted.packets, counted.bytes, outputs, drops)
 
-    def collect_kernel(self) -> None:
+    def collect_kernel(self, generation: int | None = None) -> None:
+        """Book the kernel engine's counters, as taken under `generation` (default: the current one)."""
         if self.kernel is None:
             return
         counted = self.kernel.counters()
@@ -278,7 +318,8 @@ class Supervisor:
             if slot in counted.rules
         )
         drops = tuple(counted.drops.items())  # every reason it counts, zeros too
-        self.stats.on_report(StatsReport(KERNEL_REPORT, os.getpid(), rules, drops, 0, 0, 0, self.generation))
+        taken = self.generation if generation is None else generation
+        self.stats.on_report(StatsReport(KERNEL_REPORT, os.getpid(), rules, drops, 0, 0, 0, taken))
 
     # ---------------------------------------------------------------------------- persistence
 
@@ -291,10 +332,10 @@ class Supervisor:
                 except ValidationError as e:  # the file's rules fit its [limits], not lower ones from flags
                     raise ConfigError(f"{self.config_file.path}: rule '{rule.rule_id}': {e}") from None
                 self.stats.track(rule.rule_id, 0)
-        if self.config.state_file is None:
+        if self.store is None:
             return
         try:
-            saved = load_state(self.config.state_file)
+            saved = self.store.load()
         except StateError as e:
             log.error("%s; starting without its rules", e)
             return
@@ -311,9 +352,20 @@ class Supervisor:
         for rule_id in self.table.rules:
             self.stats.track(rule_id, 0)
 
-    def save(self) -> None:
-        if self.config.state_file is not None:
-            save_state(self.config.state_file, self.table.runtime_rules())
+    def save_all(self) -> None:
+        """Put every runtime rule on disk as a new snapshot (a change of many rules at once)."""
+        if self.store is not None:
+            self.store.compact(self.table.runtime_rules())
+
+    def save(self, added: ForwardingRule | None = None, removed: str | None = None) -> None:
+        """Put one change of the runtime rules (already made in the table) on disk: a journal record, or a
+        new snapshot of every runtime rule when the journal is due for one. Raises StateError."""
+        if self.store is None:
+            return
+        if self.store.due(len(self.table.rules)):
+            self.store.compact(self.table.runtime_rules())
+        else:
+            self.store.append(encode_record(added, removed))
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and apply only the difference in its rules."""
@@ -351,7 +403,7 @@ class Supervisor:
             return
         for rule_id in added + changed:  # a changed rule's counters restart from zero
             self.stats.track(rule_id, self.generation + 1)
-        self.background(self.ready_when_synced(self.apply()))
+        self.background(self.ready_when_synced(self.apply(added + changed + removed)))
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -430,11 +482,17 @@ class Supervisor:
             if now - last_rates >= 1.0:
                 last_rates = now
                 if self.memberships.failed:  # e.g. the operator has raised net.ipv4.igmp_max_memberships
-                    self.memberships.reconcile(self.resolution.memberships)
+                    self.memberships.retry()
                 self.collect_kernel()
                 self.stats.tick(self.table.rules, now)
-                if self.metrics is not None:
-                    self.metrics.publish(self.snapshot())
+
+    def snapshot_from_thread(self) -> Snapshot:
+        """`snapshot`, taken in the loop, for the metrics exporter's HTTP thread."""
+
+        async def take() -> Snapshot:
+            return self.snapshot()
+
+        return asyncio.run_coroutine_threadsafe(take(), self.loop).result(timeout=10)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -476,6 +534,8 @@ class Supervisor:
         self.pim.close()
         self.pim6.close()
         await self.msdp.close()
+        if self.store is not None:
+            self.store.close()
         if self.kernel is not None:
             self.collect_kernel()
             self.kernel.close()
@@ -532,7 +592,7 @@ class Supervisor:
                     handle.uid = reply.uid
                     handle.status = WorkerStatus.RUNNING
                     log.info("worker %d (pid %d) ready as uid %d", handle.worker_id, reply.pid, reply.uid)
-                    self.push(handle)
+                    self.push(handle, Sync(self.generation, self.resolution.worker_rules))
                 case SyncAck():
                     handle.acked_generation = reply.generation
                     self.loop.create_task(self._notify_synced())
@@ -569,25 +629,26 @@ class Supervisor:
             delay,
         )
 
-    def push(self, handle: WorkerHandle) -> None:
-        """Bring one ready worker in line with the current resolution (sockets, then rules)."""
-        res = self.resolution
+    def push(self, handle: WorkerHandle, rules: Sync | Update) -> None:
+        """Bring one ready worker in line: capture sockets, then its rules (the whole set, or a change)."""
+        captures = self.resolver.captures
         try:
-            gone = sorted(handle.captures - set(res.captures))
+            gone = sorted(handle.captures - set(captures))
             if gone:
                 handle.send(CloseSockets(tuple(gone)))
                 handle.captures -= set(gone)
-            new = sorted(set(res.captures) - handle.captures)
+            new = sorted(set(captures) - handle.captures)
             if new:
-                socks = [self.capture_socket(ifindex, res.captures[ifindex]) for ifindex in new]
+                socks = [self.capture_socket(ifindex, captures[ifindex]) for ifindex in new]
                 try:
                     handle.send(OpenSockets(tuple(new)), [s.fileno() for s in socks])
                 finally:
                     for s in socks:
                         s.close()
                 handle.captures |= set(new)
-            handle.send(Sync(self.generation, res.worker_rules))
-            handle.send(self.log_levels_command())
+            handle.send(rules)
+            if isinstance(rules, Sync):
+                handle.send(self.log_levels_command())
         except (WorkerError, OSError) as e:
             log.error("%s; killing the worker so that it restarts clean", e)
             if handle.proc is not None and handle.proc.poll() is None:
@@ -602,17 +663,9 @@ class Supervisor:
                 self.fanout_ids[ifindex] = join_fanout(sock, None, Fanout.HASH)
         return sock
 
-    def resolve(self) -> Resolution:
-        rules = merge_pim_outputs(self.table.rules.values(), self.pim.joins, self.pim.asserts)
-        rules = merge_pim_outputs(rules, self.pim6.joins, self.pim6.asserts)
-        return resolve(
-            rules,
-            self.links,
-            self.kernel_outputs(),
-            self.stats.since,
-            self.config.multicast_ttl,
-            self.listeners,
-        )
+    @property
+    def resolution(self) -> Resolution:
+        return self.resolver.resolution(self.data_rules)
 
     def advertise_local_sources(self) -> None:
         """MSDP originates SAs for the rules' single sources in groups whose RP is one of our addresses, and
@@ -673,36 +726,50 @@ class Supervisor:
 
     def on_pim_routes(self) -> None:
         """PIM's outgoing interfaces changed: the rules for those groups get (or lose) outputs."""
-        if self.resolve() != self.resolution:
-            self.apply()
+        self.apply()  # every rule re-resolved (PIM changes are rare); only what changed reaches the data plane
 
     def rule_views(self) -> tuple[RuleView, ...]:
         """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
         acked = (h.acked_generation for h in self.workers if h.status is not WorkerStatus.STOPPED)
         return self.sync_state.views(self.resolution, acked)
 
-    def apply(self) -> int:
-        """Recompute what the data plane should do and push it to the kernel and every ready worker."""
-        self.collect_kernel()  # the last counts under the rule set they were taken under
-        before = self.resolution
-        self.resolution = self.resolve()
+    def apply(self, changed: Iterable[str] | None = None) -> int:
+        """Bring the data plane in line with the rules `changed` (added, changed or removed; None: every rule,
+        after a change of links): the kernel maps, the memberships and a change of the next generation to
+        every ready worker. Only those rules are touched. Returns the generation that holds the change."""
+        if changed is None:
+            changes = self.resolver.update(self.data_rules, [*self.table.rules, *self.resolver.parts], self.links,
+                                           self.stats.since)  # fmt: skip
+        else:
+            changes = self.resolver.update(self.data_rules, changed, epochs=self.stats.since)
+        if not changes.rules:
+            return self.generation
         self.generation += 1
-        self.sync_state.on_apply(before, self.resolution, self.generation)
+        self.sync_state.on_changes(changes, self.generation)
         self.advertise_local_sources()
         self.on_msdp_sources()
-        self.queriers.follow(
-            {
-                (out.interface, Family.IPV4 if out.group.version == 4 else Family.IPV6)
-                for rule in self.table.rules.values()
-                for out in rule.outputs
-                if out.follow_receivers
-            }
-        )
-        self.memberships.reconcile(self.resolution.memberships)
-        self.sync_kernel(self.resolution)
+        if changed is None or any(
+            out.follow_receivers
+            for _rule_id, before, after in changes.rules
+            for part in (before, after)
+            if part is not None
+            for out in part.view.rule.outputs
+        ):
+            self.queriers.follow(
+                {
+                    (out.interface, Family.IPV4 if out.group.version == 4 else Family.IPV6)
+                    for rule in self.table.rules.values()
+                    for out in rule.outputs
+                    if out.follow_receivers
+                }
+            )
+        self.memberships.change(changes.join, changes.leave)
+        self.sync_kernel(changes)
+        upserts, removed = changes.worker_update()
+        update = Update(self.generation, upserts, removed)
         for handle in self.workers:
             if handle.ready:
-                self.push(handle)
+                self.push(handle, update)
         return self.generation
 
     async def wait_synced(self, generation: int, every: bool = False, timeout: float = SYNC_WAIT_S) -> bool:
@@ -721,19 +788,21 @@ class Supervisor:
         return True
 
     def on_membership(self) -> None:
-        """A group's receivers changed on some interface: outputs that follow receivers start or stop."""
+        """A group's receivers changed on some interface: outputs that follow receivers start or stop (every
+        rule is re-resolved, as after a change of links)."""
         self.listeners = Listeners.of(self.queriers.groups(Family.IPV4) + self.queriers.groups(Family.IPV6))
-        if self.resolve() != self.resolution:
+        if self.listeners != self.resolver.listeners:
+            self.resolver.listeners = self.listeners
             self.apply()
 
     def on_links(self, links: dict[str, Link]) -> None:
-        self.links = links
         self.queriers.on_links(links)
         self.pim.on_links(links)
         self.pim6.on_links(links)
-        self.advertise_local_sources()  # an address of ours may be an RP's
-        if self.resolve() != self.resolution:
+        if links != self.links:
+            self.links = links
             self.apply()
+        self.advertise_local_sources()  # an address of ours may be an RP's
 
     # ------------------------------------------------------------------------------- control
 
@@ -766,13 +835,13 @@ class Supervisor:
             case AddRule():
                 rule = self.table.add(req)
                 try:
-                    self.save()
+                    self.save(added=rule)
                 except StateError as e:
                     self.table.remove(rule.rule_id)
                     return Error(f"Rule {rule.rule_id} not added: {e}")
                 log.info("rule %s added: %s -> %d outputs", rule.rule_id, rule.input_text, len(rule.outputs))
                 self.stats.track(rule.rule_id, self.generation + 1)
-                await self.wait_synced(self.apply())
+                await self.wait_synced(self.apply([rule.rule_id]))
                 return Success(f"Rule {rule.rule_id} added")
             case RemoveRule():
                 failed = await self.remove_rule(req.rule_id)
@@ -892,13 +961,13 @@ class Supervisor:
             return Error(f"Rule {rule_id} comes from {where}; remove it there and reload (SIGHUP)")
         rule = self.table.remove(rule_id)
         try:
-            self.save()
+            self.save(removed=rule.rule_id)
         except StateError as e:
             self.table.insert(rule)
             return Error(f"Rule {rule.rule_id} not removed: {e}")
         self.stats.forget_rule(rule.rule_id)
         log.info("rule %s removed", rule.rule_id)
-        await self.wait_synced(self.apply())
+        await self.wait_synced(self.apply([rule.rule_id]))
         return None
 
     async def load_config(self, req: LoadConfig) -> Response:
@@ -907,15 +976,15 @@ class Supervisor:
         config = req.document.config
         if config is None:
             return Error(f"Invalid configuration: {req.document.error}")
-        before = dict(self.table.rules)
+        before = self.table.index
         try:
             added, removed, skipped = self.table.load(config.rules, req.replace)
         except ValidationError as e:
             return Error(f"Invalid configuration: {e}")
         try:
-            self.save()
+            self.save_all()
         except StateError as e:
-            self.table.rules = before
+            self.table.index = before
             return Error(f"Configuration not loaded: {e}")
         for rule_id in removed + added:
             self.stats.forget_rule(rule_id)
@@ -928,7 +997,7 @@ class Supervisor:
             len(skipped),
         )
         if added or removed:
-            await self.wait_synced(self.apply())
+            await self.wait_synced(self.apply(added + removed))
         if req.replace:
             return Success(f"Configuration loaded ({len(self.table.rules)} rules, replaced existing)")
         return Success(f"Configuration merged ({len(added)} rules added, {len(skipped)} skipped as duplicates)")
@@ -971,16 +1040,16 @@ class Supervisor:
             return Error(f"Failed to save configuration: {target}: {e.strerror}")
         if started_with is not None and target == Path(os.path.abspath(started_with.path)):
             saved = parse_config(text, started_with.path)
-            self.table.rules = {
-                rid: replace(r, source=RuleSource.CONFIG) if r.source is RuleSource.RUNTIME else r
-                for rid, r in self.table.rules.items()
-            }
+            self.table.index = FlowIndex(
+                replace(r, source=RuleSource.CONFIG) if r.source is RuleSource.RUNTIME else r
+                for r in self.table.rules.values()
+            )
             self.config_file = replace(saved, settings=started_with.settings, limits=started_with.limits)
-            # only where each rule comes from changed: the data plane is not touched, the views are
-            views = tuple(replace(v, rule=self.table.rules[v.rule.rule_id]) for v in self.resolution.views)
-            self.resolution = replace(self.resolution, views=views)
+            # only where each rule comes from changed: the data plane keeps its forms (no rule goes pending),
+            # the views are re-resolved
+            self.apply(list(self.table.rules))
             try:
-                self.save()
+                self.save_all()
             except StateError as e:
                 log.error("%s; the saved rules are also still in the state file", e)
         log.info("configuration saved to %s (%d rules)", target, len(self.table.rules))

@@ -62,16 +62,18 @@ class Memberships:
     """Keeps exactly the wanted (interface, group, source) memberships, spread over as many sockets
     as the per-socket limit (net.ipv4.igmp_max_memberships) requires. A socket holds at most one
     membership per (interface, group), so the sources of one group never meet the per-socket source
-    limit (igmp_max_msf) and an any-source join never conflicts with a source-specific one."""
+    limit (igmp_max_msf) and an any-source join never conflicts with a source-specific one. A change
+    (`change`) costs the same whatever the number of memberships held."""
 
     def __init__(self) -> None:
         self.joined: dict[Key, socket.socket] = {}
         self.members: dict[socket.socket, int] = {}
         self.failed: dict[Key, str] = {}
+        self._on_group: dict[tuple[int, IPAddress], set[socket.socket]] = {}  # sockets holding (ifindex, group)
 
     def _socket_for(self, key: Key, limit: int) -> socket.socket:
         family = socket.AF_INET if key[1].version == 4 else socket.AF_INET6
-        busy = {sock for k, sock in self.joined.items() if k[:2] == key[:2]}
+        busy = self._on_group.get((key[0], key[1]), set())
         for sock, count in self.members.items():
             if sock.family == family and count < limit and sock not in busy:
                 return sock
@@ -80,20 +82,38 @@ class Memberships:
         return sock
 
     def reconcile(self, wanted: Mapping[int, AbstractSet[Membership]]) -> None:
+        """Hold exactly `wanted` ({ifindex: memberships})."""
         want: set[Key] = {(idx, g, s) for idx, members in wanted.items() for g, s in members}
-        for key in [k for k in self.joined if k not in want]:
-            sock = self.joined.pop(key)
+        self.change(want - set(self.joined), set(self.joined) - want)
+        self.failed = {k: v for k, v in self.failed.items() if k in want}
+
+    def retry(self) -> None:
+        """Try the memberships that failed again (e.g. the operator has raised igmp_max_memberships)."""
+        self.change(set(self.failed), set())
+
+    def change(self, join: AbstractSet[Key], leave: AbstractSet[Key]) -> None:
+        """Leave `leave`, then join `join` (a join that fails is kept in `failed` and tried again by `retry`)."""
+        for key in leave:
+            self.failed.pop(key, None)
+            sock = self.joined.pop(key, None)
+            if sock is None:
+                continue
             try:
                 sock.setsockopt(*membership_option(key, join=False))
             except OSError:
                 pass  # the interface may be gone, and the membership with it
+            holders = self._on_group[(key[0], key[1])]
+            holders.discard(sock)
+            if not holders:
+                del self._on_group[(key[0], key[1])]
             self.members[sock] -= 1
             if self.members[sock] == 0:
                 del self.members[sock]
                 sock.close()
-        self.failed = {k: v for k, v in self.failed.items() if k in want}
+        if not join:
+            return
         limit = _max_per_socket()
-        for key in sorted(want - set(self.joined), key=_order):
+        for key in sorted(set(join) - set(self.joined), key=_order):
             ifindex, group, source = key
             sock = self._socket_for(key, limit)
             try:
@@ -111,6 +131,7 @@ class Memberships:
             if self.failed.pop(key, None) is not None:
                 log.info("joined %s on ifindex %d (it had failed before)", group, ifindex)
             self.joined[key] = sock
+            self._on_group.setdefault((ifindex, group), set()).add(sock)
             self.members[sock] += 1
 
     def close(self) -> None:

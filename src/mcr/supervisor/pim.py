@@ -23,9 +23,10 @@ import random
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol
 
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
@@ -104,6 +105,36 @@ def merge_pim_outputs(
         )
         merged.append(replace(rule, outputs=rule.outputs + extra) if extra else rule)
     return merged
+
+
+class MergedRules(Mapping[str, ForwardingRule]):
+    """The rule table as the data plane sees it: each rule with the outputs PIM adds for its group, computed
+    per rule on access (so the incremental resolver touches only the rules it asks for). One object for the
+    supervisor's life: the resolver's cache is invalidated by every update, which every PIM change makes."""
+
+    def __init__(self, table: HasRules, services: Sequence[PimService]) -> None:
+        self._table = table
+        self._services = services
+
+    def __getitem__(self, rule_id: str) -> ForwardingRule:
+        rule = self._table.rules[rule_id]
+        for s in self._services:
+            if not s.joins.empty:
+                (rule,) = merge_pim_outputs((rule,), s.joins, s.asserts)
+        return rule
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table.rules)
+
+    def __len__(self) -> int:
+        return len(self._table.rules)
+
+
+class HasRules(Protocol):
+    """The rule table (`RuleTable`), read through its `rules`."""
+
+    @property
+    def rules(self) -> Mapping[str, ForwardingRule]: ...
 
 
 def open_pim_socket(link: Link) -> socket.socket:

@@ -1,4 +1,14 @@
-"""The state file: runtime rules written atomically after every accepted change, read back at start."""
+"""The state file: runtime rules kept on disk across restarts, read back at start.
+
+Two files: the snapshot PATH (every runtime rule, written atomically) and the journal PATH.journal (one
+line per accepted change since the snapshot, appended and fsynced before the client gets its Success).
+A change costs one short append, not a rewrite of every rule; once the journal holds more changes than
+the snapshot has rules (and at least COMPACT_MIN), a new snapshot is written and the journal emptied, so
+the work stays in proportion to the changes. Replaying the journal over the snapshot is idempotent (each
+rule ends as its last record says), so a crash between the new snapshot and the emptied journal loses
+nothing; a line torn by a crash during its append (no newline) is a change that never got its Success,
+and is ignored.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ from mcr.protocol.jsondoc import load_json
 log = logging.getLogger("mcr.supervisor")
 
 STATE_VERSION = 1
+COMPACT_MIN = 1024  # journal records before a snapshot is due, at least
 
 
 class StateError(McrError):
@@ -43,6 +54,20 @@ def decode_state(data: bytes) -> list[ForwardingRule]:
         raise StateError(str(e)) from None
 
 
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def save_state(path: Path, rules: Iterable[ForwardingRule]) -> None:
     """Write to a temporary file in the same directory, fsync it, rename it over the old one, fsync the
     directory: after a crash the file holds either the old or the new rule set, never a mix."""
@@ -65,18 +90,12 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path)
     except OSError:
         try:
             tmp.unlink()
@@ -100,3 +119,142 @@ def load_state(path: Path) -> list[ForwardingRule]:
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         os.replace(path, aside)
         raise StateError(f"state file {path} is unusable ({e}); kept aside as {aside}") from None
+
+
+# ------------------------------------------------------------------------------------------------ journal
+
+
+def journal_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.journal")
+
+
+def encode_record(added: ForwardingRule | None = None, removed: str | None = None) -> bytes:
+    """One journal line: `{"add": rule}` or `{"remove": "id"}`."""
+    doc = {"add": encode_rule(added)} if added is not None else {"remove": removed}
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def replay(rules: Iterable[ForwardingRule], journal: bytes) -> tuple[list[ForwardingRule], int]:
+    """The snapshot's rules with the journal's changes applied, and the number of records applied. A last
+    line without its newline (torn by a crash while it was appended) is ignored; any other bad line is a
+    StateError naming it."""
+    table = {r.rule_id: r for r in rules}
+    lines = journal.split(b"\n")
+    complete, torn = lines[:-1], lines[-1]
+    del torn  # never acknowledged: its change did not happen
+    for number, line in enumerate(complete, start=1):
+        try:
+            doc = load_json(line, "not valid JSON")
+            if not isinstance(doc, dict) or len(doc) != 1:
+                raise ProtocolError('expected {"add": rule} or {"remove": id}')
+            if "add" in doc:
+                rule = decode_rule(doc["add"])
+                table.pop(rule.rule_id, None)  # a changed rule goes where it was added last
+                table[rule.rule_id] = rule
+            elif isinstance(doc.get("remove"), str):
+                table.pop(doc["remove"], None)
+            else:
+                raise ProtocolError('expected {"add": rule} or {"remove": id}')
+        except ProtocolError as e:
+            raise StateError(f"journal line {number}: {e}") from None
+    return list(table.values()), len(complete)
+
+
+class StateStore:
+    """The state file and its journal (see the module's docstring). Every method that changes the files
+    raises StateError, leaving them as they were, when it cannot complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.journal = journal_path(path)
+        self.records = 0  # changes in the journal since the snapshot
+        self._fd = -1
+        self._size = 0  # the journal's length after the last complete append
+        self.broken = False  # an append failed and may have left a partial line: compact before the next
+        self.has_snapshot = path.exists()  # without one, the first change writes it (the journal needs a base)
+
+    def load(self) -> list[ForwardingRule]:
+        """The saved rules (snapshot, then journal); a missing snapshot is an empty one. A corrupt snapshot
+        or journal is moved aside (never overwritten) and reported with StateError naming where it went;
+        the rules of a good snapshot are then kept in a new one, without the unusable journal."""
+        try:
+            rules = load_state(self.path)
+        except StateError as e:
+            self.has_snapshot = False
+            if self.journal.exists():  # its changes apply to the lost snapshot
+                aside = self._set_aside()
+                raise StateError(f"{e}; its journal is kept aside as {aside}") from None
+            raise
+        try:
+            data = self.journal.read_bytes()
+        except FileNotFoundError:
+            return rules
+        except OSError as e:
+            raise StateError(f"cannot read state journal {self.journal}: {e.strerror}") from None
+        try:
+            restored, self.records = replay(rules, data)
+        except StateError as e:
+            aside = self._set_aside()
+            self.compact(rules)
+            raise StateError(f"state journal {self.journal} is unusable ({e}); kept aside as {aside}") from None
+        return restored
+
+    def _set_aside(self) -> Path:
+        aside = self.journal.with_name(f"{self.journal.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(self.journal, aside)
+        return aside
+
+    def _open(self) -> int:
+        if self._fd < 0:
+            created = not self.journal.exists()
+            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            # never through a symbolic link (as write_atomically): a link planted there cannot redirect the appends
+            self._fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
+            self._size = os.fstat(self._fd).st_size
+            if created:
+                _fsync_dir(self.journal)
+        return self._fd
+
+    def append(self, record: bytes) -> None:
+        """Append one record and fsync it: on return it survives a crash."""
+        try:
+            fd = self._open()
+            try:
+                _write_all(fd, record)
+                os.fdatasync(fd)
+            except OSError:
+                os.ftruncate(fd, self._size)  # no half record left behind
+                raise
+        except OSError as e:
+            self.close()
+            self.broken = True
+            raise StateError(f"cannot save state to {self.path}: {e.strerror}") from None
+        self._size += len(record)
+        self.records += 1
+
+    def due(self, rules: int) -> bool:
+        """Whether the journal has grown enough, for a table of `rules` runtime rules, to be compacted."""
+        return self.broken or not self.has_snapshot or self.records > max(COMPACT_MIN, rules)
+
+    def compact(self, rules: Iterable[ForwardingRule]) -> None:
+        """Write every rule as the new snapshot, then empty the journal."""
+        save_state(self.path, rules)
+        self.has_snapshot = True
+        try:
+            fd = self._open()
+            os.ftruncate(fd, 0)
+            os.fsync(fd)
+        except OSError as e:
+            self.close()
+            raise StateError(f"cannot save state to {self.path}: {e.strerror}") from None
+        self._size = 0
+        self.records = 0
+        self.broken = False
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # closing is all that was left to do with it

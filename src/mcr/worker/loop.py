@@ -1,9 +1,9 @@
 """The data-plane loop: capture rings in, batched UDP sends out, counters pushed on a timer.
 
 Per packet the loop does only what it must: read the frame header, parse, look the flow up, ask the
-rule's token bucket when it has a rate limit, and point the rule's send batch at the payload inside the
-ring (no copy). Each batch is then sent with
-one sendmmsg per output socket, before the ring block goes back to the kernel.
+rule's token bucket when it has a rate limit, and note where the payload lies inside the ring (no copy).
+Each rule's frames are then laid out in one shared sendmmsg array and sent with one sendmmsg per output
+socket, before the ring block goes back to the kernel.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mcr.linux.packet_socket import attach_filter, read_statistics
 from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
 from mcr.model.errors import ProtocolError
 from mcr.model.ratelimit import TokenBucket
-from mcr.packet.cbpf import build_capture_filter, pack_program
+from mcr.packet.cbpf import pack_program
 from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame, src_address
 from mcr.protocol.worker import (
     CloseSockets,
@@ -34,26 +34,25 @@ from mcr.protocol.worker import (
     StatsReport,
     Sync,
     SyncAck,
+    Update,
+    WorkerOutput,
+    WorkerRule,
     decode_command,
     encode_reply,
     encode_stats,
 )
 from mcr.worker.egress import open_output_socket
-from mcr.worker.table import (
-    OutputSlot,
-    RuleSlot,
-    SourceSplit,
-    filter_groups,
-    filter_groups6,
-    index_rules,
-    index_sources,
-    wire_key_from_flow_key,
-)
+from mcr.worker.table import FilterSet, OutputSlot, RuleIndex, RuleSlot, SourceSplit, wire_key_from_flow_key
 
 log = logging.getLogger("mcr.worker")
 
 BATCH = 1024
+FULL = 2 * BATCH  # a rule's pending entries (address and length per frame) when its batch is full
 STATS_INTERVAL_S = 0.5
+# A worker with up to FULL_REPORT_RULES rules reports every rule every time (at most about 90 kB, a few ms for
+# the supervisor to read); beyond, every FULL_REPORT_EVERY-th report (10 s) does, the others only what changed.
+FULL_REPORT_RULES = 1000
+FULL_REPORT_EVERY = 20
 MAX_FDS_PER_MESSAGE = 64
 NO_RULE = int(DropReason.NO_RULE)
 NOT_IPV4 = int(DropReason.NOT_IPV4)
@@ -67,7 +66,19 @@ FAST_FRAME = struct.Struct("<I8xI4xIH" + f"{FAST_MAC - 26}x" + "12xHBxH2xHxB2x4x
 TP_STATUS_VLAN_VALID = 0x10  # the kernel took an 802.1Q tag off: the frame belongs to a VLAN, not to us
 ETHERTYPE_IPV4_LE = 0x0008
 FRAG_MASK_LE = 0xFF3F
-_OUTPUT_KEY = tuple[str, int, int, int, int, int, int | None]
+#: An output socket: (group, port, ifindex, source address, ttl). Outputs of different rules with the same
+#: key share one connected socket (counters stay per output).
+_OUTPUT_KEY = tuple[int, int, int, int, int | None]
+
+
+def _output_key(spec: WorkerOutput) -> _OUTPUT_KEY:
+    return (int(spec.group), spec.port, spec.ifindex, int(spec.source), spec.ttl)
+
+
+def _same_flow(a: WorkerRule, b: WorkerRule) -> bool:
+    """Whether a rule's slot (counters, rate-limit bucket) carries over from `a` to `b`: same input, same
+    epoch (a new epoch is a re-added rule, whose counters restart from zero)."""
+    return (a.ifindex, a.group, a.port, a.source, a.epoch) == (b.ifindex, b.group, b.port, b.source, b.epoch)
 
 
 @dataclass(slots=True)
@@ -76,6 +87,7 @@ class Capture:
     ring: RxRing
     table: dict[int, RuleSlot] = field(default_factory=dict)
     sources: dict[int, SourceSplit] = field(default_factory=dict)  # rules that name a source
+    program: bytes = b""  # the capture filter attached, packed
 
 
 class DataPlane:
@@ -85,15 +97,20 @@ class DataPlane:
         self.stats_fd = stats_fd
         self.captures: dict[int, Capture] = {}
         self.slots: dict[str, RuleSlot] = {}
-        self.sockets: dict[_OUTPUT_KEY, socket.socket] = {}
-        self.rules_by_if: dict[int, dict[int, RuleSlot]] = {}
-        self.sources_by_if: dict[int, dict[int, SourceSplit]] = {}
+        self.sockets: dict[_OUTPUT_KEY, tuple[socket.socket, int]] = {}  # key -> (socket, outputs using it)
+        self.index = RuleIndex()
+        self.filters = FilterSet()
+        self.batch = SendBatch(BATCH)  # one send array for every rule: a rule's batch is laid out at its flush
         self.drops = [0] * len(DROP_KEYS)
         self.ring_resyncs = 0  # times a capture ring had drifted out of order (see RxRing.resync)
         self.kernel_packets = 0
         self.kernel_drops = 0
         self.pipe_errors = 0
         self.pending_stats = b""
+        self.reports = 0  # reports made so far
+        self.reported: dict[str, tuple[int, int, int]] = {}  # rule id -> (packets, bytes, drops) last reported
+        self.changed: set[str] = set()  # rules replaced since the last report: reported whatever their counts
+        self.gone: set[str] = set()  # rules dropped since the last report
         self.generation = 0
         self.running = True
         self.poller = select.poll()
@@ -139,6 +156,10 @@ class DataPlane:
                 self.sync(cmd)
                 self.generation = cmd.generation
                 self.send_reply(SyncAck(cmd.generation))
+            case Update():
+                self.update(cmd)
+                self.generation = cmd.generation
+                self.send_reply(SyncAck(cmd.generation))
             case SetLogLevels():
                 logging.getLogger().setLevel(cmd.global_level)
                 for name, level in cmd.overrides:
@@ -149,7 +170,7 @@ class DataPlane:
     def add_capture(self, ifindex: int, sock: socket.socket) -> None:
         self.remove_capture(ifindex)
         ring = RxRing(sock)
-        cap = Capture(ifindex, ring, self.rules_by_if.get(ifindex, {}), self.sources_by_if.get(ifindex, {}))
+        cap = Capture(ifindex, ring, *self.index.tables(ifindex))
         self.captures[ifindex] = cap
         self.poller.register(sock.fileno(), select.POLLIN)
         self.refilter(cap)
@@ -164,68 +185,106 @@ class DataPlane:
         cap.ring.close()
 
     def refilter(self, cap: Capture) -> None:
-        rules = [s.rule for s in self.slots.values()]
-        program = build_capture_filter(filter_groups(rules, cap.ifindex), filter_groups6(rules, cap.ifindex))
-        attach_filter(cap.ring.sock, pack_program(program))
+        """Attach the interface's capture filter, unless the one attached is already the same program."""
+        program = pack_program(self.filters.program(cap.ifindex))
+        if program != cap.program:
+            attach_filter(cap.ring.sock, program)
+            cap.program = program
 
     # --------------------------------------------------------------------------------------- rules
 
     def sync(self, cmd: Sync) -> None:
         """Replace the rule set; rules and output sockets that did not change keep their state. A rule whose
         epoch changed (the supervisor re-added it, e.g. a reload changed it) starts again from zero counters."""
-        old = self.slots
-        slots: dict[str, RuleSlot] = {}
-        wanted: set[_OUTPUT_KEY] = set()
-        for rule in cmd.rules:
-            prev = old.get(rule.rule_id)
-            keep = prev is not None and prev.rule.ifindex == rule.ifindex and prev.rule.group == rule.group
-            keep = keep and prev is not None and (prev.rule.port, prev.rule.source) == (rule.port, rule.source)
-            keep = keep and prev is not None and prev.rule.epoch == rule.epoch  # a new epoch: counters from zero
-            outputs: list[OutputSlot] = []
-            prev_outputs = {o.spec: o for o in prev.outputs} if keep and prev is not None else {}
-            for spec in rule.outputs:
-                key = (
-                    rule.rule_id,
-                    spec.index,
-                    int(spec.group),
-                    spec.port,
-                    spec.ifindex,
-                    int(spec.source),
-                    spec.ttl,
-                )
-                wanted.add(key)
-                out = prev_outputs.get(spec) or OutputSlot(spec)
-                sock = self.sockets.get(key)
-                if sock is None:
-                    try:
-                        sock = open_output_socket(spec)
-                    except OSError as e:
-                        log.warning("rule %s output %d: cannot open socket: %s", rule.rule_id, spec.index, e)
-                        out.fd = -1
-                        outputs.append(out)
-                        continue
-                    self.sockets[key] = sock
-                out.fd = sock.fileno()
-                outputs.append(out)
-            slot = RuleSlot(rule, outputs, prev.batch if keep and prev is not None else SendBatch(BATCH))
-            if keep and prev is not None:
-                slot.packets, slot.bytes, slot.drops = prev.packets, prev.bytes, prev.drops
-            if keep and prev is not None and prev.rule.rate_limit == rule.rate_limit:
-                slot.bucket = prev.bucket  # an unrelated change does not refill the bucket
-            elif rule.rate_limit is not None:
-                slot.bucket = TokenBucket(rule.rate_limit)
-            slots[rule.rule_id] = slot
-        for key in list(self.sockets):
-            if key not in wanted:
-                self.sockets.pop(key).close()
-        self.slots = slots
-        self.rules_by_if = index_rules(slots.values())
-        self.sources_by_if = index_sources(slots.values())
-        for cap in self.captures.values():
-            cap.table = self.rules_by_if.get(cap.ifindex, {})
-            cap.sources = self.sources_by_if.get(cap.ifindex, {})
-            self.refilter(cap)
-        log.debug("synced generation %d: %d rules", cmd.generation, len(slots))
+        wanted = {rule.rule_id for rule in cmd.rules}
+        self.change(cmd.rules, [rule_id for rule_id in self.slots if rule_id not in wanted])
+        log.debug("synced generation %d: %d rules", cmd.generation, len(self.slots))
+
+    def update(self, cmd: Update) -> None:
+        """Apply one change: only the rules named are touched."""
+        self.change(cmd.rules, cmd.removed)
+        log.debug("updated to generation %d: %d rules", cmd.generation, len(self.slots))
+
+    def change(self, rules: tuple[WorkerRule, ...], removed: list[str] | tuple[str, ...]) -> None:
+        for rule_id in removed:
+            slot = self.slots.pop(rule_id, None)
+            if slot is not None:
+                self.uninstall(slot)
+                self.gone.add(rule_id)
+                self.changed.discard(rule_id)
+        for rule in rules:
+            self.install(rule)
+        for ifindex in self.filters.take_dirty():
+            cap = self.captures.get(ifindex)
+            if cap is not None:
+                self.refilter(cap)
+
+    def install(self, rule: WorkerRule) -> None:
+        """Add `rule`, or replace the rule of its id. Counters, rate-limit bucket and the outputs that stay
+        carry over when the rule keeps its flow and epoch."""
+        prev = self.slots.get(rule.rule_id)
+        if prev is not None and prev.rule == rule and all(o.fd >= 0 for o in prev.outputs):
+            return
+        keep = prev is not None and _same_flow(prev.rule, rule)
+        prev_outputs = {o.spec: o for o in prev.outputs} if keep and prev is not None else {}
+        outputs = []
+        for spec in rule.outputs:
+            out = prev_outputs.get(spec)
+            if out is None:
+                out = OutputSlot(spec, self.acquire(spec))
+            elif out.fd < 0:  # its socket could not be opened before: try again
+                out.fd = self.acquire(spec)
+            outputs.append(out)
+        slot = RuleSlot(rule, outputs)
+        if keep and prev is not None:
+            slot.packets, slot.bytes, slot.drops = prev.packets, prev.bytes, prev.drops
+        if keep and prev is not None and prev.rule.rate_limit == rule.rate_limit:
+            slot.bucket = prev.bucket  # an unrelated change does not refill the bucket
+        elif rule.rate_limit is not None:
+            slot.bucket = TokenBucket(rule.rate_limit)
+        if prev is not None:
+            self.uninstall(prev, keep=set(prev_outputs) & set(rule.outputs))
+        self.slots[rule.rule_id] = slot
+        self.changed.add(rule.rule_id)
+        self.gone.discard(rule.rule_id)
+        self.index.add(slot)
+        self.filters.add(rule)
+
+    def uninstall(self, slot: RuleSlot, keep: set[WorkerOutput] | None = None) -> None:
+        """Take `slot` out of the lookup tables and the filter set; release its output sockets (but those
+        of the outputs in `keep`, which a replacement slot took over)."""
+        self.index.discard(slot)
+        self.filters.remove(slot.rule)
+        for out in slot.outputs:
+            if out.fd >= 0 and (keep is None or out.spec not in keep):
+                self.release(out.spec)
+
+    def acquire(self, spec: WorkerOutput) -> int:
+        """The descriptor of the output socket for `spec`, opened or shared; -1 if it cannot be opened
+        (the output's sends are then counted as errors)."""
+        key = _output_key(spec)
+        held = self.sockets.get(key)
+        if held is not None:
+            self.sockets[key] = (held[0], held[1] + 1)
+            return held[0].fileno()
+        try:
+            sock = open_output_socket(spec)
+        except OSError as e:
+            log.warning("output %s:%d on ifindex %d: cannot open socket: %s", spec.group, spec.port, spec.ifindex, e)
+            return -1
+        self.sockets[key] = (sock, 1)
+        return sock.fileno()
+
+    def release(self, spec: WorkerOutput) -> None:
+        key = _output_key(spec)
+        held = self.sockets.get(key)
+        if held is None:
+            return
+        if held[1] > 1:
+            self.sockets[key] = (held[0], held[1] - 1)
+        else:
+            del self.sockets[key]
+            held[0].close()
 
     # ------------------------------------------------------------------------------------ hot path
 
@@ -257,7 +316,7 @@ class DataPlane:
             _status, num_pkts, first = unpack_block(mm, boff + 8)
             off = boff + first
             now = clock()  # rate limits take their credit against one reading of the clock per block
-            pending: dict[RuleSlot, list[int]] = {}
+            pending: dict[RuleSlot, list[int]] = {}  # frames to send per rule: address, length, ...
             for _i in range(num_pkts):
                 if off <= fast_limit:
                     nxt, snap, status, mac, ethertype, vihl, total, frag, proto, dst, port, ulen = fast(mm, off)
@@ -305,27 +364,31 @@ class DataPlane:
                     drops[RATE_LIMITED] += 1
                     slot.drops[RATE_LIMITED] += 1
                 else:
-                    lengths = pending.get(slot)
-                    if lengths is None:
-                        lengths = pending[slot] = []
-                    slot.batch.set(len(lengths), base + poff, plen)
-                    lengths.append(plen)
-                    if len(lengths) == BATCH:
-                        flush(slot, lengths)
-                        lengths.clear()
+                    entries = pending.get(slot)
+                    if entries is None:
+                        entries = pending[slot] = []
+                    entries.append(base + poff)
+                    entries.append(plen)
+                    if len(entries) == FULL:
+                        flush(slot, entries)
+                        entries.clear()
                 off += nxt
-            for slot, lengths in pending.items():
-                if lengths:
-                    flush(slot, lengths)
+            for slot, entries in pending.items():
+                if entries:
+                    flush(slot, entries)
             ring.release(boff)
             handled += num_pkts
         return handled
 
-    @staticmethod
-    def flush(slot: RuleSlot, lengths: list[int]) -> None:
-        """Send one rule's batch to every output: one sendmmsg per output socket."""
-        batch = slot.batch
-        count = len(lengths)
+    def flush(self, slot: RuleSlot, entries: list[int]) -> None:
+        """Send one rule's frames (`entries`: address, length, address, length, ...) to every output: laid
+        out in the shared send array, then one sendmmsg per output socket."""
+        batch = self.batch
+        put = batch.set
+        count = len(entries) >> 1
+        for i in range(count):
+            put(i, entries[2 * i], entries[2 * i + 1])
+        lengths = entries[1::2]
         total = sum(lengths)
         slot.packets += count
         slot.bytes += total
@@ -357,18 +420,40 @@ class DataPlane:
         self.kernel_drops += dropped
 
     def report(self) -> StatsReport:
+        """The worker's counters: every rule in the first report, every FULL_REPORT_EVERY-th and whenever it
+        has at most FULL_REPORT_RULES rules; otherwise only the rules whose counts changed (or that were
+        replaced) and the ids dropped since the last report."""
         for cap in self.captures.values():
             self.account_kernel(cap)
+        full = self.reports % FULL_REPORT_EVERY == 0 or len(self.slots) <= FULL_REPORT_RULES
+        self.reports += 1
+        reported = self.reported
+        changed = self.changed
+        rules = []
+        if full:
+            reported.clear()
+        for rid, slot in self.slots.items():
+            mark = (slot.packets, slot.bytes, sum(slot.drops))
+            if full or reported.get(rid) != mark or rid in changed:
+                reported[rid] = mark
+                rules.append((rid, slot.counters()))
+        for rid in self.gone:
+            reported.pop(rid, None)
+        gone = () if full else tuple(self.gone)
+        self.gone = set()
+        self.changed = set()
         return StatsReport(
             worker_id=self.worker_id,
             pid=self.pid,
-            rules=tuple((rid, slot.counters()) for rid, slot in self.slots.items()),
+            rules=tuple(rules),
             drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops) if i),  # every reason, zeros too
             kernel_packets=self.kernel_packets,
             kernel_drops=self.kernel_drops,
             pipe_errors=self.pipe_errors,
             generation=self.generation,
             ring_resyncs=self.ring_resyncs,
+            delta=not full,
+            gone=gone,
         )
 
     def push_stats(self) -> None:

@@ -10,13 +10,17 @@ with a rate limit has a token bucket in its slot; the hot path asks it once per 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TypeVar
 
 from mcr.model.ratelimit import TokenBucket
+from mcr.packet.cbpf import Insn, build_capture_filter, coarse_filter
 from mcr.packet.parse import DROP_KEYS, IPV6_KEY_TAG
 from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
+
+K = TypeVar("K")
 
 
 def flow_key(group: int, port: int, version: int = 4) -> int:
@@ -48,14 +52,6 @@ def rule_key(rule: WorkerRule) -> int:
     return wire_key(int(rule.group), rule.port)
 
 
-class Batch(Protocol):
-    """Where the hot path puts the payloads of one rule (a preallocated sendmmsg array)."""
-
-    def set(self, i: int, address: int, length: int) -> None: ...
-
-    def send(self, fd: int, count: int, start: int = 0) -> int: ...
-
-
 @dataclass(slots=True)
 class OutputSlot:
     spec: WorkerOutput
@@ -69,7 +65,6 @@ class OutputSlot:
 class RuleSlot:
     rule: WorkerRule
     outputs: list[OutputSlot]
-    batch: Batch
     packets: int = 0
     bytes: int = 0
     drops: list[int] = field(default_factory=lambda: [0] * len(DROP_KEYS))
@@ -96,6 +91,9 @@ class SourceSplit:
         prefix = slot.rule.source
         assert prefix is not None
         self.entries.append((int(prefix.network_address), int(prefix.netmask), slot))
+
+    def discard(self, rule_id: str) -> None:
+        self.entries = [e for e in self.entries if e[2].rule.rule_id != rule_id]
 
     def pick(self, source: int) -> RuleSlot | None:
         """The rule whose prefix holds `source` (an address as an int), or None."""
@@ -137,3 +135,100 @@ def filter_groups(rules: Iterable[WorkerRule], ifindex: int) -> dict[int, set[in
 def filter_groups6(rules: Iterable[WorkerRule], ifindex: int) -> set[int]:
     """The IPv6 groups of the rules on one input interface, for its kernel socket filter."""
     return {int(r.group) for r in rules if r.ifindex == ifindex and r.group.version == 6}
+
+
+class RuleIndex:
+    """The hot path's tables, kept up to date one rule at a time: {ifindex: {key: slot}} of the rules
+    without a source and {ifindex: {key: split}} of those with one. A capture holds its interface's two
+    dicts, which are changed in place, so a rule change costs the same whatever the size of the table."""
+
+    __slots__ = ("plain", "sourced")
+
+    def __init__(self) -> None:
+        self.plain: dict[int, dict[int, RuleSlot]] = {}
+        self.sourced: dict[int, dict[int, SourceSplit]] = {}
+
+    def tables(self, ifindex: int) -> tuple[dict[int, RuleSlot], dict[int, SourceSplit]]:
+        return self.plain.setdefault(ifindex, {}), self.sourced.setdefault(ifindex, {})
+
+    def add(self, slot: RuleSlot) -> None:
+        r = slot.rule
+        plain, sourced = self.tables(r.ifindex)
+        if r.source is None:
+            plain[rule_key(r)] = slot
+        else:
+            sourced.setdefault(rule_key(r), SourceSplit()).add(slot)
+
+    def discard(self, slot: RuleSlot) -> None:
+        r = slot.rule
+        plain, sourced = self.tables(r.ifindex)
+        key = rule_key(r)
+        if r.source is None:
+            if plain.get(key) is slot:
+                del plain[key]
+            return
+        split = sourced.get(key)
+        if split is not None:
+            split.discard(r.rule_id)
+            if not split.entries:
+                del sourced[key]
+
+
+#: Up to this many groups on an interface its capture filter names them (exactly, or by group when the
+#: ports do not fit); beyond, it passes any multicast group and the worker's dict lookup does the rest
+#: (a frame to no rule is counted as `no_rule`). Building the exact filter takes time in proportion to
+#: the groups, so a change to a table of thousands of rules would cost milliseconds; the coarse filter
+#: costs the same at any size.
+EXACT_FILTER_GROUPS = 256
+
+
+class FilterSet:
+    """What each input interface's capture filter must pass, counted by rule: IPv4 (group, port) pairs
+    and IPv6 groups. Adding or removing a rule marks its interface dirty only when the set changed."""
+
+    __slots__ = ("dirty", "groups4", "groups6", "pairs4")
+
+    def __init__(self) -> None:
+        self.pairs4: dict[int, Counter[tuple[int, int]]] = {}
+        self.groups4: dict[int, Counter[int]] = {}
+        self.groups6: dict[int, Counter[int]] = {}
+        self.dirty: set[int] = set()
+
+    def add(self, rule: WorkerRule) -> None:
+        self._count(rule, +1)
+
+    def remove(self, rule: WorkerRule) -> None:
+        self._count(rule, -1)
+
+    def _count(self, rule: WorkerRule, delta: int) -> None:
+        g = int(rule.group)
+        if rule.group.version == 6:
+            changed = _bump(self.groups6.setdefault(rule.ifindex, Counter()), g, delta)
+        else:
+            changed = _bump(self.pairs4.setdefault(rule.ifindex, Counter()), (g, rule.port), delta)
+            _bump(self.groups4.setdefault(rule.ifindex, Counter()), g, delta)
+        if changed:
+            self.dirty.add(rule.ifindex)
+
+    def program(self, ifindex: int) -> list[Insn]:
+        """The capture filter of `ifindex` (see `EXACT_FILTER_GROUPS`)."""
+        groups6 = self.groups6.get(ifindex, Counter()).keys()
+        if len(self.groups4.get(ifindex, ())) + len(groups6) > EXACT_FILTER_GROUPS:
+            return coarse_filter(groups6)
+        groups: dict[int, set[int]] = {}
+        for group, port in self.pairs4.get(ifindex, ()):
+            groups.setdefault(group, set()).add(port)
+        return build_capture_filter(groups, groups6)
+
+    def take_dirty(self) -> set[int]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+
+def _bump(counts: Counter[K], key: K, delta: int) -> bool:
+    """Count `key` up or down by one; whether it appeared or disappeared."""
+    n = counts[key] + delta
+    if n > 0:
+        counts[key] = n
+        return n == 1 and delta > 0
+    return counts.pop(key, None) is not None

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Scale benchmark (issue 18): thousands of rules changed one by one at run time.
+
+    python3 bench/scale.py --rules 10000              # root; writes bench/results/scale-<label>.{json,md}
+    python3 bench/scale.py --rules 1000 --engine kernel --label k1000
+
+In a network namespace of its own (an input veth and four output ones, each with its peer, IPv4 and IPv6 addresses,
+no traffic at all) it starts `multicast_relay supervisor` and measures, over the control socket with the
+original's framing (one JSON request, then a half-close):
+
+- each `AddRule` (IPv4 and IPv6 rules alternate, 1-4 outputs each): latency p50/p99 per tenth of the table,
+  and whether the rule was active at its `Success` (sampled with `ListRules` at each tenth);
+- `ListRules`, `GetStats` and the metrics endpoint at each tenth; supervisor and worker RSS per rule;
+- each `RemoveRule` of every rule, latency p50/p99 per tenth;
+- the same rules from a config file: start to READY (systemd's notify protocol) and to every rule active;
+- a SIGHUP reload that changes 1% of them: until the changed rules are active, and whether any unchanged
+  rule left `active` meanwhile (the reload is hitless for them).
+
+The namespace is deleted at the end, also on an error or Ctrl-C; the run is bounded by --max-minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+OUTPUTS = ("out0", "out1", "out2", "out3")
+METRICS_PORT = 9187
+
+
+def sh(*argv: str, ns: str | None = None) -> None:
+    cmd = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def build_namespace(ns: str) -> None:
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "set", "lo", "up", ns=ns)
+    for i, name in enumerate(("in0", *OUTPUTS)):
+        sh("ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p", ns=ns)
+        sh("ip", "link", "set", f"{name}p", "up", ns=ns)
+        sh("ip", "addr", "add", f"10.77.{i}.1/24", "dev", name, ns=ns)
+        sh("ip", "-6", "addr", "add", f"fd00:77:{i}::1/64", "dev", name, "nodad", ns=ns)
+        sh("ip", "link", "set", name, "up", ns=ns)
+
+
+# --------------------------------------------------------------------------------------------- rules
+
+
+def rule_doc(i: int, port_shift: int = 0) -> dict[str, Any]:
+    """Rule i: IPv4 for even i, IPv6 for odd i; 1 + i % 4 outputs, one per output interface."""
+    n_out = 1 + i % 4
+    if i % 2 == 0:
+        group = f"239.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        outs = [f"239.{100 + k}.{(i >> 8) & 255}.{i & 255}" for k in range(n_out)]
+    else:
+        group = f"ff3e::7:{i:x}"
+        outs = [f"ff3e::{100 + k}:{i:x}" for k in range(n_out)]
+    return {
+        "rule_id": f"r{i}",
+        "input_interface": "in0",
+        "input_group": group,
+        "input_port": 5000,
+        "outputs": [
+            {"group": g, "port": 6000 + port_shift, "interface": OUTPUTS[k], "ttl": 4} for k, g in enumerate(outs)
+        ],
+    }
+
+
+def toml_rule(doc: dict[str, Any]) -> str:
+    outs = ", ".join(
+        f'{{ group = "{o["group"]}", port = {o["port"]}, interface = "{o["interface"]}" }}' for o in doc["outputs"]
+    )
+    return (
+        f'[[rule]]\nid = "{doc["rule_id"]}"\ninput_interface = "{doc["input_interface"]}"\n'
+        f'input_group = "{doc["input_group"]}"\ninput_port = {doc["input_port"]}\nttl = 4\noutputs = [{outs}]\n'
+    )
+
+
+# --------------------------------------------------------------------------------------- the client
+
+
+def exchange(path: str, request: object, timeout: float = 30.0) -> Any:
+    """One request with the original's framing (JSON, then half-close); the decoded answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(request).encode())
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(1 << 20):
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))
+
+
+def timed(fn: Any, *args: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class Relay:
+    def __init__(self, a: argparse.Namespace, work: Path, config: Path | None = None) -> None:
+        self.sock = str(work / "control.sock")
+        self.notify_path = str(work / "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.log = open(work / f"supervisor-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+        argv = [sys.executable, "-m", "mcr", "supervisor", "--control-socket-path", self.sock,
+                "--num-workers", str(a.workers), "--engine", a.engine, "--max-rules", str(max(a.rules, 1000)),
+                "--max-total-outputs", str(max(4 * a.rules, 10_000)), "--metrics-addr", f"127.0.0.1:{METRICS_PORT}",
+                "--state-file", str(work / "state.json"), "--log-level", "warning"]  # fmt: skip
+        if config is not None:
+            argv += ["--config", str(config)]
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=str(REPO / "src"))
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds from start to READY=1."""
+        self.notify.settimeout(timeout)
+        while True:
+            msg = self.notify.recv(4096).decode()
+            if "READY=1" in msg:
+                return time.perf_counter() - self.started
+
+    def call(self, request: object) -> Any:
+        return exchange(self.sock, request)
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in self.call("ListWorkers")["Workers"] if w["worker_type"] == "DataPlane"]
+
+    def rss(self) -> tuple[int, int]:
+        """(supervisor, largest worker) RSS in kB."""
+        return rss_kb(self.proc.pid), max((rss_kb(p) for p in self.worker_pids()), default=0)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.notify.close()
+        self.log.close()
+        Path(self.notify_path).unlink(missing_ok=True)
+
+
+def wait_all_active(relay: Relay, n: int, timeout: float, want: dict[str, int] | None = None) -> float:
+    """Poll ListRules until `n` rules are listed and active (and the rules of `want` have that output port)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        rules = relay.call("ListRules")["Rules"]
+        ok = len(rules) == n and all(r["state"] == "active" for r in rules)
+        if ok and want:
+            ports = {r["rule_id"]: r["outputs"][0]["port"] for r in rules}
+            ok = all(ports.get(k) == v for k, v in want.items())
+        if ok:
+            return time.perf_counter() - t0
+        time.sleep(0.05)
+    raise TimeoutError(f"rules not all active within {timeout} s")
+
+
+def metrics_get() -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30) as r:
+        return bytes(r.read())
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def run_inner(a: argparse.Namespace) -> dict[str, Any]:
+    deadline = time.monotonic() + a.max_minutes * 60
+    n = a.rules
+    tenth = max(1, n // 10)
+    out: dict[str, Any] = {"rules": n, "engine": a.engine, "workers": a.workers, "label": a.label}
+    with tempfile.TemporaryDirectory(prefix="mcr-scale-") as tmp:
+        work = Path(tmp)
+        relay = Relay(a, work)
+        try:
+            relay.wait_ready(60)
+            time.sleep(0.5)
+            base_sup, base_wrk = relay.rss()
+            out["base_rss_kb"] = {"supervisor": base_sup, "worker": base_wrk}
+            adds: list[float] = []
+            curve: list[dict[str, Any]] = []
+            t_start = time.perf_counter()
+            probing = 0.0  # time spent on the checkpoints' queries, not counted as adding
+            for i in range(n):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("--max-minutes reached while adding")
+                dt, resp = timed(relay.call, {"AddRule": rule_doc(i)})
+                if "Success" not in resp:
+                    raise RuntimeError(f"AddRule r{i}: {resp}")
+                adds.append(dt)
+                if (i + 1) % tenth == 0 or i + 1 == n:
+                    t_probe = time.perf_counter()
+                    t_list, rules = timed(relay.call, "ListRules")
+                    state = next(r["state"] for r in rules["Rules"] if r["rule_id"] == f"r{i}")
+                    t_stats, _ = timed(relay.call, "GetStats")
+                    t_metrics, _ = timed(metrics_get)
+                    sup, wrk = relay.rss()
+                    window = adds[-tenth:]
+                    curve.append({
+                        "table": i + 1, "add_p50_ms": pct(window, 0.5) * 1e3, "add_p99_ms": pct(window, 0.99) * 1e3,
+                        "add_max_ms": max(window) * 1e3, "last_state_at_success": state,
+                        "list_ms": t_list * 1e3, "stats_ms": t_stats * 1e3, "metrics_ms": t_metrics * 1e3,
+                        "supervisor_rss_kb": sup, "worker_rss_kb": wrk,
+                    })  # fmt: skip
+                    c = curve[-1]
+                    print(
+                        f"  {i + 1:6d} rules: add p50 {c['add_p50_ms']:.1f} ms p99 {c['add_p99_ms']:.1f} ms; "
+                        f"list {c['list_ms']:.0f} ms, stats {c['stats_ms']:.0f} ms, metrics {c['metrics_ms']:.0f} ms; "
+                        f"rss sup {sup} kB worker {wrk} kB",
+                        flush=True,
+                    )
+                    probing += time.perf_counter() - t_probe
+            out["add_total_s"] = time.perf_counter() - t_start - probing
+            out["add_sum_s"] = sum(adds)
+            out["adds_per_s"] = n / out["add_total_s"]
+            out["add_p50_ms"] = pct(adds, 0.5) * 1e3
+            out["add_p99_ms"] = pct(adds, 0.99) * 1e3
+            out["curve"] = curve
+            time.sleep(1.0)
+            sup, wrk = relay.rss()
+            out["rss_kb"] = {"supervisor": sup, "worker": wrk}
+            out["per_rule_bytes"] = {"supervisor": (sup - base_sup) * 1024 / n, "worker": (wrk - base_wrk) * 1024 / n}
+            # removal, newest first, of every rule
+            removes: list[float] = []
+            rcurve: list[dict[str, Any]] = []
+            t_start = time.perf_counter()
+            for i in reversed(range(n)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("--max-minutes reached while removing")
+                dt, resp = timed(relay.call, {"RemoveRule": {"rule_id": f"r{i}"}})
+                if "Success" not in resp:
+                    raise RuntimeError(f"RemoveRule r{i}: {resp}")
+                removes.append(dt)
+                if len(removes) % tenth == 0:
+                    w = removes[-tenth:]
+                    rcurve.append({"table": i, "p50_ms": pct(w, 0.5) * 1e3, "p99_ms": pct(w, 0.99) * 1e3})
+            out["remove_total_s"] = time.perf_counter() - t_start
+            out["remove_p50_ms"] = pct(removes, 0.5) * 1e3
+            out["remove_p99_ms"] = pct(removes, 0.99) * 1e3
+            out["remove_curve"] = rcurve
+            print(f"  removed {n}: {out['remove_total_s']:.1f} s, p99 {out['remove_p99_ms']:.1f} ms", flush=True)
+        finally:
+            relay.stop()
+        if time.monotonic() > deadline:
+            return out
+        # the same rules from a config file, then a reload that changes 1% of them
+        config = work / "mcr.toml"
+        header = f"[limits]\nmax_rules = {max(n, 1000)}\nmax_total_outputs = {max(4 * n, 10_000)}\n\n"
+        config.write_text(header + "\n".join(toml_rule(rule_doc(i)) for i in range(n)))
+        (work / "state.json").unlink(missing_ok=True)
+        relay = Relay(a, work, config)
+        try:
+            out["config_ready_s"] = relay.wait_ready(120)
+            out["config_active_s"] = out["config_ready_s"] + wait_all_active(relay, n, 120)
+            print(f"  config load: READY {out['config_ready_s']:.2f} s, all active {out['config_active_s']:.2f} s")
+            step = 100
+            changed = {f"r{i}": 6001 for i in range(0, n, step)}
+            config.write_text(header + "\n".join(toml_rule(rule_doc(i, 1 if i % step == 0 else 0)) for i in range(n)))
+            t0 = time.perf_counter()
+            relay.proc.send_signal(signal.SIGHUP)
+            left_active = 0
+            while True:
+                rules = relay.call("ListRules")["Rules"]
+                left_active += sum(1 for r in rules if r["rule_id"] not in changed and r["state"] != "active")
+                ports = {r["rule_id"]: (r["outputs"][0]["port"], r["state"]) for r in rules}
+                if all(ports.get(k) == (v, "active") for k, v in changed.items()):
+                    break
+                if time.perf_counter() - t0 > 60:
+                    raise TimeoutError("reload not applied within 60 s")
+            out["reload_1pct_s"] = time.perf_counter() - t0
+            out["reload_changed"] = len(changed)
+            out["reload_unchanged_not_active_samples"] = left_active
+            print(f"  reload of {len(changed)} rules: {out['reload_1pct_s']:.2f} s (incl. ListRules polling); "
+                  f"unchanged rules seen not active: {left_active}")  # fmt: skip
+        finally:
+            relay.stop()
+    return out
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [
+        f"# Scale run `{doc['label']}`: {doc['rules']} rules, engine {doc['engine']}, {doc['workers']} worker(s)",
+        "",
+        f"Measured {doc.get('when', '')} on {doc.get('host', '')}, commit {doc.get('commit', '')}.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+
+    def row(name: str, key: str, fmt: str) -> None:
+        if key in doc:
+            lines.append(f"| {name} | {format(doc[key], fmt)} |")
+
+    row("adds, total (s; without the checkpoint queries)", "add_total_s", ".1f")
+    row("sum of the add round trips (s)", "add_sum_s", ".1f")
+    row("adds per second", "adds_per_s", ".0f")
+    row("add p50 / all (ms)", "add_p50_ms", ".2f")
+    row("add p99 / all (ms)", "add_p99_ms", ".2f")
+    row("removes, total (s)", "remove_total_s", ".1f")
+    row("remove p99 (ms)", "remove_p99_ms", ".2f")
+    row("config load to READY (s)", "config_ready_s", ".2f")
+    row("config load to all active (s)", "config_active_s", ".2f")
+    row("SIGHUP reload of 1% until active (s)", "reload_1pct_s", ".2f")
+    row("unchanged rules seen not active during the reload", "reload_unchanged_not_active_samples", "d")
+    if "per_rule_bytes" in doc:
+        p = doc["per_rule_bytes"]
+        lines.append(f"| supervisor RSS per rule (bytes) | {p['supervisor']:.0f} |")
+        lines.append(f"| worker RSS per rule (bytes) | {p['worker']:.0f} |")
+    lines += [
+        "",
+        "| rules | add p50 (ms) | add p99 (ms) | add max (ms) | ListRules (ms) | GetStats (ms) | metrics (ms) |"
+        " supervisor RSS (kB) | worker RSS (kB) | state at Success |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in doc.get("curve", []):
+        lines.append(
+            f"| {c['table']} | {c['add_p50_ms']:.2f} | {c['add_p99_ms']:.2f} | {c['add_max_ms']:.1f} | "
+            f"{c['list_ms']:.0f} | {c['stats_ms']:.0f} | {c['metrics_ms']:.0f} | {c['supervisor_rss_kb']} | "
+            f"{c['worker_rss_kb']} | {c['last_state_at_success']} |"
+        )
+    if doc.get("remove_curve"):
+        lines += ["", "| rules left | remove p50 (ms) | remove p99 (ms) |", "|---|---|---|"]
+        lines += [f"| {c['table']} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} |" for c in doc["remove_curve"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rules", type=int, default=10_000)
+    p.add_argument("--engine", default="userspace", choices=("userspace", "kernel", "auto"))
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--label", default=None)
+    p.add_argument("--max-minutes", type=float, default=10.0)
+    p.add_argument("--inner", default=None, help=argparse.SUPPRESS)  # the JSON file to write, inside the namespace
+    a = p.parse_args()
+    a.label = a.label or f"{a.engine}-{a.rules}"
+    if a.inner:
+        doc = run_inner(a)
+        Path(a.inner).write_text(json.dumps(doc))
+        return 0
+    if os.geteuid() != 0:
+        print("scale.py needs root (it builds a network namespace)", file=sys.stderr)
+        return 2
+    ns = f"mcrscale{os.getpid()}"
+    result = Path(tempfile.mkstemp(prefix="mcr-scale-", suffix=".json")[1])
+    try:
+        build_namespace(ns)
+        argv = [sys.executable, str(Path(__file__).resolve()), "--inner", str(result), "--rules", str(a.rules),
+                "--engine", a.engine, "--workers", str(a.workers), "--label", a.label,
+                "--max-minutes", str(a.max_minutes)]  # fmt: skip
+        subprocess.run(["ip", "netns", "exec", ns, *argv], check=True, timeout=a.max_minutes * 60 + 120)
+        doc = json.loads(result.read_text())
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        result.unlink(missing_ok=True)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    doc["commit"] = commit.stdout.strip()
+    doc["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    doc["host"] = f"{os.cpu_count()} CPUs, Linux {os.uname().release}"
+    stem = REPO / "bench" / "results" / f"scale-{a.label}"
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(render(doc))
+    print(render(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
