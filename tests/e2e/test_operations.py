@@ -324,7 +324,7 @@ def test_config_save_makes_the_running_rules_the_files(lab: Lab, workdir: Path) 
         # the file now holds every rule (ids kept), the state file none: a restart or reload finds each once
         on_disk = parse_json5(config.read_text())
         assert [r.get("name") for r in on_disk["rules"]] == ["steady", "moving", "runtime-one"]
-        assert on_disk["msdp"]["peers"] == [{"address": "10.9.9.9"}] and on_disk["multicast_ttl"] == 2
+        assert on_disk["control_plane"] == {"rpf_provider": "static"} and on_disk["multicast_ttl"] == 2
         assert read_state(state) == []
         assert {r["rule_id"]: r["origin"] for r in relay.rules()}["rt"] == "config"
         assert relay.proc is not None
