@@ -99,9 +99,13 @@ class Supervisor:
         log_level: str = "info",
         extra: Sequence[str] = (),
         wait: bool = True,
+        socket_path: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> Supervisor:
-        sock_dir = lab.track_dir(socket_dir())
-        socket_path = sock_dir / "control.sock"
+        """Start a supervisor; `socket_path` reuses an earlier one's control socket (a restart), `env` adds
+        environment variables."""
+        if socket_path is None:
+            socket_path = lab.track_dir(socket_dir()) / "control.sock"
         argv = [*tool("multicast_relay"), "supervisor", "--control-socket-path", str(socket_path)]
         argv += ["--num-workers", str(num_workers), "--log-level", log_level]
         if not any(a == "--engine" for a in extra):
@@ -112,6 +116,8 @@ class Supervisor:
             argv += ["--group", group]
         if control_group:
             argv += ["--control-group", control_group]
+        if env:
+            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]  # env execs in place: same pid
         proc = lab.popen(ns, *argv, *extra, name="supervisor")
         sup = cls(lab, ns, proc, socket_path)
         if wait:

@@ -21,6 +21,7 @@ from mcr.cli.doctor import (
     InterfaceFacts,
     Offload,
     Severity,
+    check_leftovers,
     diagnose,
     findings_json,
     has_problems,
@@ -28,7 +29,7 @@ from mcr.cli.doctor import (
     parse_ethtool_features,
     render_findings,
 )
-from mcr.cli.host import collect_host_facts
+from mcr.cli.host import collect_host_facts, read_pins
 from mcr.model.rules import Engine, ForwardingRule, OutputDestination
 from mcr.model.status import KernelStatus, RuleState, RuleView, WorkerInfo
 from tests.fake_supervisor import FakeSupervisor, Respond, by_command
@@ -92,7 +93,7 @@ def with_iface(facts: HostFacts, changed: InterfaceFacts) -> HostFacts:
 def test_a_clean_host_reports_every_check_ok() -> None:
     findings = diagnose(CLEAN, RULES, WORKERS)
     assert [f.severity for f in findings] == [Severity.OK] * len(findings)
-    checks = ["rp_filter", "igmp", "buffers", "buffers", "offloads", "ttl", "mtu", "rules", "workers"]
+    checks = ["rp_filter", "igmp", "buffers", "buffers", "offloads", "ttl", "mtu", "rules", "workers", "leftovers"]
     assert [f.check for f in findings] == checks
     assert not has_problems(findings)
 
@@ -457,7 +458,7 @@ def clean_host(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The command's collector replaced by a fake clean host; records which interfaces it was asked about."""
     asked: list[list[str]] = []
 
-    def collect(names: Sequence[str], offloads_of: Sequence[str]) -> HostFacts:
+    def collect(names: Sequence[str], offloads_of: Sequence[str], control_socket: Path) -> HostFacts:
         asked.append(list(names))
         assert set(offloads_of) <= set(names)
         return CLEAN
@@ -546,6 +547,46 @@ def test_doctor_asks_again_while_a_rule_is_pending(
         "rule r1 stays pending: workers are applying the rule set (generation 2)",
     )
     assert 2 <= [json.loads(r) for r in stuck.requests].count("ListRules") <= 4
+
+
+# ------------------------------------------------------------------------------------------ leftovers
+
+
+@pytest.mark.parametrize(
+    ("pinned", "sockets", "supervisor_up", "severity", "title"),
+    [
+        ({}, (), False, Severity.OK, "no data plane left behind"),
+        (None, (), True, Severity.INFO, "could not look for a pinned kernel engine"),
+        ({"default": ("link_3", "map_rules", "prog")}, (), True, Severity.INFO, "outlives the supervisor"),
+        ({"default": ("link_3", "link_4", "prog")}, (), False, Severity.WARNING, "relaying without a supervisor"),
+        ({}, ("/run/mcr/control.sock.worker0",), False, Severity.WARNING, "relaying without a supervisor"),
+    ],
+    ids=["nothing", "unreadable", "own pins while running", "pins without supervisor", "orphaned workers"],
+)
+def test_leftovers(
+    pinned: dict[str, tuple[str, ...]] | None,
+    sockets: tuple[str, ...],
+    supervisor_up: bool,
+    severity: Severity,
+    title: str,
+) -> None:
+    facts = HostFacts(pinned=pinned, handover_sockets=sockets)
+    (finding,) = check_leftovers(facts, supervisor_up)
+    assert (finding.severity, finding.check) == (severity, "leftovers")
+    assert title in finding.title
+    if severity is Severity.WARNING:
+        assert "rm -r" in finding.fix and "--worker-orphan-timeout" in finding.fix
+        assert ("2 links" in finding.detail) == bool(pinned)
+
+
+def test_read_pins(tmp_path: Path) -> None:
+    root = tmp_path / "mcr"
+    assert read_pins(root) == {}, "no directory: nothing pinned"
+    assert read_pins(tmp_path / "absent" / "mcr") is None, "no bpf file system: cannot tell"
+    (root / "default").mkdir(parents=True)
+    (root / "default" / "prog").touch()
+    (root / "default" / "link_7").touch()
+    assert read_pins(root) == {"default": ("link_7", "prog")}
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,11 @@ import pytest
 from mcr.model.errors import ProtocolError
 from mcr.protocol.worker import (
     CloseSockets,
+    HoldSockets,
     OpenSockets,
     Ready,
+    Released,
+    ReleaseSockets,
     RuleCounters,
     SetLogLevels,
     Shutdown,
@@ -21,6 +24,7 @@ from mcr.protocol.worker import (
     encode_command,
     encode_reply,
     encode_stats,
+    worker_version,
 )
 
 RULE = WorkerRule(
@@ -38,16 +42,28 @@ RULE = WorkerRule(
         Sync(7, (RULE,)),
         Sync(0, ()),
         OpenSockets((2, 5)),
+        OpenSockets((2, 5), (17, 0)),
         CloseSockets((2,)),
         SetLogLevels(20, (("mcr.worker", 10),)),
         Shutdown(),
+        ReleaseSockets(),
+        HoldSockets(3),
     ],
 )
 def test_command_round_trip(cmd: object) -> None:
     assert decode_command(encode_command(cmd)) == cmd  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("reply", [Ready(12, 65534), SyncAck(3)])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Ready(12, 65534),
+        Ready(12, 65534, ((2, 17), (5, -1)), "0.1.0+1"),
+        SyncAck(3),
+        Released((2, 5), (100, 0)),
+        Released((), ()),
+    ],
+)
 def test_reply_round_trip(reply: object) -> None:
     assert decode_reply(encode_reply(reply)) == reply  # type: ignore[arg-type]
 
@@ -85,3 +101,27 @@ def test_malformed_commands(raw: bytes) -> None:
 def test_malformed_stats(raw: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_stats(raw)
+
+
+def test_a_fresh_workers_ready_is_the_old_shape() -> None:
+    """A worker that holds nothing sends the Ready an older supervisor knows (no new keys)."""
+    assert encode_reply(Ready(12, 65534)) == b'{"Ready": {"pid": 12, "uid": 65534}}'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"Released": {"ifindexes": [2, 5], "positions": [1]}}',
+        b'{"Released": {"ifindexes": [2]}}',
+        b'{"Ready": {"pid": 1, "uid": 2, "captures": [[2]]}}',
+        b'{"Ready": {"pid": 1, "uid": 2, "captures": 7}}',
+    ],
+)
+def test_malformed_handover_replies_are_protocol_errors(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_reply(raw)
+
+
+def test_worker_version() -> None:
+    assert worker_version("0.1.0", {}) == "0.1.0"
+    assert worker_version("0.1.0", {"MCR_TEST_WORKER_VARIANT": "2"}) == "0.1.0+2"

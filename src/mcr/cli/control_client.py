@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from pathlib import Path
 from typing import NoReturn, TextIO, assert_never
 
 from rich.console import Console
@@ -844,7 +845,9 @@ def run_doctor(invocation: DoctorInvocation, out: TextIO) -> ExitCode:
     except McrError as e:
         problem = str(e)
     known = rules or ()
-    facts = collect_host_facts(interfaces_of(known), offloads_of=inputs_of(known))
+    facts = collect_host_facts(
+        interfaces_of(known), offloads_of=inputs_of(known), control_socket=Path(invocation.socket_path)
+    )
     findings = diagnose(facts, rules, workers, supervisor_error=problem, kernel=kernel, config=config)
     if invocation.json_output:
         print(json.dumps(findings_json(findings), indent=2, ensure_ascii=False), file=out)

@@ -84,6 +84,10 @@ class HostFacts:
     rmem_max: int | None = None
     wmem_max: int | None = None
     interfaces: Mapping[str, InterfaceFacts] = field(default_factory=dict)
+    # Kernel engines pinned under `pin_root` (instance -> pin names); None: could not be read (not root, no bpffs)
+    pinned: Mapping[str, tuple[str, ...]] | None = field(default_factory=dict)
+    pin_root: str = "/sys/fs/bpf/mcr"
+    handover_sockets: tuple[str, ...] = ()  # workers' handover sockets next to the control socket
 
 
 def parse_ethtool_features(text: str) -> dict[str, Offload]:
@@ -479,6 +483,41 @@ def check_workers(workers: Sequence[WorkerInfo]) -> list[Finding]:
     return findings
 
 
+def check_leftovers(facts: HostFacts, supervisor_up: bool) -> list[Finding]:
+    """A data plane left without a supervisor: pinned kernel engines and workers' handover sockets (a crash,
+    or a stop with --keep-data-plane). While a supervisor runs they are its own, so they are only listed."""
+    pinned = facts.pinned or {}
+    kernel = [
+        f"{facts.pin_root}/{name} ({_count(sum(p.startswith('link_') for p in pins), 'link')})"
+        for name, pins in sorted(pinned.items())
+    ]
+    parts = kernel + list(facts.handover_sockets)
+    if not parts:
+        if facts.pinned is None:
+            return [
+                Finding(
+                    Severity.INFO,
+                    "leftovers",
+                    f"could not look for a pinned kernel engine under {facts.pin_root}",
+                    "run doctor as root (the bpf file system is root's)",
+                )
+            ]
+        return [Finding(Severity.OK, "leftovers", "no data plane left behind by an earlier supervisor")]
+    if supervisor_up:
+        return [Finding(Severity.INFO, "leftovers", "data plane that outlives the supervisor", "; ".join(parts))]
+    return [
+        Finding(
+            Severity.WARNING,
+            "leftovers",
+            "a data plane is relaying without a supervisor",
+            "; ".join(parts),
+            "start the supervisor (it takes them over), or remove them by hand: `rm -r` the pin directory "
+            "(the program leaves its interfaces at once) and delete the handover sockets (their workers exit "
+            "after --worker-orphan-timeout)",
+        )
+    ]
+
+
 def check_config(view: ConfigView) -> list[Finding]:
     """What the config file asks for that this relay accepts but does not do (the original's JSON5 file:
     its protocol sections and pinning)."""
@@ -542,6 +581,7 @@ def diagnose(
         findings += check_kernel(kernel, rules or ())
     if config is not None:
         findings += check_config(config)
+    findings += check_leftovers(facts, supervisor_up=rules is not None)
     return findings
 
 

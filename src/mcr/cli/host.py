@@ -16,6 +16,7 @@ from mcr.cli.doctor import HostFacts, InterfaceFacts, Offload, parse_ethtool_fea
 from mcr.model.rules import interface_name_problem
 
 PROC_SYS = Path("/proc/sys")
+PIN_ROOT = Path("/sys/fs/bpf/mcr")
 SYS_NET = Path("/sys/class/net")
 ETHTOOL_TIMEOUT_S = 3.0
 
@@ -61,6 +62,8 @@ def collect_host_facts(
     sys_net: Path = SYS_NET,
     ethtool: str | None = "",
     timeout_s: float = ETHTOOL_TIMEOUT_S,
+    pin_root: Path = PIN_ROOT,
+    control_socket: Path | None = None,
 ) -> HostFacts:
     """Read what the doctor needs about the host and the named interfaces (the ones that exist).
 
@@ -92,4 +95,27 @@ def collect_host_facts(
         rmem_max=read_int(proc_sys / "net" / "core" / "rmem_max"),
         wmem_max=read_int(proc_sys / "net" / "core" / "wmem_max"),
         interfaces=found,
+        pinned=read_pins(pin_root),
+        pin_root=str(pin_root),
+        handover_sockets=handover_sockets(control_socket),
     )
+
+
+def read_pins(pin_root: Path) -> dict[str, tuple[str, ...]] | None:
+    """Instance directory -> pin names under `pin_root`; {} when there is none, None when it cannot be read."""
+    try:
+        return {d.name: tuple(sorted(p.name for p in d.iterdir())) for d in pin_root.iterdir() if d.is_dir()}
+    except FileNotFoundError:
+        return {} if pin_root.parent.exists() else None
+    except OSError:
+        return None
+
+
+def handover_sockets(control_socket: Path | None) -> tuple[str, ...]:
+    """The workers' handover sockets of the supervisor on `control_socket` (`<socket>.worker<N>`)."""
+    if control_socket is None:
+        return ()
+    try:
+        return tuple(sorted(str(p) for p in control_socket.parent.glob(f"{control_socket.name}.worker*")))
+    except OSError:
+        return ()

@@ -18,11 +18,14 @@ class Cmd(IntEnum):
     MAP_DELETE_ELEM = 3
     MAP_GET_NEXT_KEY = 4
     PROG_LOAD = 5
+    OBJ_PIN = 6
+    OBJ_GET = 7
     PROG_TEST_RUN = 10
     PROG_GET_NEXT_ID = 11
     OBJ_GET_INFO_BY_FD = 15
     PROG_QUERY = 16
     LINK_CREATE = 28
+    LINK_UPDATE = 29
     ENABLE_STATS = 32
 
 

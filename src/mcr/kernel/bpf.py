@@ -1,7 +1,8 @@
 """The bpf(2) system call through ctypes: maps, program loading, tcx links, queries and test runs.
 
 Every object is a file descriptor owned by the caller. A program stays attached through a tcx link only as
-long as the link's descriptor is open, so a process that dies (even by SIGKILL) leaves nothing attached.
+long as the link's descriptor is open, or the link is pinned in a bpf file system (`obj_pin`): a pinned
+object outlives the process that made it until its pin is removed.
 Errors raise `BpfError` with the errno, and for a rejected program the verifier's log.
 """
 
@@ -23,8 +24,11 @@ from mcr.kernel.asm import Insn, encode
 from mcr.model.errors import McrError
 
 __all__ = [
+    "BPF_FS_MAGIC",
     "BpfError",
+    "LinkInfo",
     "LoadedProgram",
+    "MapInfo",
     "ProgInfo",
     "RunResult",
     "attach_tcx_ingress",
@@ -32,9 +36,17 @@ __all__ = [
     "create_map",
     "delete_elem",
     "enable_stats",
+    "is_bpffs",
+    "link_info",
+    "link_update",
     "load_program",
     "lookup_elem",
     "lookup_percpu",
+    "map_info",
+    "map_keys",
+    "mount_bpffs",
+    "obj_get",
+    "obj_pin",
     "possible_cpus",
     "prog_info",
     "prog_test_run",
@@ -46,6 +58,7 @@ __all__ = [
 _SYSCALL_NR: Final = {"x86_64": 321, "aarch64": 280, "arm64": 280}
 _ATTR_SIZE: Final = 144  # larger than any command used here; the kernel checks the tail is zero
 _LOG_SIZE: Final = 16 << 20
+BPF_FS_MAGIC: Final = 0xCAFE4A11  # statfs f_type of a bpf file system
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -139,6 +152,107 @@ def lookup_elem(map_fd: int, key: bytes, value_size: int) -> bytes | None:
 def delete_elem(map_fd: int, key: bytes) -> bool:
     """Remove `key`; False when it was not there."""
     return _elem_present(Cmd.MAP_DELETE_ELEM, map_fd, key, None, "map delete")
+
+
+def map_keys(map_fd: int, key_size: int) -> list[bytes]:
+    """Every key of a hash map (BPF_MAP_GET_NEXT_KEY from no key until ENOENT)."""
+    keys: list[bytes] = []
+    cur: ctypes.Array[ctypes.c_char] | None = None
+    nxt = ctypes.create_string_buffer(key_size)
+    while True:
+        attr = _attr()
+        struct.pack_into("=IxxxxQQ", attr, 0, map_fd, _addr(cur) if cur is not None else 0, _addr(nxt))
+        try:
+            bpf(Cmd.MAP_GET_NEXT_KEY, attr, "map key walk")
+        except BpfError as e:
+            if e.errno == errno.ENOENT:
+                return keys
+            raise
+        keys.append(nxt.raw)
+        cur = ctypes.create_string_buffer(nxt.raw, key_size)
+        if len(keys) > 1 << 20:
+            raise BpfError("map key walk: more keys than any of our maps holds", errno.E2BIG)
+
+
+@dataclass(frozen=True, slots=True)
+class MapInfo:
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    name: str
+
+
+def map_info(map_fd: int) -> MapInfo:
+    info = ctypes.create_string_buffer(80)  # struct bpf_map_info up to its name
+    attr = _attr()
+    struct.pack_into("=IIQ", attr, 0, map_fd, len(info), _addr(info))
+    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, "map info")
+    map_type, map_id, key_size, value_size, max_entries, _flags, name = struct.unpack_from("=IIIIII16s", info)
+    return MapInfo(map_type, map_id, key_size, value_size, max_entries, name.rstrip(b"\0").decode(errors="replace"))
+
+
+# ------------------------------------------------------------------------------------------ pins
+
+
+def is_bpffs(path: Path) -> bool:
+    """True when `path` lies on a mounted bpf file system (where objects can be pinned)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs (120 bytes on 64-bit); f_type is its first field
+    if _libc.statfs(str(path).encode(), buf) != 0:
+        return False
+    f_type: int = struct.unpack_from("=q", buf)[0]
+    return f_type & 0xFFFFFFFF == BPF_FS_MAGIC
+
+
+def mount_bpffs(path: Path) -> None:
+    """Mount a bpf file system at `path` (mode 0700), as systemd does at /sys/fs/bpf."""
+    if _libc.mount(b"bpf", str(path).encode(), b"bpf", 0, b"mode=0700") != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot mount a bpf file system at {path}: {os.strerror(err)}")
+
+
+def _path_op(cmd: Cmd, path: Path, fd: int, what: str) -> int:
+    name = ctypes.create_string_buffer(str(path).encode())
+    attr = _attr()
+    struct.pack_into("=QII", attr, 0, _addr(name), fd, 0)
+    return bpf(cmd, attr, f"{what} {path}")
+
+
+def obj_pin(fd: int, path: Path) -> None:
+    """Pin the map, program or link `fd` at `path` (in a bpf file system; EEXIST when taken)."""
+    _path_op(Cmd.OBJ_PIN, path, fd, "pinning at")
+
+
+def obj_get(path: Path) -> int:
+    """A new descriptor of the object pinned at `path`."""
+    return _path_op(Cmd.OBJ_GET, path, 0, "opening pinned")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Replace the program of a link in one step: every packet runs either the old or the new one."""
+    attr = _attr()
+    struct.pack_into("=III", attr, 0, link_fd, prog_fd, 0)
+    bpf(Cmd.LINK_UPDATE, attr, "updating link")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    type: int
+    id: int
+    prog_id: int
+    ifindex: int  # tcx links: the interface (0 once it is gone)
+    attach_type: int
+
+
+def link_info(link_fd: int) -> LinkInfo:
+    info = ctypes.create_string_buffer(64)  # struct bpf_link_info; the tcx member of its union at 16
+    attr = _attr()
+    struct.pack_into("=IIQ", attr, 0, link_fd, len(info), _addr(info))
+    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, "link info")
+    link_type, link_id, prog_id = struct.unpack_from("=III", info)
+    ifindex, attach_type = struct.unpack_from("=II", info, 16)
+    return LinkInfo(link_type, link_id, prog_id, ifindex, attach_type)
 
 
 def parse_cpu_list(text: str) -> list[int]:

@@ -1,8 +1,17 @@
 """`KernelRelay`: the kernel engine's maps, its program and its tcx links, owned by one process.
 
-Rules change by map updates only; the program is loaded once. Every bpf object is a file descriptor of this
-process: `close()` (or the process's death, SIGKILL included) detaches the program from every interface and
-frees the maps, so a crashed supervisor leaves nothing behind in the kernel.
+Rules change by map updates only; the program is loaded once. Without a pin directory every bpf object is a
+file descriptor of this process: `close()` (or the process's death, SIGKILL included) detaches the program
+from every interface and frees the maps.
+
+With a pin directory (in a bpf file system) the maps, the program and one link per interface are pinned
+there, so they outlive the process: the interfaces keep relaying while no supervisor runs. The next
+`KernelRelay` on that directory adopts them: maps of the same layout are taken as they are (rules, counters,
+rate-limit state), a program that differs (an upgrade) replaces the old one on each link in one step
+(BPF_LINK_UPDATE), and maps of another layout are replaced by new ones, filled before the links switch.
+Pinned rules the new owner does not install again are removed by `settle()`; `unpin()` removes everything.
+
+Pins: `map_<name>`, `prog`, `link_<ifindex>` (a bpf file system refuses dots in names).
 
 The caller (the supervisor) resolves interfaces: it passes ifindexes, each output's source address and
 source MAC, and a destination MAC for unicast outputs (multicast ones get 01:00:5e + the group's low 23 bits,
@@ -18,11 +27,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
 from types import TracebackType
 
 from mcr.kernel import bpf
 from mcr.kernel.abi import TC_ACT_UNSPEC
-from mcr.kernel.asm import Insn
+from mcr.kernel.asm import Insn, Reg, mov64_imm
+from mcr.kernel.bpf import BpfError
 from mcr.kernel.program import (
     DEFAULT_MAX_OUTPUTS,
     DEFAULT_MAX_RULES,
@@ -30,6 +41,7 @@ from mcr.kernel.program import (
     OUTPUT_STATS,
     RULE_STATS,
     MapName,
+    MapSpec,
     OutputEntry,
     build_relay_program,
     map_specs,
@@ -43,7 +55,15 @@ from mcr.kernel.program import (
 from mcr.model.ratelimit import RateLimit, bucket_params
 from mcr.packet.parse import DropReason
 
-__all__ = ["KernelCounters", "KernelRelay", "OutputCounters", "OutputEntry", "RuleCounters"]
+__all__ = [
+    "Adoption",
+    "KernelCounters",
+    "KernelRelay",
+    "OutputCounters",
+    "OutputEntry",
+    "RuleCounters",
+    "remove_pins",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +98,57 @@ class _Rule:
     rate_limit: RateLimit | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """What a `KernelRelay` found pinned and took over when it started."""
+
+    maps: bool = False  # the pinned maps (same layout): rules, counters and buckets continue
+    program: bool = False  # the pinned program is the one this version builds (else the links switch to ours)
+    links: tuple[int, ...] = ()  # ifindexes whose pinned link was taken over
+    rules: int = 0  # rules found in the pinned maps
+
+    def describe(self) -> str:
+        if not (self.maps or self.links):
+            return "nothing pinned was adopted"
+        maps = "maps adopted" if self.maps else "maps of another layout replaced"
+        prog = "same program" if self.program else "program replaced"
+        return f"{maps} ({self.rules} rules), {prog}, links on ifindex {list(self.links)}"
+
+
 def _index(i: int) -> bytes:
     return i.to_bytes(4, sys.byteorder)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def remove_pins(pin_dir: Path) -> list[str]:
+    """Remove a kernel engine's pins and their directory; the names removed. Once no process holds them, the
+    program leaves its interfaces and the maps are freed."""
+    removed: list[str] = []
+    for path in sorted(pin_dir.iterdir()):
+        if path.name == "prog" or path.name.startswith(("map_", "link_")):
+            _unlink(path)
+            removed.append(path.name)
+    try:
+        pin_dir.rmdir()
+    except OSError as e:
+        log.warning("cannot remove %s: %s", pin_dir, e)
+    return removed
+
+
+def _layout_matches(fd: int, spec: MapSpec) -> bool:
+    info = bpf.map_info(fd)
+    return (info.type, info.key_size, info.value_size, info.max_entries) == (
+        spec.type,
+        spec.key_size,
+        spec.value_size,
+        spec.max_entries,
+    )
 
 
 class KernelRelay:
@@ -91,9 +160,14 @@ class KernelRelay:
         max_rules: int = DEFAULT_MAX_RULES,
         max_outputs: int = DEFAULT_MAX_OUTPUTS,
         pass_verdict: int = TC_ACT_UNSPEC,
+        pin_dir: Path | None = None,
+        variant: int = 0,
     ) -> None:
+        """`pin_dir`: pin everything there and adopt what an earlier owner pinned (see the module docstring).
+        `variant` != 0 builds a program that differs by one dead instruction (tests of an upgrade)."""
         self.max_rules = max_rules
         self.max_outputs = max_outputs
+        self.pin_dir = pin_dir
         self._maps: dict[str, int] = {}
         self._links: dict[int, int] = {}
         self._rules: dict[int, _Rule] = {}
@@ -102,20 +176,131 @@ class KernelRelay:
         # put in a slot zeroes what the slot's earlier rules counted, not all max_outputs entries
         self._dirty: dict[int, int] = {}
         self._groups: dict[tuple[int, IPv4Address | IPv6Address], int] = {}
+        self._adopted_links: dict[int, int] = {}  # pinned links not yet claimed by attach()
+        # pinned rule key -> (its map, value), not yet claimed by set_rule()
+        self._adopted_rules: dict[bytes, tuple[MapName, bytes]] = {}
+        self._pinned_prog = -1
         self.prog_fd = -1
+        self.adoption = Adoption()
         try:
-            for spec in map_specs(max_rules, max_outputs):
-                self._maps[spec.name] = bpf.create_map(
-                    spec.type, spec.key_size, spec.value_size, spec.max_entries, f"mcr_{spec.name}"
-                )
+            specs = map_specs(max_rules, max_outputs)
+            maps_adopted = pin_dir is not None and self._adopt_maps(pin_dir, specs)
+            if not maps_adopted:
+                for spec in specs:
+                    self._maps[spec.name] = bpf.create_map(
+                        spec.type, spec.key_size, spec.value_size, spec.max_entries, f"mcr_{spec.name}"
+                    )
             self.insns: list[Insn] = build_relay_program(self._maps, max_outputs, pass_verdict=pass_verdict)
+            if variant:
+                self.insns = [mov64_imm(Reg.R0, variant), *self.insns]  # r0 is set again before any use
             loaded = bpf.load_program_logged(self.insns, name="mcr_relay")
             self.prog_fd = loaded.fd
             self.verifier_stats = loaded.log.strip()
+            if pin_dir is not None:
+                self._adopt_pins(pin_dir, maps_adopted)
         except BaseException:
             self.close()
             raise
         log.debug("kernel relay loaded: %d instructions; %s", len(self.insns), self.verifier_stats)
+
+    # ---- pins
+
+    def _adopt_maps(self, pin_dir: Path, specs: Sequence[MapSpec]) -> bool:
+        """Open every pinned map; True when all are there with our layout (then they are ours), else none."""
+        found: dict[str, int] = {}
+        try:
+            for spec in specs:
+                path = pin_dir / f"map_{spec.name}"
+                if not path.exists():
+                    break
+                found[spec.name] = fd = bpf.obj_get(path)
+                if not _layout_matches(fd, spec):
+                    log.info("pinned map %s has another layout: the kernel engine starts with new maps", path)
+                    break
+            else:
+                self._maps, found = found, {}
+        finally:
+            for fd in found.values():
+                os.close(fd)
+        if not self._maps:
+            return False
+        for version in (4, 6):
+            name = rule_maps(version)[0]
+            info = bpf.map_info(self.map_fd(name))
+            for key in bpf.map_keys(self.map_fd(name), info.key_size):
+                value = bpf.lookup_elem(self.map_fd(name), key, info.value_size)
+                if value is not None:
+                    self._adopted_rules[key] = (name, value)
+        return True
+
+    def _adopt_pins(self, pin_dir: Path, maps_adopted: bool) -> None:
+        """Take over the pinned program's links; keep the pinned program when it is the same as ours."""
+        pin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        same_program = False
+        prog_pin = pin_dir / "prog"
+        if prog_pin.exists():
+            self._pinned_prog = bpf.obj_get(prog_pin)
+            same_program = maps_adopted and bpf.prog_info(self._pinned_prog).tag == bpf.prog_info(self.prog_fd).tag
+            if same_program:  # the links run it already: nothing to switch
+                os.close(self.prog_fd)
+                self.prog_fd, self._pinned_prog = self._pinned_prog, -1
+        for path in sorted(pin_dir.glob("link_*")):
+            try:
+                ifindex = int(path.name.removeprefix("link_"))
+                fd = bpf.obj_get(path)
+            except (ValueError, BpfError) as e:
+                log.warning("removing unusable pin %s: %s", path, e)
+                _unlink(path)
+                continue
+            if bpf.link_info(fd).ifindex != ifindex:  # the interface went away: the link is defunct
+                os.close(fd)
+                _unlink(path)
+                continue
+            self._adopted_links[ifindex] = fd
+        self.adoption = Adoption(
+            maps_adopted, same_program, tuple(sorted(self._adopted_links)), len(self._adopted_rules)
+        )
+        if not (maps_adopted or self._adopted_links):
+            self._pin_all()
+
+    def _pin(self, fd: int, name: str) -> None:
+        assert self.pin_dir is not None
+        path = self.pin_dir / name
+        _unlink(path)  # replaced: the old object lives on while something else holds it
+        bpf.obj_pin(fd, path)
+
+    def _pin_all(self) -> None:
+        for name, fd in self._maps.items():
+            self._pin(fd, f"map_{name}")
+        self._pin(self.prog_fd, "prog")
+
+    def settle(self) -> None:
+        """After the first full sync: drop what was pinned and not taken over (rules no longer wanted, links
+        of interfaces without kernel rules), and pin this relay's own maps and program in place of old ones."""
+        if self.pin_dir is None:
+            return
+        for key, (name, _value) in self._adopted_rules.items():
+            bpf.delete_elem(self.map_fd(name), key)
+        self._adopted_rules.clear()
+        for version in (4, 6):  # groups left by removed rules
+            groups_map = self.map_fd(rule_maps(version)[1])
+            mine = {pack_group_key(i, g) for (i, g) in self._groups if g.version == version}
+            for key in bpf.map_keys(groups_map, bpf.map_info(groups_map).key_size):
+                if key not in mine:
+                    bpf.delete_elem(groups_map, key)
+        for ifindex, fd in list(self._adopted_links.items()):  # no kernel rule on it any more
+            os.close(fd)
+            _unlink(self.pin_dir / f"link_{ifindex}")
+            del self._adopted_links[ifindex]
+        self._pin_all()
+        if self._pinned_prog >= 0:
+            os.close(self._pinned_prog)
+            self._pinned_prog = -1
+
+    def unpin(self) -> None:
+        """Remove every pin (a full stop): the program leaves the interfaces once this process closes them."""
+        if self.pin_dir is not None:
+            remove_pins(self.pin_dir)
 
     # ---- interfaces
 
@@ -124,13 +309,32 @@ class KernelRelay:
         return frozenset(self._links)
 
     def attach(self, ifindex: int) -> None:
-        """Run the program at tcx ingress of `ifindex` (no-op when it already runs there)."""
-        if ifindex not in self._links:
-            self._links[ifindex] = bpf.attach_tcx_ingress(self.prog_fd, ifindex)
+        """Run the program at tcx ingress of `ifindex` (no-op when it already runs there). A pinned link on it
+        is taken over: switched to this relay's program in one step when it ran another."""
+        if ifindex in self._links:
+            return
+        adopted = self._adopted_links.pop(ifindex, None)
+        if adopted is not None:
+            try:
+                if bpf.link_info(adopted).prog_id != bpf.prog_info(self.prog_fd).id:
+                    bpf.link_update(adopted, self.prog_fd)
+                self._links[ifindex] = adopted
+                return
+            except BpfError as e:  # never leave the old program running beside a new link: drop it first
+                log.warning("cannot take over the pinned link on ifindex %d (%s); attaching anew", ifindex, e)
+                os.close(adopted)
+                if self.pin_dir is not None:
+                    _unlink(self.pin_dir / f"link_{ifindex}")
+        fd = bpf.attach_tcx_ingress(self.prog_fd, ifindex)
+        self._links[ifindex] = fd
+        if self.pin_dir is not None:
+            self._pin(fd, f"link_{ifindex}")
 
     def detach(self, ifindex: int) -> None:
         fd = self._links.pop(ifindex, None)
         if fd is not None:
+            if self.pin_dir is not None:
+                _unlink(self.pin_dir / f"link_{ifindex}")
             os.close(fd)
 
     # ---- rules
@@ -173,6 +377,13 @@ class KernelRelay:
         if old is not None and (old.ifindex, old.group, old.port) != (ifindex, group, port):
             self.remove_rule(slot)
             old = None
+        key = pack_rule_key(ifindex, group, port)
+        value = pack_rule_value(slot, len(outputs), source, group.version)
+        pinned = self._adopted_rules.pop(key, None)
+        if old is None and pinned is not None and self._same_as_pinned(slot, value, pinned[1], rule):
+            self._ref_group(ifindex, group, +1)  # adopted as it is: counters and bucket continue
+            self._rules[slot] = rule
+            return
         kept = min(len(outputs), len(old.outputs)) if old is not None else 0
         if old is None or rule.outputs[:kept] != old.outputs[:kept]:
             self._zero_counters(slot, 0, self._dirty.get(slot, 0))
@@ -185,12 +396,30 @@ class KernelRelay:
         if old is None or old.rate_limit != rate_limit:  # before the rule is visible, so it never runs unlimited
             params = None if rate_limit is None else bucket_params(rate_limit)
             bpf.update_elem(self.map_fd(MapName.LIMITS), _index(slot), pack_limit(params))
-        value = pack_rule_value(slot, len(outputs), source, group.version)
-        bpf.update_elem(rules_map, pack_rule_key(ifindex, group, port), value)
+        bpf.update_elem(rules_map, key, value)
         if old is None:
             self._ref_group(ifindex, group, +1)
         self._rules[slot] = rule
         self._slot_of[(ifindex, group, port)] = slot
+
+    def adopted_slot(self, ifindex: int, group: IPv4Address | IPv6Address, port: int) -> int | None:
+        """The slot of a pinned rule on (ifindex, group, port) not yet taken over (to install it there)."""
+        pinned = self._adopted_rules.get(pack_rule_key(ifindex, group, port))
+        return None if pinned is None else int.from_bytes(pinned[1][:4], sys.byteorder)
+
+    def _same_as_pinned(self, slot: int, value: bytes, pinned: bytes, rule: _Rule) -> bool:
+        """Whether the pinned rule in `slot` is exactly `rule` (value, outputs and rate-limit parameters)."""
+        if value != pinned:
+            return False
+        base = slot * self.max_outputs
+        for i, out in enumerate(rule.outputs):
+            packed = pack_output(out)
+            if bpf.lookup_elem(self.map_fd(MapName.OUTPUTS), _index(base + i), len(packed)) != packed:
+                return False
+        params = None if rule.rate_limit is None else bucket_params(rule.rate_limit)
+        wanted = pack_limit(params)
+        held = bpf.lookup_elem(self.map_fd(MapName.LIMITS), _index(slot), len(wanted))
+        return held is not None and held[8:] == wanted[8:]  # all but the bucket's state (tat)
 
     def remove_rule(self, slot: int) -> None:
         """Stop relaying the rule in `slot`. Its counters are no longer reported: read them first."""
@@ -254,11 +483,15 @@ class KernelRelay:
         return self._maps[name.value]
 
     def close(self) -> None:
-        for ifindex in list(self._links):
-            self.detach(ifindex)
-        if self.prog_fd >= 0:
-            os.close(self.prog_fd)
-            self.prog_fd = -1
+        """Close every descriptor. Pinned objects stay (and keep relaying) until `unpin()` removes them."""
+        for fd in (*self._links.values(), *self._adopted_links.values()):
+            os.close(fd)
+        self._links.clear()
+        self._adopted_links.clear()
+        for fd in (self.prog_fd, self._pinned_prog):
+            if fd >= 0:
+                os.close(fd)
+        self.prog_fd = self._pinned_prog = -1
         for fd in self._maps.values():
             os.close(fd)
         self._maps.clear()

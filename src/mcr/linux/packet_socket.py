@@ -86,6 +86,12 @@ def join_fanout(sock: socket.socket, group_id: int | None, mode: Fanout = Fanout
     return group_id
 
 
+def fanout_id(sock: socket.socket) -> int:
+    """The PACKET_FANOUT group `sock` belongs to, or -1 when none."""
+    value = int(sock.getsockopt(SOL_PACKET, PacketOpt.FANOUT))
+    return value & 0xFFFF if value else -1
+
+
 def read_statistics(sock: socket.socket) -> tuple[int, int]:
     """(packets, drops) since the previous call; the kernel resets them on every read."""
     raw = sock.getsockopt(SOL_PACKET, PacketOpt.STATISTICS, _STATS.size)

@@ -76,14 +76,24 @@ class RxRing:
     __slots__ = ("_anchor", "address", "block_count", "block_size", "current", "mm", "sock", "view")
 
     def __init__(
-        self, sock: socket.socket, block_size: int = 1 << 18, block_count: int = 128, retire_ms: int = 1
+        self,
+        sock: socket.socket,
+        block_size: int = 1 << 18,
+        block_count: int = 128,
+        retire_ms: int = 1,
+        *,
+        existing: bool = False,
     ) -> None:
+        """Set up the socket's ring and map it; `existing`: map the ring another reader set up (of this size;
+        the kernel refuses a mapping of another size)."""
         if block_size % mmap.PAGESIZE or block_size & (block_size - 1):
             raise ValueError("block_size must be a power-of-two multiple of the page size")
         frame_size = 2048
-        sock.setsockopt(SOL_PACKET, PacketOpt.VERSION, TPACKET_V3)
-        req = _REQ3.pack(block_size, block_count, frame_size, (block_size // frame_size) * block_count, retire_ms, 0, 0)
-        sock.setsockopt(SOL_PACKET, PacketOpt.RX_RING, req)
+        if not existing:
+            sock.setsockopt(SOL_PACKET, PacketOpt.VERSION, TPACKET_V3)
+            frames = (block_size // frame_size) * block_count
+            req = _REQ3.pack(block_size, block_count, frame_size, frames, retire_ms, 0, 0)
+            sock.setsockopt(SOL_PACKET, PacketOpt.RX_RING, req)
         self.sock = sock
         self.block_size = block_size
         self.block_count = block_count

@@ -87,6 +87,7 @@ class Settings:
     metrics_addr: str | None = None
     engine: str | None = None
     multicast_ttl: int | None = None  # the TTL of multicast outputs that name none (default 1)
+    keep_data_plane: bool | None = None
 
 
 class ConfigDialect(Enum):
@@ -109,7 +110,7 @@ class Config:
     warnings: tuple[str, ...] = ()  # keys accepted but ignored, each named (JSON5 only: TOML refuses them)
 
 
-_SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int}
+_SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int, "keep_data_plane": bool}
 _RULE_KEYS = {"id", "input_interface", "input_group", "input_port", "input_source", "outputs", "ttl", "rate_limit"}
 _OUTPUT_KEYS = {"group", "port", "interface", "ttl", "follow_receivers"}
 

@@ -8,6 +8,7 @@ newline-delimited JSON, so a slow supervisor never blocks a worker (the worker c
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -17,6 +18,20 @@ from mcr.model.rules import IPAddress, SourcePrefix, parse_group, parse_source, 
 from mcr.protocol.jsondoc import load_json
 
 MAX_CHANNEL_MESSAGE = 16 << 20
+TEST_WORKER_VARIANT_ENV = "MCR_TEST_WORKER_VARIANT"
+
+
+def worker_version(version: str, env: Mapping[str, str]) -> str:
+    """What identifies a worker's code: the package version, plus MCR_TEST_WORKER_VARIANT when set (tests
+    start a supervisor whose workers count as another version). Workers inherit it from their supervisor."""
+    variant = env.get(TEST_WORKER_VARIANT_ENV, "")
+    return f"{version}+{variant}" if variant else version
+
+
+# A new supervisor takes a running worker over by sending this datagram to the worker's handover socket with
+# two descriptors attached (SCM_RIGHTS): its end of a new command channel and the write end of a new stats
+# pipe. The worker answers `Ready` on the new channel, naming the capture sockets it holds.
+HANDOVER_MESSAGE = b'"Handover"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +84,11 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class OpenSockets:
-    """Capture sockets for these input interfaces follow as SCM_RIGHTS, in this order."""
+    """Capture sockets for these input interfaces follow as SCM_RIGHTS, in this order. With `positions`, the
+    sockets come from another worker (`Released`) with their rings set up: read on from these blocks."""
 
     ifindexes: tuple[int, ...]
+    positions: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +107,22 @@ class Shutdown:
     pass
 
 
-Command = Sync | Update | OpenSockets | CloseSockets | SetLogLevels | Shutdown
+@dataclass(frozen=True, slots=True)
+class ReleaseSockets:
+    """Stop reading the capture sockets, relay what they hold, send them back (`Released`) and exit: a
+    worker of another version is replaced by a new one that reads on from the same rings."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldSockets:
+    """The supervisor's membership (IGMP/MLD join) sockets follow as SCM_RIGHTS, `count` of them: hold them,
+    in place of those held before, and never use them. They keep the memberships while no supervisor runs,
+    so that a restart never makes the host leave an input group."""
+
+    count: int
+
+
+Command = Sync | Update | OpenSockets | CloseSockets | SetLogLevels | Shutdown | ReleaseSockets | HoldSockets
 
 
 # worker -> supervisor
@@ -100,6 +132,10 @@ Command = Sync | Update | OpenSockets | CloseSockets | SetLogLevels | Shutdown
 class Ready:
     pid: int
     uid: int
+    # A worker taken over by a new supervisor: the capture sockets it already holds, as (ifindex, fanout
+    # group id, -1 for none). A freshly started worker holds none.
+    captures: tuple[tuple[int, int], ...] = ()
+    version: str = ""  # the worker's code (a taken-over worker of another version is replaced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +143,16 @@ class SyncAck:
     generation: int
 
 
-Reply = Ready | SyncAck
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The capture sockets of these interfaces follow as SCM_RIGHTS; `positions`: the block each ring's
+    reader is to read next."""
+
+    ifindexes: tuple[int, ...]
+    positions: tuple[int, ...]
+
+
+Reply = Ready | SyncAck | Released
 
 
 def _rule_json(r: WorkerRule) -> dict[str, object]:
@@ -147,13 +192,20 @@ def encode_command(cmd: Command) -> bytes:
                 }
             }
         case OpenSockets():
-            doc = {"OpenSockets": {"ifindexes": list(cmd.ifindexes)}}
+            sockets: dict[str, object] = {"ifindexes": list(cmd.ifindexes)}
+            if cmd.positions:
+                sockets["positions"] = list(cmd.positions)
+            doc = {"OpenSockets": sockets}
         case CloseSockets():
             doc = {"CloseSockets": {"ifindexes": list(cmd.ifindexes)}}
         case SetLogLevels():
             doc = {"SetLogLevels": {"global": cmd.global_level, "overrides": dict(cmd.overrides)}}
         case Shutdown():
             doc = "Shutdown"
+        case ReleaseSockets():
+            doc = "ReleaseSockets"
+        case HoldSockets():
+            doc = {"HoldSockets": {"count": cmd.count}}
         case _:
             assert_never(cmd)
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -210,7 +262,8 @@ def decode_command(data: bytes) -> Command:
                 removed=tuple(_text(rid) for rid in body["removed"]),
             )
         if name == "OpenSockets":
-            return OpenSockets(tuple(int(i) for i in body["ifindexes"]))
+            positions = tuple(int(i) for i in body.get("positions", []))
+            return OpenSockets(tuple(int(i) for i in body["ifindexes"]), positions)
         if name == "CloseSockets":
             return CloseSockets(tuple(int(i) for i in body["ifindexes"]))
         if name == "SetLogLevels":
@@ -218,6 +271,10 @@ def decode_command(data: bytes) -> Command:
             return SetLogLevels(global_level=int(body["global"]), overrides=overrides)
         if name == "Shutdown":
             return Shutdown()
+        if name == "ReleaseSockets":
+            return ReleaseSockets()
+        if name == "HoldSockets":
+            return HoldSockets(int(body["count"]))
     except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as e:
         raise ProtocolError(f"malformed {name} command: {e!r}") from None
     raise ProtocolError(f"unknown worker command '{name}'")
@@ -227,7 +284,14 @@ def encode_reply(reply: Reply) -> bytes:
     doc: object
     match reply:
         case Ready():
-            doc = {"Ready": {"pid": reply.pid, "uid": reply.uid}}
+            body: dict[str, object] = {"pid": reply.pid, "uid": reply.uid}
+            if reply.captures:
+                body["captures"] = [list(c) for c in reply.captures]
+            if reply.version:
+                body["version"] = reply.version
+            doc = {"Ready": body}
+        case Released():
+            doc = {"Released": {"ifindexes": list(reply.ifindexes), "positions": list(reply.positions)}}
         case SyncAck():
             doc = {"SyncAck": {"generation": reply.generation}}
         case _:
@@ -239,10 +303,18 @@ def decode_reply(data: bytes) -> Reply:
     name, body = _load(data)
     try:
         if name == "Ready":
-            return Ready(pid=int(body["pid"]), uid=int(body["uid"]))
+            captures = tuple((int(i), int(f)) for i, f in body.get("captures", []))
+            version = str(body.get("version", ""))
+            return Ready(pid=int(body["pid"]), uid=int(body["uid"]), captures=captures, version=version)
+        if name == "Released":
+            ifindexes = tuple(int(i) for i in body["ifindexes"])
+            positions = tuple(int(i) for i in body["positions"])
+            if len(ifindexes) != len(positions):
+                raise ValueError("one position per interface")
+            return Released(ifindexes, positions)
         if name == "SyncAck":
             return SyncAck(generation=int(body["generation"]))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ProtocolError(f"malformed {name} reply: {e!r}") from None
     raise ProtocolError(f"unknown worker reply '{name}'")
 

@@ -18,7 +18,8 @@ from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.levels import Severity
 from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits
 from mcr.protocol.control import DEFAULT_SOCKET, SOCKET_ENV
-from mcr.supervisor.main import SupervisorConfig, run_supervisor
+from mcr.supervisor.cleanup import cleanup, supervisor_running
+from mcr.supervisor.main import SupervisorConfig, default_pin_dir, run_supervisor
 
 log = logging.getLogger("mcr.supervisor")
 
@@ -115,9 +116,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="run the workers without their seccomp system call filter (they stay unprivileged and chrooted)",
     )
+    sup.add_argument(
+        "--keep-data-plane",
+        action="store_true",
+        default=None,
+        help="on SIGTERM/SIGINT leave the data plane relaying for the next supervisor to take over (a restart)",
+    )
+    sup.add_argument(
+        "--worker-orphan-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="how long workers relay on without a supervisor, waiting to be taken over (default 30; 0: they "
+        "exit with it)",
+    )
+    sup.add_argument(
+        "--bpf-pin-dir",
+        default=None,
+        help="where the kernel engine pins its program, maps and links (default /sys/fs/bpf/mcr/<instance>)",
+    )
     # Accepted for compatibility with the original MCR's scripts; they have no effect here.
     sup.add_argument("--interface", default=None, help=argparse.SUPPRESS)
     sup.add_argument("--relay-command-socket-path", default=None, help=argparse.SUPPRESS)
+    clean = sub.add_parser(
+        "cleanup",
+        help="end a data plane left running without a supervisor (orphaned workers, pinned kernel engine)",
+    )
+    clean.add_argument("--control-socket-path", default=None, help=f"control socket (default {DEFAULT_SOCKET})")
+    clean.add_argument("--bpf-pin-dir", default=None, help="the kernel engine's pins (default: the instance's)")
     sub.add_parser("worker", help="internal: a data-plane worker started by the supervisor", add_help=False)
     return parser
 
@@ -173,7 +199,39 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         multicast_ttl=pick(
             args.multicast_ttl, file.multicast_ttl, pick(env_multicast_ttl(), None, DEFAULT_MULTICAST_TTL)
         ),
+        keep_data_plane=bool(pick(args.keep_data_plane, file.keep_data_plane, False)),
+        bpf_pin_dir=Path(args.bpf_pin_dir) if args.bpf_pin_dir else None,
+        kernel_variant=_test_variant(),
+        worker_orphan_timeout=_non_negative(pick(args.worker_orphan_timeout, None, 30.0)),
     )
+
+
+def _non_negative(value: float) -> float:
+    if not value >= 0:
+        raise ConfigError(f"--worker-orphan-timeout must be 0 or more seconds, not {value}")
+    return float(value)
+
+
+def _test_variant() -> int:
+    """MCR_TEST_KERNEL_VARIANT: build a kernel program that differs from this version's by one dead
+    instruction, so that tests can start an "upgraded" supervisor."""
+    try:
+        return int(os.environ.get("MCR_TEST_KERNEL_VARIANT", "0"))
+    except ValueError:
+        return 0
+
+
+def run_cleanup(args: argparse.Namespace) -> int:
+    configure_logging(logging.INFO, False, prefix="cleanup")
+    sock = Path(args.control_socket_path or default_socket_path())
+    if supervisor_running(sock):
+        print(f"multicast_relay: a supervisor answers on {sock}: the data plane is its own", file=sys.stderr)
+        return 1
+    found = sorted(sock.parent.glob(f"{sock.name}.worker*"))
+    pin_dir = Path(args.bpf_pin_dir) if args.bpf_pin_dir else default_pin_dir(sock)
+    for line in cleanup(sock, found, pin_dir).lines():
+        print(line)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "cleanup":
+        return run_cleanup(args)
     try:
         static = load_config(args.config) if args.config else None
         config = merge_settings(args, static)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import grp
+import hashlib
 import heapq
 import json
 import logging
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any, assert_never
 
 from mcr import PROTOCOL_VERSION, __version__
+from mcr.kernel import bpf
 from mcr.kernel.bpf import BpfError
-from mcr.kernel.engine import KernelRelay, OutputEntry
+from mcr.kernel.engine import KernelRelay, OutputEntry, remove_pins
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
@@ -91,8 +93,11 @@ from mcr.protocol.routing import (
 )
 from mcr.protocol.worker import (
     CloseSockets,
+    HoldSockets,
     OpenSockets,
     Ready,
+    Released,
+    ReleaseSockets,
     RuleCounters,
     SetLogLevels,
     Shutdown,
@@ -100,9 +105,11 @@ from mcr.protocol.worker import (
     Sync,
     SyncAck,
     Update,
+    worker_version,
 )
 from mcr.routing.msdp_wire import SaEntry
 from mcr.supervisor.access import AccessPolicy
+from mcr.supervisor.cleanup import stop_orphan
 from mcr.supervisor.control import ControlServer, resolve_group
 from mcr.supervisor.core import Changes, KernelRule, Resolution, Resolver, RuleTable, StatsBook, SyncTracker
 from mcr.supervisor.memberships import Memberships
@@ -112,7 +119,14 @@ from mcr.supervisor.notify import Notifier
 from mcr.supervisor.pim import MergedRules, PimService
 from mcr.supervisor.queriers import Queriers
 from mcr.supervisor.state import StateError, StateStore, encode_record, write_atomically
-from mcr.supervisor.workers import WorkerHandle, WorkerStatus, spawn_worker
+from mcr.supervisor.workers import (
+    AdoptedProcess,
+    WorkerHandle,
+    WorkerStatus,
+    handover_path,
+    spawn_worker,
+    take_over_worker,
+)
 
 log = logging.getLogger("mcr.supervisor")
 
@@ -121,6 +135,28 @@ READY_WAIT_S = 30.0  # how long start-up and a reload wait for every worker befo
 GC_PERIOD_S = 30.0  # a full garbage collection this often (see tick)
 KERNEL_REPORT = -1  # the kernel engine's counters are booked like a worker's, under this id
 SHUTDOWN_GRACE_S = 3.0
+BPF_ROOT = Path("/sys/fs/bpf")
+DEFAULT_SOCKET_PATH = Path("/run/mcr/control.sock")
+
+
+def instance_name(control_socket_path: Path) -> str:
+    """Names what one supervisor leaves behind (pins, handover sockets): `default` for the default control
+    socket, else a hash of its path, so that two supervisors on one host never take each other's."""
+    if control_socket_path == DEFAULT_SOCKET_PATH:
+        return "default"
+    return hashlib.sha256(str(control_socket_path).encode()).hexdigest()[:12]
+
+
+def initial_mount_namespace() -> bool:
+    """Whether this process shares init's mount namespace (False when that cannot be told)."""
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino == os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
+def default_pin_dir(control_socket_path: Path) -> Path:
+    return BPF_ROOT / "mcr" / instance_name(control_socket_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +176,10 @@ class SupervisorConfig:
     read_only_group: str | None = None
     seccomp: bool = True  # the workers' system call filter; --no-seccomp turns it off
     multicast_ttl: int = DEFAULT_MULTICAST_TTL  # of multicast outputs that name no TTL
+    keep_data_plane: bool = False  # SIGTERM leaves the data plane running for the next supervisor
+    bpf_pin_dir: Path | None = None  # where the kernel engine pins its objects (None: default_pin_dir)
+    kernel_variant: int = 0  # tests of an upgrade: a kernel program that differs by a dead instruction
+    worker_orphan_timeout: float = 30.0  # how long workers relay on without a supervisor (0: they exit with it)
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -211,6 +251,8 @@ class Supervisor:
             file.mld if file is not None else MembershipSettings(),
             self.on_membership,
         )
+        self.worker_version = worker_version(__version__, os.environ)
+        self.stale_pins: Path | None = None  # see note_stale_pins
         self.pim = PimService(self.loop, self.on_pim_routes, self.on_registered_sources)
         self.pim6 = PimService(self.loop, self.on_pim_routes, family=6)  # the same interfaces, over IPv6
         self.pim6.rps = self.pim.rps  # one RP table for both families
@@ -224,20 +266,86 @@ class Supervisor:
 
     def start_kernel(self) -> None:
         if self.config.engine == "userspace":
+            self.note_stale_pins()
             return
         try:
             slots = max(256, self.config.limits.max_rules, len(self.table.rules))  # a restored table may be over
-            self.kernel = KernelRelay(max_rules=slots, max_outputs=64)
+            pin_dir = self.pin_dir()
+            self.kernel = KernelRelay(
+                max_rules=slots, max_outputs=64, pin_dir=pin_dir, variant=self.config.kernel_variant
+            )
         except (BpfError, OSError) as e:
             if self.config.engine == "kernel":
                 raise ConfigError(f"the kernel engine cannot be loaded: {e}") from None
             log.warning("kernel engine unavailable, every rule is served in userspace: %s", e)
             self.kernel_unavailable = str(e)
+            self.note_stale_pins()
             return
         self.kernel_unavailable = ""
         self.free_slots = list(range(self.kernel.max_rules))
         self.resolver.kernel_max_outputs = self.kernel.max_outputs
         log.info("kernel engine loaded (%d instructions, tcx ingress)", len(self.kernel.insns))
+        if pin_dir is not None:
+            log.info("kernel engine pinned in %s: %s", pin_dir, self.kernel.adoption.describe())
+
+    def note_stale_pins(self) -> None:
+        """A kernel engine an earlier supervisor pinned while this one serves every rule in userspace: it
+        relays until the workers have the rules (so that the switch loses nothing), then it is removed (it
+        would send every packet a second time)."""
+        pinned = self.config.bpf_pin_dir or default_pin_dir(self.config.control_socket_path)
+        try:
+            found = pinned.is_dir() and any(pinned.iterdir())
+        except OSError:
+            found = False
+        if found:
+            log.info("a kernel engine is pinned in %s: removed once the workers have the rules", pinned)
+            self.stale_pins = pinned
+
+    def remove_stale_pins(self) -> None:
+        if self.stale_pins is not None:
+            log.info("removed the earlier kernel engine's pins: %s", ", ".join(remove_pins(self.stale_pins)))
+            self.stale_pins = None
+
+    def pin_dir(self) -> Path | None:
+        """Where the kernel engine pins its objects, on a bpf file system (mounted at /sys/fs/bpf when none
+        is); None, with a warning, when there is none: the engine then goes away with this process."""
+        wanted = self.config.bpf_pin_dir or default_pin_dir(self.config.control_socket_path)
+        if wanted.is_relative_to(BPF_ROOT) and not bpf.is_bpffs(BPF_ROOT):
+            # Only in the host's mount namespace: a bpf file system mounted in a private one (`ip netns exec`,
+            # a container) lives only as long as that namespace, so the next supervisor would not find the
+            # pins, attach a second program, and every packet would be relayed twice while the old one lasts.
+            if initial_mount_namespace():
+                try:
+                    bpf.mount_bpffs(BPF_ROOT)
+                    log.info("mounted a bpf file system at %s", BPF_ROOT)
+                except OSError as e:
+                    log.warning("%s", e)
+            else:
+                log.warning(
+                    "kernel engine not pinned (a restart interrupts its flows): no bpf file system at %s "
+                    "and this is a private mount namespace; mount one on the host or pass --bpf-pin-dir",
+                    BPF_ROOT,
+                )
+                return None
+        try:
+            wanted.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            log.warning("kernel engine not pinned (a restart will interrupt its flows): %s", e)
+            return None
+        if not bpf.is_bpffs(wanted):
+            log.warning(
+                "kernel engine not pinned (a restart will interrupt its flows): %s is not on a bpf file system", wanted
+            )
+            return None
+        return wanted
+
+    def take_slot(self, preferred: int | None) -> int:
+        """The lowest free kernel slot, or `preferred` when it is free."""
+        if preferred is not None and preferred in self.free_slots:
+            self.free_slots.remove(preferred)
+            heapq.heapify(self.free_slots)
+            return preferred
+        return heapq.heappop(self.free_slots)
 
     def kernel_outputs(self) -> int | None:
         return self.kernel.max_outputs if self.kernel is not None else None
@@ -274,7 +382,10 @@ class Supervisor:
                 held = None
             if new is None or (held is not None and held[1] == new):
                 continue
-            slot = held[0] if held is not None else heapq.heappop(self.free_slots)
+            if held is not None:
+                slot = held[0]
+            else:  # a rule an earlier supervisor left pinned keeps its slot (and its counters)
+                slot = self.take_slot(kernel.adopted_slot(new.ifindex, new.group, new.port))
             outputs = [OutputEntry(o.ifindex, o.group, o.port, o.source, o.src_mac, o.ttl) for o in new.outputs]
             kernel.set_rule(slot, new.ifindex, new.group, new.port, outputs, new.rate_limit, new.source)
             self.kernel_slots[rule_id] = (slot, new)
@@ -415,7 +526,12 @@ class Supervisor:
         if after != before:
             log.info("open-file limit raised from %d to %d (rule outputs are sockets in every worker)", before, after)
         self.start_kernel()
-        await self.watcher.start()
+        await self.watcher.start()  # its first dump applies the rules: the kernel engine has them all now
+        if self.kernel is not None:
+            try:
+                self.kernel.settle()
+            except (BpfError, OSError) as e:
+                log.error("cannot clean up what the earlier kernel engine left pinned: %s", e)
         await self.control.start()
         await self.msdp.start()
         if self.metrics is not None:
@@ -426,7 +542,9 @@ class Supervisor:
         else:
             log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
         for handle in self.workers:
-            self.start_worker(handle, now)
+            if not self.take_over(handle, now):
+                self.start_worker(handle, now)
+        await self.stop_surplus_workers()
         if len(self.workers) > 1:
             log.info("PACKET_FANOUT enabled (%d workers)", len(self.workers))
         else:
@@ -456,6 +574,7 @@ class Supervisor:
         READY_WAIT_S it is said anyway, and the log names the generation that was not confirmed."""
         if await self.wait_synced(generation, every=True, timeout=READY_WAIT_S):
             log.info("every worker confirmed rule generation %d (%d rules): ready", generation, len(self.table.rules))
+        self.remove_stale_pins()
         self.notifier.ready(self.status_text())
 
     async def tick(self) -> None:
@@ -479,6 +598,8 @@ class Supervisor:
             for handle in self.workers:
                 if handle.status is WorkerStatus.RESTARTING and now >= handle.restart_at:
                     self.start_worker(handle, now)
+                elif handle.status is WorkerStatus.STARTING and handle.proc is None and now >= handle.adopt_deadline:
+                    self.give_up_takeover(handle, now)
             if now - last_rates >= 1.0:
                 last_rates = now
                 if self.memberships.failed:  # e.g. the operator has raised net.ipv4.igmp_max_memberships
@@ -510,34 +631,24 @@ class Supervisor:
         await self.control.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        for handle in self.workers:
-            if handle.channel is not None:
-                try:
-                    handle.send(Shutdown())
-                except WorkerError:
-                    pass
-        deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        while any(h.proc is not None and h.proc.poll() is None for h in self.workers) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for handle in self.workers:
-            if handle.proc is not None and handle.proc.poll() is None:
-                log.warning("worker %d (pid %d) did not stop in time; killing it", handle.worker_id, handle.pid)
-                handle.proc.kill()
-                handle.proc.wait()
-            self.collect(handle)
-            handle.status = WorkerStatus.STOPPED
-            self.stats.on_worker_exit(handle.worker_id, self.table.rules)
-            if handle.pidfd >= 0:
-                self.loop.remove_reader(handle.pidfd)
-            handle.close_io()
-        self.memberships.close()
-        self.pim.close()
-        self.pim6.close()
+        if self.config.keep_data_plane and self.config.worker_orphan_timeout > 0:
+            self.leave_workers()
+        else:
+            await self.stop_workers()
+        if self.config.keep_data_plane:
+            self.memberships.release()  # worker 0 holds copies: the host stays a member
+        else:
+            self.memberships.close()
+        goodbye = not self.config.keep_data_plane  # a hitless restart says no Goodbye: neighbours keep us
+        self.pim.close(goodbye)
+        self.pim6.close(goodbye)
         await self.msdp.close()
         if self.store is not None:
             self.store.close()
         if self.kernel is not None:
             self.collect_kernel()
+            if not self.config.keep_data_plane:
+                self.kernel.unpin()
             self.kernel.close()
         await self.watcher.stop()
         for flow in self.stats.flow_stats(self.table.rules.values()):
@@ -550,9 +661,91 @@ class Supervisor:
             )
         log.info("shutdown complete")
 
+    def all_workers(self) -> list[WorkerHandle]:
+        """Every worker process: the slots' and the successors waiting to replace one."""
+        return [*self.workers, *(h.successor for h in self.workers if h.successor is not None)]
+
+    async def stop_workers(self) -> None:
+        """A full stop: every worker is told to end (killed after SHUTDOWN_GRACE_S); its last counts kept."""
+        for handle in self.all_workers():
+            if handle.channel is not None:
+                try:
+                    handle.send(Shutdown())
+                except WorkerError:
+                    pass
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while (
+            any(h.proc is not None and h.proc.poll() is None for h in self.all_workers())
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.05)
+        for handle in self.all_workers():
+            if handle.proc is not None and handle.proc.poll() is None:
+                log.warning("worker %d (pid %d) did not stop in time; killing it", handle.worker_id, handle.pid)
+                handle.proc.kill()
+                handle.proc.wait()
+            self.collect(handle)
+            handle.status = WorkerStatus.STOPPED
+            self.stats.on_worker_exit(handle.worker_id, self.table.rules)
+            if handle.pidfd >= 0:
+                self.loop.remove_reader(handle.pidfd)
+            handle.close_io()
+        for handle in self.all_workers():
+            path = self.handover_path(handle)
+            if path is not None:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+
+    def leave_workers(self) -> None:
+        """--keep-data-plane: close our ends only; the workers relay on (for at most the orphan timeout)
+        until the next supervisor takes them over through their handover sockets."""
+        for handle in self.all_workers():
+            self.collect(handle)
+            handle.status = WorkerStatus.STOPPED
+            if handle.pidfd >= 0:
+                self.loop.remove_reader(handle.pidfd)
+            if handle.channel is not None:
+                self.loop.remove_reader(handle.channel.fileno())
+            if handle.stats_fd >= 0:
+                self.loop.remove_reader(handle.stats_fd)
+            handle.close_io()
+        log.info(
+            "data plane left running for the next supervisor (workers wait %.0f s for it)",
+            self.config.worker_orphan_timeout,
+        )
+
     # -------------------------------------------------------------------------------- workers
 
-    def start_worker(self, handle: WorkerHandle, now: float) -> None:
+    async def stop_surplus_workers(self) -> None:
+        """Workers an earlier supervisor left beyond this one's --num-workers: taken over and shut down (their
+        fanout share moves to the others), so that none relays stale rules until its orphan timeout."""
+        sock = self.config.control_socket_path
+        for path in sorted(sock.parent.glob(f"{sock.name}.worker*")):
+            suffix = path.name.removeprefix(f"{sock.name}.worker")
+            if not suffix.isdigit() or int(suffix) < len(self.workers):
+                continue
+            pid = await asyncio.to_thread(stop_orphan, path)
+            if pid is not None:
+                log.info("stopped worker %s (pid %d) of the earlier supervisor: beyond --num-workers", suffix, pid)
+
+    def handover_path(self, handle: WorkerHandle) -> Path | None:
+        if self.config.worker_orphan_timeout <= 0:
+            return None
+        return handover_path(self.config.control_socket_path, handle.worker_id)
+
+    def take_over(self, handle: WorkerHandle, now: float) -> bool:
+        """Offer the worker an earlier supervisor left in this slot a new channel; False when there is none."""
+        path = self.handover_path(handle)
+        if path is None or not take_over_worker(handle, path, now):
+            return False
+        assert handle.channel is not None
+        self.loop.add_reader(handle.channel.fileno(), self.on_channel, handle)
+        self.loop.add_reader(handle.stats_fd, self.on_stats, handle)
+        return True
+
+    def start_worker(self, handle: WorkerHandle, now: float, stats: bool = True) -> None:
         try:
             spawn_worker(
                 handle,
@@ -561,6 +754,8 @@ class Supervisor:
                 logging.getLevelName(self.global_level.python_level),
                 self.config.log_json,
                 self.config.seccomp,
+                self.handover_path(handle),
+                self.config.worker_orphan_timeout,
             )
         except OSError as e:
             log.error("cannot start worker %d: %s", handle.worker_id, e)
@@ -570,7 +765,8 @@ class Supervisor:
         handle.backoff.on_start(now)
         assert handle.channel is not None
         self.loop.add_reader(handle.channel.fileno(), self.on_channel, handle)
-        self.loop.add_reader(handle.stats_fd, self.on_stats, handle)
+        if stats:  # a successor's counts are read once its predecessor's last ones are booked
+            self.loop.add_reader(handle.stats_fd, self.on_stats, handle)
         self.loop.add_reader(handle.pidfd, self.on_exit, handle)
 
     def collect(self, handle: WorkerHandle) -> None:
@@ -589,6 +785,8 @@ class Supervisor:
         for reply in replies:
             match reply:
                 case Ready():
+                    if handle.proc is None and not self.adopted(handle, reply):
+                        continue
                     handle.uid = reply.uid
                     handle.status = WorkerStatus.RUNNING
                     log.info("worker %d (pid %d) ready as uid %d", handle.worker_id, reply.pid, reply.uid)
@@ -596,8 +794,119 @@ class Supervisor:
                 case SyncAck():
                     handle.acked_generation = reply.generation
                     self.loop.create_task(self._notify_synced())
+                    if handle.replacing and reply.generation >= self.generation:
+                        self.ask_release(handle)
+                    if self.stale_pins is not None and all(h.acked_generation >= self.generation for h in self.workers):
+                        self.remove_stale_pins()  # the workers relay now: as soon as possible, or twice
+                case Released():
+                    self.hand_sockets_on(handle, reply)
                 case _:
                     assert_never(reply)
+
+    # ------------------------------------------------------------------- replacing an outdated worker
+    #
+    # A taken-over worker of another version (an upgrade) is replaced without a gap: a successor is started
+    # beside it and given the rules; once it has confirmed them the old worker relays what its rings hold and
+    # sends the capture sockets back (Released); the successor reads on from the same rings, and the old
+    # worker exits. Nothing is read twice (the old one stops before it lets go) and nothing is lost (frames
+    # wait in the rings meanwhile).
+
+    def start_successor(self, old: WorkerHandle) -> None:
+        succ = WorkerHandle(old.worker_id, replacing=True)
+        self.start_worker(succ, time.monotonic(), stats=False)
+        if succ.proc is None:
+            log.error("cannot start a successor for worker %d; it keeps running its version", old.worker_id)
+            return
+        old.successor = succ
+
+    def ask_release(self, succ: WorkerHandle) -> None:
+        old = self.workers[succ.worker_id]
+        if old.successor is not succ or old.release_asked:
+            return
+        try:
+            old.send(ReleaseSockets())
+        except WorkerError as e:
+            log.error("%s; the successor opens new capture sockets", e)
+            return
+        old.release_asked = True
+
+    def hand_sockets_on(self, old: WorkerHandle, reply: Released) -> None:
+        succ = old.successor
+        fds, old.released_fds = old.released_fds, []
+        try:
+            if succ is None or self.workers[old.worker_id] is not old:
+                log.warning("worker %d released capture sockets nobody waits for", old.worker_id)
+                return
+            try:
+                succ.send(OpenSockets(reply.ifindexes, reply.positions), fds)
+            except WorkerError as e:
+                log.error("%s; it opens new capture sockets", e)
+            else:
+                succ.captures = set(reply.ifindexes)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        succ.replacing = False
+        self.workers[old.worker_id] = succ
+        old.status = WorkerStatus.STOPPED
+        log.info(
+            "worker %d replaced: pid %d reads on from pid %d's capture rings (ifindex %s)",
+            succ.worker_id,
+            succ.pid,
+            old.pid,
+            list(reply.ifindexes),
+        )
+        self.push(succ, Sync(self.generation, self.resolution.worker_rules))  # its sockets are the ones it needs
+
+    def retired(self, old: WorkerHandle) -> None:
+        """The replaced worker exited: book its last counts, then start reading its successor's."""
+        self.collect(old)
+        self.stats.on_worker_exit(old.worker_id, self.table.rules)
+        old.close_io()
+        succ = old.successor
+        old.successor = None
+        if succ is not None and succ.stats_fd >= 0:
+            self.loop.add_reader(succ.stats_fd, self.on_stats, succ)
+            self.collect(succ)
+
+    def adopted(self, handle: WorkerHandle, reply: Ready) -> bool:
+        """A worker we offered a handover answered: watch its process; it keeps the capture sockets it has."""
+        try:
+            proc = AdoptedProcess(reply.pid)
+        except OSError as e:
+            log.warning("worker %d answered the handover but its pid %d is gone: %s", handle.worker_id, reply.pid, e)
+            return False
+        handle.proc = proc
+        handle.pidfd = proc.pidfd
+        self.loop.add_reader(handle.pidfd, self.on_exit, handle)
+        handle.captures = {ifindex for ifindex, _ in reply.captures}
+        for ifindex, group_id in reply.captures:
+            if group_id >= 0:
+                self.fanout_ids.setdefault(ifindex, group_id)
+        if reply.version != self.worker_version:
+            log.info(
+                "worker %d runs version %s, this supervisor %s: it is replaced by a new worker without a gap",
+                handle.worker_id,
+                reply.version or "(unknown)",
+                self.worker_version,
+            )
+            self.loop.call_soon(self.start_successor, handle)
+        log.info(
+            "took over worker %d (pid %d) with its capture sockets on ifindex %s",
+            handle.worker_id,
+            reply.pid,
+            sorted(handle.captures),
+        )
+        return True
+
+    def give_up_takeover(self, handle: WorkerHandle, now: float) -> None:
+        log.warning("worker %d did not answer the handover; starting a new one", handle.worker_id)
+        if handle.channel is not None:
+            self.loop.remove_reader(handle.channel.fileno())
+        if handle.stats_fd >= 0:
+            self.loop.remove_reader(handle.stats_fd)
+        handle.close_io()
+        self.start_worker(handle, now)
 
     async def _notify_synced(self) -> None:
         async with self.synced:
@@ -610,6 +919,14 @@ class Supervisor:
             self.loop.remove_reader(handle.channel.fileno())
         self.loop.remove_reader(handle.stats_fd)
         status = handle.proc.wait()
+        if self.workers[handle.worker_id] is not handle:  # a replaced worker, or a successor that died early
+            if handle.replacing:
+                log.error("the successor of worker %d exited (status %d) before taking over", handle.worker_id, status)
+                self.workers[handle.worker_id].successor = None
+                handle.close_io()
+            else:
+                self.retired(handle)
+            return
         self.collect(handle)
         self.stats.on_worker_exit(handle.worker_id, self.table.rules)
         handle.close_io()
@@ -630,9 +947,15 @@ class Supervisor:
         )
 
     def push(self, handle: WorkerHandle, rules: Sync | Update) -> None:
-        """Bring one ready worker in line: capture sockets, then its rules (the whole set, or a change)."""
+        """Bring one ready worker in line: capture sockets, then its rules (the whole set, or a change). A
+        successor still waiting for its predecessor's capture sockets gets the rules only."""
         captures = self.resolver.captures
         try:
+            if handle.replacing:
+                handle.send(rules)
+                if isinstance(rules, Sync):
+                    handle.send(self.log_levels_command())
+                return
             gone = sorted(handle.captures - set(captures))
             if gone:
                 handle.send(CloseSockets(tuple(gone)))
@@ -649,6 +972,9 @@ class Supervisor:
             handle.send(rules)
             if isinstance(rules, Sync):
                 handle.send(self.log_levels_command())
+            if handle.worker_id == 0 and self.config.worker_orphan_timeout > 0:
+                held = self.memberships.sockets()  # copies keep the memberships while no supervisor runs
+                handle.send(HoldSockets(len(held)), [s.fileno() for s in held])
         except (WorkerError, OSError) as e:
             log.error("%s; killing the worker so that it restarts clean", e)
             if handle.proc is not None and handle.proc.poll() is None:
@@ -770,6 +1096,8 @@ class Supervisor:
         for handle in self.workers:
             if handle.ready:
                 self.push(handle, update)
+            if handle.successor is not None and handle.successor.ready:
+                self.push(handle.successor, update)
         return self.generation
 
     async def wait_synced(self, generation: int, every: bool = False, timeout: float = SYNC_WAIT_S) -> bool:

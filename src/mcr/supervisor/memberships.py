@@ -137,6 +137,18 @@ class Memberships:
     def close(self) -> None:
         self.reconcile({})
 
+    def sockets(self) -> list[socket.socket]:
+        """The sockets that hold the memberships (a worker holds copies across a restart)."""
+        return list(self.members)
+
+    def release(self) -> None:
+        """Close our sockets without leaving: the memberships stay while a worker holds copies of them (a
+        stop with --keep-data-plane); the next supervisor joins again, then the copies are dropped."""
+        for sock in self.members:
+            sock.close()
+        self.members.clear()
+        self.joined.clear()
+
 
 def _order(key: Key) -> tuple[int, int, int, int]:
     ifindex, group, source = key

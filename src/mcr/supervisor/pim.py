@@ -430,9 +430,16 @@ class PimService:
         if routes_changed:
             self.on_routes()
 
-    def close(self) -> None:
-        """Goodbye (and Prunes) on every interface, then the sockets closed; nothing calls back any more."""
+    def close(self, goodbye: bool = True) -> None:
+        """Goodbye (and Prunes) on every interface, then the sockets closed; nothing calls back any more.
+        Without `goodbye` (a hitless restart) the sockets just close: neighbours keep us until our holdtime,
+        and the next supervisor's new GenID makes them send their state again."""
         self.on_routes = self.on_sources = lambda: None
+        if not goodbye:
+            for sock in self.sockets.values():
+                self.loop.remove_reader(sock.fileno())
+                sock.close()
+            self.sockets.clear()
         self.wanted.clear()
         self.reconcile()
         if self._timer is not None:

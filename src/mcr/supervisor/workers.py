@@ -5,15 +5,23 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import select
+import signal
 import socket
+import stat
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
+from typing import Protocol
 
 from mcr.model.errors import ProtocolError, WorkerError
 from mcr.protocol.worker import (
+    HANDOVER_MESSAGE,
     Command,
+    Released,
     Reply,
     StatsReport,
     decode_reply,
@@ -27,6 +35,50 @@ log = logging.getLogger("mcr.supervisor")
 F_SETPIPE_SZ = 1031
 STATS_PIPE_SIZE = 1 << 20
 CHANNEL_BUFFER = 16 << 20
+
+
+class Process(Protocol):
+    """What the supervisor needs of a worker process: a child it started, or one it took over."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class AdoptedProcess:
+    """A worker started by an earlier supervisor (not our child: its exit status is not ours to read;
+    -1 stands for it). Watched and signalled through a pidfd, so a reused pid is never hit."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self.pidfd], [], [], 0)[0]:
+            self.returncode = -1
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        ready = select.select([self.pidfd], [], [], timeout)[0]
+        if not ready:
+            raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
+        self.returncode = -1
+        return -1
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 class WorkerStatus(Enum):
@@ -43,7 +95,7 @@ class WorkerHandle:
     worker_id: int
     backoff: Backoff = field(default_factory=Backoff)
     status: WorkerStatus = WorkerStatus.STARTING
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | AdoptedProcess | None = None
     pidfd: int = -1
     channel: socket.socket | None = None
     stats_fd: int = -1
@@ -53,6 +105,13 @@ class WorkerHandle:
     acked_generation: int = -1
     captures: set[int] = field(default_factory=set)
     restart_at: float = 0.0
+    adopt_deadline: float = 0.0  # a worker being taken over must answer Ready by then, or a new one starts
+    # Replacing a taken-over worker of another version: the new worker (started beside it, given the rules but
+    # no capture socket until the old one released them), and the descriptors a Released reply brought.
+    successor: WorkerHandle | None = None
+    replacing: bool = False  # this is such a successor, still waiting for its capture sockets
+    release_asked: bool = False
+    released_fds: list[int] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -81,18 +140,29 @@ class WorkerHandle:
         if self.channel is None:
             return replies, True
         while True:
+            fds: list[int] = []
             try:
-                data = self.channel.recv(65536)
+                data, fds, _flags, _addr = socket.recv_fds(self.channel, 65536, 64)
             except BlockingIOError:
                 return replies, False
             except OSError:
                 data = b""
             if not data:
+                for fd in fds:
+                    os.close(fd)
                 return replies, True
             try:
-                replies.append(decode_reply(data))
+                reply = decode_reply(data)
             except ProtocolError as e:
                 log.warning("worker %d sent a malformed reply: %s", self.worker_id, e)
+                reply = None
+            if isinstance(reply, Released) and len(fds) == len(reply.ifindexes):
+                self.released_fds += fds
+            else:
+                for fd in fds:
+                    os.close(fd)
+            if reply is not None:
+                replies.append(reply)
 
     def read_stats(self) -> list[StatsReport]:
         reports: list[StatsReport] = []
@@ -127,10 +197,34 @@ class WorkerHandle:
         self.stats_buf.clear()
         self.captures.clear()
         self.acked_generation = -1
+        if isinstance(self.proc, AdoptedProcess):
+            self.proc.pidfd = -1  # it was self.pidfd, closed above
 
 
-def spawn_worker(handle: WorkerHandle, uid: int, gid: int, log_level: str, log_json: bool, seccomp: bool) -> None:
-    """Start the worker process of `handle` with its channel and stats pipe."""
+def handover_path(control_socket_path: Path, worker_id: int) -> Path:
+    """Where worker `worker_id` of the supervisor on `control_socket_path` can be taken over (next to the
+    control socket, which is in a directory only the supervisor writes)."""
+    return control_socket_path.with_name(f"{control_socket_path.name}.worker{worker_id}")
+
+
+def open_handover_socket(path: Path) -> socket.socket:
+    """A datagram socket bound at `path` (mode 0600) that passes senders' credentials: the worker's."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _channel() -> tuple[socket.socket, socket.socket, int, int]:
     sup_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for end in (sup_end, worker_end):
         end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_BUFFER)
@@ -140,6 +234,66 @@ def spawn_worker(handle: WorkerHandle, uid: int, gid: int, log_level: str, log_j
         fcntl.fcntl(write_fd, F_SETPIPE_SZ, STATS_PIPE_SIZE)
     except OSError:
         pass  # the default 64 KiB still works; large reports are then written in pieces
+    return sup_end, worker_end, read_fd, write_fd
+
+
+def take_over_worker(handle: WorkerHandle, path: Path, now: float, answer_within: float = 2.0) -> bool:
+    """Offer a new channel and stats pipe to the worker an earlier supervisor left at `path`. True when the
+    offer was delivered (the worker then answers Ready on the channel); False when nobody is there (the
+    stale path is removed)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+        log.warning("%s is not a handover socket of this user; ignored", path)
+        return False
+    sup_end, worker_end, read_fd, write_fd = _channel()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendmsg(
+                [HANDOVER_MESSAGE],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("2i", worker_end.fileno(), write_fd))],
+                0,
+                str(path),
+            )
+    except OSError as e:
+        sup_end.close()
+        os.close(read_fd)
+        if not isinstance(e, FileNotFoundError):
+            log.info("no worker to take over at %s (%s); starting a new one", path, e.strerror)
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        return False
+    finally:
+        worker_end.close()
+        os.close(write_fd)
+    sup_end.setblocking(False)
+    os.set_blocking(read_fd, False)
+    handle.proc = None
+    handle.channel = sup_end
+    handle.stats_fd = read_fd
+    handle.status = WorkerStatus.STARTING
+    handle.adopt_deadline = now + answer_within
+    log.info("offered worker %d's handover at %s to the running worker", handle.worker_id, path)
+    return True
+
+
+def spawn_worker(
+    handle: WorkerHandle,
+    uid: int,
+    gid: int,
+    log_level: str,
+    log_json: bool,
+    seccomp: bool,
+    handover: Path | None = None,
+    orphan_timeout: float = 0.0,
+) -> None:
+    """Start the worker process of `handle` with its channel and stats pipe; with `handover`, also a socket
+    bound there through which a later supervisor can take it over, and the time it relays on without one."""
+    sup_end, worker_end, read_fd, write_fd = _channel()
     env = dict(os.environ, MCR_CHANNEL_FD=str(worker_end.fileno()), MCR_STATS_PIPE_FD=str(write_fd))
     argv = [sys.executable, "-m", "mcr", "worker", "--worker-id", str(handle.worker_id)]
     argv += ["--uid", str(uid), "--gid", str(gid), "--log-level", log_level]
@@ -147,17 +301,30 @@ def spawn_worker(handle: WorkerHandle, uid: int, gid: int, log_level: str, log_j
         argv.append("--log-json")
     if not seccomp:
         argv.append("--no-seccomp")
+    passed = [worker_end.fileno(), write_fd]
+    handover_sock = None
     try:
+        if handover is not None:
+            handover_sock = open_handover_socket(handover)
+            passed.append(handover_sock.fileno())
+            env["MCR_HANDOVER_FD"] = str(handover_sock.fileno())
+            argv += ["--orphan-timeout", str(orphan_timeout)]
         proc = subprocess.Popen(
             argv,
-            pass_fds=(worker_end.fileno(), write_fd),
+            pass_fds=passed,
             env=env,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    except OSError:
+        sup_end.close()
+        os.close(read_fd)
+        raise
     finally:
         worker_end.close()
         os.close(write_fd)
+        if handover_sock is not None:
+            handover_sock.close()
     sup_end.setblocking(False)
     os.set_blocking(read_fd, False)
     handle.proc = proc

@@ -15,20 +15,24 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mcr.linux.mmsg import SendBatch
-from mcr.linux.packet_socket import attach_filter, read_statistics
+from mcr.linux.packet_socket import attach_filter, fanout_id, read_statistics
 from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
 from mcr.model.errors import ProtocolError
 from mcr.model.ratelimit import TokenBucket
 from mcr.packet.cbpf import pack_program
 from mcr.packet.parse import DROP_KEYS, DropReason, parse_frame, src_address
 from mcr.protocol.worker import (
+    HANDOVER_MESSAGE,
     CloseSockets,
     Command,
+    HoldSockets,
     OpenSockets,
     Ready,
+    Released,
+    ReleaseSockets,
     SetLogLevels,
     Shutdown,
     StatsReport,
@@ -116,10 +120,82 @@ class DataPlane:
         self.poller = select.poll()
         self.poller.register(channel.fileno(), select.POLLIN)
         self.pid = os.getpid()
+        self.handover: socket.socket | None = None  # where a new supervisor takes this worker over
+        self.orphan_timeout = 0.0  # how long to relay on without a supervisor (0: exit with it)
+        self.orphaned_at: float | None = None  # when the supervisor went away
+        self.supervisor_uid = 0
+        self.taken_over = False  # until the first Sync after a takeover: keep counters across epochs
+        self.version = ""  # this worker's code, told to a supervisor that takes it over
+        self.held: list[int] = []  # the supervisor's membership sockets (HoldSockets), never used here
+
+    # ----------------------------------------------------------------------------------- handover
+
+    def enable_handover(self, sock: socket.socket, orphan_timeout: float, supervisor_uid: int, version: str) -> None:
+        sock.setblocking(False)
+        self.version = version
+        self.handover = sock
+        self.orphan_timeout = orphan_timeout
+        self.supervisor_uid = supervisor_uid
+        self.poller.register(sock.fileno(), select.POLLIN)
+
+    def orphan(self, why: str) -> None:
+        """The supervisor is gone: relay on with the rules we have, for at most `orphan_timeout` seconds."""
+        if self.orphan_timeout <= 0 or self.handover is None:
+            log.info("%s; worker %d exiting", why, self.worker_id)
+            self.running = False
+            return
+        if self.orphaned_at is None:
+            self.orphaned_at = time.monotonic()
+            log.warning(
+                "%s; worker %d relays on for up to %.1f s until a new supervisor takes it over",
+                why,
+                self.worker_id,
+                self.orphan_timeout,
+            )
+        try:
+            self.poller.unregister(self.channel.fileno())
+        except (KeyError, ValueError):
+            pass
+
+    def take_over(self) -> None:
+        """A new supervisor sent its channel and stats pipe: answer Ready on them, with the captures we hold."""
+        assert self.handover is not None
+        try:
+            data, ancdata, _flags, _addr = self.handover.recvmsg(64, socket.CMSG_SPACE(8) + socket.CMSG_SPACE(12))
+        except BlockingIOError:
+            return
+        fds: list[int] = []
+        uid = -1
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4])
+            elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                _pid, uid, _gid = struct.unpack("3i", payload[:12])
+        if data != HANDOVER_MESSAGE or len(fds) != 2 or uid not in (0, self.supervisor_uid):
+            log.warning("ignoring a malformed handover message (from uid %d, %d descriptors)", uid, len(fds))
+            for fd in fds:
+                os.close(fd)
+            return
+        try:
+            self.poller.unregister(self.channel.fileno())
+        except (KeyError, ValueError):
+            pass
+        self.channel.close()
+        os.close(self.stats_fd)
+        self.channel = socket.socket(fileno=fds[0])
+        self.stats_fd = fds[1]
+        os.set_blocking(self.stats_fd, False)
+        self.pending_stats = b""
+        self.poller.register(self.channel.fileno(), select.POLLIN)
+        self.orphaned_at = None
+        self.taken_over = True
+        captures = tuple((ifindex, fanout_id(cap.ring.sock)) for ifindex, cap in self.captures.items())
+        self.send_reply(Ready(pid=self.pid, uid=os.getuid(), captures=captures, version=self.version))
+        log.info("worker %d taken over by a new supervisor (%d capture sockets kept)", self.worker_id, len(captures))
 
     # ------------------------------------------------------------------------------------ channel
 
-    def send_reply(self, reply: Ready | SyncAck) -> None:
+    def send_reply(self, reply: Ready | SyncAck | Released) -> None:
         self.channel.send(encode_reply(reply))
 
     def handle_channel(self) -> None:
@@ -128,10 +204,9 @@ class DataPlane:
         except BlockingIOError:
             return
         if not data:
-            log.info("supervisor closed the channel; worker %d exiting", self.worker_id)
-            self.running = False
             for fd in fds:
                 os.close(fd)
+            self.orphan("supervisor closed the channel")
             return
         try:
             cmd = decode_command(data)
@@ -145,8 +220,9 @@ class DataPlane:
     def apply(self, cmd: Command, fds: list[int]) -> None:
         match cmd:
             case OpenSockets():
-                for ifindex, fd in zip(cmd.ifindexes, fds, strict=False):
-                    self.add_capture(ifindex, socket.socket(fileno=fd))
+                positions: list[int | None] = [*cmd.positions] + [None] * (len(cmd.ifindexes) - len(cmd.positions))
+                for ifindex, fd, position in zip(cmd.ifindexes, fds, positions, strict=False):
+                    self.add_capture(ifindex, socket.socket(fileno=fd), position)
                 for fd in fds[len(cmd.ifindexes) :]:
                     os.close(fd)
             case CloseSockets():
@@ -166,10 +242,52 @@ class DataPlane:
                     logging.getLogger(name).setLevel(level)
             case Shutdown():
                 self.running = False
+            case ReleaseSockets():
+                self.release_sockets()
+            case HoldSockets():
+                for fd in self.held:
+                    os.close(fd)
+                self.held = fds[: cmd.count]
+                for fd in fds[cmd.count :]:
+                    os.close(fd)
 
-    def add_capture(self, ifindex: int, sock: socket.socket) -> None:
+    def release_sockets(self) -> None:
+        """Relay what the rings hold, then send the capture sockets back and end: a successor reads on."""
+        ifindexes: list[int] = []
+        positions: list[int] = []
+        socks: list[socket.socket] = []
+        for ifindex, cap in list(self.captures.items()):
+            while self.drain(cap, cap.ring.block_count):
+                pass
+            self.poller.unregister(cap.ring.sock.fileno())
+            self.account_kernel(cap)
+            ifindexes.append(ifindex)
+            positions.append(cap.ring.current)
+            socks.append(cap.ring.sock)
+        reply = encode_reply(Released(tuple(ifindexes), tuple(positions)))
+        try:
+            socket.send_fds(self.channel, [reply], [s.fileno() for s in socks])
+        except OSError as e:
+            log.error("cannot send the capture sockets back: %s", e)
+        for cap in self.captures.values():
+            cap.ring.close()  # our mapping and descriptor: the sockets and their rings live on in the successor
+        self.captures.clear()
+        self.running = False
+        log.info("worker %d released its capture sockets (%s) to its successor", self.worker_id, ifindexes)
+
+    def add_capture(self, ifindex: int, sock: socket.socket, position: int | None = None) -> None:
+        """Read `sock`; `position`: its ring was set up by a predecessor, read on from that block."""
         self.remove_capture(ifindex)
-        ring = RxRing(sock)
+        try:
+            ring = RxRing(sock, existing=position is not None)
+        except OSError as e:
+            log.error("cannot map the capture ring on ifindex %d: %s; exiting to be restarted", ifindex, e)
+            sock.close()
+            if position is not None:  # a predecessor's ring (of another size?): a restart opens a new socket
+                self.running = False
+            return
+        if position is not None:
+            ring.current = position % ring.block_count
         cap = Capture(ifindex, ring, *self.index.tables(ifindex))
         self.captures[ifindex] = cap
         self.poller.register(sock.fileno(), select.POLLIN)
@@ -198,6 +316,7 @@ class DataPlane:
         epoch changed (the supervisor re-added it, e.g. a reload changed it) starts again from zero counters."""
         wanted = {rule.rule_id for rule in cmd.rules}
         self.change(cmd.rules, [rule_id for rule_id in self.slots if rule_id not in wanted])
+        self.taken_over = False
         log.debug("synced generation %d: %d rules", cmd.generation, len(self.slots))
 
     def update(self, cmd: Update) -> None:
@@ -226,6 +345,8 @@ class DataPlane:
         if prev is not None and prev.rule == rule and all(o.fd >= 0 for o in prev.outputs):
             return
         keep = prev is not None and _same_flow(prev.rule, rule)
+        if prev is not None and self.taken_over:  # a new supervisor numbers epochs anew: keep the counters
+            keep = _same_flow(prev.rule, replace(rule, epoch=prev.rule.epoch))
         prev_outputs = {o.spec: o for o in prev.outputs} if keep and prev is not None else {}
         outputs = []
         for spec in rule.outputs:
@@ -471,7 +592,7 @@ class DataPlane:
         except BlockingIOError:
             return data
         except BrokenPipeError:
-            self.running = False
+            self.orphan("the supervisor's stats pipe is closed")
             return b""
         return data[written:]
 
@@ -485,9 +606,14 @@ class DataPlane:
         while self.running:
             timeout_ms = 0 if busy else max(0, int((next_stats - time.monotonic()) * 1000)) + 1
             readable = []
+            handover_fd = self.handover.fileno() if self.handover is not None else -1
             for fd, _ev in self.poller.poll(timeout_ms):
                 if fd == chan_fd:
                     self.handle_channel()
+                    chan_fd = self.channel.fileno()
+                elif fd == handover_fd:
+                    self.take_over()
+                    chan_fd = self.channel.fileno()
                 else:
                     readable.append(fd)
             busy = False
@@ -500,11 +626,19 @@ class DataPlane:
                     seen = self.drain(cap)
                 busy = seen > 0 or busy
             now = time.monotonic()
-            if now >= next_stats:
+            if self.orphaned_at is not None:
+                if now - self.orphaned_at > self.orphan_timeout:
+                    log.warning(
+                        "no supervisor took worker %d over within %.1f s; exiting", self.worker_id, self.orphan_timeout
+                    )
+                    self.running = False
+            elif now >= next_stats:
                 self.push_stats()
                 next_stats = now + STATS_INTERVAL_S
         for cap in list(self.captures.values()):
             self.drain(cap)
+        if self.orphaned_at is not None:
+            return
         self.push_stats()
         if self.pending_stats:
             self.pending_stats = self._write(self.pending_stats)

@@ -19,8 +19,10 @@ import socket
 import sys
 from types import FrameType
 
+from mcr import __version__
 from mcr.linux.containment import contain
 from mcr.logs import configure_logging
+from mcr.protocol.worker import worker_version
 from mcr.worker import loop as _loop
 
 log = logging.getLogger("mcr.worker")
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-json", action="store_true")
     parser.add_argument("--no-seccomp", action="store_true")
+    parser.add_argument("--orphan-timeout", type=float, default=0.0)
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_json, prefix=f"worker-{args.worker_id}")
     try:
@@ -45,9 +48,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    handover_fd = int(os.environ.get("MCR_HANDOVER_FD", "-1"))
+    supervisor_uid = os.getuid()  # who may take this worker over (besides root)
     parent = os.getppid()
+    # Without an orphan timeout the worker ends with its supervisor (parent death signal); with one it relays on
+    # when the supervisor goes away, for at most that long, until a new supervisor takes it over.
+    death_signal = 0 if args.orphan_timeout > 0 else signal.SIGTERM
     try:
-        contained = contain(args.uid, args.gid, seccomp=not args.no_seccomp, death_signal=signal.SIGTERM)
+        contained = contain(args.uid, args.gid, seccomp=not args.no_seccomp, death_signal=death_signal)
     except OSError as e:
         print(f"multicast_relay worker {args.worker_id}: cannot contain the worker: {e}", file=sys.stderr)
         return 1
@@ -56,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     os.set_blocking(stats_fd, False)
     channel = socket.socket(fileno=channel_fd)
     plane = _loop.DataPlane(args.worker_id, channel, stats_fd)
+    if handover_fd >= 0:
+        plane.enable_handover(
+            socket.socket(fileno=handover_fd),
+            args.orphan_timeout,
+            supervisor_uid,
+            worker_version(__version__, os.environ),
+        )
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         plane.running = False
