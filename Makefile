@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 VPY = $(VENV)/bin/python
+# frr: the peer router of the PIM/MSDP interop tests (the tests start its daemons in their namespaces;
+# policy-rc.d keeps the install from starting a host-wide FRR service)
 DEB_PACKAGES = iproute2 ethtool tcpdump socat nftables smcroute tmux frr
 
 # `make install`: MCR in its own virtual environment under PREFIX, its commands linked into BINDIR, the
@@ -24,8 +26,14 @@ debs:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
-		{ echo "error: could not install$$missing with apt-get (run as root, with a reachable package mirror)" >&2; exit 1; }; \
+		guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && guard=1; \
+		fi; \
+		rc=0; { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || rc=1; \
+		if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+		if [ $$rc -ne 0 ]; then \
+			echo "error: could not install$$missing with apt-get (run as root, with a reachable package mirror)" >&2; exit 1; \
+		fi; \
 	fi
 
 # The stamp is rebuilt when pyproject.toml changes (new dependencies).
@@ -57,6 +65,7 @@ fuzz: deps
 	$(VPY) -m pytest tests/property --hypothesis-profile=fuzz --timeout=0 -q
 	cd fuzz && $(abspath $(VPY)) fuzz_parse.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 	cd fuzz && $(abspath $(VPY)) fuzz_control.py -max_total_time=$(FUZZ_SECONDS) -dict=json.dict -print_final_stats=1
+	cd fuzz && $(abspath $(VPY)) fuzz_routing.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 	cd fuzz && $(abspath $(VPY)) fuzz_membership.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 
 install:

@@ -257,7 +257,7 @@ ORIGINAL_CONFIG = """\
     {{ name: "moving", input: {{ interface: "rin", group: "239.1.1.2", port: 5002 }},
        outputs: [ {{ group: "239.2.2.3", port: {port}, interface: "rout" }}, ] }},
   ],
-  msdp: {{ enabled: true, peers: [ {{ address: "10.9.9.9" }} ] }},
+  control_plane: {{ rpf_provider: "static" }},
   flavour: "vanilla",
 }}
 """
@@ -275,7 +275,7 @@ def test_the_originals_json5_config_loads_and_reloads_hitlessly(lab: Lab, workdi
         ]
         log = relay.log()
         assert "unknown key 'flavour' ignored" in log, log
-        assert "section 'msdp' accepted but not served: MSDP is not implemented" in log, log
+        assert "section 'control_plane' accepted but not served: the control-plane integration" in log, log
         checked = relay.ctl("config", "check", str(config))
         assert checked.stdout.strip() == f"{config}: OK, 2 rules (JSON5, the original's format)"
         assert "unknown key 'flavour'" in checked.stderr
@@ -324,7 +324,7 @@ def test_config_save_makes_the_running_rules_the_files(lab: Lab, workdir: Path) 
         # the file now holds every rule (ids kept), the state file none: a restart or reload finds each once
         on_disk = parse_json5(config.read_text())
         assert [r.get("name") for r in on_disk["rules"]] == ["steady", "moving", "runtime-one"]
-        assert on_disk["msdp"]["peers"] == [{"address": "10.9.9.9"}] and on_disk["multicast_ttl"] == 2
+        assert on_disk["control_plane"] == {"rpf_provider": "static"} and on_disk["multicast_ttl"] == 2
         assert read_state(state) == []
         assert {r["rule_id"]: r["origin"] for r in relay.rules()}["rt"] == "config"
         assert relay.proc is not None

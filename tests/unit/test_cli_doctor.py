@@ -627,14 +627,15 @@ def test_config_sections_accepted_but_not_served_are_named() -> None:
     from mcr.model.rules import Limits
     from mcr.model.status import ConfigView
 
-    sections = OriginalSections(pinning=(("eth0", (0,)),), sections=(("pim", "{}"), ("msdp", "{}")))
+    sections = OriginalSections(
+        pinning=(("eth0", (0,)),), sections=(("pim", "{}"), ("igmp", "{}"), ("msdp", "{}"), ("control_plane", "{}"))
+    )
     findings = check_config(ConfigView("/etc/mcr/mcr.json5", (), Limits(), (), sections, "json5"))
-    assert [(f.severity.value, f.title) for f in findings] == [
-        ("warning", "/etc/mcr/mcr.json5: section 'pim' is accepted but not served"),
-        ("warning", "/etc/mcr/mcr.json5: section 'msdp' is accepted but not served"),
+    assert [(f.severity.value, f.title) for f in findings] == [  # igmp, pim and msdp are served
+        ("warning", "/etc/mcr/mcr.json5: section 'control_plane' is accepted but not served"),
         ("info", "/etc/mcr/mcr.json5: 'pinning' is accepted but not applied"),
     ]
-    assert "PIM-SM is not implemented in this relay yet" in findings[0].detail
+    assert "the control-plane integration" in findings[0].detail and "not implemented" in findings[0].detail
     assert check_config(ConfigView(None, (), Limits(), ())) == []
 
 

@@ -11,6 +11,7 @@ PURE = (
     "protocol",
     "packet",
     "membership",
+    "routing",
     "linux/seccomp.py",
     "supervisor/core.py",
     "supervisor/access.py",

@@ -53,15 +53,15 @@ def test_the_originals_file_loads_with_its_sections_kept() -> None:
     assert all(r.source is RuleSource.CONFIG for r in config.rules)
     assert config.settings.multicast_ttl == 4
     assert config.original.pinning == (("eth0", (0, 1)),)
-    assert config.original.unserved == ("pim",)  # igmp is served: the querier's settings
+    assert config.original.unserved == ()  # igmp (the querier's settings) and pim (PimConfig) are served
+    assert config.pim.enabled and [(i.name, i.dr_priority, i.hello_period) for i in config.pim.interfaces] == [
+        ("eth1", 10, 30)
+    ]
     assert config.original.section("igmp") == {"querier_interfaces": ["eth1"], "query_interval": 60}
     assert config.igmp.querier_interfaces == ("eth1",)
     assert (config.igmp.timers.query_interval, config.igmp.timers.robustness) == (60.0, 2)
     notes = unserved_notes("/etc/mcr/mcr.json5", config.original)
-    assert notes[0] == (
-        "/etc/mcr/mcr.json5: section 'pim' accepted but not served: PIM-SM is not implemented in this relay yet"
-    )
-    assert len(notes) == 2 and "'pinning' accepted but not applied" in notes[1]
+    assert len(notes) == 1 and "'pinning' accepted but not applied" in notes[0]
 
 
 def test_our_additions_round_trip_through_the_schema() -> None:

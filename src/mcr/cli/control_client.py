@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import IntEnum
-from ipaddress import ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import NoReturn, TextIO, assert_never
 
@@ -77,6 +77,17 @@ from mcr.protocol.control import (
     decode_response,
     encode_request,
 )
+from mcr.protocol.routing import (
+    AddMsdpPeer,
+    DisablePim,
+    EnablePim,
+    RemoveMsdpPeer,
+    RoutingQuery,
+    SetRpAddress,
+    SetStaticRp,
+)
+from mcr.routing.config import MAX_DR_PRIORITY, MAX_HELLO_PERIOD, MIN_HELLO_PERIOD
+from mcr.routing.pim_joins import parse_group_prefix
 
 PROG = "control_client"
 _PORT_MAX = 65535
@@ -278,6 +289,51 @@ def _global_flags() -> argparse.ArgumentParser:
     return flags
 
 
+def _bounded_int(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+    return value
+
+
+def _group_prefix(text: str) -> IPv4Network | IPv6Network:
+    try:
+        return parse_group_prefix(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _unicast(text: str) -> IPv4Address | IPv6Address:
+    try:
+        address = ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an IP address") from None
+    if address.is_multicast or address.is_unspecified:
+        raise argparse.ArgumentTypeError(f"{address} is not a unicast address")
+    return address
+
+
+def _peer_address(text: str) -> IPv4Address:
+    try:
+        address = IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an IPv4 address") from None
+    if address.is_multicast or address.is_unspecified or address.is_loopback:
+        raise argparse.ArgumentTypeError(f"{address} is not a unicast peer address")
+    return address
+
+
+def _dr_priority(text: str) -> int:
+    return _bounded_int(text, 0, MAX_DR_PRIORITY)
+
+
+def _hello_period(text: str) -> int:
+    return _bounded_int(text, MIN_HELLO_PERIOD, MAX_HELLO_PERIOD)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _global_flags()
     parser = argparse.ArgumentParser(
@@ -407,6 +463,63 @@ def build_parser() -> argparse.ArgumentParser:
             sub.set_defaults(usage_error=sub.error)
             if action.endswith("-querier"):
                 sub.add_argument("--interface", required=True, metavar="IF", help="the interface")
+    pim = command("pim", "PIM-SM: neighbours, and enabling it on interfaces")
+    pim_actions = pim.add_subparsers(dest="pim_command", required=True, metavar="ACTION")
+    neighbors = pim_actions.add_parser("neighbors", help="the PIM neighbours and DRs", parents=[common])
+    neighbors.set_defaults(usage_error=neighbors.error)
+    counters = pim_actions.add_parser(
+        "counters", help="PIM and MSDP messages sent, received, dropped", parents=[common]
+    )
+    counters.set_defaults(usage_error=counters.error)
+    interfaces = pim_actions.add_parser(
+        "interfaces", help="the interfaces PIM runs (or waits) on, with their DR", parents=[common]
+    )
+    interfaces.set_defaults(usage_error=interfaces.error)
+    enable = pim_actions.add_parser("enable", help="run PIM on an interface", parents=[common])
+    enable.set_defaults(usage_error=enable.error)
+    enable.add_argument("--interface", required=True, metavar="IF", help="interface to run PIM on")
+    enable.add_argument("--dr-priority", type=_dr_priority, metavar="N", help="DR priority (default 1)")
+    enable.add_argument("--hello-period", type=_hello_period, metavar="S", help="seconds between Hellos (default 30)")
+    disable = pim_actions.add_parser("disable", help="stop PIM on an interface (sends a Goodbye)", parents=[common])
+    disable.set_defaults(usage_error=disable.error)
+    disable.add_argument("--interface", required=True, metavar="IF", help="interface to stop PIM on")
+    set_rp = pim_actions.add_parser("set-rp", help="map a group prefix to a static RP", parents=[common])
+    set_rp.set_defaults(usage_error=set_rp.error)
+    set_rp.add_argument("--group", required=True, type=_group_prefix, metavar="PREFIX", help="e.g. 239.1.0.0/16")
+    set_rp.add_argument("--rp", required=True, type=_unicast, metavar="ADDRESS", help="the RP's address")
+    set_rp_address = pim_actions.add_parser(
+        "set-rp-address", help="make this router the RP for 224.0.0.0/4 at one of its addresses", parents=[common]
+    )
+    set_rp_address.set_defaults(usage_error=set_rp_address.error)
+    set_rp_address.add_argument("--address", required=True, type=_peer_address, metavar="IP", help="a local address")
+    command("mroute", "the multicast routing table: static rules and PIM (*,G) and (S,G) state")
+
+    msdp = command("msdp", "MSDP: peers and the SA cache")
+    msdp_actions = msdp.add_subparsers(dest="msdp_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("peers", "the MSDP peers and their sessions"),
+        ("sa-cache", "the Source-Active cache (our own sources first)"),
+        ("clear-sa-cache", "forget every learned SA"),
+    ):
+        sub = msdp_actions.add_parser(name, help=text, parents=[common])
+        sub.set_defaults(usage_error=sub.error)
+    add_peer = msdp_actions.add_parser("add-peer", help="peer with an MSDP speaker (TCP 639)", parents=[common])
+    add_peer.set_defaults(usage_error=add_peer.error)
+    add_peer.add_argument("--address", required=True, type=_peer_address, metavar="IP", help="the peer's IPv4 address")
+    add_peer.add_argument("--description", metavar="TEXT", help="free text shown in `msdp peers`")
+    add_peer.add_argument("--mesh-group", metavar="NAME", help="mesh group (SAs from it are not flooded back into it)")
+    add_peer.add_argument("--default-peer", action="store_true", help="accept every SA from it (peer-RPF)")
+    add_peer.add_argument(
+        "--sa-filter",
+        type=_group_prefix,
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="never take SAs for these groups from the peer nor send it any; repeatable",
+    )
+    remove_peer = msdp_actions.add_parser("remove-peer", help="end and forget an MSDP peering", parents=[common])
+    remove_peer.set_defaults(usage_error=remove_peer.error)
+    remove_peer.add_argument("--address", required=True, type=_peer_address, metavar="IP", help="the peer's address")
 
     log_level = command("log-level", "get or set log levels")
     levels = log_level.add_subparsers(dest="log_command", required=True, metavar="ACTION")
@@ -421,12 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_QUERIES = {
+_QUERIES: dict[str, Query | RoutingQuery] = {
     "list": Query.LIST_RULES,
     "stats": Query.GET_STATS,
     "list-workers": Query.LIST_WORKERS,
     "ping": Query.PING,
     "version": Query.GET_VERSION,
+    "mroute": RoutingQuery.GET_MROUTE,
     "kernel": Query.GET_KERNEL_STATUS,
 }
 
@@ -477,6 +591,36 @@ def _request(args: argparse.Namespace) -> Request:
         if action == "queriers":
             return Query.GET_QUERIERS
         return SetQuerier(family, args.interface, action == "enable-querier")
+    if command == "pim":
+        if args.pim_command == "enable":
+            return EnablePim(args.interface, args.dr_priority, args.hello_period)
+        if args.pim_command == "disable":
+            return DisablePim(args.interface)
+        if args.pim_command == "counters":
+            return RoutingQuery.GET_ROUTING_COUNTERS
+        if args.pim_command == "interfaces":
+            return RoutingQuery.GET_PIM_INTERFACES
+        if args.pim_command == "set-rp-address":
+            return SetRpAddress(args.address)
+        if args.pim_command == "set-rp":
+            if args.rp.version != args.group.version:
+                fail(f"argument --rp: {args.rp} is not of the family of {args.group}")
+            return SetStaticRp(args.group, args.rp)
+        return RoutingQuery.GET_PIM_NEIGHBORS
+    if command == "msdp":
+        if args.msdp_command == "add-peer":
+            if any(p.version != 4 for p in args.sa_filter):
+                fail("argument --sa-filter: MSDP carries IPv4 groups only")
+            return AddMsdpPeer(
+                args.address, args.description, args.mesh_group, args.default_peer, tuple(args.sa_filter)
+            )
+        if args.msdp_command == "remove-peer":
+            return RemoveMsdpPeer(args.address)
+        return {
+            "peers": RoutingQuery.GET_MSDP_PEERS,
+            "sa-cache": RoutingQuery.GET_MSDP_SA_CACHE,
+            "clear-sa-cache": RoutingQuery.CLEAR_MSDP_SA_CACHE,
+        }[args.msdp_command]
     if command == "log-level":
         if args.log_command == "get":
             return Query.GET_LOG_LEVELS

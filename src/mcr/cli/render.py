@@ -35,6 +35,19 @@ from mcr.protocol.control import (
     Version,
     Workers,
 )
+from mcr.protocol.routing import (
+    MrouteInfo,
+    Mroutes,
+    MsdpPeerInfo,
+    MsdpPeers,
+    MsdpSaCache,
+    MsdpSaInfo,
+    PimInterfaceInfo,
+    PimInterfaces,
+    PimNeighborInfo,
+    PimNeighbors,
+    RoutingCounters,
+)
 
 _BIT_UNITS = (("Tbit/s", 1e12), ("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3))
 _BYTE_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
@@ -270,6 +283,35 @@ def render_config(view: ConfigView) -> RenderableType:
     return Group(settings, rules if view.rules else Text("no rules"))
 
 
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "never"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def render_pim_neighbors(neighbors: Sequence[PimNeighborInfo]) -> RenderableType:
+    if not neighbors:
+        return Text("no PIM neighbours")
+    table = _table(
+        "Interface", "Neighbour", "DR priority", "DR", "Uptime", "Expires", "GenID", numeric=("DR priority",)
+    )
+    for n in neighbors:
+        priority = str(n.dr_priority) if n.dr_priority_advertised else f"{n.dr_priority} (none sent)"
+        genid = _NONE if n.generation_id is None else f"0x{n.generation_id:08x}"
+        _add_row(
+            table,
+            n.interface,
+            str(n.address),
+            priority,
+            "yes" if n.is_dr else "",
+            _duration(n.uptime_secs),
+            _duration(n.expires_in_secs),
+            genid,
+        )
+    return table
+
+
 def _secs(value: float) -> str:
     return f"{value:.0f}s"
 
@@ -296,6 +338,52 @@ def render_groups(groups: Sequence[GroupView]) -> RenderableType:
     return table
 
 
+def render_mroutes(entries: Sequence[MrouteInfo]) -> RenderableType:
+    if not entries:
+        return Text("no multicast routes")
+    table = _table("Source", "Group", "Type", "Input", "Outputs", "Age")
+    for m in entries:
+        source = "*" if m.source is None else str(m.source)
+        outputs = ", ".join(m.output_interfaces) or _NONE
+        _add_row(table, source, str(m.group), m.entry_type, m.input_interface or _NONE, outputs, _duration(m.age_secs))
+    return table
+
+
+def render_msdp_peers(peers: Sequence[MsdpPeerInfo]) -> RenderableType:
+    if not peers:
+        return Text("no MSDP peers")
+    table = _table(
+        "Peer",
+        "State",
+        "Side",
+        "Uptime",
+        "SA in",
+        "SA out",
+        "RPF fail",
+        "Mesh group",
+        "Description",
+        numeric=("SA in", "SA out", "RPF fail"),
+    )
+    for p in peers:
+        side = "connect" if p.is_active else "listen"
+        mesh = p.mesh_group or _NONE
+        if p.default_peer:
+            mesh += " (default peer)"
+        _add_row(
+            table,
+            str(p.address),
+            p.state,
+            side,
+            _duration(p.uptime_secs) if p.uptime_secs is not None else _NONE,
+            str(p.sa_received),
+            str(p.sa_sent),
+            str(p.rpf_failures),
+            mesh,
+            p.description or "",
+        )
+    return table
+
+
 def render_queriers(queriers: Sequence[QuerierView]) -> RenderableType:
     if not queriers:
         return Text("no querier or membership tracking is configured on an interface that is up")
@@ -315,6 +403,48 @@ def render_queriers(queriers: Sequence[QuerierView]) -> RenderableType:
             elected,
             counters or "-",
         )
+    return table
+
+
+def render_sa_cache(entries: Sequence[MsdpSaInfo]) -> RenderableType:
+    if not entries:
+        return Text("MSDP SA cache is empty")
+    table = _table("Source", "Group", "Origin RP", "Learned from", "Age", "Expires")
+    for e in entries:
+        learned = "local" if e.is_local else str(e.learned_from)
+        expires = _NONE if e.is_local else _duration(e.expires_in_secs)
+        _add_row(table, str(e.source), str(e.group), str(e.origin_rp), learned, _duration(e.age_secs), expires)
+    return table
+
+
+def render_pim_interfaces(interfaces: Sequence[PimInterfaceInfo]) -> RenderableType:
+    if not interfaces:
+        return Text("PIM is not enabled on any interface")
+    table = _table(
+        "Interface",
+        "State",
+        "Address",
+        "DR priority",
+        "Hello",
+        "DR",
+        "GenID",
+        "Neighbours",
+        numeric=("DR priority", "Neighbours"),
+    )
+    for i in interfaces:
+        dr = _NONE if i.dr is None else (f"{i.dr} (us)" if i.is_dr else str(i.dr))
+        genid = _NONE if i.generation_id is None else f"0x{i.generation_id:08x}"
+        address = _NONE if i.address is None else str(i.address)
+        _add_row(
+            table, i.name, i.state, address, str(i.dr_priority), f"{i.hello_period} s", dr, genid, str(i.neighbors)
+        )
+    return table
+
+
+def render_routing_counters(counters: Sequence[tuple[str, int]]) -> RenderableType:
+    table = _table("Counter", "Count", numeric=("Count",))
+    for name, count in counters:
+        _add_row(table, name, str(count))
     return table
 
 
@@ -351,6 +481,18 @@ def render_response(resp: Response) -> RenderableType:
             return render_version(resp.info)
         case ConfigResponse():
             return render_config(resp.view)
+        case PimNeighbors():
+            return render_pim_neighbors(resp.neighbors)
+        case Mroutes():
+            return render_mroutes(resp.entries)
+        case MsdpPeers():
+            return render_msdp_peers(resp.peers)
+        case MsdpSaCache():
+            return render_sa_cache(resp.entries)
+        case RoutingCounters():
+            return render_routing_counters(resp.counters)
+        case PimInterfaces():
+            return render_pim_interfaces(resp.interfaces)
         case MembershipGroups():
             return render_groups(resp.groups)
         case QuerierStates():

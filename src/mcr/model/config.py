@@ -40,6 +40,13 @@
     input_group = "239.1.1.2"          # or the host's own unicast address on input_interface
     outputs = ["239.10.1.3:0:eth1"]
 
+    [pim]                              # PIM-SM (mcr.routing.config)
+    interfaces = [{ name = "eth1", dr_priority = 10 }]
+    static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
+
+    [msdp]                             # MSDP peers (mcr.routing.config)
+    peers = [{ address = "10.0.0.9", mesh_group = "core" }]
+
 Every error names the file, the rule and the field.
 """
 
@@ -69,6 +76,7 @@ from mcr.model.rules import (
     parse_source,
     ttl_problem,
 )
+from mcr.routing.config import MsdpConfig, PimConfig, parse_msdp_section, parse_pim_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +111,8 @@ class Config:
     rules: tuple[ForwardingRule, ...] = ()
     igmp: MembershipSettings = field(default_factory=MembershipSettings)
     mld: MembershipSettings = field(default_factory=MembershipSettings)
+    pim: PimConfig = field(default_factory=PimConfig)
+    msdp: MsdpConfig = field(default_factory=MsdpConfig)
     dialect: ConfigDialect = ConfigDialect.TOML
     original: OriginalSections = field(default_factory=OriginalSections)  # a JSON5 file's other sections
     warnings: tuple[str, ...] = ()  # keys accepted but ignored, each named (JSON5 only: TOML refuses them)
@@ -283,6 +293,7 @@ def parse_config(text: str, path: str) -> Config:
 def parse_json5_config(text: str, path: str) -> Config:
     """The original's JSON5 file: its rules, and its other sections kept for GetConfig and `config save`."""
     found = decode_original_config(load_json5(text, path), path)
+    pim, msdp, notes = _original_routing(path, found.sections)
     return Config(
         path=path,
         settings=Settings(multicast_ttl=found.sections.multicast_ttl),
@@ -290,8 +301,38 @@ def parse_json5_config(text: str, path: str) -> Config:
         igmp=membership_from_original(path, found.sections.section("igmp")),
         dialect=ConfigDialect.JSON5,
         original=found.sections,
-        warnings=found.warnings,
+        warnings=found.warnings + notes,
+        pim=pim,
+        msdp=msdp,
     )
+
+
+def _original_routing(path: str, sections: OriginalSections) -> tuple[PimConfig, MsdpConfig, tuple[str, ...]]:
+    """The JSON5 file's `pim` and `msdp` sections as ours (a null value means its default), and a note for
+    each key we take but do not use."""
+    notes: list[str] = []
+    pim, msdp = PimConfig(), MsdpConfig()
+    raw = sections.section("pim")
+    if isinstance(raw, dict):
+        for key in ("router_id", "rp_address"):
+            if raw.get(key) is not None:
+                notes.append(
+                    f"{path}: pim.{key} accepted but not used (the router id is not sent in PIM-SM; "
+                    "an RP address of ours is set with static_rp)"
+                )
+        pim = parse_pim_section(
+            path, {k: raw[k] for k in ("enabled", "interfaces", "static_rp") if raw.get(k) is not None}
+        )
+    raw = sections.section("msdp")
+    if isinstance(raw, dict):
+        if raw.get("local_address") is not None:
+            notes.append(
+                f"{path}: msdp.local_address accepted but not used (each peering runs from the address "
+                "the kernel uses toward the peer)"
+            )
+        keys = ("enabled", "peers", "keepalive_interval", "hold_time")
+        msdp = parse_msdp_section(path, {k: raw[k] for k in keys if raw.get(k) is not None})
+    return pim, msdp, tuple(notes)
 
 
 def parse_toml_config(text: str, path: str) -> Config:
@@ -306,13 +347,16 @@ def parse_toml_config(text: str, path: str) -> Config:
         raise ConfigError(
             f"{path}: not valid TOML: a number has more than {sys.get_int_max_str_digits()} digits"
         ) from None
-    unknown = set(doc) - {"supervisor", "limits", "rule", "igmp", "mld"}
+    unknown = set(doc) - {"supervisor", "limits", "rule", "igmp", "mld", "pim", "msdp"}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]], [igmp], [mld]"
+            f"{path}: unknown section '{sorted(unknown)[0]}'; expected [supervisor], [limits], [[rule]], [igmp], "
+            "[mld], [pim], [msdp]"
         )
     igmp = parse_membership_table(path, "igmp", _table(path, doc, "igmp"))
     mld = parse_membership_table(path, "mld", _table(path, doc, "mld"))
+    pim = parse_pim_section(path, _table(path, doc, "pim")) if "pim" in doc else PimConfig()
+    msdp = parse_msdp_section(path, _table(path, doc, "msdp")) if "msdp" in doc else MsdpConfig()
     settings = _settings(path, _table(path, doc, "supervisor"))
     limits = _limits(path, _table(path, doc, "limits"))
     raw_rules = doc.get("rule", [])
@@ -327,7 +371,16 @@ def parse_toml_config(text: str, path: str) -> Config:
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
         rules.add(rule)
-    return Config(path=path, settings=settings, limits=limits, rules=tuple(rules.by_id.values()), igmp=igmp, mld=mld)
+    return Config(
+        path=path,
+        settings=settings,
+        limits=limits,
+        rules=tuple(rules.by_id.values()),
+        igmp=igmp,
+        mld=mld,
+        pim=pim,
+        msdp=msdp,
+    )
 
 
 SECTION_PROTOCOLS = {  # igmp is served: mcr.membership

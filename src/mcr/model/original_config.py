@@ -55,7 +55,7 @@ PROTOCOL_NAMES = {"udp": UDP, "esp": ESP}
 #: The sections the original serves with its control plane; we accept and check them and say they are not
 #: served yet (IGMP querier, PIM-SM, MSDP and the control-plane integration are later work).
 PROTOCOL_SECTIONS = ("pim", "igmp", "msdp", "control_plane")
-SERVED_SECTIONS = ("igmp",)  # the querier (mcr.membership); the others are accepted and kept, not served
+SERVED_SECTIONS = ("igmp", "pim", "msdp")  # igmp: the querier (mcr.membership); pim, msdp: PimConfig, MsdpConfig
 
 _TOP_KEYS = frozenset({"multicast_ttl", "pinning", "rules", *PROTOCOL_SECTIONS})
 _RULE_KEYS = frozenset({"name", "input", "outputs", "rule_id", "rate_limit"})
@@ -90,7 +90,8 @@ class OriginalSections:
 
     @property
     def unserved(self) -> tuple[str, ...]:
-        """The protocol sections present in the file, which this supervisor does not serve yet."""
+        """The protocol sections present in the file, which this supervisor does not serve yet (igmp, pim
+        and msdp are served)."""
         return tuple(name for name, _ in self.sections if name not in SERVED_SECTIONS)
 
     def section(self, name: str) -> object:

@@ -55,6 +55,29 @@ from mcr.model.status import (
 )
 from mcr.protocol.controlplane import ControlPlaneRequest, decode_control_plane
 from mcr.protocol.jsondoc import load_json
+from mcr.protocol.routing import (
+    ROUTING_RESPONSES,
+    ROUTING_STRUCT_COMMANDS,
+    AddMsdpPeer,
+    DisablePim,
+    EnablePim,
+    Mroutes,
+    MsdpPeers,
+    MsdpSaCache,
+    PimInterfaces,
+    PimNeighbors,
+    RemoveMsdpPeer,
+    RoutingCounters,
+    RoutingQuery,
+    RoutingRequest,
+    RoutingResponse,
+    SetRpAddress,
+    SetStaticRp,
+    decode_routing_response,
+    decode_routing_struct,
+    encode_routing_request,
+    routing_response_json,
+)
 
 MAX_REQUEST_BYTES = Limits().max_request_bytes  # the default; the supervisor passes its own
 DEFAULT_SOCKET = "/run/mcr/control.sock"
@@ -165,6 +188,7 @@ Request = (
     | SaveConfig
     | ControlPlaneRequest
     | SetQuerier
+    | RoutingRequest
 )
 
 READ_ONLY_QUERIES = frozenset(Query)
@@ -182,8 +206,9 @@ _STRUCT_COMMANDS = (
     "SaveConfig",
     "CheckConfig",
     *_QUERIER_COMMANDS,
+    *ROUTING_STRUCT_COMMANDS,
 )
-_ALL_COMMANDS = ", ".join([q.value for q in Query] + list(_STRUCT_COMMANDS))
+_ALL_COMMANDS = ", ".join([q.value for q in Query] + [q.value for q in RoutingQuery] + list(_STRUCT_COMMANDS))
 
 
 def _type_name(value: object) -> str:
@@ -391,6 +416,8 @@ def _decode_struct(name: str, body: object) -> Request:
     if name in _QUERIER_COMMANDS:
         family, enabled = _QUERIER_COMMANDS[name]
         return SetQuerier(family, _Fields(name, body, frozenset({"interface"})).req_string("interface"), enabled)
+    if name in ROUTING_STRUCT_COMMANDS:
+        return decode_routing_struct(name, body)
     raise ProtocolError(f"unknown command '{name}'; expected one of {_ALL_COMMANDS}")
 
 
@@ -400,6 +427,9 @@ def _config_document(f: _Fields) -> ConfigDocument:
         return ConfigDocument(decode_original_config(f._get("config", True), "config"))
     except ConfigError as e:
         return ConfigDocument(None, str(e))
+
+
+_ROUTING_QUERIES = frozenset(q.value for q in RoutingQuery)
 
 
 def request_too_big(limit: int) -> ProtocolError:
@@ -418,6 +448,8 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
         raise ProtocolError("empty request; expected one JSON document")
     doc = load_json(text, "invalid JSON")
     if isinstance(doc, str):
+        if doc in _ROUTING_QUERIES:
+            return RoutingQuery(doc)
         plane = decode_control_plane(doc)
         if plane is not None:
             return plane
@@ -433,6 +465,8 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
         ((name, body),) = doc.items()
         if name in {q.value for q in Query}:
             return Query(name)
+        if name in _ROUTING_QUERIES:
+            return RoutingQuery(name)
         plane = decode_control_plane(name)
         if plane is not None:
             return plane
@@ -500,6 +534,16 @@ def encode_request(req: Request) -> bytes:
             doc = {"SetFacilityLogLevel": {"facility": req.facility.name, "level": req.level.name}}
         case SetQuerier():
             doc = {req.command: {"interface": req.interface}}
+        case (
+            RoutingQuery()
+            | EnablePim()
+            | DisablePim()
+            | SetStaticRp()
+            | SetRpAddress()
+            | AddMsdpPeer()
+            | RemoveMsdpPeer()
+        ):
+            doc = encode_routing_request(req)
         case _:
             assert_never(req)
     return json.dumps(doc).encode() + b"\n"
@@ -597,6 +641,7 @@ Response = (
     | ConfigValidation
     | ControlPlaneConfig
     | KernelStatusResponse
+    | RoutingResponse
 )
 
 GROUPS_KEY = {Family.IPV4: "IgmpGroups", Family.IPV6: "MldGroups"}
@@ -824,6 +869,8 @@ def response_json(resp: Response) -> object:
             return {GROUPS_KEY[resp.family]: [group_json(g) for g in resp.groups]}
         case QuerierStates():
             return {"Queriers": [querier_json(q) for q in resp.queriers]}
+        case PimNeighbors() | Mroutes() | MsdpPeers() | MsdpSaCache() | RoutingCounters() | PimInterfaces():
+            return routing_response_json(resp)
         case _:
             assert_never(resp)
 
@@ -1062,6 +1109,8 @@ def decode_response(data: bytes) -> Response:
         if name == "Stats":
             return Stats(tuple(_decode_flow(x) for x in body))
         return Workers(tuple(_decode_worker(x) for x in body))
+    if name in ROUTING_RESPONSES:
+        return decode_routing_response(name, body)
     try:
         return _decode_other(name, body)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

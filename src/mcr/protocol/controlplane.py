@@ -13,15 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: command -> the protocol (or facility) it belongs to, for every control-plane request not served yet
+#: command -> the protocol (or facility) it belongs to, for every control-plane request not served yet (the
+#: PIM, MSDP and mroute requests that are served live in `mcr.protocol.routing`)
 NOT_SERVED: dict[str, str] = {
     **dict.fromkeys(
         (
-            "GetPimNeighbors",
-            "EnablePim",
-            "DisablePim",
-            "SetStaticRp",
-            "SetRpAddress",
             "AddExternalNeighbor",
             "RemoveExternalNeighbor",
             "ListExternalNeighbors",
@@ -36,8 +32,6 @@ NOT_SERVED: dict[str, str] = {
         ),
         "PIM",
     ),
-    **dict.fromkeys(("GetMsdpPeers", "GetMsdpSaCache", "AddMsdpPeer", "RemoveMsdpPeer", "ClearMsdpSaCache"), "MSDP"),
-    "GetMroute": "the multicast routing table (mroute)",
     **dict.fromkeys(("Subscribe", "Unsubscribe", "ListSubscriptions"), "event subscriptions"),
 }
 

@@ -38,6 +38,16 @@ from mcr.protocol.control import (
     SetQuerier,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest
+from mcr.protocol.routing import (
+    AddMsdpPeer,
+    DisablePim,
+    EnablePim,
+    RemoveMsdpPeer,
+    RoutingQuery,
+    SetRpAddress,
+    SetStaticRp,
+    is_routing_read_only,
+)
 
 # The socket and its directory: only the control group when that is all there is; open to every
 # local user (then SO_PEERCRED alone decides) when a read-only group must be able to connect too.
@@ -55,6 +65,8 @@ def request_name(req: Request) -> str:
     match req:
         case Query():
             return req.value
+        case RoutingQuery():
+            return str(req.value)
         case ControlPlaneRequest():
             return req.command
         case (
@@ -66,6 +78,12 @@ def request_name(req: Request) -> str:
             | LoadConfig()
             | CheckConfig()
             | SaveConfig()
+            | EnablePim()
+            | DisablePim()
+            | SetStaticRp()
+            | SetRpAddress()
+            | AddMsdpPeer()
+            | RemoveMsdpPeer()
         ):
             return type(req).__name__
         case SetQuerier():
@@ -79,6 +97,8 @@ def is_read_only(req: Request) -> bool:
     match req:
         case Query() | CheckConfig():
             return True
+        case RoutingQuery():
+            return is_routing_read_only(req)
         case ControlPlaneRequest():
             return req.read_only
         case (
@@ -90,6 +110,12 @@ def is_read_only(req: Request) -> bool:
             | LoadConfig()
             | SaveConfig()
             | SetQuerier()
+            | EnablePim()
+            | DisablePim()
+            | SetStaticRp()
+            | SetRpAddress()
+            | AddMsdpPeer()
+            | RemoveMsdpPeer()
         ):
             return False
         case _:

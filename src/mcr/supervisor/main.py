@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field, replace
-from ipaddress import ip_address
+from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -77,6 +77,21 @@ from mcr.protocol.control import (
     Workers,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest
+from mcr.protocol.routing import (
+    AddMsdpPeer,
+    DisablePim,
+    EnablePim,
+    Mroutes,
+    MsdpPeers,
+    MsdpSaCache,
+    PimInterfaces,
+    PimNeighbors,
+    RemoveMsdpPeer,
+    RoutingCounters,
+    RoutingQuery,
+    SetRpAddress,
+    SetStaticRp,
+)
 from mcr.protocol.worker import (
     MAX_FDS_PER_MESSAGE,
     CloseEgress,
@@ -97,13 +112,16 @@ from mcr.protocol.worker import (
     Update,
     worker_version,
 )
+from mcr.routing.msdp_wire import SaEntry
 from mcr.supervisor.access import AccessPolicy
 from mcr.supervisor.cleanup import stop_orphan
 from mcr.supervisor.control import ControlServer, resolve_group
 from mcr.supervisor.core import Changes, KernelRule, Resolution, Resolver, RuleTable, StatsBook, SyncTracker
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
+from mcr.supervisor.msdp import MsdpService, local_sources
 from mcr.supervisor.notify import Notifier
+from mcr.supervisor.pim import MergedRules, PimService
 from mcr.supervisor.queriers import Queriers
 from mcr.supervisor.state import StateError, StateStore, encode_record, write_atomically
 from mcr.supervisor.workers import (
@@ -252,6 +270,14 @@ class Supervisor:
         )
         self.worker_version = worker_version(__version__, os.environ)
         self.stale_pins: Path | None = None  # see note_stale_pins
+        self.pim = PimService(self.loop, self.on_pim_routes, self.on_registered_sources)
+        self.pim6 = PimService(self.loop, self.on_pim_routes, family=6)  # the same interfaces, over IPv6
+        self.pim6.rps = self.pim.rps  # one RP table for both families
+        self.data_rules = MergedRules(self.table, (self.pim, self.pim6))  # the rules with PIM's outputs added
+        self.msdp = MsdpService(self.loop, self.on_msdp_sources, file.msdp if file else None)
+        if file is not None:
+            self.pim.configure(file.pim)
+            self.pim6.configure(file.pim)
 
     # --------------------------------------------------------------------------- kernel engine
 
@@ -490,11 +516,15 @@ class Supervisor:
             with open(path, encoding="utf-8") as f:
                 new = parse_config(f.read(), path)
             added, changed, removed = self.table.replace_config_rules(new.rules)
-            if (new.igmp, new.mld) != (self.config_file.igmp, self.config_file.mld):
+            old = self.config_file
+            if (new.igmp, new.mld) != (old.igmp, old.mld):
                 self.queriers.configure(new.igmp, new.mld)
                 log.info("reload of %s: querier settings applied", path)
-            if (new.settings, new.limits) != (self.config_file.settings, self.config_file.limits):
+            if (new.settings, new.limits) != (old.settings, old.limits):
                 what = "multicast_ttl" if new.dialect is ConfigDialect.JSON5 else "[supervisor] and [limits]"
+                log.warning("reload of %s: %s changes take effect at the next start", path, what)
+            if (new.pim, new.msdp) != (old.pim, old.msdp):
+                what = "pim and msdp" if new.dialect is ConfigDialect.JSON5 else "[pim] and [msdp]"
                 log.warning("reload of %s: %s changes take effect at the next start", path, what)
             for text in new.warnings + unserved_notes(path, new.original):
                 log.warning("reload: %s", text)
@@ -530,6 +560,7 @@ class Supervisor:
             except (BpfError, OSError) as e:
                 log.error("cannot clean up what the earlier kernel engine left pinned: %s", e)
         await self.control.start()
+        await self.msdp.start()
         if self.metrics is not None:
             self.metrics.start()
         now = time.monotonic()
@@ -627,6 +658,7 @@ class Supervisor:
             queriers=tuple(self.queriers.views()),
             groups=tuple(self.queriers.groups(Family.IPV4) + self.queriers.groups(Family.IPV6)),
             kernel=self.kernel_status(),
+            routing=self.routing_counters(),
         )
 
     async def shutdown(self) -> None:
@@ -642,6 +674,10 @@ class Supervisor:
             self.memberships.release()  # worker 0 holds copies: the host stays a member
         else:
             self.memberships.close()
+        goodbye = not self.config.keep_data_plane  # a hitless restart says no Goodbye: neighbours keep us
+        self.pim.close(goodbye)
+        self.pim6.close(goodbye)
+        await self.msdp.close()
         if self.store is not None:
             self.store.close()
         if self.kernel is not None:
@@ -1019,7 +1055,68 @@ class Supervisor:
 
     @property
     def resolution(self) -> Resolution:
-        return self.resolver.resolution(self.table.rules)
+        return self.resolver.resolution(self.data_rules)
+
+    def advertise_local_sources(self) -> None:
+        """MSDP originates SAs for the rules' single sources in groups whose RP is one of our addresses, and
+        for the sources DRs registered with us."""
+        ours = frozenset(a for link in self.links.values() for a in link.ipv4)
+        rp, entries = local_sources(self.table.rules.values(), self.pim.rps, ours)
+        registered = [s for s in self.pim.registers.sources() if isinstance(s.rp, IPv4Address)]
+        if registered:
+            rp = rp or IPv4Address(registered[0].rp)
+            entries |= {SaEntry(IPv4Address(s.source), IPv4Address(s.group)) for s in registered}
+        self.msdp.set_local_sources(rp, entries)
+
+    def routing_counters(self) -> tuple[tuple[str, int], ...]:
+        """PIM and MSDP counters, every one named `pim.` or `msdp.` (zeros for what the cores count too)."""
+        pim, msdp = self.pim, self.msdp
+        counters = {f"pim.{k}": v for k, v in pim.counters.items()}
+        counters |= {f"pim6.{k}": v for k, v in self.pim6.counters.items()}
+        counters["pim6.neighbors"] = len(self.pim6.core.neighbors())
+        counters |= {
+            "pim.join_prune_not_for_us": pim.joins.ignored,
+            "pim.join_prune_rp_mismatch": pim.joins.rp_mismatch,
+            "pim.register_not_rp": pim.registers.not_rp,
+            "pim.register_bad": pim.registers.bad,
+            "pim.neighbors": len(pim.core.neighbors()),
+            "pim.asserts_lost": len(pim.asserts.lost()),
+            "pim.neighbors_table_full": pim.core.table_full + self.pim6.core.table_full,
+            "pim.joins_table_full": pim.joins.table_full + self.pim6.joins.table_full,
+            "pim.registers_table_full": pim.registers.table_full,
+        }
+        counters |= {f"msdp.{k}": v for k, v in msdp.counters.items()}
+        peers = msdp.core.peers.values()
+        counters |= {
+            "msdp.rejected_connections": msdp.core.counters.rejected_connections,
+            "msdp.sa_cache_expired": msdp.core.counters.sa_cache_expired,
+            "msdp.sa_cache_full": msdp.core.counters.sa_cache_full,
+            "msdp.rpf_failures": sum(p.rpf_failures for p in peers),
+            "msdp.sa_received": sum(p.sa_received for p in peers),
+            "msdp.sa_sent": sum(p.sa_sent for p in peers),
+            "msdp.peers_established": len(msdp.established()),
+            "msdp.sa_cache_entries": len(msdp.core.cache()),
+        }
+        return tuple(sorted(counters.items()))
+
+    def on_registered_sources(self) -> None:
+        """A DR registered a new source with us (or one expired): MSDP announces it, rules join its tree."""
+        self.advertise_local_sources()
+        self.on_msdp_sources()
+
+    def on_msdp_sources(self) -> None:
+        """Rules and learned SAs together decide which trees PIM joins (SA-triggered (S,G) Joins)."""
+        registered = {
+            SaEntry(IPv4Address(s.source), IPv4Address(s.group))
+            for s in self.pim.registers.sources()
+            if s.group.version == 4
+        }
+        self.pim.set_rules(self.table.rules.values(), self.msdp.core.learned_pairs() | registered)
+        self.pim6.set_rules(self.table.rules.values())
+
+    def on_pim_routes(self) -> None:
+        """PIM's outgoing interfaces changed: the rules for those groups get (or lose) outputs."""
+        self.apply()  # every rule re-resolved (PIM changes are rare); only what changed reaches the data plane
 
     def rule_views(self) -> tuple[RuleView, ...]:
         """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
@@ -1031,14 +1128,16 @@ class Supervisor:
         after a change of links): the kernel maps, the memberships and a change of the next generation to
         every ready worker. Only those rules are touched. Returns the generation that holds the change."""
         if changed is None:
-            changes = self.resolver.update(self.table.rules, [*self.table.rules, *self.resolver.parts], self.links,
+            changes = self.resolver.update(self.data_rules, [*self.table.rules, *self.resolver.parts], self.links,
                                            self.stats.since)  # fmt: skip
         else:
-            changes = self.resolver.update(self.table.rules, changed, epochs=self.stats.since)
+            changes = self.resolver.update(self.data_rules, changed, epochs=self.stats.since)
         if not changes.rules:
             return self.generation
         self.generation += 1
         self.sync_state.on_changes(changes, self.generation)
+        self.advertise_local_sources()
+        self.on_msdp_sources()
         if changed is None or any(
             out.follow_receivers
             for _rule_id, before, after in changes.rules
@@ -1090,9 +1189,12 @@ class Supervisor:
 
     def on_links(self, links: dict[str, Link]) -> None:
         self.queriers.on_links(links)
+        self.pim.on_links(links)
+        self.pim6.on_links(links)
         if links != self.links:
             self.links = links
             self.apply()
+        self.advertise_local_sources()  # an address of ours may be an RP's
 
     # ------------------------------------------------------------------------------- control
 
@@ -1196,6 +1298,50 @@ class Supervisor:
                 return LogLevelsResponse(
                     LogLevels(self.global_level.name, {f.name: s.name for f, s in self.overrides.items()})
                 )
+            case RoutingQuery.GET_PIM_NEIGHBORS:
+                return PimNeighbors(self.pim.neighbor_infos() + self.pim6.neighbor_infos())
+            case EnablePim():
+                text = self.pim.enable(req)
+                self.pim6.enable(req)  # IPv6 too, where the interface has a link-local address
+                return Success(text)
+            case DisablePim():
+                text = self.pim.disable(req)
+                self.pim6.disable(req)
+                return Success(text)
+            case SetStaticRp():
+                text = self.pim.set_static_rp(req)
+                self.pim6.set_static_rp(req)
+                self.advertise_local_sources()  # we may have become (or stopped being) the RP of a source's group
+                return Success(text)
+            case SetRpAddress():
+                ours = {a for link in self.links.values() for a in link.ipv4}
+                if req.address not in ours:
+                    return Error(f"{req.address} is not an address of this router; an RP address must be local")
+                all_groups = SetStaticRp(ip_network("224.0.0.0/4"), req.address)
+                self.pim.set_static_rp(all_groups)
+                self.pim6.set_static_rp(all_groups)
+                self.advertise_local_sources()
+                return Success(f"This router is the RP at {req.address} for 224.0.0.0/4 (more specific static RPs win)")
+            case RoutingQuery.GET_MROUTE:
+                rules = self.table.rules.values()
+                return Mroutes(self.pim.mroutes(rules) + self.pim6.mroutes(rules, static=False))
+            case RoutingQuery.GET_MSDP_PEERS:
+                return MsdpPeers(self.msdp.peer_infos())
+            case RoutingQuery.GET_MSDP_SA_CACHE:
+                return MsdpSaCache(self.msdp.sa_infos())
+            case RoutingQuery.GET_PIM_INTERFACES:
+                running6 = tuple(i for i in self.pim6.interface_infos() if i.state == "running")
+                return PimInterfaces(self.pim.interface_infos() + running6)
+            case RoutingQuery.GET_ROUTING_COUNTERS:
+                return RoutingCounters(self.routing_counters())
+            case RoutingQuery.CLEAR_MSDP_SA_CACHE:
+                return Success(self.msdp.clear_cache())
+            case AddMsdpPeer():
+                text = await self.msdp.add_peer(req)
+                self.advertise_local_sources()
+                return Success(text)
+            case RemoveMsdpPeer():
+                return Success(self.msdp.remove_peer(req))
             case _:
                 assert_never(req)
 

@@ -41,6 +41,7 @@ class Snapshot:
     queriers: tuple[QuerierView, ...] = ()
     groups: tuple[GroupView, ...] = ()
     kernel: KernelStatus | None = None
+    routing: tuple[tuple[str, int], ...] = ()  # `pim.rx_hello`, `msdp.sa_received`, ... (GetRoutingCounters)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -246,6 +247,13 @@ def other_families(snap: Snapshot) -> Iterator[Metric]:
     yield from membership_families(snap)
     if snap.kernel is not None:
         yield from _kernel_families(snap.kernel)
+    if snap.routing:
+        routing = GaugeMetricFamily(
+            "mcr_routing", "PIM and MSDP counters and gauges (see control_client pim counters)", labels=["name"]
+        )
+        for name, value in snap.routing:
+            routing.add_metric([name], value)
+        yield routing
 
 
 def _kernel_families(k: KernelStatus) -> Iterator[Metric]:

@@ -1,0 +1,598 @@
+"""The PIM shell: raw IP protocol 103 sockets on the PIM interfaces, around the pure neighbour core.
+
+The supervisor owns these sockets (they need CAP_NET_RAW); workers never see PIM. One socket per
+interface, bound to it (SO_BINDTODEVICE), joined to ALL-PIM-ROUTERS (224.0.0.13) there, sending with
+TTL 1, TOS 0xc0 and loop off. What arrives is parsed by `mcr.routing.pim_wire`; a bad message is
+counted by its drop reason. Timers run on the event loop's clock (monotonic), at the core's
+`next_deadline()`.
+
+An interface is enabled by name (EnablePim, or the config); it runs while it exists, is up and has an
+IPv4 address, and waits otherwise, like a rule whose interface is missing.
+
+Join/Prunes addressed to us build downstream state (`mcr.routing.pim_joins`); whenever the outgoing
+interface lists change, `on_routes` (the supervisor) recomputes the data plane, where they are merged
+into the rules for those groups (`merge_pim_outputs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol
+
+from mcr.model.errors import ValidationError
+from mcr.model.links import Link
+from mcr.model.rules import ForwardingRule, OutputDestination, interface_name_problem
+from mcr.protocol.routing import DisablePim, EnablePim, MrouteInfo, PimInterfaceInfo, PimNeighborInfo, SetStaticRp
+from mcr.routing.config import PimConfig, PimInterfaceConfig
+from mcr.routing.msdp_wire import SaEntry
+from mcr.routing.pim_assert import AssertState, our_metric
+from mcr.routing.pim_joins import JoinState, RpTable
+from mcr.routing.pim_neighbors import (
+    DEFAULT_DR_PRIORITY,
+    TRIGGERED_HELLO_DELAY,
+    Action,
+    DrChanged,
+    InterfaceSettings,
+    NeighborDown,
+    NeighborRestarted,
+    NeighborUp,
+    PimNeighbors,
+    SendHello,
+)
+from mcr.routing.pim_register import RpRegisters, inner_addresses
+from mcr.routing.pim_upstream import (
+    T_OVERRIDE,
+    T_SUPPRESSED,
+    SendJoinPrune,
+    Upstream,
+    Wanted,
+    resolve_upstream,
+)
+from mcr.routing.pim_wire import (
+    ALL_PIM_ROUTERS_V4,
+    ALL_PIM_ROUTERS_V6,
+    DEFAULT_HELLO_PERIOD,
+    IPPROTO_PIM,
+    Assert,
+    Hello,
+    IPAddress,
+    JoinPrune,
+    PimDrop,
+    PimMessage,
+    Register,
+    build_pim,
+    parse_pim,
+)
+
+log = logging.getLogger("mcr.controlplane.pim")  # facility ControlPlane
+
+_MREQN = struct.Struct("=4s4si")
+IPV6_CHECKSUM = 7  # <linux/in6.h>: the kernel fills in (and checks) the checksum at this offset
+TOS_INTERNETWORK_CONTROL = 0xC0
+RECV_BATCH = 64
+PIM_OUTPUT_TTL = 16  # TTL of what we send down a PIM-joined interface: routers downstream decrement it
+
+
+def merge_pim_outputs(
+    rules: Iterable[ForwardingRule], joins: JoinState, asserts: AssertState | None = None
+) -> list[ForwardingRule]:
+    """The rules with PIM's outgoing interfaces for their group added as outputs (same group and port),
+    except the rule's input interface and interfaces it already sends that group and port to. A rule
+    with a single input source takes that source's (S,G) interfaces too."""
+    if joins.empty:
+        return list(rules)  # no PIM downstream state: nothing to merge (the usual case, kept cheap)
+    merged: list[ForwardingRule] = []
+    for rule in rules:
+        source = rule.input_source
+        host = source.network_address if source is not None and source.prefixlen == source.max_prefixlen else None
+        oifs = joins.outputs_for(rule.input_group, host)
+        if asserts is not None:
+            oifs = tuple(o for o in oifs if not asserts.is_lost(o, rule.input_group))
+        have = {(o.group, o.port, o.interface) for o in rule.outputs}
+        extra = tuple(
+            OutputDestination(rule.input_group, rule.input_port, oif, PIM_OUTPUT_TTL)
+            for oif in oifs
+            if oif != rule.input_interface and (rule.input_group, rule.input_port, oif) not in have
+        )
+        merged.append(replace(rule, outputs=rule.outputs + extra) if extra else rule)
+    return merged
+
+
+class MergedRules(Mapping[str, ForwardingRule]):
+    """The rule table as the data plane sees it: each rule with the outputs PIM adds for its group, computed
+    per rule on access (so the incremental resolver touches only the rules it asks for). One object for the
+    supervisor's life: the resolver's cache is invalidated by every update, which every PIM change makes."""
+
+    def __init__(self, table: HasRules, services: Sequence[PimService]) -> None:
+        self._table = table
+        self._services = services
+
+    def __getitem__(self, rule_id: str) -> ForwardingRule:
+        rule = self._table.rules[rule_id]
+        for s in self._services:
+            if not s.joins.empty:
+                (rule,) = merge_pim_outputs((rule,), s.joins, s.asserts)
+        return rule
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table.rules)
+
+    def __len__(self) -> int:
+        return len(self._table.rules)
+
+
+class HasRules(Protocol):
+    """The rule table (`RuleTable`), read through its `rules`."""
+
+    @property
+    def rules(self) -> Mapping[str, ForwardingRule]: ...
+
+
+def open_pim_socket(link: Link) -> socket.socket:
+    """A raw PIM socket that hears and speaks on `link` only."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.name.encode())
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _MREQN.pack(b"\0" * 4, b"\0" * 4, link.ifindex))
+        sock.setsockopt(
+            socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _MREQN.pack(ALL_PIM_ROUTERS_V4.packed, b"\0" * 4, link.ifindex)
+        )
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_INTERNETWORK_CONTROL)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_pim6_socket(link: Link) -> socket.socket:
+    """A raw IPv6 PIM socket on `link` only; the kernel computes and checks the checksum (IPV6_CHECKSUM),
+    pseudo-header included."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.name.encode())
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 2)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, link.ifindex)
+        sock.setsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, struct.pack("=16sI", ALL_PIM_ROUTERS_V6.packed, link.ifindex)
+        )
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_INTERNETWORK_CONTROL)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def link_local(link: Link) -> IPv6Address | None:
+    return next((a for a in link.ipv6 if a.is_link_local), None)
+
+
+def split_ipv4(datagram: bytes) -> tuple[IPv4Address, bytes] | None:
+    """(source, payload) of an IPv4 datagram as a raw socket delivers it, or None when malformed."""
+    if len(datagram) < 20 or datagram[0] >> 4 != 4:
+        return None
+    ihl = (datagram[0] & 0x0F) * 4
+    total = int.from_bytes(datagram[2:4], "big")
+    if ihl < 20 or total < ihl or len(datagram) < total:
+        return None
+    return IPv4Address(datagram[12:16]), datagram[ihl:total]
+
+
+class PimService:
+    """PIM on the interfaces the operator enabled: sockets, timers, and the neighbour core."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_routes: Callable[[], None] = lambda: None,
+        on_sources: Callable[[], None] = lambda: None,
+        family: int = 4,
+    ) -> None:
+        self.family = family  # 4, or 6: PIM over IPv6 (link-local Hellos to ff02::d), the same cores
+        self.loop = loop
+        self.on_routes = on_routes
+        self.on_sources = on_sources  # the sources registered with us (as RP) changed
+        self.registers = RpRegisters()
+        self.asserts = AssertState()
+        self.core = PimNeighbors()
+        self.joins = JoinState()
+        self.rps = RpTable()
+        self.upstream = Upstream()
+        self.wanted_trees: frozenset[Wanted] = frozenset()
+        self.wanted: dict[str, PimInterfaceConfig] = {}
+        self.links: dict[str, Link] = {}
+        self.sockets: dict[str, socket.socket] = {}
+        self.counters: Counter[str] = Counter()
+        self._timer: asyncio.TimerHandle | None = None
+        self._rng = random.SystemRandom()
+
+    # ------------------------------------------------------------------------------------- requests
+
+    def enable(self, req: EnablePim) -> str:
+        problem = interface_name_problem(req.interface)
+        if problem:
+            raise ValidationError(problem)
+        old = self.wanted.get(req.interface)
+        config = PimInterfaceConfig(
+            req.interface,
+            req.dr_priority if req.dr_priority is not None else (old.dr_priority if old else DEFAULT_DR_PRIORITY),
+            req.hello_period if req.hello_period is not None else (old.hello_period if old else DEFAULT_HELLO_PERIOD),
+        )
+        self.wanted[req.interface] = config
+        self.reconcile()
+        state = "" if req.interface in self.sockets else " (waiting: the interface is missing, down or has no IPv4)"
+        return f"PIM enabled on {req.interface} with DR priority {config.dr_priority}{state}"
+
+    def disable(self, req: DisablePim) -> str:
+        if self.wanted.pop(req.interface, None) is None:
+            raise ValidationError(f"PIM is not enabled on {req.interface}")
+        self.reconcile()
+        return f"PIM disabled on {req.interface}"
+
+    def configure(self, config: PimConfig) -> None:
+        """The config file's [pim]: its interfaces enabled, its static RPs set (at start-up)."""
+        if not config.enabled:
+            return
+        for rp in config.static_rps:
+            self.rps.set(rp.prefix, rp.rp)
+        for i in config.interfaces:
+            self.wanted[i.name] = i
+        self.reconcile()
+
+    def set_rules(self, rules: Iterable[ForwardingRule], sa_sources: Iterable[SaEntry] = ()) -> None:
+        """The rules as they stand: each one capturing on a PIM interface wants its group's tree there; a rule
+        for any source also wants the (S,G) tree of every source that MSDP learned for its group."""
+        by_group: dict[IPAddress, list[IPAddress]] = {}
+        for sa in sa_sources:
+            by_group.setdefault(sa.group, []).append(sa.source)
+        wanted = set()
+        for r in rules:
+            if r.input_group.version != self.family:
+                continue
+            source = r.input_source
+            host = source.network_address if source is not None and source.prefixlen == source.max_prefixlen else None
+            wanted.add(Wanted(r.input_interface, r.input_group, host))
+            if source is None:
+                wanted.update(Wanted(r.input_interface, r.input_group, s) for s in by_group.get(r.input_group, ()))
+        if frozenset(wanted) != self.wanted_trees:
+            self.wanted_trees = frozenset(wanted)
+            self._refresh_upstream()
+
+    def _refresh_upstream(self) -> None:
+        neighbors = {name: [n.address for n in self.core.neighbors(name)] for name in self.core.interfaces}
+        ours = self._ours()
+        entries, unresolved = resolve_upstream(self.wanted_trees, self.rps, neighbors, ours)
+        for text in set(unresolved) - set(self.upstream.unresolved):
+            log.warning("PIM cannot join %s", text)
+        self._send_join_prunes(self.upstream.update(entries, unresolved, self.loop.time()))
+        self._schedule()
+
+    def _send_join_prunes(self, messages: list[SendJoinPrune]) -> None:
+        for m in messages:
+            self._send(m.interface, build_pim(m.message), "tx_join_prune")
+
+    def set_static_rp(self, req: SetStaticRp) -> str:
+        self.rps.set(req.group_prefix, req.rp_address)
+        self._refresh_upstream()
+        return f"Static RP {req.rp_address} set for {req.group_prefix}"
+
+    def mroutes(self, rules: Iterable[ForwardingRule], static: bool = True) -> tuple[MrouteInfo, ...]:
+        """The static rules (unless `static` is False), then PIM's (*,G) and (S,G) entries (input: a rule's for
+        that group)."""
+        now = self.loop.time()
+        rules = list(rules)
+        entries = (
+            []
+            if not static
+            else [
+                MrouteInfo(
+                    None if r.input_source is None else r.input_source.network_address,
+                    r.input_group,
+                    r.input_interface,
+                    tuple(sorted({o.interface for o in r.outputs})),
+                    "Static",
+                    0,
+                )
+                for r in rules
+            ]
+        )
+        inputs = {r.input_group: r.input_interface for r in rules}
+        entries += [
+            MrouteInfo(
+                m.source,
+                m.group,
+                inputs.get(m.group, ""),
+                m.output_interfaces,
+                m.entry_type.value,
+                int(now - m.created_at),
+            )
+            for m in self.joins.routes()
+        ]
+        return tuple(entries)
+
+    def interface_infos(self) -> tuple[PimInterfaceInfo, ...]:
+        running = self.core.interfaces
+        infos = []
+        for name, config in sorted(self.wanted.items()):
+            settings = running.get(name)
+            dr = self.core.dr(name)
+            infos.append(
+                PimInterfaceInfo(
+                    name=name,
+                    state="running" if settings is not None else "waiting",
+                    address=settings.address if settings is not None else None,
+                    dr_priority=config.dr_priority,
+                    hello_period=config.hello_period,
+                    dr=dr,
+                    is_dr=settings is not None and dr == settings.address,
+                    generation_id=self.core.generation_id(name),
+                    neighbors=len(self.core.neighbors(name)),
+                )
+            )
+        return tuple(infos)
+
+    def neighbor_infos(self) -> tuple[PimNeighborInfo, ...]:
+        now = self.loop.time()
+        return tuple(
+            PimNeighborInfo(
+                interface=n.interface,
+                address=n.address,
+                dr_priority=DEFAULT_DR_PRIORITY if n.dr_priority is None else n.dr_priority,
+                dr_priority_advertised=n.dr_priority is not None,
+                is_dr=self.core.dr(n.interface) == n.address,
+                expires_in_secs=None if n.expires_at is None else max(0, math.ceil(n.expires_at - now)),
+                generation_id=n.generation_id,
+                uptime_secs=int(now - n.up_since),
+            )
+            for n in self.core.neighbors()
+        )
+
+    # ---------------------------------------------------------------------------------------- links
+
+    def on_links(self, links: dict[str, Link]) -> None:
+        self.links = links
+        self.reconcile()
+
+    def _usable(self, name: str) -> Link | None:
+        link = self.links.get(name)
+        return link if link is not None and link.up and self._primary(link) is not None else None
+
+    # ---------------------------------------------------------------------------------------- family
+
+    def _primary(self, link: Link) -> IPAddress | None:
+        """Our address on the link for this family: the first IPv4 address, or the IPv6 link-local one."""
+        if self.family == 4:
+            return link.ipv4[0] if link.ipv4 else None
+        return link_local(link)
+
+    def _addresses(self, link: Link) -> frozenset[IPAddress]:
+        return frozenset(link.ipv4) if self.family == 4 else frozenset(link.ipv6)
+
+    def _ours(self) -> frozenset[IPAddress]:
+        return frozenset(a for link in self.links.values() for a in self._addresses(link))
+
+    def _destination(self, name: str, address: IPAddress) -> tuple[str, int] | tuple[str, int, int, int]:
+        if self.family == 4:
+            return (str(address), 0)
+        link = self.links.get(name)
+        return (str(address), 0, 0, link.ifindex if link is not None else 0)
+
+    def reconcile(self) -> None:
+        """Run PIM on every wanted interface that is usable, and on nothing else."""
+        now = self.loop.time()
+        actions: list[Action] = []
+        running = self.core.interfaces
+        for name in sorted(set(running) - set(self.wanted)):
+            actions += self.core.disable(name)
+        for name, config in sorted(self.wanted.items()):
+            link = self._usable(name)
+            if link is None:
+                if name in running:
+                    log.warning("PIM on %s waits: the interface is missing, down or has no IPv4 address", name)
+                    actions += self.core.disable(name)
+                continue
+            address = self._primary(link)
+            assert address is not None
+            settings = InterfaceSettings(name, address, config.dr_priority, config.hello_period)
+            if running.get(name) == settings:
+                continue
+            if name not in self.sockets:
+                try:
+                    self.sockets[name] = open_pim_socket(link) if self.family == 4 else open_pim6_socket(link)
+                except OSError as e:
+                    log.error("cannot open the PIM socket on %s: %s", name, e)
+                    continue
+                self.loop.add_reader(self.sockets[name].fileno(), self._on_readable, name)
+                log.info("PIM enabled on %s (%s, DR priority %d)", name, address, config.dr_priority)
+            actions += self.core.enable(settings, self._rng.getrandbits(32), now, self._rng.uniform(0, 1.0))
+        self._execute(actions)
+        self._refresh_upstream()
+        routes_changed = False
+        for name in sorted(set(self.sockets) - set(self.core.interfaces)):
+            sock = self.sockets.pop(name)
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+            routes_changed |= self.joins.forget_interface(name)
+            routes_changed |= self.asserts.forget_interface(name)
+        self._schedule()
+        if routes_changed:
+            self.on_routes()
+
+    def close(self, goodbye: bool = True) -> None:
+        """Goodbye (and Prunes) on every interface, then the sockets closed; nothing calls back any more.
+        Without `goodbye` (a hitless restart) the sockets just close: neighbours keep us until our holdtime,
+        and the next supervisor's new GenID makes them send their state again."""
+        self.on_routes = self.on_sources = lambda: None
+        if not goodbye:
+            for sock in self.sockets.values():
+                self.loop.remove_reader(sock.fileno())
+                sock.close()
+            self.sockets.clear()
+        self.wanted.clear()
+        self.reconcile()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --------------------------------------------------------------------------------------- events
+
+    def _on_readable(self, name: str) -> None:
+        sock = self.sockets.get(name)
+        if sock is None:
+            return
+        for _ in range(RECV_BATCH):
+            try:
+                datagram, sender = sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                log.warning("PIM receive on %s failed: %s", name, e)
+                break
+            if self.family == 4:
+                self._on_datagram(name, datagram)
+            else:  # an IPv6 raw socket delivers the payload alone, its checksum checked by the kernel
+                self._on_message(name, IPv6Address(sender[0].partition("%")[0]), parse_pim(datagram, verify=False))
+        self._schedule()
+
+    def _on_datagram(self, name: str, datagram: bytes) -> None:
+        split = split_ipv4(datagram)
+        if split is None:
+            self.counters["drop_bad_ip_header"] += 1
+            return
+        source, payload = split
+        self._on_message(name, source, parse_pim(payload))
+
+    def _on_message(self, name: str, source: IPAddress, msg: PimMessage | PimDrop) -> None:
+        if isinstance(msg, PimDrop):
+            self.counters[f"drop_{msg.value}"] += 1
+            return
+        self.counters[f"rx_{type(msg).__name__.lower()}"] += 1
+        if isinstance(msg, Hello):
+            delay = self._rng.uniform(0, TRIGGERED_HELLO_DELAY)
+            self._execute(self.core.on_hello(name, source, msg, self.loop.time(), delay))
+        elif isinstance(msg, Register):
+            self._on_register(name, source, msg)
+        elif isinstance(msg, Assert):
+            self._on_assert(name, source, msg)
+        elif isinstance(msg, JoinPrune):
+            link = self.links.get(name)
+            ours = self._addresses(link) if link is not None else frozenset()
+            now = self.loop.time()
+            if self.joins.on_join_prune(name, msg, ours, now, self.rps.lookup):
+                self.on_routes()
+            if msg.upstream_neighbor not in ours:  # another router's, to its upstream: suppress or override
+                self.upstream.on_others_join_prune(
+                    name, msg, now, self._rng.uniform(*T_SUPPRESSED), self._rng.uniform(*T_OVERRIDE)
+                )
+                self._schedule()
+
+    def _on_assert(self, name: str, sender: IPAddress, msg: Assert) -> None:
+        link = self.links.get(name)
+        group = msg.group.address
+        forwarding = name in self.joins.outputs_for(group, msg.source)
+        ours = None
+        address = self._primary(link) if link is not None else None
+        if address is not None and forwarding:
+            ours = our_metric(group, self.rps.lookup(group), address, self._ours())
+        reply, changed = self.asserts.on_assert(name, sender, msg, ours, self.loop.time())
+        if reply is not None:
+            self._send(name, build_pim(reply), "tx_assert")
+        if changed:
+            lost = self.asserts.is_lost(name, group)
+            log.info("PIM Assert for %s on %s %s (from %s)", group, name, "lost" if lost else "won back", sender)
+            self._schedule()
+            self.on_routes()
+
+    def _on_register(self, name: str, dr: IPAddress, reg: Register) -> None:
+        inner = inner_addresses(reg.data)
+        rp = self.rps.lookup(inner[1]) if inner is not None else None
+        ours = self._ours()
+        stop, changed = self.registers.on_register(dr, reg, rp, ours, self.loop.time())
+        if stop is not None:
+            sock = self.sockets.get(name)
+            try:
+                if sock is not None:
+                    sock.sendto(build_pim(stop), self._destination(name, dr))
+                    self.counters["tx_register_stop"] += 1
+            except OSError as e:
+                self.counters["tx_errors"] += 1
+                log.warning("Register-Stop to %s on %s failed: %s", dr, name, e)
+        if changed:
+            log.info("PIM source %s for %s registered by DR %s", stop.source if stop else "?", rp, dr)
+            self._schedule()
+            self.on_sources()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        self._execute(self.core.on_timer(now))
+        self._send_join_prunes(self.upstream.on_timer(now))
+        if self.joins.on_timer(now):
+            self.on_routes()
+        if self.registers.on_timer(now):
+            self.on_sources()
+        if self.asserts.on_timer(now):
+            self.on_routes()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        candidates = (
+            self.core.next_deadline(),
+            self.joins.next_deadline(),
+            self.upstream.next_deadline(),
+            self.registers.next_deadline(),
+            self.asserts.next_deadline(),
+        )
+        deadlines = [d for d in candidates if d is not None]
+        deadline = min(deadlines, default=None)
+        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case SendHello():
+                    self._send(action.interface, build_pim(action.hello), "tx_hello")
+                case NeighborUp():
+                    n = action.neighbor
+                    log.info("PIM neighbour %s up on %s (holdtime %d s)", n.address, n.interface, n.holdtime)
+                    self._refresh_upstream()
+                case NeighborDown():
+                    n = action.neighbor
+                    log.info("PIM neighbour %s down on %s: %s", n.address, n.interface, action.reason.value)
+                    self._refresh_upstream()
+                case NeighborRestarted():
+                    n = action.neighbor
+                    log.info("PIM neighbour %s on %s restarted (new GenID)", n.address, n.interface)
+                    self._send_join_prunes(self.upstream.on_neighbor_restart(n.interface, n.address))
+                case DrChanged():
+                    who = "we are" if action.we_are_dr else f"{action.dr} is"
+                    log.info("PIM DR on %s: %s the DR", action.interface, who)
+
+    def _send(self, name: str, data: bytes, counter: str) -> None:
+        sock = self.sockets.get(name)
+        if sock is None:
+            return
+        try:
+            group = ALL_PIM_ROUTERS_V4 if self.family == 4 else ALL_PIM_ROUTERS_V6
+            sock.sendto(data, self._destination(name, group))
+        except OSError as e:
+            self.counters["tx_errors"] += 1
+            log.warning("PIM send on %s failed: %s", name, e)
+            return
+        self.counters[counter] += 1
