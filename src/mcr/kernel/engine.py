@@ -152,6 +152,13 @@ def _summer(layout: struct.Struct, ncpu: int) -> Callable[[bytes], tuple[int, ..
     return total
 
 
+def output_counts_reset(old: Sequence[object], new: Sequence[object]) -> bool:
+    """Whether replacing a rule's outputs `old` by `new` in its slot starts the slot's counters from zero:
+    output counters are kept by position, so they restart when a position that stays sends elsewhere."""
+    kept = min(len(old), len(new))
+    return tuple(old[:kept]) != tuple(new[:kept])
+
+
 def _unlink(path: Path) -> None:
     try:
         path.unlink()
@@ -432,8 +439,7 @@ class KernelRelay:
             self._dirty[slot] = len(outputs)
             self._forget(slot)  # its counters are read in full at the next read
             return
-        kept = min(len(outputs), len(old.outputs)) if old is not None else 0
-        if old is None or rule.outputs[:kept] != old.outputs[:kept]:
+        if old is None or output_counts_reset(old.outputs, rule.outputs):
             self._zero_counters(slot, 0, self._dirty.get(slot, 0))
         elif len(outputs) < len(old.outputs):  # outputs dropped off the end start from zero if they come back
             self._zero_counters(slot, len(outputs), len(old.outputs), rule=False)

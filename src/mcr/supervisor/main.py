@@ -24,7 +24,7 @@ from typing import Any, assert_never
 from mcr import PROTOCOL_VERSION, __version__
 from mcr.kernel import bpf
 from mcr.kernel.bpf import BpfError
-from mcr.kernel.engine import KernelRelay, OutputEntry, remove_pins
+from mcr.kernel.engine import KernelRelay, OutputEntry, output_counts_reset, remove_pins
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
@@ -220,6 +220,13 @@ def _slot_key(kr: KernelRule) -> tuple[object, ...]:
     return (kr.ifindex, kr.group, kr.port, kr.protocol, kr.epoch)
 
 
+def _restarts(held: KernelRule, new: KernelRule | None) -> bool:
+    """Whether the counters a kernel rule `held` has counted so far restart when it becomes `new`."""
+    if new is None or _slot_key(new) != _slot_key(held):
+        return True
+    return output_counts_reset(held.outputs, new.outputs)
+
+
 class Supervisor:
     def __init__(self, config: SupervisorConfig) -> None:
         self.config = config
@@ -378,13 +385,13 @@ class Supervisor:
             held = self.kernel_slots.get(rule_id)
             if (before is not None and before.kernel is not None) or new is not None or held is not None:
                 moves.append((rule_id, new))
-        # A rule that stays but leaves its slot (re-resolved, moved to userspace): its counts so far are read
-        # first, and again once it has moved, so that StatsBook sees them go back and keeps them.
+        # A rule that stays but leaves its slot (re-resolved, moved to userspace), or whose counters restart in
+        # it (an output before another one came or went): its counts so far are read first, and again once
+        # the change is made, so that StatsBook sees them go back and keeps them.
         relocated = any(
-            rule_id in self.kernel_slots
-            and rule_id in self.table.rules
-            and (new is None or _slot_key(new) != _slot_key(self.kernel_slots[rule_id][1]))
+            rule_id in self.table.rules and _restarts(held[1], new)
             for rule_id, new in moves
+            if (held := self.kernel_slots.get(rule_id)) is not None
         )
         if relocated:
             self.collect_kernel(self.generation - 1)  # the counts of the rule set before this change
