@@ -41,9 +41,12 @@ def raw_exchange(path: str, payload: bytes, half_close: bool = True, timeout: fl
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(payload)
-        if half_close:
-            s.shutdown(socket.SHUT_WR)
+        try:
+            s.sendall(payload)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+        except BrokenPipeError:  # refused before the request was read (a connection cap): its answer is there
+            pass
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)
