@@ -41,6 +41,11 @@ def test_nothing_without_pim_or_rp_or_when_we_are_the_rp() -> None:
     ]
     assert resolve_upstream([Wanted("eth0", G, None)], rps(), {"eth0": [N2]}, frozenset({RP})) == (set(), [])
 
+    # a source directly connected on the interface is not joined: it sends onto the link (its DR registers it)
+    wanted = [Wanted("eth0", G, S)]
+    assert resolve_upstream(wanted, rps(), {"eth0": [N2]}, connected=frozenset({("eth0", S)})) == (set(), [])
+    assert resolve_upstream(wanted, rps(), {"eth0": [N2]}, connected=frozenset({("eth1", S)}))[0] != set()
+
 
 def test_join_at_once_refresh_every_period_prune_when_gone() -> None:
     up = Upstream()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,3 +16,4 @@ class Link:
     mac: bytes = b""  # empty for links without an Ethernet address (lo, tun)
     carrier: bool = True  # IFF_LOWER_UP: without it the kernel silently drops what is sent there
     ipv6: tuple[IPv6Address, ...] = ()  # global and unique-local addresses first, then link-local ones
+    ipv4_networks: tuple[IPv4Network, ...] = ()  # the subnets of `ipv4` (directly connected sources)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
 
 from pyroute2 import AsyncIPRoute
 
@@ -19,10 +19,12 @@ IFF_LOWER_UP = 0x10000
 
 async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
     addresses: dict[int, list[IPv4Address]] = {}
+    networks: dict[int, list[IPv4Network]] = {}
     async for msg in await ipr.get_addr(family=2):
         addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if addr:
             addresses.setdefault(int(msg["index"]), []).append(IPv4Address(addr))
+            networks.setdefault(int(msg["index"]), []).append(IPv4Interface(f"{addr}/{int(msg['prefixlen'])}").network)
     addresses6: dict[int, list[IPv6Address]] = {}
     async for msg in await ipr.get_addr(family=10):
         addr = msg.get_attr("IFA_ADDRESS")
@@ -41,6 +43,7 @@ async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
             mac=_mac(msg.get_attr("IFLA_ADDRESS")),
             carrier=bool(int(msg["flags"]) & IFF_LOWER_UP),
             ipv6=tuple(sorted(addresses6.get(index, ()), key=lambda a: a.is_link_local)),
+            ipv4_networks=tuple(networks.get(index, ())),
         )
     return links
 

@@ -63,9 +63,12 @@ def resolve_upstream(
     rps: RpTable,
     neighbors: Mapping[str, Iterable[IPAddress]],
     ours: frozenset[IPAddress] = frozenset(),
+    connected: frozenset[tuple[str, IPAddress]] = frozenset(),
 ) -> tuple[set[UpstreamEntry], list[str]]:
     """The entries to join, and why the others cannot be (no RP, no neighbour to send to). `neighbors` has
-    every interface PIM runs on; nothing is joined toward one of `ours` (we are the RP, or the source)."""
+    every interface PIM runs on; nothing is joined toward one of `ours` (we are the RP, or the source), nor
+    toward a source directly connected on the interface (`connected`: (interface, source); it sends onto the
+    link itself, and its DR registers it)."""
     entries: set[UpstreamEntry] = set()
     unresolved: list[str] = []
     for w in wanted:
@@ -78,7 +81,7 @@ def resolve_upstream(
         if target is None:
             unresolved.append(f"{name}: no RP for the group")
             continue
-        if target in ours:
+        if target in ours or (w.source is not None and (w.interface, w.source) in connected):
             continue
         if target in on_link:
             upstream = target
