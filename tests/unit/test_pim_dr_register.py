@@ -16,6 +16,7 @@ from mcr.routing.pim_dr_register import (
     SendRegister,
     could_register,
     null_register_header,
+    register_stop_filter,
     source_group_filter,
 )
 from mcr.routing.pim_joins import RpTable
@@ -151,3 +152,14 @@ def test_source_group_filter() -> None:
     assert run_program(program, ipv4("10.1.0.6", str(G)) + bytes(8)) == DROP
     assert run_program(program, ipv4(str(S), "239.3.3.4") + bytes(8)) == DROP
     assert run_program(program, ipv4(str(S), str(G)) + bytes(8), pkttype=PacketType.OUTGOING) == DROP
+
+
+def test_register_stop_filter() -> None:
+    program = register_stop_filter()
+    check_program(program)
+    stop = build_pim(RegisterStop(EncodedGroup(G, 32), S))
+    head = ipv4(str(RP), str(US))
+    assert run_program(program, head + stop) == ACCEPT
+    assert run_program(program, head + build_pim(Register(False, True, null_register_header(S, G)))) == DROP
+    options = bytes([0x46]) + head[1:] + bytes(4)  # a 24-byte header
+    assert run_program(program, options + stop) == ACCEPT

@@ -119,6 +119,18 @@ def source_group_filter(source: IPv4Address, group: IPv4Address) -> list[Insn]:
     ]
 
 
+def register_stop_filter() -> list[Insn]:
+    """A classic BPF filter for a raw IPv4 PIM socket (offset 0: the IP header): Register-Stops only."""
+    return [
+        Insn(Op.LDX_B_MSH, k=0),  # X = the IP header's length
+        Insn(Op.LD_H_IND, k=0),  # PIM version and type, reserved byte
+        Insn(Op.ALU_AND_K, k=0xFF00),
+        Insn(Op.JEQ_K, 0, 1, 0x2200),  # version 2, type 2
+        Insn(Op.RET_K, k=ACCEPT),
+        Insn(Op.RET_K, k=DROP),
+    ]
+
+
 class DrRegisters:
     """The register state of every source we are the DR of."""
 

@@ -1091,6 +1091,12 @@ class Supervisor:
             "pim.neighbors_table_full": pim.core.table_full + self.pim6.core.table_full,
             "pim.joins_table_full": pim.joins.table_full + self.pim6.joins.table_full,
             "pim.registers_table_full": pim.registers.table_full,
+            # the DR's side of Register: sources we register, by state, and what the RP said
+            "pim.dr_register_sources": len(pim.dr_registers.entries()),
+            "pim.dr_register_tunnels": len(pim.dr_registers.tunnels()),
+            "pim.dr_register_stops": pim.dr_registers.stops_received,
+            "pim.dr_register_stops_unmatched": pim.dr_registers.stops_unmatched,
+            "pim.dr_register_rate_limited": pim.dr_registers.data_rate_limited,
         }
         counters |= {f"msdp.{k}": v for k, v in msdp.counters.items()}
         peers = msdp.core.peers.values()

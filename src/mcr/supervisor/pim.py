@@ -28,13 +28,24 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
+from mcr.linux.packet_socket import SOL_PACKET, attach_filter
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.rules import ForwardingRule, OutputDestination, interface_name_problem
+from mcr.packet.cbpf import pack_program
 from mcr.protocol.routing import DisablePim, EnablePim, MrouteInfo, PimInterfaceInfo, PimNeighborInfo, SetStaticRp
 from mcr.routing.config import PimConfig, PimInterfaceConfig
 from mcr.routing.msdp_wire import SaEntry
 from mcr.routing.pim_assert import AssertState, our_metric
+from mcr.routing.pim_dr_register import (
+    REGISTER_STOP_TIMER,
+    DrRegisters,
+    LocalSource,
+    SendRegister,
+    could_register,
+    register_stop_filter,
+    source_group_filter,
+)
 from mcr.routing.pim_joins import JoinState, RpTable
 from mcr.routing.pim_neighbors import (
     DEFAULT_DR_PRIORITY,
@@ -69,6 +80,7 @@ from mcr.routing.pim_wire import (
     PimDrop,
     PimMessage,
     Register,
+    RegisterStop,
     build_pim,
     parse_pim,
 )
@@ -80,6 +92,11 @@ IPV6_CHECKSUM = 7  # <linux/in6.h>: the kernel fills in (and checks) the checksu
 TOS_INTERNETWORK_CONTROL = 0xC0
 RECV_BATCH = 64
 PIM_OUTPUT_TTL = 16  # TTL of what we send down a PIM-joined interface: routers downstream decrement it
+PACKET_IGNORE_OUTGOING = 23
+IP_MULTICAST_ALL = 49
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
+ETH_P_IP = 0x0800
+REGISTER_PAUSE = 0.1  # seconds a data capture stops being read once the Register rate is reached
 
 
 def merge_pim_outputs(
@@ -175,6 +192,40 @@ def open_pim6_socket(link: Link) -> socket.socket:
     return sock
 
 
+def open_register_socket() -> socket.socket:
+    """The DR's unicast PIM socket, on no interface: Registers go out where the kernel routes the RP, from the
+    address it picks; only Register-Stops (to any of our addresses, on any interface) are let in."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
+    try:
+        attach_filter(sock, pack_program(register_stop_filter()))
+        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)  # a full-size packet is fragmented
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_INTERNETWORK_CONTROL)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_source_capture(link: Link, local: LocalSource) -> socket.socket:
+    """A copy of what a directly connected source sends to its group on `link` (IPv4 header first), for the
+    Registers while the register tunnel is up."""
+    assert isinstance(local.source, IPv4Address) and isinstance(local.group, IPv4Address)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
+    try:
+        attach_filter(sock, pack_program(source_group_filter(local.source, local.group)))
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError:
+            pass  # the filter drops outgoing packets by their type as well
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
+        sock.bind((link.name, ETH_P_IP))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def link_local(link: Link) -> IPv6Address | None:
     return next((a for a in link.ipv6 if a.is_link_local), None)
 
@@ -210,6 +261,9 @@ class PimService:
         self.joins = JoinState()
         self.rps = RpTable()
         self.upstream = Upstream()
+        self.dr_registers = DrRegisters()
+        self.register_socket: socket.socket | None = None
+        self.captures: dict[LocalSource, socket.socket] = {}
         self.wanted_trees: frozenset[Wanted] = frozenset()
         self.wanted: dict[str, PimInterfaceConfig] = {}
         self.links: dict[str, Link] = {}
@@ -270,13 +324,146 @@ class PimService:
             self.wanted_trees = frozenset(wanted)
             self._refresh_upstream()
 
+    def _connected(self, interface: str, source: IPAddress) -> bool:
+        link = self.links.get(interface)
+        return link is not None and any(source in net for net in link.ipv4_networks)
+
+    def _is_dr(self, interface: str) -> bool:
+        settings = self.core.interfaces.get(interface)
+        return settings is not None and self.core.dr(interface) == settings.address
+
     def _refresh_upstream(self) -> None:
         neighbors = {name: [n.address for n in self.core.neighbors(name)] for name in self.core.interfaces}
         ours = self._ours()
-        entries, unresolved = resolve_upstream(self.wanted_trees, self.rps, neighbors, ours)
+        connected = frozenset(
+            (w.interface, w.source)
+            for w in self.wanted_trees
+            if w.source is not None and self._connected(w.interface, w.source)
+        )
+        entries, unresolved = resolve_upstream(self.wanted_trees, self.rps, neighbors, ours, connected)
+        self._refresh_registers(ours)
         for text in set(unresolved) - set(self.upstream.unresolved):
             log.warning("PIM cannot join %s", text)
         self._send_join_prunes(self.upstream.update(entries, unresolved, self.loop.time()))
+        self._schedule()
+
+    # ------------------------------------------------------------------------------- DR's Register
+
+    def _refresh_registers(self, ours: frozenset[IPAddress]) -> None:
+        """Register the directly connected sources we are the DR of (IPv4: an IPv6 Register's checksum would
+        need the pseudo-header over the PIM header alone, which the kernel's IPV6_CHECKSUM cannot do)."""
+        if self.family != 4:
+            return
+        could = could_register(self.wanted_trees, self._connected, self._is_dr, self.rps, ours)
+        before = {e.local for e in self.dr_registers.entries()}
+        self.dr_registers.update(could)
+        for local in set(could.values()) - before:
+            log.info(
+                "PIM registering source %s for %s with RP %s (DR on %s)",
+                local.source,
+                local.group,
+                local.rp,
+                local.interface,
+            )
+        for local in before - set(could.values()):
+            log.info("PIM stops registering source %s for %s with RP %s", local.source, local.group, local.rp)
+        self._sync_captures()
+
+    def _sync_captures(self) -> None:
+        """The register socket while there is anything to register; a data capture per tunnel in Join."""
+        if self.dr_registers.entries() and self.register_socket is None:
+            try:
+                self.register_socket = open_register_socket()
+            except OSError as e:
+                log.error("cannot open the PIM Register socket: %s", e)
+            else:
+                self.loop.add_reader(self.register_socket.fileno(), self._on_register_socket)
+        elif not self.dr_registers.entries() and self.register_socket is not None:
+            self.loop.remove_reader(self.register_socket.fileno())
+            self.register_socket.close()
+            self.register_socket = None
+        tunnels = self.dr_registers.tunnels() if self.register_socket is not None else frozenset()
+        for local in set(self.captures) - tunnels:
+            sock = self.captures.pop(local)
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        for local in tunnels - set(self.captures):
+            link = self.links.get(local.interface)
+            if link is None:
+                continue
+            try:
+                sock = open_source_capture(link, local)
+            except OSError as e:
+                log.error("cannot capture %s for %s on %s to register it: %s", local.source, local.group, link.name, e)
+                continue
+            self.captures[local] = sock
+            self.loop.add_reader(sock.fileno(), self._on_capture, local)
+
+    def _on_capture(self, local: LocalSource) -> None:
+        sock = self.captures.get(local)
+        if sock is None:
+            return
+        now = self.loop.time()
+        for _ in range(RECV_BATCH):
+            try:
+                packet = sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.warning("capture of %s for %s failed: %s", local.source, local.group, e)
+                return
+            send = self.dr_registers.encapsulate(local.source, local.group, packet, now)
+            if send is None:  # over the rate: stop reading a while (the kernel drops what overflows)
+                self.loop.remove_reader(sock.fileno())
+                self.loop.call_later(REGISTER_PAUSE, self._resume_capture, local, sock)
+                return
+            self._send_register(send, "tx_register")
+
+    def _resume_capture(self, local: LocalSource, sock: socket.socket) -> None:
+        if self.captures.get(local) is sock:
+            self.loop.add_reader(sock.fileno(), self._on_capture, local)
+
+    def _send_register(self, send: SendRegister, counter: str) -> None:
+        if self.register_socket is None:
+            return
+        try:
+            self.register_socket.sendto(build_pim(send.message), (str(send.rp), 0))
+        except OSError as e:
+            self.counters["tx_register_errors"] += 1
+            if self.counters["tx_register_errors"] % 100 == 1:  # the first, then one in a hundred
+                log.warning(
+                    "PIM Register to RP %s failed: %s (%d so far)", send.rp, e, self.counters["tx_register_errors"]
+                )
+            return
+        self.counters[counter] += 1
+
+    def _on_register_socket(self) -> None:
+        sock = self.register_socket
+        if sock is None:
+            return
+        for _ in range(RECV_BATCH):
+            try:
+                datagram = sock.recv(65535)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                log.warning("PIM Register socket receive failed: %s", e)
+                break
+            split = split_ipv4(datagram)
+            msg = parse_pim(split[1]) if split is not None else PimDrop.TRUNCATED
+            if not isinstance(msg, RegisterStop):
+                self.counters["drop_bad_register_stop"] += 1
+                continue
+            self.counters["rx_register_stop_for_dr"] += 1
+            timer = self._rng.uniform(*REGISTER_STOP_TIMER)
+            if self.dr_registers.on_register_stop(msg, self.loop.time(), timer):
+                log.info(
+                    "PIM Register-Stop from %s for (%s,%s): registering suppressed",
+                    split[0] if split else "?",
+                    msg.source,
+                    msg.group.address,
+                )
+                self._sync_captures()
         self._schedule()
 
     def _send_join_prunes(self, messages: list[SendJoinPrune]) -> None:
@@ -545,6 +732,11 @@ class PimService:
             self.on_sources()
         if self.asserts.on_timer(now):
             self.on_routes()
+        probes, changed = self.dr_registers.on_timer(now)
+        for probe in probes:
+            self._send_register(probe, "tx_null_register")
+        if changed:
+            self._sync_captures()
         self._schedule()
 
     def _schedule(self) -> None:
@@ -554,6 +746,7 @@ class PimService:
             self.upstream.next_deadline(),
             self.registers.next_deadline(),
             self.asserts.next_deadline(),
+            self.dr_registers.next_deadline(),
         )
         deadlines = [d for d in candidates if d is not None]
         deadline = min(deadlines, default=None)
@@ -583,6 +776,7 @@ class PimService:
                 case DrChanged():
                     who = "we are" if action.we_are_dr else f"{action.dr} is"
                     log.info("PIM DR on %s: %s the DR", action.interface, who)
+                    self._refresh_registers(self._ours())
 
     def _send(self, name: str, data: bytes, counter: str) -> None:
         sock = self.sockets.get(name)
