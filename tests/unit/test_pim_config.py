@@ -8,6 +8,7 @@ from mcr.model.config import parse_config
 from mcr.model.errors import ConfigError
 from mcr.routing.config import PimConfig, PimInterfaceConfig
 from mcr.routing.pim_joins import StaticRp
+from mcr.routing.pim_spt import SptPolicy
 
 
 def test_section_with_defaults() -> None:
@@ -21,6 +22,11 @@ static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
         (PimInterfaceConfig("eth1", 10, 30), PimInterfaceConfig("eth2", 1, 5)),
         (StaticRp(ip_network("239.0.0.0/8"), IPv4Address("10.0.0.1")),),
     )
+
+
+def test_spt_switchover_policy() -> None:
+    assert parse_config("[pim]\n", "f.toml").pim.spt_switchover is SptPolicy.IMMEDIATE
+    assert parse_config('[pim]\nspt_switchover = "never"\n', "f.toml").pim.spt_switchover is SptPolicy.NEVER
 
 
 def test_absent_section_is_disabled() -> None:
@@ -42,6 +48,8 @@ def test_absent_section_is_disabled() -> None:
         ('static_rp = [{ group = "10.0.0.0/8", rp = "10.0.0.1" }]', "static_rp[0]: group prefix '10.0.0.0/8'"),
         ('static_rp = [{ group = "239.0.0.0/8", rp = "239.1.1.1" }]', "must be a unicast address"),
         ('static_rp = [{ group = "239.0.0.0/8" }]', "needs exactly 'group'"),
+        ('spt_switchover = "later"', "'spt_switchover' must be one of immediate, never"),
+        ("spt_switchover = [1]", "'spt_switchover' must be one of immediate, never"),
     ],
 )
 def test_errors_name_the_entry_and_key(body: str, message: str) -> None:

@@ -3,7 +3,7 @@
 from ipaddress import IPv4Address, ip_network
 
 from mcr.routing.pim_joins import RpTable
-from mcr.routing.pim_upstream import T_PERIODIC, Upstream, Wanted, resolve_upstream
+from mcr.routing.pim_upstream import T_PERIODIC, Upstream, UpstreamEntry, Wanted, resolve_upstream
 from mcr.routing.pim_wire import EncodedGroup, EncodedSource, JoinPrune, JoinPruneGroup
 
 RP = IPv4Address("10.0.0.2")
@@ -104,3 +104,20 @@ def test_another_routers_prune_is_overridden_by_our_join_soon() -> None:
     sg_prune = JoinPrune(RP, 210, (JoinPruneGroup(EncodedGroup(G, 32), (), (EncodedSource(S, 32),)),))
     up.on_others_join_prune("eth0", sg_prune, now=20.0, suppressed=70.0, override=1.0)
     assert up.next_deadline() == 11.5 + T_PERIODIC
+
+
+def test_rpt_prune_goes_with_the_star_g_join_and_its_removal_is_a_join() -> None:
+    up = Upstream()
+    star = UpstreamEntry(None, G, RP, "eth0", RP)
+    up.update({star}, [], now=0.0)
+    rpt = UpstreamEntry(S, G, RP, "eth0", RP, rpt=True)
+    (msg,) = up.update({star, rpt}, [], now=10.0)
+    spt_source = EncodedSource(S, 32, rpt=True)
+    assert msg.message.groups == (JoinPruneGroup(EncodedGroup(G, 32), (STAR,), (spt_source,)),)
+    # from then on they are refreshed together
+    assert up.on_timer(10.0 + T_PERIODIC - 1) == []
+    (msg,) = up.on_timer(10.0 + T_PERIODIC)
+    assert msg.message.groups == (JoinPruneGroup(EncodedGroup(G, 32), (STAR,), (spt_source,)),)
+    # S back on the shared tree: a Join(S,G,rpt)
+    (msg,) = up.update({star}, [], now=80.0)
+    assert msg.message.groups == (JoinPruneGroup(EncodedGroup(G, 32), (spt_source,), ()),)

@@ -4,6 +4,7 @@
     enabled = true                     # default true when the section is present
     interfaces = [{ name = "eth1", dr_priority = 10, hello_period = 30 }, { name = "eth2" }]
     static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
+    spt_switchover = "immediate"       # or "never": stay on the shared tree (FRR's infinity-and-beyond)
 
     [msdp]
     enabled = true                     # default true when the section is present
@@ -27,6 +28,7 @@ from mcr.model.errors import ConfigError
 from mcr.model.rules import interface_name_problem
 from mcr.routing.pim_joins import StaticRp, parse_group_prefix
 from mcr.routing.pim_neighbors import DEFAULT_DR_PRIORITY
+from mcr.routing.pim_spt import SptPolicy
 from mcr.routing.pim_wire import DEFAULT_HELLO_PERIOD
 
 MAX_DR_PRIORITY = 0xFFFFFFFF
@@ -47,6 +49,7 @@ class PimConfig:
     enabled: bool = False
     interfaces: tuple[PimInterfaceConfig, ...] = ()
     static_rps: tuple[StaticRp, ...] = ()
+    spt_switchover: SptPolicy = SptPolicy.IMMEDIATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +145,15 @@ def _entries(path: str, table: dict[str, Any], key: str, section: str = "pim") -
 
 
 def parse_pim_section(path: str, table: dict[str, Any]) -> PimConfig:
-    unknown = sorted(set(table) - {"enabled", "interfaces", "static_rp"})
+    unknown = sorted(set(table) - {"enabled", "interfaces", "static_rp", "spt_switchover"})
     if unknown:
-        raise ConfigError(f"{path}: [pim]: unknown key '{unknown[0]}'; expected enabled, interfaces, static_rp")
+        raise ConfigError(
+            f"{path}: [pim]: unknown key '{unknown[0]}'; expected enabled, interfaces, static_rp, spt_switchover"
+        )
+    policies = {p.value: p for p in SptPolicy}
+    spt = table.get("spt_switchover", SptPolicy.IMMEDIATE.value)
+    if not isinstance(spt, str) or spt not in policies:
+        raise ConfigError(f"{path}: [pim]: 'spt_switchover' must be one of {', '.join(policies)}")
     enabled = table.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{path}: [pim]: 'enabled' must be a boolean")
@@ -180,4 +189,4 @@ def parse_pim_section(path: str, table: dict[str, Any]) -> PimConfig:
         if rp.is_multicast or rp.is_unspecified or rp.version != prefix.version:
             raise ConfigError(f"{where}: RP {rp} must be a unicast address of the family of {prefix}")
         rps.append(StaticRp(prefix, rp))
-    return PimConfig(enabled, tuple(interfaces.values()), tuple(rps))
+    return PimConfig(enabled, tuple(interfaces.values()), tuple(rps), policies[spt])

@@ -50,6 +50,7 @@ class UpstreamEntry:
     rp: IPAddress | None  # (*,G): the RP named in the Join
     interface: str
     upstream: IPAddress
+    rpt: bool = False  # (S,G,rpt): S pruned off the shared tree (sent as a Prune, its removal as a Join)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,9 @@ def resolve_upstream(
 
 
 def _source(entry: UpstreamEntry) -> EncodedSource:
+    if entry.rpt:
+        assert entry.source is not None
+        return EncodedSource(entry.source, 32 if entry.source.version == 4 else 128, rpt=True)
     if entry.source is None:
         assert entry.rp is not None
         return EncodedSource(entry.rp, 32 if entry.rp.version == 4 else 128, wildcard=True, rpt=True)
@@ -118,7 +122,18 @@ def build_messages(joins: Iterable[UpstreamEntry], prunes: Iterable[UpstreamEntr
     return messages
 
 
+def _messages(wanted: Iterable[UpstreamEntry], unwanted: Iterable[UpstreamEntry]) -> list[SendJoinPrune]:
+    """Joins for the `wanted` trees and Prunes for the `unwanted` ones, where an (S,G,rpt) entry is wanted
+    as a Prune (and unwanted as a Join)."""
+    wanted, unwanted = list(wanted), list(unwanted)
+    joins = [e for e in wanted if not e.rpt] + [e for e in unwanted if e.rpt]
+    prunes = [e for e in unwanted if not e.rpt] + [e for e in wanted if e.rpt]
+    return build_messages(joins, prunes)
+
+
 def _matches(entry: UpstreamEntry, src: EncodedSource) -> bool:
+    if entry.rpt:
+        return False  # our (S,G,rpt) Prune is not suppressed by another's
     if entry.source is None:
         return src.wildcard and src.rpt
     return not src.rpt and not src.wildcard and src.address == entry.source
@@ -142,19 +157,32 @@ class Upstream:
         prunes = set(self.join_at) - entries
         for e in prunes:
             del self.join_at[e]
+        # a new (S,G,rpt) Prune goes out with its (*,G) Join, and from then on keeps its period
+        joins |= self._companions(joins - prunes)
         for e in joins:
             self.join_at[e] = now + T_PERIODIC
-        return build_messages(joins, prunes)
+        return _messages(joins, prunes)
+
+    def _companions(self, entries: set[UpstreamEntry]) -> set[UpstreamEntry]:
+        """The (*,G) entries of the (S,G,rpt) ones among `entries` and the (S,G,rpt) of the (*,G) ones (same
+        interface, upstream neighbour and group): they are sent together."""
+        keys = {(e.interface, e.upstream, e.group) for e in entries if e.rpt or e.source is None}
+        return {
+            e
+            for e in self.join_at
+            if (e.rpt or e.source is None) and (e.interface, e.upstream, e.group) in keys and e not in entries
+        }
 
     def on_timer(self, now: float) -> list[SendJoinPrune]:
-        due = [e for e, t in self.join_at.items() if t <= now]
+        due = {e for e, t in self.join_at.items() if t <= now}
+        due |= self._companions(due)
         for e in due:
             self.join_at[e] = now + T_PERIODIC
-        return build_messages(due, ())
+        return _messages(due, ())
 
     def on_neighbor_restart(self, interface: str, address: IPAddress) -> list[SendJoinPrune]:
         """Our upstream neighbour lost its state (new GenID): join again at once."""
-        return build_messages((e for e in self.join_at if (e.interface, e.upstream) == (interface, address)), ())
+        return _messages((e for e in self.join_at if (e.interface, e.upstream) == (interface, address)), ())
 
     def on_others_join_prune(
         self, interface: str, msg: JoinPrune, now: float, suppressed: float, override: float
