@@ -65,6 +65,7 @@ def test_keepalive_then_probe_keeps_a_live_source_and_ends_a_silent_one() -> Non
 
 def test_policy_never_stays_on_the_shared_tree_and_the_table_is_bounded() -> None:
     assert not SptSwitch(SptPolicy.NEVER).on_data("eth0", G, S, RPT_MAC, True, 0.0)
+    assert SptSwitch(SptPolicy.NEVER).on_data("eth0", G, S, RPT_MAC, True, 0.0, local=True)  # to register it
     spt = SptSwitch()
     for i in range(MAX_SOURCES_PER_GROUP + 3):
         spt.on_data("eth0", G, IPv4Address(int(S) + i), RPT_MAC, True, 0.0)

@@ -47,6 +47,17 @@ def test_nothing_without_pim_or_rp_or_when_we_are_the_rp() -> None:
     assert resolve_upstream(wanted, rps(), {"eth0": [N2]}, connected=frozenset({("eth1", S)}))[0] != set()
 
 
+def test_several_neighbours_the_unicast_route_picks_the_upstream_one() -> None:
+    def gateway(interface: str, target: object) -> IPv4Address | None:
+        return N2 if (interface, target) == ("eth0", S) else None
+
+    (e,) = resolve_upstream([Wanted("eth0", G, S)], rps(), {"eth0": [N2, RP]}, gateway=gateway)[0]
+    assert e.upstream == N2
+    # a next hop that is not a PIM neighbour there does not count
+    entries, unresolved = resolve_upstream([Wanted("eth0", G, S)], rps(), {"eth0": [US, RP]}, gateway=gateway)
+    assert entries == set() and unresolved
+
+
 def test_join_at_once_refresh_every_period_prune_when_gone() -> None:
     up = Upstream()
     entries, _ = resolve_upstream([Wanted("eth0", G, None)], rps(), {"eth0": [RP]})

@@ -70,11 +70,19 @@ class SptSwitch:
         self.unconfirmed = 0  # sources whose SPT data did not show within SPT_CONFIRM_TIME
 
     def on_data(
-        self, interface: str, group: IPAddress, source: IPAddress, sender: bytes, same_upstream: bool, now: float
+        self,
+        interface: str,
+        group: IPAddress,
+        source: IPAddress,
+        sender: bytes,
+        same_upstream: bool,
+        now: float,
+        local: bool = False,
     ) -> bool:
         """A packet of G from S arrived on `interface` from link-layer `sender`; `same_upstream`: RPF'(S,G) is
-        RPF'(*,G) (or no separate one). Whether the set of sources or SPT bits changed."""
-        if self.policy is SptPolicy.NEVER:
+        RPF'(*,G) (or no separate one); `local`: S is directly connected there (kept whatever the policy, so
+        that its DR registers it). Whether the set of sources or SPT bits changed."""
+        if self.policy is SptPolicy.NEVER and not local:
             return False
         key = (interface, group, source)
         entry = self._sources.get(key)

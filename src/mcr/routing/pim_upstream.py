@@ -2,9 +2,9 @@
 
 We want a stream when a rule captures it on a PIM interface: a rule for group G on interface I wants
 (*,G) toward G's RP, a rule limited to one source S wants (S,G) toward S, both through I. The upstream
-neighbour on I is the RP (or S) when it is a PIM neighbour there, otherwise I's only neighbour; with
-several neighbours and neither a neighbour itself, nothing is sent (we have no unicast routing table to
-find the RPF neighbour) and `unresolved` names the entry.
+neighbour on I (RPF') is the RP (or S) when it is a PIM neighbour there; else the next hop of the kernel's
+unicast route toward it, when that route leaves through I and the next hop is a neighbour; else I's only
+neighbour. Otherwise nothing is sent and `unresolved` names the entry.
 
 Joins go out when an entry appears (or its upstream neighbour changes: a Prune to the old one), every
 t_periodic (60 s) with holdtime 210 s, and again when the upstream neighbour restarts (new GenID). An entry
@@ -16,7 +16,7 @@ forwarding to us. The random values are drawn by the shell and passed in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from mcr.routing.pim_joins import RpTable
@@ -65,11 +65,13 @@ def resolve_upstream(
     neighbors: Mapping[str, Iterable[IPAddress]],
     ours: frozenset[IPAddress] = frozenset(),
     connected: frozenset[tuple[str, IPAddress]] = frozenset(),
+    gateway: Callable[[str, IPAddress], IPAddress | None] = lambda _interface, _target: None,
 ) -> tuple[set[UpstreamEntry], list[str]]:
     """The entries to join, and why the others cannot be (no RP, no neighbour to send to). `neighbors` has
     every interface PIM runs on; nothing is joined toward one of `ours` (we are the RP, or the source), nor
     toward a source directly connected on the interface (`connected`: (interface, source); it sends onto the
-    link itself, and its DR registers it)."""
+    link itself, and its DR registers it). `gateway(interface, target)`: the next hop of the unicast route
+    toward the target when that route leaves through the interface (RPF'), else None."""
     entries: set[UpstreamEntry] = set()
     unresolved: list[str] = []
     for w in wanted:
@@ -84,8 +86,11 @@ def resolve_upstream(
             continue
         if target in ours or (w.source is not None and (w.interface, w.source) in connected):
             continue
+        via = gateway(w.interface, target)
         if target in on_link:
             upstream = target
+        elif via is not None and via in on_link:
+            upstream = via
         elif len(on_link) == 1:
             upstream = on_link[0]
         else:

@@ -60,6 +60,7 @@ from mcr.routing.pim_neighbors import (
     SendHello,
 )
 from mcr.routing.pim_register import RpRegisters, inner_addresses
+from mcr.routing.pim_spt import SptSwitch, new_source_filter, rpt_prunes
 from mcr.routing.pim_upstream import (
     T_OVERRIDE,
     T_SUPPRESSED,
@@ -84,6 +85,7 @@ from mcr.routing.pim_wire import (
     build_pim,
     parse_pim,
 )
+from mcr.routing.unicast import UnicastRoute, next_hop, parse_proc_net_route
 
 log = logging.getLogger("mcr.controlplane.pim")  # facility ControlPlane
 
@@ -96,6 +98,8 @@ PACKET_IGNORE_OUTGOING = 23
 IP_MULTICAST_ALL = 49
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
 ETH_P_IP = 0x0800
+PROC_NET_ROUTE = "/proc/net/route"
+ROUTES_MAX_AGE = 1.0  # seconds a read of the kernel's unicast routes is used for RPF lookups
 REGISTER_PAUSE = 0.1  # seconds a data capture stops being read once the Register rate is reached
 
 
@@ -207,23 +211,29 @@ def open_register_socket() -> socket.socket:
     return sock
 
 
-def open_source_capture(link: Link, local: LocalSource) -> socket.socket:
-    """A copy of what a directly connected source sends to its group on `link` (IPv4 header first), for the
-    Registers while the register tunnel is up."""
-    assert isinstance(local.source, IPv4Address) and isinstance(local.group, IPv4Address)
+def open_group_capture(link: Link, program: bytes, rcvbuf: int = 64 << 10) -> socket.socket:
+    """What arrives on `link` for a group (IPv4 header first, the link-layer sender in the address), through
+    `program`, a classic BPF filter of the sources not to see."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
     try:
-        attach_filter(sock, pack_program(source_group_filter(local.source, local.group)))
+        attach_filter(sock, program)
         try:
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         except OSError:
             pass  # the filter drops outgoing packets by their type as well
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((link.name, ETH_P_IP))
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def open_source_capture(link: Link, local: LocalSource) -> socket.socket:
+    """A copy of what a directly connected source sends to its group on `link`, for the Registers while the
+    register tunnel is up."""
+    assert isinstance(local.source, IPv4Address) and isinstance(local.group, IPv4Address)
+    return open_group_capture(link, pack_program(source_group_filter(local.source, local.group)), 256 << 10)
 
 
 def link_local(link: Link) -> IPv6Address | None:
@@ -264,7 +274,12 @@ class PimService:
         self.dr_registers = DrRegisters()
         self.register_socket: socket.socket | None = None
         self.captures: dict[LocalSource, socket.socket] = {}
-        self.wanted_trees: frozenset[Wanted] = frozenset()
+        self.rule_trees: frozenset[Wanted] = frozenset()  # what the rules (and MSDP's sources) want
+        self.wanted_trees: frozenset[Wanted] = frozenset()  # that, and the sources switched to their SPT
+        self.spt = SptSwitch()
+        self._routes: list[UnicastRoute] = []
+        self._routes_at: float | None = None
+        self.discovery: dict[tuple[str, IPAddress], tuple[socket.socket, tuple[IPAddress, ...]]] = {}
         self.wanted: dict[str, PimInterfaceConfig] = {}
         self.links: dict[str, Link] = {}
         self.sockets: dict[str, socket.socket] = {}
@@ -301,6 +316,7 @@ class PimService:
             return
         for rp in config.static_rps:
             self.rps.set(rp.prefix, rp.rp)
+        self.spt.policy = config.spt_switchover
         for i in config.interfaces:
             self.wanted[i.name] = i
         self.reconcile()
@@ -320,9 +336,13 @@ class PimService:
             wanted.add(Wanted(r.input_interface, r.input_group, host))
             if source is None:
                 wanted.update(Wanted(r.input_interface, r.input_group, s) for s in by_group.get(r.input_group, ()))
-        if frozenset(wanted) != self.wanted_trees:
-            self.wanted_trees = frozenset(wanted)
+        if frozenset(wanted) != self.rule_trees:
+            self.rule_trees = frozenset(wanted)
             self._refresh_upstream()
+
+    def _any_source_groups(self) -> set[tuple[str, IPAddress]]:
+        """(interface, group) of the rules for any source of their group on a PIM interface."""
+        return {(w.interface, w.group) for w in self.rule_trees if w.source is None and w.interface in self.wanted}
 
     def _connected(self, interface: str, source: IPAddress) -> bool:
         link = self.links.get(interface)
@@ -332,20 +352,148 @@ class PimService:
         settings = self.core.interfaces.get(interface)
         return settings is not None and self.core.dr(interface) == settings.address
 
-    def _refresh_upstream(self) -> None:
-        neighbors = {name: [n.address for n in self.core.neighbors(name)] for name in self.core.interfaces}
-        ours = self._ours()
-        connected = frozenset(
-            (w.interface, w.source)
-            for w in self.wanted_trees
-            if w.source is not None and self._connected(w.interface, w.source)
+    def _neighbor_addresses(self) -> dict[str, list[IPAddress]]:
+        return {name: [n.address for n in self.core.neighbors(name)] for name in self.core.interfaces}
+
+    def _connected_pairs(self, wanted: Iterable[Wanted]) -> frozenset[tuple[str, IPAddress]]:
+        return frozenset(
+            (w.interface, w.source) for w in wanted if w.source is not None and self._connected(w.interface, w.source)
         )
-        entries, unresolved = resolve_upstream(self.wanted_trees, self.rps, neighbors, ours, connected)
+
+    def _gateway(self, interface: str, target: IPAddress) -> IPAddress | None:
+        """The next hop toward `target` when the kernel routes it out of `interface` (RPF')."""
+        now = self.loop.time()
+        if self.family == 4 and (self._routes_at is None or now - self._routes_at >= ROUTES_MAX_AGE):
+            self._routes_at = now
+            try:
+                with open(PROC_NET_ROUTE, encoding="ascii", errors="replace") as f:
+                    self._routes = parse_proc_net_route(f.read())
+            except OSError as e:
+                log.warning("cannot read the unicast routes (%s): RPF uses the link's neighbours only", e)
+                self._routes = []
+        hop = next_hop(self._routes, target)
+        return hop[1] if hop is not None and hop[0] == interface else None
+
+    def _refresh_upstream(self) -> None:
+        self.spt.forget(self._any_source_groups())
+        self.wanted_trees = self.rule_trees | {Wanted(s.interface, s.group, s.source) for s in self.spt.sources()}
+        ours = self._ours()
+        connected = self._connected_pairs(self.wanted_trees)
+        entries, unresolved = resolve_upstream(
+            self.wanted_trees, self.rps, self._neighbor_addresses(), ours, connected, self._gateway
+        )
+        entries |= rpt_prunes(entries, self.spt.sources())
         self._refresh_registers(ours)
         for text in set(unresolved) - set(self.upstream.unresolved):
             log.warning("PIM cannot join %s", text)
         self._send_join_prunes(self.upstream.update(entries, unresolved, self.loop.time()))
+        self._sync_discovery()
         self._schedule()
+
+    # ----------------------------------------------------------------------------- SPT switchover
+
+    def _discovering(self) -> set[tuple[str, IPAddress]]:
+        """Where new sources are looked for: an any-source rule's group on a PIM interface where we are on the
+        shared tree (a (*,G) Join upstream), or where we are the DR (a directly connected source to register)."""
+        if self.family != 4:
+            return set()
+        star = {(e.interface, e.group) for e in self.upstream.entries if e.source is None and not e.rpt}
+        return {k for k in self._any_source_groups() if k in star or self._is_dr(k[0])}
+
+    def _sync_discovery(self) -> None:
+        wanted = self._discovering()
+        for key in set(self.discovery) - wanted:
+            sock, _ = self.discovery.pop(key)
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        for key in wanted:
+            interface, group = key
+            assert isinstance(group, IPv4Address)
+            known = tuple(sorted(self.spt.settled(interface, group)))
+            current = self.discovery.get(key)
+            if current is not None and current[1] == known:
+                continue
+            program = pack_program(new_source_filter(group, [s for s in known if isinstance(s, IPv4Address)]))
+            if current is not None:
+                try:
+                    attach_filter(current[0], program)  # replaces the old filter
+                except OSError as e:
+                    log.warning("cannot update the source filter of %s on %s: %s", group, interface, e)
+                    continue
+                self.discovery[key] = (current[0], known)
+                continue
+            link = self.links.get(interface)
+            if link is None:
+                continue
+            try:
+                sock = open_group_capture(link, program)
+            except OSError as e:
+                log.error("cannot look for the sources of %s on %s: %s", group, interface, e)
+                continue
+            self.discovery[key] = (sock, known)
+            self.loop.add_reader(sock.fileno(), self._on_discovery, key)
+
+    def _same_upstream(self, interface: str, group: IPAddress, source: IPAddress) -> bool:
+        """Whether our (S,G) Join goes to the neighbour our (*,G) Join goes to (or either is not sent)."""
+        star = next(
+            (
+                e
+                for e in self.upstream.entries
+                if (e.source, e.group, e.interface, e.rpt) == (None, group, interface, False)
+            ),
+            None,
+        )
+        wanted = [Wanted(interface, group, source)]
+        entries, _ = resolve_upstream(
+            wanted, self.rps, self._neighbor_addresses(), self._ours(), self._connected_pairs(wanted), self._gateway
+        )
+        own = next(iter(entries), None)
+        return star is None or own is None or own.upstream == star.upstream
+
+    def _on_discovery(self, key: tuple[str, IPAddress]) -> None:
+        current = self.discovery.get(key)
+        if current is None:
+            return
+        sock = current[0]
+        interface, group = key
+        now = self.loop.time()
+        changed = False
+        for _ in range(RECV_BATCH):
+            try:
+                packet, address = sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                log.warning("looking for the sources of %s on %s failed: %s", group, interface, e)
+                break
+            if len(packet) < 20:
+                continue
+            source = IPv4Address(packet[12:16])
+            sender = bytes(address[4]) if len(address) > 4 else b""
+            local = self._connected(interface, source)
+            same = local or self._same_upstream(interface, group, source)
+            if self.spt.on_data(interface, group, source, sender, same, now, local=local):
+                changed = True
+                entry = next(
+                    s for s in self.spt.sources() if (s.interface, s.group, s.source) == (interface, group, source)
+                )
+                log.info(
+                    "PIM source %s for %s on %s: %s",
+                    source,
+                    group,
+                    interface,
+                    "on its SPT" if entry.spt_bit else "joining its SPT",
+                )
+        else:  # a full batch: look again a little later, so that a flood costs the supervisor little
+            self.loop.remove_reader(sock.fileno())
+            self.loop.call_later(REGISTER_PAUSE, self._resume_discovery, key, sock)
+        if changed:
+            self._refresh_upstream()
+
+    def _resume_discovery(self, key: tuple[str, IPAddress], sock: socket.socket) -> None:
+        current = self.discovery.get(key)
+        if current is not None and current[0] is sock:
+            self.loop.add_reader(sock.fileno(), self._on_discovery, key)
 
     # ------------------------------------------------------------------------------- DR's Register
 
@@ -737,6 +885,8 @@ class PimService:
             self._send_register(probe, "tx_null_register")
         if changed:
             self._sync_captures()
+        if self.spt.on_timer(now):
+            self._refresh_upstream()
         self._schedule()
 
     def _schedule(self) -> None:
@@ -747,6 +897,7 @@ class PimService:
             self.registers.next_deadline(),
             self.asserts.next_deadline(),
             self.dr_registers.next_deadline(),
+            self.spt.next_deadline(),
         )
         deadlines = [d for d in candidates if d is not None]
         deadline = min(deadlines, default=None)
@@ -776,7 +927,7 @@ class PimService:
                 case DrChanged():
                     who = "we are" if action.we_are_dr else f"{action.dr} is"
                     log.info("PIM DR on %s: %s the DR", action.interface, who)
-                    self._refresh_registers(self._ours())
+                    self._refresh_upstream()
 
     def _send(self, name: str, data: bytes, counter: str) -> None:
         sock = self.sockets.get(name)
