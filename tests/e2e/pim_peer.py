@@ -5,6 +5,7 @@
     python pim_peer.py --ifname IF --local IP --upstream RP --group G --rp RP --action register --source S
     python pim_peer.py --ifname IF --local IP --upstream X --group G --rp RP --action assert --source S
                        --preference P --metric M [--rpt]
+    python pim_peer.py --ifname IF --local IP --upstream X --group G --rp RP --action listen --record FILE
 
 It says Hello on IF every second (holdtime 4 s) so that the routers on the link take it as a neighbour,
 then sends a (*,G) Join (repeated every 5 s while it runs) or one (*,G) Prune, addressed to `--upstream`.
@@ -12,6 +13,8 @@ Everything goes to ALL-PIM-ROUTERS with TTL 1 out of IF; the loop is bounded by 
 `register` acts as a source's DR instead: it sends the RP a Register carrying one UDP packet from S to G
 (unicast, once a second) until a Register-Stop comes back, and prints that as JSON. `assert` sends one
 Assert for (S,G) with the metric given, as a router forwarding the same traffic onto the LAN would.
+`listen` says Hello and appends every Join/Prune it hears on IF to FILE, one JSON object a line
+(`upstream`, and per group its `joins` and `prunes` as [source, "wc"|"rpt"|"sg"]).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def main() -> None:
     p.add_argument("--upstream", required=True)
     p.add_argument("--group", required=True)
     p.add_argument("--rp", required=True)
-    p.add_argument("--action", choices=("join", "prune", "register", "assert"), required=True)
+    p.add_argument("--action", choices=("join", "prune", "register", "assert", "listen"), required=True)
+    p.add_argument("--record", help="listen: the file the Join/Prunes heard are appended to")
     p.add_argument("--preference", type=int, default=0)
     p.add_argument("--metric", type=int, default=0)
     p.add_argument("--rpt", action="store_true")
@@ -66,6 +70,9 @@ def main() -> None:
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
     if a.action == "register":
         register(sock, a)
+        return
+    if a.action == "listen":
+        listen(sock, ifindex, a)
         return
     if a.action == "assert":
         group_enc = EncodedGroup(IPv4Address(a.group), 32)
@@ -93,6 +100,43 @@ def main() -> None:
             if a.ready_file and sent_jp == 1:
                 Path(a.ready_file).write_text("sent\n")
         time.sleep(0.05)
+
+
+def _kind(source: EncodedSource) -> str:
+    return "wc" if source.wildcard else "rpt" if source.rpt else "sg"
+
+
+def listen(sock: socket.socket, ifindex: int, a: argparse.Namespace) -> None:
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _MREQN.pack(bytes([224, 0, 0, 13]), bytes(4), ifindex))
+    sock.settimeout(0.1)
+    hello = build_pim(Hello(4, 1, random.getrandbits(32)))
+    deadline = time.monotonic() + a.duration
+    next_hello = 0.0
+    with open(a.record, "a") as record:
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_hello:
+                sock.sendto(hello, ("224.0.0.13", 0))
+                next_hello = time.monotonic() + 1.0
+            try:
+                data, (sender, _) = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            if sender == a.local:
+                continue
+            msg = parse_pim(data[(data[0] & 0x0F) * 4 :])
+            if not isinstance(msg, JoinPrune):
+                continue
+            groups = [
+                {
+                    "group": str(g.group.address),
+                    "joins": [[str(s.address), _kind(s)] for s in g.joins],
+                    "prunes": [[str(s.address), _kind(s)] for s in g.prunes],
+                }
+                for g in msg.groups
+            ]
+            line = {"from": sender, "upstream": str(msg.upstream_neighbor), "groups": groups}
+            record.write(json.dumps(line) + "\n")
+            record.flush()
 
 
 def register(sock: socket.socket, a: argparse.Namespace) -> None:

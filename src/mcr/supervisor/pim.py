@@ -60,7 +60,7 @@ from mcr.routing.pim_neighbors import (
     SendHello,
 )
 from mcr.routing.pim_register import RpRegisters, inner_addresses
-from mcr.routing.pim_spt import SptSwitch, new_source_filter, rpt_prunes
+from mcr.routing.pim_spt import SptPolicy, SptSwitch, new_source_filter, rpt_prunes
 from mcr.routing.pim_upstream import (
     T_OVERRIDE,
     T_SUPPRESSED,
@@ -394,10 +394,13 @@ class PimService:
 
     def _discovering(self) -> set[tuple[str, IPAddress]]:
         """Where new sources are looked for: an any-source rule's group on a PIM interface where we are on the
-        shared tree (a (*,G) Join upstream), or where we are the DR (a directly connected source to register)."""
+        shared tree (a (*,G) Join upstream) and switch to the SPT, or where we are the DR (a directly connected
+        source to register)."""
         if self.family != 4:
             return set()
         star = {(e.interface, e.group) for e in self.upstream.entries if e.source is None and not e.rpt}
+        if self.spt.policy is SptPolicy.NEVER:
+            star = set()
         return {k for k in self._any_source_groups() if k in star or self._is_dr(k[0])}
 
     def _sync_discovery(self) -> None:
