@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,13 @@ class Lan:
     b: str
     sup: Supervisor
     records: dict[str, Path]
+    listeners: dict[str, Proc] = field(default_factory=dict)
 
     def listen(self, ns: str, ifname: str, local: str, name: str) -> Proc:
         argv = [sys.executable, str(PIM_PEER), "--ifname", ifname, "--local", local, "--upstream", OURS]
         argv += ["--group", GROUP, "--rp", A, "--action", "listen", "--record", str(self.records[name])]
-        return self.lab.popen(ns, *argv, "--duration", "90", name=f"pim-peer-{name}")
+        self.listeners[name] = self.lab.popen(ns, *argv, "--duration", "90", name=f"pim-peer-{name}")
+        return self.listeners[name]
 
     def heard(self, name: str) -> list[dict[str, Any]]:
         path = self.records[name]
@@ -137,3 +139,23 @@ def test_policy_never_stays_on_the_shared_tree(netlab: NetLab) -> None:
     lan.send_from(lan.b)
     wait_for(lambda: len(lan.entries("a", "joins", A, A)) >= 1, 5.0, "the (*,G) Join")
     assert lan.entries("b", "joins", S, B) == [] and lan.counters()["pim.spt_sources"] == 0
+
+
+def test_rpf_neighbour_lost_or_route_moved_the_join_follows(lan: Lan) -> None:
+    join_shared_tree(lan)
+    lan.send_from(lan.a)
+    wait_for(lambda: lan.entries("b", "joins", S, B), 10.0, "our (S,G) Join to B")
+
+    # the route toward S moves to A: within the RPF re-check our (S,G) Join goes to A and B gets a Prune
+    lan.lab.run(lan.mcr, "ip", "route", "replace", "10.99.0.0/24", "via", A)
+    wait_for(lambda: lan.entries("a", "joins", S, A), 10.0, "our (S,G) Join to A, the new next hop")
+    wait_for(lambda: lan.entries("b", "prunes", S, B), 5.0, "our (S,G) Prune to B, the old one")
+
+    # back via B; then B goes silent: once it expires (holdtime 4 s) A, the link's only neighbour, gets it
+    lan.lab.run(lan.mcr, "ip", "route", "replace", "10.99.0.0/24", "via", B)
+    joins_at_b = len(lan.entries("b", "joins", S, B))
+    wait_for(lambda: len(lan.entries("b", "joins", S, B)) > joins_at_b, 10.0, "our (S,G) Join back to B")
+    joins_at_a = len(lan.entries("a", "joins", S, A))
+    lan.listeners["b"].stop()
+    wait_for(lambda: len(lan.entries("a", "joins", S, A)) > joins_at_a, 15.0, "our (S,G) Join to A after B's loss")
+    assert not any(n["address"] == B for n in lan.sup.ctl("pim", "neighbors").doc["PimNeighbors"])

@@ -100,6 +100,7 @@ IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
 ETH_P_IP = 0x0800
 PROC_NET_ROUTE = "/proc/net/route"
 ROUTES_MAX_AGE = 1.0  # seconds a read of the kernel's unicast routes is used for RPF lookups
+RPF_RECHECK = 5.0  # seconds between RPF' recomputations while something is joined (routes may have moved)
 REGISTER_PAUSE = 0.1  # seconds a data capture stops being read once the Register rate is reached
 
 
@@ -279,6 +280,7 @@ class PimService:
         self.spt = SptSwitch()
         self._routes: list[UnicastRoute] = []
         self._routes_at: float | None = None
+        self._rpf_check_at: float | None = None
         self.discovery: dict[tuple[str, IPAddress], tuple[socket.socket, tuple[IPAddress, ...]]] = {}
         self.wanted: dict[str, PimInterfaceConfig] = {}
         self.links: dict[str, Link] = {}
@@ -386,7 +388,9 @@ class PimService:
         self._refresh_registers(ours)
         for text in set(unresolved) - set(self.upstream.unresolved):
             log.warning("PIM cannot join %s", text)
-        self._send_join_prunes(self.upstream.update(entries, unresolved, self.loop.time()))
+        now = self.loop.time()
+        self._send_join_prunes(self.upstream.update(entries, unresolved, now))
+        self._rpf_check_at = now + RPF_RECHECK if self.wanted_trees else None
         self._sync_discovery()
         self._schedule()
 
@@ -888,8 +892,8 @@ class PimService:
             self._send_register(probe, "tx_null_register")
         if changed:
             self._sync_captures()
-        if self.spt.on_timer(now):
-            self._refresh_upstream()
+        if self.spt.on_timer(now) or (self._rpf_check_at is not None and self._rpf_check_at <= now):
+            self._refresh_upstream()  # a route that moved moves the Joins (a Prune to the old neighbour)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -901,6 +905,7 @@ class PimService:
             self.asserts.next_deadline(),
             self.dr_registers.next_deadline(),
             self.spt.next_deadline(),
+            self._rpf_check_at,
         )
         deadlines = [d for d in candidates if d is not None]
         deadline = min(deadlines, default=None)
