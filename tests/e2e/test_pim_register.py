@@ -110,3 +110,24 @@ def test_with_the_rp_unreachable_registers_keep_going_out_rate_limited(drlab: Dr
     )
     assert got["pim.dr_register_tunnels"] == 1 and got["pim.dr_register_stops"] == 0
     assert got["pim.tx_register"] < 300  # about the burst plus 100 a second over the 0.3 s the source sends
+
+
+def test_after_the_register_stop_timer_a_null_register_probes_and_frr_stops_it_again(drlab: DrLab) -> None:
+    """Slow (the Register-Stop timer is 25 to 85 s): the probe is a Null-Register, FRR answers it with
+    another Register-Stop, and no data Register goes out in between."""
+    d = drlab
+    d.sup.ctl("pim", "enable", "--interface", "rin")
+    d.sup.ctl("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", THEIRS)
+    d.sup.ctl(
+        "add", "--rule-id", "local", "--input-interface", "rin", "--input-group", GROUP, "--input-port", str(PORT),
+        "--input-source", SRC_IP,
+    )  # fmt: skip
+    wait_for(lambda: d.counters().get("pim.dr_register_tunnels") == 1, 10.0, "the register tunnel for the source")
+    d.send(count=20)
+    first = wait_for(lambda: (c := d.counters()).get("pim.dr_register_stops", 0) >= 1 and c, 20.0, "a Register-Stop")
+    probed = wait_for(
+        lambda: (c := d.counters()).get("pim.dr_register_stops", 0) >= 2 and c, 100.0, "the probe's Register-Stop"
+    )
+    assert probed["pim.tx_null_register"] == 1 and probed["pim.tx_register"] == first["pim.tx_register"]
+    assert probed["pim.dr_register_tunnels"] == 0  # suppressed again
+    assert d.frr_traffic()["registerRx"] == first["pim.tx_register"] + 1
