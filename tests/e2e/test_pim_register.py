@@ -131,3 +131,15 @@ def test_after_the_register_stop_timer_a_null_register_probes_and_frr_stops_it_a
     assert probed["pim.tx_null_register"] == 1 and probed["pim.tx_register"] == first["pim.tx_register"]
     assert probed["pim.dr_register_tunnels"] == 0  # suppressed again
     assert d.frr_traffic()["registerRx"] == first["pim.tx_register"] + 1
+
+
+def test_a_local_source_found_by_an_any_source_rule_is_registered(drlab: DrLab) -> None:
+    d = drlab
+    d.sup.ctl("pim", "enable", "--interface", "rin")
+    d.sup.ctl("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", THEIRS)
+    d.sup.ctl("add", "--rule-id", "any", "--input-interface", "rin", "--input-group", GROUP, "--input-port", str(PORT))
+    assert d.counters().get("pim.dr_register_sources") == 0  # no source known yet
+    d.send(count=100)  # the first packet makes the source known (directly connected, we are DR): registered
+    got = wait_for(lambda: (c := d.counters()).get("pim.dr_register_stops", 0) >= 1 and c, 20.0, "FRR's Register-Stop")
+    assert got["pim.dr_register_sources"] == 1 and got["pim.spt_sources"] == 1 and got["pim.tx_register"] >= 1
+    wait_for(lambda: d.frr_traffic().get("registerRx") == got["pim.tx_register"], 10.0, "FRR to count our Registers")
