@@ -10,16 +10,14 @@ from its peer to its own address), and a drop-all filter and the smallest receiv
 from __future__ import annotations
 
 import socket
-import struct
 
 from mcr.linux.packet_socket import DROP_ALL, attach_filter
+from mcr.linux.send_socket import SNDBUF, aim_ipv4
 from mcr.protocol.worker import RawEgress
 
 __all__ = ["IPPROTO_ESP", "SNDBUF", "open_esp_socket"]
 
 IPPROTO_ESP = 50
-SNDBUF = 4 << 20
-_MREQN = struct.Struct("=4s4si")
 
 
 def open_esp_socket(key: RawEgress) -> socket.socket:
@@ -31,18 +29,7 @@ def open_esp_socket(key: RawEgress) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)  # the kernel's minimum
         attach_filter(sock, DROP_ALL)
-        if key.group.is_multicast:
-            mreqn = _MREQN.pack(b"\0\0\0\0", key.source.packed, key.ifindex)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
-            if key.ttl is not None:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, key.ttl)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, socket.if_indextoname(key.ifindex).encode())
-            if key.ttl is not None:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, key.ttl)
-        sock.bind((str(key.source), 0))
-        sock.connect((str(key.group), 0))
+        aim_ipv4(sock, key.group, 0, key.source, key.ifindex, key.ttl)
     except BaseException:
         sock.close()
         raise

@@ -4,12 +4,9 @@
 from __future__ import annotations
 
 import socket
-import struct
 
+from mcr.linux.send_socket import SNDBUF, aim_ipv4
 from mcr.protocol.worker import WorkerOutput
-
-SNDBUF = 4 << 20
-_MREQN = struct.Struct("=4s4si")
 
 
 def open_output_socket(out: WorkerOutput) -> socket.socket:
@@ -21,18 +18,7 @@ def open_output_socket(out: WorkerOutput) -> socket.socket:
         if family == socket.AF_INET6:
             _setup_ipv6(sock, out)
             return sock
-        if out.group.is_multicast:
-            mreqn = _MREQN.pack(b"\0\0\0\0", out.source.packed, out.ifindex)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
-            if out.ttl is not None:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, out.ttl)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, socket.if_indextoname(out.ifindex).encode())
-            if out.ttl is not None:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, out.ttl)
-        sock.bind((str(out.source), 0))
-        sock.connect((str(out.group), out.port))
+        aim_ipv4(sock, out.group, out.port, out.source, out.ifindex, out.ttl)
     except BaseException:
         sock.close()
         raise
