@@ -390,7 +390,8 @@ class PimService:
             log.warning("PIM cannot join %s", text)
         now = self.loop.time()
         self._send_join_prunes(self.upstream.update(entries, unresolved, now))
-        self._rpf_check_at = now + RPF_RECHECK if self.wanted_trees else None
+        joined = self.upstream.join_at or self.upstream.unresolved  # PIM pulls (or would pull) something
+        self._rpf_check_at = now + RPF_RECHECK if joined else None
         self._sync_discovery()
         self._schedule()
 
