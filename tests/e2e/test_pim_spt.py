@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.frr import FrrRouter, frr_skip_reason
 from tests.e2e.netns import NetLab, Proc, wait_for
 from tests.e2e.relay import Supervisor, generator_argv
 
@@ -69,18 +70,22 @@ class Lan:
         return dict(self.sup.ctl("pim", "counters").doc["RoutingCounters"])
 
 
-def start_lan(netlab: NetLab, config: str | None = None) -> Lan:
+def start_lan(netlab: NetLab, config: str | None = None, host: str | None = None) -> Lan:
+    """The LAN; `host`: a fourth namespace on it, x0 10.240.0.9 (with S's address too)."""
     lan, mcr, a, b = (netlab.add_netns(r) for r in ("lan", "mcr", "a", "b"))
     netlab.run(lan, "ip", "link", "add", "br0", "type", "bridge")
     netlab.run(lan, "ip", "link", "set", "br0", "up")
-    for ns, ifname, port, ip in ((mcr, "lan0", "pm", OURS), (a, "a0", "pa", A), (b, "b0", "pb", B)):
+    members = [(mcr, "lan0", "pm", OURS), (a, "a0", "pa", A), (b, "b0", "pb", B)]
+    if host is not None:
+        members.append((host, "x0", "px", "10.240.0.9"))
+    for ns, ifname, port, ip in members:
         netlab.run(lan, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
         netlab.run(lan, "ip", "link", "set", port, "master", "br0")
         netlab.run(lan, "ip", "link", "set", port, "up")
         netlab.run(ns, "ip", "addr", "add", f"{ip}/24", "dev", ifname)
         netlab.run(ns, "ip", "link", "set", ifname, "up")
-    for ns, ifname in ((a, "a0"), (b, "b0")):  # both can send as S: A forwarding the shared tree, B the SPT
-        netlab.run(ns, "ip", "addr", "add", f"{S}/32", "dev", ifname)
+    for ns, ifname in ((a, "a0"), (b, "b0")) if host is None else ((host, "x0"), (b, "b0")):
+        netlab.run(ns, "ip", "addr", "add", f"{S}/32", "dev", ifname)  # A (or x) forwarding the RPT, B the SPT
     netlab.run(mcr, "ip", "route", "add", "10.99.0.0/24", "via", B)  # our RPF toward S: B
     extra: list[str] = []
     if config is not None:
@@ -159,3 +164,30 @@ def test_rpf_neighbour_lost_or_route_moved_the_join_follows(lan: Lan) -> None:
     lan.listeners["b"].stop()
     wait_for(lambda: len(lan.entries("a", "joins", S, A)) > joins_at_a, 15.0, "our (S,G) Join to A after B's loss")
     assert not any(n["address"] == B for n in lan.sup.ctl("pim", "neighbors").doc["PimNeighbors"])
+
+
+def test_frr_as_the_rp_takes_our_star_g_join_and_our_sg_rpt_prune(netlab: NetLab) -> None:
+    """A is FRR, the RP (it cannot forward data here: no kernel multicast routing); a host on the LAN, x,
+    plays its forwarding of S down the shared tree, B (our test peer) the SPT."""
+    reason = frr_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    x = netlab.add_netns("x")
+    lan = start_lan(netlab, host=x)
+    frr = FrrRouter.start(netlab, lan.a, f"ip pim rp {A} 239.0.0.0/8\ninterface a0\n ip pim\n!\n")
+    lan.listen(lan.b, "b0", B, "b")
+    lan.sup.ctl("pim", "enable", "--interface", "lan0")
+    lan.sup.ctl("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", A)
+    lan.sup.ctl("add", "--rule-id", "rcv", "--input-interface", "lan0", "--input-group", GROUP, "--input-port", "5000")
+
+    def frr_join(source: str) -> dict[str, Any] | None:
+        return frr.json("show ip pim join json").get("a0", {}).get(GROUP, {}).get(source)
+
+    assert wait_for(lambda: frr_join("*"), 40.0, "FRR's (*,G) join state")["channelJoinName"] == "JOIN"
+    lan.send_from(x)
+    wait_for(lambda: lan.entries("b", "joins", S, B), 10.0, "our (S,G) Join to B")
+    lan.send_from(lan.b)
+    # FRR takes S off the shared tree toward us: (S,G,rpt) prune state, pending and then pruned
+    state = wait_for(lambda: (j := frr_join(S)) and j["channelJoinName"].startswith("SGRpt") and j, 15.0, "SGRpt")
+    assert state["sgRpt"] == 1, state
+    assert frr_join("*")["channelJoinName"] == "JOIN"  # the shared tree stays joined for other sources
