@@ -132,3 +132,12 @@ def test_rpt_prune_goes_with_the_star_g_join_and_its_removal_is_a_join() -> None
     # S back on the shared tree: a Join(S,G,rpt)
     (msg,) = up.update({star}, [], now=80.0)
     assert msg.message.groups == (JoinPruneGroup(EncodedGroup(G, 32), (spt_source,), ()),)
+
+
+def test_rpt_prune_is_dropped_silently_when_the_shared_tree_goes_too() -> None:
+    up = Upstream()
+    star = UpstreamEntry(None, G, RP, "eth0", RP)
+    rpt = UpstreamEntry(S, G, RP, "eth0", RP, rpt=True)
+    up.update({star, rpt}, [], now=0.0)
+    (msg,) = up.update(set(), [], now=1.0)
+    assert msg.message.groups == (JoinPruneGroup(EncodedGroup(G, 32), (), (STAR,)),)

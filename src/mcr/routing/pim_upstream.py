@@ -162,8 +162,11 @@ class Upstream:
         prunes = set(self.join_at) - entries
         for e in prunes:
             del self.join_at[e]
-        # a new (S,G,rpt) Prune goes out with its (*,G) Join, and from then on keeps its period
+        # a new (S,G,rpt) Prune goes out with its (*,G) Join, and from then on keeps its period; an (S,G,rpt)
+        # whose (*,G) is pruned too is just dropped (no Join(S,G,rpt) next to the Prune(*,G))
         joins |= self._companions(joins - prunes)
+        pruned_shared = {(e.interface, e.upstream, e.group) for e in prunes if e.source is None}
+        prunes = {e for e in prunes if not (e.rpt and (e.interface, e.upstream, e.group) in pruned_shared)}
         for e in joins:
             self.join_at[e] = now + T_PERIODIC
         return _messages(joins, prunes)
