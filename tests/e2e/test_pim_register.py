@@ -75,6 +75,9 @@ def test_a_directly_connected_source_is_registered_with_frr_as_rp_and_its_regist
     got = wait_for(lambda: (c := d.counters()).get("pim.dr_register_stops", 0) >= 1 and c, 20.0, "FRR's Register-Stop")
     assert got["pim.tx_register"] >= 1 and got["pim.rx_register_stop_for_dr"] >= 1
     assert got["pim.dr_register_tunnels"] == 0 and got["pim.dr_register_sources"] == 1  # Prune: suppressed
+    (reg,) = [e for e in d.sup.ctl("pim", "upstream").doc["PimUpstream"] if e["kind"] == "register"]
+    assert (reg["source"], reg["group"], reg["interface"], reg["toward"]) == (SRC_IP, GROUP, "rin", THEIRS)
+    assert reg["state"] == "Prune" and 20 <= reg["next_secs"] <= 85
 
     # FRR, the RP, counted our Registers and its Register-Stop, and made an (S,G) entry for the source
     wait_for(lambda: d.frr_traffic().get("registerRx") == got["pim.tx_register"], 10.0, "FRR to count our Registers")

@@ -108,6 +108,8 @@ def join_shared_tree(lan: Lan) -> None:
     lan.listen(lan.b, "b0", B, "b")
     lan.sup.ctl("pim", "enable", "--interface", "lan0")
     lan.sup.ctl("pim", "set-rp", "--group", "239.0.0.0/8", "--rp", A)
+    neighbours = lambda: {n["address"] for n in lan.sup.ctl("pim", "neighbors").doc["PimNeighbors"]}  # noqa: E731
+    wait_for(lambda: neighbours() >= {A, B}, 20.0, "A and B as our neighbours")
     lan.sup.ctl("add", "--rule-id", "rcv", "--input-interface", "lan0", "--input-group", GROUP, "--input-port", "5000")
     wait_for(lambda: lan.entries("a", "joins", A, A), 20.0, "our (*,G) Join to A, the RP")
 
@@ -129,6 +131,15 @@ def test_a_source_on_the_shared_tree_is_joined_on_its_spt_then_pruned_off_the_sh
     (pruned,) = wait_for(lambda: lan.entries("a", "prunes", S, A), 10.0, "our (S,G,rpt) Prune to A")[:1]
     assert pruned["prunes"] == [[S, "rpt"]] and pruned["joins"] == [[A, "wc"]]
     assert lan.counters()["pim.spt_bit_set"] == 1
+    upstream = {
+        (e["kind"], e["source"], e["toward"], e["state"]) for e in lan.sup.ctl("pim", "upstream").doc["PimUpstream"]
+    }
+    assert upstream == {
+        ("join", None, A, "sent"),
+        ("join", S, B, "sent"),
+        ("rpt_prune", S, A, "sent"),
+        ("spt", S, None, "settled (SPT bit)"),
+    }
 
     # the rule goes: the (S,G) Join is pruned at B, the shared tree at A
     lan.sup.ctl("remove", "--rule-id", "rcv")

@@ -14,6 +14,7 @@ from mcr.routing.pim_spt import (
     SptSwitch,
     new_source_filter,
     rpt_prunes,
+    stale_spt_bits,
 )
 from mcr.routing.pim_upstream import UpstreamEntry
 
@@ -103,3 +104,20 @@ def test_rpt_prune_only_with_the_spt_bit_and_another_upstream_neighbour() -> Non
     }
     assert rpt_prunes({star, UpstreamEntry(S, G, None, "eth0", a)}, spt.sources()) == set()  # the same neighbour
     assert rpt_prunes({UpstreamEntry(S, G, None, "eth0", b)}, spt.sources()) == set()  # no shared tree
+
+
+def test_an_spt_bit_from_one_shared_neighbour_is_reconsidered_when_the_neighbours_split() -> None:
+    rp, a, b = IPv4Address("10.0.0.9"), IPv4Address("10.0.0.2"), IPv4Address("10.0.0.3")
+    star = UpstreamEntry(None, G, rp, "eth0", a)
+    spt = SptSwitch()
+    spt.on_data("eth0", G, S, RPT_MAC, same_upstream=True, now=0.0)  # only A was a neighbour then
+    assert stale_spt_bits({star, UpstreamEntry(S, G, None, "eth0", a)}, spt.sources()) == []
+    split = {star, UpstreamEntry(S, G, None, "eth0", b)}  # B came: the (S,G) Join now goes to B
+    (key,) = stale_spt_bits(split, spt.sources())
+    assert spt.reconsider([key], 5.0)
+    (src,) = spt.sources()
+    assert (src.state, src.spt_bit) == (SourceState.SWITCHING, False)
+    assert rpt_prunes(split, spt.sources()) == set()  # no Prune before S's data comes from the SPT
+    assert spt.on_data("eth0", G, S, SPT_MAC, False, 6.0)
+    assert spt.sources()[0].by_sender and stale_spt_bits(split, spt.sources()) == []
+    assert not spt.reconsider([key], 7.0)

@@ -222,6 +222,33 @@ def test_pim_interfaces_shape_cli_and_table() -> None:
     assert "10.0.0.1 (us)" in text and "waiting" in text and "0x00000007" in text
 
 
+def test_pim_upstream_shape_cli_and_table() -> None:
+    from rich.console import Console
+
+    from mcr.cli.render import render_pim_upstream
+    from mcr.protocol.routing import PimUpstream, PimUpstreamInfo
+
+    g, s, n = IPv4Address("239.1.1.1"), IPv4Address("10.9.0.9"), IPv4Address("10.0.0.2")
+    resp = PimUpstream(
+        (
+            PimUpstreamInfo("join", None, g, "eth0", n, "sent", 42),
+            PimUpstreamInfo("rpt_prune", s, g, "eth0", n, "sent", 42),
+            PimUpstreamInfo("register", s, g, "eth1", IPv4Address("10.0.0.9"), "Prune", 61),
+            PimUpstreamInfo("spt", s, g, "eth0", None, "settled (SPT bit)", 200),
+        )
+    )
+    assert decode_response(encode_response(resp)) == resp
+    assert decode_request(b'"GetPimUpstream"') == RoutingQuery.GET_PIM_UPSTREAM
+    assert parse_invocation(["pim", "upstream"], {}).request == RoutingQuery.GET_PIM_UPSTREAM
+    bad = b'{"PimUpstream": [{"kind": "graft", "group": "239.1.1.1", "interface": "e", "state": "x"}]}'
+    with pytest.raises(ProtocolError, match="unknown kind 'graft'"):
+        decode_response(bad)
+    console = Console(width=150, record=True, color_system=None)
+    console.print(render_pim_upstream(resp.entries))
+    text = console.export_text()
+    assert "Prune (S,G,rpt)" in text and "Register" in text and "settled (SPT bit)" in text
+
+
 def test_set_rp_address() -> None:
     from mcr.protocol.routing import SetRpAddress
 

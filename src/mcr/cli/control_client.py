@@ -475,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
         "interfaces", help="the interfaces PIM runs (or waits) on, with their DR", parents=[common]
     )
     interfaces.set_defaults(usage_error=interfaces.error)
+    upstream = pim_actions.add_parser(
+        "upstream",
+        help="what PIM asks upstream: Joins, (S,G,rpt) Prunes, Registers (as DR), sources switched to the SPT",
+        parents=[common],
+    )
+    upstream.set_defaults(usage_error=upstream.error)
     enable = pim_actions.add_parser("enable", help="run PIM on an interface", parents=[common])
     enable.set_defaults(usage_error=enable.error)
     enable.add_argument("--interface", required=True, metavar="IF", help="interface to run PIM on")
@@ -600,6 +606,8 @@ def _request(args: argparse.Namespace) -> Request:
             return RoutingQuery.GET_ROUTING_COUNTERS
         if args.pim_command == "interfaces":
             return RoutingQuery.GET_PIM_INTERFACES
+        if args.pim_command == "upstream":
+            return RoutingQuery.GET_PIM_UPSTREAM
         if args.pim_command == "set-rp-address":
             return SetRpAddress(args.address)
         if args.pim_command == "set-rp":

@@ -46,6 +46,8 @@ from mcr.protocol.routing import (
     PimInterfaces,
     PimNeighborInfo,
     PimNeighbors,
+    PimUpstream,
+    PimUpstreamInfo,
     RoutingCounters,
 )
 
@@ -417,6 +419,19 @@ def render_sa_cache(entries: Sequence[MsdpSaInfo]) -> RenderableType:
     return table
 
 
+def render_pim_upstream(entries: Sequence[PimUpstreamInfo]) -> RenderableType:
+    if not entries:
+        return Text("PIM asks nothing upstream")
+    names = {"join": "Join", "rpt_prune": "Prune (S,G,rpt)", "register": "Register", "spt": "SPT source"}
+    table = _table("What", "Source", "Group", "Interface", "Toward", "State", "Next")
+    for e in entries:
+        source = "*" if e.source is None else str(e.source)
+        toward = _NONE if e.toward is None else str(e.toward)
+        following = _NONE if e.next_secs is None else _duration(e.next_secs)
+        _add_row(table, names.get(e.kind, e.kind), source, str(e.group), e.interface, toward, e.state, following)
+    return table
+
+
 def render_pim_interfaces(interfaces: Sequence[PimInterfaceInfo]) -> RenderableType:
     if not interfaces:
         return Text("PIM is not enabled on any interface")
@@ -493,6 +508,8 @@ def render_response(resp: Response) -> RenderableType:
             return render_routing_counters(resp.counters)
         case PimInterfaces():
             return render_pim_interfaces(resp.interfaces)
+        case PimUpstream():
+            return render_pim_upstream(resp.entries)
         case MembershipGroups():
             return render_groups(resp.groups)
         case QuerierStates():

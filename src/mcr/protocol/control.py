@@ -66,6 +66,7 @@ from mcr.protocol.routing import (
     MsdpSaCache,
     PimInterfaces,
     PimNeighbors,
+    PimUpstream,
     RemoveMsdpPeer,
     RoutingCounters,
     RoutingQuery,
@@ -869,7 +870,15 @@ def response_json(resp: Response) -> object:
             return {GROUPS_KEY[resp.family]: [group_json(g) for g in resp.groups]}
         case QuerierStates():
             return {"Queriers": [querier_json(q) for q in resp.queriers]}
-        case PimNeighbors() | Mroutes() | MsdpPeers() | MsdpSaCache() | RoutingCounters() | PimInterfaces():
+        case (
+            PimNeighbors()
+            | Mroutes()
+            | MsdpPeers()
+            | MsdpSaCache()
+            | RoutingCounters()
+            | PimInterfaces()
+            | PimUpstream()
+        ):
             return routing_response_json(resp)
         case _:
             assert_never(resp)

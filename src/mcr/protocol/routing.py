@@ -16,6 +16,12 @@ stays in one module:
   `{"MsdpPeers": [{address, state, description, mesh_group, default_peer, uptime_secs, sa_received, sa_sent,
   is_active}]}` (ours adds `rpf_failures`); `"GetMsdpSaCache"` -> `{"MsdpSaCache": [{source, group,
   origin_rp, learned_from, age_secs, expires_in_secs, is_local}]}`.
+- Ours: `"GetPimUpstream"` -> `{"PimUpstream": [{kind, source, group, interface, toward, state,
+  next_secs}]}`: what PIM asks of routers upstream: `join` ((*,G) when `source` is null, or (S,G)) and
+  `rpt_prune` ((S,G,rpt)) toward the neighbour `toward`, with `next_secs` to the next periodic message;
+  `register` (a source we are the DR of) toward its RP, `state` `Join`, `Prune` or `JoinPending`,
+  `next_secs` to the Register-Stop timer (null in Join); `spt` (a source found on the shared tree), state
+  `switching` (SPT joined, its data awaited), `settled` or `probing`, `next_secs` to its next check.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class RoutingQuery(Enum):
     CLEAR_MSDP_SA_CACHE = "ClearMsdpSaCache"  # changes state: not a read-only request
     GET_ROUTING_COUNTERS = "GetRoutingCounters"  # ours: PIM and MSDP message and drop counters
     GET_PIM_INTERFACES = "GetPimInterfaces"  # ours: the interfaces PIM was asked to run on, and their state
+    GET_PIM_UPSTREAM = "GetPimUpstream"  # ours: Joins, Prunes and Registers we send upstream, SPT sources
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +185,25 @@ class PimInterfaces:
     interfaces: tuple[PimInterfaceInfo, ...]
 
 
+UPSTREAM_KINDS = ("join", "rpt_prune", "register", "spt")
+
+
+@dataclass(frozen=True, slots=True)
+class PimUpstreamInfo:
+    kind: str  # one of UPSTREAM_KINDS
+    source: IPv4Address | IPv6Address | None  # None: (*,G)
+    group: IPv4Address | IPv6Address
+    interface: str
+    toward: IPv4Address | IPv6Address | None  # the upstream neighbour, or the RP (register); None for spt
+    state: str
+    next_secs: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PimUpstream:
+    entries: tuple[PimUpstreamInfo, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingCounters:
     """`pim.rx_hello`, `pim.drop_bad_checksum`, `msdp.rpf_failures`, ...: name -> count."""
@@ -185,8 +211,16 @@ class RoutingCounters:
     counters: tuple[tuple[str, int], ...]
 
 
-RoutingResponse = PimNeighbors | Mroutes | MsdpPeers | MsdpSaCache | RoutingCounters | PimInterfaces
-ROUTING_RESPONSES = ("PimNeighbors", "Mroute", "MsdpPeers", "MsdpSaCache", "RoutingCounters", "PimInterfaces")
+RoutingResponse = PimNeighbors | Mroutes | MsdpPeers | MsdpSaCache | RoutingCounters | PimInterfaces | PimUpstream
+ROUTING_RESPONSES = (
+    "PimNeighbors",
+    "Mroute",
+    "MsdpPeers",
+    "MsdpSaCache",
+    "RoutingCounters",
+    "PimInterfaces",
+    "PimUpstream",
+)
 MROUTE_TYPES = ("Static", "StarG", "SG", "Igmp")
 
 
@@ -422,6 +456,21 @@ def routing_response_json(resp: RoutingResponse) -> object:
                     for i in resp.interfaces
                 ]
             }
+        case PimUpstream():
+            return {
+                "PimUpstream": [
+                    {
+                        "kind": e.kind,
+                        "source": None if e.source is None else str(e.source),
+                        "group": str(e.group),
+                        "interface": e.interface,
+                        "toward": None if e.toward is None else str(e.toward),
+                        "state": e.state,
+                        "next_secs": e.next_secs,
+                    }
+                    for e in resp.entries
+                ]
+            }
         case MsdpSaCache():
             return {
                 "MsdpSaCache": [
@@ -510,6 +559,28 @@ def decode_routing_response(name: str, body: object) -> RoutingResponse:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ProtocolError(f"malformed PimInterfaces response: {e!r}") from None
+    if name == "PimUpstream":
+        if not isinstance(body, list):
+            raise ProtocolError("PimUpstream response must carry an array")
+        try:
+            entries = tuple(
+                PimUpstreamInfo(
+                    kind=str(d["kind"]),
+                    source=None if d.get("source") is None else ip_address(d["source"]),
+                    group=ip_address(d["group"]),
+                    interface=str(d["interface"]),
+                    toward=None if d.get("toward") is None else ip_address(d["toward"]),
+                    state=str(d["state"]),
+                    next_secs=_optional(d, "next_secs"),
+                )
+                for d in body
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProtocolError(f"malformed PimUpstream response: {e!r}") from None
+        bad = next((e.kind for e in entries if e.kind not in UPSTREAM_KINDS), None)
+        if bad is not None:
+            raise ProtocolError(f"malformed PimUpstream response: unknown kind {bad!r}")
+        return PimUpstream(entries)
     if name == "RoutingCounters":
         if not isinstance(body, dict):
             raise ProtocolError("RoutingCounters response must carry an object")

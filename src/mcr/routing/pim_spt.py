@@ -55,6 +55,7 @@ class SptSource:
     state: SourceState
     spt_bit: bool
     deadline: float  # SWITCHING: give up waiting; SETTLED: the Keepalive period; PROBING: the end
+    by_sender: bool = False  # the SPT bit came from SPT data (not from both Joins going to one neighbour)
 
 
 Key = tuple[str, IPAddress, IPAddress]  # (interface, group, source)
@@ -104,10 +105,27 @@ class SptSwitch:
             return True
         if entry.state is SourceState.SWITCHING and (same_upstream or sender != entry.rpt_sender):
             self._sources[key] = replace(
-                entry, state=SourceState.SETTLED, spt_bit=True, deadline=now + KEEPALIVE_PERIOD
+                entry,
+                state=SourceState.SETTLED,
+                spt_bit=True,
+                deadline=now + KEEPALIVE_PERIOD,
+                by_sender=sender != entry.rpt_sender,
             )
             return True
         return False
+
+    def reconsider(self, keys: Iterable[Key], now: float) -> bool:
+        """These sources' SPT bit rested on both Joins going to one neighbour, which no longer holds (a route
+        moved, a neighbour came): back to waiting for their SPT data (read again). Whether any changed."""
+        changed = False
+        for key in keys:
+            entry = self._sources.get(key)
+            if entry is not None and entry.spt_bit and not entry.by_sender:
+                self._sources[key] = replace(
+                    entry, state=SourceState.SWITCHING, spt_bit=False, deadline=now + SPT_CONFIRM_TIME
+                )
+                changed = True
+        return changed
 
     def on_timer(self, now: float) -> bool:
         changed = False
@@ -146,18 +164,37 @@ class SptSwitch:
         return min((s.deadline for s in self._sources.values()), default=None)
 
 
-def rpt_prunes(entries: Iterable[UpstreamEntry], sources: Iterable[SptSource]) -> set[UpstreamEntry]:
-    """The (S,G,rpt) Prunes to send: for each source with the SPT bit whose (S,G) Join goes to another
-    neighbour than its group's (*,G) Join on the same interface, a Prune toward the (*,G) one."""
+def _split_upstreams(
+    entries: Iterable[UpstreamEntry], sources: Iterable[SptSource]
+) -> list[tuple[SptSource, UpstreamEntry]]:
+    """The sources whose (S,G) Join goes to another neighbour than their group's (*,G) Join on the same
+    interface, each with that (*,G) entry."""
     entries = list(entries)
     star = {(e.interface, e.group): e for e in entries if e.source is None and not e.rpt}
     joined = {(e.interface, e.group, e.source): e for e in entries if e.source is not None and not e.rpt}
-    prunes: set[UpstreamEntry] = set()
+    split: list[tuple[SptSource, UpstreamEntry]] = []
     for s in sources:
         shared, own = star.get((s.interface, s.group)), joined.get((s.interface, s.group, s.source))
-        if s.spt_bit and shared is not None and own is not None and own.upstream != shared.upstream:
-            prunes.add(UpstreamEntry(s.source, s.group, shared.rp, s.interface, shared.upstream, rpt=True))
-    return prunes
+        if shared is not None and own is not None and own.upstream != shared.upstream:
+            split.append((s, shared))
+    return split
+
+
+def rpt_prunes(entries: Iterable[UpstreamEntry], sources: Iterable[SptSource]) -> set[UpstreamEntry]:
+    """The (S,G,rpt) Prunes to send: for each source with the SPT bit whose (S,G) Join goes to another
+    neighbour than its group's (*,G) Join on the same interface, a Prune toward the (*,G) one."""
+    return {
+        UpstreamEntry(s.source, s.group, shared.rp, s.interface, shared.upstream, rpt=True)
+        for s, shared in _split_upstreams(entries, sources)
+        if s.spt_bit
+    }
+
+
+def stale_spt_bits(entries: Iterable[UpstreamEntry], sources: Iterable[SptSource]) -> list[Key]:
+    """The sources whose SPT bit was set because both Joins went to one neighbour, and now do not."""
+    return [
+        (s.interface, s.group, s.source) for s, _ in _split_upstreams(entries, sources) if s.spt_bit and not s.by_sender
+    ]
 
 
 def new_source_filter(group: IPv4Address, known: list[IPv4Address]) -> list[Insn]:

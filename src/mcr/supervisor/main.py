@@ -86,6 +86,7 @@ from mcr.protocol.routing import (
     MsdpSaCache,
     PimInterfaces,
     PimNeighbors,
+    PimUpstream,
     RemoveMsdpPeer,
     RoutingCounters,
     RoutingQuery,
@@ -1347,6 +1348,8 @@ class Supervisor:
                 return MsdpPeers(self.msdp.peer_infos())
             case RoutingQuery.GET_MSDP_SA_CACHE:
                 return MsdpSaCache(self.msdp.sa_infos())
+            case RoutingQuery.GET_PIM_UPSTREAM:
+                return PimUpstream(self.pim.upstream_infos() + self.pim6.upstream_infos())
             case RoutingQuery.GET_PIM_INTERFACES:
                 running6 = tuple(i for i in self.pim6.interface_infos() if i.state == "running")
                 return PimInterfaces(self.pim.interface_infos() + running6)

@@ -33,7 +33,15 @@ from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.rules import ForwardingRule, OutputDestination, interface_name_problem
 from mcr.packet.cbpf import pack_program
-from mcr.protocol.routing import DisablePim, EnablePim, MrouteInfo, PimInterfaceInfo, PimNeighborInfo, SetStaticRp
+from mcr.protocol.routing import (
+    DisablePim,
+    EnablePim,
+    MrouteInfo,
+    PimInterfaceInfo,
+    PimNeighborInfo,
+    PimUpstreamInfo,
+    SetStaticRp,
+)
 from mcr.routing.config import PimConfig, PimInterfaceConfig
 from mcr.routing.msdp_wire import SaEntry
 from mcr.routing.pim_assert import AssertState, our_metric
@@ -60,7 +68,7 @@ from mcr.routing.pim_neighbors import (
     SendHello,
 )
 from mcr.routing.pim_register import RpRegisters, inner_addresses
-from mcr.routing.pim_spt import SptPolicy, SptSwitch, new_source_filter, rpt_prunes
+from mcr.routing.pim_spt import SptPolicy, SptSwitch, new_source_filter, rpt_prunes, stale_spt_bits
 from mcr.routing.pim_upstream import (
     T_OVERRIDE,
     T_SUPPRESSED,
@@ -384,6 +392,7 @@ class PimService:
         entries, unresolved = resolve_upstream(
             self.wanted_trees, self.rps, self._neighbor_addresses(), ours, connected, self._gateway
         )
+        self.spt.reconsider(stale_spt_bits(entries, self.spt.sources()), self.loop.time())
         entries |= rpt_prunes(entries, self.spt.sources())
         self._refresh_registers(ours)
         for text in set(unresolved) - set(self.upstream.unresolved):
@@ -664,6 +673,47 @@ class PimService:
             for m in self.joins.routes()
         ]
         return tuple(entries)
+
+    def upstream_infos(self) -> tuple[PimUpstreamInfo, ...]:
+        """What we ask of routers upstream: Joins and (S,G,rpt) Prunes, Registers, and the SPT sources."""
+        now = self.loop.time()
+
+        def secs(at: float | None) -> int | None:
+            return None if at is None else max(0, math.ceil(at - now))
+
+        infos = [
+            PimUpstreamInfo(
+                "rpt_prune" if e.rpt else "join", e.source, e.group, e.interface, e.upstream, "sent", secs(at)
+            )
+            for e, at in sorted(
+                self.upstream.join_at.items(), key=lambda i: (i[0].interface, str(i[0].group), str(i[0].source))
+            )
+        ]
+        infos += [
+            PimUpstreamInfo(
+                "register",
+                e.local.source,
+                e.local.group,
+                e.local.interface,
+                e.local.rp,
+                e.state.value,
+                secs(e.timer_at),
+            )
+            for e in self.dr_registers.entries()
+        ]
+        infos += [
+            PimUpstreamInfo(
+                "spt",
+                s.source,
+                s.group,
+                s.interface,
+                None,
+                s.state.value + (" (SPT bit)" if s.spt_bit else ""),
+                secs(s.deadline),
+            )
+            for s in self.spt.sources()
+        ]
+        return tuple(infos)
 
     def interface_infos(self) -> tuple[PimInterfaceInfo, ...]:
         running = self.core.interfaces
