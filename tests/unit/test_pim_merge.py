@@ -55,7 +55,7 @@ def test_rules_for_any_source_want_the_trees_of_sources_msdp_learned() -> None:
         one_source = ForwardingRule("s", "eth1", G, 5001, (), input_source=ip_network(f"{S}/32"))
         other = IPv4Address("10.6.6.6")
         pim.set_rules([any_source, one_source], [SaEntry(other, G), SaEntry(other, IPv4Address("239.9.9.9"))])
-        assert pim.wanted_trees == {Wanted("eth0", G, None), Wanted("eth0", G, other), Wanted("eth1", G, S)}
+        assert pim.rule_trees == {Wanted("eth0", G, None), Wanted("eth0", G, other), Wanted("eth1", G, S)}
     finally:
         loop.close()
 

@@ -284,7 +284,8 @@ class PimService:
         self.register_socket: socket.socket | None = None
         self.captures: dict[LocalSource, socket.socket] = {}
         self.rule_trees: frozenset[Wanted] = frozenset()  # what the rules (and MSDP's sources) want
-        self.wanted_trees: frozenset[Wanted] = frozenset()  # that, and the sources switched to their SPT
+        self.pim_trees: frozenset[Wanted] = frozenset()  # of those, the ones on interfaces PIM runs on
+        self.wanted_trees: frozenset[Wanted] = frozenset()  # those, and the sources switched to their SPT
         self.spt = SptSwitch()
         self._routes: list[UnicastRoute] = []
         self._routes_at: float | None = None
@@ -351,8 +352,8 @@ class PimService:
             self._refresh_upstream()
 
     def _any_source_groups(self) -> set[tuple[str, IPAddress]]:
-        """(interface, group) of the rules for any source of their group on a PIM interface."""
-        return {(w.interface, w.group) for w in self.rule_trees if w.source is None and w.interface in self.wanted}
+        """(interface, group) of the rules for any source of their group on a running PIM interface."""
+        return {(w.interface, w.group) for w in self.pim_trees if w.source is None}
 
     def _connected(self, interface: str, source: IPAddress) -> bool:
         link = self.links.get(interface)
@@ -385,8 +386,11 @@ class PimService:
         return hop[1] if hop is not None and hop[0] == interface else None
 
     def _refresh_upstream(self) -> None:
+        running = self.core.interfaces
+        # only what PIM runs under matters here: with PIM off (or on few interfaces) a rule change costs little
+        self.pim_trees = frozenset(w for w in self.rule_trees if w.interface in running)
         self.spt.forget(self._any_source_groups())
-        self.wanted_trees = self.rule_trees | {Wanted(s.interface, s.group, s.source) for s in self.spt.sources()}
+        self.wanted_trees = self.pim_trees | {Wanted(s.interface, s.group, s.source) for s in self.spt.sources()}
         ours = self._ours()
         connected = self._connected_pairs(self.wanted_trees)
         entries, unresolved = resolve_upstream(
