@@ -44,6 +44,7 @@ def test_other_groups_untouched_and_sg_only_for_that_source() -> None:
 def test_rules_for_any_source_want_the_trees_of_sources_msdp_learned() -> None:
     import asyncio
 
+    from mcr.protocol.routing import EnablePim
     from mcr.routing.msdp_wire import SaEntry
     from mcr.routing.pim_upstream import Wanted
     from mcr.supervisor.pim import PimService
@@ -51,6 +52,10 @@ def test_rules_for_any_source_want_the_trees_of_sources_msdp_learned() -> None:
     loop = asyncio.new_event_loop()
     try:
         pim = PimService(loop)
+        pim.set_rules([ForwardingRule("a", "eth0", G, 5000, ())])
+        assert pim.rule_trees == set()  # PIM runs nowhere: the rules are not even looked at
+        for name in ("eth0", "eth1"):  # enabled; waiting (no such interface here) is enough
+            pim.enable(EnablePim(name))
         any_source = ForwardingRule("a", "eth0", G, 5000, ())
         one_source = ForwardingRule("s", "eth1", G, 5001, (), input_source=ip_network(f"{S}/32"))
         other = IPv4Address("10.6.6.6")

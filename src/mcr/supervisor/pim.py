@@ -283,6 +283,8 @@ class PimService:
         self.dr_registers = DrRegisters()
         self.register_socket: socket.socket | None = None
         self.captures: dict[LocalSource, socket.socket] = {}
+        self._rules: Iterable[ForwardingRule] = ()
+        self._sa_sources: tuple[SaEntry, ...] = ()
         self.rule_trees: frozenset[Wanted] = frozenset()  # what the rules (and MSDP's sources) want
         self.pim_trees: frozenset[Wanted] = frozenset()  # of those, the ones on interfaces PIM runs on
         self.wanted_trees: frozenset[Wanted] = frozenset()  # those, and the sources switched to their SPT
@@ -333,14 +335,23 @@ class PimService:
         self.reconcile()
 
     def set_rules(self, rules: Iterable[ForwardingRule], sa_sources: Iterable[SaEntry] = ()) -> None:
-        """The rules as they stand: each one capturing on a PIM interface wants its group's tree there; a rule
-        for any source also wants the (S,G) tree of every source that MSDP learned for its group."""
+        """The rules as they stand (a re-iterable view, kept): each one capturing on a PIM interface wants its
+        group's tree there; a rule for any source also wants the (S,G) tree of every source that MSDP learned
+        for its group."""
+        self._rules = rules
+        self._sa_sources = tuple(sa_sources)
+        self._rebuild_rule_trees()
+
+    def _rebuild_rule_trees(self) -> None:
+        """The trees the rules want, from the rules on interfaces PIM is enabled on (none: no work, so that a
+        rule change costs nothing here without PIM); the upstream state follows when they changed."""
         by_group: dict[IPAddress, list[IPAddress]] = {}
-        for sa in sa_sources:
+        for sa in self._sa_sources:
             by_group.setdefault(sa.group, []).append(sa.source)
         wanted = set()
-        for r in rules:
-            if r.input_group.version != self.family:
+        enabled = self.wanted
+        for r in self._rules if enabled else ():
+            if r.input_interface not in enabled or r.input_group.version != self.family:
                 continue
             source = r.input_source
             host = source.network_address if source is not None and source.prefixlen == source.max_prefixlen else None
@@ -815,6 +826,7 @@ class PimService:
                 log.info("PIM enabled on %s (%s, DR priority %d)", name, address, config.dr_priority)
             actions += self.core.enable(settings, self._rng.getrandbits(32), now, self._rng.uniform(0, 1.0))
         self._execute(actions)
+        self._rebuild_rule_trees()  # the interfaces PIM is enabled on may have changed
         self._refresh_upstream()
         routes_changed = False
         for name in sorted(set(self.sockets) - set(self.core.interfaces)):
