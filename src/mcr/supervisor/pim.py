@@ -28,7 +28,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
-from mcr.linux.packet_socket import SOL_PACKET, attach_filter
+from mcr.linux.packet_socket import SOL_PACKET, attach_filter, read_statistics
 from mcr.model.errors import ValidationError
 from mcr.model.links import Link
 from mcr.model.rules import ForwardingRule, OutputDestination, interface_name_problem
@@ -566,6 +566,7 @@ class PimService:
         for local in set(self.captures) - tunnels:
             sock = self.captures.pop(local)
             self.loop.remove_reader(sock.fileno())
+            self._count_capture_drops(sock)
             sock.close()
         for local in tunnels - set(self.captures):
             link = self.links.get(local.interface)
@@ -601,7 +602,15 @@ class PimService:
 
     def _resume_capture(self, local: LocalSource, sock: socket.socket) -> None:
         if self.captures.get(local) is sock:
+            self._count_capture_drops(sock)
             self.loop.add_reader(sock.fileno(), self._on_capture, local)
+
+    def _count_capture_drops(self, sock: socket.socket) -> None:
+        """What the kernel dropped unread while the capture paused: not registered either (rate limit)."""
+        try:
+            self.counters["register_capture_drops"] += read_statistics(sock)[1]
+        except OSError:
+            pass
 
     def _send_register(self, send: SendRegister, counter: str) -> None:
         if self.register_socket is None:
