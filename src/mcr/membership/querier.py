@@ -38,6 +38,7 @@ from mcr.membership.wire import (
 )
 
 __all__ = [
+    "INTEGER_TIMERS",
     "Action",
     "Changed",
     "FilterMode",
@@ -82,8 +83,9 @@ class Timers:
     version: int = 0
     other_querier_present_interval: float = 0.0
 
-    def problems(self) -> list[str]:
-        """What is wrong with these values, as sentences for a validation error (empty when they are fine)."""
+    def problems(self, family: Family = Family.IPV4) -> list[str]:
+        """What is wrong with these values for `family`, as sentences for a validation error (empty when they
+        are fine)."""
         out: list[str] = []
         if not 1 <= self.robustness <= 7:
             out.append(f"robustness must be 1 to 7, got {self.robustness}")
@@ -105,6 +107,8 @@ class Timers:
             out.append(f"startup_query_count must be 1 to 7 (0: robustness), got {self.startup_query_count}")
         if self.version not in (0, 1, 2, 3):
             out.append(f"version must be 1, 2 or 3 (0: the highest), got {self.version}")
+        elif family is Family.IPV6 and self.version == 3:
+            out.append("version must be 1 or 2 for MLD (0: the highest)")
         oqpi = self.other_querier_present_interval
         if oqpi and not self.query_interval < oqpi <= 250000:
             out.append(
@@ -112,6 +116,10 @@ class Timers:
                 f"(0: robustness * query_interval + query_response_interval / 2), got {oqpi:g}"
             )
         return out
+
+
+#: the `Timers` fields that are whole numbers (the others are seconds)
+INTEGER_TIMERS = frozenset(f.name for f in fields(Timers) if isinstance(f.default, int))
 
 
 @dataclass(frozen=True, slots=True)
