@@ -26,7 +26,7 @@ from rich.console import Console
 from mcr import __version__
 from mcr.cli.doctor import diagnose, findings_json, has_problems, inputs_of, interfaces_of, render_findings
 from mcr.cli.host import collect_host_facts
-from mcr.cli.render import render_error, render_kernel_drops, render_response
+from mcr.cli.render import render_error, render_kernel_drops, render_querier_counters, render_response
 from mcr.cli.screen import Keyboard, Snapshot, poll_supervisor, run_live
 from mcr.cli.top import Controls, TopView, on_poll, render_top
 from mcr.cli.transport import (
@@ -36,6 +36,7 @@ from mcr.cli.transport import (
     ask,
     ask_config,
     ask_kernel_status,
+    ask_queriers,
     exchange,
 )
 from mcr.membership.querier import INTEGER_TIMERS, TimerChanges
@@ -817,6 +818,7 @@ def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
         console.print(render_response(response), markup=False)
         if isinstance(response, Stats):
             _print_kernel_drops(invocation, console)
+            _print_querier_counters(invocation, console)
     return ExitCode.OK
 
 
@@ -828,6 +830,16 @@ def _print_kernel_drops(invocation: Invocation, console: Console) -> None:
         return  # the flows are already printed; the kernel line is extra
     if kernel is not None and kernel.loaded:
         console.print(render_kernel_drops(kernel), markup=False)
+
+
+def _print_querier_counters(invocation: Invocation, console: Console) -> None:
+    """Under `stats`: each IGMP/MLD querier's counters, from a supervisor that reports them (nothing otherwise)."""
+    try:
+        queriers = ask_queriers(invocation.socket_path, invocation.timeout_s)
+    except McrError:
+        return  # the flows are already printed; the querier lines are extra
+    for q in queriers:
+        console.print(render_querier_counters(q), markup=False)
 
 
 def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -> ExitCode:

@@ -428,6 +428,13 @@ def format_timers(t: Timers) -> str:
     return " ".join(parts)
 
 
+def render_querier_counters(q: QuerierView) -> str:
+    """The line `stats` prints under the flows for each IGMP/MLD querier or tracker: queries sent, reports by
+    version, leaves, and packets dropped by reason."""
+    counters = format_counters(q.counters)
+    return f"{q.family.protocol.upper()} counters on {q.interface}: {'none' if counters == _NONE else counters}"
+
+
 def render_sa_cache(entries: Sequence[MsdpSaInfo]) -> RenderableType:
     if not entries:
         return Text("MSDP SA cache is empty")
