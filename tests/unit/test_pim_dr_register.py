@@ -73,6 +73,7 @@ def test_a_new_source_starts_in_join_and_its_data_is_encapsulated_to_the_rp() ->
 def test_register_stop_prunes_then_null_register_probe_then_join_again() -> None:
     drs = DrRegisters()
     drs.update({KEY: LOCAL})
+    drs.encapsulate(S, G, bytes(28), 9.0)  # the source sends
     assert drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), now=10.0, timer=40.0) is True
     (entry,) = drs.entries()
     assert entry.state is RegisterState.PRUNE and entry.timer_at == 50.0
@@ -93,6 +94,7 @@ def test_register_stop_prunes_then_null_register_probe_then_join_again() -> None
 def test_register_stop_in_join_pending_goes_back_to_prune() -> None:
     drs = DrRegisters()
     drs.update({KEY: LOCAL})
+    drs.saw_data(S, G, 0.0)
     drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 0.0, 30.0)
     drs.on_timer(30.0)
     assert drs.entries()[0].state is RegisterState.JOIN_PENDING
@@ -163,3 +165,18 @@ def test_register_stop_filter() -> None:
     assert run_program(program, head + build_pim(Register(False, True, null_register_header(S, G)))) == DROP
     options = bytes([0x46]) + head[1:] + bytes(4)  # a 24-byte header
     assert run_program(program, options + stop) == ACCEPT
+
+
+def test_a_silent_source_is_not_probed_for_and_registers_again_when_it_sends() -> None:
+    drs = DrRegisters()
+    drs.update({KEY: LOCAL})
+    drs.encapsulate(S, G, bytes(28), 0.0)
+    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 1.0, 60.0)
+    drs.saw_data(S, G, 50.0)  # seen while suppressed
+    sends, _ = drs.on_timer(61.0)
+    assert len(sends) == 1  # still sending: probed
+    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 62.0, 200.0)
+    # then nothing from the source for the Keepalive period: no Null-Register, back to Join
+    assert drs.on_timer(262.0) == ([], True)
+    assert drs.tunnels() == {LOCAL} and drs.silent_sources == 1
+    assert drs.encapsulate(S, G, bytes(28), 300.0) is not None  # its next packet is registered at once

@@ -10,6 +10,10 @@ must be another router. For each such (S,G) (`CouldRegister`), this core keeps t
 - Join-Pending: we sent the RP a Null-Register (the IP header alone) and wait Register_Probe_Time (5 s)
   for another Register-Stop; without one, back to Join.
 
+A Null-Register tells the RP the source still sends, so none is sent for a source silent for the
+Keepalive period (210 s): its Prune goes back to Join, where its next packet is registered at once (the
+shell reports what it sees of the source while it does not encapsulate: `saw_data`).
+
 A Register-Stop in Join or Join-Pending goes to Prune; a new RP (or the RP seen for the first time) goes to
 Join. When `CouldRegister` ends (the rule goes, we lose the DR election, the RP becomes us), the entry
 goes. The shell draws the random suppression time and passes it in, with the time.
@@ -38,6 +42,7 @@ REGISTER_STOP_TIMER = (  # the range the shell draws the Register-Stop timer fro
     0.5 * REGISTER_SUPPRESSION_TIME - REGISTER_PROBE_TIME,
     1.5 * REGISTER_SUPPRESSION_TIME - REGISTER_PROBE_TIME,
 )
+KEEPALIVE_PERIOD = 210.0  # a source silent this long is not probed for (RFC 7761: its Keepalive timer ran out)
 REGISTER_DATA_RATE = 100.0  # data Registers a second, over all sources
 REGISTER_DATA_BURST = 50.0
 
@@ -63,6 +68,7 @@ class DrEntry:
     local: LocalSource
     state: RegisterState
     timer_at: float | None  # the Register-Stop timer (Prune, Join-Pending)
+    last_data: float | None = None  # when the source was last seen sending (the Keepalive timer's start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +147,7 @@ class DrRegisters:
         self.stops_received = 0  # Register-Stops that matched one of our sources
         self.stops_unmatched = 0  # Register-Stops for sources we do not register
         self.data_rate_limited = 0  # packets not encapsulated: over REGISTER_DATA_RATE
+        self.silent_sources = 0  # Register-Stop timers that ran out on a silent source: no probe sent
 
     def update(self, could_register: Mapping[tuple[IPAddress, IPAddress], LocalSource]) -> bool:
         """The sources we could register now (by (S,G)); whether the set of tunnels changed."""
@@ -150,7 +157,7 @@ class DrRegisters:
         for key, local in could_register.items():
             old = self._entries.get(key)
             if old is None or old.local != local:  # new, or its RP (or interface) changed: the tunnel (re)starts
-                self._entries[key] = DrEntry(local, RegisterState.JOIN, None)
+                self._entries[key] = DrEntry(local, RegisterState.JOIN, None, None if old is None else old.last_data)
         return self.tunnels() != before
 
     def on_register_stop(self, stop: RegisterStop, now: float, timer: float) -> bool:
@@ -165,7 +172,7 @@ class DrRegisters:
                 continue
             matched = True
             if entry.state is not RegisterState.PRUNE:
-                self._entries[key] = DrEntry(entry.local, RegisterState.PRUNE, now + timer)
+                self._entries[key] = replace(entry, state=RegisterState.PRUNE, timer_at=now + timer)
         if matched:
             self.stops_received += 1
         else:
@@ -180,7 +187,12 @@ class DrRegisters:
         for key, entry in list(self._entries.items()):
             if entry.timer_at is None or entry.timer_at > now:
                 continue
-            if entry.state is RegisterState.PRUNE:
+            silent = entry.last_data is None or now - entry.last_data >= KEEPALIVE_PERIOD
+            if entry.state is RegisterState.PRUNE and silent:
+                # nothing to probe for: back to Join, where the source's next packet is registered at once
+                self._entries[key] = replace(entry, state=RegisterState.JOIN, timer_at=None)
+                self.silent_sources += 1
+            elif entry.state is RegisterState.PRUNE:
                 self._entries[key] = replace(
                     entry, state=RegisterState.JOIN_PENDING, timer_at=now + REGISTER_PROBE_TIME
                 )
@@ -192,6 +204,12 @@ class DrRegisters:
                 self._entries[key] = replace(entry, state=RegisterState.JOIN, timer_at=None)
         return sends, self.tunnels() != before
 
+    def saw_data(self, source: IPAddress, group: IPAddress, now: float) -> None:
+        """The source sent (seen by the shell while its packets are not encapsulated: Prune, Join-Pending)."""
+        entry = self._entries.get((source, group))
+        if entry is not None:
+            self._entries[(source, group)] = replace(entry, last_data=now)
+
     def tunnels(self) -> frozenset[LocalSource]:
         """The sources whose data goes to the RP in Registers (state Join)."""
         return frozenset(e.local for e in self._entries.values() if e.state is RegisterState.JOIN)
@@ -201,6 +219,8 @@ class DrRegisters:
         entry = self._entries.get((source, group))
         if entry is None or entry.state is not RegisterState.JOIN:
             return None
+        if entry.last_data != now:
+            self._entries[(source, group)] = replace(entry, last_data=now)
         if self._tokens_at is not None:
             self._tokens = min(REGISTER_DATA_BURST, self._tokens + (now - self._tokens_at) * REGISTER_DATA_RATE)
         self._tokens_at = now

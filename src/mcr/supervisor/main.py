@@ -1099,6 +1099,7 @@ class Supervisor:
             "pim.dr_register_stops": pim.dr_registers.stops_received,
             "pim.dr_register_stops_unmatched": pim.dr_registers.stops_unmatched,
             "pim.dr_register_rate_limited": pim.dr_registers.data_rate_limited,
+            "pim.dr_register_silent": pim.dr_registers.silent_sources,
             # last-hop SPT switchover: sources joined on their own tree, those pruned off the shared one
             "pim.spt_sources": len(pim.spt.sources()),
             "pim.spt_bit_set": sum(1 for s in pim.spt.sources() if s.spt_bit),

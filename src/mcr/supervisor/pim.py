@@ -282,7 +282,8 @@ class PimService:
         self.upstream = Upstream()
         self.dr_registers = DrRegisters()
         self.register_socket: socket.socket | None = None
-        self.captures: dict[LocalSource, socket.socket] = {}
+        self.captures: dict[LocalSource, socket.socket] = {}  # every source we register
+        self.capturing: set[LocalSource] = set()  # of those, the ones read (tunnel up)
         self._rules: Iterable[ForwardingRule] = ()
         self._sa_sources: tuple[SaEntry, ...] = ()
         self.rule_trees: frozenset[Wanted] = frozenset()  # what the rules (and MSDP's sources) want
@@ -562,23 +563,58 @@ class PimService:
             self.loop.remove_reader(self.register_socket.fileno())
             self.register_socket.close()
             self.register_socket = None
-        tunnels = self.dr_registers.tunnels() if self.register_socket is not None else frozenset()
-        for local in set(self.captures) - tunnels:
+        # a capture per source we register: read while its tunnel is up (Join); otherwise never read, only
+        # its kernel counters looked at (does the source still send?), what arrives dropped by the kernel
+        entries = {e.local for e in self.dr_registers.entries()} if self.register_socket is not None else set()
+        tunnels = self.dr_registers.tunnels() & entries
+        for local in set(self.captures) - entries:
             sock = self.captures.pop(local)
-            self.loop.remove_reader(sock.fileno())
-            self._count_capture_drops(sock)
+            if local in self.capturing:
+                self.capturing.discard(local)
+                self.loop.remove_reader(sock.fileno())
+                self._count_capture_drops(sock)
             sock.close()
-        for local in tunnels - set(self.captures):
+        for local in entries - set(self.captures):
             link = self.links.get(local.interface)
             if link is None:
                 continue
             try:
-                sock = open_source_capture(link, local)
+                self.captures[local] = open_source_capture(link, local)
             except OSError as e:
                 log.error("cannot capture %s for %s on %s to register it: %s", local.source, local.group, link.name, e)
-                continue
-            self.captures[local] = sock
+        for local in self.capturing - tunnels:
+            self.capturing.discard(local)
+            sock = self.captures[local]
+            self.loop.remove_reader(sock.fileno())
+            self._count_capture_drops(sock)
+            self._stats(sock)  # from now on the counters say whether the source still sends
+        for local in (tunnels & set(self.captures)) - self.capturing:
+            sock = self.captures[local]
+            self._drain(sock)  # what queued while suppressed is old: not registered
+            self._stats(sock)
+            self.capturing.add(local)
             self.loop.add_reader(sock.fileno(), self._on_capture, local)
+
+    @staticmethod
+    def _drain(sock: socket.socket) -> None:
+        for _ in range(65536):
+            try:
+                sock.recv(1)  # truncated: only emptying the queue
+            except OSError:
+                return
+
+    @staticmethod
+    def _stats(sock: socket.socket) -> tuple[int, int]:
+        try:
+            return read_statistics(sock)
+        except OSError:
+            return 0, 0
+
+    def _watch_suppressed_sources(self, now: float) -> None:
+        """The sources whose tunnel is down: whether each sent since the last look (its Keepalive)."""
+        for local, sock in self.captures.items():
+            if local not in self.capturing and self._stats(sock)[0]:
+                self.dr_registers.saw_data(local.source, local.group, now)
 
     def _on_capture(self, local: LocalSource) -> None:
         sock = self.captures.get(local)
@@ -601,16 +637,13 @@ class PimService:
             self._send_register(send, "tx_register")
 
     def _resume_capture(self, local: LocalSource, sock: socket.socket) -> None:
-        if self.captures.get(local) is sock:
+        if local in self.capturing and self.captures.get(local) is sock:
             self._count_capture_drops(sock)
             self.loop.add_reader(sock.fileno(), self._on_capture, local)
 
     def _count_capture_drops(self, sock: socket.socket) -> None:
         """What the kernel dropped unread while the capture paused: not registered either (rate limit)."""
-        try:
-            self.counters["register_capture_drops"] += read_statistics(sock)[1]
-        except OSError:
-            pass
+        self.counters["register_capture_drops"] += self._stats(sock)[1]
 
     def _send_register(self, send: SendRegister, counter: str) -> None:
         if self.register_socket is None:
@@ -963,6 +996,7 @@ class PimService:
             self.on_sources()
         if self.asserts.on_timer(now):
             self.on_routes()
+        self._watch_suppressed_sources(now)
         probes, changed = self.dr_registers.on_timer(now)
         for probe in probes:
             self._send_register(probe, "tx_null_register")
