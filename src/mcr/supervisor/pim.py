@@ -499,7 +499,8 @@ class PimService:
             except OSError as e:
                 log.warning("looking for the sources of %s on %s failed: %s", group, interface, e)
                 break
-            if len(packet) < 20:
+            if len(packet) < 20 or packet[0] >> 4 != 4:
+                self.counters["spt_drop_bad_packet"] += 1  # the filter passes IPv4 only: not expected
                 continue
             source = IPv4Address(packet[12:16])
             sender = bytes(address[4]) if len(address) > 4 else b""
