@@ -76,6 +76,47 @@ def test_ipv4_frames_carry_no_udp_checksum() -> None:
         assert ipv4_checksum(frame[14:34]) == 0
 
 
+def test_flows_interleave_groups_frame_by_frame() -> None:
+    cfg = config("--size", "64", "--run-id", "7", "--flows", "3", group="239.1.1.254", source="10.0.0.1")
+    groups = generator.flow_groups(cfg)
+    assert [str(g) for g in groups] == ["239.1.1.254", "239.1.1.255", "239.1.2.0"]
+    headers = [generator.frame_header(cfg, MAC, g) for g in groups]
+    ring = generator.frame_ring(cfg, headers[0], 48, flow_headers=headers)  # a multiple of the flows
+    ring.stamp(0, 48, 99)
+    for seq in range(48):
+        off = ring.offset(seq % 48)
+        frame = bytes(ring.buffer[off - 42 : off + 64])
+        expected = build_udp_frame(
+            src_mac=MAC,
+            src_ip=cfg.interface,
+            dst_ip=groups[seq % 3],
+            dst_port=5001,
+            payload=build_payload(7, seq, 64, 99),
+            dont_fragment=True,
+            with_udp_checksum=False,
+        )
+        assert frame == expected, seq
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--flows", "2", "--group", "ff3e::1", "--interface", "fd00::1"], "--flows needs --raw"),
+        (["--flows", "2", "--raw-mode", "ring"], "--flows needs --raw in mmsg mode"),
+        (["--flows", "2", "--group", "239.255.255.255"], "leaves 224.0.0.0/4"),
+        (["--flows", "0"], "must be at least 1"),
+        (["--flows", "70000"], "at most 65536"),
+    ],
+)
+def test_flows_refused_where_they_cannot_work(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--group", "239.1.1.1", "--port", "5001", "--interface", "10.0.0.1", "--raw", "eth1"]
+    with pytest.raises(SystemExit):
+        generator.parse_args(base + argv)
+    assert message in capsys.readouterr().err
+
+
 class FakeKernel:
     """PACKET_TX_RING as af_packet.c runs it with MSG_DONTWAIT: from its head, in ring order, every frame in
     SEND_REQUEST is sent (status back to AVAILABLE), at most `per_flush` per call (a full send buffer); every
