@@ -6,8 +6,9 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import threading
 from collections.abc import Iterator
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -196,3 +197,46 @@ def test_ring_sender_names_a_frame_the_kernel_marked_malformed() -> None:
     a, b = socket.socketpair()
     with a, b, pytest.raises(OSError, match="WRONG_FORMAT"):
         generator._run(cfg, a, sender, ring, StopFlag())
+
+
+def test_flows_beyond_one_message_array_send_every_number_once_to_its_group() -> None:
+    """1,000 flows need 2,000 frame slots, more than one sendmmsg array holds: every packet still leaves once,
+    numbered 0..n-1, to group + seq mod 1,000 (through a datagram socketpair standing in for the AF_PACKET one)."""
+    cfg = config(
+        "--size", "40", "--run-id", "7", "--flows", "1000", "--rate", "0", "--count", "2600",
+        group="239.1.0.0", source="10.0.0.1",
+    )  # fmt: skip
+    groups = generator.flow_groups(cfg)
+    headers = [generator.frame_header(cfg, MAC, g) for g in groups]
+    ring = generator.frame_ring(cfg, headers[0], 2000, flow_headers=headers)
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def drain() -> None:
+        rx.settimeout(0.2)
+        while not (done.is_set() and len(got) >= 2600):
+            try:
+                got.append(rx.recv(2048))
+            except TimeoutError:
+                if done.is_set():
+                    return
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        tx.setblocking(False)
+        summary = generator._run(cfg, tx, generator._PlainSender(tx.fileno(), ring, 42), ring, StopFlag())
+    finally:
+        done.set()
+        reader.join(10)
+        tx.close()
+        rx.close()
+    assert summary.sent == len(got) == 2600
+    seqs = []
+    for frame in got:
+        verdict, run_id, seq, _sent = inspect_payload(frame[42:])
+        assert (verdict, run_id) == (Verdict.NUMBERED, 7)
+        assert IPv4Address(frame[30:34]) == groups[seq % 1000]
+        seqs.append(seq)
+    assert sorted(seqs) == list(range(2600))

@@ -454,29 +454,33 @@ def _describe(err: int) -> str:
 
 class _PlainSender:
     """One datagram per sendmmsg message: message k is ring slot k, with the `prefix` bytes in front of it (the
-    frame header of a --raw ring)."""
+    frame header of a --raw ring). A ring of more than _MAX_BATCH slots (--flows) is split into message arrays
+    of up to that many; a call sends within one of them (`room`)."""
 
-    __slots__ = ("_batch", "_fd", "_stamp")
+    __slots__ = ("_batch", "_batches", "_chunk", "_fd", "_stamp")
 
     what = "sendmmsg"
 
     def __init__(self, fd: int, ring: PayloadRing, prefix: int = 0) -> None:
         self._fd = fd
         self._stamp = ring.stamp
-        self._batch = SendBatch(ring.slots)
+        self._chunk = min(ring.slots, _MAX_BATCH)
+        self._batches = [SendBatch(min(self._chunk, ring.slots - k)) for k in range(0, ring.slots, self._chunk)]
+        self._batch = self._batches[0]
         base = buffer_address(ring.buffer)
         for k in range(ring.slots):
-            self._batch.set(k, base + ring.offset(k) - prefix, prefix + ring.size)
+            self._batches[k // self._chunk].set(k % self._chunk, base + ring.offset(k) - prefix, prefix + ring.size)
 
     def room(self, slot: int, want: int) -> int:
-        return want
+        left = self._chunk - slot % self._chunk
+        return want if want < left else left
 
     def send(self, seq: int, slot: int, n: int, now_ns: int) -> tuple[int, int, int]:
         """Stamp and send packets seq..seq+n-1 from slots slot..slot+n-1: (sent, refused, errno or 0).
 
         Refused packets are dropped: their sequence numbers go to the next packets."""
         self._stamp(seq, n, now_ns)
-        sent = self._batch.send(self._fd, n, slot)
+        sent = self._batches[slot // self._chunk].send(self._fd, n, slot % self._chunk)
         if sent >= 0:
             return sent, n - sent, 0
         return 0, n, -sent
@@ -501,6 +505,8 @@ class _GsoSender(_PlainSender):
         self._per_message = per_message
         self._base = buffer_address(ring.buffer)
         self._batch = SendBatch(-(-ring.slots // per_message))
+        self._batches = [self._batch]
+        self._chunk = ring.slots  # batches never wrap around the ring's end (`_run`): room() limits nothing
 
     def send(self, seq: int, slot: int, n: int, now_ns: int) -> tuple[int, int, int]:
         self._stamp(seq, n, now_ns)
