@@ -172,6 +172,7 @@ class Relay:
         if trace is not None:  # every process traces its allocations; SIGUSR2 writes a snapshot
             argv.append("--no-seccomp")  # the worker writes its snapshot after its privilege drop
             env.update(MCR_MEMTRACE=str(trace), PYTHONPATH=f"{HERE / 'memtrace'}:{REPO / 'src'}")
+            env["MCR_MEMTRACE_FRAMES"] = str(a.trace_frames)
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
@@ -346,16 +347,15 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------- memory only
 
 
-def snapshot_top(trace: Path, pid: int, before: int, after: int, limit: int) -> list[dict[str, Any]]:
+def snapshot_top(trace: Path, pid: int, before: int, after: int, limit: int, frames: int) -> list[dict[str, Any]]:
     """The source lines whose live allocations grew most between two snapshots of one process."""
     old = tracemalloc.Snapshot.load(str(trace / f"{pid}-{before}.snap"))
     new = tracemalloc.Snapshot.load(str(trace / f"{pid}-{after}.snap"))
-    stats = new.compare_to(old, "lineno")
+    stats = new.compare_to(old, "traceback" if frames > 1 else "lineno")
     rows = []
     for st in stats[:limit]:
-        frame = st.traceback[0]
-        rows.append({"where": f"{_short(frame.filename)}:{frame.lineno}", "bytes": st.size_diff,
-                     "blocks": st.count_diff})  # fmt: skip
+        where = " < ".join(f"{_short(f.filename)}:{f.lineno}" for f in st.traceback)
+        rows.append({"where": where, "bytes": st.size_diff, "blocks": st.count_diff})
     total = sum(st.size_diff for st in stats)
     rows.append({"where": "(all lines)", "bytes": total, "blocks": sum(st.count_diff for st in stats)})
     return rows
@@ -422,7 +422,9 @@ def run_memory(a: argparse.Namespace) -> dict[str, Any]:
                 point: dict[str, Any] = {"rules": n, "rss_kb": rss}
                 point["per_rule_bytes"] = {k: (rss[k] - base[k]) * 1024 / n for k in rss}
                 if trace is not None:
-                    point["top"] = {k: snapshot_top(trace, pid, 1, snaps, a.trace_lines) for k, pid in pids.items()}
+                    point["top"] = {
+                        k: snapshot_top(trace, pid, 1, snaps, a.trace_lines, a.trace_frames) for k, pid in pids.items()
+                    }
                 out["points"].append(point)
                 p = point["per_rule_bytes"]
                 print(f"  {n:6d} rules: supervisor {rss['supervisor']} kB ({p['supervisor'] / 1024:.2f} kB/rule), "
@@ -530,6 +532,7 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=5.0, help="--memory: seconds to wait before each measurement")
     p.add_argument("--trace", action="store_true", help="--memory: tracemalloc snapshots, the lines that grew")
     p.add_argument("--trace-lines", type=int, default=15, help="--trace: how many lines to list per process")
+    p.add_argument("--trace-frames", type=int, default=1, help="--trace: frames per allocation (1: by line)")
     p.add_argument("--inner", default=None, help=argparse.SUPPRESS)  # the JSON file to write, inside the namespace
     a = p.parse_args()
     if a.memory:
@@ -549,7 +552,7 @@ def main() -> int:
         argv = [sys.executable, str(Path(__file__).resolve()), "--inner", str(result), "--rules", str(a.rules),
                 "--engine", a.engine, "--workers", str(a.workers), "--label", a.label,
                 "--max-minutes", str(a.max_minutes), "--settle", str(a.settle),
-                "--trace-lines", str(a.trace_lines),
+                "--trace-lines", str(a.trace_lines), "--trace-frames", str(a.trace_frames),
                 "--memory-points", ",".join(map(str, a.memory_points))]  # fmt: skip
         argv += ["--memory"] * a.memory + ["--trace"] * a.trace
         subprocess.run(["ip", "netns", "exec", ns, *argv], check=True, timeout=a.max_minutes * 60 + 120)

@@ -39,5 +39,5 @@ def _dump(_signum: int, _frame: FrameType | None) -> None:
 if _DIR:
     # a descriptor of the directory, opened now: the worker chroots into an empty directory before it is asked
     _DIR_FD = os.open(_DIR, os.O_RDONLY | os.O_DIRECTORY)
-    tracemalloc.start(1)
+    tracemalloc.start(int(os.environ.get("MCR_MEMTRACE_FRAMES", "1")))
     signal.signal(signal.SIGUSR2, _dump)
