@@ -8,6 +8,7 @@ way over a pipe as newline-delimited JSON, so a slow supervisor never blocks a w
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, assert_never
@@ -435,7 +436,7 @@ def decode_stats(line: bytes) -> StatsReport:
         d = load_json(line, "malformed stats report")
         rules = tuple(
             (
-                str(rid),
+                sys.intern(str(rid)),  # the table's own id string (ForwardingRule interns it), not a copy per report
                 RuleCounters(
                     packets=int(v[0]),
                     bytes=int(v[1]),
