@@ -268,9 +268,11 @@ class DataPlane:
             case ReleaseSockets():
                 self.release_sockets()
             case HoldSockets():
-                for fd in self.held:
-                    os.close(fd)
-                self.held = fds[: cmd.count]
+                if not cmd.append:
+                    for fd in self.held:
+                        os.close(fd)
+                    self.held = []
+                self.held += fds[: cmd.count]
                 for fd in fds[cmd.count :]:
                     os.close(fd)
 
