@@ -169,6 +169,11 @@ class Relay:
         if config is not None:
             argv += ["--config", str(config)]
         env = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=str(REPO / "src"))
+        if a.memory:
+            # worker 0 holds copies of the supervisor's join sockets (issue 17), sent in one SCM_RIGHTS message
+            # at every rule change; beyond 253 of them (about 5,000 groups at igmp_max_memberships 20) the send
+            # fails and the worker is restarted again and again. The memory run does without those copies.
+            argv += ["--worker-orphan-timeout", "0"]
         if trace is not None:  # every process traces its allocations; SIGUSR2 writes a snapshot
             argv.append("--no-seccomp")  # the worker writes its snapshot after its privilege drop
             env.update(MCR_MEMTRACE=str(trace), PYTHONPATH=f"{HERE / 'memtrace'}:{REPO / 'src'}")
