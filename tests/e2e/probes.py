@@ -178,8 +178,8 @@ def cmd_capture(a: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_capture_ip(a: argparse.Namespace) -> dict[str, object]:
-    """The first `count` IPv4 packets of `protocol` to `dst` received on `ifname`: header fields and the IP
-    payload (hex), whatever the protocol (ESP has no ports)."""
+    """The first `count` IPv4 packets of `protocol` to `dst` received on `ifname`: header fields, the IP
+    payload (hex), whatever the protocol (ESP has no ports), and when each was read (time.time())."""
     s = _packet_socket(a.ifname)
     s.settimeout(0.1)
     _ready(a.ready_file)
@@ -208,6 +208,7 @@ def cmd_capture_ip(a: argparse.Namespace) -> dict[str, object]:
                 "frag": frag,
                 "ip_checksum_ok": total_sum == 0xFFFF,
                 "payload": data[14 + ihl : 14 + total].hex(),
+                "time": time.time(),
             }
         )
     s.close()

@@ -15,13 +15,14 @@ import os
 import sys
 import time
 from ipaddress import IPv4Address
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .netns import Chain, NetLab, Proc, build_chain, wait_for
-from .relay import Supervisor, start_generator, start_sink
+from .relay import Supervisor, start_generator, start_probe, start_sink, wait_file
 
 pytestmark = pytest.mark.netns
 
@@ -397,6 +398,65 @@ def test_sighup_applies_new_querier_settings(chain: Chain, tmp_path: Path) -> No
         5.0,
         "tracking on rout to stop",
     )
+
+
+def general_queries(packets: list[dict[str, Any]]) -> list[tuple[float, float, int]]:
+    """(arrival time, Max Resp Time in seconds, QQIC) of each IGMPv3 general query captured (RFC 3376 4.1)."""
+    out = []
+    for p in packets:
+        igmp = bytes.fromhex(p["payload"])
+        if len(igmp) >= 12 and igmp[0] == 0x11 and igmp[4:8] == bytes(4):
+            assert igmp[1] < 128 and igmp[9] < 128, "the codes of short timers are their values"
+            out.append((p["time"], igmp[1] / 10, igmp[9]))
+    return out
+
+
+def test_timers_changed_at_run_time_reach_the_host(chain: Chain, tmp_path: Path) -> None:
+    """`igmp set-timers` on a running querier: the host receives the new Max Resp Time and QQIC at the new
+    interval from the next query on, with no burst and no restart; its membership stays in our table; the
+    listing shows the timers in force and `stats` the querier's counters."""
+    lab, sink = chain.lab, chain.sink
+    config = write_config(tmp_path, f'[igmp]\nquerier_interfaces = ["rout"]\n{TIMERS}')
+    sup = Supervisor.start(lab, chain.relay, extra=["--config", str(config)])
+    join(lab, sink, GROUP4, "snk0")
+    wait_for(lambda: entry(sup, GROUP4), 5.0, "the receiver in `igmp groups`")
+    ready = lab.workdir / "queries.ready"
+    capture = start_probe(
+        lab, sink, "capture-ip", "--ifname", "snk0", "--protocol", "2", "--dst", "224.0.0.1",
+        "--count", "6", "--timeout", "16", "--ready-file", str(ready), name="queries",
+    )  # fmt: skip
+    wait_file(ready, capture)
+    time.sleep(4.5)  # one query or two at the config's timers first
+    changed_at = time.time()
+    answer = sup.ctl(
+        "igmp", "set-timers", "--interface", "rout", "--query-interval", "2", "--query-response-interval", "1.5",
+        json_out=False,
+    )  # fmt: skip
+    assert "IGMP timers set on rout: query_interval 2, query_response_interval 1.5" in answer.stdout
+
+    queries = general_queries(capture.json(timeout=30)["packets"])
+    before = [q for q in queries if q[0] < changed_at]
+    after = [q for q in queries if q[0] > changed_at + 0.1]
+    assert before and {(mrt, qqic) for _, mrt, qqic in before} == {(1.0, 4)}, queries
+    assert len(after) >= 3 and {(mrt, qqic) for _, mrt, qqic in after} == {(1.5, 2)}, queries
+    assert after[0][0] - changed_at < 2.5  # the query due comes no later than 2 s after the previous one
+    gaps = [b[0] - a[0] for a, b in pairwise(after)]
+    assert all(1.6 < gap < 2.6 for gap in gaps), gaps  # every 2 s: no burst, no restart (no startup queries)
+
+    kept = entry(sup, GROUP4)
+    assert kept is not None and kept["expires_in_secs"] <= 6  # refreshed under GMI = 2 * 2 + 1.5
+    timers = querier(sup)["timers"]
+    assert (timers["query_interval"], timers["query_response_interval"], timers["robustness"]) == (2, 1.5, 2)
+    assert "QI 2s QRI 1.5s R 2" in sup.ctl("igmp", "queriers", json_out=False).stdout
+    stats = sup.ctl("stats", json_out=False).stdout
+    assert "IGMP counters on rout:" in stats and "general_queries_sent=" in stats and "reports_v3=" in stats
+
+    refused = sup.ctl(
+        "igmp", "set-timers", "--interface", "rout", "--query-response-interval", "3", check=False, json_out=False
+    )
+    assert refused.returncode == 1
+    assert "Invalid IGMP timers on rout: query_response_interval must be less than query_interval" in refused.stderr
+    assert querier(sup)["timers"]["query_response_interval"] == 1.5
 
 
 def test_a_link_made_again_is_tracked_again(chain: Chain, tmp_path: Path) -> None:

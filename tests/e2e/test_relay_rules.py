@@ -82,8 +82,11 @@ def test_rejected_rules_say_why_and_change_nothing(chain: Chain) -> None:
     before = sup.rules()
     failures = []
     cases = [(name, ["--input-group", IN_GROUP, *args], words) for name, args, words in REJECTED]
-    cases.append(("unicast-input-group", ["--input-group", "10.200.9.77", "--input-port", "5001", "--outputs",
-                  "239.2.2.2:6000:rout"], ["10\\.200\\.9\\.77", "multicast"]))  # fmt: skip
+    # a unicast input is the host's own address (the original's HEAD relays those); loopback never arrives
+    cases.append(("loopback-input-group", ["--input-group", "127.0.0.9", "--input-port", "5001", "--outputs",
+                  "239.2.2.2:6000:rout"], ["127\\.0\\.0\\.9", "loopback"]))  # fmt: skip
+    cases.append(("reserved-input-group", ["--input-group", "240.0.0.7", "--input-port", "5001", "--outputs",
+                  "239.2.2.2:6000:rout"], ["240\\.0\\.0\\.7", "multicast", "unicast"]))  # fmt: skip
     for name, args, words in cases:
         result = sup.ctl("add", "--input-interface", "rin", *args, check=False, json_out=False)
         message = result.stderr + result.stdout

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import fields
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from mcr.membership.querier import INTEGER_TIMERS, TimerChanges
+from mcr.membership.wire import Family
 from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ProtocolError
 from mcr.model.levels import Facility, Severity
@@ -28,6 +31,7 @@ ints = st.integers(min_value=-(2**63), max_value=2**64)
 counts = st.integers(min_value=0, max_value=2**64)
 texts = st.text(max_size=20)
 names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=16)
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 
 # -------------------------------------------------------------------------------------- JSON-ish input
 
@@ -165,6 +169,18 @@ requests = st.one_of(
     st.builds(control.RemoveRule, texts),
     st.builds(control.SetGlobalLogLevel, st.sampled_from(list(Severity))),
     st.builds(control.SetFacilityLogLevel, st.sampled_from(list(Facility)), st.sampled_from(list(Severity))),
+    st.builds(
+        control.SetQuerierTimers,
+        st.sampled_from(list(Family)),
+        st.one_of(st.none(), names),
+        st.builds(
+            TimerChanges,
+            **{
+                f.name: st.one_of(st.none(), ints if f.name in INTEGER_TIMERS else finite_floats)
+                for f in fields(TimerChanges)
+            },
+        ).filter(lambda c: bool(c.given())),
+    ),
 )
 
 

@@ -1,5 +1,6 @@
-"""Properties of the querier state machine under any sequence of reports, leaves, queries and ticks: it never raises,
-`tick` always clears what was due, INCLUDE-mode groups always have sources, and it never sends when passive."""
+"""Properties of the querier state machine under any sequence of reports, leaves, queries, timer changes and ticks:
+it never raises, `tick` always clears what was due, INCLUDE-mode groups always have sources, it never sends when
+passive, and never two general queries at once (a timer change brings one forward at most)."""
 
 from ipaddress import IPv4Address
 
@@ -26,7 +27,19 @@ messages = st.one_of(
         sources,
     ),
 )
-steps = st.lists(st.tuples(st.floats(0.0, 30.0), st.one_of(st.none(), st.tuples(hosts, messages))), max_size=40)
+timer_changes = st.builds(
+    Timers,
+    robustness=st.integers(1, 7),
+    query_interval=st.sampled_from([5.0, 20.0, 60.0]),
+    query_response_interval=st.sampled_from([0.5, 2.0, 4.5]),
+    last_member_query_interval=st.sampled_from([0.1, 1.0, 3.0]),
+    last_member_query_count=st.integers(0, 7),
+    startup_query_count=st.integers(0, 7),
+    version=st.integers(0, 3),
+)
+steps = st.lists(
+    st.tuples(st.floats(0.0, 30.0), st.one_of(st.none(), st.tuples(hosts, messages), timer_changes)), max_size=40
+)
 
 
 @given(steps, st.booleans())
@@ -35,13 +48,20 @@ def test_any_sequence_keeps_the_invariants(events: list[tuple[float, object]], a
     q = Querier("eth0", Family.IPV4, timers, address=IPv4Address("10.0.0.5"), active=active)
     actions = q.start(0.0)
     now = 0.0
+    general_at: list[float] = []
     for delay, event in events:
         now += delay
         while (d := q.deadline()) is not None and d <= now:
-            actions += q.tick(d)
+            due = q.tick(d)
+            general = [a for a in due if isinstance(a, Send) and a.message.general]
+            assert len(general) <= 1 and not (general and d in general_at), "a burst of general queries"
+            general_at += [d] * len(general)
+            actions += due
             after = q.deadline()
             assert after is None or after > d, "tick left something due"
-        if event is not None:
+        if isinstance(event, Timers):
+            assert event.problems() == [] and q.set_timers(event, now) == []
+        elif event is not None:
             src, message = event  # type: ignore[misc]
             actions += q.receive(Inbound(src, IPv4Address("224.0.0.1"), message, True), now)
         for g in q.group_views(now):

@@ -90,8 +90,9 @@ def test_human_output_exit_0(
         assert piece in captured.out
     assert "\x1b" not in captured.out  # not a terminal: no colour codes
     assert captured.err == ""
-    # one request; `stats` then asks for the kernel engine's drops (this fake answers it with Stats: not shown)
-    assert len(fake.requests) == (2 if argv == ["stats"] else 1) and fake.requests[0].endswith(b"\n")
+    # one request; `stats` then asks for the kernel engine's drops and the queriers' counters (this fake answers
+    # them with Stats: not shown)
+    assert len(fake.requests) == (3 if argv == ["stats"] else 1) and fake.requests[0].endswith(b"\n")
 
 
 @pytest.mark.parametrize(("argv", "answer", "shown"), ANSWERS, ids=[" ".join(a[0][:2]) for a in ANSWERS])
@@ -292,6 +293,40 @@ def test_stats_from_a_supervisor_without_kernel_status_shows_the_flows_only(
     assert main(["--socket-path", str(fake.path), "stats"]) == ExitCode.OK
     captured = capsys.readouterr()
     assert "r1" in captured.out and "kernel engine" not in captured.out and captured.err == ""
+
+
+QUERIER = {
+    "interface": "eth1",
+    "family": "ipv4",
+    "protocol": "igmp",
+    "active": True,
+    "is_querier": True,
+    "address": "10.0.0.1",
+    "querier": "10.0.0.1",
+    "other_querier_expires_in_secs": 0,
+    "version": 3,
+    "counters": {"queries_sent": 4, "reports_v2": 1, "reports_v3": 6, "leaves": 2, "dropped_bad_checksum": 3},
+}
+
+
+def test_stats_shows_each_queriers_counters(
+    fake_supervisor: Callable[[Respond], FakeSupervisor], capsys: pytest.CaptureFixture[str]
+) -> None:
+    idle = {**QUERIER, "interface": "eth2", "family": "ipv6", "protocol": "mld", "counters": {"reports_v2": 0}}
+    fake = fake_supervisor(by_command({"GetStats": {"Stats": [FLOW]}, "GetQueriers": {"Queriers": [QUERIER, idle]}}))
+    assert main(["--socket-path", str(fake.path), "stats"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "IGMP counters on eth1: dropped_bad_checksum=3, leaves=2, queries_sent=4, reports_v2=1, reports_v3=6" in out
+    assert "MLD counters on eth2: none" in out
+
+
+def test_stats_json_stays_the_originals_shape(
+    fake_supervisor: Callable[[Respond], FakeSupervisor], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stats --json` prints the GetStats answer as it is (the counters are in `igmp queriers --json`)."""
+    fake = fake_supervisor(by_command({"GetStats": {"Stats": [FLOW]}, "GetQueriers": {"Queriers": [QUERIER]}}))
+    assert main(["--socket-path", str(fake.path), "stats", "--json"]) == ExitCode.OK
+    assert list(json.loads(capsys.readouterr().out)) == ["Stats"]
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import fields
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from rich.console import Console
 
-from mcr.cli.control_client import parse_invocation
+from mcr.cli.control_client import build_parser, parse_invocation
 from mcr.cli.render import render_response
-from mcr.membership.querier import FilterMode, GroupView, QuerierView, SourceView
+from mcr.membership.querier import FilterMode, GroupView, QuerierView, SourceView, TimerChanges, Timers
 from mcr.membership.wire import Family
 from mcr.model.errors import ProtocolError
 from mcr.protocol.control import (
@@ -20,6 +21,7 @@ from mcr.protocol.control import (
     QuerierStates,
     Query,
     SetQuerier,
+    SetQuerierTimers,
     decode_request,
     decode_response,
     encode_request,
@@ -48,6 +50,7 @@ QUERIER = QuerierView(
     other_querier_expires_in=200.0,
     version=2,
     counters={"reports_v2": 3, "dropped_bad_checksum": 1},
+    timers=Timers(query_interval=30.0, startup_query_count=1, version=2),
 )
 
 
@@ -61,6 +64,14 @@ QUERIER = QuerierView(
         ('{"DisableIgmpQuerier": {"interface": "eth1"}}', SetQuerier(Family.IPV4, "eth1", False)),
         ('{"EnableMldQuerier": {"interface": "eth1"}}', SetQuerier(Family.IPV6, "eth1", True)),
         ('{"DisableMldQuerier": {"interface": "eth1"}}', SetQuerier(Family.IPV6, "eth1", False)),
+        (
+            '{"SetQuerierTimers": {"family": "ipv4", "interface": "eth1", "query_interval": 30, "robustness": 3}}',
+            SetQuerierTimers(Family.IPV4, "eth1", TimerChanges(robustness=3, query_interval=30.0)),
+        ),
+        (
+            '{"SetQuerierTimers": {"family": "ipv6", "interface": null, "query_response_interval": 2.5}}',
+            SetQuerierTimers(Family.IPV6, None, TimerChanges(query_response_interval=2.5)),
+        ),
     ],
 )
 def test_requests_round_trip(text: str, expected: object) -> None:
@@ -75,6 +86,20 @@ def test_requests_round_trip(text: str, expected: object) -> None:
         ('{"EnableIgmpQuerier": {"interface": 3}}', "field 'interface' in EnableIgmpQuerier must be a string"),
         ('{"DisableMldQuerier": {"interface": "a", "x": 1}}', "unknown field 'x' in DisableMldQuerier"),
         ('"EnableIgmpQuerier"', "command 'EnableIgmpQuerier' needs arguments"),
+        ('{"SetQuerierTimers": {"query_interval": 30}}', "missing field 'family' in SetQuerierTimers"),
+        (
+            '{"SetQuerierTimers": {"family": "ipv4", "query_intervall": 30}}',
+            "unknown field 'query_intervall' in SetQuerierTimers; expected family, interface, last_member_query",
+        ),
+        (
+            '{"SetQuerierTimers": {"family": "ipv4", "version": true}}',
+            "field 'version' in SetQuerierTimers must be an integer, got boolean",
+        ),
+        (
+            '{"SetQuerierTimers": {"family": "ipv4", "startup_query_interval": [1]}}',
+            "field 'startup_query_interval' in SetQuerierTimers must be a number, got array",
+        ),
+        ('{"SetQuerierTimers": {"family": "ipv4", "interface": 1, "robustness": 2}}', "field 'interface' in"),
     ],
 )
 def test_bad_requests(text: str, message: str) -> None:
@@ -86,6 +111,8 @@ def test_bad_requests(text: str, message: str) -> None:
 def test_enable_and_disable_need_control_rights() -> None:
     req = SetQuerier(Family.IPV4, "eth1", True)
     assert not is_read_only(req) and request_name(req) == "EnableIgmpQuerier"
+    timers = SetQuerierTimers(Family.IPV4, None, TimerChanges(robustness=3))
+    assert not is_read_only(timers) and request_name(timers) == "SetQuerierTimers"
     assert is_read_only(Query.GET_IGMP_GROUPS)
 
 
@@ -108,6 +135,19 @@ def test_responses_round_trip() -> None:
     assert decode_response(encode_response(groups)) == groups
     queriers = QuerierStates((QUERIER,))
     assert decode_response(encode_response(queriers)) == queriers
+    (entry,) = json.loads(encode_response(queriers))["Queriers"]
+    assert entry["timers"]["query_interval"] == 30.0 and entry["timers"]["startup_query_count"] == 1
+
+
+def test_a_querier_entry_without_timers_decodes() -> None:
+    """From a supervisor of ours that did not list the timers yet; unknown timer names are ignored."""
+    entry = json.loads(encode_response(QuerierStates((QUERIER,))))["Queriers"][0]
+    del entry["timers"]
+    got = decode_response(json.dumps({"Queriers": [entry]}).encode())
+    assert isinstance(got, QuerierStates) and got.queriers[0].timers is None
+    entry["timers"] = {"query_interval": 60, "jitter": 1}
+    got = decode_response(json.dumps({"Queriers": [entry]}).encode())
+    assert isinstance(got, QuerierStates) and got.queriers[0].timers == Timers(query_interval=60.0)
 
 
 def test_the_originals_group_entry_decodes() -> None:
@@ -126,10 +166,40 @@ def test_the_originals_group_entry_decodes() -> None:
         (["igmp", "queriers"], Query.GET_QUERIERS),
         (["igmp", "enable-querier", "--interface", "eth1"], SetQuerier(Family.IPV4, "eth1", True)),
         (["mld", "disable-querier", "--interface", "eth1"], SetQuerier(Family.IPV6, "eth1", False)),
+        (
+            ["igmp", "set-timers", "--interface", "eth1", "--query-interval", "30", "--query-response-interval", "2.5"],
+            SetQuerierTimers(Family.IPV4, "eth1", TimerChanges(query_interval=30.0, query_response_interval=2.5)),
+        ),
+        (
+            ["mld", "set-timers", "--robustness", "3", "--version", "1", "--other-querier-present-interval", "300"],
+            SetQuerierTimers(
+                Family.IPV6, None, TimerChanges(robustness=3, version=1, other_querier_present_interval=300.0)
+            ),
+        ),
     ],
 )
 def test_cli(argv: list[str], expected: object) -> None:
     assert parse_invocation(argv, {}).request == expected  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["igmp", "set-timers", "--interface", "eth1"], "give at least one timer to change: --robustness"),
+        (["igmp", "set-timers", "--query-interval", "soon"], "invalid number of seconds 'soon'"),
+        (["igmp", "set-timers", "--query-interval", "nan"], "invalid number of seconds 'nan'"),
+        (["mld", "set-timers", "--robustness", "2.5"], "invalid whole number '2.5'"),
+    ],
+)
+def test_cli_timer_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_invocation(argv, {})
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_every_timer_has_a_flag() -> None:
+    help_text = " ".join(build_parser().parse_known_args(["igmp", "set-timers", "--robustness", "1"])[0].__dict__)
+    assert all(f"timer_{f.name}" in help_text for f in fields(Timers))
 
 
 def plain(resp: object) -> str:
@@ -143,4 +213,5 @@ def test_tables() -> None:
     assert "239.1.1.1" in text and "192.0.2.1 42s" in text and "IGMPv3" in text and "include" in text
     text = plain(QuerierStates((QUERIER,)))
     assert "fe80::1 (200s)" in text and "non-querier" in text and "reports_v2=3" in text
+    assert "QI 30s QRI 10s R 2 LMQI 1s SQC 1 max v2" in text
     assert "no groups have receivers" in plain(MembershipGroups(Family.IPV6, ()))

@@ -2,11 +2,12 @@
 leaves and last-member queries, IGMPv3/MLDv2 filter modes and source timers, older-version compatibility, passive
 mode, run-time enable/disable."""
 
+from dataclasses import fields, replace
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from mcr.membership.querier import Action, Changed, FilterMode, GroupView, Querier, Send, Timers
+from mcr.membership.querier import Action, Changed, FilterMode, GroupView, Querier, Send, TimerChanges, Timers
 from mcr.membership.wire import Family, Inbound, Leave, Query, Record, RecordType, Report
 
 ME = IPv4Address("10.0.0.5")
@@ -322,3 +323,124 @@ def test_a_flood_of_groups_and_sources_is_bounded_and_counted() -> None:
     (g,) = [r for r in q.group_views(2.0) if r.group == IPv4Address("239.9.9.0")]
     assert [s.address for s in g.sources] == list(many[:3])
     assert q.view(2.0).counters["dropped_table_full"] == 3  # two groups, one source list
+
+
+# ------------------------------------------------------------------------------------------ timers at run time
+
+
+def general_times(got: list[tuple[float, Action]]) -> list[float]:
+    return [t for t, a in got if isinstance(a, Send) and a.message.general]
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [
+        (8.0, [33.0, 41.0, 49.0]),  # shorter: the next query comes 8 s after the previous (25), then every 8
+        (4.0, [30.0, 34.0, 38.0, 42.0, 46.0, 50.0]),  # already overdue: one query at once, never a burst
+        (100.0, [45.0]),  # longer: the query already due goes out, the next one 100 s later
+    ],
+)
+def test_a_new_query_interval_takes_effect_at_the_next_query(interval: float, expected: list[float]) -> None:
+    q = querier()
+    q.start(0.0)
+    assert general_times(run(q, 30.0)) == [5.0, 25.0]
+    assert q.set_timers(replace(T, query_interval=interval), 30.0) == []
+    got = run(q, 50.0, start=30.0)
+    assert general_times(got) == expected
+    assert all(a.message.query_interval == interval for _, a in got if isinstance(a, Send))
+    assert q.view(50.0).timers == replace(T, query_interval=interval)
+
+
+def test_a_new_response_interval_is_in_the_next_query() -> None:
+    q = querier()
+    q.start(0.0)
+    run(q, 30.0)
+    q.set_timers(replace(T, query_response_interval=7.5, robustness=3), 30.0)
+    (query_sent,) = sends([a for _, a in run(q, 46.0, start=30.0)])
+    assert (query_sent.max_response, query_sent.robustness) == (7.5, 3)
+
+
+def test_startup_queries_follow_a_new_startup_interval() -> None:
+    q = querier(timers=replace(T, startup_query_count=4))
+    q.start(0.0)
+    q.set_timers(replace(T, startup_query_count=4, startup_query_interval=2.0), 1.0)
+    assert general_times(run(q, 30.0, start=1.0)) == [2.0, 4.0, 6.0, 26.0]
+
+
+def test_a_longer_response_interval_loses_no_membership() -> None:
+    """GMI 42 -> 2 * 100 + 50: a receiver heard at 26 under the old timers stays while hosts answer the next
+    query within up to 50 s."""
+    q = querier()
+    q.start(0.0)
+    run(q, 26.0)
+    q.receive(v2_report(), 26.0)
+    q.set_timers(replace(T, query_interval=100.0, query_response_interval=50.0), 30.0)
+    got = run(q, 94.0, start=30.0)
+    assert general_times(got) == [45.0] and changed([a for _, a in got]) == []
+    r = row(q, 94.0)
+    assert r is not None and r.expires_in == pytest.approx(26.0 + 42.0 + 208.0 - 94.0)
+    q.receive(v2_report(), 94.0)  # the answer to the query at 45, late in its 50 s
+    assert row(q, 94.0).expires_in == 250.0  # type: ignore[union-attr]
+
+
+def test_a_shorter_membership_interval_applies_from_the_next_report() -> None:
+    q = querier()
+    q.start(0.0)
+    q.receive(v2_report(), 1.0)
+    q.set_timers(replace(T, query_interval=10.0), 2.0)
+    assert row(q, 2.0).expires_in == 41.0  # type: ignore[union-attr]
+    q.receive(v2_report(), 3.0)
+    assert row(q, 3.0).expires_in == 22.0  # type: ignore[union-attr]
+
+
+def test_a_leave_being_handled_is_not_lengthened() -> None:
+    q = querier()
+    q.start(0.0)
+    q.receive(v2_report(), 1.0)
+    q.receive(Inbound(HOST, G, Leave(Family.IPV4, G), True), 10.0)
+    q.set_timers(replace(T, query_interval=100.0), 10.5)
+    got = run(q, 20.0, start=10.5)
+    assert [t for t, a in got if isinstance(a, Changed)] == [12.0]
+
+
+def test_values_learnt_from_the_elected_querier_stay_until_it_goes() -> None:
+    q = querier()
+    q.start(0.0)
+    q.receive(query(LOWER, robustness=3, query_interval=30.0), 1.0)
+    q.set_timers(replace(T, robustness=4, query_interval=10.0), 2.0)
+    assert (q.robustness, q.query_interval) == (3, 30.0)
+    run(q, 200.0, start=2.0)
+    assert q.is_querier and (q.robustness, q.query_interval) == (4, 10.0)
+
+
+def test_a_configured_other_querier_present_interval() -> None:
+    q = querier()
+    q.start(0.0)
+    q.set_timers(replace(T, other_querier_present_interval=25.0), 0.5)
+    q.receive(query(LOWER), 1.0)
+    assert q.view(1.0).other_querier_expires_in == 25.0
+    assert next(t for t, a in run(q, 60.0, start=1.0) if isinstance(a, Send)) == 26.0
+
+
+def test_a_new_version_is_spoken_from_the_next_query() -> None:
+    q = querier()
+    q.start(0.0)
+    q.set_timers(replace(T, version=2), 1.0)
+    (first, *_) = sends([a for _, a in run(q, 10.0, start=1.0)])
+    assert first.version == 2 and q.view(10.0).version == 2
+
+
+def test_timer_changes_apply_only_the_fields_given() -> None:
+    assert [f.name for f in fields(TimerChanges)] == [f.name for f in fields(Timers)]
+    changes = TimerChanges(query_interval=30.0).merged(TimerChanges(robustness=3))
+    assert changes.given() == {"robustness": 3, "query_interval": 30.0}
+    assert changes.applied(T) == replace(T, robustness=3, query_interval=30.0)
+    assert TimerChanges().applied(T) == T
+
+
+def test_other_querier_present_interval_problems() -> None:
+    assert Timers(other_querier_present_interval=300.0).problems() == []
+    assert Timers(other_querier_present_interval=100.0).problems() == [
+        "other_querier_present_interval must be more than query_interval and at most 250000 seconds "
+        "(0: robustness * query_interval + query_response_interval / 2), got 100"
+    ]

@@ -26,7 +26,7 @@ from rich.console import Console
 from mcr import __version__
 from mcr.cli.doctor import diagnose, findings_json, has_problems, inputs_of, interfaces_of, render_findings
 from mcr.cli.host import collect_host_facts
-from mcr.cli.render import render_error, render_kernel_drops, render_response
+from mcr.cli.render import render_error, render_kernel_drops, render_querier_counters, render_response
 from mcr.cli.screen import Keyboard, Snapshot, poll_supervisor, run_live
 from mcr.cli.top import Controls, TopView, on_poll, render_top
 from mcr.cli.transport import (
@@ -36,8 +36,10 @@ from mcr.cli.transport import (
     ask,
     ask_config,
     ask_kernel_status,
+    ask_queriers,
     exchange,
 )
+from mcr.membership.querier import INTEGER_TIMERS, TimerChanges
 from mcr.membership.wire import Family
 from mcr.model.config import Config, ConfigDialect, parse_config, unserved_notes
 from mcr.model.errors import ConfigError, McrError, ProtocolError, ValidationError
@@ -71,6 +73,7 @@ from mcr.protocol.control import (
     SetFacilityLogLevel,
     SetGlobalLogLevel,
     SetQuerier,
+    SetQuerierTimers,
     Stats,
     Version,
     Workers,
@@ -201,6 +204,38 @@ def _timeout(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"invalid timeout '{text}'; expected a positive number of seconds")
     return value
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds for a querier timer (its range is the supervisor's to check, by the timer's name)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds '{text}'")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number '{text}'") from None
+
+
+#: the flags of `igmp|mld set-timers`, one per querier timer: (metavar, help)
+_TIMER_FLAGS: dict[str, tuple[str, str]] = {
+    "robustness": ("N", "robustness variable, 1-7"),
+    "query_interval": ("S", "seconds between general queries, 1-31744"),
+    "query_response_interval": ("S", "Max Resp Time of general queries, 0.1-3174.4 s, less than the query interval"),
+    "last_member_query_interval": ("S", "Max Resp Time and spacing of group-specific queries, 0.1-25.5 s"),
+    "last_member_query_count": ("N", "group-specific queries after a leave, 1-7 (0: the robustness)"),
+    "startup_query_interval": ("S", "seconds between startup queries (0: a quarter of the query interval)"),
+    "startup_query_count": ("N", "startup queries, 1-7 (0: the robustness)"),
+    "other_querier_present_interval": ("S", "silence after which a lower querier is taken over (0: the RFC's)"),
+    "version": ("V", "highest version spoken: IGMP 1-3, MLD 1-2 (0: the highest)"),
+}
 
 
 def _interval(text: str) -> float:
@@ -458,11 +493,24 @@ def build_parser() -> argparse.ArgumentParser:
             ("queriers", "each interface's querier: role, elected querier, version, counters"),
             ("enable-querier", f"send {family_name} queries on an interface (and take part in the election)"),
             ("disable-querier", "stop querying on an interface (memberships are still tracked)"),
+            ("set-timers", "change querier timers at run time (the fields given; at the next timer, no restart)"),
         ):
             sub = actions.add_parser(action, help=help_text, parents=[common])
             sub.set_defaults(usage_error=sub.error)
             if action.endswith("-querier"):
                 sub.add_argument("--interface", required=True, metavar="IF", help="the interface")
+            if action == "set-timers":
+                sub.add_argument(
+                    "--interface", metavar="IF", help="only this interface (default: every interface of the family)"
+                )
+                for name, (metavar, text) in _TIMER_FLAGS.items():
+                    sub.add_argument(
+                        "--" + name.replace("_", "-"),
+                        dest=f"timer_{name}",
+                        type=_whole if name in INTEGER_TIMERS else _seconds,
+                        metavar=metavar,
+                        help=text,
+                    )
     pim = command("pim", "PIM-SM: neighbours, and enabling it on interfaces")
     pim_actions = pim.add_subparsers(dest="pim_command", required=True, metavar="ACTION")
     neighbors = pim_actions.add_parser("neighbors", help="the PIM neighbours and DRs", parents=[common])
@@ -590,6 +638,12 @@ def _request(args: argparse.Namespace) -> Request:
             return Query.GET_IGMP_GROUPS if family is Family.IPV4 else Query.GET_MLD_GROUPS
         if action == "queriers":
             return Query.GET_QUERIERS
+        if action == "set-timers":
+            changes = TimerChanges(**{name: getattr(args, f"timer_{name}") for name in _TIMER_FLAGS})
+            if not changes.given():
+                flags = ", ".join("--" + name.replace("_", "-") for name in _TIMER_FLAGS)
+                fail(f"give at least one timer to change: {flags}")
+            return SetQuerierTimers(family, args.interface, changes)
         return SetQuerier(family, args.interface, action == "enable-querier")
     if command == "pim":
         if args.pim_command == "enable":
@@ -764,6 +818,7 @@ def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
         console.print(render_response(response), markup=False)
         if isinstance(response, Stats):
             _print_kernel_drops(invocation, console)
+            _print_querier_counters(invocation, console)
     return ExitCode.OK
 
 
@@ -775,6 +830,16 @@ def _print_kernel_drops(invocation: Invocation, console: Console) -> None:
         return  # the flows are already printed; the kernel line is extra
     if kernel is not None and kernel.loaded:
         console.print(render_kernel_drops(kernel), markup=False)
+
+
+def _print_querier_counters(invocation: Invocation, console: Console) -> None:
+    """Under `stats`: each IGMP/MLD querier's counters, from a supervisor that reports them (nothing otherwise)."""
+    try:
+        queriers = ask_queriers(invocation.socket_path, invocation.timeout_s)
+    except McrError:
+        return  # the flows are already printed; the querier lines are extra
+    for q in queriers:
+        console.print(render_querier_counters(q), markup=False)
 
 
 def run_top(invocation: TopInvocation, out: TextIO, err: TextIO, keys: TextIO) -> ExitCode:

@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mcr.membership.querier import FilterMode, GroupView, QuerierView
+from mcr.membership.querier import FilterMode, GroupView, QuerierView, Timers
 from mcr.membership.wire import Family
 from mcr.model.original_config import ESP, UDP
 from mcr.model.rules import ForwardingRule, Limits, OutputDestination
@@ -387,7 +387,7 @@ def render_msdp_peers(peers: Sequence[MsdpPeerInfo]) -> RenderableType:
 def render_queriers(queriers: Sequence[QuerierView]) -> RenderableType:
     if not queriers:
         return Text("no querier or membership tracking is configured on an interface that is up")
-    table = _table("Interface", "Protocol", "Mode", "Role", "Querier", "Counters")
+    table = _table("Interface", "Protocol", "Mode", "Role", "Querier", "Timers", "Counters")
     for q in queriers:
         role = "querier" if q.is_querier else "non-querier"
         elected = str(q.querier or "-")
@@ -401,9 +401,38 @@ def render_queriers(queriers: Sequence[QuerierView]) -> RenderableType:
             "query" if q.active else "passive",
             role,
             elected,
+            _NONE if q.timers is None else format_timers(q.timers),
             counters or "-",
         )
     return table
+
+
+def format_timers(t: Timers) -> str:
+    """The querier timers in force, short: `QI 125s QRI 10s R 2 LMQI 1s`, then those set away from their 0."""
+    parts = [
+        f"QI {t.query_interval:g}s",
+        f"QRI {t.query_response_interval:g}s",
+        f"R {t.robustness}",
+        f"LMQI {t.last_member_query_interval:g}s",
+    ]
+    if t.last_member_query_count:
+        parts.append(f"LMQC {t.last_member_query_count}")
+    if t.startup_query_interval:
+        parts.append(f"SQI {t.startup_query_interval:g}s")
+    if t.startup_query_count:
+        parts.append(f"SQC {t.startup_query_count}")
+    if t.other_querier_present_interval:
+        parts.append(f"OQPI {t.other_querier_present_interval:g}s")
+    if t.version:
+        parts.append(f"max v{t.version}")
+    return " ".join(parts)
+
+
+def render_querier_counters(q: QuerierView) -> str:
+    """The line `stats` prints under the flows for each IGMP/MLD querier or tracker: queries sent, reports by
+    version, leaves, and packets dropped by reason."""
+    counters = format_counters(q.counters)
+    return f"{q.family.protocol.upper()} counters on {q.interface}: {'none' if counters == _NONE else counters}"
 
 
 def render_sa_cache(entries: Sequence[MsdpSaInfo]) -> RenderableType:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from mcr.membership.wire import (
     ALL_NODES,
@@ -37,6 +38,7 @@ from mcr.membership.wire import (
 )
 
 __all__ = [
+    "INTEGER_TIMERS",
     "Action",
     "Changed",
     "FilterMode",
@@ -46,6 +48,7 @@ __all__ = [
     "QuerierView",
     "Send",
     "SourceView",
+    "TimerChanges",
     "Timers",
     "level_of",
     "version_of",
@@ -67,7 +70,8 @@ def version_of(family: Family, level: int) -> int:
 class Timers:
     """The querier's configuration (RFC 3376 8, RFC 3810 9). Zero for the startup and last-member values means
     "the RFC default" (startup interval QI/4, counts equal to the robustness). `version` is the highest version
-    spoken (0: IGMPv3 / MLDv2)."""
+    spoken (0: IGMPv3 / MLDv2). `other_querier_present_interval` 0 is the RFC's robustness * query_interval +
+    query_response_interval / 2 (with the values the elected querier announces)."""
 
     robustness: int = 2
     query_interval: float = 125.0
@@ -77,9 +81,11 @@ class Timers:
     startup_query_interval: float = 0.0
     startup_query_count: int = 0
     version: int = 0
+    other_querier_present_interval: float = 0.0
 
-    def problems(self) -> list[str]:
-        """What is wrong with these values, as sentences for a validation error (empty when they are fine)."""
+    def problems(self, family: Family = Family.IPV4) -> list[str]:
+        """What is wrong with these values for `family`, as sentences for a validation error (empty when they
+        are fine)."""
         out: list[str] = []
         if not 1 <= self.robustness <= 7:
             out.append(f"robustness must be 1 to 7, got {self.robustness}")
@@ -101,7 +107,46 @@ class Timers:
             out.append(f"startup_query_count must be 1 to 7 (0: robustness), got {self.startup_query_count}")
         if self.version not in (0, 1, 2, 3):
             out.append(f"version must be 1, 2 or 3 (0: the highest), got {self.version}")
+        elif family is Family.IPV6 and self.version == 3:
+            out.append("version must be 1 or 2 for MLD (0: the highest)")
+        oqpi = self.other_querier_present_interval
+        if oqpi and not self.query_interval < oqpi <= 250000:
+            out.append(
+                "other_querier_present_interval must be more than query_interval and at most 250000 seconds "
+                f"(0: robustness * query_interval + query_response_interval / 2), got {oqpi:g}"
+            )
         return out
+
+
+#: the `Timers` fields that are whole numbers (the others are seconds)
+INTEGER_TIMERS = frozenset(f.name for f in fields(Timers) if isinstance(f.default, int))
+
+
+@dataclass(frozen=True, slots=True)
+class TimerChanges:
+    """Some of the `Timers` fields, changed at run time (SetQuerierTimers): None leaves a field as it is."""
+
+    robustness: int | None = None
+    query_interval: float | None = None
+    query_response_interval: float | None = None
+    last_member_query_interval: float | None = None
+    last_member_query_count: int | None = None
+    startup_query_interval: float | None = None
+    startup_query_count: int | None = None
+    version: int | None = None
+    other_querier_present_interval: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields set, by name, in the order of `Timers` (an int or a float each)."""
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {name: value for name, value in values if value is not None}
+
+    def merged(self, later: TimerChanges) -> TimerChanges:
+        """These changes, then `later` on top of them."""
+        return replace(self, **later.given())
+
+    def applied(self, timers: Timers) -> Timers:
+        return replace(timers, **self.given())
 
 
 class FilterMode(Enum):
@@ -184,6 +229,7 @@ class QuerierView:
     other_querier_expires_in: float
     version: int  # the version of the queries we send
     counters: dict[str, int]
+    timers: Timers | None = None  # the timers in force (None: from a supervisor that does not say)
 
 
 @dataclass(slots=True)
@@ -204,6 +250,12 @@ class _Group:
     def signature(self) -> tuple[FilterMode, frozenset[IPAddress], frozenset[IPAddress]]:
         wanted = frozenset(s for s, t in self.sources.items() if t > 0)
         return self.mode, wanted, frozenset(self.sources) - wanted
+
+
+def _top(family: Family, timers: Timers) -> int:
+    """The highest level spoken: the configured version's, IGMPv3 / MLDv2 when it is 0."""
+    top = level_of(family, timers.version) if timers.version else 3
+    return max(top, 2) if family is Family.IPV6 else top
 
 
 _EXCLUDES = (RecordType.MODE_IS_EXCLUDE, RecordType.CHANGE_TO_EXCLUDE)
@@ -232,9 +284,7 @@ class Querier:
         self.timers = timers
         self.address = address
         self.active = active
-        self.top = level_of(family, timers.version) if timers.version else 3
-        if family is Family.IPV6:
-            self.top = max(self.top, 2)
+        self.top = _top(family, timers)
         self.groups: dict[IPAddress, _Group] = {}
         self.counters: Counter[str] = Counter()
         self.is_querier = False
@@ -242,6 +292,7 @@ class Querier:
         self.other_until = 0.0
         self.older_querier_until: dict[int, float] = {}
         self.next_general = 0.0
+        self.last_general = 0.0
         self.startup_left = 0
         self.robustness = timers.robustness  # adopted from the querier's QRV when we are not querier
         self.query_interval = timers.query_interval  # adopted from its QQIC likewise
@@ -254,6 +305,8 @@ class Querier:
 
     @property
     def other_querier_interval(self) -> float:
+        if self.timers.other_querier_present_interval:
+            return self.timers.other_querier_present_interval
         return self.robustness * self.query_interval + self.timers.query_response_interval / 2
 
     @property
@@ -293,6 +346,33 @@ class Querier:
         if self._outranked(now):
             return []  # a lower-addressed querier is present; we take over when it goes quiet
         return self.start(now)
+
+    def set_timers(self, timers: Timers, now: float) -> list[Action]:
+        """New timers at run time, without a restart: the general query already due comes no later than the new
+        interval after the previous one (one query, never a burst), later ones follow the new interval; a GMI
+        that grows lengthens the running membership timers by as much, so that no receiver times out while the
+        hosts answer within a longer response interval; a GMI that shrinks takes effect at the next report.
+        Values learnt from another elected querier (its QRV and QQIC) stay until it goes."""
+        old, old_gmi, old_lmqt = self.timers, self.gmi, self.lmqt
+        self.timers = timers
+        self.top = _top(self.family, timers)
+        if self.is_querier or self.robustness == old.robustness:
+            self.robustness = timers.robustness
+        if self.is_querier or self.query_interval == old.query_interval:
+            self.query_interval = timers.query_interval
+        if self.is_querier and self.next_general:
+            interval = self.startup_interval if self.startup_left else self.query_interval
+            self.next_general = min(self.next_general, max(now, self.last_general + interval))
+        grow = self.gmi - old_gmi
+        if grow > 0:
+            running = now + old_lmqt  # timers at or below it are ending (a leave's lowered timers): left alone
+            for g in self.groups.values():
+                if g.next_query:
+                    continue  # group- or source-specific queries pending: a leave is being handled
+                if g.mode is FilterMode.EXCLUDE and g.timer > running:
+                    g.timer += grow
+                g.sources = {s: t + grow if t > running else t for s, t in g.sources.items()}
+        return []
 
     def _outranked(self, now: float) -> bool:
         other, own = self.other_querier, self.address
@@ -374,6 +454,7 @@ class Querier:
             other_querier_expires_in=max(0.0, self.other_until - now) if self.other_querier is not None else 0.0,
             version=version_of(self.family, self.query_level(now)),
             counters=dict(sorted(self.counters.items())),
+            timers=self.timers,
         )
 
     def group_views(self, now: float) -> list[GroupView]:
@@ -414,6 +495,7 @@ class Querier:
 
     def _general_query(self, now: float) -> Send:
         self.startup_left = max(0, self.startup_left - 1)
+        self.last_general = now
         self.next_general = now + (self.startup_interval if self.startup_left else self.query_interval)
         self.counters["queries_sent"] += 1
         self.counters["general_queries_sent"] += 1

@@ -14,6 +14,10 @@ JSON5 (`igmp {querier_interfaces, query_interval, robustness, query_response_int
     startup_query_interval = 0          # 0: query_interval / 4
     startup_query_count = 0             # 0: the robustness
     version = 3                         # the highest version spoken: IGMP 1-3, MLD 1-2 (0: the highest)
+    other_querier_present_interval = 0  # 0: robustness * query_interval + query_response_interval / 2
+
+The timers can also be changed at run time (SetQuerierTimers); a reload that changes a family's timers here
+drops the run-time changes of that family.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from mcr.membership.querier import Timers
+from mcr.membership.querier import INTEGER_TIMERS, Timers
 from mcr.membership.wire import Family
 from mcr.model.errors import ConfigError
 from mcr.model.rules import interface_name_problem
@@ -37,14 +41,11 @@ class MembershipSettings:
 
 
 _TIMER_KEYS = {f.name: f.type for f in fields(Timers)}
-_INTEGER_KEYS = {"robustness", "last_member_query_count", "startup_query_count", "version"}
 
 
 def check_membership(where: str, family: Family, settings: MembershipSettings) -> None:
     """Raise ConfigError naming `where` when the settings cannot work."""
-    problems = settings.timers.problems()
-    if family is Family.IPV6 and settings.timers.version == 3:
-        problems.append("version must be 1 or 2 for MLD (0: the highest)")
+    problems = settings.timers.problems(family)
     for name in settings.querier_interfaces + settings.passive_interfaces:
         problem = interface_name_problem(name)
         if problem:
@@ -69,7 +70,7 @@ def parse_membership_table(path: str, section: str, table: dict[str, Any]) -> Me
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: '{key}' must be an array of interface names")
             lists[key] = tuple(value)
-        elif key in _INTEGER_KEYS:
+        elif key in INTEGER_TIMERS:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{where}: '{key}' must be an integer")
             timers[key] = value

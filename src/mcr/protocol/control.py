@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from ipaddress import IPv4Address
 from typing import Any, TypeVar, assert_never
 
-from mcr.membership.querier import FilterMode, GroupView, QuerierView, SourceView
+from mcr.membership.querier import INTEGER_TIMERS, FilterMode, GroupView, QuerierView, SourceView, TimerChanges, Timers
 from mcr.membership.wire import Family
 from mcr.model.errors import ConfigError, ProtocolError, ValidationError
 from mcr.model.levels import ORIGINAL_FACILITIES, Facility, Severity
@@ -176,6 +176,16 @@ class SetQuerier:
         return f"{'Enable' if self.enabled else 'Disable'}{'Igmp' if self.family is Family.IPV4 else 'Mld'}Querier"
 
 
+@dataclass(frozen=True, slots=True)
+class SetQuerierTimers:
+    """Ours: change querier timers at run time, on one interface or (`interface` None) for every interface of the
+    family that has no change of its own for a field."""
+
+    family: Family
+    interface: str | None
+    changes: TimerChanges
+
+
 Request = (
     Query
     | AddRule
@@ -188,6 +198,7 @@ Request = (
     | SaveConfig
     | ControlPlaneRequest
     | SetQuerier
+    | SetQuerierTimers
     | RoutingRequest
 )
 
@@ -206,6 +217,7 @@ _STRUCT_COMMANDS = (
     "SaveConfig",
     "CheckConfig",
     *_QUERIER_COMMANDS,
+    "SetQuerierTimers",
     *ROUTING_STRUCT_COMMANDS,
 )
 _ALL_COMMANDS = ", ".join([q.value for q in Query] + [q.value for q in RoutingQuery] + list(_STRUCT_COMMANDS))
@@ -312,6 +324,15 @@ class _Fields:
         except ValueError as e:
             raise ProtocolError(f"field '{name}' in {self.where}: {e}") from None
 
+    def optional_number(self, name: str) -> float | None:
+        """A number that may be absent or null."""
+        value = self.obj.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProtocolError(f"field '{name}' in {self.where} must be a number, got {_type_name(value)}")
+        return float(value)
+
     def array(self, name: str) -> list[object]:
         value = self._get(name, True)
         if not isinstance(value, list):
@@ -382,6 +403,27 @@ def _decode_rate_limit(obj: object) -> RateLimit | None:
         raise ProtocolError(f"AddRule: {e}") from None
 
 
+TIMER_FIELDS = tuple(f.name for f in fields(Timers))
+
+
+def _decode_timers(body: object) -> SetQuerierTimers:
+    f = _Fields("SetQuerierTimers", body, frozenset({"family", "interface", *TIMER_FIELDS}))
+    text = f.req_string("family")
+    try:
+        family = Family(text)
+    except ValueError:
+        raise ProtocolError(
+            f"field 'family' in SetQuerierTimers must be 'ipv4' (IGMP) or 'ipv6' (MLD), got '{text}'"
+        ) from None
+    values: dict[str, Any] = {
+        n: f.optional_integer(n) if n in INTEGER_TIMERS else f.optional_number(n) for n in TIMER_FIELDS
+    }
+    changes = TimerChanges(**values)
+    if not changes.given():
+        raise ProtocolError(f"SetQuerierTimers changes nothing; give at least one of {', '.join(TIMER_FIELDS)}")
+    return SetQuerierTimers(family, f.string("interface", required=False), changes)
+
+
 def _severity(where: str, text: str) -> Severity:
     try:
         return Severity.parse(text)
@@ -416,6 +458,8 @@ def _decode_struct(name: str, body: object) -> Request:
     if name in _QUERIER_COMMANDS:
         family, enabled = _QUERIER_COMMANDS[name]
         return SetQuerier(family, _Fields(name, body, frozenset({"interface"})).req_string("interface"), enabled)
+    if name == "SetQuerierTimers":
+        return _decode_timers(body)
     if name in ROUTING_STRUCT_COMMANDS:
         return decode_routing_struct(name, body)
     raise ProtocolError(f"unknown command '{name}'; expected one of {_ALL_COMMANDS}")
@@ -534,6 +578,11 @@ def encode_request(req: Request) -> bytes:
             doc = {"SetFacilityLogLevel": {"facility": req.facility.name, "level": req.level.name}}
         case SetQuerier():
             doc = {req.command: {"interface": req.interface}}
+        case SetQuerierTimers():
+            timers: dict[str, object] = {"family": req.family.value}
+            if req.interface is not None:
+                timers["interface"] = req.interface
+            doc = {"SetQuerierTimers": {**timers, **req.changes.given()}}
         case (
             RoutingQuery()
             | EnablePim()
@@ -682,7 +731,12 @@ def querier_json(q: QuerierView) -> dict[str, object]:
         "other_querier_expires_in_secs": _seconds(q.other_querier_expires_in),
         "version": q.version,
         "counters": dict(q.counters),
+        "timers": None if q.timers is None else timers_json(q.timers),
     }
+
+
+def timers_json(t: Timers) -> dict[str, object]:
+    return {name: getattr(t, name) for name in TIMER_FIELDS}
 
 
 #: `source` as today's original names it (its RuleSource: Static from the config file, Dynamic at run time);
@@ -1151,7 +1205,14 @@ def _decode_querier(o: object) -> QuerierView:
         other_querier_expires_in=float(d.get("other_querier_expires_in_secs", 0)),
         version=int(d["version"]),
         counters={str(k): int(v) for k, v in _obj("counters", d.get("counters", {})).items()},
+        timers=None if d.get("timers") is None else _decode_timer_values(_obj("timers", d["timers"])),
     )
+
+
+def _decode_timer_values(d: dict[str, Any]) -> Timers:
+    """The timers of a querier entry; fields this client does not know are ignored, missing ones are defaults."""
+    values: dict[str, Any] = {n: int(d[n]) if n in INTEGER_TIMERS else float(d[n]) for n in TIMER_FIELDS if n in d}
+    return Timers(**values)
 
 
 def _decode_other(name: str, body: object) -> Response:

@@ -36,6 +36,7 @@ from mcr.protocol.control import (
     SetFacilityLogLevel,
     SetGlobalLogLevel,
     SetQuerier,
+    SetQuerierTimers,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest
 from mcr.protocol.routing import (
@@ -88,6 +89,8 @@ def request_name(req: Request) -> str:
             return type(req).__name__
         case SetQuerier():
             return req.command
+        case SetQuerierTimers():
+            return "SetQuerierTimers"
         case _:
             assert_never(req)
 
@@ -110,6 +113,7 @@ def is_read_only(req: Request) -> bool:
             | LoadConfig()
             | SaveConfig()
             | SetQuerier()
+            | SetQuerierTimers()
             | EnablePim()
             | DisablePim()
             | SetStaticRp()

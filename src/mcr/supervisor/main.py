@@ -71,6 +71,7 @@ from mcr.protocol.control import (
     SetFacilityLogLevel,
     SetGlobalLogLevel,
     SetQuerier,
+    SetQuerierTimers,
     Stats,
     Success,
     Version,
@@ -1312,6 +1313,10 @@ class Supervisor:
                 return QuerierStates(tuple(self.queriers.views()))
             case SetQuerier():
                 text = self.queriers.set_querier(req.family, req.interface, req.enabled)
+                log.info("%s", text)
+                return Success(text)
+            case SetQuerierTimers():
+                text = self.queriers.set_timers(req.family, req.interface, req.changes)
                 log.info("%s", text)
                 return Success(text)
             case Query.GET_LOG_LEVELS:

@@ -21,7 +21,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from mcr.linux.packet_socket import SOL_PACKET, attach_filter
 from mcr.membership.filter import membership_filter
-from mcr.membership.querier import Action, Changed, GroupView, Querier, QuerierView, Send
+from mcr.membership.querier import Action, Changed, GroupView, Querier, QuerierView, Send, TimerChanges, Timers
 from mcr.membership.settings import MembershipSettings
 from mcr.membership.wire import Drop, Family, build_packet, parse_packet
 from mcr.model.errors import ValidationError
@@ -88,6 +88,8 @@ class Queriers:
         self.timers: dict[Key, asyncio.TimerHandle] = {}
         self.drops: dict[Key, Counter[str]] = {}
         self.links: dict[str, Link] = {}
+        # timers changed at run time (SetQuerierTimers): per family (interface None) and per interface
+        self.changes: dict[tuple[str | None, Family], TimerChanges] = {}
         self.configure(igmp, mld)
 
     # ------------------------------------------------------------------------------ configuration
@@ -106,11 +108,53 @@ class Queriers:
                 self.wanted[name, family] = True
             for name in s.passive_interfaces:
                 self.wanted[name, family] = False
-            for key, core in self.cores.items():
-                if key[1] is family and core.timers != s.timers:
-                    core.timers = s.timers
-                    core.robustness, core.query_interval = s.timers.robustness, s.timers.query_interval
+            if s.timers != before.timers and any(k[1] is family for k in self.changes):
+                self.changes = {k: v for k, v in self.changes.items() if k[1] is not family}
+                log.info("%s: the config's timers changed, so the run-time changes are dropped", family.protocol)
+        self._apply_timers()
         self.on_links(self.links)
+
+    def timers_for(self, family: Family, interface: str | None) -> Timers:
+        """The timers in force on an interface (None: on one without changes of its own): the config's, then
+        the family's run-time changes, then the interface's."""
+        none = TimerChanges()
+        changes = self.changes.get((None, family), none)
+        if interface is not None:
+            changes = changes.merged(self.changes.get((interface, family), none))
+        return changes.applied(self.settings[family].timers)
+
+    def set_timers(self, family: Family, interface: str | None, changes: TimerChanges) -> str:
+        """SetQuerierTimers: the response text; ValidationError (and nothing changed) if the timers that would
+        be in force on an interface are not valid together."""
+        if interface is not None:
+            problem = interface_name_problem(interface)
+            if problem:
+                raise ValidationError(f"Invalid interface: {problem}")
+        name = family.protocol.upper()
+        before = self.changes
+        key = (interface, family)
+        self.changes = {**before, key: before.get(key, TimerChanges()).merged(changes)}
+        where: list[str | None] = [interface]
+        if interface is None:  # the family's timers, and those of every interface with its own changes or running
+            where += sorted({n for n, f in [*self.changes, *self.cores] if f is family and n is not None})
+        for place in where:
+            problems = self.timers_for(family, place).problems(family)
+            if problems:
+                self.changes = before
+                raise ValidationError(f"Invalid {name} timers{'' if place is None else ' on ' + place}: {problems[0]}")
+        self._apply_timers()
+        given = ", ".join(f"{k} {v:g}" for k, v in changes.given().items())
+        waiting = ""
+        if interface is not None and key not in self.cores:
+            waiting = f"; {interface} has no {name} querier or tracking yet, they apply when it starts"
+        return f"{name} timers set on {interface or 'every interface'}: {given}{waiting}"
+
+    def _apply_timers(self) -> None:
+        now = self.loop.time()
+        for key, core in list(self.cores.items()):
+            timers = self.timers_for(key[1], key[0])
+            if core.timers != timers:
+                self._execute(key, core.set_timers(timers, now))
 
     def follow(self, keys: set[Key]) -> None:
         """Track memberships (passively, unless configured to query) where outputs follow receivers."""
@@ -162,7 +206,7 @@ class Queriers:
                 except OSError as e:
                     log.error("%s on %s: cannot open the membership socket: %s", family.protocol, name, e)
                     continue
-                core = Querier(name, family, self.settings[family].timers, address=address, active=active)
+                core = Querier(name, family, self.timers_for(family, name), address=address, active=active)
                 self.cores[key] = core
                 self.sockets[key] = sock
                 self.bound[key] = link.ifindex
