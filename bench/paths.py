@@ -7,6 +7,7 @@ it: routes, rp_filter and nftables tables it adds are removed in `stop()`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -118,6 +119,7 @@ class BenchPath:
     sink_interface = "snk0"
     sink_group = OUT_GROUP
     sink_port = OUT_PORT
+    sender_flows = 1  # the generator's --flows: input groups sender_group, +1, ... interleaved
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -170,8 +172,11 @@ class Ceiling6(Ceiling):
 class Mcr(BenchPath):
     max_outputs = 256
 
-    def __init__(self, ctx: Context, workers: int, engine: str = "userspace", ipv6: bool = False) -> None:
+    def __init__(
+        self, ctx: Context, workers: int, engine: str = "userspace", ipv6: bool = False, flows: int = 1
+    ) -> None:
         super().__init__(ctx)
+        self.sender_flows = flows
         self.workers = workers
         self.engine = engine
         self.ipv6 = ipv6
@@ -197,6 +202,14 @@ class Mcr(BenchPath):
                 ", UDP checksum updated for the new addresses)" if engine == "kernel" else ", general parser)"
             )
             self.sender_ip, self.sender_group, self.sink_group = SRC_IP6, IN_GROUP6, OUT_GROUP6
+        if flows > 1:
+            self.key += f"x{flows}"
+            self.label += f", {flows:,} flows"
+            self.notes += (
+                f"; {flows:,} rules, rin {IN_GROUP} + i:{IN_PORT} -> {OUT_GROUP}:{OUT_PORT}:rout for i < {flows:,} "
+                "(from a config file), the sender's packets interleaved over their groups (`--flows`); every rule "
+                "has the same output, so one sink counts them all"
+            )
         self.sock = str(ctx.workdir / f"{self.key}.sock")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -221,12 +234,57 @@ class Mcr(BenchPath):
             "--engine",
             self.engine,
         )
+        if self.sender_flows > 1:
+            argv += ["--config", str(self.flows_config())]
         self.proc = self.ctx.procs.start(self.lab.argv(self.lab.relay, argv, cpu=RELAY_CPU), log, self.ctx.env)
         deadline = time.monotonic() + 20
         while self.ctl("ping", timeout=3).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.key}: supervisor did not come up:\n{log.read_text()[-2000:]}")
             time.sleep(0.2)
+        if self.sender_flows > 1:
+            self.wait_flows(deadline + 60)
+        else:
+            self.add_rule()
+        # the workers are ready when every one reports Running
+        while time.monotonic() < deadline:
+            out = self.ctl("--json", "list-workers")
+            if out.returncode == 0:
+                workers = [w for w in json.loads(out.stdout).get("Workers", []) if w.get("worker_type") == "DataPlane"]
+                if len(workers) == self.workers and all(w.get("status") == "Running" for w in workers):
+                    if self.ctx.procs.nice:  # the workers are sessions of their own
+                        boost(descendants(self.proc.pid), self.ctx.procs.nice)
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.key}: workers not running:\n{log.read_text()[-2000:]}")
+
+    def flows_config(self) -> Path:
+        """A config file with one rule per flow: rin IN_GROUP + i:IN_PORT -> OUT_GROUP:OUT_PORT:rout."""
+        first = ipaddress.IPv4Address(IN_GROUP)
+        rules = [
+            f'[[rule]]\nid = "flow{i}"\ninput_interface = "rin"\ninput_group = "{first + i}"\n'
+            f'input_port = {IN_PORT}\noutputs = [{{ group = "{OUT_GROUP}", port = {OUT_PORT}, interface = "rout" }}]\n'
+            for i in range(self.sender_flows)
+        ]
+        path = self.ctx.workdir / f"{self.key}.toml"
+        path.write_text("\n".join(rules))
+        return path
+
+    def wait_flows(self, deadline: float) -> None:
+        """Until every flow's rule is listed active on this path's engine."""
+        while time.monotonic() < deadline:
+            listed = self.ctl("--json", "list", timeout=30)
+            rules = json.loads(listed.stdout).get("Rules", []) if listed.returncode == 0 else []
+            if len(rules) == self.sender_flows and all(r.get("state") == "active" for r in rules):
+                engines = {r.get("engine") for r in rules}
+                if engines != {self.engine}:
+                    raise RuntimeError(f"{self.key}: the rules run on engines {engines}, not {self.engine}")
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.key}: {self.sender_flows} rules not active in time")
+
+    def add_rule(self) -> None:
+        """The single flow's rule, over the control socket."""
         out_group = f"[{OUT_GROUP6}]" if self.ipv6 else OUT_GROUP
         outs = ",".join(f"{out_group}:{p}:rout" for p in self.sink_ports())
         add = self.ctl(
@@ -249,17 +307,6 @@ class Mcr(BenchPath):
         engines = {r.get("engine") for r in rules}
         if engines != {self.engine}:
             raise RuntimeError(f"{self.key}: the rule runs on engine {engines or '?'}, not {self.engine}")
-        # the workers are ready when every one reports Running
-        while time.monotonic() < deadline:
-            out = self.ctl("--json", "list-workers")
-            if out.returncode == 0:
-                workers = [w for w in json.loads(out.stdout).get("Workers", []) if w.get("worker_type") == "DataPlane"]
-                if len(workers) == self.workers and all(w.get("status") == "Running" for w in workers):
-                    if self.ctx.procs.nice:  # the workers are sessions of their own
-                        boost(descendants(self.proc.pid), self.ctx.procs.nice)
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.key}: workers not running:\n{log.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -442,6 +489,9 @@ class Smcroute(BenchPath):
 
 PATH_KEYS = ("ceiling", "mcr1", "mcr2", "mcrk", "socat", "nft", "smcroute")
 IPV6_PATH_KEYS = ("ceilv6", "mcr1v6", "mcrkv6")  # not in the default run: --paths ceilv6,mcr1v6,mcrkv6 --sizes 1400
+#: Many flows at once (issue 18): mcr1x1000 = MCR userspace, 1 worker, 1,000 rules and flows; mcrkx1000 the kernel
+#: engine. Not in the default run: --paths mcr1,mcr1x1000,mcrk,mcrkx1000 (the single-flow rows to compare with).
+FLOWS_KEY = re.compile(r"mcr(\d+|k)x(\d+)")
 
 
 def make_path(key: str, ctx: Context) -> BenchPath:
@@ -456,14 +506,33 @@ def make_path(key: str, ctx: Context) -> BenchPath:
     }
     if key in factories:
         return factories[key]()
+    m = FLOWS_KEY.fullmatch(key)
+    if m:
+        flows = int(m.group(2))
+        if m.group(1) == "k":
+            return Mcr(ctx, 1, engine="kernel", flows=flows)
+        if 1 <= int(m.group(1)) <= 8:
+            return Mcr(ctx, int(m.group(1)), flows=flows)
     m = re.fullmatch(r"mcr(\d+)(v6)?", key)
     if m and 1 <= int(m.group(1)) <= 8:
         return Mcr(ctx, int(m.group(1)), ipv6=bool(m.group(2)))
-    raise ValueError(f"unknown path {key!r} (known: {', '.join(PATH_KEYS + IPV6_PATH_KEYS)}, or mcrN, mcrNv6)")
+    raise ValueError(
+        f"unknown path {key!r} (known: {', '.join(PATH_KEYS + IPV6_PATH_KEYS)}, or mcrN, mcrNv6, mcrNxF, mcrkxF)"
+    )
 
 
 def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
-__all__ = ["IPV6_PATH_KEYS", "PATH_KEYS", "BenchPath", "Context", "Procs", "counter_delta", "make_path", "sh"]
+__all__ = [
+    "FLOWS_KEY",
+    "IPV6_PATH_KEYS",
+    "PATH_KEYS",
+    "BenchPath",
+    "Context",
+    "Procs",
+    "counter_delta",
+    "make_path",
+    "sh",
+]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -137,8 +138,29 @@ def ratios(summary: Sequence[dict[str, Any]], sizes: Sequence[int]) -> dict[str,
         a, b = mk.get("cpu_us_per_pkt"), nft.get("cpu_us_per_pkt")
         r["mcrk_cpu_over_nft"] = round(a / b, 2) if a and b else None
         r["bounds"] = bounds
+        r["flows"] = many_flows(summary, size)
         out[str(size)] = r
     return out
+
+
+def many_flows(summary: Sequence[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    """Each many-flows path (`mcr1x1000`, `mcrkx1000`) against its single-flow path of the same run: the
+    aggregate lossless rate over all the flows ÷ the single flow's (issue 18 asks for at least 0.9)."""
+    rows = []
+    for many in summary:
+        m = re.fullmatch(r"(mcr(?:\d+|k))x(\d+)", many["path"])
+        if many["size"] != size or many["outputs"] != 1 or not m:
+            continue
+        one = next((r for r in summary if r["path"] == m.group(1) and r["size"] == size and r["outputs"] == 1), {})
+        row: dict[str, Any] = {"path": many["path"], "single": m.group(1), "flows": int(m.group(2))}
+        for name, r in (("many", many), ("one", one)):
+            row[f"{name}_lossless_pps"] = r.get("lossless_pps")
+            row[f"{name}_lower_bound"] = bool(r.get("lossless_is_lower_bound"))
+            row[f"{name}_cpu_us_per_pkt"] = r.get("cpu_us_per_pkt")
+        if row["many_lossless_pps"] and row["one_lossless_pps"]:
+            row["ratio"] = round(row["many_lossless_pps"] / row["one_lossless_pps"], 2)
+        rows.append(row)
+    return rows
 
 
 def _n(v: Any, digits: int = 0) -> str:
@@ -301,6 +323,30 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
             "MCR-1 needs less CPU per packet.",
             "",
         ]
+        flows = [(size, f) for size, r in rat.items() for f in r.get("flows", [])]
+        if flows:
+            lines += [
+                "## Many flows (aggregate lossless rate over N flows ÷ the single flow's, same run)",
+                "",
+                "| path | size | flows | lossless pps, N flows | lossless pps, 1 flow | ratio | CPU µs/pkt N flows | "
+                "CPU µs/pkt 1 flow |",
+                "|---|--:|--:|--:|--:|--:|--:|--:|",
+            ]
+            for size, f in flows:
+                many = f"{'≥' if f['many_lower_bound'] else ''}{_n(f['many_lossless_pps'])}"
+                one = f"{'≥' if f['one_lower_bound'] else ''}{_n(f['one_lossless_pps'])}"
+                bound = "~" if f["many_lower_bound"] or f["one_lower_bound"] else ""
+                lines.append(
+                    f"| {labels.get(f['path'], f['path'])} | {size} | {f['flows']:,} | **{many}** | {one} | "
+                    f"{bound}{_n(f.get('ratio'), 2)} | {_n(f['many_cpu_us_per_pkt'], 2)} | "
+                    f"{_n(f['one_cpu_us_per_pkt'], 2)} |"
+                )
+            lines += [
+                "",
+                "≥: no loss up to the highest rate the sender reached, so the rate is the sender's and a ratio with "
+                "it (~) is only a bound.",
+                "",
+            ]
     if results.get("fanout"):
         lines += [
             "## Fan-out (one input, N outputs on rout, one sink process receiving every stream)",

@@ -39,7 +39,7 @@ import perfsplit  # noqa: E402
 import probe  # noqa: E402
 import report  # noqa: E402
 from netlab import RELAY_CPU, SENDER_CPU, NetLab, sh  # noqa: E402
-from paths import IPV6_PATH_KEYS, PATH_KEYS, BenchPath, Context, Procs, make_path  # noqa: E402
+from paths import FLOWS_KEY, IPV6_PATH_KEYS, PATH_KEYS, BenchPath, Context, Procs, make_path  # noqa: E402
 from steps import Budget, BudgetExceeded, StepRunner, climb  # noqa: E402
 
 FULL_LADDER = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000, 90_000, 100_000, 120_000,
@@ -72,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--paths",
         default=",".join(PATH_KEYS),
-        help=f"comma list (default {','.join(PATH_KEYS)}; IPv6: {','.join(IPV6_PATH_KEYS)}, mcrNv6)",
+        help=f"comma list (default {','.join(PATH_KEYS)}; IPv6: {','.join(IPV6_PATH_KEYS)}, mcrNv6; "
+        "F flows at once: mcrNxF, mcrkxF)",
     )
     p.add_argument("--sizes", default="64,1400", help="UDP payload sizes in bytes (default 64,1400)")
     p.add_argument("--step-seconds", type=float, help="seconds per ladder step (default 5, quick 2)")
@@ -141,7 +142,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.latency_rate not in a.ladder:
         a.ladder = sorted({*a.ladder, a.latency_rate})
     for key in {*a.paths, *a.fanout_paths}:
-        if key not in PATH_KEYS + IPV6_PATH_KEYS and not re.fullmatch(r"mcr\d+(v6)?", key):
+        if (
+            key not in PATH_KEYS + IPV6_PATH_KEYS
+            and not re.fullmatch(r"mcr\d+(v6)?", key)
+            and not FLOWS_KEY.fullmatch(key)
+        ):
             p.error(f"unknown path {key!r}")
     for key in a.fanout_paths:
         if not key.startswith("mcr"):

@@ -16,6 +16,11 @@ original's framing (one JSON request, then a half-close):
 - a SIGHUP reload that changes 1% of them: until the changed rules are active, and whether any unchanged
   rule left `active` meanwhile (the reload is hitless for them).
 
+`--memory` measures memory only: RSS of the supervisor and of its worker with no rule, then after adding
+1,000 and 10,000 rules one by one (`--memory-points`), as kB per rule beyond the base. `--trace` adds where the
+bytes are: tracemalloc snapshots of both processes (bench/memtrace/sitecustomize.py) at each point, and the
+lines that grew most (traced runs are slower and bigger; their RSS is not the one to quote).
+
 The namespace is deleted at the end, also on an error or Ctrl-C; the run is bounded by --max-minutes.
 """
 
@@ -24,13 +29,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +129,23 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def ring_kb(pid: int) -> int:
+    """Resident kB of a process's socket mappings: a worker's capture rings (TPACKET_V3, mapped whole when the
+    first rule on an input interface opens its capture, a fixed size per interface whatever the rules)."""
+    total = 0
+    in_socket = False
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                    in_socket = line.rstrip().endswith("]") and " socket:[" in line
+                elif in_socket and line.startswith("Rss:"):
+                    total += int(line.split()[1])
+    except OSError:
+        pass
+    return total
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -129,7 +154,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Relay:
-    def __init__(self, a: argparse.Namespace, work: Path, config: Path | None = None) -> None:
+    def __init__(
+        self, a: argparse.Namespace, work: Path, config: Path | None = None, trace: Path | None = None
+    ) -> None:
         self.sock = str(work / "control.sock")
         self.notify_path = str(work / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -142,6 +169,15 @@ class Relay:
         if config is not None:
             argv += ["--config", str(config)]
         env = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=str(REPO / "src"))
+        if a.memory:
+            # worker 0 holds copies of the supervisor's join sockets (issue 17), sent in one SCM_RIGHTS message
+            # at every rule change; beyond 253 of them (about 5,000 groups at igmp_max_memberships 20) the send
+            # fails and the worker is restarted again and again. The memory run does without those copies.
+            argv += ["--worker-orphan-timeout", "0"]
+        if trace is not None:  # every process traces its allocations; SIGUSR2 writes a snapshot
+            argv.append("--no-seccomp")  # the worker writes its snapshot after its privilege drop
+            env.update(MCR_MEMTRACE=str(trace), PYTHONPATH=f"{HERE / 'memtrace'}:{REPO / 'src'}")
+            env["MCR_MEMTRACE_FRAMES"] = str(a.trace_frames)
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
@@ -188,7 +224,8 @@ def wait_all_active(relay: Relay, n: int, timeout: float, want: dict[str, int] |
         if ok:
             return time.perf_counter() - t0
         time.sleep(0.05)
-    raise TimeoutError(f"rules not all active within {timeout} s")
+    states = Counter(r["state"] for r in rules)
+    raise TimeoutError(f"rules not all active within {timeout} s: {len(rules)} listed, {dict(states)}")
 
 
 def metrics_get() -> bytes:
@@ -312,6 +349,134 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------------------- memory only
+
+
+def snapshot_top(trace: Path, pid: int, before: int, after: int, limit: int, frames: int) -> list[dict[str, Any]]:
+    """The source lines whose live allocations grew most between two snapshots of one process."""
+    old = tracemalloc.Snapshot.load(str(trace / f"{pid}-{before}.snap"))
+    new = tracemalloc.Snapshot.load(str(trace / f"{pid}-{after}.snap"))
+    stats = new.compare_to(old, "traceback" if frames > 1 else "lineno")
+    rows = []
+    for st in stats[:limit]:
+        where = " < ".join(f"{_short(f.filename)}:{f.lineno}" for f in st.traceback)
+        rows.append({"where": where, "bytes": st.size_diff, "blocks": st.count_diff})
+    total = sum(st.size_diff for st in stats)
+    rows.append({"where": "(all lines)", "bytes": total, "blocks": sum(st.count_diff for st in stats)})
+    return rows
+
+
+def _short(filename: str) -> str:
+    for marker in ("/src/mcr/", "/lib/python"):
+        if marker in filename:
+            return filename[filename.index(marker) + 1 :]
+    return filename
+
+
+def run_memory(a: argparse.Namespace) -> dict[str, Any]:
+    """RSS per rule of the supervisor and its worker at each of `--memory-points` rules (added one by one)."""
+    deadline = time.monotonic() + a.max_minutes * 60
+    points = sorted(a.memory_points)
+    out: dict[str, Any] = {"mode": "memory", "engine": a.engine, "workers": a.workers, "label": a.label,
+                           "rules": points[-1], "traced": a.trace, "points": []}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="mcr-scale-") as tmp:
+        work = Path(tmp)
+        trace = None
+        if a.trace:  # the worker writes its snapshots after dropping its privileges: a directory it can reach
+            trace = Path(tempfile.mkdtemp(prefix="mcr-memtrace-"))
+            trace.chmod(0o777)
+        relay = Relay(a, work, trace=trace)
+        try:
+            relay.wait_ready(60)
+            time.sleep(1.0)
+            pids = {"supervisor": relay.proc.pid, "worker": relay.worker_pids()[0]}
+            snaps = 0
+
+            def settle_and_measure() -> dict[str, int]:
+                nonlocal snaps
+                time.sleep(a.settle)  # the worker's first report, the rate tick and a periodic collection
+                rss = {name: rss_kb(pid) for name, pid in pids.items()}
+                rss["worker_ring"] = ring_kb(pids["worker"])
+                rss["worker_heap"] = rss["worker"] - rss["worker_ring"]
+                if trace is not None:
+                    snaps += 1
+                    for pid in pids.values():
+                        os.kill(pid, signal.SIGUSR2)
+                    files = [trace / f"{pid}-{snaps}.snap" for pid in pids.values()]
+                    t0 = time.monotonic()
+                    while not all(f.exists() for f in files) and time.monotonic() - t0 < 60:
+                        time.sleep(0.2)
+                    time.sleep(0.5)  # the dump is complete when its size stops changing; be generous
+                return rss
+
+            base = settle_and_measure()
+            out["base_rss_kb"] = base
+            print(f"  no rules: supervisor {base['supervisor']} kB, worker {base['worker']} kB "
+                  f"(capture rings {base['worker_ring']} kB)", flush=True)  # fmt: skip
+            added = 0
+            for n in points:
+                for i in range(added, n):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("--max-minutes reached while adding")
+                    resp = relay.call({"AddRule": rule_doc(i)})
+                    if "Success" not in resp:
+                        raise RuntimeError(f"AddRule r{i}: {resp}")
+                added = n
+                wait_all_active(relay, n, 120)
+                rss = settle_and_measure()
+                point: dict[str, Any] = {"rules": n, "rss_kb": rss}
+                point["per_rule_bytes"] = {k: (rss[k] - base[k]) * 1024 / n for k in rss}
+                if trace is not None:
+                    point["top"] = {
+                        k: snapshot_top(trace, pid, 1, snaps, a.trace_lines, a.trace_frames) for k, pid in pids.items()
+                    }
+                out["points"].append(point)
+                p = point["per_rule_bytes"]
+                print(f"  {n:6d} rules: supervisor {rss['supervisor']} kB ({p['supervisor'] / 1024:.2f} kB/rule), "
+                      f"worker {rss['worker']} kB ({p['worker'] / 1024:.2f} kB/rule; capture rings "
+                      f"{rss['worker_ring']} kB, without them {p['worker_heap'] / 1024:.2f} kB/rule)",
+                      flush=True)  # fmt: skip
+        finally:
+            relay.stop()
+            if trace is not None:
+                shutil.rmtree(trace, ignore_errors=True)
+    return out
+
+
+def render_memory(doc: dict[str, Any]) -> str:
+    base = doc["base_rss_kb"]
+    lines = [
+        f"# Memory run `{doc['label']}`: engine {doc['engine']}, {doc['workers']} worker(s)"
+        + (" (traced: RSS inflated by tracemalloc)" if doc.get("traced") else ""),
+        "",
+        f"Measured {doc.get('when', '')} on {doc.get('host', '')}, commit {doc.get('commit', '')}. Rules as in the "
+        "scale run (IPv4 and IPv6 alternating, 1-4 outputs, 2.5 on average), added one by one over the socket; "
+        "RSS (`VmRSS`) once every rule is active and a few seconds passed. The worker's capture ring (one per "
+        "input interface, 32 MiB, resident as soon as the first rule on that interface opens it) is shown apart: "
+        "it does not grow with the rules.",
+        "",
+        "| rules | supervisor RSS (kB) | supervisor kB/rule | worker RSS (kB) | of it capture rings (kB) | "
+        "worker kB/rule | worker kB/rule without the rings |",
+        "|---|---|---|---|---|---|---|",
+        f"| 0 | {base['supervisor']} | | {base['worker']} | {base['worker_ring']} | | |",
+    ]
+    for pt in doc["points"]:
+        r, p = pt["rss_kb"], pt["per_rule_bytes"]
+        lines.append(
+            f"| {pt['rules']} | {r['supervisor']} | {p['supervisor'] / 1024:.2f} | {r['worker']} | "
+            f"{r['worker_ring']} | {p['worker'] / 1024:.2f} | {p['worker_heap'] / 1024:.2f} |"
+        )
+    for pt in doc["points"]:
+        for proc, rows in pt.get("top", {}).items():
+            lines += ["", f"Live Python allocations of the {proc} grown at {pt['rules']} rules (tracemalloc, "
+                      "by line):", "", "| where | bytes/rule | blocks/rule |", "|---|---|---|"]  # fmt: skip
+            lines += [
+                f"| `{row['where']}` | {row['bytes'] / pt['rules']:.0f} | {row['blocks'] / pt['rules']:.1f} |"
+                for row in rows
+            ]
+    return "\n".join(lines) + "\n"
+
+
 def render(doc: dict[str, Any]) -> str:
     lines = [
         f"# Scale run `{doc['label']}`: {doc['rules']} rules, engine {doc['engine']}, {doc['workers']} worker(s)",
@@ -366,11 +531,20 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--label", default=None)
     p.add_argument("--max-minutes", type=float, default=10.0)
+    p.add_argument("--memory", action="store_true", help="measure RSS per rule only (see above)")
+    p.add_argument("--memory-points", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 10_000],
+                   help="rule counts at which --memory measures (default 1000,10000)")  # fmt: skip
+    p.add_argument("--settle", type=float, default=5.0, help="--memory: seconds to wait before each measurement")
+    p.add_argument("--trace", action="store_true", help="--memory: tracemalloc snapshots, the lines that grew")
+    p.add_argument("--trace-lines", type=int, default=15, help="--trace: how many lines to list per process")
+    p.add_argument("--trace-frames", type=int, default=1, help="--trace: frames per allocation (1: by line)")
     p.add_argument("--inner", default=None, help=argparse.SUPPRESS)  # the JSON file to write, inside the namespace
     a = p.parse_args()
-    a.label = a.label or f"{a.engine}-{a.rules}"
+    if a.memory:
+        a.rules = max(a.memory_points)
+    a.label = a.label or ("memory-" if a.memory else "") + f"{a.engine}-{a.rules}" + ("-traced" if a.trace else "")
     if a.inner:
-        doc = run_inner(a)
+        doc = run_memory(a) if a.memory else run_inner(a)
         Path(a.inner).write_text(json.dumps(doc))
         return 0
     if os.geteuid() != 0:
@@ -382,7 +556,10 @@ def main() -> int:
         build_namespace(ns)
         argv = [sys.executable, str(Path(__file__).resolve()), "--inner", str(result), "--rules", str(a.rules),
                 "--engine", a.engine, "--workers", str(a.workers), "--label", a.label,
-                "--max-minutes", str(a.max_minutes)]  # fmt: skip
+                "--max-minutes", str(a.max_minutes), "--settle", str(a.settle),
+                "--trace-lines", str(a.trace_lines), "--trace-frames", str(a.trace_frames),
+                "--memory-points", ",".join(map(str, a.memory_points))]  # fmt: skip
+        argv += ["--memory"] * a.memory + ["--trace"] * a.trace
         subprocess.run(["ip", "netns", "exec", ns, *argv], check=True, timeout=a.max_minutes * 60 + 120)
         doc = json.loads(result.read_text())
     finally:
@@ -394,8 +571,9 @@ def main() -> int:
     doc["host"] = f"{os.cpu_count()} CPUs, Linux {os.uname().release}"
     stem = REPO / "bench" / "results" / f"scale-{a.label}"
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(render(doc))
-    print(render(doc))
+    text = render_memory(doc) if a.memory else render(doc)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
     return 0
 
 

@@ -135,6 +135,10 @@ class StepRunner:
         )
         if ctx.sender != "udp":
             gen_argv += ["--raw", path.sender_interface, "--raw-mode", "ring" if ctx.sender == "ring" else "mmsg"]
+        if path.sender_flows > 1:
+            if ctx.sender != "raw":
+                raise RuntimeError(f"{path.key}: many flows need --sender raw")
+            gen_argv += ["--flows", str(path.sender_flows)]
         if count:
             gen_argv += ["--count", str(count), "--duration", str(round(gen_bound, 1))]
         else:

@@ -320,3 +320,37 @@ def test_full_disk_refuses_the_change_and_keeps_the_state(lab: Lab, workdir: Pat
         assert saved_rule_ids(inside("cat", str(state)).stdout, journal) == ["kept", "new"]
     finally:
         relay.stop()
+
+
+# ------------------------------------------------------------------------------------ join sockets
+
+
+def test_join_sockets_beyond_one_message_are_held_without_restarts(lab: Lab, workdir: Path) -> None:
+    """With igmp_max_memberships 1 in the relay namespace, 300 input groups take 300 join sockets: more than
+    one SCM_RIGHTS message may carry (253). Worker 0 holds a copy of each (they keep the memberships while no
+    supervisor runs), sent in several messages, and is never restarted for it; the rules all go active."""
+    lab.netns(lab.relay, "sysctl", "-qw", "net.ipv4.igmp_max_memberships=1")
+    config = workdir / "many-groups.toml"
+    config.write_text(
+        "\n".join(
+            f'[[rule]]\nid = "g{i}"\ninput_interface = "rin"\ninput_group = "239.7.{i >> 8}.{i & 255}"\n'
+            f'input_port = 5001\noutputs = [{{ group = "239.2.2.2", port = 6001, interface = "rout" }}]\n'
+            for i in range(300)
+        )
+    )
+    relay = Relay(lab, workdir, extra=["--config", str(config)]).start()
+    try:
+        wait_for(lambda: sum(r["state"] == "active" for r in relay.rules()) == 300, 20, what="300 rules active")
+        relay.add("s", "239.2.2.2:6001:rout")  # one more group: the set changes and is sent again
+        (worker,) = relay.workers()
+
+        def held() -> int:
+            fds = Path(f"/proc/{worker['pid']}/fd")
+            return sum(os.readlink(fd).startswith("socket:") for fd in fds.iterdir())
+
+        wait_for(lambda: held() >= 301, 10, what="worker 0 to hold the 301 join sockets")
+        time.sleep(1.0)
+        (after,) = relay.workers()
+        assert (after["pid"], after["restarts"], after["status"]) == (worker["pid"], 0, "Running"), after
+    finally:
+        relay.stop()

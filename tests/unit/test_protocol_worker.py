@@ -57,6 +57,7 @@ ESP_RULE = WorkerRule("e1", 2, IPv4Address("239.1.1.1"), 0, (ESP_OUT,), protocol
         Shutdown(),
         ReleaseSockets(),
         HoldSockets(3),
+        HoldSockets(64, append=True),
     ],
 )
 def test_command_round_trip(cmd: object) -> None:

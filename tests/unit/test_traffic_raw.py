@@ -6,8 +6,9 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import threading
 from collections.abc import Iterator
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -74,6 +75,47 @@ def test_ipv4_frames_carry_no_udp_checksum() -> None:
         )
         assert frame == expected
         assert ipv4_checksum(frame[14:34]) == 0
+
+
+def test_flows_interleave_groups_frame_by_frame() -> None:
+    cfg = config("--size", "64", "--run-id", "7", "--flows", "3", group="239.1.1.254", source="10.0.0.1")
+    groups = generator.flow_groups(cfg)
+    assert [str(g) for g in groups] == ["239.1.1.254", "239.1.1.255", "239.1.2.0"]
+    headers = [generator.frame_header(cfg, MAC, g) for g in groups]
+    ring = generator.frame_ring(cfg, headers[0], 48, flow_headers=headers)  # a multiple of the flows
+    ring.stamp(0, 48, 99)
+    for seq in range(48):
+        off = ring.offset(seq % 48)
+        frame = bytes(ring.buffer[off - 42 : off + 64])
+        expected = build_udp_frame(
+            src_mac=MAC,
+            src_ip=cfg.interface,
+            dst_ip=groups[seq % 3],
+            dst_port=5001,
+            payload=build_payload(7, seq, 64, 99),
+            dont_fragment=True,
+            with_udp_checksum=False,
+        )
+        assert frame == expected, seq
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--flows", "2", "--group", "ff3e::1", "--interface", "fd00::1"], "--flows needs --raw"),
+        (["--flows", "2", "--raw-mode", "ring"], "--flows needs --raw in mmsg mode"),
+        (["--flows", "2", "--group", "239.255.255.255"], "leaves 224.0.0.0/4"),
+        (["--flows", "0"], "must be at least 1"),
+        (["--flows", "70000"], "at most 65536"),
+    ],
+)
+def test_flows_refused_where_they_cannot_work(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--group", "239.1.1.1", "--port", "5001", "--interface", "10.0.0.1", "--raw", "eth1"]
+    with pytest.raises(SystemExit):
+        generator.parse_args(base + argv)
+    assert message in capsys.readouterr().err
 
 
 class FakeKernel:
@@ -155,3 +197,46 @@ def test_ring_sender_names_a_frame_the_kernel_marked_malformed() -> None:
     a, b = socket.socketpair()
     with a, b, pytest.raises(OSError, match="WRONG_FORMAT"):
         generator._run(cfg, a, sender, ring, StopFlag())
+
+
+def test_flows_beyond_one_message_array_send_every_number_once_to_its_group() -> None:
+    """1,000 flows need 2,000 frame slots, more than one sendmmsg array holds: every packet still leaves once,
+    numbered 0..n-1, to group + seq mod 1,000 (through a datagram socketpair standing in for the AF_PACKET one)."""
+    cfg = config(
+        "--size", "40", "--run-id", "7", "--flows", "1000", "--rate", "0", "--count", "2600",
+        group="239.1.0.0", source="10.0.0.1",
+    )  # fmt: skip
+    groups = generator.flow_groups(cfg)
+    headers = [generator.frame_header(cfg, MAC, g) for g in groups]
+    ring = generator.frame_ring(cfg, headers[0], 2000, flow_headers=headers)
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def drain() -> None:
+        rx.settimeout(0.2)
+        while not (done.is_set() and len(got) >= 2600):
+            try:
+                got.append(rx.recv(2048))
+            except TimeoutError:
+                if done.is_set():
+                    return
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        tx.setblocking(False)
+        summary = generator._run(cfg, tx, generator._PlainSender(tx.fileno(), ring, 42), ring, StopFlag())
+    finally:
+        done.set()
+        reader.join(10)
+        tx.close()
+        rx.close()
+    assert summary.sent == len(got) == 2600
+    seqs = []
+    for frame in got:
+        verdict, run_id, seq, _sent = inspect_payload(frame[42:])
+        assert (verdict, run_id) == (Verdict.NUMBERED, 7)
+        assert IPv4Address(frame[30:34]) == groups[seq % 1000]
+        seqs.append(seq)
+    assert sorted(seqs) == list(range(2600))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
@@ -105,6 +106,10 @@ class OutputDestination:
     source_ip: IPAddress | None = None  # send from this address instead of the interface's own
     follow_receivers: bool = False  # send only while the interface has receivers for the group (IGMP/MLD)
 
+    def __post_init__(self) -> None:
+        # thousands of outputs name a few interfaces: one string each (see docs/design.md, Scale)
+        object.__setattr__(self, "interface", sys.intern(self.interface))
+
     @property
     def spec(self) -> str:
         return f"{endpoint_text(self.group, self.port)}:{self.interface}"
@@ -122,6 +127,11 @@ class ForwardingRule:
     rate_limit: RateLimit | None = None  # None: unlimited
     name: str | None = None  # a human-friendly name, unique like the id (the original's `name`)
     input_protocol: InputProtocol = InputProtocol.UDP
+
+    def __post_init__(self) -> None:
+        # one string per id and per interface, shared with the ids that workers' reports decode (`sys.intern`)
+        object.__setattr__(self, "rule_id", sys.intern(self.rule_id))
+        object.__setattr__(self, "input_interface", sys.intern(self.input_interface))
 
     @property
     def input_key(self) -> tuple[str, IPAddress, int, SourcePrefix | None]:
@@ -445,9 +455,14 @@ def check_rule_fits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule]
     check_rule_limits(rule, existing, limits)
 
 
-@lru_cache(maxsize=1 << 17)
 def address_text(address: IPAddress) -> str:
-    """`str(address)`, remembered: listing 10,000 rules spent half its time formatting IPv6 addresses."""
+    """`str(address)`; an IPv6 address's remembered (listing 10,000 rules spent half its time formatting IPv6
+    addresses). IPv4 addresses format quickly and are not kept: the cache costs about 170 bytes an address."""
+    return str(address) if address.version == 4 else _ipv6_text(address)
+
+
+@lru_cache(maxsize=1 << 16)
+def _ipv6_text(address: IPAddress) -> str:
     return str(address)
 
 

@@ -8,6 +8,7 @@ way over a pipe as newline-delimited JSON, so a slow supervisor never blocks a w
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, assert_never
@@ -149,10 +150,12 @@ class ReleaseSockets:
 @dataclass(frozen=True, slots=True)
 class HoldSockets:
     """The supervisor's membership (IGMP/MLD join) sockets follow as SCM_RIGHTS, `count` of them: hold them,
-    in place of those held before, and never use them. They keep the memberships while no supervisor runs,
-    so that a restart never makes the host leave an input group."""
+    in place of those held before (`append`: in addition to those of the previous HoldSockets, for a set sent
+    in several messages of at most MAX_FDS_PER_MESSAGE), and never use them. They keep the memberships while
+    no supervisor runs, so that a restart never makes the host leave an input group."""
 
     count: int
+    append: bool = False
 
 
 Command = (
@@ -264,7 +267,7 @@ def encode_command(cmd: Command) -> bytes:
         case ReleaseSockets():
             doc = "ReleaseSockets"
         case HoldSockets():
-            doc = {"HoldSockets": {"count": cmd.count}}
+            doc = {"HoldSockets": {"count": cmd.count, "append": cmd.append}}
         case _:
             assert_never(cmd)
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -339,7 +342,7 @@ def decode_command(data: bytes) -> Command:
         if name == "ReleaseSockets":
             return ReleaseSockets()
         if name == "HoldSockets":
-            return HoldSockets(int(body["count"]))
+            return HoldSockets(int(body["count"]), bool(body.get("append", False)))
     except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as e:
         raise ProtocolError(f"malformed {name} command: {e!r}") from None
     raise ProtocolError(f"unknown worker command '{name}'")
@@ -435,7 +438,7 @@ def decode_stats(line: bytes) -> StatsReport:
         d = load_json(line, "malformed stats report")
         rules = tuple(
             (
-                str(rid),
+                sys.intern(str(rid)),  # the table's own id string (ForwardingRule interns it), not a copy per report
                 RuleCounters(
                     packets=int(v[0]),
                     bytes=int(v[1]),

@@ -485,13 +485,15 @@ class Resolver:
         self.listeners = Listeners()  # the membership tables (outputs that follow receivers); a change re-resolves all
         self.links: Mapping[str, Link] = {}
         self.parts: dict[str, RuleResolution] = {}
-        self._flows: dict[tuple[object, ...], set[str]] = {}  # input (interface, group, port) -> rule ids
+        # input (interface, group, port) -> rule ids: tuples, not sets (a set costs 216 bytes, and a flow has
+        # one rule but for the rare sources that share it)
+        self._flows: dict[tuple[object, ...], tuple[str, ...]] = {}
         self._flow_of: dict[str, tuple[object, ...]] = {}
         self._captures: Counter[int] = Counter()  # ifindex -> userspace rules on it
         self._capture_names: dict[int, str] = {}
         self._egress: Counter[RawEgress] = Counter()  # raw ESP output sockets -> userspace outputs using them
         self._sources: dict[tuple[int, IPAddress], dict[str, IPAddress | None]] = {}  # membership inputs
-        self._wanted: dict[tuple[int, IPAddress], frozenset[Membership]] = {}
+        self._wanted: dict[tuple[int, IPAddress], tuple[Membership, ...]] = {}  # tuples for size, as _flows
         self._cache: tuple[Mapping[str, ForwardingRule], Resolution] | None = None
 
     @property
@@ -528,18 +530,19 @@ class Resolver:
             touched[rule_id] = None
             old_flow = self._flow_of.pop(rule_id, None)
             if old_flow is not None:
-                flow = self._flows[old_flow]
-                flow.discard(rule_id)
+                flow = tuple(r for r in self._flows[old_flow] if r != rule_id)
                 touched.update(dict.fromkeys(flow))
-                if not flow:
+                if flow:
+                    self._flows[old_flow] = flow
+                else:
                     del self._flows[old_flow]
             rule = rules.get(rule_id)
             if rule is not None:
                 key = rule.input_key[:3]
                 self._flow_of[rule_id] = key
-                flow = self._flows.setdefault(key, set())
+                flow = self._flows.get(key, ())
                 touched.update(dict.fromkeys(flow))
-                flow.add(rule_id)
+                self._flows[key] = (*flow, rule_id)
         changed: list[tuple[str, RuleResolution | None, RuleResolution | None]] = []
         groups: set[tuple[int, IPAddress]] = set()
         for rule_id in touched:
@@ -572,11 +575,11 @@ class Resolver:
         join: set[MembershipKey] = set()
         leave: set[MembershipKey] = set()
         for gkey in groups:
-            old = self._wanted.get(gkey, frozenset())
+            old = frozenset(self._wanted.get(gkey, ()))
             sources = self._sources.get(gkey)
             new = _group_memberships(gkey[1], sources.values()) if sources else frozenset()
             if new:
-                self._wanted[gkey] = new
+                self._wanted[gkey] = tuple(new)
             else:
                 self._wanted.pop(gkey, None)
             join.update((gkey[0], g, src) for g, src in new - old)

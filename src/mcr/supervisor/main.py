@@ -1019,12 +1019,25 @@ class Supervisor:
             if isinstance(rules, Sync):
                 handle.send(self.log_levels_command())
             if handle.worker_id == 0 and self.config.worker_orphan_timeout > 0:
-                held = self.memberships.sockets()  # copies keep the memberships while no supervisor runs
-                handle.send(HoldSockets(len(held)), [s.fileno() for s in held])
+                self.hold_sockets(handle)
         except (WorkerError, OSError) as e:
             log.error("%s; killing the worker so that it restarts clean", e)
             if handle.proc is not None and handle.proc.poll() is None:
                 handle.proc.kill()
+
+    def hold_sockets(self, handle: WorkerHandle) -> None:
+        """Give worker 0 copies of the join sockets (they keep the memberships while no supervisor runs) when
+        the set changed since it last got them: in messages of at most MAX_FDS_PER_MESSAGE descriptors (one
+        SCM_RIGHTS message carries at most 253; 10,000 groups take 500 sockets at igmp_max_memberships 20)."""
+        held = tuple(self.memberships.sockets())
+        if held == handle.held:  # the same socket objects (compared by identity): nothing to send
+            return
+        fds = [s.fileno() for s in held]
+        handle.send(HoldSockets(len(fds[:MAX_FDS_PER_MESSAGE])), fds[:MAX_FDS_PER_MESSAGE])
+        for i in range(MAX_FDS_PER_MESSAGE, len(fds), MAX_FDS_PER_MESSAGE):
+            chunk = fds[i : i + MAX_FDS_PER_MESSAGE]
+            handle.send(HoldSockets(len(chunk), append=True), chunk)
+        handle.held = held
 
     def close_egress(self, handle: WorkerHandle) -> None:
         """Take back the raw ESP output sockets no rule needs any more (once the Sync without them is sent)."""

@@ -69,7 +69,8 @@ class Memberships:
         self.joined: dict[Key, socket.socket] = {}
         self.members: dict[socket.socket, int] = {}
         self.failed: dict[Key, str] = {}
-        self._on_group: dict[tuple[int, IPAddress], set[socket.socket]] = {}  # sockets holding (ifindex, group)
+        # sockets holding (ifindex, group): a tuple, as a group is mostly held by one (a set costs 216 bytes)
+        self._on_group: dict[tuple[int, IPAddress], tuple[socket.socket, ...]] = {}
         # by IP version, the sockets that may have room (under the limit at the last look), oldest first, and
         # the limit they were sorted by: finding a socket for a join looks at these, not at every socket
         self._room: dict[int, dict[socket.socket, None]] = {4: {}, 6: {}}
@@ -84,7 +85,7 @@ class Memberships:
             for sock in self.members:
                 self._room[4 if sock.family == socket.AF_INET else 6][sock] = None
         room = self._room[version]
-        busy = self._on_group.get((key[0], key[1]), set())
+        busy = self._on_group.get((key[0], key[1]), ())
         for sock in list(room):
             if self.members[sock] >= limit:
                 del room[sock]  # full: it is put back when one of its memberships goes
@@ -116,9 +117,10 @@ class Memberships:
                 sock.setsockopt(*membership_option(key, join=False))
             except OSError:
                 pass  # the interface may be gone, and the membership with it
-            holders = self._on_group[(key[0], key[1])]
-            holders.discard(sock)
-            if not holders:
+            holders = tuple(s for s in self._on_group[(key[0], key[1])] if s is not sock)
+            if holders:
+                self._on_group[(key[0], key[1])] = holders
+            else:
                 del self._on_group[(key[0], key[1])]
             self.members[sock] -= 1
             if self.members[sock] == 0:
@@ -149,7 +151,9 @@ class Memberships:
             if self.failed.pop(key, None) is not None:
                 log.info("joined %s on ifindex %d (it had failed before)", group, ifindex)
             self.joined[key] = sock
-            self._on_group.setdefault((ifindex, group), set()).add(sock)
+            held = self._on_group.get((ifindex, group), ())
+            if sock not in held:
+                self._on_group[(ifindex, group)] = (*held, sock)
             self.members[sock] += 1
 
     def close(self) -> None:

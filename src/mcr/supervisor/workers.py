@@ -106,6 +106,7 @@ class WorkerHandle:
     acked_generation: int = -1
     captures: set[int] = field(default_factory=set)
     egress: set[RawEgress] = field(default_factory=set)  # raw ESP output sockets the worker holds
+    held: tuple[socket.socket, ...] | None = None  # the join sockets last sent to hold (HoldSockets)
     restart_at: float = 0.0
     adopt_deadline: float = 0.0  # a worker being taken over must answer Ready by then, or a new one starts
     # Replacing a taken-over worker of another version: the new worker (started beside it, given the rules but
@@ -199,6 +200,7 @@ class WorkerHandle:
         self.stats_buf.clear()
         self.captures.clear()
         self.egress.clear()
+        self.held = None
         self.acked_generation = -1
         if isinstance(self.proc, AdoptedProcess):
             self.proc.pidfd = -1  # it was self.pidfd, closed above

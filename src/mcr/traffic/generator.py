@@ -40,6 +40,11 @@ socket would send, except for the IPv4 checksum and IP ID. --raw-mode picks how 
   ends the run with exit status 1. On veth pairs it costs as much CPU per packet as mmsg (bench/sender.py;
   the kernel's per-skb work dominates both, and sendmmsg already makes one system call per batch), which is
   why it is not the default; it may pay off on a real NIC, where its frames are sent without a copy.
+
+--flows N (with --raw, mmsg mode, IPv4) sends to N groups at once, --group, --group + 1, ... on --port,
+interleaved: packet k goes to group + k mod N. Each frame slot keeps the header of its group (the ring has a
+multiple of N slots), so the cost per packet is the same as with one group. Sequence numbers are one series
+across the groups, so a sink receiving what a relay makes of them on one group and port counts loss as usual.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import argparse
 import errno
 import json
 import logging
+import math
 import os
 import random
 import select
@@ -57,7 +63,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from typing import Final, TypeAlias
 
 from mcr.linux.mmsg import SendBatch, buffer_address
@@ -97,6 +103,8 @@ _FATAL_ERRNOS: Final = frozenset(
 _BACKPRESSURE_ERRNOS: Final = frozenset({errno.EAGAIN, errno.ENOBUFS})
 _REPORTED_ERRORS: Final = 10
 _MAX_SLEEP_NS: Final = 50_000_000  # keeps SIGINT/SIGTERM, progress and --duration responsive
+MAX_FLOWS: Final = 65536  # --flows: one frame slot per flow at least
+MULTICAST_V4: Final = IPv4Network("224.0.0.0/4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,7 @@ class GeneratorConfig:
     gso: bool = False
     raw: str | None = None  # send prebuilt frames through an AF_PACKET socket on this interface
     raw_mode: str = "mmsg"  # how --raw sends: "mmsg" (sendmmsg) or "ring" (PACKET_TX_RING)
+    flows: int = 1  # --raw: packet k goes to group + k mod flows
     json: bool = False
     quiet: bool = False
 
@@ -231,6 +240,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --raw: mmsg = sendmmsg, one message per frame (default); "
         "ring = write the frames into a PACKET_TX_RING, one send() per batch",
     )
+    p.add_argument(
+        "--flows",
+        type=_positive_int,
+        default=1,
+        help="with --raw (mmsg, IPv4): send to N groups from --group on, interleaved (packet k to group + k mod N)",
+    )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -259,6 +274,14 @@ def parse_args(argv: Sequence[str] | None = None) -> GeneratorConfig:
         parser.error("--raw-mode goes with --raw")
     if ns.raw is not None and ns.gso:
         parser.error("--raw and --gso do not go together")
+    if ns.flows > 1:
+        if ns.raw is None or (ns.raw_mode or RAW_MODES[0]) != "mmsg" or ns.group.version != 4:
+            parser.error("--flows needs --raw in mmsg mode and an IPv4 --group")
+        if ns.flows > MAX_FLOWS:
+            parser.error(f"--flows must be at most {MAX_FLOWS}, not {ns.flows}")
+        last = int(ns.group) + ns.flows - 1
+        if last > int(MULTICAST_V4.broadcast_address):
+            parser.error(f"--flows {ns.flows} from {ns.group} leaves 224.0.0.0/4")
     if ns.gso and gso_segments(ns.size) < 2:
         parser.error(f"--gso needs --size between 1 and {MAX_PAYLOAD // 2} bytes, not {ns.size}")
     return GeneratorConfig(
@@ -277,6 +300,7 @@ def parse_args(argv: Sequence[str] | None = None) -> GeneratorConfig:
         gso=ns.gso,
         raw=ns.raw,
         raw_mode=ns.raw_mode or RAW_MODES[0],
+        flows=ns.flows,
         json=ns.json,
         quiet=ns.quiet,
     )
@@ -341,20 +365,27 @@ def open_raw_socket(config: GeneratorConfig) -> socket.socket:
     return sock
 
 
-def frame_header(config: GeneratorConfig, src_mac: bytes) -> bytes:
-    """The Ethernet/IP/UDP header every --raw frame starts with (the payload size is fixed per run).
+def flow_groups(config: GeneratorConfig) -> list[IPv4Address | IPv6Address]:
+    """The groups the frames go to, in the order packets take them (--flows)."""
+    return [config.group + i for i in range(config.flows)]
+
+
+def frame_header(config: GeneratorConfig, src_mac: bytes, group: IPv4Address | IPv6Address | None = None) -> bytes:
+    """The Ethernet/IP/UDP header every --raw frame (to `group`, default --group) starts with (the payload
+    size is fixed per run).
 
     IPv4: 42 bytes, IP ID 0 with DF, UDP checksum 0 (allowed for IPv4; the payload varies, the header is
     shared). IPv6: 62 bytes, its UDP checksum computed for an all-zero payload (each frame's is kept correct by
     `PayloadRing.track_udp_checksum`, see `udp_checksum_prefix`).
     """
     hops = 1 if config.ttl is None else config.ttl
-    if isinstance(config.group, IPv6Address):
+    group = config.group if group is None else group
+    if isinstance(group, IPv6Address):
         assert isinstance(config.interface, IPv6Address)  # parse_args: same family
         frame = build_udp6_frame(
             src_mac=src_mac,
             src_ip=config.interface,
-            dst_ip=config.group,
+            dst_ip=group,
             src_port=_RAW_SOURCE_PORT,
             dst_port=config.port,
             payload=bytes(config.size),
@@ -365,7 +396,7 @@ def frame_header(config: GeneratorConfig, src_mac: bytes) -> bytes:
     frame = build_udp_frame(
         src_mac=src_mac,
         src_ip=config.interface,
-        dst_ip=config.group,
+        dst_ip=group,
         src_port=_RAW_SOURCE_PORT,
         dst_port=config.port,
         payload=bytes(config.size),
@@ -392,9 +423,11 @@ def frame_ring(
     buffer: bytearray | memoryview | None = None,
     stride: int | None = None,
     first: int = 0,
+    flow_headers: Sequence[bytes] = (),
 ) -> PayloadRing:
     """A PayloadRing whose slots are whole frames: `header` (then the payload) from `first` on, every `stride`
-    bytes (default: back to back), with a correct UDP checksum per frame where the family needs one."""
+    bytes (default: back to back), with a correct UDP checksum per frame where the family needs one.
+    `flow_headers` (--flows, IPv4; all of `header`'s length): slot k starts with flow_headers[k mod len]."""
     h = len(header)
     ring = PayloadRing(
         run_id=config.run_id,
@@ -408,7 +441,7 @@ def frame_ring(
     buf = ring.buffer
     for k in range(slots):
         off = ring.offset(k)
-        buf[off - h : off] = header
+        buf[off - h : off] = flow_headers[k % len(flow_headers)] if flow_headers else header
     prefix = udp_checksum_prefix(config, header)
     if prefix is not None:
         ring.track_udp_checksum(prefix)
@@ -421,29 +454,33 @@ def _describe(err: int) -> str:
 
 class _PlainSender:
     """One datagram per sendmmsg message: message k is ring slot k, with the `prefix` bytes in front of it (the
-    frame header of a --raw ring)."""
+    frame header of a --raw ring). A ring of more than _MAX_BATCH slots (--flows) is split into message arrays
+    of up to that many; a call sends within one of them (`room`)."""
 
-    __slots__ = ("_batch", "_fd", "_stamp")
+    __slots__ = ("_batch", "_batches", "_chunk", "_fd", "_stamp")
 
     what = "sendmmsg"
 
     def __init__(self, fd: int, ring: PayloadRing, prefix: int = 0) -> None:
         self._fd = fd
         self._stamp = ring.stamp
-        self._batch = SendBatch(ring.slots)
+        self._chunk = min(ring.slots, _MAX_BATCH)
+        self._batches = [SendBatch(min(self._chunk, ring.slots - k)) for k in range(0, ring.slots, self._chunk)]
+        self._batch = self._batches[0]
         base = buffer_address(ring.buffer)
         for k in range(ring.slots):
-            self._batch.set(k, base + ring.offset(k) - prefix, prefix + ring.size)
+            self._batches[k // self._chunk].set(k % self._chunk, base + ring.offset(k) - prefix, prefix + ring.size)
 
     def room(self, slot: int, want: int) -> int:
-        return want
+        left = self._chunk - slot % self._chunk
+        return want if want < left else left
 
     def send(self, seq: int, slot: int, n: int, now_ns: int) -> tuple[int, int, int]:
         """Stamp and send packets seq..seq+n-1 from slots slot..slot+n-1: (sent, refused, errno or 0).
 
         Refused packets are dropped: their sequence numbers go to the next packets."""
         self._stamp(seq, n, now_ns)
-        sent = self._batch.send(self._fd, n, slot)
+        sent = self._batches[slot // self._chunk].send(self._fd, n, slot % self._chunk)
         if sent >= 0:
             return sent, n - sent, 0
         return 0, n, -sent
@@ -468,6 +505,8 @@ class _GsoSender(_PlainSender):
         self._per_message = per_message
         self._base = buffer_address(ring.buffer)
         self._batch = SendBatch(-(-ring.slots // per_message))
+        self._batches = [self._batch]
+        self._chunk = ring.slots  # batches never wrap around the ring's end (`_run`): room() limits nothing
 
     def send(self, seq: int, slot: int, n: int, now_ns: int) -> tuple[int, int, int]:
         self._stamp(seq, n, now_ns)
@@ -576,7 +615,14 @@ def _open_sender(config: GeneratorConfig, sock: socket.socket) -> tuple[_Sender,
     header = frame_header(config, sock.getsockname()[4])
     frame_len = len(header) + config.size
     if config.raw_mode == "mmsg":
-        ring = frame_ring(config, header, slots)
+        if config.flows > 1:  # a multiple of the flows: packet k is always in a slot of group + k mod flows
+            period = math.lcm(config.flows, BODY_PHASES)
+            slots = -(-slots // period) * period
+            mac = sock.getsockname()[4]
+            flows = [frame_header(config, mac, g) for g in flow_groups(config)]
+            ring = frame_ring(config, header, slots, flow_headers=flows)
+        else:
+            ring = frame_ring(config, header, slots)
         return _PlainSender(fd, ring, len(header)), ring, None
     layout = tx_layout(frame_len, max(_RING_MIN_FRAMES, 2 * config.batch), BODY_PHASES)
     _set_sndbuf(sock, max(_SNDBUF, 2 * layout.size))

@@ -22,7 +22,7 @@ from mcr.linux.packet_socket import attach_filter, fanout_id, read_statistics
 from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
 from mcr.model.errors import ProtocolError
 from mcr.model.ratelimit import TokenBucket
-from mcr.model.rules import InputProtocol
+from mcr.model.rules import InputProtocol, IPAddress
 from mcr.packet.cbpf import pack_program
 from mcr.packet.parse import DROP_KEYS, ESP_KEY_TAG, DropReason, parse_frame, src_address
 from mcr.protocol.worker import (
@@ -75,12 +75,13 @@ TP_STATUS_VLAN_VALID = 0x10  # the kernel took an 802.1Q tag off: the frame belo
 ETHERTYPE_IPV4_LE = 0x0008
 FRAG_MASK_LE = 0xFF3F
 #: An output socket: (group, port, ifindex, source address, ttl). Outputs of different rules with the same
-#: key share one connected socket (counters stay per output).
-_OUTPUT_KEY = tuple[int, int, int, int, int | None]
+#: key share one connected socket (counters stay per output). The addresses are the spec's own objects (no
+#: new ints per output), and an IPv4 and an IPv6 address never compare equal.
+_OUTPUT_KEY = tuple[IPAddress, int, int, IPAddress, int | None]
 
 
 def _output_key(spec: WorkerOutput) -> _OUTPUT_KEY:
-    return (int(spec.group), spec.port, spec.ifindex, int(spec.source), spec.ttl)
+    return (spec.group, spec.port, spec.ifindex, spec.source, spec.ttl)
 
 
 def _same_flow(a: WorkerRule, b: WorkerRule) -> bool:
@@ -267,9 +268,11 @@ class DataPlane:
             case ReleaseSockets():
                 self.release_sockets()
             case HoldSockets():
-                for fd in self.held:
-                    os.close(fd)
-                self.held = fds[: cmd.count]
+                if not cmd.append:
+                    for fd in self.held:
+                        os.close(fd)
+                    self.held = []
+                self.held += fds[: cmd.count]
                 for fd in fds[cmd.count :]:
                     os.close(fd)
 
@@ -529,7 +532,7 @@ class DataPlane:
                         if slot is None and key in sources:
                             slot = sources[key].pick(src_address(mm, off + mac))
                         if slot is not None:
-                            slot.drops[reason] += 1
+                            slot.count_drop(reason)
                         off += nxt
                         continue
                 slot = table.get(key)
@@ -541,7 +544,7 @@ class DataPlane:
                     drops[NO_RULE] += 1
                 elif slot.bucket is not None and not slot.bucket.admit(plen, now):
                     drops[RATE_LIMITED] += 1
-                    slot.drops[RATE_LIMITED] += 1
+                    slot.count_drop(RATE_LIMITED)
                 else:
                     entries = pending.get(slot)
                     if entries is None:
@@ -612,7 +615,7 @@ class DataPlane:
         if full:
             reported.clear()
         for rid, slot in self.slots.items():
-            mark = (slot.packets, slot.bytes, sum(slot.drops))
+            mark = (slot.packets, slot.bytes, slot.dropped)
             if full or reported.get(rid) != mark or rid in changed:
                 reported[rid] = mark
                 rules.append((rid, slot.counters()))

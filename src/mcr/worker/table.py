@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from mcr.model.ratelimit import TokenBucket
@@ -72,15 +72,25 @@ class RuleSlot:
     outputs: list[OutputSlot]
     packets: int = 0
     bytes: int = 0
-    drops: list[int] = field(default_factory=lambda: [0] * len(DROP_KEYS))
+    drops: list[int] | None = None  # by DropReason, made at the rule's first drop (most rules never drop)
     bucket: TokenBucket | None = None  # the rule's rate limit in this worker; None: unlimited
+
+    def count_drop(self, reason: int) -> None:
+        drops = self.drops
+        if drops is None:
+            drops = self.drops = [0] * len(DROP_KEYS)
+        drops[reason] += 1
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops) if self.drops is not None else 0
 
     def counters(self) -> RuleCounters:
         return RuleCounters(
             packets=self.packets,
             bytes=self.bytes,
             outputs=tuple((o.spec.index, o.packets, o.bytes, o.errors) for o in self.outputs),
-            drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops) if n),
+            drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops or ()) if n),
         )
 
 
