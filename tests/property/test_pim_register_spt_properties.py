@@ -50,7 +50,7 @@ def test_dr_register_core_keeps_its_invariants(steps: list[tuple[str, IPv4Addres
     for kind, address, dt in steps:
         now += dt
         if kind == "stop":
-            drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), address), now, 30.0)
+            drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), address), now, 30.0, rp)
         elif kind == "timer":
             drs.on_timer(now)
         elif kind == "data":

@@ -70,11 +70,20 @@ def test_a_new_source_starts_in_join_and_its_data_is_encapsulated_to_the_rp() ->
     assert drs.update({KEY: LOCAL}) is False  # unchanged
 
 
+def test_a_register_stop_not_from_the_rp_changes_nothing() -> None:
+    drs = DrRegisters()
+    drs.update({KEY: LOCAL})
+    stop = RegisterStop(EncodedGroup(G, 32), S)
+    assert drs.on_register_stop(stop, 10.0, 40.0, IPv4Address("10.9.0.66")) is False
+    assert drs.tunnels() == frozenset({LOCAL}) and (drs.stops_received, drs.stops_unmatched) == (0, 1)
+    assert drs.on_register_stop(stop, 11.0, 40.0, RP) is True
+
+
 def test_register_stop_prunes_then_null_register_probe_then_join_again() -> None:
     drs = DrRegisters()
     drs.update({KEY: LOCAL})
     drs.encapsulate(S, G, bytes(28), 9.0)  # the source sends
-    assert drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), now=10.0, timer=40.0) is True
+    assert drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), now=10.0, timer=40.0, sender=RP) is True
     (entry,) = drs.entries()
     assert entry.state is RegisterState.PRUNE and entry.timer_at == 50.0
     assert drs.tunnels() == frozenset() and drs.encapsulate(S, G, bytes(28), 11.0) is None
@@ -95,13 +104,13 @@ def test_register_stop_in_join_pending_goes_back_to_prune() -> None:
     drs = DrRegisters()
     drs.update({KEY: LOCAL})
     drs.saw_data(S, G, 0.0)
-    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 0.0, 30.0)
+    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 0.0, 30.0, RP)
     drs.on_timer(30.0)
     assert drs.entries()[0].state is RegisterState.JOIN_PENDING
-    assert drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 31.0, 60.0) is False
+    assert drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 31.0, 60.0, RP) is False
     assert drs.entries()[0].state is RegisterState.PRUNE and drs.entries()[0].timer_at == 91.0
     # in Prune a further Register-Stop changes nothing
-    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 32.0, 30.0)
+    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 32.0, 30.0, RP)
     assert drs.entries()[0].timer_at == 91.0
     assert drs.stops_received == 3
 
@@ -110,16 +119,16 @@ def test_wildcard_register_stop_covers_every_source_of_the_group_others_are_coun
     drs = DrRegisters()
     other = LocalSource("eth1", IPv4Address("10.1.0.6"), G, RP)
     drs.update({KEY: LOCAL, (other.source, G): other})
-    drs.on_register_stop(RegisterStop(EncodedGroup(IPv4Address("239.9.9.9"), 32), S), 0.0, 30.0)
+    drs.on_register_stop(RegisterStop(EncodedGroup(IPv4Address("239.9.9.9"), 32), S), 0.0, 30.0, RP)
     assert drs.stops_unmatched == 1 and len(drs.tunnels()) == 2
-    assert drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), IPv4Address("0.0.0.0")), 0.0, 30.0)
+    assert drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), IPv4Address("0.0.0.0")), 0.0, 30.0, RP)
     assert drs.tunnels() == frozenset()
 
 
 def test_rp_change_restarts_the_tunnel_and_losing_could_register_drops_the_entry() -> None:
     drs = DrRegisters()
     drs.update({KEY: LOCAL})
-    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 0.0, 30.0)
+    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 0.0, 30.0, RP)
     moved = LocalSource("eth1", S, G, RP2)
     assert drs.update({KEY: moved}) is True
     assert drs.tunnels() == {moved} and drs.next_deadline() is None
@@ -171,11 +180,11 @@ def test_a_silent_source_is_not_probed_for_and_registers_again_when_it_sends() -
     drs = DrRegisters()
     drs.update({KEY: LOCAL})
     drs.encapsulate(S, G, bytes(28), 0.0)
-    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 1.0, 60.0)
+    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 1.0, 60.0, RP)
     drs.saw_data(S, G, 50.0)  # seen while suppressed
     sends, _ = drs.on_timer(61.0)
     assert len(sends) == 1  # still sending: probed
-    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 62.0, 200.0)
+    drs.on_register_stop(RegisterStop(EncodedGroup(G, 32), S), 62.0, 200.0, RP)
     # then nothing from the source for the Keepalive period: no Null-Register, back to Join
     assert drs.on_timer(262.0) == ([], True)
     assert drs.tunnels() == {LOCAL} and drs.silent_sources == 1

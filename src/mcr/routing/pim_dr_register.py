@@ -145,7 +145,7 @@ class DrRegisters:
         self._tokens = REGISTER_DATA_BURST
         self._tokens_at: float | None = None
         self.stops_received = 0  # Register-Stops that matched one of our sources
-        self.stops_unmatched = 0  # Register-Stops for sources we do not register
+        self.stops_unmatched = 0  # Register-Stops for sources we do not register, or not from their RP
         self.data_rate_limited = 0  # packets not encapsulated: over REGISTER_DATA_RATE
         self.silent_sources = 0  # Register-Stop timers that ran out on a silent source: no probe sent
 
@@ -160,15 +160,17 @@ class DrRegisters:
                 self._entries[key] = DrEntry(local, RegisterState.JOIN, None, None if old is None else old.last_data)
         return self.tunnels() != before
 
-    def on_register_stop(self, stop: RegisterStop, now: float, timer: float) -> bool:
-        """A Register-Stop (its source may be the wildcard: every source of the group); `timer` is drawn in
-        REGISTER_STOP_TIMER. Whether the set of tunnels changed."""
+    def on_register_stop(self, stop: RegisterStop, now: float, timer: float, sender: IPAddress) -> bool:
+        """A Register-Stop from `sender` (its source may be the wildcard: every source of the group); `timer`
+        is drawn in REGISTER_STOP_TIMER. It stops only the tunnels whose RP sent it (the RP answers from the
+        address our Registers go to), so no other host on the path can silence a source. Whether the set of
+        tunnels changed."""
         before = self.tunnels()
         matched = False
         wildcard = stop.source.is_unspecified
         for key, entry in list(self._entries.items()):
             source, group = key
-            if group != stop.group.address or not (wildcard or source == stop.source):
+            if group != stop.group.address or not (wildcard or source == stop.source) or entry.local.rp != sender:
                 continue
             matched = True
             if entry.state is not RegisterState.PRUNE:

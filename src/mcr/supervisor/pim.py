@@ -674,12 +674,12 @@ class PimService:
                 break
             split = split_ipv4(datagram)
             msg = parse_pim(split[1]) if split is not None else PimDrop.TRUNCATED
-            if not isinstance(msg, RegisterStop):
+            if split is None or not isinstance(msg, RegisterStop):
                 self.counters["drop_bad_register_stop"] += 1
                 continue
             self.counters["rx_register_stop_for_dr"] += 1
             timer = self._rng.uniform(*REGISTER_STOP_TIMER)
-            if self.dr_registers.on_register_stop(msg, self.loop.time(), timer):
+            if self.dr_registers.on_register_stop(msg, self.loop.time(), timer, split[0]):
                 log.info(
                     "PIM Register-Stop from %s for (%s,%s): registering suppressed",
                     split[0] if split else "?",
