@@ -145,6 +145,7 @@ def test_malformed_pim_is_counted_by_reason_and_changes_nothing(link: Link) -> N
     frr = link.frr()
     link.sup.ctl("pim", "enable", "--interface", OUR_IF)
     wait_for(lambda: link.our_neighbor(THEIRS), 40.0, "FRR as our PIM neighbour")
+    wait_for(lambda: frr.pim_neighbors(FRR_IF).get(OURS), 40.0, "us as FRR's neighbour")  # both sides, before
     link.lab.run(link.frr_ns, sys.executable, "-c", _GARBAGE, THEIRS)
 
     def counters() -> dict[str, int]:
