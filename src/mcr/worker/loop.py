@@ -435,7 +435,7 @@ class DataPlane:
                 sock = open_lane_socket(spec)
             except OSError as e:
                 log.warning(
-                    "output %s:%d on ifindex %d: cannot open socket: %s", spec.group, spec.port, spec.ifindex, e
+                    "output %s:%d on ifindex %d: cannot open its socket: %s", spec.group, spec.port, spec.ifindex, e
                 )
                 return
             lane = self.lanes[key] = Lane(sock, self.busy)
