@@ -168,20 +168,20 @@ def test_runs_of_messages_written_at_once_each_run_to_its_own_destination(
         base = buffer_address(buf)
         send = SendBatch(8)
         send.set_run(0, [base, 1, base + 1, 2])  # "a", "bc" to rx
-        send.name_run(0, 2, buffer_address(names[0]), 16)
+        send.set_names(0, [buffer_address(names[0])] * 2, 16)
         send.set_run(2, [base + 3, 3, base + 6, 2, base + 7, 1])  # "def", "gh", "h" to b
-        send.name_run(2, 3, buffer_address(names[1]), 16)
+        send.set_names(2, [buffer_address(names[1])] * 3, 16)
         assert send.send(tx.fileno(), 5) == 5
         assert recv_all(RecvBatch(4, 16), rx, 2) == [b"a", b"bc"]
         assert recv_all(RecvBatch(4, 16), b, 3) == [b"def", b"gh", b"h"]
-        send.name_run(0, 1, 0, 0)  # no destination again
+        send.set_names(0, [0], 0)  # no destination again
         assert send.send(tx.fileno(), 1) == -errno.EDESTADDRREQ
     with pytest.raises(IndexError):
         send.set_run(7, [base, 1, base, 1])  # two messages from the last slot
     with pytest.raises(IndexError):
         send.set_run(0, [base])  # not (address, length) pairs
     with pytest.raises(IndexError):
-        send.name_run(6, 3, 0, 0)
+        send.set_names(6, [0, 0, 0], 0)
     with pytest.raises(IndexError):
         SendBatch(2, parts=2).set_run(0, [base, 1])
 

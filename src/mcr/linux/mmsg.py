@@ -192,21 +192,18 @@ class SendBatch:
         if count:
             _iov_run(count).pack_into(self._iov_buf, start * _IOV_SIZE, *entries)
 
-    def name_run(self, start: int, count: int, name: int, namelen: int) -> None:
-        """Give messages `start` .. `start` + `count` - 1 the destination of `namelen` bytes at address `name`
-        (a sockaddr the caller keeps alive, see `buffer_address`); `name` 0 and `namelen` 0 remove it."""
-        if not (start >= 0 and count >= 0 and start + count <= self._capacity):
+    def set_names(self, start: int, names: list[int], namelen: int) -> None:
+        """Give messages `start`, `start` + 1, ... the destinations at the addresses in `names` (a sockaddr of
+        `namelen` bytes each, which the caller keeps alive, see `buffer_address`), in one write; address 0
+        and `namelen` 0 remove them."""
+        count = len(names)
+        if not (start >= 0 and start + count <= self._capacity):
             raise IndexError(f"messages {start}..{start + count - 1} outside 0..{self._capacity - 1}")
-        words = self._words
         at = start * _MMSG_QWORDS
-        length = namelen << _NAMELEN_SHIFT
-        if count == 1:
-            words[at] = name
-            words[at + _NAMELEN_QWORD] = length
-        elif count:
-            end = at + count * _MMSG_QWORDS
-            words[at:end:_MMSG_QWORDS] = array("Q", (name,)) * count
-            words[at + _NAMELEN_QWORD : end : _MMSG_QWORDS] = array("Q", (length,)) * count
+        end = at + count * _MMSG_QWORDS
+        words = self._words
+        words[at:end:_MMSG_QWORDS] = array("Q", names)
+        words[at + _NAMELEN_QWORD : end : _MMSG_QWORDS] = array("Q", (namelen << _NAMELEN_SHIFT,)) * count
 
     def set_destination(self, i: int, address: IPv4Address | str | None, port: int = 0) -> None:
         """Give message i its own IPv4 destination (for an unconnected socket); None removes it again."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from bisect import bisect_right
 from typing import TYPE_CHECKING
 
 from mcr.linux.mmsg import SendBatch
@@ -79,43 +78,45 @@ def _prepare_ipv6(sock: socket.socket, out: WorkerOutput) -> None:
 
 
 class Lane:
-    """One lane's socket and the frames queued on it during a ring block: runs of (output, entries) where
-    `entries` are a rule's (address, length) pairs. `queue` sends first when the batch would overflow;
-    the owner sends every busy lane before it gives the ring block back (the entries point into it)."""
+    """One lane's socket and the frames queued on it during a ring block, flat as the send array wants them:
+    (address, length) pairs, a destination address per message, and runs of (output, messages, bytes) for
+    the counters. `queue` sends first when the batch would overflow; the owner sends every busy lane before
+    it gives the ring block back (the pairs point into it)."""
 
-    __slots__ = ("busy", "fd", "queued", "runs", "sock", "users")
+    __slots__ = ("busy", "entries", "fd", "namelen", "names", "runs", "sock", "users")
 
-    def __init__(self, sock: socket.socket, busy: list[Lane]) -> None:
+    def __init__(self, sock: socket.socket, namelen: int, busy: list[Lane]) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        self.namelen = namelen  # the size of every destination on this lane (one family)
         self.users = 0  # outputs on this lane
-        self.runs: list[tuple[OutputSlot, list[int], int]] = []  # (output, entries, total bytes)
-        self.queued = 0  # messages in `runs`
+        self.entries: list[int] = []  # address, length, address, length, ...
+        self.names: list[int] = []  # the address of each message's destination
+        self.runs: list[tuple[OutputSlot, int, int]] = []  # (output, messages, bytes) in order
         self.busy = busy  # the owner's list of lanes with something queued
 
     def queue(self, out: OutputSlot, entries: list[int], total: int, batch: SendBatch) -> None:
         count = len(entries) >> 1
-        if not self.queued:
+        names = self.names
+        if not names:
             self.busy.append(self)
-        elif self.queued + count > batch.capacity:
+        elif len(names) + count > batch.capacity:
             self.send(batch)  # still busy: what follows goes with the next send
-        self.runs.append((out, entries, total))
-        self.queued += count
+        self.entries += entries
+        if count == 1:
+            names.append(out.name)
+        else:
+            names += [out.name] * count
+        self.runs.append((out, count, total))
 
     def send(self, batch: SendBatch) -> None:
-        """Lay the queued runs out in `batch` and send them; count what went out and what failed per output.
-        A destination the kernel refuses fails the rest of its run only; a full socket, the rest of the batch."""
-        runs = self.runs
-        if not runs:
+        """Lay the queue out in `batch` and send it; count what went out and what failed per output. A
+        destination the kernel refuses fails the rest of its run only; a full socket, the rest of the batch."""
+        at = len(self.names)
+        if not at:
             return
-        at = 0
-        ends: list[int] = []
-        for out, entries, _total in runs:
-            batch.set_run(at, entries)
-            count = len(entries) >> 1
-            batch.name_run(at, count, out.name, out.namelen)
-            at += count
-            ends.append(at)
+        batch.set_run(0, self.entries)
+        batch.set_names(0, self.names, self.namelen)
         failed: list[tuple[int, int]] = []  # [start, end) of messages not sent
         start, fd = 0, self.fd
         while start < at:
@@ -128,27 +129,36 @@ class Lane:
                 failed.append((start, at))
                 break
             else:
-                end = ends[bisect_right(ends, start)]
+                end = self._run_end(start)
                 failed.append((start, end))
                 start = end
-        begin = 0
-        for (out, entries, total), end in zip(runs, ends, strict=True):
-            if not failed:
-                out.packets += end - begin
-                out.bytes += total
-            else:
-                _account(out, entries, begin, end, failed)
-            begin = end
-        self.runs = []
-        self.queued = 0
-
-
-def _account(out: OutputSlot, entries: list[int], begin: int, end: int, failed: list[tuple[int, int]]) -> None:
-    """Count the messages begin..end-1 of one run (its `entries` from 0) as sent, or as errors where they fall
-    in a failed range."""
-    for i in range(begin, end):
-        if any(lo <= i < hi for lo, hi in failed):
-            out.errors += 1
+        if failed:
+            self._account(failed)
         else:
-            out.packets += 1
-            out.bytes += entries[2 * (i - begin) + 1]
+            for out, count, total in self.runs:
+                out.packets += count
+                out.bytes += total
+        self.entries.clear()
+        self.names.clear()
+        self.runs.clear()
+
+    def _run_end(self, message: int) -> int:
+        """Where the run that holds `message` ends."""
+        end = 0
+        for _out, count, _total in self.runs:
+            end += count
+            if end > message:
+                break
+        return end
+
+    def _account(self, failed: list[tuple[int, int]]) -> None:
+        """Count each message as sent, or as an error of its output where it falls in a failed range."""
+        i = 0
+        for out, count, _total in self.runs:
+            for k in range(i, i + count):
+                if any(lo <= k < hi for lo, hi in failed):
+                    out.errors += 1
+                else:
+                    out.packets += 1
+                    out.bytes += self.entries[2 * k + 1]
+            i += count

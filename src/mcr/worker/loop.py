@@ -438,7 +438,7 @@ class DataPlane:
                     "output %s:%d on ifindex %d: cannot open its socket: %s", spec.group, spec.port, spec.ifindex, e
                 )
                 return
-            lane = self.lanes[key] = Lane(sock, self.busy)
+            lane = self.lanes[key] = Lane(sock, len(destination(spec)), self.busy)
         lane.users += 1
         out.lane, out.fd = lane, lane.fd
         out.sockaddr = destination(spec)
