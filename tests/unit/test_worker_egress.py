@@ -95,7 +95,7 @@ def test_the_rules_of_one_lane_go_out_together_each_to_its_destination(
     x, y = data_plane.slots["x"], data_plane.slots["y"]
     data_plane.flush(x, [base, 3, base + 3, 3])  # "one", "two" to a and b
     data_plane.flush(y, [base + 6, 5])  # "three" to c
-    assert len(lane.names) == 3 and data_plane.busy == [lane], "queued until the block ends"
+    assert len(lane.names) == 5 and data_plane.busy == [lane], "queued until the block ends"
     data_plane.send_lanes()
     assert drain(receivers[0], 2) == [b"one", b"two"] and drain(receivers[1], 2) == [b"one", b"two"]
     assert drain(receivers[2], 1) == [b"three"]
