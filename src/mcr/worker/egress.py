@@ -95,8 +95,8 @@ class Lane:
         self.runs: list[tuple[OutputSlot, int, int]] = []  # (output, messages, bytes) in order
         self.busy = busy  # the owner's list of lanes with something queued
 
-    def queue(self, out: OutputSlot, entries: list[int], total: int, batch: SendBatch) -> None:
-        count = len(entries) >> 1
+    def queue(self, out: OutputSlot, entries: list[int], count: int, total: int, batch: SendBatch) -> None:
+        """Queue `count` messages of `out` (`entries`: their address, length pairs; `total`: their bytes)."""
         names = self.names
         if not names:
             self.busy.append(self)

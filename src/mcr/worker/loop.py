@@ -569,15 +569,14 @@ class DataPlane:
         output: queued on a UDP output's lane (sent by `send_lanes`, or at once when the lane's batch is
         full), sent at once to a raw ESP output (laid out in the shared send array, one sendmmsg each)."""
         count = len(entries) >> 1
-        lengths = entries[1::2]
-        total = sum(lengths)
+        total = entries[1] if count == 1 else sum(entries[1::2])
         slot.packets += count
         slot.bytes += total
         batch = None
         for out in slot.outputs:
             lane = out.lane
             if lane is not None:
-                lane.queue(out, entries, total, self.lane_batch)
+                lane.queue(out, entries, count, total, self.lane_batch)
                 continue
             fd = out.fd
             if fd < 0:
@@ -595,7 +594,7 @@ class DataPlane:
                     out.errors += count - start
                     break
                 out.packets += sent
-                out.bytes += total if sent == count else sum(lengths[start : start + sent])
+                out.bytes += total if sent == count else sum(entries[2 * start + 1 : 2 * (start + sent) : 2])
                 start += sent
 
     def send_lanes(self) -> None:
