@@ -32,7 +32,7 @@ def data_plane() -> Iterator[DataPlane]:
     read_fd, write_fd = os.pipe()
     plane = DataPlane(0, ours, write_fd)
     yield plane
-    for sock in (*(held[0] for held in plane.sockets.values()), ours, theirs):
+    for sock in (*(lane.sock for lane in plane.lanes.values()), ours, theirs):
         sock.close()
     os.close(read_fd)
     os.close(write_fd)

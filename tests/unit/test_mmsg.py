@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import mmap
 import socket
+import struct
 import time
 from collections.abc import Iterator
 
@@ -150,6 +151,39 @@ def test_destinations_for_an_unconnected_socket(pair: tuple[socket.socket, socke
         assert recv_all(RecvBatch(2, 16), other, 1) == [b"y"]
         send.set_destination(0, None)
         assert send.send(tx.fileno(), 1) == -errno.EDESTADDRREQ
+
+
+def test_runs_of_messages_written_at_once_each_run_to_its_own_destination(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    rx, _tx = pair
+    names = [bytearray(struct.pack("=H2s4s8x", socket.AF_INET, rx.getsockname()[1].to_bytes(2, "big"), bytes(4)))]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        b.bind(("127.0.0.1", 0))
+        b.setblocking(False)
+        names[0][4:8] = socket.inet_aton("127.0.0.1")
+        names.append(bytearray(names[0]))
+        names[1][2:4] = b.getsockname()[1].to_bytes(2, "big")
+        buf = bytearray(b"abcdefgh")
+        base = buffer_address(buf)
+        send = SendBatch(8)
+        send.set_run(0, [base, 1, base + 1, 2])  # "a", "bc" to rx
+        send.set_names(0, [buffer_address(names[0])] * 2, 16)
+        send.set_run(2, [base + 3, 3, base + 6, 2, base + 7, 1])  # "def", "gh", "h" to b
+        send.set_names(2, [buffer_address(names[1])] * 3, 16)
+        assert send.send(tx.fileno(), 5) == 5
+        assert recv_all(RecvBatch(4, 16), rx, 2) == [b"a", b"bc"]
+        assert recv_all(RecvBatch(4, 16), b, 3) == [b"def", b"gh", b"h"]
+        send.set_names(0, [0], 0)  # no destination again
+        assert send.send(tx.fileno(), 1) == -errno.EDESTADDRREQ
+    with pytest.raises(IndexError):
+        send.set_run(7, [base, 1, base, 1])  # two messages from the last slot
+    with pytest.raises(IndexError):
+        send.set_run(0, [base])  # not (address, length) pairs
+    with pytest.raises(IndexError):
+        send.set_names(6, [0, 0, 0], 0)
+    with pytest.raises(IndexError):
+        SendBatch(2, parts=2).set_run(0, [base, 1])
 
 
 def test_errors_are_negative_errno_not_exceptions() -> None:

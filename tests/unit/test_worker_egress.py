@@ -1,15 +1,21 @@
-"""The worker's raw ESP output sockets: taken from the supervisor (OpenEgress), used by the Sync's ESP
-outputs, and given up (CloseEgress) without leaving an output pointing at a descriptor number that another
-socket may reuse."""
+"""The worker's output sockets. UDP outputs: one lane per way out, whose one sendmmsg carries the frames of
+every rule on it, each to its own destination, counted per output. Raw ESP outputs: taken from the
+supervisor (OpenEgress), used by the Sync's ESP outputs, and given up (CloseEgress) without leaving an
+output pointing at a descriptor number that another socket may reuse."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 
+import pytest
+
+from mcr.linux.mmsg import buffer_address
 from mcr.model.rules import InputProtocol
-from mcr.protocol.worker import CloseEgress, OpenEgress, Sync, WorkerOutput, WorkerRule
+from mcr.protocol.worker import CloseEgress, OpenEgress, Sync, Update, WorkerOutput, WorkerRule
 from mcr.worker.loop import DataPlane
 
 OUT = WorkerOutput(0, IPv4Address("239.5.5.5"), 0, 1, IPv4Address("127.0.0.1"), 4, InputProtocol.ESP)
@@ -36,7 +42,7 @@ def test_esp_outputs_use_the_sockets_handed_over_and_let_go_of_closed_ones(data_
     assert not is_open(extra)
     data_plane.sync(Sync(1, (RULE,)))
     (out,) = data_plane.slots["e"].outputs
-    assert out.fd == fd and not data_plane.sockets  # no UDP socket of its own for an ESP output
+    assert out.fd == fd and not data_plane.lanes  # no UDP socket of its own for an ESP output
     data_plane.apply(CloseEgress((OUT.raw_egress,)), [])
     assert out.fd == -1 and not is_open(fd)  # unhooked before the next Sync: its sends count as errors
     data_plane.apply(CloseEgress((OUT.raw_egress,)), [])  # twice: nothing to do
@@ -49,3 +55,95 @@ def test_an_esp_output_without_its_socket_counts_errors(data_plane: DataPlane) -
     assert out.fd == -1
     data_plane.flush(slot, [0, 100, 0, 200])  # (address, length) pairs; nothing is sent
     assert (slot.packets, out.packets, out.errors) == (2, 0, 2)
+
+
+LOOPBACK = IPv4Address("127.0.0.1")
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[socket.socket]]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2.0)
+    yield socks
+    for s in socks:
+        s.close()
+
+
+def udp_rule(rule_id: str, group: str, *ports: int) -> WorkerRule:
+    outs = tuple(WorkerOutput(i, LOOPBACK, port, 1, LOOPBACK, None) for i, port in enumerate(ports))
+    return WorkerRule(rule_id, 1, IPv4Address(group), 5000, outs)
+
+
+def drain(sock: socket.socket, want: int) -> list[bytes]:
+    got = []
+    deadline = time.monotonic() + 2.0
+    while len(got) < want and time.monotonic() < deadline:
+        got.append(sock.recv(100))
+    return got
+
+
+def test_the_rules_of_one_lane_go_out_together_each_to_its_destination(
+    data_plane: DataPlane, receivers: list[socket.socket]
+) -> None:
+    a, b, c = (s.getsockname()[1] for s in receivers)
+    data_plane.update(Update(1, (udp_rule("x", "239.1.1.1", a, b), udp_rule("y", "239.1.1.2", c))))
+    (lane,) = data_plane.lanes.values()
+    frames = bytearray(b"onetwothree")
+    base = buffer_address(frames)
+    x, y = data_plane.slots["x"], data_plane.slots["y"]
+    data_plane.flush(x, [base, 3, base + 3, 3])  # "one", "two" to a and b
+    data_plane.flush(y, [base + 6, 5])  # "three" to c
+    assert len(lane.names) == 5 and data_plane.busy == [lane], "queued until the block ends"
+    data_plane.send_lanes()
+    assert drain(receivers[0], 2) == [b"one", b"two"] and drain(receivers[1], 2) == [b"one", b"two"]
+    assert drain(receivers[2], 1) == [b"three"]
+    assert [(o.packets, o.bytes, o.errors) for o in x.outputs] == [(2, 6, 0), (2, 6, 0)]
+    assert [(o.packets, o.bytes, o.errors) for o in y.outputs] == [(1, 5, 0)]
+    assert (x.packets, x.bytes, y.packets, y.bytes) == (2, 6, 1, 5)
+    assert not lane.names and not lane.entries and not data_plane.busy
+
+
+def test_a_destination_the_kernel_refuses_fails_only_its_own_run(
+    data_plane: DataPlane, receivers: list[socket.socket]
+) -> None:
+    a, c = receivers[0].getsockname()[1], receivers[2].getsockname()[1]
+    # UDP port 0 is refused (EINVAL) at send time: in the middle of the lane's batch
+    data_plane.update(
+        Update(1, (udp_rule("x", "239.1.1.1", a), udp_rule("bad", "239.1.1.2", 0), udp_rule("y", "239.1.1.3", c)))
+    )
+    frames = bytearray(b"abc")
+    base = buffer_address(frames)
+    data_plane.flush(data_plane.slots["x"], [base, 1])
+    data_plane.flush(data_plane.slots["bad"], [base + 1, 1, base + 1, 1])
+    data_plane.flush(data_plane.slots["y"], [base + 2, 1])
+    data_plane.send_lanes()
+    assert drain(receivers[0], 1) == [b"a"] and drain(receivers[2], 1) == [b"c"]
+    counts = {rid: [(o.packets, o.errors) for o in data_plane.slots[rid].outputs] for rid in ("x", "bad", "y")}
+    assert counts == {"x": [(1, 0)], "bad": [(0, 2)], "y": [(1, 0)]}
+    assert data_plane.slots["bad"].packets == 2, "the rule matched; its output could not send"
+
+
+def test_a_lane_sends_before_its_batch_overflows(data_plane: DataPlane, receivers: list[socket.socket]) -> None:
+    port = receivers[0].getsockname()[1]
+    receivers[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    data_plane.update(Update(1, tuple(udp_rule(f"r{i}", f"239.1.1.{i + 1}", port) for i in range(3))))
+    frames = bytearray(b"z")
+    entries = [buffer_address(frames), 1] * 600
+    for i in range(3):  # 1,800 frames for a batch of 1,024: sent in parts, nothing lost
+        data_plane.flush(data_plane.slots[f"r{i}"], list(entries))
+    data_plane.send_lanes()
+    sent = sum(data_plane.slots[f"r{i}"].outputs[0].packets for i in range(3))
+    errors = sum(data_plane.slots[f"r{i}"].outputs[0].errors for i in range(3))
+    assert (sent, errors) == (1800, 0)
+    assert len(drain(receivers[0], 1800)) == 1800
+
+
+def test_an_output_whose_lane_cannot_open_counts_errors(data_plane: DataPlane) -> None:
+    nowhere = WorkerOutput(0, IPv4Address("239.9.9.9"), 6000, 1, IPv4Address("192.0.2.77"), 1)  # not ours: bind fails
+    data_plane.update(Update(1, (WorkerRule("n", 1, IPv4Address("239.1.1.1"), 5000, (nowhere,)),)))
+    slot = data_plane.slots["n"]
+    assert slot.outputs[0].fd == -1 and not data_plane.lanes
+    data_plane.flush(slot, [0, 10])
+    assert (slot.outputs[0].packets, slot.outputs[0].errors) == (0, 1)

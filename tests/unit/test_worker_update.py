@@ -12,6 +12,7 @@ import pytest
 from mcr.model.errors import ProtocolError
 from mcr.packet.cbpf import coarse_filter
 from mcr.protocol.worker import Sync, Update, WorkerOutput, WorkerRule, decode_command, encode_command
+from mcr.worker.egress import lane_key
 from mcr.worker.loop import DataPlane
 from mcr.worker.table import EXACT_FILTER_GROUPS, FilterSet, RuleIndex, RuleSlot, rule_key
 
@@ -48,16 +49,31 @@ def test_update_touches_only_the_rules_it_names(data_plane: DataPlane) -> None:
     assert set(data_plane.slots) == {"a", "c"}
 
 
-def test_outputs_that_are_the_same_socket_share_it_until_the_last_goes(data_plane: DataPlane) -> None:
-    same = out(0, "239.9.9.9", 6000)
-    data_plane.update(Update(1, (rule("a", "239.1.1.1", same), rule("b", "239.1.1.2", same))))
-    assert len(data_plane.sockets) == 1
+def test_outputs_that_leave_the_same_way_share_a_lane_until_the_last_goes(data_plane: DataPlane) -> None:
+    same, other = out(0, "239.9.9.9", 6000), out(0, "239.9.9.8", 6001)
+    data_plane.update(Update(1, (rule("a", "239.1.1.1", same), rule("b", "239.1.1.2", other))))
+    assert len(data_plane.lanes) == 1
     fa, fb = data_plane.slots["a"].outputs[0], data_plane.slots["b"].outputs[0]
-    assert fa.fd == fb.fd >= 0 and fa is not fb, "one socket, counters per output"
+    assert fa.fd == fb.fd >= 0 and fa.lane is fb.lane and fa is not fb, "one socket, counters per output"
+    assert fa.name != fb.name and fa.namelen == fb.namelen == 16, "a destination each"
     data_plane.update(Update(2, removed=("a",)))
-    assert len(data_plane.sockets) == 1 and data_plane.slots["b"].outputs[0].fd == fb.fd
+    assert len(data_plane.lanes) == 1 and data_plane.slots["b"].outputs[0].fd == fb.fd
+    assert fa.lane is None and fa.fd == -1
     data_plane.update(Update(3, removed=("b",)))
-    assert data_plane.sockets == {}
+    assert data_plane.lanes == {}
+
+
+def test_a_lane_per_way_out(data_plane: DataPlane) -> None:
+    """Interface, source address, TTL, multicast or unicast, IP version: any difference is another socket."""
+    outs = [
+        out(0),
+        replace(out(1), ttl=9),
+        replace(out(2), group=IPv4Address("127.0.0.1")),
+        replace(out(3), group=IPv6Address("ff05::9"), source=IPv6Address("::1")),
+    ]
+    data_plane.update(Update(1, (rule("a", "239.1.1.1", *outs),)))
+    assert len(data_plane.lanes) == 4
+    assert [o.namelen for o in data_plane.slots["a"].outputs] == [16, 16, 16, 28]
 
 
 def test_a_changed_rule_keeps_the_outputs_that_stay(data_plane: DataPlane) -> None:
@@ -67,9 +83,9 @@ def test_a_changed_rule_keeps_the_outputs_that_stay(data_plane: DataPlane) -> No
     data_plane.update(Update(2, (rule("a", "239.1.1.1", out(0), out(1, port=6009)),)))
     outputs = data_plane.slots["a"].outputs
     assert outputs[0] is kept and outputs[0].packets == 5 and outputs[1].spec.port == 6009
-    assert len(data_plane.sockets) == 2
+    assert len(data_plane.lanes) == 1 and data_plane.lanes[lane_key(kept.spec)].users == 2
     data_plane.update(Update(3, (replace(data_plane.slots["a"].rule, epoch=3),)))  # re-added: from zero
-    assert data_plane.slots["a"].outputs[0].packets == 0 and len(data_plane.sockets) == 2
+    assert data_plane.slots["a"].outputs[0].packets == 0 and data_plane.lanes[lane_key(kept.spec)].users == 2
 
 
 def test_the_filter_set_marks_an_interface_only_when_what_passes_changed() -> None:

@@ -20,6 +20,9 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
+import sys
+from array import array
+from functools import cache
 from ipaddress import IPv4Address
 from typing import Final
 
@@ -85,9 +88,15 @@ _MMSG_WORDS: Final = _MMSG_SIZE // 4
 _IOV: Final = struct.Struct("@PN")  # struct iovec: void *iov_base; size_t iov_len
 # struct sockaddr_in: the family in host byte order, then port and address in network byte order.
 _SOCKADDR_IN: Final = struct.Struct("=H2s4s8x")
+# msg_name and msg_namelen of message i as 64-bit words of a memoryview cast to "Q": msg_namelen is a 32-bit
+# field followed by padding, so the word's value is the length on a little-endian machine, shifted on a big one.
+_MMSG_QWORDS: Final = _MMSG_SIZE // 8
+_NAMELEN_QWORD: Final = _MsgHdr.msg_namelen.offset // 8
+_NAMELEN_SHIFT: Final = 0 if sys.byteorder == "little" else 32
 
 assert _IOV.size == _IOV_SIZE
 assert _SOCKADDR_IN.size == _SOCKADDR_SIZE
+assert _MsgHdr.msg_name.offset == 0 and _MsgHdr.msg_namelen.offset == 8 and _MMSG_SIZE % 8 == 0
 assert _MMsgHdr.msg_len.offset % 4 == 0 and _MsgHdr.msg_flags.offset % 4 == 0 and _MMSG_SIZE % 4 == 0
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -117,6 +126,12 @@ def buffer_address(buf: bytearray | memoryview | object) -> int:
     return address
 
 
+@cache
+def _iov_run(count: int) -> struct.Struct:
+    """`count` consecutive struct iovec, written from a flat list of (address, length) pairs in one call."""
+    return struct.Struct("@" + "PN" * count)
+
+
 def _check_capacity(capacity: int) -> None:
     if not 1 <= capacity <= 1024:
         # UIO_MAXIOV: the kernel handles at most 1024 messages per call.
@@ -131,7 +146,7 @@ class SendBatch:
     many pieces of memory (for example a shared prebuilt header and a payload), set with `set_part()`.
     """
 
-    __slots__ = ("_base", "_capacity", "_iov_buf", "_iovs", "_mmsg_buf", "_msgs", "_names", "_parts")
+    __slots__ = ("_base", "_capacity", "_iov_buf", "_iovs", "_mmsg_buf", "_msgs", "_names", "_parts", "_words")
 
     def __init__(self, capacity: int, parts: int = 1) -> None:
         _check_capacity(capacity)
@@ -150,6 +165,7 @@ class SendBatch:
             hdr.msg_iov = iov_base + i * parts * _IOV_SIZE
             hdr.msg_iovlen = parts
         self._base = ctypes.addressof(self._msgs)
+        self._words = memoryview(self._mmsg_buf).cast("Q")
 
     @property
     def capacity(self) -> int:
@@ -166,6 +182,28 @@ class SendBatch:
         if not (0 <= i < self._capacity and 0 <= part < self._parts):
             raise IndexError(f"message {i} part {part} outside 0..{self._capacity - 1} / 0..{self._parts - 1}")
         _IOV.pack_into(self._iov_buf, (i * self._parts + part) * _IOV_SIZE, address, length)
+
+    def set_run(self, start: int, entries: list[int]) -> None:
+        """Point messages `start`, `start` + 1, ... at the (address, length) pairs of `entries` (flat: address,
+        length, address, length, ...), in one write; for a batch of one part per message."""
+        count = len(entries) >> 1
+        if self._parts != 1 or len(entries) & 1 or not (start >= 0 and start + count <= self._capacity):
+            raise IndexError(f"{count} messages from {start} do not fit 0..{self._capacity - 1} ({self._parts} parts)")
+        if count:
+            _iov_run(count).pack_into(self._iov_buf, start * _IOV_SIZE, *entries)
+
+    def set_names(self, start: int, names: list[int], namelen: int) -> None:
+        """Give messages `start`, `start` + 1, ... the destinations at the addresses in `names` (a sockaddr of
+        `namelen` bytes each, which the caller keeps alive, see `buffer_address`), in one write; address 0
+        and `namelen` 0 remove them."""
+        count = len(names)
+        if not (start >= 0 and start + count <= self._capacity):
+            raise IndexError(f"messages {start}..{start + count - 1} outside 0..{self._capacity - 1}")
+        at = start * _MMSG_QWORDS
+        end = at + count * _MMSG_QWORDS
+        words = self._words
+        words[at:end:_MMSG_QWORDS] = array("Q", names)
+        words[at + _NAMELEN_QWORD : end : _MMSG_QWORDS] = array("Q", (namelen << _NAMELEN_SHIFT,)) * count
 
     def set_destination(self, i: int, address: IPv4Address | str | None, port: int = 0) -> None:
         """Give message i its own IPv4 destination (for an unconnected socket); None removes it again."""

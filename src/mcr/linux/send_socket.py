@@ -6,7 +6,7 @@ import socket
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
-__all__ = ["SNDBUF", "aim_ipv4"]
+__all__ = ["SNDBUF", "aim_ipv4", "prepare_ipv4"]
 
 SNDBUF = 4 << 20
 _MREQN = struct.Struct("=4s4si")
@@ -20,10 +20,18 @@ def aim_ipv4(
     ifindex: int,
     ttl: int | None,
 ) -> None:
-    """Send from `source` out of `ifindex` to `group`:`port`: a multicast group with TTL `ttl` and no loop back,
-    a unicast destination bound to the interface with the TTL set only when given (else the kernel's default).
-    Raises OSError."""
-    if group.is_multicast:
+    """`prepare_ipv4` for `group`, then connect to `group`:`port`. Raises OSError."""
+    prepare_ipv4(sock, group.is_multicast, source, ifindex, ttl)
+    sock.connect((str(group), port))
+
+
+def prepare_ipv4(
+    sock: socket.socket, multicast: bool, source: IPv4Address | IPv6Address, ifindex: int, ttl: int | None
+) -> None:
+    """Send from `source` out of `ifindex`: to multicast groups with TTL `ttl` and no loop back, or to unicast
+    destinations bound to the interface with the TTL set only when given (else the kernel's default); bound to
+    `source`. Raises OSError."""
+    if multicast:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _MREQN.pack(b"\0\0\0\0", source.packed, ifindex))
         if ttl is not None:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
@@ -33,4 +41,3 @@ def aim_ipv4(
         if ttl is not None:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
     sock.bind((str(source), 0))
-    sock.connect((str(group), port))

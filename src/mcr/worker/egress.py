@@ -1,33 +1,70 @@
-"""Output sockets: one connected, non-blocking UDP socket per rule output, IPv4 or IPv6 by the output's group
-(only the UDP payload is relayed, so the input's family does not matter)."""
+"""Output lanes: one unconnected, non-blocking UDP socket per way out of the host — address family, output
+interface, source address, TTL, multicast or unicast — shared by every output that leaves that way. Each
+message carries its own destination, so the frames of every rule leaving through one lane go out in one
+sendmmsg per ring block, however many rules (flows) they belong to; counters stay per rule and output.
+
+Only the UDP payload is relayed, so the input's family does not matter: a lane's family is its outputs'.
+"""
 
 from __future__ import annotations
 
+import errno
 import socket
+import struct
+from typing import TYPE_CHECKING
 
-from mcr.linux.send_socket import SNDBUF, aim_ipv4
+from mcr.linux.mmsg import SendBatch
+from mcr.linux.send_socket import SNDBUF, prepare_ipv4
+from mcr.model.rules import IPAddress
 from mcr.protocol.worker import WorkerOutput
 
+if TYPE_CHECKING:
+    from mcr.worker.table import OutputSlot
 
-def open_output_socket(out: WorkerOutput) -> socket.socket:
-    """A socket that sends from the output interface's address, on that interface, to the destination."""
+__all__ = ["Lane", "LaneKey", "destination", "lane_key", "open_lane_socket"]
+
+#: (IP version, output ifindex, source address, TTL or None, multicast destination)
+LaneKey = tuple[int, int, IPAddress, int | None, bool]
+
+_SOCKADDR_IN = struct.Struct("=H2s4s8x")
+_SOCKADDR_IN6 = struct.Struct("=H2sI16sI")
+# Errors that say the socket cannot take more now, for every destination alike: the rest of the batch fails.
+_FULL = (-errno.EAGAIN, -errno.ENOBUFS)
+
+
+def lane_key(out: WorkerOutput) -> LaneKey:
+    return (out.group.version, out.ifindex, out.source, out.ttl, out.group.is_multicast)
+
+
+def destination(out: WorkerOutput) -> bytearray:
+    """The output's struct sockaddr_in / sockaddr_in6 (a link-local destination scoped to its interface). A
+    bytearray is never moved or resized, so its address (`buffer_address`) stays valid while it is held."""
+    port = out.port.to_bytes(2, "big")
+    if out.group.version == 4:
+        return bytearray(_SOCKADDR_IN.pack(socket.AF_INET, port, out.group.packed))
+    scope = out.ifindex if out.group.is_link_local else 0
+    return bytearray(_SOCKADDR_IN6.pack(socket.AF_INET6, port, 0, out.group.packed, scope))
+
+
+def open_lane_socket(out: WorkerOutput) -> socket.socket:
+    """A socket that sends from the output interface's address, on that interface, to any destination of the
+    lane (multicast: IP_MULTICAST_IF, TTL 1 unless given, no loop back; unicast: bound to the interface, the
+    kernel's default TTL unless given). Raises OSError."""
     family = socket.AF_INET if out.group.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        if family == socket.AF_INET6:
-            _setup_ipv6(sock, out)
-            return sock
-        aim_ipv4(sock, out.group, out.port, out.source, out.ifindex, out.ttl)
+        if family == socket.AF_INET:
+            prepare_ipv4(sock, out.group.is_multicast, out.source, out.ifindex, out.ttl)
+        else:
+            _prepare_ipv6(sock, out)
     except BaseException:
         sock.close()
         raise
     return sock
 
 
-def _setup_ipv6(sock: socket.socket, out: WorkerOutput) -> None:
-    """IPV6_MULTICAST_IF / _HOPS / _LOOP for a group (SO_BINDTODEVICE and IPV6_UNICAST_HOPS for a unicast
-    destination); bound to the interface's address, with the interface as scope when it is link-local."""
+def _prepare_ipv6(sock: socket.socket, out: WorkerOutput) -> None:
     if out.group.is_multicast:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, out.ifindex)
         if out.ttl is not None:
@@ -38,4 +75,90 @@ def _setup_ipv6(sock: socket.socket, out: WorkerOutput) -> None:
         if out.ttl is not None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, out.ttl)
     sock.bind((str(out.source), 0, 0, out.ifindex if out.source.is_link_local else 0))
-    sock.connect((str(out.group), out.port, 0, out.ifindex if out.group.is_link_local else 0))
+
+
+class Lane:
+    """One lane's socket and the frames queued on it during a ring block, flat as the send array wants them:
+    (address, length) pairs, a destination address per message, and runs of (output, messages, bytes) for
+    the counters. `queue` sends first when the batch would overflow; the owner sends every busy lane before
+    it gives the ring block back (the pairs point into it)."""
+
+    __slots__ = ("busy", "entries", "fd", "namelen", "names", "runs", "sock", "users")
+
+    def __init__(self, sock: socket.socket, namelen: int, busy: list[Lane]) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.namelen = namelen  # the size of every destination on this lane (one family)
+        self.users = 0  # outputs on this lane
+        self.entries: list[int] = []  # address, length, address, length, ...
+        self.names: list[int] = []  # the address of each message's destination
+        self.runs: list[tuple[OutputSlot, int, int]] = []  # (output, messages, bytes) in order
+        self.busy = busy  # the owner's list of lanes with something queued
+
+    def queue(self, out: OutputSlot, entries: list[int], count: int, total: int, batch: SendBatch) -> None:
+        """Queue `count` messages of `out` (`entries`: their address, length pairs; `total`: their bytes)."""
+        names = self.names
+        if not names:
+            self.busy.append(self)
+        elif len(names) + count > batch.capacity:
+            self.send(batch)  # still busy: what follows goes with the next send
+        self.entries += entries
+        if count == 1:
+            names.append(out.name)
+        else:
+            names += [out.name] * count
+        self.runs.append((out, count, total))
+
+    def send(self, batch: SendBatch) -> None:
+        """Lay the queue out in `batch` and send it; count what went out and what failed per output. A
+        destination the kernel refuses fails the rest of its run only; a full socket, the rest of the batch."""
+        at = len(self.names)
+        if not at:
+            return
+        batch.set_run(0, self.entries)
+        batch.set_names(0, self.names, self.namelen)
+        failed: list[tuple[int, int]] = []  # [start, end) of messages not sent
+        start, fd = 0, self.fd
+        while start < at:
+            sent = batch.send(fd, at - start, start)
+            if sent > 0:
+                start += sent
+            elif sent == -errno.EINTR:
+                continue
+            elif sent in _FULL:
+                failed.append((start, at))
+                break
+            else:
+                end = self._run_end(start)
+                failed.append((start, end))
+                start = end
+        if failed:
+            self._account(failed)
+        else:
+            for out, count, total in self.runs:
+                out.packets += count
+                out.bytes += total
+        self.entries.clear()
+        self.names.clear()
+        self.runs.clear()
+
+    def _run_end(self, message: int) -> int:
+        """Where the run that holds `message` ends."""
+        end = 0
+        for _out, count, _total in self.runs:
+            end += count
+            if end > message:
+                break
+        return end
+
+    def _account(self, failed: list[tuple[int, int]]) -> None:
+        """Count each message as sent, or as an error of its output where it falls in a failed range."""
+        i = 0
+        for out, count, _total in self.runs:
+            for k in range(i, i + count):
+                if any(lo <= k < hi for lo, hi in failed):
+                    out.errors += 1
+                else:
+                    out.packets += 1
+                    out.bytes += self.entries[2 * k + 1]
+            i += count

@@ -2,8 +2,9 @@
 
 Per packet the loop does only what it must: read the frame header, parse, look the flow up, ask the
 rule's token bucket when it has a rate limit, and note where the payload lies inside the ring (no copy).
-Each rule's frames are then laid out in one shared sendmmsg array and sent with one sendmmsg per output
-socket, before the ring block goes back to the kernel.
+Each rule's frames are queued, as one run per output, on the output's lane (the socket of its interface,
+source and TTL, see `mcr.worker.egress`); every lane then sends the runs of all its rules with one sendmmsg,
+each message to its own destination, before the ring block goes back to the kernel.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import struct
 import time
 from dataclasses import dataclass, field, replace
 
-from mcr.linux.mmsg import SendBatch
+from mcr.linux.mmsg import SendBatch, buffer_address
 from mcr.linux.packet_socket import attach_filter, fanout_id, read_statistics
 from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
 from mcr.model.errors import ProtocolError
 from mcr.model.ratelimit import TokenBucket
-from mcr.model.rules import InputProtocol, IPAddress
+from mcr.model.rules import InputProtocol
 from mcr.packet.cbpf import pack_program
 from mcr.packet.parse import DROP_KEYS, ESP_KEY_TAG, DropReason, parse_frame, src_address
 from mcr.protocol.worker import (
@@ -50,7 +51,7 @@ from mcr.protocol.worker import (
     encode_reply,
     encode_stats,
 )
-from mcr.worker.egress import open_output_socket
+from mcr.worker.egress import Lane, LaneKey, destination, lane_key, open_lane_socket
 from mcr.worker.table import FilterSet, OutputSlot, RuleIndex, RuleSlot, SourceSplit, wire_key_from_flow_key
 
 log = logging.getLogger("mcr.worker")
@@ -74,14 +75,6 @@ FAST_FRAME = struct.Struct("<I8xI4xIH" + f"{FAST_MAC - 26}x" + "12xHBxH2xHxB2x4x
 TP_STATUS_VLAN_VALID = 0x10  # the kernel took an 802.1Q tag off: the frame belongs to a VLAN, not to us
 ETHERTYPE_IPV4_LE = 0x0008
 FRAG_MASK_LE = 0xFF3F
-#: An output socket: (group, port, ifindex, source address, ttl). Outputs of different rules with the same
-#: key share one connected socket (counters stay per output). The addresses are the spec's own objects (no
-#: new ints per output), and an IPv4 and an IPv6 address never compare equal.
-_OUTPUT_KEY = tuple[IPAddress, int, int, IPAddress, int | None]
-
-
-def _output_key(spec: WorkerOutput) -> _OUTPUT_KEY:
-    return (spec.group, spec.port, spec.ifindex, spec.source, spec.ttl)
 
 
 def _same_flow(a: WorkerRule, b: WorkerRule) -> bool:
@@ -113,11 +106,13 @@ class DataPlane:
         self.stats_fd = stats_fd
         self.captures: dict[int, Capture] = {}
         self.slots: dict[str, RuleSlot] = {}
-        self.sockets: dict[_OUTPUT_KEY, tuple[socket.socket, int]] = {}  # key -> (socket, outputs using it)
+        self.lanes: dict[LaneKey, Lane] = {}  # UDP output sockets, one per way out, shared by the outputs
+        self.busy: list[Lane] = []  # lanes with frames queued in the current ring block
         self.egress: dict[RawEgress, int] = {}  # raw ESP output sockets the supervisor opened (and closes)
         self.index = RuleIndex()
         self.filters = FilterSet()
-        self.batch = SendBatch(BATCH)  # one send array for every rule: a rule's batch is laid out at its flush
+        self.batch = SendBatch(BATCH)  # for raw ESP outputs: a rule's batch is laid out at its flush
+        self.lane_batch = SendBatch(BATCH)  # for the lanes: messages with a destination each
         self.drops = [0] * len(DROP_KEYS)
         self.ring_resyncs = 0  # times a capture ring had drifted out of order (see RxRing.resync)
         self.kernel_packets = 0
@@ -396,9 +391,10 @@ class DataPlane:
         for spec in rule.outputs:
             out = prev_outputs.get(spec)
             if out is None:
-                out = OutputSlot(spec, self.acquire(spec))
+                out = OutputSlot(spec)
+                self.acquire(out)
             elif out.fd < 0:  # its socket could not be opened before: try again
-                out.fd = self.acquire(spec)
+                self.acquire(out)
             outputs.append(out)
         slot = RuleSlot(rule, outputs)
         if keep and prev is not None:
@@ -422,38 +418,42 @@ class DataPlane:
         self.filters.remove(slot.rule)
         for out in slot.outputs:
             if out.fd >= 0 and (keep is None or out.spec not in keep):
-                self.release(out.spec)
+                self.release(out)
 
-    def acquire(self, spec: WorkerOutput) -> int:
-        """The descriptor of the output socket for `spec`, opened or shared; -1 if it cannot be opened
-        (the output's sends are then counted as errors)."""
+    def acquire(self, out: OutputSlot) -> None:
+        """Give `out` its socket: a UDP output joins the lane of its way out (opened by its first output), an
+        ESP output takes the supervisor's raw socket. Without one its `fd` stays -1 and its sends count as
+        errors."""
+        spec = out.spec
         if spec.protocol is InputProtocol.ESP:
-            return self.egress.get(spec.raw_egress, -1)  # the supervisor's; none yet: sends count as errors
-        key = _output_key(spec)
-        held = self.sockets.get(key)
-        if held is not None:
-            self.sockets[key] = (held[0], held[1] + 1)
-            return held[0].fileno()
-        try:
-            sock = open_output_socket(spec)
-        except OSError as e:
-            log.warning("output %s:%d on ifindex %d: cannot open socket: %s", spec.group, spec.port, spec.ifindex, e)
-            return -1
-        self.sockets[key] = (sock, 1)
-        return sock.fileno()
-
-    def release(self, spec: WorkerOutput) -> None:
-        if spec.protocol is InputProtocol.ESP:
-            return  # the supervisor takes it back (CloseEgress)
-        key = _output_key(spec)
-        held = self.sockets.get(key)
-        if held is None:
+            out.fd = self.egress.get(spec.raw_egress, -1)  # none yet: OpenEgress hooks it up
             return
-        if held[1] > 1:
-            self.sockets[key] = (held[0], held[1] - 1)
-        else:
-            del self.sockets[key]
-            held[0].close()
+        key = lane_key(spec)
+        lane = self.lanes.get(key)
+        if lane is None:
+            try:
+                sock = open_lane_socket(spec)
+            except OSError as e:
+                log.warning(
+                    "output %s:%d on ifindex %d: cannot open its socket: %s", spec.group, spec.port, spec.ifindex, e
+                )
+                return
+            lane = self.lanes[key] = Lane(sock, len(destination(spec)), self.busy)
+        lane.users += 1
+        out.lane, out.fd = lane, lane.fd
+        out.sockaddr = destination(spec)
+        out.name, out.namelen = buffer_address(out.sockaddr), len(out.sockaddr)
+
+    def release(self, out: OutputSlot) -> None:
+        """Take `out` off its lane, closing the lane with its last output (ESP: the supervisor closes it)."""
+        lane = out.lane
+        if lane is None:
+            return
+        out.lane, out.fd, out.sockaddr, out.name = None, -1, None, 0
+        lane.users -= 1
+        if lane.users <= 0:
+            del self.lanes[lane_key(out.spec)]
+            lane.sock.close()
 
     # ------------------------------------------------------------------------------------ hot path
 
@@ -553,32 +553,38 @@ class DataPlane:
                     entries.append(plen)
                     if len(entries) == FULL:
                         flush(slot, entries)
-                        entries.clear()
+                        pending[slot] = []  # a lane may hold the full list until it sends
                 off += nxt
             for slot, entries in pending.items():
                 if entries:
                     flush(slot, entries)
+            if self.busy:
+                self.send_lanes()
             ring.release(boff)
             handled += num_pkts
         return handled
 
     def flush(self, slot: RuleSlot, entries: list[int]) -> None:
-        """Send one rule's frames (`entries`: address, length, address, length, ...) to every output: laid
-        out in the shared send array, then one sendmmsg per output socket."""
-        batch = self.batch
-        put = batch.set
+        """Count one rule's frames (`entries`: address, length, address, length, ...) and hand them to every
+        output: queued on a UDP output's lane (sent by `send_lanes`, or at once when the lane's batch is
+        full), sent at once to a raw ESP output (laid out in the shared send array, one sendmmsg each)."""
         count = len(entries) >> 1
-        for i in range(count):
-            put(i, entries[2 * i], entries[2 * i + 1])
-        lengths = entries[1::2]
-        total = sum(lengths)
+        total = entries[1] if count == 1 else sum(entries[1::2])
         slot.packets += count
         slot.bytes += total
+        batch = None
         for out in slot.outputs:
+            lane = out.lane
+            if lane is not None:
+                lane.queue(out, entries, count, total, self.lane_batch)
+                continue
             fd = out.fd
             if fd < 0:
                 out.errors += count
                 continue
+            if batch is None:
+                batch = self.batch
+                batch.set_run(0, entries)
             start = 0
             while start < count:
                 sent = batch.send(fd, count - start, start)
@@ -588,8 +594,15 @@ class DataPlane:
                     out.errors += count - start
                     break
                 out.packets += sent
-                out.bytes += total if sent == count else sum(lengths[start : start + sent])
+                out.bytes += total if sent == count else sum(entries[2 * start + 1 : 2 * (start + sent) : 2])
                 start += sent
+
+    def send_lanes(self) -> None:
+        """Send what the lanes queued: one sendmmsg per lane (more only where the kernel stops short)."""
+        batch = self.lane_batch
+        for lane in self.busy:
+            lane.send(batch)
+        self.busy.clear()
 
     # ---------------------------------------------------------------------------------------- stats
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mcr.model.ratelimit import TokenBucket
 from mcr.model.rules import InputProtocol
 from mcr.packet.cbpf import Insn, build_capture_filter, coarse_filter
 from mcr.packet.parse import DROP_KEYS, ESP_KEY_TAG, IPV6_KEY_TAG
 from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
+
+if TYPE_CHECKING:
+    from mcr.worker.egress import Lane
 
 K = TypeVar("K")
 
@@ -59,11 +62,18 @@ def rule_key(rule: WorkerRule) -> int:
 
 @dataclass(slots=True)
 class OutputSlot:
+    """One output of a rule in this worker: where it sends (a UDP output's lane and destination, or a raw ESP
+    socket) and its counters. `fd` -1: no socket could be opened; its sends count as errors."""
+
     spec: WorkerOutput
     fd: int = -1
     packets: int = 0
     bytes: int = 0
     errors: int = 0
+    lane: Lane | None = None  # a UDP output's shared socket and send queue
+    sockaddr: bytearray | None = None  # a UDP output's destination, held for `name`
+    name: int = 0  # the address of `sockaddr`
+    namelen: int = 0
 
 
 @dataclass(slots=True, eq=False)
