@@ -127,6 +127,20 @@ def test_replace_config_rules_is_all_or_nothing_and_keeps_unchanged_rules() -> N
     assert table.rules == before
 
 
+def test_a_reload_takes_unchanged_rules_as_they_were_and_checks_the_rest_again() -> None:
+    first = parse_config(GOOD, "f")
+    edited = GOOD.replace('input_group = "239.1.1.2"', 'input_group = "239.1.1.3"')
+    second = parse_config(edited, "f", previous=first)
+    assert second == parse_config(edited, "f"), "the same result as a load from scratch"
+    assert second.rules[0] is first.rules[0], "rule 'a' unchanged: the same object, not parsed again"
+    assert second.rules[1] is not first.rules[1] and str(second.rules[1].input_group) == "239.1.1.3"
+    # an unchanged rule is still held to the new limits; a changed one to every check
+    with pytest.raises(ConfigError, match="rule\\[1\\]"):
+        parse_config(edited.replace("max_rules = 10", "max_rules = 1"), "f", previous=first)
+    with pytest.raises(ConfigError, match=r"rule\[0\] 'a': output\[0\]\.port cannot be 0"):
+        parse_config(GOOD.replace("239.2.2.2:6000:eth1", "239.2.2.2:0:eth1"), "f", previous=first)
+
+
 def test_state_round_trip_and_atomic_save(tmp_path: Path) -> None:
     rules = parse_config(GOOD, "f").rules
     assert decode_state(encode_state(rules)) == list(rules)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -116,6 +117,8 @@ class Config:
     dialect: ConfigDialect = ConfigDialect.TOML
     original: OriginalSections = field(default_factory=OriginalSections)  # a JSON5 file's other sections
     warnings: tuple[str, ...] = ()  # keys accepted but ignored, each named (JSON5 only: TOML refuses them)
+    # each [[rule]] table as parsed (its repr) -> the rule it made: a reload reuses those it finds unchanged
+    parsed: Mapping[str, ForwardingRule] = field(default_factory=dict, compare=False, repr=False)
 
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int, "keep_data_plane": bool}
@@ -282,12 +285,13 @@ def config_dialect(text: str, path: str) -> ConfigDialect:
     return ConfigDialect.TOML
 
 
-def parse_config(text: str, path: str) -> Config:
+def parse_config(text: str, path: str, previous: Config | None = None) -> Config:
     """Parse and validate a whole file, TOML or the original's JSON5 (`config_dialect`); raises
-    ConfigError naming the file, rule and field."""
+    ConfigError naming the file, rule and field. `previous`: the file as last loaded, whose unchanged TOML
+    rules are taken as they are instead of being converted and checked again (a reload of 10,000 rules)."""
     if config_dialect(text, path) is ConfigDialect.JSON5:
         return parse_json5_config(text, path)
-    return parse_toml_config(text, path)
+    return parse_toml_config(text, path, previous.parsed if previous is not None else None)
 
 
 def parse_json5_config(text: str, path: str) -> Config:
@@ -335,8 +339,9 @@ def _original_routing(path: str, sections: OriginalSections) -> tuple[PimConfig,
     return pim, msdp, tuple(notes)
 
 
-def parse_toml_config(text: str, path: str) -> Config:
-    """Our TOML file; raises ConfigError naming the file, rule and field."""
+def parse_toml_config(text: str, path: str, reuse: Mapping[str, ForwardingRule] | None = None) -> Config:
+    """Our TOML file; raises ConfigError naming the file, rule and field. `reuse`: rules made before from
+    [[rule]] tables of the same text (a previous load's `parsed`), which had passed their own checks."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -363,14 +368,19 @@ def parse_toml_config(text: str, path: str) -> Config:
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{path}: 'rule' must be an array of tables ([[rule]])")
     rules = FlowIndex()
+    parsed: dict[str, ForwardingRule] = {}
     for index, item in enumerate(raw_rules):
-        rule = _rule(path, index, item)
+        key = repr(item)  # tomllib's plain dicts, lists, strings and numbers: the same table, the same text
+        known = reuse.get(key) if reuse is not None else None
+        rule = known if known is not None else _rule(path, index, item)
         try:
-            check_rule_shape(rule)
+            if known is None:
+                check_rule_shape(rule)
             rules.check_fits(rule, limits)
         except ValidationError as e:
             raise ConfigError(f"{path}: rule[{index}] '{rule.rule_id}': {e}") from None
         rules.add(rule)
+        parsed[key] = rule
     return Config(
         path=path,
         settings=settings,
@@ -380,6 +390,7 @@ def parse_toml_config(text: str, path: str) -> Config:
         mld=mld,
         pim=pim,
         msdp=msdp,
+        parsed=parsed,
     )
 
 

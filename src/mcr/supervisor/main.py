@@ -523,7 +523,7 @@ class Supervisor:
         self.notifier.reloading()
         try:
             with open(path, encoding="utf-8") as f:
-                new = parse_config(f.read(), path)
+                new = parse_config(f.read(), path, previous=self.config_file)
             added, changed, removed = self.table.replace_config_rules(new.rules)
             old = self.config_file
             if (new.igmp, new.mld) != (old.igmp, old.mld):
