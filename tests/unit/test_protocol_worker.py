@@ -117,11 +117,23 @@ def test_stats_from_a_worker_without_newer_counters() -> None:
         b'{"OpenSockets":{}}',
         b'{"OpenEgress":{"keys":[[1]]}}',
         b"[]",
+        b'{"Update":{"generation":1,"removed":[],"rules":[{"rule_id":"a","ifindex":1,"group":"239.1.1.1",'
+        b'"port":1,"outputs":[{"index":0,"group":"239.2.2.2","port":2,"ifindex":2,"source":["10.0.0.1"]}]}]}}',
     ],
 )
 def test_malformed_commands(raw: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_command(raw)
+
+
+def test_outputs_leaving_from_one_address_share_its_decoded_object() -> None:
+    outs = [WorkerOutput(i, IPv4Address(f"239.2.2.{i}"), 6000, 2, IPv4Address("10.0.0.1"), None) for i in range(3)]
+    rules = tuple(WorkerRule(f"r{i}", 1, IPv4Address(f"239.1.1.{i}"), 5000, (out,)) for i, out in enumerate(outs))
+    decoded = decode_command(encode_command(Sync(1, rules)))
+    assert decoded == Sync(1, rules)
+    assert isinstance(decoded, Sync)
+    sources = {id(r.outputs[0].source) for r in decoded.rules}
+    assert len(sources) == 1, "one address object for every output from 10.0.0.1"
 
 
 @pytest.mark.parametrize("raw", [b"", b"{}", b'{"w":1}', b"null"])

@@ -289,6 +289,21 @@ def _text(value: object) -> str:
     return value
 
 
+_SOURCES: dict[str, IPAddress] = {}  # output source addresses decoded so far: one object per interface address
+_MAX_SOURCES = 4096
+
+
+def _source(text: str) -> IPAddress:
+    """An output's source address (its interface's): few distinct ones whatever the number of outputs, so
+    every output shares the one object (about 90 bytes an output otherwise)."""
+    found = _SOURCES.get(text)
+    if found is None:
+        if len(_SOURCES) >= _MAX_SOURCES:
+            _SOURCES.clear()
+        found = _SOURCES[text] = parse_group(text)
+    return found
+
+
 def _decode_rule(r: Any) -> WorkerRule:
     return WorkerRule(
         rule_id=str(r["rule_id"]),
@@ -302,7 +317,7 @@ def _decode_rule(r: Any) -> WorkerRule:
                 group=parse_group(o["group"]),
                 port=int(o["port"]),
                 ifindex=int(o["ifindex"]),
-                source=parse_group(o["source"]),
+                source=_source(o["source"]),
                 ttl=None if o.get("ttl") is None else int(o["ttl"]),
                 protocol=InputProtocol(int(o.get("protocol", InputProtocol.UDP))),
             )
