@@ -5,17 +5,20 @@ output pointing at a descriptor number that another socket may reuse."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
 from mcr.linux.mmsg import buffer_address
 from mcr.model.rules import InputProtocol
 from mcr.protocol.worker import CloseEgress, OpenEgress, Sync, Update, WorkerOutput, WorkerRule
+from mcr.worker.egress import Destinations, destination
 from mcr.worker.loop import DataPlane
 
 OUT = WorkerOutput(0, IPv4Address("239.5.5.5"), 0, 1, IPv4Address("127.0.0.1"), 4, InputProtocol.ESP)
@@ -147,3 +150,21 @@ def test_an_output_whose_lane_cannot_open_counts_errors(data_plane: DataPlane) -
     assert slot.outputs[0].fd == -1 and not data_plane.lanes
     data_plane.flush(slot, [0, 10])
     assert (slot.outputs[0].packets, slot.outputs[0].errors) == (0, 1)
+
+
+def test_destinations_live_in_fixed_slots_taken_and_given_back() -> None:
+    pool = Destinations()
+    outs = [WorkerOutput(0, IPv4Address("239.9.0.0") + i, 6000 + i, 1, LOOPBACK, None) for i in range(300)]
+    taken = [pool.take(o) for o in outs]  # more than one chunk
+    assert pool.in_use == 300 and len({address for address, _ in taken}) == 300
+    for (address, length), o in zip(taken, outs, strict=True):
+        assert length == 16 and ctypes.string_at(address, length) == destination(o)
+    v6 = WorkerOutput(0, IPv6Address("fe80::1"), 7000, 3, IPv6Address("fe80::2"), None)
+    address, length = pool.take(v6)
+    assert length == 28 and ctypes.string_at(address, 28) == destination(v6)
+    assert int.from_bytes(ctypes.string_at(address + 24, 4), sys.byteorder) == 3, "link-local: scoped to ifindex 3"
+    pool.give(address)
+    for address, _ in taken:
+        pool.give(address)
+    assert pool.in_use == 0
+    assert pool.take(outs[0])[0] in {a for a, _ in taken} | {address}, "a slot given back is used again"

@@ -60,7 +60,7 @@ def test_outputs_that_leave_the_same_way_share_a_lane_until_the_last_goes(data_p
     assert len(data_plane.lanes) == 1 and data_plane.slots["b"].outputs[0].fd == fb.fd
     assert fa.lane is None and fa.fd == -1
     data_plane.update(Update(3, removed=("b",)))
-    assert data_plane.lanes == {}
+    assert data_plane.lanes == {} and data_plane.destinations.in_use == 0
 
 
 def test_a_lane_per_way_out(data_plane: DataPlane) -> None:

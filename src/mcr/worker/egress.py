@@ -8,6 +8,7 @@ Only the UDP payload is relayed, so the input's family does not matter: a lane's
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import socket
 import struct
@@ -21,7 +22,7 @@ from mcr.protocol.worker import WorkerOutput
 if TYPE_CHECKING:
     from mcr.worker.table import OutputSlot
 
-__all__ = ["Lane", "LaneKey", "destination", "lane_key", "open_lane_socket"]
+__all__ = ["Destinations", "Lane", "LaneKey", "destination", "lane_key", "open_lane_socket"]
 
 #: (IP version, output ifindex, source address, TTL or None, multicast destination)
 LaneKey = tuple[int, int, IPAddress, int | None, bool]
@@ -36,14 +37,44 @@ def lane_key(out: WorkerOutput) -> LaneKey:
     return (out.group.version, out.ifindex, out.source, out.ttl, out.group.is_multicast)
 
 
-def destination(out: WorkerOutput) -> bytearray:
-    """The output's struct sockaddr_in / sockaddr_in6 (a link-local destination scoped to its interface). A
-    bytearray is never moved or resized, so its address (`buffer_address`) stays valid while it is held."""
+def destination(out: WorkerOutput) -> bytes:
+    """The output's struct sockaddr_in / sockaddr_in6 (a link-local destination scoped to its interface)."""
     port = out.port.to_bytes(2, "big")
     if out.group.version == 4:
-        return bytearray(_SOCKADDR_IN.pack(socket.AF_INET, port, out.group.packed))
+        return _SOCKADDR_IN.pack(socket.AF_INET, port, out.group.packed)
     scope = out.ifindex if out.group.is_link_local else 0
-    return bytearray(_SOCKADDR_IN6.pack(socket.AF_INET6, port, 0, out.group.packed, scope))
+    return _SOCKADDR_IN6.pack(socket.AF_INET6, port, 0, out.group.packed, scope)
+
+
+class Destinations:
+    """Where the outputs' sockaddrs live: slots of 28 bytes in chunks of fixed memory that never move (so a
+    slot's address stays valid while the output holds it), taken and given back, not an object per output."""
+
+    CHUNK = 256
+    SLOT = 28  # sizeof(struct sockaddr_in6); a sockaddr_in uses the first 16
+
+    def __init__(self) -> None:
+        self._chunks: list[ctypes.Array[ctypes.c_char]] = []
+        self._free: list[int] = []  # addresses of free slots
+
+    def take(self, out: WorkerOutput) -> tuple[int, int]:
+        """A slot holding `out`'s destination: its address and length."""
+        if not self._free:
+            chunk = (ctypes.c_char * (self.CHUNK * self.SLOT))()
+            self._chunks.append(chunk)
+            base = ctypes.addressof(chunk)
+            self._free.extend(base + i * self.SLOT for i in reversed(range(self.CHUNK)))
+        address = self._free.pop()
+        name = destination(out)
+        ctypes.memmove(address, name, len(name))
+        return address, len(name)
+
+    def give(self, address: int) -> None:
+        self._free.append(address)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._chunks) * self.CHUNK - len(self._free)
 
 
 def open_lane_socket(out: WorkerOutput) -> socket.socket:

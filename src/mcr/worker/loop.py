@@ -18,7 +18,7 @@ import struct
 import time
 from dataclasses import dataclass, field, replace
 
-from mcr.linux.mmsg import SendBatch, buffer_address
+from mcr.linux.mmsg import SendBatch
 from mcr.linux.packet_socket import attach_filter, fanout_id, read_statistics
 from mcr.linux.ring import BLOCK_HEADER, FRAME_HEADER, RxRing
 from mcr.model.errors import ProtocolError
@@ -51,7 +51,7 @@ from mcr.protocol.worker import (
     encode_reply,
     encode_stats,
 )
-from mcr.worker.egress import Lane, LaneKey, destination, lane_key, open_lane_socket
+from mcr.worker.egress import Destinations, Lane, LaneKey, destination, lane_key, open_lane_socket
 from mcr.worker.table import FilterSet, OutputSlot, RuleIndex, RuleSlot, SourceSplit, wire_key_from_flow_key
 
 log = logging.getLogger("mcr.worker")
@@ -108,6 +108,7 @@ class DataPlane:
         self.slots: dict[str, RuleSlot] = {}
         self.lanes: dict[LaneKey, Lane] = {}  # UDP output sockets, one per way out, shared by the outputs
         self.busy: list[Lane] = []  # lanes with frames queued in the current ring block
+        self.destinations = Destinations()  # the lane outputs' sockaddrs
         self.egress: dict[RawEgress, int] = {}  # raw ESP output sockets the supervisor opened (and closes)
         self.index = RuleIndex()
         self.filters = FilterSet()
@@ -441,15 +442,15 @@ class DataPlane:
             lane = self.lanes[key] = Lane(sock, len(destination(spec)), self.busy)
         lane.users += 1
         out.lane, out.fd = lane, lane.fd
-        out.sockaddr = destination(spec)
-        out.name, out.namelen = buffer_address(out.sockaddr), len(out.sockaddr)
+        out.name, out.namelen = self.destinations.take(spec)
 
     def release(self, out: OutputSlot) -> None:
         """Take `out` off its lane, closing the lane with its last output (ESP: the supervisor closes it)."""
         lane = out.lane
         if lane is None:
             return
-        out.lane, out.fd, out.sockaddr, out.name = None, -1, None, 0
+        self.destinations.give(out.name)
+        out.lane, out.fd, out.name = None, -1, 0
         lane.users -= 1
         if lane.users <= 0:
             del self.lanes[lane_key(out.spec)]

@@ -71,8 +71,7 @@ class OutputSlot:
     bytes: int = 0
     errors: int = 0
     lane: Lane | None = None  # a UDP output's shared socket and send queue
-    sockaddr: bytearray | None = None  # a UDP output's destination, held for `name`
-    name: int = 0  # the address of `sockaddr`
+    name: int = 0  # the address of a UDP output's destination (a slot of the worker's `Destinations`)
     namelen: int = 0
 
 
