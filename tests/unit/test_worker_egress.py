@@ -16,10 +16,13 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 
 from mcr.linux.mmsg import buffer_address
+from mcr.linux.ring import TP_STATUS_USER
 from mcr.model.rules import InputProtocol
+from mcr.packet.build import build_udp_frame
 from mcr.protocol.worker import CloseEgress, OpenEgress, Sync, Update, WorkerOutput, WorkerRule
 from mcr.worker.egress import Destinations, destination
-from mcr.worker.loop import DataPlane
+from mcr.worker.loop import FAST_MAC, Capture, DataPlane
+from tests.property.test_ring_fast_path import OneBlock
 
 OUT = WorkerOutput(0, IPv4Address("239.5.5.5"), 0, 1, IPv4Address("127.0.0.1"), 4, InputProtocol.ESP)
 RULE = WorkerRule("e", 1, IPv4Address("239.1.1.1"), 0, (OUT,), protocol=InputProtocol.ESP)
@@ -141,6 +144,34 @@ def test_a_lane_sends_before_its_batch_overflows(data_plane: DataPlane, receiver
     errors = sum(data_plane.slots[f"r{i}"].outputs[0].errors for i in range(3))
     assert (sent, errors) == (1800, 0)
     assert len(drain(receivers[0], 1800)) == 1800
+
+
+def test_interleaved_flows_go_out_from_the_ring_in_order_with_their_counts(
+    data_plane: DataPlane, receivers: list[socket.socket]
+) -> None:
+    """Rules with one output queue their frames on the lane as they are read, a run per rule in a row;
+    a rule with more outputs gathers its frames and hands them to each output at the block's end."""
+    a, b, c = (s.getsockname()[1] for s in receivers)
+    rules = (udp_rule("x", "239.1.1.1", a), udp_rule("y", "239.1.1.2", b), udp_rule("z", "239.1.1.3", a, c))
+    data_plane.update(Update(1, rules))
+    x, y, z = (data_plane.slots[r] for r in "xyz")
+    assert x.direct is x.outputs[0] and y.direct is y.outputs[0] and z.direct is None
+    order = [("x", b"x1"), ("y", b"y1"), ("x", b"x2"), ("x", b"x3"), ("z", b"z1"), ("y", b"y2"), ("x", b"x4")]
+    groups = {"x": "239.1.1.1", "y": "239.1.1.2", "z": "239.1.1.3"}
+    frames = [build_udp_frame(src_ip="10.0.0.1", dst_ip=groups[r], dst_port=5000, payload=p) for r, p in order]
+    ring = OneBlock([(raw, FAST_MAC, TP_STATUS_USER) for raw in frames])
+    table, sources = data_plane.index.tables(1)
+    assert data_plane.drain(Capture(1, ring, table, sources), max_blocks=1) == len(order)  # type: ignore[arg-type]
+    assert drain(receivers[0], 5) == [b"x1", b"x2", b"x3", b"x4", b"z1"]
+    assert drain(receivers[1], 2) == [b"y1", b"y2"] and drain(receivers[2], 1) == [b"z1"]
+    assert [(s.packets, s.bytes) for s in (x, y, z)] == [(4, 8), (2, 4), (1, 2)]
+    assert [(o.packets, o.bytes, o.errors) for s in (x, y, z) for o in s.outputs] == [
+        (4, 8, 0),
+        (2, 4, 0),
+        (1, 2, 0),
+        (1, 2, 0),
+    ]
+    assert not data_plane.busy and not any(lane.runs for lane in data_plane.lanes.values())
 
 
 def test_an_output_whose_lane_cannot_open_counts_errors(data_plane: DataPlane) -> None:

@@ -12,7 +12,7 @@ import ctypes
 import errno
 import socket
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mcr.linux.mmsg import SendBatch
 from mcr.linux.send_socket import SNDBUF, prepare_ipv4
@@ -110,20 +110,22 @@ def _prepare_ipv6(sock: socket.socket, out: WorkerOutput) -> None:
 
 class Lane:
     """One lane's socket and the frames queued on it during a ring block, flat as the send array wants them:
-    (address, length) pairs, a destination address per message, and runs of (output, messages, bytes) for
-    the counters. `queue` sends first when the batch would overflow; the owner sends every busy lane before
-    it gives the ring block back (the pairs point into it)."""
+    (address, length) pairs, a destination address per message, and runs of output, messages, bytes for the
+    counters (flat too: `runs[i]` an output, `runs[i + 1]` its messages, `runs[i + 2]` their bytes). `queue`
+    and `push` send first when the batch would overflow; the owner sends every busy lane before it gives the
+    ring block back (the pairs point into it)."""
 
-    __slots__ = ("busy", "entries", "fd", "namelen", "names", "runs", "sock", "users")
+    __slots__ = ("busy", "capacity", "entries", "fd", "namelen", "names", "runs", "sock", "users")
 
-    def __init__(self, sock: socket.socket, namelen: int, busy: list[Lane]) -> None:
+    def __init__(self, sock: socket.socket, namelen: int, busy: list[Lane], capacity: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.namelen = namelen  # the size of every destination on this lane (one family)
+        self.capacity = capacity  # messages per send: the owner's send array
         self.users = 0  # outputs on this lane
         self.entries: list[int] = []  # address, length, address, length, ...
         self.names: list[int] = []  # the address of each message's destination
-        self.runs: list[tuple[OutputSlot, int, int]] = []  # (output, messages, bytes) in order
+        self.runs: list[Any] = []  # output, messages, bytes, output, messages, bytes, ... in order
         self.busy = busy  # the owner's list of lanes with something queued
 
     def queue(self, out: OutputSlot, entries: list[int], count: int, total: int, batch: SendBatch) -> None:
@@ -131,14 +133,33 @@ class Lane:
         names = self.names
         if not names:
             self.busy.append(self)
-        elif len(names) + count > batch.capacity:
+        elif len(names) + count > self.capacity:
             self.send(batch)  # still busy: what follows goes with the next send
         self.entries += entries
         if count == 1:
             names.append(out.name)
         else:
             names += [out.name] * count
-        self.runs.append((out, count, total))
+        self.runs += (out, count, total)
+
+    def push(self, out: OutputSlot, address: int, length: int, batch: SendBatch) -> None:
+        """Queue one message of `out`: the frame of a rule whose only output this is, queued as it is read
+        (no batch per rule); it joins the run before it when that is the same output's."""
+        names = self.names
+        if not names:
+            self.busy.append(self)
+        elif len(names) >= self.capacity:
+            self.send(batch)
+        entries = self.entries
+        entries.append(address)
+        entries.append(length)
+        names.append(out.name)
+        runs = self.runs
+        if runs and runs[-3] is out:
+            runs[-2] += 1
+            runs[-1] += length
+        else:
+            runs += (out, 1, length)
 
     def send(self, batch: SendBatch) -> None:
         """Lay the queue out in `batch` and send it; count what went out and what failed per output. A
@@ -163,33 +184,37 @@ class Lane:
                 end = self._run_end(start)
                 failed.append((start, end))
                 start = end
+        runs = self.runs
         if failed:
             self._account(failed)
         else:
-            for out, count, total in self.runs:
+            for out, count, total in zip(runs[::3], runs[1::3], runs[2::3], strict=True):
                 out.packets += count
                 out.bytes += total
         self.entries.clear()
         self.names.clear()
-        self.runs.clear()
+        runs.clear()
 
     def _run_end(self, message: int) -> int:
         """Where the run that holds `message` ends."""
         end = 0
-        for _out, count, _total in self.runs:
-            end += count
+        runs = self.runs
+        for i in range(1, len(runs), 3):
+            end += runs[i]
             if end > message:
                 break
         return end
 
     def _account(self, failed: list[tuple[int, int]]) -> None:
         """Count each message as sent, or as an error of its output where it falls in a failed range."""
-        i = 0
-        for out, count, _total in self.runs:
-            for k in range(i, i + count):
+        first = 0
+        runs = self.runs
+        for i in range(0, len(runs), 3):
+            out, count = runs[i], runs[i + 1]
+            for k in range(first, first + count):
                 if any(lo <= k < hi for lo, hi in failed):
                     out.errors += 1
                 else:
                     out.packets += 1
                     out.bytes += self.entries[2 * k + 1]
-            i += count
+            first += count

@@ -404,6 +404,8 @@ class DataPlane:
             slot.bucket = prev.bucket  # an unrelated change does not refill the bucket
         elif rule.rate_limit is not None:
             slot.bucket = TokenBucket(rule.rate_limit)
+        if len(outputs) == 1 and outputs[0].lane is not None:
+            slot.direct = outputs[0]
         if prev is not None:
             self.uninstall(prev, keep=set(prev_outputs) & set(rule.outputs))
         self.slots[rule.rule_id] = slot
@@ -439,7 +441,7 @@ class DataPlane:
                     "output %s:%d on ifindex %d: cannot open its socket: %s", spec.group, spec.port, spec.ifindex, e
                 )
                 return
-            lane = self.lanes[key] = Lane(sock, len(destination(spec)), self.busy)
+            lane = self.lanes[key] = Lane(sock, len(destination(spec)), self.busy, BATCH)
         lane.users += 1
         out.lane, out.fd = lane, lane.fd
         out.name, out.namelen = self.destinations.take(spec)
@@ -474,6 +476,7 @@ class DataPlane:
         sources = cap.sources
         drops = self.drops
         flush = self.flush
+        direct = self.direct
         unpack_block = BLOCK_HEADER.unpack_from
         fast = FAST_FRAME.unpack_from
         fast_limit = len(mm) - FAST_FRAME.size
@@ -488,6 +491,8 @@ class DataPlane:
             off = boff + first
             now = clock()  # rate limits take their credit against one reading of the clock per block
             pending: dict[RuleSlot, list[int]] = {}  # frames to send per rule: address, length, ...
+            run_slot: RuleSlot | None = None  # the rule of the last frame that went to a direct output
+            run: list[int] = []  # its frames since the last other rule's: address, length, ...
             for _i in range(num_pkts):
                 if off <= fast_limit:
                     nxt, snap, status, mac, ethertype, vihl, total, frag, proto, dst, port, ulen = fast(mm, off)
@@ -546,6 +551,15 @@ class DataPlane:
                 elif slot.bucket is not None and not slot.bucket.admit(plen, now):
                     drops[RATE_LIMITED] += 1
                     slot.count_drop(RATE_LIMITED)
+                elif slot.direct is not None:  # one output, on a lane: a run of this rule's frames in a row
+                    if slot is not run_slot:
+                        if run and run_slot is not None:
+                            direct(run_slot, run)
+                        run_slot = slot
+                    run.append(base + poff)
+                    run.append(plen)
+                    if len(run) == FULL:
+                        direct(slot, run)
                 else:
                     entries = pending.get(slot)
                     if entries is None:
@@ -556,6 +570,8 @@ class DataPlane:
                         flush(slot, entries)
                         pending[slot] = []  # a lane may hold the full list until it sends
                 off += nxt
+            if run and run_slot is not None:
+                direct(run_slot, run)
             for slot, entries in pending.items():
                 if entries:
                     flush(slot, entries)
@@ -597,6 +613,18 @@ class DataPlane:
                 out.packets += sent
                 out.bytes += total if sent == count else sum(entries[2 * start + 1 : 2 * (start + sent) : 2])
                 start += sent
+
+    def direct(self, slot: RuleSlot, run: list[int]) -> None:
+        """Count a run of `slot`'s frames (address, length, ...) and queue them on the lane of its only
+        output, `slot.direct`; `run` is emptied for the next."""
+        count = len(run) >> 1
+        total = run[1] if count == 1 else sum(run[1::2])
+        slot.packets += count
+        slot.bytes += total
+        out = slot.direct
+        assert out is not None and out.lane is not None
+        out.lane.queue(out, run, count, total, self.lane_batch)
+        run.clear()
 
     def send_lanes(self) -> None:
         """Send what the lanes queued: one sendmmsg per lane (more only where the kernel stops short)."""

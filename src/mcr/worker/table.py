@@ -83,6 +83,7 @@ class RuleSlot:
     bytes: int = 0
     drops: list[int] | None = None  # by DropReason, made at the rule's first drop (most rules never drop)
     bucket: TokenBucket | None = None  # the rule's rate limit in this worker; None: unlimited
+    direct: OutputSlot | None = None  # the rule's only output when it is on a lane: frames go to it as read
 
     def count_drop(self, reason: int) -> None:
         drops = self.drops
