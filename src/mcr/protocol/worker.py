@@ -304,18 +304,27 @@ def _source(text: str) -> IPAddress:
     return found
 
 
+_PORTS: dict[int, int] = {}  # port numbers decoded so far: rules share a few ports, each an int of 28 bytes
+
+
+def _port(value: Any) -> int:
+    """A port number, as the object every rule and output with that port shares."""
+    port = int(value)
+    return _PORTS.setdefault(port, port) if 0 <= port <= 0xFFFF else port
+
+
 def _decode_rule(r: Any) -> WorkerRule:
     return WorkerRule(
         rule_id=str(r["rule_id"]),
         ifindex=int(r["ifindex"]),
         group=parse_group(r["group"]),
-        port=int(r["port"]),
+        port=_port(r["port"]),
         source=parse_source(r["source"]) if r.get("source") else None,
         outputs=tuple(
             WorkerOutput(
                 index=int(o["index"]),
                 group=parse_group(o["group"]),
-                port=int(o["port"]),
+                port=_port(o["port"]),
                 ifindex=int(o["ifindex"]),
                 source=_source(o["source"]),
                 ttl=None if o.get("ttl") is None else int(o["ttl"]),

@@ -57,8 +57,8 @@ class Destinations:
         self._chunks: list[ctypes.Array[ctypes.c_char]] = []
         self._free: list[int] = []  # addresses of free slots
 
-    def take(self, out: WorkerOutput) -> tuple[int, int]:
-        """A slot holding `out`'s destination: its address and length."""
+    def take(self, out: WorkerOutput) -> int:
+        """The address of a slot holding `out`'s destination."""
         if not self._free:
             chunk = (ctypes.c_char * (self.CHUNK * self.SLOT))()
             self._chunks.append(chunk)
@@ -67,7 +67,7 @@ class Destinations:
         address = self._free.pop()
         name = destination(out)
         ctypes.memmove(address, name, len(name))
-        return address, len(name)
+        return address
 
     def give(self, address: int) -> None:
         self._free.append(address)

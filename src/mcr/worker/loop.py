@@ -121,7 +121,9 @@ class DataPlane:
         self.pipe_errors = 0
         self.pending_stats = b""
         self.reports = 0  # reports made so far
-        self.reported: dict[str, tuple[int, int, int]] = {}  # rule id -> (packets, bytes, drops) last reported
+        # rule id -> its packets and drops last reported, summed (both only grow while a rule stays; a replaced
+        # rule is in `changed`): an int, a shared small one while the rule is idle
+        self.reported: dict[str, int] = {}
         self.changed: set[str] = set()  # rules replaced since the last report: reported whatever their counts
         self.gone: set[str] = set()  # rules dropped since the last report
         self.generation = 0
@@ -397,7 +399,7 @@ class DataPlane:
             elif out.fd < 0:  # its socket could not be opened before: try again
                 self.acquire(out)
             outputs.append(out)
-        slot = RuleSlot(rule, outputs)
+        slot = RuleSlot(rule, tuple(outputs))
         if keep and prev is not None:
             slot.packets, slot.bytes, slot.drops = prev.packets, prev.bytes, prev.drops
         if keep and prev is not None and prev.rule.rate_limit == rule.rate_limit:
@@ -444,7 +446,7 @@ class DataPlane:
             lane = self.lanes[key] = Lane(sock, len(destination(spec)), self.busy, BATCH)
         lane.users += 1
         out.lane, out.fd = lane, lane.fd
-        out.name, out.namelen = self.destinations.take(spec)
+        out.name = self.destinations.take(spec)
 
     def release(self, out: OutputSlot) -> None:
         """Take `out` off its lane, closing the lane with its last output (ESP: the supervisor closes it)."""
@@ -657,7 +659,7 @@ class DataPlane:
         if full:
             reported.clear()
         for rid, slot in self.slots.items():
-            mark = (slot.packets, slot.bytes, slot.dropped)
+            mark = slot.packets + slot.dropped
             if full or reported.get(rid) != mark or rid in changed:
                 reported[rid] = mark
                 rules.append((rid, slot.counters()))

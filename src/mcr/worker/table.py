@@ -72,13 +72,12 @@ class OutputSlot:
     errors: int = 0
     lane: Lane | None = None  # a UDP output's shared socket and send queue
     name: int = 0  # the address of a UDP output's destination (a slot of the worker's `Destinations`)
-    namelen: int = 0
 
 
 @dataclass(slots=True, eq=False)
 class RuleSlot:
     rule: WorkerRule
-    outputs: list[OutputSlot]
+    outputs: tuple[OutputSlot, ...]
     packets: int = 0
     bytes: int = 0
     drops: list[int] | None = None  # by DropReason, made at the rule's first drop (most rules never drop)
