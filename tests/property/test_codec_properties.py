@@ -339,6 +339,26 @@ def test_every_stats_report_round_trips(report: worker.StatsReport) -> None:
     line = worker.encode_stats(report)
     assert line.endswith(b"\n") and b"\n" not in line[:-1], "one report is one line of the pipe"
     assert worker.decode_stats(line) == report
+    assert line == json_stats(report), "the line json.dumps would write"
+
+
+def json_stats(report: worker.StatsReport) -> bytes:
+    """A stats report as `json.dumps` writes it from lists and dicts (what `encode_stats` writes as text)."""
+    doc: dict[str, object] = {
+        "w": report.worker_id,
+        "pid": report.pid,
+        "rules": {rid: [c.packets, c.bytes, [list(o) for o in c.outputs], dict(c.drops)] for rid, c in report.rules},
+        "drops": dict(report.drops),
+        "kp": report.kernel_packets,
+        "kd": report.kernel_drops,
+        "pe": report.pipe_errors,
+        "g": report.generation,
+        "rr": report.ring_resyncs,
+    }
+    if report.delta:
+        doc["d"] = 1
+        doc["gone"] = list(report.gone)
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
 @hostile

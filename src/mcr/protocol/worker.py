@@ -8,6 +8,7 @@ way over a pipe as newline-delimited JSON, so a slow supervisor never blocks a w
 from __future__ import annotations
 
 import json
+import json.encoder
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -440,10 +441,10 @@ class StatsReport:
 
 
 def encode_stats(report: StatsReport) -> bytes:
-    doc = {
-        "w": report.worker_id,
-        "pid": report.pid,
-        "rules": {rid: [c.packets, c.bytes, [list(o) for o in c.outputs], dict(c.drops)] for rid, c in report.rules},
+    """One line of JSON. A full report carries every rule, so each rule's counts are written as text
+    straight away rather than as lists and dicts for `json.dumps` (about 0.7 kB a rule that a worker of
+    10,000 rules would hold at once); the line is the same `json.dumps` would write."""
+    rest: dict[str, object] = {
         "drops": dict(report.drops),
         "kp": report.kernel_packets,
         "kd": report.kernel_drops,
@@ -452,9 +453,27 @@ def encode_stats(report: StatsReport) -> bytes:
         "rr": report.ring_resyncs,
     }
     if report.delta:
-        doc["d"] = 1
-        doc["gone"] = list(report.gone)
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+        rest["d"] = 1
+        rest["gone"] = list(report.gone)
+    idle: dict[tuple[tuple[int, int, int, int], ...], str] = {}  # the text of all-zero counts, per layout
+    rules = []
+    for rid, c in report.rules:
+        if c.packets or c.drops:
+            text = _counts_json(c)
+        else:
+            text = idle.get(c.outputs) or idle.setdefault(c.outputs, _counts_json(c))
+        rules.append(f"{_json_str(rid)}:{text}")
+    tail = json.dumps(rest, separators=(",", ":"))
+    return f'{{"w":{int(report.worker_id)},"pid":{int(report.pid)},"rules":{{{",".join(rules)}}},{tail[1:]}\n'.encode()
+
+
+_json_str = json.encoder.encode_basestring_ascii  # a JSON string, as json.dumps writes it
+
+
+def _counts_json(c: RuleCounters) -> str:
+    outputs = ",".join(f"[{int(i)},{int(p)},{int(b)},{int(e)}]" for i, p, b, e in c.outputs)
+    drops = ",".join(f"{_json_str(k)}:{int(n)}" for k, n in c.drops)
+    return f"[{int(c.packets)},{int(c.bytes)},[{outputs}],{{{drops}}}]"
 
 
 def decode_stats(line: bytes) -> StatsReport:

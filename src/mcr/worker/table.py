@@ -95,12 +95,28 @@ class RuleSlot:
         return sum(self.drops) if self.drops is not None else 0
 
     def counters(self) -> RuleCounters:
+        if not self.packets and self.drops is None and not any(o.errors for o in self.outputs):
+            return _idle(tuple(o.spec.index for o in self.outputs))
         return RuleCounters(
             packets=self.packets,
             bytes=self.bytes,
             outputs=tuple((o.spec.index, o.packets, o.bytes, o.errors) for o in self.outputs),
             drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops or ()) if n),
         )
+
+
+_IDLE: dict[tuple[int, ...], RuleCounters] = {}
+
+
+def _idle(indexes: tuple[int, ...]) -> RuleCounters:
+    """The counts of a rule that has seen nothing, one object for every rule with these output indexes (a full
+    report names every rule: most are idle in a large table)."""
+    found = _IDLE.get(indexes)
+    if found is None:
+        if len(_IDLE) >= 64:
+            _IDLE.clear()
+        found = _IDLE[indexes] = RuleCounters(0, 0, tuple((i, 0, 0, 0) for i in indexes))
+    return found
 
 
 class SourceSplit:
