@@ -7,7 +7,9 @@ counted by its drop reason. Timers run on the event loop's clock (monotonic), at
 `next_deadline()`.
 
 An interface is enabled by name (EnablePim, or the config); it runs while it exists, is up and has an
-IPv4 address, and waits otherwise, like a rule whose interface is missing.
+IPv4 address, and waits otherwise, like a rule whose interface is missing. A passive interface (FRR's
+`ip pim passive`) has no socket: no Hellos go out or are taken there, nothing is joined through it, and we
+are the DR of its directly connected sources, which are registered and forwarded as on a PIM interface.
 
 Join/Prunes addressed to us build downstream state (`mcr.routing.pim_joins`); whenever the outgoing
 interface lists change, `on_routes` (the supervisor) recomputes the data plane, where they are merged
@@ -295,6 +297,7 @@ class PimService:
         self._rpf_check_at: float | None = None
         self.discovery: dict[tuple[str, IPAddress], tuple[socket.socket, tuple[IPAddress, ...]]] = {}
         self.wanted: dict[str, PimInterfaceConfig] = {}
+        self.passive: dict[str, IPAddress] = {}  # the passive interfaces that run: our address there
         self.links: dict[str, Link] = {}
         self.sockets: dict[str, socket.socket] = {}
         self.counters: Counter[str] = Counter()
@@ -312,10 +315,14 @@ class PimService:
             req.interface,
             req.dr_priority if req.dr_priority is not None else (old.dr_priority if old else DEFAULT_DR_PRIORITY),
             req.hello_period if req.hello_period is not None else (old.hello_period if old else DEFAULT_HELLO_PERIOD),
+            req.passive if req.passive is not None else (old.passive if old else False),
         )
         self.wanted[req.interface] = config
         self.reconcile()
-        state = "" if req.interface in self.sockets else " (waiting: the interface is missing, down or has no IPv4)"
+        running = req.interface in (self.passive if config.passive else self.sockets)
+        state = "" if running else " (waiting: the interface is missing, down or has no IPv4)"
+        if config.passive:
+            return f"PIM enabled on {req.interface}, passive (no Hellos; its connected sources only){state}"
         return f"PIM enabled on {req.interface} with DR priority {config.dr_priority}{state}"
 
     def disable(self, req: DisablePim) -> str:
@@ -372,10 +379,13 @@ class PimService:
         return link is not None and any(source in net for net in link.ipv4_networks)
 
     def _is_dr(self, interface: str) -> bool:
+        if interface in self.passive:
+            return True  # no other router is heard there: the connected sources are ours
         settings = self.core.interfaces.get(interface)
         return settings is not None and self.core.dr(interface) == settings.address
 
     def _neighbor_addresses(self) -> dict[str, list[IPAddress]]:
+        """The neighbours per interface with Hellos (a passive interface is not there: nothing is joined on it)."""
         return {name: [n.address for n in self.core.neighbors(name)] for name in self.core.interfaces}
 
     def _connected_pairs(self, wanted: Iterable[Wanted]) -> frozenset[tuple[str, IPAddress]]:
@@ -398,7 +408,7 @@ class PimService:
         return hop[1] if hop is not None and hop[0] == interface else None
 
     def _refresh_upstream(self) -> None:
-        running = self.core.interfaces
+        running = self.core.interfaces.keys() | self.passive.keys()
         # only what PIM runs under matters here: with PIM off (or on few interfaces) a rule change costs little
         self.pim_trees = frozenset(w for w in self.rule_trees if w.interface in running)
         self.spt.forget(self._any_source_groups())
@@ -777,6 +787,14 @@ class PimService:
         running = self.core.interfaces
         infos = []
         for name, config in sorted(self.wanted.items()):
+            passive = self.passive.get(name)
+            if passive is not None:
+                infos.append(
+                    PimInterfaceInfo(
+                        name, "passive", passive, config.dr_priority, config.hello_period, passive, True, None, 0
+                    )
+                )
+                continue
             settings = running.get(name)
             dr = self.core.dr(name)
             infos.append(
@@ -845,17 +863,27 @@ class PimService:
         now = self.loop.time()
         actions: list[Action] = []
         running = self.core.interfaces
-        for name in sorted(set(running) - set(self.wanted)):
-            actions += self.core.disable(name)
+        active = {name for name, config in self.wanted.items() if not config.passive}
+        for name in sorted(set(running) - active):
+            actions += self.core.disable(name)  # a Goodbye, also when the interface turns passive
+        for name in sorted(set(self.passive) - (set(self.wanted) - active)):
+            del self.passive[name]
+            log.info("PIM passive on %s stopped", name)
         for name, config in sorted(self.wanted.items()):
             link = self._usable(name)
             if link is None:
-                if name in running:
+                if name in running or name in self.passive:
                     log.warning("PIM on %s waits: the interface is missing, down or has no IPv4 address", name)
-                    actions += self.core.disable(name)
+                    actions += self.core.disable(name) if name in running else []
+                    self.passive.pop(name, None)
                 continue
             address = self._primary(link)
             assert address is not None
+            if config.passive:
+                if self.passive.get(name) != address:
+                    log.info("PIM passive on %s (%s): no Hellos; registering its connected sources", name, address)
+                    self.passive[name] = address
+                continue
             settings = InterfaceSettings(name, address, config.dr_priority, config.hello_period)
             if running.get(name) == settings:
                 continue
