@@ -60,7 +60,8 @@ def test_dr_register_core_keeps_its_invariants(steps: list[tuple[str, IPv4Addres
         (entry,) = drs.entries()
         assert (entry.timer_at is None) == (entry.local in drs.tunnels())
         deadline = drs.next_deadline()
-        assert deadline is None or deadline >= now - 100
+        if kind == "timer":  # every timer that was due has been acted on (without a timer step, any may be)
+            assert deadline is None or deadline > now
 
 
 @given(st.lists(st.tuples(v4, st.binary(min_size=6, max_size=6), st.booleans(), st.floats(0, 300)), max_size=50))
