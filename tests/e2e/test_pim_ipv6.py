@@ -138,6 +138,73 @@ def test_a_source_registered_over_ipv6_is_stopped_and_its_tree_joined_by_the_rp(
     assert stream["unique"] >= 200 and stream["corrupted"] == 0
 
 
+def test_a_last_hop_relay_switches_an_ipv6_source_to_its_spt(netlab: NetLab) -> None:
+    """SPT switchover over IPv6 at the last hop, on a LAN (a bridge in its own namespace):
+
+        C  c0 fd00:50::3 --+
+        B  b0 fd00:50::2 --+-- br0      B: one of ours, the RP; X: a host playing a router that forwards
+        X  x0 fd00:50::9 --+            S (fd00:99::5) down the shared tree (our relays re-send from their
+                                        own address, so one cannot play it)
+    C's rule for any source of G joins the shared tree toward B; S's first packets make C join (S,G), also
+    toward B (its only neighbour: the SPT bit at once, nothing pruned), and B takes the Join."""
+    lan, b_ns, c_ns, x_ns, rcv = (_ipv6_netns(netlab, n) for n in ("lan6", "sb", "sc", "sx", "rcv6"))
+    netlab.run(lan, "ip", "link", "add", "br0", "type", "bridge")
+    netlab.run(lan, "ip", "link", "set", "br0", "up")
+    for ns, ifname, port, ip in ((b_ns, "b0", "pb", "fd00:50::2"), (c_ns, "c0", "pc", "fd00:50::3"),
+                                 (x_ns, "x0", "px", "fd00:50::9")):  # fmt: skip
+        netlab.run(lan, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
+        netlab.run(lan, "ip", "link", "set", port, "master", "br0")
+        netlab.run(lan, "ip", "link", "set", port, "up")
+        netlab.run(ns, "ip", "-6", "addr", "add", f"{ip}/64", "dev", ifname, "nodad")
+        netlab.run(ns, "ip", "link", "set", ifname, "up")
+    source = "fd00:99::5"
+    netlab.run(x_ns, "ip", "-6", "addr", "add", f"{source}/128", "dev", "x0", "nodad")
+    _pair6(netlab, c_ns, "cr0", "fd00:60::1", rcv, "rcv1", "fd00:60::2")
+    rp = "fd00:50::2"
+    b, c = Supervisor.start(netlab, b_ns), Supervisor.start(netlab, c_ns)
+    for sup, interface in ((b, "b0"), (c, "c0")):
+        sup.ctl("pim", "enable", "--interface", interface)
+        sup.ctl("pim", "set-rp", "--group", "ff1e::/16", "--rp", rp)
+    wait_for(lambda: _v6_neighbour(c), 20.0, "B as C's IPv6 PIM neighbour")
+    c.ctl(
+        "add", "--rule-id", "last", "--input-interface", "c0", "--input-group", GROUP, "--input-port", str(PORT),
+        "--outputs", f"[{GROUP}]:{PORT}:cr0",
+    )  # fmt: skip
+
+    def upstream(kind: str, source: str | None) -> dict[str, Any] | None:
+        entries = c.ctl("pim", "upstream").doc["PimUpstream"]
+        return next((e for e in entries if e["kind"] == kind and e["source"] == source), None)
+
+    def b_entry(kind: str) -> dict[str, Any] | None:
+        return next((m for m in b.ctl("mroute").doc["Mroute"] if m["entry_type"] == kind), None)
+
+    star = wait_for(lambda: upstream("join", None), 10.0, "C's (*,G) Join toward the RP")
+    assert star["interface"] == "c0" and star["toward"].startswith("fe80:")
+    wait_for(lambda: b_entry("StarG"), 10.0, "the (*,G) entry at B, the RP")
+
+    sink = start_sink(netlab, rcv, [(GROUP, PORT)], interface="rcv1", duration=40.0, idle_timeout=30.0)
+    argv = generator_argv(GROUP, PORT, source=source, rate=20, size=100, count=20)
+    netlab.popen(x_ns, *argv, name="traffic_generator").json(timeout=30)
+    spt = wait_for(lambda: upstream("spt", source), 10.0, "C to find the source on the shared tree")
+    assert (spt["group"], spt["interface"]) == (GROUP, "c0")
+    sg = wait_for(lambda: upstream("join", source), 10.0, "C's (S,G) Join")
+    assert sg["interface"] == "c0" and sg["toward"] == star["toward"]  # the same neighbour: B
+    settled = wait_for(lambda: (e := upstream("spt", source)) and "SPT bit" in e["state"] and e, 10.0, "the SPT bit")
+    assert settled["state"].startswith("settled")
+    counters = Lab6.counters(c)
+    assert counters["pim6.spt_sources"] == 1 and counters["pim6.spt_bit_set"] == 1
+    assert counters.get("pim6.spt_drop_bad_packet", 0) == 0
+    entry = wait_for(lambda: b_entry("SG"), 10.0, "C's (S,G) Join at B")
+    assert (entry["source"], entry["group"], entry["output_interfaces"]) == (source, GROUP, ["b0"])
+
+    # settled: the source stays on its SPT for the Keepalive period, and the stream is relayed to the receiver
+    netlab.popen(x_ns, *generator_argv(GROUP, PORT, source=source, rate=200, size=100, count=200)).json(timeout=30)
+    after = upstream("spt", source)
+    assert after is not None and after["state"] == settled["state"] and after["next_secs"] > 200  # kept 210 s
+    stream = sink.stop().stream(GROUP, PORT)
+    assert stream["unique"] == 220 and stream["corrupted"] == 0
+
+
 def test_frr_pim6d_as_the_ipv6_rp() -> None:
     """Against FRR's pim6d (Register, Register-Stop and Joins over IPv6), where the installed FRR ships it."""
     if not (FRR_LIBDIR / "pim6d").exists():
