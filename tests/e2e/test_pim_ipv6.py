@@ -82,8 +82,13 @@ def _v6_neighbour(sup: Supervisor) -> dict[str, Any] | None:
     return next((n for n in sup.ctl("pim", "neighbors").doc["PimNeighbors"] if ":" in n["address"]), None)
 
 
-def test_a_source_registered_over_ipv6_is_stopped_and_its_tree_joined_by_the_rp(lab6: Lab6) -> None:
+@pytest.mark.parametrize("mode", ["pim", "passive"])
+def test_a_source_registered_over_ipv6_is_stopped_and_its_tree_joined_by_the_rp(lab6: Lab6, mode: str) -> None:
+    """With PIM on the source's link (A its only router, so the DR) or passive there (no Hellos at all)."""
     d = lab6
+    if mode == "passive":
+        d.a.ctl("pim", "enable", "--interface", "rin", "--passive")
+        assert "rin" not in {n["interface"] for n in d.a.ctl("pim", "neighbors").doc["PimNeighbors"]}
     wait_for(lambda: _v6_neighbour(d.a) and _v6_neighbour(d.b), 20.0, "A and B as IPv6 PIM neighbours")
     d.b.ctl(
         "add", "--rule-id", "rp", "--input-interface", "pb0", "--input-group", GROUP, "--input-port", str(PORT),
