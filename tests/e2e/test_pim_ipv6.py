@@ -143,6 +143,29 @@ def test_a_source_registered_over_ipv6_is_stopped_and_its_tree_joined_by_the_rp(
     assert stream["unique"] >= 200 and stream["corrupted"] == 0
 
 
+LAN_SOURCE, X = "fd00:99::5", "fd00:50::9"
+
+
+def _lan6(netlab: NetLab, *members: tuple[str, str, str]) -> list[str]:
+    """A bridge in its own namespace with a member per (namespace, interface, address); the members'
+    namespaces, then a receiver's (rcv6), joined to the first member but one (cr0 <-> rcv1)."""
+    lan = _ipv6_netns(netlab, "lan6")
+    netlab.run(lan, "ip", "link", "add", "br0", "type", "bridge")
+    netlab.run(lan, "ip", "link", "set", "br0", "up")
+    spaces = []
+    for i, (name, ifname, ip) in enumerate(members):
+        ns = _ipv6_netns(netlab, name)
+        netlab.run(lan, "ip", "link", "add", f"p{i}", "type", "veth", "peer", "name", ifname, "netns", ns)
+        netlab.run(lan, "ip", "link", "set", f"p{i}", "master", "br0")
+        netlab.run(lan, "ip", "link", "set", f"p{i}", "up")
+        netlab.run(ns, "ip", "-6", "addr", "add", f"{ip}/64", "dev", ifname, "nodad")
+        netlab.run(ns, "ip", "link", "set", ifname, "up")
+        spaces.append(ns)
+    rcv = _ipv6_netns(netlab, "rcv6")
+    _pair6(netlab, spaces[1], "cr0", "fd00:60::1", rcv, "rcv1", "fd00:60::2")
+    return [*spaces, rcv]
+
+
 def test_a_last_hop_relay_switches_an_ipv6_source_to_its_spt(netlab: NetLab) -> None:
     """SPT switchover over IPv6 at the last hop, on a LAN (a bridge in its own namespace):
 
@@ -152,19 +175,9 @@ def test_a_last_hop_relay_switches_an_ipv6_source_to_its_spt(netlab: NetLab) -> 
                                         own address, so one cannot play it)
     C's rule for any source of G joins the shared tree toward B; S's first packets make C join (S,G), also
     toward B (its only neighbour: the SPT bit at once, nothing pruned), and B takes the Join."""
-    lan, b_ns, c_ns, x_ns, rcv = (_ipv6_netns(netlab, n) for n in ("lan6", "sb", "sc", "sx", "rcv6"))
-    netlab.run(lan, "ip", "link", "add", "br0", "type", "bridge")
-    netlab.run(lan, "ip", "link", "set", "br0", "up")
-    for ns, ifname, port, ip in ((b_ns, "b0", "pb", "fd00:50::2"), (c_ns, "c0", "pc", "fd00:50::3"),
-                                 (x_ns, "x0", "px", "fd00:50::9")):  # fmt: skip
-        netlab.run(lan, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
-        netlab.run(lan, "ip", "link", "set", port, "master", "br0")
-        netlab.run(lan, "ip", "link", "set", port, "up")
-        netlab.run(ns, "ip", "-6", "addr", "add", f"{ip}/64", "dev", ifname, "nodad")
-        netlab.run(ns, "ip", "link", "set", ifname, "up")
-    source = "fd00:99::5"
+    b_ns, c_ns, x_ns, rcv = _lan6(netlab, ("sb", "b0", "fd00:50::2"), ("sc", "c0", "fd00:50::3"), ("sx", "x0", X))
+    source = LAN_SOURCE
     netlab.run(x_ns, "ip", "-6", "addr", "add", f"{source}/128", "dev", "x0", "nodad")
-    _pair6(netlab, c_ns, "cr0", "fd00:60::1", rcv, "rcv1", "fd00:60::2")
     rp = "fd00:50::2"
     b, c = Supervisor.start(netlab, b_ns), Supervisor.start(netlab, c_ns)
     for sup, interface in ((b, "b0"), (c, "c0")):
@@ -208,6 +221,63 @@ def test_a_last_hop_relay_switches_an_ipv6_source_to_its_spt(netlab: NetLab) -> 
     assert after is not None and after["state"] == settled["state"] and after["next_secs"] > 200  # kept 210 s
     stream = sink.stop().stream(GROUP, PORT)
     assert stream["unique"] == 220 and stream["corrupted"] == 0
+
+
+def test_with_two_routers_on_the_lan_the_spt_goes_by_the_unicast_route_and_the_source_is_pruned_off_the_rpt(
+    netlab: NetLab,
+) -> None:
+    """RPF' over IPv6 from the unicast routes: C's route toward S goes through A (by its global address, which
+    A's Hellos list: RFC 7761's Address List), the RP is B. S arrives on the shared tree (X plays B forwarding
+    it), C joins (S,G) toward A; once S comes from A's MAC (A's namespace plays A forwarding it), the SPT bit
+    is set and S is pruned off the shared tree: an (S,G,rpt) Prune to B.
+
+        B  b0 fd00:50::2 (RP)   C  c0 fd00:50::3   A  a0 fd00:50::4   X  x0 fd00:50::9   on one bridge"""
+    b_ns, c_ns, a_ns, x_ns, _rcv = _lan6(
+        netlab, ("sb", "b0", "fd00:50::2"), ("sc", "c0", "fd00:50::3"), ("sa", "a0", "fd00:50::4"), ("sx", "x0", X)
+    )
+    for ns, ifname in ((x_ns, "x0"), (a_ns, "a0")):
+        netlab.run(ns, "ip", "-6", "addr", "add", f"{LAN_SOURCE}/128", "dev", ifname, "nodad")
+    netlab.run(c_ns, "ip", "-6", "route", "add", "fd00:99::/64", "via", "fd00:50::4")  # C's route to S: via A
+    b, c, a = (Supervisor.start(netlab, ns) for ns in (b_ns, c_ns, a_ns))
+    for sup, interface in ((b, "b0"), (c, "c0"), (a, "a0")):
+        sup.ctl("pim", "enable", "--interface", interface)
+        sup.ctl("pim", "set-rp", "--group", "ff1e::/16", "--rp", "fd00:50::2")
+
+    def neighbours(sup: Supervisor) -> set[str]:
+        """The IPv6 neighbours' (link-local) addresses."""
+        return {n["address"] for n in sup.ctl("pim", "neighbors").doc["PimNeighbors"] if ":" in n["address"]}
+
+    for sup, who in ((c, "A and B as C's"), (a, "B and C as A's")):
+        wait_for(lambda sup=sup: len(neighbours(sup)) == 2, 20.0, f"{who} IPv6 neighbours")
+    (b_ll,) = neighbours(a) & neighbours(c)  # the one both see (neither sees itself)
+    (a_ll,) = neighbours(c) - {b_ll}
+    c.ctl(
+        "add", "--rule-id", "last", "--input-interface", "c0", "--input-group", GROUP, "--input-port", str(PORT),
+        "--outputs", f"[{GROUP}]:{PORT}:cr0",
+    )  # fmt: skip
+
+    def upstream(kind: str, source: str | None) -> dict[str, Any] | None:
+        entries = c.ctl("pim", "upstream").doc["PimUpstream"]
+        return next((e for e in entries if e["kind"] == kind and e["source"] == source), None)
+
+    star = wait_for(lambda: upstream("join", None), 10.0, "C's (*,G) Join toward the RP")
+    assert star["toward"] == b_ll  # the RP's global address is B's: matched through B's Address List
+    for ns in (x_ns, a_ns):  # first down the shared tree (X's MAC), then down the SPT (A's MAC)
+        argv = generator_argv(GROUP, PORT, source=LAN_SOURCE, rate=20, size=100, count=10)
+        netlab.popen(ns, *argv, name="traffic_generator").json(timeout=30)
+        if ns == x_ns:
+            sg = wait_for(lambda: upstream("join", LAN_SOURCE), 10.0, "C's (S,G) Join")
+            assert sg["toward"] == a_ll  # the next hop of C's route toward S, by its global address
+    prune = wait_for(lambda: upstream("rpt_prune", LAN_SOURCE), 10.0, "C's (S,G,rpt) Prune")
+    assert prune["toward"] == b_ll and prune["interface"] == "c0"
+    counters = Lab6.counters(c)
+    assert counters["pim6.spt_bit_set"] == 1 and counters.get("pim6.spt_unconfirmed", 0) == 0
+    entry = wait_for(
+        lambda: next((m for m in a.ctl("mroute").doc["Mroute"] if m["entry_type"] == "SG"), None),
+        10.0,
+        "C's (S,G) Join at A",
+    )
+    assert (entry["source"], entry["group"]) == (LAN_SOURCE, GROUP)
 
 
 def test_frr_pim6d_as_the_ipv6_rp() -> None:

@@ -11,7 +11,7 @@ from mcr.packet.cbpf import ACCEPT, DROP, check_program, run_program
 from mcr.routing.pim_dr_register import DrRegisters, LocalSource, source_group_filter
 from mcr.routing.pim_spt import MAX_SOURCES_PER_GROUP, SptSwitch, new_source_filter
 from mcr.routing.pim_wire import EncodedGroup, RegisterStop
-from mcr.routing.unicast import next_hop, parse_proc_net_route
+from mcr.routing.unicast import next_hop, parse_proc_net_ipv6_route, parse_proc_net_route
 
 v4 = st.integers(0, 0xFFFFFFFF).map(IPv4Address)
 G = IPv4Address("239.1.1.1")
@@ -102,3 +102,15 @@ def test_ipv6_source_group_filter(source: IPv6Address, group: IPv6Address, data:
     other = data.draw(st.just(source) | v6)
     to = data.draw(st.just(group) | v6)
     assert run_program(program, packet6(other, to)) == (ACCEPT if (other, to) == (source, group) else DROP)
+
+
+@given(st.text(), v6)
+def test_ipv6_route_parser_is_total(text: str, target: IPv6Address) -> None:
+    next_hop(parse_proc_net_ipv6_route(text), target)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["0", "1", "ff", "zz", "80"]), st.binary(min_size=16, max_size=16),
+                          st.integers(0, 0xFFFFFFFF)), max_size=20), v6)  # fmt: skip
+def test_ipv6_route_parser_takes_near_valid_lines(rows: list[tuple[str, bytes, int]], target: IPv6Address) -> None:
+    text = "".join(f"{d.hex()} {p} {bytes(16).hex()} 00 {d[::-1].hex()} {f:08x} 0 0 {f:08x} eth0\n" for p, d, f in rows)
+    next_hop(parse_proc_net_ipv6_route(text), target)

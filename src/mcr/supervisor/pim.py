@@ -98,7 +98,7 @@ from mcr.routing.pim_wire import (
     parse_pim,
     parse_pim6,
 )
-from mcr.routing.unicast import UnicastRoute, next_hop, parse_proc_net_route
+from mcr.routing.unicast import UnicastRoute, next_hop, parse_proc_net_ipv6_route, parse_proc_net_route
 
 log = logging.getLogger("mcr.controlplane.pim")  # facility ControlPlane
 
@@ -114,7 +114,7 @@ ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 IPV6_MULTICAST_ALL = 29
 _PKTINFO6 = struct.Struct("=16sI")  # struct in6_pktinfo
 SOURCE_ADDRESS_MAX_AGE = 1.0  # seconds the source address the kernel picks toward an RP is reused
-PROC_NET_ROUTE = "/proc/net/route"
+PROC_NET_ROUTE, PROC_NET_IPV6_ROUTE = "/proc/net/route", "/proc/net/ipv6_route"
 ROUTES_MAX_AGE = 1.0  # seconds a read of the kernel's unicast routes is used for RPF lookups
 RPF_RECHECK = 5.0  # seconds between RPF' recomputations while something is joined (routes may have moved)
 REGISTER_PAUSE = 0.1  # seconds a data capture stops being read once the Register rate is reached
@@ -437,18 +437,27 @@ class PimService:
         )
 
     def _gateway(self, interface: str, target: IPAddress) -> IPAddress | None:
-        """The next hop toward `target` when the kernel routes it out of `interface` (RPF')."""
+        """The next hop toward `target` when the kernel routes it out of `interface` (RPF'), as the primary
+        address of the PIM neighbour that has it when there is one (IPv6: a global next hop, or the target
+        itself on the link, is a neighbour's secondary address; its Hellos come from its link-local one)."""
         now = self.loop.time()
-        if self.family == 4 and (self._routes_at is None or now - self._routes_at >= ROUTES_MAX_AGE):
+        if self._routes_at is None or now - self._routes_at >= ROUTES_MAX_AGE:
             self._routes_at = now
+            path, parse = (
+                (PROC_NET_ROUTE, parse_proc_net_route)
+                if self.family == 4
+                else (PROC_NET_IPV6_ROUTE, parse_proc_net_ipv6_route)
+            )
             try:
-                with open(PROC_NET_ROUTE, encoding="ascii", errors="replace") as f:
-                    self._routes = parse_proc_net_route(f.read())
+                with open(path, encoding="ascii", errors="replace") as f:
+                    self._routes = parse(f.read())
             except OSError as e:
                 log.warning("cannot read the unicast routes (%s): RPF uses the link's neighbours only", e)
                 self._routes = []
         hop = next_hop(self._routes, target)
-        return hop[1] if hop is not None and hop[0] == interface else None
+        if hop is None or hop[0] != interface:
+            return None
+        return self.core.primary_address(interface, hop[1]) or hop[1]
 
     def _refresh_upstream(self) -> None:
         running = self.core.interfaces.keys() | self.passive.keys()
@@ -1017,7 +1026,8 @@ class PimService:
                     log.info("PIM passive on %s (%s): no Hellos; registering its connected sources", name, address)
                     self.passive[name] = address
                 continue
-            settings = InterfaceSettings(name, address, config.dr_priority, config.hello_period)
+            secondary = tuple(a for a in link.ipv6 if not a.is_link_local) if self.family == 6 else ()
+            settings = InterfaceSettings(name, address, config.dr_priority, config.hello_period, secondary)
             if running.get(name) == settings:
                 continue
             if name not in self.sockets:
