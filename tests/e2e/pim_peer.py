@@ -1,14 +1,15 @@
 """A minimal PIM router for the end-to-end tests, built on our own codec (run inside a test namespace).
 
     python pim_peer.py --ifname IF --local IP --upstream IP --group G --rp RP --action join|prune
-                       [--no-hello] [--duration S] [--ready-file PATH]
+                       [--source S] [--no-hello] [--duration S] [--ready-file PATH]
     python pim_peer.py --ifname IF --local IP --upstream RP --group G --rp RP --action register --source S
     python pim_peer.py --ifname IF --local IP --upstream X --group G --rp RP --action assert --source S
                        --preference P --metric M [--rpt]
     python pim_peer.py --ifname IF --local IP --upstream X --group G --rp RP --action listen --record FILE
 
 It says Hello on IF every second (holdtime 4 s) so that the routers on the link take it as a neighbour,
-then sends a (*,G) Join (repeated every 5 s while it runs) or one (*,G) Prune, addressed to `--upstream`.
+then sends a (*,G) Join (repeated every 5 s while it runs) or one (*,G) Prune, addressed to `--upstream`
+(with `--source S`: an (S,G) Join or Prune).
 Everything goes to ALL-PIM-ROUTERS with TTL 1 out of IF; the loop is bounded by `--duration`.
 `register` acts as a source's DR instead: it sends the RP a Register carrying one UDP packet from S to G
 (unicast, once a second) until a Register-Stop comes back, and prints that as JSON. `assert` sends one
@@ -80,6 +81,8 @@ def main() -> None:
         sock.sendto(build_pim(msg), ("224.0.0.13", 0))
         return
     star = EncodedSource(IPv4Address(a.rp), 32, sparse=True, wildcard=True, rpt=True)
+    if a.source:
+        star = EncodedSource(IPv4Address(a.source), 32, sparse=True)
     group = JoinPruneGroup(
         EncodedGroup(IPv4Address(a.group), 32), *(((star,), ()) if a.action == "join" else ((), (star,)))
     )

@@ -19,7 +19,9 @@ from mcr.routing.pim_wire import (
     Register,
     RegisterStop,
     build_pim,
+    build_pim6,
     parse_pim,
+    parse_pim6,
 )
 
 u16 = st.integers(0, 0xFFFF)
@@ -82,3 +84,35 @@ def test_any_corruption_is_a_drop_or_a_message(msg: PimMessage, data: st.DataObj
     cut = data.draw(st.integers(0, len(raw)))
     result = parse_pim(bytes(raw[:cut]))
     assert isinstance(result, PimDrop | Hello | JoinPrune | Register | RegisterStop | Assert)
+
+
+# ------------------------------------------------------------------------------ IPv6: the pseudo-header
+
+
+@given(messages(), v6, v6)
+def test_ipv6_build_then_parse_is_identity(msg: PimMessage, source: IPv6Address, destination: IPv6Address) -> None:
+    assert parse_pim6(build_pim6(msg, source, destination), source, destination) == msg
+
+
+@given(st.binary(max_size=120), v6, v6)
+def test_ipv6_parser_never_raises(data: bytes, source: IPv6Address, destination: IPv6Address) -> None:
+    result = parse_pim6(data, source, destination)
+    assert isinstance(result, PimDrop | Hello | JoinPrune | Register | RegisterStop | Assert)
+
+
+@given(messages(), v6, v6, v6)
+def test_ipv6_checksum_covers_the_addresses(
+    msg: PimMessage, source: IPv6Address, destination: IPv6Address, other: IPv6Address
+) -> None:
+    """A message checksummed for other addresses is dropped (unless the sums happen to agree: same sum)."""
+    raw = build_pim6(msg, source, destination)
+    same_sum = build_pim6(msg, other, destination)[2:4] == raw[2:4]
+    assert parse_pim6(raw, other, destination) == (msg if same_sum else PimDrop.BAD_CHECKSUM)
+
+
+@given(st.booleans(), st.booleans(), st.binary(max_size=64), st.binary(min_size=1, max_size=64), v6, v6)
+def test_ipv6_register_checksum_covers_its_first_8_bytes_only(
+    border: bool, null: bool, data: bytes, other: bytes, source: IPv6Address, destination: IPv6Address
+) -> None:
+    raw = build_pim6(Register(border, null, data), source, destination)
+    assert parse_pim6(raw[:8] + other, source, destination) == Register(border, null, other)

@@ -14,12 +14,12 @@ from mcr.routing.pim_spt import SptPolicy
 def test_section_with_defaults() -> None:
     text = """
 [pim]
-interfaces = [{ name = "eth1", dr_priority = 10 }, { name = "eth2", hello_period = 5 }]
+interfaces = [{ name = "eth1", dr_priority = 10 }, { name = "eth2", hello_period = 5 }, { name = "s0", passive = true }]
 static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
 """
     assert parse_config(text, "f.toml").pim == PimConfig(
         True,
-        (PimInterfaceConfig("eth1", 10, 30), PimInterfaceConfig("eth2", 1, 5)),
+        (PimInterfaceConfig("eth1", 10, 30), PimInterfaceConfig("eth2", 1, 5), PimInterfaceConfig("s0", passive=True)),
         (StaticRp(ip_network("239.0.0.0/8"), IPv4Address("10.0.0.1")),),
     )
 
@@ -45,6 +45,7 @@ def test_absent_section_is_disabled() -> None:
         ('interfaces = [{ name = "a", dr_priority = -1 }]', "'dr_priority' must be an integer from 0 to 4294967295"),
         ('interfaces = [{ name = "a", hello_period = 0 }]', "'hello_period' must be an integer from 1 to 18724"),
         ('interfaces = [{ name = "a", speed = 1 }]', "unknown key 'speed'"),
+        ('interfaces = [{ name = "a", passive = "yes" }]', "interfaces[0]: 'passive' must be a boolean"),
         ('static_rp = [{ group = "10.0.0.0/8", rp = "10.0.0.1" }]', "static_rp[0]: group prefix '10.0.0.0/8'"),
         ('static_rp = [{ group = "239.0.0.0/8", rp = "239.1.1.1" }]', "must be a unicast address"),
         ('static_rp = [{ group = "239.0.0.0/8" }]', "needs exactly 'group'"),
@@ -94,14 +95,14 @@ def test_the_originals_json5_pim_and_msdp_sections_fill_ours() -> None:
     from mcr.routing.config import MsdpPeerEntry
 
     text = """{
-  pim: { enabled: true, router_id: "10.0.0.1", interfaces: [ { name: "eth1" } ],
+  pim: { enabled: true, router_id: "10.0.0.1", interfaces: [ { name: "eth1" }, { name: "src0", passive: true } ],
          static_rp: [ { group: "239.0.0.0/8", rp: "10.0.0.1" } ], rp_address: null },
   msdp: { enabled: true, local_address: "10.0.0.1", peers: [ { address: "10.0.0.9", default_peer: true } ],
           keepalive_interval: null },
   rules: [],
 }"""
     config = parse_config(text, "mcr.json5")
-    assert config.pim.interfaces == (PimInterfaceConfig("eth1"),)
+    assert config.pim.interfaces == (PimInterfaceConfig("eth1"), PimInterfaceConfig("src0", passive=True))
     assert [str(r.prefix) for r in config.pim.static_rps] == ["239.0.0.0/8"]
     assert config.msdp.peers == (MsdpPeerEntry(IPv4Address("10.0.0.9"), default_peer=True),)
     assert config.msdp.keepalive_interval == 60  # null: the default

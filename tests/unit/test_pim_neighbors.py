@@ -139,3 +139,20 @@ def test_secondary_addresses_count_as_the_neighbour() -> None:
     pim.on_hello("eth0", A, Hello(105, 1, 1, secondary_addresses=(B,)), now=0.0)
     assert pim.is_neighbor("eth0", B) and pim.is_neighbor("eth0", A)
     assert not pim.is_neighbor("eth0", IPv4Address("10.1.0.3"))
+
+
+def test_ipv6_hellos_carry_our_global_addresses_and_a_neighbours_are_mapped_to_its_primary() -> None:
+    """RFC 7761 §4.3.4: the Address List option names a router's other addresses on the link (over IPv6 its
+    global ones, its Hellos coming from the link-local one), so that a next hop of the unicast routes, often
+    global, can be matched to the neighbour."""
+    from ipaddress import IPv6Address
+
+    us, them = IPv6Address("fe80::1"), IPv6Address("fe80::2")
+    ours, theirs = (IPv6Address("fd00::1"),), (IPv6Address("fd00::2"), IPv6Address("fd00:1::2"))
+    pim = PimNeighbors()
+    pim.enable(InterfaceSettings("eth0", us, secondary_addresses=ours), generation_id=5, now=0.0)
+    assert sent(pim.on_timer(0.0)) == [Hello(105, 1, 5, secondary_addresses=ours)]
+    pim.on_hello("eth0", them, Hello(105, 1, 9, secondary_addresses=theirs), now=1.0)
+    assert [pim.primary_address("eth0", a) for a in (them, *theirs)] == [them, them, them]
+    assert pim.primary_address("eth0", IPv6Address("fd00::9")) is None
+    assert pim.primary_address("eth1", them) is None

@@ -20,6 +20,8 @@ from mcr.supervisor.access import is_read_only, request_name
         (b'{"EnablePim": {"interface": "eth0", "dr_priority": null}}', EnablePim("eth0")),  # the original's mcrctl
         (b'{"EnablePim": {"interface": "eth0", "dr_priority": 7}}', EnablePim("eth0", 7)),
         (b'{"EnablePim": {"interface": "eth0", "hello_period": 5}}', EnablePim("eth0", None, 5)),
+        (b'{"EnablePim": {"interface": "eth0", "passive": true}}', EnablePim("eth0", passive=True)),
+        (b'{"EnablePim": {"interface": "eth0", "passive": false}}', EnablePim("eth0", passive=False)),
         (b'{"DisablePim": {"interface": "eth0"}}', DisablePim("eth0")),
     ],
 )
@@ -37,6 +39,7 @@ def test_requests_decode_and_round_trip(raw: bytes, expected: object) -> None:
         (b'{"EnablePim": {"interface": "e", "dr_priority": true}}', "'dr_priority' in EnablePim must be an integer"),
         (b'{"EnablePim": {"interface": "e", "hello_period": 0}}', "between 1 and 18724, got 0"),
         (b'{"EnablePim": {"interface": "e", "x": 1}}', "unknown field 'x' in EnablePim"),
+        (b'{"EnablePim": {"interface": "e", "passive": 1}}', "field 'passive' in EnablePim must be a boolean"),
         (b'{"DisablePim": []}', "DisablePim must be a JSON object"),
         (b'"EnablePim"', "command 'EnablePim' needs arguments"),
     ],
@@ -67,6 +70,12 @@ def test_cli_commands() -> None:
     assert parse_invocation(["pim", "neighbors"], env).request == RoutingQuery.GET_PIM_NEIGHBORS
     enable = ["pim", "enable", "--interface", "eth0", "--dr-priority", "9", "--hello-period", "10"]
     assert parse_invocation(enable, env).request == EnablePim("eth0", 9, 10)
+    passive = ["pim", "enable", "--interface", "eth0", "--passive"]
+    assert parse_invocation(passive, env).request == EnablePim("eth0", passive=True)
+    active = ["pim", "enable", "--interface", "eth0", "--active"]
+    assert parse_invocation(active, env).request == EnablePim("eth0", passive=False)
+    with pytest.raises(SystemExit):
+        parse_invocation([*passive, "--active"], env)
     assert parse_invocation(["pim", "disable", "--interface", "eth0"], env).request == DisablePim("eth0")
     with pytest.raises(SystemExit):
         parse_invocation(["pim", "enable", "--interface", "eth0", "--dr-priority", "-1"], env)

@@ -534,6 +534,15 @@ def build_parser() -> argparse.ArgumentParser:
     enable.add_argument("--interface", required=True, metavar="IF", help="interface to run PIM on")
     enable.add_argument("--dr-priority", type=_dr_priority, metavar="N", help="DR priority (default 1)")
     enable.add_argument("--hello-period", type=_hello_period, metavar="S", help="seconds between Hellos (default 30)")
+    mode = enable.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--passive",
+        action="store_const",
+        const=True,
+        dest="passive",
+        help="no Hellos sent or taken there: only register the interface's directly connected sources",
+    )
+    mode.add_argument("--active", action="store_const", const=False, dest="passive", help="Hellos again (the default)")
     disable = pim_actions.add_parser("disable", help="stop PIM on an interface (sends a Goodbye)", parents=[common])
     disable.set_defaults(usage_error=disable.error)
     disable.add_argument("--interface", required=True, metavar="IF", help="interface to stop PIM on")
@@ -653,7 +662,7 @@ def _request(args: argparse.Namespace) -> Request:
         return SetQuerier(family, args.interface, action == "enable-querier")
     if command == "pim":
         if args.pim_command == "enable":
-            return EnablePim(args.interface, args.dr_priority, args.hello_period)
+            return EnablePim(args.interface, args.dr_priority, args.hello_period, args.passive)
         if args.pim_command == "disable":
             return DisablePim(args.interface)
         if args.pim_command == "counters":

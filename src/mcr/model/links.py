@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,3 +17,4 @@ class Link:
     carrier: bool = True  # IFF_LOWER_UP: without it the kernel silently drops what is sent there
     ipv6: tuple[IPv6Address, ...] = ()  # global and unique-local addresses first, then link-local ones
     ipv4_networks: tuple[IPv4Network, ...] = ()  # the subnets of `ipv4` (directly connected sources)
+    ipv6_networks: tuple[IPv6Network, ...] = ()  # the prefixes of `ipv6` (directly connected sources)

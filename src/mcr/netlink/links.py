@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 
 from pyroute2 import AsyncIPRoute
 
@@ -26,10 +26,14 @@ async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
             addresses.setdefault(int(msg["index"]), []).append(IPv4Address(addr))
             networks.setdefault(int(msg["index"]), []).append(IPv4Interface(f"{addr}/{int(msg['prefixlen'])}").network)
     addresses6: dict[int, list[IPv6Address]] = {}
+    networks6: dict[int, list[IPv6Network]] = {}
     async for msg in await ipr.get_addr(family=10):
         addr = msg.get_attr("IFA_ADDRESS")
         if addr:
             addresses6.setdefault(int(msg["index"]), []).append(IPv6Address(addr))
+            prefix = IPv6Interface(f"{addr}/{int(msg['prefixlen'])}").network
+            if not prefix.is_link_local:
+                networks6.setdefault(int(msg["index"]), []).append(prefix)
     links: dict[str, Link] = {}
     async for msg in await ipr.get_links():
         index = int(msg["index"])
@@ -44,6 +48,7 @@ async def dump_links(ipr: AsyncIPRoute) -> dict[str, Link]:
             carrier=bool(int(msg["flags"]) & IFF_LOWER_UP),
             ipv6=tuple(sorted(addresses6.get(index, ()), key=lambda a: a.is_link_local)),
             ipv4_networks=tuple(networks.get(index, ())),
+            ipv6_networks=tuple(networks6.get(index, ())),
         )
     return links
 

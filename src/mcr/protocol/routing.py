@@ -6,7 +6,8 @@ stays in one module:
 - `"GetPimNeighbors"` -> `{"PimNeighbors": [{interface, address, dr_priority, is_dr, expires_in_secs,
   generation_id, source}]}` (`source` is `"PimHello"`, as the original encodes it; ours adds `uptime_secs`
   and `dr_priority_advertised`).
-- `{"EnablePim": {interface, dr_priority?}}` (ours also takes `hello_period`) and
+- `{"EnablePim": {interface, dr_priority?}}` (ours also takes `hello_period` and `passive`: no Hellos sent or
+  taken on the interface, PIM serves its directly connected sources only) and
   `{"DisablePim": {interface}}` -> `Success`/`Error`.
 - `{"SetStaticRp": {group_prefix, rp_address}}` -> `Success`/`Error`.
 - `"GetMroute"` -> `{"Mroute": [{source, group, input_interface, output_interfaces, entry_type, age_secs}]}`
@@ -52,6 +53,7 @@ class EnablePim:
     interface: str
     dr_priority: int | None = None
     hello_period: int | None = None
+    passive: bool | None = None  # None: as before (a new interface: not passive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +172,7 @@ class MsdpSaCache:
 @dataclass(frozen=True, slots=True)
 class PimInterfaceInfo:
     name: str
-    state: str  # running, or waiting (missing, down or without IPv4)
+    state: str  # running, passive (running without Hellos), or waiting (missing, down or without an address)
     address: IPv4Address | IPv6Address | None
     dr_priority: int
     hello_period: int
@@ -296,11 +298,16 @@ def _ipv4(where: str, body: dict[str, object], name: str) -> IPv4Address:
 
 def decode_routing_struct(name: str, body: object) -> RoutingRequest:
     if name == "EnablePim":
-        f = _fields(name, body, frozenset({"interface", "dr_priority", "hello_period"}), frozenset({"interface"}))
+        allowed = frozenset({"interface", "dr_priority", "hello_period", "passive"})
+        f = _fields(name, body, allowed, frozenset({"interface"}))
+        passive = f.get("passive")
+        if passive is not None and not isinstance(passive, bool):
+            raise ProtocolError(f"field 'passive' in {name} must be a boolean")
         return EnablePim(
             _string(name, f, "interface"),
             _optional_int(name, f, "dr_priority", 0, MAX_DR_PRIORITY),
             _optional_int(name, f, "hello_period", MIN_HELLO_PERIOD, MAX_HELLO_PERIOD),
+            passive,
         )
     if name == "DisablePim":
         f = _fields(name, body, frozenset({"interface"}), frozenset({"interface"}))
@@ -351,6 +358,8 @@ def encode_routing_request(req: RoutingRequest) -> object:
             body: dict[str, object] = {"interface": req.interface, "dr_priority": req.dr_priority}
             if req.hello_period is not None:
                 body["hello_period"] = req.hello_period
+            if req.passive is not None:
+                body["passive"] = req.passive
             return {"EnablePim": body}
         case DisablePim():
             return {"DisablePim": {"interface": req.interface}}

@@ -2,7 +2,8 @@
 
     [pim]
     enabled = true                     # default true when the section is present
-    interfaces = [{ name = "eth1", dr_priority = 10, hello_period = 30 }, { name = "eth2" }]
+    interfaces = [{ name = "eth1", dr_priority = 10, hello_period = 30 }, { name = "eth2" },
+                  { name = "eth3", passive = true }]   # passive: no Hellos; its connected sources only
     static_rp = [{ group = "239.0.0.0/8", rp = "10.0.0.1" }]
     spt_switchover = "immediate"       # or "never": stay on the shared tree (FRR's infinity-and-beyond)
 
@@ -42,6 +43,7 @@ class PimInterfaceConfig:
     name: str
     dr_priority: int = DEFAULT_DR_PRIORITY
     hello_period: int = DEFAULT_HELLO_PERIOD
+    passive: bool = False  # no Hellos sent or taken: PIM serves the interface's directly connected sources only
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +162,9 @@ def parse_pim_section(path: str, table: dict[str, Any]) -> PimConfig:
     interfaces: dict[str, PimInterfaceConfig] = {}
     for i, item in enumerate(_entries(path, table, "interfaces")):
         where = f"{path}: [pim] interfaces[{i}]"
-        extra = sorted(set(item) - {"name", "dr_priority", "hello_period"})
+        extra = sorted(set(item) - {"name", "dr_priority", "hello_period", "passive"})
         if extra:
-            raise ConfigError(f"{where}: unknown key '{extra[0]}'; expected name, dr_priority, hello_period")
+            raise ConfigError(f"{where}: unknown key '{extra[0]}'; expected name, dr_priority, hello_period, passive")
         name = item.get("name")
         if not isinstance(name, str):
             raise ConfigError(f"{where}: 'name' must be a string")
@@ -171,10 +173,14 @@ def parse_pim_section(path: str, table: dict[str, Any]) -> PimConfig:
             raise ConfigError(f"{where}: {problem}")
         if name in interfaces:
             raise ConfigError(f"{where}: interface '{name}' is listed twice")
+        passive = item.get("passive", False)
+        if not isinstance(passive, bool):
+            raise ConfigError(f"{where}: 'passive' must be a boolean")
         interfaces[name] = PimInterfaceConfig(
             name,
             _int(where, item, "dr_priority", DEFAULT_DR_PRIORITY, 0, MAX_DR_PRIORITY),
             _int(where, item, "hello_period", DEFAULT_HELLO_PERIOD, MIN_HELLO_PERIOD, MAX_HELLO_PERIOD),
+            passive,
         )
     rps: list[StaticRp] = []
     for i, item in enumerate(_entries(path, table, "static_rp")):

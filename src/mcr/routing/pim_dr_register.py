@@ -29,7 +29,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from mcr.packet.cbpf import ACCEPT, DROP, SKF_AD_OFF, SKF_AD_PKTTYPE, Insn, Op, PacketType
 from mcr.routing.pim_joins import RpTable
@@ -103,16 +103,45 @@ def could_register(
 
 
 def null_register_header(source: IPAddress, group: IPAddress) -> bytes:
-    """The dummy inner header of a Null-Register: an IPv4 header from S to G, protocol PIM, with its checksum."""
+    """The dummy inner header of a Null-Register: an IP header from S to G, protocol PIM (IPv4: with its
+    checksum; IPv6: payload length 0)."""
+    if isinstance(source, IPv6Address) and isinstance(group, IPv6Address):
+        return struct.pack("!IHBB16s16s", 6 << 28, 0, 103, 255, source.packed, group.packed)
     assert isinstance(source, IPv4Address) and isinstance(group, IPv4Address)
     head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20, 0, 0, 255, 103, 0, source.packed, group.packed)
     total = ones_complement_sum(head)
     return head[:10] + struct.pack("!H", ~total & 0xFFFF) + head[12:]
 
 
-def source_group_filter(source: IPv4Address, group: IPv4Address) -> list[Insn]:
-    """A classic BPF filter for an `AF_PACKET` `SOCK_DGRAM` socket (offset 0: the IPv4 header): packets from
+def words(address: IPv6Address) -> tuple[int, int, int, int]:
+    """The address as the four 32-bit words a classic BPF program loads."""
+    a, b, c, d = struct.unpack("!4I", address.packed)
+    return a, b, c, d
+
+
+def match_ipv6(offset: int, address: IPv6Address, miss: int, hit: int = 0) -> list[Insn]:
+    """8 instructions that go on `hit` places after the last of them when the 16 bytes at `offset` are
+    `address`, and `miss` places after it otherwise."""
+    out: list[Insn] = []
+    for i, word in enumerate(words(address)):
+        out.append(Insn(Op.LD_W_ABS, k=offset + 4 * i))
+        out.append(Insn(Op.JEQ_K, hit if i == 3 else 0, miss + 6 - 2 * i, word))
+    return out
+
+
+def source_group_filter(source: IPAddress, group: IPAddress) -> list[Insn]:
+    """A classic BPF filter for an `AF_PACKET` `SOCK_DGRAM` socket (offset 0: the IP header): packets from
     `source` to `group` that the host did not send itself."""
+    if isinstance(source, IPv6Address) and isinstance(group, IPv6Address):
+        return [
+            Insn(Op.LD_B_ABS, k=SKF_AD_OFF + SKF_AD_PKTTYPE),
+            Insn(Op.JEQ_K, 17, 0, PacketType.OUTGOING),
+            *match_ipv6(8, source, 9),
+            *match_ipv6(24, group, 1),
+            Insn(Op.RET_K, k=ACCEPT),
+            Insn(Op.RET_K, k=DROP),
+        ]
+    assert isinstance(source, IPv4Address) and isinstance(group, IPv4Address)
     return [
         Insn(Op.LD_B_ABS, k=SKF_AD_OFF + SKF_AD_PKTTYPE),
         Insn(Op.JEQ_K, 5, 0, PacketType.OUTGOING),
@@ -120,6 +149,17 @@ def source_group_filter(source: IPv4Address, group: IPv4Address) -> list[Insn]:
         Insn(Op.JEQ_K, 0, 3, int(source)),
         Insn(Op.LD_W_ABS, k=16),
         Insn(Op.JEQ_K, 0, 1, int(group)),
+        Insn(Op.RET_K, k=ACCEPT),
+        Insn(Op.RET_K, k=DROP),
+    ]
+
+
+def register6_filter() -> list[Insn]:
+    """A classic BPF filter for a raw IPv6 PIM socket (offset 0: the PIM header): Registers and Register-Stops."""
+    return [
+        Insn(Op.LD_B_ABS, k=0),
+        Insn(Op.JEQ_K, 1, 0, 0x21),  # version 2, type 1
+        Insn(Op.JEQ_K, 0, 1, 0x22),  # version 2, type 2
         Insn(Op.RET_K, k=ACCEPT),
         Insn(Op.RET_K, k=DROP),
     ]

@@ -25,6 +25,7 @@ class InterfaceSettings:
     address: IPAddress  # our primary address on the link: the Hello source, and our DR candidacy
     dr_priority: int = DEFAULT_DR_PRIORITY
     hello_period: int = DEFAULT_HELLO_PERIOD
+    secondary_addresses: tuple[IPAddress, ...] = ()  # our other addresses there (IPv6: the global ones)
 
     @property
     def holdtime(self) -> int:
@@ -93,7 +94,7 @@ class _Interface:
 
     def hello(self) -> Hello:
         s = self.settings
-        return Hello(s.holdtime, s.dr_priority, self.generation_id)
+        return Hello(s.holdtime, s.dr_priority, self.generation_id, secondary_addresses=s.secondary_addresses)
 
 
 def elect_dr(own: InterfaceSettings, neighbors: list[Neighbor]) -> IPAddress:
@@ -142,6 +143,15 @@ class PimNeighbors:
         if i is None:
             return False
         return address in i.neighbors or any(address in n.secondary_addresses for n in i.neighbors.values())
+
+    def primary_address(self, interface: str, address: IPAddress) -> IPAddress | None:
+        """The primary address of the neighbour on `interface` that has `address` (primary or secondary)."""
+        i = self._interfaces.get(interface)
+        if i is None:
+            return None
+        if address in i.neighbors:
+            return address
+        return next((n.address for n in i.neighbors.values() if address in n.secondary_addresses), None)
 
     def next_deadline(self) -> float | None:
         times = [i.next_hello for i in self._interfaces.values()]

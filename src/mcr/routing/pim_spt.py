@@ -20,12 +20,13 @@ then looked at again for `SOURCE_PROBE_TIME`: a packet keeps it, silence ends it
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from mcr.packet.cbpf import ACCEPT, DROP, SKF_AD_OFF, SKF_AD_PKTTYPE, Insn, Op, PacketType
+from mcr.routing.pim_dr_register import match_ipv6
 from mcr.routing.pim_upstream import UpstreamEntry
 from mcr.routing.pim_wire import IPAddress
 
@@ -197,9 +198,26 @@ def stale_spt_bits(entries: Iterable[UpstreamEntry], sources: Iterable[SptSource
     ]
 
 
-def new_source_filter(group: IPv4Address, known: list[IPv4Address]) -> list[Insn]:
-    """A classic BPF filter for an `AF_PACKET` `SOCK_DGRAM` socket (offset 0: the IPv4 header): packets to
+def new_source_filter(group: IPAddress, known: Sequence[IPAddress]) -> list[Insn]:
+    """A classic BPF filter for an `AF_PACKET` `SOCK_DGRAM` socket (offset 0: the IP header): packets to
     `group` that the host did not send, from a source not in `known`."""
+    if isinstance(group, IPv6Address):
+        # each known source: 8 instructions then a DROP, all jumps short (200 sources: 1,800 instructions)
+        blocks: list[Insn] = []
+        for source in known:
+            assert isinstance(source, IPv6Address)
+            blocks += [*match_ipv6(8, source, 1), Insn(Op.RET_K, k=DROP)]
+        return [
+            Insn(Op.LD_B_ABS, k=SKF_AD_OFF + SKF_AD_PKTTYPE),
+            Insn(Op.JEQ_K, 0, 1, PacketType.OUTGOING),
+            Insn(Op.RET_K, k=DROP),
+            *match_ipv6(24, group, 0, 1),
+            Insn(Op.RET_K, k=DROP),
+            *blocks,
+            Insn(Op.RET_K, k=ACCEPT),
+            Insn(Op.RET_K, k=DROP),
+        ]
+    assert isinstance(group, IPv4Address) and all(isinstance(s, IPv4Address) for s in known)
     tail = [Insn(Op.RET_K, k=ACCEPT), Insn(Op.RET_K, k=DROP)]
     checks: list[Insn] = []
     for i, source in enumerate(known):  # each: on a match, jump to the final DROP

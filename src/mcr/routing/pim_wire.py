@@ -2,8 +2,10 @@
 
 The input of `parse_pim` is the PIM message itself (the IP payload); the shell strips the IP header. For
 IPv4 the checksum covers the message; for IPv6 it also covers a pseudo-header, whose one's-complement sum
-the caller passes in (`pseudo_header_sum`). A Register's checksum covers only its first 8 bytes; one
-computed over the whole message is accepted too, as the RFC asks for interoperability.
+the caller passes in (`pseudo_header_sum`), or `parse_pim6`/`build_pim6` compute it from the addresses. A
+Register's checksum covers only its first 8 bytes; one computed over the whole message is accepted too, as
+the RFC asks for interoperability. Over IPv6 the pseudo-header's length is then that of what the checksum
+covers: 8 for a Register (as Linux's ip6mr and FRR's pim6d do), the message's length otherwise.
 """
 
 from __future__ import annotations
@@ -160,6 +162,17 @@ def pseudo_header_sum(source: IPv6Address, destination: IPv6Address, length: int
 
 def _checksum_ok(data: bytes, covered: int, pseudo: int) -> bool:
     return ones_complement_sum(data[:covered], pseudo) == 0xFFFF
+
+
+REGISTER_CHECKSUMMED = 8  # a Register's checksum covers its PIM header and flags only
+
+
+def _checksum6_ok(data: bytes, source: IPv6Address, destination: IPv6Address) -> bool:
+    if len(data) >= REGISTER_CHECKSUMMED and data[0] & 0x0F == MessageType.REGISTER:
+        short = pseudo_header_sum(source, destination, REGISTER_CHECKSUMMED)
+        if _checksum_ok(data, REGISTER_CHECKSUMMED, short):
+            return True
+    return _checksum_ok(data, len(data), pseudo_header_sum(source, destination, len(data)))
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -335,6 +348,14 @@ def parse_pim(data: bytes, pseudo: int = 0, verify: bool = True) -> PimMessage |
     return PimDrop.UNSUPPORTED_TYPE
 
 
+def parse_pim6(data: bytes, source: IPv6Address, destination: IPv6Address) -> PimMessage | PimDrop:
+    """One PIM message received over IPv6 from `source` to `destination`, its checksum checked with the
+    pseudo-header (a Register's over its first 8 bytes, or over all of it). Never raises."""
+    if len(data) >= 4 and data[0] >> 4 == PIM_VERSION and not _checksum6_ok(data, source, destination):
+        return PimDrop.BAD_CHECKSUM
+    return parse_pim(data, verify=False)
+
+
 # --------------------------------------------------------------------------------------------- building
 
 
@@ -412,3 +433,12 @@ def build_pim(msg: PimMessage, pseudo: int = 0) -> bytes:
             return _header(MessageType.ASSERT, body, None, pseudo)
         case _:
             assert_never(msg)
+
+
+def build_pim6(msg: PimMessage, source: IPv6Address, destination: IPv6Address) -> bytes:
+    """The message with its IPv6 checksum, pseudo-header included (a Register's over its first 8 bytes, with
+    8 as the pseudo-header's length)."""
+    if isinstance(msg, Register):
+        return build_pim(msg, pseudo_header_sum(source, destination, REGISTER_CHECKSUMMED))
+    length = len(build_pim(msg))
+    return build_pim(msg, pseudo_header_sum(source, destination, length))

@@ -1095,29 +1095,11 @@ class Supervisor:
         pim, msdp = self.pim, self.msdp
         counters = {f"pim.{k}": v for k, v in pim.counters.items()}
         counters |= {f"pim6.{k}": v for k, v in self.pim6.counters.items()}
-        counters["pim6.neighbors"] = len(self.pim6.core.neighbors())
+        counters |= {f"pim.{k}": v for k, v in pim.core_counters().items()}
+        counters |= {f"pim6.{k}": v for k, v in self.pim6.core_counters().items()}
         counters |= {
-            "pim.join_prune_not_for_us": pim.joins.ignored,
-            "pim.join_prune_rp_mismatch": pim.joins.rp_mismatch,
-            "pim.register_not_rp": pim.registers.not_rp,
-            "pim.register_bad": pim.registers.bad,
-            "pim.neighbors": len(pim.core.neighbors()),
-            "pim.asserts_lost": len(pim.asserts.lost()),
             "pim.neighbors_table_full": pim.core.table_full + self.pim6.core.table_full,
             "pim.joins_table_full": pim.joins.table_full + self.pim6.joins.table_full,
-            "pim.registers_table_full": pim.registers.table_full,
-            # the DR's side of Register: sources we register, by state, and what the RP said
-            "pim.dr_register_sources": len(pim.dr_registers.entries()),
-            "pim.dr_register_tunnels": len(pim.dr_registers.tunnels()),
-            "pim.dr_register_stops": pim.dr_registers.stops_received,
-            "pim.dr_register_stops_unmatched": pim.dr_registers.stops_unmatched,
-            "pim.dr_register_rate_limited": pim.dr_registers.data_rate_limited,
-            "pim.dr_register_silent": pim.dr_registers.silent_sources,
-            # last-hop SPT switchover: sources joined on their own tree, those pruned off the shared one
-            "pim.spt_sources": len(pim.spt.sources()),
-            "pim.spt_bit_set": sum(1 for s in pim.spt.sources() if s.spt_bit),
-            "pim.spt_table_full": pim.spt.table_full,
-            "pim.spt_unconfirmed": pim.spt.unconfirmed,
         }
         counters |= {f"msdp.{k}": v for k, v in msdp.counters.items()}
         peers = msdp.core.peers.values()

@@ -7,7 +7,9 @@ counted by its drop reason. Timers run on the event loop's clock (monotonic), at
 `next_deadline()`.
 
 An interface is enabled by name (EnablePim, or the config); it runs while it exists, is up and has an
-IPv4 address, and waits otherwise, like a rule whose interface is missing.
+IPv4 address, and waits otherwise, like a rule whose interface is missing. A passive interface (FRR's
+`ip pim passive`) has no socket: no Hellos go out or are taken there, nothing is joined through it, and we
+are the DR of its directly connected sources, which are registered and forwarded as on a PIM interface.
 
 Join/Prunes addressed to us build downstream state (`mcr.routing.pim_joins`); whenever the outgoing
 interface lists change, `on_routes` (the supervisor) recomputes the data plane, where they are merged
@@ -51,6 +53,7 @@ from mcr.routing.pim_dr_register import (
     LocalSource,
     SendRegister,
     could_register,
+    register6_filter,
     register_stop_filter,
     source_group_filter,
 )
@@ -91,9 +94,11 @@ from mcr.routing.pim_wire import (
     Register,
     RegisterStop,
     build_pim,
+    build_pim6,
     parse_pim,
+    parse_pim6,
 )
-from mcr.routing.unicast import UnicastRoute, next_hop, parse_proc_net_route
+from mcr.routing.unicast import UnicastRoute, next_hop, parse_proc_net_ipv6_route, parse_proc_net_route
 
 log = logging.getLogger("mcr.controlplane.pim")  # facility ControlPlane
 
@@ -105,8 +110,11 @@ PIM_OUTPUT_TTL = 16  # TTL of what we send down a PIM-joined interface: routers 
 PACKET_IGNORE_OUTGOING = 23
 IP_MULTICAST_ALL = 49
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
-ETH_P_IP = 0x0800
-PROC_NET_ROUTE = "/proc/net/route"
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+IPV6_MULTICAST_ALL = 29
+_PKTINFO6 = struct.Struct("=16sI")  # struct in6_pktinfo
+SOURCE_ADDRESS_MAX_AGE = 1.0  # seconds the source address the kernel picks toward an RP is reused
+PROC_NET_ROUTE, PROC_NET_IPV6_ROUTE = "/proc/net/route", "/proc/net/ipv6_route"
 ROUTES_MAX_AGE = 1.0  # seconds a read of the kernel's unicast routes is used for RPF lookups
 RPF_RECHECK = 5.0  # seconds between RPF' recomputations while something is joined (routes may have moved)
 REGISTER_PAUSE = 0.1  # seconds a data capture stops being read once the Register rate is reached
@@ -205,9 +213,14 @@ def open_pim6_socket(link: Link) -> socket.socket:
     return sock
 
 
-def open_register_socket() -> socket.socket:
+def open_register_socket(family: int = 4) -> socket.socket:
     """The DR's unicast PIM socket, on no interface: Registers go out where the kernel routes the RP, from the
-    address it picks; only Register-Stops (to any of our addresses, on any interface) are let in."""
+    address it picks; only Register-Stops (to any of our addresses, on any interface) are let in. IPv6: no
+    IPV6_CHECKSUM (a Register's checksum covers 8 bytes only, which the kernel cannot do): we compute and
+    check them, with the addresses of each packet (IPV6_PKTINFO); Registers are let in too (we may be the RP:
+    the per-interface sockets, whose kernel check covers the whole message, drop them)."""
+    if family == 6:
+        return open_register6_socket()
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
     try:
         attach_filter(sock, pack_program(register_stop_filter()))
@@ -220,8 +233,33 @@ def open_register_socket() -> socket.socket:
     return sock
 
 
-def open_group_capture(link: Link, program: bytes, rcvbuf: int = 64 << 10) -> socket.socket:
-    """What arrives on `link` for a group (IPv4 header first, the link-layer sender in the address), through
+def open_register6_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
+    try:
+        attach_filter(sock, pack_program(register6_filter()))
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_INTERNETWORK_CONTROL)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def source_address_toward(target: IPAddress) -> IPAddress | None:
+    """The address the kernel sends from toward `target` (a UDP socket connected, nothing sent), or None."""
+    family = socket.AF_INET if target.version == 4 else socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+            probe.connect((str(target), 9))
+            name = probe.getsockname()[0]
+    except OSError:
+        return None
+    return IPv4Address(name) if target.version == 4 else IPv6Address(str(name).partition("%")[0])
+
+
+def open_group_capture(link: Link, program: bytes, rcvbuf: int = 64 << 10, family: int = 4) -> socket.socket:
+    """What arrives on `link` for a group (IP header first, the link-layer sender in the address), through
     `program`, a classic BPF filter of the sources not to see."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
     try:
@@ -231,7 +269,7 @@ def open_group_capture(link: Link, program: bytes, rcvbuf: int = 64 << 10) -> so
         except OSError:
             pass  # the filter drops outgoing packets by their type as well
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.bind((link.name, ETH_P_IP))
+        sock.bind((link.name, ETH_P_IP if family == 4 else ETH_P_IPV6))
     except OSError:
         sock.close()
         raise
@@ -241,8 +279,8 @@ def open_group_capture(link: Link, program: bytes, rcvbuf: int = 64 << 10) -> so
 def open_source_capture(link: Link, local: LocalSource) -> socket.socket:
     """A copy of what a directly connected source sends to its group on `link`, for the Registers while the
     register tunnel is up."""
-    assert isinstance(local.source, IPv4Address) and isinstance(local.group, IPv4Address)
-    return open_group_capture(link, pack_program(source_group_filter(local.source, local.group)), 256 << 10)
+    program = pack_program(source_group_filter(local.source, local.group))
+    return open_group_capture(link, program, 256 << 10, local.group.version)
 
 
 def link_local(link: Link) -> IPv6Address | None:
@@ -282,6 +320,7 @@ class PimService:
         self.upstream = Upstream()
         self.dr_registers = DrRegisters()
         self.register_socket: socket.socket | None = None
+        self._source_addresses: dict[IPAddress, tuple[IPAddress | None, float]] = {}  # RP -> (ours toward it, when)
         self.captures: dict[LocalSource, socket.socket] = {}  # every source we register
         self.capturing: set[LocalSource] = set()  # of those, the ones read (tunnel up)
         self._rules: Iterable[ForwardingRule] = ()
@@ -295,6 +334,7 @@ class PimService:
         self._rpf_check_at: float | None = None
         self.discovery: dict[tuple[str, IPAddress], tuple[socket.socket, tuple[IPAddress, ...]]] = {}
         self.wanted: dict[str, PimInterfaceConfig] = {}
+        self.passive: dict[str, IPAddress] = {}  # the passive interfaces that run: our address there
         self.links: dict[str, Link] = {}
         self.sockets: dict[str, socket.socket] = {}
         self.counters: Counter[str] = Counter()
@@ -312,10 +352,14 @@ class PimService:
             req.interface,
             req.dr_priority if req.dr_priority is not None else (old.dr_priority if old else DEFAULT_DR_PRIORITY),
             req.hello_period if req.hello_period is not None else (old.hello_period if old else DEFAULT_HELLO_PERIOD),
+            req.passive if req.passive is not None else (old.passive if old else False),
         )
         self.wanted[req.interface] = config
         self.reconcile()
-        state = "" if req.interface in self.sockets else " (waiting: the interface is missing, down or has no IPv4)"
+        running = req.interface in (self.passive if config.passive else self.sockets)
+        state = "" if running else " (waiting: the interface is missing, down or has no IPv4)"
+        if config.passive:
+            return f"PIM enabled on {req.interface}, passive (no Hellos; its connected sources only){state}"
         return f"PIM enabled on {req.interface} with DR priority {config.dr_priority}{state}"
 
     def disable(self, req: DisablePim) -> str:
@@ -349,6 +393,9 @@ class PimService:
         by_group: dict[IPAddress, list[IPAddress]] = {}
         for sa in self._sa_sources:
             by_group.setdefault(sa.group, []).append(sa.source)
+        for reg in self.registers.sources():  # sources registered with us (the RP): their trees are joined
+            if reg.source not in by_group.get(reg.group, ()):
+                by_group.setdefault(reg.group, []).append(reg.source)
         wanted = set()
         enabled = self.wanted
         for r in self._rules if enabled else ():
@@ -369,13 +416,19 @@ class PimService:
 
     def _connected(self, interface: str, source: IPAddress) -> bool:
         link = self.links.get(interface)
-        return link is not None and any(source in net for net in link.ipv4_networks)
+        if link is None:
+            return False
+        networks = link.ipv4_networks if self.family == 4 else link.ipv6_networks
+        return any(source in net for net in networks)
 
     def _is_dr(self, interface: str) -> bool:
+        if interface in self.passive:
+            return True  # no other router is heard there: the connected sources are ours
         settings = self.core.interfaces.get(interface)
         return settings is not None and self.core.dr(interface) == settings.address
 
     def _neighbor_addresses(self) -> dict[str, list[IPAddress]]:
+        """The neighbours per interface with Hellos (a passive interface is not there: nothing is joined on it)."""
         return {name: [n.address for n in self.core.neighbors(name)] for name in self.core.interfaces}
 
     def _connected_pairs(self, wanted: Iterable[Wanted]) -> frozenset[tuple[str, IPAddress]]:
@@ -384,21 +437,30 @@ class PimService:
         )
 
     def _gateway(self, interface: str, target: IPAddress) -> IPAddress | None:
-        """The next hop toward `target` when the kernel routes it out of `interface` (RPF')."""
+        """The next hop toward `target` when the kernel routes it out of `interface` (RPF'), as the primary
+        address of the PIM neighbour that has it when there is one (IPv6: a global next hop, or the target
+        itself on the link, is a neighbour's secondary address; its Hellos come from its link-local one)."""
         now = self.loop.time()
-        if self.family == 4 and (self._routes_at is None or now - self._routes_at >= ROUTES_MAX_AGE):
+        if self._routes_at is None or now - self._routes_at >= ROUTES_MAX_AGE:
             self._routes_at = now
+            path, parse = (
+                (PROC_NET_ROUTE, parse_proc_net_route)
+                if self.family == 4
+                else (PROC_NET_IPV6_ROUTE, parse_proc_net_ipv6_route)
+            )
             try:
-                with open(PROC_NET_ROUTE, encoding="ascii", errors="replace") as f:
-                    self._routes = parse_proc_net_route(f.read())
+                with open(path, encoding="ascii", errors="replace") as f:
+                    self._routes = parse(f.read())
             except OSError as e:
                 log.warning("cannot read the unicast routes (%s): RPF uses the link's neighbours only", e)
                 self._routes = []
         hop = next_hop(self._routes, target)
-        return hop[1] if hop is not None and hop[0] == interface else None
+        if hop is None or hop[0] != interface:
+            return None
+        return self.core.primary_address(interface, hop[1]) or hop[1]
 
     def _refresh_upstream(self) -> None:
-        running = self.core.interfaces
+        running = self.core.interfaces.keys() | self.passive.keys()
         # only what PIM runs under matters here: with PIM off (or on few interfaces) a rule change costs little
         self.pim_trees = frozenset(w for w in self.rule_trees if w.interface in running)
         self.spt.forget(self._any_source_groups())
@@ -426,8 +488,6 @@ class PimService:
         """Where new sources are looked for: an any-source rule's group on a PIM interface where we are on the
         shared tree (a (*,G) Join upstream) and switch to the SPT, or where we are the DR (a directly connected
         source to register)."""
-        if self.family != 4:
-            return set()
         star = {(e.interface, e.group) for e in self.upstream.entries if e.source is None and not e.rpt}
         if self.spt.policy is SptPolicy.NEVER:
             star = set()
@@ -441,12 +501,11 @@ class PimService:
             sock.close()
         for key in wanted:
             interface, group = key
-            assert isinstance(group, IPv4Address)
             known = tuple(sorted(self.spt.settled(interface, group)))
             current = self.discovery.get(key)
             if current is not None and current[1] == known:
                 continue
-            program = pack_program(new_source_filter(group, [s for s in known if isinstance(s, IPv4Address)]))
+            program = pack_program(new_source_filter(group, known))
             if current is not None:
                 try:
                     attach_filter(current[0], program)  # replaces the old filter
@@ -459,7 +518,7 @@ class PimService:
             if link is None:
                 continue
             try:
-                sock = open_group_capture(link, program)
+                sock = open_group_capture(link, program, family=self.family)
             except OSError as e:
                 log.error("cannot look for the sources of %s on %s: %s", group, interface, e)
                 continue
@@ -499,10 +558,14 @@ class PimService:
             except OSError as e:
                 log.warning("looking for the sources of %s on %s failed: %s", group, interface, e)
                 break
-            if len(packet) < 20 or packet[0] >> 4 != 4:
-                self.counters["spt_drop_bad_packet"] += 1  # the filter passes IPv4 only: not expected
+            source: IPAddress
+            if self.family == 4 and len(packet) >= 20 and packet[0] >> 4 == 4:
+                source = IPv4Address(packet[12:16])
+            elif self.family == 6 and len(packet) >= 40 and packet[0] >> 4 == 6:
+                source = IPv6Address(packet[8:24])
+            else:
+                self.counters["spt_drop_bad_packet"] += 1  # the filter passes this family only: not expected
                 continue
-            source = IPv4Address(packet[12:16])
             sender = bytes(address[4]) if len(address) > 4 else b""
             local = self._connected(interface, source)
             same = local or self._same_upstream(interface, group, source)
@@ -532,10 +595,7 @@ class PimService:
     # ------------------------------------------------------------------------------- DR's Register
 
     def _refresh_registers(self, ours: frozenset[IPAddress]) -> None:
-        """Register the directly connected sources we are the DR of (IPv4: an IPv6 Register's checksum would
-        need the pseudo-header over the PIM header alone, which the kernel's IPV6_CHECKSUM cannot do)."""
-        if self.family != 4:
-            return
+        """Register the directly connected sources we are the DR of."""
         could = could_register(self.wanted_trees, self._connected, self._is_dr, self.rps, ours)
         before = {e.local for e in self.dr_registers.entries()}
         self.dr_registers.update(could)
@@ -552,15 +612,17 @@ class PimService:
         self._sync_captures()
 
     def _sync_captures(self) -> None:
-        """The register socket while there is anything to register; a data capture per tunnel in Join."""
-        if self.dr_registers.entries() and self.register_socket is None:
+        """The register socket while there is anything to register (IPv6: also while PIM runs, for the Registers
+        to us as RP); a data capture per tunnel in Join."""
+        needed = bool(self.dr_registers.entries()) or (self.family == 6 and bool(self.core.interfaces))
+        if needed and self.register_socket is None:
             try:
-                self.register_socket = open_register_socket()
+                self.register_socket = open_register_socket(self.family)
             except OSError as e:
                 log.error("cannot open the PIM Register socket: %s", e)
             else:
                 self.loop.add_reader(self.register_socket.fileno(), self._on_register_socket)
-        elif not self.dr_registers.entries() and self.register_socket is not None:
+        elif not needed and self.register_socket is not None:
             self.loop.remove_reader(self.register_socket.fileno())
             self.register_socket.close()
             self.register_socket = None
@@ -646,11 +708,35 @@ class PimService:
         """What the kernel dropped unread while the capture paused: not registered either (rate limit)."""
         self.counters["register_capture_drops"] += self._stats(sock)[1]
 
+    def _our_address_toward(self, target: IPAddress) -> IPAddress | None:
+        now = self.loop.time()
+        cached = self._source_addresses.get(target)
+        if cached is None or now - cached[1] >= SOURCE_ADDRESS_MAX_AGE:
+            if len(self._source_addresses) > 1024:
+                self._source_addresses.clear()
+            cached = (source_address_toward(target), now)
+            self._source_addresses[target] = cached
+        return cached[0]
+
+    def _send_unicast6(self, msg: PimMessage, destination: IPAddress, source: IPAddress | None = None) -> None:
+        """A PIM message to `destination` over IPv6 from `source` (default: the address the kernel picks toward
+        it), its checksum computed here with that pseudo-header. Raises OSError."""
+        sock = self.register_socket
+        assert sock is not None and isinstance(destination, IPv6Address)
+        source = source if source is not None else self._our_address_toward(destination)
+        if not isinstance(source, IPv6Address):
+            raise OSError(f"no route to {destination}")
+        pktinfo = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _PKTINFO6.pack(source.packed, 0))
+        sock.sendmsg([build_pim6(msg, source, destination)], [pktinfo], 0, (str(destination), 0))
+
     def _send_register(self, send: SendRegister, counter: str) -> None:
         if self.register_socket is None:
             return
         try:
-            self.register_socket.sendto(build_pim(send.message), (str(send.rp), 0))
+            if self.family == 6:
+                self._send_unicast6(send.message, send.rp)
+            else:
+                self.register_socket.sendto(build_pim(send.message), (str(send.rp), 0))
         except OSError as e:
             self.counters["tx_register_errors"] += 1
             if self.counters["tx_register_errors"] % 100 == 1:  # the first, then one in a hundred
@@ -661,6 +747,9 @@ class PimService:
         self.counters[counter] += 1
 
     def _on_register_socket(self) -> None:
+        if self.family == 6:
+            self._on_register_socket6()
+            return
         sock = self.register_socket
         if sock is None:
             return
@@ -677,16 +766,54 @@ class PimService:
             if split is None or not isinstance(msg, RegisterStop):
                 self.counters["drop_bad_register_stop"] += 1
                 continue
-            self.counters["rx_register_stop_for_dr"] += 1
-            timer = self._rng.uniform(*REGISTER_STOP_TIMER)
-            if self.dr_registers.on_register_stop(msg, self.loop.time(), timer, split[0]):
-                log.info(
-                    "PIM Register-Stop from %s for (%s,%s): registering suppressed",
-                    split[0] if split else "?",
-                    msg.source,
-                    msg.group.address,
-                )
-                self._sync_captures()
+            self._on_register_stop(msg, split[0])
+        self._schedule()
+
+    def _on_register_stop(self, msg: RegisterStop, sender: IPAddress) -> None:
+        self.counters["rx_register_stop_for_dr"] += 1
+        timer = self._rng.uniform(*REGISTER_STOP_TIMER)
+        if self.dr_registers.on_register_stop(msg, self.loop.time(), timer, sender):
+            log.info(
+                "PIM Register-Stop from %s for (%s,%s): registering suppressed", sender, msg.source, msg.group.address
+            )
+            self._sync_captures()
+
+    def _on_register_socket6(self) -> None:
+        """Registers (we may be the RP) and Register-Stops (we may be the DR) over IPv6, checksums checked here
+        with each packet's addresses."""
+        sock = self.register_socket
+        if sock is None:
+            return
+        for _ in range(RECV_BATCH):
+            try:
+                data, ancillary, _flags, sender = sock.recvmsg(65535, socket.CMSG_SPACE(_PKTINFO6.size))
+            except BlockingIOError:
+                break
+            except OSError as e:
+                log.warning("PIM Register socket receive failed: %s", e)
+                break
+            destination = next(
+                (
+                    IPv6Address(d[:16])
+                    for level, kind, d in ancillary
+                    if (level, kind) == (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO) and len(d) >= _PKTINFO6.size
+                ),
+                None,
+            )
+            source = IPv6Address(str(sender[0]).partition("%")[0])
+            if destination is None or destination.is_multicast:
+                self.counters["drop_bad_register"] += 1  # Registers and Register-Stops are unicast
+                continue
+            msg = parse_pim6(data, source, destination)
+            if isinstance(msg, PimDrop):
+                self.counters[f"drop_{msg.value}"] += 1
+            elif isinstance(msg, RegisterStop):
+                self._on_register_stop(msg, source)
+            elif isinstance(msg, Register):
+                self.counters["rx_register"] += 1
+                self._on_register("", source, msg, destination)
+            else:
+                self.counters["drop_bad_register_stop"] += 1  # the filter lets these two types in only
         self._schedule()
 
     def _send_join_prunes(self, messages: list[SendJoinPrune]) -> None:
@@ -731,6 +858,31 @@ class PimService:
             for m in self.joins.routes()
         ]
         return tuple(entries)
+
+    def core_counters(self) -> dict[str, int]:
+        """What the cores count, by name (the supervisor prefixes `pim.` or `pim6.`)."""
+        sources = self.spt.sources()
+        return {
+            "join_prune_not_for_us": self.joins.ignored,
+            "join_prune_rp_mismatch": self.joins.rp_mismatch,
+            "register_not_rp": self.registers.not_rp,
+            "register_bad": self.registers.bad,
+            "neighbors": len(self.core.neighbors()),
+            "asserts_lost": len(self.asserts.lost()),
+            "registers_table_full": self.registers.table_full,
+            # the DR's side of Register: sources we register, by state, and what the RP said
+            "dr_register_sources": len(self.dr_registers.entries()),
+            "dr_register_tunnels": len(self.dr_registers.tunnels()),
+            "dr_register_stops": self.dr_registers.stops_received,
+            "dr_register_stops_unmatched": self.dr_registers.stops_unmatched,
+            "dr_register_rate_limited": self.dr_registers.data_rate_limited,
+            "dr_register_silent": self.dr_registers.silent_sources,
+            # last-hop SPT switchover: sources joined on their own tree, those pruned off the shared one
+            "spt_sources": len(sources),
+            "spt_bit_set": sum(1 for s in sources if s.spt_bit),
+            "spt_table_full": self.spt.table_full,
+            "spt_unconfirmed": self.spt.unconfirmed,
+        }
 
     def upstream_infos(self) -> tuple[PimUpstreamInfo, ...]:
         """What we ask of routers upstream: Joins and (S,G,rpt) Prunes, Registers, and the SPT sources."""
@@ -777,6 +929,14 @@ class PimService:
         running = self.core.interfaces
         infos = []
         for name, config in sorted(self.wanted.items()):
+            passive = self.passive.get(name)
+            if passive is not None:
+                infos.append(
+                    PimInterfaceInfo(
+                        name, "passive", passive, config.dr_priority, config.hello_period, passive, True, None, 0
+                    )
+                )
+                continue
             settings = running.get(name)
             dr = self.core.dr(name)
             infos.append(
@@ -845,18 +1005,29 @@ class PimService:
         now = self.loop.time()
         actions: list[Action] = []
         running = self.core.interfaces
-        for name in sorted(set(running) - set(self.wanted)):
-            actions += self.core.disable(name)
+        active = {name for name, config in self.wanted.items() if not config.passive}
+        for name in sorted(set(running) - active):
+            actions += self.core.disable(name)  # a Goodbye, also when the interface turns passive
+        for name in sorted(set(self.passive) - (set(self.wanted) - active)):
+            del self.passive[name]
+            log.info("PIM passive on %s stopped", name)
         for name, config in sorted(self.wanted.items()):
             link = self._usable(name)
             if link is None:
-                if name in running:
+                if name in running or name in self.passive:
                     log.warning("PIM on %s waits: the interface is missing, down or has no IPv4 address", name)
-                    actions += self.core.disable(name)
+                    actions += self.core.disable(name) if name in running else []
+                    self.passive.pop(name, None)
                 continue
             address = self._primary(link)
             assert address is not None
-            settings = InterfaceSettings(name, address, config.dr_priority, config.hello_period)
+            if config.passive:
+                if self.passive.get(name) != address:
+                    log.info("PIM passive on %s (%s): no Hellos; registering its connected sources", name, address)
+                    self.passive[name] = address
+                continue
+            secondary = tuple(a for a in link.ipv6 if not a.is_link_local) if self.family == 6 else ()
+            settings = InterfaceSettings(name, address, config.dr_priority, config.hello_period, secondary)
             if running.get(name) == settings:
                 continue
             if name not in self.sockets:
@@ -935,7 +1106,8 @@ class PimService:
             delay = self._rng.uniform(0, TRIGGERED_HELLO_DELAY)
             self._execute(self.core.on_hello(name, source, msg, self.loop.time(), delay))
         elif isinstance(msg, Register):
-            self._on_register(name, source, msg)
+            if self.family == 4:  # IPv6: taken by the register socket, where its 8-byte checksum is checked
+                self._on_register(name, source, msg)
         elif isinstance(msg, Assert):
             self._on_assert(name, source, msg)
         elif isinstance(msg, JoinPrune):
@@ -967,7 +1139,8 @@ class PimService:
             self._schedule()
             self.on_routes()
 
-    def _on_register(self, name: str, dr: IPAddress, reg: Register) -> None:
+    def _on_register(self, name: str, dr: IPAddress, reg: Register, to: IPAddress | None = None) -> None:
+        """A Register from `dr` (on `name`; IPv6: on the register socket, sent to our address `to`)."""
         inner = inner_addresses(reg.data)
         rp = self.rps.lookup(inner[1]) if inner is not None else None
         ours = self._ours()
@@ -975,7 +1148,10 @@ class PimService:
         if stop is not None:
             sock = self.sockets.get(name)
             try:
-                if sock is not None:
+                if to is not None:
+                    self._send_unicast6(stop, dr, to)  # from the address the Register came to
+                    self.counters["tx_register_stop"] += 1
+                elif sock is not None:
                     sock.sendto(build_pim(stop), self._destination(name, dr))
                     self.counters["tx_register_stop"] += 1
             except OSError as e:
@@ -983,6 +1159,7 @@ class PimService:
                 log.warning("Register-Stop to %s on %s failed: %s", dr, name, e)
         if changed:
             log.info("PIM source %s for %s registered by DR %s", stop.source if stop else "?", rp, dr)
+            self._rebuild_rule_trees()
             self._schedule()
             self.on_sources()
 
@@ -994,6 +1171,7 @@ class PimService:
         if self.joins.on_timer(now):
             self.on_routes()
         if self.registers.on_timer(now):
+            self._rebuild_rule_trees()
             self.on_sources()
         if self.asserts.on_timer(now):
             self.on_routes()
