@@ -26,6 +26,7 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
@@ -175,10 +176,20 @@ class HasRules(Protocol):
     def rules(self) -> Mapping[str, ForwardingRule]: ...
 
 
+@contextmanager
+def _raw_pim(family: int) -> Iterator[socket.socket]:
+    """A new raw PIM socket (non-blocking, close-on-exec) to set up in the block; closed if that fails."""
+    sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
+    try:
+        yield sock
+    except BaseException:
+        sock.close()
+        raise
+
+
 def open_pim_socket(link: Link) -> socket.socket:
     """A raw PIM socket that hears and speaks on `link` only."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
-    try:
+    with _raw_pim(socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.name.encode())
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _MREQN.pack(b"\0" * 4, b"\0" * 4, link.ifindex))
         sock.setsockopt(
@@ -187,17 +198,13 @@ def open_pim_socket(link: Link) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_INTERNETWORK_CONTROL)
-    except OSError:
-        sock.close()
-        raise
     return sock
 
 
 def open_pim6_socket(link: Link) -> socket.socket:
     """A raw IPv6 PIM socket on `link` only; the kernel computes and checks the checksum (IPV6_CHECKSUM),
     pseudo-header included."""
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
-    try:
+    with _raw_pim(socket.AF_INET6) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.name.encode())
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 2)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, link.ifindex)
@@ -207,9 +214,6 @@ def open_pim6_socket(link: Link) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_INTERNETWORK_CONTROL)
-    except OSError:
-        sock.close()
-        raise
     return sock
 
 
@@ -221,28 +225,20 @@ def open_register_socket(family: int = 4) -> socket.socket:
     the per-interface sockets, whose kernel check covers the whole message, drop them)."""
     if family == 6:
         return open_register6_socket()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
-    try:
+    with _raw_pim(socket.AF_INET) as sock:
         attach_filter(sock, pack_program(register_stop_filter()))
         sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)  # a full-size packet is fragmented
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_INTERNETWORK_CONTROL)
-    except OSError:
-        sock.close()
-        raise
     return sock
 
 
 def open_register6_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, IPPROTO_PIM)
-    try:
+    with _raw_pim(socket.AF_INET6) as sock:
         attach_filter(sock, pack_program(register6_filter()))
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_INTERNETWORK_CONTROL)
-    except OSError:
-        sock.close()
-        raise
     return sock
 
 
