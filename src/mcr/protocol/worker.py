@@ -471,9 +471,9 @@ _json_str = json.encoder.encode_basestring_ascii  # a JSON string, as json.dumps
 
 
 def _counts_json(c: RuleCounters) -> str:
-    outputs = ",".join(f"[{int(i)},{int(p)},{int(b)},{int(e)}]" for i, p, b, e in c.outputs)
-    drops = ",".join(f"{_json_str(k)}:{int(n)}" for k, n in c.drops)
-    return f"[{int(c.packets)},{int(c.bytes)},[{outputs}],{{{drops}}}]"
+    outputs = ",".join([f"[{i},{p},{b},{e}]" for i, p, b, e in c.outputs])
+    drops = ",".join([f"{_json_str(k)}:{n}" for k, n in c.drops]) if c.drops else ""
+    return f"[{c.packets},{c.bytes},[{outputs}],{{{drops}}}]"
 
 
 def decode_stats(line: bytes) -> StatsReport:
