@@ -4,6 +4,7 @@ and statistics aggregation. No sockets, no processes, no clock of its own: time 
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -734,6 +735,55 @@ class _Totals:
             self.drops[reason] = self.drops.get(reason, 0) + n
 
 
+#: What `StatsBook` holds of a worker's latest counters for one rule, with the generation of the report that
+#: carried them: packed into one bytes object (`_hold`), or, when the counters have drops or a value that does
+#: not fit 64 bits, the counters themselves and the generation.
+Held = bytes | tuple[RuleCounters, int]
+
+_LAYOUTS: dict[int, struct.Struct] = {}
+
+
+def _layout(outputs: int) -> struct.Struct:
+    """The packing of a rule with `outputs` outputs: generation, packets, bytes, then (index, packets, bytes,
+    errors) per output, each a signed 64-bit integer."""
+    layout = _LAYOUTS.get(outputs)
+    if layout is None:
+        layout = _LAYOUTS[outputs] = struct.Struct(f"={3 + 4 * outputs}q")
+    return layout
+
+
+def _hold(counters: RuleCounters, generation: int) -> Held:
+    """`counters` as the book keeps them: 8 bytes a number in one object (2.5 outputs: 144 bytes, where the
+    counters' tuples and ints cost 600-700), or as they are when they cannot be packed."""
+    if counters.drops:
+        return (counters, generation)
+    try:
+        return _layout(len(counters.outputs)).pack(
+            generation, counters.packets, counters.bytes, *(n for output in counters.outputs for n in output)
+        )
+    except struct.error:
+        return (counters, generation)
+
+
+def _unhold(held: Held) -> tuple[RuleCounters, int]:
+    """The counters and generation that `_hold` packed."""
+    if not isinstance(held, bytes):
+        return held
+    values = _layout((len(held) // 8 - 3) // 4).unpack(held)
+    outputs = tuple((values[i], values[i + 1], values[i + 2], values[i + 3]) for i in range(3, len(values), 4))
+    return RuleCounters(values[1], values[2], outputs), values[0]
+
+
+_GENERATION = struct.Struct("=q")
+_NO_COUNTS = (0, 0)
+_NO_RATE = (0.0, 0.0)
+
+
+def _generation(held: Held) -> int:
+    """The generation `held` was taken under, without unpacking the rest."""
+    return held[1] if not isinstance(held, bytes) else _GENERATION.unpack_from(held)[0]
+
+
 def _went_back(old: tuple[int, int, int, int], cur: tuple[int, int, int, int]) -> bool:
     """Whether an output's (index, packets, bytes, errors) counters are lower than before."""
     return cur[1] < old[1] or cur[2] < old[2] or cur[3] < old[3]
@@ -748,9 +798,10 @@ class StatsBook:
     proportion to what changed."""
 
     def __init__(self) -> None:
-        self.latest: dict[int, StatsReport] = {}  # worker slot -> latest report of the live incarnation
-        # worker slot -> rule id -> (its latest counters, the generation of the report that carried them)
-        self._by_rule: dict[int, dict[str, tuple[RuleCounters, int]]] = {}
+        # worker slot -> latest report of the live incarnation, without its rules (they are in _by_rule)
+        self.latest: dict[int, StatsReport] = {}
+        # worker slot -> rule id -> its latest counters and the generation of the report that carried them
+        self._by_rule: dict[int, dict[str, Held]] = {}
         self.retired: dict[str, _Totals] = {}  # rule id -> counters of workers that exited
         self.retired_drops: dict[str, int] = {}
         self._rate_base: dict[str, tuple[int, int]] = {}  # rule id -> (packets, bytes) at the last tick
@@ -793,7 +844,7 @@ class StatsBook:
                 held = book.get(rule_id)
                 if held is not None:
                     self._check(rule_id, held, cur)
-                book[rule_id] = (cur, report.generation)
+                book[rule_id] = _hold(cur, report.generation)
                 self._mark(rule_id)
             for rule_id in report.gone:
                 held = book.pop(rule_id, None)
@@ -801,21 +852,23 @@ class StatsBook:
                     self._check(rule_id, held, None)
                 self._mark(rule_id)
         else:
-            book = {rule_id: (cur, report.generation) for rule_id, cur in report.rules}
+            reported = dict(report.rules)
+            book = {rule_id: _hold(cur, report.generation) for rule_id, cur in reported.items()}
             old = known if known is not None else {}
             self._mark_all(rule_id for rule_id, held in book.items() if old.get(rule_id) != held)
             self._mark_all(rule_id for rule_id in old if rule_id not in book)
             if known is not None:
                 for rule_id, held in known.items():
-                    self._check(rule_id, held, book.get(rule_id, (None, 0))[0])
-        self.latest[report.worker_id] = report
+                    self._check(rule_id, held, reported.get(rule_id))
+        # the rules are booked above: keeping them in the report too would keep every rule's counters twice
+        self.latest[report.worker_id] = replace(report, rules=(), gone=()) if report.rules or report.gone else report
         self._by_rule[report.worker_id] = book
 
-    def _check(self, rule_id: str, held: tuple[RuleCounters, int], cur: RuleCounters | None) -> None:
+    def _check(self, rule_id: str, held: Held, cur: RuleCounters | None) -> None:
         """Keep what `held` counted when `cur`, the same rule's next counters from the same source, went back."""
-        old, generation = held
-        if rule_id not in self.since or not self._counts(generation, rule_id):
+        if rule_id not in self.since or not self._counts(_generation(held), rule_id):
             return
+        old = _unhold(held)[0]
         if cur is None or cur.packets < old.packets or cur.bytes < old.bytes:
             self.retire(rule_id, old)
             return
@@ -830,10 +883,12 @@ class StatsBook:
         book = self._by_rule.pop(worker_id, {})
         if report is None:
             return
-        for rule_id, (counters, generation) in book.items():
+        for rule_id, held in book.items():
             self._mark(rule_id)
-            if rule_id in live_rules and self._counts(generation, rule_id):
-                self.retired.setdefault(rule_id, _Totals()).add(counters)
+            if rule_id in live_rules:
+                counters, generation = _unhold(held)
+                if self._counts(generation, rule_id):
+                    self.retired.setdefault(rule_id, _Totals()).add(counters)
         for reason, n in report.drops:
             self.retired_drops[reason] = self.retired_drops.get(reason, 0) + n
 
@@ -868,8 +923,10 @@ class StatsBook:
             )
         for book in self._by_rule.values():
             held = book.get(rule_id)
-            if held is not None and self._counts(held[1], rule_id):
-                acc.add(held[0])
+            if held is not None:
+                counters, generation = _unhold(held)
+                if self._counts(generation, rule_id):
+                    acc.add(counters)
         return acc
 
     def tick(self, rule_ids: Container[str], now: float) -> None:
@@ -887,9 +944,10 @@ class StatsBook:
                 dt = now - last
                 rate = (max(0, t.packets - base[0]) / dt, max(0, t.bytes - base[1]) * 8 / dt)
                 if self.rates.get(rule_id) != rate:
-                    self.rates[rule_id] = rate
+                    self.rates[rule_id] = rate if rate != _NO_RATE else _NO_RATE
                     self._stale.add(rule_id)
-            self._rate_base[rule_id] = (t.packets, t.bytes)
+            # an idle rule's (most rules') base and rate are one shared tuple, not two of their own
+            self._rate_base[rule_id] = (t.packets, t.bytes) if t.packets or t.bytes else _NO_COUNTS
         self.moved = set()
 
     def flow_stats(self, rules: Iterable[ForwardingRule]) -> tuple[FlowStats, ...]:
