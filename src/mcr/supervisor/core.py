@@ -365,7 +365,7 @@ def resolve_rule(
         if not why:
             view = RuleView(rule, Engine.KERNEL, RuleState.ACTIVE, "; ".join(notes))
             kernel = _kernel_rule(rule, link, outputs, links, epoch)
-            return RuleResolution(view, kernel=kernel, input_link=(link.ifindex, link.name))
+            return RuleResolution(view, kernel=kernel, input_link=link.ident)
         notes.append(f"userspace: {why}")
     worker = WorkerRule(
         rule.rule_id,
@@ -379,7 +379,7 @@ def resolve_rule(
         protocol=rule.input_protocol,
     )
     view = RuleView(rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes))
-    return RuleResolution(view, worker=worker, input_link=(link.ifindex, link.name))
+    return RuleResolution(view, worker=worker, input_link=link.ident)
 
 
 def resolve(
