@@ -96,6 +96,17 @@ def parse_group(text: str) -> IPAddress:
         raise ValueError(f"'{text}' is not a valid {_family(text)} address") from None
 
 
+_PORTS: dict[int, int] = {}
+
+
+def shared_port(port: int) -> int:
+    """One int object per port number (0-65535) for every rule and output that names it: a decoded port
+    above 256 is an object of its own (32 bytes), and rules mostly use a few ports. At most 65,536 are kept."""
+    if type(port) is not int or not 0 <= port <= 0xFFFF:
+        return port  # left to validation
+    return _PORTS.setdefault(port, port)
+
+
 @dataclass(frozen=True, slots=True)
 class OutputDestination:
     group: IPAddress
@@ -108,6 +119,7 @@ class OutputDestination:
     def __post_init__(self) -> None:
         # thousands of outputs name a few interfaces: one string each (see docs/design.md, Scale)
         object.__setattr__(self, "interface", sys.intern(self.interface))
+        object.__setattr__(self, "port", shared_port(self.port))
 
     @property
     def spec(self) -> str:
@@ -131,6 +143,7 @@ class ForwardingRule:
         # one string per id and per interface, shared with the ids that workers' reports decode (`sys.intern`)
         object.__setattr__(self, "rule_id", sys.intern(self.rule_id))
         object.__setattr__(self, "input_interface", sys.intern(self.input_interface))
+        object.__setattr__(self, "input_port", shared_port(self.input_port))
 
     @property
     def input_key(self) -> tuple[str, IPAddress, int, SourcePrefix | None]:
