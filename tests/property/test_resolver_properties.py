@@ -21,7 +21,13 @@ ALL_LINKS = {
     "eth1": Link("eth1", 3, True, 1500, (IPv4Address("10.0.1.1"),), MAC, ipv6=(IPv6Address("fd00:1::1"),)),
     "eth2": Link("eth2", 4, True, 1500, (IPv4Address("10.0.2.1"),), b""),
 }
-GROUPS = [IPv4Address("239.1.1.1"), IPv4Address("239.1.1.1"), IPv4Address("239.1.1.2"), IPv6Address("ff3e::1")]
+GROUPS = [
+    IPv4Address("239.1.1.1"),
+    IPv4Address("239.1.1.1"),
+    IPv4Address("239.1.1.2"),
+    IPv6Address("ff3e::1"),
+    IPv4Address("10.0.0.1"),  # a unicast input: nothing to join
+]
 SOURCES = [None, IPv4Network("10.9.0.1/32"), IPv4Network("10.9.0.2/32"), IPv4Network("10.8.0.0/16")]
 
 

@@ -418,7 +418,11 @@ def resolve(
     return _assemble(parts)
 
 
-def _assemble(parts: Iterable[tuple[ForwardingRule, RuleResolution]]) -> Resolution:
+def _assemble(
+    parts: Iterable[tuple[ForwardingRule, RuleResolution]],
+    memberships: dict[int, frozenset[Membership]] | None = None,
+) -> Resolution:
+    """`parts` as one Resolution; `memberships`: theirs when known already (else computed from the parts)."""
     views: list[RuleView] = []
     worker_rules: list[WorkerRule] = []
     kernel_rules: list[KernelRule] = []
@@ -428,7 +432,10 @@ def _assemble(parts: Iterable[tuple[ForwardingRule, RuleResolution]]) -> Resolut
     for rule, part in parts:
         views.append(part.view)
         if part.input_link is not None:
-            on_input.setdefault(part.input_link[0], []).append(rule)
+            if memberships is None:
+                on_input.setdefault(part.input_link[0], []).append(rule)
+            else:
+                memberships.setdefault(part.input_link[0], frozenset())  # an input of unicast rules only
         if part.worker is not None:
             worker_rules.append(part.worker)
             assert part.input_link is not None
@@ -440,7 +447,7 @@ def _assemble(parts: Iterable[tuple[ForwardingRule, RuleResolution]]) -> Resolut
         views=tuple(views),
         worker_rules=tuple(worker_rules),
         captures=captures,
-        memberships={k: wanted_memberships(v) for k, v in on_input.items()},
+        memberships={k: wanted_memberships(v) for k, v in on_input.items()} if memberships is None else memberships,
         kernel_rules=tuple(kernel_rules),
         raw_egress=frozenset(raw_egress),
     )
@@ -630,7 +637,9 @@ class Resolver:
         """The whole resolution, in the order of `rules` (kept until the next update)."""
         if self._cache is not None and self._cache[0] is rules:
             return self._cache[1]
-        res = _assemble((rule, self.parts[rule_id]) for rule_id, rule in rules.items() if rule_id in self.parts)
+        # the memberships kept by group, their members shared, rather than every one made again
+        parts = ((rule, self.parts[rule_id]) for rule_id, rule in rules.items() if rule_id in self.parts)
+        res = _assemble(parts, self.memberships())
         self._cache = (rules, res)
         return res
 
