@@ -263,3 +263,13 @@ def test_rules_share_their_port_numbers() -> None:
     rule = ForwardingRule("r", "eth0", IPv4Address("239.1.1.1"), int("5000"), (out_a,))
     assert rule.input_port is out_a.port
     assert OutputDestination(IPv4Address("239.2.2.2"), 70000, "eth1").port == 70000, "left to validation"
+
+
+def test_a_rules_flow_key_follows_its_input_and_is_not_compared() -> None:
+    from dataclasses import replace
+
+    r = rule()
+    assert r.flow == ("eth0", IPv4Address("239.1.1.1"), r.input_port)
+    moved = replace(r, input_port=r.input_port + 1)
+    assert moved.flow == ("eth0", IPv4Address("239.1.1.1"), r.input_port + 1)
+    assert replace(r) == r and replace(r).flow is not r.flow, "made per rule, left out of equality"

@@ -138,12 +138,15 @@ class ForwardingRule:
     rate_limit: RateLimit | None = None  # None: unlimited
     name: str | None = None  # a human-friendly name, unique like the id (the original's `name`)
     input_protocol: InputProtocol = InputProtocol.UDP
+    # (input interface, group, port): made once, the key of this rule's input flow in every index of them
+    flow: tuple[str, IPAddress, int] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # one string per id and per interface, shared with the ids that workers' reports decode (`sys.intern`)
         object.__setattr__(self, "rule_id", sys.intern(self.rule_id))
         object.__setattr__(self, "input_interface", sys.intern(self.input_interface))
         object.__setattr__(self, "input_port", shared_port(self.input_port))
+        object.__setattr__(self, "flow", (self.input_interface, self.input_group, self.input_port))
 
     @property
     def input_key(self) -> tuple[str, IPAddress, int, SourcePrefix | None]:
@@ -519,7 +522,7 @@ class FlowIndex:
     def add(self, rule: ForwardingRule) -> None:
         self.discard(rule.rule_id)
         self.by_id[rule.rule_id] = rule
-        self.flows.setdefault(_flow(rule), {})[rule.rule_id] = rule
+        self.flows.setdefault(rule.flow, {})[rule.rule_id] = rule
         if rule.name is not None:
             self.names[rule.name] = rule.rule_id
         self.outputs += len(rule.outputs)
@@ -528,17 +531,17 @@ class FlowIndex:
         rule = self.by_id.pop(rule_id, None)
         if rule is None:
             return
-        flow = self.flows[_flow(rule)]
+        flow = self.flows[rule.flow]
         del flow[rule_id]
         if not flow:
-            del self.flows[_flow(rule)]
+            del self.flows[rule.flow]
         if rule.name is not None and self.names.get(rule.name) == rule_id:
             del self.names[rule.name]
         self.outputs -= len(rule.outputs)
 
     def same_flow(self, rule: ForwardingRule) -> Mapping[str, ForwardingRule]:
         """The rules on `rule`'s input interface, group and port (any source), `rule` itself included."""
-        return self.flows.get(_flow(rule), {})
+        return self.flows.get(rule.flow, {})
 
     def check_unique(self, rule: ForwardingRule) -> None:
         if rule.rule_id in self.by_id:
@@ -553,10 +556,6 @@ class FlowIndex:
         """`check_rule_fits` against the indexed rules."""
         self.check_unique(rule)
         check_rule_counts(rule, len(self.by_id), self.outputs, limits)
-
-
-def _flow(rule: ForwardingRule) -> tuple[str, IPAddress, int]:
-    return (rule.input_interface, rule.input_group, rule.input_port)
 
 
 def limits_exceeded(rules: Collection[ForwardingRule], limits: Limits) -> list[str]:

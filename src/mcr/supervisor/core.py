@@ -495,8 +495,8 @@ class Resolver:
         self.parts: dict[str, RuleResolution] = {}
         # input (interface, group, port) -> rule ids: tuples, not sets (a set costs 216 bytes, and a flow has
         # one rule but for the rare sources that share it)
+        # (a rule's own flow key, ForwardingRule.flow; a rule's flow is that of the rule in its resolution)
         self._flows: dict[tuple[object, ...], tuple[str, ...]] = {}
-        self._flow_of: dict[str, tuple[object, ...]] = {}
         self._captures: Counter[int] = Counter()  # ifindex -> userspace rules on it
         self._capture_names: dict[int, str] = {}
         self._egress: Counter[RawEgress] = Counter()  # raw ESP output sockets -> userspace outputs using them
@@ -534,9 +534,10 @@ class Resolver:
             self.links = links
         self._cache = None
         touched: dict[str, None] = {}
-        for rule_id in ids:
+        for rule_id in dict.fromkeys(ids):  # once each: a rule's old flow is the one its resolution names
             touched[rule_id] = None
-            old_flow = self._flow_of.pop(rule_id, None)
+            held = self.parts.get(rule_id)
+            old_flow = held.view.rule.flow if held is not None else None
             if old_flow is not None:
                 flow = tuple(r for r in self._flows[old_flow] if r != rule_id)
                 touched.update(dict.fromkeys(flow))
@@ -546,8 +547,7 @@ class Resolver:
                     del self._flows[old_flow]
             rule = rules.get(rule_id)
             if rule is not None:
-                key = rule.input_key[:3]
-                self._flow_of[rule_id] = key
+                key = rule.flow
                 flow = self._flows.get(key, ())
                 touched.update(dict.fromkeys(flow))
                 self._flows[key] = (*flow, rule_id)
@@ -558,7 +558,7 @@ class Resolver:
             before = self.parts.get(rule_id)
             after = None
             if rule is not None:
-                shared = len(self._flows[rule.input_key[:3]]) > 1
+                shared = len(self._flows[rule.flow]) > 1
                 after = resolve_rule(
                     rule,
                     self.links,
