@@ -257,3 +257,17 @@ def test_rules_that_went_idle_share_their_zero_rate() -> None:
         book.tick({"a", "b"}, now)
     assert book.rates == {"a": (0.0, 0.0), "b": (0.0, 0.0)}
     assert book.rates["a"] is book.rates["b"], "one shared tuple, not one per idle rule"
+
+
+def test_a_rule_whose_counts_moved_is_listed_again_with_its_addresses_as_they_were() -> None:
+    table = table_with("a")
+    book = StatsBook()
+    book.track("a", 0)
+    book.on_report(report(1, 5))
+    (before,) = book.flow_stats(table.rules.values())
+    assert book.flow_stats(table.rules.values())[0] is before, "nothing moved: the same entry"
+    book.on_report(report(1, 8))
+    (after,) = book.flow_stats(table.rules.values())
+    assert (after.packets_relayed, after.outputs[0].packets_sent) == (8, 8)
+    assert (after.input_group, after.outputs[0].group) == ("239.1.1.1", "239.2.2.2")
+    assert after.input_group is before.input_group and after.outputs[0].group is before.outputs[0].group

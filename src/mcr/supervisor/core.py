@@ -743,6 +743,20 @@ class _Totals:
         for reason, n in c.drops:
             self.drops[reason] = self.drops.get(reason, 0) + n
 
+    def add_packed(self, values: tuple[int, ...]) -> None:
+        """`add` of counters as `_hold` packed them (generation, packets, bytes, then 4 numbers an output)."""
+        self.packets += values[1]
+        self.bytes += values[2]
+        outputs = self.outputs
+        for i in range(3, len(values), 4):
+            acc = outputs.get(values[i])
+            if acc is None:
+                outputs[values[i]] = [values[i + 1], values[i + 2], values[i + 3]]
+            else:
+                acc[0] += values[i + 1]
+                acc[1] += values[i + 2]
+                acc[2] += values[i + 3]
+
 
 #: What `StatsBook` holds of a worker's latest counters for one rule, with the generation of the report that
 #: carried them: packed into one bytes object (`_hold`), or, when the counters have drops or a value that does
@@ -774,11 +788,15 @@ def _hold(counters: RuleCounters, generation: int) -> Held:
         return (counters, generation)
 
 
+def _unpack(held: bytes) -> tuple[int, ...]:
+    return _layout((len(held) // 8 - 3) // 4).unpack(held)
+
+
 def _unhold(held: Held) -> tuple[RuleCounters, int]:
     """The counters and generation that `_hold` packed."""
     if not isinstance(held, bytes):
         return held
-    values = _layout((len(held) // 8 - 3) // 4).unpack(held)
+    values = _unpack(held)
     outputs = tuple((values[i], values[i + 1], values[i + 2], values[i + 3]) for i in range(3, len(values), 4))
     return RuleCounters(values[1], values[2], outputs), values[0]
 
@@ -932,10 +950,14 @@ class StatsBook:
             )
         for book in self._by_rule.values():
             held = book.get(rule_id)
-            if held is not None:
-                counters, generation = _unhold(held)
-                if self._counts(generation, rule_id):
-                    acc.add(counters)
+            if held is None:
+                continue
+            if isinstance(held, bytes):  # summed as packed: no counters made to be added and let go
+                values = _unpack(held)
+                if self._counts(values[0], rule_id):
+                    acc.add_packed(values)
+            elif self._counts(held[1], rule_id):
+                acc.add(held[0])
         return acc
 
     def tick(self, rule_ids: Container[str], now: float) -> None:
@@ -972,13 +994,20 @@ class StatsBook:
             stale.discard(rule.rule_id)
             t = self.totals(rule.rule_id)
             pps, bps = self.rates.get(rule.rule_id, (0.0, 0.0))
+            # the same rule's previous entry has its addresses' texts: only its counts changed
+            was = held[1] if held is not None and held[0] is rule else None
             outputs = tuple(
-                OutputStats(address_text(o.group), o.port, o.interface, *t.outputs.get(i, [0, 0, 0]))
+                OutputStats(
+                    address_text(o.group) if was is None else was.outputs[i].group,
+                    o.port,
+                    o.interface,
+                    *t.outputs.get(i, [0, 0, 0]),
+                )
                 for i, o in enumerate(rule.outputs)
             )
             flows.append(
                 FlowStats(
-                    input_group=address_text(rule.input_group),
+                    input_group=address_text(rule.input_group) if was is None else was.input_group,
                     input_port=rule.input_port,
                     packets_relayed=t.packets,
                     bytes_relayed=t.bytes,
