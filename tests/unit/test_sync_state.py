@@ -271,3 +271,19 @@ def test_a_rule_whose_counts_moved_is_listed_again_with_its_addresses_as_they_we
     assert (after.packets_relayed, after.outputs[0].packets_sent) == (8, 8)
     assert (after.input_group, after.outputs[0].group) == ("239.1.1.1", "239.2.2.2")
     assert after.input_group is before.input_group and after.outputs[0].group is before.outputs[0].group
+
+
+def test_a_full_report_of_a_newer_generation_rebuilds_only_what_it_changes() -> None:
+    table = table_with("a")
+    book = StatsBook()
+    book.track("a", 2)
+    book.on_report(report(1, 5))  # taken before the rule's generation: not its counts
+    (before,) = book.flow_stats(table.rules.values())
+    assert before.packets_relayed == 0
+    book.on_report(report(2, 5))  # the same counters, now counting
+    (counted,) = book.flow_stats(table.rules.values())
+    assert counted.packets_relayed == 5
+    book.tick({"a"}, 1.0)
+    book.on_report(report(3, 5))  # the same counters under a newer generation: nothing changed
+    assert book.flow_stats(table.rules.values())[0] is counted
+    assert "a" not in book.moved

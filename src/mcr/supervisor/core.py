@@ -882,7 +882,7 @@ class StatsBook:
             reported = dict(report.rules)
             book = {rule_id: _hold(cur, report.generation) for rule_id, cur in reported.items()}
             old = known if known is not None else {}
-            self._mark_all(rule_id for rule_id, held in book.items() if old.get(rule_id) != held)
+            self._mark_all(rule_id for rule_id, held in book.items() if not self._same(rule_id, old.get(rule_id), held))
             self._mark_all(rule_id for rule_id in old if rule_id not in book)
             if known is not None:
                 for rule_id, held in known.items():
@@ -890,6 +890,17 @@ class StatsBook:
         # the rules are booked above: keeping them in the report too would keep every rule's counters twice
         self.latest[report.worker_id] = replace(report, rules=(), gone=()) if report.rules or report.gone else report
         self._by_rule[report.worker_id] = book
+
+    def _same(self, rule_id: str, old: Held | None, new: Held) -> bool:
+        """Whether a rule's totals are as they were when its counters went from `old` to `new`: the same
+        counters, taken under generations that both count for it or both not. (A full report's generation is
+        the worker's latest, so without the second half every rule would be rebuilt after each one: at 10,000
+        rules, a GetStats and a scrape of 200-300 ms every 10 s.)"""
+        if old == new:
+            return True
+        if not isinstance(old, bytes) or not isinstance(new, bytes) or old[8:] != new[8:]:
+            return False
+        return self._counts(_generation(old), rule_id) == self._counts(_generation(new), rule_id)
 
     def _check(self, rule_id: str, held: Held, cur: RuleCounters | None) -> None:
         """Keep what `held` counted when `cur`, the same rule's next counters from the same source, went back."""
