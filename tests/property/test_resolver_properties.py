@@ -21,7 +21,13 @@ ALL_LINKS = {
     "eth1": Link("eth1", 3, True, 1500, (IPv4Address("10.0.1.1"),), MAC, ipv6=(IPv6Address("fd00:1::1"),)),
     "eth2": Link("eth2", 4, True, 1500, (IPv4Address("10.0.2.1"),), b""),
 }
-GROUPS = [IPv4Address("239.1.1.1"), IPv4Address("239.1.1.1"), IPv4Address("239.1.1.2"), IPv6Address("ff3e::1")]
+GROUPS = [
+    IPv4Address("239.1.1.1"),
+    IPv4Address("239.1.1.1"),
+    IPv4Address("239.1.1.2"),
+    IPv6Address("ff3e::1"),
+    IPv4Address("10.0.0.1"),  # a unicast input: nothing to join
+]
 SOURCES = [None, IPv4Network("10.9.0.1/32"), IPv4Network("10.9.0.2/32"), IPv4Network("10.8.0.0/16")]
 
 
@@ -76,7 +82,7 @@ def test_incremental_resolution_matches_the_full_one(
                 table.insert(rule)
             except Exception:  # a refused rule (an overlap): the table is unchanged
                 pass
-            changes = resolver.update(table.rules, [str(arg)], epochs=epochs)
+            changes = resolver.update(table.rules, [str(arg), str(arg)], epochs=epochs)  # an id named twice: once
         elif op == "remove":
             if str(arg) in table.rules:
                 table.remove(str(arg))
@@ -86,7 +92,8 @@ def test_incremental_resolution_matches_the_full_one(
                 links = {name: ALL_LINKS[name] for name in arg}  # type: ignore[union-attr]
             elif str(arg) in links:
                 links[str(arg)] = replace(links[str(arg)], up=not links[str(arg)].up)
-            changes = resolver.update(table.rules, set(table.rules) | set(resolver.parts), links, epochs)
+            # every id, as the supervisor names them after a change of links: those in both lists twice
+            changes = resolver.update(table.rules, [*table.rules, *resolver.parts], links, epochs)
         full = resolve(table.rules.values(), links, kernel, epochs)
         assert resolver.resolution(table.rules) == full
         assert resolver.captures == full.captures

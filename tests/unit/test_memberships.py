@@ -64,3 +64,17 @@ def test_sources_of_one_group_go_to_different_sockets(limit: list[int]) -> None:
     joins = {(7, group, IPv4Address(f"10.0.0.{i}")) for i in range(1, 4)}
     m.change(joins, set())
     assert len({m.joined[k] for k in joins}) == 3
+
+
+def test_a_group_left_by_some_sources_keeps_them_apart_from_the_rest(limit: list[int]) -> None:
+    """Down from three holders of a group to one and back: a new source never shares a socket with the
+    group's other source, and nothing is left of the group once every source is gone."""
+    m = Memberships()
+    group = IPv4Address("239.9.9.9")
+    a, b, c = ((7, group, IPv4Address(f"10.0.0.{i}")) for i in range(1, 4))
+    m.change({a, b, c}, set())
+    m.change(set(), {b, c})
+    m.change({b}, set())
+    assert m.joined[a] is not m.joined[b]
+    m.change(set(), {a, b})
+    assert not m.joined and not m.members and not m._on_group

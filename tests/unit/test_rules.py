@@ -251,3 +251,25 @@ def test_a_name_is_unique_like_an_id() -> None:
     check_rule_fits(rule(rule_id="r2", input_port=5001, name="feed-b"), existing, Limits())
     with pytest.raises(ValidationError, match="name 'feed-a' is already used by rule 'r1'"):
         check_rule_fits(rule(rule_id="r2", input_port=5001, name="feed-a"), existing, Limits())
+
+
+def test_rules_share_their_port_numbers() -> None:
+    """Ports decoded apart (each an int object of its own above 256) are one object once in a rule."""
+    a, b = (int(text) for text in ("5000", "5000"))
+    assert a is not b
+    out_a = OutputDestination(IPv4Address("239.2.2.2"), a, "eth1")
+    out_b = OutputDestination(IPv4Address("239.2.2.3"), b, "eth1")
+    assert out_a.port is out_b.port
+    rule = ForwardingRule("r", "eth0", IPv4Address("239.1.1.1"), int("5000"), (out_a,))
+    assert rule.input_port is out_a.port
+    assert OutputDestination(IPv4Address("239.2.2.2"), 70000, "eth1").port == 70000, "left to validation"
+
+
+def test_a_rules_flow_key_follows_its_input_and_is_not_compared() -> None:
+    from dataclasses import replace
+
+    r = rule()
+    assert r.flow == ("eth0", IPv4Address("239.1.1.1"), r.input_port)
+    moved = replace(r, input_port=r.input_port + 1)
+    assert moved.flow == ("eth0", IPv4Address("239.1.1.1"), r.input_port + 1)
+    assert replace(r) == r and replace(r).flow is not r.flow, "made per rule, left out of equality"

@@ -9,7 +9,7 @@ from mcr.model.rules import ForwardingRule, InputProtocol, Limits, OutputDestina
 from mcr.model.status import RuleState
 from mcr.protocol.control import AddRule
 from mcr.protocol.worker import RawEgress, RuleCounters, StatsReport, WorkerOutput
-from mcr.supervisor.core import Backoff, RuleTable, StatsBook, resolve
+from mcr.supervisor.core import Backoff, RuleTable, StatsBook, resolve, resolve_rule
 
 G1 = IPv4Address("239.1.1.1")
 OUT = OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1", 3)
@@ -41,6 +41,18 @@ LINKS = {
     "eth0": Link("eth0", 2, True, 1500, (IPv4Address("10.0.0.1"),)),
     "eth1": Link("eth1", 3, True, 1500, (IPv4Address("10.0.1.1"),)),
 }
+
+
+def test_rules_on_one_input_share_its_identity() -> None:
+    """Each resolution names its input (ifindex, name): one tuple per link, not one per rule."""
+    table = RuleTable(Limits())
+    add(table, "a", port=5000)
+    add(table, "b", port=5001)
+    a, b = (resolve_rule(rule, LINKS) for rule in table.rules.values())
+    assert a.input_link == (2, "eth0")
+    assert a.input_link is b.input_link
+    assert replace(LINKS["eth0"], up=False).ident == (2, "eth0")
+    assert Link("eth0", 2, True, 1500) == replace(Link("eth0", 2, True, 1500)), "not compared"
 
 
 @pytest.mark.parametrize(

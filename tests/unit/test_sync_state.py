@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from ipaddress import IPv4Address
 
+import pytest
+
 from mcr.model.links import Link
 from mcr.model.rules import Engine, Limits, OutputDestination
 from mcr.model.status import RuleState
@@ -203,3 +205,85 @@ def test_rates_follow_the_rules_that_moved_and_fall_back_to_zero() -> None:
     book.on_report(rep(100, 50))
     book.tick({"a", "b"}, 14.0)
     assert book.rates["b"] == (25.0, 2000.0), "over the time since the last tick, when b was last looked at"
+
+
+@pytest.mark.parametrize(
+    "counters",
+    [
+        RuleCounters(0, 0, ()),
+        RuleCounters(3, 300, ((0, 3, 300, 0), (2, 1, 100, 2))),
+        RuleCounters(2**63 - 1, 2**63 - 1, ((1, 2**63 - 1, 0, 0),)),
+        RuleCounters(2**64, 5, ((0, 1, 2**70, 0),)),  # more than the book packs in 64 bits: kept as it is
+        RuleCounters(4, 40, ((0, 4, 40, 0),), (("rate_limited", 9), ("ttl_expired", 1))),
+    ],
+)
+def test_the_book_gives_back_exactly_what_a_worker_counted(counters: RuleCounters) -> None:
+    """The book packs a worker's counters per rule; whatever their shape, the totals are what was reported,
+    through a later full report, a worker exit, and a rule whose counters went back."""
+    book = StatsBook()
+    book.track("a", 0)
+
+    def rep(pid: int, c: RuleCounters, delta: bool = False) -> StatsReport:
+        return StatsReport(0, pid, (("a", c),), (), 0, 0, 0, 1, delta=delta)
+
+    def seen(c: RuleCounters) -> tuple[object, ...]:
+        t = book.totals("a")
+        return (t.packets, t.bytes, t.outputs, t.drops)
+
+    book.on_report(rep(100, counters))
+    expected = (
+        counters.packets,
+        counters.bytes,
+        {i: [p, b, e] for i, p, b, e in counters.outputs},
+        dict(counters.drops),
+    )
+    assert seen(counters) == expected
+    assert book.latest[0].rules == (), "the report's rules are booked, not kept a second time with it"
+    book.on_report(rep(100, counters))
+    assert seen(counters) == expected, "the same counters again: nothing added"
+    book.on_report(rep(100, RuleCounters(0, 0, ()), delta=True))
+    assert seen(counters) == expected, "counters that went back to zero: what they had counted is kept"
+    book.on_worker_exit(0, {"a"})
+    assert seen(counters) == expected, "and kept when the worker exits"
+
+
+def test_rules_that_went_idle_share_their_zero_rate() -> None:
+    book = StatsBook()
+    for rule_id in ("a", "b"):
+        book.track(rule_id, 0)
+    for now, n in ((1.0, 0), (2.0, 10), (3.0, 10)):
+        counters = RuleCounters(n, n * 10, ())
+        book.on_report(StatsReport(0, 100, (("a", counters), ("b", counters)), (), 0, 0, 0, 1))
+        book.tick({"a", "b"}, now)
+    assert book.rates == {"a": (0.0, 0.0), "b": (0.0, 0.0)}
+    assert book.rates["a"] is book.rates["b"], "one shared tuple, not one per idle rule"
+
+
+def test_a_rule_whose_counts_moved_is_listed_again_with_its_addresses_as_they_were() -> None:
+    table = table_with("a")
+    book = StatsBook()
+    book.track("a", 0)
+    book.on_report(report(1, 5))
+    (before,) = book.flow_stats(table.rules.values())
+    assert book.flow_stats(table.rules.values())[0] is before, "nothing moved: the same entry"
+    book.on_report(report(1, 8))
+    (after,) = book.flow_stats(table.rules.values())
+    assert (after.packets_relayed, after.outputs[0].packets_sent) == (8, 8)
+    assert (after.input_group, after.outputs[0].group) == ("239.1.1.1", "239.2.2.2")
+    assert after.input_group is before.input_group and after.outputs[0].group is before.outputs[0].group
+
+
+def test_a_full_report_of_a_newer_generation_rebuilds_only_what_it_changes() -> None:
+    table = table_with("a")
+    book = StatsBook()
+    book.track("a", 2)
+    book.on_report(report(1, 5))  # taken before the rule's generation: not its counts
+    (before,) = book.flow_stats(table.rules.values())
+    assert before.packets_relayed == 0
+    book.on_report(report(2, 5))  # the same counters, now counting
+    (counted,) = book.flow_stats(table.rules.values())
+    assert counted.packets_relayed == 5
+    book.tick({"a"}, 1.0)
+    book.on_report(report(3, 5))  # the same counters under a newer generation: nothing changed
+    assert book.flow_stats(table.rules.values())[0] is counted
+    assert "a" not in book.moved

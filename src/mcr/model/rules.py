@@ -11,7 +11,6 @@ import sys
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from mcr.model.errors import ValidationError
@@ -97,6 +96,17 @@ def parse_group(text: str) -> IPAddress:
         raise ValueError(f"'{text}' is not a valid {_family(text)} address") from None
 
 
+_PORTS: dict[int, int] = {}
+
+
+def shared_port(port: int) -> int:
+    """One int object per port number (0-65535) for every rule and output that names it: a decoded port
+    above 256 is an object of its own (32 bytes), and rules mostly use a few ports. At most 65,536 are kept."""
+    if type(port) is not int or not 0 <= port <= 0xFFFF:
+        return port  # left to validation
+    return _PORTS.setdefault(port, port)
+
+
 @dataclass(frozen=True, slots=True)
 class OutputDestination:
     group: IPAddress
@@ -109,6 +119,7 @@ class OutputDestination:
     def __post_init__(self) -> None:
         # thousands of outputs name a few interfaces: one string each (see docs/design.md, Scale)
         object.__setattr__(self, "interface", sys.intern(self.interface))
+        object.__setattr__(self, "port", shared_port(self.port))
 
     @property
     def spec(self) -> str:
@@ -127,11 +138,15 @@ class ForwardingRule:
     rate_limit: RateLimit | None = None  # None: unlimited
     name: str | None = None  # a human-friendly name, unique like the id (the original's `name`)
     input_protocol: InputProtocol = InputProtocol.UDP
+    # (input interface, group, port): made once, the key of this rule's input flow in every index of them
+    flow: tuple[str, IPAddress, int] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # one string per id and per interface, shared with the ids that workers' reports decode (`sys.intern`)
         object.__setattr__(self, "rule_id", sys.intern(self.rule_id))
         object.__setattr__(self, "input_interface", sys.intern(self.input_interface))
+        object.__setattr__(self, "input_port", shared_port(self.input_port))
+        object.__setattr__(self, "flow", (self.input_interface, self.input_group, self.input_port))
 
     @property
     def input_key(self) -> tuple[str, IPAddress, int, SourcePrefix | None]:
@@ -456,14 +471,37 @@ def check_rule_fits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule]
 
 
 def address_text(address: IPAddress) -> str:
-    """`str(address)`; an IPv6 address's remembered (listing 10,000 rules spent half its time formatting IPv6
-    addresses). IPv4 addresses format quickly and are not kept: the cache costs about 170 bytes an address."""
-    return str(address) if address.version == 4 else _ipv6_text(address)
+    """`str(address)`, an IPv6 address's in half the time: `ipaddress` formats one in about 4 µs, and listing
+    10,000 rules spent half its time there. (It was an LRU cache of the texts: 170 bytes and more an address.)"""
+    return str(address) if address.version == 4 else ipv6_text(address)
 
 
-@lru_cache(maxsize=1 << 16)
-def _ipv6_text(address: IPAddress) -> str:
-    return str(address)
+_ZERO_RUN = re.compile(r":0(?::0)+(?=:)")  # two or more zero hextets, in ":" + text + ":"
+
+
+def ipv6_text(address: IPv4Address | IPv6Address) -> str:
+    """What `str()` gives for an IPv6 address (RFC 5952: the first longest run of two or more zero hextets
+    is "::"), with a regular expression instead of `ipaddress`'s loop over the hextets. IPv4-mapped and
+    scoped addresses, which Python versions print differently, are left to `str()`."""
+    n = int(address)
+    if n >> 32 == 0xFFFF or getattr(address, "scope_id", None):
+        return str(address)
+    padded = ":%x:%x:%x:%x:%x:%x:%x:%x:" % (  # noqa: UP031 (a third faster than str.format here)
+        n >> 112,
+        n >> 96 & 0xFFFF,
+        n >> 80 & 0xFFFF,
+        n >> 64 & 0xFFFF,
+        n >> 48 & 0xFFFF,
+        n >> 32 & 0xFFFF,
+        n >> 16 & 0xFFFF,
+        n & 0xFFFF,
+    )
+    runs = _ZERO_RUN.findall(padded)
+    if not runs:
+        return padded[1:-1]
+    longest = max(runs, key=len)  # the first of the longest
+    start = padded.index(longest)
+    return padded[1:start] + "::" + padded[start + len(longest) + 1 : -1]
 
 
 class FlowIndex:
@@ -484,7 +522,7 @@ class FlowIndex:
     def add(self, rule: ForwardingRule) -> None:
         self.discard(rule.rule_id)
         self.by_id[rule.rule_id] = rule
-        self.flows.setdefault(_flow(rule), {})[rule.rule_id] = rule
+        self.flows.setdefault(rule.flow, {})[rule.rule_id] = rule
         if rule.name is not None:
             self.names[rule.name] = rule.rule_id
         self.outputs += len(rule.outputs)
@@ -493,17 +531,17 @@ class FlowIndex:
         rule = self.by_id.pop(rule_id, None)
         if rule is None:
             return
-        flow = self.flows[_flow(rule)]
+        flow = self.flows[rule.flow]
         del flow[rule_id]
         if not flow:
-            del self.flows[_flow(rule)]
+            del self.flows[rule.flow]
         if rule.name is not None and self.names.get(rule.name) == rule_id:
             del self.names[rule.name]
         self.outputs -= len(rule.outputs)
 
     def same_flow(self, rule: ForwardingRule) -> Mapping[str, ForwardingRule]:
         """The rules on `rule`'s input interface, group and port (any source), `rule` itself included."""
-        return self.flows.get(_flow(rule), {})
+        return self.flows.get(rule.flow, {})
 
     def check_unique(self, rule: ForwardingRule) -> None:
         if rule.rule_id in self.by_id:
@@ -518,10 +556,6 @@ class FlowIndex:
         """`check_rule_fits` against the indexed rules."""
         self.check_unique(rule)
         check_rule_counts(rule, len(self.by_id), self.outputs, limits)
-
-
-def _flow(rule: ForwardingRule) -> tuple[str, IPAddress, int]:
-    return (rule.input_interface, rule.input_group, rule.input_port)
 
 
 def limits_exceeded(rules: Collection[ForwardingRule], limits: Limits) -> list[str]:

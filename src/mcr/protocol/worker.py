@@ -479,6 +479,7 @@ def _counts_json(c: RuleCounters) -> str:
 def decode_stats(line: bytes) -> StatsReport:
     try:
         d = load_json(line, "malformed stats report")
+        raw = d["rules"]
         rules = tuple(
             (
                 sys.intern(str(rid)),  # the table's own id string (ForwardingRule interns it), not a copy per report
@@ -489,7 +490,9 @@ def decode_stats(line: bytes) -> StatsReport:
                     drops=tuple((str(k), int(n)) for k, n in v[3].items()),
                 ),
             )
-            for rid, v in d["rules"].items()
+            # each rule's JSON is let go as it is decoded: a full report at 10,000 rules is about 5 MB of
+            # lists and 4 MB of counters, and the allocator keeps the peak of both (RSS) long after
+            for rid, v in ((rid, raw.pop(rid)) for rid in list(raw))
         )
         return StatsReport(
             worker_id=int(d["w"]),

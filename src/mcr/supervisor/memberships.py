@@ -69,8 +69,9 @@ class Memberships:
         self.joined: dict[Key, socket.socket] = {}
         self.members: dict[socket.socket, int] = {}
         self.failed: dict[Key, str] = {}
-        # sockets holding (ifindex, group): a tuple, as a group is mostly held by one (a set costs 216 bytes)
-        self._on_group: dict[tuple[int, IPAddress], tuple[socket.socket, ...]] = {}
+        # ifindex -> group -> the sockets holding it: the socket itself when one does, as nearly always (a set
+        # costs 216 bytes, a tuple of one 48), and by interface first, so that no (ifindex, group) key is made
+        self._on_group: dict[int, dict[IPAddress, socket.socket | tuple[socket.socket, ...]]] = {}
         # by IP version, the sockets that may have room (under the limit at the last look), oldest first, and
         # the limit they were sorted by: finding a socket for a join looks at these, not at every socket
         self._room: dict[int, dict[socket.socket, None]] = {4: {}, 6: {}}
@@ -85,7 +86,7 @@ class Memberships:
             for sock in self.members:
                 self._room[4 if sock.family == socket.AF_INET else 6][sock] = None
         room = self._room[version]
-        busy = self._on_group.get((key[0], key[1]), ())
+        busy = self._holders(key[0], key[1])
         for sock in list(room):
             if self.members[sock] >= limit:
                 del room[sock]  # full: it is put back when one of its memberships goes
@@ -117,11 +118,7 @@ class Memberships:
                 sock.setsockopt(*membership_option(key, join=False))
             except OSError:
                 pass  # the interface may be gone, and the membership with it
-            holders = tuple(s for s in self._on_group[(key[0], key[1])] if s is not sock)
-            if holders:
-                self._on_group[(key[0], key[1])] = holders
-            else:
-                del self._on_group[(key[0], key[1])]
+            self._set_holders(key[0], key[1], tuple(s for s in self._holders(key[0], key[1]) if s is not sock))
             self.members[sock] -= 1
             if self.members[sock] == 0:
                 del self.members[sock]
@@ -151,10 +148,25 @@ class Memberships:
             if self.failed.pop(key, None) is not None:
                 log.info("joined %s on ifindex %d (it had failed before)", group, ifindex)
             self.joined[key] = sock
-            held = self._on_group.get((ifindex, group), ())
+            held = self._holders(ifindex, group)
             if sock not in held:
-                self._on_group[(ifindex, group)] = (*held, sock)
+                self._set_holders(ifindex, group, (*held, sock))
             self.members[sock] += 1
+
+    def _holders(self, ifindex: int, group: IPAddress) -> tuple[socket.socket, ...]:
+        held = self._on_group.get(ifindex, {}).get(group, ())
+        return held if isinstance(held, tuple) else (held,)
+
+    def _set_holders(self, ifindex: int, group: IPAddress, holders: tuple[socket.socket, ...]) -> None:
+        groups = self._on_group.setdefault(ifindex, {})
+        if len(holders) > 1:
+            groups[group] = holders
+        elif holders:
+            groups[group] = holders[0]
+        else:
+            groups.pop(group, None)
+            if not groups:
+                del self._on_group[ifindex]
 
     def close(self) -> None:
         self.reconcile({})
