@@ -176,6 +176,12 @@ def test_local_sources_are_single_sources_in_groups_we_are_rp_for() -> None:
     assert local_sources(rules, rps, frozenset({us})) == (us, frozenset({SaEntry(IPv4Address("10.5.0.5"), g1)}))
     assert local_sources(rules, rps, frozenset()) == (None, frozenset())
 
+    class Untouched:
+        def __iter__(self) -> None:
+            raise AssertionError("the rules were read: RP for no group, a rule change must cost nothing here")
+
+    assert local_sources(Untouched(), rps, frozenset({IPv4Address("10.9.9.9")})) == (None, frozenset())  # type: ignore[arg-type]
+
 
 def test_routing_counters_request_response_cli_and_metrics() -> None:
     from mcr.protocol.routing import RoutingCounters

@@ -273,5 +273,9 @@ class RpTable:
                 best = prefix
         return None if best is None else self._rps[best]
 
+    def addresses(self) -> frozenset[IPAddress]:
+        """Every RP address configured."""
+        return frozenset(self._rps.values())
+
     def entries(self) -> list[StaticRp]:
         return [StaticRp(p, r) for p, r in sorted(self._rps.items(), key=lambda i: (i[0].version, i[0]))]

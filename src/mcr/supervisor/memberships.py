@@ -8,6 +8,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 
@@ -50,12 +51,23 @@ def membership_option(key: Key, join: bool) -> tuple[int, int, bytes]:
     return level, option, _MREQ6.pack(group.packed, ifindex)
 
 
+_LIMIT_TTL_S = 5.0  # how long a reading of igmp_max_memberships is used (one read per join costs ~30 µs)
+_limit: tuple[float, int] = (-_LIMIT_TTL_S, 20)  # (when read, value)
+
+
 def _max_per_socket() -> int:
+    """net.ipv4.igmp_max_memberships, read again at most every few seconds (an operator may raise it)."""
+    global _limit
+    now = time.monotonic()
+    if now - _limit[0] < _LIMIT_TTL_S:
+        return _limit[1]
     try:
         with open("/proc/sys/net/ipv4/igmp_max_memberships") as f:
-            return max(1, int(f.read()))
+            value = max(1, int(f.read()))
     except (OSError, ValueError):
-        return 20
+        value = 20
+    _limit = (now, value)
+    return value
 
 
 class Memberships:

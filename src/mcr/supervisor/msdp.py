@@ -54,6 +54,8 @@ def local_sources(
     our addresses; and that RP address (None when we are RP for none of them)."""
     rp: IPv4Address | None = None
     entries: set[SaEntry] = set()
+    if not any(a in ours for a in rps.addresses()):
+        return None, frozenset()  # RP for no group: nothing to look at (a rule change costs nothing here)
     for r in rules:
         src = r.input_source
         if src is None or src.version != 4 or src.prefixlen != 32 or r.input_group.version != 4:
