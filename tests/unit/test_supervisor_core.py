@@ -301,6 +301,11 @@ def fan_out(packets: int, *outputs: tuple[int, int]) -> StatsReport:
             (16, [16, 10, 16]),
             id="a middle output skipped in the kernel: slot reset, the skipped output keeps its count",
         ),
+        pytest.param(
+            [fan_out(10, (0, 10), (1, 10)), fan_out(10, (0, 10), (1, 10)), fan_out(3, (0, 3), (1, 3))],
+            (13, [13, 13, 0]),
+            id="the same counts again (nothing went back, not checked), then reset: the earlier counts kept",
+        ),
     ],
 )
 def test_output_counters_stay_with_their_output(reports: list[StatsReport], expected: tuple[int, list[int]]) -> None:
