@@ -246,6 +246,23 @@ def test_duration_and_signals_end_both_cleanly(start_sink: StartSink) -> None:
     assert (report["stop_reason"], report["received"], report["lost"]) == ("signal", summary["sent"], 0)
 
 
+def test_a_signal_after_the_report_does_not_kill_the_sink(start_sink: StartSink) -> None:
+    """A caller that stops the sink just as it reaches --expect (SIGTERM racing the exit) still gets exit 0.
+
+    The signal is sent as soon as the report's line is out, while the sink is still on its way out."""
+    s: Sink = start_sink("--expect", "5", "--idle-timeout", "10")
+    generate(s.ports[0], "--count", "5", "--rate", "1000", "--size", "64")
+    assert s.proc.stdout is not None
+    ready, _, _ = select.select([s.proc.stdout], [], [], 15)
+    assert ready, "the sink printed no report within 15 s of its expected packets"
+    line = s.proc.stdout.readline()
+    s.proc.send_signal(signal.SIGTERM)
+    rest, err = s.proc.communicate(timeout=10)
+    assert (s.proc.returncode, rest) == (0, ""), err
+    report = json.loads(line)
+    assert (report["stop_reason"], report["received"], report["expect_met"]) == ("expect", 5, True)
+
+
 def test_generator_duration_limit() -> None:
     started = time.monotonic()
     summary = generate(9, "--rate", "1000", "--duration", "0.3", "--size", "64")

@@ -57,7 +57,6 @@ import math
 import os
 import random
 import select
-import signal
 import socket
 import sys
 import time
@@ -72,7 +71,7 @@ from mcr.linux.ring import TP_STATUS_WRONG_FORMAT, TX_DATA_OFFSET, TxRing, tx_la
 from mcr.packet.build import build_udp6_frame, build_udp_frame, udp6_pseudo_header
 from mcr.traffic.pacing import NS_PER_S, Pacer, default_burst
 from mcr.traffic.payload import BODY_PHASES, HEADER_SIZE, MAX_PAYLOAD, MAX_RUN_ID, PayloadRing
-from mcr.traffic.stop import StopFlag
+from mcr.traffic.stop import StopFlag, catch_stop_signals, hold_stop_signals
 
 __all__ = [
     "GeneratorConfig",
@@ -774,21 +773,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"traffic_generator: cannot open the socket: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    stop = StopFlag()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = catch_stop_signals()
     try:
         summary = run(config, sock, stop)
     except OSError as exc:
         print(f"traffic_generator: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sock.close()
     if config.json:
         print(json.dumps(encode_summary(summary)), flush=True)
     else:
         print(_render(summary), flush=True)
+    hold_stop_signals()
     return 0
 
 

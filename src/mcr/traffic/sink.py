@@ -21,7 +21,6 @@ import errno
 import json
 import os
 import select
-import signal
 import socket
 import struct
 import sys
@@ -35,7 +34,7 @@ from typing import Final
 
 from mcr.linux.mmsg import RecvBatch
 from mcr.traffic.pacing import NS_PER_S
-from mcr.traffic.stop import StopFlag
+from mcr.traffic.stop import StopFlag, catch_stop_signals, hold_stop_signals
 from mcr.traffic.tally import SinkTally, TallyReport, encode_report
 
 __all__ = [
@@ -334,8 +333,7 @@ def encode_result(result: SinkResult) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    stop = StopFlag()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = catch_stop_signals()
     sockets: list[socket.socket] = []
     try:
         try:
@@ -348,14 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         result = run(config, sockets, stop)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         for sock in sockets:
             sock.close()
     if config.json:
         print(json.dumps(encode_result(result)), flush=True)
     else:
         print(_render(result), flush=True)
+    hold_stop_signals()
     if config.expect is not None and not result.report.expect_met:
         return EXIT_EXPECT_NOT_MET
     return 0
