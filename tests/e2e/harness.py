@@ -349,9 +349,10 @@ def alive(pid: int) -> bool:
 
 def saved_rule_ids(snapshot: str, journal: str = "") -> list[str]:
     """The rule ids a state file holds, read as operations.md describes it: the snapshot's rules, then the
-    journal's records (`{"add": rule}`, `{"remove": id}`, one per line) in order."""
+    journal's records (`{"add": rule}`, `{"remove": id}`, one per line, ending at the zeros laid ahead of them)
+    in order."""
     ids = [r["rule_id"] for r in json.loads(snapshot)["rules"]] if snapshot else []
-    for line in journal.splitlines():
+    for line in journal.split("\0", 1)[0].splitlines():
         record = json.loads(line)
         if "add" in record:
             ids = [i for i in ids if i != record["add"]["rule_id"]] + [record["add"]["rule_id"]]

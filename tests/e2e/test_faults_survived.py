@@ -318,6 +318,7 @@ def test_full_disk_refuses_the_change_and_keeps_the_state(lab: Lab, workdir: Pat
         relay.add("new", "239.2.2.3:6002:rout", group="239.1.1.2", port=5002)
         journal = inside("cat", f"{state}.journal").stdout
         assert saved_rule_ids(inside("cat", str(state)).stdout, journal) == ["kept", "new"]
+        assert "\0" not in journal, "no room for the zeros laid ahead (256 kB): the record went in as an append"
     finally:
         relay.stop()
 

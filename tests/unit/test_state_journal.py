@@ -74,6 +74,63 @@ def test_a_torn_last_line_is_a_change_that_never_happened(tmp_path: Path) -> Non
     assert StateStore(path).load() == [rule("a"), rule("b", 5001)]
 
 
+def test_a_change_after_a_torn_line_is_kept_with_the_ones_before(tmp_path: Path) -> None:
+    """The torn bytes are cut off before the next record goes in: glued to them it would make a bad line, and
+    the next start would set the whole journal aside (b and d, both acknowledged, lost)."""
+    path = tmp_path / "rules.json"
+    path.write_bytes(encode_state([rule("a")]))
+    whole = encode_record(added=rule("b", 5001))
+    journal_path(path).write_bytes(whole + encode_record(added=rule("c", 5002))[:-9])
+    store = StateStore(path)
+    assert store.load() == [rule("a"), rule("b", 5001)]
+    store.append(encode_record(added=rule("d", 5003)))
+    store.close()
+    assert StateStore(path).load() == [rule("a"), rule("b", 5001), rule("d", 5003)]
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_records_are_written_over_zeros_laid_ahead_of_them(tmp_path: Path) -> None:
+    """A change writes over blocks already in the file, so its fdatasync changes no size (no ext4 journal
+    commit); the zeros go down JOURNAL_CHUNK at a time. A journal from before, records only, reads as it did
+    and is extended the same way."""
+    from mcr.supervisor import state
+
+    path = tmp_path / "rules.json"
+    path.write_bytes(encode_state([rule("a")]))
+    first = encode_record(added=rule("b", 5001))
+    journal_path(path).write_bytes(first)  # as an older version left it
+    store = StateStore(path)
+    assert store.load() == [rule("a"), rule("b", 5001)]
+    second, third = encode_record(removed="a"), encode_record(added=rule("c", 5002))
+    store.append(second)
+    laid = journal_path(path).stat().st_size
+    assert laid == len(first) + len(second) + state.JOURNAL_CHUNK
+    store.append(third)
+    data = journal_path(path).read_bytes()
+    assert len(data) == laid, "the second change was written over the zeros, the size unchanged"
+    assert data == first + second + third + bytes(laid - len(first + second + third))
+    store.close()
+    assert StateStore(path).load() == [rule("b", 5001), rule("c", 5002)]
+
+
+def test_a_record_torn_among_the_zeros_is_cleared_before_the_next(tmp_path: Path) -> None:
+    """A crash while a record was written can leave its start, or a later block of it, among the zeros: both
+    are ignored, and zeroed before the next record goes in (a shorter record would leave their tail behind)."""
+    path = tmp_path / "rules.json"
+    path.write_bytes(encode_state([rule("a")]))
+    whole = encode_record(added=rule("b", 5001))
+    torn = encode_record(added=rule("c", 5002))
+    journal_path(path).write_bytes(whole + torn[:40] + bytes(100) + torn[60:] + bytes(50))
+    store = StateStore(path)
+    assert store.load() == [rule("a"), rule("b", 5001)]
+    short = encode_record(removed="a")
+    store.append(short)
+    store.close()
+    data = journal_path(path).read_bytes()
+    assert data[: len(whole + short)] == whole + short and not any(data[len(whole + short) :])
+    assert StateStore(path).load() == [rule("b", 5001)]
+
+
 @pytest.mark.parametrize("bad", [b"{not json}\n", b'{"drop": "a"}\n', b'{"remove": 7}\n', b'{"add": {"rule_id": 1}}\n'])
 def test_a_bad_journal_is_kept_aside_and_the_snapshot_kept(tmp_path: Path, bad: bytes) -> None:
     path = tmp_path / "rules.json"
