@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import fields
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from hypothesis import example, given
@@ -18,7 +18,8 @@ from mcr.membership.wire import Family
 from mcr.model.config import Config, parse_config
 from mcr.model.errors import ConfigError, ProtocolError
 from mcr.model.levels import Facility, Severity
-from mcr.model.rules import Engine, ForwardingRule, Limits, OutputDestination, RuleSource
+from mcr.model.ratelimit import RateLimit, RateUnit
+from mcr.model.rules import Engine, ForwardingRule, InputProtocol, Limits, OutputDestination, RuleSource
 from mcr.model.status import ConfigView, FlowStats, LogLevels, OutputStats, RuleState, RuleView, VersionInfo, WorkerInfo
 from mcr.protocol import control, worker
 from mcr.supervisor.state import StateError, decode_state, encode_state
@@ -282,6 +283,70 @@ def test_every_response_round_trips(resp: control.Response) -> None:
     decoded = control.decode_response(data)
     assert type(decoded) is type(resp)
     assert comparable(decoded) == comparable(resp)
+
+
+ipv6s = st.integers(min_value=0, max_value=2**128 - 1).map(IPv6Address)
+rich_outputs = st.builds(
+    OutputDestination,
+    st.one_of(ipv4s, ipv6s),
+    ints,
+    names,
+    st.one_of(st.none(), ints),
+    st.one_of(st.none(), ipv4s, ipv6s),
+    st.booleans(),
+)
+rich_rules = st.builds(
+    ForwardingRule,
+    rule_id=names,
+    input_interface=names,
+    input_group=st.one_of(ipv4s, ipv6s),
+    input_port=ints,
+    outputs=st.lists(rich_outputs, max_size=4).map(tuple),
+    input_source=st.one_of(
+        st.none(),
+        v4_sources,
+        st.tuples(st.integers(min_value=0, max_value=2**128 - 1), st.integers(0, 128)).map(
+            lambda t: IPv6Network(t, strict=False)
+        ),
+    ),
+    source=st.sampled_from(list(RuleSource)),
+    rate_limit=st.one_of(st.none(), st.builds(RateLimit, counts, st.sampled_from(list(RateUnit)), counts)),
+    name=st.one_of(st.none(), names),
+    input_protocol=st.sampled_from(list(InputProtocol)),
+)
+any_floats = st.one_of(st.floats(), st.integers(min_value=0, max_value=2**70))
+
+
+@given(
+    st.lists(st.builds(RuleView, rich_rules, st.sampled_from(list(Engine)), st.sampled_from(list(RuleState)), names)),
+    st.lists(
+        st.builds(
+            FlowStats,
+            names,
+            ints,
+            counts,
+            counts,
+            any_floats,
+            any_floats,
+            names,
+            names,
+            st.lists(st.builds(OutputStats, names, ints, names, counts, counts, counts), max_size=3).map(tuple),
+            drops,
+            st.one_of(st.just(""), names),
+            st.sampled_from([17, 50]),
+        ),
+        max_size=4,
+    ),
+)
+def test_listings_written_as_text_are_the_bytes_json_dumps_writes(
+    views: list[RuleView], flows: list[FlowStats]
+) -> None:
+    """ListRules and GetStats are written directly as text (`rule_text`, `flow_text`, no per-rule JSON kept);
+    what they write is exactly `encode_response`'s `json.dumps` of the JSON objects: escapes, IPv6 texts,
+    optional fields, NaN and infinite rates."""
+    encoder = control.ResponseEncoder()
+    for resp in (control.Rules(tuple(views)), control.Stats(tuple(flows))):
+        assert encoder.encode(resp) == control.encode_response(resp)
 
 
 # ---------------------------------------------------------------------------------------- worker channel

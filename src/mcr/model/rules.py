@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from socket import inet_ntoa
 
 from mcr.model.errors import ValidationError
 from mcr.model.ratelimit import RateLimit, rate_limit_problem
@@ -471,9 +472,10 @@ def check_rule_fits(rule: ForwardingRule, existing: Mapping[str, ForwardingRule]
 
 
 def address_text(address: IPAddress) -> str:
-    """`str(address)`, an IPv6 address's in half the time: `ipaddress` formats one in about 4 µs, and listing
-    10,000 rules spent half its time there. (It was an LRU cache of the texts: 170 bytes and more an address.)"""
-    return str(address) if address.version == 4 else ipv6_text(address)
+    """`str(address)` in less time: `ipaddress` formats an IPv6 address in about 4 µs (half in `ipv6_text`) and
+    an IPv4 one in 0.7 (0.25 with `inet_ntoa`); listing 10,000 rules spent half its time there. (It was an LRU
+    cache of the texts: 170 bytes and more an address.)"""
+    return inet_ntoa(int(address).to_bytes(4, "big")) if address.version == 4 else ipv6_text(address)
 
 
 _ZERO_RUN = re.compile(r":0(?::0)+(?=:)")  # two or more zero hextets, in ":" + text + ":"

@@ -8,11 +8,12 @@ bytes in, typed values out, with a precise `ProtocolError` for anything malforme
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 from ipaddress import IPv4Address
-from typing import Any, TypeVar, assert_never
+from json.encoder import encode_basestring_ascii as _quote
+from typing import Any, assert_never
 
 from mcr.membership.querier import INTEGER_TIMERS, FilterMode, GroupView, QuerierView, SourceView, TimerChanges, Timers
 from mcr.membership.wire import Family
@@ -942,47 +943,83 @@ def encode_response(resp: Response) -> bytes:
     return json.dumps(response_json(resp)).encode() + b"\n"
 
 
-_T = TypeVar("_T")
-
-
 class ResponseEncoder:
-    """`encode_response`, with the JSON of each rule (ListRules) and each flow (GetStats) kept while the
-    response carries the same object for it: at 10,000 rules only those that changed since the previous
-    answer are encoded again, and the answer is one join. The bytes are those of `encode_response`."""
-
-    def __init__(self) -> None:
-        self._rules: dict[str, tuple[RuleView, bytes]] = {}
-        self._flows: dict[str, tuple[FlowStats, bytes]] = {}
+    """`encode_response`, with `ListRules` and `GetStats` written as text directly (`rule_text`, `flow_text`):
+    at 10,000 rules an answer is one join of short strings, 3-4 times faster than building the JSON objects for
+    `json.dumps`, and nothing is kept per rule between answers. The bytes are those of `encode_response`."""
 
     def encode(self, resp: Response) -> bytes:
         match resp:
             case Rules():
-                fresh_rules: dict[str, tuple[RuleView, bytes]] = {}
-                parts = [_fragment(self._rules, fresh_rules, v.rule.rule_id, v, rule_json) for v in resp.rules]
-                self._rules = fresh_rules  # rules no longer listed are let go
-                return b'{"Rules": [' + b", ".join(parts) + b"]}\n"
+                return ('{"Rules": [' + ", ".join(map(rule_text, resp.rules)) + "]}\n").encode()
             case Stats():
-                fresh_flows: dict[str, tuple[FlowStats, bytes]] = {}
-                parts = [_fragment(self._flows, fresh_flows, f.rule_id, f, _flow_json) for f in resp.flows]
-                self._flows = fresh_flows
-                return b'{"Stats": [' + b", ".join(parts) + b"]}\n"
+                return ('{"Stats": [' + ", ".join(map(flow_text, resp.flows)) + "]}\n").encode()
             case _:
                 return encode_response(resp)
 
 
-def _fragment(
-    held: dict[str, tuple[_T, bytes]],
-    fresh: dict[str, tuple[_T, bytes]],
-    key: str,
-    value: _T,
-    encode: Callable[[_T], object],
-) -> bytes:
-    """`value`'s JSON: the one in `held` when it was made from this very object, else encoded now."""
-    entry = held.get(key)
-    if entry is None or entry[0] is not value:
-        entry = (value, json.dumps(encode(value)).encode())
-    fresh[key] = entry
-    return entry[1]
+_ENGINE_TEXT = {e: f'"engine": {_quote(e.value)}, "state": ' for e in Engine}
+_STATE_TEXT = {s: f"{_quote(s.value)}, " for s in RuleState}
+_SOURCE_TEXT = {s: f'"source": {_quote(_ORIGINAL_SOURCE[s])}, "origin": {_quote(s.value)}, ' for s in RuleSource}
+
+
+def _output_text(o: OutputDestination) -> str:
+    text = f'{{"group": "{address_text(o.group)}", "port": {o.port}, "interface": {_quote(o.interface)}'
+    if o.ttl is not None:
+        text += f', "ttl": {o.ttl}'
+    if o.source_ip is not None:
+        text += f', "source_ip": "{o.source_ip}"'
+    if o.follow_receivers:
+        text += ', "follow_receivers": true'
+    return text + "}"
+
+
+def rule_text(view: RuleView) -> str:
+    """`json.dumps(rule_json(view))`, written directly (a property test holds the two equal)."""
+    r = view.rule
+    name = "" if r.name is None else f'"name": {_quote(r.name)}, '
+    source = r.input_source
+    if source is None:
+        source_text_ = '"input_source": null'
+    elif source.prefixlen == source.max_prefixlen:
+        source_text_ = f'"input_source": "{source.network_address}"'
+    else:
+        source_text_ = f'"input_source": null, "input_source_prefix": "{source_text(source)}"'
+    limit = "null" if r.rate_limit is None else json.dumps(encode_rate_limit(r.rate_limit))
+    return (
+        f'{{"rule_id": {_quote(r.rule_id)}, {name}"input_interface": {_quote(r.input_interface)}, '
+        f'"input_group": "{address_text(r.input_group)}", "input_port": {r.input_port}, '
+        f'"input_protocol": {int(r.input_protocol)}, {source_text_}, '
+        f'"outputs": [{", ".join(map(_output_text, r.outputs))}], {_SOURCE_TEXT[r.source]}"rate_limit": {limit}, '
+        f'{_ENGINE_TEXT[view.engine]}{_STATE_TEXT[view.state]}"state_reason": {_quote(view.state_reason)}}}'
+    )
+
+
+def _float_text(x: float) -> str:
+    """A number as `json.dumps` writes it (`repr`; NaN and the infinities as JavaScript names them)."""
+    return repr(x) if x - x == 0 else json.dumps(x)
+
+
+def _output_stats_text(o: OutputStats) -> str:
+    return (
+        f'{{"group": {_quote(o.group)}, "port": {o.port}, "interface": {_quote(o.interface)}, '
+        f'"packets_sent": {o.packets_sent}, "bytes_sent": {o.bytes_sent}, "send_errors": {o.send_errors}}}'
+    )
+
+
+def flow_text(f: FlowStats) -> str:
+    """`json.dumps(_flow_json(f))`, written directly (a property test holds the two equal)."""
+    drops = json.dumps(dict(f.drops)) if f.drops else "{}"
+    source = _quote(f.input_source) if f.input_source else "null"
+    rates = f'{_float_text(f.packets_per_second)}, "bits_per_second": {_float_text(f.bits_per_second)}'
+    return (
+        f'{{"rule_id": {_quote(f.rule_id)}, "input_interface": {_quote(f.input_interface)}, '
+        f'"input_group": {_quote(f.input_group)}, "input_port": {f.input_port}, '
+        f'"input_protocol": {f.input_protocol}, "input_source": {source}, '
+        f'"packets_relayed": {f.packets_relayed}, "bytes_relayed": {f.bytes_relayed}, '
+        f'"packets_per_second": {rates}, '
+        f'"outputs": [{", ".join(map(_output_stats_text, f.outputs))}], "drops": {drops}}}'
+    )
 
 
 # ----------------------------------------------------------------------------- response decoding (client)

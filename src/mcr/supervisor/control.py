@@ -128,7 +128,7 @@ class ControlServer:
         self.policy = policy
         self.limits = limits
         self.active = 0
-        self.encoder = ResponseEncoder()  # keeps each rule's and flow's JSON between ListRules/GetStats answers
+        self.encoder = ResponseEncoder()  # ListRules and GetStats written as text, not built as JSON objects
         self.server: asyncio.Server | None = None
         self._inode: tuple[int, int] | None = None
 
