@@ -236,6 +236,25 @@ def metrics_get() -> bytes:
 # ------------------------------------------------------------------------------------------ the run
 
 
+def repeated_queries(relay: Relay, rounds: int) -> dict[str, dict[str, float]]:
+    """At the full table: `rounds` of ListRules, GetStats and a scrape, 0.5 s apart, so that they meet the
+    workers' full reports (every 10 s) and the collector as an operator's polling would; p50, p90 and max."""
+    took: dict[str, list[float]] = {"ListRules": [], "GetStats": [], "metrics": []}
+    for _ in range(rounds):
+        took["ListRules"].append(timed(relay.call, "ListRules")[0])
+        took["GetStats"].append(timed(relay.call, "GetStats")[0])
+        took["metrics"].append(timed(metrics_get)[0])
+        time.sleep(0.5)
+    summary = {
+        name: {"p50_ms": pct(t, 0.5) * 1e3, "p90_ms": pct(t, 0.9) * 1e3, "max_ms": max(t) * 1e3}
+        for name, t in took.items()
+        if t
+    }
+    for name, q in summary.items():
+        print(f"  {name} x{rounds}: p50 {q['p50_ms']:.0f} ms, p90 {q['p90_ms']:.0f} ms, max {q['max_ms']:.0f} ms")
+    return summary
+
+
 def run_inner(a: argparse.Namespace) -> dict[str, Any]:
     deadline = time.monotonic() + a.max_minutes * 60
     n = a.rules
@@ -288,6 +307,7 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
             out["add_p50_ms"] = pct(adds, 0.5) * 1e3
             out["add_p99_ms"] = pct(adds, 0.99) * 1e3
             out["curve"] = curve
+            out["queries"] = repeated_queries(relay, a.query_rounds)
             time.sleep(1.0)
             sup, wrk = relay.rss()
             out["rss_kb"] = {"supervisor": sup, "worker": wrk}
@@ -518,6 +538,11 @@ def render(doc: dict[str, Any]) -> str:
             f"{c['list_ms']:.0f} | {c['stats_ms']:.0f} | {c['metrics_ms']:.0f} | {c['supervisor_rss_kb']} | "
             f"{c['worker_rss_kb']} | {c['last_state_at_success']} |"
         )
+    if doc.get("queries"):
+        lines += ["", f"Queries at {doc['rules']} rules, repeated 0.5 s apart:", "",
+                  "| query | p50 (ms) | p90 (ms) | max (ms) |", "|---|---|---|---|"]  # fmt: skip
+        for name, q in doc["queries"].items():
+            lines.append(f"| {name} | {q['p50_ms']:.0f} | {q['p90_ms']:.0f} | {q['max_ms']:.0f} |")
     if doc.get("remove_curve"):
         lines += ["", "| rules left | remove p50 (ms) | remove p99 (ms) |", "|---|---|---|"]
         lines += [f"| {c['table']} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} |" for c in doc["remove_curve"]]
@@ -531,6 +556,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--label", default=None)
     p.add_argument("--max-minutes", type=float, default=10.0)
+    p.add_argument("--query-rounds", type=int, default=40, help="each query this many times at the full table")
     p.add_argument("--memory", action="store_true", help="measure RSS per rule only (see above)")
     p.add_argument("--memory-points", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 10_000],
                    help="rule counts at which --memory measures (default 1000,10000)")  # fmt: skip
@@ -558,7 +584,8 @@ def main() -> int:
                 "--engine", a.engine, "--workers", str(a.workers), "--label", a.label,
                 "--max-minutes", str(a.max_minutes), "--settle", str(a.settle),
                 "--trace-lines", str(a.trace_lines), "--trace-frames", str(a.trace_frames),
-                "--memory-points", ",".join(map(str, a.memory_points))]  # fmt: skip
+                "--memory-points", ",".join(map(str, a.memory_points)),
+                "--query-rounds", str(a.query_rounds)]  # fmt: skip
         argv += ["--memory"] * a.memory + ["--trace"] * a.trace
         subprocess.run(["ip", "netns", "exec", ns, *argv], check=True, timeout=a.max_minutes * 60 + 120)
         doc = json.loads(result.read_text())
