@@ -257,5 +257,6 @@ def test_response_encoder_writes_the_bytes_of_encode_response() -> None:
     flows = [FlowStats("239.1.1.1", 5000 + i, i, 100 * i, 0.5, 4.0, f"r{i}", "eth0", (out,) * i, {}) for i in range(3)]
     flows.append(FlowStats("239.1.1.1", 5001, 9, 900, float("nan"), 1e300, "r\u00e9", "eth0", (out,), {"fragment": 1}))
     encoder = ResponseEncoder()
-    for resp in (Rules(tuple(views)), Stats(tuple(flows)), Rules(()), Stats(()), Success("ok")):
+    many = (Rules(tuple(views) * 300), Stats(tuple(flows) * 128))  # 600 and 512 entries: across the chunks
+    for resp in (Rules(tuple(views)), Stats(tuple(flows)), Rules(()), Stats(()), Success("ok"), *many):
         assert encoder.encode(resp) == encode_response(resp)

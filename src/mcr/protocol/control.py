@@ -8,12 +8,12 @@ bytes in, typed values out, with a precise `ProtocolError` for anything malforme
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
 from ipaddress import IPv4Address
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 from mcr.membership.querier import INTEGER_TIMERS, FilterMode, GroupView, QuerierView, SourceView, TimerChanges, Timers
 from mcr.membership.wire import Family
@@ -943,6 +943,9 @@ def encode_response(resp: Response) -> bytes:
     return json.dumps(response_json(resp)).encode() + b"\n"
 
 
+_T = TypeVar("_T")
+
+
 class ResponseEncoder:
     """`encode_response`, with `ListRules` and `GetStats` written as text directly (`rule_text`, `flow_text`):
     at 10,000 rules an answer is one join of short strings, 3-4 times faster than building the JSON objects for
@@ -951,11 +954,24 @@ class ResponseEncoder:
     def encode(self, resp: Response) -> bytes:
         match resp:
             case Rules():
-                return ('{"Rules": [' + ", ".join(map(rule_text, resp.rules)) + "]}\n").encode()
+                return _listing(b'{"Rules": [', resp.rules, rule_text)
             case Stats():
-                return ('{"Stats": [' + ", ".join(map(flow_text, resp.flows)) + "]}\n").encode()
+                return _listing(b'{"Stats": [', resp.flows, flow_text)
             case _:
                 return encode_response(resp)
+
+
+_LISTING_CHUNK = 256  # entries joined at a time
+
+
+def _listing(head: bytes, entries: Sequence[_T], text: Callable[[_T], str]) -> bytes:
+    """`head`, the entries' texts separated by ", ", then "]}\n". Joined a chunk at a time: the texts of a
+    chunk are let go before the next is made, so the allocator is never asked for 10,000 of them at once
+    (about 450 bytes each, small objects whose arenas it keeps after such a peak)."""
+    chunks = [
+        ", ".join(map(text, entries[i : i + _LISTING_CHUNK])).encode() for i in range(0, len(entries), _LISTING_CHUNK)
+    ]
+    return head + b", ".join(chunks) + b"]}\n"
 
 
 _ENGINE_TEXT = {e: f'"engine": {_quote(e.value)}, "state": ' for e in Engine}
