@@ -52,6 +52,7 @@ Every error names the file, the rule and the field.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -117,8 +118,9 @@ class Config:
     dialect: ConfigDialect = ConfigDialect.TOML
     original: OriginalSections = field(default_factory=OriginalSections)  # a JSON5 file's other sections
     warnings: tuple[str, ...] = ()  # keys accepted but ignored, each named (JSON5 only: TOML refuses them)
-    # each [[rule]] table as parsed (its repr) -> the rule it made: a reload reuses those it finds unchanged
-    parsed: Mapping[str, ForwardingRule] = field(default_factory=dict, compare=False, repr=False)
+    # each [[rule]] table as parsed (a digest of its repr) -> the rule it made: a reload reuses those it finds
+    # unchanged
+    parsed: Mapping[bytes, ForwardingRule] = field(default_factory=dict, compare=False, repr=False)
 
 
 _SETTING_TYPES: dict[str, type] = {"num_workers": int, "log_json": bool, "multicast_ttl": int, "keep_data_plane": bool}
@@ -339,7 +341,7 @@ def _original_routing(path: str, sections: OriginalSections) -> tuple[PimConfig,
     return pim, msdp, tuple(notes)
 
 
-def parse_toml_config(text: str, path: str, reuse: Mapping[str, ForwardingRule] | None = None) -> Config:
+def parse_toml_config(text: str, path: str, reuse: Mapping[bytes, ForwardingRule] | None = None) -> Config:
     """Our TOML file; raises ConfigError naming the file, rule and field. `reuse`: rules made before from
     [[rule]] tables of the same text (a previous load's `parsed`), which had passed their own checks."""
     try:
@@ -368,9 +370,11 @@ def parse_toml_config(text: str, path: str, reuse: Mapping[str, ForwardingRule] 
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{path}: 'rule' must be an array of tables ([[rule]])")
     rules = FlowIndex()
-    parsed: dict[str, ForwardingRule] = {}
+    parsed: dict[bytes, ForwardingRule] = {}
     for index, item in enumerate(raw_rules):
-        key = repr(item)  # tomllib's plain dicts, lists, strings and numbers: the same table, the same text
+        # tomllib's plain dicts, lists, strings and numbers: the same table, the same text; kept as its digest
+        # (49 bytes instead of the text's 200-300 for each of 10,000 rules)
+        key = hashlib.blake2b(repr(item).encode(), digest_size=16).digest()
         known = reuse.get(key) if reuse is not None else None
         rule = known if known is not None else _rule(path, index, item)
         try:
