@@ -34,12 +34,18 @@ IO_PACKAGES = (
 )
 
 
+# the address conversions of the socket module: computations that touch no socket (address_text uses them)
+PURE_SOCKET_NAMES = {"inet_ntoa", "inet_ntop", "inet_aton", "inet_pton", "AF_INET", "AF_INET6"}
+
+
 def imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "socket" and {alias.name for alias in node.names} <= PURE_SOCKET_NAMES:
+                continue
             found.add(node.module)
     return found
 

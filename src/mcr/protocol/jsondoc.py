@@ -10,12 +10,18 @@ JSON (the control socket, the worker channel, the stats pipe, the state file) go
 from __future__ import annotations
 
 import json
+import re
 import sys
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from json.scanner import make_scanner
+from typing import Any, TypeVar
 
 from mcr.model.errors import ProtocolError
 
-__all__ = ["load_json"]
+__all__ = ["load_json", "load_json_streaming"]
+
+_T = TypeVar("_T")
 
 
 class _NotJson(ValueError):
@@ -35,10 +41,109 @@ def load_json(data: bytes | str, what: str) -> Any:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
     except UnicodeDecodeError as e:
         raise ProtocolError(f"{what}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
-    try:
+    with _errors(what):
         return json.loads(text, parse_constant=_reject_constant)
+
+
+def load_json_streaming(
+    data: bytes, what: str, key: str, each: Callable[[str, str, Any], _T]
+) -> tuple[dict[str, Any], list[_T]]:
+    """`load_json` of an object whose member `key` is an object read one member at a time, so that a large
+    one (a worker's full report: 10,000 rules) is never held decoded all at once: `each(name, text, value)`
+    is called for each of its members, `text` being the member's JSON (by which `each` may share results).
+    Returns the other members (`key` itself as None) and what `each` returned, in order. Errors as
+    `load_json`'s, and `key` not an object; an exception from `each` goes to the caller as it is."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"{what}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    top: dict[str, Any] = {}
+    found: list[_T] = []
+    with _errors(what):
+        i, more = _open(text, 0)
+        while more:
+            name, i = _name(text, i)
+            if name == key:
+                if not text.startswith("{", i):
+                    raise ProtocolError(f"{what}: '{key}' must be an object")
+                i, inner = _open(text, i)
+                while inner:
+                    member, start = _name(text, i)
+                    value, i = _SCAN(text, start)
+                    try:
+                        found.append(each(member, text[start:i], value))
+                    except Exception as e:
+                        raise _EachFailed(e) from None
+                    i, inner = _next(text, i)
+                top[name] = None
+            else:
+                top[name], i = _SCAN(text, i)
+            i, more = _next(text, i)
+        if _skip(text, i) != len(text):
+            raise json.JSONDecodeError("Extra data", text, _skip(text, i))
+    return top, found
+
+
+# the value at an index: (value, the index after it); StopIteration(index) where no value starts. (typeshed
+# types make_scanner's argument as itself; it takes a decoder)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(_DECODER)  # type: ignore[arg-type]
+_WHITE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, i: int) -> int:
+    """The index of the first character from `i` on that is not white space."""
+    return _WHITE.match(text, i).end()  # type: ignore[union-attr]  # matches everywhere (even nothing)
+
+
+def _open(text: str, i: int) -> tuple[int, bool]:
+    """At the "{" of an object: (its first member's index, True), or (the index after "}", False) if empty."""
+    i = _skip(text, i)
+    if not text.startswith("{", i):
+        raise json.JSONDecodeError("Expecting '{'", text, i)
+    i = _skip(text, i + 1)
+    return (i + 1, False) if text.startswith("}", i) else (i, True)
+
+
+def _name(text: str, i: int) -> tuple[str, int]:
+    """A member's name and its ":" at `i`: the name, and the index of the member's value."""
+    if not text.startswith('"', i):
+        raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
+    name, i = _SCAN(text, i)
+    i = _skip(text, i)
+    if not text.startswith(":", i):
+        raise json.JSONDecodeError("Expecting ':' delimiter", text, i)
+    return name, _skip(text, i + 1)
+
+
+def _next(text: str, i: int) -> tuple[int, bool]:
+    """After a member's value: (the next member's index, True), or (the index after "}", False) at the end."""
+    i = _skip(text, i)
+    if text.startswith(",", i):
+        return _skip(text, i + 1), True
+    if text.startswith("}", i):
+        return i + 1, False
+    raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+
+
+class _EachFailed(Exception):
+    """What `each` raised, carried past `_errors` to the caller."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """Every way the decoder fails, as `ProtocolError(f"{what}: {why}")`."""
+    try:
+        yield
+    except _EachFailed as e:
+        raise e.error from None
     except json.JSONDecodeError as e:
         raise ProtocolError(f"{what}: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except StopIteration as e:  # scan_once: no JSON value starts at this index
+        raise ProtocolError(f"{what}: Expecting value at offset {e.value}") from None
     except _NotJson as e:
         raise ProtocolError(f"{what}: {e} is not a JSON value") from None
     except RecursionError:
