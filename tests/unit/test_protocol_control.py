@@ -17,6 +17,7 @@ from mcr.model.status import (
     VersionInfo,
     WorkerInfo,
 )
+from mcr.protocol import control
 from mcr.protocol.control import (
     AddRule,
     ConfigResponse,
@@ -249,14 +250,34 @@ def test_rule_state_unknown_to_this_client_is_shown_not_fatal() -> None:
         decode_response(json.dumps(doc).encode())
 
 
-def test_response_encoder_writes_the_bytes_of_encode_response() -> None:
-    """ListRules and GetStats are written as text directly; the answer is the same bytes as encode_response's
-    (tests/property/test_codec_properties.py holds this for any rule and flow)."""
+def test_response_encoder_writes_the_bytes_of_encode_response_and_reuses_what_did_not_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ListRules and GetStats at 10,000 rules: each rule's and flow's JSON is kept while the answer carries the
+    same object for it; the answer is the same bytes as encode_response's (tests/property/test_codec_properties.py
+    holds the text encoders to json.dumps for any rule and flow)."""
     views = [RuleView(RULE, Engine.USERSPACE, RuleState.ACTIVE), RuleView(RULE, Engine.KERNEL, RuleState.WAITING, "x")]
     out = OutputStats("239.2.2.2", 6000, "eth1", 10, 14000, 0)
     flows = [FlowStats("239.1.1.1", 5000 + i, i, 100 * i, 0.5, 4.0, f"r{i}", "eth0", (out,) * i, {}) for i in range(3)]
     flows.append(FlowStats("239.1.1.1", 5001, 9, 900, float("nan"), 1e300, "r\u00e9", "eth0", (out,), {"fragment": 1}))
     encoder = ResponseEncoder()
-    many = (Rules(tuple(views) * 300), Stats(tuple(flows) * 128))  # 600 and 512 entries: across the chunks
-    for resp in (Rules(tuple(views)), Stats(tuple(flows)), Rules(()), Stats(()), Success("ok"), *many):
+    for resp in (Rules(tuple(views)), Stats(tuple(flows)), Rules(()), Stats(()), Success("ok")):
         assert encoder.encode(resp) == encode_response(resp)
+
+    encoded: list[object] = []
+    real = control.flow_text
+
+    def counting(flow: FlowStats) -> str:
+        encoded.append(flow)
+        return real(flow)
+
+    monkeypatch.setattr(control, "flow_text", counting)
+    assert encoder.encode(Stats(tuple(flows))) == encode_response(Stats(tuple(flows)))
+    assert len(encoded) == 4
+    encoded.clear()
+    assert encoder.encode(Stats(tuple(flows))) == encode_response(Stats(tuple(flows)))
+    assert encoded == [], "every flow's JSON was reused"
+    changed = FlowStats("239.1.1.1", 5001, 9, 900, 0.0, 0.0, "r1", "eth0", (out,), {"fragment": 1})
+    fresh = Stats((flows[0], changed, flows[2]))
+    assert encoder.encode(fresh) == encode_response(fresh)
+    assert encoded == [changed], "only the flow that changed"

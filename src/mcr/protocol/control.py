@@ -8,7 +8,7 @@ bytes in, typed values out, with a precise `ProtocolError` for anything malforme
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 from ipaddress import IPv4Address
@@ -947,31 +947,50 @@ _T = TypeVar("_T")
 
 
 class ResponseEncoder:
-    """`encode_response`, with `ListRules` and `GetStats` written as text directly (`rule_text`, `flow_text`):
-    at 10,000 rules an answer is one join of short strings, 3-4 times faster than building the JSON objects for
-    `json.dumps`, and nothing is kept per rule between answers. The bytes are those of `encode_response`."""
+    """`encode_response`, with each rule's (`ListRules`) and flow's (`GetStats`) JSON kept while the answer
+    carries the same object for it: at 10,000 rules only what changed since the previous answer is encoded
+    again (written as text directly, `rule_text` and `flow_text`), and the answer is one join; an answer
+    encoded afresh takes 40 ms instead of 110 with `json.dumps`. The bytes are those of `encode_response`."""
+
+    def __init__(self) -> None:
+        self._rules: dict[str, tuple[RuleView, bytes]] = {}
+        self._flows: dict[str, tuple[FlowStats, bytes]] = {}
 
     def encode(self, resp: Response) -> bytes:
         match resp:
             case Rules():
-                return _listing(b'{"Rules": [', resp.rules, rule_text)
+                self._rules, body = _listing(self._rules, resp.rules, _rule_id, rule_text)
+                return b'{"Rules": [' + body + b"]}\n"
             case Stats():
-                return _listing(b'{"Stats": [', resp.flows, flow_text)
+                self._flows, body = _listing(self._flows, resp.flows, _flow_id, flow_text)
+                return b'{"Stats": [' + body + b"]}\n"
             case _:
                 return encode_response(resp)
 
 
-_LISTING_CHUNK = 256  # entries joined at a time
+def _rule_id(view: RuleView) -> str:
+    return view.rule.rule_id
 
 
-def _listing(head: bytes, entries: Sequence[_T], text: Callable[[_T], str]) -> bytes:
-    """`head`, the entries' texts separated by ", ", then "]}\n". Joined a chunk at a time: the texts of a
-    chunk are let go before the next is made, so the allocator is never asked for 10,000 of them at once
-    (about 450 bytes each, small objects whose arenas it keeps after such a peak)."""
-    chunks = [
-        ", ".join(map(text, entries[i : i + _LISTING_CHUNK])).encode() for i in range(0, len(entries), _LISTING_CHUNK)
-    ]
-    return head + b", ".join(chunks) + b"]}\n"
+def _flow_id(flow: FlowStats) -> str:
+    return flow.rule_id
+
+
+def _listing(
+    held: dict[str, tuple[_T, bytes]], entries: Iterable[_T], key: Callable[[_T], str], text: Callable[[_T], str]
+) -> tuple[dict[str, tuple[_T, bytes]], bytes]:
+    """The entries' JSON joined by ", ", each taken from `held` when it was made from that very object, and the
+    entries' (object, JSON) to hold for the next answer (entries no longer listed are let go)."""
+    fresh: dict[str, tuple[_T, bytes]] = {}
+    parts: list[bytes] = []
+    for entry in entries:
+        k = key(entry)
+        kept = held.get(k)
+        if kept is None or kept[0] is not entry:
+            kept = (entry, text(entry).encode())
+        fresh[k] = kept
+        parts.append(kept[1])
+    return fresh, b", ".join(parts)
 
 
 _ENGINE_TEXT = {e: f'"engine": {_quote(e.value)}, "state": ' for e in Engine}
