@@ -42,6 +42,7 @@ def load_json(data: bytes | str, what: str) -> Any:
     except UnicodeDecodeError as e:
         raise ProtocolError(f"{what}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
     with _errors(what):
+        _no_bom(text)
         return _DECODER.decode(text)  # one decoder for all (json.loads with an option makes one a call)
 
 
@@ -60,6 +61,7 @@ def load_json_streaming(
     top: dict[str, Any] = {}
     found: list[_T] = []
     with _errors(what):
+        _no_bom(text)
         i, more = _open(text, 0)
         while more:
             name, i = _name(text, i)
@@ -89,6 +91,12 @@ def load_json_streaming(
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(_DECODER)  # type: ignore[arg-type]
 _WHITE = re.compile(r"[ \t\n\r]*")
+
+
+def _no_bom(text: str) -> None:
+    """As `json.loads` (not the decoder it calls) refuses a byte order mark."""
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
 
 
 def _skip(text: str, i: int) -> int:
