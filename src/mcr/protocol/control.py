@@ -953,17 +953,17 @@ class ResponseEncoder:
     encoded afresh takes 40 ms instead of 110 with `json.dumps`. The bytes are those of `encode_response`."""
 
     def __init__(self) -> None:
-        self._rules: dict[str, tuple[RuleView, bytes]] = {}
-        self._flows: dict[str, tuple[FlowStats, bytes]] = {}
+        self._rules: dict[str, tuple[RuleView, str]] = {}
+        self._flows: dict[str, tuple[FlowStats, str]] = {}
 
     def encode(self, resp: Response) -> bytes:
         match resp:
             case Rules():
                 self._rules, body = _listing(self._rules, resp.rules, _rule_id, rule_text)
-                return b'{"Rules": [' + body + b"]}\n"
+                return ('{"Rules": [' + body + "]}\n").encode()
             case Stats():
                 self._flows, body = _listing(self._flows, resp.flows, _flow_id, flow_text)
-                return b'{"Stats": [' + body + b"]}\n"
+                return ('{"Stats": [' + body + "]}\n").encode()
             case _:
                 return encode_response(resp)
 
@@ -977,20 +977,20 @@ def _flow_id(flow: FlowStats) -> str:
 
 
 def _listing(
-    held: dict[str, tuple[_T, bytes]], entries: Iterable[_T], key: Callable[[_T], str], text: Callable[[_T], str]
-) -> tuple[dict[str, tuple[_T, bytes]], bytes]:
+    held: dict[str, tuple[_T, str]], entries: Iterable[_T], key: Callable[[_T], str], text: Callable[[_T], str]
+) -> tuple[dict[str, tuple[_T, str]], str]:
     """The entries' JSON joined by ", ", each taken from `held` when it was made from that very object, and the
     entries' (object, JSON) to hold for the next answer (entries no longer listed are let go)."""
-    fresh: dict[str, tuple[_T, bytes]] = {}
-    parts: list[bytes] = []
+    fresh: dict[str, tuple[_T, str]] = {}
+    parts: list[str] = []
     for entry in entries:
         k = key(entry)
         kept = held.get(k)
         if kept is None or kept[0] is not entry:
-            kept = (entry, text(entry).encode())
+            kept = (entry, text(entry))  # kept as the str it is made as (ASCII: a byte a character)
         fresh[k] = kept
         parts.append(kept[1])
-    return fresh, b", ".join(parts)
+    return fresh, ", ".join(parts)
 
 
 _ENGINE_TEXT = {e: f'"engine": {_quote(e.value)}, "state": ' for e in Engine}
