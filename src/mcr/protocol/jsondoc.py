@@ -37,12 +37,8 @@ def load_json(data: bytes | str, what: str) -> Any:
 
     `why` names the cause and, where the decoder knows it, the place (line and column).
     """
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-    except UnicodeDecodeError as e:
-        raise ProtocolError(f"{what}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    text = _text(data, what)
     with _errors(what):
-        _no_bom(text)
         return _DECODER.decode(text)  # one decoder for all (json.loads with an option makes one a call)
 
 
@@ -54,14 +50,10 @@ def load_json_streaming(
     is called for each of its members, `text` being the member's JSON (by which `each` may share results).
     Returns the other members (`key` itself as None) and what `each` returned, in order. Errors as
     `load_json`'s, and `key` not an object; an exception from `each` goes to the caller as it is."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ProtocolError(f"{what}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    text = _text(data, what)
     top: dict[str, Any] = {}
     found: list[_T] = []
     with _errors(what):
-        _no_bom(text)
         i, more = _open(text, 0)
         while more:
             name, i = _name(text, i)
@@ -81,8 +73,9 @@ def load_json_streaming(
             else:
                 top[name], i = _SCAN(text, i)
             i, more = _next(text, i)
-        if _skip(text, i) != len(text):
-            raise json.JSONDecodeError("Extra data", text, _skip(text, i))
+        end = _skip(text, i)
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
     return top, found
 
 
@@ -93,10 +86,16 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(_DECODER)  # type: i
 _WHITE = re.compile(r"[ \t\n\r]*")
 
 
-def _no_bom(text: str) -> None:
-    """As `json.loads` (not the decoder it calls) refuses a byte order mark."""
+def _text(data: bytes | str, what: str) -> str:
+    """The document as text: UTF-8, without the byte order mark that `json.loads` (not the decoder it calls)
+    refuses."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"{what}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
     if text.startswith("\ufeff"):
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        raise ProtocolError(f"{what}: Unexpected UTF-8 BOM (decode using utf-8-sig) at line 1 column 1")
+    return text
 
 
 def _skip(text: str, i: int) -> int:

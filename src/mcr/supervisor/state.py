@@ -68,12 +68,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -103,7 +97,7 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
-            _write_all(fd, data)
+            _pwrite_all(fd, data, 0)
             os.fsync(fd)
         finally:
             os.close(fd)
