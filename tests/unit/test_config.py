@@ -1,9 +1,12 @@
+import re
+import tomllib
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
-from mcr.model.config import parse_config
+from mcr.model import config
+from mcr.model.config import parse_config, rule_tables
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.rules import InputProtocol, Limits, OutputDestination, RuleSource
 from mcr.protocol.control import AddRule
@@ -139,6 +142,41 @@ def test_a_reload_takes_unchanged_rules_as_they_were_and_checks_the_rest_again()
         parse_config(edited.replace("max_rules = 10", "max_rules = 1"), "f", previous=first)
     with pytest.raises(ConfigError, match=r"rule\[0\] 'a': output\[0\]\.port cannot be 0"):
         parse_config(GOOD.replace("239.2.2.2:6000:eth1", "239.2.2.2:0:eth1"), "f", previous=first)
+
+
+def test_a_reload_parses_only_the_rule_tables_whose_text_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = parse_config(GOOD, "f")
+    edited = GOOD.replace('input_group = "239.1.1.2"', 'input_group = "239.1.1.3"').replace("= 10", "= 20")
+    read: list[str] = []
+    parse = tomllib.loads
+
+    def loads(text: str) -> dict[str, object]:
+        read.append(text)
+        return parse(text)
+
+    monkeypatch.setattr(config.tomllib, "loads", loads)
+    second = parse_config(edited, "f", previous=first)
+    assert second.rules[0] is first.rules[0] and second.limits.max_rules == 20
+    assert len(read) == 2 and read[0].startswith("\n[supervisor]") and "[[rule]]" not in read[0]
+    assert read[1].startswith("[[rule]]") and "239.1.1.3" in read[1] and "239.1.1.1" not in read[1]
+
+
+def test_a_file_that_cannot_be_split_safely_is_parsed_whole() -> None:
+    rest, tables = rule_tables(GOOD) or ("", [])
+    assert len(tables) == 2 and "[limits]" in rest and tables[0].startswith('[[rule]]\nid = "a"')
+    for text in (
+        GOOD + 'x = """\n[[rule]]\n"""\n',  # a header-like line may be inside a multi-line string
+        GOOD + '["rule"]\n',  # a quoted name
+        GOOD + "[[true]]\n",  # a header that a line of an array could be too
+        "[rule.rate_limit]\n" + GOOD,  # a sub-table before any rule
+    ):
+        assert rule_tables(text) is None, text
+    # an error names the place in the whole file, as the parse of the whole file does
+    bad = GOOD + "input_port = 1\n"
+    with pytest.raises(tomllib.TOMLDecodeError) as whole:
+        tomllib.loads(bad)
+    with pytest.raises(ConfigError, match=f"^f: not valid TOML: {re.escape(str(whole.value))}$"):
+        parse_config(bad, "f", previous=parse_config(GOOD, "f"))
 
 
 def test_state_round_trip_and_atomic_save(tmp_path: Path) -> None:
