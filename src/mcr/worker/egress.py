@@ -112,7 +112,7 @@ class Lane:
     """One lane's socket and the frames queued on it during a ring block, flat as the send array wants them:
     (address, length) pairs, a destination address per message, and runs of output, messages, bytes for the
     counters (flat too: `runs[i]` an output, `runs[i + 1]` its messages, `runs[i + 2]` their bytes). `queue`
-    and `push` send first when the batch would overflow; the owner sends every busy lane before it gives the
+    sends first when the batch would overflow; the owner sends every busy lane before it gives the
     ring block back (the pairs point into it)."""
 
     __slots__ = ("busy", "capacity", "entries", "fd", "namelen", "names", "runs", "sock", "users")
@@ -141,25 +141,6 @@ class Lane:
         else:
             names += [out.name] * count
         self.runs += (out, count, total)
-
-    def push(self, out: OutputSlot, address: int, length: int, batch: SendBatch) -> None:
-        """Queue one message of `out`: the frame of a rule whose only output this is, queued as it is read
-        (no batch per rule); it joins the run before it when that is the same output's."""
-        names = self.names
-        if not names:
-            self.busy.append(self)
-        elif len(names) >= self.capacity:
-            self.send(batch)
-        entries = self.entries
-        entries.append(address)
-        entries.append(length)
-        names.append(out.name)
-        runs = self.runs
-        if runs and runs[-3] is out:
-            runs[-2] += 1
-            runs[-1] += length
-        else:
-            runs += (out, 1, length)
 
     def send(self, batch: SendBatch) -> None:
         """Lay the queue out in `batch` and send it; count what went out and what failed per output. A
