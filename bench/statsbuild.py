@@ -9,7 +9,8 @@ then mostly the entries kept from the one before. Here the supervisor's own `Sta
 take a full worker report in which every rule counted (the scale run's rules, 2.5 outputs on average), then
 build the answer: `flow_stats` (the entries) and the encoding, each timed, for a few rounds of new counts;
 and a metrics scrape after the rates moved once more (its entries and their lines built afresh).
-The client's decoding of the answer (about 5 MB of JSON at 10,000 rules) is not in these figures.
+The client's decoding of the answer (about 5 MB of JSON at 10,000 rules) is not in these figures. The garbage
+collector runs as in the supervisor (`collector_settings`: the rules frozen, full passes rare).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mcr.model.config import parse_config
 from mcr.protocol.control import ResponseEncoder, Stats
 from mcr.protocol.worker import RuleCounters, StatsReport
 from mcr.supervisor.core import StatsBook
+from mcr.supervisor.main import collector_settings
 from mcr.supervisor.metrics import Snapshot, exposition
 
 
@@ -38,6 +40,7 @@ def main() -> int:
     a = p.parse_args()
     rules = parse_config("".join(toml_rule(rule_doc(i)) + "\n" for i in range(a.rules)), "scale.toml").rules
     ids = {r.rule_id: r for r in rules}
+    collector_settings()  # as the supervisor collects its garbage, the table frozen as at its start
     book, encoder = StatsBook(), ResponseEncoder()
     lines: dict[str, object] = {}  # the exporter's per-flow lines, kept between scrapes as it keeps them
     print(f"| round ({a.rules:,} rules, all counting) | report booked | flow_stats | encoded | MB | scrape (ms) |")

@@ -62,3 +62,18 @@ def test_freeze_after_the_table_grew(rules: int, frozen_at: int, expected: tuple
     from mcr.supervisor.main import freeze_due
 
     assert freeze_due(rules, frozen_at) == expected
+
+
+def test_the_supervisor_leaves_full_collections_to_its_periodic_pass() -> None:
+    import gc
+
+    from mcr.supervisor.main import OLDEST_EVERY, collector_settings
+
+    before = gc.get_threshold()
+    try:
+        collector_settings()
+        assert gc.get_threshold() == (before[0], before[1], OLDEST_EVERY)
+        assert gc.get_freeze_count() > 0, "what is alive at the start is frozen out of the passes"
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -141,6 +141,11 @@ SYNC_WAIT_S = 2.0  # how long AddRule/RemoveRule wait for the ready workers to c
 READY_WAIT_S = 30.0  # how long start-up and a reload wait for every worker before telling systemd READY anyway
 GC_PERIOD_S = 30.0  # a full garbage collection this often (see tick)
 FREEZE_STEP = 1000  # after a full collection, what survived is frozen when the table grew by this many rules
+# Python's own full passes come every 10 passes of the middle generation (when the old one has grown by a
+# quarter since the last); here every 1,000: the periodic one above is what frees old cycles. A GetStats at
+# 10,000 counting rules builds ~50,000 objects that live until the next one, which set off a full pass at
+# nearly every answer (bench/statsbuild.py: flow_stats 162-216 -> 108-130 ms).
+OLDEST_EVERY = 1000
 KERNEL_REPORT = -1  # the kernel engine's counters are booked like a worker's, under this id
 SHUTDOWN_GRACE_S = 3.0
 BPF_ROOT = Path("/sys/fs/bpf")
@@ -206,6 +211,14 @@ def resolve_user(user: str, group: str | None) -> tuple[int, int]:
         return pw.pw_uid, grp.getgrnam(group).gr_gid
     except KeyError:
         raise ConfigError(f"Group '{group}' not found") from None
+
+
+def collector_settings() -> None:
+    """The supervisor's garbage collection: Python's own passes, but its full ones rarely (OLDEST_EVERY), and
+    everything alive now frozen out of them (see `Supervisor.tick` for the periodic full pass)."""
+    young, middle, _oldest = gc.get_threshold()
+    gc.set_threshold(young, middle, OLDEST_EVERY)
+    gc.freeze()
 
 
 def freeze_due(rules: int, frozen_at: int) -> tuple[bool, int]:
@@ -623,7 +636,7 @@ class Supervisor:
         # by FREEZE_STEP rules: at 10,000 rules the full pass took ~80 ms of the loop (an add's p99) walking
         # long-lived rule objects. Frozen objects are still freed by their reference counts; only garbage
         # in cycles among them would stay, so freezing is kept to such growths, not done at every pass.
-        gc.freeze()
+        collector_settings()
         frozen_at = len(self.table.rules)
         last_gc = time.monotonic()
         while True:
