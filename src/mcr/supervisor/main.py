@@ -144,7 +144,7 @@ FREEZE_STEP = 1000  # after a full collection, what survived is frozen when the 
 # Python's own full passes come every 10 passes of the middle generation (when the old one has grown by a
 # quarter since the last); here every 1,000: the periodic one above is what frees old cycles. A GetStats at
 # 10,000 counting rules builds ~50,000 objects that live until the next one, which set off a full pass at
-# nearly every answer (bench/statsbuild.py: flow_stats 162-216 -> 108-130 ms).
+# nearly every answer (bench/statsbuild.py, A/B: flow_stats 175-289 -> 130-152 ms, a scrape 299-471 -> 264-296).
 OLDEST_EVERY = 1000
 KERNEL_REPORT = -1  # the kernel engine's counters are booked like a worker's, under this id
 SHUTDOWN_GRACE_S = 3.0
