@@ -395,7 +395,9 @@ def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def rule_items(path: str, text: str, reuse: Mapping[bytes, ForwardingRule]) -> tuple[dict[str, Any], list[Any]]:
+def rule_items(
+    path: str, text: str, reuse: Mapping[bytes, ForwardingRule]
+) -> tuple[dict[str, Any], list[tuple[bytes, Any]]]:
     """The file's tables other than [[rule]], and per [[rule]] table (in order) its digest and the rule a
     previous load made of the same text, or the table as parsed. A table known unchanged is not parsed
     again: a reload that changes 1% of 10,000 rules parses 1% of them."""
@@ -404,7 +406,7 @@ def rule_items(path: str, text: str, reuse: Mapping[bytes, ForwardingRule]) -> t
         rest, tables = split
         try:
             doc = tomllib.loads(rest)
-            items: list[Any] = []
+            items: list[tuple[bytes, Any]] = []
             for table in tables:
                 key = _digest(table)
                 items.append((key, reuse.get(key) or tomllib.loads(table)["rule"][0]))
