@@ -7,7 +7,7 @@
 `bench/scale.py` times the queries over a relay with no traffic, whose counters do not move: each answer is
 then mostly the entries kept from the one before. Here the supervisor's own `StatsBook` and `ResponseEncoder`
 take a full worker report in which every rule counted (the scale run's rules, 2.5 outputs on average), then
-build the answer: `flow_stats` (the entries) and the encoding, each timed, for a few rounds of new counts;
+build the answer: `counted` (the entries) and the encoding, each timed, for a few rounds of new counts;
 and a metrics scrape after the rates moved once more (its entries and their lines built afresh).
 The client's decoding of the answer (about 5 MB of JSON at 10,000 rules) is not in these figures. The garbage
 collector runs as in the supervisor (`collector_settings`: the rules frozen, full passes rare).
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale import rule_doc, toml_rule
 
 from mcr.model.config import parse_config
-from mcr.protocol.control import ResponseEncoder, Stats
+from mcr.protocol.control import CountedStats, ResponseEncoder
 from mcr.protocol.worker import RuleCounters, StatsReport
 from mcr.supervisor.core import StatsBook
 from mcr.supervisor.main import collector_settings
@@ -43,7 +43,7 @@ def main() -> int:
     collector_settings()  # as the supervisor collects its garbage, the table frozen as at its start
     book, encoder = StatsBook(), ResponseEncoder()
     lines: dict[str, object] = {}  # the exporter's per-flow lines, kept between scrapes as it keeps them
-    print(f"| round ({a.rules:,} rules, all counting) | report booked | flow_stats | encoded | MB | scrape (ms) |")
+    print(f"| round ({a.rules:,} rules, all counting) | report booked | counted | encoded | MB | scrape (ms) |")
     print("|---|--:|--:|--:|--:|--:|")
     for k in range(1, a.rounds + 1):
         counted = tuple(
@@ -55,13 +55,13 @@ def main() -> int:
         book.on_report(StatsReport(0, 1, counted, (), 0, 0, 0, 1))
         book.tick(ids, float(k))
         t1 = time.perf_counter()
-        flows = book.flow_stats(rules)
+        flows = book.counted(rules)
         t2 = time.perf_counter()
-        answer = encoder.encode(Stats(flows))
+        answer = encoder.encode(CountedStats(flows))
         t3 = time.perf_counter()
         book.tick(ids, k + 0.5)  # the rates moved again: a scrape builds its entries afresh too
         t4 = time.perf_counter()
-        exposition(Snapshot(flows=book.flow_stats(rules)), "text/plain", cache=lines)  # type: ignore[arg-type]
+        exposition(Snapshot(flows=book.counted(rules)), "text/plain", cache=lines)  # type: ignore[arg-type]
         t5 = time.perf_counter()
         ms = [f"{(b - a) * 1e3:.0f}" for a, b in ((t0, t1), (t1, t2), (t2, t3))]
         print(f"| {k} | {' | '.join(ms)} | {len(answer) / 1e6:.1f} | {(t5 - t4) * 1e3:.0f} |")

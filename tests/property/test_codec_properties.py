@@ -20,7 +20,19 @@ from mcr.model.errors import ConfigError, ProtocolError
 from mcr.model.levels import Facility, Severity
 from mcr.model.ratelimit import RateLimit, RateUnit
 from mcr.model.rules import Engine, ForwardingRule, InputProtocol, Limits, OutputDestination, RuleSource
-from mcr.model.status import ConfigView, FlowStats, LogLevels, OutputStats, RuleState, RuleView, VersionInfo, WorkerInfo
+from mcr.model.status import (
+    ConfigView,
+    Counted,
+    FlowCounts,
+    FlowStats,
+    LogLevels,
+    OutputStats,
+    RuleState,
+    RuleView,
+    VersionInfo,
+    WorkerInfo,
+    flow_stats,
+)
 from mcr.protocol import control, worker
 from mcr.supervisor.state import StateError, decode_state, encode_state
 
@@ -347,6 +359,31 @@ def test_listings_written_as_text_are_the_bytes_json_dumps_writes(
     encoder = control.ResponseEncoder()
     for resp in (control.Rules(tuple(views)), control.Stats(tuple(flows))):
         assert encoder.encode(resp) == control.encode_response(resp)
+
+
+@st.composite
+def counted_flows(draw: st.DrawFn) -> Counted:
+    """A rule (IPv4 or IPv6, sources, any texts with `%` in them) and counts that fit it."""
+    rule = draw(rich_rules)
+    outputs = draw(st.lists(counts, min_size=3 * len(rule.outputs), max_size=3 * len(rule.outputs)))
+    rates = draw(any_floats), draw(any_floats)
+    return rule, FlowCounts(draw(counts), draw(counts), *rates, tuple(outputs), tuple(draw(drops).items()))
+
+
+@given(st.lists(counted_flows(), max_size=4), st.lists(counted_flows(), max_size=4))
+@example([], [(ForwardingRule("100%d %s", "eth0", IPv4Address("239.1.1.1"), 5000, ()), FlowCounts(1, 2, 0.5, 4.0))])
+def test_stats_written_from_templates_are_the_bytes_json_dumps_writes(
+    first: list[Counted], then: list[Counted]
+) -> None:
+    """The supervisor's GetStats is its rules' counts written into each rule's template (`CountedStats`):
+    the bytes are `json.dumps` of the `FlowStats` they make, also for a second answer that reuses the
+    templates of the rules it shares with the first and has new counts for them."""
+    encoder = control.ResponseEncoder()
+    moved = [(rule, c._replace(packets=c.packets + 1, outputs=tuple(n + 1 for n in c.outputs))) for rule, c in first]
+    again = moved + then
+    for flows in (first, again):
+        made = control.Stats(tuple(flow_stats(rule, counts) for rule, counts in flows))
+        assert encoder.encode(control.CountedStats(tuple(flows))) == control.encode_response(made)
 
 
 # ---------------------------------------------------------------------------------------- worker channel

@@ -1,4 +1,4 @@
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -6,32 +6,23 @@ from prometheus_client.registry import Collector
 
 from mcr.model.errors import ConfigError
 from mcr.model.ratelimit import RateLimit, RateUnit
-from mcr.model.rules import Engine, ForwardingRule
-from mcr.model.status import FlowStats, KernelStatus, OutputStats, RuleState, RuleView, WorkerInfo
+from mcr.model.rules import Engine, ForwardingRule, OutputDestination
+from mcr.model.status import Counted, FlowCounts, KernelStatus, RuleState, RuleView, WorkerInfo
 from mcr.supervisor.metrics import Snapshot, metric_families, parse_listen_address
 
 LIMIT = RateLimit(500, RateUnit.PPS, 50)
+R1 = ForwardingRule(
+    "r1",
+    "eth0",
+    IPv4Address("239.1.1.1"),
+    5000,
+    (OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),),
+    rate_limit=LIMIT,
+)
 SNAP = Snapshot(
-    flows=(
-        FlowStats(
-            "239.1.1.1",
-            5000,
-            10,
-            1000,
-            0.0,
-            0.0,
-            "r1",
-            "eth0",
-            (OutputStats("239.2.2.2", 6000, "eth1", 9, 900, 1),),
-            {"fragment": 2, "rate_limited": 7},
-        ),
-    ),
+    flows=((R1, FlowCounts(10, 1000, 0.0, 0.0, (9, 900, 1), (("fragment", 2), ("rate_limited", 7)))),),
     rules=(
-        RuleView(
-            ForwardingRule("r1", "eth0", IPv4Address("239.1.1.1"), 5000, (), rate_limit=LIMIT),
-            Engine.USERSPACE,
-            RuleState.ACTIVE,
-        ),
+        RuleView(R1, Engine.USERSPACE, RuleState.ACTIVE),
         RuleView(ForwardingRule("r2", "eth9", IPv4Address("239.1.1.2"), 5000, ()), Engine.USERSPACE, RuleState.WAITING),
     ),
     workers=(WorkerInfo(10, "DataPlane", None, 0, "Running", 65534, 2, {"no_rule": 5}, 100, 3, 0, 4),),
@@ -106,20 +97,24 @@ def test_a_scrape_takes_a_fresh_snapshot_at_most_once_a_second() -> None:
     assert len(taken) == 3
 
 
-def _flows(n: int) -> tuple[FlowStats, ...]:
-    """Flows with every shape the text has to carry: no outputs or several, drops, escaped label values,
-    counters past the point where the text format switches to an exponent."""
-    flows = []
+def _flows(n: int) -> tuple[Counted, ...]:
+    """Flows with every shape the text has to carry: no outputs or several, drops, escaped label values (and
+    a % that must not be read as a placeholder), counters past the point where the text format switches to
+    an exponent, an IPv6 group and a source prefix."""
+    flows: list[Counted] = []
     for i in range(n):
         outputs = tuple(
-            OutputStats(f"239.2.{i % 250}.{k}", 6000 + k, f"eth{k}", i * 7 * 10**k, i * 1400 * 10**k, k)
-            for k in range(i % 4)
+            OutputDestination(IPv4Address(f"239.2.{i % 250}.{k}"), 6000 + k, f"eth{k}") for k in range(i % 4)
         )
-        drops = {"fragment": i, "rate_limited": 2} if i % 3 == 0 else {}
-        rule_id = 'odd "id" \\ with\nnewline' if i == 5 else f"rule-{i}"
-        flows.append(
-            FlowStats(f"239.1.{i % 250}.1", 5000 + i, i * 10**6, i * 10**9, 0.0, 0.0, rule_id, "eth0", outputs, drops)
-        )
+        counts = tuple(n for k in range(i % 4) for n in (i * 7 * 10**k, i * 1400 * 10**k, k))
+        drops = (("rate_limited", 2), ("fragment", i)) if i % 3 == 0 else ()
+        rule_id = 'odd "id" \\ with\nnewline and 100%s' if i == 5 else f"rule-{i}"
+        if i == 7:
+            group, source = IPv6Address("ff3e::8000:7"), IPv6Network("2001:db8::/64")
+            rule = ForwardingRule(rule_id, "eth0", group, 5000 + i, outputs, source)
+        else:
+            rule = ForwardingRule(rule_id, "eth0", IPv4Address(f"239.1.{i % 250}.1"), 5000 + i, outputs)
+        flows.append((rule, FlowCounts(i * 10**6, i * 10**9, 0.5 * i, 8.0 * i, counts, drops)))
     return tuple(flows)
 
 
@@ -139,7 +134,7 @@ def test_flow_text_is_what_prometheus_client_writes(openmetrics: bool) -> None:
     library = (om.generate_latest(Flows()) if openmetrics else generate_latest(Flows())).decode()
     ours = flow_text(snap.flows, openmetrics=openmetrics)
     assert ours == library.removesuffix("# EOF\n")
-    assert "e+" in ours and r"odd \"id\" \\ with\nnewline" in ours  # both paths taken
+    assert "e+" in ours and r"odd \"id\" \\ with\nnewline and 100%s" in ours  # both paths taken
 
 
 @pytest.mark.parametrize(
@@ -164,7 +159,7 @@ def test_exposition_holds_every_family_in_the_format_asked(accept: str, content_
         assert body.endswith(b"# EOF\n")
 
 
-def test_flow_text_reuses_the_lines_of_the_same_flow_objects() -> None:
+def test_flow_text_keeps_the_templates_of_the_same_rule_objects() -> None:
     from dataclasses import replace
 
     from mcr.supervisor.metrics import flow_text
@@ -173,8 +168,11 @@ def test_flow_text_reuses_the_lines_of_the_same_flow_objects() -> None:
     cache: dict = {}  # type: ignore[type-arg]
     assert flow_text(flows, cache=cache) == flow_text(flows)
     kept = cache["rule-1"][1]
-    moved = replace(flows[1], packets_relayed=123)
-    text = flow_text((flows[0], moved, *flows[2:4]), cache=cache)
-    assert text == flow_text((flows[0], moved, *flows[2:4]))
-    assert 'rule_id="rule-1"} 123.0' in text and cache["rule-1"][1] is not kept
-    assert cache["rule-2"][0] is flows[2] and "rule-4" not in cache  # gone flows are let go
+    counted = (flows[1][0], flows[1][1]._replace(packets=123))
+    text = flow_text((flows[0], counted, *flows[2:4]), cache=cache)
+    assert text == flow_text((flows[0], counted, *flows[2:4]))
+    assert 'rule_id="rule-1"} 123.0' in text and cache["rule-1"][1] is kept  # new counts, the same rule
+    moved = (replace(flows[2][0], input_port=7000), flows[2][1])
+    text = flow_text((flows[0], moved), cache=cache)
+    assert 'input_port="7000",input_source="",rule_id="rule-2"} 2e+06' in text
+    assert cache["rule-2"][0] is moved[0] and "rule-3" not in cache  # gone rules are let go

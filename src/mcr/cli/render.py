@@ -18,11 +18,21 @@ from mcr.membership.querier import FilterMode, GroupView, QuerierView, Timers
 from mcr.membership.wire import Family
 from mcr.model.original_config import ESP, UDP
 from mcr.model.rules import ForwardingRule, Limits, OutputDestination
-from mcr.model.status import ConfigView, FlowStats, KernelStatus, LogLevels, RuleView, VersionInfo, WorkerInfo
+from mcr.model.status import (
+    ConfigView,
+    FlowStats,
+    KernelStatus,
+    LogLevels,
+    RuleView,
+    VersionInfo,
+    WorkerInfo,
+    flow_stats,
+)
 from mcr.protocol.control import (
     ConfigResponse,
     ConfigValidation,
     ControlPlaneConfig,
+    CountedStats,
     Error,
     KernelStatusResponse,
     LogLevelsResponse,
@@ -517,6 +527,8 @@ def render_response(resp: Response) -> RenderableType:
             return render_rules(resp.rules)
         case Stats():
             return render_stats(resp.flows)
+        case CountedStats():  # the supervisor's own form of Stats (a client decodes Stats)
+            return render_stats(tuple(flow_stats(rule, counts) for rule, counts in resp.flows))
         case Workers():
             return render_workers(resp.workers)
         case LogLevelsResponse():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from mcr.model.original_config import OriginalSections
-from mcr.model.rules import Engine, ForwardingRule, Limits
+from mcr.model.rules import Engine, ForwardingRule, Limits, address_text, source_text
 
 IMPLEMENTATION = "mcr-python"  # GetVersion's `implementation`: the originals send none
 
@@ -53,6 +55,51 @@ class FlowStats:
     drops: dict[str, int] = field(default_factory=dict)
     input_source: str = ""  # the rule's source host or prefix, empty when any source matches
     input_protocol: int = 17  # 17 UDP, 50 ESP (the stats of the original are per group, port and protocol)
+
+
+class FlowCounts(NamedTuple):
+    """A rule's counters and rates as `GetStats` and the metrics show them: its `FlowStats` without what the
+    rule itself says (addresses, ports, interfaces). The supervisor keeps one per rule and writes the answer
+    and a scrape from it and the rule, without building a `FlowStats` and an `OutputStats` per output."""
+
+    packets: int
+    bytes: int
+    packets_per_second: float
+    bits_per_second: float
+    outputs: tuple[int, ...] = ()  # packets sent, bytes sent and send errors of each of the rule's outputs in turn
+    drops: tuple[tuple[str, int], ...] = ()  # (reason, frames) in the order the counts were summed
+
+
+@functools.cache
+def zero_counts(outputs: int) -> FlowCounts:
+    """The counts of a rule with this many outputs that has counted nothing: one object, shared by them all."""
+    return FlowCounts(0, 0, 0.0, 0.0, (0, 0, 0) * outputs)
+
+
+#: A rule and its counts: one entry of GetStats (or of a scrape's per-flow samples) as the supervisor has it.
+Counted = tuple[ForwardingRule, FlowCounts]
+
+
+def flow_stats(rule: ForwardingRule, counts: FlowCounts) -> FlowStats:
+    """The `FlowStats` entry of a rule with these counts."""
+    c = counts.outputs
+    return FlowStats(
+        input_group=address_text(rule.input_group),
+        input_port=rule.input_port,
+        packets_relayed=counts.packets,
+        bytes_relayed=counts.bytes,
+        packets_per_second=counts.packets_per_second,
+        bits_per_second=counts.bits_per_second,
+        rule_id=rule.rule_id,
+        input_interface=rule.input_interface,
+        outputs=tuple(
+            OutputStats(address_text(o.group), o.port, o.interface, c[3 * i], c[3 * i + 1], c[3 * i + 2])
+            for i, o in enumerate(rule.outputs)
+        ),
+        drops=dict(counts.drops),
+        input_source="" if rule.input_source is None else source_text(rule.input_source),
+        input_protocol=int(rule.input_protocol),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,15 +23,13 @@ from mcr.model.rules import (
     IPAddress,
     Limits,
     RuleSource,
-    address_text,
     check_rule_shape,
     effective_ttl,
     generated_rule_id,
     is_multicast,
     limits_exceeded,
-    source_text,
 )
-from mcr.model.status import FlowStats, OutputStats, RuleState, RuleView
+from mcr.model.status import Counted, FlowCounts, FlowStats, RuleState, RuleView, flow_stats, zero_counts
 from mcr.protocol.control import AddRule
 from mcr.protocol.worker import RawEgress, RuleCounters, StatsReport, WorkerOutput, WorkerRule
 
@@ -804,6 +802,7 @@ def _unhold(held: Held) -> tuple[RuleCounters, int]:
 _GENERATION = struct.Struct("=q")
 _NO_COUNTS = (0, 0)
 _NO_RATE = (0.0, 0.0)
+_NO_OUTPUT = (0, 0, 0)
 
 
 def _generation(held: Held) -> int:
@@ -835,9 +834,9 @@ class StatsBook:
         self.since: dict[str, int] = {}  # rule id -> the generation it was (re)added in
         self.rates: dict[str, tuple[float, float]] = {}
         self.moved: set[str] = set()  # rules whose totals may have changed since the last tick
-        # rule id -> (the rule, its FlowStats) as flow_stats last built them, and the rules whose totals or
-        # rates may have changed since: GetStats and a scrape rebuild only those
-        self._flows: dict[str, tuple[ForwardingRule, FlowStats]] = {}
+        # rule id -> (the rule, its counts) as `counted` last made them, and the rules whose totals or rates may
+        # have changed since: GetStats and a scrape make only those again
+        self._flows: dict[str, Counted] = {}
         self._stale: set[str] = set()
         self._last_tick: float | None = None
 
@@ -995,45 +994,30 @@ class StatsBook:
             self._rate_base[rule_id] = (t.packets, t.bytes) if t.packets or t.bytes else _NO_COUNTS
         self.moved = set()
 
-    def flow_stats(self, rules: Iterable[ForwardingRule]) -> tuple[FlowStats, ...]:
-        """The GetStats entries of `rules`. An entry whose rule, totals and rates are as when it was last
-        built is that same object (so its encoding can be reused too)."""
-        flows = []
+    def counted(self, rules: Iterable[ForwardingRule]) -> tuple[Counted, ...]:
+        """Each of `rules` with its counts and rates (the entries of GetStats and of a scrape). An entry whose
+        rule, totals and rates are as when it was last made is that same tuple, so what was written from it
+        can be reused; a rule that never counted shares one `FlowCounts` of zeros with the others like it."""
+        entries = []
         cache, stale = self._flows, self._stale
         for rule in rules:
             held = cache.get(rule.rule_id)
-            if held is not None and held[0] is rule and rule.rule_id not in stale:
-                flows.append(held[1])
-                continue
-            stale.discard(rule.rule_id)
-            t = self.totals(rule.rule_id)
-            pps, bps = self.rates.get(rule.rule_id, (0.0, 0.0))
-            # the same rule's previous entry has its addresses' texts: only its counts changed
-            was = held[1] if held is not None and held[0] is rule else None
-            outputs = tuple(
-                OutputStats(
-                    address_text(o.group) if was is None else was.outputs[i].group,
-                    o.port,
-                    o.interface,
-                    *t.outputs.get(i, [0, 0, 0]),
-                )
-                for i, o in enumerate(rule.outputs)
-            )
-            flows.append(
-                FlowStats(
-                    input_group=address_text(rule.input_group) if was is None else was.input_group,
-                    input_port=rule.input_port,
-                    packets_relayed=t.packets,
-                    bytes_relayed=t.bytes,
-                    packets_per_second=round(pps, 1),
-                    bits_per_second=round(bps, 1),
-                    rule_id=rule.rule_id,
-                    input_interface=rule.input_interface,
-                    outputs=outputs,
-                    drops=dict(t.drops),
-                    input_source="" if rule.input_source is None else source_text(rule.input_source),
-                    input_protocol=int(rule.input_protocol),
-                )
-            )
-            cache[rule.rule_id] = (rule, flows[-1])
-        return tuple(flows)
+            if held is None or held[0] is not rule or rule.rule_id in stale:
+                stale.discard(rule.rule_id)
+                held = cache[rule.rule_id] = (rule, self._flow_counts(rule))
+            entries.append(held)
+        return tuple(entries)
+
+    def _flow_counts(self, rule: ForwardingRule) -> FlowCounts:
+        t = self.totals(rule.rule_id)
+        pps, bps = self.rates.get(rule.rule_id, _NO_RATE)
+        n = len(rule.outputs)
+        if not (t.packets or t.bytes or t.outputs or t.drops or pps or bps):
+            return zero_counts(n)
+        get = t.outputs.get
+        outputs = tuple(v for i in range(n) for v in get(i, _NO_OUTPUT))
+        return FlowCounts(t.packets, t.bytes, round(pps, 1), round(bps, 1), outputs, tuple(t.drops.items()))
+
+    def flow_stats(self, rules: Iterable[ForwardingRule]) -> tuple[FlowStats, ...]:
+        """The GetStats entries of `rules`, as the client reads them."""
+        return tuple(flow_stats(rule, counts) for rule, counts in self.counted(rules))

@@ -55,6 +55,7 @@ from mcr.protocol.control import (
     ConfigResponse,
     ConfigValidation,
     ControlPlaneConfig,
+    CountedStats,
     Error,
     KernelStatusResponse,
     LoadConfig,
@@ -72,7 +73,6 @@ from mcr.protocol.control import (
     SetGlobalLogLevel,
     SetQuerier,
     SetQuerierTimers,
-    Stats,
     Success,
     Version,
     Workers,
@@ -674,7 +674,7 @@ class Supervisor:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
-            flows=self.stats.flow_stats(self.table.rules.values()),
+            flows=self.stats.counted(self.table.rules.values()),
             rules=self.rule_views(),
             workers=self.workers_info(),
             queriers=tuple(self.queriers.views()),
@@ -1298,7 +1298,7 @@ class Supervisor:
                 for handle in self.workers:
                     self.collect(handle)
                 self.collect_kernel()
-                return Stats(self.stats.flow_stats(self.table.rules.values()))
+                return CountedStats(self.stats.counted(self.table.rules.values()))
             case Query.LIST_WORKERS:
                 return Workers(self.workers_info())
             case Query.GET_KERNEL_STATUS:

@@ -28,14 +28,15 @@ from prometheus_client.utils import floatToGoString
 from mcr import __version__
 from mcr.membership.querier import GroupView, QuerierView
 from mcr.model.errors import ConfigError
-from mcr.model.status import FlowStats, KernelStatus, RuleView, WorkerInfo
+from mcr.model.rules import ForwardingRule, address_text, source_text
+from mcr.model.status import Counted, FlowCounts, KernelStatus, RuleView, WorkerInfo, flow_stats
 
 log = logging.getLogger("mcr.stats")
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    flows: tuple[FlowStats, ...] = ()
+    flows: tuple[Counted, ...] = ()  # each rule with its counts (`StatsBook.counted`)
     rules: tuple[RuleView, ...] = ()
     workers: tuple[WorkerInfo, ...] = ()
     queriers: tuple[QuerierView, ...] = ()
@@ -102,7 +103,7 @@ def flow_families(snap: Snapshot) -> Iterator[Metric]:
     packets, payload, drops, out_packets, out_bytes, out_errors = (
         CounterMetricFamily(name, doc, labels=list(labels)) for name, doc, labels in FLOW_FAMILIES
     )
-    for f in snap.flows:
+    for f in (flow_stats(rule, counts) for rule, counts in snap.flows):
         key = [f.rule_id, f.input_interface, f.input_group, str(f.input_port), f.input_source]
         packets.add_metric(key, f.packets_relayed)
         payload.add_metric(key, f.bytes_relayed)
@@ -117,10 +118,17 @@ def flow_families(snap: Snapshot) -> Iterator[Metric]:
 
 
 def _value(n: int) -> str:
-    """A counter's value as prometheus_client writes it (`floatToGoString`), quicker for the common case."""
+    """A counter's value as prometheus_client writes it (`floatToGoString`: an exponent from a million on),
+    in a third of its time for the counts a float holds exactly (a property test holds the two equal)."""
     if 0 <= n < 1_000_000:
         return f"{n}.0"
+    if 0 < n < _EXACT:
+        digits = str(n)
+        return f"{(digits[0] + '.' + digits[1:]).rstrip('0.')}e+{len(digits) - 1:02d}"
     return str(floatToGoString(n))  # type: ignore[no-untyped-call]
+
+
+_EXACT: Final = 2**53  # below this, a count's float is the count itself, written as its digits and ".0"
 
 
 def _label(v: str) -> str:
@@ -130,62 +138,89 @@ def _label(v: str) -> str:
     return v
 
 
-FlowLines = tuple[str, str, str, str, str, str]  # one flow's sample lines of each of FLOW_FAMILIES
+# One rule's sample lines, with a %s for each value: packets, bytes, then the outputs' packets, bytes and errors
+# (a line per output in each), and the rule id's label text for the drops (lines only a rule with drops has).
+FlowLines = tuple[str, str, str, str, str, str]
 
 
-def _flow_lines(f: FlowStats) -> FlowLines:
-    """One flow's samples, as lines (each ending in a newline) of each per-flow family."""
-    rid = _label(f.rule_id)
-    labels = (
-        f'{{input_group="{_label(f.input_group)}",input_interface="{_label(f.input_interface)}",'
-        f'input_port="{f.input_port}",input_source="{_label(f.input_source)}",rule_id="{rid}"}} '
-    )
-    drops = "".join(
-        f'mcr_rule_drops_total{{reason="{_label(reason)}",rule_id="{rid}"}} {_value(n)}\n'
-        for reason, n in sorted(f.drops.items())
+def _pct(text: str) -> str:
+    """`text` as a literal part of a %-template."""
+    return text.replace("%", "%%")
+
+
+def flow_lines(rule: ForwardingRule) -> FlowLines:
+    """The templates of a rule's samples (`FlowLines`), their labels as prometheus_client writes them."""
+    rid = _label(rule.rule_id)
+    source = "" if rule.input_source is None else source_text(rule.input_source)
+    labels = _pct(
+        f'{{input_group="{_label(address_text(rule.input_group))}",input_interface="{_label(rule.input_interface)}",'
+        f'input_port="{rule.input_port}",input_source="{_label(source)}",rule_id="{rid}"}} '
     )
     out_packets, out_bytes, out_errors = [], [], []
-    for i, o in enumerate(f.outputs):
-        olabels = (
-            f'{{group="{_label(o.group)}",interface="{_label(o.interface)}",output="{i}",'
+    for i, o in enumerate(rule.outputs):
+        olabels = _pct(
+            f'{{group="{_label(address_text(o.group))}",interface="{_label(o.interface)}",output="{i}",'
             f'port="{o.port}",rule_id="{rid}"}} '
         )
-        out_packets.append(f"mcr_output_packets_total{olabels}{_value(o.packets_sent)}\n")
-        out_bytes.append(f"mcr_output_bytes_total{olabels}{_value(o.bytes_sent)}\n")
-        out_errors.append(f"mcr_output_errors_total{olabels}{_value(o.send_errors)}\n")
+        out_packets.append(f"mcr_output_packets_total{olabels}%s\n")
+        out_bytes.append(f"mcr_output_bytes_total{olabels}%s\n")
+        out_errors.append(f"mcr_output_errors_total{olabels}%s\n")
     return (
-        f"mcr_rule_packets_total{labels}{_value(f.packets_relayed)}\n",
-        f"mcr_rule_bytes_total{labels}{_value(f.bytes_relayed)}\n",
-        drops,
+        f"mcr_rule_packets_total{labels}%s\n",
+        f"mcr_rule_bytes_total{labels}%s\n",
         "".join(out_packets),
         "".join(out_bytes),
         "".join(out_errors),
+        rid,
+    )
+
+
+def _filled(lines: FlowLines, c: FlowCounts) -> tuple[str, str, str, str, str, str]:
+    """One flow's lines of each of FLOW_FAMILIES, its counts written into its rule's templates."""
+    packets, payload, out_packets, out_bytes, out_errors, rid = lines
+    values = tuple(map(_value, c.outputs))
+    drops = (
+        "".join(
+            f'mcr_rule_drops_total{{reason="{_label(reason)}",rule_id="{rid}"}} {_value(n)}\n'
+            for reason, n in sorted(c.drops)
+        )
+        if c.drops
+        else ""
+    )
+    return (
+        packets % _value(c.packets),
+        payload % _value(c.bytes),
+        drops,
+        out_packets % values[0::3],
+        out_bytes % values[1::3],
+        out_errors % values[2::3],
     )
 
 
 def flow_text(
-    flows: Iterable[FlowStats],
+    flows: Iterable[Counted],
     *,
     openmetrics: bool = False,
-    cache: dict[str, tuple[FlowStats, FlowLines]] | None = None,
+    cache: dict[str, tuple[ForwardingRule, FlowLines]] | None = None,
 ) -> str:
     """The per-flow families in the Prometheus text format (or OpenMetrics' when `openmetrics`), the same
     lines prometheus_client writes for `flow_families` (labels sorted by name), without building its
     sample objects: at 10,000 rules these are ~50,000 samples, and building and rendering them through
-    the library took about a second of CPU per scrape. With a `cache` (by rule id, kept by the caller
-    between scrapes), the lines of a flow that is the same object as at the previous call are reused."""
+    the library took about a second of CPU per scrape. Each flow's counts are written into its rule's line
+    templates (`flow_lines`); with a `cache` (by rule id, kept by the caller between scrapes), a rule that
+    is the same object as at the previous call keeps its templates."""
     held = cache if cache is not None else {}
-    fresh: dict[str, tuple[FlowStats, FlowLines]] = {}
-    columns: list[FlowLines] = []
-    for f in flows:
-        entry = held.get(f.rule_id)
-        if entry is None or entry[0] is not f:
-            entry = (f, _flow_lines(f))
-        fresh[f.rule_id] = entry
-        columns.append(entry[1])
+    fresh: dict[str, tuple[ForwardingRule, FlowLines]] = {}
+    columns: list[tuple[str, ...]] = []
+    for rule, counts in flows:
+        entry = held.get(rule.rule_id)
+        if entry is None or entry[0] is not rule:
+            entry = (rule, flow_lines(rule))
+        fresh[rule.rule_id] = entry
+        columns.append(_filled(entry[1], counts))
     if cache is not None:
         cache.clear()
-        cache.update(fresh)  # flows no longer there are let go
+        cache.update(fresh)  # rules no longer there are let go
     parts: list[str] = []
     for k, (name, doc, _labels) in enumerate(FLOW_FAMILIES):
         header = name if openmetrics else name + "_total"
@@ -287,7 +322,7 @@ def _rest(snap: Snapshot) -> Collector:
 
 
 def exposition(
-    snap: Snapshot, accept: str, cache: dict[str, tuple[FlowStats, FlowLines]] | None = None
+    snap: Snapshot, accept: str, cache: dict[str, tuple[ForwardingRule, FlowLines]] | None = None
 ) -> tuple[bytes, str]:
     """The body and content type of a scrape with this `Accept` header: the format prometheus_client
     chooses for it (its text format, or OpenMetrics), the per-flow families written by `flow_text` and
@@ -337,7 +372,7 @@ class MetricsExporter:
         """`source`: called from the HTTP thread for a fresh snapshot (None: only what `publish` gave)."""
         self.host, self.port = parse_listen_address(address)
         self.collector = _SnapshotCollector(source)
-        self.lines: dict[str, tuple[FlowStats, FlowLines]] = {}  # each flow's text, kept between scrapes
+        self.lines: dict[str, tuple[ForwardingRule, FlowLines]] = {}  # each rule's line templates, kept
         self.lines_lock = threading.Lock()
         self.server: WSGIServer | None = None
 
