@@ -281,3 +281,31 @@ def test_response_encoder_writes_the_bytes_of_encode_response_and_reuses_what_di
     fresh = Stats((flows[0], changed, flows[2]))
     assert encoder.encode(fresh) == encode_response(fresh)
     assert encoded == [changed], "only the flow that changed"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_response_is_decoded_with_the_collector_held_off_and_left_as_it_was(
+    enabled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    seen: list[bool] = []
+    real = control._decode_flow
+
+    def watching(o: object) -> FlowStats:
+        seen.append(gc.isenabled())
+        return real(o)
+
+    monkeypatch.setattr(control, "_decode_flow", watching)
+    answer = b'{"Stats": [{"input_group": "239.1.1.1", "input_port": 5000, "packets_relayed": 1, "bytes_relayed": 2, '
+    answer += b'"packets_per_second": 0.0, "bits_per_second": 0.0}]}'
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert decode_response(answer) == Stats((FlowStats("239.1.1.1", 5000, 1, 2, 0.0, 0.0),))
+        assert gc.isenabled() is enabled
+        with pytest.raises(ProtocolError, match="malformed stats entry"):
+            decode_response(b'{"Stats": [{"input_group": "239.1.1.1"}]}')
+        assert gc.isenabled() is enabled, "left as it was after an error too"
+    finally:
+        gc.enable()
+    assert seen == [False, False]

@@ -29,8 +29,10 @@ class RuleView:
     state_reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class OutputStats:
+class OutputStats(NamedTuple):
+    """One output's counters in a `FlowStats`. A named tuple, not a dataclass: a client makes 25,000 of them
+    from a `GetStats` at 10,000 rules, and a frozen dataclass takes four times as long to make."""
+
     group: str
     port: int
     interface: str
