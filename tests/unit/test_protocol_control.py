@@ -8,6 +8,7 @@ from mcr.model.levels import Facility, Severity
 from mcr.model.rules import Engine, ForwardingRule, Limits, OutputDestination
 from mcr.model.status import (
     ConfigView,
+    FlowCounts,
     FlowStats,
     KernelStatus,
     LogLevels,
@@ -21,6 +22,7 @@ from mcr.protocol import control
 from mcr.protocol.control import (
     AddRule,
     ConfigResponse,
+    CountedStats,
     Error,
     KernelStatusResponse,
     LogLevelsResponse,
@@ -253,34 +255,44 @@ def test_rule_state_unknown_to_this_client_is_shown_not_fatal() -> None:
 def test_response_encoder_writes_the_bytes_of_encode_response_and_reuses_what_did_not_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """ListRules and GetStats at 10,000 rules: each rule's and flow's JSON is kept while the answer carries the
-    same object for it; the answer is the same bytes as encode_response's (tests/property/test_codec_properties.py
-    holds the text encoders to json.dumps for any rule and flow)."""
+    """ListRules and GetStats at 10,000 rules: each rule's JSON is kept while the answer carries the same view,
+    each flow's while it carries the same rule and counts, and each rule's GetStats template while it carries
+    the same rule; the answer is the same bytes as encode_response's (tests/property/test_codec_properties.py
+    holds the text encoders to json.dumps for any rule and counts)."""
     views = [RuleView(RULE, Engine.USERSPACE, RuleState.ACTIVE), RuleView(RULE, Engine.KERNEL, RuleState.WAITING, "x")]
-    out = OutputStats("239.2.2.2", 6000, "eth1", 10, 14000, 0)
-    flows = [FlowStats("239.1.1.1", 5000 + i, i, 100 * i, 0.5, 4.0, f"r{i}", "eth0", (out,) * i, {}) for i in range(3)]
-    flows.append(FlowStats("239.1.1.1", 5001, 9, 900, float("nan"), 1e300, "r\u00e9", "eth0", (out,), {"fragment": 1}))
+    out = OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1")
+    rules = [ForwardingRule(f"r{i}", "eth0", IPv4Address("239.1.1.1"), 5000 + i, (out,) * i) for i in range(3)]
+    rules.append(ForwardingRule("r\u00e9", "eth0", IPv4Address("239.1.1.1"), 5001, (out,)))
+    flows = [(r, FlowCounts(i, 100 * i, 0.5, 4.0, (10, 14000, 0) * len(r.outputs))) for i, r in enumerate(rules)]
+    flows[3] = (rules[3], FlowCounts(9, 900, float("nan"), 1e300, (10, 14000, 0), (("fragment", 1),)))
     encoder = ResponseEncoder()
-    for resp in (Rules(tuple(views)), Stats(tuple(flows)), Rules(()), Stats(()), Success("ok")):
+    for resp in (Rules(tuple(views)), CountedStats(tuple(flows)), Rules(()), CountedStats(()), Success("ok")):
         assert encoder.encode(resp) == encode_response(resp)
 
-    encoded: list[object] = []
-    real = control.flow_text
+    templates: list[ForwardingRule] = []
+    written: list[FlowCounts] = []
+    real_template, real_values = control.rule_flow_template, control._count_values
 
-    def counting(flow: FlowStats) -> str:
-        encoded.append(flow)
-        return real(flow)
+    def template(rule: ForwardingRule) -> str:
+        templates.append(rule)
+        return real_template(rule)
 
-    monkeypatch.setattr(control, "flow_text", counting)
-    assert encoder.encode(Stats(tuple(flows))) == encode_response(Stats(tuple(flows)))
-    assert len(encoded) == 4
-    encoded.clear()
-    assert encoder.encode(Stats(tuple(flows))) == encode_response(Stats(tuple(flows)))
-    assert encoded == [], "every flow's JSON was reused"
-    changed = FlowStats("239.1.1.1", 5001, 9, 900, 0.0, 0.0, "r1", "eth0", (out,), {"fragment": 1})
-    fresh = Stats((flows[0], changed, flows[2]))
+    def values(counts: FlowCounts) -> tuple[object, ...]:
+        written.append(counts)
+        return real_values(counts)
+
+    monkeypatch.setattr(control, "rule_flow_template", template)
+    monkeypatch.setattr(control, "_count_values", values)
+    assert encoder.encode(CountedStats(tuple(flows))) == encode_response(CountedStats(tuple(flows)))
+    assert len(templates) == len(written) == 4
+    templates.clear()
+    written.clear()
+    assert encoder.encode(CountedStats(tuple(flows))) == encode_response(CountedStats(tuple(flows)))
+    assert templates == written == [], "every flow's JSON was reused"
+    moved = FlowCounts(10, 1000, 1.0, 8.0, (10, 14000, 0))
+    fresh = CountedStats((flows[0], (rules[1], moved), flows[2]))
     assert encoder.encode(fresh) == encode_response(fresh)
-    assert encoded == [changed], "only the flow that changed"
+    assert written == [moved] and templates == [], "only the counts that moved, into the rule's kept template"
 
 
 @pytest.mark.parametrize("enabled", [True, False])

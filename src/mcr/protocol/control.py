@@ -7,7 +7,6 @@ bytes in, typed values out, with a precise `ProtocolError` for anything malforme
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -59,7 +58,6 @@ from mcr.model.status import (
     VersionInfo,
     WorkerInfo,
     flow_stats,
-    zero_counts,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest, decode_control_plane
 from mcr.protocol.jsondoc import load_json
@@ -965,26 +963,23 @@ _T = TypeVar("_T")
 
 
 class ResponseEncoder:
-    """`encode_response`, with each rule's (`ListRules`) and flow's (`GetStats`) JSON kept while the answer
-    carries the same object for it: at 10,000 rules only what changed since the previous answer is encoded
-    again (written as text directly, `rule_text` and `flow_text`), and the answer is one join; an answer
-    encoded afresh takes 40 ms instead of 110 with `json.dumps`. The bytes are those of `encode_response`."""
+    """`encode_response`, with each rule's (`ListRules`) and flow's (the supervisor's `GetStats`,
+    `CountedStats`) JSON kept while the answer carries the same objects for it: at 10,000 rules only what
+    changed since the previous answer is encoded again (written as text directly: `rule_text`, and each
+    rule's `rule_flow_template` filled in), and the answer is one join; a `ListRules` encoded afresh takes
+    40 ms instead of 110 with `json.dumps`. The bytes are those of `encode_response`."""
 
     def __init__(self) -> None:
         self._rules: dict[str, tuple[RuleView, str]] = {}
-        self._flows: dict[str, tuple[FlowStats, str]] = {}
-        self._templates: dict[str, tuple[ForwardingRule, str]] = {}  # rule id -> its rule, `rule_flow_template`
+        self._written: dict[str, _Written] = {}
 
     def encode(self, resp: Response) -> bytes:
         match resp:
             case Rules():
                 self._rules, body = _listing(self._rules, resp.rules, _rule_id, rule_text)
                 return ('{"Rules": [' + body + "]}\n").encode()
-            case Stats():
-                self._flows, body = _listing(self._flows, resp.flows, _flow_id, flow_text)
-                return ('{"Stats": [' + body + "]}\n").encode()
             case CountedStats():
-                self._templates, body = _counted_listing(self._templates, resp.flows)
+                self._written, body = _counted_listing(self._written, resp.flows)
                 return ('{"Stats": [' + body + "]}\n").encode()
             case _:
                 return encode_response(resp)
@@ -992,10 +987,6 @@ class ResponseEncoder:
 
 def _rule_id(view: RuleView) -> str:
     return view.rule.rule_id
-
-
-def _flow_id(flow: FlowStats) -> str:
-    return flow.rule_id
 
 
 def _listing(
@@ -1015,22 +1006,27 @@ def _listing(
     return fresh, ", ".join(parts)
 
 
-def _counted_listing(
-    held: dict[str, tuple[ForwardingRule, str]], flows: Iterable[Counted]
-) -> tuple[dict[str, tuple[ForwardingRule, str]], str]:
-    """The flows' JSON joined by ", ", each written into its rule's template (taken from `held` when made from
-    that very rule), and the templates to hold for the next answer (rules no longer listed are let go).
-    Writing the numbers into a template costs about a microsecond a flow, so every flow's text is written
-    afresh: a flow whose counters all move costs no more than an idle one, and no text is kept."""
-    fresh: dict[str, tuple[ForwardingRule, str]] = {}
+#: What the encoder keeps of a flow between answers: its rule, the rule's template (`rule_flow_template`), the
+#: counts last written into it and the text they made.
+_Written = tuple[ForwardingRule, str, FlowCounts, str]
+
+
+def _counted_listing(held: dict[str, _Written], flows: Iterable[Counted]) -> tuple[dict[str, _Written], str]:
+    """The flows' JSON joined by ", " and what to hold for the next answer (rules no longer listed are let go).
+    A flow's text is taken from `held` while its rule and counts are the very objects it was written from
+    (an idle rule: `StatsBook.counted` gives the same counts again); otherwise the counts are written into the
+    rule's template, about a microsecond a flow, kept while the rule is the same object."""
+    fresh: dict[str, _Written] = {}
     parts: list[str] = []
     for rule, counts in flows:
         kept = held.get(rule.rule_id)
         if kept is None or kept[0] is not rule:
-            kept = (rule, rule_flow_template(rule))
+            template = rule_flow_template(rule)
+            kept = (rule, template, counts, template % _count_values(counts))
+        elif kept[2] is not counts:
+            kept = (rule, kept[1], counts, kept[1] % _count_values(counts))
         fresh[rule.rule_id] = kept
-        n = len(rule.outputs)
-        parts.append(kept[1] % (_zero_values(n) if counts is zero_counts(n) else _count_values(counts)))
+        parts.append(kept[3])
     return fresh, ", ".join(parts)
 
 
@@ -1081,86 +1077,33 @@ def _pct(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def _flow_template(
-    rule_id: str,
-    input_interface: str,
-    input_group: str,
-    input_port: int,
-    input_protocol: int,
-    input_source: str,
-    outputs: Iterable[tuple[str, int, str]],
-) -> str:
-    """A flow's JSON with a %-placeholder for each number it counts (`_count_values`): packets, bytes, the two
-    rates, the three counters of each output (group, port, interface) and the drops."""
+def rule_flow_template(rule: ForwardingRule) -> str:
+    """The JSON of a rule's `GetStats` entry with a %-placeholder for each number it counts (`_count_values`):
+    packets, bytes, the two rates, the three counters of each output and the drops."""
     outs = ", ".join(
-        f'{{"group": {_pct(_quote(g))}, "port": {p}, "interface": {_pct(_quote(i))}, '
+        f'{{"group": "{address_text(o.group)}", "port": {o.port}, "interface": {_pct(_quote(o.interface))}, '
         '"packets_sent": %d, "bytes_sent": %d, "send_errors": %d}'
-        for g, p, i in outputs
+        for o in rule.outputs
     )
-    source = _pct(_quote(input_source)) if input_source else "null"
+    source = "null" if rule.input_source is None else f'"{source_text(rule.input_source)}"'
     return (
-        f'{{"rule_id": {_pct(_quote(rule_id))}, "input_interface": {_pct(_quote(input_interface))}, '
-        f'"input_group": {_pct(_quote(input_group))}, "input_port": {input_port}, '
-        f'"input_protocol": {input_protocol}, "input_source": {source}, '
+        f'{{"rule_id": {_pct(_quote(rule.rule_id))}, "input_interface": {_pct(_quote(rule.input_interface))}, '
+        f'"input_group": "{address_text(rule.input_group)}", "input_port": {rule.input_port}, '
+        f'"input_protocol": {int(rule.input_protocol)}, "input_source": {source}, '
         '"packets_relayed": %d, "bytes_relayed": %d, "packets_per_second": %s, "bits_per_second": %s, '
         f'"outputs": [{outs}], "drops": %s}}'
     )
 
 
-def rule_flow_template(rule: ForwardingRule) -> str:
-    """The `_flow_template` of a rule's flows."""
-    return _flow_template(
-        rule.rule_id,
-        rule.input_interface,
-        address_text(rule.input_group),
-        rule.input_port,
-        int(rule.input_protocol),
-        "" if rule.input_source is None else source_text(rule.input_source),
-        ((address_text(o.group), o.port, o.interface) for o in rule.outputs),
-    )
-
-
-def _drops_text(drops: Iterable[tuple[str, int]]) -> str:
-    return json.dumps(dict(drops)) if drops else "{}"
-
-
 def _count_values(c: FlowCounts) -> tuple[object, ...]:
-    """What a `_flow_template` is filled with."""
+    """What a `rule_flow_template` is filled with."""
     return (
         c.packets,
         c.bytes,
         _float_text(c.packets_per_second),
         _float_text(c.bits_per_second),
         *c.outputs,
-        _drops_text(c.drops),
-    )
-
-
-@functools.cache
-def _zero_values(outputs: int) -> tuple[object, ...]:
-    """The `_count_values` of `zero_counts`: the same for every rule that has not counted (most rules, idle)."""
-    return _count_values(zero_counts(outputs))
-
-
-def flow_text(f: FlowStats) -> str:
-    """`json.dumps(_flow_json(f))`, written directly (a property test holds the two equal)."""
-    template = _flow_template(
-        f.rule_id,
-        f.input_interface,
-        f.input_group,
-        f.input_port,
-        f.input_protocol,
-        f.input_source,
-        ((o.group, o.port, o.interface) for o in f.outputs),
-    )
-    outputs = tuple(n for o in f.outputs for n in (o.packets_sent, o.bytes_sent, o.send_errors))
-    return template % (
-        f.packets_relayed,
-        f.bytes_relayed,
-        _float_text(f.packets_per_second),
-        _float_text(f.bits_per_second),
-        *outputs,
-        _drops_text(f.drops.items()),
+        json.dumps(dict(c.drops)) if c.drops else "{}",
     )
 
 

@@ -197,27 +197,36 @@ def _filled(lines: FlowLines, c: FlowCounts) -> tuple[str, str, str, str, str, s
     )
 
 
+#: What the exporter keeps of a flow between scrapes: its rule, the rule's `flow_lines`, the counts last written
+#: into them and the lines they made.
+Written = tuple[ForwardingRule, FlowLines, FlowCounts, tuple[str, ...]]
+
+
 def flow_text(
     flows: Iterable[Counted],
     *,
     openmetrics: bool = False,
-    cache: dict[str, tuple[ForwardingRule, FlowLines]] | None = None,
+    cache: dict[str, Written] | None = None,
 ) -> str:
     """The per-flow families in the Prometheus text format (or OpenMetrics' when `openmetrics`), the same
     lines prometheus_client writes for `flow_families` (labels sorted by name), without building its
     sample objects: at 10,000 rules these are ~50,000 samples, and building and rendering them through
     the library took about a second of CPU per scrape. Each flow's counts are written into its rule's line
-    templates (`flow_lines`); with a `cache` (by rule id, kept by the caller between scrapes), a rule that
-    is the same object as at the previous call keeps its templates."""
+    templates (`flow_lines`). With a `cache` (by rule id, kept by the caller between scrapes), a rule that is
+    the same object as at the previous call keeps its templates, and its lines too while its counts are
+    the same object (an idle rule's)."""
     held = cache if cache is not None else {}
-    fresh: dict[str, tuple[ForwardingRule, FlowLines]] = {}
+    fresh: dict[str, Written] = {}
     columns: list[tuple[str, ...]] = []
     for rule, counts in flows:
         entry = held.get(rule.rule_id)
         if entry is None or entry[0] is not rule:
-            entry = (rule, flow_lines(rule))
+            lines = flow_lines(rule)
+            entry = (rule, lines, counts, _filled(lines, counts))
+        elif entry[2] is not counts:
+            entry = (rule, entry[1], counts, _filled(entry[1], counts))
         fresh[rule.rule_id] = entry
-        columns.append(_filled(entry[1], counts))
+        columns.append(entry[3])
     if cache is not None:
         cache.clear()
         cache.update(fresh)  # rules no longer there are let go
@@ -321,9 +330,7 @@ def _rest(snap: Snapshot) -> Collector:
     return Rest()
 
 
-def exposition(
-    snap: Snapshot, accept: str, cache: dict[str, tuple[ForwardingRule, FlowLines]] | None = None
-) -> tuple[bytes, str]:
+def exposition(snap: Snapshot, accept: str, cache: dict[str, Written] | None = None) -> tuple[bytes, str]:
     """The body and content type of a scrape with this `Accept` header: the format prometheus_client
     chooses for it (its text format, or OpenMetrics), the per-flow families written by `flow_text` and
     the few others by the library."""
@@ -372,7 +379,7 @@ class MetricsExporter:
         """`source`: called from the HTTP thread for a fresh snapshot (None: only what `publish` gave)."""
         self.host, self.port = parse_listen_address(address)
         self.collector = _SnapshotCollector(source)
-        self.lines: dict[str, tuple[ForwardingRule, FlowLines]] = {}  # each rule's line templates, kept
+        self.lines: dict[str, Written] = {}  # each rule's templates and lines, kept
         self.lines_lock = threading.Lock()
         self.server: WSGIServer | None = None
 
