@@ -4,6 +4,8 @@ and statistics aggregation. No sockets, no processes, no clock of its own: time 
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
 from collections import Counter
 from collections.abc import Collection, Container, Iterable, Mapping
@@ -805,6 +807,16 @@ _NO_RATE = (0.0, 0.0)
 _NO_OUTPUT = (0, 0, 0)
 
 
+@functools.cache
+def _indexes(outputs: int) -> tuple[int, ...]:
+    return tuple(range(outputs))
+
+
+@functools.cache
+def _zero_outputs(outputs: int) -> tuple[int, ...]:
+    return (0, 0, 0) * outputs
+
+
 def _generation(held: Held) -> int:
     """The generation `held` was taken under, without unpacking the rest."""
     return held[1] if not isinstance(held, bytes) else _GENERATION.unpack_from(held)[0]
@@ -1009,14 +1021,44 @@ class StatsBook:
         return tuple(entries)
 
     def _flow_counts(self, rule: ForwardingRule) -> FlowCounts:
-        t = self.totals(rule.rule_id)
-        pps, bps = self.rates.get(rule.rule_id, _NO_RATE)
-        n = len(rule.outputs)
+        rule_id, n = rule.rule_id, len(rule.outputs)
+        pps, bps = self.rates.get(rule_id, _NO_RATE)
+        values = self._packed_sum(rule_id, n)
+        if values is not None:
+            if not values and not (pps or bps):
+                return zero_counts(n)
+            if not values:
+                return FlowCounts(0, 0, round(pps, 1), round(bps, 1), _zero_outputs(n))
+            flat = list(values[4:])  # packets, bytes, errors of each output, and the next one's index
+            del flat[3::4]
+            return FlowCounts(values[1], values[2], round(pps, 1), round(bps, 1), tuple(flat))
+        t = self.totals(rule_id)
         if not (t.packets or t.bytes or t.outputs or t.drops or pps or bps):
             return zero_counts(n)
         get = t.outputs.get
         outputs = tuple(v for i in range(n) for v in get(i, _NO_OUTPUT))
         return FlowCounts(t.packets, t.bytes, round(pps, 1), round(bps, 1), outputs, tuple(t.drops.items()))
+
+    def _packed_sum(self, rule_id: str, outputs: int) -> tuple[int, ...] | None:
+        """`totals` in the common case, as packed values summed (generation, packets, bytes, then index, packets,
+        bytes and errors of each output): every worker holds the rule's counters packed, for its outputs 0 to
+        `outputs` - 1 in order, and nothing is retired. () when no worker's counters count for the rule; None
+        when the case is not that one (`totals` sums it)."""
+        if rule_id in self.retired:
+            return None
+        acc: tuple[int, ...] = ()
+        for book in self._by_rule.values():
+            held = book.get(rule_id)
+            if held is None:
+                continue
+            if not isinstance(held, bytes) or len(held) != 24 + 32 * outputs:
+                return None
+            values = _unpack(held)
+            if values[3::4] != _indexes(outputs):
+                return None
+            if self._counts(values[0], rule_id):
+                acc = tuple(map(operator.add, acc, values)) if acc else values
+        return acc
 
     def flow_stats(self, rules: Iterable[ForwardingRule]) -> tuple[FlowStats, ...]:
         """The GetStats entries of `rules`, as the client reads them."""
