@@ -206,15 +206,15 @@ def test_metrics_match_stats(lab: Lab, workdir: Path) -> None:
 
         def scraped() -> str:
             text = _scrape(lab, 9431)
-            return text if 'mcr_rule_packets_total{input_group="239.1.1.1"' in text and " 1200.0" in text else ""
+            return text if 'mcr_rule_packets_total{input_group="239.1.1.1"' in text and " 1200\n" in text else ""
 
         text = wait_for(scraped, 10, interval=0.5, what="the metrics to show the traffic")
         labels = 'input_group="239.1.1.1",input_interface="rin",input_port="5001",input_source="",rule_id="m"'
-        assert f"mcr_rule_packets_total{{{labels}}} 1200.0" in text
-        assert f"mcr_rule_bytes_total{{{labels}}} 840000.0" in text
+        assert f"mcr_rule_packets_total{{{labels}}} 1200\n" in text  # a counter per flow: its integer
+        assert f"mcr_rule_bytes_total{{{labels}}} 840000\n" in text
         out = 'group="239.2.2.3",interface="rout",output="1",port="6002",rule_id="m"'
-        assert f"mcr_output_packets_total{{{out}}} 1200.0" in text
-        assert f"mcr_output_errors_total{{{out}}} 0.0" in text
+        assert f"mcr_output_packets_total{{{out}}} 1200\n" in text
+        assert f"mcr_output_errors_total{{{out}}} 0\n" in text
         assert re.search(r'mcr_rules\{engine="(userspace|kernel)",state="active"\} 1\.0', text), text
         assert 'mcr_worker_up{worker="0"} 1.0' in text
         flow = relay.flow("m")

@@ -118,10 +118,26 @@ def _flows(n: int) -> tuple[Counted, ...]:
     return tuple(flows)
 
 
+def _normal(text: str) -> list[tuple[str, object]]:
+    """A scrape's lines, each sample's value read as a number (the comments as they are)."""
+    lines: list[tuple[str, object]] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            lines.append((line, None))
+        else:
+            sample, _, value = line.rpartition(" ")
+            lines.append((sample, float(value)))
+    return lines
+
+
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_flow_text_is_what_prometheus_client_writes(openmetrics: bool) -> None:
-    """The per-flow families are written without prometheus_client's objects; the lines are the library's."""
+    """The per-flow families are written without prometheus_client's objects: the library's lines, in its
+    order, each counter written as the integer it is (the library writes its float, `1e+09`); the library's
+    own parser reads them back."""
     from prometheus_client.openmetrics import exposition as om
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as read_openmetrics
+    from prometheus_client.parser import text_string_to_metric_families as read_text
 
     from mcr.supervisor.metrics import flow_families, flow_text
 
@@ -133,8 +149,19 @@ def test_flow_text_is_what_prometheus_client_writes(openmetrics: bool) -> None:
 
     library = (om.generate_latest(Flows()) if openmetrics else generate_latest(Flows())).decode()
     ours = flow_text(snap.flows, openmetrics=openmetrics)
-    assert ours == library.removesuffix("# EOF\n")
-    assert "e+" in ours and r"odd \"id\" \\ with\nnewline and 100%s" in ours  # both paths taken
+    assert _normal(ours) == _normal(library.removesuffix("# EOF\n"))
+    assert "e+" in library and "e+" not in ours and "} 39000000000\n" in ours
+    assert r"odd \"id\" \\ with\nnewline and 100%s" in ours
+    read = list(read_openmetrics(ours + "# EOF\n")) if openmetrics else list(read_text(ours))
+    assert sum(len(family.samples) for family in read) == len(_normal(ours)) - 2 * 6
+
+
+def test_a_count_past_what_a_float_holds_is_written_exactly() -> None:
+    from mcr.supervisor.metrics import flow_text
+
+    rule, counts = _flows(2)[1]
+    text = flow_text([(rule, counts._replace(packets=2**53 + 1))])
+    assert f'rule_id="rule-1"}} {2**53 + 1}\n' in text
 
 
 @pytest.mark.parametrize(
@@ -154,7 +181,7 @@ def test_exposition_holds_every_family_in_the_format_asked(accept: str, content_
     registry = CollectorRegistry()
     registry.register(_Fixed())
     library = om.generate_latest(registry) if accept else generate_latest(registry)
-    assert sorted(body.decode().splitlines()) == sorted(library.decode().splitlines())
+    assert sorted(_normal(body.decode()), key=str) == sorted(_normal(library.decode()), key=str)
     if accept:
         assert body.endswith(b"# EOF\n")
 
@@ -172,9 +199,9 @@ def test_flow_text_keeps_the_templates_of_the_same_rule_objects() -> None:
     counted = (flows[1][0], flows[1][1]._replace(packets=123))
     text = flow_text((flows[0], counted, *flows[2:4]), cache=cache)
     assert text == flow_text((flows[0], counted, *flows[2:4]))
-    assert 'rule_id="rule-1"} 123.0' in text and cache["rule-1"][1] is kept  # new counts, the same rule
+    assert 'rule_id="rule-1"} 123\n' in text and cache["rule-1"][1] is kept  # new counts, the same rule
     assert cache["rule-3"][3] is idle  # the same counts: the same lines
     moved = (replace(flows[2][0], input_port=7000), flows[2][1])
     text = flow_text((flows[0], moved), cache=cache)
-    assert 'input_port="7000",input_source="",rule_id="rule-2"} 2e+06' in text
+    assert 'input_port="7000",input_source="",rule_id="rule-2"} 2000000\n' in text
     assert cache["rule-2"][0] is moved[0] and "rule-3" not in cache  # gone rules are let go

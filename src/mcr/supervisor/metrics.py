@@ -23,7 +23,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from mcr import __version__
 from mcr.membership.querier import GroupView, QuerierView
@@ -117,20 +116,6 @@ def flow_families(snap: Snapshot) -> Iterator[Metric]:
     yield from (packets, payload, drops, out_packets, out_bytes, out_errors)
 
 
-def _value(n: int) -> str:
-    """A counter's value as prometheus_client writes it (`floatToGoString`: an exponent from a million on),
-    in a third of its time for the counts a float holds exactly (a property test holds the two equal)."""
-    if 0 <= n < 1_000_000:
-        return f"{n}.0"
-    if 0 < n < _EXACT:
-        digits = str(n)
-        return f"{(digits[0] + '.' + digits[1:]).rstrip('0.')}e+{len(digits) - 1:02d}"
-    return str(floatToGoString(n))  # type: ignore[no-untyped-call]
-
-
-_EXACT: Final = 2**53  # below this, a count's float is the count itself, written as its digits and ".0"
-
-
 def _label(v: str) -> str:
     """A label value escaped as in the text formats (backslash, newline, double quote)."""
     if "\\" in v or "\n" in v or '"' in v:
@@ -138,7 +123,7 @@ def _label(v: str) -> str:
     return v
 
 
-# One rule's sample lines, with a %s for each value: packets, bytes, then the outputs' packets, bytes and errors
+# One rule's sample lines, with a %d for each value: packets, bytes, then the outputs' packets, bytes and errors
 # (a line per output in each), and the rule id's label text for the drops (lines only a rule with drops has).
 FlowLines = tuple[str, str, str, str, str, str]
 
@@ -162,12 +147,12 @@ def flow_lines(rule: ForwardingRule) -> FlowLines:
             f'{{group="{_label(address_text(o.group))}",interface="{_label(o.interface)}",output="{i}",'
             f'port="{o.port}",rule_id="{rid}"}} '
         )
-        out_packets.append(f"mcr_output_packets_total{olabels}%s\n")
-        out_bytes.append(f"mcr_output_bytes_total{olabels}%s\n")
-        out_errors.append(f"mcr_output_errors_total{olabels}%s\n")
+        out_packets.append(f"mcr_output_packets_total{olabels}%d\n")
+        out_bytes.append(f"mcr_output_bytes_total{olabels}%d\n")
+        out_errors.append(f"mcr_output_errors_total{olabels}%d\n")
     return (
-        f"mcr_rule_packets_total{labels}%s\n",
-        f"mcr_rule_bytes_total{labels}%s\n",
+        f"mcr_rule_packets_total{labels}%d\n",
+        f"mcr_rule_bytes_total{labels}%d\n",
         "".join(out_packets),
         "".join(out_bytes),
         "".join(out_errors),
@@ -178,18 +163,17 @@ def flow_lines(rule: ForwardingRule) -> FlowLines:
 def _filled(lines: FlowLines, c: FlowCounts) -> tuple[str, str, str, str, str, str]:
     """One flow's lines of each of FLOW_FAMILIES, its counts written into its rule's templates."""
     packets, payload, out_packets, out_bytes, out_errors, rid = lines
-    values = tuple(map(_value, c.outputs))
+    values = c.outputs
     drops = (
         "".join(
-            f'mcr_rule_drops_total{{reason="{_label(reason)}",rule_id="{rid}"}} {_value(n)}\n'
-            for reason, n in sorted(c.drops)
+            f'mcr_rule_drops_total{{reason="{_label(reason)}",rule_id="{rid}"}} {n}\n' for reason, n in sorted(c.drops)
         )
         if c.drops
         else ""
     )
     return (
-        packets % _value(c.packets),
-        payload % _value(c.bytes),
+        packets % c.packets,
+        payload % c.bytes,
         drops,
         out_packets % values[0::3],
         out_bytes % values[1::3],
@@ -208,11 +192,13 @@ def flow_text(
     openmetrics: bool = False,
     cache: dict[str, Written] | None = None,
 ) -> str:
-    """The per-flow families in the Prometheus text format (or OpenMetrics' when `openmetrics`), the same
-    lines prometheus_client writes for `flow_families` (labels sorted by name), without building its
-    sample objects: at 10,000 rules these are ~50,000 samples, and building and rendering them through
-    the library took about a second of CPU per scrape. Each flow's counts are written into its rule's line
-    templates (`flow_lines`). With a `cache` (by rule id, kept by the caller between scrapes), a rule that is
+    """The per-flow families in the Prometheus text format (or OpenMetrics' when `openmetrics`): the samples
+    prometheus_client writes for `flow_families`, in its order and with its labels (sorted by name), without
+    building its sample objects: at 10,000 rules these are ~50,000 samples, and building and rendering them
+    through the library took about a second of CPU per scrape. Each flow's counts are written into its
+    rule's line templates (`flow_lines`) as the integers they are (both formats take an integer for a
+    counter; the library writes a float's text, `1.4e+07`, which took two thirds of a scrape here and rounds
+    a count past 2**53). With a `cache` (by rule id, kept by the caller between scrapes), a rule that is
     the same object as at the previous call keeps its templates, and its lines too while its counts are
     the same object (an idle rule's)."""
     held = cache if cache is not None else {}
