@@ -136,10 +136,32 @@ def test_outputs_leaving_from_one_address_share_its_decoded_object() -> None:
     assert len(sources) == 1, "one address object for every output from 10.0.0.1"
 
 
-@pytest.mark.parametrize("raw", [b"", b"{}", b'{"w":1}', b"null"])
-def test_malformed_stats(raw: bytes) -> None:
-    with pytest.raises(ProtocolError):
+_RULE_OK = b'"r1":[3,300,[[0,3,300,0]],{}]'
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"", "Expecting '{'"),
+        (b"{}", "KeyError"),
+        (b'{"w":1}', "KeyError"),
+        (b"null", "Expecting"),
+        (b'{"w":0,"pid":7,"rules":{"r1":[3,300,[[0,3,300]],{}]},"drops":{},"kp":0,"kd":0,"pe":0}', "values to unpack"),
+        (
+            b'{"w":0,"pid":7,"rules":{"r1":[3,300,[[0,3,300,0,9]],{}]},"drops":{},"kp":0,"kd":0,"pe":0}',
+            "values to unpack",
+        ),
+        (b'{"w":0,"pid":7,"rules":{"r1":[3,300,[[0,3,"x",0]],{}]},"drops":{},"kp":0,"kd":0,"pe":0}', "invalid literal"),
+        (b'{"w":0,"pid":7,"rules":{"r1":[3,300,[],[]]},"drops":{},"kp":0,"kd":0,"pe":0}', "drops must be an object"),
+        (b'{"w":0,"pid":7,"rules":{"r1":[3,300,[],{"x":[]}]},"drops":{},"kp":0,"kd":0,"pe":0}', "int()"),
+    ],
+)
+def test_malformed_stats(raw: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match="malformed stats report") as e:
         decode_stats(raw)
+    assert why in str(e.value)
+    good = b'{"w":0,"pid":7,"rules":{' + _RULE_OK + b'},"drops":{},"kp":0,"kd":0,"pe":0}'
+    assert decode_stats(good).rules[0][1].outputs == ((0, 3, 300, 0),)
 
 
 def test_a_fresh_workers_ready_is_the_old_shape() -> None:

@@ -485,11 +485,14 @@ def decode_stats(line: bytes) -> StatsReport:
     def rule(rid: str, text: str, v: Any) -> tuple[str, RuleCounters]:
         counters = alike.get(text)
         if counters is None:
+            drops = v[3]
+            if type(drops) is not dict:
+                raise TypeError(f"drops must be an object, got {type(drops).__name__}")
             counters = RuleCounters(
-                packets=int(v[0]),
-                bytes=int(v[1]),
-                outputs=tuple((int(o[0]), int(o[1]), int(o[2]), int(o[3])) for o in v[2]),
-                drops=tuple((str(k), int(n)) for k, n in v[3].items()),
+                int(v[0]),
+                int(v[1]),
+                tuple([(int(i), int(p), int(b), int(e)) for i, p, b, e in v[2]]),
+                tuple([(str(k), int(n)) for k, n in drops.items()]) if drops else (),
             )
             if not counters.packets and len(alike) < 64:
                 alike[text] = counters
