@@ -429,3 +429,18 @@ def test_the_resolver_keeps_the_raw_egress_keys_by_rule() -> None:
     table.remove("b")
     resolver.update(table.rules, ["b"])
     assert not resolver.raw_egress
+
+
+def test_rules_reported_idle_share_one_counts_object() -> None:
+    """A full report names every rule, most with nothing counted: their counts are one shared object, not one
+    per rule (memory at 10,000 rules)."""
+    table = RuleTable(Limits())
+    add(table, "r1", 5000)
+    add(table, "r2", 5001)
+    book = StatsBook()
+    book.track("r1", 0)
+    book.track("r2", 0)
+    idle = RuleCounters(0, 0, ((0, 0, 0, 0),))
+    book.on_report(StatsReport(0, 1000, (("r1", idle), ("r2", idle)), (), 0, 0, 0))
+    (_, first), (_, second) = book.counted(table.rules.values())
+    assert first is second and first.packets == 0 and first.outputs == (0, 0, 0)

@@ -1039,13 +1039,12 @@ class StatsBook:
         pps, bps = self.rates.get(rule_id, _NO_RATE)
         values = self._packed_sum(rule_id, n)
         if values is not None:
-            if not values and not (pps or bps):
-                return zero_counts(n)
-            if not values:
-                return FlowCounts(0, 0, round(pps, 1), round(bps, 1), _zero_outputs(n))
             flat = list(values[4:])  # packets, bytes, errors of each output, and the next one's index
             del flat[3::4]
-            return FlowCounts(values[1], values[2], round(pps, 1), round(bps, 1), tuple(flat))
+            packets, bytes_ = (values[1], values[2]) if values else (0, 0)
+            if not (packets or bytes_ or pps or bps or any(flat)):
+                return zero_counts(n)  # idle: reported with nothing counted, or not reported
+            return FlowCounts(packets, bytes_, round(pps, 1), round(bps, 1), tuple(flat) or _zero_outputs(n))
         t = self.totals(rule_id)
         if not (t.packets or t.bytes or t.outputs or t.drops or pps or bps):
             return zero_counts(n)
