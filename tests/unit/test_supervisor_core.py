@@ -444,3 +444,29 @@ def test_rules_reported_idle_share_one_counts_object() -> None:
     book.on_report(StatsReport(0, 1000, (("r1", idle), ("r2", idle)), (), 0, 0, 0))
     (_, first), (_, second) = book.counted(table.rules.values())
     assert first is second and first.packets == 0 and first.outputs == (0, 0, 0)
+
+
+def test_rates_are_taken_over_the_time_between_reports_not_between_ticks() -> None:
+    """A worker reports every 0.5 s and the supervisor ticks about every second: a tick that holds three
+    reports' counts instead of two must not show a steady flow half as fast again."""
+    table = RuleTable(Limits())
+    add(table)
+    book = StatsBook()
+    book.track("r1", 0)
+
+    def reported(at: float) -> None:  # a steady 1,000 packets a second, counted since t=0
+        n = int(1000 * at)
+        book.on_report(report(0, n, n), at)
+
+    rates = []
+    reports = iter((0.1, 0.6, 1.1, 1.6, 2.1, 2.6, 3.1, 3.6))
+    for tick in (1.0, 2.2, 3.15, 4.0):  # 2, then 3, 2 and 1 reports in between
+        for at in reports:
+            reported(at)
+            if at + 0.5 > tick:
+                break
+        book.tick(table.rules, tick)
+        rates.append(book.rates.get("r1", (0.0, 0.0))[0])
+    assert rates[1:] == [1000.0, 1000.0, 1000.0], rates
+    book.tick(table.rules, 5.0)  # no report since: nothing counted, the rate falls to zero
+    assert book.rates["r1"] == (0.0, 0.0)

@@ -863,7 +863,8 @@ class StatsBook:
         # have changed since: GetStats and a scrape make only those again
         self._flows: dict[str, Counted] = {}
         self._stale: set[str] = set()
-        self._last_tick: float | None = None
+        self._last_tick: float | None = None  # the time the totals of the previous tick stand for
+        self._counted_at: float | None = None  # when the latest report booked since the previous tick arrived
 
     def track(self, rule_id: str, generation: int) -> None:
         """A rule (re)added in `generation`: counts from reports taken before it are not its own."""
@@ -881,12 +882,15 @@ class StatsBook:
     def _counts(self, generation: int, rule_id: str) -> bool:
         return generation >= self.since.get(rule_id, 0)
 
-    def on_report(self, report: StatsReport) -> None:
-        """Take a worker's (or the kernel engine's) cumulative report. A rule whose counters went
+    def on_report(self, report: StatsReport, at: float | None = None) -> None:
+        """Take a worker's (or the kernel engine's) cumulative report, which arrived `at` (the clock `tick` is
+        given; None: the tick's own time stands for it). A rule whose counters went
         backwards or vanished was reset at the source (its interface came back with a new index, it
         moved between engines, its kernel slot was reset): what had been counted is kept, so totals
         never go backwards. The same holds for one output of a rule that stays (its interface went
         away, so the output was skipped, and came back)."""
+        if at is not None:
+            self._counted_at = at
         prev = self.latest.get(report.worker_id)
         known = self._by_rule.get(report.worker_id) if prev is not None and prev.pid == report.pid else None
         if report.delta:
@@ -1002,7 +1006,14 @@ class StatsBook:
     def tick(self, rule_ids: Container[str], now: float) -> None:
         """Refresh the per-rule rates of `rule_ids` from the change since the previous tick. Only the rules
         whose totals may have moved, or whose rate is not yet back to zero, are looked at: the others' counts
-        at the previous tick are still their counts, so a tick costs what changed, not the table."""
+        at the previous tick are still their counts, so a tick costs what changed, not the table.
+
+        The change is divided by the time between the latest reports booked before each tick (`on_report`'s
+        `at`), not between the ticks: a worker reports every 0.5 s and the supervisor ticks about every
+        second, so between two ticks there are now and then three reports instead of two, and a steady flow
+        showed half as much again as its rate. Without a report since the previous tick, `now` stands in
+        (the counts did not move: the rates fall to zero)."""
+        now, self._counted_at = (now if self._counted_at is None else self._counted_at), None
         last, self._last_tick = self._last_tick, now
         busy = {rule_id for rule_id, rate in self.rates.items() if rate != (0.0, 0.0)}
         for rule_id in self.moved | busy:

@@ -479,7 +479,7 @@ class Supervisor:
         drops = tuple(counted.drops.items())  # every reason it counts, zeros too
         taken = self.generation if generation is None else generation
         report = StatsReport(KERNEL_REPORT, os.getpid(), tuple(rules), drops, 0, 0, 0, taken, delta=True, gone=gone)
-        self.stats.on_report(report)
+        self.stats.on_report(report, time.monotonic())
 
     # ---------------------------------------------------------------------------- persistence
 
@@ -828,7 +828,7 @@ class Supervisor:
 
     def collect(self, handle: WorkerHandle) -> None:
         for report in handle.read_stats():
-            self.stats.on_report(report)
+            self.stats.on_report(report, time.monotonic())
 
     def on_stats(self, handle: WorkerHandle) -> None:
         self.collect(handle)
