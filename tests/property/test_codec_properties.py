@@ -401,6 +401,7 @@ reports = st.builds(
     counts,
     counts,
     ints,
+    taken_at=st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
 )
 
 
@@ -438,6 +439,8 @@ def json_stats(report: worker.StatsReport) -> bytes:
     if report.delta:
         doc["d"] = 1
         doc["gone"] = list(report.gone)
+    if report.taken_at is not None:
+        doc["t"] = report.taken_at
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 

@@ -154,6 +154,8 @@ _RULE_OK = b'"r1":[3,300,[[0,3,300,0]],{}]'
         (b'{"w":0,"pid":7,"rules":{"r1":[3,300,[[0,3,"x",0]],{}]},"drops":{},"kp":0,"kd":0,"pe":0}', "invalid literal"),
         (b'{"w":0,"pid":7,"rules":{"r1":[3,300,[],[]]},"drops":{},"kp":0,"kd":0,"pe":0}', "drops must be an object"),
         (b'{"w":0,"pid":7,"rules":{"r1":[3,300,[],{"x":[]}]},"drops":{},"kp":0,"kd":0,"pe":0}', "int()"),
+        (b'{"w":0,"pid":7,"rules":{},"drops":{},"kp":0,"kd":0,"pe":0,"t":"1.5"}', "t must be a number"),
+        (b'{"w":0,"pid":7,"rules":{},"drops":{},"kp":0,"kd":0,"pe":0,"t":true}', "t must be a number"),
     ],
 )
 def test_malformed_stats(raw: bytes, why: str) -> None:
@@ -162,6 +164,8 @@ def test_malformed_stats(raw: bytes, why: str) -> None:
     assert why in str(e.value)
     good = b'{"w":0,"pid":7,"rules":{' + _RULE_OK + b'},"drops":{},"kp":0,"kd":0,"pe":0}'
     assert decode_stats(good).rules[0][1].outputs == ((0, 3, 300, 0),)
+    assert decode_stats(good).taken_at is None  # an older worker's report: no clock reading
+    assert decode_stats(good[:-1] + b',"t":12.25}').taken_at == 12.25
 
 
 def test_a_fresh_workers_ready_is_the_old_shape() -> None:

@@ -438,6 +438,9 @@ class StatsReport:
     ring_resyncs: int = 0  # times a capture ring was found out of step with the kernel and resynchronised
     delta: bool = False  # `rules` holds only the rules whose counters changed since the worker's last report
     gone: tuple[str, ...] = ()  # with `delta`: rules the worker dropped since its last report
+    # the worker's CLOCK_MONOTONIC (the host's, the supervisor's too) when it took the counters; None from a
+    # worker of an older version: the supervisor then takes the report's arrival instead (rates, `StatsBook`)
+    taken_at: float | None = None
 
 
 def encode_stats(report: StatsReport) -> bytes:
@@ -455,6 +458,8 @@ def encode_stats(report: StatsReport) -> bytes:
     if report.delta:
         rest["d"] = 1
         rest["gone"] = list(report.gone)
+    if report.taken_at is not None:
+        rest["t"] = report.taken_at
     idle: dict[tuple[tuple[int, int, int, int], ...], str] = {}  # the text of all-zero counts, per layout
     rules = []
     for rid, c in report.rules:
@@ -474,6 +479,15 @@ def _counts_json(c: RuleCounters) -> str:
     outputs = ",".join([f"[{i},{p},{b},{e}]" for i, p, b, e in c.outputs])
     drops = ",".join([f"{_json_str(k)}:{n}" for k, n in c.drops]) if c.drops else ""
     return f"[{c.packets},{c.bytes},[{outputs}],{{{drops}}}]"
+
+
+def _seconds(value: object) -> float | None:
+    """A clock reading: a JSON number (not a boolean), or None where the report has none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"t must be a number, got {type(value).__name__}")
+    return float(value)
 
 
 def decode_stats(line: bytes) -> StatsReport:
@@ -515,6 +529,7 @@ def decode_stats(line: bytes) -> StatsReport:
             ring_resyncs=int(d.get("rr", 0)),
             delta=bool(d.get("d", 0)),
             gone=tuple(str(rid) for rid in d.get("gone", ())),
+            taken_at=_seconds(d.get("t")),
         )
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise ProtocolError(f"malformed stats report: {e!r}") from None

@@ -828,7 +828,9 @@ class Supervisor:
 
     def collect(self, handle: WorkerHandle) -> None:
         for report in handle.read_stats():
-            self.stats.on_report(report, time.monotonic())
+            # when the worker took the counts (the same clock), else when they arrived (an older worker)
+            at = report.taken_at if report.taken_at is not None else time.monotonic()
+            self.stats.on_report(report, at)
 
     def on_stats(self, handle: WorkerHandle) -> None:
         self.collect(handle)

@@ -678,6 +678,7 @@ class DataPlane:
             ring_resyncs=self.ring_resyncs,
             delta=not full,
             gone=gone,
+            taken_at=time.monotonic(),
         )
 
     def push_stats(self) -> None:
