@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from mcr.model.original_config import OriginalSections
 from mcr.model.rules import Engine, ForwardingRule, Limits, address_text, source_text
@@ -80,6 +81,37 @@ def zero_counts(outputs: int) -> FlowCounts:
 
 #: A rule and its counts: one entry of GetStats (or of a scrape's per-flow samples) as the supervisor has it.
 Counted = tuple[ForwardingRule, FlowCounts]
+
+
+_Template = TypeVar("_Template")
+_Text = TypeVar("_Text")
+
+#: What a writer of GetStats or a scrape keeps of a flow between answers: its rule, the rule's template, the
+#: counts last written into it and the text they made.
+Written = tuple[ForwardingRule, _Template, FlowCounts, _Text]
+
+
+def written(
+    kept: Written[_Template, _Text] | None,
+    rule: ForwardingRule,
+    counts: FlowCounts,
+    template: Callable[[ForwardingRule], _Template],
+    fill: Callable[[_Template, FlowCounts], _Text],
+) -> Written[_Template, _Text]:
+    """A flow's text: `kept` while its rule and counts are the very objects it was written from (an idle rule:
+    `StatsBook.counted` gives the same counts again); else the counts filled into the rule's template, kept
+    while the rule is the same object, else into a new one."""
+    if kept is None or kept[0] is not rule:
+        made = template(rule)
+        return (rule, made, counts, fill(made, counts))
+    if kept[2] is not counts:
+        return (rule, kept[1], counts, fill(kept[1], counts))
+    return kept
+
+
+def template_literal(text: str) -> str:
+    """`text` as a literal part of a %-template."""
+    return text.replace("%", "%%")
 
 
 def flow_stats(rule: ForwardingRule, counts: FlowCounts) -> FlowStats:

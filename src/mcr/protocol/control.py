@@ -57,7 +57,10 @@ from mcr.model.status import (
     RuleView,
     VersionInfo,
     WorkerInfo,
+    Written,
     flow_stats,
+    template_literal,
+    written,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest, decode_control_plane
 from mcr.protocol.jsondoc import load_json
@@ -971,7 +974,7 @@ class ResponseEncoder:
 
     def __init__(self) -> None:
         self._rules: dict[str, tuple[RuleView, str]] = {}
-        self._written: dict[str, _Written] = {}
+        self._written: dict[str, _Flow] = {}
 
     def encode(self, resp: Response) -> bytes:
         match resp:
@@ -1006,28 +1009,18 @@ def _listing(
     return fresh, ", ".join(parts)
 
 
-#: What the encoder keeps of a flow between answers: its rule, the rule's template (`rule_flow_template`), the
-#: counts last written into it and the text they made.
-_Written = tuple[ForwardingRule, str, FlowCounts, str]
-
-
-def _counted_listing(held: dict[str, _Written], flows: Iterable[Counted]) -> tuple[dict[str, _Written], str]:
-    """The flows' JSON joined by ", " and what to hold for the next answer (rules no longer listed are let go).
-    A flow's text is taken from `held` while its rule and counts are the very objects it was written from
-    (an idle rule: `StatsBook.counted` gives the same counts again); otherwise the counts are written into the
-    rule's template, about a microsecond a flow, kept while the rule is the same object."""
-    fresh: dict[str, _Written] = {}
+def _counted_listing(held: dict[str, _Flow], flows: Iterable[Counted]) -> tuple[dict[str, _Flow], str]:
+    """The flows' JSON joined by ", " (each `written` into its rule's `rule_flow_template`, about a
+    microsecond a flow) and what to hold for the next answer (rules no longer listed are let go)."""
+    fresh: dict[str, _Flow] = {}
     parts: list[str] = []
     for rule, counts in flows:
-        kept = held.get(rule.rule_id)
-        if kept is None or kept[0] is not rule:
-            template = rule_flow_template(rule)
-            kept = (rule, template, counts, template % _count_values(counts))
-        elif kept[2] is not counts:
-            kept = (rule, kept[1], counts, kept[1] % _count_values(counts))
-        fresh[rule.rule_id] = kept
+        kept = fresh[rule.rule_id] = written(held.get(rule.rule_id), rule, counts, rule_flow_template, _fill)
         parts.append(kept[3])
     return fresh, ", ".join(parts)
+
+
+_Flow = Written[str, str]
 
 
 _ENGINE_TEXT = {e: f'"engine": {_quote(e.value)}, "state": ' for e in Engine}
@@ -1072,27 +1065,31 @@ def _float_text(x: float) -> str:
     return repr(x) if x - x == 0 else json.dumps(x)
 
 
-def _pct(text: str) -> str:
-    """`text` as a literal part of a %-template."""
-    return text.replace("%", "%%")
+def _quoted(text: str) -> str:
+    """A JSON string, as the literal text of a %-template."""
+    return template_literal(_quote(text))
 
 
 def rule_flow_template(rule: ForwardingRule) -> str:
     """The JSON of a rule's `GetStats` entry with a %-placeholder for each number it counts (`_count_values`):
     packets, bytes, the two rates, the three counters of each output and the drops."""
     outs = ", ".join(
-        f'{{"group": "{address_text(o.group)}", "port": {o.port}, "interface": {_pct(_quote(o.interface))}, '
+        f'{{"group": "{address_text(o.group)}", "port": {o.port}, "interface": {_quoted(o.interface)}, '
         '"packets_sent": %d, "bytes_sent": %d, "send_errors": %d}'
         for o in rule.outputs
     )
     source = "null" if rule.input_source is None else f'"{source_text(rule.input_source)}"'
     return (
-        f'{{"rule_id": {_pct(_quote(rule.rule_id))}, "input_interface": {_pct(_quote(rule.input_interface))}, '
+        f'{{"rule_id": {_quoted(rule.rule_id)}, "input_interface": {_quoted(rule.input_interface)}, '
         f'"input_group": "{address_text(rule.input_group)}", "input_port": {rule.input_port}, '
         f'"input_protocol": {int(rule.input_protocol)}, "input_source": {source}, '
         '"packets_relayed": %d, "bytes_relayed": %d, "packets_per_second": %s, "bits_per_second": %s, '
         f'"outputs": [{outs}], "drops": %s}}'
     )
+
+
+def _fill(template: str, c: FlowCounts) -> str:
+    return template % _count_values(c)
 
 
 def _count_values(c: FlowCounts) -> tuple[object, ...]:

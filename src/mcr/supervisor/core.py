@@ -812,11 +812,6 @@ def _indexes(outputs: int) -> tuple[int, ...]:
     return tuple(range(outputs))
 
 
-@functools.cache
-def _zero_outputs(outputs: int) -> tuple[int, ...]:
-    return (0, 0, 0) * outputs
-
-
 def _generation(held: Held) -> int:
     """The generation `held` was taken under, without unpacking the rest."""
     return held[1] if not isinstance(held, bytes) else _GENERATION.unpack_from(held)[0]
@@ -1055,7 +1050,7 @@ class StatsBook:
             packets, bytes_ = (values[1], values[2]) if values else (0, 0)
             if not (packets or bytes_ or pps or bps or any(flat)):
                 return zero_counts(n)  # idle: reported with nothing counted, or not reported
-            return FlowCounts(packets, bytes_, round(pps, 1), round(bps, 1), tuple(flat) or _zero_outputs(n))
+            return FlowCounts(packets, bytes_, round(pps, 1), round(bps, 1), tuple(flat) or zero_counts(n).outputs)
         t = self.totals(rule_id)
         if not (t.packets or t.bytes or t.outputs or t.drops or pps or bps):
             return zero_counts(n)

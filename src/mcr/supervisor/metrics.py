@@ -28,7 +28,17 @@ from mcr import __version__
 from mcr.membership.querier import GroupView, QuerierView
 from mcr.model.errors import ConfigError
 from mcr.model.rules import ForwardingRule, address_text, source_text
-from mcr.model.status import Counted, FlowCounts, KernelStatus, RuleView, WorkerInfo, flow_stats
+from mcr.model.status import (
+    Counted,
+    FlowCounts,
+    KernelStatus,
+    RuleView,
+    WorkerInfo,
+    Written,
+    flow_stats,
+    template_literal,
+    written,
+)
 
 log = logging.getLogger("mcr.stats")
 
@@ -128,22 +138,17 @@ def _label(v: str) -> str:
 FlowLines = tuple[str, str, str, str, str, str]
 
 
-def _pct(text: str) -> str:
-    """`text` as a literal part of a %-template."""
-    return text.replace("%", "%%")
-
-
 def flow_lines(rule: ForwardingRule) -> FlowLines:
     """The templates of a rule's samples (`FlowLines`), their labels as prometheus_client writes them."""
     rid = _label(rule.rule_id)
     source = "" if rule.input_source is None else source_text(rule.input_source)
-    labels = _pct(
+    labels = template_literal(
         f'{{input_group="{_label(address_text(rule.input_group))}",input_interface="{_label(rule.input_interface)}",'
         f'input_port="{rule.input_port}",input_source="{_label(source)}",rule_id="{rid}"}} '
     )
     out_packets, out_bytes, out_errors = [], [], []
     for i, o in enumerate(rule.outputs):
-        olabels = _pct(
+        olabels = template_literal(
             f'{{group="{_label(address_text(o.group))}",interface="{_label(o.interface)}",output="{i}",'
             f'port="{o.port}",rule_id="{rid}"}} '
         )
@@ -181,16 +186,16 @@ def _filled(lines: FlowLines, c: FlowCounts) -> tuple[str, str, str, str, str, s
     )
 
 
-#: What the exporter keeps of a flow between scrapes: its rule, the rule's `flow_lines`, the counts last written
-#: into them and the lines they made.
-Written = tuple[ForwardingRule, FlowLines, FlowCounts, tuple[str, ...]]
+#: What the exporter keeps of a flow between scrapes (`written`): its rule, the rule's `flow_lines`, the counts
+#: last written into them and the lines they made.
+FlowWritten = Written[FlowLines, tuple[str, ...]]
 
 
 def flow_text(
     flows: Iterable[Counted],
     *,
     openmetrics: bool = False,
-    cache: dict[str, Written] | None = None,
+    cache: dict[str, FlowWritten] | None = None,
 ) -> str:
     """The per-flow families in the Prometheus text format (or OpenMetrics' when `openmetrics`): the samples
     prometheus_client writes for `flow_families`, in its order and with its labels (sorted by name), without
@@ -202,16 +207,10 @@ def flow_text(
     the same object as at the previous call keeps its templates, and its lines too while its counts are
     the same object (an idle rule's)."""
     held = cache if cache is not None else {}
-    fresh: dict[str, Written] = {}
+    fresh: dict[str, FlowWritten] = {}
     columns: list[tuple[str, ...]] = []
     for rule, counts in flows:
-        entry = held.get(rule.rule_id)
-        if entry is None or entry[0] is not rule:
-            lines = flow_lines(rule)
-            entry = (rule, lines, counts, _filled(lines, counts))
-        elif entry[2] is not counts:
-            entry = (rule, entry[1], counts, _filled(entry[1], counts))
-        fresh[rule.rule_id] = entry
+        entry = fresh[rule.rule_id] = written(held.get(rule.rule_id), rule, counts, flow_lines, _filled)
         columns.append(entry[3])
     if cache is not None:
         cache.clear()
@@ -316,7 +315,7 @@ def _rest(snap: Snapshot) -> Collector:
     return Rest()
 
 
-def exposition(snap: Snapshot, accept: str, cache: dict[str, Written] | None = None) -> tuple[bytes, str]:
+def exposition(snap: Snapshot, accept: str, cache: dict[str, FlowWritten] | None = None) -> tuple[bytes, str]:
     """The body and content type of a scrape with this `Accept` header: the format prometheus_client
     chooses for it (its text format, or OpenMetrics), the per-flow families written by `flow_text` and
     the few others by the library."""
@@ -365,7 +364,7 @@ class MetricsExporter:
         """`source`: called from the HTTP thread for a fresh snapshot (None: only what `publish` gave)."""
         self.host, self.port = parse_listen_address(address)
         self.collector = _SnapshotCollector(source)
-        self.lines: dict[str, Written] = {}  # each rule's templates and lines, kept
+        self.lines: dict[str, FlowWritten] = {}  # each rule's templates and lines, kept
         self.lines_lock = threading.Lock()
         self.server: WSGIServer | None = None
 
