@@ -628,14 +628,19 @@ def test_config_sections_accepted_but_not_served_are_named() -> None:
     from mcr.model.status import ConfigView
 
     sections = OriginalSections(
-        pinning=(("eth0", (0,)),), sections=(("pim", "{}"), ("igmp", "{}"), ("msdp", "{}"), ("control_plane", "{}"))
+        pinning=(("eth0", (2, 3)), ("eth1", (0, 2))),
+        sections=(("pim", "{}"), ("igmp", "{}"), ("msdp", "{}"), ("control_plane", "{}")),
     )
     findings = check_config(ConfigView("/etc/mcr/mcr.json5", (), Limits(), (), sections, "json5"))
     assert [(f.severity.value, f.title) for f in findings] == [  # igmp, pim and msdp are served
         ("warning", "/etc/mcr/mcr.json5: section 'control_plane' is accepted but not served"),
-        ("info", "/etc/mcr/mcr.json5: 'pinning' is accepted but not applied"),
+        ("info", "/etc/mcr/mcr.json5: 'pinning' names different CPUs per interface; they are joined"),
     ]
     assert "the control-plane integration" in findings[0].detail and "not implemented" in findings[0].detail
+    assert "pinned over CPUs 2,3,0 in turn" in findings[1].detail
+    # the same CPUs for every interface is applied as written: nothing to say
+    same = OriginalSections(pinning=(("eth0", (0, 1)), ("eth1", (0, 1))))
+    assert check_config(ConfigView("/etc/mcr/mcr.json5", (), Limits(), (), same, "json5")) == []
     assert check_config(ConfigView(None, (), Limits(), ())) == []
 
 

@@ -60,8 +60,16 @@ def test_the_originals_file_loads_with_its_sections_kept() -> None:
     assert config.original.section("igmp") == {"querier_interfaces": ["eth1"], "query_interval": 60}
     assert config.igmp.querier_interfaces == ("eth1",)
     assert (config.igmp.timers.query_interval, config.igmp.timers.robustness) == (60.0, 2)
-    notes = unserved_notes("/etc/mcr/mcr.json5", config.original)
-    assert len(notes) == 1 and "'pinning' accepted but not applied" in notes[0]
+    assert config.settings.worker_cpus == (0, 1)  # pinning: the workers' CPUs
+    assert unserved_notes("/etc/mcr/mcr.json5", config.original) == ()
+
+
+def test_pinning_that_differs_per_interface_pins_every_worker_over_the_union() -> None:
+    config = parse_config("{ pinning: { eth0: [2, 3], eth1: [0, 2] } }", "/etc/mcr/mcr.json5")
+    assert config.settings.worker_cpus == (2, 3, 0)
+    (note,) = unserved_notes("/etc/mcr/mcr.json5", config.original)
+    assert note.startswith("/etc/mcr/mcr.json5: 'pinning' applied as one CPU list for every worker, 2,3,0:")
+    assert parse_config("{ rules: [] }", "/etc/mcr/mcr.json5").settings.worker_cpus is None
 
 
 def test_our_additions_round_trip_through_the_schema() -> None:
@@ -130,6 +138,8 @@ RULE = '{ input: { interface: "eth0", group: "239.1.1.1", port: 5000 }, outputs:
         ("{ multicast_ttl: 0 }", "'multicast_ttl' 0 is out of range"),
         ("{ multicast_ttl: Infinity }", "Infinity and NaN are not allowed"),
         ('{ pinning: { eth0: [] } }', "'eth0' must be a non-empty array of core numbers"),
+        ('{ pinning: { eth0: [1, 1] } }', "'eth0': CPU 1 is named twice"),
+        ('{ pinning: { eth0: [9000] } }', "'eth0': CPU 9000 is beyond the largest CPU number Linux has (8191)"),
         ("{ igmp: { query_interval: 10, query_response_interval: 10 } }",
          "query_response_interval (10) must be less than query_interval (10)"),
         ("{ msdp: { keepalive_interval: 60, hold_time: 30 } }", "hold_time (30) must be greater"),

@@ -77,3 +77,39 @@ def test_the_supervisor_leaves_full_collections_to_its_periodic_pass() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_worker_cpus_flag_then_file_then_not_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mcr.supervisor.cli as cli
+
+    monkeypatch.setattr(cli, "online_cpus", lambda: (0, 1, 2, 3))
+    static = parse_config('[supervisor]\nworker_cpus = "2-3"\n', "f")
+    assert static.settings.worker_cpus == (2, 3)
+    assert parse_config("[supervisor]\nworker_cpus = [3, 1]\n", "f").settings.worker_cpus == (3, 1)
+    assert merge_settings(build_parser().parse_args(["supervisor"]), static).worker_cpus == (2, 3)
+    flag = build_parser().parse_args(["supervisor", "--worker-cpus", "1"])
+    assert merge_settings(flag, static).worker_cpus == (1,)
+    assert merge_settings(build_parser().parse_args(["supervisor"]), None).worker_cpus == ()
+
+
+def test_worker_cpus_that_are_not_online_or_not_a_list_are_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mcr.supervisor.cli as cli
+    from mcr.model.errors import ConfigError
+
+    monkeypatch.setattr(cli, "online_cpus", lambda: (0, 1))
+    args = build_parser().parse_args(["supervisor", "--worker-cpus", "1-3"])
+    with pytest.raises(ConfigError, match=r"worker CPUs 1-3: CPU 2, 3 are not online on this host \(online: 0,1\)"):
+        merge_settings(args, None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["supervisor", "--worker-cpus", "2-1"])
+    assert "'2-1' is not a CPU range" in capsys.readouterr().err
+    for text, error in [
+        ("worker_cpus = 2", "'worker_cpus' must be a CPU list like \"1-3\" or an array like [1, 2]"),
+        ("worker_cpus = 'x'", "'worker_cpus': 'x' is not a CPU number or range (write CPUs as 0,2 or 1-3)"),
+        ("worker_cpus = [1, 1]", "'worker_cpus': CPU 1 is named twice"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            parse_config(f"[supervisor]\n{text}\n", "mcr.toml")
+        assert str(e.value) == f"mcr.toml: [supervisor]: {error}"

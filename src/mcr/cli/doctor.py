@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mcr.model.config import SECTION_PROTOCOLS
+from mcr.model.cpus import cpu_list_text, union_of
 from mcr.model.rules import DEFAULT_MULTICAST_TTL, effective_ttl
 from mcr.model.status import ConfigView, KernelStatus, RuleState, RuleView, WorkerInfo
 
@@ -543,8 +544,8 @@ def check_leftovers(facts: HostFacts, supervisor_up: bool) -> list[Finding]:
 
 
 def check_config(view: ConfigView) -> list[Finding]:
-    """What the config file asks for that this relay accepts but does not do (the original's JSON5 file:
-    its protocol sections and pinning)."""
+    """What the config file asks for that this relay accepts but does not do, or does otherwise (the
+    original's JSON5 file: its protocol sections, and pinning that differs per interface)."""
     where = view.path or "the config file"
     findings = [
         Finding(
@@ -556,13 +557,15 @@ def check_config(view: ConfigView) -> list[Finding]:
         )
         for name in view.original.unserved
     ]
-    if view.original.pinning:
+    pinning = view.original.pinning
+    if len({cores for _, cores in pinning}) > 1:
         findings.append(
             Finding(
                 Severity.INFO,
                 "config",
-                f"{where}: 'pinning' is accepted but not applied",
-                "every worker serves every input, spread by PACKET_FANOUT; --num-workers sets how many",
+                f"{where}: 'pinning' names different CPUs per interface; they are joined",
+                "every worker serves every input here, spread by PACKET_FANOUT, so workers are pinned over "
+                f"CPUs {cpu_list_text(union_of(c for _, c in pinning))} in turn; --num-workers sets how many",
             )
         )
     return findings

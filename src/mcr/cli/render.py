@@ -285,7 +285,7 @@ def render_config(view: ConfigView) -> RenderableType:
     if original.multicast_ttl is not None:
         _add_row(settings, "multicast_ttl", str(original.multicast_ttl))
     for interface, cores in original.pinning:
-        _add_row(settings, f"pinning.{interface}", ", ".join(map(str, cores)) + " (not applied)")
+        _add_row(settings, f"pinning.{interface}", ", ".join(map(str, cores)))
     for name in original.unserved:
         _add_row(settings, name, "accepted, not served")
     rules = _table("ID", "Source", "Input", "Outputs")

@@ -22,6 +22,7 @@ from typing import Final
 
 from mcr.kernel.abi import BPF_OBJ_NAME_LEN, AttachType, Cmd, LogLevel, MapType, ProgType, UpdateFlag
 from mcr.kernel.asm import Insn, encode
+from mcr.linux.cpus import read_cpu_list
 from mcr.model.errors import McrError
 
 __all__ = [
@@ -257,21 +258,10 @@ def link_info(link_fd: int) -> LinkInfo:
     return LinkInfo(link_type, link_id, prog_id, ifindex, attach_type)
 
 
-def parse_cpu_list(text: str) -> list[int]:
-    """`0-3,5,7-8` -> [0, 1, 2, 3, 5, 7, 8] (the format of /sys/devices/system/cpu/possible)."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        low, _, high = part.partition("-")
-        cpus.extend(range(int(low), int(high or low) + 1))
-    return cpus
-
-
 @cache
 def possible_cpus() -> int:
     """How many values a per-CPU map holds per key: one per possible CPU."""
-    return len(parse_cpu_list(Path("/sys/devices/system/cpu/possible").read_text()))
+    return len(read_cpu_list("possible"))
 
 
 def _percpu_stride(value_size: int) -> int:

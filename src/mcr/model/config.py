@@ -2,6 +2,7 @@
 
     [supervisor]                      # every key optional; command-line flags win
     num_workers = 2
+    worker_cpus = "2-3"               # pin worker k to the k-th CPU (or [2, 3]); absent: not pinned
     control_socket_path = "/run/mcr/control.sock"
     control_group = "mcr"
     read_only_group = "mcr-ro"           # may list, stats, ping; nothing that changes anything
@@ -62,6 +63,7 @@ from enum import Enum
 from typing import Any
 
 from mcr.membership.settings import MembershipSettings, membership_from_original, parse_membership_table
+from mcr.model.cpus import checked_cpus, cpu_list_text, parse_cpu_list, union_of
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.original_config import OriginalSections, decode_original_config, load_json5
 from mcr.model.ratelimit import decode_rate_limit
@@ -99,6 +101,7 @@ class Settings:
     engine: str | None = None
     multicast_ttl: int | None = None  # the TTL of multicast outputs that name none (default 1)
     keep_data_plane: bool | None = None
+    worker_cpus: tuple[int, ...] | None = None  # the CPUs workers are pinned to, in order (see mcr.model.cpus)
 
 
 class ConfigDialect(Enum):
@@ -164,6 +167,9 @@ def _settings(path: str, table: dict[str, Any]) -> Settings:
             raise ConfigError(
                 f"{path}: [supervisor]: unknown setting '{key}'; expected one of {', '.join(sorted(known))}"
             )
+        if key == "worker_cpus":
+            values[key] = _worker_cpus(path, value)
+            continue
         expected = _SETTING_TYPES.get(key, str)
         if not _type_ok(value, expected):
             raise ConfigError(
@@ -178,6 +184,18 @@ def _settings(path: str, table: dict[str, Any]) -> Settings:
     if values.get("num_workers") is not None and values["num_workers"] < 1:
         raise ConfigError(f"{path}: [supervisor]: 'num_workers' must be at least 1")
     return Settings(**values)
+
+
+def _worker_cpus(path: str, value: object) -> tuple[int, ...]:
+    """`worker_cpus = "1-3"` (the kernel's list form) or `[1, 2, 3]`."""
+    try:
+        if isinstance(value, str):
+            return parse_cpu_list(value)
+        if isinstance(value, list):
+            return checked_cpus(value)
+    except ValueError as e:
+        raise ConfigError(f"{path}: [supervisor]: 'worker_cpus': {e}") from None
+    raise ConfigError(f"{path}: [supervisor]: 'worker_cpus' must be a CPU list like \"1-3\" or an array like [1, 2]")
 
 
 def _limits(path: str, table: dict[str, Any]) -> Limits:
@@ -302,7 +320,10 @@ def parse_json5_config(text: str, path: str) -> Config:
     pim, msdp, notes = _original_routing(path, found.sections)
     return Config(
         path=path,
-        settings=Settings(multicast_ttl=found.sections.multicast_ttl),
+        settings=Settings(
+            multicast_ttl=found.sections.multicast_ttl,
+            worker_cpus=union_of(cores for _, cores in found.sections.pinning) or None,
+        ),
         rules=found.rules,
         igmp=membership_from_original(path, found.sections.section("igmp")),
         dialect=ConfigDialect.JSON5,
@@ -479,9 +500,10 @@ def unserved_notes(path: str, sections: OriginalSections) -> tuple[str, ...]:
         "in this relay yet"
         for name in sections.unserved
     ]
-    if sections.pinning:
+    if len({cores for _, cores in sections.pinning}) > 1:
+        cpus = cpu_list_text(union_of(cores for _, cores in sections.pinning))
         notes.append(
-            f"{path}: 'pinning' accepted but not applied: workers are not pinned to cores (every worker "
-            "serves every input, spread by PACKET_FANOUT)"
+            f"{path}: 'pinning' applied as one CPU list for every worker, {cpus}: here every worker serves every "
+            "input (spread by PACKET_FANOUT), so the interfaces' lists are joined"
         )
     return tuple(notes)

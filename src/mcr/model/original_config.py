@@ -4,7 +4,7 @@ The shape is the original's (HEAD fced3ed, src/config.rs), so that its files loa
 
     {
       multicast_ttl: 4,                   // TTL of multicast outputs that set none (1 when absent)
-      pinning: { eth0: [0, 1] },          // accepted and checked; our workers are not pinned to cores
+      pinning: { eth0: [0, 1] },          // the CPUs the workers are pinned to (every interface's joined)
       rules: [
         {
           name: "feed-a",                 // optional; `remove --name` finds the rule by it
@@ -33,6 +33,7 @@ from typing import Any
 
 import json5
 
+from mcr.model.cpus import checked_cpus
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.ratelimit import decode_rate_limit, encode_rate_limit
 from mcr.model.rules import (
@@ -254,7 +255,10 @@ def _pinning(r: _Reader, value: object) -> tuple[tuple[str, tuple[int, ...]], ..
             raise r.fail("pinning", problem)
         if not isinstance(cores, list) or not cores or not all(_type_ok(c, int) and c >= 0 for c in cores):
             raise r.fail("pinning", f"'{interface}' must be a non-empty array of core numbers")
-        out.append((interface, tuple(cores)))
+        try:
+            out.append((interface, checked_cpus(cores)))
+        except ValueError as e:
+            raise r.fail("pinning", f"'{interface}': {e}") from None
     return tuple(out)
 
 

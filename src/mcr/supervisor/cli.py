@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mcr import __version__
+from mcr.linux.cpus import online_cpus
 from mcr.logs import configure_logging
 from mcr.model.config import Config, Settings, parse_config, unserved_notes
+from mcr.model.cpus import absent_cpus_problem, cpu_list_text, parse_cpu_list
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.levels import Severity
 from mcr.model.rules import DEFAULT_MULTICAST_TTL, Limits
@@ -84,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--user", default=None, help="user the workers run as (default nobody)")
     sup.add_argument("--group", default=None, help="group the workers run as (default nogroup)")
     sup.add_argument("--num-workers", type=_positive, default=None, help="data-plane workers (default: CPU count)")
+    sup.add_argument(
+        "--worker-cpus",
+        type=_cpu_list,
+        default=None,
+        metavar="LIST",
+        help="pin worker k to the k-th of these CPUs (like 2-3 or 1,3; round robin); default: not pinned",
+    )
     sup.add_argument("--log-level", default=None, help="global log level (default info)")
     sup.add_argument("--log-json", action="store_true", default=None, help="structured JSON log lines")
     sup.add_argument("--metrics-addr", default=None, help="serve Prometheus metrics on HOST:PORT")
@@ -203,7 +212,23 @@ def merge_settings(args: argparse.Namespace, static: Config | None) -> Superviso
         bpf_pin_dir=Path(args.bpf_pin_dir) if args.bpf_pin_dir else None,
         kernel_variant=_test_variant(),
         worker_orphan_timeout=_non_negative(pick(args.worker_orphan_timeout, None, 30.0)),
+        worker_cpus=_online(pick(args.worker_cpus, file.worker_cpus, ())),
     )
+
+
+def _cpu_list(text: str) -> tuple[int, ...]:
+    try:
+        return parse_cpu_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _online(cpus: tuple[int, ...]) -> tuple[int, ...]:
+    """The worker CPUs, when every one is online here (a pinned worker on none would never start)."""
+    problem = absent_cpus_problem(cpus, online_cpus())
+    if problem:
+        raise ConfigError(f"worker CPUs {cpu_list_text(cpus)}: {problem}")
+    return cpus
 
 
 def _non_negative(value: float) -> float:

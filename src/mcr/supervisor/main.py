@@ -26,6 +26,7 @@ from mcr.kernel import bpf
 from mcr.kernel.bpf import BpfError
 from mcr.kernel.engine import KernelRelay, OutputEntry, output_counts_reset, remove_pins
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
+from mcr.linux.cpus import pin
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
 from mcr.linux.raw_egress import open_esp_socket
@@ -33,6 +34,7 @@ from mcr.membership.querier import Listeners
 from mcr.membership.settings import MembershipSettings
 from mcr.membership.wire import Family
 from mcr.model.config import Config, ConfigDialect, parse_config, unserved_notes
+from mcr.model.cpus import cpu_list_text, worker_cpu
 from mcr.model.errors import ConfigError, ValidationError, WorkerError
 from mcr.model.levels import Facility, Severity
 from mcr.model.links import Link
@@ -193,6 +195,7 @@ class SupervisorConfig:
     bpf_pin_dir: Path | None = None  # where the kernel engine pins its objects (None: default_pin_dir)
     kernel_variant: int = 0  # tests of an upgrade: a kernel program that differs by a dead instruction
     worker_orphan_timeout: float = 30.0  # how long workers relay on without a supervisor (0: they exit with it)
+    worker_cpus: tuple[int, ...] = ()  # worker k runs on the k-th of these CPUs (round robin); (): not pinned
 
 
 def resolve_user(user: str, group: str | None) -> tuple[int, int]:
@@ -820,11 +823,26 @@ class Supervisor:
             handle.restart_at = now + handle.backoff.on_exit(now)
             return
         handle.backoff.on_start(now)
+        self.pin(handle)
         assert handle.channel is not None
         self.loop.add_reader(handle.channel.fileno(), self.on_channel, handle)
         if stats:  # a successor's counts are read once its predecessor's last ones are booked
             self.loop.add_reader(handle.stats_fd, self.on_stats, handle)
         self.loop.add_reader(handle.pidfd, self.on_exit, handle)
+
+    def pin(self, handle: WorkerHandle) -> None:
+        """Run the worker on its CPU of --worker-cpus (a new one, or one taken over, which may have run
+        elsewhere); one the kernel refuses (gone offline, outside a cpuset) runs unpinned, logged."""
+        cpu = worker_cpu(self.config.worker_cpus, handle.worker_id)
+        handle.cpu = None
+        if cpu is None:
+            return
+        try:
+            pin(handle.pid, cpu)
+        except OSError as e:
+            log.warning("worker %d runs unpinned: cannot pin it to CPU %d: %s", handle.worker_id, cpu, e.strerror)
+            return
+        handle.cpu = cpu
 
     def collect(self, handle: WorkerHandle) -> None:
         for report in handle.read_stats():
@@ -937,6 +955,7 @@ class Supervisor:
             return False
         handle.proc = proc
         handle.pidfd = proc.pidfd
+        self.pin(handle)
         self.loop.add_reader(handle.pidfd, self.on_exit, handle)
         handle.captures = {ifindex for ifindex, _ in reply.captures}
         for ifindex, group_id in reply.captures:
@@ -1497,6 +1516,7 @@ class Supervisor:
             ("user", c.user),
             ("group", c.group),
             ("num_workers", c.num_workers),
+            ("worker_cpus", cpu_list_text(c.worker_cpus) if c.worker_cpus else None),
             (
                 "engine",
                 c.engine if self.kernel is not None or c.engine == "userspace" else f"{c.engine} (userspace only)",
@@ -1540,7 +1560,7 @@ class Supervisor:
         return WorkerInfo(
             pid=h.pid,
             worker_type="DataPlane",
-            core_id=None,
+            core_id=h.cpu,
             worker_id=h.worker_id,
             status=h.status.value,
             uid=h.uid,

@@ -102,6 +102,7 @@ class WorkerHandle:
     stats_fd: int = -1
     stats_buf: bytearray = field(default_factory=bytearray)
     uid: int | None = None
+    cpu: int | None = None  # the CPU it is pinned to (--worker-cpus), None: not pinned
     restarts: int = 0
     acked_generation: int = -1
     captures: set[int] = field(default_factory=set)
