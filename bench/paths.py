@@ -103,6 +103,7 @@ class Context:
     env: dict[str, str]
     python: str = sys.executable
     sender: str = "raw"  # raw: the generator's --raw (sendmmsg of prebuilt frames), ring: --raw-mode ring, udp
+    supervisor_cpu: int | None = None  # MCR's supervisor here, workers on RELAY_CPU (--worker-cpus); None: all there
 
     def mcr(self, *args: str) -> list[str]:
         return [self.python, "-m", "mcr", *args]
@@ -195,6 +196,11 @@ class Mcr(BenchPath):
                 "`--engine userspace`: AF_PACKET capture on rin (no route back, strict rp_filter), sendmmsg on "
                 "rout; supervisor and workers pinned to CPU 1"
             )
+        if ctx.supervisor_cpu is not None:
+            self.notes = self.notes.replace(
+                "supervisor and its worker pinned to CPU 1", "its worker pinned to CPU 1 (`--worker-cpus`)"
+            ).replace("supervisor and workers pinned to CPU 1", "workers pinned to CPU 1 (`--worker-cpus`)")
+            self.notes += f"; the supervisor on CPU {ctx.supervisor_cpu}, with the sender and the sink"
         if ipv6:
             self.key += "v6"
             self.label += ", IPv6 in and out"
@@ -236,7 +242,11 @@ class Mcr(BenchPath):
         )
         if self.sender_flows > 1:
             argv += ["--config", str(self.flows_config())]
-        self.proc = self.ctx.procs.start(self.lab.argv(self.lab.relay, argv, cpu=RELAY_CPU), log, self.ctx.env)
+        cpu = RELAY_CPU
+        if self.ctx.supervisor_cpu is not None:
+            cpu = self.ctx.supervisor_cpu
+            argv += ["--worker-cpus", str(RELAY_CPU)]
+        self.proc = self.ctx.procs.start(self.lab.argv(self.lab.relay, argv, cpu=cpu), log, self.ctx.env)
         deadline = time.monotonic() + 20
         while self.ctl("ping", timeout=3).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -126,6 +126,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="do not keep DAMON's kdamond kernel threads off the relay's CPU while measuring (by default they "
         "move to the other CPUs and get their own affinity back at the end)",
     )
+    p.add_argument(
+        "--supervisor-cpu",
+        type=int,
+        choices=(0, 1),
+        help="run MCR's supervisor on this CPU and pin its workers to the relay's CPU 1 with --worker-cpus, as an "
+        "operator keeps the control work off the data plane's CPU (default: supervisor and workers on CPU 1)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and sockets (temporary directory)")
     a = p.parse_args(argv)
     try:
@@ -217,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(workdir, 0o755)
     lab = NetLab(nice=args.nice)
     procs = Procs(nice=args.nice)
-    ctx = Context(lab=lab, procs=procs, workdir=workdir, env=env, sender=args.sender)
+    ctx = Context(
+        lab=lab, procs=procs, workdir=workdir, env=env, sender=args.sender, supervisor_cpu=args.supervisor_cpu
+    )
     start = time.monotonic()
     budget = Budget(start + args.max_minutes * 60)
     runner = StepRunner(ctx, budget, log)
@@ -246,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "nice": args.nice,
             "quiet_wait_s": args.quiet_wait,
             "sender": args.sender,
+            "supervisor_cpu": args.supervisor_cpu,
         },
         "machine": probe.machine(REPO),
         "topology": {},
