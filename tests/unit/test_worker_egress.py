@@ -6,6 +6,7 @@ output pointing at a descriptor number that another socket may reuse."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import sys
@@ -128,7 +129,48 @@ def test_a_destination_the_kernel_refuses_fails_only_its_own_run(
     assert drain(receivers[0], 1) == [b"a"] and drain(receivers[2], 1) == [b"c"]
     counts = {rid: [(o.packets, o.errors) for o in data_plane.slots[rid].outputs] for rid in ("x", "bad", "y")}
     assert counts == {"x": [(1, 0)], "bad": [(0, 2)], "y": [(1, 0)]}
+    assert data_plane.slots["bad"].outputs[0].bytes == 0, "bytes counted at queueing are taken back too"
     assert data_plane.slots["bad"].packets == 2, "the rule matched; its output could not send"
+
+
+class ScriptedBatch:
+    """A send array whose sends return what the script says (messages sent, or -errno), one per call."""
+
+    def __init__(self, *results: int) -> None:
+        self.results = list(results)
+        self.calls: list[tuple[int, int]] = []  # (messages asked, from message)
+
+    def set_run(self, at: int, entries: list[int]) -> None:
+        pass
+
+    def set_names(self, at: int, names: list[int], namelen: int) -> None:
+        pass
+
+    def send(self, fd: int, count: int, start: int) -> int:
+        self.calls.append((count, start))
+        return self.results.pop(0)
+
+
+def test_a_send_that_fails_takes_the_messages_back_from_their_outputs_as_errors() -> None:
+    from mcr.worker.egress import Lane
+    from mcr.worker.table import OutputSlot
+
+    spec = WorkerOutput(0, LOOPBACK, 9, 1, LOOPBACK, None)
+    one, two = OutputSlot(spec), OutputSlot(spec)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        lane = Lane(sock, 16, [], 64)
+        lane.queue(one, [0, 10, 0, 20], 2, 30, ScriptedBatch())  # type: ignore[arg-type]
+        lane.queue(two, [0, 5], 1, 5, ScriptedBatch())  # type: ignore[arg-type]
+        lane.queue(one, [0, 7], 1, 7, ScriptedBatch())  # type: ignore[arg-type]
+        assert (one.packets, one.bytes, two.packets) == (3, 37, 1), "counted as sent when queued"
+        # message 0 goes; 1 is refused (the rest of its output's run: message 1 alone); 2 goes; the socket is
+        # full at 3 (the rest of the batch)
+        batch = ScriptedBatch(1, -errno.EINVAL, 1, -errno.ENOBUFS)
+        lane.send(batch)  # type: ignore[arg-type]
+        assert batch.calls == [(4, 0), (3, 1), (2, 2), (1, 3)]
+    assert (one.packets, one.bytes, one.errors) == (1, 10, 2)
+    assert (two.packets, two.bytes, two.errors) == (1, 5, 0)
+    assert not lane.outs and not lane.names and not lane.entries
 
 
 def test_a_lane_sends_before_its_batch_overflows(data_plane: DataPlane, receivers: list[socket.socket]) -> None:
@@ -171,7 +213,7 @@ def test_interleaved_flows_go_out_from_the_ring_in_order_with_their_counts(
         (1, 2, 0),
         (1, 2, 0),
     ]
-    assert not data_plane.busy and not any(lane.runs for lane in data_plane.lanes.values())
+    assert not data_plane.busy and not any(lane.outs for lane in data_plane.lanes.values())
 
 
 def test_an_output_whose_lane_cannot_open_counts_errors(data_plane: DataPlane) -> None:

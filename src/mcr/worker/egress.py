@@ -12,7 +12,7 @@ import ctypes
 import errno
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mcr.linux.mmsg import SendBatch
 from mcr.linux.send_socket import SNDBUF, prepare_ipv4
@@ -110,12 +110,13 @@ def _prepare_ipv6(sock: socket.socket, out: WorkerOutput) -> None:
 
 class Lane:
     """One lane's socket and the frames queued on it during a ring block, flat as the send array wants them:
-    (address, length) pairs, a destination address per message, and runs of output, messages, bytes for the
-    counters (flat too: `runs[i]` an output, `runs[i + 1]` its messages, `runs[i + 2]` their bytes). `queue`
-    sends first when the batch would overflow; the owner sends every busy lane before it gives the
-    ring block back (the pairs point into it)."""
+    (address, length) pairs, a destination address per message, and the output of each message. An output
+    counts its messages as sent when they are queued, and takes back those a send then fails (as errors): a
+    send that fails nothing, the common case, costs no counting per message. `queue` sends first when the
+    batch would overflow; the owner sends every busy lane before it gives the ring block back (the pairs
+    point into it), so the counters are exact whenever the owner reads them, between blocks."""
 
-    __slots__ = ("busy", "capacity", "entries", "fd", "namelen", "names", "runs", "sock", "users")
+    __slots__ = ("busy", "capacity", "entries", "fd", "namelen", "names", "outs", "sock", "users")
 
     def __init__(self, sock: socket.socket, namelen: int, busy: list[Lane], capacity: int) -> None:
         self.sock = sock
@@ -125,7 +126,7 @@ class Lane:
         self.users = 0  # outputs on this lane
         self.entries: list[int] = []  # address, length, address, length, ...
         self.names: list[int] = []  # the address of each message's destination
-        self.runs: list[Any] = []  # output, messages, bytes, output, messages, bytes, ... in order
+        self.outs: list[OutputSlot] = []  # the output of each message
         self.busy = busy  # the owner's list of lanes with something queued
 
     def queue(self, out: OutputSlot, entries: list[int], count: int, total: int, batch: SendBatch) -> None:
@@ -136,11 +137,14 @@ class Lane:
         elif len(names) + count > self.capacity:
             self.send(batch)  # still busy: what follows goes with the next send
         self.entries += entries
+        out.packets += count  # taken back by `_account` for any that a send fails
+        out.bytes += total
         if count == 1:
             names.append(out.name)
+            self.outs.append(out)
         else:
             names += [out.name] * count
-        self.runs += (out, count, total)
+            self.outs += [out] * count
 
     def send(self, batch: SendBatch) -> None:
         """Lay the queue out in `batch` and send it; count what went out and what failed per output. A
@@ -165,37 +169,27 @@ class Lane:
                 end = self._run_end(start)
                 failed.append((start, end))
                 start = end
-        runs = self.runs
         if failed:
             self._account(failed)
-        else:
-            for out, count, total in zip(runs[::3], runs[1::3], runs[2::3], strict=True):
-                out.packets += count
-                out.bytes += total
         self.entries.clear()
         self.names.clear()
-        runs.clear()
+        self.outs.clear()
 
     def _run_end(self, message: int) -> int:
-        """Where the run that holds `message` ends."""
-        end = 0
-        runs = self.runs
-        for i in range(1, len(runs), 3):
-            end += runs[i]
-            if end > message:
-                break
+        """Where the run of `message`'s output that holds it ends: the next message of another output."""
+        outs = self.outs
+        out = outs[message]
+        end = message + 1
+        while end < len(outs) and outs[end] is out:
+            end += 1
         return end
 
     def _account(self, failed: list[tuple[int, int]]) -> None:
-        """Count each message as sent, or as an error of its output where it falls in a failed range."""
-        first = 0
-        runs = self.runs
-        for i in range(0, len(runs), 3):
-            out, count = runs[i], runs[i + 1]
-            for k in range(first, first + count):
-                if any(lo <= k < hi for lo, hi in failed):
-                    out.errors += 1
-                else:
-                    out.packets += 1
-                    out.bytes += self.entries[2 * k + 1]
-            first += count
+        """Take the messages of the failed ranges back from their outputs' sent counts, as errors."""
+        outs, entries = self.outs, self.entries
+        for lo, hi in failed:
+            for k in range(lo, hi):
+                out = outs[k]
+                out.packets -= 1
+                out.bytes -= entries[2 * k + 1]
+                out.errors += 1
