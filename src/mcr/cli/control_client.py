@@ -77,8 +77,9 @@ from mcr.protocol.control import (
     Stats,
     Version,
     Workers,
-    decode_response,
+    decode_response_document,
     encode_request,
+    load_response,
 )
 from mcr.protocol.routing import (
     AddMsdpPeer,
@@ -818,7 +819,8 @@ def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
         return ExitCode.ERROR_RESPONSE
     try:
         raw = exchange(invocation.socket_path, encode_request(invocation.request), invocation.timeout_s)
-        response = decode_response(raw)
+        doc = load_response(raw)  # parsed once: checked below, and printed as it came with --json
+        response = decode_response_document(doc)
     except UnreachableError as e:
         print(f"{PROG}: {e}", file=err)
         return ExitCode.UNREACHABLE
@@ -826,7 +828,7 @@ def run(invocation: Invocation, out: TextIO, err: TextIO) -> ExitCode:
         print(f"{PROG}: malformed answer from the supervisor at {invocation.socket_path}: {e}", file=err)
         return ExitCode.UNREACHABLE
     if invocation.json_output:
-        print(json.dumps(json.loads(raw), indent=2, ensure_ascii=False), file=out)
+        print(json.dumps(doc, indent=2, ensure_ascii=False), file=out)
     if isinstance(response, Error):
         print(render_error(response.text), file=err)
         return ExitCode.ERROR_RESPONSE

@@ -1283,12 +1283,22 @@ def _collector_paused() -> Iterator[None]:
 
 
 def decode_response(data: bytes) -> Response:
+    return decode_response_document(load_response(data))
+
+
+def load_response(data: bytes) -> Any:
+    """The response's JSON document, not yet checked (`decode_response_document` does): a client that
+    prints the answer as it came parses it once."""
     with _collector_paused():
-        return _decode_response(data)
+        return load_json(data, "the supervisor's response is not valid JSON")
 
 
-def _decode_response(data: bytes) -> Response:
-    doc = load_json(data, "the supervisor's response is not valid JSON")
+def decode_response_document(doc: Any) -> Response:
+    with _collector_paused():
+        return _decode_response(doc)
+
+
+def _decode_response(doc: Any) -> Response:
     d = _obj("response", doc)
     if len(d) != 1:
         raise ProtocolError(f"a response must have exactly one key, got {sorted(d)}")
