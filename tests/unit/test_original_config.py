@@ -68,7 +68,8 @@ def test_pinning_that_differs_per_interface_pins_every_worker_over_the_union() -
     config = parse_config("{ pinning: { eth0: [2, 3], eth1: [0, 2] } }", "/etc/mcr/mcr.json5")
     assert config.settings.worker_cpus == (2, 3, 0)
     (note,) = unserved_notes("/etc/mcr/mcr.json5", config.original)
-    assert note.startswith("/etc/mcr/mcr.json5: 'pinning' applied as one CPU list for every worker, 2,3,0:")
+    assert note.startswith("/etc/mcr/mcr.json5: 'pinning' names different CPUs per interface; every worker")
+    assert note.endswith("so the lists are joined into one, 2,3,0 (read at start; --worker-cpus wins)")
     assert parse_config("{ rules: [] }", "/etc/mcr/mcr.json5").settings.worker_cpus is None
 
 

@@ -503,7 +503,7 @@ def unserved_notes(path: str, sections: OriginalSections) -> tuple[str, ...]:
     if len({cores for _, cores in sections.pinning}) > 1:
         cpus = cpu_list_text(union_of(cores for _, cores in sections.pinning))
         notes.append(
-            f"{path}: 'pinning' applied as one CPU list for every worker, {cpus}: here every worker serves every "
-            "input (spread by PACKET_FANOUT), so the interfaces' lists are joined"
+            f"{path}: 'pinning' names different CPUs per interface; every worker here serves every input (spread "
+            f"by PACKET_FANOUT), so the lists are joined into one, {cpus} (read at start; --worker-cpus wins)"
         )
     return tuple(notes)
