@@ -479,6 +479,7 @@ class DataPlane:
         drops = self.drops
         flush = self.flush
         direct = self.direct
+        lane_batch = self.lane_batch
         unpack_block = BLOCK_HEADER.unpack_from
         fast = FAST_FRAME.unpack_from
         fast_limit = len(mm) - FAST_FRAME.size
@@ -556,7 +557,15 @@ class DataPlane:
                 elif slot.direct is not None:  # one output, on a lane: a run of this rule's frames in a row
                     if slot is not run_slot:
                         if run and run_slot is not None:
-                            direct(run_slot, run)
+                            if len(run) == 2:  # a run of one frame (interleaved flows): `direct`, without a call
+                                one = run[1]
+                                run_slot.packets += 1
+                                run_slot.bytes += one
+                                out = run_slot.direct
+                                out.lane.queue(out, run, 1, one, lane_batch)  # type: ignore[union-attr,arg-type]
+                                run.clear()
+                            else:
+                                direct(run_slot, run)
                         run_slot = slot
                     run.append(base + poff)
                     run.append(plen)
