@@ -343,3 +343,32 @@ def test_kernel_relay_adopts_its_pins(pins: Path) -> None:
         assert not third.adoption.maps and third.adopted_slot(*kept) is None
         third.unpin()
     assert not pins.exists()
+
+
+def test_a_worker_taken_over_is_pinned_to_the_new_supervisors_cpus(chain: Chain, pins: Path) -> None:
+    """--keep-data-plane, then a supervisor with other --worker-cpus: it takes the same workers over and moves
+    them to its CPUs (core_id and the kernel's affinity), without starting new ones."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to move a worker from one to the other")
+    first, second = cpus[0], cpus[-1]
+    service = Service(chain, "userspace", pin_dir=pins, extra=["--keep-data-plane", "--worker-cpus", str(first)])
+    service.start()
+    add_flow(service)
+    before = {w["worker_id"]: w for w in service.current.workers()}
+    assert {w["core_id"] for w in before.values()} == {first}, before
+    service.extra = ["--keep-data-plane", "--worker-cpus", str(second)]
+    service.restart(signal.SIGTERM)
+
+    def moved() -> dict[int, dict[str, object]] | None:
+        workers = {w["worker_id"]: w for w in service.current.workers()}
+        return workers if all(w["state"] == "Running" for w in workers.values()) and len(workers) == 2 else None
+
+    after = wait_for(moved, 10, "the taken-over workers running")
+    assert {k: w["pid"] for k, w in after.items()} == {k: w["pid"] for k, w in before.items()}, "taken over"
+    assert {w["core_id"] for w in after.values()} == {second}, after
+    for w in after.values():
+        with open(f"/proc/{w['pid']}/status", encoding="ascii") as f:
+            allowed = next(line.split(":", 1)[1].strip() for line in f if line.startswith("Cpus_allowed_list"))
+        assert allowed == str(second), (w, allowed)
+    assert "took over worker 0" in service.log()
