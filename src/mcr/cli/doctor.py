@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mcr.model.config import SECTION_PROTOCOLS
-from mcr.model.cpus import cpu_list_text, union_of
+from mcr.model.cpus import cpu_list_text
 from mcr.model.rules import DEFAULT_MULTICAST_TTL, effective_ttl
 from mcr.model.status import ConfigView, KernelStatus, RuleState, RuleView, WorkerInfo
 
@@ -557,15 +557,14 @@ def check_config(view: ConfigView) -> list[Finding]:
         )
         for name in view.original.unserved
     ]
-    pinning = view.original.pinning
-    if len({cores for _, cores in pinning}) > 1:
+    if view.original.pinning_joined:
         findings.append(
             Finding(
                 Severity.INFO,
                 "config",
                 f"{where}: 'pinning' names different CPUs per interface; they are joined",
                 "every worker serves every input here, spread by PACKET_FANOUT, so workers are pinned over "
-                f"CPUs {cpu_list_text(union_of(c for _, c in pinning))} in turn; --num-workers sets how many",
+                f"CPUs {cpu_list_text(view.original.pinned_cpus)} in turn; --num-workers sets how many",
             )
         )
     return findings

@@ -63,7 +63,7 @@ from enum import Enum
 from typing import Any
 
 from mcr.membership.settings import MembershipSettings, membership_from_original, parse_membership_table
-from mcr.model.cpus import checked_cpus, cpu_list_text, parse_cpu_list, union_of
+from mcr.model.cpus import checked_cpus, cpu_list_text, parse_cpu_list
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.original_config import OriginalSections, decode_original_config, load_json5
 from mcr.model.ratelimit import decode_rate_limit
@@ -322,7 +322,7 @@ def parse_json5_config(text: str, path: str) -> Config:
         path=path,
         settings=Settings(
             multicast_ttl=found.sections.multicast_ttl,
-            worker_cpus=union_of(cores for _, cores in found.sections.pinning) or None,
+            worker_cpus=found.sections.pinned_cpus or None,
         ),
         rules=found.rules,
         igmp=membership_from_original(path, found.sections.section("igmp")),
@@ -500,8 +500,8 @@ def unserved_notes(path: str, sections: OriginalSections) -> tuple[str, ...]:
         "in this relay yet"
         for name in sections.unserved
     ]
-    if len({cores for _, cores in sections.pinning}) > 1:
-        cpus = cpu_list_text(union_of(cores for _, cores in sections.pinning))
+    if sections.pinning_joined:
+        cpus = cpu_list_text(sections.pinned_cpus)
         notes.append(
             f"{path}: 'pinning' names different CPUs per interface; every worker here serves every input (spread "
             f"by PACKET_FANOUT), so the lists are joined into one, {cpus} (read at start; --worker-cpus wins)"

@@ -33,7 +33,7 @@ from typing import Any
 
 import json5
 
-from mcr.model.cpus import checked_cpus
+from mcr.model.cpus import checked_cpus, union_of
 from mcr.model.errors import ConfigError, ValidationError
 from mcr.model.ratelimit import decode_rate_limit, encode_rate_limit
 from mcr.model.rules import (
@@ -94,6 +94,17 @@ class OriginalSections:
         """The protocol sections present in the file, which this supervisor does not serve yet (igmp, pim
         and msdp are served)."""
         return tuple(name for name, _ in self.sections if name not in SERVED_SECTIONS)
+
+    @property
+    def pinned_cpus(self) -> tuple[int, ...]:
+        """The workers' CPUs `pinning` asks for: every interface's list joined, in the order first named (every
+        worker here serves every input), () without pinning."""
+        return union_of(cores for _, cores in self.pinning)
+
+    @property
+    def pinning_joined(self) -> bool:
+        """Whether `pinning` names different CPUs per interface, which `pinned_cpus` joins into one list."""
+        return len({cores for _, cores in self.pinning}) > 1
 
     def section(self, name: str) -> object:
         for key, text in self.sections:
