@@ -1,7 +1,8 @@
 """The incremental Resolver agrees with the full `resolve` after any sequence of rule changes and link
 changes: the same resolution (views, data-plane forms, captures, memberships), the memberships it asked
 to join and leave add up to the wanted set, the workers' updates rebuild the full rule set, and the
-SyncTracker marks the same rules pending as the full comparison does."""
+SyncTracker marks the same rules pending as the full comparison does; the table's index of flows finds the
+same rules as a scan of the table."""
 
 from __future__ import annotations
 
@@ -95,6 +96,9 @@ def test_incremental_resolution_matches_the_full_one(
             # every id, as the supervisor names them after a change of links: those in both lists twice
             changes = resolver.update(table.rules, [*table.rules, *resolver.parts], links, epochs)
         full = resolve(table.rules.values(), links, kernel, epochs)
+        for rule in table.rules.values():  # the table's index of flows: one rule held as itself, several by id
+            assert table.index.same_flow(rule) == {r.rule_id: r for r in table.rules.values() if r.flow == rule.flow}
+        assert table.index.outputs == sum(len(r.outputs) for r in table.rules.values())
         assert resolver.resolution(table.rules) == full
         assert resolver.captures == full.captures
         assert resolver.memberships() == {k: v for k, v in full.memberships.items() if v}

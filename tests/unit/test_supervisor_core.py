@@ -1,5 +1,5 @@
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
@@ -409,6 +409,37 @@ def test_the_indexed_table_checks_names_across_groups_and_finds_rules_by_name() 
     assert table.named("feed") is None
     table.insert(replace(other, rule_id="c"))
     assert table.named("feed") is table.rules["c"] and table.index.outputs == 1
+
+
+def test_rules_that_share_a_flow_by_source_are_indexed_and_resolved_together() -> None:
+    """A flow of one rule is held as the rule itself, of several as a dict of them; both ways, and back,
+    the index finds each rule's flow mates, and the resolver joins each source's group once and leaves it."""
+    from mcr.supervisor.core import Resolver
+
+    out = (OutputDestination(IPv4Address("239.9.9.9"), 6000, "eth1", 1),)
+    rules = [
+        ForwardingRule(rule_id, "eth0", G1, 5000, out, input_source=IPv4Network(f"10.9.0.{n}/32"))
+        for n, rule_id in enumerate("abc", start=1)
+    ]
+    table = RuleTable(Limits())
+    resolver = Resolver()
+    joined: set[object] = set()
+    for rule in rules:
+        table.insert(rule)
+        changes = resolver.update(table.rules, [rule.rule_id], MACS)
+        joined = (joined - changes.leave) | changes.join
+    assert dict(table.index.same_flow(rules[0])) == {r.rule_id: r for r in rules}
+    assert joined == {(2, G1, IPv4Address(f"10.9.0.{n}")) for n in (1, 2, 3)}
+    for gone, left in (("b", "ac"), ("c", "a")):
+        table.remove(gone)
+        changes = resolver.update(table.rules, [gone])
+        joined = (joined - changes.leave) | changes.join
+        assert dict(table.index.same_flow(rules[0])) == {r.rule_id: r for r in rules if r.rule_id in left}
+    assert joined == {(2, G1, IPv4Address("10.9.0.1"))}
+    assert resolver.resolution(table.rules) == resolve(table.rules.values(), MACS)
+    table.remove("a")
+    resolver.update(table.rules, ["a"])
+    assert table.index.same_flow(rules[0]) == {} and resolver.memberships() == {}
 
 
 def test_the_resolver_keeps_the_raw_egress_keys_by_rule() -> None:

@@ -493,15 +493,16 @@ class Resolver:
         self.listeners = Listeners()  # the membership tables (outputs that follow receivers); a change re-resolves all
         self.links: Mapping[str, Link] = {}
         self.parts: dict[str, RuleResolution] = {}
-        # input (interface, group, port) -> rule ids: tuples, not sets (a set costs 216 bytes, and a flow has
-        # one rule but for the rare sources that share it)
+        # input (interface, group, port) -> its rule id, or a tuple of them when sources share it (a flow has
+        # one rule but for the rare sources that share it; a tuple of one costs 48 bytes a rule)
         # (a rule's own flow key, ForwardingRule.flow; a rule's flow is that of the rule in its resolution)
-        self._flows: dict[tuple[object, ...], tuple[str, ...]] = {}
+        self._flows: dict[tuple[object, ...], str | tuple[str, ...]] = {}
         self._captures: Counter[int] = Counter()  # ifindex -> userspace rules on it
         self._capture_names: dict[int, str] = {}
         self._egress: Counter[RawEgress] = Counter()  # raw ESP output sockets -> userspace outputs using them
-        self._sources: dict[tuple[int, IPAddress], dict[str, IPAddress | None]] = {}  # membership inputs
-        self._wanted: dict[tuple[int, IPAddress], tuple[Membership, ...]] = {}  # tuples for size, as _flows
+        # membership inputs: (input ifindex, group) -> the (rule id, source host or None) of its one rule, or
+        # those of several rules by id; the memberships a group wants are made from them when asked
+        self._sources: dict[tuple[int, IPAddress], tuple[str, IPAddress | None] | dict[str, IPAddress | None]] = {}
         self._cache: tuple[Mapping[str, ForwardingRule], Resolution] | None = None
 
     @property
@@ -516,9 +517,18 @@ class Resolver:
 
     def memberships(self) -> dict[int, frozenset[Membership]]:
         wanted: dict[int, set[Membership]] = {}
-        for (ifindex, _group), members in self._wanted.items():
-            wanted.setdefault(ifindex, set()).update(members)
+        for gkey in self._sources:
+            wanted.setdefault(gkey[0], set()).update(self._group_wanted(gkey))
         return {k: frozenset(v) for k, v in wanted.items()}
+
+    def _group_wanted(self, gkey: tuple[int, IPAddress]) -> frozenset[Membership]:
+        """The memberships one input group wants, from its rules' sources."""
+        held = self._sources.get(gkey)
+        if held is None:
+            return frozenset()
+        if isinstance(held, tuple):
+            return frozenset({(gkey[1], held[1])})
+        return _group_memberships(gkey[1], held.values())
 
     def update(
         self,
@@ -539,26 +549,26 @@ class Resolver:
             held = self.parts.get(rule_id)
             old_flow = held.view.rule.flow if held is not None else None
             if old_flow is not None:
-                flow = tuple(r for r in self._flows[old_flow] if r != rule_id)
+                flow = tuple(r for r in _ids(self._flows[old_flow]) if r != rule_id)
                 touched.update(dict.fromkeys(flow))
                 if flow:
-                    self._flows[old_flow] = flow
+                    self._flows[old_flow] = flow if len(flow) > 1 else flow[0]
                 else:
                     del self._flows[old_flow]
             rule = rules.get(rule_id)
             if rule is not None:
                 key = rule.flow
-                flow = self._flows.get(key, ())
+                flow = _ids(self._flows.get(key, ()))
                 touched.update(dict.fromkeys(flow))
-                self._flows[key] = (*flow, rule_id)
+                self._flows[key] = (*flow, rule_id) if flow else rule_id
         changed: list[tuple[str, RuleResolution | None, RuleResolution | None]] = []
-        groups: set[tuple[int, IPAddress]] = set()
+        groups: dict[tuple[int, IPAddress], frozenset[Membership]] = {}  # touched -> the memberships it wanted
         for rule_id in touched:
             rule = rules.get(rule_id)
             before = self.parts.get(rule_id)
             after = None
             if rule is not None:
-                shared = len(self._flows[rule.flow]) > 1
+                shared = isinstance(self._flows[rule.flow], tuple)
                 after = resolve_rule(
                     rule,
                     self.links,
@@ -582,20 +592,18 @@ class Resolver:
             changed.append((rule_id, before, after))
         join: set[MembershipKey] = set()
         leave: set[MembershipKey] = set()
-        for gkey in groups:
-            old = frozenset(self._wanted.get(gkey, ()))
-            sources = self._sources.get(gkey)
-            new = _group_memberships(gkey[1], sources.values()) if sources else frozenset()
-            if new:
-                self._wanted[gkey] = tuple(new)
-            else:
-                self._wanted.pop(gkey, None)
+        for gkey, old in groups.items():
+            new = self._group_wanted(gkey)
             join.update((gkey[0], g, src) for g, src in new - old)
             leave.update((gkey[0], g, src) for g, src in old - new)
         return Changes(tuple(changed), frozenset(join), frozenset(leave))
 
     def _book(
-        self, rule_id: str, rule: ForwardingRule, part: RuleResolution, groups: set[tuple[int, IPAddress]]
+        self,
+        rule_id: str,
+        rule: ForwardingRule,
+        part: RuleResolution,
+        groups: dict[tuple[int, IPAddress], frozenset[Membership]],
     ) -> None:
         if part.input_link is None:
             return
@@ -609,10 +617,19 @@ class Resolver:
         key = (ifindex, rule.input_group)
         src = rule.input_source
         host = src.network_address if src is not None and src.prefixlen == src.max_prefixlen else None
-        self._sources.setdefault(key, {})[rule_id] = host
-        groups.add(key)
+        if key not in groups:
+            groups[key] = self._group_wanted(key)
+        held = self._sources.get(key)
+        if held is None:
+            self._sources[key] = (rule_id, host)
+        elif isinstance(held, tuple):
+            self._sources[key] = {held[0]: held[1], rule_id: host}
+        else:
+            held[rule_id] = host
 
-    def _unbook(self, rule_id: str, part: RuleResolution, groups: set[tuple[int, IPAddress]]) -> None:
+    def _unbook(
+        self, rule_id: str, part: RuleResolution, groups: dict[tuple[int, IPAddress], frozenset[Membership]]
+    ) -> None:
         if part.input_link is None:
             return
         ifindex = part.input_link[0]
@@ -626,12 +643,18 @@ class Resolver:
                 if self._egress[egress] <= 0:
                     del self._egress[egress]
         key = (ifindex, part.view.rule.input_group)
-        sources = self._sources.get(key)
-        if sources is not None:
-            sources.pop(rule_id, None)
-            if not sources:
+        if key not in groups:
+            groups[key] = self._group_wanted(key)
+        held = self._sources.get(key)
+        if isinstance(held, tuple):
+            if held[0] == rule_id:
                 del self._sources[key]
-        groups.add(key)
+        elif held is not None:
+            held.pop(rule_id, None)
+            if len(held) == 1:
+                self._sources[key] = next(iter(held.items()))
+            elif not held:
+                del self._sources[key]
 
     def resolution(self, rules: Mapping[str, ForwardingRule]) -> Resolution:
         """The whole resolution, in the order of `rules` (kept until the next update)."""
@@ -642,6 +665,11 @@ class Resolver:
         res = _assemble(parts, self.memberships())
         self._cache = (rules, res)
         return res
+
+
+def _ids(held: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A flow's rule ids as `Resolver._flows` holds them (one id as itself)."""
+    return (held,) if isinstance(held, str) else held
 
 
 def _group_memberships(group: IPAddress, hosts: Iterable[IPAddress | None]) -> frozenset[Membership]:
