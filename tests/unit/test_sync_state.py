@@ -57,7 +57,7 @@ class Plane:
         return self.generation
 
     def states(self, *acked: int) -> dict[str, tuple[str, str]]:
-        return {v.rule.rule_id: (v.state.value, v.state_reason) for v in self.tracker.views(self.res, acked)}
+        return {v.rule.rule_id: (v.state.value, v.state_reason) for v in self.tracker.views(self.res.views, acked)}
 
 
 def test_a_rule_is_pending_until_every_worker_confirmed_its_generation() -> None:
@@ -102,11 +102,11 @@ def test_waiting_rules_stay_waiting_and_kernel_rules_are_active_at_once() -> Non
     assert plane.states(-1) == {"a": ("waiting", "input interface eth0 does not exist")}
     kernel = Plane(table_with("k"), kernel=16)
     kernel.apply()
-    (view,) = kernel.tracker.views(kernel.res, [-1])
+    (view,) = kernel.tracker.views(kernel.res.views, [-1])
     assert (view.engine, view.state, view.state_reason) == (Engine.KERNEL, RuleState.ACTIVE, "")
     # moved to userspace (the output lost its Ethernet address): pending until the workers have it
     kernel.apply({**LINKS, "eth1": replace(LINKS["eth1"], mac=b"")})
-    (view,) = kernel.tracker.views(kernel.res, [1])
+    (view,) = kernel.tracker.views(kernel.res.views, [1])
     assert (view.engine, view.state) == (Engine.USERSPACE, RuleState.PENDING)
     assert view.state_reason.startswith(PENDING.format(2) + "; userspace: output[0] eth1 is not an Ethernet")
 
@@ -114,7 +114,7 @@ def test_waiting_rules_stay_waiting_and_kernel_rules_are_active_at_once() -> Non
 def test_without_workers_the_resolution_is_shown_as_it_is() -> None:
     plane = Plane(table_with("a"))
     plane.apply()
-    assert plane.tracker.views(plane.res, []) == plane.res.views
+    assert plane.tracker.views(plane.res.views, []) == plane.res.views
 
 
 def test_the_epoch_reaches_both_engines_and_survives_the_channel() -> None:

@@ -8,7 +8,7 @@ import functools
 import operator
 import struct
 from collections import Counter
-from collections.abc import Collection, Container, Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 
@@ -244,7 +244,7 @@ def output_address(link: Link, group: IPAddress) -> IPAddress | None:
 def kernel_problem(
     rule: ForwardingRule,
     link: Link,
-    outputs: list[WorkerOutput],
+    outputs: Sequence[WorkerOutput],
     links: Mapping[str, Link],
     max_outputs: int,
     shared_flow: bool = False,
@@ -268,7 +268,7 @@ def kernel_problem(
 
 
 def _kernel_rule(
-    rule: ForwardingRule, link: Link, outputs: list[WorkerOutput], links: Mapping[str, Link], epoch: int
+    rule: ForwardingRule, link: Link, outputs: Sequence[WorkerOutput], links: Mapping[str, Link], epoch: int
 ) -> KernelRule:
     """The kernel engine's form of a rule `kernel_problem` passed (its outputs of its group's family)."""
     kouts: list[KernelOutput] = []
@@ -297,26 +297,82 @@ def _usable(link: Link | None) -> str:
     return ""
 
 
+#: A served output of a userspace rule as resolved: (its index in the rule, ifindex, the address it is sent
+#: from, TTL or None). The rest of its `WorkerOutput` is the rule's.
+ResolvedOutput = tuple[int, int, IPAddress, int | None]
+
+_RESOLVED_OUTPUTS: dict[tuple[ResolvedOutput, ...], tuple[ResolvedOutput, ...]] = {}
+_RESOLVED_OUTPUTS_MAX = 65_536
+
+
+def _shared_outputs(outs: tuple[ResolvedOutput, ...]) -> tuple[ResolvedOutput, ...]:
+    """One tuple for every rule whose outputs resolve alike (the same interfaces, addresses and TTLs, in the
+    same places), as `shared_port` does for ports: rules fan out to a few interfaces, so 10,000 rules hold a
+    few of these instead of 10,000 (and their `WorkerOutput`s, about 90 bytes each, are made when sent).
+    Bounded: past its size the table starts again (the tuples held stay valid, they are only not shared)."""
+    held = _RESOLVED_OUTPUTS.get(outs)
+    if held is not None:
+        return held
+    if len(_RESOLVED_OUTPUTS) >= _RESOLVED_OUTPUTS_MAX:
+        _RESOLVED_OUTPUTS.clear()
+    _RESOLVED_OUTPUTS[outs] = outs
+    return outs
+
+
+def _worker_outputs(rule: ForwardingRule, outs: Iterable[ResolvedOutput]) -> tuple[WorkerOutput, ...]:
+    """The rule's resolved outputs as the workers (and the kernel engine's checks) take them: an ESP rule's
+    have no ports."""
+    protocol = rule.input_protocol
+    esp = protocol is InputProtocol.ESP
+    declared = rule.outputs
+    return tuple(
+        WorkerOutput(i, declared[i].group, 0 if esp else declared[i].port, ifindex, address, ttl, protocol)
+        for i, ifindex, address, ttl in outs
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RuleResolution:
     """One rule resolved against the links: how ListRules shows it, its data-plane form (userspace or
-    kernel, or neither while it waits) and the input it needs captured and joined."""
+    kernel, or neither while it waits) and the input it needs captured and joined. A userspace rule keeps
+    only what resolving found (`outs`, `epoch`); its `WorkerRule` is made from them and the rule when asked."""
 
     view: RuleView
-    worker: WorkerRule | None = None
+    outs: tuple[ResolvedOutput, ...] | None = None  # userspace: its served outputs; None: not in userspace
+    epoch: int = 0  # userspace: the generation it was (re)added in (the kernel's is in its KernelRule)
     kernel: KernelRule | None = None
     input_link: tuple[int, str] | None = None  # (ifindex, name) of its input when it exists and is up
 
     @property
+    def worker(self) -> WorkerRule | None:
+        """Its form for the workers; None unless it is served in userspace."""
+        outs = self.outs
+        if outs is None or self.input_link is None:
+            return None
+        rule = self.view.rule
+        return WorkerRule(
+            rule.rule_id,
+            self.input_link[0],
+            rule.input_group,
+            rule.input_port,
+            _worker_outputs(rule, outs),
+            source=rule.input_source,
+            rate_limit=rule.rate_limit,
+            epoch=self.epoch,
+            protocol=rule.input_protocol,
+        )
+
+    @property
     def form(self) -> WorkerRule | KernelRule | None:
-        return self.worker if self.worker is not None else self.kernel
+        return self.worker if self.outs is not None else self.kernel
 
     @property
     def raw_egress(self) -> frozenset[RawEgress]:
         """The raw ESP output sockets the workers need for this rule (none for a kernel or UDP rule)."""
-        if self.worker is None or self.worker.protocol is not InputProtocol.ESP:
+        if self.outs is None or self.view.rule.input_protocol is not InputProtocol.ESP:
             return frozenset()
-        return frozenset(o.raw_egress for o in self.worker.outputs)
+        group = self.view.rule.outputs
+        return frozenset(RawEgress(group[i].group, ifindex, address, ttl) for i, ifindex, address, ttl in self.outs)
 
 
 def resolve_rule(
@@ -334,12 +390,11 @@ def resolve_rule(
     if problem or link is None:
         reason = f"input interface {rule.input_interface} {problem}"
         return RuleResolution(RuleView(rule, Engine.USERSPACE, RuleState.WAITING, reason))
-    outputs: list[WorkerOutput] = []
+    resolved: list[ResolvedOutput] = []
     notes: list[str] = []
     if not is_multicast(rule.input_group) and rule.input_group not in link.ipv4:
         # still served: frames to it arrive only if the interface is promiscuous or the address is added
         notes.append(f"input {rule.input_group} is not an address of {link.name}")
-    esp = rule.input_protocol is InputProtocol.ESP
     for i, out in enumerate(rule.outputs):
         olink = links.get(out.interface)
         oproblem = _usable(olink)
@@ -355,31 +410,18 @@ def resolve_rule(
         if not olink.carrier:
             # sends still succeed (the kernel drops them at the device), so nothing else would show it
             notes.append(f"output[{i}] {out.interface} has no carrier")
-        ttl = effective_ttl(out, multicast_ttl)
-        if esp:  # no ports: the output's is not used
-            outputs.append(WorkerOutput(i, out.group, 0, olink.ifindex, address, ttl, InputProtocol.ESP))
-        else:
-            outputs.append(WorkerOutput(i, out.group, out.port, olink.ifindex, address, ttl))
+        resolved.append((i, olink.ifindex, address, effective_ttl(out, multicast_ttl)))
+    outs = _shared_outputs(tuple(resolved))
     if kernel_max_outputs is not None:
+        outputs = _worker_outputs(rule, outs)
         why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, shared_flow)
         if not why:
             view = RuleView(rule, Engine.KERNEL, RuleState.ACTIVE, "; ".join(notes))
             kernel = _kernel_rule(rule, link, outputs, links, epoch)
             return RuleResolution(view, kernel=kernel, input_link=link.ident)
         notes.append(f"userspace: {why}")
-    worker = WorkerRule(
-        rule.rule_id,
-        link.ifindex,
-        rule.input_group,
-        rule.input_port,
-        tuple(outputs),
-        source=rule.input_source,
-        rate_limit=rule.rate_limit,
-        epoch=epoch,
-        protocol=rule.input_protocol,
-    )
     view = RuleView(rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes))
-    return RuleResolution(view, worker=worker, input_link=link.ident)
+    return RuleResolution(view, outs, epoch, input_link=link.ident)
 
 
 def resolve(
@@ -503,7 +545,7 @@ class Resolver:
         # membership inputs: (input ifindex, group) -> the (rule id, source host or None) of its one rule, or
         # those of several rules by id; the memberships a group wants are made from them when asked
         self._sources: dict[tuple[int, IPAddress], tuple[str, IPAddress | None] | dict[str, IPAddress | None]] = {}
-        self._cache: tuple[Mapping[str, ForwardingRule], Resolution] | None = None
+        self._views: tuple[Mapping[str, ForwardingRule], tuple[RuleView, ...]] | None = None
 
     @property
     def captures(self) -> Mapping[int, str]:
@@ -542,7 +584,7 @@ class Resolver:
         epochs = epochs or {}
         if links is not None:
             self.links = links
-        self._cache = None
+        self._views = None
         touched: dict[str, None] = {}
         for rule_id in dict.fromkeys(ids):  # once each: a rule's old flow is the one its resolution names
             touched[rule_id] = None
@@ -608,7 +650,7 @@ class Resolver:
         if part.input_link is None:
             return
         ifindex, name = part.input_link
-        if part.worker is not None:
+        if part.outs is not None:
             self._captures[ifindex] += 1
             self._capture_names[ifindex] = name
             self._egress.update(part.raw_egress)
@@ -633,7 +675,7 @@ class Resolver:
         if part.input_link is None:
             return
         ifindex = part.input_link[0]
-        if part.worker is not None:
+        if part.outs is not None:
             self._captures[ifindex] -= 1
             if self._captures[ifindex] <= 0:
                 del self._captures[ifindex]
@@ -657,14 +699,19 @@ class Resolver:
                 del self._sources[key]
 
     def resolution(self, rules: Mapping[str, ForwardingRule]) -> Resolution:
-        """The whole resolution, in the order of `rules` (kept until the next update)."""
-        if self._cache is not None and self._cache[0] is rules:
-            return self._cache[1]
-        # the memberships kept by group, their members shared, rather than every one made again
+        """The whole resolution, in the order of `rules`, for a worker's full Sync: made each time, since its
+        `WorkerRule`s are made from the parts (`views` is what a listing takes)."""
         parts = ((rule, self.parts[rule_id]) for rule_id, rule in rules.items() if rule_id in self.parts)
-        res = _assemble(parts, self.memberships())
-        self._cache = (rules, res)
-        return res
+        return _assemble(parts, self.memberships())
+
+    def views(self, rules: Mapping[str, ForwardingRule]) -> tuple[RuleView, ...]:
+        """`resolution(rules).views` (kept until the next update)."""
+        if self._views is not None and self._views[0] is rules:
+            return self._views[1]
+        parts = self.parts
+        views = tuple(parts[rule_id].view for rule_id in rules if rule_id in parts)
+        self._views = (rules, views)
+        return views
 
 
 def _ids(held: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -714,14 +761,14 @@ class SyncTracker:
             elif before is None or before.form != form:
                 self.changed_in[rule_id] = generation
 
-    def views(self, res: Resolution, acked: Iterable[int]) -> tuple[RuleView, ...]:
-        """`res.views` with userspace rules the workers have not all confirmed shown as PENDING. `acked`:
+    def views(self, listed: tuple[RuleView, ...], acked: Iterable[int]) -> tuple[RuleView, ...]:
+        """The views `listed` with userspace rules the workers have not all confirmed shown as PENDING. `acked`:
         the generation each worker has confirmed, -1 for a worker that is starting or restarting."""
         applied = min(acked, default=None)
         if applied is None:
-            return res.views
+            return listed
         views = []
-        for view in res.views:
+        for view in listed:
             since = self.changed_in.get(view.rule.rule_id, 0)
             if view.state is RuleState.ACTIVE and view.engine is Engine.USERSPACE and applied < since:
                 why = f"workers are applying the rule set (generation {since})"

@@ -1171,7 +1171,7 @@ class Supervisor:
     def rule_views(self) -> tuple[RuleView, ...]:
         """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
         acked = (h.acked_generation for h in self.workers if h.status is not WorkerStatus.STOPPED)
-        return self.sync_state.views(self.resolution, acked)
+        return self.sync_state.views(self.resolver.views(self.data_rules), acked)
 
     def apply(self, changed: Iterable[str] | None = None) -> int:
         """Bring the data plane in line with the rules `changed` (added, changed or removed; None: every rule,
