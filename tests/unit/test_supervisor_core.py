@@ -55,6 +55,19 @@ def test_rules_on_one_input_share_its_identity() -> None:
     assert Link("eth0", 2, True, 1500) == replace(Link("eth0", 2, True, 1500)), "not compared"
 
 
+def test_rules_whose_outputs_resolve_alike_share_them_and_make_their_worker_rules_when_asked() -> None:
+    """A userspace resolution keeps each served output's (index, ifindex, address, TTL), one tuple for every
+    rule that resolves alike; its WorkerRule, made from that and the rule, has the rule's own groups and ports."""
+    table = RuleTable(Limits())
+    add(table, "a", port=5000, outputs=(OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1"),))
+    add(table, "b", port=5001, outputs=(OutputDestination(IPv4Address("239.3.3.3"), 7000, "eth1"),))
+    a, b = (resolve_rule(rule, LINKS, epoch=4) for rule in table.rules.values())
+    assert a.outs == ((0, 3, IPv4Address("10.0.1.1"), 1),) and a.outs is b.outs
+    assert b.worker is not None and b.worker.epoch == 4 and b.worker.port == 5001
+    assert b.worker.outputs == (WorkerOutput(0, IPv4Address("239.3.3.3"), 7000, 3, IPv4Address("10.0.1.1"), 1),)
+    assert b.form == b.worker and a.worker != b.worker
+
+
 @pytest.mark.parametrize(
     ("links", "state", "reason", "outputs"),
     [
