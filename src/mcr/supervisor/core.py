@@ -943,7 +943,8 @@ class StatsBook:
 
     def _mark(self, rule_id: str) -> None:
         self.moved.add(rule_id)
-        self._stale.add(rule_id)
+        if rule_id in self._flows:  # an entry not made yet is made when asked: no need to hold its id
+            self._stale.add(rule_id)
 
     def _mark_all(self, rule_ids: Iterable[str]) -> None:
         for rule_id in rule_ids:
@@ -1096,7 +1097,8 @@ class StatsBook:
                 rate = (max(0, t.packets - base[0]) / dt, max(0, t.bytes - base[1]) * 8 / dt)
                 if self.rates.get(rule_id) != rate:
                     self.rates[rule_id] = rate if rate != _NO_RATE else _NO_RATE
-                    self._stale.add(rule_id)
+                    if rule_id in self._flows:
+                        self._stale.add(rule_id)
             # an idle rule's (most rules') base and rate are one shared tuple, not two of their own
             self._rate_base[rule_id] = (t.packets, t.bytes) if t.packets or t.bytes else _NO_COUNTS
         self.moved = set()
