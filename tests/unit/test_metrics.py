@@ -195,12 +195,11 @@ def test_flow_text_keeps_the_templates_of_the_same_rule_objects() -> None:
     cache: dict = {}  # type: ignore[type-arg]
     assert flow_text(flows, cache=cache) == flow_text(flows)
     kept = cache["rule-1"][1]
-    idle = cache["rule-3"][3]
     counted = (flows[1][0], flows[1][1]._replace(packets=123))
     text = flow_text((flows[0], counted, *flows[2:4]), cache=cache)
     assert text == flow_text((flows[0], counted, *flows[2:4]))
     assert 'rule_id="rule-1"} 123\n' in text and cache["rule-1"][1] is kept  # new counts, the same rule
-    assert cache["rule-3"][3] is idle  # the same counts: the same lines
+    assert all(len(entry) == 2 for entry in cache.values()), "the rule and its templates: no lines kept"
     moved = (replace(flows[2][0], input_port=7000), flows[2][1])
     text = flow_text((flows[0], moved), cache=cache)
     assert 'input_port="7000",input_source="",rule_id="rule-2"} 2000000\n' in text

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -256,8 +257,8 @@ def test_response_encoder_writes_the_bytes_of_encode_response_and_reuses_what_di
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """ListRules and GetStats at 10,000 rules: each rule's JSON is kept while the answer carries the same view,
-    each flow's while it carries the same rule and counts, and each rule's GetStats template while it carries
-    the same rule; the answer is the same bytes as encode_response's (tests/property/test_codec_properties.py
+    and each rule's GetStats template while it carries the same rule (its counts written into it each time);
+    the answer is the same bytes as encode_response's (tests/property/test_codec_properties.py
     holds the text encoders to json.dumps for any rule and counts)."""
     views = [RuleView(RULE, Engine.USERSPACE, RuleState.ACTIVE), RuleView(RULE, Engine.KERNEL, RuleState.WAITING, "x")]
     out = OutputDestination(IPv4Address("239.2.2.2"), 6000, "eth1")
@@ -288,11 +289,13 @@ def test_response_encoder_writes_the_bytes_of_encode_response_and_reuses_what_di
     templates.clear()
     written.clear()
     assert encoder.encode(CountedStats(tuple(flows))) == encode_response(CountedStats(tuple(flows)))
-    assert templates == written == [], "every flow's JSON was reused"
+    assert templates == [] and len(written) == 4, "every rule's template was reused, the counts written again"
+    written.clear()
     moved = FlowCounts(10, 1000, 1.0, 8.0, (10, 14000, 0))
-    fresh = CountedStats((flows[0], (rules[1], moved), flows[2]))
+    fresh = CountedStats((flows[0], (rules[1], moved), (replace(rules[2], input_port=7000), flows[2][1])))
     assert encoder.encode(fresh) == encode_response(fresh)
-    assert written == [moved] and templates == [], "only the counts that moved, into the rule's kept template"
+    assert len(templates) == 1 and templates[0].input_port == 7000, "a template made again for a new rule only"
+    assert written == [flows[0][1], moved, flows[2][1]]
 
 
 @pytest.mark.parametrize("enabled", [True, False])

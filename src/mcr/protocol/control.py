@@ -50,6 +50,7 @@ from mcr.model.status import (
     Counted,
     FlowCounts,
     FlowStats,
+    Kept,
     KernelStatus,
     LogLevels,
     OutputStats,
@@ -57,10 +58,9 @@ from mcr.model.status import (
     RuleView,
     VersionInfo,
     WorkerInfo,
-    Written,
     flow_stats,
+    kept_template,
     template_literal,
-    written,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest, decode_control_plane
 from mcr.protocol.jsondoc import load_json
@@ -966,15 +966,15 @@ _T = TypeVar("_T")
 
 
 class ResponseEncoder:
-    """`encode_response`, with each rule's (`ListRules`) and flow's (the supervisor's `GetStats`,
-    `CountedStats`) JSON kept while the answer carries the same objects for it: at 10,000 rules only what
-    changed since the previous answer is encoded again (written as text directly: `rule_text`, and each
-    rule's `rule_flow_template` filled in), and the answer is one join; a `ListRules` encoded afresh takes
-    40 ms instead of 110 with `json.dumps`. The bytes are those of `encode_response`."""
+    """`encode_response`, with each rule's `ListRules` JSON kept while the answer carries the same view for it
+    (at 10,000 rules only what changed since the previous answer is written again, as text directly:
+    `rule_text`; a `ListRules` written afresh takes 40-55 ms, 110 with `json.dumps`), and each rule's template
+    of its `GetStats` entry (`rule_flow_template`) kept while the answer carries the same rule, its counts
+    filled in for each answer. The answer is one join. The bytes are those of `encode_response`."""
 
     def __init__(self) -> None:
         self._rules: dict[str, tuple[RuleView, str]] = {}
-        self._written: dict[str, _Flow] = {}
+        self._templates: dict[str, _Flow] = {}
 
     def encode(self, resp: Response) -> bytes:
         match resp:
@@ -982,7 +982,7 @@ class ResponseEncoder:
                 self._rules, body = _listing(self._rules, resp.rules, _rule_id, rule_text)
                 return ('{"Rules": [' + body + "]}\n").encode()
             case CountedStats():
-                self._written, body = _counted_listing(self._written, resp.flows)
+                self._templates, body = _counted_listing(self._templates, resp.flows)
                 return ('{"Stats": [' + body + "]}\n").encode()
             case _:
                 return encode_response(resp)
@@ -1010,17 +1010,17 @@ def _listing(
 
 
 def _counted_listing(held: dict[str, _Flow], flows: Iterable[Counted]) -> tuple[dict[str, _Flow], str]:
-    """The flows' JSON joined by ", " (each `written` into its rule's `rule_flow_template`, about a
-    microsecond a flow) and what to hold for the next answer (rules no longer listed are let go)."""
+    """The flows' JSON joined by ", " (each one's counts written into its rule's `rule_flow_template`, about a
+    microsecond a flow) and the templates to hold for the next answer (rules no longer listed are let go)."""
     fresh: dict[str, _Flow] = {}
     parts: list[str] = []
     for rule, counts in flows:
-        kept = fresh[rule.rule_id] = written(held.get(rule.rule_id), rule, counts, rule_flow_template, _fill)
-        parts.append(kept[3])
+        kept = fresh[rule.rule_id] = kept_template(held.get(rule.rule_id), rule, rule_flow_template)
+        parts.append(_fill(kept[1], counts))
     return fresh, ", ".join(parts)
 
 
-_Flow = Written[str, str]
+_Flow = Kept[str]
 
 
 _ENGINE_TEXT = {e: f'"engine": {_quote(e.value)}, "state": ' for e in Engine}

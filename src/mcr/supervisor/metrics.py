@@ -31,13 +31,13 @@ from mcr.model.rules import ForwardingRule, address_text, source_text
 from mcr.model.status import (
     Counted,
     FlowCounts,
+    Kept,
     KernelStatus,
     RuleView,
     WorkerInfo,
-    Written,
     flow_stats,
+    kept_template,
     template_literal,
-    written,
 )
 
 log = logging.getLogger("mcr.stats")
@@ -186,16 +186,15 @@ def _filled(lines: FlowLines, c: FlowCounts) -> tuple[str, str, str, str, str, s
     )
 
 
-#: What the exporter keeps of a flow between scrapes (`written`): its rule, the rule's `flow_lines`, the counts
-#: last written into them and the lines they made.
-FlowWritten = Written[FlowLines, tuple[str, ...]]
+#: What the exporter keeps of a flow between scrapes (`kept_template`): its rule and the rule's `flow_lines`.
+FlowKept = Kept[FlowLines]
 
 
 def flow_text(
     flows: Iterable[Counted],
     *,
     openmetrics: bool = False,
-    cache: dict[str, FlowWritten] | None = None,
+    cache: dict[str, FlowKept] | None = None,
 ) -> str:
     """The per-flow families in the Prometheus text format (or OpenMetrics' when `openmetrics`): the samples
     prometheus_client writes for `flow_families`, in its order and with its labels (sorted by name), without
@@ -204,14 +203,14 @@ def flow_text(
     rule's line templates (`flow_lines`) as the integers they are (both formats take an integer for a
     counter; the library writes a float's text, `1.4e+07`, which took two thirds of a scrape here and rounds
     a count past 2**53). With a `cache` (by rule id, kept by the caller between scrapes), a rule that is
-    the same object as at the previous call keeps its templates, and its lines too while its counts are
-    the same object (an idle rule's)."""
+    the same object as at the previous call keeps its templates; its counts are written into them for every
+    scrape."""
     held = cache if cache is not None else {}
-    fresh: dict[str, FlowWritten] = {}
+    fresh: dict[str, FlowKept] = {}
     columns: list[tuple[str, ...]] = []
     for rule, counts in flows:
-        entry = fresh[rule.rule_id] = written(held.get(rule.rule_id), rule, counts, flow_lines, _filled)
-        columns.append(entry[3])
+        entry = fresh[rule.rule_id] = kept_template(held.get(rule.rule_id), rule, flow_lines)
+        columns.append(_filled(entry[1], counts))
     if cache is not None:
         cache.clear()
         cache.update(fresh)  # rules no longer there are let go
@@ -315,7 +314,7 @@ def _rest(snap: Snapshot) -> Collector:
     return Rest()
 
 
-def exposition(snap: Snapshot, accept: str, cache: dict[str, FlowWritten] | None = None) -> tuple[bytes, str]:
+def exposition(snap: Snapshot, accept: str, cache: dict[str, FlowKept] | None = None) -> tuple[bytes, str]:
     """The body and content type of a scrape with this `Accept` header: the format prometheus_client
     chooses for it (its text format, or OpenMetrics), the per-flow families written by `flow_text` and
     the few others by the library."""
@@ -364,7 +363,7 @@ class MetricsExporter:
         """`source`: called from the HTTP thread for a fresh snapshot (None: only what `publish` gave)."""
         self.host, self.port = parse_listen_address(address)
         self.collector = _SnapshotCollector(source)
-        self.lines: dict[str, FlowWritten] = {}  # each rule's templates and lines, kept
+        self.lines: dict[str, FlowKept] = {}  # each rule's templates, kept
         self.lines_lock = threading.Lock()
         self.server: WSGIServer | None = None
 
