@@ -17,6 +17,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from mcr.linux import heap
 from mcr.model.errors import ConfigError, ProtocolError
 from mcr.model.rules import Limits
 from mcr.protocol.control import Error, Request, RequestFramer, Response, ResponseEncoder, decode_request
@@ -175,7 +176,10 @@ class ControlServer:
             self.active += 1
         try:
             response = _refused(pid, stranger) if stranger is not None else await self._respond(reader, pid, uid, gids)
-            writer.write(self.encoder.encode(response))
+            answer = self.encoder.encode(response)
+            heap.note_large(len(answer))
+            writer.write(answer)
+            del answer  # the transport holds what it has not sent yet
             await asyncio.wait_for(writer.drain(), self.limits.max_connection_seconds)
         except (TimeoutError, ConnectionError, OSError) as e:
             log.debug("control client dropped: %s", e)

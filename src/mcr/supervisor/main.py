@@ -26,6 +26,7 @@ from mcr.kernel import bpf
 from mcr.kernel.bpf import BpfError
 from mcr.kernel.engine import KernelRelay, OutputEntry, output_counts_reset, remove_pins
 from mcr.kernel.engine import RuleCounters as KernelRuleCounters
+from mcr.linux import heap
 from mcr.linux.cpus import pin
 from mcr.linux.packet_socket import Fanout, join_fanout, open_capture_socket
 from mcr.linux.privileges import raise_open_file_limit
@@ -651,6 +652,9 @@ class Supervisor:
                 freeze, frozen_at = freeze_due(len(self.table.rules), frozen_at)
                 if freeze:
                     gc.freeze()
+                heap.release()  # what the collection freed, and what the C heap held free since
+            else:
+                heap.release_if_due()  # a large answer (ListRules, GetStats, a scrape) was freed
             interval = self.notifier.watchdog_interval
             if interval is not None and now - last_watchdog >= interval:
                 last_watchdog = now

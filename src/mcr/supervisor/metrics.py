@@ -25,6 +25,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 from prometheus_client.registry import Collector
 
 from mcr import __version__
+from mcr.linux import heap
 from mcr.membership.querier import GroupView, QuerierView
 from mcr.model.errors import ConfigError
 from mcr.model.rules import ForwardingRule, address_text, source_text
@@ -375,6 +376,7 @@ class MetricsExporter:
         snap = self.collector.fresh()
         with self.lines_lock:  # the server has a thread per request
             body, content_type = exposition(snap, environ.get("HTTP_ACCEPT", ""), self.lines)
+        heap.note_large(len(body))
         headers = [("Content-Type", content_type)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
             body = gzip.compress(body, compresslevel=1)

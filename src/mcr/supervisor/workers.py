@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
+from mcr.linux import heap
 from mcr.model.errors import ProtocolError, WorkerError
 from mcr.protocol.worker import (
     HANDOVER_MESSAGE,
@@ -184,6 +185,7 @@ class WorkerHandle:
                 break
             line = bytes(self.stats_buf[:nl])
             del self.stats_buf[: nl + 1]
+            heap.note_large(len(line))  # a full report at 10,000 rules: 5 MB of JSON, decoded, then freed
             try:
                 reports.append(decode_stats(line))
             except ProtocolError as e:
