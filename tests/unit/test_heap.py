@@ -10,17 +10,17 @@ def _rss_kb() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def test_a_large_answer_noted_is_trimmed_once_and_a_small_one_not(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_large_answer_is_trimmed_once_things_are_quiet_and_a_small_one_not(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(heap, "_TRIM", lambda pad: calls.append(pad) or 1)
-    heap.release_if_due()  # whatever an earlier test noted
-    calls.clear()
-    heap.note_large(heap.LARGE_BYTES - 1)
-    assert not heap.release_if_due() and calls == []
-    heap.note_large(heap.LARGE_BYTES)
-    heap.note_large(5 * heap.LARGE_BYTES)  # two answers before the tick: one trim
-    assert heap.release_if_due() and calls == [0]
-    assert not heap.release_if_due() and calls == [0]
+    monkeypatch.setattr(heap, "_noted_at", None)
+    heap.note_large(heap.LARGE_BYTES - 1, now=10.0)
+    assert not heap.release_if_due(now=100.0) and calls == []
+    heap.note_large(heap.LARGE_BYTES, now=10.0)
+    heap.note_large(5 * heap.LARGE_BYTES, now=11.0)  # answers half a second apart: none trimmed between them
+    assert not heap.release_if_due(now=11.5) and not heap.release_if_due(now=12.9) and calls == []
+    assert heap.release_if_due(now=11.0 + heap.QUIET_SECONDS) and calls == [0]
+    assert not heap.release_if_due(now=60.0) and calls == [0], "once"
 
 
 def test_without_malloc_trim_nothing_is_done(monkeypatch: pytest.MonkeyPatch) -> None:

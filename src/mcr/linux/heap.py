@@ -4,13 +4,15 @@ A supervisor at 10,000 rules builds answers of several MB (`ListRules`, `GetStat
 thousands of strings of 500-600 bytes, which the C allocator takes from its heap, not from pages of their
 own. Freed, they leave holes that glibc returns to the kernel only from the heap's top, so the process's RSS
 kept each answer's peak: in-process at 10,000 counting rules, about 1.9 kB a rule that `malloc_trim` gives back
-in about a millisecond. Where the C library has no `malloc_trim` (musl), nothing is done.
+in about a millisecond. The trim waits for a quiet moment (`QUIET_SECONDS`). Where the C library has no
+`malloc_trim` (musl), nothing is done.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Callable
 
 #: An answer or a report at least this large is worth a trim soon after it is freed.
@@ -31,20 +33,30 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _TRIM = _malloc_trim()
-_due = threading.Event()  # set from the control server and the metrics thread, cleared by the trim
+#: A trim waits until no large answer was built for this long: pages given back are faulted in again (and
+#: zeroed) by the next answer, about 20 ms of a `GetStats` at 10,000 rules, so a client that asks every
+#: half second would pay that each time; one that asks every 15 s (a scrape) pays it once a quarter minute.
+QUIET_SECONDS = 2.0
+_lock = threading.Lock()  # noted from the control server's loop and the metrics thread
+_noted_at: float | None = None  # when the latest large answer was built, if none was trimmed after it
 
 
-def note_large(size: int) -> None:
-    """Something of `size` bytes was built (and is about to be freed): trim at the next `release_if_due`."""
+def note_large(size: int, now: float | None = None) -> None:
+    """Something of `size` bytes was built (and is about to be freed): trim once things are quiet."""
+    global _noted_at
     if size >= LARGE_BYTES:
-        _due.set()
+        with _lock:
+            _noted_at = time.monotonic() if now is None else now
 
 
-def release_if_due() -> bool:
-    """Trim if something large was noted since the last trim; whether a trim ran."""
-    if not _due.is_set():
-        return False
-    _due.clear()
+def release_if_due(now: float | None = None) -> bool:
+    """Trim if a large answer was built since the last trim and none for `QUIET_SECONDS`; whether one ran."""
+    global _noted_at
+    now = time.monotonic() if now is None else now
+    with _lock:
+        if _noted_at is None or now - _noted_at < QUIET_SECONDS:
+            return False
+        _noted_at = None
     return release()
 
 

@@ -371,8 +371,7 @@ class RuleResolution:
         """The raw ESP output sockets the workers need for this rule (none for a kernel or UDP rule)."""
         if self.outs is None or self.view.rule.input_protocol is not InputProtocol.ESP:
             return frozenset()
-        group = self.view.rule.outputs
-        return frozenset(RawEgress(group[i].group, ifindex, address, ttl) for i, ifindex, address, ttl in self.outs)
+        return frozenset(o.raw_egress for o in _worker_outputs(self.view.rule, self.outs))
 
 
 def resolve_rule(
