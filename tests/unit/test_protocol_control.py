@@ -1,6 +1,6 @@
 import json
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
@@ -324,3 +324,33 @@ def test_a_response_is_decoded_with_the_collector_held_off_and_left_as_it_was(
     finally:
         gc.enable()
     assert seen == [False, False]
+
+
+def test_listing_texts_are_kept_compressed_and_given_back_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ListRules keeps each rule's JSON deflated against LISTING_DICTIONARY: a second answer of the same views
+    writes none of them again and is the same bytes, also for texts far from the dictionary (escaped names, many
+    outputs); a rule like the scale run's is kept in under a quarter of its text."""
+    outs = tuple(OutputDestination(IPv6Address(f"ff3e::{k}:1"), 6000 + k, f"out{k}", 4) for k in range(4))
+    views = [
+        RuleView(ForwardingRule(f"r{i}", "in0", IPv6Address(f"ff3e::7:{i:x}"), 5000, outs[: 1 + i % 4]), *state)
+        for i in range(40)
+        for state in [(Engine.USERSPACE, RuleState.ACTIVE)]
+    ]
+    odd = ForwardingRule(
+        "\u00e9\u4e2d" * 20,
+        "eth9",
+        IPv4Address("10.1.2.3"),
+        1,
+        (OutputDestination(IPv4Address("10.9.9.9"), 7, "x"),) * 40,
+    )
+    views.append(RuleView(odd, Engine.KERNEL, RuleState.WAITING, "input interface eth9 does not exist " * 5))
+    encoder = ResponseEncoder()
+    first = encoder.encode(Rules(tuple(views)))
+    assert first == encode_response(Rules(tuple(views)))
+    made: list[RuleView] = []
+    real = control.rule_text
+    monkeypatch.setattr(control, "rule_text", lambda view: made.append(view) or real(view))
+    assert encoder.encode(Rules(tuple(views))) == first and made == []
+    changed = [*views[:5], RuleView(views[5].rule, Engine.USERSPACE, RuleState.PENDING, "workers"), *views[6:]]
+    assert encoder.encode(Rules(tuple(changed))) == encode_response(Rules(tuple(changed))) and made == [changed[5]]
+    assert len(encoder._rules["r7"][1]) * 4 < len(real(views[7]))
