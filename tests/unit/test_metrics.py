@@ -204,3 +204,19 @@ def test_flow_text_keeps_the_templates_of_the_same_rule_objects() -> None:
     text = flow_text((flows[0], moved), cache=cache)
     assert 'input_port="7000",input_source="",rule_id="rule-2"} 2000000\n' in text
     assert cache["rule-2"][0] is moved[0] and "rule-3" not in cache  # gone rules are let go
+
+
+def test_a_rules_templates_are_kept_compressed_and_given_back_as_made() -> None:
+    """The exporter keeps each rule's line templates deflated (`packed_flow_lines`): they come back as
+    `flow_lines` made them, escaped labels and a NUL among them (kept as they are, uncompressed); a rule of
+    the usual shape is kept in a fraction of its templates."""
+    from mcr.supervisor.metrics import flow_lines, packed_flow_lines, unpacked_flow_lines
+
+    rules = [rule for rule, _counts in _flows(8)]
+    rules.append(ForwardingRule("nul\0id", "eth0", IPv4Address("239.1.1.1"), 5000, ()))
+    for rule in rules:
+        assert unpacked_flow_lines(packed_flow_lines(rule)) == flow_lines(rule)
+    assert isinstance(packed_flow_lines(rules[-1]), tuple)
+    usual = rules[3]  # three outputs
+    kept = packed_flow_lines(usual)
+    assert isinstance(kept, bytes) and len(kept) * 4 < len("".join(flow_lines(usual)))

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -28,7 +29,7 @@ from mcr import __version__
 from mcr.linux import heap
 from mcr.membership.querier import GroupView, QuerierView
 from mcr.model.errors import ConfigError
-from mcr.model.rules import ForwardingRule, address_text, source_text
+from mcr.model.rules import ForwardingRule, OutputDestination, address_text, source_text
 from mcr.model.status import (
     Counted,
     FlowCounts,
@@ -40,6 +41,7 @@ from mcr.model.status import (
     kept_template,
     template_literal,
 )
+from mcr.protocol.packedtext import Packer
 
 log = logging.getLogger("mcr.stats")
 
@@ -166,6 +168,37 @@ def flow_lines(rule: ForwardingRule) -> FlowLines:
     )
 
 
+def _sample_lines() -> FlowLines:
+    """The templates of a rule as most are: what the kept templates are compressed against (`Packer`)."""
+    outputs = (
+        OutputDestination(IPv4Address("239.0.0.1"), 5000, "eth1", 1),
+        OutputDestination(IPv6Address("ff3e::1"), 5000, "eth2", 1),
+    )
+    return flow_lines(ForwardingRule("", "eth0", IPv4Address("239.0.0.1"), 5000, outputs))
+
+
+#: A rule's templates are kept joined by NULs and deflated against those of a sample rule: about 1,300 bytes
+#: (2.5 outputs) in about 200, given back in a microsecond for each scrape.
+_TEMPLATES = Packer("\0".join(_sample_lines()).encode())
+PackedLines = bytes | FlowLines
+
+
+def packed_flow_lines(rule: ForwardingRule) -> PackedLines:
+    """`flow_lines`, as the exporter keeps them (a template with a NUL in it, kept as it is)."""
+    lines = flow_lines(rule)
+    joined = "\0".join(lines)
+    if joined.count("\0") != len(lines) - 1:
+        return lines
+    return _TEMPLATES.pack(joined.encode())
+
+
+def unpacked_flow_lines(kept: PackedLines) -> FlowLines:
+    if isinstance(kept, tuple):
+        return kept
+    packets, payload, out_packets, out_bytes, out_errors, rid = _TEMPLATES.unpack(kept).decode().split("\0")
+    return packets, payload, out_packets, out_bytes, out_errors, rid
+
+
 def _filled(lines: FlowLines, c: FlowCounts) -> tuple[str, str, str, str, str, str]:
     """One flow's lines of each of FLOW_FAMILIES, its counts written into its rule's templates."""
     packets, payload, out_packets, out_bytes, out_errors, rid = lines
@@ -187,8 +220,9 @@ def _filled(lines: FlowLines, c: FlowCounts) -> tuple[str, str, str, str, str, s
     )
 
 
-#: What the exporter keeps of a flow between scrapes (`kept_template`): its rule and the rule's `flow_lines`.
-FlowKept = Kept[FlowLines]
+#: What the exporter keeps of a flow between scrapes (`kept_template`): its rule and the rule's `flow_lines`,
+#: compressed.
+FlowKept = Kept[PackedLines]
 
 
 def flow_text(
@@ -210,8 +244,8 @@ def flow_text(
     fresh: dict[str, FlowKept] = {}
     columns: list[tuple[str, ...]] = []
     for rule, counts in flows:
-        entry = fresh[rule.rule_id] = kept_template(held.get(rule.rule_id), rule, flow_lines)
-        columns.append(_filled(entry[1], counts))
+        entry = fresh[rule.rule_id] = kept_template(held.get(rule.rule_id), rule, packed_flow_lines)
+        columns.append(_filled(unpacked_flow_lines(entry[1]), counts))
     if cache is not None:
         cache.clear()
         cache.update(fresh)  # rules no longer there are let go

@@ -1,0 +1,30 @@
+"""Texts kept compressed against a preset dictionary of what they usually say.
+
+The supervisor keeps, per rule, the texts its large answers are made of: a rule's `ListRules` JSON, the
+template of its `GetStats` entry, the templates of its metrics lines. At 10,000 rules these were most of
+what it held. The texts of one table differ in a few addresses, names and numbers, so raw deflate with a
+dictionary of their keys and usual values keeps one in a sixth of its size, and gives it back in under a
+microsecond (a compression costs about 5 µs, paid once per rule and change).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+_WBITS = -12  # raw deflate (no header or checksum: the bytes never leave the process), 4 KiB window
+
+
+class Packer:
+    """Packs and unpacks texts against one dictionary (ASCII or UTF-8 bytes; what goes in comes out)."""
+
+    __slots__ = ("dictionary",)
+
+    def __init__(self, dictionary: bytes) -> None:
+        self.dictionary = dictionary
+
+    def pack(self, text: bytes) -> bytes:
+        packer = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 4, zlib.Z_DEFAULT_STRATEGY, self.dictionary)
+        return packer.compress(text) + packer.flush()
+
+    def unpack(self, packed: bytes) -> bytes:
+        return zlib.decompressobj(_WBITS, self.dictionary).decompress(packed)
