@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, assert_never
 
@@ -64,7 +64,7 @@ from mcr.model.status import (
 )
 from mcr.protocol.controlplane import ControlPlaneRequest, decode_control_plane
 from mcr.protocol.jsondoc import load_json
-from mcr.protocol.packedtext import Packer
+from mcr.protocol.packedtext import Packer, typical_rule
 from mcr.protocol.routing import (
     ROUTING_RESPONSES,
     ROUTING_STRUCT_COMMANDS,
@@ -986,15 +986,6 @@ class ResponseEncoder:
                 return encode_response(resp)
 
 
-def _sample_rule() -> ForwardingRule:
-    """A rule as most are: what the kept texts of the answers are compressed against (`Packer`)."""
-    outputs = (
-        OutputDestination(IPv4Address("239.0.0.1"), 5000, "eth1", 1),
-        OutputDestination(IPv6Address("ff3e::1"), 5000, "eth2", 1),
-    )
-    return ForwardingRule("", "eth0", IPv4Address("239.0.0.1"), 5000, outputs)
-
-
 def _listing(
     held: dict[str, tuple[RuleView, bytes]], views: Iterable[RuleView]
 ) -> tuple[dict[str, tuple[RuleView, bytes]], bytes]:
@@ -1066,11 +1057,11 @@ def rule_text(view: RuleView) -> str:
     )
 
 
-#: A rule's `ListRules` JSON is kept deflated against the JSON of a sample rule (`_sample_rule`): the texts
+#: A rule's `ListRules` JSON is kept deflated against the JSON of a typical rule (`typical_rule`): the texts
 #: of a table differ in a few addresses and names, so one of 460 bytes (2.5 outputs) is kept in about 70.
 #: Kept as text, they were the largest thing the supervisor held per rule (510 bytes); written afresh for each
 #: answer, `ListRules` at 10,000 rules took 82 ms to answer instead of 25.
-_LISTED = Packer(rule_text(RuleView(_sample_rule(), Engine.USERSPACE, RuleState.ACTIVE)).encode())
+_LISTED = Packer(rule_text(RuleView(typical_rule(), Engine.USERSPACE, RuleState.ACTIVE)).encode())
 
 
 def _float_text(x: float) -> str:

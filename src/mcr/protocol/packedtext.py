@@ -10,8 +10,21 @@ microsecond (a compression costs about 5 µs, paid once per rule and change).
 from __future__ import annotations
 
 import zlib
+from ipaddress import IPv4Address, IPv6Address
+
+from mcr.model.rules import ForwardingRule, OutputDestination
 
 _WBITS = -12  # raw deflate (no header or checksum: the bytes never leave the process), 4 KiB window
+
+
+def typical_rule() -> ForwardingRule:
+    """A rule as most are (an IPv4 input, an IPv4 and an IPv6 output): the texts made for it are what the
+    texts of other rules are compressed against."""
+    outputs = (
+        OutputDestination(IPv4Address("239.0.0.1"), 5000, "eth1", 1),
+        OutputDestination(IPv6Address("ff3e::1"), 5000, "eth2", 1),
+    )
+    return ForwardingRule("", "eth0", IPv4Address("239.0.0.1"), 5000, outputs)
 
 
 class Packer:
