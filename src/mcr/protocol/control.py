@@ -966,9 +966,10 @@ def encode_response(resp: Response) -> bytes:
 class ResponseEncoder:
     """`encode_response`, with each rule's `ListRules` JSON kept, compressed, while the answer carries the same
     view for it (at 10,000 rules only what changed since the previous answer is written again, as text
-    directly: `rule_text`; a `ListRules` written afresh takes 40-55 ms, 110 with `json.dumps`), and each rule's
-    template of its `GetStats` entry (`rule_flow_template`) kept while the answer carries the same rule, its
-    counts filled in for each answer. The answer is one join. The bytes are those of `encode_response`."""
+    directly: `rule_text`, 50-60 ms for all of them where `json.dumps` takes 110, and as much again to compress
+    them; an answer of kept texts takes 13-18 ms), and each rule's template of its `GetStats` entry
+    (`rule_flow_template`) kept while the answer carries the same rule, its counts filled in for each answer.
+    The answer is one join. The bytes are those of `encode_response`."""
 
     def __init__(self) -> None:
         self._rules: dict[str, tuple[RuleView, bytes]] = {}
