@@ -274,6 +274,22 @@ def test_flow_counts_are_made_again_only_for_rules_whose_counts_or_rates_moved()
     assert book.flow_stats(table.rules.values())[0].packets_relayed == 0
 
 
+def test_rules_that_relayed_nothing_share_their_held_counters_until_they_count() -> None:
+    """A quiet table's book holds one packed counters object per generation and output count, not one a rule;
+    a rule that starts counting gets its own, and the sums are each rule's."""
+    idle = RuleCounters(0, 0, ((0, 0, 0, 0), (1, 0, 0, 0)))
+    moving = RuleCounters(5, 500, ((0, 5, 500, 0), (1, 5, 500, 1)))
+    book = StatsBook()
+    for rule_id in ("a", "b", "c"):
+        book.track(rule_id, 1)
+    book.on_report(StatsReport(0, 7, (("a", idle), ("b", idle), ("c", idle)), (), 0, 0, 0, 3))
+    held = book._by_rule[0]
+    assert held["a"] is held["b"] is held["c"]
+    book.on_report(StatsReport(0, 7, (("b", moving),), (), 0, 0, 0, 4, delta=True))
+    assert held["a"] is held["c"] and held["b"] is not held["a"]
+    assert (book.totals("a").packets, book.totals("b").packets, book.totals("b").outputs[1]) == (0, 5, [5, 500, 1])
+
+
 def test_counters_that_reset_at_the_source_are_kept() -> None:
     table = RuleTable(Limits())
     add(table)

@@ -849,17 +849,31 @@ def _layout(outputs: int) -> struct.Struct:
     return layout
 
 
+_IDLE_HELD: dict[bytes, bytes] = {}
+_IDLE_HELD_MAX = 4096
+
+
 def _hold(counters: RuleCounters, generation: int) -> Held:
     """`counters` as the book keeps them: 8 bytes a number in one object (2.5 outputs: 144 bytes, where the
-    counters' tuples and ints cost 600-700), or as they are when they cannot be packed."""
+    counters' tuples and ints cost 600-700), or as they are when they cannot be packed. Rules that have relayed
+    nothing share one object per generation and outputs (a full report carries one generation): a quiet table
+    holds a few of these instead of one a rule."""
     if counters.drops:
         return (counters, generation)
     try:
-        return _layout(len(counters.outputs)).pack(
+        held = _layout(len(counters.outputs)).pack(
             generation, counters.packets, counters.bytes, *(n for output in counters.outputs for n in output)
         )
     except struct.error:
         return (counters, generation)
+    if counters.packets:
+        return held
+    shared = _IDLE_HELD.get(held)
+    if shared is None:
+        if len(_IDLE_HELD) >= _IDLE_HELD_MAX:
+            _IDLE_HELD.clear()  # older generations' (those held stay valid, they are only not shared)
+        shared = _IDLE_HELD[held] = held
+    return shared
 
 
 def _unpack(held: bytes) -> tuple[int, ...]:
