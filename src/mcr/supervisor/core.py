@@ -8,9 +8,10 @@ import functools
 import operator
 import struct
 from collections import Counter
-from collections.abc import Collection, Container, Iterable, Mapping, Sequence
+from collections.abc import Collection, Container, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
+from typing import TypeVar
 
 from mcr.membership.querier import Listeners
 from mcr.model.errors import ValidationError
@@ -301,22 +302,26 @@ def _usable(link: Link | None) -> str:
 #: from, TTL or None). The rest of its `WorkerOutput` is the rule's.
 ResolvedOutput = tuple[int, int, IPAddress, int | None]
 
-_RESOLVED_OUTPUTS: dict[tuple[ResolvedOutput, ...], tuple[ResolvedOutput, ...]] = {}
-_RESOLVED_OUTPUTS_MAX = 65_536
+_Value = TypeVar("_Value", bound=Hashable)
 
 
-def _shared_outputs(outs: tuple[ResolvedOutput, ...]) -> tuple[ResolvedOutput, ...]:
-    """One tuple for every rule whose outputs resolve alike (the same interfaces, addresses and TTLs, in the
-    same places), as `shared_port` does for ports: rules fan out to a few interfaces, so 10,000 rules hold a
-    few of these instead of 10,000 (and their `WorkerOutput`s, about 90 bytes each, are made when sent).
-    Bounded: past its size the table starts again (the tuples held stay valid, they are only not shared)."""
-    held = _RESOLVED_OUTPUTS.get(outs)
+def _shared(table: dict[_Value, _Value], value: _Value, most: int) -> _Value:
+    """`value`, or the equal one `table` holds: one object for every holder of equal immutable values. Past
+    `most` entries the table starts again (the objects held stay valid, they are only not shared)."""
+    held = table.get(value)
     if held is not None:
         return held
-    if len(_RESOLVED_OUTPUTS) >= _RESOLVED_OUTPUTS_MAX:
-        _RESOLVED_OUTPUTS.clear()
-    _RESOLVED_OUTPUTS[outs] = outs
-    return outs
+    if len(table) >= most:
+        table.clear()
+    table[value] = value
+    return value
+
+
+#: One tuple for every rule whose outputs resolve alike (the same interfaces, addresses and TTLs, in the same
+#: places), as `shared_port` does for ports: rules fan out to a few interfaces, so 10,000 rules hold a few of
+#: these instead of 10,000 (and their `WorkerOutput`s, about 90 bytes each, are made when sent).
+_RESOLVED_OUTPUTS: dict[tuple[ResolvedOutput, ...], tuple[ResolvedOutput, ...]] = {}
+_RESOLVED_OUTPUTS_MAX = 65_536
 
 
 def _worker_outputs(rule: ForwardingRule, outs: Iterable[ResolvedOutput]) -> tuple[WorkerOutput, ...]:
@@ -410,7 +415,7 @@ def resolve_rule(
             # sends still succeed (the kernel drops them at the device), so nothing else would show it
             notes.append(f"output[{i}] {out.interface} has no carrier")
         resolved.append((i, olink.ifindex, address, effective_ttl(out, multicast_ttl)))
-    outs = _shared_outputs(tuple(resolved))
+    outs = _shared(_RESOLVED_OUTPUTS, tuple(resolved), _RESOLVED_OUTPUTS_MAX)
     if kernel_max_outputs is not None:
         outputs = _worker_outputs(rule, outs)
         why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, shared_flow)
@@ -658,8 +663,7 @@ class Resolver:
         key = (ifindex, rule.input_group)
         src = rule.input_source
         host = src.network_address if src is not None and src.prefixlen == src.max_prefixlen else None
-        if key not in groups:
-            groups[key] = self._group_wanted(key)
+        self._touch(key, groups)
         held = self._sources.get(key)
         if held is None:
             self._sources[key] = (rule_id, host)
@@ -684,8 +688,7 @@ class Resolver:
                 if self._egress[egress] <= 0:
                     del self._egress[egress]
         key = (ifindex, part.view.rule.input_group)
-        if key not in groups:
-            groups[key] = self._group_wanted(key)
+        self._touch(key, groups)
         held = self._sources.get(key)
         if isinstance(held, tuple):
             if held[0] == rule_id:
@@ -696,6 +699,11 @@ class Resolver:
                 self._sources[key] = next(iter(held.items()))
             elif not held:
                 del self._sources[key]
+
+    def _touch(self, key: tuple[int, IPAddress], groups: dict[tuple[int, IPAddress], frozenset[Membership]]) -> None:
+        """Before a change to an input group's sources: what it wanted, kept once per update in `groups`."""
+        if key not in groups:
+            groups[key] = self._group_wanted(key)
 
     def resolution(self, rules: Mapping[str, ForwardingRule]) -> Resolution:
         """The whole resolution, in the order of `rules`, for a worker's full Sync: made each time, since its
@@ -866,14 +874,7 @@ def _hold(counters: RuleCounters, generation: int) -> Held:
         )
     except struct.error:
         return (counters, generation)
-    if counters.packets:
-        return held
-    shared = _IDLE_HELD.get(held)
-    if shared is None:
-        if len(_IDLE_HELD) >= _IDLE_HELD_MAX:
-            _IDLE_HELD.clear()  # older generations' (those held stay valid, they are only not shared)
-        shared = _IDLE_HELD[held] = held
-    return shared
+    return held if counters.packets else _shared(_IDLE_HELD, held, _IDLE_HELD_MAX)
 
 
 def _unpack(held: bytes) -> tuple[int, ...]:
