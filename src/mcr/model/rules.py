@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import sys
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from socket import AF_INET6, inet_ntoa, inet_ntop
+from typing import overload
 
 from mcr.model.errors import ValidationError
 from mcr.model.ratelimit import RateLimit, rate_limit_problem
@@ -127,13 +129,151 @@ class OutputDestination:
         return f"{endpoint_text(self.group, self.port)}:{self.interface}"
 
 
+# An output packed (`OutputList`): flags, the group (4 or 16 bytes), the port (2), then the TTL (1) and the
+# source address (4 or 16) when it has them, then the interface name (a length byte and ASCII).
+_PACKED_V6 = 1
+_PACKED_TTL = 2
+_PACKED_SOURCE = 4
+_PACKED_SOURCE_V6 = 8
+_PACKED_FOLLOW = 16
+
+
+def _packed_address(address: object) -> tuple[int, bytes] | None:
+    """(0 for IPv4 or 1 for IPv6, its 4 or 16 bytes), or None for what packing would not give back equal."""
+    if type(address) is IPv4Address:
+        return 0, int(address).to_bytes(4, "big")
+    if type(address) is IPv6Address and address.scope_id is None:
+        return 1, int(address).to_bytes(16, "big")
+    return None
+
+
+def _pack_output(out: OutputDestination) -> bytes | None:
+    group = _packed_address(out.group)
+    port, ttl, name = out.port, out.ttl, out.interface
+    if group is None or type(port) is not int or not 0 <= port <= 0xFFFF or not name.isascii() or len(name) > 255:
+        return None
+    flags = group[0] * _PACKED_V6
+    tail = b""
+    if ttl is not None:
+        if type(ttl) is not int or not 0 <= ttl <= 255:
+            return None
+        flags |= _PACKED_TTL
+        tail = bytes((ttl,))
+    if out.source_ip is not None:
+        source = _packed_address(out.source_ip)
+        if source is None:
+            return None
+        flags |= _PACKED_SOURCE | source[0] * _PACKED_SOURCE_V6
+        tail += source[1]
+    if out.follow_receivers is True:
+        flags |= _PACKED_FOLLOW
+    elif out.follow_receivers is not False:
+        return None
+    return b"".join((bytes((flags,)), group[1], port.to_bytes(2, "big"), tail, bytes((len(name),)), name.encode()))
+
+
+_V4_HEAD = struct.Struct(">BIH")  # flags, an IPv4 group, the port
+_V6_HEAD = struct.Struct(">B16sH")
+_NAMES: dict[bytes, str] = {}  # interface names as read back: one string each (at most 4,096 kept)
+
+
+def _unpack_address(data: bytes, pos: int, v6: int) -> tuple[IPAddress, int]:
+    if v6:
+        return IPv6Address(int.from_bytes(data[pos : pos + 16], "big")), pos + 16
+    return IPv4Address(int.from_bytes(data[pos : pos + 4], "big")), pos + 4
+
+
+def _unpack_outputs(data: bytes) -> tuple[OutputDestination, ...]:
+    outs = []
+    pos = 2
+    for _ in range(data[0] << 8 | data[1]):
+        group: IPAddress
+        if data[pos] & _PACKED_V6:
+            flags, raw, port = _V6_HEAD.unpack_from(data, pos)
+            group = IPv6Address(int.from_bytes(raw, "big"))
+            pos += 19
+        else:
+            flags, n, port = _V4_HEAD.unpack_from(data, pos)
+            group = IPv4Address(n)
+            pos += 7
+        ttl = source = None
+        if flags & _PACKED_TTL:
+            ttl = data[pos]
+            pos += 1
+        if flags & _PACKED_SOURCE:
+            source, pos = _unpack_address(data, pos, flags & _PACKED_SOURCE_V6)
+        end = pos + 1 + data[pos]
+        raw_name = data[pos + 1 : end]
+        name = _NAMES.get(raw_name)
+        if name is None:
+            if len(_NAMES) >= 4096:
+                _NAMES.clear()
+            name = _NAMES[raw_name] = sys.intern(raw_name.decode())
+        pos = end
+        outs.append(OutputDestination(group, port, name, ttl, source, bool(flags & _PACKED_FOLLOW)))
+    return tuple(outs)
+
+
+class OutputList(Sequence[OutputDestination]):
+    """A rule's outputs, as a tuple of them behaves, but held packed in one `bytes` (about 15 bytes an IPv4
+    output, 27 an IPv6 one) and made into `OutputDestination`s when read: a table of 10,000 rules holds their
+    outputs in 1 MB instead of 4.5 (the objects and their addresses, 170 bytes an output). Reading them costs
+    about 2 µs an output; what reads every rule's outputs often (listings, statistics templates) keeps its text.
+    Outputs that would not come back equal (a port out of range, a name that is not ASCII: refused later by
+    validation, which must see them as they were given) are held as given."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self, outputs: Iterable[OutputDestination] = ()) -> None:
+        given = tuple(outputs)
+        packed = [_pack_output(out) for out in given] if len(given) <= 0xFFFF else [None]
+        self._held: bytes | tuple[OutputDestination, ...] = (
+            given if None in packed else b"".join((len(given).to_bytes(2, "big"), *packed))
+        )
+
+    def _outputs(self) -> tuple[OutputDestination, ...]:
+        held = self._held
+        return held if isinstance(held, tuple) else _unpack_outputs(held)
+
+    def __len__(self) -> int:
+        held = self._held
+        return len(held) if isinstance(held, tuple) else held[0] << 8 | held[1]
+
+    @overload
+    def __getitem__(self, index: int) -> OutputDestination: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[OutputDestination, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> OutputDestination | tuple[OutputDestination, ...]:
+        return self._outputs()[index]
+
+    def __iter__(self) -> Iterator[OutputDestination]:
+        return iter(self._outputs())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, OutputList):
+            if type(self._held) is type(other._held):
+                return self._held == other._held
+            return self._outputs() == other._outputs()
+        if isinstance(other, tuple | list):
+            return self._outputs() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._outputs())
+
+    def __repr__(self) -> str:
+        return repr(self._outputs())
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardingRule:
     rule_id: str
     input_interface: str
     input_group: IPAddress
     input_port: int
-    outputs: tuple[OutputDestination, ...]
+    outputs: Sequence[OutputDestination]  # held as an `OutputList`, whatever sequence is given
     input_source: SourcePrefix | None = None  # only packets from this host or prefix match
     source: RuleSource = field(default=RuleSource.RUNTIME, compare=False)
     rate_limit: RateLimit | None = None  # None: unlimited
@@ -147,6 +287,8 @@ class ForwardingRule:
         object.__setattr__(self, "rule_id", sys.intern(self.rule_id))
         object.__setattr__(self, "input_interface", sys.intern(self.input_interface))
         object.__setattr__(self, "input_port", shared_port(self.input_port))
+        if type(self.outputs) is not OutputList:
+            object.__setattr__(self, "outputs", OutputList(self.outputs))
         object.__setattr__(self, "flow", (self.input_interface, self.input_group, self.input_port))
 
     @property

@@ -142,7 +142,7 @@ def merge_pim_outputs(
             for oif in oifs
             if oif != rule.input_interface and (rule.input_group, rule.input_port, oif) not in have
         )
-        merged.append(replace(rule, outputs=rule.outputs + extra) if extra else rule)
+        merged.append(replace(rule, outputs=(*rule.outputs, *extra)) if extra else rule)
     return merged
 
 
