@@ -546,9 +546,9 @@ class Resolver:
         self._captures: Counter[int] = Counter()  # ifindex -> userspace rules on it
         self._capture_names: dict[int, str] = {}
         self._egress: Counter[RawEgress] = Counter()  # raw ESP output sockets -> userspace outputs using them
-        # membership inputs: (input ifindex, group) -> the (rule id, source host or None) of its one rule, or
-        # those of several rules by id; the memberships a group wants are made from them when asked
-        self._sources: dict[tuple[int, IPAddress], tuple[str, IPAddress | None] | dict[str, IPAddress | None]] = {}
+        # membership inputs: input ifindex -> group -> its rules' sources (`_GroupSources`); the memberships a
+        # group wants are made from them when asked
+        self._sources: dict[int, dict[IPAddress, _GroupSources]] = {}
         self._views: tuple[Mapping[str, ForwardingRule], tuple[RuleView, ...]] | None = None
 
     @property
@@ -562,19 +562,15 @@ class Resolver:
         return self._egress.keys()
 
     def memberships(self) -> dict[int, frozenset[Membership]]:
-        wanted: dict[int, set[Membership]] = {}
-        for gkey in self._sources:
-            wanted.setdefault(gkey[0], set()).update(self._group_wanted(gkey))
-        return {k: frozenset(v) for k, v in wanted.items()}
+        return {
+            ifindex: frozenset().union(*(_group_memberships(group, _hosts(held)) for group, held in groups.items()))
+            for ifindex, groups in self._sources.items()
+        }
 
     def _group_wanted(self, gkey: tuple[int, IPAddress]) -> frozenset[Membership]:
         """The memberships one input group wants, from its rules' sources."""
-        held = self._sources.get(gkey)
-        if held is None:
-            return frozenset()
-        if isinstance(held, tuple):
-            return frozenset({(gkey[1], held[1])})
-        return _group_memberships(gkey[1], held.values())
+        held = self._sources.get(gkey[0], {}).get(gkey[1])
+        return frozenset() if held is None else _group_memberships(gkey[1], _hosts(held))
 
     def update(
         self,
@@ -664,13 +660,14 @@ class Resolver:
         src = rule.input_source
         host = src.network_address if src is not None and src.prefixlen == src.max_prefixlen else None
         self._touch(key, groups)
-        held = self._sources.get(key)
+        on_link = self._sources.setdefault(ifindex, {})
+        held = on_link.get(rule.input_group)
         if held is None:
-            self._sources[key] = (rule_id, host)
-        elif isinstance(held, tuple):
-            self._sources[key] = {held[0]: held[1], rule_id: host}
-        else:
+            on_link[rule.input_group] = rule_id if host is None else (rule_id, host)
+        elif isinstance(held, dict):
             held[rule_id] = host
+        else:
+            on_link[rule.input_group] = {**_by_rule(held), rule_id: host}
 
     def _unbook(
         self, rule_id: str, part: RuleResolution, groups: dict[tuple[int, IPAddress], frozenset[Membership]]
@@ -687,18 +684,22 @@ class Resolver:
                 self._egress[egress] -= 1
                 if self._egress[egress] <= 0:
                     del self._egress[egress]
-        key = (ifindex, part.view.rule.input_group)
-        self._touch(key, groups)
-        held = self._sources.get(key)
-        if isinstance(held, tuple):
-            if held[0] == rule_id:
-                del self._sources[key]
-        elif held is not None:
-            held.pop(rule_id, None)
-            if len(held) == 1:
-                self._sources[key] = next(iter(held.items()))
-            elif not held:
-                del self._sources[key]
+        group = part.view.rule.input_group
+        self._touch((ifindex, group), groups)
+        on_link = self._sources.get(ifindex, {})
+        held = on_link.get(group)
+        if held is None:
+            return
+        rest = {rid: host for rid, host in _by_rule(held).items() if rid != rule_id}
+        if len(rest) > 1:
+            on_link[group] = rest
+        elif rest:
+            ((rid, host),) = rest.items()
+            on_link[group] = rid if host is None else (rid, host)
+        else:
+            del on_link[group]
+            if not on_link:
+                del self._sources[ifindex]
 
     def _touch(self, key: tuple[int, IPAddress], groups: dict[tuple[int, IPAddress], frozenset[Membership]]) -> None:
         """Before a change to an input group's sources: what it wanted, kept once per update in `groups`."""
@@ -719,6 +720,29 @@ class Resolver:
         views = tuple(parts[rule_id].view for rule_id in rules if rule_id in parts)
         self._views = (rules, views)
         return views
+
+
+#: An input group's rules' sources, as `Resolver._sources` holds them: the id of its one rule when that rule takes
+#: any source (or a prefix: every source is joined), (its id, the source host) when it names a host, or the
+#: source host (or None) of each of its rules by id when several share the group. A group almost always has one
+#: rule that names no host, and a tuple or a dict for it would cost 56 or 180 bytes more.
+_GroupSources = str | tuple[str, IPAddress] | dict[str, IPAddress | None]
+
+
+def _by_rule(held: _GroupSources) -> dict[str, IPAddress | None]:
+    if isinstance(held, str):
+        return {held: None}
+    if isinstance(held, tuple):
+        return {held[0]: held[1]}
+    return held
+
+
+def _hosts(held: _GroupSources) -> Iterable[IPAddress | None]:
+    if isinstance(held, str):
+        return (None,)
+    if isinstance(held, tuple):
+        return (held[1],)
+    return held.values()
 
 
 def _ids(held: str | tuple[str, ...]) -> tuple[str, ...]:
