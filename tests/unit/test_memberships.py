@@ -77,4 +77,4 @@ def test_a_group_left_by_some_sources_keeps_them_apart_from_the_rest(limit: list
     m.change({b}, set())
     assert m.joined[a] is not m.joined[b]
     m.change(set(), {a, b})
-    assert not m.joined and not m.members and not m._on_group
+    assert not m.joined and not m.members and not m._held

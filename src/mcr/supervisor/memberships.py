@@ -9,7 +9,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from collections.abc import Set as AbstractSet
 
 from mcr.model.rules import IPAddress
@@ -78,12 +78,12 @@ class Memberships:
     (`change`) costs the same whatever the number of memberships held."""
 
     def __init__(self) -> None:
-        self.joined: dict[Key, socket.socket] = {}
         self.members: dict[socket.socket, int] = {}
         self.failed: dict[Key, str] = {}
-        # ifindex -> group -> the sockets holding it: the socket itself when one does, as nearly always (a set
-        # costs 216 bytes, a tuple of one 48), and by interface first, so that no (ifindex, group) key is made
-        self._on_group: dict[int, dict[IPAddress, socket.socket | tuple[socket.socket, ...]]] = {}
+        # ifindex -> group -> the socket that holds its any-source membership, as nearly always, or the socket of
+        # each of its memberships by source (None: any source). By interface first and with no tuple or dict for
+        # a group's one membership: a `Key` kept for each would cost 64 bytes, a dict of one 180.
+        self._held: dict[int, dict[IPAddress, socket.socket | dict[IPAddress | None, socket.socket]]] = {}
         # by IP version, the sockets that may have room (under the limit at the last look), oldest first, and
         # the limit they were sorted by: finding a socket for a join looks at these, not at every socket
         self._room: dict[int, dict[socket.socket, None]] = {4: {}, 6: {}}
@@ -112,7 +112,8 @@ class Memberships:
     def reconcile(self, wanted: Mapping[int, AbstractSet[Membership]]) -> None:
         """Hold exactly `wanted` ({ifindex: memberships})."""
         want: set[Key] = {(idx, g, s) for idx, members in wanted.items() for g, s in members}
-        self.change(want - set(self.joined), set(self.joined) - want)
+        joined = set(self.joined)
+        self.change(want - joined, joined - want)
         self.failed = {k: v for k, v in self.failed.items() if k in want}
 
     def retry(self) -> None:
@@ -123,14 +124,13 @@ class Memberships:
         """Leave `leave`, then join `join` (a join that fails is kept in `failed` and tried again by `retry`)."""
         for key in leave:
             self.failed.pop(key, None)
-            sock = self.joined.pop(key, None)
+            sock = self._pop(key)
             if sock is None:
                 continue
             try:
                 sock.setsockopt(*membership_option(key, join=False))
             except OSError:
                 pass  # the interface may be gone, and the membership with it
-            self._set_holders(key[0], key[1], tuple(s for s in self._holders(key[0], key[1]) if s is not sock))
             self.members[sock] -= 1
             if self.members[sock] == 0:
                 del self.members[sock]
@@ -141,7 +141,7 @@ class Memberships:
         if not join:
             return
         limit = _max_per_socket()
-        for key in sorted((k for k in join if k not in self.joined), key=_order):
+        for key in sorted((k for k in join if self.holder(k) is None), key=_order):
             ifindex, group, source = key
             sock = self._socket_for(key, limit)
             try:
@@ -159,26 +159,54 @@ class Memberships:
                 continue
             if self.failed.pop(key, None) is not None:
                 log.info("joined %s on ifindex %d (it had failed before)", group, ifindex)
-            self.joined[key] = sock
-            held = self._holders(ifindex, group)
-            if sock not in held:
-                self._set_holders(ifindex, group, (*held, sock))
+            self._put(key, sock)
             self.members[sock] += 1
 
-    def _holders(self, ifindex: int, group: IPAddress) -> tuple[socket.socket, ...]:
-        held = self._on_group.get(ifindex, {}).get(group, ())
-        return held if isinstance(held, tuple) else (held,)
+    @property
+    def joined(self) -> dict[Key, socket.socket]:
+        """Every membership held, and the socket that holds it."""
+        return {
+            (ifindex, group, source): sock
+            for ifindex, groups in self._held.items()
+            for group, held in groups.items()
+            for source, sock in _by_source(held).items()
+        }
 
-    def _set_holders(self, ifindex: int, group: IPAddress, holders: tuple[socket.socket, ...]) -> None:
-        groups = self._on_group.setdefault(ifindex, {})
-        if len(holders) > 1:
-            groups[group] = holders
-        elif holders:
-            groups[group] = holders[0]
+    def holder(self, key: Key) -> socket.socket | None:
+        """The socket that holds this membership, if it is held."""
+        held = self._held.get(key[0], {}).get(key[1])
+        return None if held is None else _by_source(held).get(key[2])
+
+    def _holders(self, ifindex: int, group: IPAddress) -> Collection[socket.socket]:
+        held = self._held.get(ifindex, {}).get(group)
+        return () if held is None else _by_source(held).values()
+
+    def _put(self, key: Key, sock: socket.socket) -> None:
+        ifindex, group, source = key
+        groups = self._held.setdefault(ifindex, {})
+        held = groups.get(group)
+        if held is None and source is None:
+            groups[group] = sock
         else:
-            groups.pop(group, None)
+            groups[group] = {**({} if held is None else _by_source(held)), source: sock}
+
+    def _pop(self, key: Key) -> socket.socket | None:
+        ifindex, group, source = key
+        groups = self._held.get(ifindex, {})
+        held = groups.get(group)
+        if held is None:
+            return None
+        rest = dict(_by_source(held))
+        sock = rest.pop(source, None)
+        if sock is None:
+            return None
+        if not rest:
+            del groups[group]
             if not groups:
-                del self._on_group[ifindex]
+                del self._held[ifindex]
+        else:
+            groups[group] = rest[None] if list(rest) == [None] else rest
+        return sock
 
     def close(self) -> None:
         self.reconcile({})
@@ -193,7 +221,11 @@ class Memberships:
         for sock in self.members:
             sock.close()
         self.members.clear()
-        self.joined.clear()
+        self._held.clear()
+
+
+def _by_source(held: socket.socket | dict[IPAddress | None, socket.socket]) -> dict[IPAddress | None, socket.socket]:
+    return held if isinstance(held, dict) else {None: held}
 
 
 def _order(key: Key) -> tuple[int, int, int, int]:
