@@ -70,6 +70,24 @@ def test_a_rule_is_pending_until_every_worker_confirmed_its_generation() -> None
     assert plane.states(2, 1) == {"a": ("active", "")}
 
 
+def test_confirmed_generations_are_forgotten_and_the_states_stay_as_they_were() -> None:
+    plane = Plane(table_with("a", "b"))
+    plane.apply()
+    plane.table.add(AddRule("c", "eth0", IPv4Address("239.1.1.9"), 5000, (OUT,)))
+    plane.apply()
+    seen = {acked: plane.states(acked) for acked in (1, 2, 3)}
+    plane.tracker.settle([2, 1])  # one worker has not confirmed generation 2: c's is kept
+    assert plane.tracker.changed_in == {"c": 2}
+    plane.tracker.settle([2, 2])
+    assert plane.tracker.changed_in == {}
+    assert {acked: plane.states(acked) for acked in (2, 3)} == {a: seen[a] for a in (2, 3)}
+    assert plane.states(-1) == {r: ("pending", PENDING.format(2)) for r in "abc"}, "a worker restarts"
+    plane.table.remove("a")
+    plane.table.add(AddRule("a", "eth0", IPv4Address("239.1.1.1"), 5000, (OUT, replace(OUT, port=6001))))
+    plane.apply()  # a changed, b and c did not: only a is pending
+    assert plane.states(2) == {"b": ("active", ""), "c": ("active", ""), "a": ("pending", PENDING.format(3))}
+
+
 def test_only_rules_whose_data_plane_form_changed_go_back_to_pending() -> None:
     plane = Plane(table_with("a"))
     plane.apply()

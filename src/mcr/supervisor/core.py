@@ -775,11 +775,12 @@ class SyncTracker:
     The kernel engine's rules are written to its maps synchronously, so they are active at once."""
 
     changed_in: dict[str, int] = field(default_factory=dict)  # rule id -> generation its form last changed
+    settled: int = 0  # what a rule not in `changed_in` stands at: every worker had confirmed it (`settle`)
 
     def on_apply(self, before: Resolution, after: Resolution, generation: int) -> None:
         old = dataplane_forms(before)
         self.changed_in = {
-            rule_id: self.changed_in.get(rule_id, generation) if old.get(rule_id) == form else generation
+            rule_id: self.changed_in.get(rule_id, self.settled) if old.get(rule_id) == form else generation
             for rule_id, form in dataplane_forms(after).items()
         }
 
@@ -792,6 +793,17 @@ class SyncTracker:
             elif before is None or before.form != form:
                 self.changed_in[rule_id] = generation
 
+    def settle(self, acked: Iterable[int]) -> None:
+        """Forget the generations every worker has confirmed: a rule with none stands at the generation they
+        had all confirmed then (`settled`), which is what its own is to a worker that confirms anything (a
+        restarted worker is given the current generation whole, so a worker's confirmed generation never goes
+        back but to -1, starting). Without this, the table would keep an entry (about 70 bytes) for every rule
+        ever changed."""
+        applied = min(acked, default=None)
+        if applied is not None and applied > self.settled:
+            self.settled = applied
+            self.changed_in = {rule_id: g for rule_id, g in self.changed_in.items() if g > applied}
+
     def views(self, listed: tuple[RuleView, ...], acked: Iterable[int]) -> tuple[RuleView, ...]:
         """The views `listed` with userspace rules the workers have not all confirmed shown as PENDING. `acked`:
         the generation each worker has confirmed, -1 for a worker that is starting or restarting."""
@@ -800,7 +812,7 @@ class SyncTracker:
             return listed
         views = []
         for view in listed:
-            since = self.changed_in.get(view.rule.rule_id, 0)
+            since = self.changed_in.get(view.rule.rule_id, self.settled)
             if view.state is RuleState.ACTIVE and view.engine is Engine.USERSPACE and applied < since:
                 why = f"workers are applying the rule set (generation {since})"
                 reason = f"{why}; {view.state_reason}" if view.state_reason else why

@@ -670,6 +670,7 @@ class Supervisor:
                     self.memberships.retry()
                 self.collect_kernel()
                 self.stats.tick(self.table.rules, now)
+                self.sync_state.settle(self.acked_generations())
 
     def snapshot_from_thread(self) -> Snapshot:
         """`snapshot`, taken in the loop, for the metrics exporter's HTTP thread."""
@@ -1174,8 +1175,10 @@ class Supervisor:
 
     def rule_views(self) -> tuple[RuleView, ...]:
         """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
-        acked = (h.acked_generation for h in self.workers if h.status is not WorkerStatus.STOPPED)
-        return self.sync_state.views(self.resolver.views(self.data_rules), acked)
+        return self.sync_state.views(self.resolver.views(self.data_rules), self.acked_generations())
+
+    def acked_generations(self) -> list[int]:
+        return [h.acked_generation for h in self.workers if h.status is not WorkerStatus.STOPPED]
 
     def apply(self, changed: Iterable[str] | None = None) -> int:
         """Bring the data plane in line with the rules `changed` (added, changed or removed; None: every rule,
