@@ -353,4 +353,7 @@ def test_listing_texts_are_kept_compressed_and_given_back_byte_for_byte(monkeypa
     assert encoder.encode(Rules(tuple(views))) == first and made == []
     changed = [*views[:5], RuleView(views[5].rule, Engine.USERSPACE, RuleState.PENDING, "workers"), *views[6:]]
     assert encoder.encode(Rules(tuple(changed))) == encode_response(Rules(tuple(changed))) and made == [changed[5]]
-    assert len(encoder._rules["r7"][1]) * 4 < len(real(views[7]))
+    kept = views[7].listed
+    assert kept is not None and len(kept) * 4 < len(real(views[7]))
+    assert replace(views[7], state=RuleState.PENDING).listed is None, "a view made from it is written anew"
+    assert ResponseEncoder().encode(Rules(tuple(views))) == first, "another encoder takes what the views keep"

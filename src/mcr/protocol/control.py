@@ -964,22 +964,20 @@ def encode_response(resp: Response) -> bytes:
 
 
 class ResponseEncoder:
-    """`encode_response`, with each rule's `ListRules` JSON kept, compressed, while the answer carries the same
-    view for it (at 10,000 rules only what changed since the previous answer is written again, as text
+    """`encode_response`, with each rule's `ListRules` JSON kept, compressed, with its view while the answer
+    carries that view (at 10,000 rules only what changed since the previous answer is written again, as text
     directly: `rule_text`, 50-60 ms for all of them where `json.dumps` takes 110, and as much again to compress
     them; an answer of kept texts takes 13-18 ms), and each rule's template of its `GetStats` entry
     (`rule_flow_template`) kept while the answer carries the same rule, its counts filled in for each answer.
     The answer is one join. The bytes are those of `encode_response`."""
 
     def __init__(self) -> None:
-        self._rules: dict[str, tuple[RuleView, bytes]] = {}
         self._templates: dict[str, _Flow] = {}
 
     def encode(self, resp: Response) -> bytes:
         match resp:
             case Rules():
-                self._rules, listed = _listing(self._rules, resp.rules)
-                return b'{"Rules": [' + listed + b"]}\n"
+                return b'{"Rules": [' + _listing(resp.rules) + b"]}\n"
             case CountedStats():
                 self._templates, body = _counted_listing(self._templates, resp.flows)
                 return ('{"Stats": [' + body + "]}\n").encode()
@@ -987,24 +985,19 @@ class ResponseEncoder:
                 return encode_response(resp)
 
 
-def _listing(
-    held: dict[str, tuple[RuleView, bytes]], views: Iterable[RuleView]
-) -> tuple[dict[str, tuple[RuleView, bytes]], bytes]:
-    """The views' JSON joined by ", ", each taken from `held` when it was made from that very view, and the
-    views' (view, compressed JSON) to hold for the next answer (rules no longer listed are let go)."""
-    fresh: dict[str, tuple[RuleView, bytes]] = {}
+def _listing(views: Iterable[RuleView]) -> bytes:
+    """The views' JSON joined by ", ", each kept compressed with its view (`RuleView.listed`) for the next answer
+    that carries that very view."""
     parts: list[bytes] = []
     for view in views:
-        rule_id = view.rule.rule_id
-        kept = held.get(rule_id)
-        if kept is None or kept[0] is not view:
+        kept = view.listed
+        if kept is None:
             text = rule_text(view).encode()  # ASCII (`_quote` escapes the rest)
-            kept = (view, _LISTED.pack(text))
+            view.keep_listed(_LISTED.pack(text))
         else:
-            text = _LISTED.unpack(kept[1])
-        fresh[rule_id] = kept
+            text = _LISTED.unpack(kept)
         parts.append(text)
-    return fresh, b", ".join(parts)
+    return b", ".join(parts)
 
 
 def _counted_listing(held: dict[str, _Flow], flows: Iterable[Counted]) -> tuple[dict[str, _Flow], str]:
