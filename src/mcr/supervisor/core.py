@@ -260,11 +260,12 @@ def kernel_problem(
         return "several sources on one group and port are served in userspace"
     if len(outputs) > max_outputs:
         return f"more than {max_outputs} outputs"
+    declared = tuple(rule.outputs)  # read once: an `OutputList` makes its outputs each time it is read
     for out in outputs:
         if not is_multicast(out.group):
             return f"output[{out.index}] is unicast (needs neighbour resolution)"
-        if not links[rule.outputs[out.index].interface].mac:
-            return f"output[{out.index}] {rule.outputs[out.index].interface} is not an Ethernet interface"
+        if not links[declared[out.index].interface].mac:
+            return f"output[{out.index}] {declared[out.index].interface} is not an Ethernet interface"
     return ""
 
 
@@ -273,9 +274,10 @@ def _kernel_rule(
 ) -> KernelRule:
     """The kernel engine's form of a rule `kernel_problem` passed (its outputs of its group's family)."""
     kouts: list[KernelOutput] = []
+    declared = tuple(rule.outputs)
     for o in outputs:
         assert o.ttl is not None, "kernel outputs are multicast (kernel_problem): their TTL is always set"
-        mac = links[rule.outputs[o.index].interface].mac
+        mac = links[declared[o.index].interface].mac
         kouts.append(KernelOutput(o.index, o.ifindex, o.group, o.port, o.source, mac, o.ttl, o.protocol))
     return KernelRule(
         rule.rule_id,
@@ -329,7 +331,7 @@ def _worker_outputs(rule: ForwardingRule, outs: Iterable[ResolvedOutput]) -> tup
     have no ports."""
     protocol = rule.input_protocol
     esp = protocol is InputProtocol.ESP
-    declared = rule.outputs
+    declared = tuple(rule.outputs)  # read once (an `OutputList` makes them when read)
     return tuple(
         WorkerOutput(i, declared[i].group, 0 if esp else declared[i].port, ifindex, address, ttl, protocol)
         for i, ifindex, address, ttl in outs
