@@ -415,7 +415,8 @@ def check_rule_shape(rule: ForwardingRule) -> None:
     problem = interface_name_problem(rule.input_interface)
     if problem:
         raise ValidationError(f"Invalid input_interface: {problem}")
-    for i, out in enumerate(rule.outputs):
+    outputs = tuple(rule.outputs)  # read once: an `OutputList` makes its outputs each time it is read
+    for i, out in enumerate(outputs):
         problem = interface_name_problem(out.interface)
         if problem:
             raise ValidationError(f"Invalid output_interface in output[{i}]: {problem}")
@@ -429,7 +430,7 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         problem = _port_problem("input_port", rule.input_port)
         if problem:
             raise ValidationError(problem)
-    for i, out in enumerate(rule.outputs):
+    for i, out in enumerate(outputs):
         problem = ttl_problem(f"output[{i}].ttl", out.ttl)
         if rule.input_protocol is not InputProtocol.ESP:
             problem = _port_problem(f"output[{i}].port", out.port) or problem
@@ -441,7 +442,7 @@ def check_rule_shape(rule: ForwardingRule) -> None:
         if problem:
             raise ValidationError(problem)
     seen: dict[tuple[IPAddress, int, str], int] = {}
-    for i, out in enumerate(rule.outputs):
+    for i, out in enumerate(outputs):
         problem = _destination_problem(out.group)
         if problem:
             raise ValidationError(f"output[{i}].group {out.group} {problem}")
