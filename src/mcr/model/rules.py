@@ -214,6 +214,11 @@ def _unpack_outputs(data: bytes) -> tuple[OutputDestination, ...]:
     return tuple(outs)
 
 
+#: The outputs read last, and the bytes they were read from: a change reads one rule's outputs several times
+#: over (validation, resolution, the workers' form, the journal), and the second read on costs nothing.
+_last_read: tuple[bytes, tuple[OutputDestination, ...]] = (b"", ())
+
+
 class OutputList(Sequence[OutputDestination]):
     """A rule's outputs, as a tuple of them behaves, but held packed in one `bytes` (about 15 bytes an IPv4
     output, 27 an IPv6 one) and made into `OutputDestination`s when read: a table of 10,000 rules holds their
@@ -232,8 +237,16 @@ class OutputList(Sequence[OutputDestination]):
         )
 
     def _outputs(self) -> tuple[OutputDestination, ...]:
+        global _last_read
         held = self._held
-        return held if isinstance(held, tuple) else _unpack_outputs(held)
+        if isinstance(held, tuple):
+            return held
+        last = _last_read
+        if last[0] is held:
+            return last[1]
+        outputs = _unpack_outputs(held)
+        _last_read = (held, outputs)
+        return outputs
 
     def __len__(self) -> int:
         held = self._held
