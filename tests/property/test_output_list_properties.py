@@ -25,14 +25,29 @@ OUTPUT = st.builds(
     follow_receivers=st.booleans(),
 )
 
+# and outputs as validation takes them, which are all held packed
+PACKABLE = st.builds(
+    OutputDestination,
+    group=ADDRESS,
+    port=st.integers(0, 65535),
+    interface=st.sampled_from(["eth0", "veth-out1", "a" * 15]),
+    ttl=st.none() | st.integers(0, 255),
+    source_ip=st.none() | ADDRESS,
+    follow_receivers=st.booleans(),
+)
 
-@given(st.lists(OUTPUT, max_size=8))
+
+@given(st.lists(PACKABLE, max_size=8) | st.lists(OUTPUT, max_size=8))
 def test_outputs_read_back_equal_and_in_order(given_outputs: list[OutputDestination]) -> None:
     held = OutputList(given_outputs)
+    packable = all(type(o.port) is int and 0 <= o.port <= 65535 and o.interface.isascii() and len(o.interface) < 256
+                   and (o.ttl is None or 0 <= o.ttl <= 255) for o in given_outputs)  # fmt: skip
+    assert isinstance(held._held, bytes) == packable
     assert tuple(held) == tuple(given_outputs)
     assert len(held) == len(given_outputs)
     assert [held[i] for i in range(len(held))] == given_outputs
     assert held == tuple(given_outputs) and held == OutputList(given_outputs)
+    assert held.follow_receivers() == any(out.follow_receivers for out in given_outputs)
     for got, want in zip(held, given_outputs, strict=True):
         assert type(got.group) is type(want.group) and type(got.ttl) is type(want.ttl)
 

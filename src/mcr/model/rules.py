@@ -252,6 +252,22 @@ class OutputList(Sequence[OutputDestination]):
         held = self._held
         return len(held) if isinstance(held, tuple) else held[0] << 8 | held[1]
 
+    def follow_receivers(self) -> bool:
+        """Whether an output follows receivers, told from the packed flags without making the outputs."""
+        held = self._held
+        if isinstance(held, tuple):
+            return any(out.follow_receivers for out in held)
+        pos = 2
+        for _ in range(len(self)):
+            flags = held[pos]
+            if flags & _PACKED_FOLLOW:
+                return True
+            pos += 3 + (16 if flags & _PACKED_V6 else 4) + (1 if flags & _PACKED_TTL else 0)
+            if flags & _PACKED_SOURCE:
+                pos += 16 if flags & _PACKED_SOURCE_V6 else 4
+            pos += 1 + held[pos]
+        return False
+
     @overload
     def __getitem__(self, index: int) -> OutputDestination: ...
 
@@ -303,6 +319,14 @@ class ForwardingRule:
         if type(self.outputs) is not OutputList:
             object.__setattr__(self, "outputs", OutputList(self.outputs))
         object.__setattr__(self, "flow", (self.input_interface, self.input_group, self.input_port))
+
+    @property
+    def follows_receivers(self) -> bool:
+        """Whether one of its outputs follows receivers (`OutputDestination.follow_receivers`)."""
+        outputs = self.outputs
+        if isinstance(outputs, OutputList):
+            return outputs.follow_receivers()
+        return any(out.follow_receivers for out in outputs)
 
     @property
     def input_key(self) -> tuple[str, IPAddress, int, SourcePrefix | None]:

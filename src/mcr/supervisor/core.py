@@ -374,6 +374,27 @@ class RuleResolution:
         return self.worker if self.outs is not None else self.kernel
 
     @property
+    def served(self) -> bool:
+        """Whether the data plane is given a form of it (`form` is not None), told without making it."""
+        return self.kernel is not None if self.outs is None else self.input_link is not None
+
+    def same_form(self, other: RuleResolution) -> bool:
+        """Whether `form` is the same for both, told without making either: for a userspace rule, the same
+        served outputs, input, epoch and relayed rule."""
+        if self.outs is None or other.outs is None:
+            return self.outs is None and other.outs is None and self.kernel == other.kernel
+        a, b = self.view.rule, other.view.rule
+        return (
+            self.outs == other.outs
+            and self.epoch == other.epoch
+            and (self.input_link is None) == (other.input_link is None)
+            and (self.input_link is None or other.input_link is None or self.input_link[0] == other.input_link[0])
+            and (a is b or (a.rule_id, a.input_group, a.input_port, a.input_source, a.rate_limit, a.input_protocol,
+                            a.outputs) == (b.rule_id, b.input_group, b.input_port, b.input_source, b.rate_limit,
+                                           b.input_protocol, b.outputs))
+        )  # fmt: skip
+
+    @property
     def raw_egress(self) -> frozenset[RawEgress]:
         """The raw ESP output sockets the workers need for this rule (none for a kernel or UDP rule)."""
         if self.outs is None or self.view.rule.input_protocol is not InputProtocol.ESP:
@@ -484,8 +505,9 @@ def _assemble(
                 on_input.setdefault(part.input_link[0], []).append(rule)
             else:
                 memberships.setdefault(part.input_link[0], frozenset())  # an input of unicast rules only
-        if part.worker is not None:
-            worker_rules.append(part.worker)
+        worker = part.worker
+        if worker is not None:
+            worker_rules.append(worker)
             assert part.input_link is not None
             captures[part.input_link[0]] = part.input_link[1]
             raw_egress.update(part.raw_egress)
@@ -789,10 +811,9 @@ class SyncTracker:
     def on_changes(self, changes: Changes, generation: int) -> None:
         """`on_apply` for the rules one `Resolver.update` changed (the others keep their generation)."""
         for rule_id, before, after in changes.rules:
-            form = after.form if after is not None else None
-            if form is None:
+            if after is None or not after.served:
                 self.changed_in.pop(rule_id, None)
-            elif before is None or before.form != form:
+            elif before is None or not before.served or not before.same_form(after):
                 self.changed_in[rule_id] = generation
 
     def settle(self, acked: Iterable[int]) -> None:

@@ -1196,16 +1196,16 @@ class Supervisor:
         self.advertise_local_sources()
         self.on_msdp_sources()
         if changed is None or any(
-            out.follow_receivers
+            part.view.rule.follows_receivers
             for _rule_id, before, after in changes.rules
             for part in (before, after)
             if part is not None
-            for out in part.view.rule.outputs
         ):
             self.queriers.follow(
                 {
                     (out.interface, Family.IPV4 if out.group.version == 4 else Family.IPV6)
                     for rule in self.table.rules.values()
+                    if rule.follows_receivers
                     for out in rule.outputs
                     if out.follow_receivers
                 }
