@@ -379,20 +379,15 @@ class RuleResolution:
         return self.kernel is not None if self.outs is None else self.input_link is not None
 
     def same_form(self, other: RuleResolution) -> bool:
-        """Whether `form` is the same for both, told without making either: for a userspace rule, the same
-        served outputs, input, epoch and relayed rule."""
+        """Whether `form` is the same for both, told without making either while the rule is the same object
+        (a userspace rule's form is made from the rule and what resolving found)."""
         if self.outs is None or other.outs is None:
             return self.outs is None and other.outs is None and self.kernel == other.kernel
-        a, b = self.view.rule, other.view.rule
-        return (
-            self.outs == other.outs
-            and self.epoch == other.epoch
-            and (self.input_link is None) == (other.input_link is None)
-            and (self.input_link is None or other.input_link is None or self.input_link[0] == other.input_link[0])
-            and (a is b or (a.rule_id, a.input_group, a.input_port, a.input_source, a.rate_limit, a.input_protocol,
-                            a.outputs) == (b.rule_id, b.input_group, b.input_port, b.input_source, b.rate_limit,
-                                           b.input_protocol, b.outputs))
-        )  # fmt: skip
+        if self.view.rule is not other.view.rule:
+            return self.form == other.form
+        mine, theirs = self.input_link, other.input_link
+        same_input = mine == theirs or (mine is not None and theirs is not None and mine[0] == theirs[0])
+        return same_input and self.outs == other.outs and self.epoch == other.epoch
 
     @property
     def raw_egress(self) -> frozenset[RawEgress]:
