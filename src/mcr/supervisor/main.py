@@ -1212,13 +1212,12 @@ class Supervisor:
             )
         self.memberships.change(changes.join, changes.leave)
         self.sync_kernel(changes)
-        upserts, removed = changes.worker_update()
-        update = Update(self.generation, upserts, removed)
-        for handle in self.workers:
-            if handle.ready:
+        ready = [h for h in self.workers if h.ready]
+        ready += [h.successor for h in self.workers if h.successor is not None and h.successor.ready]
+        if ready:  # a worker that is not ready yet is given the whole set (Sync) when it is
+            update = Update(self.generation, *changes.worker_update())
+            for handle in ready:
                 self.push(handle, update)
-            if handle.successor is not None and handle.successor.ready:
-                self.push(handle.successor, update)
         return self.generation
 
     async def wait_synced(self, generation: int, every: bool = False, timeout: float = SYNC_WAIT_S) -> bool:
