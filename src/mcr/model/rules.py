@@ -308,8 +308,6 @@ class ForwardingRule:
     rate_limit: RateLimit | None = None  # None: unlimited
     name: str | None = None  # a human-friendly name, unique like the id (the original's `name`)
     input_protocol: InputProtocol = InputProtocol.UDP
-    # (input interface, group, port): made once, the key of this rule's input flow in every index of them
-    flow: tuple[str, IPAddress, int] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # one string per id and per interface, shared with the ids that workers' reports decode (`sys.intern`)
@@ -318,7 +316,12 @@ class ForwardingRule:
         object.__setattr__(self, "input_port", shared_port(self.input_port))
         if type(self.outputs) is not OutputList:
             object.__setattr__(self, "outputs", OutputList(self.outputs))
-        object.__setattr__(self, "flow", (self.input_interface, self.input_group, self.input_port))
+
+    @property
+    def flow(self) -> tuple[str, IPAddress, int]:
+        """Its input flow: (input interface, group, port). Made when asked: the indexes of rules key them by
+        their input group, which the rule holds anyway, and compare the flows of the few on one group."""
+        return (self.input_interface, self.input_group, self.input_port)
 
     @property
     def follows_receivers(self) -> bool:
@@ -673,17 +676,18 @@ def ipv6_text(address: IPv4Address | IPv6Address) -> str:
 
 
 class FlowIndex:
-    """A table's rules by id and by input (interface, group, port), with its output count: the checks of
-    `check_rule_fits` at a cost that does not depend on the size of the table (a rule is compared only
-    with the rules on its own input group and port)."""
+    """A table's rules by id and by input group, with its output count: the checks of `check_rule_fits` at a
+    cost that does not depend on the size of the table (a rule is compared only with the rules on its own
+    input group)."""
 
-    __slots__ = ("by_id", "flows", "names", "outputs")
+    __slots__ = ("by_id", "groups", "names", "outputs")
 
     def __init__(self, rules: Iterable[ForwardingRule] = ()) -> None:
         self.by_id: dict[str, ForwardingRule] = {}
-        # input flow -> its rule, or its rules by id when sources share it: a flow almost always has one rule,
-        # and a dict of one costs 180 bytes more than the rule itself
-        self.flows: dict[tuple[str, IPAddress, int], ForwardingRule | dict[str, ForwardingRule]] = {}
+        # input group -> its rule, or its rules by id when several take it (other interfaces or ports, or
+        # sources sharing one flow): a group almost always has one rule, a dict of one costs 180 bytes more
+        # than the rule itself, and a key of (interface, group, port) 64
+        self.groups: dict[IPAddress, ForwardingRule | dict[str, ForwardingRule]] = {}
         self.names: dict[str, str] = {}  # rule name -> rule id
         self.outputs = 0
         for rule in rules:
@@ -692,11 +696,12 @@ class FlowIndex:
     def add(self, rule: ForwardingRule) -> None:
         self.discard(rule.rule_id)
         self.by_id[rule.rule_id] = rule
-        held = self.flows.get(rule.flow)
+        group = rule.input_group
+        held = self.groups.get(group)
         if held is None:
-            self.flows[rule.flow] = rule
+            self.groups[group] = rule
         elif isinstance(held, ForwardingRule):
-            self.flows[rule.flow] = {held.rule_id: held, rule.rule_id: rule}
+            self.groups[group] = {held.rule_id: held, rule.rule_id: rule}
         else:
             held[rule.rule_id] = rule
         if rule.name is not None:
@@ -707,23 +712,27 @@ class FlowIndex:
         rule = self.by_id.pop(rule_id, None)
         if rule is None:
             return
-        held = self.flows[rule.flow]
+        group = rule.input_group
+        held = self.groups[group]
         if isinstance(held, ForwardingRule):
-            del self.flows[rule.flow]
+            del self.groups[group]
         else:
             del held[rule_id]
             if len(held) == 1:
-                self.flows[rule.flow] = next(iter(held.values()))
+                self.groups[group] = next(iter(held.values()))
         if rule.name is not None and self.names.get(rule.name) == rule_id:
             del self.names[rule.name]
         self.outputs -= len(rule.outputs)
 
     def same_flow(self, rule: ForwardingRule) -> Mapping[str, ForwardingRule]:
         """The rules on `rule`'s input interface, group and port (any source), `rule` itself included."""
-        held = self.flows.get(rule.flow)
+        held = self.groups.get(rule.input_group)
         if held is None:
             return {}
-        return {held.rule_id: held} if isinstance(held, ForwardingRule) else held
+        flow = rule.flow
+        if isinstance(held, ForwardingRule):
+            return {held.rule_id: held} if held.flow == flow else {}
+        return {rule_id: other for rule_id, other in held.items() if other.flow == flow}
 
     def check_unique(self, rule: ForwardingRule) -> None:
         if rule.rule_id in self.by_id:

@@ -558,10 +558,10 @@ class Resolver:
         self.listeners = Listeners()  # the membership tables (outputs that follow receivers); a change re-resolves all
         self.links: Mapping[str, Link] = {}
         self.parts: dict[str, RuleResolution] = {}
-        # input (interface, group, port) -> its rule id, or a tuple of them when sources share it (a flow has
-        # one rule but for the rare sources that share it; a tuple of one costs 48 bytes a rule)
-        # (a rule's own flow key, ForwardingRule.flow; a rule's flow is that of the rule in its resolution)
-        self._flows: dict[tuple[object, ...], str | tuple[str, ...]] = {}
+        # input group -> the id of its rule, or a tuple of them when several rules take it (other interfaces or
+        # ports, or sources sharing one flow); keyed by the group the rules hold, so that no key is made for it
+        # (a rule's group is that of the rule in its resolution)
+        self._on_group: dict[IPAddress, str | tuple[str, ...]] = {}
         self._captures: Counter[int] = Counter()  # ifindex -> userspace rules on it
         self._capture_names: dict[int, str] = {}
         self._egress: Counter[RawEgress] = Counter()  # raw ESP output sockets -> userspace outputs using them
@@ -605,23 +605,22 @@ class Resolver:
             self.links = links
         self._views = None
         touched: dict[str, None] = {}
-        for rule_id in dict.fromkeys(ids):  # once each: a rule's old flow is the one its resolution names
+        for rule_id in dict.fromkeys(ids):  # once each: a rule's old group is the one its resolution names
             touched[rule_id] = None
             held = self.parts.get(rule_id)
-            old_flow = held.view.rule.flow if held is not None else None
-            if old_flow is not None:
-                flow = tuple(r for r in _ids(self._flows[old_flow]) if r != rule_id)
-                touched.update(dict.fromkeys(flow))
-                if flow:
-                    self._flows[old_flow] = flow if len(flow) > 1 else flow[0]
+            if held is not None:
+                old_group = held.view.rule.input_group
+                others = tuple(r for r in _ids(self._on_group[old_group]) if r != rule_id)
+                touched.update(dict.fromkeys(others))
+                if others:
+                    self._on_group[old_group] = others if len(others) > 1 else others[0]
                 else:
-                    del self._flows[old_flow]
+                    del self._on_group[old_group]
             rule = rules.get(rule_id)
             if rule is not None:
-                key = rule.flow
-                flow = _ids(self._flows.get(key, ()))
-                touched.update(dict.fromkeys(flow))
-                self._flows[key] = (*flow, rule_id) if flow else rule_id
+                others = _ids(self._on_group.get(rule.input_group, ()))
+                touched.update(dict.fromkeys(others))
+                self._on_group[rule.input_group] = (*others, rule_id) if others else rule_id
         changed: list[tuple[str, RuleResolution | None, RuleResolution | None]] = []
         groups: dict[tuple[int, IPAddress], frozenset[Membership]] = {}  # touched -> the memberships it wanted
         for rule_id in touched:
@@ -629,7 +628,7 @@ class Resolver:
             before = self.parts.get(rule_id)
             after = None
             if rule is not None:
-                shared = isinstance(self._flows[rule.flow], tuple)
+                shared = self._shares_flow(rule, rules)
                 after = resolve_rule(
                     rule,
                     self.links,
@@ -658,6 +657,14 @@ class Resolver:
             join.update((gkey[0], g, src) for g, src in new - old)
             leave.update((gkey[0], g, src) for g, src in old - new)
         return Changes(tuple(changed), frozenset(join), frozenset(leave))
+
+    def _shares_flow(self, rule: ForwardingRule, rules: Mapping[str, ForwardingRule]) -> bool:
+        """Whether another rule takes `rule`'s input flow (interface, group and port: sources share it)."""
+        on_group = self._on_group[rule.input_group]
+        if isinstance(on_group, str):
+            return False
+        flow = rule.flow
+        return any(r != rule.rule_id and rules[r].flow == flow for r in on_group)
 
     def _book(
         self,
@@ -765,7 +772,7 @@ def _hosts(held: _GroupSources) -> Iterable[IPAddress | None]:
 
 
 def _ids(held: str | tuple[str, ...]) -> tuple[str, ...]:
-    """A flow's rule ids as `Resolver._flows` holds them (one id as itself)."""
+    """A group's rule ids as `Resolver._on_group` holds them (one id as itself)."""
     return (held,) if isinstance(held, str) else held
 
 
