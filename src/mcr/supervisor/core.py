@@ -339,16 +339,21 @@ def _worker_outputs(rule: ForwardingRule, outs: Iterable[ResolvedOutput]) -> tup
 
 
 @dataclass(frozen=True, slots=True)
-class RuleResolution:
+class RuleResolution(RuleView):
     """One rule resolved against the links: how ListRules shows it, its data-plane form (userspace or
     kernel, or neither while it waits) and the input it needs captured and joined. A userspace rule keeps
-    only what resolving found (`outs`, `epoch`); its `WorkerRule` is made from them and the rule when asked."""
+    only what resolving found (`outs`, `epoch`); its `WorkerRule` is made from them and the rule when asked.
+    It is its own view (a `RuleView` with what resolving found besides: one object a rule, not two)."""
 
-    view: RuleView
     outs: tuple[ResolvedOutput, ...] | None = None  # userspace: its served outputs; None: not in userspace
     epoch: int = 0  # userspace: the generation it was (re)added in (the kernel's is in its KernelRule)
     kernel: KernelRule | None = None
     input_link: tuple[int, str] | None = None  # (ifindex, name) of its input when it exists and is up
+
+    @property
+    def view(self) -> RuleView:
+        """How ListRules shows it: itself."""
+        return self
 
     @property
     def worker(self) -> WorkerRule | None:
@@ -411,7 +416,7 @@ def resolve_rule(
     problem = _usable(link)
     if problem or link is None:
         reason = f"input interface {rule.input_interface} {problem}"
-        return RuleResolution(RuleView(rule, Engine.USERSPACE, RuleState.WAITING, reason))
+        return RuleResolution(rule, Engine.USERSPACE, RuleState.WAITING, reason)
     resolved: list[ResolvedOutput] = []
     notes: list[str] = []
     if not is_multicast(rule.input_group) and rule.input_group not in link.ipv4:
@@ -438,12 +443,14 @@ def resolve_rule(
         outputs = _worker_outputs(rule, outs)
         why = kernel_problem(rule, link, outputs, links, kernel_max_outputs, shared_flow)
         if not why:
-            view = RuleView(rule, Engine.KERNEL, RuleState.ACTIVE, "; ".join(notes))
             kernel = _kernel_rule(rule, link, outputs, links, epoch)
-            return RuleResolution(view, kernel=kernel, input_link=link.ident)
+            return RuleResolution(
+                rule, Engine.KERNEL, RuleState.ACTIVE, "; ".join(notes), kernel=kernel, input_link=link.ident
+            )
         notes.append(f"userspace: {why}")
-    view = RuleView(rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes))
-    return RuleResolution(view, outs, epoch, input_link=link.ident)
+    return RuleResolution(
+        rule, Engine.USERSPACE, RuleState.ACTIVE, "; ".join(notes), outs, epoch, input_link=link.ident
+    )
 
 
 def resolve(
