@@ -1,9 +1,9 @@
 import re
-import tomllib
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+import tomli
 
 from mcr.model import config
 from mcr.model.config import parse_config, rule_tables
@@ -148,13 +148,13 @@ def test_a_reload_parses_only_the_rule_tables_whose_text_changed(monkeypatch: py
     first = parse_config(GOOD, "f")
     edited = GOOD.replace('input_group = "239.1.1.2"', 'input_group = "239.1.1.3"').replace("= 10", "= 20")
     read: list[str] = []
-    parse = tomllib.loads
+    parse = tomli.loads
 
     def loads(text: str) -> dict[str, object]:
         read.append(text)
         return parse(text)
 
-    monkeypatch.setattr(config.tomllib, "loads", loads)
+    monkeypatch.setattr(config.tomli, "loads", loads)
     second = parse_config(edited, "f", previous=first)
     assert second.rules[0] is first.rules[0] and second.limits.max_rules == 20
     assert len(read) == 2 and read[0].startswith("\n[supervisor]") and "[[rule]]" not in read[0]
@@ -173,8 +173,8 @@ def test_a_file_that_cannot_be_split_safely_is_parsed_whole() -> None:
         assert rule_tables(text) is None, text
     # an error names the place in the whole file, as the parse of the whole file does
     bad = GOOD + "input_port = 1\n"
-    with pytest.raises(tomllib.TOMLDecodeError) as whole:
-        tomllib.loads(bad)
+    with pytest.raises(tomli.TOMLDecodeError) as whole:
+        tomli.loads(bad)
     with pytest.raises(ConfigError, match=f"^f: not valid TOML: {re.escape(str(whole.value))}$"):
         parse_config(bad, "f", previous=parse_config(GOOD, "f"))
 

@@ -56,11 +56,12 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
+
+import tomli
 
 from mcr.membership.settings import MembershipSettings, membership_from_original, parse_membership_table
 from mcr.model.cpus import checked_cpus, cpu_list_text, parse_cpu_list
@@ -400,12 +401,12 @@ def rule_tables(text: str) -> tuple[str, list[str]] | None:
 
 def _toml(path: str, text: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        return tomli.loads(text)
+    except tomli.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
-    except ValueError:  # tomllib's only other ValueError: an integer literal with too many digits
+    except ValueError:  # tomli's only other ValueError: an integer literal with too many digits
         raise ConfigError(
             f"{path}: not valid TOML: a number has more than {sys.get_int_max_str_digits()} digits"
         ) from None
@@ -426,12 +427,12 @@ def rule_items(
     if split is not None:
         rest, tables = split
         try:
-            doc = tomllib.loads(rest)
+            doc = tomli.loads(rest)
             items: list[tuple[bytes, Any]] = []
             for table in tables:
                 key = _digest(table)
-                items.append((key, reuse.get(key) or tomllib.loads(table)["rule"][0]))
-        except (tomllib.TOMLDecodeError, RecursionError, ValueError):
+                items.append((key, reuse.get(key) or tomli.loads(table)["rule"][0]))
+        except (tomli.TOMLDecodeError, RecursionError, ValueError):
             pass  # parsed whole below, which names the line
         else:
             if "rule" not in doc:
@@ -440,7 +441,7 @@ def rule_items(
     raw = doc.pop("rule", [])
     if not isinstance(raw, list):
         raise ConfigError(f"{path}: 'rule' must be an array of tables ([[rule]])")
-    # tomllib's plain dicts, lists, strings and numbers: the same table, the same digest
+    # tomli's plain dicts, lists, strings and numbers: the same table, the same digest
     return doc, [(key, reuse.get(key) or item) for item in raw for key in (_digest(repr(item)),)]
 
 
