@@ -11,30 +11,31 @@ from mcr.model.rules import ForwardingRule, OutputDestination, OutputList
 V4 = st.integers(0, 2**32 - 1).map(IPv4Address)
 V6 = st.integers(0, 2**128 - 1).map(IPv6Address)
 ADDRESS = V4 | V6
-# what validation refuses must still come back as given: ports and TTLs out of range, names of any text
-PORT = st.integers(0, 65535) | st.integers(-(2**40), 2**40)
-TTL = st.none() | st.integers(0, 255) | st.integers(-1000, 1000)
-NAME = st.sampled_from(["eth0", "veth-out1", "a" * 15]) | st.text(max_size=300)
-OUTPUT = st.builds(
-    OutputDestination,
-    group=ADDRESS,
-    port=PORT,
-    interface=NAME,
-    ttl=TTL,
-    source_ip=st.none() | ADDRESS,
-    follow_receivers=st.booleans(),
-)
 
-# and outputs as validation takes them, which are all held packed
-PACKABLE = st.builds(
-    OutputDestination,
-    group=ADDRESS,
-    port=st.integers(0, 65535),
-    interface=st.sampled_from(["eth0", "veth-out1", "a" * 15]),
-    ttl=st.none() | st.integers(0, 255),
-    source_ip=st.none() | ADDRESS,
-    follow_receivers=st.booleans(),
+
+def outputs(
+    port: st.SearchStrategy[int], interface: st.SearchStrategy[str], ttl: st.SearchStrategy[int | None]
+) -> st.SearchStrategy[OutputDestination]:
+    return st.builds(
+        OutputDestination,
+        group=ADDRESS,
+        port=port,
+        interface=interface,
+        ttl=ttl,
+        source_ip=st.none() | ADDRESS,
+        follow_receivers=st.booleans(),
+    )
+
+
+NAMES = st.sampled_from(["eth0", "veth-out1", "a" * 15])
+# what validation refuses must still come back as given: ports and TTLs out of range, names of any text
+OUTPUT = outputs(
+    st.integers(0, 65535) | st.integers(-(2**40), 2**40),
+    NAMES | st.text(max_size=300),
+    st.none() | st.integers(0, 255) | st.integers(-1000, 1000),
 )
+# and outputs as validation takes them, which are all held packed
+PACKABLE = outputs(st.integers(0, 65535), NAMES, st.none() | st.integers(0, 255))
 
 
 @given(st.lists(PACKABLE, max_size=8) | st.lists(OUTPUT, max_size=8))
