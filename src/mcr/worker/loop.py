@@ -207,12 +207,20 @@ class DataPlane:
     # ------------------------------------------------------------------------------------ channel
 
     def send_reply(self, reply: Ready | SyncAck | Released) -> None:
-        self.channel.send(encode_reply(reply))
+        try:
+            self.channel.send(encode_reply(reply))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the supervisor is gone: reading the channel tells, and the worker is orphaned there
 
     def handle_channel(self) -> None:
         try:
             data, fds, _flags, _addr = socket.recv_fds(self.channel, 16 << 20, MAX_FDS_PER_MESSAGE)
         except BlockingIOError:
+            return
+        except ConnectionResetError:
+            # the supervisor died with a reply of ours unread (a SIGKILL in the middle of a change): as gone as
+            # when it closes the channel, not a reason for the worker to die with it
+            self.orphan("supervisor reset the channel")
             return
         if not data:
             for fd in fds:
