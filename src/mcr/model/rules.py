@@ -455,7 +455,7 @@ def check_rule_shape(rule: ForwardingRule) -> None:
     problem = interface_name_problem(rule.input_interface)
     if problem:
         raise ValidationError(f"Invalid input_interface: {problem}")
-    outputs = tuple(rule.outputs)  # read once: an `OutputList` makes its outputs each time it is read
+    outputs = tuple(rule.outputs)  # read once, then walked three times
     for i, out in enumerate(outputs):
         problem = interface_name_problem(out.interface)
         if problem:

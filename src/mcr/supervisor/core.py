@@ -260,7 +260,7 @@ def kernel_problem(
         return "several sources on one group and port are served in userspace"
     if len(outputs) > max_outputs:
         return f"more than {max_outputs} outputs"
-    declared = tuple(rule.outputs)  # read once: an `OutputList` makes its outputs each time it is read
+    declared = tuple(rule.outputs)  # read once, then indexed
     for out in outputs:
         if not is_multicast(out.group):
             return f"output[{out.index}] is unicast (needs neighbour resolution)"
@@ -331,7 +331,7 @@ def _worker_outputs(rule: ForwardingRule, outs: Iterable[ResolvedOutput]) -> tup
     have no ports."""
     protocol = rule.input_protocol
     esp = protocol is InputProtocol.ESP
-    declared = tuple(rule.outputs)  # read once (an `OutputList` makes them when read)
+    declared = tuple(rule.outputs)  # read once, then indexed
     return tuple(
         WorkerOutput(i, declared[i].group, 0 if esp else declared[i].port, ifindex, address, ttl, protocol)
         for i, ifindex, address, ttl in outs
@@ -589,14 +589,14 @@ class Resolver:
 
     def memberships(self) -> dict[int, frozenset[Membership]]:
         return {
-            ifindex: frozenset().union(*(_group_memberships(group, _hosts(held)) for group, held in groups.items()))
+            ifindex: frozenset().union(*(self._group_wanted((ifindex, group)) for group in groups))
             for ifindex, groups in self._sources.items()
         }
 
     def _group_wanted(self, gkey: tuple[int, IPAddress]) -> frozenset[Membership]:
         """The memberships one input group wants, from its rules' sources."""
         held = self._sources.get(gkey[0], {}).get(gkey[1])
-        return frozenset() if held is None else _group_memberships(gkey[1], _hosts(held))
+        return frozenset() if held is None else _group_memberships(gkey[1], _by_rule(held).values())
 
     def update(
         self,
@@ -768,14 +768,6 @@ def _by_rule(held: _GroupSources) -> dict[str, IPAddress | None]:
     if isinstance(held, tuple):
         return {held[0]: held[1]}
     return held
-
-
-def _hosts(held: _GroupSources) -> Iterable[IPAddress | None]:
-    if isinstance(held, str):
-        return (None,)
-    if isinstance(held, tuple):
-        return (held[1],)
-    return held.values()
 
 
 def _ids(held: str | tuple[str, ...]) -> tuple[str, ...]:
