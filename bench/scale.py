@@ -155,6 +155,64 @@ def ring_kb(pid: int) -> int:
     return total
 
 
+def cpu_s(pid: int) -> float:
+    """A process's user plus system CPU time so far (s), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reference_ms() -> float:
+    """The machine's speed now: the best of five runs of a fixed pure-Python workload (ms). This machine
+    has fast and slow hours; a run's times are read against this figure, taken at its start and end."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        table: dict[str, list[int]] = {}
+        for i in range(100_000):
+            table.setdefault(f"r{i % 5000}", []).append(i)
+        json.loads(json.dumps(table))
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+class CpuMeter:
+    """CPU time spent by the supervisor, its workers and this client over one phase, per operation; with
+    `--py-spy DIR`, each process's samples over the phase too (DIR/<phase>-<process>.txt, py-spy's raw form)."""
+
+    def __init__(self, relay: Relay, phase: str, spy: Path | None) -> None:
+        self.pids = [relay.proc.pid, *relay.worker_pids()]
+        self.start = [cpu_s(p) for p in self.pids]
+        self.client = time.process_time()
+        self.paused = 0.0
+        self.spies = []
+        if spy is not None:
+            spy.mkdir(parents=True, exist_ok=True)
+            tool = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            for name, pid in zip(("supervisor", "worker"), self.pids, strict=False):
+                argv = [tool, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking",
+                        "--output", str(spy / f"{phase}-{name}.txt")]  # fmt: skip
+                self.spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def pause(self, relay_cpu_s: float) -> None:
+        """Leave out the supervisor's CPU time spent on something else (the checkpoints' queries)."""
+        self.paused += relay_cpu_s
+
+    def per_op_ms(self, ops: int) -> dict[str, float]:
+        used = [cpu_s(p) - s for p, s in zip(self.pids, self.start, strict=True)]
+        used[0] -= self.paused
+        for spy in self.spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        return {
+            "supervisor": used[0] * 1e3 / ops,
+            "workers": sum(used[1:]) * 1e3 / ops,
+            "client": (time.process_time() - self.client) * 1e3 / ops,
+        }
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -288,8 +346,10 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.5)
             base_sup, base_wrk = relay.rss()
             out["base_rss_kb"] = {"supervisor": base_sup, "worker": base_wrk}
+            out["reference_ms"] = [reference_ms()]
             adds: list[float] = []
             curve: list[dict[str, Any]] = []
+            meter = CpuMeter(relay, "adds", a.py_spy)
             t_start = time.perf_counter()
             probing = 0.0  # time spent on the checkpoints' queries, not counted as adding
             for i in range(n):
@@ -300,7 +360,7 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
                     raise RuntimeError(f"AddRule r{i}: {resp}")
                 adds.append(dt)
                 if (i + 1) % tenth == 0 or i + 1 == n:
-                    t_probe = time.perf_counter()
+                    t_probe, c_probe = time.perf_counter(), cpu_s(relay.proc.pid)
                     t_list, rules = timed(relay.call, "ListRules")
                     state = next(r["state"] for r in rules["Rules"] if r["rule_id"] == f"r{i}")
                     t_stats, _ = timed(relay.call, "GetStats")
@@ -321,7 +381,9 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
                         flush=True,
                     )
                     probing += time.perf_counter() - t_probe
+                    meter.pause(cpu_s(relay.proc.pid) - c_probe)
             out["add_total_s"] = time.perf_counter() - t_start - probing
+            out["add_cpu_ms"] = meter.per_op_ms(n)
             out["add_sum_s"] = sum(adds)
             out["adds_per_s"] = n / out["add_total_s"]
             out["add_p50_ms"] = pct(adds, 0.5) * 1e3
@@ -339,6 +401,7 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
             # removal, newest first, of every rule
             removes: list[float] = []
             rcurve: list[dict[str, Any]] = []
+            meter = CpuMeter(relay, "removes", a.py_spy)
             t_start = time.perf_counter()
             for i in reversed(range(n)):
                 if time.monotonic() > deadline:
@@ -351,6 +414,7 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
                     w = removes[-tenth:]
                     rcurve.append({"table": i, "p50_ms": pct(w, 0.5) * 1e3, "p99_ms": pct(w, 0.99) * 1e3})
             out["remove_total_s"] = time.perf_counter() - t_start
+            out["remove_cpu_ms"] = meter.per_op_ms(n)
             out["remove_p50_ms"] = pct(removes, 0.5) * 1e3
             out["remove_p99_ms"] = pct(removes, 0.99) * 1e3
             out["remove_curve"] = rcurve
@@ -390,6 +454,7 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
                   f"unchanged rules seen not active: {left_active}")  # fmt: skip
         finally:
             relay.stop()
+    out["reference_ms"].append(reference_ms())
     return out
 
 
@@ -525,7 +590,14 @@ def render(doc: dict[str, Any]) -> str:
     lines = [
         f"# Scale run `{doc['label']}`: {doc['rules']} rules, engine {doc['engine']}, {doc['workers']} worker(s)",
         "",
-        f"Measured {doc.get('when', '')} on {doc.get('host', '')}, commit {doc.get('commit', '')}.",
+        f"Measured {doc.get('when', '')} on {doc.get('host', '')}, commit {doc.get('commit', '')}."
+        + (
+            " The machine's speed, a fixed Python workload at the start and the end: "
+            + " / ".join(f"{t:.0f}" for t in doc["reference_ms"])
+            + " ms."
+            if "reference_ms" in doc
+            else ""
+        ),
         "",
         "| measure | value |",
         "|---|---|",
@@ -542,6 +614,11 @@ def render(doc: dict[str, Any]) -> str:
     row("add p99 / all (ms)", "add_p99_ms", ".2f")
     row("removes, total (s)", "remove_total_s", ".1f")
     row("remove p99 (ms)", "remove_p99_ms", ".2f")
+    for phase in ("add", "remove"):
+        if f"{phase}_cpu_ms" in doc:
+            c = doc[f"{phase}_cpu_ms"]
+            lines.append(f"| CPU per {phase}: supervisor / workers / client (ms) | {c['supervisor']:.2f} / "
+                         f"{c['workers']:.2f} / {c['client']:.2f} |")  # fmt: skip
     row("config load to READY (s)", "config_ready_s", ".2f")
     row("config load to all active (s)", "config_active_s", ".2f")
     row("SIGHUP reload of 1% until active (s)", "reload_1pct_s", ".2f")
@@ -591,6 +668,7 @@ def main() -> int:
     p.add_argument("--trace", action="store_true", help="--memory: tracemalloc snapshots, the lines that grew")
     p.add_argument("--trace-lines", type=int, default=15, help="--trace: how many lines to list per process")
     p.add_argument("--trace-frames", type=int, default=1, help="--trace: frames per allocation (1: by line)")
+    p.add_argument("--py-spy", type=Path, default=None, help="record the processes' samples into this folder")
     p.add_argument("--inner", default=None, help=argparse.SUPPRESS)  # the JSON file to write, inside the namespace
     a = p.parse_args()
     if a.memory:
@@ -614,6 +692,7 @@ def main() -> int:
                 "--memory-points", ",".join(map(str, a.memory_points)),
                 "--query-rounds", str(a.query_rounds)]  # fmt: skip
         argv += ["--memory"] * a.memory + ["--trace"] * a.trace
+        argv += ["--py-spy", str(a.py_spy.resolve())] if a.py_spy else []
         subprocess.run(["ip", "netns", "exec", ns, *argv], check=True, timeout=a.max_minutes * 60 + 120)
         doc = json.loads(result.read_text())
     finally:

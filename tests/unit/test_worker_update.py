@@ -114,6 +114,22 @@ def test_beyond_the_exact_limit_the_filter_is_the_coarse_one() -> None:
     assert len(fs.program(2)) == 1, "no rule on that interface: a program that drops everything"
 
 
+def test_the_coarse_filter_passes_the_unicast_inputs_that_have_a_rule() -> None:
+    fs = FilterSet()
+    for i in range(EXACT_FILTER_GROUPS + 1):
+        fs.add(rule(f"r{i}", str(IPv4Address("239.1.0.0") + i)))
+    host_a, host_b = rule("u1", "10.0.0.1"), rule("u2", "10.0.0.2")
+    second_a = rule("u3", "10.0.0.1", out(0, port=6001))
+    for r in (host_a, host_b, second_a):
+        fs.add(r)
+    assert fs.program(1) == coarse_filter((), [int(IPv4Address("10.0.0.1")), int(IPv4Address("10.0.0.2"))])
+    fs.remove(host_a)  # 10.0.0.1 has another rule still
+    fs.remove(host_b)
+    assert fs.program(1) == coarse_filter((), [int(IPv4Address("10.0.0.1"))])
+    fs.remove(second_a)
+    assert fs.program(1) == coarse_filter()
+
+
 def test_the_rule_index_changes_in_place() -> None:
     index = RuleIndex()
     plain, sourced = index.tables(1)

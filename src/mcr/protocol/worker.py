@@ -12,6 +12,8 @@ import json.encoder
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from socket import AF_INET, AF_INET6, inet_pton
 from typing import Any, assert_never
 
 from mcr.model.errors import ProtocolError, ValidationError
@@ -290,6 +292,17 @@ def _text(value: object) -> str:
     return value
 
 
+def _address(text: str) -> IPAddress:
+    """An address as the supervisor writes it (`str` of an address object), read by the C library: an
+    IPv6 address in 1 µs instead of ipaddress's 25. Any other text goes to `parse_group`, for its error."""
+    try:
+        if ":" in text:
+            return IPv6Address(inet_pton(AF_INET6, text))
+        return IPv4Address(inet_pton(AF_INET, text))
+    except (OSError, TypeError):
+        return parse_group(text)
+
+
 _SOURCES: dict[str, IPAddress] = {}  # output source addresses decoded so far: one object per interface address
 _MAX_SOURCES = 4096
 
@@ -301,7 +314,7 @@ def _source(text: str) -> IPAddress:
     if found is None:
         if len(_SOURCES) >= _MAX_SOURCES:
             _SOURCES.clear()
-        found = _SOURCES[text] = parse_group(text)
+        found = _SOURCES[text] = _address(text)
     return found
 
 
@@ -318,13 +331,13 @@ def _decode_rule(r: Any) -> WorkerRule:
     return WorkerRule(
         rule_id=str(r["rule_id"]),
         ifindex=int(r["ifindex"]),
-        group=parse_group(r["group"]),
+        group=_address(r["group"]),
         port=_port(r["port"]),
         source=parse_source(r["source"]) if r.get("source") else None,
         outputs=tuple(
             WorkerOutput(
                 index=int(o["index"]),
-                group=parse_group(o["group"]),
+                group=_address(o["group"]),
                 port=_port(o["port"]),
                 ifindex=int(o["ifindex"]),
                 source=_source(o["source"]),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from mcr.model.ratelimit import TokenBucket
 from mcr.model.rules import InputProtocol
-from mcr.packet.cbpf import Insn, build_capture_filter, coarse_filter
+from mcr.packet.cbpf import MAX_IPV6_GROUPS, Insn, build_capture_filter, coarse_filter
 from mcr.packet.parse import DROP_KEYS, ESP_KEY_TAG, IPV6_KEY_TAG
 from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
 
@@ -225,14 +225,18 @@ EXACT_FILTER_GROUPS = 256
 
 class FilterSet:
     """What each input interface's capture filter must pass, counted by rule: IPv4 (group, port) pairs
-    and IPv6 groups. Adding or removing a rule marks its interface dirty only when the set changed."""
+    and IPv6 groups. Adding or removing a rule marks its interface dirty only when the set changed. The
+    unicast IPv4 inputs are also counted apart, so that the coarse filter (past `EXACT_FILTER_GROUPS`) is
+    made without a pass over the groups: its cost does not depend on the table."""
 
-    __slots__ = ("dirty", "groups4", "groups6", "pairs4")
+    __slots__ = ("coarse", "dirty", "groups4", "groups6", "pairs4", "unicast4")
 
     def __init__(self) -> None:
         self.pairs4: dict[int, Counter[tuple[int, int]]] = {}
         self.groups4: dict[int, Counter[int]] = {}
         self.groups6: dict[int, Counter[int]] = {}
+        self.unicast4: dict[int, Counter[int]] = {}
+        self.coarse: dict[int, tuple[object, list[Insn]]] = {}  # ifindex -> what its coarse filter passes, it
         self.dirty: set[int] = set()
 
     def add(self, rule: WorkerRule) -> None:
@@ -248,6 +252,8 @@ class FilterSet:
         else:
             changed = _bump(self.pairs4.setdefault(rule.ifindex, Counter()), (g, rule.port), delta)
             _bump(self.groups4.setdefault(rule.ifindex, Counter()), g, delta)
+            if g >> 28 != 0xE:
+                _bump(self.unicast4.setdefault(rule.ifindex, Counter()), g, delta)
         if changed:
             self.dirty.add(rule.ifindex)
 
@@ -256,7 +262,12 @@ class FilterSet:
         groups6 = self.groups6.get(ifindex, Counter()).keys()
         groups4 = self.groups4.get(ifindex, Counter())
         if len(groups4) + len(groups6) > EXACT_FILTER_GROUPS:
-            return coarse_filter(groups6, [g for g in groups4 if g >> 28 != 0xE])  # unicast inputs by name
+            unicast = self.unicast4.get(ifindex, Counter()).keys()  # the unicast inputs, by address
+            passes = (frozenset(groups6) if len(groups6) <= MAX_IPV6_GROUPS else None, frozenset(unicast))
+            kept = self.coarse.get(ifindex)
+            if kept is None or kept[0] != passes:  # a new multicast group of a large table changes nothing
+                kept = self.coarse[ifindex] = (passes, coarse_filter(groups6, unicast))
+            return kept[1]
         groups: dict[int, set[int]] = {}
         for group, port in self.pairs4.get(ifindex, ()):
             groups.setdefault(group, set()).add(port)
