@@ -155,13 +155,18 @@ def ring_kb(pid: int) -> int:
     return total
 
 
-def cpu_s(pid: int) -> float:
-    """A process's user plus system CPU time so far (s), 0 once it is gone."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """A process's user and system CPU time so far (s), zeros once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_s(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def reference_ms() -> float:
@@ -184,7 +189,7 @@ class CpuMeter:
 
     def __init__(self, relay: Relay, phase: str, spy: Path | None) -> None:
         self.pids = [relay.proc.pid, *relay.worker_pids()]
-        self.start = [cpu_s(p) for p in self.pids]
+        self.start = [cpu_times(p) for p in self.pids]
         self.client = time.process_time()
         self.paused = 0.0
         self.spies = []
@@ -201,14 +206,18 @@ class CpuMeter:
         self.paused += relay_cpu_s
 
     def per_op_ms(self, ops: int) -> dict[str, float]:
-        used = [cpu_s(p) - s for p, s in zip(self.pids, self.start, strict=True)]
+        now = [cpu_times(p) for p in self.pids]
+        system = [s1 - s0 for (_u0, s0), (_u1, s1) in zip(self.start, now, strict=True)]
+        used = [u1 + s1 - u0 - s0 for (u0, s0), (u1, s1) in zip(self.start, now, strict=True)]
         used[0] -= self.paused
         for spy in self.spies:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
         return {
             "supervisor": used[0] * 1e3 / ops,
+            "supervisor_system": system[0] * 1e3 / ops,  # the checkpoints' share included
             "workers": sum(used[1:]) * 1e3 / ops,
+            "workers_system": sum(system[1:]) * 1e3 / ops,
             "client": (time.process_time() - self.client) * 1e3 / ops,
         }
 
@@ -617,8 +626,9 @@ def render(doc: dict[str, Any]) -> str:
     for phase in ("add", "remove"):
         if f"{phase}_cpu_ms" in doc:
             c = doc[f"{phase}_cpu_ms"]
-            lines.append(f"| CPU per {phase}: supervisor / workers / client (ms) | {c['supervisor']:.2f} / "
-                         f"{c['workers']:.2f} / {c['client']:.2f} |")  # fmt: skip
+            lines.append(f"| CPU per {phase}: supervisor / workers / client (ms; of it in the kernel) | "
+                         f"{c['supervisor']:.2f} ({c.get('supervisor_system', 0):.2f}) / {c['workers']:.2f} "
+                         f"({c.get('workers_system', 0):.2f}) / {c['client']:.2f} |")  # fmt: skip
     row("config load to READY (s)", "config_ready_s", ".2f")
     row("config load to all active (s)", "config_active_s", ".2f")
     row("SIGHUP reload of 1% until active (s)", "reload_1pct_s", ".2f")

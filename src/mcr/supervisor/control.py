@@ -14,8 +14,9 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from mcr.linux import heap
 from mcr.model.errors import ConfigError, ProtocolError
@@ -28,7 +29,7 @@ log = logging.getLogger("mcr.supervisor.control")
 _UCRED = struct.Struct("=iII")
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; not every Python build names it
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, frozenset[int]]:
@@ -131,6 +132,7 @@ class ControlServer:
         self.active = 0
         self.encoder = ResponseEncoder()  # ListRules and GetStats written as text, not built as JSON objects
         self.server: asyncio.Server | None = None
+        self.handling: set[asyncio.Task[Response]] = set()  # the requests being handled (held until done)
         self._inode: tuple[int, int] | None = None
 
     async def start(self) -> None:
@@ -150,7 +152,8 @@ class ControlServer:
         st = os.lstat(self.path)
         self._inode = (st.st_dev, st.st_ino)
         sock.listen(128)
-        self.server = await asyncio.start_unix_server(self._serve, sock=sock, limit=1 << 16)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_unix_server(lambda: _Connection(self, loop), sock=sock)
         log.info("control socket listening on %s (mode %04o)", self.path, sock_mode)
 
     async def stop(self) -> None:
@@ -167,53 +170,148 @@ class ControlServer:
         except FileNotFoundError:
             pass
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        pid, uid, gids = peer_credentials(writer.get_extra_info("socket"))
+
+#: How long a client answered before its request was complete (a refusal, a request too big) may go on
+#: sending before the connection is closed: its answer is sent and the rest read and dropped meanwhile, so
+#: that closing with its bytes unread does not reset the connection before it reads the answer.
+LINGER_S = 1.0
+
+
+class _Connection(asyncio.Protocol):
+    """One control client, as callbacks of the event loop rather than a task reading a stream (half the
+    loop's time a request: an add or a remove is mostly this). Its request is collected as it arrives and
+    handled once complete, its answer written and the connection closed; one timer at a time bounds both the
+    wait for the request and the wait for the client to take its answer (`max_connection_seconds`)."""
+
+    def __init__(self, server: ControlServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+        self.framer = RequestFramer(server.limits.max_request_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.peer = (0, 0, frozenset[int]())
+        self.reading = False  # until the request is complete (or answered without one)
+        self.lingering = False  # answered early: dropping what the client still sends (`LINGER_S`)
+        self.counted = False  # holds one of the `max_connections` slots
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server, limits = self.server, self.server.limits
+        pid, uid, gids = self.peer = peer_credentials(transport.get_extra_info("socket"))
         # A peer with no access is answered at once, before it sends anything: it holds no
         # connection slot and no time (the client reads an answer that arrives before its request).
-        stranger = self.policy.refusal(uid, gids, None)
-        if stranger is None:
-            self.active += 1
-        try:
-            response = _refused(pid, stranger) if stranger is not None else await self._respond(reader, pid, uid, gids)
-            answer = self.encoder.encode(response)
-            heap.note_large(len(answer))
-            writer.write(answer)
-            del answer  # the transport holds what it has not sent yet
-            await asyncio.wait_for(writer.drain(), self.limits.max_connection_seconds)
-        except (TimeoutError, ConnectionError, OSError) as e:
-            log.debug("control client dropped: %s", e)
-        finally:
-            if stranger is None:
-                self.active -= 1
-            writer.close()
+        stranger = server.policy.refusal(uid, gids, None)
+        if stranger is not None:
+            self.answer(_refused(pid, stranger), early=True)
+            return
+        server.active += 1
+        self.counted = True
+        if server.active > limits.max_connections:
+            log.warning("refused a control connection from pid %d: %d are being served", pid, server.active - 1)
+            self.answer(Error(f"too many concurrent control connections {limits.named('max_connections')}"), early=True)
+            return
+        self.reading = True
+        self.timer = self.loop.call_later(limits.max_connection_seconds, self.timed_out)
 
-    async def _respond(self, reader: asyncio.StreamReader, pid: int, uid: int, gids: frozenset[int]) -> Response:
-        limits = self.limits
-        if self.active > limits.max_connections:
-            log.warning("refused a control connection from pid %d: %d are being served", pid, self.active - 1)
-            return Error(f"too many concurrent control connections {limits.named('max_connections')}")
+    def data_received(self, data: bytes) -> None:
+        if not self.reading:
+            return  # answered already: the rest is not read
         try:
-            data = await asyncio.wait_for(self._read_request(reader), limits.max_connection_seconds)
-        except TimeoutError:
-            return Error(f"timed out waiting for a complete request {limits.named('max_connection_seconds')}")
-        except ProtocolError as e:
-            return Error(str(e))
+            request = self.framer.feed(data)
+        except ProtocolError as e:  # too big
+            self.answer(Error(str(e)), early=True)
+            return
+        if request is not None:
+            self.dispatch(request)
+
+    def eof_received(self) -> bool:
+        if self.lingering:
+            return False  # the client has sent all it will: the connection may close
+        if self.reading:
+            self.dispatch(self.framer.eof())
+        return True  # the client only half-closed: the answer is still to be written
+
+    def timed_out(self) -> None:
+        self.timer = None
+        if self.reading:
+            limit = self.server.limits.named("max_connection_seconds")
+            self.answer(Error(f"timed out waiting for a complete request {limit}"))
+        elif self.transport is not None:
+            log.debug("control client took too long to read its answer or to end its request; dropped")
+            self.transport.abort()
+
+    def dispatch(self, data: bytes) -> None:
+        self.reading = False
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.stop_timer()
+        server = self.server
         try:
-            request = decode_request(data, limits.max_request_bytes)
+            request = decode_request(data, server.limits.max_request_bytes)
         except ProtocolError as e:
-            return Error(str(e))
-        refusal = self.policy.refusal(uid, gids, request)
+            self.answer(Error(str(e)))
+            return
+        pid, uid, gids = self.peer
+        refusal = server.policy.refusal(uid, gids, request)
         if refusal is not None:
-            return _refused(pid, refusal)
-        return await self.handler(request)
+            self.answer(_refused(pid, refusal))
+            return
+        task: asyncio.Task[Response] = self.loop.create_task(server.handler(request))
+        server.handling.add(task)
+        task.add_done_callback(self.handled)
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
-        framer = RequestFramer(self.limits.max_request_bytes)
-        while True:
-            chunk = await reader.read(65536)
-            if not chunk:
-                return framer.eof()
-            done = framer.feed(chunk)
-            if done is not None:
-                return done
+    def handled(self, task: asyncio.Task[Response]) -> None:
+        self.server.handling.discard(task)
+        if task.cancelled():  # the supervisor is stopping
+            self.close()
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("control request failed", exc_info=error)
+            self.answer(Error(f"internal error: {error!r}; see the supervisor's log"))
+            return
+        self.answer(task.result())
+
+    def answer(self, response: Response, early: bool = False) -> None:
+        """Send `response` and close; `early`: before the request was complete, which the client may still
+        be sending (it is then read and dropped for up to `LINGER_S`)."""
+        self.reading = False
+        self.stop_timer()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the client has gone
+        data = self.server.encoder.encode(response)
+        heap.note_large(len(data))
+        transport.write(data)
+        del data  # the transport holds what it has not sent yet
+        limit = self.server.limits.max_connection_seconds
+        if early:
+            self.lingering = True
+            transport.write_eof()
+            self.timer = self.loop.call_later(min(LINGER_S, limit), self.timed_out)
+            return
+        if transport.get_write_buffer_size():
+            self.timer = self.loop.call_later(limit, self.timed_out)
+        transport.close()  # once what is buffered is sent
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def close(self) -> None:
+        self.reading = False
+        self.stop_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("control client dropped: %s", exc)
+        self.reading = False
+        self.stop_timer()
+        self.transport = None
+        if self.counted:
+            self.counted = False
+            self.server.active -= 1
