@@ -197,7 +197,7 @@ class CpuMeter:
             spy.mkdir(parents=True, exist_ok=True)
             tool = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             for name, pid in zip(("supervisor", "worker"), self.pids, strict=False):
-                argv = [tool, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking",
+                argv = [tool, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
                         "--output", str(spy / f"{phase}-{name}.txt")]  # fmt: skip
                 self.spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 

@@ -169,6 +169,36 @@ def test_a_failed_append_leaves_no_half_record_and_forces_a_snapshot(tmp_path: P
     assert StateStore(store.path).load() == [rule("a"), rule("b", 5001)]
 
 
+def test_a_record_left_unflushed_is_kept_once_flushed(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "rules.json")
+    store.compact([rule("a")])
+    store.append(encode_record(added=rule("b", 5001)), flush=False)
+    store.flush()
+    store.flush()  # nothing left to flush: nothing happens
+    store.append(encode_record(removed="a"))
+    store.close()
+    assert StateStore(store.path).load() == [rule("b", 5001)]
+
+
+def test_a_record_that_cannot_be_flushed_is_taken_back_and_forces_a_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(tmp_path / "rules.json")
+    store.compact([rule("a")])
+    store.append(encode_record(added=rule("b", 5001)))
+    store.append(encode_record(added=rule("c", 5002)), flush=False)
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(StateError, match=r"cannot save state to .*rules.json: Input/output error"):
+        store.flush()
+    monkeypatch.undo()
+    assert store.due(3) and store.records == 1
+    assert StateStore(store.path).load() == [rule("a"), rule("b", 5001)], "c is not there: its Success was not sent"
+
+
 def test_the_journal_is_never_written_through_a_symbolic_link(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.write_bytes(b"")

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Collection, Container, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from mcr.membership.querier import Listeners
 from mcr.model.errors import ValidationError
@@ -379,6 +379,11 @@ class RuleResolution(RuleView):
         return self.worker if self.outs is not None else self.kernel
 
     @property
+    def in_userspace(self) -> bool:
+        """Whether the workers serve it (`worker` is not None), told without making its form."""
+        return self.outs is not None and self.input_link is not None
+
+    @property
     def served(self) -> bool:
         """Whether the data plane is given a form of it (`form` is not None), told without making it."""
         return self.kernel is not None if self.outs is None else self.input_link is not None
@@ -543,12 +548,12 @@ class Changes:
         upserts: list[WorkerRule] = []
         removed: list[str] = []
         for rule_id, before, after in self.rules:
-            old = before.worker if before is not None else None
-            new = after.worker if after is not None else None
-            if new is not None and new != old:
-                upserts.append(new)
-            elif new is None and old is not None:
-                removed.append(rule_id)
+            was = before if before is not None and before.in_userspace else None
+            if after is not None and after.in_userspace:
+                if was is None or not was.same_form(after):
+                    upserts.append(cast(WorkerRule, after.worker))  # in userspace: made
+            elif was is not None:
+                removed.append(rule_id)  # its form is not made for that
         return tuple(upserts), tuple(removed)
 
 

@@ -521,15 +521,22 @@ class Supervisor:
         if self.store is not None:
             self.store.compact(self.table.runtime_rules())
 
-    def save(self, added: ForwardingRule | None = None, removed: str | None = None) -> None:
+    def save(self, added: ForwardingRule | None = None, removed: str | None = None, flush: bool = True) -> None:
         """Put one change of the runtime rules (already made in the table) on disk: a journal record, or a
-        new snapshot of every runtime rule when the journal is due for one. Raises StateError."""
+        new snapshot of every runtime rule when the journal is due for one. Raises StateError. With `flush`
+        False, a record may be left to `flush_saved`, so that the disk works while the workers do."""
         if self.store is None:
             return
         if self.store.due(len(self.table.rules)):
             self.store.compact(self.table.runtime_rules())
         else:
-            self.store.append(encode_record(added, removed))
+            self.store.append(encode_record(added, removed), flush=flush)
+
+    def flush_saved(self) -> None:
+        """The change `save(flush=False)` wrote is on disk once this returns. Raises StateError (the record
+        is then taken back)."""
+        if self.store is not None:
+            self.store.flush()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and apply only the difference in its rules."""
@@ -1283,13 +1290,21 @@ class Supervisor:
             case AddRule():
                 rule = self.table.add(req)
                 try:
-                    self.save(added=rule)
+                    self.save(added=rule, flush=False)
                 except StateError as e:
                     self.table.remove(rule.rule_id)
                     return Error(f"Rule {rule.rule_id} not added: {e}")
-                log.info("rule %s added: %s -> %d outputs", rule.rule_id, rule.input_text, len(rule.outputs))
                 self.stats.track(rule.rule_id, self.generation + 1)
-                await self.wait_synced(self.apply([rule.rule_id]))
+                generation = self.apply([rule.rule_id])  # the workers apply it while its record is flushed
+                try:
+                    self.flush_saved()
+                except StateError as e:
+                    self.table.remove(rule.rule_id)
+                    self.stats.forget_rule(rule.rule_id)
+                    self.apply([rule.rule_id])
+                    return Error(f"Rule {rule.rule_id} not added: {e}")
+                log.info("rule %s added: %s -> %d outputs", rule.rule_id, rule.input_text, len(rule.outputs))
+                await self.wait_synced(generation)
                 return Success(f"Rule {rule.rule_id} added")
             case RemoveRule():
                 failed = await self.remove_rule(req.rule_id)
@@ -1415,13 +1430,20 @@ class Supervisor:
             return Error(f"Rule {rule_id} comes from {where}; remove it there and reload (SIGHUP)")
         rule = self.table.remove(rule_id)
         try:
-            self.save(removed=rule.rule_id)
+            self.save(removed=rule.rule_id, flush=False)
         except StateError as e:
             self.table.insert(rule)
             return Error(f"Rule {rule.rule_id} not removed: {e}")
+        generation = self.apply([rule.rule_id])  # the workers apply it while its record is flushed
+        try:
+            self.flush_saved()
+        except StateError as e:
+            self.table.insert(rule)
+            self.apply([rule.rule_id])  # as it was, counters and all
+            return Error(f"Rule {rule.rule_id} not removed: {e}")
         self.stats.forget_rule(rule.rule_id)
         log.info("rule %s removed", rule.rule_id)
-        await self.wait_synced(self.apply([rule.rule_id]))
+        await self.wait_synced(generation)
         return None
 
     async def load_config(self, req: LoadConfig) -> Response:

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from mcr.model.errors import McrError, ProtocolError
 from mcr.model.rules import ForwardingRule
@@ -182,6 +183,7 @@ class StateStore:
         self._fd = -1
         self._size = 0  # where the journal's complete records end: the next one is written there
         self._laid = 0  # the file's length: zeros from _size on
+        self._unflushed: int | None = None  # where the record written but not yet flushed begins
         self.broken = False  # an append failed and may have left a partial line: compact before the next
         self.has_snapshot = path.exists()  # without one, the first change writes it (the journal needs a base)
 
@@ -247,25 +249,49 @@ class StateStore:
             return
         self._laid = laid
 
-    def append(self, record: bytes) -> None:
-        """Append one record and fsync it: on return it survives a crash."""
+    def append(self, record: bytes, flush: bool = True) -> None:
+        """Append one record and fsync it: on return it survives a crash. With `flush` False the record is
+        written but not yet flushed: `flush` does that (the caller works meanwhile), or takes it back."""
         try:
             fd = self._open()
             try:
                 self._lay_zeros(fd, len(record))
                 _pwrite_all(fd, record, self._size)
-                os.fdatasync(fd)
+                if flush:
+                    os.fdatasync(fd)
                 self._laid = max(self._laid, self._size + len(record))
             except OSError:
                 os.ftruncate(fd, self._size)  # no half record left behind
                 self._laid = self._size
                 raise
         except OSError as e:
-            self.close()
-            self.broken = True
-            raise StateError(f"cannot save state to {self.path}: {e.strerror}") from None
+            self._fail(e)
+        if not flush:
+            self._unflushed = self._size
         self._size += len(record)
         self.records += 1
+
+    def flush(self) -> None:
+        """Flush the record `append` left unflushed. If that fails, the record is cut off again (the file's
+        state is then the one before it) and StateError raised."""
+        start, self._unflushed = self._unflushed, None
+        if start is None:
+            return
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass  # broken: the next change writes a whole snapshot instead
+            self._size = self._laid = start
+            self.records -= 1
+            self._fail(e)
+
+    def _fail(self, e: OSError) -> NoReturn:
+        self.close()
+        self.broken = True
+        raise StateError(f"cannot save state to {self.path}: {e.strerror}") from None
 
     def due(self, rules: int) -> bool:
         """Whether the journal has grown enough, for a table of `rules` runtime rules, to be compacted."""
