@@ -217,6 +217,11 @@ def resolve_user(user: str, group: str | None) -> tuple[int, int]:
         raise ConfigError(f"Group '{group}' not found") from None
 
 
+def _tell(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 def collector_settings() -> None:
     """The supervisor's garbage collection: Python's own passes, but its full ones rarely (OLDEST_EVERY), and
     everything alive now frozen out of them (see `Supervisor.tick` for the periodic full pass)."""
@@ -273,7 +278,8 @@ class Supervisor:
         self.global_level = Severity.parse(config.log_level)
         self.overrides: dict[Facility, Severity] = {}
         self.stopping = asyncio.Event()
-        self.synced = asyncio.Condition()
+        # the waits of `wait_synced`: (generation, every worker?, what the wait is told), met at a SyncAck
+        self.sync_waiters: list[tuple[int, bool, asyncio.Future[bool]]] = []
         self.loop = asyncio.get_running_loop()
         self.control = ControlServer(config.control_socket_path, self.handle, policy, config.limits)
         self.watcher = LinkWatcher(self.on_links)
@@ -882,7 +888,7 @@ class Supervisor:
                     self.push(handle, Sync(self.generation, self.resolution.worker_rules))
                 case SyncAck():
                     handle.acked_generation = reply.generation
-                    self.loop.create_task(self._notify_synced())
+                    self.wake_synced()
                     if handle.replacing and reply.generation >= self.generation:
                         self.ask_release(handle)
                     if self.stale_pins is not None and all(h.acked_generation >= self.generation for h in self.workers):
@@ -998,9 +1004,21 @@ class Supervisor:
         handle.close_io()
         self.start_worker(handle, now)
 
-    async def _notify_synced(self) -> None:
-        async with self.synced:
-            self.synced.notify_all()
+    def synced(self, generation: int, every: bool) -> bool:
+        """Whether the ready workers (`every`: all workers) have confirmed `generation`."""
+        return all(h.acked_generation >= generation for h in self.workers if every or h.ready)
+
+    def wake_synced(self) -> None:
+        """A worker confirmed a generation: the waits it meets end."""
+        waiting = []
+        for generation, every, told in self.sync_waiters:
+            if told.done():
+                continue  # timed out or cancelled
+            if self.synced(generation, every):
+                told.set_result(True)
+            else:
+                waiting.append((generation, every, told))
+        self.sync_waiters = waiting
 
     def on_exit(self, handle: WorkerHandle) -> None:
         assert handle.proc is not None
@@ -1229,18 +1247,20 @@ class Supervisor:
 
     async def wait_synced(self, generation: int, every: bool = False, timeout: float = SYNC_WAIT_S) -> bool:
         """Wait until the ready workers (`every`: all workers, also those still starting) have confirmed
-        `generation`; False, and a warning in the log, when they have not within `timeout`."""
-
-        def done() -> bool:
-            return all(h.acked_generation >= generation for h in self.workers if every or h.ready)
-
-        async with self.synced:
-            try:
-                await asyncio.wait_for(self.synced.wait_for(done), timeout)
-            except TimeoutError:
-                log.warning("not every worker confirmed rule generation %d within %.1f s", generation, timeout)
-                return False
-        return True
+        `generation`; False, and a warning in the log, when they have not within `timeout`. A future told
+        by `wake_synced` or by a timer, not a task and a condition: this wait is part of every add and remove."""
+        if self.synced(generation, every):
+            return True
+        told: asyncio.Future[bool] = self.loop.create_future()
+        self.sync_waiters.append((generation, every, told))
+        timer = self.loop.call_later(timeout, _tell, told, False)
+        try:
+            met = await told
+        finally:
+            timer.cancel()
+        if not met:
+            log.warning("not every worker confirmed rule generation %d within %.1f s", generation, timeout)
+        return met
 
     def on_membership(self) -> None:
         """A group's receivers changed on some interface: outputs that follow receivers start or stop (every

@@ -1,6 +1,7 @@
-"""A change is answered Success only once it is on disk; when its record cannot be flushed, the change is
-taken back (table, journal and data plane) and the client told why. The supervisor in-process, not
-started: no workers, no links, its real rule table, resolver and state store."""
+"""The supervisor in-process, not started (no worker processes, no links; its real rule table, resolver and
+state store). A change is answered Success only once it is on disk; when its record cannot be flushed, the
+change is taken back (table, journal and data plane) and the client told why. A change waits until the
+ready workers have confirmed it, and no longer than its timeout."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from mcr.protocol.control import Error, Request, Success, decode_request
 from mcr.supervisor.main import Supervisor, SupervisorConfig
 from mcr.supervisor.state import StateStore
+from mcr.supervisor.workers import WorkerStatus
 
 
 def add(rule_id: str, port: int) -> Request:
@@ -73,3 +75,27 @@ def test_a_change_whose_record_cannot_be_flushed_is_taken_back(tmp_path: Path, m
     assert seen[4] == Success("Rule c added")
     assert seen[5:] == [Error(f"Rule d not added: {why}"), (["a", "b", "c"], ["a", "b", "c"])], "as it was"
     assert sorted(r.rule_id for r in StateStore(tmp_path / "rules.json").load()) == ["a", "b", "c"]
+
+
+def test_a_change_waits_for_the_ready_workers_to_confirm_it(tmp_path: Path) -> None:
+    async def body(sup: Supervisor) -> list[object]:
+        ready, starting = sup.workers[0], type(sup.workers[0])(1)
+        sup.workers.append(starting)  # a second worker, still starting: not waited for unless `every`
+        ready.status, ready.acked_generation = WorkerStatus.RUNNING, 4
+        seen: list[object] = [await sup.wait_synced(4)]  # confirmed already
+        waits = [asyncio.ensure_future(sup.wait_synced(g)) for g in (5, 6)]
+        every = asyncio.ensure_future(sup.wait_synced(5, every=True, timeout=0.2))
+        await asyncio.sleep(0.05)
+        seen.append([w.done() for w in waits])
+        ready.acked_generation = 5
+        sup.wake_synced()  # as a SyncAck does
+        await asyncio.sleep(0)
+        seen.append([w.done() and w.result() for w in waits])
+        seen.append(await every)  # the starting worker never confirms: timed out
+        seen.append(await sup.wait_synced(6, timeout=0.05))  # times out; the first wait for 6 goes on
+        ready.acked_generation = 6
+        sup.wake_synced()
+        seen += [await waits[1], sup.sync_waiters]
+        return seen
+
+    assert in_supervisor(tmp_path, body) == [True, [False, False], [True, False], False, False, True, []]
