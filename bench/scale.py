@@ -183,6 +183,14 @@ def reference_ms() -> float:
     return best * 1e3
 
 
+def spy_on(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording a process's samples into `output` (raw form) until it gets SIGINT."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tool = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    argv = [tool, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", str(output)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class CpuMeter:
     """CPU time spent by the supervisor, its workers and this client over one phase, per operation; with
     `--py-spy DIR`, each process's samples over the phase too (DIR/<phase>-<process>.txt, py-spy's raw form)."""
@@ -194,12 +202,8 @@ class CpuMeter:
         self.paused = 0.0
         self.spies = []
         if spy is not None:
-            spy.mkdir(parents=True, exist_ok=True)
-            tool = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             for name, pid in zip(("supervisor", "worker"), self.pids, strict=False):
-                argv = [tool, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-                        "--output", str(spy / f"{phase}-{name}.txt")]  # fmt: skip
-                self.spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                self.spies.append(spy_on(pid, spy / f"{phase}-{name}.txt"))
 
     def pause(self, relay_cpu_s: float) -> None:
         """Leave out the supervisor's CPU time spent on something else (the checkpoints' queries)."""
@@ -438,8 +442,13 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
         config.write_text(header + "\n".join(toml_rule(rule_doc(i)) for i in range(n)))
         (work / "state.json").unlink(missing_ok=True)
         relay = Relay(a, work, config)
+        spy = spy_on(relay.proc.pid, a.py_spy / "config-supervisor.txt") if a.py_spy else None
         try:
             out["config_ready_s"] = relay.wait_ready(120)
+            out["config_cpu_s"] = cpu_s(relay.proc.pid)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             out["config_active_s"] = out["config_ready_s"] + wait_all_active(relay, n, 120)
             print(f"  config load: READY {out['config_ready_s']:.2f} s, all active {out['config_active_s']:.2f} s")
             step = 100
@@ -631,6 +640,7 @@ def render(doc: dict[str, Any]) -> str:
                          f"({c.get('workers_system', 0):.2f}) / {c['client']:.2f} |")  # fmt: skip
     row("config load to READY (s)", "config_ready_s", ".2f")
     row("config load to all active (s)", "config_active_s", ".2f")
+    row("supervisor CPU until READY (s)", "config_cpu_s", ".2f")
     row("SIGHUP reload of 1% until active (s)", "reload_1pct_s", ".2f")
     row("unchanged rules seen not active during the reload", "reload_unchanged_not_active_samples", "d")
     if "per_rule_bytes" in doc:

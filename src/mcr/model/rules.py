@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from socket import AF_INET6, inet_ntoa, inet_ntop
+from socket import AF_INET, AF_INET6, inet_ntoa, inet_ntop, inet_pton
 from typing import overload
 
 from mcr.model.errors import ValidationError
@@ -92,9 +92,20 @@ def parse_source(text: str) -> SourcePrefix:
 
 
 def parse_group(text: str) -> IPAddress:
-    """An address of either family; ValueError naming the text otherwise."""
+    """An address of either family; ValueError naming the text otherwise. Read by the C library's
+    `inet_pton` (about 1 µs, against 5 for `ipaddress` and an IPv6 address: a config file of 10,000 rules
+    has 35,000), which takes the very texts `ipaddress` takes but a scoped IPv6 address
+    (tests/property/test_address_text_properties.py); what it refuses goes to `ipaddress`, for its scope or
+    its error."""
+    bare = text.strip()
     try:
-        return ip_address(text.strip())
+        if ":" in bare:
+            return IPv6Address(inet_pton(AF_INET6, bare))
+        return IPv4Address(inet_pton(AF_INET, bare))
+    except (OSError, ValueError):
+        pass
+    try:
+        return ip_address(bare)
     except ValueError:
         raise ValueError(f"'{text}' is not a valid {_family(text)} address") from None
 

@@ -70,8 +70,11 @@ class RuleTable:
         """Validate and insert; raises ValidationError and changes nothing when the rule is refused."""
         return self.insert(self.build(req, source))
 
-    def insert(self, rule: ForwardingRule) -> ForwardingRule:
-        check_rule_shape(rule)
+    def insert(self, rule: ForwardingRule, shaped: bool = False) -> ForwardingRule:
+        """Insert `rule` if it fits the limits and the other rules; `shaped`: its own checks
+        (`check_rule_shape`) were passed already, as a config file's rules pass them as the file is read."""
+        if not shaped:
+            check_rule_shape(rule)
         self.index.check_fits(rule, self.limits)
         self.index.add(rule)
         return rule
@@ -110,7 +113,7 @@ class RuleTable:
         trial.index = FlowIndex(r for rid, r in self.rules.items() if rid not in removed and rid not in changed)
         for rid in changed + added:
             try:
-                trial.insert(wanted[rid])
+                trial.insert(wanted[rid], shaped=True)  # the file's rules are checked as it is read
             except ValidationError as e:
                 raise ValidationError(f"rule '{rid}': {e}") from None
         kept = FlowIndex(trial.rules[rid] for rid in self.rules if rid in trial.rules)  # changed ones in place

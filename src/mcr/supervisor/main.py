@@ -498,7 +498,7 @@ class Supervisor:
         if self.config_file is not None:
             for rule in self.config_file.rules:
                 try:
-                    self.table.insert(rule)
+                    self.table.insert(rule, shaped=True)  # checked as the file was read
                 except ValidationError as e:  # the file's rules fit its [limits], not lower ones from flags
                     raise ConfigError(f"{self.config_file.path}: rule '{rule.rule_id}': {e}") from None
                 self.stats.track(rule.rule_id, 0)
@@ -1452,13 +1452,13 @@ class Supervisor:
         try:
             self.save(removed=rule.rule_id, flush=False)
         except StateError as e:
-            self.table.insert(rule)
+            self.table.insert(rule, shaped=True)
             return Error(f"Rule {rule.rule_id} not removed: {e}")
         generation = self.apply([rule.rule_id])  # the workers apply it while its record is flushed
         try:
             self.flush_saved()
         except StateError as e:
-            self.table.insert(rule)
+            self.table.insert(rule, shaped=True)
             self.apply([rule.rule_id])  # as it was, counters and all
             return Error(f"Rule {rule.rule_id} not removed: {e}")
         self.stats.forget_rule(rule.rule_id)
