@@ -484,6 +484,7 @@ def _config_document(f: _Fields) -> ConfigDocument:
         return ConfigDocument(None, str(e))
 
 
+_QUERY_NAMES = frozenset(q.value for q in Query)
 _ROUTING_QUERIES = frozenset(q.value for q in RoutingQuery)
 
 
@@ -518,7 +519,7 @@ def decode_request(data: bytes, limit: int = MAX_REQUEST_BYTES) -> Request:
         if len(doc) != 1:
             raise ProtocolError(f"a request object must have exactly one key (the command), got {len(doc)}")
         ((name, body),) = doc.items()
-        if name in {q.value for q in Query}:
+        if name in _QUERY_NAMES:
             return Query(name)
         if name in _ROUTING_QUERIES:
             return RoutingQuery(name)

@@ -1323,7 +1323,8 @@ class Supervisor:
                     self.stats.forget_rule(rule.rule_id)
                     self.apply([rule.rule_id])
                     return Error(f"Rule {rule.rule_id} not added: {e}")
-                log.info("rule %s added: %s -> %d outputs", rule.rule_id, rule.input_text, len(rule.outputs))
+                if log.isEnabledFor(logging.INFO):  # its arguments cost more than the rest of the line
+                    log.info("rule %s added: %s -> %d outputs", rule.rule_id, rule.input_text, len(rule.outputs))
                 await self.wait_synced(generation)
                 return Success(f"Rule {rule.rule_id} added")
             case RemoveRule():
