@@ -15,7 +15,10 @@ original's framing (one JSON request, then a half-close):
 - each `RemoveRule` of every rule, latency p50/p99 per tenth;
 - the same rules from a config file: start to READY (systemd's notify protocol) and to every rule active;
 - a SIGHUP reload that changes 1% of them: until the changed rules are active, and whether any unchanged
-  rule left `active` meanwhile (the reload is hitless for them).
+  rule left `active` meanwhile (the reload is hitless for them);
+- the CPU time each process (supervisor, worker, this client) spent per add and per remove, the supervisor's
+  until READY, and the machine's speed at the start and the end (`reference_ms`: this machine has fast and
+  slow phases); `--py-spy DIR` records the supervisor and the worker over each phase.
 
 `--memory` measures memory only: RSS of the supervisor and of its worker with no rule, then after adding
 1,000 and 10,000 rules one by one (`--memory-points`), as kB per rule beyond the base. `--trace` adds where the
