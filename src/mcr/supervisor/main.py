@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
@@ -530,7 +530,7 @@ class Supervisor:
     def save(self, added: ForwardingRule | None = None, removed: str | None = None, flush: bool = True) -> None:
         """Put one change of the runtime rules (already made in the table) on disk: a journal record, or a
         new snapshot of every runtime rule when the journal is due for one. Raises StateError. With `flush`
-        False, a record may be left to `flush_saved`, so that the disk works while the workers do."""
+        False, a record may be left for the store's `flush` (see `commit`)."""
         if self.store is None:
             return
         if self.store.due(len(self.table.rules)):
@@ -538,11 +538,27 @@ class Supervisor:
         else:
             self.store.append(encode_record(added, removed), flush=flush)
 
-    def flush_saved(self) -> None:
-        """The change `save(flush=False)` wrote is on disk once this returns. Raises StateError (the record
-        is then taken back)."""
-        if self.store is not None:
-            self.store.flush()
+    def commit(
+        self, rule_id: str, undo: Callable[[], object], added: ForwardingRule | None = None, removed: str | None = None
+    ) -> int:
+        """One add or remove, already made in the table: its record written, the change sent to the workers,
+        then the record flushed, so that the disk works while the workers do. Returns the generation that
+        holds the change. Raises StateError with the change taken back: `undo` puts the table back, and the
+        data plane follows where the change had reached it."""
+        try:
+            self.save(added=added, removed=removed, flush=False)
+        except StateError:
+            undo()
+            raise
+        generation = self.apply([rule_id])
+        try:
+            if self.store is not None:
+                self.store.flush()
+        except StateError:
+            undo()
+            self.apply([rule_id])
+            raise
+        return generation
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and apply only the difference in its rules."""
@@ -1309,19 +1325,15 @@ class Supervisor:
         match req:
             case AddRule():
                 rule = self.table.add(req)
-                try:
-                    self.save(added=rule, flush=False)
-                except StateError as e:
-                    self.table.remove(rule.rule_id)
-                    return Error(f"Rule {rule.rule_id} not added: {e}")
                 self.stats.track(rule.rule_id, self.generation + 1)
-                generation = self.apply([rule.rule_id])  # the workers apply it while its record is flushed
-                try:
-                    self.flush_saved()
-                except StateError as e:
+
+                def unadd() -> None:
                     self.table.remove(rule.rule_id)
                     self.stats.forget_rule(rule.rule_id)
-                    self.apply([rule.rule_id])
+
+                try:
+                    generation = self.commit(rule.rule_id, unadd, added=rule)
+                except StateError as e:
                     return Error(f"Rule {rule.rule_id} not added: {e}")
                 if log.isEnabledFor(logging.INFO):  # its arguments cost more than the rest of the line
                     log.info("rule %s added: %s -> %d outputs", rule.rule_id, rule.input_text, len(rule.outputs))
@@ -1450,17 +1462,9 @@ class Supervisor:
             where = self.config_file.path if self.config_file else "the config file"
             return Error(f"Rule {rule_id} comes from {where}; remove it there and reload (SIGHUP)")
         rule = self.table.remove(rule_id)
-        try:
-            self.save(removed=rule.rule_id, flush=False)
+        try:  # taken back, the rule is as it was, counters and all
+            generation = self.commit(rule_id, lambda: self.table.insert(rule, shaped=True), removed=rule_id)
         except StateError as e:
-            self.table.insert(rule, shaped=True)
-            return Error(f"Rule {rule.rule_id} not removed: {e}")
-        generation = self.apply([rule.rule_id])  # the workers apply it while its record is flushed
-        try:
-            self.flush_saved()
-        except StateError as e:
-            self.table.insert(rule, shaped=True)
-            self.apply([rule.rule_id])  # as it was, counters and all
             return Error(f"Rule {rule.rule_id} not removed: {e}")
         self.stats.forget_rule(rule.rule_id)
         log.info("rule %s removed", rule.rule_id)
