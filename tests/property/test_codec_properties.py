@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
@@ -381,28 +381,47 @@ commands = st.one_of(
 )
 replies = st.one_of(st.builds(worker.Ready, ints, ints), st.builds(worker.SyncAck, ints))
 pairs = st.dictionaries(texts, counts, max_size=3).map(lambda d: tuple(d.items()))
-reports = st.builds(
-    worker.StatsReport,
-    ints,
-    ints,
-    st.dictionaries(
-        texts,
-        st.builds(
-            worker.RuleCounters,
-            counts,
-            counts,
-            st.lists(st.tuples(ints, counts, counts, counts), max_size=3).map(tuple),
-            pairs,
-        ),
-        max_size=3,
-    ).map(lambda d: tuple(d.items())),
-    pairs,
-    counts,
-    counts,
-    counts,
-    ints,
-    taken_at=st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
+
+
+def stats_reports(
+    ids: st.SearchStrategy[int], number: st.SearchStrategy[int], amount: st.SearchStrategy[int]
+) -> st.SearchStrategy[worker.StatsReport]:
+    """Reports whose worker and pid are drawn from `ids`, indexes and generations from `number`, counts from
+    `amount`."""
+    named = st.dictionaries(texts, amount, max_size=3).map(lambda d: tuple(d.items()))
+    return st.builds(
+        worker.StatsReport,
+        ids,
+        ids,
+        st.dictionaries(
+            texts,
+            st.builds(
+                worker.RuleCounters,
+                amount,
+                amount,
+                st.lists(st.tuples(number, amount, amount, amount), max_size=3).map(tuple),
+                named,
+            ),
+            max_size=3,
+        ).map(lambda d: tuple(d.items())),
+        named,
+        amount,
+        amount,
+        amount,
+        number,
+        amount,
+        st.booleans(),
+        st.lists(texts, max_size=3).map(tuple),
+        taken_at=st.one_of(st.none(), finite_floats),
+    ).map(lambda r: r if r.delta else replace(r, gone=()))  # ids gone come with a delta only
+
+
+#: every report a worker can send: a worker slot and pid, 64-bit counters and generations
+reports = stats_reports(
+    st.integers(0, 2**31 - 1), st.integers(-(2**63), 2**63 - 1), st.integers(min_value=0, max_value=2**63 - 1)
 )
+#: what an older worker's JSON line could carry (no width limits)
+json_reports = stats_reports(ints, ints, counts)
 
 
 @given(commands)
@@ -417,10 +436,24 @@ def test_every_worker_reply_round_trips(reply: worker.Reply) -> None:
 
 @given(reports)
 def test_every_stats_report_round_trips(report: worker.StatsReport) -> None:
-    line = worker.encode_stats(report)
-    assert line.endswith(b"\n") and b"\n" not in line[:-1], "one report is one line of the pipe"
+    frame = worker.encode_stats(report)
+    decoded = worker.decode_stats(frame)
+    plain = replace(decoded, rules=tuple((rid, worker.counters_of(c)) for rid, c in decoded.rules))
+    assert plain == report
+    assert all(
+        isinstance(c, bytes) == (not r.drops) for (_, c), (_, r) in zip(decoded.rules, report.rules, strict=True)
+    )
+    buf = bytearray(frame + frame)
+    assert worker.take_stats(buf) == ([frame, frame], None) and not buf, "one report is one frame of the pipe"
+
+
+@given(json_reports)
+def test_an_older_workers_report_still_reads(report: worker.StatsReport) -> None:
+    """A worker of the version before frames wrote a line of JSON: its reports read as they did."""
+    line = json_stats(report)
     assert worker.decode_stats(line) == report
-    assert line == json_stats(report), "the line json.dumps would write"
+    buf = bytearray(line)
+    assert worker.take_stats(buf) == ([line], None) and not buf
 
 
 def json_stats(report: worker.StatsReport) -> bytes:
@@ -442,6 +475,19 @@ def json_stats(report: worker.StatsReport) -> bytes:
     if report.taken_at is not None:
         doc["t"] = report.taken_at
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+@given(reports, st.binary(max_size=8), st.integers(0, 200))
+def test_a_damaged_stats_frame_is_a_protocol_error(report: worker.StatsReport, junk: bytes, cut: int) -> None:
+    """A frame cut short, with bytes put in, or its length changed: decoded or refused, nothing else."""
+    frame = worker.encode_stats(report)
+    at = min(cut, len(frame))
+    for data in (frame[:at], frame[:at] + junk + frame[at:], frame[:1] + junk[:4].ljust(4, b"\0") + frame[5:]):
+        assert_total(worker.decode_stats, data, ProtocolError)
+        buf = bytearray(data)
+        taken, _problem = worker.take_stats(buf)
+        for one in taken:
+            assert_total(worker.decode_stats, one, ProtocolError)
 
 
 @hostile

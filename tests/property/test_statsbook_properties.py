@@ -4,6 +4,7 @@ back only where they did not all grow (`_advanced`); neither changes what is cou
 
 from __future__ import annotations
 
+import struct
 from ipaddress import IPv4Address
 from unittest.mock import patch
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from mcr.model.rules import ForwardingRule, OutputDestination
 from mcr.model.status import FlowCounts
-from mcr.protocol.worker import RuleCounters, StatsReport
+from mcr.protocol.worker import RuleCounters, StatsReport, decode_stats, encode_stats
 from mcr.supervisor import core
 from mcr.supervisor.core import StatsBook
 
@@ -126,3 +127,35 @@ def test_the_counts_of_every_rule_are_what_totals_sums(steps: list[tuple[object,
         now = apply(book, step, now)
         for rule, counts in book.counted(RULES.values()):
             assert counts == expected(book, rule)
+
+
+def _as_sent(step: tuple[object, ...]) -> tuple[object, ...]:
+    """A report step as the supervisor gets it from a worker's stats pipe: through a frame, whose rules without
+    drops arrive packed (bytes). Counts past 2**63, which no worker sends and a frame cannot carry, stay."""
+    if step[0] != "report":
+        return step
+    try:
+        return ("report", decode_stats(encode_stats(step[1])))  # type: ignore[arg-type]
+    except struct.error:
+        return step
+
+
+@given(st.lists(events(), max_size=12))
+@example([_reported("b", ((0, 5, 500, 0),)), ("tick", 1.0), _reported("b", ((0, 9, 900, 0),), 9), ("tick", 1.0)])
+def test_counts_that_arrive_packed_book_as_counters_do(steps: list[tuple[object, ...]]) -> None:
+    """The book keeps a worker's packed counts as they came (`_hold`) and reads a tick's sums from them
+    (`_sums`): totals, rates and entries are the same as for the same reports read into counters."""
+    packed, plain = StatsBook(), StatsBook()
+    for book in (packed, plain):
+        for rule_id in IDS:
+            book.track(rule_id, 1)
+    now = 0.0
+    for step in steps:
+        apply(packed, _as_sent(step), now)
+        now = apply(plain, step, now)
+        for rule_id in IDS:
+            t = packed.totals(rule_id)
+            assert t == plain.totals(rule_id)
+            assert packed._sums(rule_id) == (t.packets, t.bytes), "a tick's sums are the totals'"
+        assert packed.rates == plain.rates
+        assert packed.counted(RULES.values()) == plain.counted(RULES.values())

@@ -1,3 +1,5 @@
+import struct
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
@@ -5,6 +7,7 @@ import pytest
 from mcr.model.errors import ProtocolError
 from mcr.model.rules import InputProtocol
 from mcr.protocol.worker import (
+    MAX_STATS_FRAME,
     CloseEgress,
     CloseSockets,
     HoldSockets,
@@ -22,12 +25,15 @@ from mcr.protocol.worker import (
     SyncAck,
     WorkerOutput,
     WorkerRule,
+    counters_of,
+    counts_layout,
     decode_command,
     decode_reply,
     decode_stats,
     encode_command,
     encode_reply,
     encode_stats,
+    take_stats,
     worker_version,
 )
 
@@ -84,21 +90,101 @@ def test_reply_round_trip(reply: object) -> None:
     assert decode_reply(encode_reply(reply)) == reply  # type: ignore[arg-type]
 
 
+def _plain(report: StatsReport) -> StatsReport:
+    """`report` with every rule's counts as `RuleCounters` (a decoded report holds packed ones as bytes)."""
+    return replace(report, rules=tuple((rid, counters_of(c)) for rid, c in report.rules))
+
+
+_REPORT = StatsReport(
+    1,
+    99,
+    (
+        ("r1", RuleCounters(5, 500, ((0, 5, 500, 0),), (("fragment", 2),))),
+        ("r2", RuleCounters(7, 9800, ((0, 7, 9800, 0), (3, 6, 8400, 1)))),
+        ("idle", RuleCounters(0, 0, ((0, 0, 0, 0),))),
+    ),
+    (("no_rule", 1), ("not_udp", 0)),
+    10,
+    1,
+    0,
+    generation=4,
+    ring_resyncs=2,
+    delta=True,
+    gone=("old", "\u00e9t\u00e9"),
+    taken_at=12.25,
+)
+
+
 def test_stats_round_trip() -> None:
-    report = StatsReport(
-        1,
-        99,
-        (("r1", RuleCounters(5, 500, ((0, 5, 500, 0),), (("fragment", 2),))),),
-        (("no_rule", 1),),
-        10,
-        1,
-        0,
-        generation=4,
-        ring_resyncs=2,
-    )
-    line = encode_stats(report)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert decode_stats(line) == report
+    frame = encode_stats(_REPORT)
+    decoded = decode_stats(frame)
+    assert _plain(decoded) == _REPORT
+    by_id = dict(decoded.rules)
+    assert isinstance(by_id["r1"], RuleCounters), "a rule with drops comes as counters"
+    assert by_id["r2"] == counts_layout(2).pack(7, 9800, 0, 7, 9800, 0, 3, 6, 8400, 1), "the others packed"
+    assert decode_stats(encode_stats(replace(_REPORT, taken_at=None, delta=False, gone=()))).taken_at is None
+
+
+def test_stats_frames_are_taken_whole_whatever_the_reads() -> None:
+    """The pipe is a stream: reports arrive in pieces and several at once; a line of JSON from a worker of
+    the previous version may be among them."""
+    older = b'{"w":0,"pid":7,"rules":{"r1":[3,300,[[0,3,300,0]],{}]},"drops":{},"kp":3,"kd":1,"pe":0}\n'
+    stream = encode_stats(_REPORT) + older + encode_stats(replace(_REPORT, pid=100))
+    buf = bytearray()
+    taken: list[bytes] = []
+    for i in range(0, len(stream), 7):  # 7 bytes at a time
+        buf += stream[i : i + 7]
+        got, problem = take_stats(buf)
+        assert problem is None
+        taken += got
+    assert not buf
+    assert [_plain(decode_stats(t)).pid for t in taken] == [99, 7, 100]
+    assert _plain(decode_stats(taken[0])) == _REPORT
+    assert decode_stats(taken[1]).rules == (("r1", RuleCounters(3, 300, ((0, 3, 300, 0),))),)
+
+
+@pytest.mark.parametrize(
+    ("stream", "why"),
+    [
+        (b"\x07garbage", "starting with byte 0x07"),
+        (struct.pack("=BI", 0, MAX_STATS_FRAME + 1), f"a stats frame of {MAX_STATS_FRAME + 1} bytes"),
+    ],
+)
+def test_a_stream_out_of_step_is_dropped_with_the_reason(stream: bytes, why: str) -> None:
+    """After bytes that are neither a frame nor a line, nothing can be told apart: the reports before them are
+    kept, the rest is dropped and named."""
+    buf = bytearray(encode_stats(_REPORT) + stream)
+    taken, problem = take_stats(buf)
+    assert [_plain(decode_stats(t)) for t in taken] == [_REPORT]
+    assert problem is not None and why in problem
+    assert not buf
+
+
+def _frame(body: bytes) -> bytes:
+    return struct.pack("=BI", 0, len(body)) + body
+
+
+_GOOD = encode_stats(replace(_REPORT, rules=_REPORT.rules[1:2], gone=()))
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"", "unpack_from requires a buffer"),
+        (b"null", "unpack_from requires a buffer"),
+        (_GOOD[:-1], "not a whole stats frame"),
+        (_frame(_GOOD[5:-1]), "counts run past the end"),
+        (_frame(_GOOD[5:] + b"\0"), "1 bytes after the report"),
+        (_GOOD.replace(b"r2", b"\xff\xfe"), "a rule id at byte 110 is not UTF-8 (invalid start byte)"),
+        (_GOOD.replace(b"no_rule", b"no_rul\xc3"), "a drop reason at byte 73 is not UTF-8 (unexpected end of data)"),
+        (b"\x01" + _GOOD[1:], "tag 1"),
+    ],
+)
+def test_malformed_stats_frames(raw: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match="malformed stats report") as e:
+        decode_stats(raw)
+    assert why in str(e.value)
+    assert _plain(decode_stats(_GOOD)).rules == _REPORT.rules[1:2]
 
 
 def test_stats_from_a_worker_without_newer_counters() -> None:
@@ -142,10 +228,9 @@ _RULE_OK = b'"r1":[3,300,[[0,3,300,0]],{}]'
 @pytest.mark.parametrize(
     ("raw", "why"),
     [
-        (b"", "Expecting '{'"),
+        (b"{", "Expecting property name"),
         (b"{}", "KeyError"),
         (b'{"w":1}', "KeyError"),
-        (b"null", "Expecting"),
         (b'{"w":0,"pid":7,"rules":{"r1":[3,300,[[0,3,300]],{}]},"drops":{},"kp":0,"kd":0,"pe":0}', "values to unpack"),
         (
             b'{"w":0,"pid":7,"rules":{"r1":[3,300,[[0,3,300,0,9]],{}]},"drops":{},"kp":0,"kd":0,"pe":0}',
@@ -158,7 +243,8 @@ _RULE_OK = b'"r1":[3,300,[[0,3,300,0]],{}]'
         (b'{"w":0,"pid":7,"rules":{},"drops":{},"kp":0,"kd":0,"pe":0,"t":true}', "t must be a number"),
     ],
 )
-def test_malformed_stats(raw: bytes, why: str) -> None:
+def test_malformed_stats_lines(raw: bytes, why: str) -> None:
+    """A line of JSON from a worker of the previous version, malformed."""
     with pytest.raises(ProtocolError, match="malformed stats report") as e:
         decode_stats(raw)
     assert why in str(e.value)

@@ -2,13 +2,15 @@
 
 Commands and acknowledgements travel over a SOCK_SEQPACKET socketpair (one JSON document per
 datagram, capture sockets and raw ESP output sockets attached with SCM_RIGHTS). Counters travel the other
-way over a pipe as newline-delimited JSON, so a slow supervisor never blocks a worker (the worker counts failed pushes).
+way over a pipe as packed frames (`encode_stats`), so a slow supervisor never blocks a worker (the worker counts
+failed pushes).
 """
 
 from __future__ import annotations
 
 import json
-import json.encoder
+import math
+import struct
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -431,13 +433,18 @@ class RuleCounters:
     drops: tuple[tuple[str, int], ...] = ()
 
 
+#: A rule's counts in a report: the counters, or (without drops) as `counts_layout` packs them, the form they
+#: travel in, which the supervisor keeps without making objects of them.
+Counts = RuleCounters | bytes
+
+
 @dataclass(frozen=True, slots=True)
 class StatsReport:
     """Cumulative counters of one worker incarnation since it started."""
 
     worker_id: int
     pid: int
-    rules: tuple[tuple[str, RuleCounters], ...]
+    rules: tuple[tuple[str, Counts], ...]
     drops: tuple[tuple[str, int], ...]
     kernel_packets: int
     kernel_drops: int
@@ -451,42 +458,205 @@ class StatsReport:
     taken_at: float | None = None
 
 
+# A report travels as one frame: the tag STATS_FRAME, the body's length and the body, in native byte order (both
+# ends are on one host). The body: `_HEAD`; the worker's drop counters (`_named`); each rule (`_RULE`: the id's
+# length in bytes, its outputs, its drop reasons; the id; its counts as `counts_layout` packs them; its drops);
+# the ids of the rules gone (`_ID`: the length, then the id). Workers before this format wrote a line of JSON
+# (it starts with "{"): `take_stats` and `decode_stats` read both, so that a worker of the previous version,
+# taken over at an upgrade, is heard until its successor replaces it.
+STATS_FRAME = 0
+MAX_STATS_FRAME = 256 << 20  # a worker's full report at 100,000 rules of 4 outputs is about 16 MB
+_FRAME = struct.Struct("=BI")
+# worker, pid, kernel packets and drops, pipe errors, generation, ring resyncs, delta, taken_at (NaN: none),
+# the number of rules, the number of ids gone
+_HEAD = struct.Struct("=iIqqqqqBdII")
+_RULE = struct.Struct("=HHH")
+_ID = struct.Struct("=H")
+_NAME = struct.Struct("=B")
+_COUNT = struct.Struct("=q")
+_LAYOUTS: dict[int, struct.Struct] = {}
+
+
+def counts_layout(outputs: int) -> struct.Struct:
+    """How a rule's counts are packed on the stats pipe (and may be held, `Counts`): packets, bytes, then
+    (index, packets, bytes, errors) per output, each a native signed 64-bit integer."""
+    layout = _LAYOUTS.get(outputs)
+    if layout is None:
+        layout = _LAYOUTS[outputs] = struct.Struct(f"={2 + 4 * outputs}q")
+    return layout
+
+
+def unpack_counts(counts: bytes) -> RuleCounters:
+    """The counters packed in `counts` (`counts_layout`; no drops)."""
+    values = counts_layout((len(counts) // 8 - 2) // 4).unpack(counts)
+    outputs = tuple((values[i], values[i + 1], values[i + 2], values[i + 3]) for i in range(2, len(values), 4))
+    return RuleCounters(values[0], values[1], outputs)
+
+
+def counters_of(counts: Counts) -> RuleCounters:
+    return counts if isinstance(counts, RuleCounters) else unpack_counts(counts)
+
+
 def encode_stats(report: StatsReport) -> bytes:
-    """One line of JSON. A full report carries every rule, so each rule's counts are written as text
-    straight away rather than as lists and dicts for `json.dumps` (about 0.7 kB a rule that a worker of
-    10,000 rules would hold at once); the line is the same `json.dumps` would write."""
-    rest: dict[str, object] = {
-        "drops": dict(report.drops),
-        "kp": report.kernel_packets,
-        "kd": report.kernel_drops,
-        "pe": report.pipe_errors,
-        "g": report.generation,
-        "rr": report.ring_resyncs,
-    }
-    if report.delta:
-        rest["d"] = 1
-        rest["gone"] = list(report.gone)
-    if report.taken_at is not None:
-        rest["t"] = report.taken_at
-    idle: dict[tuple[tuple[int, int, int, int], ...], str] = {}  # the text of all-zero counts, per layout
-    rules = []
+    """The report as one frame of the stats pipe. Raises struct.error for a count past 2**63 or an id
+    over 65,535 bytes, which no rule reaches (validation bounds ids far below). Texts are UTF-8, with lone
+    surrogates passed through, so that any string read back is the one written."""
+    parts = [
+        _HEAD.pack(
+            report.worker_id,
+            report.pid,
+            report.kernel_packets,
+            report.kernel_drops,
+            report.pipe_errors,
+            report.generation,
+            report.ring_resyncs,
+            report.delta,
+            math.nan if report.taken_at is None else report.taken_at,
+            len(report.rules),
+            len(report.gone),
+        ),
+        _named(report.drops),
+    ]
     for rid, c in report.rules:
-        if c.packets or c.drops:
-            text = _counts_json(c)
+        name = rid.encode("utf-8", "surrogatepass")
+        if isinstance(c, bytes):
+            parts.append(_RULE.pack(len(name), (len(c) // 8 - 2) // 4, 0) + name + c)
+            continue
+        flat = [n for output in c.outputs for n in output]
+        counts = counts_layout(len(c.outputs)).pack(c.packets, c.bytes, *flat)
+        parts.append(_RULE.pack(len(name), len(c.outputs), len(c.drops)) + name + counts)
+        for reason, n in c.drops:
+            parts.append(_name_count(reason, n))
+    parts.extend(_ID.pack(len(name)) + name for name in (rid.encode("utf-8", "surrogatepass") for rid in report.gone))
+    body = b"".join(parts)
+    return _FRAME.pack(STATS_FRAME, len(body)) + body
+
+
+def _named(counts: tuple[tuple[str, int], ...]) -> bytes:
+    return _ID.pack(len(counts)) + b"".join(_name_count(name, n) for name, n in counts)
+
+
+def _name_count(name: str, n: int) -> bytes:
+    text = name.encode("utf-8", "surrogatepass")
+    return _NAME.pack(len(text)) + text + _COUNT.pack(n)
+
+
+def take_stats(buf: bytearray) -> tuple[list[bytes], str | None]:
+    """Take the whole reports out of what a worker wrote so far (`buf`, consumed): frames, and lines of JSON
+    from a worker of an older version. What follows something that is neither (or a frame over
+    MAX_STATS_FRAME) cannot be told apart any more: it is dropped, with the reason as the second value."""
+    reports: list[bytes] = []
+    at = 0
+    problem = None
+    while at < len(buf):
+        tag = buf[at]
+        if tag == STATS_FRAME:
+            if len(buf) - at < _FRAME.size:
+                break
+            size = _FRAME.unpack_from(buf, at)[1]
+            if size > MAX_STATS_FRAME:
+                problem = f"a stats frame of {size} bytes (at most {MAX_STATS_FRAME})"
+                at = len(buf)
+                break
+            end = at + _FRAME.size + size
+            if end > len(buf):
+                break
+        elif tag == 0x7B:  # "{": a line of JSON
+            nl = buf.find(b"\n", at)
+            if nl < 0:
+                if len(buf) - at > MAX_STATS_FRAME:
+                    problem = f"a stats line of over {MAX_STATS_FRAME} bytes"
+                    at = len(buf)
+                break
+            end = nl + 1
         else:
-            text = idle.get(c.outputs) or idle.setdefault(c.outputs, _counts_json(c))
-        rules.append(f"{_json_str(rid)}:{text}")
-    tail = json.dumps(rest, separators=(",", ":"))
-    return f'{{"w":{int(report.worker_id)},"pid":{int(report.pid)},"rules":{{{",".join(rules)}}},{tail[1:]}\n'.encode()
+            problem = f"a stats report starting with byte 0x{tag:02x}"
+            at = len(buf)
+            break
+        reports.append(bytes(buf[at:end]))
+        at = end
+    del buf[:at]
+    return reports, problem
 
 
-_json_str = json.encoder.encode_basestring_ascii  # a JSON string, as json.dumps writes it
+def decode_stats(data: bytes) -> StatsReport:
+    """A report as `take_stats` gave it: a frame, or a line of JSON (with or without its newline)."""
+    if data[:1] == b"{":
+        return _decode_stats_json(data.rstrip(b"\n"))
+    try:
+        tag, size = _FRAME.unpack_from(data)
+        if tag != STATS_FRAME or size != len(data) - _FRAME.size:
+            raise ValueError(f"not a whole stats frame (tag {tag}, {size} bytes for {len(data) - _FRAME.size})")
+        return _decode_frame(data)
+    except (struct.error, ValueError) as e:
+        raise ProtocolError(f"malformed stats report: {e!r}") from None
 
 
-def _counts_json(c: RuleCounters) -> str:
-    outputs = ",".join([f"[{i},{p},{b},{e}]" for i, p, b, e in c.outputs])
-    drops = ",".join([f"{_json_str(k)}:{n}" for k, n in c.drops]) if c.drops else ""
-    return f"[{c.packets},{c.bytes},[{outputs}],{{{drops}}}]"
+def _decode_frame(data: bytes) -> StatsReport:
+    worker, pid, kp, kd, pe, generation, resyncs, delta, taken, nrules, ngone = _HEAD.unpack_from(data, _FRAME.size)
+    at = _FRAME.size + _HEAD.size
+    drops, at = _read_named(data, at + _ID.size, _ID.unpack_from(data, at)[0])
+    rules: list[tuple[str, Counts]] = []
+    rule_head, intern, size = _RULE.unpack_from, sys.intern, len(data)
+    for _ in range(nrules):
+        idlen, outputs, ndrops = rule_head(data, at)
+        at += 6
+        # the table's own id string (ForwardingRule interns it), not a copy per report
+        rid = intern(_utf8(data, at, idlen, "a rule id"))
+        at += idlen
+        end = at + 16 + 32 * outputs
+        if end > size:
+            raise ValueError(f"rule {rid!r}: its counts run past the end of the report")
+        counts = data[at:end]
+        at = end
+        if ndrops:
+            named, at = _read_named(data, at, ndrops)
+            c = unpack_counts(counts)
+            rules.append((rid, RuleCounters(c.packets, c.bytes, c.outputs, named)))
+        else:
+            rules.append((rid, counts))
+    gone = []
+    for _ in range(ngone):
+        (idlen,) = _ID.unpack_from(data, at)
+        gone.append(_utf8(data, at + 2, idlen, "an id gone"))
+        at += 2 + idlen
+    if at != size:
+        raise ValueError(f"{size - at} bytes after the report's last field")
+    return StatsReport(
+        worker_id=worker,
+        pid=pid,
+        rules=tuple(rules),
+        drops=drops,
+        kernel_packets=kp,
+        kernel_drops=kd,
+        pipe_errors=pe,
+        generation=generation,
+        ring_resyncs=resyncs,
+        delta=bool(delta),
+        gone=tuple(gone),
+        taken_at=None if math.isnan(taken) else taken,
+    )
+
+
+def _utf8(data: bytes, at: int, size: int, what: str) -> str:
+    text = data[at : at + size]
+    if len(text) != size:
+        raise ValueError(f"{what} at byte {at} runs past the end of the report")
+    try:
+        return text.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} at byte {at} is not UTF-8 ({e.reason})") from None
+
+
+def _read_named(data: bytes, at: int, count: int) -> tuple[tuple[tuple[str, int], ...], int]:
+    """`count` (name, number) pairs from `at` on, and the index after them."""
+    found = []
+    for _ in range(count):
+        (n,) = _NAME.unpack_from(data, at)
+        name = _utf8(data, at + 1, n, "a drop reason")
+        found.append((name, _COUNT.unpack_from(data, at + 1 + n)[0]))
+        at += 9 + n
+    return tuple(found), at
 
 
 def _seconds(value: object) -> float | None:
@@ -498,10 +668,11 @@ def _seconds(value: object) -> float | None:
     return float(value)
 
 
-def decode_stats(line: bytes) -> StatsReport:
-    """A report, its rules read one at a time (`load_json_streaming`): a full report at 10,000 rules is about
-    5 MB of lists decoded at once otherwise, and the allocator keeps such a peak (RSS) long after. Rules whose
-    counts are written alike (idle ones, of the same outputs) share one `RuleCounters`."""
+def _decode_stats_json(line: bytes) -> StatsReport:
+    """A report of an older worker (a line of JSON), its rules read one at a time (`load_json_streaming`): a
+    full report at 10,000 rules is about 5 MB of lists decoded at once otherwise, and the allocator keeps such
+    a peak (RSS) long after. Rules whose counts are written alike (idle ones, of the same outputs) share one
+    `RuleCounters`."""
     alike: dict[str, RuleCounters] = {}
 
     def rule(rid: str, text: str, v: Any) -> tuple[str, RuleCounters]:

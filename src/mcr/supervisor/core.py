@@ -34,7 +34,15 @@ from mcr.model.rules import (
 )
 from mcr.model.status import Counted, FlowCounts, FlowStats, RuleState, RuleView, flow_stats, zero_counts
 from mcr.protocol.control import AddRule
-from mcr.protocol.worker import RawEgress, RuleCounters, StatsReport, WorkerOutput, WorkerRule
+from mcr.protocol.worker import (
+    Counts,
+    RawEgress,
+    RuleCounters,
+    StatsReport,
+    WorkerOutput,
+    WorkerRule,
+    counters_of,
+)
 
 
 class RuleTable:
@@ -929,11 +937,15 @@ _IDLE_HELD: dict[bytes, bytes] = {}
 _IDLE_HELD_MAX = 4096
 
 
-def _hold(counters: RuleCounters, generation: int) -> Held:
+def _hold(counters: Counts, generation: int) -> Held:
     """`counters` as the book keeps them: 8 bytes a number in one object (2.5 outputs: 144 bytes, where the
     counters' tuples and ints cost 600-700), or as they are when they cannot be packed. Rules that have relayed
     nothing share one object per generation and outputs (a full report carries one generation): a quiet table
-    holds a few of these instead of one a rule."""
+    holds a few of these instead of one a rule. Counts that came packed (a worker's, `counts_layout`: the
+    layout below without the generation) are kept as they came, behind the generation."""
+    if isinstance(counters, bytes):
+        held = _GENERATION.pack(generation) + counters
+        return held if counters[:8] != _ZERO else _shared(_IDLE_HELD, held, _IDLE_HELD_MAX)
     if counters.drops:
         return (counters, generation)
     try:
@@ -959,6 +971,8 @@ def _unhold(held: Held) -> tuple[RuleCounters, int]:
 
 
 _GENERATION = struct.Struct("=q")
+_SUMS = struct.Struct("=3q")  # the generation, packets and bytes at the head of what `_hold` packed
+_ZERO = bytes(8)
 _NO_COUNTS = (0, 0)
 _NO_RATE = (0.0, 0.0)
 _NO_OUTPUT = (0, 0, 0)
@@ -1087,11 +1101,13 @@ class StatsBook:
             return False
         return self._counts(_generation(old), rule_id) == self._counts(_generation(new), rule_id)
 
-    def _check(self, rule_id: str, held: Held, cur: RuleCounters | None) -> None:
-        """Keep what `held` counted when `cur`, the same rule's next counters from the same source, went back."""
+    def _check(self, rule_id: str, held: Held, counts: Counts | None) -> None:
+        """Keep what `held` counted when `counts`, the same rule's next counters from the same source, went
+        back."""
         if rule_id not in self.since or not self._counts(_generation(held), rule_id):
             return
         old = _unhold(held)[0]
+        cur = None if counts is None else counters_of(counts)
         if cur is None or cur.packets < old.packets or cur.bytes < old.bytes:
             self.retire(rule_id, old)
             return
@@ -1156,6 +1172,23 @@ class StatsBook:
                 acc.add(held[0])
         return acc
 
+    def _sums(self, rule_id: str) -> tuple[int, int]:
+        """`totals(rule_id)`'s packets and bytes alone (a tick needs no more), read without unpacking the rest."""
+        retired = self.retired.get(rule_id)
+        packets, octets = (0, 0) if retired is None else (retired.packets, retired.bytes)
+        for book in self._by_rule.values():
+            held = book.get(rule_id)
+            if held is None:
+                continue
+            if isinstance(held, bytes):
+                generation, p, b = _SUMS.unpack_from(held)
+            else:
+                generation, p, b = held[1], held[0].packets, held[0].bytes
+            if self._counts(generation, rule_id):
+                packets += p
+                octets += b
+        return packets, octets
+
     def tick(self, rule_ids: Container[str], now: float) -> None:
         """Refresh the per-rule rates of `rule_ids` from the change since the previous tick. Only the rules
         whose totals may have moved, or whose rate is not yet back to zero, are looked at: the others' counts
@@ -1172,17 +1205,17 @@ class StatsBook:
         for rule_id in self.moved | busy:
             if rule_id not in rule_ids:
                 continue
-            t = self.totals(rule_id)
+            packets, octets = self._sums(rule_id)
             base = self._rate_base.get(rule_id)
             if base is not None and last is not None and now > last:
                 dt = now - last
-                rate = (max(0, t.packets - base[0]) / dt, max(0, t.bytes - base[1]) * 8 / dt)
+                rate = (max(0, packets - base[0]) / dt, max(0, octets - base[1]) * 8 / dt)
                 if self.rates.get(rule_id) != rate:
                     self.rates[rule_id] = rate if rate != _NO_RATE else _NO_RATE
                     if rule_id in self._flows:
                         self._stale.add(rule_id)
             # an idle rule's (most rules') base and rate are one shared tuple, not two of their own
-            self._rate_base[rule_id] = (t.packets, t.bytes) if t.packets or t.bytes else _NO_COUNTS
+            self._rate_base[rule_id] = (packets, octets) if packets or octets else _NO_COUNTS
         self.moved = set()
 
     def counted(self, rules: Iterable[ForwardingRule]) -> tuple[Counted, ...]:

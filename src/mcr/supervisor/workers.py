@@ -29,6 +29,7 @@ from mcr.protocol.worker import (
     decode_reply,
     decode_stats,
     encode_command,
+    take_stats,
 )
 from mcr.supervisor.core import Backoff
 
@@ -179,15 +180,13 @@ class WorkerHandle:
             if not chunk:
                 break
             self.stats_buf += chunk
-        while True:
-            nl = self.stats_buf.find(b"\n")
-            if nl < 0:
-                break
-            line = bytes(self.stats_buf[:nl])
-            del self.stats_buf[: nl + 1]
-            heap.note_large(len(line))  # a full report at 10,000 rules: 5 MB of JSON, decoded, then freed
+        taken, problem = take_stats(self.stats_buf)
+        if problem is not None:
+            log.warning("worker %d sent %s; what it sent with it is dropped", self.worker_id, problem)
+        for data in taken:
+            heap.note_large(len(data))  # a full report at 10,000 rules: about 1 MB, decoded, then freed
             try:
-                reports.append(decode_stats(line))
+                reports.append(decode_stats(data))
             except ProtocolError as e:
                 log.warning("worker %d sent a malformed stats report: %s", self.worker_id, e)
         return reports
