@@ -171,3 +171,25 @@ def test_a_small_table_is_reported_whole_every_time(data_plane: DataPlane) -> No
     data_plane.report()
     again = data_plane.report()
     assert not again.delta and [rid for rid, _ in again.rules] == ["a", "b"]
+
+
+def test_a_report_carries_each_rules_counts_packed_unless_it_has_drops(data_plane: DataPlane) -> None:
+    """What a worker reports of a rule reads back as its slot's counters: packed as they travel when the rule
+    has no drops (idle rules of the same outputs share one object), the counters themselves when it has."""
+    from mcr.packet.parse import DROP_KEYS, DropReason
+    from mcr.protocol.worker import RuleCounters, counters_of, decode_stats, encode_stats
+
+    data_plane.sync(Sync(1, tuple(rule(f"r{i}", f"239.1.1.{i + 1}", out(0), out(1, port=6001)) for i in range(4))))
+    counting, dropping = data_plane.slots["r0"], data_plane.slots["r1"]
+    counting.packets, counting.bytes = 3, 4200
+    counting.outputs[0].packets, counting.outputs[0].bytes = 3, 4200
+    counting.outputs[1].packets, counting.outputs[1].bytes, counting.outputs[1].errors = 2, 2800, 1
+    dropping.count_drop(DropReason.FRAGMENT)
+    by_id = dict(data_plane.report().rules)
+    assert counters_of(by_id["r0"]) == RuleCounters(3, 4200, ((0, 3, 4200, 0), (1, 2, 2800, 1)))
+    assert isinstance(by_id["r0"], bytes)
+    assert by_id["r1"] == RuleCounters(0, 0, ((0, 0, 0, 0), (1, 0, 0, 0)), ((DROP_KEYS[DropReason.FRAGMENT], 1),))
+    assert by_id["r2"] is by_id["r3"], "idle rules share their counts"
+    assert counters_of(by_id["r2"]) == RuleCounters(0, 0, ((0, 0, 0, 0), (1, 0, 0, 0)))
+    sent = dict(decode_stats(encode_stats(data_plane.report())).rules)
+    assert {rid: counters_of(c) for rid, c in sent.items()} == {rid: counters_of(c) for rid, c in by_id.items()}

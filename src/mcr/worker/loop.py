@@ -678,10 +678,10 @@ class DataPlane:
         changed = self.changed
         rules = []
         for rid, slot in self.slots.items():  # (ids of rules gone leave `reported` below: no clear, no regrowth)
-            mark = slot.packets + slot.dropped
+            mark = slot.packets if slot.drops is None else slot.packets + sum(slot.drops)
             if full or reported.get(rid) != mark or rid in changed:
                 reported[rid] = mark
-                rules.append((rid, slot.counters()))
+                rules.append((rid, slot.counts()))
         for rid in self.gone:
             reported.pop(rid, None)
         gone = () if full else tuple(self.gone)

@@ -19,7 +19,7 @@ from mcr.model.ratelimit import TokenBucket
 from mcr.model.rules import InputProtocol
 from mcr.packet.cbpf import MAX_IPV6_GROUPS, Insn, build_capture_filter, coarse_filter
 from mcr.packet.parse import DROP_KEYS, ESP_KEY_TAG, IPV6_KEY_TAG
-from mcr.protocol.worker import RuleCounters, WorkerOutput, WorkerRule
+from mcr.protocol.worker import Counts, RuleCounters, WorkerOutput, WorkerRule, counts_layout
 
 if TYPE_CHECKING:
     from mcr.worker.egress import Lane
@@ -90,32 +90,36 @@ class RuleSlot:
             drops = self.drops = [0] * len(DROP_KEYS)
         drops[reason] += 1
 
-    @property
-    def dropped(self) -> int:
-        return sum(self.drops) if self.drops is not None else 0
-
-    def counters(self) -> RuleCounters:
-        if not self.packets and self.drops is None and not any(o.errors for o in self.outputs):
-            return _idle(tuple(o.spec.index for o in self.outputs))
+    def counts(self) -> Counts:
+        """The rule's counts as a report carries them: packed as they travel (`counts_layout`), or the
+        counters themselves when the rule has drops."""
+        outputs = self.outputs
+        if self.drops is None:
+            if not self.packets and not any(o.errors for o in outputs):
+                return _idle(tuple(o.spec.index for o in outputs))
+            values = [self.packets, self.bytes]
+            for o in outputs:
+                values += (o.spec.index, o.packets, o.bytes, o.errors)
+            return counts_layout(len(outputs)).pack(*values)
         return RuleCounters(
             packets=self.packets,
             bytes=self.bytes,
-            outputs=tuple((o.spec.index, o.packets, o.bytes, o.errors) for o in self.outputs),
-            drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops or ()) if n),
+            outputs=tuple((o.spec.index, o.packets, o.bytes, o.errors) for o in outputs),
+            drops=tuple((DROP_KEYS[i], n) for i, n in enumerate(self.drops) if n),
         )
 
 
-_IDLE: dict[tuple[int, ...], RuleCounters] = {}
+_IDLE: dict[tuple[int, ...], bytes] = {}
 
 
-def _idle(indexes: tuple[int, ...]) -> RuleCounters:
+def _idle(indexes: tuple[int, ...]) -> bytes:
     """The counts of a rule that has seen nothing, one object for every rule with these output indexes (a full
     report names every rule: most are idle in a large table)."""
     found = _IDLE.get(indexes)
     if found is None:
         if len(_IDLE) >= 64:
             _IDLE.clear()
-        found = _IDLE[indexes] = RuleCounters(0, 0, tuple((i, 0, 0, 0) for i in indexes))
+        found = _IDLE[indexes] = counts_layout(len(indexes)).pack(0, 0, *(n for i in indexes for n in (i, 0, 0, 0)))
     return found
 
 
