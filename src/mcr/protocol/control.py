@@ -59,7 +59,7 @@ from mcr.model.status import (
     VersionInfo,
     WorkerInfo,
     flow_stats,
-    kept_template,
+    kept_first,
     template_literal,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest, decode_control_plane
@@ -989,27 +989,20 @@ class ResponseEncoder:
 def _listing(views: Iterable[RuleView]) -> bytes:
     """The views' JSON joined by ", ", each kept compressed with its view (`RuleView.listed`) for the next answer
     that carries that very view."""
-    parts: list[bytes] = []
-    for view in views:
-        kept = view.listed
-        if kept is None:
-            text = rule_text(view).encode()  # ASCII (`_quote` escapes the rest)
-            view.keep_listed(_LISTED.pack(text))
-        else:
-            text = _LISTED.unpack(kept)
-        parts.append(text)
-    return b", ".join(parts)
+    views = tuple(views)
+    for view in views:  # what is kept is made first, apart from the answer's texts (`_kept_first`)
+        if view.listed is None:
+            view.keep_listed(_LISTED.pack(rule_text(view).encode()))  # ASCII (`_quote` escapes the rest)
+    unpack = _LISTED.unpack
+    return b", ".join([unpack(view.listed) for view in views])  # type: ignore[arg-type]
 
 
 def _counted_listing(held: dict[str, _Flow], flows: Iterable[Counted]) -> tuple[dict[str, _Flow], str]:
     """The flows' JSON joined by ", " (each one's counts written into its rule's `rule_flow_template`, about a
     microsecond a flow) and the templates to hold for the next answer (rules no longer listed are let go)."""
-    fresh: dict[str, _Flow] = {}
-    parts: list[str] = []
-    for rule, counts in flows:
-        kept = fresh[rule.rule_id] = kept_template(held.get(rule.rule_id), rule, rule_flow_template)
-        parts.append(_fill(kept[1], counts))
-    return fresh, ", ".join(parts)
+    flows = tuple(flows)
+    fresh = kept_first(held, flows, rule_flow_template)
+    return fresh, ", ".join([_fill(fresh[rule.rule_id][1], counts) for rule, counts in flows])
 
 
 _Flow = Kept[str]

@@ -37,7 +37,7 @@ from mcr.model.status import (
     RuleView,
     WorkerInfo,
     flow_stats,
-    kept_template,
+    kept_first,
     template_literal,
 )
 from mcr.protocol.packedtext import Packer, typical_rule
@@ -230,12 +230,9 @@ def flow_text(
     a count past 2**53). With a `cache` (by rule id, kept by the caller between scrapes), a rule that is
     the same object as at the previous call keeps its templates; its counts are written into them for every
     scrape."""
-    held = cache if cache is not None else {}
-    fresh: dict[str, FlowKept] = {}
-    columns: list[tuple[str, ...]] = []
-    for rule, counts in flows:
-        entry = fresh[rule.rule_id] = kept_template(held.get(rule.rule_id), rule, packed_flow_lines)
-        columns.append(_filled(unpacked_flow_lines(entry[1]), counts))
+    flows = tuple(flows)
+    fresh = kept_first(cache if cache is not None else {}, flows, packed_flow_lines)
+    columns = [_filled(unpacked_flow_lines(fresh[rule.rule_id][1]), counts) for rule, counts in flows]
     if cache is not None:
         cache.clear()
         cache.update(fresh)  # rules no longer there are let go
