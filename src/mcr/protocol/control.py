@@ -1001,8 +1001,8 @@ def _counted_listing(held: dict[str, _Flow], flows: Iterable[Counted]) -> tuple[
     """The flows' JSON joined by ", " (each one's counts written into its rule's `rule_flow_template`, about a
     microsecond a flow) and the templates to hold for the next answer (rules no longer listed are let go)."""
     flows = tuple(flows)
-    fresh = kept_first(held, flows, rule_flow_template)
-    return fresh, ", ".join([_fill(fresh[rule.rule_id][1], counts) for rule, counts in flows])
+    fresh, kept = kept_first(held, flows, rule_flow_template)
+    return fresh, ", ".join([_fill(k[1], counts) for k, (_rule, counts) in zip(kept, flows, strict=True)])
 
 
 _Flow = Kept[str]

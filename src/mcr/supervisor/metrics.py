@@ -231,8 +231,8 @@ def flow_text(
     the same object as at the previous call keeps its templates; its counts are written into them for every
     scrape."""
     flows = tuple(flows)
-    fresh = kept_first(cache if cache is not None else {}, flows, packed_flow_lines)
-    columns = [_filled(unpacked_flow_lines(fresh[rule.rule_id][1]), counts) for rule, counts in flows]
+    fresh, kept = kept_first(cache if cache is not None else {}, flows, packed_flow_lines)
+    columns = [_filled(unpacked_flow_lines(k[1]), counts) for k, (_rule, counts) in zip(kept, flows, strict=True)]
     if cache is not None:
         cache.clear()
         cache.update(fresh)  # rules no longer there are let go
