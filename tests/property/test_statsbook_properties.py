@@ -80,6 +80,14 @@ def _reported(rule_id: str, outputs: tuple[tuple[int, int, int, int], ...], pack
     return ("report", StatsReport(0, 1000, ((rule_id, counters),), (), 0, 0, 0, 1, delta=True))
 
 
+def tracked() -> StatsBook:
+    """A book that counts for every rule from generation 1 on."""
+    book = StatsBook()
+    for rule_id in IDS:
+        book.track(rule_id, 1)
+    return book
+
+
 def apply(book: StatsBook, step: tuple[object, ...], now: float) -> float:
     match step:
         case ("report", StatsReport() as report):
@@ -102,10 +110,7 @@ def apply(book: StatsBook, step: tuple[object, ...], now: float) -> float:
 def test_a_report_whose_counts_only_grew_keeps_what_checking_it_would(steps: list[tuple[object, ...]]) -> None:
     """`_advanced` lets the book skip `_check` for a rule whose packed counters all grew or stayed: the totals
     are what they are when every report is checked."""
-    skipping, checking = StatsBook(), StatsBook()
-    for book in (skipping, checking):
-        for rule_id in IDS:
-            book.track(rule_id, 1)
+    skipping, checking = tracked(), tracked()
     now = 0.0
     for step in steps:
         apply(skipping, step, now)
@@ -119,9 +124,7 @@ def test_a_report_whose_counts_only_grew_keeps_what_checking_it_would(steps: lis
 @example([_reported("b", ((1, 5, 500, 0),))])  # its one output's counters under another index
 @example([_reported("c", ((2, 5, 500, 0), (0, 6, 600, 0), (1, 7, 700, 1)))])  # out of order
 def test_the_counts_of_every_rule_are_what_totals_sums(steps: list[tuple[object, ...]]) -> None:
-    book = StatsBook()
-    for rule_id in IDS:
-        book.track(rule_id, 1)
+    book = tracked()
     now = 0.0
     for step in steps:
         now = apply(book, step, now)
@@ -145,10 +148,7 @@ def _as_sent(step: tuple[object, ...]) -> tuple[object, ...]:
 def test_counts_that_arrive_packed_book_as_counters_do(steps: list[tuple[object, ...]]) -> None:
     """The book keeps a worker's packed counts as they came (`_hold`) and reads a tick's sums from them
     (`_sums`): totals, rates and entries are the same as for the same reports read into counters."""
-    packed, plain = StatsBook(), StatsBook()
-    for book in (packed, plain):
-        for rule_id in IDS:
-            book.track(rule_id, 1)
+    packed, plain = tracked(), tracked()
     now = 0.0
     for step in steps:
         apply(packed, _as_sent(step), now)
