@@ -69,6 +69,15 @@ def summarize(
     out["lossless_is_lower_bound"] = best is not None and not any(
         not _lossless(s) and s["offered_pps"] > best["offered_pps"] for s in mine
     )
+    # the highest rung of the ladder below its first lossy one: a single lucky step above rungs that lost does
+    # not raise it (the lossless rate above takes any step), so two paths compare on what each held throughout
+    ladder = sorted((s for s in mine if s["label"] == "ladder"), key=lambda s: s["target_pps"] or float("inf"))
+    held = 0.0
+    for s in ladder:
+        if not _lossless(s):
+            break
+        held = max(held, s["offered_pps"])
+    out["lossless_below_first_loss_pps"] = round(held)
     out["max_delivered_pps"] = round(top["delivered_pps"])
     out["max_delivered_at_offered_pps"] = round(top["offered_pps"])
     out["max_delivered_loss_pct"] = top["loss_pct"]
@@ -159,6 +168,9 @@ def many_flows(summary: Sequence[dict[str, Any]], size: int) -> list[dict[str, A
             row[f"{name}_cpu_us_per_pkt"] = r.get("cpu_us_per_pkt")
         if row["many_lossless_pps"] and row["one_lossless_pps"]:
             row["ratio"] = round(row["many_lossless_pps"] / row["one_lossless_pps"], 2)
+        held_many, held_one = many.get("lossless_below_first_loss_pps"), one.get("lossless_below_first_loss_pps")
+        if held_many and held_one:
+            row["ratio_below_first_loss"] = round(held_many / held_one, 2)
         rows.append(row)
     return rows
 
@@ -328,9 +340,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
             lines += [
                 "## Many flows (aggregate lossless rate over N flows ÷ the single flow's, same run)",
                 "",
-                "| path | size | flows | lossless pps, N flows | lossless pps, 1 flow | ratio | CPU µs/pkt N flows | "
-                "CPU µs/pkt 1 flow |",
-                "|---|--:|--:|--:|--:|--:|--:|--:|",
+                "| path | size | flows | lossless pps, N flows | lossless pps, 1 flow | ratio | ratio below the first "
+                "loss | CPU µs/pkt N flows | CPU µs/pkt 1 flow |",
+                "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
             ]
             for size, f in flows:
                 many = f"{'≥' if f['many_lower_bound'] else ''}{_n(f['many_lossless_pps'])}"
@@ -338,13 +350,15 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> st
                 bound = "~" if f["many_lower_bound"] or f["one_lower_bound"] else ""
                 lines.append(
                     f"| {labels.get(f['path'], f['path'])} | {size} | {f['flows']:,} | **{many}** | {one} | "
-                    f"{bound}{_n(f.get('ratio'), 2)} | {_n(f['many_cpu_us_per_pkt'], 2)} | "
+                    f"{bound}{_n(f.get('ratio'), 2)} | {_n(f.get('ratio_below_first_loss'), 2)} | "
+                    f"{_n(f['many_cpu_us_per_pkt'], 2)} | "
                     f"{_n(f['one_cpu_us_per_pkt'], 2)} |"
                 )
             lines += [
                 "",
                 "≥: no loss up to the highest rate the sender reached, so the rate is the sender's and a ratio with "
-                "it (~) is only a bound.",
+                "it (~) is only a bound. The ratio below the first loss compares each path's highest ladder rung "
+                "below its first lossy one, so that one lucky step above rungs that lost decides neither side.",
                 "",
             ]
     if results.get("fanout"):
