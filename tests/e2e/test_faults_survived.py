@@ -239,7 +239,7 @@ def test_stalled_supervisor_does_not_stall_forwarding(lab: Lab, workdir: Path) -
     goes on, the skipped reports are counted, and after SIGCONT the counters are exact."""
     config = workdir / "many.toml"
     rules = [("live", "239.1.1.1", "239.2.2.2:6001:rout")]
-    # long ids make each report about 88 KB (twice a second): the 1 MiB pipe is full after about 6 s
+    # long ids make each report about 118 KB (twice a second): the 1 MiB pipe is full after about 5 s
     rules += [(f"idle-{i:03d}-".ljust(64, "x"), f"239.3.{i // 250}.{i % 250 + 1}", "239.2.2.9:6009:rout")
               for i in range(999)]  # fmt: skip
     config.write_text(
