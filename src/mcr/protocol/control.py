@@ -990,7 +990,7 @@ def _listing(views: Iterable[RuleView]) -> bytes:
     """The views' JSON joined by ", ", each kept compressed with its view (`RuleView.listed`) for the next answer
     that carries that very view."""
     views = tuple(views)
-    for view in views:  # what is kept is made first, apart from the answer's texts (`_kept_first`)
+    for view in views:  # what is kept is made first, apart from the answer's texts (as `kept_first` does)
         if view.listed is None:
             view.keep_listed(_LISTED.pack(rule_text(view).encode()))  # ASCII (`_quote` escapes the rest)
     unpack = _LISTED.unpack

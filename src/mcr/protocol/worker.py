@@ -486,9 +486,14 @@ def counts_layout(outputs: int) -> struct.Struct:
     return layout
 
 
+def _outputs_in(counts: bytes) -> int:
+    """How many outputs packed `counts` (`counts_layout`) hold."""
+    return (len(counts) // 8 - 2) // 4
+
+
 def unpack_counts(counts: bytes) -> RuleCounters:
     """The counters packed in `counts` (`counts_layout`; no drops)."""
-    values = counts_layout((len(counts) // 8 - 2) // 4).unpack(counts)
+    values = counts_layout(_outputs_in(counts)).unpack(counts)
     outputs = tuple((values[i], values[i + 1], values[i + 2], values[i + 3]) for i in range(2, len(values), 4))
     return RuleCounters(values[0], values[1], outputs)
 
@@ -520,7 +525,7 @@ def encode_stats(report: StatsReport) -> bytes:
     for rid, c in report.rules:
         name = rid.encode("utf-8", "surrogatepass")
         if isinstance(c, bytes):
-            parts.append(_RULE.pack(len(name), (len(c) // 8 - 2) // 4, 0) + name + c)
+            parts.append(_RULE.pack(len(name), _outputs_in(c), 0) + name + c)
             continue
         flat = [n for output in c.outputs for n in output]
         counts = counts_layout(len(c.outputs)).pack(c.packets, c.bytes, *flat)

@@ -42,6 +42,7 @@ from mcr.protocol.worker import (
     WorkerOutput,
     WorkerRule,
     counters_of,
+    unpack_counts,
 )
 
 
@@ -965,9 +966,7 @@ def _unhold(held: Held) -> tuple[RuleCounters, int]:
     """The counters and generation that `_hold` packed."""
     if not isinstance(held, bytes):
         return held
-    values = _unpack(held)
-    outputs = tuple((values[i], values[i + 1], values[i + 2], values[i + 3]) for i in range(3, len(values), 4))
-    return RuleCounters(values[1], values[2], outputs), values[0]
+    return unpack_counts(held[_GENERATION.size :]), _GENERATION.unpack_from(held)[0]
 
 
 _GENERATION = struct.Struct("=q")
