@@ -4,6 +4,7 @@ stats, metrics and the state file are byte for byte what they were when `ipaddre
 
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -74,3 +75,11 @@ def test_parse_group_reads_what_ip_address_reads(text: str) -> None:
         return
     got = parse_group(text)
     assert (got, type(got), str(got)) == (expected, type(expected), str(expected))
+
+
+@given(st.none() | st.integers() | st.floats() | st.lists(st.text(max_size=3), max_size=2) | st.binary(max_size=8))
+def test_parse_group_names_a_value_that_is_not_text(value: object) -> None:
+    """A decoded document can hold anything where an address belongs (`null`, a number): a ValueError that
+    says so, which every caller turns into its precise error, not an AttributeError."""
+    with pytest.raises(ValueError, match="an address must be a string, got "):
+        parse_group(value)  # type: ignore[arg-type]

@@ -97,6 +97,8 @@ def parse_group(text: str) -> IPAddress:
     has 35,000), which takes the very texts `ipaddress` takes but a scoped IPv6 address
     (tests/property/test_address_text_properties.py); what it refuses goes to `ipaddress`, for its scope or
     its error."""
+    if not isinstance(text, str):
+        raise ValueError(f"an address must be a string, got {type(text).__name__}")
     bare = text.strip()
     try:
         if ":" in bare:
