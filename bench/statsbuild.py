@@ -28,10 +28,11 @@ from scale import rule_doc, toml_rule
 
 from mcr.model.config import parse_config
 from mcr.protocol.control import CountedStats, ResponseEncoder, Stats, decode_response
+from mcr.protocol.packedtext import RunTexts
 from mcr.protocol.worker import RuleCounters, StatsReport
 from mcr.supervisor.core import StatsBook
 from mcr.supervisor.main import collector_settings
-from mcr.supervisor.metrics import Snapshot, exposition
+from mcr.supervisor.metrics import Snapshot, exposition, flow_lines
 
 
 def main() -> int:
@@ -43,7 +44,7 @@ def main() -> int:
     ids = {r.rule_id: r for r in rules}
     collector_settings()  # as the supervisor collects its garbage, the table frozen as at its start
     book, encoder = StatsBook(), ResponseEncoder()
-    lines: dict[str, object] = {}  # the exporter's per-flow lines, kept between scrapes as it keeps them
+    lines = RunTexts(flow_lines)  # the exporter's line templates, kept between scrapes as it keeps them
     print(
         f"| round ({a.rules:,} rules, all counting) | report booked | counted | encoded | MB | client decoded |"
         " answer, all (ms) | scrape (ms) |"
@@ -69,7 +70,7 @@ def main() -> int:
         del decoded  # a one-shot client's exit, not in the answer's time
         book.tick(ids, k + 0.5)  # the rates moved again: a scrape builds its entries afresh too
         t4 = time.perf_counter()
-        exposition(Snapshot(flows=book.counted(rules)), "text/plain", cache=lines)  # type: ignore[arg-type]
+        exposition(Snapshot(flows=book.counted(rules)), "text/plain", cache=lines)
         t5 = time.perf_counter()
         ms = [f"{(b - a) * 1e3:.0f}" for a, b in ((t0, t1), (t1, t2), (t2, t3))]
         answered = f"{(t3d - t3) * 1e3:.0f} | {(t3d - t1) * 1e3:.0f}"

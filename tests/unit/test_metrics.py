@@ -187,36 +187,29 @@ def test_exposition_holds_every_family_in_the_format_asked(accept: str, content_
 
 
 def test_flow_text_keeps_the_templates_of_the_same_rule_objects() -> None:
+    """Between scrapes the exporter keeps the line templates of each run of the same rule objects: a scrape
+    of new counts writes them into the kept templates, and a changed rule has its run's templates made again."""
     from dataclasses import replace
 
-    from mcr.supervisor.metrics import flow_text
+    from mcr.protocol.packedtext import RunTexts
+    from mcr.supervisor import metrics
+
+    made: list[str] = []
+
+    def lines(rules):  # type: ignore[no-untyped-def]
+        made.extend(r.rule_id for r in rules)
+        return metrics.flow_lines(rules)
 
     flows = _flows(6)
-    cache: dict = {}  # type: ignore[type-arg]
-    assert flow_text(flows, cache=cache) == flow_text(flows)
-    kept = cache["rule-1"][1]
+    cache = RunTexts(lines)
+    assert metrics.flow_text(flows, cache=cache) == metrics.flow_text(flows)
+    assert sorted(made) == sorted(r.rule_id for r, _c in flows)
+    made.clear()
     counted = (flows[1][0], flows[1][1]._replace(packets=123))
-    text = flow_text((flows[0], counted, *flows[2:4]), cache=cache)
-    assert text == flow_text((flows[0], counted, *flows[2:4]))
-    assert 'rule_id="rule-1"} 123\n' in text and cache["rule-1"][1] is kept  # new counts, the same rule
-    assert all(len(entry) == 2 for entry in cache.values()), "the rule and its templates: no lines kept"
+    text = metrics.flow_text((flows[0], counted, *flows[2:]), cache=cache)
+    assert text == metrics.flow_text((flows[0], counted, *flows[2:]))
+    assert 'rule_id="rule-1"} 123\n' in text and made == [], "new counts, the same rules: the templates kept"
     moved = (replace(flows[2][0], input_port=7000), flows[2][1])
-    text = flow_text((flows[0], moved), cache=cache)
+    text = metrics.flow_text((flows[0], moved), cache=cache)
     assert 'input_port="7000",input_source="",rule_id="rule-2"} 2000000\n' in text
-    assert cache["rule-2"][0] is moved[0] and "rule-3" not in cache  # gone rules are let go
-
-
-def test_a_rules_templates_are_kept_compressed_and_given_back_as_made() -> None:
-    """The exporter keeps each rule's line templates deflated (`packed_flow_lines`): they come back as
-    `flow_lines` made them, escaped labels and a NUL among them (kept as they are, uncompressed); a rule of
-    the usual shape is kept in a fraction of its templates."""
-    from mcr.supervisor.metrics import flow_lines, packed_flow_lines, unpacked_flow_lines
-
-    rules = [rule for rule, _counts in _flows(8)]
-    rules.append(ForwardingRule("nul\0id", "eth0", IPv4Address("239.1.1.1"), 5000, ()))
-    for rule in rules:
-        assert unpacked_flow_lines(packed_flow_lines(rule)) == flow_lines(rule)
-    assert isinstance(packed_flow_lines(rules[-1]), tuple)
-    usual = rules[3]  # three outputs
-    kept = packed_flow_lines(usual)
-    assert isinstance(kept, bytes) and len(kept) * 4 < len("".join(flow_lines(usual)))
+    assert text == metrics.flow_text((flows[0], moved)) and "rule-2" in made

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from mcr.model.original_config import OriginalSections
 from mcr.model.rules import Engine, ForwardingRule, Limits, address_text, source_text
@@ -87,41 +86,6 @@ def zero_counts(outputs: int) -> FlowCounts:
 
 #: A rule and its counts: one entry of GetStats (or of a scrape's per-flow samples) as the supervisor has it.
 Counted = tuple[ForwardingRule, FlowCounts]
-
-
-_Template = TypeVar("_Template")
-
-#: What a writer of GetStats or a scrape keeps of a flow between answers: its rule and the rule's template.
-#: The counts are written into the template for every answer (a few microseconds a flow): keeping the text
-#: too, for the flows whose counts did not move, held as much again as the templates (at 10,000 rules of 2.5
-#: outputs, about 550 bytes a rule for GetStats and 1,300 for a scrape).
-Kept = tuple[ForwardingRule, _Template]
-
-
-def kept_template(
-    kept: Kept[_Template] | None, rule: ForwardingRule, template: Callable[[ForwardingRule], _Template]
-) -> Kept[_Template]:
-    """`kept` while its rule is the very object its template was made from, else the rule's template made anew."""
-    if kept is None or kept[0] is not rule:
-        return (rule, template(rule))
-    return kept
-
-
-def kept_first(
-    held: Mapping[str, Kept[_Template]], flows: Iterable[Counted], template: Callable[[ForwardingRule], _Template]
-) -> tuple[dict[str, Kept[_Template]], list[Kept[_Template]]]:
-    """`kept_template` of each flow's rule, by rule id, in a pass of its own before an answer writes its texts.
-    What is kept is then made (at a first answer, or for new rules) with only its own transient objects
-    around it, so it lies together in memory: made in the same pass as the answer's texts, which are let go
-    after it, it was strewn among them, and Python's allocator kept each area they had taken (about 2 kB a
-    rule of RSS after the first queries at 10,000 rules). Returns what to hold, by rule id, and each flow's
-    kept template in order."""
-    fresh: dict[str, Kept[_Template]] = {}
-    kept = []
-    for rule, _counts in flows:
-        entry = fresh[rule.rule_id] = kept_template(held.get(rule.rule_id), rule, template)
-        kept.append(entry)
-    return fresh, kept
 
 
 def template_literal(text: str) -> str:

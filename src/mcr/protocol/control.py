@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
@@ -50,7 +50,6 @@ from mcr.model.status import (
     Counted,
     FlowCounts,
     FlowStats,
-    Kept,
     KernelStatus,
     LogLevels,
     OutputStats,
@@ -59,12 +58,11 @@ from mcr.model.status import (
     VersionInfo,
     WorkerInfo,
     flow_stats,
-    kept_first,
     template_literal,
 )
 from mcr.protocol.controlplane import ControlPlaneRequest, decode_control_plane
 from mcr.protocol.jsondoc import load_json
-from mcr.protocol.packedtext import Packer, typical_rule
+from mcr.protocol.packedtext import Packer, RunTexts, typical_rule
 from mcr.protocol.routing import (
     ROUTING_RESPONSES,
     ROUTING_STRUCT_COMMANDS,
@@ -968,19 +966,19 @@ class ResponseEncoder:
     """`encode_response`, with each rule's `ListRules` JSON kept, compressed, with its view while the answer
     carries that view (at 10,000 rules only what changed since the previous answer is written again, as text
     directly: `rule_text`, 50-60 ms for all of them where `json.dumps` takes 110, and as much again to compress
-    them; an answer of kept texts takes 13-18 ms), and each rule's template of its `GetStats` entry
-    (`rule_flow_template`) kept while the answer carries the same rule, its counts filled in for each answer.
+    them; an answer of kept texts takes 13-18 ms), and the templates of the `GetStats` entries kept per run of
+    flows (`RunTexts`, `rule_flow_template`), each run's filled with its flows' counts for each answer.
     The answer is one join. The bytes are those of `encode_response`."""
 
     def __init__(self) -> None:
-        self._templates: dict[str, _Flow] = {}
+        self._flows = RunTexts(_flow_templates)
 
     def encode(self, resp: Response) -> bytes:
         match resp:
             case Rules():
                 return b'{"Rules": [' + _listing(resp.rules) + b"]}\n"
             case CountedStats():
-                self._templates, body = _counted_listing(self._templates, resp.flows)
+                body = ", ".join([_filled(text, run) for (text,), run in self._flows.runs(tuple(resp.flows))])
                 return ('{"Stats": [' + body + "]}\n").encode()
             case _:
                 return encode_response(resp)
@@ -990,22 +988,24 @@ def _listing(views: Iterable[RuleView]) -> bytes:
     """The views' JSON joined by ", ", each kept compressed with its view (`RuleView.listed`) for the next answer
     that carries that very view."""
     views = tuple(views)
-    for view in views:  # what is kept is made first, apart from the answer's texts (as `kept_first` does)
+    for view in views:  # what is kept is made first, apart from the answer's texts
         if view.listed is None:
             view.keep_listed(_LISTED.pack(rule_text(view).encode()))  # ASCII (`_quote` escapes the rest)
     unpack = _LISTED.unpack
     return b", ".join([unpack(view.listed) for view in views])  # type: ignore[arg-type]
 
 
-def _counted_listing(held: dict[str, _Flow], flows: Iterable[Counted]) -> tuple[dict[str, _Flow], str]:
-    """The flows' JSON joined by ", " (each one's counts written into its rule's `rule_flow_template`, about a
-    microsecond a flow) and the templates to hold for the next answer (rules no longer listed are let go)."""
-    flows = tuple(flows)
-    fresh, kept = kept_first(held, flows, rule_flow_template)
-    return fresh, ", ".join([_fill(k[1], counts) for k, (_rule, counts) in zip(kept, flows, strict=True)])
+def _flow_templates(rules: Sequence[ForwardingRule]) -> tuple[str]:
+    """The `GetStats` entries of a run of rules, joined by ", ", as one template (`rule_flow_template`)."""
+    return (", ".join(map(rule_flow_template, rules)),)
 
 
-_Flow = Kept[str]
+def _filled(template: str, run: Iterable[Counted]) -> str:
+    """A run's `_flow_templates` filled with the counts of its flows (`_count_values`, in turn)."""
+    values: list[object] = []
+    for _rule, counts in run:
+        values += _count_values(counts)
+    return template % tuple(values)
 
 
 _ENGINE_TEXT = {e: f'"engine": {_quote(e.value)}, "state": ' for e in Engine}
@@ -1078,10 +1078,6 @@ def rule_flow_template(rule: ForwardingRule) -> str:
         '"packets_relayed": %d, "bytes_relayed": %d, "packets_per_second": %s, "bits_per_second": %s, '
         f'"outputs": [{outs}], "drops": %s}}'
     )
-
-
-def _fill(template: str, c: FlowCounts) -> str:
-    return template % _count_values(c)
 
 
 def _count_values(c: FlowCounts) -> tuple[object, ...]:

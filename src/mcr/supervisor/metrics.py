@@ -14,9 +14,11 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -31,16 +33,13 @@ from mcr.model.errors import ConfigError
 from mcr.model.rules import ForwardingRule, address_text, source_text
 from mcr.model.status import (
     Counted,
-    FlowCounts,
-    Kept,
     KernelStatus,
     RuleView,
     WorkerInfo,
     flow_stats,
-    kept_first,
     template_literal,
 )
-from mcr.protocol.packedtext import Packer, typical_rule
+from mcr.protocol.packedtext import RunTexts
 
 log = logging.getLogger("mcr.stats")
 
@@ -135,112 +134,73 @@ def _label(v: str) -> str:
     return v
 
 
-# One rule's sample lines, with a %d for each value: packets, bytes, then the outputs' packets, bytes and errors
-# (a line per output in each), and the rule id's label text for the drops (lines only a rule with drops has).
-FlowLines = tuple[str, str, str, str, str, str]
-
-
-def flow_lines(rule: ForwardingRule) -> FlowLines:
-    """The templates of a rule's samples (`FlowLines`), their labels as prometheus_client writes them."""
-    rid = _label(rule.rule_id)
-    source = "" if rule.input_source is None else source_text(rule.input_source)
-    labels = template_literal(
-        f'{{input_group="{_label(address_text(rule.input_group))}",input_interface="{_label(rule.input_interface)}",'
-        f'input_port="{rule.input_port}",input_source="{_label(source)}",rule_id="{rid}"}} '
-    )
-    out_packets, out_bytes, out_errors = [], [], []
-    for i, o in enumerate(rule.outputs):
-        olabels = template_literal(
-            f'{{group="{_label(address_text(o.group))}",interface="{_label(o.interface)}",output="{i}",'
-            f'port="{o.port}",rule_id="{rid}"}} '
+def flow_lines(rules: Sequence[ForwardingRule]) -> tuple[str, str, str, str, str]:
+    """The templates of the samples of a run of rules, their labels as prometheus_client writes them: the lines
+    of each rule's packets, then of their bytes, then of their outputs' packets, bytes and errors (a line per
+    output in each), with a %d for each value."""
+    packets, payload, out_packets, out_bytes, out_errors = [], [], [], [], []
+    for rule in rules:
+        rid = _label(rule.rule_id)
+        source = "" if rule.input_source is None else source_text(rule.input_source)
+        labels = template_literal(
+            f'{{input_group="{_label(address_text(rule.input_group))}",'
+            f'input_interface="{_label(rule.input_interface)}",input_port="{rule.input_port}",'
+            f'input_source="{_label(source)}",rule_id="{rid}"}} '
         )
-        out_packets.append(f"mcr_output_packets_total{olabels}%d\n")
-        out_bytes.append(f"mcr_output_bytes_total{olabels}%d\n")
-        out_errors.append(f"mcr_output_errors_total{olabels}%d\n")
-    return (
-        f"mcr_rule_packets_total{labels}%d\n",
-        f"mcr_rule_bytes_total{labels}%d\n",
-        "".join(out_packets),
-        "".join(out_bytes),
-        "".join(out_errors),
-        rid,
+        packets.append(f"mcr_rule_packets_total{labels}%d\n")
+        payload.append(f"mcr_rule_bytes_total{labels}%d\n")
+        for i, o in enumerate(rule.outputs):
+            olabels = template_literal(
+                f'{{group="{_label(address_text(o.group))}",interface="{_label(o.interface)}",output="{i}",'
+                f'port="{o.port}",rule_id="{rid}"}} '
+            )
+            out_packets.append(f"mcr_output_packets_total{olabels}%d\n")
+            out_bytes.append(f"mcr_output_bytes_total{olabels}%d\n")
+            out_errors.append(f"mcr_output_errors_total{olabels}%d\n")
+    return "".join(packets), "".join(payload), "".join(out_packets), "".join(out_bytes), "".join(out_errors)
+
+
+def _drop_lines(flows: Iterable[Counted]) -> str:
+    """The drop samples of the flows that have drops, by reason in order."""
+    return "".join(
+        f'mcr_rule_drops_total{{reason="{_label(reason)}",rule_id="{_label(rule.rule_id)}"}} {n}\n'
+        for rule, counts in flows
+        if counts.drops
+        for reason, n in sorted(counts.drops)
     )
 
 
-#: A rule's templates are kept joined by NULs and deflated against those of a typical rule: about 1,300 bytes
-#: (2.5 outputs) in about 200, given back in a microsecond for each scrape.
-_TEMPLATES = Packer("\0".join(flow_lines(typical_rule())).encode())
-PackedLines = bytes | FlowLines
+_PACKETS = itemgetter(0)
+_BYTES = itemgetter(1)
+_OUTPUTS = itemgetter(4)
 
 
-def packed_flow_lines(rule: ForwardingRule) -> PackedLines:
-    """`flow_lines`, as the exporter keeps them (a template with a NUL in it, kept as it is)."""
-    lines = flow_lines(rule)
-    joined = "\0".join(lines)
-    if joined.count("\0") != len(lines) - 1:
-        return lines
-    return _TEMPLATES.pack(joined.encode())
-
-
-def unpacked_flow_lines(kept: PackedLines) -> FlowLines:
-    if isinstance(kept, tuple):
-        return kept
-    packets, payload, out_packets, out_bytes, out_errors, rid = _TEMPLATES.unpack(kept).decode().split("\0")
-    return packets, payload, out_packets, out_bytes, out_errors, rid
-
-
-def _filled(lines: FlowLines, c: FlowCounts) -> tuple[str, str, str, str, str, str]:
-    """One flow's lines of each of FLOW_FAMILIES, its counts written into its rule's templates."""
-    packets, payload, out_packets, out_bytes, out_errors, rid = lines
-    values = c.outputs
-    drops = (
-        "".join(
-            f'mcr_rule_drops_total{{reason="{_label(reason)}",rule_id="{rid}"}} {n}\n' for reason, n in sorted(c.drops)
-        )
-        if c.drops
-        else ""
-    )
-    return (
-        packets % c.packets,
-        payload % c.bytes,
-        drops,
-        out_packets % values[0::3],
-        out_bytes % values[1::3],
-        out_errors % values[2::3],
-    )
-
-
-#: What the exporter keeps of a flow between scrapes (`kept_template`): its rule and the rule's `flow_lines`,
-#: compressed.
-FlowKept = Kept[PackedLines]
-
-
-def flow_text(
-    flows: Iterable[Counted],
-    *,
-    openmetrics: bool = False,
-    cache: dict[str, FlowKept] | None = None,
-) -> str:
+def flow_text(flows: Iterable[Counted], *, openmetrics: bool = False, cache: RunTexts | None = None) -> str:
     """The per-flow families in the Prometheus text format (or OpenMetrics' when `openmetrics`): the samples
     prometheus_client writes for `flow_families`, in its order and with its labels (sorted by name), without
     building its sample objects: at 10,000 rules these are ~50,000 samples, and building and rendering them
-    through the library took about a second of CPU per scrape. Each flow's counts are written into its
-    rule's line templates (`flow_lines`) as the integers they are (both formats take an integer for a
-    counter; the library writes a float's text, `1.4e+07`, which took two thirds of a scrape here and rounds
-    a count past 2**53). With a `cache` (by rule id, kept by the caller between scrapes), a rule that is
-    the same object as at the previous call keeps its templates; its counts are written into them for every
-    scrape."""
-    flows = tuple(flows)
-    fresh, kept = kept_first(cache if cache is not None else {}, flows, packed_flow_lines)
-    columns = [_filled(unpacked_flow_lines(k[1]), counts) for k, (_rule, counts) in zip(kept, flows, strict=True)]
-    if cache is not None:
-        cache.clear()
-        cache.update(fresh)  # rules no longer there are let go
+    through the library took about a second of CPU per scrape. The counts of a run of flows are written into
+    the run's line templates (`flow_lines`) by one %-format per family, as the integers they are (both formats
+    take an integer for a counter; the library writes a float's text, `1.4e+07`, which took two thirds of a
+    scrape here and rounds a count past 2**53). With a `cache` (`RunTexts` of `flow_lines`, kept by the caller
+    between scrapes), the templates of a run of the same rule objects as at the previous call are kept."""
+    runs = (cache if cache is not None else RunTexts(flow_lines)).runs(tuple(flows))
+    columns: tuple[list[str], ...] = ([], [], [], [], [], [])
+    packets, payload, drops, out_packets, out_bytes, out_errors = columns
+    for (t_packets, t_payload, t_out_packets, t_out_bytes, t_out_errors), run in runs:
+        counts = [c for _rule, c in run]
+        outs = tuple(chain.from_iterable(map(_OUTPUTS, counts)))  # each output's packets, bytes, errors in turn
+        packets.append(t_packets % tuple(map(_PACKETS, counts)))
+        payload.append(t_payload % tuple(map(_BYTES, counts)))
+        drops.append(_drop_lines(run))
+        out_packets.append(t_out_packets % outs[0::3])
+        out_bytes.append(t_out_bytes % outs[1::3])
+        out_errors.append(t_out_errors % outs[2::3])
     parts: list[str] = []
-    for k, (name, doc, _labels) in enumerate(FLOW_FAMILIES):
+    for (name, doc, _labels), column in zip(FLOW_FAMILIES, columns, strict=True):
         header = name if openmetrics else name + "_total"
         parts.append(f"# HELP {header} {doc}\n# TYPE {header} counter\n")
-        parts.extend(lines[k] for lines in columns)
+        parts.extend(column)
     return "".join(parts)
 
 
@@ -336,7 +296,7 @@ def _rest(snap: Snapshot) -> Collector:
     return Rest()
 
 
-def exposition(snap: Snapshot, accept: str, cache: dict[str, FlowKept] | None = None) -> tuple[bytes, str]:
+def exposition(snap: Snapshot, accept: str, cache: RunTexts | None = None) -> tuple[bytes, str]:
     """The body and content type of a scrape with this `Accept` header: the format prometheus_client
     chooses for it (its text format, or OpenMetrics), the per-flow families written by `flow_text` and
     the few others by the library."""
@@ -385,7 +345,7 @@ class MetricsExporter:
         """`source`: called from the HTTP thread for a fresh snapshot (None: only what `publish` gave)."""
         self.host, self.port = parse_listen_address(address)
         self.collector = _SnapshotCollector(source)
-        self.lines: dict[str, FlowKept] = {}  # each rule's templates, kept
+        self.lines = RunTexts(flow_lines)  # the flows' line templates, kept
         self.lines_lock = threading.Lock()
         self.server: WSGIServer | None = None
 
