@@ -21,7 +21,9 @@ original's framing (one JSON request, then a half-close):
   slow phases); `--py-spy DIR` records the supervisor and the worker over each phase.
 
 `--memory` measures memory only: RSS of the supervisor and of its worker with no rule, then after adding
-1,000 and 10,000 rules one by one (`--memory-points`), as kB per rule beyond the base. `--trace` adds where the
+1,000 and 10,000 rules one by one (`--memory-points`), as kB per rule beyond the base; `--memory-queries N`
+measures once more after N rounds of the three queries (0.5 s apart) and the supervisor's quiet period, what
+the answers leave behind. `--trace` adds where the
 bytes are: tracemalloc snapshots of both processes (bench/memtrace/sitecustomize.py) at each point, and the
 lines that grew most (traced runs are slower and bigger; their RSS is not the one to quote).
 
@@ -156,6 +158,26 @@ def ring_kb(pid: int) -> int:
     except OSError:
         pass
     return total
+
+
+def rss_kinds_kb(pid: int) -> dict[str, int]:
+    """Resident kB of a process by kind of mapping: the C heap (`brk`), anonymous maps (Python's arenas of
+    small objects, 1 MiB each, and malloc's large blocks and thread arenas), files, and the rest (stacks,
+    sockets)."""
+    kinds = {"heap": 0, "anon": 0, "file": 0, "other": 0}
+    kind = "other"
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(" ", 1)[0]
+                if line[0] in "0123456789abcdef" and "-" in head:
+                    path = line.split(None, 5)[5].strip() if len(line.split(None, 5)) > 5 else ""
+                    kind = "heap" if path == "[heap]" else "anon" if not path else "file" if path[0] == "/" else "other"
+                elif line.startswith("Rss:"):
+                    kinds[kind] += int(line.split()[1])
+    except OSError:
+        pass
+    return kinds
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -528,6 +550,7 @@ def run_memory(a: argparse.Namespace) -> dict[str, Any]:
                 rss = {name: rss_kb(pid) for name, pid in pids.items()}
                 rss["worker_ring"] = ring_kb(pids["worker"])
                 rss["worker_heap"] = rss["worker"] - rss["worker_ring"]
+                rss.update({f"supervisor_{k}": v for k, v in rss_kinds_kb(pids["supervisor"]).items()})
                 if trace is not None:
                     snaps += 1
                     for pid in pids.values():
@@ -566,6 +589,28 @@ def run_memory(a: argparse.Namespace) -> dict[str, Any]:
                       f"worker {rss['worker']} kB ({p['worker'] / 1024:.2f} kB/rule; capture rings "
                       f"{rss['worker_ring']} kB, without them {p['worker_heap'] / 1024:.2f} kB/rule)",
                       flush=True)  # fmt: skip
+            if a.memory_queries:  # then as an operator's polling would: what the answers leave behind
+                for _ in range(a.memory_queries):
+                    for query in ANSWERED:
+                        json.loads(exchange_raw(relay.sock, query))
+                    metrics_get()
+                    time.sleep(0.5)
+                time.sleep(SETTLED_S)  # past the supervisor's quiet period, when it gives free heap pages back
+                rss = settle_and_measure()
+                n = points[-1]
+                point = {"rules": n, "after_queries": a.memory_queries, "rss_kb": rss}
+                point["per_rule_bytes"] = {k: (rss[k] - base[k]) * 1024 / n for k in rss}
+                if trace is not None:
+                    point["top"] = {
+                        k: snapshot_top(trace, pid, 1, snaps, a.trace_lines, a.trace_frames) for k, pid in pids.items()
+                    }
+                out["points"].append(point)
+                print(f"  {n:6d} rules after {a.memory_queries} rounds of queries: supervisor {rss['supervisor']} kB "
+                      f"({point['per_rule_bytes']['supervisor'] / 1024:.2f} kB/rule)", flush=True)  # fmt: skip
+            for pt in [{"rules": 0, "rss_kb": base}, *out["points"]]:
+                kinds = ", ".join(f"{k} {pt['rss_kb'][f'supervisor_{k}']}" for k in ("heap", "anon", "file", "other"))
+                print(f"  supervisor at {pt['rules']} rules{' after the queries' * ('after_queries' in pt)}: "
+                      f"{kinds} kB", flush=True)  # fmt: skip
         finally:
             relay.stop()
             if trace is not None:
@@ -592,13 +637,15 @@ def render_memory(doc: dict[str, Any]) -> str:
     ]
     for pt in doc["points"]:
         r, p = pt["rss_kb"], pt["per_rule_bytes"]
+        rules = f"{pt['rules']} after {pt['after_queries']} rounds of queries" if "after_queries" in pt else pt["rules"]
         lines.append(
-            f"| {pt['rules']} | {r['supervisor']} | {p['supervisor'] / 1024:.2f} | {r['worker']} | "
+            f"| {rules} | {r['supervisor']} | {p['supervisor'] / 1024:.2f} | {r['worker']} | "
             f"{r['worker_ring']} | {p['worker'] / 1024:.2f} | {p['worker_heap'] / 1024:.2f} |"
         )
     for pt in doc["points"]:
         for proc, rows in pt.get("top", {}).items():
-            lines += ["", f"Live Python allocations of the {proc} grown at {pt['rules']} rules (tracemalloc, "
+            when = f"{pt['rules']} rules" + (" after the queries" if "after_queries" in pt else "")
+            lines += ["", f"Live Python allocations of the {proc} grown at {when} (tracemalloc, "
                       "by line):", "", "| where | bytes/rule | blocks/rule |", "|---|---|---|"]  # fmt: skip
             lines += [
                 f"| `{row['where']}` | {row['bytes'] / pt['rules']:.0f} | {row['blocks'] / pt['rules']:.1f} |"
@@ -688,6 +735,12 @@ def main() -> int:
     p.add_argument("--memory-points", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 10_000],
                    help="rule counts at which --memory measures (default 1000,10000)")  # fmt: skip
     p.add_argument("--settle", type=float, default=5.0, help="--memory: seconds to wait before each measurement")
+    p.add_argument(
+        "--memory-queries",
+        type=int,
+        default=0,
+        help="--memory: then this many rounds of ListRules, GetStats and a scrape, and measure again",
+    )
     p.add_argument("--trace", action="store_true", help="--memory: tracemalloc snapshots, the lines that grew")
     p.add_argument("--trace-lines", type=int, default=15, help="--trace: how many lines to list per process")
     p.add_argument("--trace-frames", type=int, default=1, help="--trace: frames per allocation (1: by line)")
@@ -713,7 +766,7 @@ def main() -> int:
                 "--max-minutes", str(a.max_minutes), "--settle", str(a.settle),
                 "--trace-lines", str(a.trace_lines), "--trace-frames", str(a.trace_frames),
                 "--memory-points", ",".join(map(str, a.memory_points)),
-                "--query-rounds", str(a.query_rounds)]  # fmt: skip
+                "--query-rounds", str(a.query_rounds), "--memory-queries", str(a.memory_queries)]  # fmt: skip
         argv += ["--memory"] * a.memory + ["--trace"] * a.trace
         argv += ["--py-spy", str(a.py_spy.resolve())] if a.py_spy else []
         subprocess.run(["ip", "netns", "exec", ns, *argv], check=True, timeout=a.max_minutes * 60 + 120)

@@ -41,3 +41,41 @@ def test_strings_of_an_answer_freed_mid_heap_leave_the_rss_after_a_release() -> 
     after = _rss_kb()
     assert before - after >= 8_000, (before, after)
     assert len(kept) == 2_000
+
+
+_THREAD_HEAPS = """
+import sys, threading
+from mcr.linux import heap
+
+def reserved() -> int:  # glibc reserves 64 MiB for each heap of a thread: the part not yet used is mapped ---p
+    n = 0
+    for line in open("/proc/self/maps"):
+        span, perms, *rest = line.split()
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        n += perms == "---p" and len(rest) == 3 and hi - lo >= 16 << 20
+    return n
+
+if sys.argv[1] == "one":
+    assert heap.one_arena()
+before = reserved()
+thread = threading.Thread(target=lambda: [bytes(600 + i % 7) for i in range(10_000)])
+thread.start()
+thread.join()
+print(reserved() - before)
+"""
+
+
+@pytest.mark.skipif(heap._TRIM is None, reason="the C library is not glibc")
+def test_with_one_arena_a_thread_allocates_from_the_main_heap_not_one_of_its_own() -> None:
+    """The metrics thread's heap is what the trim did not give back; the supervisor keeps every thread on the
+    main heap. Without `one_arena` a thread that allocates gets a heap of its own (and this check sees it)."""
+    import subprocess
+    import sys
+
+    def heaps_made(how: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _THREAD_HEAPS, how], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    assert heaps_made("many") == 1
+    assert heaps_made("one") == 0

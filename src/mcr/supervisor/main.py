@@ -1628,5 +1628,6 @@ class Supervisor:
 
 
 async def run_supervisor(config: SupervisorConfig) -> None:
+    heap.one_arena()  # before the metrics thread: what it frees is given back with the rest
     supervisor = Supervisor(config)
     await supervisor.run()
