@@ -28,11 +28,10 @@ from scale import rule_doc, toml_rule
 
 from mcr.model.config import parse_config
 from mcr.protocol.control import CountedStats, ResponseEncoder, Stats, decode_response
-from mcr.protocol.packedtext import RunTexts
 from mcr.protocol.worker import RuleCounters, StatsReport
 from mcr.supervisor.core import StatsBook
 from mcr.supervisor.main import collector_settings
-from mcr.supervisor.metrics import Snapshot, exposition, flow_lines
+from mcr.supervisor.metrics import Snapshot, exposition, flow_line_runs
 
 
 def main() -> int:
@@ -44,7 +43,7 @@ def main() -> int:
     ids = {r.rule_id: r for r in rules}
     collector_settings()  # as the supervisor collects its garbage, the table frozen as at its start
     book, encoder = StatsBook(), ResponseEncoder()
-    lines = RunTexts(flow_lines)  # the exporter's line templates, kept between scrapes as it keeps them
+    lines = flow_line_runs()  # the exporter's line templates, kept between scrapes as it keeps them
     print(
         f"| round ({a.rules:,} rules, all counting) | report booked | counted | encoded | MB | client decoded |"
         " answer, all (ms) | scrape (ms) |"

@@ -190,6 +190,7 @@ def test_flow_text_keeps_the_templates_of_the_same_rule_objects() -> None:
     """Between scrapes the exporter keeps the line templates of each run of the same rule objects: a scrape
     of new counts writes them into the kept templates, and a changed rule has its run's templates made again."""
     from dataclasses import replace
+    from operator import attrgetter
 
     from mcr.protocol.packedtext import RunTexts
     from mcr.supervisor import metrics
@@ -201,7 +202,7 @@ def test_flow_text_keeps_the_templates_of_the_same_rule_objects() -> None:
         return metrics.flow_lines(rules)
 
     flows = _flows(6)
-    cache = RunTexts(lines)
+    cache = RunTexts(lines, attrgetter("rule_id"))
     assert metrics.flow_text(flows, cache=cache) == metrics.flow_text(flows)
     assert sorted(made) == sorted(r.rule_id for r, _c in flows)
     made.clear()

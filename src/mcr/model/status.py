@@ -27,12 +27,6 @@ class RuleView:
     engine: Engine
     state: RuleState
     state_reason: str = ""
-    # what an answer made of this very view, kept with it for the next (ResponseEncoder: its ListRules JSON,
-    # compressed); not part of its value, and a view made from it (`replace`) starts without
-    listed: bytes | None = field(default=None, init=False, compare=False, repr=False)
-
-    def keep_listed(self, text: bytes) -> None:
-        object.__setattr__(self, "listed", text)
 
 
 class OutputStats(NamedTuple):

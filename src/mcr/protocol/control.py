@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from ipaddress import IPv4Address
 from json.encoder import encode_basestring_ascii as _quote
+from operator import attrgetter
 from typing import Any, assert_never
 
 from mcr.membership.querier import INTEGER_TIMERS, FilterMode, GroupView, QuerierView, SourceView, TimerChanges, Timers
@@ -62,7 +63,7 @@ from mcr.model.status import (
 )
 from mcr.protocol.controlplane import ControlPlaneRequest, decode_control_plane
 from mcr.protocol.jsondoc import load_json
-from mcr.protocol.packedtext import Packer, RunTexts, typical_rule
+from mcr.protocol.packedtext import RunTexts
 from mcr.protocol.routing import (
     ROUTING_RESPONSES,
     ROUTING_STRUCT_COMMANDS,
@@ -963,36 +964,37 @@ def encode_response(resp: Response) -> bytes:
 
 
 class ResponseEncoder:
-    """`encode_response`, with each rule's `ListRules` JSON kept, compressed, with its view while the answer
-    carries that view (at 10,000 rules only what changed since the previous answer is written again, as text
-    directly: `rule_text`, 50-60 ms for all of them where `json.dumps` takes 110, and as much again to compress
-    them; an answer of kept texts takes 13-18 ms), and the templates of the `GetStats` entries kept per run of
-    flows (`RunTexts`, `rule_flow_template`), each run's filled with its flows' counts for each answer.
-    The answer is one join. The bytes are those of `encode_response`."""
+    """`encode_response`, with the `ListRules` JSON of the rules' views and the templates of their `GetStats`
+    entries (`rule_flow_template`) kept between answers, deflated per run of rules (`RunTexts`): at 10,000
+    rules an answer writes again only the runs that changed since the previous one, and fills the templates
+    of a run with the counts of its flows in one %-format. The answer is one join. The bytes are those of
+    `encode_response`."""
 
     def __init__(self) -> None:
-        self._flows = RunTexts(_flow_templates)
+        self._views: RunTexts[RuleView] = RunTexts(_listing, _VIEW_RULE_ID)
+        self._flows: RunTexts[ForwardingRule] = RunTexts(_flow_templates, _RULE_ID)
 
     def encode(self, resp: Response) -> bytes:
         match resp:
             case Rules():
-                return b'{"Rules": [' + _listing(resp.rules) + b"]}\n"
+                listing = ", ".join([text for (text,), _where in self._views.runs(resp.rules)])
+                return ('{"Rules": [' + listing + "]}\n").encode()
             case CountedStats():
-                body = ", ".join([_filled(text, run) for (text,), run in self._flows.runs(tuple(resp.flows))])
+                flows = tuple(resp.flows)
+                runs = self._flows.runs([rule for rule, _counts in flows])
+                body = ", ".join([_filled(text, flows[where]) for (text,), where in runs])
                 return ('{"Stats": [' + body + "]}\n").encode()
             case _:
                 return encode_response(resp)
 
 
-def _listing(views: Iterable[RuleView]) -> bytes:
-    """The views' JSON joined by ", ", each kept compressed with its view (`RuleView.listed`) for the next answer
-    that carries that very view."""
-    views = tuple(views)
-    for view in views:  # what is kept is made first, apart from the answer's texts
-        if view.listed is None:
-            view.keep_listed(_LISTED.pack(rule_text(view).encode()))  # ASCII (`_quote` escapes the rest)
-    unpack = _LISTED.unpack
-    return b", ".join([unpack(view.listed) for view in views])  # type: ignore[arg-type]
+_RULE_ID = attrgetter("rule_id")
+_VIEW_RULE_ID = attrgetter("rule.rule_id")
+
+
+def _listing(views: Sequence[RuleView]) -> tuple[str]:
+    """The `ListRules` JSON of a run of views, joined by ", " (`rule_text`)."""
+    return (", ".join(map(rule_text, views)),)
 
 
 def _flow_templates(rules: Sequence[ForwardingRule]) -> tuple[str]:
@@ -1043,13 +1045,6 @@ def rule_text(view: RuleView) -> str:
         f'"outputs": [{", ".join(map(_output_text, r.outputs))}], {_SOURCE_TEXT[r.source]}"rate_limit": {limit}, '
         f'{_ENGINE_TEXT[view.engine]}{_STATE_TEXT[view.state]}"state_reason": {_quote(view.state_reason)}}}'
     )
-
-
-#: A rule's `ListRules` JSON is kept deflated against the JSON of a typical rule (`typical_rule`): the texts
-#: of a table differ in a few addresses and names, so one of 460 bytes (2.5 outputs) is kept in about 70.
-#: Kept as text, they were the largest thing the supervisor held per rule (510 bytes); written afresh for each
-#: answer, `ListRules` at 10,000 rules took 82 ms to answer instead of 25.
-_LISTED = Packer(rule_text(RuleView(typical_rule(), Engine.USERSPACE, RuleState.ACTIVE)).encode())
 
 
 def _float_text(x: float) -> str:

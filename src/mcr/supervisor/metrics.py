@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -175,7 +175,14 @@ _BYTES = itemgetter(1)
 _OUTPUTS = itemgetter(4)
 
 
-def flow_text(flows: Iterable[Counted], *, openmetrics: bool = False, cache: RunTexts | None = None) -> str:
+def flow_line_runs() -> RunTexts[ForwardingRule]:
+    """What the exporter keeps of the flows' line templates between scrapes (`flow_text`'s `cache`)."""
+    return RunTexts(flow_lines, attrgetter("rule_id"))
+
+
+def flow_text(
+    flows: Iterable[Counted], *, openmetrics: bool = False, cache: RunTexts[ForwardingRule] | None = None
+) -> str:
     """The per-flow families in the Prometheus text format (or OpenMetrics' when `openmetrics`): the samples
     prometheus_client writes for `flow_families`, in its order and with its labels (sorted by name), without
     building its sample objects: at 10,000 rules these are ~50,000 samples, and building and rendering them
@@ -184,10 +191,12 @@ def flow_text(flows: Iterable[Counted], *, openmetrics: bool = False, cache: Run
     take an integer for a counter; the library writes a float's text, `1.4e+07`, which took two thirds of a
     scrape here and rounds a count past 2**53). With a `cache` (`RunTexts` of `flow_lines`, kept by the caller
     between scrapes), the templates of a run of the same rule objects as at the previous call are kept."""
-    runs = (cache if cache is not None else RunTexts(flow_lines)).runs(tuple(flows))
+    flows = tuple(flows)
+    runs = (cache if cache is not None else flow_line_runs()).runs([rule for rule, _counts in flows])
     columns: tuple[list[str], ...] = ([], [], [], [], [], [])
     packets, payload, drops, out_packets, out_bytes, out_errors = columns
-    for (t_packets, t_payload, t_out_packets, t_out_bytes, t_out_errors), run in runs:
+    for (t_packets, t_payload, t_out_packets, t_out_bytes, t_out_errors), where in runs:
+        run = flows[where]
         counts = [c for _rule, c in run]
         outs = tuple(chain.from_iterable(map(_OUTPUTS, counts)))  # each output's packets, bytes, errors in turn
         packets.append(t_packets % tuple(map(_PACKETS, counts)))
@@ -296,7 +305,7 @@ def _rest(snap: Snapshot) -> Collector:
     return Rest()
 
 
-def exposition(snap: Snapshot, accept: str, cache: RunTexts | None = None) -> tuple[bytes, str]:
+def exposition(snap: Snapshot, accept: str, cache: RunTexts[ForwardingRule] | None = None) -> tuple[bytes, str]:
     """The body and content type of a scrape with this `Accept` header: the format prometheus_client
     chooses for it (its text format, or OpenMetrics), the per-flow families written by `flow_text` and
     the few others by the library."""
@@ -345,7 +354,7 @@ class MetricsExporter:
         """`source`: called from the HTTP thread for a fresh snapshot (None: only what `publish` gave)."""
         self.host, self.port = parse_listen_address(address)
         self.collector = _SnapshotCollector(source)
-        self.lines = RunTexts(flow_lines)  # the flows' line templates, kept
+        self.lines = flow_line_runs()  # the flows' line templates, kept
         self.lines_lock = threading.Lock()
         self.server: WSGIServer | None = None
 
