@@ -31,7 +31,7 @@ class RunTexts(Generic[S]):
     and the allocator kept as much again around them); made afresh for each answer they cost more than the
     rest of it. Here `make` writes the texts of a whole run (say, the run's `GetStats` entries joined, with a
     placeholder for each count), and they are kept deflated together: the texts of 32 rules share most of
-    their words, so this takes 10-60 bytes a rule, and an answer fills a run's template with the counts of
+    their words, so this takes 25-60 bytes a rule, and an answer fills a run's template with the counts of
     all its flows in one %-format.
 
     Where a run ends depends on the rule that ends it (`rule_id`), not on its position in the table: a rule
