@@ -493,7 +493,10 @@ def write_all(results: dict[str, Any], outdir: Path, name: str) -> dict[str, Pat
         try:
             plot(results, size, png)
         except ImportError as exc:  # matplotlib is the `bench` extra; the numbers do not need it
-            results.setdefault("errors", []).append(f"no plot: {exc} (pip install -e '.[bench]')")
+            note = f"no plot: {exc} (pip install -e '.[bench]')"
+            errors = results.setdefault("errors", [])
+            if note not in errors:  # a results file rendered again says it once
+                errors.append(note)
             continue
         plots[str(size)] = png.name
         written[f"png{size}"] = png
