@@ -429,6 +429,48 @@ def test_every_worker_command_round_trips(cmd: worker.Command) -> None:
     assert worker.decode_command(worker.encode_command(cmd)) == cmd
 
 
+rich_worker_outputs = st.builds(
+    worker.WorkerOutput,
+    ints,
+    st.one_of(ipv4s, ipv6s),
+    ints,
+    ints,
+    st.one_of(ipv4s, ipv6s),
+    st.one_of(st.none(), ints),
+    st.sampled_from(list(InputProtocol)),
+)
+rich_worker_rules = st.builds(
+    worker.WorkerRule,
+    names | texts,
+    ints,
+    st.one_of(ipv4s, ipv6s),
+    ints,
+    st.lists(rich_worker_outputs, max_size=4).map(tuple),
+    st.one_of(st.none(), st.builds(RateLimit, counts, st.sampled_from(list(RateUnit)), counts)),
+    rich_rules.map(lambda rule: rule.input_source),
+    ints,
+    st.sampled_from(list(InputProtocol)),
+)
+
+
+@given(st.lists(rich_worker_rules, max_size=4).map(tuple), ints, st.lists(names, max_size=3).map(tuple))
+def test_rules_written_as_text_to_a_worker_are_the_bytes_json_dumps_writes(
+    rules: tuple[worker.WorkerRule, ...], generation: int, removed: tuple[str, ...]
+) -> None:
+    """A Sync and an Update are written directly as text (`_rule_text`); the bytes are those of json.dumps of
+    the JSON objects (IPv6 addresses, sources, rate limits, no TTL, ESP, escaped ids)."""
+    compact = {"separators": (",", ":")}
+    rule_docs = [worker._rule_json(r) for r in rules]
+    sync = worker.Sync(generation, rules)
+    assert (
+        worker.encode_command(sync)
+        == json.dumps({"Sync": {"generation": generation, "rules": rule_docs}}, **compact).encode()
+    )
+    update = worker.Update(generation, rules, removed)
+    expected = {"Update": {"generation": generation, "rules": rule_docs, "removed": list(removed)}}
+    assert worker.encode_command(update) == json.dumps(expected, **compact).encode()
+
+
 @given(replies)
 def test_every_worker_reply_round_trips(reply: worker.Reply) -> None:
     assert worker.decode_reply(worker.encode_reply(reply)) == reply
