@@ -20,6 +20,10 @@ original's framing (one JSON request, then a half-close):
   until READY, and the machine's speed at the start and the end (`reference_ms`: this machine has fast and
   slow phases); `--py-spy DIR` records the supervisor and the worker over each phase.
 
+`--config-only` measures the config file's start and its reload only (a minute instead of four); `--log-dir DIR`
+keeps the supervisor's log, at level info (the times it started its worker, heard it ready, and had every rule
+confirmed), and prints each `ListRules` of the wait for every rule active.
+
 `--memory` measures memory only: RSS of the supervisor and of its worker with no rule, then after adding
 1,000 and 10,000 rules one by one (`--memory-points`), as kB per rule beyond the base; `--memory-queries N`
 measures once more after N rounds of the three queries (0.5 s apart) and the supervisor's quiet period, what
@@ -209,11 +213,12 @@ def reference_ms() -> float:
     return best * 1e3
 
 
-def spy_on(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy recording a process's samples into `output` (raw form) until it gets SIGINT."""
+def spy_on(pid: int, output: Path, children: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy recording a process's samples (and its children's) into `output` (raw form) until it gets SIGINT."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tool = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     argv = [tool, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", str(output)]
+    argv += ["--subprocesses"] * children
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -264,14 +269,16 @@ class Relay:
         self, a: argparse.Namespace, work: Path, config: Path | None = None, trace: Path | None = None
     ) -> None:
         self.sock = str(work / "control.sock")
+        self.verbose = a.log_dir is not None
         self.notify_path = str(work / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
-        self.log = open(work / f"supervisor-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+        self.log = open((a.log_dir or work) / f"supervisor-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
         argv = [sys.executable, "-m", "mcr", "supervisor", "--control-socket-path", self.sock,
                 "--num-workers", str(a.workers), "--engine", a.engine, "--max-rules", str(max(a.rules, 1000)),
                 "--max-total-outputs", str(max(4 * a.rules, 10_000)), "--metrics-addr", f"127.0.0.1:{METRICS_PORT}",
-                "--state-file", str(work / "state.json"), "--log-level", "warning"]  # fmt: skip
+                "--state-file", str(work / "state.json"),
+                "--log-level", "info" if self.verbose else "warning"]  # fmt: skip
         if config is not None:
             argv += ["--config", str(config)]
         env = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=str(REPO / "src"))
@@ -322,7 +329,11 @@ def wait_all_active(relay: Relay, n: int, timeout: float, want: dict[str, int] |
     """Poll ListRules until `n` rules are listed and active (and the rules of `want` have that output port)."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
+        t_call = time.perf_counter()
         rules = relay.call("ListRules")["Rules"]
+        if relay.verbose:
+            active = sum(r["state"] == "active" for r in rules)
+            print(f"    ListRules at {t_call - t0:.3f} s took {time.perf_counter() - t_call:.3f} s: {active} active")
         ok = len(rules) == n and all(r["state"] == "active" for r in rules)
         if ok and want:
             ports = {r["rule_id"]: r["outputs"][0]["port"] for r in rules}
@@ -372,94 +383,101 @@ def repeated_queries(relay: Relay, rounds: int) -> dict[str, dict[str, float]]:
     return summary
 
 
+def churn(a: argparse.Namespace, work: Path, out: dict[str, Any], deadline: float) -> None:
+    """Rules added one by one, the queries at the full table, every rule removed: into `out`."""
+    n = a.rules
+    tenth = max(1, n // 10)
+    relay = Relay(a, work)
+    try:
+        relay.wait_ready(60)
+        time.sleep(0.5)
+        base_sup, base_wrk = relay.rss()
+        out["base_rss_kb"] = {"supervisor": base_sup, "worker": base_wrk}
+        adds: list[float] = []
+        curve: list[dict[str, Any]] = []
+        meter = CpuMeter(relay, "adds", a.py_spy)
+        t_start = time.perf_counter()
+        probing = 0.0  # time spent on the checkpoints' queries, not counted as adding
+        for i in range(n):
+            if time.monotonic() > deadline:
+                raise TimeoutError("--max-minutes reached while adding")
+            dt, resp = timed(relay.call, {"AddRule": rule_doc(i)})
+            if "Success" not in resp:
+                raise RuntimeError(f"AddRule r{i}: {resp}")
+            adds.append(dt)
+            if (i + 1) % tenth == 0 or i + 1 == n:
+                t_probe, c_probe = time.perf_counter(), cpu_s(relay.proc.pid)
+                t_list, rules = timed(relay.call, "ListRules")
+                state = next(r["state"] for r in rules["Rules"] if r["rule_id"] == f"r{i}")
+                t_stats, _ = timed(relay.call, "GetStats")
+                t_metrics, _ = timed(metrics_get)
+                sup, wrk = relay.rss()
+                window = adds[-tenth:]
+                curve.append({
+                    "table": i + 1, "add_p50_ms": pct(window, 0.5) * 1e3, "add_p99_ms": pct(window, 0.99) * 1e3,
+                    "add_max_ms": max(window) * 1e3, "last_state_at_success": state,
+                    "list_ms": t_list * 1e3, "stats_ms": t_stats * 1e3, "metrics_ms": t_metrics * 1e3,
+                    "supervisor_rss_kb": sup, "worker_rss_kb": wrk,
+                })  # fmt: skip
+                c = curve[-1]
+                print(
+                    f"  {i + 1:6d} rules: add p50 {c['add_p50_ms']:.1f} ms p99 {c['add_p99_ms']:.1f} ms; "
+                    f"list {c['list_ms']:.0f} ms, stats {c['stats_ms']:.0f} ms, metrics {c['metrics_ms']:.0f} ms; "
+                    f"rss sup {sup} kB worker {wrk} kB",
+                    flush=True,
+                )
+                probing += time.perf_counter() - t_probe
+                meter.pause(cpu_s(relay.proc.pid) - c_probe)
+        out["add_total_s"] = time.perf_counter() - t_start - probing
+        out["add_cpu_ms"] = meter.per_op_ms(n)
+        out["add_sum_s"] = sum(adds)
+        out["adds_per_s"] = n / out["add_total_s"]
+        out["add_p50_ms"] = pct(adds, 0.5) * 1e3
+        out["add_p99_ms"] = pct(adds, 0.99) * 1e3
+        out["curve"] = curve
+        out["queries"] = repeated_queries(relay, a.query_rounds)
+        time.sleep(1.0)
+        sup, wrk = relay.rss()
+        out["rss_kb"] = {"supervisor": sup, "worker": wrk}
+        out["per_rule_bytes"] = {"supervisor": (sup - base_sup) * 1024 / n, "worker": (wrk - base_wrk) * 1024 / n}
+        # and once the supervisor has been quiet a while: it gives the heap's free pages back then (heap.py)
+        time.sleep(SETTLED_S - 1.0)
+        sup, wrk = relay.rss()
+        out["settled_per_rule_bytes"] = {"supervisor": (sup - base_sup) * 1024 / n}
+        # removal, newest first, of every rule
+        removes: list[float] = []
+        rcurve: list[dict[str, Any]] = []
+        meter = CpuMeter(relay, "removes", a.py_spy)
+        t_start = time.perf_counter()
+        for i in reversed(range(n)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("--max-minutes reached while removing")
+            dt, resp = timed(relay.call, {"RemoveRule": {"rule_id": f"r{i}"}})
+            if "Success" not in resp:
+                raise RuntimeError(f"RemoveRule r{i}: {resp}")
+            removes.append(dt)
+            if len(removes) % tenth == 0:
+                w = removes[-tenth:]
+                rcurve.append({"table": i, "p50_ms": pct(w, 0.5) * 1e3, "p99_ms": pct(w, 0.99) * 1e3})
+        out["remove_total_s"] = time.perf_counter() - t_start
+        out["remove_cpu_ms"] = meter.per_op_ms(n)
+        out["remove_p50_ms"] = pct(removes, 0.5) * 1e3
+        out["remove_p99_ms"] = pct(removes, 0.99) * 1e3
+        out["remove_curve"] = rcurve
+        print(f"  removed {n}: {out['remove_total_s']:.1f} s, p99 {out['remove_p99_ms']:.1f} ms", flush=True)
+    finally:
+        relay.stop()
+
+
 def run_inner(a: argparse.Namespace) -> dict[str, Any]:
     deadline = time.monotonic() + a.max_minutes * 60
     n = a.rules
-    tenth = max(1, n // 10)
     out: dict[str, Any] = {"rules": n, "engine": a.engine, "workers": a.workers, "label": a.label}
     with tempfile.TemporaryDirectory(prefix="mcr-scale-") as tmp:
         work = Path(tmp)
-        relay = Relay(a, work)
-        try:
-            relay.wait_ready(60)
-            time.sleep(0.5)
-            base_sup, base_wrk = relay.rss()
-            out["base_rss_kb"] = {"supervisor": base_sup, "worker": base_wrk}
-            out["reference_ms"] = [reference_ms()]
-            adds: list[float] = []
-            curve: list[dict[str, Any]] = []
-            meter = CpuMeter(relay, "adds", a.py_spy)
-            t_start = time.perf_counter()
-            probing = 0.0  # time spent on the checkpoints' queries, not counted as adding
-            for i in range(n):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("--max-minutes reached while adding")
-                dt, resp = timed(relay.call, {"AddRule": rule_doc(i)})
-                if "Success" not in resp:
-                    raise RuntimeError(f"AddRule r{i}: {resp}")
-                adds.append(dt)
-                if (i + 1) % tenth == 0 or i + 1 == n:
-                    t_probe, c_probe = time.perf_counter(), cpu_s(relay.proc.pid)
-                    t_list, rules = timed(relay.call, "ListRules")
-                    state = next(r["state"] for r in rules["Rules"] if r["rule_id"] == f"r{i}")
-                    t_stats, _ = timed(relay.call, "GetStats")
-                    t_metrics, _ = timed(metrics_get)
-                    sup, wrk = relay.rss()
-                    window = adds[-tenth:]
-                    curve.append({
-                        "table": i + 1, "add_p50_ms": pct(window, 0.5) * 1e3, "add_p99_ms": pct(window, 0.99) * 1e3,
-                        "add_max_ms": max(window) * 1e3, "last_state_at_success": state,
-                        "list_ms": t_list * 1e3, "stats_ms": t_stats * 1e3, "metrics_ms": t_metrics * 1e3,
-                        "supervisor_rss_kb": sup, "worker_rss_kb": wrk,
-                    })  # fmt: skip
-                    c = curve[-1]
-                    print(
-                        f"  {i + 1:6d} rules: add p50 {c['add_p50_ms']:.1f} ms p99 {c['add_p99_ms']:.1f} ms; "
-                        f"list {c['list_ms']:.0f} ms, stats {c['stats_ms']:.0f} ms, metrics {c['metrics_ms']:.0f} ms; "
-                        f"rss sup {sup} kB worker {wrk} kB",
-                        flush=True,
-                    )
-                    probing += time.perf_counter() - t_probe
-                    meter.pause(cpu_s(relay.proc.pid) - c_probe)
-            out["add_total_s"] = time.perf_counter() - t_start - probing
-            out["add_cpu_ms"] = meter.per_op_ms(n)
-            out["add_sum_s"] = sum(adds)
-            out["adds_per_s"] = n / out["add_total_s"]
-            out["add_p50_ms"] = pct(adds, 0.5) * 1e3
-            out["add_p99_ms"] = pct(adds, 0.99) * 1e3
-            out["curve"] = curve
-            out["queries"] = repeated_queries(relay, a.query_rounds)
-            time.sleep(1.0)
-            sup, wrk = relay.rss()
-            out["rss_kb"] = {"supervisor": sup, "worker": wrk}
-            out["per_rule_bytes"] = {"supervisor": (sup - base_sup) * 1024 / n, "worker": (wrk - base_wrk) * 1024 / n}
-            # and once the supervisor has been quiet a while: it gives the heap's free pages back then (heap.py)
-            time.sleep(SETTLED_S - 1.0)
-            sup, wrk = relay.rss()
-            out["settled_per_rule_bytes"] = {"supervisor": (sup - base_sup) * 1024 / n}
-            # removal, newest first, of every rule
-            removes: list[float] = []
-            rcurve: list[dict[str, Any]] = []
-            meter = CpuMeter(relay, "removes", a.py_spy)
-            t_start = time.perf_counter()
-            for i in reversed(range(n)):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("--max-minutes reached while removing")
-                dt, resp = timed(relay.call, {"RemoveRule": {"rule_id": f"r{i}"}})
-                if "Success" not in resp:
-                    raise RuntimeError(f"RemoveRule r{i}: {resp}")
-                removes.append(dt)
-                if len(removes) % tenth == 0:
-                    w = removes[-tenth:]
-                    rcurve.append({"table": i, "p50_ms": pct(w, 0.5) * 1e3, "p99_ms": pct(w, 0.99) * 1e3})
-            out["remove_total_s"] = time.perf_counter() - t_start
-            out["remove_cpu_ms"] = meter.per_op_ms(n)
-            out["remove_p50_ms"] = pct(removes, 0.5) * 1e3
-            out["remove_p99_ms"] = pct(removes, 0.99) * 1e3
-            out["remove_curve"] = rcurve
-            print(f"  removed {n}: {out['remove_total_s']:.1f} s, p99 {out['remove_p99_ms']:.1f} ms", flush=True)
-        finally:
-            relay.stop()
+        out["reference_ms"] = [reference_ms()]
+        if not a.config_only:
+            churn(a, work, out, deadline)
         if time.monotonic() > deadline:
             return out
         # the same rules from a config file, then a reload that changes 1% of them
@@ -468,7 +486,7 @@ def run_inner(a: argparse.Namespace) -> dict[str, Any]:
         config.write_text(header + "\n".join(toml_rule(rule_doc(i)) for i in range(n)))
         (work / "state.json").unlink(missing_ok=True)
         relay = Relay(a, work, config)
-        spy = spy_on(relay.proc.pid, a.py_spy / "config-supervisor.txt") if a.py_spy else None
+        spy = spy_on(relay.proc.pid, a.py_spy / "config-processes.txt", children=True) if a.py_spy else None
         try:
             out["config_ready_s"] = relay.wait_ready(120)
             out["config_cpu_s"] = cpu_s(relay.proc.pid)
@@ -701,12 +719,13 @@ def render(doc: dict[str, Any]) -> str:
             settled = doc["settled_per_rule_bytes"]["supervisor"]
             lines.append(f"| supervisor RSS per rule, {SETTLED_S:.0f} s after them (bytes) | {settled:.0f} |")
         lines.append(f"| worker RSS per rule (bytes) | {p['worker']:.0f} |")
-    lines += [
-        "",
-        "| rules | add p50 (ms) | add p99 (ms) | add max (ms) | ListRules (ms) | GetStats (ms) | metrics (ms) |"
-        " supervisor RSS (kB) | worker RSS (kB) | state at Success |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    if doc.get("curve"):
+        lines += [
+            "",
+            "| rules | add p50 (ms) | add p99 (ms) | add max (ms) | ListRules (ms) | GetStats (ms) | metrics (ms) |"
+            " supervisor RSS (kB) | worker RSS (kB) | state at Success |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for c in doc.get("curve", []):
         lines.append(
             f"| {c['table']} | {c['add_p50_ms']:.2f} | {c['add_p99_ms']:.2f} | {c['add_max_ms']:.1f} | "
@@ -732,6 +751,7 @@ def main() -> int:
     p.add_argument("--label", default=None)
     p.add_argument("--max-minutes", type=float, default=10.0)
     p.add_argument("--query-rounds", type=int, default=40, help="each query this many times at the full table")
+    p.add_argument("--config-only", action="store_true", help="only the config file's start and its reload")
     p.add_argument("--memory", action="store_true", help="measure RSS per rule only (see above)")
     p.add_argument("--memory-points", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 10_000],
                    help="rule counts at which --memory measures (default 1000,10000)")  # fmt: skip
@@ -745,6 +765,12 @@ def main() -> int:
     p.add_argument("--trace", action="store_true", help="--memory: tracemalloc snapshots, the lines that grew")
     p.add_argument("--trace-lines", type=int, default=15, help="--trace: how many lines to list per process")
     p.add_argument("--trace-frames", type=int, default=1, help="--trace: frames per allocation (1: by line)")
+    p.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="keep the supervisor's log (at level info) here; print each poll for active rules",
+    )
     p.add_argument("--py-spy", type=Path, default=None, help="record the processes' samples into this folder")
     p.add_argument("--inner", default=None, help=argparse.SUPPRESS)  # the JSON file to write, inside the namespace
     a = p.parse_args()
@@ -771,8 +797,9 @@ def main() -> int:
                 "--trace-lines", str(a.trace_lines), "--trace-frames", str(a.trace_frames),
                 "--memory-points", ",".join(map(str, a.memory_points)),
                 "--query-rounds", str(a.query_rounds), "--memory-queries", str(a.memory_queries)]  # fmt: skip
-        argv += ["--memory"] * a.memory + ["--trace"] * a.trace
+        argv += ["--memory"] * a.memory + ["--trace"] * a.trace + ["--config-only"] * a.config_only
         argv += ["--py-spy", str(a.py_spy.resolve())] if a.py_spy else []
+        argv += ["--log-dir", str(a.log_dir.resolve())] if a.log_dir else []
         subprocess.run(["ip", "netns", "exec", ns, *argv], check=True, timeout=a.max_minutes * 60 + 120)
         doc = json.loads(result.read_text())
     finally:
