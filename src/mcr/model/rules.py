@@ -223,8 +223,24 @@ def _unpack_outputs(data: bytes) -> tuple[OutputDestination, ...]:
                 _NAMES.clear()
             name = _NAMES[raw_name] = sys.intern(raw_name.decode())
         pos = end
-        outs.append(OutputDestination(group, port, name, ttl, source, bool(flags & _PACKED_FOLLOW)))
+        out = _new_output(OutputDestination)
+        _set_group(out, group)
+        _set_port(out, _PORTS.get(port, port))
+        _set_interface(out, name)
+        _set_ttl(out, ttl)
+        _set_source_ip(out, source)
+        _set_follow(out, bool(flags & _PACKED_FOLLOW))
+        outs.append(out)
     return tuple(outs)
+
+
+# An output read back is made without `OutputDestination.__init__` (a third of the time): it was checked when it
+# was packed, and its name is interned already (`_NAMES`). The fields are set through their slots.
+_new_output = object.__new__
+_set_group, _set_port, _set_interface, _set_ttl, _set_source_ip, _set_follow = (
+    getattr(OutputDestination, name).__set__
+    for name in ("group", "port", "interface", "ttl", "source_ip", "follow_receivers")
+)
 
 
 #: The outputs read last, and the bytes they were read from: a change reads one rule's outputs several times
