@@ -101,6 +101,7 @@ def test_incremental_resolution_matches_the_full_one(
         assert table.index.outputs == sum(len(r.outputs) for r in table.rules.values())
         assert resolver.resolution(table.rules) == full
         assert resolver.views(table.rules) == full.views
+        assert resolver.worker_rules(table.rules) == full.worker_rules
         assert resolver.captures == full.captures
         assert resolver.memberships() == {k: v for k, v in full.memberships.items() if v}
         joined -= changes.leave

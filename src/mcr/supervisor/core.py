@@ -762,6 +762,12 @@ class Resolver:
         parts = ((rule, self.parts[rule_id]) for rule_id, rule in rules.items() if rule_id in self.parts)
         return _assemble(parts, self.memberships())
 
+    def worker_rules(self, rules: Mapping[str, ForwardingRule]) -> tuple[WorkerRule, ...]:
+        """`resolution(rules).worker_rules`, without the rest of it (a worker's full Sync needs only these)."""
+        parts = self.parts
+        found = (parts.get(rule_id) for rule_id in rules)
+        return tuple(worker for part in found if part is not None and (worker := part.worker) is not None)
+
     def views(self, rules: Mapping[str, ForwardingRule]) -> tuple[RuleView, ...]:
         """`resolution(rules).views` (kept until the next update)."""
         if self._views is not None and self._views[0] is rules:

@@ -115,13 +115,14 @@ from mcr.protocol.worker import (
     Sync,
     SyncAck,
     Update,
+    WorkerRule,
     worker_version,
 )
 from mcr.routing.msdp_wire import SaEntry
 from mcr.supervisor.access import AccessPolicy
 from mcr.supervisor.cleanup import stop_orphan
 from mcr.supervisor.control import ControlServer, resolve_group
-from mcr.supervisor.core import Changes, KernelRule, Resolution, Resolver, RuleTable, StatsBook, SyncTracker
+from mcr.supervisor.core import Changes, KernelRule, Resolver, RuleTable, StatsBook, SyncTracker
 from mcr.supervisor.memberships import Memberships
 from mcr.supervisor.metrics import MetricsExporter, Snapshot
 from mcr.supervisor.msdp import MsdpService, local_sources
@@ -271,6 +272,7 @@ class Supervisor:
         self.resolver = Resolver(multicast_ttl=config.multicast_ttl)
         self.generation = 0
         self.sync_state = SyncTracker()
+        self.answers_made = -1  # the generation prepare_answers last ran for
         self.tasks: set[asyncio.Task[None]] = set()
         self.workers = [WorkerHandle(i) for i in range(config.num_workers)]
         self.memberships = Memberships()
@@ -608,6 +610,20 @@ class Supervisor:
         if after != before:
             log.info("open-file limit raised from %d to %d (rule outputs are sockets in every worker)", before, after)
         self.start_kernel()
+        if self.config.seccomp:
+            log.info("workers contained: empty read-only root, no privileges, seccomp system call allow-list")
+        else:
+            log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
+        # A slot no earlier supervisor left a worker in gets its worker now: its interpreter starts while the
+        # rules are resolved (at 10,000 rules, about half a second of a config file's start). A worker comes
+        # Ready only once the loop runs again, and is then given the rules resolved so far, the rest as they
+        # are; a worker left running is taken over after the rules are resolved, so that its first Sync is the
+        # whole table (it relays meanwhile).
+        now = time.monotonic()
+        for handle in self.workers:
+            path = self.handover_path(handle)
+            if path is None or not os.path.lexists(path):
+                self.start_worker(handle, now)
         await self.watcher.start()  # its first dump applies the rules: the kernel engine has them all now
         if self.kernel is not None:
             try:
@@ -619,12 +635,8 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.start()
         now = time.monotonic()
-        if self.config.seccomp:
-            log.info("workers contained: empty read-only root, no privileges, seccomp system call allow-list")
-        else:
-            log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
         for handle in self.workers:
-            if not self.take_over(handle, now):
+            if handle.proc is None and handle.status is WorkerStatus.STARTING and not self.take_over(handle, now):
                 self.start_worker(handle, now)
         await self.stop_surplus_workers()
         if len(self.workers) > 1:
@@ -901,7 +913,11 @@ class Supervisor:
                     handle.uid = reply.uid
                     handle.status = WorkerStatus.RUNNING
                     log.info("worker %d (pid %d) ready as uid %d", handle.worker_id, reply.pid, reply.uid)
-                    self.push(handle, Sync(self.generation, self.resolution.worker_rules))
+                    self.push(handle, Sync(self.generation, self.worker_rules))
+                    live = [h for h in self.workers if h.status is not WorkerStatus.STOPPED]
+                    if self.answers_made < self.generation and all(h.ready for h in live):
+                        self.answers_made = self.generation
+                        self.loop.call_soon(self.prepare_answers)  # after every worker's Sync is on its way
                 case SyncAck():
                     handle.acked_generation = reply.generation
                     self.wake_synced()
@@ -967,7 +983,7 @@ class Supervisor:
             old.pid,
             list(reply.ifindexes),
         )
-        self.push(succ, Sync(self.generation, self.resolution.worker_rules))  # its sockets are the ones it needs
+        self.push(succ, Sync(self.generation, self.worker_rules))  # its sockets are the ones it needs
 
     def retired(self, old: WorkerHandle) -> None:
         """The replaced worker exited: book its last counts, then start reading its successor's."""
@@ -1156,8 +1172,9 @@ class Supervisor:
         return sock
 
     @property
-    def resolution(self) -> Resolution:
-        return self.resolver.resolution(self.data_rules)
+    def worker_rules(self) -> tuple[WorkerRule, ...]:
+        """Every rule the workers serve, as a full Sync gives them."""
+        return self.resolver.worker_rules(self.data_rules)
 
     def advertise_local_sources(self) -> None:
         """MSDP originates SAs for the rules' single sources in groups whose RP is one of our addresses, and
@@ -1217,6 +1234,14 @@ class Supervisor:
     def rule_views(self) -> tuple[RuleView, ...]:
         """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
         return self.sync_state.views(self.resolver.views(self.data_rules), self.acked_generations())
+
+    def prepare_answers(self) -> None:
+        """Make the texts `ListRules` and `GetStats` are written from (`ResponseEncoder`) while the workers take
+        their first Sync, for the rules as they are listed once confirmed: the first of these queries after a
+        start at 10,000 rules then answers as fast as the next (it made them itself in 0.2-0.3 s)."""
+        encoder = self.control.encoder
+        heap.note_large(len(encoder.encode(Rules(self.resolver.views(self.data_rules)))))
+        heap.note_large(len(encoder.encode(CountedStats(self.stats.counted(self.table.rules.values())))))
 
     def acked_generations(self) -> list[int]:
         return [h.acked_generation for h in self.workers if h.status is not WorkerStatus.STOPPED]
