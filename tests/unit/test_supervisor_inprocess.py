@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mcr.protocol.control import CountedStats, Error, Request, Rules, Success, decode_request, encode_response
+from mcr.protocol.control import Error, Request, Success, decode_request
 from mcr.supervisor.main import Supervisor, SupervisorConfig
 from mcr.supervisor.state import StateStore
 from mcr.supervisor.workers import WorkerStatus
@@ -99,25 +99,3 @@ def test_a_change_waits_for_the_ready_workers_to_confirm_it(tmp_path: Path) -> N
         return seen
 
     assert in_supervisor(tmp_path, body) == [True, [False, False], [True, False], False, False, True, []]
-
-
-def test_the_answers_prepared_at_start_are_those_of_the_first_queries(tmp_path: Path) -> None:
-    """`prepare_answers` (run while the workers take their first Sync) makes the texts the first `ListRules` and
-    `GetStats` are written from: these then make nothing, and their bytes are `encode_response`'s."""
-
-    async def body(sup: Supervisor) -> tuple[list[int], list[bytes], list[bytes]]:
-        for i in range(70):
-            assert await sup.handle(add(f"r{i}", 5000 + i)) == Success(f"Rule r{i} added")
-        sup.prepare_answers()
-        made: list[int] = []
-        encoder = sup.control.encoder
-        for texts in (encoder._views, encoder._flows):  # each run made from here on is counted
-            make = texts._make
-            texts._make = lambda run, make=make: made.append(len(run)) or make(run)  # type: ignore[assignment]
-        answers = [Rules(sup.rule_views()), CountedStats(sup.stats.counted(sup.table.rules.values()))]
-        return made, [encoder.encode(a) for a in answers], [encode_response(a) for a in answers]
-
-    made, answered, expected = in_supervisor(tmp_path, body)
-    assert made == []
-    assert answered == expected
-    assert answered[0].count(b'"rule_id"') == 70 and answered[1].count(b'"rule_id"') == 70

@@ -272,7 +272,6 @@ class Supervisor:
         self.resolver = Resolver(multicast_ttl=config.multicast_ttl)
         self.generation = 0
         self.sync_state = SyncTracker()
-        self.answers_made = -1  # the generation prepare_answers last ran for
         self.tasks: set[asyncio.Task[None]] = set()
         self.workers = [WorkerHandle(i) for i in range(config.num_workers)]
         self.memberships = Memberships()
@@ -614,8 +613,8 @@ class Supervisor:
             log.info("workers contained: empty read-only root, no privileges, seccomp system call allow-list")
         else:
             log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
-        # A slot no earlier supervisor left a worker in gets its worker now: its interpreter starts while the
-        # rules are resolved (at 10,000 rules, about half a second of a config file's start). A worker comes
+        # A slot no earlier supervisor left a worker in gets its worker now: it starts (0.15-0.3 s) while the
+        # rules are resolved (0.5-0.8 s at 10,000 rules, on this side of a config file's start). A worker comes
         # Ready only once the loop runs again, and is then given the rules resolved so far, the rest as they
         # are; a worker left running is taken over after the rules are resolved, so that its first Sync is the
         # whole table (it relays meanwhile).
@@ -914,10 +913,6 @@ class Supervisor:
                     handle.status = WorkerStatus.RUNNING
                     log.info("worker %d (pid %d) ready as uid %d", handle.worker_id, reply.pid, reply.uid)
                     self.push(handle, Sync(self.generation, self.worker_rules))
-                    live = [h for h in self.workers if h.status is not WorkerStatus.STOPPED]
-                    if self.answers_made < self.generation and all(h.ready for h in live):
-                        self.answers_made = self.generation
-                        self.loop.call_soon(self.prepare_answers)  # after every worker's Sync is on its way
                 case SyncAck():
                     handle.acked_generation = reply.generation
                     self.wake_synced()
@@ -1234,14 +1229,6 @@ class Supervisor:
     def rule_views(self) -> tuple[RuleView, ...]:
         """The rules as ListRules shows them: a userspace rule is active once every worker has it."""
         return self.sync_state.views(self.resolver.views(self.data_rules), self.acked_generations())
-
-    def prepare_answers(self) -> None:
-        """Make the texts `ListRules` and `GetStats` are written from (`ResponseEncoder`) while the workers take
-        their first Sync, for the rules as they are listed once confirmed: the first of these queries after a
-        start at 10,000 rules then answers as fast as the next (it made them itself in 0.2-0.3 s)."""
-        encoder = self.control.encoder
-        heap.note_large(len(encoder.encode(Rules(self.resolver.views(self.data_rules)))))
-        heap.note_large(len(encoder.encode(CountedStats(self.stats.counted(self.table.rules.values())))))
 
     def acked_generations(self) -> list[int]:
         return [h.acked_generation for h in self.workers if h.status is not WorkerStatus.STOPPED]
