@@ -217,7 +217,10 @@ def spy_on(pid: int, output: Path, children: bool = False) -> subprocess.Popen[b
     """py-spy recording a process's samples (and its children's) into `output` (raw form) until it gets SIGINT."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tool = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    argv = [tool, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", str(output)]
+    # --nonblocking: a process paused for each sample gets signals that cut short what the kernel was doing (a BPF
+    # program's verification gives up with EAGAIN when one arrives; at 250 samples a second, every attempt did)
+    argv = [tool, "record", "--pid", str(pid), "--rate", "250", "--nonblocking"]
+    argv += ["--format", "raw", "--output", str(output)]
     argv += ["--subprocesses"] * children
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
