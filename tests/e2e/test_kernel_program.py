@@ -1033,6 +1033,31 @@ def test_a_reused_slot_shows_none_of_its_earlier_rules_counts(engine: Any) -> No
     assert [o.packets for o in engine.counters().rules[0].outputs] == [per_cpu_sum] * 3
 
 
+def test_a_slot_unused_since_its_maps_were_made_is_not_zeroed_again(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New maps are zeroed by the kernel: the first rule of a slot above every slot used so far writes no
+    counters (a start loading 10,000 rules makes 10,000 system calls fewer); a slot used before is zeroed."""
+    from mcr.kernel import bpf
+
+    g = IPv4Address("239.1.1.1")
+    real, writes = bpf.update_percpu, []
+    monkeypatch.setattr(bpf, "update_percpu", lambda fd, key, values: writes.append(key) or real(fd, key, values))
+    engine.set_rule(2, 7, g, 5001, _outs(3))
+    assert writes == []
+    c = engine.counters().rules[2]
+    assert (c.packets, [o.packets for o in c.outputs]) == (0, [0, 0, 0])
+    _fake_traffic(engine, 2, 3)
+    engine.remove_rule(2)
+    writes.clear()
+    engine.set_rule(2, 7, g, 5002, _outs(2))  # used before: its rule and output counters zeroed
+    assert len(writes) == 1 + 3
+    c = engine.counters().rules[2]
+    assert (c.packets, [o.packets for o in c.outputs]) == (0, [0, 0])
+    engine.set_rule(1, 7, g, 5003, _outs(1))  # below the highest slot used: zeroed, to be sure
+    assert len(writes) == 1 + 3 + 1
+
+
 def test_engine_ipv6_rules_use_their_own_maps(engine: Any) -> None:
     from mcr.kernel import bpf
     from mcr.kernel.engine import OutputEntry

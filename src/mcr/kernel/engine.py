@@ -215,6 +215,9 @@ class KernelRelay:
         # slot -> how many of its output counters may be non-zero (those past it are zero), so that a rule
         # put in a slot zeroes what the slot's earlier rules counted, not all max_outputs entries
         self._dirty: dict[int, int] = {}
+        # the slots from here on have held no rule since their maps were made (a map is made zeroed), so a rule
+        # put in one has nothing to zero: 10,000 rules loaded at a start make 10,000 system calls fewer
+        self._clean_from = max_rules
         self._groups: dict[tuple[int, IPv4Address | IPv6Address], int] = {}
         # what the previous counters() read, by slot: the raw per-CPU rule counters and the totals, and the
         # slots whose outputs are read again at the next one
@@ -236,6 +239,7 @@ class KernelRelay:
                     self._maps[spec.name] = bpf.create_map(
                         spec.type, spec.key_size, spec.value_size, spec.max_entries, f"mcr_{spec.name}"
                     )
+                self._clean_from = 0
             self.insns: list[Insn] = build_relay_program(self._maps, max_outputs, pass_verdict=pass_verdict)
             if variant:
                 self.insns = [mov64_imm(Reg.R0, variant), *self.insns]  # r0 is set again before any use
@@ -439,7 +443,9 @@ class KernelRelay:
             self._dirty[slot] = len(outputs)
             self._forget(slot)  # its counters are read in full at the next read
             return
-        if old is None or output_counts_reset(old.outputs, rule.outputs):
+        if old is None and slot >= self._clean_from:
+            self._clean_from = slot + 1  # its counters are zero
+        elif old is None or output_counts_reset(old.outputs, rule.outputs):
             self._zero_counters(slot, 0, self._dirty.get(slot, 0))
         elif len(outputs) < len(old.outputs):  # outputs dropped off the end start from zero if they come back
             self._zero_counters(slot, len(outputs), len(old.outputs), rule=False)
