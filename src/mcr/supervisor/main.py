@@ -609,20 +609,6 @@ class Supervisor:
         if after != before:
             log.info("open-file limit raised from %d to %d (rule outputs are sockets in every worker)", before, after)
         self.start_kernel()
-        if self.config.seccomp:
-            log.info("workers contained: empty read-only root, no privileges, seccomp system call allow-list")
-        else:
-            log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
-        # A slot no earlier supervisor left a worker in gets its worker now: it starts (0.15-0.3 s) while the
-        # rules are resolved (0.5-0.8 s at 10,000 rules, on this side of a config file's start). A worker comes
-        # Ready only once the loop runs again, and is then given the rules resolved so far, the rest as they
-        # are; a worker left running is taken over after the rules are resolved, so that its first Sync is the
-        # whole table (it relays meanwhile).
-        now = time.monotonic()
-        for handle in self.workers:
-            path = self.handover_path(handle)
-            if path is None or not os.path.lexists(path):
-                self.start_worker(handle, now)
         await self.watcher.start()  # its first dump applies the rules: the kernel engine has them all now
         if self.kernel is not None:
             try:
@@ -634,8 +620,12 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.start()
         now = time.monotonic()
+        if self.config.seccomp:
+            log.info("workers contained: empty read-only root, no privileges, seccomp system call allow-list")
+        else:
+            log.warning("workers contained without their seccomp filter (--no-seccomp): empty root, no privileges")
         for handle in self.workers:
-            if handle.proc is None and handle.status is WorkerStatus.STARTING and not self.take_over(handle, now):
+            if not self.take_over(handle, now):
                 self.start_worker(handle, now)
         await self.stop_surplus_workers()
         if len(self.workers) > 1:
