@@ -225,7 +225,7 @@ def _unpack_outputs(data: bytes) -> tuple[OutputDestination, ...]:
         pos = end
         out = _new_output(OutputDestination)
         _set_group(out, group)
-        _set_port(out, _PORTS.get(port, port))
+        _set_port(out, shared_port(port))
         _set_interface(out, name)
         _set_ttl(out, ttl)
         _set_source_ip(out, source)
