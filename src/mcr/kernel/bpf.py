@@ -381,15 +381,16 @@ def load_program_logged(
         0,
     )
     struct.pack_into("=16sII", attr, 48, _name(name), 0, expected_attach_type)
-    for attempt in range(1, PROG_LOAD_ATTEMPTS + 1):
+    attempts_left = PROG_LOAD_ATTEMPTS
+    while True:
+        attempts_left -= 1
         try:
             fd = bpf(Cmd.PROG_LOAD, attr, f"loading program {name}")
         except BpfError as e:
-            if e.errno == errno.EAGAIN and attempt < PROG_LOAD_ATTEMPTS:
+            if e.errno == errno.EAGAIN and attempts_left > 0:
                 continue
             raise BpfError(f"loading program {name}", e.errno, log.value.decode(errors="replace")) from None
         return LoadedProgram(fd, log.value.decode(errors="replace"))
-    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 #: The verifier gives up with EAGAIN when a signal arrives while it works (a worker's SIGCHLD, a SIGHUP, a
